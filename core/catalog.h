@@ -1,0 +1,126 @@
+/*
+ * catalog.h - the model catalog, kept in SQLite (<data_dir>/catalog.db).
+ *
+ * Holds model versions (name, version, training round, params JSON), aliases
+ * such as "current", and tensors (dtype, shape, partitioning, partition file
+ * and per-partition checksums). Owned by the daemon: the engine thread and
+ * the importer thread each open their own ec_catalog (one sqlite3
+ * connection each, WAL mode, busy timeout), so each handle is used by one
+ * thread at a time. Every change is one transaction: a failure leaves the
+ * catalog as it was.
+ */
+#ifndef EC_CORE_CATALOG_H
+#define EC_CORE_CATALOG_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "embcache.h"
+
+#define EC_CATALOG_FILE "catalog.db"
+#define EC_CAT_PATH_MAX 256
+
+typedef struct ec_catalog ec_catalog;
+
+typedef struct ec_cat_version {
+    int64_t id;                  /* catalog row id */
+    char model[EC_NAME_MAX + 1];
+    int64_t version;             /* >= 1 */
+    int64_t round;               /* training round; -1 when not given */
+    char *params_json;           /* normalized (json()); malloc'd; "{}" default */
+    char *aliases;               /* comma-separated, sorted; malloc'd; "" when none */
+    int64_t created_unix;
+} ec_cat_version;
+
+typedef struct ec_cat_tensor {
+    int64_t id;                  /* >= 1 and < 2^32: the index's tensor id */
+    int64_t version_id;
+    char model[EC_NAME_MAX + 1];
+    int64_t version;
+    char name[EC_NAME_MAX + 1];
+    ec_dtype dtype;
+    uint32_t ndim;
+    uint64_t shape[EC_MAX_DIMS];
+    uint64_t rows;               /* shape[0], or 1 when ndim == 0 */
+    uint64_t row_bytes;
+    uint64_t rows_per_partition;
+    uint64_t partitions;
+    char path[EC_CAT_PATH_MAX];  /* partition file, relative to the data dir */
+    uint64_t file_size;
+    uint64_t header_checksum;    /* the partition file's header checksum */
+    uint64_t *part_checksums;    /* `partitions` XXH3-64 values; malloc'd */
+} ec_cat_tensor;
+
+/* Open (creating if needed) the catalog at path; creates the schema, sets
+ * WAL and a busy timeout. EC_EIO / EC_ECORRUPT with SQLite's message. */
+int ec_catalog_open(const char *path, ec_catalog **out);
+void ec_catalog_close(ec_catalog *cat);
+
+/* Free the malloc'd members of a version / tensor filled by this module
+ * (the structs themselves are the caller's). */
+void ec_cat_version_clear(ec_cat_version *v);
+void ec_cat_tensor_clear(ec_cat_tensor *t);
+
+/* Validate a model, tensor or alias name: 1..EC_NAME_MAX bytes, printable
+ * ASCII without whitespace, '/' allowed in tensor names only; an alias must
+ * not be all digits. Returns 0 or EC_EINVAL with a message. */
+int ec_catalog_check_name(const char *what, const char *name);
+
+/* Register a version and its tensors in one transaction. v->id, tensors'
+ * id/version_id/model/version are ignored on input. params_json NULL means
+ * "{}"; otherwise it must be a JSON object (EC_EINVAL). Returns EC_EEXIST
+ * for a duplicate (model, version) or duplicate tensor names. On success
+ * writes the new version id and fills tensors[i].id. */
+int ec_catalog_add_version(ec_catalog *cat, const char *model, int64_t version,
+                           int64_t round, const char *params_json,
+                           ec_cat_tensor *tensors, size_t n, int64_t *version_id_out);
+
+/* Resolve (model, "3" | alias, tensor name). EC_ENOENT with a message that
+ * says which part is unknown (model, version, alias or tensor). */
+int ec_catalog_resolve(ec_catalog *cat, const char *model, const char *version_or_alias,
+                       const char *tensor, ec_cat_tensor *out);
+
+/* Fetch a tensor by id. EC_ENOENT if it does not exist (any more). */
+int ec_catalog_get_tensor(ec_catalog *cat, int64_t tensor_id, ec_cat_tensor *out);
+
+/* Resolve a version number or alias to the version number. */
+int ec_catalog_version_of(ec_catalog *cat, const char *model, const char *version_or_alias,
+                          int64_t *version_out);
+
+/* Point alias at (model, version), creating or moving it. EC_ENOENT when the
+ * version does not exist, EC_EINVAL for a bad alias name. */
+int ec_catalog_set_alias(ec_catalog *cat, const char *model, const char *alias,
+                         int64_t version);
+
+/* The newest version of model trained at `round` whose params equal
+ * params_json (compared after json() normalization; NULL matches any).
+ * EC_ENOENT when none. */
+int ec_catalog_find(ec_catalog *cat, const char *model, int64_t round,
+                    const char *params_json, int64_t *version_out);
+
+/* Call cb for every version (of model, or of all models if NULL) in
+ * (model, version) order; stop and return cb's value when non-zero. The
+ * version struct is valid during the call only. */
+int ec_catalog_list_versions(ec_catalog *cat, const char *model,
+                             int (*cb)(const ec_cat_version *v, void *arg), void *arg);
+
+/* Call cb for every tensor of a version, in name order. */
+int ec_catalog_list_tensors(ec_catalog *cat, int64_t version_id,
+                            int (*cb)(const ec_cat_tensor *t, void *arg), void *arg);
+
+/* Remove a version, its tensors and the aliases that point at it, in one
+ * transaction. Calls on_path for each removed tensor's file (the caller
+ * unlinks after the commit succeeded). EC_ENOENT if absent. */
+int ec_catalog_drop_version(ec_catalog *cat, const char *model, int64_t version,
+                            int (*on_path)(const char *path, void *arg), void *arg);
+
+/* Call cb with every partition file path the catalog references (for the
+ * start-up sweep that removes orphans). */
+int ec_catalog_foreach_path(ec_catalog *cat, int (*cb)(const char *path, void *arg),
+                            void *arg);
+
+/* Counts for stats. */
+int ec_catalog_counts(ec_catalog *cat, uint64_t *models, uint64_t *versions,
+                      uint64_t *tensors);
+
+#endif

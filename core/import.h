@@ -1,0 +1,40 @@
+/*
+ * import.h - turn .npy / .safetensors files into partition files and a
+ * registered model version.
+ *
+ * Runs in the daemon's importer thread with its own catalog handle. For each
+ * input tensor: plan partitions, stream the data (byte-swapping big-endian
+ * input) into a temporary partition file, fsync, rename. Then register the
+ * version and all its tensors in one catalog transaction. On any failure
+ * every file this import created is removed and nothing is registered.
+ */
+#ifndef EC_CORE_IMPORT_H
+#define EC_CORE_IMPORT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "catalog.h"
+#include "embcache.h"
+
+#define EC_IMPORT_MAX_FILES 64
+#define EC_PARTS_DIR "parts" /* partition files live in <data_dir>/parts */
+
+typedef struct ec_import_file {
+    int fd;            /* readable; not closed by the importer */
+    const char *name;  /* the client's file name (basename used for .npy stems
+                        * and to pick the format by extension) */
+} ec_import_file;
+
+/* Import files as (opts->model, opts->version). Format by extension:
+ * ".npy" or ".safetensors" (EC_EFORMAT otherwise, naming the file). Tensor
+ * names must be unique within the version (EC_EEXIST). Returns 0 and the
+ * number of tensors, or the first error with a message naming the file. */
+int ec_import_files(ec_catalog *cat, const char *data_dir, const ec_import_opts *opts,
+                    const ec_import_file *files, size_t n, uint32_t *tensors_out);
+
+/* Remove *.tmp files and partition files the catalog does not reference from
+ * <data_dir>/parts (start-up sweep). Returns the number removed, or < 0. */
+int ec_import_sweep(ec_catalog *cat, const char *data_dir);
+
+#endif

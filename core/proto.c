@@ -1,0 +1,1 @@
+/* core/proto.c: being written */

@@ -1,0 +1,1 @@
+/* cuda/backend.c: being written */

@@ -1,0 +1,1 @@
+/* cuda/backend_cpu.c: being written */

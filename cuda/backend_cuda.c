@@ -1,0 +1,1 @@
+/* cuda/backend_cuda.c: being written */

@@ -1,0 +1,315 @@
+/*
+ * embcache.h - the public C API of libembcache.
+ *
+ * embcache keeps embedding tables, model weights and cached results in one
+ * POSIX shared-memory segment owned by the host daemon, embcached. A client
+ * process connects to the daemon once over a Unix socket, receives the
+ * segment as a read-only file descriptor, and from then on reads resident
+ * rows straight out of shared memory: a hit costs no system call and no
+ * round trip. Misses are sent to the daemon in one request per call; the
+ * daemon pages the partitions in (one read per partition however many
+ * clients asked) and answers when they are resident.
+ *
+ * Conventions (see each function for its own list):
+ *  - Every function that can fail returns int: 0 on success or a negative
+ *    EC_E* code. ec_strerror() names a code; ec_last_error() gives the
+ *    calling thread's message for its last failure, which says what failed,
+ *    with what input, and what to do next.
+ *  - Output parameters come last and are written only on success.
+ *  - Handles are opaque. An ec_client may be shared by any number of threads:
+ *    the hit path takes no lock; requests to the daemon are serialized per
+ *    client. An ec_tensor may be used by many threads at once. An ec_view is
+ *    read-only and may be read by any thread until released.
+ *
+ * Lifetimes: an ec_tensor and an ec_view must be released before the
+ * ec_client they came from is closed. Strings returned inside info structs
+ * stay valid as long as the handle they came from.
+ */
+#ifndef EMBCACHE_H
+#define EMBCACHE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(EMBCACHE_BUILDING) && defined(__GNUC__)
+#define EC_API __attribute__((visibility("default")))
+#else
+#define EC_API
+#endif
+
+#define EC_VERSION_MAJOR 0
+#define EC_VERSION_MINOR 1
+#define EC_VERSION_PATCH 0
+#define EC_VERSION_STRING "0.1.0"
+
+/** Most dimensions a tensor may have. */
+#define EC_MAX_DIMS 8
+/** Longest model, tensor or alias name, in bytes, without the NUL. */
+#define EC_NAME_MAX 255
+
+/*
+ * Error codes. Primary codes are negative; 0 is success.
+ */
+#define EC_OK          0
+#define EC_EINVAL     -1  /**< an argument is invalid (NULL, zero, too long) */
+#define EC_ENOMEM     -2  /**< out of memory in this process */
+#define EC_EIO        -3  /**< an I/O call failed; the message carries errno */
+#define EC_ENOENT     -4  /**< no such model, version, alias or tensor */
+#define EC_ERANGE     -5  /**< a row id is outside the tensor */
+#define EC_ECHECKSUM  -6  /**< stored data failed its checksum; never served */
+#define EC_EPROTO     -7  /**< malformed or unexpected protocol message */
+#define EC_ECONN      -8  /**< the daemon is unreachable or went away */
+#define EC_EEXIST     -9  /**< already exists (a duplicate model version) */
+#define EC_EFORMAT   -10  /**< a malformed or truncated input file */
+#define EC_EDTYPE    -11  /**< a dtype embcache does not support */
+#define EC_ENOSPC    -12  /**< no room: segment full and nothing evictable */
+#define EC_EPERM     -13  /**< not allowed (peer credentials, file owner) */
+#define EC_EBUSY     -14  /**< in use (another daemon holds the data dir) */
+#define EC_ESTALE    -15  /**< the daemon restarted; reconnect */
+#define EC_EVERSION  -16  /**< protocol or layout version mismatch */
+#define EC_ETOOBIG   -17  /**< a request or message exceeds a limit */
+#define EC_EINTERNAL -18  /**< an invariant failed; a bug, please report */
+#define EC_ECORRUPT  -19  /**< shared segment or file failed validation */
+#define EC_E_LAST    -19
+
+/** Supported element types. Values are stable: they go on disk and wire. */
+typedef enum ec_dtype {
+    EC_DTYPE_INVALID = 0,
+    EC_DTYPE_F32 = 1,
+    EC_DTYPE_F16 = 2,
+    EC_DTYPE_BF16 = 3,
+    EC_DTYPE_F64 = 4,
+    EC_DTYPE_I8 = 5,
+    EC_DTYPE_U8 = 6,
+    EC_DTYPE_I32 = 7,
+    EC_DTYPE_I64 = 8,
+} ec_dtype;
+
+typedef struct ec_client ec_client;
+typedef struct ec_tensor ec_tensor;
+typedef struct ec_view ec_view;
+
+/** Describes a resolved tensor. Strings live as long as the ec_tensor. */
+typedef struct ec_tensor_info {
+    const char *model;            /**< model name */
+    const char *tensor;           /**< tensor name */
+    int64_t version;              /**< the concrete version an alias led to */
+    ec_dtype dtype;
+    uint32_t ndim;                /**< 0..EC_MAX_DIMS */
+    uint64_t shape[EC_MAX_DIMS];  /**< row-major; shape[0] is the row count */
+    uint64_t rows;                /**< shape[0], or 1 for a scalar */
+    uint64_t row_bytes;           /**< bytes of one row */
+    uint64_t rows_per_partition;
+    uint64_t partitions;
+} ec_tensor_info;
+
+/** One model version, as listed by ec_catalog_list(). Valid during the callback. */
+typedef struct ec_version_info {
+    const char *model;
+    int64_t version;
+    int64_t round;                /**< training round; -1 when not given */
+    const char *params_json;      /**< "{}" when not given */
+    const char *aliases;          /**< comma-separated, "" when none */
+    int64_t created_unix;
+    uint32_t tensors;
+    uint64_t bytes;               /**< sum of the tensors' data bytes */
+} ec_version_info;
+
+/** One tensor of a version, as listed by ec_catalog_list(). */
+typedef struct ec_tensor_listing {
+    const char *name;
+    ec_dtype dtype;
+    uint32_t ndim;
+    uint64_t shape[EC_MAX_DIMS];
+    uint64_t partitions;
+    uint64_t bytes;
+} ec_tensor_listing;
+
+/**
+ * Called once per version, then once per tensor of that version (tensor is
+ * NULL on the version's own call). Return non-zero to stop the listing; that
+ * value is then returned by ec_catalog_list().
+ */
+typedef int (*ec_list_cb)(const ec_version_info *version,
+                          const ec_tensor_listing *tensor, void *arg);
+
+/** Called once per statistic; return non-zero to stop. */
+typedef int (*ec_stat_cb)(const char *name, uint64_t value, void *arg);
+
+/** Options for ec_model_import(). Zero-initialize, then set what you need. */
+typedef struct ec_import_opts {
+    const char *model;            /**< required */
+    int64_t version;              /**< required, >= 1 */
+    int64_t round;                /**< training round; -1 for none */
+    const char *params_json;      /**< NULL for "{}"; must be a JSON object */
+    uint64_t partition_bytes;     /**< target partition size; 0 for 1 MiB */
+} ec_import_opts;
+
+/* ------------------------------------------------------------------ */
+/* Errors and dtypes                                                   */
+
+/** Name of an error code ("EC_ENOENT: not found"). Never NULL; static. */
+EC_API const char *ec_strerror(int err);
+
+/**
+ * The calling thread's message for its most recent failed embcache call.
+ * Valid until that thread's next embcache call. Never NULL ("" if none).
+ */
+EC_API const char *ec_last_error(void);
+
+/** "f32", "f16", ... or NULL for an invalid dtype. */
+EC_API const char *ec_dtype_name(ec_dtype dtype);
+
+/** Size in bytes of one element, or 0 for an invalid dtype. */
+EC_API size_t ec_dtype_size(ec_dtype dtype);
+
+/** The library's version string, e.g. "0.1.0". */
+EC_API const char *ec_version(void);
+
+/* ------------------------------------------------------------------ */
+/* Connection                                                          */
+
+/**
+ * Connect to embcached and map its segment read-only.
+ *
+ * @param[in]  socket_path  the daemon's socket; NULL means $EMBCACHE_SOCKET,
+ *                          then the default (/run/embcache/embcached.sock as
+ *                          root, $XDG_RUNTIME_DIR/embcache.sock or
+ *                          /tmp/embcache-$UID.sock otherwise).
+ * @param[out] out          the new client, to be closed with ec_client_close().
+ * @return 0, or EC_EINVAL, EC_ENOMEM, EC_ECONN (no daemon: the message names
+ *         the socket and how to start one), EC_EPERM (the daemon refused our
+ *         credentials), EC_EVERSION, EC_EPROTO, EC_ECORRUPT (the segment
+ *         failed validation).
+ * Thread safety: the new client may be used from any thread.
+ */
+EC_API int ec_client_connect(const char *socket_path, ec_client **out);
+
+/** Close a client: unmaps the segment, drops the daemon's pins for it. NULL is fine. */
+EC_API void ec_client_close(ec_client *c);
+
+/**
+ * The generation of the daemon this client is attached to. A restarted
+ * daemon has a new generation; calls on the old connection fail with
+ * EC_ESTALE and the client must be closed and connected again.
+ */
+EC_API uint64_t ec_client_generation(const ec_client *c);
+
+/* ------------------------------------------------------------------ */
+/* Tensors                                                             */
+
+/**
+ * Resolve (model, version or alias, tensor) to a tensor handle.
+ *
+ * @param[in]  version  a decimal version number ("3") or an alias ("current").
+ * @param[out] out      the tensor, to be released with ec_tensor_release().
+ * @return 0, or EC_EINVAL, EC_ENOMEM, EC_ENOENT (unknown model, version,
+ *         alias or tensor), EC_ECONN, EC_ESTALE, EC_EPROTO, EC_EIO (the
+ *         tensor's partition file cannot be opened), EC_ECORRUPT.
+ * The handle keeps the version it resolved to: switching an alias later
+ * does not change what an existing handle reads.
+ */
+EC_API int ec_tensor_resolve(ec_client *c, const char *model, const char *version,
+                             const char *tensor, ec_tensor **out);
+
+/** Release a tensor handle. NULL is fine. */
+EC_API void ec_tensor_release(ec_tensor *t);
+
+/** Describe a tensor. @return 0 or EC_EINVAL. Strings live as long as t. */
+EC_API int ec_tensor_info_get(const ec_tensor *t, ec_tensor_info *out);
+
+/**
+ * Copy rows ids[0..n) of t into out, row after row (n * row_bytes bytes).
+ *
+ * Resident rows are copied straight from shared memory with no system call;
+ * the partitions that miss are requested from the daemon in one message and
+ * the copy finishes when they are resident. A copy is checked against the
+ * index entry's sequence after it is made, so a row is never returned torn
+ * or from a reused extent.
+ *
+ * @param[in]  ids       row ids, each in [0, rows)
+ * @param[in]  n         number of ids; 0 is a no-op
+ * @param[out] out       destination; out_size must be >= n * row_bytes
+ * @return 0, or EC_EINVAL, EC_ERANGE (an id is out of range: the message
+ *         names its position and value), EC_ECHECKSUM, EC_EIO, EC_ENOSPC,
+ *         EC_ECONN, EC_ESTALE, EC_EPROTO. On failure the contents of out
+ *         are unspecified.
+ * Thread safety: any number of threads may gather from one tensor at once.
+ */
+EC_API int ec_tensor_gather(ec_tensor *t, const int64_t *ids, size_t n,
+                            void *out, size_t out_size);
+
+/**
+ * Pin the whole tensor in shared memory as one contiguous, read-only,
+ * row-major region, and return a view of it. The daemon loads what is not
+ * resident, keeps the region resident while the view is held and drops the
+ * pin when the view is released or this client's connection closes.
+ *
+ * @param[out] out  the view, to be released with ec_view_release().
+ * @return 0, or EC_EINVAL, EC_ENOMEM, EC_ENOSPC (the segment cannot hold the
+ *         tensor contiguously), EC_ECHECKSUM, EC_EIO, EC_ECONN, EC_ESTALE.
+ */
+EC_API int ec_tensor_view(ec_tensor *t, ec_view **out);
+
+/** The view's first byte. Read-only; valid until ec_view_release(). */
+EC_API const void *ec_view_data(const ec_view *v);
+
+/** The view's size in bytes (rows * row_bytes). */
+EC_API size_t ec_view_size(const ec_view *v);
+
+/** Release a view and its pin. NULL is fine. */
+EC_API void ec_view_release(ec_view *v);
+
+/* ------------------------------------------------------------------ */
+/* Catalog and administration                                          */
+
+/**
+ * Import .npy and .safetensors files as a new model version.
+ *
+ * The files are opened here, with this process's permissions, and passed
+ * to the daemon as file descriptors; the daemon writes partition files and
+ * registers the version in one catalog transaction. A .npy file becomes one
+ * tensor named after the file's stem; a .safetensors file keeps its tensors'
+ * names. On any failure nothing is registered and no file is left behind.
+ *
+ * @param[in]  paths, n       the files (1..64)
+ * @param[out] tensors_out    number of tensors imported; may be NULL
+ * @return 0, or EC_EINVAL, EC_EEXIST (that version exists), EC_EFORMAT,
+ *         EC_EDTYPE, EC_EIO, EC_ENOSPC (data directory full), EC_ECONN,
+ *         EC_ETOOBIG.
+ */
+EC_API int ec_model_import(ec_client *c, const ec_import_opts *opts,
+                           const char *const *paths, size_t n,
+                           uint32_t *tensors_out);
+
+/**
+ * Point alias at (model, version). Atomic for clients: a handle resolved
+ * before keeps its version; the next resolve sees the new one.
+ * An alias is a name that is not a number ("current", "canary").
+ * @return 0, or EC_EINVAL, EC_ENOENT (no such model version), EC_ECONN.
+ */
+EC_API int ec_model_alias(ec_client *c, const char *model, const char *alias,
+                          int64_t version);
+
+/**
+ * List model versions (of one model, or of all when model is NULL) and
+ * their tensors, in (model, version) order.
+ * @return 0, the callback's non-zero value, or EC_ECONN, EC_EPROTO.
+ */
+EC_API int ec_catalog_list(ec_client *c, const char *model, ec_list_cb cb, void *arg);
+
+/**
+ * Read the daemon's statistics (name, value pairs: segment bytes, resident
+ * partitions, hits, misses, page-ins, checksum failures, clients, ...).
+ * @return 0, the callback's non-zero value, or EC_ECONN, EC_EPROTO.
+ */
+EC_API int ec_client_stats(ec_client *c, ec_stat_cb cb, void *arg);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* EMBCACHE_H */

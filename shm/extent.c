@@ -1,0 +1,1 @@
+/* shm/extent.c: being written */

@@ -1,0 +1,1 @@
+/* shm/index.c: being written */

@@ -1,0 +1,138 @@
+/*
+ * layout.h - the on-shm layout of the embcache segment and session pages.
+ *
+ * This file is the contract between embcached (the only writer of the
+ * segment) and every client (read-only mappings). All fields are
+ * fixed-width, little-endian on the host, and addressed by offsets from the
+ * segment base, never by pointers. A layout change bumps
+ * EC_SHM_LAYOUT_VERSION; a daemon or client that finds another version
+ * refuses the segment.
+ *
+ * Segment:
+ *
+ *   0                 header (one 4 KiB page)
+ *   index_off         index: index_slots entries of 32 bytes, open addressing
+ *   data_off          data area: partition extents, 4 KiB granular
+ *   segment_size
+ *
+ * Invariants (checked by ec_segment_validate()):
+ *   1. magic == EC_SHM_MAGIC, layout_version == EC_SHM_LAYOUT_VERSION,
+ *      header_size == EC_SHM_HEADER_SIZE.
+ *   2. index_off == header_size; index_slots is a power of two >= 64;
+ *      index_off + index_slots * sizeof(entry) <= data_off.
+ *   3. data_off and data_size are multiples of EC_SHM_PAGE and
+ *      data_off + data_size <= segment_size == the mapped size.
+ *
+ * Index entry seqlock protocol (the daemon is the single writer):
+ *   writer: seq += 1 (odd, relaxed) ; release fence ; write fields (relaxed)
+ *           ; seq += 1 (even, release)
+ *   reader: s1 = seq (acquire); odd -> retry ; read fields (relaxed)
+ *           ; copy rows from data + offset ; acquire fence
+ *           ; s2 = seq (relaxed) ; s1 != s2 -> the copy may be torn: retry
+ *   The daemon bumps an entry's seq (removes it) before the extent it
+ *   describes is freed, so any copy from a reused extent fails the check.
+ *   Sequences only grow, so there is no ABA.
+ */
+#ifndef EC_SHM_LAYOUT_H
+#define EC_SHM_LAYOUT_H
+
+#include <assert.h>
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define EC_SHM_MAGIC 0x31454843424d4545ULL /* "EEMBCHE1" little-endian */
+#define EC_SHM_LAYOUT_VERSION 1u
+#define EC_SHM_PAGE 4096u
+#define EC_SHM_HEADER_SIZE 4096u
+#define EC_SHM_MIN_SLOTS 64u
+
+/* Index entry flags. */
+#define EC_ENTRY_RESIDENT 0x1u /* offset/length describe valid, checked data */
+
+typedef struct ec_shm_header {
+    /* Written once when the segment is created; read-only afterwards. */
+    uint64_t magic;
+    uint32_t layout_version;
+    uint32_t header_size;
+    uint64_t segment_size;
+    uint64_t index_off;
+    uint64_t index_slots;
+    uint64_t data_off;
+    uint64_t data_size;
+    uint64_t created_unix;
+    uint8_t reserved0[64];
+
+    /* Written by the daemon on attach; clients load with acquire. A client
+     * whose connection's generation differs from this one is stale. */
+    _Atomic uint64_t generation;
+    _Atomic uint32_t daemon_pid;
+    uint32_t pad1;
+    uint8_t reserved1[48];
+
+    /* Daemon-maintained gauges, relaxed; for monitoring only. */
+    _Atomic uint64_t used_bytes;
+    _Atomic uint64_t resident_partitions;
+    uint8_t reserved2[48];
+} ec_shm_header;
+
+static_assert(offsetof(ec_shm_header, generation) == 128, "header layout");
+static_assert(offsetof(ec_shm_header, used_bytes) == 192, "header layout");
+static_assert(sizeof(ec_shm_header) <= EC_SHM_HEADER_SIZE, "header fits its page");
+
+typedef struct ec_index_entry {
+    _Atomic uint64_t seq;    /* even: stable; odd: being written */
+    _Atomic uint64_t key;    /* EC_INDEX_KEY(tensor, partition); 0 = empty */
+    _Atomic uint64_t offset; /* byte offset of the partition from data_off */
+    _Atomic uint32_t length; /* bytes of partition data at offset */
+    _Atomic uint32_t flags;  /* EC_ENTRY_* */
+} ec_index_entry;
+
+static_assert(sizeof(ec_index_entry) == 32, "index entry is 32 bytes");
+
+#define EC_INDEX_KEY(tensor, part) (((uint64_t)(tensor) << 32) | (uint32_t)(part))
+#define EC_INDEX_KEY_TENSOR(key) ((uint32_t)((key) >> 32))
+#define EC_INDEX_KEY_PART(key) ((uint32_t)(key))
+
+/*
+ * Session page: one per client connection, a memfd the daemon creates and
+ * hands to that client alone, read-write. The client writes its counters and
+ * its access ring; the daemon reads them as untrusted input (a client can
+ * only lie about itself) and validates every ring entry before use.
+ */
+#define EC_SESSION_MAGIC 0x31535345434d4545ULL /* "EEMCESS1" */
+#define EC_SESSION_VERSION 1u
+#define EC_SESSION_SIZE 65536u
+#define EC_SESSION_RING 7680u
+
+typedef struct ec_session_page {
+    /* Written by the daemon before the page is handed over. */
+    uint64_t magic;
+    uint32_t version;
+    uint32_t ring_slots;
+    uint64_t generation;
+    uint64_t client_id;
+    uint8_t reserved0[32];
+
+    /* Written by the client (relaxed); untrusted. */
+    _Atomic uint64_t gathers;
+    _Atomic uint64_t rows;
+    _Atomic uint64_t hits;     /* rows served from shared memory */
+    _Atomic uint64_t misses;   /* rows that needed a fault */
+    _Atomic uint64_t retries;  /* seqlock re-reads */
+    _Atomic uint64_t faults;   /* fault requests sent */
+    uint8_t reserved1[16];
+
+    /* Access ring: the client stores EC_INDEX_KEY(tensor, part) of the
+     * partitions it touched at ring[head % ring_slots], then bumps head
+     * (release). The daemon keeps its own tail. */
+    _Atomic uint64_t ring_head;
+    uint8_t reserved2[56];
+    _Atomic uint64_t ring[EC_SESSION_RING];
+} ec_session_page;
+
+static_assert(offsetof(ec_session_page, gathers) == 64, "session layout");
+static_assert(offsetof(ec_session_page, ring) == 192, "session layout");
+static_assert(sizeof(ec_session_page) <= EC_SESSION_SIZE, "session fits");
+
+#endif

@@ -1,0 +1,1 @@
+/* shm/segment.c: being written */

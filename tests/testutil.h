@@ -1,0 +1,70 @@
+/*
+ * testutil.h - helpers shared by the test programs: temporary directories,
+ * writing small .npy / .safetensors files, deterministic row contents, and
+ * starting/stopping a real embcached. Used by tests only.
+ */
+#ifndef EC_TESTUTIL_H
+#define EC_TESTUTIL_H
+
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include <cmocka.h>
+
+#include "embcache.h"
+
+#define EC_TEST_SKIP 77
+
+/* mkdtemp under $TMPDIR (or /tmp) with a prefix; aborts the test on failure.
+ * Returns a malloc'd path. */
+char *ect_tmpdir(const char *prefix);
+
+/* rm -rf path (nftw). */
+void ect_rmtree(const char *path);
+
+/* Write a whole file. Returns 0 or -errno. */
+int ect_write_file(const char *path, const void *buf, size_t len);
+
+/* Read a whole file into a malloc'd buffer. */
+void *ect_read_file(const char *path, size_t *len_out);
+
+/* Deterministic contents for element i of a test tensor, as bytes of dtype:
+ * fills `out` (n elements of dtype) with values derived from (seed, first
+ * element index). Values are distinct per position for every dtype wide
+ * enough, so misplaced rows are caught. */
+void ect_fill(ec_dtype dtype, uint64_t seed, uint64_t first, uint64_t n, void *out);
+
+/* Write a C-order little-endian .npy file of the given dtype and shape filled
+ * by ect_fill(dtype, seed, 0, ...). Returns 0 or -errno. */
+int ect_write_npy(const char *path, ec_dtype dtype, uint32_t ndim, const uint64_t *shape,
+                  uint64_t seed);
+
+/* One tensor for ect_write_safetensors. */
+typedef struct ect_st_tensor {
+    const char *name;
+    ec_dtype dtype;
+    uint32_t ndim;
+    uint64_t shape[EC_MAX_DIMS];
+    uint64_t seed;
+} ect_st_tensor;
+
+/* Write a .safetensors file holding the tensors, each filled by ect_fill. */
+int ect_write_safetensors(const char *path, const ect_st_tensor *t, size_t n);
+
+/* Start embcached in the foreground as a child: data_dir, socket, extra
+ * NULL-terminated args; waits until the socket accepts connections (or
+ * fails the test after 20 s). Returns its pid. */
+pid_t ect_daemon_start(const char *data_dir, const char *socket, const char *const *extra);
+
+/* SIGTERM the daemon and wait; returns its exit status (as from waitpid). */
+int ect_daemon_stop(pid_t pid);
+
+/* Run a program with args (NULL-terminated), capturing stdout and stderr
+ * into malloc'd buffers (may be NULL). Returns the exit status (0..255), or
+ * 128+signal. */
+int ect_run(const char *const *argv, char **out, size_t *out_len, char **err);
+
+#endif

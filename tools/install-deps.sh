@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Install every build and test dependency of embcache from Debian 12 packages.
+# Idempotent: packages already present are left alone. Run as root (or with sudo).
+# The CUDA toolkit is not a Debian package here: the build finds it under
+# /usr/local/cuda when it is installed and builds the CPU backend alone otherwise.
+set -euo pipefail
+
+PKGS=(
+  build-essential cmake pkgconf
+  libhwloc-dev liburing-dev libcmocka-dev libsqlite3-dev libxxhash-dev libdlpack-dev
+  python3 python3-numpy python3-pytest
+)
+
+if [ "$(id -u)" -ne 0 ]; then
+  if command -v sudo >/dev/null 2>&1; then exec sudo -E "$0" "$@"; fi
+  echo "install-deps.sh: run as root (or install sudo): apt-get needs it" >&2
+  exit 1
+fi
+
+missing=()
+for p in "${PKGS[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+
+if [ "${#missing[@]}" -eq 0 ]; then
+  echo "install-deps.sh: all ${#PKGS[@]} packages already installed"
+  exit 0
+fi
+
+echo "install-deps.sh: installing ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends "${missing[@]}"
