@@ -35,7 +35,12 @@ typedef struct ec_segment {
     uint8_t *data;          /* base + data_off */
     uint64_t data_size;
     char name[EC_SEGMENT_NAME_MAX]; /* "" for a segment mapped from a fd */
+    uint64_t index_used;    /* daemon-private, kept by index.c: occupied index
+                             * entries (load-factor check); EC_INDEX_USED_UNKNOWN
+                             * until index.c has counted them */
 } ec_segment;
+
+#define EC_INDEX_USED_UNKNOWN UINT64_MAX
 
 /* Compute a layout for a segment of `size` bytes: index slots sized for the
  * most partitions the data area can hold (one per 4 KiB page, times two for
