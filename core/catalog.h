@@ -61,9 +61,11 @@ void ec_catalog_close(ec_catalog *cat);
 void ec_cat_version_clear(ec_cat_version *v);
 void ec_cat_tensor_clear(ec_cat_tensor *t);
 
-/* Validate a model, tensor or alias name: 1..EC_NAME_MAX bytes, printable
- * ASCII without whitespace, '/' allowed in tensor names only; an alias must
- * not be all digits. Returns 0 or EC_EINVAL with a message. */
+/* Validate a name; what is "model", "tensor" or "alias" (anything else is
+ * checked as a model). 1..EC_NAME_MAX bytes. Models and aliases: letters,
+ * digits, '.', '-', '_', not starting with '-' or '.'; an alias must not be
+ * all digits. Tensors: also ':' and '/', with no empty, "." or ".." '/'
+ * components. Returns 0 or EC_EINVAL with a message. */
 int ec_catalog_check_name(const char *what, const char *name);
 
 /* Register a version and its tensors in one transaction. v->id, tensors'

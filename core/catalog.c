@@ -1,0 +1,1738 @@
+/*
+ * catalog.c - the model catalog in SQLite (<data_dir>/catalog.db); see
+ * catalog.h for the contract.
+ *
+ * What it owns: the record of which model versions exist (name, version,
+ * training round, params JSON), the aliases that point at them, and for each
+ * tensor its dtype, shape, partitioning, partition file and per-partition
+ * checksums. The partition files themselves belong to the importer; this
+ * module only records their paths (relative to the data dir) and hands them
+ * back so the caller can unlink them.
+ *
+ * Who calls it: the daemon only. The engine thread (resolve, list, alias,
+ * drop, stats) and the importer thread (add_version, sweep) each open their
+ * own ec_catalog on the same file.
+ *
+ * Thread rules: one ec_catalog per thread. A handle is one sqlite3
+ * connection; it must be used by one thread at a time (it is opened
+ * FULLMUTEX, so misuse cannot corrupt the connection, but error messages are
+ * per thread and statements would interleave). Two handles in two threads
+ * or processes are safe: the database runs in WAL mode so readers never
+ * block the writer, writers serialize on BEGIN IMMEDIATE, and a busy
+ * timeout of 5 s absorbs the wait instead of surfacing SQLITE_BUSY.
+ * Callbacks (list_versions, list_tensors, foreach_path) run inside a read
+ * transaction of the handle: they may call the read functions on the same
+ * handle (list_tensors from a list_versions callback), but not the
+ * mutating ones (those return EC_EINVAL there). drop_version's on_path runs
+ * inside the write transaction and must not call back into the catalog.
+ *
+ * Transactions: every mutating function is one BEGIN IMMEDIATE ... COMMIT;
+ * any failure rolls back, so the catalog is left as it was. Multi-statement
+ * reads run in one read transaction so they see one snapshot.
+ *
+ * Durability: synchronous=FULL. With WAL, NORMAL can lose the last commits
+ * on power failure. That is not acceptable here: drop_version's caller
+ * unlinks partition files right after the commit, and a rolled-back drop
+ * would leave the catalog pointing at deleted files; an import or alias
+ * switch acknowledged to an operator must also survive. Catalog writes are
+ * rare (imports, aliases, drops), so one fsync per commit costs nothing
+ * that matters.
+ *
+ * Schema (PRAGMA user_version = 1; a newer version is refused with
+ * EC_EVERSION, an older one cannot exist yet):
+ *
+ *   models(id INTEGER PRIMARY KEY, name TEXT UNIQUE)
+ *   versions(id INTEGER PRIMARY KEY AUTOINCREMENT,
+ *            model_id -> models ON DELETE CASCADE, version >= 1,
+ *            round >= -1, params_json TEXT (json()-normalized object),
+ *            created_unix, UNIQUE(model_id, version))
+ *   aliases(model_id -> models ON DELETE CASCADE, alias,
+ *           version_id -> versions ON DELETE CASCADE,
+ *           PRIMARY KEY(model_id, alias))
+ *   tensors(id INTEGER PRIMARY KEY AUTOINCREMENT,
+ *           version_id -> versions ON DELETE CASCADE, name, dtype, ndim,
+ *           shape BLOB (ndim little-endian u64), rows, row_bytes,
+ *           rows_per_partition, partitions, path, file_size,
+ *           header_checksum, part_checksums BLOB (partitions
+ *           little-endian u64), UNIQUE(version_id, name))
+ *
+ * Invariants:
+ *  1. Tensor ids come from AUTOINCREMENT, so a committed id is never handed
+ *     out again, even after its version is dropped: ids key shared-memory
+ *     index entries, and a reused id could make a stale entry look live.
+ *  2. Tensor ids stay below 2^32 (the index stores 32-bit ids); an
+ *     add_version that would cross it fails with EC_ENOSPC and adds nothing.
+ *  3. An alias points at a version of its own model (set_alias looks the
+ *     version up by (model, version)).
+ *  4. A model row exists only while it has at least one version:
+ *     add_version creates it, drop_version of its last version removes it.
+ *  5. u64 columns (rows, sizes, checksums) are stored as their two's
+ *     complement int64 bit pattern and read back the same way; every value
+ *     read from the file is validated before it is returned (EC_ECORRUPT).
+ *
+ * list_versions of an unknown model calls nothing and returns 0 (an empty
+ * listing, as ec_catalog_list() documents); resolve, version_of, find,
+ * set_alias and drop_version say which part is unknown with EC_ENOENT.
+ *
+ * Errors: SQLite failures become EC_ECORRUPT (SQLITE_CORRUPT, SQLITE_NOTADB),
+ * EC_ENOMEM, EC_ENOSPC (SQLITE_FULL), EC_EBUSY (SQLITE_BUSY/LOCKED after the
+ * busy timeout), EC_EPERM (SQLITE_READONLY/PERM), EC_ETOOBIG, else EC_EIO,
+ * with sqlite3_errmsg() in the message.
+ */
+#include "catalog.h"
+
+#include <inttypes.h>
+#include <sqlite3.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "common/dtype.h"
+#include "common/err.h"
+
+#define CAT_SCHEMA_VERSION 1
+#define CAT_BUSY_TIMEOUT_MS 5000
+#define CAT_TENSOR_ID_LIMIT (INT64_C(1) << 32)
+#define CAT_LIST_MAX 160  /* bytes of "versions: ..." lists in messages */
+#define CAT_JSON_DEPTH_MAX 256
+#define CAT_PARTITIONS_MAX (UINT64_C(1) << 26) /* 512 MiB of checksums, < SQLite's 1e9 */
+
+struct ec_catalog {
+    sqlite3 *db;
+};
+
+/* ------------------------------------------------------------------ */
+/* SQLite plumbing                                                     */
+
+static int map_sqlite(int rc)
+{
+    switch (rc & 0xff) {
+    case SQLITE_CORRUPT:
+    case SQLITE_NOTADB:
+        return EC_ECORRUPT;
+    case SQLITE_NOMEM:
+        return EC_ENOMEM;
+    case SQLITE_FULL:
+        return EC_ENOSPC;
+    case SQLITE_BUSY:
+    case SQLITE_LOCKED:
+        return EC_EBUSY;
+    case SQLITE_READONLY:
+    case SQLITE_PERM:
+    case SQLITE_AUTH:
+        return EC_EPERM;
+    case SQLITE_TOOBIG:
+        return EC_ETOOBIG;
+    default:
+        return EC_EIO;
+    }
+}
+
+/* Record SQLite's failure rc while doing `what`; returns the EC_ code. */
+static int sql_err(sqlite3 *db, int rc, const char *what)
+{
+    return ec_seterr(map_sqlite(rc), "catalog: %s: %s (sqlite error %d)", what,
+                     db ? sqlite3_errmsg(db) : sqlite3_errstr(rc), rc);
+}
+
+static int prep(ec_catalog *cat, const char *sql, sqlite3_stmt **st)
+{
+    int rc = sqlite3_prepare_v2(cat->db, sql, -1, st, NULL);
+
+    if (rc != SQLITE_OK) {
+        *st = NULL;
+        return sql_err(cat->db, rc, "prepare");
+    }
+    return 0;
+}
+
+/*
+ * Bind parameters 1.. from a format: 'i' int64_t, 'u' uint64_t (bit
+ * pattern), 't' const char * (NULL binds NULL), 'b' const void *, size_t.
+ */
+static int bindf(ec_catalog *cat, sqlite3_stmt *st, const char *fmt, ...)
+{
+    va_list ap;
+    int rc = SQLITE_OK;
+    int idx = 1;
+
+    va_start(ap, fmt);
+    for (const char *f = fmt; *f && rc == SQLITE_OK; f++, idx++) {
+        switch (*f) {
+        case 'i':
+            rc = sqlite3_bind_int64(st, idx, (sqlite3_int64)va_arg(ap, int64_t));
+            break;
+        case 'u':
+            rc = sqlite3_bind_int64(st, idx, (sqlite3_int64)va_arg(ap, uint64_t));
+            break;
+        case 't': {
+            const char *s = va_arg(ap, const char *);
+            rc = s ? sqlite3_bind_text(st, idx, s, -1, SQLITE_TRANSIENT)
+                   : sqlite3_bind_null(st, idx);
+            break;
+        }
+        case 'b': {
+            const void *p = va_arg(ap, const void *);
+            size_t n = va_arg(ap, size_t);
+            rc = sqlite3_bind_blob64(st, idx, n ? p : "", (sqlite3_uint64)n, SQLITE_TRANSIENT);
+            break;
+        }
+        default:
+            rc = SQLITE_MISUSE;
+            break;
+        }
+    }
+    va_end(ap);
+    if (rc != SQLITE_OK)
+        return sql_err(cat->db, rc, "bind");
+    return 0;
+}
+
+/* Step: 1 for a row, 0 when done, < 0 on failure. */
+static int step(ec_catalog *cat, sqlite3_stmt *st, const char *what)
+{
+    int rc = sqlite3_step(st);
+
+    if (rc == SQLITE_ROW)
+        return 1;
+    if (rc == SQLITE_DONE)
+        return 0;
+    return sql_err(cat->db, rc, what);
+}
+
+static int exec(ec_catalog *cat, const char *sql, const char *what)
+{
+    int rc = sqlite3_exec(cat->db, sql, NULL, NULL, NULL);
+
+    return rc == SQLITE_OK ? 0 : sql_err(cat->db, rc, what);
+}
+
+static int tx_begin_write(ec_catalog *cat)
+{
+    if (!sqlite3_get_autocommit(cat->db))
+        return ec_seterr(EC_EINVAL, "catalog: a change was requested from inside a catalog "
+                                    "callback; make it after the listing returns");
+    return exec(cat, "BEGIN IMMEDIATE", "begin write transaction");
+}
+
+/* Commit; on failure the transaction is rolled back (if still open). */
+static int tx_commit(ec_catalog *cat)
+{
+    int err = exec(cat, "COMMIT", "commit");
+
+    if (err < 0 && !sqlite3_get_autocommit(cat->db))
+        sqlite3_exec(cat->db, "ROLLBACK", NULL, NULL, NULL);
+    return err;
+}
+
+/* Roll back without touching the thread's error message. */
+static void tx_rollback(ec_catalog *cat)
+{
+    if (!sqlite3_get_autocommit(cat->db))
+        sqlite3_exec(cat->db, "ROLLBACK", NULL, NULL, NULL);
+}
+
+/* Start a read transaction unless one is open already (nested call from a
+ * callback); *owned says whether tx_end_read must end it. */
+static int tx_begin_read(ec_catalog *cat, bool *owned)
+{
+    *owned = false;
+    if (!sqlite3_get_autocommit(cat->db))
+        return 0;
+    int err = exec(cat, "BEGIN", "begin read transaction");
+    if (err == 0)
+        *owned = true;
+    return err;
+}
+
+static void tx_end_read(ec_catalog *cat, bool owned)
+{
+    if (owned && !sqlite3_get_autocommit(cat->db))
+        sqlite3_exec(cat->db, "COMMIT", NULL, NULL, NULL);
+}
+
+/* ------------------------------------------------------------------ */
+/* Little helpers                                                      */
+
+static void put_le64(unsigned char *p, uint64_t v)
+{
+    for (int i = 0; i < 8; i++)
+        p[i] = (unsigned char)(v >> (8 * i));
+}
+
+static uint64_t get_le64(const unsigned char *p)
+{
+    uint64_t v = 0;
+    for (int i = 0; i < 8; i++)
+        v |= (uint64_t)p[i] << (8 * i);
+    return v;
+}
+
+/* Append to a fixed message buffer; once full, end it with ", ..." and
+ * refuse more. Returns false when the list was cut. */
+static bool list_append(char *buf, size_t cap, size_t *len, const char *item)
+{
+    const char *sep = *len ? ", " : "";
+    size_t need = strlen(sep) + strlen(item);
+
+    if (*len + need + 6 > cap) {
+        const char *more = *len ? ", ..." : "...";
+        if (*len + strlen(more) < cap) {
+            memcpy(buf + *len, more, strlen(more) + 1);
+            *len += strlen(more);
+        }
+        return false;
+    }
+    *len += (size_t)snprintf(buf + *len, cap - *len, "%s%s", sep, item);
+    return true;
+}
+
+/* A growable string, for canonical JSON. */
+typedef struct sbuf {
+    char *p;
+    size_t len, cap;
+} sbuf;
+
+static int sb_put(sbuf *b, const char *s, size_t n)
+{
+    if (b->len + n + 1 > b->cap) {
+        size_t cap = b->cap ? b->cap : 64;
+        while (cap < b->len + n + 1)
+            cap *= 2;
+        char *p = realloc(b->p, cap);
+        if (!p)
+            return ec_seterr(EC_ENOMEM, "catalog: out of memory normalizing params JSON");
+        b->p = p;
+        b->cap = cap;
+    }
+    memcpy(b->p + b->len, s, n);
+    b->len += n;
+    b->p[b->len] = '\0';
+    return 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* Names and paths                                                     */
+
+enum name_kind { NAME_MODEL, NAME_TENSOR, NAME_ALIAS };
+
+static enum name_kind name_kind_of(const char *what)
+{
+    if (what && !strcmp(what, "tensor"))
+        return NAME_TENSOR;
+    if (what && !strcmp(what, "alias"))
+        return NAME_ALIAS;
+    return NAME_MODEL;
+}
+
+static bool all_digits(const char *s)
+{
+    if (!*s)
+        return false;
+    for (; *s; s++)
+        if (*s < '0' || *s > '9')
+            return false;
+    return true;
+}
+
+static bool is_alnum(char c)
+{
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9');
+}
+
+/* Copy up to 64 bytes of s into out with anything but printable ASCII as
+ * '?', so a message never carries control characters. */
+static const char *printable(const char *s, char out[72])
+{
+    size_t i = 0;
+
+    for (; s[i] && i < 64; i++)
+        out[i] = (s[i] >= 0x20 && s[i] <= 0x7e) ? s[i] : '?';
+    if (s[i] && i == 64) {
+        memcpy(out + i, "...", 3);
+        i += 3;
+    }
+    out[i] = '\0';
+    return out;
+}
+
+int ec_catalog_check_name(const char *what, const char *name)
+{
+    enum name_kind kind = name_kind_of(what);
+    const char *w = what ? what : "model";
+    const char *allowed = kind == NAME_TENSOR ? "letters, digits, '.', '-', '_', ':' and '/'"
+                                              : "letters, digits, '.', '-' and '_'";
+    char pbuf[72];
+    size_t len;
+
+    if (!name)
+        return ec_seterr(EC_EINVAL, "no %s name given", w);
+    len = strnlen(name, EC_NAME_MAX + 1);
+    if (len == 0)
+        return ec_seterr(EC_EINVAL, "empty %s name; use 1..%d bytes of %s", w, EC_NAME_MAX,
+                         allowed);
+    if (len > EC_NAME_MAX)
+        return ec_seterr(EC_EINVAL, "%s name '%s' is longer than %d bytes", w,
+                         printable(name, pbuf), EC_NAME_MAX);
+    for (size_t i = 0; i < len; i++) {
+        char c = name[i];
+        bool ok = is_alnum(c) || c == '.' || c == '-' || c == '_' ||
+                  (kind == NAME_TENSOR && (c == ':' || c == '/'));
+        if (!ok)
+            return ec_seterr(EC_EINVAL,
+                             "%s name '%s' has a character not allowed (byte 0x%02x at "
+                             "offset %zu); use %s",
+                             w, printable(name, pbuf), (unsigned)(unsigned char)c, i, allowed);
+    }
+    if (kind == NAME_TENSOR) {
+        /* '/' separates components; none may be empty, "." or "..", so a
+         * tensor name can never walk out of a directory it is put in. */
+        const char *p = name;
+        while (1) {
+            const char *e = strchr(p, '/');
+            size_t n = e ? (size_t)(e - p) : strlen(p);
+            if (n == 0 || (n == 1 && p[0] == '.') || (n == 2 && p[0] == '.' && p[1] == '.'))
+                return ec_seterr(EC_EINVAL,
+                                 "tensor name '%s' has an empty, '.' or '..' path component",
+                                 printable(name, pbuf));
+            if (!e)
+                break;
+            p = e + 1;
+        }
+        return 0;
+    }
+    if (name[0] == '-' || name[0] == '.')
+        return ec_seterr(EC_EINVAL,
+                         "%s name '%s' must not start with '-' or '.'; start it with a letter, "
+                         "digit or '_'",
+                         w, printable(name, pbuf));
+    if (kind == NAME_ALIAS && all_digits(name))
+        return ec_seterr(EC_EINVAL,
+                         "alias '%s' is all digits and would read as a version number; "
+                         "use a name such as 'current'",
+                         name);
+    return 0;
+}
+
+/* A partition file path: relative, 1..EC_CAT_PATH_MAX-1 bytes, printable,
+ * no empty, "." or ".." components. */
+static bool path_ok(const char *path, size_t maxlen)
+{
+    size_t len = strnlen(path, maxlen + 1);
+
+    if (len == 0 || len > maxlen || path[0] == '/')
+        return false;
+    for (size_t i = 0; i < len; i++)
+        if (path[i] < 0x21 || path[i] > 0x7e)
+            return false;
+    for (const char *p = path;;) {
+        const char *e = strchr(p, '/');
+        size_t n = e ? (size_t)(e - p) : strlen(p);
+        if (n == 0 || (n == 1 && p[0] == '.') || (n == 2 && p[0] == '.' && p[1] == '.'))
+            return false;
+        if (!e)
+            return true;
+        p = e + 1;
+    }
+}
+
+/* ------------------------------------------------------------------ */
+/* Open and schema                                                     */
+
+static const char schema_sql[] =
+    "CREATE TABLE models("
+    "  id INTEGER PRIMARY KEY,"
+    "  name TEXT NOT NULL UNIQUE);"
+    "CREATE TABLE versions("
+    "  id INTEGER PRIMARY KEY AUTOINCREMENT,"
+    "  model_id INTEGER NOT NULL REFERENCES models(id) ON DELETE CASCADE,"
+    "  version INTEGER NOT NULL CHECK(version >= 1),"
+    "  round INTEGER NOT NULL DEFAULT -1 CHECK(round >= -1),"
+    "  params_json TEXT NOT NULL DEFAULT '{}',"
+    "  created_unix INTEGER NOT NULL,"
+    "  UNIQUE(model_id, version));"
+    "CREATE TABLE aliases("
+    "  model_id INTEGER NOT NULL REFERENCES models(id) ON DELETE CASCADE,"
+    "  alias TEXT NOT NULL,"
+    "  version_id INTEGER NOT NULL REFERENCES versions(id) ON DELETE CASCADE,"
+    "  PRIMARY KEY(model_id, alias)) WITHOUT ROWID;"
+    "CREATE INDEX aliases_version ON aliases(version_id);"
+    "CREATE TABLE tensors("
+    "  id INTEGER PRIMARY KEY AUTOINCREMENT,"
+    "  version_id INTEGER NOT NULL REFERENCES versions(id) ON DELETE CASCADE,"
+    "  name TEXT NOT NULL,"
+    "  dtype INTEGER NOT NULL,"
+    "  ndim INTEGER NOT NULL CHECK(ndim BETWEEN 0 AND 8),"
+    "  shape BLOB NOT NULL,"
+    "  rows INTEGER NOT NULL,"
+    "  row_bytes INTEGER NOT NULL,"
+    "  rows_per_partition INTEGER NOT NULL,"
+    "  partitions INTEGER NOT NULL,"
+    "  path TEXT NOT NULL,"
+    "  file_size INTEGER NOT NULL,"
+    "  header_checksum INTEGER NOT NULL,"
+    "  part_checksums BLOB NOT NULL,"
+    "  UNIQUE(version_id, name));"
+    "PRAGMA user_version = 1;";
+
+/* Run a pragma that returns one row and read its first column as text
+ * (copied into buf) or integer. */
+static int pragma_row(ec_catalog *cat, const char *sql, char *buf, size_t cap, int64_t *ival)
+{
+    sqlite3_stmt *st = NULL;
+    int err = prep(cat, sql, &st);
+
+    if (err < 0)
+        goto fail;
+    err = step(cat, st, sql);
+    if (err < 0)
+        goto fail;
+    if (err == 0) {
+        err = ec_seterr(EC_EIO, "catalog: '%s' returned nothing; this SQLite lacks a needed "
+                                "feature", sql);
+        goto fail;
+    }
+    if (buf) {
+        const unsigned char *t = sqlite3_column_text(st, 0);
+        snprintf(buf, cap, "%s", t ? (const char *)t : "");
+    }
+    if (ival)
+        *ival = sqlite3_column_int64(st, 0);
+    err = 0;
+fail:
+    sqlite3_finalize(st);
+    return err;
+}
+
+static int create_schema(ec_catalog *cat)
+{
+    int64_t uv = 0;
+    int err = tx_begin_write(cat);
+
+    if (err < 0)
+        return err;
+    err = pragma_row(cat, "PRAGMA user_version", NULL, 0, &uv);
+    if (err < 0)
+        goto fail;
+    if (uv > CAT_SCHEMA_VERSION) {
+        err = ec_seterr(EC_EVERSION,
+                        "catalog schema version %" PRId64 " is newer than this embcached "
+                        "understands (%d); run a newer embcached",
+                        uv, CAT_SCHEMA_VERSION);
+        goto fail;
+    }
+    if (uv < 0) {
+        err = ec_seterr(EC_ECORRUPT, "catalog schema version %" PRId64 " is invalid", uv);
+        goto fail;
+    }
+    if (uv == 0) {
+        err = exec(cat, schema_sql, "create schema");
+        if (err < 0)
+            goto fail;
+    }
+    return tx_commit(cat);
+fail:
+    tx_rollback(cat);
+    return err;
+}
+
+int ec_catalog_open(const char *path, ec_catalog **out)
+{
+    ec_catalog *cat = NULL;
+    char mode[16];
+    int64_t fk = 0;
+    int rc, err;
+
+    if (!path || !*path || !out)
+        return ec_seterr(EC_EINVAL, "ec_catalog_open: no catalog path given");
+    cat = calloc(1, sizeof(*cat));
+    if (!cat)
+        return ec_seterr(EC_ENOMEM, "catalog: out of memory");
+    rc = sqlite3_open_v2(path, &cat->db,
+                         SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_FULLMUTEX,
+                         NULL);
+    if (rc != SQLITE_OK) {
+        err = sql_err(cat->db, rc, "open");
+        goto fail;
+    }
+    sqlite3_extended_result_codes(cat->db, 1);
+    rc = sqlite3_busy_timeout(cat->db, CAT_BUSY_TIMEOUT_MS);
+    if (rc != SQLITE_OK) {
+        err = sql_err(cat->db, rc, "set busy timeout");
+        goto fail;
+    }
+    rc = sqlite3_db_config(cat->db, SQLITE_DBCONFIG_DEFENSIVE, 1, (int *)NULL);
+    if (rc != SQLITE_OK) {
+        err = sql_err(cat->db, rc, "enable defensive mode");
+        goto fail;
+    }
+    /* The first statement that reads the file: a non-database fails here.
+     * Switching a fresh file to WAL while another connection opens it can
+     * fail with SQLITE_BUSY without consulting the busy handler, so retry
+     * for as long as the busy timeout would have waited. */
+    for (int waited = 0;; waited += 10) {
+        err = pragma_row(cat, "PRAGMA journal_mode = WAL", mode, sizeof(mode), NULL);
+        if (err != EC_EBUSY || waited >= CAT_BUSY_TIMEOUT_MS)
+            break;
+        sqlite3_sleep(10);
+    }
+    if (err < 0)
+        goto fail;
+    if (strcmp(mode, "wal") != 0) {
+        err = ec_seterr(EC_EIO, "catalog: cannot switch to WAL mode (journal mode is '%s'); "
+                                "put the data dir on a local filesystem", mode);
+        goto fail;
+    }
+    err = exec(cat, "PRAGMA synchronous = FULL", "set synchronous");
+    if (err < 0)
+        goto fail;
+    err = exec(cat, "PRAGMA foreign_keys = ON", "enable foreign keys");
+    if (err < 0)
+        goto fail;
+    err = pragma_row(cat, "PRAGMA foreign_keys", NULL, 0, &fk);
+    if (err < 0)
+        goto fail;
+    if (fk != 1) {
+        err = ec_seterr(EC_EIO, "catalog: this SQLite cannot enforce foreign keys");
+        goto fail;
+    }
+    err = create_schema(cat);
+    if (err < 0)
+        goto fail;
+    *out = cat;
+    return 0;
+fail:
+    ec_adderr(err, "cannot open catalog %s", path);
+    sqlite3_close(cat->db);
+    free(cat);
+    return err;
+}
+
+void ec_catalog_close(ec_catalog *cat)
+{
+    if (!cat)
+        return;
+    sqlite3_close(cat->db); /* every statement is finalized by its function */
+    free(cat);
+}
+
+void ec_cat_version_clear(ec_cat_version *v)
+{
+    if (!v)
+        return;
+    free(v->params_json);
+    v->params_json = NULL;
+    free(v->aliases);
+    v->aliases = NULL;
+}
+
+void ec_cat_tensor_clear(ec_cat_tensor *t)
+{
+    if (!t)
+        return;
+    free(t->part_checksums);
+    t->part_checksums = NULL;
+}
+
+/* ------------------------------------------------------------------ */
+/* Lookups shared by the functions below                               */
+
+/* The model's row id; EC_ENOENT "unknown model" when absent. */
+static int model_id_of(ec_catalog *cat, const char *model, int64_t *id_out)
+{
+    sqlite3_stmt *st = NULL;
+    int err = prep(cat, "SELECT id FROM models WHERE name = ?1", &st);
+
+    if (err < 0)
+        goto fail;
+    err = bindf(cat, st, "t", model);
+    if (err < 0)
+        goto fail;
+    err = step(cat, st, "look up model");
+    if (err < 0)
+        goto fail;
+    if (err == 0) {
+        err = ec_seterr(EC_ENOENT, "unknown model '%s'; 'embcache ls' lists models", model);
+        goto fail;
+    }
+    *id_out = sqlite3_column_int64(st, 0);
+    err = 0;
+fail:
+    sqlite3_finalize(st);
+    return err;
+}
+
+/* "1, 2, 3" (or "none") for messages; best effort. */
+static void versions_list(ec_catalog *cat, int64_t model_id, char *buf, size_t cap)
+{
+    sqlite3_stmt *st = NULL;
+    size_t len = 0;
+    char item[24];
+
+    buf[0] = '\0';
+    if (sqlite3_prepare_v2(cat->db,
+                           "SELECT version FROM versions WHERE model_id = ?1 ORDER BY version",
+                           -1, &st, NULL) == SQLITE_OK &&
+        sqlite3_bind_int64(st, 1, model_id) == SQLITE_OK) {
+        while (sqlite3_step(st) == SQLITE_ROW) {
+            snprintf(item, sizeof(item), "%lld", (long long)sqlite3_column_int64(st, 0));
+            if (!list_append(buf, cap, &len, item))
+                break;
+        }
+    }
+    sqlite3_finalize(st);
+    if (len == 0)
+        snprintf(buf, cap, "none");
+}
+
+/* Names from a one-text-column query bound to one integer, for messages. */
+static void names_list(ec_catalog *cat, const char *sql, int64_t key, char *buf, size_t cap)
+{
+    sqlite3_stmt *st = NULL;
+    size_t len = 0;
+
+    buf[0] = '\0';
+    if (sqlite3_prepare_v2(cat->db, sql, -1, &st, NULL) == SQLITE_OK &&
+        sqlite3_bind_int64(st, 1, key) == SQLITE_OK) {
+        while (sqlite3_step(st) == SQLITE_ROW) {
+            const unsigned char *t = sqlite3_column_text(st, 0);
+            if (t && !list_append(buf, cap, &len, (const char *)t))
+                break;
+        }
+    }
+    sqlite3_finalize(st);
+    if (len == 0)
+        snprintf(buf, cap, "none");
+}
+
+/* The version row id of (model_id, version); EC_ENOENT naming the versions
+ * that do exist. */
+static int version_id_of(ec_catalog *cat, const char *model, int64_t model_id, int64_t version,
+                         int64_t *vid_out)
+{
+    sqlite3_stmt *st = NULL;
+    char list[CAT_LIST_MAX];
+    int err = prep(cat, "SELECT id FROM versions WHERE model_id = ?1 AND version = ?2", &st);
+
+    if (err < 0)
+        goto fail;
+    err = bindf(cat, st, "ii", model_id, version);
+    if (err < 0)
+        goto fail;
+    err = step(cat, st, "look up version");
+    if (err < 0)
+        goto fail;
+    if (err == 0) {
+        versions_list(cat, model_id, list, sizeof(list));
+        err = ec_seterr(EC_ENOENT, "model '%s' has no version %" PRId64 " (versions: %s)", model,
+                        version, list);
+        goto fail;
+    }
+    *vid_out = sqlite3_column_int64(st, 0);
+    err = 0;
+fail:
+    sqlite3_finalize(st);
+    return err;
+}
+
+/*
+ * Parse "3" or an alias and find the version: the model must exist, a
+ * number must be all digits (no sign) and fit int64, anything else must be
+ * a valid alias that exists.
+ */
+static int resolve_version(ec_catalog *cat, const char *model, const char *voa,
+                           int64_t *vid_out, int64_t *version_out)
+{
+    sqlite3_stmt *st = NULL;
+    char list[CAT_LIST_MAX];
+    char pbuf[72];
+    int64_t model_id = 0, vid = 0, version = 0;
+    int err = ec_catalog_check_name("model", model);
+
+    if (err < 0)
+        return err;
+    if (!voa || !*voa)
+        return ec_seterr(EC_EINVAL, "no version or alias given for model '%s'", model);
+    if ((voa[0] == '+' || voa[0] == '-') && all_digits(voa + 1))
+        return ec_seterr(EC_EINVAL, "version '%s' of model '%s' is not valid; versions are "
+                                    "numbers >= 1 written without a sign",
+                         printable(voa, pbuf), model);
+    if (!all_digits(voa)) {
+        err = ec_catalog_check_name("alias", voa);
+        if (err < 0)
+            return err;
+    }
+    err = model_id_of(cat, model, &model_id);
+    if (err < 0)
+        return err;
+    if (all_digits(voa)) {
+        uint64_t v = 0;
+        for (const char *p = voa; *p; p++) {
+            if (v > (uint64_t)(INT64_MAX - (*p - '0')) / 10)
+                return ec_seterr(EC_EINVAL, "version '%s' of model '%s' is out of range",
+                                 printable(voa, pbuf), model);
+            v = v * 10 + (uint64_t)(*p - '0');
+        }
+        version = (int64_t)v;
+        err = version_id_of(cat, model, model_id, version, &vid);
+        if (err < 0)
+            return err;
+        *vid_out = vid;
+        *version_out = version;
+        return 0;
+    }
+    err = prep(cat,
+               "SELECT v.id, v.version FROM aliases a JOIN versions v ON v.id = a.version_id "
+               "WHERE a.model_id = ?1 AND a.alias = ?2",
+               &st);
+    if (err < 0)
+        goto fail;
+    err = bindf(cat, st, "it", model_id, voa);
+    if (err < 0)
+        goto fail;
+    err = step(cat, st, "look up alias");
+    if (err < 0)
+        goto fail;
+    if (err == 0) {
+        names_list(cat, "SELECT alias FROM aliases WHERE model_id = ?1 ORDER BY alias", model_id,
+                   list, sizeof(list));
+        err = ec_seterr(EC_ENOENT,
+                        "model '%s' has no alias '%s' (aliases: %s); use a version number "
+                        "or set the alias first",
+                        model, voa, list);
+        goto fail;
+    }
+    vid = sqlite3_column_int64(st, 0);
+    version = sqlite3_column_int64(st, 1);
+    *vid_out = vid;
+    *version_out = version;
+    err = 0;
+fail:
+    sqlite3_finalize(st);
+    return err;
+}
+
+/* ------------------------------------------------------------------ */
+/* Tensors: validation, encoding, reading rows                         */
+
+/* Check a caller's tensor description; 0 or EC_EINVAL / EC_EDTYPE. */
+static int check_tensor(const ec_cat_tensor *t, size_t i)
+{
+    uint64_t inner = 1, rows, size, parts, total;
+    int err = ec_catalog_check_name("tensor", t->name);
+
+    if (err < 0)
+        return ec_adderr(err, "tensor %zu", i);
+    if (!ec_dtype_valid((uint32_t)t->dtype))
+        return ec_seterr(EC_EDTYPE, "tensor '%s': dtype %u is not supported", t->name,
+                         (unsigned)t->dtype);
+    if (t->ndim > EC_MAX_DIMS)
+        return ec_seterr(EC_EINVAL, "tensor '%s': %u dimensions; at most %d are supported",
+                         t->name, t->ndim, EC_MAX_DIMS);
+    for (uint32_t d = 0; d < t->ndim; d++)
+        if (t->shape[d] > (uint64_t)INT64_MAX)
+            return ec_seterr(EC_EINVAL, "tensor '%s': dimension %u is too large", t->name, d);
+    rows = t->ndim == 0 ? 1 : t->shape[0];
+    if (t->rows != rows)
+        return ec_seterr(EC_EINVAL, "tensor '%s': rows is %" PRIu64 ", shape says %" PRIu64,
+                         t->name, t->rows, rows);
+    size = ec_dtype_size(t->dtype);
+    for (uint32_t d = 1; d < t->ndim; d++)
+        if (__builtin_mul_overflow(inner, t->shape[d], &inner))
+            return ec_seterr(EC_EINVAL, "tensor '%s': shape is too large", t->name);
+    if (__builtin_mul_overflow(inner, size, &inner) ||
+        __builtin_mul_overflow(inner, rows, &total) || total > (uint64_t)INT64_MAX)
+        return ec_seterr(EC_EINVAL, "tensor '%s': shape is too large", t->name);
+    if (t->row_bytes != inner)
+        return ec_seterr(EC_EINVAL,
+                         "tensor '%s': row_bytes is %" PRIu64 ", dtype and shape say %" PRIu64,
+                         t->name, t->row_bytes, inner);
+    if (t->rows_per_partition == 0)
+        return ec_seterr(EC_EINVAL, "tensor '%s': rows_per_partition is 0", t->name);
+    parts = rows / t->rows_per_partition + (rows % t->rows_per_partition != 0);
+    if (t->partitions != parts)
+        return ec_seterr(EC_EINVAL,
+                         "tensor '%s': %" PRIu64 " partitions, but %" PRIu64 " rows of %" PRIu64
+                         " per partition make %" PRIu64,
+                         t->name, t->partitions, rows, t->rows_per_partition, parts);
+    if (parts > CAT_PARTITIONS_MAX)
+        return ec_seterr(EC_ETOOBIG,
+                         "tensor '%s': %" PRIu64 " partitions; at most %" PRIu64 " are "
+                         "supported; use larger partitions",
+                         t->name, parts, (uint64_t)CAT_PARTITIONS_MAX);
+    if (!t->part_checksums && parts > 0)
+        return ec_seterr(EC_EINVAL, "tensor '%s': no partition checksums", t->name);
+    if (!path_ok(t->path, EC_CAT_PATH_MAX - 1))
+        return ec_seterr(EC_EINVAL,
+                         "tensor '%s': partition file path is empty, too long, absolute or "
+                         "has '.'/'..' components; give a path relative to the data dir",
+                         t->name);
+    return 0;
+}
+
+#define TENSOR_COLS                                                                          \
+    "SELECT t.id, t.version_id, m.name, v.version, t.name, t.dtype, t.ndim, t.shape, t.rows, " \
+    "t.row_bytes, t.rows_per_partition, t.partitions, t.path, t.file_size, "                 \
+    "t.header_checksum, t.part_checksums "                                                   \
+    "FROM tensors t JOIN versions v ON v.id = t.version_id JOIN models m ON m.id = v.model_id "
+
+/* Copy a text column into a fixed buffer; false if NULL or too long. */
+static bool col_text(sqlite3_stmt *st, int col, char *dst, size_t cap)
+{
+    const unsigned char *s = sqlite3_column_text(st, col);
+    int n = sqlite3_column_bytes(st, col);
+
+    if (!s || n < 0 || (size_t)n >= cap || strlen((const char *)s) != (size_t)n)
+        return false;
+    memcpy(dst, s, (size_t)n + 1);
+    return true;
+}
+
+/* Read and validate one TENSOR_COLS row into *out (written on success). */
+static int row_to_tensor(ec_catalog *cat, sqlite3_stmt *st, ec_cat_tensor *out)
+{
+    ec_cat_tensor t;
+    const unsigned char *blob;
+    uint64_t rows, inner = 1, parts;
+    int n;
+
+    (void)cat;
+    memset(&t, 0, sizeof(t));
+    t.id = sqlite3_column_int64(st, 0);
+    t.version_id = sqlite3_column_int64(st, 1);
+    if (!col_text(st, 2, t.model, sizeof(t.model)))
+        goto corrupt;
+    t.version = sqlite3_column_int64(st, 3);
+    if (!col_text(st, 4, t.name, sizeof(t.name)))
+        goto corrupt;
+    int64_t dtype = sqlite3_column_int64(st, 5);
+    int64_t ndim = sqlite3_column_int64(st, 6);
+    if (!ec_dtype_valid((uint32_t)dtype) || dtype != (uint32_t)dtype || ndim < 0 ||
+        ndim > EC_MAX_DIMS)
+        goto corrupt;
+    t.dtype = (ec_dtype)dtype;
+    t.ndim = (uint32_t)ndim;
+    blob = sqlite3_column_blob(st, 7);
+    n = sqlite3_column_bytes(st, 7);
+    if (n != (int)(8 * t.ndim) || (n > 0 && !blob))
+        goto corrupt;
+    for (uint32_t d = 0; d < t.ndim; d++)
+        t.shape[d] = get_le64(blob + 8 * d);
+    t.rows = (uint64_t)sqlite3_column_int64(st, 8);
+    t.row_bytes = (uint64_t)sqlite3_column_int64(st, 9);
+    t.rows_per_partition = (uint64_t)sqlite3_column_int64(st, 10);
+    t.partitions = (uint64_t)sqlite3_column_int64(st, 11);
+    if (!col_text(st, 12, t.path, sizeof(t.path)) || !path_ok(t.path, EC_CAT_PATH_MAX - 1))
+        goto corrupt;
+    t.file_size = (uint64_t)sqlite3_column_int64(st, 13);
+    t.header_checksum = (uint64_t)sqlite3_column_int64(st, 14);
+    /* The arithmetic must hold as it did when the row was written. */
+    rows = t.ndim == 0 ? 1 : t.shape[0];
+    for (uint32_t d = 1; d < t.ndim; d++)
+        if (__builtin_mul_overflow(inner, t.shape[d], &inner))
+            goto corrupt;
+    if (__builtin_mul_overflow(inner, ec_dtype_size(t.dtype), &inner))
+        goto corrupt;
+    if (t.rows != rows || t.row_bytes != inner || t.rows_per_partition == 0)
+        goto corrupt;
+    parts = rows / t.rows_per_partition + (rows % t.rows_per_partition != 0);
+    if (t.partitions != parts)
+        goto corrupt;
+    blob = sqlite3_column_blob(st, 15);
+    n = sqlite3_column_bytes(st, 15);
+    if (n < 0 || (uint64_t)n != 8 * parts || (n > 0 && !blob))
+        goto corrupt;
+    /* Never NULL on success, even for zero partitions. */
+    t.part_checksums = malloc(parts ? (size_t)parts * 8 : 8);
+    if (!t.part_checksums)
+        return ec_seterr(EC_ENOMEM, "catalog: out of memory reading tensor '%s'", t.name);
+    for (uint64_t p = 0; p < parts; p++)
+        t.part_checksums[p] = get_le64(blob + 8 * p);
+    *out = t;
+    return 0;
+corrupt:
+    return ec_seterr(EC_ECORRUPT,
+                     "catalog: tensor row %lld is inconsistent (dtype, shape, partitioning, "
+                     "path or checksums); restore the catalog or re-import the model",
+                     (long long)sqlite3_column_int64(st, 0));
+}
+
+/* Insert one validated tensor into version vid; the new id in *id_out. */
+static int insert_tensor(ec_catalog *cat, sqlite3_stmt *st, const char *model, int64_t version,
+                         int64_t vid, const ec_cat_tensor *t, int64_t *id_out)
+{
+    unsigned char shape[8 * EC_MAX_DIMS];
+    unsigned char *sums = NULL;
+    size_t nsums = (size_t)t->partitions * 8;
+    int64_t id;
+    int rc, err;
+
+    for (uint32_t d = 0; d < t->ndim; d++)
+        put_le64(shape + 8 * d, t->shape[d]);
+    if (nsums && !(sums = malloc(nsums))) {
+        err = ec_seterr(EC_ENOMEM, "catalog: out of memory storing tensor '%s'", t->name);
+        goto fail;
+    }
+    for (uint64_t p = 0; p < t->partitions; p++)
+        put_le64(sums + 8 * p, t->part_checksums[p]);
+    err = bindf(cat, st, "itiibuuuutuub", vid, t->name, (int64_t)t->dtype, (int64_t)t->ndim,
+                (const void *)shape, (size_t)(8 * t->ndim), t->rows, t->row_bytes,
+                t->rows_per_partition, t->partitions, t->path, t->file_size,
+                t->header_checksum, (const void *)sums, nsums);
+    if (err < 0)
+        goto fail;
+    rc = sqlite3_step(st);
+    if (rc == SQLITE_CONSTRAINT_UNIQUE) {
+        err = ec_seterr(EC_EEXIST,
+                        "model '%s' version %" PRId64 ": tensor name '%s' appears twice; "
+                        "tensor names must be unique within a version",
+                        model, version, t->name);
+        goto fail;
+    }
+    if (rc != SQLITE_DONE) {
+        err = sql_err(cat->db, rc, "insert tensor");
+        goto fail;
+    }
+    id = sqlite3_last_insert_rowid(cat->db);
+    if (id <= 0 || id >= CAT_TENSOR_ID_LIMIT) {
+        err = ec_seterr(EC_ENOSPC,
+                        "catalog: tensor id %" PRId64 " is outside the 32-bit id space of the "
+                        "index; re-create the catalog (re-import the models) to start ids over",
+                        id);
+        goto fail;
+    }
+    *id_out = id;
+    err = 0;
+fail:
+    sqlite3_reset(st);
+    sqlite3_clear_bindings(st);
+    free(sums);
+    return err;
+}
+
+/* ------------------------------------------------------------------ */
+/* Params JSON                                                         */
+
+/* Validate params (a JSON object) and return its json() form, malloc'd. */
+static int params_normalize(ec_catalog *cat, const char *params, char **out)
+{
+    sqlite3_stmt *st = NULL;
+    const unsigned char *t;
+    char *s;
+    int err;
+
+    err = prep(cat,
+               "SELECT json_valid(?1), CASE WHEN json_valid(?1) THEN "
+               "CASE WHEN json_type(?1) = 'object' THEN json(?1) END END",
+               &st);
+    if (err < 0)
+        goto fail;
+    err = bindf(cat, st, "t", params);
+    if (err < 0)
+        goto fail;
+    err = step(cat, st, "check params JSON");
+    if (err < 0)
+        goto fail;
+    if (err == 0 || !sqlite3_column_int(st, 0)) {
+        err = ec_seterr(EC_EINVAL, "params are not valid JSON; give a JSON object such as "
+                                   "'{\"lr\": 0.01}'");
+        goto fail;
+    }
+    t = sqlite3_column_text(st, 1);
+    if (!t) {
+        err = sqlite3_errcode(cat->db) == SQLITE_NOMEM
+                  ? ec_seterr(EC_ENOMEM, "catalog: out of memory checking params JSON")
+                  : ec_seterr(EC_EINVAL, "params must be a JSON object ({...}), not an array "
+                                         "or a single value");
+        goto fail;
+    }
+    s = strdup((const char *)t);
+    if (!s) {
+        err = ec_seterr(EC_ENOMEM, "catalog: out of memory");
+        goto fail;
+    }
+    *out = s;
+    err = 0;
+fail:
+    sqlite3_finalize(st);
+    return err;
+}
+
+/*
+ * Canonical JSON for comparing params: objects with their members sorted by
+ * key (byte order, duplicates kept in document order), arrays in order,
+ * no whitespace. {"b":1,"a":2} and { "a": 2, "b": 1 } compare equal.
+ */
+static int json_canon(ec_catalog *cat, const char *json, bool is_object, int depth, sbuf *out)
+{
+    sqlite3_stmt *st = NULL;
+    int err, i = 0;
+
+    if (depth > CAT_JSON_DEPTH_MAX)
+        return ec_seterr(EC_EINVAL, "params JSON is nested deeper than %d levels",
+                         CAT_JSON_DEPTH_MAX);
+    err = prep(cat,
+               "SELECT json_quote(key), type, CASE type WHEN 'true' THEN 'true' "
+               "WHEN 'false' THEN 'false' WHEN 'null' THEN 'null' WHEN 'object' THEN value "
+               "WHEN 'array' THEN value ELSE json_quote(value) END "
+               "FROM json_each(?1) ORDER BY key, id",
+               &st);
+    if (err < 0)
+        goto fail;
+    err = bindf(cat, st, "t", json);
+    if (err < 0)
+        goto fail;
+    err = sb_put(out, is_object ? "{" : "[", 1);
+    while (err == 0 && (err = step(cat, st, "normalize params JSON")) == 1) {
+        const char *key = (const char *)sqlite3_column_text(st, 0);
+        const char *type = (const char *)sqlite3_column_text(st, 1);
+        const char *val = (const char *)sqlite3_column_text(st, 2);
+        if (!type || !val || (is_object && !key)) {
+            err = ec_seterr(EC_ENOMEM, "catalog: out of memory normalizing params JSON");
+            break;
+        }
+        err = i++ ? sb_put(out, ",", 1) : 0;
+        if (err == 0 && is_object) {
+            err = sb_put(out, key, strlen(key));
+            if (err == 0)
+                err = sb_put(out, ":", 1);
+        }
+        if (err < 0)
+            break;
+        if (!strcmp(type, "object") || !strcmp(type, "array")) {
+            /* val points into st's row; recursion uses its own statement. */
+            err = json_canon(cat, val, type[0] == 'o', depth + 1, out);
+        } else {
+            err = sb_put(out, val, strlen(val));
+        }
+    }
+    if (err < 0)
+        goto fail;
+    err = sb_put(out, is_object ? "}" : "]", 1);
+fail:
+    sqlite3_finalize(st);
+    return err;
+}
+
+/* ------------------------------------------------------------------ */
+/* Mutations                                                           */
+
+int ec_catalog_add_version(ec_catalog *cat, const char *model, int64_t version,
+                           int64_t round, const char *params_json,
+                           ec_cat_tensor *tensors, size_t n, int64_t *version_id_out)
+{
+    sqlite3_stmt *st = NULL;
+    char *params = NULL;
+    int64_t *ids = NULL;
+    int64_t model_id, vid = 0;
+    int err, rc;
+
+    if (!cat || (n && !tensors))
+        return ec_seterr(EC_EINVAL, "ec_catalog_add_version: NULL argument");
+    err = ec_catalog_check_name("model", model);
+    if (err < 0)
+        return err;
+    if (version < 1)
+        return ec_seterr(EC_EINVAL, "model '%s': version %" PRId64 " is not valid; versions "
+                                    "are numbers >= 1", model, version);
+    if (round < -1)
+        return ec_seterr(EC_EINVAL, "model '%s' version %" PRId64 ": round %" PRId64 " is not "
+                                    "valid; give a round >= 0 or -1 for none",
+                         model, version, round);
+    for (size_t i = 0; i < n; i++) {
+        err = check_tensor(&tensors[i], i);
+        if (err < 0)
+            return ec_adderr(err, "model '%s' version %" PRId64, model, version);
+    }
+    if (n && !(ids = calloc(n, sizeof(*ids))))
+        return ec_seterr(EC_ENOMEM, "catalog: out of memory");
+    if (params_json)
+        err = params_normalize(cat, params_json, &params);
+    else
+        err = (params = strdup("{}")) ? 0 : ec_seterr(EC_ENOMEM, "catalog: out of memory");
+    if (err < 0) {
+        free(ids);
+        return params_json ? ec_adderr(err, "model '%s' version %" PRId64, model, version) : err;
+    }
+
+    err = tx_begin_write(cat);
+    if (err < 0)
+        goto out;
+    err = prep(cat, "INSERT INTO models(name) VALUES(?1) ON CONFLICT(name) DO NOTHING", &st);
+    if (err < 0)
+        goto fail;
+    err = bindf(cat, st, "t", model);
+    if (err < 0)
+        goto fail;
+    err = step(cat, st, "insert model");
+    if (err < 0)
+        goto fail;
+    sqlite3_finalize(st);
+    st = NULL;
+    err = model_id_of(cat, model, &model_id);
+    if (err < 0)
+        goto fail;
+
+    err = prep(cat,
+               "INSERT INTO versions(model_id, version, round, params_json, created_unix) "
+               "VALUES(?1, ?2, ?3, ?4, ?5)",
+               &st);
+    if (err < 0)
+        goto fail;
+    err = bindf(cat, st, "iiiti", model_id, version, round, params, (int64_t)time(NULL));
+    if (err < 0)
+        goto fail;
+    rc = sqlite3_step(st);
+    if (rc == SQLITE_CONSTRAINT_UNIQUE) {
+        err = ec_seterr(EC_EEXIST, "model '%s' version %" PRId64 " already exists; pick another "
+                                   "--version", model, version);
+        goto fail;
+    }
+    if (rc != SQLITE_DONE) {
+        err = sql_err(cat->db, rc, "insert version");
+        goto fail;
+    }
+    vid = sqlite3_last_insert_rowid(cat->db);
+    sqlite3_finalize(st);
+    st = NULL;
+
+    err = prep(cat,
+               "INSERT INTO tensors(version_id, name, dtype, ndim, shape, rows, row_bytes, "
+               "rows_per_partition, partitions, path, file_size, header_checksum, "
+               "part_checksums) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+               &st);
+    if (err < 0)
+        goto fail;
+    for (size_t i = 0; i < n; i++) {
+        err = insert_tensor(cat, st, model, version, vid, &tensors[i], &ids[i]);
+        if (err < 0)
+            goto fail;
+    }
+    sqlite3_finalize(st);
+    st = NULL;
+    err = tx_commit(cat);
+    if (err < 0)
+        goto out;
+    for (size_t i = 0; i < n; i++) {
+        tensors[i].id = ids[i];
+        tensors[i].version_id = vid;
+        snprintf(tensors[i].model, sizeof(tensors[i].model), "%s", model);
+        tensors[i].version = version;
+    }
+    if (version_id_out)
+        *version_id_out = vid;
+    goto out;
+fail:
+    sqlite3_finalize(st);
+    tx_rollback(cat);
+out:
+    free(params);
+    free(ids);
+    return err;
+}
+
+int ec_catalog_set_alias(ec_catalog *cat, const char *model, const char *alias,
+                         int64_t version)
+{
+    sqlite3_stmt *st = NULL;
+    int64_t model_id, vid;
+    int err;
+
+    if (!cat)
+        return ec_seterr(EC_EINVAL, "ec_catalog_set_alias: NULL catalog");
+    err = ec_catalog_check_name("model", model);
+    if (err < 0)
+        return err;
+    err = ec_catalog_check_name("alias", alias);
+    if (err < 0)
+        return err;
+    err = tx_begin_write(cat);
+    if (err < 0)
+        return err;
+    err = model_id_of(cat, model, &model_id);
+    if (err < 0)
+        goto fail;
+    err = version_id_of(cat, model, model_id, version, &vid);
+    if (err < 0)
+        goto fail;
+    err = prep(cat,
+               "INSERT INTO aliases(model_id, alias, version_id) VALUES(?1, ?2, ?3) "
+               "ON CONFLICT(model_id, alias) DO UPDATE SET version_id = excluded.version_id",
+               &st);
+    if (err < 0)
+        goto fail;
+    err = bindf(cat, st, "iti", model_id, alias, vid);
+    if (err < 0)
+        goto fail;
+    err = step(cat, st, "set alias");
+    if (err < 0)
+        goto fail;
+    sqlite3_finalize(st);
+    return tx_commit(cat);
+fail:
+    sqlite3_finalize(st);
+    tx_rollback(cat);
+    return err;
+}
+
+int ec_catalog_drop_version(ec_catalog *cat, const char *model, int64_t version,
+                            int (*on_path)(const char *path, void *arg), void *arg)
+{
+    sqlite3_stmt *st = NULL;
+    int64_t model_id, vid;
+    int err;
+
+    if (!cat)
+        return ec_seterr(EC_EINVAL, "ec_catalog_drop_version: NULL catalog");
+    err = ec_catalog_check_name("model", model);
+    if (err < 0)
+        return err;
+    err = tx_begin_write(cat);
+    if (err < 0)
+        return err;
+    err = model_id_of(cat, model, &model_id);
+    if (err < 0)
+        goto fail;
+    err = version_id_of(cat, model, model_id, version, &vid);
+    if (err < 0)
+        goto fail;
+
+    /* Collect the paths before the rows go; the caller unlinks after commit. */
+    err = prep(cat, "SELECT path FROM tensors WHERE version_id = ?1 ORDER BY name", &st);
+    if (err < 0)
+        goto fail;
+    err = bindf(cat, st, "i", vid);
+    if (err < 0)
+        goto fail;
+    while ((err = step(cat, st, "list tensor paths")) == 1) {
+        char path[EC_CAT_PATH_MAX];
+        if (!col_text(st, 0, path, sizeof(path)) || !path_ok(path, EC_CAT_PATH_MAX - 1)) {
+            err = ec_seterr(EC_ECORRUPT, "catalog: model '%s' version %" PRId64 " has an invalid "
+                                         "partition file path; restore the catalog",
+                            model, version);
+            goto fail;
+        }
+        if (on_path && (err = on_path(path, arg)) != 0)
+            goto fail;
+    }
+    if (err < 0)
+        goto fail;
+    sqlite3_finalize(st);
+    st = NULL;
+
+    /* Tensors and aliases of the version go with it (ON DELETE CASCADE). */
+    err = prep(cat, "DELETE FROM versions WHERE id = ?1", &st);
+    if (err < 0)
+        goto fail;
+    err = bindf(cat, st, "i", vid);
+    if (err < 0)
+        goto fail;
+    err = step(cat, st, "delete version");
+    if (err < 0)
+        goto fail;
+    sqlite3_finalize(st);
+    st = NULL;
+
+    /* Invariant 4: a model without versions goes too. */
+    err = prep(cat,
+               "DELETE FROM models WHERE id = ?1 AND "
+               "NOT EXISTS (SELECT 1 FROM versions WHERE model_id = ?1)",
+               &st);
+    if (err < 0)
+        goto fail;
+    err = bindf(cat, st, "i", model_id);
+    if (err < 0)
+        goto fail;
+    err = step(cat, st, "delete empty model");
+    if (err < 0)
+        goto fail;
+    sqlite3_finalize(st);
+    return tx_commit(cat);
+fail:
+    sqlite3_finalize(st);
+    tx_rollback(cat);
+    return err;
+}
+
+/* ------------------------------------------------------------------ */
+/* Reads                                                               */
+
+int ec_catalog_resolve(ec_catalog *cat, const char *model, const char *version_or_alias,
+                       const char *tensor, ec_cat_tensor *out)
+{
+    sqlite3_stmt *st = NULL;
+    char list[CAT_LIST_MAX];
+    int64_t vid, version;
+    bool owned = false;
+    int err;
+
+    if (!cat || !out)
+        return ec_seterr(EC_EINVAL, "ec_catalog_resolve: NULL argument");
+    err = ec_catalog_check_name("tensor", tensor);
+    if (err < 0)
+        return err;
+    err = tx_begin_read(cat, &owned);
+    if (err < 0)
+        return err;
+    err = resolve_version(cat, model, version_or_alias, &vid, &version);
+    if (err < 0)
+        goto fail;
+    err = prep(cat, TENSOR_COLS "WHERE t.version_id = ?1 AND t.name = ?2", &st);
+    if (err < 0)
+        goto fail;
+    err = bindf(cat, st, "it", vid, tensor);
+    if (err < 0)
+        goto fail;
+    err = step(cat, st, "look up tensor");
+    if (err < 0)
+        goto fail;
+    if (err == 0) {
+        names_list(cat, "SELECT name FROM tensors WHERE version_id = ?1 ORDER BY name", vid,
+                   list, sizeof(list));
+        err = ec_seterr(EC_ENOENT, "model '%s' version %" PRId64 " has no tensor '%s' "
+                                   "(tensors: %s)",
+                        model, version, tensor, list);
+        goto fail;
+    }
+    err = row_to_tensor(cat, st, out);
+fail:
+    sqlite3_finalize(st);
+    tx_end_read(cat, owned);
+    return err;
+}
+
+int ec_catalog_get_tensor(ec_catalog *cat, int64_t tensor_id, ec_cat_tensor *out)
+{
+    sqlite3_stmt *st = NULL;
+    int err;
+
+    if (!cat || !out)
+        return ec_seterr(EC_EINVAL, "ec_catalog_get_tensor: NULL argument");
+    err = prep(cat, TENSOR_COLS "WHERE t.id = ?1", &st);
+    if (err < 0)
+        goto fail;
+    err = bindf(cat, st, "i", tensor_id);
+    if (err < 0)
+        goto fail;
+    err = step(cat, st, "look up tensor");
+    if (err < 0)
+        goto fail;
+    if (err == 0) {
+        err = ec_seterr(EC_ENOENT, "no tensor with id %" PRId64 " (its version was dropped?); "
+                                   "resolve it again by name",
+                        tensor_id);
+        goto fail;
+    }
+    err = row_to_tensor(cat, st, out);
+fail:
+    sqlite3_finalize(st);
+    return err;
+}
+
+int ec_catalog_version_of(ec_catalog *cat, const char *model, const char *version_or_alias,
+                          int64_t *version_out)
+{
+    int64_t vid, version;
+    bool owned = false;
+    int err;
+
+    if (!cat || !version_out)
+        return ec_seterr(EC_EINVAL, "ec_catalog_version_of: NULL argument");
+    err = tx_begin_read(cat, &owned);
+    if (err < 0)
+        return err;
+    err = resolve_version(cat, model, version_or_alias, &vid, &version);
+    tx_end_read(cat, owned);
+    if (err < 0)
+        return err;
+    *version_out = version;
+    return 0;
+}
+
+int ec_catalog_find(ec_catalog *cat, const char *model, int64_t round,
+                    const char *params_json, int64_t *version_out)
+{
+    sqlite3_stmt *st = NULL;
+    sbuf want = {0}, have = {0};
+    char *norm = NULL;
+    int64_t model_id, found = 0;
+    bool owned = false;
+    int err;
+
+    if (!cat || !version_out)
+        return ec_seterr(EC_EINVAL, "ec_catalog_find: NULL argument");
+    err = ec_catalog_check_name("model", model);
+    if (err < 0)
+        return err;
+    if (params_json) {
+        err = params_normalize(cat, params_json, &norm);
+        if (err < 0)
+            return err;
+        err = json_canon(cat, norm, true, 0, &want);
+        if (err < 0)
+            goto out;
+    }
+    err = tx_begin_read(cat, &owned);
+    if (err < 0)
+        goto out;
+    err = model_id_of(cat, model, &model_id);
+    if (err < 0)
+        goto out;
+    err = prep(cat,
+               "SELECT version, params_json FROM versions WHERE model_id = ?1 AND round = ?2 "
+               "ORDER BY version DESC",
+               &st);
+    if (err < 0)
+        goto out;
+    err = bindf(cat, st, "ii", model_id, round);
+    if (err < 0)
+        goto out;
+    while ((err = step(cat, st, "find version")) == 1) {
+        const char *p = (const char *)sqlite3_column_text(st, 1);
+        if (!params_json) {
+            found = sqlite3_column_int64(st, 0);
+            break;
+        }
+        if (!p) {
+            err = ec_seterr(EC_ECORRUPT, "catalog: model '%s' has a version without params",
+                            model);
+            goto out;
+        }
+        have.len = 0;
+        err = json_canon(cat, p, true, 0, &have);
+        if (err < 0)
+            goto out;
+        if (have.len == want.len && !memcmp(have.p, want.p, want.len)) {
+            found = sqlite3_column_int64(st, 0);
+            break;
+        }
+    }
+    if (err < 0)
+        goto out;
+    if (!found) {
+        err = ec_seterr(EC_ENOENT, "model '%s' has no version of round %" PRId64 "%s%s",
+                        model, round, params_json ? " with params " : "", norm ? norm : "");
+        goto out;
+    }
+    *version_out = found;
+    err = 0;
+out:
+    sqlite3_finalize(st);
+    tx_end_read(cat, owned);
+    free(want.p);
+    free(have.p);
+    free(norm);
+    return err;
+}
+
+/* "a,b,c" for the version's aliases, sorted by byte order; malloc'd. */
+static int aliases_of(ec_catalog *cat, sqlite3_stmt *st, int64_t vid, char **out)
+{
+    sbuf b = {0};
+    int err = bindf(cat, st, "i", vid);
+
+    if (err == 0)
+        err = sb_put(&b, "", 0);
+    while (err == 0 && (err = step(cat, st, "list aliases")) == 1) {
+        const char *a = (const char *)sqlite3_column_text(st, 0);
+        err = 0;
+        if (!a) {
+            err = ec_seterr(EC_ENOMEM, "catalog: out of memory listing aliases");
+            break;
+        }
+        if (b.len)
+            err = sb_put(&b, ",", 1);
+        if (err == 0)
+            err = sb_put(&b, a, strlen(a));
+    }
+    sqlite3_reset(st);
+    if (err < 0) {
+        free(b.p);
+        return err;
+    }
+    *out = b.p;
+    return 0;
+}
+
+int ec_catalog_list_versions(ec_catalog *cat, const char *model,
+                             int (*cb)(const ec_cat_version *v, void *arg), void *arg)
+{
+    sqlite3_stmt *st = NULL, *ast = NULL;
+    bool owned = false;
+    int err;
+
+    if (!cat || !cb)
+        return ec_seterr(EC_EINVAL, "ec_catalog_list_versions: NULL argument");
+    if (model) {
+        err = ec_catalog_check_name("model", model);
+        if (err < 0)
+            return err;
+    }
+    err = tx_begin_read(cat, &owned);
+    if (err < 0)
+        return err;
+    err = prep(cat,
+               "SELECT v.id, m.name, v.version, v.round, v.params_json, v.created_unix "
+               "FROM versions v JOIN models m ON m.id = v.model_id "
+               "WHERE ?1 IS NULL OR m.name = ?1 ORDER BY m.name, v.version",
+               &st);
+    if (err < 0)
+        goto fail;
+    err = prep(cat, "SELECT alias FROM aliases WHERE version_id = ?1 ORDER BY alias", &ast);
+    if (err < 0)
+        goto fail;
+    err = bindf(cat, st, "t", model);
+    if (err < 0)
+        goto fail;
+    while ((err = step(cat, st, "list versions")) == 1) {
+        ec_cat_version v;
+        const char *p;
+
+        memset(&v, 0, sizeof(v));
+        v.id = sqlite3_column_int64(st, 0);
+        v.version = sqlite3_column_int64(st, 2);
+        v.round = sqlite3_column_int64(st, 3);
+        v.created_unix = sqlite3_column_int64(st, 5);
+        p = (const char *)sqlite3_column_text(st, 4);
+        if (!col_text(st, 1, v.model, sizeof(v.model)) || !p) {
+            err = ec_seterr(EC_ECORRUPT, "catalog: version row %lld is inconsistent; restore "
+                                         "the catalog",
+                            (long long)v.id);
+            goto fail;
+        }
+        if (!(v.params_json = strdup(p))) {
+            err = ec_seterr(EC_ENOMEM, "catalog: out of memory listing versions");
+            goto fail;
+        }
+        err = aliases_of(cat, ast, v.id, &v.aliases);
+        if (err == 0)
+            err = cb(&v, arg);
+        ec_cat_version_clear(&v);
+        if (err != 0)
+            goto fail;
+    }
+fail:
+    sqlite3_finalize(ast);
+    sqlite3_finalize(st);
+    tx_end_read(cat, owned);
+    return err;
+}
+
+int ec_catalog_list_tensors(ec_catalog *cat, int64_t version_id,
+                            int (*cb)(const ec_cat_tensor *t, void *arg), void *arg)
+{
+    sqlite3_stmt *st = NULL;
+    bool owned = false;
+    int err;
+
+    if (!cat || !cb)
+        return ec_seterr(EC_EINVAL, "ec_catalog_list_tensors: NULL argument");
+    err = tx_begin_read(cat, &owned);
+    if (err < 0)
+        return err;
+    err = prep(cat, "SELECT 1 FROM versions WHERE id = ?1", &st);
+    if (err < 0)
+        goto fail;
+    err = bindf(cat, st, "i", version_id);
+    if (err < 0)
+        goto fail;
+    err = step(cat, st, "look up version");
+    if (err < 0)
+        goto fail;
+    if (err == 0) {
+        err = ec_seterr(EC_ENOENT, "no model version with catalog id %" PRId64
+                                   " (dropped?); list the versions again",
+                        version_id);
+        goto fail;
+    }
+    sqlite3_finalize(st);
+    st = NULL;
+    err = prep(cat, TENSOR_COLS "WHERE t.version_id = ?1 ORDER BY t.name", &st);
+    if (err < 0)
+        goto fail;
+    err = bindf(cat, st, "i", version_id);
+    if (err < 0)
+        goto fail;
+    while ((err = step(cat, st, "list tensors")) == 1) {
+        ec_cat_tensor t;
+        err = row_to_tensor(cat, st, &t);
+        if (err < 0)
+            goto fail;
+        err = cb(&t, arg);
+        ec_cat_tensor_clear(&t);
+        if (err != 0)
+            goto fail;
+    }
+fail:
+    sqlite3_finalize(st);
+    tx_end_read(cat, owned);
+    return err;
+}
+
+int ec_catalog_foreach_path(ec_catalog *cat, int (*cb)(const char *path, void *arg),
+                            void *arg)
+{
+    sqlite3_stmt *st = NULL;
+    bool owned = false;
+    int err;
+
+    if (!cat || !cb)
+        return ec_seterr(EC_EINVAL, "ec_catalog_foreach_path: NULL argument");
+    err = tx_begin_read(cat, &owned);
+    if (err < 0)
+        return err;
+    err = prep(cat, "SELECT DISTINCT path FROM tensors ORDER BY path", &st);
+    if (err < 0)
+        goto fail;
+    while ((err = step(cat, st, "list paths")) == 1) {
+        char path[EC_CAT_PATH_MAX];
+        if (!col_text(st, 0, path, sizeof(path)) || !path_ok(path, EC_CAT_PATH_MAX - 1)) {
+            err = ec_seterr(EC_ECORRUPT, "catalog: a tensor has an invalid partition file "
+                                         "path; restore the catalog");
+            goto fail;
+        }
+        err = cb(path, arg);
+        if (err != 0)
+            goto fail;
+    }
+fail:
+    sqlite3_finalize(st);
+    tx_end_read(cat, owned);
+    return err;
+}
+
+int ec_catalog_counts(ec_catalog *cat, uint64_t *models, uint64_t *versions,
+                      uint64_t *tensors)
+{
+    sqlite3_stmt *st = NULL;
+    int err;
+
+    if (!cat)
+        return ec_seterr(EC_EINVAL, "ec_catalog_counts: NULL catalog");
+    err = prep(cat,
+               "SELECT (SELECT count(*) FROM models), (SELECT count(*) FROM versions), "
+               "(SELECT count(*) FROM tensors)",
+               &st);
+    if (err < 0)
+        goto fail;
+    err = step(cat, st, "count");
+    if (err < 0)
+        goto fail;
+    if (err == 0) {
+        err = ec_seterr(EC_EINTERNAL, "catalog: count returned no row");
+        goto fail;
+    }
+    if (models)
+        *models = (uint64_t)sqlite3_column_int64(st, 0);
+    if (versions)
+        *versions = (uint64_t)sqlite3_column_int64(st, 1);
+    if (tensors)
+        *tensors = (uint64_t)sqlite3_column_int64(st, 2);
+    err = 0;
+fail:
+    sqlite3_finalize(st);
+    return err;
+}
