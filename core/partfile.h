@@ -6,7 +6,8 @@
  *                 u64 xxh3_64 checksum, u64 reserved}, padded to 4 KiB
  *   data_off      partition p at data_off + p * stride, `length` bytes,
  *                 zero-padded to stride (stride = round_up(rpp * row_bytes,
- *                 4096)); the last partition may hold fewer rows
+ *                 4096)); the last partition may hold fewer rows and is
+ *                 zero-padded to a 4 KiB multiple, where the file ends
  *
  * All integers little-endian. header_checksum is XXH3-64 of the header page
  * with that field zeroed; table_checksum is XXH3-64 of the table bytes.

@@ -1,0 +1,857 @@
+/*
+ * partfile.c - the partition file format (see partfile.h): planning,
+ * layout arithmetic, the streaming writer and the validating reader.
+ *
+ * The importer thread of the daemon plans and writes partition files: the
+ * writer appends row data in any chunking, hashes each partition with an
+ * XXH3-64 streaming state as the bytes go by, and at commit writes the
+ * partition table and the header, fsyncs, renames "<hex>.ecp.tmp" to
+ * "<hex>.ecp" and fsyncs the directory, so a file that carries the final
+ * name is complete. The engine's pager opens files with ec_partfile_open()
+ * (which trusts nothing it has not checked) and reads partitions with
+ * ec_partfile_read_partition(), which is thread-safe (pread only).
+ *
+ * Invariants a valid file keeps (checked by ec_partfile_open):
+ *  1. header page at 0, 4 KiB; header_checksum = XXH3-64 of the page with
+ *     the checksum field zeroed; reserved fields and the rest of the page
+ *     are covered by that checksum.
+ *  2. rows, row_bytes, partitions, stride, data_off, file_size are exactly
+ *     what ec_partfile_layout() derives from (dtype, ndim, shape, rpp).
+ *  3. the table at 4096 holds one entry per partition whose offset and
+ *     length equal ec_partfile_part_offset/length(); table_checksum covers
+ *     the entries (not the zero padding after them).
+ *  4. partition p starts at data_off + p * stride; every partition but the
+ *     last is zero-padded to stride, the last to a 4 KiB multiple, and the
+ *     file ends there (file_size == st_size).
+ */
+#include "core/partfile.h"
+
+#include <assert.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <xxhash.h>
+
+#include "common/dtype.h"
+#include "common/err.h"
+
+#if !defined(__BYTE_ORDER__) || __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
+#error "embcache partition files are little-endian and written with native stores; port the header I/O before building for a big-endian host"
+#endif
+
+/* ------------------------------------------------------------------ */
+/* On-disk structures                                                  */
+
+/* The header, at offset 0 of the file; the rest of the 4 KiB page is zero. */
+struct ec_partfile_header {
+    uint64_t magic;              /* EC_PARTFILE_MAGIC */
+    uint32_t version;            /* EC_PARTFILE_VERSION */
+    uint32_t dtype;              /* ec_dtype */
+    uint32_t ndim;               /* 0..EC_MAX_DIMS */
+    uint32_t reserved0;          /* 0 */
+    uint64_t shape[EC_MAX_DIMS]; /* unused dims are 0 */
+    uint64_t rows;
+    uint64_t row_bytes;
+    uint64_t rows_per_partition;
+    uint64_t partitions;
+    uint64_t stride;
+    uint64_t table_off;          /* EC_PARTFILE_ALIGN */
+    uint64_t data_off;
+    uint64_t file_size;
+    uint64_t table_checksum;     /* XXH3-64 of the table entries */
+    uint64_t header_checksum;    /* XXH3-64 of the page with this field 0 */
+};
+
+static_assert(sizeof(struct ec_partfile_header) == 168, "partfile header size");
+static_assert(offsetof(struct ec_partfile_header, version) == 8, "header layout");
+static_assert(offsetof(struct ec_partfile_header, ndim) == 16, "header layout");
+static_assert(offsetof(struct ec_partfile_header, shape) == 24, "header layout");
+static_assert(offsetof(struct ec_partfile_header, rows) == 88, "header layout");
+static_assert(offsetof(struct ec_partfile_header, table_off) == 128, "header layout");
+static_assert(offsetof(struct ec_partfile_header, data_off) == 136, "header layout");
+static_assert(offsetof(struct ec_partfile_header, table_checksum) == 152, "header layout");
+static_assert(offsetof(struct ec_partfile_header, header_checksum) == 160, "header layout");
+static_assert(sizeof(struct ec_partfile_header) <= EC_PARTFILE_ALIGN, "header fits a page");
+
+/* One entry of the partition table. */
+struct ec_partfile_entry {
+    uint64_t offset;
+    uint64_t length;
+    uint64_t checksum;
+    uint64_t reserved; /* 0 */
+};
+
+static_assert(sizeof(struct ec_partfile_entry) == 32, "table entry size");
+static_assert(offsetof(struct ec_partfile_entry, checksum) == 16, "table entry layout");
+
+#define HDR_PAGE EC_PARTFILE_ALIGN
+#define ENTRY_SIZE ((uint64_t)sizeof(struct ec_partfile_entry))
+#define DEFAULT_TARGET (1024u * 1024u)
+
+/* ------------------------------------------------------------------ */
+/* Arithmetic                                                          */
+
+uint64_t ec_checksum(const void *buf, size_t len)
+{
+    return (uint64_t)XXH3_64bits(buf, len);
+}
+
+static int mul_ovf(uint64_t a, uint64_t b, uint64_t *out)
+{
+    return __builtin_mul_overflow(a, b, out);
+}
+
+static int add_ovf(uint64_t a, uint64_t b, uint64_t *out)
+{
+    return __builtin_add_overflow(a, b, out);
+}
+
+/* round_up(v, EC_PARTFILE_ALIGN) with an overflow check. */
+static int align_up(uint64_t v, uint64_t *out)
+{
+    uint64_t t;
+    if (add_ovf(v, EC_PARTFILE_ALIGN - 1, &t))
+        return 1;
+    *out = t & ~(uint64_t)(EC_PARTFILE_ALIGN - 1);
+    return 0;
+}
+
+static uint64_t gcd64(uint64_t a, uint64_t b)
+{
+    while (b) {
+        uint64_t t = a % b;
+        a = b;
+        b = t;
+    }
+    return a;
+}
+
+int ec_partfile_plan(uint64_t rows, uint64_t row_bytes, uint64_t target,
+                     uint64_t *rows_per_partition_out)
+{
+    uint64_t rpp, align, parts;
+
+    if (!rows_per_partition_out)
+        return ec_seterr(EC_EINVAL, "ec_partfile_plan: rows_per_partition_out is NULL");
+    if (row_bytes > UINT32_MAX)
+        return ec_seterr(EC_ETOOBIG,
+                         "a row of %llu bytes is larger than the largest partition "
+                         "(%u bytes); reshape the tensor so that a row is smaller",
+                         (unsigned long long)row_bytes, UINT32_MAX);
+    if (target == 0)
+        target = DEFAULT_TARGET;
+    if (target > UINT32_MAX)
+        target = UINT32_MAX;
+
+    if (rows == 0) {
+        rpp = 1; /* no partitions at all; rpp must still be positive */
+    } else if (row_bytes == 0) {
+        rpp = rows; /* rows of no bytes: one empty partition */
+    } else {
+        uint64_t target_rows = target / row_bytes;
+        if (target_rows == 0)
+            target_rows = 1;
+        /* Rows that make a whole number of 4 KiB pages. */
+        align = EC_PARTFILE_ALIGN / gcd64(row_bytes, EC_PARTFILE_ALIGN);
+        rpp = align <= target_rows ? target_rows / align * align : target_rows;
+        if (rpp > rows)
+            rpp = rows;
+    }
+    assert(rpp >= 1);
+    assert(rpp * row_bytes <= UINT32_MAX || rpp == 1);
+
+    parts = rows / rpp + (rows % rpp != 0);
+    if (parts > UINT32_MAX)
+        return ec_seterr(EC_ETOOBIG,
+                         "%llu rows of %llu bytes make %llu partitions of %llu rows, "
+                         "more than %u; import with a larger partition size",
+                         (unsigned long long)rows, (unsigned long long)row_bytes,
+                         (unsigned long long)parts, (unsigned long long)rpp, UINT32_MAX);
+    *rows_per_partition_out = rpp;
+    return 0;
+}
+
+int ec_partfile_layout(ec_partfile_meta *m)
+{
+    uint64_t esize, row_elems = 1, rows, row_bytes, total, part_bytes, stride, parts;
+    uint64_t table, data_off, last_len, last_pad, size;
+
+    if (!m)
+        return ec_seterr(EC_EINVAL, "ec_partfile_layout: meta is NULL");
+    if (!ec_dtype_valid((uint32_t)m->dtype))
+        return ec_seterr(EC_EINVAL, "partition layout: dtype %u is not supported",
+                         (unsigned)m->dtype);
+    if (m->ndim > EC_MAX_DIMS)
+        return ec_seterr(EC_EINVAL, "partition layout: %u dimensions, at most %d allowed",
+                         m->ndim, EC_MAX_DIMS);
+    if (m->rows_per_partition == 0)
+        return ec_seterr(EC_EINVAL, "partition layout: rows_per_partition is 0");
+    esize = ec_dtype_size(m->dtype);
+    rows = m->ndim ? m->shape[0] : 1;
+    for (uint32_t i = 1; i < m->ndim; i++)
+        if (mul_ovf(row_elems, m->shape[i], &row_elems))
+            goto toobig;
+    if (mul_ovf(row_elems, esize, &row_bytes) || mul_ovf(rows, row_bytes, &total))
+        goto toobig;
+    if (mul_ovf(m->rows_per_partition, row_bytes, &part_bytes) || align_up(part_bytes, &stride))
+        goto toobig;
+    parts = rows / m->rows_per_partition + (rows % m->rows_per_partition != 0);
+    if (mul_ovf(parts, ENTRY_SIZE, &table) || align_up(table, &table) ||
+        add_ovf(HDR_PAGE, table, &data_off))
+        goto toobig;
+    size = data_off;
+    if (parts > 0) {
+        last_len = total - (parts - 1) * part_bytes; /* cannot overflow: < total */
+        if (align_up(last_len, &last_pad) || mul_ovf(parts - 1, stride, &table) ||
+            add_ovf(size, table, &size) || add_ovf(size, last_pad, &size) ||
+            size > (uint64_t)INT64_MAX)
+            goto toobig;
+    }
+    m->rows = rows;
+    m->row_bytes = row_bytes;
+    m->partitions = parts;
+    m->stride = stride;
+    m->data_off = data_off;
+    m->file_size = size;
+    return 0;
+
+toobig:
+    return ec_seterr(EC_ETOOBIG,
+                     "partition layout: shape and %llu rows per partition overflow 64-bit "
+                     "byte counts; the tensor is too large to store",
+                     (unsigned long long)m->rows_per_partition);
+}
+
+uint64_t ec_partfile_part_offset(const ec_partfile_meta *m, uint64_t p)
+{
+    return m->data_off + p * m->stride;
+}
+
+uint64_t ec_partfile_part_length(const ec_partfile_meta *m, uint64_t p)
+{
+    uint64_t first = p * m->rows_per_partition, n;
+
+    if (p >= m->partitions)
+        return 0;
+    n = m->rows - first;
+    if (n > m->rows_per_partition)
+        n = m->rows_per_partition;
+    return n * m->row_bytes;
+}
+
+/* ------------------------------------------------------------------ */
+/* I/O helpers                                                         */
+
+/* Write all of buf at off. Returns 0 or -errno. */
+static int pwrite_all(int fd, const void *buf, size_t len, uint64_t off)
+{
+    const char *p = buf;
+
+    while (len > 0) {
+        ssize_t w = pwrite(fd, p, len, (off_t)off);
+        if (w < 0) {
+            if (errno == EINTR)
+                continue;
+            return -errno;
+        }
+        if (w == 0)
+            return -EIO;
+        p += w;
+        len -= (size_t)w;
+        off += (uint64_t)w;
+    }
+    return 0;
+}
+
+/* Read len bytes at off. Returns the bytes read (< len only at end of
+ * file), or -errno. */
+static ssize_t pread_full(int fd, void *buf, size_t len, uint64_t off)
+{
+    char *p = buf;
+    size_t got = 0;
+
+    while (got < len) {
+        ssize_t r = pread(fd, p + got, len - got, (off_t)(off + got));
+        if (r < 0) {
+            if (errno == EINTR)
+                continue;
+            return -errno;
+        }
+        if (r == 0)
+            break;
+        got += (size_t)r;
+    }
+    return (ssize_t)got;
+}
+
+/* The path of an fd for an error message (error paths only). */
+static const char *fd_name(int fd, char *buf, size_t len)
+{
+    char link[64];
+    ssize_t n;
+
+    snprintf(link, sizeof(link), "/proc/self/fd/%d", fd);
+    n = readlink(link, buf, len - 1);
+    if (n <= 0) {
+        snprintf(buf, len, "(fd %d)", fd);
+        return buf;
+    }
+    buf[n] = '\0';
+    return buf;
+}
+
+static int errno_code(int e)
+{
+    return e == ENOSPC || e == EDQUOT ? EC_ENOSPC : e == ENOMEM ? EC_ENOMEM : EC_EIO;
+}
+
+static uint64_t header_checksum_of(const unsigned char *page)
+{
+    unsigned char tmp[HDR_PAGE];
+
+    memcpy(tmp, page, HDR_PAGE);
+    memset(tmp + offsetof(struct ec_partfile_header, header_checksum), 0, sizeof(uint64_t));
+    return ec_checksum(tmp, HDR_PAGE);
+}
+
+/* ------------------------------------------------------------------ */
+/* Writer                                                              */
+
+struct ec_partfile_writer {
+    int fd;
+    int state;               /* W_OPEN, W_RENAMED (final name exists), W_DONE */
+    ec_partfile_meta meta;
+    char *dir;
+    char hex[17];
+    uint64_t total;          /* rows * row_bytes */
+    uint64_t written;        /* bytes appended so far */
+    uint64_t cur;            /* partition being written */
+    uint64_t cur_pos;        /* bytes of it written */
+    uint64_t *checksums;     /* one per partition */
+    XXH3_state_t *xxh;
+};
+
+enum { W_OPEN, W_RENAMED, W_DONE };
+
+static char *path_join(const char *dir, const char *hex, const char *suffix)
+{
+    char *p;
+    if (asprintf(&p, "%s/%s%s%s", dir, hex, EC_PARTFILE_EXT, suffix) < 0)
+        return NULL;
+    return p;
+}
+
+/* Finish every partition that is complete (including empty ones). */
+static void writer_advance(ec_partfile_writer *w)
+{
+    while (w->cur < w->meta.partitions &&
+           w->cur_pos == ec_partfile_part_length(&w->meta, w->cur)) {
+        w->checksums[w->cur] = (uint64_t)XXH3_64bits_digest(w->xxh);
+        XXH3_64bits_reset(w->xxh);
+        w->cur++;
+        w->cur_pos = 0;
+    }
+}
+
+int ec_partfile_writer_open(const char *dir, const ec_partfile_meta *meta,
+                            ec_partfile_writer **out)
+{
+    ec_partfile_writer *w = NULL;
+    ec_partfile_meta check;
+    unsigned char rnd[8];
+    char *tmp = NULL;
+    int rc;
+
+    if (!dir || !meta || !out)
+        return ec_seterr(EC_EINVAL, "ec_partfile_writer_open: NULL argument");
+    check = *meta;
+    rc = ec_partfile_layout(&check);
+    if (rc < 0)
+        return rc;
+    if (check.rows != meta->rows || check.row_bytes != meta->row_bytes ||
+        check.partitions != meta->partitions || check.stride != meta->stride ||
+        check.data_off != meta->data_off || check.file_size != meta->file_size)
+        return ec_seterr(EC_EINVAL, "ec_partfile_writer_open: meta was not filled by "
+                                    "ec_partfile_layout(); call it first");
+
+    w = calloc(1, sizeof(*w));
+    if (!w) {
+        rc = ec_seterr(EC_ENOMEM, "partition writer: out of memory");
+        goto fail;
+    }
+    w->fd = -1;
+    w->meta = check;
+    w->total = check.rows * check.row_bytes;
+    w->checksums = calloc(check.partitions ? check.partitions : 1, sizeof(uint64_t));
+    w->xxh = XXH3_createState();
+    w->dir = strdup(dir);
+    if (!w->checksums || !w->xxh || !w->dir) {
+        rc = ec_seterr(EC_ENOMEM, "partition writer for %llu partitions: out of memory",
+                       (unsigned long long)check.partitions);
+        goto fail;
+    }
+    XXH3_64bits_reset(w->xxh);
+
+    for (int attempt = 0;; attempt++) {
+        if (getrandom(rnd, sizeof(rnd), 0) != (ssize_t)sizeof(rnd)) {
+            rc = ec_seterr_errno(EC_EIO, errno, "partition writer: getrandom failed");
+            goto fail;
+        }
+        for (int i = 0; i < 8; i++)
+            snprintf(w->hex + 2 * i, 3, "%02x", rnd[i]);
+        free(tmp);
+        tmp = path_join(dir, w->hex, ".tmp");
+        if (!tmp) {
+            rc = ec_seterr(EC_ENOMEM, "partition writer: out of memory");
+            goto fail;
+        }
+        w->fd = open(tmp, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+        if (w->fd >= 0)
+            break;
+        if (errno != EEXIST || attempt >= 8) {
+            rc = ec_seterr_errno(errno_code(errno), errno,
+                                 "cannot create partition file %s; check that the data "
+                                 "directory exists and is writable", tmp);
+            goto fail;
+        }
+    }
+    /* Reserve the space now so a full disk fails before any data moves;
+     * file systems without fallocate just grow the file as we write. */
+    if (check.file_size > 0 && fallocate(w->fd, 0, 0, (off_t)check.file_size) != 0 &&
+        errno != EOPNOTSUPP && errno != ENOSYS && errno != EINVAL) {
+        rc = ec_seterr_errno(errno_code(errno), errno,
+                             "cannot reserve %llu bytes for partition file %s",
+                             (unsigned long long)check.file_size, tmp);
+        goto fail;
+    }
+    writer_advance(w);
+    free(tmp);
+    *out = w;
+    return 0;
+
+fail:
+    if (w && w->fd >= 0) {
+        close(w->fd);
+        unlink(tmp);
+    }
+    free(tmp);
+    if (w) {
+        XXH3_freeState(w->xxh);
+        free(w->checksums);
+        free(w->dir);
+        free(w);
+    }
+    return rc;
+}
+
+int ec_partfile_writer_append(ec_partfile_writer *w, const void *buf, size_t len)
+{
+    const unsigned char *p = buf;
+    int rc;
+
+    if (!w || (!buf && len) || w->state != W_OPEN)
+        return ec_seterr(EC_EINVAL, "ec_partfile_writer_append: bad writer or buffer");
+    if (len > w->total - w->written)
+        return ec_seterr(EC_EINVAL,
+                         "partition writer: %zu more bytes would exceed the tensor's "
+                         "%llu bytes (%llu written)", len, (unsigned long long)w->total,
+                         (unsigned long long)w->written);
+    while (len > 0) {
+        uint64_t room = ec_partfile_part_length(&w->meta, w->cur) - w->cur_pos;
+        size_t n = len < room ? len : (size_t)room;
+
+        assert(w->cur < w->meta.partitions && room > 0);
+        rc = pwrite_all(w->fd, p, n, ec_partfile_part_offset(&w->meta, w->cur) + w->cur_pos);
+        if (rc < 0)
+            return ec_seterr_errno(errno_code(-rc), -rc,
+                                   "cannot write partition file %s/%s%s.tmp", w->dir,
+                                   w->hex, EC_PARTFILE_EXT);
+        XXH3_64bits_update(w->xxh, p, n);
+        p += n;
+        len -= n;
+        w->written += n;
+        w->cur_pos += n;
+        writer_advance(w);
+    }
+    return 0;
+}
+
+static int fsync_dir(const char *dir)
+{
+    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC), rc = 0;
+
+    if (fd < 0)
+        return ec_seterr_errno(EC_EIO, errno, "cannot open directory %s to fsync it", dir);
+    if (fsync(fd) != 0 && errno != EINVAL)
+        rc = ec_seterr_errno(EC_EIO, errno, "cannot fsync directory %s", dir);
+    close(fd);
+    return rc;
+}
+
+int ec_partfile_writer_commit(ec_partfile_writer *w, char *name_out, size_t name_len,
+                              uint64_t *header_checksum_out, uint64_t *part_checksums)
+{
+    const ec_partfile_meta *m;
+    unsigned char *page = NULL, *table = NULL;
+    struct ec_partfile_header h;
+    uint64_t table_len, table_bytes, hsum;
+    char *tmp = NULL, *fin = NULL;
+    int rc;
+
+    if (!w || w->state != W_OPEN || !name_out)
+        return ec_seterr(EC_EINVAL, "ec_partfile_writer_commit: bad writer or NULL name");
+    m = &w->meta;
+    if (name_len < strlen(w->hex) + sizeof(EC_PARTFILE_EXT))
+        return ec_seterr(EC_EINVAL, "ec_partfile_writer_commit: name buffer of %zu bytes "
+                                    "is too small", name_len);
+    if (w->written != w->total)
+        return ec_seterr(EC_EINVAL, "partition writer: %llu of %llu bytes were written; "
+                                    "append all rows before committing",
+                         (unsigned long long)w->written, (unsigned long long)w->total);
+    assert(w->cur == m->partitions);
+
+    tmp = path_join(w->dir, w->hex, ".tmp");
+    fin = path_join(w->dir, w->hex, "");
+    table_bytes = m->data_off - HDR_PAGE;
+    table_len = m->partitions * ENTRY_SIZE;
+    page = calloc(1, HDR_PAGE);
+    table = calloc(1, table_bytes ? table_bytes : 1);
+    if (!tmp || !fin || !page || !table) {
+        rc = ec_seterr(EC_ENOMEM, "partition writer: out of memory for a table of %llu "
+                                  "bytes", (unsigned long long)table_bytes);
+        goto fail;
+    }
+    for (uint64_t p = 0; p < m->partitions; p++) {
+        struct ec_partfile_entry e = {
+            .offset = ec_partfile_part_offset(m, p),
+            .length = ec_partfile_part_length(m, p),
+            .checksum = w->checksums[p],
+        };
+        memcpy(table + p * ENTRY_SIZE, &e, sizeof(e));
+    }
+
+    memset(&h, 0, sizeof(h));
+    h.magic = EC_PARTFILE_MAGIC;
+    h.version = EC_PARTFILE_VERSION;
+    h.dtype = (uint32_t)m->dtype;
+    h.ndim = m->ndim;
+    for (uint32_t i = 0; i < m->ndim; i++)
+        h.shape[i] = m->shape[i];
+    h.rows = m->rows;
+    h.row_bytes = m->row_bytes;
+    h.rows_per_partition = m->rows_per_partition;
+    h.partitions = m->partitions;
+    h.stride = m->stride;
+    h.table_off = HDR_PAGE;
+    h.data_off = m->data_off;
+    h.file_size = m->file_size;
+    h.table_checksum = ec_checksum(table, (size_t)table_len);
+    memcpy(page, &h, sizeof(h));
+    hsum = header_checksum_of(page);
+    memcpy(page + offsetof(struct ec_partfile_header, header_checksum), &hsum, sizeof(hsum));
+
+    /* Zero padding up to file_size (the last partition's tail). */
+    if (ftruncate(w->fd, (off_t)m->file_size) != 0) {
+        rc = ec_seterr_errno(errno_code(errno), errno, "cannot size partition file %s", tmp);
+        goto fail;
+    }
+    if ((rc = pwrite_all(w->fd, table, (size_t)table_bytes, HDR_PAGE)) < 0 ||
+        (rc = pwrite_all(w->fd, page, HDR_PAGE, 0)) < 0) {
+        rc = ec_seterr_errno(errno_code(-rc), -rc, "cannot write partition file %s", tmp);
+        goto fail;
+    }
+    if (fsync(w->fd) != 0) {
+        rc = ec_seterr_errno(errno_code(errno), errno, "cannot fsync partition file %s", tmp);
+        goto fail;
+    }
+    if (renameat2(AT_FDCWD, tmp, AT_FDCWD, fin, RENAME_NOREPLACE) != 0) {
+        int e = errno;
+        /* File systems without RENAME_NOREPLACE: the random name makes a
+         * clash practically impossible, so a plain rename will do. */
+        if ((e != EINVAL && e != ENOSYS) || rename(tmp, fin) != 0) {
+            rc = ec_seterr_errno(EC_EIO, e == EINVAL || e == ENOSYS ? errno : e,
+                                 "cannot rename %s to %s", tmp, fin);
+            goto fail;
+        }
+    }
+    w->state = W_RENAMED;
+    rc = fsync_dir(w->dir);
+    if (rc < 0)
+        goto fail;
+
+    w->state = W_DONE;
+    snprintf(name_out, name_len, "%s%s", w->hex, EC_PARTFILE_EXT);
+    if (header_checksum_out)
+        *header_checksum_out = hsum;
+    if (part_checksums && m->partitions)
+        memcpy(part_checksums, w->checksums, (size_t)m->partitions * sizeof(uint64_t));
+    rc = 0;
+
+fail:
+    free(page);
+    free(table);
+    free(tmp);
+    free(fin);
+    return rc;
+}
+
+void ec_partfile_writer_close(ec_partfile_writer *w)
+{
+    char *path = NULL;
+
+    if (!w)
+        return;
+    if (w->fd >= 0)
+        close(w->fd);
+    if (w->state == W_OPEN)
+        path = path_join(w->dir, w->hex, ".tmp");
+    else if (w->state == W_RENAMED) /* commit failed after the rename */
+        path = path_join(w->dir, w->hex, "");
+    if (path)
+        unlink(path);
+    free(path);
+    XXH3_freeState(w->xxh);
+    free(w->checksums);
+    free(w->dir);
+    free(w);
+}
+
+/* ------------------------------------------------------------------ */
+/* Reader                                                              */
+
+#define CORRUPT(...) ec_seterr(EC_ECORRUPT, __VA_ARGS__)
+
+/* Validate the header page; fill *h and *m. */
+static int check_header(const char *path, const unsigned char *page, uint64_t st_size,
+                        struct ec_partfile_header *h, ec_partfile_meta *m)
+{
+    uint64_t sum;
+
+    memcpy(h, page, sizeof(*h));
+    if (h->magic != EC_PARTFILE_MAGIC)
+        return CORRUPT("%s is not an embcache partition file (bad magic); it may have "
+                       "been overwritten: re-import the model version", path);
+    if (h->version != EC_PARTFILE_VERSION)
+        return CORRUPT("partition file %s has format version %u; this build reads "
+                       "version %u", path, h->version, EC_PARTFILE_VERSION);
+    sum = header_checksum_of(page);
+    if (sum != h->header_checksum)
+        return CORRUPT("partition file %s: header checksum mismatch (stored %016llx, "
+                       "computed %016llx); the file is damaged: re-import the model "
+                       "version", path, (unsigned long long)h->header_checksum,
+                       (unsigned long long)sum);
+    if (!ec_dtype_valid(h->dtype))
+        return CORRUPT("partition file %s: invalid dtype %u", path, h->dtype);
+    if (h->ndim > EC_MAX_DIMS)
+        return CORRUPT("partition file %s: %u dimensions, at most %d", path, h->ndim,
+                       EC_MAX_DIMS);
+    for (uint32_t i = h->ndim; i < EC_MAX_DIMS; i++)
+        if (h->shape[i] != 0)
+            return CORRUPT("partition file %s: unused dimension %u is not zero", path, i);
+    if (h->reserved0 != 0)
+        return CORRUPT("partition file %s: reserved header field is not zero", path);
+    if (h->rows_per_partition == 0)
+        return CORRUPT("partition file %s: rows_per_partition is 0", path);
+
+    memset(m, 0, sizeof(*m));
+    m->dtype = (ec_dtype)h->dtype;
+    m->ndim = h->ndim;
+    memcpy(m->shape, h->shape, sizeof(m->shape));
+    m->rows_per_partition = h->rows_per_partition;
+    if (ec_partfile_layout(m) < 0)
+        return CORRUPT("partition file %s: shape overflows 64-bit sizes", path);
+#define SAME(field)                                                                       \
+    if (m->field != h->field)                                                             \
+        return CORRUPT("partition file %s: " #field " is %llu, the shape implies %llu",   \
+                       path, (unsigned long long)h->field, (unsigned long long)m->field);
+    SAME(rows)
+    SAME(row_bytes)
+    SAME(partitions)
+    SAME(stride)
+    SAME(data_off)
+    SAME(file_size)
+#undef SAME
+    if (h->table_off != HDR_PAGE)
+        return CORRUPT("partition file %s: table offset %llu, expected %u", path,
+                       (unsigned long long)h->table_off, HDR_PAGE);
+    if (m->partitions > UINT32_MAX || m->row_bytes > UINT32_MAX ||
+        m->rows_per_partition * m->row_bytes > UINT32_MAX)
+        return CORRUPT("partition file %s: partitions larger than %u bytes or more than "
+                       "%u of them", path, UINT32_MAX, UINT32_MAX);
+    if (m->file_size != st_size)
+        return CORRUPT("partition file %s is %llu bytes, its header says %llu (truncated "
+                       "or appended to after import?); re-import the model version", path,
+                       (unsigned long long)st_size, (unsigned long long)m->file_size);
+    m->header_checksum = h->header_checksum;
+    return 0;
+}
+
+/* Read and validate the table of a file whose header passed check_header.
+ * Fills checksums (may be NULL). */
+static int load_table(int fd, const char *path, const ec_partfile_meta *m,
+                      uint64_t table_checksum, uint64_t *checksums)
+{
+    uint64_t len = m->partitions * ENTRY_SIZE;
+    unsigned char *table = malloc(len ? (size_t)len : 1);
+    ssize_t got;
+    int rc = 0;
+
+    if (!table)
+        return ec_seterr(EC_ENOMEM, "partition file %s: out of memory for its table of "
+                                    "%llu bytes", path, (unsigned long long)len);
+    got = pread_full(fd, table, (size_t)len, HDR_PAGE);
+    if (got < 0) {
+        rc = ec_seterr_errno(EC_EIO, (int)-got, "cannot read the table of partition file %s",
+                             path);
+        goto out;
+    }
+    if ((uint64_t)got != len) {
+        rc = ec_seterr(EC_EIO, "partition file %s is shorter than its header says "
+                               "(truncated after import?)", path);
+        goto out;
+    }
+    if (ec_checksum(table, (size_t)len) != table_checksum) {
+        rc = CORRUPT("partition file %s: table checksum mismatch; the file is damaged: "
+                     "re-import the model version", path);
+        goto out;
+    }
+    for (uint64_t p = 0; p < m->partitions; p++) {
+        struct ec_partfile_entry e;
+        memcpy(&e, table + p * ENTRY_SIZE, sizeof(e));
+        if (e.offset != ec_partfile_part_offset(m, p) ||
+            e.length != ec_partfile_part_length(m, p) || e.reserved != 0) {
+            rc = CORRUPT("partition file %s: table entry %llu (offset %llu, length %llu) "
+                         "does not match the layout (offset %llu, length %llu)", path,
+                         (unsigned long long)p, (unsigned long long)e.offset,
+                         (unsigned long long)e.length,
+                         (unsigned long long)ec_partfile_part_offset(m, p),
+                         (unsigned long long)ec_partfile_part_length(m, p));
+            goto out;
+        }
+        if (checksums)
+            checksums[p] = e.checksum;
+    }
+out:
+    free(table);
+    return rc;
+}
+
+/* Read the header page of fd and validate header + table. */
+static int validate_fd(int fd, const char *path, ec_partfile_meta *m, uint64_t *checksums)
+{
+    unsigned char *page = NULL;
+    struct ec_partfile_header h;
+    struct stat st;
+    ssize_t got;
+    int rc;
+
+    if (fstat(fd, &st) != 0)
+        return ec_seterr_errno(EC_EIO, errno, "cannot stat partition file %s", path);
+    if (!S_ISREG(st.st_mode))
+        return CORRUPT("partition file %s is not a regular file", path);
+    page = malloc(HDR_PAGE);
+    if (!page)
+        return ec_seterr(EC_ENOMEM, "out of memory reading partition file %s", path);
+    got = pread_full(fd, page, HDR_PAGE, 0);
+    if (got < 0) {
+        rc = ec_seterr_errno(EC_EIO, (int)-got, "cannot read partition file %s", path);
+        goto out;
+    }
+    if (got < (ssize_t)HDR_PAGE) {
+        rc = CORRUPT("partition file %s is %lld bytes, shorter than its %u-byte header "
+                     "(truncated?); re-import the model version", path, (long long)got,
+                     HDR_PAGE);
+        goto out;
+    }
+    rc = check_header(path, page, (uint64_t)st.st_size, &h, m);
+    if (rc < 0)
+        goto out;
+    rc = load_table(fd, path, m, h.table_checksum, checksums);
+out:
+    free(page);
+    return rc;
+}
+
+int ec_partfile_open(const char *path, ec_partfile_meta *meta, int *fd_out)
+{
+    ec_partfile_meta m;
+    int fd, rc;
+
+    if (!path || !meta || !fd_out)
+        return ec_seterr(EC_EINVAL, "ec_partfile_open: NULL argument");
+    fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return ec_seterr_errno(EC_EIO, errno, "cannot open partition file %s; was it "
+                               "removed from the data directory?", path);
+    rc = validate_fd(fd, path, &m, NULL);
+    if (rc < 0)
+        goto fail;
+    *meta = m;
+    *fd_out = fd;
+    return 0;
+
+fail:
+    close(fd);
+    return rc;
+}
+
+int ec_partfile_read_table(int fd, const ec_partfile_meta *meta, uint64_t *checksums)
+{
+    char name[512];
+    ec_partfile_meta m;
+    int rc;
+
+    if (fd < 0 || !meta || (!checksums && meta->partitions))
+        return ec_seterr(EC_EINVAL, "ec_partfile_read_table: bad argument");
+    fd_name(fd, name, sizeof(name));
+    rc = validate_fd(fd, name, &m, checksums);
+    if (rc < 0)
+        return rc;
+    if (m.header_checksum != meta->header_checksum || m.partitions != meta->partitions)
+        return CORRUPT("partition file %s changed since it was opened; reopen it", name);
+    return 0;
+}
+
+int ec_partfile_read_partition(int fd, const ec_partfile_meta *meta, uint64_t p, void *buf,
+                               uint64_t expected)
+{
+    char name[512];
+    uint64_t len, off, sum;
+    ssize_t got;
+
+    if (fd < 0 || !meta || p >= meta->partitions)
+        return ec_seterr(EC_EINVAL, "ec_partfile_read_partition: partition %llu of %llu",
+                         (unsigned long long)p,
+                         (unsigned long long)(meta ? meta->partitions : 0));
+    len = ec_partfile_part_length(meta, p);
+    off = ec_partfile_part_offset(meta, p);
+    if (len > 0 && !buf)
+        return ec_seterr(EC_EINVAL, "ec_partfile_read_partition: buf is NULL");
+    got = len ? pread_full(fd, buf, (size_t)len, off) : 0;
+    if (got < 0)
+        return ec_seterr_errno(EC_EIO, (int)-got, "cannot read partition %llu of %s",
+                               (unsigned long long)p, fd_name(fd, name, sizeof(name)));
+    if ((uint64_t)got != len)
+        return ec_seterr(EC_EIO,
+                         "partition file %s is shorter than its header says (truncated "
+                         "after import?): partition %llu needs %llu bytes at %llu, got "
+                         "%lld; re-import the model version",
+                         fd_name(fd, name, sizeof(name)), (unsigned long long)p,
+                         (unsigned long long)len, (unsigned long long)off, (long long)got);
+    sum = ec_checksum(len ? buf : "", (size_t)len);
+    if (sum != expected)
+        return ec_seterr(EC_ECHECKSUM,
+                         "partition %llu of %s failed its checksum (expected %016llx, "
+                         "computed %016llx): the data on disk is damaged; re-import the "
+                         "model version", (unsigned long long)p,
+                         fd_name(fd, name, sizeof(name)), (unsigned long long)expected,
+                         (unsigned long long)sum);
+    return 0;
+}
