@@ -1,1 +1,1211 @@
-/* core/engine.c: being written */
+/*
+ * engine.c - residency of partitions in the segment: page-in, single
+ * flight, pins, eviction, warm restart (see engine.h).
+ *
+ * State, all private to the server thread except the job queues:
+ *
+ *   tensors    id -> struct tstate: catalog record, open partition file,
+ *              the contiguous group (view placement) if any
+ *   resident   EC_INDEX_KEY(tensor, part) -> struct unit that holds it
+ *   inflight   EC_INDEX_KEY(tensor, part) -> struct job reading it
+ *   clock      the resident units in CLOCK order, with a hand
+ *   owners     connection id -> struct owner and its pins
+ *
+ * A unit is what is allocated and evicted as one: a single partition, or a
+ * whole tensor laid out row-major in one extent (a group, made for a view).
+ *
+ * Invariants:
+ *   1. A key is in at most one of `resident` and `inflight`.
+ *   2. A key is in the segment's index iff it is in `resident`.
+ *   3. A unit with pins > 0 or loading is never evicted.
+ *   4. An extent is released only after every index entry pointing into it
+ *      was removed (which bumps the entries' seqlocks): a reader's copy
+ *      from a reused extent always fails its check.
+ *   5. Only the pager threads touch job->rc/msg and the extent's bytes
+ *      between submit and completion; the server thread touches neither.
+ */
+#include "engine.h"
+
+#include <assert.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "common/log.h"
+#include "common/u64map.h"
+#include "core/import.h"
+#include "core/partfile.h"
+#include "shm/extent.h"
+#include "shm/index.h"
+
+#define GROUP_PART UINT32_MAX
+
+struct unit;
+
+struct tstate {
+    ec_cat_tensor cat;
+    ec_partfile_meta meta;
+    int fd;
+    struct unit *group;          /* contiguous placement, NULL when none */
+    uint32_t inflight;           /* jobs reading this tensor's partitions */
+    struct request *pin_waiters; /* pins waiting for inflight to reach 0 */
+};
+
+struct unit {
+    uint32_t tensor;
+    uint32_t part;               /* GROUP_PART for a group */
+    uint64_t off;                /* extent, from the data area */
+    uint64_t bytes;              /* extent size (page multiple) */
+    uint32_t pins;
+    bool ref;
+    bool loading;                /* group still being read */
+    uint32_t pending;            /* group: reads outstanding */
+    int status;                  /* group: first read error */
+    char msg[EC_ERRMSG_MAX];
+    size_t clock_pos;            /* index in the clock, SIZE_MAX when absent */
+    struct request *waiters;     /* group: pins waiting for the load */
+};
+
+enum req_kind { REQ_FAULT, REQ_PIN };
+
+struct request {
+    enum req_kind kind;
+    uint64_t owner;
+    uint64_t token;
+    uint32_t tensor;
+    uint32_t pending;
+    ec_engine_result res;
+    struct request *next;        /* in a pin wait list */
+};
+
+struct job {
+    uint32_t tensor, part;
+    struct tstate *ts;
+    struct unit *unit;           /* the single unit, or the group */
+    uint64_t dest;               /* from the data area */
+    uint32_t length;
+    uint64_t checksum;
+    int rc;                      /* set by the pager thread */
+    char msg[EC_ERRMSG_MAX];
+    struct request **waiters;
+    size_t nwaiters, capwaiters;
+    struct job *next;            /* queue link */
+};
+
+struct pin {
+    uint64_t id;
+    uint32_t tensor;
+    struct unit *unit;
+    struct pin *next;
+};
+
+struct owner {
+    uint64_t id;
+    struct pin *pins;
+};
+
+struct ec_engine {
+    ec_engine_config cfg;
+    char data_dir[4096];
+    int lock_fd;
+    ec_catalog *cat;
+    ec_segment seg;
+    ec_extents *ext;
+    uint64_t generation;
+    ec_engine_notify_fn notify;
+    void *notify_arg;
+
+    ec_u64map tensors, resident, inflight, owners;
+    struct unit **clock;
+    size_t nclock, capclock, hand;
+    uint64_t next_pin;
+
+    /* Pager: submit queue (server -> readers), done queue (readers -> server). */
+    pthread_mutex_t qlock;
+    pthread_cond_t qcond;
+    struct job *sq_head, *sq_tail, *dq_head;
+    bool stopping;
+    pthread_t *threads;
+    unsigned nthreads;
+    int efd;
+    _Atomic int inject_rc;
+
+    struct {
+        uint64_t fault_requests, fault_parts, coalesced, page_ins, page_in_bytes,
+            checksum_failures, read_errors, evictions, evicted_bytes, pins, unpins,
+            restart_kept, restart_dropped, resolves;
+    } st;
+    time_t started;
+};
+
+/* ------------------------------------------------------------------ */
+/* Small helpers                                                       */
+
+static uint64_t page_round(uint64_t n)
+{
+    return (n + EC_SHM_PAGE - 1) / EC_SHM_PAGE * EC_SHM_PAGE;
+}
+
+static void clock_add(ec_engine *e, struct unit *u)
+{
+    if (e->nclock == e->capclock) {
+        size_t cap = e->capclock ? e->capclock * 2 : 256;
+        struct unit **c = realloc(e->clock, cap * sizeof(*c));
+        if (!c) {
+            /* Without a clock slot the unit is simply never evicted. */
+            u->clock_pos = SIZE_MAX;
+            return;
+        }
+        e->clock = c;
+        e->capclock = cap;
+    }
+    u->clock_pos = e->nclock;
+    e->clock[e->nclock++] = u;
+}
+
+static void clock_del(ec_engine *e, struct unit *u)
+{
+    size_t i = u->clock_pos;
+
+    if (i == SIZE_MAX)
+        return;
+    assert(i < e->nclock && e->clock[i] == u);
+    e->clock[i] = e->clock[--e->nclock];
+    e->clock[i]->clock_pos = i;
+    u->clock_pos = SIZE_MAX;
+    if (e->hand >= e->nclock)
+        e->hand = 0;
+}
+
+static void gauges(ec_engine *e)
+{
+    ec_extent_stats s;
+
+    ec_extent_stats_get(e->ext, &s);
+    atomic_store_explicit(&e->seg.hdr->used_bytes, s.used, memory_order_relaxed);
+    atomic_store_explicit(&e->seg.hdr->resident_partitions, e->resident.len,
+                          memory_order_relaxed);
+}
+
+static void result_error(ec_engine_result *r, int code, const char *msg)
+{
+    if (r->status == 0) {
+        r->status = code;
+        snprintf(r->msg, sizeof(r->msg), "%s", msg);
+    }
+}
+
+/* ------------------------------------------------------------------ */
+/* Tensors                                                             */
+
+static void tstate_free(struct tstate *ts)
+{
+    if (!ts)
+        return;
+    if (ts->fd >= 0)
+        close(ts->fd);
+    ec_cat_tensor_clear(&ts->cat);
+    free(ts);
+}
+
+/* Load a tensor's record and open its partition file, checking that the file
+ * is the one the catalog registered. */
+static int tensor_get(ec_engine *e, uint32_t id, struct tstate **out)
+{
+    struct tstate *ts = ec_u64map_get(&e->tensors, id);
+    char path[4096 + EC_CAT_PATH_MAX + 2];
+    int rc;
+
+    if (ts) {
+        *out = ts;
+        return 0;
+    }
+    ts = calloc(1, sizeof(*ts));
+    if (!ts)
+        return ec_seterr(EC_ENOMEM, "tensor state");
+    ts->fd = -1;
+    rc = ec_catalog_get_tensor(e->cat, id, &ts->cat);
+    if (rc)
+        goto fail;
+    snprintf(path, sizeof(path), "%s/%s", e->data_dir, ts->cat.path);
+    rc = ec_partfile_open(path, &ts->meta, &ts->fd);
+    if (rc) {
+        ec_adderr(rc, "tensor '%s' of model '%s' version %lld", ts->cat.name, ts->cat.model,
+                  (long long)ts->cat.version);
+        goto fail;
+    }
+    if (ts->meta.header_checksum != ts->cat.header_checksum ||
+        ts->meta.partitions != ts->cat.partitions || ts->meta.rows != ts->cat.rows ||
+        ts->meta.row_bytes != ts->cat.row_bytes ||
+        ts->meta.rows_per_partition != ts->cat.rows_per_partition) {
+        rc = ec_seterr(EC_ECORRUPT,
+                       "partition file %s of tensor '%s' (model '%s' version %lld) is not the "
+                       "file that was imported; re-import the version",
+                       path, ts->cat.name, ts->cat.model, (long long)ts->cat.version);
+        goto fail;
+    }
+    rc = ec_u64map_put(&e->tensors, id, ts);
+    if (rc) {
+        rc = ec_seterr(EC_ENOMEM, "tensor table");
+        goto fail;
+    }
+    *out = ts;
+    return 0;
+fail:
+    tstate_free(ts);
+    return rc;
+}
+
+int ec_engine_resolve(ec_engine *e, const char *model, const char *version, const char *tensor,
+                      ec_proto_tensor *out)
+{
+    ec_cat_tensor t = {0};
+    struct tstate *ts;
+    int rc;
+
+    rc = ec_catalog_resolve(e->cat, model, version, tensor, &t);
+    if (rc)
+        return rc;
+    if (t.id <= 0 || t.id > UINT32_MAX) {
+        ec_cat_tensor_clear(&t);
+        return ec_seterr(EC_EINTERNAL, "tensor id %lld out of range", (long long)t.id);
+    }
+    rc = tensor_get(e, (uint32_t)t.id, &ts);
+    ec_cat_tensor_clear(&t);
+    if (rc)
+        return rc;
+    memset(out, 0, sizeof(*out));
+    out->id = (uint32_t)ts->cat.id;
+    snprintf(out->model, sizeof(out->model), "%s", ts->cat.model);
+    out->version = ts->cat.version;
+    snprintf(out->name, sizeof(out->name), "%s", ts->cat.name);
+    out->dtype = (uint32_t)ts->cat.dtype;
+    out->ndim = ts->cat.ndim;
+    memcpy(out->shape, ts->cat.shape, sizeof(out->shape));
+    out->rows = ts->cat.rows;
+    out->row_bytes = ts->cat.row_bytes;
+    out->rows_per_partition = ts->cat.rows_per_partition;
+    out->partitions = ts->cat.partitions;
+    e->st.resolves++;
+    return 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* Eviction                                                            */
+
+/* Remove a unit from the index and the clock and free its extent. `evicted`
+ * says whether to count it as an eviction (a failed load or a re-layout is
+ * not one). */
+static void unit_drop(ec_engine *e, struct unit *u, bool evicted)
+{
+    struct tstate *ts = ec_u64map_get(&e->tensors, u->tensor);
+    uint32_t first = u->part, last = u->part;
+    int rc;
+
+    assert(u->pins == 0);
+    if (u->part == GROUP_PART) {
+        first = 0;
+        last = ts ? (uint32_t)ts->cat.partitions - 1 : 0;
+        if (ts && ts->group == u)
+            ts->group = NULL;
+    }
+    for (uint64_t p = first; p <= last; p++) {
+        uint64_t key = EC_INDEX_KEY(u->tensor, p);
+        if (ec_u64map_get(&e->resident, key) != u)
+            continue;
+        ec_u64map_del(&e->resident, key);
+        ec_index_remove(&e->seg, u->tensor, (uint32_t)p, NULL, NULL);
+    }
+    clock_del(e, u);
+    /* Invariant 4: the entries are gone (their seqs bumped); now the extent. */
+    rc = ec_extent_release(e->ext, u->off, u->bytes);
+    assert(rc == 0);
+    (void)rc;
+    if (evicted) {
+        e->st.evictions++;
+        e->st.evicted_bytes += u->bytes;
+    }
+    free(u);
+}
+
+/* Evict one unevictable-free unit by CLOCK. EC_ENOSPC when none can go. */
+static int evict_one(ec_engine *e)
+{
+    for (size_t steps = 0; steps < 2 * e->nclock + 1 && e->nclock; steps++) {
+        struct unit *u;
+        if (e->hand >= e->nclock)
+            e->hand = 0;
+        u = e->clock[e->hand];
+        if (u->pins == 0 && !u->loading) {
+            if (!u->ref) {
+                unit_drop(e, u, true);
+                return 0;
+            }
+            u->ref = false;
+        }
+        e->hand++;
+    }
+    return EC_ENOSPC;
+}
+
+static int alloc_evicting(ec_engine *e, uint64_t bytes, uint64_t *off)
+{
+    for (;;) {
+        int rc = ec_extent_alloc(e->ext, bytes, off);
+        if (rc != EC_ENOSPC)
+            return rc;
+        if (evict_one(e)) {
+            ec_extent_stats s;
+            ec_extent_stats_get(e->ext, &s);
+            return ec_seterr(EC_ENOSPC,
+                             "no room for %llu bytes in the %llu-byte segment: %llu bytes are "
+                             "pinned or being loaded (largest free run %llu); release views "
+                             "or start embcached with a larger --shm-size",
+                             (unsigned long long)bytes, (unsigned long long)s.capacity,
+                             (unsigned long long)s.used, (unsigned long long)s.largest_free);
+        }
+    }
+}
+
+/* ------------------------------------------------------------------ */
+/* Pager threads                                                       */
+
+static void *pager_main(void *arg)
+{
+    ec_engine *e = arg;
+
+    for (;;) {
+        struct job *j;
+        uint64_t one = 1;
+        int inj;
+
+        pthread_mutex_lock(&e->qlock);
+        while (!e->sq_head && !e->stopping)
+            pthread_cond_wait(&e->qcond, &e->qlock);
+        if (!e->sq_head) {
+            pthread_mutex_unlock(&e->qlock);
+            return NULL;
+        }
+        j = e->sq_head;
+        e->sq_head = j->next;
+        if (!e->sq_head)
+            e->sq_tail = NULL;
+        pthread_mutex_unlock(&e->qlock);
+
+        inj = atomic_load_explicit(&e->inject_rc, memory_order_relaxed);
+        if (inj)
+            j->rc = ec_seterr(inj, "injected read failure of partition %u", j->part);
+        else
+            j->rc = ec_partfile_read_partition(j->ts->fd, &j->ts->meta, j->part,
+                                               e->seg.data + j->dest, j->checksum);
+        if (j->rc)
+            snprintf(j->msg, sizeof(j->msg), "tensor '%.96s' (model '%.96s' version %lld) "
+                     "partition %u: %.256s", j->ts->cat.name, j->ts->cat.model,
+                     (long long)j->ts->cat.version, j->part, ec_last_error());
+
+        pthread_mutex_lock(&e->qlock);
+        j->next = e->dq_head;
+        e->dq_head = j;
+        pthread_mutex_unlock(&e->qlock);
+        (void)!write(e->efd, &one, sizeof(one));
+    }
+}
+
+static void submit(ec_engine *e, struct job *j)
+{
+    pthread_mutex_lock(&e->qlock);
+    j->next = NULL;
+    if (e->sq_tail)
+        e->sq_tail->next = j;
+    else
+        e->sq_head = j;
+    e->sq_tail = j;
+    pthread_cond_signal(&e->qcond);
+    pthread_mutex_unlock(&e->qlock);
+}
+
+static int job_wait(struct job *j, struct request *r)
+{
+    if (j->nwaiters == j->capwaiters) {
+        size_t cap = j->capwaiters ? j->capwaiters * 2 : 4;
+        struct request **w = realloc(j->waiters, cap * sizeof(*w));
+        if (!w)
+            return ec_seterr(EC_ENOMEM, "waiter list");
+        j->waiters = w;
+        j->capwaiters = cap;
+    }
+    j->waiters[j->nwaiters++] = r;
+    r->pending++;
+    return 0;
+}
+
+static struct job *job_new(ec_engine *e, struct tstate *ts, uint32_t part, struct unit *u,
+                           uint64_t dest)
+{
+    struct job *j = calloc(1, sizeof(*j));
+
+    if (!j)
+        return NULL;
+    j->tensor = (uint32_t)ts->cat.id;
+    j->part = part;
+    j->ts = ts;
+    j->unit = u;
+    j->dest = dest;
+    j->length = (uint32_t)ec_partfile_part_length(&ts->meta, part);
+    j->checksum = ts->cat.part_checksums[part];
+    if (ec_u64map_put(&e->inflight, EC_INDEX_KEY(j->tensor, part), j)) {
+        free(j);
+        return NULL;
+    }
+    ts->inflight++;
+    return j;
+}
+
+/* ------------------------------------------------------------------ */
+/* Requests                                                            */
+
+static void pin_register(ec_engine *e, struct request *r, struct unit *g, struct tstate *ts);
+static void pin_start(ec_engine *e, struct request *r);
+
+static void request_finish(ec_engine *e, struct request *r)
+{
+    e->notify(e->notify_arg, r->owner, r->token, &r->res);
+    free(r);
+}
+
+static void request_put(ec_engine *e, struct request *r)
+{
+    assert(r->pending > 0);
+    if (--r->pending == 0)
+        request_finish(e, r);
+}
+
+int ec_engine_fault(ec_engine *e, uint64_t owner, uint64_t token, uint32_t tensor,
+                    const uint32_t *parts, uint32_t n)
+{
+    struct tstate *ts;
+    struct request *r;
+    int rc;
+
+    rc = tensor_get(e, tensor, &ts);
+    if (rc)
+        return rc;
+    r = calloc(1, sizeof(*r));
+    if (!r)
+        return ec_seterr(EC_ENOMEM, "fault request");
+    r->kind = REQ_FAULT;
+    r->owner = owner;
+    r->token = token;
+    r->tensor = tensor;
+    r->pending = 1; /* held until every partition has been looked at */
+    e->st.fault_requests++;
+
+    for (uint32_t i = 0; i < n; i++) {
+        uint32_t p = parts[i];
+        uint64_t key = EC_INDEX_KEY(tensor, p), off;
+        struct unit *u;
+        struct job *j;
+
+        if (p >= ts->cat.partitions) {
+            ec_seterr(EC_ERANGE, "tensor '%s' has %llu partitions; partition %u requested",
+                      ts->cat.name, (unsigned long long)ts->cat.partitions, p);
+            result_error(&r->res, EC_ERANGE, ec_last_error());
+            break;
+        }
+        e->st.fault_parts++;
+        if ((u = ec_u64map_get(&e->resident, key))) {
+            u->ref = true;
+            continue;
+        }
+        if ((j = ec_u64map_get(&e->inflight, key))) {
+            e->st.coalesced++;
+            if (job_wait(j, r))
+                result_error(&r->res, EC_ENOMEM, ec_last_error());
+            continue;
+        }
+        u = calloc(1, sizeof(*u));
+        if (!u) {
+            result_error(&r->res, EC_ENOMEM, "unit");
+            break;
+        }
+        u->tensor = tensor;
+        u->part = p;
+        u->bytes = page_round(ec_partfile_part_length(&ts->meta, p));
+        u->clock_pos = SIZE_MAX;
+        rc = alloc_evicting(e, u->bytes, &off);
+        if (rc) {
+            free(u);
+            result_error(&r->res, rc, ec_last_error());
+            break;
+        }
+        u->off = off;
+        j = job_new(e, ts, p, u, off);
+        if (!j || job_wait(j, r)) {
+            if (j) {
+                ec_u64map_del(&e->inflight, key);
+                ts->inflight--;
+                free(j);
+            }
+            ec_extent_release(e->ext, u->off, u->bytes);
+            free(u);
+            result_error(&r->res, EC_ENOMEM, "out of memory queueing a read");
+            break;
+        }
+        submit(e, j);
+    }
+    request_put(e, r);
+    return 0;
+}
+
+/* Finish one job on the server thread. */
+static void job_complete(ec_engine *e, struct job *j)
+{
+    struct tstate *ts = j->ts;
+    struct unit *u = j->unit;
+    uint64_t key = EC_INDEX_KEY(j->tensor, j->part);
+    int rc = j->rc;
+
+    ec_u64map_del(&e->inflight, key);
+    ts->inflight--;
+    if (rc == 0) {
+        e->st.page_ins++;
+        e->st.page_in_bytes += j->length;
+        rc = ec_index_insert(&e->seg, j->tensor, j->part, j->dest, j->length);
+        if (rc == 0 && ec_u64map_put(&e->resident, key, u)) {
+            ec_index_remove(&e->seg, j->tensor, j->part, NULL, NULL);
+            rc = EC_ENOMEM;
+        }
+        if (rc)
+            snprintf(j->msg, sizeof(j->msg), "publishing partition %u: %.400s", j->part,
+                     ec_last_error());
+    } else if (rc == EC_ECHECKSUM) {
+        e->st.checksum_failures++;
+        ec_error("%s", j->msg);
+    } else {
+        e->st.read_errors++;
+        ec_error("%s", j->msg);
+    }
+
+    if (u->part != GROUP_PART) {
+        if (rc == 0) {
+            u->ref = true;
+            clock_add(e, u);
+        } else {
+            ec_extent_release(e->ext, u->off, u->bytes);
+            free(u);
+        }
+    } else {
+        if (rc && u->status == 0) {
+            u->status = rc;
+            snprintf(u->msg, sizeof(u->msg), "%s", j->msg);
+        }
+        u->pending--;
+    }
+
+    for (size_t i = 0; i < j->nwaiters; i++) {
+        if (rc)
+            result_error(&j->waiters[i]->res, rc, j->msg);
+        request_put(e, j->waiters[i]);
+    }
+    free(j->waiters);
+    free(j);
+
+    if (u->part == GROUP_PART && u->pending == 0) {
+        struct request *w = u->waiters, *next;
+        u->waiters = NULL;
+        u->loading = false;
+        if (u->status) {
+            int st = u->status;
+            char msg[EC_ERRMSG_MAX];
+            snprintf(msg, sizeof(msg), "%s", u->msg);
+            unit_drop(e, u, false);
+            for (; w; w = next) {
+                next = w->next;
+                result_error(&w->res, st, msg);
+                request_finish(e, w);
+            }
+        } else {
+            u->ref = true;
+            clock_add(e, u);
+            for (; w; w = next) {
+                next = w->next;
+                pin_register(e, w, u, ts);
+                request_finish(e, w);
+            }
+        }
+    }
+    /* Pins that waited for this tensor's single reads to drain. */
+    if (ts->inflight == 0 && ts->pin_waiters) {
+        struct request *w = ts->pin_waiters, *next;
+        ts->pin_waiters = NULL;
+        for (; w; w = next) {
+            next = w->next;
+            w->next = NULL;
+            pin_start(e, w);
+        }
+    }
+}
+
+void ec_engine_complete(ec_engine *e)
+{
+    uint64_t v;
+    struct job *done, *next;
+
+    (void)!read(e->efd, &v, sizeof(v));
+    pthread_mutex_lock(&e->qlock);
+    done = e->dq_head;
+    e->dq_head = NULL;
+    pthread_mutex_unlock(&e->qlock);
+    for (; done; done = next) {
+        next = done->next;
+        job_complete(e, done);
+    }
+    gauges(e);
+}
+
+/* ------------------------------------------------------------------ */
+/* Pins                                                                */
+
+static void pin_register(ec_engine *e, struct request *r, struct unit *g, struct tstate *ts)
+{
+    struct owner *o = ec_u64map_get(&e->owners, r->owner);
+    struct pin *p;
+
+    if (r->res.status)
+        return;
+    if (!o) {
+        /* The connection went away while its pin was loading. */
+        result_error(&r->res, EC_ECONN, "connection closed");
+        return;
+    }
+    p = calloc(1, sizeof(*p));
+    if (!p) {
+        result_error(&r->res, EC_ENOMEM, "pin");
+        return;
+    }
+    p->id = ++e->next_pin;
+    p->tensor = r->tensor;
+    p->unit = g;
+    p->next = o->pins;
+    o->pins = p;
+    g->pins++;
+    g->ref = true;
+    e->st.pins++;
+    r->res.pin_id = p->id;
+    r->res.offset = g->off;
+    r->res.length = ts->cat.rows * ts->cat.row_bytes;
+}
+
+/* Drop the tensor's single-partition units so its rows can be laid out
+ * contiguously. Fails if one of them is pinned (cannot happen today: only
+ * groups are pinned). */
+static void drop_singles(ec_engine *e, struct tstate *ts)
+{
+    for (uint64_t p = 0; p < ts->cat.partitions; p++) {
+        struct unit *u = ec_u64map_get(&e->resident, EC_INDEX_KEY(ts->cat.id, p));
+        if (u && u->part != GROUP_PART && u->pins == 0) {
+            unit_drop(e, u, false);
+        }
+    }
+}
+
+static void pin_start(ec_engine *e, struct request *r)
+{
+    struct tstate *ts;
+    struct unit *g;
+    uint64_t total, off, rpp_bytes;
+    int rc;
+
+    rc = tensor_get(e, r->tensor, &ts);
+    if (rc) {
+        result_error(&r->res, rc, ec_last_error());
+        request_finish(e, r);
+        return;
+    }
+    if ((g = ts->group)) {
+        if (g->loading) {
+            r->next = g->waiters;
+            g->waiters = r;
+            return;
+        }
+        pin_register(e, r, g, ts);
+        request_finish(e, r);
+        return;
+    }
+    if (ts->inflight) {
+        r->next = ts->pin_waiters;
+        ts->pin_waiters = r;
+        return;
+    }
+    total = ts->cat.rows * ts->cat.row_bytes;
+    drop_singles(e, ts);
+    g = calloc(1, sizeof(*g));
+    if (!g) {
+        result_error(&r->res, EC_ENOMEM, "group");
+        request_finish(e, r);
+        return;
+    }
+    g->tensor = r->tensor;
+    g->part = GROUP_PART;
+    g->bytes = page_round(total ? total : 1);
+    g->clock_pos = SIZE_MAX;
+    g->loading = true;
+    rc = alloc_evicting(e, g->bytes, &off);
+    if (rc) {
+        free(g);
+        ec_adderr(rc, "cannot pin tensor '%s' (%llu bytes) contiguously", ts->cat.name,
+                  (unsigned long long)total);
+        result_error(&r->res, rc, ec_last_error());
+        request_finish(e, r);
+        return;
+    }
+    g->off = off;
+    ts->group = g;
+    g->waiters = r;
+    rpp_bytes = ts->cat.rows_per_partition * ts->cat.row_bytes;
+    for (uint64_t p = 0; p < ts->cat.partitions; p++) {
+        struct job *j = job_new(e, ts, (uint32_t)p, g, off + p * rpp_bytes);
+        if (!j) {
+            if (g->status == 0) {
+                g->status = EC_ENOMEM;
+                snprintf(g->msg, sizeof(g->msg), "out of memory queueing reads");
+            }
+            break;
+        }
+        g->pending++;
+        submit(e, j);
+    }
+    if (g->pending == 0) {
+        /* Nothing was queued (an empty tensor, or no memory at all). */
+        struct request *w = g->waiters;
+        g->waiters = NULL;
+        g->loading = false;
+        if (g->status || total == 0) {
+            if (g->status)
+                result_error(&w->res, g->status, g->msg);
+            else
+                result_error(&w->res, EC_EINVAL, "tensor has no rows to view");
+            ts->group = NULL;
+            ec_extent_release(e->ext, g->off, g->bytes);
+            free(g);
+        } else {
+            clock_add(e, g);
+            pin_register(e, w, g, ts);
+        }
+        request_finish(e, w);
+    }
+}
+
+int ec_engine_pin(ec_engine *e, uint64_t owner, uint64_t token, uint32_t tensor)
+{
+    struct tstate *ts;
+    struct request *r;
+    int rc;
+
+    rc = tensor_get(e, tensor, &ts);
+    if (rc)
+        return rc;
+    if (!ec_u64map_get(&e->owners, owner))
+        return ec_seterr(EC_EINTERNAL, "pin from unknown connection %llu",
+                         (unsigned long long)owner);
+    r = calloc(1, sizeof(*r));
+    if (!r)
+        return ec_seterr(EC_ENOMEM, "pin request");
+    r->kind = REQ_PIN;
+    r->owner = owner;
+    r->token = token;
+    r->tensor = tensor;
+    pin_start(e, r);
+    return 0;
+}
+
+int ec_engine_unpin(ec_engine *e, uint64_t owner, uint64_t pin_id)
+{
+    struct owner *o = ec_u64map_get(&e->owners, owner);
+
+    for (struct pin **pp = o ? &o->pins : NULL; pp && *pp; pp = &(*pp)->next) {
+        struct pin *p = *pp;
+        if (p->id != pin_id)
+            continue;
+        *pp = p->next;
+        assert(p->unit->pins > 0);
+        p->unit->pins--;
+        e->st.unpins++;
+        free(p);
+        return 0;
+    }
+    return ec_seterr(EC_ENOENT, "this connection holds no pin %llu",
+                     (unsigned long long)pin_id);
+}
+
+int ec_engine_owner_open(ec_engine *e, uint64_t owner)
+{
+    struct owner *o = calloc(1, sizeof(*o));
+
+    if (!o || ec_u64map_put(&e->owners, owner, o)) {
+        free(o);
+        return ec_seterr(EC_ENOMEM, "connection table");
+    }
+    o->id = owner;
+    return 0;
+}
+
+void ec_engine_owner_close(ec_engine *e, uint64_t owner)
+{
+    struct owner *o = ec_u64map_del(&e->owners, owner);
+
+    if (!o)
+        return;
+    while (o->pins) {
+        struct pin *p = o->pins;
+        o->pins = p->next;
+        p->unit->pins--;
+        e->st.unpins++;
+        free(p);
+    }
+    free(o);
+}
+
+void ec_engine_touch(ec_engine *e, uint64_t key)
+{
+    struct unit *u = ec_u64map_get(&e->resident, key);
+
+    if (u)
+        u->ref = true;
+}
+
+/* ------------------------------------------------------------------ */
+/* Start-up: lock, segment, warm restart                               */
+
+static int lock_data_dir(ec_engine *e)
+{
+    char path[4200], buf[32];
+    int fd;
+
+    snprintf(path, sizeof(path), "%s/embcached.lock", e->data_dir);
+    fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (fd < 0)
+        return ec_seterr_errno(EC_EIO, errno, "cannot open lock file %s", path);
+    if (flock(fd, LOCK_EX | LOCK_NB) < 0) {
+        ssize_t n = pread(fd, buf, sizeof(buf) - 1, 0);
+        buf[n > 0 ? n : 0] = '\0';
+        close(fd);
+        return ec_seterr(EC_EBUSY,
+                         "data directory %s is in use by another embcached (pid %s); stop it "
+                         "first or use another --data-dir",
+                         e->data_dir, buf[0] ? strtok(buf, "\n") : "unknown");
+    }
+    snprintf(buf, sizeof(buf), "%d\n", (int)getpid());
+    if (ftruncate(fd, 0) == 0)
+        (void)!pwrite(fd, buf, strlen(buf), 0);
+    e->lock_fd = fd;
+    return 0;
+}
+
+struct restart_ctx {
+    ec_engine *e;
+    uint64_t *keys;
+    size_t n, cap;
+};
+
+static int collect_entry(uint32_t tensor, uint32_t part, uint64_t off, uint32_t len, void *arg)
+{
+    struct restart_ctx *c = arg;
+
+    (void)off;
+    (void)len;
+    if (c->n == c->cap) {
+        size_t cap = c->cap ? c->cap * 2 : 1024;
+        uint64_t *k = realloc(c->keys, cap * sizeof(*k));
+        if (!k)
+            return EC_ENOMEM;
+        c->keys = k;
+        c->cap = cap;
+    }
+    c->keys[c->n++] = EC_INDEX_KEY(tensor, part);
+    return 0;
+}
+
+/* Keep what a previous daemon left resident, if it still checks out. */
+static int adopt_resident(ec_engine *e)
+{
+    struct restart_ctx c = {.e = e};
+    int rc = ec_index_foreach(&e->seg, collect_entry, &c);
+
+    if (rc) {
+        free(c.keys);
+        return ec_seterr(rc, "out of memory scanning the index");
+    }
+    for (size_t i = 0; i < c.n; i++) {
+        uint32_t tensor = EC_INDEX_KEY_TENSOR(c.keys[i]), part = EC_INDEX_KEY_PART(c.keys[i]);
+        ec_index_ref ref;
+        struct tstate *ts = NULL;
+        struct unit *u = NULL;
+        const char *why = NULL;
+
+        if (!ec_index_lookup(&e->seg, tensor, part, &ref))
+            why = "entry out of bounds";
+        else if (tensor_get(e, tensor, &ts))
+            why = "tensor no longer in the catalog";
+        else if (part >= ts->cat.partitions ||
+                 ref.length != ec_partfile_part_length(&ts->meta, part))
+            why = "partition does not match the catalog";
+        else if (ref.offset % EC_SHM_PAGE)
+            why = "part of a view placement";
+        else if (ec_checksum(e->seg.data + ref.offset, ref.length) !=
+                 ts->cat.part_checksums[part])
+            why = "checksum mismatch";
+        else if (!(u = calloc(1, sizeof(*u))))
+            why = "out of memory";
+        else if (ec_extent_reserve(e->ext, ref.offset, page_round(ref.length)))
+            why = "overlaps another entry";
+        if (why) {
+            free(u);
+            ec_debug("dropping resident partition %u of tensor %u: %s", part, tensor, why);
+            ec_index_remove(&e->seg, tensor, part, NULL, NULL);
+            e->st.restart_dropped++;
+            continue;
+        }
+        u->tensor = tensor;
+        u->part = part;
+        u->off = ref.offset;
+        u->bytes = page_round(ref.length);
+        u->clock_pos = SIZE_MAX;
+        if (ec_u64map_put(&e->resident, c.keys[i], u)) {
+            ec_extent_release(e->ext, u->off, u->bytes);
+            ec_index_remove(&e->seg, tensor, part, NULL, NULL);
+            free(u);
+            continue;
+        }
+        clock_add(e, u);
+        e->st.restart_kept++;
+    }
+    free(c.keys);
+    return 0;
+}
+
+static int attach_segment(ec_engine *e)
+{
+    int rc = ec_segment_reopen(e->data_dir, &e->seg);
+
+    if (rc == 0 && e->seg.size != e->cfg.shm_size) {
+        ec_info("the recorded segment has %zu bytes, %llu were asked for: starting cold",
+                e->seg.size, (unsigned long long)e->cfg.shm_size);
+        ec_segment_destroy(&e->seg, e->data_dir);
+        rc = EC_ENOENT;
+    } else if (rc == EC_ECORRUPT || rc == EC_EVERSION) {
+        ec_warn("the recorded segment cannot be re-attached (%s): starting cold",
+                ec_last_error());
+        /* Remove its name; ec_segment_reopen left seg closed. */
+        char path[4200];
+        snprintf(path, sizeof(path), "%s/%s", e->data_dir, EC_SEGMENT_RECORD);
+        unlink(path);
+        rc = EC_ENOENT;
+    } else if (rc && rc != EC_ENOENT) {
+        return rc;
+    }
+    if (rc == EC_ENOENT) {
+        rc = ec_segment_create(e->data_dir, e->cfg.shm_size, &e->seg);
+        if (rc)
+            return rc;
+        e->generation = atomic_load(&e->seg.hdr->generation);
+    } else {
+        e->generation = atomic_load(&e->seg.hdr->generation) + 1;
+        ec_info("re-attached segment of %zu bytes (warm restart, generation %llu)",
+                e->seg.size, (unsigned long long)e->generation);
+    }
+    rc = ec_extents_new(e->seg.data_size, &e->ext);
+    if (rc)
+        return rc;
+    /* Bump the generation before anything is served: clients of the previous
+     * daemon see it change and reconnect. */
+    atomic_store_explicit(&e->seg.hdr->daemon_pid, (uint32_t)getpid(), memory_order_relaxed);
+    atomic_store_explicit(&e->seg.hdr->generation, e->generation, memory_order_release);
+    rc = adopt_resident(e);
+    if (rc == 0 && (e->st.restart_kept || e->st.restart_dropped))
+        ec_info("warm restart: kept %llu resident partitions, dropped %llu",
+                (unsigned long long)e->st.restart_kept,
+                (unsigned long long)e->st.restart_dropped);
+    gauges(e);
+    return rc;
+}
+
+int ec_engine_open(const ec_engine_config *cfg, ec_engine_notify_fn notify, void *notify_arg,
+                   ec_engine **out)
+{
+    ec_engine *e = calloc(1, sizeof(*e));
+    char path[4200];
+    int rc, swept;
+
+    if (!e)
+        return ec_seterr(EC_ENOMEM, "engine");
+    e->cfg = *cfg;
+    e->lock_fd = -1;
+    e->efd = -1;
+    e->seg.fd = -1;
+    e->notify = notify;
+    e->notify_arg = notify_arg;
+    e->started = time(NULL);
+    snprintf(e->data_dir, sizeof(e->data_dir), "%s", cfg->data_dir);
+    pthread_mutex_init(&e->qlock, NULL);
+    pthread_cond_init(&e->qcond, NULL);
+
+    if (mkdir(e->data_dir, 0700) < 0 && errno != EEXIST) {
+        rc = ec_seterr_errno(EC_EIO, errno, "cannot create data directory %s", e->data_dir);
+        goto fail;
+    }
+    rc = lock_data_dir(e);
+    if (rc)
+        goto fail;
+    snprintf(path, sizeof(path), "%s/%s", e->data_dir, EC_CATALOG_FILE);
+    rc = ec_catalog_open(path, &e->cat);
+    if (rc)
+        goto fail;
+    swept = ec_import_sweep(e->cat, e->data_dir);
+    if (swept > 0)
+        ec_info("removed %d orphaned partition file(s) from an interrupted import", swept);
+    rc = attach_segment(e);
+    if (rc)
+        goto fail;
+    e->efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (e->efd < 0) {
+        rc = ec_seterr_errno(EC_EIO, errno, "eventfd");
+        goto fail;
+    }
+    e->nthreads = cfg->io_threads ? cfg->io_threads : 2;
+    e->threads = calloc(e->nthreads, sizeof(*e->threads));
+    if (!e->threads) {
+        rc = ec_seterr(EC_ENOMEM, "threads");
+        goto fail;
+    }
+    for (unsigned i = 0; i < e->nthreads; i++) {
+        if (pthread_create(&e->threads[i], NULL, pager_main, e)) {
+            e->nthreads = i;
+            rc = ec_seterr(EC_ENOMEM, "cannot start pager thread %u", i);
+            goto fail;
+        }
+    }
+    *out = e;
+    return 0;
+fail:
+    ec_engine_close(e);
+    return rc;
+}
+
+void ec_engine_close(ec_engine *e)
+{
+    if (!e)
+        return;
+    pthread_mutex_lock(&e->qlock);
+    e->stopping = true;
+    pthread_cond_broadcast(&e->qcond);
+    pthread_mutex_unlock(&e->qlock);
+    for (unsigned i = 0; i < e->nthreads; i++)
+        pthread_join(e->threads[i], NULL);
+    free(e->threads);
+    /* Jobs still queued or done are dropped with their extents unpublished:
+     * the next daemon rebuilds the allocator from the index alone. */
+    for (struct job *j = e->sq_head, *n; j; j = n) {
+        n = j->next;
+        free(j->waiters);
+        free(j);
+    }
+    for (struct job *j = e->dq_head, *n; j; j = n) {
+        n = j->next;
+        free(j->waiters);
+        free(j);
+    }
+    while (e->owners.len) {
+        size_t i = 0;
+        while (!e->owners.keys[i])
+            i++;
+        ec_engine_owner_close(e, e->owners.keys[i]);
+    }
+    for (size_t i = 0; i < e->nclock; i++)
+        free(e->clock[i]);
+    free(e->clock);
+    for (size_t i = 0; i < e->tensors.cap; i++)
+        if (e->tensors.keys[i])
+            tstate_free(e->tensors.vals[i]);
+    ec_u64map_free(&e->tensors);
+    ec_u64map_free(&e->resident);
+    ec_u64map_free(&e->inflight);
+    ec_u64map_free(&e->owners);
+    ec_extents_free(e->ext);
+    if (e->seg.base)
+        ec_segment_close(&e->seg);
+    ec_catalog_close(e->cat);
+    if (e->efd >= 0)
+        close(e->efd);
+    if (e->lock_fd >= 0)
+        close(e->lock_fd);
+    pthread_mutex_destroy(&e->qlock);
+    pthread_cond_destroy(&e->qcond);
+    free(e);
+}
+
+ec_segment *ec_engine_segment(ec_engine *e) { return &e->seg; }
+ec_catalog *ec_engine_catalog(ec_engine *e) { return e->cat; }
+uint64_t ec_engine_generation(const ec_engine *e) { return e->generation; }
+int ec_engine_event_fd(const ec_engine *e) { return e->efd; }
+
+void ec_engine_inject_read_error(ec_engine *e, int code)
+{
+    atomic_store_explicit(&e->inject_rc, code, memory_order_relaxed);
+}
+
+int ec_engine_stats(ec_engine *e, int (*cb)(const char *name, uint64_t v, void *arg), void *arg)
+{
+    ec_extent_stats s;
+    uint64_t models = 0, versions = 0, tensors = 0, pinned = 0;
+    int rc = 0;
+
+    ec_extent_stats_get(e->ext, &s);
+    ec_catalog_counts(e->cat, &models, &versions, &tensors);
+    for (size_t i = 0; i < e->nclock; i++)
+        if (e->clock[i]->pins)
+            pinned += e->clock[i]->bytes;
+#define S(name, v)                                     \
+    do {                                               \
+        if ((rc = cb(name, (uint64_t)(v), arg)) != 0)  \
+            return rc;                                 \
+    } while (0)
+    S("generation", e->generation);
+    S("uptime_seconds", time(NULL) - e->started);
+    S("segment_bytes", e->seg.size);
+    S("data_bytes", s.capacity);
+    S("used_bytes", s.used);
+    S("pinned_bytes", pinned);
+    S("largest_free_bytes", s.largest_free);
+    S("free_runs", s.free_runs);
+    S("resident_partitions", e->resident.len);
+    S("resident_units", e->nclock);
+    S("inflight_reads", e->inflight.len);
+    S("fault_requests", e->st.fault_requests);
+    S("fault_partitions", e->st.fault_parts);
+    S("fault_coalesced", e->st.coalesced);
+    S("page_ins", e->st.page_ins);
+    S("page_in_bytes", e->st.page_in_bytes);
+    S("checksum_failures", e->st.checksum_failures);
+    S("read_errors", e->st.read_errors);
+    S("evictions", e->st.evictions);
+    S("evicted_bytes", e->st.evicted_bytes);
+    S("pins_taken", e->st.pins);
+    S("pins_released", e->st.unpins);
+    S("resolves", e->st.resolves);
+    S("restart_kept_partitions", e->st.restart_kept);
+    S("restart_dropped_partitions", e->st.restart_dropped);
+    S("models", models);
+    S("versions", versions);
+    S("tensors", tensors);
+#undef S
+    return 0;
+}

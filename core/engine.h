@@ -1,0 +1,95 @@
+/*
+ * engine.h - the daemon's engine: residency of partitions in the segment.
+ *
+ * Owns the segment (the only writer), the extent allocator, the pager's
+ * reader threads, and the per-connection pins. Serves the server loop's
+ * requests: resolve a tensor, fault partitions in (single flight: concurrent
+ * misses of one partition share one read), pin a whole tensor as one
+ * contiguous region for a view, unpin, stats.
+ *
+ * Threads: every function here is called from the server thread only. The
+ * pager threads read partition files into extents that are allocated but
+ * not yet published, and hand finished reads back through a queue and an
+ * eventfd (ec_engine_event_fd); the server thread then calls
+ * ec_engine_complete(), which publishes entries and answers requests
+ * through the notify callback.
+ */
+#ifndef EC_CORE_ENGINE_H
+#define EC_CORE_ENGINE_H
+
+#include <stdint.h>
+
+#include "common/err.h"
+#include "core/catalog.h"
+#include "core/proto.h"
+#include "shm/segment.h"
+
+typedef struct ec_engine ec_engine;
+
+typedef struct ec_engine_config {
+    const char *data_dir;
+    uint64_t shm_size;      /* bytes of the segment */
+    unsigned io_threads;    /* pager reader threads; 0 for 2 */
+} ec_engine_config;
+
+/* The answer to an asynchronous request (FAULT, PIN). */
+typedef struct ec_engine_result {
+    int status;
+    char msg[EC_ERRMSG_MAX];
+    uint64_t pin_id, offset, length;
+} ec_engine_result;
+
+/* Called (from ec_engine_complete or directly from the request call) when an
+ * asynchronous request finishes. owner/token are what the caller passed. */
+typedef void (*ec_engine_notify_fn)(void *arg, uint64_t owner, uint64_t token,
+                                    const ec_engine_result *r);
+
+/* Lock the data dir (EC_EBUSY if another daemon holds it), open the catalog,
+ * re-attach the recorded segment (warm restart: entries are re-validated
+ * against the catalog and their checksums; bad ones are dropped) or create a
+ * new one, bump the generation, sweep orphan partition files, start the
+ * pager threads. */
+int ec_engine_open(const ec_engine_config *cfg, ec_engine_notify_fn notify, void *notify_arg,
+                   ec_engine **out);
+/* Stop the pager threads and detach. The segment stays for a warm restart. */
+void ec_engine_close(ec_engine *e);
+
+ec_segment *ec_engine_segment(ec_engine *e);
+ec_catalog *ec_engine_catalog(ec_engine *e);
+uint64_t ec_engine_generation(const ec_engine *e);
+
+/* The eventfd the server polls; readable when reads have finished. */
+int ec_engine_event_fd(const ec_engine *e);
+/* Publish finished reads and answer the requests they complete. */
+void ec_engine_complete(ec_engine *e);
+
+/* Resolve and describe a tensor (synchronous). */
+int ec_engine_resolve(ec_engine *e, const char *model, const char *version, const char *tensor,
+                      ec_proto_tensor *out);
+
+/* Make partitions resident; answers through notify. Returns 0 when the
+ * request was accepted (the answer may already have been given), or an
+ * error for a request that cannot start (then notify is not called). */
+int ec_engine_fault(ec_engine *e, uint64_t owner, uint64_t token, uint32_t tensor,
+                    const uint32_t *parts, uint32_t n);
+
+/* Pin a whole tensor contiguously for owner; answers through notify with
+ * pin_id, offset (from the data area) and length. */
+int ec_engine_pin(ec_engine *e, uint64_t owner, uint64_t token, uint32_t tensor);
+int ec_engine_unpin(ec_engine *e, uint64_t owner, uint64_t pin_id);
+
+/* A connection opened / closed: closing drops every pin it held. */
+int ec_engine_owner_open(ec_engine *e, uint64_t owner);
+void ec_engine_owner_close(ec_engine *e, uint64_t owner);
+
+/* A client reported an access to (tensor, part): feeds the eviction policy.
+ * The key is untrusted; unknown keys are ignored. */
+void ec_engine_touch(ec_engine *e, uint64_t key);
+
+/* Report statistics. */
+int ec_engine_stats(ec_engine *e, int (*cb)(const char *name, uint64_t v, void *arg), void *arg);
+
+/* Test hook: reads of partitions fail with this code (0 = off). */
+void ec_engine_inject_read_error(ec_engine *e, int code);
+
+#endif

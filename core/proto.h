@@ -1,0 +1,156 @@
+/*
+ * proto.h - the binary control protocol between clients and embcached.
+ *
+ * Transport: a Unix SOCK_SEQPACKET socket, so every message arrives whole or
+ * not at all. A message is a 24-byte header followed by a body of at most
+ * EC_MSG_MAX - 24 bytes. Integers are little-endian; a string is a u16
+ * length and that many bytes, with no NUL inside. File descriptors travel
+ * as SCM_RIGHTS ancillary data (HELLO's reply, IMPORT's request).
+ *
+ * Every field is validated by the reader (ec_rbuf): a read past the end, an
+ * over-long string or an embedded NUL marks the buffer bad, and the message
+ * is answered with EC_EPROTO, never trusted. Used by the daemon's server
+ * loop and by libembcache; the codec itself has no state and no locks.
+ *
+ *   op        request body                           reply body
+ *   HELLO     u32 flags, str client                  u64 generation, u64 seg_size,
+ *                                                    u32 layout, u32 session_size,
+ *                                                    u32 daemon_pid, u64 client_id,
+ *                                                    str daemon_version + fds[seg, session]
+ *   RESOLVE   str model, str version, str tensor     tensor record (ec_proto_tensor)
+ *   FAULT     u32 tensor, u32 n, u32 part[n]         (empty) when all are resident
+ *   PIN       u32 tensor                             u64 pin, u64 offset, u64 length
+ *   UNPIN     u64 pin                                (empty)
+ *   STATS     (empty)                                u32 n, n x (str name, u64 value)
+ *   LIST      str model, u32 vcursor, u32 tcursor    u32 vnext, u32 tnext, u32 n, records
+ *   ALIAS     str model, str alias, i64 version      (empty)
+ *   IMPORT    str model, i64 version, i64 round,     u32 tensors
+ *             str params, u64 partition_bytes,
+ *             u32 n, n x str filename + fds[n]
+ *
+ * A reply carries the request's op | EC_OP_REPLY and req_id. status < 0 is
+ * an EC_E* code and the body is then one str: the message.
+ */
+#ifndef EC_CORE_PROTO_H
+#define EC_CORE_PROTO_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "embcache.h"
+
+#define EC_PROTO_MAGIC 0x31504345u /* "ECP1" */
+#define EC_PROTO_VERSION 1u
+#define EC_MSG_MAX 65536u
+#define EC_MSG_HDR 24u
+#define EC_MSG_MAX_FDS 64
+#define EC_FAULT_MAX_PARTS ((EC_MSG_MAX - EC_MSG_HDR - 8) / 4)
+#define EC_PARAMS_MAX 16384u
+
+enum ec_op {
+    EC_OP_HELLO = 1,
+    EC_OP_RESOLVE = 2,
+    EC_OP_FAULT = 3,
+    EC_OP_PIN = 4,
+    EC_OP_UNPIN = 5,
+    EC_OP_STATS = 6,
+    EC_OP_LIST = 7,
+    EC_OP_ALIAS = 8,
+    EC_OP_IMPORT = 9,
+    EC_OP_MAX_ = 10,
+};
+#define EC_OP_REPLY 0x8000u
+
+/* LIST record kinds. */
+#define EC_LIST_VERSION 1u
+#define EC_LIST_TENSOR 2u
+
+typedef struct ec_msg_hdr {
+    uint32_t magic;
+    uint16_t version;
+    uint16_t op;
+    uint32_t req_id;
+    int32_t status;
+    uint32_t body_len;
+    uint32_t reserved; /* must be 0 */
+} ec_msg_hdr;
+
+/* A message being written into a caller-provided buffer of EC_MSG_MAX. */
+typedef struct ec_wbuf {
+    uint8_t *buf;
+    size_t len;
+    size_t cap;
+    bool overflow; /* a put did not fit: the message must not be sent */
+} ec_wbuf;
+
+/* A received body being read. */
+typedef struct ec_rbuf {
+    const uint8_t *p;
+    size_t len;
+    size_t pos;
+    bool bad; /* a get failed: the message is malformed */
+} ec_rbuf;
+
+void ec_msg_begin(ec_wbuf *w, void *buf, size_t cap, uint16_t op, uint32_t req_id,
+                  int32_t status);
+/* Patch the header's body length; returns the message length, or 0 when
+ * the message overflowed. */
+size_t ec_msg_end(ec_wbuf *w);
+
+void ec_put_u8(ec_wbuf *w, uint8_t v);
+void ec_put_u16(ec_wbuf *w, uint16_t v);
+void ec_put_u32(ec_wbuf *w, uint32_t v);
+void ec_put_u64(ec_wbuf *w, uint64_t v);
+void ec_put_i64(ec_wbuf *w, int64_t v);
+void ec_put_str(ec_wbuf *w, const char *s); /* NULL is "" */
+/* Bytes left for puts. */
+size_t ec_wbuf_room(const ec_wbuf *w);
+
+/* Validate a received message's header against its length and open its
+ * body. Returns 0, EC_EPROTO (bad magic, body length mismatch, reserved
+ * bits) or EC_EVERSION, with a message. */
+int ec_msg_parse(const void *buf, size_t len, ec_msg_hdr *hdr, ec_rbuf *body);
+
+uint8_t ec_get_u8(ec_rbuf *r);
+uint16_t ec_get_u16(ec_rbuf *r);
+uint32_t ec_get_u32(ec_rbuf *r);
+uint64_t ec_get_u64(ec_rbuf *r);
+int64_t ec_get_i64(ec_rbuf *r);
+/* Copy a string into dst (cap bytes incl. NUL); too long for dst or holding
+ * a NUL marks r bad. */
+void ec_get_str(ec_rbuf *r, char *dst, size_t cap);
+/* True when the whole body was read and nothing was bad. */
+bool ec_rbuf_done(const ec_rbuf *r);
+
+/* The tensor record of RESOLVE's reply. */
+typedef struct ec_proto_tensor {
+    uint32_t id;
+    char model[EC_NAME_MAX + 1];
+    int64_t version;
+    char name[EC_NAME_MAX + 1];
+    uint32_t dtype;
+    uint32_t ndim;
+    uint64_t shape[EC_MAX_DIMS];
+    uint64_t rows, row_bytes, rows_per_partition, partitions;
+} ec_proto_tensor;
+
+void ec_put_tensor(ec_wbuf *w, const ec_proto_tensor *t);
+/* Reads and validates: dtype known, ndim <= 8, rows/row_bytes/partitions
+ * consistent with shape and dtype. Returns 0 or EC_EPROTO. */
+int ec_get_tensor(ec_rbuf *r, ec_proto_tensor *t);
+
+/* Send one message with optional fds. Returns 0, EC_ECONN (peer gone),
+ * EC_EIO. nonblock: fail with EC_EIO/EAGAIN instead of waiting. */
+int ec_msg_send(int sock, const void *msg, size_t len, const int *fds, int nfds, bool nonblock);
+
+/* Receive one message into buf (cap >= EC_MSG_MAX) and up to maxfds fds.
+ * Returns the length, 0 on orderly close, or EC_ECONN / EC_EIO /
+ * EC_ETOOBIG (message or fd list truncated; received fds are closed). */
+ssize_t ec_msg_recv(int sock, void *buf, size_t cap, int *fds, int *nfds, int maxfds);
+
+/* Send an error reply carrying the thread's last message (or msg). */
+int ec_msg_send_error(int sock, uint16_t op, uint32_t req_id, int status, const char *msg);
+
+#endif

@@ -1,0 +1,1037 @@
+/*
+ * server.c - embcached's server loop (see server.h).
+ *
+ * Sessions: a client connects to the SEQPACKET socket; its credentials are
+ * read with SO_PEERCRED when it connects. Its first message must be HELLO;
+ * the reply carries two descriptors: the segment opened O_RDONLY (so the
+ * client can only map it PROT_READ) and a sealed memfd of its own session
+ * page. Every later message is validated field by field; a malformed one is
+ * answered with EC_EPROTO and, when it is not even an embcache message, the
+ * connection is closed. The daemon keeps serving everyone else whatever one
+ * client sends, and a client that stops reading its replies is disconnected
+ * rather than allowed to block the loop.
+ *
+ * FAULT and PIN are answered when the engine finishes them; IMPORT when the
+ * importer thread does. Replies to a connection that has gone are dropped;
+ * its pins are released by ec_engine_owner_close().
+ */
+#include "server.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/mman.h>
+#include <sys/signalfd.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "common/err.h"
+#include "common/log.h"
+#include "common/u64map.h"
+#include "core/engine.h"
+#include "core/import.h"
+#include "core/proto.h"
+
+#define ID_LISTEN 1
+#define ID_ENGINE 2
+#define ID_SIGNAL 3
+#define ID_IMPORT 4
+#define ID_FIRST_CONN 16
+#define MAX_OUTSTANDING 64
+#define TICK_MS 100
+
+struct conn {
+    uint64_t id;
+    int fd;
+    pid_t pid;
+    uid_t uid;
+    bool hello;
+    ec_session_page *session;
+    uint64_t ring_tail;
+    uint32_t outstanding;
+};
+
+struct import_job {
+    uint64_t owner;
+    uint32_t req_id;
+    ec_import_opts opts;
+    char model[EC_NAME_MAX + 1];
+    char params[EC_PARAMS_MAX + 1];
+    char names[EC_IMPORT_MAX_FILES][256];
+    int fds[EC_IMPORT_MAX_FILES];
+    size_t n;
+    int rc;
+    uint32_t tensors;
+    char msg[EC_ERRMSG_MAX];
+    struct import_job *next;
+};
+
+typedef struct server {
+    const ec_server_config *cfg;
+    ec_engine *engine;
+    int ep, lfd, sfd, ifd;
+    ec_u64map conns;
+    uint64_t next_id;
+    uint8_t buf[EC_MSG_MAX];
+    uint8_t out[EC_MSG_MAX];
+    struct stat sock_st;
+
+    pthread_t importer;
+    bool importer_started;
+    pthread_mutex_t ilock;
+    pthread_cond_t icond;
+    struct import_job *iq, *idone;
+    bool istop;
+    ec_catalog *icat;
+
+    struct {
+        uint64_t accepted, rejected, protocol_errors, disconnected_slow, imports, import_failures;
+        /* Session counters of clients that have gone. */
+        uint64_t gathers, rows, hits, misses, retries, faults;
+    } st;
+} server;
+
+/* ------------------------------------------------------------------ */
+/* Replies                                                             */
+
+static void conn_close(server *s, struct conn *c);
+
+static void reply_send(server *s, struct conn *c, size_t len, const int *fds, int nfds)
+{
+    int rc;
+
+    if (len == 0) {
+        ec_error("reply to client %llu did not fit in a message", (unsigned long long)c->id);
+        ec_msg_send_error(c->fd, 0, 0, EC_EINTERNAL, "reply too large");
+        return;
+    }
+    rc = ec_msg_send(c->fd, s->out, len, fds, nfds, true);
+    if (rc) {
+        ec_warn("client %llu (pid %d) is not reading its replies or has gone (%s); "
+                "disconnecting it", (unsigned long long)c->id, (int)c->pid, ec_last_error());
+        s->st.disconnected_slow++;
+        conn_close(s, c);
+    }
+}
+
+static void reply_error(server *s, struct conn *c, uint16_t op, uint32_t req_id, int code,
+                        const char *msg)
+{
+    if (ec_msg_send_error(c->fd, op, req_id, code, msg)) {
+        s->st.disconnected_slow++;
+        conn_close(s, c);
+    }
+}
+
+/* Engine callback: a FAULT or PIN has finished. token = op << 32 | req_id. */
+static void engine_notify(void *arg, uint64_t owner, uint64_t token, const ec_engine_result *r)
+{
+    server *s = arg;
+    struct conn *c = ec_u64map_get(&s->conns, owner);
+    uint16_t op = (uint16_t)(token >> 32);
+    uint32_t req_id = (uint32_t)token;
+    ec_wbuf w;
+
+    if (!c)
+        return; /* it hung up; its pins were dropped with it */
+    c->outstanding--;
+    if (r->status) {
+        reply_error(s, c, op, req_id, r->status, r->msg);
+        return;
+    }
+    ec_msg_begin(&w, s->out, sizeof(s->out), (uint16_t)(op | EC_OP_REPLY), req_id, 0);
+    if (op == EC_OP_PIN) {
+        ec_put_u64(&w, r->pin_id);
+        ec_put_u64(&w, r->offset);
+        ec_put_u64(&w, r->length);
+    }
+    reply_send(s, c, ec_msg_end(&w), NULL, 0);
+}
+
+/* ------------------------------------------------------------------ */
+/* Connections                                                         */
+
+static void fold_session(server *s, struct conn *c)
+{
+    ec_session_page *p = c->session;
+
+    if (!p)
+        return;
+    s->st.gathers += atomic_load_explicit(&p->gathers, memory_order_relaxed);
+    s->st.rows += atomic_load_explicit(&p->rows, memory_order_relaxed);
+    s->st.hits += atomic_load_explicit(&p->hits, memory_order_relaxed);
+    s->st.misses += atomic_load_explicit(&p->misses, memory_order_relaxed);
+    s->st.retries += atomic_load_explicit(&p->retries, memory_order_relaxed);
+    s->st.faults += atomic_load_explicit(&p->faults, memory_order_relaxed);
+}
+
+static void conn_close(server *s, struct conn *c)
+{
+    ec_debug("client %llu (pid %d) disconnected", (unsigned long long)c->id, (int)c->pid);
+    epoll_ctl(s->ep, EPOLL_CTL_DEL, c->fd, NULL);
+    close(c->fd);
+    fold_session(s, c);
+    if (c->session)
+        munmap(c->session, EC_SESSION_SIZE);
+    ec_engine_owner_close(s->engine, c->id);
+    ec_u64map_del(&s->conns, c->id);
+    free(c);
+}
+
+static bool peer_allowed(const server *s, uid_t uid)
+{
+    if (s->cfg->allow_any || uid == 0 || uid == geteuid())
+        return true;
+    for (size_t i = 0; i < s->cfg->n_allow_uids; i++)
+        if (s->cfg->allow_uids[i] == uid)
+            return true;
+    return false;
+}
+
+static void do_accept(server *s)
+{
+    for (;;) {
+        struct ucred cred;
+        socklen_t cl = sizeof(cred);
+        struct epoll_event ev = {.events = EPOLLIN};
+        struct conn *c;
+        int fd = accept4(s->lfd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
+
+        if (fd < 0) {
+            if (errno != EAGAIN && errno != EINTR)
+                ec_warn("accept: %s", strerror(errno));
+            return;
+        }
+        if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &cl) < 0 ||
+            s->conns.len >= (s->cfg->max_clients ? s->cfg->max_clients : 1024)) {
+            close(fd);
+            s->st.rejected++;
+            continue;
+        }
+        c = calloc(1, sizeof(*c));
+        if (!c) {
+            close(fd);
+            continue;
+        }
+        c->id = s->next_id++;
+        c->fd = fd;
+        c->pid = cred.pid;
+        c->uid = cred.uid;
+        ev.data.u64 = c->id;
+        if (ec_u64map_put(&s->conns, c->id, c) || epoll_ctl(s->ep, EPOLL_CTL_ADD, fd, &ev) ||
+            ec_engine_owner_open(s->engine, c->id)) {
+            ec_u64map_del(&s->conns, c->id);
+            close(fd);
+            free(c);
+            continue;
+        }
+        s->st.accepted++;
+    }
+}
+
+/* ------------------------------------------------------------------ */
+/* Handlers. Each reads its whole body, checks ec_rbuf_done, then acts.  */
+
+static int bad_body(uint16_t op)
+{
+    return ec_seterr(EC_EPROTO, "malformed body for op %u: a field is missing, too long or "
+                                "there are trailing bytes", op);
+}
+
+static int make_session(server *s, struct conn *c, int *fd_out)
+{
+    int fd = memfd_create("embcache-session", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+    ec_session_page *p;
+
+    if (fd < 0)
+        return ec_seterr_errno(EC_EIO, errno, "memfd_create for a session page");
+    /* Sealed so the client cannot shrink it under the daemon's mapping. */
+    if (ftruncate(fd, EC_SESSION_SIZE) < 0 ||
+        fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) < 0) {
+        int err = errno;
+        close(fd);
+        return ec_seterr_errno(EC_EIO, err, "sizing a session page");
+    }
+    p = mmap(NULL, EC_SESSION_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    if (p == MAP_FAILED) {
+        int err = errno;
+        close(fd);
+        return ec_seterr_errno(EC_EIO, err, "mapping a session page");
+    }
+    p->magic = EC_SESSION_MAGIC;
+    p->version = EC_SESSION_VERSION;
+    p->ring_slots = EC_SESSION_RING;
+    p->generation = ec_engine_generation(s->engine);
+    p->client_id = c->id;
+    c->session = p;
+    *fd_out = fd;
+    return 0;
+}
+
+static int h_hello(server *s, struct conn *c, ec_rbuf *r, uint32_t req_id)
+{
+    char client[EC_NAME_MAX + 1];
+    int fds[2] = {-1, -1}, rc;
+    ec_wbuf w;
+    ec_segment *seg = ec_engine_segment(s->engine);
+
+    (void)ec_get_u32(r);
+    ec_get_str(r, client, sizeof(client));
+    if (!ec_rbuf_done(r))
+        return bad_body(EC_OP_HELLO);
+    if (c->hello)
+        return ec_seterr(EC_EPROTO, "HELLO sent twice on one connection");
+    if (!peer_allowed(s, c->uid))
+        return ec_seterr(EC_EPERM, "uid %u may not use this embcached (it runs as uid %u); "
+                                   "start it with --allow-uid %u or --allow-any",
+                         (unsigned)c->uid, (unsigned)geteuid(), (unsigned)c->uid);
+    rc = ec_segment_open_readonly(seg, &fds[0]);
+    if (rc)
+        return rc;
+    rc = make_session(s, c, &fds[1]);
+    if (rc) {
+        close(fds[0]);
+        return rc;
+    }
+    ec_msg_begin(&w, s->out, sizeof(s->out), EC_OP_HELLO | EC_OP_REPLY, req_id, 0);
+    ec_put_u64(&w, ec_engine_generation(s->engine));
+    ec_put_u64(&w, seg->size);
+    ec_put_u32(&w, EC_SHM_LAYOUT_VERSION);
+    ec_put_u32(&w, EC_SESSION_SIZE);
+    ec_put_u32(&w, (uint32_t)getpid());
+    ec_put_u64(&w, c->id);
+    ec_put_str(&w, EC_VERSION_STRING);
+    c->hello = true;
+    ec_debug("client %llu: pid %d uid %u (%s)", (unsigned long long)c->id, (int)c->pid,
+             (unsigned)c->uid, client);
+    reply_send(s, c, ec_msg_end(&w), fds, 2);
+    close(fds[0]);
+    close(fds[1]);
+    return 0;
+}
+
+static int h_resolve(server *s, struct conn *c, ec_rbuf *r, uint32_t req_id)
+{
+    char model[EC_NAME_MAX + 1], version[EC_NAME_MAX + 1], tensor[EC_NAME_MAX + 1];
+    ec_proto_tensor t;
+    ec_wbuf w;
+    int rc;
+
+    ec_get_str(r, model, sizeof(model));
+    ec_get_str(r, version, sizeof(version));
+    ec_get_str(r, tensor, sizeof(tensor));
+    if (!ec_rbuf_done(r))
+        return bad_body(EC_OP_RESOLVE);
+    rc = ec_engine_resolve(s->engine, model, version, tensor, &t);
+    if (rc)
+        return rc;
+    ec_msg_begin(&w, s->out, sizeof(s->out), EC_OP_RESOLVE | EC_OP_REPLY, req_id, 0);
+    ec_put_tensor(&w, &t);
+    reply_send(s, c, ec_msg_end(&w), NULL, 0);
+    return 0;
+}
+
+static int h_fault(server *s, struct conn *c, ec_rbuf *r, uint32_t req_id)
+{
+    uint32_t tensor = ec_get_u32(r), n = ec_get_u32(r);
+    uint32_t parts[EC_FAULT_MAX_PARTS];
+    int rc;
+
+    if (r->bad || n == 0 || n > EC_FAULT_MAX_PARTS)
+        return ec_seterr(EC_EPROTO, "FAULT asks for %u partitions (1..%u allowed)", n,
+                         (unsigned)EC_FAULT_MAX_PARTS);
+    for (uint32_t i = 0; i < n; i++)
+        parts[i] = ec_get_u32(r);
+    if (!ec_rbuf_done(r))
+        return bad_body(EC_OP_FAULT);
+    if (c->outstanding >= MAX_OUTSTANDING)
+        return ec_seterr(EC_EBUSY, "more than %d requests outstanding on one connection",
+                         MAX_OUTSTANDING);
+    c->outstanding++;
+    rc = ec_engine_fault(s->engine, c->id, (uint64_t)EC_OP_FAULT << 32 | req_id, tensor, parts,
+                         n);
+    if (rc)
+        c->outstanding--;
+    return rc;
+}
+
+static int h_pin(server *s, struct conn *c, ec_rbuf *r, uint32_t req_id)
+{
+    uint32_t tensor = ec_get_u32(r);
+    int rc;
+
+    if (!ec_rbuf_done(r))
+        return bad_body(EC_OP_PIN);
+    if (c->outstanding >= MAX_OUTSTANDING)
+        return ec_seterr(EC_EBUSY, "more than %d requests outstanding on one connection",
+                         MAX_OUTSTANDING);
+    c->outstanding++;
+    rc = ec_engine_pin(s->engine, c->id, (uint64_t)EC_OP_PIN << 32 | req_id, tensor);
+    if (rc)
+        c->outstanding--;
+    return rc;
+}
+
+static int h_unpin(server *s, struct conn *c, ec_rbuf *r, uint32_t req_id)
+{
+    uint64_t pin = ec_get_u64(r);
+    ec_wbuf w;
+    int rc;
+
+    if (!ec_rbuf_done(r))
+        return bad_body(EC_OP_UNPIN);
+    rc = ec_engine_unpin(s->engine, c->id, pin);
+    if (rc)
+        return rc;
+    ec_msg_begin(&w, s->out, sizeof(s->out), EC_OP_UNPIN | EC_OP_REPLY, req_id, 0);
+    reply_send(s, c, ec_msg_end(&w), NULL, 0);
+    return 0;
+}
+
+struct stats_ctx {
+    ec_wbuf *w;
+    uint32_t n;
+};
+
+static int put_stat(const char *name, uint64_t v, void *arg)
+{
+    struct stats_ctx *x = arg;
+
+    ec_put_str(x->w, name);
+    ec_put_u64(x->w, v);
+    x->n++;
+    return 0;
+}
+
+static int h_stats(server *s, struct conn *c, ec_rbuf *r, uint32_t req_id)
+{
+    struct stats_ctx x;
+    ec_wbuf w;
+    size_t count_at;
+    uint64_t g = s->st.gathers, rows = s->st.rows, hits = s->st.hits, misses = s->st.misses,
+             retries = s->st.retries, faults = s->st.faults;
+
+    if (!ec_rbuf_done(r))
+        return bad_body(EC_OP_STATS);
+    for (size_t i = 0; i < s->conns.cap; i++) {
+        struct conn *k = s->conns.vals[i];
+        if (!s->conns.keys[i] || !k->session)
+            continue;
+        g += atomic_load_explicit(&k->session->gathers, memory_order_relaxed);
+        rows += atomic_load_explicit(&k->session->rows, memory_order_relaxed);
+        hits += atomic_load_explicit(&k->session->hits, memory_order_relaxed);
+        misses += atomic_load_explicit(&k->session->misses, memory_order_relaxed);
+        retries += atomic_load_explicit(&k->session->retries, memory_order_relaxed);
+        faults += atomic_load_explicit(&k->session->faults, memory_order_relaxed);
+    }
+    ec_msg_begin(&w, s->out, sizeof(s->out), EC_OP_STATS | EC_OP_REPLY, req_id, 0);
+    count_at = w.len;
+    ec_put_u32(&w, 0);
+    x.w = &w;
+    x.n = 0;
+    ec_engine_stats(s->engine, put_stat, &x);
+    put_stat("clients", s->conns.len, &x);
+    put_stat("connections_accepted", s->st.accepted, &x);
+    put_stat("connections_rejected", s->st.rejected, &x);
+    put_stat("protocol_errors", s->st.protocol_errors, &x);
+    put_stat("clients_disconnected_slow", s->st.disconnected_slow, &x);
+    put_stat("imports", s->st.imports, &x);
+    put_stat("import_failures", s->st.import_failures, &x);
+    /* Reported by clients about themselves (untrusted, for monitoring). */
+    put_stat("client_gathers", g, &x);
+    put_stat("client_rows", rows, &x);
+    put_stat("client_hit_rows", hits, &x);
+    put_stat("client_miss_rows", misses, &x);
+    put_stat("client_retries", retries, &x);
+    put_stat("client_faults", faults, &x);
+    memcpy(w.buf + count_at, &x.n, 4);
+    reply_send(s, c, ec_msg_end(&w), NULL, 0);
+    return 0;
+}
+
+/* LIST: records from a (version, tensor) cursor until the message is full. */
+struct list_ctx {
+    server *s;
+    ec_wbuf *w;
+    uint32_t vcur, tcur;       /* resume point */
+    uint32_t vi, ti;           /* position while walking */
+    uint32_t n;
+    bool full;
+    int rc;
+    const ec_cat_version *v;
+    uint64_t bytes;
+    uint32_t ntensors;
+};
+
+static int sum_tensor(const ec_cat_tensor *t, void *arg)
+{
+    struct list_ctx *x = arg;
+    x->bytes += t->rows * t->row_bytes;
+    x->ntensors++;
+    return 0;
+}
+
+static int list_tensor(const ec_cat_tensor *t, void *arg)
+{
+    struct list_ctx *x = arg;
+    size_t need = 2 + strlen(t->name) + 4 + 4 + 8 * t->ndim + 16 + 1;
+
+    if (x->vi == x->vcur && x->ti < x->tcur) {
+        x->ti++;
+        return 0;
+    }
+    if (ec_wbuf_room(x->w) < need + 16) {
+        x->full = true;
+        return 1;
+    }
+    ec_put_u8(x->w, EC_LIST_TENSOR);
+    ec_put_str(x->w, t->name);
+    ec_put_u32(x->w, (uint32_t)t->dtype);
+    ec_put_u32(x->w, t->ndim);
+    for (uint32_t i = 0; i < t->ndim; i++)
+        ec_put_u64(x->w, t->shape[i]);
+    ec_put_u64(x->w, t->partitions);
+    ec_put_u64(x->w, t->rows * t->row_bytes);
+    x->n++;
+    x->ti++;
+    return 0;
+}
+
+static int list_version(const ec_cat_version *v, void *arg)
+{
+    struct list_ctx *x = arg;
+    size_t need;
+
+    if (x->vi < x->vcur) {
+        x->vi++;
+        return 0;
+    }
+    x->ti = 0;
+    if (!(x->vi == x->vcur && x->tcur > 0)) {
+        x->bytes = 0;
+        x->ntensors = 0;
+        ec_catalog_list_tensors(ec_engine_catalog(x->s->engine), v->id, sum_tensor, x);
+        need = 2 * 4 + strlen(v->model) + strlen(v->params_json) + strlen(v->aliases) + 48;
+        if (ec_wbuf_room(x->w) < need + 16) {
+            x->full = true;
+            return 1;
+        }
+        ec_put_u8(x->w, EC_LIST_VERSION);
+        ec_put_str(x->w, v->model);
+        ec_put_i64(x->w, v->version);
+        ec_put_i64(x->w, v->round);
+        ec_put_str(x->w, v->params_json);
+        ec_put_str(x->w, v->aliases);
+        ec_put_i64(x->w, v->created_unix);
+        ec_put_u32(x->w, x->ntensors);
+        ec_put_u64(x->w, x->bytes);
+        x->n++;
+    }
+    ec_catalog_list_tensors(ec_engine_catalog(x->s->engine), v->id, list_tensor, x);
+    if (x->full)
+        return 1;
+    x->vi++;
+    return 0;
+}
+
+static int h_list(server *s, struct conn *c, ec_rbuf *r, uint32_t req_id)
+{
+    char model[EC_NAME_MAX + 1];
+    struct list_ctx x = {.s = s};
+    ec_wbuf w;
+    size_t hdr_at;
+    int rc;
+
+    ec_get_str(r, model, sizeof(model));
+    x.vcur = ec_get_u32(r);
+    x.tcur = ec_get_u32(r);
+    if (!ec_rbuf_done(r))
+        return bad_body(EC_OP_LIST);
+    ec_msg_begin(&w, s->out, sizeof(s->out), EC_OP_LIST | EC_OP_REPLY, req_id, 0);
+    hdr_at = w.len;
+    ec_put_u32(&w, 0);
+    ec_put_u32(&w, 0);
+    ec_put_u32(&w, 0);
+    x.w = &w;
+    rc = ec_catalog_list_versions(ec_engine_catalog(s->engine), model[0] ? model : NULL,
+                                  list_version, &x);
+    if (rc < 0)
+        return rc;
+    if (model[0] && x.vi == 0 && !x.full) {
+        int64_t v;
+        /* An empty listing of a named model: say whether the model exists. */
+        rc = ec_catalog_version_of(ec_engine_catalog(s->engine), model, "current", &v);
+        if (rc == EC_ENOENT && strstr(ec_last_error(), "unknown model"))
+            return rc;
+    }
+    {
+        uint32_t vnext = x.full ? x.vi : 0, tnext = x.full ? x.ti : 0;
+        if (x.full && x.n == 0)
+            return ec_seterr(EC_ETOOBIG, "a catalog record does not fit in one message");
+        memcpy(w.buf + hdr_at, &vnext, 4);
+        memcpy(w.buf + hdr_at + 4, &tnext, 4);
+        memcpy(w.buf + hdr_at + 8, &x.n, 4);
+    }
+    reply_send(s, c, ec_msg_end(&w), NULL, 0);
+    return 0;
+}
+
+static int h_alias(server *s, struct conn *c, ec_rbuf *r, uint32_t req_id)
+{
+    char model[EC_NAME_MAX + 1], alias[EC_NAME_MAX + 1];
+    int64_t version;
+    ec_wbuf w;
+    int rc;
+
+    ec_get_str(r, model, sizeof(model));
+    ec_get_str(r, alias, sizeof(alias));
+    version = ec_get_i64(r);
+    if (!ec_rbuf_done(r))
+        return bad_body(EC_OP_ALIAS);
+    rc = ec_catalog_set_alias(ec_engine_catalog(s->engine), model, alias, version);
+    if (rc)
+        return rc;
+    ec_info("alias %s/%s -> version %lld (by pid %d)", model, alias, (long long)version,
+            (int)c->pid);
+    ec_msg_begin(&w, s->out, sizeof(s->out), EC_OP_ALIAS | EC_OP_REPLY, req_id, 0);
+    reply_send(s, c, ec_msg_end(&w), NULL, 0);
+    return 0;
+}
+
+static int h_import(server *s, struct conn *c, ec_rbuf *r, uint32_t req_id, int *fds,
+                    int *nfds)
+{
+    struct import_job *j = calloc(1, sizeof(*j));
+    uint32_t n;
+
+    if (!j)
+        return ec_seterr(EC_ENOMEM, "import job");
+    ec_get_str(r, j->model, sizeof(j->model));
+    j->opts.version = ec_get_i64(r);
+    j->opts.round = ec_get_i64(r);
+    ec_get_str(r, j->params, sizeof(j->params));
+    j->opts.partition_bytes = ec_get_u64(r);
+    n = ec_get_u32(r);
+    if (r->bad || n == 0 || n > EC_IMPORT_MAX_FILES || (int)n != *nfds) {
+        free(j);
+        return ec_seterr(EC_EPROTO, "IMPORT names %u files and carries %d descriptors "
+                                    "(1..%d, one per file)", n, *nfds, EC_IMPORT_MAX_FILES);
+    }
+    for (uint32_t i = 0; i < n; i++)
+        ec_get_str(r, j->names[i], sizeof(j->names[i]));
+    if (!ec_rbuf_done(r)) {
+        free(j);
+        return bad_body(EC_OP_IMPORT);
+    }
+    j->opts.model = j->model;
+    j->opts.params_json = j->params[0] ? j->params : NULL;
+    j->owner = c->id;
+    j->req_id = req_id;
+    j->n = n;
+    memcpy(j->fds, fds, sizeof(int) * n);
+    *nfds = 0; /* the job owns them now */
+    c->outstanding++;
+    pthread_mutex_lock(&s->ilock);
+    j->next = NULL;
+    {
+        struct import_job **t = &s->iq;
+        while (*t)
+            t = &(*t)->next;
+        *t = j;
+    }
+    pthread_cond_signal(&s->icond);
+    pthread_mutex_unlock(&s->ilock);
+    return 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* Importer thread                                                     */
+
+static void *importer_main(void *arg)
+{
+    server *s = arg;
+
+    for (;;) {
+        struct import_job *j;
+        ec_import_file files[EC_IMPORT_MAX_FILES];
+        uint64_t one = 1;
+
+        pthread_mutex_lock(&s->ilock);
+        while (!s->iq && !s->istop)
+            pthread_cond_wait(&s->icond, &s->ilock);
+        if (!s->iq) {
+            pthread_mutex_unlock(&s->ilock);
+            return NULL;
+        }
+        j = s->iq;
+        s->iq = j->next;
+        pthread_mutex_unlock(&s->ilock);
+
+        for (size_t i = 0; i < j->n; i++) {
+            files[i].fd = j->fds[i];
+            files[i].name = j->names[i];
+        }
+        j->rc = ec_import_files(s->icat, s->cfg->data_dir, &j->opts, files, j->n, &j->tensors);
+        if (j->rc)
+            snprintf(j->msg, sizeof(j->msg), "%s", ec_last_error());
+        for (size_t i = 0; i < j->n; i++)
+            close(j->fds[i]);
+
+        pthread_mutex_lock(&s->ilock);
+        j->next = s->idone;
+        s->idone = j;
+        pthread_mutex_unlock(&s->ilock);
+        (void)!write(s->ifd, &one, sizeof(one));
+    }
+}
+
+static void imports_done(server *s)
+{
+    struct import_job *j, *next;
+    uint64_t v;
+
+    (void)!read(s->ifd, &v, sizeof(v));
+    pthread_mutex_lock(&s->ilock);
+    j = s->idone;
+    s->idone = NULL;
+    pthread_mutex_unlock(&s->ilock);
+    for (; j; j = next) {
+        struct conn *c = ec_u64map_get(&s->conns, j->owner);
+        next = j->next;
+        if (j->rc) {
+            s->st.import_failures++;
+            ec_warn("import of %s version %lld failed: %s", j->model,
+                    (long long)j->opts.version, j->msg);
+        } else {
+            s->st.imports++;
+            ec_info("imported %s version %lld: %u tensor(s)", j->model,
+                    (long long)j->opts.version, j->tensors);
+        }
+        if (c) {
+            c->outstanding--;
+            if (j->rc) {
+                reply_error(s, c, EC_OP_IMPORT, j->req_id, j->rc, j->msg);
+            } else {
+                ec_wbuf w;
+                ec_msg_begin(&w, s->out, sizeof(s->out), EC_OP_IMPORT | EC_OP_REPLY,
+                             j->req_id, 0);
+                ec_put_u32(&w, j->tensors);
+                reply_send(s, c, ec_msg_end(&w), NULL, 0);
+            }
+        }
+        free(j);
+    }
+}
+
+/* ------------------------------------------------------------------ */
+/* Dispatch                                                            */
+
+static void conn_readable(server *s, struct conn *c)
+{
+    int fds[EC_MSG_MAX_FDS], nfds = 0, rc;
+    ec_msg_hdr h;
+    ec_rbuf body;
+    ssize_t n = ec_msg_recv(c->fd, s->buf, sizeof(s->buf), fds, &nfds, EC_MSG_MAX_FDS);
+
+    if (n == 0) {
+        conn_close(s, c);
+        return;
+    }
+    if (n == EC_ETOOBIG) {
+        /* The excess was discarded; answer on the header we did get. */
+        memcpy(&h, s->buf, sizeof(h));
+        s->st.protocol_errors++;
+        reply_error(s, c, h.op, h.req_id, EC_ETOOBIG, ec_last_error());
+        return;
+    }
+    if (n < 0) {
+        if (n != EC_EIO || (errno != EAGAIN && errno != EWOULDBLOCK))
+            conn_close(s, c);
+        return;
+    }
+    rc = ec_msg_parse(s->buf, (size_t)n, &h, &body);
+    if (rc) {
+        /* Not an embcache message (or another version): say why, hang up. */
+        s->st.protocol_errors++;
+        ec_msg_send_error(c->fd, 0, 0, rc, NULL);
+        for (int i = 0; i < nfds; i++)
+            close(fds[i]);
+        conn_close(s, c);
+        return;
+    }
+    if (nfds && h.op != EC_OP_IMPORT) {
+        rc = ec_seterr(EC_EPROTO, "op %u does not take file descriptors", h.op);
+    } else if (!c->hello && h.op != EC_OP_HELLO) {
+        rc = ec_seterr(EC_EPROTO, "the first message must be HELLO (got op %u)", h.op);
+    } else if (h.op & EC_OP_REPLY || h.status != 0) {
+        rc = ec_seterr(EC_EPROTO, "a request must not carry a reply flag or a status");
+    } else {
+        switch (h.op) {
+        case EC_OP_HELLO: rc = h_hello(s, c, &body, h.req_id); break;
+        case EC_OP_RESOLVE: rc = h_resolve(s, c, &body, h.req_id); break;
+        case EC_OP_FAULT: rc = h_fault(s, c, &body, h.req_id); break;
+        case EC_OP_PIN: rc = h_pin(s, c, &body, h.req_id); break;
+        case EC_OP_UNPIN: rc = h_unpin(s, c, &body, h.req_id); break;
+        case EC_OP_STATS: rc = h_stats(s, c, &body, h.req_id); break;
+        case EC_OP_LIST: rc = h_list(s, c, &body, h.req_id); break;
+        case EC_OP_ALIAS: rc = h_alias(s, c, &body, h.req_id); break;
+        case EC_OP_IMPORT: rc = h_import(s, c, &body, h.req_id, fds, &nfds); break;
+        default:
+            rc = ec_seterr(EC_EPROTO, "unknown op %u: this embcached speaks ops 1..%d",
+                           h.op, EC_OP_MAX_ - 1);
+        }
+    }
+    for (int i = 0; i < nfds; i++)
+        close(fds[i]);
+    if (rc) {
+        if (rc == EC_EPROTO)
+            s->st.protocol_errors++;
+        /* The handler may have closed c (a failed send); look it up again. */
+        c = ec_u64map_get(&s->conns, c->id) == c ? c : NULL;
+        if (c) {
+            bool fatal = rc == EC_EPERM || (!c->hello && h.op != EC_OP_HELLO);
+            reply_error(s, c, h.op, h.req_id, rc, ec_last_error());
+            if (fatal && ec_u64map_get(&s->conns, c->id) == c)
+                conn_close(s, c);
+        }
+    }
+}
+
+static void drain_rings(server *s)
+{
+    for (size_t i = 0; i < s->conns.cap; i++) {
+        struct conn *c = s->conns.vals[i];
+        uint64_t head;
+
+        if (!s->conns.keys[i] || !c->session)
+            continue;
+        head = atomic_load_explicit(&c->session->ring_head, memory_order_acquire);
+        if (head < c->ring_tail || head - c->ring_tail > EC_SESSION_RING)
+            c->ring_tail = head > EC_SESSION_RING ? head - EC_SESSION_RING : 0;
+        for (; c->ring_tail < head; c->ring_tail++)
+            ec_engine_touch(s->engine,
+                            atomic_load_explicit(&c->session->ring[c->ring_tail % EC_SESSION_RING],
+                                                 memory_order_relaxed));
+    }
+}
+
+/* ------------------------------------------------------------------ */
+/* Start-up and shutdown                                               */
+
+static int listen_socket(server *s)
+{
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    const char *path = s->cfg->socket_path;
+    int fd;
+
+    if (strlen(path) >= sizeof(sa.sun_path))
+        return ec_seterr(EC_EINVAL, "socket path %s is longer than %zu bytes; pick a shorter "
+                                    "--socket", path, sizeof(sa.sun_path) - 1);
+    strcpy(sa.sun_path, path);
+    fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    if (fd < 0)
+        return ec_seterr_errno(EC_EIO, errno, "socket");
+    if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0) {
+        close(fd);
+        return ec_seterr(EC_EBUSY, "another embcached is already listening on %s; stop it "
+                                   "or pass another --socket", path);
+    }
+    if (errno == ECONNREFUSED)
+        unlink(path); /* a stale socket left by a daemon that died */
+    if (bind(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
+        int err = errno;
+        close(fd);
+        return ec_seterr_errno(EC_EIO, err, "cannot bind %s", path);
+    }
+    chmod(path, s->cfg->allow_any || s->cfg->n_allow_uids ? 0666 : 0600);
+    stat(path, &s->sock_st);
+    if (listen(fd, 128) < 0) {
+        int err = errno;
+        close(fd);
+        unlink(path);
+        return ec_seterr_errno(EC_EIO, err, "listen on %s", path);
+    }
+    s->lfd = fd;
+    return 0;
+}
+
+static int watch(server *s, int fd, uint64_t id)
+{
+    struct epoll_event ev = {.events = EPOLLIN, .data.u64 = id};
+
+    if (epoll_ctl(s->ep, EPOLL_CTL_ADD, fd, &ev) < 0)
+        return ec_seterr_errno(EC_EIO, errno, "epoll_ctl");
+    return 0;
+}
+
+static void mkdir_parent(const char *path)
+{
+    char dir[4096];
+    char *slash;
+
+    snprintf(dir, sizeof(dir), "%s", path);
+    slash = strrchr(dir, '/');
+    if (slash && slash != dir) {
+        *slash = '\0';
+        mkdir(dir, 0755);
+    }
+}
+
+int ec_server_run(const ec_server_config *cfg)
+{
+    server *s = calloc(1, sizeof(*s));
+    ec_engine_config ecfg = {.data_dir = cfg->data_dir, .shm_size = cfg->shm_size,
+                             .io_threads = cfg->io_threads};
+    sigset_t mask;
+    char catpath[4200];
+    int rc;
+    bool running = true;
+    struct timespec last_tick = {0};
+
+    if (!s)
+        return ec_seterr(EC_ENOMEM, "server");
+    s->cfg = cfg;
+    s->ep = s->lfd = s->sfd = s->ifd = -1;
+    s->next_id = ID_FIRST_CONN;
+    pthread_mutex_init(&s->ilock, NULL);
+    pthread_cond_init(&s->icond, NULL);
+
+    sigemptyset(&mask);
+    sigaddset(&mask, SIGTERM);
+    sigaddset(&mask, SIGINT);
+    pthread_sigmask(SIG_BLOCK, &mask, NULL);
+    signal(SIGPIPE, SIG_IGN);
+
+    rc = ec_engine_open(&ecfg, engine_notify, s, &s->engine);
+    if (rc)
+        goto out;
+    snprintf(catpath, sizeof(catpath), "%s/%s", cfg->data_dir, EC_CATALOG_FILE);
+    rc = ec_catalog_open(catpath, &s->icat);
+    if (rc)
+        goto out;
+    mkdir_parent(cfg->socket_path);
+    rc = listen_socket(s);
+    if (rc)
+        goto out;
+    s->ep = epoll_create1(EPOLL_CLOEXEC);
+    s->sfd = signalfd(-1, &mask, SFD_CLOEXEC | SFD_NONBLOCK);
+    s->ifd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (s->ep < 0 || s->sfd < 0 || s->ifd < 0) {
+        rc = ec_seterr_errno(EC_EIO, errno, "epoll/signalfd/eventfd");
+        goto out;
+    }
+    if ((rc = watch(s, s->lfd, ID_LISTEN)) || (rc = watch(s, s->sfd, ID_SIGNAL)) ||
+        (rc = watch(s, s->ifd, ID_IMPORT)) ||
+        (rc = watch(s, ec_engine_event_fd(s->engine), ID_ENGINE)))
+        goto out;
+    if (pthread_create(&s->importer, NULL, importer_main, s)) {
+        rc = ec_seterr(EC_ENOMEM, "cannot start the importer thread");
+        goto out;
+    }
+    s->importer_started = true;
+    {
+        uint64_t versions = 0, models = 0, tensors = 0;
+        ec_catalog_counts(ec_engine_catalog(s->engine), &models, &versions, &tensors);
+        ec_info("embcached %s ready: socket %s, data dir %s, segment %llu MiB, generation "
+                "%llu, %llu model(s), %llu version(s)",
+                EC_VERSION_STRING, cfg->socket_path, cfg->data_dir,
+                (unsigned long long)(ec_engine_segment(s->engine)->size >> 20),
+                (unsigned long long)ec_engine_generation(s->engine),
+                (unsigned long long)models, (unsigned long long)versions);
+    }
+
+    while (running) {
+        struct epoll_event evs[64];
+        struct timespec now;
+        int n = epoll_wait(s->ep, evs, 64, TICK_MS);
+
+        if (n < 0 && errno != EINTR) {
+            rc = ec_seterr_errno(EC_EIO, errno, "epoll_wait");
+            break;
+        }
+        for (int i = 0; i < n; i++) {
+            uint64_t id = evs[i].data.u64;
+            if (id == ID_LISTEN) {
+                do_accept(s);
+            } else if (id == ID_ENGINE) {
+                ec_engine_complete(s->engine);
+            } else if (id == ID_IMPORT) {
+                imports_done(s);
+            } else if (id == ID_SIGNAL) {
+                struct signalfd_siginfo si;
+                if (read(s->sfd, &si, sizeof(si)) == sizeof(si)) {
+                    ec_info("signal %u: shutting down", si.ssi_signo);
+                    running = false;
+                }
+            } else {
+                struct conn *c = ec_u64map_get(&s->conns, id);
+                if (c)
+                    conn_readable(s, c);
+            }
+        }
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        if ((now.tv_sec - last_tick.tv_sec) * 1000 + (now.tv_nsec - last_tick.tv_nsec) / 1000000 >=
+            TICK_MS) {
+            drain_rings(s);
+            last_tick = now;
+        }
+    }
+    rc = 0;
+out:
+    if (s->importer_started) {
+        pthread_mutex_lock(&s->ilock);
+        s->istop = true;
+        pthread_cond_broadcast(&s->icond);
+        pthread_mutex_unlock(&s->ilock);
+        pthread_join(s->importer, NULL);
+        imports_done(s);
+    }
+    for (struct import_job *j = s->iq, *nx; j; j = nx) {
+        nx = j->next;
+        for (size_t i = 0; i < j->n; i++)
+            close(j->fds[i]);
+        free(j);
+    }
+    while (s->conns.len) {
+        size_t i = 0;
+        while (!s->conns.keys[i])
+            i++;
+        conn_close(s, s->conns.vals[i]);
+    }
+    ec_u64map_free(&s->conns);
+    if (s->lfd >= 0) {
+        struct stat st;
+        close(s->lfd);
+        /* Remove the socket only if it is still ours. */
+        if (stat(cfg->socket_path, &st) == 0 && st.st_ino == s->sock_st.st_ino &&
+            st.st_dev == s->sock_st.st_dev)
+            unlink(cfg->socket_path);
+    }
+    {
+        char msg[EC_ERRMSG_MAX];
+        snprintf(msg, sizeof(msg), "%s", ec_last_error());
+        ec_catalog_close(s->icat);
+        ec_engine_close(s->engine);
+        if (rc)
+            ec_seterr(rc, "%s", msg);
+    }
+    if (s->ep >= 0)
+        close(s->ep);
+    if (s->sfd >= 0)
+        close(s->sfd);
+    if (s->ifd >= 0)
+        close(s->ifd);
+    pthread_mutex_destroy(&s->ilock);
+    pthread_cond_destroy(&s->icond);
+    free(s);
+    return rc;
+}

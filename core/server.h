@@ -1,0 +1,35 @@
+/*
+ * server.h - embcached's server loop: the control socket, client sessions,
+ * the importer thread, signals.
+ *
+ * One thread runs the loop (epoll over the listening socket, every client,
+ * the engine's completion eventfd, the importer's eventfd and a signalfd)
+ * and is the only caller of the engine. A second thread runs imports, which
+ * write partition files and the catalog but never the segment.
+ */
+#ifndef EC_CORE_SERVER_H
+#define EC_CORE_SERVER_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#define EC_SERVER_MAX_ALLOW 16
+
+typedef struct ec_server_config {
+    const char *data_dir;
+    const char *socket_path;
+    uint64_t shm_size;
+    unsigned io_threads;
+    uid_t allow_uids[EC_SERVER_MAX_ALLOW]; /* besides our own uid and root */
+    size_t n_allow_uids;
+    bool allow_any;                        /* every local user may connect */
+    unsigned max_clients;                  /* 0 for 1024 */
+} ec_server_config;
+
+/* Run until SIGTERM or SIGINT. Returns 0 after a clean shutdown, or a
+ * negative EC_E* code (with ec_last_error()) when start-up failed. */
+int ec_server_run(const ec_server_config *cfg);
+
+#endif
