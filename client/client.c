@@ -1,1 +1,856 @@
-int placeholder_client;
+/*
+ * client.c - libembcache: connect, resolve, gather, views, admin calls.
+ *
+ * Runs inside inference processes, on any of their threads. A client holds
+ * one SEQPACKET connection to embcached, the segment mapped PROT_READ (from
+ * the read-only descriptor the daemon sent) and its own session page.
+ *
+ * Hit path (ec_tensor_gather): for each id, look up its partition in the
+ * shared index (lock-free), note where the row is, copy all rows through the
+ * device backend, then check each entry's seqlock again; rows whose entry
+ * moved are looked up and copied again. No system call, no lock. Rows whose
+ * partition is not resident are collected, their partitions sent to the
+ * daemon in one FAULT message, and copied once it answers.
+ *
+ * Requests to the daemon are serialized by the client's mutex (one in
+ * flight per connection); the hit path never takes it. This file never
+ * writes the segment: it has no writable mapping of it.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include "common/dtype.h"
+#include "common/err.h"
+#include "common/paths.h"
+#include "core/proto.h"
+#include "cuda/backend.h"
+#include "embcache.h"
+#include "shm/index.h"
+#include "shm/segment.h"
+
+#define GATHER_MAX_ROUNDS 64
+
+struct ec_client {
+    int sock;
+    pthread_mutex_t lock;        /* one request at a time; guards sbuf/rbuf */
+    uint32_t next_req;
+    ec_segment seg;              /* read-only mapping */
+    ec_session_page *session;    /* our own page, read-write */
+    uint64_t generation;
+    uint64_t client_id;
+    const ec_backend *backend;
+    bool broken;                 /* the connection failed; only close remains */
+    char socket_path[108];
+    uint8_t sbuf[EC_MSG_MAX];
+    uint8_t rbuf[EC_MSG_MAX];
+};
+
+struct ec_tensor {
+    ec_client *c;
+    ec_proto_tensor t;
+    ec_tensor_info info;
+};
+
+struct ec_view {
+    ec_client *c;
+    uint64_t pin;
+    const void *data;
+    size_t size;
+};
+
+/* ------------------------------------------------------------------ */
+/* Requests                                                            */
+
+static int stale(const ec_client *c)
+{
+    uint64_t g = atomic_load_explicit(&c->seg.hdr->generation, memory_order_acquire);
+
+    if (g != c->generation)
+        return ec_seterr(EC_ESTALE, "embcached restarted (generation %llu, this client "
+                                    "connected to %llu): close the client and connect again",
+                         (unsigned long long)g, (unsigned long long)c->generation);
+    return 0;
+}
+
+static uint32_t begin(ec_client *c, ec_wbuf *w, uint16_t op)
+{
+    uint32_t id = ++c->next_req;
+
+    ec_msg_begin(w, c->sbuf, sizeof(c->sbuf), op, id, 0);
+    return id;
+}
+
+/* Send the request in c->sbuf and wait for its reply. Caller holds c->lock.
+ * On success *body reads the reply body (in c->rbuf). */
+static int rpc(ec_client *c, ec_wbuf *w, uint32_t req_id, const int *fds, int nfds,
+               ec_rbuf *body, int *rfds, int *nrfds, int maxrfds)
+{
+    uint16_t op = ((ec_msg_hdr *)(void *)c->sbuf)->op;
+    size_t len = ec_msg_end(w);
+    ec_msg_hdr h;
+    ssize_t n;
+    int rc;
+
+    if (c->broken)
+        return ec_seterr(EC_ECONN, "the connection to embcached at %s was lost; close the "
+                                   "client and connect again", c->socket_path);
+    if (len == 0)
+        return ec_seterr(EC_ETOOBIG, "request does not fit in one %u-byte message",
+                         EC_MSG_MAX);
+    rc = ec_msg_send(c->sock, c->sbuf, len, fds, nfds, false);
+    if (rc)
+        goto lost;
+    n = ec_msg_recv(c->sock, c->rbuf, sizeof(c->rbuf), rfds, nrfds, maxrfds);
+    if (n <= 0) {
+        rc = n == 0 ? EC_ECONN : (int)n;
+        goto lost;
+    }
+    rc = ec_msg_parse(c->rbuf, (size_t)n, &h, body);
+    if (rc == 0 && (h.op != (op | EC_OP_REPLY) || h.req_id != req_id))
+        rc = ec_seterr(EC_EPROTO, "reply for op %u request %u answered op %u request %u",
+                       op, req_id, h.op & ~EC_OP_REPLY, h.req_id);
+    if (rc) {
+        c->broken = true;
+        goto close_fds;
+    }
+    if (h.status < 0) {
+        char msg[EC_ERRMSG_MAX];
+        ec_get_str(body, msg, sizeof(msg));
+        rc = h.status < EC_E_LAST ? EC_EPROTO : h.status;
+        ec_seterr(rc, "%s", msg[0] ? msg : ec_strerror(rc));
+        goto close_fds;
+    }
+    return 0;
+close_fds:
+    for (int i = 0; nrfds && i < *nrfds; i++)
+        close(rfds[i]);
+    if (nrfds)
+        *nrfds = 0;
+    return rc;
+lost:
+    c->broken = true;
+    if (stale(c))
+        return EC_ESTALE;
+    return ec_seterr(EC_ECONN, "embcached at %s closed the connection (it stopped or "
+                               "restarted): close the client and connect again",
+                     c->socket_path);
+}
+
+/* ------------------------------------------------------------------ */
+/* Connect / close                                                     */
+
+int ec_client_connect(const char *socket_path, ec_client **out)
+{
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    char def[sizeof(sa.sun_path) + 64];
+    ec_client *c;
+    ec_wbuf w;
+    ec_rbuf r;
+    int fds[2] = {-1, -1}, nfds = 0, rc;
+    uint32_t req, layout, session_size;
+    uint64_t seg_size;
+    char dver[64];
+    struct stat st;
+
+    if (!out)
+        return ec_seterr(EC_EINVAL, "ec_client_connect: out is NULL");
+    if (!socket_path)
+        socket_path = ec_default_socket(def, sizeof(def));
+    if (strlen(socket_path) >= sizeof(sa.sun_path))
+        return ec_seterr(EC_EINVAL, "socket path %s is too long (at most %zu bytes)",
+                         socket_path, sizeof(sa.sun_path) - 1);
+    c = calloc(1, sizeof(*c));
+    if (!c)
+        return ec_seterr(EC_ENOMEM, "client");
+    c->seg.fd = -1;
+    pthread_mutex_init(&c->lock, NULL);
+    snprintf(c->socket_path, sizeof(c->socket_path), "%s", socket_path);
+    strcpy(sa.sun_path, socket_path);
+    c->sock = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+    if (c->sock < 0) {
+        rc = ec_seterr_errno(EC_EIO, errno, "socket");
+        goto fail;
+    }
+    if (connect(c->sock, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
+        int err = errno;
+        if (err == EACCES)
+            rc = ec_seterr(EC_EPERM, "not allowed to connect to embcached at %s: %s",
+                           socket_path, strerror(err));
+        else
+            rc = ec_seterr(EC_ECONN, "no embcached is listening on %s (%s): start one with "
+                                     "'embcached --socket %s', or set EMBCACHE_SOCKET to "
+                                     "the socket of a running one", socket_path,
+                           strerror(err), socket_path);
+        goto fail;
+    }
+    req = begin(c, &w, EC_OP_HELLO);
+    ec_put_u32(&w, 0);
+    ec_put_str(&w, "libembcache " EC_VERSION_STRING);
+    {
+        size_t len = ec_msg_end(&w);
+        ssize_t n;
+        ec_msg_hdr h;
+        rc = ec_msg_send(c->sock, c->sbuf, len, NULL, 0, false);
+        if (rc)
+            goto fail;
+        n = ec_msg_recv(c->sock, c->rbuf, sizeof(c->rbuf), fds, &nfds, 2);
+        if (n <= 0) {
+            rc = n ? (int)n : ec_seterr(EC_ECONN, "embcached at %s hung up during the "
+                                                  "handshake", socket_path);
+            goto fail;
+        }
+        rc = ec_msg_parse(c->rbuf, (size_t)n, &h, &r);
+        if (rc)
+            goto fail;
+        if (h.op != (EC_OP_HELLO | EC_OP_REPLY) || h.req_id != req) {
+            rc = ec_seterr(EC_EPROTO, "unexpected reply to HELLO (op %u)", h.op);
+            goto fail;
+        }
+        if (h.status < 0) {
+            char msg[EC_ERRMSG_MAX];
+            ec_get_str(&r, msg, sizeof(msg));
+            rc = h.status < EC_E_LAST ? EC_EPROTO : h.status;
+            ec_seterr(rc, "embcached refused the connection: %s", msg);
+            goto fail;
+        }
+    }
+    c->generation = ec_get_u64(&r);
+    seg_size = ec_get_u64(&r);
+    layout = ec_get_u32(&r);
+    session_size = ec_get_u32(&r);
+    (void)ec_get_u32(&r);
+    c->client_id = ec_get_u64(&r);
+    ec_get_str(&r, dver, sizeof(dver));
+    if (!ec_rbuf_done(&r) || nfds != 2) {
+        rc = ec_seterr(EC_EPROTO, "malformed HELLO reply (%d descriptors)", nfds);
+        goto fail;
+    }
+    if (layout != EC_SHM_LAYOUT_VERSION) {
+        rc = ec_seterr(EC_EVERSION, "embcached %s uses segment layout %u, this libembcache "
+                                    "%s reads layout %u: use matching versions",
+                       dver, layout, EC_VERSION_STRING, EC_SHM_LAYOUT_VERSION);
+        goto fail;
+    }
+    rc = ec_segment_map_fd(fds[0], &c->seg);
+    if (rc)
+        goto fail;
+    if (c->seg.size != seg_size) {
+        rc = ec_seterr(EC_ECORRUPT, "segment is %zu bytes, embcached said %llu", c->seg.size,
+                       (unsigned long long)seg_size);
+        goto fail;
+    }
+    if (session_size != EC_SESSION_SIZE || fstat(fds[1], &st) < 0 ||
+        (uint64_t)st.st_size < EC_SESSION_SIZE) {
+        rc = ec_seterr(EC_EPROTO, "session page has the wrong size");
+        goto fail;
+    }
+    c->session = mmap(NULL, EC_SESSION_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED, fds[1], 0);
+    if (c->session == MAP_FAILED) {
+        c->session = NULL;
+        rc = ec_seterr_errno(EC_EIO, errno, "mapping the session page");
+        goto fail;
+    }
+    if (c->session->magic != EC_SESSION_MAGIC || c->session->ring_slots != EC_SESSION_RING) {
+        rc = ec_seterr(EC_EPROTO, "session page has a bad header");
+        goto fail;
+    }
+    c->backend = ec_backend_get(EC_BACKEND_AUTO);
+    close(fds[0]);
+    close(fds[1]);
+    rc = stale(c);
+    if (rc)
+        goto fail_mapped;
+    *out = c;
+    return 0;
+fail:
+    if (fds[0] >= 0)
+        close(fds[0]);
+    if (fds[1] >= 0)
+        close(fds[1]);
+fail_mapped:
+    ec_client_close(c);
+    return rc;
+}
+
+void ec_client_close(ec_client *c)
+{
+    if (!c)
+        return;
+    if (c->session)
+        munmap(c->session, EC_SESSION_SIZE);
+    if (c->seg.base)
+        ec_segment_close(&c->seg);
+    if (c->sock >= 0)
+        close(c->sock);
+    pthread_mutex_destroy(&c->lock);
+    free(c);
+}
+
+uint64_t ec_client_generation(const ec_client *c)
+{
+    return c ? c->generation : 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* Tensors                                                             */
+
+int ec_tensor_resolve(ec_client *c, const char *model, const char *version, const char *tensor,
+                      ec_tensor **out)
+{
+    ec_tensor *t;
+    ec_wbuf w;
+    ec_rbuf r;
+    uint32_t req;
+    int rc;
+
+    if (!c || !model || !version || !tensor || !out)
+        return ec_seterr(EC_EINVAL, "ec_tensor_resolve: NULL argument");
+    if (strlen(model) > EC_NAME_MAX || strlen(version) > EC_NAME_MAX ||
+        strlen(tensor) > EC_NAME_MAX)
+        return ec_seterr(EC_EINVAL, "a name is longer than %d bytes", EC_NAME_MAX);
+    if ((rc = stale(c)))
+        return rc;
+    t = calloc(1, sizeof(*t));
+    if (!t)
+        return ec_seterr(EC_ENOMEM, "tensor");
+    pthread_mutex_lock(&c->lock);
+    req = begin(c, &w, EC_OP_RESOLVE);
+    ec_put_str(&w, model);
+    ec_put_str(&w, version);
+    ec_put_str(&w, tensor);
+    rc = rpc(c, &w, req, NULL, 0, &r, NULL, NULL, 0);
+    if (rc == 0) {
+        rc = ec_get_tensor(&r, &t->t);
+        if (rc == 0 && !ec_rbuf_done(&r))
+            rc = ec_seterr(EC_EPROTO, "RESOLVE reply has trailing bytes");
+    }
+    pthread_mutex_unlock(&c->lock);
+    if (rc) {
+        free(t);
+        return rc;
+    }
+    if (t->t.partitions > UINT32_MAX) {
+        free(t);
+        return ec_seterr(EC_EPROTO, "tensor has too many partitions");
+    }
+    t->c = c;
+    t->info.model = t->t.model;
+    t->info.tensor = t->t.name;
+    t->info.version = t->t.version;
+    t->info.dtype = (ec_dtype)t->t.dtype;
+    t->info.ndim = t->t.ndim;
+    memcpy(t->info.shape, t->t.shape, sizeof(t->info.shape));
+    t->info.rows = t->t.rows;
+    t->info.row_bytes = t->t.row_bytes;
+    t->info.rows_per_partition = t->t.rows_per_partition;
+    t->info.partitions = t->t.partitions;
+    *out = t;
+    return 0;
+}
+
+void ec_tensor_release(ec_tensor *t)
+{
+    free(t);
+}
+
+int ec_tensor_info_get(const ec_tensor *t, ec_tensor_info *out)
+{
+    if (!t || !out)
+        return ec_seterr(EC_EINVAL, "ec_tensor_info_get: NULL argument");
+    *out = t->info;
+    return 0;
+}
+
+/* Per-thread scratch for gathers, kept between calls so the hit path does
+ * not allocate. */
+struct scratch {
+    size_t cap;
+    const void **src;
+    size_t *dst_rows;
+    uint32_t *row_ref;
+    size_t *todo;
+    size_t *next;
+    ec_index_ref *refs;
+    uint32_t *parts;
+};
+
+static _Thread_local struct scratch tls_scratch;
+
+static int scratch_reserve(size_t n)
+{
+    struct scratch *s = &tls_scratch;
+    size_t cap;
+
+    if (n <= s->cap)
+        return 0;
+    cap = n < 256 ? 256 : n;
+    free(s->src);
+    free(s->dst_rows);
+    free(s->row_ref);
+    free(s->todo);
+    free(s->next);
+    free(s->refs);
+    free(s->parts);
+    s->src = malloc(cap * sizeof(*s->src));
+    s->dst_rows = malloc(cap * sizeof(*s->dst_rows));
+    s->row_ref = malloc(cap * sizeof(*s->row_ref));
+    s->todo = malloc(cap * sizeof(*s->todo));
+    s->next = malloc(cap * sizeof(*s->next));
+    s->refs = malloc(cap * sizeof(*s->refs));
+    s->parts = malloc(cap * sizeof(*s->parts));
+    if (!s->src || !s->dst_rows || !s->row_ref || !s->todo || !s->next || !s->refs ||
+        !s->parts) {
+        s->cap = 0;
+        return ec_seterr(EC_ENOMEM, "gather scratch for %zu rows", n);
+    }
+    s->cap = cap;
+    return 0;
+}
+
+static int cmp_u32(const void *a, const void *b)
+{
+    uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+    return (x > y) - (x < y);
+}
+
+/* Ask the daemon for the partitions in parts[0..n) (sorted, unique). */
+static int fault(ec_tensor *t, const uint32_t *parts, size_t n)
+{
+    ec_client *c = t->c;
+    int rc = 0;
+
+    pthread_mutex_lock(&c->lock);
+    for (size_t done = 0; done < n && rc == 0;) {
+        size_t k = n - done < EC_FAULT_MAX_PARTS ? n - done : EC_FAULT_MAX_PARTS;
+        ec_wbuf w;
+        ec_rbuf r;
+        uint32_t req = begin(c, &w, EC_OP_FAULT);
+        ec_put_u32(&w, t->t.id);
+        ec_put_u32(&w, (uint32_t)k);
+        for (size_t i = 0; i < k; i++)
+            ec_put_u32(&w, parts[done + i]);
+        rc = rpc(c, &w, req, NULL, 0, &r, NULL, NULL, 0);
+        if (rc == 0 && !ec_rbuf_done(&r))
+            rc = ec_seterr(EC_EPROTO, "FAULT reply has a body");
+        done += k;
+    }
+    pthread_mutex_unlock(&c->lock);
+    atomic_fetch_add_explicit(&c->session->faults, 1, memory_order_relaxed);
+    return rc;
+}
+
+static void note_access(ec_client *c, uint32_t tensor, uint32_t part)
+{
+    ec_session_page *s = c->session;
+    uint64_t h = atomic_fetch_add_explicit(&s->ring_head, 0, memory_order_relaxed);
+
+    atomic_store_explicit(&s->ring[h % EC_SESSION_RING], EC_INDEX_KEY(tensor, part),
+                          memory_order_relaxed);
+    atomic_store_explicit(&s->ring_head, h + 1, memory_order_release);
+}
+
+int ec_tensor_gather(ec_tensor *t, const int64_t *ids, size_t n, void *out, size_t out_size)
+{
+    ec_client *c;
+    struct scratch *s = &tls_scratch;
+    uint64_t rows, rpp, row_bytes;
+    size_t ntodo, hits = 0, misses = 0, retries = 0;
+    int rc;
+
+    if (!t || (n && (!ids || !out)))
+        return ec_seterr(EC_EINVAL, "ec_tensor_gather: NULL argument");
+    if (n == 0)
+        return 0;
+    c = t->c;
+    rows = t->t.rows;
+    rpp = t->t.rows_per_partition;
+    row_bytes = t->t.row_bytes;
+    if (n > SIZE_MAX / (row_bytes ? row_bytes : 1) || out_size < n * row_bytes)
+        return ec_seterr(EC_EINVAL, "output buffer of %zu bytes is too small for %zu rows of "
+                                    "%llu bytes", out_size, n, (unsigned long long)row_bytes);
+    for (size_t i = 0; i < n; i++)
+        if (ids[i] < 0 || (uint64_t)ids[i] >= rows)
+            return ec_seterr(EC_ERANGE, "ids[%zu] = %lld is outside tensor '%s' of model '%s' "
+                                        "(rows 0..%llu)", i, (long long)ids[i], t->t.name,
+                             t->t.model, (unsigned long long)(rows ? rows - 1 : 0));
+    if ((rc = stale(c)))
+        return rc;
+    if ((rc = scratch_reserve(n)))
+        return rc;
+
+    for (size_t i = 0; i < n; i++)
+        s->todo[i] = i;
+    ntodo = n;
+    for (int round = 0; ntodo > 0; round++) {
+        size_t nsrc = 0, nrefs = 0, nnext = 0, nparts = 0;
+        uint64_t lastp = UINT64_MAX;
+        bool lasthit = false;
+        ec_gather_desc g;
+
+        if (round == GATHER_MAX_ROUNDS) {
+            rc = ec_seterr(EC_ENOSPC, "rows of tensor '%s' kept being evicted before they "
+                                      "could be copied (%zu rows left after %d rounds): the "
+                                      "segment is too small for this working set",
+                           t->t.name, ntodo, round);
+            goto out;
+        }
+        /* 1. Look up each row's partition; note where resident rows are. */
+        for (size_t k = 0; k < ntodo; k++) {
+            size_t i = s->todo[k];
+            uint64_t id = (uint64_t)ids[i], p = id / rpp;
+
+            if (p != lastp) {
+                lastp = p;
+                lasthit = ec_index_lookup(&c->seg, t->t.id, (uint32_t)p, &s->refs[nrefs]) &&
+                          (id % rpp + 1) * row_bytes <= s->refs[nrefs].length;
+                if (lasthit) {
+                    nrefs++;
+                    note_access(c, t->t.id, (uint32_t)p);
+                } else {
+                    s->parts[nparts++] = (uint32_t)p;
+                }
+            }
+            if (!lasthit) {
+                s->next[nnext++] = i;
+                misses++;
+                continue;
+            }
+            s->src[nsrc] = c->seg.data + s->refs[nrefs - 1].offset + (id % rpp) * row_bytes;
+            s->dst_rows[nsrc] = i;
+            s->row_ref[nsrc] = (uint32_t)(nrefs - 1);
+            nsrc++;
+        }
+        /* 2. Copy them. */
+        if (nsrc) {
+            g = (ec_gather_desc){.src = s->src, .n = nsrc, .row_bytes = row_bytes,
+                                 .dst = out, .dst_rows = s->dst_rows, .device = -1};
+            rc = c->backend->gather(&g);
+            if (rc)
+                goto out;
+        }
+        /* 3. Check every entry again: a moved entry means a possibly torn copy. */
+        {
+            uint32_t bad = UINT32_MAX;
+            for (size_t k = 0; k < nsrc; k++) {
+                uint32_t ref = s->row_ref[k];
+                if (ref != bad && ec_index_still_valid(&s->refs[ref])) {
+                    hits++;
+                    continue;
+                }
+                bad = ref;
+                s->next[nnext++] = s->dst_rows[k];
+                retries++;
+            }
+        }
+        /* 4. Fault what missed, in one request. */
+        if (nparts) {
+            qsort(s->parts, nparts, sizeof(*s->parts), cmp_u32);
+            size_t u = 0;
+            for (size_t k = 0; k < nparts; k++)
+                if (u == 0 || s->parts[u - 1] != s->parts[k])
+                    s->parts[u++] = s->parts[k];
+            rc = fault(t, s->parts, u);
+            if (rc)
+                goto out;
+        }
+        memcpy(s->todo, s->next, nnext * sizeof(*s->next));
+        ntodo = nnext;
+    }
+    rc = 0;
+out:
+    atomic_fetch_add_explicit(&c->session->gathers, 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(&c->session->rows, n, memory_order_relaxed);
+    atomic_fetch_add_explicit(&c->session->hits, hits, memory_order_relaxed);
+    atomic_fetch_add_explicit(&c->session->misses, misses, memory_order_relaxed);
+    atomic_fetch_add_explicit(&c->session->retries, retries, memory_order_relaxed);
+    return rc;
+}
+
+/* ------------------------------------------------------------------ */
+/* Views                                                               */
+
+int ec_tensor_view(ec_tensor *t, ec_view **out)
+{
+    ec_client *c;
+    ec_view *v;
+    ec_wbuf w;
+    ec_rbuf r;
+    uint32_t req;
+    uint64_t pin, off, len;
+    int rc;
+
+    if (!t || !out)
+        return ec_seterr(EC_EINVAL, "ec_tensor_view: NULL argument");
+    c = t->c;
+    if ((rc = stale(c)))
+        return rc;
+    v = calloc(1, sizeof(*v));
+    if (!v)
+        return ec_seterr(EC_ENOMEM, "view");
+    pthread_mutex_lock(&c->lock);
+    req = begin(c, &w, EC_OP_PIN);
+    ec_put_u32(&w, t->t.id);
+    rc = rpc(c, &w, req, NULL, 0, &r, NULL, NULL, 0);
+    if (rc == 0) {
+        pin = ec_get_u64(&r);
+        off = ec_get_u64(&r);
+        len = ec_get_u64(&r);
+        if (!ec_rbuf_done(&r) || len != t->t.rows * t->t.row_bytes ||
+            off > c->seg.data_size || len > c->seg.data_size - off)
+            rc = ec_seterr(EC_EPROTO, "PIN reply describes a region outside the segment");
+    }
+    pthread_mutex_unlock(&c->lock);
+    if (rc) {
+        free(v);
+        return rc;
+    }
+    v->c = c;
+    v->pin = pin;
+    v->data = c->seg.data + off;
+    v->size = (size_t)len;
+    *out = v;
+    return 0;
+}
+
+const void *ec_view_data(const ec_view *v)
+{
+    return v ? v->data : NULL;
+}
+
+size_t ec_view_size(const ec_view *v)
+{
+    return v ? v->size : 0;
+}
+
+void ec_view_release(ec_view *v)
+{
+    ec_client *c;
+    ec_wbuf w;
+    ec_rbuf r;
+    uint32_t req;
+
+    if (!v)
+        return;
+    c = v->c;
+    pthread_mutex_lock(&c->lock);
+    req = begin(c, &w, EC_OP_UNPIN);
+    ec_put_u64(&w, v->pin);
+    /* If the daemon is gone, so is the pin: nothing to report. */
+    (void)rpc(c, &w, req, NULL, 0, &r, NULL, NULL, 0);
+    pthread_mutex_unlock(&c->lock);
+    free(v);
+}
+
+/* ------------------------------------------------------------------ */
+/* Administration                                                      */
+
+int ec_model_import(ec_client *c, const ec_import_opts *opts, const char *const *paths,
+                    size_t n, uint32_t *tensors_out)
+{
+    int fds[EC_MSG_MAX_FDS];
+    size_t opened = 0;
+    ec_wbuf w;
+    ec_rbuf r;
+    uint32_t req, tensors = 0;
+    int rc;
+
+    if (!c || !opts || !opts->model || !paths)
+        return ec_seterr(EC_EINVAL, "ec_model_import: NULL argument");
+    if (n == 0 || n > 64)
+        return ec_seterr(EC_EINVAL, "import takes 1..64 files, %zu given", n);
+    if (opts->params_json && strlen(opts->params_json) > EC_PARAMS_MAX)
+        return ec_seterr(EC_ETOOBIG, "params JSON is longer than %u bytes", EC_PARAMS_MAX);
+    for (; opened < n; opened++) {
+        struct stat st;
+        fds[opened] = open(paths[opened], O_RDONLY | O_CLOEXEC);
+        if (fds[opened] < 0) {
+            rc = ec_seterr_errno(errno == ENOENT ? EC_ENOENT : EC_EIO, errno,
+                                 "cannot open %s", paths[opened]);
+            goto out;
+        }
+        if (fstat(fds[opened], &st) < 0 || !S_ISREG(st.st_mode)) {
+            opened++;
+            rc = ec_seterr(EC_EINVAL, "%s is not a regular file", paths[opened - 1]);
+            goto out;
+        }
+    }
+    pthread_mutex_lock(&c->lock);
+    req = begin(c, &w, EC_OP_IMPORT);
+    ec_put_str(&w, opts->model);
+    ec_put_i64(&w, opts->version);
+    ec_put_i64(&w, opts->round);
+    ec_put_str(&w, opts->params_json);
+    ec_put_u64(&w, opts->partition_bytes);
+    ec_put_u32(&w, (uint32_t)n);
+    for (size_t i = 0; i < n; i++) {
+        const char *base = strrchr(paths[i], '/');
+        ec_put_str(&w, base ? base + 1 : paths[i]);
+    }
+    rc = rpc(c, &w, req, fds, (int)n, &r, NULL, NULL, 0);
+    if (rc == 0) {
+        tensors = ec_get_u32(&r);
+        if (!ec_rbuf_done(&r))
+            rc = ec_seterr(EC_EPROTO, "malformed IMPORT reply");
+    }
+    pthread_mutex_unlock(&c->lock);
+    if (rc == 0 && tensors_out)
+        *tensors_out = tensors;
+out:
+    for (size_t i = 0; i < opened; i++)
+        close(fds[i]);
+    return rc;
+}
+
+int ec_model_alias(ec_client *c, const char *model, const char *alias, int64_t version)
+{
+    ec_wbuf w;
+    ec_rbuf r;
+    uint32_t req;
+    int rc;
+
+    if (!c || !model || !alias)
+        return ec_seterr(EC_EINVAL, "ec_model_alias: NULL argument");
+    pthread_mutex_lock(&c->lock);
+    req = begin(c, &w, EC_OP_ALIAS);
+    ec_put_str(&w, model);
+    ec_put_str(&w, alias);
+    ec_put_i64(&w, version);
+    rc = rpc(c, &w, req, NULL, 0, &r, NULL, NULL, 0);
+    if (rc == 0 && !ec_rbuf_done(&r))
+        rc = ec_seterr(EC_EPROTO, "malformed ALIAS reply");
+    pthread_mutex_unlock(&c->lock);
+    return rc;
+}
+
+/* Parse one LIST reply page and call cb; returns cb's value, 0, or an error. */
+static int list_page(ec_rbuf *r, uint32_t n, ec_list_cb cb, void *arg,
+                     ec_version_info *cur, char *model, char *params, char *aliases)
+{
+    for (uint32_t k = 0; k < n; k++) {
+        uint8_t kind = ec_get_u8(r);
+        int rc;
+
+        if (kind == EC_LIST_VERSION) {
+            ec_get_str(r, model, EC_NAME_MAX + 1);
+            cur->version = ec_get_i64(r);
+            cur->round = ec_get_i64(r);
+            ec_get_str(r, params, EC_PARAMS_MAX + 1);
+            ec_get_str(r, aliases, 4096);
+            cur->created_unix = ec_get_i64(r);
+            cur->tensors = ec_get_u32(r);
+            cur->bytes = ec_get_u64(r);
+            if (r->bad)
+                break;
+            rc = cb(cur, NULL, arg);
+        } else if (kind == EC_LIST_TENSOR) {
+            char name[EC_NAME_MAX + 1];
+            ec_tensor_listing tl = {.name = name};
+            ec_get_str(r, name, sizeof(name));
+            tl.dtype = (ec_dtype)ec_get_u32(r);
+            tl.ndim = ec_get_u32(r);
+            if (tl.ndim > EC_MAX_DIMS || !ec_dtype_valid(tl.dtype)) {
+                r->bad = true;
+                break;
+            }
+            for (uint32_t d = 0; d < tl.ndim; d++)
+                tl.shape[d] = ec_get_u64(r);
+            tl.partitions = ec_get_u64(r);
+            tl.bytes = ec_get_u64(r);
+            if (r->bad || !cur->model[0])
+                break;
+            rc = cb(cur, &tl, arg);
+        } else {
+            r->bad = true;
+            break;
+        }
+        if (rc)
+            return rc;
+    }
+    if (!ec_rbuf_done(r))
+        return ec_seterr(EC_EPROTO, "malformed LIST reply");
+    return 0;
+}
+
+int ec_catalog_list(ec_client *c, const char *model, ec_list_cb cb, void *arg)
+{
+    static _Thread_local char mname[EC_NAME_MAX + 1], params[EC_PARAMS_MAX + 1], aliases[4096];
+    ec_version_info cur = {.model = mname, .params_json = params, .aliases = aliases};
+    uint32_t vcur = 0, tcur = 0;
+    int rc;
+
+    if (!c || !cb)
+        return ec_seterr(EC_EINVAL, "ec_catalog_list: NULL argument");
+    mname[0] = '\0';
+    for (;;) {
+        ec_wbuf w;
+        ec_rbuf r;
+        uint32_t req, n;
+
+        pthread_mutex_lock(&c->lock);
+        req = begin(c, &w, EC_OP_LIST);
+        ec_put_str(&w, model);
+        ec_put_u32(&w, vcur);
+        ec_put_u32(&w, tcur);
+        rc = rpc(c, &w, req, NULL, 0, &r, NULL, NULL, 0);
+        if (rc == 0) {
+            vcur = ec_get_u32(&r);
+            tcur = ec_get_u32(&r);
+            n = ec_get_u32(&r);
+            /* The page lives in c->rbuf: parse it before unlocking. Copy it
+             * out so the callback may call into this client. */
+            uint8_t *copy = malloc(r.len);
+            if (!copy) {
+                rc = ec_seterr(EC_ENOMEM, "list page");
+            } else {
+                memcpy(copy, r.p, r.len);
+                r.p = copy;
+                pthread_mutex_unlock(&c->lock);
+                rc = list_page(&r, n, cb, arg, &cur, mname, params, aliases);
+                free(copy);
+                if (rc || (vcur == 0 && tcur == 0))
+                    return rc;
+                continue;
+            }
+        }
+        pthread_mutex_unlock(&c->lock);
+        return rc;
+    }
+}
+
+int ec_client_stats(ec_client *c, ec_stat_cb cb, void *arg)
+{
+    ec_wbuf w;
+    ec_rbuf r;
+    uint32_t req, n;
+    int rc;
+
+    if (!c || !cb)
+        return ec_seterr(EC_EINVAL, "ec_client_stats: NULL argument");
+    pthread_mutex_lock(&c->lock);
+    req = begin(c, &w, EC_OP_STATS);
+    rc = rpc(c, &w, req, NULL, 0, &r, NULL, NULL, 0);
+    if (rc == 0) {
+        n = ec_get_u32(&r);
+        for (uint32_t i = 0; i < n && rc == 0 && !r.bad; i++) {
+            char name[128];
+            uint64_t v;
+            ec_get_str(&r, name, sizeof(name));
+            v = ec_get_u64(&r);
+            if (!r.bad)
+                rc = cb(name, v, arg);
+        }
+        if (rc == 0 && !ec_rbuf_done(&r))
+            rc = ec_seterr(EC_EPROTO, "malformed STATS reply");
+    }
+    pthread_mutex_unlock(&c->lock);
+    return rc;
+}

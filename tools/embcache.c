@@ -1,2 +1,589 @@
-/* being written */
-int main(void) { return 1; }
+/*
+ * embcache.c - the embcache command-line tool: import, ls, alias, get, stats.
+ *
+ * A thin client of libembcache: every subcommand is one or a few library
+ * calls. Human output by default, --json where scripts need structure, and
+ * exit codes that say what kind of failure happened (see usage()).
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "embcache.h"
+
+enum {
+    EXIT_OK = 0,
+    EXIT_FAIL = 1,
+    EXIT_USAGE = 2,
+    EXIT_NODAEMON = 3,
+    EXIT_NOTFOUND = 4,
+    EXIT_BADINPUT = 5,
+    EXIT_EXISTS = 6,
+    EXIT_RANGE = 7,
+    EXIT_INTEGRITY = 8,
+};
+
+static const char *socket_path;
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+            "usage: embcache [--socket PATH] COMMAND [ARG]...\n"
+            "\n"
+            "Commands:\n"
+            "  import --model NAME --version N [--round R] [--params JSON]\n"
+            "         [--partition-bytes BYTES] FILE...   import .npy/.safetensors files\n"
+            "  ls [--json] [MODEL]                         list models, versions, tensors\n"
+            "  alias MODEL ALIAS VERSION                   point ALIAS at a version\n"
+            "  get MODEL VERSION|ALIAS TENSOR ROW... [--raw]  print rows\n"
+            "  stats [--json]                              daemon statistics\n"
+            "\n"
+            "Every command takes --help. The socket is --socket, else $EMBCACHE_SOCKET,\n"
+            "else the daemon's default.\n"
+            "\n"
+            "Exit status: 0 success, 1 other failure, 2 bad usage, 3 daemon not reachable,\n"
+            "4 not found, 5 bad input file or dtype, 6 already exists, 7 row out of range,\n"
+            "8 data failed its checksum or validation.\n");
+}
+
+static int exit_for(int rc)
+{
+    switch (rc) {
+    case 0: return EXIT_OK;
+    case EC_EINVAL: return EXIT_USAGE;
+    case EC_ECONN:
+    case EC_ESTALE: return EXIT_NODAEMON;
+    case EC_ENOENT: return EXIT_NOTFOUND;
+    case EC_EFORMAT:
+    case EC_EDTYPE: return EXIT_BADINPUT;
+    case EC_EEXIST: return EXIT_EXISTS;
+    case EC_ERANGE: return EXIT_RANGE;
+    case EC_ECHECKSUM:
+    case EC_ECORRUPT: return EXIT_INTEGRITY;
+    default: return EXIT_FAIL;
+    }
+}
+
+static int fail(int rc)
+{
+    fprintf(stderr, "embcache: %s\n", ec_last_error()[0] ? ec_last_error() : ec_strerror(rc));
+    return exit_for(rc);
+}
+
+static int connect_or_fail(ec_client **c)
+{
+    int rc = ec_client_connect(socket_path, c);
+    return rc ? fail(rc) : 0;
+}
+
+static int parse_i64(const char *s, int64_t *out)
+{
+    char *end;
+    long long v;
+
+    errno = 0;
+    v = strtoll(s, &end, 10);
+    if (errno || end == s || *end)
+        return -1;
+    *out = v;
+    return 0;
+}
+
+/* ------------------------------------------------------------------ */
+
+static int cmd_import(int argc, char **argv)
+{
+    static const struct option o[] = {
+        {"model", required_argument, NULL, 'm'},
+        {"version", required_argument, NULL, 'v'},
+        {"round", required_argument, NULL, 'r'},
+        {"params", required_argument, NULL, 'p'},
+        {"partition-bytes", required_argument, NULL, 'b'},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    ec_import_opts io = {.round = -1};
+    bool have_version = false;
+    ec_client *c;
+    uint32_t n = 0;
+    int ch, rc;
+    int64_t v;
+
+    while ((ch = getopt_long(argc, argv, "m:v:r:p:b:h", o, NULL)) != -1) {
+        switch (ch) {
+        case 'm': io.model = optarg; break;
+        case 'v':
+            if (parse_i64(optarg, &io.version) || io.version < 1) {
+                fprintf(stderr, "embcache import: --version '%s' must be an integer >= 1\n",
+                        optarg);
+                return EXIT_USAGE;
+            }
+            have_version = true;
+            break;
+        case 'r':
+            if (parse_i64(optarg, &io.round) || io.round < 0) {
+                fprintf(stderr, "embcache import: --round '%s' must be an integer >= 0\n",
+                        optarg);
+                return EXIT_USAGE;
+            }
+            break;
+        case 'p': io.params_json = optarg; break;
+        case 'b':
+            if (parse_i64(optarg, &v) || v < 1) {
+                fprintf(stderr, "embcache import: --partition-bytes '%s' must be a positive "
+                                "integer\n", optarg);
+                return EXIT_USAGE;
+            }
+            io.partition_bytes = (uint64_t)v;
+            break;
+        case 'h':
+            printf("usage: embcache import --model NAME --version N [--round R] "
+                   "[--params JSON]\n"
+                   "                       [--partition-bytes BYTES] FILE...\n"
+                   "Import .npy and .safetensors files as one new model version. A .npy file\n"
+                   "becomes a tensor named after its stem; a .safetensors file keeps its\n"
+                   "tensors' names. Nothing is registered unless every file imports.\n");
+            return EXIT_OK;
+        default: return EXIT_USAGE;
+        }
+    }
+    if (!io.model || !have_version || optind >= argc) {
+        fprintf(stderr, "embcache import: needs --model, --version and at least one FILE "
+                        "(see 'embcache import --help')\n");
+        return EXIT_USAGE;
+    }
+    if ((rc = connect_or_fail(&c)))
+        return rc;
+    rc = ec_model_import(c, &io, (const char *const *)argv + optind, (size_t)(argc - optind),
+                         &n);
+    if (rc) {
+        rc = fail(rc);
+    } else {
+        printf("imported %s version %" PRId64 ": %u tensor(s)\n", io.model, io.version, n);
+    }
+    ec_client_close(c);
+    return rc;
+}
+
+/* ------------------------------------------------------------------ */
+
+struct ls_ctx {
+    bool json;
+    bool first_version;
+    bool first_tensor;
+    unsigned versions;
+};
+
+static void json_str(const char *s)
+{
+    putchar('"');
+    for (; *s; s++) {
+        unsigned char ch = (unsigned char)*s;
+        if (ch == '"' || ch == '\\')
+            printf("\\%c", ch);
+        else if (ch < 0x20)
+            printf("\\u%04x", ch);
+        else
+            putchar(ch);
+    }
+    putchar('"');
+}
+
+static void human_bytes(uint64_t b, char *out, size_t len)
+{
+    const char *u[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+    double v = (double)b;
+    int i = 0;
+
+    while (v >= 1024 && i < 4) {
+        v /= 1024;
+        i++;
+    }
+    snprintf(out, len, i ? "%.1f %s" : "%.0f %s", v, u[i]);
+}
+
+static int ls_cb(const ec_version_info *v, const ec_tensor_listing *t, void *arg)
+{
+    struct ls_ctx *x = arg;
+
+    if (x->json) {
+        if (!t) {
+            printf("%s\n  {\"model\": ", x->first_version ? "" : "]},");
+            json_str(v->model);
+            printf(", \"version\": %" PRId64 ", \"round\": ", v->version);
+            if (v->round < 0)
+                printf("null");
+            else
+                printf("%" PRId64, v->round);
+            printf(", \"params\": %s, \"aliases\": [", v->params_json);
+            {
+                char buf[4096];
+                char *save, *tok;
+                bool first = true;
+                snprintf(buf, sizeof(buf), "%s", v->aliases);
+                for (tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+                    printf("%s", first ? "" : ", ");
+                    json_str(tok);
+                    first = false;
+                }
+            }
+            printf("], \"created\": %" PRId64 ", \"bytes\": %" PRIu64 ", \"tensors\": [",
+                   v->created_unix, v->bytes);
+            x->first_version = false;
+            x->first_tensor = true;
+        } else {
+            printf("%s\n    {\"name\": ", x->first_tensor ? "" : ",");
+            json_str(t->name);
+            printf(", \"dtype\": \"%s\", \"shape\": [", ec_dtype_name(t->dtype));
+            for (uint32_t d = 0; d < t->ndim; d++)
+                printf("%s%" PRIu64, d ? ", " : "", t->shape[d]);
+            printf("], \"partitions\": %" PRIu64 ", \"bytes\": %" PRIu64 "}", t->partitions,
+                   t->bytes);
+            x->first_tensor = false;
+        }
+        return 0;
+    }
+    if (!t) {
+        char when[32], size[32];
+        time_t ct = (time_t)v->created_unix;
+        struct tm tm;
+        strftime(when, sizeof(when), "%Y-%m-%d %H:%M", gmtime_r(&ct, &tm));
+        human_bytes(v->bytes, size, sizeof(size));
+        if (x->versions++ == 0)
+            printf("%-20s %8s %6s  %-16s %8s %11s  %s\n", "MODEL", "VERSION", "ROUND", "ALIASES",
+                   "TENSORS", "SIZE", "CREATED (UTC)");
+        printf("%-20s %8" PRId64 " ", v->model, v->version);
+        if (v->round < 0)
+            printf("%6s", "-");
+        else
+            printf("%6" PRId64, v->round);
+        printf("  %-16s %8u %11s  %s\n", v->aliases[0] ? v->aliases : "-", v->tensors, size,
+               when);
+        if (strcmp(v->params_json, "{}"))
+            printf("    params %s\n", v->params_json);
+    } else {
+        char shape[256] = "", size[32];
+        for (uint32_t d = 0; d < t->ndim; d++) {
+            size_t l = strlen(shape);
+            snprintf(shape + l, sizeof(shape) - l, "%s%" PRIu64, d ? ", " : "", t->shape[d]);
+        }
+        human_bytes(t->bytes, size, sizeof(size));
+        printf("    %-32s %-5s [%s]  %" PRIu64 " partition(s), %s\n", t->name,
+               ec_dtype_name(t->dtype), shape, t->partitions, size);
+    }
+    return 0;
+}
+
+static int cmd_ls(int argc, char **argv)
+{
+    static const struct option o[] = {
+        {"json", no_argument, NULL, 'j'},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    struct ls_ctx x = {.first_version = true};
+    ec_client *c;
+    int ch, rc;
+
+    while ((ch = getopt_long(argc, argv, "jh", o, NULL)) != -1) {
+        switch (ch) {
+        case 'j': x.json = true; break;
+        case 'h':
+            printf("usage: embcache ls [--json] [MODEL]\n"
+                   "List model versions (of MODEL, or all) with their aliases and tensors.\n");
+            return EXIT_OK;
+        default: return EXIT_USAGE;
+        }
+    }
+    if (argc - optind > 1) {
+        fprintf(stderr, "embcache ls: at most one MODEL\n");
+        return EXIT_USAGE;
+    }
+    if ((rc = connect_or_fail(&c)))
+        return rc;
+    if (x.json)
+        printf("[");
+    rc = ec_catalog_list(c, optind < argc ? argv[optind] : NULL, ls_cb, &x);
+    if (x.json)
+        printf("%s]\n", x.first_version ? "" : "]}\n");
+    else if (rc == 0 && x.versions == 0)
+        printf("no models imported yet: 'embcache import --help' shows how\n");
+    ec_client_close(c);
+    return rc ? fail(rc) : EXIT_OK;
+}
+
+/* ------------------------------------------------------------------ */
+
+static int cmd_alias(int argc, char **argv)
+{
+    static const struct option o[] = {{"help", no_argument, NULL, 'h'}, {NULL, 0, NULL, 0}};
+    ec_client *c;
+    int64_t version;
+    int ch, rc;
+
+    while ((ch = getopt_long(argc, argv, "h", o, NULL)) != -1) {
+        if (ch == 'h') {
+            printf("usage: embcache alias MODEL ALIAS VERSION\n"
+                   "Point ALIAS (e.g. current) at VERSION of MODEL. Handles resolved before\n"
+                   "keep their version; the next resolve sees the new one.\n");
+            return EXIT_OK;
+        }
+        return EXIT_USAGE;
+    }
+    if (argc - optind != 3) {
+        fprintf(stderr, "embcache alias: needs MODEL ALIAS VERSION\n");
+        return EXIT_USAGE;
+    }
+    if (parse_i64(argv[optind + 2], &version) || version < 1) {
+        fprintf(stderr, "embcache alias: VERSION '%s' must be an integer >= 1\n",
+                argv[optind + 2]);
+        return EXIT_USAGE;
+    }
+    if ((rc = connect_or_fail(&c)))
+        return rc;
+    rc = ec_model_alias(c, argv[optind], argv[optind + 1], version);
+    ec_client_close(c);
+    if (rc)
+        return fail(rc);
+    printf("%s/%s -> version %" PRId64 "\n", argv[optind], argv[optind + 1], version);
+    return EXIT_OK;
+}
+
+/* ------------------------------------------------------------------ */
+
+static float half_to_float(uint16_t h)
+{
+    uint32_t sign = (uint32_t)(h >> 15) << 31, exp = (h >> 10) & 0x1f, man = h & 0x3ff, bits;
+    float f;
+
+    if (exp == 0) {
+        if (man == 0) {
+            bits = sign;
+        } else { /* subnormal: normalize */
+            exp = 127 - 15 + 1;
+            while (!(man & 0x400)) {
+                man <<= 1;
+                exp--;
+            }
+            bits = sign | (exp << 23) | ((man & 0x3ff) << 13);
+        }
+    } else if (exp == 31) {
+        bits = sign | 0x7f800000u | (man << 13);
+    } else {
+        bits = sign | ((exp + 127 - 15) << 23) | (man << 13);
+    }
+    memcpy(&f, &bits, 4);
+    return f;
+}
+
+static void print_elem(ec_dtype d, const uint8_t *p)
+{
+    switch (d) {
+    case EC_DTYPE_F32: { float v; memcpy(&v, p, 4); printf("%.9g", v); break; }
+    case EC_DTYPE_F64: { double v; memcpy(&v, p, 8); printf("%.17g", v); break; }
+    case EC_DTYPE_F16: { uint16_t v; memcpy(&v, p, 2); printf("%.5g", half_to_float(v)); break; }
+    case EC_DTYPE_BF16: {
+        uint16_t v;
+        uint32_t b;
+        float f;
+        memcpy(&v, p, 2);
+        b = (uint32_t)v << 16;
+        memcpy(&f, &b, 4);
+        printf("%.4g", f);
+        break;
+    }
+    case EC_DTYPE_I8: printf("%d", (int8_t)p[0]); break;
+    case EC_DTYPE_U8: printf("%u", p[0]); break;
+    case EC_DTYPE_I32: { int32_t v; memcpy(&v, p, 4); printf("%" PRId32, v); break; }
+    case EC_DTYPE_I64: { int64_t v; memcpy(&v, p, 8); printf("%" PRId64, v); break; }
+    default: printf("?"); break;
+    }
+}
+
+static int cmd_get(int argc, char **argv)
+{
+    static const struct option o[] = {
+        {"raw", no_argument, NULL, 'r'},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    bool raw = false;
+    ec_client *c = NULL;
+    ec_tensor *t = NULL;
+    ec_tensor_info info;
+    int64_t *ids = NULL;
+    uint8_t *buf = NULL;
+    size_t n;
+    int ch, rc;
+
+    while ((ch = getopt_long(argc, argv, "rh", o, NULL)) != -1) {
+        switch (ch) {
+        case 'r': raw = true; break;
+        case 'h':
+            printf("usage: embcache get MODEL VERSION|ALIAS TENSOR ROW... [--raw]\n"
+                   "Print rows of a tensor. --raw writes exactly the rows' bytes, in order,\n"
+                   "to standard output and nothing else.\n");
+            return EXIT_OK;
+        default: return EXIT_USAGE;
+        }
+    }
+    if (argc - optind < 4) {
+        fprintf(stderr, "embcache get: needs MODEL VERSION|ALIAS TENSOR and at least one ROW\n");
+        return EXIT_USAGE;
+    }
+    n = (size_t)(argc - optind - 3);
+    ids = calloc(n, sizeof(*ids));
+    if (!ids)
+        return fail(EC_ENOMEM);
+    for (size_t i = 0; i < n; i++) {
+        if (parse_i64(argv[optind + 3 + i], &ids[i]) || ids[i] < 0) {
+            fprintf(stderr, "embcache get: ROW '%s' must be an integer >= 0\n",
+                    argv[optind + 3 + i]);
+            free(ids);
+            return EXIT_USAGE;
+        }
+    }
+    if ((rc = connect_or_fail(&c))) {
+        free(ids);
+        return rc;
+    }
+    rc = ec_tensor_resolve(c, argv[optind], argv[optind + 1], argv[optind + 2], &t);
+    if (rc == 0)
+        rc = ec_tensor_info_get(t, &info);
+    if (rc == 0 && !(buf = malloc(n * info.row_bytes + 1)))
+        rc = EC_ENOMEM;
+    if (rc == 0)
+        rc = ec_tensor_gather(t, ids, n, buf, n * info.row_bytes);
+    if (rc == 0) {
+        if (raw) {
+            if (fwrite(buf, info.row_bytes, n, stdout) != n || fflush(stdout))
+                rc = EC_EIO;
+        } else {
+            size_t es = ec_dtype_size(info.dtype), per = es ? info.row_bytes / es : 0;
+            for (size_t i = 0; i < n; i++) {
+                printf("%s/%" PRId64 "/%s[%" PRId64 "] = [", info.model, info.version,
+                       info.tensor, ids[i]);
+                for (size_t k = 0; k < per; k++) {
+                    if (k)
+                        printf(", ");
+                    print_elem(info.dtype, buf + i * info.row_bytes + k * es);
+                }
+                printf("]\n");
+            }
+        }
+    }
+    free(buf);
+    free(ids);
+    ec_tensor_release(t);
+    ec_client_close(c);
+    if (rc == EC_EIO && !ec_last_error()[0]) {
+        fprintf(stderr, "embcache get: writing to standard output failed\n");
+        return EXIT_FAIL;
+    }
+    return rc ? fail(rc) : EXIT_OK;
+}
+
+/* ------------------------------------------------------------------ */
+
+struct stats_ctx {
+    bool json;
+    bool first;
+};
+
+static int stat_cb(const char *name, uint64_t v, void *arg)
+{
+    struct stats_ctx *x = arg;
+
+    if (x->json)
+        printf("%s\n  \"%s\": %" PRIu64, x->first ? "" : ",", name, v);
+    else
+        printf("%-30s %" PRIu64 "\n", name, v);
+    x->first = false;
+    return 0;
+}
+
+static int cmd_stats(int argc, char **argv)
+{
+    static const struct option o[] = {
+        {"json", no_argument, NULL, 'j'},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    struct stats_ctx x = {.first = true};
+    ec_client *c;
+    int ch, rc;
+
+    while ((ch = getopt_long(argc, argv, "jh", o, NULL)) != -1) {
+        switch (ch) {
+        case 'j': x.json = true; break;
+        case 'h':
+            printf("usage: embcache stats [--json]\n"
+                   "Print the daemon's statistics, one per line (or one JSON object).\n");
+            return EXIT_OK;
+        default: return EXIT_USAGE;
+        }
+    }
+    if (optind < argc) {
+        fprintf(stderr, "embcache stats: unexpected argument '%s'\n", argv[optind]);
+        return EXIT_USAGE;
+    }
+    if ((rc = connect_or_fail(&c)))
+        return rc;
+    if (x.json)
+        printf("{");
+    rc = ec_client_stats(c, stat_cb, &x);
+    if (x.json)
+        printf("\n}\n");
+    ec_client_close(c);
+    return rc ? fail(rc) : EXIT_OK;
+}
+
+/* ------------------------------------------------------------------ */
+
+int main(int argc, char **argv)
+{
+    static const struct option o[] = {
+        {"socket", required_argument, NULL, 's'},
+        {"help", no_argument, NULL, 'h'},
+        {"version", no_argument, NULL, 'V'},
+        {NULL, 0, NULL, 0},
+    };
+    static const struct {
+        const char *name;
+        int (*fn)(int, char **);
+    } cmds[] = {
+        {"import", cmd_import}, {"ls", cmd_ls}, {"alias", cmd_alias},
+        {"get", cmd_get},       {"stats", cmd_stats},
+    };
+    int ch;
+
+    while ((ch = getopt_long(argc, argv, "+s:hV", o, NULL)) != -1) {
+        switch (ch) {
+        case 's': socket_path = optarg; break;
+        case 'h': usage(stdout); return EXIT_OK;
+        case 'V': printf("embcache %s\n", ec_version()); return EXIT_OK;
+        default: usage(stderr); return EXIT_USAGE;
+        }
+    }
+    if (optind >= argc) {
+        usage(stderr);
+        return EXIT_USAGE;
+    }
+    for (size_t i = 0; i < sizeof(cmds) / sizeof(cmds[0]); i++) {
+        if (strcmp(argv[optind], cmds[i].name))
+            continue;
+        argv += optind;
+        argc -= optind;
+        optind = 1; /* restart getopt on the subcommand's arguments */
+        return cmds[i].fn(argc, argv);
+    }
+    fprintf(stderr, "embcache: unknown command '%s' (commands: import, ls, alias, get, "
+                    "stats)\n", argv[optind]);
+    return EXIT_USAGE;
+}

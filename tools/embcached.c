@@ -1,2 +1,168 @@
-/* being written */
-int main(void) { return 1; }
+/*
+ * embcached.c - the embcache host daemon: option parsing around
+ * ec_server_run(). Runs in the foreground; SIGTERM or SIGINT stops it
+ * cleanly, leaving the segment for a warm restart.
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <limits.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "common/err.h"
+#include "common/log.h"
+#include "common/paths.h"
+#include "core/server.h"
+
+#define DEFAULT_SHM_SIZE (1ULL << 30)
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+            "usage: embcached [OPTION]...\n"
+            "Keep embedding tables and model weights in shared memory for the inference\n"
+            "processes of this host. Runs in the foreground; SIGTERM/SIGINT stop it.\n"
+            "\n"
+            "  -d, --data-dir DIR     catalog, partition files and the segment record\n"
+            "                         (default: $EMBCACHE_DATA_DIR, else ./embcache-data)\n"
+            "  -s, --socket PATH      control socket (default: $EMBCACHE_SOCKET, else\n"
+            "                         /run/embcache/embcached.sock as root,\n"
+            "                         $XDG_RUNTIME_DIR/embcache.sock or /tmp/embcache-UID.sock)\n"
+            "  -m, --shm-size BYTES   shared segment size; suffixes K, M, G (default 1G)\n"
+            "  -j, --io-threads N     partition reader threads (default 2)\n"
+            "      --allow-uid UID    also accept clients of this uid (repeatable)\n"
+            "      --allow-any        accept clients of every local user\n"
+            "  -v, --verbose          log more (repeat for debug)\n"
+            "  -q, --quiet            log errors only\n"
+            "  -h, --help             show this help\n"
+            "  -V, --version          show the version\n"
+            "\n"
+            "Exit status: 0 after a clean shutdown, 1 when start-up failed, 2 for bad usage.\n");
+}
+
+/* Parse a byte count with an optional K/M/G/T suffix (powers of 1024). */
+static int parse_size(const char *s, uint64_t *out)
+{
+    char *end;
+    unsigned long long v;
+    unsigned shift = 0;
+
+    errno = 0;
+    v = strtoull(s, &end, 10);
+    if (errno || end == s || s[0] == '-')
+        return -1;
+    switch (*end) {
+    case 'k': case 'K': shift = 10; end++; break;
+    case 'm': case 'M': shift = 20; end++; break;
+    case 'g': case 'G': shift = 30; end++; break;
+    case 't': case 'T': shift = 40; end++; break;
+    default: break;
+    }
+    if (*end == 'i' || *end == 'B')
+        end += (*end == 'i' && end[1] == 'B') ? 2 : 1;
+    if (*end || (shift && v > (UINT64_MAX >> shift)))
+        return -1;
+    *out = (uint64_t)v << shift;
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    static const struct option opts[] = {
+        {"data-dir", required_argument, NULL, 'd'},
+        {"socket", required_argument, NULL, 's'},
+        {"shm-size", required_argument, NULL, 'm'},
+        {"io-threads", required_argument, NULL, 'j'},
+        {"allow-uid", required_argument, NULL, 'U'},
+        {"allow-any", no_argument, NULL, 'A'},
+        {"verbose", no_argument, NULL, 'v'},
+        {"quiet", no_argument, NULL, 'q'},
+        {"help", no_argument, NULL, 'h'},
+        {"version", no_argument, NULL, 'V'},
+        {NULL, 0, NULL, 0},
+    };
+    ec_server_config cfg = {.shm_size = DEFAULT_SHM_SIZE};
+    char sock[108], dir[PATH_MAX];
+    const char *data_dir = getenv("EMBCACHE_DATA_DIR");
+    int level = EC_LOG_INFO, c, rc;
+
+    while ((c = getopt_long(argc, argv, "d:s:m:j:vqhV", opts, NULL)) != -1) {
+        switch (c) {
+        case 'd': data_dir = optarg; break;
+        case 's': cfg.socket_path = optarg; break;
+        case 'm':
+            if (parse_size(optarg, &cfg.shm_size)) {
+                fprintf(stderr, "embcached: --shm-size '%s' is not a size (e.g. 268435456, "
+                                "256M, 4G)\n", optarg);
+                return 2;
+            }
+            break;
+        case 'j': {
+            char *end;
+            long n = strtol(optarg, &end, 10);
+            if (*end || n < 1 || n > 64) {
+                fprintf(stderr, "embcached: --io-threads '%s' must be 1..64\n", optarg);
+                return 2;
+            }
+            cfg.io_threads = (unsigned)n;
+            break;
+        }
+        case 'U': {
+            char *end;
+            long uid = strtol(optarg, &end, 10);
+            if (*end || uid < 0 || cfg.n_allow_uids == EC_SERVER_MAX_ALLOW) {
+                fprintf(stderr, "embcached: --allow-uid '%s' must be a uid (at most %d)\n",
+                        optarg, EC_SERVER_MAX_ALLOW);
+                return 2;
+            }
+            cfg.allow_uids[cfg.n_allow_uids++] = (uid_t)uid;
+            break;
+        }
+        case 'A': cfg.allow_any = true; break;
+        case 'v': level = level < EC_LOG_DEBUG ? level + 1 : level; break;
+        case 'q': level = EC_LOG_ERROR; break;
+        case 'h': usage(stdout); return 0;
+        case 'V': printf("embcached %s\n", EC_VERSION_STRING); return 0;
+        default:
+            fprintf(stderr, "Try 'embcached --help'.\n");
+            return 2;
+        }
+    }
+    if (optind < argc) {
+        fprintf(stderr, "embcached: unexpected argument '%s'\nTry 'embcached --help'.\n",
+                argv[optind]);
+        return 2;
+    }
+    if (cfg.shm_size < (4u << 20)) {
+        fprintf(stderr, "embcached: --shm-size must be at least 4M\n");
+        return 2;
+    }
+    cfg.shm_size = (cfg.shm_size + 4095) / 4096 * 4096;
+    if (!data_dir || !*data_dir)
+        data_dir = "embcache-data";
+    if (mkdir(data_dir, 0700) < 0 && errno != EEXIST) {
+        fprintf(stderr, "embcached: cannot create data directory %s: %s\n", data_dir,
+                strerror(errno));
+        return 1;
+    }
+    if (!realpath(data_dir, dir)) {
+        /* Not there yet: the engine creates it; keep the path as given. */
+        snprintf(dir, sizeof(dir), "%s", data_dir);
+    }
+    cfg.data_dir = dir;
+    if (!cfg.socket_path)
+        cfg.socket_path = ec_default_socket(sock, sizeof(sock));
+
+    ec_log_init("embcached", (enum ec_log_level)level);
+    rc = ec_server_run(&cfg);
+    if (rc) {
+        fprintf(stderr, "embcached: %s\n", ec_last_error());
+        return 1;
+    }
+    return 0;
+}

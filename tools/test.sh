@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# The test command: install dependencies, build with warnings as errors,
+# and run the whole test suite with ctest (unit, shm, integration).
+#   tools/test.sh            the normal build (build-test/)
+#   tools/test.sh --asan     the same under AddressSanitizer + UBSan (build-asan/)
+# Extra arguments after the mode go to ctest (e.g. -L unit, -R test_index).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+dir=build-test
+flags=(-DEMBCACHE_WERROR=ON -DCMAKE_BUILD_TYPE=RelWithDebInfo)
+if [ "${1:-}" = "--asan" ]; then
+  shift
+  dir=build-asan
+  flags+=(-DEMBCACHE_SANITIZE=ON)
+  export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=1}
+  export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
+fi
+
+tools/install-deps.sh
+cmake -S . -B "$dir" "${flags[@]}"
+cmake --build "$dir" -j"$(nproc)"
+cd "$dir"
+ctest --output-on-failure --timeout 600 -j"$(nproc)" "$@"
