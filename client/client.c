@@ -94,12 +94,13 @@ static uint32_t begin(ec_client *c, ec_wbuf *w, uint16_t op)
 static int rpc(ec_client *c, ec_wbuf *w, uint32_t req_id, const int *fds, int nfds,
                ec_rbuf *body, int *rfds, int *nrfds, int maxrfds)
 {
-    uint16_t op = ((ec_msg_hdr *)(void *)c->sbuf)->op;
+    uint16_t op;
     size_t len = ec_msg_end(w);
     ec_msg_hdr h;
     ssize_t n;
     int rc;
 
+    memcpy(&op, c->sbuf + offsetof(ec_msg_hdr, op), sizeof(op));
     if (c->broken)
         return ec_seterr(EC_ECONN, "the connection to embcached at %s was lost; close the "
                                    "client and connect again", c->socket_path);
@@ -183,8 +184,10 @@ int ec_client_connect(const char *socket_path, ec_client **out)
     if (connect(c->sock, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
         int err = errno;
         if (err == EACCES)
-            rc = ec_seterr(EC_EPERM, "not allowed to connect to embcached at %s: %s",
-                           socket_path, strerror(err));
+            rc = ec_seterr(EC_EPERM, "not allowed to connect to embcached at %s (permission "
+                                     "denied): the daemon must accept uid %u (embcached "
+                                     "--allow-uid %u, or --allow-any)",
+                           socket_path, (unsigned)geteuid(), (unsigned)geteuid());
         else
             rc = ec_seterr(EC_ECONN, "no embcached is listening on %s (%s): start one with "
                                      "'embcached --socket %s', or set EMBCACHE_SOCKET to "
@@ -448,14 +451,23 @@ static int fault(ec_tensor *t, const uint32_t *parts, size_t n)
     return rc;
 }
 
+/* Record an access in our session ring for the daemon's eviction policy.
+ * One atomic claim of a slot; the daemon treats entries as hints, so a slot
+ * it reads before this thread filled it costs nothing but a missed touch. */
 static void note_access(ec_client *c, uint32_t tensor, uint32_t part)
 {
     ec_session_page *s = c->session;
-    uint64_t h = atomic_fetch_add_explicit(&s->ring_head, 0, memory_order_relaxed);
+    uint64_t h = atomic_fetch_add_explicit(&s->ring_head, 1, memory_order_relaxed);
 
     atomic_store_explicit(&s->ring[h % EC_SESSION_RING], EC_INDEX_KEY(tensor, part),
                           memory_order_relaxed);
-    atomic_store_explicit(&s->ring_head, h + 1, memory_order_release);
+}
+
+/* Add to a session counter; a zero add skips the locked instruction. */
+static void count(_Atomic uint64_t *ctr, uint64_t v)
+{
+    if (v)
+        atomic_fetch_add_explicit(ctr, v, memory_order_relaxed);
 }
 
 int ec_tensor_gather(ec_tensor *t, const int64_t *ids, size_t n, void *out, size_t out_size)
@@ -567,11 +579,11 @@ int ec_tensor_gather(ec_tensor *t, const int64_t *ids, size_t n, void *out, size
     }
     rc = 0;
 out:
-    atomic_fetch_add_explicit(&c->session->gathers, 1, memory_order_relaxed);
-    atomic_fetch_add_explicit(&c->session->rows, n, memory_order_relaxed);
-    atomic_fetch_add_explicit(&c->session->hits, hits, memory_order_relaxed);
-    atomic_fetch_add_explicit(&c->session->misses, misses, memory_order_relaxed);
-    atomic_fetch_add_explicit(&c->session->retries, retries, memory_order_relaxed);
+    count(&c->session->gathers, 1);
+    count(&c->session->rows, n);
+    count(&c->session->hits, hits);
+    count(&c->session->misses, misses);
+    count(&c->session->retries, retries);
     return rc;
 }
 
@@ -679,7 +691,8 @@ int ec_model_import(ec_client *c, const ec_import_opts *opts, const char *const 
         }
         if (fstat(fds[opened], &st) < 0 || !S_ISREG(st.st_mode)) {
             opened++;
-            rc = ec_seterr(EC_EINVAL, "%s is not a regular file", paths[opened - 1]);
+            rc = ec_seterr(EC_EFORMAT, "%s is not a regular file: import takes .npy and "
+                                       ".safetensors files", paths[opened - 1]);
             goto out;
         }
     }

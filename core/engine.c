@@ -86,6 +86,13 @@ struct request {
     struct request *next;        /* in a pin wait list */
 };
 
+/* A partition waiting for room (see defer_partition). */
+struct deferred {
+    struct request *r;
+    uint32_t tensor, part;
+    struct deferred *next;
+};
+
 struct job {
     uint32_t tensor, part;
     struct tstate *ts;
@@ -126,6 +133,7 @@ struct ec_engine {
     ec_u64map tensors, resident, inflight, owners;
     struct unit **clock;
     size_t nclock, capclock, hand;
+    struct deferred *deferred, **deferred_tail;
     uint64_t next_pin;
 
     /* Pager: submit queue (server -> readers), done queue (readers -> server). */
@@ -141,7 +149,7 @@ struct ec_engine {
     struct {
         uint64_t fault_requests, fault_parts, coalesced, page_ins, page_in_bytes,
             checksum_failures, read_errors, evictions, evicted_bytes, pins, unpins,
-            restart_kept, restart_dropped, resolves;
+            restart_kept, restart_dropped, resolves, deferred;
     } st;
     time_t started;
 };
@@ -488,6 +496,99 @@ static void request_put(ec_engine *e, struct request *r)
         request_finish(e, r);
 }
 
+/* Make partition p of ts resident, or in flight with r waiting for it.
+ * EC_ENOSPC when no extent can be had now. */
+static int want_partition(ec_engine *e, struct tstate *ts, uint32_t p, struct request *r)
+{
+    uint32_t tensor = (uint32_t)ts->cat.id;
+    uint64_t key = EC_INDEX_KEY(tensor, p), off;
+    struct unit *u;
+    struct job *j;
+    int rc;
+
+    if ((u = ec_u64map_get(&e->resident, key))) {
+        u->ref = true;
+        return 0;
+    }
+    if ((j = ec_u64map_get(&e->inflight, key))) {
+        e->st.coalesced++;
+        return job_wait(j, r);
+    }
+    u = calloc(1, sizeof(*u));
+    if (!u)
+        return ec_seterr(EC_ENOMEM, "unit");
+    u->tensor = tensor;
+    u->part = p;
+    u->bytes = page_round(ec_partfile_part_length(&ts->meta, p));
+    u->clock_pos = SIZE_MAX;
+    rc = alloc_evicting(e, u->bytes, &off);
+    if (rc) {
+        free(u);
+        return rc;
+    }
+    u->off = off;
+    j = job_new(e, ts, p, u, off);
+    if (!j || job_wait(j, r)) {
+        if (j) {
+            ec_u64map_del(&e->inflight, key);
+            ts->inflight--;
+            free(j);
+        }
+        ec_extent_release(e->ext, u->off, u->bytes);
+        free(u);
+        return ec_seterr(EC_ENOMEM, "out of memory queueing a read");
+    }
+    submit(e, j);
+    return 0;
+}
+
+/* No extent now, but reads are in flight: once they finish, their units
+ * become evictable, so wait for that instead of failing. The request is
+ * held (pending) until the partition is retried. */
+static int defer_partition(ec_engine *e, struct request *r, uint32_t tensor, uint32_t p)
+{
+    struct deferred *d = calloc(1, sizeof(*d));
+
+    if (!d)
+        return ec_seterr(EC_ENOMEM, "deferred read");
+    d->r = r;
+    d->tensor = tensor;
+    d->part = p;
+    r->pending++;
+    *e->deferred_tail = d;
+    e->deferred_tail = &d->next;
+    e->st.deferred++;
+    return 0;
+}
+
+static void retry_deferred(ec_engine *e)
+{
+    struct deferred *d = e->deferred, *next;
+
+    e->deferred = NULL;
+    e->deferred_tail = &e->deferred;
+    for (; d; d = next) {
+        struct tstate *ts;
+        int rc;
+
+        next = d->next;
+        rc = tensor_get(e, d->tensor, &ts);
+        if (rc == 0)
+            rc = want_partition(e, ts, d->part, d->r);
+        if (rc == EC_ENOSPC && e->inflight.len > 0) {
+            /* Still no room: back in the queue, in order. */
+            d->next = NULL;
+            *e->deferred_tail = d;
+            e->deferred_tail = &d->next;
+            continue;
+        }
+        if (rc)
+            result_error(&d->r->res, rc, ec_last_error());
+        request_put(e, d->r);
+        free(d);
+    }
+}
+
 int ec_engine_fault(ec_engine *e, uint64_t owner, uint64_t token, uint32_t tensor,
                     const uint32_t *parts, uint32_t n)
 {
@@ -510,9 +611,6 @@ int ec_engine_fault(ec_engine *e, uint64_t owner, uint64_t token, uint32_t tenso
 
     for (uint32_t i = 0; i < n; i++) {
         uint32_t p = parts[i];
-        uint64_t key = EC_INDEX_KEY(tensor, p), off;
-        struct unit *u;
-        struct job *j;
 
         if (p >= ts->cat.partitions) {
             ec_seterr(EC_ERANGE, "tensor '%s' has %llu partitions; partition %u requested",
@@ -521,45 +619,13 @@ int ec_engine_fault(ec_engine *e, uint64_t owner, uint64_t token, uint32_t tenso
             break;
         }
         e->st.fault_parts++;
-        if ((u = ec_u64map_get(&e->resident, key))) {
-            u->ref = true;
-            continue;
-        }
-        if ((j = ec_u64map_get(&e->inflight, key))) {
-            e->st.coalesced++;
-            if (job_wait(j, r))
-                result_error(&r->res, EC_ENOMEM, ec_last_error());
-            continue;
-        }
-        u = calloc(1, sizeof(*u));
-        if (!u) {
-            result_error(&r->res, EC_ENOMEM, "unit");
-            break;
-        }
-        u->tensor = tensor;
-        u->part = p;
-        u->bytes = page_round(ec_partfile_part_length(&ts->meta, p));
-        u->clock_pos = SIZE_MAX;
-        rc = alloc_evicting(e, u->bytes, &off);
+        rc = want_partition(e, ts, p, r);
+        if (rc == EC_ENOSPC && e->inflight.len > 0)
+            rc = defer_partition(e, r, tensor, p);
         if (rc) {
-            free(u);
             result_error(&r->res, rc, ec_last_error());
             break;
         }
-        u->off = off;
-        j = job_new(e, ts, p, u, off);
-        if (!j || job_wait(j, r)) {
-            if (j) {
-                ec_u64map_del(&e->inflight, key);
-                ts->inflight--;
-                free(j);
-            }
-            ec_extent_release(e->ext, u->off, u->bytes);
-            free(u);
-            result_error(&r->res, EC_ENOMEM, "out of memory queueing a read");
-            break;
-        }
-        submit(e, j);
     }
     request_put(e, r);
     return 0;
@@ -571,6 +637,7 @@ static void job_complete(ec_engine *e, struct job *j)
     struct tstate *ts = j->ts;
     struct unit *u = j->unit;
     uint64_t key = EC_INDEX_KEY(j->tensor, j->part);
+    bool group = u->part == GROUP_PART; /* u may be freed below */
     int rc = j->rc;
 
     ec_u64map_del(&e->inflight, key);
@@ -594,13 +661,14 @@ static void job_complete(ec_engine *e, struct job *j)
         ec_error("%s", j->msg);
     }
 
-    if (u->part != GROUP_PART) {
+    if (!group) {
         if (rc == 0) {
             u->ref = true;
             clock_add(e, u);
         } else {
             ec_extent_release(e->ext, u->off, u->bytes);
             free(u);
+            u = NULL;
         }
     } else {
         if (rc && u->status == 0) {
@@ -618,7 +686,7 @@ static void job_complete(ec_engine *e, struct job *j)
     free(j->waiters);
     free(j);
 
-    if (u->part == GROUP_PART && u->pending == 0) {
+    if (group && u->pending == 0) {
         struct request *w = u->waiters, *next;
         u->waiters = NULL;
         u->loading = false;
@@ -668,6 +736,8 @@ void ec_engine_complete(ec_engine *e)
         next = done->next;
         job_complete(e, done);
     }
+    if (e->deferred)
+        retry_deferred(e);
     gauges(e);
 }
 
@@ -1054,6 +1124,7 @@ int ec_engine_open(const ec_engine_config *cfg, ec_engine_notify_fn notify, void
     e->notify = notify;
     e->notify_arg = notify_arg;
     e->started = time(NULL);
+    e->deferred_tail = &e->deferred;
     snprintf(e->data_dir, sizeof(e->data_dir), "%s", cfg->data_dir);
     pthread_mutex_init(&e->qlock, NULL);
     pthread_cond_init(&e->qcond, NULL);
@@ -1118,6 +1189,10 @@ void ec_engine_close(ec_engine *e)
         free(j->waiters);
         free(j);
     }
+    for (struct deferred *d = e->deferred, *n; d; d = n) {
+        n = d->next;
+        free(d);
+    }
     for (struct job *j = e->dq_head, *n; j; j = n) {
         n = j->next;
         free(j->waiters);
@@ -1140,6 +1215,8 @@ void ec_engine_close(ec_engine *e)
     ec_u64map_free(&e->inflight);
     ec_u64map_free(&e->owners);
     ec_extents_free(e->ext);
+    if (e->seg.base && e->cfg.drop_segment)
+        ec_segment_destroy(&e->seg, e->data_dir);
     if (e->seg.base)
         ec_segment_close(&e->seg);
     ec_catalog_close(e->cat);
@@ -1192,6 +1269,7 @@ int ec_engine_stats(ec_engine *e, int (*cb)(const char *name, uint64_t v, void *
     S("fault_requests", e->st.fault_requests);
     S("fault_partitions", e->st.fault_parts);
     S("fault_coalesced", e->st.coalesced);
+    S("fault_deferred", e->st.deferred);
     S("page_ins", e->st.page_ins);
     S("page_in_bytes", e->st.page_in_bytes);
     S("checksum_failures", e->st.checksum_failures);

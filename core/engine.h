@@ -17,6 +17,7 @@
 #ifndef EC_CORE_ENGINE_H
 #define EC_CORE_ENGINE_H
 
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "common/err.h"
@@ -30,6 +31,7 @@ typedef struct ec_engine_config {
     const char *data_dir;
     uint64_t shm_size;      /* bytes of the segment */
     unsigned io_threads;    /* pager reader threads; 0 for 2 */
+    bool drop_segment;      /* remove the segment on close (no warm restart) */
 } ec_engine_config;
 
 /* The answer to an asynchronous request (FAULT, PIN). */
@@ -51,7 +53,8 @@ typedef void (*ec_engine_notify_fn)(void *arg, uint64_t owner, uint64_t token,
  * pager threads. */
 int ec_engine_open(const ec_engine_config *cfg, ec_engine_notify_fn notify, void *notify_arg,
                    ec_engine **out);
-/* Stop the pager threads and detach. The segment stays for a warm restart. */
+/* Stop the pager threads and detach. The segment stays for a warm restart
+ * unless the config said drop_segment. */
 void ec_engine_close(ec_engine *e);
 
 ec_segment *ec_engine_segment(ec_engine *e);

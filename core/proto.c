@@ -20,6 +20,8 @@
 
 static void put(ec_wbuf *w, const void *p, size_t n)
 {
+    if (n == 0)
+        return; /* p may be NULL (an empty string) */
     if (w->overflow || n > w->cap - w->len) {
         w->overflow = true;
         return;

@@ -27,6 +27,7 @@
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -48,10 +49,12 @@
 #define ID_FIRST_CONN 16
 #define MAX_OUTSTANDING 64
 #define TICK_MS 100
+#define HELLO_TIMEOUT 10
 
 struct conn {
     uint64_t id;
     int fd;
+    time_t accepted;     /* CLOCK_MONOTONIC seconds; HELLO must follow soon */
     pid_t pid;
     uid_t uid;
     bool hello;
@@ -84,6 +87,8 @@ typedef struct server {
     uint8_t buf[EC_MSG_MAX];
     uint8_t out[EC_MSG_MAX];
     struct stat sock_st;
+    int reserve_fd;    /* spent to shed a connection when out of fds */
+    bool warned_emfile;
 
     pthread_t importer;
     bool importer_started;
@@ -115,9 +120,11 @@ static void reply_send(server *s, struct conn *c, size_t len, const int *fds, in
         return;
     }
     rc = ec_msg_send(c->fd, s->out, len, fds, nfds, true);
-    if (rc) {
-        ec_warn("client %llu (pid %d) is not reading its replies or has gone (%s); "
-                "disconnecting it", (unsigned long long)c->id, (int)c->pid, ec_last_error());
+    if (rc == EC_ECONN) {
+        conn_close(s, c); /* it hung up before its answer came */
+    } else if (rc) {
+        ec_warn("client %llu (pid %d) is not reading its replies (%s); disconnecting it",
+                (unsigned long long)c->id, (int)c->pid, ec_last_error());
         s->st.disconnected_slow++;
         conn_close(s, c);
     }
@@ -126,8 +133,11 @@ static void reply_send(server *s, struct conn *c, size_t len, const int *fds, in
 static void reply_error(server *s, struct conn *c, uint16_t op, uint32_t req_id, int code,
                         const char *msg)
 {
-    if (ec_msg_send_error(c->fd, op, req_id, code, msg)) {
-        s->st.disconnected_slow++;
+    int rc = ec_msg_send_error(c->fd, op, req_id, code, msg);
+
+    if (rc) {
+        if (rc != EC_ECONN)
+            s->st.disconnected_slow++;
         conn_close(s, c);
     }
 }
@@ -187,6 +197,30 @@ static void conn_close(server *s, struct conn *c)
     free(c);
 }
 
+static time_t mono_seconds(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec;
+}
+
+/* A connection that has not said HELLO within HELLO_TIMEOUT seconds holds a
+ * client slot for nothing: close it, so idle peers cannot lock others out. */
+static void reap_silent(server *s)
+{
+    time_t now = mono_seconds();
+
+    for (size_t i = 0; i < s->conns.cap; i++) {
+        struct conn *c = s->conns.vals[i];
+        if (s->conns.keys[i] && !c->hello && now - c->accepted >= HELLO_TIMEOUT) {
+            ec_debug("client %llu (pid %d) sent no HELLO in %d s: closing",
+                     (unsigned long long)c->id, (int)c->pid, HELLO_TIMEOUT);
+            conn_close(s, c);
+            i = (size_t)-1; /* the map moved entries: rescan */
+        }
+    }
+}
+
 static bool peer_allowed(const server *s, uid_t uid)
 {
     if (s->cfg->allow_any || uid == 0 || uid == geteuid())
@@ -207,10 +241,34 @@ static void do_accept(server *s)
         int fd = accept4(s->lfd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
 
         if (fd < 0) {
+            if ((errno == EMFILE || errno == ENFILE) && s->reserve_fd >= 0) {
+                /* Out of descriptors: the pending connection would keep the
+                 * listening socket readable and spin the loop. Spend the
+                 * reserve descriptor to accept it and hang up at once. */
+                int shed;
+                close(s->reserve_fd);
+                shed = accept4(s->lfd, NULL, NULL, SOCK_CLOEXEC);
+                if (shed >= 0)
+                    close(shed);
+                s->reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+                if (!s->warned_emfile) {
+                    ec_warn("out of file descriptors (%u clients): refusing new "
+                            "connections until some close; raise the limit (ulimit -n)",
+                            (unsigned)s->conns.len);
+                    s->warned_emfile = true;
+                }
+                /* EMFILE comes before the queue is looked at: stop when the
+                 * shed found nobody waiting. */
+                if (shed < 0)
+                    return;
+                s->st.rejected++;
+                continue;
+            }
             if (errno != EAGAIN && errno != EINTR)
                 ec_warn("accept: %s", strerror(errno));
             return;
         }
+        s->warned_emfile = false;
         if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &cl) < 0 ||
             s->conns.len >= (s->cfg->max_clients ? s->cfg->max_clients : 1024)) {
             close(fd);
@@ -224,6 +282,7 @@ static void do_accept(server *s)
         }
         c->id = s->next_id++;
         c->fd = fd;
+        c->accepted = mono_seconds();
         c->pid = cred.pid;
         c->uid = cred.uid;
         ev.data.u64 = c->id;
@@ -709,8 +768,7 @@ static void imports_done(server *s)
         next = j->next;
         if (j->rc) {
             s->st.import_failures++;
-            ec_warn("import of %s version %lld failed: %s", j->model,
-                    (long long)j->opts.version, j->msg);
+            ec_warn("%s", j->msg);
         } else {
             s->st.imports++;
             ec_info("imported %s version %lld: %u tensor(s)", j->model,
@@ -740,17 +798,28 @@ static void conn_readable(server *s, struct conn *c)
     int fds[EC_MSG_MAX_FDS], nfds = 0, rc;
     ec_msg_hdr h;
     ec_rbuf body;
-    ssize_t n = ec_msg_recv(c->fd, s->buf, sizeof(s->buf), fds, &nfds, EC_MSG_MAX_FDS);
+    ssize_t n;
 
+    /* s->buf is shared by all connections: clear the header so a truncated
+     * message can never be answered with another request's op and id. */
+    memset(s->buf, 0, EC_MSG_HDR);
+    n = ec_msg_recv(c->fd, s->buf, sizeof(s->buf), fds, &nfds, EC_MSG_MAX_FDS);
     if (n == 0) {
         conn_close(s, c);
         return;
     }
     if (n == EC_ETOOBIG) {
-        /* The excess was discarded; answer on the header we did get. */
+        /* The excess was discarded. An embcache header gets an answer and
+         * the connection stays; anything else is hung up on. */
         memcpy(&h, s->buf, sizeof(h));
         s->st.protocol_errors++;
-        reply_error(s, c, h.op, h.req_id, EC_ETOOBIG, ec_last_error());
+        if (h.magic == EC_PROTO_MAGIC && h.version == EC_PROTO_VERSION && c->hello) {
+            reply_error(s, c, h.op, h.req_id, EC_ETOOBIG, ec_last_error());
+        } else {
+            ec_msg_send_error(c->fd, 0, 0, EC_EPROTO, "oversized message that is not an "
+                                                      "embcache request");
+            conn_close(s, c);
+        }
         return;
     }
     if (n < 0) {
@@ -864,6 +933,17 @@ static int listen_socket(server *s)
     return 0;
 }
 
+/* Clients cost a descriptor each: take the hard limit, not the soft one. */
+static void raise_fd_limit(void)
+{
+    struct rlimit rl;
+
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &rl);
+    }
+}
+
 static int watch(server *s, int fd, uint64_t id)
 {
     struct epoll_event ev = {.events = EPOLLIN, .data.u64 = id};
@@ -890,7 +970,8 @@ int ec_server_run(const ec_server_config *cfg)
 {
     server *s = calloc(1, sizeof(*s));
     ec_engine_config ecfg = {.data_dir = cfg->data_dir, .shm_size = cfg->shm_size,
-                             .io_threads = cfg->io_threads};
+                             .io_threads = cfg->io_threads,
+                             .drop_segment = cfg->drop_segment};
     sigset_t mask;
     char catpath[4200];
     int rc;
@@ -901,6 +982,8 @@ int ec_server_run(const ec_server_config *cfg)
         return ec_seterr(EC_ENOMEM, "server");
     s->cfg = cfg;
     s->ep = s->lfd = s->sfd = s->ifd = -1;
+    s->reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+    raise_fd_limit();
     s->next_id = ID_FIRST_CONN;
     pthread_mutex_init(&s->ilock, NULL);
     pthread_cond_init(&s->icond, NULL);
@@ -911,15 +994,17 @@ int ec_server_run(const ec_server_config *cfg)
     pthread_sigmask(SIG_BLOCK, &mask, NULL);
     signal(SIGPIPE, SIG_IGN);
 
+    /* The socket first: a daemon refused because another one listens there
+     * must not have created a segment or touched a data dir. */
+    mkdir_parent(cfg->socket_path);
+    rc = listen_socket(s);
+    if (rc)
+        goto out;
     rc = ec_engine_open(&ecfg, engine_notify, s, &s->engine);
     if (rc)
         goto out;
     snprintf(catpath, sizeof(catpath), "%s/%s", cfg->data_dir, EC_CATALOG_FILE);
     rc = ec_catalog_open(catpath, &s->icat);
-    if (rc)
-        goto out;
-    mkdir_parent(cfg->socket_path);
-    rc = listen_socket(s);
     if (rc)
         goto out;
     s->ep = epoll_create1(EPOLL_CLOEXEC);
@@ -982,6 +1067,7 @@ int ec_server_run(const ec_server_config *cfg)
         if ((now.tv_sec - last_tick.tv_sec) * 1000 + (now.tv_nsec - last_tick.tv_nsec) / 1000000 >=
             TICK_MS) {
             drain_rings(s);
+            reap_silent(s);
             last_tick = now;
         }
     }
@@ -1030,6 +1116,8 @@ out:
         close(s->sfd);
     if (s->ifd >= 0)
         close(s->ifd);
+    if (s->reserve_fd >= 0)
+        close(s->reserve_fd);
     pthread_mutex_destroy(&s->ilock);
     pthread_cond_destroy(&s->icond);
     free(s);

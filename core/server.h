@@ -26,6 +26,7 @@ typedef struct ec_server_config {
     size_t n_allow_uids;
     bool allow_any;                        /* every local user may connect */
     unsigned max_clients;                  /* 0 for 1024 */
+    bool drop_segment;                     /* remove the segment at exit */
 } ec_server_config;
 
 /* Run until SIGTERM or SIGINT. Returns 0 after a clean shutdown, or a

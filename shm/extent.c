@@ -412,7 +412,7 @@ static int check_range(const ec_extents *ex, const char *what, uint64_t off, uin
 
 int ec_extent_release(ec_extents *ex, uint64_t off, uint64_t bytes)
 {
-    uint64_t a, b;
+    uint64_t a = 0, b = 0;
     int rc;
 
     if ((rc = check_range(ex, "ec_extent_release", off, bytes, &a, &b)) < 0)
@@ -433,7 +433,7 @@ int ec_extent_release(ec_extents *ex, uint64_t off, uint64_t bytes)
 
 int ec_extent_reserve(ec_extents *ex, uint64_t off, uint64_t bytes)
 {
-    uint64_t a, b;
+    uint64_t a = 0, b = 0;
     int rc;
 
     if ((rc = check_range(ex, "ec_extent_reserve", off, bytes, &a, &b)) < 0)

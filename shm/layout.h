@@ -123,9 +123,10 @@ typedef struct ec_session_page {
     _Atomic uint64_t faults;   /* fault requests sent */
     uint8_t reserved1[16];
 
-    /* Access ring: the client stores EC_INDEX_KEY(tensor, part) of the
-     * partitions it touched at ring[head % ring_slots], then bumps head
-     * (release). The daemon keeps its own tail. */
+    /* Access ring: a client thread claims slot head % ring_slots by bumping
+     * head, then stores EC_INDEX_KEY(tensor, part) of the partition it
+     * touched there. The daemon keeps its own tail and treats entries as
+     * hints (a slot may be read before it is filled). */
     _Atomic uint64_t ring_head;
     uint8_t reserved2[56];
     _Atomic uint64_t ring[EC_SESSION_RING];

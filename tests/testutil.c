@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -32,11 +33,23 @@ char *ect_tmpdir(const char *prefix)
     return path;
 }
 
+/* Remove one entry; a daemon's segment record ("segment" in a data
+ * directory) also takes its shared-memory segment with it, or every test run
+ * would leave memory behind in /dev/shm. */
 static int rm_one(const char *p, const struct stat *sb, int flag, struct FTW *ftw)
 {
     (void)sb;
-    (void)flag;
-    (void)ftw;
+    if (flag == FTW_F && !strcmp(p + ftw->base, "segment")) {
+        char name[128] = "/";
+        FILE *f = fopen(p, "r");
+        if (f) {
+            if (fgets(name + 1, sizeof(name) - 1, f)) {
+                name[strcspn(name, "\n")] = '\0';
+                shm_unlink(name[1] == '/' ? name + 1 : name);
+            }
+            fclose(f);
+        }
+    }
     return remove(p);
 }
 

@@ -19,7 +19,10 @@ sock="$data/embcached.sock"
 if [ "${#sock}" -ge 100 ]; then sock="/tmp/embcache-demo-$(id -u).sock"; fi
 export EMBCACHE_SOCKET="$sock"
 
-build/embcached --data-dir "$data" --socket "$sock" --shm-size 256M 2>"$data/embcached.log" &
+# --drop-segment: the demo gives its 256 MiB of shared memory back when it
+# ends (a real deployment keeps the segment for a warm restart).
+build/embcached --data-dir "$data" --socket "$sock" --shm-size 256M --drop-segment \
+  2>"$data/embcached.log" &
 daemon=$!
 trap 'kill -TERM $daemon 2>/dev/null; wait $daemon 2>/dev/null || true' EXIT
 for _ in $(seq 100); do

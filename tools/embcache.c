@@ -214,7 +214,7 @@ static int ls_cb(const ec_version_info *v, const ec_tensor_listing *t, void *arg
 
     if (x->json) {
         if (!t) {
-            printf("%s\n  {\"model\": ", x->first_version ? "" : "]},");
+            printf("%s\n  {\"model\": ", x->first_version ? "[" : "]},");
             json_str(v->model);
             printf(", \"version\": %" PRId64 ", \"round\": ", v->version);
             if (v->round < 0)
@@ -307,11 +307,11 @@ static int cmd_ls(int argc, char **argv)
     }
     if ((rc = connect_or_fail(&c)))
         return rc;
-    if (x.json)
-        printf("[");
+    /* JSON opens its bracket with the first record, so a failed listing
+     * prints nothing that looks like an empty one. */
     rc = ec_catalog_list(c, optind < argc ? argv[optind] : NULL, ls_cb, &x);
-    if (x.json)
-        printf("%s]\n", x.first_version ? "" : "]}\n");
+    if (x.json && rc == 0)
+        printf("%s]\n", x.first_version ? "[" : "]}\n");
     else if (rc == 0 && x.versions == 0)
         printf("no models imported yet: 'embcache import --help' shows how\n");
     ec_client_close(c);
@@ -568,19 +568,29 @@ int main(int argc, char **argv)
         case 's': socket_path = optarg; break;
         case 'h': usage(stdout); return EXIT_OK;
         case 'V': printf("embcache %s\n", ec_version()); return EXIT_OK;
-        default: usage(stderr); return EXIT_USAGE;
+        default:
+            fprintf(stderr, "embcache: try 'embcache --help'\n");
+            return EXIT_USAGE;
         }
     }
     if (optind >= argc) {
-        usage(stderr);
+        fprintf(stderr, "embcache: missing command (import, ls, alias, get, stats); try "
+                        "'embcache --help'\n");
         return EXIT_USAGE;
     }
     for (size_t i = 0; i < sizeof(cmds) / sizeof(cmds[0]); i++) {
+        static char prog[32];
         if (strcmp(argv[optind], cmds[i].name))
             continue;
         argv += optind;
         argc -= optind;
-        optind = 1; /* restart getopt on the subcommand's arguments */
+        /* getopt's own messages name the subcommand. */
+        snprintf(prog, sizeof(prog), "embcache %s", cmds[i].name);
+        argv[0] = prog;
+        /* 0, not 1: glibc re-reads the option string only then, so the
+         * subcommand's options may follow its arguments ("get ... --raw")
+         * instead of inheriting the "+" (stop at the first argument) above. */
+        optind = 0;
         return cmds[i].fn(argc, argv);
     }
     fprintf(stderr, "embcache: unknown command '%s' (commands: import, ls, alias, get, "

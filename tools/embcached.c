@@ -37,6 +37,8 @@ static void usage(FILE *f)
             "  -j, --io-threads N     partition reader threads (default 2)\n"
             "      --allow-uid UID    also accept clients of this uid (repeatable)\n"
             "      --allow-any        accept clients of every local user\n"
+            "      --drop-segment     remove the shared segment at exit (by default it is\n"
+            "                         kept, and a restarted daemon serves it warm)\n"
             "  -v, --verbose          log more (repeat for debug)\n"
             "  -q, --quiet            log errors only\n"
             "  -h, --help             show this help\n"
@@ -80,6 +82,7 @@ int main(int argc, char **argv)
         {"io-threads", required_argument, NULL, 'j'},
         {"allow-uid", required_argument, NULL, 'U'},
         {"allow-any", no_argument, NULL, 'A'},
+        {"drop-segment", no_argument, NULL, 'D'},
         {"verbose", no_argument, NULL, 'v'},
         {"quiet", no_argument, NULL, 'q'},
         {"help", no_argument, NULL, 'h'},
@@ -124,6 +127,7 @@ int main(int argc, char **argv)
             break;
         }
         case 'A': cfg.allow_any = true; break;
+        case 'D': cfg.drop_segment = true; break;
         case 'v': level = level < EC_LOG_DEBUG ? level + 1 : level; break;
         case 'q': level = EC_LOG_ERROR; break;
         case 'h': usage(stdout); return 0;
