@@ -744,6 +744,36 @@ int ec_model_alias(ec_client *c, const char *model, const char *alias, int64_t v
     return rc;
 }
 
+int ec_model_find(ec_client *c, const char *model, int64_t round, const char *params_json,
+                  int64_t *version_out)
+{
+    ec_wbuf w;
+    ec_rbuf r;
+    uint32_t req;
+    int64_t v = 0;
+    int rc;
+
+    if (!c || !model || !version_out)
+        return ec_seterr(EC_EINVAL, "ec_model_find: NULL argument");
+    if (params_json && strlen(params_json) > EC_PARAMS_MAX)
+        return ec_seterr(EC_ETOOBIG, "params JSON is longer than %u bytes", EC_PARAMS_MAX);
+    pthread_mutex_lock(&c->lock);
+    req = begin(c, &w, EC_OP_FIND);
+    ec_put_str(&w, model);
+    ec_put_i64(&w, round);
+    ec_put_str(&w, params_json);
+    rc = rpc(c, &w, req, NULL, 0, &r, NULL, NULL, 0);
+    if (rc == 0) {
+        v = ec_get_i64(&r);
+        if (!ec_rbuf_done(&r))
+            rc = ec_seterr(EC_EPROTO, "malformed FIND reply");
+    }
+    pthread_mutex_unlock(&c->lock);
+    if (rc == 0)
+        *version_out = v;
+    return rc;
+}
+
 /* Parse one LIST reply page and call cb; returns cb's value, 0, or an error. */
 static int list_page(ec_rbuf *r, uint32_t n, ec_list_cb cb, void *arg,
                      ec_version_info *cur, char *model, char *params, char *aliases)

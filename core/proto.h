@@ -24,6 +24,7 @@
  *   STATS     (empty)                                u32 n, n x (str name, u64 value)
  *   LIST      str model, u32 vcursor, u32 tcursor    u32 vnext, u32 tnext, u32 n, records
  *   ALIAS     str model, str alias, i64 version      (empty)
+ *   FIND      str model, i64 round, str params       i64 version
  *   IMPORT    str model, i64 version, i64 round,     u32 tensors
  *             str params, u64 partition_bytes,
  *             u32 n, n x str filename + fds[n]
@@ -59,7 +60,8 @@ enum ec_op {
     EC_OP_LIST = 7,
     EC_OP_ALIAS = 8,
     EC_OP_IMPORT = 9,
-    EC_OP_MAX_ = 10,
+    EC_OP_FIND = 10,
+    EC_OP_MAX_ = 11,
 };
 #define EC_OP_REPLY 0x8000u
 

@@ -666,6 +666,29 @@ static int h_alias(server *s, struct conn *c, ec_rbuf *r, uint32_t req_id)
     return 0;
 }
 
+static int h_find(server *s, struct conn *c, ec_rbuf *r, uint32_t req_id)
+{
+    char model[EC_NAME_MAX + 1];
+    static char params[EC_PARAMS_MAX + 1];
+    int64_t round, version;
+    ec_wbuf w;
+    int rc;
+
+    ec_get_str(r, model, sizeof(model));
+    round = ec_get_i64(r);
+    ec_get_str(r, params, sizeof(params));
+    if (!ec_rbuf_done(r))
+        return bad_body(EC_OP_FIND);
+    rc = ec_catalog_find(ec_engine_catalog(s->engine), model, round,
+                         params[0] ? params : NULL, &version);
+    if (rc)
+        return rc;
+    ec_msg_begin(&w, s->out, sizeof(s->out), EC_OP_FIND | EC_OP_REPLY, req_id, 0);
+    ec_put_i64(&w, version);
+    reply_send(s, c, ec_msg_end(&w), NULL, 0);
+    return 0;
+}
+
 static int h_import(server *s, struct conn *c, ec_rbuf *r, uint32_t req_id, int *fds,
                     int *nfds)
 {
@@ -853,6 +876,7 @@ static void conn_readable(server *s, struct conn *c)
         case EC_OP_STATS: rc = h_stats(s, c, &body, h.req_id); break;
         case EC_OP_LIST: rc = h_list(s, c, &body, h.req_id); break;
         case EC_OP_ALIAS: rc = h_alias(s, c, &body, h.req_id); break;
+        case EC_OP_FIND: rc = h_find(s, c, &body, h.req_id); break;
         case EC_OP_IMPORT: rc = h_import(s, c, &body, h.req_id, fds, &nfds); break;
         default:
             rc = ec_seterr(EC_EPROTO, "unknown op %u: this embcached speaks ops 1..%d",

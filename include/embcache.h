@@ -296,6 +296,17 @@ EC_API int ec_model_alias(ec_client *c, const char *model, const char *alias,
                           int64_t version);
 
 /**
+ * Find the newest version of model trained at `round` whose params equal
+ * params_json (compared as JSON: whitespace and key order do not matter;
+ * NULL matches any params), as a model index lookup does.
+ * @param[out] version_out  the version found
+ * @return 0, or EC_EINVAL, EC_ENOENT (no such model or no version matches),
+ *         EC_ECONN, EC_EPROTO.
+ */
+EC_API int ec_model_find(ec_client *c, const char *model, int64_t round,
+                         const char *params_json, int64_t *version_out);
+
+/**
  * List model versions (of one model, or of all when model is NULL) and
  * their tensors, in (model, version) order.
  * @return 0, the callback's non-zero value, or EC_ECONN, EC_EPROTO.
@@ -305,6 +316,8 @@ EC_API int ec_catalog_list(ec_client *c, const char *model, ec_list_cb cb, void 
 /**
  * Read the daemon's statistics (name, value pairs: segment bytes, resident
  * partitions, hits, misses, page-ins, checksum failures, clients, ...).
+ * The callback runs while the client's request lock is held: it must not
+ * call into the same client.
  * @return 0, the callback's non-zero value, or EC_ECONN, EC_EPROTO.
  */
 EC_API int ec_client_stats(ec_client *c, ec_stat_cb cb, void *arg);

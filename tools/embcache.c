@@ -43,6 +43,7 @@ static void usage(FILE *f)
             "  alias MODEL ALIAS VERSION                   point ALIAS at a version\n"
             "  get MODEL VERSION|ALIAS TENSOR ROW... [--raw]  print rows\n"
             "  stats [--json]                              daemon statistics\n"
+            "  find MODEL --round R [--params JSON]        version trained at round R\n"
             "\n"
             "Every command takes --help. The socket is --socket, else $EMBCACHE_SOCKET,\n"
             "else the daemon's default.\n"
@@ -357,6 +358,55 @@ static int cmd_alias(int argc, char **argv)
 
 /* ------------------------------------------------------------------ */
 
+static int cmd_find(int argc, char **argv)
+{
+    static const struct option o[] = {
+        {"round", required_argument, NULL, 'r'},
+        {"params", required_argument, NULL, 'p'},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    const char *params = NULL;
+    int64_t round = -1, version;
+    bool have_round = false;
+    ec_client *c;
+    int ch, rc;
+
+    while ((ch = getopt_long(argc, argv, "r:p:h", o, NULL)) != -1) {
+        switch (ch) {
+        case 'r':
+            if (parse_i64(optarg, &round) || round < 0) {
+                fprintf(stderr, "embcache find: --round '%s' must be an integer >= 0\n",
+                        optarg);
+                return EXIT_USAGE;
+            }
+            have_round = true;
+            break;
+        case 'p': params = optarg; break;
+        case 'h':
+            printf("usage: embcache find MODEL --round R [--params JSON]\n"
+                   "Print the newest version of MODEL trained at round R (and with these\n"
+                   "params, compared as JSON), as a model index lookup does.\n");
+            return EXIT_OK;
+        default: return EXIT_USAGE;
+        }
+    }
+    if (argc - optind != 1 || !have_round) {
+        fprintf(stderr, "embcache find: needs MODEL and --round R\n");
+        return EXIT_USAGE;
+    }
+    if ((rc = connect_or_fail(&c)))
+        return rc;
+    rc = ec_model_find(c, argv[optind], round, params, &version);
+    ec_client_close(c);
+    if (rc)
+        return fail(rc);
+    printf("%" PRId64 "\n", version);
+    return EXIT_OK;
+}
+
+/* ------------------------------------------------------------------ */
+
 static float half_to_float(uint16_t h)
 {
     uint32_t sign = (uint32_t)(h >> 15) << 31, exp = (h >> 10) & 0x1f, man = h & 0x3ff, bits;
@@ -559,7 +609,7 @@ int main(int argc, char **argv)
         int (*fn)(int, char **);
     } cmds[] = {
         {"import", cmd_import}, {"ls", cmd_ls}, {"alias", cmd_alias},
-        {"get", cmd_get},       {"stats", cmd_stats},
+        {"get", cmd_get},       {"stats", cmd_stats}, {"find", cmd_find},
     };
     int ch;
 
@@ -574,7 +624,7 @@ int main(int argc, char **argv)
         }
     }
     if (optind >= argc) {
-        fprintf(stderr, "embcache: missing command (import, ls, alias, get, stats); try "
+        fprintf(stderr, "embcache: missing command (import, ls, alias, get, stats, find); try "
                         "'embcache --help'\n");
         return EXIT_USAGE;
     }
@@ -594,6 +644,6 @@ int main(int argc, char **argv)
         return cmds[i].fn(argc, argv);
     }
     fprintf(stderr, "embcache: unknown command '%s' (commands: import, ls, alias, get, "
-                    "stats)\n", argv[optind]);
+                    "stats, find)\n", argv[optind]);
     return EXIT_USAGE;
 }

@@ -127,6 +127,14 @@ static ec_client *connect_ok(void)
     return c;
 }
 
+static ec_client *connect_ok_at(const char *path)
+{
+    ec_client *c = NULL;
+    if (ec_client_connect(path, &c))
+        fail_msg("connect to %s: %s", path, ec_last_error());
+    return c;
+}
+
 static void import_all(ec_client *c, const char *model, int64_t version)
 {
     char a[512], b[512], d[512];
@@ -613,6 +621,90 @@ static void test_eviction_under_a_small_segment(void **state)
     free(src);
 }
 
+static void test_find_by_round_and_params(void **state)
+{
+    ec_client *c = connect_ok();
+    int64_t v = 0;
+    char *out = NULL;
+    const char *argv[] = {EC_TEST_CLI, "--socket", sock, "find", "m", "--round", "1",
+                          "--params", "{\"lr\":0.01}", NULL};
+
+    (void)state;
+    /* Versions 1 and 2 of m were both trained at round 1 with lr 0.01. */
+    assert_int_equal(ec_model_find(c, "m", 1, "{ \"lr\" : 0.01 }", &v), 0);
+    assert_int_equal(v, 2);
+    assert_int_equal(ec_model_find(c, "m", 1, NULL, &v), 0);
+    assert_int_equal(v, 2);
+    assert_int_equal(ec_model_find(c, "m", 7, NULL, &v), EC_ENOENT);
+    assert_int_equal(ec_model_find(c, "m", 1, "{\"lr\": 0.02}", &v), EC_ENOENT);
+    assert_int_equal(ec_model_find(c, "nobody", 1, NULL, &v), EC_ENOENT);
+    assert_int_equal(ect_run(argv, &out, NULL, NULL), 0);
+    assert_string_equal(out, "2\n");
+    free(out);
+    ec_client_close(c);
+}
+
+/* The segment outlives the daemon: resident rows keep being served while it
+ * is down, a restarted daemon re-validates and keeps them, and clients of
+ * the old daemon are told to reconnect instead of reading on. */
+static void test_warm_restart(void **state)
+{
+    char dd[512], ws[200], a[512];
+    const char *paths[] = {a};
+    ec_import_opts o = {.model = "w", .version = 1, .round = -1, .partition_bytes = 1024};
+    ec_client *old_c, *c;
+    ec_tensor *t;
+    int64_t ids[1001];
+    static uint8_t buf[1001 * 96];
+    uint64_t g1, parts;
+    pid_t d;
+    int status;
+
+    (void)state;
+    path_of(dd, sizeof(dd), "warm");
+    snprintf(ws, sizeof(ws), "%s/w.sock", dir);
+    path_of(a, sizeof(a), "emb.npy");
+    for (int i = 0; i < 1001; i++)
+        ids[i] = i;
+    d = ect_daemon_start(dd, ws, NULL);
+    assert_int_equal(ec_client_connect(ws, &old_c), 0);
+    assert_int_equal(ec_model_import(old_c, &o, paths, 1, NULL), 0);
+    assert_int_equal(ec_tensor_resolve(old_c, "w", "1", "emb", &t), 0);
+    assert_int_equal(ec_tensor_gather(t, ids, 1001, buf, sizeof(buf)), 0);
+    g1 = ec_client_generation(old_c);
+    status = ect_daemon_stop(d);
+    assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+
+    /* No daemon: resident rows are still served, from shared memory. */
+    memset(buf, 0, sizeof(buf));
+    assert_int_equal(ec_tensor_gather(t, ids, 1001, buf, sizeof(buf)), 0);
+    assert_memory_equal(buf, srcs[0].data, sizeof(buf));
+
+    d = ect_daemon_start(dd, ws, NULL);
+    assert_int_equal(ec_tensor_gather(t, ids, 1, buf, sizeof(buf)), EC_ESTALE);
+    assert_non_null(strstr(ec_last_error(), "connect again"));
+    ec_tensor_release(t);
+    ec_client_close(old_c);
+
+    c = connect_ok_at(ws);
+    assert_int_equal(ec_client_generation(c), g1 + 1);
+    assert_int_equal(ec_tensor_resolve(c, "w", "1", "emb", &t), 0);
+    {
+        ec_tensor_info info;
+        ec_tensor_info_get(t, &info);
+        parts = info.partitions;
+    }
+    assert_int_equal(stat_of(c, "restart_kept_partitions"), parts);
+    memset(buf, 0, sizeof(buf));
+    assert_int_equal(ec_tensor_gather(t, ids, 1001, buf, sizeof(buf)), 0);
+    assert_memory_equal(buf, srcs[0].data, sizeof(buf));
+    assert_int_equal(stat_of(c, "page_ins"), 0); /* all of it served warm */
+    ec_tensor_release(t);
+    ec_client_close(c);
+    status = ect_daemon_stop(d);
+    assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -620,6 +712,8 @@ int main(void)
         cmocka_unit_test(test_two_clients_one_killed),
         cmocka_unit_test(test_errors_name_what_is_wrong),
         cmocka_unit_test(test_alias_switch_is_atomic_for_handles),
+        cmocka_unit_test(test_find_by_round_and_params),
+        cmocka_unit_test(test_warm_restart),
         cmocka_unit_test(test_single_flight),
         cmocka_unit_test(test_corrupt_partition_never_served),
         cmocka_unit_test(test_eviction_under_a_small_segment),
