@@ -94,6 +94,20 @@ int ec_adderr(int code, const char *fmt, ...)
     return code;
 }
 
+const char *ec_printable(const char *s, size_t len, char *out, size_t out_len)
+{
+    size_t i, n = len < out_len - 4 ? len : out_len - 4;
+
+    for (i = 0; i < n; i++)
+        out[i] = (s[i] >= 0x20 && s[i] < 0x7f) ? s[i] : '?';
+    if (n < len) {
+        memcpy(out + n, "...", 3);
+        n += 3;
+    }
+    out[n] = '\0';
+    return out;
+}
+
 void ec_clearerr(void)
 {
     tls_msg[0] = '\0';

@@ -27,6 +27,11 @@ int ec_seterr_errno(int code, int errnum, const char *fmt, ...)
 /* Prefix the current message with more context: "ctx: old message". */
 int ec_adderr(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
+/* Copy untrusted text into out for an error message: at most out_len - 4
+ * bytes, anything but printable ASCII replaced by '?', "..." when cut.
+ * Returns out. */
+const char *ec_printable(const char *s, size_t len, char *out, size_t out_len);
+
 /* Forget the current message. */
 void ec_clearerr(void);
 

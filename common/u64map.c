@@ -5,16 +5,12 @@
 
 #include <stdlib.h>
 
+#include "common/hash.h"
 #include "embcache.h"
 
 static size_t slot_of(uint64_t key, size_t mask)
 {
-    key ^= key >> 33;
-    key *= 0xff51afd7ed558ccdULL;
-    key ^= key >> 33;
-    key *= 0xc4ceb9fe1a85ec53ULL;
-    key ^= key >> 33;
-    return (size_t)key & mask;
+    return (size_t)ec_mix64(key) & mask;
 }
 
 void *ec_u64map_get(const ec_u64map *m, uint64_t key)

@@ -42,21 +42,6 @@ void ec_tf_list_clear(ec_tf_list *l)
     l->n = 0;
 }
 
-/* Copy at most 40 bytes of untrusted text into out, replacing anything
- * that is not printable ASCII by '?', for an error message. */
-static const char *printable(const char *s, size_t len, char *out, size_t out_len)
-{
-    size_t i, n = len < out_len - 4 ? len : out_len - 4;
-
-    for (i = 0; i < n; i++)
-        out[i] = (s[i] >= 0x20 && s[i] < 0x7f) ? s[i] : '?';
-    if (n < len) {
-        memcpy(out + n, "...", 3);
-        n += 3;
-    }
-    out[n] = '\0';
-    return out;
-}
 
 /* ------------------------------------------------------------------ */
 /* Tokenizer over the header dict                                      */
@@ -85,7 +70,7 @@ static int lex_err(const struct lexer *lx, const char *what)
     return ec_seterr(EC_EFORMAT,
                      "npy header: %s at byte %zu of the header dict (near \"%s\"); the "
                      "file is not a valid .npy: save it again with numpy.save",
-                     what, lx->pos, printable(lx->s + lx->pos, rest, buf, sizeof(buf)));
+                     what, lx->pos, ec_printable(lx->s + lx->pos, rest, buf, sizeof(buf)));
 }
 
 static void skip_ws(struct lexer *lx)
@@ -228,7 +213,7 @@ static int parse_descr(const char *s, size_t len, struct npy_header *h)
             if (order == '|' && map[i].size != '1')
                 return ec_seterr(EC_EFORMAT, "npy header: descr '%s' gives no byte order "
                                  "for a multi-byte type",
-                                 printable(s, len, buf, sizeof(buf)));
+                                 ec_printable(s, len, buf, sizeof(buf)));
             h->dtype = map[i].dtype;
             /* '=' is native order, and this build only runs little-endian. */
             h->byteswap = order == '>' && map[i].size != '1';
@@ -238,10 +223,10 @@ static int parse_descr(const char *s, size_t len, struct npy_header *h)
     if (len == 3 && s[1] == 'b' && s[2] == '1')
         return ec_seterr(EC_EDTYPE, "npy dtype '%s' (bool) is not supported; convert the "
                          "array with .astype(numpy.uint8) before saving",
-                         printable(s, len, buf, sizeof(buf)));
+                         ec_printable(s, len, buf, sizeof(buf)));
     return ec_seterr(EC_EDTYPE, "npy dtype '%s' is not supported; embcache takes float16, "
                      "float32, float64, int8, uint8, int32 and int64 (convert with .astype)",
-                     printable(s, len, buf, sizeof(buf)));
+                     ec_printable(s, len, buf, sizeof(buf)));
 }
 
 static int parse_shape(struct lexer *lx, struct npy_header *h)
@@ -341,7 +326,7 @@ static int parse_header(const char *s, size_t len, struct npy_header *h)
             char buf[48];
             return ec_seterr(EC_EFORMAT, "npy header: unexpected key '%s'; a .npy header "
                              "holds only 'descr', 'fortran_order' and 'shape'",
-                             printable(t.text, t.text_len, buf, sizeof(buf)));
+                             ec_printable(t.text, t.text_len, buf, sizeof(buf)));
         }
         rc = lex_next(&lx, &t);
         if (rc < 0)

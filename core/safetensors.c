@@ -34,21 +34,6 @@
 
 #define ST_PREFIX 8u
 
-/* Copy at most ~40 bytes of untrusted text for an error message. */
-static const char *printable(const char *s, size_t len, char *out, size_t out_len)
-{
-    size_t i, n = len < out_len - 4 ? len : out_len - 4;
-
-    for (i = 0; i < n; i++)
-        out[i] = (s[i] >= 0x20 && s[i] < 0x7f) ? s[i] : '?';
-    if (n < len) {
-        memcpy(out + n, "...", 3);
-        n += 3;
-    }
-    out[n] = '\0';
-    return out;
-}
-
 /* Strict UTF-8 (no overlongs, no surrogates, <= U+10FFFF). */
 static int utf8_valid(const unsigned char *s, size_t len, size_t *bad)
 {
@@ -248,7 +233,7 @@ static int parse_tensor(struct st_parser *ps, const char *name, const char *json
         } else {
             rc = ec_seterr(EC_EFORMAT, "safetensors: tensor '%s' has an unexpected field "
                            "'%s' (expected dtype, shape, data_offsets)", name,
-                           printable(key, kl, kbuf, sizeof(kbuf)));
+                           ec_printable(key, kl, kbuf, sizeof(kbuf)));
             goto out;
         }
     }
@@ -270,7 +255,7 @@ static int parse_tensor(struct st_parser *ps, const char *name, const char *json
         rc = ec_seterr(EC_EDTYPE, "safetensors: tensor '%s' has dtype '%s', which embcache "
                        "does not support (F32 F16 BF16 F64 I8 U8 I32 I64); convert it "
                        "before saving", name,
-                       printable(dtype_copy, strlen(dtype_copy), dbuf, sizeof(dbuf)));
+                       ec_printable(dtype_copy, strlen(dtype_copy), dbuf, sizeof(dbuf)));
         goto out;
     }
     rc = read_uint_array(ps, shape_json, shape_len, name, "shape", t->shape, EC_MAX_DIMS,
@@ -497,13 +482,13 @@ static int parse_header(const char *hdr, size_t hl, uint64_t file_len, ec_tf_lis
         }
         if (kl == 0 || kl > EC_NAME_MAX) {
             rc = ec_seterr(EC_EINVAL, "safetensors: tensor name '%s' is %zu bytes; names are "
-                           "1..%d bytes", printable(key, kl, kbuf, sizeof(kbuf)), kl,
+                           "1..%d bytes", ec_printable(key, kl, kbuf, sizeof(kbuf)), kl,
                            EC_NAME_MAX);
             goto out;
         }
         if (strcmp(type, "object") != 0) {
             rc = ec_seterr(EC_EFORMAT, "safetensors: tensor '%s' must be an object, found %s",
-                           printable(key, kl, kbuf, sizeof(kbuf)), type);
+                           ec_printable(key, kl, kbuf, sizeof(kbuf)), type);
             goto out;
         }
         if (n >= EC_TF_MAX_TENSORS) {

@@ -28,6 +28,7 @@
 #include <string.h>
 
 #include "common/err.h"
+#include "common/hash.h"
 
 /* The load factor is kept below 9/10. */
 #define EC_INDEX_MAX_LOAD_NUM 9u
@@ -49,17 +50,6 @@ static inline void cpu_relax(void)
 #endif
 }
 
-/* murmur3 fmix64: a full-avalanche 64-bit mix. Keys differ mostly in their
- * low partition bits and their high tensor bits; both must spread. */
-static inline uint64_t key_hash(uint64_t k)
-{
-    k ^= k >> 33;
-    k *= 0xff51afd7ed558ccdULL;
-    k ^= k >> 33;
-    k *= 0xc4ceb9fe1a85ec53ULL;
-    k ^= k >> 33;
-    return k;
-}
 
 /* One consistent snapshot of an entry. */
 typedef struct snap {
@@ -102,7 +92,7 @@ int ec_index_lookup(const ec_segment *seg, uint32_t tensor, uint32_t part, ec_in
     if (!seg || !seg->index || !ref || tensor == 0)
         return 0;
     mask = seg->index_mask;
-    i = key_hash(key) & mask;
+    i = ec_mix64(key) & mask;
     for (uint64_t probes = 0; probes <= mask; probes++, i = (i + 1) & mask) {
         const ec_index_entry *e = &seg->index[i];
         snap s;
@@ -211,7 +201,7 @@ int ec_index_insert(ec_segment *seg, uint32_t tensor, uint32_t part, uint64_t of
         seg->index_used = ec_index_count(seg);
     count = seg->index_used;
 
-    i = key_hash(key) & seg->index_mask;
+    i = ec_mix64(key) & seg->index_mask;
     for (uint64_t probes = 0; probes < seg->index_slots;
          probes++, i = (i + 1) & seg->index_mask) {
         uint64_t k = key_at(seg, i);
@@ -245,7 +235,7 @@ int ec_index_remove(ec_segment *seg, uint32_t tensor, uint32_t part, uint64_t *o
     if ((rc = require_writer(seg, "ec_index_remove")) < 0)
         return rc;
     mask = seg->index_mask;
-    hole = key_hash(key) & mask;
+    hole = ec_mix64(key) & mask;
     for (uint64_t probes = 0;; probes++, hole = (hole + 1) & mask) {
         uint64_t k;
         if (probes > mask || tensor == 0 || (k = key_at(seg, hole)) == 0)
@@ -273,7 +263,7 @@ int ec_index_remove(ec_segment *seg, uint32_t tensor, uint32_t part, uint64_t *o
         kj = key_at(seg, j);
         if (kj == 0 || j == hole)
             break;
-        home = key_hash(kj) & mask;
+        home = ec_mix64(kj) & mask;
         if (((j - home) & mask) < ((j - hole) & mask))
             continue; /* its home lies in (hole, j]: it must stay */
         src = &seg->index[j];
