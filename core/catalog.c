@@ -343,22 +343,6 @@ static bool is_alnum(char c)
     return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9');
 }
 
-/* Copy up to 64 bytes of s into out with anything but printable ASCII as
- * '?', so a message never carries control characters. */
-static const char *printable(const char *s, char out[72])
-{
-    size_t i = 0;
-
-    for (; s[i] && i < 64; i++)
-        out[i] = (s[i] >= 0x20 && s[i] <= 0x7e) ? s[i] : '?';
-    if (s[i] && i == 64) {
-        memcpy(out + i, "...", 3);
-        i += 3;
-    }
-    out[i] = '\0';
-    return out;
-}
-
 int ec_catalog_check_name(const char *what, const char *name)
 {
     enum name_kind kind = name_kind_of(what);
@@ -376,7 +360,7 @@ int ec_catalog_check_name(const char *what, const char *name)
                          allowed);
     if (len > EC_NAME_MAX)
         return ec_seterr(EC_EINVAL, "%s name '%s' is longer than %d bytes", w,
-                         printable(name, pbuf), EC_NAME_MAX);
+                         ec_printable(name, strlen(name), pbuf, 68), EC_NAME_MAX);
     for (size_t i = 0; i < len; i++) {
         char c = name[i];
         bool ok = is_alnum(c) || c == '.' || c == '-' || c == '_' ||
@@ -385,7 +369,7 @@ int ec_catalog_check_name(const char *what, const char *name)
             return ec_seterr(EC_EINVAL,
                              "%s name '%s' has a character not allowed (byte 0x%02x at "
                              "offset %zu); use %s",
-                             w, printable(name, pbuf), (unsigned)(unsigned char)c, i, allowed);
+                             w, ec_printable(name, strlen(name), pbuf, 68), (unsigned)(unsigned char)c, i, allowed);
     }
     if (kind == NAME_TENSOR) {
         /* '/' separates components; none may be empty, "." or "..", so a
@@ -397,7 +381,7 @@ int ec_catalog_check_name(const char *what, const char *name)
             if (n == 0 || (n == 1 && p[0] == '.') || (n == 2 && p[0] == '.' && p[1] == '.'))
                 return ec_seterr(EC_EINVAL,
                                  "tensor name '%s' has an empty, '.' or '..' path component",
-                                 printable(name, pbuf));
+                                 ec_printable(name, strlen(name), pbuf, 68));
             if (!e)
                 break;
             p = e + 1;
@@ -408,7 +392,7 @@ int ec_catalog_check_name(const char *what, const char *name)
         return ec_seterr(EC_EINVAL,
                          "%s name '%s' must not start with '-' or '.'; start it with a letter, "
                          "digit or '_'",
-                         w, printable(name, pbuf));
+                         w, ec_printable(name, strlen(name), pbuf, 68));
     if (kind == NAME_ALIAS && all_digits(name))
         return ec_seterr(EC_EINVAL,
                          "alias '%s' is all digits and would read as a version number; "
@@ -759,7 +743,7 @@ static int resolve_version(ec_catalog *cat, const char *model, const char *voa,
     if ((voa[0] == '+' || voa[0] == '-') && all_digits(voa + 1))
         return ec_seterr(EC_EINVAL, "version '%s' of model '%s' is not valid; versions are "
                                     "numbers >= 1 written without a sign",
-                         printable(voa, pbuf), model);
+                         ec_printable(voa, strlen(voa), pbuf, 68), model);
     if (!all_digits(voa)) {
         err = ec_catalog_check_name("alias", voa);
         if (err < 0)
@@ -773,7 +757,7 @@ static int resolve_version(ec_catalog *cat, const char *model, const char *voa,
         for (const char *p = voa; *p; p++) {
             if (v > (uint64_t)(INT64_MAX - (*p - '0')) / 10)
                 return ec_seterr(EC_EINVAL, "version '%s' of model '%s' is out of range",
-                                 printable(voa, pbuf), model);
+                                 ec_printable(voa, strlen(voa), pbuf, 68), model);
             v = v * 10 + (uint64_t)(*p - '0');
         }
         version = (int64_t)v;
