@@ -163,7 +163,7 @@ void ec_put_tensor(ec_wbuf *w, const ec_proto_tensor *t)
 
 int ec_get_tensor(ec_rbuf *r, ec_proto_tensor *t)
 {
-    uint64_t elems = 1, row_elems = 1;
+    uint64_t elems = 1, row_elems = 1, row_bytes, total;
 
     t->id = ec_get_u32(r);
     ec_get_str(r, t->model, sizeof(t->model));
@@ -182,17 +182,19 @@ int ec_get_tensor(ec_rbuf *r, ec_proto_tensor *t)
     if (t->id == 0 || !ec_dtype_valid(t->dtype) || t->ndim > EC_MAX_DIMS)
         return ec_seterr(EC_EPROTO, "tensor record has id %u, dtype %u, ndim %u", t->id,
                          t->dtype, t->ndim);
+    /* Every product is checked for overflow: a record whose sizes only agree
+     * after wrapping around 64 bits is refused (found by fuzz_proto). */
     for (uint32_t i = 0; i < t->ndim; i++) {
-        if (t->shape[i] && elems > UINT64_MAX / t->shape[i])
+        if (__builtin_mul_overflow(elems, t->shape[i], &elems) ||
+            (i > 0 && __builtin_mul_overflow(row_elems, t->shape[i], &row_elems)))
             return ec_seterr(EC_EPROTO, "tensor record's shape overflows");
-        elems *= t->shape[i];
-        if (i > 0)
-            row_elems *= t->shape[i];
     }
-    if (t->rows != (t->ndim ? t->shape[0] : 1) ||
-        t->row_bytes != row_elems * ec_dtype_size((ec_dtype)t->dtype) ||
+    if (__builtin_mul_overflow(row_elems, (uint64_t)ec_dtype_size((ec_dtype)t->dtype), &row_bytes) ||
+        __builtin_mul_overflow(t->rows, row_bytes, &total))
+        return ec_seterr(EC_EPROTO, "tensor record's size overflows");
+    if (t->rows != (t->ndim ? t->shape[0] : 1) || t->row_bytes != row_bytes ||
         t->rows_per_partition == 0 ||
-        t->partitions != (t->rows + t->rows_per_partition - 1) / t->rows_per_partition)
+        t->partitions != t->rows / t->rows_per_partition + (t->rows % t->rows_per_partition != 0))
         return ec_seterr(EC_EPROTO, "tensor record for '%s' is inconsistent", t->name);
     return 0;
 }

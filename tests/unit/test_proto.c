@@ -190,6 +190,32 @@ static void test_tensor_record(void **state)
     assert_int_equal(ec_get_tensor(&r, &u), EC_EPROTO);
 }
 
+/* fuzz_proto found records whose sizes agree only after wrapping around
+ * 64 bits: an empty first dimension let the row size overflow unchecked,
+ * and a row of 2^63 f16 elements is 0 bytes modulo 2^64. Both are refused. */
+static void test_tensor_record_wrapping_sizes_refused(void **state)
+{
+    ec_proto_tensor cases[2] = {
+        {.id = 1, .dtype = EC_DTYPE_F32, .ndim = 3, .shape = {0, 1ULL << 40, 1ULL << 40},
+         .rows = 0, .row_bytes = 0, .rows_per_partition = 1, .partitions = 0},
+        {.id = 1, .dtype = EC_DTYPE_F16, .ndim = 2, .shape = {1, 1ULL << 63}, .rows = 1,
+         .row_bytes = 0, .rows_per_partition = 1, .partitions = 1},
+    };
+    ec_proto_tensor u;
+    ec_wbuf w;
+    ec_msg_hdr h;
+    ec_rbuf r;
+
+    (void)state;
+    for (int i = 0; i < 2; i++) {
+        ec_msg_begin(&w, buf, sizeof(buf), 0, 1, 0);
+        ec_put_tensor(&w, &cases[i]);
+        assert_int_equal(ec_msg_parse(buf, ec_msg_end(&w), &h, &r), 0);
+        assert_int_equal(ec_get_tensor(&r, &u), EC_EPROTO);
+        assert_non_null(strstr(ec_last_error(), "overflows"));
+    }
+}
+
 static void test_transport_with_fds(void **state)
 {
     int sv[2], fds[4], nfds = 0, p[2];
@@ -306,6 +332,7 @@ int main(void)
         cmocka_unit_test(test_header_validation),
         cmocka_unit_test(test_writer_overflow),
         cmocka_unit_test(test_tensor_record),
+        cmocka_unit_test(test_tensor_record_wrapping_sizes_refused),
         cmocka_unit_test(test_transport_with_fds),
         cmocka_unit_test(test_error_reply),
         cmocka_unit_test(test_mutation_fuzz),

@@ -1,0 +1,834 @@
+/*
+ * driver.c - standalone main for the fuzz targets when they are not built
+ * with libFuzzer: a deterministic mutation loop that ctest runs as a smoke
+ * test (fuzz_npy_smoke, fuzz_safetensors_smoke, fuzz_proto_smoke).
+ *
+ *     fuzz_X [-n ITER] [-s SEED] [-o DIR] [CORPUS...]
+ *
+ * The seeds are valid inputs built in memory: .npy and .safetensors files
+ * written by the test helpers (ect_write_npy, ect_write_safetensors) into a
+ * temporary directory and read back, plus variants the helpers cannot write
+ * (.npy format 2.0/3.0, big-endian); for the protocol, one message of each
+ * op built with ec_msg_begin/ec_put_*. CORPUS arguments (files, or
+ * directories of files such as a libFuzzer corpus) join the seeds. Every
+ * seed runs unmutated, then ITER inputs (default 20000) each made from a
+ * seed, or from the previous input, by one to four mutations: bit flips,
+ * byte sets, truncation, extension with random bytes, integers of 1/2/4/8
+ * bytes overwritten at random offsets with boundary values (0, 1, all ones,
+ * 2^31, 2^63 and neighbours), splices of two seeds, format tokens and
+ * boundary numbers written over the text headers, and range deletion and
+ * duplication. A mutation that changes the length usually also patches the
+ * format's length field (npy header length, safetensors header length,
+ * message body length) so the input gets past the first check. -o DIR
+ * writes the seeds to DIR as files, to start a libFuzzer corpus.
+ *
+ * The input sequence depends only on SEED and the corpus, so a failure
+ * reproduces with the same command line. EC_FUZZ_KIND ("npy",
+ * "safetensors", "proto") picks the seeds and is set by CMake per target.
+ * Exit 0 when every input ran, 2 on a usage or I/O error; a broken
+ * invariant aborts. Single-threaded.
+ */
+#include <dirent.h>
+#include <errno.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "core/proto.h"
+#include "fuzz.h"
+#include "tests/testutil.h"
+
+#ifndef EC_FUZZ_KIND
+#error "EC_FUZZ_KIND must name the target: \"npy\", \"safetensors\" or \"proto\""
+#endif
+
+#define FUZZ_MAX_LEN (1u << 20) /* inputs never grow past this */
+
+/* ------------------------------------------------------------------ */
+/* Buffers and the seed pool                                           */
+
+struct buf {
+    uint8_t *p;
+    size_t n, cap;
+};
+
+struct pool {
+    struct buf *v;
+    size_t n, cap;
+};
+
+static void *xrealloc(void *p, size_t n)
+{
+    void *q = realloc(p, n ? n : 1);
+
+    if (!q) {
+        fprintf(stderr, "fuzz_%s: out of memory (%zu bytes)\n", EC_FUZZ_KIND, n);
+        exit(2);
+    }
+    return q;
+}
+
+static void buf_reserve(struct buf *b, size_t n)
+{
+    if (n <= b->cap)
+        return;
+    b->cap = n < 256 ? 256 : n + n / 2;
+    b->p = xrealloc(b->p, b->cap);
+}
+
+static void buf_set(struct buf *b, const void *p, size_t n)
+{
+    buf_reserve(b, n);
+    if (n)
+        memcpy(b->p, p, n);
+    b->n = n;
+}
+
+/* Insert n bytes of p (or uninitialised room when p is NULL) at off. */
+static void buf_insert(struct buf *b, size_t off, const void *p, size_t n)
+{
+    buf_reserve(b, b->n + n);
+    memmove(b->p + off + n, b->p + off, b->n - off);
+    if (p)
+        memcpy(b->p + off, p, n);
+    b->n += n;
+}
+
+static void buf_erase(struct buf *b, size_t off, size_t n)
+{
+    memmove(b->p + off, b->p + off + n, b->n - off - n);
+    b->n -= n;
+}
+
+/* Add a copy of p[0..n) to the pool. */
+static void pool_add(struct pool *pl, const void *p, size_t n)
+{
+    struct buf b = {0};
+
+    if (pl->n == pl->cap) {
+        pl->cap = pl->cap ? 2 * pl->cap : 16;
+        pl->v = xrealloc(pl->v, pl->cap * sizeof(*pl->v));
+    }
+    buf_set(&b, p, n);
+    pl->v[pl->n++] = b;
+}
+
+static void pool_free(struct pool *pl)
+{
+    for (size_t i = 0; i < pl->n; i++)
+        free(pl->v[i].p);
+    free(pl->v);
+}
+
+/* Read a whole file into the pool. Returns 0 or -1 (message printed). */
+static int pool_add_file(struct pool *pl, const char *path)
+{
+    size_t len = 0;
+    void *p = ect_read_file(path, &len);
+
+    if (!p) {
+        fprintf(stderr, "fuzz_%s: cannot read corpus file %s: %s\n", EC_FUZZ_KIND, path,
+                strerror(errno));
+        return -1;
+    }
+    if (len > FUZZ_MAX_LEN)
+        len = FUZZ_MAX_LEN;
+    pool_add(pl, p, len);
+    free(p);
+    return 0;
+}
+
+static int cmp_str(const void *a, const void *b)
+{
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+/* A corpus argument: a file, or a directory whose regular files are read
+ * in name order (so the run stays deterministic). */
+static int pool_add_path(struct pool *pl, const char *path)
+{
+    struct stat st;
+    struct dirent *e;
+    char **names = NULL;
+    size_t n = 0, cap = 0;
+    DIR *dir;
+    int rc = 0;
+
+    if (stat(path, &st) != 0 || !S_ISDIR(st.st_mode))
+        return pool_add_file(pl, path);
+    dir = opendir(path);
+    if (!dir) {
+        fprintf(stderr, "fuzz_%s: cannot open corpus directory %s: %s\n", EC_FUZZ_KIND,
+                path, strerror(errno));
+        return -1;
+    }
+    while ((e = readdir(dir)) != NULL) {
+        char *full;
+        if (e->d_name[0] == '.')
+            continue;
+        if (asprintf(&full, "%s/%s", path, e->d_name) < 0) {
+            rc = -1;
+            break;
+        }
+        if (stat(full, &st) != 0 || !S_ISREG(st.st_mode)) {
+            free(full);
+            continue;
+        }
+        if (n == cap) {
+            cap = cap ? 2 * cap : 64;
+            names = xrealloc(names, cap * sizeof(*names));
+        }
+        names[n++] = full;
+    }
+    closedir(dir);
+    if (n > 1)
+        qsort(names, n, sizeof(*names), cmp_str);
+    for (size_t i = 0; i < n; i++) {
+        if (rc == 0)
+            rc = pool_add_file(pl, names[i]);
+        free(names[i]);
+    }
+    free(names);
+    return rc;
+}
+
+/* ------------------------------------------------------------------ */
+/* Seeds                                                               */
+
+/* Write a file with the helpers into dir, read it back into the pool. */
+static int seed_file_done(struct pool *pl, const char *path, int wrc)
+{
+    if (wrc != 0) {
+        fprintf(stderr, "fuzz_%s: cannot write seed %s: %s\n", EC_FUZZ_KIND, path,
+                strerror(-wrc));
+        return -1;
+    }
+    return pool_add_file(pl, path);
+}
+
+/* .npy format 2.0/3.0 copy of a 1.0 file: a 4-byte header length. */
+static void seed_npy_v2(struct pool *pl, const struct buf *v1, uint8_t major)
+{
+    struct buf b = {0};
+    uint8_t len4[4];
+    size_t hl;
+
+    if (v1->n < 10)
+        return;
+    hl = (size_t)v1->p[8] | (size_t)v1->p[9] << 8;
+    buf_set(&b, v1->p, v1->n);
+    b.p[6] = major;
+    for (int i = 0; i < 4; i++)
+        len4[i] = (uint8_t)(hl >> (8 * i));
+    buf_erase(&b, 8, 2);
+    buf_insert(&b, 8, len4, 4);
+    pool_add(pl, b.p, b.n);
+    free(b.p);
+}
+
+/* Big-endian copy: "'<" becomes "'>" in the descr. */
+static void seed_npy_be(struct pool *pl, const struct buf *le)
+{
+    struct buf b = {0};
+    uint8_t *q;
+
+    buf_set(&b, le->p, le->n);
+    q = b.n > 10 ? memmem(b.p, b.n, "'<", 2) : NULL;
+    if (q) {
+        q[1] = '>';
+        pool_add(pl, b.p, b.n);
+    }
+    free(b.p);
+}
+
+static int seeds_npy(struct pool *pl, const char *dir)
+{
+    static const struct {
+        ec_dtype dtype;
+        uint32_t ndim;
+        uint64_t shape[EC_MAX_DIMS];
+    } files[] = {
+        {EC_DTYPE_F32, 2, {3, 4}},
+        {EC_DTYPE_F16, 1, {5}},
+        {EC_DTYPE_F64, 0, {0}},
+        {EC_DTYPE_I8, 3, {2, 3, 4}},
+        {EC_DTYPE_U8, 1, {0}},
+        {EC_DTYPE_I32, 8, {1, 2, 1, 2, 1, 1, 2, 1}},
+        {EC_DTYPE_I64, 2, {7, 2}},
+        {EC_DTYPE_F32, 2, {0, 16}},
+    };
+    size_t first = pl->n;
+    int rc = 0;
+
+    for (size_t i = 0; i < sizeof(files) / sizeof(files[0]) && rc == 0; i++) {
+        char *path;
+        if (asprintf(&path, "%s/seed%zu.npy", dir, i) < 0)
+            return -1;
+        rc = seed_file_done(pl, path, ect_write_npy(path, files[i].dtype, files[i].ndim,
+                                                    files[i].shape, i + 1));
+        free(path);
+    }
+    if (rc == 0) {
+        size_t last = pl->n;
+        for (size_t i = first; i < last; i++) {
+            struct buf b = {0};
+            /* Copy: pool_add may move pl->v. */
+            buf_set(&b, pl->v[i].p, pl->v[i].n);
+            if (i == first)
+                seed_npy_v2(pl, &b, 2);
+            if (i == first + 1)
+                seed_npy_v2(pl, &b, 3);
+            seed_npy_be(pl, &b);
+            free(b.p);
+        }
+    }
+    return rc;
+}
+
+static int seeds_safetensors(struct pool *pl, const char *dir)
+{
+    static const ect_st_tensor one[] = {{"w", EC_DTYPE_F32, 2, {3, 4}, 1}};
+    static const ect_st_tensor mixed[] = {
+        {"emb", EC_DTYPE_F16, 2, {4, 2}, 2},   {"bias", EC_DTYPE_BF16, 1, {3}, 3},
+        {"scale", EC_DTYPE_F64, 0, {0}, 4},    {"ids", EC_DTYPE_I64, 1, {2}, 5},
+        {"empty", EC_DTYPE_I32, 2, {0, 7}, 6}, {"mask", EC_DTYPE_U8, 1, {5}, 7},
+        {"q", EC_DTYPE_I8, 3, {1, 2, 3}, 8},
+    };
+    static const ect_st_tensor deep[] = {
+        {"deep", EC_DTYPE_I32, 8, {1, 2, 1, 2, 1, 1, 2, 1}, 9},
+        {"layer.0.weight", EC_DTYPE_F32, 2, {2, 2}, 10},
+    };
+    static const struct {
+        const ect_st_tensor *t;
+        size_t n;
+    } files[] = {{one, 1}, {mixed, 7}, {deep, 2}, {NULL, 0}};
+    int rc = 0;
+
+    for (size_t i = 0; i < sizeof(files) / sizeof(files[0]) && rc == 0; i++) {
+        char *path;
+        if (asprintf(&path, "%s/seed%zu.safetensors", dir, i) < 0)
+            return -1;
+        rc = seed_file_done(pl, path, ect_write_safetensors(path, files[i].t, files[i].n));
+        free(path);
+    }
+    return rc;
+}
+
+/* Finish a message and add it to the pool. */
+static void seed_msg(struct pool *pl, ec_wbuf *w)
+{
+    size_t len = ec_msg_end(w);
+
+    if (len == 0) {
+        fprintf(stderr, "fuzz_%s: a seed message overflowed\n", EC_FUZZ_KIND);
+        exit(2);
+    }
+    pool_add(pl, w->buf, len);
+}
+
+static int seeds_proto(struct pool *pl)
+{
+    static uint8_t m[EC_MSG_MAX];
+    const uint16_t R = EC_OP_REPLY;
+    ec_proto_tensor t = {.id = 7, .model = "bert-base", .version = 3, .name = "emb",
+                         .dtype = EC_DTYPE_F32, .ndim = 2, .shape = {1000, 64},
+                         .rows = 1000, .row_bytes = 256, .rows_per_partition = 128,
+                         .partitions = 8};
+    ec_wbuf w;
+
+    ec_msg_begin(&w, m, sizeof(m), EC_OP_HELLO, 1, 0);
+    ec_put_u32(&w, 0);
+    ec_put_str(&w, "fuzz-client");
+    seed_msg(pl, &w);
+    ec_msg_begin(&w, m, sizeof(m), EC_OP_HELLO | R, 1, 0);
+    ec_put_u64(&w, 5);
+    ec_put_u64(&w, 64u << 20);
+    ec_put_u32(&w, 1);
+    ec_put_u32(&w, 4096);
+    ec_put_u32(&w, 1234);
+    ec_put_u64(&w, 99);
+    ec_put_str(&w, "0.1.0");
+    seed_msg(pl, &w);
+
+    ec_msg_begin(&w, m, sizeof(m), EC_OP_RESOLVE, 2, 0);
+    ec_put_str(&w, "bert-base");
+    ec_put_str(&w, "latest");
+    ec_put_str(&w, "emb");
+    seed_msg(pl, &w);
+    ec_msg_begin(&w, m, sizeof(m), EC_OP_RESOLVE | R, 2, 0);
+    ec_put_tensor(&w, &t);
+    seed_msg(pl, &w);
+
+    ec_msg_begin(&w, m, sizeof(m), EC_OP_FAULT, 3, 0);
+    ec_put_u32(&w, 7);
+    ec_put_u32(&w, 3);
+    for (uint32_t i = 0; i < 3; i++)
+        ec_put_u32(&w, i * 2);
+    seed_msg(pl, &w);
+
+    ec_msg_begin(&w, m, sizeof(m), EC_OP_PIN, 4, 0);
+    ec_put_u32(&w, 7);
+    seed_msg(pl, &w);
+    ec_msg_begin(&w, m, sizeof(m), EC_OP_PIN | R, 4, 0);
+    ec_put_u64(&w, 11);
+    ec_put_u64(&w, 4096);
+    ec_put_u64(&w, 256000);
+    seed_msg(pl, &w);
+    ec_msg_begin(&w, m, sizeof(m), EC_OP_UNPIN, 5, 0);
+    ec_put_u64(&w, 11);
+    seed_msg(pl, &w);
+
+    ec_msg_begin(&w, m, sizeof(m), EC_OP_STATS, 6, 0);
+    seed_msg(pl, &w);
+    ec_msg_begin(&w, m, sizeof(m), EC_OP_STATS | R, 6, 0);
+    ec_put_u32(&w, 2);
+    ec_put_str(&w, "hits");
+    ec_put_u64(&w, 12345);
+    ec_put_str(&w, "faults");
+    ec_put_u64(&w, 6);
+    seed_msg(pl, &w);
+
+    ec_msg_begin(&w, m, sizeof(m), EC_OP_LIST, 7, 0);
+    ec_put_str(&w, "bert-base");
+    ec_put_u32(&w, 0);
+    ec_put_u32(&w, 0);
+    seed_msg(pl, &w);
+    ec_msg_begin(&w, m, sizeof(m), EC_OP_LIST | R, 7, 0);
+    ec_put_u32(&w, 0);
+    ec_put_u32(&w, 0);
+    ec_put_u32(&w, 2);
+    ec_put_u8(&w, EC_LIST_VERSION);
+    ec_put_str(&w, "bert-base");
+    ec_put_i64(&w, 3);
+    ec_put_i64(&w, 12);
+    ec_put_str(&w, "{\"lr\":0.01}");
+    ec_put_str(&w, "latest,prod");
+    ec_put_i64(&w, 1700000000);
+    ec_put_u32(&w, 1);
+    ec_put_u64(&w, 256000);
+    ec_put_u8(&w, EC_LIST_TENSOR);
+    ec_put_str(&w, "emb");
+    ec_put_u32(&w, EC_DTYPE_F32);
+    ec_put_u32(&w, 2);
+    ec_put_u64(&w, 1000);
+    ec_put_u64(&w, 64);
+    ec_put_u64(&w, 8);
+    ec_put_u64(&w, 256000);
+    seed_msg(pl, &w);
+
+    ec_msg_begin(&w, m, sizeof(m), EC_OP_ALIAS, 8, 0);
+    ec_put_str(&w, "bert-base");
+    ec_put_str(&w, "prod");
+    ec_put_i64(&w, 3);
+    seed_msg(pl, &w);
+
+    ec_msg_begin(&w, m, sizeof(m), EC_OP_FIND, 9, 0);
+    ec_put_str(&w, "bert-base");
+    ec_put_i64(&w, 12);
+    ec_put_str(&w, "{\"lr\":0.01}");
+    seed_msg(pl, &w);
+    ec_msg_begin(&w, m, sizeof(m), EC_OP_FIND | R, 9, 0);
+    ec_put_i64(&w, 3);
+    seed_msg(pl, &w);
+
+    ec_msg_begin(&w, m, sizeof(m), EC_OP_IMPORT, 10, 0);
+    ec_put_str(&w, "bert-base");
+    ec_put_i64(&w, 4);
+    ec_put_i64(&w, 13);
+    ec_put_str(&w, "{\"lr\":0.01}");
+    ec_put_u64(&w, 1u << 20);
+    ec_put_u32(&w, 2);
+    ec_put_str(&w, "emb.npy");
+    ec_put_str(&w, "model.safetensors");
+    seed_msg(pl, &w);
+    ec_msg_begin(&w, m, sizeof(m), EC_OP_IMPORT | R, 10, 0);
+    ec_put_u32(&w, 2);
+    seed_msg(pl, &w);
+
+    ec_msg_begin(&w, m, sizeof(m), EC_OP_RESOLVE | R, 11, EC_ENOENT);
+    ec_put_str(&w, "no such model 'bert-large'");
+    seed_msg(pl, &w);
+    return 0;
+}
+
+static int make_seeds(struct pool *pl)
+{
+    char *dir;
+    int rc;
+
+    if (!strcmp(EC_FUZZ_KIND, "proto"))
+        return seeds_proto(pl);
+    dir = ect_tmpdir("ec-fuzz");
+    rc = !strcmp(EC_FUZZ_KIND, "npy") ? seeds_npy(pl, dir) : seeds_safetensors(pl, dir);
+    ect_rmtree(dir);
+    free(dir);
+    return rc;
+}
+
+/* ------------------------------------------------------------------ */
+/* Mutations                                                           */
+
+static uint64_t rng_state;
+
+static uint64_t rnd64(void)
+{
+    uint64_t x = (rng_state += 0x9e3779b97f4a7c15ULL);
+
+    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
+    return x ^ (x >> 31);
+}
+
+/* Uniform-enough in [0, n); 0 when n is 0. */
+static size_t rnd(size_t n)
+{
+    return n ? (size_t)(rnd64() % n) : 0;
+}
+
+/* Tokens of each format, written over or into the input. */
+static const char *const npy_tokens[] = {
+    "'descr'", "'shape'", "'fortran_order'", "True", "False", "<f4", ">f8", "|u1", "|b1",
+    "<f2", "=i8", "<c8", "(", ")", ",", "{", "}", "[", ":", "'", "\"", "L", "-", "\n", " ",
+    "\\", "True ", "\x93NUMPY", "\x01", "\x02", "\x03",
+};
+static const char *const st_tokens[] = {
+    "\"dtype\"", "\"shape\"", "\"data_offsets\"", "\"__metadata__\"", "\"F32\"", "\"BF16\"",
+    "\"BOOL\"", "[", "]", "{", "}", ",", ":", "\"", "null", "true", "[]", "{}", "\\u0000",
+    "\\u00e9", "\\\"", "\\", "\xc3\xa9", "\xed\xa0\x80", "\xf4\x90\x80\x80", "\xc0\x80",
+    "\xff",
+};
+static const char *const numbers[] = {
+    "0", "1", "2", "7", "8", "255", "256", "65535", "2147483647", "2147483648",
+    "4294967295", "4294967296", "9223372036854775807", "9223372036854775808",
+    "18446744073709551615", "18446744073709551616", "99999999999999999999999", "-1", "-0",
+    "1.0", "1e2", "0x10",
+};
+static const uint64_t boundary[] = {
+    0, 1, 2, 0x7f, 0x80, 0xff, 0x100, 0x7fff, 0x8000, 0xffff, 0x10000,
+    0x7fffffffu, 0x80000000u, 0xffffffffu, 0x100000000ull, 0x7fffffffffffffffull,
+    0x8000000000000000ull, 0xffffffffffffffffull,
+};
+
+static void put_le(uint8_t *p, unsigned width, uint64_t v, bool big_endian)
+{
+    for (unsigned i = 0; i < width; i++)
+        p[big_endian ? width - 1 - i : i] = (uint8_t)(v >> (8 * i));
+}
+
+static uint64_t get_le(const uint8_t *p, unsigned width)
+{
+    uint64_t v = 0;
+
+    for (unsigned i = width; i-- > 0;)
+        v = v << 8 | p[i];
+    return v;
+}
+
+/* After an edit that moved the bytes at and after off by delta, patch the
+ * format's length field so the input stays self-consistent (most of the
+ * time: the caller skips this now and then). */
+static void fixup(struct buf *b, size_t off, long delta)
+{
+    if (!strcmp(EC_FUZZ_KIND, "proto")) {
+        if (b->n >= EC_MSG_HDR)
+            put_le(b->p + offsetof(ec_msg_hdr, body_len), 4,
+                   (uint64_t)(b->n - EC_MSG_HDR), false);
+    } else if (!strcmp(EC_FUZZ_KIND, "npy")) {
+        unsigned width = b->n >= 12 && (b->p[6] == 2 || b->p[6] == 3) ? 4 : 2;
+        uint64_t hl, pre = 8 + width;
+        if (b->n < pre || b->p[6] < 1 || b->p[6] > 3 || off < pre)
+            return;
+        hl = get_le(b->p + 8, width);
+        if (off <= pre + hl && (delta >= 0 || hl >= (uint64_t)-delta))
+            put_le(b->p + 8, width, hl + (uint64_t)delta, false);
+    } else {
+        uint64_t hl;
+        if (b->n < 8 || off < 8)
+            return;
+        hl = get_le(b->p, 8);
+        if (off <= 8 + hl && (delta >= 0 || hl >= (uint64_t)-delta))
+            put_le(b->p, 8, hl + (uint64_t)delta, false);
+    }
+}
+
+/* Replace the run of digits around off (or the next one) with a number. */
+static bool mutate_number(struct buf *b, size_t off, size_t *at, long *delta)
+{
+    const char *num = numbers[rnd(sizeof(numbers) / sizeof(numbers[0]))];
+    size_t s = off, e, nl = strlen(num);
+
+    while (s < b->n && (b->p[s] < '0' || b->p[s] > '9'))
+        s++;
+    if (s >= b->n)
+        return false;
+    while (s > 0 && b->p[s - 1] >= '0' && b->p[s - 1] <= '9')
+        s--;
+    for (e = s; e < b->n && b->p[e] >= '0' && b->p[e] <= '9'; e++)
+        ;
+    if (b->n - (e - s) + nl > FUZZ_MAX_LEN)
+        return false;
+    buf_erase(b, s, e - s);
+    buf_insert(b, s, num, nl);
+    *at = s;
+    *delta = (long)nl - (long)(e - s);
+    return true;
+}
+
+/* One mutation of b, drawing splice partners from the pool. */
+static void mutate_once(struct buf *b, const struct pool *pl)
+{
+    size_t at = 0;
+    long delta = 0;
+    bool moved = false;
+
+    switch (rnd(11)) {
+    case 0: /* flip a bit */
+        if (b->n)
+            b->p[rnd(b->n)] ^= (uint8_t)(1u << rnd(8));
+        break;
+    case 1: { /* set a byte: random or a boundary value */
+        static const uint8_t bytes[] = {0, 1, 0x7f, 0x80, 0xff, ' ', '0', '9', '\n'};
+        if (b->n)
+            b->p[rnd(b->n)] = rnd(2) ? (uint8_t)rnd64()
+                                     : bytes[rnd(sizeof(bytes))];
+        break;
+    }
+    case 2: /* truncate */
+        if (b->n) {
+            at = rnd(b->n);
+            delta = -(long)(b->n - at);
+            b->n = at;
+            moved = true;
+        }
+        break;
+    case 3: { /* extend with random bytes */
+        size_t k = 1 + rnd(64);
+        if (b->n + k > FUZZ_MAX_LEN)
+            break;
+        at = b->n;
+        buf_insert(b, b->n, NULL, k);
+        for (size_t i = 0; i < k; i++)
+            b->p[at + i] = (uint8_t)rnd64();
+        delta = (long)k;
+        moved = true;
+        break;
+    }
+    case 4:
+    case 5: { /* overwrite an integer with a boundary value */
+        static const unsigned widths[] = {1, 2, 4, 8};
+        unsigned w = widths[rnd(4)];
+        uint64_t v = boundary[rnd(sizeof(boundary) / sizeof(boundary[0]))];
+        if (b->n < w)
+            break;
+        if (rnd(4) == 0)
+            v += rnd(2) ? 1 : (uint64_t)-1;
+        put_le(b->p + rnd(b->n - w + 1), w, v, rnd(4) == 0);
+        break;
+    }
+    case 6: { /* splice: a prefix of b and a suffix of a seed */
+        const struct buf *o = &pl->v[rnd(pl->n)];
+        size_t cut = rnd(b->n + 1), from = rnd(o->n + 1);
+        if (cut + (o->n - from) > FUZZ_MAX_LEN)
+            break;
+        delta = (long)(cut + (o->n - from)) - (long)b->n;
+        b->n = cut;
+        buf_insert(b, cut, o->p + from, o->n - from);
+        at = cut;
+        moved = true;
+        break;
+    }
+    case 7: { /* a format token, over or into the bytes */
+        const char *tok;
+        size_t tl;
+        if (!strcmp(EC_FUZZ_KIND, "npy"))
+            tok = npy_tokens[rnd(sizeof(npy_tokens) / sizeof(npy_tokens[0]))];
+        else if (!strcmp(EC_FUZZ_KIND, "safetensors"))
+            tok = st_tokens[rnd(sizeof(st_tokens) / sizeof(st_tokens[0]))];
+        else
+            tok = rnd(2) ? "\xff\xff" : "\x00";
+        tl = strlen(tok) ? strlen(tok) : 1;
+        at = rnd(b->n + 1);
+        if (rnd(2) && at + tl <= b->n) {
+            memcpy(b->p + at, tok, tl);
+        } else if (b->n + tl <= FUZZ_MAX_LEN) {
+            buf_insert(b, at, tok, tl);
+            delta = (long)tl;
+            moved = true;
+        }
+        break;
+    }
+    case 8: /* a boundary number over a number in the text */
+        moved = mutate_number(b, rnd(b->n + 1), &at, &delta);
+        break;
+    case 9: /* delete a range */
+        if (b->n) {
+            size_t k = 1 + rnd(b->n < 16 ? b->n : 16);
+            at = rnd(b->n - k + 1);
+            buf_erase(b, at, k);
+            delta = -(long)k;
+            moved = true;
+        }
+        break;
+    default: { /* duplicate a range of b elsewhere in b */
+        size_t k, from;
+        if (!b->n)
+            break;
+        k = 1 + rnd(b->n < 32 ? b->n : 32);
+        from = rnd(b->n - k + 1);
+        at = rnd(b->n + 1);
+        if (b->n + k > FUZZ_MAX_LEN)
+            break;
+        {
+            uint8_t tmp[32];
+            memcpy(tmp, b->p + from, k);
+            buf_insert(b, at, tmp, k);
+        }
+        delta = (long)k;
+        moved = true;
+        break;
+    }
+    }
+    if (moved && rnd(4) != 0)
+        fixup(b, at, delta);
+}
+
+/* ------------------------------------------------------------------ */
+/* main                                                                */
+
+/* Run one input from a heap copy of exactly its size, so AddressSanitizer
+ * catches a read one byte past the end. Returns 0, or -1 out of memory. */
+static int run_one(const uint8_t *p, size_t n)
+{
+    uint8_t *copy = malloc(n ? n : 1);
+
+    if (!copy) {
+        fprintf(stderr, "fuzz_%s: out of memory\n", EC_FUZZ_KIND);
+        return -1;
+    }
+    if (n)
+        memcpy(copy, p, n);
+    LLVMFuzzerTestOneInput(copy, n);
+    free(copy);
+    return 0;
+}
+
+static int write_seeds(const struct pool *pl, const char *dir)
+{
+    if (mkdir(dir, 0755) != 0 && errno != EEXIST) {
+        fprintf(stderr, "fuzz_%s: cannot create %s: %s\n", EC_FUZZ_KIND, dir,
+                strerror(errno));
+        return -1;
+    }
+    for (size_t i = 0; i < pl->n; i++) {
+        char *path;
+        int rc;
+        if (asprintf(&path, "%s/seed-%03zu", dir, i) < 0)
+            return -1;
+        rc = ect_write_file(path, pl->v[i].p, pl->v[i].n);
+        if (rc != 0)
+            fprintf(stderr, "fuzz_%s: cannot write %s: %s\n", EC_FUZZ_KIND, path,
+                    strerror(-rc));
+        free(path);
+        if (rc != 0)
+            return -1;
+    }
+    return 0;
+}
+
+static int parse_u64(const char *s, uint64_t *out)
+{
+    char *end;
+    unsigned long long v;
+
+    errno = 0;
+    v = strtoull(s, &end, 0);
+    if (errno || end == s || *end || *s == '-')
+        return -1;
+    *out = v;
+    return 0;
+}
+
+static void usage(void)
+{
+    fprintf(stderr, "usage: fuzz_%s [-n ITER] [-s SEED] [-o DIR] [CORPUS...]\n"
+                    "  -n ITER  mutated inputs to run (default 20000)\n"
+                    "  -s SEED  random seed (default 1); the same seed runs the same inputs\n"
+                    "  -o DIR   also write the built-in seeds to DIR (a libFuzzer corpus)\n"
+                    "  CORPUS   extra seed files, or directories of them\n",
+            EC_FUZZ_KIND);
+}
+
+int main(int argc, char **argv)
+{
+    uint64_t iters = 20000, seed = 1, count = 0;
+    const char *out_dir = NULL;
+    struct pool pl = {0};
+    struct buf cur = {0};
+    int opt, rc = 2;
+
+    while ((opt = getopt(argc, argv, "n:s:o:h")) != -1) {
+        switch (opt) {
+        case 'n':
+            if (parse_u64(optarg, &iters) != 0) {
+                fprintf(stderr, "fuzz_%s: -n wants a count, got '%s'\n", EC_FUZZ_KIND,
+                        optarg);
+                return 2;
+            }
+            break;
+        case 's':
+            if (parse_u64(optarg, &seed) != 0) {
+                fprintf(stderr, "fuzz_%s: -s wants an unsigned integer, got '%s'\n",
+                        EC_FUZZ_KIND, optarg);
+                return 2;
+            }
+            break;
+        case 'o':
+            out_dir = optarg;
+            break;
+        case 'h':
+            usage();
+            return 0;
+        default:
+            usage();
+            return 2;
+        }
+    }
+    if (make_seeds(&pl) != 0)
+        goto out;
+    if (out_dir && write_seeds(&pl, out_dir) != 0)
+        goto out;
+    for (int i = optind; i < argc; i++)
+        if (pool_add_path(&pl, argv[i]) != 0)
+            goto out;
+    if (pl.n == 0) {
+        fprintf(stderr, "fuzz_%s: no seeds\n", EC_FUZZ_KIND);
+        goto out;
+    }
+
+    for (size_t i = 0; i < pl.n; i++, count++)
+        if (run_one(pl.v[i].p, pl.v[i].n) != 0)
+            goto out;
+
+    rng_state = seed;
+    for (uint64_t it = 0; it < iters; it++, count++) {
+        /* Mostly a fresh seed; sometimes keep mutating the last input. */
+        if (cur.n == 0 || rnd(4) != 0) {
+            const struct buf *s = &pl.v[rnd(pl.n)];
+            buf_set(&cur, s->p, s->n);
+        }
+        for (size_t k = 1 + (rnd(4) == 0 ? rnd(4) : 0); k > 0; k--)
+            mutate_once(&cur, &pl);
+        if (run_one(cur.p, cur.n) != 0)
+            goto out;
+    }
+    printf("fuzz_%s: %llu inputs, seed %llu\n", EC_FUZZ_KIND, (unsigned long long)count,
+           (unsigned long long)seed);
+    rc = 0;
+out:
+    free(cur.p);
+    pool_free(&pl);
+    return rc;
+}
