@@ -920,7 +920,9 @@ static void drain_rings(server *s)
 /* ------------------------------------------------------------------ */
 /* Start-up and shutdown                                               */
 
-static int listen_socket(server *s)
+/* Is another daemon listening on the socket path? A stale socket (its
+ * daemon died) is removed. */
+static int probe_socket(const server *s)
 {
     struct sockaddr_un sa = {.sun_family = AF_UNIX};
     const char *path = s->cfg->socket_path;
@@ -930,7 +932,7 @@ static int listen_socket(server *s)
         return ec_seterr(EC_EINVAL, "socket path %s is longer than %zu bytes; pick a shorter "
                                     "--socket", path, sizeof(sa.sun_path) - 1);
     strcpy(sa.sun_path, path);
-    fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
     if (fd < 0)
         return ec_seterr_errno(EC_EIO, errno, "socket");
     if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0) {
@@ -939,7 +941,23 @@ static int listen_socket(server *s)
                                    "or pass another --socket", path);
     }
     if (errno == ECONNREFUSED)
-        unlink(path); /* a stale socket left by a daemon that died */
+        unlink(path);
+    close(fd);
+    return 0;
+}
+
+/* Bind and listen; called once the engine is ready, so a client that
+ * connects sees this daemon's generation. */
+static int listen_socket(server *s)
+{
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    const char *path = s->cfg->socket_path;
+    int fd;
+
+    strcpy(sa.sun_path, path);
+    fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    if (fd < 0)
+        return ec_seterr_errno(EC_EIO, errno, "socket");
     if (bind(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
         int err = errno;
         close(fd);
@@ -1021,7 +1039,7 @@ int ec_server_run(const ec_server_config *cfg)
     /* The socket first: a daemon refused because another one listens there
      * must not have created a segment or touched a data dir. */
     mkdir_parent(cfg->socket_path);
-    rc = listen_socket(s);
+    rc = probe_socket(s);
     if (rc)
         goto out;
     rc = ec_engine_open(&ecfg, engine_notify, s, &s->engine);
@@ -1029,6 +1047,9 @@ int ec_server_run(const ec_server_config *cfg)
         goto out;
     snprintf(catpath, sizeof(catpath), "%s/%s", cfg->data_dir, EC_CATALOG_FILE);
     rc = ec_catalog_open(catpath, &s->icat);
+    if (rc)
+        goto out;
+    rc = listen_socket(s);
     if (rc)
         goto out;
     s->ep = epoll_create1(EPOLL_CLOEXEC);
