@@ -21,8 +21,8 @@
  *   4. An extent is released only after every index entry pointing into it
  *      was removed (which bumps the entries' seqlocks): a reader's copy
  *      from a reused extent always fails its check.
- *   5. Only the pager threads touch job->rc/msg and the extent's bytes
- *      between submit and completion; the server thread touches neither.
+ *   5. Between ec_pager_submit and its completion only the pager touches a
+ *      job's page request and the extent's bytes.
  */
 #include "engine.h"
 
@@ -43,6 +43,7 @@
 #include "common/u64map.h"
 #include "core/import.h"
 #include "core/partfile.h"
+#include "core/topology.h"
 #include "shm/extent.h"
 #include "shm/index.h"
 
@@ -53,7 +54,10 @@ struct unit;
 struct tstate {
     ec_cat_tensor cat;
     ec_partfile_meta meta;
-    int fd;
+    int fd;                      /* buffered */
+    int dfd;                     /* O_DIRECT, or -1 where the file system refuses */
+    int file_slot;               /* the pager's fixed-file slot for dfd, or -1 */
+    char path[4096 + EC_CAT_PATH_MAX + 2];
     struct unit *group;          /* contiguous placement, NULL when none */
     uint32_t inflight;           /* jobs reading this tensor's partitions */
     struct request *pin_waiters; /* pins waiting for inflight to reach 0 */
@@ -99,12 +103,10 @@ struct job {
     struct unit *unit;           /* the single unit, or the group */
     uint64_t dest;               /* from the data area */
     uint32_t length;
-    uint64_t checksum;
-    int rc;                      /* set by the pager thread */
-    char msg[EC_ERRMSG_MAX];
+    ec_page_req req;             /* the pager's; result in req.rc / req.msg */
+    char msg[EC_ERRMSG_MAX];     /* the error as clients see it */
     struct request **waiters;
     size_t nwaiters, capwaiters;
-    struct job *next;            /* queue link */
 };
 
 struct pin {
@@ -137,14 +139,9 @@ struct ec_engine {
     uint64_t next_pin;
 
     /* Pager: submit queue (server -> readers), done queue (readers -> server). */
-    pthread_mutex_t qlock;
-    pthread_cond_t qcond;
-    struct job *sq_head, *sq_tail, *dq_head;
-    bool stopping;
-    pthread_t *threads;
-    unsigned nthreads;
-    int efd;
-    _Atomic int inject_rc;
+    ec_pager *pager;
+    ec_topology *topo;           /* NULL when hwloc could not load one */
+    int node;                    /* NUMA node of the data dir's device, or -1 */
 
     struct {
         uint64_t fault_requests, fault_parts, coalesced, page_ins, page_in_bytes,
@@ -220,6 +217,8 @@ static void tstate_free(struct tstate *ts)
         return;
     if (ts->fd >= 0)
         close(ts->fd);
+    if (ts->dfd >= 0)
+        close(ts->dfd);
     ec_cat_tensor_clear(&ts->cat);
     free(ts);
 }
@@ -240,6 +239,8 @@ static int tensor_get(ec_engine *e, uint32_t id, struct tstate **out)
     if (!ts)
         return ec_seterr(EC_ENOMEM, "tensor state");
     ts->fd = -1;
+    ts->dfd = -1;
+    ts->file_slot = -1;
     rc = ec_catalog_get_tensor(e->cat, id, &ts->cat);
     if (rc)
         goto fail;
@@ -260,8 +261,14 @@ static int tensor_get(ec_engine *e, uint32_t id, struct tstate **out)
                        path, ts->cat.name, ts->cat.model, (long long)ts->cat.version);
         goto fail;
     }
+    snprintf(ts->path, sizeof(ts->path), "%s", path);
+    /* O_DIRECT where the file system allows it (not tmpfs): reads then go
+     * from the device into the segment without the page cache. */
+    ts->dfd = open(path, O_RDONLY | O_DIRECT | O_CLOEXEC);
+    ts->file_slot = ec_pager_file_add(e->pager, ts->dfd);
     rc = ec_u64map_put(&e->tensors, id, ts);
     if (rc) {
+        ec_pager_file_del(e->pager, ts->file_slot);
         rc = ec_seterr(EC_ENOMEM, "tensor table");
         goto fail;
     }
@@ -386,58 +393,32 @@ static int alloc_evicting(ec_engine *e, uint64_t bytes, uint64_t *off)
 /* ------------------------------------------------------------------ */
 /* Pager threads                                                       */
 
-static void *pager_main(void *arg)
+/* Hand a job's read to the pager. Single units get O_DIRECT reads of whole
+ * pages (their extent is page-rounded); a partition inside a group may only
+ * when it fills whole pages, or a rounded read would overwrite its
+ * neighbour. */
+static void submit(ec_engine *e, struct job *j, enum ec_page_prio prio)
 {
-    ec_engine *e = arg;
+    struct tstate *ts = j->ts;
+    ec_page_req *r = &j->req;
+    uint32_t io_len = (uint32_t)page_round(j->length);
+    bool last = j->part + 1 == ts->cat.partitions;
 
-    for (;;) {
-        struct job *j;
-        uint64_t one = 1;
-        int inj;
-
-        pthread_mutex_lock(&e->qlock);
-        while (!e->sq_head && !e->stopping)
-            pthread_cond_wait(&e->qcond, &e->qlock);
-        if (!e->sq_head) {
-            pthread_mutex_unlock(&e->qlock);
-            return NULL;
-        }
-        j = e->sq_head;
-        e->sq_head = j->next;
-        if (!e->sq_head)
-            e->sq_tail = NULL;
-        pthread_mutex_unlock(&e->qlock);
-
-        inj = atomic_load_explicit(&e->inject_rc, memory_order_relaxed);
-        if (inj)
-            j->rc = ec_seterr(inj, "injected read failure of partition %u", j->part);
-        else
-            j->rc = ec_partfile_read_partition(j->ts->fd, &j->ts->meta, j->part,
-                                               e->seg.data + j->dest, j->checksum);
-        if (j->rc)
-            snprintf(j->msg, sizeof(j->msg), "tensor '%.96s' (model '%.96s' version %lld) "
-                     "partition %u: %.256s", j->ts->cat.name, j->ts->cat.model,
-                     (long long)j->ts->cat.version, j->part, ec_last_error());
-
-        pthread_mutex_lock(&e->qlock);
-        j->next = e->dq_head;
-        e->dq_head = j;
-        pthread_mutex_unlock(&e->qlock);
-        (void)!write(e->efd, &one, sizeof(one));
-    }
-}
-
-static void submit(ec_engine *e, struct job *j)
-{
-    pthread_mutex_lock(&e->qlock);
-    j->next = NULL;
-    if (e->sq_tail)
-        e->sq_tail->next = j;
-    else
-        e->sq_head = j;
-    e->sq_tail = j;
-    pthread_cond_signal(&e->qcond);
-    pthread_mutex_unlock(&e->qlock);
+    memset(r, 0, sizeof(*r));
+    r->fd = ts->fd;
+    r->dfd = ts->dfd;
+    r->file_slot = ts->file_slot;
+    r->path = ts->path;
+    r->file_off = ec_partfile_part_offset(&ts->meta, j->part);
+    r->length = j->length;
+    r->io_len = io_len;
+    r->direct_ok = j->unit->part != GROUP_PART || io_len == j->length || last;
+    r->dest = e->seg.data + j->dest;
+    r->checksum = ts->cat.part_checksums[j->part];
+    r->part = j->part;
+    r->prio = prio;
+    r->user = j;
+    ec_pager_submit(e->pager, r);
 }
 
 static int job_wait(struct job *j, struct request *r)
@@ -468,7 +449,6 @@ static struct job *job_new(ec_engine *e, struct tstate *ts, uint32_t part, struc
     j->unit = u;
     j->dest = dest;
     j->length = (uint32_t)ec_partfile_part_length(&ts->meta, part);
-    j->checksum = ts->cat.part_checksums[part];
     if (ec_u64map_put(&e->inflight, EC_INDEX_KEY(j->tensor, part), j)) {
         free(j);
         return NULL;
@@ -538,7 +518,7 @@ static int want_partition(ec_engine *e, struct tstate *ts, uint32_t p, struct re
         free(u);
         return ec_seterr(EC_ENOMEM, "out of memory queueing a read");
     }
-    submit(e, j);
+    submit(e, j, EC_PAGE_DEMAND);
     return 0;
 }
 
@@ -638,10 +618,13 @@ static void job_complete(ec_engine *e, struct job *j)
     struct unit *u = j->unit;
     uint64_t key = EC_INDEX_KEY(j->tensor, j->part);
     bool group = u->part == GROUP_PART; /* u may be freed below */
-    int rc = j->rc;
+    int rc = j->req.rc;
 
     ec_u64map_del(&e->inflight, key);
     ts->inflight--;
+    if (rc)
+        snprintf(j->msg, sizeof(j->msg), "tensor '%.64s' (model '%.64s' version %lld): %.300s",
+                 j->ts->cat.name, j->ts->cat.model, (long long)j->ts->cat.version, j->req.msg);
     if (rc == 0) {
         e->st.page_ins++;
         e->st.page_in_bytes += j->length;
@@ -722,20 +705,14 @@ static void job_complete(ec_engine *e, struct job *j)
     }
 }
 
+static void read_done(ec_page_req *r, void *arg)
+{
+    job_complete(arg, r->user);
+}
+
 void ec_engine_complete(ec_engine *e)
 {
-    uint64_t v;
-    struct job *done, *next;
-
-    (void)!read(e->efd, &v, sizeof(v));
-    pthread_mutex_lock(&e->qlock);
-    done = e->dq_head;
-    e->dq_head = NULL;
-    pthread_mutex_unlock(&e->qlock);
-    for (; done; done = next) {
-        next = done->next;
-        job_complete(e, done);
-    }
+    ec_pager_reap(e->pager, read_done, e);
     if (e->deferred)
         retry_deferred(e);
     gauges(e);
@@ -851,7 +828,7 @@ static void pin_start(ec_engine *e, struct request *r)
             break;
         }
         g->pending++;
-        submit(e, j);
+        submit(e, j, EC_PAGE_DEMAND);
     }
     if (g->pending == 0) {
         /* Nothing was queued (an empty tensor, or no memory at all). */
@@ -1062,7 +1039,8 @@ static int adopt_resident(ec_engine *e)
     return 0;
 }
 
-static int attach_segment(ec_engine *e)
+/* Re-attach the recorded segment or create one, and bump the generation. */
+static int open_segment(ec_engine *e)
 {
     int rc = ec_segment_reopen(e->data_dir, &e->seg);
 
@@ -1099,13 +1077,46 @@ static int attach_segment(ec_engine *e)
      * daemon see it change and reconnect. */
     atomic_store_explicit(&e->seg.hdr->daemon_pid, (uint32_t)getpid(), memory_order_relaxed);
     atomic_store_explicit(&e->seg.hdr->generation, e->generation, memory_order_release);
-    rc = adopt_resident(e);
+    return 0;
+}
+
+/* Keep what the previous daemon left resident (needs the pager: it opens
+ * the tensors' files). */
+static int adopt_segment(ec_engine *e)
+{
+    int rc = adopt_resident(e);
+
     if (rc == 0 && (e->st.restart_kept || e->st.restart_dropped))
         ec_info("warm restart: kept %llu resident partitions, dropped %llu",
                 (unsigned long long)e->st.restart_kept,
                 (unsigned long long)e->st.restart_dropped);
     gauges(e);
     return rc;
+}
+
+/* Log the machine's topology, and put this thread (the server thread, which
+ * drives the pager) on the NUMA node nearest the data directory's device,
+ * before the segment is created, so its pages are first touched there. */
+static void place(ec_engine *e)
+{
+    char line[EC_TOPOLOGY_DESC_MAX];
+
+    e->node = -1;
+    if (ec_topology_load(&e->topo)) {
+        ec_warn("no hardware topology (%s): buffers and threads stay where they are",
+                ec_last_error());
+        e->topo = NULL;
+        return;
+    }
+    ec_topology_describe(e->topo, e->data_dir, line, sizeof(line));
+    ec_info("topology: %s", line);
+    e->node = ec_topology_node_of_path(e->topo, e->data_dir);
+    if (ec_topology_numa_nodes(e->topo) > 1 && e->node >= 0) {
+        if (ec_topology_bind_thread(e->topo, e->node))
+            ec_warn("pager thread not bound to NUMA node %d: %s", e->node, ec_last_error());
+        else
+            ec_info("pager thread and segment placed on NUMA node %d", e->node);
+    }
 }
 
 int ec_engine_open(const ec_engine_config *cfg, ec_engine_notify_fn notify, void *notify_arg,
@@ -1119,16 +1130,12 @@ int ec_engine_open(const ec_engine_config *cfg, ec_engine_notify_fn notify, void
         return ec_seterr(EC_ENOMEM, "engine");
     e->cfg = *cfg;
     e->lock_fd = -1;
-    e->efd = -1;
     e->seg.fd = -1;
     e->notify = notify;
     e->notify_arg = notify_arg;
     e->started = time(NULL);
     e->deferred_tail = &e->deferred;
     snprintf(e->data_dir, sizeof(e->data_dir), "%s", cfg->data_dir);
-    pthread_mutex_init(&e->qlock, NULL);
-    pthread_cond_init(&e->qcond, NULL);
-
     if (mkdir(e->data_dir, 0700) < 0 && errno != EEXIST) {
         rc = ec_seterr_errno(EC_EIO, errno, "cannot create data directory %s", e->data_dir);
         goto fail;
@@ -1143,27 +1150,24 @@ int ec_engine_open(const ec_engine_config *cfg, ec_engine_notify_fn notify, void
     swept = ec_import_sweep(e->cat, e->data_dir);
     if (swept > 0)
         ec_info("removed %d orphaned partition file(s) from an interrupted import", swept);
-    rc = attach_segment(e);
+    place(e);
+    rc = open_segment(e);
     if (rc)
         goto fail;
-    e->efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-    if (e->efd < 0) {
-        rc = ec_seterr_errno(EC_EIO, errno, "eventfd");
-        goto fail;
-    }
-    e->nthreads = cfg->io_threads ? cfg->io_threads : 2;
-    e->threads = calloc(e->nthreads, sizeof(*e->threads));
-    if (!e->threads) {
-        rc = ec_seterr(EC_ENOMEM, "threads");
-        goto fail;
-    }
-    for (unsigned i = 0; i < e->nthreads; i++) {
-        if (pthread_create(&e->threads[i], NULL, pager_main, e)) {
-            e->nthreads = i;
-            rc = ec_seterr(EC_ENOMEM, "cannot start pager thread %u", i);
+    if (e->topo && ec_topology_bind_memory(e->topo, e->seg.data, e->seg.data_size, e->node))
+        ec_warn("segment memory not bound to NUMA node %d: %s", e->node, ec_last_error());
+    {
+        ec_pager_config pc = {.kind = cfg->pager, .queue_depth = cfg->queue_depth,
+                              .threads = cfg->io_threads, .region = e->seg.data,
+                              .region_len = e->seg.data_size};
+        rc = ec_pager_open(&pc, &e->pager);
+        if (rc)
             goto fail;
-        }
+        ec_info("pager: %s", ec_pager_describe(e->pager));
     }
+    rc = adopt_segment(e);
+    if (rc)
+        goto fail;
     *out = e;
     return 0;
 fail:
@@ -1171,32 +1175,27 @@ fail:
     return rc;
 }
 
+static void drop_job(ec_page_req *r, void *arg)
+{
+    struct job *j = r->user;
+
+    (void)arg;
+    free(j->waiters);
+    free(j);
+}
+
 void ec_engine_close(ec_engine *e)
 {
     if (!e)
         return;
-    pthread_mutex_lock(&e->qlock);
-    e->stopping = true;
-    pthread_cond_broadcast(&e->qcond);
-    pthread_mutex_unlock(&e->qlock);
-    for (unsigned i = 0; i < e->nthreads; i++)
-        pthread_join(e->threads[i], NULL);
-    free(e->threads);
-    /* Jobs still queued or done are dropped with their extents unpublished:
-     * the next daemon rebuilds the allocator from the index alone. */
-    for (struct job *j = e->sq_head, *n; j; j = n) {
-        n = j->next;
-        free(j->waiters);
-        free(j);
-    }
+    /* Reads still in flight write into the segment: the pager waits for
+     * them. Their extents stay unpublished; the next daemon rebuilds the
+     * allocator from the index alone. */
+    if (e->pager)
+        ec_pager_close(e->pager, drop_job, NULL);
     for (struct deferred *d = e->deferred, *n; d; d = n) {
         n = d->next;
         free(d);
-    }
-    for (struct job *j = e->dq_head, *n; j; j = n) {
-        n = j->next;
-        free(j->waiters);
-        free(j);
     }
     while (e->owners.len) {
         size_t i = 0;
@@ -1220,23 +1219,21 @@ void ec_engine_close(ec_engine *e)
     if (e->seg.base)
         ec_segment_close(&e->seg);
     ec_catalog_close(e->cat);
-    if (e->efd >= 0)
-        close(e->efd);
     if (e->lock_fd >= 0)
         close(e->lock_fd);
-    pthread_mutex_destroy(&e->qlock);
-    pthread_cond_destroy(&e->qcond);
+    ec_topology_free(e->topo);
     free(e);
 }
 
 ec_segment *ec_engine_segment(ec_engine *e) { return &e->seg; }
 ec_catalog *ec_engine_catalog(ec_engine *e) { return e->cat; }
 uint64_t ec_engine_generation(const ec_engine *e) { return e->generation; }
-int ec_engine_event_fd(const ec_engine *e) { return e->efd; }
+int ec_engine_event_fd(const ec_engine *e) { return ec_pager_event_fd(e->pager); }
+const char *ec_engine_pager_name(const ec_engine *e) { return ec_pager_name(e->pager); }
 
-void ec_engine_inject_read_error(ec_engine *e, int code)
+void ec_engine_inject(ec_engine *e, enum ec_fault_kind kind, unsigned every_nth)
 {
-    atomic_store_explicit(&e->inject_rc, code, memory_order_relaxed);
+    ec_pager_inject(e->pager, kind, every_nth);
 }
 
 int ec_engine_stats(ec_engine *e, int (*cb)(const char *name, uint64_t v, void *arg), void *arg)
@@ -1256,6 +1253,8 @@ int ec_engine_stats(ec_engine *e, int (*cb)(const char *name, uint64_t v, void *
             return rc;                                 \
     } while (0)
     S("generation", e->generation);
+    S("numa_nodes", e->topo ? ec_topology_numa_nodes(e->topo) : 1);
+    S("data_dir_numa_node", e->node < 0 ? UINT64_MAX : (uint64_t)e->node);
     S("uptime_seconds", time(NULL) - e->started);
     S("segment_bytes", e->seg.size);
     S("data_bytes", s.capacity);
@@ -1270,6 +1269,19 @@ int ec_engine_stats(ec_engine *e, int (*cb)(const char *name, uint64_t v, void *
     S("fault_partitions", e->st.fault_parts);
     S("fault_coalesced", e->st.coalesced);
     S("fault_deferred", e->st.deferred);
+    {
+        ec_pager_stats ps;
+        ec_pager_stats_get(e->pager, &ps);
+        S("pager_io_uring", !strcmp(ec_pager_name(e->pager), "io_uring"));
+        S("pager_reads", ps.reads);
+        S("pager_read_bytes", ps.bytes);
+        S("pager_direct_reads", ps.direct_reads);
+        S("pager_fixed_buffer_reads", ps.fixed_buffer_reads);
+        S("pager_retries", ps.retries);
+        S("pager_errors", ps.errors);
+        S("pager_inflight", ps.inflight);
+        S("pager_queued", ps.queued);
+    }
     S("page_ins", e->st.page_ins);
     S("page_in_bytes", e->st.page_in_bytes);
     S("checksum_failures", e->st.checksum_failures);

@@ -8,11 +8,10 @@
  * contiguous region for a view, unpin, stats.
  *
  * Threads: every function here is called from the server thread only. The
- * pager threads read partition files into extents that are allocated but
- * not yet published, and hand finished reads back through a queue and an
- * eventfd (ec_engine_event_fd); the server thread then calls
- * ec_engine_complete(), which publishes entries and answers requests
- * through the notify callback.
+ * pager (core/pager.h) reads partition files into extents that are
+ * allocated but not yet published and signals an eventfd
+ * (ec_engine_event_fd); the server thread then calls ec_engine_complete(),
+ * which publishes entries and answers requests through the notify callback.
  */
 #ifndef EC_CORE_ENGINE_H
 #define EC_CORE_ENGINE_H
@@ -22,6 +21,7 @@
 
 #include "common/err.h"
 #include "core/catalog.h"
+#include "core/pager.h"
 #include "core/proto.h"
 #include "shm/segment.h"
 
@@ -30,7 +30,9 @@ typedef struct ec_engine ec_engine;
 typedef struct ec_engine_config {
     const char *data_dir;
     uint64_t shm_size;      /* bytes of the segment */
-    unsigned io_threads;    /* pager reader threads; 0 for 2 */
+    enum ec_pager_kind pager; /* AUTO: io_uring when it works, else pread */
+    unsigned queue_depth;   /* io_uring reads in flight; 0 for 64 */
+    unsigned io_threads;    /* pread reader threads; 0 for 2 */
     bool drop_segment;      /* remove the segment on close (no warm restart) */
 } ec_engine_config;
 
@@ -92,7 +94,10 @@ void ec_engine_touch(ec_engine *e, uint64_t key);
 /* Report statistics. */
 int ec_engine_stats(ec_engine *e, int (*cb)(const char *name, uint64_t v, void *arg), void *arg);
 
-/* Test hook: reads of partitions fail with this code (0 = off). */
-void ec_engine_inject_read_error(ec_engine *e, int code);
+/* Fault hook (tests): every nth partition read fails as `kind`. */
+void ec_engine_inject(ec_engine *e, enum ec_fault_kind kind, unsigned every_nth);
+
+/* The pager's name ("io_uring", "pread") and its statistics. */
+const char *ec_engine_pager_name(const ec_engine *e);
 
 #endif

@@ -1,0 +1,217 @@
+/*
+ * pager.c - choosing a pager backend, and what every read ends with: the
+ * retry decisions for short reads, EAGAIN and EINTR, checksum verification,
+ * statistics and the fault hook (see pager.h).
+ */
+#include "core/pager_impl.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "common/log.h"
+#include "core/partfile.h"
+
+static void drop_req(ec_page_req *r, void *arg)
+{
+    (void)r;
+    (void)arg;
+}
+
+int ec_pager_open(const ec_pager_config *cfg, ec_pager **out)
+{
+    ec_pager *p = calloc(1, sizeof(*p));
+    enum ec_pager_kind kind = cfg->kind;
+    const char *env = getenv("EMBCACHE_PAGER");
+    int rc;
+
+    if (!p)
+        return ec_seterr(EC_ENOMEM, "pager");
+    p->cfg = *cfg;
+    if (!p->cfg.queue_depth)
+        p->cfg.queue_depth = 64;
+    if (!p->cfg.threads)
+        p->cfg.threads = 2;
+    p->efd = -1;
+    if (kind == EC_PAGER_AUTO && env) {
+        if (!strcmp(env, "pread"))
+            kind = EC_PAGER_PREAD;
+        else if (!strcmp(env, "io_uring"))
+            kind = EC_PAGER_URING;
+    }
+    if (kind != EC_PAGER_PREAD) {
+        p->ops = &ec_pager_uring_ops;
+        rc = p->ops->open(p);
+        if (rc == 0)
+            goto ok;
+        p->ops->close(p, drop_req, NULL);
+        p->impl = NULL;
+        p->efd = -1;
+        if (kind == EC_PAGER_URING) {
+            free(p);
+            return rc;
+        }
+        ec_warn("io_uring is not available (%s): reading partitions with a pool of %u "
+                "pread threads instead", ec_last_error(), p->cfg.threads);
+    }
+    p->ops = &ec_pager_pread_ops;
+    rc = p->ops->open(p);
+    if (rc) {
+        p->ops->close(p, drop_req, NULL);
+        free(p);
+        return rc;
+    }
+ok:
+    *out = p;
+    return 0;
+}
+
+void ec_pager_close(ec_pager *p, void (*done)(ec_page_req *r, void *arg), void *arg)
+{
+    if (!p)
+        return;
+    p->ops->close(p, done, arg);
+    free(p);
+}
+
+const char *ec_pager_name(const ec_pager *p)
+{
+    return p->ops->name;
+}
+
+const char *ec_pager_describe(const ec_pager *p)
+{
+    return p->desc;
+}
+
+int ec_pager_file_add(ec_pager *p, int fd)
+{
+    return fd >= 0 && p->ops->file_add ? p->ops->file_add(p, fd) : -1;
+}
+
+void ec_pager_file_del(ec_pager *p, int slot)
+{
+    if (slot >= 0 && p->ops->file_del)
+        p->ops->file_del(p, slot);
+}
+
+void ec_pager_submit(ec_pager *p, ec_page_req *r)
+{
+    ec_pager_prepare(p, r);
+    p->ops->submit(p, r);
+}
+
+int ec_pager_event_fd(const ec_pager *p)
+{
+    return p->efd;
+}
+
+void ec_pager_reap(ec_pager *p, void (*done)(ec_page_req *r, void *arg), void *arg)
+{
+    p->ops->reap(p, done, arg);
+}
+
+void ec_pager_stats_get(const ec_pager *p, ec_pager_stats *out)
+{
+    *out = p->st;
+}
+
+void ec_pager_inject(ec_pager *p, enum ec_fault_kind kind, unsigned every_nth)
+{
+    p->fault = every_nth ? kind : EC_FAULT_NONE;
+    p->fault_every = every_nth;
+    p->fault_count = 0;
+}
+
+void ec_pager_prepare(ec_pager *p, ec_page_req *r)
+{
+    r->done = 0;
+    r->retries = 0;
+    r->rc = 0;
+    r->msg[0] = '\0';
+    r->fake_eof = false;
+    r->fault = EC_FAULT_NONE;
+    r->direct = r->direct_ok && r->dfd >= 0 && r->io_len >= r->length &&
+                r->io_len % EC_PARTFILE_ALIGN == 0 && r->file_off % EC_PARTFILE_ALIGN == 0 &&
+                (uintptr_t)r->dest % EC_PARTFILE_ALIGN == 0;
+    if (p->fault != EC_FAULT_NONE && ++p->fault_count % p->fault_every == 0)
+        r->fault = p->fault;
+}
+
+enum ec_read_next ec_pager_account(ec_page_req *r, long n)
+{
+    if (n == -EAGAIN || n == -EINTR) {
+        if (++r->retries <= EC_PAGER_MAX_RETRIES)
+            return EC_READ_AGAIN;
+        r->rc = EC_EIO;
+        snprintf(r->msg, sizeof(r->msg), "partition %u of %s: the read kept failing (%s) "
+                 "after %d retries", r->part, r->path, strerror((int)-n), EC_PAGER_MAX_RETRIES);
+        return EC_READ_DONE;
+    }
+    if (n == -EINVAL && r->direct) {
+        /* The file system refused O_DIRECT after all: go on buffered. */
+        r->direct = false;
+        return EC_READ_AGAIN;
+    }
+    if (n < 0) {
+        r->rc = EC_EIO;
+        snprintf(r->msg, sizeof(r->msg), "partition %u of %s: read failed: %s", r->part,
+                 r->path, strerror((int)-n));
+        return EC_READ_DONE;
+    }
+    if (n == 0) {
+        /* End of file. O_DIRECT reads whole pages; the data may end inside the
+         * last one, and that is enough. */
+        if (r->done >= r->length)
+            return EC_READ_DONE;
+        r->rc = EC_EIO;
+        snprintf(r->msg, sizeof(r->msg), "partition %u of %s: the file ends %u bytes into "
+                 "the partition's %u (truncated after import?); re-import the model version",
+                 r->part, r->path, r->done, r->length);
+        return EC_READ_DONE;
+    }
+    r->done += (uint32_t)n;
+    if (r->done >= ec_pager_want(r))
+        return EC_READ_DONE;
+    /* A short read: go on from where it stopped. O_DIRECT needs whole pages,
+     * so an odd-sized remainder continues buffered. */
+    r->retries++;
+    if (r->direct && r->done % EC_PARTFILE_ALIGN)
+        r->direct = false;
+    if (r->done >= r->length && !r->direct)
+        return EC_READ_DONE;
+    return EC_READ_AGAIN;
+}
+
+void ec_pager_verify(ec_page_req *r)
+{
+    uint64_t got;
+
+    if (r->rc)
+        return;
+    got = ec_checksum(r->dest, r->length);
+    if (got != r->checksum) {
+        r->rc = EC_ECHECKSUM;
+        snprintf(r->msg, sizeof(r->msg), "partition %u of %s failed its checksum (expected "
+                 "%016llx, computed %016llx): the data on disk is damaged; re-import the "
+                 "model version", r->part, r->path, (unsigned long long)r->checksum,
+                 (unsigned long long)got);
+    }
+}
+
+void ec_pager_count(ec_pager *p, const ec_page_req *r)
+{
+    p->st.retries += r->retries;
+    if (r->rc == 0) {
+        p->st.reads++;
+        p->st.bytes += r->length;
+        if (r->direct)
+            p->st.direct_reads++;
+    } else if (r->rc == EC_ECHECKSUM) {
+        p->st.checksum_failures++;
+    } else {
+        p->st.errors++;
+    }
+}

@@ -1,0 +1,124 @@
+/*
+ * pager.h - reading partitions from their files into extents of the segment.
+ *
+ * Two backends behind one interface (core/pager.c picks one):
+ *
+ *   io_uring  O_DIRECT reads straight into the extent (no bounce buffer), the
+ *             segment registered as fixed buffers and partition files as fixed
+ *             files where the kernel allows, a bounded queue depth, batched
+ *             submission. Driven from the daemon's server thread; completions
+ *             wake it through an eventfd registered with the ring.
+ *   pread     a pool of reader threads, for kernels without io_uring, with
+ *             io_uring disabled, or under a seccomp filter that forbids it.
+ *
+ * Both serve demand reads before prewarm reads, retry short reads, EAGAIN
+ * and EINTR, verify each partition's XXH3 checksum before reporting success,
+ * and report every other failure on the request (rc, msg). A fault hook
+ * (ec_pager_inject) makes reads fail on purpose, for tests.
+ *
+ * Threads: every function is called from the server thread only; the pread
+ * backend's readers are internal.
+ */
+#ifndef EC_CORE_PAGER_H
+#define EC_CORE_PAGER_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "common/err.h"
+
+enum ec_page_prio { EC_PAGE_DEMAND = 0, EC_PAGE_PREWARM = 1 };
+
+typedef struct ec_page_req {
+    /* Filled by the caller. */
+    int fd;                 /* the partition file, buffered */
+    int dfd;                /* the same file opened O_DIRECT, or -1 */
+    int file_slot;          /* ec_pager_file_add() handle, or -1 */
+    const char *path;       /* for messages */
+    uint64_t file_off;      /* where the partition starts in the file */
+    uint32_t length;        /* bytes of partition data */
+    uint32_t io_len;        /* bytes a direct read may transfer (>= length,
+                             * 4 KiB multiple, within the extent and file) */
+    bool direct_ok;         /* dest, file_off and io_len suit O_DIRECT */
+    uint8_t *dest;          /* in the segment */
+    uint64_t checksum;      /* expected XXH3-64 of the length bytes */
+    uint32_t part;          /* for messages */
+    enum ec_page_prio prio;
+    void *user;
+
+    /* Results, valid in the completion callback. */
+    int rc;
+    char msg[EC_ERRMSG_MAX];
+
+    /* Private to the pager. */
+    uint32_t done;          /* bytes read so far */
+    unsigned retries;
+    bool direct;            /* this read goes through dfd */
+    int fault;              /* injected fault still to apply (ec_fault_kind) */
+    bool fake_eof;          /* an injected short read: the file "ends" here */
+    struct ec_page_req *next;
+} ec_page_req;
+
+enum ec_pager_kind { EC_PAGER_AUTO = 0, EC_PAGER_URING = 1, EC_PAGER_PREAD = 2 };
+
+typedef struct ec_pager_config {
+    enum ec_pager_kind kind;  /* AUTO: io_uring when it works, else pread */
+    unsigned queue_depth;     /* reads in flight (io_uring); 0 for 64 */
+    unsigned threads;         /* reader threads (pread); 0 for 2 */
+    void *region;             /* the segment's data area, to register */
+    size_t region_len;
+} ec_pager_config;
+
+typedef struct ec_pager_stats {
+    uint64_t reads;           /* partitions read and verified */
+    uint64_t bytes;           /* partition bytes read */
+    uint64_t retries;         /* short reads, EAGAIN, EINTR resubmitted */
+    uint64_t errors;          /* reads that failed (I/O) */
+    uint64_t checksum_failures;
+    uint64_t inflight;        /* submitted to the kernel or a reader */
+    uint64_t queued;          /* waiting for a slot */
+    uint64_t direct_reads;    /* of reads, those done with O_DIRECT */
+    uint64_t fixed_buffer_reads;
+} ec_pager_stats;
+
+typedef struct ec_pager ec_pager;
+
+/* Open a pager. AUTO tries io_uring and falls back to pread, logging why
+ * once. URING fails (EC_EIO with the reason) where io_uring cannot be used.
+ * EMBCACHE_PAGER=pread|io_uring in the environment overrides AUTO. */
+int ec_pager_open(const ec_pager_config *cfg, ec_pager **out);
+
+/* Wait for reads in flight, then free. Requests still queued are returned
+ * through done() with EC_ECONN so their owner can free them. */
+void ec_pager_close(ec_pager *p, void (*done)(ec_page_req *r, void *arg), void *arg);
+
+/* "io_uring" or "pread", and a line of what was set up (fixed buffers...). */
+const char *ec_pager_name(const ec_pager *p);
+const char *ec_pager_describe(const ec_pager *p);
+
+/* Register a partition file for fixed-file reads; returns a slot or -1
+ * (not supported, table full). ec_pager_file_del when the fd is closed. */
+int ec_pager_file_add(ec_pager *p, int fd);
+void ec_pager_file_del(ec_pager *p, int slot);
+
+/* Queue a read. The result comes back through ec_pager_reap. */
+void ec_pager_submit(ec_pager *p, ec_page_req *r);
+
+/* The descriptor the server polls; readable when reads have finished. */
+int ec_pager_event_fd(const ec_pager *p);
+
+/* Call done(r, arg) for every finished read (rc == 0: data in place and
+ * verified), and start queued ones. */
+void ec_pager_reap(ec_pager *p, void (*done)(ec_page_req *r, void *arg), void *arg);
+
+void ec_pager_stats_get(const ec_pager *p, ec_pager_stats *out);
+
+/* Fault hook: make every nth read (counting from the next one) fail as
+ * `kind`; n = 0 turns it off. Kinds: EC_FAULT_EIO (the read fails with EIO),
+ * EC_FAULT_SHORT (the read stops short and the file seems to end there),
+ * EC_FAULT_SHORT_ONCE (one short read, then the rest is read: must succeed). */
+enum ec_fault_kind { EC_FAULT_NONE = 0, EC_FAULT_EIO, EC_FAULT_SHORT, EC_FAULT_SHORT_ONCE };
+void ec_pager_inject(ec_pager *p, enum ec_fault_kind kind, unsigned every_nth);
+
+#endif
