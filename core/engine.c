@@ -64,6 +64,7 @@ struct tstate {
 };
 
 struct unit {
+    double expires;              /* monotonic seconds; 0: no TTL */
     uint32_t tensor;
     uint32_t part;               /* GROUP_PART for a group */
     uint64_t off;                /* extent, from the data area */
@@ -136,6 +137,8 @@ struct ec_engine {
     struct unit **clock;
     size_t nclock, capclock, hand;
     struct deferred *deferred, **deferred_tail;
+    size_t ttl_hand;
+    uint64_t budget;
     uint64_t next_pin;
 
     /* Pager: submit queue (server -> readers), done queue (readers -> server). */
@@ -146,13 +149,20 @@ struct ec_engine {
     struct {
         uint64_t fault_requests, fault_parts, coalesced, page_ins, page_in_bytes,
             checksum_failures, read_errors, evictions, evicted_bytes, pins, unpins,
-            restart_kept, restart_dropped, resolves, deferred;
+            restart_kept, restart_dropped, resolves, deferred, expirations;
     } st;
     time_t started;
 };
 
 /* ------------------------------------------------------------------ */
 /* Small helpers                                                       */
+
+static double mono_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
 
 static uint64_t page_round(uint64_t n)
 {
@@ -371,22 +381,75 @@ static int evict_one(ec_engine *e)
     return EC_ENOSPC;
 }
 
+static uint64_t used_bytes(const ec_engine *e)
+{
+    ec_extent_stats s;
+
+    ec_extent_stats_get(e->ext, &s);
+    return s.used;
+}
+
+/* An extent of `bytes`, evicting until both the budget and the segment
+ * have room: the budget holds at all times (an allocation never takes the
+ * host tier past it), and nothing pinned or loading is evicted. */
 static int alloc_evicting(ec_engine *e, uint64_t bytes, uint64_t *off)
 {
+    uint64_t rounded = page_round(bytes);
+
+    if (rounded > e->budget)
+        return ec_seterr(EC_ENOSPC, "budget exhausted: %llu bytes asked for, the budget is "
+                                    "%llu; start embcached with a larger --budget",
+                         (unsigned long long)rounded, (unsigned long long)e->budget);
     for (;;) {
-        int rc = ec_extent_alloc(e->ext, bytes, off);
+        int rc = EC_ENOSPC;
+        if (used_bytes(e) + rounded <= e->budget)
+            rc = ec_extent_alloc(e->ext, bytes, off);
         if (rc != EC_ENOSPC)
             return rc;
         if (evict_one(e)) {
             ec_extent_stats s;
             ec_extent_stats_get(e->ext, &s);
             return ec_seterr(EC_ENOSPC,
-                             "no room for %llu bytes in the %llu-byte segment: %llu bytes are "
-                             "pinned or being loaded (largest free run %llu); release views "
-                             "or start embcached with a larger --shm-size",
-                             (unsigned long long)bytes, (unsigned long long)s.capacity,
-                             (unsigned long long)s.used, (unsigned long long)s.largest_free);
+                             "budget exhausted: no room for %llu bytes (budget %llu, segment "
+                             "%llu): %llu bytes are pinned or being loaded and nothing else "
+                             "can be evicted; release views, evict a pinned version, or start "
+                             "embcached with a larger --budget",
+                             (unsigned long long)bytes, (unsigned long long)e->budget,
+                             (unsigned long long)s.capacity, (unsigned long long)s.used);
         }
+    }
+}
+
+/* When a unit published now expires: the TTL with +-jitter, so partitions
+ * filled together do not all expire together. 0: never. */
+static double expiry_of(const ec_engine *e)
+{
+    double ttl = e->cfg.ttl_seconds, j = e->cfg.ttl_jitter;
+
+    if (ttl <= 0)
+        return 0;
+    return mono_now() + ttl * (1.0 + j * (2.0 * drand48() - 1.0));
+}
+
+/* Evict expired units, a bounded slice of the clock per call so a large
+ * segment costs little per tick. */
+static void expire_some(ec_engine *e)
+{
+    double now = mono_now();
+
+    if (e->cfg.ttl_seconds <= 0 || !e->nclock)
+        return;
+    for (size_t n = 0; n < 4096 && e->nclock; n++) {
+        struct unit *u;
+        if (e->ttl_hand >= e->nclock)
+            e->ttl_hand = 0;
+        u = e->clock[e->ttl_hand];
+        if (u->expires > 0 && u->expires <= now && u->pins == 0 && !u->loading) {
+            unit_drop(e, u, false);
+            e->st.expirations++;
+            continue; /* the slot now holds another unit */
+        }
+        e->ttl_hand++;
     }
 }
 
@@ -647,6 +710,7 @@ static void job_complete(ec_engine *e, struct job *j)
     if (!group) {
         if (rc == 0) {
             u->ref = true;
+            u->expires = expiry_of(e);
             clock_add(e, u);
         } else {
             ec_extent_release(e->ext, u->off, u->bytes);
@@ -921,6 +985,12 @@ void ec_engine_owner_close(ec_engine *e, uint64_t owner)
     free(o);
 }
 
+void ec_engine_tick(ec_engine *e)
+{
+    expire_some(e);
+    gauges(e);
+}
+
 void ec_engine_touch(ec_engine *e, uint64_t key)
 {
     struct unit *u = ec_u64map_get(&e->resident, key);
@@ -1026,6 +1096,7 @@ static int adopt_resident(ec_engine *e)
         u->off = ref.offset;
         u->bytes = page_round(ref.length);
         u->clock_pos = SIZE_MAX;
+        u->expires = expiry_of(e);
         if (ec_u64map_put(&e->resident, c.keys[i], u)) {
             ec_extent_release(e->ext, u->off, u->bytes);
             ec_index_remove(&e->seg, tensor, part, NULL, NULL);
@@ -1165,9 +1236,14 @@ int ec_engine_open(const ec_engine_config *cfg, ec_engine_notify_fn notify, void
             goto fail;
         ec_info("pager: %s", ec_pager_describe(e->pager));
     }
+    e->budget = cfg->budget && cfg->budget < e->seg.data_size ? cfg->budget : e->seg.data_size;
+    srand48((long)getpid() ^ (long)time(NULL));
     rc = adopt_segment(e);
     if (rc)
         goto fail;
+    /* A restart with a smaller budget: shed what the old daemon kept. */
+    while (used_bytes(e) > e->budget && evict_one(e) == 0)
+        ;
     *out = e;
     return 0;
 fail:
@@ -1286,7 +1362,9 @@ int ec_engine_stats(ec_engine *e, int (*cb)(const char *name, uint64_t v, void *
     S("page_in_bytes", e->st.page_in_bytes);
     S("checksum_failures", e->st.checksum_failures);
     S("read_errors", e->st.read_errors);
+    S("budget_bytes", e->budget);
     S("evictions", e->st.evictions);
+    S("expirations", e->st.expirations);
     S("evicted_bytes", e->st.evicted_bytes);
     S("pins_taken", e->st.pins);
     S("pins_released", e->st.unpins);

@@ -34,6 +34,9 @@ typedef struct ec_engine_config {
     unsigned queue_depth;   /* io_uring reads in flight; 0 for 64 */
     unsigned io_threads;    /* pread reader threads; 0 for 2 */
     bool drop_segment;      /* remove the segment on close (no warm restart) */
+    uint64_t budget;        /* host-tier bytes; 0 (or more than the data area): all of it */
+    double ttl_seconds;     /* partition TTL; 0: none */
+    double ttl_jitter;      /* fraction, e.g. 0.1 for +-10% */
 } ec_engine_config;
 
 /* The answer to an asynchronous request (FAULT, PIN). */
@@ -90,6 +93,9 @@ void ec_engine_owner_close(ec_engine *e, uint64_t owner);
 /* A client reported an access to (tensor, part): feeds the eviction policy.
  * The key is untrusted; unknown keys are ignored. */
 void ec_engine_touch(ec_engine *e, uint64_t key);
+
+/* Periodic work (the server calls it every tick): TTL expiry. */
+void ec_engine_tick(ec_engine *e);
 
 /* Report statistics. */
 int ec_engine_stats(ec_engine *e, int (*cb)(const char *name, uint64_t v, void *arg), void *arg);

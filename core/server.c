@@ -1013,7 +1013,12 @@ int ec_server_run(const ec_server_config *cfg)
     server *s = calloc(1, sizeof(*s));
     ec_engine_config ecfg = {.data_dir = cfg->data_dir, .shm_size = cfg->shm_size,
                              .io_threads = cfg->io_threads,
-                             .drop_segment = cfg->drop_segment};
+                             .drop_segment = cfg->drop_segment,
+                             .budget = cfg->budget,
+                             .ttl_seconds = cfg->ttl_seconds,
+                             .ttl_jitter = cfg->ttl_jitter,
+                             .pager = (enum ec_pager_kind)cfg->pager,
+                             .queue_depth = cfg->queue_depth};
     sigset_t mask;
     char catpath[4200];
     int rc;
@@ -1113,6 +1118,7 @@ int ec_server_run(const ec_server_config *cfg)
             TICK_MS) {
             drain_rings(s);
             reap_silent(s);
+            ec_engine_tick(s->engine);
             last_tick = now;
         }
     }

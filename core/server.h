@@ -27,6 +27,10 @@ typedef struct ec_server_config {
     bool allow_any;                        /* every local user may connect */
     unsigned max_clients;                  /* 0 for 1024 */
     bool drop_segment;                     /* remove the segment at exit */
+    uint64_t budget;                       /* host-tier bytes; 0: the whole data area */
+    double ttl_seconds, ttl_jitter;        /* partition TTL (0: none), jitter fraction */
+    int pager;                             /* enum ec_pager_kind */
+    unsigned queue_depth;                  /* io_uring reads in flight */
 } ec_server_config;
 
 /* Run until SIGTERM or SIGINT. Returns 0 after a clean shutdown, or a

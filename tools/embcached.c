@@ -34,7 +34,15 @@ static void usage(FILE *f)
             "                         /run/embcache/embcached.sock as root,\n"
             "                         $XDG_RUNTIME_DIR/embcache.sock or /tmp/embcache-UID.sock)\n"
             "  -m, --shm-size BYTES   shared segment size; suffixes K, M, G (default 1G)\n"
-            "  -j, --io-threads N     partition reader threads (default 2)\n"
+            "  -b, --budget BYTES     memory budget of the host tier: evict past it\n"
+            "                         (default: the whole segment)\n"
+            "      --ttl SECONDS      evict a partition this long after it was loaded\n"
+            "                         (default 0: never)\n"
+            "      --ttl-jitter PCT   spread TTLs by +-PCT%% (default 10)\n"
+            "      --pager KIND       auto, io_uring or pread (default auto: io_uring\n"
+            "                         when the kernel allows it)\n"
+            "      --queue-depth N    io_uring reads in flight (default 64)\n"
+            "  -j, --io-threads N     pread reader threads (default 2)\n"
             "      --allow-uid UID    also accept clients of this uid (repeatable)\n"
             "      --allow-any        accept clients of every local user\n"
             "      --drop-segment     remove the shared segment at exit (by default it is\n"
@@ -80,6 +88,11 @@ int main(int argc, char **argv)
         {"socket", required_argument, NULL, 's'},
         {"shm-size", required_argument, NULL, 'm'},
         {"io-threads", required_argument, NULL, 'j'},
+        {"budget", required_argument, NULL, 'b'},
+        {"ttl", required_argument, NULL, 'T'},
+        {"ttl-jitter", required_argument, NULL, 'J'},
+        {"pager", required_argument, NULL, 'P'},
+        {"queue-depth", required_argument, NULL, 'Q'},
         {"allow-uid", required_argument, NULL, 'U'},
         {"allow-any", no_argument, NULL, 'A'},
         {"drop-segment", no_argument, NULL, 'D'},
@@ -89,13 +102,59 @@ int main(int argc, char **argv)
         {"version", no_argument, NULL, 'V'},
         {NULL, 0, NULL, 0},
     };
-    ec_server_config cfg = {.shm_size = DEFAULT_SHM_SIZE};
+    ec_server_config cfg = {.shm_size = DEFAULT_SHM_SIZE, .ttl_jitter = 0.1};
     char sock[108], dir[PATH_MAX];
     const char *data_dir = getenv("EMBCACHE_DATA_DIR");
     int level = EC_LOG_INFO, c, rc;
 
-    while ((c = getopt_long(argc, argv, "d:s:m:j:vqhV", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "d:s:m:j:b:vqhV", opts, NULL)) != -1) {
         switch (c) {
+        case 'b':
+            if (parse_size(optarg, &cfg.budget) || cfg.budget == 0) {
+                fprintf(stderr, "embcached: --budget '%s' is not a size (e.g. 512M, 8G)\n",
+                        optarg);
+                return 2;
+            }
+            break;
+        case 'T':
+        case 'J': {
+            char *end;
+            double v = strtod(optarg, &end);
+            if (*end || end == optarg || v < 0 || (c == 'J' && v > 100)) {
+                fprintf(stderr, "embcached: --%s '%s' must be a number %s\n",
+                        c == 'T' ? "ttl" : "ttl-jitter", optarg,
+                        c == 'T' ? ">= 0 (seconds)" : "from 0 to 100 (percent)");
+                return 2;
+            }
+            if (c == 'T')
+                cfg.ttl_seconds = v;
+            else
+                cfg.ttl_jitter = v / 100.0;
+            break;
+        }
+        case 'P':
+            if (!strcmp(optarg, "auto"))
+                cfg.pager = 0;
+            else if (!strcmp(optarg, "io_uring"))
+                cfg.pager = 1;
+            else if (!strcmp(optarg, "pread"))
+                cfg.pager = 2;
+            else {
+                fprintf(stderr, "embcached: --pager '%s': use auto, io_uring or pread\n",
+                        optarg);
+                return 2;
+            }
+            break;
+        case 'Q': {
+            char *end;
+            long n = strtol(optarg, &end, 10);
+            if (*end || n < 1 || n > 4096) {
+                fprintf(stderr, "embcached: --queue-depth '%s' must be 1..4096\n", optarg);
+                return 2;
+            }
+            cfg.queue_depth = (unsigned)n;
+            break;
+        }
         case 'd': data_dir = optarg; break;
         case 's': cfg.socket_path = optarg; break;
         case 'm':
