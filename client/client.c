@@ -774,6 +774,102 @@ int ec_model_find(ec_client *c, const char *model, int64_t round, const char *pa
     return rc;
 }
 
+/* A request of (model, version string) and an optional u32, answered with
+ * one u64. */
+static int version_rpc(ec_client *c, uint16_t op, const char *model, const char *version,
+                       const uint32_t *flags, uint64_t *u64_out)
+{
+    ec_wbuf w;
+    ec_rbuf r;
+    uint32_t req;
+    uint64_t v = 0;
+    int rc;
+
+    if (!c || !model || !version)
+        return ec_seterr(EC_EINVAL, "NULL model or version");
+    pthread_mutex_lock(&c->lock);
+    req = begin(c, &w, op);
+    ec_put_str(&w, model);
+    ec_put_str(&w, version);
+    if (flags)
+        ec_put_u32(&w, *flags);
+    rc = rpc(c, &w, req, NULL, 0, &r, NULL, NULL, 0);
+    if (rc == 0) {
+        v = ec_get_u64(&r);
+        if (!ec_rbuf_done(&r))
+            rc = ec_seterr(EC_EPROTO, "malformed reply to op %u", op);
+    }
+    pthread_mutex_unlock(&c->lock);
+    if (rc == 0 && u64_out)
+        *u64_out = v;
+    return rc;
+}
+
+int ec_model_prewarm(ec_client *c, const char *model, const char *version, unsigned flags,
+                     ec_prewarm_progress *out)
+{
+    ec_prewarm_progress p = {0};
+    ec_wbuf w;
+    ec_rbuf r;
+    uint32_t req;
+    int rc;
+
+    if (!c || !model || !version || !out)
+        return ec_seterr(EC_EINVAL, "ec_model_prewarm: NULL argument");
+    pthread_mutex_lock(&c->lock);
+    req = begin(c, &w, EC_OP_PREWARM);
+    ec_put_str(&w, model);
+    ec_put_str(&w, version);
+    ec_put_u32(&w, flags);
+    rc = rpc(c, &w, req, NULL, 0, &r, NULL, NULL, 0);
+    if (rc == 0) {
+        p.version = ec_get_i64(&r);
+        p.partitions = ec_get_u64(&r);
+        p.done = ec_get_u64(&r);
+        p.failed = ec_get_u64(&r);
+        p.bytes = ec_get_u64(&r);
+        p.finished = (int)ec_get_u32(&r);
+        if (!ec_rbuf_done(&r) || p.done + p.failed > p.partitions)
+            rc = ec_seterr(EC_EPROTO, "malformed PREWARM reply");
+    }
+    pthread_mutex_unlock(&c->lock);
+    if (rc == 0)
+        *out = p;
+    return rc;
+}
+
+int ec_model_evict(ec_client *c, const char *model, const char *version, uint64_t *bytes_out)
+{
+    return version_rpc(c, EC_OP_EVICT, model, version, NULL, bytes_out);
+}
+
+int ec_model_refresh(ec_client *c, const char *model, const char *version,
+                     uint64_t *changed_out)
+{
+    return version_rpc(c, EC_OP_REFRESH, model, version, NULL, changed_out);
+}
+
+int ec_model_retire(ec_client *c, const char *model, int64_t version, int force)
+{
+    ec_wbuf w;
+    ec_rbuf r;
+    uint32_t req;
+    int rc;
+
+    if (!c || !model)
+        return ec_seterr(EC_EINVAL, "ec_model_retire: NULL argument");
+    pthread_mutex_lock(&c->lock);
+    req = begin(c, &w, EC_OP_RETIRE);
+    ec_put_str(&w, model);
+    ec_put_i64(&w, version);
+    ec_put_u32(&w, force ? 1 : 0);
+    rc = rpc(c, &w, req, NULL, 0, &r, NULL, NULL, 0);
+    if (rc == 0 && !ec_rbuf_done(&r))
+        rc = ec_seterr(EC_EPROTO, "malformed RETIRE reply");
+    pthread_mutex_unlock(&c->lock);
+    return rc;
+}
+
 /* Parse one LIST reply page and call cb; returns cb's value, 0, or an error. */
 static int list_page(ec_rbuf *r, uint32_t n, ec_list_cb cb, void *arg,
                      ec_version_info *cur, char *model, char *params, char *aliases)

@@ -1656,6 +1656,52 @@ fail:
     return err;
 }
 
+int ec_catalog_update_file(ec_catalog *cat, int64_t tensor_id, uint64_t file_size,
+                           uint64_t header_checksum, const uint64_t *part_checksums,
+                           uint64_t partitions)
+{
+    sqlite3_stmt *st = NULL;
+    unsigned char *sums = NULL;
+    size_t nsums = (size_t)partitions * 8;
+    int err;
+
+    if (!cat || (partitions && !part_checksums))
+        return ec_seterr(EC_EINVAL, "ec_catalog_update_file: NULL argument");
+    if (nsums && !(sums = malloc(nsums)))
+        return ec_seterr(EC_ENOMEM, "catalog: out of memory updating tensor %" PRId64,
+                         tensor_id);
+    for (uint64_t p = 0; p < partitions; p++)
+        put_le64(sums + 8 * p, part_checksums[p]);
+    err = tx_begin_write(cat);
+    if (err < 0)
+        goto out;
+    err = prep(cat, "UPDATE tensors SET file_size = ?1, header_checksum = ?2, "
+                    "part_checksums = ?3 WHERE id = ?4 AND partitions = ?5", &st);
+    if (err < 0)
+        goto fail;
+    err = bindf(cat, st, "uubiu", file_size, header_checksum, (const void *)sums, nsums,
+                tensor_id, partitions);
+    if (err < 0)
+        goto fail;
+    err = step(cat, st, "update tensor file");
+    if (err < 0)
+        goto fail;
+    if (sqlite3_changes(cat->db) != 1) {
+        err = ec_seterr(EC_ENOENT, "tensor %" PRId64 " with %" PRIu64 " partitions is not in "
+                                   "the catalog", tensor_id, partitions);
+        goto fail;
+    }
+    sqlite3_finalize(st);
+    err = tx_commit(cat);
+    goto out;
+fail:
+    sqlite3_finalize(st);
+    tx_rollback(cat);
+out:
+    free(sums);
+    return err;
+}
+
 int ec_catalog_foreach_path(ec_catalog *cat, int (*cb)(const char *path, void *arg),
                             void *arg)
 {

@@ -116,6 +116,14 @@ int ec_catalog_list_tensors(ec_catalog *cat, int64_t version_id,
 int ec_catalog_drop_version(ec_catalog *cat, const char *model, int64_t version,
                             int (*on_path)(const char *path, void *arg), void *arg);
 
+/* Record that a tensor's partition file changed in place (refresh): its
+ * new size, header checksum and partition checksums (t->partitions of
+ * them; the layout itself may not change). One transaction. EC_ENOENT if
+ * the tensor is gone. */
+int ec_catalog_update_file(ec_catalog *cat, int64_t tensor_id, uint64_t file_size,
+                           uint64_t header_checksum, const uint64_t *part_checksums,
+                           uint64_t partitions);
+
 /* Call cb with every partition file path the catalog references (for the
  * start-up sweep that removes orphans). */
 int ec_catalog_foreach_path(ec_catalog *cat, int (*cb)(const char *path, void *arg),

@@ -86,6 +86,27 @@ int ec_engine_fault(ec_engine *e, uint64_t owner, uint64_t token, uint32_t tenso
 int ec_engine_pin(ec_engine *e, uint64_t owner, uint64_t token, uint32_t tensor);
 int ec_engine_unpin(ec_engine *e, uint64_t owner, uint64_t pin_id);
 
+/* The owner id of the daemon's own pins (a pinned prewarm). Connections
+ * use ids from 16 up. */
+#define EC_ENGINE_OWNER_SELF 1
+
+/* Prewarm (model, version|alias): start loading it in the background, or
+ * report the progress of the prewarm running; a finished one is reported
+ * once and forgotten, so the next call starts anew. */
+int ec_engine_prewarm(ec_engine *e, const char *model, const char *version, bool pin,
+                      ec_prewarm_progress *out);
+
+/* Drop a version's unpinned resident partitions (and the daemon's pins). */
+int ec_engine_evict(ec_engine *e, const char *model, const char *version, uint64_t *bytes);
+
+/* Retire a version; answers through notify (token as given) once its reads
+ * in flight are done. Returns an error for a request refused at once. */
+int ec_engine_retire(ec_engine *e, uint64_t owner, uint64_t token, const char *model,
+                     int64_t version, bool force);
+
+/* Reload the partitions of a version whose files changed on disk. */
+int ec_engine_refresh(ec_engine *e, const char *model, const char *version, uint64_t *changed);
+
 /* A connection opened / closed: closing drops every pin it held. */
 int ec_engine_owner_open(ec_engine *e, uint64_t owner);
 void ec_engine_owner_close(ec_engine *e, uint64_t owner);

@@ -25,6 +25,12 @@
  *   LIST      str model, u32 vcursor, u32 tcursor    u32 vnext, u32 tnext, u32 n, records
  *   ALIAS     str model, str alias, i64 version      (empty)
  *   FIND      str model, i64 round, str params       i64 version
+ *   PREWARM   str model, str version, u32 flags      i64 version, u64 partitions,
+ *                                                    u64 done, u64 failed, u64 bytes,
+ *                                                    u32 finished
+ *   EVICT     str model, str version                 u64 bytes freed
+ *   RETIRE    str model, i64 version, u32 force      (empty), once drained
+ *   REFRESH   str model, str version                 u64 partitions changed
  *   IMPORT    str model, i64 version, i64 round,     u32 tensors
  *             str params, u64 partition_bytes,
  *             u32 n, n x str filename + fds[n]
@@ -61,7 +67,11 @@ enum ec_op {
     EC_OP_ALIAS = 8,
     EC_OP_IMPORT = 9,
     EC_OP_FIND = 10,
-    EC_OP_MAX_ = 11,
+    EC_OP_PREWARM = 11,
+    EC_OP_EVICT = 12,
+    EC_OP_RETIRE = 13,
+    EC_OP_REFRESH = 14,
+    EC_OP_MAX_ = 15,
 };
 #define EC_OP_REPLY 0x8000u
 

@@ -689,6 +689,80 @@ static int h_find(server *s, struct conn *c, ec_rbuf *r, uint32_t req_id)
     return 0;
 }
 
+static int h_prewarm(server *s, struct conn *c, ec_rbuf *r, uint32_t req_id)
+{
+    char model[EC_NAME_MAX + 1], version[EC_NAME_MAX + 1];
+    ec_prewarm_progress p;
+    uint32_t flags;
+    ec_wbuf w;
+    int rc;
+
+    ec_get_str(r, model, sizeof(model));
+    ec_get_str(r, version, sizeof(version));
+    flags = ec_get_u32(r);
+    if (!ec_rbuf_done(r))
+        return bad_body(EC_OP_PREWARM);
+    if (flags & ~EC_PREWARM_PIN)
+        return ec_seterr(EC_EINVAL, "unknown prewarm flags 0x%x", flags);
+    rc = ec_engine_prewarm(s->engine, model, version, flags & EC_PREWARM_PIN, &p);
+    if (rc)
+        return rc;
+    ec_msg_begin(&w, s->out, sizeof(s->out), EC_OP_PREWARM | EC_OP_REPLY, req_id, 0);
+    ec_put_i64(&w, p.version);
+    ec_put_u64(&w, p.partitions);
+    ec_put_u64(&w, p.done);
+    ec_put_u64(&w, p.failed);
+    ec_put_u64(&w, p.bytes);
+    ec_put_u32(&w, (uint32_t)p.finished);
+    reply_send(s, c, ec_msg_end(&w), NULL, 0);
+    return 0;
+}
+
+/* EVICT and REFRESH: (model, version) in, one u64 out. */
+static int h_version_u64(server *s, struct conn *c, ec_rbuf *r, uint32_t req_id, uint16_t op)
+{
+    char model[EC_NAME_MAX + 1], version[EC_NAME_MAX + 1];
+    uint64_t v = 0;
+    ec_wbuf w;
+    int rc;
+
+    ec_get_str(r, model, sizeof(model));
+    ec_get_str(r, version, sizeof(version));
+    if (!ec_rbuf_done(r))
+        return bad_body(op);
+    rc = op == EC_OP_EVICT ? ec_engine_evict(s->engine, model, version, &v)
+                           : ec_engine_refresh(s->engine, model, version, &v);
+    if (rc)
+        return rc;
+    ec_msg_begin(&w, s->out, sizeof(s->out), (uint16_t)(op | EC_OP_REPLY), req_id, 0);
+    ec_put_u64(&w, v);
+    reply_send(s, c, ec_msg_end(&w), NULL, 0);
+    return 0;
+}
+
+static int h_retire(server *s, struct conn *c, ec_rbuf *r, uint32_t req_id)
+{
+    char model[EC_NAME_MAX + 1];
+    int64_t version;
+    uint32_t force;
+    int rc;
+
+    ec_get_str(r, model, sizeof(model));
+    version = ec_get_i64(r);
+    force = ec_get_u32(r);
+    if (!ec_rbuf_done(r) || force > 1)
+        return bad_body(EC_OP_RETIRE);
+    if (c->outstanding >= MAX_OUTSTANDING)
+        return ec_seterr(EC_EBUSY, "more than %d requests outstanding on one connection",
+                         MAX_OUTSTANDING);
+    c->outstanding++;
+    rc = ec_engine_retire(s->engine, c->id, (uint64_t)EC_OP_RETIRE << 32 | req_id, model,
+                          version, force);
+    if (rc)
+        c->outstanding--;
+    return rc;
+}
+
 static int h_import(server *s, struct conn *c, ec_rbuf *r, uint32_t req_id, int *fds,
                     int *nfds)
 {
@@ -877,6 +951,10 @@ static void conn_readable(server *s, struct conn *c)
         case EC_OP_LIST: rc = h_list(s, c, &body, h.req_id); break;
         case EC_OP_ALIAS: rc = h_alias(s, c, &body, h.req_id); break;
         case EC_OP_FIND: rc = h_find(s, c, &body, h.req_id); break;
+        case EC_OP_PREWARM: rc = h_prewarm(s, c, &body, h.req_id); break;
+        case EC_OP_EVICT:
+        case EC_OP_REFRESH: rc = h_version_u64(s, c, &body, h.req_id, h.op); break;
+        case EC_OP_RETIRE: rc = h_retire(s, c, &body, h.req_id); break;
         case EC_OP_IMPORT: rc = h_import(s, c, &body, h.req_id, fds, &nfds); break;
         default:
             rc = ec_seterr(EC_EPROTO, "unknown op %u: this embcached speaks ops 1..%d",

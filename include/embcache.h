@@ -295,6 +295,66 @@ EC_API int ec_model_import(ec_client *c, const ec_import_opts *opts,
 EC_API int ec_model_alias(ec_client *c, const char *model, const char *alias,
                           int64_t version);
 
+/** Flags of ec_model_prewarm(). */
+#define EC_PREWARM_PIN 0x1u  /**< keep the version resident until evicted or retired */
+
+/** Progress of a prewarm, as ec_model_prewarm() reports it. */
+typedef struct ec_prewarm_progress {
+    int64_t version;        /**< the concrete version */
+    uint64_t partitions;    /**< partitions to load */
+    uint64_t done;          /**< loaded (or already resident) */
+    uint64_t failed;        /**< could not be loaded (see ec_last_error()) */
+    uint64_t bytes;         /**< bytes of the version */
+    int finished;           /**< 1 when nothing is left to do */
+} ec_prewarm_progress;
+
+/**
+ * Load a model version into the segment in the background, ahead of
+ * traffic, with reads queued behind clients' demand reads. Returns at once;
+ * call again with the same arguments to read the progress (a call after the
+ * previous prewarm finished starts a new one). With EC_PREWARM_PIN the
+ * version's tensors are pinned (each laid out contiguously) and never
+ * evicted until ec_model_evict() or ec_model_retire().
+ * @return 0, or EC_EINVAL, EC_ENOENT (no such model or version), EC_ENOSPC
+ *         (a pinned prewarm cannot fit in the budget), EC_ECONN.
+ */
+EC_API int ec_model_prewarm(ec_client *c, const char *model, const char *version,
+                            unsigned flags, ec_prewarm_progress *out);
+
+/**
+ * Drop a version's resident partitions from memory (its prewarm pin too).
+ * Partitions held by clients' views stay. The version stays in the catalog
+ * and pages in again on demand.
+ * @param[out] bytes_out  bytes freed; may be NULL
+ * @return 0, or EC_EINVAL, EC_ENOENT, EC_ECONN.
+ */
+EC_API int ec_model_evict(ec_client *c, const char *model, const char *version,
+                          uint64_t *bytes_out);
+
+/**
+ * Retire a version: refuse new reads of it, let reads in flight finish, drop
+ * its partitions, remove it from the catalog and delete its partition files.
+ * A version an alias points to is refused unless force is non-zero (the
+ * aliases are then removed with it); a version a client holds a view of is
+ * refused with EC_EBUSY.
+ * @return 0, or EC_EINVAL, EC_ENOENT, EC_EBUSY, EC_EPERM (an alias points to
+ *         it and force is 0), EC_ECONN.
+ */
+EC_API int ec_model_retire(ec_client *c, const char *model, int64_t version, int force);
+
+/**
+ * Re-read a version's partition files and reload the partitions whose
+ * contents changed on disk (detected by the files' size, modification time
+ * and checksums); the catalog takes the new checksums. A file whose layout
+ * changed (dtype, shape, partitioning) is refused: import it as a new
+ * version.
+ * @param[out] changed_out  partitions that changed; may be NULL
+ * @return 0, or EC_EINVAL, EC_ENOENT, EC_ECORRUPT, EC_EFORMAT, EC_EBUSY
+ *         (a changed partition is held by a view), EC_ECONN.
+ */
+EC_API int ec_model_refresh(ec_client *c, const char *model, const char *version,
+                            uint64_t *changed_out);
+
 /**
  * Find the newest version of model trained at `round` whose params equal
  * params_json (compared as JSON: whitespace and key order do not matter;

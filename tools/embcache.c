@@ -44,6 +44,10 @@ static void usage(FILE *f)
             "  get MODEL VERSION|ALIAS TENSOR ROW... [--raw]  print rows\n"
             "  stats [--json]                              daemon statistics\n"
             "  find MODEL --round R [--params JSON]        version trained at round R\n"
+            "  prewarm MODEL VERSION|ALIAS [--pin] [--no-wait]  load a version ahead\n"
+            "  evict MODEL VERSION|ALIAS                   drop a version from memory\n"
+            "  retire MODEL VERSION [--force]              remove a version for good\n"
+            "  refresh MODEL VERSION|ALIAS                 reload partitions changed on disk\n"
             "\n"
             "Every command takes --help. The socket is --socket, else $EMBCACHE_SOCKET,\n"
             "else the daemon's default.\n"
@@ -406,6 +410,196 @@ static int cmd_find(int argc, char **argv)
 }
 
 /* ------------------------------------------------------------------ */
+/* Lifecycle: prewarm, evict, retire, refresh                           */
+
+static void progress_bar(const char *model, const ec_prewarm_progress *p)
+{
+    unsigned width = 30, fill;
+    double frac = p->partitions ? (double)(p->done + p->failed) / (double)p->partitions : 1.0;
+    char bytes[32];
+
+    fill = (unsigned)(frac * width + 0.5);
+    human_bytes((uint64_t)(frac * (double)p->bytes), bytes, sizeof(bytes));
+    fprintf(stderr, "\r%s/%" PRId64 " [", model, p->version);
+    for (unsigned i = 0; i < width; i++)
+        fputc(i < fill ? '#' : '.', stderr);
+    fprintf(stderr, "] %3.0f%% %" PRIu64 "/%" PRIu64 " partitions, %s", frac * 100.0,
+            p->done + p->failed, p->partitions, bytes);
+    fflush(stderr);
+}
+
+static int cmd_prewarm(int argc, char **argv)
+{
+    static const struct option o[] = {
+        {"pin", no_argument, NULL, 'p'},
+        {"no-wait", no_argument, NULL, 'n'},
+        {"json", no_argument, NULL, 'j'},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    bool wait = true, json = false, bar = isatty(STDERR_FILENO);
+    unsigned flags = 0;
+    ec_prewarm_progress p;
+    ec_client *c;
+    char size[32];
+    int ch, rc;
+
+    while ((ch = getopt_long(argc, argv, "pnjh", o, NULL)) != -1) {
+        switch (ch) {
+        case 'p': flags |= EC_PREWARM_PIN; break;
+        case 'n': wait = false; break;
+        case 'j': json = true; break;
+        case 'h':
+            printf("usage: embcache prewarm MODEL VERSION|ALIAS [--pin] [--no-wait] [--json]\n"
+                   "Load a model version into memory ahead of traffic, behind clients' own\n"
+                   "reads, showing progress until it is done (--no-wait: start it and\n"
+                   "return). --pin keeps it resident until 'embcache evict' or 'retire'.\n");
+            return EXIT_OK;
+        default: return EXIT_USAGE;
+        }
+    }
+    if (argc - optind != 2) {
+        fprintf(stderr, "embcache prewarm: needs MODEL and VERSION|ALIAS\n");
+        return EXIT_USAGE;
+    }
+    if ((rc = connect_or_fail(&c)))
+        return rc;
+    rc = ec_model_prewarm(c, argv[optind], argv[optind + 1], flags, &p);
+    while (rc == 0 && wait && !p.finished) {
+        if (bar && !json)
+            progress_bar(argv[optind], &p);
+        usleep(100000);
+        rc = ec_model_prewarm(c, argv[optind], argv[optind + 1], flags, &p);
+    }
+    if (bar && !json && wait)
+        fputc('\n', stderr);
+    ec_client_close(c);
+    if (rc)
+        return fail(rc);
+    human_bytes(p.bytes, size, sizeof(size));
+    if (json)
+        printf("{\"model\": \"%s\", \"version\": %" PRId64 ", \"partitions\": %" PRIu64
+               ", \"done\": %" PRIu64 ", \"failed\": %" PRIu64 ", \"bytes\": %" PRIu64
+               ", \"finished\": %s, \"pinned\": %s}\n",
+               argv[optind], p.version, p.partitions, p.done, p.failed, p.bytes,
+               p.finished ? "true" : "false", flags & EC_PREWARM_PIN ? "true" : "false");
+    else if (!wait)
+        printf("prewarm of %s version %" PRId64 " started: %" PRIu64 " partitions, %s%s\n",
+               argv[optind], p.version, p.partitions, size,
+               flags & EC_PREWARM_PIN ? ", pinned" : "");
+    else
+        printf("prewarmed %s version %" PRId64 ": %" PRIu64 "/%" PRIu64 " partitions "
+               "(%.0f%%, done), %s%s, %" PRIu64 " failed\n",
+               argv[optind], p.version, p.done, p.partitions,
+               p.partitions ? 100.0 * (double)p.done / (double)p.partitions : 100.0, size,
+               flags & EC_PREWARM_PIN ? ", pinned" : "", p.failed);
+    if (p.failed) {
+        fprintf(stderr, "embcache prewarm: %" PRIu64 " partition(s) could not be loaded "
+                        "(see the daemon's log)\n", p.failed);
+        return EXIT_FAIL;
+    }
+    return EXIT_OK;
+}
+
+/* evict, refresh: MODEL VERSION|ALIAS [--json], one number back. */
+static int cmd_version_op(int argc, char **argv, bool evict)
+{
+    static const struct option o[] = {
+        {"json", no_argument, NULL, 'j'},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    bool json = false;
+    ec_client *c;
+    uint64_t v = 0;
+    int ch, rc;
+
+    while ((ch = getopt_long(argc, argv, "jh", o, NULL)) != -1) {
+        switch (ch) {
+        case 'j': json = true; break;
+        case 'h':
+            if (evict)
+                printf("usage: embcache evict MODEL VERSION|ALIAS [--json]\n"
+                       "Drop a version's partitions from memory (its prewarm pin too); it\n"
+                       "stays in the catalog and pages in again on demand.\n");
+            else
+                printf("usage: embcache refresh MODEL VERSION|ALIAS [--json]\n"
+                       "Reload the partitions of a version whose files changed on disk.\n");
+            return EXIT_OK;
+        default: return EXIT_USAGE;
+        }
+    }
+    if (argc - optind != 2) {
+        fprintf(stderr, "embcache %s: needs MODEL and VERSION|ALIAS\n",
+                evict ? "evict" : "refresh");
+        return EXIT_USAGE;
+    }
+    if ((rc = connect_or_fail(&c)))
+        return rc;
+    rc = evict ? ec_model_evict(c, argv[optind], argv[optind + 1], &v)
+               : ec_model_refresh(c, argv[optind], argv[optind + 1], &v);
+    ec_client_close(c);
+    if (rc)
+        return fail(rc);
+    if (json)
+        printf("{\"model\": \"%s\", \"version\": \"%s\", \"%s\": %" PRIu64 "}\n", argv[optind],
+               argv[optind + 1], evict ? "bytes_freed" : "partitions_changed", v);
+    else if (evict)
+        printf("evicted %s %s: %" PRIu64 " bytes freed\n", argv[optind], argv[optind + 1], v);
+    else
+        printf("refreshed %s %s: %" PRIu64 " partition(s) changed\n", argv[optind],
+               argv[optind + 1], v);
+    return EXIT_OK;
+}
+
+static int cmd_evict(int argc, char **argv) { return cmd_version_op(argc, argv, true); }
+static int cmd_refresh(int argc, char **argv) { return cmd_version_op(argc, argv, false); }
+
+static int cmd_retire(int argc, char **argv)
+{
+    static const struct option o[] = {
+        {"force", no_argument, NULL, 'f'},
+        {"json", no_argument, NULL, 'j'},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    bool json = false, force = false;
+    int64_t version;
+    ec_client *c;
+    int ch, rc;
+
+    while ((ch = getopt_long(argc, argv, "fjh", o, NULL)) != -1) {
+        switch (ch) {
+        case 'f': force = true; break;
+        case 'j': json = true; break;
+        case 'h':
+            printf("usage: embcache retire MODEL VERSION [--force] [--json]\n"
+                   "Stop serving a version, drop its partitions, and remove it from the\n"
+                   "catalog and the disk. A version an alias points to needs --force (the\n"
+                   "aliases go with it); one with open views is refused.\n");
+            return EXIT_OK;
+        default: return EXIT_USAGE;
+        }
+    }
+    if (argc - optind != 2 || parse_i64(argv[optind + 1], &version) || version < 1) {
+        fprintf(stderr, "embcache retire: needs MODEL and a VERSION number >= 1\n");
+        return EXIT_USAGE;
+    }
+    if ((rc = connect_or_fail(&c)))
+        return rc;
+    rc = ec_model_retire(c, argv[optind], version, force);
+    ec_client_close(c);
+    if (rc)
+        return fail(rc);
+    if (json)
+        printf("{\"model\": \"%s\", \"version\": %" PRId64 ", \"retired\": true}\n",
+               argv[optind], version);
+    else
+        printf("retired %s version %" PRId64 "\n", argv[optind], version);
+    return EXIT_OK;
+}
+
+/* ------------------------------------------------------------------ */
 
 static float half_to_float(uint16_t h)
 {
@@ -610,6 +804,8 @@ int main(int argc, char **argv)
     } cmds[] = {
         {"import", cmd_import}, {"ls", cmd_ls}, {"alias", cmd_alias},
         {"get", cmd_get},       {"stats", cmd_stats}, {"find", cmd_find},
+        {"prewarm", cmd_prewarm}, {"evict", cmd_evict}, {"retire", cmd_retire},
+        {"refresh", cmd_refresh},
     };
     int ch;
 
@@ -624,7 +820,7 @@ int main(int argc, char **argv)
         }
     }
     if (optind >= argc) {
-        fprintf(stderr, "embcache: missing command (import, ls, alias, get, stats, find); try "
+        fprintf(stderr, "embcache: missing command (import, ls, alias, get, stats, find, prewarm, evict, retire, refresh); try "
                         "'embcache --help'\n");
         return EXIT_USAGE;
     }
@@ -644,6 +840,6 @@ int main(int argc, char **argv)
         return cmds[i].fn(argc, argv);
     }
     fprintf(stderr, "embcache: unknown command '%s' (commands: import, ls, alias, get, "
-                    "stats, find)\n", argv[optind]);
+                    "stats, find, prewarm, evict, retire, refresh)\n", argv[optind]);
     return EXIT_USAGE;
 }

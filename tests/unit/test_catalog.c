@@ -695,6 +695,32 @@ static void test_reopen_persists(void **state)
     assert_int_equal(v, 1);
 }
 
+/* refresh: new checksums for a file changed in place; the layout is fixed. */
+static void test_update_file(void **state)
+{
+    fx *f = *state;
+    ec_cat_tensor t, got;
+    uint64_t sums[4] = {1, 2, 3, UINT64_MAX};
+
+    make_tensor(&t, "w", 10, 4, 3, 77);
+    assert_int_equal(t.partitions, 4);
+    assert_int_equal(ec_catalog_add_version(f->cat, "m", 1, -1, NULL, &t, 1, NULL), 0);
+    assert_int_equal(ec_catalog_update_file(f->cat, t.id, 999, 42, sums, 4), 0);
+    reopen(f);
+    assert_int_equal(ec_catalog_get_tensor(f->cat, t.id, &got), 0);
+    assert_memory_equal(got.part_checksums, sums, sizeof(sums));
+    assert_true(got.file_size == 999 && got.header_checksum == 42);
+    ec_cat_tensor_clear(&got);
+    /* Another partition count (a new layout) or a missing tensor: refused,
+     * and nothing changes. */
+    assert_int_equal(ec_catalog_update_file(f->cat, t.id, 1, 1, sums, 3), EC_ENOENT);
+    assert_int_equal(ec_catalog_update_file(f->cat, t.id + 100, 1, 1, sums, 4), EC_ENOENT);
+    assert_int_equal(ec_catalog_get_tensor(f->cat, t.id, &got), 0);
+    assert_memory_equal(got.part_checksums, sums, sizeof(sums));
+    ec_cat_tensor_clear(&got);
+    ec_cat_tensor_clear(&t);
+}
+
 static void test_part_checksums_roundtrip(void **state)
 {
     fx *f = *state;
@@ -999,6 +1025,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_add_resolve_by_version_and_alias, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_update_file, setup, teardown),
         cmocka_unit_test_setup_teardown(test_alias_switch_and_listing, setup, teardown),
         cmocka_unit_test_setup_teardown(test_duplicate_version_refused, setup, teardown),
         cmocka_unit_test_setup_teardown(test_duplicate_tensor_names_atomic, setup, teardown),
