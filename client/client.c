@@ -849,6 +849,30 @@ int ec_model_refresh(ec_client *c, const char *model, const char *version,
     return version_rpc(c, EC_OP_REFRESH, model, version, NULL, changed_out);
 }
 
+int ec_model_policy(ec_client *c, const char *model, uint64_t min_resident_bytes,
+                    double min_request_rate)
+{
+    ec_wbuf w;
+    ec_rbuf r;
+    uint32_t req;
+    int rc;
+
+    if (!c || !model)
+        return ec_seterr(EC_EINVAL, "ec_model_policy: NULL argument");
+    if (!(min_request_rate >= 0 && min_request_rate < 1e15))
+        return ec_seterr(EC_EINVAL, "min_request_rate %g must be >= 0", min_request_rate);
+    pthread_mutex_lock(&c->lock);
+    req = begin(c, &w, EC_OP_POLICY);
+    ec_put_str(&w, model);
+    ec_put_u64(&w, min_resident_bytes);
+    ec_put_u64(&w, (uint64_t)(min_request_rate * 1000.0 + 0.5));
+    rc = rpc(c, &w, req, NULL, 0, &r, NULL, NULL, 0);
+    if (rc == 0 && !ec_rbuf_done(&r))
+        rc = ec_seterr(EC_EPROTO, "malformed POLICY reply");
+    pthread_mutex_unlock(&c->lock);
+    return rc;
+}
+
 int ec_model_retire(ec_client *c, const char *model, int64_t version, int force)
 {
     ec_wbuf w;

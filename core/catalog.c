@@ -93,7 +93,7 @@
 #include "common/dtype.h"
 #include "common/err.h"
 
-#define CAT_SCHEMA_VERSION 1
+#define CAT_SCHEMA_VERSION 2
 #define CAT_BUSY_TIMEOUT_MS 5000
 #define CAT_TENSOR_ID_LIMIT (INT64_C(1) << 32)
 #define CAT_LIST_MAX 160  /* bytes of "versions: ..." lists in messages */
@@ -426,6 +426,13 @@ static bool path_ok(const char *path, size_t maxlen)
 /* ------------------------------------------------------------------ */
 /* Open and schema                                                     */
 
+/* Schema 2 adds per-model residency policy (ec_catalog_set_policy). */
+#define POLICY_SQL                                                                     \
+    "CREATE TABLE model_policy("                                                       \
+    "  model_id INTEGER PRIMARY KEY REFERENCES models(id) ON DELETE CASCADE,"          \
+    "  min_resident_bytes INTEGER NOT NULL DEFAULT 0 CHECK(min_resident_bytes >= 0),"  \
+    "  min_request_rate REAL NOT NULL DEFAULT 0 CHECK(min_request_rate >= 0));"
+
 static const char schema_sql[] =
     "CREATE TABLE models("
     "  id INTEGER PRIMARY KEY,"
@@ -460,7 +467,8 @@ static const char schema_sql[] =
     "  header_checksum INTEGER NOT NULL,"
     "  part_checksums BLOB NOT NULL,"
     "  UNIQUE(version_id, name));"
-    "PRAGMA user_version = 1;";
+    POLICY_SQL
+    "PRAGMA user_version = 2;";
 
 /* Run a pragma that returns one row and read its first column as text
  * (copied into buf) or integer. */
@@ -514,6 +522,10 @@ static int create_schema(ec_catalog *cat)
     }
     if (uv == 0) {
         err = exec(cat, schema_sql, "create schema");
+        if (err < 0)
+            goto fail;
+    } else if (uv == 1) {
+        err = exec(cat, POLICY_SQL "PRAGMA user_version = 2;", "upgrade schema 1 to 2");
         if (err < 0)
             goto fail;
     }
@@ -1699,6 +1711,73 @@ fail:
     tx_rollback(cat);
 out:
     free(sums);
+    return err;
+}
+
+int ec_catalog_set_policy(ec_catalog *cat, const char *model, uint64_t min_resident_bytes,
+                          double min_request_rate)
+{
+    sqlite3_stmt *st = NULL;
+    int64_t model_id;
+    int err;
+
+    if (!cat || !model)
+        return ec_seterr(EC_EINVAL, "ec_catalog_set_policy: NULL argument");
+    if (!(min_request_rate >= 0) || min_resident_bytes > (uint64_t)INT64_MAX)
+        return ec_seterr(EC_EINVAL, "a minimum residency and request rate must be >= 0");
+    err = tx_begin_write(cat);
+    if (err < 0)
+        return err;
+    err = model_id_of(cat, model, &model_id);
+    if (err < 0)
+        goto fail;
+    err = prep(cat, "INSERT INTO model_policy(model_id, min_resident_bytes, min_request_rate) "
+                    "VALUES(?1, ?2, ?3) ON CONFLICT(model_id) DO UPDATE SET "
+                    "min_resident_bytes = excluded.min_resident_bytes, "
+                    "min_request_rate = excluded.min_request_rate", &st);
+    if (err < 0)
+        goto fail;
+    err = bindf(cat, st, "ii", model_id, (int64_t)min_resident_bytes);
+    if (err == 0 && sqlite3_bind_double(st, 3, min_request_rate) != SQLITE_OK)
+        err = sql_err(cat->db, SQLITE_ERROR, "bind");
+    if (err < 0)
+        goto fail;
+    err = step(cat, st, "set policy");
+    if (err < 0)
+        goto fail;
+    sqlite3_finalize(st);
+    return tx_commit(cat);
+fail:
+    sqlite3_finalize(st);
+    tx_rollback(cat);
+    return err;
+}
+
+int ec_catalog_get_policy(ec_catalog *cat, int64_t version_id, uint64_t *min_resident_bytes,
+                          double *min_request_rate)
+{
+    sqlite3_stmt *st = NULL;
+    int err;
+
+    if (!cat || !min_resident_bytes || !min_request_rate)
+        return ec_seterr(EC_EINVAL, "ec_catalog_get_policy: NULL argument");
+    err = prep(cat, "SELECT p.min_resident_bytes, p.min_request_rate FROM versions v "
+                    "LEFT JOIN model_policy p ON p.model_id = v.model_id WHERE v.id = ?1", &st);
+    if (err < 0)
+        return err;
+    err = bindf(cat, st, "i", version_id);
+    if (err < 0)
+        goto out;
+    err = step(cat, st, "get policy");
+    if (err == 0)
+        err = ec_seterr(EC_ENOENT, "version id %" PRId64 " is not in the catalog", version_id);
+    if (err < 0)
+        goto out;
+    *min_resident_bytes = (uint64_t)sqlite3_column_int64(st, 0);
+    *min_request_rate = sqlite3_column_double(st, 1);
+    err = 0;
+out:
+    sqlite3_finalize(st);
     return err;
 }
 

@@ -124,6 +124,17 @@ int ec_catalog_update_file(ec_catalog *cat, int64_t tensor_id, uint64_t file_siz
                            uint64_t header_checksum, const uint64_t *part_checksums,
                            uint64_t partitions);
 
+/* Set a model's residency policy: the bytes of each of its versions that
+ * eviction leaves resident, and the request rate (requests per second over
+ * the daemon's window) under which a version counts as idle and is evicted
+ * down to that minimum. EC_ENOENT for an unknown model. */
+int ec_catalog_set_policy(ec_catalog *cat, const char *model, uint64_t min_resident_bytes,
+                          double min_request_rate);
+
+/* The policy of the model a version belongs to (0, 0 when none is set). */
+int ec_catalog_get_policy(ec_catalog *cat, int64_t version_id, uint64_t *min_resident_bytes,
+                          double *min_request_rate);
+
 /* Call cb with every partition file path the catalog references (for the
  * start-up sweep that removes orphans). */
 int ec_catalog_foreach_path(ec_catalog *cat, int (*cb)(const char *path, void *arg),

@@ -51,8 +51,21 @@
 
 struct unit;
 
+/* Per model version: its residency policy and how much it is used. */
+struct vstate {
+    int64_t version_id;
+    char model[EC_NAME_MAX + 1];
+    int64_t version;
+    uint64_t min_resident;       /* bytes eviction leaves resident */
+    double min_rate;             /* requests/s under which it is idle; 0: never */
+    uint64_t resident;           /* bytes of its units now resident */
+    uint64_t requests;           /* in the current window */
+    double last_access;          /* monotonic seconds */
+};
+
 struct tstate {
     ec_cat_tensor cat;
+    struct vstate *vs;
     ec_partfile_meta meta;
     int fd;                      /* buffered */
     int dfd;                     /* O_DIRECT, or -1 where the file system refuses */
@@ -66,6 +79,7 @@ struct tstate {
 
 struct unit {
     double expires;              /* monotonic seconds; 0: no TTL */
+    bool counted;                /* its bytes are in its version's resident */
     uint32_t tensor;
     uint32_t part;               /* GROUP_PART for a group */
     uint64_t off;                /* extent, from the data area */
@@ -114,6 +128,7 @@ struct prewarm {
 /* A retire waiting for its version's reads in flight to finish. */
 struct retire {
     uint64_t owner, token;
+    int64_t version_id;
     char model[EC_NAME_MAX + 1];
     int64_t version;
     uint32_t *tensors;
@@ -171,6 +186,8 @@ struct ec_engine {
     uint64_t budget;
     struct prewarm *prewarms;
     struct retire *retires;
+    ec_u64map versions;          /* version id -> struct vstate */
+    double window_start;
     uint64_t next_pin;
 
     /* Pager: submit queue (server -> readers), done queue (readers -> server). */
@@ -182,7 +199,8 @@ struct ec_engine {
         uint64_t fault_requests, fault_parts, coalesced, page_ins, page_in_bytes,
             checksum_failures, read_errors, evictions, evicted_bytes, pins, unpins,
             restart_kept, restart_dropped, resolves, deferred, expirations,
-            prewarm_done, prewarm_failed, retired_versions, refreshed_partitions;
+            prewarm_done, prewarm_failed, retired_versions, refreshed_partitions,
+            idle_evictions, idle_evicted_bytes;
     } st;
     time_t started;
 };
@@ -195,6 +213,36 @@ static double mono_now(void)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* A client used a version: count it toward its request rate. */
+static void note_request(struct vstate *vs)
+{
+    if (vs) {
+        vs->requests++;
+        vs->last_access = mono_now();
+    }
+}
+
+static struct vstate *vstate_of_tensor(const ec_engine *e, uint32_t tensor)
+{
+    struct tstate *ts = ec_u64map_get(&e->tensors, tensor);
+    return ts ? ts->vs : NULL;
+}
+
+/* Add (sign > 0) or take away a unit's bytes from its version's resident
+ * bytes, once each way. */
+static void account(ec_engine *e, struct unit *u, int sign)
+{
+    struct vstate *vs = vstate_of_tensor(e, u->tensor);
+
+    if (!vs || (sign > 0) == u->counted)
+        return;
+    if (sign > 0)
+        vs->resident += u->bytes;
+    else
+        vs->resident -= u->bytes < vs->resident ? u->bytes : vs->resident;
+    u->counted = sign > 0;
 }
 
 static uint64_t page_round(uint64_t n)
@@ -266,6 +314,32 @@ static void tstate_free(struct tstate *ts)
     free(ts);
 }
 
+/* The version's state, created with its policy from the catalog. NULL only
+ * when out of memory (the version then has no policy). */
+static struct vstate *vstate_get(ec_engine *e, int64_t version_id, const char *model,
+                                 int64_t version)
+{
+    struct vstate *vs = ec_u64map_get(&e->versions, (uint64_t)version_id);
+
+    if (vs)
+        return vs;
+    vs = calloc(1, sizeof(*vs));
+    if (!vs)
+        return NULL;
+    vs->version_id = version_id;
+    snprintf(vs->model, sizeof(vs->model), "%s", model);
+    vs->version = version;
+    vs->last_access = mono_now();
+    if (ec_catalog_get_policy(e->cat, version_id, &vs->min_resident, &vs->min_rate))
+        ec_warn("no residency policy for %s version %lld: %s", model, (long long)version,
+                ec_last_error());
+    if (ec_u64map_put(&e->versions, (uint64_t)version_id, vs)) {
+        free(vs);
+        return NULL;
+    }
+    return vs;
+}
+
 /* Load a tensor's record and open its partition file, checking that the file
  * is the one the catalog registered. */
 static int tensor_get(ec_engine *e, uint32_t id, struct tstate **out)
@@ -305,6 +379,7 @@ static int tensor_get(ec_engine *e, uint32_t id, struct tstate **out)
         goto fail;
     }
     snprintf(ts->path, sizeof(ts->path), "%s", path);
+    ts->vs = vstate_get(e, ts->cat.version_id, ts->cat.model, ts->cat.version);
     /* O_DIRECT where the file system allows it (not tmpfs): reads then go
      * from the device into the segment without the page cache. */
     ts->dfd = open(path, O_RDONLY | O_DIRECT | O_CLOEXEC);
@@ -383,6 +458,7 @@ static void unit_drop(ec_engine *e, struct unit *u, bool evicted)
         ec_index_remove(&e->seg, u->tensor, (uint32_t)p, NULL, NULL);
     }
     clock_del(e, u);
+    account(e, u, -1);
     /* Invariant 4: the entries are gone (their seqs bumped); now the extent. */
     rc = ec_extent_release(e->ext, u->off, u->bytes);
     assert(rc == 0);
@@ -394,6 +470,14 @@ static void unit_drop(ec_engine *e, struct unit *u, bool evicted)
     free(u);
 }
 
+/* A unit its version's minimum residency keeps in memory. */
+static bool protected_unit(const ec_engine *e, const struct unit *u)
+{
+    const struct vstate *vs = vstate_of_tensor(e, u->tensor);
+
+    return vs && vs->min_resident && vs->resident < vs->min_resident + u->bytes;
+}
+
 /* Evict one unevictable-free unit by CLOCK. EC_ENOSPC when none can go. */
 static int evict_one(ec_engine *e)
 {
@@ -402,7 +486,7 @@ static int evict_one(ec_engine *e)
         if (e->hand >= e->nclock)
             e->hand = 0;
         u = e->clock[e->hand];
-        if (u->pins == 0 && !u->loading) {
+        if (u->pins == 0 && !u->loading && !protected_unit(e, u)) {
             if (!u->ref) {
                 unit_drop(e, u, true);
                 return 0;
@@ -692,6 +776,7 @@ int ec_engine_fault(ec_engine *e, uint64_t owner, uint64_t token, uint32_t tenso
     r->tensor = tensor;
     r->pending = 1; /* held until every partition has been looked at */
     e->st.fault_requests++;
+    note_request(ts->vs);
 
     for (uint32_t i = 0; i < n; i++) {
         uint32_t p = parts[i];
@@ -759,6 +844,7 @@ static void job_complete(ec_engine *e, struct job *j)
             u->ref = true;
             u->expires = expiry_of(e);
             clock_add(e, u);
+            account(e, u, +1);
         } else {
             ec_extent_release(e->ext, u->off, u->bytes);
             free(u);
@@ -797,6 +883,7 @@ static void job_complete(ec_engine *e, struct job *j)
         } else {
             u->ref = true;
             clock_add(e, u);
+            account(e, u, +1);
             for (; w; w = next) {
                 next = w->next;
                 pin_register(e, w, u, ts);
@@ -1039,18 +1126,93 @@ void ec_engine_owner_close(ec_engine *e, uint64_t owner)
     free(o);
 }
 
+static int cmp_idle(const void *a, const void *b)
+{
+    const struct vstate *x = *(struct vstate *const *)a, *y = *(struct vstate *const *)b;
+    return (x->last_access > y->last_access) - (x->last_access < y->last_access);
+}
+
+/* End of a rate window: a version whose request rate stayed under its
+ * model's floor is evicted down to its minimum residency, least recently
+ * used version first. */
+static void sweep_idle(ec_engine *e, double elapsed)
+{
+    struct vstate **idle = calloc(e->versions.len ? e->versions.len : 1, sizeof(*idle));
+    size_t n = 0;
+
+    for (size_t i = 0; idle && i < e->versions.cap; i++) {
+        struct vstate *vs = e->versions.vals[i];
+        if (!e->versions.keys[i])
+            continue;
+        if (vs->min_rate > 0 && (double)vs->requests / elapsed < vs->min_rate &&
+            vs->resident > vs->min_resident)
+            idle[n++] = vs;
+        vs->requests = 0;
+    }
+    qsort(idle, n, sizeof(*idle), cmp_idle);
+    for (size_t k = 0; k < n; k++) {
+        struct vstate *vs = idle[k];
+        uint64_t before = vs->resident;
+        for (size_t i = 0; i < e->nclock && vs->resident > vs->min_resident;) {
+            struct unit *u = e->clock[i];
+            if (vstate_of_tensor(e, u->tensor) == vs && !u->pins && !u->loading &&
+                !protected_unit(e, u)) {
+                unit_drop(e, u, false); /* the clock slot now holds another unit */
+                continue;
+            }
+            i++;
+        }
+        if (before > vs->resident) {
+            e->st.idle_evictions++;
+            e->st.idle_evicted_bytes += before - vs->resident;
+            ec_info("%s version %lld is idle (under %.3g requests/s): evicted %llu bytes, "
+                    "%llu stay resident", vs->model, (long long)vs->version, vs->min_rate,
+                    (unsigned long long)(before - vs->resident),
+                    (unsigned long long)vs->resident);
+        }
+    }
+    free(idle);
+}
+
 void ec_engine_tick(ec_engine *e)
 {
+    double now = mono_now(), window = e->cfg.rate_window > 0 ? e->cfg.rate_window : 60;
+
     expire_some(e);
+    if (now - e->window_start >= window) {
+        sweep_idle(e, now - e->window_start);
+        e->window_start = now;
+    }
     gauges(e);
+}
+
+int ec_engine_set_policy(ec_engine *e, const char *model, uint64_t min_resident_bytes,
+                         double min_request_rate)
+{
+    int rc = ec_catalog_set_policy(e->cat, model, min_resident_bytes, min_request_rate);
+
+    if (rc)
+        return rc;
+    for (size_t i = 0; i < e->versions.cap; i++) {
+        struct vstate *vs = e->versions.vals[i];
+        if (e->versions.keys[i] && !strcmp(vs->model, model)) {
+            vs->min_resident = min_resident_bytes;
+            vs->min_rate = min_request_rate;
+        }
+    }
+    ec_info("policy of %s: at least %llu bytes per version stay resident; idle under %.3g "
+            "requests/s", model, (unsigned long long)min_resident_bytes, min_request_rate);
+    return 0;
 }
 
 void ec_engine_touch(ec_engine *e, uint64_t key)
 {
     struct unit *u = ec_u64map_get(&e->resident, key);
 
-    if (u)
+    if (u) {
         u->ref = true;
+        note_request(vstate_of_tensor(e, u->tensor));
+    }
 }
 
 /* ------------------------------------------------------------------ */
@@ -1399,6 +1561,7 @@ static int retire_finish(ec_engine *e, struct retire *rt)
             if (unlink(full) < 0 && errno != ENOENT)
                 ec_warn("retire: cannot remove %s: %s", full, strerror(errno));
         }
+        free(ec_u64map_del(&e->versions, (uint64_t)rt->version_id));
         e->st.retired_versions++;
         ec_info("retired %s version %lld", rt->model, (long long)rt->version);
     } else {
@@ -1488,6 +1651,7 @@ int ec_engine_retire(ec_engine *e, uint64_t owner, uint64_t token, const char *m
     }
     rt->owner = owner;
     rt->token = token;
+    rt->version_id = vi.id;
     snprintf(rt->model, sizeof(rt->model), "%s", model);
     rt->version = version;
     rt->tensors = vi.tensors;
@@ -1534,6 +1698,7 @@ int ec_engine_refresh(ec_engine *e, const char *model, const char *version, uint
             }
             ts->cat = t;
             ts->fd = ts->dfd = ts->file_slot = -1;
+            ts->vs = vstate_get(e, t.version_id, t.model, t.version);
             snprintf(ts->path, sizeof(ts->path), "%s/%s", e->data_dir, t.path);
             if (ec_u64map_put(&e->tensors, vi.tensors[i], ts)) {
                 tstate_free(ts);
@@ -1724,6 +1889,7 @@ static int adopt_resident(ec_engine *e)
             continue;
         }
         clock_add(e, u);
+        account(e, u, +1);
         e->st.restart_kept++;
     }
     free(c.keys);
@@ -1825,6 +1991,7 @@ int ec_engine_open(const ec_engine_config *cfg, ec_engine_notify_fn notify, void
     e->notify = notify;
     e->notify_arg = notify_arg;
     e->started = time(NULL);
+    e->window_start = mono_now();
     e->deferred_tail = &e->deferred;
     snprintf(e->data_dir, sizeof(e->data_dir), "%s", cfg->data_dir);
     if (mkdir(e->data_dir, 0700) < 0 && errno != EEXIST) {
@@ -1919,6 +2086,10 @@ void ec_engine_close(ec_engine *e)
         if (e->tensors.keys[i])
             tstate_free(e->tensors.vals[i]);
     ec_u64map_free(&e->tensors);
+    for (size_t i = 0; i < e->versions.cap; i++)
+        if (e->versions.keys[i])
+            free(e->versions.vals[i]);
+    ec_u64map_free(&e->versions);
     ec_u64map_free(&e->resident);
     ec_u64map_free(&e->inflight);
     ec_u64map_free(&e->owners);
@@ -2007,6 +2178,8 @@ int ec_engine_stats(ec_engine *e, int (*cb)(const char *name, uint64_t v, void *
     S("prewarm_partitions_done", e->st.prewarm_done);
     S("prewarm_partitions_failed", e->st.prewarm_failed);
     S("retired_versions", e->st.retired_versions);
+    S("idle_version_evictions", e->st.idle_evictions);
+    S("idle_evicted_bytes", e->st.idle_evicted_bytes);
     S("refreshed_partitions", e->st.refreshed_partitions);
     S("evicted_bytes", e->st.evicted_bytes);
     S("pins_taken", e->st.pins);

@@ -37,6 +37,7 @@ typedef struct ec_engine_config {
     uint64_t budget;        /* host-tier bytes; 0 (or more than the data area): all of it */
     double ttl_seconds;     /* partition TTL; 0: none */
     double ttl_jitter;      /* fraction, e.g. 0.1 for +-10% */
+    double rate_window;     /* seconds over which request rates are measured; 0: 60 */
 } ec_engine_config;
 
 /* The answer to an asynchronous request (FAULT, PIN). */
@@ -103,6 +104,11 @@ int ec_engine_evict(ec_engine *e, const char *model, const char *version, uint64
  * in flight are done. Returns an error for a request refused at once. */
 int ec_engine_retire(ec_engine *e, uint64_t owner, uint64_t token, const char *model,
                      int64_t version, bool force);
+
+/* Set a model's residency policy (minimum resident bytes per version, the
+ * request rate under which a version is idle) and apply it at once. */
+int ec_engine_set_policy(ec_engine *e, const char *model, uint64_t min_resident_bytes,
+                         double min_request_rate);
 
 /* Reload the partitions of a version whose files changed on disk. */
 int ec_engine_refresh(ec_engine *e, const char *model, const char *version, uint64_t *changed);

@@ -31,6 +31,8 @@
  *   EVICT     str model, str version                 u64 bytes freed
  *   RETIRE    str model, i64 version, u32 force      (empty), once drained
  *   REFRESH   str model, str version                 u64 partitions changed
+ *   POLICY    str model, u64 min_resident_bytes,     (empty)
+ *             u64 min_request_rate (milli-requests/s)
  *   IMPORT    str model, i64 version, i64 round,     u32 tensors
  *             str params, u64 partition_bytes,
  *             u32 n, n x str filename + fds[n]
@@ -71,7 +73,8 @@ enum ec_op {
     EC_OP_EVICT = 12,
     EC_OP_RETIRE = 13,
     EC_OP_REFRESH = 14,
-    EC_OP_MAX_ = 15,
+    EC_OP_POLICY = 15,
+    EC_OP_MAX_ = 16,
 };
 #define EC_OP_REPLY 0x8000u
 

@@ -740,6 +740,26 @@ static int h_version_u64(server *s, struct conn *c, ec_rbuf *r, uint32_t req_id,
     return 0;
 }
 
+static int h_policy(server *s, struct conn *c, ec_rbuf *r, uint32_t req_id)
+{
+    char model[EC_NAME_MAX + 1];
+    uint64_t min_resident, milli_rate;
+    ec_wbuf w;
+    int rc;
+
+    ec_get_str(r, model, sizeof(model));
+    min_resident = ec_get_u64(r);
+    milli_rate = ec_get_u64(r);
+    if (!ec_rbuf_done(r))
+        return bad_body(EC_OP_POLICY);
+    rc = ec_engine_set_policy(s->engine, model, min_resident, (double)milli_rate / 1000.0);
+    if (rc)
+        return rc;
+    ec_msg_begin(&w, s->out, sizeof(s->out), EC_OP_POLICY | EC_OP_REPLY, req_id, 0);
+    reply_send(s, c, ec_msg_end(&w), NULL, 0);
+    return 0;
+}
+
 static int h_retire(server *s, struct conn *c, ec_rbuf *r, uint32_t req_id)
 {
     char model[EC_NAME_MAX + 1];
@@ -955,6 +975,7 @@ static void conn_readable(server *s, struct conn *c)
         case EC_OP_EVICT:
         case EC_OP_REFRESH: rc = h_version_u64(s, c, &body, h.req_id, h.op); break;
         case EC_OP_RETIRE: rc = h_retire(s, c, &body, h.req_id); break;
+        case EC_OP_POLICY: rc = h_policy(s, c, &body, h.req_id); break;
         case EC_OP_IMPORT: rc = h_import(s, c, &body, h.req_id, fds, &nfds); break;
         default:
             rc = ec_seterr(EC_EPROTO, "unknown op %u: this embcached speaks ops 1..%d",
@@ -1096,7 +1117,8 @@ int ec_server_run(const ec_server_config *cfg)
                              .ttl_seconds = cfg->ttl_seconds,
                              .ttl_jitter = cfg->ttl_jitter,
                              .pager = (enum ec_pager_kind)cfg->pager,
-                             .queue_depth = cfg->queue_depth};
+                             .queue_depth = cfg->queue_depth,
+                             .rate_window = cfg->rate_window};
     sigset_t mask;
     char catpath[4200];
     int rc;

@@ -31,6 +31,7 @@ typedef struct ec_server_config {
     double ttl_seconds, ttl_jitter;        /* partition TTL (0: none), jitter fraction */
     int pager;                             /* enum ec_pager_kind */
     unsigned queue_depth;                  /* io_uring reads in flight */
+    double rate_window;                    /* seconds per request-rate window */
 } ec_server_config;
 
 /* Run until SIGTERM or SIGINT. Returns 0 after a clean shutdown, or a

@@ -356,6 +356,18 @@ EC_API int ec_model_refresh(ec_client *c, const char *model, const char *version
                             uint64_t *changed_out);
 
 /**
+ * Set a model's residency policy, applied to each of its versions:
+ * eviction leaves at least min_resident_bytes of a version resident, and a
+ * version whose request rate (partition reads by clients per second, over
+ * the daemon's --rate-window) stays under min_request_rate is evicted down
+ * to that minimum, least recently used version first. 0 and 0 (the
+ * default) turn both off.
+ * @return 0, or EC_EINVAL, EC_ENOENT (no such model), EC_ECONN.
+ */
+EC_API int ec_model_policy(ec_client *c, const char *model, uint64_t min_resident_bytes,
+                           double min_request_rate);
+
+/**
  * Find the newest version of model trained at `round` whose params equal
  * params_json (compared as JSON: whitespace and key order do not matter;
  * NULL matches any params), as a model index lookup does.

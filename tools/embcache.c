@@ -48,6 +48,7 @@ static void usage(FILE *f)
             "  evict MODEL VERSION|ALIAS                   drop a version from memory\n"
             "  retire MODEL VERSION [--force]              remove a version for good\n"
             "  refresh MODEL VERSION|ALIAS                 reload partitions changed on disk\n"
+            "  policy MODEL [--min-resident B] [--min-rate R]  residency policy\n"
             "\n"
             "Every command takes --help. The socket is --socket, else $EMBCACHE_SOCKET,\n"
             "else the daemon's default.\n"
@@ -599,6 +600,64 @@ static int cmd_retire(int argc, char **argv)
     return EXIT_OK;
 }
 
+static int cmd_policy(int argc, char **argv)
+{
+    static const struct option o[] = {
+        {"min-resident", required_argument, NULL, 'r'},
+        {"min-rate", required_argument, NULL, 'q'},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    int64_t min_resident = 0;
+    double min_rate = 0;
+    ec_client *c;
+    int ch, rc;
+
+    while ((ch = getopt_long(argc, argv, "r:q:h", o, NULL)) != -1) {
+        switch (ch) {
+        case 'r':
+            if (parse_i64(optarg, &min_resident) || min_resident < 0) {
+                fprintf(stderr, "embcache policy: --min-resident '%s' must be bytes >= 0\n",
+                        optarg);
+                return EXIT_USAGE;
+            }
+            break;
+        case 'q': {
+            char *end;
+            min_rate = strtod(optarg, &end);
+            if (*end || end == optarg || !(min_rate >= 0)) {
+                fprintf(stderr, "embcache policy: --min-rate '%s' must be requests/s >= 0\n",
+                        optarg);
+                return EXIT_USAGE;
+            }
+            break;
+        }
+        case 'h':
+            printf("usage: embcache policy MODEL [--min-resident BYTES] [--min-rate RPS]\n"
+                   "Set a model's residency policy for each of its versions: eviction keeps\n"
+                   "at least --min-resident bytes of a version in memory, and a version read\n"
+                   "fewer than --min-rate times a second over the daemon's --rate-window is\n"
+                   "evicted down to that minimum, least recently used first. Both default\n"
+                   "to 0 (off).\n");
+            return EXIT_OK;
+        default: return EXIT_USAGE;
+        }
+    }
+    if (argc - optind != 1) {
+        fprintf(stderr, "embcache policy: needs MODEL\n");
+        return EXIT_USAGE;
+    }
+    if ((rc = connect_or_fail(&c)))
+        return rc;
+    rc = ec_model_policy(c, argv[optind], (uint64_t)min_resident, min_rate);
+    ec_client_close(c);
+    if (rc)
+        return fail(rc);
+    printf("policy of %s: min resident %" PRId64 " bytes per version, idle under %g "
+           "requests/s\n", argv[optind], min_resident, min_rate);
+    return EXIT_OK;
+}
+
 /* ------------------------------------------------------------------ */
 
 static float half_to_float(uint16_t h)
@@ -805,7 +864,7 @@ int main(int argc, char **argv)
         {"import", cmd_import}, {"ls", cmd_ls}, {"alias", cmd_alias},
         {"get", cmd_get},       {"stats", cmd_stats}, {"find", cmd_find},
         {"prewarm", cmd_prewarm}, {"evict", cmd_evict}, {"retire", cmd_retire},
-        {"refresh", cmd_refresh},
+        {"refresh", cmd_refresh}, {"policy", cmd_policy},
     };
     int ch;
 
@@ -820,8 +879,8 @@ int main(int argc, char **argv)
         }
     }
     if (optind >= argc) {
-        fprintf(stderr, "embcache: missing command (import, ls, alias, get, stats, find, prewarm, evict, retire, refresh); try "
-                        "'embcache --help'\n");
+        fprintf(stderr, "embcache: missing command (import, ls, alias, get, stats, find, "
+                        "prewarm, evict, retire, refresh, policy); try 'embcache --help'\n");
         return EXIT_USAGE;
     }
     for (size_t i = 0; i < sizeof(cmds) / sizeof(cmds[0]); i++) {
@@ -840,6 +899,6 @@ int main(int argc, char **argv)
         return cmds[i].fn(argc, argv);
     }
     fprintf(stderr, "embcache: unknown command '%s' (commands: import, ls, alias, get, "
-                    "stats, find, prewarm, evict, retire, refresh)\n", argv[optind]);
+                    "stats, find, prewarm, evict, retire, refresh, policy)\n", argv[optind]);
     return EXIT_USAGE;
 }

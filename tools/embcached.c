@@ -39,6 +39,8 @@ static void usage(FILE *f)
             "      --ttl SECONDS      evict a partition this long after it was loaded\n"
             "                         (default 0: never)\n"
             "      --ttl-jitter PCT   spread TTLs by +-PCT%% (default 10)\n"
+            "      --rate-window SECONDS  window over which models' request rates are\n"
+            "                         measured for their idle policy (default 60)\n"
             "      --pager KIND       auto, io_uring or pread (default auto: io_uring\n"
             "                         when the kernel allows it)\n"
             "      --queue-depth N    io_uring reads in flight (default 64)\n"
@@ -91,6 +93,7 @@ int main(int argc, char **argv)
         {"budget", required_argument, NULL, 'b'},
         {"ttl", required_argument, NULL, 'T'},
         {"ttl-jitter", required_argument, NULL, 'J'},
+        {"rate-window", required_argument, NULL, 'W'},
         {"pager", required_argument, NULL, 'P'},
         {"queue-depth", required_argument, NULL, 'Q'},
         {"allow-uid", required_argument, NULL, 'U'},
@@ -116,6 +119,17 @@ int main(int argc, char **argv)
                 return 2;
             }
             break;
+        case 'W': {
+            char *end;
+            double v = strtod(optarg, &end);
+            if (*end || end == optarg || !(v >= 0.1 && v <= 86400)) {
+                fprintf(stderr, "embcached: --rate-window '%s' must be 0.1..86400 seconds\n",
+                        optarg);
+                return 2;
+            }
+            cfg.rate_window = v;
+            break;
+        }
         case 'T':
         case 'J': {
             char *end;

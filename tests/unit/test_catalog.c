@@ -813,11 +813,62 @@ static void test_newer_schema_refused(void **state)
 
     ec_catalog_close(f->cat);
     f->cat = NULL;
-    raw_sql(f->path, "PRAGMA user_version = 2");
+    raw_sql(f->path, "PRAGMA user_version = 3");
     assert_int_equal(ec_catalog_open(f->path, &cat), EC_EVERSION);
     assert_msg("newer");
-    raw_sql(f->path, "PRAGMA user_version = 1");
+    raw_sql(f->path, "PRAGMA user_version = 2");
     reopen(f);
+}
+
+/* A schema-1 catalog (before residency policies) is upgraded on open and
+ * keeps its versions. */
+static void test_schema_1_upgraded(void **state)
+{
+    fx *f = *state;
+    uint64_t res = 1;
+    double rate = 1;
+    int64_t v = 0;
+
+    assert_int_equal(add(f->cat, "m", 1, -1, NULL, two, 2, NULL), 0);
+    ec_catalog_close(f->cat);
+    f->cat = NULL;
+    raw_sql(f->path, "DROP TABLE model_policy; PRAGMA user_version = 1");
+    reopen(f);
+    assert_int_equal(ec_catalog_version_of(f->cat, "m", "1", &v), 0);
+    assert_int_equal(v, 1);
+    assert_int_equal(ec_catalog_set_policy(f->cat, "m", 4096, 2.5), 0);
+    {
+        ec_cat_tensor t = {0};
+        assert_int_equal(ec_catalog_resolve(f->cat, "m", "1", "word_embeddings", &t), 0);
+        assert_int_equal(ec_catalog_get_policy(f->cat, t.version_id, &res, &rate), 0);
+        ec_cat_tensor_clear(&t);
+    }
+    assert_int_equal(res, 4096);
+    assert_true(rate == 2.5);
+}
+
+static void test_policy(void **state)
+{
+    fx *f = *state;
+    ec_cat_tensor t = {0};
+    uint64_t res = 9;
+    double rate = 9;
+
+    assert_int_equal(add(f->cat, "m", 1, -1, NULL, two, 2, NULL), 0);
+    assert_int_equal(ec_catalog_resolve(f->cat, "m", "1", "word_embeddings", &t), 0);
+    /* None set: zeros. */
+    assert_int_equal(ec_catalog_get_policy(f->cat, t.version_id, &res, &rate), 0);
+    assert_true(res == 0 && rate == 0);
+    assert_int_equal(ec_catalog_set_policy(f->cat, "m", 1 << 20, 0.5), 0);
+    assert_int_equal(ec_catalog_set_policy(f->cat, "m", 2 << 20, 0.25), 0);
+    reopen(f);
+    assert_int_equal(ec_catalog_get_policy(f->cat, t.version_id, &res, &rate), 0);
+    assert_true(res == 2 << 20 && rate == 0.25);
+    assert_int_equal(ec_catalog_set_policy(f->cat, "nobody", 1, 1), EC_ENOENT);
+    assert_int_equal(ec_catalog_set_policy(f->cat, "m", 1, -1), EC_EINVAL);
+    assert_int_equal(ec_catalog_get_policy(f->cat, t.version_id + 1000, &res, &rate),
+                     EC_ENOENT);
+    ec_cat_tensor_clear(&t);
 }
 
 static void test_clear_is_idempotent(void **state)
@@ -1026,6 +1077,8 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_add_resolve_by_version_and_alias, setup, teardown),
         cmocka_unit_test_setup_teardown(test_update_file, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_schema_1_upgraded, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_policy, setup, teardown),
         cmocka_unit_test_setup_teardown(test_alias_switch_and_listing, setup, teardown),
         cmocka_unit_test_setup_teardown(test_duplicate_version_refused, setup, teardown),
         cmocka_unit_test_setup_teardown(test_duplicate_tensor_names_atomic, setup, teardown),
