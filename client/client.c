@@ -533,7 +533,7 @@ int ec_tensor_gather(ec_tensor *t, const int64_t *ids, size_t n, void *out, size
             }
             if (!lasthit) {
                 s->next[nnext++] = i;
-                misses++;
+                misses += round == 0;
                 continue;
             }
             s->src[nsrc] = c->seg.data + s->refs[nrefs - 1].offset + (id % rpp) * row_bytes;
@@ -549,13 +549,14 @@ int ec_tensor_gather(ec_tensor *t, const int64_t *ids, size_t n, void *out, size
             if (rc)
                 goto out;
         }
-        /* 3. Check every entry again: a moved entry means a possibly torn copy. */
+        /* 3. Check every entry again: a moved entry means a possibly torn copy.
+         * A hit is a row served from memory at its first lookup. */
         {
             uint32_t bad = UINT32_MAX;
             for (size_t k = 0; k < nsrc; k++) {
                 uint32_t ref = s->row_ref[k];
                 if (ref != bad && ec_index_still_valid(&s->refs[ref])) {
-                    hits++;
+                    hits += round == 0;
                     continue;
                 }
                 bad = ref;

@@ -115,6 +115,8 @@ struct request {
 /* A version being loaded ahead of traffic (see ec_engine_prewarm). */
 struct prewarm {
     int64_t version_id;
+    char model[EC_NAME_MAX + 1];
+    int64_t version;
     uint32_t *tensors;
     uint32_t ntensors;
     uint32_t ti, pi;             /* cursor: next tensor, next partition */
@@ -1359,12 +1361,12 @@ static void prewarm_pump(ec_engine *e, struct prewarm *pw)
     if (pw->ti >= pw->ntensors && pw->outstanding == 0 && !pw->finished) {
         pw->finished = true;
         if (pw->failed)
-            ec_warn("prewarm of version id %lld: %llu of %llu partitions failed: %s",
-                    (long long)pw->version_id, (unsigned long long)pw->failed,
+            ec_warn("prewarm of %s version %lld: %llu of %llu partitions failed: %s",
+                    pw->model, (long long)pw->version, (unsigned long long)pw->failed,
                     (unsigned long long)pw->total, pw->msg);
         else
-            ec_info("prewarm of version id %lld finished: %llu partitions",
-                    (long long)pw->version_id, (unsigned long long)pw->total);
+            ec_info("prewarm of %s version %lld finished: %llu partitions", pw->model,
+                    (long long)pw->version, (unsigned long long)pw->total);
     }
 }
 
@@ -1422,6 +1424,8 @@ int ec_engine_prewarm(ec_engine *e, const char *model, const char *version, bool
         return ec_seterr(EC_ENOMEM, "prewarm");
     }
     pw->version_id = vi.id;
+    snprintf(pw->model, sizeof(pw->model), "%s", model);
+    pw->version = vi.version;
     pw->tensors = vi.tensors;
     pw->ntensors = vi.ntensors;
     pw->pin = pin;

@@ -990,7 +990,10 @@ static void conn_readable(server *s, struct conn *c)
         /* The handler may have closed c (a failed send); look it up again. */
         c = ec_u64map_get(&s->conns, c->id) == c ? c : NULL;
         if (c) {
-            bool fatal = rc == EC_EPERM || (!c->hello && h.op != EC_OP_HELLO);
+            /* A refused HELLO (credentials) or a request before HELLO ends
+             * the connection; any other error is an answer. */
+            bool fatal = (rc == EC_EPERM && h.op == EC_OP_HELLO) ||
+                         (!c->hello && h.op != EC_OP_HELLO);
             reply_error(s, c, h.op, h.req_id, rc, ec_last_error());
             if (fatal && ec_u64map_get(&s->conns, c->id) == c)
                 conn_close(s, c);

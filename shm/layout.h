@@ -117,8 +117,8 @@ typedef struct ec_session_page {
     /* Written by the client (relaxed); untrusted. */
     _Atomic uint64_t gathers;
     _Atomic uint64_t rows;
-    _Atomic uint64_t hits;     /* rows served from shared memory */
-    _Atomic uint64_t misses;   /* rows that needed a fault */
+    _Atomic uint64_t hits;     /* rows found resident at their first lookup */
+    _Atomic uint64_t misses;   /* rows that were not (and needed a fault) */
     _Atomic uint64_t retries;  /* seqlock re-reads */
     _Atomic uint64_t faults;   /* fault requests sent */
     uint8_t reserved1[16];
