@@ -742,6 +742,7 @@ static void refill(struct run *c)
         c->inflight++;
         ec_pager_submit(c->p, r);
     }
+    ec_pager_flush(c->p);
 }
 
 static void on_done(ec_page_req *r, void *arg)

@@ -912,6 +912,11 @@ static void read_done(ec_page_req *r, void *arg)
     job_complete(arg, r->user);
 }
 
+void ec_engine_flush(ec_engine *e)
+{
+    ec_pager_flush(e->pager);
+}
+
 void ec_engine_complete(ec_engine *e)
 {
     ec_pager_reap(e->pager, read_done, e);

@@ -72,6 +72,10 @@ int ec_engine_event_fd(const ec_engine *e);
 /* Publish finished reads and answer the requests they complete. */
 void ec_engine_complete(ec_engine *e);
 
+/* Start the reads the requests handled since the last call queued (one
+ * system call for all of them). The server calls it once per loop turn. */
+void ec_engine_flush(ec_engine *e);
+
 /* Resolve and describe a tensor (synchronous). */
 int ec_engine_resolve(ec_engine *e, const char *model, const char *version, const char *tensor,
                       ec_proto_tensor *out);

@@ -103,6 +103,12 @@ void ec_pager_submit(ec_pager *p, ec_page_req *r)
     p->ops->submit(p, r);
 }
 
+void ec_pager_flush(ec_pager *p)
+{
+    if (p->ops->flush)
+        p->ops->flush(p);
+}
+
 int ec_pager_event_fd(const ec_pager *p)
 {
     return p->efd;

@@ -102,8 +102,13 @@ const char *ec_pager_describe(const ec_pager *p);
 int ec_pager_file_add(ec_pager *p, int fd);
 void ec_pager_file_del(ec_pager *p, int slot);
 
-/* Queue a read. The result comes back through ec_pager_reap. */
+/* Queue a read. It goes to the kernel at the next ec_pager_flush (or
+ * ec_pager_reap), so a burst of requests costs one system call; the result
+ * comes back through ec_pager_reap. */
 void ec_pager_submit(ec_pager *p, ec_page_req *r);
+
+/* Hand what was queued to the kernel (io_uring) in one call. */
+void ec_pager_flush(ec_pager *p);
 
 /* The descriptor the server polls; readable when reads have finished. */
 int ec_pager_event_fd(const ec_pager *p);

@@ -17,6 +17,7 @@ struct ec_pager_ops {
     int (*open)(ec_pager *p);                 /* fills p->impl, p->efd */
     void (*close)(ec_pager *p, void (*done)(ec_page_req *, void *), void *arg);
     void (*submit)(ec_pager *p, ec_page_req *r);
+    void (*flush)(ec_pager *p);                /* may be NULL */
     void (*reap)(ec_pager *p, void (*done)(ec_page_req *, void *), void *arg);
     int (*file_add)(ec_pager *p, int fd);
     void (*file_del)(ec_pager *p, int slot);

@@ -182,8 +182,9 @@ static bool prep(ec_pager *p, struct uring *u, ec_page_req *r)
     return true;
 }
 
-/* Start queued requests up to the queue depth, demand first; submit once. */
-static void kick(ec_pager *p, struct uring *u)
+/* Start queued requests up to the queue depth, demand first; with submit,
+ * hand them to the kernel in one call. */
+static void kick(ec_pager *p, struct uring *u, bool submit)
 {
     for (int q = 0; q < 2; q++) {
         while (u->head[q] && u->inflight < p->cfg.queue_depth) {
@@ -196,7 +197,7 @@ static void kick(ec_pager *p, struct uring *u)
         }
     }
 submit:
-    if (u->pending_sqes) {
+    if (submit && u->pending_sqes) {
         int rc = io_uring_submit(&u->ring);
         if (rc >= 0)
             u->pending_sqes -= (unsigned)rc < u->pending_sqes ? (unsigned)rc : u->pending_sqes;
@@ -228,7 +229,12 @@ static void uring_submit(ec_pager *p, ec_page_req *r)
     struct uring *u = p->impl;
 
     enqueue(u, r, false);
-    kick(p, u);
+    kick(p, u, false);
+}
+
+static void uring_flush(ec_pager *p)
+{
+    kick(p, p->impl, true);
 }
 
 static void uring_reap(ec_pager *p, void (*done)(ec_page_req *, void *), void *arg)
@@ -256,7 +262,7 @@ static void uring_reap(ec_pager *p, void (*done)(ec_page_req *, void *), void *a
         ec_pager_count(p, r);
         done(r, arg);
     }
-    kick(p, u);
+    kick(p, u, true);
 }
 
 static void uring_close(ec_pager *p, void (*done)(ec_page_req *, void *), void *arg)
@@ -268,7 +274,7 @@ static void uring_close(ec_pager *p, void (*done)(ec_page_req *, void *), void *
         while (u->ring_ok && u->inflight) {
             struct io_uring_cqe *cqe;
             if (u->pending_sqes)
-                kick(p, u);
+                kick(p, u, true);
             if (io_uring_wait_cqe(&u->ring, &cqe) < 0)
                 break;
             ec_page_req *r = io_uring_cqe_get_data(cqe);
@@ -302,6 +308,7 @@ const struct ec_pager_ops ec_pager_uring_ops = {
     .open = uring_open,
     .close = uring_close,
     .submit = uring_submit,
+    .flush = uring_flush,
     .reap = uring_reap,
     .file_add = uring_file_add,
     .file_del = uring_file_del,

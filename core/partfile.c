@@ -38,6 +38,11 @@
 #include <sys/stat.h>
 #include <unistd.h>
 #include <xxhash.h>
+#if defined(__x86_64__) && __has_include(<xxh_x86dispatch.h>)
+/* libxxhash picks SSE2, AVX2 or AVX-512 at run time (same hashes): verifying
+ * a partition is the pager's main cost, and AVX2 halves it. */
+#include <xxh_x86dispatch.h>
+#endif
 
 #include "common/dtype.h"
 #include "common/err.h"

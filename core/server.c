@@ -1216,6 +1216,8 @@ int ec_server_run(const ec_server_config *cfg)
                     conn_readable(s, c);
             }
         }
+        /* Reads the requests of this turn queued go to the kernel together. */
+        ec_engine_flush(s->engine);
         clock_gettime(CLOCK_MONOTONIC, &now);
         if ((now.tv_sec - last_tick.tv_sec) * 1000 + (now.tv_nsec - last_tick.tv_nsec) / 1000000 >=
             TICK_MS) {

@@ -121,6 +121,7 @@ static void on_done(ec_page_req *r, void *arg)
 /* Reap until `want` requests are back (or fail the test after 20 s). */
 static void reap_all(ec_pager *p, struct reaped *x, int want)
 {
+    ec_pager_flush(p);
     for (int i = 0; x->n < want && i < 2000; i++) {
         struct pollfd pfd = {.fd = ec_pager_event_fd(p), .events = POLLIN};
         poll(&pfd, 1, 10);
