@@ -2032,6 +2032,24 @@ int ec_engine_open(const ec_engine_config *cfg, ec_engine_notify_fn notify, void
             goto fail;
         ec_info("pager: %s", ec_pager_describe(e->pager));
     }
+#ifdef EC_FAULT_INJECTION
+    /* Test builds: EMBCACHE_INJECT_FAULT=eio:N|short:N|short_once:N makes
+     * every Nth partition read fail that way. */
+    {
+        const char *f = getenv("EMBCACHE_INJECT_FAULT");
+        char kind[16];
+        unsigned n;
+        if (f && sscanf(f, "%15[a-z_]:%u", kind, &n) == 2 && n > 0) {
+            enum ec_fault_kind k = !strcmp(kind, "eio")          ? EC_FAULT_EIO
+                                   : !strcmp(kind, "short")      ? EC_FAULT_SHORT
+                                   : !strcmp(kind, "short_once") ? EC_FAULT_SHORT_ONCE
+                                                                 : EC_FAULT_NONE;
+            ec_pager_inject(e->pager, k, n);
+            ec_warn("fault injection: every %u%s partition read fails as '%s'", n,
+                    n == 1 ? "" : "th", kind);
+        }
+    }
+#endif
     e->budget = cfg->budget && cfg->budget < e->seg.data_size ? cfg->budget : e->seg.data_size;
     srand48((long)getpid() ^ (long)time(NULL));
     rc = adopt_segment(e);

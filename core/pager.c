@@ -144,6 +144,11 @@ void ec_pager_prepare(ec_pager *p, ec_page_req *r)
                 (uintptr_t)r->dest % EC_PARTFILE_ALIGN == 0;
     if (p->fault != EC_FAULT_NONE && ++p->fault_count % p->fault_every == 0)
         r->fault = p->fault;
+    /* Half of a one-page direct read is no valid O_DIRECT read: inject the
+     * short read into a buffered one. */
+    if ((r->fault == EC_FAULT_SHORT || r->fault == EC_FAULT_SHORT_ONCE) && r->direct &&
+        r->io_len < 2 * EC_PARTFILE_ALIGN)
+        r->direct = false;
 }
 
 enum ec_read_next ec_pager_account(ec_page_req *r, long n)

@@ -159,11 +159,10 @@ static bool prep(ec_pager *p, struct uring *u, ec_page_req *r)
         /* Injected: a NOP whose completion is read as EOF or EIO. */
         io_uring_prep_nop(sqe);
     } else {
-        if (r->fault == EC_FAULT_SHORT || r->fault == EC_FAULT_SHORT_ONCE) {
+        /* Injected short read: ask for half; the completion clears the
+         * fault (and, for SHORT, makes the file "end" there). */
+        if (r->fault == EC_FAULT_SHORT || r->fault == EC_FAULT_SHORT_ONCE)
             len = ec_pager_short_len(len);
-            r->fake_eof = r->fault == EC_FAULT_SHORT;
-            r->fault = EC_FAULT_NONE;
-        }
         buf = buffer_of(p, u, dest, len);
         if (buf >= 0) {
             io_uring_prep_read_fixed(sqe, fd, dest, len, off, buf);
@@ -250,10 +249,14 @@ static void uring_reap(ec_pager *p, void (*done)(ec_page_req *, void *), void *a
 
         io_uring_cqe_seen(&u->ring, cqe);
         u->inflight--;
-        if (r->fake_eof)
+        if (r->fake_eof) {
             res = 0;
-        else if (r->fault == EC_FAULT_EIO)
+        } else if (r->fault == EC_FAULT_EIO) {
             res = -EIO;
+        } else if (r->fault == EC_FAULT_SHORT || r->fault == EC_FAULT_SHORT_ONCE) {
+            r->fake_eof = r->fault == EC_FAULT_SHORT && res > 0;
+            r->fault = EC_FAULT_NONE;
+        }
         if (ec_pager_account(r, res) == EC_READ_AGAIN) {
             enqueue(u, r, true); /* the rest of it goes next */
             continue;

@@ -705,6 +705,63 @@ static void test_warm_restart(void **state)
     assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
 }
 
+/* Read failures injected in the daemon's pager (a test-build hook) reach
+ * the clients waiting for the partition as errors; a short read that the
+ * pager retries does not. */
+static void test_injected_read_faults_reach_clients(void **state)
+{
+    static const struct {
+        const char *spec;
+        int rc;
+        const char *msg;
+    } cases[] = {
+        {"eio:1", EC_EIO, "read failed"},
+        {"short:1", EC_EIO, "truncated"},
+        {"short_once:1", 0, NULL},
+    };
+    char a[512];
+    const char *paths[] = {a};
+
+    (void)state;
+    path_of(a, sizeof(a), "emb.npy");
+    for (size_t k = 0; k < sizeof(cases) / sizeof(cases[0]); k++) {
+        char dd[512], fs[200];
+        ec_import_opts o = {.model = "f", .version = 1, .round = -1, .partition_bytes = 1024};
+        ec_client *c;
+        ec_tensor *t;
+        int64_t ids[2] = {0, 700};
+        uint8_t buf[2 * 96];
+        pid_t d;
+        int rc;
+
+        snprintf(dd, sizeof(dd), "%s/fault%zu", dir, k);
+        snprintf(fs, sizeof(fs), "%s/f%zu.sock", dir, k);
+        setenv("EMBCACHE_INJECT_FAULT", cases[k].spec, 1);
+        d = ect_daemon_start(dd, fs, NULL);
+        unsetenv("EMBCACHE_INJECT_FAULT");
+        c = connect_ok_at(fs);
+        assert_int_equal(ec_model_import(c, &o, paths, 1, NULL), 0);
+        assert_int_equal(ec_tensor_resolve(c, "f", "1", "emb", &t), 0);
+        rc = ec_tensor_gather(t, ids, 2, buf, sizeof(buf));
+        if (cases[k].rc && rc == 0) {
+            ec_tensor_release(t);
+            ec_client_close(c);
+            ect_daemon_stop(d);
+            skip(); /* built with -DEMBCACHE_FAULT_INJECTION=OFF */
+        }
+        printf("%s: %s\n", cases[k].spec, rc ? ec_last_error() : "read after a retry");
+        assert_int_equal(rc, cases[k].rc);
+        if (cases[k].msg)
+            assert_non_null(strstr(ec_last_error(), cases[k].msg));
+        else
+            assert_memory_equal(buf + 96, srcs[0].data + 700 * 96, 96);
+        assert_true(stat_of(c, "pager_errors") + stat_of(c, "pager_retries") > 0);
+        ec_tensor_release(t);
+        ec_client_close(c);
+        assert_int_equal(ect_daemon_stop(d), 0);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -717,6 +774,7 @@ int main(void)
         cmocka_unit_test(test_single_flight),
         cmocka_unit_test(test_corrupt_partition_never_served),
         cmocka_unit_test(test_eviction_under_a_small_segment),
+        cmocka_unit_test(test_injected_read_faults_reach_clients),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -223,8 +223,14 @@ static void faults(enum ec_pager_kind kind)
             }
             assert_int_equal(reqs[i].rc, EC_EIO);
             assert_non_null(strstr(reqs[i].msg, path));
-            if (kinds[k] == EC_FAULT_SHORT)
+            if (kinds[k] == EC_FAULT_SHORT) {
+                /* Half the partition arrived, then the file "ended". */
+                char want[64];
+                snprintf(want, sizeof(want), "ends %u bytes into", RPP * ROW / 2);
                 assert_non_null(strstr(reqs[i].msg, "truncated"));
+                if (!strstr(reqs[i].msg, want))
+                    fail_msg("expected '%s' in: %s", want, reqs[i].msg);
+            }
         }
         if (kinds[k] == EC_FAULT_SHORT_ONCE) {
             assert_true(st1.retries - st0.retries >= 4);
