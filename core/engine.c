@@ -1385,6 +1385,17 @@ static uint64_t pinned_bytes(const ec_engine *e)
     return b;
 }
 
+static void progress_of(const struct prewarm *pw, bool finished, ec_prewarm_progress *out)
+{
+    memset(out, 0, sizeof(*out));
+    out->version = pw->version;
+    out->partitions = pw->total;
+    out->done = pw->done;
+    out->failed = pw->failed;
+    out->bytes = pw->bytes;
+    out->finished = finished;
+}
+
 int ec_engine_prewarm(ec_engine *e, const char *model, const char *version, bool pin,
                       ec_prewarm_progress *out)
 {
@@ -1400,20 +1411,13 @@ int ec_engine_prewarm(ec_engine *e, const char *model, const char *version, bool
     if ((pw = *pp)) {
         /* Running: report. Finished: report once, then forget it. */
         free(vi.tensors);
-        memset(out, 0, sizeof(*out));
-        out->version = vi.version;
-        out->partitions = pw->total;
-        out->done = pw->done;
-        out->failed = pw->failed;
-        out->bytes = pw->bytes;
-        out->finished = pw->finished;
+        progress_of(pw, pw->finished, out);
         if (pw->finished) {
             *pp = pw->next;
-            rc = pw->failed ? ec_seterr(0, "%s", pw->msg) : 0;
             free(pw->tensors);
             free(pw);
         }
-        return rc;
+        return 0;
     }
     if (pin && vi.bytes + pinned_bytes(e) > e->budget) {
         free(vi.tensors);
@@ -1448,13 +1452,7 @@ int ec_engine_prewarm(ec_engine *e, const char *model, const char *version, bool
             (long long)vi.version, (unsigned long long)pw->total,
             (unsigned long long)pw->bytes, pin ? ", pinned" : "");
     prewarm_pump(e, pw);
-    memset(out, 0, sizeof(*out));
-    out->version = vi.version;
-    out->partitions = pw->total;
-    out->done = pw->done;
-    out->failed = pw->failed;
-    out->bytes = pw->bytes;
-    out->finished = 0; /* reported finished by the next call */
+    progress_of(pw, false, out); /* reported finished by the next call */
     return 0;
 }
 
