@@ -1174,6 +1174,75 @@ static void test_ttl_expiry(void **state)
 }
 
 /* ------------------------------------------------------------------ */
+/* 7. The idle-version policy                                           */
+
+/* Two versions of one model with a policy of 1 MiB minimum residency and
+ * 20 requests/s: while a child keeps reading v1, v2 sits idle; after a
+ * rate window v2 is evicted down to its minimum (it pages in again) and v1
+ * is left alone (it does not). */
+static void test_idle_policy(void **state)
+{
+    const char *extra[] = {"--rate-window", "1", NULL};
+    struct table tb;
+    ec_client *c;
+    ec_tensor *t1, *t2;
+    uint64_t before, after_busy, after_idle;
+    volatile int *stop = shared_map(4096);
+    pid_t busy;
+
+    (void)state;
+    env_start("ec-idle", extra);
+    table_make(&tb, "idle.npy", 8192, 128, 21); /* 4 MiB, 16 partitions of 256 KiB */
+    c = connect_ok();
+    import_npy(c, "idle", 1, tb.path, 262144);
+    import_npy(c, "idle", 2, tb.path, 262144);
+    t1 = resolve_ok(c, "idle", "1", "idle");
+    t2 = resolve_ok(c, "idle", "2", "idle");
+    gather_all_ok(t1, &tb);
+    gather_all_ok(t2, &tb);
+    assert_int_equal(ec_model_policy(c, "idle", 1 << 20, 20.0), 0);
+
+    busy = spawn();
+    if (busy == 0) {
+        ec_client *cb = connect_ok();
+        ec_tensor *tb1 = resolve_ok(cb, "idle", "1", "idle");
+        uint64_t rng = 5;
+        static uint8_t buf[16 * 512];
+        while (!*stop) {
+            int64_t ids[16];
+            for (int i = 0; i < 16; i++)
+                ids[i] = (int64_t)(splitmix(&rng) % tb.rows);
+            if (gather_check(tb1, ids, 16, &tb, buf, sizeof(buf)))
+                _exit(1);
+            usleep(1000);
+        }
+        _exit(0);
+    }
+    /* Two windows and a bit: the sweep has run at least once. */
+    for (int i = 0; i < 40 && stat_of(c, "idle_version_evictions") == 0; i++)
+        usleep(100000);
+    usleep(1200000);
+    *stop = 1;
+    assert_int_equal(reap(busy), 0);
+    assert_true(stat_of(c, "idle_version_evictions") >= 1);
+
+    before = stat_of(c, "page_ins");
+    gather_all_ok(t1, &tb);
+    after_busy = stat_of(c, "page_ins");
+    gather_all_ok(t2, &tb);
+    after_idle = stat_of(c, "page_ins");
+    printf("idle policy: busy v1 paged in %llu partitions again, idle v2 %llu of 16 "
+           "(1 MiB = 4 partitions stayed)\n", (unsigned long long)(after_busy - before),
+           (unsigned long long)(after_idle - after_busy));
+    assert_int_equal(after_busy - before, 0);
+    assert_int_equal(after_idle - after_busy, 12);
+    ec_tensor_release(t1);
+    ec_tensor_release(t2);
+    ec_client_close(c);
+    table_free(&tb);
+}
+
+/* ------------------------------------------------------------------ */
 /* 6. Refresh                                                           */
 
 #define RF_ROWS 1024u
@@ -1417,6 +1486,7 @@ int main(void)
         cmocka_unit_test_teardown(test_lifecycle, env_teardown),
         cmocka_unit_test_teardown(test_prewarm_pin_and_budget_exhausted, env_teardown),
         cmocka_unit_test_teardown(test_ttl_expiry, env_teardown),
+        cmocka_unit_test_teardown(test_idle_policy, env_teardown),
         cmocka_unit_test_teardown(test_refresh, env_teardown),
         cmocka_unit_test_teardown(test_cli_subcommands, env_teardown),
     };
