@@ -451,16 +451,26 @@ static int fault(ec_tensor *t, const uint32_t *parts, size_t n)
     return rc;
 }
 
-/* Record an access in our session ring for the daemon's eviction policy.
- * One atomic claim of a slot; the daemon treats entries as hints, so a slot
- * it reads before this thread filled it costs nothing but a missed touch. */
-static void note_access(ec_client *c, uint32_t tensor, uint32_t part)
+/* Record the partitions a gather read in our session ring, for the
+ * daemon's eviction policy: one atomic claim of all the slots, then plain
+ * stores. The daemon treats entries as hints, so a slot it reads before
+ * this thread filled it costs nothing but a missed touch. At most a quarter
+ * of the ring per gather: enough for the policy, and a huge gather does not
+ * wipe out what other threads recorded. */
+static void note_accesses(ec_client *c, const ec_index_ref *refs, size_t n)
 {
     ec_session_page *s = c->session;
-    uint64_t h = atomic_fetch_add_explicit(&s->ring_head, 1, memory_order_relaxed);
+    uint64_t h;
 
-    atomic_store_explicit(&s->ring[h % EC_SESSION_RING], EC_INDEX_KEY(tensor, part),
-                          memory_order_relaxed);
+    if (n > EC_SESSION_RING / 4)
+        n = EC_SESSION_RING / 4;
+    if (n == 0)
+        return;
+    h = atomic_fetch_add_explicit(&s->ring_head, n, memory_order_relaxed);
+    for (size_t i = 0; i < n; i++) {
+        uint64_t key = atomic_load_explicit(&refs[i].entry->key, memory_order_relaxed);
+        atomic_store_explicit(&s->ring[(h + i) % EC_SESSION_RING], key, memory_order_relaxed);
+    }
 }
 
 /* Add to a session counter; a zero add skips the locked instruction. */
@@ -526,7 +536,6 @@ int ec_tensor_gather(ec_tensor *t, const int64_t *ids, size_t n, void *out, size
                           (id % rpp + 1) * row_bytes <= s->refs[nrefs].length;
                 if (lasthit) {
                     nrefs++;
-                    note_access(c, t->t.id, (uint32_t)p);
                 } else {
                     s->parts[nparts++] = (uint32_t)p;
                 }
@@ -541,6 +550,8 @@ int ec_tensor_gather(ec_tensor *t, const int64_t *ids, size_t n, void *out, size
             s->row_ref[nsrc] = (uint32_t)(nrefs - 1);
             nsrc++;
         }
+        if (round == 0)
+            note_accesses(c, s->refs, nrefs);
         /* 2. Copy them. */
         if (nsrc) {
             g = (ec_gather_desc){.src = s->src, .n = nsrc, .row_bytes = row_bytes,

@@ -9,6 +9,8 @@ PKGS=(
   build-essential cmake pkgconf
   libhwloc-dev liburing-dev libcmocka-dev libsqlite3-dev libxxhash-dev libdlpack-dev
   python3 python3-numpy python3-pytest
+  # embcache-bench's baselines and plots (its smoke test runs them too)
+  redis-server memcached libhiredis-dev libmemcached-dev gnuplot-nox fio
 )
 
 if [ "$(id -u)" -ne 0 ]; then
