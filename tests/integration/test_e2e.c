@@ -9,6 +9,8 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <glob.h>
+#include <malloc.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -762,6 +764,47 @@ static void test_injected_read_faults_reach_clients(void **state)
     }
 }
 
+static void *gather_once(void *arg)
+{
+    ec_tensor *t = arg;
+    int64_t ids[300];
+    static _Thread_local uint8_t buf[300 * 96];
+
+    for (int i = 0; i < 300; i++)
+        ids[i] = i;
+    return (void *)(intptr_t)ec_tensor_gather(t, ids, 300, buf, sizeof(buf));
+}
+
+/* The per-thread gather scratch was freed only with the process: a thread
+ * that gathered and exited leaked it (LeakSanitizer, in embcache-bench's
+ * fault threads). 200 such threads must not grow the heap. */
+static void test_thread_exit_frees_gather_scratch(void **state)
+{
+    ec_client *c = connect_ok();
+    ec_tensor *t;
+    size_t before = 0, after;
+
+    (void)state;
+    assert_int_equal(ec_tensor_resolve(c, "m", "1", "emb", &t), 0);
+    for (int round = 0; round < 2; round++) {
+        if (round == 1)
+            before = mallinfo2().uordblks;
+        for (int i = 0; i < 200; i++) {
+            pthread_t th;
+            void *rc;
+            assert_int_equal(pthread_create(&th, NULL, gather_once, t), 0);
+            assert_int_equal(pthread_join(th, &rc), 0);
+            assert_int_equal((intptr_t)rc, 0);
+        }
+    }
+    after = mallinfo2().uordblks;
+    printf("heap in use before 200 gathering threads %zu bytes, after %zu\n", before, after);
+    /* Each leaked scratch was over 20 KiB: 200 of them would be > 4 MB. */
+    assert_true(after < before + 256 * 1024);
+    ec_tensor_release(t);
+    ec_client_close(c);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -775,6 +818,7 @@ int main(void)
         cmocka_unit_test(test_corrupt_partition_never_served),
         cmocka_unit_test(test_eviction_under_a_small_segment),
         cmocka_unit_test(test_injected_read_faults_reach_clients),
+        cmocka_unit_test(test_thread_exit_frees_gather_scratch),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
