@@ -10,6 +10,8 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+
+#include "common/units.h"
 #include <stdio.h>
 
 /* ---- time ---- */
@@ -76,9 +78,5 @@ bool bu_json_obj(const char *from, const char *to, const char *key, const char *
                  const char **oto);
 /* Write s as a JSON string. */
 void bu_json_str(FILE *out, const char *s);
-
-/* ---- parsing ---- */
-/* Byte count with an optional K/M/G/T suffix (powers of 1024). */
-int bu_parse_size(const char *s, uint64_t *out);
 
 #endif

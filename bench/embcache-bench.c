@@ -1581,7 +1581,7 @@ static void usage(FILE *f)
 static uint64_t parse_u64(const char *what, const char *s)
 {
     uint64_t v;
-    if (bu_parse_size(s, &v)) {
+    if (ec_parse_size(s, &v)) {
         fprintf(stderr, "embcache-bench: %s '%s' is not a number\n", what, s);
         exit(2);
     }
@@ -1665,7 +1665,7 @@ static void parse_args(int argc, char **argv, struct opts *o)
             break;
         case O_CLIENTS: clients = optarg; break;
         case O_BUDGET:
-            if (bu_parse_size(optarg, &o->budget) || !o->budget) {
+            if (ec_parse_size(optarg, &o->budget) || !o->budget) {
                 fprintf(stderr, "embcache-bench: --budget '%s' is not a size\n", optarg);
                 exit(2);
             }

@@ -60,6 +60,7 @@
 #include <unistd.h>
 
 #include "common/err.h"
+#include "bench_util.h"
 #include "core/pager.h"
 #include "core/partfile.h"
 
@@ -123,12 +124,6 @@ struct bfile {
 
 static FILE *txt; /* the human-readable lines: stdout, or stderr with --json */
 
-static uint64_t now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
 
 static double cpu_secs(void)
 {
@@ -138,19 +133,12 @@ static double cpu_secs(void)
            (double)ru.ru_stime.tv_sec + (double)ru.ru_stime.tv_usec / 1e6;
 }
 
-static uint64_t splitmix(uint64_t *s)
-{
-    uint64_t x = (*s += 0x9e3779b97f4a7c15ULL);
-    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
-    x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
-    return x ^ (x >> 31);
-}
 
 /* Pseudo-random, never-zero 64-bit words. */
 static void fill_random(uint8_t *buf, size_t len, uint64_t *seed)
 {
     for (size_t i = 0; i + 8 <= len; i += 8) {
-        uint64_t v = splitmix(seed) | 1;
+        uint64_t v = bu_splitmix(seed) | 1;
         memcpy(buf + i, &v, 8);
     }
 }
@@ -364,9 +352,9 @@ static double measure_verify(const struct bfile *f)
                              EC_PARTFILE_ALIGN);
         if (pread(fd, buf, io, (off_t)ec_partfile_part_offset(&f->m, p)) < (ssize_t)plen)
             break;
-        t = now_ns();
+        t = bu_now_ns();
         sink += ec_checksum(buf, (size_t)plen);
-        ns += now_ns() - t;
+        ns += bu_now_ns() - t;
         bytes += plen;
     }
     (void)sink;
@@ -458,7 +446,7 @@ static void bfile_make(struct bfile *f, const struct opts *o, uint64_t part_kib)
     fprintf(txt, "# writing %s: %" PRIu64 " MiB, %" PRIu64 " partitions of %" PRIu64 " KiB\n",
             path, o->size_mib, m.partitions, part_kib);
     fflush(txt);
-    t0 = now_ns();
+    t0 = bu_now_ns();
     buf = malloc(chunk);
     sums = calloc(m.partitions, sizeof(*sums));
     if (!buf || !sums)
@@ -485,7 +473,7 @@ static void bfile_make(struct bfile *f, const struct opts *o, uint64_t part_kib)
     if (!bfile_open(f, path))
         die("the file just written does not open: %s", ec_last_error());
     f->created = !o->keep;
-    fprintf(txt, "# wrote %s in %.1f s\n", path, (double)(now_ns() - t0) / 1e9);
+    fprintf(txt, "# wrote %s in %.1f s\n", path, (double)(bu_now_ns() - t0) / 1e9);
 }
 
 /* Drop the file's pages from the page cache (O_DIRECT would bypass them
@@ -497,116 +485,8 @@ static void make_cold(const struct bfile *f)
 
 /* ---- fio ------------------------------------------------------------- */
 
-/* Run argv, return its standard output (malloc'd) and exit status. */
-static char *run_capture(char *const argv[], int *status)
-{
-    int pfd[2];
-    pid_t pid;
-    size_t len = 0, cap = 1 << 16;
-    char *out = malloc(cap);
 
-    *status = -1;
-    if (!out || pipe2(pfd, O_CLOEXEC) != 0) {
-        free(out);
-        return NULL;
-    }
-    fflush(NULL);
-    pid = fork();
-    if (pid < 0) {
-        close(pfd[0]);
-        close(pfd[1]);
-        free(out);
-        return NULL;
-    }
-    if (pid == 0) {
-        dup2(pfd[1], STDOUT_FILENO);
-        execvp(argv[0], argv);
-        _exit(127);
-    }
-    close(pfd[1]);
-    for (;;) {
-        ssize_t n;
-        if (len + 1 >= cap) {
-            char *bigger = realloc(out, cap * 2);
-            if (!bigger)
-                break;
-            out = bigger;
-            cap *= 2;
-        }
-        n = read(pfd[0], out + len, cap - len - 1);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n <= 0)
-            break;
-        len += (size_t)n;
-    }
-    out[len] = '\0';
-    close(pfd[0]);
-    while (waitpid(pid, status, 0) < 0 && errno == EINTR)
-        ;
-    return out;
-}
 
-/* In [from, to): the number after "key" : , or NAN-ish false. */
-static bool json_num(const char *from, const char *to, const char *key, double *out)
-{
-    char pat[64];
-    const char *p;
-    char *end;
-    size_t plen;
-
-    snprintf(pat, sizeof(pat), "\"%s\"", key);
-    plen = strlen(pat);
-    for (p = from; p && p < to; p++) {
-        p = strstr(p, pat);
-        if (!p || p >= to)
-            return false;
-        const char *q = p + plen;
-        while (*q == ' ' || *q == '\t' || *q == '\n' || *q == '\r')
-            q++;
-        if (*q != ':')
-            continue;
-        q++;
-        *out = strtod(q, &end);
-        if (end == q)
-            return false;
-        return true;
-    }
-    return false;
-}
-
-/* In [from, to): the start of the object after "key" : {, and its end. */
-static bool json_obj(const char *from, const char *to, const char *key, const char **ofrom,
-                     const char **oto)
-{
-    char pat[64];
-    const char *p, *q;
-    int depth = 0;
-
-    snprintf(pat, sizeof(pat), "\"%s\"", key);
-    p = strstr(from, pat);
-    if (!p || p >= to)
-        return false;
-    q = strchr(p, '{');
-    if (!q || q >= to)
-        return false;
-    *ofrom = q;
-    for (p = q; p < to && *p; p++) {
-        if (*p == '"') { /* skip strings: fio's keys have no braces, but names might */
-            for (p++; p < to && *p && *p != '"'; p++)
-                if (*p == '\\' && p[1])
-                    p++;
-            continue;
-        }
-        if (*p == '{')
-            depth++;
-        else if (*p == '}' && --depth == 0) {
-            *oto = p + 1;
-            return true;
-        }
-    }
-    return false;
-}
 
 /* jobs[0].read: bw_bytes and the 50th/99th lat_ns percentiles (clat_ns
  * where fio did not report lat_ns percentiles). */
@@ -616,13 +496,13 @@ static bool fio_parse(const char *js, struct fio_res *r)
     double bw;
 
     js = strchr(js, '{'); /* anything fio printed before the document */
-    if (!js || !json_obj(js, end, "jobs", &jf, &jt) || !json_obj(jf, jt, "read", &rf, &rt) ||
-        !json_num(rf, rt, "bw_bytes", &bw))
+    if (!js || !bu_json_obj(js, end, "jobs", &jf, &jt) || !bu_json_obj(jf, jt, "read", &rf, &rt) ||
+        !bu_json_num(rf, rt, "bw_bytes", &bw))
         return false;
-    if (!(json_obj(rf, rt, "lat_ns", &lf, &lt) && json_obj(lf, lt, "percentile", &pf, &pt)) &&
-        !(json_obj(rf, rt, "clat_ns", &lf, &lt) && json_obj(lf, lt, "percentile", &pf, &pt)))
+    if (!(bu_json_obj(rf, rt, "lat_ns", &lf, &lt) && bu_json_obj(lf, lt, "percentile", &pf, &pt)) &&
+        !(bu_json_obj(rf, rt, "clat_ns", &lf, &lt) && bu_json_obj(lf, lt, "percentile", &pf, &pt)))
         return false;
-    if (!json_num(pf, pt, "50.000000", &r->p50_us) || !json_num(pf, pt, "99.000000", &r->p99_us))
+    if (!bu_json_num(pf, pt, "50.000000", &r->p50_us) || !bu_json_num(pf, pt, "99.000000", &r->p99_us))
         return false;
     r->gbps = bw / 1e9;
     r->p50_us /= 1e3;
@@ -637,7 +517,7 @@ static bool fio_probe(const char *fio)
 {
     char *argv[] = {(char *)fio, (char *)"--version", NULL};
     int st;
-    char *out = run_capture(argv, &st);
+    char *out = bu_run_capture(argv, &st);
     bool ok = out && WIFEXITED(st) && WEXITSTATUS(st) == 0 && !strncmp(out, "fio", 3);
 
     if (ok) {
@@ -675,7 +555,7 @@ static void fio_run(const struct opts *o, const struct bfile *f, unsigned qd, bo
     argv[n++] = (char *)"--lat_percentiles=1";
     argv[n++] = (char *)"--output-format=json";
     argv[n] = NULL;
-    out = run_capture(argv, &st);
+    out = bu_run_capture(argv, &st);
     if (!out || !WIFEXITED(st) || WEXITSTATUS(st) != 0 || !fio_parse(out, r)) {
         fprintf(stderr, "embcache-pagerbench: fio %s bs=%" PRIu64 " iodepth=%u failed "
                         "(exit status %d) or printed no usable JSON\n",
@@ -738,7 +618,7 @@ static void refill(struct run *c)
         r->part = part;
         r->prio = EC_PAGE_DEMAND;
         r->user = s;
-        s->t0 = now_ns();
+        s->t0 = bu_now_ns();
         c->inflight++;
         ec_pager_submit(c->p, r);
     }
@@ -749,7 +629,7 @@ static void on_done(ec_page_req *r, void *arg)
 {
     struct run *c = arg;
     struct slot *s = r->user;
-    uint64_t t = now_ns();
+    uint64_t t = bu_now_ns();
 
     c->inflight--;
     if (r->rc) {
@@ -818,7 +698,7 @@ static void pager_run(const struct opts *o, const struct bfile *f, enum ec_pager
     if (o->random) {
         uint64_t seed = 42;
         for (uint64_t i = nparts - 1; i > 0; i--) {
-            uint64_t j = splitmix(&seed) % (i + 1);
+            uint64_t j = bu_splitmix(&seed) % (i + 1);
             uint32_t x = order[i];
             order[i] = order[j];
             order[j] = x;
@@ -832,7 +712,7 @@ static void pager_run(const struct opts *o, const struct bfile *f, enum ec_pager
     make_cold(f);
 
     c0 = cpu_secs();
-    t0 = now_ns();
+    t0 = bu_now_ns();
     deadline = t0 + (uint64_t)(o->seconds * 1e9);
     for (;;) {
         refill(&c);
@@ -842,10 +722,10 @@ static void pager_run(const struct opts *o, const struct bfile *f, enum ec_pager
         if (poll(&pfd, 1, 1000) < 0 && errno != EINTR)
             die("poll: %s", strerror(errno));
         ec_pager_reap(p, on_done, &c);
-        if (c.next < c.nparts && now_ns() > deadline)
+        if (c.next < c.nparts && bu_now_ns() > deadline)
             c.nparts = c.next; /* out of time: finish what is in flight */
     }
-    t1 = now_ns();
+    t1 = bu_now_ns();
     res->cpu_pct = 100.0 * (cpu_secs() - c0) / ((double)(t1 - t0) / 1e9);
 
     ec_pager_stats_get(p, &st);

@@ -17,6 +17,7 @@
 #include "common/err.h"
 #include "common/log.h"
 #include "common/paths.h"
+#include "common/units.h"
 #include "core/server.h"
 
 #define DEFAULT_SHM_SIZE (1ULL << 30)
@@ -57,31 +58,6 @@ static void usage(FILE *f)
             "Exit status: 0 after a clean shutdown, 1 when start-up failed, 2 for bad usage.\n");
 }
 
-/* Parse a byte count with an optional K/M/G/T suffix (powers of 1024). */
-static int parse_size(const char *s, uint64_t *out)
-{
-    char *end;
-    unsigned long long v;
-    unsigned shift = 0;
-
-    errno = 0;
-    v = strtoull(s, &end, 10);
-    if (errno || end == s || s[0] == '-')
-        return -1;
-    switch (*end) {
-    case 'k': case 'K': shift = 10; end++; break;
-    case 'm': case 'M': shift = 20; end++; break;
-    case 'g': case 'G': shift = 30; end++; break;
-    case 't': case 'T': shift = 40; end++; break;
-    default: break;
-    }
-    if (*end == 'i' || *end == 'B')
-        end += (*end == 'i' && end[1] == 'B') ? 2 : 1;
-    if (*end || (shift && v > (UINT64_MAX >> shift)))
-        return -1;
-    *out = (uint64_t)v << shift;
-    return 0;
-}
 
 int main(int argc, char **argv)
 {
@@ -113,7 +89,7 @@ int main(int argc, char **argv)
     while ((c = getopt_long(argc, argv, "d:s:m:j:b:vqhV", opts, NULL)) != -1) {
         switch (c) {
         case 'b':
-            if (parse_size(optarg, &cfg.budget) || cfg.budget == 0) {
+            if (ec_parse_size(optarg, &cfg.budget) || cfg.budget == 0) {
                 fprintf(stderr, "embcached: --budget '%s' is not a size (e.g. 512M, 8G)\n",
                         optarg);
                 return 2;
@@ -172,7 +148,7 @@ int main(int argc, char **argv)
         case 'd': data_dir = optarg; break;
         case 's': cfg.socket_path = optarg; break;
         case 'm':
-            if (parse_size(optarg, &cfg.shm_size)) {
+            if (ec_parse_size(optarg, &cfg.shm_size)) {
                 fprintf(stderr, "embcached: --shm-size '%s' is not a size (e.g. 268435456, "
                                 "256M, 4G)\n", optarg);
                 return 2;
