@@ -4,6 +4,8 @@
 #include "bench/bench_util.h"
 
 #include <errno.h>
+#include <inttypes.h>
+#include <limits.h>
 #include <fcntl.h>
 #include <math.h>
 #include <stdlib.h>
@@ -377,3 +379,55 @@ void bu_json_str(FILE *out, const char *s)
     fputc('"', out);
 }
 
+
+bool bu_fio_run(const char *fio, const char *path, const char *rw, uint64_t bs, unsigned qd,
+                uint64_t size, uint64_t offset, double runtime_s, bu_fio_res *out)
+{
+    char a[7][PATH_MAX + 32];
+    char *argv[20];
+    int n = 0, st = -1;
+    char *js;
+    const char *end, *jf, *jt, *rf, *rt, *lf, *lt, *pf, *pt;
+    double bw;
+
+    memset(out, 0, sizeof(*out));
+    snprintf(a[0], sizeof(a[0]), "--filename=%s", path);
+    snprintf(a[1], sizeof(a[1]), "--rw=%s", rw);
+    snprintf(a[2], sizeof(a[2]), "--bs=%" PRIu64, bs);
+    snprintf(a[3], sizeof(a[3]), "--iodepth=%u", qd);
+    snprintf(a[4], sizeof(a[4]), "--size=%" PRIu64, size);
+    snprintf(a[5], sizeof(a[5]), "--offset=%" PRIu64, offset);
+    snprintf(a[6], sizeof(a[6]), "--runtime=%.0f", runtime_s < 1 ? 1 : ceil(runtime_s));
+    argv[n++] = (char *)fio;
+    argv[n++] = (char *)"--name=embcache";
+    for (int i = 0; i < 7; i++)
+        argv[n++] = a[i];
+    argv[n++] = (char *)"--ioengine=io_uring";
+    argv[n++] = (char *)"--direct=1";
+    argv[n++] = (char *)"--readonly";
+    argv[n++] = (char *)"--lat_percentiles=1";
+    argv[n++] = (char *)"--output-format=json";
+    argv[n] = NULL;
+    js = bu_run_capture(argv, &st);
+    out->status = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+    if (!js || out->status != 0)
+        goto done;
+    end = js + strlen(js);
+    jf = strchr(js, '{'); /* anything fio printed before the document */
+    if (!jf || !bu_json_obj(jf, end, "jobs", &jf, &jt) || !bu_json_obj(jf, jt, "read", &rf, &rt) ||
+        !bu_json_num(rf, rt, "bw_bytes", &bw))
+        goto done;
+    if (!(bu_json_obj(rf, rt, "lat_ns", &lf, &lt) && bu_json_obj(lf, lt, "percentile", &pf, &pt)) &&
+        !(bu_json_obj(rf, rt, "clat_ns", &lf, &lt) && bu_json_obj(lf, lt, "percentile", &pf, &pt)))
+        goto done;
+    if (!bu_json_num(pf, pt, "50.000000", &out->p50_us) ||
+        !bu_json_num(pf, pt, "99.000000", &out->p99_us))
+        goto done;
+    out->gbps = bw / 1e9;
+    out->p50_us /= 1e3;
+    out->p99_us /= 1e3;
+    out->ok = true;
+done:
+    free(js);
+    return out->ok;
+}

@@ -79,4 +79,17 @@ bool bu_json_obj(const char *from, const char *to, const char *key, const char *
 /* Write s as a JSON string. */
 void bu_json_str(FILE *out, const char *s);
 
+/* ---- fio, the device's limit ---- */
+typedef struct bu_fio_res {
+    bool ok;
+    double gbps, p50_us, p99_us; /* p50/p99 of submit-to-complete latency */
+    int status;                  /* fio's exit status, -1 if it did not exit */
+} bu_fio_res;
+/* Run `fio` (a path or a name on PATH) reading [offset, offset + size) of
+ * path with io_uring, O_DIRECT, block size bs and depth qd, for at most
+ * runtime_s seconds; rw is "read" or "randread". false when fio failed or
+ * printed no usable JSON (out->status says how it exited). */
+bool bu_fio_run(const char *fio, const char *path, const char *rw, uint64_t bs, unsigned qd,
+                uint64_t size, uint64_t offset, double runtime_s, bu_fio_res *out);
+
 #endif

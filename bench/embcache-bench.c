@@ -971,55 +971,20 @@ out:
 
 static void run_fio(struct ctx *x, const ec_partfile_meta *m, unsigned qd, struct result *r)
 {
-    char a[8][PATH_MAX + 32];
-    char *argv[20];
-    int n = 0, st;
-    char *outp;
-    const char *end, *jf, *jt, *rf, *rt, *lf, *lt, *pf, *pt;
-    double bw, p50, p99;
+    bu_fio_res f;
 
-    snprintf(a[0], sizeof(a[0]), "--filename=%s", x->part_file);
-    snprintf(a[1], sizeof(a[1]), "--bs=%" PRIu64, m->stride);
-    snprintf(a[2], sizeof(a[2]), "--iodepth=%u", qd);
-    snprintf(a[3], sizeof(a[3]), "--size=%" PRIu64, m->partitions * m->stride);
-    snprintf(a[4], sizeof(a[4]), "--offset=%" PRIu64, m->data_off);
-    snprintf(a[5], sizeof(a[5]), "--runtime=%.0f", x->o.seconds < 1 ? 1 : ceil(x->o.seconds));
-    argv[n++] = (char *)"fio";
-    argv[n++] = (char *)"--name=embcache-bench";
-    for (int i = 0; i < 6; i++)
-        argv[n++] = a[i];
-    argv[n++] = (char *)"--rw=read";
-    argv[n++] = (char *)"--ioengine=io_uring";
-    argv[n++] = (char *)"--direct=1";
-    argv[n++] = (char *)"--readonly";
-    argv[n++] = (char *)"--lat_percentiles=1";
-    argv[n++] = (char *)"--output-format=json";
-    argv[n] = NULL;
-    outp = bu_run_capture(argv, &st);
-    if (!outp || !WIFEXITED(st) || WEXITSTATUS(st) != 0)
-        goto bad;
-    end = outp + strlen(outp);
-    jf = strchr(outp, '{');
-    if (!jf || !bu_json_obj(jf, end, "jobs", &jf, &jt) || !bu_json_obj(jf, jt, "read", &rf, &rt) ||
-        !bu_json_num(rf, rt, "bw_bytes", &bw))
-        goto bad;
-    if (!(bu_json_obj(rf, rt, "lat_ns", &lf, &lt) && bu_json_obj(lf, lt, "percentile", &pf, &pt)) &&
-        !(bu_json_obj(rf, rt, "clat_ns", &lf, &lt) && bu_json_obj(lf, lt, "percentile", &pf, &pt)))
-        goto bad;
-    if (!bu_json_num(pf, pt, "50.000000", &p50) || !bu_json_num(pf, pt, "99.000000", &p99))
-        goto bad;
-    r->gbps = bw / 1e9;
-    r->p50 = p50 / 1e3;
-    r->p99 = p99 / 1e3;
+    if (!bu_fio_run("fio", x->part_file, "read", m->stride, qd, m->partitions * m->stride,
+                    m->data_off, x->o.seconds, &f)) {
+        snprintf(r->note, sizeof(r->note), "fio failed (status %d) or printed no usable JSON",
+                 f.status);
+        return;
+    }
+    r->gbps = f.gbps;
+    r->p50 = f.p50_us;
+    r->p99 = f.p99_us;
     r->ok = true;
     snprintf(r->note, sizeof(r->note), "fio ioengine=io_uring direct=1 rw=read bs=%" PRIu64,
              m->stride);
-    free(outp);
-    return;
-bad:
-    snprintf(r->note, sizeof(r->note), "fio failed (status %d) or printed no usable JSON",
-             WIFEXITED(st) ? WEXITSTATUS(st) : -1);
-    free(outp);
 }
 
 static int scen_miss(struct ctx *x)

@@ -87,10 +87,6 @@ struct opts {
 };
 
 /* One fio run's numbers. */
-struct fio_res {
-    bool ok;
-    double gbps, p50_us, p99_us;
-};
 
 /* One configuration's numbers. */
 struct result {
@@ -107,7 +103,7 @@ struct result {
     double verify_gbps; /* XXH3-64 speed on fresh partitions, one core */
     double verify_pct;  /* of one core, spent verifying at this throughput */
     uint64_t direct, fixed, retries;
-    struct fio_res fio_seq, fio_rand;
+    bu_fio_res fio_seq, fio_rand;
     double ratio; /* gbps / the fio run of the same order; 0 when none */
 };
 
@@ -490,26 +486,6 @@ static void make_cold(const struct bfile *f)
 
 /* jobs[0].read: bw_bytes and the 50th/99th lat_ns percentiles (clat_ns
  * where fio did not report lat_ns percentiles). */
-static bool fio_parse(const char *js, struct fio_res *r)
-{
-    const char *end = js + strlen(js), *jf, *jt, *rf, *rt, *lf, *lt, *pf, *pt;
-    double bw;
-
-    js = strchr(js, '{'); /* anything fio printed before the document */
-    if (!js || !bu_json_obj(js, end, "jobs", &jf, &jt) || !bu_json_obj(jf, jt, "read", &rf, &rt) ||
-        !bu_json_num(rf, rt, "bw_bytes", &bw))
-        return false;
-    if (!(bu_json_obj(rf, rt, "lat_ns", &lf, &lt) && bu_json_obj(lf, lt, "percentile", &pf, &pt)) &&
-        !(bu_json_obj(rf, rt, "clat_ns", &lf, &lt) && bu_json_obj(lf, lt, "percentile", &pf, &pt)))
-        return false;
-    if (!bu_json_num(pf, pt, "50.000000", &r->p50_us) || !bu_json_num(pf, pt, "99.000000", &r->p99_us))
-        return false;
-    r->gbps = bw / 1e9;
-    r->p50_us /= 1e3;
-    r->p99_us /= 1e3;
-    r->ok = true;
-    return true;
-}
 
 static char fio_version[64] = "none";
 
@@ -529,41 +505,14 @@ static bool fio_probe(const char *fio)
 }
 
 static void fio_run(const struct opts *o, const struct bfile *f, unsigned qd, bool random,
-                    struct fio_res *r)
+                    bu_fio_res *r)
 {
-    char a[10][PATH_MAX + 32];
-    char *argv[20];
-    int n = 0, st;
-    char *out;
-
-    memset(r, 0, sizeof(*r));
     make_cold(f);
-    argv[n++] = (char *)o->fio;
-    snprintf(a[0], sizeof(a[0]), "--name=pb");
-    snprintf(a[1], sizeof(a[1]), "--filename=%s", f->path);
-    snprintf(a[2], sizeof(a[2]), "--rw=%s", random ? "randread" : "read");
-    snprintf(a[3], sizeof(a[3]), "--bs=%" PRIu64, f->m.stride);
-    snprintf(a[4], sizeof(a[4]), "--iodepth=%u", qd);
-    snprintf(a[5], sizeof(a[5]), "--size=%" PRIu64, f->data_bytes);
-    snprintf(a[6], sizeof(a[6]), "--offset=%" PRIu64, f->m.data_off);
-    snprintf(a[7], sizeof(a[7]), "--runtime=%.0f", o->seconds < 1 ? 1 : o->seconds);
-    for (int i = 0; i < 8; i++)
-        argv[n++] = a[i];
-    argv[n++] = (char *)"--ioengine=io_uring";
-    argv[n++] = (char *)"--direct=1";
-    argv[n++] = (char *)"--readonly";
-    argv[n++] = (char *)"--lat_percentiles=1";
-    argv[n++] = (char *)"--output-format=json";
-    argv[n] = NULL;
-    out = bu_run_capture(argv, &st);
-    if (!out || !WIFEXITED(st) || WEXITSTATUS(st) != 0 || !fio_parse(out, r)) {
+    if (!bu_fio_run(o->fio, f->path, random ? "randread" : "read", f->m.stride, qd,
+                    f->data_bytes, f->m.data_off, o->seconds, r))
         fprintf(stderr, "embcache-pagerbench: fio %s bs=%" PRIu64 " iodepth=%u failed "
                         "(exit status %d) or printed no usable JSON\n",
-                random ? "randread" : "read", f->m.stride, qd,
-                WIFEXITED(st) ? WEXITSTATUS(st) : -1);
-        r->ok = false;
-    }
-    free(out);
+                random ? "randread" : "read", f->m.stride, qd, r->status);
 }
 
 /* ---- the pager run ----------------------------------------------------- */
@@ -815,7 +764,7 @@ static double median_of(const struct result *rs, const size_t *idx, size_t k,
     return m % 2 ? v[m / 2] : (v[m / 2 - 1] + v[m / 2]) / 2;
 }
 
-static const struct fio_res *base_of(const struct result *r)
+static const bu_fio_res *base_of(const struct result *r)
 {
     return r->random ? &r->fio_rand : &r->fio_seq;
 }
@@ -910,7 +859,7 @@ static void json_str(FILE *out, const char *s)
     fputc('"', out);
 }
 
-static void json_fio(FILE *out, const char *name, const struct fio_res *f)
+static void json_fio(FILE *out, const char *name, const bu_fio_res *f)
 {
     if (!f->ok) {
         fprintf(out, ", \"%s\": null", name);
@@ -1027,7 +976,7 @@ int main(int argc, char **argv)
                  fi ? ", " : "", f.path);
         for (unsigned qi = 0; qi < o.nqd * o.repeat; qi++) {
             unsigned qd = (unsigned)o.qd[qi / o.repeat];
-            struct fio_res fs = {0}, fr = {0};
+            bu_fio_res fs = {0}, fr = {0};
 
             if (have_fio) {
                 fio_run(&o, &f, qd, false, &fs);
@@ -1055,7 +1004,7 @@ int main(int argc, char **argv)
                 r->fio_seq = fs;
                 r->fio_rand = fr;
                 if (r->ok) {
-                    const struct fio_res *base = o.random ? &fr : &fs;
+                    const bu_fio_res *base = o.random ? &fr : &fs;
                     if (base->ok && base->gbps > 0)
                         r->ratio = r->gbps / base->gbps;
                 }
