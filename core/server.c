@@ -399,6 +399,18 @@ static int h_resolve(server *s, struct conn *c, ec_rbuf *r, uint32_t req_id)
     return 0;
 }
 
+/* Count a request that is answered later, refusing one past the limit: a
+ * client cannot pile up work in the daemon. The caller gives it back
+ * (outstanding--) when the request fails to start. */
+static int outstanding_take(struct conn *c)
+{
+    if (c->outstanding >= MAX_OUTSTANDING)
+        return ec_seterr(EC_EBUSY, "more than %d requests outstanding on one connection",
+                         MAX_OUTSTANDING);
+    c->outstanding++;
+    return 0;
+}
+
 static int h_fault(server *s, struct conn *c, ec_rbuf *r, uint32_t req_id)
 {
     uint32_t tensor = ec_get_u32(r), n = ec_get_u32(r);
@@ -412,10 +424,8 @@ static int h_fault(server *s, struct conn *c, ec_rbuf *r, uint32_t req_id)
         parts[i] = ec_get_u32(r);
     if (!ec_rbuf_done(r))
         return bad_body(EC_OP_FAULT);
-    if (c->outstanding >= MAX_OUTSTANDING)
-        return ec_seterr(EC_EBUSY, "more than %d requests outstanding on one connection",
-                         MAX_OUTSTANDING);
-    c->outstanding++;
+    if ((rc = outstanding_take(c)))
+        return rc;
     rc = ec_engine_fault(s->engine, c->id, (uint64_t)EC_OP_FAULT << 32 | req_id, tensor, parts,
                          n);
     if (rc)
@@ -430,10 +440,8 @@ static int h_pin(server *s, struct conn *c, ec_rbuf *r, uint32_t req_id)
 
     if (!ec_rbuf_done(r))
         return bad_body(EC_OP_PIN);
-    if (c->outstanding >= MAX_OUTSTANDING)
-        return ec_seterr(EC_EBUSY, "more than %d requests outstanding on one connection",
-                         MAX_OUTSTANDING);
-    c->outstanding++;
+    if ((rc = outstanding_take(c)))
+        return rc;
     rc = ec_engine_pin(s->engine, c->id, (uint64_t)EC_OP_PIN << 32 | req_id, tensor);
     if (rc)
         c->outstanding--;
@@ -772,10 +780,8 @@ static int h_retire(server *s, struct conn *c, ec_rbuf *r, uint32_t req_id)
     force = ec_get_u32(r);
     if (!ec_rbuf_done(r) || force > 1)
         return bad_body(EC_OP_RETIRE);
-    if (c->outstanding >= MAX_OUTSTANDING)
-        return ec_seterr(EC_EBUSY, "more than %d requests outstanding on one connection",
-                         MAX_OUTSTANDING);
-    c->outstanding++;
+    if ((rc = outstanding_take(c)))
+        return rc;
     rc = ec_engine_retire(s->engine, c->id, (uint64_t)EC_OP_RETIRE << 32 | req_id, model,
                           version, force);
     if (rc)
@@ -808,6 +814,10 @@ static int h_import(server *s, struct conn *c, ec_rbuf *r, uint32_t req_id, int 
         free(j);
         return bad_body(EC_OP_IMPORT);
     }
+    if (outstanding_take(c)) {
+        free(j);
+        return EC_EBUSY;
+    }
     j->opts.model = j->model;
     j->opts.params_json = j->params[0] ? j->params : NULL;
     j->owner = c->id;
@@ -815,7 +825,6 @@ static int h_import(server *s, struct conn *c, ec_rbuf *r, uint32_t req_id, int 
     j->n = n;
     memcpy(j->fds, fds, sizeof(int) * n);
     *nfds = 0; /* the job owns them now */
-    c->outstanding++;
     pthread_mutex_lock(&s->ilock);
     j->next = NULL;
     {
