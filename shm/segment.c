@@ -71,15 +71,25 @@ static uint64_t slots_for(uint64_t data_size)
 int ec_segment_plan(uint64_t size, uint64_t *index_slots, uint64_t *data_off,
                     uint64_t *data_size)
 {
+    return ec_segment_plan_ex(size, 0, index_slots, data_off, data_size);
+}
+
+int ec_segment_plan_ex(uint64_t size, unsigned device_tables, uint64_t *index_slots,
+                       uint64_t *data_off, uint64_t *data_size)
+{
     uint64_t slots = EC_SHM_MIN_SLOTS, off = 0, dsize = 0;
 
+    if (device_tables > EC_SHM_MAX_DEVICES)
+        return ec_seterr(EC_EINVAL, "%u device tables asked for; at most %u GPUs are supported",
+                         device_tables, EC_SHM_MAX_DEVICES);
     if (size < EC_SEG_MIN_SIZE || size % EC_SHM_PAGE != 0 || size > EC_SEG_MAX_SIZE)
         return ec_seterr(EC_EINVAL,
                          "segment size %" PRIu64 " is invalid: it must be a multiple of "
                          "%u bytes between 1 MiB and 1 PiB; pass a size such as 1G",
                          size, EC_SHM_PAGE);
     for (;;) {
-        uint64_t index_end = EC_SHM_HEADER_SIZE + slots * sizeof(ec_index_entry);
+        uint64_t index_end =
+            EC_SHM_HEADER_SIZE + slots * sizeof(ec_index_entry) * (1 + device_tables);
         uint64_t huge = round_up(index_end, EC_SEG_HUGE_ALIGN);
         uint64_t need;
 
@@ -99,7 +109,7 @@ int ec_segment_plan(uint64_t size, uint64_t *index_slots, uint64_t *data_off,
         slots = need;
     }
     assert(off % EC_SHM_PAGE == 0 && dsize % EC_SHM_PAGE == 0);
-    assert(EC_SHM_HEADER_SIZE + slots * sizeof(ec_index_entry) <= off);
+    assert(EC_SHM_HEADER_SIZE + slots * sizeof(ec_index_entry) * (1 + device_tables) <= off);
     assert(off + dsize <= size);
     *index_slots = slots;
     *data_off = off;
@@ -168,7 +178,16 @@ int ec_segment_validate(const void *base, size_t mapped_size)
                          "segment index (%" PRIu64 " bytes at %" PRIu64
                          ") runs past the segment end (%" PRIu64 ")",
                          index_bytes, h->index_off, h->segment_size);
-    index_end = h->index_off + index_bytes;
+    if (h->device_tables > EC_SHM_MAX_DEVICES)
+        return ec_seterr(EC_ECORRUPT, "segment has %" PRIu32 " device tables, at most %u",
+                         h->device_tables, EC_SHM_MAX_DEVICES);
+    /* index_bytes <= segment_size / 1 and tables <= 8: no overflow. */
+    for (uint32_t i = 0; i < h->device_tables; i++)
+        if (h->dev[i].index_off != h->index_off + (i + 1) * index_bytes)
+            return ec_seterr(EC_ECORRUPT, "segment device table %" PRIu32 " is at %" PRIu64
+                             ", expected %" PRIu64, i, h->dev[i].index_off,
+                             h->index_off + (i + 1) * index_bytes);
+    index_end = h->index_off + index_bytes * (1 + h->device_tables);
     if (index_end > h->data_off)
         return ec_seterr(EC_ECORRUPT,
                          "segment index ends at %" PRIu64
@@ -369,6 +388,26 @@ static int record_read(const char *data_dir, char name[EC_SEGMENT_NAME_MAX])
 
 int ec_segment_create(const char *data_dir, uint64_t size, ec_segment *out)
 {
+    return ec_segment_create_ex(data_dir, size, 0, out);
+}
+
+int ec_segment_device_view(const ec_segment *seg, unsigned dev, uint64_t slab_size,
+                           ec_segment *out)
+{
+    if (!seg || !seg->hdr || !out || dev >= seg->hdr->device_tables)
+        return ec_seterr(EC_EINVAL, "no device table %u in this segment", dev);
+    *out = *seg;
+    out->index = (ec_index_entry *)(seg->base + seg->hdr->dev[dev].index_off);
+    out->data = NULL;
+    out->data_size = slab_size;
+    out->index_used = EC_INDEX_USED_UNKNOWN;
+    out->name[0] = '\0';
+    return 0;
+}
+
+int ec_segment_create_ex(const char *data_dir, uint64_t size, unsigned device_tables,
+                         ec_segment *out)
+{
     uint64_t slots, data_off, data_size;
     char name[EC_SEGMENT_NAME_MAX];
     ec_shm_header *h;
@@ -377,7 +416,7 @@ int ec_segment_create(const char *data_dir, uint64_t size, ec_segment *out)
 
     if (!data_dir || !*data_dir || !out)
         return ec_seterr(EC_EINVAL, "ec_segment_create: data_dir and out are required");
-    if ((rc = ec_segment_plan(size, &slots, &data_off, &data_size)) < 0)
+    if ((rc = ec_segment_plan_ex(size, device_tables, &slots, &data_off, &data_size)) < 0)
         return rc;
     if ((uint64_t)(size_t)size != size)
         return ec_seterr(EC_EINVAL, "segment size %" PRIu64 " does not fit this address space",
@@ -440,6 +479,11 @@ int ec_segment_create(const char *data_dir, uint64_t size, ec_segment *out)
     h->data_off = data_off;
     h->data_size = data_size;
     h->created_unix = (uint64_t)time(NULL);
+    h->device_tables = device_tables;
+    for (unsigned i = 0; i < device_tables; i++) {
+        h->dev[i].index_off = EC_SHM_HEADER_SIZE + (i + 1) * slots * sizeof(ec_index_entry);
+        atomic_store_explicit(&h->dev[i].numa_node, -1, memory_order_relaxed);
+    }
     atomic_store_explicit(&h->used_bytes, 0, memory_order_relaxed);
     atomic_store_explicit(&h->resident_partitions, 0, memory_order_relaxed);
     atomic_store_explicit(&h->daemon_pid, (uint32_t)getpid(), memory_order_relaxed);

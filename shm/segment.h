@@ -48,12 +48,25 @@ typedef struct ec_segment {
  * is too small (< 1 MiB) or not a multiple of EC_SHM_PAGE. */
 int ec_segment_plan(uint64_t size, uint64_t *index_slots, uint64_t *data_off,
                     uint64_t *data_size);
+/* The same with room for `device_tables` device indexes (0..8) after the
+ * host index, each of the host index's size. */
+int ec_segment_plan_ex(uint64_t size, unsigned device_tables, uint64_t *index_slots,
+                       uint64_t *data_off, uint64_t *data_size);
 
 /* Daemon: create a new segment of `size` bytes, reserve its memory with
  * posix_fallocate (a full /dev/shm fails here with EC_ENOSPC and a message
  * naming /dev/shm and the size), write the header with generation 1, and
  * record its name in <data_dir>/segment. Maps it read-write. */
 int ec_segment_create(const char *data_dir, uint64_t size, ec_segment *out);
+/* The same with `device_tables` device indexes (ec_segment_plan_ex). */
+int ec_segment_create_ex(const char *data_dir, uint64_t size, unsigned device_tables,
+                         ec_segment *out);
+/* A segment struct whose index is device table `dev` of seg, bounded by a
+ * slab of slab_size bytes (its data pointer is NULL: device offsets are not
+ * addresses in this process). For ec_index_* calls; the daemon keeps one per
+ * device (its index_used is its own). EC_EINVAL when dev >= device_tables. */
+int ec_segment_device_view(const ec_segment *seg, unsigned dev, uint64_t slab_size,
+                           ec_segment *out);
 
 /* Daemon: re-attach the segment recorded in <data_dir>/segment. Checks with
  * fstat that it is owned by this euid with mode 0600 (EC_EPERM otherwise),
