@@ -16,12 +16,15 @@
  * flight per connection); the hit path never takes it. This file never
  * writes the segment: it has no writable mapping of it.
  */
+#include <dlpack/dlpack.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -39,7 +42,23 @@
 
 #define GATHER_MAX_ROUNDS 64
 
+/* One GPU as this client sees it (set up on its first device gather). */
+struct cdev {
+    bool ready;                  /* host memory registered for this device */
+    int table;                   /* the daemon's device table for this GPU, -1: none */
+    void *host_base;             /* the segment's base address on the device */
+    uint64_t slab_gen;           /* of the slab opened; 0: none */
+    void *slab_base;             /* the opened slab (device address) */
+    uint64_t slab_bytes;
+    ec_segment view;             /* its device index, bounded by slab_bytes */
+    /* Slabs replaced while gathers may still read them: closed at teardown. */
+    void *old_base[4];
+    uint64_t old_bytes[4];
+    unsigned nold;
+};
+
 struct ec_client {
+    _Atomic int refs;            /* the caller's, one per tensor and view */
     int sock;
     pthread_mutex_t lock;        /* one request at a time; guards sbuf/rbuf */
     uint32_t next_req;
@@ -47,8 +66,8 @@ struct ec_client {
     ec_session_page *session;    /* our own page, read-write */
     uint64_t generation;
     uint64_t client_id;
-    const ec_backend *backend;
     bool broken;                 /* the connection failed; only close remains */
+    struct cdev dev[EC_SHM_MAX_DEVICES]; /* guarded by lock while set up */
     char socket_path[108];
     uint8_t sbuf[EC_MSG_MAX];
     uint8_t rbuf[EC_MSG_MAX];
@@ -61,11 +80,26 @@ struct ec_tensor {
 };
 
 struct ec_view {
+    _Atomic int refs;            /* the caller's, one per DLPack export */
     ec_client *c;
     uint64_t pin;
     const void *data;
     size_t size;
+    ec_dtype dtype;
+    uint32_t ndim;
+    int64_t shape[EC_MAX_DIMS];
 };
+
+static void client_unref(ec_client *c);
+
+/* The device backend, chosen on first use rather than at connect: probing
+ * CUDA initializes it in this process, and a process that forks workers
+ * after connecting (and never gathers to a GPU itself) must not have done
+ * that - CUDA does not survive fork(). Host gathers never need it. */
+static const ec_backend *be(void)
+{
+    return ec_backend_get(EC_BACKEND_AUTO);
+}
 
 /* ------------------------------------------------------------------ */
 /* Requests                                                            */
@@ -173,6 +207,7 @@ int ec_client_connect(const char *socket_path, ec_client **out)
     if (!c)
         return ec_seterr(EC_ENOMEM, "client");
     c->seg.fd = -1;
+    atomic_init(&c->refs, 1);
     pthread_mutex_init(&c->lock, NULL);
     snprintf(c->socket_path, sizeof(c->socket_path), "%s", socket_path);
     strcpy(sa.sun_path, socket_path);
@@ -266,7 +301,6 @@ int ec_client_connect(const char *socket_path, ec_client **out)
         rc = ec_seterr(EC_EPROTO, "session page has a bad header");
         goto fail;
     }
-    c->backend = ec_backend_get(EC_BACKEND_AUTO);
     close(fds[0]);
     close(fds[1]);
     rc = stale(c);
@@ -284,10 +318,44 @@ fail_mapped:
     return rc;
 }
 
-void ec_client_close(ec_client *c)
+/* Wait (bounded) for this client's device gathers to finish: their
+ * completion clears a slot in the session page, which must stay mapped. */
+static bool epochs_drained(ec_client *c)
 {
-    if (!c)
-        return;
+    for (int spins = 0; spins < 10000; spins++) {
+        bool busy = false;
+        for (unsigned k = 0; k < EC_SESSION_EPOCH_SLOTS && !busy; k++)
+            busy = atomic_load_explicit(&c->session->epoch_slot[k], memory_order_acquire);
+        if (!busy)
+            return true;
+        usleep(1000);
+    }
+    return false;
+}
+
+static void client_teardown(ec_client *c)
+{
+    if (c->session && !epochs_drained(c)) {
+        /* A GPU gather never completed: leave the mappings it may still
+         * touch rather than fault it. */
+        ec_seterr(EC_EDEVICE, "device gathers still running at close; leaking the mappings");
+        c->session = NULL;
+        c->seg.base = NULL;
+    }
+    for (unsigned i = 0; i < EC_SHM_MAX_DEVICES; i++) {
+        struct cdev *d = &c->dev[i];
+        if (d->slab_base)
+            be()->slab_close((int)i, d->slab_base, d->slab_bytes);
+        for (unsigned k = 0; k < d->nold; k++)
+            be()->slab_close((int)i, d->old_base[k], d->old_bytes[k]);
+    }
+    if (c->seg.base) {
+        bool any = false;
+        for (unsigned i = 0; i < EC_SHM_MAX_DEVICES; i++)
+            any |= c->dev[i].ready;
+        if (any && be()->host_unregister)
+            be()->host_unregister(c->seg.base);
+    }
     if (c->session)
         munmap(c->session, EC_SESSION_SIZE);
     if (c->seg.base)
@@ -296,6 +364,30 @@ void ec_client_close(ec_client *c)
         close(c->sock);
     pthread_mutex_destroy(&c->lock);
     free(c);
+}
+
+static void client_unref(ec_client *c)
+{
+    if (atomic_fetch_sub_explicit(&c->refs, 1, memory_order_acq_rel) == 1)
+        client_teardown(c);
+}
+
+void ec_client_close(ec_client *c)
+{
+    if (c)
+        client_unref(c);
+}
+
+const char *ec_client_backend(const ec_client *c)
+{
+    return c ? be()->name : "cpu";
+}
+
+int ec_client_device_count(const ec_client *c)
+{
+    if (!c || !be()->host_register)
+        return 0;
+    return be()->device_count();
 }
 
 uint64_t ec_client_generation(const ec_client *c)
@@ -346,6 +438,7 @@ int ec_tensor_resolve(ec_client *c, const char *model, const char *version, cons
         return ec_seterr(EC_EPROTO, "tensor has too many partitions");
     }
     t->c = c;
+    atomic_fetch_add_explicit(&c->refs, 1, memory_order_relaxed);
     t->info.model = t->t.model;
     t->info.tensor = t->t.name;
     t->info.version = t->t.version;
@@ -362,6 +455,9 @@ int ec_tensor_resolve(ec_client *c, const char *model, const char *version, cons
 
 void ec_tensor_release(ec_tensor *t)
 {
+    if (!t)
+        return;
+    client_unref(t->c);
     free(t);
 }
 
@@ -518,30 +614,55 @@ static void count(_Atomic uint64_t *ctr, uint64_t v)
         atomic_fetch_add_explicit(ctr, v, memory_order_relaxed);
 }
 
+/* Check a gather's arguments: the output dtype, the output size and every
+ * id. 0 or an error naming what is wrong. */
+static int gather_check(const ec_tensor *t, const int64_t *ids, size_t n, size_t out_size,
+                        ec_dtype dst)
+{
+    uint64_t rows = t->t.rows, esz = ec_dtype_size((ec_dtype)t->t.dtype);
+    uint64_t out_row = esz ? t->t.row_bytes / esz * ec_dtype_size(dst) : 0;
+
+    if (dst != (ec_dtype)t->t.dtype &&
+        !(t->t.dtype == EC_DTYPE_F32 && (dst == EC_DTYPE_F16 || dst == EC_DTYPE_BF16)))
+        return ec_seterr(EC_EDTYPE, "cannot gather tensor '%s' (%s) as %s: the only "
+                                    "conversions are f32 to f16 and f32 to bf16",
+                         t->t.name, ec_dtype_name((ec_dtype)t->t.dtype),
+                         ec_dtype_name(dst) ? ec_dtype_name(dst) : "an unknown dtype");
+    if (n > SIZE_MAX / (out_row ? out_row : 1) || out_size < n * out_row)
+        return ec_seterr(EC_EINVAL, "output buffer of %zu bytes is too small for %zu rows of "
+                                    "%llu bytes", out_size, n, (unsigned long long)out_row);
+    for (size_t i = 0; i < n; i++)
+        if (ids[i] < 0 || (uint64_t)ids[i] >= rows)
+            return ec_seterr(EC_ERANGE, "ids[%zu] = %lld is outside tensor '%s' of model '%s' "
+                                        "(rows 0..%llu)", i, (long long)ids[i], t->t.name,
+                             t->t.model, (unsigned long long)(rows ? rows - 1 : 0));
+    return 0;
+}
+
+static int gather_host(ec_tensor *t, const int64_t *ids, size_t n, void *out, ec_dtype dst);
+
 int ec_tensor_gather(ec_tensor *t, const int64_t *ids, size_t n, void *out, size_t out_size)
 {
-    ec_client *c;
-    struct scratch *s;
-    uint64_t rows, rpp, row_bytes;
-    size_t ntodo, hits = 0, misses = 0, retries = 0;
     int rc;
 
     if (!t || (n && (!ids || !out)))
         return ec_seterr(EC_EINVAL, "ec_tensor_gather: NULL argument");
     if (n == 0)
         return 0;
-    c = t->c;
-    rows = t->t.rows;
-    rpp = t->t.rows_per_partition;
-    row_bytes = t->t.row_bytes;
-    if (n > SIZE_MAX / (row_bytes ? row_bytes : 1) || out_size < n * row_bytes)
-        return ec_seterr(EC_EINVAL, "output buffer of %zu bytes is too small for %zu rows of "
-                                    "%llu bytes", out_size, n, (unsigned long long)row_bytes);
-    for (size_t i = 0; i < n; i++)
-        if (ids[i] < 0 || (uint64_t)ids[i] >= rows)
-            return ec_seterr(EC_ERANGE, "ids[%zu] = %lld is outside tensor '%s' of model '%s' "
-                                        "(rows 0..%llu)", i, (long long)ids[i], t->t.name,
-                             t->t.model, (unsigned long long)(rows ? rows - 1 : 0));
+    if ((rc = gather_check(t, ids, n, out_size, (ec_dtype)t->t.dtype)))
+        return rc;
+    return gather_host(t, ids, n, out, (ec_dtype)t->t.dtype);
+}
+
+/* Rows to host memory: copy, then check each entry's seqlock. */
+static int gather_host(ec_tensor *t, const int64_t *ids, size_t n, void *out, ec_dtype dst)
+{
+    ec_client *c = t->c;
+    struct scratch *s;
+    uint64_t rpp = t->t.rows_per_partition, row_bytes = t->t.row_bytes;
+    size_t ntodo, hits = 0, misses = 0, retries = 0;
+    int rc;
+
     if ((rc = stale(c)))
         return rc;
     if (!(s = scratch_get(n)))
@@ -593,8 +714,9 @@ int ec_tensor_gather(ec_tensor *t, const int64_t *ids, size_t n, void *out, size
         /* 2. Copy them. */
         if (nsrc) {
             g = (ec_gather_desc){.src = s->src, .n = nsrc, .row_bytes = row_bytes,
+                                 .src_dtype = (ec_dtype)t->t.dtype, .dst_dtype = dst,
                                  .dst = out, .dst_rows = s->dst_rows, .device = -1};
-            rc = c->backend->gather(&g);
+            rc = ec_cpu_gather(&g);
             if (rc)
                 goto out;
         }
@@ -638,6 +760,416 @@ out:
 }
 
 /* ------------------------------------------------------------------ */
+/* GPU outputs                                                         */
+
+/* Fetch the daemon's DEVICES reply and open the slab of `dev` when its
+ * generation is the one the segment header publishes now. Caller holds
+ * c->lock. */
+static int slab_sync(ec_client *c, unsigned dev)
+{
+    struct cdev *d = &c->dev[dev];
+    unsigned tbl = (unsigned)d->table;
+    const ec_shm_device *h = &c->seg.hdr->dev[tbl];
+    uint64_t gen = atomic_load_explicit(&h->slab_gen, memory_order_acquire);
+    int fds[EC_SHM_MAX_DEVICES], nfds = 0, rc, fdi = 0;
+    char line[512], bname[16];
+    ec_wbuf w;
+    ec_rbuf r;
+    uint32_t req, n;
+
+    if (gen == d->slab_gen)
+        return 0;
+    if (d->slab_base) {
+        /* Gathers queued before may still read it: keep it mapped. */
+        if (d->nold < sizeof(d->old_base) / sizeof(d->old_base[0])) {
+            d->old_base[d->nold] = d->slab_base;
+            d->old_bytes[d->nold++] = d->slab_bytes;
+        }
+        d->slab_base = NULL;
+    }
+    d->slab_gen = 0;
+    if (gen == 0 || !be()->slab_open)
+        return 0;
+    req = begin(c, &w, EC_OP_DEVICES);
+    rc = rpc(c, &w, req, NULL, 0, &r, fds, &nfds, EC_SHM_MAX_DEVICES);
+    if (rc)
+        return rc;
+    ec_get_str(&r, line, sizeof(line));
+    ec_get_str(&r, bname, sizeof(bname));
+    n = ec_get_u32(&r);
+    rc = n > EC_SHM_MAX_DEVICES ? ec_seterr(EC_EPROTO, "DEVICES reply lists %u GPUs", n) : 0;
+    for (uint32_t i = 0; rc == 0 && i < n; i++) {
+        uint32_t ord = ec_get_u32(&r), on = ec_get_u32(&r), has_fd;
+        uint64_t g = ec_get_u64(&r), bytes = ec_get_u64(&r);
+        uint8_t handle[EC_SLAB_HANDLE_BYTES];
+        char busid[32];
+        int fd = -1;
+
+        (void)ec_get_u64(&r);
+        (void)ec_get_u64(&r);
+        (void)ec_get_u32(&r);
+        ec_get_str(&r, busid, sizeof(busid));
+        for (unsigned k = 0; k < EC_SLAB_HANDLE_BYTES; k += 8) {
+            uint64_t v = ec_get_u64(&r);
+            memcpy(handle + k, &v, 8);
+        }
+        has_fd = ec_get_u32(&r);
+        if (has_fd) {
+            if (fdi >= nfds) {
+                rc = ec_seterr(EC_EPROTO, "DEVICES reply is missing a slab descriptor");
+                break;
+            }
+            fd = fds[fdi++];
+        }
+        if (ord != tbl || !on || g != gen)
+            continue;
+        /* The slab must be the size the header publishes for this
+         * generation: the device index is bounded by it. */
+        if (bytes == 0 || bytes != atomic_load_explicit(&h->slab_size, memory_order_relaxed)) {
+            rc = ec_seterr(EC_EPROTO, "DEVICES reply gives GPU %u a %llu-byte slab, the "
+                                      "segment says otherwise", dev, (unsigned long long)bytes);
+            break;
+        }
+        rc = be()->slab_open((int)dev, handle, fd, bytes, &d->slab_base);
+        if (rc)
+            break;
+        d->slab_bytes = bytes;
+        d->slab_gen = g;
+        ec_segment_device_view(&c->seg, tbl, bytes, &d->view);
+    }
+    if (rc == 0 && !ec_rbuf_done(&r))
+        rc = ec_seterr(EC_EPROTO, "malformed DEVICES reply");
+    for (int i = 0; i < nfds; i++)
+        close(fds[i]);
+    return rc;
+}
+
+/* Which of the daemon's device tables is this process's GPU `dev`? Device
+ * ordinals differ between processes (CUDA_VISIBLE_DEVICES: a worker's GPU 0
+ * may be the daemon's GPU 3), so GPUs are matched by PCI bus id; a backend
+ * without bus ids (the emulator) uses the ordinal. -1: the daemon has no
+ * tier for it (host reads only). */
+static int device_table(const ec_client *c, int dev)
+{
+    char busid[32];
+    uint32_t n = c->seg.hdr->device_tables;
+
+    if (!be()->device_busid || be()->device_busid(dev, busid, sizeof(busid)))
+        return (uint32_t)dev < n ? dev : -1;
+    for (uint32_t i = 0; i < n && i < EC_SHM_MAX_DEVICES; i++) {
+        char theirs[sizeof(c->seg.hdr->dev[i].busid) + 1];
+        memcpy(theirs, c->seg.hdr->dev[i].busid, sizeof(theirs) - 1);
+        theirs[sizeof(theirs) - 1] = '\0';
+        if (!strcasecmp(theirs, busid))
+            return (int)i;
+    }
+    return -1;
+}
+
+/* Make GPU `dev` usable for gathers: the segment registered (mapped,
+ * read-only) and the current slab open. Cheap when nothing changed. */
+static int device_ready(ec_client *c, int dev)
+{
+    struct cdev *d;
+    uint64_t gen;
+    int rc = 0;
+
+    if (!be()->host_register)
+        return ec_seterr(EC_EINVAL, "output is on GPU %d, but this process runs the %s "
+                                    "backend (%s): gather to a host buffer, or run where "
+                                    "libembcache finds CUDA and a GPU", dev, be()->name,
+                         getenv("EMBCACHE_BACKEND") ? "EMBCACHE_BACKEND is set"
+                                                    : "no usable GPU");
+    if (dev < 0 || dev >= be()->device_count() || dev >= (int)EC_SHM_MAX_DEVICES)
+        return ec_seterr(EC_EINVAL, "output device %d does not exist (%d GPU(s) visible; "
+                                    "embcache uses GPUs 0..%u)", dev,
+                         be()->device_count(), EC_SHM_MAX_DEVICES - 1);
+    d = &c->dev[dev];
+    gen = d->ready && d->table >= 0
+              ? atomic_load_explicit(&c->seg.hdr->dev[d->table].slab_gen, memory_order_acquire)
+              : 0;
+    if (d->ready && gen == d->slab_gen)
+        return 0;
+    pthread_mutex_lock(&c->lock);
+    if (!d->ready) {
+        rc = be()->host_register(c->seg.base, c->seg.size, true, dev, &d->host_base);
+        if (rc == 0)
+            d->table = device_table(c, dev);
+        d->ready = rc == 0;
+    }
+    if (rc == 0 && d->table >= 0)
+        rc = slab_sync(c, (unsigned)dev);
+    pthread_mutex_unlock(&c->lock);
+    return rc;
+}
+
+/* Announce a device gather's epoch (layout.h "Device reads"). Returns the
+ * slot; waits while all are taken (64 gathers of this client in flight),
+ * and gives up with NULL (message set) after about 5 s of that. */
+static _Atomic uint64_t *epoch_enter(ec_client *c)
+{
+    for (int spin = 0;; spin++) {
+        for (unsigned k = 0; k < EC_SESSION_EPOCH_SLOTS; k++) {
+            _Atomic uint64_t *slot = &c->session->epoch_slot[k];
+            uint64_t zero = 0, e;
+            if (atomic_load_explicit(slot, memory_order_relaxed))
+                continue;
+            e = atomic_load_explicit(&c->seg.hdr->epoch, memory_order_acquire);
+            if (atomic_compare_exchange_strong_explicit(slot, &zero, e ? e : 1,
+                                                        memory_order_seq_cst,
+                                                        memory_order_relaxed)) {
+                atomic_thread_fence(memory_order_seq_cst);
+                return slot;
+            }
+        }
+        if (spin >= 5000) {
+            ec_seterr(EC_EBUSY, "%u GPU gathers of this client have been in flight for "
+                                "5 s: their streams are not making progress",
+                      EC_SESSION_EPOCH_SLOTS);
+            return NULL;
+        }
+        if (spin < 100)
+            sched_yield();
+        else
+            usleep(1000);
+    }
+}
+
+static void epoch_exit(void *slot)
+{
+    atomic_store_explicit((_Atomic uint64_t *)slot, 0, memory_order_release);
+}
+
+/* Rounds after which a device gather whose rows do not all fit in memory at
+ * once copies what is resident and goes on with the rest (more than one
+ * launch; only under memory pressure). */
+#define DEVICE_PARTIAL_ROUND 3
+
+/* Rows to GPU memory, normally in one launch. Each round announces an
+ * epoch and looks up the rows still to do (the device index first, then the
+ * host index). All found: one launch, and the epoch is released when the
+ * copy completes. Some missing: the epoch is released, the partitions are
+ * faulted in, and the round repeats - no epoch is held across a round trip
+ * to the daemon. When the rows of one call do not fit in memory together
+ * (rounds keep missing), the resident ones are launched on their own
+ * (scattered to their output rows, holding their epoch) and only the rest
+ * is retried, as the host path does. */
+static int gather_device(ec_tensor *t, const int64_t *ids, size_t n, void *out, ec_dtype dst,
+                         const ec_gather_opts *o)
+{
+    ec_client *c = t->c;
+    uint64_t rpp = t->t.rows_per_partition, row_bytes = t->t.row_bytes;
+    size_t dev_rows = 0, host_rows = 0, misses = 0, ntodo = n;
+    struct scratch *s;
+    struct cdev *d;
+    int rc;
+
+    if ((rc = stale(c)) || (rc = device_ready(c, o->device)))
+        return rc;
+    d = &c->dev[o->device]; /* device_ready checked the ordinal */
+    if (be()->check_ptr && (rc = be()->check_ptr(out, o->device)))
+        return rc;
+    if (!(s = scratch_get(n)))
+        return EC_ENOMEM;
+    for (size_t i = 0; i < n; i++)
+        s->todo[i] = i;
+    for (int round = 0;; round++) {
+        _Atomic uint64_t *slot;
+        const ec_segment *dv;
+        size_t nparts = 0, nsrc = 0, nnext = 0, rdev = 0, rhost = 0;
+        uint64_t lastp = UINT64_MAX;
+        const uint8_t *base = NULL;
+        bool found = false, on_dev = false, partial;
+        ec_index_ref ref;
+
+        if (round == GATHER_MAX_ROUNDS) {
+            rc = ec_seterr(EC_ENOSPC, "rows of tensor '%s' kept being evicted before they "
+                                      "could be copied to GPU %d (%zu rows left after %d "
+                                      "rounds): the segment is too small for this working "
+                                      "set", t->t.name, o->device, ntodo, round);
+            break;
+        }
+        if ((rc = device_ready(c, o->device)))
+            break;
+        if (!(slot = epoch_enter(c))) {
+            rc = EC_EBUSY;
+            break;
+        }
+        /* The slab is usable only while the header still publishes the
+         * generation we opened; checked after the epoch is held. */
+        dv = d->slab_base && atomic_load_explicit(&c->seg.hdr->dev[d->table].slab_gen,
+                                                  memory_order_acquire) == d->slab_gen
+                 ? &d->view
+                 : NULL;
+        for (size_t k = 0; k < ntodo; k++) {
+            size_t i = s->todo[k];
+            uint64_t id = (uint64_t)ids[i], p = id / rpp, r = id % rpp;
+            if (p != lastp) {
+                lastp = p;
+                found = false;
+                if (dv && ec_index_lookup(dv, t->t.id, (uint32_t)p, &ref) &&
+                    (r + 1) * row_bytes <= ref.length) {
+                    base = (const uint8_t *)d->slab_base + ref.offset;
+                    found = on_dev = true;
+                } else if (ec_index_lookup(&c->seg, t->t.id, (uint32_t)p, &ref) &&
+                           (r + 1) * row_bytes <= ref.length) {
+                    base = (const uint8_t *)d->host_base + (c->seg.data - c->seg.base) +
+                           ref.offset;
+                    found = true;
+                    on_dev = false;
+                } else {
+                    s->parts[nparts++] = (uint32_t)p;
+                }
+                if (found)
+                    note_accesses(c, &ref, 1);
+            }
+            if (found) {
+                s->src[nsrc] = base + r * row_bytes;
+                s->dst_rows[nsrc++] = i;
+                rdev += on_dev;
+                rhost += !on_dev;
+            } else {
+                s->next[nnext++] = i;
+                misses += round == 0;
+            }
+        }
+        partial = nparts && nsrc && round >= DEVICE_PARTIAL_ROUND;
+        if (nparts == 0 || partial) {
+            /* dst_rows is the identity when every row is copied at once. */
+            ec_gather_desc g = {.src = s->src, .n = nsrc, .row_bytes = row_bytes,
+                                .src_dtype = (ec_dtype)t->t.dtype, .dst_dtype = dst,
+                                .dst = out, .dst_rows = nsrc == n ? NULL : s->dst_rows,
+                                .device = o->device, .stream = o->stream,
+                                .done = epoch_exit, .done_arg = (void *)slot};
+            rc = be()->gather(&g);
+            if (rc) {
+                epoch_exit((void *)slot);
+                break;
+            }
+            dev_rows += rdev;
+            host_rows += rhost;
+            if (!partial)
+                break;
+        } else {
+            epoch_exit((void *)slot);
+        }
+        if (partial) {
+            memcpy(s->todo, s->next, nnext * sizeof(*s->next));
+            ntodo = nnext;
+        }
+        qsort(s->parts, nparts, sizeof(*s->parts), cmp_u32);
+        {
+            size_t u = 0;
+            for (size_t k = 0; k < nparts; k++)
+                if (u == 0 || s->parts[u - 1] != s->parts[k])
+                    s->parts[u++] = s->parts[k];
+            if ((rc = fault(t, s->parts, u)))
+                break;
+        }
+    }
+    count(&c->session->gathers, 1);
+    count(&c->session->rows, n);
+    count(&c->session->hits, dev_rows + host_rows);
+    count(&c->session->device_rows, dev_rows);
+    count(&c->session->mapped_rows, host_rows);
+    count(&c->session->misses, misses);
+    return rc;
+}
+
+int ec_client_topology(ec_client *c, char *buf, size_t len)
+{
+    char line[512], bname[16], tail[128];
+    int fds[EC_SHM_MAX_DEVICES], nfds = 0, rc;
+    size_t used;
+    ec_wbuf w;
+    ec_rbuf r;
+    uint32_t req, n;
+
+    if (!c || !buf || !len)
+        return ec_seterr(EC_EINVAL, "ec_client_topology: NULL argument");
+    pthread_mutex_lock(&c->lock);
+    req = begin(c, &w, EC_OP_DEVICES);
+    rc = rpc(c, &w, req, NULL, 0, &r, fds, &nfds, EC_SHM_MAX_DEVICES);
+    if (rc == 0) {
+        ec_get_str(&r, line, sizeof(line));
+        ec_get_str(&r, bname, sizeof(bname));
+        n = ec_get_u32(&r);
+        used = (size_t)snprintf(buf, len, "%s; backend %s", line[0] ? line : "topology unknown",
+                                bname);
+        for (uint32_t i = 0; i < n && i < EC_SHM_MAX_DEVICES; i++) {
+            uint32_t ord = ec_get_u32(&r), on = ec_get_u32(&r);
+            uint64_t bytes;
+            int32_t node;
+            char busid[32];
+            (void)ec_get_u64(&r);
+            bytes = ec_get_u64(&r);
+            (void)ec_get_u64(&r);
+            (void)ec_get_u64(&r);
+            node = (int32_t)ec_get_u32(&r);
+            ec_get_str(&r, busid, sizeof(busid));
+            for (unsigned k = 0; k < EC_SLAB_HANDLE_BYTES; k += 8)
+                (void)ec_get_u64(&r);
+            (void)ec_get_u32(&r);
+            if (on)
+                snprintf(tail, sizeof(tail), "; GPU %u: %llu MiB slab, NUMA node %d", ord,
+                         (unsigned long long)(bytes >> 20), (int)node);
+            else
+                snprintf(tail, sizeof(tail), "; GPU %u: device tier off", ord);
+            if (used < len)
+                used += (size_t)snprintf(buf + used, len - used, "%s", tail);
+        }
+        if (!ec_rbuf_done(&r))
+            rc = ec_seterr(EC_EPROTO, "malformed DEVICES reply");
+        else if (used >= len)
+            rc = ec_seterr(EC_ETOOBIG, "the topology line needs %zu bytes", used + 1);
+    }
+    pthread_mutex_unlock(&c->lock);
+    for (int i = 0; i < nfds; i++)
+        close(fds[i]);
+    return rc;
+}
+
+int ec_tensor_gather_ex(ec_tensor *t, const int64_t *ids, size_t n, void *out,
+                        size_t out_size, const ec_gather_opts *opts)
+{
+    ec_gather_opts o = opts ? *opts : (ec_gather_opts){0};
+    ec_dtype dst;
+    int64_t *hids = NULL;
+    int rc;
+
+    if (!t || (n && (!ids || !out)))
+        return ec_seterr(EC_EINVAL, "ec_tensor_gather_ex: NULL argument");
+    if (o.flags & ~(EC_GATHER_OUT_DEVICE | EC_GATHER_IDS_DEVICE))
+        return ec_seterr(EC_EINVAL, "unknown gather flags 0x%x", o.flags);
+    if ((o.flags & EC_GATHER_IDS_DEVICE) && !(o.flags & EC_GATHER_OUT_DEVICE))
+        return ec_seterr(EC_EINVAL, "ids on a GPU need the output on that GPU "
+                                    "(EC_GATHER_OUT_DEVICE)");
+    dst = o.out_dtype == EC_DTYPE_INVALID ? (ec_dtype)t->t.dtype : o.out_dtype;
+    if (n == 0)
+        return 0;
+    if (o.flags & EC_GATHER_IDS_DEVICE) {
+        const ec_backend *b = be();
+        if ((rc = device_ready(t->c, o.device)))
+            return rc;
+        if (b->check_ptr && (rc = b->check_ptr(ids, o.device)))
+            return ec_adderr(rc, "ids");
+        if (n > SIZE_MAX / sizeof(*hids) || !(hids = malloc(n * sizeof(*hids))))
+            return ec_seterr(EC_ENOMEM, "host copy of %zu ids", n);
+        if ((rc = b->copy_to_host(hids, ids, n * sizeof(*hids), o.device, o.stream))) {
+            free(hids);
+            return rc;
+        }
+        ids = hids;
+    }
+    rc = gather_check(t, ids, n, out_size, dst);
+    if (rc == 0)
+        rc = o.flags & EC_GATHER_OUT_DEVICE ? gather_device(t, ids, n, out, dst, &o)
+                                            : gather_host(t, ids, n, out, dst);
+    free(hids);
+    return rc;
+}
+
+/* ------------------------------------------------------------------ */
 /* Views                                                               */
 
 int ec_tensor_view(ec_tensor *t, ec_view **out)
@@ -675,12 +1207,25 @@ int ec_tensor_view(ec_tensor *t, ec_view **out)
         free(v);
         return rc;
     }
+    atomic_init(&v->refs, 1);
+    atomic_fetch_add_explicit(&c->refs, 1, memory_order_relaxed);
     v->c = c;
     v->pin = pin;
     v->data = c->seg.data + off;
     v->size = (size_t)len;
+    v->dtype = (ec_dtype)t->t.dtype;
+    v->ndim = t->t.ndim;
+    for (uint32_t i = 0; i < t->t.ndim && i < EC_MAX_DIMS; i++)
+        v->shape[i] = (int64_t)t->t.shape[i];
     *out = v;
     return 0;
+}
+
+int ec_view_check(const ec_view *v)
+{
+    if (!v)
+        return ec_seterr(EC_EINVAL, "ec_view_check: NULL view");
+    return stale(v->c);
 }
 
 const void *ec_view_data(const ec_view *v)
@@ -693,14 +1238,14 @@ size_t ec_view_size(const ec_view *v)
     return v ? v->size : 0;
 }
 
-void ec_view_release(ec_view *v)
+static void view_unref(ec_view *v)
 {
     ec_client *c;
     ec_wbuf w;
     ec_rbuf r;
     uint32_t req;
 
-    if (!v)
+    if (atomic_fetch_sub_explicit(&v->refs, 1, memory_order_acq_rel) != 1)
         return;
     c = v->c;
     pthread_mutex_lock(&c->lock);
@@ -710,6 +1255,70 @@ void ec_view_release(ec_view *v)
     (void)rpc(c, &w, req, NULL, 0, &r, NULL, NULL, 0);
     pthread_mutex_unlock(&c->lock);
     free(v);
+    client_unref(c);
+}
+
+void ec_view_release(ec_view *v)
+{
+    if (v)
+        view_unref(v);
+}
+
+/* A DLPack export: the managed tensor, its shape, and the view it keeps. */
+struct dlexport {
+    DLManagedTensor m;
+    int64_t shape[EC_MAX_DIMS];
+    ec_view *v;
+};
+
+static void dl_delete(DLManagedTensor *m)
+{
+    struct dlexport *x = m ? m->manager_ctx : NULL;
+
+    if (!x)
+        return;
+    view_unref(x->v);
+    free(x);
+}
+
+int ec_view_dlpack(ec_view *v, struct DLManagedTensor **out)
+{
+    struct dlexport *x;
+    DLDataType dt;
+
+    if (!v || !out)
+        return ec_seterr(EC_EINVAL, "ec_view_dlpack: NULL argument");
+    switch (v->dtype) {
+    case EC_DTYPE_F32: dt = (DLDataType){kDLFloat, 32, 1}; break;
+    case EC_DTYPE_F16: dt = (DLDataType){kDLFloat, 16, 1}; break;
+    case EC_DTYPE_BF16: dt = (DLDataType){kDLBfloat, 16, 1}; break;
+    case EC_DTYPE_F64: dt = (DLDataType){kDLFloat, 64, 1}; break;
+    case EC_DTYPE_I8: dt = (DLDataType){kDLInt, 8, 1}; break;
+    case EC_DTYPE_U8: dt = (DLDataType){kDLUInt, 8, 1}; break;
+    case EC_DTYPE_I32: dt = (DLDataType){kDLInt, 32, 1}; break;
+    case EC_DTYPE_I64: dt = (DLDataType){kDLInt, 64, 1}; break;
+    default:
+        return ec_seterr(EC_EDTYPE, "dtype %d has no DLPack type", (int)v->dtype);
+    }
+    x = calloc(1, sizeof(*x));
+    if (!x)
+        return ec_seterr(EC_ENOMEM, "DLPack tensor");
+    memcpy(x->shape, v->shape, sizeof(x->shape));
+    x->v = v;
+    atomic_fetch_add_explicit(&v->refs, 1, memory_order_relaxed);
+    /* DLPack has no const: consumers must treat it as read-only (the pages
+     * are mapped PROT_READ, so a write faults rather than corrupts). */
+    x->m.dl_tensor.data = (void *)v->data;
+    x->m.dl_tensor.device = (DLDevice){kDLCPU, 0};
+    x->m.dl_tensor.ndim = (int32_t)v->ndim;
+    x->m.dl_tensor.dtype = dt;
+    x->m.dl_tensor.shape = x->shape;
+    x->m.dl_tensor.strides = NULL;
+    x->m.dl_tensor.byte_offset = 0;
+    x->m.manager_ctx = x;
+    x->m.deleter = dl_delete;
+    *out = &x->m;
+    return 0;
 }
 
 /* ------------------------------------------------------------------ */

@@ -29,6 +29,7 @@ static const char *const names[] = {
     [17] = "EC_ETOOBIG: too big",
     [18] = "EC_EINTERNAL: internal error",
     [19] = "EC_ECORRUPT: failed validation",
+    [20] = "EC_EDEVICE: GPU error",
 };
 
 const char *ec_strerror(int err)

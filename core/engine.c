@@ -41,6 +41,7 @@
 
 #include "common/log.h"
 #include "common/u64map.h"
+#include "core/devtier.h"
 #include "core/import.h"
 #include "core/partfile.h"
 #include "core/topology.h"
@@ -123,6 +124,7 @@ struct prewarm {
     uint64_t total, done, failed, bytes;
     unsigned outstanding;
     bool pin, finished;
+    bool device;                 /* then promote it to the GPUs (EC_PREWARM_DEVICE) */
     char msg[EC_ERRMSG_MAX];     /* the first failure */
     struct prewarm *next;
 };
@@ -195,6 +197,9 @@ struct ec_engine {
     /* Pager: submit queue (server -> readers), done queue (readers -> server). */
     ec_pager *pager;
     ec_topology *topo;           /* NULL when hwloc could not load one */
+    ec_devtier *dt;              /* the device tier (off: a no-op) */
+    uint64_t (*min_epoch)(void *arg); /* least epoch clients hold */
+    void *min_epoch_arg;
     int node;                    /* NUMA node of the data dir's device, or -1 */
 
     struct {
@@ -458,11 +463,19 @@ static void unit_drop(ec_engine *e, struct unit *u, bool evicted)
             continue;
         ec_u64map_del(&e->resident, key);
         ec_index_remove(&e->seg, u->tensor, (uint32_t)p, NULL, NULL);
+        ec_devtier_drop(e->dt, u->tensor, (uint32_t)p);
     }
     clock_del(e, u);
     account(e, u, -1);
-    /* Invariant 4: the entries are gone (their seqs bumped); now the extent. */
-    rc = ec_extent_release(e->ext, u->off, u->bytes);
+    /* Invariant 4: the entries are gone (their seqs bumped); now the extent.
+     * With the device tier on, GPU gathers may still be reading it: it waits
+     * in limbo until no epoch that could have seen the entries is held. */
+    if (ec_devtier_active(e->dt)) {
+        ec_devtier_retire_host(e->dt, u->off, u->bytes, ec_devtier_epoch_bump(e->dt));
+        rc = 0;
+    } else {
+        rc = ec_extent_release(e->ext, u->off, u->bytes);
+    }
     assert(rc == 0);
     (void)rc;
     if (evicted) {
@@ -470,6 +483,34 @@ static void unit_drop(ec_engine *e, struct unit *u, bool evicted)
         e->st.evicted_bytes += u->bytes;
     }
     free(u);
+}
+
+static void free_host_extent(void *arg, uint64_t off, uint64_t bytes)
+{
+    ec_engine *e = arg;
+    int rc = ec_extent_release(e->ext, off, bytes);
+
+    assert(rc == 0);
+    (void)rc;
+}
+
+/* Free the extents in limbo that no client's gather can still read. */
+static uint64_t reclaim(ec_engine *e)
+{
+    uint64_t m;
+
+    if (!ec_devtier_active(e->dt))
+        return 0;
+    m = e->min_epoch ? e->min_epoch(e->min_epoch_arg) : UINT64_MAX;
+    return ec_devtier_reclaim(e->dt, m, free_host_extent, e);
+}
+
+/* Will memory come back without evicting: reads in flight (their units
+ * become evictable) or extents in limbo? Then an allocation that failed
+ * waits (defer_partition) instead of failing. */
+static bool room_coming(const ec_engine *e)
+{
+    return e->inflight.len > 0 || ec_devtier_limbo_host_bytes(e->dt) > 0;
 }
 
 /* A unit its version's minimum residency keeps in memory. */
@@ -525,6 +566,15 @@ static int alloc_evicting(ec_engine *e, uint64_t bytes, uint64_t *off)
             rc = ec_extent_alloc(e->ext, bytes, off);
         if (rc != EC_ENOSPC)
             return rc;
+        if (reclaim(e))
+            continue;
+        /* What is in limbo comes back as soon as the gathers reading it
+         * finish (microseconds): wait for it rather than evict more. The
+         * caller defers the read (room_coming). */
+        if (ec_devtier_limbo_host_bytes(e->dt) >= rounded)
+            return ec_seterr(EC_ENOSPC, "no room for %llu bytes until GPU gathers in flight "
+                                        "finish reading freed memory",
+                             (unsigned long long)bytes);
         if (evict_one(e)) {
             ec_extent_stats s;
             ec_extent_stats_get(e->ext, &s);
@@ -745,7 +795,7 @@ static void retry_deferred(ec_engine *e)
         rc = tensor_get(e, d->tensor, &ts);
         if (rc == 0)
             rc = want_partition(e, ts, d->part, d->r);
-        if (rc == EC_ENOSPC && e->inflight.len > 0) {
+        if (rc == EC_ENOSPC && room_coming(e)) {
             /* Still no room: back in the queue, in order. */
             d->next = NULL;
             *e->deferred_tail = d;
@@ -791,7 +841,7 @@ int ec_engine_fault(ec_engine *e, uint64_t owner, uint64_t token, uint32_t tenso
         }
         e->st.fault_parts++;
         rc = want_partition(e, ts, p, r);
-        if (rc == EC_ENOSPC && e->inflight.len > 0)
+        if (rc == EC_ENOSPC && room_coming(e))
             rc = defer_partition(e, r, tensor, p);
         if (rc) {
             result_error(&r->res, rc, ec_last_error());
@@ -809,6 +859,7 @@ static void job_complete(ec_engine *e, struct job *j)
     struct unit *u = j->unit;
     uint64_t key = EC_INDEX_KEY(j->tensor, j->part);
     bool group = u->part == GROUP_PART; /* u may be freed below */
+    bool published = false;       /* briefly visible: a GPU gather may hold it */
     int rc = j->req.rc;
 
     ec_u64map_del(&e->inflight, key);
@@ -827,6 +878,7 @@ static void job_complete(ec_engine *e, struct job *j)
         if (rc == 0 && ec_u64map_put(&e->resident, key, u)) {
             ec_index_remove(&e->seg, j->tensor, j->part, NULL, NULL);
             rc = EC_ENOMEM;
+            published = true;
         }
         if (rc)
             snprintf(j->msg, sizeof(j->msg), "publishing partition %u: %.400s", j->part,
@@ -848,7 +900,10 @@ static void job_complete(ec_engine *e, struct job *j)
             clock_add(e, u);
             account(e, u, +1);
         } else {
-            ec_extent_release(e->ext, u->off, u->bytes);
+            if (published && ec_devtier_active(e->dt))
+                ec_devtier_retire_host(e->dt, u->off, u->bytes, ec_devtier_epoch_bump(e->dt));
+            else
+                ec_extent_release(e->ext, u->off, u->bytes);
             free(u);
             u = NULL;
         }
@@ -914,7 +969,20 @@ static void read_done(ec_page_req *r, void *arg)
 
 void ec_engine_flush(ec_engine *e)
 {
+    /* Reads waiting for memory in limbo: retry each turn (the server turns
+     * every millisecond while they wait; ec_engine_waiting). The tick may
+     * have reclaimed the memory already, so retry whether or not this call
+     * frees anything: a wait must not depend on who freed the memory. */
+    if (e->deferred && ec_devtier_active(e->dt)) {
+        reclaim(e);
+        retry_deferred(e);
+    }
     ec_pager_flush(e->pager);
+}
+
+bool ec_engine_waiting(const ec_engine *e)
+{
+    return e->deferred && ec_devtier_limbo_host_bytes(e->dt) > 0;
 }
 
 void ec_engine_complete(ec_engine *e)
@@ -1186,6 +1254,10 @@ void ec_engine_tick(ec_engine *e)
     double now = mono_now(), window = e->cfg.rate_window > 0 ? e->cfg.rate_window : 60;
 
     expire_some(e);
+    reclaim(e);
+    if (e->deferred && ec_devtier_active(e->dt))
+        retry_deferred(e);
+    ec_devtier_tick(e->dt, 0);
     if (now - e->window_start >= window) {
         sweep_idle(e, now - e->window_start);
         e->window_start = now;
@@ -1219,6 +1291,7 @@ void ec_engine_touch(ec_engine *e, uint64_t key)
     if (u) {
         u->ref = true;
         note_request(vstate_of_tensor(e, u->tensor));
+        ec_devtier_touch(e->dt, key);
     }
 }
 
@@ -1322,6 +1395,22 @@ static struct request *prewarm_req(struct prewarm *pw, enum req_kind kind, uint3
 
 /* Issue reads until PREWARM_WINDOW are outstanding or all are issued. A
  * pinned prewarm pins whole tensors instead (one request each). */
+/* Hand a version's tensors to the device tier to promote (all partitions). */
+static void prewarm_device(ec_engine *e, const uint32_t *tensors, uint32_t n)
+{
+    uint64_t *parts = calloc(n ? n : 1, sizeof(*parts));
+
+    if (!parts)
+        return;
+    for (uint32_t i = 0; i < n; i++) {
+        struct tstate *ts;
+        if (tensor_get(e, tensors[i], &ts) == 0)
+            parts[i] = ts->cat.partitions;
+    }
+    ec_devtier_want(e->dt, tensors, n, parts);
+    free(parts);
+}
+
 static void prewarm_pump(ec_engine *e, struct prewarm *pw)
 {
     while (pw->ti < pw->ntensors && pw->outstanding < PREWARM_WINDOW) {
@@ -1356,7 +1445,7 @@ static void prewarm_pump(ec_engine *e, struct prewarm *pw)
             break;
         r->pending = 1;
         rc = want_partition(e, ts, pw->pi, r);
-        if (rc == EC_ENOSPC && e->inflight.len > 0)
+        if (rc == EC_ENOSPC && room_coming(e))
             rc = defer_partition(e, r, (uint32_t)ts->cat.id, pw->pi);
         if (rc)
             result_error(&r->res, rc, ec_last_error());
@@ -1365,6 +1454,8 @@ static void prewarm_pump(ec_engine *e, struct prewarm *pw)
     }
     if (pw->ti >= pw->ntensors && pw->outstanding == 0 && !pw->finished) {
         pw->finished = true;
+        if (pw->device)
+            prewarm_device(e, pw->tensors, pw->ntensors);
         if (pw->failed)
             ec_warn("prewarm of %s version %lld: %llu of %llu partitions failed: %s",
                     pw->model, (long long)pw->version, (unsigned long long)pw->failed,
@@ -1397,7 +1488,7 @@ static void progress_of(const struct prewarm *pw, bool finished, ec_prewarm_prog
 }
 
 int ec_engine_prewarm(ec_engine *e, const char *model, const char *version, bool pin,
-                      ec_prewarm_progress *out)
+                      bool device, ec_prewarm_progress *out)
 {
     struct prewarm **pp, *pw;
     struct vinfo vi;
@@ -1438,6 +1529,7 @@ int ec_engine_prewarm(ec_engine *e, const char *model, const char *version, bool
     pw->tensors = vi.tensors;
     pw->ntensors = vi.ntensors;
     pw->pin = pin;
+    pw->device = device;
     pw->bytes = vi.bytes;
     for (uint32_t i = 0; i < vi.ntensors; i++) {
         struct tstate *ts;
@@ -1925,7 +2017,15 @@ static int open_segment(ec_engine *e)
         return rc;
     }
     if (rc == EC_ENOENT) {
-        rc = ec_segment_create(e->data_dir, e->cfg.shm_size, &e->seg);
+        /* A device table per GPU this machine has, even with the tier off
+         * now: a restart with --gpu-slab then finds room for it. */
+        const ec_backend *b = ec_backend_get(EC_BACKEND_AUTO);
+        int gpus = b && b->slab_create ? b->device_count() : 0;
+        rc = ec_segment_create_ex(e->data_dir, e->cfg.shm_size,
+                                  gpus < 0 ? 0
+                                  : (unsigned)gpus > EC_SHM_MAX_DEVICES ? EC_SHM_MAX_DEVICES
+                                                                        : (unsigned)gpus,
+                                  &e->seg);
         if (rc)
             return rc;
         e->generation = atomic_load(&e->seg.hdr->generation);
@@ -2056,6 +2156,11 @@ int ec_engine_open(const ec_engine_config *cfg, ec_engine_notify_fn notify, void
     rc = ec_engine_owner_open(e, EC_ENGINE_OWNER_SELF);
     if (rc)
         goto fail;
+    {
+        ec_devtier_config dc = {.slab_bytes = cfg->gpu_slab};
+        e->dt = ec_devtier_open(&e->seg, ec_backend_get(EC_BACKEND_AUTO), &dc, e->generation,
+                                e->topo);
+    }
     /* A restart with a smaller budget: shed what the old daemon kept. */
     while (used_bytes(e) > e->budget && evict_one(e) == 0)
         ;
@@ -2084,6 +2189,10 @@ void ec_engine_close(ec_engine *e)
      * allocator from the index alone. */
     if (e->pager)
         ec_pager_close(e->pager, drop_job, NULL);
+    /* The slabs go first (their threads read the segment); limbo is then
+     * safe to forget: the allocator is rebuilt from the index next time. */
+    ec_devtier_close(e->dt);
+    e->dt = NULL;
     for (struct deferred *d = e->deferred, *n; d; d = n) {
         n = d->next;
         free(d);
@@ -2131,6 +2240,13 @@ void ec_engine_close(ec_engine *e)
 }
 
 ec_segment *ec_engine_segment(ec_engine *e) { return &e->seg; }
+ec_devtier *ec_engine_devtier(ec_engine *e) { return e->dt; }
+ec_topology *ec_engine_topology(ec_engine *e) { return e->topo; }
+void ec_engine_set_epoch_source(ec_engine *e, uint64_t (*fn)(void *arg), void *arg)
+{
+    e->min_epoch = fn;
+    e->min_epoch_arg = arg;
+}
 ec_catalog *ec_engine_catalog(ec_engine *e) { return e->cat; }
 uint64_t ec_engine_generation(const ec_engine *e) { return e->generation; }
 int ec_engine_event_fd(const ec_engine *e) { return ec_pager_event_fd(e->pager); }
@@ -2216,5 +2332,5 @@ int ec_engine_stats(ec_engine *e, int (*cb)(const char *name, uint64_t v, void *
     S("versions", versions);
     S("tensors", tensors);
 #undef S
-    return 0;
+    return ec_devtier_stats(e->dt, cb, arg);
 }

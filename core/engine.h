@@ -38,6 +38,7 @@ typedef struct ec_engine_config {
     double ttl_seconds;     /* partition TTL; 0: none */
     double ttl_jitter;      /* fraction, e.g. 0.1 for +-10% */
     double rate_window;     /* seconds over which request rates are measured; 0: 60 */
+    uint64_t gpu_slab;      /* device-tier slab per GPU; 0: the tier is off */
 } ec_engine_config;
 
 /* The answer to an asynchronous request (FAULT, PIN). */
@@ -64,6 +65,11 @@ int ec_engine_open(const ec_engine_config *cfg, ec_engine_notify_fn notify, void
 void ec_engine_close(ec_engine *e);
 
 ec_segment *ec_engine_segment(ec_engine *e);
+struct ec_devtier *ec_engine_devtier(ec_engine *e);
+struct ec_topology *ec_engine_topology(ec_engine *e);
+/* The server tells the engine how to find the least epoch its clients'
+ * device gathers hold (UINT64_MAX when none), for reclamation. */
+void ec_engine_set_epoch_source(ec_engine *e, uint64_t (*fn)(void *arg), void *arg);
 ec_catalog *ec_engine_catalog(ec_engine *e);
 uint64_t ec_engine_generation(const ec_engine *e);
 
@@ -75,6 +81,9 @@ void ec_engine_complete(ec_engine *e);
 /* Start the reads the requests handled since the last call queued (one
  * system call for all of them). The server calls it once per loop turn. */
 void ec_engine_flush(ec_engine *e);
+/* True while reads wait for memory that client gathers still hold (limbo):
+ * the server then polls the engine every millisecond instead of every tick. */
+bool ec_engine_waiting(const ec_engine *e);
 
 /* Resolve and describe a tensor (synchronous). */
 int ec_engine_resolve(ec_engine *e, const char *model, const char *version, const char *tensor,
@@ -99,6 +108,7 @@ int ec_engine_unpin(ec_engine *e, uint64_t owner, uint64_t pin_id);
  * report the progress of the prewarm running; a finished one is reported
  * once and forgotten, so the next call starts anew. */
 int ec_engine_prewarm(ec_engine *e, const char *model, const char *version, bool pin,
+                      bool device,
                       ec_prewarm_progress *out);
 
 /* Drop a version's unpinned resident partitions (and the daemon's pins). */

@@ -74,7 +74,8 @@ enum ec_op {
     EC_OP_RETIRE = 13,
     EC_OP_REFRESH = 14,
     EC_OP_POLICY = 15,
-    EC_OP_MAX_ = 16,
+    EC_OP_DEVICES = 16,
+    EC_OP_MAX_ = 17,
 };
 #define EC_OP_REPLY 0x8000u
 

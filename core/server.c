@@ -38,7 +38,10 @@
 #include "common/err.h"
 #include "common/log.h"
 #include "common/u64map.h"
+#include "core/devtier.h"
 #include "core/engine.h"
+#include "core/topology.h"
+#include "cuda/backend.h"
 #include "core/import.h"
 #include "core/proto.h"
 
@@ -61,6 +64,8 @@ struct conn {
     ec_session_page *session;
     uint64_t ring_tail;
     uint32_t outstanding;
+    uint64_t held_epoch;  /* the least epoch its device gathers held at the last tick */
+    time_t held_since;    /* since when it holds that one (0: none held) */
 };
 
 struct import_job {
@@ -101,7 +106,7 @@ typedef struct server {
     struct {
         uint64_t accepted, rejected, protocol_errors, disconnected_slow, imports, import_failures;
         /* Session counters of clients that have gone. */
-        uint64_t gathers, rows, hits, misses, retries, faults;
+        uint64_t gathers, rows, hits, misses, retries, faults, device_rows, mapped_rows;
     } st;
 } server;
 
@@ -182,6 +187,8 @@ static void fold_session(server *s, struct conn *c)
     s->st.misses += atomic_load_explicit(&p->misses, memory_order_relaxed);
     s->st.retries += atomic_load_explicit(&p->retries, memory_order_relaxed);
     s->st.faults += atomic_load_explicit(&p->faults, memory_order_relaxed);
+    s->st.device_rows += atomic_load_explicit(&p->device_rows, memory_order_relaxed);
+    s->st.mapped_rows += atomic_load_explicit(&p->mapped_rows, memory_order_relaxed);
 }
 
 static void conn_close(server *s, struct conn *c)
@@ -206,6 +213,69 @@ static time_t mono_seconds(void)
 
 /* A connection that has not said HELLO within HELLO_TIMEOUT seconds holds a
  * client slot for nothing: close it, so idle peers cannot lock others out. */
+/* The least epoch a session's device gathers hold; UINT64_MAX when none.
+ * The page is the client's: any value is possible, and the worst a lie
+ * does is hold memory back (see reap_held). */
+static uint64_t session_min_epoch(const ec_session_page *p)
+{
+    uint64_t m = UINT64_MAX;
+
+    for (unsigned k = 0; k < EC_SESSION_EPOCH_SLOTS; k++) {
+        uint64_t v = atomic_load_explicit(&p->epoch_slot[k], memory_order_seq_cst);
+        if (v && v < m)
+            m = v;
+    }
+    return m;
+}
+
+/* The engine's epoch source: the least epoch any client holds. */
+static uint64_t min_epoch(void *arg)
+{
+    server *s = arg;
+    uint64_t m = UINT64_MAX;
+
+    atomic_thread_fence(memory_order_seq_cst);
+    for (size_t i = 0; i < s->conns.cap; i++) {
+        struct conn *c = s->conns.vals[i];
+        if (s->conns.keys[i] && c->session) {
+            uint64_t v = session_min_epoch(c->session);
+            if (v < m)
+                m = v;
+        }
+    }
+    return m;
+}
+
+/* A device gather holds its epoch for as long as its kernel runs:
+ * milliseconds. A session that holds the same one for EPOCH_HOLD_MAX
+ * seconds is stuck or lying, and keeps freed memory from being reused: it
+ * is disconnected (its pins and epochs go with it). */
+static void reap_held(server *s)
+{
+    time_t now = mono_seconds();
+
+    for (size_t i = 0; i < s->conns.cap; i++) {
+        struct conn *c = s->conns.vals[i];
+        uint64_t v;
+        if (!s->conns.keys[i] || !c->session)
+            continue;
+        v = session_min_epoch(c->session);
+        if (v == UINT64_MAX || v != c->held_epoch) {
+            c->held_epoch = v;
+            c->held_since = v == UINT64_MAX ? 0 : now;
+            continue;
+        }
+        if (now - c->held_since >= (s->cfg->epoch_hold_max > 0 ? s->cfg->epoch_hold_max : 30)) {
+            ec_warn("client %llu (pid %d) has held reclamation epoch %llu for %ld s, which "
+                    "blocks freeing memory: disconnecting it",
+                    (unsigned long long)c->id, (int)c->pid, (unsigned long long)v,
+                    (long)(now - c->held_since));
+            conn_close(s, c);
+            i = (size_t)-1; /* the map moved entries: rescan */
+        }
+    }
+}
+
 static void reap_silent(server *s)
 {
     time_t now = mono_seconds();
@@ -485,7 +555,8 @@ static int h_stats(server *s, struct conn *c, ec_rbuf *r, uint32_t req_id)
     ec_wbuf w;
     size_t count_at;
     uint64_t g = s->st.gathers, rows = s->st.rows, hits = s->st.hits, misses = s->st.misses,
-             retries = s->st.retries, faults = s->st.faults;
+             retries = s->st.retries, faults = s->st.faults,
+             device_rows = s->st.device_rows, mapped_rows = s->st.mapped_rows;
 
     if (!ec_rbuf_done(r))
         return bad_body(EC_OP_STATS);
@@ -499,6 +570,8 @@ static int h_stats(server *s, struct conn *c, ec_rbuf *r, uint32_t req_id)
         misses += atomic_load_explicit(&k->session->misses, memory_order_relaxed);
         retries += atomic_load_explicit(&k->session->retries, memory_order_relaxed);
         faults += atomic_load_explicit(&k->session->faults, memory_order_relaxed);
+        device_rows += atomic_load_explicit(&k->session->device_rows, memory_order_relaxed);
+        mapped_rows += atomic_load_explicit(&k->session->mapped_rows, memory_order_relaxed);
     }
     ec_msg_begin(&w, s->out, sizeof(s->out), EC_OP_STATS | EC_OP_REPLY, req_id, 0);
     count_at = w.len;
@@ -520,6 +593,8 @@ static int h_stats(server *s, struct conn *c, ec_rbuf *r, uint32_t req_id)
     put_stat("client_miss_rows", misses, &x);
     put_stat("client_retries", retries, &x);
     put_stat("client_faults", faults, &x);
+    put_stat("client_rows_device_tier", device_rows, &x);
+    put_stat("client_rows_mapped_host", mapped_rows, &x);
     memcpy(w.buf + count_at, &x.n, 4);
     reply_send(s, c, ec_msg_end(&w), NULL, 0);
     return 0;
@@ -697,6 +772,49 @@ static int h_find(server *s, struct conn *c, ec_rbuf *r, uint32_t req_id)
     return 0;
 }
 
+/* DEVICES: the machine's topology line and each GPU's device tier, with
+ * what a client needs to open its slab (the IPC handle; the emulator's
+ * memfd as a descriptor). */
+static int h_devices(server *s, struct conn *c, ec_rbuf *r, uint32_t req_id)
+{
+    ec_devtier *dt = ec_engine_devtier(s->engine);
+    unsigned n = ec_devtier_devices(dt);
+    int fds[EC_SHM_MAX_DEVICES], nfds = 0;
+    char line[EC_TOPOLOGY_DESC_MAX] = "";
+    ec_wbuf w;
+
+    if (!ec_rbuf_done(r))
+        return bad_body(EC_OP_DEVICES);
+    if (ec_engine_topology(s->engine))
+        ec_topology_describe(ec_engine_topology(s->engine), NULL, line, sizeof(line));
+    ec_msg_begin(&w, s->out, sizeof(s->out), EC_OP_DEVICES | EC_OP_REPLY, req_id, 0);
+    ec_put_str(&w, line);
+    ec_put_str(&w, ec_backend_get(EC_BACKEND_AUTO)->name);
+    ec_put_u32(&w, n);
+    for (unsigned i = 0; i < n; i++) {
+        ec_devtier_info di;
+        ec_devtier_info_get(dt, i, &di);
+        ec_put_u32(&w, (uint32_t)di.device);
+        ec_put_u32(&w, di.on);
+        ec_put_u64(&w, di.slab_gen);
+        ec_put_u64(&w, di.slab_bytes);
+        ec_put_u64(&w, di.used_bytes);
+        ec_put_u64(&w, di.partitions);
+        ec_put_u32(&w, (uint32_t)di.numa_node);
+        ec_put_str(&w, di.busid);
+        for (unsigned k = 0; k < EC_SLAB_HANDLE_BYTES; k += 8) {
+            uint64_t v;
+            memcpy(&v, di.handle + k, 8);
+            ec_put_u64(&w, v);
+        }
+        ec_put_u32(&w, di.on && di.fd >= 0);
+        if (di.on && di.fd >= 0)
+            fds[nfds++] = di.fd;
+    }
+    reply_send(s, c, ec_msg_end(&w), fds, nfds);
+    return 0;
+}
+
 static int h_prewarm(server *s, struct conn *c, ec_rbuf *r, uint32_t req_id)
 {
     char model[EC_NAME_MAX + 1], version[EC_NAME_MAX + 1];
@@ -710,9 +828,10 @@ static int h_prewarm(server *s, struct conn *c, ec_rbuf *r, uint32_t req_id)
     flags = ec_get_u32(r);
     if (!ec_rbuf_done(r))
         return bad_body(EC_OP_PREWARM);
-    if (flags & ~EC_PREWARM_PIN)
+    if (flags & ~(EC_PREWARM_PIN | EC_PREWARM_DEVICE))
         return ec_seterr(EC_EINVAL, "unknown prewarm flags 0x%x", flags);
-    rc = ec_engine_prewarm(s->engine, model, version, flags & EC_PREWARM_PIN, &p);
+    rc = ec_engine_prewarm(s->engine, model, version, flags & EC_PREWARM_PIN,
+                           flags & EC_PREWARM_DEVICE, &p);
     if (rc)
         return rc;
     ec_msg_begin(&w, s->out, sizeof(s->out), EC_OP_PREWARM | EC_OP_REPLY, req_id, 0);
@@ -985,6 +1104,7 @@ static void conn_readable(server *s, struct conn *c)
         case EC_OP_REFRESH: rc = h_version_u64(s, c, &body, h.req_id, h.op); break;
         case EC_OP_RETIRE: rc = h_retire(s, c, &body, h.req_id); break;
         case EC_OP_POLICY: rc = h_policy(s, c, &body, h.req_id); break;
+        case EC_OP_DEVICES: rc = h_devices(s, c, &body, h.req_id); break;
         case EC_OP_IMPORT: rc = h_import(s, c, &body, h.req_id, fds, &nfds); break;
         default:
             rc = ec_seterr(EC_EPROTO, "unknown op %u: this embcached speaks ops 1..%d",
@@ -1128,6 +1248,8 @@ int ec_server_run(const ec_server_config *cfg)
                              .budget = cfg->budget,
                              .ttl_seconds = cfg->ttl_seconds,
                              .ttl_jitter = cfg->ttl_jitter,
+                             .gpu_slab = cfg->gpu_slab == UINT64_MAX ? cfg->shm_size
+                                                                     : cfg->gpu_slab,
                              .pager = (enum ec_pager_kind)cfg->pager,
                              .queue_depth = cfg->queue_depth,
                              .rate_window = cfg->rate_window};
@@ -1162,6 +1284,7 @@ int ec_server_run(const ec_server_config *cfg)
     rc = ec_engine_open(&ecfg, engine_notify, s, &s->engine);
     if (rc)
         goto out;
+    ec_engine_set_epoch_source(s->engine, min_epoch, s);
     snprintf(catpath, sizeof(catpath), "%s/%s", cfg->data_dir, EC_CATALOG_FILE);
     rc = ec_catalog_open(catpath, &s->icat);
     if (rc)
@@ -1199,7 +1322,7 @@ int ec_server_run(const ec_server_config *cfg)
     while (running) {
         struct epoll_event evs[64];
         struct timespec now;
-        int n = epoll_wait(s->ep, evs, 64, TICK_MS);
+        int n = epoll_wait(s->ep, evs, 64, ec_engine_waiting(s->engine) ? 1 : TICK_MS);
 
         if (n < 0 && errno != EINTR) {
             rc = ec_seterr_errno(EC_EIO, errno, "epoll_wait");
@@ -1232,6 +1355,7 @@ int ec_server_run(const ec_server_config *cfg)
             TICK_MS) {
             drain_rings(s);
             reap_silent(s);
+            reap_held(s);
             ec_engine_tick(s->engine);
             last_tick = now;
         }

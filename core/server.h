@@ -32,6 +32,8 @@ typedef struct ec_server_config {
     int pager;                             /* enum ec_pager_kind */
     unsigned queue_depth;                  /* io_uring reads in flight */
     double rate_window;                    /* seconds per request-rate window */
+    uint64_t gpu_slab;                     /* device slab per GPU; 0: off; UINT64_MAX: shm_size */
+    long epoch_hold_max;                   /* seconds a client may hold an epoch; 0: 30 */
 } ec_server_config;
 
 /* Run until SIGTERM or SIGINT. Returns 0 after a clean shutdown, or a

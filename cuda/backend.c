@@ -33,6 +33,12 @@ static void choose_auto(void)
         auto_choice = &ec_backend_cpu;
         return;
     }
+    if (env && !strcmp(env, "emu")) {
+        auto_choice = &ec_backend_emu;
+        ec_info("device backend: emu (%d emulated GPU(s); for tests)",
+                ec_backend_emu.device_count());
+        return;
+    }
     cuda = ec_backend_cuda_probe();
     if (cuda) {
         auto_choice = cuda;
@@ -50,6 +56,8 @@ const ec_backend *ec_backend_get(enum ec_backend_kind kind)
         return &ec_backend_cpu;
     case EC_BACKEND_CUDA:
         return ec_backend_cuda_probe();
+    case EC_BACKEND_EMU:
+        return &ec_backend_emu;
     case EC_BACKEND_AUTO:
     default:
         pthread_once(&auto_once, choose_auto);

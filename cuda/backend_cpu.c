@@ -1,10 +1,14 @@
 /*
  * backend_cpu.c - the CPU device backend: rows land in host memory by
- * memcpy. The reference implementation every other backend is tested
- * against; CI and machines without a GPU run it.
+ * memcpy, or converted row by row (f32 to f16/bf16, common/dtype.c). The
+ * reference implementation every other backend is tested against; CI and
+ * machines without a GPU run it, and the other backends call
+ * ec_cpu_gather() for host outputs. Runs on the caller's thread,
+ * synchronously; keeps no state.
  */
 #include <string.h>
 
+#include "common/dtype.h"
 #include "common/err.h"
 #include "cuda/backend.h"
 
@@ -13,29 +17,62 @@ static int cpu_device_count(void)
     return 0;
 }
 
-static int cpu_gather(const ec_gather_desc *g)
+static const char *dtype_label(ec_dtype d)
+{
+    const char *n = ec_dtype_name(d);
+    return n ? n : "an invalid dtype";
+}
+
+int ec_cpu_gather(const ec_gather_desc *g)
 {
     uint8_t *dst = g->dst;
+    void (*convert)(void *, const void *, size_t);
+    size_t out_bytes, elems;
 
     if (g->device >= 0)
-        return ec_seterr(EC_EINVAL, "output is on GPU %d but the CPU backend is in use: "
-                                    "pass a host buffer, or run where CUDA is available",
+        return ec_seterr(EC_EINVAL, "output is on GPU %d but this gather writes host memory "
+                                    "(the CPU backend): pass a host buffer, or run where CUDA "
+                                    "is available",
                          g->device);
-    /* A plain memcpy per row, of a size only known at run time: fixed-size
-     * copies looked like an optimisation, but gcc turns the 512-byte one into
-     * rep movsq, which measured 1.5x slower than the library's memcpy on
-     * random rows (embcache-bench, hit scenario). */
+    if (g->src_dtype == g->dst_dtype) {
+        /* A plain memcpy per row, of a size only known at run time: fixed-size
+         * copies looked like an optimisation, but gcc turns the 512-byte one
+         * into rep movsq, which measured 1.5x slower than the library's memcpy
+         * on random rows (embcache-bench, hit scenario). */
+        if (g->dst_rows)
+            for (size_t i = 0; i < g->n; i++)
+                memcpy(dst + g->dst_rows[i] * g->row_bytes, g->src[i], g->row_bytes);
+        else
+            for (size_t i = 0; i < g->n; i++)
+                memcpy(dst + i * g->row_bytes, g->src[i], g->row_bytes);
+        goto done;
+    }
+    if (g->src_dtype != EC_DTYPE_F32 ||
+        (g->dst_dtype != EC_DTYPE_F16 && g->dst_dtype != EC_DTYPE_BF16))
+        return ec_seterr(EC_EDTYPE, "cannot convert %s rows to %s: embcache converts only f32 "
+                                    "to f16 or bf16; gather in the tensor's own dtype and "
+                                    "convert afterwards",
+                         dtype_label(g->src_dtype), dtype_label(g->dst_dtype));
+    if (g->row_bytes % sizeof(float))
+        return ec_seterr(EC_EINVAL, "an f32 row of %zu bytes is not a whole number of floats",
+                         g->row_bytes);
+    convert = g->dst_dtype == EC_DTYPE_F16 ? ec_f32_to_f16_n : ec_f32_to_bf16_n;
+    elems = g->row_bytes / sizeof(float);
+    out_bytes = elems * sizeof(uint16_t);
     if (g->dst_rows)
         for (size_t i = 0; i < g->n; i++)
-            memcpy(dst + g->dst_rows[i] * g->row_bytes, g->src[i], g->row_bytes);
+            convert(dst + g->dst_rows[i] * out_bytes, g->src[i], elems);
     else
         for (size_t i = 0; i < g->n; i++)
-            memcpy(dst + i * g->row_bytes, g->src[i], g->row_bytes);
+            convert(dst + i * out_bytes, g->src[i], elems);
+done:
+    if (g->done)
+        g->done(g->done_arg);
     return 0;
 }
 
 const ec_backend ec_backend_cpu = {
     .name = "cpu",
     .device_count = cpu_device_count,
-    .gather = cpu_gather,
+    .gather = ec_cpu_gather,
 };

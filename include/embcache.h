@@ -21,9 +21,10 @@
  *    client. An ec_tensor may be used by many threads at once. An ec_view is
  *    read-only and may be read by any thread until released.
  *
- * Lifetimes: an ec_tensor and an ec_view must be released before the
- * ec_client they came from is closed. Strings returned inside info structs
- * stay valid as long as the handle they came from.
+ * Lifetimes: tensors and views hold a reference to the client they came
+ * from; ec_client_close() drops the caller's, and the connection is torn
+ * down when the last handle is released. Strings returned inside info
+ * structs stay valid as long as the handle they came from.
  */
 #ifndef EMBCACHE_H
 #define EMBCACHE_H
@@ -74,7 +75,8 @@ extern "C" {
 #define EC_ETOOBIG   -17  /**< a request or message exceeds a limit */
 #define EC_EINTERNAL -18  /**< an invariant failed; a bug, please report */
 #define EC_ECORRUPT  -19  /**< shared segment or file failed validation */
-#define EC_E_LAST    -19
+#define EC_EDEVICE   -20  /**< a GPU call failed: wrong device, device lost, out of memory */
+#define EC_E_LAST    -20
 
 /** Supported element types. Values are stable: they go on disk and wire. */
 typedef enum ec_dtype {
@@ -92,6 +94,7 @@ typedef enum ec_dtype {
 typedef struct ec_client ec_client;
 typedef struct ec_tensor ec_tensor;
 typedef struct ec_view ec_view;
+struct DLManagedTensor; /* dlpack/dlpack.h */
 
 /** Describes a resolved tensor. Strings live as long as the ec_tensor. */
 typedef struct ec_tensor_info {
@@ -243,6 +246,75 @@ EC_API int ec_tensor_info_get(const ec_tensor *t, ec_tensor_info *out);
 EC_API int ec_tensor_gather(ec_tensor *t, const int64_t *ids, size_t n,
                             void *out, size_t out_size);
 
+/** ec_gather_opts.flags */
+#define EC_GATHER_OUT_DEVICE 0x1u /**< out is device memory of GPU opts.device */
+#define EC_GATHER_IDS_DEVICE 0x2u /**< ids are device memory of GPU opts.device */
+
+/**
+ * Options of ec_tensor_gather_ex(). Zero-initialize, then set what you need:
+ * all zero is ec_tensor_gather() (host output, the tensor's own dtype).
+ */
+typedef struct ec_gather_opts {
+    uint32_t flags;      /**< EC_GATHER_* */
+    int32_t device;      /**< the CUDA device ordinal of out (and ids) */
+    void *stream;        /**< the caller's cudaStream_t; NULL: the default stream */
+    ec_dtype out_dtype;  /**< EC_DTYPE_INVALID: the tensor's dtype; F16 or
+                          *   BF16 from an F32 tensor: converted (round to
+                          *   nearest even) */
+} ec_gather_opts;
+
+/**
+ * ec_tensor_gather() with the output (and optionally the ids) on a GPU and
+ * an optional dtype conversion.
+ *
+ * With EC_GATHER_OUT_DEVICE the rows land in device memory of opts->device
+ * by one kernel launch on opts->stream (more only when the rows of one call
+ * do not fit in memory at once), whatever mix of tiers they come from: rows resident in the device tier are read from the daemon's slab
+ * (CUDA IPC), rows resident in host memory are read over PCIe from the
+ * mapped segment, and the rest are faulted in through the daemon first.
+ * The call returns once the kernel is queued; the rows are in `out` when
+ * the stream reaches that point (synchronize the stream, or queue the
+ * consumer on it). Memory the kernel reads stays valid until it has run:
+ * the call does not synchronize the device. With EC_GATHER_IDS_DEVICE the
+ * ids are first copied to the host, which waits for the stream.
+ *
+ * out_size is in bytes of the output dtype: n * row elements * its size.
+ *
+ * @return 0, or the codes of ec_tensor_gather(), and EC_EINVAL (out is not
+ *         device memory of opts->device, or a GPU output when this process
+ *         runs the CPU backend: the message says which), EC_EDTYPE (a
+ *         conversion other than F32 to F16/BF16), EC_EDEVICE (a CUDA call
+ *         failed; the message carries CUDA's error), EC_EBUSY (64 GPU gathers
+ *         of this client are still running after 5 s).
+ * Thread safety: as ec_tensor_gather(); up to 64 GPU gathers per client may
+ * be in flight at once.
+ */
+EC_API int ec_tensor_gather_ex(ec_tensor *t, const int64_t *ids, size_t n, void *out,
+                               size_t out_size, const ec_gather_opts *opts);
+
+/**
+ * The device backend this client runs: "cuda" when libembcache was built
+ * with CUDA and this process sees a GPU, else "cpu". EMBCACHE_BACKEND=cpu
+ * forces the CPU backend. Never NULL. The backend is chosen on first use
+ * (this call, ec_client_device_count() or a GPU gather), not at connect:
+ * choosing CUDA initializes it, which a process that fork()s afterwards
+ * must not have done.
+ */
+EC_API const char *ec_client_backend(const ec_client *c);
+
+/** GPUs this client can gather to (0 with the CPU backend). */
+EC_API int ec_client_device_count(const ec_client *c);
+
+/**
+ * The machine as the daemon found it, on one line: packages, NUMA nodes,
+ * cores, the GPUs and block devices with their NUMA nodes, then the
+ * daemon's device backend and each GPU's device tier, e.g.
+ * "2 package(s), 2 NUMA node(s), ...; 1 GPU(s): 0000:3b:00.0 (node 1); ...;
+ * backend cuda; GPU 0: 8192 MiB slab, NUMA node 1".
+ * @return 0, or EC_EINVAL, EC_ETOOBIG (cut to len - 1 bytes), EC_ECONN.
+ */
+EC_API int ec_client_topology(ec_client *c, char *buf, size_t len);
+
 /**
  * Pin the whole tensor in shared memory as one contiguous, read-only,
  * row-major region, and return a view of it. The daemon loads what is not
@@ -261,8 +333,30 @@ EC_API const void *ec_view_data(const ec_view *v);
 /** The view's size in bytes (rows * row_bytes). */
 EC_API size_t ec_view_size(const ec_view *v);
 
+/**
+ * Is the view still backed by the running daemon? No system call: compares
+ * the daemon generation in the segment with the view's.
+ * @return 0, or EC_EINVAL (NULL), EC_ESTALE (the daemon restarted: its pin
+ *         is gone and the memory may be reused; release the view and take
+ *         a new one from a new client).
+ */
+EC_API int ec_view_check(const ec_view *v);
+
 /** Release a view and its pin. NULL is fine. */
 EC_API void ec_view_release(ec_view *v);
+
+/**
+ * Export a view as a DLPack tensor (dlpack/dlpack.h, legacy
+ * DLManagedTensor): CPU device, the tensor's dtype and shape, row-major,
+ * strides NULL. The returned tensor holds its own reference to the view's
+ * pin: the view may be released before the DLPack tensor's deleter runs,
+ * and the client may be closed before either (it is torn down when the
+ * last of its handles goes). The memory is read-only (mapped PROT_READ):
+ * a consumer that writes it faults.
+ * @param[out] out  the managed tensor; the consumer calls its deleter.
+ * @return 0, or EC_EINVAL, EC_ENOMEM, EC_EDTYPE (no DLPack type).
+ */
+EC_API int ec_view_dlpack(ec_view *v, struct DLManagedTensor **out);
 
 /* ------------------------------------------------------------------ */
 /* Catalog and administration                                          */
@@ -297,6 +391,7 @@ EC_API int ec_model_alias(ec_client *c, const char *model, const char *alias,
 
 /** Flags of ec_model_prewarm(). */
 #define EC_PREWARM_PIN 0x1u  /**< keep the version resident until evicted or retired */
+#define EC_PREWARM_DEVICE 0x2u /**< also promote the version into every GPU's device tier */
 
 /** Progress of a prewarm, as ec_model_prewarm() reports it. */
 typedef struct ec_prewarm_progress {

@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -326,6 +327,10 @@ pid_t ect_daemon_start(const char *data_dir, const char *socket, const char *con
     if (pid < 0)
         fail_msg("fork: %s", strerror(errno));
     if (pid == 0) {
+        /* A test that dies (an assertion that aborts, a sanitizer report)
+         * takes its daemon with it instead of leaving it to hold the test
+         * runner's output pipe open. */
+        prctl(PR_SET_PDEATHSIG, SIGTERM);
         execv(argv[0], (char *const *)argv);
         _exit(127);
     }

@@ -44,7 +44,7 @@ static void usage(FILE *f)
             "  get MODEL VERSION|ALIAS TENSOR ROW... [--raw]  print rows\n"
             "  stats [--json]                              daemon statistics\n"
             "  find MODEL --round R [--params JSON]        version trained at round R\n"
-            "  prewarm MODEL VERSION|ALIAS [--pin] [--no-wait]  load a version ahead\n"
+            "  prewarm MODEL VERSION|ALIAS [--pin] [--device] [--no-wait]  load a version ahead\n"
             "  evict MODEL VERSION|ALIAS                   drop a version from memory\n"
             "  retire MODEL VERSION [--force]              remove a version for good\n"
             "  refresh MODEL VERSION|ALIAS                 reload partitions changed on disk\n"
@@ -433,6 +433,7 @@ static int cmd_prewarm(int argc, char **argv)
 {
     static const struct option o[] = {
         {"pin", no_argument, NULL, 'p'},
+        {"device", no_argument, NULL, 'g'},
         {"no-wait", no_argument, NULL, 'n'},
         {"json", no_argument, NULL, 'j'},
         {"help", no_argument, NULL, 'h'},
@@ -445,16 +446,20 @@ static int cmd_prewarm(int argc, char **argv)
     char size[32];
     int ch, rc;
 
-    while ((ch = getopt_long(argc, argv, "pnjh", o, NULL)) != -1) {
+    while ((ch = getopt_long(argc, argv, "pgnjh", o, NULL)) != -1) {
         switch (ch) {
         case 'p': flags |= EC_PREWARM_PIN; break;
+        case 'g': flags |= EC_PREWARM_DEVICE; break;
         case 'n': wait = false; break;
         case 'j': json = true; break;
         case 'h':
-            printf("usage: embcache prewarm MODEL VERSION|ALIAS [--pin] [--no-wait] [--json]\n"
+            printf("usage: embcache prewarm MODEL VERSION|ALIAS [--pin] [--device] [--no-wait] "
+                   "[--json]\n"
                    "Load a model version into memory ahead of traffic, behind clients' own\n"
                    "reads, showing progress until it is done (--no-wait: start it and\n"
-                   "return). --pin keeps it resident until 'embcache evict' or 'retire'.\n");
+                   "return). --pin keeps it resident until 'embcache evict' or 'retire'.\n"
+                   "--device then copies it into every GPU's device tier as room allows\n"
+                   "(embcache stats: deviceN_resident_partitions).\n");
             return EXIT_OK;
         default: return EXIT_USAGE;
         }
@@ -838,8 +843,26 @@ static int cmd_stats(int argc, char **argv)
     }
     if ((rc = connect_or_fail(&c)))
         return rc;
-    if (x.json)
-        printf("{");
+    {
+        char topo[1024];
+        int trc = ec_client_topology(c, topo, sizeof(topo));
+        if (trc == 0 || trc == EC_ETOOBIG) {
+            if (x.json) {
+                printf("{\n  \"topology\": \"");
+                for (const char *p = topo; *p; p++)
+                    if (*p == '"' || *p == '\\')
+                        printf("\\%c", *p);
+                    else if ((unsigned char)*p >= 0x20)
+                        putchar(*p);
+                printf("\"");
+                x.first = false;
+            } else {
+                printf("%-30s %s\n", "topology", topo);
+            }
+        } else if (x.json) {
+            printf("{");
+        }
+    }
     rc = ec_client_stats(c, stat_cb, &x);
     if (x.json)
         printf("\n}\n");

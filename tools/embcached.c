@@ -45,6 +45,11 @@ static void usage(FILE *f)
             "      --pager KIND       auto, io_uring or pread (default auto: io_uring\n"
             "                         when the kernel allows it)\n"
             "      --queue-depth N    io_uring reads in flight (default 64)\n"
+            "      --gpu-slab BYTES   device tier: a slab of this size on each GPU holds\n"
+            "                         copies of hot partitions (default: the --shm-size;\n"
+            "                         0 turns the device tier off; halved until it fits)\n"
+            "      --epoch-hold SECONDS  disconnect a client whose GPU gather holds freed\n"
+            "                         memory back longer than this (default 30)\n"
             "  -j, --io-threads N     pread reader threads (default 2)\n"
             "      --allow-uid UID    also accept clients of this uid (repeatable)\n"
             "      --allow-any        accept clients of every local user\n"
@@ -72,6 +77,8 @@ int main(int argc, char **argv)
         {"rate-window", required_argument, NULL, 'W'},
         {"pager", required_argument, NULL, 'P'},
         {"queue-depth", required_argument, NULL, 'Q'},
+        {"gpu-slab", required_argument, NULL, 'G'},
+        {"epoch-hold", required_argument, NULL, 'E'},
         {"allow-uid", required_argument, NULL, 'U'},
         {"allow-any", no_argument, NULL, 'A'},
         {"drop-segment", no_argument, NULL, 'D'},
@@ -81,7 +88,8 @@ int main(int argc, char **argv)
         {"version", no_argument, NULL, 'V'},
         {NULL, 0, NULL, 0},
     };
-    ec_server_config cfg = {.shm_size = DEFAULT_SHM_SIZE, .ttl_jitter = 0.1};
+    ec_server_config cfg = {.shm_size = DEFAULT_SHM_SIZE, .ttl_jitter = 0.1,
+                            .gpu_slab = UINT64_MAX, .epoch_hold_max = 30};
     char sock[108], dir[PATH_MAX];
     const char *data_dir = getenv("EMBCACHE_DATA_DIR");
     int level = EC_LOG_INFO, c, rc;
@@ -95,6 +103,24 @@ int main(int argc, char **argv)
                 return 2;
             }
             break;
+        case 'G':
+            if (ec_parse_size(optarg, &cfg.gpu_slab)) {
+                fprintf(stderr, "embcached: --gpu-slab '%s' is not a size (e.g. 0, 512M, 8G)\n",
+                        optarg);
+                return 2;
+            }
+            break;
+        case 'E': {
+            char *end;
+            long v = strtol(optarg, &end, 10);
+            if (*end || end == optarg || v < 1 || v > 86400) {
+                fprintf(stderr, "embcached: --epoch-hold '%s' must be 1..86400 seconds\n",
+                        optarg);
+                return 2;
+            }
+            cfg.epoch_hold_max = v;
+            break;
+        }
         case 'W': {
             char *end;
             double v = strtod(optarg, &end);

@@ -13,7 +13,9 @@ if [ "${1:-}" = "--asan" ]; then
   shift
   dir=build-asan
   flags+=(-DEMBCACHE_SANITIZE=ON)
-  export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=1}
+  # protect_shadow_gap=0: the CUDA driver maps memory where ASan's shadow
+  # gap would be; harmless without a GPU.
+  export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=1:protect_shadow_gap=0}
   export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
 fi
 

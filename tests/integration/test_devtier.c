@@ -1,0 +1,584 @@
+/*
+ * test_devtier.c - GPU outputs and the device tier, end to end: a real
+ * embcached per test, rows gathered to "device" memory and compared byte for
+ * byte with their source files.
+ *
+ * Without an argument it runs against emulated GPUs (EMBCACHE_BACKEND=emu,
+ * cuda/backend_emu.c), which implement the device tier with host memory:
+ * everything but the CUDA calls themselves runs, in CI -
+ *  - gathers from mapped host memory, then from the device tier after a
+ *    device prewarm, on two GPUs, with conversion to f16;
+ *  - bad arguments: a GPU that does not exist, unknown flags, unsupported
+ *    conversions, ids out of range, a short output;
+ *  - three client processes (two gathering to GPUs asynchronously, one to
+ *    the host) while the daemon promotes, evicts and reclaims under a small
+ *    budget and a small slab: every row checked;
+ *  - a GPU that fails mid-promotion: its tier turns off, rows keep coming
+ *    from host memory;
+ *  - a daemon restart: the old client's handles are refused as stale (never
+ *    used), a new client reads the new daemon's slabs;
+ *  - a client whose gather holds its epoch too long is disconnected, and
+ *    the daemon keeps serving everyone else.
+ *
+ * `test_devtier cuda` runs the multi-process case on real GPUs (CUDA IPC
+ * across processes: the slab is opened in the clients, never in the process
+ * that made it) and exits 77 where this build or machine has no GPU.
+ */
+#include <errno.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#ifdef EC_HAVE_CUDA
+#include <cuda_runtime_api.h>
+#endif
+
+#include "cuda/backend.h"
+#include "itest.h"
+#include "testutil.h"
+
+static bool on_cuda; /* running the `cuda` group */
+
+/* ------------------------------------------------------------------ */
+/* Device memory: host memory for the emulator, cudaMalloc on a GPU      */
+
+struct dstream {
+    _Atomic int pending;     /* emulator: gathers queued, not complete */
+    void *cuda;              /* cudaStream_t */
+};
+
+static void *dev_alloc(int dev, size_t n)
+{
+#ifdef EC_HAVE_CUDA
+    if (on_cuda) {
+        void *p = NULL;
+        if (cudaSetDevice(dev) != cudaSuccess || cudaMalloc(&p, n) != cudaSuccess)
+            return NULL;
+        return p;
+    }
+#endif
+    (void)dev;
+    return malloc(n);
+}
+
+static void dev_free(void *p)
+{
+#ifdef EC_HAVE_CUDA
+    if (on_cuda) {
+        cudaFree(p);
+        return;
+    }
+#endif
+    free(p);
+}
+
+static void *stream_arg(struct dstream *s)
+{
+    return on_cuda ? s->cuda : (void *)&s->pending;
+}
+
+/* Wait for the stream, then copy n bytes of device memory to dst. 0 or -1. */
+static int dev_fetch(struct dstream *s, void *dst, const void *src, size_t n)
+{
+#ifdef EC_HAVE_CUDA
+    if (on_cuda)
+        return cudaStreamSynchronize((cudaStream_t)s->cuda) == cudaSuccess &&
+                       cudaMemcpy(dst, src, n, cudaMemcpyDeviceToHost) == cudaSuccess
+                   ? 0
+                   : -1;
+#endif
+    for (int i = 0; atomic_load_explicit(&s->pending, memory_order_acquire) != 0; i++) {
+        if (i > 200000)
+            return -1;
+        usleep(10);
+    }
+    memcpy(dst, src, n);
+    return 0;
+}
+
+static int dgather(ec_tensor *t, const int64_t *ids, size_t n, void *out, size_t cap, int dev,
+                   struct dstream *s, ec_dtype dt)
+{
+    ec_gather_opts o = {.flags = EC_GATHER_OUT_DEVICE, .device = dev, .stream = stream_arg(s),
+                        .out_dtype = dt};
+    return ec_tensor_gather_ex(t, ids, n, out, cap, &o);
+}
+
+/* Gather ids to device `dev`, fetch and compare. The gather's error, 1 for a
+ * wrong row, -1 when the device copy could not be read back; 0. Safe in
+ * children. */
+static int dgather_check(ec_tensor *t, const int64_t *ids, size_t n, const struct table *tb,
+                         int dev, struct dstream *s, void *dbuf, uint8_t *hbuf)
+{
+    size_t bytes = n * tb->row_bytes;
+    int rc = dgather(t, ids, n, dbuf, bytes, dev, s, EC_DTYPE_INVALID);
+
+    if (rc) {
+        fprintf(stderr, "device gather of %zu rows to GPU %d: %s\n", n, dev, ec_last_error());
+        return rc;
+    }
+    if (dev_fetch(s, hbuf, dbuf, bytes)) {
+        fprintf(stderr, "could not read GPU %d's output back\n", dev);
+        return -1;
+    }
+    for (size_t k = 0; k < n; k++)
+        if (memcmp(hbuf + k * tb->row_bytes, tb->data + (uint64_t)ids[k] * tb->row_bytes,
+                   tb->row_bytes)) {
+            fprintf(stderr, "GPU %d: row %lld (position %zu) differs from %s\n", dev,
+                    (long long)ids[k], k, tb->path);
+            return 1;
+        }
+    return 0;
+}
+
+static void stream_init(struct dstream *s, int dev)
+{
+    memset(s, 0, sizeof(*s));
+#ifdef EC_HAVE_CUDA
+    if (on_cuda) {
+        cudaStream_t st;
+        if (cudaSetDevice(dev) != cudaSuccess || cudaStreamCreate(&st) != cudaSuccess)
+            fail_msg("cannot create a CUDA stream on GPU %d", dev);
+        s->cuda = st;
+    }
+#endif
+    (void)dev;
+}
+
+/* Poll a statistic until it reaches at least `want` (~10 s at most). */
+static uint64_t stat_wait(ec_client *c, const char *name, uint64_t want)
+{
+    uint64_t v = 0;
+
+    for (int i = 0; i < 1000; i++) {
+        if ((v = stat_of(c, name)) >= want)
+            return v;
+        usleep(10000);
+    }
+    return v;
+}
+
+#define ROWS 8192u
+#define COLS 64u
+#define PART (64u * 1024u) /* 32 partitions of 256 rows */
+
+static const char *const emu_args[] = {"--shm-size", "64M", "--gpu-slab", "4M", NULL};
+
+/* A daemon started with args, a ROWS x COLS table imported as model "m"
+ * version 1 (tensor "t"), a client and its tensor. */
+static void start(const char *const *args, struct table *tb, uint64_t seed, ec_client **c,
+                  ec_tensor **t)
+{
+    env_start("ec-devtier", args);
+    table_make(tb, "t.npy", ROWS, COLS, seed);
+    *c = connect_ok();
+    import_npy(*c, "m", 1, tb->path, PART);
+    *t = resolve_ok(*c, "m", "1", "t");
+}
+
+/* ------------------------------------------------------------------ */
+/* 1. Mapped host memory first, then the device tier, on two GPUs        */
+
+static void test_tiers(void **state)
+{
+    struct table tb;
+    ec_client *c;
+    ec_tensor *t;
+    ec_prewarm_progress p;
+    struct dstream s;
+    int64_t ids[256];
+    uint8_t *h = malloc(256 * COLS * 4), *h16 = malloc(256 * COLS * 2),
+            *r16 = malloc(256 * COLS * 2);
+    void *d = dev_alloc(0, 256 * COLS * 4);
+    uint64_t seed = 7, before;
+
+    (void)state;
+    start(emu_args, &tb, 11, &c, &t);
+    assert_string_equal(ec_client_backend(c), "emu");
+    assert_int_equal(ec_client_device_count(c), 2);
+    stream_init(&s, 0);
+
+    /* Nothing is on a GPU yet: rows come from mapped host memory (after
+     * the first gathers fault them in). */
+    for (int round = 0; round < 64; round++) {
+        for (int k = 0; k < 256; k++)
+            ids[k] = (int64_t)(splitmix(&seed) % ROWS);
+        assert_int_equal(dgather_check(t, ids, 256, &tb, round & 1, &s, d, h), 0);
+    }
+    assert_true(stat_of(c, "client_rows_mapped_host") >= 64 * 256);
+
+    /* A device prewarm puts all 32 partitions on both GPUs. */
+    assert_int_equal(prewarm_wait(c, "m", "1", EC_PREWARM_DEVICE, &p), 0);
+    assert_int_equal(stat_wait(c, "device0_resident_partitions", 32), 32);
+    assert_int_equal(stat_wait(c, "device1_resident_partitions", 32), 32);
+    before = stat_of(c, "client_rows_device_tier");
+    for (int round = 0; round < 64; round++) {
+        for (int k = 0; k < 256; k++)
+            ids[k] = (int64_t)(splitmix(&seed) % ROWS);
+        assert_int_equal(dgather_check(t, ids, 256, &tb, round & 1, &s, d, h), 0);
+    }
+    assert_int_equal(stat_of(c, "client_rows_device_tier") - before, 64 * 256);
+
+    /* f32 -> f16 on a GPU equals the same conversion to the host. */
+    assert_int_equal(dgather(t, ids, 256, d, 256 * COLS * 2, 1, &s, EC_DTYPE_F16), 0);
+    assert_int_equal(dev_fetch(&s, h16, d, 256 * COLS * 2), 0);
+    {
+        ec_gather_opts o = {.out_dtype = EC_DTYPE_F16};
+        assert_int_equal(ec_tensor_gather_ex(t, ids, 256, r16, 256 * COLS * 2, &o), 0);
+    }
+    assert_memory_equal(h16, r16, 256 * COLS * 2);
+
+    ec_tensor_release(t);
+    ec_client_close(c);
+    dev_free(d);
+    free(h);
+    free(h16);
+    free(r16);
+    table_free(&tb);
+}
+
+/* ------------------------------------------------------------------ */
+/* 2. Bad arguments                                                     */
+
+static void test_errors(void **state)
+{
+    struct table tb;
+    ec_client *c;
+    ec_tensor *t;
+    int64_t ids[4] = {0, 1, 2, 3}, bad[3] = {5, ROWS, 6};
+    uint8_t out[4 * COLS * 4];
+    ec_gather_opts o = {.flags = EC_GATHER_OUT_DEVICE, .device = 2};
+
+    (void)state;
+    start(emu_args, &tb, 12, &c, &t);
+
+    assert_int_equal(ec_tensor_gather_ex(t, ids, 4, out, sizeof(out), &o), EC_EINVAL);
+    assert_non_null(strstr(ec_last_error(), "device 2 does not exist"));
+    o.device = -1;
+    assert_int_equal(ec_tensor_gather_ex(t, ids, 4, out, sizeof(out), &o), EC_EINVAL);
+    o = (ec_gather_opts){.flags = 0x80};
+    assert_int_equal(ec_tensor_gather_ex(t, ids, 4, out, sizeof(out), &o), EC_EINVAL);
+    assert_non_null(strstr(ec_last_error(), "flags"));
+    o = (ec_gather_opts){.flags = EC_GATHER_IDS_DEVICE};
+    assert_int_equal(ec_tensor_gather_ex(t, ids, 4, out, sizeof(out), &o), EC_EINVAL);
+    o = (ec_gather_opts){.flags = EC_GATHER_OUT_DEVICE, .out_dtype = EC_DTYPE_I8};
+    assert_int_equal(ec_tensor_gather_ex(t, ids, 4, out, sizeof(out), &o), EC_EDTYPE);
+    assert_non_null(strstr(ec_last_error(), "f32 to f16"));
+    o = (ec_gather_opts){.flags = EC_GATHER_OUT_DEVICE};
+    assert_int_equal(ec_tensor_gather_ex(t, bad, 3, out, sizeof(out), &o), EC_ERANGE);
+    assert_non_null(strstr(ec_last_error(), "ids[1]"));
+    assert_int_equal(ec_tensor_gather_ex(t, ids, 4, out, sizeof(out) - 1, &o), EC_EINVAL);
+    assert_non_null(strstr(ec_last_error(), "too small"));
+    /* f16 output needs half the bytes: a buffer of exactly that is enough. */
+    o.out_dtype = EC_DTYPE_F16;
+    assert_int_equal(ec_tensor_gather_ex(t, ids, 4, out, 4 * COLS * 2, &o), 0);
+    /* ids "on the GPU" (host memory to the emulator) are copied first. */
+    o = (ec_gather_opts){.flags = EC_GATHER_OUT_DEVICE | EC_GATHER_IDS_DEVICE};
+    assert_int_equal(ec_tensor_gather_ex(t, ids, 4, out, sizeof(out), &o), 0);
+    assert_memory_equal(out, tb.data, sizeof(out));
+    daemon_alive();
+
+    ec_tensor_release(t);
+    ec_client_close(c);
+    table_free(&tb);
+}
+
+/* ------------------------------------------------------------------ */
+/* 3. Promotion, eviction and reclamation under readers                 */
+
+/* f32 [16384, 256]: 16 MiB in 256 partitions of 64 KiB, a 6 MiB host budget
+ * and a 1 MiB... slab per GPU: every tier churns. */
+#define M_ROWS 16384u
+#define M_COLS 256u
+#define M_BATCH 64
+#define M_SECONDS 3.0
+
+struct mp_report {
+    _Atomic uint64_t rows[4];
+    _Atomic int failed[4];
+};
+
+/* A reader: 80% of ids from a hot eighth of the table (so partitions get
+ * hot enough to promote), the rest anywhere. dev < 0: host output. */
+static void __attribute__((noreturn)) mp_reader(const struct table *tb, int dev, int slot,
+                                                struct mp_report *rep)
+{
+    ec_client *c = NULL;
+    ec_tensor *t = NULL;
+    struct dstream s;
+    int64_t ids[M_BATCH];
+    uint8_t *h = malloc(M_BATCH * tb->row_bytes);
+    void *d = dev >= 0 ? dev_alloc(dev, M_BATCH * tb->row_bytes) : NULL;
+    uint64_t seed = 1000 + (uint64_t)slot;
+    double end = now_s() + M_SECONDS;
+    int rc = 0;
+
+    if (ec_client_connect(E.sock, &c) || ec_tensor_resolve(c, "m", "1", "t", &t) || !h ||
+        (dev >= 0 && !d)) {
+        fprintf(stderr, "reader %d: %s\n", slot, ec_last_error());
+        _exit(2);
+    }
+    stream_init(&s, dev < 0 ? 0 : dev);
+    while (rc == 0 && now_s() < end) {
+        for (int k = 0; k < M_BATCH; k++) {
+            uint64_t r = splitmix(&seed);
+            ids[k] = (int64_t)(r % 5 ? r % (M_ROWS / 8) : r % M_ROWS);
+        }
+        rc = dev >= 0 ? dgather_check(t, ids, M_BATCH, tb, dev, &s, d, h)
+                      : gather_check(t, ids, M_BATCH, tb, h, M_BATCH * tb->row_bytes);
+        if (rc == 0)
+            atomic_fetch_add(&rep->rows[slot], M_BATCH);
+    }
+    atomic_store(&rep->failed[slot], rc);
+    _exit(rc ? 1 : 0);
+}
+
+static void churn(void)
+{
+    static const char *const args[] = {"--shm-size", "64M", "--budget", "6M", "--gpu-slab",
+                                       "1M", NULL};
+    struct mp_report *rep = shared_map(sizeof(*rep));
+    struct statv sv[] = {{"device0_promotions", 0, 0}, {"device0_evictions", 0, 0},
+                         {"evictions", 0, 0},          {"reclaimed_bytes", 0, 0},
+                         {"client_rows_device_tier", 0, 0},
+                         {"client_rows_mapped_host", 0, 0}};
+    struct table tb;
+    ec_client *c;
+    pid_t kids[3];
+    int ngpu;
+
+    env_start("ec-devtier", args);
+    table_make(&tb, "t.npy", M_ROWS, M_COLS, 13);
+    c = connect_ok();
+    /* On real GPUs the parent must not touch CUDA before it forks (CUDA does
+     * not survive fork()): both readers use GPU 0 there. */
+    ngpu = on_cuda ? 1 : ec_client_device_count(c);
+    assert_true(ngpu >= 1);
+    import_npy(c, "m", 1, tb.path, PART);
+    for (int k = 0; k < 3; k++) {
+        int dev = k == 2 ? -1 : k % ngpu;
+        if ((kids[k] = spawn()) == 0)
+            mp_reader(&tb, dev, k, rep);
+    }
+    for (int k = 0; k < 3; k++) {
+        int st = reap(kids[k]);
+        if (st)
+            fail_msg("reader %d exited with %d after %llu rows (gather result %d)", k, st,
+                     (unsigned long long)atomic_load(&rep->rows[k]),
+                     atomic_load(&rep->failed[k]));
+        assert_true(atomic_load(&rep->rows[k]) > 0);
+    }
+    daemon_alive();
+    stats_get(c, sv, sizeof(sv) / sizeof(sv[0]));
+    printf("churn: %llu + %llu + %llu rows checked; %llu promotions, %llu device evictions, "
+           "%llu host evictions, %llu bytes reclaimed, %llu rows from the device tier, %llu "
+           "from mapped host memory\n",
+           (unsigned long long)rep->rows[0], (unsigned long long)rep->rows[1],
+           (unsigned long long)rep->rows[2], (unsigned long long)sv[0].v,
+           (unsigned long long)sv[1].v, (unsigned long long)sv[2].v,
+           (unsigned long long)sv[3].v, (unsigned long long)sv[4].v,
+           (unsigned long long)sv[5].v);
+    assert_true(sv[0].v > 0);
+    assert_true(sv[1].v > 0);
+    assert_true(sv[2].v > 0);
+    assert_true(sv[3].v > 0);
+    assert_true(sv[4].v > 0);
+    assert_true(sv[5].v > 0);
+    ec_client_close(c);
+    table_free(&tb);
+}
+
+static void test_churn(void **state)
+{
+    (void)state;
+    /* Asynchronous "GPU" copies: the reads happen after the calls return,
+     * while the daemon evicts and reuses extents. */
+    setenv("EMBCACHE_EMU_ASYNC_US", "200", 1);
+    churn();
+    unsetenv("EMBCACHE_EMU_ASYNC_US");
+}
+
+static void test_churn_cuda(void **state)
+{
+    (void)state;
+    churn();
+}
+
+/* ------------------------------------------------------------------ */
+/* 4. A GPU that fails                                                  */
+
+static void test_gpu_loss(void **state)
+{
+    struct table tb;
+    ec_client *c;
+    ec_tensor *t;
+    ec_prewarm_progress p;
+    struct dstream s;
+    int64_t ids[256];
+    uint8_t *h = malloc(256 * COLS * 4);
+    void *d = dev_alloc(0, 256 * COLS * 4);
+    uint64_t seed = 3, mapped;
+
+    (void)state;
+    setenv("EMBCACHE_EMU_FAIL_WRITES", "5", 1);
+    start(emu_args, &tb, 14, &c, &t);
+    unsetenv("EMBCACHE_EMU_FAIL_WRITES");
+    stream_init(&s, 0);
+    assert_int_equal(stat_of(c, "device0_on"), 1);
+    assert_int_equal(prewarm_wait(c, "m", "1", EC_PREWARM_DEVICE, &p), 0);
+    /* Both emulated GPUs share the write counter: after five copies every
+     * promotion fails and turns its GPU's tier off. */
+    for (int i = 0; i < 1000 && (stat_of(c, "device0_on") || stat_of(c, "device1_on")); i++)
+        usleep(10000);
+    assert_int_equal(stat_of(c, "device0_on"), 0);
+    assert_int_equal(stat_of(c, "device1_on"), 0);
+    assert_int_equal(stat_of(c, "device0_resident_partitions"), 0);
+    mapped = stat_of(c, "client_rows_mapped_host");
+    for (int round = 0; round < 16; round++) {
+        for (int k = 0; k < 256; k++)
+            ids[k] = (int64_t)(splitmix(&seed) % ROWS);
+        assert_int_equal(dgather_check(t, ids, 256, &tb, 0, &s, d, h), 0);
+    }
+    assert_int_equal(stat_of(c, "client_rows_mapped_host") - mapped, 16 * 256);
+    daemon_alive();
+    ec_tensor_release(t);
+    ec_client_close(c);
+    dev_free(d);
+    free(h);
+    table_free(&tb);
+}
+
+/* ------------------------------------------------------------------ */
+/* 5. A restarted daemon: stale handles are refused, never used         */
+
+static void test_restart(void **state)
+{
+    struct table tb;
+    ec_client *c, *c2;
+    ec_tensor *t, *t2;
+    ec_prewarm_progress p;
+    struct dstream s;
+    int64_t ids[64];
+    uint8_t *h = malloc(64 * COLS * 4);
+    void *d = dev_alloc(0, 64 * COLS * 4);
+
+    (void)state;
+    start(emu_args, &tb, 15, &c, &t);
+    stream_init(&s, 0);
+    for (int k = 0; k < 64; k++)
+        ids[k] = k * 97 % ROWS;
+    assert_int_equal(prewarm_wait(c, "m", "1", EC_PREWARM_DEVICE, &p), 0);
+    assert_int_equal(stat_wait(c, "device0_resident_partitions", 32), 32);
+    assert_int_equal(dgather_check(t, ids, 64, &tb, 0, &s, d, h), 0);
+
+    assert_int_equal(ect_daemon_stop(E.daemon), 0);
+    E.daemon = ect_daemon_start(E.data, E.sock, emu_args);
+    {
+        ec_gather_opts o = {.flags = EC_GATHER_OUT_DEVICE, .device = 0,
+                            .stream = stream_arg(&s)};
+        assert_int_equal(ec_tensor_gather_ex(t, ids, 64, d, 64 * COLS * 4, &o), EC_ESTALE);
+    }
+    c2 = connect_ok();
+    t2 = resolve_ok(c2, "m", "1", "t");
+    assert_int_equal(prewarm_wait(c2, "m", "1", EC_PREWARM_DEVICE, &p), 0);
+    assert_int_equal(stat_wait(c2, "device0_resident_partitions", 32), 32);
+    assert_int_equal(dgather_check(t2, ids, 64, &tb, 0, &s, d, h), 0);
+    assert_true(stat_of(c2, "client_rows_device_tier") >= 64);
+    ec_tensor_release(t2);
+    ec_client_close(c2);
+    ec_tensor_release(t);
+    ec_client_close(c);
+    dev_free(d);
+    free(h);
+    table_free(&tb);
+}
+
+/* ------------------------------------------------------------------ */
+/* 6. An epoch held too long                                            */
+
+static void test_epoch_hold(void **state)
+{
+    static const char *const args[] = {"--shm-size", "64M", "--gpu-slab", "4M",
+                                       "--epoch-hold", "1", NULL};
+    struct table tb;
+    ec_client *c;
+    ec_tensor *t;
+    int64_t ids[4] = {1, 2, 3, 4};
+    uint8_t out[4 * COLS * 4];
+    pid_t kid;
+
+    (void)state;
+    start(args, &tb, 16, &c, &t);
+    assert_int_equal(gather_check(t, ids, 4, &tb, out, sizeof(out)), 0);
+    if ((kid = spawn()) == 0) {
+        /* A "GPU" copy that takes 4 s holds this client's epoch that long:
+         * the daemon must drop the connection, and the client sees it. */
+        ec_client *k = NULL;
+        ec_tensor *kt = NULL;
+        ec_gather_opts o = {.flags = EC_GATHER_OUT_DEVICE};
+        uint64_t v;
+        setenv("EMBCACHE_EMU_ASYNC_US", "4000000", 1);
+        if (ec_client_connect(E.sock, &k) || ec_tensor_resolve(k, "m", "1", "t", &kt) ||
+            ec_tensor_gather_ex(kt, ids, 4, out, sizeof(out), &o))
+            _exit(2);
+        sleep(3);
+        /* Any request now finds the connection closed. */
+        _exit(ec_model_evict(k, "m", "1", &v) == EC_ECONN ? 0 : 3);
+    }
+    assert_int_equal(reap(kid), 0);
+    /* Everyone else is served. */
+    assert_int_equal(gather_check(t, ids, 4, &tb, out, sizeof(out)), 0);
+    daemon_alive();
+    ec_tensor_release(t);
+    ec_client_close(c);
+    table_free(&tb);
+}
+
+int main(int argc, char **argv)
+{
+    const struct CMUnitTest emu[] = {
+        cmocka_unit_test_teardown(test_tiers, env_teardown),
+        cmocka_unit_test_teardown(test_errors, env_teardown),
+        cmocka_unit_test_teardown(test_churn, env_teardown),
+        cmocka_unit_test_teardown(test_gpu_loss, env_teardown),
+        cmocka_unit_test_teardown(test_restart, env_teardown),
+        cmocka_unit_test_teardown(test_epoch_hold, env_teardown),
+    };
+    const struct CMUnitTest cuda[] = {
+        cmocka_unit_test_teardown(test_churn_cuda, env_teardown),
+    };
+
+    if (argc > 1 && !strcmp(argv[1], "cuda")) {
+#ifdef EC_HAVE_CUDA
+        /* Probe in a child: CUDA initialized here would not survive the
+         * fork()s of the readers. */
+        pid_t pid = fork();
+        int st = 0;
+        if (pid == 0) {
+            if (ec_backend_get(EC_BACKEND_CUDA))
+                _exit(0);
+            printf("skipped: %s\n", ec_last_error());
+            fflush(stdout);
+            _exit(EC_TEST_SKIP);
+        }
+        if (pid < 0 || waitpid(pid, &st, 0) != pid || !WIFEXITED(st) || WEXITSTATUS(st))
+            return EC_TEST_SKIP;
+        on_cuda = true;
+        setenv("EMBCACHE_BACKEND", "cuda", 1);
+        return cmocka_run_group_tests(cuda, NULL, NULL);
+#else
+        (void)cuda;
+        printf("skipped: this build has no CUDA backend\n");
+#endif
+        return EC_TEST_SKIP;
+    }
+    /* Before anything picks a backend: this process and every daemon and
+     * child it starts run two emulated GPUs. */
+    setenv("EMBCACHE_BACKEND", "emu", 1);
+    setenv("EMBCACHE_EMU_GPUS", "2", 1);
+    return cmocka_run_group_tests(emu, NULL, NULL);
+}
