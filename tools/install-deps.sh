@@ -8,7 +8,7 @@ set -euo pipefail
 PKGS=(
   build-essential cmake pkgconf
   libhwloc-dev liburing-dev libcmocka-dev libsqlite3-dev libxxhash-dev libdlpack-dev
-  python3 python3-numpy python3-pytest
+  python3 python3-numpy python3-pytest python3-torch
   # embcache-bench's baselines and plots (its smoke test runs them too)
   redis-server memcached libhiredis-dev libmemcached-dev gnuplot-nox fio
 )

@@ -1,0 +1,247 @@
+"""Fixtures of the Python tests: the binaries of a build, private daemons, and
+the source arrays of the imported tables.
+
+The binaries come from $EMBCACHE_TEST_EMBCACHED / $EMBCACHE_TEST_CLI (ctest
+sets them, with PYTHONPATH pointing at the package staged in the build tree),
+else from $EMBCACHE_BUILD_DIR or build/ of this checkout, in which case the
+package is taken from python/ and the library from that build directory.
+
+Every daemon runs on a temporary data directory and socket with
+--drop-segment, so nothing is left in /dev/shm; daemons are stopped by pid.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import signal
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _setup_paths() -> None:
+    if "EMBCACHE_TEST_EMBCACHED" in os.environ:
+        return
+    build = Path(os.environ.get("EMBCACHE_BUILD_DIR", REPO / "build"))
+    os.environ["EMBCACHE_TEST_EMBCACHED"] = str(build / "embcached")
+    os.environ["EMBCACHE_TEST_CLI"] = str(build / "embcache")
+    os.environ.setdefault("EMBCACHE_LIBRARY", str(build / "libembcache.so"))
+    if importlib.util.find_spec("embcache") is None:
+        sys.path.insert(0, str(REPO / "python"))
+        os.environ["PYTHONPATH"] = os.pathsep.join(
+            [str(REPO / "python")] + [p for p in [os.environ.get("PYTHONPATH")] if p])
+
+
+_setup_paths()
+
+import embcache  # noqa: E402
+
+EMBCACHED = os.environ["EMBCACHE_TEST_EMBCACHED"]
+CLI = os.environ["EMBCACHE_TEST_CLI"]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "memory: the shared-memory PSS test (slow)")
+    config.addinivalue_line("markers", "gpu: needs a CUDA device and torch with CUDA")
+    for p in (EMBCACHED, CLI):
+        if not os.access(p, os.X_OK):
+            raise pytest.UsageError(f"{p} is not an executable: build the tree, or set "
+                                    f"EMBCACHE_BUILD_DIR / EMBCACHE_TEST_EMBCACHED")
+
+
+# ---------------------------------------------------------------------------
+# Daemons
+
+class Daemon:
+    """One embcached on its own data directory and socket."""
+
+    def __init__(self, root: Path, shm_size: str = "128M", drop_segment: bool = True,
+                 extra: Sequence[str] = ()) -> None:
+        self.root = root
+        self.data = root / "data"
+        self.socket = str(root / "s.sock")
+        self.log = root / "embcached.log"
+        self.shm_size = shm_size
+        self.drop_segment = drop_segment
+        self.extra = list(extra)
+        self.proc: Optional[subprocess.Popen] = None
+
+    def start(self, drop_segment: Optional[bool] = None) -> "Daemon":
+        drop = self.drop_segment if drop_segment is None else drop_segment
+        args = [EMBCACHED, "--data-dir", str(self.data), "--socket", self.socket,
+                "--shm-size", self.shm_size] + (["--drop-segment"] if drop else []) + self.extra
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(args, stdout=log, stderr=log)
+        deadline = time.monotonic() + 20
+        while True:  # poll until it answers
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"embcached exited with {self.proc.returncode}:\n"
+                                   f"{self.log.read_text()}")
+            try:
+                embcache.connect(self.socket, reconnect=False).close()
+                return self
+            except embcache.ConnectionError:
+                if time.monotonic() > deadline:
+                    self.stop()
+                    raise RuntimeError(f"embcached did not answer on {self.socket} in 20 s")
+                time.sleep(0.01)
+
+    def stop(self) -> int:
+        p, self.proc = self.proc, None
+        if p is None:
+            return 0
+        p.send_signal(signal.SIGTERM)
+        try:
+            return p.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            return p.wait()
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        r = subprocess.run([CLI, "--socket", self.socket, *args], capture_output=True,
+                           text=True, timeout=120)
+        if check and r.returncode != 0:
+            raise RuntimeError(f"embcache {' '.join(args)}: exit {r.returncode}: {r.stderr}")
+        return r
+
+    def import_files(self, model: str, version: int, files: Sequence[Path],
+                     partition_bytes: int = 4096) -> None:
+        self.cli("import", "--model", model, "--version", str(version),
+                 "--partition-bytes", str(partition_bytes), *map(str, files))
+
+
+def short_tmpdir(prefix: str) -> Path:
+    # Unix socket paths must stay under 108 bytes: keep them under /tmp.
+    return Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+
+
+@pytest.fixture
+def make_daemon():
+    """A factory of private daemons, all stopped and removed at the end."""
+    made: List[Daemon] = []
+
+    def make(**kw) -> Daemon:
+        d = Daemon(short_tmpdir("ecpy-"), **kw)
+        made.append(d)
+        return d
+
+    yield make
+    for d in made:
+        d.stop()
+        shutil.rmtree(d.root, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------
+# Source tables
+
+def bf16_bits(x: np.ndarray) -> np.ndarray:
+    """float32 -> bfloat16 bit patterns, rounded to nearest even (test data only)."""
+    u = x.astype(np.float32).view(np.uint32).astype(np.uint64)
+    return ((u + 0x7FFF + ((u >> 16) & 1)) >> 16).astype(np.uint16)
+
+
+def write_safetensors(path: Path, tensors: Dict[str, tuple]) -> None:
+    """tensors: name -> (safetensors dtype, shape, raw bytes)."""
+    header, off, blobs = {}, 0, []
+    for name, (dt, shape, raw) in tensors.items():
+        header[name] = {"dtype": dt, "shape": list(shape), "data_offsets": [off, off + len(raw)]}
+        off += len(raw)
+        blobs.append(raw)
+    h = json.dumps(header).encode()
+    h += b" " * (-len(h) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(h)))
+        f.write(h)
+        for b in blobs:
+            f.write(b)
+
+
+MODEL = "pyt"   # every table below, version 1, alias "current"
+
+
+def make_sources(rng: np.random.Generator) -> Dict[str, np.ndarray]:
+    def ints(dt, shape):
+        info = np.iinfo(dt)
+        return rng.integers(info.min, info.max, size=shape, dtype=dt, endpoint=True)
+
+    f32 = rng.standard_normal((1000, 16)).astype(np.float32)
+    return {
+        "emb_f32": f32,                                     # 64 rows per 4 KiB partition
+        "emb_f16": rng.standard_normal((500, 24)).astype(np.float16),
+        "emb_f64": rng.standard_normal((300, 5)),
+        "emb_i8": ints(np.int8, (200, 7)),
+        "emb_u8": ints(np.uint8, (200, 9)),
+        "emb_i32": ints(np.int32, (257, 3)),
+        "emb_i64": ints(np.int64, (129, 4)),
+        "cube": rng.standard_normal((50, 4, 3)).astype(np.float32),
+        "vec": rng.standard_normal(100).astype(np.float32),
+        "emb_bf16": bf16_bits(rng.standard_normal((400, 16)).astype(np.float32)),
+    }
+
+
+class Tables:
+    def __init__(self, daemon: Daemon, src: Dict[str, np.ndarray]) -> None:
+        self.daemon = daemon
+        self.src = src
+        self.model = MODEL
+
+
+@pytest.fixture(scope="session")
+def tables(tmp_path_factory) -> Tables:
+    """A session daemon with MODEL version 1 (every table of make_sources,
+    bf16 through .safetensors) and model "sw" versions 1 and 2 (alias current
+    -> 1), imported with the CLI."""
+    root = short_tmpdir("ecpys-")
+    d = Daemon(root, shm_size="128M").start()
+    files = tmp_path_factory.mktemp("src")
+    src = make_sources(np.random.default_rng(1234))
+    paths = []
+    for name, a in src.items():
+        if name == "emb_bf16":
+            p = files / "bf.safetensors"
+            write_safetensors(p, {name: ("BF16", a.shape, a.tobytes())})
+        else:
+            p = files / f"{name}.npy"
+            np.save(p, a)
+        paths.append(p)
+    d.import_files(MODEL, 1, paths)
+    d.cli("alias", MODEL, "current", "1")
+    sw = np.random.default_rng(7)
+    for v in (1, 2):
+        p = files / f"v{v}" / "w.npy"
+        p.parent.mkdir()
+        np.save(p, sw.standard_normal((100, 8)).astype(np.float32))
+        src[f"sw{v}"] = np.load(p)
+        d.import_files("sw", v, [p])
+    d.cli("alias", "sw", "current", "1")
+    yield Tables(d, src)
+    d.stop()
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def client(tables: Tables):
+    with embcache.connect(tables.daemon.socket) as c:
+        yield c
+
+
+@pytest.fixture(scope="session")
+def torch_mod():
+    return pytest.importorskip("torch")
