@@ -42,19 +42,26 @@
 
 #define GATHER_MAX_ROUNDS 64
 
-/* One GPU as this client sees it (set up on its first device gather). */
+/* A daemon slab this client opened. Immutable once published: gathers on
+ * other threads read it without the lock. */
+struct cslab {
+    uint64_t gen;                /* the slab generation it was opened at */
+    void *base;                  /* the opened slab (device address) */
+    uint64_t bytes;
+    ec_segment view;             /* its device index, bounded by bytes */
+    struct cslab *next;          /* every slab opened: closed at teardown, since
+                                  * gathers queued earlier may still read one */
+};
+
+/* One GPU as this client sees it (set up on its first device gather, under
+ * the client's lock; read by gathers without it). table and host_base are
+ * written before ready is stored (release). */
 struct cdev {
-    bool ready;                  /* host memory registered for this device */
+    _Atomic bool ready;          /* host memory registered for this device */
     int table;                   /* the daemon's device table for this GPU, -1: none */
     void *host_base;             /* the segment's base address on the device */
-    uint64_t slab_gen;           /* of the slab opened; 0: none */
-    void *slab_base;             /* the opened slab (device address) */
-    uint64_t slab_bytes;
-    ec_segment view;             /* its device index, bounded by slab_bytes */
-    /* Slabs replaced while gathers may still read them: closed at teardown. */
-    void *old_base[4];
-    uint64_t old_bytes[4];
-    unsigned nold;
+    struct cslab *_Atomic cur;   /* the slab in use, NULL: none */
+    struct cslab *all;           /* guarded by the lock */
 };
 
 struct ec_client {
@@ -341,18 +348,19 @@ static void client_teardown(ec_client *c)
         ec_seterr(EC_EDEVICE, "device gathers still running at close; leaking the mappings");
         c->session = NULL;
         c->seg.base = NULL;
+        for (unsigned i = 0; i < EC_SHM_MAX_DEVICES; i++)
+            c->dev[i].all = NULL; /* the slabs too */
     }
-    for (unsigned i = 0; i < EC_SHM_MAX_DEVICES; i++) {
-        struct cdev *d = &c->dev[i];
-        if (d->slab_base)
-            be()->slab_close((int)i, d->slab_base, d->slab_bytes);
-        for (unsigned k = 0; k < d->nold; k++)
-            be()->slab_close((int)i, d->old_base[k], d->old_bytes[k]);
-    }
+    for (unsigned i = 0; i < EC_SHM_MAX_DEVICES; i++)
+        for (struct cslab *k = c->dev[i].all, *next; k; k = next) {
+            next = k->next;
+            be()->slab_close((int)i, k->base, k->bytes);
+            free(k);
+        }
     if (c->seg.base) {
         bool any = false;
         for (unsigned i = 0; i < EC_SHM_MAX_DEVICES; i++)
-            any |= c->dev[i].ready;
+            any |= atomic_load(&c->dev[i].ready);
         if (any && be()->host_unregister)
             be()->host_unregister(c->seg.base);
     }
@@ -777,17 +785,13 @@ static int slab_sync(ec_client *c, unsigned dev)
     ec_rbuf r;
     uint32_t req, n;
 
-    if (gen == d->slab_gen)
+    struct cslab *cur = atomic_load_explicit(&d->cur, memory_order_relaxed);
+
+    if (gen == (cur ? cur->gen : 0))
         return 0;
-    if (d->slab_base) {
-        /* Gathers queued before may still read it: keep it mapped. */
-        if (d->nold < sizeof(d->old_base) / sizeof(d->old_base[0])) {
-            d->old_base[d->nold] = d->slab_base;
-            d->old_bytes[d->nold++] = d->slab_bytes;
-        }
-        d->slab_base = NULL;
-    }
-    d->slab_gen = 0;
+    /* The old slab stays mapped (on d->all): gathers queued before may
+     * still read it. */
+    atomic_store_explicit(&d->cur, NULL, memory_order_release);
     if (gen == 0 || !be()->slab_open)
         return 0;
     req = begin(c, &w, EC_OP_DEVICES);
@@ -830,12 +834,25 @@ static int slab_sync(ec_client *c, unsigned dev)
                                       "segment says otherwise", dev, (unsigned long long)bytes);
             break;
         }
-        rc = be()->slab_open((int)dev, handle, fd, bytes, &d->slab_base);
-        if (rc)
-            break;
-        d->slab_bytes = bytes;
-        d->slab_gen = g;
-        ec_segment_device_view(&c->seg, tbl, bytes, &d->view);
+        {
+            struct cslab *k = calloc(1, sizeof(*k));
+            if (!k) {
+                rc = ec_seterr(EC_ENOMEM, "slab record");
+                break;
+            }
+            rc = be()->slab_open((int)dev, handle, fd, bytes, &k->base);
+            if (rc || (rc = ec_segment_device_view(&c->seg, tbl, bytes, &k->view))) {
+                if (k->base)
+                    be()->slab_close((int)dev, k->base, bytes);
+                free(k);
+                break;
+            }
+            k->bytes = bytes;
+            k->gen = g;
+            k->next = d->all;
+            d->all = k;
+            atomic_store_explicit(&d->cur, k, memory_order_release);
+        }
     }
     if (rc == 0 && !ec_rbuf_done(&r))
         rc = ec_seterr(EC_EPROTO, "malformed DEVICES reply");
@@ -885,17 +902,21 @@ static int device_ready(ec_client *c, int dev)
                                     "embcache uses GPUs 0..%u)", dev,
                          be()->device_count(), EC_SHM_MAX_DEVICES - 1);
     d = &c->dev[dev];
-    gen = d->ready && d->table >= 0
-              ? atomic_load_explicit(&c->seg.hdr->dev[d->table].slab_gen, memory_order_acquire)
-              : 0;
-    if (d->ready && gen == d->slab_gen)
-        return 0;
+    if (atomic_load_explicit(&d->ready, memory_order_acquire)) {
+        const struct cslab *cur = atomic_load_explicit(&d->cur, memory_order_acquire);
+        gen = d->table >= 0 ? atomic_load_explicit(&c->seg.hdr->dev[d->table].slab_gen,
+                                                   memory_order_acquire)
+                            : 0;
+        if (gen == (cur ? cur->gen : 0))
+            return 0;
+    }
     pthread_mutex_lock(&c->lock);
-    if (!d->ready) {
+    if (!atomic_load_explicit(&d->ready, memory_order_relaxed)) {
         rc = be()->host_register(c->seg.base, c->seg.size, true, dev, &d->host_base);
-        if (rc == 0)
+        if (rc == 0) {
             d->table = device_table(c, dev);
-        d->ready = rc == 0;
+            atomic_store_explicit(&d->ready, true, memory_order_release);
+        }
     }
     if (rc == 0 && d->table >= 0)
         rc = slab_sync(c, (unsigned)dev);
@@ -975,6 +996,7 @@ static int gather_device(ec_tensor *t, const int64_t *ids, size_t n, void *out, 
         s->todo[i] = i;
     for (int round = 0;; round++) {
         _Atomic uint64_t *slot;
+        const struct cslab *cs;
         const ec_segment *dv;
         size_t nparts = 0, nsrc = 0, nnext = 0, rdev = 0, rhost = 0;
         uint64_t lastp = UINT64_MAX;
@@ -997,9 +1019,10 @@ static int gather_device(ec_tensor *t, const int64_t *ids, size_t n, void *out, 
         }
         /* The slab is usable only while the header still publishes the
          * generation we opened; checked after the epoch is held. */
-        dv = d->slab_base && atomic_load_explicit(&c->seg.hdr->dev[d->table].slab_gen,
-                                                  memory_order_acquire) == d->slab_gen
-                 ? &d->view
+        cs = atomic_load_explicit(&d->cur, memory_order_acquire);
+        dv = cs && atomic_load_explicit(&c->seg.hdr->dev[d->table].slab_gen,
+                                        memory_order_acquire) == cs->gen
+                 ? &cs->view
                  : NULL;
         for (size_t k = 0; k < ntodo; k++) {
             size_t i = s->todo[k];
@@ -1009,7 +1032,7 @@ static int gather_device(ec_tensor *t, const int64_t *ids, size_t n, void *out, 
                 found = false;
                 if (dv && ec_index_lookup(dv, t->t.id, (uint32_t)p, &ref) &&
                     (r + 1) * row_bytes <= ref.length) {
-                    base = (const uint8_t *)d->slab_base + ref.offset;
+                    base = (const uint8_t *)cs->base + ref.offset;
                     found = on_dev = true;
                 } else if (ec_index_lookup(&c->seg, t->t.id, (uint32_t)p, &ref) &&
                            (r + 1) * row_bytes <= ref.length) {
