@@ -20,9 +20,10 @@
  *  - a client whose gather holds its epoch too long is disconnected, and
  *    the daemon keeps serving everyone else.
  *
- * `test_devtier cuda` runs the multi-process case on real GPUs (CUDA IPC
- * across processes: the slab is opened in the clients, never in the process
- * that made it) and exits 77 where this build or machine has no GPU.
+ * `test_devtier cuda` runs the multi-process case and the tiers case on
+ * real GPUs (CUDA IPC across processes: the slab is opened in the clients,
+ * never in the process that made it; the kernel's f16 output against the
+ * CPU's) and exits 77 where this build or machine has no GPU.
  */
 #include <errno.h>
 #include <signal.h>
@@ -189,43 +190,60 @@ static void test_tiers(void **state)
     ec_client *c;
     ec_tensor *t;
     ec_prewarm_progress p;
-    struct dstream s;
+    struct dstream s[2];
     int64_t ids[256];
     uint8_t *h = malloc(256 * COLS * 4), *h16 = malloc(256 * COLS * 2),
             *r16 = malloc(256 * COLS * 2);
-    void *d = dev_alloc(0, 256 * COLS * 4);
+    void *d[2];
+    int dev[2] = {0, 1};
     uint64_t seed = 7, before;
+    char name[64];
 
     (void)state;
     start(emu_args, &tb, 11, &c, &t);
-    assert_string_equal(ec_client_backend(c), "emu");
-    assert_int_equal(ec_client_device_count(c), 2);
-    stream_init(&s, 0);
+    if (on_cuda) {
+        /* One GPU: both halves of the test use it. */
+        assert_string_equal(ec_client_backend(c), "cuda");
+        dev[1] = ec_client_device_count(c) > 1 ? 1 : 0;
+    } else {
+        assert_string_equal(ec_client_backend(c), "emu");
+        assert_int_equal(ec_client_device_count(c), 2);
+    }
+    for (int i = 0; i < 2; i++) {
+        d[i] = dev_alloc(dev[i], 256 * COLS * 4);
+        assert_non_null(d[i]);
+        stream_init(&s[i], dev[i]);
+    }
 
     /* Nothing is on a GPU yet: rows come from mapped host memory (after
      * the first gathers fault them in). */
     for (int round = 0; round < 64; round++) {
+        int i = round & 1;
         for (int k = 0; k < 256; k++)
             ids[k] = (int64_t)(splitmix(&seed) % ROWS);
-        assert_int_equal(dgather_check(t, ids, 256, &tb, round & 1, &s, d, h), 0);
+        assert_int_equal(dgather_check(t, ids, 256, &tb, dev[i], &s[i], d[i], h), 0);
     }
     assert_true(stat_of(c, "client_rows_mapped_host") >= 64 * 256);
 
-    /* A device prewarm puts all 32 partitions on both GPUs. */
+    /* A device prewarm puts all 32 partitions on the GPUs. */
     assert_int_equal(prewarm_wait(c, "m", "1", EC_PREWARM_DEVICE, &p), 0);
-    assert_int_equal(stat_wait(c, "device0_resident_partitions", 32), 32);
-    assert_int_equal(stat_wait(c, "device1_resident_partitions", 32), 32);
+    for (int i = 0; i < 2; i++) {
+        snprintf(name, sizeof(name), "device%d_resident_partitions", dev[i]);
+        assert_int_equal(stat_wait(c, name, 32), 32);
+    }
     before = stat_of(c, "client_rows_device_tier");
     for (int round = 0; round < 64; round++) {
+        int i = round & 1;
         for (int k = 0; k < 256; k++)
             ids[k] = (int64_t)(splitmix(&seed) % ROWS);
-        assert_int_equal(dgather_check(t, ids, 256, &tb, round & 1, &s, d, h), 0);
+        assert_int_equal(dgather_check(t, ids, 256, &tb, dev[i], &s[i], d[i], h), 0);
     }
     assert_int_equal(stat_of(c, "client_rows_device_tier") - before, 64 * 256);
 
     /* f32 -> f16 on a GPU equals the same conversion to the host. */
-    assert_int_equal(dgather(t, ids, 256, d, 256 * COLS * 2, 1, &s, EC_DTYPE_F16), 0);
-    assert_int_equal(dev_fetch(&s, h16, d, 256 * COLS * 2), 0);
+    assert_int_equal(dgather(t, ids, 256, d[1], 256 * COLS * 2, dev[1], &s[1], EC_DTYPE_F16),
+                     0);
+    assert_int_equal(dev_fetch(&s[1], h16, d[1], 256 * COLS * 2), 0);
     {
         ec_gather_opts o = {.out_dtype = EC_DTYPE_F16};
         assert_int_equal(ec_tensor_gather_ex(t, ids, 256, r16, 256 * COLS * 2, &o), 0);
@@ -234,7 +252,8 @@ static void test_tiers(void **state)
 
     ec_tensor_release(t);
     ec_client_close(c);
-    dev_free(d);
+    for (int i = 0; i < 2; i++)
+        dev_free(d[i]);
     free(h);
     free(h16);
     free(r16);
@@ -569,8 +588,11 @@ int main(int argc, char **argv)
         cmocka_unit_test_teardown(test_restart, env_teardown),
         cmocka_unit_test_teardown(test_epoch_hold, env_teardown),
     };
+    /* The churn forks its readers: it runs before anything initializes
+     * CUDA in this process. */
     const struct CMUnitTest cuda[] = {
         cmocka_unit_test_teardown(test_churn_cuda, env_teardown),
+        cmocka_unit_test_teardown(test_tiers, env_teardown),
     };
 
     if (argc > 1 && !strcmp(argv[1], "cuda")) {
