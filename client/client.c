@@ -567,12 +567,19 @@ static int cmp_u32(const void *a, const void *b)
     return (x > y) - (x < y);
 }
 
-/* Ask the daemon for the partitions in parts[0..n) (sorted, unique). */
-static int fault(ec_tensor *t, const uint32_t *parts, size_t n)
+/* Ask the daemon for the partitions in parts[0..n), which this sorts and
+ * dedupes in place (a gather notes a partition once per run of its rows). */
+static int fault(ec_tensor *t, uint32_t *parts, size_t n)
 {
     ec_client *c = t->c;
+    size_t u = 0;
     int rc = 0;
 
+    qsort(parts, n, sizeof(*parts), cmp_u32);
+    for (size_t k = 0; k < n; k++)
+        if (u == 0 || parts[u - 1] != parts[k])
+            parts[u++] = parts[k];
+    n = u;
     pthread_mutex_lock(&c->lock);
     for (size_t done = 0; done < n && rc == 0;) {
         size_t k = n - done < EC_FAULT_MAX_PARTS ? n - done : EC_FAULT_MAX_PARTS;
@@ -745,12 +752,7 @@ static int gather_host(ec_tensor *t, const int64_t *ids, size_t n, void *out, ec
         }
         /* 4. Fault what missed, in one request. */
         if (nparts) {
-            qsort(s->parts, nparts, sizeof(*s->parts), cmp_u32);
-            size_t u = 0;
-            for (size_t k = 0; k < nparts; k++)
-                if (u == 0 || s->parts[u - 1] != s->parts[k])
-                    s->parts[u++] = s->parts[k];
-            rc = fault(t, s->parts, u);
+            rc = fault(t, s->parts, nparts);
             if (rc)
                 goto out;
         }
@@ -770,22 +772,85 @@ out:
 /* ------------------------------------------------------------------ */
 /* GPU outputs                                                         */
 
-/* Fetch the daemon's DEVICES reply and open the slab of `dev` when its
- * generation is the one the segment header publishes now. Caller holds
- * c->lock. */
+/* The daemon's DEVICES reply: its topology line, its backend, and each
+ * GPU's device tier with what opens its slab. */
+struct devices {
+    char line[512];
+    char backend[16];
+    uint32_t n;
+    struct {
+        uint32_t table, on;
+        uint64_t gen, bytes;
+        int32_t node;
+        uint8_t handle[EC_SLAB_HANDLE_BYTES];
+        int fd;                  /* the emulator's slab descriptor, or -1 */
+    } gpu[EC_SHM_MAX_DEVICES];
+    int fds[EC_SHM_MAX_DEVICES]; /* received; devices_done() closes them */
+    int nfds;
+};
+
+/* Ask for and parse the DEVICES reply. Caller holds c->lock, and calls
+ * devices_done() after any return. */
+static int devices_get(ec_client *c, struct devices *x)
+{
+    ec_wbuf w;
+    ec_rbuf r;
+    uint32_t req = begin(c, &w, EC_OP_DEVICES);
+    int rc, fdi = 0;
+
+    x->nfds = 0;
+    rc = rpc(c, &w, req, NULL, 0, &r, x->fds, &x->nfds, EC_SHM_MAX_DEVICES);
+    if (rc)
+        return rc;
+    ec_get_str(&r, x->line, sizeof(x->line));
+    ec_get_str(&r, x->backend, sizeof(x->backend));
+    x->n = ec_get_u32(&r);
+    if (x->n > EC_SHM_MAX_DEVICES)
+        return ec_seterr(EC_EPROTO, "DEVICES reply lists %u GPUs", x->n);
+    for (uint32_t i = 0; i < x->n; i++) {
+        char busid[32];
+        x->gpu[i].table = ec_get_u32(&r);
+        x->gpu[i].on = ec_get_u32(&r);
+        x->gpu[i].gen = ec_get_u64(&r);
+        x->gpu[i].bytes = ec_get_u64(&r);
+        (void)ec_get_u64(&r); /* used bytes */
+        (void)ec_get_u64(&r); /* partitions */
+        x->gpu[i].node = (int32_t)ec_get_u32(&r);
+        ec_get_str(&r, busid, sizeof(busid));
+        for (unsigned k = 0; k < EC_SLAB_HANDLE_BYTES; k += 8) {
+            uint64_t v = ec_get_u64(&r);
+            memcpy(x->gpu[i].handle + k, &v, 8);
+        }
+        x->gpu[i].fd = -1;
+        if (ec_get_u32(&r)) {
+            if (fdi >= x->nfds)
+                return ec_seterr(EC_EPROTO, "DEVICES reply is missing a slab descriptor");
+            x->gpu[i].fd = x->fds[fdi++];
+        }
+    }
+    if (!ec_rbuf_done(&r))
+        return ec_seterr(EC_EPROTO, "malformed DEVICES reply");
+    return 0;
+}
+
+static void devices_done(struct devices *x)
+{
+    for (int i = 0; i < x->nfds; i++)
+        close(x->fds[i]);
+    x->nfds = 0;
+}
+
+/* Open the slab of GPU `dev` when its generation is the one the segment
+ * header publishes now (none when it is 0). Caller holds c->lock. */
 static int slab_sync(ec_client *c, unsigned dev)
 {
     struct cdev *d = &c->dev[dev];
     unsigned tbl = (unsigned)d->table;
     const ec_shm_device *h = &c->seg.hdr->dev[tbl];
     uint64_t gen = atomic_load_explicit(&h->slab_gen, memory_order_acquire);
-    int fds[EC_SHM_MAX_DEVICES], nfds = 0, rc, fdi = 0;
-    char line[512], bname[16];
-    ec_wbuf w;
-    ec_rbuf r;
-    uint32_t req, n;
-
-    struct cslab *cur = atomic_load_explicit(&d->cur, memory_order_relaxed);
+    struct cslab *cur = atomic_load_explicit(&d->cur, memory_order_relaxed), *k;
+    struct devices x;
+    int rc;
 
     if (gen == (cur ? cur->gen : 0))
         return 0;
@@ -794,70 +859,37 @@ static int slab_sync(ec_client *c, unsigned dev)
     atomic_store_explicit(&d->cur, NULL, memory_order_release);
     if (gen == 0 || !be()->slab_open)
         return 0;
-    req = begin(c, &w, EC_OP_DEVICES);
-    rc = rpc(c, &w, req, NULL, 0, &r, fds, &nfds, EC_SHM_MAX_DEVICES);
-    if (rc)
-        return rc;
-    ec_get_str(&r, line, sizeof(line));
-    ec_get_str(&r, bname, sizeof(bname));
-    n = ec_get_u32(&r);
-    rc = n > EC_SHM_MAX_DEVICES ? ec_seterr(EC_EPROTO, "DEVICES reply lists %u GPUs", n) : 0;
-    for (uint32_t i = 0; rc == 0 && i < n; i++) {
-        uint32_t ord = ec_get_u32(&r), on = ec_get_u32(&r), has_fd;
-        uint64_t g = ec_get_u64(&r), bytes = ec_get_u64(&r);
-        uint8_t handle[EC_SLAB_HANDLE_BYTES];
-        char busid[32];
-        int fd = -1;
-
-        (void)ec_get_u64(&r);
-        (void)ec_get_u64(&r);
-        (void)ec_get_u32(&r);
-        ec_get_str(&r, busid, sizeof(busid));
-        for (unsigned k = 0; k < EC_SLAB_HANDLE_BYTES; k += 8) {
-            uint64_t v = ec_get_u64(&r);
-            memcpy(handle + k, &v, 8);
-        }
-        has_fd = ec_get_u32(&r);
-        if (has_fd) {
-            if (fdi >= nfds) {
-                rc = ec_seterr(EC_EPROTO, "DEVICES reply is missing a slab descriptor");
-                break;
-            }
-            fd = fds[fdi++];
-        }
-        if (ord != tbl || !on || g != gen)
+    rc = devices_get(c, &x);
+    for (uint32_t i = 0; rc == 0 && i < x.n; i++) {
+        if (x.gpu[i].table != tbl || !x.gpu[i].on || x.gpu[i].gen != gen)
             continue;
         /* The slab must be the size the header publishes for this
          * generation: the device index is bounded by it. */
-        if (bytes == 0 || bytes != atomic_load_explicit(&h->slab_size, memory_order_relaxed)) {
+        if (x.gpu[i].bytes == 0 ||
+            x.gpu[i].bytes != atomic_load_explicit(&h->slab_size, memory_order_relaxed)) {
             rc = ec_seterr(EC_EPROTO, "DEVICES reply gives GPU %u a %llu-byte slab, the "
-                                      "segment says otherwise", dev, (unsigned long long)bytes);
+                                      "segment says otherwise", dev,
+                           (unsigned long long)x.gpu[i].bytes);
             break;
         }
-        {
-            struct cslab *k = calloc(1, sizeof(*k));
-            if (!k) {
-                rc = ec_seterr(EC_ENOMEM, "slab record");
-                break;
-            }
-            rc = be()->slab_open((int)dev, handle, fd, bytes, &k->base);
-            if (rc || (rc = ec_segment_device_view(&c->seg, tbl, bytes, &k->view))) {
-                if (k->base)
-                    be()->slab_close((int)dev, k->base, bytes);
-                free(k);
-                break;
-            }
-            k->bytes = bytes;
-            k->gen = g;
-            k->next = d->all;
-            d->all = k;
-            atomic_store_explicit(&d->cur, k, memory_order_release);
+        if (!(k = calloc(1, sizeof(*k)))) {
+            rc = ec_seterr(EC_ENOMEM, "slab record");
+            break;
         }
+        rc = be()->slab_open((int)dev, x.gpu[i].handle, x.gpu[i].fd, x.gpu[i].bytes, &k->base);
+        if (rc || (rc = ec_segment_device_view(&c->seg, tbl, x.gpu[i].bytes, &k->view))) {
+            if (k->base)
+                be()->slab_close((int)dev, k->base, x.gpu[i].bytes);
+            free(k);
+            break;
+        }
+        k->bytes = x.gpu[i].bytes;
+        k->gen = gen;
+        k->next = d->all;
+        d->all = k;
+        atomic_store_explicit(&d->cur, k, memory_order_release);
     }
-    if (rc == 0 && !ec_rbuf_done(&r))
-        rc = ec_seterr(EC_EPROTO, "malformed DEVICES reply");
-    for (int i = 0; i < nfds; i++)
-        close(fds[i]);
+    devices_done(&x);
     return rc;
 }
 
@@ -1080,15 +1112,8 @@ static int gather_device(ec_tensor *t, const int64_t *ids, size_t n, void *out, 
             memcpy(s->todo, s->next, nnext * sizeof(*s->next));
             ntodo = nnext;
         }
-        qsort(s->parts, nparts, sizeof(*s->parts), cmp_u32);
-        {
-            size_t u = 0;
-            for (size_t k = 0; k < nparts; k++)
-                if (u == 0 || s->parts[u - 1] != s->parts[k])
-                    s->parts[u++] = s->parts[k];
-            if ((rc = fault(t, s->parts, u)))
-                break;
-        }
+        if ((rc = fault(t, s->parts, nparts)))
+            break;
     }
     count(&c->session->gathers, 1);
     count(&c->session->rows, n);
@@ -1101,55 +1126,36 @@ static int gather_device(ec_tensor *t, const int64_t *ids, size_t n, void *out, 
 
 int ec_client_topology(ec_client *c, char *buf, size_t len)
 {
-    char line[512], bname[16], tail[128];
-    int fds[EC_SHM_MAX_DEVICES], nfds = 0, rc;
+    struct devices x;
     size_t used;
-    ec_wbuf w;
-    ec_rbuf r;
-    uint32_t req, n;
+    int rc;
 
     if (!c || !buf || !len)
         return ec_seterr(EC_EINVAL, "ec_client_topology: NULL argument");
     pthread_mutex_lock(&c->lock);
-    req = begin(c, &w, EC_OP_DEVICES);
-    rc = rpc(c, &w, req, NULL, 0, &r, fds, &nfds, EC_SHM_MAX_DEVICES);
-    if (rc == 0) {
-        ec_get_str(&r, line, sizeof(line));
-        ec_get_str(&r, bname, sizeof(bname));
-        n = ec_get_u32(&r);
-        used = (size_t)snprintf(buf, len, "%s; backend %s", line[0] ? line : "topology unknown",
-                                bname);
-        for (uint32_t i = 0; i < n && i < EC_SHM_MAX_DEVICES; i++) {
-            uint32_t ord = ec_get_u32(&r), on = ec_get_u32(&r);
-            uint64_t bytes;
-            int32_t node;
-            char busid[32];
-            (void)ec_get_u64(&r);
-            bytes = ec_get_u64(&r);
-            (void)ec_get_u64(&r);
-            (void)ec_get_u64(&r);
-            node = (int32_t)ec_get_u32(&r);
-            ec_get_str(&r, busid, sizeof(busid));
-            for (unsigned k = 0; k < EC_SLAB_HANDLE_BYTES; k += 8)
-                (void)ec_get_u64(&r);
-            (void)ec_get_u32(&r);
-            if (on)
-                snprintf(tail, sizeof(tail), "; GPU %u: %llu MiB slab, NUMA node %d", ord,
-                         (unsigned long long)(bytes >> 20), (int)node);
-            else
-                snprintf(tail, sizeof(tail), "; GPU %u: device tier off", ord);
-            if (used < len)
-                used += (size_t)snprintf(buf + used, len - used, "%s", tail);
-        }
-        if (!ec_rbuf_done(&r))
-            rc = ec_seterr(EC_EPROTO, "malformed DEVICES reply");
-        else if (used >= len)
-            rc = ec_seterr(EC_ETOOBIG, "the topology line needs %zu bytes", used + 1);
-    }
+    rc = devices_get(c, &x);
+    devices_done(&x);
     pthread_mutex_unlock(&c->lock);
-    for (int i = 0; i < nfds; i++)
-        close(fds[i]);
-    return rc;
+    if (rc)
+        return rc;
+    used = (size_t)snprintf(buf, len, "%s; backend %s", x.line[0] ? x.line : "topology unknown",
+                            x.backend);
+    for (uint32_t i = 0; i < x.n; i++) {
+        char tail[128];
+        if (x.gpu[i].on)
+            snprintf(tail, sizeof(tail), "; GPU %u: %llu MiB slab, NUMA node %d",
+                     x.gpu[i].table, (unsigned long long)(x.gpu[i].bytes >> 20),
+                     (int)x.gpu[i].node);
+        else
+            snprintf(tail, sizeof(tail), "; GPU %u: device tier off", x.gpu[i].table);
+        if (used < len)
+            used += (size_t)snprintf(buf + used, len - used, "%s", tail);
+        else
+            used += strlen(tail);
+    }
+    if (used >= len)
+        return ec_seterr(EC_ETOOBIG, "the topology line needs %zu bytes", used + 1);
+    return 0;
 }
 
 int ec_tensor_gather_ex(ec_tensor *t, const int64_t *ids, size_t n, void *out,

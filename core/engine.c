@@ -441,6 +441,21 @@ int ec_engine_resolve(ec_engine *e, const char *model, const char *version, cons
 /* ------------------------------------------------------------------ */
 /* Eviction                                                            */
 
+/* Free the extent of entries just removed from the index. With the device
+ * tier on, GPU gathers may still be reading it: it waits in limbo until no
+ * epoch that could have seen the entries is held. */
+static void extent_retire(ec_engine *e, uint64_t off, uint64_t bytes)
+{
+    int rc = 0;
+
+    if (ec_devtier_active(e->dt))
+        ec_devtier_retire_host(e->dt, off, bytes, ec_devtier_epoch_bump(e->dt));
+    else
+        rc = ec_extent_release(e->ext, off, bytes);
+    assert(rc == 0);
+    (void)rc;
+}
+
 /* Remove a unit from the index and the clock and free its extent. `evicted`
  * says whether to count it as an eviction (a failed load or a re-layout is
  * not one). */
@@ -448,7 +463,6 @@ static void unit_drop(ec_engine *e, struct unit *u, bool evicted)
 {
     struct tstate *ts = ec_u64map_get(&e->tensors, u->tensor);
     uint32_t first = u->part, last = u->part;
-    int rc;
 
     assert(u->pins == 0);
     if (u->part == GROUP_PART) {
@@ -467,17 +481,8 @@ static void unit_drop(ec_engine *e, struct unit *u, bool evicted)
     }
     clock_del(e, u);
     account(e, u, -1);
-    /* Invariant 4: the entries are gone (their seqs bumped); now the extent.
-     * With the device tier on, GPU gathers may still be reading it: it waits
-     * in limbo until no epoch that could have seen the entries is held. */
-    if (ec_devtier_active(e->dt)) {
-        ec_devtier_retire_host(e->dt, u->off, u->bytes, ec_devtier_epoch_bump(e->dt));
-        rc = 0;
-    } else {
-        rc = ec_extent_release(e->ext, u->off, u->bytes);
-    }
-    assert(rc == 0);
-    (void)rc;
+    /* Invariant 4: the entries are gone (their seqs bumped); now the extent. */
+    extent_retire(e, u->off, u->bytes);
     if (evicted) {
         e->st.evictions++;
         e->st.evicted_bytes += u->bytes;
@@ -900,8 +905,8 @@ static void job_complete(ec_engine *e, struct job *j)
             clock_add(e, u);
             account(e, u, +1);
         } else {
-            if (published && ec_devtier_active(e->dt))
-                ec_devtier_retire_host(e->dt, u->off, u->bytes, ec_devtier_epoch_bump(e->dt));
+            if (published)
+                extent_retire(e, u->off, u->bytes);
             else
                 ec_extent_release(e->ext, u->off, u->bytes);
             free(u);
