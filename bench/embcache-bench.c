@@ -30,7 +30,6 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <ftw.h>
 #include <getopt.h>
 #include <inttypes.h>
 #include <limits.h>
@@ -57,6 +56,7 @@
 #include "bench/bench_util.h"
 #include "bench/scenario_gpu.h"
 #include "core/partfile.h"
+#include "shm/segment.h"
 #include "embcache.h"
 
 #define MAX_LIST 16
@@ -449,23 +449,6 @@ static int ensure_daemon(struct ctx *x, uint64_t budget)
     if (daemon_start(x, budget))
         return -1;
     return connect_resolve(x);
-}
-
-static int rm_one(const char *p, const struct stat *sb, int flag, struct FTW *ftw)
-{
-    (void)sb;
-    if (flag == FTW_F && !strcmp(p + ftw->base, "segment")) {
-        char name[128] = "/";
-        FILE *f = fopen(p, "r");
-        if (f) {
-            if (fgets(name + 1, sizeof(name) - 1, f)) {
-                name[strcspn(name, "\n")] = '\0';
-                shm_unlink(name[1] == '/' ? name + 1 : name);
-            }
-            fclose(f);
-        }
-    }
-    return remove(p);
 }
 
 /* The newest *.ecp under dir/parts that was not in `before` (a list of names). */
@@ -2171,10 +2154,7 @@ out:
         fclose(jf);
     if (cf)
         fclose(cf);
-    if (x.tmp)
-        nftw(x.tmp, rm_one, 16, FTW_DEPTH | FTW_PHYS);
-    if (x.o.data_dir == NULL && x.tmp) { /* data was inside tmp: removed above */
-    }
+    ec_segment_rmtree(x.tmp); /* the data directory too, unless --data-dir */
     for (size_t i = 0; i < x.nres; i++)
         free(x.res[i].h);
     free(x.res);

@@ -17,8 +17,10 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <ftw.h>
 #include <inttypes.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/random.h>
@@ -679,4 +681,27 @@ int ec_segment_destroy(ec_segment *seg, const char *data_dir)
             rc = ec_seterr_errno(EC_EIO, errno, "cannot remove %s", path);
     }
     return rc;
+}
+
+/* nftw callback of ec_segment_rmtree: a segment record takes the segment
+ * it names with it. */
+static int rm_entry(const char *p, const struct stat *sb, int flag, struct FTW *ftw)
+{
+    (void)sb;
+    if (flag == FTW_F && !strcmp(p + ftw->base, EC_SEGMENT_RECORD) && ftw->base > 0) {
+        char dir[4096], name[EC_SEGMENT_NAME_MAX];
+        if ((size_t)ftw->base <= sizeof(dir)) {
+            memcpy(dir, p, (size_t)ftw->base - 1);
+            dir[ftw->base - 1] = '\0';
+            if (record_read(dir, name) == 0)
+                shm_unlink(name);
+        }
+    }
+    return remove(p);
+}
+
+void ec_segment_rmtree(const char *path)
+{
+    if (path)
+        nftw(path, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
 }

@@ -93,4 +93,10 @@ void ec_segment_close(ec_segment *seg);
  * the last mapping goes). */
 int ec_segment_destroy(ec_segment *seg, const char *data_dir);
 
+/* Remove the directory tree at path, and with every segment record in it
+ * (a data directory's "segment") the shared-memory segment it names: for
+ * test and benchmark scratch directories, whose daemons may have been
+ * killed, so that no run leaves memory behind in /dev/shm. */
+void ec_segment_rmtree(const char *path);
+
 #endif

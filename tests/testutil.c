@@ -5,7 +5,6 @@
 
 #include <errno.h>
 #include <fcntl.h>
-#include <ftw.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdio.h>
@@ -19,6 +18,8 @@
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
+
+#include "shm/segment.h"
 
 char *ect_tmpdir(const char *prefix)
 {
@@ -34,30 +35,9 @@ char *ect_tmpdir(const char *prefix)
     return path;
 }
 
-/* Remove one entry; a daemon's segment record ("segment" in a data
- * directory) also takes its shared-memory segment with it, or every test run
- * would leave memory behind in /dev/shm. */
-static int rm_one(const char *p, const struct stat *sb, int flag, struct FTW *ftw)
-{
-    (void)sb;
-    if (flag == FTW_F && !strcmp(p + ftw->base, "segment")) {
-        char name[128] = "/";
-        FILE *f = fopen(p, "r");
-        if (f) {
-            if (fgets(name + 1, sizeof(name) - 1, f)) {
-                name[strcspn(name, "\n")] = '\0';
-                shm_unlink(name[1] == '/' ? name + 1 : name);
-            }
-            fclose(f);
-        }
-    }
-    return remove(p);
-}
-
 void ect_rmtree(const char *path)
 {
-    if (path)
-        nftw(path, rm_one, 16, FTW_DEPTH | FTW_PHYS);
+    ec_segment_rmtree(path);
 }
 
 int ect_write_file(const char *path, const void *buf, size_t len)

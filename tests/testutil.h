@@ -23,7 +23,8 @@
  * Returns a malloc'd path. */
 char *ect_tmpdir(const char *prefix);
 
-/* rm -rf path (nftw). */
+/* rm -rf path, with the segments its data directories record
+ * (ec_segment_rmtree). */
 void ect_rmtree(const char *path);
 
 /* Write a whole file. Returns 0 or -errno. */
