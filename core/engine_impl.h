@@ -1,0 +1,272 @@
+/*
+ * engine_impl.h - private to core/engine*.c: the engine's state and the
+ * functions one engine file defines and another calls. Nothing else
+ * includes it; the interface is core/engine.h.
+ *
+ * The engine, by concern:
+ *   engine.c          open/close, accessors, stats, tick, owners, tensors
+ *   engine_fault.c    the partition fault path: reads, requests, pins
+ *   engine_evict.c    eviction and residency policy: CLOCK, TTL, idle versions
+ *   engine_life.c     model-version lifecycle: prewarm, evict, retire, refresh
+ *   engine_restart.c  start-up: data-dir lock, segment, warm restart
+ *
+ * State, all private to the server thread except the job queues:
+ *
+ *   tensors    id -> struct tstate: catalog record, open partition file,
+ *              the contiguous group (view placement) if any
+ *   resident   EC_INDEX_KEY(tensor, part) -> struct unit that holds it
+ *   inflight   EC_INDEX_KEY(tensor, part) -> struct job reading it
+ *   clock      the resident units in CLOCK order, with a hand
+ *   owners     connection id -> struct owner and its pins
+ *
+ * A unit is what is allocated and evicted as one: a single partition, or a
+ * whole tensor laid out row-major in one extent (a group, made for a view).
+ *
+ * Invariants:
+ *   1. A key is in at most one of `resident` and `inflight`.
+ *   2. A key is in the segment's index iff it is in `resident`.
+ *   3. A unit with pins > 0 or loading is never evicted.
+ *   4. An extent is released only after every index entry pointing into it
+ *      was removed (which bumps the entries' seqlocks): a reader's copy
+ *      from a reused extent always fails its check.
+ *   5. Between ec_pager_submit and its completion only the pager touches a
+ *      job's page request and the extent's bytes.
+ */
+#ifndef EC_CORE_ENGINE_IMPL_H
+#define EC_CORE_ENGINE_IMPL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <time.h>
+
+#include "core/engine.h"
+#include "common/u64map.h"
+#include "core/devtier.h"
+#include "core/partfile.h"
+#include "core/topology.h"
+#include "shm/extent.h"
+
+#define GROUP_PART UINT32_MAX
+
+struct unit;
+
+/* Per model version: its residency policy and how much it is used. */
+struct vstate {
+    int64_t version_id;
+    char model[EC_NAME_MAX + 1];
+    int64_t version;
+    uint64_t min_resident;       /* bytes eviction leaves resident */
+    double min_rate;             /* requests/s under which it is idle; 0: never */
+    uint64_t resident;           /* bytes of its units now resident */
+    uint64_t requests;           /* in the current window */
+    double last_access;          /* monotonic seconds */
+};
+
+struct tstate {
+    ec_cat_tensor cat;
+    struct vstate *vs;
+    ec_partfile_meta meta;
+    int fd;                      /* buffered */
+    int dfd;                     /* O_DIRECT, or -1 where the file system refuses */
+    int file_slot;               /* the pager's fixed-file slot for dfd, or -1 */
+    char path[4096 + EC_CAT_PATH_MAX + 2];
+    struct unit *group;          /* contiguous placement, NULL when none */
+    uint32_t inflight;           /* jobs reading this tensor's partitions */
+    struct request *pin_waiters; /* pins waiting for inflight to reach 0 */
+    bool retired;                /* being retired: no new reads */
+};
+
+struct unit {
+    double expires;              /* monotonic seconds; 0: no TTL */
+    bool counted;                /* its bytes are in its version's resident */
+    uint32_t tensor;
+    uint32_t part;               /* GROUP_PART for a group */
+    uint64_t off;                /* extent, from the data area */
+    uint64_t bytes;              /* extent size (page multiple) */
+    uint32_t pins;
+    bool ref;
+    bool loading;                /* group still being read */
+    uint32_t pending;            /* group: reads outstanding */
+    int status;                  /* group: first read error */
+    char msg[EC_ERRMSG_MAX];
+    size_t clock_pos;            /* index in the clock, SIZE_MAX when absent */
+    struct request *waiters;     /* group: pins waiting for the load */
+};
+
+/* FAULT and PIN answer a client; PREWARM and PREWARM_PIN report to the
+ * prewarm that issued them instead. */
+enum req_kind { REQ_FAULT, REQ_PIN, REQ_PREWARM, REQ_PREWARM_PIN };
+
+struct prewarm;
+
+struct request {
+    enum req_kind kind;
+    uint64_t owner;
+    uint64_t token;
+    uint32_t tensor;
+    uint32_t pending;
+    ec_engine_result res;
+    struct prewarm *pw;          /* REQ_PREWARM*: whose progress this is */
+    uint64_t parts;              /* REQ_PREWARM*: partitions it covers */
+    struct request *next;        /* in a pin wait list */
+};
+
+/* A version being loaded ahead of traffic (see ec_engine_prewarm). */
+struct prewarm {
+    int64_t version_id;
+    char model[EC_NAME_MAX + 1];
+    int64_t version;
+    uint32_t *tensors;
+    uint32_t ntensors;
+    uint32_t ti, pi;             /* cursor: next tensor, next partition */
+    uint64_t total, done, failed, bytes;
+    unsigned outstanding;
+    bool pin, finished;
+    bool device;                 /* then promote it to the GPUs (EC_PREWARM_DEVICE) */
+    char msg[EC_ERRMSG_MAX];     /* the first failure */
+    struct prewarm *next;
+};
+
+/* A retire waiting for its version's reads in flight to finish. */
+struct retire {
+    uint64_t owner, token;
+    int64_t version_id;
+    char model[EC_NAME_MAX + 1];
+    int64_t version;
+    uint32_t *tensors;
+    uint32_t ntensors;
+    struct retire *next;
+};
+
+/* A partition waiting for room (see defer_partition). */
+struct deferred {
+    struct request *r;
+    uint32_t tensor, part;
+    struct deferred *next;
+};
+
+struct job {
+    uint32_t tensor, part;
+    struct tstate *ts;
+    struct unit *unit;           /* the single unit, or the group */
+    uint64_t dest;               /* from the data area */
+    uint32_t length;
+    ec_page_req req;             /* the pager's; result in req.rc / req.msg */
+    char msg[EC_ERRMSG_MAX];     /* the error as clients see it */
+    struct request **waiters;
+    size_t nwaiters, capwaiters;
+};
+
+struct pin {
+    uint64_t id;
+    uint32_t tensor;
+    struct unit *unit;
+    struct pin *next;
+};
+
+struct owner {
+    uint64_t id;
+    struct pin *pins;
+};
+
+struct ec_engine {
+    ec_engine_config cfg;
+    char data_dir[4096];
+    int lock_fd;
+    ec_catalog *cat;
+    ec_segment seg;
+    ec_extents *ext;
+    uint64_t generation;
+    ec_engine_notify_fn notify;
+    void *notify_arg;
+
+    ec_u64map tensors, resident, inflight, owners;
+    struct unit **clock;
+    size_t nclock, capclock, hand;
+    struct deferred *deferred, **deferred_tail;
+    size_t ttl_hand;
+    uint64_t budget;
+    struct prewarm *prewarms;
+    struct retire *retires;
+    ec_u64map versions;          /* version id -> struct vstate */
+    double window_start;
+    uint64_t next_pin;
+
+    /* Pager: submit queue (server -> readers), done queue (readers -> server). */
+    ec_pager *pager;
+    ec_topology *topo;           /* NULL when hwloc could not load one */
+    ec_devtier *dt;              /* the device tier (off: a no-op) */
+    uint64_t (*min_epoch)(void *arg); /* least epoch clients hold */
+    void *min_epoch_arg;
+    int node;                    /* NUMA node of the data dir's device, or -1 */
+
+    struct {
+        uint64_t fault_requests, fault_parts, coalesced, page_ins, page_in_bytes,
+            checksum_failures, read_errors, evictions, evicted_bytes, pins, unpins,
+            restart_kept, restart_dropped, resolves, deferred, expirations,
+            prewarm_done, prewarm_failed, retired_versions, refreshed_partitions,
+            idle_evictions, idle_evicted_bytes;
+    } st;
+    time_t started;
+};
+
+/* ------------------------------------------------------------------ */
+/* Small helpers                                                       */
+
+static inline double mono_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static inline uint64_t page_round(uint64_t n)
+{
+    return (n + EC_SHM_PAGE - 1) / EC_SHM_PAGE * EC_SHM_PAGE;
+}
+
+/* ------------------------------------------------------------------ */
+/* Shared between the engine files; each comment names the file.       */
+
+/* engine.c */
+void eng_note_request(struct vstate *vs);
+struct vstate *eng_vstate_of_tensor(const ec_engine *e, uint32_t tensor);
+void eng_gauges(ec_engine *e);
+void eng_result_error(ec_engine_result *r, int code, const char *msg);
+void eng_tstate_free(struct tstate *ts);
+struct vstate *eng_vstate_get(ec_engine *e, int64_t version_id, const char *model,
+                              int64_t version);
+int eng_tensor_get(ec_engine *e, uint32_t id, struct tstate **out);
+
+/* engine_evict.c */
+void eng_account(ec_engine *e, struct unit *u, int sign);
+void eng_clock_add(ec_engine *e, struct unit *u);
+void eng_extent_retire(ec_engine *e, uint64_t off, uint64_t bytes);
+void eng_unit_drop(ec_engine *e, struct unit *u, bool evicted);
+uint64_t eng_reclaim(ec_engine *e);
+bool eng_room_coming(const ec_engine *e);
+int eng_evict_one(ec_engine *e);
+uint64_t eng_used_bytes(const ec_engine *e);
+int eng_alloc_evicting(ec_engine *e, uint64_t bytes, uint64_t *off);
+double eng_expiry_of(const ec_engine *e);
+void eng_expire_some(ec_engine *e);
+void eng_sweep_idle(ec_engine *e, double elapsed);
+
+/* engine_fault.c */
+void eng_request_put(ec_engine *e, struct request *r);
+int eng_want_partition(ec_engine *e, struct tstate *ts, uint32_t p, struct request *r);
+int eng_defer_partition(ec_engine *e, struct request *r, uint32_t tensor, uint32_t p);
+void eng_retry_deferred(ec_engine *e);
+void eng_pin_start(ec_engine *e, struct request *r);
+
+/* engine_life.c */
+void eng_prewarm_report(ec_engine *e, struct request *r);
+void eng_retires_check(ec_engine *e);
+
+/* engine_restart.c */
+int eng_lock_data_dir(ec_engine *e);
+int eng_open_segment(ec_engine *e);
+int eng_adopt_segment(ec_engine *e);
+
+#endif
