@@ -10,7 +10,9 @@
  *      extension, tensor names checked and unique across all files;
  *   2. for each tensor, plan its partitions and stream its data from the
  *      input into a new partition file under <data_dir>/parts (byte-swapping
- *      big-endian .npy input); the writer fsyncs and renames each file;
+ *      big-endian .npy input); the writer computes the partition and block
+ *      checksums as the data goes by (the current format, version 2: see
+ *      partfile.h), fsyncs and renames each file;
  *   3. register the version and all its tensors in one catalog transaction.
  *
  * Any failure unlinks every partition file this import created and leaves

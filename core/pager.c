@@ -1,7 +1,10 @@
 /*
  * pager.c - choosing a pager backend, and what every read ends with: the
- * retry decisions for short reads, EAGAIN and EINTR, checksum verification,
- * statistics and the fault hook (see pager.h).
+ * retry decisions for short reads, EAGAIN and EINTR, checksum verification
+ * (one checksum per partition read, one per 4 KiB block for block reads),
+ * statistics and the fault hook (see pager.h). Server thread, except
+ * ec_pager_account/verify/what, which touch only the request and also run
+ * on the pread backend's reader threads.
  */
 #include "core/pager_impl.h"
 
@@ -131,6 +134,18 @@ void ec_pager_inject(ec_pager *p, enum ec_fault_kind kind, unsigned every_nth)
     p->fault_count = 0;
 }
 
+const char *ec_pager_what(const ec_page_req *r, char *buf, size_t len)
+{
+    if (r->block_sums) {
+        uint64_t n = r->length / EC_PARTFILE_BLOCK;
+        snprintf(buf, len, "blocks %llu..%llu of %s", (unsigned long long)r->block,
+                 (unsigned long long)(r->block + (n ? n - 1 : 0)), r->path);
+    } else {
+        snprintf(buf, len, "partition %u of %s", r->part, r->path);
+    }
+    return buf;
+}
+
 void ec_pager_prepare(ec_pager *p, ec_page_req *r)
 {
     r->done = 0;
@@ -139,6 +154,16 @@ void ec_pager_prepare(ec_pager *p, ec_page_req *r)
     r->msg[0] = '\0';
     r->fake_eof = false;
     r->fault = EC_FAULT_NONE;
+    r->direct = false;
+    if (r->block_sums && (r->length == 0 || r->length % EC_PARTFILE_BLOCK != 0 ||
+                          r->io_len != r->length || r->file_off % EC_PARTFILE_BLOCK != 0)) {
+        /* A caller's bug: fail the request, do no I/O (see pager_impl.h). */
+        r->rc = EC_EINVAL;
+        snprintf(r->msg, sizeof(r->msg), "block read of %s: %u bytes (io_len %u) at offset "
+                 "%llu are not whole 4 KiB blocks; this is a bug, please report it",
+                 r->path, r->length, r->io_len, (unsigned long long)r->file_off);
+        return;
+    }
     r->direct = r->direct_ok && r->dfd >= 0 && r->io_len >= r->length &&
                 r->io_len % EC_PARTFILE_ALIGN == 0 && r->file_off % EC_PARTFILE_ALIGN == 0 &&
                 (uintptr_t)r->dest % EC_PARTFILE_ALIGN == 0;
@@ -153,12 +178,15 @@ void ec_pager_prepare(ec_pager *p, ec_page_req *r)
 
 enum ec_read_next ec_pager_account(ec_page_req *r, long n)
 {
+    char what[EC_ERRMSG_MAX];
+
     if (n == -EAGAIN || n == -EINTR) {
         if (++r->retries <= EC_PAGER_MAX_RETRIES)
             return EC_READ_AGAIN;
         r->rc = EC_EIO;
-        snprintf(r->msg, sizeof(r->msg), "partition %u of %s: the read kept failing (%s) "
-                 "after %d retries", r->part, r->path, strerror((int)-n), EC_PAGER_MAX_RETRIES);
+        snprintf(r->msg, sizeof(r->msg), "%s: the read kept failing (%s) after %d retries",
+                 ec_pager_what(r, what, sizeof(what)), strerror((int)-n),
+                 EC_PAGER_MAX_RETRIES);
         return EC_READ_DONE;
     }
     if (n == -EINVAL && r->direct) {
@@ -168,8 +196,8 @@ enum ec_read_next ec_pager_account(ec_page_req *r, long n)
     }
     if (n < 0) {
         r->rc = EC_EIO;
-        snprintf(r->msg, sizeof(r->msg), "partition %u of %s: read failed: %s", r->part,
-                 r->path, strerror((int)-n));
+        snprintf(r->msg, sizeof(r->msg), "%s: read failed: %s",
+                 ec_pager_what(r, what, sizeof(what)), strerror((int)-n));
         return EC_READ_DONE;
     }
     if (n == 0) {
@@ -178,9 +206,10 @@ enum ec_read_next ec_pager_account(ec_page_req *r, long n)
         if (r->done >= r->length)
             return EC_READ_DONE;
         r->rc = EC_EIO;
-        snprintf(r->msg, sizeof(r->msg), "partition %u of %s: the file ends %u bytes into "
-                 "the partition's %u (truncated after import?); re-import the model version",
-                 r->part, r->path, r->done, r->length);
+        snprintf(r->msg, sizeof(r->msg), "%s: the file ends %u bytes into the %s %u "
+                 "(truncated after import?); re-import the model version",
+                 ec_pager_what(r, what, sizeof(what)), r->done,
+                 r->block_sums ? "blocks'" : "partition's", r->length);
         return EC_READ_DONE;
     }
     r->done += (uint32_t)n;
@@ -202,6 +231,20 @@ void ec_pager_verify(ec_page_req *r)
 
     if (r->rc)
         return;
+    if (r->block_sums) {
+        for (uint32_t i = 0; i < r->length / EC_PARTFILE_BLOCK; i++) {
+            got = ec_checksum(r->dest + (size_t)i * EC_PARTFILE_BLOCK, EC_PARTFILE_BLOCK);
+            if (got == r->block_sums[i])
+                continue;
+            r->rc = EC_ECHECKSUM;
+            snprintf(r->msg, sizeof(r->msg), "block %llu of %s failed its checksum (expected "
+                     "%016llx, computed %016llx): the data on disk is damaged; re-import "
+                     "the model version", (unsigned long long)(r->block + i), r->path,
+                     (unsigned long long)r->block_sums[i], (unsigned long long)got);
+            return;
+        }
+        return;
+    }
     got = ec_checksum(r->dest, r->length);
     if (got != r->checksum) {
         r->rc = EC_ECHECKSUM;
@@ -220,6 +263,8 @@ void ec_pager_count(ec_pager *p, const ec_page_req *r)
         p->st.bytes += r->length;
         if (r->direct)
             p->st.direct_reads++;
+        if (r->block_sums)
+            p->st.block_reads++;
     } else if (r->rc == EC_ECHECKSUM) {
         p->st.checksum_failures++;
     } else {

@@ -11,9 +11,14 @@
  *   pread     a pool of reader threads, for kernels without io_uring, with
  *             io_uring disabled, or under a seccomp filter that forbids it.
  *
- * Both serve demand reads before prewarm reads, retry short reads, EAGAIN
- * and EINTR, verify each partition's XXH3 checksum before reporting success,
- * and report every other failure on the request (rc, msg). A fault hook
+ * A request reads either one partition (verified against its XXH3 checksum
+ * from the partition table) or, with block_sums set, a run of whole 4 KiB
+ * blocks of a version-2 file (each verified against its block checksum), so
+ * that a few rows cost a few blocks instead of a whole partition.
+ *
+ * Both backends serve demand reads before prewarm reads, retry short reads,
+ * EAGAIN and EINTR, verify the checksums before reporting success, and
+ * report every other failure on the request (rc, msg). A fault hook
  * (ec_pager_inject) makes reads fail on purpose, for tests.
  *
  * Threads: every function is called from the server thread only; the pread
@@ -36,14 +41,22 @@ typedef struct ec_page_req {
     int dfd;                /* the same file opened O_DIRECT, or -1 */
     int file_slot;          /* ec_pager_file_add() handle, or -1 */
     const char *path;       /* for messages */
-    uint64_t file_off;      /* where the partition starts in the file */
-    uint32_t length;        /* bytes of partition data */
+    uint64_t file_off;      /* where the partition (or first block) starts */
+    uint32_t length;        /* bytes of partition data (or of the blocks) */
     uint32_t io_len;        /* bytes a direct read may transfer (>= length,
                              * 4 KiB multiple, within the extent and file) */
     bool direct_ok;         /* dest, file_off and io_len suit O_DIRECT */
     uint8_t *dest;          /* in the segment */
-    uint64_t checksum;      /* expected XXH3-64 of the length bytes */
-    uint32_t part;          /* for messages */
+    uint64_t checksum;      /* expected XXH3-64 of the length bytes
+                             * (partition reads) */
+    uint32_t part;          /* for messages (partition reads) */
+    /* Block reads: non-NULL makes this a read of length / 4096 whole blocks
+     * of the data region; then length == io_len, a non-zero multiple of
+     * 4096, file_off is 4096-aligned, and block i of dest must hash to
+     * block_sums[i] (the caller keeps the array alive until the request
+     * comes back). A request breaking these rules fails with EC_EINVAL. */
+    const uint64_t *block_sums;
+    uint64_t block;         /* index of the first block, for messages */
     enum ec_page_prio prio;
     void *user;
 
@@ -71,8 +84,9 @@ typedef struct ec_pager_config {
 } ec_pager_config;
 
 typedef struct ec_pager_stats {
-    uint64_t reads;           /* partitions read and verified */
-    uint64_t bytes;           /* partition bytes read */
+    uint64_t reads;           /* requests read and verified (partitions and
+                               * block runs) */
+    uint64_t bytes;           /* their bytes (length) */
     uint64_t retries;         /* short reads, EAGAIN, EINTR resubmitted */
     uint64_t errors;          /* reads that failed (I/O) */
     uint64_t checksum_failures;
@@ -80,6 +94,7 @@ typedef struct ec_pager_stats {
     uint64_t queued;          /* waiting for a slot */
     uint64_t direct_reads;    /* of reads, those done with O_DIRECT */
     uint64_t fixed_buffer_reads;
+    uint64_t block_reads;     /* of reads, the block runs */
 } ec_pager_stats;
 
 typedef struct ec_pager ec_pager;
@@ -114,7 +129,8 @@ void ec_pager_flush(ec_pager *p);
 int ec_pager_event_fd(const ec_pager *p);
 
 /* Call done(r, arg) for every finished read (rc == 0: data in place and
- * verified), and start queued ones. */
+ * verified; else EC_EIO, EC_ECHECKSUM naming the partition or block, or
+ * EC_EINVAL for a malformed block request), and start queued ones. */
 void ec_pager_reap(ec_pager *p, void (*done)(ec_page_req *r, void *arg), void *arg);
 
 void ec_pager_stats_get(const ec_pager *p, ec_pager_stats *out);

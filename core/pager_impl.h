@@ -3,7 +3,11 @@
  *
  * A backend is a table of functions; pager.c owns the common state (config,
  * statistics, the fault hook) and the code both backends run at the end of a
- * read: checking it is complete and verifying the checksum.
+ * read: checking it is complete and verifying the checksum(s).
+ *
+ * A request that ec_pager_prepare() finds malformed comes to the backend
+ * with rc already set: the backend does no I/O for it (pread) or a NOP
+ * (io_uring), and hands it back through reap like any other.
  */
 #ifndef EC_CORE_PAGER_IMPL_H
 #define EC_CORE_PAGER_IMPL_H
@@ -37,9 +41,13 @@ struct ec_pager {
 extern const struct ec_pager_ops ec_pager_uring_ops;
 extern const struct ec_pager_ops ec_pager_pread_ops;
 
-/* Server thread, when a request is first handed to a backend: decide whether
- * the fault hook hits it, and reset its private state. */
+/* Server thread, when a request is first handed to a backend: check a block
+ * request's shape (else set rc), decide whether the fault hook hits it, and
+ * reset its private state. */
 void ec_pager_prepare(ec_pager *p, ec_page_req *r);
+
+/* "partition 3 of PATH" or "blocks 10..12 of PATH", for messages. */
+const char *ec_pager_what(const ec_page_req *r, char *buf, size_t len);
 
 /* Bytes this read must transfer in total (io_len for O_DIRECT, else length). */
 static inline uint32_t ec_pager_want(const ec_page_req *r)
@@ -52,7 +60,8 @@ static inline uint32_t ec_pager_want(const ec_page_req *r)
 enum ec_read_next { EC_READ_AGAIN, EC_READ_DONE };
 enum ec_read_next ec_pager_account(ec_page_req *r, long n);
 
-/* r is fully read: verify its checksum and set r->rc / r->msg. */
+/* r is fully read: verify its checksum (partition) or the checksum of each
+ * of its blocks, and set r->rc / r->msg. Does nothing when r->rc is set. */
 void ec_pager_verify(ec_page_req *r);
 
 /* The length an injected short read transfers out of len: half, in whole

@@ -4,8 +4,8 @@
  * The fallback where io_uring cannot be used. The server thread queues
  * requests (demand before prewarm) under a mutex; each reader takes one,
  * reads it with pread (O_DIRECT where the request allows), verifies its
- * checksum, puts it on the done list and wakes the server through an
- * eventfd. The server thread reaps the done list.
+ * checksum (or its blocks' checksums), puts it on the done list and wakes
+ * the server through an eventfd. The server thread reaps the done list.
  */
 #include <errno.h>
 #include <pthread.h>
@@ -30,6 +30,8 @@ struct preadb {
 
 static void read_one(ec_page_req *r)
 {
+    if (r->rc)
+        return; /* malformed: ec_pager_prepare failed it */
     for (;;) {
         uint32_t want = ec_pager_want(r);
         int fd = r->direct ? r->dfd : r->fd;

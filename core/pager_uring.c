@@ -10,10 +10,12 @@
  * allow, and plain reads are used otherwise. Completions post to an eventfd
  * registered with the ring, which the server polls; ec_pager_reap handles
  * them: short reads, EAGAIN and EINTR are resubmitted for the rest, the
- * checksum is verified, and the request is handed back.
+ * checksum (or each block's) is verified, and the request is handed back.
  *
  * The fault hook is applied here too: an injected EIO is a NOP whose
  * completion is read as -EIO, an injected short read asks the kernel for half.
+ * A request ec_pager_prepare() failed (rc set) goes through the ring as a
+ * NOP too, so that it comes back through reap like the others.
  */
 #include <errno.h>
 #include <liburing.h>
@@ -155,8 +157,9 @@ static bool prep(ec_pager *p, struct uring *u, ec_page_req *r)
 
     if (!sqe)
         return false;
-    if (r->fake_eof || r->fault == EC_FAULT_EIO) {
-        /* Injected: a NOP whose completion is read as EOF or EIO. */
+    if (r->rc || r->fake_eof || r->fault == EC_FAULT_EIO) {
+        /* Injected: a NOP whose completion is read as EOF or EIO; or a
+         * request failed before any I/O. */
         io_uring_prep_nop(sqe);
     } else {
         /* Injected short read: ask for half; the completion clears the
@@ -249,6 +252,8 @@ static void uring_reap(ec_pager *p, void (*done)(ec_page_req *, void *), void *a
 
         io_uring_cqe_seen(&u->ring, cqe);
         u->inflight--;
+        if (r->rc)
+            goto finished; /* failed before any I/O: a NOP came back */
         if (r->fake_eof) {
             res = 0;
         } else if (r->fault == EC_FAULT_EIO) {
@@ -261,6 +266,7 @@ static void uring_reap(ec_pager *p, void (*done)(ec_page_req *, void *), void *a
             enqueue(u, r, true); /* the rest of it goes next */
             continue;
         }
+finished:
         ec_pager_verify(r);
         ec_pager_count(p, r);
         done(r, arg);

@@ -4,25 +4,35 @@
  *
  * The importer thread of the daemon plans and writes partition files: the
  * writer appends row data in any chunking, hashes each partition with an
- * XXH3-64 streaming state as the bytes go by, and at commit writes the
- * partition table and the header, fsyncs, renames "<hex>.ecp.tmp" to
+ * XXH3-64 streaming state and each 4 KiB block of the data region (zero
+ * padding included) as the bytes go by, and at commit writes the partition
+ * table, the block table and the header, fsyncs, renames "<hex>.ecp.tmp" to
  * "<hex>.ecp" and fsyncs the directory, so a file that carries the final
  * name is complete. The engine's pager opens files with ec_partfile_open()
  * (which trusts nothing it has not checked) and reads partitions with
- * ec_partfile_read_partition(), which is thread-safe (pread only).
+ * ec_partfile_read_partition(), which is thread-safe (pread only), or
+ * blocks, verified against ec_partfile_read_block_sums(). Version-1 files
+ * (no block table) are still read; ec_partfile_upgrade() rewrites them.
  *
  * Invariants a valid file keeps (checked by ec_partfile_open):
  *  1. header page at 0, 4 KiB; header_checksum = XXH3-64 of the page with
  *     the checksum field zeroed; reserved fields and the rest of the page
- *     are covered by that checksum.
- *  2. rows, row_bytes, partitions, stride, data_off, file_size are exactly
- *     what ec_partfile_layout() derives from (dtype, ndim, shape, rpp).
+ *     are covered by that checksum. version is 1 or 2; in version 1 the
+ *     three block fields are 0.
+ *  2. rows, row_bytes, partitions, stride, blocks, block_table_off,
+ *     data_off, file_size are exactly what ec_partfile_layout() derives
+ *     from (version, dtype, ndim, shape, rpp).
  *  3. the table at 4096 holds one entry per partition whose offset and
  *     length equal ec_partfile_part_offset/length(); table_checksum covers
  *     the entries (not the zero padding after them).
- *  4. partition p starts at data_off + p * stride; every partition but the
+ *  4. (version 2) the block table at block_table_off holds one XXH3-64 per
+ *     4 KiB block of [data_off, file_size); block_table_checksum covers the
+ *     entries (not the padding). data_off = block_table_off + the table
+ *     padded to 4 KiB.
+ *  5. partition p starts at data_off + p * stride; every partition but the
  *     last is zero-padded to stride, the last to a 4 KiB multiple, and the
- *     file ends there (file_size == st_size).
+ *     file ends there (file_size == st_size). Block checksums cover that
+ *     padding, so it must stay zero.
  */
 #include "core/partfile.h"
 
@@ -72,9 +82,13 @@ struct ec_partfile_header {
     uint64_t file_size;
     uint64_t table_checksum;     /* XXH3-64 of the table entries */
     uint64_t header_checksum;    /* XXH3-64 of the page with this field 0 */
+    /* Version 2; 0 in version 1. */
+    uint64_t block_table_off;    /* 4096 + the partition table, padded */
+    uint64_t blocks;             /* (file_size - data_off) / 4096 */
+    uint64_t block_table_checksum; /* XXH3-64 of the block table entries */
 };
 
-static_assert(sizeof(struct ec_partfile_header) == 168, "partfile header size");
+static_assert(sizeof(struct ec_partfile_header) == 192, "partfile header size");
 static_assert(offsetof(struct ec_partfile_header, version) == 8, "header layout");
 static_assert(offsetof(struct ec_partfile_header, ndim) == 16, "header layout");
 static_assert(offsetof(struct ec_partfile_header, shape) == 24, "header layout");
@@ -83,6 +97,10 @@ static_assert(offsetof(struct ec_partfile_header, table_off) == 128, "header lay
 static_assert(offsetof(struct ec_partfile_header, data_off) == 136, "header layout");
 static_assert(offsetof(struct ec_partfile_header, table_checksum) == 152, "header layout");
 static_assert(offsetof(struct ec_partfile_header, header_checksum) == 160, "header layout");
+static_assert(offsetof(struct ec_partfile_header, block_table_off) == 168, "header layout");
+static_assert(offsetof(struct ec_partfile_header, blocks) == 176, "header layout");
+static_assert(offsetof(struct ec_partfile_header, block_table_checksum) == 184,
+              "header layout");
 static_assert(sizeof(struct ec_partfile_header) <= EC_PARTFILE_ALIGN, "header fits a page");
 
 /* One entry of the partition table. */
@@ -98,7 +116,12 @@ static_assert(offsetof(struct ec_partfile_entry, checksum) == 16, "table entry l
 
 #define HDR_PAGE EC_PARTFILE_ALIGN
 #define ENTRY_SIZE ((uint64_t)sizeof(struct ec_partfile_entry))
+#define BLOCK ((uint64_t)EC_PARTFILE_BLOCK)
+#define BLOCK_ENTRY ((uint64_t)sizeof(uint64_t))
 #define DEFAULT_TARGET (1024u * 1024u)
+
+static_assert(EC_PARTFILE_BLOCK == EC_PARTFILE_ALIGN,
+              "partitions start on block boundaries because stride is page-aligned");
 
 /* ------------------------------------------------------------------ */
 /* Arithmetic                                                          */
@@ -186,10 +209,17 @@ int ec_partfile_plan(uint64_t rows, uint64_t row_bytes, uint64_t target,
 int ec_partfile_layout(ec_partfile_meta *m)
 {
     uint64_t esize, row_elems = 1, rows, row_bytes, total, part_bytes, stride, parts;
-    uint64_t table, data_off, last_len, last_pad, size;
+    uint64_t table, data_off, last_len, last_pad, size, data_len = 0, blocks = 0;
+    uint64_t btable = 0, btable_off = 0;
+    uint32_t version;
 
     if (!m)
         return ec_seterr(EC_EINVAL, "ec_partfile_layout: meta is NULL");
+    version = m->version ? m->version : EC_PARTFILE_VERSION;
+    if (version != EC_PARTFILE_VERSION && version != EC_PARTFILE_VERSION_1)
+        return ec_seterr(EC_EINVAL, "partition layout: format version %u is unknown; this "
+                                    "build knows versions %u and %u", m->version,
+                         EC_PARTFILE_VERSION_1, EC_PARTFILE_VERSION);
     if (!ec_dtype_valid((uint32_t)m->dtype))
         return ec_seterr(EC_EINVAL, "partition layout: dtype %u is not supported",
                          (unsigned)m->dtype);
@@ -211,18 +241,33 @@ int ec_partfile_layout(ec_partfile_meta *m)
     if (mul_ovf(parts, ENTRY_SIZE, &table) || align_up(table, &table) ||
         add_ovf(HDR_PAGE, table, &data_off))
         goto toobig;
-    size = data_off;
+    /* The data region: every partition but the last padded to stride, the
+     * last to a page. */
     if (parts > 0) {
         last_len = total - (parts - 1) * part_bytes; /* cannot overflow: < total */
-        if (align_up(last_len, &last_pad) || mul_ovf(parts - 1, stride, &table) ||
-            add_ovf(size, table, &size) || add_ovf(size, last_pad, &size) ||
-            size > (uint64_t)INT64_MAX)
+        if (align_up(last_len, &last_pad) || mul_ovf(parts - 1, stride, &data_len) ||
+            add_ovf(data_len, last_pad, &data_len))
             goto toobig;
     }
+    /* Version 2: a checksum per block of the data region, between the
+     * partition table and the data. Its size depends on the data region's
+     * only, not on where the region starts. */
+    if (version >= 2) {
+        blocks = data_len / BLOCK;
+        btable_off = data_off;
+        if (mul_ovf(blocks, BLOCK_ENTRY, &btable) || align_up(btable, &btable) ||
+            add_ovf(data_off, btable, &data_off))
+            goto toobig;
+    }
+    if (add_ovf(data_off, data_len, &size) || size > (uint64_t)INT64_MAX)
+        goto toobig;
+    m->version = version;
     m->rows = rows;
     m->row_bytes = row_bytes;
     m->partitions = parts;
     m->stride = stride;
+    m->blocks = blocks;
+    m->block_table_off = btable_off;
     m->data_off = data_off;
     m->file_size = size;
     return 0;
@@ -249,6 +294,47 @@ uint64_t ec_partfile_part_length(const ec_partfile_meta *m, uint64_t p)
     if (n > m->rows_per_partition)
         n = m->rows_per_partition;
     return n * m->row_bytes;
+}
+
+uint64_t ec_partfile_row_offset(const ec_partfile_meta *m, uint64_t row)
+{
+    uint64_t p = row / m->rows_per_partition;
+
+    return ec_partfile_part_offset(m, p) + (row - p * m->rows_per_partition) * m->row_bytes;
+}
+
+uint64_t ec_partfile_block_offset(const ec_partfile_meta *m, uint64_t b)
+{
+    return m->data_off + b * BLOCK;
+}
+
+int ec_partfile_row_blocks(const ec_partfile_meta *m, uint64_t row, uint64_t *first_block,
+                           uint32_t *nblocks)
+{
+    uint64_t off, first, last;
+
+    if (!m || !first_block || !nblocks || m->rows_per_partition == 0)
+        return ec_seterr(EC_EINVAL, "ec_partfile_row_blocks: NULL argument or a meta not "
+                                    "filled by ec_partfile_layout()");
+    if (row >= m->rows)
+        return ec_seterr(EC_ERANGE, "row %llu is outside the tensor's %llu rows",
+                         (unsigned long long)row, (unsigned long long)m->rows);
+    off = ec_partfile_row_offset(m, row) - m->data_off;
+    first = off / BLOCK;
+    if (m->row_bytes == 0) {
+        *first_block = first;
+        *nblocks = 0;
+        return 0;
+    }
+    /* off + row_bytes is inside the file, whose size fits in INT64_MAX; a
+     * row is at most UINT32_MAX bytes, so the count fits in 32 bits. */
+    last = (off + m->row_bytes - 1) / BLOCK;
+    if (last - first >= UINT32_MAX)
+        return ec_seterr(EC_ETOOBIG, "a row of %llu bytes spans more than %u blocks",
+                         (unsigned long long)m->row_bytes, UINT32_MAX);
+    *first_block = first;
+    *nblocks = (uint32_t)(last - first + 1);
+    return 0;
 }
 
 /* ------------------------------------------------------------------ */
@@ -341,6 +427,10 @@ struct ec_partfile_writer {
     uint64_t cur_pos;        /* bytes of it written */
     uint64_t *checksums;     /* one per partition */
     XXH3_state_t *xxh;
+    uint64_t *block_sums;    /* one per data block */
+    uint64_t blk;            /* blocks finished so far */
+    uint64_t blk_fill;       /* bytes of the next one staged in blk_buf */
+    unsigned char *blk_buf;  /* BLOCK bytes */
 };
 
 enum { W_OPEN, W_RENAMED, W_DONE };
@@ -353,11 +443,53 @@ static char *path_join(const char *dir, const char *hex, const char *suffix)
     return p;
 }
 
-/* Finish every partition that is complete (including empty ones). */
+/* Feed len bytes of the data region, in file order, into the block
+ * checksums; src NULL feeds zeros (padding). Whole blocks that arrive
+ * aligned are hashed in place, the rest is staged in blk_buf. */
+static void blocks_feed(ec_partfile_writer *w, const unsigned char *src, uint64_t len)
+{
+    while (len > 0) {
+        uint64_t n;
+
+        if (w->blk_fill == 0 && src && len >= BLOCK) {
+            assert(w->blk < w->meta.blocks);
+            w->block_sums[w->blk++] = ec_checksum(src, BLOCK);
+            src += BLOCK;
+            len -= BLOCK;
+            continue;
+        }
+        n = BLOCK - w->blk_fill < len ? BLOCK - w->blk_fill : len;
+        if (src) {
+            memcpy(w->blk_buf + w->blk_fill, src, (size_t)n);
+            src += n;
+        } else {
+            memset(w->blk_buf + w->blk_fill, 0, (size_t)n);
+        }
+        w->blk_fill += n;
+        len -= n;
+        if (w->blk_fill == BLOCK) {
+            assert(w->blk < w->meta.blocks);
+            w->block_sums[w->blk++] = ec_checksum(w->blk_buf, BLOCK);
+            w->blk_fill = 0;
+        }
+    }
+}
+
+/* Finish every partition that is complete (including empty ones): its
+ * checksum, and the zero padding after it into the block checksums (to
+ * stride, or for the last one to a page; less than a page either way). */
 static void writer_advance(ec_partfile_writer *w)
 {
     while (w->cur < w->meta.partitions &&
            w->cur_pos == ec_partfile_part_length(&w->meta, w->cur)) {
+        uint64_t len = w->cur_pos, end;
+
+        if (w->cur + 1 < w->meta.partitions)
+            end = w->meta.stride;
+        else
+            end = (len + BLOCK - 1) / BLOCK * BLOCK; /* len <= UINT32_MAX */
+        blocks_feed(w, NULL, end - len);
+        assert(w->blk_fill == 0);
         w->checksums[w->cur] = (uint64_t)XXH3_64bits_digest(w->xxh);
         XXH3_64bits_reset(w->xxh);
         w->cur++;
@@ -380,8 +512,14 @@ int ec_partfile_writer_open(const char *dir, const ec_partfile_meta *meta,
     rc = ec_partfile_layout(&check);
     if (rc < 0)
         return rc;
-    if (check.rows != meta->rows || check.row_bytes != meta->row_bytes ||
-        check.partitions != meta->partitions || check.stride != meta->stride ||
+    if (check.version != EC_PARTFILE_VERSION)
+        return ec_seterr(EC_EINVAL, "ec_partfile_writer_open: the writer writes format "
+                                    "version %u only, not %u; lay the file out with "
+                                    "version 0", EC_PARTFILE_VERSION, check.version);
+    if (check.version != meta->version || check.rows != meta->rows ||
+        check.row_bytes != meta->row_bytes || check.partitions != meta->partitions ||
+        check.stride != meta->stride || check.blocks != meta->blocks ||
+        check.block_table_off != meta->block_table_off ||
         check.data_off != meta->data_off || check.file_size != meta->file_size)
         return ec_seterr(EC_EINVAL, "ec_partfile_writer_open: meta was not filled by "
                                     "ec_partfile_layout(); call it first");
@@ -397,7 +535,10 @@ int ec_partfile_writer_open(const char *dir, const ec_partfile_meta *meta,
     w->checksums = calloc(check.partitions ? check.partitions : 1, sizeof(uint64_t));
     w->xxh = XXH3_createState();
     w->dir = strdup(dir);
-    if (!w->checksums || !w->xxh || !w->dir) {
+    /* blocks * 8 fits: ec_partfile_layout checked it. */
+    w->block_sums = calloc(check.blocks ? (size_t)check.blocks : 1, BLOCK_ENTRY);
+    w->blk_buf = malloc(BLOCK);
+    if (!w->checksums || !w->xxh || !w->dir || !w->block_sums || !w->blk_buf) {
         rc = ec_seterr(EC_ENOMEM, "partition writer for %llu partitions: out of memory",
                        (unsigned long long)check.partitions);
         goto fail;
@@ -450,6 +591,8 @@ fail:
     if (w) {
         XXH3_freeState(w->xxh);
         free(w->checksums);
+        free(w->block_sums);
+        free(w->blk_buf);
         free(w->dir);
         free(w);
     }
@@ -479,6 +622,7 @@ int ec_partfile_writer_append(ec_partfile_writer *w, const void *buf, size_t len
                                    "cannot write partition file %s/%s%s.tmp", w->dir,
                                    w->hex, EC_PARTFILE_EXT);
         XXH3_64bits_update(w->xxh, p, n);
+        blocks_feed(w, p, n);
         p += n;
         len -= n;
         w->written += n;
@@ -503,10 +647,11 @@ static int fsync_dir(const char *dir)
 int ec_partfile_writer_commit(ec_partfile_writer *w, char *name_out, size_t name_len,
                               uint64_t *header_checksum_out, uint64_t *part_checksums)
 {
+    static const unsigned char zeros[EC_PARTFILE_BLOCK];
     const ec_partfile_meta *m;
     unsigned char *page = NULL, *table = NULL;
     struct ec_partfile_header h;
-    uint64_t table_len, table_bytes, hsum;
+    uint64_t table_len, table_bytes, btable_len, btable_pad, hsum;
     char *tmp = NULL, *fin = NULL;
     int rc;
 
@@ -521,11 +666,15 @@ int ec_partfile_writer_commit(ec_partfile_writer *w, char *name_out, size_t name
                                     "append all rows before committing",
                          (unsigned long long)w->written, (unsigned long long)w->total);
     assert(w->cur == m->partitions);
+    assert(w->blk == m->blocks && w->blk_fill == 0);
 
     tmp = path_join(w->dir, w->hex, ".tmp");
     fin = path_join(w->dir, w->hex, "");
-    table_bytes = m->data_off - HDR_PAGE;
+    table_bytes = m->block_table_off - HDR_PAGE;
     table_len = m->partitions * ENTRY_SIZE;
+    btable_len = m->blocks * BLOCK_ENTRY;
+    btable_pad = m->data_off - m->block_table_off - btable_len;
+    assert(btable_pad < BLOCK);
     page = calloc(1, HDR_PAGE);
     table = calloc(1, table_bytes ? table_bytes : 1);
     if (!tmp || !fin || !page || !table) {
@@ -544,7 +693,7 @@ int ec_partfile_writer_commit(ec_partfile_writer *w, char *name_out, size_t name
 
     memset(&h, 0, sizeof(h));
     h.magic = EC_PARTFILE_MAGIC;
-    h.version = EC_PARTFILE_VERSION;
+    h.version = m->version;
     h.dtype = (uint32_t)m->dtype;
     h.ndim = m->ndim;
     for (uint32_t i = 0; i < m->ndim; i++)
@@ -558,6 +707,9 @@ int ec_partfile_writer_commit(ec_partfile_writer *w, char *name_out, size_t name
     h.data_off = m->data_off;
     h.file_size = m->file_size;
     h.table_checksum = ec_checksum(table, (size_t)table_len);
+    h.block_table_off = m->block_table_off;
+    h.blocks = m->blocks;
+    h.block_table_checksum = ec_checksum(w->block_sums, (size_t)btable_len);
     memcpy(page, &h, sizeof(h));
     hsum = header_checksum_of(page);
     memcpy(page + offsetof(struct ec_partfile_header, header_checksum), &hsum, sizeof(hsum));
@@ -568,6 +720,9 @@ int ec_partfile_writer_commit(ec_partfile_writer *w, char *name_out, size_t name
         goto fail;
     }
     if ((rc = pwrite_all(w->fd, table, (size_t)table_bytes, HDR_PAGE)) < 0 ||
+        (rc = pwrite_all(w->fd, w->block_sums, (size_t)btable_len, m->block_table_off)) < 0 ||
+        (rc = pwrite_all(w->fd, zeros, (size_t)btable_pad,
+                         m->block_table_off + btable_len)) < 0 ||
         (rc = pwrite_all(w->fd, page, HDR_PAGE, 0)) < 0) {
         rc = ec_seterr_errno(errno_code(-rc), -rc, "cannot write partition file %s", tmp);
         goto fail;
@@ -624,6 +779,8 @@ void ec_partfile_writer_close(ec_partfile_writer *w)
     free(path);
     XXH3_freeState(w->xxh);
     free(w->checksums);
+    free(w->block_sums);
+    free(w->blk_buf);
     free(w->dir);
     free(w);
 }
@@ -643,9 +800,10 @@ static int check_header(const char *path, const unsigned char *page, uint64_t st
     if (h->magic != EC_PARTFILE_MAGIC)
         return CORRUPT("%s is not an embcache partition file (bad magic); it may have "
                        "been overwritten: re-import the model version", path);
-    if (h->version != EC_PARTFILE_VERSION)
+    if (h->version != EC_PARTFILE_VERSION && h->version != EC_PARTFILE_VERSION_1)
         return CORRUPT("partition file %s has format version %u; this build reads "
-                       "version %u", path, h->version, EC_PARTFILE_VERSION);
+                       "versions %u and %u: re-import the model version with this build",
+                       path, h->version, EC_PARTFILE_VERSION_1, EC_PARTFILE_VERSION);
     sum = header_checksum_of(page);
     if (sum != h->header_checksum)
         return CORRUPT("partition file %s: header checksum mismatch (stored %016llx, "
@@ -665,7 +823,12 @@ static int check_header(const char *path, const unsigned char *page, uint64_t st
     if (h->rows_per_partition == 0)
         return CORRUPT("partition file %s: rows_per_partition is 0", path);
 
+    if (h->version == EC_PARTFILE_VERSION_1 && h->block_table_checksum != 0)
+        return CORRUPT("partition file %s: format version 1 with a block table checksum",
+                       path);
+
     memset(m, 0, sizeof(*m));
+    m->version = h->version;
     m->dtype = (ec_dtype)h->dtype;
     m->ndim = h->ndim;
     memcpy(m->shape, h->shape, sizeof(m->shape));
@@ -680,6 +843,8 @@ static int check_header(const char *path, const unsigned char *page, uint64_t st
     SAME(row_bytes)
     SAME(partitions)
     SAME(stride)
+    SAME(blocks)
+    SAME(block_table_off)
     SAME(data_off)
     SAME(file_size)
 #undef SAME
@@ -748,8 +913,62 @@ out:
     return rc;
 }
 
-/* Read the header page of fd and validate header + table. */
-static int validate_fd(int fd, const char *path, ec_partfile_meta *m, uint64_t *checksums)
+/* Read and validate the block table of a version-2 file whose header passed
+ * check_header, in chunks through one XXH3 state. Fills sums (may be NULL:
+ * then only the checksum is checked). */
+static int load_blocks(int fd, const char *path, const ec_partfile_meta *m,
+                       uint64_t block_table_checksum, uint64_t *sums)
+{
+    enum { CHUNK = 64 * 1024 };
+    uint64_t len = m->blocks * BLOCK_ENTRY, done = 0, sum;
+    unsigned char *chunk = NULL;
+    XXH3_state_t *st = XXH3_createState();
+    int rc = 0;
+
+    if (!sums)
+        chunk = malloc(CHUNK);
+    if (!st || (!sums && !chunk)) {
+        rc = ec_seterr(EC_ENOMEM, "partition file %s: out of memory reading its block table",
+                       path);
+        goto out;
+    }
+    XXH3_64bits_reset(st);
+    while (done < len) {
+        size_t n = len - done < CHUNK ? (size_t)(len - done) : CHUNK;
+        unsigned char *dst = sums ? (unsigned char *)sums + done : chunk;
+        ssize_t got = pread_full(fd, dst, n, m->block_table_off + done);
+
+        if (got < 0) {
+            rc = ec_seterr_errno(EC_EIO, (int)-got, "cannot read the block table of "
+                                 "partition file %s", path);
+            goto out;
+        }
+        if ((size_t)got != n) {
+            rc = ec_seterr(EC_EIO, "partition file %s is shorter than its header says "
+                                   "(truncated after import?)", path);
+            goto out;
+        }
+        XXH3_64bits_update(st, dst, n);
+        done += n;
+    }
+    sum = (uint64_t)XXH3_64bits_digest(st);
+    if (sum != block_table_checksum)
+        rc = CORRUPT("partition file %s: block table checksum mismatch (stored %016llx, "
+                     "computed %016llx); the file is damaged: re-import the model version",
+                     path, (unsigned long long)block_table_checksum,
+                     (unsigned long long)sum);
+out:
+    XXH3_freeState(st);
+    free(chunk);
+    return rc;
+}
+
+/* Read the header page of fd and validate the header, the table and (v2)
+ * the block table. With `opened`, the file must still be the one opened as
+ * *opened (same header checksum), checked before either table is read.
+ * Fills *m, checksums and block_sums (either may be NULL). */
+static int validate_fd(int fd, const char *path, const ec_partfile_meta *opened,
+                       ec_partfile_meta *m, uint64_t *checksums, uint64_t *block_sums)
 {
     unsigned char *page = NULL;
     struct ec_partfile_header h;
@@ -778,7 +997,14 @@ static int validate_fd(int fd, const char *path, ec_partfile_meta *m, uint64_t *
     rc = check_header(path, page, (uint64_t)st.st_size, &h, m);
     if (rc < 0)
         goto out;
+    if (opened && (m->header_checksum != opened->header_checksum ||
+                   m->partitions != opened->partitions || m->blocks != opened->blocks)) {
+        rc = CORRUPT("partition file %s changed since it was opened; reopen it", path);
+        goto out;
+    }
     rc = load_table(fd, path, m, h.table_checksum, checksums);
+    if (rc == 0 && m->version >= 2)
+        rc = load_blocks(fd, path, m, h.block_table_checksum, block_sums);
 out:
     free(page);
     return rc;
@@ -795,7 +1021,7 @@ int ec_partfile_open(const char *path, ec_partfile_meta *meta, int *fd_out)
     if (fd < 0)
         return ec_seterr_errno(EC_EIO, errno, "cannot open partition file %s; was it "
                                "removed from the data directory?", path);
-    rc = validate_fd(fd, path, &m, NULL);
+    rc = validate_fd(fd, path, NULL, &m, NULL, NULL);
     if (rc < 0)
         goto fail;
     *meta = m;
@@ -811,17 +1037,30 @@ int ec_partfile_read_table(int fd, const ec_partfile_meta *meta, uint64_t *check
 {
     char name[512];
     ec_partfile_meta m;
-    int rc;
 
     if (fd < 0 || !meta || (!checksums && meta->partitions))
         return ec_seterr(EC_EINVAL, "ec_partfile_read_table: bad argument");
     fd_name(fd, name, sizeof(name));
-    rc = validate_fd(fd, name, &m, checksums);
-    if (rc < 0)
-        return rc;
-    if (m.header_checksum != meta->header_checksum || m.partitions != meta->partitions)
-        return CORRUPT("partition file %s changed since it was opened; reopen it", name);
-    return 0;
+    return validate_fd(fd, name, meta, &m, checksums, NULL);
+}
+
+int ec_partfile_read_block_sums(int fd, const ec_partfile_meta *meta, uint64_t *sums)
+{
+    char name[512];
+    ec_partfile_meta m;
+
+    if (fd < 0 || !meta || (!sums && meta->blocks))
+        return ec_seterr(EC_EINVAL, "ec_partfile_read_block_sums: bad argument");
+    fd_name(fd, name, sizeof(name));
+    if (meta->version == EC_PARTFILE_VERSION_1)
+        return ec_seterr(EC_EVERSION,
+                         "partition file %s is format version 1 and has no block checksums; "
+                         "it is served by whole partitions (run `embcache upgrade` on its "
+                         "model version, or re-import it, to read it by rows)", name);
+    if (meta->version != EC_PARTFILE_VERSION)
+        return ec_seterr(EC_EINVAL, "ec_partfile_read_block_sums: meta of format version "
+                                    "%u was not filled by ec_partfile_open()", meta->version);
+    return validate_fd(fd, name, meta, &m, NULL, sums);
 }
 
 int ec_partfile_read_partition(int fd, const ec_partfile_meta *meta, uint64_t p, void *buf,
@@ -859,4 +1098,88 @@ int ec_partfile_read_partition(int fd, const ec_partfile_meta *meta, uint64_t p,
                          fd_name(fd, name, sizeof(name)), (unsigned long long)expected,
                          (unsigned long long)sum);
     return 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* Upgrade                                                             */
+
+int ec_partfile_upgrade(const char *src_path, const char *dir, char *name_out,
+                        size_t name_len, uint64_t *header_checksum_out,
+                        uint64_t *part_checksums)
+{
+    ec_partfile_meta src, m;
+    ec_partfile_writer *w = NULL;
+    uint64_t *sums = NULL, max_len, hsum;
+    unsigned char *buf = NULL;
+    int fd = -1, rc;
+
+    if (!src_path || !dir || !name_out)
+        return ec_seterr(EC_EINVAL, "ec_partfile_upgrade: NULL argument");
+    rc = ec_partfile_open(src_path, &src, &fd);
+    if (rc < 0)
+        return ec_adderr(rc, "cannot upgrade %s", src_path);
+    sums = calloc(src.partitions ? src.partitions : 1, sizeof(*sums));
+    /* check_header bounds a partition by UINT32_MAX bytes. A partition is
+     * the unit the daemon caches, so one of them fits in memory. */
+    max_len = src.rows_per_partition * src.row_bytes;
+    buf = malloc(max_len ? (size_t)max_len : 1);
+    if (!sums || !buf) {
+        rc = ec_seterr(EC_ENOMEM, "cannot upgrade partition file %s: out of memory for a "
+                                  "partition of %llu bytes", src_path,
+                       (unsigned long long)max_len);
+        goto out;
+    }
+    rc = ec_partfile_read_table(fd, &src, sums);
+    if (rc < 0) {
+        rc = ec_adderr(rc, "cannot upgrade %s", src_path);
+        goto out;
+    }
+
+    memset(&m, 0, sizeof(m));
+    m.dtype = src.dtype;
+    m.ndim = src.ndim;
+    memcpy(m.shape, src.shape, sizeof(m.shape));
+    m.rows_per_partition = src.rows_per_partition;
+    rc = ec_partfile_layout(&m); /* the current version */
+    if (rc < 0)
+        goto out;
+    assert(m.rows == src.rows && m.partitions == src.partitions && m.stride == src.stride);
+    rc = ec_partfile_writer_open(dir, &m, &w);
+    if (rc < 0)
+        goto out;
+
+    /* Each partition is verified whole before any of it is written. */
+    for (uint64_t p = 0; p < src.partitions; p++) {
+        uint64_t len = ec_partfile_part_length(&src, p);
+
+        rc = ec_partfile_read_partition(fd, &src, p, buf, sums[p]);
+        if (rc < 0) {
+            rc = ec_adderr(rc, "refusing to upgrade %s, nothing was written", src_path);
+            goto out;
+        }
+        rc = ec_partfile_writer_append(w, buf, (size_t)len);
+        if (rc < 0)
+            goto out;
+        assert(w->cur > p);
+        if (w->checksums[p] != sums[p]) {
+            rc = ec_seterr(EC_EINTERNAL, "upgrading %s: partition %llu hashed to %016llx "
+                                         "when written and %016llx when read; a bug, "
+                                         "please report", src_path, (unsigned long long)p,
+                           (unsigned long long)w->checksums[p],
+                           (unsigned long long)sums[p]);
+            goto out;
+        }
+    }
+    rc = ec_partfile_writer_commit(w, name_out, name_len, &hsum, part_checksums);
+    if (rc < 0)
+        goto out;
+    if (header_checksum_out)
+        *header_checksum_out = hsum;
+
+out:
+    ec_partfile_writer_close(w); /* after a failure: unlinks what it wrote */
+    free(buf);
+    free(sums);
+    close(fd);
+    return rc;
 }

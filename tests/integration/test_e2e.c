@@ -20,6 +20,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "core/partfile.h"
 #include "testutil.h"
 
 /* A source tensor and where its bytes are in its file. */
@@ -507,6 +508,7 @@ static void test_corrupt_partition_never_served(void **state)
     ec_tensor *t;
     int64_t ids[1] = {0};
     uint8_t buf[96];
+    uint64_t data_off;
     int fd;
     uint8_t byte;
 
@@ -516,13 +518,19 @@ static void test_corrupt_partition_never_served(void **state)
     assert_int_equal(ec_model_import(c, &o, paths, 1, NULL), 0);
     newest_parts(before, part, sizeof(part));
     assert_true(part[0] != '\0');
-    /* Flip one byte of partition 0's data (data starts at the first 4 KiB
-     * boundary after header and table: 8192 for this file). */
+    /* Flip one byte of partition 0's data (where the data starts, the
+     * file's header says). */
+    {
+        ec_partfile_meta m;
+        assert_int_equal(ec_partfile_open(part, &m, &fd), 0);
+        close(fd);
+        data_off = m.data_off;
+    }
     fd = open(part, O_RDWR);
     assert_true(fd >= 0);
-    assert_int_equal(pread(fd, &byte, 1, 8192 + 5), 1);
+    assert_int_equal(pread(fd, &byte, 1, (off_t)data_off + 5), 1);
     byte ^= 0x40;
-    assert_int_equal(pwrite(fd, &byte, 1, 8192 + 5), 1);
+    assert_int_equal(pwrite(fd, &byte, 1, (off_t)data_off + 5), 1);
     close(fd);
     uint64_t failures = stat_of(c, "checksum_failures");
     assert_int_equal(ec_tensor_resolve(c, "bad", "1", "emb", &t), 0);

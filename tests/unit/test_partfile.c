@@ -1,8 +1,11 @@
 /*
  * test_partfile.c - unit tests of the partition file format (core/partfile.c):
- * planning, layout arithmetic, a byte-exact write/open/read round trip, and
- * every validation failure of the reader (header, table, data, size).
- * Single-threaded; works in a temporary directory.
+ * planning, layout arithmetic (versions 1 and 2), a byte-exact
+ * write/open/read round trip with the block checksums recomputed over the
+ * file, row and block arithmetic against brute force, a hand-written
+ * version-1 file, its upgrade to version 2, and every validation failure of
+ * the reader (header, table, block table, data, size). Single-threaded;
+ * works in a temporary directory.
  */
 #include <fcntl.h>
 #include <stdio.h>
@@ -92,15 +95,42 @@ static void test_layout(void **state)
     (void)state;
 
     assert_int_equal(ec_partfile_layout(&m), 0);
+    assert_int_equal(m.version, EC_PARTFILE_VERSION); /* 0 means the current one */
+    assert_int_equal(m.version, 2);
     assert_int_equal(m.rows, 10);
     assert_int_equal(m.row_bytes, 12);
     assert_int_equal(m.partitions, 3);
     assert_int_equal(m.stride, 4096);
-    assert_int_equal(m.data_off, 8192);
-    assert_int_equal(m.file_size, 8192 + 3 * 4096);
-    assert_int_equal(ec_partfile_part_offset(&m, 2), 8192 + 2 * 4096);
+    /* header | table (96 bytes, padded) | block table (3 sums, padded) | data */
+    assert_int_equal(m.blocks, 3);
+    assert_int_equal(m.block_table_off, 8192);
+    assert_int_equal(m.data_off, 12288);
+    assert_int_equal(m.file_size, 12288 + 3 * 4096);
+    assert_int_equal(ec_partfile_part_offset(&m, 2), 12288 + 2 * 4096);
+    assert_int_equal(ec_partfile_block_offset(&m, 2), 12288 + 2 * 4096);
     assert_int_equal(ec_partfile_part_length(&m, 0), 48);
     assert_int_equal(ec_partfile_part_length(&m, 2), 24); /* 2 rows */
+    assert_int_equal(ec_partfile_row_offset(&m, 9), 12288 + 2 * 4096 + 12);
+
+    /* The same shape laid out as version 1: no block table. */
+    ec_partfile_meta v1 = {.version = EC_PARTFILE_VERSION_1, .dtype = EC_DTYPE_F32,
+                           .ndim = 2, .shape = {10, 3}, .rows_per_partition = 4};
+    assert_int_equal(ec_partfile_layout(&v1), 0);
+    assert_int_equal(v1.version, 1);
+    assert_int_equal(v1.blocks, 0);
+    assert_int_equal(v1.block_table_off, 0);
+    assert_int_equal(v1.data_off, 8192);
+    assert_int_equal(v1.file_size, 8192 + 3 * 4096);
+    assert_int_equal(ec_partfile_part_offset(&v1, 2), 8192 + 2 * 4096);
+
+    /* 513 blocks need a block table of two pages. */
+    ec_partfile_meta big = {.dtype = EC_DTYPE_U8, .ndim = 1, .shape = {513 * 4096},
+                            .rows_per_partition = 4096};
+    assert_int_equal(ec_partfile_layout(&big), 0);
+    assert_int_equal(big.blocks, 513);
+    assert_int_equal(big.block_table_off, 4096 + 513 * 32 / 4096 * 4096 + 4096);
+    assert_int_equal(big.data_off, big.block_table_off + 8192);
+    assert_int_equal(big.file_size, big.data_off + 513 * 4096);
 
     /* 0-d: one row of one element */
     ec_partfile_meta s = {.dtype = EC_DTYPE_F64, .ndim = 0, .rows_per_partition = 1};
@@ -114,7 +144,17 @@ static void test_layout(void **state)
                           .rows_per_partition = 8192};
     assert_int_equal(ec_partfile_layout(&b), 0);
     assert_int_equal(b.partitions, 4);
-    assert_int_equal(b.file_size, 8192 + 3 * 8192 + 4096);
+    assert_int_equal(b.blocks, 7);
+    assert_int_equal(b.file_size, 12288 + 3 * 8192 + 4096);
+
+    /* no rows: no blocks, no block table */
+    ec_partfile_meta e = {.dtype = EC_DTYPE_U8, .ndim = 2, .shape = {0, 5},
+                          .rows_per_partition = 1};
+    assert_int_equal(ec_partfile_layout(&e), 0);
+    assert_int_equal(e.blocks, 0);
+    assert_int_equal(e.block_table_off, 4096);
+    assert_int_equal(e.data_off, 4096);
+    assert_int_equal(e.file_size, 4096);
 
     ec_partfile_meta bad = {.dtype = EC_DTYPE_F32, .ndim = 2, .shape = {1ull << 62, 1ull << 62},
                             .rows_per_partition = 1};
@@ -126,6 +166,17 @@ static void test_layout(void **state)
     assert_int_equal(ec_partfile_layout(&bad), EC_EINVAL);
     bad = (ec_partfile_meta){.dtype = EC_DTYPE_F32, .ndim = 1, .shape = {4}};
     assert_int_equal(ec_partfile_layout(&bad), EC_EINVAL);
+    bad = (ec_partfile_meta){.version = 3, .dtype = EC_DTYPE_F32, .ndim = 1, .shape = {4},
+                             .rows_per_partition = 1};
+    assert_int_equal(ec_partfile_layout(&bad), EC_EINVAL);
+    assert_non_null(strstr(ec_last_error(), "version 3"));
+    /* a data region that fits in version 1 but not with its block table */
+    bad = (ec_partfile_meta){.version = EC_PARTFILE_VERSION_1, .dtype = EC_DTYPE_U8,
+                             .ndim = 1, .shape = {(1ull << 63) - (1ull << 53)},
+                             .rows_per_partition = 1ull << 31};
+    assert_int_equal(ec_partfile_layout(&bad), 0);
+    bad.version = 0;
+    assert_int_equal(ec_partfile_layout(&bad), EC_ETOOBIG);
 }
 
 static void test_checksum(void **state)
@@ -209,6 +260,73 @@ static void write_file(struct fixture *f, ec_dtype dtype, uint32_t ndim,
     snprintf(f->path, sizeof(f->path), "%s/%s", f->dir, name);
 }
 
+#define PAGE_UP(x) (((x) + 4095) / 4096 * 4096)
+
+/* The blocks of [start, start + len) of the data region, by trying every
+ * block (a row of no bytes: none, at the block of its offset). */
+static void brute_blocks(uint64_t blocks, uint64_t start, uint64_t len, uint64_t *first,
+                         uint32_t *n)
+{
+    *first = start / 4096;
+    *n = 0;
+    for (uint64_t b = 0; b < blocks; b++) {
+        if (len > 0 && b * 4096 < start + len && (b + 1) * 4096 > start) {
+            if (*n == 0)
+                *first = b;
+            (*n)++;
+        }
+    }
+}
+
+/* A version-2 file: its layout fields, its block table against a
+ * recomputation over the file's bytes (zero padding included), the table's
+ * own padding, and every row's offset (its bytes are there) and blocks
+ * (against brute force). */
+static void check_blocks(const struct fixture *f, const ec_partfile_meta *m, int fd)
+{
+    size_t len;
+    uint8_t *file = ect_read_file(f->path, &len);
+    uint64_t *sums = calloc(m->blocks + 1, sizeof(uint64_t));
+
+    assert_non_null(file);
+    assert_int_equal(len, m->file_size);
+    assert_int_equal(m->version, EC_PARTFILE_VERSION);
+    assert_int_equal(m->block_table_off, 4096 + PAGE_UP(m->partitions * 32));
+    assert_int_equal(m->data_off, m->block_table_off + PAGE_UP(m->blocks * 8));
+    assert_int_equal(m->blocks * 4096, m->file_size - m->data_off);
+    assert_int_equal(ec_partfile_read_block_sums(fd, m, sums), 0);
+    for (uint64_t b = 0; b < m->blocks; b++) {
+        if (sums[b] != ec_checksum(file + m->data_off + b * 4096, 4096))
+            fail_msg("block %llu of %llu: stored %016llx, the file's bytes hash to %016llx",
+                     (unsigned long long)b, (unsigned long long)m->blocks,
+                     (unsigned long long)sums[b],
+                     (unsigned long long)ec_checksum(file + m->data_off + b * 4096, 4096));
+        assert_int_equal(ec_partfile_block_offset(m, b), m->data_off + b * 4096);
+    }
+    if (m->blocks)
+        assert_memory_equal(file + m->block_table_off, sums, m->blocks * 8);
+    for (uint64_t i = m->block_table_off + m->blocks * 8; i < m->data_off; i++)
+        assert_int_equal(file[i], 0);
+
+    for (uint64_t r = 0; r < m->rows; r++) {
+        uint64_t off = ec_partfile_row_offset(m, r), first = 99, bfirst;
+        uint32_t n = 99, bn;
+
+        assert_true(off >= m->data_off && off + m->row_bytes <= m->file_size);
+        if (m->row_bytes)
+            assert_memory_equal(file + off, f->data + r * m->row_bytes, m->row_bytes);
+        assert_int_equal(ec_partfile_row_blocks(m, r, &first, &n), 0);
+        brute_blocks(m->blocks, off - m->data_off, m->row_bytes, &bfirst, &bn);
+        if (first != bfirst || n != bn)
+            fail_msg("row %llu (%llu bytes at %llu): blocks %llu+%u, brute force %llu+%u",
+                     (unsigned long long)r, (unsigned long long)m->row_bytes,
+                     (unsigned long long)off, (unsigned long long)first, n,
+                     (unsigned long long)bfirst, bn);
+    }
+    free(sums);
+    free(file);
+}
+
 static void check_readback(struct fixture *f)
 {
     ec_partfile_meta m;
@@ -240,6 +358,7 @@ static void check_readback(struct fixture *f)
             assert_int_equal(page[i], 0);
     }
     assert_int_equal(ec_partfile_read_partition(fd, &m, m.partitions, buf, 0), EC_EINVAL);
+    check_blocks(f, &m, fd);
     close(fd);
     free(sums);
     free(buf);
@@ -415,7 +534,7 @@ static void test_bad_header_arithmetic(void **state)
     write_small(f);
     fd = open(f->path, O_RDWR);
     assert_int_equal(pread(fd, page, 4096, 0), 4096);
-    page[8] = 2;
+    page[8] = 3;
     assert_int_equal(pwrite(fd, page, 4096, 0), 4096);
     close(fd);
     expect_open_fails(f->path, EC_ECORRUPT, "version");
@@ -496,6 +615,418 @@ static void test_truncated(void **state)
     expect_open_fails("/nonexistent/x.ecp", EC_EIO, NULL);
 }
 
+/* ------------------------------------------------------------------ */
+/* Format version 2: block checksums                                   */
+
+/* Shapes that put rows and padding everywhere a block can hold them. */
+static void test_v2_blocks(void **state)
+{
+    struct fixture *f = *state;
+    static const struct {
+        ec_dtype dtype;
+        uint32_t ndim;
+        uint64_t shape[3];
+        uint64_t target;
+    } cases[] = {
+        {EC_DTYPE_F32, 2, {3000, 16}, 20 * KiB},  /* 64-byte rows: divide 4096 */
+        {EC_DTYPE_F16, 2, {777, 50}, 8 * KiB},    /* 100-byte rows: straddle blocks */
+        {EC_DTYPE_F32, 2, {37, 1500}, 20000},     /* 6000-byte rows, > a block */
+        {EC_DTYPE_U8, 2, {10, 4096}, 3 * 4096},   /* rows of exactly one block */
+        {EC_DTYPE_F64, 2, {1, 1000}, 0},          /* a single row of 2 blocks */
+        {EC_DTYPE_U8, 2, {1, 10}, 0},             /* a single small row */
+        {EC_DTYPE_I8, 1, {10001}, 4096},          /* 1-byte rows, short last partition */
+    };
+
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        write_file(f, cases[i].dtype, cases[i].ndim, cases[i].shape, cases[i].target);
+        assert_int_equal(f->meta.version, EC_PARTFILE_VERSION);
+        assert_true(f->meta.blocks > 0);
+        check_readback(f); /* includes check_blocks */
+        unlink(f->path);
+    }
+    /* The shorter last partition of case 1 ends in padding inside a block. */
+    write_file(f, cases[1].dtype, cases[1].ndim, cases[1].shape, cases[1].target);
+    assert_int_not_equal(f->meta.rows % f->meta.rows_per_partition, 0);
+    assert_int_not_equal(f->meta.rows_per_partition * f->meta.row_bytes % 4096, 0);
+}
+
+/* row_blocks over many layouts, laid out only, against brute force. */
+static void test_row_blocks(void **state)
+{
+    static const uint64_t row_bytes[] = {1, 3, 12, 100, 4095, 4096, 4097, 6000, 12288};
+    static const uint64_t rpps[] = {1, 2, 7, 41, 1000};
+    uint64_t first = 7;
+    uint32_t n = 7;
+    (void)state;
+
+    for (size_t i = 0; i < sizeof(row_bytes) / sizeof(row_bytes[0]); i++) {
+        for (size_t j = 0; j < sizeof(rpps) / sizeof(rpps[0]); j++) {
+            uint64_t rows = 3 * rpps[j] + 2; /* a short last partition */
+            ec_partfile_meta m = {.dtype = EC_DTYPE_U8, .ndim = 2,
+                                  .shape = {rows, row_bytes[i]},
+                                  .rows_per_partition = rpps[j]};
+            uint64_t pos = 0;
+
+            assert_int_equal(ec_partfile_layout(&m), 0);
+            if (m.blocks > 4096)
+                continue; /* brute force is quadratic */
+            /* Walk the data region as the writer fills it. */
+            for (uint64_t r = 0; r < rows; r++) {
+                uint64_t bfirst;
+                uint32_t bn;
+                if (r > 0 && r % m.rows_per_partition == 0)
+                    pos = PAGE_UP(pos);
+                assert_int_equal(ec_partfile_row_offset(&m, r), m.data_off + pos);
+                assert_int_equal(ec_partfile_row_blocks(&m, r, &first, &n), 0);
+                brute_blocks(m.blocks, pos, m.row_bytes, &bfirst, &bn);
+                if (first != bfirst || n != bn)
+                    fail_msg("%llu-byte rows, rpp %llu, row %llu: %llu+%u, brute force "
+                             "%llu+%u", (unsigned long long)m.row_bytes,
+                             (unsigned long long)m.rows_per_partition,
+                             (unsigned long long)r, (unsigned long long)first, n,
+                             (unsigned long long)bfirst, bn);
+                assert_true(first + n <= m.blocks);
+                pos += m.row_bytes;
+            }
+            assert_int_equal(PAGE_UP(pos), m.blocks * 4096);
+        }
+    }
+
+    /* rows of 0 bytes hold no blocks */
+    ec_partfile_meta z = {.dtype = EC_DTYPE_I32, .ndim = 2, .shape = {9, 0},
+                          .rows_per_partition = 9};
+    assert_int_equal(ec_partfile_layout(&z), 0);
+    assert_int_equal(ec_partfile_row_blocks(&z, 8, &first, &n), 0);
+    assert_int_equal(n, 0);
+    assert_int_equal(first, 0);
+
+    /* out of range, NULL: outputs untouched */
+    ec_partfile_meta m = {.dtype = EC_DTYPE_U8, .ndim = 2, .shape = {10, 5000},
+                          .rows_per_partition = 3};
+    assert_int_equal(ec_partfile_layout(&m), 0);
+    first = 7;
+    n = 7;
+    assert_int_equal(ec_partfile_row_blocks(&m, 10, &first, &n), EC_ERANGE);
+    assert_non_null(strstr(ec_last_error(), "row 10"));
+    assert_int_equal(first, 7);
+    assert_int_equal(n, 7);
+    assert_int_equal(ec_partfile_row_blocks(&m, 0, NULL, &n), EC_EINVAL);
+    assert_int_equal(ec_partfile_row_blocks(NULL, 0, &first, &n), EC_EINVAL);
+    /* the last row of a partition of 3 rows of 5000 bytes: bytes 10000..14999 */
+    assert_int_equal(ec_partfile_row_blocks(&m, 2, &first, &n), 0);
+    assert_int_equal(first, 2);
+    assert_int_equal(n, 2);
+    /* row 3 starts partition 1 at its stride, 16384 bytes in */
+    assert_int_equal(ec_partfile_row_blocks(&m, 3, &first, &n), 0);
+    assert_int_equal(first, 4);
+    assert_int_equal(n, 2);
+}
+
+static void put64(uint8_t *p, uint64_t off, uint64_t v)
+{
+    memcpy(p + off, &v, sizeof(v));
+}
+
+static void put32(uint8_t *p, uint64_t off, uint32_t v)
+{
+    memcpy(p + off, &v, sizeof(v));
+}
+
+/* Write <dir>/v1.ecp by hand exactly as the version-1 writer did: header
+ * page, partition table padded to 4 KiB, data (no block table). A tensor of
+ * rows x cols elements of dtype; fills f->meta (laid out as version 1 and
+ * checked against this arithmetic), f->data, f->sums, f->hsum, f->path. */
+static void write_v1(struct fixture *f, ec_dtype dtype, uint64_t rows, uint64_t cols,
+                     uint64_t rpp)
+{
+    uint64_t rb = cols * ec_dtype_size(dtype), total = rows * rb;
+    uint64_t parts = rows / rpp + (rows % rpp != 0);
+    uint64_t stride = PAGE_UP(rpp * rb);
+    uint64_t data_off = 4096 + PAGE_UP(parts * 32), size = data_off;
+    uint8_t *file;
+
+    if (parts)
+        size += (parts - 1) * stride + PAGE_UP(total - (parts - 1) * rpp * rb);
+    free(f->data);
+    free(f->sums);
+    f->data = malloc(total + 1);
+    ect_fill(dtype, 7, 0, rows * cols, f->data);
+    f->sums = calloc(parts + 1, sizeof(uint64_t));
+    file = calloc(1, size);
+    assert_non_null(file);
+    put64(file, 0, EC_PARTFILE_MAGIC);
+    put32(file, 8, 1);
+    put32(file, 12, (uint32_t)dtype);
+    put32(file, 16, 2);
+    put64(file, 24, rows);
+    put64(file, 32, cols);
+    put64(file, 88, rows);
+    put64(file, 96, rb);
+    put64(file, 104, rpp);
+    put64(file, 112, parts);
+    put64(file, 120, stride);
+    put64(file, 128, 4096);
+    put64(file, 136, data_off);
+    put64(file, 144, size);
+    for (uint64_t p = 0; p < parts; p++) {
+        uint64_t off = data_off + p * stride;
+        uint64_t len = (rows - p * rpp < rpp ? rows - p * rpp : rpp) * rb;
+        memcpy(file + off, f->data + p * rpp * rb, len);
+        f->sums[p] = ec_checksum(file + off, len);
+        put64(file, 4096 + p * 32, off);
+        put64(file, 4096 + p * 32 + 8, len);
+        put64(file, 4096 + p * 32 + 16, f->sums[p]);
+    }
+    put64(file, 152, ec_checksum(file + 4096, parts * 32));
+    f->hsum = ec_checksum(file, 4096); /* the checksum field is still 0 */
+    put64(file, 160, f->hsum);
+    snprintf(f->path, sizeof(f->path), "%s/v1.ecp", f->dir);
+    assert_int_equal(ect_write_file(f->path, file, size), 0);
+    free(file);
+
+    memset(&f->meta, 0, sizeof(f->meta));
+    f->meta.version = EC_PARTFILE_VERSION_1;
+    f->meta.dtype = dtype;
+    f->meta.ndim = 2;
+    f->meta.shape[0] = rows;
+    f->meta.shape[1] = cols;
+    f->meta.rows_per_partition = rpp;
+    assert_int_equal(ec_partfile_layout(&f->meta), 0);
+    assert_int_equal(f->meta.data_off, data_off);
+    assert_int_equal(f->meta.file_size, size);
+    assert_int_equal(f->meta.blocks, 0);
+    f->meta.header_checksum = f->hsum;
+}
+
+static void test_v1_still_opens(void **state)
+{
+    struct fixture *f = *state;
+    ec_partfile_meta m;
+    uint64_t sums[8], bsums[8] = {0}, first;
+    uint32_t n;
+    uint8_t *buf;
+    int fd;
+
+    write_v1(f, EC_DTYPE_F32, 1000, 5, 300); /* 4 partitions, the last 100 rows */
+    assert_int_equal(ec_partfile_open(f->path, &m, &fd), 0);
+    assert_int_equal(m.version, EC_PARTFILE_VERSION_1);
+    assert_int_equal(m.blocks, 0);
+    assert_int_equal(m.block_table_off, 0);
+    assert_int_equal(m.data_off, 8192);
+    assert_int_equal(m.partitions, 4);
+    assert_int_equal(m.file_size, f->meta.file_size);
+    assert_int_equal(m.header_checksum, f->hsum);
+    assert_int_equal(ec_partfile_read_table(fd, &m, sums), 0);
+    assert_memory_equal(sums, f->sums, 4 * sizeof(uint64_t));
+    buf = malloc(m.stride);
+    for (uint64_t p = 0; p < m.partitions; p++) {
+        assert_int_equal(ec_partfile_read_partition(fd, &m, p, buf, sums[p]), 0);
+        assert_memory_equal(buf, f->data + p * 300 * 20, ec_partfile_part_length(&m, p));
+    }
+    /* Served by whole partitions: no block checksums to read. */
+    assert_int_equal(ec_partfile_read_block_sums(fd, &m, bsums), EC_EVERSION);
+    assert_non_null(strstr(ec_last_error(), "version 1"));
+    assert_non_null(strstr(ec_last_error(), "embcache upgrade"));
+    assert_non_null(strstr(ec_last_error(), "v1.ecp"));
+    /* Row arithmetic holds for either version. */
+    assert_int_equal(ec_partfile_row_offset(&m, 301), 8192 + 8192 + 20);
+    assert_int_equal(ec_partfile_row_blocks(&m, 301, &first, &n), 0);
+    assert_int_equal(first, 2);
+    assert_int_equal(n, 1);
+    free(buf);
+    close(fd);
+}
+
+/* Rewrite one u64 (or u32) of the header page and fix the header checksum,
+ * so that only the field's own validation can catch it. */
+static void rewrite_header(const char *path, uint64_t off, uint64_t v, size_t size)
+{
+    uint8_t page[4096];
+    uint64_t sum;
+    int fd = open(path, O_RDWR);
+
+    assert_true(fd >= 0);
+    assert_int_equal(pread(fd, page, 4096, 0), 4096);
+    memcpy(page + off, &v, size);
+    memset(page + 160, 0, 8);
+    sum = ec_checksum(page, 4096);
+    memcpy(page + 160, &sum, 8);
+    assert_int_equal(pwrite(fd, page, 4096, 0), 4096);
+    close(fd);
+}
+
+static void test_bad_block_table(void **state)
+{
+    struct fixture *f = *state;
+    ec_partfile_meta m;
+    uint64_t *sums;
+    int fd;
+
+    write_small(f);
+    assert_int_equal(f->meta.version, 2);
+    assert_true(f->meta.blocks >= 3);
+    flip(f->path, f->meta.block_table_off + 2 * 8 + 3); /* the sum of block 2 */
+    expect_open_fails(f->path, EC_ECORRUPT, "block table checksum");
+
+    write_small(f);
+    rewrite_header(f->path, 176, f->meta.blocks + 1, 8);
+    expect_open_fails(f->path, EC_ECORRUPT, "blocks is");
+    write_small(f);
+    rewrite_header(f->path, 176, 0, 8);
+    expect_open_fails(f->path, EC_ECORRUPT, "blocks is");
+    write_small(f);
+    rewrite_header(f->path, 168, f->meta.block_table_off + 4096, 8);
+    expect_open_fails(f->path, EC_ECORRUPT, "block_table_off");
+    write_small(f);
+    rewrite_header(f->path, 136, f->meta.data_off - 4096, 8); /* over the block table */
+    expect_open_fails(f->path, EC_ECORRUPT, "data_off");
+    write_small(f);
+    rewrite_header(f->path, 184, 12345, 8);
+    expect_open_fails(f->path, EC_ECORRUPT, "block table checksum");
+    /* A version-2 file relabelled version 1: the block fields must be 0. */
+    write_small(f);
+    rewrite_header(f->path, 8, 1, 4);
+    expect_open_fails(f->path, EC_ECORRUPT, "version 1");
+    /* A version-1 file with a block count. */
+    write_v1(f, EC_DTYPE_F32, 1000, 5, 300);
+    rewrite_header(f->path, 176, 4, 8);
+    expect_open_fails(f->path, EC_ECORRUPT, "blocks is");
+    /* An unknown version with a good header checksum. */
+    write_small(f);
+    rewrite_header(f->path, 8, 3, 4);
+    expect_open_fails(f->path, EC_ECORRUPT, "version 3");
+    /* The block table cut short. */
+    write_small(f);
+    assert_int_equal(truncate(f->path, (off_t)(f->meta.block_table_off + 8)), 0);
+    expect_open_fails(f->path, EC_ECORRUPT, "bytes");
+
+    /* Damaged, or replaced, after it was opened: read_block_sums says so. */
+    write_small(f);
+    assert_int_equal(ec_partfile_open(f->path, &m, &fd), 0);
+    sums = calloc(m.blocks, sizeof(*sums));
+    assert_int_equal(ec_partfile_read_block_sums(fd, &m, sums), 0);
+    flip(f->path, m.block_table_off + 1);
+    assert_int_equal(ec_partfile_read_block_sums(fd, &m, sums), EC_ECORRUPT);
+    assert_non_null(strstr(ec_last_error(), "block table checksum"));
+    flip(f->path, m.block_table_off + 1);
+    assert_int_equal(ec_partfile_read_block_sums(fd, &m, sums), 0);
+    rewrite_header(f->path, 3000, 1, 1); /* a valid header, not the one opened */
+    assert_int_equal(ec_partfile_read_block_sums(fd, &m, sums), EC_ECORRUPT);
+    assert_non_null(strstr(ec_last_error(), "changed since it was opened"));
+    assert_int_equal(ec_partfile_read_block_sums(fd, &m, NULL), EC_EINVAL);
+    assert_int_equal(ec_partfile_read_block_sums(-1, &m, sums), EC_EINVAL);
+    close(fd);
+    free(sums);
+}
+
+/* ------------------------------------------------------------------ */
+/* Upgrade                                                             */
+
+static void test_upgrade(void **state)
+{
+    struct fixture *f = *state;
+    char name[64], name2[64], src_path[512], v2_path[512];
+    uint64_t hsum = 0, hsum2 = 0, *sums, *tsums;
+    ec_partfile_meta m;
+    size_t src_len, len, len2;
+    uint8_t *src, *v2, *v2b, *buf;
+    int fd;
+
+    /* 100-byte rows, 81 per partition: rows straddle blocks, padding at the
+     * end of every partition and a short last one. */
+    write_v1(f, EC_DTYPE_BF16, 777, 50, 81);
+    snprintf(src_path, sizeof(src_path), "%s", f->path);
+    src = ect_read_file(src_path, &src_len);
+    sums = calloc(f->meta.partitions, sizeof(*sums));
+    tsums = calloc(f->meta.partitions, sizeof(*tsums));
+    assert_int_equal(ec_partfile_upgrade(src_path, f->dir, name, sizeof(name), &hsum, sums),
+                     0);
+    assert_int_equal(count_files(f->dir), 2); /* the source and the new file */
+    {
+        size_t l;
+        uint8_t *again = ect_read_file(src_path, &l); /* the source is untouched */
+        assert_int_equal(l, src_len);
+        assert_memory_equal(again, src, l);
+        free(again);
+    }
+    assert_memory_equal(sums, f->sums, f->meta.partitions * sizeof(uint64_t));
+
+    snprintf(v2_path, sizeof(v2_path), "%s/%s", f->dir, name);
+    assert_int_equal(ec_partfile_open(v2_path, &m, &fd), 0);
+    assert_int_equal(m.version, EC_PARTFILE_VERSION);
+    assert_int_equal(m.dtype, f->meta.dtype);
+    assert_int_equal(m.ndim, f->meta.ndim);
+    assert_memory_equal(m.shape, f->meta.shape, sizeof(m.shape));
+    assert_int_equal(m.rows_per_partition, 81);
+    assert_int_equal(m.rows, f->meta.rows);
+    assert_int_equal(m.partitions, f->meta.partitions);
+    assert_int_equal(m.stride, f->meta.stride);
+    assert_int_equal(m.header_checksum, hsum);
+    assert_int_equal(ec_partfile_read_table(fd, &m, tsums), 0);
+    assert_memory_equal(tsums, f->sums, m.partitions * sizeof(uint64_t));
+    buf = malloc(m.stride);
+    for (uint64_t p = 0; p < m.partitions; p++) {
+        assert_int_equal(ec_partfile_read_partition(fd, &m, p, buf, tsums[p]), 0);
+        assert_memory_equal(buf, f->data + p * 81 * 100, ec_partfile_part_length(&m, p));
+    }
+    free(buf);
+    close(fd);
+    /* Its blocks, rows and padding, as for any version-2 file. */
+    snprintf(f->path, sizeof(f->path), "%s", v2_path);
+    f->meta = m;
+    f->hsum = hsum;
+    check_readback(f);
+
+    /* Upgrading a version-2 file gives the same bytes again. */
+    assert_int_equal(ec_partfile_upgrade(v2_path, f->dir, name2, sizeof(name2), &hsum2,
+                                         NULL), 0);
+    assert_int_equal(hsum2, hsum);
+    snprintf(f->path, sizeof(f->path), "%s/%s", f->dir, name2);
+    v2 = ect_read_file(v2_path, &len);
+    v2b = ect_read_file(f->path, &len2);
+    assert_int_equal(len, len2);
+    assert_memory_equal(v2, v2b, len);
+    free(v2);
+    free(v2b);
+    free(src);
+    free(sums);
+    free(tsums);
+}
+
+static void test_upgrade_refuses_damage(void **state)
+{
+    struct fixture *f = *state;
+    char name[64] = "";
+    uint64_t hsum = 42, sums[4] = {0};
+
+    write_v1(f, EC_DTYPE_F32, 1000, 5, 300);
+    flip(f->path, f->meta.data_off + 2 * f->meta.stride + 17); /* partition 2 */
+    assert_int_equal(ec_partfile_upgrade(f->path, f->dir, name, sizeof(name), &hsum, sums),
+                     EC_ECHECKSUM);
+    if (!strstr(ec_last_error(), "partition 2") || !strstr(ec_last_error(), f->path) ||
+        !strstr(ec_last_error(), "nothing was written"))
+        fail_msg("unexpected message: %s", ec_last_error());
+    assert_int_equal(count_files(f->dir), 1); /* no new file, no .tmp */
+    assert_string_equal(name, "");
+    assert_int_equal(hsum, 42);
+
+    /* A damaged header: refused before anything is created. */
+    write_v1(f, EC_DTYPE_F32, 1000, 5, 300);
+    flip(f->path, 100);
+    assert_int_equal(ec_partfile_upgrade(f->path, f->dir, name, sizeof(name), NULL, NULL),
+                     EC_ECORRUPT);
+    assert_non_null(strstr(ec_last_error(), "cannot upgrade"));
+    assert_int_equal(count_files(f->dir), 1);
+
+    write_v1(f, EC_DTYPE_F32, 1000, 5, 300);
+    assert_int_equal(ec_partfile_upgrade("/nonexistent/x.ecp", f->dir, name, sizeof(name),
+                                         NULL, NULL), EC_EIO);
+    assert_int_equal(ec_partfile_upgrade(f->path, "/nonexistent/dir", name, sizeof(name),
+                                         NULL, NULL), EC_EIO);
+    assert_int_equal(ec_partfile_upgrade(f->path, f->dir, NULL, 0, NULL, NULL), EC_EINVAL);
+    assert_int_equal(count_files(f->dir), 1);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -513,6 +1044,12 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_bad_table, setup, teardown),
         cmocka_unit_test_setup_teardown(test_bad_data, setup, teardown),
         cmocka_unit_test_setup_teardown(test_truncated, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_v2_blocks, setup, teardown),
+        cmocka_unit_test(test_row_blocks),
+        cmocka_unit_test_setup_teardown(test_v1_still_opens, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_bad_block_table, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_upgrade, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_upgrade_refuses_damage, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
