@@ -5,13 +5,18 @@
  * What it owns: the record of which model versions exist (name, version,
  * training round, params JSON), the aliases that point at them, and for each
  * tensor its dtype, shape, partitioning, partition file and per-partition
- * checksums. The partition files themselves belong to the importer; this
- * module only records their paths (relative to the data dir) and hands them
- * back so the caller can unlink them.
+ * checksums; and the schema of the whole file, with its upgrades. The
+ * partition files themselves belong to the importer; this module only
+ * records their paths (relative to the data dir) and hands them back so the
+ * caller can unlink them. Policies (catalog_policy.c), params JSON
+ * (catalog_json.c) and the SQLite plumbing (catalog_sql.c) are in their own
+ * files; catalog_impl.h lists what they share.
  *
- * Who calls it: the daemon only. The engine thread (resolve, list, alias,
- * drop, stats) and the importer thread (add_version, sweep) each open their
- * own ec_catalog on the same file.
+ * Who calls it: the daemon only, from two threads with one handle each on
+ * the same file. The server thread's handle is the engine's (opened by
+ * ec_engine_open): the start-up sweep (foreach_path), resolve, list, alias,
+ * find, drop, update_file, stats. The importer thread's handle is the
+ * server's second one: add_version and the lookups an import makes.
  *
  * Thread rules: one ec_catalog per thread. A handle is one sqlite3
  * connection; it must be used by one thread at a time (it is opened
@@ -20,15 +25,12 @@
  * or processes are safe: the database runs in WAL mode so readers never
  * block the writer, writers serialize on BEGIN IMMEDIATE, and a busy
  * timeout of 5 s absorbs the wait instead of surfacing SQLITE_BUSY.
- * Callbacks (list_versions, list_tensors, foreach_path) run inside a read
- * transaction of the handle: they may call the read functions on the same
- * handle (list_tensors from a list_versions callback), but not the
- * mutating ones (those return EC_EINVAL there). drop_version's on_path runs
- * inside the write transaction and must not call back into the catalog.
- *
- * Transactions: every mutating function is one BEGIN IMMEDIATE ... COMMIT;
- * any failure rolls back, so the catalog is left as it was. Multi-statement
- * reads run in one read transaction so they see one snapshot.
+ * Callbacks (list_versions, list_tensors, foreach_path, list_tensor_modes)
+ * run inside a read transaction of the handle: they may call the read
+ * functions on the same handle (list_tensors from a list_versions
+ * callback), but not the mutating ones (those return EC_EINVAL there).
+ * drop_version's on_path runs inside the write transaction and must not
+ * call back into the catalog. Transactions and error codes: catalog_sql.c.
  *
  * Durability: synchronous=FULL. With WAL, NORMAL can lose the last commits
  * on power failure. That is not acceptable here: drop_version's caller
@@ -38,8 +40,8 @@
  * rare (imports, aliases, drops), so one fsync per commit costs nothing
  * that matters.
  *
- * Schema (PRAGMA user_version = 1; a newer version is refused with
- * EC_EVERSION, an older one cannot exist yet):
+ * Schema (PRAGMA user_version = 3; a newer version is refused with
+ * EC_EVERSION; 1 and 2 are upgraded on open, in one transaction):
  *
  *   models(id INTEGER PRIMARY KEY, name TEXT UNIQUE)
  *   versions(id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -55,6 +57,11 @@
  *           rows_per_partition, partitions, path, file_size,
  *           header_checksum, part_checksums BLOB (partitions
  *           little-endian u64), UNIQUE(version_id, name))
+ *   model_policy(model_id PRIMARY KEY -> models ON DELETE CASCADE,
+ *           min_resident_bytes >= 0, min_request_rate >= 0)     [schema 2]
+ *   tensor_policy(model_id -> models ON DELETE CASCADE, tensor TEXT
+ *           ('' = every tensor of the model), mode 1..2 (ec_cache_mode),
+ *           PRIMARY KEY(model_id, tensor)) WITHOUT ROWID        [schema 3]
  *
  * Invariants:
  *  1. Tensor ids come from AUTOINCREMENT, so a committed id is never handed
@@ -69,22 +76,19 @@
  *  5. u64 columns (rows, sizes, checksums) are stored as their two's
  *     complement int64 bit pattern and read back the same way; every value
  *     read from the file is validated before it is returned (EC_ECORRUPT).
+ *  6. Policy rows go with their model (ON DELETE CASCADE; open checks that
+ *     foreign keys are enforced): model ids are not AUTOINCREMENT, and a
+ *     model registered again under a reused id must not inherit them.
  *
  * list_versions of an unknown model calls nothing and returns 0 (an empty
  * listing, as ec_catalog_list() documents); resolve, version_of, find,
  * set_alias and drop_version say which part is unknown with EC_ENOENT.
- *
- * Errors: SQLite failures become EC_ECORRUPT (SQLITE_CORRUPT, SQLITE_NOTADB),
- * EC_ENOMEM, EC_ENOSPC (SQLITE_FULL), EC_EBUSY (SQLITE_BUSY/LOCKED after the
- * busy timeout), EC_EPERM (SQLITE_READONLY/PERM), EC_ETOOBIG, else EC_EIO,
- * with sqlite3_errmsg() in the message.
  */
 #include "catalog.h"
+#include "core/catalog_impl.h"
 
+#include <assert.h>
 #include <inttypes.h>
-#include <sqlite3.h>
-#include <stdarg.h>
-#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -93,166 +97,11 @@
 #include "common/dtype.h"
 #include "common/err.h"
 
-#define CAT_SCHEMA_VERSION 2
+#define CAT_SCHEMA_VERSION 3
 #define CAT_BUSY_TIMEOUT_MS 5000
 #define CAT_TENSOR_ID_LIMIT (INT64_C(1) << 32)
 #define CAT_LIST_MAX 160  /* bytes of "versions: ..." lists in messages */
-#define CAT_JSON_DEPTH_MAX 256
 #define CAT_PARTITIONS_MAX (UINT64_C(1) << 26) /* 512 MiB of checksums, < SQLite's 1e9 */
-
-struct ec_catalog {
-    sqlite3 *db;
-};
-
-/* ------------------------------------------------------------------ */
-/* SQLite plumbing                                                     */
-
-static int map_sqlite(int rc)
-{
-    switch (rc & 0xff) {
-    case SQLITE_CORRUPT:
-    case SQLITE_NOTADB:
-        return EC_ECORRUPT;
-    case SQLITE_NOMEM:
-        return EC_ENOMEM;
-    case SQLITE_FULL:
-        return EC_ENOSPC;
-    case SQLITE_BUSY:
-    case SQLITE_LOCKED:
-        return EC_EBUSY;
-    case SQLITE_READONLY:
-    case SQLITE_PERM:
-    case SQLITE_AUTH:
-        return EC_EPERM;
-    case SQLITE_TOOBIG:
-        return EC_ETOOBIG;
-    default:
-        return EC_EIO;
-    }
-}
-
-/* Record SQLite's failure rc while doing `what`; returns the EC_ code. */
-static int sql_err(sqlite3 *db, int rc, const char *what)
-{
-    return ec_seterr(map_sqlite(rc), "catalog: %s: %s (sqlite error %d)", what,
-                     db ? sqlite3_errmsg(db) : sqlite3_errstr(rc), rc);
-}
-
-static int prep(ec_catalog *cat, const char *sql, sqlite3_stmt **st)
-{
-    int rc = sqlite3_prepare_v2(cat->db, sql, -1, st, NULL);
-
-    if (rc != SQLITE_OK) {
-        *st = NULL;
-        return sql_err(cat->db, rc, "prepare");
-    }
-    return 0;
-}
-
-/*
- * Bind parameters 1.. from a format: 'i' int64_t, 'u' uint64_t (bit
- * pattern), 't' const char * (NULL binds NULL), 'b' const void *, size_t.
- */
-static int bindf(ec_catalog *cat, sqlite3_stmt *st, const char *fmt, ...)
-{
-    va_list ap;
-    int rc = SQLITE_OK;
-    int idx = 1;
-
-    va_start(ap, fmt);
-    for (const char *f = fmt; *f && rc == SQLITE_OK; f++, idx++) {
-        switch (*f) {
-        case 'i':
-            rc = sqlite3_bind_int64(st, idx, (sqlite3_int64)va_arg(ap, int64_t));
-            break;
-        case 'u':
-            rc = sqlite3_bind_int64(st, idx, (sqlite3_int64)va_arg(ap, uint64_t));
-            break;
-        case 't': {
-            const char *s = va_arg(ap, const char *);
-            rc = s ? sqlite3_bind_text(st, idx, s, -1, SQLITE_TRANSIENT)
-                   : sqlite3_bind_null(st, idx);
-            break;
-        }
-        case 'b': {
-            const void *p = va_arg(ap, const void *);
-            size_t n = va_arg(ap, size_t);
-            rc = sqlite3_bind_blob64(st, idx, n ? p : "", (sqlite3_uint64)n, SQLITE_TRANSIENT);
-            break;
-        }
-        default:
-            rc = SQLITE_MISUSE;
-            break;
-        }
-    }
-    va_end(ap);
-    if (rc != SQLITE_OK)
-        return sql_err(cat->db, rc, "bind");
-    return 0;
-}
-
-/* Step: 1 for a row, 0 when done, < 0 on failure. */
-static int step(ec_catalog *cat, sqlite3_stmt *st, const char *what)
-{
-    int rc = sqlite3_step(st);
-
-    if (rc == SQLITE_ROW)
-        return 1;
-    if (rc == SQLITE_DONE)
-        return 0;
-    return sql_err(cat->db, rc, what);
-}
-
-static int exec(ec_catalog *cat, const char *sql, const char *what)
-{
-    int rc = sqlite3_exec(cat->db, sql, NULL, NULL, NULL);
-
-    return rc == SQLITE_OK ? 0 : sql_err(cat->db, rc, what);
-}
-
-static int tx_begin_write(ec_catalog *cat)
-{
-    if (!sqlite3_get_autocommit(cat->db))
-        return ec_seterr(EC_EINVAL, "catalog: a change was requested from inside a catalog "
-                                    "callback; make it after the listing returns");
-    return exec(cat, "BEGIN IMMEDIATE", "begin write transaction");
-}
-
-/* Commit; on failure the transaction is rolled back (if still open). */
-static int tx_commit(ec_catalog *cat)
-{
-    int err = exec(cat, "COMMIT", "commit");
-
-    if (err < 0 && !sqlite3_get_autocommit(cat->db))
-        sqlite3_exec(cat->db, "ROLLBACK", NULL, NULL, NULL);
-    return err;
-}
-
-/* Roll back without touching the thread's error message. */
-static void tx_rollback(ec_catalog *cat)
-{
-    if (!sqlite3_get_autocommit(cat->db))
-        sqlite3_exec(cat->db, "ROLLBACK", NULL, NULL, NULL);
-}
-
-/* Start a read transaction unless one is open already (nested call from a
- * callback); *owned says whether tx_end_read must end it. */
-static int tx_begin_read(ec_catalog *cat, bool *owned)
-{
-    *owned = false;
-    if (!sqlite3_get_autocommit(cat->db))
-        return 0;
-    int err = exec(cat, "BEGIN", "begin read transaction");
-    if (err == 0)
-        *owned = true;
-    return err;
-}
-
-static void tx_end_read(ec_catalog *cat, bool owned)
-{
-    if (owned && !sqlite3_get_autocommit(cat->db))
-        sqlite3_exec(cat->db, "COMMIT", NULL, NULL, NULL);
-}
 
 /* ------------------------------------------------------------------ */
 /* Little helpers                                                      */
@@ -288,30 +137,6 @@ static bool list_append(char *buf, size_t cap, size_t *len, const char *item)
     }
     *len += (size_t)snprintf(buf + *len, cap - *len, "%s%s", sep, item);
     return true;
-}
-
-/* A growable string, for canonical JSON. */
-typedef struct sbuf {
-    char *p;
-    size_t len, cap;
-} sbuf;
-
-static int sb_put(sbuf *b, const char *s, size_t n)
-{
-    if (b->len + n + 1 > b->cap) {
-        size_t cap = b->cap ? b->cap : 64;
-        while (cap < b->len + n + 1)
-            cap *= 2;
-        char *p = realloc(b->p, cap);
-        if (!p)
-            return ec_seterr(EC_ENOMEM, "catalog: out of memory normalizing params JSON");
-        b->p = p;
-        b->cap = cap;
-    }
-    memcpy(b->p + b->len, s, n);
-    b->len += n;
-    b->p[b->len] = '\0';
-    return 0;
 }
 
 /* ------------------------------------------------------------------ */
@@ -427,11 +252,23 @@ static bool path_ok(const char *path, size_t maxlen)
 /* Open and schema                                                     */
 
 /* Schema 2 adds per-model residency policy (ec_catalog_set_policy). */
-#define POLICY_SQL                                                                     \
+#define MODEL_POLICY_SQL                                                               \
     "CREATE TABLE model_policy("                                                       \
     "  model_id INTEGER PRIMARY KEY REFERENCES models(id) ON DELETE CASCADE,"          \
     "  min_resident_bytes INTEGER NOT NULL DEFAULT 0 CHECK(min_resident_bytes >= 0),"  \
     "  min_request_rate REAL NOT NULL DEFAULT 0 CHECK(min_request_rate >= 0));"
+
+/* Schema 3 adds per-tensor cache modes (ec_catalog_set_tensor_mode); the
+ * row with tensor '' holds the mode of every tensor of the model. */
+#define TENSOR_POLICY_SQL                                                              \
+    "CREATE TABLE tensor_policy("                                                      \
+    "  model_id INTEGER NOT NULL REFERENCES models(id) ON DELETE CASCADE,"             \
+    "  tensor TEXT NOT NULL,"                                                          \
+    "  mode INTEGER NOT NULL CHECK(mode BETWEEN 1 AND 2),"                             \
+    "  PRIMARY KEY(model_id, tensor)) WITHOUT ROWID;"
+
+#define CAT_STR_(x) #x
+#define CAT_STR(x) CAT_STR_(x)
 
 static const char schema_sql[] =
     "CREATE TABLE models("
@@ -467,19 +304,32 @@ static const char schema_sql[] =
     "  header_checksum INTEGER NOT NULL,"
     "  part_checksums BLOB NOT NULL,"
     "  UNIQUE(version_id, name));"
-    POLICY_SQL
-    "PRAGMA user_version = 2;";
+    MODEL_POLICY_SQL
+    TENSOR_POLICY_SQL
+    "PRAGMA user_version = " CAT_STR(CAT_SCHEMA_VERSION) ";";
+
+/* upgrades[i] takes schema i + 1 to i + 2. create_schema runs every one a
+ * catalog needs in its one transaction: a failed upgrade leaves the
+ * catalog at the version it had. */
+static const struct {
+    const char *sql, *what;
+} upgrades[] = {
+    {MODEL_POLICY_SQL "PRAGMA user_version = 2;", "upgrade schema 1 to 2"},
+    {TENSOR_POLICY_SQL "PRAGMA user_version = 3;", "upgrade schema 2 to 3"},
+};
+static_assert(sizeof(upgrades) / sizeof(upgrades[0]) == CAT_SCHEMA_VERSION - 1,
+               "one upgrade per schema version after 1");
 
 /* Run a pragma that returns one row and read its first column as text
  * (copied into buf) or integer. */
 static int pragma_row(ec_catalog *cat, const char *sql, char *buf, size_t cap, int64_t *ival)
 {
     sqlite3_stmt *st = NULL;
-    int err = prep(cat, sql, &st);
+    int err = cat_prep(cat, sql, &st);
 
     if (err < 0)
         goto fail;
-    err = step(cat, st, sql);
+    err = cat_step(cat, st, sql);
     if (err < 0)
         goto fail;
     if (err == 0) {
@@ -502,7 +352,7 @@ fail:
 static int create_schema(ec_catalog *cat)
 {
     int64_t uv = 0;
-    int err = tx_begin_write(cat);
+    int err = cat_tx_begin_write(cat);
 
     if (err < 0)
         return err;
@@ -521,17 +371,21 @@ static int create_schema(ec_catalog *cat)
         goto fail;
     }
     if (uv == 0) {
-        err = exec(cat, schema_sql, "create schema");
-        if (err < 0)
-            goto fail;
-    } else if (uv == 1) {
-        err = exec(cat, POLICY_SQL "PRAGMA user_version = 2;", "upgrade schema 1 to 2");
+        err = cat_exec(cat, schema_sql, "create schema");
         if (err < 0)
             goto fail;
     }
-    return tx_commit(cat);
+    for (int64_t v = uv; v >= 1 && v < CAT_SCHEMA_VERSION; v++) {
+        err = cat_exec(cat, upgrades[v - 1].sql, upgrades[v - 1].what);
+        if (err < 0) {
+            ec_adderr(err, "catalog left at schema version %" PRId64 "; fix what follows and "
+                           "start embcached again to upgrade it", uv);
+            goto fail;
+        }
+    }
+    return cat_tx_commit(cat);
 fail:
-    tx_rollback(cat);
+    cat_tx_rollback(cat);
     return err;
 }
 
@@ -551,18 +405,18 @@ int ec_catalog_open(const char *path, ec_catalog **out)
                          SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_FULLMUTEX,
                          NULL);
     if (rc != SQLITE_OK) {
-        err = sql_err(cat->db, rc, "open");
+        err = cat_sql_err(cat->db, rc, "open");
         goto fail;
     }
     sqlite3_extended_result_codes(cat->db, 1);
     rc = sqlite3_busy_timeout(cat->db, CAT_BUSY_TIMEOUT_MS);
     if (rc != SQLITE_OK) {
-        err = sql_err(cat->db, rc, "set busy timeout");
+        err = cat_sql_err(cat->db, rc, "set busy timeout");
         goto fail;
     }
     rc = sqlite3_db_config(cat->db, SQLITE_DBCONFIG_DEFENSIVE, 1, (int *)NULL);
     if (rc != SQLITE_OK) {
-        err = sql_err(cat->db, rc, "enable defensive mode");
+        err = cat_sql_err(cat->db, rc, "enable defensive mode");
         goto fail;
     }
     /* The first statement that reads the file: a non-database fails here.
@@ -582,10 +436,10 @@ int ec_catalog_open(const char *path, ec_catalog **out)
                                 "put the data dir on a local filesystem", mode);
         goto fail;
     }
-    err = exec(cat, "PRAGMA synchronous = FULL", "set synchronous");
+    err = cat_exec(cat, "PRAGMA synchronous = FULL", "set synchronous");
     if (err < 0)
         goto fail;
-    err = exec(cat, "PRAGMA foreign_keys = ON", "enable foreign keys");
+    err = cat_exec(cat, "PRAGMA foreign_keys = ON", "enable foreign keys");
     if (err < 0)
         goto fail;
     err = pragma_row(cat, "PRAGMA foreign_keys", NULL, 0, &fk);
@@ -637,17 +491,17 @@ void ec_cat_tensor_clear(ec_cat_tensor *t)
 /* Lookups shared by the functions below                               */
 
 /* The model's row id; EC_ENOENT "unknown model" when absent. */
-static int model_id_of(ec_catalog *cat, const char *model, int64_t *id_out)
+int cat_model_id_of(ec_catalog *cat, const char *model, int64_t *id_out)
 {
     sqlite3_stmt *st = NULL;
-    int err = prep(cat, "SELECT id FROM models WHERE name = ?1", &st);
+    int err = cat_prep(cat, "SELECT id FROM models WHERE name = ?1", &st);
 
     if (err < 0)
         goto fail;
-    err = bindf(cat, st, "t", model);
+    err = cat_bindf(cat, st, "t", model);
     if (err < 0)
         goto fail;
-    err = step(cat, st, "look up model");
+    err = cat_step(cat, st, "look up model");
     if (err < 0)
         goto fail;
     if (err == 0) {
@@ -661,30 +515,8 @@ fail:
     return err;
 }
 
-/* "1, 2, 3" (or "none") for messages; best effort. */
-static void versions_list(ec_catalog *cat, int64_t model_id, char *buf, size_t cap)
-{
-    sqlite3_stmt *st = NULL;
-    size_t len = 0;
-    char item[24];
-
-    buf[0] = '\0';
-    if (sqlite3_prepare_v2(cat->db,
-                           "SELECT version FROM versions WHERE model_id = ?1 ORDER BY version",
-                           -1, &st, NULL) == SQLITE_OK &&
-        sqlite3_bind_int64(st, 1, model_id) == SQLITE_OK) {
-        while (sqlite3_step(st) == SQLITE_ROW) {
-            snprintf(item, sizeof(item), "%lld", (long long)sqlite3_column_int64(st, 0));
-            if (!list_append(buf, cap, &len, item))
-                break;
-        }
-    }
-    sqlite3_finalize(st);
-    if (len == 0)
-        snprintf(buf, cap, "none");
-}
-
-/* Names from a one-text-column query bound to one integer, for messages. */
+/* "a, b, c" (or "none") from a one-column query bound to one integer, for
+ * messages (an integer column reads as its decimal text); best effort. */
 static void names_list(ec_catalog *cat, const char *sql, int64_t key, char *buf, size_t cap)
 {
     sqlite3_stmt *st = NULL;
@@ -711,18 +543,19 @@ static int version_id_of(ec_catalog *cat, const char *model, int64_t model_id, i
 {
     sqlite3_stmt *st = NULL;
     char list[CAT_LIST_MAX];
-    int err = prep(cat, "SELECT id FROM versions WHERE model_id = ?1 AND version = ?2", &st);
+    int err = cat_prep(cat, "SELECT id FROM versions WHERE model_id = ?1 AND version = ?2", &st);
 
     if (err < 0)
         goto fail;
-    err = bindf(cat, st, "ii", model_id, version);
+    err = cat_bindf(cat, st, "ii", model_id, version);
     if (err < 0)
         goto fail;
-    err = step(cat, st, "look up version");
+    err = cat_step(cat, st, "look up version");
     if (err < 0)
         goto fail;
     if (err == 0) {
-        versions_list(cat, model_id, list, sizeof(list));
+        names_list(cat, "SELECT version FROM versions WHERE model_id = ?1 ORDER BY version",
+                   model_id, list, sizeof(list));
         err = ec_seterr(EC_ENOENT, "model '%s' has no version %" PRId64 " (versions: %s)", model,
                         version, list);
         goto fail;
@@ -761,7 +594,7 @@ static int resolve_version(ec_catalog *cat, const char *model, const char *voa,
         if (err < 0)
             return err;
     }
-    err = model_id_of(cat, model, &model_id);
+    err = cat_model_id_of(cat, model, &model_id);
     if (err < 0)
         return err;
     if (all_digits(voa)) {
@@ -780,16 +613,16 @@ static int resolve_version(ec_catalog *cat, const char *model, const char *voa,
         *version_out = version;
         return 0;
     }
-    err = prep(cat,
-               "SELECT v.id, v.version FROM aliases a JOIN versions v ON v.id = a.version_id "
-               "WHERE a.model_id = ?1 AND a.alias = ?2",
-               &st);
+    err = cat_prep(cat,
+                   "SELECT v.id, v.version FROM aliases a JOIN versions v ON v.id = a.version_id "
+                   "WHERE a.model_id = ?1 AND a.alias = ?2",
+                   &st);
     if (err < 0)
         goto fail;
-    err = bindf(cat, st, "it", model_id, voa);
+    err = cat_bindf(cat, st, "it", model_id, voa);
     if (err < 0)
         goto fail;
-    err = step(cat, st, "look up alias");
+    err = cat_step(cat, st, "look up alias");
     if (err < 0)
         goto fail;
     if (err == 0) {
@@ -875,17 +708,6 @@ static int check_tensor(const ec_cat_tensor *t, size_t i)
     "t.header_checksum, t.part_checksums "                                                   \
     "FROM tensors t JOIN versions v ON v.id = t.version_id JOIN models m ON m.id = v.model_id "
 
-/* Copy a text column into a fixed buffer; false if NULL or too long. */
-static bool col_text(sqlite3_stmt *st, int col, char *dst, size_t cap)
-{
-    const unsigned char *s = sqlite3_column_text(st, col);
-    int n = sqlite3_column_bytes(st, col);
-
-    if (!s || n < 0 || (size_t)n >= cap || strlen((const char *)s) != (size_t)n)
-        return false;
-    memcpy(dst, s, (size_t)n + 1);
-    return true;
-}
 
 /* Read and validate one TENSOR_COLS row into *out (written on success). */
 static int row_to_tensor(ec_catalog *cat, sqlite3_stmt *st, ec_cat_tensor *out)
@@ -899,10 +721,10 @@ static int row_to_tensor(ec_catalog *cat, sqlite3_stmt *st, ec_cat_tensor *out)
     memset(&t, 0, sizeof(t));
     t.id = sqlite3_column_int64(st, 0);
     t.version_id = sqlite3_column_int64(st, 1);
-    if (!col_text(st, 2, t.model, sizeof(t.model)))
+    if (!cat_col_text(st, 2, t.model, sizeof(t.model)))
         goto corrupt;
     t.version = sqlite3_column_int64(st, 3);
-    if (!col_text(st, 4, t.name, sizeof(t.name)))
+    if (!cat_col_text(st, 4, t.name, sizeof(t.name)))
         goto corrupt;
     int64_t dtype = sqlite3_column_int64(st, 5);
     int64_t ndim = sqlite3_column_int64(st, 6);
@@ -921,7 +743,7 @@ static int row_to_tensor(ec_catalog *cat, sqlite3_stmt *st, ec_cat_tensor *out)
     t.row_bytes = (uint64_t)sqlite3_column_int64(st, 9);
     t.rows_per_partition = (uint64_t)sqlite3_column_int64(st, 10);
     t.partitions = (uint64_t)sqlite3_column_int64(st, 11);
-    if (!col_text(st, 12, t.path, sizeof(t.path)) || !path_ok(t.path, EC_CAT_PATH_MAX - 1))
+    if (!cat_col_text(st, 12, t.path, sizeof(t.path)) || !path_ok(t.path, EC_CAT_PATH_MAX - 1))
         goto corrupt;
     t.file_size = (uint64_t)sqlite3_column_int64(st, 13);
     t.header_checksum = (uint64_t)sqlite3_column_int64(st, 14);
@@ -974,10 +796,10 @@ static int insert_tensor(ec_catalog *cat, sqlite3_stmt *st, const char *model, i
     }
     for (uint64_t p = 0; p < t->partitions; p++)
         put_le64(sums + 8 * p, t->part_checksums[p]);
-    err = bindf(cat, st, "itiibuuuutuub", vid, t->name, (int64_t)t->dtype, (int64_t)t->ndim,
-                (const void *)shape, (size_t)(8 * t->ndim), t->rows, t->row_bytes,
-                t->rows_per_partition, t->partitions, t->path, t->file_size,
-                t->header_checksum, (const void *)sums, nsums);
+    err = cat_bindf(cat, st, "itiibuuuutuub", vid, t->name, (int64_t)t->dtype, (int64_t)t->ndim,
+                    (const void *)shape, (size_t)(8 * t->ndim), t->rows, t->row_bytes,
+                    t->rows_per_partition, t->partitions, t->path, t->file_size,
+                    t->header_checksum, (const void *)sums, nsums);
     if (err < 0)
         goto fail;
     rc = sqlite3_step(st);
@@ -989,7 +811,7 @@ static int insert_tensor(ec_catalog *cat, sqlite3_stmt *st, const char *model, i
         goto fail;
     }
     if (rc != SQLITE_DONE) {
-        err = sql_err(cat->db, rc, "insert tensor");
+        err = cat_sql_err(cat->db, rc, "insert tensor");
         goto fail;
     }
     id = sqlite3_last_insert_rowid(cat->db);
@@ -1006,110 +828,6 @@ fail:
     sqlite3_reset(st);
     sqlite3_clear_bindings(st);
     free(sums);
-    return err;
-}
-
-/* ------------------------------------------------------------------ */
-/* Params JSON                                                         */
-
-/* Validate params (a JSON object) and return its json() form, malloc'd. */
-static int params_normalize(ec_catalog *cat, const char *params, char **out)
-{
-    sqlite3_stmt *st = NULL;
-    const unsigned char *t;
-    char *s;
-    int err;
-
-    err = prep(cat,
-               "SELECT json_valid(?1), CASE WHEN json_valid(?1) THEN "
-               "CASE WHEN json_type(?1) = 'object' THEN json(?1) END END",
-               &st);
-    if (err < 0)
-        goto fail;
-    err = bindf(cat, st, "t", params);
-    if (err < 0)
-        goto fail;
-    err = step(cat, st, "check params JSON");
-    if (err < 0)
-        goto fail;
-    if (err == 0 || !sqlite3_column_int(st, 0)) {
-        err = ec_seterr(EC_EINVAL, "params are not valid JSON; give a JSON object such as "
-                                   "'{\"lr\": 0.01}'");
-        goto fail;
-    }
-    t = sqlite3_column_text(st, 1);
-    if (!t) {
-        err = sqlite3_errcode(cat->db) == SQLITE_NOMEM
-                  ? ec_seterr(EC_ENOMEM, "catalog: out of memory checking params JSON")
-                  : ec_seterr(EC_EINVAL, "params must be a JSON object ({...}), not an array "
-                                         "or a single value");
-        goto fail;
-    }
-    s = strdup((const char *)t);
-    if (!s) {
-        err = ec_seterr(EC_ENOMEM, "catalog: out of memory");
-        goto fail;
-    }
-    *out = s;
-    err = 0;
-fail:
-    sqlite3_finalize(st);
-    return err;
-}
-
-/*
- * Canonical JSON for comparing params: objects with their members sorted by
- * key (byte order, duplicates kept in document order), arrays in order,
- * no whitespace. {"b":1,"a":2} and { "a": 2, "b": 1 } compare equal.
- */
-static int json_canon(ec_catalog *cat, const char *json, bool is_object, int depth, sbuf *out)
-{
-    sqlite3_stmt *st = NULL;
-    int err, i = 0;
-
-    if (depth > CAT_JSON_DEPTH_MAX)
-        return ec_seterr(EC_EINVAL, "params JSON is nested deeper than %d levels",
-                         CAT_JSON_DEPTH_MAX);
-    err = prep(cat,
-               "SELECT json_quote(key), type, CASE type WHEN 'true' THEN 'true' "
-               "WHEN 'false' THEN 'false' WHEN 'null' THEN 'null' WHEN 'object' THEN value "
-               "WHEN 'array' THEN value ELSE json_quote(value) END "
-               "FROM json_each(?1) ORDER BY key, id",
-               &st);
-    if (err < 0)
-        goto fail;
-    err = bindf(cat, st, "t", json);
-    if (err < 0)
-        goto fail;
-    err = sb_put(out, is_object ? "{" : "[", 1);
-    while (err == 0 && (err = step(cat, st, "normalize params JSON")) == 1) {
-        const char *key = (const char *)sqlite3_column_text(st, 0);
-        const char *type = (const char *)sqlite3_column_text(st, 1);
-        const char *val = (const char *)sqlite3_column_text(st, 2);
-        if (!type || !val || (is_object && !key)) {
-            err = ec_seterr(EC_ENOMEM, "catalog: out of memory normalizing params JSON");
-            break;
-        }
-        err = i++ ? sb_put(out, ",", 1) : 0;
-        if (err == 0 && is_object) {
-            err = sb_put(out, key, strlen(key));
-            if (err == 0)
-                err = sb_put(out, ":", 1);
-        }
-        if (err < 0)
-            break;
-        if (!strcmp(type, "object") || !strcmp(type, "array")) {
-            /* val points into st's row; recursion uses its own statement. */
-            err = json_canon(cat, val, type[0] == 'o', depth + 1, out);
-        } else {
-            err = sb_put(out, val, strlen(val));
-        }
-    }
-    if (err < 0)
-        goto fail;
-    err = sb_put(out, is_object ? "}" : "]", 1);
-fail:
-    sqlite3_finalize(st);
     return err;
 }
 
@@ -1146,7 +864,7 @@ int ec_catalog_add_version(ec_catalog *cat, const char *model, int64_t version,
     if (n && !(ids = calloc(n, sizeof(*ids))))
         return ec_seterr(EC_ENOMEM, "catalog: out of memory");
     if (params_json)
-        err = params_normalize(cat, params_json, &params);
+        err = cat_params_normalize(cat, params_json, &params);
     else
         err = (params = strdup("{}")) ? 0 : ec_seterr(EC_ENOMEM, "catalog: out of memory");
     if (err < 0) {
@@ -1154,31 +872,31 @@ int ec_catalog_add_version(ec_catalog *cat, const char *model, int64_t version,
         return params_json ? ec_adderr(err, "model '%s' version %" PRId64, model, version) : err;
     }
 
-    err = tx_begin_write(cat);
+    err = cat_tx_begin_write(cat);
     if (err < 0)
         goto out;
-    err = prep(cat, "INSERT INTO models(name) VALUES(?1) ON CONFLICT(name) DO NOTHING", &st);
+    err = cat_prep(cat, "INSERT INTO models(name) VALUES(?1) ON CONFLICT(name) DO NOTHING", &st);
     if (err < 0)
         goto fail;
-    err = bindf(cat, st, "t", model);
+    err = cat_bindf(cat, st, "t", model);
     if (err < 0)
         goto fail;
-    err = step(cat, st, "insert model");
+    err = cat_step(cat, st, "insert model");
     if (err < 0)
         goto fail;
     sqlite3_finalize(st);
     st = NULL;
-    err = model_id_of(cat, model, &model_id);
+    err = cat_model_id_of(cat, model, &model_id);
     if (err < 0)
         goto fail;
 
-    err = prep(cat,
-               "INSERT INTO versions(model_id, version, round, params_json, created_unix) "
-               "VALUES(?1, ?2, ?3, ?4, ?5)",
-               &st);
+    err = cat_prep(cat,
+                   "INSERT INTO versions(model_id, version, round, params_json, created_unix) "
+                   "VALUES(?1, ?2, ?3, ?4, ?5)",
+                   &st);
     if (err < 0)
         goto fail;
-    err = bindf(cat, st, "iiiti", model_id, version, round, params, (int64_t)time(NULL));
+    err = cat_bindf(cat, st, "iiiti", model_id, version, round, params, (int64_t)time(NULL));
     if (err < 0)
         goto fail;
     rc = sqlite3_step(st);
@@ -1188,18 +906,18 @@ int ec_catalog_add_version(ec_catalog *cat, const char *model, int64_t version,
         goto fail;
     }
     if (rc != SQLITE_DONE) {
-        err = sql_err(cat->db, rc, "insert version");
+        err = cat_sql_err(cat->db, rc, "insert version");
         goto fail;
     }
     vid = sqlite3_last_insert_rowid(cat->db);
     sqlite3_finalize(st);
     st = NULL;
 
-    err = prep(cat,
-               "INSERT INTO tensors(version_id, name, dtype, ndim, shape, rows, row_bytes, "
-               "rows_per_partition, partitions, path, file_size, header_checksum, "
-               "part_checksums) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
-               &st);
+    err = cat_prep(cat,
+                   "INSERT INTO tensors(version_id, name, dtype, ndim, shape, rows, row_bytes, "
+                   "rows_per_partition, partitions, path, file_size, header_checksum, "
+                   "part_checksums) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+                   &st);
     if (err < 0)
         goto fail;
     for (size_t i = 0; i < n; i++) {
@@ -1209,7 +927,7 @@ int ec_catalog_add_version(ec_catalog *cat, const char *model, int64_t version,
     }
     sqlite3_finalize(st);
     st = NULL;
-    err = tx_commit(cat);
+    err = cat_tx_commit(cat);
     if (err < 0)
         goto out;
     for (size_t i = 0; i < n; i++) {
@@ -1223,7 +941,7 @@ int ec_catalog_add_version(ec_catalog *cat, const char *model, int64_t version,
     goto out;
 fail:
     sqlite3_finalize(st);
-    tx_rollback(cat);
+    cat_tx_rollback(cat);
 out:
     free(params);
     free(ids);
@@ -1245,32 +963,32 @@ int ec_catalog_set_alias(ec_catalog *cat, const char *model, const char *alias,
     err = ec_catalog_check_name("alias", alias);
     if (err < 0)
         return err;
-    err = tx_begin_write(cat);
+    err = cat_tx_begin_write(cat);
     if (err < 0)
         return err;
-    err = model_id_of(cat, model, &model_id);
+    err = cat_model_id_of(cat, model, &model_id);
     if (err < 0)
         goto fail;
     err = version_id_of(cat, model, model_id, version, &vid);
     if (err < 0)
         goto fail;
-    err = prep(cat,
-               "INSERT INTO aliases(model_id, alias, version_id) VALUES(?1, ?2, ?3) "
-               "ON CONFLICT(model_id, alias) DO UPDATE SET version_id = excluded.version_id",
-               &st);
+    err = cat_prep(cat,
+                   "INSERT INTO aliases(model_id, alias, version_id) VALUES(?1, ?2, ?3) "
+                   "ON CONFLICT(model_id, alias) DO UPDATE SET version_id = excluded.version_id",
+                   &st);
     if (err < 0)
         goto fail;
-    err = bindf(cat, st, "iti", model_id, alias, vid);
+    err = cat_bindf(cat, st, "iti", model_id, alias, vid);
     if (err < 0)
         goto fail;
-    err = step(cat, st, "set alias");
+    err = cat_step(cat, st, "set alias");
     if (err < 0)
         goto fail;
     sqlite3_finalize(st);
-    return tx_commit(cat);
+    return cat_tx_commit(cat);
 fail:
     sqlite3_finalize(st);
-    tx_rollback(cat);
+    cat_tx_rollback(cat);
     return err;
 }
 
@@ -1286,10 +1004,10 @@ int ec_catalog_drop_version(ec_catalog *cat, const char *model, int64_t version,
     err = ec_catalog_check_name("model", model);
     if (err < 0)
         return err;
-    err = tx_begin_write(cat);
+    err = cat_tx_begin_write(cat);
     if (err < 0)
         return err;
-    err = model_id_of(cat, model, &model_id);
+    err = cat_model_id_of(cat, model, &model_id);
     if (err < 0)
         goto fail;
     err = version_id_of(cat, model, model_id, version, &vid);
@@ -1297,15 +1015,15 @@ int ec_catalog_drop_version(ec_catalog *cat, const char *model, int64_t version,
         goto fail;
 
     /* Collect the paths before the rows go; the caller unlinks after commit. */
-    err = prep(cat, "SELECT path FROM tensors WHERE version_id = ?1 ORDER BY name", &st);
+    err = cat_prep(cat, "SELECT path FROM tensors WHERE version_id = ?1 ORDER BY name", &st);
     if (err < 0)
         goto fail;
-    err = bindf(cat, st, "i", vid);
+    err = cat_bindf(cat, st, "i", vid);
     if (err < 0)
         goto fail;
-    while ((err = step(cat, st, "list tensor paths")) == 1) {
+    while ((err = cat_step(cat, st, "list tensor paths")) == 1) {
         char path[EC_CAT_PATH_MAX];
-        if (!col_text(st, 0, path, sizeof(path)) || !path_ok(path, EC_CAT_PATH_MAX - 1)) {
+        if (!cat_col_text(st, 0, path, sizeof(path)) || !path_ok(path, EC_CAT_PATH_MAX - 1)) {
             err = ec_seterr(EC_ECORRUPT, "catalog: model '%s' version %" PRId64 " has an invalid "
                                          "partition file path; restore the catalog",
                             model, version);
@@ -1320,36 +1038,36 @@ int ec_catalog_drop_version(ec_catalog *cat, const char *model, int64_t version,
     st = NULL;
 
     /* Tensors and aliases of the version go with it (ON DELETE CASCADE). */
-    err = prep(cat, "DELETE FROM versions WHERE id = ?1", &st);
+    err = cat_prep(cat, "DELETE FROM versions WHERE id = ?1", &st);
     if (err < 0)
         goto fail;
-    err = bindf(cat, st, "i", vid);
+    err = cat_bindf(cat, st, "i", vid);
     if (err < 0)
         goto fail;
-    err = step(cat, st, "delete version");
+    err = cat_step(cat, st, "delete version");
     if (err < 0)
         goto fail;
     sqlite3_finalize(st);
     st = NULL;
 
     /* Invariant 4: a model without versions goes too. */
-    err = prep(cat,
-               "DELETE FROM models WHERE id = ?1 AND "
-               "NOT EXISTS (SELECT 1 FROM versions WHERE model_id = ?1)",
-               &st);
+    err = cat_prep(cat,
+                   "DELETE FROM models WHERE id = ?1 AND "
+                   "NOT EXISTS (SELECT 1 FROM versions WHERE model_id = ?1)",
+                   &st);
     if (err < 0)
         goto fail;
-    err = bindf(cat, st, "i", model_id);
+    err = cat_bindf(cat, st, "i", model_id);
     if (err < 0)
         goto fail;
-    err = step(cat, st, "delete empty model");
+    err = cat_step(cat, st, "delete empty model");
     if (err < 0)
         goto fail;
     sqlite3_finalize(st);
-    return tx_commit(cat);
+    return cat_tx_commit(cat);
 fail:
     sqlite3_finalize(st);
-    tx_rollback(cat);
+    cat_tx_rollback(cat);
     return err;
 }
 
@@ -1370,19 +1088,19 @@ int ec_catalog_resolve(ec_catalog *cat, const char *model, const char *version_o
     err = ec_catalog_check_name("tensor", tensor);
     if (err < 0)
         return err;
-    err = tx_begin_read(cat, &owned);
+    err = cat_tx_begin_read(cat, &owned);
     if (err < 0)
         return err;
     err = resolve_version(cat, model, version_or_alias, &vid, &version);
     if (err < 0)
         goto fail;
-    err = prep(cat, TENSOR_COLS "WHERE t.version_id = ?1 AND t.name = ?2", &st);
+    err = cat_prep(cat, TENSOR_COLS "WHERE t.version_id = ?1 AND t.name = ?2", &st);
     if (err < 0)
         goto fail;
-    err = bindf(cat, st, "it", vid, tensor);
+    err = cat_bindf(cat, st, "it", vid, tensor);
     if (err < 0)
         goto fail;
-    err = step(cat, st, "look up tensor");
+    err = cat_step(cat, st, "look up tensor");
     if (err < 0)
         goto fail;
     if (err == 0) {
@@ -1396,7 +1114,7 @@ int ec_catalog_resolve(ec_catalog *cat, const char *model, const char *version_o
     err = row_to_tensor(cat, st, out);
 fail:
     sqlite3_finalize(st);
-    tx_end_read(cat, owned);
+    cat_tx_end_read(cat, owned);
     return err;
 }
 
@@ -1407,13 +1125,13 @@ int ec_catalog_get_tensor(ec_catalog *cat, int64_t tensor_id, ec_cat_tensor *out
 
     if (!cat || !out)
         return ec_seterr(EC_EINVAL, "ec_catalog_get_tensor: NULL argument");
-    err = prep(cat, TENSOR_COLS "WHERE t.id = ?1", &st);
+    err = cat_prep(cat, TENSOR_COLS "WHERE t.id = ?1", &st);
     if (err < 0)
         goto fail;
-    err = bindf(cat, st, "i", tensor_id);
+    err = cat_bindf(cat, st, "i", tensor_id);
     if (err < 0)
         goto fail;
-    err = step(cat, st, "look up tensor");
+    err = cat_step(cat, st, "look up tensor");
     if (err < 0)
         goto fail;
     if (err == 0) {
@@ -1437,11 +1155,11 @@ int ec_catalog_version_of(ec_catalog *cat, const char *model, const char *versio
 
     if (!cat || !version_out)
         return ec_seterr(EC_EINVAL, "ec_catalog_version_of: NULL argument");
-    err = tx_begin_read(cat, &owned);
+    err = cat_tx_begin_read(cat, &owned);
     if (err < 0)
         return err;
     err = resolve_version(cat, model, version_or_alias, &vid, &version);
-    tx_end_read(cat, owned);
+    cat_tx_end_read(cat, owned);
     if (err < 0)
         return err;
     *version_out = version;
@@ -1452,7 +1170,7 @@ int ec_catalog_find(ec_catalog *cat, const char *model, int64_t round,
                     const char *params_json, int64_t *version_out)
 {
     sqlite3_stmt *st = NULL;
-    sbuf want = {0}, have = {0};
+    cat_sbuf want = {0}, have = {0};
     char *norm = NULL;
     int64_t model_id, found = 0;
     bool owned = false;
@@ -1464,29 +1182,29 @@ int ec_catalog_find(ec_catalog *cat, const char *model, int64_t round,
     if (err < 0)
         return err;
     if (params_json) {
-        err = params_normalize(cat, params_json, &norm);
+        err = cat_params_normalize(cat, params_json, &norm);
         if (err < 0)
             return err;
-        err = json_canon(cat, norm, true, 0, &want);
+        err = cat_json_canon(cat, norm, true, 0, &want);
         if (err < 0)
             goto out;
     }
-    err = tx_begin_read(cat, &owned);
+    err = cat_tx_begin_read(cat, &owned);
     if (err < 0)
         goto out;
-    err = model_id_of(cat, model, &model_id);
+    err = cat_model_id_of(cat, model, &model_id);
     if (err < 0)
         goto out;
-    err = prep(cat,
-               "SELECT version, params_json FROM versions WHERE model_id = ?1 AND round = ?2 "
-               "ORDER BY version DESC",
-               &st);
+    err = cat_prep(cat,
+                   "SELECT version, params_json FROM versions WHERE model_id = ?1 AND round = ?2 "
+                   "ORDER BY version DESC",
+                   &st);
     if (err < 0)
         goto out;
-    err = bindf(cat, st, "ii", model_id, round);
+    err = cat_bindf(cat, st, "ii", model_id, round);
     if (err < 0)
         goto out;
-    while ((err = step(cat, st, "find version")) == 1) {
+    while ((err = cat_step(cat, st, "find version")) == 1) {
         const char *p = (const char *)sqlite3_column_text(st, 1);
         if (!params_json) {
             found = sqlite3_column_int64(st, 0);
@@ -1498,7 +1216,7 @@ int ec_catalog_find(ec_catalog *cat, const char *model, int64_t round,
             goto out;
         }
         have.len = 0;
-        err = json_canon(cat, p, true, 0, &have);
+        err = cat_json_canon(cat, p, true, 0, &have);
         if (err < 0)
             goto out;
         if (have.len == want.len && !memcmp(have.p, want.p, want.len)) {
@@ -1517,7 +1235,7 @@ int ec_catalog_find(ec_catalog *cat, const char *model, int64_t round,
     err = 0;
 out:
     sqlite3_finalize(st);
-    tx_end_read(cat, owned);
+    cat_tx_end_read(cat, owned);
     free(want.p);
     free(have.p);
     free(norm);
@@ -1527,12 +1245,12 @@ out:
 /* "a,b,c" for the version's aliases, sorted by byte order; malloc'd. */
 static int aliases_of(ec_catalog *cat, sqlite3_stmt *st, int64_t vid, char **out)
 {
-    sbuf b = {0};
-    int err = bindf(cat, st, "i", vid);
+    cat_sbuf b = {0};
+    int err = cat_bindf(cat, st, "i", vid);
 
     if (err == 0)
-        err = sb_put(&b, "", 0);
-    while (err == 0 && (err = step(cat, st, "list aliases")) == 1) {
+        err = cat_sb_put(&b, "", 0);
+    while (err == 0 && (err = cat_step(cat, st, "list aliases")) == 1) {
         const char *a = (const char *)sqlite3_column_text(st, 0);
         err = 0;
         if (!a) {
@@ -1540,9 +1258,9 @@ static int aliases_of(ec_catalog *cat, sqlite3_stmt *st, int64_t vid, char **out
             break;
         }
         if (b.len)
-            err = sb_put(&b, ",", 1);
+            err = cat_sb_put(&b, ",", 1);
         if (err == 0)
-            err = sb_put(&b, a, strlen(a));
+            err = cat_sb_put(&b, a, strlen(a));
     }
     sqlite3_reset(st);
     if (err < 0) {
@@ -1567,23 +1285,23 @@ int ec_catalog_list_versions(ec_catalog *cat, const char *model,
         if (err < 0)
             return err;
     }
-    err = tx_begin_read(cat, &owned);
+    err = cat_tx_begin_read(cat, &owned);
     if (err < 0)
         return err;
-    err = prep(cat,
-               "SELECT v.id, m.name, v.version, v.round, v.params_json, v.created_unix "
-               "FROM versions v JOIN models m ON m.id = v.model_id "
-               "WHERE ?1 IS NULL OR m.name = ?1 ORDER BY m.name, v.version",
-               &st);
+    err = cat_prep(cat,
+                   "SELECT v.id, m.name, v.version, v.round, v.params_json, v.created_unix "
+                   "FROM versions v JOIN models m ON m.id = v.model_id "
+                   "WHERE ?1 IS NULL OR m.name = ?1 ORDER BY m.name, v.version",
+                   &st);
     if (err < 0)
         goto fail;
-    err = prep(cat, "SELECT alias FROM aliases WHERE version_id = ?1 ORDER BY alias", &ast);
+    err = cat_prep(cat, "SELECT alias FROM aliases WHERE version_id = ?1 ORDER BY alias", &ast);
     if (err < 0)
         goto fail;
-    err = bindf(cat, st, "t", model);
+    err = cat_bindf(cat, st, "t", model);
     if (err < 0)
         goto fail;
-    while ((err = step(cat, st, "list versions")) == 1) {
+    while ((err = cat_step(cat, st, "list versions")) == 1) {
         ec_cat_version v;
         const char *p;
 
@@ -1593,7 +1311,7 @@ int ec_catalog_list_versions(ec_catalog *cat, const char *model,
         v.round = sqlite3_column_int64(st, 3);
         v.created_unix = sqlite3_column_int64(st, 5);
         p = (const char *)sqlite3_column_text(st, 4);
-        if (!col_text(st, 1, v.model, sizeof(v.model)) || !p) {
+        if (!cat_col_text(st, 1, v.model, sizeof(v.model)) || !p) {
             err = ec_seterr(EC_ECORRUPT, "catalog: version row %lld is inconsistent; restore "
                                          "the catalog",
                             (long long)v.id);
@@ -1613,7 +1331,7 @@ int ec_catalog_list_versions(ec_catalog *cat, const char *model,
 fail:
     sqlite3_finalize(ast);
     sqlite3_finalize(st);
-    tx_end_read(cat, owned);
+    cat_tx_end_read(cat, owned);
     return err;
 }
 
@@ -1626,16 +1344,16 @@ int ec_catalog_list_tensors(ec_catalog *cat, int64_t version_id,
 
     if (!cat || !cb)
         return ec_seterr(EC_EINVAL, "ec_catalog_list_tensors: NULL argument");
-    err = tx_begin_read(cat, &owned);
+    err = cat_tx_begin_read(cat, &owned);
     if (err < 0)
         return err;
-    err = prep(cat, "SELECT 1 FROM versions WHERE id = ?1", &st);
+    err = cat_prep(cat, "SELECT 1 FROM versions WHERE id = ?1", &st);
     if (err < 0)
         goto fail;
-    err = bindf(cat, st, "i", version_id);
+    err = cat_bindf(cat, st, "i", version_id);
     if (err < 0)
         goto fail;
-    err = step(cat, st, "look up version");
+    err = cat_step(cat, st, "look up version");
     if (err < 0)
         goto fail;
     if (err == 0) {
@@ -1646,13 +1364,13 @@ int ec_catalog_list_tensors(ec_catalog *cat, int64_t version_id,
     }
     sqlite3_finalize(st);
     st = NULL;
-    err = prep(cat, TENSOR_COLS "WHERE t.version_id = ?1 ORDER BY t.name", &st);
+    err = cat_prep(cat, TENSOR_COLS "WHERE t.version_id = ?1 ORDER BY t.name", &st);
     if (err < 0)
         goto fail;
-    err = bindf(cat, st, "i", version_id);
+    err = cat_bindf(cat, st, "i", version_id);
     if (err < 0)
         goto fail;
-    while ((err = step(cat, st, "list tensors")) == 1) {
+    while ((err = cat_step(cat, st, "list tensors")) == 1) {
         ec_cat_tensor t;
         err = row_to_tensor(cat, st, &t);
         if (err < 0)
@@ -1664,7 +1382,7 @@ int ec_catalog_list_tensors(ec_catalog *cat, int64_t version_id,
     }
 fail:
     sqlite3_finalize(st);
-    tx_end_read(cat, owned);
+    cat_tx_end_read(cat, owned);
     return err;
 }
 
@@ -1684,18 +1402,18 @@ int ec_catalog_update_file(ec_catalog *cat, int64_t tensor_id, uint64_t file_siz
                          tensor_id);
     for (uint64_t p = 0; p < partitions; p++)
         put_le64(sums + 8 * p, part_checksums[p]);
-    err = tx_begin_write(cat);
+    err = cat_tx_begin_write(cat);
     if (err < 0)
         goto out;
-    err = prep(cat, "UPDATE tensors SET file_size = ?1, header_checksum = ?2, "
-                    "part_checksums = ?3 WHERE id = ?4 AND partitions = ?5", &st);
+    err = cat_prep(cat, "UPDATE tensors SET file_size = ?1, header_checksum = ?2, "
+                        "part_checksums = ?3 WHERE id = ?4 AND partitions = ?5", &st);
     if (err < 0)
         goto fail;
-    err = bindf(cat, st, "uubiu", file_size, header_checksum, (const void *)sums, nsums,
-                tensor_id, partitions);
+    err = cat_bindf(cat, st, "uubiu", file_size, header_checksum, (const void *)sums, nsums,
+                    tensor_id, partitions);
     if (err < 0)
         goto fail;
-    err = step(cat, st, "update tensor file");
+    err = cat_step(cat, st, "update tensor file");
     if (err < 0)
         goto fail;
     if (sqlite3_changes(cat->db) != 1) {
@@ -1704,80 +1422,13 @@ int ec_catalog_update_file(ec_catalog *cat, int64_t tensor_id, uint64_t file_siz
         goto fail;
     }
     sqlite3_finalize(st);
-    err = tx_commit(cat);
+    err = cat_tx_commit(cat);
     goto out;
 fail:
     sqlite3_finalize(st);
-    tx_rollback(cat);
+    cat_tx_rollback(cat);
 out:
     free(sums);
-    return err;
-}
-
-int ec_catalog_set_policy(ec_catalog *cat, const char *model, uint64_t min_resident_bytes,
-                          double min_request_rate)
-{
-    sqlite3_stmt *st = NULL;
-    int64_t model_id;
-    int err;
-
-    if (!cat || !model)
-        return ec_seterr(EC_EINVAL, "ec_catalog_set_policy: NULL argument");
-    if (!(min_request_rate >= 0) || min_resident_bytes > (uint64_t)INT64_MAX)
-        return ec_seterr(EC_EINVAL, "a minimum residency and request rate must be >= 0");
-    err = tx_begin_write(cat);
-    if (err < 0)
-        return err;
-    err = model_id_of(cat, model, &model_id);
-    if (err < 0)
-        goto fail;
-    err = prep(cat, "INSERT INTO model_policy(model_id, min_resident_bytes, min_request_rate) "
-                    "VALUES(?1, ?2, ?3) ON CONFLICT(model_id) DO UPDATE SET "
-                    "min_resident_bytes = excluded.min_resident_bytes, "
-                    "min_request_rate = excluded.min_request_rate", &st);
-    if (err < 0)
-        goto fail;
-    err = bindf(cat, st, "ii", model_id, (int64_t)min_resident_bytes);
-    if (err == 0 && sqlite3_bind_double(st, 3, min_request_rate) != SQLITE_OK)
-        err = sql_err(cat->db, SQLITE_ERROR, "bind");
-    if (err < 0)
-        goto fail;
-    err = step(cat, st, "set policy");
-    if (err < 0)
-        goto fail;
-    sqlite3_finalize(st);
-    return tx_commit(cat);
-fail:
-    sqlite3_finalize(st);
-    tx_rollback(cat);
-    return err;
-}
-
-int ec_catalog_get_policy(ec_catalog *cat, int64_t version_id, uint64_t *min_resident_bytes,
-                          double *min_request_rate)
-{
-    sqlite3_stmt *st = NULL;
-    int err;
-
-    if (!cat || !min_resident_bytes || !min_request_rate)
-        return ec_seterr(EC_EINVAL, "ec_catalog_get_policy: NULL argument");
-    err = prep(cat, "SELECT p.min_resident_bytes, p.min_request_rate FROM versions v "
-                    "LEFT JOIN model_policy p ON p.model_id = v.model_id WHERE v.id = ?1", &st);
-    if (err < 0)
-        return err;
-    err = bindf(cat, st, "i", version_id);
-    if (err < 0)
-        goto out;
-    err = step(cat, st, "get policy");
-    if (err == 0)
-        err = ec_seterr(EC_ENOENT, "version id %" PRId64 " is not in the catalog", version_id);
-    if (err < 0)
-        goto out;
-    *min_resident_bytes = (uint64_t)sqlite3_column_int64(st, 0);
-    *min_request_rate = sqlite3_column_double(st, 1);
-    err = 0;
-out:
-    sqlite3_finalize(st);
     return err;
 }
 
@@ -1790,15 +1441,15 @@ int ec_catalog_foreach_path(ec_catalog *cat, int (*cb)(const char *path, void *a
 
     if (!cat || !cb)
         return ec_seterr(EC_EINVAL, "ec_catalog_foreach_path: NULL argument");
-    err = tx_begin_read(cat, &owned);
+    err = cat_tx_begin_read(cat, &owned);
     if (err < 0)
         return err;
-    err = prep(cat, "SELECT DISTINCT path FROM tensors ORDER BY path", &st);
+    err = cat_prep(cat, "SELECT DISTINCT path FROM tensors ORDER BY path", &st);
     if (err < 0)
         goto fail;
-    while ((err = step(cat, st, "list paths")) == 1) {
+    while ((err = cat_step(cat, st, "list paths")) == 1) {
         char path[EC_CAT_PATH_MAX];
-        if (!col_text(st, 0, path, sizeof(path)) || !path_ok(path, EC_CAT_PATH_MAX - 1)) {
+        if (!cat_col_text(st, 0, path, sizeof(path)) || !path_ok(path, EC_CAT_PATH_MAX - 1)) {
             err = ec_seterr(EC_ECORRUPT, "catalog: a tensor has an invalid partition file "
                                          "path; restore the catalog");
             goto fail;
@@ -1809,7 +1460,7 @@ int ec_catalog_foreach_path(ec_catalog *cat, int (*cb)(const char *path, void *a
     }
 fail:
     sqlite3_finalize(st);
-    tx_end_read(cat, owned);
+    cat_tx_end_read(cat, owned);
     return err;
 }
 
@@ -1821,13 +1472,13 @@ int ec_catalog_counts(ec_catalog *cat, uint64_t *models, uint64_t *versions,
 
     if (!cat)
         return ec_seterr(EC_EINVAL, "ec_catalog_counts: NULL catalog");
-    err = prep(cat,
-               "SELECT (SELECT count(*) FROM models), (SELECT count(*) FROM versions), "
-               "(SELECT count(*) FROM tensors)",
-               &st);
+    err = cat_prep(cat,
+                   "SELECT (SELECT count(*) FROM models), (SELECT count(*) FROM versions), "
+                   "(SELECT count(*) FROM tensors)",
+                   &st);
     if (err < 0)
         goto fail;
-    err = step(cat, st, "count");
+    err = cat_step(cat, st, "count");
     if (err < 0)
         goto fail;
     if (err == 0) {

@@ -2,12 +2,14 @@
  * catalog.h - the model catalog, kept in SQLite (<data_dir>/catalog.db).
  *
  * Holds model versions (name, version, training round, params JSON), aliases
- * such as "current", and tensors (dtype, shape, partitioning, partition file
- * and per-partition checksums). Owned by the daemon: the engine thread and
- * the importer thread each open their own ec_catalog (one sqlite3
- * connection each, WAL mode, busy timeout), so each handle is used by one
- * thread at a time. Every change is one transaction: a failure leaves the
- * catalog as it was.
+ * such as "current", tensors (dtype, shape, partitioning, partition file
+ * and per-partition checksums), and the policies the engine applies to a
+ * model: residency and per-tensor cache mode. Owned by the daemon: the
+ * server thread (the engine's handle) and the importer thread each open
+ * their own ec_catalog (one sqlite3 connection each, WAL mode, busy
+ * timeout), so each handle is used by one thread at a time. Every change is
+ * one transaction: a failure leaves the catalog as it was. Implemented in
+ * core/catalog*.c (map in catalog_impl.h).
  */
 #ifndef EC_CORE_CATALOG_H
 #define EC_CORE_CATALOG_H
@@ -51,8 +53,10 @@ typedef struct ec_cat_tensor {
     uint64_t *part_checksums;    /* `partitions` XXH3-64 values; malloc'd */
 } ec_cat_tensor;
 
-/* Open (creating if needed) the catalog at path; creates the schema, sets
- * WAL and a busy timeout. EC_EIO / EC_ECORRUPT with SQLite's message. */
+/* Open (creating if needed) the catalog at path; creates the schema or
+ * upgrades an older one (schema 1 or 2 to 3, in one transaction), sets WAL
+ * and a busy timeout. EC_EIO / EC_ECORRUPT with SQLite's message,
+ * EC_EVERSION for a catalog written by a newer embcached. */
 int ec_catalog_open(const char *path, ec_catalog **out);
 void ec_catalog_close(ec_catalog *cat);
 
@@ -134,6 +138,50 @@ int ec_catalog_set_policy(ec_catalog *cat, const char *model, uint64_t min_resid
 /* The policy of the model a version belongs to (0, 0 when none is set). */
 int ec_catalog_get_policy(ec_catalog *cat, int64_t version_id, uint64_t *min_resident_bytes,
                           double *min_request_rate);
+
+/*
+ * Set how the daemon caches a tensor of a model, or all of them.
+ *   model   an existing model (EC_ENOENT, naming it, when there is none).
+ *   tensor  a tensor name (checked as ec_catalog_check_name("tensor")), or
+ *           NULL or "" for every tensor of the model. It need not exist in
+ *           any version yet: the mode applies to the tensor by that name in
+ *           every version of the model, those imported later included.
+ *   mode    EC_CACHE_PARTITIONS or EC_CACHE_ROWS record the mode;
+ *           EC_CACHE_AUTO removes the record (back to the daemon's choice;
+ *           removing one that does not exist is not an error).
+ * A tensor's own mode wins over the model-wide one (get_tensor_mode). The
+ * modes go with the model when its last version is dropped.
+ * Returns 0, EC_EINVAL (bad mode, bad model or tensor name, or called from
+ * inside a catalog callback), EC_ENOENT, or a storage error (EC_EIO,
+ * EC_EBUSY, EC_ENOSPC, ...: the list is in catalog_sql.c).
+ */
+int ec_catalog_set_tensor_mode(ec_catalog *cat, const char *model, const char *tensor,
+                               ec_cache_mode mode);
+
+/*
+ * The cache mode of tensor `tensor` (NULL or "": the model-wide mode) of
+ * the model that version version_id belongs to: that tensor's record if
+ * there is one, else the model-wide record, else EC_CACHE_AUTO. Writes
+ * *mode_out only on success. Returns 0, EC_ENOENT for an unknown version
+ * id, EC_EINVAL for a bad tensor name, EC_ECORRUPT for a stored mode out of
+ * range, or a storage error. One statement: no transaction is left open.
+ */
+int ec_catalog_get_tensor_mode(ec_catalog *cat, int64_t version_id, const char *tensor,
+                               ec_cache_mode *mode_out);
+
+/*
+ * Call cb for every cache-mode record, of model (EC_ENOENT when it does not
+ * exist) or of all models when model is NULL, in (model, tensor) order; the
+ * model-wide record comes first, with tensor "". mode is never
+ * EC_CACHE_AUTO. The strings are valid during the call only. Stops and
+ * returns cb's value when it is non-zero; 0 when every record was shown
+ * (none is not an error). cb runs inside a read transaction: it may read
+ * through the same handle but not change the catalog (EC_EINVAL).
+ */
+int ec_catalog_list_tensor_modes(ec_catalog *cat, const char *model,
+                                 int (*cb)(const char *model, const char *tensor,
+                                           ec_cache_mode mode, void *arg),
+                                 void *arg);
 
 /* Call cb with every partition file path the catalog references (for the
  * start-up sweep that removes orphans). */

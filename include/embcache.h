@@ -91,6 +91,20 @@ typedef enum ec_dtype {
     EC_DTYPE_I64 = 8,
 } ec_dtype;
 
+/**
+ * How embcached caches a tensor. Values are stable: they go on disk and wire.
+ *  - PARTITIONS: by whole partitions (about 1 MiB of rows each), indexed per
+ *    partition: the cheapest hits, for tensors that fit in memory.
+ *  - ROWS: by rows, in the item store, with misses read as the 4 KiB blocks
+ *    that hold them: for tensors larger than their share of memory.
+ *  - AUTO: the daemon picks from the tensor's size and the budget.
+ */
+typedef enum ec_cache_mode {
+    EC_CACHE_AUTO = 0,
+    EC_CACHE_PARTITIONS = 1,
+    EC_CACHE_ROWS = 2,
+} ec_cache_mode;
+
 typedef struct ec_client ec_client;
 typedef struct ec_tensor ec_tensor;
 typedef struct ec_view ec_view;

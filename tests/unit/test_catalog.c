@@ -6,7 +6,8 @@
  * for every unknown part, validation of names, params and tensor structs,
  * atomicity of failed changes, find, drop, id allocation (never reused,
  * capped below 2^32), persistence across reopen, a non-SQLite file, a newer
- * schema, and two handles writing from two threads at once.
+ * schema, upgrades of schema 1 and 2 catalogs, residency policies and
+ * per-tensor cache modes, and two handles writing from two threads at once.
  */
 #include <pthread.h>
 #include <sqlite3.h>
@@ -652,6 +653,23 @@ static void raw_sql(const char *path, const char *sql)
     sqlite3_close(db);
 }
 
+/* The first column of the first row of sql, on a connection of its own. */
+static int64_t raw_int(const char *path, const char *sql)
+{
+    sqlite3 *db = NULL;
+    sqlite3_stmt *st = NULL;
+    int64_t v;
+
+    assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
+    if (sqlite3_prepare_v2(db, sql, -1, &st, NULL) != SQLITE_OK)
+        fail_msg("%s: %s", sql, sqlite3_errmsg(db));
+    assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+    v = sqlite3_column_int64(st, 0);
+    sqlite3_finalize(st);
+    sqlite3_close(db);
+    return v;
+}
+
 static void test_tensor_id_space_capped(void **state)
 {
     fx *f = *state;
@@ -813,10 +831,10 @@ static void test_newer_schema_refused(void **state)
 
     ec_catalog_close(f->cat);
     f->cat = NULL;
-    raw_sql(f->path, "PRAGMA user_version = 3");
+    raw_sql(f->path, "PRAGMA user_version = 4");
     assert_int_equal(ec_catalog_open(f->path, &cat), EC_EVERSION);
-    assert_msg("newer");
-    raw_sql(f->path, "PRAGMA user_version = 2");
+    assert_msg("catalog schema version 4 is newer than this embcached understands (3)");
+    raw_sql(f->path, "PRAGMA user_version = 3");
     reopen(f);
 }
 
@@ -832,8 +850,11 @@ static void test_schema_1_upgraded(void **state)
     assert_int_equal(add(f->cat, "m", 1, -1, NULL, two, 2, NULL), 0);
     ec_catalog_close(f->cat);
     f->cat = NULL;
-    raw_sql(f->path, "DROP TABLE model_policy; PRAGMA user_version = 1");
+    raw_sql(f->path, "DROP TABLE tensor_policy; DROP TABLE model_policy; "
+                     "PRAGMA user_version = 1");
     reopen(f);
+    assert_int_equal(raw_int(f->path, "PRAGMA user_version"), 3);
+    assert_int_equal(ec_catalog_set_tensor_mode(f->cat, "m", NULL, EC_CACHE_ROWS), 0);
     assert_int_equal(ec_catalog_version_of(f->cat, "m", "1", &v), 0);
     assert_int_equal(v, 1);
     assert_int_equal(ec_catalog_set_policy(f->cat, "m", 4096, 2.5), 0);
@@ -845,6 +866,35 @@ static void test_schema_1_upgraded(void **state)
     }
     assert_int_equal(res, 4096);
     assert_true(rate == 2.5);
+}
+
+/* An upgrade that fails part-way (here 2 to 3, after 1 to 2 ran) leaves the
+ * catalog at the version it had, and says so. */
+static void test_failed_upgrade_changes_nothing(void **state)
+{
+    fx *f = *state;
+    ec_catalog *cat = (ec_catalog *)0x1;
+    listing l;
+
+    assert_int_equal(add(f->cat, "m", 1, -1, NULL, two, 2, NULL), 0);
+    ec_catalog_close(f->cat);
+    f->cat = NULL;
+    /* A schema-1 file that already has a table schema 3 would create. */
+    raw_sql(f->path, "DROP TABLE model_policy; PRAGMA user_version = 1");
+    assert_int_equal(ec_catalog_open(f->path, &cat), EC_EIO);
+    assert_msg("catalog left at schema version 1");
+    assert_msg("upgrade schema 2 to 3: table tensor_policy already exists");
+    assert_ptr_equal(cat, (ec_catalog *)0x1);
+    assert_int_equal(raw_int(f->path, "PRAGMA user_version"), 1);
+    assert_int_equal(raw_int(f->path, "SELECT count(*) FROM sqlite_master "
+                                      "WHERE name = 'model_policy'"),
+                     0);
+    /* Once the cause is gone, it upgrades. */
+    raw_sql(f->path, "DROP TABLE tensor_policy");
+    reopen(f);
+    assert_int_equal(raw_int(f->path, "PRAGMA user_version"), 3);
+    list_all(f->cat, NULL, &l);
+    assert_string_equal(l.text, "m:1:-1:{}:;");
 }
 
 static void test_policy(void **state)
@@ -869,6 +919,342 @@ static void test_policy(void **state)
     assert_int_equal(ec_catalog_get_policy(f->cat, t.version_id + 1000, &res, &rate),
                      EC_ENOENT);
     ec_cat_tensor_clear(&t);
+}
+
+/* ------------------------------------------------------------------ */
+/* Per-tensor cache modes                                              */
+
+/* The version id of (model, version or alias); its tensors are `two`. */
+static int64_t vid_of(ec_catalog *cat, const char *model, const char *voa)
+{
+    ec_cat_tensor t;
+    int64_t vid;
+
+    if (ec_catalog_resolve(cat, model, voa, "word_embeddings", &t) != 0)
+        fail_msg("resolve %s@%s: %s", model, voa, ec_last_error());
+    vid = t.version_id;
+    ec_cat_tensor_clear(&t);
+    return vid;
+}
+
+static ec_cache_mode mode_of(ec_catalog *cat, int64_t vid, const char *tensor)
+{
+    ec_cache_mode m = (ec_cache_mode)99;
+
+    if (ec_catalog_get_tensor_mode(cat, vid, tensor, &m) != 0)
+        fail_msg("get_tensor_mode %lld '%s': %s", (long long)vid, tensor ? tensor : "(null)",
+                 ec_last_error());
+    return m;
+}
+
+/* Collect list_tensor_modes output as "model:tensor:mode;". */
+static int collect_mode(const char *model, const char *tensor, ec_cache_mode mode, void *arg)
+{
+    listing *l = arg;
+    size_t len = strlen(l->text);
+
+    snprintf(l->text + len, sizeof(l->text) - len, "%s:%s:%d;", model, tensor, (int)mode);
+    return 0;
+}
+
+static void list_modes(ec_catalog *cat, const char *model, listing *l)
+{
+    memset(l, 0, sizeof(*l));
+    if (ec_catalog_list_tensor_modes(cat, model, collect_mode, l) != 0)
+        fail_msg("list_tensor_modes: %s", ec_last_error());
+}
+
+static void test_tensor_modes_precedence(void **state)
+{
+    fx *f = *state;
+    int64_t v1, v2, n1;
+    listing l;
+
+    assert_int_equal(add(f->cat, "m", 1, -1, NULL, two, 2, NULL), 0);
+    assert_int_equal(add(f->cat, "n", 1, -1, NULL, two, 2, NULL), 0);
+    v1 = vid_of(f->cat, "m", "1");
+    n1 = vid_of(f->cat, "n", "1");
+    /* Nothing set: the daemon's choice. */
+    assert_int_equal(mode_of(f->cat, v1, "word_embeddings"), EC_CACHE_AUTO);
+    assert_int_equal(mode_of(f->cat, v1, NULL), EC_CACHE_AUTO);
+    list_modes(f->cat, NULL, &l);
+    assert_string_equal(l.text, "");
+
+    /* A model-wide mode covers every tensor, those no version has too. */
+    assert_int_equal(ec_catalog_set_tensor_mode(f->cat, "m", "", EC_CACHE_ROWS), 0);
+    assert_int_equal(mode_of(f->cat, v1, "word_embeddings"), EC_CACHE_ROWS);
+    assert_int_equal(mode_of(f->cat, v1, "pos_embeddings"), EC_CACHE_ROWS);
+    assert_int_equal(mode_of(f->cat, v1, "not/yet:imported"), EC_CACHE_ROWS);
+    /* Another model is not touched. */
+    assert_int_equal(mode_of(f->cat, n1, "word_embeddings"), EC_CACHE_AUTO);
+
+    /* A tensor's own mode wins over the model-wide one. */
+    assert_int_equal(ec_catalog_set_tensor_mode(f->cat, "m", "word_embeddings",
+                                                EC_CACHE_PARTITIONS), 0);
+    assert_int_equal(mode_of(f->cat, v1, "word_embeddings"), EC_CACHE_PARTITIONS);
+    assert_int_equal(mode_of(f->cat, v1, "pos_embeddings"), EC_CACHE_ROWS);
+    assert_int_equal(mode_of(f->cat, v1, NULL), EC_CACHE_ROWS);
+
+    /* Modes are the model's: a version imported later has them. */
+    assert_int_equal(add(f->cat, "m", 2, -1, NULL, two, 2, NULL), 0);
+    v2 = vid_of(f->cat, "m", "2");
+    assert_int_equal(mode_of(f->cat, v2, "word_embeddings"), EC_CACHE_PARTITIONS);
+    assert_int_equal(mode_of(f->cat, v2, "pos_embeddings"), EC_CACHE_ROWS);
+
+    /* Setting again replaces; NULL is the model-wide row too. */
+    assert_int_equal(ec_catalog_set_tensor_mode(f->cat, "n", "pos_embeddings", EC_CACHE_ROWS),
+                     0);
+    assert_int_equal(ec_catalog_set_tensor_mode(f->cat, "n", "pos_embeddings",
+                                                EC_CACHE_PARTITIONS), 0);
+    assert_int_equal(ec_catalog_set_tensor_mode(f->cat, "n", NULL, EC_CACHE_ROWS), 0);
+    list_modes(f->cat, NULL, &l);
+    assert_string_equal(l.text, "m::2;m:word_embeddings:1;n::2;n:pos_embeddings:1;");
+    list_modes(f->cat, "n", &l);
+    assert_string_equal(l.text, "n::2;n:pos_embeddings:1;");
+
+    /* AUTO removes the row: the model-wide one, then the tensor's. */
+    assert_int_equal(ec_catalog_set_tensor_mode(f->cat, "m", NULL, EC_CACHE_AUTO), 0);
+    assert_int_equal(mode_of(f->cat, v1, "pos_embeddings"), EC_CACHE_AUTO);
+    assert_int_equal(mode_of(f->cat, v1, "word_embeddings"), EC_CACHE_PARTITIONS);
+    assert_int_equal(ec_catalog_set_tensor_mode(f->cat, "m", "word_embeddings",
+                                                EC_CACHE_AUTO), 0);
+    assert_int_equal(mode_of(f->cat, v2, "word_embeddings"), EC_CACHE_AUTO);
+    /* Removing what is not there is not an error. */
+    assert_int_equal(ec_catalog_set_tensor_mode(f->cat, "m", "word_embeddings",
+                                                EC_CACHE_AUTO), 0);
+    list_modes(f->cat, "m", &l);
+    assert_string_equal(l.text, "");
+    list_modes(f->cat, NULL, &l);
+    assert_string_equal(l.text, "n::2;n:pos_embeddings:1;");
+}
+
+/* A listing callback: try a change (refused in there), then stop. */
+static int mode_change_inside(const char *model, const char *tensor, ec_cache_mode mode,
+                              void *arg)
+{
+    ec_catalog *cat = arg;
+
+    (void)tensor;
+    (void)mode;
+    assert_int_equal(ec_catalog_set_tensor_mode(cat, model, NULL, EC_CACHE_AUTO), EC_EINVAL);
+    assert_msg("from inside a catalog callback");
+    return 7;
+}
+
+static void test_tensor_modes_refused(void **state)
+{
+    fx *f = *state;
+    ec_cache_mode m = (ec_cache_mode)99;
+    listing l;
+    int64_t v1;
+
+    assert_int_equal(add(f->cat, "m", 1, -1, NULL, two, 2, NULL), 0);
+    v1 = vid_of(f->cat, "m", "1");
+    assert_int_equal(ec_catalog_set_tensor_mode(f->cat, "m", "word_embeddings", EC_CACHE_ROWS),
+                     0);
+
+    assert_int_equal(ec_catalog_set_tensor_mode(f->cat, "nobody", NULL, EC_CACHE_ROWS),
+                     EC_ENOENT);
+    assert_msg("unknown model 'nobody'");
+    assert_int_equal(ec_catalog_set_tensor_mode(f->cat, "nobody", "x", EC_CACHE_AUTO),
+                     EC_ENOENT);
+    assert_msg("unknown model 'nobody'");
+    assert_int_equal(ec_catalog_set_tensor_mode(f->cat, "m", "x", (ec_cache_mode)3), EC_EINVAL);
+    assert_msg("cache mode 3 for model 'm' is not valid; use 0 (auto), 1 (partitions) or "
+               "2 (rows)");
+    assert_int_equal(ec_catalog_set_tensor_mode(f->cat, "m", "x", (ec_cache_mode)-1),
+                     EC_EINVAL);
+    assert_msg("cache mode -1");
+    assert_int_equal(ec_catalog_set_tensor_mode(f->cat, "m", "a b", EC_CACHE_ROWS), EC_EINVAL);
+    assert_msg("model 'm': tensor name 'a b' has a character not allowed");
+    assert_int_equal(ec_catalog_set_tensor_mode(f->cat, "m", "a/../b", EC_CACHE_ROWS),
+                     EC_EINVAL);
+    assert_msg("component");
+    assert_int_equal(ec_catalog_set_tensor_mode(f->cat, NULL, NULL, EC_CACHE_ROWS), EC_EINVAL);
+    assert_msg("no model name given");
+    assert_int_equal(ec_catalog_set_tensor_mode(NULL, "m", NULL, EC_CACHE_ROWS), EC_EINVAL);
+
+    assert_int_equal(ec_catalog_get_tensor_mode(f->cat, v1 + 1000, "word_embeddings", &m),
+                     EC_ENOENT);
+    assert_msg("is not in the catalog");
+    assert_int_equal(ec_catalog_get_tensor_mode(f->cat, v1, "a b", &m), EC_EINVAL);
+    assert_int_equal(ec_catalog_get_tensor_mode(f->cat, v1, "x", NULL), EC_EINVAL);
+    assert_int_equal(m, (ec_cache_mode)99); /* written only on success */
+
+    assert_int_equal(ec_catalog_list_tensor_modes(f->cat, "nobody", collect_mode, &l),
+                     EC_ENOENT);
+    assert_msg("unknown model 'nobody'");
+    assert_int_equal(ec_catalog_list_tensor_modes(f->cat, "bad name", collect_mode, &l),
+                     EC_EINVAL);
+    assert_int_equal(ec_catalog_list_tensor_modes(f->cat, NULL, NULL, NULL), EC_EINVAL);
+    /* The callback's value stops the listing; a change from inside is refused. */
+    assert_int_equal(ec_catalog_list_tensor_modes(f->cat, NULL, mode_change_inside, f->cat), 7);
+
+    /* None of that changed anything. */
+    list_modes(f->cat, NULL, &l);
+    assert_string_equal(l.text, "m:word_embeddings:2;");
+    assert_int_equal(mode_of(f->cat, v1, "word_embeddings"), EC_CACHE_ROWS);
+}
+
+static void test_tensor_modes_survive_reopen(void **state)
+{
+    fx *f = *state;
+    listing l;
+    int64_t v1;
+
+    assert_int_equal(add(f->cat, "m", 1, -1, NULL, two, 2, NULL), 0);
+    v1 = vid_of(f->cat, "m", "1");
+    assert_int_equal(ec_catalog_set_tensor_mode(f->cat, "m", NULL, EC_CACHE_PARTITIONS), 0);
+    assert_int_equal(ec_catalog_set_tensor_mode(f->cat, "m", "pos_embeddings", EC_CACHE_ROWS),
+                     0);
+    reopen(f);
+    assert_int_equal(mode_of(f->cat, v1, "word_embeddings"), EC_CACHE_PARTITIONS);
+    assert_int_equal(mode_of(f->cat, v1, "pos_embeddings"), EC_CACHE_ROWS);
+    list_modes(f->cat, "m", &l);
+    assert_string_equal(l.text, "m::1;m:pos_embeddings:2;");
+}
+
+/* A model's modes go when its last version is dropped: a model registered
+ * again later (possibly under the same row id) starts from AUTO. */
+static void test_tensor_modes_go_with_model(void **state)
+{
+    fx *f = *state;
+    listing l;
+    int64_t v2;
+
+    assert_int_equal(add(f->cat, "m", 1, -1, NULL, two, 2, NULL), 0);
+    assert_int_equal(add(f->cat, "m", 2, -1, NULL, two, 2, NULL), 0);
+    assert_int_equal(add(f->cat, "keep", 1, -1, NULL, two, 2, NULL), 0);
+    assert_int_equal(ec_catalog_set_tensor_mode(f->cat, "m", NULL, EC_CACHE_ROWS), 0);
+    assert_int_equal(ec_catalog_set_tensor_mode(f->cat, "m", "word_embeddings",
+                                                EC_CACHE_PARTITIONS), 0);
+    assert_int_equal(ec_catalog_set_tensor_mode(f->cat, "keep", "x", EC_CACHE_ROWS), 0);
+
+    /* Dropping one version keeps them: they are the model's. */
+    assert_int_equal(ec_catalog_drop_version(f->cat, "m", 1, NULL, NULL), 0);
+    v2 = vid_of(f->cat, "m", "2");
+    assert_int_equal(mode_of(f->cat, v2, "word_embeddings"), EC_CACHE_PARTITIONS);
+
+    /* Dropping the last one removes the model and its rows. */
+    assert_int_equal(ec_catalog_drop_version(f->cat, "m", 2, NULL, NULL), 0);
+    list_modes(f->cat, NULL, &l);
+    assert_string_equal(l.text, "keep:x:2;");
+    assert_int_equal(raw_int(f->path, "SELECT count(*) FROM tensor_policy"), 1);
+    assert_int_equal(ec_catalog_set_tensor_mode(f->cat, "m", NULL, EC_CACHE_ROWS), EC_ENOENT);
+    assert_int_equal(add(f->cat, "m", 3, -1, NULL, two, 2, NULL), 0);
+    assert_int_equal(mode_of(f->cat, vid_of(f->cat, "m", "3"), "word_embeddings"),
+                     EC_CACHE_AUTO);
+}
+
+/* A mode the CHECK constraint would refuse, written behind its back, is
+ * reported, not handed to the engine. */
+static void test_tensor_mode_corrupt_detected(void **state)
+{
+    fx *f = *state;
+    ec_cache_mode m = (ec_cache_mode)99;
+    listing l;
+    int64_t v1;
+
+    assert_int_equal(add(f->cat, "m", 1, -1, NULL, two, 2, NULL), 0);
+    v1 = vid_of(f->cat, "m", "1");
+    assert_int_equal(ec_catalog_set_tensor_mode(f->cat, "m", "word_embeddings", EC_CACHE_ROWS),
+                     0);
+    raw_sql(f->path, "PRAGMA ignore_check_constraints = 1; UPDATE tensor_policy SET mode = 7");
+    assert_int_equal(ec_catalog_get_tensor_mode(f->cat, v1, "word_embeddings", &m),
+                     EC_ECORRUPT);
+    assert_msg("cache mode 7");
+    assert_int_equal(m, (ec_cache_mode)99);
+    assert_int_equal(ec_catalog_list_tensor_modes(f->cat, "m", collect_mode, &l), EC_ECORRUPT);
+    assert_msg("restore the catalog");
+    /* Setting it again repairs it. */
+    assert_int_equal(ec_catalog_set_tensor_mode(f->cat, "m", "word_embeddings",
+                                                EC_CACHE_PARTITIONS), 0);
+    assert_int_equal(mode_of(f->cat, v1, "word_embeddings"), EC_CACHE_PARTITIONS);
+}
+
+/*
+ * A schema-2 catalog, as embcached wrote it before cache modes: the DDL
+ * below is a frozen copy of schema 2 (not derived from catalog.c, which
+ * moves on), with one model, version, alias, tensor and residency policy.
+ * Opening it upgrades it to 3 in place and keeps all of that.
+ */
+static const char schema2_sql[] =
+    "CREATE TABLE models(id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE);"
+    "CREATE TABLE versions(id INTEGER PRIMARY KEY AUTOINCREMENT, model_id INTEGER NOT NULL "
+    " REFERENCES models(id) ON DELETE CASCADE, version INTEGER NOT NULL CHECK(version >= 1),"
+    " round INTEGER NOT NULL DEFAULT -1 CHECK(round >= -1), params_json TEXT NOT NULL "
+    " DEFAULT '{}', created_unix INTEGER NOT NULL, UNIQUE(model_id, version));"
+    "CREATE TABLE aliases(model_id INTEGER NOT NULL REFERENCES models(id) ON DELETE CASCADE,"
+    " alias TEXT NOT NULL, version_id INTEGER NOT NULL REFERENCES versions(id) ON DELETE "
+    " CASCADE, PRIMARY KEY(model_id, alias)) WITHOUT ROWID;"
+    "CREATE INDEX aliases_version ON aliases(version_id);"
+    "CREATE TABLE tensors(id INTEGER PRIMARY KEY AUTOINCREMENT, version_id INTEGER NOT NULL "
+    " REFERENCES versions(id) ON DELETE CASCADE, name TEXT NOT NULL, dtype INTEGER NOT NULL,"
+    " ndim INTEGER NOT NULL CHECK(ndim BETWEEN 0 AND 8), shape BLOB NOT NULL, rows INTEGER "
+    " NOT NULL, row_bytes INTEGER NOT NULL, rows_per_partition INTEGER NOT NULL, partitions "
+    " INTEGER NOT NULL, path TEXT NOT NULL, file_size INTEGER NOT NULL, header_checksum "
+    " INTEGER NOT NULL, part_checksums BLOB NOT NULL, UNIQUE(version_id, name));"
+    "CREATE TABLE model_policy(model_id INTEGER PRIMARY KEY REFERENCES models(id) ON DELETE "
+    " CASCADE, min_resident_bytes INTEGER NOT NULL DEFAULT 0 CHECK(min_resident_bytes >= 0),"
+    " min_request_rate REAL NOT NULL DEFAULT 0 CHECK(min_request_rate >= 0));"
+    "INSERT INTO models(id, name) VALUES(1, 'bert');"
+    "INSERT INTO versions(id, model_id, version, round, params_json, created_unix) "
+    " VALUES(1, 1, 1, 7, '{\"lr\":0.01}', 1700000000);"
+    "INSERT INTO aliases(model_id, alias, version_id) VALUES(1, 'current', 1);"
+    /* f32 [10, 4], 5 rows per partition: 2 partitions; ids continue from 5. */
+    "INSERT INTO tensors(id, version_id, name, dtype, ndim, shape, rows, row_bytes, "
+    " rows_per_partition, partitions, path, file_size, header_checksum, part_checksums) "
+    " VALUES(5, 1, 'word_embeddings', 1, 2, x'0a000000000000000400000000000000', 10, 16, 5, 2,"
+    " 'parts/w.ecp', 4256, -1, x'0100000000000000ffffffffffffff7f');"
+    "INSERT INTO model_policy VALUES(1, 4096, 2.5);"
+    "PRAGMA user_version = 2;";
+
+static void test_schema_2_upgraded(void **state)
+{
+    fx *f = *state;
+    ec_catalog *cat = NULL;
+    ec_cat_tensor t;
+    uint64_t res = 0;
+    double rate = 0;
+    int64_t ids[2];
+    listing l;
+    char *path;
+
+    assert_true(asprintf(&path, "%s/schema2.db", f->dir) > 0);
+    raw_sql(path, schema2_sql);
+    if (ec_catalog_open(path, &cat) != 0)
+        fail_msg("open schema 2: %s", ec_last_error());
+    assert_int_equal(raw_int(path, "PRAGMA user_version"), 3);
+
+    /* Everything it held is still there. */
+    list_all(cat, NULL, &l);
+    assert_string_equal(l.text, "bert:1:7:{\"lr\":0.01}:current;");
+    assert_int_equal(ec_catalog_resolve(cat, "bert", "current", "word_embeddings", &t), 0);
+    assert_int_equal(t.id, 5);
+    assert_int_equal(t.partitions, 2);
+    assert_true(t.header_checksum == UINT64_MAX);
+    assert_true(t.part_checksums[0] == 1 && t.part_checksums[1] == (UINT64_MAX >> 1));
+    assert_int_equal(ec_catalog_get_policy(cat, t.version_id, &res, &rate), 0);
+    assert_int_equal(res, 4096);
+    assert_true(rate == 2.5);
+
+    /* And the new table works. */
+    assert_int_equal(mode_of(cat, t.version_id, "word_embeddings"), EC_CACHE_AUTO);
+    assert_int_equal(ec_catalog_set_tensor_mode(cat, "bert", "word_embeddings",
+                                                EC_CACHE_ROWS), 0);
+    ec_catalog_close(cat);
+    cat = NULL;
+
+    /* Open again: already 3, nothing to upgrade; the mode is kept and new
+     * tensor ids continue after the old ones. */
+    if (ec_catalog_open(path, &cat) != 0)
+        fail_msg("reopen upgraded: %s", ec_last_error());
+    assert_int_equal(mode_of(cat, t.version_id, "word_embeddings"), EC_CACHE_ROWS);
+    assert_int_equal(add(cat, "bert", 2, -1, NULL, two, 2, ids), 0);
+    assert_int_equal(ids[0], 6);
+    ec_cat_tensor_clear(&t);
+    ec_catalog_close(cat);
+    free(path);
 }
 
 static void test_clear_is_idempotent(void **state)
@@ -1079,6 +1465,13 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_update_file, setup, teardown),
         cmocka_unit_test_setup_teardown(test_schema_1_upgraded, setup, teardown),
         cmocka_unit_test_setup_teardown(test_policy, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_schema_2_upgraded, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_failed_upgrade_changes_nothing, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_tensor_modes_precedence, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_tensor_modes_refused, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_tensor_modes_survive_reopen, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_tensor_modes_go_with_model, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_tensor_mode_corrupt_detected, setup, teardown),
         cmocka_unit_test_setup_teardown(test_alias_switch_and_listing, setup, teardown),
         cmocka_unit_test_setup_teardown(test_duplicate_version_refused, setup, teardown),
         cmocka_unit_test_setup_teardown(test_duplicate_tensor_names_atomic, setup, teardown),
