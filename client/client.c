@@ -1,5 +1,6 @@
 /*
- * client.c - libembcache: connect, resolve, gather, views, admin calls.
+ * client.c - libembcache: requests to the daemon, connect and close,
+ * tensors, views and DLPack (see client_impl.h for the other files).
  *
  * Runs inside inference processes, on any of their threads. A client holds
  * one SEQPACKET connection to embcached, the segment mapped PROT_READ (from
@@ -16,94 +17,13 @@
  * flight per connection); the hit path never takes it. This file never
  * writes the segment: it has no writable mapping of it.
  */
-#include <dlpack/dlpack.h>
-#include <errno.h>
-#include <fcntl.h>
-#include <pthread.h>
-#include <sched.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <strings.h>
-#include <sys/mman.h>
-#include <sys/socket.h>
-#include <sys/stat.h>
-#include <sys/un.h>
-#include <unistd.h>
-
-#include "common/dtype.h"
-#include "common/err.h"
-#include "common/paths.h"
-#include "core/proto.h"
-#include "cuda/backend.h"
-#include "embcache.h"
-#include "shm/index.h"
-#include "shm/segment.h"
-
-#define GATHER_MAX_ROUNDS 64
-
-/* A daemon slab this client opened. Immutable once published: gathers on
- * other threads read it without the lock. */
-struct cslab {
-    uint64_t gen;                /* the slab generation it was opened at */
-    void *base;                  /* the opened slab (device address) */
-    uint64_t bytes;
-    ec_segment view;             /* its device index, bounded by bytes */
-    struct cslab *next;          /* every slab opened: closed at teardown, since
-                                  * gathers queued earlier may still read one */
-};
-
-/* One GPU as this client sees it (set up on its first device gather, under
- * the client's lock; read by gathers without it). table and host_base are
- * written before ready is stored (release). */
-struct cdev {
-    _Atomic bool ready;          /* host memory registered for this device */
-    int table;                   /* the daemon's device table for this GPU, -1: none */
-    void *host_base;             /* the segment's base address on the device */
-    struct cslab *_Atomic cur;   /* the slab in use, NULL: none */
-    struct cslab *all;           /* guarded by the lock */
-};
-
-struct ec_client {
-    _Atomic int refs;            /* the caller's, one per tensor and view */
-    int sock;
-    pthread_mutex_t lock;        /* one request at a time; guards sbuf/rbuf */
-    uint32_t next_req;
-    ec_segment seg;              /* read-only mapping */
-    ec_session_page *session;    /* our own page, read-write */
-    uint64_t generation;
-    uint64_t client_id;
-    bool broken;                 /* the connection failed; only close remains */
-    struct cdev dev[EC_SHM_MAX_DEVICES]; /* guarded by lock while set up */
-    char socket_path[108];
-    uint8_t sbuf[EC_MSG_MAX];
-    uint8_t rbuf[EC_MSG_MAX];
-};
-
-struct ec_tensor {
-    ec_client *c;
-    ec_proto_tensor t;
-    ec_tensor_info info;
-};
-
-struct ec_view {
-    _Atomic int refs;            /* the caller's, one per DLPack export */
-    ec_client *c;
-    uint64_t pin;
-    const void *data;
-    size_t size;
-    ec_dtype dtype;
-    uint32_t ndim;
-    int64_t shape[EC_MAX_DIMS];
-};
-
-static void client_unref(ec_client *c);
+#include "client/client_impl.h"
 
 /* The device backend, chosen on first use rather than at connect: probing
  * CUDA initializes it in this process, and a process that forks workers
  * after connecting (and never gathers to a GPU itself) must not have done
  * that - CUDA does not survive fork(). Host gathers never need it. */
-static const ec_backend *be(void)
+const ec_backend *cl_be(void)
 {
     return ec_backend_get(EC_BACKEND_AUTO);
 }
@@ -111,7 +31,7 @@ static const ec_backend *be(void)
 /* ------------------------------------------------------------------ */
 /* Requests                                                            */
 
-static int stale(const ec_client *c)
+int cl_stale(const ec_client *c)
 {
     uint64_t g = atomic_load_explicit(&c->seg.hdr->generation, memory_order_acquire);
 
@@ -122,7 +42,7 @@ static int stale(const ec_client *c)
     return 0;
 }
 
-static uint32_t begin(ec_client *c, ec_wbuf *w, uint16_t op)
+uint32_t cl_begin(ec_client *c, ec_wbuf *w, uint16_t op)
 {
     uint32_t id = ++c->next_req;
 
@@ -132,7 +52,7 @@ static uint32_t begin(ec_client *c, ec_wbuf *w, uint16_t op)
 
 /* Send the request in c->sbuf and wait for its reply. Caller holds c->lock.
  * On success *body reads the reply body (in c->rbuf). */
-static int rpc(ec_client *c, ec_wbuf *w, uint32_t req_id, const int *fds, int nfds,
+int cl_rpc(ec_client *c, ec_wbuf *w, uint32_t req_id, const int *fds, int nfds,
                ec_rbuf *body, int *rfds, int *nrfds, int maxrfds)
 {
     uint16_t op;
@@ -180,7 +100,7 @@ close_fds:
     return rc;
 lost:
     c->broken = true;
-    if (stale(c))
+    if (cl_stale(c))
         return EC_ESTALE;
     return ec_seterr(EC_ECONN, "embcached at %s closed the connection (it stopped or "
                                "restarted): close the client and connect again",
@@ -237,7 +157,7 @@ int ec_client_connect(const char *socket_path, ec_client **out)
                            strerror(err), socket_path);
         goto fail;
     }
-    req = begin(c, &w, EC_OP_HELLO);
+    req = cl_begin(c, &w, EC_OP_HELLO);
     ec_put_u32(&w, 0);
     ec_put_str(&w, "libembcache " EC_VERSION_STRING);
     {
@@ -310,7 +230,7 @@ int ec_client_connect(const char *socket_path, ec_client **out)
     }
     close(fds[0]);
     close(fds[1]);
-    rc = stale(c);
+    rc = cl_stale(c);
     if (rc)
         goto fail_mapped;
     *out = c;
@@ -325,24 +245,9 @@ fail_mapped:
     return rc;
 }
 
-/* Wait (bounded) for this client's device gathers to finish: their
- * completion clears a slot in the session page, which must stay mapped. */
-static bool epochs_drained(ec_client *c)
-{
-    for (int spins = 0; spins < 10000; spins++) {
-        bool busy = false;
-        for (unsigned k = 0; k < EC_SESSION_EPOCH_SLOTS && !busy; k++)
-            busy = atomic_load_explicit(&c->session->epoch_slot[k], memory_order_acquire);
-        if (!busy)
-            return true;
-        usleep(1000);
-    }
-    return false;
-}
-
 static void client_teardown(ec_client *c)
 {
-    if (c->session && !epochs_drained(c)) {
+    if (c->session && !cl_epochs_drained(c)) {
         /* A GPU gather never completed: leave the mappings it may still
          * touch rather than fault it. */
         ec_seterr(EC_EDEVICE, "device gathers still running at close; leaking the mappings");
@@ -354,15 +259,15 @@ static void client_teardown(ec_client *c)
     for (unsigned i = 0; i < EC_SHM_MAX_DEVICES; i++)
         for (struct cslab *k = c->dev[i].all, *next; k; k = next) {
             next = k->next;
-            be()->slab_close((int)i, k->base, k->bytes);
+            cl_be()->slab_close((int)i, k->base, k->bytes);
             free(k);
         }
     if (c->seg.base) {
         bool any = false;
         for (unsigned i = 0; i < EC_SHM_MAX_DEVICES; i++)
             any |= atomic_load(&c->dev[i].ready);
-        if (any && be()->host_unregister)
-            be()->host_unregister(c->seg.base);
+        if (any && cl_be()->host_unregister)
+            cl_be()->host_unregister(c->seg.base);
     }
     if (c->session)
         munmap(c->session, EC_SESSION_SIZE);
@@ -374,7 +279,7 @@ static void client_teardown(ec_client *c)
     free(c);
 }
 
-static void client_unref(ec_client *c)
+void cl_client_unref(ec_client *c)
 {
     if (atomic_fetch_sub_explicit(&c->refs, 1, memory_order_acq_rel) == 1)
         client_teardown(c);
@@ -383,19 +288,19 @@ static void client_unref(ec_client *c)
 void ec_client_close(ec_client *c)
 {
     if (c)
-        client_unref(c);
+        cl_client_unref(c);
 }
 
 const char *ec_client_backend(const ec_client *c)
 {
-    return c ? be()->name : "cpu";
+    return c ? cl_be()->name : "cpu";
 }
 
 int ec_client_device_count(const ec_client *c)
 {
-    if (!c || !be()->host_register)
+    if (!c || !cl_be()->host_register)
         return 0;
-    return be()->device_count();
+    return cl_be()->device_count();
 }
 
 uint64_t ec_client_generation(const ec_client *c)
@@ -420,17 +325,17 @@ int ec_tensor_resolve(ec_client *c, const char *model, const char *version, cons
     if (strlen(model) > EC_NAME_MAX || strlen(version) > EC_NAME_MAX ||
         strlen(tensor) > EC_NAME_MAX)
         return ec_seterr(EC_EINVAL, "a name is longer than %d bytes", EC_NAME_MAX);
-    if ((rc = stale(c)))
+    if ((rc = cl_stale(c)))
         return rc;
     t = calloc(1, sizeof(*t));
     if (!t)
         return ec_seterr(EC_ENOMEM, "tensor");
     pthread_mutex_lock(&c->lock);
-    req = begin(c, &w, EC_OP_RESOLVE);
+    req = cl_begin(c, &w, EC_OP_RESOLVE);
     ec_put_str(&w, model);
     ec_put_str(&w, version);
     ec_put_str(&w, tensor);
-    rc = rpc(c, &w, req, NULL, 0, &r, NULL, NULL, 0);
+    rc = cl_rpc(c, &w, req, NULL, 0, &r, NULL, NULL, 0);
     if (rc == 0) {
         rc = ec_get_tensor(&r, &t->t);
         if (rc == 0 && !ec_rbuf_done(&r))
@@ -457,15 +362,32 @@ int ec_tensor_resolve(ec_client *c, const char *model, const char *version, cons
     t->info.row_bytes = t->t.row_bytes;
     t->info.rows_per_partition = t->t.rows_per_partition;
     t->info.partitions = t->t.partitions;
+    atomic_init(&t->mode, t->t.mode);
+    /* Our per-tensor counters: the slot of this tensor if another handle
+     * has one, else a free one (none left: the totals count it). */
+    for (unsigned k = 0; k < EC_SESSION_TENSORS && !t->tstat; k++) {
+        ec_session_tensor *st = &c->session->tstat[k];
+        uint32_t cur = atomic_load_explicit(&st->tensor, memory_order_relaxed), zero = 0;
+        if (cur == t->t.id ||
+            (cur == 0 && atomic_compare_exchange_strong(&st->tensor, &zero, t->t.id)) ||
+            zero == t->t.id)
+            t->tstat = st;
+    }
     *out = t;
     return 0;
+}
+
+ec_cache_mode ec_tensor_cache_mode(const ec_tensor *t)
+{
+    return t ? (ec_cache_mode)atomic_load_explicit(&t->mode, memory_order_relaxed)
+             : EC_CACHE_AUTO;
 }
 
 void ec_tensor_release(ec_tensor *t)
 {
     if (!t)
         return;
-    client_unref(t->c);
+    cl_client_unref(t->c);
     free(t);
 }
 
@@ -475,727 +397,6 @@ int ec_tensor_info_get(const ec_tensor *t, ec_tensor_info *out)
         return ec_seterr(EC_EINVAL, "ec_tensor_info_get: NULL argument");
     *out = t->info;
     return 0;
-}
-
-/* Per-thread scratch for gathers, kept between calls so the hit path does
- * not allocate. */
-struct scratch {
-    size_t cap;
-    const void **src;
-    size_t *dst_rows;
-    uint32_t *row_ref;
-    size_t *todo;
-    size_t *next;
-    ec_index_ref *refs;
-    uint32_t *parts;
-};
-
-/* The scratch hangs off a pthread key whose destructor frees it when the
- * thread exits: a thread pool that recycles threads must not leak a scratch
- * per thread (found by LeakSanitizer in embcache-bench's fault threads). */
-static pthread_key_t scratch_key;
-static pthread_once_t scratch_once = PTHREAD_ONCE_INIT;
-static int scratch_key_ok;
-
-static void scratch_arrays_free(struct scratch *s)
-{
-    free(s->src);
-    free(s->dst_rows);
-    free(s->row_ref);
-    free(s->todo);
-    free(s->next);
-    free(s->refs);
-    free(s->parts);
-    memset(s, 0, sizeof(*s));
-}
-
-static void scratch_destroy(void *p)
-{
-    scratch_arrays_free(p);
-    free(p);
-}
-
-static void scratch_key_make(void)
-{
-    scratch_key_ok = pthread_key_create(&scratch_key, scratch_destroy) == 0;
-}
-
-/* This thread's scratch with room for n rows, or NULL (message set). */
-static struct scratch *scratch_get(size_t n)
-{
-    struct scratch *s;
-    size_t cap;
-
-    pthread_once(&scratch_once, scratch_key_make);
-    if (!scratch_key_ok) {
-        ec_seterr(EC_ENOMEM, "no thread-specific key left for the gather scratch");
-        return NULL;
-    }
-    s = pthread_getspecific(scratch_key);
-    if (s && n <= s->cap)
-        return s;
-    if (!s) {
-        s = calloc(1, sizeof(*s));
-        if (!s || pthread_setspecific(scratch_key, s)) {
-            free(s);
-            ec_seterr(EC_ENOMEM, "gather scratch");
-            return NULL;
-        }
-    }
-    cap = n < 256 ? 256 : n;
-    scratch_arrays_free(s);
-    s->src = malloc(cap * sizeof(*s->src));
-    s->dst_rows = malloc(cap * sizeof(*s->dst_rows));
-    s->row_ref = malloc(cap * sizeof(*s->row_ref));
-    s->todo = malloc(cap * sizeof(*s->todo));
-    s->next = malloc(cap * sizeof(*s->next));
-    s->refs = malloc(cap * sizeof(*s->refs));
-    s->parts = malloc(cap * sizeof(*s->parts));
-    if (!s->src || !s->dst_rows || !s->row_ref || !s->todo || !s->next || !s->refs ||
-        !s->parts) {
-        scratch_arrays_free(s);
-        ec_seterr(EC_ENOMEM, "gather scratch for %zu rows", n);
-        return NULL;
-    }
-    s->cap = cap;
-    return s;
-}
-
-static int cmp_u32(const void *a, const void *b)
-{
-    uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
-    return (x > y) - (x < y);
-}
-
-/* Ask the daemon for the partitions in parts[0..n), which this sorts and
- * dedupes in place (a gather notes a partition once per run of its rows). */
-static int fault(ec_tensor *t, uint32_t *parts, size_t n)
-{
-    ec_client *c = t->c;
-    size_t u = 0;
-    int rc = 0;
-
-    qsort(parts, n, sizeof(*parts), cmp_u32);
-    for (size_t k = 0; k < n; k++)
-        if (u == 0 || parts[u - 1] != parts[k])
-            parts[u++] = parts[k];
-    n = u;
-    pthread_mutex_lock(&c->lock);
-    for (size_t done = 0; done < n && rc == 0;) {
-        size_t k = n - done < EC_FAULT_MAX_PARTS ? n - done : EC_FAULT_MAX_PARTS;
-        ec_wbuf w;
-        ec_rbuf r;
-        uint32_t req = begin(c, &w, EC_OP_FAULT);
-        ec_put_u32(&w, t->t.id);
-        ec_put_u32(&w, (uint32_t)k);
-        for (size_t i = 0; i < k; i++)
-            ec_put_u32(&w, parts[done + i]);
-        rc = rpc(c, &w, req, NULL, 0, &r, NULL, NULL, 0);
-        if (rc == 0 && !ec_rbuf_done(&r))
-            rc = ec_seterr(EC_EPROTO, "FAULT reply has a body");
-        done += k;
-    }
-    pthread_mutex_unlock(&c->lock);
-    atomic_fetch_add_explicit(&c->session->faults, 1, memory_order_relaxed);
-    return rc;
-}
-
-/* Record the partitions a gather read in our session ring, for the
- * daemon's eviction policy: one atomic claim of all the slots, then plain
- * stores. The daemon treats entries as hints, so a slot it reads before
- * this thread filled it costs nothing but a missed touch. At most a quarter
- * of the ring per gather: enough for the policy, and a huge gather does not
- * wipe out what other threads recorded. */
-static void note_accesses(ec_client *c, const ec_index_ref *refs, size_t n)
-{
-    ec_session_page *s = c->session;
-    uint64_t h;
-
-    if (n > EC_SESSION_RING / 4)
-        n = EC_SESSION_RING / 4;
-    if (n == 0)
-        return;
-    h = atomic_fetch_add_explicit(&s->ring_head, n, memory_order_relaxed);
-    for (size_t i = 0; i < n; i++) {
-        uint64_t key = atomic_load_explicit(&refs[i].entry->key, memory_order_relaxed);
-        atomic_store_explicit(&s->ring[(h + i) % EC_SESSION_RING], key, memory_order_relaxed);
-    }
-}
-
-/* Add to a session counter; a zero add skips the locked instruction. */
-static void count(_Atomic uint64_t *ctr, uint64_t v)
-{
-    if (v)
-        atomic_fetch_add_explicit(ctr, v, memory_order_relaxed);
-}
-
-/* Check a gather's arguments: the output dtype, the output size and every
- * id. 0 or an error naming what is wrong. */
-static int gather_check(const ec_tensor *t, const int64_t *ids, size_t n, size_t out_size,
-                        ec_dtype dst)
-{
-    uint64_t rows = t->t.rows, esz = ec_dtype_size((ec_dtype)t->t.dtype);
-    uint64_t out_row = esz ? t->t.row_bytes / esz * ec_dtype_size(dst) : 0;
-
-    if (dst != (ec_dtype)t->t.dtype &&
-        !(t->t.dtype == EC_DTYPE_F32 && (dst == EC_DTYPE_F16 || dst == EC_DTYPE_BF16)))
-        return ec_seterr(EC_EDTYPE, "cannot gather tensor '%s' (%s) as %s: the only "
-                                    "conversions are f32 to f16 and f32 to bf16",
-                         t->t.name, ec_dtype_name((ec_dtype)t->t.dtype),
-                         ec_dtype_name(dst) ? ec_dtype_name(dst) : "an unknown dtype");
-    if (n > SIZE_MAX / (out_row ? out_row : 1) || out_size < n * out_row)
-        return ec_seterr(EC_EINVAL, "output buffer of %zu bytes is too small for %zu rows of "
-                                    "%llu bytes", out_size, n, (unsigned long long)out_row);
-    for (size_t i = 0; i < n; i++)
-        if (ids[i] < 0 || (uint64_t)ids[i] >= rows)
-            return ec_seterr(EC_ERANGE, "ids[%zu] = %lld is outside tensor '%s' of model '%s' "
-                                        "(rows 0..%llu)", i, (long long)ids[i], t->t.name,
-                             t->t.model, (unsigned long long)(rows ? rows - 1 : 0));
-    return 0;
-}
-
-static int gather_host(ec_tensor *t, const int64_t *ids, size_t n, void *out, ec_dtype dst);
-
-int ec_tensor_gather(ec_tensor *t, const int64_t *ids, size_t n, void *out, size_t out_size)
-{
-    int rc;
-
-    if (!t || (n && (!ids || !out)))
-        return ec_seterr(EC_EINVAL, "ec_tensor_gather: NULL argument");
-    if (n == 0)
-        return 0;
-    if ((rc = gather_check(t, ids, n, out_size, (ec_dtype)t->t.dtype)))
-        return rc;
-    return gather_host(t, ids, n, out, (ec_dtype)t->t.dtype);
-}
-
-/* Rows to host memory: copy, then check each entry's seqlock. */
-static int gather_host(ec_tensor *t, const int64_t *ids, size_t n, void *out, ec_dtype dst)
-{
-    ec_client *c = t->c;
-    struct scratch *s;
-    uint64_t rpp = t->t.rows_per_partition, row_bytes = t->t.row_bytes;
-    size_t ntodo, hits = 0, misses = 0, retries = 0;
-    int rc;
-
-    if ((rc = stale(c)))
-        return rc;
-    if (!(s = scratch_get(n)))
-        return EC_ENOMEM;
-
-    for (size_t i = 0; i < n; i++)
-        s->todo[i] = i;
-    ntodo = n;
-    for (int round = 0; ntodo > 0; round++) {
-        size_t nsrc = 0, nrefs = 0, nnext = 0, nparts = 0;
-        uint64_t lastp = UINT64_MAX;
-        bool lasthit = false;
-        ec_gather_desc g;
-
-        if (round == GATHER_MAX_ROUNDS) {
-            rc = ec_seterr(EC_ENOSPC, "rows of tensor '%s' kept being evicted before they "
-                                      "could be copied (%zu rows left after %d rounds): the "
-                                      "segment is too small for this working set",
-                           t->t.name, ntodo, round);
-            goto out;
-        }
-        /* 1. Look up each row's partition; note where resident rows are. */
-        for (size_t k = 0; k < ntodo; k++) {
-            size_t i = s->todo[k];
-            uint64_t id = (uint64_t)ids[i], p = id / rpp;
-
-            if (p != lastp) {
-                lastp = p;
-                lasthit = ec_index_lookup(&c->seg, t->t.id, (uint32_t)p, &s->refs[nrefs]) &&
-                          (id % rpp + 1) * row_bytes <= s->refs[nrefs].length;
-                if (lasthit) {
-                    nrefs++;
-                } else {
-                    s->parts[nparts++] = (uint32_t)p;
-                }
-            }
-            if (!lasthit) {
-                s->next[nnext++] = i;
-                misses += round == 0;
-                continue;
-            }
-            s->src[nsrc] = c->seg.data + s->refs[nrefs - 1].offset + (id % rpp) * row_bytes;
-            s->dst_rows[nsrc] = i;
-            s->row_ref[nsrc] = (uint32_t)(nrefs - 1);
-            nsrc++;
-        }
-        if (round == 0)
-            note_accesses(c, s->refs, nrefs);
-        /* 2. Copy them. */
-        if (nsrc) {
-            g = (ec_gather_desc){.src = s->src, .n = nsrc, .row_bytes = row_bytes,
-                                 .src_dtype = (ec_dtype)t->t.dtype, .dst_dtype = dst,
-                                 .dst = out, .dst_rows = s->dst_rows, .device = -1};
-            rc = ec_cpu_gather(&g);
-            if (rc)
-                goto out;
-        }
-        /* 3. Check every entry again: a moved entry means a possibly torn copy.
-         * A hit is a row served from memory at its first lookup. */
-        {
-            uint32_t bad = UINT32_MAX;
-            for (size_t k = 0; k < nsrc; k++) {
-                uint32_t ref = s->row_ref[k];
-                if (ref != bad && ec_index_still_valid(&s->refs[ref])) {
-                    hits += round == 0;
-                    continue;
-                }
-                bad = ref;
-                s->next[nnext++] = s->dst_rows[k];
-                retries++;
-            }
-        }
-        /* 4. Fault what missed, in one request. */
-        if (nparts) {
-            rc = fault(t, s->parts, nparts);
-            if (rc)
-                goto out;
-        }
-        memcpy(s->todo, s->next, nnext * sizeof(*s->next));
-        ntodo = nnext;
-    }
-    rc = 0;
-out:
-    count(&c->session->gathers, 1);
-    count(&c->session->rows, n);
-    count(&c->session->hits, hits);
-    count(&c->session->misses, misses);
-    count(&c->session->retries, retries);
-    return rc;
-}
-
-/* ------------------------------------------------------------------ */
-/* GPU outputs                                                         */
-
-/* The daemon's DEVICES reply: its topology line, its backend, and each
- * GPU's device tier with what opens its slab. */
-struct devices {
-    char line[512];
-    char backend[16];
-    uint32_t n;
-    struct {
-        uint32_t table, on;
-        uint64_t gen, bytes;
-        int32_t node;
-        uint8_t handle[EC_SLAB_HANDLE_BYTES];
-        int fd;                  /* the emulator's slab descriptor, or -1 */
-    } gpu[EC_SHM_MAX_DEVICES];
-    int fds[EC_SHM_MAX_DEVICES]; /* received; devices_done() closes them */
-    int nfds;
-};
-
-/* Ask for and parse the DEVICES reply. Caller holds c->lock, and calls
- * devices_done() after any return. */
-static int devices_get(ec_client *c, struct devices *x)
-{
-    ec_wbuf w;
-    ec_rbuf r;
-    uint32_t req = begin(c, &w, EC_OP_DEVICES);
-    int rc, fdi = 0;
-
-    x->nfds = 0;
-    rc = rpc(c, &w, req, NULL, 0, &r, x->fds, &x->nfds, EC_SHM_MAX_DEVICES);
-    if (rc)
-        return rc;
-    ec_get_str(&r, x->line, sizeof(x->line));
-    ec_get_str(&r, x->backend, sizeof(x->backend));
-    x->n = ec_get_u32(&r);
-    if (x->n > EC_SHM_MAX_DEVICES)
-        return ec_seterr(EC_EPROTO, "DEVICES reply lists %u GPUs", x->n);
-    for (uint32_t i = 0; i < x->n; i++) {
-        char busid[32];
-        x->gpu[i].table = ec_get_u32(&r);
-        x->gpu[i].on = ec_get_u32(&r);
-        x->gpu[i].gen = ec_get_u64(&r);
-        x->gpu[i].bytes = ec_get_u64(&r);
-        (void)ec_get_u64(&r); /* used bytes */
-        (void)ec_get_u64(&r); /* partitions */
-        x->gpu[i].node = (int32_t)ec_get_u32(&r);
-        ec_get_str(&r, busid, sizeof(busid));
-        for (unsigned k = 0; k < EC_SLAB_HANDLE_BYTES; k += 8) {
-            uint64_t v = ec_get_u64(&r);
-            memcpy(x->gpu[i].handle + k, &v, 8);
-        }
-        x->gpu[i].fd = -1;
-        if (ec_get_u32(&r)) {
-            if (fdi >= x->nfds)
-                return ec_seterr(EC_EPROTO, "DEVICES reply is missing a slab descriptor");
-            x->gpu[i].fd = x->fds[fdi++];
-        }
-    }
-    if (!ec_rbuf_done(&r))
-        return ec_seterr(EC_EPROTO, "malformed DEVICES reply");
-    return 0;
-}
-
-static void devices_done(struct devices *x)
-{
-    for (int i = 0; i < x->nfds; i++)
-        close(x->fds[i]);
-    x->nfds = 0;
-}
-
-/* Open the slab of GPU `dev` when its generation is the one the segment
- * header publishes now (none when it is 0). Caller holds c->lock. */
-static int slab_sync(ec_client *c, unsigned dev)
-{
-    struct cdev *d = &c->dev[dev];
-    unsigned tbl = (unsigned)d->table;
-    const ec_shm_device *h = &c->seg.hdr->dev[tbl];
-    uint64_t gen = atomic_load_explicit(&h->slab_gen, memory_order_acquire);
-    struct cslab *cur = atomic_load_explicit(&d->cur, memory_order_relaxed), *k;
-    struct devices x;
-    int rc;
-
-    if (gen == (cur ? cur->gen : 0))
-        return 0;
-    /* The old slab stays mapped (on d->all): gathers queued before may
-     * still read it. */
-    atomic_store_explicit(&d->cur, NULL, memory_order_release);
-    if (gen == 0 || !be()->slab_open)
-        return 0;
-    rc = devices_get(c, &x);
-    for (uint32_t i = 0; rc == 0 && i < x.n; i++) {
-        if (x.gpu[i].table != tbl || !x.gpu[i].on || x.gpu[i].gen != gen)
-            continue;
-        /* The slab must be the size the header publishes for this
-         * generation: the device index is bounded by it. */
-        if (x.gpu[i].bytes == 0 ||
-            x.gpu[i].bytes != atomic_load_explicit(&h->slab_size, memory_order_relaxed)) {
-            rc = ec_seterr(EC_EPROTO, "DEVICES reply gives GPU %u a %llu-byte slab, the "
-                                      "segment says otherwise", dev,
-                           (unsigned long long)x.gpu[i].bytes);
-            break;
-        }
-        if (!(k = calloc(1, sizeof(*k)))) {
-            rc = ec_seterr(EC_ENOMEM, "slab record");
-            break;
-        }
-        rc = be()->slab_open((int)dev, x.gpu[i].handle, x.gpu[i].fd, x.gpu[i].bytes, &k->base);
-        if (rc || (rc = ec_segment_device_view(&c->seg, tbl, x.gpu[i].bytes, &k->view))) {
-            if (k->base)
-                be()->slab_close((int)dev, k->base, x.gpu[i].bytes);
-            free(k);
-            break;
-        }
-        k->bytes = x.gpu[i].bytes;
-        k->gen = gen;
-        k->next = d->all;
-        d->all = k;
-        atomic_store_explicit(&d->cur, k, memory_order_release);
-    }
-    devices_done(&x);
-    return rc;
-}
-
-/* Which of the daemon's device tables is this process's GPU `dev`? Device
- * ordinals differ between processes (CUDA_VISIBLE_DEVICES: a worker's GPU 0
- * may be the daemon's GPU 3), so GPUs are matched by PCI bus id; a backend
- * without bus ids (the emulator) uses the ordinal. -1: the daemon has no
- * tier for it (host reads only). */
-static int device_table(const ec_client *c, int dev)
-{
-    char busid[32];
-    uint32_t n = c->seg.hdr->device_tables;
-
-    if (!be()->device_busid || be()->device_busid(dev, busid, sizeof(busid)))
-        return (uint32_t)dev < n ? dev : -1;
-    for (uint32_t i = 0; i < n && i < EC_SHM_MAX_DEVICES; i++) {
-        char theirs[sizeof(c->seg.hdr->dev[i].busid) + 1];
-        memcpy(theirs, c->seg.hdr->dev[i].busid, sizeof(theirs) - 1);
-        theirs[sizeof(theirs) - 1] = '\0';
-        if (!strcasecmp(theirs, busid))
-            return (int)i;
-    }
-    return -1;
-}
-
-/* Make GPU `dev` usable for gathers: the segment registered (mapped,
- * read-only) and the current slab open. Cheap when nothing changed. */
-static int device_ready(ec_client *c, int dev)
-{
-    struct cdev *d;
-    uint64_t gen;
-    int rc = 0;
-
-    if (!be()->host_register)
-        return ec_seterr(EC_EINVAL, "output is on GPU %d, but this process runs the %s "
-                                    "backend (%s): gather to a host buffer, or run where "
-                                    "libembcache finds CUDA and a GPU", dev, be()->name,
-                         getenv("EMBCACHE_BACKEND") ? "EMBCACHE_BACKEND is set"
-                                                    : "no usable GPU");
-    if (dev < 0 || dev >= be()->device_count() || dev >= (int)EC_SHM_MAX_DEVICES)
-        return ec_seterr(EC_EINVAL, "output device %d does not exist (%d GPU(s) visible; "
-                                    "embcache uses GPUs 0..%u)", dev,
-                         be()->device_count(), EC_SHM_MAX_DEVICES - 1);
-    d = &c->dev[dev];
-    if (atomic_load_explicit(&d->ready, memory_order_acquire)) {
-        const struct cslab *cur = atomic_load_explicit(&d->cur, memory_order_acquire);
-        gen = d->table >= 0 ? atomic_load_explicit(&c->seg.hdr->dev[d->table].slab_gen,
-                                                   memory_order_acquire)
-                            : 0;
-        if (gen == (cur ? cur->gen : 0))
-            return 0;
-    }
-    pthread_mutex_lock(&c->lock);
-    if (!atomic_load_explicit(&d->ready, memory_order_relaxed)) {
-        rc = be()->host_register(c->seg.base, c->seg.size, true, dev, &d->host_base);
-        if (rc == 0) {
-            d->table = device_table(c, dev);
-            atomic_store_explicit(&d->ready, true, memory_order_release);
-        }
-    }
-    if (rc == 0 && d->table >= 0)
-        rc = slab_sync(c, (unsigned)dev);
-    pthread_mutex_unlock(&c->lock);
-    return rc;
-}
-
-/* Announce a device gather's epoch (layout.h "Device reads"). Returns the
- * slot; waits while all are taken (64 gathers of this client in flight),
- * and gives up with NULL (message set) after about 5 s of that. */
-static _Atomic uint64_t *epoch_enter(ec_client *c)
-{
-    for (int spin = 0;; spin++) {
-        for (unsigned k = 0; k < EC_SESSION_EPOCH_SLOTS; k++) {
-            _Atomic uint64_t *slot = &c->session->epoch_slot[k];
-            uint64_t zero = 0, e;
-            if (atomic_load_explicit(slot, memory_order_relaxed))
-                continue;
-            e = atomic_load_explicit(&c->seg.hdr->epoch, memory_order_acquire);
-            if (atomic_compare_exchange_strong_explicit(slot, &zero, e ? e : 1,
-                                                        memory_order_seq_cst,
-                                                        memory_order_relaxed)) {
-                atomic_thread_fence(memory_order_seq_cst);
-                return slot;
-            }
-        }
-        if (spin >= 5000) {
-            ec_seterr(EC_EBUSY, "%u GPU gathers of this client have been in flight for "
-                                "5 s: their streams are not making progress",
-                      EC_SESSION_EPOCH_SLOTS);
-            return NULL;
-        }
-        if (spin < 100)
-            sched_yield();
-        else
-            usleep(1000);
-    }
-}
-
-static void epoch_exit(void *slot)
-{
-    atomic_store_explicit((_Atomic uint64_t *)slot, 0, memory_order_release);
-}
-
-/* Rounds after which a device gather whose rows do not all fit in memory at
- * once copies what is resident and goes on with the rest (more than one
- * launch; only under memory pressure). */
-#define DEVICE_PARTIAL_ROUND 3
-
-/* Rows to GPU memory, normally in one launch. Each round announces an
- * epoch and looks up the rows still to do (the device index first, then the
- * host index). All found: one launch, and the epoch is released when the
- * copy completes. Some missing: the epoch is released, the partitions are
- * faulted in, and the round repeats - no epoch is held across a round trip
- * to the daemon. When the rows of one call do not fit in memory together
- * (rounds keep missing), the resident ones are launched on their own
- * (scattered to their output rows, holding their epoch) and only the rest
- * is retried, as the host path does. */
-static int gather_device(ec_tensor *t, const int64_t *ids, size_t n, void *out, ec_dtype dst,
-                         const ec_gather_opts *o)
-{
-    ec_client *c = t->c;
-    uint64_t rpp = t->t.rows_per_partition, row_bytes = t->t.row_bytes;
-    size_t dev_rows = 0, host_rows = 0, misses = 0, ntodo = n;
-    struct scratch *s;
-    struct cdev *d;
-    int rc;
-
-    if ((rc = stale(c)) || (rc = device_ready(c, o->device)))
-        return rc;
-    d = &c->dev[o->device]; /* device_ready checked the ordinal */
-    if (be()->check_ptr && (rc = be()->check_ptr(out, o->device)))
-        return rc;
-    if (!(s = scratch_get(n)))
-        return EC_ENOMEM;
-    for (size_t i = 0; i < n; i++)
-        s->todo[i] = i;
-    for (int round = 0;; round++) {
-        _Atomic uint64_t *slot;
-        const struct cslab *cs;
-        const ec_segment *dv;
-        size_t nparts = 0, nsrc = 0, nnext = 0, rdev = 0, rhost = 0;
-        uint64_t lastp = UINT64_MAX;
-        const uint8_t *base = NULL;
-        bool found = false, on_dev = false, partial;
-        ec_index_ref ref;
-
-        if (round == GATHER_MAX_ROUNDS) {
-            rc = ec_seterr(EC_ENOSPC, "rows of tensor '%s' kept being evicted before they "
-                                      "could be copied to GPU %d (%zu rows left after %d "
-                                      "rounds): the segment is too small for this working "
-                                      "set", t->t.name, o->device, ntodo, round);
-            break;
-        }
-        if ((rc = device_ready(c, o->device)))
-            break;
-        if (!(slot = epoch_enter(c))) {
-            rc = EC_EBUSY;
-            break;
-        }
-        /* The slab is usable only while the header still publishes the
-         * generation we opened; checked after the epoch is held. */
-        cs = atomic_load_explicit(&d->cur, memory_order_acquire);
-        dv = cs && atomic_load_explicit(&c->seg.hdr->dev[d->table].slab_gen,
-                                        memory_order_acquire) == cs->gen
-                 ? &cs->view
-                 : NULL;
-        for (size_t k = 0; k < ntodo; k++) {
-            size_t i = s->todo[k];
-            uint64_t id = (uint64_t)ids[i], p = id / rpp, r = id % rpp;
-            if (p != lastp) {
-                lastp = p;
-                found = false;
-                if (dv && ec_index_lookup(dv, t->t.id, (uint32_t)p, &ref) &&
-                    (r + 1) * row_bytes <= ref.length) {
-                    base = (const uint8_t *)cs->base + ref.offset;
-                    found = on_dev = true;
-                } else if (ec_index_lookup(&c->seg, t->t.id, (uint32_t)p, &ref) &&
-                           (r + 1) * row_bytes <= ref.length) {
-                    base = (const uint8_t *)d->host_base + (c->seg.data - c->seg.base) +
-                           ref.offset;
-                    found = true;
-                    on_dev = false;
-                } else {
-                    s->parts[nparts++] = (uint32_t)p;
-                }
-                if (found)
-                    note_accesses(c, &ref, 1);
-            }
-            if (found) {
-                s->src[nsrc] = base + r * row_bytes;
-                s->dst_rows[nsrc++] = i;
-                rdev += on_dev;
-                rhost += !on_dev;
-            } else {
-                s->next[nnext++] = i;
-                misses += round == 0;
-            }
-        }
-        partial = nparts && nsrc && round >= DEVICE_PARTIAL_ROUND;
-        if (nparts == 0 || partial) {
-            /* dst_rows is the identity when every row is copied at once. */
-            ec_gather_desc g = {.src = s->src, .n = nsrc, .row_bytes = row_bytes,
-                                .src_dtype = (ec_dtype)t->t.dtype, .dst_dtype = dst,
-                                .dst = out, .dst_rows = nsrc == n ? NULL : s->dst_rows,
-                                .device = o->device, .stream = o->stream,
-                                .done = epoch_exit, .done_arg = (void *)slot};
-            rc = be()->gather(&g);
-            if (rc) {
-                epoch_exit((void *)slot);
-                break;
-            }
-            dev_rows += rdev;
-            host_rows += rhost;
-            if (!partial)
-                break;
-        } else {
-            epoch_exit((void *)slot);
-        }
-        if (partial) {
-            memcpy(s->todo, s->next, nnext * sizeof(*s->next));
-            ntodo = nnext;
-        }
-        if ((rc = fault(t, s->parts, nparts)))
-            break;
-    }
-    count(&c->session->gathers, 1);
-    count(&c->session->rows, n);
-    count(&c->session->hits, dev_rows + host_rows);
-    count(&c->session->device_rows, dev_rows);
-    count(&c->session->mapped_rows, host_rows);
-    count(&c->session->misses, misses);
-    return rc;
-}
-
-int ec_client_topology(ec_client *c, char *buf, size_t len)
-{
-    struct devices x;
-    size_t used;
-    int rc;
-
-    if (!c || !buf || !len)
-        return ec_seterr(EC_EINVAL, "ec_client_topology: NULL argument");
-    pthread_mutex_lock(&c->lock);
-    rc = devices_get(c, &x);
-    devices_done(&x);
-    pthread_mutex_unlock(&c->lock);
-    if (rc)
-        return rc;
-    used = (size_t)snprintf(buf, len, "%s; backend %s", x.line[0] ? x.line : "topology unknown",
-                            x.backend);
-    for (uint32_t i = 0; i < x.n; i++) {
-        char tail[128];
-        if (x.gpu[i].on)
-            snprintf(tail, sizeof(tail), "; GPU %u: %llu MiB slab, NUMA node %d",
-                     x.gpu[i].table, (unsigned long long)(x.gpu[i].bytes >> 20),
-                     (int)x.gpu[i].node);
-        else
-            snprintf(tail, sizeof(tail), "; GPU %u: device tier off", x.gpu[i].table);
-        if (used < len)
-            used += (size_t)snprintf(buf + used, len - used, "%s", tail);
-        else
-            used += strlen(tail);
-    }
-    if (used >= len)
-        return ec_seterr(EC_ETOOBIG, "the topology line needs %zu bytes", used + 1);
-    return 0;
-}
-
-int ec_tensor_gather_ex(ec_tensor *t, const int64_t *ids, size_t n, void *out,
-                        size_t out_size, const ec_gather_opts *opts)
-{
-    ec_gather_opts o = opts ? *opts : (ec_gather_opts){0};
-    ec_dtype dst;
-    int64_t *hids = NULL;
-    int rc;
-
-    if (!t || (n && (!ids || !out)))
-        return ec_seterr(EC_EINVAL, "ec_tensor_gather_ex: NULL argument");
-    if (o.flags & ~(EC_GATHER_OUT_DEVICE | EC_GATHER_IDS_DEVICE))
-        return ec_seterr(EC_EINVAL, "unknown gather flags 0x%x", o.flags);
-    if ((o.flags & EC_GATHER_IDS_DEVICE) && !(o.flags & EC_GATHER_OUT_DEVICE))
-        return ec_seterr(EC_EINVAL, "ids on a GPU need the output on that GPU "
-                                    "(EC_GATHER_OUT_DEVICE)");
-    dst = o.out_dtype == EC_DTYPE_INVALID ? (ec_dtype)t->t.dtype : o.out_dtype;
-    if (n == 0)
-        return 0;
-    if (o.flags & EC_GATHER_IDS_DEVICE) {
-        const ec_backend *b = be();
-        if ((rc = device_ready(t->c, o.device)))
-            return rc;
-        if (b->check_ptr && (rc = b->check_ptr(ids, o.device)))
-            return ec_adderr(rc, "ids");
-        if (n > SIZE_MAX / sizeof(*hids) || !(hids = malloc(n * sizeof(*hids))))
-            return ec_seterr(EC_ENOMEM, "host copy of %zu ids", n);
-        if ((rc = b->copy_to_host(hids, ids, n * sizeof(*hids), o.device, o.stream))) {
-            free(hids);
-            return rc;
-        }
-        ids = hids;
-    }
-    rc = gather_check(t, ids, n, out_size, dst);
-    if (rc == 0)
-        rc = o.flags & EC_GATHER_OUT_DEVICE ? gather_device(t, ids, n, out, dst, &o)
-                                            : gather_host(t, ids, n, out, dst);
-    free(hids);
-    return rc;
 }
 
 /* ------------------------------------------------------------------ */
@@ -1214,15 +415,15 @@ int ec_tensor_view(ec_tensor *t, ec_view **out)
     if (!t || !out)
         return ec_seterr(EC_EINVAL, "ec_tensor_view: NULL argument");
     c = t->c;
-    if ((rc = stale(c)))
+    if ((rc = cl_stale(c)))
         return rc;
     v = calloc(1, sizeof(*v));
     if (!v)
         return ec_seterr(EC_ENOMEM, "view");
     pthread_mutex_lock(&c->lock);
-    req = begin(c, &w, EC_OP_PIN);
+    req = cl_begin(c, &w, EC_OP_PIN);
     ec_put_u32(&w, t->t.id);
-    rc = rpc(c, &w, req, NULL, 0, &r, NULL, NULL, 0);
+    rc = cl_rpc(c, &w, req, NULL, 0, &r, NULL, NULL, 0);
     if (rc == 0) {
         pin = ec_get_u64(&r);
         off = ec_get_u64(&r);
@@ -1254,7 +455,7 @@ int ec_view_check(const ec_view *v)
 {
     if (!v)
         return ec_seterr(EC_EINVAL, "ec_view_check: NULL view");
-    return stale(v->c);
+    return cl_stale(v->c);
 }
 
 const void *ec_view_data(const ec_view *v)
@@ -1278,13 +479,13 @@ static void view_unref(ec_view *v)
         return;
     c = v->c;
     pthread_mutex_lock(&c->lock);
-    req = begin(c, &w, EC_OP_UNPIN);
+    req = cl_begin(c, &w, EC_OP_UNPIN);
     ec_put_u64(&w, v->pin);
     /* If the daemon is gone, so is the pin: nothing to report. */
-    (void)rpc(c, &w, req, NULL, 0, &r, NULL, NULL, 0);
+    (void)cl_rpc(c, &w, req, NULL, 0, &r, NULL, NULL, 0);
     pthread_mutex_unlock(&c->lock);
     free(v);
-    client_unref(c);
+    cl_client_unref(c);
 }
 
 void ec_view_release(ec_view *v)
@@ -1348,360 +549,4 @@ int ec_view_dlpack(ec_view *v, struct DLManagedTensor **out)
     x->m.deleter = dl_delete;
     *out = &x->m;
     return 0;
-}
-
-/* ------------------------------------------------------------------ */
-/* Administration                                                      */
-
-int ec_model_import(ec_client *c, const ec_import_opts *opts, const char *const *paths,
-                    size_t n, uint32_t *tensors_out)
-{
-    int fds[EC_MSG_MAX_FDS];
-    size_t opened = 0;
-    ec_wbuf w;
-    ec_rbuf r;
-    uint32_t req, tensors = 0;
-    int rc;
-
-    if (!c || !opts || !opts->model || !paths)
-        return ec_seterr(EC_EINVAL, "ec_model_import: NULL argument");
-    if (n == 0 || n > 64)
-        return ec_seterr(EC_EINVAL, "import takes 1..64 files, %zu given", n);
-    if (opts->params_json && strlen(opts->params_json) > EC_PARAMS_MAX)
-        return ec_seterr(EC_ETOOBIG, "params JSON is longer than %u bytes", EC_PARAMS_MAX);
-    for (; opened < n; opened++) {
-        struct stat st;
-        fds[opened] = open(paths[opened], O_RDONLY | O_CLOEXEC);
-        if (fds[opened] < 0) {
-            rc = ec_seterr_errno(errno == ENOENT ? EC_ENOENT : EC_EIO, errno,
-                                 "cannot open %s", paths[opened]);
-            goto out;
-        }
-        if (fstat(fds[opened], &st) < 0 || !S_ISREG(st.st_mode)) {
-            opened++;
-            rc = ec_seterr(EC_EFORMAT, "%s is not a regular file: import takes .npy and "
-                                       ".safetensors files", paths[opened - 1]);
-            goto out;
-        }
-    }
-    pthread_mutex_lock(&c->lock);
-    req = begin(c, &w, EC_OP_IMPORT);
-    ec_put_str(&w, opts->model);
-    ec_put_i64(&w, opts->version);
-    ec_put_i64(&w, opts->round);
-    ec_put_str(&w, opts->params_json);
-    ec_put_u64(&w, opts->partition_bytes);
-    ec_put_u32(&w, (uint32_t)n);
-    for (size_t i = 0; i < n; i++) {
-        const char *base = strrchr(paths[i], '/');
-        ec_put_str(&w, base ? base + 1 : paths[i]);
-    }
-    rc = rpc(c, &w, req, fds, (int)n, &r, NULL, NULL, 0);
-    if (rc == 0) {
-        tensors = ec_get_u32(&r);
-        if (!ec_rbuf_done(&r))
-            rc = ec_seterr(EC_EPROTO, "malformed IMPORT reply");
-    }
-    pthread_mutex_unlock(&c->lock);
-    if (rc == 0 && tensors_out)
-        *tensors_out = tensors;
-out:
-    for (size_t i = 0; i < opened; i++)
-        close(fds[i]);
-    return rc;
-}
-
-int ec_model_alias(ec_client *c, const char *model, const char *alias, int64_t version)
-{
-    ec_wbuf w;
-    ec_rbuf r;
-    uint32_t req;
-    int rc;
-
-    if (!c || !model || !alias)
-        return ec_seterr(EC_EINVAL, "ec_model_alias: NULL argument");
-    pthread_mutex_lock(&c->lock);
-    req = begin(c, &w, EC_OP_ALIAS);
-    ec_put_str(&w, model);
-    ec_put_str(&w, alias);
-    ec_put_i64(&w, version);
-    rc = rpc(c, &w, req, NULL, 0, &r, NULL, NULL, 0);
-    if (rc == 0 && !ec_rbuf_done(&r))
-        rc = ec_seterr(EC_EPROTO, "malformed ALIAS reply");
-    pthread_mutex_unlock(&c->lock);
-    return rc;
-}
-
-int ec_model_find(ec_client *c, const char *model, int64_t round, const char *params_json,
-                  int64_t *version_out)
-{
-    ec_wbuf w;
-    ec_rbuf r;
-    uint32_t req;
-    int64_t v = 0;
-    int rc;
-
-    if (!c || !model || !version_out)
-        return ec_seterr(EC_EINVAL, "ec_model_find: NULL argument");
-    if (params_json && strlen(params_json) > EC_PARAMS_MAX)
-        return ec_seterr(EC_ETOOBIG, "params JSON is longer than %u bytes", EC_PARAMS_MAX);
-    pthread_mutex_lock(&c->lock);
-    req = begin(c, &w, EC_OP_FIND);
-    ec_put_str(&w, model);
-    ec_put_i64(&w, round);
-    ec_put_str(&w, params_json);
-    rc = rpc(c, &w, req, NULL, 0, &r, NULL, NULL, 0);
-    if (rc == 0) {
-        v = ec_get_i64(&r);
-        if (!ec_rbuf_done(&r))
-            rc = ec_seterr(EC_EPROTO, "malformed FIND reply");
-    }
-    pthread_mutex_unlock(&c->lock);
-    if (rc == 0)
-        *version_out = v;
-    return rc;
-}
-
-/* A request of (model, version string) and an optional u32, answered with
- * one u64. */
-static int version_rpc(ec_client *c, uint16_t op, const char *model, const char *version,
-                       const uint32_t *flags, uint64_t *u64_out)
-{
-    ec_wbuf w;
-    ec_rbuf r;
-    uint32_t req;
-    uint64_t v = 0;
-    int rc;
-
-    if (!c || !model || !version)
-        return ec_seterr(EC_EINVAL, "NULL model or version");
-    pthread_mutex_lock(&c->lock);
-    req = begin(c, &w, op);
-    ec_put_str(&w, model);
-    ec_put_str(&w, version);
-    if (flags)
-        ec_put_u32(&w, *flags);
-    rc = rpc(c, &w, req, NULL, 0, &r, NULL, NULL, 0);
-    if (rc == 0) {
-        v = ec_get_u64(&r);
-        if (!ec_rbuf_done(&r))
-            rc = ec_seterr(EC_EPROTO, "malformed reply to op %u", op);
-    }
-    pthread_mutex_unlock(&c->lock);
-    if (rc == 0 && u64_out)
-        *u64_out = v;
-    return rc;
-}
-
-int ec_model_prewarm(ec_client *c, const char *model, const char *version, unsigned flags,
-                     ec_prewarm_progress *out)
-{
-    ec_prewarm_progress p = {0};
-    ec_wbuf w;
-    ec_rbuf r;
-    uint32_t req;
-    int rc;
-
-    if (!c || !model || !version || !out)
-        return ec_seterr(EC_EINVAL, "ec_model_prewarm: NULL argument");
-    pthread_mutex_lock(&c->lock);
-    req = begin(c, &w, EC_OP_PREWARM);
-    ec_put_str(&w, model);
-    ec_put_str(&w, version);
-    ec_put_u32(&w, flags);
-    rc = rpc(c, &w, req, NULL, 0, &r, NULL, NULL, 0);
-    if (rc == 0) {
-        p.version = ec_get_i64(&r);
-        p.partitions = ec_get_u64(&r);
-        p.done = ec_get_u64(&r);
-        p.failed = ec_get_u64(&r);
-        p.bytes = ec_get_u64(&r);
-        p.finished = (int)ec_get_u32(&r);
-        if (!ec_rbuf_done(&r) || p.done + p.failed > p.partitions)
-            rc = ec_seterr(EC_EPROTO, "malformed PREWARM reply");
-    }
-    pthread_mutex_unlock(&c->lock);
-    if (rc == 0)
-        *out = p;
-    return rc;
-}
-
-int ec_model_evict(ec_client *c, const char *model, const char *version, uint64_t *bytes_out)
-{
-    return version_rpc(c, EC_OP_EVICT, model, version, NULL, bytes_out);
-}
-
-int ec_model_refresh(ec_client *c, const char *model, const char *version,
-                     uint64_t *changed_out)
-{
-    return version_rpc(c, EC_OP_REFRESH, model, version, NULL, changed_out);
-}
-
-int ec_model_policy(ec_client *c, const char *model, uint64_t min_resident_bytes,
-                    double min_request_rate)
-{
-    ec_wbuf w;
-    ec_rbuf r;
-    uint32_t req;
-    int rc;
-
-    if (!c || !model)
-        return ec_seterr(EC_EINVAL, "ec_model_policy: NULL argument");
-    if (!(min_request_rate >= 0 && min_request_rate < 1e15))
-        return ec_seterr(EC_EINVAL, "min_request_rate %g must be >= 0", min_request_rate);
-    pthread_mutex_lock(&c->lock);
-    req = begin(c, &w, EC_OP_POLICY);
-    ec_put_str(&w, model);
-    ec_put_u64(&w, min_resident_bytes);
-    ec_put_u64(&w, (uint64_t)(min_request_rate * 1000.0 + 0.5));
-    rc = rpc(c, &w, req, NULL, 0, &r, NULL, NULL, 0);
-    if (rc == 0 && !ec_rbuf_done(&r))
-        rc = ec_seterr(EC_EPROTO, "malformed POLICY reply");
-    pthread_mutex_unlock(&c->lock);
-    return rc;
-}
-
-int ec_model_retire(ec_client *c, const char *model, int64_t version, int force)
-{
-    ec_wbuf w;
-    ec_rbuf r;
-    uint32_t req;
-    int rc;
-
-    if (!c || !model)
-        return ec_seterr(EC_EINVAL, "ec_model_retire: NULL argument");
-    pthread_mutex_lock(&c->lock);
-    req = begin(c, &w, EC_OP_RETIRE);
-    ec_put_str(&w, model);
-    ec_put_i64(&w, version);
-    ec_put_u32(&w, force ? 1 : 0);
-    rc = rpc(c, &w, req, NULL, 0, &r, NULL, NULL, 0);
-    if (rc == 0 && !ec_rbuf_done(&r))
-        rc = ec_seterr(EC_EPROTO, "malformed RETIRE reply");
-    pthread_mutex_unlock(&c->lock);
-    return rc;
-}
-
-/* Parse one LIST reply page and call cb; returns cb's value, 0, or an error. */
-static int list_page(ec_rbuf *r, uint32_t n, ec_list_cb cb, void *arg,
-                     ec_version_info *cur, char *model, char *params, char *aliases)
-{
-    for (uint32_t k = 0; k < n; k++) {
-        uint8_t kind = ec_get_u8(r);
-        int rc;
-
-        if (kind == EC_LIST_VERSION) {
-            ec_get_str(r, model, EC_NAME_MAX + 1);
-            cur->version = ec_get_i64(r);
-            cur->round = ec_get_i64(r);
-            ec_get_str(r, params, EC_PARAMS_MAX + 1);
-            ec_get_str(r, aliases, 4096);
-            cur->created_unix = ec_get_i64(r);
-            cur->tensors = ec_get_u32(r);
-            cur->bytes = ec_get_u64(r);
-            if (r->bad)
-                break;
-            rc = cb(cur, NULL, arg);
-        } else if (kind == EC_LIST_TENSOR) {
-            char name[EC_NAME_MAX + 1];
-            ec_tensor_listing tl = {.name = name};
-            ec_get_str(r, name, sizeof(name));
-            tl.dtype = (ec_dtype)ec_get_u32(r);
-            tl.ndim = ec_get_u32(r);
-            if (tl.ndim > EC_MAX_DIMS || !ec_dtype_valid(tl.dtype)) {
-                r->bad = true;
-                break;
-            }
-            for (uint32_t d = 0; d < tl.ndim; d++)
-                tl.shape[d] = ec_get_u64(r);
-            tl.partitions = ec_get_u64(r);
-            tl.bytes = ec_get_u64(r);
-            if (r->bad || !cur->model[0])
-                break;
-            rc = cb(cur, &tl, arg);
-        } else {
-            r->bad = true;
-            break;
-        }
-        if (rc)
-            return rc;
-    }
-    if (!ec_rbuf_done(r))
-        return ec_seterr(EC_EPROTO, "malformed LIST reply");
-    return 0;
-}
-
-int ec_catalog_list(ec_client *c, const char *model, ec_list_cb cb, void *arg)
-{
-    static _Thread_local char mname[EC_NAME_MAX + 1], params[EC_PARAMS_MAX + 1], aliases[4096];
-    ec_version_info cur = {.model = mname, .params_json = params, .aliases = aliases};
-    uint32_t vcur = 0, tcur = 0;
-    int rc;
-
-    if (!c || !cb)
-        return ec_seterr(EC_EINVAL, "ec_catalog_list: NULL argument");
-    mname[0] = '\0';
-    for (;;) {
-        ec_wbuf w;
-        ec_rbuf r;
-        uint32_t req, n;
-
-        pthread_mutex_lock(&c->lock);
-        req = begin(c, &w, EC_OP_LIST);
-        ec_put_str(&w, model);
-        ec_put_u32(&w, vcur);
-        ec_put_u32(&w, tcur);
-        rc = rpc(c, &w, req, NULL, 0, &r, NULL, NULL, 0);
-        if (rc == 0) {
-            vcur = ec_get_u32(&r);
-            tcur = ec_get_u32(&r);
-            n = ec_get_u32(&r);
-            /* The page lives in c->rbuf: parse it before unlocking. Copy it
-             * out so the callback may call into this client. */
-            uint8_t *copy = malloc(r.len);
-            if (!copy) {
-                rc = ec_seterr(EC_ENOMEM, "list page");
-            } else {
-                memcpy(copy, r.p, r.len);
-                r.p = copy;
-                pthread_mutex_unlock(&c->lock);
-                rc = list_page(&r, n, cb, arg, &cur, mname, params, aliases);
-                free(copy);
-                if (rc || (vcur == 0 && tcur == 0))
-                    return rc;
-                continue;
-            }
-        }
-        pthread_mutex_unlock(&c->lock);
-        return rc;
-    }
-}
-
-int ec_client_stats(ec_client *c, ec_stat_cb cb, void *arg)
-{
-    ec_wbuf w;
-    ec_rbuf r;
-    uint32_t req, n;
-    int rc;
-
-    if (!c || !cb)
-        return ec_seterr(EC_EINVAL, "ec_client_stats: NULL argument");
-    pthread_mutex_lock(&c->lock);
-    req = begin(c, &w, EC_OP_STATS);
-    rc = rpc(c, &w, req, NULL, 0, &r, NULL, NULL, 0);
-    if (rc == 0) {
-        n = ec_get_u32(&r);
-        for (uint32_t i = 0; i < n && rc == 0 && !r.bad; i++) {
-            char name[128];
-            uint64_t v;
-            ec_get_str(&r, name, sizeof(name));
-            v = ec_get_u64(&r);
-            if (!r.bad)
-                rc = cb(name, v, arg);
-        }
-        if (rc == 0 && !ec_rbuf_done(&r))
-            rc = ec_seterr(EC_EPROTO, "malformed STATS reply");
-    }
-    pthread_mutex_unlock(&c->lock);
-    return rc;
 }

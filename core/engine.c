@@ -45,7 +45,7 @@ void eng_gauges(ec_engine *e)
     ec_extent_stats s;
 
     ec_extent_stats_get(e->ext, &s);
-    atomic_store_explicit(&e->seg.hdr->used_bytes, s.used, memory_order_relaxed);
+    atomic_store_explicit(&e->seg.hdr->used_bytes, eng_used_bytes(e), memory_order_relaxed);
     atomic_store_explicit(&e->seg.hdr->resident_partitions, e->resident.len,
                           memory_order_relaxed);
 }
@@ -69,6 +69,7 @@ void eng_tstate_free(struct tstate *ts)
         close(ts->fd);
     if (ts->dfd >= 0)
         close(ts->dfd);
+    free(ts->block_sums);
     ec_cat_tensor_clear(&ts->cat);
     free(ts);
 }
@@ -143,10 +144,12 @@ int eng_tensor_get(ec_engine *e, uint32_t id, struct tstate **out)
      * from the device into the segment without the page cache. */
     ts->dfd = open(path, O_RDONLY | O_DIRECT | O_CLOEXEC);
     ts->file_slot = ec_pager_file_add(e->pager, ts->dfd);
-    rc = ec_u64map_put(&e->tensors, id, ts);
-    if (rc) {
-        ec_pager_file_del(e->pager, ts->file_slot);
+    rc = eng_rows_decide(e, ts);
+    if (rc == 0 && ec_u64map_put(&e->tensors, id, ts))
         rc = ec_seterr(EC_ENOMEM, "tensor table");
+    if (rc) {
+        eng_rows_forget(e, ts);
+        ec_pager_file_del(e->pager, ts->file_slot);
         goto fail;
     }
     *out = ts;
@@ -186,6 +189,7 @@ int ec_engine_resolve(ec_engine *e, const char *model, const char *version, cons
     out->row_bytes = ts->cat.row_bytes;
     out->rows_per_partition = ts->cat.rows_per_partition;
     out->partitions = ts->cat.partitions;
+    out->mode = (uint32_t)ts->mode;
     e->st.resolves++;
     return 0;
 }
@@ -234,13 +238,19 @@ void ec_engine_tick(ec_engine *e)
         eng_sweep_idle(e, now - e->window_start);
         e->window_start = now;
     }
+    eng_rows_save_history(e, false);
     eng_gauges(e);
 }
 
 void ec_engine_touch(ec_engine *e, uint64_t key)
 {
-    struct unit *u = ec_u64map_get(&e->resident, key);
+    struct unit *u;
 
+    if (key & EC_RING_ITEM) {
+        eng_rows_touch(e, key);
+        return;
+    }
+    u = ec_u64map_get(&e->resident, key);
     if (u) {
         u->ref = true;
         eng_note_request(eng_vstate_of_tensor(e, u->tensor));
@@ -341,9 +351,19 @@ int ec_engine_open(const ec_engine_config *cfg, ec_engine_notify_fn notify, void
         }
     }
 #endif
-    e->budget = cfg->budget && cfg->budget < e->seg.data_size ? cfg->budget : e->seg.data_size;
+    /* The staging area of block reads first: a partition a previous daemon
+     * left over it is dropped by the adoption below. */
+    rc = eng_rows_open(e);
+    if (rc)
+        goto fail;
+    {
+        uint64_t room = e->seg.data_size - e->staging_bytes;
+        e->budget = cfg->budget && cfg->budget < room ? cfg->budget : room;
+    }
     srand48((long)getpid() ^ (long)time(NULL));
     rc = eng_adopt_segment(e);
+    if (rc == 0)
+        rc = eng_rows_adopt(e);
     if (rc)
         goto fail;
     rc = ec_engine_owner_open(e, EC_ENGINE_OWNER_SELF);
@@ -355,7 +375,8 @@ int ec_engine_open(const ec_engine_config *cfg, ec_engine_notify_fn notify, void
                                 e->topo);
     }
     /* A restart with a smaller budget: shed what the old daemon kept. */
-    while (eng_used_bytes(e) > e->budget && eng_evict_one(e) == 0)
+    while (eng_used_bytes(e) > e->budget &&
+           (eng_evict_one(e) == 0 || (e->items && ec_items_shrink(e->items))))
         ;
     *out = e;
     return 0;
@@ -369,6 +390,10 @@ static void drop_job(ec_page_req *r, void *arg)
     struct job *j = r->user;
 
     (void)arg;
+    if (r->block_sums) {
+        eng_rows_drop_job(r);
+        return;
+    }
     free(j->waiters);
     free(j);
 }
@@ -382,6 +407,7 @@ void ec_engine_close(ec_engine *e)
      * allocator from the index alone. */
     if (e->pager)
         ec_pager_close(e->pager, drop_job, NULL);
+    eng_rows_close(e);
     /* The slabs go first (their threads read the segment); limbo is then
      * safe to forget: the allocator is rebuilt from the index next time. */
     ec_devtier_close(e->dt);
@@ -392,8 +418,7 @@ void ec_engine_close(ec_engine *e)
     }
     for (struct prewarm *pw = e->prewarms, *n; pw; pw = n) {
         n = pw->next;
-        free(pw->tensors);
-        free(pw);
+        eng_prewarm_free(pw);
     }
     for (struct retire *rt = e->retires, *n; rt; rt = n) {
         n = rt->next;
@@ -472,7 +497,7 @@ int ec_engine_stats(ec_engine *e, int (*cb)(const char *name, uint64_t v, void *
     S("uptime_seconds", time(NULL) - e->started);
     S("segment_bytes", e->seg.size);
     S("data_bytes", s.capacity);
-    S("used_bytes", s.used);
+    S("used_bytes", eng_used_bytes(e)); /* under the budget: the staging area is not */
     S("pinned_bytes", pinned);
     S("largest_free_bytes", s.largest_free);
     S("free_runs", s.free_runs);
@@ -525,5 +550,7 @@ int ec_engine_stats(ec_engine *e, int (*cb)(const char *name, uint64_t v, void *
     S("versions", versions);
     S("tensors", tensors);
 #undef S
+    if ((rc = eng_rows_stats(e, cb, arg)) != 0)
+        return rc;
     return ec_devtier_stats(e->dt, cb, arg);
 }

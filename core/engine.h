@@ -39,6 +39,9 @@ typedef struct ec_engine_config {
     double ttl_jitter;      /* fraction, e.g. 0.1 for +-10% */
     double rate_window;     /* seconds over which request rates are measured; 0: 60 */
     uint64_t gpu_slab;      /* device-tier slab per GPU; 0: the tier is off */
+    uint64_t item_bytes;    /* the item index is sized for items of this size
+                             * (a new segment only); 0: EC_ITEM_BYTES_DEFAULT,
+                             * UINT64_MAX: no item store */
 } ec_engine_config;
 
 /* The answer to an asynchronous request (FAULT, PIN). */
@@ -46,6 +49,7 @@ typedef struct ec_engine_result {
     int status;
     char msg[EC_ERRMSG_MAX];
     uint64_t pin_id, offset, length;
+    uint32_t mode;          /* FAULT: how the tensor is cached now (ec_cache_mode) */
 } ec_engine_result;
 
 /* Called (from ec_engine_complete or directly from the request call) when an
@@ -95,6 +99,35 @@ int ec_engine_resolve(ec_engine *e, const char *model, const char *version, cons
 int ec_engine_fault(ec_engine *e, uint64_t owner, uint64_t token, uint32_t tensor,
                     const uint32_t *parts, uint32_t n);
 
+/* Make rows of a tensor resident: by rows (their 4 KiB blocks read, the
+ * rows put in the item store) when it is cached by rows, else their
+ * partitions. Answers through notify, with the tensor's mode; returns as
+ * ec_engine_fault does. */
+int ec_engine_fault_rows(ec_engine *e, uint64_t owner, uint64_t token, uint32_t tensor,
+                         const uint64_t *ids, uint32_t n);
+
+/* Set how a model's tensor (tensor NULL or "": all of them) is cached
+ * (EC_CACHE_AUTO: the daemon decides) and apply it to the versions open
+ * now: a tensor that changes mode drops what the old mode cached. */
+int ec_engine_set_tensor_mode(ec_engine *e, const char *model, const char *tensor,
+                              ec_cache_mode mode);
+
+/* One tensor the engine has open, for `embcache stats`. */
+typedef struct ec_engine_tensor_stat {
+    uint32_t id;
+    const char *model, *name;
+    int64_t version;
+    ec_cache_mode mode, policy;
+    uint32_t file_version;       /* of its partition file */
+    uint64_t bytes, row_bytes;
+    uint64_t resident_bytes, resident_rows;
+    uint64_t row_faults;         /* rows clients asked the daemon for */
+    uint64_t bytes_read;         /* read from its file */
+    uint64_t rows_admitted;
+} ec_engine_tensor_stat;
+typedef int (*ec_engine_tensor_fn)(const ec_engine_tensor_stat *t, void *arg);
+int ec_engine_tensor_stats(ec_engine *e, ec_engine_tensor_fn fn, void *arg);
+
 /* Pin a whole tensor contiguously for owner; answers through notify with
  * pin_id, offset (from the data area) and length. */
 int ec_engine_pin(ec_engine *e, uint64_t owner, uint64_t token, uint32_t tensor);
@@ -131,8 +164,9 @@ int ec_engine_refresh(ec_engine *e, const char *model, const char *version, uint
 int ec_engine_owner_open(ec_engine *e, uint64_t owner);
 void ec_engine_owner_close(ec_engine *e, uint64_t owner);
 
-/* A client reported an access to (tensor, part): feeds the eviction policy.
- * The key is untrusted; unknown keys are ignored. */
+/* A client reported an access to (tensor, part) or to an item
+ * (EC_RING_ITEM_HINT): feeds the eviction policy. The key is untrusted;
+ * unknown keys are ignored. */
 void ec_engine_touch(ec_engine *e, uint64_t key);
 
 /* Periodic work (the server calls it every tick): TTL expiry. */

@@ -176,12 +176,14 @@ int eng_evict_one(ec_engine *e)
     return EC_ENOSPC;
 }
 
+/* Bytes of the budget in use: partitions, groups and item slabs (the
+ * staging area of block reads is outside the budget). */
 uint64_t eng_used_bytes(const ec_engine *e)
 {
     ec_extent_stats s;
 
     ec_extent_stats_get(e->ext, &s);
-    return s.used;
+    return s.used - (s.used >= e->staging_bytes ? e->staging_bytes : s.used);
 }
 
 /* An extent of `bytes`, evicting until both the budget and the segment
@@ -210,7 +212,9 @@ int eng_alloc_evicting(ec_engine *e, uint64_t bytes, uint64_t *off)
             return ec_seterr(EC_ENOSPC, "no room for %llu bytes until GPU gathers in flight "
                                         "finish reading freed memory",
                              (unsigned long long)bytes);
-        if (eng_evict_one(e)) {
+        /* No partition can go: the item store gives back a slab (one budget
+         * covers both). */
+        if (eng_evict_one(e) && !(e->items && ec_items_shrink(e->items))) {
             ec_extent_stats s;
             ec_extent_stats_get(e->ext, &s);
             return ec_seterr(EC_ENOSPC,

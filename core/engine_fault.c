@@ -95,6 +95,11 @@ static void pin_register(ec_engine *e, struct request *r, struct unit *g, struct
 
 static void request_finish(ec_engine *e, struct request *r)
 {
+    if (r->kind == REQ_FAULT) {
+        /* The client learns how the tensor is cached now from every answer. */
+        struct tstate *ts = ec_u64map_get(&e->tensors, r->tensor);
+        r->res.mode = ts ? (uint32_t)ts->mode : EC_CACHE_PARTITIONS;
+    }
     if (r->kind == REQ_PREWARM || r->kind == REQ_PREWARM_PIN)
         eng_prewarm_report(e, r);
     else
@@ -226,7 +231,9 @@ int ec_engine_fault(ec_engine *e, uint64_t owner, uint64_t token, uint32_t tenso
     e->st.fault_requests++;
     eng_note_request(ts->vs);
 
-    for (uint32_t i = 0; i < n; i++) {
+    /* Cached by rows: nothing to load; the answer's mode redirects the
+     * client to the item index (a client that has not seen a mode switch). */
+    for (uint32_t i = 0; i < n && ts->mode != EC_CACHE_ROWS; i++) {
         uint32_t p = parts[i];
 
         if (p >= ts->cat.partitions) {
@@ -267,9 +274,22 @@ static void job_complete(ec_engine *e, struct job *j)
     if (rc)
         snprintf(j->msg, sizeof(j->msg), "tensor '%.64s' (model '%.64s' version %lld): %.300s",
                  j->ts->cat.name, j->ts->cat.model, (long long)j->ts->cat.version, j->req.msg);
+    if (rc == 0 && !group && ts->mode == EC_CACHE_ROWS) {
+        /* The tensor switched to rows while this partition was read: it is
+         * not cached, and its waiters are told the new mode. */
+        ec_extent_release(e->ext, u->off, u->bytes);
+        free(u);
+        u = NULL;
+        for (size_t i = 0; i < j->nwaiters; i++)
+            eng_request_put(e, j->waiters[i]);
+        free(j->waiters);
+        free(j);
+        goto pins;
+    }
     if (rc == 0) {
         e->st.page_ins++;
         e->st.page_in_bytes += j->length;
+        ts->rst.bytes_read += j->length;
         rc = ec_index_insert(&e->seg, j->tensor, j->part, j->dest, j->length);
         if (rc == 0 && ec_u64map_put(&e->resident, key, u)) {
             ec_index_remove(&e->seg, j->tensor, j->part, NULL, NULL);
@@ -344,6 +364,7 @@ static void job_complete(ec_engine *e, struct job *j)
             }
         }
     }
+pins:
     /* Pins that waited for this tensor's single reads to drain. */
     if (ts->inflight == 0 && ts->pin_waiters) {
         struct request *w = ts->pin_waiters, *next;
@@ -358,7 +379,10 @@ static void job_complete(ec_engine *e, struct job *j)
 
 static void read_done(ec_page_req *r, void *arg)
 {
-    job_complete(arg, r->user);
+    if (r->block_sums)
+        eng_rows_read_done(arg, r); /* a block read of a tensor cached by rows */
+    else
+        job_complete(arg, r->user);
 }
 
 void ec_engine_flush(ec_engine *e)
@@ -409,6 +433,9 @@ static void pin_register(ec_engine *e, struct request *r, struct unit *g, struct
         eng_result_error(&r->res, EC_ENOMEM, "pin");
         return;
     }
+    /* Pinned whole: its partitions serve it best, whatever its size. */
+    if (ts->mode == EC_CACHE_ROWS)
+        eng_rows_switch(e, ts, EC_CACHE_PARTITIONS);
     p->id = ++e->next_pin;
     p->tensor = r->tensor;
     p->unit = g;

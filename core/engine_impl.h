@@ -9,6 +9,8 @@
  *   engine_evict.c    eviction and residency policy: CLOCK, TTL, idle versions
  *   engine_life.c     model-version lifecycle: prewarm, evict, retire, refresh
  *   engine_restart.c  start-up: data-dir lock, segment, warm restart
+ *   engine_rows.c     tensors cached by rows: modes, block reads, the item
+ *                     store's memory, access history
  *
  * State, all private to the server thread except the job queues:
  *
@@ -43,6 +45,7 @@
 #include "core/engine.h"
 #include "common/u64map.h"
 #include "core/devtier.h"
+#include "core/itemstore.h"
 #include "core/partfile.h"
 #include "core/topology.h"
 #include "shm/extent.h"
@@ -75,6 +78,18 @@ struct tstate {
     uint32_t inflight;           /* jobs reading this tensor's partitions */
     struct request *pin_waiters; /* pins waiting for inflight to reach 0 */
     bool retired;                /* being retired: no new reads */
+
+    /* engine_rows.c */
+    ec_cache_mode mode;          /* PARTITIONS or ROWS: how it is cached now */
+    ec_cache_mode policy;        /* what the catalog's policy asks; AUTO: nothing */
+    uint64_t *block_sums;        /* v2 files: one per 4 KiB block; else NULL */
+    uint32_t row_jobs;           /* block reads in flight */
+    struct {
+        uint64_t row_faults;     /* rows clients asked the daemon for */
+        uint64_t rows_admitted;  /* rows put in the item store */
+        uint64_t items;          /* of its rows in the item store now */
+        uint64_t bytes_read;     /* from its file: partitions and blocks */
+    } rst;
 };
 
 struct unit {
@@ -119,7 +134,9 @@ struct prewarm {
     int64_t version;
     uint32_t *tensors;
     uint32_t ntensors;
-    uint32_t ti, pi;             /* cursor: next tensor, next partition */
+    uint32_t ti, pi;             /* cursor: next tensor, next partition (or hot row) */
+    uint64_t **hot;              /* per tensor cached by rows: its hottest rows */
+    uint64_t *nhot;
     uint64_t total, done, failed, bytes;
     unsigned outstanding;
     bool pin, finished;
@@ -201,6 +218,20 @@ struct ec_engine {
     void *min_epoch_arg;
     int node;                    /* NUMA node of the data dir's device, or -1 */
 
+    /* Rows (engine_rows.c). */
+    ec_itemstore *items;         /* NULL: the segment has no item index */
+    ec_extents *staging;         /* of [staging_off, +staging_bytes): block reads */
+    uint64_t staging_off, staging_bytes;
+    ec_u64map row_inflight;      /* RUN_KEY -> struct rowjob */
+    struct rowjob *stage_wait, **stage_tail; /* block reads waiting for staging room */
+    uint64_t part_mode_bytes;    /* bytes of the tensors cached by partitions */
+    double hot_saved;            /* when the access history was last written */
+    uint64_t hot_saved_admitted;
+    struct {
+        uint64_t row_faults, row_coalesced, block_reads, block_bytes, rows_admitted,
+            stage_waits, mode_switches;
+    } rst;
+
     struct {
         uint64_t fault_requests, fault_parts, coalesced, page_ins, page_in_bytes,
             checksum_failures, read_errors, evictions, evicted_bytes, pins, unpins,
@@ -262,7 +293,30 @@ void eng_pin_start(ec_engine *e, struct request *r);
 
 /* engine_life.c */
 void eng_prewarm_report(ec_engine *e, struct request *r);
+void eng_prewarm_free(struct prewarm *pw);
 void eng_retires_check(ec_engine *e);
+
+/* engine_rows.c */
+struct rowjob;
+const char *eng_mode_name(ec_cache_mode m);
+int eng_rows_open(ec_engine *e);
+int eng_rows_adopt(ec_engine *e);
+void eng_rows_close(ec_engine *e);
+int eng_rows_decide(ec_engine *e, struct tstate *ts);
+void eng_rows_forget(ec_engine *e, struct tstate *ts);
+void eng_rows_reload(ec_engine *e, struct tstate *ts);
+void eng_rows_switch(ec_engine *e, struct tstate *ts, ec_cache_mode m);
+uint64_t eng_rows_drop_tensor(ec_engine *e, struct tstate *ts);
+int eng_rows_want(ec_engine *e, struct tstate *ts, const uint64_t *ids, size_t n,
+                  struct request *r);
+void eng_rows_read_done(ec_engine *e, ec_page_req *req);
+void eng_rows_drop_job(ec_page_req *req);
+void eng_rows_touch(ec_engine *e, uint64_t hint);
+void eng_rows_save_history(ec_engine *e, bool force);
+int eng_rows_hot_load(ec_engine *e, const struct tstate *ts, uint64_t max, uint64_t **ids_out,
+                      uint64_t *n_out);
+uint64_t eng_rows_capacity(const ec_engine *e, const struct tstate *ts);
+int eng_rows_stats(ec_engine *e, int (*cb)(const char *name, uint64_t v, void *arg), void *arg);
 
 /* engine_restart.c */
 int eng_lock_data_dir(ec_engine *e);

@@ -102,6 +102,17 @@ void eng_prewarm_report(ec_engine *e, struct request *r)
 }
 
 #define PREWARM_WINDOW 32 /* prewarm reads outstanding at once */
+#define PREWARM_ROWS 256  /* rows of a tensor cached by rows per prewarm request */
+
+void eng_prewarm_free(struct prewarm *pw)
+{
+    for (uint32_t i = 0; pw->hot && i < pw->ntensors; i++)
+        free(pw->hot[i]);
+    free(pw->hot);
+    free(pw->nhot);
+    free(pw->tensors);
+    free(pw);
+}
 
 static struct request *prewarm_req(struct prewarm *pw, enum req_kind kind, uint32_t tensor,
                                    uint64_t parts)
@@ -159,6 +170,27 @@ static void prewarm_pump(ec_engine *e, struct prewarm *pw)
             if (!r)
                 break;
             eng_pin_start(e, r);
+            continue;
+        }
+        if (ts->mode == EC_CACHE_ROWS) {
+            /* By rows: its hottest rows from the access history. */
+            uint64_t k = pw->nhot[pw->ti] - pw->pi;
+            if (k == 0) {
+                pw->ti++;
+                pw->pi = 0;
+                continue;
+            }
+            if (k > PREWARM_ROWS)
+                k = PREWARM_ROWS;
+            r = prewarm_req(pw, REQ_PREWARM, (uint32_t)ts->cat.id, k);
+            if (!r)
+                break;
+            r->pending = 1;
+            rc = eng_rows_want(e, ts, pw->hot[pw->ti] + pw->pi, (size_t)k, r);
+            if (rc)
+                eng_result_error(&r->res, rc, ec_last_error());
+            pw->pi += (uint32_t)k;
+            eng_request_put(e, r);
             continue;
         }
         if (pw->pi >= ts->cat.partitions) {
@@ -231,8 +263,7 @@ int ec_engine_prewarm(ec_engine *e, const char *model, const char *version, bool
         progress_of(pw, pw->finished, out);
         if (pw->finished) {
             *pp = pw->next;
-            free(pw->tensors);
-            free(pw);
+            eng_prewarm_free(pw);
         }
         return 0;
     }
@@ -257,12 +288,26 @@ int ec_engine_prewarm(ec_engine *e, const char *model, const char *version, bool
     pw->pin = pin;
     pw->device = device;
     pw->bytes = vi.bytes;
+    pw->hot = calloc(vi.ntensors ? vi.ntensors : 1, sizeof(*pw->hot));
+    pw->nhot = calloc(vi.ntensors ? vi.ntensors : 1, sizeof(*pw->nhot));
+    if (!pw->hot || !pw->nhot) {
+        eng_prewarm_free(pw);
+        return ec_seterr(EC_ENOMEM, "prewarm");
+    }
     for (uint32_t i = 0; i < vi.ntensors; i++) {
         struct tstate *ts;
-        if (eng_tensor_get(e, vi.tensors[i], &ts) == 0)
-            pw->total += ts->cat.partitions;
-        else
+        if (eng_tensor_get(e, vi.tensors[i], &ts) != 0) {
             pw->total++;
+        } else if (ts->mode == EC_CACHE_ROWS && !pin) {
+            /* A tensor cached by rows is not read whole: its hottest rows
+             * are, from the access history (none yet: nothing). */
+            if (eng_rows_hot_load(e, ts, eng_rows_capacity(e, ts), &pw->hot[i], &pw->nhot[i]))
+                ec_warn("prewarm of %s version %lld: %s", model, (long long)vi.version,
+                        ec_last_error());
+            pw->total += pw->nhot[i];
+        } else {
+            pw->total += ts->cat.partitions;
+        }
     }
     pw->next = e->prewarms;
     e->prewarms = pw;
@@ -307,6 +352,7 @@ static uint64_t drop_tensor_units(ec_engine *e, struct tstate *ts, uint64_t *hel
     uint64_t freed = 0;
 
     unpin_self(e, (uint32_t)ts->cat.id);
+    freed += eng_rows_drop_tensor(e, ts);
     for (uint64_t p = 0; p < ts->cat.partitions; p++) {
         struct unit *u = ec_u64map_get(&e->resident, EC_INDEX_KEY(ts->cat.id, p));
         if (!u)
@@ -375,8 +421,12 @@ static int retire_finish(ec_engine *e, struct retire *rt)
     if (rc == 0) {
         for (uint32_t i = 0; i < rt->ntensors; i++) {
             struct tstate *ts = ec_u64map_del(&e->tensors, rt->tensors[i]);
+            char hot[4200];
+            snprintf(hot, sizeof(hot), "%s/hot/%u.hot", e->data_dir, rt->tensors[i]);
+            unlink(hot); /* its access history goes with it */
             if (ts) {
                 ec_pager_file_del(e->pager, ts->file_slot);
+                eng_rows_forget(e, ts);
                 eng_tstate_free(ts);
             }
         }
@@ -408,7 +458,7 @@ static bool retire_drained(ec_engine *e, const struct retire *rt)
 {
     for (uint32_t i = 0; i < rt->ntensors; i++) {
         struct tstate *ts = ec_u64map_get(&e->tensors, rt->tensors[i]);
-        if (ts && ts->inflight)
+        if (ts && (ts->inflight || ts->row_jobs))
             return false;
     }
     return true;
@@ -551,6 +601,9 @@ int ec_engine_refresh(ec_engine *e, const char *model, const char *version, uint
         }
         sums = calloc(m.partitions ? m.partitions : 1, sizeof(*sums));
         rc = sums ? ec_partfile_read_table(fd, &m, sums) : ec_seterr(EC_ENOMEM, "checksums");
+        if (rc == 0 && ts->row_jobs)
+            rc = ec_seterr(EC_EBUSY, "rows of tensor '%s' are being read; retry in a moment",
+                           ts->cat.name);
         /* Changed partitions must not be pinned or being read. */
         for (uint64_t p = 0; rc == 0 && p < m.partitions; p++) {
             struct unit *u;
@@ -596,6 +649,7 @@ int ec_engine_refresh(ec_engine *e, const char *model, const char *version, uint
         ts->fd = fd;
         ts->dfd = open(ts->path, O_RDONLY | O_DIRECT | O_CLOEXEC);
         ts->file_slot = ec_pager_file_add(e->pager, ts->dfd);
+        eng_rows_reload(e, ts); /* its block checksums, and the rows it cached */
         total += n;
         e->st.refreshed_partitions += n;
     }

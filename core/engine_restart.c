@@ -159,11 +159,15 @@ int eng_open_segment(ec_engine *e)
          * now: a restart with --gpu-slab then finds room for it. */
         const ec_backend *b = ec_backend_get(EC_BACKEND_AUTO);
         int gpus = b && b->slab_create ? b->device_count() : 0;
-        rc = ec_segment_create_ex(e->data_dir, e->cfg.shm_size,
-                                  gpus < 0 ? 0
-                                  : (unsigned)gpus > EC_SHM_MAX_DEVICES ? EC_SHM_MAX_DEVICES
-                                                                        : (unsigned)gpus,
-                                  &e->seg);
+        uint64_t ib = e->cfg.item_bytes == UINT64_MAX ? 0
+                      : e->cfg.item_bytes           ? e->cfg.item_bytes
+                                                    : EC_ITEM_BYTES_DEFAULT;
+        rc = ec_segment_create_geometry(e->data_dir, e->cfg.shm_size,
+                                        gpus < 0 ? 0
+                                        : (unsigned)gpus > EC_SHM_MAX_DEVICES
+                                            ? EC_SHM_MAX_DEVICES
+                                            : (unsigned)gpus,
+                                        ib, &e->seg);
         if (rc)
             return rc;
         e->generation = atomic_load(&e->seg.hdr->generation);

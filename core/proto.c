@@ -159,6 +159,7 @@ void ec_put_tensor(ec_wbuf *w, const ec_proto_tensor *t)
     ec_put_u64(w, t->row_bytes);
     ec_put_u64(w, t->rows_per_partition);
     ec_put_u64(w, t->partitions);
+    ec_put_u32(w, t->mode);
 }
 
 int ec_get_tensor(ec_rbuf *r, ec_proto_tensor *t)
@@ -177,11 +178,13 @@ int ec_get_tensor(ec_rbuf *r, ec_proto_tensor *t)
     t->row_bytes = ec_get_u64(r);
     t->rows_per_partition = ec_get_u64(r);
     t->partitions = ec_get_u64(r);
+    t->mode = ec_get_u32(r);
     if (r->bad)
         return ec_seterr(EC_EPROTO, "tensor record is truncated");
-    if (t->id == 0 || !ec_dtype_valid(t->dtype) || t->ndim > EC_MAX_DIMS)
-        return ec_seterr(EC_EPROTO, "tensor record has id %u, dtype %u, ndim %u", t->id,
-                         t->dtype, t->ndim);
+    if (t->id == 0 || !ec_dtype_valid(t->dtype) || t->ndim > EC_MAX_DIMS ||
+        t->mode > EC_CACHE_ROWS)
+        return ec_seterr(EC_EPROTO, "tensor record has id %u, dtype %u, ndim %u, mode %u",
+                         t->id, t->dtype, t->ndim, t->mode);
     /* Every product is checked for overflow: a record whose sizes only agree
      * after wrapping around 64 bits is refused (found by fuzz_proto). */
     for (uint32_t i = 0; i < t->ndim; i++) {
@@ -196,6 +199,50 @@ int ec_get_tensor(ec_rbuf *r, ec_proto_tensor *t)
         t->rows_per_partition == 0 ||
         t->partitions != t->rows / t->rows_per_partition + (t->rows % t->rows_per_partition != 0))
         return ec_seterr(EC_EPROTO, "tensor record for '%s' is inconsistent", t->name);
+    return 0;
+}
+
+void ec_put_tensor_stat(ec_wbuf *w, const ec_proto_tensor_stat *t)
+{
+    ec_put_u32(w, t->id);
+    ec_put_u32(w, t->mode);
+    ec_put_u32(w, t->policy);
+    ec_put_u32(w, t->file_version);
+    ec_put_str(w, t->model);
+    ec_put_i64(w, t->version);
+    ec_put_str(w, t->name);
+    ec_put_u64(w, t->bytes);
+    ec_put_u64(w, t->row_bytes);
+    ec_put_u64(w, t->resident_bytes);
+    ec_put_u64(w, t->resident_rows);
+    ec_put_u64(w, t->rows_served);
+    ec_put_u64(w, t->hits);
+    ec_put_u64(w, t->row_faults);
+    ec_put_u64(w, t->bytes_read);
+}
+
+int ec_get_tensor_stat(ec_rbuf *r, ec_proto_tensor_stat *t)
+{
+    t->id = ec_get_u32(r);
+    t->mode = ec_get_u32(r);
+    t->policy = ec_get_u32(r);
+    t->file_version = ec_get_u32(r);
+    ec_get_str(r, t->model, sizeof(t->model));
+    t->version = ec_get_i64(r);
+    ec_get_str(r, t->name, sizeof(t->name));
+    t->bytes = ec_get_u64(r);
+    t->row_bytes = ec_get_u64(r);
+    t->resident_bytes = ec_get_u64(r);
+    t->resident_rows = ec_get_u64(r);
+    t->rows_served = ec_get_u64(r);
+    t->hits = ec_get_u64(r);
+    t->row_faults = ec_get_u64(r);
+    t->bytes_read = ec_get_u64(r);
+    if (r->bad)
+        return ec_seterr(EC_EPROTO, "tensor statistics record is truncated");
+    if (t->id == 0 || t->mode > EC_CACHE_ROWS || t->policy > EC_CACHE_ROWS)
+        return ec_seterr(EC_EPROTO, "tensor statistics record has id %u, mode %u, policy %u",
+                         t->id, t->mode, t->policy);
     return 0;
 }
 

@@ -18,7 +18,10 @@
  *                                                    u32 daemon_pid, u64 client_id,
  *                                                    str daemon_version + fds[seg, session]
  *   RESOLVE   str model, str version, str tensor     tensor record (ec_proto_tensor)
- *   FAULT     u32 tensor, u32 n, u32 part[n]         (empty) when all are resident
+ *   FAULT     u32 tensor, u32 n, u32 part[n]         u32 mode, when all are resident
+ *                                                    (mode ROWS: nothing was loaded:
+ *                                                    look the rows up as items)
+ *   FAULT_ROWS u32 tensor, u32 n, u64 row[n]         u32 mode, when all are resident
  *   PIN       u32 tensor                             u64 pin, u64 offset, u64 length
  *   UNPIN     u64 pin                                (empty)
  *   STATS     (empty)                                u32 n, n x (str name, u64 value)
@@ -36,6 +39,13 @@
  *   IMPORT    str model, i64 version, i64 round,     u32 tensors
  *             str params, u64 partition_bytes,
  *             u32 n, n x str filename + fds[n]
+ *   TENSORS   u32 cursor                             u32 next, u32 n, n x tensor stat
+ *                                                    (ec_put_tensor_stat); next 0: done
+ *   MODE      str model, str tensor, u32 mode        (empty)
+ *
+ * The tensor record (RESOLVE) ends with u32 mode: how the daemon caches
+ * the tensor (ec_cache_mode); clients probe the partition index or the item
+ * index by it, and take the mode a FAULT reply gives.
  *
  * A reply carries the request's op | EC_OP_REPLY and req_id. status < 0 is
  * an EC_E* code and the body is then one str: the message.
@@ -51,11 +61,12 @@
 #include "embcache.h"
 
 #define EC_PROTO_MAGIC 0x31504345u /* "ECP1" */
-#define EC_PROTO_VERSION 1u
+#define EC_PROTO_VERSION 2u
 #define EC_MSG_MAX 65536u
 #define EC_MSG_HDR 24u
 #define EC_MSG_MAX_FDS 64
 #define EC_FAULT_MAX_PARTS ((EC_MSG_MAX - EC_MSG_HDR - 8) / 4)
+#define EC_FAULT_MAX_ROWS ((EC_MSG_MAX - EC_MSG_HDR - 8) / 8)
 #define EC_PARAMS_MAX 16384u
 
 enum ec_op {
@@ -75,7 +86,10 @@ enum ec_op {
     EC_OP_REFRESH = 14,
     EC_OP_POLICY = 15,
     EC_OP_DEVICES = 16,
-    EC_OP_MAX_ = 17,
+    EC_OP_FAULT_ROWS = 17,
+    EC_OP_TENSORS = 18,
+    EC_OP_MODE = 19,
+    EC_OP_MAX_ = 20,
 };
 #define EC_OP_REPLY 0x8000u
 
@@ -150,12 +164,29 @@ typedef struct ec_proto_tensor {
     uint32_t ndim;
     uint64_t shape[EC_MAX_DIMS];
     uint64_t rows, row_bytes, rows_per_partition, partitions;
+    uint32_t mode;      /* ec_cache_mode: PARTITIONS or ROWS */
 } ec_proto_tensor;
 
 void ec_put_tensor(ec_wbuf *w, const ec_proto_tensor *t);
 /* Reads and validates: dtype known, ndim <= 8, rows/row_bytes/partitions
  * consistent with shape and dtype. Returns 0 or EC_EPROTO. */
 int ec_get_tensor(ec_rbuf *r, ec_proto_tensor *t);
+
+/* One tensor of the TENSORS reply (embcache stats): what the daemon knows
+ * of it and what its clients reported. */
+typedef struct ec_proto_tensor_stat {
+    uint32_t id, mode, policy, file_version;
+    char model[EC_NAME_MAX + 1];
+    int64_t version;
+    char name[EC_NAME_MAX + 1];
+    uint64_t bytes, row_bytes, resident_bytes, resident_rows;
+    uint64_t rows_served, hits;   /* clients' counts (hints: they can lie) */
+    uint64_t row_faults, bytes_read;
+} ec_proto_tensor_stat;
+
+void ec_put_tensor_stat(ec_wbuf *w, const ec_proto_tensor_stat *t);
+/* Reads and validates (mode and policy known, names valid). 0 or EC_EPROTO. */
+int ec_get_tensor_stat(ec_rbuf *r, ec_proto_tensor_stat *t);
 
 /* Send one message with optional fds. Returns 0, EC_ECONN (peer gone),
  * EC_EIO. nonblock: fail with EC_EIO/EAGAIN instead of waiting. */

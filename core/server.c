@@ -45,77 +45,12 @@
 #include "core/import.h"
 #include "core/proto.h"
 
-#define ID_LISTEN 1
-#define ID_ENGINE 2
-#define ID_SIGNAL 3
-#define ID_IMPORT 4
-#define ID_FIRST_CONN 16
-#define MAX_OUTSTANDING 64
-#define TICK_MS 100
-#define HELLO_TIMEOUT 10
-
-struct conn {
-    uint64_t id;
-    int fd;
-    time_t accepted;     /* CLOCK_MONOTONIC seconds; HELLO must follow soon */
-    pid_t pid;
-    uid_t uid;
-    bool hello;
-    ec_session_page *session;
-    uint64_t ring_tail;
-    uint32_t outstanding;
-    uint64_t held_epoch;  /* the least epoch its device gathers held at the last tick */
-    time_t held_since;    /* since when it holds that one (0: none held) */
-};
-
-struct import_job {
-    uint64_t owner;
-    uint32_t req_id;
-    ec_import_opts opts;
-    char model[EC_NAME_MAX + 1];
-    char params[EC_PARAMS_MAX + 1];
-    char names[EC_IMPORT_MAX_FILES][256];
-    int fds[EC_IMPORT_MAX_FILES];
-    size_t n;
-    int rc;
-    uint32_t tensors;
-    char msg[EC_ERRMSG_MAX];
-    struct import_job *next;
-};
-
-typedef struct server {
-    const ec_server_config *cfg;
-    ec_engine *engine;
-    int ep, lfd, sfd, ifd;
-    ec_u64map conns;
-    uint64_t next_id;
-    uint8_t buf[EC_MSG_MAX];
-    uint8_t out[EC_MSG_MAX];
-    struct stat sock_st;
-    int reserve_fd;    /* spent to shed a connection when out of fds */
-    bool warned_emfile;
-
-    pthread_t importer;
-    bool importer_started;
-    pthread_mutex_t ilock;
-    pthread_cond_t icond;
-    struct import_job *iq, *idone;
-    bool istop;
-    ec_catalog *icat;
-
-    struct {
-        uint64_t accepted, rejected, protocol_errors, disconnected_slow, imports, import_failures;
-        /* Session counters of clients that have gone. */
-        uint64_t gathers, rows, hits, misses, retries, faults, device_rows, mapped_rows;
-    } st;
-} server;
+#include "core/server_impl.h"
 
 /* ------------------------------------------------------------------ */
 /* Replies                                                             */
 
-static void conn_close(server *s, struct conn *c);
-
-static void reply_send(server *s, struct conn *c, size_t len, const int *fds, int nfds)
+void srv_reply_send(server *s, struct conn *c, size_t len, const int *fds, int nfds)
 {
     int rc;
 
@@ -126,16 +61,16 @@ static void reply_send(server *s, struct conn *c, size_t len, const int *fds, in
     }
     rc = ec_msg_send(c->fd, s->out, len, fds, nfds, true);
     if (rc == EC_ECONN) {
-        conn_close(s, c); /* it hung up before its answer came */
+        srv_conn_close(s, c); /* it hung up before its answer came */
     } else if (rc) {
         ec_warn("client %llu (pid %d) is not reading its replies (%s); disconnecting it",
                 (unsigned long long)c->id, (int)c->pid, ec_last_error());
         s->st.disconnected_slow++;
-        conn_close(s, c);
+        srv_conn_close(s, c);
     }
 }
 
-static void reply_error(server *s, struct conn *c, uint16_t op, uint32_t req_id, int code,
+void srv_reply_error(server *s, struct conn *c, uint16_t op, uint32_t req_id, int code,
                         const char *msg)
 {
     int rc = ec_msg_send_error(c->fd, op, req_id, code, msg);
@@ -143,7 +78,7 @@ static void reply_error(server *s, struct conn *c, uint16_t op, uint32_t req_id,
     if (rc) {
         if (rc != EC_ECONN)
             s->st.disconnected_slow++;
-        conn_close(s, c);
+        srv_conn_close(s, c);
     }
 }
 
@@ -160,7 +95,7 @@ static void engine_notify(void *arg, uint64_t owner, uint64_t token, const ec_en
         return; /* it hung up; its pins were dropped with it */
     c->outstanding--;
     if (r->status) {
-        reply_error(s, c, op, req_id, r->status, r->msg);
+        srv_reply_error(s, c, op, req_id, r->status, r->msg);
         return;
     }
     ec_msg_begin(&w, s->out, sizeof(s->out), (uint16_t)(op | EC_OP_REPLY), req_id, 0);
@@ -168,8 +103,10 @@ static void engine_notify(void *arg, uint64_t owner, uint64_t token, const ec_en
         ec_put_u64(&w, r->pin_id);
         ec_put_u64(&w, r->offset);
         ec_put_u64(&w, r->length);
+    } else if (op == EC_OP_FAULT || op == EC_OP_FAULT_ROWS) {
+        ec_put_u32(&w, r->mode);
     }
-    reply_send(s, c, ec_msg_end(&w), NULL, 0);
+    srv_reply_send(s, c, ec_msg_end(&w), NULL, 0);
 }
 
 /* ------------------------------------------------------------------ */
@@ -189,9 +126,23 @@ static void fold_session(server *s, struct conn *c)
     s->st.faults += atomic_load_explicit(&p->faults, memory_order_relaxed);
     s->st.device_rows += atomic_load_explicit(&p->device_rows, memory_order_relaxed);
     s->st.mapped_rows += atomic_load_explicit(&p->mapped_rows, memory_order_relaxed);
+    s->st.staged_rows += atomic_load_explicit(&p->staged_rows, memory_order_relaxed);
+    for (unsigned k = 0; k < EC_SESSION_TENSORS; k++) {
+        uint32_t t = atomic_load_explicit(&p->tstat[k].tensor, memory_order_relaxed);
+        struct tcount *tc;
+        if (!t)
+            continue;
+        tc = ec_u64map_get(&s->tfold, t);
+        if (!tc && (!(tc = calloc(1, sizeof(*tc))) || ec_u64map_put(&s->tfold, t, tc))) {
+            free(tc);
+            continue; /* out of memory: these counts are lost, nothing else */
+        }
+        tc->rows += atomic_load_explicit(&p->tstat[k].rows, memory_order_relaxed);
+        tc->hits += atomic_load_explicit(&p->tstat[k].hits, memory_order_relaxed);
+    }
 }
 
-static void conn_close(server *s, struct conn *c)
+void srv_conn_close(server *s, struct conn *c)
 {
     ec_debug("client %llu (pid %d) disconnected", (unsigned long long)c->id, (int)c->pid);
     epoll_ctl(s->ep, EPOLL_CTL_DEL, c->fd, NULL);
@@ -270,7 +221,7 @@ static void reap_held(server *s)
                     "blocks freeing memory: disconnecting it",
                     (unsigned long long)c->id, (int)c->pid, (unsigned long long)v,
                     (long)(now - c->held_since));
-            conn_close(s, c);
+            srv_conn_close(s, c);
             i = (size_t)-1; /* the map moved entries: rescan */
         }
     }
@@ -285,7 +236,7 @@ static void reap_silent(server *s)
         if (s->conns.keys[i] && !c->hello && now - c->accepted >= HELLO_TIMEOUT) {
             ec_debug("client %llu (pid %d) sent no HELLO in %d s: closing",
                      (unsigned long long)c->id, (int)c->pid, HELLO_TIMEOUT);
-            conn_close(s, c);
+            srv_conn_close(s, c);
             i = (size_t)-1; /* the map moved entries: rescan */
         }
     }
@@ -370,7 +321,7 @@ static void do_accept(server *s)
 /* ------------------------------------------------------------------ */
 /* Handlers. Each reads its whole body, checks ec_rbuf_done, then acts.  */
 
-static int bad_body(uint16_t op)
+int srv_bad_body(uint16_t op)
 {
     return ec_seterr(EC_EPROTO, "malformed body for op %u: a field is missing, too long or "
                                 "there are trailing bytes", op);
@@ -416,7 +367,7 @@ static int h_hello(server *s, struct conn *c, ec_rbuf *r, uint32_t req_id)
     (void)ec_get_u32(r);
     ec_get_str(r, client, sizeof(client));
     if (!ec_rbuf_done(r))
-        return bad_body(EC_OP_HELLO);
+        return srv_bad_body(EC_OP_HELLO);
     if (c->hello)
         return ec_seterr(EC_EPROTO, "HELLO sent twice on one connection");
     if (!peer_allowed(s, c->uid))
@@ -442,7 +393,7 @@ static int h_hello(server *s, struct conn *c, ec_rbuf *r, uint32_t req_id)
     c->hello = true;
     ec_debug("client %llu: pid %d uid %u (%s)", (unsigned long long)c->id, (int)c->pid,
              (unsigned)c->uid, client);
-    reply_send(s, c, ec_msg_end(&w), fds, 2);
+    srv_reply_send(s, c, ec_msg_end(&w), fds, 2);
     close(fds[0]);
     close(fds[1]);
     return 0;
@@ -459,20 +410,20 @@ static int h_resolve(server *s, struct conn *c, ec_rbuf *r, uint32_t req_id)
     ec_get_str(r, version, sizeof(version));
     ec_get_str(r, tensor, sizeof(tensor));
     if (!ec_rbuf_done(r))
-        return bad_body(EC_OP_RESOLVE);
+        return srv_bad_body(EC_OP_RESOLVE);
     rc = ec_engine_resolve(s->engine, model, version, tensor, &t);
     if (rc)
         return rc;
     ec_msg_begin(&w, s->out, sizeof(s->out), EC_OP_RESOLVE | EC_OP_REPLY, req_id, 0);
     ec_put_tensor(&w, &t);
-    reply_send(s, c, ec_msg_end(&w), NULL, 0);
+    srv_reply_send(s, c, ec_msg_end(&w), NULL, 0);
     return 0;
 }
 
 /* Count a request that is answered later, refusing one past the limit: a
  * client cannot pile up work in the daemon. The caller gives it back
  * (outstanding--) when the request fails to start. */
-static int outstanding_take(struct conn *c)
+int srv_outstanding_take(struct conn *c)
 {
     if (c->outstanding >= MAX_OUTSTANDING)
         return ec_seterr(EC_EBUSY, "more than %d requests outstanding on one connection",
@@ -493,13 +444,38 @@ static int h_fault(server *s, struct conn *c, ec_rbuf *r, uint32_t req_id)
     for (uint32_t i = 0; i < n; i++)
         parts[i] = ec_get_u32(r);
     if (!ec_rbuf_done(r))
-        return bad_body(EC_OP_FAULT);
-    if ((rc = outstanding_take(c)))
+        return srv_bad_body(EC_OP_FAULT);
+    if ((rc = srv_outstanding_take(c)))
         return rc;
     rc = ec_engine_fault(s->engine, c->id, (uint64_t)EC_OP_FAULT << 32 | req_id, tensor, parts,
                          n);
     if (rc)
         c->outstanding--;
+    return rc;
+}
+
+static int h_fault_rows(server *s, struct conn *c, ec_rbuf *r, uint32_t req_id)
+{
+    uint32_t tensor = ec_get_u32(r), n = ec_get_u32(r);
+    uint64_t *ids;
+    int rc;
+
+    if (r->bad || n == 0 || n > EC_FAULT_MAX_ROWS)
+        return ec_seterr(EC_EPROTO, "FAULT_ROWS asks for %u rows (1..%u allowed)", n,
+                         (unsigned)EC_FAULT_MAX_ROWS);
+    ids = malloc(n * sizeof(*ids));
+    if (!ids)
+        return ec_seterr(EC_ENOMEM, "fault of %u rows", n);
+    for (uint32_t i = 0; i < n; i++)
+        ids[i] = ec_get_u64(r);
+    rc = ec_rbuf_done(r) ? srv_outstanding_take(c) : srv_bad_body(EC_OP_FAULT_ROWS);
+    if (rc == 0) {
+        rc = ec_engine_fault_rows(s->engine, c->id, (uint64_t)EC_OP_FAULT_ROWS << 32 | req_id,
+                                  tensor, ids, n);
+        if (rc)
+            c->outstanding--;
+    }
+    free(ids);
     return rc;
 }
 
@@ -509,8 +485,8 @@ static int h_pin(server *s, struct conn *c, ec_rbuf *r, uint32_t req_id)
     int rc;
 
     if (!ec_rbuf_done(r))
-        return bad_body(EC_OP_PIN);
-    if ((rc = outstanding_take(c)))
+        return srv_bad_body(EC_OP_PIN);
+    if ((rc = srv_outstanding_take(c)))
         return rc;
     rc = ec_engine_pin(s->engine, c->id, (uint64_t)EC_OP_PIN << 32 | req_id, tensor);
     if (rc)
@@ -525,387 +501,13 @@ static int h_unpin(server *s, struct conn *c, ec_rbuf *r, uint32_t req_id)
     int rc;
 
     if (!ec_rbuf_done(r))
-        return bad_body(EC_OP_UNPIN);
+        return srv_bad_body(EC_OP_UNPIN);
     rc = ec_engine_unpin(s->engine, c->id, pin);
     if (rc)
         return rc;
     ec_msg_begin(&w, s->out, sizeof(s->out), EC_OP_UNPIN | EC_OP_REPLY, req_id, 0);
-    reply_send(s, c, ec_msg_end(&w), NULL, 0);
+    srv_reply_send(s, c, ec_msg_end(&w), NULL, 0);
     return 0;
-}
-
-struct stats_ctx {
-    ec_wbuf *w;
-    uint32_t n;
-};
-
-static int put_stat(const char *name, uint64_t v, void *arg)
-{
-    struct stats_ctx *x = arg;
-
-    ec_put_str(x->w, name);
-    ec_put_u64(x->w, v);
-    x->n++;
-    return 0;
-}
-
-static int h_stats(server *s, struct conn *c, ec_rbuf *r, uint32_t req_id)
-{
-    struct stats_ctx x;
-    ec_wbuf w;
-    size_t count_at;
-    uint64_t g = s->st.gathers, rows = s->st.rows, hits = s->st.hits, misses = s->st.misses,
-             retries = s->st.retries, faults = s->st.faults,
-             device_rows = s->st.device_rows, mapped_rows = s->st.mapped_rows;
-
-    if (!ec_rbuf_done(r))
-        return bad_body(EC_OP_STATS);
-    for (size_t i = 0; i < s->conns.cap; i++) {
-        struct conn *k = s->conns.vals[i];
-        if (!s->conns.keys[i] || !k->session)
-            continue;
-        g += atomic_load_explicit(&k->session->gathers, memory_order_relaxed);
-        rows += atomic_load_explicit(&k->session->rows, memory_order_relaxed);
-        hits += atomic_load_explicit(&k->session->hits, memory_order_relaxed);
-        misses += atomic_load_explicit(&k->session->misses, memory_order_relaxed);
-        retries += atomic_load_explicit(&k->session->retries, memory_order_relaxed);
-        faults += atomic_load_explicit(&k->session->faults, memory_order_relaxed);
-        device_rows += atomic_load_explicit(&k->session->device_rows, memory_order_relaxed);
-        mapped_rows += atomic_load_explicit(&k->session->mapped_rows, memory_order_relaxed);
-    }
-    ec_msg_begin(&w, s->out, sizeof(s->out), EC_OP_STATS | EC_OP_REPLY, req_id, 0);
-    count_at = w.len;
-    ec_put_u32(&w, 0);
-    x.w = &w;
-    x.n = 0;
-    ec_engine_stats(s->engine, put_stat, &x);
-    put_stat("clients", s->conns.len, &x);
-    put_stat("connections_accepted", s->st.accepted, &x);
-    put_stat("connections_rejected", s->st.rejected, &x);
-    put_stat("protocol_errors", s->st.protocol_errors, &x);
-    put_stat("clients_disconnected_slow", s->st.disconnected_slow, &x);
-    put_stat("imports", s->st.imports, &x);
-    put_stat("import_failures", s->st.import_failures, &x);
-    /* Reported by clients about themselves (untrusted, for monitoring). */
-    put_stat("client_gathers", g, &x);
-    put_stat("client_rows", rows, &x);
-    put_stat("client_hit_rows", hits, &x);
-    put_stat("client_miss_rows", misses, &x);
-    put_stat("client_retries", retries, &x);
-    put_stat("client_faults", faults, &x);
-    put_stat("client_rows_device_tier", device_rows, &x);
-    put_stat("client_rows_mapped_host", mapped_rows, &x);
-    memcpy(w.buf + count_at, &x.n, 4);
-    reply_send(s, c, ec_msg_end(&w), NULL, 0);
-    return 0;
-}
-
-/* LIST: records from a (version, tensor) cursor until the message is full. */
-struct list_ctx {
-    server *s;
-    ec_wbuf *w;
-    uint32_t vcur, tcur;       /* resume point */
-    uint32_t vi, ti;           /* position while walking */
-    uint32_t n;
-    bool full;
-    int rc;
-    const ec_cat_version *v;
-    uint64_t bytes;
-    uint32_t ntensors;
-};
-
-static int sum_tensor(const ec_cat_tensor *t, void *arg)
-{
-    struct list_ctx *x = arg;
-    x->bytes += t->rows * t->row_bytes;
-    x->ntensors++;
-    return 0;
-}
-
-static int list_tensor(const ec_cat_tensor *t, void *arg)
-{
-    struct list_ctx *x = arg;
-    size_t need = 2 + strlen(t->name) + 4 + 4 + 8 * t->ndim + 16 + 1;
-
-    if (x->vi == x->vcur && x->ti < x->tcur) {
-        x->ti++;
-        return 0;
-    }
-    if (ec_wbuf_room(x->w) < need + 16) {
-        x->full = true;
-        return 1;
-    }
-    ec_put_u8(x->w, EC_LIST_TENSOR);
-    ec_put_str(x->w, t->name);
-    ec_put_u32(x->w, (uint32_t)t->dtype);
-    ec_put_u32(x->w, t->ndim);
-    for (uint32_t i = 0; i < t->ndim; i++)
-        ec_put_u64(x->w, t->shape[i]);
-    ec_put_u64(x->w, t->partitions);
-    ec_put_u64(x->w, t->rows * t->row_bytes);
-    x->n++;
-    x->ti++;
-    return 0;
-}
-
-static int list_version(const ec_cat_version *v, void *arg)
-{
-    struct list_ctx *x = arg;
-    size_t need;
-
-    if (x->vi < x->vcur) {
-        x->vi++;
-        return 0;
-    }
-    x->ti = 0;
-    if (!(x->vi == x->vcur && x->tcur > 0)) {
-        x->bytes = 0;
-        x->ntensors = 0;
-        ec_catalog_list_tensors(ec_engine_catalog(x->s->engine), v->id, sum_tensor, x);
-        need = 2 * 4 + strlen(v->model) + strlen(v->params_json) + strlen(v->aliases) + 48;
-        if (ec_wbuf_room(x->w) < need + 16) {
-            x->full = true;
-            return 1;
-        }
-        ec_put_u8(x->w, EC_LIST_VERSION);
-        ec_put_str(x->w, v->model);
-        ec_put_i64(x->w, v->version);
-        ec_put_i64(x->w, v->round);
-        ec_put_str(x->w, v->params_json);
-        ec_put_str(x->w, v->aliases);
-        ec_put_i64(x->w, v->created_unix);
-        ec_put_u32(x->w, x->ntensors);
-        ec_put_u64(x->w, x->bytes);
-        x->n++;
-    }
-    ec_catalog_list_tensors(ec_engine_catalog(x->s->engine), v->id, list_tensor, x);
-    if (x->full)
-        return 1;
-    x->vi++;
-    return 0;
-}
-
-static int h_list(server *s, struct conn *c, ec_rbuf *r, uint32_t req_id)
-{
-    char model[EC_NAME_MAX + 1];
-    struct list_ctx x = {.s = s};
-    ec_wbuf w;
-    size_t hdr_at;
-    int rc;
-
-    ec_get_str(r, model, sizeof(model));
-    x.vcur = ec_get_u32(r);
-    x.tcur = ec_get_u32(r);
-    if (!ec_rbuf_done(r))
-        return bad_body(EC_OP_LIST);
-    ec_msg_begin(&w, s->out, sizeof(s->out), EC_OP_LIST | EC_OP_REPLY, req_id, 0);
-    hdr_at = w.len;
-    ec_put_u32(&w, 0);
-    ec_put_u32(&w, 0);
-    ec_put_u32(&w, 0);
-    x.w = &w;
-    rc = ec_catalog_list_versions(ec_engine_catalog(s->engine), model[0] ? model : NULL,
-                                  list_version, &x);
-    if (rc < 0)
-        return rc;
-    if (model[0] && x.vi == 0 && !x.full) {
-        int64_t v;
-        /* An empty listing of a named model: say whether the model exists. */
-        rc = ec_catalog_version_of(ec_engine_catalog(s->engine), model, "current", &v);
-        if (rc == EC_ENOENT && strstr(ec_last_error(), "unknown model"))
-            return rc;
-    }
-    {
-        uint32_t vnext = x.full ? x.vi : 0, tnext = x.full ? x.ti : 0;
-        if (x.full && x.n == 0)
-            return ec_seterr(EC_ETOOBIG, "a catalog record does not fit in one message");
-        memcpy(w.buf + hdr_at, &vnext, 4);
-        memcpy(w.buf + hdr_at + 4, &tnext, 4);
-        memcpy(w.buf + hdr_at + 8, &x.n, 4);
-    }
-    reply_send(s, c, ec_msg_end(&w), NULL, 0);
-    return 0;
-}
-
-static int h_alias(server *s, struct conn *c, ec_rbuf *r, uint32_t req_id)
-{
-    char model[EC_NAME_MAX + 1], alias[EC_NAME_MAX + 1];
-    int64_t version;
-    ec_wbuf w;
-    int rc;
-
-    ec_get_str(r, model, sizeof(model));
-    ec_get_str(r, alias, sizeof(alias));
-    version = ec_get_i64(r);
-    if (!ec_rbuf_done(r))
-        return bad_body(EC_OP_ALIAS);
-    rc = ec_catalog_set_alias(ec_engine_catalog(s->engine), model, alias, version);
-    if (rc)
-        return rc;
-    ec_info("alias %s/%s -> version %lld (by pid %d)", model, alias, (long long)version,
-            (int)c->pid);
-    ec_msg_begin(&w, s->out, sizeof(s->out), EC_OP_ALIAS | EC_OP_REPLY, req_id, 0);
-    reply_send(s, c, ec_msg_end(&w), NULL, 0);
-    return 0;
-}
-
-static int h_find(server *s, struct conn *c, ec_rbuf *r, uint32_t req_id)
-{
-    char model[EC_NAME_MAX + 1];
-    static char params[EC_PARAMS_MAX + 1];
-    int64_t round, version;
-    ec_wbuf w;
-    int rc;
-
-    ec_get_str(r, model, sizeof(model));
-    round = ec_get_i64(r);
-    ec_get_str(r, params, sizeof(params));
-    if (!ec_rbuf_done(r))
-        return bad_body(EC_OP_FIND);
-    rc = ec_catalog_find(ec_engine_catalog(s->engine), model, round,
-                         params[0] ? params : NULL, &version);
-    if (rc)
-        return rc;
-    ec_msg_begin(&w, s->out, sizeof(s->out), EC_OP_FIND | EC_OP_REPLY, req_id, 0);
-    ec_put_i64(&w, version);
-    reply_send(s, c, ec_msg_end(&w), NULL, 0);
-    return 0;
-}
-
-/* DEVICES: the machine's topology line and each GPU's device tier, with
- * what a client needs to open its slab (the IPC handle; the emulator's
- * memfd as a descriptor). */
-static int h_devices(server *s, struct conn *c, ec_rbuf *r, uint32_t req_id)
-{
-    ec_devtier *dt = ec_engine_devtier(s->engine);
-    unsigned n = ec_devtier_devices(dt);
-    int fds[EC_SHM_MAX_DEVICES], nfds = 0;
-    char line[EC_TOPOLOGY_DESC_MAX] = "";
-    ec_wbuf w;
-
-    if (!ec_rbuf_done(r))
-        return bad_body(EC_OP_DEVICES);
-    if (ec_engine_topology(s->engine))
-        ec_topology_describe(ec_engine_topology(s->engine), NULL, line, sizeof(line));
-    ec_msg_begin(&w, s->out, sizeof(s->out), EC_OP_DEVICES | EC_OP_REPLY, req_id, 0);
-    ec_put_str(&w, line);
-    ec_put_str(&w, ec_backend_get(EC_BACKEND_AUTO)->name);
-    ec_put_u32(&w, n);
-    for (unsigned i = 0; i < n; i++) {
-        ec_devtier_info di;
-        ec_devtier_info_get(dt, i, &di);
-        ec_put_u32(&w, (uint32_t)di.device);
-        ec_put_u32(&w, di.on);
-        ec_put_u64(&w, di.slab_gen);
-        ec_put_u64(&w, di.slab_bytes);
-        ec_put_u64(&w, di.used_bytes);
-        ec_put_u64(&w, di.partitions);
-        ec_put_u32(&w, (uint32_t)di.numa_node);
-        ec_put_str(&w, di.busid);
-        for (unsigned k = 0; k < EC_SLAB_HANDLE_BYTES; k += 8) {
-            uint64_t v;
-            memcpy(&v, di.handle + k, 8);
-            ec_put_u64(&w, v);
-        }
-        ec_put_u32(&w, di.on && di.fd >= 0);
-        if (di.on && di.fd >= 0)
-            fds[nfds++] = di.fd;
-    }
-    reply_send(s, c, ec_msg_end(&w), fds, nfds);
-    return 0;
-}
-
-static int h_prewarm(server *s, struct conn *c, ec_rbuf *r, uint32_t req_id)
-{
-    char model[EC_NAME_MAX + 1], version[EC_NAME_MAX + 1];
-    ec_prewarm_progress p;
-    uint32_t flags;
-    ec_wbuf w;
-    int rc;
-
-    ec_get_str(r, model, sizeof(model));
-    ec_get_str(r, version, sizeof(version));
-    flags = ec_get_u32(r);
-    if (!ec_rbuf_done(r))
-        return bad_body(EC_OP_PREWARM);
-    if (flags & ~(EC_PREWARM_PIN | EC_PREWARM_DEVICE))
-        return ec_seterr(EC_EINVAL, "unknown prewarm flags 0x%x", flags);
-    rc = ec_engine_prewarm(s->engine, model, version, flags & EC_PREWARM_PIN,
-                           flags & EC_PREWARM_DEVICE, &p);
-    if (rc)
-        return rc;
-    ec_msg_begin(&w, s->out, sizeof(s->out), EC_OP_PREWARM | EC_OP_REPLY, req_id, 0);
-    ec_put_i64(&w, p.version);
-    ec_put_u64(&w, p.partitions);
-    ec_put_u64(&w, p.done);
-    ec_put_u64(&w, p.failed);
-    ec_put_u64(&w, p.bytes);
-    ec_put_u32(&w, (uint32_t)p.finished);
-    reply_send(s, c, ec_msg_end(&w), NULL, 0);
-    return 0;
-}
-
-/* EVICT and REFRESH: (model, version) in, one u64 out. */
-static int h_version_u64(server *s, struct conn *c, ec_rbuf *r, uint32_t req_id, uint16_t op)
-{
-    char model[EC_NAME_MAX + 1], version[EC_NAME_MAX + 1];
-    uint64_t v = 0;
-    ec_wbuf w;
-    int rc;
-
-    ec_get_str(r, model, sizeof(model));
-    ec_get_str(r, version, sizeof(version));
-    if (!ec_rbuf_done(r))
-        return bad_body(op);
-    rc = op == EC_OP_EVICT ? ec_engine_evict(s->engine, model, version, &v)
-                           : ec_engine_refresh(s->engine, model, version, &v);
-    if (rc)
-        return rc;
-    ec_msg_begin(&w, s->out, sizeof(s->out), (uint16_t)(op | EC_OP_REPLY), req_id, 0);
-    ec_put_u64(&w, v);
-    reply_send(s, c, ec_msg_end(&w), NULL, 0);
-    return 0;
-}
-
-static int h_policy(server *s, struct conn *c, ec_rbuf *r, uint32_t req_id)
-{
-    char model[EC_NAME_MAX + 1];
-    uint64_t min_resident, milli_rate;
-    ec_wbuf w;
-    int rc;
-
-    ec_get_str(r, model, sizeof(model));
-    min_resident = ec_get_u64(r);
-    milli_rate = ec_get_u64(r);
-    if (!ec_rbuf_done(r))
-        return bad_body(EC_OP_POLICY);
-    rc = ec_engine_set_policy(s->engine, model, min_resident, (double)milli_rate / 1000.0);
-    if (rc)
-        return rc;
-    ec_msg_begin(&w, s->out, sizeof(s->out), EC_OP_POLICY | EC_OP_REPLY, req_id, 0);
-    reply_send(s, c, ec_msg_end(&w), NULL, 0);
-    return 0;
-}
-
-static int h_retire(server *s, struct conn *c, ec_rbuf *r, uint32_t req_id)
-{
-    char model[EC_NAME_MAX + 1];
-    int64_t version;
-    uint32_t force;
-    int rc;
-
-    ec_get_str(r, model, sizeof(model));
-    version = ec_get_i64(r);
-    force = ec_get_u32(r);
-    if (!ec_rbuf_done(r) || force > 1)
-        return bad_body(EC_OP_RETIRE);
-    if ((rc = outstanding_take(c)))
-        return rc;
-    rc = ec_engine_retire(s->engine, c->id, (uint64_t)EC_OP_RETIRE << 32 | req_id, model,
-                          version, force);
-    if (rc)
-        c->outstanding--;
-    return rc;
 }
 
 static int h_import(server *s, struct conn *c, ec_rbuf *r, uint32_t req_id, int *fds,
@@ -931,9 +533,9 @@ static int h_import(server *s, struct conn *c, ec_rbuf *r, uint32_t req_id, int 
         ec_get_str(r, j->names[i], sizeof(j->names[i]));
     if (!ec_rbuf_done(r)) {
         free(j);
-        return bad_body(EC_OP_IMPORT);
+        return srv_bad_body(EC_OP_IMPORT);
     }
-    if (outstanding_take(c)) {
+    if (srv_outstanding_take(c)) {
         free(j);
         return EC_EBUSY;
     }
@@ -1022,13 +624,13 @@ static void imports_done(server *s)
         if (c) {
             c->outstanding--;
             if (j->rc) {
-                reply_error(s, c, EC_OP_IMPORT, j->req_id, j->rc, j->msg);
+                srv_reply_error(s, c, EC_OP_IMPORT, j->req_id, j->rc, j->msg);
             } else {
                 ec_wbuf w;
                 ec_msg_begin(&w, s->out, sizeof(s->out), EC_OP_IMPORT | EC_OP_REPLY,
                              j->req_id, 0);
                 ec_put_u32(&w, j->tensors);
-                reply_send(s, c, ec_msg_end(&w), NULL, 0);
+                srv_reply_send(s, c, ec_msg_end(&w), NULL, 0);
             }
         }
         free(j);
@@ -1050,7 +652,7 @@ static void conn_readable(server *s, struct conn *c)
     memset(s->buf, 0, EC_MSG_HDR);
     n = ec_msg_recv(c->fd, s->buf, sizeof(s->buf), fds, &nfds, EC_MSG_MAX_FDS);
     if (n == 0) {
-        conn_close(s, c);
+        srv_conn_close(s, c);
         return;
     }
     if (n == EC_ETOOBIG) {
@@ -1059,17 +661,17 @@ static void conn_readable(server *s, struct conn *c)
         memcpy(&h, s->buf, sizeof(h));
         s->st.protocol_errors++;
         if (h.magic == EC_PROTO_MAGIC && h.version == EC_PROTO_VERSION && c->hello) {
-            reply_error(s, c, h.op, h.req_id, EC_ETOOBIG, ec_last_error());
+            srv_reply_error(s, c, h.op, h.req_id, EC_ETOOBIG, ec_last_error());
         } else {
             ec_msg_send_error(c->fd, 0, 0, EC_EPROTO, "oversized message that is not an "
                                                       "embcache request");
-            conn_close(s, c);
+            srv_conn_close(s, c);
         }
         return;
     }
     if (n < 0) {
         if (n != EC_EIO || (errno != EAGAIN && errno != EWOULDBLOCK))
-            conn_close(s, c);
+            srv_conn_close(s, c);
         return;
     }
     rc = ec_msg_parse(s->buf, (size_t)n, &h, &body);
@@ -1079,7 +681,7 @@ static void conn_readable(server *s, struct conn *c)
         ec_msg_send_error(c->fd, 0, 0, rc, NULL);
         for (int i = 0; i < nfds; i++)
             close(fds[i]);
-        conn_close(s, c);
+        srv_conn_close(s, c);
         return;
     }
     if (nfds && h.op != EC_OP_IMPORT) {
@@ -1093,18 +695,21 @@ static void conn_readable(server *s, struct conn *c)
         case EC_OP_HELLO: rc = h_hello(s, c, &body, h.req_id); break;
         case EC_OP_RESOLVE: rc = h_resolve(s, c, &body, h.req_id); break;
         case EC_OP_FAULT: rc = h_fault(s, c, &body, h.req_id); break;
+        case EC_OP_FAULT_ROWS: rc = h_fault_rows(s, c, &body, h.req_id); break;
+        case EC_OP_TENSORS: rc = srv_h_tensors(s, c, &body, h.req_id); break;
+        case EC_OP_MODE: rc = srv_h_mode(s, c, &body, h.req_id); break;
         case EC_OP_PIN: rc = h_pin(s, c, &body, h.req_id); break;
         case EC_OP_UNPIN: rc = h_unpin(s, c, &body, h.req_id); break;
-        case EC_OP_STATS: rc = h_stats(s, c, &body, h.req_id); break;
-        case EC_OP_LIST: rc = h_list(s, c, &body, h.req_id); break;
-        case EC_OP_ALIAS: rc = h_alias(s, c, &body, h.req_id); break;
-        case EC_OP_FIND: rc = h_find(s, c, &body, h.req_id); break;
-        case EC_OP_PREWARM: rc = h_prewarm(s, c, &body, h.req_id); break;
+        case EC_OP_STATS: rc = srv_h_stats(s, c, &body, h.req_id); break;
+        case EC_OP_LIST: rc = srv_h_list(s, c, &body, h.req_id); break;
+        case EC_OP_ALIAS: rc = srv_h_alias(s, c, &body, h.req_id); break;
+        case EC_OP_FIND: rc = srv_h_find(s, c, &body, h.req_id); break;
+        case EC_OP_PREWARM: rc = srv_h_prewarm(s, c, &body, h.req_id); break;
         case EC_OP_EVICT:
-        case EC_OP_REFRESH: rc = h_version_u64(s, c, &body, h.req_id, h.op); break;
-        case EC_OP_RETIRE: rc = h_retire(s, c, &body, h.req_id); break;
-        case EC_OP_POLICY: rc = h_policy(s, c, &body, h.req_id); break;
-        case EC_OP_DEVICES: rc = h_devices(s, c, &body, h.req_id); break;
+        case EC_OP_REFRESH: rc = srv_h_version_u64(s, c, &body, h.req_id, h.op); break;
+        case EC_OP_RETIRE: rc = srv_h_retire(s, c, &body, h.req_id); break;
+        case EC_OP_POLICY: rc = srv_h_policy(s, c, &body, h.req_id); break;
+        case EC_OP_DEVICES: rc = srv_h_devices(s, c, &body, h.req_id); break;
         case EC_OP_IMPORT: rc = h_import(s, c, &body, h.req_id, fds, &nfds); break;
         default:
             rc = ec_seterr(EC_EPROTO, "unknown op %u: this embcached speaks ops 1..%d",
@@ -1123,15 +728,20 @@ static void conn_readable(server *s, struct conn *c)
              * the connection; any other error is an answer. */
             bool fatal = (rc == EC_EPERM && h.op == EC_OP_HELLO) ||
                          (!c->hello && h.op != EC_OP_HELLO);
-            reply_error(s, c, h.op, h.req_id, rc, ec_last_error());
+            srv_reply_error(s, c, h.op, h.req_id, rc, ec_last_error());
             if (fatal && ec_u64map_get(&s->conns, c->id) == c)
-                conn_close(s, c);
+                srv_conn_close(s, c);
         }
     }
 }
 
-static void drain_rings(server *s)
+/* Feed the clients' access hints to the engine. Returns whether there were
+ * any (then the loop comes back in RING_MS rather than TICK_MS: a busy
+ * client fills its ring in well under a tick). */
+static bool drain_rings(server *s)
 {
+    bool any = false;
+
     for (size_t i = 0; i < s->conns.cap; i++) {
         struct conn *c = s->conns.vals[i];
         uint64_t head;
@@ -1141,11 +751,13 @@ static void drain_rings(server *s)
         head = atomic_load_explicit(&c->session->ring_head, memory_order_acquire);
         if (head < c->ring_tail || head - c->ring_tail > EC_SESSION_RING)
             c->ring_tail = head > EC_SESSION_RING ? head - EC_SESSION_RING : 0;
+        any |= c->ring_tail < head;
         for (; c->ring_tail < head; c->ring_tail++)
             ec_engine_touch(s->engine,
                             atomic_load_explicit(&c->session->ring[c->ring_tail % EC_SESSION_RING],
                                                  memory_order_relaxed));
     }
+    return any;
 }
 
 /* ------------------------------------------------------------------ */
@@ -1252,12 +864,13 @@ int ec_server_run(const ec_server_config *cfg)
                                                                      : cfg->gpu_slab,
                              .pager = (enum ec_pager_kind)cfg->pager,
                              .queue_depth = cfg->queue_depth,
-                             .rate_window = cfg->rate_window};
+                             .rate_window = cfg->rate_window,
+                             .item_bytes = cfg->item_bytes};
     sigset_t mask;
     char catpath[4200];
     int rc;
     bool running = true;
-    struct timespec last_tick = {0};
+    struct timespec last_tick = {0}, last_ring = {0};
 
     if (!s)
         return ec_seterr(EC_ENOMEM, "server");
@@ -1322,7 +935,8 @@ int ec_server_run(const ec_server_config *cfg)
     while (running) {
         struct epoll_event evs[64];
         struct timespec now;
-        int n = epoll_wait(s->ep, evs, 64, ec_engine_waiting(s->engine) ? 1 : TICK_MS);
+        int n = epoll_wait(s->ep, evs, 64,
+                           ec_engine_waiting(s->engine) ? 1 : s->rings_busy ? RING_MS : TICK_MS);
 
         if (n < 0 && errno != EINTR) {
             rc = ec_seterr_errno(EC_EIO, errno, "epoll_wait");
@@ -1351,9 +965,13 @@ int ec_server_run(const ec_server_config *cfg)
         /* Reads the requests of this turn queued go to the kernel together. */
         ec_engine_flush(s->engine);
         clock_gettime(CLOCK_MONOTONIC, &now);
+        if ((now.tv_sec - last_ring.tv_sec) * 1000 + (now.tv_nsec - last_ring.tv_nsec) / 1000000 >=
+            RING_MS) {
+            s->rings_busy = drain_rings(s);
+            last_ring = now;
+        }
         if ((now.tv_sec - last_tick.tv_sec) * 1000 + (now.tv_nsec - last_tick.tv_nsec) / 1000000 >=
             TICK_MS) {
-            drain_rings(s);
             reap_silent(s);
             reap_held(s);
             ec_engine_tick(s->engine);
@@ -1380,9 +998,13 @@ out:
         size_t i = 0;
         while (!s->conns.keys[i])
             i++;
-        conn_close(s, s->conns.vals[i]);
+        srv_conn_close(s, s->conns.vals[i]);
     }
     ec_u64map_free(&s->conns);
+    for (size_t i = 0; i < s->tfold.cap; i++)
+        if (s->tfold.keys[i])
+            free(s->tfold.vals[i]);
+    ec_u64map_free(&s->tfold);
     if (s->lfd >= 0) {
         struct stat st;
         close(s->lfd);

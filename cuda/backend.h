@@ -77,6 +77,10 @@ typedef struct ec_backend {
     /* Copy n bytes from device memory to host (ids on a GPU), waiting for
      * the stream. */
     int (*copy_to_host)(void *dst, const void *src, size_t n, int device, void *stream);
+    /* Copy n bytes of host memory to device memory, in order on the stream
+     * (after what is queued there), waiting for it: the staged path of rows
+     * of tensors cached by rows. NULL in the CPU backend. */
+    int (*copy_to_device)(void *dst, const void *src, size_t n, int device, void *stream);
 
     /* Device tier; all NULL in the CPU backend. */
     /* PCI bus id of a device ("0000:3b:00.0"), for topology. */

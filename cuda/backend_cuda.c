@@ -124,6 +124,19 @@ static int cuda_copy_to_host(void *dst, const void *src, size_t n, int device, v
     return e == cudaSuccess ? 0 : cerr(e, "copying ids to the host", device);
 }
 
+static int cuda_copy_to_device(void *dst, const void *src, size_t n, int device, void *stream)
+{
+    int prev;
+    cudaError_t e = enter(device, &prev);
+
+    if (e == cudaSuccess)
+        e = cudaMemcpyAsync(dst, src, n, cudaMemcpyHostToDevice, (cudaStream_t)stream);
+    if (e == cudaSuccess)
+        e = cudaStreamSynchronize((cudaStream_t)stream);
+    leave(device, prev);
+    return e == cudaSuccess ? 0 : cerr(e, "copying rows to the GPU", device);
+}
+
 /* ------------------------------------------------------------------ */
 /* Gather                                                              */
 
@@ -405,6 +418,7 @@ static const ec_backend backend_cuda = {
     .gather = cuda_gather,
     .check_ptr = cuda_check_ptr,
     .copy_to_host = cuda_copy_to_host,
+    .copy_to_device = cuda_copy_to_device,
     .device_busid = cuda_busid,
     .host_register = cuda_host_register,
     .host_unregister = cuda_host_unregister,

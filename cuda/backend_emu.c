@@ -124,6 +124,18 @@ static int emu_copy_to_host(void *dst, const void *src, size_t n, int device, vo
     return 0;
 }
 
+static int emu_copy_to_device(void *dst, const void *src, size_t n, int device, void *stream)
+{
+    _Atomic int *queued = stream;
+
+    (void)device;
+    /* In order on the stream: after the gathers queued on it. */
+    while (queued && atomic_load(queued) > 0)
+        usleep(10);
+    memcpy(dst, src, n);
+    return 0;
+}
+
 static int emu_busid(int device, char *buf, size_t len)
 {
     (void)buf;
@@ -230,6 +242,7 @@ const ec_backend ec_backend_emu = {
     .device_count = emu_device_count,
     .gather = emu_gather,
     .copy_to_host = emu_copy_to_host,
+    .copy_to_device = emu_copy_to_device,
     .device_busid = emu_busid,
     .host_register = emu_host_register,
     .host_unregister = emu_host_unregister,

@@ -157,6 +157,28 @@ typedef int (*ec_list_cb)(const ec_version_info *version,
 /** Called once per statistic; return non-zero to stop. */
 typedef int (*ec_stat_cb)(const char *name, uint64_t value, void *arg);
 
+/** One tensor the daemon has open, as ec_client_tensor_stats() reports it.
+ *  Strings are valid during the callback. */
+typedef struct ec_tensor_stats {
+    const char *model;
+    int64_t version;
+    const char *tensor;
+    ec_cache_mode mode;           /**< how it is cached now: PARTITIONS or ROWS */
+    ec_cache_mode policy;         /**< what its policy asks; AUTO: the daemon decides */
+    uint32_t file_version;        /**< of its partition file (1: no block checksums) */
+    uint64_t bytes;               /**< of the whole tensor */
+    uint64_t row_bytes;
+    uint64_t resident_bytes;      /**< of it in memory now (rows: with their keys) */
+    uint64_t resident_rows;
+    uint64_t rows_served;         /**< rows clients gathered (as they report it) */
+    uint64_t hits;                /**< of those, found in memory at their first lookup */
+    uint64_t row_faults;          /**< rows clients asked the daemon for (rows mode) */
+    uint64_t bytes_read;          /**< read from its file: partitions or blocks */
+} ec_tensor_stats;
+
+/** Called once per tensor; return non-zero to stop. */
+typedef int (*ec_tensor_stats_cb)(const ec_tensor_stats *t, void *arg);
+
 /** Options for ec_model_import(). Zero-initialize, then set what you need. */
 typedef struct ec_import_opts {
     const char *model;            /**< required */
@@ -238,6 +260,13 @@ EC_API void ec_tensor_release(ec_tensor *t);
 
 /** Describe a tensor. @return 0 or EC_EINVAL. Strings live as long as t. */
 EC_API int ec_tensor_info_get(const ec_tensor *t, ec_tensor_info *out);
+
+/**
+ * How the daemon caches t, as its last answer to this handle said:
+ * EC_CACHE_PARTITIONS or EC_CACHE_ROWS (a gather follows a change by
+ * itself). Thread-safe.
+ */
+EC_API ec_cache_mode ec_tensor_cache_mode(const ec_tensor *t);
 
 /**
  * Copy rows ids[0..n) of t into out, row after row (n * row_bytes bytes).
@@ -407,10 +436,11 @@ EC_API int ec_model_alias(ec_client *c, const char *model, const char *alias,
 #define EC_PREWARM_PIN 0x1u  /**< keep the version resident until evicted or retired */
 #define EC_PREWARM_DEVICE 0x2u /**< also promote the version into every GPU's device tier */
 
-/** Progress of a prewarm, as ec_model_prewarm() reports it. */
+/** Progress of a prewarm, as ec_model_prewarm() reports it. Units are
+ *  partitions, and rows for tensors cached by rows. */
 typedef struct ec_prewarm_progress {
     int64_t version;        /**< the concrete version */
-    uint64_t partitions;    /**< partitions to load */
+    uint64_t partitions;    /**< units to load */
     uint64_t done;          /**< loaded (or already resident) */
     uint64_t failed;        /**< could not be loaded (see ec_last_error()) */
     uint64_t bytes;         /**< bytes of the version */
@@ -423,7 +453,10 @@ typedef struct ec_prewarm_progress {
  * call again with the same arguments to read the progress (a call after the
  * previous prewarm finished starts a new one). With EC_PREWARM_PIN the
  * version's tensors are pinned (each laid out contiguously) and never
- * evicted until ec_model_evict() or ec_model_retire().
+ * evicted until ec_model_evict() or ec_model_retire(). A tensor cached by
+ * rows is not read whole: its hottest rows are, as the daemon's access
+ * history (kept in the data directory, across restarts) names them, up to
+ * what its share of the budget holds; with no history yet, none.
  * @return 0, or EC_EINVAL, EC_ENOENT (no such model or version), EC_ENOSPC
  *         (a pinned prewarm cannot fit in the budget), EC_ECONN.
  */
@@ -477,6 +510,21 @@ EC_API int ec_model_policy(ec_client *c, const char *model, uint64_t min_residen
                            double min_request_rate);
 
 /**
+ * Set how embcached caches a model's tensor (tensor NULL or "": all of its
+ * tensors), in every version, now and after restarts: EC_CACHE_ROWS,
+ * EC_CACHE_PARTITIONS, or EC_CACHE_AUTO to let the daemon decide from the
+ * tensor's size and the budget (the default). A tensor that changes mode
+ * drops what the old mode held; clients gathering from it meanwhile go on
+ * with the new mode without an error. A tensor that cannot be cached by
+ * rows (a version-1 partition file, rows over 60 KiB) stays cached by
+ * partitions, and the daemon logs why.
+ * @return 0, or EC_EINVAL (a bad mode or name), EC_ENOENT (no such model),
+ *         EC_ECONN.
+ */
+EC_API int ec_model_cache_mode(ec_client *c, const char *model, const char *tensor,
+                               ec_cache_mode mode);
+
+/**
  * Find the newest version of model trained at `round` whose params equal
  * params_json (compared as JSON: whitespace and key order do not matter;
  * NULL matches any params), as a model index lookup does.
@@ -502,6 +550,15 @@ EC_API int ec_catalog_list(ec_client *c, const char *model, ec_list_cb cb, void 
  * @return 0, the callback's non-zero value, or EC_ECONN, EC_EPROTO.
  */
 EC_API int ec_client_stats(ec_client *c, ec_stat_cb cb, void *arg);
+
+/**
+ * Read the daemon's statistics per tensor it has open: how each is cached,
+ * how much of it is in memory, how many rows clients gathered and found
+ * there, and how many bytes were read from its file. The callback runs
+ * after the reply is read and may call into the same client.
+ * @return 0, the callback's non-zero value, or EC_ECONN, EC_EPROTO.
+ */
+EC_API int ec_client_tensor_stats(ec_client *c, ec_tensor_stats_cb cb, void *arg);
 
 #ifdef __cplusplus
 }

@@ -391,6 +391,44 @@ int ec_extent_alloc(ec_extents *ex, uint64_t bytes, uint64_t *off_out)
     return 0;
 }
 
+int ec_extent_alloc_aligned(ec_extents *ex, uint64_t bytes, uint64_t align, uint64_t *off_out)
+{
+    uint64_t pages, apages, first, start, fits = 0;
+
+    if (!ex || !off_out || !to_pages(bytes, &pages) || align < EC_SHM_PAGE ||
+        align % EC_SHM_PAGE != 0 || (align & (align - 1)) != 0)
+        return ec_seterr(EC_EINVAL, "ec_extent_alloc_aligned: invalid request of %" PRIu64
+                                    " bytes at %" PRIu64 "-byte alignment", bytes, align);
+    apages = align / EC_SHM_PAGE;
+    /* A free run of pages + apages - 1 holds an aligned window: first fit. */
+    if (pages + apages - 1 <= ex->tree[1].max) {
+        first = tree_find(ex, pages + apages - 1);
+        start = (first + apages - 1) / apages * apages;
+        assert(start + pages <= ex->npages && bits_all(ex->used, start, start + pages, false));
+        mark_used(ex, start, start + pages);
+        *off_out = start * EC_SHM_PAGE;
+        return 0;
+    }
+    /* Otherwise look at every aligned window (the free runs may be exactly
+     * aligned ones). */
+    if (pages <= ex->tree[1].max)
+        for (start = 0; start + pages <= ex->npages; start += apages)
+            if (bits_all(ex->used, start, start + pages, false)) {
+                fits = 1;
+                break;
+            }
+    if (!fits)
+        return ec_seterr(EC_ENOSPC,
+                         "no free %" PRIu64 "-byte run at %" PRIu64 "-byte alignment in the "
+                         "segment (largest free run %" PRIu64 " bytes, %" PRIu64 " bytes free "
+                         "in %" PRIu64 " runs); evict and retry, or grow --shm-size",
+                         pages * EC_SHM_PAGE, align, (uint64_t)ex->tree[1].max * EC_SHM_PAGE,
+                         (ex->npages - ex->used_pages) * EC_SHM_PAGE, ex->free_runs);
+    mark_used(ex, start, start + pages);
+    *off_out = start * EC_SHM_PAGE;
+    return 0;
+}
+
 /* Common checks of an (off, bytes) range: aligned, non-empty, in bounds. */
 static int check_range(const ec_extents *ex, const char *what, uint64_t off, uint64_t bytes,
                        uint64_t *a, uint64_t *b)

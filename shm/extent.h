@@ -30,6 +30,11 @@ void ec_extents_free(ec_extents *ex);
  * large enough (the caller evicts and retries). */
 int ec_extent_alloc(ec_extents *ex, uint64_t bytes, uint64_t *off_out);
 
+/* The same at an offset that is a multiple of align (a power of two, at
+ * least a page): for item slabs, whose items find their slab by rounding
+ * their offset down. */
+int ec_extent_alloc_aligned(ec_extents *ex, uint64_t bytes, uint64_t align, uint64_t *off_out);
+
 /* Free an extent previously allocated (or reserved) with the same size.
  * EC_EINVAL for a range not wholly allocated (a double free is refused, not
  * silently merged). */

@@ -18,6 +18,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "common/hash.h"
 #include "segment.h"
 
 /* A reader's snapshot of one entry. */
@@ -31,6 +32,14 @@ typedef struct ec_index_ref {
 /* Look up (tensor, part). Returns 1 and fills *ref on a hit whose bounds are
  * valid, 0 on a miss. Lock-free; spins briefly on an entry being written. */
 int ec_index_lookup(const ec_segment *seg, uint32_t tensor, uint32_t part, ec_index_ref *ref);
+
+/* Hint the CPU to load the slot where (tensor, part) starts its probe: a
+ * batch of lookups overlaps its cache misses this way. */
+static inline void ec_index_prefetch(const ec_segment *seg, uint32_t tensor, uint32_t part)
+{
+    if (seg->index)
+        __builtin_prefetch(&seg->index[ec_mix64(EC_INDEX_KEY(tensor, part)) & seg->index_mask]);
+}
 
 /* After copying from seg->data + ref->offset: true if the entry did not change
  * since the lookup, so the copy is not torn. */

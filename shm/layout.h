@@ -14,7 +14,9 @@
  *   index_off         index: index_slots entries of 32 bytes, open addressing
  *   dev[i].index_off  device index i (i < device_tables): index_slots entries
  *                     each, the same structure; offsets into GPU i's slab
- *   data_off          data area: partition extents, 4 KiB granular
+ *   item_off          item index: item_buckets buckets of 64 bytes (may be 0)
+ *   data_off          data area: partition extents and item slabs, 4 KiB
+ *                     granular
  *   segment_size
  *
  * Invariants (checked by ec_segment_validate()):
@@ -26,6 +28,8 @@
  *      data_off + data_size <= segment_size == the mapped size.
  *   4. device_tables <= EC_SHM_MAX_DEVICES and device table i sits at
  *      index_off + (i + 1) * index_slots * sizeof(entry), before data_off.
+ *   5. item_off == the end of the last device table; item_off +
+ *      item_buckets * 64 <= data_off.
  *
  * Index entry seqlock protocol (the daemon is the single writer):
  *   writer: seq += 1 (odd, relaxed) ; release fence ; write fields (relaxed)
@@ -36,6 +40,24 @@
  *   The daemon bumps an entry's seq (removes it) before the extent it
  *   describes is freed, so any copy from a reused extent fails the check.
  *   Sequences only grow, so there is no ABA.
+ *
+ * Item store (shm/items.h): a general store of (key -> bytes) in the data
+ * area, for the rows of tensors cached by rows (and, later, results). An
+ * item is an 8-byte key followed by its value, 8-byte aligned, inside a
+ * slab: a 1 MiB-aligned extent of the data area holding items of one size
+ * after a 64-byte slab header (the daemon's; clients never read it). The
+ * item index is a table of 64-byte buckets, each a seqlock and 7 slots; a
+ * key may sit in one of two buckets (b1, b2 from its hash). A slot is 0 or
+ * (tag << 40 | item offset / 8): a 24-bit tag from the key's hash, so a
+ * reader reads the item's key only where the tag matches, and compares the
+ * whole key there - a tag collision is never a false hit.
+ *   writer: the bucket's seq moves as the index entry's does (odd while
+ *           written); an item's bytes are written before its slot is
+ *           published, and its slot is cleared (seq bumped) before the item's
+ *           bytes are reused.
+ *   reader: s1 = seq (acquire), odd -> retry; find the slot by tag; acquire
+ *           fence; seq == s1 or retry; compare the key at the item; copy the
+ *           value; acquire fence; seq == s1, or the copy may be torn: retry.
  *
  * Device tier: the daemon copies hot partitions of the host tier into a
  * cudaMalloc slab per GPU (inclusive: a partition on a GPU is also in the
@@ -68,7 +90,7 @@
 #include <stdint.h>
 
 #define EC_SHM_MAGIC 0x31454843424d4545ULL /* "EEMBCHE1" little-endian */
-#define EC_SHM_LAYOUT_VERSION 2u
+#define EC_SHM_LAYOUT_VERSION 3u
 #define EC_SHM_PAGE 4096u
 #define EC_SHM_HEADER_SIZE 4096u
 #define EC_SHM_MIN_SLOTS 64u
@@ -104,7 +126,9 @@ typedef struct ec_shm_header {
     uint64_t data_off;
     uint64_t data_size;
     uint64_t created_unix;
-    uint8_t reserved0[64];
+    uint64_t item_off;                /* item index (items.h); 0 buckets: none */
+    uint64_t item_buckets;
+    uint8_t reserved0[48];
 
     /* Written by the daemon on attach; clients load with acquire. A client
      * whose connection's generation differs from this one is stale. */
@@ -126,6 +150,7 @@ typedef struct ec_shm_header {
     ec_shm_device dev[EC_SHM_MAX_DEVICES];
 } ec_shm_header;
 
+static_assert(offsetof(ec_shm_header, item_off) == 64, "header layout");
 static_assert(offsetof(ec_shm_header, generation) == 128, "header layout");
 static_assert(offsetof(ec_shm_header, used_bytes) == 192, "header layout");
 static_assert(offsetof(ec_shm_header, epoch) == 256, "header layout");
@@ -142,6 +167,48 @@ typedef struct ec_index_entry {
 
 static_assert(sizeof(ec_index_entry) == 32, "index entry is 32 bytes");
 
+/* One bucket of the item index (see "Item store" above). */
+#define EC_ITEM_WAYS 7u
+#define EC_ITEM_OFF_BITS 40u
+#define EC_ITEM_OFF_MASK ((1ull << EC_ITEM_OFF_BITS) - 1)
+#define EC_ITEM_TAG_MASK 0xffffffull
+
+typedef struct ec_item_bucket {
+    _Atomic uint64_t seq;                 /* even: stable; odd: being written */
+    _Atomic uint64_t slot[EC_ITEM_WAYS];  /* 0, or tag << 40 | item offset / 8 */
+} ec_item_bucket;
+
+static_assert(sizeof(ec_item_bucket) == 64, "an item bucket is one cache line");
+
+/* Item keys: the top two bits say what the item is. A row of a tensor
+ * cached by rows: kind 1, tensor id < 2^22, row < 2^40. */
+#define EC_ITEM_KIND_SHIFT 62u
+#define EC_ITEM_KIND_ROW 1ull
+#define EC_ITEM_ROW_TENSOR_MAX ((1u << 22) - 1)
+#define EC_ITEM_ROW_MAX ((1ull << 40) - 1)
+#define EC_ITEM_ROW_KEY(tensor, row)                                                      \
+    ((EC_ITEM_KIND_ROW << EC_ITEM_KIND_SHIFT) | ((uint64_t)(tensor) << 40) | (uint64_t)(row))
+#define EC_ITEM_KEY_KIND(key) ((key) >> EC_ITEM_KIND_SHIFT)
+#define EC_ITEM_KEY_TENSOR(key) ((uint32_t)(((key) >> 40) & EC_ITEM_ROW_TENSOR_MAX))
+#define EC_ITEM_KEY_ROW(key) ((key) & EC_ITEM_ROW_MAX)
+
+/* Slab header, at the start of every 1 MiB slab of items. Written by the
+ * daemon only; a restarted daemon checks it before adopting items. */
+#define EC_SLAB_BYTES (1u << 20)
+#define EC_SLAB_MAGIC 0x31424c534d454545ULL /* "EEEMSLB1" */
+#define EC_SLAB_HEADER 64u
+
+typedef struct ec_slab_header {
+    uint64_t magic;
+    uint32_t item_bytes;     /* one item: its 8-byte key and the value, padded to 8 */
+    uint32_t nitems;         /* (EC_SLAB_BYTES - EC_SLAB_HEADER) / item_bytes */
+    uint64_t value_bytes;    /* bytes of each value */
+    uint64_t sum;            /* XOR of the checksums of the items in the index */
+    uint8_t reserved[32];
+} ec_slab_header;
+
+static_assert(sizeof(ec_slab_header) == EC_SLAB_HEADER, "slab header size");
+
 #define EC_INDEX_KEY(tensor, part) (((uint64_t)(tensor) << 32) | (uint32_t)(part))
 #define EC_INDEX_KEY_TENSOR(key) ((uint32_t)((key) >> 32))
 #define EC_INDEX_KEY_PART(key) ((uint32_t)(key))
@@ -153,10 +220,18 @@ static_assert(sizeof(ec_index_entry) == 32, "index entry is 32 bytes");
  * only lie about itself) and validates every ring entry before use.
  */
 #define EC_SESSION_MAGIC 0x31535345434d4545ULL /* "EEMCESS1" */
-#define EC_SESSION_VERSION 2u
-#define EC_SESSION_SIZE 65536u
-#define EC_SESSION_RING 7680u
+#define EC_SESSION_VERSION 3u
+#define EC_SESSION_SIZE 262144u
+#define EC_SESSION_RING 32000u
 #define EC_SESSION_EPOCH_SLOTS 64u
+
+#define EC_SESSION_TENSORS 32u
+
+typedef struct ec_session_tensor {
+    _Atomic uint32_t tensor;   /* 0: free */
+    uint32_t pad;
+    _Atomic uint64_t rows, hits;
+} ec_session_tensor;
 
 typedef struct ec_session_page {
     /* Written by the daemon before the page is handed over. */
@@ -176,19 +251,33 @@ typedef struct ec_session_page {
     _Atomic uint64_t faults;   /* fault requests sent */
     _Atomic uint64_t device_rows; /* rows GPU gathers read from the device tier */
     _Atomic uint64_t mapped_rows; /* rows GPU gathers read from mapped host memory */
+    _Atomic uint64_t staged_rows; /* rows GPU gathers copied through host memory */
 
     /* Access ring: a client thread claims slot head % ring_slots by bumping
-     * head, then stores EC_INDEX_KEY(tensor, part) of the partition it
-     * touched there. The daemon keeps its own tail and treats entries as
-     * hints (a slot may be read before it is filled). */
+     * head, then stores what it touched there: EC_INDEX_KEY(tensor, part) of
+     * a partition, or EC_RING_ITEM_HINT(tag, off8) of an item. The daemon
+     * keeps its own tail and treats entries as hints (a slot may be read
+     * before it is filled; a lie costs the liar its own hit ratio). */
     _Atomic uint64_t ring_head;
-    uint8_t reserved2[56];
+    uint8_t reserved2[48];
     _Atomic uint64_t ring[EC_SESSION_RING];
 
     /* Epochs of the client's device gathers in flight (layout.h "Device
      * reads"); 0 is a free slot. A thread claims a free slot by CAS. */
     _Atomic uint64_t epoch_slot[EC_SESSION_EPOCH_SLOTS];
+
+    /* Rows gathered and found resident, per tensor, for `embcache stats`:
+     * a tensor handle claims a slot (tensor 0 -> its id, by CAS) when it is
+     * resolved, or shares the slot of its tensor; tensors past the last slot
+     * are counted in the totals above only. Untrusted, like the rest. */
+    ec_session_tensor tstat[EC_SESSION_TENSORS];
 } ec_session_page;
+
+/* An item hint in the access ring: bit 63, 23 bits of the item's tag, and
+ * its offset / 8 (the slot word of the item index, re-packed). */
+#define EC_RING_ITEM (1ull << 63)
+#define EC_RING_ITEM_HINT(tag, off8)                                                      \
+    (EC_RING_ITEM | ((uint64_t)((tag) & 0x7fffffu) << 40) | ((off8) & EC_ITEM_OFF_MASK))
 
 static_assert(offsetof(ec_session_page, gathers) == 64, "session layout");
 static_assert(offsetof(ec_session_page, ring) == 192, "session layout");

@@ -62,13 +62,27 @@ static uint64_t slots_for(uint64_t data_size)
     return next_pow2(want);
 }
 
+/* Item index buckets for a data area of dsize bytes whose items average
+ * item_bytes of value (plus their 8-byte key): at most 85% of the slots are
+ * used when the whole area is items. 0 item_bytes: no item index. */
+static uint64_t buckets_for(uint64_t dsize, uint64_t item_bytes)
+{
+    uint64_t items;
+
+    if (item_bytes == 0)
+        return 0;
+    items = dsize / (item_bytes + 8); /* < 2^50: the products below cannot overflow */
+    items = (items * 100 + EC_ITEM_WAYS * 85 - 1) / (EC_ITEM_WAYS * 85);
+    return items ? items : 1;
+}
+
 /*
- * Sizing loop: the index size depends on the data size, which depends on
- * where the index ends. Start from the smallest index and grow it until it
- * covers the data area that is left; slots only grow and the data area only
- * shrinks, so this ends (in a handful of rounds). The data area starts on a
- * 2 MiB boundary (huge-page friendly) when the padding costs at most 1/16 of
- * the segment, otherwise on the next 4 KiB page.
+ * Sizing loop: the index sizes depend on the data size, which depends on
+ * where the indexes end. Start from the smallest indexes and grow them until
+ * they cover the data area that is left; they only grow and the data area
+ * only shrinks, so this ends (in a handful of rounds). The data area starts
+ * on a 2 MiB boundary (huge-page friendly) when the padding costs at most
+ * 1/16 of the segment, otherwise on the next 4 KiB page.
  */
 int ec_segment_plan(uint64_t size, uint64_t *index_slots, uint64_t *data_off,
                     uint64_t *data_size)
@@ -79,7 +93,22 @@ int ec_segment_plan(uint64_t size, uint64_t *index_slots, uint64_t *data_off,
 int ec_segment_plan_ex(uint64_t size, unsigned device_tables, uint64_t *index_slots,
                        uint64_t *data_off, uint64_t *data_size)
 {
-    uint64_t slots = EC_SHM_MIN_SLOTS, off = 0, dsize = 0;
+    ec_segment_geometry g;
+    int rc = ec_segment_plan_geometry(size, device_tables, EC_ITEM_BYTES_DEFAULT, &g);
+
+    if (rc == 0) {
+        *index_slots = g.index_slots;
+        *data_off = g.data_off;
+        *data_size = g.data_size;
+    }
+    return rc;
+}
+
+int ec_segment_plan_geometry(uint64_t size, unsigned device_tables, uint64_t item_bytes,
+                             ec_segment_geometry *out)
+{
+    uint64_t slots = EC_SHM_MIN_SLOTS, buckets = item_bytes ? 1 : 0, off = 0, dsize = 0;
+    uint64_t item_off = 0;
 
     if (device_tables > EC_SHM_MAX_DEVICES)
         return ec_seterr(EC_EINVAL, "%u device tables asked for; at most %u GPUs are supported",
@@ -89,33 +118,46 @@ int ec_segment_plan_ex(uint64_t size, unsigned device_tables, uint64_t *index_sl
                          "segment size %" PRIu64 " is invalid: it must be a multiple of "
                          "%u bytes between 1 MiB and 1 PiB; pass a size such as 1G",
                          size, EC_SHM_PAGE);
+    if (item_bytes > EC_SLAB_BYTES)
+        return ec_seterr(EC_EINVAL, "item size %" PRIu64 " is larger than a %u-byte slab; "
+                                    "pass a smaller --item-bytes (0: no item store)",
+                         item_bytes, EC_SLAB_BYTES);
     for (;;) {
         uint64_t index_end =
             EC_SHM_HEADER_SIZE + slots * sizeof(ec_index_entry) * (1 + device_tables);
-        uint64_t huge = round_up(index_end, EC_SEG_HUGE_ALIGN);
-        uint64_t need;
+        uint64_t items_end = index_end + buckets * sizeof(ec_item_bucket);
+        uint64_t huge = round_up(items_end, EC_SEG_HUGE_ALIGN);
+        uint64_t need, needb;
 
-        if (huge < size && huge - index_end <= size / 16)
+        item_off = index_end;
+        if (huge < size && huge - items_end <= size / 16)
             off = huge;
         else
-            off = round_up(index_end, EC_SHM_PAGE);
+            off = round_up(items_end, EC_SHM_PAGE);
         if (off + EC_SHM_PAGE > size)
             return ec_seterr(EC_EINVAL,
                              "segment size %" PRIu64 " leaves no room for data after a "
-                             "%" PRIu64 "-slot index; pass a larger size",
-                             size, slots);
+                             "%" PRIu64 "-slot index and %" PRIu64 " item buckets; pass a "
+                             "larger size",
+                             size, slots, buckets);
         dsize = (size - off) / EC_SHM_PAGE * EC_SHM_PAGE;
         need = slots_for(dsize);
-        if (need <= slots)
+        needb = buckets_for(dsize, item_bytes);
+        if (need <= slots && needb <= buckets)
             break;
-        slots = need;
+        if (need > slots)
+            slots = need;
+        if (needb > buckets)
+            buckets = needb;
     }
     assert(off % EC_SHM_PAGE == 0 && dsize % EC_SHM_PAGE == 0);
-    assert(EC_SHM_HEADER_SIZE + slots * sizeof(ec_index_entry) * (1 + device_tables) <= off);
+    assert(item_off + buckets * sizeof(ec_item_bucket) <= off);
     assert(off + dsize <= size);
-    *index_slots = slots;
-    *data_off = off;
-    *data_size = dsize;
+    out->index_slots = slots;
+    out->item_off = item_off;
+    out->item_buckets = buckets;
+    out->data_off = off;
+    out->data_size = dsize;
     return 0;
 }
 
@@ -190,9 +232,16 @@ int ec_segment_validate(const void *base, size_t mapped_size)
                              ", expected %" PRIu64, i, h->dev[i].index_off,
                              h->index_off + (i + 1) * index_bytes);
     index_end = h->index_off + index_bytes * (1 + h->device_tables);
+    if (h->item_off != index_end)
+        return ec_seterr(EC_ECORRUPT, "segment item index is at %" PRIu64 ", expected %" PRIu64,
+                         h->item_off, index_end);
+    if (h->item_buckets > (h->segment_size - index_end) / sizeof(ec_item_bucket))
+        return ec_seterr(EC_ECORRUPT, "segment item index of %" PRIu64 " buckets runs past "
+                                      "the segment end", h->item_buckets);
+    index_end += h->item_buckets * sizeof(ec_item_bucket); /* bounded just above */
     if (index_end > h->data_off)
         return ec_seterr(EC_ECORRUPT,
-                         "segment index ends at %" PRIu64
+                         "segment indexes end at %" PRIu64
                          ", past the data area start %" PRIu64,
                          index_end, h->data_off);
     if (h->data_off % EC_SHM_PAGE != 0 || h->data_size % EC_SHM_PAGE != 0)
@@ -223,6 +272,8 @@ static void fill_segment(ec_segment *seg, int fd, bool writable, void *base, siz
     seg->index = (ec_index_entry *)(seg->base + h->index_off);
     seg->index_slots = h->index_slots;
     seg->index_mask = h->index_slots - 1;
+    seg->items = (ec_item_bucket *)(seg->base + h->item_off);
+    seg->item_buckets = h->item_buckets;
     seg->data = seg->base + h->data_off;
     seg->data_size = h->data_size;
     if (name)
@@ -410,6 +461,14 @@ int ec_segment_device_view(const ec_segment *seg, unsigned dev, uint64_t slab_si
 int ec_segment_create_ex(const char *data_dir, uint64_t size, unsigned device_tables,
                          ec_segment *out)
 {
+    return ec_segment_create_geometry(data_dir, size, device_tables, EC_ITEM_BYTES_DEFAULT,
+                                      out);
+}
+
+int ec_segment_create_geometry(const char *data_dir, uint64_t size, unsigned device_tables,
+                               uint64_t item_bytes, ec_segment *out)
+{
+    ec_segment_geometry g;
     uint64_t slots, data_off, data_size;
     char name[EC_SEGMENT_NAME_MAX];
     ec_shm_header *h;
@@ -418,8 +477,11 @@ int ec_segment_create_ex(const char *data_dir, uint64_t size, unsigned device_ta
 
     if (!data_dir || !*data_dir || !out)
         return ec_seterr(EC_EINVAL, "ec_segment_create: data_dir and out are required");
-    if ((rc = ec_segment_plan_ex(size, device_tables, &slots, &data_off, &data_size)) < 0)
+    if ((rc = ec_segment_plan_geometry(size, device_tables, item_bytes, &g)) < 0)
         return rc;
+    slots = g.index_slots;
+    data_off = g.data_off;
+    data_size = g.data_size;
     if ((uint64_t)(size_t)size != size)
         return ec_seterr(EC_EINVAL, "segment size %" PRIu64 " does not fit this address space",
                          size);
@@ -480,6 +542,8 @@ int ec_segment_create_ex(const char *data_dir, uint64_t size, unsigned device_ta
     h->index_slots = slots;
     h->data_off = data_off;
     h->data_size = data_size;
+    h->item_off = g.item_off;
+    h->item_buckets = g.item_buckets;
     h->created_unix = (uint64_t)time(NULL);
     h->device_tables = device_tables;
     for (unsigned i = 0; i < device_tables; i++) {

@@ -32,6 +32,8 @@ typedef struct ec_segment {
     ec_index_entry *index;  /* base + index_off */
     uint64_t index_slots;   /* power of two */
     uint64_t index_mask;    /* index_slots - 1 */
+    ec_item_bucket *items;  /* base + item_off: the item index */
+    uint64_t item_buckets;  /* 0: no item store */
     uint8_t *data;          /* base + data_off */
     uint64_t data_size;
     char name[EC_SEGMENT_NAME_MAX]; /* "" for a segment mapped from a fd */
@@ -53,6 +55,25 @@ int ec_segment_plan(uint64_t size, uint64_t *index_slots, uint64_t *data_off,
 int ec_segment_plan_ex(uint64_t size, unsigned device_tables, uint64_t *index_slots,
                        uint64_t *data_off, uint64_t *data_size);
 
+/* Where a segment's parts go (ec_segment_plan_geometry). */
+typedef struct ec_segment_geometry {
+    uint64_t index_slots;   /* partition index slots (and each device table's) */
+    uint64_t item_off;      /* item index: item_buckets buckets of 64 bytes */
+    uint64_t item_buckets;
+    uint64_t data_off, data_size;
+} ec_segment_geometry;
+
+/* The average value size the item index is sized for by default: rows of
+ * 128 float32s. */
+#define EC_ITEM_BYTES_DEFAULT 512u
+
+/* The layout of a segment of `size` bytes with `device_tables` device
+ * indexes and an item index sized for a data area full of items of
+ * item_bytes (plus their key) at most 85% of its slots used; item_bytes 0:
+ * no item index. EC_EINVAL for a size that cannot hold them. */
+int ec_segment_plan_geometry(uint64_t size, unsigned device_tables, uint64_t item_bytes,
+                             ec_segment_geometry *out);
+
 /* Daemon: create a new segment of `size` bytes, reserve its memory with
  * posix_fallocate (a full /dev/shm fails here with EC_ENOSPC and a message
  * naming /dev/shm and the size), write the header with generation 1, and
@@ -61,6 +82,9 @@ int ec_segment_create(const char *data_dir, uint64_t size, ec_segment *out);
 /* The same with `device_tables` device indexes (ec_segment_plan_ex). */
 int ec_segment_create_ex(const char *data_dir, uint64_t size, unsigned device_tables,
                          ec_segment *out);
+/* The same with an item index sized for item_bytes (ec_segment_plan_geometry). */
+int ec_segment_create_geometry(const char *data_dir, uint64_t size, unsigned device_tables,
+                               uint64_t item_bytes, ec_segment *out);
 /* A segment struct whose index is device table `dev` of seg, bounded by a
  * slab of slab_size bytes (its data pointer is NULL: device offsets are not
  * addresses in this process). For ec_index_* calls; the daemon keeps one per

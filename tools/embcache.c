@@ -49,6 +49,7 @@ static void usage(FILE *f)
             "  retire MODEL VERSION [--force]              remove a version for good\n"
             "  refresh MODEL VERSION|ALIAS                 reload partitions changed on disk\n"
             "  policy MODEL [--min-resident B] [--min-rate R]  residency policy\n"
+            "  policy MODEL --mode rows|partitions|auto [--tensor NAME]  how tensors are cached\n"
             "\n"
             "Every command takes --help. The socket is --socket, else $EMBCACHE_SOCKET,\n"
             "else the daemon's default.\n"
@@ -610,16 +611,35 @@ static int cmd_policy(int argc, char **argv)
     static const struct option o[] = {
         {"min-resident", required_argument, NULL, 'r'},
         {"min-rate", required_argument, NULL, 'q'},
+        {"mode", required_argument, NULL, 'm'},
+        {"tensor", required_argument, NULL, 't'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
     int64_t min_resident = 0;
     double min_rate = 0;
+    bool residency = false;
+    int mode = -1;
+    const char *tensor = NULL;
     ec_client *c;
     int ch, rc;
 
-    while ((ch = getopt_long(argc, argv, "r:q:h", o, NULL)) != -1) {
+    while ((ch = getopt_long(argc, argv, "r:q:m:t:h", o, NULL)) != -1) {
+        if (ch == 'r' || ch == 'q')
+            residency = true;
         switch (ch) {
+        case 'm':
+            mode = !strcmp(optarg, "rows")         ? EC_CACHE_ROWS
+                   : !strcmp(optarg, "partitions") ? EC_CACHE_PARTITIONS
+                   : !strcmp(optarg, "auto")       ? EC_CACHE_AUTO
+                                                   : -2;
+            if (mode == -2) {
+                fprintf(stderr, "embcache policy: --mode '%s' must be rows, partitions or "
+                                "auto\n", optarg);
+                return EXIT_USAGE;
+            }
+            break;
+        case 't': tensor = optarg; break;
         case 'r':
             if (parse_i64(optarg, &min_resident) || min_resident < 0) {
                 fprintf(stderr, "embcache policy: --min-resident '%s' must be bytes >= 0\n",
@@ -639,11 +659,17 @@ static int cmd_policy(int argc, char **argv)
         }
         case 'h':
             printf("usage: embcache policy MODEL [--min-resident BYTES] [--min-rate RPS]\n"
+                   "       embcache policy MODEL --mode rows|partitions|auto [--tensor NAME]\n"
                    "Set a model's residency policy for each of its versions: eviction keeps\n"
                    "at least --min-resident bytes of a version in memory, and a version read\n"
                    "fewer than --min-rate times a second over the daemon's --rate-window is\n"
                    "evicted down to that minimum, least recently used first. Both default\n"
-                   "to 0 (off).\n");
+                   "to 0 (off).\n"
+                   "--mode sets how the model's tensors (or --tensor NAME alone) are cached,\n"
+                   "in every version: by rows (tables larger than memory), by partitions\n"
+                   "(the fastest hits, for what fits), or auto (the default: the daemon\n"
+                   "picks from each tensor's size and the budget). `embcache stats` shows\n"
+                   "each tensor's mode.\n");
             return EXIT_OK;
         default: return EXIT_USAGE;
         }
@@ -652,15 +678,28 @@ static int cmd_policy(int argc, char **argv)
         fprintf(stderr, "embcache policy: needs MODEL\n");
         return EXIT_USAGE;
     }
+    if (tensor && mode < 0) {
+        fprintf(stderr, "embcache policy: --tensor goes with --mode\n");
+        return EXIT_USAGE;
+    }
     if ((rc = connect_or_fail(&c)))
         return rc;
-    rc = ec_model_policy(c, argv[optind], (uint64_t)min_resident, min_rate);
+    if (mode >= 0) {
+        rc = ec_model_cache_mode(c, argv[optind], tensor, (ec_cache_mode)mode);
+        if (rc == 0)
+            printf("policy of %s%s%s: cached by %s\n", argv[optind], tensor ? " tensor " : "",
+                   tensor ? tensor : "",
+                   mode == EC_CACHE_ROWS ? "rows" : mode == EC_CACHE_PARTITIONS ? "partitions"
+                                                                                : "auto");
+    }
+    if (rc == 0 && (residency || mode < 0)) {
+        rc = ec_model_policy(c, argv[optind], (uint64_t)min_resident, min_rate);
+        if (rc == 0)
+            printf("policy of %s: min resident %" PRId64 " bytes per version, idle under %g "
+                   "requests/s\n", argv[optind], min_resident, min_rate);
+    }
     ec_client_close(c);
-    if (rc)
-        return fail(rc);
-    printf("policy of %s: min resident %" PRId64 " bytes per version, idle under %g "
-           "requests/s\n", argv[optind], min_resident, min_rate);
-    return EXIT_OK;
+    return rc ? fail(rc) : EXIT_OK;
 }
 
 /* ------------------------------------------------------------------ */
@@ -816,6 +855,47 @@ static int stat_cb(const char *name, uint64_t v, void *arg)
     return 0;
 }
 
+static const char *mode_name(ec_cache_mode m)
+{
+    return m == EC_CACHE_ROWS ? "rows" : m == EC_CACHE_PARTITIONS ? "partitions" : "auto";
+}
+
+/* One tensor's line: its mode, what of it is in memory, how many rows were
+ * served and found there, and the bytes read from disk per row served. */
+static int tensor_stat_cb(const ec_tensor_stats *t, void *arg)
+{
+    struct stats_ctx *x = arg;
+    double hit = t->rows_served ? (double)t->hits / (double)t->rows_served : -1;
+    double per = t->rows_served ? (double)t->bytes_read / (double)t->rows_served : -1;
+
+    if (x->json) {
+        printf("%s\n    {\"model\": \"%s\", \"version\": %" PRId64 ", \"tensor\": \"%s\", "
+               "\"mode\": \"%s\", \"policy\": \"%s\", \"file_version\": %u, \"bytes\": %" PRIu64
+               ", \"resident_bytes\": %" PRIu64 ", \"resident_rows\": %" PRIu64
+               ", \"rows_served\": %" PRIu64 ", \"hit_rows\": %" PRIu64
+               ", \"row_faults\": %" PRIu64 ", \"bytes_read\": %" PRIu64 "}",
+               x->first ? "" : ",", t->model, t->version, t->tensor, mode_name(t->mode),
+               mode_name(t->policy), t->file_version, t->bytes, t->resident_bytes,
+               t->resident_rows, t->rows_served, t->hits, t->row_faults, t->bytes_read);
+    } else {
+        char name[80], hs[16], ps[24];
+        snprintf(name, sizeof(name), "%s/%" PRId64 "/%s", t->model, t->version, t->tensor);
+        if (hit < 0)
+            snprintf(hs, sizeof(hs), "-");
+        else
+            snprintf(hs, sizeof(hs), "%.3f", hit);
+        if (per < 0)
+            snprintf(ps, sizeof(ps), "-");
+        else
+            snprintf(ps, sizeof(ps), "%.1f B", per);
+        printf("%-40s %-10s %7s %12" PRIu64 " %12" PRIu64 " %8s %12s\n", name,
+               mode_name(t->mode), mode_name(t->policy), t->resident_bytes, t->rows_served, hs,
+               ps);
+    }
+    x->first = false;
+    return 0;
+}
+
 static int cmd_stats(int argc, char **argv)
 {
     static const struct option o[] = {
@@ -832,7 +912,11 @@ static int cmd_stats(int argc, char **argv)
         case 'j': x.json = true; break;
         case 'h':
             printf("usage: embcache stats [--json]\n"
-                   "Print the daemon's statistics, one per line (or one JSON object).\n");
+                   "Print the daemon's statistics, one per line (or one JSON object), then\n"
+                   "one line per tensor it has open: how it is cached (rows or partitions)\n"
+                   "and by which policy, its bytes in memory, the rows clients gathered\n"
+                   "from it, the share of them found in memory, and the bytes read from\n"
+                   "disk per row served.\n");
             return EXIT_OK;
         default: return EXIT_USAGE;
         }
@@ -864,6 +948,17 @@ static int cmd_stats(int argc, char **argv)
         }
     }
     rc = ec_client_stats(c, stat_cb, &x);
+    if (rc == 0) {
+        x.first = true;
+        if (x.json)
+            printf(",\n  \"tensors\": [");
+        else
+            printf("\n%-40s %-10s %7s %12s %12s %8s %12s\n", "tensor (model/version/name)",
+                   "mode", "policy", "resident", "served", "hit", "read/row");
+        rc = ec_client_tensor_stats(c, tensor_stat_cb, &x);
+        if (x.json)
+            printf("\n  ]");
+    }
     if (x.json)
         printf("\n}\n");
     ec_client_close(c);

@@ -48,6 +48,10 @@ static void usage(FILE *f)
             "      --gpu-slab BYTES   device tier: a slab of this size on each GPU holds\n"
             "                         copies of hot partitions (default: the --shm-size;\n"
             "                         0 turns the device tier off; halved until it fits)\n"
+            "      --item-bytes BYTES  size the item index of a new segment for rows of\n"
+            "                         this many bytes on average (default 512; rows\n"
+            "                         cached by rows cost about 20 bytes of index each);\n"
+            "                         0: no item index, every tensor cached by partitions\n"
             "      --epoch-hold SECONDS  disconnect a client whose GPU gather holds freed\n"
             "                         memory back longer than this (default 30)\n"
             "  -j, --io-threads N     pread reader threads (default 2)\n"
@@ -79,6 +83,7 @@ int main(int argc, char **argv)
         {"queue-depth", required_argument, NULL, 'Q'},
         {"gpu-slab", required_argument, NULL, 'G'},
         {"epoch-hold", required_argument, NULL, 'E'},
+        {"item-bytes", required_argument, NULL, 'I'},
         {"allow-uid", required_argument, NULL, 'U'},
         {"allow-any", no_argument, NULL, 'A'},
         {"drop-segment", no_argument, NULL, 'D'},
@@ -110,6 +115,16 @@ int main(int argc, char **argv)
                 return 2;
             }
             break;
+        case 'I': {
+            uint64_t v;
+            if (ec_parse_size(optarg, &v) || v > (1u << 20)) {
+                fprintf(stderr, "embcached: --item-bytes '%s' must be 0..1M bytes (e.g. 512)\n",
+                        optarg);
+                return 2;
+            }
+            cfg.item_bytes = v ? v : UINT64_MAX;
+            break;
+        }
         case 'E': {
             char *end;
             long v = strtol(optarg, &end, 10);

@@ -422,6 +422,36 @@ class Client:
         self._call(call)
         return out
 
+    def tensor_stats(self) -> List[Dict[str, Any]]:
+        """Per tensor the daemon has open: how it is cached ("rows" or
+        "partitions") and by which policy, its bytes in memory, the rows
+        clients gathered and found there, and the bytes read from disk."""
+        lib = self._lib
+        out: List[Dict[str, Any]] = []
+
+        def cb(tp: Any, arg: Any) -> int:
+            t = tp.contents
+            out.append({
+                "model": _s(t.model), "version": int(t.version), "tensor": _s(t.tensor),
+                "mode": L.CACHE_MODE_NAMES.get(int(t.mode), "auto"),
+                "policy": L.CACHE_MODE_NAMES.get(int(t.policy), "auto"),
+                "file_version": int(t.file_version), "bytes": int(t.bytes),
+                "row_bytes": int(t.row_bytes), "resident_bytes": int(t.resident_bytes),
+                "resident_rows": int(t.resident_rows), "rows_served": int(t.rows_served),
+                "hits": int(t.hits), "row_faults": int(t.row_faults),
+                "bytes_read": int(t.bytes_read),
+            })
+            return 0
+
+        ccb = L.TensorStatsCallback(cb)
+
+        def call(ptr: int) -> int:
+            out.clear()
+            return lib.ec_client_tensor_stats(ptr, ccb, None)
+
+        self._call(call)
+        return out
+
     def list(self, model: Optional[str] = None) -> List[Dict[str, Any]]:
         """Model versions (of one model, or all) with their tensors, as dicts."""
         lib = self._lib
@@ -540,6 +570,16 @@ class Client:
         self._call(lambda p: lib.ec_model_policy(p, m, int(min_resident_bytes),
                                                  float(min_request_rate)))
 
+    def cache_mode(self, model: str, mode: str, tensor: Optional[str] = None) -> None:
+        """Set how a model's tensors (or ``tensor`` alone) are cached: "rows",
+        "partitions" or "auto" (see ec_model_cache_mode)."""
+        lib = self._lib
+        if mode not in L.CACHE_MODES:
+            raise ValueError(f"cache mode {mode!r} is not one of {sorted(L.CACHE_MODES)}")
+        m = _b(model, "model")
+        t = _b(tensor, "tensor") if tensor is not None else None
+        self._call(lambda p: lib.ec_model_cache_mode(p, m, t, L.CACHE_MODES[mode]))
+
     def find(self, model: str, round: int, params: Union[None, str, Dict[str, Any]] = None) -> int:
         """The newest version of ``model`` trained at ``round`` (with ``params``)."""
         lib = self._lib
@@ -628,6 +668,12 @@ class Tensor:
     @property
     def client(self) -> Client:
         return self._client
+
+    @property
+    def cache_mode(self) -> str:
+        """How the daemon caches this tensor, as it last said: "rows" or
+        "partitions" (gathers follow a change by themselves)."""
+        return L.CACHE_MODE_NAMES.get(int(self._lib.ec_tensor_cache_mode(self._h)), "auto")
 
     def __len__(self) -> int:
         return self.shape[0] if self.shape else 1

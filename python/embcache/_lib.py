@@ -86,6 +86,12 @@ EC_GATHER_IDS_DEVICE = 0x2
 EC_PREWARM_PIN = 0x1
 EC_PREWARM_DEVICE = 0x2
 
+EC_CACHE_AUTO = 0
+EC_CACHE_PARTITIONS = 1
+EC_CACHE_ROWS = 2
+CACHE_MODES = {"auto": EC_CACHE_AUTO, "partitions": EC_CACHE_PARTITIONS, "rows": EC_CACHE_ROWS}
+CACHE_MODE_NAMES = {v: k for k, v in CACHE_MODES.items()}
+
 # dlpack/dlpack.h (DLPACK_VERSION 60, the legacy DLManagedTensor)
 KDL_CPU = 1
 KDL_CUDA = 2
@@ -169,6 +175,26 @@ class TensorListing(ctypes.Structure):
     ]
 
 
+class TensorStats(ctypes.Structure):
+    """ec_tensor_stats."""
+    _fields_ = [
+        ("model", c_char_p),
+        ("version", c_int64),
+        ("tensor", c_char_p),
+        ("mode", c_int),
+        ("policy", c_int),
+        ("file_version", c_uint32),
+        ("bytes", c_uint64),
+        ("row_bytes", c_uint64),
+        ("resident_bytes", c_uint64),
+        ("resident_rows", c_uint64),
+        ("rows_served", c_uint64),
+        ("hits", c_uint64),
+        ("row_faults", c_uint64),
+        ("bytes_read", c_uint64),
+    ]
+
+
 class DLDevice(ctypes.Structure):
     _fields_ = [("device_type", c_int32), ("device_id", c_int32)]
 
@@ -202,6 +228,7 @@ class DLManagedTensor(ctypes.Structure):
 
 ListCallback = CFUNCTYPE(c_int, POINTER(VersionInfo), POINTER(TensorListing), c_void_p)
 StatCallback = CFUNCTYPE(c_int, c_char_p, c_uint64, c_void_p)
+TensorStatsCallback = CFUNCTYPE(c_int, POINTER(TensorStats), c_void_p)
 
 _P = c_void_p  # opaque handles (ec_client *, ec_tensor *, ec_view *)
 
@@ -219,9 +246,11 @@ SIGNATURES: Dict[str, Tuple[Any, List[Any]]] = {
     "ec_client_device_count": (c_int, [_P]),
     "ec_client_topology": (c_int, [_P, c_void_p, c_size_t]),
     "ec_client_stats": (c_int, [_P, StatCallback, c_void_p]),
+    "ec_client_tensor_stats": (c_int, [_P, TensorStatsCallback, c_void_p]),
     "ec_tensor_resolve": (c_int, [_P, c_char_p, c_char_p, c_char_p, POINTER(_P)]),
     "ec_tensor_release": (None, [_P]),
     "ec_tensor_info_get": (c_int, [_P, POINTER(TensorInfo)]),
+    "ec_tensor_cache_mode": (c_int, [_P]),
     "ec_tensor_gather": (c_int, [_P, c_void_p, c_size_t, c_void_p, c_size_t]),
     "ec_tensor_gather_ex": (c_int, [_P, c_void_p, c_size_t, c_void_p, c_size_t,
                                     POINTER(GatherOpts)]),
@@ -240,6 +269,7 @@ SIGNATURES: Dict[str, Tuple[Any, List[Any]]] = {
     "ec_model_retire": (c_int, [_P, c_char_p, c_int64, c_int]),
     "ec_model_refresh": (c_int, [_P, c_char_p, c_char_p, POINTER(c_uint64)]),
     "ec_model_policy": (c_int, [_P, c_char_p, c_uint64, c_double]),
+    "ec_model_cache_mode": (c_int, [_P, c_char_p, c_char_p, c_int]),
     "ec_model_find": (c_int, [_P, c_char_p, c_int64, c_char_p, POINTER(c_int64)]),
     "ec_catalog_list": (c_int, [_P, c_char_p, ListCallback, c_void_p]),
 }

@@ -847,14 +847,38 @@ static void test_stats(void **state)
     assert_true(stat_value(r.out, "resident_partitions") >= 0);
     assert_true(stat_value(r.out, "page_ins") >= 1); /* the gets above paged in */
     assert_true(stat_value(r.out, "checksum_failures") >= 0);
-    /* Every line is "name value". */
-    for (const char *p = r.out; *p;) {
-        const char *eol = strchr(p, '\n');
-        char name[128];
-        unsigned long long v;
-        assert_non_null(eol);
-        assert_int_equal(sscanf(p, "%127s %llu", name, &v), 2);
-        p = eol + 1;
+    /* Every line is "name value", up to a blank line; then a table of the
+     * tensors the daemon has open: a header, and a line per tensor with its
+     * mode, policy, resident bytes, rows served, hit ratio, bytes per row. */
+    {
+        const char *p = r.out;
+        bool table = false;
+        int tensors = 0;
+        while (*p) {
+            const char *eol = strchr(p, '\n');
+            char name[128], mode[16], policy[16], hit[16];
+            unsigned long long v, res, served;
+            assert_non_null(eol);
+            if (eol == p) {
+                table = true;
+                p = eol + 1;
+                eol = strchr(p, '\n');
+                assert_non_null(eol);
+                assert_true(strncmp(p, "tensor", 6) == 0); /* the header */
+            } else if (!table) {
+                assert_int_equal(sscanf(p, "%127s %llu", name, &v), 2);
+            } else {
+                assert_int_equal(sscanf(p, "%127s %15s %15s %llu %llu %15s", name, mode, policy,
+                                        &res, &served, hit),
+                                 6);
+                assert_true(!strcmp(mode, "rows") || !strcmp(mode, "partitions"));
+                assert_true(!strcmp(policy, "auto") || !strcmp(policy, "rows") ||
+                            !strcmp(policy, "partitions"));
+                tensors++;
+            }
+            p = eol + 1;
+        }
+        assert_true(table && tensors >= 1); /* the gets above opened one */
     }
     res_free(&r);
 
@@ -867,6 +891,8 @@ static void test_stats(void **state)
     assert_true(l > 0 && r.out[l - 1] == '}');
     check_contains(r.out, "\"page_ins\":", "stats --json");
     check_contains(r.out, "\"resident_partitions\":", "stats --json");
+    check_contains(r.out, "\"tensors\": [", "stats --json");
+    check_contains(r.out, "\"mode\": \"", "stats --json");
     check_json_balanced(r.out);
     res_free(&r);
 

@@ -942,7 +942,11 @@ static void test_malformed_bodies(void **state)
         len = build(m, sizeof(m), EC_OP_STATS, 71, 0, NULL, 0);
         h->version = EC_PROTO_VERSION + 1;
         raw_send(fd, m, len);
-        expect_error(fd, 0, 0, EC_EVERSION, "protocol version 2");
+        {
+            char want[64];
+            snprintf(want, sizeof(want), "protocol version %u", EC_PROTO_VERSION + 1);
+            expect_error(fd, 0, 0, EC_EVERSION, want);
+        }
         expect_closed(fd);
         close(fd);
 
@@ -1141,7 +1145,7 @@ static pid_t spawn_gatherer(void)
 static void test_client_killed_mid_gather(void **state)
 {
     static const unsigned delays_ms[] = {0, 40, 150, 300};
-    uint64_t page_ins0 = get_stat("page_ins");
+    uint64_t page_ins0 = get_stat("page_ins") + get_stat("row_block_reads");
     ec_tensor *big = NULL;
 
     (void)state;
@@ -1165,7 +1169,8 @@ static void test_client_killed_mid_gather(void **state)
         waitpid(a, NULL, 0);
         waitpid(b, NULL, 0);
     }
-    assert_true(get_stat("page_ins") > page_ins0);
+    /* The big table may be cached by partitions or by rows: either read. */
+    assert_true(get_stat("page_ins") + get_stat("row_block_reads") > page_ins0);
     wait_clients(1);
     daemon_still_serves();
     /* The big tensor itself still reads back right after the churn. */

@@ -393,6 +393,9 @@ static void churn(void)
     ngpu = on_cuda ? 1 : ec_client_device_count(c);
     assert_true(ngpu >= 1);
     import_npy(c, "m", 1, tb.path, PART);
+    /* The device tier holds partitions: a table this much larger than the
+     * budget would be cached by rows (and reach GPUs through host memory). */
+    assert_int_equal(ec_model_cache_mode(c, "m", NULL, EC_CACHE_PARTITIONS), 0);
     for (int k = 0; k < 3; k++) {
         int dev = k == 2 ? -1 : k % ngpu;
         if ((kids[k] = spawn()) == 0)

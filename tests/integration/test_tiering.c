@@ -233,12 +233,13 @@ static void __attribute__((noreturn)) zipf_client(const struct table *tb, const 
     _exit(0);
 }
 
-static void test_budget_zipf(void **state)
+static void budget_zipf(ec_cache_mode mode)
 {
     const char *extra[] = {"--shm-size", "64M", "--budget", "16M", NULL};
     struct statv s[] = {{"used_bytes", 0, 0}, {"budget_bytes", 0, 0}};
     struct statv fin[] = {{"client_rows", 0, 0}, {"client_hit_rows", 0, 0},
-                          {"evictions", 0, 0}, {"page_ins", 0, 0},
+                          {mode == EC_CACHE_ROWS ? "row_evicted" : "evictions", 0, 0},
+                          {mode == EC_CACHE_ROWS ? "row_admitted" : "page_ins", 0, 0},
                           {"pager_reads", 0, 0}, {"used_bytes", 0, 0},
                           {"budget_bytes", 0, 0}, {"resident_partitions", 0, 0},
                           {"client_miss_rows", 0, 0}};
@@ -250,12 +251,12 @@ static void test_budget_zipf(void **state)
     double deadline;
     uint64_t max_used = 0, samples = 0, over = 0, over_used = 0, rows0, hits0, misses0;
 
-    (void)state;
     env_start("ec-tz", extra);
     table_make(&tb, "zipf.npy", Z_ROWS, Z_COLS, 1);
     zipf_init(&z, Z_ROWS, Z_S, 7);
     c = connect_ok();
     import_npy(c, "z", 1, tb.path, Z_PART_BYTES);
+    assert_int_equal(ec_model_cache_mode(c, "z", NULL, mode), 0);
     stats_get(c, s, 2);
     assert_int_equal(s[1].v, Z_BUDGET);
     rows0 = stat_of(c, "client_rows");
@@ -298,12 +299,12 @@ static void test_budget_zipf(void **state)
         /* client_hit_rows counts every row copied out of shared memory, in
          * any round of a gather, so it also counts rows that missed first;
          * rows - client_miss_rows are the rows found resident at once. */
-        printf("zipf(%.2f), %d clients x %d gathers of %d rows, %u partitions of %u bytes: "
-               "hit ratio %.3f (client_hit_rows %llu of %llu rows; resident at first "
+        printf("zipf(%.2f) by %s, %d clients x %d gathers of %d rows, %u partitions of %u "
+               "bytes: hit ratio %.3f (client_hit_rows %llu of %llu rows; resident at first "
                "lookup %.3f, client_miss_rows %llu), max used %llu of budget %llu bytes "
-               "(%llu samples), evictions %llu, page-ins %llu, pager reads %llu, "
-               "resident %llu\n",
-               Z_S, Z_CLIENTS, Z_GATHERS, Z_BATCH, Z_ROWS * Z_COLS * 4 / Z_PART_BYTES,
+               "(%llu samples), evictions %llu, admissions %llu, pager reads %llu, "
+               "resident partitions %llu\n",
+               Z_S, mode == EC_CACHE_ROWS ? "rows" : "partitions", Z_CLIENTS, Z_GATHERS, Z_BATCH, Z_ROWS * Z_COLS * 4 / Z_PART_BYTES,
                Z_PART_BYTES, rows ? (double)hits / (double)rows : 0.0,
                (unsigned long long)hits, (unsigned long long)rows,
                rows && misses <= rows ? (double)(rows - misses) / (double)rows : 0.0,
@@ -329,6 +330,20 @@ static void test_budget_zipf(void **state)
     ec_client_close(c);
     zipf_free(&z);
     table_free(&tb);
+}
+
+/* The same stream against the same budget, cached by partitions and by
+ * rows: the budget holds, rows are right, and each evicts. */
+static void test_budget_zipf(void **state)
+{
+    (void)state;
+    budget_zipf(EC_CACHE_PARTITIONS);
+}
+
+static void test_budget_zipf_rows(void **state)
+{
+    (void)state;
+    budget_zipf(EC_CACHE_ROWS);
 }
 
 /* ------------------------------------------------------------------ */
@@ -728,6 +743,9 @@ static void test_prewarm_pin_and_budget_exhausted(void **state)
     c = connect_ok();
     import_npy(c, "a", 1, a.path, PW_PART_BYTES);
     import_npy(c, "b", 1, b.path, PW_PART_BYTES);
+    /* This test is about partitions: b would be cached by rows otherwise
+     * (it does not fit beside a). */
+    assert_int_equal(ec_model_cache_mode(c, "b", NULL, EC_CACHE_PARTITIONS), 0);
     assert_int_equal(stat_of(c, "budget_bytes"), PW_BUDGET);
 
     rc = prewarm_wait(c, "a", "1", EC_PREWARM_PIN, &p);
@@ -1186,6 +1204,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_teardown(test_budget_zipf, env_teardown),
+        cmocka_unit_test_teardown(test_budget_zipf_rows, env_teardown),
         cmocka_unit_test_teardown(test_single_flight_64, env_teardown),
         cmocka_unit_test_teardown(test_lifecycle, env_teardown),
         cmocka_unit_test_teardown(test_prewarm_pin_and_budget_exhausted, env_teardown),

@@ -137,6 +137,45 @@ static void test_fragmentation(void **state)
     ec_extents_free(ex);
 }
 
+/* Aligned allocation: a window at a multiple of the alignment, from a run
+ * that holds one, or from an exactly aligned free run when no larger run
+ * is left; refused when no aligned window is free. */
+static void test_aligned(void **state)
+{
+    ec_extents *ex;
+    ec_extent_stats st;
+    uint64_t a, b, c, x, pad;
+    (void)state;
+
+    assert_int_equal(ec_extents_new(64 * PG, &ex), 0);
+    assert_int_equal(ec_extent_alloc(ex, 3 * PG, &pad), 0); /* pages 0..2 */
+    assert_int_equal(ec_extent_alloc_aligned(ex, 16 * PG, 16 * PG, &a), 0);
+    assert_int_equal(a, 16 * PG);
+    assert_int_equal(ec_extent_alloc_aligned(ex, 16 * PG, 16 * PG, &b), 0);
+    assert_int_equal(b, 32 * PG);
+    /* pages 3..15 and 48..63 are free: 13 + 16 */
+    stats(ex, &st);
+    assert_int_equal(st.used, 35 * PG);
+    /* no run of 31 pages: the aligned window [48, 64) is found by the scan */
+    assert_int_equal(ec_extent_alloc_aligned(ex, 16 * PG, 16 * PG, &c), 0);
+    assert_int_equal(c, 48 * PG);
+    assert_int_equal(ec_extent_alloc_aligned(ex, 16 * PG, 16 * PG, &x), EC_ENOSPC);
+    assert_int_equal(ec_extent_alloc_aligned(ex, 4 * PG, 4 * PG, &x), 0); /* pages 4..7 */
+    assert_int_equal(x, 4 * PG);
+    assert_int_equal(ec_extent_alloc_aligned(ex, PG, 3 * PG, &x), EC_EINVAL);
+    assert_int_equal(ec_extent_alloc_aligned(ex, PG, 100, &x), EC_EINVAL);
+    /* each is one allocation: released whole */
+    assert_int_equal(ec_extent_release(ex, b, 16 * PG), 0);
+    assert_int_equal(ec_extent_release(ex, a, 16 * PG), 0);
+    assert_int_equal(ec_extent_release(ex, c, 16 * PG), 0);
+    assert_int_equal(ec_extent_release(ex, 4 * PG, 4 * PG), 0);
+    assert_int_equal(ec_extent_release(ex, pad, 3 * PG), 0);
+    stats(ex, &st);
+    assert_int_equal(st.used, 0);
+    assert_int_equal(st.free_runs, 1);
+    ec_extents_free(ex);
+}
+
 static void test_release_refused(void **state)
 {
     ec_extents *ex;
@@ -418,6 +457,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_new_invalid),     cmocka_unit_test(test_alloc_basic),
         cmocka_unit_test(test_fragmentation),   cmocka_unit_test(test_release_refused),
+        cmocka_unit_test(test_aligned),
         cmocka_unit_test(test_reserve),         cmocka_unit_test(test_million_pages),
         cmocka_unit_test(test_stress_small),    cmocka_unit_test(test_stress_medium),
         cmocka_unit_test(test_stress_large),

@@ -52,6 +52,7 @@ static fake *fake_new(uint64_t slots)
     h->segment_size = size;
     h->index_off = EC_SHM_HEADER_SIZE;
     h->index_slots = slots;
+    h->item_off = EC_SHM_HEADER_SIZE + index_bytes; /* no item index */
     h->data_off = data_off;
     h->data_size = DATA_SIZE;
     assert_int_equal(ec_segment_validate(f->mem, size), 0);

@@ -105,6 +105,20 @@ static void check_plan(uint64_t size)
     assert_true(off + dsize <= size);
     /* Nothing wasted but the alignment padding. */
     assert_true(size - off - dsize < EC_SHM_PAGE);
+    /* The item index sits after the partition index and holds a data area
+     * full of default-sized items at no more than 85% of its slots. */
+    {
+        ec_segment_geometry g;
+        assert_int_equal(ec_segment_plan_geometry(size, 0, EC_ITEM_BYTES_DEFAULT, &g), 0);
+        assert_int_equal(g.index_slots, slots);
+        assert_int_equal(g.data_off, off);
+        assert_int_equal(g.item_off, EC_SHM_HEADER_SIZE + slots * sizeof(ec_index_entry));
+        assert_true(g.item_off + g.item_buckets * sizeof(ec_item_bucket) <= off);
+        assert_true((double)(dsize / (EC_ITEM_BYTES_DEFAULT + 8)) <=
+                    0.85 * (double)(g.item_buckets * EC_ITEM_WAYS) + 1);
+        assert_int_equal(ec_segment_plan_geometry(size, 0, 0, &g), 0);
+        assert_int_equal(g.item_buckets, 0);
+    }
 }
 
 static void test_plan(void **state)
@@ -123,11 +137,12 @@ static void test_plan(void **state)
     assert_int_equal(ec_segment_plan(MiB, &slots, &off, &dsize), 0);
     assert_true(off < MiB);
     check_plan(MiB);
-    /* 64 MiB: 16K pages -> 32K slots (1 MiB of index), data on 2 MiB. */
+    /* 64 MiB: 16K pages -> 32K slots (1 MiB of index), 1.3 MiB of item
+     * index, data on 4 MiB. */
     assert_int_equal(ec_segment_plan(64 * MiB, &slots, &off, &dsize), 0);
     assert_int_equal(slots, 32768);
-    assert_int_equal(off, 2 * MiB);
-    assert_int_equal(dsize, 62 * MiB);
+    assert_int_equal(off, 4 * MiB);
+    assert_int_equal(dsize, 60 * MiB);
     check_plan(64 * MiB);
     /* 1 GiB and 1 TiB (arithmetic only). */
     assert_int_equal(ec_segment_plan(1024 * MiB, &slots, &off, &dsize), 0);
@@ -561,12 +576,20 @@ static void test_validate(void **state)
     const size_t size = 4 * MiB;
     uint8_t *mem = aligned_alloc(EC_SHM_PAGE, size);
     ec_shm_header *h = (ec_shm_header *)mem, good;
+    ec_segment_geometry g;
     uint64_t slots, off, dsize;
     (void)state;
 
     assert_non_null(mem);
     memset(mem, 0, size);
-    assert_int_equal(ec_segment_plan(size, &slots, &off, &dsize), 0);
+    assert_int_equal(ec_segment_plan_geometry(size, 0, EC_ITEM_BYTES_DEFAULT, &g), 0);
+    slots = g.index_slots;
+    off = g.data_off;
+    dsize = g.data_size;
+    assert_true(g.item_buckets > 0);
+    assert_int_equal(g.item_off, EC_SHM_HEADER_SIZE + slots * sizeof(ec_index_entry));
+    h->item_off = g.item_off;
+    h->item_buckets = g.item_buckets;
     h->magic = EC_SHM_MAGIC;
     h->layout_version = EC_SHM_LAYOUT_VERSION;
     h->header_size = EC_SHM_HEADER_SIZE;
@@ -600,7 +623,11 @@ static void test_validate(void **state)
     BAD(index_slots, slots + 1, "power of two");
     BAD(index_slots, 1ull << 62, "exceeds");
     BAD(index_slots, 1ull << 63, "exceeds");
-    BAD(index_slots, slots * 4, "past the data area");
+    BAD(index_slots, slots * 4, "item index is at");
+    BAD(item_off, g.item_off + 64, "item index is at");
+    BAD(item_buckets, g.item_buckets + (off - g.item_off) / 64, "past the data area");
+    BAD(item_buckets, UINT64_MAX / 64, "runs past the segment end");
+    BAD(item_buckets, UINT64_MAX, "runs past the segment end");
     BAD(data_off, off - 4096, "past the data area");
     BAD(data_off, off + 1, "aligned");
     BAD(data_size, dsize + 1, "aligned");

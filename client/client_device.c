@@ -1,0 +1,442 @@
+/*
+ * client_device.c - gathers into GPU memory: the segment registered with
+ * the GPU, the daemon's device-tier slabs opened, the reclamation epoch a
+ * gather holds while its kernel reads, and the gather itself.
+ *
+ * Runs on any thread of the calling process; the device set-up holds the
+ * client's mutex, gathers do not.
+ */
+#include "client/client_impl.h"
+
+/* Wait (bounded) for this client's device gathers to finish: their
+ * completion clears a slot in the session page, which must stay mapped. */
+bool cl_epochs_drained(ec_client *c)
+{
+    for (int spins = 0; spins < 10000; spins++) {
+        bool busy = false;
+        for (unsigned k = 0; k < EC_SESSION_EPOCH_SLOTS && !busy; k++)
+            busy = atomic_load_explicit(&c->session->epoch_slot[k], memory_order_acquire);
+        if (!busy)
+            return true;
+        usleep(1000);
+    }
+    return false;
+}
+
+/* ------------------------------------------------------------------ */
+/* GPU outputs                                                         */
+
+/* The daemon's DEVICES reply: its topology line, its backend, and each
+ * GPU's device tier with what opens its slab. */
+struct devices {
+    char line[512];
+    char backend[16];
+    uint32_t n;
+    struct {
+        uint32_t table, on;
+        uint64_t gen, bytes;
+        int32_t node;
+        uint8_t handle[EC_SLAB_HANDLE_BYTES];
+        int fd;                  /* the emulator's slab descriptor, or -1 */
+    } gpu[EC_SHM_MAX_DEVICES];
+    int fds[EC_SHM_MAX_DEVICES]; /* received; devices_done() closes them */
+    int nfds;
+};
+
+/* Ask for and parse the DEVICES reply. Caller holds c->lock, and calls
+ * devices_done() after any return. */
+static int devices_get(ec_client *c, struct devices *x)
+{
+    ec_wbuf w;
+    ec_rbuf r;
+    uint32_t req = cl_begin(c, &w, EC_OP_DEVICES);
+    int rc, fdi = 0;
+
+    x->nfds = 0;
+    rc = cl_rpc(c, &w, req, NULL, 0, &r, x->fds, &x->nfds, EC_SHM_MAX_DEVICES);
+    if (rc)
+        return rc;
+    ec_get_str(&r, x->line, sizeof(x->line));
+    ec_get_str(&r, x->backend, sizeof(x->backend));
+    x->n = ec_get_u32(&r);
+    if (x->n > EC_SHM_MAX_DEVICES)
+        return ec_seterr(EC_EPROTO, "DEVICES reply lists %u GPUs", x->n);
+    for (uint32_t i = 0; i < x->n; i++) {
+        char busid[32];
+        x->gpu[i].table = ec_get_u32(&r);
+        x->gpu[i].on = ec_get_u32(&r);
+        x->gpu[i].gen = ec_get_u64(&r);
+        x->gpu[i].bytes = ec_get_u64(&r);
+        (void)ec_get_u64(&r); /* used bytes */
+        (void)ec_get_u64(&r); /* partitions */
+        x->gpu[i].node = (int32_t)ec_get_u32(&r);
+        ec_get_str(&r, busid, sizeof(busid));
+        for (unsigned k = 0; k < EC_SLAB_HANDLE_BYTES; k += 8) {
+            uint64_t v = ec_get_u64(&r);
+            memcpy(x->gpu[i].handle + k, &v, 8);
+        }
+        x->gpu[i].fd = -1;
+        if (ec_get_u32(&r)) {
+            if (fdi >= x->nfds)
+                return ec_seterr(EC_EPROTO, "DEVICES reply is missing a slab descriptor");
+            x->gpu[i].fd = x->fds[fdi++];
+        }
+    }
+    if (!ec_rbuf_done(&r))
+        return ec_seterr(EC_EPROTO, "malformed DEVICES reply");
+    return 0;
+}
+
+static void devices_done(struct devices *x)
+{
+    for (int i = 0; i < x->nfds; i++)
+        close(x->fds[i]);
+    x->nfds = 0;
+}
+
+/* Open the slab of GPU `dev` when its generation is the one the segment
+ * header publishes now (none when it is 0). Caller holds c->lock. */
+static int slab_sync(ec_client *c, unsigned dev)
+{
+    struct cdev *d = &c->dev[dev];
+    unsigned tbl = (unsigned)d->table;
+    const ec_shm_device *h = &c->seg.hdr->dev[tbl];
+    uint64_t gen = atomic_load_explicit(&h->slab_gen, memory_order_acquire);
+    struct cslab *cur = atomic_load_explicit(&d->cur, memory_order_relaxed), *k;
+    struct devices x;
+    int rc;
+
+    if (gen == (cur ? cur->gen : 0))
+        return 0;
+    /* The old slab stays mapped (on d->all): gathers queued before may
+     * still read it. */
+    atomic_store_explicit(&d->cur, NULL, memory_order_release);
+    if (gen == 0 || !cl_be()->slab_open)
+        return 0;
+    rc = devices_get(c, &x);
+    for (uint32_t i = 0; rc == 0 && i < x.n; i++) {
+        if (x.gpu[i].table != tbl || !x.gpu[i].on || x.gpu[i].gen != gen)
+            continue;
+        /* The slab must be the size the header publishes for this
+         * generation: the device index is bounded by it. */
+        if (x.gpu[i].bytes == 0 ||
+            x.gpu[i].bytes != atomic_load_explicit(&h->slab_size, memory_order_relaxed)) {
+            rc = ec_seterr(EC_EPROTO, "DEVICES reply gives GPU %u a %llu-byte slab, the "
+                                      "segment says otherwise", dev,
+                           (unsigned long long)x.gpu[i].bytes);
+            break;
+        }
+        if (!(k = calloc(1, sizeof(*k)))) {
+            rc = ec_seterr(EC_ENOMEM, "slab record");
+            break;
+        }
+        rc = cl_be()->slab_open((int)dev, x.gpu[i].handle, x.gpu[i].fd, x.gpu[i].bytes, &k->base);
+        if (rc || (rc = ec_segment_device_view(&c->seg, tbl, x.gpu[i].bytes, &k->view))) {
+            if (k->base)
+                cl_be()->slab_close((int)dev, k->base, x.gpu[i].bytes);
+            free(k);
+            break;
+        }
+        k->bytes = x.gpu[i].bytes;
+        k->gen = gen;
+        k->next = d->all;
+        d->all = k;
+        atomic_store_explicit(&d->cur, k, memory_order_release);
+    }
+    devices_done(&x);
+    return rc;
+}
+
+/* Which of the daemon's device tables is this process's GPU `dev`? Device
+ * ordinals differ between processes (CUDA_VISIBLE_DEVICES: a worker's GPU 0
+ * may be the daemon's GPU 3), so GPUs are matched by PCI bus id; a backend
+ * without bus ids (the emulator) uses the ordinal. -1: the daemon has no
+ * tier for it (host reads only). */
+static int device_table(const ec_client *c, int dev)
+{
+    char busid[32];
+    uint32_t n = c->seg.hdr->device_tables;
+
+    if (!cl_be()->device_busid || cl_be()->device_busid(dev, busid, sizeof(busid)))
+        return (uint32_t)dev < n ? dev : -1;
+    for (uint32_t i = 0; i < n && i < EC_SHM_MAX_DEVICES; i++) {
+        char theirs[sizeof(c->seg.hdr->dev[i].busid) + 1];
+        memcpy(theirs, c->seg.hdr->dev[i].busid, sizeof(theirs) - 1);
+        theirs[sizeof(theirs) - 1] = '\0';
+        if (!strcasecmp(theirs, busid))
+            return (int)i;
+    }
+    return -1;
+}
+
+/* Make GPU `dev` usable for gathers: the segment registered (mapped,
+ * read-only) and the current slab open. Cheap when nothing changed. */
+int cl_device_ready(ec_client *c, int dev)
+{
+    struct cdev *d;
+    uint64_t gen;
+    int rc = 0;
+
+    if (!cl_be()->host_register)
+        return ec_seterr(EC_EINVAL, "output is on GPU %d, but this process runs the %s "
+                                    "backend (%s): gather to a host buffer, or run where "
+                                    "libembcache finds CUDA and a GPU", dev, cl_be()->name,
+                         getenv("EMBCACHE_BACKEND") ? "EMBCACHE_BACKEND is set"
+                                                    : "no usable GPU");
+    if (dev < 0 || dev >= cl_be()->device_count() || dev >= (int)EC_SHM_MAX_DEVICES)
+        return ec_seterr(EC_EINVAL, "output device %d does not exist (%d GPU(s) visible; "
+                                    "embcache uses GPUs 0..%u)", dev,
+                         cl_be()->device_count(), EC_SHM_MAX_DEVICES - 1);
+    d = &c->dev[dev];
+    if (atomic_load_explicit(&d->ready, memory_order_acquire)) {
+        const struct cslab *cur = atomic_load_explicit(&d->cur, memory_order_acquire);
+        gen = d->table >= 0 ? atomic_load_explicit(&c->seg.hdr->dev[d->table].slab_gen,
+                                                   memory_order_acquire)
+                            : 0;
+        if (gen == (cur ? cur->gen : 0))
+            return 0;
+    }
+    pthread_mutex_lock(&c->lock);
+    if (!atomic_load_explicit(&d->ready, memory_order_relaxed)) {
+        rc = cl_be()->host_register(c->seg.base, c->seg.size, true, dev, &d->host_base);
+        if (rc == 0) {
+            d->table = device_table(c, dev);
+            atomic_store_explicit(&d->ready, true, memory_order_release);
+        }
+    }
+    if (rc == 0 && d->table >= 0)
+        rc = slab_sync(c, (unsigned)dev);
+    pthread_mutex_unlock(&c->lock);
+    return rc;
+}
+
+/* Announce a device gather's epoch (layout.h "Device reads"). Returns the
+ * slot; waits while all are taken (64 gathers of this client in flight),
+ * and gives up with NULL (message set) after about 5 s of that. */
+static _Atomic uint64_t *epoch_enter(ec_client *c)
+{
+    for (int spin = 0;; spin++) {
+        for (unsigned k = 0; k < EC_SESSION_EPOCH_SLOTS; k++) {
+            _Atomic uint64_t *slot = &c->session->epoch_slot[k];
+            uint64_t zero = 0, e;
+            if (atomic_load_explicit(slot, memory_order_relaxed))
+                continue;
+            e = atomic_load_explicit(&c->seg.hdr->epoch, memory_order_acquire);
+            if (atomic_compare_exchange_strong_explicit(slot, &zero, e ? e : 1,
+                                                        memory_order_seq_cst,
+                                                        memory_order_relaxed)) {
+                atomic_thread_fence(memory_order_seq_cst);
+                return slot;
+            }
+        }
+        if (spin >= 5000) {
+            ec_seterr(EC_EBUSY, "%u GPU gathers of this client have been in flight for "
+                                "5 s: their streams are not making progress",
+                      EC_SESSION_EPOCH_SLOTS);
+            return NULL;
+        }
+        if (spin < 100)
+            sched_yield();
+        else
+            usleep(1000);
+    }
+}
+
+static void epoch_exit(void *slot)
+{
+    atomic_store_explicit((_Atomic uint64_t *)slot, 0, memory_order_release);
+}
+
+/* Rounds after which a device gather whose rows do not all fit in memory at
+ * once copies what is resident and goes on with the rest (more than one
+ * launch; only under memory pressure). */
+#define DEVICE_PARTIAL_ROUND 3
+
+/* Rows to GPU memory, normally in one launch. Each round announces an
+ * epoch and looks up the rows still to do (the device index first, then the
+ * host index). All found: one launch, and the epoch is released when the
+ * copy completes. Some missing: the epoch is released, the partitions are
+ * faulted in, and the round repeats - no epoch is held across a round trip
+ * to the daemon. When the rows of one call do not fit in memory together
+ * (rounds keep missing), the resident ones are launched on their own
+ * (scattered to their output rows, holding their epoch) and only the rest
+ * is retried, as the host path does. */
+/* Rows of a tensor cached by rows to GPU memory: gathered into host memory
+ * (seqlock-checked, as any host gather), then copied to the GPU on the
+ * caller's stream. Items are reused as soon as they are evicted, so a
+ * kernel may not read them in place the way it reads partitions. */
+static int gather_device_staged(ec_tensor *t, const int64_t *ids, size_t n, void *out,
+                                ec_dtype dst, const ec_gather_opts *o)
+{
+    size_t esz = ec_dtype_size((ec_dtype)t->t.dtype);
+    size_t bytes = n * (t->t.row_bytes / (esz ? esz : 1)) * ec_dtype_size(dst);
+    void *buf;
+    int rc;
+
+    if (!cl_be()->copy_to_device)
+        return ec_seterr(EC_EINVAL, "the %s backend cannot copy to GPU %d", cl_be()->name,
+                         o->device);
+    buf = malloc(bytes ? bytes : 1);
+    if (!buf)
+        return ec_seterr(EC_ENOMEM, "host staging of %zu bytes for a GPU gather", bytes);
+    rc = cl_gather_host(t, ids, n, buf, dst);
+    if (rc == 0)
+        rc = cl_be()->copy_to_device(out, buf, bytes, o->device, o->stream);
+    if (rc == 0)
+        cl_count(&t->c->session->staged_rows, n);
+    free(buf);
+    return rc;
+}
+
+int cl_gather_device(ec_tensor *t, const int64_t *ids, size_t n, void *out, ec_dtype dst,
+                         const ec_gather_opts *o)
+{
+    ec_client *c = t->c;
+    uint64_t rpp = t->t.rows_per_partition, row_bytes = t->t.row_bytes;
+    size_t dev_rows = 0, host_rows = 0, misses = 0, ntodo = n;
+    struct scratch *s;
+    struct cdev *d;
+    int rc;
+
+    if ((rc = cl_stale(c)) || (rc = cl_device_ready(c, o->device)))
+        return rc;
+    d = &c->dev[o->device]; /* device_ready checked the ordinal */
+    if (cl_be()->check_ptr && (rc = cl_be()->check_ptr(out, o->device)))
+        return rc;
+    if (atomic_load_explicit(&t->mode, memory_order_relaxed) == EC_CACHE_ROWS)
+        return gather_device_staged(t, ids, n, out, dst, o);
+    if (!(s = cl_scratch_get(n)))
+        return EC_ENOMEM;
+    for (size_t i = 0; i < n; i++)
+        s->todo[i] = i;
+    for (int round = 0;; round++) {
+        _Atomic uint64_t *slot;
+        const struct cslab *cs;
+        const ec_segment *dv;
+        size_t nparts = 0, nsrc = 0, nnext = 0, rdev = 0, rhost = 0;
+        uint64_t lastp = UINT64_MAX;
+        const uint8_t *base = NULL;
+        bool found = false, on_dev = false, partial;
+        ec_index_ref ref;
+
+        if (round == GATHER_MAX_ROUNDS) {
+            rc = ec_seterr(EC_ENOSPC, "rows of tensor '%s' kept being evicted before they "
+                                      "could be copied to GPU %d (%zu rows left after %d "
+                                      "rounds): the segment is too small for this working "
+                                      "set", t->t.name, o->device, ntodo, round);
+            break;
+        }
+        if ((rc = cl_device_ready(c, o->device)))
+            break;
+        if (!(slot = epoch_enter(c))) {
+            rc = EC_EBUSY;
+            break;
+        }
+        /* The slab is usable only while the header still publishes the
+         * generation we opened; checked after the epoch is held. */
+        cs = atomic_load_explicit(&d->cur, memory_order_acquire);
+        dv = cs && atomic_load_explicit(&c->seg.hdr->dev[d->table].slab_gen,
+                                        memory_order_acquire) == cs->gen
+                 ? &cs->view
+                 : NULL;
+        for (size_t k = 0; k < ntodo; k++) {
+            size_t i = s->todo[k];
+            uint64_t id = (uint64_t)ids[i], p = id / rpp, r = id % rpp;
+            if (p != lastp) {
+                lastp = p;
+                found = false;
+                if (dv && ec_index_lookup(dv, t->t.id, (uint32_t)p, &ref) &&
+                    (r + 1) * row_bytes <= ref.length) {
+                    base = (const uint8_t *)cs->base + ref.offset;
+                    found = on_dev = true;
+                } else if (ec_index_lookup(&c->seg, t->t.id, (uint32_t)p, &ref) &&
+                           (r + 1) * row_bytes <= ref.length) {
+                    base = (const uint8_t *)d->host_base + (c->seg.data - c->seg.base) +
+                           ref.offset;
+                    found = true;
+                    on_dev = false;
+                } else {
+                    s->parts[nparts++] = (uint32_t)p;
+                }
+                if (found)
+                    cl_note_accesses(c, &ref, 1);
+            }
+            if (found) {
+                s->src[nsrc] = base + r * row_bytes;
+                s->dst_rows[nsrc++] = i;
+                rdev += on_dev;
+                rhost += !on_dev;
+            } else {
+                s->next[nnext++] = i;
+                misses += round == 0;
+            }
+        }
+        partial = nparts && nsrc && round >= DEVICE_PARTIAL_ROUND;
+        if (nparts == 0 || partial) {
+            /* dst_rows is the identity when every row is copied at once. */
+            ec_gather_desc g = {.src = s->src, .n = nsrc, .row_bytes = row_bytes,
+                                .src_dtype = (ec_dtype)t->t.dtype, .dst_dtype = dst,
+                                .dst = out, .dst_rows = nsrc == n ? NULL : s->dst_rows,
+                                .device = o->device, .stream = o->stream,
+                                .done = epoch_exit, .done_arg = (void *)slot};
+            rc = cl_be()->gather(&g);
+            if (rc) {
+                epoch_exit((void *)slot);
+                break;
+            }
+            dev_rows += rdev;
+            host_rows += rhost;
+            if (!partial)
+                break;
+        } else {
+            epoch_exit((void *)slot);
+        }
+        if (partial) {
+            memcpy(s->todo, s->next, nnext * sizeof(*s->next));
+            ntodo = nnext;
+        }
+        if ((rc = cl_fault(t, s->parts, nparts)))
+            break;
+    }
+    cl_count(&c->session->gathers, 1);
+    cl_count(&c->session->rows, n);
+    cl_count(&c->session->hits, dev_rows + host_rows);
+    cl_count(&c->session->device_rows, dev_rows);
+    cl_count(&c->session->mapped_rows, host_rows);
+    cl_count(&c->session->misses, misses);
+    return rc;
+}
+
+int ec_client_topology(ec_client *c, char *buf, size_t len)
+{
+    struct devices x;
+    size_t used;
+    int rc;
+
+    if (!c || !buf || !len)
+        return ec_seterr(EC_EINVAL, "ec_client_topology: NULL argument");
+    pthread_mutex_lock(&c->lock);
+    rc = devices_get(c, &x);
+    devices_done(&x);
+    pthread_mutex_unlock(&c->lock);
+    if (rc)
+        return rc;
+    used = (size_t)snprintf(buf, len, "%s; backend %s", x.line[0] ? x.line : "topology unknown",
+                            x.backend);
+    for (uint32_t i = 0; i < x.n; i++) {
+        char tail[128];
+        if (x.gpu[i].on)
+            snprintf(tail, sizeof(tail), "; GPU %u: %llu MiB slab, NUMA node %d",
+                     x.gpu[i].table, (unsigned long long)(x.gpu[i].bytes >> 20),
+                     (int)x.gpu[i].node);
+        else
+            snprintf(tail, sizeof(tail), "; GPU %u: device tier off", x.gpu[i].table);
+        if (used < len)
+            used += (size_t)snprintf(buf + used, len - used, "%s", tail);
+        else
+            used += strlen(tail);
+    }
+    if (used >= len)
+        return ec_seterr(EC_ETOOBIG, "the topology line needs %zu bytes", used + 1);
+    return 0;
+}

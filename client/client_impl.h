@@ -1,0 +1,144 @@
+/*
+ * client_impl.h - private to client/client*.c: the client's state and the
+ * functions one client file defines and another calls. The interface is
+ * include/embcache.h.
+ *
+ *   client.c         requests to the daemon, connect and close, tensors,
+ *                    views and DLPack
+ *   client_gather.c  the hit path: gathers into host memory, by partitions
+ *                    or by rows, and the misses sent to the daemon
+ *   client_device.c  gathers into GPU memory: device tier, slabs, epochs
+ *   client_admin.c   administration: import, aliases, prewarm, retire,
+ *                    policies, listings, statistics
+ *
+ * Runs inside inference processes, on any of their threads: the hit path
+ * takes no lock; requests to the daemon hold the client's mutex.
+ */
+#ifndef EC_CLIENT_IMPL_H
+#define EC_CLIENT_IMPL_H
+
+#include <dlpack/dlpack.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <sched.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include "common/dtype.h"
+#include "common/err.h"
+#include "common/paths.h"
+#include "core/proto.h"
+#include "cuda/backend.h"
+#include "embcache.h"
+#include "shm/index.h"
+#include "shm/items.h"
+#include "shm/segment.h"
+
+#define GATHER_MAX_ROUNDS 64
+
+/* A daemon slab this client opened. Immutable once published: gathers on
+ * other threads read it without the lock. */
+struct cslab {
+    uint64_t gen;                /* the slab generation it was opened at */
+    void *base;                  /* the opened slab (device address) */
+    uint64_t bytes;
+    ec_segment view;             /* its device index, bounded by bytes */
+    struct cslab *next;          /* every slab opened: closed at teardown, since
+                                  * gathers queued earlier may still read one */
+};
+
+/* One GPU as this client sees it (set up on its first device gather, under
+ * the client's lock; read by gathers without it). table and host_base are
+ * written before ready is stored (release). */
+struct cdev {
+    _Atomic bool ready;          /* host memory registered for this device */
+    int table;                   /* the daemon's device table for this GPU, -1: none */
+    void *host_base;             /* the segment's base address on the device */
+    struct cslab *_Atomic cur;   /* the slab in use, NULL: none */
+    struct cslab *all;           /* guarded by the lock */
+};
+
+struct ec_client {
+    _Atomic int refs;            /* the caller's, one per tensor and view */
+    int sock;
+    pthread_mutex_t lock;        /* one request at a time; guards sbuf/rbuf */
+    uint32_t next_req;
+    ec_segment seg;              /* read-only mapping */
+    ec_session_page *session;    /* our own page, read-write */
+    uint64_t generation;
+    uint64_t client_id;
+    bool broken;                 /* the connection failed; only close remains */
+    struct cdev dev[EC_SHM_MAX_DEVICES]; /* guarded by lock while set up */
+    char socket_path[108];
+    uint8_t sbuf[EC_MSG_MAX];
+    uint8_t rbuf[EC_MSG_MAX];
+};
+
+struct ec_tensor {
+    ec_client *c;
+    ec_proto_tensor t;
+    ec_tensor_info info;
+    _Atomic uint32_t mode;       /* how the daemon caches it, as it last said */
+    ec_session_tensor *tstat;    /* its counters in our session page, or NULL */
+};
+
+struct ec_view {
+    _Atomic int refs;            /* the caller's, one per DLPack export */
+    ec_client *c;
+    uint64_t pin;
+    const void *data;
+    size_t size;
+    ec_dtype dtype;
+    uint32_t ndim;
+    int64_t shape[EC_MAX_DIMS];
+};
+
+/* client.c */
+const ec_backend *cl_be(void);
+int cl_stale(const ec_client *c);
+uint32_t cl_begin(ec_client *c, ec_wbuf *w, uint16_t op);
+int cl_rpc(ec_client *c, ec_wbuf *w, uint32_t req_id, const int *fds, int nfds, ec_rbuf *body,
+           int *rfds, int *nrfds, int maxrfds);
+void cl_client_unref(ec_client *c);
+
+/* Per-thread scratch for gathers, kept between calls so the hit path does
+ * not allocate. */
+struct scratch {
+    size_t cap;
+    const void **src;
+    size_t *dst_rows;
+    uint32_t *row_ref;
+    size_t *todo;
+    size_t *next;
+    ec_index_ref *refs;
+    uint32_t *parts;
+    ec_item_hash *hash;          /* rows: each row's buckets and tag */
+    ec_item_ref *irefs;          /* rows: the items found */
+    uint64_t *keys;              /* rows: item keys */
+    uint64_t *fids;              /* rows: ids to fault */
+};
+
+/* client_gather.c */
+struct scratch *cl_scratch_get(size_t n);
+int cl_fault(ec_tensor *t, uint32_t *parts, size_t n);
+void cl_note_accesses(ec_client *c, const ec_index_ref *refs, size_t n);
+void cl_count(_Atomic uint64_t *ctr, uint64_t v);
+int cl_gather_check(const ec_tensor *t, const int64_t *ids, size_t n, size_t out_size,
+                    ec_dtype dst);
+int cl_gather_host(ec_tensor *t, const int64_t *ids, size_t n, void *out, ec_dtype dst);
+
+/* client_device.c */
+bool cl_epochs_drained(ec_client *c);
+int cl_device_ready(ec_client *c, int dev);
+int cl_gather_device(ec_tensor *t, const int64_t *ids, size_t n, void *out, ec_dtype dst,
+                     const ec_gather_opts *o);
+
+#endif

@@ -1,0 +1,125 @@
+/*
+ * server_impl.h - private to core/server*.c: the server loop's state (the
+ * connections, the importer's queue) and the functions one server file
+ * defines and another calls. The interface is core/server.h.
+ *
+ *   server.c        the loop, connections, sessions, the data path
+ *                   (HELLO, RESOLVE, FAULT, FAULT_ROWS, PIN, UNPIN), imports
+ *   server_admin.c  statistics and operator requests (STATS, TENSORS, LIST,
+ *                   ALIAS, FIND, DEVICES, PREWARM, EVICT, REFRESH, POLICY,
+ *                   MODE, RETIRE)
+ *
+ * Everything runs on the server thread but the importer (server.c).
+ */
+#ifndef EC_CORE_SERVER_IMPL_H
+#define EC_CORE_SERVER_IMPL_H
+
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/stat.h>
+#include <sys/types.h>
+#include <time.h>
+
+#include "common/u64map.h"
+#include "core/engine.h"
+#include "core/import.h"
+#include "core/proto.h"
+#include "core/server.h"
+
+#define ID_LISTEN 1
+#define ID_ENGINE 2
+#define ID_SIGNAL 3
+#define ID_IMPORT 4
+#define ID_FIRST_CONN 16
+#define MAX_OUTSTANDING 64
+#define TICK_MS 100
+#define RING_MS 10   /* access rings are drained this often while clients report */
+#define HELLO_TIMEOUT 10
+
+struct conn {
+    uint64_t id;
+    int fd;
+    time_t accepted;     /* CLOCK_MONOTONIC seconds; HELLO must follow soon */
+    pid_t pid;
+    uid_t uid;
+    bool hello;
+    ec_session_page *session;
+    uint64_t ring_tail;
+    uint32_t outstanding;
+    uint64_t held_epoch;  /* the least epoch its device gathers held at the last tick */
+    time_t held_since;    /* since when it holds that one (0: none held) */
+};
+
+struct import_job {
+    uint64_t owner;
+    uint32_t req_id;
+    ec_import_opts opts;
+    char model[EC_NAME_MAX + 1];
+    char params[EC_PARAMS_MAX + 1];
+    char names[EC_IMPORT_MAX_FILES][256];
+    int fds[EC_IMPORT_MAX_FILES];
+    size_t n;
+    int rc;
+    uint32_t tensors;
+    char msg[EC_ERRMSG_MAX];
+    struct import_job *next;
+};
+
+typedef struct server {
+    const ec_server_config *cfg;
+    ec_engine *engine;
+    int ep, lfd, sfd, ifd;
+    ec_u64map conns;
+    uint64_t next_id;
+    uint8_t buf[EC_MSG_MAX];
+    uint8_t out[EC_MSG_MAX];
+    struct stat sock_st;
+    int reserve_fd;    /* spent to shed a connection when out of fds */
+    bool warned_emfile;
+
+    pthread_t importer;
+    bool importer_started;
+    pthread_mutex_t ilock;
+    pthread_cond_t icond;
+    struct import_job *iq, *idone;
+    bool istop;
+    ec_catalog *icat;
+
+    struct {
+        uint64_t accepted, rejected, protocol_errors, disconnected_slow, imports, import_failures;
+        /* Session counters of clients that have gone. */
+        uint64_t gathers, rows, hits, misses, retries, faults, device_rows, mapped_rows,
+            staged_rows;
+    } st;
+    ec_u64map tfold;     /* tensor id -> struct tcount: per-tensor counts of them */
+    bool rings_busy;     /* the last drain found hints: drain again soon */
+} server;
+
+/* Rows and hits clients reported for one tensor. */
+struct tcount {
+    uint64_t rows, hits;
+};
+
+/* server.c */
+void srv_reply_send(server *s, struct conn *c, size_t len, const int *fds, int nfds);
+void srv_reply_error(server *s, struct conn *c, uint16_t op, uint32_t req_id, int code,
+                     const char *msg);
+void srv_conn_close(server *s, struct conn *c);
+int srv_bad_body(uint16_t op);
+int srv_outstanding_take(struct conn *c);
+
+/* server_admin.c: the handlers of statistics and operator requests */
+int srv_h_stats(server *s, struct conn *c, ec_rbuf *r, uint32_t req_id);
+int srv_h_tensors(server *s, struct conn *c, ec_rbuf *r, uint32_t req_id);
+int srv_h_list(server *s, struct conn *c, ec_rbuf *r, uint32_t req_id);
+int srv_h_alias(server *s, struct conn *c, ec_rbuf *r, uint32_t req_id);
+int srv_h_find(server *s, struct conn *c, ec_rbuf *r, uint32_t req_id);
+int srv_h_devices(server *s, struct conn *c, ec_rbuf *r, uint32_t req_id);
+int srv_h_prewarm(server *s, struct conn *c, ec_rbuf *r, uint32_t req_id);
+int srv_h_version_u64(server *s, struct conn *c, ec_rbuf *r, uint32_t req_id, uint16_t op);
+int srv_h_policy(server *s, struct conn *c, ec_rbuf *r, uint32_t req_id);
+int srv_h_mode(server *s, struct conn *c, ec_rbuf *r, uint32_t req_id);
+int srv_h_retire(server *s, struct conn *c, ec_rbuf *r, uint32_t req_id);
+
+#endif
