@@ -432,3 +432,30 @@ int ec_client_tensor_stats(ec_client *c, ec_tensor_stats_cb cb, void *arg)
         cursor = next;
     }
 }
+
+int ec_model_upgrade(ec_client *c, const char *model, const char *version,
+                     uint32_t *upgraded_out)
+{
+    uint32_t n = 0;
+    ec_wbuf w;
+    ec_rbuf r;
+    uint32_t req;
+    int rc;
+
+    if (!c || !model || !version)
+        return ec_seterr(EC_EINVAL, "ec_model_upgrade: NULL argument");
+    pthread_mutex_lock(&c->lock);
+    req = cl_begin(c, &w, EC_OP_UPGRADE);
+    ec_put_str(&w, model);
+    ec_put_str(&w, version);
+    rc = cl_rpc(c, &w, req, NULL, 0, &r, NULL, NULL, 0);
+    if (rc == 0) {
+        n = ec_get_u32(&r);
+        if (!ec_rbuf_done(&r))
+            rc = ec_seterr(EC_EPROTO, "malformed UPGRADE reply");
+    }
+    pthread_mutex_unlock(&c->lock);
+    if (rc == 0 && upgraded_out)
+        *upgraded_out = n;
+    return rc;
+}

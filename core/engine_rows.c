@@ -118,13 +118,16 @@ static ec_cache_mode mode_for(const ec_engine *e, const struct tstate *ts)
 {
     const char *why = rows_refused(e, ts);
     uint64_t bytes = tensor_bytes(ts);
+    /* The others cached by partitions (ts itself is counted while it is). */
+    uint64_t others = e->part_mode_bytes -
+                      (ts->mode == EC_CACHE_PARTITIONS && bytes <= e->part_mode_bytes ? bytes : 0);
 
     /* Pinned whole (a view, a pinned prewarm): its partitions are all in. */
     if (ts->policy == EC_CACHE_PARTITIONS || why || ts->group)
         return EC_CACHE_PARTITIONS;
     if (ts->policy == EC_CACHE_ROWS)
         return EC_CACHE_ROWS;
-    if (bytes > e->budget / 2 || e->part_mode_bytes + bytes > e->budget / 10 * 9)
+    if (bytes > e->budget / 2 || others + bytes > e->budget / 10 * 9)
         return EC_CACHE_ROWS;
     return EC_CACHE_PARTITIONS;
 }
@@ -195,10 +198,13 @@ void eng_rows_reload(ec_engine *e, struct tstate *ts)
 
     if (e->items)
         ec_items_drop(e->items, key_of_tensor, &id);
-    if (load_block_sums(ts) || (ts->mode == EC_CACHE_ROWS && rows_refused(e, ts)))
+    if (load_block_sums(ts) && ts->mode == EC_CACHE_ROWS)
         set_mode(e, ts, EC_CACHE_PARTITIONS);
+    /* What kept it from rows may be gone (an upgraded file), or have come. */
     if (ts->mode == EC_CACHE_AUTO)
         set_mode(e, ts, mode_for(e, ts));
+    else
+        eng_rows_switch(e, ts, mode_for(e, ts));
 }
 
 void eng_rows_forget(ec_engine *e, struct tstate *ts)

@@ -483,3 +483,90 @@ out:
     free(parts_dir);
     return rc;
 }
+
+/* ------------------------------------------------------------------ */
+/* Upgrade of version-1 partition files                                */
+
+struct version_find {
+    int64_t version, id;
+};
+
+static int find_version(const ec_cat_version *v, void *arg)
+{
+    struct version_find *f = arg;
+
+    if (v->version != f->version)
+        return 0;
+    f->id = v->id;
+    return 1;
+}
+
+static int collect_tensor(const ec_cat_tensor *t, void *arg)
+{
+    return collect_path(t->path, arg);
+}
+
+int ec_import_upgrade(ec_catalog *cat, const char *data_dir, const char *model,
+                      const char *version, uint32_t *upgraded_out)
+{
+    struct version_find f = {0};
+    struct path_set set = {0};
+    char parts_dir[4200];
+    uint32_t upgraded = 0;
+    int rc;
+
+    if (!cat || !data_dir || !model || !version || !upgraded_out)
+        return ec_seterr(EC_EINVAL, "ec_import_upgrade: NULL argument");
+    rc = ec_catalog_version_of(cat, model, version, &f.version);
+    if (rc)
+        return rc;
+    rc = ec_catalog_list_versions(cat, model, find_version, &f);
+    if (rc < 0)
+        return rc;
+    if (!f.id)
+        return ec_seterr(EC_ENOENT, "model '%s' has no version %lld", model,
+                         (long long)f.version);
+    rc = ec_catalog_list_tensors(cat, f.id, collect_tensor, &set);
+    if (rc < 0)
+        goto out;
+    snprintf(parts_dir, sizeof(parts_dir), "%s/%s", data_dir, EC_PARTS_DIR);
+    rc = 0;
+    for (size_t i = 0; i < set.n && rc == 0; i++) {
+        char path[4200], fresh[4400], name[64];
+        ec_partfile_meta m;
+        int fd;
+
+        snprintf(path, sizeof(path), "%s/%s", data_dir, set.v[i]);
+        rc = ec_partfile_open(path, &m, &fd);
+        if (rc)
+            break;
+        close(fd);
+        if (m.version >= EC_PARTFILE_VERSION)
+            continue;
+        rc = ec_partfile_upgrade(path, parts_dir, name, sizeof(name), NULL, NULL);
+        if (rc)
+            break;
+        snprintf(fresh, sizeof(fresh), "%s/%s", parts_dir, name);
+        if (rename(fresh, path) < 0) {
+            rc = ec_seterr_errno(EC_EIO, errno, "cannot replace %s with its upgraded copy %s",
+                                 path, fresh);
+            unlink(fresh);
+            break;
+        }
+        upgraded++;
+    }
+    if (upgraded) {
+        int dfd = open(parts_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        if (dfd >= 0) {
+            (void)fsync(dfd);
+            close(dfd);
+        }
+    }
+out:
+    for (size_t i = 0; i < set.n; i++)
+        free(set.v[i]);
+    free(set.v);
+    if (rc == 0)
+        *upgraded_out = upgraded;
+    return rc;
+}

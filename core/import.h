@@ -33,6 +33,16 @@ typedef struct ec_import_file {
 int ec_import_files(ec_catalog *cat, const char *data_dir, const ec_import_opts *opts,
                     const ec_import_file *files, size_t n, uint32_t *tensors_out);
 
+/* Rewrite the version-1 partition files of (model, version or alias) as
+ * version 2 (with block checksums), each verified partition by partition
+ * before the new file replaces the old one under the same name (rename).
+ * The catalog still holds the old header checksums: the caller refreshes
+ * the version (ec_engine_refresh) to take the new files. Version-2 files
+ * are left alone. Returns 0 and the number of files rewritten, or the
+ * first error (the files already rewritten stay rewritten and valid). */
+int ec_import_upgrade(ec_catalog *cat, const char *data_dir, const char *model,
+                      const char *version, uint32_t *upgraded_out);
+
 /* Remove *.tmp files and partition files the catalog does not reference from
  * <data_dir>/parts (start-up sweep). Returns the number removed, or < 0. */
 int ec_import_sweep(ec_catalog *cat, const char *data_dir);

@@ -42,6 +42,8 @@
  *   TENSORS   u32 cursor                             u32 next, u32 n, n x tensor stat
  *                                                    (ec_put_tensor_stat); next 0: done
  *   MODE      str model, str tensor, u32 mode        (empty)
+ *   UPGRADE   str model, str version                 u32 files rewritten, once the
+ *                                                    version took them
  *
  * The tensor record (RESOLVE) ends with u32 mode: how the daemon caches
  * the tensor (ec_cache_mode); clients probe the partition index or the item
@@ -89,7 +91,8 @@ enum ec_op {
     EC_OP_FAULT_ROWS = 17,
     EC_OP_TENSORS = 18,
     EC_OP_MODE = 19,
-    EC_OP_MAX_ = 20,
+    EC_OP_UPGRADE = 20,
+    EC_OP_MAX_ = 21,
 };
 #define EC_OP_REPLY 0x8000u
 

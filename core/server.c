@@ -559,6 +559,40 @@ static int h_import(server *s, struct conn *c, ec_rbuf *r, uint32_t req_id, int 
     return 0;
 }
 
+/* UPGRADE: the version's version-1 partition files are rewritten by the
+ * importer thread (it takes time, and the loop must go on serving), then
+ * the version is refreshed here to take them. */
+static int h_upgrade(server *s, struct conn *c, ec_rbuf *r, uint32_t req_id)
+{
+    struct import_job *j = calloc(1, sizeof(*j));
+
+    if (!j)
+        return ec_seterr(EC_ENOMEM, "upgrade job");
+    ec_get_str(r, j->model, sizeof(j->model));
+    ec_get_str(r, j->version, sizeof(j->version));
+    if (!ec_rbuf_done(r)) {
+        free(j);
+        return srv_bad_body(EC_OP_UPGRADE);
+    }
+    if (srv_outstanding_take(c)) {
+        free(j);
+        return EC_EBUSY;
+    }
+    j->upgrade = true;
+    j->owner = c->id;
+    j->req_id = req_id;
+    pthread_mutex_lock(&s->ilock);
+    {
+        struct import_job **t = &s->iq;
+        while (*t)
+            t = &(*t)->next;
+        *t = j;
+    }
+    pthread_cond_signal(&s->icond);
+    pthread_mutex_unlock(&s->ilock);
+    return 0;
+}
+
 /* ------------------------------------------------------------------ */
 /* Importer thread                                                     */
 
@@ -586,7 +620,12 @@ static void *importer_main(void *arg)
             files[i].fd = j->fds[i];
             files[i].name = j->names[i];
         }
-        j->rc = ec_import_files(s->icat, s->cfg->data_dir, &j->opts, files, j->n, &j->tensors);
+        if (j->upgrade)
+            j->rc = ec_import_upgrade(s->icat, s->cfg->data_dir, j->model, j->version,
+                                      &j->tensors);
+        else
+            j->rc = ec_import_files(s->icat, s->cfg->data_dir, &j->opts, files, j->n,
+                                    &j->tensors);
         if (j->rc)
             snprintf(j->msg, sizeof(j->msg), "%s", ec_last_error());
         for (size_t i = 0; i < j->n; i++)
@@ -612,8 +651,24 @@ static void imports_done(server *s)
     pthread_mutex_unlock(&s->ilock);
     for (; j; j = next) {
         struct conn *c = ec_u64map_get(&s->conns, j->owner);
+        uint16_t op = j->upgrade ? EC_OP_UPGRADE : EC_OP_IMPORT;
         next = j->next;
-        if (j->rc) {
+        if (j->upgrade && j->rc == 0 && j->tensors) {
+            /* The files changed under the catalog: take them. */
+            uint64_t changed = 0;
+            j->rc = ec_engine_refresh(s->engine, j->model, j->version, &changed);
+            if (j->rc)
+                snprintf(j->msg, sizeof(j->msg), "upgraded files of %.64s version %.64s could "
+                         "not be taken: %.300s; run `embcache refresh` on it", j->model,
+                         j->version, ec_last_error());
+        }
+        if (j->upgrade) {
+            if (j->rc)
+                ec_warn("%s", j->msg);
+            else
+                ec_info("upgraded %s version %s: %u partition file(s) rewritten with block "
+                        "checksums", j->model, j->version, j->tensors);
+        } else if (j->rc) {
             s->st.import_failures++;
             ec_warn("%s", j->msg);
         } else {
@@ -624,10 +679,10 @@ static void imports_done(server *s)
         if (c) {
             c->outstanding--;
             if (j->rc) {
-                srv_reply_error(s, c, EC_OP_IMPORT, j->req_id, j->rc, j->msg);
+                srv_reply_error(s, c, op, j->req_id, j->rc, j->msg);
             } else {
                 ec_wbuf w;
-                ec_msg_begin(&w, s->out, sizeof(s->out), EC_OP_IMPORT | EC_OP_REPLY,
+                ec_msg_begin(&w, s->out, sizeof(s->out), (uint16_t)(op | EC_OP_REPLY),
                              j->req_id, 0);
                 ec_put_u32(&w, j->tensors);
                 srv_reply_send(s, c, ec_msg_end(&w), NULL, 0);
@@ -698,6 +753,7 @@ static void conn_readable(server *s, struct conn *c)
         case EC_OP_FAULT_ROWS: rc = h_fault_rows(s, c, &body, h.req_id); break;
         case EC_OP_TENSORS: rc = srv_h_tensors(s, c, &body, h.req_id); break;
         case EC_OP_MODE: rc = srv_h_mode(s, c, &body, h.req_id); break;
+        case EC_OP_UPGRADE: rc = h_upgrade(s, c, &body, h.req_id); break;
         case EC_OP_PIN: rc = h_pin(s, c, &body, h.req_id); break;
         case EC_OP_UNPIN: rc = h_unpin(s, c, &body, h.req_id); break;
         case EC_OP_STATS: rc = srv_h_stats(s, c, &body, h.req_id); break;

@@ -52,6 +52,8 @@ struct conn {
 };
 
 struct import_job {
+    bool upgrade;                /* UPGRADE: rewrite a version's v1 files */
+    char version[EC_NAME_MAX + 1]; /* UPGRADE: the version or alias */
     uint64_t owner;
     uint32_t req_id;
     ec_import_opts opts;

@@ -498,6 +498,20 @@ EC_API int ec_model_refresh(ec_client *c, const char *model, const char *version
                             uint64_t *changed_out);
 
 /**
+ * Rewrite a version's partition files of format version 1 (written before
+ * block checksums existed) as version 2, so its tensors can be cached by
+ * rows; each file is verified partition by partition before the new one
+ * replaces it, and the version then takes the new files. Takes as long as
+ * reading and writing the files; the daemon serves everyone meanwhile.
+ * @param[out] upgraded_out  files rewritten (0: all were version 2); may be NULL
+ * @return 0, or EC_EINVAL, EC_ENOENT, EC_ECHECKSUM (a partition of an old
+ *         file is damaged: nothing replaces it; re-import the version),
+ *         EC_EIO, EC_ENOSPC, EC_ECONN.
+ */
+EC_API int ec_model_upgrade(ec_client *c, const char *model, const char *version,
+                            uint32_t *upgraded_out);
+
+/**
  * Set a model's residency policy, applied to each of its versions:
  * eviction leaves at least min_resident_bytes of a version resident, and a
  * version whose request rate (partition reads by clients per second, over

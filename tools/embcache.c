@@ -48,6 +48,7 @@ static void usage(FILE *f)
             "  evict MODEL VERSION|ALIAS                   drop a version from memory\n"
             "  retire MODEL VERSION [--force]              remove a version for good\n"
             "  refresh MODEL VERSION|ALIAS                 reload partitions changed on disk\n"
+            "  upgrade MODEL VERSION|ALIAS                 add block checksums to old files\n"
             "  policy MODEL [--min-resident B] [--min-rate R]  residency policy\n"
             "  policy MODEL --mode rows|partitions|auto [--tensor NAME]  how tensors are cached\n"
             "\n"
@@ -606,6 +607,43 @@ static int cmd_retire(int argc, char **argv)
     return EXIT_OK;
 }
 
+static int cmd_upgrade(int argc, char **argv)
+{
+    static const struct option o[] = {
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    uint32_t n = 0;
+    ec_client *c;
+    int ch, rc;
+
+    while ((ch = getopt_long(argc, argv, "h", o, NULL)) != -1) {
+        switch (ch) {
+        case 'h':
+            printf("usage: embcache upgrade MODEL VERSION|ALIAS\n"
+                   "Rewrite the version's partition files written by embcache before block\n"
+                   "checksums (format 1) as format 2, each verified before it replaces the\n"
+                   "old one, so its tensors can be cached by rows. Files already in format\n"
+                   "2 are left alone. The daemon keeps serving meanwhile.\n");
+            return EXIT_OK;
+        default: return EXIT_USAGE;
+        }
+    }
+    if (argc - optind != 2) {
+        fprintf(stderr, "embcache upgrade: needs MODEL VERSION|ALIAS\n");
+        return EXIT_USAGE;
+    }
+    if ((rc = connect_or_fail(&c)))
+        return rc;
+    rc = ec_model_upgrade(c, argv[optind], argv[optind + 1], &n);
+    ec_client_close(c);
+    if (rc)
+        return fail(rc);
+    printf("upgraded %s version %s: %u partition file(s) rewritten\n", argv[optind],
+           argv[optind + 1], n);
+    return EXIT_OK;
+}
+
 static int cmd_policy(int argc, char **argv)
 {
     static const struct option o[] = {
@@ -982,7 +1020,7 @@ int main(int argc, char **argv)
         {"import", cmd_import}, {"ls", cmd_ls}, {"alias", cmd_alias},
         {"get", cmd_get},       {"stats", cmd_stats}, {"find", cmd_find},
         {"prewarm", cmd_prewarm}, {"evict", cmd_evict}, {"retire", cmd_retire},
-        {"refresh", cmd_refresh}, {"policy", cmd_policy},
+        {"refresh", cmd_refresh}, {"policy", cmd_policy}, {"upgrade", cmd_upgrade},
     };
     int ch;
 
@@ -998,7 +1036,7 @@ int main(int argc, char **argv)
     }
     if (optind >= argc) {
         fprintf(stderr, "embcache: missing command (import, ls, alias, get, stats, find, "
-                        "prewarm, evict, retire, refresh, policy); try 'embcache --help'\n");
+                        "prewarm, evict, retire, refresh, policy, upgrade); try 'embcache --help'\n");
         return EXIT_USAGE;
     }
     for (size_t i = 0; i < sizeof(cmds) / sizeof(cmds[0]); i++) {
@@ -1017,6 +1055,6 @@ int main(int argc, char **argv)
         return cmds[i].fn(argc, argv);
     }
     fprintf(stderr, "embcache: unknown command '%s' (commands: import, ls, alias, get, "
-                    "stats, find, prewarm, evict, retire, refresh, policy)\n", argv[optind]);
+                    "stats, find, prewarm, evict, retire, refresh, policy, upgrade)\n", argv[optind]);
     return EXIT_USAGE;
 }

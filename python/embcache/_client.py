@@ -570,6 +570,15 @@ class Client:
         self._call(lambda p: lib.ec_model_policy(p, m, int(min_resident_bytes),
                                                  float(min_request_rate)))
 
+    def upgrade(self, model: str, version: Union[int, str]) -> int:
+        """Rewrite the version's old (format 1) partition files with block
+        checksums; returns how many were rewritten (see ec_model_upgrade)."""
+        lib = self._lib
+        m, v = _b(model, "model"), _b(str(version), "version")
+        n = ctypes.c_uint32()
+        self._call(lambda p: lib.ec_model_upgrade(p, m, v, byref(n)))
+        return int(n.value)
+
     def cache_mode(self, model: str, mode: str, tensor: Optional[str] = None) -> None:
         """Set how a model's tensors (or ``tensor`` alone) are cached: "rows",
         "partitions" or "auto" (see ec_model_cache_mode)."""

@@ -270,6 +270,7 @@ SIGNATURES: Dict[str, Tuple[Any, List[Any]]] = {
     "ec_model_refresh": (c_int, [_P, c_char_p, c_char_p, POINTER(c_uint64)]),
     "ec_model_policy": (c_int, [_P, c_char_p, c_uint64, c_double]),
     "ec_model_cache_mode": (c_int, [_P, c_char_p, c_char_p, c_int]),
+    "ec_model_upgrade": (c_int, [_P, c_char_p, c_char_p, POINTER(c_uint32)]),
     "ec_model_find": (c_int, [_P, c_char_p, c_int64, c_char_p, POINTER(c_int64)]),
     "ec_catalog_list": (c_int, [_P, c_char_p, ListCallback, c_void_p]),
 }

@@ -16,7 +16,9 @@
  *      the rows the access history names;
  *   8. rows of a tensor cached by rows reach an (emulated) GPU;
  *   9. the daemon decides the mode from the size and the budget, and
- *      `embcache stats` (ec_client_tensor_stats) says what it decided.
+ *      `embcache stats` (ec_client_tensor_stats) says what it decided;
+ *  10. a version-1 partition file is cached by partitions until `embcache
+ *      upgrade` rewrites it, then by rows.
  *
  * Each test starts its own daemon (itest.h) and checks rows byte for byte
  * against the source .npy.
@@ -157,6 +159,8 @@ static void test_churn_million_rows(void **state)
     table_free(&tb);
 }
 
+static void part_file(char *out, size_t len);
+
 /* ------------------------------------------------------------------ */
 /* 2. A flipped byte is never served                                    */
 
@@ -180,17 +184,7 @@ static void test_flipped_byte_never_served(void **state)
     c = connect_ok();
     import_npy(c, "m", 1, tb.path, R_PART);
     assert_int_equal(ec_model_cache_mode(c, "m", NULL, EC_CACHE_ROWS), 0);
-    /* The partition file: the one *.ecp in the data directory. */
-    {
-        char cmd[700];
-        FILE *p;
-        snprintf(cmd, sizeof(cmd), "ls %s/parts/*.ecp", E.data);
-        p = popen(cmd, "r");
-        assert_non_null(p);
-        assert_non_null(fgets(pat, sizeof(pat), p));
-        pclose(p);
-        pat[strcspn(pat, "\n")] = '\0';
-    }
+    part_file(pat, sizeof(pat));
     assert_int_equal(ec_partfile_open(pat, &m, &fd), 0);
     close(fd);
     assert_int_equal(m.version, 2);
@@ -626,6 +620,127 @@ static void test_auto_mode_and_stats(void **state)
     table_free(&small);
 }
 
+/* ------------------------------------------------------------------ */
+/* 10. A version-1 file: partitions only, until `embcache upgrade`       */
+
+/* The one partition file in the daemon's data directory. */
+static void part_file(char *out, size_t len)
+{
+    char cmd[700];
+    FILE *p;
+
+    snprintf(cmd, sizeof(cmd), "ls %s/parts/*.ecp", E.data);
+    p = popen(cmd, "r");
+    assert_non_null(p);
+    assert_non_null(fgets(out, (int)len, p));
+    pclose(p);
+    out[strcspn(out, "\n")] = '\0';
+}
+
+/* Rewrite a version-2 partition file as the version 1 that embcache wrote
+ * before block checksums: the same header (version 1, no block table), the
+ * partition table, then the data. */
+static void downgrade_to_v1(const char *path)
+{
+    size_t len;
+    uint8_t *f = ect_read_file(path, &len), *out;
+    uint64_t parts, data_off, file_size, v1_off, zero = 0, sum;
+    uint32_t one = 1;
+    char tmp[700];
+
+    assert_non_null(f);
+    memcpy(&parts, f + 112, 8);
+    memcpy(&data_off, f + 136, 8);
+    memcpy(&file_size, f + 144, 8);
+    assert_int_equal(file_size, len);
+    v1_off = 4096 + (parts * 32 + 4095) / 4096 * 4096;
+    out = calloc(1, v1_off + (len - data_off));
+    assert_non_null(out);
+    memcpy(out, f, 4096 + parts * 32);
+    memcpy(out + v1_off, f + data_off, len - data_off);
+    /* Table entries hold file offsets: the data moved. */
+    for (uint64_t p = 0; p < parts; p++) {
+        uint64_t o;
+        memcpy(&o, out + 4096 + p * 32, 8);
+        o -= data_off - v1_off;
+        memcpy(out + 4096 + p * 32, &o, 8);
+    }
+    sum = ec_checksum(out + 4096, parts * 32);
+    memcpy(out + 152, &sum, 8);
+    memcpy(out + 8, &one, 4);
+    memcpy(out + 136, &v1_off, 8);
+    file_size = v1_off + (len - data_off);
+    memcpy(out + 144, &file_size, 8);
+    memcpy(out + 168, &zero, 8);
+    memcpy(out + 176, &zero, 8);
+    memcpy(out + 184, &zero, 8);
+    memcpy(out + 160, &zero, 8);
+    sum = ec_checksum(out, 4096);
+    memcpy(out + 160, &sum, 8);
+    snprintf(tmp, sizeof(tmp), "%s.v1", path);
+    assert_int_equal(ect_write_file(tmp, out, file_size), 0);
+    assert_int_equal(rename(tmp, path), 0);
+    free(out);
+    free(f);
+    {
+        ec_partfile_meta m;
+        int fd;
+        if (ec_partfile_open(path, &m, &fd))
+            fail_msg("the version-1 file made here does not open: %s", ec_last_error());
+        close(fd);
+        assert_int_equal(m.version, 1);
+    }
+}
+
+static void test_upgrade_v1_file(void **state)
+{
+    static const char *const args[] = {"--shm-size", "32M", "--budget", "8M", NULL};
+    struct table tb;
+    ec_client *c;
+    ec_tensor *t;
+    ec_tensor_stats st;
+    char part[600];
+    uint64_t changed = 99;
+    uint32_t n = 99;
+    int64_t ids[64];
+    uint8_t buf[64 * 512];
+
+    (void)state;
+    env_start("ec-rows", args);
+    table_make(&tb, "t.npy", R_ROWS, R_COLS, 41);
+    c = connect_ok();
+    import_npy(c, "m", 1, tb.path, R_PART);
+    part_file(part, sizeof(part));
+    downgrade_to_v1(part);
+    assert_int_equal(ec_model_refresh(c, "m", "1", &changed), 0);
+    assert_int_equal(changed, 0); /* the same partitions in an older file */
+    st = tensor_stats_of(c, "m");
+    assert_int_equal(st.file_version, 1);
+    assert_int_equal(st.mode, EC_CACHE_PARTITIONS); /* 64 MiB, but no block checksums */
+    t = resolve_ok(c, "m", "1", "t");
+    for (int k = 0; k < 64; k++)
+        ids[k] = (int64_t)((uint64_t)k * 2039 % R_ROWS);
+    assert_int_equal(gather_check(t, ids, 64, &tb, buf, sizeof(buf)), 0);
+    /* Upgrade: verified, rewritten, taken; now it is cached by rows. */
+    assert_int_equal(ec_model_upgrade(c, "m", "1", &n), 0);
+    assert_int_equal(n, 1);
+    st = tensor_stats_of(c, "m");
+    assert_int_equal(st.file_version, 2);
+    assert_int_equal(st.mode, EC_CACHE_ROWS);
+    assert_int_equal(gather_check(t, ids, 64, &tb, buf, sizeof(buf)), 0);
+    assert_int_equal(ec_tensor_cache_mode(t), EC_CACHE_ROWS);
+    assert_true(tensor_stats_of(c, "m").row_faults >= 64);
+    gather_all_ok(t, &tb);
+    /* Again: nothing left to do. A damaged v1 file is refused, not served. */
+    assert_int_equal(ec_model_upgrade(c, "m", "1", &n), 0);
+    assert_int_equal(n, 0);
+    assert_int_equal(ec_model_upgrade(c, "m", "7", &n), EC_ENOENT);
+    ec_tensor_release(t);
+    daemon_alive();
+    ec_client_close(c);
+    table_free(&tb);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -638,6 +753,7 @@ int main(void)
         cmocka_unit_test_teardown(test_restart_and_history, env_teardown),
         cmocka_unit_test_teardown(test_rows_to_emulated_gpu, env_teardown),
         cmocka_unit_test_teardown(test_auto_mode_and_stats, env_teardown),
+        cmocka_unit_test_teardown(test_upgrade_v1_file, env_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
