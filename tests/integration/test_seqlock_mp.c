@@ -19,6 +19,10 @@
  *            reader without the seqlock would have returned (timing-dependent,
  *            printed, not asserted)
  *
+ * test_items_multiprocess does the same for the item index (shm/items.h):
+ * the writer publishes and unpublishes items, reusing freed slots at once;
+ * readers look items up, copy their values and check the bucket's sequence.
+ *
  * Counters travel back through a shared anonymous mapping; each process
  * writes only its own slot and the parent reads them after waitpid().
  */
@@ -39,6 +43,7 @@
 #include "common/err.h"
 #include "shm/extent.h"
 #include "shm/index.h"
+#include "shm/items.h"
 #include "shm/segment.h"
 #include "tests/testutil.h"
 
@@ -355,10 +360,181 @@ static void test_seqlock_multiprocess(void **state)
     free(dir);
 }
 
+/* ------------------------------------------------------------------ */
+/* The item index: the same race, by rows                              */
+
+#define ITEM_KEYS 8192u
+#define ITEM_SLOTS 2048u            /* fewer slots than keys: constant reuse */
+#define ITEM_BYTES 64u              /* the key and 7 words: 6 copies of h, gen */
+#define ITEM_VALUE (ITEM_BYTES - 8)
+
+/* The writer: publish and unpublish random keys; a freed slot is the next
+ * one used (LIFO), so a reader that lost the race reads another key's
+ * item or one being written. */
+static void item_writer(ec_segment *seg, shared *sh)
+{
+    static uint64_t slot_of[ITEM_KEYS + 1], gen_of[ITEM_KEYS + 1];
+    static uint32_t free_slots[ITEM_SLOTS];
+    uint32_t nfree = ITEM_SLOTS;
+    uint64_t seed = 0x5678, gen = 0, live = 0;
+
+    for (uint32_t i = 0; i < ITEM_SLOTS; i++)
+        free_slots[i] = ITEM_SLOTS - 1 - i;
+    while (!atomic_load_explicit(&sh->stop, memory_order_relaxed)) {
+        uint32_t k = 1 + (uint32_t)(rnd(&seed) % ITEM_KEYS);
+        uint64_t key = EC_ITEM_ROW_KEY(3, k);
+
+        if (gen_of[k]) {
+            if (ec_item_remove(seg, key, slot_of[k] * ITEM_BYTES) != 0)
+                WFAIL("item remove %u: %s", k, ec_last_error());
+            free_slots[nfree++] = (uint32_t)slot_of[k];
+            gen_of[k] = 0;
+            live--;
+            sh->w.evicts++;
+        } else if (nfree) {
+            uint64_t off, *w, h;
+            int rc;
+            slot_of[k] = free_slots[--nfree];
+            off = slot_of[k] * ITEM_BYTES;
+            w = (uint64_t *)(void *)(seg->data + off);
+            gen++;
+            h = enc(3, k, gen);
+            w[0] = key;
+            for (int i = 1; i < 7; i++)
+                w[i] = h;
+            w[7] = gen;
+            rc = ec_item_insert(seg, key, off);
+            if (rc == EC_ENOSPC) { /* both buckets full: not this time */
+                free_slots[nfree++] = (uint32_t)slot_of[k];
+                continue;
+            }
+            if (rc != 0)
+                WFAIL("item insert %u: %s", k, ec_last_error());
+            gen_of[k] = gen;
+            live++;
+            if (live > sh->w.max_resident)
+                sh->w.max_resident = live;
+            sh->w.fills++;
+        }
+    }
+    if (ec_item_count(seg) != live)
+        WFAIL("item index holds %" PRIu64 " items, writer has %" PRIu64, ec_item_count(seg),
+              live);
+    sh->w.final_resident = live;
+    _exit(0);
+}
+
+/* A reader as libembcache's by-rows path reads: look up, copy the value,
+ * check the bucket's sequence; every copy that passed is checked. */
+static void item_reader(int id, int rofd, shared *sh)
+{
+    reader_stats *me = &sh->r[id];
+    uint64_t seed = 0xfeed00ull + (uint64_t)id * 104729;
+    uint64_t target = TARGET_OK / NREADERS + 1;
+    ec_segment ro;
+    double t0;
+
+    if (ec_segment_map_fd(rofd, &ro) != 0)
+        RFAIL("map_fd: %s", ec_last_error());
+    close(rofd);
+    atomic_fetch_add(&sh->ready, 1);
+    t0 = now();
+    for (uint64_t iter = 0;; iter++) {
+        uint32_t k = 1 + (uint32_t)(rnd(&seed) % ITEM_KEYS);
+        uint64_t key = EC_ITEM_ROW_KEY(3, k), v[7], h;
+        ec_item_ref ref;
+        bool valid, good;
+
+        if ((iter & 1023) == 0) {
+            double el = now() - t0;
+            if ((me->ok >= target && el >= MIN_SECS) || el >= MAX_SECS)
+                break;
+        }
+        if (!ec_item_lookup(&ro, key, ITEM_VALUE, &ref)) {
+            me->misses++;
+            continue;
+        }
+        me->lookups++;
+        memcpy(v, ec_item_value(&ro, ref.off), ITEM_VALUE);
+        valid = ec_item_still_valid(&ref);
+        h = enc(3, k, v[6]);
+        good = v[6] != 0;
+        for (int i = 0; i < 6; i++)
+            good = good && v[i] == h;
+        if (valid && good)
+            me->ok++;
+        else if (valid)
+            me->torn++;
+        else {
+            me->retried++;
+            me->wouldbe += !good;
+        }
+    }
+    ec_segment_close(&ro);
+    _exit(0);
+}
+
+static void test_items_multiprocess(void **state)
+{
+    char *dir = ect_tmpdir("ec-seqlock");
+    shared *sh;
+    ec_segment seg;
+    pid_t wpid, rpid[NREADERS];
+    int status, rstatus[NREADERS], rofd;
+    uint64_t ok = 0, torn = 0, retried = 0, wouldbe = 0;
+    (void)state;
+
+    sh = mmap(NULL, sizeof(*sh), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    assert_true(sh != MAP_FAILED);
+    memset(sh, 0, sizeof(*sh));
+    /* An item index about as full as a busy daemon's: ~1300 buckets. */
+    assert_int_equal(ec_segment_create_geometry(dir, 4u << 20, 0, 512, &seg), 0);
+    assert_true(seg.item_buckets * EC_ITEM_WAYS > ITEM_SLOTS);
+    wpid = spawn();
+    if (wpid == 0)
+        item_writer(&seg, sh);
+    for (int i = 0; i < NREADERS; i++) {
+        assert_int_equal(ec_segment_open_readonly(&seg, &rofd), 0);
+        rpid[i] = spawn();
+        if (rpid[i] == 0) {
+            ec_segment_close(&seg);
+            item_reader(i, rofd, sh);
+        }
+        close(rofd);
+    }
+    for (int i = 0; i < NREADERS; i++)
+        assert_int_equal(waitpid(rpid[i], &rstatus[i], 0), rpid[i]);
+    atomic_store(&sh->stop, 1);
+    assert_int_equal(waitpid(wpid, &status, 0), wpid);
+    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
+        fail_msg("item writer failed (status 0x%x): %s", status, sh->w.msg);
+    for (int i = 0; i < NREADERS; i++) {
+        if (!WIFEXITED(rstatus[i]) || WEXITSTATUS(rstatus[i]) != 0)
+            fail_msg("item reader %d failed (status 0x%x): %s", i, rstatus[i], sh->r[i].msg);
+        ok += sh->r[i].ok;
+        torn += sh->r[i].torn;
+        retried += sh->r[i].retried;
+        wouldbe += sh->r[i].wouldbe;
+    }
+    printf("item seqlock: %" PRIu64 " publications, %" PRIu64 " removals; ok rows %" PRIu64
+           ", torn %" PRIu64 ", retried %" PRIu64 ", torn without the check %" PRIu64 "\n",
+           sh->w.fills, sh->w.evicts, ok, torn, retried, wouldbe);
+    fflush(stdout);
+    assert_int_equal(torn, 0);
+    assert_true(ok >= TARGET_OK);
+    assert_true(sh->w.fills > 1000 && sh->w.evicts > 1000);
+    assert_int_equal(ec_segment_destroy(&seg, dir), 0);
+    ec_segment_close(&seg);
+    munmap(sh, sizeof(*sh));
+    ect_rmtree(dir);
+    free(dir);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_seqlock_multiprocess),
+        cmocka_unit_test(test_items_multiprocess),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
