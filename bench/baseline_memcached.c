@@ -1,10 +1,12 @@
 /*
  * baseline_memcached.c - the memcached baseline of embcache-bench, through
  * libmemcached with the binary protocol: a batch is one memcached_mget and a
- * memcached_fetch_result loop. open starts a private memcached on a free
- * loopback port (bench/baseline_server.c; UDP off, 2 threads, evictions off
- * so a full cache fails a store instead of silently losing rows) and
- * connects with TCP_NODELAY. load sizes the server for the data (-m, -I)
+ * memcached_fetch_result loop. open starts a private memcached on a Unix
+ * socket in its own directory (-s; or a free loopback port with
+ * TCP_NODELAY when the bench asks for TCP; bench/baseline_server.c: UDP
+ * off, 2 threads, evictions off so a full cache fails a store instead of
+ * silently losing rows) and connects with memcached_server_add_unix_socket
+ * (or memcached_server_add). load sizes the server for the data (-m, -I)
  * and restarts it when the open-time limits are too small (open cannot
  * know the rows), then stores row r under "r:<r>" with quiet, buffered sets
  * and checks the server's item count. close disconnects and stops the
@@ -30,7 +32,6 @@
 
 #define MC_OPEN_MEM_MIB 1024u  /* until load knows the data */
 #define MC_OPEN_ITEM_MIB 1u
-#define MC_ITEM_OVERHEAD 128u  /* item header, CAS, key, suffix: generous */
 #define MC_NONE UINT32_MAX
 
 struct ec_baseline {
@@ -86,23 +87,12 @@ static void mc_close(ec_baseline *b)
 static int mc_start(ec_baseline *b, unsigned mem_mib, unsigned item_mib, char *note,
                     size_t note_len)
 {
-    char mbuf[16], ibuf[16];
-    snprintf(mbuf, sizeof mbuf, "%u", mem_mib);
-    snprintf(ibuf, sizeof ibuf, "%um", item_mib);
-    /* memcached refuses to run as root without -u. */
-    const char *args[] = {"-l", "127.0.0.1", "-p", EC_BL_ARG_PORT, "-U", "0", "-m", mbuf,
-                          "-t", "2", "-I", ibuf, "-M", "-u", "root", NULL};
-    if (geteuid() != 0)
-        args[13] = NULL;
-    const ec_bl_server_spec spec = {
-        .name = "memcached",
-        .env_override = "EC_BENCH_MEMCACHED",
-        .install_hint = "apt-get install memcached",
-        .args = args,
-    };
-    if (ec_bl_server_start(&spec, &b->srv, note, note_len) != 0)
+    if (ec_bl_memcached_start(mem_mib, item_mib, &b->srv, note, note_len) != 0)
         return -1;
     int port = ec_bl_server_port(b->srv);
+    const char *sock = ec_bl_server_socket(b->srv);
+    char where[160];
+    ec_bl_server_describe(b->srv, where, sizeof where);
     b->mem_mib = mem_mib;
     b->item_mib = item_mib;
 
@@ -112,16 +102,17 @@ static int mc_start(ec_baseline *b, unsigned mem_mib, unsigned item_mib, char *n
         return -1;
     }
     memcached_return_t rc = memcached_behavior_set(b->mc, MEMCACHED_BEHAVIOR_BINARY_PROTOCOL, 1);
-    if (rc == MEMCACHED_SUCCESS)
+    if (rc == MEMCACHED_SUCCESS && sock == NULL)
         rc = memcached_behavior_set(b->mc, MEMCACHED_BEHAVIOR_TCP_NODELAY, 1);
     if (rc == MEMCACHED_SUCCESS)
         rc = memcached_behavior_set(b->mc, MEMCACHED_BEHAVIOR_POLL_TIMEOUT, 60000);
     if (rc == MEMCACHED_SUCCESS)
-        rc = memcached_server_add(b->mc, "127.0.0.1", (in_port_t)port);
+        rc = sock != NULL ? memcached_server_add_unix_socket(b->mc, sock)
+                          : memcached_server_add(b->mc, "127.0.0.1", (in_port_t)port);
     if (rc == MEMCACHED_SUCCESS)
         rc = memcached_version(b->mc); /* connects, and proves the server answers */
     if (rc != MEMCACHED_SUCCESS) {
-        ec_bl_note(note, note_len, "cannot talk to memcached on 127.0.0.1:%d: %s", port,
+        ec_bl_note(note, note_len, "cannot talk to memcached on %s: %s", where,
                    memcached_last_error_message(b->mc));
         return -1;
     }
@@ -148,29 +139,6 @@ static int mc_open(ec_baseline **out, char *note, size_t note_len)
     return 0;
 }
 
-/* What the data needs: -I, a power of two MiB that holds a row and its item
- * overhead (memcached wants -m >= 2 * -I); -m, the rows with 25% for slab
- * rounding plus 64 MiB for per-class pages and the hash table. */
-static int mc_limits(uint64_t rows, size_t row_bytes, unsigned *mem_mib, unsigned *item_mib)
-{
-    uint64_t item = (uint64_t)row_bytes + MC_ITEM_OVERHEAD;
-    unsigned im = 1;
-    while ((uint64_t)im << 20 < item) {
-        if (im >= 512)
-            return -1; /* memcached's -I stops at 1 GiB; keep well below */
-        im *= 2;
-    }
-    long double bytes = (long double)rows * (long double)item * 1.25L;
-    long double mm = bytes / (1024.0L * 1024.0L) + 64.0L;
-    if (mm < 2.0L * im)
-        mm = 2.0L * im;
-    if (mm > 4.0e6L) /* 4 TiB: nonsense input */
-        return -1;
-    *mem_mib = (unsigned)mm + 1u;
-    *item_mib = im;
-    return 0;
-}
-
 static int mc_load(ec_baseline *b, const void *data, uint64_t rows, size_t row_bytes)
 {
     const unsigned char *p = data;
@@ -179,7 +147,7 @@ static int mc_load(ec_baseline *b, const void *data, uint64_t rows, size_t row_b
     unsigned mem_mib, item_mib;
 
     if (row_bytes == 0 || (rows != 0 && data == NULL) ||
-        mc_limits(rows, row_bytes, &mem_mib, &item_mib) != 0) {
+        ec_bl_memcached_limits(rows, row_bytes, &mem_mib, &item_mib) != 0) {
         fprintf(stderr, "memcached: load: %llu rows of %zu bytes is more than this baseline "
                         "handles\n", (unsigned long long)rows, row_bytes);
         return -1;
@@ -422,10 +390,19 @@ static int mc_gather(ec_baseline *b, const int64_t *ids, size_t n, void *out)
     return ret;
 }
 
+static void mc_describe(ec_baseline *b, char *buf, size_t len)
+{
+    char where[160] = "none";
+    if (b->srv != NULL)
+        ec_bl_server_describe(b->srv, where, sizeof where);
+    snprintf(buf, len, "transport=%s libmemcached binary multi-get", where);
+}
+
 const ec_baseline_ops ec_baseline_memcached_ops = {
     .name = "memcached",
     .open = mc_open,
     .load = mc_load,
     .gather = mc_gather,
     .close = mc_close,
+    .describe = mc_describe,
 };

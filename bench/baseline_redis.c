@@ -2,8 +2,10 @@
  * baseline_redis.c - the Redis baselines of embcache-bench, through hiredis:
  * "redis-mget" fetches a batch with one MGET, "redis-pipeline" with n GETs
  * written back to back and n replies read after. Both share open, load and
- * close: open starts a private redis-server on a free loopback port
- * (persistence off; bench/baseline_server.c) and connects with TCP_NODELAY;
+ * close: open starts a private redis-server listening on a Unix socket in
+ * its own directory (--port 0 --unixsocket, or on a free loopback port with
+ * TCP_NODELAY when the bench asks for TCP; persistence off;
+ * bench/baseline_server.c) and connects to it;
  * load stores row r under "r:<r>" with SETs pipelined 1000 at a time; close
  * disconnects and stops the server.
  *
@@ -47,11 +49,17 @@ static const char *const redis_args[] = {
     "--port", EC_BL_ARG_PORT, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
     "--protected-mode", "yes", "--daemonize", "no", "--dir", EC_BL_ARG_DIR, NULL};
 
+static const char *const redis_unix_args[] = {
+    "--port", "0", "--unixsocket", EC_BL_ARG_SOCK, "--unixsocketperm", "700", "--save", "",
+    "--appendonly", "no", "--protected-mode", "yes", "--daemonize", "no", "--dir",
+    EC_BL_ARG_DIR, NULL};
+
 static const ec_bl_server_spec redis_spec = {
     .name = "redis-server",
     .env_override = "EC_BENCH_REDIS_SERVER",
     .install_hint = "apt-get install redis-server",
     .args = redis_args,
+    .unix_args = redis_unix_args,
 };
 
 static void redis_close(ec_baseline *b)
@@ -78,16 +86,20 @@ static int redis_open_named(const char *name, ec_baseline **out, char *note, siz
     if (ec_bl_server_start(&redis_spec, &b->srv, note, note_len) != 0)
         goto fail;
     int port = ec_bl_server_port(b->srv);
+    const char *sock = ec_bl_server_socket(b->srv);
+    char where[160];
+    ec_bl_server_describe(b->srv, where, sizeof where);
     struct timeval connect_tv = {.tv_sec = 5, .tv_usec = 0};
-    b->c = redisConnectWithTimeout("127.0.0.1", port, connect_tv);
+    b->c = sock != NULL ? redisConnectUnixWithTimeout(sock, connect_tv)
+                        : redisConnectWithTimeout("127.0.0.1", port, connect_tv);
     if (b->c == NULL || b->c->err != 0) {
-        ec_bl_note(note, note_len, "cannot connect to redis-server on 127.0.0.1:%d: %s", port,
+        ec_bl_note(note, note_len, "cannot connect to redis-server on %s: %s", where,
                    b->c != NULL ? b->c->errstr : "out of memory");
         goto fail;
     }
     int one = 1;
     struct timeval io_tv = {.tv_sec = 60, .tv_usec = 0};
-    if (setsockopt(b->c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one) != 0 ||
+    if ((sock == NULL && setsockopt(b->c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one) != 0) ||
         redisSetTimeout(b->c, io_tv) != REDIS_OK) {
         ec_bl_note(note, note_len, "cannot set TCP_NODELAY/timeouts on the redis connection");
         goto fail;
@@ -97,7 +109,7 @@ static int redis_open_named(const char *name, ec_baseline **out, char *note, siz
     if (r != NULL)
         freeReplyObject(r);
     if (!pong) {
-        ec_bl_note(note, note_len, "redis-server on 127.0.0.1:%d did not answer PING%s%s", port,
+        ec_bl_note(note, note_len, "redis-server on %s did not answer PING%s%s", where,
                    b->c->err != 0 ? ": " : "", b->c->err != 0 ? b->c->errstr : "");
         goto fail;
     }
@@ -287,12 +299,21 @@ static int redis_pipeline_gather(ec_baseline *b, const int64_t *ids, size_t n, v
     return rc;
 }
 
+static void redis_describe(ec_baseline *b, char *buf, size_t len)
+{
+    char where[160];
+    ec_bl_server_describe(b->srv, where, sizeof where);
+    snprintf(buf, len, "transport=%s hiredis %s", where,
+             strcmp(b->name, "redis-mget") == 0 ? "MGET" : "pipelined GETs");
+}
+
 const ec_baseline_ops ec_baseline_redis_mget_ops = {
     .name = "redis-mget",
     .open = redis_mget_open,
     .load = redis_load,
     .gather = redis_mget_gather,
     .close = redis_close,
+    .describe = redis_describe,
 };
 
 const ec_baseline_ops ec_baseline_redis_pipeline_ops = {
@@ -301,4 +322,5 @@ const ec_baseline_ops ec_baseline_redis_pipeline_ops = {
     .load = redis_load,
     .gather = redis_pipeline_gather,
     .close = redis_close,
+    .describe = redis_describe,
 };

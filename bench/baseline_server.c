@@ -1,18 +1,19 @@
 /*
  * baseline_server.c - run a server program (redis-server, memcached) as a
- * child of the bench on a free loopback port, wait until it listens, and
- * stop it by pid. Called by the Redis and memcached baselines' open() and
- * close(), in the bench's one thread; see baseline_server.h.
+ * child of the bench on a Unix socket in its private directory (or a free
+ * loopback port), wait until it listens, and stop it by pid. Called by the
+ * Redis and memcached baselines' open() and close(), in the bench's one
+ * thread; see baseline_server.h.
  *
  * Invariants:
  *  1. A child is in live[] from fork() until it has been reaped: its slot's
  *     pid is published (release) by the parent right after fork() and
  *     cleared only after waitpid() returned it. The atexit and signal
  *     handlers kill what live[] holds, so no exit path leaves a server.
- *  2. A slot's dir[] and log[] are written before its pid is published and
- *     not changed while it is; the signal handler reads them after an
- *     acquire load of the pid, and only uses async-signal-safe calls (kill,
- *     unlink, rmdir, sigaction, raise).
+ *  2. A slot's dir[], log[] and sock[] are written before its pid is
+ *     published and not changed while it is; the signal handler reads them
+ *     after an acquire load of the pid, and only uses async-signal-safe
+ *     calls (kill, unlink, rmdir, sigaction, raise).
  *  3. Each child runs in its own process group (pgid == pid), so killing
  *     -pid reaches anything it forked; it dies with the bench
  *     (PR_SET_PDEATHSIG) even when the bench is SIGKILLed.
@@ -36,7 +37,9 @@
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <sys/wait.h>
+#include <netinet/tcp.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -46,6 +49,7 @@
 #define EC_BL_START_TIMEOUT_MS 10000
 #define EC_BL_TERM_GRACE_MS 3000
 #define EC_BL_LOG_NAME "server.log"
+#define EC_BL_SOCK_NAME "server.sock"
 
 typedef struct ec_bl_slot {
     _Atomic pid_t pid; /* 0: free; -1: reserved by the parent before fork() */
@@ -54,6 +58,7 @@ typedef struct ec_bl_slot {
                         * servers when it exits */
     char dir[160];
     char log[192];
+    char sock[192]; /* the Unix socket, "" for TCP */
 } ec_bl_slot;
 
 _Static_assert(sizeof(((ec_bl_slot *)0)->log) >=
@@ -62,11 +67,32 @@ _Static_assert(sizeof(((ec_bl_slot *)0)->log) >=
 
 struct ec_bl_server {
     pid_t pid;
-    int port;
+    int port;     /* 0 on a Unix socket */
     int slot;
+    char sock[sizeof(((struct sockaddr_un *)0)->sun_path)]; /* "" for TCP */
 };
 
 static ec_bl_slot live[EC_BL_MAX_LIVE];
+static ec_bl_transport transport = EC_BL_UNIX;
+static char tmpdir_override[128];
+
+void ec_bl_set_transport(ec_bl_transport t)
+{
+    transport = t;
+}
+
+ec_bl_transport ec_bl_get_transport(void)
+{
+    return transport;
+}
+
+void ec_bl_set_tmpdir(const char *dir)
+{
+    if (dir == NULL || strlen(dir) >= sizeof tmpdir_override)
+        tmpdir_override[0] = '\0';
+    else
+        snprintf(tmpdir_override, sizeof tmpdir_override, "%s", dir);
+}
 static _Atomic pid_t last_pid;
 static bool handlers_installed;
 static const int cleanup_signals[3] = {SIGINT, SIGTERM, SIGHUP};
@@ -124,13 +150,16 @@ void ec_bl_server_kill_all(void)
     }
 }
 
-/* Async-signal-safe: the log and the (otherwise empty) directory. */
+/* Async-signal-safe: the log, the socket and the (otherwise empty)
+ * directory. */
 static void remove_dirs_signal_safe(void)
 {
     for (int i = 0; i < EC_BL_MAX_LIVE; i++) {
         pid_t pid = atomic_load_explicit(&live[i].pid, memory_order_acquire);
         if (pid > 0 && live[i].owner == getpid()) {
             unlink(live[i].log);
+            if (live[i].sock[0] != '\0')
+                unlink(live[i].sock);
             rmdir(live[i].dir);
         }
     }
@@ -160,6 +189,8 @@ static void on_exit_cleanup(void)
             while (waitpid(pid, NULL, 0) < 0 && errno == EINTR) {
             }
             unlink(live[i].log);
+            if (live[i].sock[0] != '\0')
+                unlink(live[i].sock);
             rmdir(live[i].dir);
             atomic_store_explicit(&live[i].pid, 0, memory_order_release);
         }
@@ -315,6 +346,18 @@ static bool port_accepts(int port)
     return ok;
 }
 
+static bool unix_accepts(const char *path)
+{
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return false;
+    snprintf(sa.sun_path, sizeof sa.sun_path, "%s", path);
+    bool ok = connect(fd, (struct sockaddr *)&sa, sizeof sa) == 0;
+    close(fd);
+    return ok;
+}
+
 /* Remove the server's directory: its log and whatever it wrote there. */
 static void remove_dir(const char *dir)
 {
@@ -439,8 +482,9 @@ static int start_once(const ec_bl_server_spec *spec, const char *path, int port,
                       unsigned timeout_ms, ec_bl_server **out, bool *port_taken, char *note,
                       size_t note_len)
 {
-    char portbuf[16];
+    char portbuf[16], sock[sizeof(((struct sockaddr_un *)0)->sun_path)], where[sizeof sock + 8];
     const char *argv[EC_BL_MAX_ARGS];
+    const bool on_unix = transport == EC_BL_UNIX;
     int logfd = -1, pipefd[2] = {-1, -1};
     int slot = slot_reserve();
     ec_bl_slot *sl = slot >= 0 ? &live[slot] : NULL;
@@ -454,7 +498,7 @@ static int start_once(const ec_bl_server_spec *spec, const char *path, int port,
                    spec->name, EC_BL_MAX_LIVE);
         return -1;
     }
-    const char *tmp = getenv("TMPDIR");
+    const char *tmp = tmpdir_override[0] != '\0' ? tmpdir_override : getenv("TMPDIR");
     if (tmp == NULL || *tmp == '\0' || strlen(tmp) > sizeof sl->dir - 32)
         tmp = "/tmp";
     snprintf(sl->dir, sizeof sl->dir, "%s/embcache-baseline-XXXXXX", tmp);
@@ -467,17 +511,37 @@ static int start_once(const ec_bl_server_spec *spec, const char *path, int port,
     memcpy(sl->log, sl->dir, dl);
     memcpy(sl->log + dl, "/" EC_BL_LOG_NAME, sizeof("/" EC_BL_LOG_NAME));
     snprintf(portbuf, sizeof portbuf, "%d", port);
+    if (dl + sizeof("/" EC_BL_SOCK_NAME) > sizeof sock) {
+        ec_bl_note(note, note_len, "cannot start %s: the socket path under %s is too long for "
+                   "a Unix socket; set a shorter TMPDIR", spec->name, sl->dir);
+        goto fail_dir;
+    }
+    memcpy(sock, sl->dir, dl);
+    memcpy(sock + dl, "/" EC_BL_SOCK_NAME, sizeof("/" EC_BL_SOCK_NAME));
+    sl->sock[0] = '\0';
+    if (on_unix) {
+        snprintf(where, sizeof where, "%s", sock);
+        memcpy(sl->sock, sock, strlen(sock) + 1); /* < sizeof sock <= sizeof sl->sock */
+    } else {
+        snprintf(where, sizeof where, "127.0.0.1:%d", port);
+    }
 
     size_t argc = 0;
     argv[argc++] = path;
-    for (const char *const *a = spec->args; *a != NULL; a++) {
+    const char *const *args = on_unix ? spec->unix_args : spec->args;
+    if (args == NULL) {
+        ec_bl_note(note, note_len, "cannot start %s: no arguments for this transport", spec->name);
+        goto fail_dir;
+    }
+    for (const char *const *a = args; *a != NULL; a++) {
         if (argc + 1 >= EC_BL_MAX_ARGS) {
             ec_bl_note(note, note_len, "cannot start %s: too many arguments", spec->name);
             goto fail_dir;
         }
-        argv[argc++] = strcmp(*a, EC_BL_ARG_PORT) == 0  ? portbuf
-                       : strcmp(*a, EC_BL_ARG_DIR) == 0 ? sl->dir
-                                                        : *a;
+        argv[argc++] = strcmp(*a, EC_BL_ARG_PORT) == 0   ? portbuf
+                       : strcmp(*a, EC_BL_ARG_DIR) == 0  ? sl->dir
+                       : strcmp(*a, EC_BL_ARG_SOCK) == 0 ? sock
+                                                         : *a;
     }
     argv[argc] = NULL;
 
@@ -528,17 +592,17 @@ static int start_once(const ec_bl_server_spec *spec, const char *path, int port,
             char how[48];
             log_last_line(sl->log, line, sizeof line);
             describe_exit(status, how, sizeof how);
-            *port_taken = strstr(line, "in use") != NULL;
-            ec_bl_note(note, note_len, "%s %s before listening on 127.0.0.1:%d%s%s", spec->name,
-                       how, port, line[0] != '\0' ? ": " : "", line);
+            *port_taken = !on_unix && strstr(line, "in use") != NULL;
+            ec_bl_note(note, note_len, "%s %s before listening on %s%s%s", spec->name, how,
+                       where, line[0] != '\0' ? ": " : "", line);
             goto fail_reaped;
         }
-        if (port_accepts(port))
+        if (on_unix ? unix_accepts(sock) : port_accepts(port))
             break;
         if (now_ms() >= deadline) {
             terminate(pid, EC_BL_TERM_GRACE_MS);
-            ec_bl_note(note, note_len, "%s did not start listening on 127.0.0.1:%d within %g s",
-                       spec->name, port, timeout_ms / 1000.0);
+            ec_bl_note(note, note_len, "%s did not start listening on %s within %g s",
+                       spec->name, where, timeout_ms / 1000.0);
             goto fail_reaped;
         }
         sleep_ms(5);
@@ -551,8 +615,10 @@ static int start_once(const ec_bl_server_spec *spec, const char *path, int port,
         goto fail_reaped;
     }
     s->pid = pid;
-    s->port = port;
+    s->port = on_unix ? 0 : port;
     s->slot = slot;
+    if (on_unix)
+        snprintf(s->sock, sizeof s->sock, "%s", sock);
     *out = s;
     return 0;
 
@@ -589,8 +655,10 @@ int ec_bl_server_start(const ec_bl_server_spec *spec, ec_bl_server **out, char *
     }
 
     for (int attempt = 0; attempt < EC_BL_PORT_TRIES; attempt++) {
-        int port;
+        int port = 0;
         bool port_taken;
+        if (transport == EC_BL_UNIX) /* a private directory: no race to lose */
+            return start_once(spec, path, 0, timeout_ms, out, &port_taken, note, note_len);
         if (ec_bl_free_port(&port) != 0) {
             ec_bl_note(note, note_len, "cannot start %s: no free port on 127.0.0.1: %s",
                        spec->name, strerror(errno));
@@ -612,6 +680,97 @@ int ec_bl_server_port(const ec_bl_server *s)
 pid_t ec_bl_server_pid(const ec_bl_server *s)
 {
     return s->pid;
+}
+
+const char *ec_bl_server_socket(const ec_bl_server *s)
+{
+    return s->sock[0] != '\0' ? s->sock : NULL;
+}
+
+void ec_bl_server_describe(const ec_bl_server *s, char *buf, size_t len)
+{
+    if (s->sock[0] != '\0')
+        snprintf(buf, len, "unix:%s", s->sock);
+    else
+        snprintf(buf, len, "tcp:127.0.0.1:%d", s->port);
+}
+
+int ec_bl_server_connect(const ec_bl_server *s, char *note, size_t note_len)
+{
+    int fd;
+
+    if (s->sock[0] != '\0') {
+        struct sockaddr_un sa = {.sun_family = AF_UNIX};
+        snprintf(sa.sun_path, sizeof sa.sun_path, "%s", s->sock);
+        fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        if (fd >= 0 && connect(fd, (struct sockaddr *)&sa, sizeof sa) == 0)
+            return fd;
+    } else {
+        struct sockaddr_in sa;
+        int one = 1;
+        memset(&sa, 0, sizeof sa);
+        sa.sin_family = AF_INET;
+        sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        sa.sin_port = htons((uint16_t)s->port);
+        fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        if (fd >= 0 && connect(fd, (struct sockaddr *)&sa, sizeof sa) == 0 &&
+            setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one) == 0)
+            return fd;
+    }
+    char where[sizeof s->sock + 8];
+    ec_bl_server_describe(s, where, sizeof where);
+    ec_bl_note(note, note_len, "cannot connect to %s: %s", where, strerror(errno));
+    if (fd >= 0)
+        close(fd);
+    return -1;
+}
+
+#define MC_ITEM_OVERHEAD 128u /* item header, CAS, key, suffix: generous */
+
+int ec_bl_memcached_limits(uint64_t rows, size_t row_bytes, unsigned *mem_mib,
+                           unsigned *item_mib)
+{
+    uint64_t item = (uint64_t)row_bytes + MC_ITEM_OVERHEAD;
+    unsigned im = 1;
+    while ((uint64_t)im << 20 < item) {
+        if (im >= 512)
+            return -1; /* memcached's -I stops at 1 GiB; keep well below */
+        im *= 2;
+    }
+    long double bytes = (long double)rows * (long double)item * 1.25L;
+    long double mm = bytes / (1024.0L * 1024.0L) + 64.0L;
+    if (mm < 2.0L * im)
+        mm = 2.0L * im;
+    if (mm > 4.0e6L) /* 4 TiB: nonsense input */
+        return -1;
+    *mem_mib = (unsigned)mm + 1u;
+    *item_mib = im;
+    return 0;
+}
+
+int ec_bl_memcached_start(unsigned mem_mib, unsigned item_mib, ec_bl_server **out, char *note,
+                          size_t note_len)
+{
+    char mbuf[16], ibuf[16];
+    snprintf(mbuf, sizeof mbuf, "%u", mem_mib);
+    snprintf(ibuf, sizeof ibuf, "%um", item_mib);
+    /* memcached refuses to run as root without -u; -s turns networking off. */
+    const char *args[] = {"-l", "127.0.0.1", "-p", EC_BL_ARG_PORT, "-U", "0", "-m", mbuf,
+                          "-t", "2", "-I", ibuf, "-M", "-u", "root", NULL};
+    const char *unix_args[] = {"-s", EC_BL_ARG_SOCK, "-a", "0700", "-U", "0", "-m", mbuf,
+                               "-t", "2", "-I", ibuf, "-M", "-u", "root", NULL};
+    if (geteuid() != 0) {
+        args[13] = NULL;
+        unix_args[13] = NULL;
+    }
+    const ec_bl_server_spec spec = {
+        .name = "memcached",
+        .env_override = "EC_BENCH_MEMCACHED",
+        .install_hint = "apt-get install memcached",
+        .args = args,
+        .unix_args = unix_args,
+    };
+    return ec_bl_server_start(&spec, out, note, note_len);
 }
 
 void ec_bl_server_stop(ec_bl_server *s)

@@ -1,9 +1,12 @@
 /*
  * baseline_server.h - start and stop the server programs the Redis and
  * memcached baselines compare against (bench/baseline_redis.c,
- * bench/baseline_memcached.c). Each baseline runs its own server as a child
- * of the bench process, on a free loopback port, and stops it by pid when
- * the baseline is closed.
+ * bench/baseline_memcached.c, bench/baseline_mcproto.c). Each baseline runs
+ * its own server as a child of the bench process and stops it by pid when
+ * the baseline is closed. The server listens on a Unix socket in its own
+ * private directory (the default: what a co-located cache would use), or
+ * on a free loopback TCP port (ec_bl_set_transport(EC_BL_TCP)); private
+ * directories go under ec_bl_set_tmpdir()'s directory, else $TMPDIR or /tmp.
  *
  * No server outlives the bench: every child is recorded in a fixed-size
  * table of live pids that an atexit() handler and (when the program has not
@@ -29,16 +32,33 @@
 typedef struct ec_bl_server ec_bl_server;
 
 /* Whole-argument placeholders in ec_bl_server_spec.args, replaced at start:
- * the chosen port in decimal, and a private temporary directory (the
- * server's working directory and log; removed when the server stops). */
+ * the chosen port in decimal, a private temporary directory (the server's
+ * working directory and log; removed when the server stops), and the Unix
+ * socket path in that directory. */
 #define EC_BL_ARG_PORT "@PORT@"
 #define EC_BL_ARG_DIR "@DIR@"
+#define EC_BL_ARG_SOCK "@SOCK@"
+
+/* How the bench reaches its servers. */
+typedef enum ec_bl_transport {
+    EC_BL_UNIX = 0, /* a Unix stream socket in the server's directory (default) */
+    EC_BL_TCP = 1,  /* 127.0.0.1 on a free port, TCP_NODELAY */
+} ec_bl_transport;
+
+/* Process-wide: the transport of servers started from now on. */
+void ec_bl_set_transport(ec_bl_transport t);
+ec_bl_transport ec_bl_get_transport(void);
+
+/* Process-wide: where servers' private directories go (copied; NULL:
+ * $TMPDIR, else /tmp). The bench passes its own temporary directory. */
+void ec_bl_set_tmpdir(const char *dir);
 
 typedef struct ec_bl_server_spec {
     const char *name;         /* program name on PATH, e.g. "redis-server" */
     const char *env_override; /* env var naming another program, e.g. "EC_BENCH_REDIS_SERVER" */
     const char *install_hint; /* e.g. "apt-get install redis-server" */
-    const char *const *args;  /* argv[1..], NULL-terminated, with placeholders */
+    const char *const *args;  /* argv[1..] for TCP, NULL-terminated, with placeholders */
+    const char *const *unix_args; /* the same for a Unix socket (EC_BL_ARG_SOCK) */
 } ec_bl_server_spec;
 
 /*
@@ -60,9 +80,10 @@ int ec_bl_find_program(const ec_bl_server_spec *spec, char *path, size_t path_le
 int ec_bl_free_port(int *port_out);
 
 /*
- * Find the program, pick a free port, start the program as a child with
- * spec->args, and wait until 127.0.0.1:<port> accepts a TCP connection
- * (10 s; $EC_BENCH_SERVER_START_TIMEOUT_MS overrides, for tests). The
+ * Find the program, start it as a child with spec->unix_args (Unix socket
+ * transport) or, with a free port, spec->args (TCP), and wait until the
+ * socket accepts a connection (10 s; $EC_BENCH_SERVER_START_TIMEOUT_MS
+ * overrides, for tests). The
  * child's stdout and stderr go to a log in its private directory; the last
  * line of that log is quoted in the note when the program exits early.
  * @param[out] out  the running server, owned by the caller until
@@ -74,8 +95,30 @@ int ec_bl_free_port(int *port_out);
 int ec_bl_server_start(const ec_bl_server_spec *spec, ec_bl_server **out, char *note,
                        size_t note_len);
 
-/* The port the server listens on (127.0.0.1). */
+/* The port the server listens on (127.0.0.1); 0 for a Unix socket. */
 int ec_bl_server_port(const ec_bl_server *s);
+
+/* The Unix socket the server listens on; NULL for TCP. */
+const char *ec_bl_server_socket(const ec_bl_server *s);
+
+/* "unix:<path>" or "tcp:127.0.0.1:<port>", for result notes. */
+void ec_bl_server_describe(const ec_bl_server *s, char *buf, size_t len);
+
+/* A connected, blocking stream socket to the server (TCP_NODELAY for TCP),
+ * close-on-exec. @return the descriptor, or -1 with a note. */
+int ec_bl_server_connect(const ec_bl_server *s, char *note, size_t note_len);
+
+/* memcached sized for rows of row_bytes: -I, a power of two MiB that holds
+ * a row and its item overhead; -m, the rows with 25% for slab rounding plus
+ * 64 MiB (at least 2 x -I). -1 for sizes it cannot hold. */
+int ec_bl_memcached_limits(uint64_t rows, size_t row_bytes, unsigned *mem_mib,
+                           unsigned *item_mib);
+
+/* Start memcached on the current transport with -m mem_mib -I item_mib:
+ * UDP off, 2 threads, -M (a full cache fails a store instead of evicting).
+ * As ec_bl_server_start(). */
+int ec_bl_memcached_start(unsigned mem_mib, unsigned item_mib, ec_bl_server **out, char *note,
+                          size_t note_len);
 
 /* The server's pid (its process is the program itself, not a shell). */
 pid_t ec_bl_server_pid(const ec_bl_server *s);

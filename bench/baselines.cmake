@@ -1,9 +1,12 @@
-# The Redis and memcached baselines of embcache-bench (bench/baseline_redis.c,
-# bench/baseline_memcached.c, bench/baseline_server.c), each built only when
+# The Redis and libmemcached baselines of embcache-bench
+# (bench/baseline_redis.c, bench/baseline_memcached.c), each built only when
 # its client library is found; included by bench/CMakeLists.txt after it
-# creates the embcache-bench target. Their test, test_baselines, builds
-# whether or not that target exists; it starts real servers and skips (77)
-# when neither program is installed.
+# creates the embcache-bench target (which always has baseline_server.c and
+# our own memcached clients, baseline_mcproto.c). Their test, test_baselines,
+# builds whether or not that target exists; it starts real servers and skips
+# (77) when no server program is installed. test_bench_units checks the LRU
+# simulator, the memory holder, the mmap baselines and the page-cache
+# helpers.
 
 pkg_check_modules(HIREDIS QUIET IMPORTED_TARGET hiredis)
 pkg_check_modules(LIBMEMCACHED QUIET IMPORTED_TARGET libmemcached)
@@ -21,9 +24,6 @@ if(LIBMEMCACHED_FOUND)
   list(APPEND EC_BASELINE_LIBS PkgConfig::LIBMEMCACHED)
   list(APPEND EC_BASELINE_DEFS EC_HAVE_MEMCACHED=1)
 endif()
-if(EC_BASELINE_SRC)
-  list(APPEND EC_BASELINE_SRC ${CMAKE_CURRENT_LIST_DIR}/baseline_server.c)
-endif()
 message(STATUS "embcache-bench baselines: redis ${HIREDIS_FOUND}, memcached ${LIBMEMCACHED_FOUND}")
 
 if(TARGET embcache-bench AND EC_BASELINE_SRC)
@@ -37,11 +37,23 @@ if(EMBCACHE_TESTS AND NOT TARGET PkgConfig::CMOCKA)
 endif()
 if(EMBCACHE_TESTS AND TARGET PkgConfig::CMOCKA AND NOT TARGET test_baselines)
   # Without either library it still builds, and exits 77 (skipped).
-  add_executable(test_baselines ${CMAKE_CURRENT_LIST_DIR}/test_baselines.c ${EC_BASELINE_SRC})
+  add_executable(test_baselines ${CMAKE_CURRENT_LIST_DIR}/test_baselines.c ${EC_BASELINE_SRC}
+                 ${CMAKE_CURRENT_LIST_DIR}/baseline_server.c
+                 ${CMAKE_CURRENT_LIST_DIR}/baseline_mcproto.c)
   target_include_directories(test_baselines PRIVATE ${CMAKE_CURRENT_LIST_DIR})
   target_link_libraries(test_baselines PRIVATE PkgConfig::CMOCKA ${EC_BASELINE_LIBS})
   target_compile_definitions(test_baselines PRIVATE ${EC_BASELINE_DEFS})
   add_test(NAME bench_baselines COMMAND test_baselines)
   set_tests_properties(bench_baselines PROPERTIES LABELS bench TIMEOUT 120
                        SKIP_RETURN_CODE 77)
+endif()
+if(EMBCACHE_TESTS AND TARGET PkgConfig::CMOCKA AND NOT TARGET test_bench_units)
+  add_executable(test_bench_units ${CMAKE_CURRENT_LIST_DIR}/test_bench_units.c
+                 ${CMAKE_CURRENT_LIST_DIR}/lru_sim.c ${CMAKE_CURRENT_LIST_DIR}/memhold.c
+                 ${CMAKE_CURRENT_LIST_DIR}/baseline_mmap.c ${CMAKE_CURRENT_LIST_DIR}/bench_util.c)
+  target_include_directories(test_bench_units PRIVATE ${CMAKE_CURRENT_LIST_DIR}
+                             ${PROJECT_SOURCE_DIR} ${PROJECT_SOURCE_DIR}/include)
+  target_link_libraries(test_bench_units PRIVATE PkgConfig::CMOCKA m)
+  add_test(NAME bench_units COMMAND test_bench_units)
+  set_tests_properties(bench_units PROPERTIES LABELS bench TIMEOUT 60)
 endif()

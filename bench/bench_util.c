@@ -10,6 +10,8 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -424,10 +426,89 @@ bool bu_fio_run(const char *fio, const char *path, const char *rw, uint64_t bs, 
         !bu_json_num(pf, pt, "99.000000", &out->p99_us))
         goto done;
     out->gbps = bw / 1e9;
+    if (!bu_json_num(rf, rt, "iops", &out->iops) || out->iops <= 0)
+        out->iops = bs ? bw / (double)bs : 0;
     out->p50_us /= 1e3;
     out->p99_us /= 1e3;
     out->ok = true;
 done:
     free(js);
     return out->ok;
+}
+
+/* ---- files and processes ---- */
+
+int bu_file_drop_cache(const char *path)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC), rc;
+
+    if (fd < 0)
+        return -errno;
+    rc = posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
+    close(fd);
+    return -rc;
+}
+
+int64_t bu_file_resident(const char *path)
+{
+    const size_t chunk = (size_t)1 << 30; /* 256 Ki pages of mincore vector at a time */
+    long ps = sysconf(_SC_PAGESIZE);
+    struct stat st;
+    unsigned char *vec;
+    int64_t pages = 0;
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+
+    if (fd < 0 || ps <= 0)
+        goto fail_fd;
+    if (fstat(fd, &st) != 0)
+        goto fail_fd;
+    if (st.st_size == 0) {
+        close(fd);
+        return 0;
+    }
+    vec = malloc(chunk / (size_t)ps);
+    if (!vec)
+        goto fail_fd;
+    for (off_t off = 0; off < st.st_size; off += (off_t)chunk) {
+        size_t len = (size_t)(st.st_size - off) < chunk ? (size_t)(st.st_size - off) : chunk;
+        void *m = mmap(NULL, len, PROT_READ, MAP_SHARED, fd, off);
+        if (m == MAP_FAILED || mincore(m, len, vec) != 0) {
+            if (m != MAP_FAILED)
+                munmap(m, len);
+            free(vec);
+            goto fail_fd;
+        }
+        for (size_t i = 0; i < (len + (size_t)ps - 1) / (size_t)ps; i++)
+            pages += vec[i] & 1;
+        munmap(m, len);
+    }
+    free(vec);
+    close(fd);
+    return pages * ps;
+fail_fd:
+    if (fd >= 0)
+        close(fd);
+    return -1;
+}
+
+int64_t bu_proc_status_bytes(pid_t pid, const char *field)
+{
+    char path[64], buf[8192];
+    size_t fl = strlen(field);
+    ssize_t n;
+    int fd;
+
+    snprintf(path, sizeof(path), "/proc/%d/status", (int)pid);
+    fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return -1;
+    n = read(fd, buf, sizeof(buf) - 1);
+    close(fd);
+    if (n <= 0)
+        return -1;
+    buf[n] = '\0';
+    for (char *p = buf; p; p = strchr(p, '\n'), p = p ? p + 1 : NULL)
+        if (!strncmp(p, field, fl) && p[fl] == ':')
+            return (int64_t)strtoll(p + fl + 1, NULL, 10) * 1024;
+    return -1;
 }

@@ -13,6 +13,7 @@
 
 #include "common/units.h"
 #include <stdio.h>
+#include <sys/types.h>
 
 /* ---- time ---- */
 uint64_t bu_now_ns(void);
@@ -79,10 +80,22 @@ bool bu_json_obj(const char *from, const char *to, const char *key, const char *
 /* Write s as a JSON string. */
 void bu_json_str(FILE *out, const char *s);
 
+/* ---- files and processes ---- */
+/* Drop path's clean, unmapped pages from the page cache
+ * (POSIX_FADV_DONTNEED over the whole file). 0, or -errno. */
+int bu_file_drop_cache(const char *path);
+/* Bytes of path resident in the page cache (mincore over a fresh read-only
+ * mapping, which faults nothing in); -1 on error. */
+int64_t bu_file_resident(const char *path);
+/* A field of /proc/<pid>/status given in kB ("RssAnon", "VmRSS",
+ * "RssShmem"), in bytes; -1 when unreadable. */
+int64_t bu_proc_status_bytes(pid_t pid, const char *field);
+
 /* ---- fio, the device's limit ---- */
 typedef struct bu_fio_res {
     bool ok;
     double gbps, p50_us, p99_us; /* p50/p99 of submit-to-complete latency */
+    double iops;                 /* read.iops, or gbps * 1e9 / bs when absent */
     int status;                  /* fio's exit status, -1 if it did not exit */
 } bu_fio_res;
 /* Run `fio` (a path or a name on PATH) reading [offset, offset + size) of

@@ -1,11 +1,15 @@
 /*
  * test_baselines.c - the Redis and memcached baselines of embcache-bench
- * against real servers started by the baselines themselves: byte-exact
- * gathers of 1, 16, 256 and 4096 rows (random ids with duplicates) after
- * loading 5000 rows of 512 bytes, a bad id, the "program missing / could
- * not run / exited early / never listened" paths of bench/baseline_server.c,
- * and that no server process outlives close(), exit() or SIGINT. Prints a
- * rough per-call latency of a 256 x 512 B gather for each baseline.
+ * (hiredis MGET and pipeline, libmemcached, and our own ASCII multi-get and
+ * meta clients) against real servers started by the baselines themselves,
+ * on Unix sockets (and once each over TCP loopback): byte-exact gathers of
+ * 1, 16, 256 and 4096 rows (random ids with duplicates) after loading 5000
+ * rows of 512 bytes, a bad id, rows larger than memcached's default item
+ * limit, the "program missing / could not run / exited early / never
+ * listened" paths of bench/baseline_server.c, that the socket lives in the
+ * server's private directory and goes with it, and that no server process
+ * outlives close(), exit() or SIGINT. Prints a rough per-call latency of a
+ * 256 x 512 B gather for each baseline and transport.
  *
  * A baseline whose program is not installed is skipped with its note; the
  * program exits 77 when nothing could run at all. Single process, except
@@ -38,6 +42,8 @@ extern const ec_baseline_ops ec_baseline_redis_pipeline_ops;
 #ifdef EC_HAVE_MEMCACHED
 extern const ec_baseline_ops ec_baseline_memcached_ops;
 #endif
+extern const ec_baseline_ops ec_baseline_memcached_get_ops;
+extern const ec_baseline_ops ec_baseline_memcached_meta_ops;
 
 #define ROWS 5000u
 #define ROW_BYTES 512u
@@ -47,6 +53,7 @@ typedef struct bl_case {
     const ec_baseline_ops *ops;
     const char *env;     /* the program override variable */
     const char *program; /* the program's name on PATH */
+    ec_bl_transport transport;
 } bl_case;
 
 static unsigned char *source_rows;
@@ -113,6 +120,7 @@ static void clear_overrides(void)
     unsetenv("EC_BENCH_REDIS_SERVER");
     unsetenv("EC_BENCH_MEMCACHED");
     unsetenv("EC_BENCH_SERVER_START_TIMEOUT_MS");
+    ec_bl_set_transport(EC_BL_UNIX);
 }
 
 /* Open, or skip the case when the program is missing. */
@@ -121,6 +129,7 @@ static ec_baseline *open_or_skip(const bl_case *c)
     char note[512] = "";
     ec_baseline *b = NULL;
     clear_overrides();
+    ec_bl_set_transport(c->transport);
     if (c->ops->open(&b, note, sizeof note) != 0) {
         if (strstr(note, "not installed") != NULL) {
             printf("[ SKIP ] %s: %s\n", c->ops->name, note);
@@ -178,6 +187,19 @@ static void test_roundtrip(void **state)
     assert_int_equal(c->ops->load(b, source_rows, ROWS, ROW_BYTES), 0);
     /* memcached may have restarted for its limits: follow the pid. */
     pid = ec_bl_server_last_pid();
+    char desc[256] = "", sock[256] = "";
+    c->ops->describe(b, desc, sizeof desc);
+    printf("%s: %s\n", c->ops->name, desc);
+    if (c->transport == EC_BL_UNIX) {
+        /* the socket is in the server's private directory */
+        const char *p = strstr(desc, "transport=unix:");
+        assert_non_null(p);
+        sscanf(p + 15, "%255s", sock);
+        assert_non_null(strstr(sock, "/embcache-baseline-"));
+        assert_int_equal(access(sock, F_OK), 0);
+    } else {
+        assert_non_null(strstr(desc, "transport=tcp:127.0.0.1:"));
+    }
 
     static const size_t sizes[] = {1, 16, 256, 4096};
     int64_t *ids = malloc(4096 * sizeof *ids);
@@ -224,9 +246,10 @@ static void test_roundtrip(void **state)
         total += lat[it];
     }
     qsort(lat, LAT_ITERS, sizeof *lat, cmp_u64);
-    printf("latency baseline=%s batch=256 row_bytes=%u rows=%u iters=%d mean_us=%.1f "
-           "p50_us=%.1f p99_us=%.1f\n",
-           c->ops->name, ROW_BYTES, ROWS, LAT_ITERS, (double)total / LAT_ITERS / 1000.0,
+    printf("latency baseline=%s transport=%s batch=256 row_bytes=%u rows=%u iters=%d "
+           "mean_us=%.1f p50_us=%.1f p99_us=%.1f\n",
+           c->ops->name, c->transport == EC_BL_UNIX ? "unix" : "tcp", ROW_BYTES, ROWS,
+           LAT_ITERS, (double)total / LAT_ITERS / 1000.0,
            (double)lat[LAT_ITERS / 2] / 1000.0, (double)lat[LAT_ITERS * 99 / 100] / 1000.0);
     free(lat);
     free(ids);
@@ -238,6 +261,9 @@ static void test_roundtrip(void **state)
     errno = 0;
     assert_int_equal(kill(pid, 0), -1);
     assert_int_equal(errno, ESRCH);
+    if (sock[0] != '\0') /* gone with the server's directory */
+        assert_int_equal(access(sock, F_OK), -1);
+    ec_bl_set_transport(EC_BL_UNIX);
 }
 
 /* open() with the program override set to value fails with a note
@@ -312,7 +338,6 @@ static void test_not_installed(void **state)
     assert_string_equal(note, want);
 }
 
-#ifdef EC_HAVE_MEMCACHED
 /* Rows larger than the 1 MiB item limit memcached starts with: load
  * restarts it with a larger -I and every row still round-trips. */
 static void test_memcached_large_rows(void **state)
@@ -350,7 +375,6 @@ static void test_memcached_large_rows(void **state)
     assert_true(process_gone(second));
     assert_int_equal(ec_bl_server_live_count(), 0);
 }
-#endif
 
 static void test_program_exits_early(void **state)
 {
@@ -358,7 +382,7 @@ static void test_program_exits_early(void **state)
     clear_overrides();
     if (access("/bin/false", X_OK) != 0)
         skip();
-    expect_open_fails(c, "/bin/false", "exited with status 1 before listening on 127.0.0.1:");
+    expect_open_fails(c, "/bin/false", "exited with status 1 before listening on ");
 }
 
 /* A "server" that never listens and ignores SIGTERM: the start times out
@@ -380,7 +404,7 @@ static void test_never_listens(void **state)
     setenv("EC_BENCH_SERVER_START_TIMEOUT_MS", "300", 1);
     uint64_t t0 = now_ns();
     char want[64];
-    snprintf(want, sizeof want, "%s did not start listening on 127.0.0.1:",
+    snprintf(want, sizeof want, "%s did not start listening on ",
              strcmp(c->env, "EC_BENCH_MEMCACHED") == 0 ? "memcached" : "redis-server");
     expect_open_fails(c, script, want);
     double s = (double)(now_ns() - t0) / 1e9;
@@ -457,19 +481,20 @@ static void test_free_port(void **state)
 }
 
 #ifdef EC_HAVE_REDIS
-static bl_case redis_mget = {NULL, "EC_BENCH_REDIS_SERVER", "redis-server"};
-static bl_case redis_pipeline = {NULL, "EC_BENCH_REDIS_SERVER", "redis-server"};
+static bl_case redis_mget = {NULL, "EC_BENCH_REDIS_SERVER", "redis-server", EC_BL_UNIX};
+static bl_case redis_pipeline = {NULL, "EC_BENCH_REDIS_SERVER", "redis-server", EC_BL_UNIX};
+static bl_case redis_mget_tcp = {NULL, "EC_BENCH_REDIS_SERVER", "redis-server", EC_BL_TCP};
 #endif
 #ifdef EC_HAVE_MEMCACHED
-static bl_case memcached_case = {NULL, "EC_BENCH_MEMCACHED", "memcached"};
+static bl_case memcached_case = {NULL, "EC_BENCH_MEMCACHED", "memcached", EC_BL_UNIX};
+static bl_case memcached_tcp = {NULL, "EC_BENCH_MEMCACHED", "memcached", EC_BL_TCP};
 #endif
+static bl_case mc_get = {NULL, "EC_BENCH_MEMCACHED", "memcached", EC_BL_UNIX};
+static bl_case mc_meta = {NULL, "EC_BENCH_MEMCACHED", "memcached", EC_BL_UNIX};
+static bl_case mc_meta_tcp = {NULL, "EC_BENCH_MEMCACHED", "memcached", EC_BL_TCP};
 
 int main(void)
 {
-#if !defined(EC_HAVE_REDIS) && !defined(EC_HAVE_MEMCACHED)
-    printf("test_baselines: built without hiredis and libmemcached: nothing to test\n");
-    return 77;
-#else
     setvbuf(stdout, NULL, _IOLBF, 0);
     source_rows = malloc((size_t)ROWS * ROW_BYTES);
     if (source_rows == NULL)
@@ -482,14 +507,22 @@ int main(void)
     redis_mget.ops = &ec_baseline_redis_mget_ops;
     redis_pipeline.ops = &ec_baseline_redis_pipeline_ops;
 #endif
+#ifdef EC_HAVE_REDIS
+    redis_mget_tcp.ops = &ec_baseline_redis_mget_ops;
+#endif
 #ifdef EC_HAVE_MEMCACHED
     memcached_case.ops = &ec_baseline_memcached_ops;
+    memcached_tcp.ops = &ec_baseline_memcached_ops;
 #endif
+    mc_get.ops = &ec_baseline_memcached_get_ops;
+    mc_meta.ops = &ec_baseline_memcached_meta_ops;
+    mc_meta_tcp.ops = &ec_baseline_memcached_meta_ops;
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_free_port),
 #ifdef EC_HAVE_REDIS
         cmocka_unit_test_prestate_setup_teardown(test_roundtrip, NULL, close_open_handle, &redis_mget),
         cmocka_unit_test_prestate_setup_teardown(test_roundtrip, NULL, close_open_handle, &redis_pipeline),
+        cmocka_unit_test_prestate_setup_teardown(test_roundtrip, NULL, close_open_handle, &redis_mget_tcp),
         cmocka_unit_test_prestate(test_bogus_program, &redis_mget),
         cmocka_unit_test_prestate(test_exec_fails, &redis_mget),
         cmocka_unit_test_prestate(test_not_installed, &redis_mget),
@@ -500,6 +533,7 @@ int main(void)
 #endif
 #ifdef EC_HAVE_MEMCACHED
         cmocka_unit_test_prestate_setup_teardown(test_roundtrip, NULL, close_open_handle, &memcached_case),
+        cmocka_unit_test_prestate_setup_teardown(test_roundtrip, NULL, close_open_handle, &memcached_tcp),
         cmocka_unit_test_prestate(test_bogus_program, &memcached_case),
         cmocka_unit_test_prestate(test_exec_fails, &memcached_case),
         cmocka_unit_test_prestate(test_not_installed, &memcached_case),
@@ -509,6 +543,15 @@ int main(void)
         cmocka_unit_test_prestate(test_exit_kills_server, &memcached_case),
         cmocka_unit_test_prestate(test_sigint_kills_server, &memcached_case),
 #endif
+        cmocka_unit_test_prestate_setup_teardown(test_roundtrip, NULL, close_open_handle, &mc_get),
+        cmocka_unit_test_prestate_setup_teardown(test_roundtrip, NULL, close_open_handle, &mc_meta),
+        cmocka_unit_test_prestate_setup_teardown(test_roundtrip, NULL, close_open_handle, &mc_meta_tcp),
+        cmocka_unit_test_prestate_setup_teardown(test_memcached_large_rows, NULL,
+                                                 close_open_handle, &mc_get),
+        cmocka_unit_test_prestate_setup_teardown(test_memcached_large_rows, NULL,
+                                                 close_open_handle, &mc_meta),
+        cmocka_unit_test_prestate(test_program_exits_early, &mc_meta),
+        cmocka_unit_test_prestate(test_exit_kills_server, &mc_get),
     };
     int failed = cmocka_run_group_tests(tests, NULL, NULL);
     free(source_rows);
@@ -517,5 +560,4 @@ int main(void)
         return 77;
     }
     return failed == 0 ? 0 : 1;
-#endif
 }

@@ -204,8 +204,8 @@ def main():
             cjson = tmp / "c.json"
             cmd = [str(cbench), "--socket", sock, "--rows", str(args.rows), "--dim",
                    str(args.dim), "--scenario", "hit", "--batch", str(args.batch), "--dist",
-                   "uniform", "--baselines", "flat", "--seconds", str(args.seconds), "--seed",
-                   str(args.seed), f"--json={cjson}"]
+                   "uniform", "--baselines", "flat", "--seconds", str(args.seconds),
+                   "--repeat", "1", "--seed", str(args.seed), f"--json={cjson}"]
             r = subprocess.run(cmd, capture_output=True, text=True)
             if r.returncode != 0:
                 sys.exit(f"bench_binding.py: embcache-bench failed ({r.returncode}):\n{r.stderr}")
