@@ -259,6 +259,7 @@ int ec_tensor_gather(ec_tensor *t, const int64_t *ids, size_t n, void *out, size
 /* A gather found the tensor's mode changed under it: start again. */
 #define MODE_CHANGED 1
 
+
 static struct counts {
     size_t hits, misses, retries;
 } zero_counts;
@@ -362,20 +363,35 @@ static int gather_parts(ec_tensor *t, struct scratch *s, const int64_t *ids, siz
 }
 
 /* Record the items a gather read in our session ring (see
- * cl_note_accesses): their tags and offsets, which the daemon checks. */
-static void note_items(ec_client *c, const struct scratch *s, size_t n)
+ * cl_note_accesses): their tags and offsets, which the daemon checks. An
+ * item this thread reported lately is not reported again (a per-thread
+ * table of the last hint per hash slot): its use counter saturates at 3
+ * anyway, and a hot set would otherwise send the daemon millions of hints a
+ * second to no effect. Uses s->keys as its buffer: call it after the
+ * copies. */
+static void note_items(ec_client *c, struct scratch *s, size_t n)
 {
     ec_session_page *sp = c->session;
+    size_t m = 0;
     uint64_t h;
 
-    if (n > EC_SESSION_RING / 4)
-        n = EC_SESSION_RING / 4;
-    if (n == 0)
+    for (size_t i = 0; i < n; i++) {
+        uint64_t off8 = s->irefs[s->row_ref[i]].off / 8;
+        uint32_t slot = (uint32_t)((off8 * 0x9e3779b97f4a7c15ull) >> 54); /* 10 bits */
+        uint32_t tag = s->hash[s->row_ref[i]].tag;
+
+        if (s->hint_seen[slot] == (uint32_t)off8)
+            continue;
+        s->hint_seen[slot] = (uint32_t)off8;
+        s->keys[m++] = EC_RING_ITEM_HINT(tag, off8);
+    }
+    if (m > EC_SESSION_RING / 4)
+        m = EC_SESSION_RING / 4;
+    if (m == 0)
         return;
-    h = atomic_fetch_add_explicit(&sp->ring_head, n, memory_order_relaxed);
-    for (size_t i = 0; i < n; i++)
-        atomic_store_explicit(&sp->ring[(h + i) % EC_SESSION_RING],
-                              EC_RING_ITEM_HINT(s->hash[s->row_ref[i]].tag, s->irefs[i].off / 8),
+    h = atomic_fetch_add_explicit(&sp->ring_head, m, memory_order_relaxed);
+    for (size_t i = 0; i < m; i++)
+        atomic_store_explicit(&sp->ring[(h + i) % EC_SESSION_RING], s->keys[i],
                               memory_order_relaxed);
 }
 
@@ -410,45 +426,29 @@ static int gather_rows(ec_tensor *t, struct scratch *s, const int64_t *ids, size
             ec_item_hash_of(seg->item_buckets, s->keys[k], &s->hash[k]);
             ec_item_prefetch(seg, &s->hash[k]);
         }
-        /* 2. Probe; prefetch what was found. */
+        /* 2. Probe; prefetch the items found. */
         for (size_t k = 0; k < ntodo; k++) {
-            if (!ec_item_probe(seg, &s->hash[k], row_bytes, &s->irefs[nsrc])) {
+            if (!ec_item_probe(seg, &s->hash[k], row_bytes, &s->irefs[k]))
+                s->irefs[k].off = UINT64_MAX;
+            else
+                __builtin_prefetch(seg->data + s->irefs[k].off);
+        }
+        /* 3. The whole key must match (a tag is 24 bits): else a full lookup,
+         * and a miss when that finds nothing either. */
+        for (size_t k = 0; k < ntodo; k++) {
+            if (s->irefs[k].off == UINT64_MAX ||
+                (ec_item_key_at(seg, s->irefs[k].off) != s->keys[k] &&
+                 !ec_item_lookup(seg, s->keys[k], row_bytes, &s->irefs[k]))) {
                 s->fids[nmiss++] = (uint64_t)ids[s->todo[k]];
                 s->next[nnext++] = s->todo[k];
                 ct->misses += round == 0;
                 continue;
             }
-            __builtin_prefetch(seg->data + s->irefs[nsrc].off);
+            s->src[nsrc] = ec_item_value(seg, s->irefs[k].off);
+            s->dst_rows[nsrc] = s->todo[k];
             s->row_ref[nsrc] = (uint32_t)k;
             nsrc++;
         }
-        /* 3. The whole key must match (a tag is 24 bits); else a full lookup. */
-        for (size_t j = 0, m = nsrc; j < m; j++) {
-            uint32_t k = s->row_ref[j];
-            if (ec_item_key_at(seg, s->irefs[j].off) != s->keys[k] &&
-                !ec_item_lookup(seg, s->keys[k], row_bytes, &s->irefs[j])) {
-                /* A tag collision, and the row is not there: a miss. */
-                s->fids[nmiss++] = (uint64_t)ids[s->todo[k]];
-                s->next[nnext++] = s->todo[k];
-                ct->misses += round == 0;
-                s->irefs[j].off = UINT64_MAX;
-            }
-        }
-        {
-            size_t w = 0;
-            for (size_t j = 0; j < nsrc; j++) {
-                if (s->irefs[j].off == UINT64_MAX)
-                    continue;
-                s->irefs[w] = s->irefs[j];
-                s->row_ref[w] = s->row_ref[j];
-                s->src[w] = ec_item_value(seg, s->irefs[j].off);
-                s->dst_rows[w] = s->todo[s->row_ref[j]];
-                w++;
-            }
-            nsrc = w;
-        }
-        if (round == 0)
-            note_items(c, s, nsrc);
         /* 4. Copy. */
         if (nsrc) {
             g = (ec_gather_desc){.src = s->src, .n = nsrc, .row_bytes = row_bytes,
@@ -460,13 +460,15 @@ static int gather_rows(ec_tensor *t, struct scratch *s, const int64_t *ids, size
         }
         /* 5. A bucket that moved may mean a torn or replaced row: again. */
         for (size_t j = 0; j < nsrc; j++) {
-            if (ec_item_still_valid(&s->irefs[j])) {
+            if (ec_item_still_valid(&s->irefs[s->row_ref[j]])) {
                 ct->hits += round == 0;
                 continue;
             }
             s->next[nnext++] = s->dst_rows[j];
             ct->retries++;
         }
+        if (round == 0)
+            note_items(c, s, nsrc);
         /* 6. Misses, in one request. */
         if (nmiss) {
             rc = fault_rows(t, s->fids, nmiss);

@@ -124,6 +124,7 @@ struct scratch {
     ec_item_ref *irefs;          /* rows: the items found */
     uint64_t *keys;              /* rows: item keys */
     uint64_t *fids;              /* rows: ids to fault */
+    uint32_t hint_seen[1024];    /* rows: the last item hinted per hash slot */
 };
 
 /* client_gather.c */

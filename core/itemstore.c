@@ -8,8 +8,10 @@
  *              offset finds its slab and position in O(1)
  *   classes    one per item size: its slabs, free slots, S queue (a ring of
  *              item offsets, oldest first), M's clock hand, ghost table
- *   meta[]     per slab, one byte per slot: state (FREE, RESERVED, S, M)
- *              and a 2-bit use counter
+ *   meta[]     per slab, one byte per slot: state (FREE, RESERVED, S, M),
+ *              a 2-bit use counter, and 4 bits of the item's tag, which a
+ *              client's hint must match (a hint for a slot reused since is
+ *              mostly told apart without reading the item)
  *
  * Invariants (asserted where cheap):
  *   1. A slot is published in the item index iff its state is S or M, and
@@ -38,7 +40,10 @@ enum { ST_FREE = 0, ST_RESERVED = 1, ST_S = 2, ST_M = 3 };
 
 #define ST(m) ((m) & 3u)
 #define FREQ(m) (((m) >> 2) & 3u)
+#define TAG4(m) ((m) >> 4)
 #define META(st, fr) ((uint8_t)((st) | ((fr) << 2)))
+/* The same, keeping the slot's tag bits (a live item's). */
+#define REMETA(m, st, fr) ((uint8_t)(((m) & 0xf0u) | (st) | ((fr) << 2)))
 #define S_SHARE 10 /* percent of a class's slots that S may hold */
 
 struct iclass;
@@ -355,7 +360,7 @@ static int evict_one(ec_itemstore *s, struct iclass *c, uint64_t *off_out)
                 ST(sl->meta[pos]) != ST_S)
                 continue; /* stale */
             if (FREQ(sl->meta[pos]) >= 1) {
-                sl->meta[pos] = META(ST_M, 0);
+                sl->meta[pos] = REMETA(sl->meta[pos], ST_M, 0);
                 c->ns--;
                 c->nm++;
                 s->st.promoted++;
@@ -387,7 +392,7 @@ static int evict_one(ec_itemstore *s, struct iclass *c, uint64_t *off_out)
             if (ST(m) != ST_M)
                 continue;
             if (FREQ(m) > 0) {
-                sl->meta[pos] = META(ST_M, FREQ(m) - 1);
+                sl->meta[pos] = REMETA(m, ST_M, FREQ(m) - 1);
                 continue;
             }
             unpublish(s, sl, pos);
@@ -606,16 +611,21 @@ int ec_items_publish(ec_itemstore *s, uint64_t key, uint64_t off)
     sl->live++;
     s->st.items++;
     s->st.admitted++;
+    {
+        ec_item_hash h;
+        ec_item_hash_of(s->seg->item_buckets, key, &h);
+        sl->meta[pos] = (uint8_t)((h.tag & 0xfu) << 4);
+    }
     if (ghost_take(c, key)) {
-        sl->meta[pos] = META(ST_M, 0);
+        sl->meta[pos] = REMETA(sl->meta[pos], ST_M, 0);
         c->nm++;
         s->st.ghost_hits++;
     } else {
-        sl->meta[pos] = META(ST_S, 0);
+        sl->meta[pos] = REMETA(sl->meta[pos], ST_S, 0);
         c->ns++;
         if (sq_push(c, off)) {
             /* No ring room: it goes to M rather than be lost to S. */
-            sl->meta[pos] = META(ST_M, 0);
+            sl->meta[pos] = REMETA(sl->meta[pos], ST_M, 0);
             c->ns--;
             c->nm++;
         }
@@ -632,29 +642,25 @@ bool ec_items_has(const ec_itemstore *s, uint64_t key, uint64_t value_bytes)
 
 void ec_items_hint(ec_itemstore *s, uint64_t hint)
 {
-    uint64_t off = (hint & EC_ITEM_OFF_MASK) * 8, key;
+    uint64_t off = (hint & EC_ITEM_OFF_MASK) * 8;
     uint32_t tag = (uint32_t)(hint >> 40) & 0x7fffffu, pos;
     struct slab *sl = off < s->seg->data_size ? slab_of(s, off) : NULL;
-    ec_item_hash h;
     uint8_t m;
 
+    /* The slot's own state and tag bits decide: the item itself is not read
+     * (hints come by the million a second). A lying client can only make
+     * items look used, as reading them would. */
     if (!sl || (pos = pos_of(sl, off)) == UINT32_MAX) {
         s->st.hints_bad++;
         return;
     }
     m = sl->meta[pos];
-    if (ST(m) != ST_S && ST(m) != ST_M) {
-        s->st.hints_bad++; /* evicted since: a stale hint, not a lie */
-        return;
-    }
-    key = ec_item_key_at(s->seg, off);
-    ec_item_hash_of(s->seg->item_buckets, key, &h);
-    if ((h.tag & 0x7fffffu) != tag) {
-        s->st.hints_bad++;
+    if ((ST(m) != ST_S && ST(m) != ST_M) || TAG4(m) != (tag & 0xfu)) {
+        s->st.hints_bad++; /* evicted or reused since: a stale hint */
         return;
     }
     if (FREQ(m) < 3)
-        sl->meta[pos] = META(ST(m), FREQ(m) + 1);
+        sl->meta[pos] = REMETA(m, ST(m), FREQ(m) + 1);
     s->st.hints++;
 }
 
@@ -822,7 +828,9 @@ int ec_items_adopt(ec_itemstore *s, int (*reserve_slab)(void *arg, uint64_t off)
             } else {
                 for (size_t k = i; k < j; k++) {
                     uint32_t pos = pos_of(sl, a.v[k].off);
-                    sl->meta[pos] = META(ST_M, 0);
+                    ec_item_hash ih;
+                    ec_item_hash_of(s->seg->item_buckets, a.v[k].key, &ih);
+                    sl->meta[pos] = (uint8_t)(((ih.tag & 0xfu) << 4) | META(ST_M, 0));
                     sl->live++;
                     c->nm++;
                     s->st.items++;
