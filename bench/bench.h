@@ -42,6 +42,7 @@ struct opts {
         *csv_path, *check_json;
     bool json, csv, quick, start_daemon, hold;
     uint64_t rows, dim, budget, seed, large_rows, large_budget, hold_slack;
+    double warm; /* same-memory scenarios: untimed rows first, in cache capacities */
     unsigned repeat;
     bool tcp; /* --server-transport tcp */
     ec_cache_mode hit_mode; /* --hit-cache-mode: how hit and scale cache the table */
@@ -201,6 +202,10 @@ int64_t timed_run(const struct ctx *x, const struct table *t, const char *what, 
                   void *arg, const int64_t *ring, size_t ring_len, uint64_t batch, double secs,
                   uint64_t verify_calls, struct result *r, double *series, size_t nseries);
 /* The same ids, untimed, for the warm-up seconds (min(0.25, --seconds/4)). */
+/* Gather the first `rows` ids of ring (windows of batch), untimed, for at
+ * most max_secs. Returns < 0 on a gather error, else the rows gathered. */
+int64_t warm_rows(const struct ctx *x, gather_fn fn, void *arg, const int64_t *ring,
+                  uint64_t rows, uint64_t batch, double max_secs);
 int warmup(const struct ctx *x, gather_fn fn, void *arg, const int64_t *ring, size_t ring_len,
            uint64_t batch);
 int64_t *make_ring(uint64_t rows, const char *dist, uint64_t seed, size_t len);
@@ -215,6 +220,7 @@ bool baseline_wanted(const struct ctx *x, const char *name);
 
 struct ecstats {
     uint64_t rows, hits, budget;
+    uint64_t value_bytes, overhead_ppm; /* rows cached by row, and what they cost beyond */
 };
 int read_stats(ec_client *c, struct ecstats *s);
 

@@ -480,6 +480,10 @@ static int stat_cb(const char *name, uint64_t v, void *arg)
         s->hits = v;
     else if (!strcmp(name, "budget_bytes"))
         s->budget = v;
+    else if (!strcmp(name, "row_value_bytes"))
+        s->value_bytes = v;
+    else if (!strcmp(name, "row_overhead_ppm"))
+        s->overhead_ppm = v;
     return 0;
 }
 
@@ -693,6 +697,24 @@ int warmup(const struct ctx *x, gather_fn fn, void *arg, const int64_t *ring, si
     }
     free(out);
     return rc;
+}
+
+int64_t warm_rows(const struct ctx *x, gather_fn fn, void *arg, const int64_t *ring,
+                  uint64_t rows, uint64_t batch, double max_secs)
+{
+    unsigned char *out = malloc(batch * x->row_bytes);
+    uint64_t end = bu_now_ns() + (uint64_t)(max_secs * 1e9), pos = 0;
+    int rc = 0;
+
+    if (!out)
+        return -1;
+    for (; pos + batch <= rows && !g_stop && rc == 0; pos += batch) {
+        if ((pos / batch) % 64 == 0 && bu_now_ns() > end)
+            break;
+        rc = fn(arg, ring + pos, batch, out);
+    }
+    free(out);
+    return rc ? -1 : (int64_t)pos;
 }
 
 int64_t *make_ring(uint64_t rows, const char *dist, uint64_t seed, size_t len)

@@ -252,6 +252,7 @@ void print_goals(const struct ctx *x)
                         *lgr = pick(x, "large", "mmap-random", NULL, 0, 0, 0),
                         *rw1 = pick(x, "rowmiss", "embcache", NULL, 1, 32, 0),
                         *rw32 = pick(x, "rowmiss", "embcache", NULL, 32, 1, 0),
+                        *rw8 = pick(x, "rowmiss", "embcache", NULL, 8, 4, 0),
                         *rwf = pick(x, "rowmiss", "fio", NULL, 0, 0, 32),
                         *ec256 = ec;
     double lru = mx ? kv_num(mx, "lru_row_hit_ratio") : -1;
@@ -263,6 +264,8 @@ void print_goals(const struct ctx *x)
     goal_fair("large rows/s embcache / mmap-random, same memory (>= 3)", lg, lgr, 3);
     goal("rowmiss rows/s / fio 4k randread IOPS qd 32, 32 clients (>= 0.8)",
          rw1 && rwf ? ratio(rw1->rows_s, rwf->iops) : -1, 0.8, false);
+    goal("rowmiss rows/s / fio 4k randread IOPS qd 32, 4 clients x 8 (>= 0.8)",
+         rw8 && rwf ? ratio(rw8->rows_s, rwf->iops) : -1, 0.8, false);
     goal("rowmiss rows/s / fio 4k randread IOPS qd 32, batch 32 (>= 0.8)",
          rw32 && rwf ? ratio(rw32->rows_s, rwf->iops) : -1, 0.8, false);
     goal("hit p50 embcache / flat, batch 256 (<= 1.1)",

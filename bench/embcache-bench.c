@@ -219,6 +219,7 @@ static void usage(FILE *f)
             "         [--baselines flat,hashmap,mmap,mmap-random,redis-mget,redis-pipeline,\n"
             "                      memcached,memcached-get,memcached-meta|all|none]\n"
             "         [--server-transport unix|tcp] [--hold-memory on|off] [--hold-slack BYTES]\n"
+            "         [--warm CAPACITIES]\n"
             "         [--hit-cache-mode auto|partitions|rows]\n"
             "         [--large-rows N] [--large-budget BYTES]\n"
             "         [--json[=FILE]] [--csv[=FILE]] [--plot DIR] [--seed S] [--quick]\n"
@@ -277,7 +278,7 @@ static void parse_args(int argc, char **argv, struct opts *o)
            O_SECS, O_CLIENTS, O_BUDGET, O_BASE, O_JSON, O_CSV, O_PLOT, O_SEED, O_QUICK,
            O_EMBCACHED, O_CHECK, O_HELP, O_GPU_BATCH, O_GPU_DIMS, O_GPU_DTYPES, O_GPU_MIB,
            O_GPU_DEVICE, O_GPU_PYTHON, O_GPU_TORCH, O_REPEAT, O_LARGE_ROWS, O_LARGE_BUDGET,
-           O_HOLD, O_HOLD_SLACK, O_TRANSPORT, O_HIT_MODE };
+           O_HOLD, O_HOLD_SLACK, O_TRANSPORT, O_HIT_MODE, O_WARM };
     static const struct option lo[] = {
         {"socket", required_argument, NULL, O_SOCKET},
         {"start-daemon", no_argument, NULL, O_START},
@@ -298,6 +299,7 @@ static void parse_args(int argc, char **argv, struct opts *o)
         {"hold-memory", required_argument, NULL, O_HOLD},
         {"hit-cache-mode", required_argument, NULL, O_HIT_MODE},
         {"hold-slack", required_argument, NULL, O_HOLD_SLACK},
+        {"warm", required_argument, NULL, O_WARM},
         {"large-rows", required_argument, NULL, O_LARGE_ROWS},
         {"large-budget", required_argument, NULL, O_LARGE_BUDGET},
         {"json", optional_argument, NULL, O_JSON},
@@ -331,6 +333,7 @@ static void parse_args(int argc, char **argv, struct opts *o)
     o->start_daemon = true;
     o->hold = true;
     o->hold_slack = 256u << 20;
+    o->warm = 2;
     o->large_rows = 16000000;
     o->large_budget = 2ull << 30;
     o->gpu_python = "python3";
@@ -392,6 +395,16 @@ static void parse_args(int argc, char **argv, struct opts *o)
             }
             break;
         case O_HOLD_SLACK: o->hold_slack = parse_u64("--hold-slack", optarg); break;
+        case O_WARM: {
+            char *end;
+            o->warm = strtod(optarg, &end);
+            if (*end || !(o->warm >= 0 && o->warm <= 100)) {
+                fprintf(stderr, "embcache-bench: --warm '%s' must be 0..100 (cache capacities "
+                                "of rows gathered before timing)\n", optarg);
+                exit(2);
+            }
+            break;
+        }
         case O_LARGE_ROWS: o->large_rows = parse_u64("--large-rows", optarg); break;
         case O_LARGE_BUDGET:
             if (ec_parse_size(optarg, &o->large_budget) || o->large_budget < (4u << 20)) {

@@ -885,6 +885,13 @@ int eng_rows_stats(ec_engine *e, int (*cb)(const char *name, uint64_t v, void *a
     S("row_hints_stale", s.hints_bad);
     S("row_restart_kept", s.adopted);
     S("row_restart_dropped", s.adopt_dropped);
+    S("row_value_bytes", s.value_bytes);
+    S("row_heap_bytes", s.heap_bytes);
+    /* What caching rows costs beyond their values, per million bytes of them:
+     * the item index, the 8-byte key of each item, and the daemon's state. */
+    S("row_overhead_ppm", s.value_bytes ? (e->seg.item_buckets * sizeof(ec_item_bucket) +
+                                           s.items * 8 + s.heap_bytes) * 1000000 / s.value_bytes
+                                        : 0);
     S("row_staging_bytes", e->staging_bytes);
     S("row_staging_waits", e->rst.stage_waits);
     S("mode_switches", e->rst.mode_switches);

@@ -735,6 +735,16 @@ void ec_items_stats(const ec_itemstore *s, ec_itemstore_stats *out)
     out->slabs = s->nslabs;
     out->bytes = s->nslabs * EC_SLAB_BYTES;
     out->classes = s->nclasses;
+    out->value_bytes = 0;
+    out->heap_bytes = s->nmib * sizeof(*s->by_mib);
+    for (size_t i = 0; i < s->nclasses; i++) {
+        const struct iclass *c = s->classes[i];
+        out->value_bytes += (c->ns + c->nm) * c->value_bytes;
+        out->heap_bytes += c->nghost * sizeof(*c->ghost) + c->sq_cap * sizeof(*c->sq) +
+                           c->capfree * sizeof(*c->free) + c->capslabs * sizeof(*c->slabs);
+        for (size_t k = 0; k < c->nslabs; k++)
+            out->heap_bytes += sizeof(struct slab) + c->slabs[k]->nitems;
+    }
 }
 
 uint64_t ec_items_bytes(const ec_itemstore *s)

@@ -68,6 +68,8 @@ typedef struct ec_itemstore_stats {
     uint64_t hints, hints_bad;            /* access hints applied / refused */
     uint64_t adopted, adopt_dropped;      /* warm restart */
     uint64_t classes;
+    uint64_t value_bytes;                 /* of the published items' values */
+    uint64_t heap_bytes;                  /* the daemon's per-item state: meta, ghost, S */
 } ec_itemstore_stats;
 
 int ec_items_open(ec_segment *seg, const ec_itemstore_env *env, ec_itemstore **out);

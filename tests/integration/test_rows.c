@@ -115,7 +115,8 @@ static void test_churn_million_rows(void **state)
     struct report *rep = shared_map(sizeof(*rep));
     struct statv sv[] = {{"row_admitted", 0, 0}, {"row_evicted", 0, 0},
                          {"row_block_reads", 0, 0}, {"client_retries", 0, 0},
-                         {"row_hints", 0, 0}, {"used_bytes", 0, 0}, {"budget_bytes", 0, 0}};
+                         {"row_hints", 0, 0}, {"used_bytes", 0, 0}, {"budget_bytes", 0, 0},
+                         {"row_value_bytes", 0, 0}, {"row_overhead_ppm", 0, 0}};
     enum { READERS = 4 };
     const uint64_t per = 262144; /* 4 x 256 Ki = 1,048,576 rows */
     struct table tb;
@@ -145,14 +146,17 @@ static void test_churn_million_rows(void **state)
     stats_get(c, sv, sizeof(sv) / sizeof(sv[0]));
     printf("churn: %llu rows checked by %d readers in %.1f s, 0 wrong; %llu rows admitted, "
            "%llu evicted, %llu block reads, %llu seqlock retries, %llu hints; used %llu of "
-           "%llu\n", (unsigned long long)total, READERS, now_s() - t0,
-           (unsigned long long)sv[0].v, (unsigned long long)sv[1].v,
+           "%llu; %llu value bytes cached at %.2f%% overhead\n", (unsigned long long)total,
+           READERS, now_s() - t0, (unsigned long long)sv[0].v, (unsigned long long)sv[1].v,
            (unsigned long long)sv[2].v, (unsigned long long)sv[3].v,
            (unsigned long long)sv[4].v, (unsigned long long)sv[5].v,
-           (unsigned long long)sv[6].v);
+           (unsigned long long)sv[6].v, (unsigned long long)sv[7].v, sv[8].v / 1e4);
     assert_true(total >= 1000000);
     assert_true(sv[1].v > 10000);        /* the daemon evicted at a high rate */
     assert_true(sv[5].v <= sv[6].v);     /* within the budget */
+    /* Most of the budget holds values, and what it costs beyond them is counted. */
+    assert_true(sv[7].v >= sv[6].v / 2 && sv[7].v <= sv[5].v);
+    assert_true(sv[8].v > 0 && sv[8].v < 300000); /* index sized for 8x the budget */
     assert_int_equal(tensor_stats_of(c, "m").mode, EC_CACHE_ROWS);
     daemon_alive();
     ec_client_close(c);
