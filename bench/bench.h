@@ -220,7 +220,7 @@ bool baseline_wanted(const struct ctx *x, const char *name);
 
 struct ecstats {
     uint64_t rows, hits, budget;
-    uint64_t value_bytes, overhead_ppm; /* rows cached by row, and what they cost beyond */
+    uint64_t value_bytes, overhead_ppm, index_ppm; /* rows cached by row, what they cost beyond */
 };
 int read_stats(ec_client *c, struct ecstats *s);
 

@@ -484,6 +484,8 @@ static int stat_cb(const char *name, uint64_t v, void *arg)
         s->value_bytes = v;
     else if (!strcmp(name, "row_overhead_ppm"))
         s->overhead_ppm = v;
+    else if (!strcmp(name, "row_index_ppm"))
+        s->index_ppm = v;
     return 0;
 }
 

@@ -78,7 +78,7 @@ struct ec_rep {
     int64_t calls;            /* windows of the ring embcache consumed, -1: failed */
     ec_cache_mode mode;       /* how the daemon cached the table, as the client saw */
     int64_t anon, shmem;      /* the daemon's RssAnon / RssShmem at the end */
-    int64_t value_bytes, overhead_ppm; /* the daemon's row_* stats at the end, -1: none */
+    int64_t value_bytes, overhead_ppm, index_ppm; /* the daemon's row_* stats at the end, -1: none */
     bool hold_ok;
 };
 
@@ -171,7 +171,7 @@ static void run_embcache(struct ctx *x, struct smem *m, unsigned rep, struct res
 
     o->calls = -1;
     o->anon = o->shmem = -1;
-    o->value_bytes = o->overhead_ppm = -1;
+    o->value_bytes = o->overhead_ppm = o->index_ppm = -1;
     daemon_stop(x);
     drop_caches(m->t);
     /* embcache reads O_DIRECT and cannot use more than its budget: the slack
@@ -201,6 +201,7 @@ static void run_embcache(struct ctx *x, struct smem *m, unsigned rep, struct res
     if (o->calls >= 0 && b.value_bytes > 0) {
         o->value_bytes = (int64_t)b.value_bytes;
         o->overhead_ppm = (int64_t)b.overhead_ppm;
+        o->index_ppm = (int64_t)b.index_ppm;
     }
     o->anon = bu_proc_status_bytes(x->daemon, "RssAnon");
     o->shmem = bu_proc_status_bytes(x->daemon, "RssShmem");
@@ -604,13 +605,15 @@ static int same_memory(struct ctx *x, struct smem *m)
         hold_leave(x, 0, false, &hs, why, sizeof(why)); /* the others run unconstrained */
 
     /* embcache: its memory, and LRU on the same stream */
-    double anon[MAX_REP], mem[MAX_REP], lru[3][MAX_REP], vbytes[MAX_REP], ovh[MAX_REP];
+    double anon[MAX_REP], mem[MAX_REP], lru[3][MAX_REP], vbytes[MAX_REP], ovh[MAX_REP],
+        idx[MAX_REP];
     bool hold_ok = nrep > 0;
     for (unsigned i = 0; i < nrep; i++) {
         double o[3];
         anon[i] = (double)er[i].anon;
         vbytes[i] = (double)er[i].value_bytes;
         ovh[i] = (double)er[i].overhead_ppm / 1e4;
+        idx[i] = (double)er[i].index_ppm / 1e4;
         mem[i] = er[i].anon >= 0 ? (double)(m->shm + (uint64_t)er[i].anon) : -1;
         hold_ok &= er[i].hold_ok;
         lru_sims(x, m, er[i].calls, o);
@@ -624,6 +627,7 @@ static int same_memory(struct ctx *x, struct smem *m)
     res_kv(rec, "memory_bytes", "%.0f", med(mem, nrep));
     if (nrep && er[nrep - 1].value_bytes >= 0) {
         res_kv(rec, "row_value_bytes", "%.0f", med(vbytes, nrep));
+        res_kv(rec, "row_index_pct", "%.2f", med(idx, nrep));
         res_kv(rec, "row_overhead_pct", "%.2f", med(ovh, nrep));
     }
     res_kv(rec, "hold_slack_bytes", "%" PRIu64, x->o.hold_slack);

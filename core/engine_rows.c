@@ -888,10 +888,15 @@ int eng_rows_stats(ec_engine *e, int (*cb)(const char *name, uint64_t v, void *a
     S("row_value_bytes", s.value_bytes);
     S("row_heap_bytes", s.heap_bytes);
     /* What caching rows costs beyond their values, per million bytes of them:
-     * the item index, the 8-byte key of each item, and the daemon's state. */
-    S("row_overhead_ppm", s.value_bytes ? (e->seg.item_buckets * sizeof(ec_item_bucket) +
-                                           s.items * 8 + s.heap_bytes) * 1000000 / s.value_bytes
-                                        : 0);
+     * the index (the item index, sized for the whole segment, and the 8-byte
+     * key of each item), and that plus the daemon's own state (S3-FIFO's
+     * queue and ghost, free lists, per-item metadata). */
+    {
+        uint64_t index = e->seg.item_buckets * sizeof(ec_item_bucket) + s.items * 8;
+        S("row_index_ppm", s.value_bytes ? index * 1000000 / s.value_bytes : 0);
+        S("row_overhead_ppm",
+          s.value_bytes ? (index + s.heap_bytes) * 1000000 / s.value_bytes : 0);
+    }
     S("row_staging_bytes", e->staging_bytes);
     S("row_staging_waits", e->rst.stage_waits);
     S("mode_switches", e->rst.mode_switches);

@@ -116,6 +116,12 @@ static void check_plan(uint64_t size)
         assert_true(g.item_off + g.item_buckets * sizeof(ec_item_bucket) <= off);
         assert_true((double)(dsize / (EC_ITEM_BYTES_DEFAULT + 8)) <=
                     0.85 * (double)(g.item_buckets * EC_ITEM_WAYS) + 1);
+        /* and costs at most 5% of the values it can index, their keys
+         * included (the issue's bound for 512-byte rows) */
+        uint64_t items = dsize / (EC_ITEM_BYTES_DEFAULT + 8);
+        if (items >= 65536)
+            assert_true((double)(g.item_buckets * sizeof(ec_item_bucket) + items * 8) <=
+                        0.05 * (double)(items * EC_ITEM_BYTES_DEFAULT));
         assert_int_equal(ec_segment_plan_geometry(size, 0, 0, &g), 0);
         assert_int_equal(g.item_buckets, 0);
     }
