@@ -108,7 +108,8 @@ struct result {
 
 struct ctx {
     struct opts o;
-    pid_t daemon;
+    pid_t daemon;   /* embcached's keeper; it forks the worker, which serves */
+    char daemon_data[PATH_MAX]; /* its data directory (the worker's pid is in its lock) */
     uint64_t daemon_budget, daemon_shm;
     char *tmp; /* our temporary directory */
     char data[PATH_MAX], sock[PATH_MAX];
@@ -175,6 +176,9 @@ int write_npy(struct ctx *x, struct table *t);
 void disconnect(struct ctx *x);
 int connect_resolve(struct ctx *x);
 void daemon_stop(struct ctx *x);
+/* The pid of the daemon's worker (the process that serves and maps what it
+ * touches), or -1. */
+pid_t daemon_worker(const struct ctx *x);
 uint64_t shm_size_for(const struct ctx *x);
 /* Ask the daemon to cache the main table by `mode` (ec_model_cache_mode);
  * 0, or -1 with the reason on stderr. */

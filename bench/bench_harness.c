@@ -425,7 +425,6 @@ int daemon_spawn(struct ctx *x, const char *data, const char *sock, uint64_t shm
     argv[n++] = sock;
     argv[n++] = "--shm-size";
     argv[n++] = shm;
-    argv[n++] = "--drop-segment";
     argv[n++] = "--quiet";
     if (budget) {
         argv[n++] = "--budget";
@@ -451,6 +450,7 @@ int daemon_spawn(struct ctx *x, const char *data, const char *sock, uint64_t shm
         _exit(127);
     }
     x->daemon = pid;
+    snprintf(x->daemon_data, sizeof(x->daemon_data), "%s", data);
     g_daemon_pid = pid;
     x->daemon_budget = budget;
     x->daemon_shm = shm_bytes;
@@ -469,6 +469,24 @@ int daemon_spawn(struct ctx *x, const char *data, const char *sock, uint64_t shm
     fprintf(stderr, "embcache-bench: embcached did not listen on %s within 30 s\n", sock);
     daemon_stop(x);
     return -1;
+}
+
+pid_t daemon_worker(const struct ctx *x)
+{
+    char path[PATH_MAX + 32], buf[32] = "";
+    ssize_t n;
+    int fd;
+
+    if (x->daemon <= 0)
+        return -1;
+    snprintf(path, sizeof(path), "%s/embcached.lock", x->daemon_data);
+    fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return -1;
+    n = pread(fd, buf, sizeof(buf) - 1, 0);
+    close(fd);
+    buf[n > 0 ? n : 0] = '\0';
+    return atoi(buf) > 0 ? (pid_t)atoi(buf) : -1;
 }
 
 static int stat_cb(const char *name, uint64_t v, void *arg)

@@ -65,7 +65,7 @@ tmp=${TMPDIR:-/tmp}
     echo "# embcache-bench standard suite: $(date -Iseconds)"
     echo "# command: $bin ${args[*]} ${BENCH_ARGS:-}"
     echo "# git: $(git rev-parse --short HEAD 2>/dev/null || echo '?')" \
-         "$(git diff --quiet HEAD -- client core shm bench 2>/dev/null || echo '(working tree modified)')"
+         "$(git diff --quiet HEAD -- client core shm bench ':!bench/results' 2>/dev/null || echo '(working tree modified)')"
     echo "# host: $(uname -a)"
     echo "# cpu: $(nproc) online, $(lscpu | sed -n 's/^Model name: *//p')," \
          "$(lscpu | sed -n 's/^Hypervisor vendor: *//p' | sed 's/^./hypervisor &/')"

@@ -73,7 +73,7 @@ args=(--scenario gpu --seconds "$SECONDS_PER" --gpu-table-mib "$GPU_TABLE_MIB"
     echo "# embcache-bench gpu scenario: $(date -Iseconds)"
     echo "# command: $bin ${args[*]} ${BENCH_ARGS:-}"
     echo "# git: $(git rev-parse --short HEAD 2>/dev/null || echo '?')" \
-         "$(git diff --quiet HEAD -- client core cuda shm bench 2>/dev/null || echo '(working tree modified)')"
+         "$(git diff --quiet HEAD -- client core cuda shm bench ':!bench/results' 2>/dev/null || echo '(working tree modified)')"
     echo "# host: $(uname -a)"
     echo "# cpu: $(nproc) online, $(lscpu | sed -n 's/^Model name: *//p')"
     echo "# memory: $(free -m | awk '/^Mem:/ { print $2 " MiB total, " $7 " MiB available" }')"

@@ -63,7 +63,7 @@ args=(--scenario large --large-rows "$LARGE_ROWS" --large-budget "$LARGE_BUDGET"
     echo "# embcache-bench large scenario: $(date -Iseconds)"
     echo "# command: $bin ${args[*]} ${BENCH_ARGS:-}"
     echo "# git: $(git rev-parse --short HEAD 2>/dev/null || echo '?')" \
-         "$(git diff --quiet HEAD -- client core shm bench 2>/dev/null || echo '(working tree modified)')"
+         "$(git diff --quiet HEAD -- client core shm bench ':!bench/results' 2>/dev/null || echo '(working tree modified)')"
     echo "# host: $(uname -a)"
     echo "# cpu: $(nproc) online, $(lscpu | sed -n 's/^Model name: *//p')"
     echo "# memory: $(free -m | awk '/^Mem:/ { print $2 " MiB total, " $7 " MiB available" }')"

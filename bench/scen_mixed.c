@@ -203,8 +203,15 @@ static void run_embcache(struct ctx *x, struct smem *m, unsigned rep, struct res
         o->overhead_ppm = (int64_t)b.overhead_ppm;
         o->index_ppm = (int64_t)b.index_ppm;
     }
-    o->anon = bu_proc_status_bytes(x->daemon, "RssAnon");
-    o->shmem = bu_proc_status_bytes(x->daemon, "RssShmem");
+    {
+        /* the daemon is two processes: the keeper (holding the segment,
+         * touching none of it) and the worker */
+        pid_t w = daemon_worker(x);
+        int64_t ka = bu_proc_status_bytes(x->daemon, "RssAnon");
+        int64_t wa = w > 0 ? bu_proc_status_bytes(w, "RssAnon") : -1;
+        o->anon = ka >= 0 && wa >= 0 ? ka + wa : -1;
+        o->shmem = w > 0 ? bu_proc_status_bytes(w, "RssShmem") : -1;
+    }
     o->mode = ec_tensor_cache_mode(t);
     if (series && o->calls >= 0) {
         char buf[256];
@@ -219,7 +226,7 @@ static void run_embcache(struct ctx *x, struct smem *m, unsigned rep, struct res
     free(series);
     ec_tensor_release(t);
     ec_client_close(c);
-    daemon_stop(x); /* --drop-segment: its memory goes with it */
+    daemon_stop(x); /* its segment goes with it */
 }
 
 /* Read up to `bytes` of path through the page cache, sequentially. */
@@ -817,11 +824,15 @@ int scen_large(struct ctx *x)
                       .shm = shm_size_for_budget(budget), .batch = 256};
     m.warm = (uint64_t)(x->o.warm * (double)(budget / x->row_bytes)) / 256 * 256;
     m.ring_len = m.warm + RING_IDS;
-    if (statvfs("/dev/shm", &sv) == 0 && (uint64_t)sv.f_bavail * sv.f_frsize < m.shm) {
-        note(x, "large: refused: the segment needs %.1f GiB of /dev/shm but only %.1f GiB is "
-                "free; pass a smaller --large-budget", (double)m.shm / 1073741824.0,
-             (double)sv.f_bavail * (double)sv.f_frsize / 1073741824.0);
-        return -1;
+    {
+        /* the segment is a memfd: it takes memory, not /dev/shm space */
+        uint64_t avail = memhold_meminfo("MemAvailable");
+        if (avail && avail < m.shm + (256ull << 20)) {
+            note(x, "large: refused: the segment needs %.1f GiB of memory but only %.1f GiB "
+                    "is available; pass a smaller --large-budget",
+                 (double)m.shm / 1073741824.0, (double)avail / 1073741824.0);
+            return -1;
+        }
     }
     if (mkdir(dir, 0700) && errno != EEXIST) {
         note(x, "large: cannot make %s: %s", dir, strerror(errno));

@@ -29,6 +29,31 @@ const ec_backend *cl_be(void)
 }
 
 /* ------------------------------------------------------------------ */
+/* fork                                                                */
+
+/* A connection belongs to the process that made it: a child of fork()
+ * shares its socket, and a request from both would cross their replies.
+ * A fork handler counts forks, so the check on every request is a load. */
+static _Atomic uint64_t forks;
+static pthread_once_t forks_once = PTHREAD_ONCE_INIT;
+
+static void forked_child(void)
+{
+    atomic_fetch_add_explicit(&forks, 1, memory_order_relaxed);
+}
+
+static void forks_init(void)
+{
+    pthread_atfork(NULL, NULL, forked_child);
+}
+
+uint64_t cl_forks(void)
+{
+    pthread_once(&forks_once, forks_init);
+    return atomic_load_explicit(&forks, memory_order_relaxed);
+}
+
+/* ------------------------------------------------------------------ */
 /* Requests                                                            */
 
 int cl_stale(const ec_client *c)
@@ -62,6 +87,12 @@ int cl_rpc(ec_client *c, ec_wbuf *w, uint32_t req_id, const int *fds, int nfds,
     int rc;
 
     memcpy(&op, c->sbuf + offsetof(ec_msg_hdr, op), sizeof(op));
+    if (cl_forks() != c->forks)
+        return ec_seterr(EC_EINVAL,
+                         "this client was connected by process %d, and this process (%d) is "
+                         "a fork() of it: the connection is the parent's; connect a client "
+                         "of this process's own (ec_client_connect)",
+                         c->pid, (int)getpid());
     if (c->broken)
         return ec_seterr(EC_ECONN, "the connection to embcached at %s was lost; close the "
                                    "client and connect again", c->socket_path);
@@ -77,7 +108,10 @@ int cl_rpc(ec_client *c, ec_wbuf *w, uint32_t req_id, const int *fds, int nfds,
         goto lost;
     }
     rc = ec_msg_parse(c->rbuf, (size_t)n, &h, body);
-    if (rc == 0 && (h.op != (op | EC_OP_REPLY) || h.req_id != req_id))
+    /* Request 0 is the daemon refusing the connection itself (credentials,
+     * limits) before it read anything. */
+    if (rc == 0 && (h.op != (op | EC_OP_REPLY) ||
+                    (h.req_id != req_id && !(h.req_id == 0 && h.status < 0))))
         rc = ec_seterr(EC_EPROTO, "reply for op %u request %u answered op %u request %u",
                        op, req_id, h.op & ~EC_OP_REPLY, h.req_id);
     if (rc) {
@@ -110,6 +144,26 @@ lost:
 /* ------------------------------------------------------------------ */
 /* Connect / close                                                     */
 
+/* Is the process that listens on fd's other end one we trust to be the
+ * daemon? Anyone could have bound the path first. */
+static int check_daemon_peer(int fd, const char *path)
+{
+    struct ucred cred;
+    socklen_t len = sizeof(cred);
+
+    if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0)
+        return ec_seterr_errno(EC_ECONN, errno, "cannot read the credentials of %s", path);
+    if (!ec_daemon_uid_trusted(cred.uid))
+        return ec_seterr(EC_EPERM,
+                         "the process listening on %s (pid %d) runs as uid %u, not as root, "
+                         "this process's uid %u or the %s user: refusing to trust it with "
+                         "requests or its data; if it is the daemon you meant, set "
+                         "EMBCACHE_DAEMON_UID=%u",
+                         path, (int)cred.pid, (unsigned)cred.uid, (unsigned)geteuid(),
+                         EC_DAEMON_USER, (unsigned)cred.uid);
+    return 0;
+}
+
 int ec_client_connect(const char *socket_path, ec_client **out)
 {
     struct sockaddr_un sa = {.sun_family = AF_UNIX};
@@ -133,6 +187,8 @@ int ec_client_connect(const char *socket_path, ec_client **out)
     c = calloc(1, sizeof(*c));
     if (!c)
         return ec_seterr(EC_ENOMEM, "client");
+    c->forks = cl_forks();
+    c->pid = (int)getpid();
     c->seg.fd = -1;
     atomic_init(&c->refs, 1);
     pthread_mutex_init(&c->lock, NULL);
@@ -157,6 +213,8 @@ int ec_client_connect(const char *socket_path, ec_client **out)
                            strerror(err), socket_path);
         goto fail;
     }
+    if ((rc = check_daemon_peer(c->sock, socket_path)) < 0)
+        goto fail;
     req = cl_begin(c, &w, EC_OP_HELLO);
     ec_put_u32(&w, 0);
     ec_put_str(&w, "libembcache " EC_VERSION_STRING);
@@ -165,9 +223,12 @@ int ec_client_connect(const char *socket_path, ec_client **out)
         ssize_t n;
         ec_msg_hdr h;
         rc = ec_msg_send(c->sock, c->sbuf, len, NULL, 0, false);
-        if (rc)
-            goto fail;
+        /* A daemon that refuses the connection (credentials, limits) says
+         * why and hangs up at once, maybe before our HELLO arrived: read
+         * what it said before reporting a failed send. */
         n = ec_msg_recv(c->sock, c->rbuf, sizeof(c->rbuf), fds, &nfds, 2);
+        if (rc && n <= 0)
+            goto fail;
         if (n <= 0) {
             rc = n ? (int)n : ec_seterr(EC_ECONN, "embcached at %s hung up during the "
                                                   "handshake", socket_path);
@@ -176,7 +237,9 @@ int ec_client_connect(const char *socket_path, ec_client **out)
         rc = ec_msg_parse(c->rbuf, (size_t)n, &h, &r);
         if (rc)
             goto fail;
-        if (h.op != (EC_OP_HELLO | EC_OP_REPLY) || h.req_id != req) {
+        /* request 0: the daemon refused the connection before reading it */
+        if (h.op != (EC_OP_HELLO | EC_OP_REPLY) ||
+            (h.req_id != req && !(h.req_id == 0 && h.status < 0))) {
             rc = ec_seterr(EC_EPROTO, "unexpected reply to HELLO (op %u)", h.op);
             goto fail;
         }

@@ -76,6 +76,8 @@ struct ec_client {
     uint64_t generation;
     uint64_t client_id;
     bool broken;                 /* the connection failed; only close remains */
+    uint64_t forks;              /* cl_forks() when it connected */
+    int pid;                     /* the process that connected */
     struct cdev dev[EC_SHM_MAX_DEVICES]; /* guarded by lock while set up */
     char socket_path[108];
     uint8_t sbuf[EC_MSG_MAX];
@@ -103,6 +105,9 @@ struct ec_view {
 
 /* client.c */
 const ec_backend *cl_be(void);
+/* How many times this process has been forked into (0 in the process that
+ * started; a child's count is its parent's plus one). */
+uint64_t cl_forks(void);
 int cl_stale(const ec_client *c);
 uint32_t cl_begin(ec_client *c, ec_wbuf *w, uint16_t op);
 int cl_rpc(ec_client *c, ec_wbuf *w, uint32_t req_id, const int *fds, int nfds, ec_rbuf *body,

@@ -1,9 +1,15 @@
 /*
  * paths.c - the default control socket path, shared by the daemon, the CLI
- * and libembcache so that all three agree without configuration.
+ * and libembcache so that all three agree without configuration, and who
+ * a client trusts to be the daemon behind it.
+ *
+ * Called from any thread of the daemon, the CLI or a client process; keeps
+ * no state.
  */
+#include <pwd.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <unistd.h>
 
 #include "common/paths.h"
@@ -20,6 +26,28 @@ const char *ec_default_socket(char *buf, size_t len)
     else if (xdg && *xdg)
         snprintf(buf, len, "%s/embcache.sock", xdg);
     else
-        snprintf(buf, len, "/tmp/embcache-%u.sock", (unsigned)geteuid());
+        /* A directory of the user's own, checked by the daemon before it
+         * binds (another user could create /tmp/embcache-UID first; a
+         * socket directly in /tmp could be taken by anyone). */
+        snprintf(buf, len, "/tmp/embcache-%u/embcached.sock", (unsigned)geteuid());
     return buf;
+}
+
+bool ec_daemon_uid_trusted(uid_t uid)
+{
+    const char *env = getenv("EMBCACHE_DAEMON_UID");
+    char buf[1024];
+    struct passwd pw, *res = NULL;
+
+    if (uid == 0 || uid == geteuid())
+        return true;
+    if (env && *env) {
+        char *end;
+        unsigned long v = strtoul(env, &end, 10);
+        if (!*end && end != env && v == (unsigned long)uid)
+            return true;
+    }
+    /* The service's own user, which only root can have created. */
+    return getpwnam_r(EC_DAEMON_USER, &pw, buf, sizeof(buf), &res) == 0 && res &&
+           pw.pw_uid == uid;
 }

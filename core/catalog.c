@@ -374,6 +374,7 @@ static int create_schema(ec_catalog *cat)
         err = cat_exec(cat, schema_sql, "create schema");
         if (err < 0)
             goto fail;
+        cat->created = true;
     }
     for (int64_t v = uv; v >= 1 && v < CAT_SCHEMA_VERSION; v++) {
         err = cat_exec(cat, upgrades[v - 1].sql, upgrades[v - 1].what);
@@ -452,6 +453,9 @@ int ec_catalog_open(const char *path, ec_catalog **out)
     err = create_schema(cat);
     if (err < 0)
         goto fail;
+    err = cat_validate(cat, path);
+    if (err < 0)
+        goto fail;
     *out = cat;
     return 0;
 fail:
@@ -459,6 +463,11 @@ fail:
     sqlite3_close(cat->db);
     free(cat);
     return err;
+}
+
+bool ec_catalog_created(const ec_catalog *cat)
+{
+    return cat && cat->created;
 }
 
 void ec_catalog_close(ec_catalog *cat)

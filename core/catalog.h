@@ -14,6 +14,7 @@
 #ifndef EC_CORE_CATALOG_H
 #define EC_CORE_CATALOG_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -55,10 +56,14 @@ typedef struct ec_cat_tensor {
 
 /* Open (creating if needed) the catalog at path; creates the schema or
  * upgrades an older one (schema 1 or 2 to 3, in one transaction), sets WAL
- * and a busy timeout. EC_EIO / EC_ECORRUPT with SQLite's message,
- * EC_EVERSION for a catalog written by a newer embcached. */
+ * and a busy timeout, and validates it (quick_check, foreign keys, every
+ * version has tensors). EC_EIO / EC_ECORRUPT with SQLite's message or the
+ * broken rule and how to recover, EC_EVERSION for a catalog written by a
+ * newer embcached. */
 int ec_catalog_open(const char *path, ec_catalog **out);
 void ec_catalog_close(ec_catalog *cat);
+/* Did this open create the schema (the file was new, or empty)? */
+bool ec_catalog_created(const ec_catalog *cat);
 
 /* Free the malloc'd members of a version / tensor filled by this module
  * (the structs themselves are the caller's). */

@@ -12,6 +12,7 @@
  *   catalog_json.c    params JSON: validate, normalize, canonical form
  *   catalog_sql.c     SQLite plumbing: statements, binding, transactions,
  *                     error mapping, a growable string
+ *   catalog_check.c   validation at open: quick_check, foreign keys, invariants
  *
  * Who runs it: the daemon only, in two threads with one handle each: the
  * server thread (the engine's handle, opened by ec_engine_open) and the
@@ -43,8 +44,13 @@
 #include "core/catalog.h"
 
 struct ec_catalog {
-    sqlite3 *db; /* one connection, FULLMUTEX, WAL, foreign keys on */
+    sqlite3 *db;  /* one connection, FULLMUTEX, WAL, foreign keys on */
+    bool created; /* this open created the schema: the file was new or empty */
 };
+
+/* catalog_check.c: refuse a damaged or inconsistent catalog (EC_ECORRUPT
+ * with how to recover); path is for the message. */
+int cat_validate(ec_catalog *cat, const char *path);
 
 /* ------------------------------------------------------------------ */
 /* catalog_sql.c: SQLite plumbing                                      */

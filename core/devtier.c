@@ -233,7 +233,7 @@ ec_devtier *ec_devtier_open(ec_segment *seg, const ec_backend *b, const ec_devti
         return d;
     if ((unsigned)ngpu > seg->hdr->device_tables) {
         ec_warn("%d GPU(s) but the segment has device tables for %u: the others get no "
-                "device tier (restart embcached with --drop-segment once to re-create it)",
+                "device tier (stop and start embcached once to re-create the segment)",
                 ngpu, seg->hdr->device_tables);
         ngpu = (int)seg->hdr->device_tables;
     }
@@ -396,6 +396,11 @@ void ec_devtier_retire_host(ec_devtier *d, uint64_t off, uint64_t bytes, uint64_
 uint64_t ec_devtier_limbo_host_bytes(const ec_devtier *d)
 {
     return d ? d->limbo_host : 0;
+}
+
+uint64_t ec_devtier_limbo_oldest(const ec_devtier *d)
+{
+    return d && d->lhead < d->ltail ? d->limbo[d->lhead].tag : UINT64_MAX;
 }
 
 /* The least epoch a promotion copy holds. */

@@ -95,6 +95,9 @@ uint64_t ec_devtier_reclaim(ec_devtier *d, uint64_t min_active,
                             void *arg);
 /* Bytes of host extents in limbo. */
 uint64_t ec_devtier_limbo_host_bytes(const ec_devtier *d);
+/* The tag of the oldest extent waiting in limbo (a reader holding an epoch
+ * below it keeps it there), or UINT64_MAX when limbo is empty. */
+uint64_t ec_devtier_limbo_oldest(const ec_devtier *d);
 
 /* Per tick: publish finished promotions, start new ones (hot partitions,
  * then wanted ones), update the gauges in the header. */

@@ -197,7 +197,7 @@ int ec_engine_resolve(ec_engine *e, const char *model, const char *version, cons
 /* ------------------------------------------------------------------ */
 /* Owners, tick, touch                                                 */
 
-int ec_engine_owner_open(ec_engine *e, uint64_t owner)
+int ec_engine_owner_open(ec_engine *e, uint64_t owner, pid_t pid)
 {
     struct owner *o = calloc(1, sizeof(*o));
 
@@ -206,6 +206,8 @@ int ec_engine_owner_open(ec_engine *e, uint64_t owner)
         return ec_seterr(EC_ENOMEM, "connection table");
     }
     o->id = owner;
+    o->pid = pid;
+    o->start = pid > 0 ? eng_proc_start(pid) : 0;
     return 0;
 }
 
@@ -220,6 +222,7 @@ void ec_engine_owner_close(ec_engine *e, uint64_t owner)
         o->pins = p->next;
         p->unit->pins--;
         e->st.unpins++;
+        eng_views_forget(e, p->vj);
         free(p);
     }
     free(o);
@@ -231,6 +234,7 @@ void ec_engine_tick(ec_engine *e)
 
     eng_expire_some(e);
     eng_reclaim(e);
+    eng_views_tick(e, now);
     if (e->deferred && ec_devtier_active(e->dt))
         eng_retry_deferred(e);
     ec_devtier_tick(e->dt, 0);
@@ -316,9 +320,18 @@ int ec_engine_open(const ec_engine_config *cfg, ec_engine_notify_fn notify, void
     if (rc)
         goto fail;
     swept = ec_import_sweep(e->cat, e->data_dir);
-    if (swept > 0)
+    if (swept == EC_ECORRUPT) {
+        rc = swept; /* a lost catalog: start nothing, delete nothing */
+        goto fail;
+    }
+    if (swept < 0)
+        ec_warn("orphaned partition files were not removed: %s", ec_last_error());
+    else if (swept > 0)
         ec_info("removed %d orphaned partition file(s) from an interrupted import", swept);
     place(e);
+    rc = eng_views_open(e);
+    if (rc)
+        goto fail;
     rc = eng_open_segment(e);
     if (rc)
         goto fail;
@@ -366,7 +379,7 @@ int ec_engine_open(const ec_engine_config *cfg, ec_engine_notify_fn notify, void
         rc = eng_rows_adopt(e);
     if (rc)
         goto fail;
-    rc = ec_engine_owner_open(e, EC_ENGINE_OWNER_SELF);
+    rc = ec_engine_owner_open(e, EC_ENGINE_OWNER_SELF, 0);
     if (rc)
         goto fail;
     {
@@ -402,6 +415,12 @@ void ec_engine_close(ec_engine *e)
 {
     if (!e)
         return;
+    /* This daemon stops serving: its clients' handles are stale from now
+     * on (ESTALE at their next call, hits included), so none of them reads
+     * memory it frees (its GPU slabs) or a segment nobody keeps up to date.
+     * A crash skips this; the next worker's bump does the same. */
+    if (e->seg.hdr && e->seg.writable)
+        atomic_fetch_add_explicit(&e->seg.hdr->generation, 1, memory_order_release);
     /* Reads still in flight write into the segment: the pager waits for
      * them. Their extents stay unpublished; the next daemon rebuilds the
      * allocator from the index alone. */
@@ -445,9 +464,8 @@ void ec_engine_close(ec_engine *e)
     ec_u64map_free(&e->resident);
     ec_u64map_free(&e->inflight);
     ec_u64map_free(&e->owners);
+    eng_views_close(e);
     ec_extents_free(e->ext);
-    if (e->seg.base && e->cfg.drop_segment)
-        ec_segment_destroy(&e->seg, e->data_dir);
     if (e->seg.base)
         ec_segment_close(&e->seg);
     ec_catalog_close(e->cat);
@@ -460,6 +478,16 @@ void ec_engine_close(ec_engine *e)
 ec_segment *ec_engine_segment(ec_engine *e) { return &e->seg; }
 ec_devtier *ec_engine_devtier(ec_engine *e) { return e->dt; }
 ec_topology *ec_engine_topology(ec_engine *e) { return e->topo; }
+uint64_t ec_engine_epoch_blocking(const ec_engine *e)
+{
+    return ec_devtier_active(e->dt) ? ec_devtier_limbo_oldest(e->dt) : UINT64_MAX;
+}
+
+uint64_t ec_engine_epoch_now(const ec_engine *e)
+{
+    return atomic_load_explicit(&e->seg.hdr->epoch, memory_order_seq_cst);
+}
+
 void ec_engine_set_epoch_source(ec_engine *e, uint64_t (*fn)(void *arg), void *arg)
 {
     e->min_epoch = fn;
@@ -545,6 +573,8 @@ int ec_engine_stats(ec_engine *e, int (*cb)(const char *name, uint64_t v, void *
     S("pins_released", e->st.unpins);
     S("resolves", e->st.resolves);
     S("restart_kept_partitions", e->st.restart_kept);
+    S("view_quarantined_bytes", e->st.view_quarantined);
+    S("view_released_bytes", e->st.view_released);
     S("restart_dropped_partitions", e->st.restart_dropped);
     S("models", models);
     S("versions", versions);

@@ -26,6 +26,7 @@
 #include "shm/segment.h"
 
 typedef struct ec_engine ec_engine;
+struct ec_keeper;
 
 typedef struct ec_engine_config {
     const char *data_dir;
@@ -33,7 +34,8 @@ typedef struct ec_engine_config {
     enum ec_pager_kind pager; /* AUTO: io_uring when it works, else pread */
     unsigned queue_depth;   /* io_uring reads in flight; 0 for 64 */
     unsigned io_threads;    /* pread reader threads; 0 for 2 */
-    bool drop_segment;      /* remove the segment on close (no warm restart) */
+    struct ec_keeper *keeper; /* the process keeping the segment (core/keeper.h);
+                             * NULL: none, the segment goes with the engine */
     uint64_t budget;        /* host-tier bytes; 0 (or more than the data area): all of it */
     double ttl_seconds;     /* partition TTL; 0: none */
     double ttl_jitter;      /* fraction, e.g. 0.1 for +-10% */
@@ -57,15 +59,16 @@ typedef struct ec_engine_result {
 typedef void (*ec_engine_notify_fn)(void *arg, uint64_t owner, uint64_t token,
                                     const ec_engine_result *r);
 
-/* Lock the data dir (EC_EBUSY if another daemon holds it), open the catalog,
- * re-attach the recorded segment (warm restart: entries are re-validated
- * against the catalog and their checksums; bad ones are dropped) or create a
- * new one, bump the generation, sweep orphan partition files, start the
- * pager threads. */
+/* Lock the data dir (EC_EBUSY if another daemon holds it; with a keeper,
+ * use the lock it holds), open the catalog, take over the segment the
+ * keeper kept (warm restart: entries are re-validated against the catalog
+ * and their checksums; bad ones are dropped) or create a new one (handed to
+ * the keeper, then sealed), bump the generation, sweep orphan partition
+ * files, start the pager threads. */
 int ec_engine_open(const ec_engine_config *cfg, ec_engine_notify_fn notify, void *notify_arg,
                    ec_engine **out);
-/* Stop the pager threads and detach. The segment stays for a warm restart
- * unless the config said drop_segment. */
+/* Stop the pager threads and detach. The segment stays with the keeper,
+ * if there is one, for the next worker. */
 void ec_engine_close(ec_engine *e);
 
 ec_segment *ec_engine_segment(ec_engine *e);
@@ -74,6 +77,11 @@ struct ec_topology *ec_engine_topology(ec_engine *e);
 /* The server tells the engine how to find the least epoch its clients'
  * device gathers hold (UINT64_MAX when none), for reclamation. */
 void ec_engine_set_epoch_source(ec_engine *e, uint64_t (*fn)(void *arg), void *arg);
+/* The epoch a reader must hold at least for the oldest memory waiting to be
+ * freed to be freed (UINT64_MAX: nothing waits), and the newest epoch
+ * issued: what the server judges its clients' epoch slots by. */
+uint64_t ec_engine_epoch_blocking(const ec_engine *e);
+uint64_t ec_engine_epoch_now(const ec_engine *e);
 ec_catalog *ec_engine_catalog(ec_engine *e);
 uint64_t ec_engine_generation(const ec_engine *e);
 
@@ -161,7 +169,7 @@ int ec_engine_set_policy(ec_engine *e, const char *model, uint64_t min_resident_
 int ec_engine_refresh(ec_engine *e, const char *model, const char *version, uint64_t *changed);
 
 /* A connection opened / closed: closing drops every pin it held. */
-int ec_engine_owner_open(ec_engine *e, uint64_t owner);
+int ec_engine_owner_open(ec_engine *e, uint64_t owner, pid_t pid);
 void ec_engine_owner_close(ec_engine *e, uint64_t owner);
 
 /* A client reported an access to (tensor, part) or to an item

@@ -439,6 +439,7 @@ static void pin_register(ec_engine *e, struct request *r, struct unit *g, struct
     p->id = ++e->next_pin;
     p->tensor = r->tensor;
     p->unit = g;
+    p->vj = eng_views_record(e, o->pid, o->start, g->off, g->bytes);
     p->next = o->pins;
     o->pins = p;
     g->pins++;
@@ -587,6 +588,7 @@ int ec_engine_unpin(ec_engine *e, uint64_t owner, uint64_t pin_id)
         assert(p->unit->pins > 0);
         p->unit->pins--;
         e->st.unpins++;
+        eng_views_forget(e, p->vj);
         free(p);
         return 0;
     }

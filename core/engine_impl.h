@@ -179,13 +179,21 @@ struct pin {
     uint64_t id;
     uint32_t tensor;
     struct unit *unit;
+    int vj;                      /* its view journal slot, -1: none */
     struct pin *next;
 };
 
 struct owner {
     uint64_t id;
+    pid_t pid;                   /* the client process (0: the daemon itself) */
+    uint64_t start;              /* its start time (eng_proc_start) */
     struct pin *pins;
 };
+
+/* Views recorded per segment (engine_views.c). */
+#define EC_VIEW_JOURNAL_SLOTS 16384u
+struct ec_view_journal;
+struct vq;
 
 struct ec_engine {
     ec_engine_config cfg;
@@ -232,7 +240,16 @@ struct ec_engine {
             stage_waits, mode_switches;
     } rst;
 
+    /* Views that outlive a worker (engine_views.c). */
+    struct ec_view_journal *vj;
+    bool vj_own;                 /* mapped by the engine (no keeper) */
+    uint64_t vj_hint;
+    double vj_checked;
+    struct vq *vq;               /* ranges kept for a previous worker's views */
+    size_t nvq, capvq;
+
     struct {
+        uint64_t view_quarantined, view_released;
         uint64_t fault_requests, fault_parts, coalesced, page_ins, page_in_bytes,
             checksum_failures, read_errors, evictions, evicted_bytes, pins, unpins,
             restart_kept, restart_dropped, resolves, deferred, expirations,
@@ -317,6 +334,17 @@ int eng_rows_hot_load(ec_engine *e, const struct tstate *ts, uint64_t max, uint6
                       uint64_t *n_out);
 uint64_t eng_rows_capacity(const ec_engine *e, const struct tstate *ts);
 int eng_rows_stats(ec_engine *e, int (*cb)(const char *name, uint64_t v, void *arg), void *arg);
+
+/* engine_views.c */
+size_t eng_views_journal_bytes(void);
+uint64_t eng_proc_start(pid_t pid);
+int eng_views_open(ec_engine *e);
+void eng_views_close(ec_engine *e);
+void eng_views_reset(ec_engine *e);
+void eng_views_adopt(ec_engine *e);
+void eng_views_tick(ec_engine *e, double now);
+int eng_views_record(ec_engine *e, pid_t pid, uint64_t start, uint64_t off, uint64_t bytes);
+void eng_views_forget(ec_engine *e, int slot);
 
 /* engine_restart.c */
 int eng_lock_data_dir(ec_engine *e);

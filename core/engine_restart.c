@@ -19,6 +19,8 @@
 #include <unistd.h>
 
 #include "common/log.h"
+#include "core/keeper.h"
+#include "cuda/backend.h"
 #include "shm/index.h"
 
 /* ------------------------------------------------------------------ */
@@ -26,22 +28,18 @@
 
 int eng_lock_data_dir(ec_engine *e)
 {
-    char path[4200], buf[32];
-    int fd;
+    char buf[32];
+    int fd, rc;
 
-    snprintf(path, sizeof(path), "%s/embcached.lock", e->data_dir);
-    fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
-    if (fd < 0)
-        return ec_seterr_errno(EC_EIO, errno, "cannot open lock file %s", path);
-    if (flock(fd, LOCK_EX | LOCK_NB) < 0) {
-        ssize_t n = pread(fd, buf, sizeof(buf) - 1, 0);
-        buf[n > 0 ? n : 0] = '\0';
-        close(fd);
-        return ec_seterr(EC_EBUSY,
-                         "data directory %s is in use by another embcached (pid %s); stop it "
-                         "first or use another --data-dir",
-                         e->data_dir, buf[0] ? strtok(buf, "\n") : "unknown");
+    if (e->cfg.keeper && e->cfg.keeper->lock_fd >= 0) {
+        /* The keeper locked it for us and every worker after us. */
+        fd = e->cfg.keeper->lock_fd;
+        e->cfg.keeper->lock_fd = -1;
+    } else if ((rc = ec_keeper_lock_dir(e->data_dir, &fd)) < 0) {
+        return rc;
     }
+    /* The worker's pid: what `kill -9` of "the daemon" means for a warm
+     * restart (the keeper is its parent). */
     snprintf(buf, sizeof(buf), "%d\n", (int)getpid());
     if (ftruncate(fd, 0) == 0)
         (void)!pwrite(fd, buf, strlen(buf), 0);
@@ -133,47 +131,72 @@ static int adopt_resident(ec_engine *e)
     return 0;
 }
 
-/* Re-attach the recorded segment or create one, and bump the generation. */
-int eng_open_segment(ec_engine *e)
+/* Create a segment, have the keeper hold it, and seal it. */
+static int new_segment(ec_engine *e)
 {
-    int rc = ec_segment_reopen(e->data_dir, &e->seg);
-
-    if (rc == 0 && e->seg.size != e->cfg.shm_size) {
-        ec_info("the recorded segment has %zu bytes, %llu were asked for: starting cold",
-                e->seg.size, (unsigned long long)e->cfg.shm_size);
-        ec_segment_destroy(&e->seg, e->data_dir);
-        rc = EC_ENOENT;
-    } else if (rc == EC_ECORRUPT || rc == EC_EVERSION) {
-        ec_warn("the recorded segment cannot be re-attached (%s): starting cold",
-                ec_last_error());
-        /* Remove its name; ec_segment_reopen left seg closed. */
-        char path[4200];
-        snprintf(path, sizeof(path), "%s/%s", e->data_dir, EC_SEGMENT_RECORD);
-        unlink(path);
-        rc = EC_ENOENT;
-    } else if (rc && rc != EC_ENOENT) {
-        return rc;
-    }
-    if (rc == EC_ENOENT) {
-        /* A device table per GPU this machine has, even with the tier off
-         * now: a restart with --gpu-slab then finds room for it. */
-        const ec_backend *b = ec_backend_get(EC_BACKEND_AUTO);
-        int gpus = b && b->slab_create ? b->device_count() : 0;
-        uint64_t ib = e->cfg.item_bytes == UINT64_MAX ? 0
-                      : e->cfg.item_bytes           ? e->cfg.item_bytes
-                                                    : EC_ITEM_BYTES_DEFAULT;
-        rc = ec_segment_create_geometry(e->data_dir, e->cfg.shm_size,
+    /* A device table per GPU this machine has, even with the tier off
+     * now: a restart with --gpu-slab then finds room for it. */
+    const ec_backend *b = ec_backend_get(EC_BACKEND_AUTO);
+    int gpus = b && b->slab_create ? b->device_count() : 0;
+    uint64_t ib = e->cfg.item_bytes == UINT64_MAX ? 0
+                  : e->cfg.item_bytes           ? e->cfg.item_bytes
+                                                : EC_ITEM_BYTES_DEFAULT;
+    int rc = ec_segment_create_geometry(e->cfg.shm_size,
                                         gpus < 0 ? 0
                                         : (unsigned)gpus > EC_SHM_MAX_DEVICES
                                             ? EC_SHM_MAX_DEVICES
                                             : (unsigned)gpus,
                                         ib, &e->seg);
-        if (rc)
+
+    if (rc)
+        return rc;
+    if (e->cfg.keeper && (rc = ec_keeper_keep(e->cfg.keeper, e->seg.fd)) < 0)
+        ec_warn("%s: a crash of this daemon will lose the segment", ec_last_error());
+    if ((rc = ec_segment_seal(&e->seg)) < 0) {
+        ec_segment_close(&e->seg);
+        return rc;
+    }
+    return 0;
+}
+
+/* Take over the segment the keeper kept, or create one, and bump the
+ * generation. */
+int eng_open_segment(ec_engine *e)
+{
+    struct ec_keeper *k = e->cfg.keeper;
+    bool warm = false;
+    int rc;
+
+    /* Earlier versions left a named segment in /dev/shm: it can never be
+     * re-attached now, so it is only memory lost. */
+    ec_segment_remove_legacy(e->data_dir);
+    if (k && k->seg_base) {
+        rc = ec_segment_attach(k->seg_fd, k->seg_base, k->seg_size, &e->seg);
+        if (rc == 0 && e->seg.size != e->cfg.shm_size)
+            rc = ec_seterr(EC_EINVAL, "it has %zu bytes, %llu were asked for", e->seg.size,
+                           (unsigned long long)e->cfg.shm_size);
+        if (rc == 0) {
+            k->seg_fd = -1; /* the engine's now; the keeper holds its own */
+            k->seg_base = NULL;
+            warm = true;
+        } else {
+            ec_warn("the kept segment cannot be used (%s): starting cold", ec_last_error());
+            if (e->seg.base) {
+                /* attached, then refused: the mapping is the keeper's copy */
+                e->seg.base = NULL;
+                e->seg.fd = -1;
+            }
+            ec_keeper_drop(k); /* the keeper lets go; so do we */
+        }
+    }
+    if (!warm) {
+        if ((rc = new_segment(e)) < 0)
             return rc;
+        eng_views_reset(e); /* the journal was about another segment */
         e->generation = atomic_load(&e->seg.hdr->generation);
     } else {
         e->generation = atomic_load(&e->seg.hdr->generation) + 1;
-        ec_info("re-attached segment of %zu bytes (warm restart, generation %llu)",
+        ec_info("took over the kept segment of %zu bytes (warm restart, generation %llu)",
                 e->seg.size, (unsigned long long)e->generation);
     }
     rc = ec_extents_new(e->seg.data_size, &e->ext);
@@ -190,7 +213,12 @@ int eng_open_segment(ec_engine *e)
  * the tensors' files). */
 int eng_adopt_segment(ec_engine *e)
 {
-    int rc = adopt_resident(e);
+    int rc;
+
+    /* Views of the previous worker's clients first: their memory is not
+     * anyone else's to take. */
+    eng_views_adopt(e);
+    rc = adopt_resident(e);
 
     if (rc == 0 && (e->st.restart_kept || e->st.restart_dropped))
         ec_info("warm restart: kept %llu resident partitions, dropped %llu",

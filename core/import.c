@@ -440,7 +440,24 @@ int ec_import_sweep(ec_catalog *cat, const char *data_dir)
         ec_adderr(rc, "sweep of %s: cannot list the catalog's partition files", parts_dir);
         goto out;
     }
-    qsort(set.v, set.n, sizeof(*set.v), cmp_str);
+    if (set.n)
+        qsort(set.v, set.n, sizeof(*set.v), cmp_str);
+    if (ec_catalog_created(cat)) {
+        /* A catalog created just now next to partition files is a lost
+         * catalog (deleted, truncated), not an interrupted import: its word
+         * deletes nothing, not even a temporary file. */
+        while ((de = readdir(d)) != NULL)
+            if (ends_with(de->d_name, EC_PARTFILE_EXT)) {
+                rc = ec_seterr(EC_ECORRUPT,
+                               "the catalog of %s is new or empty, but %s holds partition "
+                               "files (%s among them): the catalog was lost or truncated; "
+                               "restore catalog.db from a backup, or move %s aside to start "
+                               "afresh; nothing was deleted",
+                               data_dir, parts_dir, de->d_name, parts_dir);
+                goto out;
+            }
+        rewinddir(d);
+    }
 
     while ((errno = 0, de = readdir(d)) != NULL) {
         const char *name = de->d_name;
@@ -455,7 +472,7 @@ int ec_import_sweep(ec_catalog *cat, const char *data_dir)
                 rc = ec_seterr(EC_ENOMEM, "sweep: out of memory");
                 goto out;
             }
-            orphan = !bsearch(&rel, set.v, set.n, sizeof(*set.v), cmp_str);
+            orphan = !set.n || !bsearch(&rel, set.v, set.n, sizeof(*set.v), cmp_str);
         } else {
             continue;
         }

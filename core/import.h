@@ -44,7 +44,9 @@ int ec_import_upgrade(ec_catalog *cat, const char *data_dir, const char *model,
                       const char *version, uint32_t *upgraded_out);
 
 /* Remove *.tmp files and partition files the catalog does not reference from
- * <data_dir>/parts (start-up sweep). Returns the number removed, or < 0. */
+ * <data_dir>/parts (start-up sweep). Returns the number removed, or < 0;
+ * EC_ECORRUPT, deleting no partition file, when the catalog was created by
+ * this open yet partition files exist (a lost catalog). */
 int ec_import_sweep(ec_catalog *cat, const char *data_dir);
 
 #endif

@@ -43,6 +43,7 @@
 #include "core/topology.h"
 #include "cuda/backend.h"
 #include "core/import.h"
+#include "core/keeper.h"
 #include "core/proto.h"
 
 #include "core/server_impl.h"
@@ -142,6 +143,25 @@ static void fold_session(server *s, struct conn *c)
     }
 }
 
+/* Connections of a uid: adjust by delta, return the count after. */
+static uintptr_t uid_count(server *s, uid_t uid, int delta)
+{
+    uint64_t key = (uint64_t)uid + 1;
+    uintptr_t n = (uintptr_t)ec_u64map_get(&s->per_uid, key);
+
+    if (delta > 0)
+        n++;
+    else if (delta < 0 && n > 0)
+        n--;
+    if (delta) {
+        if (n == 0)
+            ec_u64map_del(&s->per_uid, key);
+        else if (ec_u64map_put(&s->per_uid, key, (void *)n))
+            return UINTPTR_MAX; /* out of memory: count it as full */
+    }
+    return n;
+}
+
 void srv_conn_close(server *s, struct conn *c)
 {
     ec_debug("client %llu (pid %d) disconnected", (unsigned long long)c->id, (int)c->pid);
@@ -152,6 +172,7 @@ void srv_conn_close(server *s, struct conn *c)
         munmap(c->session, EC_SESSION_SIZE);
     ec_engine_owner_close(s->engine, c->id);
     ec_u64map_del(&s->conns, c->id);
+    uid_count(s, c->uid, -1);
     free(c);
 }
 
@@ -197,33 +218,48 @@ static uint64_t min_epoch(void *arg)
     return m;
 }
 
-/* A device gather holds its epoch for as long as its kernel runs:
- * milliseconds. A session that holds the same one for EPOCH_HOLD_MAX
- * seconds is stuck or lying, and keeps freed memory from being reused: it
- * is disconnected (its pins and epochs go with it). */
+/* A device gather holds its epoch for as long as its kernel runs. What
+ * counts is not which value a session shows (the page is the client's: it
+ * can change it at will) but for how long it has kept the oldest memory in
+ * limbo from being freed, without a break: a session whose least epoch
+ * stays below the oldest limbo tag for --epoch-hold seconds is stuck or
+ * lying and is disconnected (its pins and epochs go with it), however its
+ * values change meanwhile. An epoch the daemon never issued is a lie at
+ * once. */
 static void reap_held(server *s)
 {
     time_t now = mono_seconds();
+    uint64_t blocking = ec_engine_epoch_blocking(s->engine);
+    uint64_t issued = ec_engine_epoch_now(s->engine);
 
     for (size_t i = 0; i < s->conns.cap; i++) {
         struct conn *c = s->conns.vals[i];
+        const char *why = NULL;
         uint64_t v;
         if (!s->conns.keys[i] || !c->session)
             continue;
         v = session_min_epoch(c->session);
-        if (v == UINT64_MAX || v != c->held_epoch) {
-            c->held_epoch = v;
-            c->held_since = v == UINT64_MAX ? 0 : now;
+        c->held_epoch = v;
+        if (v != UINT64_MAX && v > issued) {
+            why = "holds an epoch the daemon never issued";
+        } else if (v == UINT64_MAX || v >= blocking) {
+            c->held_since = 0; /* holds nothing back */
             continue;
+        } else if (!c->held_since) {
+            c->held_since = now;
+            continue;
+        } else if (now - c->held_since >=
+                   (s->cfg->epoch_hold_max > 0 ? s->cfg->epoch_hold_max : 30)) {
+            why = "has kept memory from being freed";
         }
-        if (now - c->held_since >= (s->cfg->epoch_hold_max > 0 ? s->cfg->epoch_hold_max : 30)) {
-            ec_warn("client %llu (pid %d) has held reclamation epoch %llu for %ld s, which "
-                    "blocks freeing memory: disconnecting it",
-                    (unsigned long long)c->id, (int)c->pid, (unsigned long long)v,
-                    (long)(now - c->held_since));
-            srv_conn_close(s, c);
-            i = (size_t)-1; /* the map moved entries: rescan */
-        }
+        if (!why)
+            continue;
+        ec_warn("client %llu (pid %d) %s (epoch %llu, for %ld s): disconnecting it",
+                (unsigned long long)c->id, (int)c->pid, why, (unsigned long long)v,
+                c->held_since ? (long)(now - c->held_since) : 0L);
+        s->st.epoch_disconnects++;
+        srv_conn_close(s, c);
+        i = (size_t)-1; /* the map moved entries: rescan */
     }
 }
 
@@ -249,7 +285,53 @@ static bool peer_allowed(const server *s, uid_t uid)
     for (size_t i = 0; i < s->cfg->n_allow_uids; i++)
         if (s->cfg->allow_uids[i] == uid)
             return true;
+    for (size_t i = 0; i < s->cfg->n_admin_uids; i++)
+        if (s->cfg->admin_uids[i] == uid)
+            return true;
     return false;
+}
+
+/* Requests that change what is stored or served: only for administrators
+ * (root, the daemon's uid, --admin-uid). Reading needs only admission. */
+static bool op_is_admin(uint16_t op)
+{
+    switch (op) {
+    case EC_OP_ALIAS:
+    case EC_OP_IMPORT:
+    case EC_OP_PREWARM:
+    case EC_OP_EVICT:
+    case EC_OP_RETIRE:
+    case EC_OP_REFRESH:
+    case EC_OP_POLICY:
+    case EC_OP_MODE:
+    case EC_OP_UPGRADE:
+        return true;
+    default:
+        return false;
+    }
+}
+
+static bool peer_admin(const server *s, uid_t uid)
+{
+    if (uid == 0 || uid == geteuid())
+        return true;
+    for (size_t i = 0; i < s->cfg->n_admin_uids; i++)
+        if (s->cfg->admin_uids[i] == uid)
+            return true;
+    return false;
+}
+
+/* Refuse a connection just accepted: say why and hang up. What the client
+ * already sent is read first: closing a socket with unread messages resets
+ * the peer's, which would then lose the reason. */
+static void refuse(int fd, int code, const char *msg)
+{
+    char sink[EC_MSG_MAX];
+
+    for (int i = 0; i < 4 && recv(fd, sink, sizeof(sink), MSG_DONTWAIT) > 0; i++)
+        ;
+    ec_msg_send_error(fd, EC_OP_HELLO, 0, code, msg);
+    close(fd);
 }
 
 static void do_accept(server *s)
@@ -290,11 +372,41 @@ static void do_accept(server *s)
             return;
         }
         s->warned_emfile = false;
-        if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &cl) < 0 ||
-            s->conns.len >= (s->cfg->max_clients ? s->cfg->max_clients : 1024)) {
+        /* Credentials first: a uid that may not connect never holds a slot,
+         * and no uid holds more than its share of them. */
+        if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &cl) < 0) {
             close(fd);
             s->st.rejected++;
             continue;
+        }
+        if (!peer_allowed(s, cred.uid)) {
+            char msg[200];
+            snprintf(msg, sizeof(msg),
+                     "uid %u may not use this embcached (it runs as uid %u); start it with "
+                     "--allow-uid %u or --allow-any",
+                     (unsigned)cred.uid, (unsigned)geteuid(), (unsigned)cred.uid);
+            refuse(fd, EC_EPERM, msg);
+            s->st.rejected++;
+            s->st.rejected_uid++;
+            continue;
+        }
+        {
+            unsigned max = s->cfg->max_clients ? s->cfg->max_clients : 1024;
+            unsigned per = s->cfg->max_clients_per_uid ? s->cfg->max_clients_per_uid
+                                                       : (max / 4 ? max / 4 : 1);
+            bool full = s->conns.len >= max;
+            if (full || uid_count(s, cred.uid, 0) >= per) {
+                char msg[200];
+                snprintf(msg, sizeof(msg),
+                         full ? "embcached serves %u clients, its limit (--max-clients)"
+                              : "uid %u holds %u connections, the limit per uid "
+                                "(--max-clients-per-uid); close some",
+                         full ? max : (unsigned)cred.uid, full ? 0 : per);
+                refuse(fd, EC_EBUSY, msg);
+                s->st.rejected++;
+                s->st.rejected_uid_limit += !full;
+                continue;
+            }
         }
         c = calloc(1, sizeof(*c));
         if (!c) {
@@ -308,7 +420,7 @@ static void do_accept(server *s)
         c->uid = cred.uid;
         ev.data.u64 = c->id;
         if (ec_u64map_put(&s->conns, c->id, c) || epoll_ctl(s->ep, EPOLL_CTL_ADD, fd, &ev) ||
-            ec_engine_owner_open(s->engine, c->id)) {
+            ec_engine_owner_open(s->engine, c->id, c->pid) || uid_count(s, c->uid, +1) == UINTPTR_MAX) {
             ec_u64map_del(&s->conns, c->id);
             close(fd);
             free(c);
@@ -745,6 +857,13 @@ static void conn_readable(server *s, struct conn *c)
         rc = ec_seterr(EC_EPROTO, "the first message must be HELLO (got op %u)", h.op);
     } else if (h.op & EC_OP_REPLY || h.status != 0) {
         rc = ec_seterr(EC_EPROTO, "a request must not carry a reply flag or a status");
+    } else if (op_is_admin(h.op) && !peer_admin(s, c->uid)) {
+        rc = ec_seterr(EC_EPERM,
+                       "uid %u may read from this embcached but not administer it (import, "
+                       "alias, prewarm, evict, retire, refresh, policy, mode, upgrade); "
+                       "start it with --admin-uid %u to allow that",
+                       (unsigned)c->uid, (unsigned)c->uid);
+        s->st.denied++;
     } else {
         switch (h.op) {
         case EC_OP_HELLO: rc = h_hello(s, c, &body, h.req_id); break;
@@ -862,7 +981,7 @@ static int listen_socket(server *s)
         close(fd);
         return ec_seterr_errno(EC_EIO, err, "cannot bind %s", path);
     }
-    chmod(path, s->cfg->allow_any || s->cfg->n_allow_uids ? 0666 : 0600);
+    chmod(path, s->cfg->allow_any || s->cfg->n_allow_uids || s->cfg->n_admin_uids ? 0666 : 0600);
     stat(path, &s->sock_st);
     if (listen(fd, 128) < 0) {
         int err = errno;
@@ -894,17 +1013,39 @@ static int watch(server *s, int fd, uint64_t id)
     return 0;
 }
 
-static void mkdir_parent(const char *path)
+/* Create the socket's directory if it is missing (0700 when it is the
+ * default one of a non-root user), and refuse a directory that someone else
+ * controls: who can write it can put their own socket in our place. */
+static int socket_dir(const char *path)
 {
-    char dir[4096];
+    char dir[4096], def[256];
+    struct stat st;
     char *slash;
 
     snprintf(dir, sizeof(dir), "%s", path);
     slash = strrchr(dir, '/');
-    if (slash && slash != dir) {
+    if (!slash)
+        snprintf(dir, sizeof(dir), ".");
+    else if (slash == dir)
+        dir[1] = '\0';
+    else
         *slash = '\0';
-        mkdir(dir, 0755);
-    }
+    snprintf(def, sizeof(def), "/tmp/embcache-%u", (unsigned)geteuid());
+    if (mkdir(dir, strcmp(dir, def) ? 0755 : 0700) < 0 && errno != EEXIST)
+        return ec_seterr_errno(EC_EIO, errno, "cannot create the socket directory %s", dir);
+    if (lstat(dir, &st) < 0)
+        return ec_seterr_errno(EC_EIO, errno, "cannot stat the socket directory %s", dir);
+    if (!S_ISDIR(st.st_mode) || (st.st_uid != geteuid() && st.st_uid != 0) ||
+        ((st.st_mode & 022) && !(st.st_mode & S_ISVTX)) ||
+        (!strcmp(dir, def) && (st.st_uid != geteuid() || (st.st_mode & 077))))
+        return ec_seterr(EC_EPERM,
+                         "the socket directory %s is %s owned by uid %u with mode %04o: "
+                         "another user could put a socket of theirs in this daemon's place; "
+                         "remove it (it is recreated), or pass --socket in a directory of "
+                         "your own",
+                         dir, S_ISDIR(st.st_mode) ? "a directory" : "not a directory",
+                         (unsigned)st.st_uid, (unsigned)(st.st_mode & 07777));
+    return 0;
 }
 
 int ec_server_run(const ec_server_config *cfg)
@@ -912,7 +1053,7 @@ int ec_server_run(const ec_server_config *cfg)
     server *s = calloc(1, sizeof(*s));
     ec_engine_config ecfg = {.data_dir = cfg->data_dir, .shm_size = cfg->shm_size,
                              .io_threads = cfg->io_threads,
-                             .drop_segment = cfg->drop_segment,
+                             .keeper = cfg->keeper,
                              .budget = cfg->budget,
                              .ttl_seconds = cfg->ttl_seconds,
                              .ttl_jitter = cfg->ttl_jitter,
@@ -942,11 +1083,19 @@ int ec_server_run(const ec_server_config *cfg)
     sigaddset(&mask, SIGTERM);
     sigaddset(&mask, SIGINT);
     pthread_sigmask(SIG_BLOCK, &mask, NULL);
+    /* Every other signal that would end the process is ignored on purpose:
+     * only SIGTERM and SIGINT stop the daemon, and they stop it cleanly. */
     signal(SIGPIPE, SIG_IGN);
+    signal(SIGHUP, SIG_IGN);
+    signal(SIGUSR1, SIG_IGN);
+    signal(SIGUSR2, SIG_IGN);
+    signal(SIGALRM, SIG_IGN);
 
     /* The socket first: a daemon refused because another one listens there
      * must not have created a segment or touched a data dir. */
-    mkdir_parent(cfg->socket_path);
+    rc = socket_dir(cfg->socket_path);
+    if (rc)
+        goto out;
     rc = probe_socket(s);
     if (rc)
         goto out;
@@ -977,6 +1126,7 @@ int ec_server_run(const ec_server_config *cfg)
         goto out;
     }
     s->importer_started = true;
+    ec_keeper_ready(cfg->keeper);
     {
         uint64_t versions = 0, models = 0, tensors = 0;
         ec_catalog_counts(ec_engine_catalog(s->engine), &models, &versions, &tensors);
@@ -1057,6 +1207,7 @@ out:
         srv_conn_close(s, s->conns.vals[i]);
     }
     ec_u64map_free(&s->conns);
+    ec_u64map_free(&s->per_uid);
     for (size_t i = 0; i < s->tfold.cap; i++)
         if (s->tfold.keys[i])
             free(s->tfold.vals[i]);

@@ -17,6 +17,8 @@
 
 #define EC_SERVER_MAX_ALLOW 16
 
+struct ec_keeper;
+
 typedef struct ec_server_config {
     const char *data_dir;
     const char *socket_path;
@@ -25,8 +27,11 @@ typedef struct ec_server_config {
     uid_t allow_uids[EC_SERVER_MAX_ALLOW]; /* besides our own uid and root */
     size_t n_allow_uids;
     bool allow_any;                        /* every local user may connect */
+    uid_t admin_uids[EC_SERVER_MAX_ALLOW]; /* may administer, besides our uid and root */
+    size_t n_admin_uids;
     unsigned max_clients;                  /* 0 for 1024 */
-    bool drop_segment;                     /* remove the segment at exit */
+    unsigned max_clients_per_uid;          /* 0 for a quarter of max_clients */
+    struct ec_keeper *keeper;              /* core/keeper.h; NULL: none */
     uint64_t budget;                       /* host-tier bytes; 0: the whole data area */
     double ttl_seconds, ttl_jitter;        /* partition TTL (0: none), jitter fraction */
     int pager;                             /* enum ec_pager_kind */

@@ -47,8 +47,8 @@ struct conn {
     ec_session_page *session;
     uint64_t ring_tail;
     uint32_t outstanding;
-    uint64_t held_epoch;  /* the least epoch its device gathers held at the last tick */
-    time_t held_since;    /* since when it holds that one (0: none held) */
+    uint64_t held_epoch;  /* the least epoch its session showed at the last tick */
+    time_t held_since;    /* since when it keeps limbo from being freed (0: it does not) */
 };
 
 struct import_job {
@@ -73,6 +73,7 @@ typedef struct server {
     ec_engine *engine;
     int ep, lfd, sfd, ifd;
     ec_u64map conns;
+    ec_u64map per_uid;   /* uid + 1 -> connections of that uid (as a uintptr_t) */
     uint64_t next_id;
     uint8_t buf[EC_MSG_MAX];
     uint8_t out[EC_MSG_MAX];
@@ -89,7 +90,8 @@ typedef struct server {
     ec_catalog *icat;
 
     struct {
-        uint64_t accepted, rejected, protocol_errors, disconnected_slow, imports, import_failures;
+        uint64_t accepted, rejected, rejected_uid, rejected_uid_limit, protocol_errors,
+            disconnected_slow, epoch_disconnects, denied, imports, import_failures;
         /* Session counters of clients that have gone. */
         uint64_t gathers, rows, hits, misses, retries, faults, device_rows, mapped_rows,
             staged_rows;

@@ -2,16 +2,17 @@
  * segment.c - create, re-attach, map and validate the shared segment
  * (see segment.h and layout.h).
  *
- * Called by the daemon (ec_segment_create / _reopen / _open_readonly /
- * _destroy, from its start-up path and its engine thread) and by clients
- * (ec_segment_map_fd, once per connection). Every function is synchronous
+ * Called by the daemon (ec_segment_create / _seal / _attach /
+ * _open_readonly, from its start-up path and its server thread) and by
+ * clients (ec_segment_map_fd, once per connection). Every function is synchronous
  * and keeps no state outside the ec_segment it fills, so any thread may call
  * it; one ec_segment must not be closed while another thread uses it.
  *
  * The layout is computed by ec_segment_plan() alone; ec_segment_validate()
  * checks every header field a reader relies on, with overflow-safe
  * arithmetic, before any derived pointer is formed. Nothing read from the
- * mapping, the record file or fstat() is trusted until it has been checked.
+ * mapping, a kept segment, a received descriptor or fstat() is trusted
+ * until it has been checked.
  */
 #include "shm/segment.h"
 
@@ -23,7 +24,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
-#include <sys/random.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -258,8 +258,7 @@ int ec_segment_validate(const void *base, size_t mapped_size)
 }
 
 /* Fill the derived fields of seg from a validated mapping. */
-static void fill_segment(ec_segment *seg, int fd, bool writable, void *base, size_t size,
-                         const char *name)
+static void fill_segment(ec_segment *seg, int fd, bool writable, void *base, size_t size)
 {
     ec_shm_header *h = base;
 
@@ -276,13 +275,11 @@ static void fill_segment(ec_segment *seg, int fd, bool writable, void *base, siz
     seg->item_buckets = h->item_buckets;
     seg->data = seg->base + h->data_off;
     seg->data_size = h->data_size;
-    if (name)
-        snprintf(seg->name, sizeof(seg->name), "%s", name);
     seg->index_used = EC_INDEX_USED_UNKNOWN; /* index.c counts on first insert */
 }
 
 /* ------------------------------------------------------------------ */
-/* Names and the record file                                           */
+/* Names of earlier versions' segments                                 */
 
 static bool name_is_valid(const char *name)
 {
@@ -296,152 +293,14 @@ static bool name_is_valid(const char *name)
     return true;
 }
 
-static int random_name(char out[EC_SEGMENT_NAME_MAX])
-{
-    static const char hex[] = "0123456789abcdef";
-    uint8_t rnd[EC_SEG_HEX_LEN / 2];
-    size_t got = 0;
-
-    while (got < sizeof(rnd)) {
-        ssize_t r = getrandom(rnd + got, sizeof(rnd) - got, 0);
-        if (r < 0) {
-            if (errno == EINTR)
-                continue;
-            return ec_seterr_errno(EC_EIO, errno, "getrandom for a segment name failed");
-        }
-        got += (size_t)r;
-    }
-    memcpy(out, EC_SEG_PREFIX, EC_SEG_PREFIX_LEN);
-    for (size_t i = 0; i < sizeof(rnd); i++) {
-        out[EC_SEG_PREFIX_LEN + 2 * i] = hex[rnd[i] >> 4];
-        out[EC_SEG_PREFIX_LEN + 2 * i + 1] = hex[rnd[i] & 15];
-    }
-    out[EC_SEG_NAME_LEN] = '\0';
-    assert(name_is_valid(out));
-    return 0;
-}
-
-static int record_path(const char *data_dir, const char *suffix, char *buf, size_t len)
-{
-    int n = snprintf(buf, len, "%s/%s%s", data_dir, EC_SEGMENT_RECORD, suffix);
-    if (n < 0 || (size_t)n >= len)
-        return ec_seterr(EC_EINVAL, "data directory path '%s' is too long", data_dir);
-    return 0;
-}
-
-/* Write name + "\n" to <data_dir>/segment through a temporary file, fsync
- * it, rename it into place and fsync the directory. */
-static int record_write(const char *data_dir, const char *name)
-{
-    char tmp[4096], path[4096], line[EC_SEGMENT_NAME_MAX + 1];
-    int fd = -1, dfd = -1, rc;
-    size_t len, done = 0;
-
-    if ((rc = record_path(data_dir, ".tmp", tmp, sizeof(tmp))) < 0 ||
-        (rc = record_path(data_dir, "", path, sizeof(path))) < 0)
-        return rc;
-    len = (size_t)snprintf(line, sizeof(line), "%s\n", name);
-    fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-    if (fd < 0) {
-        rc = ec_seterr_errno(EC_EIO, errno,
-                             "cannot create %s; check that the data directory exists "
-                             "and is writable",
-                             tmp);
-        goto fail;
-    }
-    while (done < len) {
-        ssize_t w = write(fd, line + done, len - done);
-        if (w < 0) {
-            if (errno == EINTR)
-                continue;
-            rc = ec_seterr_errno(EC_EIO, errno, "cannot write %s", tmp);
-            goto fail_unlink;
-        }
-        done += (size_t)w;
-    }
-    if (fsync(fd) < 0) {
-        rc = ec_seterr_errno(EC_EIO, errno, "cannot fsync %s", tmp);
-        goto fail_unlink;
-    }
-    if (close(fd) < 0) {
-        fd = -1;
-        rc = ec_seterr_errno(EC_EIO, errno, "cannot close %s", tmp);
-        goto fail_unlink;
-    }
-    fd = -1;
-    if (rename(tmp, path) < 0) {
-        rc = ec_seterr_errno(EC_EIO, errno, "cannot rename %s to %s", tmp, path);
-        goto fail_unlink;
-    }
-    dfd = open(data_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (dfd >= 0) {
-        (void)fsync(dfd); /* best effort: the record is in place either way */
-        close(dfd);
-    }
-    return 0;
-
-fail_unlink:
-    unlink(tmp);
-fail:
-    if (fd >= 0)
-        close(fd);
-    return rc;
-}
-
-/* Read and check the record. EC_ENOENT when there is none. */
-static int record_read(const char *data_dir, char name[EC_SEGMENT_NAME_MAX])
-{
-    char path[4096], buf[EC_SEGMENT_NAME_MAX + 2];
-    size_t len = 0;
-    int fd, rc;
-
-    if ((rc = record_path(data_dir, "", path, sizeof(path))) < 0)
-        return rc;
-    fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) {
-        if (errno == ENOENT)
-            return ec_seterr(EC_ENOENT,
-                             "no segment is recorded in %s; create a new one", path);
-        return ec_seterr_errno(EC_EIO, errno, "cannot open %s", path);
-    }
-    while (len < sizeof(buf)) {
-        ssize_t r = read(fd, buf + len, sizeof(buf) - len);
-        if (r < 0) {
-            if (errno == EINTR)
-                continue;
-            rc = ec_seterr_errno(EC_EIO, errno, "cannot read %s", path);
-            close(fd);
-            return rc;
-        }
-        if (r == 0)
-            break;
-        len += (size_t)r;
-    }
-    close(fd);
-    if (len == sizeof(buf))
-        return ec_seterr(EC_ECORRUPT,
-                         "%s is too long to hold a segment name; remove it and let "
-                         "embcached create a new segment",
-                         path);
-    if (len > 0 && buf[len - 1] == '\n')
-        len--;
-    buf[len] = '\0';
-    if (memchr(buf, '\0', len) || !name_is_valid(buf))
-        return ec_seterr(EC_ECORRUPT,
-                         "%s does not hold a valid segment name (expected "
-                         "/embcache-<32 hex digits>); remove it and let embcached "
-                         "create a new segment",
-                         path);
-    memcpy(name, buf, len + 1);
-    return 0;
-}
-
 /* ------------------------------------------------------------------ */
-/* Daemon: create, reopen, hand out, destroy                           */
+/* Daemon: create, seal, attach, hand out                              */
 
-int ec_segment_create(const char *data_dir, uint64_t size, ec_segment *out)
+#define EC_SEALS (F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_FUTURE_WRITE)
+
+int ec_segment_create(uint64_t size, ec_segment *out)
 {
-    return ec_segment_create_ex(data_dir, size, 0, out);
+    return ec_segment_create_ex(size, 0, out);
 }
 
 int ec_segment_device_view(const ec_segment *seg, unsigned dev, uint64_t slab_size,
@@ -454,58 +313,41 @@ int ec_segment_device_view(const ec_segment *seg, unsigned dev, uint64_t slab_si
     out->data = NULL;
     out->data_size = slab_size;
     out->index_used = EC_INDEX_USED_UNKNOWN;
-    out->name[0] = '\0';
     return 0;
 }
 
-int ec_segment_create_ex(const char *data_dir, uint64_t size, unsigned device_tables,
-                         ec_segment *out)
+int ec_segment_create_ex(uint64_t size, unsigned device_tables, ec_segment *out)
 {
-    return ec_segment_create_geometry(data_dir, size, device_tables, EC_ITEM_BYTES_DEFAULT,
-                                      out);
+    int rc = ec_segment_create_geometry(size, device_tables, EC_ITEM_BYTES_DEFAULT, out);
+
+    if (rc == 0 && (rc = ec_segment_seal(out)) < 0)
+        ec_segment_close(out);
+    return rc;
 }
 
-int ec_segment_create_geometry(const char *data_dir, uint64_t size, unsigned device_tables,
-                               uint64_t item_bytes, ec_segment *out)
+int ec_segment_create_geometry(uint64_t size, unsigned device_tables, uint64_t item_bytes,
+                               ec_segment *out)
 {
     ec_segment_geometry g;
-    uint64_t slots, data_off, data_size;
-    char name[EC_SEGMENT_NAME_MAX];
     ec_shm_header *h;
     void *base = MAP_FAILED;
     int fd = -1, rc, err;
 
-    if (!data_dir || !*data_dir || !out)
-        return ec_seterr(EC_EINVAL, "ec_segment_create: data_dir and out are required");
+    if (!out)
+        return ec_seterr(EC_EINVAL, "ec_segment_create: out is required");
     if ((rc = ec_segment_plan_geometry(size, device_tables, item_bytes, &g)) < 0)
         return rc;
-    slots = g.index_slots;
-    data_off = g.data_off;
-    data_size = g.data_size;
     if ((uint64_t)(size_t)size != size)
         return ec_seterr(EC_EINVAL, "segment size %" PRIu64 " does not fit this address space",
                          size);
-
-    for (int tries = 0;; tries++) {
-        if ((rc = random_name(name)) < 0)
-            return rc;
-        fd = shm_open(name, O_CREAT | O_EXCL | O_RDWR | O_CLOEXEC, 0600);
-        if (fd >= 0)
-            break;
-        if (errno != EEXIST || tries >= 8)
-            return ec_seterr_errno(errno == EACCES ? EC_EPERM : EC_EIO, errno,
-                                   "cannot create shared memory segment %s; check that "
-                                   "/dev/shm is mounted and writable",
-                                   name);
-    }
-    /* From here on the name exists: every failure unlinks it. */
-    if (fchmod(fd, 0600) < 0) {
-        rc = ec_seterr_errno(EC_EIO, errno, "cannot chmod segment %s to 0600", name);
-        goto fail;
-    }
+    /* An anonymous memfd: no name anyone could open, nothing left in
+     * /dev/shm when the last process holding it goes. */
+    fd = memfd_create("embcache-segment", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+    if (fd < 0)
+        return ec_seterr_errno(EC_EIO, errno, "memfd_create for the shared segment failed");
     if (ftruncate(fd, (off_t)size) < 0) {
         rc = ec_seterr_errno(errno == ENOSPC || errno == EFBIG ? EC_ENOSPC : EC_EIO, errno,
-                             "cannot size segment %s to %" PRIu64 " bytes", name, size);
+                             "cannot size the segment to %" PRIu64 " bytes", size);
         goto fail;
     }
     do
@@ -513,22 +355,22 @@ int ec_segment_create_geometry(const char *data_dir, uint64_t size, unsigned dev
     while (err == EINTR);
     if (err == ENOSPC || err == EFBIG || err == ENOMEM) {
         rc = ec_seterr_errno(EC_ENOSPC, err,
-                             "cannot reserve %" PRIu64 " bytes (%.1f MiB) for the segment "
-                             "in /dev/shm; pass a smaller --shm-size or free space in "
-                             "/dev/shm (df -h /dev/shm)",
+                             "cannot reserve %" PRIu64 " bytes (%.1f MiB) of shared memory "
+                             "for the segment; pass a smaller --shm-size or free memory "
+                             "(grep -E 'MemAvailable|Shmem' /proc/meminfo)",
                              size, (double)size / (1024.0 * 1024.0));
         goto fail;
     }
     if (err != 0 && err != EOPNOTSUPP) {
         rc = ec_seterr_errno(EC_EIO, err,
-                             "posix_fallocate of %" PRIu64 " bytes for segment %s failed",
-                             size, name);
+                             "posix_fallocate of %" PRIu64 " bytes for the segment failed",
+                             size);
         goto fail;
     }
     base = mmap(NULL, (size_t)size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
     if (base == MAP_FAILED) {
         rc = ec_seterr_errno(errno == ENOMEM ? EC_ENOMEM : EC_EIO, errno,
-                             "cannot map segment %s (%" PRIu64 " bytes)", name, size);
+                             "cannot map the segment (%" PRIu64 " bytes)", size);
         goto fail;
     }
 
@@ -539,15 +381,16 @@ int ec_segment_create_geometry(const char *data_dir, uint64_t size, unsigned dev
     h->header_size = EC_SHM_HEADER_SIZE;
     h->segment_size = size;
     h->index_off = EC_SHM_HEADER_SIZE;
-    h->index_slots = slots;
-    h->data_off = data_off;
-    h->data_size = data_size;
+    h->index_slots = g.index_slots;
+    h->data_off = g.data_off;
+    h->data_size = g.data_size;
     h->item_off = g.item_off;
     h->item_buckets = g.item_buckets;
     h->created_unix = (uint64_t)time(NULL);
     h->device_tables = device_tables;
     for (unsigned i = 0; i < device_tables; i++) {
-        h->dev[i].index_off = EC_SHM_HEADER_SIZE + (i + 1) * slots * sizeof(ec_index_entry);
+        h->dev[i].index_off =
+            EC_SHM_HEADER_SIZE + (i + 1) * g.index_slots * sizeof(ec_index_entry);
         atomic_store_explicit(&h->dev[i].numa_node, -1, memory_order_relaxed);
     }
     atomic_store_explicit(&h->used_bytes, 0, memory_order_relaxed);
@@ -558,105 +401,141 @@ int ec_segment_create_geometry(const char *data_dir, uint64_t size, unsigned dev
         rc = ec_adderr(EC_EINTERNAL, "freshly written segment failed validation");
         goto fail;
     }
-    if ((rc = record_write(data_dir, name)) < 0)
-        goto fail;
-
-    fill_segment(out, fd, true, base, (size_t)size, name);
+    fill_segment(out, fd, true, base, (size_t)size);
     out->index_used = 0; /* a new index is empty */
     return 0;
 
 fail:
     if (base != MAP_FAILED)
         munmap(base, (size_t)size);
-    shm_unlink(name);
     close(fd);
     return rc;
 }
 
-int ec_segment_reopen(const char *data_dir, ec_segment *out)
+int ec_segment_seal(ec_segment *seg)
 {
-    char name[EC_SEGMENT_NAME_MAX];
-    void *base = MAP_FAILED;
-    size_t size = 0;
-    struct stat st;
-    int fd = -1, rc;
+    int have;
 
-    if (!data_dir || !*data_dir || !out)
-        return ec_seterr(EC_EINVAL, "ec_segment_reopen: data_dir and out are required");
-    if ((rc = record_read(data_dir, name)) < 0)
-        return rc;
-    fd = shm_open(name, O_RDWR | O_CLOEXEC, 0);
-    if (fd < 0) {
-        if (errno == ENOENT)
-            rc = ec_seterr(EC_ENOENT,
-                           "segment %s recorded in %s/%s no longer exists (the host "
-                           "rebooted or it was removed); create a new one",
-                           name, data_dir, EC_SEGMENT_RECORD);
-        else
-            rc = ec_seterr_errno(errno == EACCES ? EC_EPERM : EC_EIO, errno,
-                                 "cannot open segment %s recorded in %s/%s", name,
-                                 data_dir, EC_SEGMENT_RECORD);
-        goto fail;
-    }
-    if (fstat(fd, &st) < 0) {
-        rc = ec_seterr_errno(EC_EIO, errno, "cannot fstat segment %s", name);
-        goto fail;
-    }
-    if (st.st_uid != geteuid() || (st.st_mode & 0777) != 0600) {
-        rc = ec_seterr(EC_EPERM,
-                       "segment %s has owner uid %u and mode %04o, expected uid %u and "
-                       "mode 0600; refusing to attach a segment others may write: remove "
-                       "/dev/shm%s and restart embcached",
-                       name, (unsigned)st.st_uid, (unsigned)(st.st_mode & 07777),
-                       (unsigned)geteuid(), name);
-        goto fail;
-    }
-    if (st.st_size < (off_t)EC_SHM_HEADER_SIZE) {
-        rc = ec_seterr(EC_ECORRUPT,
-                       "segment %s is truncated: %lld bytes, less than its %u-byte header",
-                       name, (long long)st.st_size, EC_SHM_HEADER_SIZE);
-        goto fail;
-    }
-    if ((uint64_t)st.st_size > EC_SEG_MAX_SIZE) {
-        rc = ec_seterr(EC_ECORRUPT, "segment %s is %lld bytes, more than any embcache segment",
-                       name, (long long)st.st_size);
-        goto fail;
-    }
-    size = (size_t)st.st_size;
-    base = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-    if (base == MAP_FAILED) {
-        rc = ec_seterr_errno(errno == ENOMEM ? EC_ENOMEM : EC_EIO, errno,
-                             "cannot map segment %s (%zu bytes)", name, size);
-        goto fail;
-    }
-    if ((rc = ec_segment_validate(base, size)) < 0) {
-        ec_adderr(rc, "segment %s recorded in %s/%s", name, data_dir, EC_SEGMENT_RECORD);
-        goto fail;
-    }
-    fill_segment(out, fd, true, base, size, name);
+    if (!seg || seg->fd < 0)
+        return ec_seterr(EC_EINVAL, "ec_segment_seal: no segment");
+    have = fcntl(seg->fd, F_GET_SEALS);
+    if (have >= 0 && (have & EC_SEALS) == EC_SEALS)
+        return 0;
+    /* F_SEAL_FUTURE_WRITE keeps the mappings that exist (ours and the
+     * keeper's) writable and refuses every new writable mapping, write(2)
+     * and hole punch; SHRINK and GROW keep the size, so no reader can be
+     * made to fault (SIGBUS) past a truncated end. */
+    if (have < 0 || fcntl(seg->fd, F_ADD_SEALS, EC_SEALS | F_SEAL_SEAL) < 0)
+        return ec_seterr_errno(EC_EIO, errno,
+                               "cannot seal the shared segment (F_SEAL_FUTURE_WRITE needs "
+                               "Linux 5.1 or later)");
     return 0;
+}
 
-fail:
-    if (base != MAP_FAILED)
-        munmap(base, size);
-    if (fd >= 0)
-        close(fd);
-    return rc;
+int ec_segment_attach(int fd, void *base, size_t size, ec_segment *out)
+{
+    struct stat st;
+    int rc;
+
+    if (fd < 0 || !base || !out)
+        return ec_seterr(EC_EINVAL, "ec_segment_attach: a descriptor and a mapping are needed");
+    if (fstat(fd, &st) < 0)
+        return ec_seterr_errno(EC_EIO, errno, "cannot fstat the kept segment");
+    if (!S_ISREG(st.st_mode) || (uint64_t)st.st_size != (uint64_t)size)
+        return ec_seterr(EC_ECORRUPT,
+                         "the kept segment has %lld bytes, its mapping %zu; starting cold",
+                         (long long)st.st_size, size);
+    if ((rc = ec_segment_validate(base, size)) < 0)
+        return ec_adderr(rc, "the kept segment");
+    fill_segment(out, fd, true, base, size);
+    /* A keeper takes a segment before it is sealed: a worker that died in
+     * between leaves it unsealed. Seal it now. */
+    if ((rc = ec_segment_seal(out)) < 0) {
+        memset(out, 0, sizeof(*out));
+        out->fd = -1;
+        return rc;
+    }
+    return 0;
 }
 
 int ec_segment_open_readonly(const ec_segment *seg, int *fd_out)
 {
+    char path[64];
     int fd;
 
-    if (!seg || !fd_out || !seg->name[0])
-        return ec_seterr(EC_EINVAL,
-                         "ec_segment_open_readonly: needs the daemon's named segment");
-    fd = shm_open(seg->name, O_RDONLY | O_CLOEXEC, 0);
+    if (!seg || !fd_out || seg->fd < 0)
+        return ec_seterr(EC_EINVAL, "ec_segment_open_readonly: needs the daemon's segment");
+    /* A read-only open file description of the same memfd (the seals make
+     * any other description read-only too; this one says so). */
+    snprintf(path, sizeof(path), "/proc/self/fd/%d", seg->fd);
+    fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0)
-        /* No name in the message: it may be relayed to a client. */
-        return ec_seterr_errno(errno == ENOENT ? EC_ENOENT : EC_EIO, errno,
+        fd = fcntl(seg->fd, F_DUPFD_CLOEXEC, 0); /* no /proc: the seals still hold */
+    if (fd < 0)
+        return ec_seterr_errno(EC_EIO, errno,
                                "cannot open a read-only descriptor of the segment");
     *fd_out = fd;
+    return 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* Segments of earlier versions                                        */
+
+/* Read and check a record of an earlier version. EC_ENOENT when none. */
+static int record_read(const char *data_dir, char name[EC_SEGMENT_NAME_MAX])
+{
+    char path[4096], buf[EC_SEGMENT_NAME_MAX + 2];
+    ssize_t len;
+    int fd;
+
+    if (snprintf(path, sizeof(path), "%s/%s", data_dir, EC_SEGMENT_RECORD) >=
+        (int)sizeof(path))
+        return ec_seterr(EC_EINVAL, "data directory path '%s' is too long", data_dir);
+    fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
+    if (fd < 0)
+        return errno == ENOENT ? EC_ENOENT
+                               : ec_seterr_errno(EC_EIO, errno, "cannot open %s", path);
+    len = read(fd, buf, sizeof(buf) - 1);
+    close(fd);
+    if (len <= 0)
+        return ec_seterr(EC_ECORRUPT, "%s is empty", path);
+    buf[len] = '\0';
+    if (buf[len - 1] == '\n')
+        buf[len - 1] = '\0';
+    if (!name_is_valid(buf))
+        return ec_seterr(EC_ECORRUPT, "%s does not name a segment", path);
+    memcpy(name, buf, strlen(buf) + 1);
+    return 0;
+}
+
+int ec_segment_remove_legacy(const char *data_dir)
+{
+    char name[EC_SEGMENT_NAME_MAX], path[4096];
+    int rc;
+
+    if (!data_dir || !*data_dir)
+        return 0;
+    rc = record_read(data_dir, name);
+    if (rc == EC_ENOENT)
+        return 0;
+    if (rc == 0) {
+        char shm[80];
+        struct stat st;
+        int fd;
+        /* Only a segment of ours: the record is in a directory others may
+         * have been able to write. */
+        snprintf(shm, sizeof(shm), "/dev/shm%s", name);
+        fd = open(shm, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
+        if (fd >= 0) {
+            if (fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && st.st_uid == geteuid())
+                shm_unlink(name);
+            close(fd);
+        }
+    }
+    snprintf(path, sizeof(path), "%s/%s", data_dir, EC_SEGMENT_RECORD);
+    unlink(path);
+    snprintf(path, sizeof(path), "%s/%s.tmp", data_dir, EC_SEGMENT_RECORD);
+    unlink(path);
     return 0;
 }
 
@@ -677,6 +556,17 @@ int ec_segment_map_fd(int fd, ec_segment *out)
     if (!S_ISREG(st.st_mode))
         return ec_seterr(EC_ECORRUPT,
                          "the segment descriptor %d is not a shared memory object", fd);
+    {
+        /* Only a sealed segment: then no process but the daemon (and the
+         * keeper) can change a byte of it or its size, whatever its uid. */
+        int seals = fcntl(fd, F_GET_SEALS);
+        if (seals < 0 || (seals & EC_SEALS) != EC_SEALS)
+            return ec_seterr(EC_EPERM,
+                             "the daemon handed out a segment that is not sealed against "
+                             "writes (seals 0x%x); it is not an embcached of this version, "
+                             "or not embcached: refusing to read from it",
+                             seals < 0 ? 0 : (unsigned)seals);
+    }
     if (st.st_size < (off_t)EC_SHM_HEADER_SIZE)
         return ec_seterr(EC_ECORRUPT,
                          "segment is truncated: %lld bytes, less than its %u-byte header",
@@ -698,7 +588,7 @@ int ec_segment_map_fd(int fd, ec_segment *out)
         rc = ec_seterr_errno(EC_EIO, errno, "cannot dup the segment descriptor %d", fd);
         goto fail;
     }
-    fill_segment(out, dupfd, false, base, size, NULL);
+    fill_segment(out, dupfd, false, base, size);
     return 0;
 
 fail:
@@ -728,37 +618,17 @@ void ec_segment_close(ec_segment *seg)
     seg->writable = false;
 }
 
-int ec_segment_destroy(ec_segment *seg, const char *data_dir)
-{
-    char path[4096], recorded[EC_SEGMENT_NAME_MAX];
-    int rc = 0;
-
-    if (!seg || !seg->name[0])
-        return ec_seterr(EC_EINVAL, "ec_segment_destroy: needs the daemon's named segment");
-    if (shm_unlink(seg->name) < 0 && errno != ENOENT)
-        rc = ec_seterr_errno(EC_EIO, errno, "cannot remove segment %s", seg->name);
-    if (data_dir && *data_dir && record_path(data_dir, "", path, sizeof(path)) == 0) {
-        /* Remove the record only if it still names this segment: a newer
-         * segment's record is not ours to remove. */
-        if (record_read(data_dir, recorded) == 0 && strcmp(recorded, seg->name) == 0 &&
-            unlink(path) < 0 && errno != ENOENT && rc == 0)
-            rc = ec_seterr_errno(EC_EIO, errno, "cannot remove %s", path);
-    }
-    return rc;
-}
-
 /* nftw callback of ec_segment_rmtree: a segment record takes the segment
  * it names with it. */
 static int rm_entry(const char *p, const struct stat *sb, int flag, struct FTW *ftw)
 {
     (void)sb;
     if (flag == FTW_F && !strcmp(p + ftw->base, EC_SEGMENT_RECORD) && ftw->base > 0) {
-        char dir[4096], name[EC_SEGMENT_NAME_MAX];
+        char dir[4096];
         if ((size_t)ftw->base <= sizeof(dir)) {
             memcpy(dir, p, (size_t)ftw->base - 1);
             dir[ftw->base - 1] = '\0';
-            if (record_read(dir, name) == 0)
-                shm_unlink(name);
+            ec_segment_remove_legacy(dir);
         }
     }
     return remove(p);

@@ -344,6 +344,72 @@ int ect_daemon_stop(pid_t pid)
     return status;
 }
 
+static pid_t worker_pid(const char *data_dir)
+{
+    char path[4200], buf[32] = "";
+    ssize_t n;
+    long pid;
+    int fd;
+
+    snprintf(path, sizeof(path), "%s/embcached.lock", data_dir);
+    fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return -1;
+    n = pread(fd, buf, sizeof(buf) - 1, 0);
+    close(fd);
+    buf[n > 0 ? n : 0] = '\0';
+    pid = strtol(buf, NULL, 10);
+    return pid > 0 && kill((pid_t)pid, 0) == 0 ? (pid_t)pid : -1;
+}
+
+bool ect_pid_alive(pid_t pid)
+{
+    char path[64], buf[256];
+    FILE *f;
+    bool a = false;
+
+    snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
+    if ((f = fopen(path, "r"))) {
+        const char *p;
+        a = fgets(buf, sizeof(buf), f) && (p = strrchr(buf, ')')) && p[1] && p[2] != 'Z';
+        fclose(f);
+    }
+    return a;
+}
+
+pid_t ect_daemon_worker(const char *data_dir)
+{
+    for (int i = 0; i < 2000; i++) {
+        pid_t pid = worker_pid(data_dir);
+        if (pid > 0)
+            return pid;
+        usleep(10000);
+    }
+    fail_msg("no embcached worker for %s within 20 s", data_dir);
+    return -1;
+}
+
+pid_t ect_daemon_crash(const char *data_dir, const char *socket)
+{
+    pid_t old = ect_daemon_worker(data_dir);
+
+    if (kill(old, SIGKILL) < 0)
+        fail_msg("kill -9 of worker %d: %s", (int)old, strerror(errno));
+    return ect_daemon_wait_worker(data_dir, socket, old);
+}
+
+pid_t ect_daemon_wait_worker(const char *data_dir, const char *socket, pid_t old)
+{
+    for (int i = 0; i < 2000; i++) {
+        pid_t now = worker_pid(data_dir);
+        if (now > 0 && now != old && socket_ready(socket))
+            return now;
+        usleep(10000);
+    }
+    fail_msg("no new embcached worker served %s within 20 s", socket);
+    return -1;
+}
+
 static char *slurp_fd(int fd, size_t *len_out)
 {
     size_t cap = 4096, len = 0;

@@ -64,6 +64,23 @@ pid_t ect_daemon_start(const char *data_dir, const char *socket, const char *con
 /* SIGTERM the daemon and wait; returns its exit status (as from waitpid). */
 int ect_daemon_stop(pid_t pid);
 
+/* The daemon's worker, the process that serves (embcached forks it and
+ * keeps the segment for it; its pid is in DATA_DIR/embcached.lock). Fails
+ * the test when there is none within 20 s. */
+pid_t ect_daemon_worker(const char *data_dir);
+
+/* Is pid a running process (not gone, not a zombie)? */
+bool ect_pid_alive(pid_t pid);
+
+/* Crash the daemon: SIGKILL its worker and wait until the keeper's next
+ * worker accepts connections on socket (a warm restart). Returns the new
+ * worker's pid. */
+pid_t ect_daemon_crash(const char *data_dir, const char *socket);
+
+/* Wait until a worker other than `old` accepts connections on socket;
+ * returns its pid (fails the test after 20 s). */
+pid_t ect_daemon_wait_worker(const char *data_dir, const char *socket, pid_t old);
+
 /* Run a program with args (NULL-terminated), capturing stdout and stderr
  * into malloc'd buffers (may be NULL). Returns the exit status (0..255), or
  * 128+signal. */

@@ -19,9 +19,8 @@ sock="$data/embcached.sock"
 if [ "${#sock}" -ge 100 ]; then sock="/tmp/embcache-demo-$(id -u).sock"; fi
 export EMBCACHE_SOCKET="$sock"
 
-# --drop-segment: the demo gives its 256 MiB of shared memory back when it
-# ends (a real deployment keeps the segment for a warm restart).
-build/embcached --data-dir "$data" --socket "$sock" --shm-size 256M --drop-segment \
+# The demo's 256 MiB of shared memory goes with the daemon when it ends.
+build/embcached --data-dir "$data" --socket "$sock" --shm-size 256M \
   2>"$data/embcached.log" &
 daemon=$!
 trap 'kill -TERM $daemon 2>/dev/null; wait $daemon 2>/dev/null || true' EXIT

@@ -1,7 +1,9 @@
 /*
  * embcached.c - the embcache host daemon: option parsing around
- * ec_server_run(). Runs in the foreground; SIGTERM or SIGINT stops it
- * cleanly, leaving the segment for a warm restart.
+ * ec_keeper_start() and ec_server_run(). Runs in the foreground as two
+ * processes: the keeper (this one) and the worker it forks, which serves
+ * and is restarted warm when it crashes (core/keeper.h). SIGTERM or SIGINT
+ * stops both cleanly.
  */
 #include <errno.h>
 #include <getopt.h>
@@ -11,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -18,6 +21,7 @@
 #include "common/log.h"
 #include "common/paths.h"
 #include "common/units.h"
+#include "core/keeper.h"
 #include "core/server.h"
 
 #define DEFAULT_SHM_SIZE (1ULL << 30)
@@ -27,13 +31,19 @@ static void usage(FILE *f)
     fprintf(f,
             "usage: embcached [OPTION]...\n"
             "Keep embedding tables and model weights in shared memory for the inference\n"
-            "processes of this host. Runs in the foreground; SIGTERM/SIGINT stop it.\n"
+            "processes of this host. Runs in the foreground as two processes: a keeper\n"
+            "that holds the shared segment and a worker that serves; a worker that\n"
+            "crashes is restarted and serves the segment warm. SIGTERM/SIGINT stop both\n"
+            "(the segment goes with them); SIGUSR2 restarts the worker, warm; the\n"
+            "worker's pid is in DATA_DIR/embcached.lock.\n"
             "\n"
-            "  -d, --data-dir DIR     catalog, partition files and the segment record\n"
+            "  -d, --data-dir DIR     catalog and partition files; must not be writable\n"
+            "                         by other users\n"
             "                         (default: $EMBCACHE_DATA_DIR, else ./embcache-data)\n"
             "  -s, --socket PATH      control socket (default: $EMBCACHE_SOCKET, else\n"
             "                         /run/embcache/embcached.sock as root,\n"
-            "                         $XDG_RUNTIME_DIR/embcache.sock or /tmp/embcache-UID.sock)\n"
+            "                         $XDG_RUNTIME_DIR/embcache.sock or\n"
+            "                         /tmp/embcache-UID/embcached.sock)\n"
             "  -m, --shm-size BYTES   shared segment size; suffixes K, M, G (default 1G)\n"
             "  -b, --budget BYTES     memory budget of the host tier: evict past it\n"
             "                         (default: the whole segment)\n"
@@ -55,16 +65,24 @@ static void usage(FILE *f)
             "      --epoch-hold SECONDS  disconnect a client whose GPU gather holds freed\n"
             "                         memory back longer than this (default 30)\n"
             "  -j, --io-threads N     pread reader threads (default 2)\n"
-            "      --allow-uid UID    also accept clients of this uid (repeatable)\n"
-            "      --allow-any        accept clients of every local user\n"
-            "      --drop-segment     remove the shared segment at exit (by default it is\n"
-            "                         kept, and a restarted daemon serves it warm)\n"
+            "      --allow-uid UID    also accept clients of this uid, to read (repeatable)\n"
+            "      --allow-any        accept clients of every local user (to read)\n"
+            "      --admin-uid UID    also let this uid administer: import, alias, prewarm,\n"
+            "                         evict, retire, refresh, policy, mode, upgrade\n"
+            "                         (repeatable; root and the daemon's uid always may)\n"
+            "      --max-clients N    connections at once (default 1024)\n"
+            "      --max-clients-per-uid N  connections of one uid at once (default: a\n"
+            "                         quarter of --max-clients)\n"
+            "      --no-keeper        one process, no keeper: a crash loses the segment\n"
+            "      --drop-segment     no effect (the segment always goes when the daemon\n"
+            "                         stops); accepted for old scripts\n"
             "  -v, --verbose          log more (repeat for debug)\n"
             "  -q, --quiet            log errors only\n"
             "  -h, --help             show this help\n"
             "  -V, --version          show the version\n"
             "\n"
-            "Exit status: 0 after a clean shutdown, 1 when start-up failed, 2 for bad usage.\n");
+            "Exit status: 0 after a clean shutdown, 1 when start-up failed (or the worker\n"
+            "crashed 5 times within 60 s), 2 for bad usage.\n");
 }
 
 
@@ -87,6 +105,10 @@ int main(int argc, char **argv)
         {"allow-uid", required_argument, NULL, 'U'},
         {"allow-any", no_argument, NULL, 'A'},
         {"drop-segment", no_argument, NULL, 'D'},
+        {"no-keeper", no_argument, NULL, 'K'},
+        {"max-clients", required_argument, NULL, 'C'},
+        {"admin-uid", required_argument, NULL, 'a'},
+        {"max-clients-per-uid", required_argument, NULL, 'u'},
         {"verbose", no_argument, NULL, 'v'},
         {"quiet", no_argument, NULL, 'q'},
         {"help", no_argument, NULL, 'h'},
@@ -98,6 +120,9 @@ int main(int argc, char **argv)
     char sock[108], dir[PATH_MAX];
     const char *data_dir = getenv("EMBCACHE_DATA_DIR");
     int level = EC_LOG_INFO, c, rc;
+    bool keeper = true;
+    ec_keeper k = {.sock = -1, .lock_fd = -1, .seg_fd = -1};
+    struct stat st;
 
     while ((c = getopt_long(argc, argv, "d:s:m:j:b:vqhV", opts, NULL)) != -1) {
         switch (c) {
@@ -217,7 +242,34 @@ int main(int argc, char **argv)
             break;
         }
         case 'A': cfg.allow_any = true; break;
-        case 'D': cfg.drop_segment = true; break;
+        case 'a': {
+            char *end;
+            long uid = strtol(optarg, &end, 10);
+            if (*end || end == optarg || uid < 0 || cfg.n_admin_uids == EC_SERVER_MAX_ALLOW) {
+                fprintf(stderr, "embcached: --admin-uid '%s' must be a uid (at most %d)\n",
+                        optarg, EC_SERVER_MAX_ALLOW);
+                return 2;
+            }
+            cfg.admin_uids[cfg.n_admin_uids++] = (uid_t)uid;
+            break;
+        }
+        case 'C':
+        case 'u': {
+            char *end;
+            long n = strtol(optarg, &end, 10);
+            if (*end || end == optarg || n < 1 || n > 65536) {
+                fprintf(stderr, "embcached: --%s '%s' must be 1..65536\n",
+                        c == 'C' ? "max-clients" : "max-clients-per-uid", optarg);
+                return 2;
+            }
+            if (c == 'C')
+                cfg.max_clients = (unsigned)n;
+            else
+                cfg.max_clients_per_uid = (unsigned)n;
+            break;
+        }
+        case 'D': break;
+        case 'K': keeper = false; break;
         case 'v': level = level < EC_LOG_DEBUG ? level + 1 : level; break;
         case 'q': level = EC_LOG_ERROR; break;
         case 'h': usage(stdout); return 0;
@@ -249,11 +301,36 @@ int main(int argc, char **argv)
         snprintf(dir, sizeof(dir), "%s", data_dir);
     }
     cfg.data_dir = dir;
+    /* Whoever can write the data directory decides what the daemon serves
+     * (and, through links, what it writes): only its owner may. */
+    if (stat(dir, &st) < 0 || !S_ISDIR(st.st_mode)) {
+        fprintf(stderr, "embcached: data directory %s is not a directory\n", dir);
+        return 1;
+    }
+    if (st.st_uid != geteuid() || (st.st_mode & 022)) {
+        fprintf(stderr,
+                "embcached: data directory %s is owned by uid %u with mode %04o: it must "
+                "belong to uid %u and not be writable by group or others (chown %u %s; "
+                "chmod go-w %s)\n",
+                dir, (unsigned)st.st_uid, (unsigned)(st.st_mode & 07777), (unsigned)geteuid(),
+                (unsigned)geteuid(), dir, dir);
+        return 1;
+    }
     if (!cfg.socket_path)
         cfg.socket_path = ec_default_socket(sock, sizeof(sock));
 
     ec_log_init("embcached", (enum ec_log_level)level);
+    if (keeper) {
+        if ((rc = ec_keeper_start(dir, &k)) < 0) {
+            fprintf(stderr, "embcached: %s\n", ec_last_error());
+            return 1;
+        }
+        cfg.keeper = &k; /* from here on, this is a worker */
+    } else {
+        prctl(PR_SET_DUMPABLE, 0);
+    }
     rc = ec_server_run(&cfg);
+    ec_keeper_close(&k);
     if (rc) {
         fprintf(stderr, "embcached: %s\n", ec_last_error());
         return 1;

@@ -183,7 +183,7 @@ def main():
     table_bytes = args.rows * args.dim * 4
     shm = 2 * table_bytes + (128 << 20)
     daemon = subprocess.Popen([str(embcached), "--data-dir", str(tmp / "data"), "--socket", sock,
-                               "--shm-size", str(shm), "--drop-segment", "-q"])
+                               "--shm-size", str(shm), "-q"])
     results = []
     try:
         deadline = time.monotonic() + 20

@@ -236,7 +236,7 @@ class Client:
         Args:
             socket: the daemon's socket; None means ``$EMBCACHE_SOCKET``, then
                 the daemon's default (``/run/embcache/embcached.sock`` as root,
-                ``$XDG_RUNTIME_DIR/embcache.sock`` or ``/tmp/embcache-UID.sock``).
+                ``$XDG_RUNTIME_DIR/embcache.sock`` or ``/tmp/embcache-UID/embcached.sock``).
             reconnect: on a daemon restart, reconnect once and retry the call
                 (True), or raise StaleError (False).
 

@@ -186,7 +186,7 @@ def main():
         np.save(npy, rng.standard_normal((args.rows, args.dim), dtype=np.float32))
         shm = max(64 * MIB, 2 * table_bytes + 32 * MIB)
         daemon = subprocess.Popen([embcached, "--data-dir", str(tmp / "data"), "--socket", sock,
-                                   "--shm-size", str(shm), "--drop-segment", "-q"])
+                                   "--shm-size", str(shm), "-q"])
         deadline = time.monotonic() + 20
         while True:                                  # until it answers
             try:

@@ -65,7 +65,8 @@
 static char root[64];
 static char data_dir[128], sock_path[108], log_path[128];
 static char small_npy[128], big_npy[128];
-static pid_t dpid = -1;
+static pid_t dpid = -1;  /* the keeper */
+static pid_t wpid = -1;  /* its worker, which serves */
 static ec_client *good;
 static ec_tensor *good_small;
 static uint32_t small_id, small_parts, big_id, big_parts;
@@ -135,14 +136,6 @@ static int count_fds(pid_t pid)
             n++;
     closedir(d);
     return n;
-}
-
-static void destroy_segment_of(const char *dir)
-{
-    ec_segment seg;
-
-    if (ec_segment_reopen(dir, &seg) == 0)
-        ec_segment_destroy(&seg, dir);
 }
 
 /* ------------------------------------------------------------------ */
@@ -400,7 +393,7 @@ static void raw_hello(int fd, uint32_t req)
     (void)ec_get_u64(&r.body); /* segment size */
     (void)ec_get_u32(&r.body); /* layout */
     assert_int_equal(ec_get_u32(&r.body), EC_SESSION_SIZE);
-    assert_int_equal(ec_get_u32(&r.body), (uint32_t)dpid);
+    assert_int_equal(ec_get_u32(&r.body), (uint32_t)wpid);
 }
 
 static int raw_open(void)
@@ -582,6 +575,7 @@ static int group_setup(void **state)
     assert_int_equal(ect_write_npy(big_npy, EC_DTYPE_F32, 2, bshape, BIG_SEED), 0);
 
     dpid = daemon_spawn(data_dir, sock_path, log_path, NULL, 0);
+    wpid = ect_daemon_worker(data_dir);
     rc = ec_client_connect(sock_path, &good);
     if (rc)
         fail_msg("ec_client_connect: %s", ec_last_error());
@@ -640,7 +634,6 @@ static int group_teardown(void **state)
         free(text);
     }
     check_log_clean(log_path);
-    destroy_segment_of(data_dir);
     ect_rmtree(root);
     return 0;
 }
@@ -985,7 +978,7 @@ static void wait_fd_count(int want)
     int n = -1;
 
     for (int i = 0; i < 200; i++) {
-        n = count_fds(dpid);
+        n = count_fds(wpid);
         if (n == want)
             return;
         sleep_ms(10);
@@ -1002,7 +995,7 @@ static void test_fds_on_wrong_op(void **state)
 
     (void)state;
     wait_clients(1);
-    before = count_fds(dpid);
+    before = count_fds(wpid);
     assert_int_equal(pipe2(p, O_CLOEXEC), 0);
 
     fd = raw_open();
@@ -1291,7 +1284,6 @@ static void test_second_daemon(void **state)
     /* The socket is still the first daemon's. */
     assert_int_equal(stat(sock_path, &st), 0);
     assert_true(S_ISSOCK(st.st_mode));
-    destroy_segment_of(data2);
     daemon_still_serves();
     /* And the client that was connected all along is not stale. */
     gather_check(good_small, SMALL_DIM, SMALL_SEED, SMALL_ROWS, 32);
@@ -1372,7 +1364,6 @@ static void test_other_uid(void **state)
     chmod(root, 0700);
     assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
     check_log_clean(log3);
-    destroy_segment_of(data3);
     daemon_still_serves();
 }
 
@@ -1614,7 +1605,6 @@ static void test_accept_emfile_busy_loop(void **state)
     ec_client_close(c);
     status = ect_daemon_stop(pid4);
     check_log_clean(log4);
-    destroy_segment_of(data4);
     print_message("descriptor table full: embcached used %.2f s of CPU in 1 s\n", c1 - c0);
     assert_int_equal(rc, 0);
     assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);

@@ -40,6 +40,7 @@
 
 #include "cuda/backend.h"
 #include "itest.h"
+#include "shm/layout.h"
 #include "testutil.h"
 
 static bool on_cuda; /* running the `cuda` group */
@@ -572,8 +573,90 @@ static void test_epoch_hold(void **state)
         /* Any request now finds the connection closed. */
         _exit(ec_model_evict(k, "m", "1", &v) == EC_ECONN ? 0 : 3);
     }
+    /* Evicting puts memory in limbo that the held epoch keeps there: only
+     * then does the hold cost anyone anything. */
+    usleep(500000);
+    {
+        uint64_t v;
+        assert_int_equal(ec_model_evict(c, "m", "1", &v), 0);
+    }
     assert_int_equal(reap(kid), 0);
     /* Everyone else is served. */
+    assert_int_equal(gather_check(t, ids, 4, &tb, out, sizeof(out)), 0);
+    daemon_alive();
+    ec_tensor_release(t);
+    ec_client_close(c);
+    table_free(&tb);
+}
+
+/* A session page mapped in this process other than `not` (as an attacker
+ * would find its own: by name in /proc/self/maps). */
+static void *session_page(const void *not)
+{
+    FILE *f = fopen("/proc/self/maps", "r");
+    char line[512];
+    void *p = NULL;
+
+    while (f && fgets(line, sizeof(line), f))
+        if (strstr(line, "embcache-session")) {
+            unsigned long a;
+            if (sscanf(line, "%lx-", &a) == 1 && (void *)a != not)
+                p = (void *)a;
+        }
+    if (f)
+        fclose(f);
+    return p;
+}
+
+/* 7. A client that writes low, ever-changing values into its epoch slots
+ * (so that no value is "held" from one tick to the next) keeps memory in
+ * limbo all the same: it is disconnected after --epoch-hold, and everyone
+ * else's evictions and misses go on. */
+static void test_epoch_slots_lie(void **state)
+{
+    static const char *const args[] = {"--shm-size", "64M", "--gpu-slab", "4M",
+                                       "--epoch-hold", "1", NULL};
+    struct table tb;
+    ec_client *c;
+    ec_tensor *t;
+    int64_t ids[4] = {1, 2, 3, 4};
+    uint8_t out[4 * COLS * 4];
+    pid_t kid;
+    uint64_t v;
+    double t0;
+
+    (void)state;
+    start(args, &tb, 17, &c, &t);
+    assert_int_equal(gather_check(t, ids, 4, &tb, out, sizeof(out)), 0);
+    if ((kid = spawn()) == 0) {
+        ec_client *k = NULL;
+        _Atomic uint64_t *slot;
+        void *parents = session_page(NULL); /* inherited from the parent */
+        ec_session_page *mine;
+        if (ec_client_connect(E.sock, &k) || !(mine = session_page(parents)))
+            _exit(2);
+        slot = mine->epoch_slot;
+        for (uint64_t i = 0; i < 2000000000u; i++) {
+            atomic_store(&slot[0], 1 + (i & 1));
+            if ((i & 1023) == 0) {
+                if (ec_model_evict(k, "m", "1", &v) == EC_ECONN)
+                    _exit(0); /* disconnected */
+                usleep(1000);
+            }
+        }
+        _exit(3);
+    }
+    /* Memory goes to limbo, and the liar must not keep it there for long. */
+    t0 = now_s();
+    while (now_s() - t0 < 10 && stat_of(c, "epoch_hold_disconnects") == 0) {
+        assert_int_equal(ec_model_evict(c, "m", "1", &v), 0);
+        assert_int_equal(gather_check(t, ids, 4, &tb, out, sizeof(out)), 0);
+        usleep(100000);
+    }
+    printf("the client writing changing epochs was disconnected after %.1f s\n",
+           now_s() - t0);
+    assert_int_equal(stat_of(c, "epoch_hold_disconnects"), 1);
+    assert_int_equal(reap(kid), 0);
     assert_int_equal(gather_check(t, ids, 4, &tb, out, sizeof(out)), 0);
     daemon_alive();
     ec_tensor_release(t);
@@ -590,6 +673,7 @@ int main(int argc, char **argv)
         cmocka_unit_test_teardown(test_gpu_loss, env_teardown),
         cmocka_unit_test_teardown(test_restart, env_teardown),
         cmocka_unit_test_teardown(test_epoch_hold, env_teardown),
+        cmocka_unit_test_teardown(test_epoch_slots_lie, env_teardown),
     };
     /* The churn forks its readers: it runs before anything initializes
      * CUDA in this process. */

@@ -6,8 +6,8 @@ sets them, with PYTHONPATH pointing at the package staged in the build tree),
 else from $EMBCACHE_BUILD_DIR or build/ of this checkout, in which case the
 package is taken from python/ and the library from that build directory.
 
-Every daemon runs on a temporary data directory and socket with
---drop-segment, so nothing is left in /dev/shm; daemons are stopped by pid.
+Every daemon runs on a temporary data directory and socket; its segment
+goes with it (nothing is ever left in /dev/shm); daemons are stopped by pid.
 """
 
 from __future__ import annotations
@@ -67,36 +67,64 @@ def pytest_configure(config: pytest.Config) -> None:
 class Daemon:
     """One embcached on its own data directory and socket."""
 
-    def __init__(self, root: Path, shm_size: str = "128M", drop_segment: bool = True,
+    def __init__(self, root: Path, shm_size: str = "128M",
                  extra: Sequence[str] = ()) -> None:
         self.root = root
         self.data = root / "data"
         self.socket = str(root / "s.sock")
         self.log = root / "embcached.log"
         self.shm_size = shm_size
-        self.drop_segment = drop_segment
         self.extra = list(extra)
         self.proc: Optional[subprocess.Popen] = None
 
-    def start(self, drop_segment: Optional[bool] = None) -> "Daemon":
-        drop = self.drop_segment if drop_segment is None else drop_segment
+    def start(self) -> "Daemon":
         args = [EMBCACHED, "--data-dir", str(self.data), "--socket", self.socket,
-                "--shm-size", self.shm_size] + (["--drop-segment"] if drop else []) + self.extra
+                "--shm-size", self.shm_size] + self.extra
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(args, stdout=log, stderr=log)
+        try:
+            self._wait_worker(None)
+        except BaseException:
+            self.stop()  # never leave a daemon behind
+            raise
+        return self
+
+    def _wait_worker(self, old: Optional[int]) -> int:
+        """Poll until a worker other than old answers; its pid."""
+        assert self.proc is not None
         deadline = time.monotonic() + 20
-        while True:  # poll until it answers
+        while True:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"embcached exited with {self.proc.returncode}:\n"
                                    f"{self.log.read_text()}")
             try:
-                embcache.connect(self.socket, reconnect=False).close()
-                return self
-            except embcache.ConnectionError:
-                if time.monotonic() > deadline:
-                    self.stop()
-                    raise RuntimeError(f"embcached did not answer on {self.socket} in 20 s")
-                time.sleep(0.01)
+                w = self.worker_pid
+                if w != old:
+                    embcache.connect(self.socket, reconnect=False).close()
+                    return w
+            except (embcache.ConnectionError, ValueError, IndexError, OSError):
+                pass
+            if time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"embcached did not answer on {self.socket} in 20 s")
+            time.sleep(0.01)
+
+    @property
+    def worker_pid(self) -> int:
+        """The worker, which serves (the keeper, self.pid, forks it)."""
+        return int((self.data / "embcached.lock").read_text().split()[0])
+
+    def crash(self) -> None:
+        """kill -9 the worker; the keeper starts another, which serves warm."""
+        old = self.worker_pid
+        os.kill(old, signal.SIGKILL)
+        self._wait_worker(old)
+
+    def restart_worker(self) -> None:
+        """SIGUSR2: the keeper stops the worker and starts another, warm."""
+        old = self.worker_pid
+        os.kill(self.pid, signal.SIGUSR2)
+        self._wait_worker(old)
 
     def stop(self) -> int:
         p, self.proc = self.proc, None

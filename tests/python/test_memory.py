@@ -74,7 +74,7 @@ def test_shared_memory_is_paid_once(make_daemon, tmp_path, capsys):
     d.import_files(MODEL, 1, [path], partition_bytes=1 << 20)
 
     ec, ec_alone, ec_sums = run_workers(["embcache", d.socket, MODEL, "big"], N)
-    daemon_pss = pss(d.pid)
+    daemon_pss = pss(d.pid) + pss(d.worker_pid)   # the keeper and its worker
     npl, np_alone, np_sums = run_workers(["npload", str(path)], N)
 
     assert ec_sums == [expected] * N and np_sums == [expected] * N

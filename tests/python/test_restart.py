@@ -1,6 +1,7 @@
 """A daemon that restarts or stops under a live process: the next call
-reconnects once (or raises a clear error), views of the old daemon raise on
-use, and no call ever returns a wrong row or crashes."""
+reconnects once (or raises a clear error), views of a worker that was
+replaced (whose memory the next one may reuse) raise on use, and no call
+ever returns a wrong row or crashes."""
 
 import numpy as np
 import pytest
@@ -20,7 +21,7 @@ def table(tmp_path):
 def test_restart_reconnects_transparently(make_daemon, table):
     path, src = table
     d = make_daemon()
-    d.start(drop_segment=False)   # keep the segment: the next daemon re-attaches it
+    d.start()
     d.import_files("r", 1, [path])
     d.cli("alias", "r", "current", "1")
     c = embcache.connect(d.socket)
@@ -30,9 +31,7 @@ def test_restart_reconnects_transparently(make_daemon, table):
     old_array = w.numpy()
     assert same(old_array, src)
     gen = c.generation
-    assert d.stop() == 0
-
-    d.start(drop_segment=True)    # warm restart; drops the segment when it stops
+    d.restart_worker()            # warm: the next worker takes the segment over
     ids = np.random.default_rng(1).permutation(2000)
     assert same(t.gather(ids), src[ids])                   # reconnected and re-resolved
     assert c.generation > gen
@@ -50,12 +49,11 @@ def test_restart_reconnects_transparently(make_daemon, table):
 def test_view_of_old_daemon_raises_before_anything_else_noticed(make_daemon, table):
     path, src = table
     d = make_daemon()
-    d.start(drop_segment=False)
+    d.start()
     d.import_files("r", 1, [path])
     c = embcache.connect(d.socket)
     w = c.tensor("r", "r", 1).view()
-    d.stop()
-    d.start(drop_segment=True)
+    d.crash()                     # kill -9 of the worker; the next one serves warm
     # No other call has noticed the restart: the view itself must.
     with pytest.raises(embcache.StaleError):
         w.numpy()
@@ -64,13 +62,12 @@ def test_view_of_old_daemon_raises_before_anything_else_noticed(make_daemon, tab
 def test_restart_without_reconnect_raises_stale(make_daemon, table):
     path, src = table
     d = make_daemon()
-    d.start(drop_segment=False)
+    d.start()
     d.import_files("r", 1, [path])
     c = embcache.connect(d.socket, reconnect=False)
     t = c.tensor("r", "r", 1)
     assert same(t.gather([5]), src[[5]])
-    d.stop()
-    d.start(drop_segment=True)
+    d.restart_worker()
     with pytest.raises(embcache.StaleError, match="restarted") as e:
         t.gather([5])
     assert e.value.code == -15
@@ -90,9 +87,12 @@ def test_daemon_stopped_names_the_socket(make_daemon, table):
     t = c.tensor("r", "r", 1)
     assert same(t.gather(np.arange(64)), src[:64])         # partition 0 resident
     d.stop()
-    # Resident rows need no daemon and are still right ...
-    assert same(t.gather(np.arange(64)), src[:64])
-    # ... a miss needs it: a clear error, naming the socket and the fix.
+    # A stopped daemon leaves its handles stale (its segment is nobody's
+    # now, a crashed one's is kept and served): the next call, hit or miss,
+    # tries to reconnect and says what is wrong, naming the socket and the fix.
+    with pytest.raises(embcache.ConnectionError) as e:
+        t.gather(np.arange(64))
+    assert d.socket in str(e.value) and "embcached --socket" in str(e.value)
     with pytest.raises(embcache.ConnectionError) as e:
         t.gather([1999])
     assert d.socket in str(e.value) and "embcached --socket" in str(e.value)

@@ -360,6 +360,20 @@ static void test_sweep(void **state)
     assert_int_equal(ect_write_file(path, "x", 1), 0);
     assert_int_equal(count_parts(f), N_ST + 3);
 
+    /* A catalog created by this very open, next to partition files, is a
+     * lost one: its word deletes no partition file. */
+    assert_true(ec_catalog_created(f->cat));
+    assert_int_equal(ec_import_sweep(f->cat, f->dir), EC_ECORRUPT);
+    assert_non_null(strstr(ec_last_error(), "lost or truncated"));
+    assert_int_equal(count_parts(f), N_ST + 3);
+    /* The catalog the daemon opens on its next start existed already. */
+    {
+        char db[600];
+        ec_catalog_close(f->cat);
+        snprintf(db, sizeof(db), "%s/%s", f->dir, EC_CATALOG_FILE);
+        assert_int_equal(ec_catalog_open(db, &f->cat), 0);
+        assert_false(ec_catalog_created(f->cat));
+    }
     assert_int_equal(ec_import_sweep(f->cat, f->dir), 2);
     assert_int_equal(count_parts(f), N_ST + 1);
     assert_int_equal(ec_import_sweep(f->cat, f->dir), 0);

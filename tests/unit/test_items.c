@@ -315,7 +315,8 @@ static void test_real_segment(void **state)
 
     assert_int_equal(EC_ITEM_KEY_TENSOR(key), EC_ITEM_ROW_TENSOR_MAX);
     assert_int_equal(EC_ITEM_KEY_ROW(key), EC_ITEM_ROW_MAX);
-    assert_int_equal(ec_segment_create_geometry(dir, 8u << 20, 0, 256, &w), 0);
+    assert_int_equal(ec_segment_create_geometry(8u << 20, 0, 256, &w), 0);
+    assert_int_equal(ec_segment_seal(&w), 0);
     assert_true(w.item_buckets > 0);
     memcpy(w.data + 4096, &key, 8);
     assert_int_equal(ec_item_insert(&w, key, 4096), 0);
@@ -330,15 +331,14 @@ static void test_real_segment(void **state)
     assert_int_equal(ec_item_insert(&r, key + 1, 8192), EC_EPERM);
     assert_int_equal(ec_item_remove(&r, key, 4096), EC_EPERM);
     ec_segment_close(&r);
-    ec_segment_destroy(&w, dir);
     ec_segment_close(&w);
     /* no item index at all: lookups miss, writes explain */
-    assert_int_equal(ec_segment_create_geometry(dir, 8u << 20, 0, 0, &w), 0);
+    assert_int_equal(ec_segment_create_geometry(8u << 20, 0, 0, &w), 0);
+    assert_int_equal(ec_segment_seal(&w), 0);
     assert_int_equal(w.item_buckets, 0);
     assert_int_equal(ec_item_lookup(&w, key, 8, &ref), 0);
     assert_int_equal(ec_item_insert(&w, key, 4096), EC_EINVAL);
     assert_non_null(strstr(ec_last_error(), "no item index"));
-    ec_segment_destroy(&w, dir);
     ec_segment_close(&w);
     ect_rmtree(dir);
     free(dir);

@@ -91,13 +91,13 @@ static void env_new(struct env *v, uint64_t seg_bytes, uint64_t item_bytes, unsi
 {
     memset(v, 0, sizeof(*v));
     v->dir = ect_tmpdir("test_itemstore");
-    assert_int_equal(ec_segment_create_geometry(v->dir, seg_bytes, 0, item_bytes, &v->seg), 0);
+    assert_int_equal(ec_segment_create_geometry(seg_bytes, 0, item_bytes, &v->seg), 0);
+    assert_int_equal(ec_segment_seal(&v->seg), 0);
     v->max_slabs = max_slabs;
 }
 
 static void env_free(struct env *v)
 {
-    ec_segment_destroy(&v->seg, v->dir);
     ec_segment_close(&v->seg);
     ect_rmtree(v->dir);
     free(v->dir);
