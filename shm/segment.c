@@ -93,7 +93,7 @@ int ec_segment_plan(uint64_t size, uint64_t *index_slots, uint64_t *data_off,
 int ec_segment_plan_ex(uint64_t size, unsigned device_tables, uint64_t *index_slots,
                        uint64_t *data_off, uint64_t *data_size)
 {
-    ec_segment_geometry g;
+    ec_segment_geometry g = {0};
     int rc = ec_segment_plan_geometry(size, device_tables, EC_ITEM_BYTES_DEFAULT, &g);
 
     if (rc == 0) {
