@@ -279,7 +279,7 @@ static void budget_zipf(ec_cache_mode mode)
         samples++;
         if (s[0].v > max_used)
             max_used = s[0].v;
-        if (s[0].v > s[1].v + Z_PART_BYTES && over++ == 0)
+        if (s[0].v > s[1].v && over++ == 0) /* the budget holds at all times */
             over_used = s[0].v;
         usleep(20000);
         for (unsigned k = 0; k < Z_CLIENTS; k++) {
@@ -316,11 +316,10 @@ static void budget_zipf(ec_cache_mode mode)
         for (unsigned k = 0; k < Z_CLIENTS; k++)
             assert_int_equal(status[k], 0);
         if (over)
-            fail_msg("used_bytes exceeded budget + one partition in %llu of %llu samples "
-                     "(first: %llu > %u + %u)", (unsigned long long)over,
-                     (unsigned long long)samples, (unsigned long long)over_used, Z_BUDGET,
-                     Z_PART_BYTES);
-        assert_true(fin[5].v <= fin[6].v + Z_PART_BYTES);
+            fail_msg("used_bytes exceeded the budget in %llu of %llu samples (first: %llu > "
+                     "%u)", (unsigned long long)over, (unsigned long long)samples,
+                     (unsigned long long)over_used, Z_BUDGET);
+        assert_true(fin[5].v <= fin[6].v);
         assert_true(fin[2].v > 0);
         assert_true(rows >= (uint64_t)Z_CLIENTS * Z_GATHERS * Z_BATCH);
         assert_true(hits > 0);
@@ -360,6 +359,7 @@ static void test_single_flight_64(void **state)
 {
     static const uint64_t targets[] = {3, 7, 11};
     struct statv s[] = {{"pager_reads", 0, 0}, {"page_ins", 0, 0}, {"fault_coalesced", 0, 0}};
+    uint64_t coalesced = 0;
     struct table tb;
     ec_client *c;
     ec_tensor *t;
@@ -433,7 +433,11 @@ static void test_single_flight_64(void **state)
                (unsigned long long)(s[2].v - before[2]));
         assert_int_equal(s[0].v - before[0], 1);
         assert_int_equal(s[1].v - before[1], 1);
+        /* one read because the misses were coalesced onto it, not because
+         * the clients happened to come one after another */
+        coalesced += s[2].v - before[2];
     }
+    assert_true(coalesced > 0);
     daemon_alive();
     ec_tensor_release(t);
     ec_client_close(c);
@@ -713,8 +717,8 @@ static void budget_ok(ec_client *c, const char *when)
     struct statv s[] = {{"used_bytes", 0, 0}, {"budget_bytes", 0, 0}};
 
     stats_get(c, s, 2);
-    if (s[0].v > s[1].v + PW_PART_BYTES)
-        fail_msg("%s: used_bytes %llu > budget %llu + one partition", when,
+    if (s[0].v > s[1].v) /* the budget holds at all times, pins included */
+        fail_msg("%s: used_bytes %llu > budget %llu", when,
                  (unsigned long long)s[0].v, (unsigned long long)s[1].v);
 }
 
