@@ -463,6 +463,10 @@ void ec_engine_close(ec_engine *e)
     ec_u64map_free(&e->versions);
     ec_u64map_free(&e->resident);
     ec_u64map_free(&e->inflight);
+    for (size_t i = 0; i < e->failed.cap; i++)
+        if (e->failed.keys[i])
+            free(e->failed.vals[i]);
+    ec_u64map_free(&e->failed);
     ec_u64map_free(&e->owners);
     eng_views_close(e);
     ec_extents_free(e->ext);
@@ -574,6 +578,7 @@ int ec_engine_stats(ec_engine *e, int (*cb)(const char *name, uint64_t v, void *
     S("resolves", e->st.resolves);
     S("restart_kept_partitions", e->st.restart_kept);
     S("view_quarantined_bytes", e->st.view_quarantined);
+    S("failed_read_replays", e->st.failed_replays);
     S("view_released_bytes", e->st.view_released);
     S("restart_dropped_partitions", e->st.restart_dropped);
     S("models", models);

@@ -135,6 +135,19 @@ int eng_want_partition(ec_engine *e, struct tstate *ts, uint32_t p, struct reque
         e->st.coalesced++;
         return job_wait(j, r);
     }
+    {
+        struct failed_read *f = ec_u64map_get(&e->failed, key);
+        if (f && mono_now() < f->until) {
+            e->st.failed_replays++;
+            return ec_seterr(f->code, "%s (read %.0f s ago; not read again for %.0f s)",
+                             f->msg, EC_FAILED_READ_S - (f->until - mono_now()),
+                             f->until - mono_now());
+        }
+        if (f) {
+            ec_u64map_del(&e->failed, key);
+            free(f);
+        }
+    }
     u = calloc(1, sizeof(*u));
     if (!u)
         return ec_seterr(EC_ENOMEM, "unit");
@@ -255,6 +268,24 @@ int ec_engine_fault(ec_engine *e, uint64_t owner, uint64_t token, uint32_t tenso
     return 0;
 }
 
+/* Remember a failed read for EC_FAILED_READ_S (best effort). */
+static void remember_failure(ec_engine *e, uint64_t key, int code, const char *msg)
+{
+    struct failed_read *f = ec_u64map_get(&e->failed, key);
+
+    if (!f) {
+        if (!(f = calloc(1, sizeof(*f))))
+            return;
+        if (ec_u64map_put(&e->failed, key, f)) {
+            free(f);
+            return;
+        }
+    }
+    f->until = mono_now() + EC_FAILED_READ_S;
+    f->code = code;
+    snprintf(f->msg, sizeof(f->msg), "%s", msg);
+}
+
 /* Finish one job on the server thread. */
 static void job_complete(ec_engine *e, struct job *j)
 {
@@ -302,11 +333,13 @@ static void job_complete(ec_engine *e, struct job *j)
     } else if (rc == EC_ECHECKSUM) {
         e->st.checksum_failures++;
         ec_error("%s", j->msg);
+        remember_failure(e, key, rc, j->msg);
     } else if (ts->retired) {
         /* not an error of the disk: the read lost a race with retire */
     } else {
         e->st.read_errors++;
         ec_error("%s", j->msg);
+        remember_failure(e, key, rc, j->msg);
     }
 
     if (!group) {

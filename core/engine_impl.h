@@ -190,6 +190,16 @@ struct owner {
     struct pin *pins;
 };
 
+/* A partition whose read failed (checksum, I/O): requests for it within
+ * EC_FAILED_READ_S get the same error without another read, so a flood of
+ * requests for one bad partition costs one read per interval. */
+#define EC_FAILED_READ_S 2.0
+struct failed_read {
+    double until;
+    int code;
+    char msg[256];
+};
+
 /* Views recorded per segment (engine_views.c). */
 #define EC_VIEW_JOURNAL_SLOTS 16384u
 struct ec_view_journal;
@@ -207,6 +217,8 @@ struct ec_engine {
     void *notify_arg;
 
     ec_u64map tensors, resident, inflight, owners;
+    ec_u64map failed;            /* index key -> struct failed_read: reads that just
+                                  * failed, answered from here for a moment */
     struct unit **clock;
     size_t nclock, capclock, hand;
     struct deferred *deferred, **deferred_tail;
@@ -249,7 +261,7 @@ struct ec_engine {
     size_t nvq, capvq;
 
     struct {
-        uint64_t view_quarantined, view_released;
+        uint64_t view_quarantined, view_released, failed_replays;
         uint64_t fault_requests, fault_parts, coalesced, page_ins, page_in_bytes,
             checksum_failures, read_errors, evictions, evicted_bytes, pins, unpins,
             restart_kept, restart_dropped, resolves, deferred, expirations,
