@@ -642,7 +642,16 @@ int main(int argc, char **argv)
         if (gpu_runnable(&x.o, why, sizeof(why)))
             continue;
         if (x.o.nscen == 1) {
-            printf("gpu scenario skipped: %s\n", why);
+            /* skipped only where there is no GPU to run on; a machine with
+             * one that cannot run it, or EMBCACHE_REQUIRE_GPU=1, fails */
+            const char *req = getenv("EMBCACHE_REQUIRE_GPU");
+            bool nodes = access("/dev/nvidiactl", F_OK) == 0 || access("/dev/nvidia0", F_OK) == 0;
+            if ((req && !strcmp(req, "1")) || nodes) {
+                printf("gpu scenario FAILED: %s%s\n", why,
+                       nodes ? " (this machine has an NVIDIA device)" : " (EMBCACHE_REQUIRE_GPU=1)");
+                return 1;
+            }
+            printf("gpu scenario skipped: no NVIDIA device: %s\n", why);
             return 77;
         }
         note(&x, "gpu scenario skipped: %s", why);

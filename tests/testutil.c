@@ -362,6 +362,27 @@ static pid_t worker_pid(const char *data_dir)
     return pid > 0 && kill((pid_t)pid, 0) == 0 ? (pid_t)pid : -1;
 }
 
+int ect_gpu_unavailable(const char *why, bool missing_feature)
+{
+    const char *req = getenv("EMBCACHE_REQUIRE_GPU");
+    bool nodes = access("/dev/nvidiactl", F_OK) == 0 || access("/dev/nvidia0", F_OK) == 0;
+
+    if (req && !strcmp(req, "1")) {
+        printf("FAILED: EMBCACHE_REQUIRE_GPU=1, but %s\n", why);
+        return 1;
+    }
+    if (!nodes) {
+        printf("skipped: this machine has no NVIDIA device (%s)\n", why);
+        return EC_TEST_SKIP;
+    }
+    if (missing_feature) {
+        printf("skipped: %s\n", why);
+        return EC_TEST_SKIP;
+    }
+    printf("FAILED: this machine has an NVIDIA device, but %s\n", why);
+    return 1;
+}
+
 bool ect_pid_alive(pid_t pid)
 {
     char path[64], buf[256];

@@ -69,6 +69,14 @@ int ect_daemon_stop(pid_t pid);
  * the test when there is none within 20 s. */
 pid_t ect_daemon_worker(const char *data_dir);
 
+/* A GPU test that found no usable GPU (why): returns its exit status. 77
+ * (skipped) only when the capability is proven missing: the machine has no
+ * NVIDIA device node (/dev/nvidiactl, /dev/nvidia0), or the GPU lacks a
+ * feature (missing_feature); 1 (failed) when a machine with an NVIDIA device
+ * cannot run it (an error, not a missing GPU), and always 1 under
+ * EMBCACHE_REQUIRE_GPU=1. Prints which. */
+int ect_gpu_unavailable(const char *why, bool missing_feature);
+
 /* Is pid a running process (not gone, not a zombie)? */
 bool ect_pid_alive(pid_t pid);
 

@@ -689,14 +689,18 @@ int main(int argc, char **argv)
         pid_t pid = fork();
         int st = 0;
         if (pid == 0) {
-            if (ec_backend_get(EC_BACKEND_CUDA))
-                _exit(0);
-            printf("skipped: %s\n", ec_last_error());
+            int rc = ec_backend_get(EC_BACKEND_CUDA) ? 0
+                                                     : ect_gpu_unavailable(ec_last_error(), false);
             fflush(stdout);
-            _exit(EC_TEST_SKIP);
+            _exit(rc);
         }
-        if (pid < 0 || waitpid(pid, &st, 0) != pid || !WIFEXITED(st) || WEXITSTATUS(st))
-            return EC_TEST_SKIP;
+        /* A probe that crashed is a failure, not a missing GPU. */
+        if (pid < 0 || waitpid(pid, &st, 0) != pid || !WIFEXITED(st)) {
+            printf("FAILED: the CUDA probe did not exit normally (status 0x%x)\n", st);
+            return 1;
+        }
+        if (WEXITSTATUS(st))
+            return WEXITSTATUS(st);
         on_cuda = true;
         setenv("EMBCACHE_BACKEND", "cuda", 1);
         return cmocka_run_group_tests(cuda, NULL, NULL);

@@ -14,14 +14,22 @@ torch = pytest.importorskip("torch")
 import embcache  # noqa: E402
 from conftest import MODEL  # noqa: E402
 
+# EMBCACHE_REQUIRE_GPU=1: a GPU machine must run these, so a missing GPU
+# or a client without CUDA fails instead of skipping.
+REQUIRE_GPU = os.environ.get("EMBCACHE_REQUIRE_GPU") == "1"
+
 pytestmark = [pytest.mark.gpu,
-              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
+              pytest.mark.skipif(not torch.cuda.is_available() and not REQUIRE_GPU,
+                                 reason="needs a CUDA device")]
 
 
 @pytest.fixture
 def gpu_client(client):
     if client.backend != "cuda":
-        pytest.skip(f"libembcache runs its {client.backend} backend here (built without CUDA?)")
+        why = f"libembcache runs its {client.backend} backend here (built without CUDA?)"
+        if REQUIRE_GPU:
+            pytest.fail(f"EMBCACHE_REQUIRE_GPU=1, but {why}")
+        pytest.skip(why)
     return client
 
 

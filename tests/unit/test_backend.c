@@ -200,10 +200,8 @@ int main(int argc, char **argv)
     };
 
     if (argc > 1 && !strcmp(argv[1], "cuda")) {
-        if (!ec_backend_get(EC_BACKEND_CUDA)) {
-            printf("skipped: %s\n", ec_last_error());
-            return EC_TEST_SKIP;
-        }
+        if (!ec_backend_get(EC_BACKEND_CUDA))
+            return ect_gpu_unavailable(ec_last_error(), false);
         return cmocka_run_group_tests(cuda, NULL, NULL);
     }
     return cmocka_run_group_tests(cpu, NULL, NULL);

@@ -336,16 +336,14 @@ int main(void)
     cudaError_t e = cudaGetDeviceCount(&n);
 
     if (e != cudaSuccess) {
-        printf("skipped: no usable CUDA driver or GPU: %s\n", cudaGetErrorString(e));
-        return EC_TEST_SKIP;
+        char why[256];
+        snprintf(why, sizeof(why), "CUDA is not usable: %s", cudaGetErrorString(e));
+        return ect_gpu_unavailable(why, false);
     }
-    if (n == 0) {
-        printf("skipped: CUDA found no GPU\n");
-        return EC_TEST_SKIP;
-    }
-    if (cudaDeviceGetAttribute(&map, cudaDevAttrCanMapHostMemory, 0) != cudaSuccess || !map) {
-        printf("skipped: GPU 0 cannot map host memory, which the host tier needs\n");
-        return EC_TEST_SKIP;
-    }
+    if (n == 0)
+        return ect_gpu_unavailable("CUDA found no GPU", false);
+    if (cudaDeviceGetAttribute(&map, cudaDevAttrCanMapHostMemory, 0) != cudaSuccess || !map)
+        return ect_gpu_unavailable("GPU 0 cannot map host memory, which the host tier needs",
+                                   true);
     return cmocka_run_group_tests(tests, setup, teardown);
 }
