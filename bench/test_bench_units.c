@@ -175,7 +175,10 @@ static void test_memhold(void **state)
         printf("[ SKIP ] memhold: only %llu MiB available\n", (unsigned long long)(avail >> 20));
         skip();
     }
-    int rc = memhold_set(h, avail - (64ull << 20), false, NULL, &st, note, sizeof note);
+    /* 256 MiB: far more than the other tests running beside this one move
+     * MemAvailable by meanwhile (at 64 MiB their allocations alone could
+     * reach the target, and nothing was locked) */
+    int rc = memhold_set(h, avail - (256ull << 20), false, NULL, &st, note, sizeof note);
     printf("memhold: rc %d locked %llu MiB, MemAvailable %llu -> %llu MiB%s%s\n", rc,
            (unsigned long long)(st.locked >> 20), (unsigned long long)(st.avail_before >> 20),
            (unsigned long long)(st.avail_after >> 20), note[0] ? ": " : "", note);
