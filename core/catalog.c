@@ -403,7 +403,8 @@ int ec_catalog_open(const char *path, ec_catalog **out)
     if (!cat)
         return ec_seterr(EC_ENOMEM, "catalog: out of memory");
     rc = sqlite3_open_v2(path, &cat->db,
-                         SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_FULLMUTEX,
+                         SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_FULLMUTEX |
+                             SQLITE_OPEN_NOFOLLOW,
                          NULL);
     if (rc != SQLITE_OK) {
         err = cat_sql_err(cat->db, rc, "open");

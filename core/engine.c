@@ -142,7 +142,7 @@ int eng_tensor_get(ec_engine *e, uint32_t id, struct tstate **out)
     ts->vs = eng_vstate_get(e, ts->cat.version_id, ts->cat.model, ts->cat.version);
     /* O_DIRECT where the file system allows it (not tmpfs): reads then go
      * from the device into the segment without the page cache. */
-    ts->dfd = open(path, O_RDONLY | O_DIRECT | O_CLOEXEC);
+    ts->dfd = open(path, O_RDONLY | O_DIRECT | O_CLOEXEC | O_NOFOLLOW);
     ts->file_slot = ec_pager_file_add(e->pager, ts->dfd);
     rc = eng_rows_decide(e, ts);
     if (rc == 0 && ec_u64map_put(&e->tensors, id, ts))

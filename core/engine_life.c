@@ -647,7 +647,7 @@ int ec_engine_refresh(ec_engine *e, const char *model, const char *version, uint
         if (ts->dfd >= 0)
             close(ts->dfd);
         ts->fd = fd;
-        ts->dfd = open(ts->path, O_RDONLY | O_DIRECT | O_CLOEXEC);
+        ts->dfd = open(ts->path, O_RDONLY | O_DIRECT | O_CLOEXEC | O_NOFOLLOW);
         ts->file_slot = ec_pager_file_add(e->pager, ts->dfd);
         eng_rows_reload(e, ts); /* its block checksums, and the rows it cached */
         total += n;

@@ -736,7 +736,7 @@ static int hot_write(ec_engine *e, const struct tstate *ts, struct hot_set *s)
     h.ids_checksum = ec_checksum(ids, s->n * sizeof(*ids));
     hot_path(e, s->tensor, ".tmp", tmp, sizeof(tmp));
     hot_path(e, s->tensor, "", fin, sizeof(fin));
-    fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
     len = s->n * sizeof(*ids);
     if (fd < 0 || write(fd, &h, sizeof(h)) != (ssize_t)sizeof(h) ||
         (len && write(fd, ids, len) != (ssize_t)len) || fsync(fd) < 0) {
@@ -795,7 +795,7 @@ int eng_rows_hot_load(ec_engine *e, const struct tstate *ts, uint64_t max, uint6
     *ids_out = NULL;
     *n_out = 0;
     hot_path(e, (uint32_t)ts->cat.id, "", path, sizeof(path));
-    fd = open(path, O_RDONLY | O_CLOEXEC);
+    fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
     if (fd < 0)
         return 0; /* no history yet: nothing to prewarm */
     if (read(fd, &h, sizeof(h)) != (ssize_t)sizeof(h) || h.magic != HOT_MAGIC ||

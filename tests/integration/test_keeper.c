@@ -291,6 +291,26 @@ static void test_data_dir_refused(void **state)
         assert_int_equal(rc, 1);
         assert_non_null(strstr(err, "symbolic link"));
         free(err);
+        /* the catalog, linked to someone's (empty) file, is not opened
+         * either: SQLite would have written a database into it */
+        {
+            char cat[720], empty[720];
+            size_t len = 1;
+            char *e;
+            assert_int_equal(unlink(lock), 0);
+            snprintf(cat, sizeof(cat), "%s/catalog.db", data);
+            snprintf(empty, sizeof(empty), "%s/victim2", dir);
+            assert_int_equal(ect_write_file(empty, "", 0), 0);
+            assert_int_equal(symlink(empty, cat), 0);
+            rc = ect_run(argv, NULL, NULL, &err);
+            assert_int_equal(rc, 1);
+            assert_non_null(strstr(err, "catalog"));
+            free(err);
+            err = NULL;
+            e = ect_read_file(empty, &len);
+            assert_int_equal(len, 0);
+            free(e);
+        }
         {
             size_t len = 0;
             char *keep = ect_read_file(target, &len);
