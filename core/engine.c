@@ -206,8 +206,7 @@ int ec_engine_owner_open(ec_engine *e, uint64_t owner, pid_t pid)
         return ec_seterr(EC_ENOMEM, "connection table");
     }
     o->id = owner;
-    o->pid = pid;
-    o->start = pid > 0 ? eng_proc_start(pid) : 0;
+    o->pid = pid; /* its start time is read when it first pins (views are rare) */
     return 0;
 }
 

@@ -472,6 +472,8 @@ static void pin_register(ec_engine *e, struct request *r, struct unit *g, struct
     p->id = ++e->next_pin;
     p->tensor = r->tensor;
     p->unit = g;
+    if (o->pid > 0 && !o->start)
+        o->start = eng_proc_start(o->pid);
     p->vj = eng_views_record(e, o->pid, o->start, g->off, g->bytes);
     p->next = o->pins;
     o->pins = p;

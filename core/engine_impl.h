@@ -186,7 +186,8 @@ struct pin {
 struct owner {
     uint64_t id;
     pid_t pid;                   /* the client process (0: the daemon itself) */
-    uint64_t start;              /* its start time (eng_proc_start) */
+    uint64_t start;              /* its start time (eng_proc_start), read at its
+                                  * first pin; 0 until then */
     struct pin *pins;
 };
 

@@ -123,15 +123,22 @@ static int recv_msg(int sock, int *fd_out)
 /* ------------------------------------------------------------------ */
 /* The keeper                                                          */
 
+/* Unmap and close a held segment (the keeper's, or a worker's inherited
+ * copy of it) and mark it gone. */
+static void unmap_segment(void **base, size_t *size, int *fd)
+{
+    if (*base)
+        munmap(*base, *size);
+    if (*fd >= 0)
+        close(*fd);
+    *base = NULL;
+    *size = 0;
+    *fd = -1;
+}
+
 static void let_go(struct keeper *kp)
 {
-    if (kp->seg_base)
-        munmap(kp->seg_base, kp->seg_size);
-    if (kp->seg_fd >= 0)
-        close(kp->seg_fd);
-    kp->seg_base = NULL;
-    kp->seg_fd = -1;
-    kp->seg_size = 0;
+    unmap_segment(&kp->seg_base, &kp->seg_size, &kp->seg_fd);
 }
 
 /* A message from the worker. */
@@ -423,13 +430,7 @@ static int ask_status(ec_keeper *k, char op, int fd, const char *what)
 
 static void forget_inherited(ec_keeper *k)
 {
-    if (k->seg_base)
-        munmap(k->seg_base, k->seg_size);
-    if (k->seg_fd >= 0)
-        close(k->seg_fd);
-    k->seg_base = NULL;
-    k->seg_fd = -1;
-    k->seg_size = 0;
+    unmap_segment(&k->seg_base, &k->seg_size, &k->seg_fd);
 }
 
 int ec_keeper_keep(ec_keeper *k, int memfd)
