@@ -140,115 +140,6 @@ static bool list_append(char *buf, size_t cap, size_t *len, const char *item)
 }
 
 /* ------------------------------------------------------------------ */
-/* Names and paths                                                     */
-
-enum name_kind { NAME_MODEL, NAME_TENSOR, NAME_ALIAS };
-
-static enum name_kind name_kind_of(const char *what)
-{
-    if (what && !strcmp(what, "tensor"))
-        return NAME_TENSOR;
-    if (what && !strcmp(what, "alias"))
-        return NAME_ALIAS;
-    return NAME_MODEL;
-}
-
-static bool all_digits(const char *s)
-{
-    if (!*s)
-        return false;
-    for (; *s; s++)
-        if (*s < '0' || *s > '9')
-            return false;
-    return true;
-}
-
-static bool is_alnum(char c)
-{
-    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9');
-}
-
-int ec_catalog_check_name(const char *what, const char *name)
-{
-    enum name_kind kind = name_kind_of(what);
-    const char *w = what ? what : "model";
-    const char *allowed = kind == NAME_TENSOR ? "letters, digits, '.', '-', '_', ':' and '/'"
-                                              : "letters, digits, '.', '-' and '_'";
-    char pbuf[72];
-    size_t len;
-
-    if (!name)
-        return ec_seterr(EC_EINVAL, "no %s name given", w);
-    len = strnlen(name, EC_NAME_MAX + 1);
-    if (len == 0)
-        return ec_seterr(EC_EINVAL, "empty %s name; use 1..%d bytes of %s", w, EC_NAME_MAX,
-                         allowed);
-    if (len > EC_NAME_MAX)
-        return ec_seterr(EC_EINVAL, "%s name '%s' is longer than %d bytes", w,
-                         ec_printable(name, strlen(name), pbuf, 68), EC_NAME_MAX);
-    for (size_t i = 0; i < len; i++) {
-        char c = name[i];
-        bool ok = is_alnum(c) || c == '.' || c == '-' || c == '_' ||
-                  (kind == NAME_TENSOR && (c == ':' || c == '/'));
-        if (!ok)
-            return ec_seterr(EC_EINVAL,
-                             "%s name '%s' has a character not allowed (byte 0x%02x at "
-                             "offset %zu); use %s",
-                             w, ec_printable(name, strlen(name), pbuf, 68), (unsigned)(unsigned char)c, i, allowed);
-    }
-    if (kind == NAME_TENSOR) {
-        /* '/' separates components; none may be empty, "." or "..", so a
-         * tensor name can never walk out of a directory it is put in. */
-        const char *p = name;
-        while (1) {
-            const char *e = strchr(p, '/');
-            size_t n = e ? (size_t)(e - p) : strlen(p);
-            if (n == 0 || (n == 1 && p[0] == '.') || (n == 2 && p[0] == '.' && p[1] == '.'))
-                return ec_seterr(EC_EINVAL,
-                                 "tensor name '%s' has an empty, '.' or '..' path component",
-                                 ec_printable(name, strlen(name), pbuf, 68));
-            if (!e)
-                break;
-            p = e + 1;
-        }
-        return 0;
-    }
-    if (name[0] == '-' || name[0] == '.')
-        return ec_seterr(EC_EINVAL,
-                         "%s name '%s' must not start with '-' or '.'; start it with a letter, "
-                         "digit or '_'",
-                         w, ec_printable(name, strlen(name), pbuf, 68));
-    if (kind == NAME_ALIAS && all_digits(name))
-        return ec_seterr(EC_EINVAL,
-                         "alias '%s' is all digits and would read as a version number; "
-                         "use a name such as 'current'",
-                         name);
-    return 0;
-}
-
-/* A partition file path: relative, 1..EC_CAT_PATH_MAX-1 bytes, printable,
- * no empty, "." or ".." components. */
-static bool path_ok(const char *path, size_t maxlen)
-{
-    size_t len = strnlen(path, maxlen + 1);
-
-    if (len == 0 || len > maxlen || path[0] == '/')
-        return false;
-    for (size_t i = 0; i < len; i++)
-        if (path[i] < 0x21 || path[i] > 0x7e)
-            return false;
-    for (const char *p = path;;) {
-        const char *e = strchr(p, '/');
-        size_t n = e ? (size_t)(e - p) : strlen(p);
-        if (n == 0 || (n == 1 && p[0] == '.') || (n == 2 && p[0] == '.' && p[1] == '.'))
-            return false;
-        if (!e)
-            return true;
-        p = e + 1;
-    }
-}
-
-/* ------------------------------------------------------------------ */
 /* Open and schema                                                     */
 
 /* Schema 2 adds per-model residency policy (ec_catalog_set_policy). */
@@ -595,11 +486,11 @@ static int resolve_version(ec_catalog *cat, const char *model, const char *voa,
         return err;
     if (!voa || !*voa)
         return ec_seterr(EC_EINVAL, "no version or alias given for model '%s'", model);
-    if ((voa[0] == '+' || voa[0] == '-') && all_digits(voa + 1))
+    if ((voa[0] == '+' || voa[0] == '-') && cat_all_digits(voa + 1))
         return ec_seterr(EC_EINVAL, "version '%s' of model '%s' is not valid; versions are "
                                     "numbers >= 1 written without a sign",
                          ec_printable(voa, strlen(voa), pbuf, 68), model);
-    if (!all_digits(voa)) {
+    if (!cat_all_digits(voa)) {
         err = ec_catalog_check_name("alias", voa);
         if (err < 0)
             return err;
@@ -607,7 +498,7 @@ static int resolve_version(ec_catalog *cat, const char *model, const char *voa,
     err = cat_model_id_of(cat, model, &model_id);
     if (err < 0)
         return err;
-    if (all_digits(voa)) {
+    if (cat_all_digits(voa)) {
         uint64_t v = 0;
         for (const char *p = voa; *p; p++) {
             if (v > (uint64_t)(INT64_MAX - (*p - '0')) / 10)
@@ -704,7 +595,7 @@ static int check_tensor(const ec_cat_tensor *t, size_t i)
                          t->name, parts, (uint64_t)CAT_PARTITIONS_MAX);
     if (!t->part_checksums && parts > 0)
         return ec_seterr(EC_EINVAL, "tensor '%s': no partition checksums", t->name);
-    if (!path_ok(t->path, EC_CAT_PATH_MAX - 1))
+    if (!cat_path_ok(t->path, EC_CAT_PATH_MAX - 1))
         return ec_seterr(EC_EINVAL,
                          "tensor '%s': partition file path is empty, too long, absolute or "
                          "has '.'/'..' components; give a path relative to the data dir",
@@ -753,7 +644,7 @@ static int row_to_tensor(ec_catalog *cat, sqlite3_stmt *st, ec_cat_tensor *out)
     t.row_bytes = (uint64_t)sqlite3_column_int64(st, 9);
     t.rows_per_partition = (uint64_t)sqlite3_column_int64(st, 10);
     t.partitions = (uint64_t)sqlite3_column_int64(st, 11);
-    if (!cat_col_text(st, 12, t.path, sizeof(t.path)) || !path_ok(t.path, EC_CAT_PATH_MAX - 1))
+    if (!cat_col_text(st, 12, t.path, sizeof(t.path)) || !cat_path_ok(t.path, EC_CAT_PATH_MAX - 1))
         goto corrupt;
     t.file_size = (uint64_t)sqlite3_column_int64(st, 13);
     t.header_checksum = (uint64_t)sqlite3_column_int64(st, 14);
@@ -1033,7 +924,7 @@ int ec_catalog_drop_version(ec_catalog *cat, const char *model, int64_t version,
         goto fail;
     while ((err = cat_step(cat, st, "list tensor paths")) == 1) {
         char path[EC_CAT_PATH_MAX];
-        if (!cat_col_text(st, 0, path, sizeof(path)) || !path_ok(path, EC_CAT_PATH_MAX - 1)) {
+        if (!cat_col_text(st, 0, path, sizeof(path)) || !cat_path_ok(path, EC_CAT_PATH_MAX - 1)) {
             err = ec_seterr(EC_ECORRUPT, "catalog: model '%s' version %" PRId64 " has an invalid "
                                          "partition file path; restore the catalog",
                             model, version);
@@ -1459,7 +1350,7 @@ int ec_catalog_foreach_path(ec_catalog *cat, int (*cb)(const char *path, void *a
         goto fail;
     while ((err = cat_step(cat, st, "list paths")) == 1) {
         char path[EC_CAT_PATH_MAX];
-        if (!cat_col_text(st, 0, path, sizeof(path)) || !path_ok(path, EC_CAT_PATH_MAX - 1)) {
+        if (!cat_col_text(st, 0, path, sizeof(path)) || !cat_path_ok(path, EC_CAT_PATH_MAX - 1)) {
             err = ec_seterr(EC_ECORRUPT, "catalog: a tensor has an invalid partition file "
                                          "path; restore the catalog");
             goto fail;

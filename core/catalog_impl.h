@@ -4,7 +4,7 @@
  * includes it; the interface is core/catalog.h.
  *
  * The catalog, by concern:
- *   catalog.c         open, schema and its upgrades, close; names; versions,
+ *   catalog.c         open, schema and its upgrades, close; versions,
  *                     aliases and tensors: add, resolve, find, list, drop,
  *                     update_file, foreach_path, counts
  *   catalog_policy.c  policies the engine reads: per-model residency and
@@ -13,6 +13,7 @@
  *   catalog_sql.c     SQLite plumbing: statements, binding, transactions,
  *                     error mapping, a growable string
  *   catalog_check.c   validation at open: quick_check, foreign keys, invariants
+ *   catalog_names.c   names of models, tensors and aliases; partition paths
  *
  * Who runs it: the daemon only, in two threads with one handle each: the
  * server thread (the engine's handle, opened by ec_engine_open) and the
@@ -47,6 +48,12 @@ struct ec_catalog {
     sqlite3 *db;  /* one connection, FULLMUTEX, WAL, foreign keys on */
     bool created; /* this open created the schema: the file was new or empty */
 };
+
+/* catalog_names.c: all decimal digits (and not empty); a valid partition
+ * file path (relative, printable, no empty, "." or ".." components, at most
+ * maxlen bytes). */
+bool cat_all_digits(const char *s);
+bool cat_path_ok(const char *path, size_t maxlen);
 
 /* catalog_check.c: refuse a damaged or inconsistent catalog (EC_ECORRUPT
  * with how to recover); path is for the message. */
