@@ -108,10 +108,7 @@ int cl_rpc(ec_client *c, ec_wbuf *w, uint32_t req_id, const int *fds, int nfds,
         goto lost;
     }
     rc = ec_msg_parse(c->rbuf, (size_t)n, &h, body);
-    /* Request 0 is the daemon refusing the connection itself (credentials,
-     * limits) before it read anything. */
-    if (rc == 0 && (h.op != (op | EC_OP_REPLY) ||
-                    (h.req_id != req_id && !(h.req_id == 0 && h.status < 0))))
+    if (rc == 0 && (h.op != (op | EC_OP_REPLY) || h.req_id != req_id))
         rc = ec_seterr(EC_EPROTO, "reply for op %u request %u answered op %u request %u",
                        op, req_id, h.op & ~EC_OP_REPLY, h.req_id);
     if (rc) {
