@@ -60,6 +60,12 @@ int cl_stale(const ec_client *c)
 {
     uint64_t g = atomic_load_explicit(&c->seg.hdr->generation, memory_order_acquire);
 
+    if (c->session && atomic_load_explicit(&c->session->revoked, memory_order_acquire))
+        return ec_seterr(EC_ESTALE, "embcached revoked this client's views and disconnected "
+                                    "it: the process was stopped for longer than the daemon's "
+                                    "--pin-lease (%u s) while it held them, and their memory "
+                                    "may have been reused; close the client and connect again",
+                         c->session->revoked_after);
     if (g != c->generation)
         return ec_seterr(EC_ESTALE, "embcached restarted (generation %llu, this client "
                                     "connected to %llu): close the client and connect again",

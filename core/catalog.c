@@ -100,7 +100,6 @@
 #define CAT_SCHEMA_VERSION 3
 #define CAT_BUSY_TIMEOUT_MS 5000
 #define CAT_TENSOR_ID_LIMIT (INT64_C(1) << 32)
-#define CAT_LIST_MAX 160  /* bytes of "versions: ..." lists in messages */
 #define CAT_PARTITIONS_MAX (UINT64_C(1) << 26) /* 512 MiB of checksums, < SQLite's 1e9 */
 
 /* ------------------------------------------------------------------ */
@@ -118,25 +117,6 @@ static uint64_t get_le64(const unsigned char *p)
     for (int i = 0; i < 8; i++)
         v |= (uint64_t)p[i] << (8 * i);
     return v;
-}
-
-/* Append to a fixed message buffer; once full, end it with ", ..." and
- * refuse more. Returns false when the list was cut. */
-static bool list_append(char *buf, size_t cap, size_t *len, const char *item)
-{
-    const char *sep = *len ? ", " : "";
-    size_t need = strlen(sep) + strlen(item);
-
-    if (*len + need + 6 > cap) {
-        const char *more = *len ? ", ..." : "...";
-        if (*len + strlen(more) < cap) {
-            memcpy(buf + *len, more, strlen(more) + 1);
-            *len += strlen(more);
-        }
-        return false;
-    }
-    *len += (size_t)snprintf(buf + *len, cap - *len, "%s%s", sep, item);
-    return true;
 }
 
 /* ------------------------------------------------------------------ */
@@ -428,7 +408,7 @@ static void names_list(ec_catalog *cat, const char *sql, int64_t key, char *buf,
         sqlite3_bind_int64(st, 1, key) == SQLITE_OK) {
         while (sqlite3_step(st) == SQLITE_ROW) {
             const unsigned char *t = sqlite3_column_text(st, 0);
-            if (t && !list_append(buf, cap, &len, (const char *)t))
+            if (t && !cat_list_append(buf, cap, &len, (const char *)t))
                 break;
         }
     }

@@ -193,6 +193,29 @@ int ec_catalog_list_tensor_modes(ec_catalog *cat, const char *model,
 int ec_catalog_foreach_path(ec_catalog *cat, int (*cb)(const char *path, void *arg),
                             void *arg);
 
+/* The number of commits made through any catalog handle of this process
+ * so far (any thread). Whoever caches what the catalog says drops the
+ * cache when this changes: while the daemon runs, it holds the data
+ * directory's lock and is the catalog's only writer. */
+uint64_t ec_catalog_changes(void);
+
+/* The names the catalog knows, for a filter that refuses unknown ones
+ * without a query. ec_catalog_each_name() calls cb once per name, a model's
+ * names together: kind 'M' (name NULL: the model itself), 'V' (name: a
+ * version number in decimal), 'A' (an alias), 'T' (a tensor name of any of
+ * its versions, each once), and last 'L' (name NULL) with the model's
+ * versions, aliases and tensor names listed as refusals word them ("1, 2",
+ * cut with ", ..."; "none"). Strings live for the call. Stops at, and
+ * returns, cb's first non-zero result. */
+typedef struct ec_cat_name {
+    const char *model;
+    char kind;
+    const char *name;
+    const char *versions, *aliases, *tensors; /* 'L' only */
+} ec_cat_name;
+int ec_catalog_each_name(ec_catalog *cat, int (*cb)(const ec_cat_name *n, void *arg),
+                         void *arg);
+
 /* Counts for stats. */
 int ec_catalog_counts(ec_catalog *cat, uint64_t *models, uint64_t *versions,
                       uint64_t *tensors);

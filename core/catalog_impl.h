@@ -98,6 +98,11 @@ void cat_tx_end_read(ec_catalog *cat, bool owned);
  * holding a NUL byte. */
 bool cat_col_text(sqlite3_stmt *st, int col, char *dst, size_t cap);
 
+/* Lists of names in messages ("versions: 1, 2, 3"): at most this many
+ * bytes, cut with ", ..." (cat_list_append). */
+#define CAT_LIST_MAX 160
+bool cat_list_append(char *buf, size_t cap, size_t *len, const char *item);
+
 /* A growable string, NUL-terminated once anything was put. */
 typedef struct cat_sbuf {
     char *p;

@@ -2,11 +2,13 @@
  * catalog_sql.c - the SQLite plumbing every catalog file uses (declared in
  * catalog_impl.h): preparing, binding and stepping statements,
  * transactions, turning SQLite's result codes into EC_E* codes, reading a
- * text column into a fixed buffer, and a growable string.
+ * text column into a fixed buffer, a growable string, and the lists of
+ * names in messages.
  *
  * Called only by core/catalog*.c, on the thread that owns the handle it is
  * given (the daemon's server thread or its importer thread; see
- * catalog_impl.h). It keeps no state of its own.
+ * catalog_impl.h). Its one piece of state is the count of commits made
+ * through any handle of the process (ec_catalog_changes), an atomic.
  *
  * Transactions: every mutating function is one BEGIN IMMEDIATE ... COMMIT
  * (cat_tx_begin_write / cat_tx_commit); any failure rolls back
@@ -25,6 +27,8 @@
 #include "core/catalog_impl.h"
 
 #include <stdarg.h>
+#include <stdatomic.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -138,6 +142,15 @@ int cat_tx_begin_write(ec_catalog *cat)
     return cat_exec(cat, "BEGIN IMMEDIATE", "begin write transaction");
 }
 
+/* Commits through any catalog handle of this process (see
+ * ec_catalog_changes): bumped after every COMMIT, whether it succeeded. */
+static _Atomic uint64_t cat_commits;
+
+uint64_t ec_catalog_changes(void)
+{
+    return atomic_load_explicit(&cat_commits, memory_order_acquire);
+}
+
 /* Commit; on failure the transaction is rolled back (if still open). */
 int cat_tx_commit(ec_catalog *cat)
 {
@@ -145,6 +158,7 @@ int cat_tx_commit(ec_catalog *cat)
 
     if (err < 0 && !sqlite3_get_autocommit(cat->db))
         sqlite3_exec(cat->db, "ROLLBACK", NULL, NULL, NULL);
+    atomic_fetch_add_explicit(&cat_commits, 1, memory_order_acq_rel);
     return err;
 }
 
@@ -202,4 +216,23 @@ int cat_sb_put(cat_sbuf *b, const char *s, size_t n)
     b->len += n;
     b->p[b->len] = '\0';
     return 0;
+}
+
+/* Append to a fixed message buffer; once full, end it with ", ..." and
+ * refuse more. Returns false when the list was cut. */
+bool cat_list_append(char *buf, size_t cap, size_t *len, const char *item)
+{
+    const char *sep = *len ? ", " : "";
+    size_t need = strlen(sep) + strlen(item);
+
+    if (*len + need + 6 > cap) {
+        const char *more = *len ? ", ..." : "...";
+        if (*len + strlen(more) < cap) {
+            memcpy(buf + *len, more, strlen(more) + 1);
+            *len += strlen(more);
+        }
+        return false;
+    }
+    *len += (size_t)snprintf(buf + *len, cap - *len, "%s%s", sep, item);
+    return true;
 }

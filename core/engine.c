@@ -105,12 +105,11 @@ struct vstate *eng_vstate_get(ec_engine *e, int64_t version_id, const char *mode
 int eng_tensor_get(ec_engine *e, uint32_t id, struct tstate **out)
 {
     struct tstate *ts = ec_u64map_get(&e->tensors, id);
-    char path[4096 + EC_CAT_PATH_MAX + 2];
     int rc;
 
     if (ts) {
         *out = ts;
-        return 0;
+        return eng_files_open(e, ts); /* it may have been closed for room */
     }
     ts = calloc(1, sizeof(*ts));
     if (!ts)
@@ -121,40 +120,22 @@ int eng_tensor_get(ec_engine *e, uint32_t id, struct tstate **out)
     rc = ec_catalog_get_tensor(e->cat, id, &ts->cat);
     if (rc)
         goto fail;
-    snprintf(path, sizeof(path), "%s/%s", e->data_dir, ts->cat.path);
-    rc = ec_partfile_open(path, &ts->meta, &ts->fd);
-    if (rc) {
-        ec_adderr(rc, "tensor '%s' of model '%s' version %lld", ts->cat.name, ts->cat.model,
-                  (long long)ts->cat.version);
+    snprintf(ts->path, sizeof(ts->path), "%s/%s", e->data_dir, ts->cat.path);
+    rc = eng_files_open(e, ts);
+    if (rc)
         goto fail;
-    }
-    if (ts->meta.header_checksum != ts->cat.header_checksum ||
-        ts->meta.partitions != ts->cat.partitions || ts->meta.rows != ts->cat.rows ||
-        ts->meta.row_bytes != ts->cat.row_bytes ||
-        ts->meta.rows_per_partition != ts->cat.rows_per_partition) {
-        rc = ec_seterr(EC_ECORRUPT,
-                       "partition file %s of tensor '%s' (model '%s' version %lld) is not the "
-                       "file that was imported; re-import the version",
-                       path, ts->cat.name, ts->cat.model, (long long)ts->cat.version);
-        goto fail;
-    }
-    snprintf(ts->path, sizeof(ts->path), "%s", path);
     ts->vs = eng_vstate_get(e, ts->cat.version_id, ts->cat.model, ts->cat.version);
-    /* O_DIRECT where the file system allows it (not tmpfs): reads then go
-     * from the device into the segment without the page cache. */
-    ts->dfd = open(path, O_RDONLY | O_DIRECT | O_CLOEXEC | O_NOFOLLOW);
-    ts->file_slot = ec_pager_file_add(e->pager, ts->dfd);
     rc = eng_rows_decide(e, ts);
     if (rc == 0 && ec_u64map_put(&e->tensors, id, ts))
         rc = ec_seterr(EC_ENOMEM, "tensor table");
     if (rc) {
         eng_rows_forget(e, ts);
-        ec_pager_file_del(e->pager, ts->file_slot);
         goto fail;
     }
     *out = ts;
     return 0;
 fail:
+    eng_files_close(e, ts);
     eng_tstate_free(ts);
     return rc;
 }
@@ -162,19 +143,14 @@ fail:
 int ec_engine_resolve(ec_engine *e, const char *model, const char *version, const char *tensor,
                       ec_proto_tensor *out)
 {
-    ec_cat_tensor t = {0};
     struct tstate *ts;
+    uint32_t id = 0;
     int rc;
 
-    rc = ec_catalog_resolve(e->cat, model, version, tensor, &t);
+    rc = eng_names_resolve(e, model, version, tensor, &id);
     if (rc)
         return rc;
-    if (t.id <= 0 || t.id > UINT32_MAX) {
-        ec_cat_tensor_clear(&t);
-        return ec_seterr(EC_EINTERNAL, "tensor id %lld out of range", (long long)t.id);
-    }
-    rc = eng_tensor_get(e, (uint32_t)t.id, &ts);
-    ec_cat_tensor_clear(&t);
+    rc = eng_tensor_get(e, id, &ts);
     if (rc)
         return rc;
     memset(out, 0, sizeof(*out));
@@ -345,6 +321,7 @@ int ec_engine_open(const ec_engine_config *cfg, ec_engine_notify_fn notify, void
             goto fail;
         ec_info("pager: %s", ec_pager_describe(e->pager));
     }
+    eng_files_init(e);
 #ifdef EC_FAULT_INJECTION
     /* Test builds: EMBCACHE_INJECT_FAULT=eio:N|short:N|short_once:N makes
      * every Nth partition read fail that way. */
@@ -468,6 +445,7 @@ void ec_engine_close(ec_engine *e)
     ec_u64map_free(&e->failed);
     ec_u64map_free(&e->owners);
     eng_views_close(e);
+    eng_names_close(e);
     ec_extents_free(e->ext);
     if (e->seg.base)
         ec_segment_close(&e->seg);
@@ -574,7 +552,14 @@ int ec_engine_stats(ec_engine *e, int (*cb)(const char *name, uint64_t v, void *
     S("evicted_bytes", e->st.evicted_bytes);
     S("pins_taken", e->st.pins);
     S("pins_released", e->st.unpins);
+    S("files_open", e->files_open);
+    S("files_opened", e->st.files_opened);
+    S("files_closed_for_room", e->st.files_closed);
     S("resolves", e->st.resolves);
+    S("resolve_filter_builds", e->st.name_filter_builds);
+    S("resolve_filter_refusals", e->st.name_filter_refusals);
+    S("resolve_answers_reused", e->st.name_answers_reused);
+    S("resolve_catalog_queries", e->st.name_catalog_queries);
     S("restart_kept_partitions", e->st.restart_kept);
     S("view_quarantined_bytes", e->st.view_quarantined);
     S("failed_read_replays", e->st.failed_replays);

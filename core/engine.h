@@ -140,6 +140,8 @@ int ec_engine_tensor_stats(ec_engine *e, ec_engine_tensor_fn fn, void *arg);
  * pin_id, offset (from the data area) and length. */
 int ec_engine_pin(ec_engine *e, uint64_t owner, uint64_t token, uint32_t tensor);
 int ec_engine_unpin(ec_engine *e, uint64_t owner, uint64_t pin_id);
+/* How many pins (views) a connection holds now. */
+uint32_t ec_engine_owner_pins(ec_engine *e, uint64_t owner);
 
 /* The owner id of the daemon's own pins (a pinned prewarm). Connections
  * use ids from 16 up. */

@@ -611,6 +611,16 @@ int ec_engine_pin(ec_engine *e, uint64_t owner, uint64_t token, uint32_t tensor)
     return 0;
 }
 
+uint32_t ec_engine_owner_pins(ec_engine *e, uint64_t owner)
+{
+    struct owner *o = ec_u64map_get(&e->owners, owner);
+    uint32_t n = 0;
+
+    for (struct pin *p = o ? o->pins : NULL; p; p = p->next)
+        n++;
+    return n;
+}
+
 int ec_engine_unpin(ec_engine *e, uint64_t owner, uint64_t pin_id)
 {
     struct owner *o = ec_u64map_get(&e->owners, owner);

@@ -73,6 +73,7 @@ struct tstate {
     int fd;                      /* buffered */
     int dfd;                     /* O_DIRECT, or -1 where the file system refuses */
     int file_slot;               /* the pager's fixed-file slot for dfd, or -1 */
+    uint64_t files_used;         /* engine_files.c: when fd was last needed */
     char path[4096 + EC_CAT_PATH_MAX + 2];
     struct unit *group;          /* contiguous placement, NULL when none */
     uint32_t inflight;           /* jobs reading this tensor's partitions */
@@ -233,6 +234,8 @@ struct ec_engine {
 
     /* Pager: submit queue (server -> readers), done queue (readers -> server). */
     ec_pager *pager;
+    uint64_t files_max, files_open, files_clock; /* engine_files.c */
+    struct ec_names *names;      /* engine_names.c; NULL until the first resolve */
     ec_topology *topo;           /* NULL when hwloc could not load one */
     ec_devtier *dt;              /* the device tier (off: a no-op) */
     uint64_t (*min_epoch)(void *arg); /* least epoch clients hold */
@@ -267,7 +270,9 @@ struct ec_engine {
             checksum_failures, read_errors, evictions, evicted_bytes, pins, unpins,
             restart_kept, restart_dropped, resolves, deferred, expirations,
             prewarm_done, prewarm_failed, retired_versions, refreshed_partitions,
-            idle_evictions, idle_evicted_bytes;
+            idle_evictions, idle_evicted_bytes, files_opened, files_closed,
+            name_filter_builds, name_filter_refusals, name_answers_reused,
+            name_catalog_queries;
     } st;
     time_t started;
 };
@@ -299,6 +304,17 @@ void eng_tstate_free(struct tstate *ts);
 struct vstate *eng_vstate_get(ec_engine *e, int64_t version_id, const char *model,
                               int64_t version);
 int eng_tensor_get(ec_engine *e, uint32_t id, struct tstate **out);
+
+/* engine_names.c */
+int eng_names_resolve(ec_engine *e, const char *model, const char *voa, const char *tensor,
+                      uint32_t *id);
+void eng_names_close(ec_engine *e);
+
+/* engine_files.c */
+void eng_files_init(ec_engine *e);
+int eng_files_open(ec_engine *e, struct tstate *ts);
+void eng_files_adopt(ec_engine *e, struct tstate *ts, int fd);
+void eng_files_close(ec_engine *e, struct tstate *ts);
 
 /* engine_evict.c */
 void eng_account(ec_engine *e, struct unit *u, int sign);

@@ -425,7 +425,7 @@ static int retire_finish(ec_engine *e, struct retire *rt)
             snprintf(hot, sizeof(hot), "%s/hot/%u.hot", e->data_dir, rt->tensors[i]);
             unlink(hot); /* its access history goes with it */
             if (ts) {
-                ec_pager_file_del(e->pager, ts->file_slot);
+                eng_files_close(e, ts);
                 eng_rows_forget(e, ts);
                 eng_tstate_free(ts);
             }
@@ -558,7 +558,9 @@ int ec_engine_refresh(ec_engine *e, const char *model, const char *version, uint
         int fd = -1;
 
         rc = eng_tensor_get(e, vi.tensors[i], &ts);
-        if (rc == EC_ECORRUPT) {
+        if (rc == EC_ECORRUPT && (ts = ec_u64map_get(&e->tensors, vi.tensors[i]))) {
+            rc = 0; /* known, its file closed for room and changed since: below */
+        } else if (rc == EC_ECORRUPT) {
             /* The file no longer matches the catalog: that is what refresh is
              * for. Open it without the catalog check below. */
             ec_cat_tensor t = {0};
@@ -641,14 +643,7 @@ int ec_engine_refresh(ec_engine *e, const char *model, const char *version, uint
         ts->cat.header_checksum = m.header_checksum;
         ts->cat.file_size = m.file_size;
         ts->meta = m;
-        ec_pager_file_del(e->pager, ts->file_slot);
-        if (ts->fd >= 0)
-            close(ts->fd);
-        if (ts->dfd >= 0)
-            close(ts->dfd);
-        ts->fd = fd;
-        ts->dfd = open(ts->path, O_RDONLY | O_DIRECT | O_CLOEXEC | O_NOFOLLOW);
-        ts->file_slot = ec_pager_file_add(e->pager, ts->dfd);
+        eng_files_adopt(e, ts, fd);
         eng_rows_reload(e, ts); /* its block checksums, and the rows it cached */
         total += n;
         e->st.refreshed_partitions += n;

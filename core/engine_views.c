@@ -28,6 +28,7 @@
 #include <sys/mman.h>
 
 #include "common/log.h"
+#include "common/proc.h"
 #include "core/keeper.h"
 
 #define VJ_MAGIC 0x31564a4345ull /* "ECJV1" */
@@ -62,27 +63,11 @@ size_t eng_views_journal_bytes(void)
  * nothing). */
 uint64_t eng_proc_start(pid_t pid)
 {
-    char path[64], buf[1024];
-    FILE *f;
-    uint64_t start = 0;
+    char state;
+    uint64_t start;
 
-    if (pid <= 0)
+    if (ec_proc_stat(pid, &state, &start) < 0 || state == 'Z' || state == 'X')
         return 0;
-    snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
-    if (!(f = fopen(path, "r")))
-        return 0;
-    if (fgets(buf, sizeof(buf), f)) {
-        /* after "pid (comm) ": state is field 3, starttime field 22 */
-        char *p = strrchr(buf, ')');
-        char state = 0;
-        unsigned long long st = 0;
-        if (p && sscanf(p + 1, " %c %*s %*s %*s %*s %*s %*s %*s %*s %*s %*s %*s %*s %*s %*s "
-                               "%*s %*s %*s %*s %llu",
-                        &state, &st) == 2 &&
-            state != 'Z' && state != 'X')
-            start = st;
-    }
-    fclose(f);
     return start;
 }
 

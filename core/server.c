@@ -37,6 +37,7 @@
 
 #include "common/err.h"
 #include "common/log.h"
+#include "common/proc.h"
 #include "common/u64map.h"
 #include "core/devtier.h"
 #include "core/engine.h"
@@ -258,6 +259,54 @@ static void reap_held(server *s)
                 (unsigned long long)c->id, (int)c->pid, why, (unsigned long long)v,
                 c->held_since ? (long)(now - c->held_since) : 0L);
         s->st.epoch_disconnects++;
+        srv_conn_close(s, c);
+        i = (size_t)-1; /* the map moved entries: rescan */
+    }
+}
+
+/* A view pins memory for as long as its client holds it, and a client may
+ * hold one for its whole life. What it may not do is hold memory while it
+ * cannot run: a client that has been stopped (SIGSTOP, or a debugger) for
+ * --pin-lease seconds while it holds views loses them, as a client that
+ * holds an epoch too long does: it is disconnected, its pins go, and its
+ * session page says why, so its ec_view_check() reports the views stale
+ * when it runs again. A running client is never judged, however idle. Only
+ * clients that hold views are looked at: one read of /proc/PID/stat each per
+ * tick. The pid is the one SO_PEERCRED gave at connect; a process that has
+ * passed its socket on and exited has no state to judge and keeps its pins
+ * until the socket closes. */
+static void reap_stopped(server *s)
+{
+    time_t now = mono_seconds();
+
+    if (s->cfg->pin_lease <= 0)
+        return;
+    for (size_t i = 0; i < s->conns.cap; i++) {
+        struct conn *c = s->conns.vals[i];
+        char state = 0;
+        if (!s->conns.keys[i])
+            continue;
+        if (c->pid <= 0 || ec_engine_owner_pins(s->engine, c->id) == 0 ||
+            ec_proc_stat(c->pid, &state, NULL) < 0 || (state != 'T' && state != 't')) {
+            c->stopped_since = 0;
+            continue;
+        }
+        if (!c->stopped_since) {
+            c->stopped_since = now;
+            continue;
+        }
+        if (now - c->stopped_since < s->cfg->pin_lease)
+            continue;
+        ec_warn("client %llu (pid %d) holds %u view(s) and has been stopped for %ld s "
+                "(--pin-lease %ld): revoking its views and disconnecting it",
+                (unsigned long long)c->id, (int)c->pid, ec_engine_owner_pins(s->engine, c->id),
+                (long)(now - c->stopped_since), s->cfg->pin_lease);
+        if (c->session) {
+            c->session->revoked_after = (uint32_t)s->cfg->pin_lease;
+            atomic_store_explicit(&c->session->revoked, EC_SESSION_REVOKED_STOPPED,
+                                  memory_order_release);
+        }
+        s->st.pin_revocations++;
         srv_conn_close(s, c);
         i = (size_t)-1; /* the map moved entries: rescan */
     }
@@ -1180,6 +1229,7 @@ int ec_server_run(const ec_server_config *cfg)
             TICK_MS) {
             reap_silent(s);
             reap_held(s);
+            reap_stopped(s);
             ec_engine_tick(s->engine);
             last_tick = now;
         }

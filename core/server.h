@@ -39,6 +39,8 @@ typedef struct ec_server_config {
     double rate_window;                    /* seconds per request-rate window */
     uint64_t gpu_slab;                     /* device slab per GPU; 0: off; UINT64_MAX: shm_size */
     long epoch_hold_max;                   /* seconds a client may hold an epoch; 0: 30 */
+    long pin_lease;                        /* seconds a stopped client keeps its views;
+                                            * 0: for ever */
     uint64_t item_bytes;                   /* item index sizing; 0: default; UINT64_MAX: none */
 } ec_server_config;
 

@@ -49,6 +49,7 @@ struct conn {
     uint32_t outstanding;
     uint64_t held_epoch;  /* the least epoch its session showed at the last tick */
     time_t held_since;    /* since when it keeps limbo from being freed (0: it does not) */
+    time_t stopped_since; /* since when it is stopped holding views (0: it is not) */
 };
 
 struct import_job {
@@ -91,7 +92,7 @@ typedef struct server {
 
     struct {
         uint64_t accepted, rejected, rejected_uid, rejected_uid_limit, protocol_errors,
-            disconnected_slow, epoch_disconnects, denied, imports, import_failures;
+            disconnected_slow, epoch_disconnects, pin_revocations, denied, imports, import_failures;
         /* Session counters of clients that have gone. */
         uint64_t gathers, rows, hits, misses, retries, faults, device_rows, mapped_rows,
             staged_rows;

@@ -362,7 +362,9 @@ EC_API int ec_client_topology(ec_client *c, char *buf, size_t len);
  * Pin the whole tensor in shared memory as one contiguous, read-only,
  * row-major region, and return a view of it. The daemon loads what is not
  * resident, keeps the region resident while the view is held and drops the
- * pin when the view is released or this client's connection closes.
+ * pin when the view is released or this client's connection closes. A
+ * process stopped (SIGSTOP, a debugger) for longer than the daemon's
+ * --pin-lease while it holds views loses them (see ec_view_check()).
  *
  * @param[out] out  the view, to be released with ec_view_release().
  * @return 0, or EC_EINVAL, EC_ENOMEM, EC_ENOSPC (the segment cannot hold the
@@ -379,9 +381,10 @@ EC_API size_t ec_view_size(const ec_view *v);
 /**
  * Is the view still backed by the running daemon? No system call: compares
  * the daemon generation in the segment with the view's.
- * @return 0, or EC_EINVAL (NULL), EC_ESTALE (the daemon restarted: its pin
- *         is gone and the memory may be reused; release the view and take
- *         a new one from a new client).
+ * @return 0, or EC_EINVAL (NULL), EC_ESTALE (the daemon restarted, or it
+ *         revoked this client's views because the process was stopped for
+ *         longer than its --pin-lease: the pin is gone and the memory may be
+ *         reused; release the view and take a new one from a new client).
  */
 EC_API int ec_view_check(const ec_view *v);
 

@@ -240,7 +240,11 @@ typedef struct ec_session_page {
     uint32_t ring_slots;
     uint64_t generation;
     uint64_t client_id;
-    uint8_t reserved0[32];
+    /* Written by the daemon when it drops the client for good: why
+     * (EC_SESSION_REVOKED_*), read by the client's ec_view_check(). */
+    _Atomic uint32_t revoked;
+    uint32_t revoked_after;    /* the lease it outlived, seconds */
+    uint8_t reserved0[24];
 
     /* Written by the client (relaxed); untrusted. */
     _Atomic uint64_t gathers;
@@ -272,6 +276,10 @@ typedef struct ec_session_page {
      * are counted in the totals above only. Untrusted, like the rest. */
     ec_session_tensor tstat[EC_SESSION_TENSORS];
 } ec_session_page;
+
+/* Why the daemon revoked a session (ec_session_page.revoked). */
+#define EC_SESSION_REVOKED_NONE 0u
+#define EC_SESSION_REVOKED_STOPPED 1u /* stopped longer than --pin-lease with views */
 
 /* An item hint in the access ring: bit 63, 23 bits of the item's tag, and
  * its offset / 8 (the slot word of the item index, re-packed). */

@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -64,6 +65,10 @@ static void usage(FILE *f)
             "                         0: no item index, every tensor cached by partitions\n"
             "      --epoch-hold SECONDS  disconnect a client whose GPU gather holds freed\n"
             "                         memory back longer than this (default 30)\n"
+            "      --pin-lease SECONDS  a client stopped (SIGSTOP, a debugger) this long\n"
+            "                         while it holds views loses them and is disconnected;\n"
+            "                         its ec_view_check() then says so (default 60;\n"
+            "                         0: views are kept however long the client is stopped)\n"
             "  -j, --io-threads N     pread reader threads (default 2)\n"
             "      --allow-uid UID    also accept clients of this uid, to read (repeatable)\n"
             "      --allow-any        accept clients of every local user (to read)\n"
@@ -86,6 +91,59 @@ static void usage(FILE *f)
 }
 
 
+/* Connections and partition files each take a descriptor, and the default
+ * soft limit (1024 under systemd) is below --max-clients plus files. Raise
+ * it to the hard limit, as the kernel's and systemd's documentation advise
+ * for a program that needs many (this one uses epoll, never select). The
+ * engine then keeps a quarter of what it has for partition files. */
+static void raise_fd_limit(void)
+{
+    struct rlimit rl;
+
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+        rlim_t want = rl.rlim_max;
+        rl.rlim_cur = want;
+        if (setrlimit(RLIMIT_NOFILE, &rl) < 0)
+            ec_warn("cannot raise the descriptor limit to %llu: %s",
+                    (unsigned long long)want, strerror(errno));
+    }
+}
+
+/* The subdirectories of the data directory the daemon opens files in. */
+static const char *const subdirs[] = {"parts", "hot"};
+
+/* Is path a directory of ours that nobody else may write? A subdirectory
+ * (sub) may be missing (the daemon creates it) but must not be a link.
+ * Prints why not. */
+static bool dir_is_ours(const char *path, bool sub)
+{
+    struct stat st;
+
+    if ((sub ? lstat(path, &st) : stat(path, &st)) < 0) {
+        if (sub && errno == ENOENT)
+            return true;
+        fprintf(stderr, "embcached: cannot inspect %s: %s\n", path, strerror(errno));
+        return false;
+    }
+    if (!S_ISDIR(st.st_mode)) {
+        fprintf(stderr, "embcached: %s is not a directory%s; %s\n", path,
+                S_ISLNK(st.st_mode) ? " (a symbolic link)" : "",
+                sub ? "remove it, or start with a new data directory" : "pick another");
+        return false;
+    }
+    if (st.st_uid != geteuid() || (st.st_mode & 022)) {
+        fprintf(stderr,
+                "embcached: %s directory %s is owned by uid %u with mode %04o: it must "
+                "belong to uid %u and not be writable by group or others (chown %u %s; "
+                "chmod go-w %s)\n",
+                sub ? "data subdirectory" : "data", path, (unsigned)st.st_uid,
+                (unsigned)(st.st_mode & 07777), (unsigned)geteuid(), (unsigned)geteuid(), path,
+                path);
+        return false;
+    }
+    return true;
+}
+
 int main(int argc, char **argv)
 {
     static const struct option opts[] = {
@@ -101,6 +159,7 @@ int main(int argc, char **argv)
         {"queue-depth", required_argument, NULL, 'Q'},
         {"gpu-slab", required_argument, NULL, 'G'},
         {"epoch-hold", required_argument, NULL, 'E'},
+        {"pin-lease", required_argument, NULL, 'L'},
         {"item-bytes", required_argument, NULL, 'I'},
         {"allow-uid", required_argument, NULL, 'U'},
         {"allow-any", no_argument, NULL, 'A'},
@@ -116,13 +175,13 @@ int main(int argc, char **argv)
         {NULL, 0, NULL, 0},
     };
     ec_server_config cfg = {.shm_size = DEFAULT_SHM_SIZE, .ttl_jitter = 0.1,
-                            .gpu_slab = UINT64_MAX, .epoch_hold_max = 30};
+                            .gpu_slab = UINT64_MAX, .epoch_hold_max = 30,
+                            .pin_lease = 60};
     char sock[108], dir[PATH_MAX];
     const char *data_dir = getenv("EMBCACHE_DATA_DIR");
     int level = EC_LOG_INFO, c, rc;
     bool keeper = true;
     ec_keeper k = {.sock = -1, .lock_fd = -1, .seg_fd = -1};
-    struct stat st;
 
     while ((c = getopt_long(argc, argv, "d:s:m:j:b:vqhV", opts, NULL)) != -1) {
         switch (c) {
@@ -159,6 +218,17 @@ int main(int argc, char **argv)
                 return 2;
             }
             cfg.epoch_hold_max = v;
+            break;
+        }
+        case 'L': {
+            char *end;
+            long v = strtol(optarg, &end, 10);
+            if (*end || end == optarg || v < 0 || v > 86400 * 365) {
+                fprintf(stderr, "embcached: --pin-lease '%s' must be 0..31536000 seconds "
+                                "(0: never)\n", optarg);
+                return 2;
+            }
+            cfg.pin_lease = v;
             break;
         }
         case 'W': {
@@ -301,25 +371,24 @@ int main(int argc, char **argv)
         snprintf(dir, sizeof(dir), "%s", data_dir);
     }
     cfg.data_dir = dir;
-    /* Whoever can write the data directory decides what the daemon serves
-     * (and, through links, what it writes): only its owner may. */
-    if (stat(dir, &st) < 0 || !S_ISDIR(st.st_mode)) {
-        fprintf(stderr, "embcached: data directory %s is not a directory\n", dir);
+    /* Whoever can write the data directory, or its parts/ and hot/, decides
+     * what the daemon serves (and, through links, what it writes): only its
+     * owner may. Subdirectories are judged by lstat: a link there is refused,
+     * so every path the daemon opens below the checked directory has no link
+     * in it but the last component, which is opened O_NOFOLLOW. */
+    if (!dir_is_ours(dir, false))
         return 1;
-    }
-    if (st.st_uid != geteuid() || (st.st_mode & 022)) {
-        fprintf(stderr,
-                "embcached: data directory %s is owned by uid %u with mode %04o: it must "
-                "belong to uid %u and not be writable by group or others (chown %u %s; "
-                "chmod go-w %s)\n",
-                dir, (unsigned)st.st_uid, (unsigned)(st.st_mode & 07777), (unsigned)geteuid(),
-                (unsigned)geteuid(), dir, dir);
-        return 1;
+    for (size_t i = 0; i < sizeof(subdirs) / sizeof(subdirs[0]); i++) {
+        char sub[PATH_MAX + 16];
+        snprintf(sub, sizeof(sub), "%s/%s", dir, subdirs[i]);
+        if (!dir_is_ours(sub, true))
+            return 1;
     }
     if (!cfg.socket_path)
         cfg.socket_path = ec_default_socket(sock, sizeof(sock));
 
     ec_log_init("embcached", (enum ec_log_level)level);
+    raise_fd_limit();
     if (keeper) {
         if ((rc = ec_keeper_start(dir, &k)) < 0) {
             fprintf(stderr, "embcached: %s\n", ec_last_error());

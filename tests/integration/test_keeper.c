@@ -262,8 +262,9 @@ static void test_keeper_killed(void **state)
     ec_client_close(c);
 }
 
-/* 5. A data directory others can write, or whose lock file is a link, is
- * refused before anything in it is opened. */
+/* 5. A data directory others can write, or whose lock file, catalog or
+ * parts/ is a link, or whose hot/ others can write, is refused before
+ * anything in it is opened. */
 static void test_data_dir_refused(void **state)
 {
     char *dir = ect_tmpdir("ec-keeper"), data[600], sock[600], lock[700], target[700];
@@ -310,6 +311,31 @@ static void test_data_dir_refused(void **state)
             e = ect_read_file(empty, &len);
             assert_int_equal(len, 0);
             free(e);
+        }
+        /* parts/ as a link to a directory elsewhere, or hot/ writable by
+         * others: every file below them would be someone else's to place */
+        {
+            char cat[720], parts[720], elsewhere[720], hot[720];
+            snprintf(cat, sizeof(cat), "%s/catalog.db", data);
+            assert_int_equal(unlink(cat), 0);
+            snprintf(parts, sizeof(parts), "%s/parts", data);
+            snprintf(elsewhere, sizeof(elsewhere), "%s/elsewhere", dir);
+            assert_int_equal(mkdir(elsewhere, 0700), 0);
+            assert_int_equal(symlink(elsewhere, parts), 0);
+            rc = ect_run(argv, NULL, NULL, &err);
+            assert_int_equal(rc, 1);
+            assert_non_null(strstr(err, "symbolic link"));
+            free(err);
+            err = NULL;
+            assert_int_equal(unlink(parts), 0);
+            snprintf(hot, sizeof(hot), "%s/hot", data);
+            assert_int_equal(mkdir(hot, 0700), 0);
+            assert_int_equal(chmod(hot, 0777), 0);
+            rc = ect_run(argv, NULL, NULL, &err);
+            assert_int_equal(rc, 1);
+            assert_non_null(strstr(err, "not be writable by group or others"));
+            free(err);
+            err = NULL;
         }
         {
             size_t len = 0;
