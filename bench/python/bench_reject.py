@@ -58,6 +58,14 @@ def main():
     embcache = setup_package(build)
     lines = machine()
     lines.append("# " + " ".join([Path(sys.argv[0]).name] + sys.argv[1:]))
+    try:  # the daemon's own source tree and commit, which may not be this one's
+        home = [l.split("=", 1)[1] for l in (build / "CMakeCache.txt").read_text().splitlines()
+                if l.startswith("CMAKE_HOME_DIRECTORY:")][0]
+        rev = subprocess.run(["git", "-C", home, "rev-parse", "--short", "HEAD"],
+                             capture_output=True, text=True).stdout.strip()
+        lines.append(f"# embcached and libembcache: {build}, built from {home} at {rev}")
+    except (OSError, IndexError):
+        pass
 
     def emit(s=""):
         print(s, flush=True)
