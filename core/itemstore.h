@@ -65,6 +65,7 @@ typedef struct ec_itemstore_env {
 typedef struct ec_itemstore_stats {
     uint64_t items, slabs, bytes;         /* published items, slabs, their bytes */
     uint64_t admitted, evicted, ghost_hits, promoted, neighbour_evictions;
+    uint64_t removed;                     /* by ec_items_remove */
     uint64_t hints, hints_bad;            /* access hints applied / refused */
     uint64_t adopted, adopt_dropped;      /* warm restart */
     uint64_t classes;
@@ -91,6 +92,10 @@ int ec_items_reserve(ec_itemstore *s, uint64_t value_bytes, uint64_t *off);
  * already: the slot is given back). */
 int ec_items_publish(ec_itemstore *s, uint64_t key, uint64_t off);
 void ec_items_abandon(ec_itemstore *s, uint64_t off);
+
+/* Unpublish key (an item of value_bytes) and free its slot: a value that
+ * is replaced or purged, not evicted. 1 when it was there, else 0. */
+int ec_items_remove(ec_itemstore *s, uint64_t key, uint64_t value_bytes);
 
 /* Is key published? (The daemon's own lookup.) */
 bool ec_items_has(const ec_itemstore *s, uint64_t key, uint64_t value_bytes);

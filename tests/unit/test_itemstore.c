@@ -244,6 +244,40 @@ static void test_full_buckets(void **state)
     env_free(&v);
 }
 
+/* Removing a key frees its slot for the next item; a key that is not there,
+ * or asked for with another value size, is left alone; a replaced value is
+ * what readers find. */
+static void test_remove(void **state)
+{
+    struct env v;
+    ec_itemstore *s;
+    ec_itemstore_stats st;
+    (void)state;
+
+    env_new(&v, 8u << 20, 128, 2);
+    s = store_open(&v);
+    for (uint64_t r = 0; r < 100; r++)
+        assert_int_equal(admit(&v, s, K(r)), 0);
+    assert_int_equal(ec_items_remove(s, K(7), VAL + 8), 0);
+    assert_true(present(&v, K(7)));
+    assert_int_equal(ec_items_remove(s, K(7), VAL), 1);
+    assert_false(present(&v, K(7)));
+    assert_int_equal(ec_items_remove(s, K(7), VAL), 0);
+    assert_int_equal(ec_items_remove(s, K(1000), VAL), 0);
+    /* publish the key again: it is there once, with its value */
+    assert_int_equal(admit(&v, s, K(7)), 0);
+    assert_true(present(&v, K(7)));
+    assert_int_equal(admit(&v, s, K(7)), EC_EEXIST);
+    ec_items_stats(s, &st);
+    assert_int_equal(st.removed, 1);
+    assert_int_equal(st.items, 100);
+    assert_int_equal(st.items, ec_item_count(&v.seg));
+    for (uint64_t r = 0; r < 100; r++)
+        assert_true(present(&v, K(r)));
+    store_close(&v, s);
+    env_free(&v);
+}
+
 /* Shrink gives a slab back, its items unpublished; hints that name nothing
  * live, or lie about the tag, are refused without harm. */
 static void test_shrink_and_hints(void **state)
@@ -346,7 +380,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_scan_resistance), cmocka_unit_test(test_ghost),
         cmocka_unit_test(test_full_buckets),    cmocka_unit_test(test_shrink_and_hints),
-        cmocka_unit_test(test_adopt),
+        cmocka_unit_test(test_adopt),           cmocka_unit_test(test_remove),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
