@@ -22,12 +22,27 @@ int ec_model_import(ec_client *c, const ec_import_opts *opts, const char *const 
         return ec_seterr(EC_EINVAL, "import takes 1..64 files, %zu given", n);
     if (opts->params_json && strlen(opts->params_json) > EC_PARAMS_MAX)
         return ec_seterr(EC_ETOOBIG, "params JSON is longer than %u bytes", EC_PARAMS_MAX);
+    /* An input file that is not there is EC_ENOENT; one that is there but
+     * cannot be imported as it is (unreadable by this process, not a
+     * regular file, and later in the daemon: malformed content) is
+     * EC_EFORMAT (or EC_EDTYPE); EC_EIO is left for a system failure.
+     * O_NONBLOCK: opening a FIFO must not wait for a writer. */
     for (; opened < n; opened++) {
         struct stat st;
-        fds[opened] = open(paths[opened], O_RDONLY | O_CLOEXEC);
+        fds[opened] = open(paths[opened], O_RDONLY | O_CLOEXEC | O_NONBLOCK);
         if (fds[opened] < 0) {
-            rc = ec_seterr_errno(errno == ENOENT ? EC_ENOENT : EC_EIO, errno,
-                                 "cannot open %s", paths[opened]);
+            int e = errno;
+            if (e == ENOENT || e == ENOTDIR)
+                rc = ec_seterr_errno(EC_ENOENT, e, "cannot open input file %s",
+                                     paths[opened]);
+            else if (e == EACCES || e == EPERM || e == ELOOP || e == ENXIO || e == ENODEV)
+                rc = ec_seterr_errno(EC_EFORMAT, e, "cannot open input file %s (import "
+                                     "reads it with your permissions)", paths[opened]);
+            else if (e == ENAMETOOLONG)
+                rc = ec_seterr_errno(EC_EINVAL, e, "cannot open input file %s",
+                                     paths[opened]);
+            else
+                rc = ec_seterr_errno(EC_EIO, e, "cannot open input file %s", paths[opened]);
             goto out;
         }
         if (fstat(fds[opened], &st) < 0 || !S_ISREG(st.st_mode)) {

@@ -16,7 +16,10 @@
  * the same file. The server thread's handle is the engine's (opened by
  * ec_engine_open): the start-up sweep (foreach_path), resolve, list, alias,
  * find, drop, update_file, stats. The importer thread's handle is the
- * server's second one: add_version and the lookups an import makes.
+ * server's second one: add_version and the lookups an import makes. One
+ * more caller runs outside the daemon, while no daemon runs: `embcache
+ * recover` (core/recover.c) opens a new catalog and registers the versions
+ * it finds in the partition files (add_version_at), on its only thread.
  *
  * Thread rules: one ec_catalog per thread. A handle is one sqlite3
  * connection; it must be used by one thread at a time (it is opened
@@ -331,7 +334,15 @@ int ec_catalog_open(const char *path, ec_catalog **out)
     *out = cat;
     return 0;
 fail:
-    ec_adderr(err, "cannot open catalog %s", path);
+    if (err == EC_ECORRUPT && !strstr(ec_last_error(), "embcache recover")) {
+        /* SQLite cannot read it at all (not a database, a damaged header):
+         * say what to do, as cat_validate does for the rest. */
+        char why[160];
+        snprintf(why, sizeof(why), "%s", ec_last_error());
+        ec_seterr(err, "catalog %s is damaged (%s); " CAT_RECOVER_HINT, path, why);
+    } else {
+        ec_adderr(err, "cannot open catalog %s", path);
+    }
     sqlite3_close(cat->db);
     free(cat);
     return err;
@@ -719,6 +730,14 @@ int ec_catalog_add_version(ec_catalog *cat, const char *model, int64_t version,
                            int64_t round, const char *params_json,
                            ec_cat_tensor *tensors, size_t n, int64_t *version_id_out)
 {
+    return ec_catalog_add_version_at(cat, model, version, round, params_json,
+                                     (int64_t)time(NULL), tensors, n, version_id_out);
+}
+
+int ec_catalog_add_version_at(ec_catalog *cat, const char *model, int64_t version,
+                              int64_t round, const char *params_json, int64_t created_unix,
+                              ec_cat_tensor *tensors, size_t n, int64_t *version_id_out)
+{
     sqlite3_stmt *st = NULL;
     char *params = NULL;
     int64_t *ids = NULL;
@@ -737,6 +756,9 @@ int ec_catalog_add_version(ec_catalog *cat, const char *model, int64_t version,
         return ec_seterr(EC_EINVAL, "model '%s' version %" PRId64 ": round %" PRId64 " is not "
                                     "valid; give a round >= 0 or -1 for none",
                          model, version, round);
+    if (created_unix < 0)
+        return ec_seterr(EC_EINVAL, "model '%s' version %" PRId64 ": created time %" PRId64
+                         " is before 1970", model, version, created_unix);
     for (size_t i = 0; i < n; i++) {
         err = check_tensor(&tensors[i], i);
         if (err < 0)
@@ -777,7 +799,7 @@ int ec_catalog_add_version(ec_catalog *cat, const char *model, int64_t version,
                    &st);
     if (err < 0)
         goto fail;
-    err = cat_bindf(cat, st, "iiiti", model_id, version, round, params, (int64_t)time(NULL));
+    err = cat_bindf(cat, st, "iiiti", model_id, version, round, params, created_unix);
     if (err < 0)
         goto fail;
     rc = sqlite3_step(st);

@@ -86,6 +86,15 @@ int ec_catalog_add_version(ec_catalog *cat, const char *model, int64_t version,
                            int64_t round, const char *params_json,
                            ec_cat_tensor *tensors, size_t n, int64_t *version_id_out);
 
+/* The same, with the version's created time given (Unix seconds, >= 0;
+ * ec_catalog_add_version records the time of the call): the importer
+ * writes that time into the partition files' origin records first, and
+ * `embcache recover` registers a version again with the time it had.
+ * EC_EINVAL for a negative time; otherwise as ec_catalog_add_version. */
+int ec_catalog_add_version_at(ec_catalog *cat, const char *model, int64_t version,
+                              int64_t round, const char *params_json, int64_t created_unix,
+                              ec_cat_tensor *tensors, size_t n, int64_t *version_id_out);
+
 /* Resolve (model, "3" | alias, tensor name). EC_ENOENT with a message that
  * says which part is unknown (model, version, alias or tensor). */
 int ec_catalog_resolve(ec_catalog *cat, const char *model, const char *version_or_alias,

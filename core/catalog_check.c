@@ -15,10 +15,6 @@
 #include <stdio.h>
 #include <string.h>
 
-#define RECOVER_HINT                                                                      \
-    "restore catalog.db from a backup, or move the data directory aside and import "     \
-    "the models again; embcached deletes nothing while the catalog is in this state"
-
 /* The first column of the first row of sql as text ("" when none). */
 static int first_text(ec_catalog *cat, const char *sql, char *buf, size_t cap, bool *any)
 {
@@ -62,23 +58,23 @@ int cat_validate(ec_catalog *cat, const char *path)
 
     err = first_text(cat, "PRAGMA quick_check(1)", buf, sizeof(buf), &any);
     if (err < 0)
-        return ec_adderr(EC_ECORRUPT, "catalog %s is damaged; " RECOVER_HINT, path);
+        return ec_adderr(EC_ECORRUPT, "catalog %s is damaged; " CAT_RECOVER_HINT, path);
     if (!any || strcmp(buf, "ok") != 0)
-        return ec_seterr(EC_ECORRUPT, "catalog %s failed SQLite's quick_check (%s); " RECOVER_HINT,
+        return ec_seterr(EC_ECORRUPT, "catalog %s failed SQLite's quick_check (%s); " CAT_RECOVER_HINT,
                          path, buf);
     err = first_text(cat, "PRAGMA foreign_key_check", buf, sizeof(buf), &any);
     if (err < 0)
-        return ec_adderr(EC_ECORRUPT, "catalog %s is damaged; " RECOVER_HINT, path);
+        return ec_adderr(EC_ECORRUPT, "catalog %s is damaged; " CAT_RECOVER_HINT, path);
     if (any)
         return ec_seterr(EC_ECORRUPT,
-                         "catalog %s has a row in table %s whose parent is missing; " RECOVER_HINT,
+                         "catalog %s has a row in table %s whose parent is missing; " CAT_RECOVER_HINT,
                          path, buf);
     for (size_t i = 0; i < sizeof(rules) / sizeof(rules[0]); i++) {
         err = first_text(cat, rules[i].sql, buf, sizeof(buf), &any);
         if (err < 0)
-            return ec_adderr(EC_ECORRUPT, "catalog %s is damaged; " RECOVER_HINT, path);
+            return ec_adderr(EC_ECORRUPT, "catalog %s is damaged; " CAT_RECOVER_HINT, path);
         if (any)
-            return ec_seterr(EC_ECORRUPT, "catalog %s is inconsistent: %s %s; " RECOVER_HINT,
+            return ec_seterr(EC_ECORRUPT, "catalog %s is inconsistent: %s %s; " CAT_RECOVER_HINT,
                              path, buf, rules[i].what);
     }
     return 0;

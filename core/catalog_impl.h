@@ -17,7 +17,8 @@
  *
  * Who runs it: the daemon only, in two threads with one handle each: the
  * server thread (the engine's handle, opened by ec_engine_open) and the
- * importer thread (the server's second handle). Every helper here works on
+ * importer thread (the server's second handle); and `embcache recover`
+ * (core/recover.c), single-threaded while no daemon runs. Every helper here works on
  * the handle it is given and keeps no other state, so it runs on whichever
  * of those threads owns that handle.
  *
@@ -54,6 +55,14 @@ struct ec_catalog {
  * maxlen bytes). */
 bool cat_all_digits(const char *s);
 bool cat_path_ok(const char *path, size_t maxlen);
+
+/* What a message about a damaged catalog says to do (catalog_check.c, and
+ * ec_catalog_open for a file SQLite cannot read at all). */
+#define CAT_RECOVER_HINT                                                                  \
+    "with embcached stopped, run `embcache recover --data-dir DIR` (it rebuilds the "    \
+    "catalog from the partition files and keeps the damaged catalog aside), or restore "  \
+    "catalog.db from a backup; embcached deletes nothing while the catalog is in this "   \
+    "state"
 
 /* catalog_check.c: refuse a damaged or inconsistent catalog (EC_ECORRUPT
  * with how to recover); path is for the message. */

@@ -15,9 +15,22 @@
  *      partfile.h), fsyncs and renames each file;
  *   3. register the version and all its tensors in one catalog transaction.
  *
+ * Every partition file carries an origin record in its header page (model,
+ * version, tensor, round, params, created time, the version's number of
+ * tensors: partfile.h), so that `embcache recover` can rebuild a lost
+ * catalog from the files; the created time is chosen before the files are
+ * written and registered with the version, so file and catalog agree.
+ *
  * Any failure unlinks every partition file this import created and leaves
  * the catalog untouched. A crash in the middle leaves only files the
  * catalog does not reference, which ec_import_sweep() removes at start-up.
+ *
+ * Error codes for bad input (what `embcache import` turns into its exit
+ * status): a file whose content or name cannot become a tensor is
+ * EC_EFORMAT (malformed, truncated, a name that is not a valid tensor name,
+ * over a format limit such as dimensions or row size, a tensor name that
+ * two input files give) or EC_EDTYPE (an unsupported dtype), with a message
+ * naming the file; EC_EIO only for a read that failed.
  */
 #include "core/import.h"
 
@@ -29,9 +42,11 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "common/err.h"
+#include "common/log.h"
 #include "core/partfile.h"
 #include "core/tensorfile.h"
 
@@ -98,16 +113,20 @@ static int tensor_rows(const ec_tf_tensor *t, uint64_t *rows, uint64_t *row_byte
 
     for (uint32_t i = 1; i < t->ndim; i++)
         if (__builtin_mul_overflow(rb, t->shape[i], &rb))
-            return ec_seterr(EC_ETOOBIG, "tensor '%s': a row is larger than 2^64 bytes",
+            return ec_seterr(EC_EFORMAT, "tensor '%s': a row is larger than 2^64 bytes",
                              t->name);
     *rows = t->ndim ? t->shape[0] : 1;
     *row_bytes = rb;
     return 0;
 }
 
-/* Stream tensor t from fd into a new partition file in parts_dir; fill ct. */
+/* Stream tensor t from fd into a new partition file in parts_dir, with
+ * origin (its tensor name filled in here) and params in its header; fill
+ * ct. *params_lost is set when the params did not fit the header page. */
 static int write_tensor(int fd, const ec_tf_tensor *t, const char *parts_dir,
-                        uint64_t partition_bytes, unsigned char *chunk, ec_cat_tensor *ct)
+                        uint64_t partition_bytes, unsigned char *chunk,
+                        ec_partfile_origin *origin, const char *params, bool *params_lost,
+                        ec_cat_tensor *ct)
 {
     ec_partfile_meta m;
     ec_partfile_writer *w = NULL;
@@ -124,9 +143,10 @@ static int write_tensor(int fd, const ec_tf_tensor *t, const char *parts_dir,
     if (rc < 0)
         goto fail;
     rc = ec_partfile_plan(m.rows, m.row_bytes, partition_bytes, &m.rows_per_partition);
-    if (rc < 0)
-        goto fail;
-    rc = ec_partfile_layout(&m);
+    if (rc == 0)
+        rc = ec_partfile_layout(&m);
+    if (rc == EC_ETOOBIG) /* the file's tensor is over a limit of the format */
+        rc = ec_adderr(EC_EFORMAT, "tensor '%s' cannot be stored", t->name);
     if (rc < 0)
         goto fail;
     if (m.rows * m.row_bytes != t->data_len) {
@@ -141,6 +161,10 @@ static int write_tensor(int fd, const ec_tf_tensor *t, const char *parts_dir,
         goto fail;
     }
     rc = ec_partfile_writer_open(parts_dir, &m, &w);
+    if (rc < 0)
+        goto fail;
+    snprintf(origin->tensor, sizeof(origin->tensor), "%s", t->name);
+    rc = ec_partfile_writer_set_origin(w, origin, params, params_lost);
     if (rc < 0)
         goto fail;
 
@@ -219,9 +243,11 @@ static int parse_file(const ec_import_file *f, ec_tf_list *list)
     int rc;
 
     if (ends_with(base, ".npy")) {
+        /* A .npy file's name is its tensor's: a name that cannot be one is
+         * this input file's fault, like its content. */
         rc = ec_npy_stem(base, stem, sizeof(stem));
         if (rc < 0)
-            return rc;
+            return ec_adderr(EC_EFORMAT, "the file's name gives no tensor name");
         return ec_npy_parse_fd(f->fd, stem, list);
     }
     if (ends_with(base, ".safetensors"))
@@ -230,17 +256,32 @@ static int parse_file(const ec_import_file *f, ec_tf_list *list)
                                  ".safetensors");
 }
 
+/* "1st", "2nd", ... for messages about the files of one import. */
+static const char *ordinal(size_t i, char *buf, size_t len)
+{
+    size_t n = i + 1;
+    const char *sfx = n % 100 >= 11 && n % 100 <= 13 ? "th"
+                      : n % 10 == 1                 ? "st"
+                      : n % 10 == 2                 ? "nd"
+                      : n % 10 == 3                 ? "rd"
+                                                    : "th";
+    snprintf(buf, len, "%zu%s", n, sfx);
+    return buf;
+}
+
 int ec_import_files(ec_catalog *cat, const char *data_dir, const ec_import_opts *opts,
                     const ec_import_file *files, size_t n, uint32_t *tensors_out)
 {
     ec_tf_list *lists = NULL;
     struct tensor_ref *refs = NULL;
     ec_cat_tensor *cts = NULL;
+    ec_partfile_origin *origin = NULL;
     unsigned char *chunk = NULL;
     char *parts_dir = NULL, *path = NULL;
     size_t total = 0, done = 0, k;
     const char *fail_file = NULL;
-    int64_t existing, vid;
+    int64_t existing, vid, created = (int64_t)time(NULL);
+    bool params_lost = false;
     char vbuf[32];
     int rc;
 
@@ -289,6 +330,7 @@ int ec_import_files(ec_catalog *cat, const char *data_dir, const ec_import_opts 
         for (size_t j = 0; j < lists[i].n; j++) {
             rc = ec_catalog_check_name("tensor", lists[i].tensors[j].name);
             if (rc < 0) {
+                rc = ec_adderr(EC_EFORMAT, "not a valid tensor name");
                 fail_file = files[i].name;
                 goto fail;
             }
@@ -296,13 +338,14 @@ int ec_import_files(ec_catalog *cat, const char *data_dir, const ec_import_opts 
         total += lists[i].n;
     }
     if (total > UINT32_MAX) {
-        rc = ec_seterr(EC_ETOOBIG, "%zu tensors in one version", total);
+        rc = ec_seterr(EC_EFORMAT, "%zu tensors in one version", total);
         goto fail;
     }
     refs = calloc(total ? total : 1, sizeof(*refs));
     cts = calloc(total ? total : 1, sizeof(*cts));
     chunk = malloc(IMPORT_CHUNK);
-    if (!refs || !cts || !chunk) {
+    origin = calloc(1, sizeof(*origin));
+    if (!refs || !cts || !chunk || !origin) {
         rc = ec_seterr(EC_ENOMEM, "out of memory for %zu tensors", total);
         goto fail;
     }
@@ -313,9 +356,24 @@ int ec_import_files(ec_catalog *cat, const char *data_dir, const ec_import_opts 
     qsort(refs, total, sizeof(*refs), cmp_ref);
     for (size_t i = 1; i < total; i++) {
         if (!strcmp(refs[i - 1].t->name, refs[i].t->name)) {
-            rc = ec_seterr(EC_EEXIST, "tensor '%s' is in both %s and %s; tensor names must "
-                           "be unique within a version", refs[i].t->name,
-                           files[refs[i - 1].file].name, files[refs[i].file].name);
+            /* Input that cannot be imported as given (EC_EFORMAT), not a
+             * clash with what the catalog holds (EC_EEXIST). */
+            size_t a = refs[i - 1].file, b = refs[i].file;
+            char oa[16], ob[16];
+            if (a > b) {
+                size_t t = a;
+                a = b;
+                b = t;
+            }
+            if (a == b)
+                rc = ec_seterr(EC_EFORMAT, "%s: tensor '%s' appears twice in it; tensor "
+                               "names must be unique within a version", files[a].name,
+                               refs[i].t->name);
+            else
+                rc = ec_seterr(EC_EFORMAT, "tensor '%s' is in both the %s file (%s) and the "
+                               "%s file (%s); tensor names must be unique within a version: "
+                               "rename one", refs[i].t->name, ordinal(a, oa, sizeof(oa)),
+                               files[a].name, ordinal(b, ob, sizeof(ob)), files[b].name);
             goto fail;
         }
     }
@@ -328,10 +386,18 @@ int ec_import_files(ec_catalog *cat, const char *data_dir, const ec_import_opts 
     }
     if ((rc = mkdir_one(data_dir)) < 0 || (rc = mkdir_one(parts_dir)) < 0)
         goto fail;
+    /* Params go in as given (the catalog normalizes and checks them when it
+     * registers the version; registering them again gives the same). */
+    snprintf(origin->model, sizeof(origin->model), "%s", opts->model);
+    origin->version = opts->version;
+    origin->round = opts->round;
+    origin->created_unix = created;
+    origin->version_tensors = (uint32_t)total;
     for (size_t i = 0; i < n; i++) {
         for (size_t j = 0; j < lists[i].n; j++) {
             rc = write_tensor(files[i].fd, &lists[i].tensors[j], parts_dir,
-                              opts->partition_bytes, chunk, &cts[done]);
+                              opts->partition_bytes, chunk, origin, opts->params_json,
+                              &params_lost, &cts[done]);
             if (rc < 0) {
                 fail_file = files[i].name;
                 goto fail;
@@ -341,10 +407,16 @@ int ec_import_files(ec_catalog *cat, const char *data_dir, const ec_import_opts 
     }
 
     /* 3. Register. */
-    rc = ec_catalog_add_version(cat, opts->model, opts->version, opts->round,
-                                opts->params_json, cts, total, &vid);
+    rc = ec_catalog_add_version_at(cat, opts->model, opts->version, opts->round,
+                                   opts->params_json, created, cts, total, &vid);
     if (rc < 0)
         goto fail;
+    if (params_lost)
+        ec_warn("model '%s' version %" PRId64 ": its params (%zu bytes) are longer than a "
+                "partition file's header can hold (%u bytes are sure to fit); they are in "
+                "the catalog, but `embcache recover` could not restore them", opts->model,
+                opts->version, strlen(opts->params_json),
+                (unsigned)EC_PARTFILE_ORIGIN_PARAMS_MIN);
     if (tensors_out)
         *tensors_out = (uint32_t)total;
     rc = 0;
@@ -375,6 +447,7 @@ out:
     free(refs);
     free(cts);
     free(chunk);
+    free(origin);
     free(parts_dir);
     return rc;
 }
@@ -451,9 +524,11 @@ int ec_import_sweep(ec_catalog *cat, const char *data_dir)
                 rc = ec_seterr(EC_ECORRUPT,
                                "the catalog of %s is new or empty, but %s holds partition "
                                "files (%s among them): the catalog was lost or truncated; "
-                               "restore catalog.db from a backup, or move %s aside to start "
-                               "afresh; nothing was deleted",
-                               data_dir, parts_dir, de->d_name, parts_dir);
+                               "with embcached stopped, run `embcache recover --data-dir "
+                               "%s` to rebuild it from the files, or restore catalog.db from "
+                               "a backup, or move %s aside to start afresh; nothing was "
+                               "deleted",
+                               data_dir, parts_dir, de->d_name, data_dir, parts_dir);
                 goto out;
             }
         rewinddir(d);
@@ -502,10 +577,11 @@ out:
 }
 
 /* ------------------------------------------------------------------ */
-/* Upgrade of version-1 partition files                                */
+/* Upgrade of partition files written by older releases                */
 
 struct version_find {
-    int64_t version, id;
+    int64_t version, id, round, created;
+    char *params;
 };
 
 static int find_version(const ec_cat_version *v, void *arg)
@@ -515,12 +591,17 @@ static int find_version(const ec_cat_version *v, void *arg)
     if (v->version != f->version)
         return 0;
     f->id = v->id;
-    return 1;
+    f->round = v->round;
+    f->created = v->created_unix;
+    f->params = strdup(v->params_json ? v->params_json : "{}");
+    return f->params ? 1 : ec_seterr(EC_ENOMEM, "upgrade: out of memory");
 }
 
+/* The version's tensors: path and name, in pairs. */
 static int collect_tensor(const ec_cat_tensor *t, void *arg)
 {
-    return collect_path(t->path, arg);
+    int rc = collect_path(t->path, arg);
+    return rc ? rc : collect_path(t->name, arg);
 }
 
 int ec_import_upgrade(ec_catalog *cat, const char *data_dir, const char *model,
@@ -528,6 +609,7 @@ int ec_import_upgrade(ec_catalog *cat, const char *data_dir, const char *model,
 {
     struct version_find f = {0};
     struct path_set set = {0};
+    ec_partfile_origin *origin = NULL, *had = NULL;
     char parts_dir[4200];
     uint32_t upgraded = 0;
     int rc;
@@ -539,16 +621,31 @@ int ec_import_upgrade(ec_catalog *cat, const char *data_dir, const char *model,
         return rc;
     rc = ec_catalog_list_versions(cat, model, find_version, &f);
     if (rc < 0)
-        return rc;
-    if (!f.id)
-        return ec_seterr(EC_ENOENT, "model '%s' has no version %lld", model,
-                         (long long)f.version);
+        goto out;
+    if (!f.id) {
+        rc = ec_seterr(EC_ENOENT, "model '%s' has no version %lld", model,
+                       (long long)f.version);
+        goto out;
+    }
     rc = ec_catalog_list_tensors(cat, f.id, collect_tensor, &set);
     if (rc < 0)
         goto out;
+    origin = calloc(1, sizeof(*origin));
+    had = calloc(1, sizeof(*had));
+    if (!origin || !had) {
+        rc = ec_seterr(EC_ENOMEM, "upgrade: out of memory");
+        goto out;
+    }
+    /* What the catalog, which was validated when it was opened, says the
+     * files belong to: the origin records of the rewritten files. */
+    snprintf(origin->model, sizeof(origin->model), "%s", model);
+    origin->version = f.version;
+    origin->round = f.round;
+    origin->created_unix = f.created;
+    origin->version_tensors = (uint32_t)(set.n / 2);
     snprintf(parts_dir, sizeof(parts_dir), "%s/%s", data_dir, EC_PARTS_DIR);
     rc = 0;
-    for (size_t i = 0; i < set.n && rc == 0; i++) {
+    for (size_t i = 0; i + 1 < set.n && rc == 0; i += 2) {
         char path[4200], fresh[4400], name[64];
         ec_partfile_meta m;
         int fd;
@@ -557,10 +654,17 @@ int ec_import_upgrade(ec_catalog *cat, const char *data_dir, const char *model,
         rc = ec_partfile_open(path, &m, &fd);
         if (rc)
             break;
+        rc = ec_partfile_read_origin(fd, &m, had);
         close(fd);
-        if (m.version >= EC_PARTFILE_VERSION)
+        if (rc)
+            break;
+        /* Rewritten: format 1 (no block checksums), or no origin record
+         * (`embcache recover` could not place the file). */
+        if (m.version >= EC_PARTFILE_VERSION && had->present)
             continue;
-        rc = ec_partfile_upgrade(path, parts_dir, name, sizeof(name), NULL, NULL);
+        snprintf(origin->tensor, sizeof(origin->tensor), "%s", set.v[i + 1]);
+        rc = ec_partfile_upgrade(path, parts_dir, had->present ? NULL : origin, f.params,
+                                 name, sizeof(name), NULL, NULL);
         if (rc)
             break;
         snprintf(fresh, sizeof(fresh), "%s/%s", parts_dir, name);
@@ -583,6 +687,9 @@ out:
     for (size_t i = 0; i < set.n; i++)
         free(set.v[i]);
     free(set.v);
+    free(f.params);
+    free(origin);
+    free(had);
     if (rc == 0)
         *upgraded_out = upgraded;
     return rc;

@@ -7,6 +7,8 @@
  * input) into a temporary partition file, fsync, rename. Then register the
  * version and all its tensors in one catalog transaction. On any failure
  * every file this import created is removed and nothing is registered.
+ * Every partition file records its origin (partfile.h) for `embcache
+ * recover` (core/recover.c).
  */
 #ifndef EC_CORE_IMPORT_H
 #define EC_CORE_IMPORT_H
@@ -33,13 +35,18 @@ typedef struct ec_import_file {
 int ec_import_files(ec_catalog *cat, const char *data_dir, const ec_import_opts *opts,
                     const ec_import_file *files, size_t n, uint32_t *tensors_out);
 
-/* Rewrite the version-1 partition files of (model, version or alias) as
- * version 2 (with block checksums), each verified partition by partition
- * before the new file replaces the old one under the same name (rename).
- * The catalog still holds the old header checksums: the caller refreshes
- * the version (ec_engine_refresh) to take the new files. Version-2 files
- * are left alone. Returns 0 and the number of files rewritten, or the
- * first error (the files already rewritten stay rewritten and valid). */
+/* Rewrite the partition files of (model, version or alias) that older
+ * releases wrote: version-1 files (no block checksums) and files without an
+ * origin record (which `embcache recover` cannot place), as version 2 with
+ * block checksums and an origin record (the file's own when it has one,
+ * else what the catalog says: model, version, tensor name, round, params,
+ * created time, number of tensors). Each is verified partition by
+ * partition before the new file replaces the old one under the same name
+ * (rename). The catalog still holds the old header checksums: the caller
+ * refreshes the version (ec_engine_refresh) to take the new files. Files
+ * already current are left alone. Returns 0 and the number of files
+ * rewritten, or the first error (the files already rewritten stay
+ * rewritten and valid). */
 int ec_import_upgrade(ec_catalog *cat, const char *data_dir, const char *model,
                       const char *version, uint32_t *upgraded_out);
 

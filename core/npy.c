@@ -254,7 +254,7 @@ static int parse_shape(struct lexer *lx, struct npy_header *h)
             return ec_seterr(EC_EFORMAT, "npy header: a 'shape' dimension does not fit "
                                          "64 bits");
         if (h->ndim >= EC_MAX_DIMS)
-            return ec_seterr(EC_ETOOBIG, "npy header: more than %d dimensions; reshape the "
+            return ec_seterr(EC_EFORMAT, "npy header: more than %d dimensions; reshape the "
                              "array to at most %d", EC_MAX_DIMS, EC_MAX_DIMS);
         h->shape[h->ndim++] = t.value;
         rc = lex_next(lx, &t);
@@ -480,7 +480,7 @@ int ec_npy_parse_fd(int fd, const char *name, ec_tf_list *out)
     if (fstat(fd, &st) != 0)
         return ec_seterr_errno(EC_EIO, errno, "npy: cannot stat the file");
     if (!S_ISREG(st.st_mode))
-        return ec_seterr(EC_EINVAL, "npy: not a regular file; pass the .npy file itself");
+        return ec_seterr(EC_EFORMAT, "npy: not a regular file; pass the .npy file itself");
     have = (uint64_t)st.st_size < sizeof(pre_buf) ? (size_t)st.st_size : sizeof(pre_buf);
     rc = pread_exact(fd, pre_buf, have, 0);
     if (rc < 0)

@@ -13,12 +13,18 @@
  * ec_partfile_read_partition(), which is thread-safe (pread only), or
  * blocks, verified against ec_partfile_read_block_sums(). Version-1 files
  * (no block table) are still read; ec_partfile_upgrade() rewrites them.
+ * The writer also puts the file's origin record (who it belongs to, coded
+ * by partfile_origin.c) in the header page; ec_partfile_read_origin() and
+ * ec_partfile_verify() (every byte read and checked) serve `embcache
+ * recover` (core/recover.c), which rebuilds a catalog from the files.
  *
  * Invariants a valid file keeps (checked by ec_partfile_open):
  *  1. header page at 0, 4 KiB; header_checksum = XXH3-64 of the page with
  *     the checksum field zeroed; reserved fields and the rest of the page
- *     are covered by that checksum. version is 1 or 2; in version 1 the
- *     three block fields are 0.
+ *     (the origin record at EC_PARTFILE_ORIGIN_OFF, or zeros) are covered
+ *     by that checksum. version is 1 or 2; in version 1 the three block
+ *     fields are 0. Readers of the data ignore the origin record; only
+ *     ec_partfile_read_origin() decodes it.
  *  2. rows, row_bytes, partitions, stride, blocks, block_table_off,
  *     data_off, file_size are exactly what ec_partfile_layout() derives
  *     from (version, dtype, ndim, shape, rpp).
@@ -102,6 +108,9 @@ static_assert(offsetof(struct ec_partfile_header, blocks) == 176, "header layout
 static_assert(offsetof(struct ec_partfile_header, block_table_checksum) == 184,
               "header layout");
 static_assert(sizeof(struct ec_partfile_header) <= EC_PARTFILE_ALIGN, "header fits a page");
+static_assert(sizeof(struct ec_partfile_header) <= EC_PARTFILE_ORIGIN_OFF,
+              "the origin record follows the header");
+static_assert(EC_PARTFILE_ORIGIN_PARAMS_MIN >= 3000, "room for params with the longest names");
 
 /* One entry of the partition table. */
 struct ec_partfile_entry {
@@ -431,6 +440,8 @@ struct ec_partfile_writer {
     uint64_t blk;            /* blocks finished so far */
     uint64_t blk_fill;       /* bytes of the next one staged in blk_buf */
     unsigned char *blk_buf;  /* BLOCK bytes */
+    bool has_origin;         /* origin holds an encoded record */
+    unsigned char origin[HDR_PAGE - EC_PARTFILE_ORIGIN_OFF];
 };
 
 enum { W_OPEN, W_RENAMED, W_DONE };
@@ -632,6 +643,22 @@ int ec_partfile_writer_append(ec_partfile_writer *w, const void *buf, size_t len
     return 0;
 }
 
+int ec_partfile_writer_set_origin(ec_partfile_writer *w, const ec_partfile_origin *o,
+                                  const char *params_json, bool *params_lost_out)
+{
+    int rc;
+
+    if (!w || !o || w->state != W_OPEN)
+        return ec_seterr(EC_EINVAL, "ec_partfile_writer_set_origin: bad writer or NULL "
+                                    "origin");
+    rc = ec_partfile_origin_encode(o, params_json, w->origin, sizeof(w->origin),
+                                   params_lost_out);
+    if (rc < 0)
+        return rc;
+    w->has_origin = true;
+    return 0;
+}
+
 static int fsync_dir(const char *dir)
 {
     int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC), rc = 0;
@@ -711,6 +738,8 @@ int ec_partfile_writer_commit(ec_partfile_writer *w, char *name_out, size_t name
     h.blocks = m->blocks;
     h.block_table_checksum = ec_checksum(w->block_sums, (size_t)btable_len);
     memcpy(page, &h, sizeof(h));
+    if (w->has_origin)
+        memcpy(page + EC_PARTFILE_ORIGIN_OFF, w->origin, sizeof(w->origin));
     hsum = header_checksum_of(page);
     memcpy(page + offsetof(struct ec_partfile_header, header_checksum), &hsum, sizeof(hsum));
 
@@ -1100,15 +1129,148 @@ int ec_partfile_read_partition(int fd, const ec_partfile_meta *meta, uint64_t p,
     return 0;
 }
 
+/* Read the header page of a file opened as *meta (it must still be that
+ * file) and decode its origin record into *out; the record's raw bytes go
+ * to rec (HDR_PAGE - EC_PARTFILE_ORIGIN_OFF of them) when it is not NULL. */
+static int read_origin_rec(int fd, const ec_partfile_meta *meta, unsigned char *rec,
+                           ec_partfile_origin *out)
+{
+    unsigned char *page;
+    char name[512];
+    uint64_t stored;
+    ssize_t got;
+    int rc;
+
+    if (fd < 0 || !meta || !out)
+        return ec_seterr(EC_EINVAL, "ec_partfile_read_origin: bad argument");
+    page = malloc(HDR_PAGE);
+    if (!page)
+        return ec_seterr(EC_ENOMEM, "out of memory reading a partition file's header");
+    got = pread_full(fd, page, HDR_PAGE, 0);
+    if (got < 0) {
+        rc = ec_seterr_errno(EC_EIO, (int)-got, "cannot read the header of partition file %s",
+                             fd_name(fd, name, sizeof(name)));
+        goto out;
+    }
+    memcpy(&stored, page + offsetof(struct ec_partfile_header, header_checksum),
+           sizeof(stored));
+    if (got != (ssize_t)HDR_PAGE || stored != meta->header_checksum ||
+        header_checksum_of(page) != stored) {
+        rc = CORRUPT("partition file %s changed since it was opened; reopen it",
+                     fd_name(fd, name, sizeof(name)));
+        goto out;
+    }
+    rc = ec_partfile_origin_decode(page + EC_PARTFILE_ORIGIN_OFF,
+                                   HDR_PAGE - EC_PARTFILE_ORIGIN_OFF, out);
+    if (rc < 0) {
+        rc = ec_adderr(rc, "partition file %s", fd_name(fd, name, sizeof(name)));
+        goto out;
+    }
+    if (rec)
+        memcpy(rec, page + EC_PARTFILE_ORIGIN_OFF, HDR_PAGE - EC_PARTFILE_ORIGIN_OFF);
+out:
+    free(page);
+    return rc;
+}
+
+int ec_partfile_read_origin(int fd, const ec_partfile_meta *meta, ec_partfile_origin *out)
+{
+    return read_origin_rec(fd, meta, NULL, out);
+}
+
+int ec_partfile_verify(int fd, const ec_partfile_meta *meta, uint64_t *part_checksums)
+{
+    enum { CHUNK = 1024 * 1024 };
+    char name[512];
+    ec_partfile_meta m;
+    uint64_t *sums = NULL, *bsums = NULL;
+    unsigned char *buf = NULL;
+    XXH3_state_t *st = NULL;
+    int rc;
+
+    static_assert(CHUNK % EC_PARTFILE_BLOCK == 0, "chunks are whole blocks");
+    if (fd < 0 || !meta || meta->rows_per_partition == 0)
+        return ec_seterr(EC_EINVAL, "ec_partfile_verify: bad argument");
+    fd_name(fd, name, sizeof(name));
+    sums = calloc(meta->partitions ? meta->partitions : 1, sizeof(*sums));
+    bsums = calloc(meta->blocks ? meta->blocks : 1, BLOCK_ENTRY);
+    buf = malloc(CHUNK);
+    st = XXH3_createState();
+    if (!sums || !bsums || !buf || !st) {
+        rc = ec_seterr(EC_ENOMEM, "partition file %s: out of memory for the checksums of "
+                                  "%llu partitions and %llu blocks", name,
+                       (unsigned long long)meta->partitions, (unsigned long long)meta->blocks);
+        goto out;
+    }
+    /* The header again (the same file), the table, the block table. */
+    rc = validate_fd(fd, name, meta, &m, sums, meta->version >= 2 ? bsums : NULL);
+    if (rc < 0)
+        goto out;
+    for (uint64_t p = 0; p < m.partitions; p++) {
+        uint64_t len = ec_partfile_part_length(&m, p), off = ec_partfile_part_offset(&m, p);
+        /* The partition and its zero padding: to stride, the last to a page. */
+        uint64_t extent = p + 1 < m.partitions ? m.stride : (len + BLOCK - 1) / BLOCK * BLOCK;
+        uint64_t done = 0, sum;
+
+        XXH3_64bits_reset(st);
+        while (done < extent) {
+            size_t n = extent - done < CHUNK ? (size_t)(extent - done) : CHUNK;
+            ssize_t got = pread_full(fd, buf, n, off + done);
+
+            if (got < 0) {
+                rc = ec_seterr_errno(EC_EIO, (int)-got, "cannot read partition %llu of %s",
+                                     (unsigned long long)p, name);
+                goto out;
+            }
+            if ((size_t)got != n) {
+                rc = ec_seterr(EC_EIO, "partition file %s is shorter than its header says "
+                                       "(truncated?): partition %llu", name,
+                               (unsigned long long)p);
+                goto out;
+            }
+            if (done < len)
+                XXH3_64bits_update(st, buf, len - done < n ? (size_t)(len - done) : n);
+            for (size_t b = 0; m.version >= 2 && b < n; b += BLOCK) {
+                uint64_t blk = (off + done + b - m.data_off) / BLOCK;
+                if (blk >= m.blocks || ec_checksum(buf + b, BLOCK) != bsums[blk]) {
+                    rc = ec_seterr(EC_ECHECKSUM, "block %llu (partition %llu) of %s failed its "
+                                   "checksum: the data on disk is damaged",
+                                   (unsigned long long)blk, (unsigned long long)p, name);
+                    goto out;
+                }
+            }
+            done += n;
+        }
+        sum = (uint64_t)XXH3_64bits_digest(st);
+        if (sum != sums[p]) {
+            rc = ec_seterr(EC_ECHECKSUM, "partition %llu of %s failed its checksum (expected "
+                           "%016llx, computed %016llx): the data on disk is damaged",
+                           (unsigned long long)p, name, (unsigned long long)sums[p],
+                           (unsigned long long)sum);
+            goto out;
+        }
+    }
+    if (part_checksums && m.partitions)
+        memcpy(part_checksums, sums, (size_t)m.partitions * sizeof(*sums));
+    rc = 0;
+out:
+    XXH3_freeState(st);
+    free(buf);
+    free(bsums);
+    free(sums);
+    return rc;
+}
+
 /* ------------------------------------------------------------------ */
 /* Upgrade                                                             */
 
-int ec_partfile_upgrade(const char *src_path, const char *dir, char *name_out,
-                        size_t name_len, uint64_t *header_checksum_out,
-                        uint64_t *part_checksums)
+int ec_partfile_upgrade(const char *src_path, const char *dir, const ec_partfile_origin *origin,
+                        const char *params_json, char *name_out, size_t name_len,
+                        uint64_t *header_checksum_out, uint64_t *part_checksums)
 {
     ec_partfile_meta src, m;
     ec_partfile_writer *w = NULL;
+    ec_partfile_origin *kept = NULL;
     uint64_t *sums = NULL, max_len, hsum;
     unsigned char *buf = NULL;
     int fd = -1, rc;
@@ -1147,6 +1309,20 @@ int ec_partfile_upgrade(const char *src_path, const char *dir, char *name_out,
     rc = ec_partfile_writer_open(dir, &m, &w);
     if (rc < 0)
         goto out;
+    /* The origin: the caller's, or the source's, byte for byte (decoded
+     * first: a malformed record is not carried over). */
+    if (origin) {
+        rc = ec_partfile_writer_set_origin(w, origin, params_json, NULL);
+    } else if (!(kept = malloc(sizeof(*kept)))) {
+        rc = ec_seterr(EC_ENOMEM, "cannot upgrade %s: out of memory", src_path);
+    } else {
+        rc = read_origin_rec(fd, &src, w->origin, kept);
+        w->has_origin = rc == 0 && kept->present;
+    }
+    if (rc < 0) {
+        rc = ec_adderr(rc, "cannot upgrade %s", src_path);
+        goto out;
+    }
 
     /* Each partition is verified whole before any of it is written. */
     for (uint64_t p = 0; p < src.partitions; p++) {
@@ -1178,6 +1354,7 @@ int ec_partfile_upgrade(const char *src_path, const char *dir, char *name_out,
 
 out:
     ec_partfile_writer_close(w); /* after a failure: unlinks what it wrote */
+    free(kept);
     free(buf);
     free(sums);
     close(fd);

@@ -28,11 +28,53 @@
  * Readers validate magic, version, all checksums, the arithmetic (rows,
  * row_bytes, partitions, offsets, lengths, blocks) and the file size before
  * trusting anything. Written by the importer (daemon, importer thread) and
- * by ec_partfile_upgrade(); read by the engine's pager.
+ * by ec_partfile_upgrade(); read by the engine's pager, and read whole by
+ * `embcache recover` (core/recover.c).
+ *
+ * The header page (4096 bytes, all of it covered by header_checksum):
+ *
+ *   0     192   struct ec_partfile_header (partfile.c)
+ *   192   64    zero
+ *   256   ...   the origin record, or zero (files written before it existed)
+ *   ...         zero to the end of the page
+ *
+ * The origin record says which model version and tensor the file belongs
+ * to, so that a lost or damaged catalog can be rebuilt from the files alone
+ * (`embcache recover`). Written by the importer since this release, in
+ * either format version (an upgraded file keeps it, or gets it from the
+ * catalog); readers of the rest of the file ignore it (its bytes are only
+ * covered by the header checksum, as they always were). Layout, at offset
+ * EC_PARTFILE_ORIGIN_OFF, integers little-endian:
+ *
+ *   0     8   magic "ECORIG01" (EC_PARTFILE_ORIGIN_MAGIC)
+ *   8     4   record length: 56 + model_len + tensor_len + params_len
+ *   12    4   flags: bit 0 (EC_PARTFILE_ORIGIN_PARAMS_LOST) = the params
+ *             JSON did not fit in the page and is not stored; other bits 0
+ *   16    8   version (int64, >= 1)
+ *   24    8   training round (int64, >= -1; -1 = none)
+ *   32    8   created, Unix seconds (int64): the version's created time in
+ *             the catalog
+ *   40    4   tensors of the version: how many files one import wrote for
+ *             it (a version is recovered only when all of them are found)
+ *   44    2   model_len (1..EC_NAME_MAX)
+ *   46    2   tensor_len (1..EC_NAME_MAX)
+ *   48    4   params_len: bytes of params JSON stored (0 when lost)
+ *   52    4   params_full_len: bytes of the version's params JSON
+ *   56    ... model name, tensor name, params JSON (as given to the import,
+ *             or as the catalog keeps it for a file `embcache upgrade`
+ *             rewrote; registering either gives the same catalog entry),
+ *             back to back, no terminators, no NUL
+ *
+ * The record ends at most at the end of the page: with the longest names
+ * (255 bytes each) that leaves EC_PARTFILE_ORIGIN_PARAMS_MIN bytes of
+ * params; params longer than what is left are not stored at all (flag bit
+ * 0), never cut, and `embcache recover` registers such a version with
+ * params "{}" and a warning that they were lost.
  */
 #ifndef EC_CORE_PARTFILE_H
 #define EC_CORE_PARTFILE_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/types.h>
@@ -45,6 +87,30 @@
 #define EC_PARTFILE_ALIGN 4096u
 #define EC_PARTFILE_BLOCK 4096u  /* the unit of a block checksum */
 #define EC_PARTFILE_EXT ".ecp"
+
+#define EC_PARTFILE_ORIGIN_OFF 256u
+#define EC_PARTFILE_ORIGIN_MAGIC 0x31304749524f4345ULL /* "ECORIG01" little-endian */
+#define EC_PARTFILE_ORIGIN_FIXED 56u  /* bytes of the record before its strings */
+#define EC_PARTFILE_ORIGIN_PARAMS_LOST 0x1u
+/* Room for strings: the page after the fixed part of the record. */
+#define EC_PARTFILE_ORIGIN_ROOM \
+    (EC_PARTFILE_ALIGN - EC_PARTFILE_ORIGIN_OFF - EC_PARTFILE_ORIGIN_FIXED)
+/* Params of at least this many bytes always fit (with the longest names). */
+#define EC_PARTFILE_ORIGIN_PARAMS_MIN (EC_PARTFILE_ORIGIN_ROOM - 2u * EC_NAME_MAX)
+
+/* What a partition file says about where it belongs (see the layout above). */
+typedef struct ec_partfile_origin {
+    bool present;                /* false: the file has no origin record */
+    bool params_lost;            /* the params did not fit; params_json is "" */
+    char model[EC_NAME_MAX + 1];
+    char tensor[EC_NAME_MAX + 1];
+    int64_t version;             /* >= 1 */
+    int64_t round;               /* >= -1 */
+    int64_t created_unix;
+    uint32_t version_tensors;    /* >= 1 */
+    uint32_t params_full_len;    /* length of the version's params JSON */
+    char params_json[EC_PARTFILE_ORIGIN_ROOM + 1]; /* NUL-terminated */
+} ec_partfile_origin;
 
 typedef struct ec_partfile_meta {
     uint32_t version;           /* EC_PARTFILE_VERSION_1 or _VERSION; 0 before
@@ -127,6 +193,54 @@ int ec_partfile_writer_commit(ec_partfile_writer *w, char *name_out, size_t name
  * After a successful commit, frees w without touching the file. */
 void ec_partfile_writer_close(ec_partfile_writer *w);
 
+/* Record the origin of the file being written (see the layout above) in
+ * the header page that commit writes. Call before ec_partfile_writer_commit.
+ * o->present is ignored and its params fields are ignored: params_json (the
+ * version's params, json()-normalized; NULL or "" for none) is stored when
+ * it fits in the page, and otherwise left out with the params-lost flag set
+ * (*params_lost_out, may be NULL, says which).
+ * @return 0, or EC_EINVAL (NULL writer or origin, a writer already committed,
+ *         a name of 0 or more than EC_NAME_MAX bytes, version < 1, round <
+ *         -1, version_tensors 0, params of more than UINT32_MAX bytes). */
+int ec_partfile_writer_set_origin(ec_partfile_writer *w, const ec_partfile_origin *o,
+                                  const char *params_json, bool *params_lost_out);
+
+/* The origin record as bytes, and back. Pure functions (the writer, the
+ * reader, tests and fuzzing use them). rec is the header page from
+ * EC_PARTFILE_ORIGIN_OFF to its end (len == EC_PARTFILE_ALIGN -
+ * EC_PARTFILE_ORIGIN_OFF, else EC_EINVAL).
+ * encode: fills all of rec (zero after the record); params as for
+ * ec_partfile_writer_set_origin; *params_lost_out may be NULL. EC_EINVAL as
+ * there.
+ * decode: all of rec zero gives present = false (a file written before
+ * origins existed); otherwise every field is checked (magic, lengths,
+ * ranges, no NUL in a string, zero after the record, flags) and anything
+ * wrong is EC_ECORRUPT saying what. *o is written only on success. */
+int ec_partfile_origin_encode(const ec_partfile_origin *o, const char *params_json,
+                              unsigned char *rec, size_t len, bool *params_lost_out);
+int ec_partfile_origin_decode(const unsigned char *rec, size_t len, ec_partfile_origin *o);
+
+/* Read the origin record of a file opened with ec_partfile_open(): the
+ * header page is read again and must still be the one opened (its
+ * checksum). *out->present is false for a file without one.
+ * @return 0, or EC_EINVAL, EC_EIO, EC_ENOMEM, EC_ECORRUPT (the file changed
+ *         since it was opened, or the record is malformed). Thread-safe. */
+int ec_partfile_read_origin(int fd, const ec_partfile_meta *meta, ec_partfile_origin *out);
+
+/* Read every byte of a file opened with ec_partfile_open() and check it:
+ * the header again, the partition table and (version 2) the block table
+ * against their checksums, every partition against its table checksum and
+ * (version 2) every data block, padding included, against the block table.
+ * The one proof that a file's data is whole; `embcache recover` runs it on
+ * every file before registering it. Streams in chunks of at most 1 MiB.
+ * Fills part_checksums (caller-allocated, meta->partitions entries; may be
+ * NULL) with the table's checksums, written only on success.
+ * @return 0, or EC_EINVAL, EC_ENOMEM, EC_EIO (a read failed or came up
+ *         short), EC_ECORRUPT (a header or table check failed),
+ *         EC_ECHECKSUM (a partition or block failed its checksum: the
+ *         message names which). Thread-safe (pread only). */
+int ec_partfile_verify(int fd, const ec_partfile_meta *meta, uint64_t *part_checksums);
+
 /* Open and validate a partition file of version 1 or 2 (header, table and
  * block table checksums, arithmetic, file size) and fill meta (its version
  * says which). Returns an O_RDONLY|O_CLOEXEC fd in *fd_out.
@@ -158,7 +272,10 @@ int ec_partfile_read_partition(int fd, const ec_partfile_meta *meta, uint64_t p,
  * writer (temporary name, fsync, rename). Every partition is read whole and
  * verified against the source's table before any of it is written, so an
  * unverified byte never reaches the new file. The source is neither
- * modified nor removed. Outputs as ec_partfile_writer_commit: the new file's
+ * modified nor removed. The new file's origin record is `origin` with
+ * `params_json` (as ec_partfile_writer_set_origin) when origin is not NULL;
+ * otherwise the source's, kept as it is (none if it has none). Outputs as
+ * ec_partfile_writer_commit: the new file's
  * name relative to dir, its header checksum (may be NULL) and its partition
  * checksums (may be NULL; equal to the source's).
  * @return 0, or EC_EINVAL, EC_EIO, EC_ENOMEM (a partition does not fit in
@@ -166,9 +283,9 @@ int ec_partfile_read_partition(int fd, const ec_partfile_meta *meta, uint64_t p,
  *         EC_ECHECKSUM (a partition of the source fails its checksum: the
  *         message names it; nothing is left in dir). Call from the importer
  *         thread or a tool; uses only its own descriptors. */
-int ec_partfile_upgrade(const char *src_path, const char *dir, char *name_out,
-                        size_t name_len, uint64_t *header_checksum_out,
-                        uint64_t *part_checksums);
+int ec_partfile_upgrade(const char *src_path, const char *dir, const ec_partfile_origin *origin,
+                        const char *params_json, char *name_out, size_t name_len,
+                        uint64_t *header_checksum_out, uint64_t *part_checksums);
 
 /* XXH3-64 of a buffer: the one checksum function of the project. */
 uint64_t ec_checksum(const void *buf, size_t len);

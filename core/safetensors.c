@@ -154,7 +154,7 @@ static int read_uint_array(struct st_parser *ps, const char *json, int json_len,
             goto out;
         }
         if (count >= max) {
-            rc = ec_seterr(max == EC_MAX_DIMS ? EC_ETOOBIG : EC_EFORMAT,
+            rc = ec_seterr(EC_EFORMAT,
                            "safetensors: tensor '%s': '%s' has more than %u entries%s", tname,
                            what, max, max == EC_MAX_DIMS ? "; reshape to at most 8 dims" : "");
             goto out;
@@ -407,7 +407,7 @@ static int parse_header(const char *hdr, size_t hl, uint64_t file_len, ec_tf_lis
         return ec_seterr(EC_EFORMAT, "safetensors: the JSON header is not valid UTF-8 "
                                      "(byte %zu)", bad);
     if (hl > INT32_MAX)
-        return ec_seterr(EC_ETOOBIG, "safetensors: header of %zu bytes is too large", hl);
+        return ec_seterr(EC_EFORMAT, "safetensors: header of %zu bytes is too large", hl);
 
     if (sqlite3_open_v2(":memory:", &ps.db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_MEMORY |
                                                  SQLITE_OPEN_NOMUTEX, NULL) != SQLITE_OK) {
@@ -415,7 +415,7 @@ static int parse_header(const char *hdr, size_t hl, uint64_t file_len, ec_tf_lis
         goto out;
     }
     if (sqlite3_limit(ps.db, SQLITE_LIMIT_LENGTH, -1) < (int)hl + 16) {
-        rc = ec_seterr(EC_ETOOBIG, "safetensors: header of %zu bytes exceeds SQLite's "
+        rc = ec_seterr(EC_EFORMAT, "safetensors: header of %zu bytes exceeds SQLite's "
                                    "length limit", hl);
         goto out;
     }
@@ -481,7 +481,7 @@ static int parse_header(const char *hdr, size_t hl, uint64_t file_len, ec_tf_lis
             continue;
         }
         if (kl == 0 || kl > EC_NAME_MAX) {
-            rc = ec_seterr(EC_EINVAL, "safetensors: tensor name '%s' is %zu bytes; names are "
+            rc = ec_seterr(EC_EFORMAT, "safetensors: tensor name '%s' is %zu bytes; names are "
                            "1..%d bytes", ec_printable(key, kl, kbuf, sizeof(kbuf)), kl,
                            EC_NAME_MAX);
             goto out;
@@ -492,7 +492,7 @@ static int parse_header(const char *hdr, size_t hl, uint64_t file_len, ec_tf_lis
             goto out;
         }
         if (n >= EC_TF_MAX_TENSORS) {
-            rc = ec_seterr(EC_ETOOBIG, "safetensors: more than %d tensors in one file; split "
+            rc = ec_seterr(EC_EFORMAT, "safetensors: more than %d tensors in one file; split "
                                        "the file", EC_TF_MAX_TENSORS);
             goto out;
         }
@@ -587,7 +587,7 @@ int ec_safetensors_parse_fd(int fd, ec_tf_list *out)
     if (fstat(fd, &st) != 0)
         return ec_seterr_errno(EC_EIO, errno, "safetensors: cannot stat the file");
     if (!S_ISREG(st.st_mode))
-        return ec_seterr(EC_EINVAL, "safetensors: not a regular file; pass the "
+        return ec_seterr(EC_EFORMAT, "safetensors: not a regular file; pass the "
                                     ".safetensors file itself");
     while (got < ST_PREFIX && got < (uint64_t)st.st_size) {
         r = pread(fd, pre + got, ST_PREFIX - got, (off_t)got);

@@ -65,7 +65,7 @@ extern "C" {
 #define EC_EPROTO     -7  /**< malformed or unexpected protocol message */
 #define EC_ECONN      -8  /**< the daemon is unreachable or went away */
 #define EC_EEXIST     -9  /**< already exists (a duplicate model version) */
-#define EC_EFORMAT   -10  /**< a malformed or truncated input file */
+#define EC_EFORMAT   -10  /**< an input file cannot be imported (malformed, unreadable) */
 #define EC_EDTYPE    -11  /**< a dtype embcache does not support */
 #define EC_ENOSPC    -12  /**< no room: segment full and nothing evictable */
 #define EC_EPERM     -13  /**< not allowed (peer credentials, file owner) */
@@ -418,9 +418,15 @@ EC_API int ec_view_dlpack(ec_view *v, struct DLManagedTensor **out);
  *
  * @param[in]  paths, n       the files (1..64)
  * @param[out] tensors_out    number of tensors imported; may be NULL
- * @return 0, or EC_EINVAL, EC_EEXIST (that version exists), EC_EFORMAT,
- *         EC_EDTYPE, EC_EIO, EC_ENOSPC (data directory full), EC_ECONN,
- *         EC_ETOOBIG.
+ * @return 0, or EC_EINVAL, EC_EEXIST (that version exists), EC_ENOENT (an
+ *         input file does not exist), EC_EFORMAT (an input file cannot be
+ *         imported as it is: not readable by this process, not a regular
+ *         file, malformed or truncated, over a limit such as 8 dimensions
+ *         or a row of 4 GiB, a name that is not a valid tensor name, or a
+ *         tensor name that two files give), EC_EDTYPE (an unsupported
+ *         dtype), EC_EIO (a read failed), EC_ENOSPC (data directory full),
+ *         EC_ECONN, EC_ETOOBIG (params JSON too long). Every message about
+ *         an input file names it.
  */
 EC_API int ec_model_import(ec_client *c, const ec_import_opts *opts,
                            const char *const *paths, size_t n,

@@ -3,7 +3,10 @@
  *
  * A thin client of libembcache: every subcommand is one or a few library
  * calls. Human output by default, --json where scripts need structure, and
- * exit codes that say what kind of failure happened (see usage()).
+ * exit codes that say what kind of failure happened (see usage()). One
+ * command works without a daemon, on the data directory itself: `recover`
+ * (core/recover.c, linked in from the daemon's core), run while embcached
+ * is stopped.
  */
 #include <errno.h>
 #include <getopt.h>
@@ -15,6 +18,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "core/recover.h"
 #include "embcache.h"
 
 enum {
@@ -48,18 +52,34 @@ static void usage(FILE *f)
             "  evict MODEL VERSION|ALIAS                   drop a version from memory\n"
             "  retire MODEL VERSION [--force]              remove a version for good\n"
             "  refresh MODEL VERSION|ALIAS                 reload partitions changed on disk\n"
-            "  upgrade MODEL VERSION|ALIAS                 add block checksums to old files\n"
+            "  upgrade MODEL VERSION|ALIAS                 rewrite files of older releases\n"
             "  policy MODEL [--min-resident B] [--min-rate R]  residency policy\n"
             "  policy MODEL --mode rows|partitions|auto [--tensor NAME]  how tensors are cached\n"
+            "  recover --data-dir DIR [--dry-run]          rebuild a lost or damaged catalog\n"
+            "                                              from the files (daemon stopped)\n"
             "\n"
             "Every command takes --help. The socket is --socket, else $EMBCACHE_SOCKET,\n"
             "else the daemon's default.\n"
             "\n"
             "Exit status: 0 success, 1 other failure, 2 bad usage, 3 daemon not reachable,\n"
             "4 not found, 5 bad input file or dtype, 6 already exists, 7 row out of range,\n"
-            "8 data failed its checksum or validation.\n");
+            "8 data failed its checksum or validation.\n"
+            "import: 4 when an input file does not exist; 5 for every input file that\n"
+            "exists but cannot be imported as it is: unreadable, not a regular file,\n"
+            "malformed, truncated, an unsupported dtype or layout, over a limit, a name\n"
+            "that is not a valid tensor name, a tensor name given by two files.\n"
+            "recover: 8 when partition files were left out (damaged, without an origin,\n"
+            "or in conflict), 1 when a daemon holds the data directory.\n");
 }
 
+/* The exit status for an EC_E* code. The codes carry the meaning, set where
+ * the failure is found, not here: for `import`, the client library says
+ * EC_ENOENT for an input file that does not exist, and the client and the
+ * daemon's parsers and importer say EC_EFORMAT or EC_EDTYPE for every input
+ * file that exists but cannot be imported (unreadable, not a regular file,
+ * malformed, over a limit, a bad or duplicate tensor name), so that a script
+ * tells "the file is not there" (4) from "the file is bad" (5) from a
+ * failure of the system (1: EC_EIO, EC_ENOSPC, ...). */
 static int exit_for(int rc)
 {
     switch (rc) {
@@ -621,10 +641,12 @@ static int cmd_upgrade(int argc, char **argv)
         switch (ch) {
         case 'h':
             printf("usage: embcache upgrade MODEL VERSION|ALIAS\n"
-                   "Rewrite the version's partition files written by embcache before block\n"
-                   "checksums (format 1) as format 2, each verified before it replaces the\n"
-                   "old one, so its tensors can be cached by rows. Files already in format\n"
-                   "2 are left alone. The daemon keeps serving meanwhile.\n");
+                   "Rewrite the version's partition files written by older releases of\n"
+                   "embcache, each verified before it replaces the old one: files without\n"
+                   "block checksums (format 1) as format 2, so its tensors can be cached by\n"
+                   "rows, and files without an origin record with one (from the catalog),\n"
+                   "so `embcache recover` can place them. Current files are left alone. The\n"
+                   "daemon keeps serving meanwhile.\n");
             return EXIT_OK;
         default: return EXIT_USAGE;
         }
@@ -1005,6 +1027,55 @@ static int cmd_stats(int argc, char **argv)
 
 /* ------------------------------------------------------------------ */
 
+static int cmd_recover(int argc, char **argv)
+{
+    static const struct option o[] = {
+        {"data-dir", required_argument, NULL, 'd'},
+        {"dry-run", no_argument, NULL, 'n'},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    ec_recover_opts ro = {.out = stdout};
+    ec_recover_result res;
+    int ch, rc;
+
+    while ((ch = getopt_long(argc, argv, "d:nh", o, NULL)) != -1) {
+        switch (ch) {
+        case 'd': ro.data_dir = optarg; break;
+        case 'n': ro.dry_run = true; break;
+        case 'h':
+            printf("usage: embcache recover --data-dir DIR [--dry-run]\n"
+                   "Rebuild DIR/catalog.db from the partition files in DIR/parts, while\n"
+                   "embcached is stopped (it refuses while a daemon holds DIR). Every file is\n"
+                   "read whole and checked against its checksums; each file's origin record\n"
+                   "says which model version and tensor it is. A version is registered when\n"
+                   "all its files are found and valid. The damaged catalog is moved aside\n"
+                   "to DIR/catalog.db.damaged-<time>, never deleted and never read; files\n"
+                   "that cannot be registered (damaged, without an origin record, in an\n"
+                   "incomplete or conflicting version) are renamed NAME.skipped in place and\n"
+                   "reported with what to do. Aliases and policies live only in the catalog:\n"
+                   "set them again afterwards. --dry-run checks and reports, changes nothing.\n"
+                   "Exit status: 0 everything recovered, 8 files were left out, 1 a daemon\n"
+                   "holds DIR or recovery failed (nothing half done: the message says).\n");
+            return EXIT_OK;
+        default: return EXIT_USAGE;
+        }
+    }
+    if (!ro.data_dir || optind < argc) {
+        fprintf(stderr, "embcache recover: needs --data-dir DIR and nothing else (see "
+                        "'embcache recover --help')\n");
+        return EXIT_USAGE;
+    }
+    fflush(stdout);
+    rc = ec_recover(&ro, &res);
+    fflush(stdout);
+    if (rc)
+        return fail(rc);
+    return res.skipped ? EXIT_INTEGRITY : EXIT_OK;
+}
+
+/* ------------------------------------------------------------------ */
+
 int main(int argc, char **argv)
 {
     static const struct option o[] = {
@@ -1021,6 +1092,7 @@ int main(int argc, char **argv)
         {"get", cmd_get},       {"stats", cmd_stats}, {"find", cmd_find},
         {"prewarm", cmd_prewarm}, {"evict", cmd_evict}, {"retire", cmd_retire},
         {"refresh", cmd_refresh}, {"policy", cmd_policy}, {"upgrade", cmd_upgrade},
+        {"recover", cmd_recover},
     };
     int ch;
 
@@ -1036,7 +1108,8 @@ int main(int argc, char **argv)
     }
     if (optind >= argc) {
         fprintf(stderr, "embcache: missing command (import, ls, alias, get, stats, find, "
-                        "prewarm, evict, retire, refresh, policy, upgrade); try 'embcache --help'\n");
+                        "prewarm, evict, retire, refresh, policy, upgrade, recover); try "
+                        "'embcache --help'\n");
         return EXIT_USAGE;
     }
     for (size_t i = 0; i < sizeof(cmds) / sizeof(cmds[0]); i++) {
@@ -1055,6 +1128,7 @@ int main(int argc, char **argv)
         return cmds[i].fn(argc, argv);
     }
     fprintf(stderr, "embcache: unknown command '%s' (commands: import, ls, alias, get, "
-                    "stats, find, prewarm, evict, retire, refresh, policy, upgrade)\n", argv[optind]);
+                    "stats, find, prewarm, evict, retire, refresh, policy, upgrade, "
+                    "recover)\n", argv[optind]);
     return EXIT_USAGE;
 }

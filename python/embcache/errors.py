@@ -98,7 +98,8 @@ class ExistsError(EmbcacheError):
 
 
 class FormatError(EmbcacheError, ValueError):
-    """EC_EFORMAT: a malformed or truncated input file."""
+    """EC_EFORMAT: an input file that cannot be imported as it is: malformed,
+    truncated, unreadable, not a regular file, or over a limit."""
     code = L.EC_EFORMAT
 
 

@@ -283,6 +283,256 @@ static void test_import_errors(void **state)
 }
 
 /* ------------------------------------------------------------------ */
+/* import: one exit code per kind of bad input file                    */
+
+/* A .npy file with the given header dict and payload bytes of zeros (or
+ * magic replaced). */
+static void bad_npy(const char *path, const char *magic8, const char *dict, size_t payload)
+{
+    size_t dl = strlen(dict), hl = (10 + dl + 1 + 63) / 64 * 64 - 10, len = 10 + hl + payload;
+    uint8_t *b = calloc(1, len);
+
+    assert_non_null(b);
+    memcpy(b, magic8, 8);
+    b[8] = (uint8_t)hl;
+    b[9] = (uint8_t)(hl >> 8);
+    memset(b + 10, ' ', hl);
+    memcpy(b + 10, dict, dl);
+    b[10 + hl - 1] = '\n';
+    assert_int_equal(ect_write_file(path, b, len), 0);
+    free(b);
+}
+
+/* A .safetensors file: header length hlen (or the JSON's own when 0),
+ * the JSON, then data bytes of zeros. */
+static void bad_st(const char *path, const char *json, uint64_t hlen, size_t data)
+{
+    size_t jl = strlen(json), len = 8 + jl + data;
+    uint8_t *b = calloc(1, len);
+
+    assert_non_null(b);
+    hlen = hlen ? hlen : jl;
+    for (int i = 0; i < 8; i++)
+        b[i] = (uint8_t)(hlen >> (8 * i));
+    memcpy(b + 8, json, jl);
+    assert_int_equal(ect_write_file(path, b, len), 0);
+    free(b);
+}
+
+enum bad_kind {
+    BK_MISSING, BK_DIR, BK_FIFO, BK_UNREADABLE, BK_EMPTY, BK_TRUNC_DATA, BK_TRUNC_HDR,
+    BK_BAD_MAGIC, BK_NPY, BK_ST, BK_CSV, BK_DUP_ACROSS,
+};
+
+struct bad_file {
+    const char *what;
+    const char *name;    /* in g.dir/bad */
+    enum bad_kind kind;
+    const char *content; /* BK_NPY: the header dict; BK_ST: the JSON header */
+    size_t extra;        /* BK_NPY: payload bytes; BK_ST: data bytes */
+    uint64_t hlen;       /* BK_ST: a header length other than the JSON's */
+    int code;            /* the exit status expected */
+};
+
+#define NPY(w, n, dict, payload) {w, n, BK_NPY, dict, payload, 0, 5}
+#define ST(w, n, json, data, hlen) {w, n, BK_ST, json, data, hlen, 5}
+
+/* The rule (tools/embcache.c usage and exit_for): an input file that does
+ * not exist exits 4; one that exists but cannot be imported as it is exits
+ * 5, whatever the reason; and the one line on stderr names the file. Bug:
+ * an unreadable file exited 1, a tensor of 9 dimensions or with a row over
+ * 4 GiB 1, a file whose name is not a valid tensor name 2, and a tensor
+ * name given by two files 6. */
+static const struct bad_file bad_files[] = {
+    {"missing file", "nosuch.npy", BK_MISSING, NULL, 0, 0, 4},
+    {"a directory", "adir.npy", BK_DIR, NULL, 0, 0, 5},
+    {"a FIFO (must not block)", "fifo.npy", BK_FIFO, NULL, 0, 0, 5},
+    {"unreadable (mode 000, as another user)", "locked.npy", BK_UNREADABLE, NULL, 0, 0, 5},
+    {"empty .npy", "empty.npy", BK_EMPTY, NULL, 0, 0, 5},
+    {"empty .safetensors", "empty.safetensors", BK_EMPTY, NULL, 0, 0, 5},
+    {"truncated .npy data", "truncdata.npy", BK_TRUNC_DATA, NULL, 0, 0, 5},
+    {"truncated .npy header", "trunchdr.npy", BK_TRUNC_HDR, NULL, 0, 0, 5},
+    {".npy with bad magic", "badmagic.npy", BK_BAD_MAGIC, NULL, 0, 0, 5},
+    NPY(".npy with a broken header dict", "baddict.npy",
+        "{'descr': '<f4', 'fortran_order': False, 'shape': (2,) garbage}", 8),
+    NPY(".npy of object dtype", "obj.npy",
+        "{'descr': '|O', 'fortran_order': False, 'shape': (2,), }", 16),
+    NPY(".npy of unicode dtype", "uni.npy",
+        "{'descr': '<U4', 'fortran_order': False, 'shape': (2,), }", 32),
+    NPY(".npy of bool dtype", "boolean.npy",
+        "{'descr': '|b1', 'fortran_order': False, 'shape': (2,), }", 2),
+    NPY(".npy in Fortran order", "fortran.npy",
+        "{'descr': '<f4', 'fortran_order': True, 'shape': (2, 2), }", 16),
+    NPY(".npy whose shape overflows", "overflow.npy",
+        "{'descr': '<f4', 'fortran_order': False, 'shape': (4294967296, 4294967296), }", 0),
+    NPY(".npy of 9 dimensions", "ninedims.npy",
+        "{'descr': '|u1', 'fortran_order': False, 'shape': (1, 1, 1, 1, 1, 1, 1, 1, 1), }", 1),
+    NPY(".npy with a row over 4 GiB", "hugerow.npy",
+        "{'descr': '<f4', 'fortran_order': False, 'shape': (0, 2147483648), }", 0),
+    NPY(".npy with bytes after the data", "trailing.npy",
+        "{'descr': '<f4', 'fortran_order': False, 'shape': (2,), }", 12),
+    NPY(".npy whose name is not a tensor name", "bad name!.npy",
+        "{'descr': '<f4', 'fortran_order': False, 'shape': (2,), }", 8),
+    NPY(".npy named just '.npy'", ".npy",
+        "{'descr': '<f4', 'fortran_order': False, 'shape': (2,), }", 8),
+    ST(".safetensors with a truncated header", "trunchdr.safetensors", "{\"a\": {", 0, 1000),
+    ST(".safetensors with a garbage header", "garbage.safetensors", "not json at all!", 0, 0),
+    ST(".safetensors with a header length of 0", "zerolen.safetensors", "", 0, 0),
+    ST(".safetensors with overlapping data", "overlap.safetensors",
+       "{\"a\": {\"dtype\": \"F32\", \"shape\": [2], \"data_offsets\": [0, 8]}, "
+       "\"b\": {\"dtype\": \"F32\", \"shape\": [2], \"data_offsets\": [4, 12]}}", 12, 0),
+    ST(".safetensors with data out of range", "outside.safetensors",
+       "{\"a\": {\"dtype\": \"F32\", \"shape\": [4], \"data_offsets\": [0, 16]}}", 8, 0),
+    ST(".safetensors of BOOL dtype", "booldt.safetensors",
+       "{\"a\": {\"dtype\": \"BOOL\", \"shape\": [4], \"data_offsets\": [0, 4]}}", 4, 0),
+    ST(".safetensors of 9 dimensions", "ninedims.safetensors",
+       "{\"a\": {\"dtype\": \"U8\", \"shape\": [1,1,1,1,1,1,1,1,1], \"data_offsets\": [0, 1]}}",
+       1, 0),
+    ST(".safetensors with an invalid tensor name", "badname.safetensors",
+       "{\"bad name\": {\"dtype\": \"U8\", \"shape\": [1], \"data_offsets\": [0, 1]}}", 1, 0),
+    ST(".safetensors with a row over 4 GiB", "hugerow.safetensors",
+       "{\"a\": {\"dtype\": \"F32\", \"shape\": [0, 2147483648], \"data_offsets\": [0, 0]}}",
+       0, 0),
+    ST(".safetensors naming a tensor twice", "twice.safetensors",
+       "{\"a\": {\"dtype\": \"U8\", \"shape\": [1], \"data_offsets\": [0, 1]}, "
+       "\"a\": {\"dtype\": \"U8\", \"shape\": [1], \"data_offsets\": [1, 2]}}", 2, 0),
+    {"an unsupported extension", "table.csv", BK_CSV, NULL, 0, 0, 5},
+    {"one tensor name in two files", "emb.npy", BK_DUP_ACROSS, NULL, 0, 0, 5},
+};
+
+/* Make the bad file of case b at path (dir: its directory). */
+static void bad_make(const struct bad_file *b, const char *dir, const char *path)
+{
+    uint8_t *img;
+    size_t len;
+
+    switch (b->kind) {
+    case BK_MISSING: break;
+    case BK_DIR: assert_int_equal(mkdir(path, 0755), 0); break;
+    case BK_FIFO: assert_int_equal(mkfifo(path, 0644), 0); break;
+    case BK_EMPTY: assert_int_equal(ect_write_file(path, "", 0), 0); break;
+    case BK_CSV: assert_int_equal(ect_write_file(path, "1,2\n", 4), 0); break;
+    case BK_UNREADABLE:
+    case BK_TRUNC_DATA:
+    case BK_TRUNC_HDR:
+    case BK_BAD_MAGIC:
+        img = ect_read_file(g.npy, &len);
+        assert_non_null(img);
+        if (b->kind == BK_BAD_MAGIC)
+            img[5] = 'X';
+        assert_int_equal(ect_write_file(path, img, b->kind == BK_TRUNC_DATA ? len - 20
+                                                   : b->kind == BK_TRUNC_HDR ? 30
+                                                                             : len),
+                         0);
+        free(img);
+        if (b->kind == BK_UNREADABLE)
+            assert_int_equal(chmod(path, 0), 0);
+        break;
+    case BK_NPY: bad_npy(path, "\x93NUMPY\x01\x00", b->content, b->extra); break;
+    case BK_ST: bad_st(path, b->content, b->hlen, b->extra); break;
+    case BK_DUP_ACROSS: {
+        /* dir/emb.npy and dir/again/emb.npy: two tensors named emb */
+        char other[600];
+        snprintf(other, sizeof(other), "%s/again", dir);
+        assert_int_equal(mkdir(other, 0755), 0);
+        snprintf(other, sizeof(other), "%s/again/emb.npy", dir);
+        img = ect_read_file(g.npy, &len);
+        assert_non_null(img);
+        assert_int_equal(ect_write_file(path, img, len), 0);
+        assert_int_equal(ect_write_file(other, img, len), 0);
+        free(img);
+        break;
+    }
+    }
+}
+
+/* As root a mode-000 file is readable: the CLI runs as uid 65534 (setpriv)
+ * against a daemon of its own that lets that uid administer, its socket and
+ * the file in a directory 65534 can traverse. Returns 0, or -1 when that
+ * cannot be arranged (no setpriv): the case is skipped, said so. */
+static int run_unreadable_as_other(run_res *r, const char *dir, const char *path)
+{
+    char data[600], sock[600];
+    pid_t d;
+
+    if (access("/usr/bin/setpriv", X_OK) != 0) {
+        print_message("skipping the unreadable-file case: running as root without "
+                      "/usr/bin/setpriv\n");
+        return -1;
+    }
+    snprintf(data, sizeof(data), "%s/u-data", dir);
+    snprintf(sock, sizeof(sock), "%s/u.sock", dir);
+    assert_int_equal(chmod(g.dir, 0711), 0);
+    assert_int_equal(chmod(dir, 0711), 0);
+    d = ect_daemon_start(data, sock, (const char *const[]){"--quiet", "--admin-uid", "65534",
+                                                           NULL});
+    run_argv(r, (const char *const[]){"/usr/bin/setpriv", "--reuid=65534", "--regid=65534",
+                                      "--clear-groups", EC_TEST_CLI, "--socket", sock,
+                                      "import", "--model", "badu", "--version", "1", path,
+                                      NULL});
+    ect_daemon_stop(d);
+    chmod(dir, 0755);
+    chmod(g.dir, 0700);
+    return 0;
+}
+
+static void test_import_bad_files(void **state)
+{
+    char dir[512], msg[4096] = "";
+    size_t ml = 0;
+    int failures = 0;
+
+    (void)state;
+    snprintf(dir, sizeof(dir), "%s/bad", g.dir);
+    assert_int_equal(mkdir(dir, 0755), 0);
+    for (size_t i = 0; i < sizeof(bad_files) / sizeof(bad_files[0]); i++) {
+        const struct bad_file *b = &bad_files[i];
+        char path[600], other[600], version[16];
+        size_t len;
+        run_res r;
+        bool ok;
+
+        snprintf(path, sizeof(path), "%s/%s", dir, b->name);
+        snprintf(other, sizeof(other), "%s/again/%s", dir, b->name);
+        snprintf(version, sizeof(version), "%zu", i + 1);
+        bad_make(b, dir, path);
+        if (b->kind == BK_UNREADABLE && geteuid() == 0) {
+            if (run_unreadable_as_other(&r, dir, path) < 0)
+                continue;
+        } else if (b->kind == BK_DUP_ACROSS) {
+            CLI(&r, "import", "--model", "badf", "--version", version, path, other);
+        } else {
+            CLI(&r, "import", "--model", "badf", "--version", version, path);
+        }
+        len = strlen(r.err);
+        /* exactly one line on stderr, naming the file (both, for two) */
+        ok = r.rc == b->code && len >= 2 && r.err[len - 1] == '\n' &&
+             !memchr(r.err, '\n', len - 1) && strstr(r.err, b->name) &&
+             (b->kind != BK_DUP_ACROSS || (strstr(r.err, "1st") && strstr(r.err, "2nd")));
+        if (!ok) {
+            failures++;
+            ml += (size_t)snprintf(msg + ml, ml < sizeof(msg) ? sizeof(msg) - ml : 0,
+                                   "  %s (%s): exit %d, expected %d; stderr: %s%s",
+                                   b->what, b->name, r.rc, b->code, r.err,
+                                   len && r.err[len - 1] == '\n' ? "" : "\n");
+        }
+        print_message("%-45s exit %d  %s", b->what, r.rc, r.err);
+        res_free(&r);
+    }
+    if (failures)
+        fail_msg("%d bad input file(s) not reported as the rule says (4 missing, 5 "
+                 "anything else, the message naming the file):\n%s", failures, msg);
+
+    /* None of them left a model behind. */
+    {
+        run_res r;
+        CLI(&r, "ls", "badf");
+        check_fail(&r, 4, "ls of a model whose imports all failed");
+        res_free(&r);
+    }
+}
+
+/* ------------------------------------------------------------------ */
 /* ls                                                                  */
 
 /* The human line of a tensor: "    NAME DTYPE [SHAPE] ...". */
@@ -1054,6 +1304,7 @@ int main(void)
         cmocka_unit_test(test_alias),
         cmocka_unit_test(test_get_errors),
         cmocka_unit_test(test_import_errors),
+        cmocka_unit_test(test_import_bad_files),
         cmocka_unit_test(test_no_daemon),
         cmocka_unit_test(test_help),
         cmocka_unit_test(test_stats),

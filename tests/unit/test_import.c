@@ -290,16 +290,20 @@ static void test_malformed_second_file(void **state)
     assert_non_null(strstr(ec_last_error(), "weights.pt"));
     assert_true(count_parts(f) <= 0);
 
-    /* the same tensor name twice across files */
+    /* the same tensor name twice across files: input that cannot be
+     * imported as given, EC_EFORMAT naming both files */
     close(files[1].fd);
     files[1] = (ec_import_file){open_src(f, "word_emb.npy"), "ids.npy"};
-    assert_int_equal(ec_import_files(f->cat, f->dir, &o, files, 2, NULL), EC_EEXIST);
+    assert_int_equal(ec_import_files(f->cat, f->dir, &o, files, 2, NULL), EC_EFORMAT);
     assert_non_null(strstr(ec_last_error(), "'ids'"));
+    assert_non_null(strstr(ec_last_error(), "model.safetensors"));
+    assert_non_null(strstr(ec_last_error(), "ids.npy"));
     assert_true(count_parts(f) <= 0);
 
-    /* an invalid tensor name */
+    /* an invalid tensor name (from the file's name): the file's fault */
     files[1].name = "bad name.npy";
-    assert_int_equal(ec_import_files(f->cat, f->dir, &o, files, 2, NULL), EC_EINVAL);
+    assert_int_equal(ec_import_files(f->cat, f->dir, &o, files, 2, NULL), EC_EFORMAT);
+    assert_non_null(strstr(ec_last_error(), "bad name.npy"));
     assert_true(count_parts(f) <= 0);
 
     /* the import still works once the input is fixed */

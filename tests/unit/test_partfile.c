@@ -4,8 +4,10 @@
  * write/open/read round trip with the block checksums recomputed over the
  * file, row and block arithmetic against brute force, a hand-written
  * version-1 file, its upgrade to version 2, and every validation failure of
- * the reader (header, table, block table, data, size). Single-threaded;
- * works in a temporary directory.
+ * the reader (header, table, block table, data, size); the origin record
+ * (written, read back, ignored by the other readers, kept or filled by an
+ * upgrade, every malformed field refused) and the whole-file check
+ * ec_partfile_verify. Single-threaded; works in a temporary directory.
  */
 #include <fcntl.h>
 #include <stdio.h>
@@ -214,9 +216,11 @@ static int count_files(const char *dir)
     return n;
 }
 
-/* Write a tensor of the given dtype/shape with odd-sized appends. */
-static void write_file(struct fixture *f, ec_dtype dtype, uint32_t ndim,
-                       const uint64_t *shape, uint64_t target)
+/* Write a tensor of the given dtype/shape with odd-sized appends, with an
+ * origin record when origin is not NULL (*lost: its params did not fit). */
+static void write_file_origin(struct fixture *f, ec_dtype dtype, uint32_t ndim,
+                              const uint64_t *shape, uint64_t target,
+                              const ec_partfile_origin *origin, const char *params, bool *lost)
 {
     ec_partfile_writer *w = NULL;
     char name[64];
@@ -247,6 +251,8 @@ static void write_file(struct fixture *f, ec_dtype dtype, uint32_t ndim,
     ect_fill(dtype, 42, 0, n, f->data);
     f->sums = calloc(f->meta.partitions + 1, sizeof(uint64_t));
     assert_int_equal(ec_partfile_writer_open(f->dir, &f->meta, &w), 0);
+    if (origin)
+        assert_int_equal(ec_partfile_writer_set_origin(w, origin, params, lost), 0);
     while (off < total) {
         size_t len = step < total - off ? step : (size_t)(total - off);
         assert_int_equal(ec_partfile_writer_append(w, f->data + off, len), 0);
@@ -258,6 +264,12 @@ static void write_file(struct fixture *f, ec_dtype dtype, uint32_t ndim,
     assert_int_equal(strlen(name), 16 + 4);
     assert_string_equal(name + 16, ".ecp");
     snprintf(f->path, sizeof(f->path), "%s/%s", f->dir, name);
+}
+
+static void write_file(struct fixture *f, ec_dtype dtype, uint32_t ndim,
+                       const uint64_t *shape, uint64_t target)
+{
+    write_file_origin(f, dtype, ndim, shape, target, NULL, NULL, NULL);
 }
 
 #define PAGE_UP(x) (((x) + 4095) / 4096 * 4096)
@@ -939,7 +951,8 @@ static void test_upgrade(void **state)
     src = ect_read_file(src_path, &src_len);
     sums = calloc(f->meta.partitions, sizeof(*sums));
     tsums = calloc(f->meta.partitions, sizeof(*tsums));
-    assert_int_equal(ec_partfile_upgrade(src_path, f->dir, name, sizeof(name), &hsum, sums),
+    assert_int_equal(ec_partfile_upgrade(src_path, f->dir, NULL, NULL, name, sizeof(name),
+                                         &hsum, sums),
                      0);
     assert_int_equal(count_files(f->dir), 2); /* the source and the new file */
     {
@@ -978,8 +991,9 @@ static void test_upgrade(void **state)
     check_readback(f);
 
     /* Upgrading a version-2 file gives the same bytes again. */
-    assert_int_equal(ec_partfile_upgrade(v2_path, f->dir, name2, sizeof(name2), &hsum2,
-                                         NULL), 0);
+    assert_int_equal(ec_partfile_upgrade(v2_path, f->dir, NULL, NULL, name2, sizeof(name2),
+                                         &hsum2, NULL),
+                     0);
     assert_int_equal(hsum2, hsum);
     snprintf(f->path, sizeof(f->path), "%s/%s", f->dir, name2);
     v2 = ect_read_file(v2_path, &len);
@@ -1001,7 +1015,8 @@ static void test_upgrade_refuses_damage(void **state)
 
     write_v1(f, EC_DTYPE_F32, 1000, 5, 300);
     flip(f->path, f->meta.data_off + 2 * f->meta.stride + 17); /* partition 2 */
-    assert_int_equal(ec_partfile_upgrade(f->path, f->dir, name, sizeof(name), &hsum, sums),
+    assert_int_equal(ec_partfile_upgrade(f->path, f->dir, NULL, NULL, name, sizeof(name), &hsum,
+                                         sums),
                      EC_ECHECKSUM);
     if (!strstr(ec_last_error(), "partition 2") || !strstr(ec_last_error(), f->path) ||
         !strstr(ec_last_error(), "nothing was written"))
@@ -1013,18 +1028,370 @@ static void test_upgrade_refuses_damage(void **state)
     /* A damaged header: refused before anything is created. */
     write_v1(f, EC_DTYPE_F32, 1000, 5, 300);
     flip(f->path, 100);
-    assert_int_equal(ec_partfile_upgrade(f->path, f->dir, name, sizeof(name), NULL, NULL),
+    assert_int_equal(ec_partfile_upgrade(f->path, f->dir, NULL, NULL, name, sizeof(name), NULL,
+                                         NULL),
                      EC_ECORRUPT);
     assert_non_null(strstr(ec_last_error(), "cannot upgrade"));
     assert_int_equal(count_files(f->dir), 1);
 
     write_v1(f, EC_DTYPE_F32, 1000, 5, 300);
-    assert_int_equal(ec_partfile_upgrade("/nonexistent/x.ecp", f->dir, name, sizeof(name),
-                                         NULL, NULL), EC_EIO);
-    assert_int_equal(ec_partfile_upgrade(f->path, "/nonexistent/dir", name, sizeof(name),
-                                         NULL, NULL), EC_EIO);
-    assert_int_equal(ec_partfile_upgrade(f->path, f->dir, NULL, 0, NULL, NULL), EC_EINVAL);
+    assert_int_equal(ec_partfile_upgrade("/nonexistent/x.ecp", f->dir, NULL, NULL, name,
+                                         sizeof(name), NULL, NULL),
+                     EC_EIO);
+    assert_int_equal(ec_partfile_upgrade(f->path, "/nonexistent/dir", NULL, NULL, name,
+                                         sizeof(name), NULL, NULL),
+                     EC_EIO);
+    assert_int_equal(ec_partfile_upgrade(f->path, f->dir, NULL, NULL, NULL, 0, NULL, NULL),
+                     EC_EINVAL);
     assert_int_equal(count_files(f->dir), 1);
+}
+
+/* ------------------------------------------------------------------ */
+/* The origin record                                                   */
+
+#define REC_LEN (EC_PARTFILE_ALIGN - EC_PARTFILE_ORIGIN_OFF)
+
+static ec_partfile_origin sample_origin(void)
+{
+    ec_partfile_origin o;
+
+    memset(&o, 0, sizeof(o));
+    snprintf(o.model, sizeof(o.model), "bert-base");
+    snprintf(o.tensor, sizeof(o.tensor), "encoder/layer.0:w");
+    o.version = 12;
+    o.round = 7;
+    o.created_unix = 1767225600;
+    o.version_tensors = 3;
+    return o;
+}
+
+static void read_origin_of(const char *path, ec_partfile_origin *o)
+{
+    ec_partfile_meta m;
+    int fd;
+
+    assert_int_equal(ec_partfile_open(path, &m, &fd), 0);
+    if (ec_partfile_read_origin(fd, &m, o))
+        fail_msg("read_origin %s: %s", path, ec_last_error());
+    close(fd);
+}
+
+static void same_origin(const ec_partfile_origin *a, const ec_partfile_origin *b)
+{
+    assert_true(a->present); /* a: read back; b: what was written */
+    assert_string_equal(a->model, b->model);
+    assert_string_equal(a->tensor, b->tensor);
+    assert_int_equal(a->version, b->version);
+    assert_int_equal(a->round, b->round);
+    assert_int_equal(a->created_unix, b->created_unix);
+    assert_int_equal(a->version_tensors, b->version_tensors);
+}
+
+/* Written, read back; the page holds it at 256 and zeros elsewhere; every
+ * other reader takes the file as before; the header checksum covers it. */
+static void test_origin_roundtrip(void **state)
+{
+    struct fixture *f = *state;
+    const uint64_t shape[] = {1000, 7};
+    const char *params = "{\"lr\":0.0001,\"layers\":[1,2,3]}";
+    ec_partfile_origin o = sample_origin(), back;
+    uint64_t *sums;
+    ec_partfile_meta m;
+    uint8_t *file;
+    size_t len;
+    bool lost = true;
+    int fd;
+
+    write_file_origin(f, EC_DTYPE_F32, 2, shape, 12 * KiB, &o, params, &lost);
+    assert_false(lost);
+    read_origin_of(f->path, &back);
+    same_origin(&back, &o);
+    assert_false(back.params_lost);
+    assert_string_equal(back.params_json, params);
+    assert_int_equal(back.params_full_len, strlen(params));
+
+    file = ect_read_file(f->path, &len);
+    assert_non_null(file);
+    for (size_t i = 192; i < EC_PARTFILE_ORIGIN_OFF; i++)
+        assert_int_equal(file[i], 0);
+    assert_memory_equal(file + EC_PARTFILE_ORIGIN_OFF, "ECORIG01", 8);
+    {
+        size_t end = EC_PARTFILE_ORIGIN_OFF + EC_PARTFILE_ORIGIN_FIXED + strlen(o.model) +
+                     strlen(o.tensor) + strlen(params);
+        uint32_t total;
+        memcpy(&total, file + EC_PARTFILE_ORIGIN_OFF + 8, 4);
+        assert_int_equal(EC_PARTFILE_ORIGIN_OFF + total, end);
+        for (size_t i = end; i < EC_PARTFILE_ALIGN; i++)
+            assert_int_equal(file[i], 0);
+    }
+    free(file);
+
+    /* The readers of the data do not mind it: the same checks as any file. */
+    check_readback(f);
+    /* The whole-file check passes and gives the table's checksums. */
+    sums = calloc(f->meta.partitions, sizeof(*sums));
+    assert_int_equal(ec_partfile_open(f->path, &m, &fd), 0);
+    assert_int_equal(ec_partfile_verify(fd, &m, sums), 0);
+    assert_memory_equal(sums, f->sums, m.partitions * sizeof(*sums));
+    close(fd);
+    free(sums);
+
+    /* One byte of the record changed: the header checksum fails. */
+    flip(f->path, EC_PARTFILE_ORIGIN_OFF + EC_PARTFILE_ORIGIN_FIXED + 2);
+    expect_open_fails(f->path, EC_ECORRUPT, "header checksum");
+}
+
+/* A file written without one (as before this format had it): all zero
+ * after the header struct, read back as absent. */
+static void test_origin_absent(void **state)
+{
+    struct fixture *f = *state;
+    ec_partfile_origin o;
+    uint8_t *file;
+    size_t len;
+
+    write_small(f);
+    read_origin_of(f->path, &o);
+    assert_false(o.present);
+    file = ect_read_file(f->path, &len);
+    for (size_t i = 192; i < EC_PARTFILE_ALIGN; i++)
+        assert_int_equal(file[i], 0);
+    free(file);
+    /* version-1 files have none either */
+    write_v1(f, EC_DTYPE_F32, 100, 3, 16);
+    read_origin_of(f->path, &o);
+    assert_false(o.present);
+}
+
+/* Params that do not fit are left out, never cut, and the record says so. */
+static void test_origin_params_lost(void **state)
+{
+    struct fixture *f = *state;
+    const uint64_t shape[] = {10, 2};
+    ec_partfile_origin o = sample_origin(), back;
+    size_t fit = EC_PARTFILE_ORIGIN_PARAMS_MIN;
+    char *params = malloc(fit + 2);
+    unsigned char rec[REC_LEN];
+    bool lost = false;
+
+    /* The longest names leave EC_PARTFILE_ORIGIN_PARAMS_MIN bytes: exactly
+     * that many fit, one more does not. */
+    memset(o.model, 'm', EC_NAME_MAX);
+    o.model[EC_NAME_MAX] = '\0';
+    memset(o.tensor, 't', EC_NAME_MAX);
+    o.tensor[EC_NAME_MAX] = '\0';
+    memset(params, 'x', fit);
+    params[0] = '{';
+    params[fit - 1] = '}';
+    params[fit] = '\0';
+    assert_int_equal(ec_partfile_origin_encode(&o, params, rec, sizeof(rec), &lost), 0);
+    assert_false(lost);
+    assert_int_equal(ec_partfile_origin_decode(rec, sizeof(rec), &back), 0);
+    assert_false(back.params_lost);
+    assert_int_equal(strlen(back.params_json), fit);
+
+    params[fit] = ' ';
+    params[fit + 1] = '\0';
+    write_file_origin(f, EC_DTYPE_U8, 2, shape, 0, &o, params, &lost);
+    assert_true(lost);
+    read_origin_of(f->path, &back);
+    same_origin(&back, &o);
+    assert_true(back.params_lost);
+    assert_string_equal(back.params_json, "");
+    assert_int_equal(back.params_full_len, fit + 1);
+    free(params);
+
+    /* No params at all: none stored, none lost. */
+    assert_int_equal(ec_partfile_origin_encode(&o, NULL, rec, sizeof(rec), &lost), 0);
+    assert_false(lost);
+    assert_int_equal(ec_partfile_origin_decode(rec, sizeof(rec), &back), 0);
+    assert_false(back.params_lost);
+    assert_int_equal(back.params_full_len, 0);
+}
+
+/* Every field of a record is checked before it is believed. */
+static void test_origin_decode_rejects(void **state)
+{
+    ec_partfile_origin o = sample_origin(), back;
+    unsigned char good[REC_LEN], bad[REC_LEN];
+    const size_t ml = strlen(o.model), tl = strlen(o.tensor);
+    static const struct {
+        size_t off;
+        uint64_t v;
+        int width;
+        const char *what;
+    } cases[] = {
+        {0, 0x4141414141414141ull, 8, "magic"},
+        {8, 999, 4, "length"},
+        {12, 2, 4, "flags"},
+        {12, EC_PARTFILE_ORIGIN_PARAMS_LOST, 4, "params"}, /* lost, but params stored */
+        {16, 0, 8, "version"},
+        {24, (uint64_t)-2, 8, "round"},
+        {40, 0, 4, "tensors"},
+        {44, 0, 2, "name lengths"},
+        {46, EC_NAME_MAX + 1, 2, "name lengths"},
+        {48, 5000, 4, "do not fit"},
+        {52, 99, 4, "params"},
+        {EC_PARTFILE_ORIGIN_FIXED + 1, 0, 1, "NUL"},
+        {REC_LEN - 1, 1, 1, "not zero"},
+    };
+    (void)state;
+
+    assert_int_equal(ec_partfile_origin_encode(&o, "{}", good, sizeof(good), NULL), 0);
+    assert_int_equal(ec_partfile_origin_decode(good, sizeof(good), &back), 0);
+    same_origin(&back, &o);
+    assert_int_equal(ml + tl + 2 + EC_PARTFILE_ORIGIN_FIXED,
+                     (size_t)(good[8] | good[9] << 8));
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        memcpy(bad, good, sizeof(bad));
+        for (int k = 0; k < cases[i].width; k++)
+            bad[cases[i].off + (size_t)k] = (unsigned char)(cases[i].v >> (8 * k));
+        memset(&back, 0x55, sizeof(back));
+        if (ec_partfile_origin_decode(bad, sizeof(bad), &back) != EC_ECORRUPT)
+            fail_msg("a record with %s broken at byte %zu was accepted", cases[i].what,
+                     cases[i].off);
+        if (!strstr(ec_last_error(), cases[i].what))
+            fail_msg("expected '%s' in: %s", cases[i].what, ec_last_error());
+        assert_int_equal(back.version, (int64_t)0x5555555555555555ll); /* untouched */
+    }
+    /* All zero is a file without one, not an error. */
+    memset(bad, 0, sizeof(bad));
+    assert_int_equal(ec_partfile_origin_decode(bad, sizeof(bad), &back), 0);
+    assert_false(back.present);
+    /* The encoder refuses what the decoder would. */
+    o.version = 0;
+    assert_int_equal(ec_partfile_origin_encode(&o, NULL, bad, sizeof(bad), NULL), EC_EINVAL);
+    o = sample_origin();
+    o.model[0] = '\0';
+    assert_int_equal(ec_partfile_origin_encode(&o, NULL, bad, sizeof(bad), NULL), EC_EINVAL);
+    o = sample_origin();
+    o.round = -2;
+    assert_int_equal(ec_partfile_origin_encode(&o, NULL, bad, sizeof(bad), NULL), EC_EINVAL);
+    o = sample_origin();
+    o.version_tensors = 0;
+    assert_int_equal(ec_partfile_origin_encode(&o, NULL, bad, sizeof(bad), NULL), EC_EINVAL);
+    o = sample_origin();
+    assert_int_equal(ec_partfile_origin_encode(&o, NULL, bad, sizeof(bad) - 1, NULL),
+                     EC_EINVAL);
+    assert_int_equal(ec_partfile_origin_decode(bad, sizeof(bad) - 1, &back), EC_EINVAL);
+}
+
+/* An upgrade keeps the source's origin byte for byte, puts the one it is
+ * given in its place, and fills one into a version-1 file. */
+static void test_upgrade_origin(void **state)
+{
+    struct fixture *f = *state;
+    const uint64_t shape[] = {300, 5};
+    ec_partfile_origin o = sample_origin(), other = sample_origin(), back;
+    char name[64], path[600], *params = malloc(EC_PARTFILE_ORIGIN_ROOM + 10);
+    uint8_t *a, *b;
+    size_t la, lb;
+    bool lost = false;
+
+    /* Params that did not fit: the record (flag and all) is carried over. */
+    memset(params, 'p', EC_PARTFILE_ORIGIN_ROOM + 5);
+    params[EC_PARTFILE_ORIGIN_ROOM + 5] = '\0';
+    write_file_origin(f, EC_DTYPE_I32, 2, shape, 4096, &o, params, &lost);
+    assert_true(lost);
+    assert_int_equal(ec_partfile_upgrade(f->path, f->dir, NULL, NULL, name, sizeof(name), NULL,
+                                         NULL),
+                     0);
+    snprintf(path, sizeof(path), "%s/%s", f->dir, name);
+    a = ect_read_file(f->path, &la);
+    b = ect_read_file(path, &lb);
+    assert_memory_equal(a + EC_PARTFILE_ORIGIN_OFF, b + EC_PARTFILE_ORIGIN_OFF, REC_LEN);
+    free(a);
+    free(b);
+    read_origin_of(path, &back);
+    same_origin(&back, &o);
+    assert_true(back.params_lost);
+    unlink(path);
+
+    /* The caller's origin instead. */
+    snprintf(other.tensor, sizeof(other.tensor), "renamed");
+    other.version = 99;
+    assert_int_equal(ec_partfile_upgrade(f->path, f->dir, &other, "{\"a\":1}", name,
+                                         sizeof(name), NULL, NULL),
+                     0);
+    snprintf(path, sizeof(path), "%s/%s", f->dir, name);
+    read_origin_of(path, &back);
+    same_origin(&back, &other);
+    assert_string_equal(back.params_json, "{\"a\":1}");
+    unlink(path);
+    unlink(f->path);
+
+    /* A version-1 file: none kept (it has none), one filled when given. */
+    write_v1(f, EC_DTYPE_F32, 200, 4, 32);
+    assert_int_equal(ec_partfile_upgrade(f->path, f->dir, NULL, NULL, name, sizeof(name), NULL,
+                                         NULL),
+                     0);
+    snprintf(path, sizeof(path), "%s/%s", f->dir, name);
+    read_origin_of(path, &back);
+    assert_false(back.present);
+    unlink(path);
+    assert_int_equal(ec_partfile_upgrade(f->path, f->dir, &o, NULL, name, sizeof(name), NULL,
+                                         NULL),
+                     0);
+    snprintf(path, sizeof(path), "%s/%s", f->dir, name);
+    read_origin_of(path, &back);
+    same_origin(&back, &o);
+    assert_int_equal(back.params_full_len, 0);
+    /* and the rest of it is the upgraded file, whole */
+    {
+        ec_partfile_meta m;
+        int fd;
+        assert_int_equal(ec_partfile_open(path, &m, &fd), 0);
+        assert_int_equal(m.version, EC_PARTFILE_VERSION);
+        assert_int_equal(ec_partfile_verify(fd, &m, NULL), 0);
+        close(fd);
+    }
+    free(params);
+}
+
+/* ec_partfile_verify reads everything: a flipped data byte, a flipped byte
+ * of zero padding (version 2: its block checksum) and a damaged table are
+ * each found; a version-1 file is checked by partitions. */
+static void test_verify(void **state)
+{
+    struct fixture *f = *state;
+    ec_partfile_meta m;
+    uint64_t off, len;
+    int fd;
+
+    write_small(f);
+    assert_int_equal(ec_partfile_open(f->path, &m, &fd), 0);
+    assert_int_equal(ec_partfile_verify(fd, &m, NULL), 0);
+    assert_int_equal(ec_partfile_verify(-1, &m, NULL), EC_EINVAL);
+    /* the last byte of partition 1's data */
+    off = ec_partfile_part_offset(&m, 1) + ec_partfile_part_length(&m, 1) - 1;
+    flip(f->path, off);
+    assert_int_equal(ec_partfile_verify(fd, &m, NULL), EC_ECHECKSUM);
+    assert_non_null(strstr(ec_last_error(), "partition 1"));
+    flip(f->path, off);
+    assert_int_equal(ec_partfile_verify(fd, &m, NULL), 0);
+    /* the zero padding after the last partition: only a block checksum
+     * covers it */
+    len = ec_partfile_part_length(&m, m.partitions - 1);
+    assert_true(len % 4096 != 0);
+    off = ec_partfile_part_offset(&m, m.partitions - 1) + len;
+    flip(f->path, off);
+    assert_int_equal(ec_partfile_verify(fd, &m, NULL), EC_ECHECKSUM);
+    assert_non_null(strstr(ec_last_error(), "block"));
+    flip(f->path, off);
+    /* the partition table */
+    flip(f->path, 4096 + 16);
+    assert_int_equal(ec_partfile_verify(fd, &m, NULL), EC_ECORRUPT);
+    flip(f->path, 4096 + 16);
+    assert_int_equal(ec_partfile_verify(fd, &m, NULL), 0);
+    close(fd);
+
+    write_v1(f, EC_DTYPE_I64, 500, 3, 40);
+    assert_int_equal(ec_partfile_open(f->path, &m, &fd), 0);
+    assert_int_equal(ec_partfile_verify(fd, &m, NULL), 0);
+    flip(f->path, m.data_off + 5);
+    assert_int_equal(ec_partfile_verify(fd, &m, NULL), EC_ECHECKSUM);
+    assert_non_null(strstr(ec_last_error(), "partition 0"));
+    close(fd);
 }
 
 int main(void)
@@ -1050,6 +1417,12 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_bad_block_table, setup, teardown),
         cmocka_unit_test_setup_teardown(test_upgrade, setup, teardown),
         cmocka_unit_test_setup_teardown(test_upgrade_refuses_damage, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_origin_roundtrip, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_origin_absent, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_origin_params_lost, setup, teardown),
+        cmocka_unit_test(test_origin_decode_rejects),
+        cmocka_unit_test_setup_teardown(test_upgrade_origin, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_verify, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
