@@ -7,7 +7,7 @@
  *     running client keeps its views however idle it is;
  *   - tensors past the descriptor limit still resolve and serve (before: two
  *     descriptors per tensor stayed open, and a 128-descriptor daemon failed
- *     at its 60th tensor);
+ *     at its 54th tensor (EMFILE));
  *   - names that do not exist are refused without a catalog query (before:
  *     every refusal queried the catalog, tens of microseconds of the
  *     daemon's only thread), and the answers kept for that follow every
