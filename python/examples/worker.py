@@ -7,7 +7,8 @@ mode: rows come from embcached's shared memory) and applies a linear head.
 It serves --requests random requests and reports each one's latency.
 
     worker.py --socket /tmp/embcache.sock --model example --tensor emb
-    worker.py --npy emb.npy        # the baseline: np.load the table itself
+    worker.py --npy emb.npy --mmap # a baseline: np.load(mmap_mode='r'), shared
+    worker.py --npy emb.npy        # a baseline: np.load a private copy
 
 With --control it talks to launch.py over stdin/stdout (JSON lines): it says
 "started" once imported, "ready" once the model is built (and, with
@@ -21,6 +22,7 @@ import json
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -63,6 +65,9 @@ def main() -> None:
     ap.add_argument("--tensor", default="emb")
     ap.add_argument("--version", default="current")
     ap.add_argument("--npy", help="baseline: np.load this table instead of using embcache")
+    ap.add_argument("--mmap", action="store_true",
+                    help="with --npy: np.load(mmap_mode='r'), so every worker maps the "
+                         "file's one copy in the page cache, instead of a private copy")
     ap.add_argument("--requests", type=int, default=200)
     ap.add_argument("--batch", type=int, default=32, help="bags per request")
     ap.add_argument("--bag", type=int, default=8, help="ids per bag")
@@ -79,9 +84,18 @@ def main() -> None:
         wait_for("load")
 
     if args.npy:
-        weights = torch.from_numpy(np.load(args.npy))           # a private copy
+        if args.mmap:
+            table = np.load(args.npy, mmap_mode="r")            # shared: the page cache
+            with warnings.catch_warnings():                     # torch has no read-only
+                warnings.simplefilter("ignore", UserWarning)    # tensors; nothing writes
+                weights = torch.from_numpy(table)
+        else:
+            table = np.load(args.npy)                           # a private copy
+            weights = torch.from_numpy(table)
         embedding = nn.EmbeddingBag.from_pretrained(weights, mode="mean")
         rows, dim = weights.shape
+        if args.touch_all:                                      # fault in every page
+            float(table.sum(dtype=np.float64))
     else:
         embedding = CachedEmbedding(args.model, args.tensor, args.version, mode="mean",
                                     socket=args.socket)

@@ -1,41 +1,59 @@
 /*
- * test_seqlock_mp.c - the multi-process seqlock test: one writer process and
- * several reader processes on one real segment, readers mapping it
- * read-only exactly as clients do (ec_segment_open_readonly +
- * ec_segment_map_fd), with no lock anywhere.
+ * test_seqlock_mp.c - readers in other processes never see a torn or
+ * misplaced row while the memory they read is rewritten under them.
  *
- * The writer (the daemon's role) loops: pick a partition; if it is resident,
- * evict it (ec_index_remove, then ec_extent_release); otherwise allocate an
- * extent (first fit, so freed extents are reused at once), fill every 64-byte
- * row with words derived from (tensor, row, fill generation) and publish it
- * (ec_index_insert). Readers look partitions up, copy a few rows, check
- * ec_index_still_valid(), and verify every copied row: seven words equal to
- * enc(tensor, row, gen) and an eighth equal to gen.
+ * Part 1, the read path users run: a real embcached (itest.h) with a budget
+ * of a quarter of the table, reader processes that call ec_tensor_gather
+ * (the public API, through libembcache's own seqlock-checked copy) on
+ * batches of 4,096 ids from a hot set just larger than the budget, and an
+ * evictor process that drops the whole version (ec_model_evict) every 50 ms.
+ * Every gather misses in part, so the daemon evicts what readers are reading
+ * and pages the misses in, into the extents it has just freed (first fit):
+ * the memory a reader looked up is rewritten with other rows between its
+ * lookup and its check, tens of thousands of times a second. Run once for a
+ * tensor cached by partitions (the partition index) and once for one cached
+ * by rows (the item index). With the seqlock check taken out of
+ * client_gather.c both fail, with tens to thousands of wrong rows a run.
+ *
+ * The rows check themselves: row r of the int64 table holds the key
+ * (tag << 40 | r) in its first word, pseudo-random words after it, and in its
+ * last word a hash of all the others. A reader checks every row it gathers
+ * against its id and its hash, so a row of another partition, another row or
+ * a half-written one is counted as wrong. The test asserts that a million
+ * rows or more were checked, none was wrong, and that the daemon really
+ * rewrote memory meanwhile: evictions (by budget and by the evictor) and
+ * page-ins by the thousand, and seqlock retries in the readers
+ * (client_retries: a copy whose entry moved, which the library threw away).
+ *
+ * Part 2, the index primitives alone, at a rate no daemon reaches: one
+ * synthetic writer process that evicts and refills partitions (and items)
+ * in a tight loop, reusing freed memory at once, and readers that look up,
+ * copy and check ec_index_still_valid / ec_item_still_valid themselves, the
+ * way client_gather.c does. It also counts the copies that failed the check
+ * and were indeed inconsistent: what a reader without the seqlock would have
+ * returned.
  *
  *   ok       copy passed the check and is consistent
  *   torn     copy passed the check but is inconsistent  -> must be 0
  *   retried  the check failed (the reader would copy again)
- *   wouldbe  the check failed and the copy was indeed inconsistent: what a
- *            reader without the seqlock would have returned (timing-dependent,
- *            printed, not asserted)
+ *   wouldbe  the check failed and the copy was indeed inconsistent
+ *            (timing-dependent, printed, not asserted)
  *
- * test_items_multiprocess does the same for the item index (shm/items.h):
- * the writer publishes and unpublishes items, reusing freed slots at once;
- * readers look items up, copy their values and check the bucket's sequence.
- *
- * Counters travel back through a shared anonymous mapping; each process
+ * Counters travel back through shared anonymous mappings; each process
  * writes only its own slot and the parent reads them after waitpid().
  */
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -45,7 +63,8 @@
 #include "shm/index.h"
 #include "shm/items.h"
 #include "shm/segment.h"
-#include "tests/testutil.h"
+#include "itest.h"
+#include "testutil.h"
 
 #define SEG_BYTES (64ull << 20)
 #define NREADERS 2
@@ -55,7 +74,7 @@
 #define ROW_BYTES 64
 #define BATCH 8                     /* rows copied per lookup */
 #define TARGET_OK 1000000ull        /* successful row reads, all readers together */
-#define MIN_SECS 2.0
+#define MIN_SECS 1.0
 #define MAX_SECS 25.0
 
 typedef struct reader_stats {
@@ -120,6 +139,276 @@ static uint64_t rnd(uint64_t *s)
     z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
     return z ^ (z >> 31);
 }
+
+/* ------------------------------------------------------------------ */
+/* Part 1: ec_tensor_gather while the daemon rewrites the rows         */
+
+#define G_ROWS 32768u               /* 8 MiB of int64 rows */
+#define G_WORDS 32u                 /* 256-byte rows */
+#define G_ROW_BYTES (G_WORDS * 8u)
+#define G_PART_BYTES (16u << 10)    /* 64 rows a partition: 512 partitions */
+#define G_BUDGET "2M"               /* a quarter of the table: 128 partitions */
+#define G_HOT 9216u                 /* 31 ids in 32 are rows 0..G_HOT-1: 2.25 MiB, just */
+                                    /* over the budget, so what readers read is evicted */
+#define G_READERS 3
+#define G_BATCH 4096                /* ids a gather: a long lookup-to-check window */
+#define G_TARGET 1000000ull         /* rows checked, all readers together */
+#define G_MIN_SECS 2.0
+#define G_MAX_SECS 15.0
+#define G_EVICT_US 50000            /* the evictor's pause between evictions */
+#define G_TAG_PARTS 0x5eu           /* the tables' tags: a row of one is never */
+#define G_TAG_ROWS 0x7au            /* right for the other */
+
+struct gather_reader_report {
+    uint64_t rows, wrong, gathers;
+    char msg[256];                  /* the first wrong row, or the error */
+};
+
+struct gather_report {
+    _Atomic int stop;               /* parent -> evictor */
+    struct gather_reader_report r[G_READERS];
+    struct {
+        uint64_t evictions, freed_bytes;
+        char msg[256];
+    } ev;
+};
+
+static uint64_t row_key(uint64_t tag, uint64_t row)
+{
+    return tag << 40 | row;
+}
+
+/* The hash in a row's last word, of all its other words. */
+static uint64_t row_sum(const uint64_t *w)
+{
+    uint64_t h = 0x243f6a8885a308d3ull;
+
+    for (unsigned j = 0; j < G_WORDS - 1; j++)
+        h = mix(h ^ w[j]) + j;
+    return h;
+}
+
+static void row_make(uint64_t key, uint64_t *w)
+{
+    w[0] = key;
+    for (unsigned j = 1; j < G_WORDS - 1; j++)
+        w[j] = mix(key * G_WORDS + j);
+    w[G_WORDS - 1] = row_sum(w);
+}
+
+/* Is w row `key`, whole? Needs nothing but the row itself. */
+static bool row_ok(const uint64_t *w, uint64_t key)
+{
+    return w[0] == key && w[G_WORDS - 1] == row_sum(w);
+}
+
+/* Write path: an int64 [G_ROWS, G_WORDS] .npy of self-checking rows
+ * (ect_write_npy writes the header, the rows replace its data). */
+static void table_write(const char *path, uint64_t tag)
+{
+    uint64_t shape[2] = {G_ROWS, G_WORDS}, w[G_WORDS];
+    uint64_t bytes = (uint64_t)G_ROWS * G_ROW_BYTES;
+    struct stat st;
+    int fd;
+
+    assert_int_equal(ect_write_npy(path, EC_DTYPE_I64, 2, shape, 1), 0);
+    fd = open(path, O_WRONLY);
+    assert_true(fd >= 0);
+    assert_int_equal(fstat(fd, &st), 0);
+    assert_true((uint64_t)st.st_size > bytes);
+    for (uint64_t r = 0; r < G_ROWS; r++) {
+        row_make(row_key(tag, r), w);
+        assert_int_equal(pwrite(fd, w, sizeof(w), (off_t)(st.st_size - bytes + r * sizeof(w))),
+                         (ssize_t)sizeof(w));
+    }
+    assert_int_equal(close(fd), 0);
+}
+
+#define GFAIL(code, ...)                                                                     \
+    do {                                                                                     \
+        snprintf(me->msg, sizeof(me->msg), __VA_ARGS__);                                     \
+        _exit(code);                                                                         \
+    } while (0)
+
+/* A reader: batches of G_BATCH ids, half from a hot set and half anywhere,
+ * gathered through ec_tensor_gather and every row checked. Exits 0, 1 (wrong
+ * rows; the first is described) or 2 (an error). */
+static void __attribute__((noreturn)) gather_reader(int id, uint64_t tag,
+                                                    struct gather_report *rep)
+{
+    struct gather_reader_report *me = &rep->r[id];
+    static uint64_t buf[G_BATCH][G_WORDS];
+    int64_t ids[G_BATCH];
+    uint64_t seed = 0x5eed0000ull + (uint64_t)id * 7919;
+    ec_client *c = NULL;
+    ec_tensor *t = NULL;
+    double t0;
+
+    if (ec_client_connect(E.sock, &c) || ec_tensor_resolve(c, "m", "1", "t", &t))
+        GFAIL(2, "reader %d: %s", id, ec_last_error());
+    t0 = now();
+    while (true) {
+        double el = now() - t0;
+        int rc;
+
+        if ((me->rows >= G_TARGET / G_READERS && el >= G_MIN_SECS) || el >= G_MAX_SECS)
+            break;
+        for (int k = 0; k < G_BATCH; k++) {
+            uint64_t r = rnd(&seed);
+            ids[k] = (int64_t)((r >> 8) % (r & 31 ? G_HOT : G_ROWS));
+        }
+        rc = ec_tensor_gather(t, ids, G_BATCH, buf, sizeof(buf));
+        if (rc)
+            GFAIL(2, "reader %d: gather %" PRIu64 ": %s", id, me->gathers, ec_last_error());
+        me->gathers++;
+        for (int k = 0; k < G_BATCH; k++) {
+            if (row_ok(buf[k], row_key(tag, (uint64_t)ids[k])))
+                continue;
+            if (me->wrong++ == 0)
+                snprintf(me->msg, sizeof(me->msg),
+                         "reader %d: row %lld came back as key 0x%" PRIx64 " (row %" PRIu64
+                         " of tag 0x%" PRIx64 "), its hash %s",
+                         id, (long long)ids[k], buf[k][0], buf[k][0] & (((uint64_t)1 << 40) - 1),
+                         buf[k][0] >> 40,
+                         buf[k][G_WORDS - 1] == row_sum(buf[k]) ? "right" : "wrong");
+        }
+        me->rows += G_BATCH;
+    }
+    ec_tensor_release(t);
+    ec_client_close(c);
+    _exit(me->wrong ? 1 : 0);
+}
+
+/* The evictor: drop the whole version, pause, again, until told to stop. */
+static void __attribute__((noreturn)) gather_evictor(struct gather_report *rep)
+{
+    ec_client *c = NULL;
+    uint64_t freed;
+
+    if (ec_client_connect(E.sock, &c)) {
+        snprintf(rep->ev.msg, sizeof(rep->ev.msg), "evictor: %s", ec_last_error());
+        _exit(2);
+    }
+    while (!atomic_load(&rep->stop)) {
+        if (ec_model_evict(c, "m", "1", &freed)) {
+            snprintf(rep->ev.msg, sizeof(rep->ev.msg), "evictor: evict: %s", ec_last_error());
+            _exit(2);
+        }
+        rep->ev.evictions += freed > 0;
+        rep->ev.freed_bytes += freed;
+        usleep(G_EVICT_US);
+    }
+    ec_client_close(c);
+    _exit(0);
+}
+
+enum { S_EVICTIONS, S_PAGE_INS, S_ROW_ADMITTED, S_ROW_EVICTED, S_RETRIES, S_GATHERS,
+       S_CLIENTS, S_COUNT };
+
+static void gather_stats(ec_client *c, struct statv *s)
+{
+    static const char *const names[S_COUNT] = {"evictions", "page_ins", "row_admitted",
+                                               "row_evicted", "client_retries",
+                                               "client_gathers", "clients"};
+    for (int i = 0; i < S_COUNT; i++)
+        s[i] = (struct statv){names[i], 0, 0};
+    stats_get(c, s, S_COUNT);
+}
+
+static void gather_under_rewrites(ec_cache_mode mode)
+{
+    static const char *const args[] = {"--shm-size", "32M", "--budget", G_BUDGET, NULL};
+    uint64_t tag = mode == EC_CACHE_ROWS ? G_TAG_ROWS : G_TAG_PARTS;
+    struct gather_report *rep = shared_map(sizeof(*rep));
+    struct statv before[S_COUNT], after[S_COUNT];
+    uint64_t rows = 0, wrong = 0, gathers = 0, d[S_COUNT];
+    char path[600];
+    pid_t kids[G_READERS], evictor;
+    ec_client *c;
+    ec_tensor *t;
+    double t0;
+
+    env_start("ec-seqlock", args);
+    snprintf(path, sizeof(path), "%s/t.npy", E.dir);
+    table_write(path, tag);
+    c = connect_ok();
+    import_npy(c, "m", 1, path, G_PART_BYTES);
+    assert_int_equal(ec_model_cache_mode(c, "m", NULL, mode), 0);
+    t = resolve_ok(c, "m", "1", "t");
+    assert_int_equal(ec_tensor_cache_mode(t), mode);
+    ec_tensor_release(t);
+    gather_stats(c, before);
+
+    t0 = now();
+    if ((evictor = spawn()) == 0)
+        gather_evictor(rep);
+    for (int i = 0; i < G_READERS; i++)
+        if ((kids[i] = spawn()) == 0)
+            gather_reader(i, tag, rep);
+    for (int i = 0; i < G_READERS; i++) {
+        int st = reap(kids[i]);
+        if (st == 2)
+            fail_msg("%s", rep->r[i].msg);
+        assert_true(st == 0 || st == 1);
+        rows += rep->r[i].rows;
+        wrong += rep->r[i].wrong;
+        gathers += rep->r[i].gathers;
+    }
+    atomic_store(&rep->stop, 1);
+    if (reap(evictor) != 0)
+        fail_msg("%s", rep->ev.msg);
+    /* The readers' sessions are counted once the daemon has seen them go. */
+    for (int i = 0; i < 500; i++) {
+        gather_stats(c, after);
+        if (after[S_CLIENTS].v == 1)
+            break;
+        usleep(10000);
+    }
+    for (int i = 0; i < S_COUNT; i++)
+        d[i] = after[i].v - before[i].v;
+    printf("gather under rewrites, by %s: %d readers, %.1f s: %" PRIu64 " rows checked in %"
+           PRIu64 " gathers, %" PRIu64 " wrong; seqlock retries %" PRIu64 "; the daemon: %"
+           PRIu64 " evictions by budget, %" PRIu64 " page-ins, %" PRIu64 " rows admitted, %"
+           PRIu64 " rows evicted; the evictor dropped the version %" PRIu64 " times (%.1f MiB)\n",
+           mode == EC_CACHE_ROWS ? "rows" : "partitions", G_READERS, now() - t0, rows,
+           gathers, wrong, d[S_RETRIES], d[S_EVICTIONS], d[S_PAGE_INS], d[S_ROW_ADMITTED],
+           d[S_ROW_EVICTED], rep->ev.evictions, (double)rep->ev.freed_bytes / (1 << 20));
+    for (int i = 0; i < G_READERS; i++)
+        if (rep->r[i].wrong)
+            printf("  %s (%" PRIu64 " wrong rows)\n", rep->r[i].msg, rep->r[i].wrong);
+    fflush(stdout);
+
+    assert_int_equal(wrong, 0);
+    assert_true(rows >= G_TARGET);
+    assert_int_equal(after[S_CLIENTS].v, 1);
+    assert_int_equal(d[S_GATHERS], gathers);     /* every gather went through the library */
+    /* Memory the readers read was rewritten under them, thousands of times: */
+    assert_true(rep->ev.evictions >= 10);
+    if (mode == EC_CACHE_ROWS)
+        assert_true(d[S_ROW_ADMITTED] >= 10000 && d[S_ROW_EVICTED] >= 10000);
+    else
+        assert_true(d[S_PAGE_INS] >= 10000 && d[S_EVICTIONS] >= 10000);
+    /* ... and the readers' seqlock saw it happen. */
+    assert_true(d[S_RETRIES] > 0);
+    daemon_alive();
+    ec_client_close(c);
+    munmap(rep, sizeof(*rep));
+}
+
+static void test_gather_by_partitions_under_rewrites(void **state)
+{
+    (void)state;
+    gather_under_rewrites(EC_CACHE_PARTITIONS);
+}
+
+static void test_gather_by_rows_under_rewrites(void **state)
+{
+    (void)state;
+    gather_under_rewrites(EC_CACHE_ROWS);
+}
+
+/* ------------------------------------------------------------------ */
+/* Part 2: the index primitives under a synthetic writer               */
 
 /* ------------------------------------------------------------------ */
 /* Writer                                                              */
@@ -276,7 +565,7 @@ static void reader(int id, int rofd, shared *sh)
 
 /* ------------------------------------------------------------------ */
 
-static pid_t spawn(void)
+static pid_t fork_child(void)
 {
     pid_t pid = fork();
     assert_true(pid >= 0);
@@ -302,14 +591,14 @@ static void test_seqlock_multiprocess(void **state)
     assert_int_equal(ec_segment_create(SEG_BYTES, &seg), 0);
     t0 = now();
 
-    wpid = spawn();
+    wpid = fork_child();
     if (wpid == 0)
         writer(&seg, sh);
     for (int i = 0; i < NREADERS; i++) {
         /* Each reader gets its own read-only descriptor, as a client does,
          * and drops the daemon's read-write mapping it inherited. */
         assert_int_equal(ec_segment_open_readonly(&seg, &rofd), 0);
-        rpid[i] = spawn();
+        rpid[i] = fork_child();
         if (rpid[i] == 0) {
             ec_segment_close(&seg);
             reader(i, rofd, sh);
@@ -490,12 +779,12 @@ static void test_items_multiprocess(void **state)
     assert_int_equal(ec_segment_create_geometry(4u << 20, 0, 512, &seg), 0);
     assert_int_equal(ec_segment_seal(&seg), 0);
     assert_true(seg.item_buckets * EC_ITEM_WAYS > ITEM_SLOTS);
-    wpid = spawn();
+    wpid = fork_child();
     if (wpid == 0)
         item_writer(&seg, sh);
     for (int i = 0; i < NREADERS; i++) {
         assert_int_equal(ec_segment_open_readonly(&seg, &rofd), 0);
-        rpid[i] = spawn();
+        rpid[i] = fork_child();
         if (rpid[i] == 0) {
             ec_segment_close(&seg);
             item_reader(i, rofd, sh);
@@ -532,6 +821,8 @@ static void test_items_multiprocess(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test_teardown(test_gather_by_partitions_under_rewrites, env_teardown),
+        cmocka_unit_test_teardown(test_gather_by_rows_under_rewrites, env_teardown),
         cmocka_unit_test(test_seqlock_multiprocess),
         cmocka_unit_test(test_items_multiprocess),
     };

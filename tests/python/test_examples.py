@@ -17,9 +17,11 @@ def test_launch(tables):
                         "--rows", "20000", "--dim", "32", "--requests", "20",
                         "--embcached", EMBCACHED], capture_output=True, text=True, timeout=240)
     assert r.returncode == 0, r.stdout + r.stderr
-    assert "outputs identical: yes" in r.stdout
+    assert "outputs identical in all three rounds: yes" in r.stdout
+    # Three rounds: embcache, the shared mmap, private copies. At this size the
+    # daemon's fixed cost outweighs the table; test_memory.py weighs them.
     ratios = [float(x) for x in re.findall(r"= ([0-9.]+) x the table", r.stdout)]
-    assert len(ratios) == 2 and ratios[0] < ratios[1], r.stdout  # the memory test measures it
+    assert len(ratios) == 3 and ratios[1] < ratios[2], r.stdout
 
 
 def test_worker_standalone(tables):
