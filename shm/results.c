@@ -6,6 +6,8 @@
 
 #include <stdatomic.h>
 #include <string.h>
+/* Inline: readers run in libembcache, which links no libxxhash. */
+#define XXH_INLINE_ALL
 #include <xxhash.h>
 
 #include "common/err.h"
