@@ -1047,6 +1047,12 @@ int ec_partfile_open(const char *path, ec_partfile_meta *meta, int *fd_out)
     if (!path || !meta || !fd_out)
         return ec_seterr(EC_EINVAL, "ec_partfile_open: NULL argument");
     fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+    if (fd < 0 && (errno == EMFILE || errno == ENFILE))
+        return ec_seterr_errno(EC_EIO, errno, "cannot open partition file %s: the process "
+                               "is out of file descriptors (raise its RLIMIT_NOFILE)", path);
+    if (fd < 0 && errno == ELOOP)
+        return ec_seterr_errno(EC_EIO, errno, "cannot open partition file %s: it is a "
+                               "symbolic link, which embcached never follows", path);
     if (fd < 0)
         return ec_seterr_errno(EC_EIO, errno, "cannot open partition file %s; was it "
                                "removed from the data directory?", path);
