@@ -9,7 +9,8 @@
  * written by the test helpers (ect_write_npy, ect_write_safetensors) into a
  * temporary directory and read back, plus variants the helpers cannot write
  * (.npy format 2.0/3.0, big-endian); for the protocol, one message of each
- * op built with ec_msg_begin/ec_put_*. CORPUS arguments (files, or
+ * op built with ec_msg_begin/ec_put_*; for partition files' origin records,
+ * records made by ec_partfile_origin_encode. CORPUS arguments (files, or
  * directories of files such as a libFuzzer corpus) join the seeds. Every
  * seed runs unmutated, then ITER inputs (default 20000) each made from a
  * seed, or from the previous input, by one to four mutations: bit flips,
@@ -24,7 +25,8 @@
  *
  * The input sequence depends only on SEED and the corpus, so a failure
  * reproduces with the same command line. EC_FUZZ_KIND ("npy",
- * "safetensors", "proto") picks the seeds and is set by CMake per target.
+ * "safetensors", "proto", "origin") picks the seeds and is set by CMake per
+ * target.
  * Exit 0 when every input ran, 2 on a usage or I/O error; a broken
  * invariant aborts. Single-threaded.
  */
@@ -37,12 +39,13 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "core/partfile.h"
 #include "core/proto.h"
 #include "fuzz.h"
 #include "tests/testutil.h"
 
 #ifndef EC_FUZZ_KIND
-#error "EC_FUZZ_KIND must name the target: \"npy\", \"safetensors\" or \"proto\""
+#error "EC_FUZZ_KIND must name the target: \"npy\", \"safetensors\", \"proto\" or \"origin\""
 #endif
 
 #define FUZZ_MAX_LEN (1u << 20) /* inputs never grow past this */
@@ -454,6 +457,41 @@ static int seeds_proto(struct pool *pl)
     return 0;
 }
 
+/* Origin records (partition file header pages): with params, with params
+ * too long to keep, with names of the longest length. */
+static int seeds_origin(struct pool *pl)
+{
+    static unsigned char rec[EC_PARTFILE_ALIGN - EC_PARTFILE_ORIGIN_OFF];
+    static ec_partfile_origin o;
+    static char longp[EC_PARTFILE_ORIGIN_ROOM + 64];
+    const char *params[] = {"{}", "{\"lr\":0.0001,\"layers\":[1,2,3]}", longp};
+
+    memset(longp, 'x', sizeof(longp) - 1);
+    longp[0] = '"';
+    longp[sizeof(longp) - 2] = '"';
+    for (size_t i = 0; i < sizeof(params) / sizeof(params[0]); i++) {
+        memset(&o, 0, sizeof(o));
+        o.present = true;
+        if (i == 2) {
+            memset(o.model, 'm', EC_NAME_MAX);
+            memset(o.tensor, 't', EC_NAME_MAX);
+        } else {
+            snprintf(o.model, sizeof(o.model), "bert-base");
+            snprintf(o.tensor, sizeof(o.tensor), "encoder.layer.%zu.weight", i);
+        }
+        o.version = 3 + (int64_t)i;
+        o.round = (int64_t)i - 1;
+        o.created_unix = 1764806400 + (int64_t)i;
+        o.version_tensors = 2 + (uint32_t)i;
+        if (ec_partfile_origin_encode(&o, params[i], rec, sizeof(rec), NULL)) {
+            fprintf(stderr, "fuzz_%s: a seed record did not encode\n", EC_FUZZ_KIND);
+            return -1;
+        }
+        pool_add(pl, rec, sizeof(rec));
+    }
+    return 0;
+}
+
 static int make_seeds(struct pool *pl)
 {
     char *dir;
@@ -461,6 +499,8 @@ static int make_seeds(struct pool *pl)
 
     if (!strcmp(EC_FUZZ_KIND, "proto"))
         return seeds_proto(pl);
+    if (!strcmp(EC_FUZZ_KIND, "origin"))
+        return seeds_origin(pl);
     dir = ect_tmpdir("ec-fuzz");
     rc = !strcmp(EC_FUZZ_KIND, "npy") ? seeds_npy(pl, dir) : seeds_safetensors(pl, dir);
     ect_rmtree(dir);
@@ -532,6 +572,8 @@ static uint64_t get_le(const uint8_t *p, unsigned width)
  * time: the caller skips this now and then). */
 static void fixup(struct buf *b, size_t off, long delta)
 {
+    if (!strcmp(EC_FUZZ_KIND, "origin"))
+        return; /* fixed size: the target cuts or pads the input */
     if (!strcmp(EC_FUZZ_KIND, "proto")) {
         if (b->n >= EC_MSG_HDR)
             put_le(b->p + offsetof(ec_msg_hdr, body_len), 4,
