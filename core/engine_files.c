@@ -34,10 +34,8 @@ void eng_files_init(ec_engine *e)
     struct rlimit rl;
     uint64_t n = 256;
 
-    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY)
-        n = (uint64_t)rl.rlim_cur;
-    else if (getrlimit(RLIMIT_NOFILE, &rl) == 0)
-        n = 1u << 20;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0)
+        n = rl.rlim_cur == RLIM_INFINITY ? 1u << 20 : (uint64_t)rl.rlim_cur;
     e->files_max = n / 4 > 4 ? n / 4 : 4;
     e->files_open = 0;
 }

@@ -59,8 +59,8 @@ struct lists {
 struct ec_names {
     uint64_t changes;         /* ec_catalog_changes() when built */
     bool built;               /* the filter holds every name */
-    ec_u64map filter;         /* name hash -> (void *)1 */
-    ec_u64map lists;          /* model's name hash -> struct lists */
+    ec_u64map filter;         /* hash of a (model, version|alias|tensor) -> (void *)1 */
+    ec_u64map lists;          /* hash of a model -> struct lists: the known models */
     struct answer *answers[ANSWERS];
 };
 
@@ -92,16 +92,20 @@ static void lists_clear(ec_u64map *m)
     ec_u64map_free(m);
 }
 
+static void answer_free(struct answer *a)
+{
+    if (a) {
+        free(a->key);
+        free(a->msg);
+        free(a);
+    }
+}
+
 static void answers_clear(struct ec_names *n)
 {
     for (unsigned i = 0; i < ANSWERS; i++) {
-        struct answer *a = n->answers[i];
-        if (a) {
-            free(a->key);
-            free(a->msg);
-            free(a);
-            n->answers[i] = NULL;
-        }
+        answer_free(n->answers[i]);
+        n->answers[i] = NULL;
     }
 }
 
@@ -121,6 +125,8 @@ static int add_name(const ec_cat_name *c, void *arg)
     struct ec_names *n = arg;
     struct lists *l;
 
+    if (c->kind == 'M')
+        return 0; /* a model is known by its lists, below */
     if (c->kind != 'L')
         return ec_u64map_put(&n->filter, name_hash(c->model, c->kind, c->name), (void *)1);
     l = calloc(1, sizeof(*l));
@@ -178,8 +184,8 @@ static char *request_key(const char *model, const char *voa, const char *tensor,
 
 /* Is the request surely unknown? Only well-formed names are judged (the
  * catalog words the refusal of a malformed one); 0 when it may be known. */
-static int filter_refuses(ec_engine *e, const struct ec_names *n, const char *model,
-                          const char *voa, const char *tensor)
+static int filter_refuses(const struct ec_names *n, const char *model, const char *voa,
+                          const char *tensor)
 {
     const struct lists *l;
     char ver[24];
@@ -196,23 +202,21 @@ static int filter_refuses(ec_engine *e, const struct ec_names *n, const char *mo
     }
     if (*p && (p != voa || ec_catalog_check_name("alias", voa) < 0))
         return 0;
-    if (!ec_u64map_get(&n->filter, name_hash(model, 'M', NULL)))
+    if (!(l = ec_u64map_get(&n->lists, name_hash(model, 'M', NULL))))
         return ec_seterr(EC_ENOENT, "unknown model '%s'; 'embcache ls' lists models", model);
-    l = ec_u64map_get(&n->lists, name_hash(model, 'M', NULL));
     if (p != voa && !*p) {
         snprintf(ver, sizeof(ver), "%" PRIu64, v);
         if (!ec_u64map_get(&n->filter, name_hash(model, 'V', ver)))
             return ec_seterr(EC_ENOENT, "model '%s' has no version %s (versions: %s)", model,
-                             ver, l ? l->versions : "?");
+                             ver, l->versions);
     } else if (!ec_u64map_get(&n->filter, name_hash(model, 'A', voa))) {
         return ec_seterr(EC_ENOENT, "model '%s' has no alias '%s' (aliases: %s); use a version "
                                     "number or set the alias first",
-                         model, voa, l ? l->aliases : "?");
+                         model, voa, l->aliases);
     }
     if (!ec_u64map_get(&n->filter, name_hash(model, 'T', tensor)))
         return ec_seterr(EC_ENOENT, "model '%s' has no tensor '%s' in any version (tensors: %s)",
-                         model, tensor, l ? l->tensors : "?");
-    (void)e;
+                         model, tensor, l->tensors);
     return 0;
 }
 
@@ -246,7 +250,7 @@ int eng_names_resolve(ec_engine *e, const char *model, const char *voa, const ch
         }
         return ec_seterr(a->rc, "%s", a->msg ? a->msg : ec_strerror(a->rc));
     }
-    if ((rc = filter_refuses(e, n, model, voa, tensor)) != 0) {
+    if ((rc = filter_refuses(n, model, voa, tensor)) != 0) {
         free(key);
         e->st.name_filter_refusals++;
         return rc;
@@ -269,17 +273,9 @@ int eng_names_resolve(ec_engine *e, const char *model, const char *voa, const ch
         a->klen = klen;
         key = NULL;
         if (rc && !(a->msg = strdup(ec_last_error()))) {
-            free(a->key);
-            free(a);
-            a = NULL;
-        }
-        if (a) {
-            struct answer *old = n->answers[h & (ANSWERS - 1)];
-            if (old) {
-                free(old->key);
-                free(old->msg);
-                free(old);
-            }
+            answer_free(a);
+        } else {
+            answer_free(n->answers[h & (ANSWERS - 1)]);
             n->answers[h & (ANSWERS - 1)] = a;
         }
     }

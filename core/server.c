@@ -284,9 +284,10 @@ static void reap_stopped(server *s)
     for (size_t i = 0; i < s->conns.cap; i++) {
         struct conn *c = s->conns.vals[i];
         char state = 0;
+        uint32_t pins;
         if (!s->conns.keys[i])
             continue;
-        if (c->pid <= 0 || ec_engine_owner_pins(s->engine, c->id) == 0 ||
+        if (c->pid <= 0 || (pins = ec_engine_owner_pins(s->engine, c->id)) == 0 ||
             ec_proc_stat(c->pid, &state, NULL) < 0 || (state != 'T' && state != 't')) {
             c->stopped_since = 0;
             continue;
@@ -299,7 +300,7 @@ static void reap_stopped(server *s)
             continue;
         ec_warn("client %llu (pid %d) holds %u view(s) and has been stopped for %ld s "
                 "(--pin-lease %ld): revoking its views and disconnecting it",
-                (unsigned long long)c->id, (int)c->pid, ec_engine_owner_pins(s->engine, c->id),
+                (unsigned long long)c->id, (int)c->pid, pins,
                 (long)(now - c->stopped_since), s->cfg->pin_lease);
         if (c->session) {
             c->session->revoked_after = (uint32_t)s->cfg->pin_lease;
