@@ -241,6 +241,16 @@ uint64_t stat_of(ec_client *c, const char *name)
     return s.v;
 }
 
+uint64_t stat_wait(ec_client *c, const char *name, uint64_t want, double secs)
+{
+    double end = now_s() + secs;
+    uint64_t v;
+
+    while ((v = stat_of(c, name)) < want && now_s() < end)
+        usleep(10000);
+    return v;
+}
+
 /* ------------------------------------------------------------------ */
 /* Small helpers                                                        */
 

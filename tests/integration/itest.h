@@ -71,6 +71,9 @@ void gather_all_ok(ec_tensor *t, const struct table *tb);
 /* Several statistics in one request; a missing one fails the test. */
 void stats_get(ec_client *c, struct statv *s, size_t n);
 uint64_t stat_of(ec_client *c, const char *name);
+/* Poll a statistic every 10 ms until it is at least want or secs passed;
+ * its last value. */
+uint64_t stat_wait(ec_client *c, const char *name, uint64_t want, double secs);
 
 uint64_t splitmix(uint64_t *s);
 double now_s(void);

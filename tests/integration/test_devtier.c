@@ -151,19 +151,6 @@ static void stream_init(struct dstream *s, int dev)
     (void)dev;
 }
 
-/* Poll a statistic until it reaches at least `want` (~10 s at most). */
-static uint64_t stat_wait(ec_client *c, const char *name, uint64_t want)
-{
-    uint64_t v = 0;
-
-    for (int i = 0; i < 1000; i++) {
-        if ((v = stat_of(c, name)) >= want)
-            return v;
-        usleep(10000);
-    }
-    return v;
-}
-
 #define ROWS 8192u
 #define COLS 64u
 #define PART (64u * 1024u) /* 32 partitions of 256 rows */
@@ -230,7 +217,7 @@ static void test_tiers(void **state)
     assert_int_equal(prewarm_wait(c, "m", "1", EC_PREWARM_DEVICE, &p), 0);
     for (int i = 0; i < 2; i++) {
         snprintf(name, sizeof(name), "device%d_resident_partitions", dev[i]);
-        assert_int_equal(stat_wait(c, name, 32), 32);
+        assert_int_equal(stat_wait(c, name, 32, 10), 32);
     }
     before = stat_of(c, "client_rows_device_tier");
     for (int round = 0; round < 64; round++) {
@@ -516,7 +503,7 @@ static void test_restart(void **state)
     for (int k = 0; k < 64; k++)
         ids[k] = k * 97 % ROWS;
     assert_int_equal(prewarm_wait(c, "m", "1", EC_PREWARM_DEVICE, &p), 0);
-    assert_int_equal(stat_wait(c, "device0_resident_partitions", 32), 32);
+    assert_int_equal(stat_wait(c, "device0_resident_partitions", 32, 10), 32);
     assert_int_equal(dgather_check(t, ids, 64, &tb, 0, &s, d, h), 0);
 
     assert_int_equal(ect_daemon_stop(E.daemon), 0);
@@ -529,7 +516,7 @@ static void test_restart(void **state)
     c2 = connect_ok();
     t2 = resolve_ok(c2, "m", "1", "t");
     assert_int_equal(prewarm_wait(c2, "m", "1", EC_PREWARM_DEVICE, &p), 0);
-    assert_int_equal(stat_wait(c2, "device0_resident_partitions", 32), 32);
+    assert_int_equal(stat_wait(c2, "device0_resident_partitions", 32, 10), 32);
     assert_int_equal(dgather_check(t2, ids, 64, &tb, 0, &s, d, h), 0);
     assert_true(stat_of(c2, "client_rows_device_tier") >= 64);
     ec_tensor_release(t2);

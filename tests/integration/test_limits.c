@@ -33,17 +33,6 @@
 #define ROWS 2048
 #define COLS 16
 
-/* Wait up to secs for a statistic to reach at least want. */
-static uint64_t stat_wait(ec_client *c, const char *name, uint64_t want, double secs)
-{
-    double end = now_s() + secs;
-    uint64_t v;
-
-    while ((v = stat_of(c, name)) < want && now_s() < end)
-        usleep(50 * 1000);
-    return v;
-}
-
 /* A child that takes a view of (a, 1, a), reports on `up`, then waits for a
  * byte on `go` and exits 0 if ec_view_check() says `want` (and the view's
  * first row is still readable). Safe in children: no cmocka. */
