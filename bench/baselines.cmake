@@ -32,6 +32,13 @@ if(TARGET embcache-bench AND EC_BASELINE_SRC)
   target_compile_definitions(embcache-bench PRIVATE ${EC_BASELINE_DEFS})
 endif()
 
+# embcache-resultbench: the cache manager next to Redis (needs hiredis).
+if(HIREDIS_FOUND AND NOT TARGET embcache-resultbench)
+  add_executable(embcache-resultbench ${CMAKE_CURRENT_LIST_DIR}/resultbench.c)
+  target_link_libraries(embcache-resultbench PRIVATE ec_client PkgConfig::HIREDIS Threads::Threads)
+  add_dependencies(embcache-resultbench embcached)
+endif()
+
 if(EMBCACHE_TESTS AND NOT TARGET PkgConfig::CMOCKA)
   pkg_check_modules(CMOCKA QUIET IMPORTED_TARGET cmocka)
 endif()

@@ -335,6 +335,11 @@ static void client_teardown(ec_client *c)
         if (any && cl_be()->host_unregister)
             cl_be()->host_unregister(c->seg.base);
     }
+    for (struct carena *a = c->arenas, *next; a; a = next) {
+        next = a->next;
+        ec_segment_close(&a->seg);
+        free(a);
+    }
     if (c->session)
         munmap(c->session, EC_SESSION_SIZE);
     if (c->seg.base)

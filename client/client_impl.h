@@ -10,6 +10,9 @@
  *   client_device.c  gathers into GPU memory: device tier, slabs, epochs
  *   client_admin.c   administration: import, aliases, prewarm, retire,
  *                    policies, listings, statistics
+ *   client_results.c cached results: namespaces, reads, writes, leases,
+ *                    get_or_compute
+ *   client_context.c context windows: chained block keys over results
  *
  * Runs inside inference processes, on any of their threads: the hit path
  * takes no lock; requests to the daemon hold the client's mutex.
@@ -66,6 +69,15 @@ struct cdev {
     struct cslab *all;           /* guarded by the lock */
 };
 
+/* A private result arena this client mapped (read-only). Kept until the
+ * client goes: handles of namespaces in it read it without the lock. */
+struct carena {
+    ec_segment seg;
+    dev_t dev;
+    ino_t ino;
+    struct carena *next;
+};
+
 struct ec_client {
     _Atomic int refs;            /* the caller's, one per tensor and view */
     int sock;
@@ -79,6 +91,7 @@ struct ec_client {
     uint64_t forks;              /* cl_forks() when it connected */
     int pid;                     /* the process that connected */
     struct cdev dev[EC_SHM_MAX_DEVICES]; /* guarded by lock while set up */
+    struct carena *arenas;       /* guarded by lock */
     char socket_path[108];
     uint8_t sbuf[EC_MSG_MAX];
     uint8_t rbuf[EC_MSG_MAX];
@@ -140,6 +153,17 @@ void cl_count(_Atomic uint64_t *ctr, uint64_t v);
 int cl_gather_check(const ec_tensor *t, const int64_t *ids, size_t n, size_t out_size,
                     ec_dtype dst);
 int cl_gather_host(ec_tensor *t, const int64_t *ids, size_t n, void *out, ec_dtype dst);
+
+/* client_results.c */
+struct ec_results {
+    ec_client *c;
+    uint32_t slot;
+    uint64_t salt;
+    const ec_segment *seg;       /* where its records are: c->seg or an arena */
+    bool private_ns;
+    ec_session_ns *stat;         /* our counts in the session page, or NULL */
+    char name[EC_NS_NAME_MAX + 1];
+};
 
 /* client_device.c */
 bool cl_epochs_drained(ec_client *c);

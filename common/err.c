@@ -30,6 +30,7 @@ static const char *const names[] = {
     [18] = "EC_EINTERNAL: internal error",
     [19] = "EC_ECORRUPT: failed validation",
     [20] = "EC_EDEVICE: GPU error",
+    [21] = "EC_ETIMEOUT: timed out",
 };
 
 const char *ec_strerror(int err)

@@ -8,7 +8,8 @@
  * checksums; and the schema of the whole file, with its upgrades. The
  * partition files themselves belong to the importer; this module only
  * records their paths (relative to the data dir) and hands them back so the
- * caller can unlink them. Policies (catalog_policy.c), params JSON
+ * caller can unlink them. Policies (catalog_policy.c), the cache manager's
+ * namespaces (catalog_ns.c), params JSON
  * (catalog_json.c) and the SQLite plumbing (catalog_sql.c) are in their own
  * files; catalog_impl.h lists what they share.
  *
@@ -43,8 +44,8 @@
  * rare (imports, aliases, drops), so one fsync per commit costs nothing
  * that matters.
  *
- * Schema (PRAGMA user_version = 3; a newer version is refused with
- * EC_EVERSION; 1 and 2 are upgraded on open, in one transaction):
+ * Schema (PRAGMA user_version = 4; a newer version is refused with
+ * EC_EVERSION; 1, 2 and 3 are upgraded on open, in one transaction):
  *
  *   models(id INTEGER PRIMARY KEY, name TEXT UNIQUE)
  *   versions(id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -65,6 +66,13 @@
  *   tensor_policy(model_id -> models ON DELETE CASCADE, tensor TEXT
  *           ('' = every tensor of the model), mode 1..2 (ec_cache_mode),
  *           PRIMARY KEY(model_id, tensor)) WITHOUT ROWID        [schema 3]
+ *   namespaces(slot INTEGER PRIMARY KEY 0..EC_NS_MAX-1, name UNIQUE,
+ *           owner_uid, flags (EC_NS_SHARED), bind_model, bind_version
+ *           ('' unbound), bound_version, generation, salt (u64 bits),
+ *           ttl_us, stale_us, negative_ttl_us, jitter_ppm, lease_us,
+ *           max_computing, negative_max): the cache manager's namespaces,
+ *           read and written by catalog_ns.c; no foreign keys (a binding
+ *           names a model that may come and go)              [schema 4]
  *
  * Invariants:
  *  1. Tensor ids come from AUTOINCREMENT, so a committed id is never handed
@@ -100,7 +108,7 @@
 #include "common/dtype.h"
 #include "common/err.h"
 
-#define CAT_SCHEMA_VERSION 3
+#define CAT_SCHEMA_VERSION 4
 #define CAT_BUSY_TIMEOUT_MS 5000
 #define CAT_TENSOR_ID_LIMIT (INT64_C(1) << 32)
 #define CAT_PARTITIONS_MAX (UINT64_C(1) << 26) /* 512 MiB of checksums, < SQLite's 1e9 */
@@ -141,6 +149,21 @@ static uint64_t get_le64(const unsigned char *p)
     "  mode INTEGER NOT NULL CHECK(mode BETWEEN 1 AND 2),"                             \
     "  PRIMARY KEY(model_id, tensor)) WITHOUT ROWID;"
 
+/* Schema 4 adds the cache manager's namespaces (catalog_ns.c checks every
+ * value it reads; the CHECKs are a second line). */
+#define NAMESPACES_SQL                                                                 \
+    "CREATE TABLE namespaces("                                                         \
+    "  slot INTEGER PRIMARY KEY CHECK(slot BETWEEN 0 AND 383),"                        \
+    "  name TEXT NOT NULL UNIQUE, owner_uid INTEGER NOT NULL,"                         \
+    "  flags INTEGER NOT NULL CHECK(flags IN (0, 2)),"                                 \
+    "  bind_model TEXT NOT NULL DEFAULT '', bind_version TEXT NOT NULL DEFAULT '',"    \
+    "  bound_version INTEGER NOT NULL DEFAULT 0, generation INTEGER NOT NULL,"         \
+    "  salt INTEGER NOT NULL, ttl_us INTEGER NOT NULL, stale_us INTEGER NOT NULL,"     \
+    "  negative_ttl_us INTEGER NOT NULL, jitter_ppm INTEGER NOT NULL,"                 \
+    "  lease_us INTEGER NOT NULL, max_computing INTEGER NOT NULL,"                     \
+    "  negative_max INTEGER NOT NULL);"
+static_assert(EC_NS_MAX == 384 && EC_NS_SHARED == 2, "NAMESPACES_SQL's CHECKs");
+
 #define CAT_STR_(x) #x
 #define CAT_STR(x) CAT_STR_(x)
 
@@ -180,6 +203,7 @@ static const char schema_sql[] =
     "  UNIQUE(version_id, name));"
     MODEL_POLICY_SQL
     TENSOR_POLICY_SQL
+    NAMESPACES_SQL
     "PRAGMA user_version = " CAT_STR(CAT_SCHEMA_VERSION) ";";
 
 /* upgrades[i] takes schema i + 1 to i + 2. create_schema runs every one a
@@ -190,6 +214,7 @@ static const struct {
 } upgrades[] = {
     {MODEL_POLICY_SQL "PRAGMA user_version = 2;", "upgrade schema 1 to 2"},
     {TENSOR_POLICY_SQL "PRAGMA user_version = 3;", "upgrade schema 2 to 3"},
+    {NAMESPACES_SQL "PRAGMA user_version = 4;", "upgrade schema 3 to 4"},
 };
 static_assert(sizeof(upgrades) / sizeof(upgrades[0]) == CAT_SCHEMA_VERSION - 1,
                "one upgrade per schema version after 1");

@@ -4,7 +4,8 @@
  * Holds model versions (name, version, training round, params JSON), aliases
  * such as "current", tensors (dtype, shape, partitioning, partition file
  * and per-partition checksums), and the policies the engine applies to a
- * model: residency and per-tensor cache mode. Owned by the daemon: the
+ * model: residency and per-tensor cache mode; and the cache manager's
+ * namespaces of cached results (core/results.h). Owned by the daemon: the
  * server thread (the engine's handle) and the importer thread each open
  * their own ec_catalog (one sqlite3 connection each, WAL mode, busy
  * timeout), so each handle is used by one thread at a time. Every change is
@@ -55,11 +56,11 @@ typedef struct ec_cat_tensor {
 } ec_cat_tensor;
 
 /* Open (creating if needed) the catalog at path; creates the schema or
- * upgrades an older one (schema 1 or 2 to 3, in one transaction), sets WAL
- * and a busy timeout, and validates it (quick_check, foreign keys, every
- * version has tensors). EC_EIO / EC_ECORRUPT with SQLite's message or the
- * broken rule and how to recover, EC_EVERSION for a catalog written by a
- * newer embcached. */
+ * upgrades an older one (schema 1, 2 or 3 to 4, in one transaction), sets
+ * WAL and a busy timeout, and validates it (quick_check, foreign keys, every
+ * version has tensors, every namespace row valid). EC_EIO / EC_ECORRUPT
+ * with SQLite's message or the broken rule and how to recover, EC_EVERSION
+ * for a catalog written by a newer embcached. */
 int ec_catalog_open(const char *path, ec_catalog **out);
 void ec_catalog_close(ec_catalog *cat);
 /* Did this open create the schema (the file was new, or empty)? */
@@ -196,6 +197,59 @@ int ec_catalog_list_tensor_modes(ec_catalog *cat, const char *model,
                                  int (*cb)(const char *model, const char *tensor,
                                            ec_cache_mode mode, void *arg),
                                  void *arg);
+
+/* A namespace of cached results as the catalog keeps it (core/results.h). */
+typedef struct ec_catalog_ns {
+    uint32_t slot;                       /* 0..EC_NS_MAX-1, unique */
+    char name[EC_NS_NAME_MAX + 1];       /* unique */
+    uint32_t owner_uid;
+    uint32_t flags;                      /* EC_NS_SHARED */
+    char bind_model[EC_NAME_MAX + 1];    /* "" unbound */
+    char bind_version[EC_NAME_MAX + 1];
+    int64_t bound_version;               /* 0 unbound */
+    uint32_t generation;
+    uint64_t salt;
+    uint64_t ttl_us;
+    int64_t stale_us;
+    uint64_t negative_ttl_us;
+    int64_t jitter_ppm;
+    uint64_t lease_us;
+    uint32_t max_computing;
+    uint64_t negative_max;
+} ec_catalog_ns;
+
+/*
+ * Namespaces (core/catalog_ns.c), for the cache manager on the daemon's
+ * server thread. A valid ec_catalog_ns: slot < EC_NS_MAX; name passes
+ * ec_ns_name_ok(); flags only EC_NS_SHARED; bind_model "" with
+ * bind_version "" and bound_version 0 (unbound), or a model name
+ * (ec_catalog_check_name) with a version number or alias and
+ * bound_version >= 0 (0: the binding leads nowhere now); ttl_us,
+ * negative_ttl_us, lease_us and negative_max at most INT64_MAX. salt is
+ * kept bit for bit; stale_us and jitter_ppm may be negative. Bindings are
+ * not checked against the models: a bound model may come and go.
+ */
+
+/* Insert or replace the namespace of ns->slot (a name taken by another
+ * slot: EC_EEXIST). One transaction. Returns 0, EC_EINVAL (NULL, an
+ * invalid ns, or called from inside a catalog callback), EC_EEXIST naming
+ * the slot that has the name, or a storage error (catalog_sql.c). */
+int ec_catalog_ns_put(ec_catalog *cat, const ec_catalog_ns *ns);
+
+/* Delete it by name: EC_ENOENT when there is none. One transaction; also
+ * EC_EINVAL (NULL, or from inside a catalog callback) or a storage error. */
+int ec_catalog_ns_delete(ec_catalog *cat, const char *name);
+
+/* Call fn for every namespace in slot order; a row that fails validation
+ * (slot out of range, bad name, unknown flags, negative ints where
+ * unsigned) stops with EC_ECORRUPT and a message naming the row; fn's
+ * non-zero return stops and is returned. Rows are checked as they come, so
+ * fn has seen the rows before a bad one. ns is valid during the call only.
+ * fn runs inside a read transaction: it may read through the same handle
+ * but not change the catalog (EC_EINVAL). Returns 0 when every row was
+ * shown (none is not an error), EC_EINVAL for NULL arguments, or a storage
+ * error. */
+int ec_catalog_ns_each(ec_catalog *cat, int (*fn)(const ec_catalog_ns *ns, void *arg), void *arg);
 
 /* Call cb with every partition file path the catalog references (for the
  * start-up sweep that removes orphans). */

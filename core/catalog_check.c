@@ -2,8 +2,9 @@
  * catalog_check.c - is the catalog whole? Run by ec_catalog_open on every
  * open, before anything trusts it: SQLite's quick_check, the foreign keys,
  * and the invariants the schema cannot state (every version has a tensor,
- * every tensor a partition). A catalog that fails is refused with a
- * message that says how to recover; nothing is deleted on its word.
+ * every tensor a partition), and every namespace row (slot, name, flags and
+ * ranges, by catalog_ns.c's own reader). A catalog that fails is refused
+ * with a message that says how to recover; nothing is deleted on its word.
  *
  * Runs on whichever thread opens the handle (the daemon's server thread or
  * its importer thread, at start-up).
@@ -77,5 +78,11 @@ int cat_validate(ec_catalog *cat, const char *path)
             return ec_seterr(EC_ECORRUPT, "catalog %s is inconsistent: %s %s; " CAT_RECOVER_HINT,
                              path, buf, rules[i].what);
     }
+    /* Namespace rows, checked value by value as the cache manager reads them. */
+    err = cat_ns_check(cat);
+    if (err == EC_ECORRUPT)
+        return ec_adderr(err, "catalog %s is inconsistent", path);
+    if (err < 0)
+        return ec_adderr(EC_ECORRUPT, "catalog %s is damaged; " CAT_RECOVER_HINT, path);
     return 0;
 }

@@ -9,6 +9,7 @@
  *                     update_file, foreach_path, counts
  *   catalog_policy.c  policies the engine reads: per-model residency and
  *                     per-tensor cache mode
+ *   catalog_ns.c      the cache manager's namespaces: put, delete, each
  *   catalog_json.c    params JSON: validate, normalize, canonical form
  *   catalog_sql.c     SQLite plumbing: statements, binding, transactions,
  *                     error mapping, a growable string
@@ -67,6 +68,10 @@ bool cat_path_ok(const char *path, size_t maxlen);
 /* catalog_check.c: refuse a damaged or inconsistent catalog (EC_ECORRUPT
  * with how to recover); path is for the message. */
 int cat_validate(ec_catalog *cat, const char *path);
+
+/* catalog_ns.c: check every namespace row as ec_catalog_ns_each does
+ * (EC_ECORRUPT naming the first bad row). */
+int cat_ns_check(ec_catalog *cat);
 
 /* ------------------------------------------------------------------ */
 /* catalog_sql.c: SQLite plumbing                                      */

@@ -475,6 +475,13 @@ void ec_engine_set_epoch_source(ec_engine *e, uint64_t (*fn)(void *arg), void *a
     e->min_epoch_arg = arg;
 }
 ec_catalog *ec_engine_catalog(ec_engine *e) { return e->cat; }
+struct ec_itemstore *ec_engine_items(ec_engine *e) { return e->items; }
+void ec_engine_set_result_hook(ec_engine *e, void (*fn)(void *arg, uint64_t key, uint64_t bytes),
+                               void *arg)
+{
+    e->result_unpublished = fn;
+    e->result_arg = arg;
+}
 uint64_t ec_engine_generation(const ec_engine *e) { return e->generation; }
 int ec_engine_event_fd(const ec_engine *e) { return ec_pager_event_fd(e->pager); }
 const char *ec_engine_pager_name(const ec_engine *e) { return ec_pager_name(e->pager); }

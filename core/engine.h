@@ -83,6 +83,12 @@ void ec_engine_set_epoch_source(ec_engine *e, uint64_t (*fn)(void *arg), void *a
 uint64_t ec_engine_epoch_blocking(const ec_engine *e);
 uint64_t ec_engine_epoch_now(const ec_engine *e);
 ec_catalog *ec_engine_catalog(ec_engine *e);
+/* The item store (NULL: the segment has none), for the cache manager's
+ * results (core/results.h), and the call it gets when one of its items
+ * leaves the store (evicted, replaced, dropped). */
+struct ec_itemstore *ec_engine_items(ec_engine *e);
+void ec_engine_set_result_hook(ec_engine *e, void (*fn)(void *arg, uint64_t key, uint64_t bytes),
+                               void *arg);
 uint64_t ec_engine_generation(const ec_engine *e);
 
 /* The eventfd the server polls; readable when reads have finished. */

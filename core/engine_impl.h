@@ -244,6 +244,9 @@ struct ec_engine {
 
     /* Rows (engine_rows.c). */
     ec_itemstore *items;         /* NULL: the segment has no item index */
+    /* The cache manager's call when a result item leaves the store. */
+    void (*result_unpublished)(void *arg, uint64_t key, uint64_t bytes);
+    void *result_arg;
     ec_extents *staging;         /* of [staging_off, +staging_bytes): block reads */
     uint64_t staging_off, staging_bytes;
     ec_u64map row_inflight;      /* RUN_KEY -> struct rowjob */

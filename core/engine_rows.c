@@ -29,6 +29,7 @@
  */
 #include "engine.h"
 #include "core/engine_impl.h"
+#include "shm/results.h"
 
 #include <assert.h>
 #include <errno.h>
@@ -313,6 +314,9 @@ static bool item_valid(void *arg, uint64_t key, uint64_t value_bytes)
     ec_engine *e = arg;
     struct tstate *ts;
 
+    /* Results: the cache manager checks their namespaces when it opens. */
+    if (EC_ITEM_KEY_KIND(key) == EC_ITEM_KIND_RESULT)
+        return value_bytes >= sizeof(ec_result_hdr);
     if (EC_ITEM_KEY_KIND(key) != EC_ITEM_KIND_ROW ||
         eng_tensor_get(e, EC_ITEM_KEY_TENSOR(key), &ts) || ts->retired ||
         rows_refused(e, ts) || ts->policy == EC_CACHE_PARTITIONS ||
@@ -328,9 +332,16 @@ static bool item_valid(void *arg, uint64_t key, uint64_t value_bytes)
 static void item_evicted(void *arg, uint64_t key, uint64_t value_bytes)
 {
     ec_engine *e = arg;
-    struct tstate *ts = ec_u64map_get(&e->tensors, EC_ITEM_KEY_TENSOR(key));
+    struct tstate *ts;
 
-    (void)value_bytes;
+    if (EC_ITEM_KEY_KIND(key) == EC_ITEM_KIND_RESULT) {
+        if (e->result_unpublished)
+            e->result_unpublished(e->result_arg, key, value_bytes);
+        return;
+    }
+    if (EC_ITEM_KEY_KIND(key) != EC_ITEM_KIND_ROW)
+        return;
+    ts = ec_u64map_get(&e->tensors, EC_ITEM_KEY_TENSOR(key));
     if (ts && ts->rst.items)
         ts->rst.items--;
 }

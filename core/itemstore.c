@@ -655,6 +655,30 @@ int ec_items_remove(ec_itemstore *s, uint64_t key, uint64_t value_bytes)
     return 1;
 }
 
+int ec_items_remove_key(ec_itemstore *s, uint64_t key, uint64_t *value_bytes)
+{
+    ec_item_ref ref;
+    struct slab *sl;
+    uint32_t pos;
+    unsigned st;
+
+    if (ec_item_lookup(s->seg, key, 8, &ref) != 1)
+        return 0;
+    sl = slab_of(s, ref.off);
+    pos = sl ? pos_of(sl, ref.off) : UINT32_MAX;
+    if (pos == UINT32_MAX)
+        return 0;
+    st = ST(sl->meta[pos]);
+    if (st != ST_S && st != ST_M)
+        return 0;
+    if (value_bytes)
+        *value_bytes = sl->cls->value_bytes;
+    unpublish(s, sl, pos);
+    slot_free(sl->cls, sl, pos);
+    s->st.removed++;
+    return 1;
+}
+
 bool ec_items_has(const ec_itemstore *s, uint64_t key, uint64_t value_bytes)
 {
     ec_item_ref ref;

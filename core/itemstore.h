@@ -97,6 +97,10 @@ void ec_items_abandon(ec_itemstore *s, uint64_t off);
  * is replaced or purged, not evicted. 1 when it was there, else 0. */
 int ec_items_remove(ec_itemstore *s, uint64_t key, uint64_t value_bytes);
 
+/* The same for an item of any size: *value_bytes (may be NULL) says which
+ * class it was in. 1 when it was there, else 0. */
+int ec_items_remove_key(ec_itemstore *s, uint64_t key, uint64_t *value_bytes);
+
 /* Is key published? (The daemon's own lookup.) */
 bool ec_items_has(const ec_itemstore *s, uint64_t key, uint64_t value_bytes);
 

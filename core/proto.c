@@ -140,6 +140,32 @@ void ec_get_str(ec_rbuf *r, char *dst, size_t cap)
     r->pos += n;
 }
 
+void ec_put_bytes(ec_wbuf *w, const void *p, size_t n)
+{
+    if (n > UINT32_MAX) {
+        w->overflow = true;
+        return;
+    }
+    ec_put_u32(w, (uint32_t)n);
+    put(w, p, n);
+}
+
+uint32_t ec_get_bytes(ec_rbuf *r, const uint8_t **p, uint32_t max)
+{
+    uint32_t n = ec_get_u32(r);
+
+    *p = NULL;
+    if (r->bad)
+        return 0;
+    if (n > max || n > r->len - r->pos) {
+        r->bad = true;
+        return 0;
+    }
+    *p = n ? r->p + r->pos : NULL;
+    r->pos += n;
+    return n;
+}
+
 bool ec_rbuf_done(const ec_rbuf *r)
 {
     return !r->bad && r->pos == r->len;
@@ -346,4 +372,81 @@ int ec_msg_send_error(int sock, uint16_t op, uint32_t req_id, int status, const 
     ec_put_str(&w, text);
     len = ec_msg_end(&w);
     return ec_msg_send(sock, buf, len, NULL, 0, true);
+}
+
+/* ------------------------------------------------------------------ */
+/* Namespaces of results                                               */
+
+bool ec_ns_name_ok(const char *name)
+{
+    size_t n = name ? strlen(name) : 0;
+
+    if (n == 0 || n > EC_NS_NAME_MAX)
+        return false;
+    for (size_t i = 0; i < n; i++) {
+        char c = name[i];
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+              c == '.' || c == '_' || c == '-' || c == ':'))
+            return false;
+    }
+    return true;
+}
+
+void ec_put_ns_opts(ec_wbuf *w, const ec_proto_ns_opts *o)
+{
+    ec_put_u64(w, o->ttl_us);
+    ec_put_i64(w, o->stale_us);
+    ec_put_u64(w, o->negative_ttl_us);
+    ec_put_i64(w, o->jitter_ppm);
+    ec_put_u64(w, o->lease_us);
+    ec_put_u32(w, o->max_computing);
+    ec_put_u64(w, o->negative_max);
+}
+
+void ec_get_ns_opts(ec_rbuf *r, ec_proto_ns_opts *o)
+{
+    o->ttl_us = ec_get_u64(r);
+    o->stale_us = ec_get_i64(r);
+    o->negative_ttl_us = ec_get_u64(r);
+    o->jitter_ppm = ec_get_i64(r);
+    o->lease_us = ec_get_u64(r);
+    o->max_computing = ec_get_u32(r);
+    o->negative_max = ec_get_u64(r);
+}
+
+void ec_put_ns(ec_wbuf *w, const ec_proto_ns *ns)
+{
+    ec_put_str(w, ns->name);
+    ec_put_u32(w, ns->owner_uid);
+    ec_put_u32(w, ns->flags);
+    ec_put_u32(w, ns->generation);
+    ec_put_str(w, ns->bind_model);
+    ec_put_str(w, ns->bind_version);
+    ec_put_i64(w, ns->bound_version);
+    ec_put_ns_opts(w, &ns->opts);
+    ec_put_u32(w, EC_PROTO_NS_COUNTERS);
+    for (unsigned i = 0; i < EC_PROTO_NS_COUNTERS; i++)
+        ec_put_u64(w, ns->counters[i]);
+}
+
+int ec_get_ns(ec_rbuf *r, ec_proto_ns *ns)
+{
+    uint32_t n;
+
+    memset(ns, 0, sizeof(*ns));
+    ec_get_str(r, ns->name, sizeof(ns->name));
+    ns->owner_uid = ec_get_u32(r);
+    ns->flags = ec_get_u32(r);
+    ns->generation = ec_get_u32(r);
+    ec_get_str(r, ns->bind_model, sizeof(ns->bind_model));
+    ec_get_str(r, ns->bind_version, sizeof(ns->bind_version));
+    ns->bound_version = ec_get_i64(r);
+    ec_get_ns_opts(r, &ns->opts);
+    n = ec_get_u32(r);
+    if (r->bad || n != EC_PROTO_NS_COUNTERS || !ec_ns_name_ok(ns->name) ||
+        (ns->flags & ~(uint32_t)EC_NS_SHARED))
+        return ec_seterr(EC_EPROTO, "malformed namespace record in a NS_LIST reply");
+    for (unsigned i = 0; i < n; i++)
+        ns->counters[i] = ec_get_u64(r);
+    return r->bad ? ec_seterr(EC_EPROTO, "truncated namespace record in a NS_LIST reply") : 0;
 }

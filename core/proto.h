@@ -44,6 +44,25 @@
  *   MODE      str model, str tensor, u32 mode        (empty)
  *   UPGRADE   str model, str version                 u32 files rewritten, once the
  *                                                    version took them
+ *   NS_OPEN   str name, u32 flags, str bind_model,   u32 slot, u64 salt, u32 gen,
+ *             str bind_version, ec_proto_ns_opts     u32 private (1: + the fd of the
+ *                                                    caller's uid's result arena)
+ *   RES_LEASE u32 slot, u32 flags, bytes key,        u32 answer (EC_LEASE_*)
+ *             i64 seen (EARLY: the fresh_until
+ *             of the value refreshed; 0: any)
+ *   RES_PUT   u32 slot, u32 flags, u64 ttl_us,       (empty)
+ *             u32 compute_us, u32 dtype, u32 ndim,
+ *             ndim x u64 shape, bytes key,
+ *             u64 value_len, u32 inline, [bytes
+ *             value when inline, else fds[1]: a
+ *             file holding value_len bytes]
+ *   RES_RELEASE u32 slot, bytes key                  (empty)
+ *   RES_PURGE u32 slot, u32 all, bytes key           u64 removed
+ *   NS_LIST   u32 cursor                             u32 next, u32 n, n x namespace
+ *                                                    record (ec_proto_ns); next 0: done
+ *   NS_DROP   str name                               (empty)
+ *
+ * "bytes" is a u32 length and that many bytes.
  *
  * The tensor record (RESOLVE) ends with u32 mode: how the daemon caches
  * the tensor (ec_cache_mode); clients probe the partition index or the item
@@ -92,7 +111,14 @@ enum ec_op {
     EC_OP_TENSORS = 18,
     EC_OP_MODE = 19,
     EC_OP_UPGRADE = 20,
-    EC_OP_MAX_ = 21,
+    EC_OP_NS_OPEN = 21,
+    EC_OP_RES_LEASE = 22,
+    EC_OP_RES_PUT = 23,
+    EC_OP_RES_RELEASE = 24,
+    EC_OP_RES_PURGE = 25,
+    EC_OP_NS_LIST = 26,
+    EC_OP_NS_DROP = 27,
+    EC_OP_MAX_ = 28,
 };
 #define EC_OP_REPLY 0x8000u
 
@@ -154,6 +180,10 @@ int64_t ec_get_i64(ec_rbuf *r);
 /* Copy a string into dst (cap bytes incl. NUL); too long for dst or holding
  * a NUL marks r bad. */
 void ec_get_str(ec_rbuf *r, char *dst, size_t cap);
+/* "bytes": a u32 length and the bytes. ec_get_bytes points *p into the
+ * body (NULL for none); a length past the body or over max marks r bad. */
+void ec_put_bytes(ec_wbuf *w, const void *p, size_t n);
+uint32_t ec_get_bytes(ec_rbuf *r, const uint8_t **p, uint32_t max);
 /* True when the whole body was read and nothing was bad. */
 bool ec_rbuf_done(const ec_rbuf *r);
 
@@ -190,6 +220,46 @@ typedef struct ec_proto_tensor_stat {
 void ec_put_tensor_stat(ec_wbuf *w, const ec_proto_tensor_stat *t);
 /* Reads and validates (mode and policy known, names valid). 0 or EC_EPROTO. */
 int ec_get_tensor_stat(ec_rbuf *r, ec_proto_tensor_stat *t);
+
+/* A namespace's settings as NS_OPEN sends them (0: the default; stale_us
+ * and jitter_ppm < 0: none). */
+typedef struct ec_proto_ns_opts {
+    uint64_t ttl_us;
+    int64_t stale_us;
+    uint64_t negative_ttl_us;
+    int64_t jitter_ppm;
+    uint64_t lease_us;
+    uint32_t max_computing;
+    uint64_t negative_max;
+} ec_proto_ns_opts;
+
+/* A namespace name: 1..EC_NS_NAME_MAX of [A-Za-z0-9._:-]. */
+bool ec_ns_name_ok(const char *name);
+
+void ec_put_ns_opts(ec_wbuf *w, const ec_proto_ns_opts *o);
+void ec_get_ns_opts(ec_rbuf *r, ec_proto_ns_opts *o);
+
+/* Counters of a namespace in its NS_LIST record, in this order. */
+#define EC_PROTO_NS_COUNTERS 20u
+
+/* One namespace of the NS_LIST reply. */
+typedef struct ec_proto_ns {
+    char name[EC_NS_NAME_MAX + 1];
+    uint32_t owner_uid, flags, generation;
+    char bind_model[EC_NAME_MAX + 1];
+    char bind_version[EC_NAME_MAX + 1];
+    int64_t bound_version;
+    ec_proto_ns_opts opts;      /* the effective settings: no 0 defaults */
+    /* items, negative_items, bytes, hits, misses, negative_hits, stale_served,
+     * leases_granted, leases_waited, leases_passed, early_refreshes, computing,
+     * computing_peak, limited, puts, negative_puts, evictions, purged,
+     * invalidations, reserved */
+    uint64_t counters[EC_PROTO_NS_COUNTERS];
+} ec_proto_ns;
+
+void ec_put_ns(ec_wbuf *w, const ec_proto_ns *ns);
+/* Reads and validates (a valid name, flags known). 0 or EC_EPROTO. */
+int ec_get_ns(ec_rbuf *r, ec_proto_ns *ns);
 
 /* Send one message with optional fds. Returns 0, EC_ECONN (peer gone),
  * EC_EIO. nonblock: fail with EC_EIO/EAGAIN instead of waiting. */

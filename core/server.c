@@ -142,6 +142,7 @@ static void fold_session(server *s, struct conn *c)
         tc->rows += atomic_load_explicit(&p->tstat[k].rows, memory_order_relaxed);
         tc->hits += atomic_load_explicit(&p->tstat[k].hits, memory_order_relaxed);
     }
+    srv_results_fold(s, p);
 }
 
 /* Connections of a uid: adjust by delta, return the count after. */
@@ -172,6 +173,8 @@ void srv_conn_close(server *s, struct conn *c)
     if (c->session)
         munmap(c->session, EC_SESSION_SIZE);
     ec_engine_owner_close(s->engine, c->id);
+    if (s->results)
+        ec_resmgr_owner_close(s->results, c->id);
     ec_u64map_del(&s->conns, c->id);
     uid_count(s, c->uid, -1);
     free(c);
@@ -361,7 +364,7 @@ static bool op_is_admin(uint16_t op)
     }
 }
 
-static bool peer_admin(const server *s, uid_t uid)
+bool srv_peer_admin(const server *s, uid_t uid)
 {
     if (uid == 0 || uid == geteuid())
         return true;
@@ -901,13 +904,13 @@ static void conn_readable(server *s, struct conn *c)
         srv_conn_close(s, c);
         return;
     }
-    if (nfds && h.op != EC_OP_IMPORT) {
+    if (nfds && h.op != EC_OP_IMPORT && !(h.op == EC_OP_RES_PUT && nfds == 1)) {
         rc = ec_seterr(EC_EPROTO, "op %u does not take file descriptors", h.op);
     } else if (!c->hello && h.op != EC_OP_HELLO) {
         rc = ec_seterr(EC_EPROTO, "the first message must be HELLO (got op %u)", h.op);
     } else if (h.op & EC_OP_REPLY || h.status != 0) {
         rc = ec_seterr(EC_EPROTO, "a request must not carry a reply flag or a status");
-    } else if (op_is_admin(h.op) && !peer_admin(s, c->uid)) {
+    } else if (op_is_admin(h.op) && !srv_peer_admin(s, c->uid)) {
         rc = ec_seterr(EC_EPERM,
                        "uid %u may read from this embcached but not administer it (import, "
                        "alias, prewarm, evict, retire, refresh, policy, mode, upgrade); "
@@ -936,6 +939,13 @@ static void conn_readable(server *s, struct conn *c)
         case EC_OP_POLICY: rc = srv_h_policy(s, c, &body, h.req_id); break;
         case EC_OP_DEVICES: rc = srv_h_devices(s, c, &body, h.req_id); break;
         case EC_OP_IMPORT: rc = h_import(s, c, &body, h.req_id, fds, &nfds); break;
+        case EC_OP_NS_OPEN: rc = srv_h_ns_open(s, c, &body, h.req_id); break;
+        case EC_OP_RES_LEASE: rc = srv_h_res_lease(s, c, &body, h.req_id); break;
+        case EC_OP_RES_PUT: rc = srv_h_res_put(s, c, &body, h.req_id, fds, nfds); break;
+        case EC_OP_RES_RELEASE: rc = srv_h_res_release(s, c, &body, h.req_id); break;
+        case EC_OP_RES_PURGE: rc = srv_h_res_purge(s, c, &body, h.req_id); break;
+        case EC_OP_NS_LIST: rc = srv_h_ns_list(s, c, &body, h.req_id); break;
+        case EC_OP_NS_DROP: rc = srv_h_ns_drop(s, c, &body, h.req_id); break;
         default:
             rc = ec_seterr(EC_EPROTO, "unknown op %u: this embcached speaks ops 1..%d",
                            h.op, EC_OP_MAX_ - 1);
@@ -1153,6 +1163,10 @@ int ec_server_run(const ec_server_config *cfg)
     if (rc)
         goto out;
     ec_engine_set_epoch_source(s->engine, min_epoch, s);
+    rc = ec_resmgr_open(s->engine, &(ec_resmgr_config){.arena_bytes = cfg->result_arena},
+                        &s->results);
+    if (rc)
+        goto out;
     snprintf(catpath, sizeof(catpath), "%s/%s", cfg->data_dir, EC_CATALOG_FILE);
     rc = ec_catalog_open(catpath, &s->icat);
     if (rc)
@@ -1232,6 +1246,7 @@ int ec_server_run(const ec_server_config *cfg)
             reap_held(s);
             reap_stopped(s);
             ec_engine_tick(s->engine);
+            ec_resmgr_tick(s->results);
             last_tick = now;
         }
     }
@@ -1275,6 +1290,8 @@ out:
         char msg[EC_ERRMSG_MAX];
         snprintf(msg, sizeof(msg), "%s", ec_last_error());
         ec_catalog_close(s->icat);
+        ec_resmgr_close(s->results);
+        s->results = NULL;
         ec_engine_close(s->engine);
         if (rc)
             ec_seterr(rc, "%s", msg);

@@ -42,6 +42,8 @@ typedef struct ec_server_config {
     long pin_lease;                        /* seconds a stopped client keeps its views;
                                             * 0: for ever */
     uint64_t item_bytes;                   /* item index sizing; 0: default; UINT64_MAX: none */
+    uint64_t result_arena;                 /* bytes of each uid's private result arena;
+                                            * 0: 64 MiB */
 } ec_server_config;
 
 /* Run until SIGTERM or SIGINT. Returns 0 after a clean shutdown, or a

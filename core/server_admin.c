@@ -66,6 +66,7 @@ int srv_h_stats(server *s, struct conn *c, ec_rbuf *r, uint32_t req_id)
     x.w = &w;
     x.n = 0;
     ec_engine_stats(s->engine, put_stat, &x);
+    ec_resmgr_stats(s->results, put_stat, &x);
     put_stat("clients", s->conns.len, &x);
     put_stat("connections_accepted", s->st.accepted, &x);
     put_stat("connections_rejected", s->st.rejected, &x);
@@ -237,6 +238,9 @@ int srv_h_alias(server *s, struct conn *c, ec_rbuf *r, uint32_t req_id)
         return rc;
     ec_info("alias %s/%s -> version %lld (by pid %d)", model, alias, (long long)version,
             (int)c->pid);
+    /* Namespaces bound to the alias start their new generation before the
+     * mover hears that it moved. */
+    ec_resmgr_rebind(s->results);
     ec_msg_begin(&w, s->out, sizeof(s->out), EC_OP_ALIAS | EC_OP_REPLY, req_id, 0);
     srv_reply_send(s, c, ec_msg_end(&w), NULL, 0);
     return 0;

@@ -8,6 +8,8 @@
  *   server_admin.c  statistics and operator requests (STATS, TENSORS, LIST,
  *                   ALIAS, FIND, DEVICES, PREWARM, EVICT, REFRESH, POLICY,
  *                   MODE, RETIRE)
+ *   server_results.c the cache manager's requests (NS_OPEN, RES_LEASE,
+ *                   RES_PUT, RES_RELEASE, RES_PURGE, NS_LIST, NS_DROP)
  *
  * Everything runs on the server thread but the importer (server.c).
  */
@@ -25,6 +27,7 @@
 #include "core/engine.h"
 #include "core/import.h"
 #include "core/proto.h"
+#include "core/results.h"
 #include "core/server.h"
 
 #define ID_LISTEN 1
@@ -72,6 +75,7 @@ struct import_job {
 typedef struct server {
     const ec_server_config *cfg;
     ec_engine *engine;
+    ec_resmgr *results;
     int ep, lfd, sfd, ifd;
     ec_u64map conns;
     ec_u64map per_uid;   /* uid + 1 -> connections of that uid (as a uintptr_t) */
@@ -113,6 +117,19 @@ void srv_reply_error(server *s, struct conn *c, uint16_t op, uint32_t req_id, in
 void srv_conn_close(server *s, struct conn *c);
 int srv_bad_body(uint16_t op);
 int srv_outstanding_take(struct conn *c);
+bool srv_peer_admin(const server *s, uid_t uid);
+
+/* server_results.c */
+int srv_h_ns_open(server *s, struct conn *c, ec_rbuf *r, uint32_t req_id);
+int srv_h_res_lease(server *s, struct conn *c, ec_rbuf *r, uint32_t req_id);
+int srv_h_res_put(server *s, struct conn *c, ec_rbuf *r, uint32_t req_id, const int *fds,
+                  int nfds);
+int srv_h_res_release(server *s, struct conn *c, ec_rbuf *r, uint32_t req_id);
+int srv_h_res_purge(server *s, struct conn *c, ec_rbuf *r, uint32_t req_id);
+int srv_h_ns_list(server *s, struct conn *c, ec_rbuf *r, uint32_t req_id);
+int srv_h_ns_drop(server *s, struct conn *c, ec_rbuf *r, uint32_t req_id);
+/* Fold a closing session's per-namespace counts into the cache manager. */
+void srv_results_fold(server *s, const ec_session_page *p);
 
 /* server_admin.c: the handlers of statistics and operator requests */
 int srv_h_stats(server *s, struct conn *c, ec_rbuf *r, uint32_t req_id);

@@ -76,7 +76,8 @@ extern "C" {
 #define EC_EINTERNAL -18  /**< an invariant failed; a bug, please report */
 #define EC_ECORRUPT  -19  /**< shared segment or file failed validation */
 #define EC_EDEVICE   -20  /**< a GPU call failed: wrong device, device lost, out of memory */
-#define EC_E_LAST    -20
+#define EC_ETIMEOUT  -21  /**< waited as long as allowed (another's computation) */
+#define EC_E_LAST    -21
 
 /** Supported element types. Values are stable: they go on disk and wire. */
 typedef enum ec_dtype {
@@ -586,4 +587,8 @@ EC_API int ec_client_tensor_stats(ec_client *c, ec_tensor_stats_cb cb, void *arg
 #ifdef __cplusplus
 }
 #endif
+
+/* Cached results and context windows. */
+#include "embcache_results.h"
+
 #endif /* EMBCACHE_H */

@@ -59,6 +59,16 @@
  *           fence; seq == s1 or retry; compare the key at the item; copy the
  *           value; acquire fence; seq == s1, or the copy may be torn: retry.
  *
+ * Results (shm/results.h): items whose key has EC_ITEM_KIND_RESULT, each a
+ * record of a namespace's slot and generation, the key in full and the
+ * value. The header's ns[slot] says the namespace's current generation: a
+ * reader treats a record of another generation as a miss, so an
+ * invalidation (gen bumped) takes effect at once, before its items are
+ * dropped. ns[slot].wake is a futex word: waiters for a result sleep on it
+ * (FUTEX_WAIT only reads), the daemon bumps it and wakes them. A private
+ * namespace's records live in its owner's arena: a segment of the same
+ * layout that only that uid maps; its generation stays here.
+ *
  * Device tier: the daemon copies hot partitions of the host tier into a
  * cudaMalloc slab per GPU (inclusive: a partition on a GPU is also in the
  * data area) and publishes them in that GPU's device index with the same
@@ -89,8 +99,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "embcache.h"
+
 #define EC_SHM_MAGIC 0x31454843424d4545ULL /* "EEMBCHE1" little-endian */
-#define EC_SHM_LAYOUT_VERSION 3u
+#define EC_SHM_LAYOUT_VERSION 4u
 #define EC_SHM_PAGE 4096u
 #define EC_SHM_HEADER_SIZE 4096u
 #define EC_SHM_MIN_SLOTS 64u
@@ -111,6 +123,15 @@ typedef struct ec_shm_device {
 } ec_shm_device;
 
 static_assert(sizeof(ec_shm_device) == 64, "device record is 64 bytes");
+
+/* One namespace of results, in the header (layout.h "Results"). */
+typedef struct ec_shm_ns {
+    _Atomic uint32_t gen;             /* 0: no namespace in this slot */
+    _Atomic uint32_t wake;            /* bumped (and futex-woken) when a result is
+                                       * stored or a lease ends */
+} ec_shm_ns;
+
+#define EC_SHM_NS_OFF 1024u
 
 /* Index entry flags. */
 #define EC_ENTRY_RESIDENT 0x1u /* offset/length describe valid, checked data */
@@ -148,6 +169,10 @@ typedef struct ec_shm_header {
     uint32_t pad3;
     uint8_t reserved3[48];
     ec_shm_device dev[EC_SHM_MAX_DEVICES];
+    uint8_t reserved4[EC_SHM_NS_OFF - 320 - EC_SHM_MAX_DEVICES * sizeof(ec_shm_device)];
+
+    /* Namespaces of results (layout.h "Results"), by slot. */
+    ec_shm_ns ns[EC_NS_MAX];
 } ec_shm_header;
 
 static_assert(offsetof(ec_shm_header, item_off) == 64, "header layout");
@@ -155,6 +180,7 @@ static_assert(offsetof(ec_shm_header, generation) == 128, "header layout");
 static_assert(offsetof(ec_shm_header, used_bytes) == 192, "header layout");
 static_assert(offsetof(ec_shm_header, epoch) == 256, "header layout");
 static_assert(offsetof(ec_shm_header, dev) == 320, "header layout");
+static_assert(offsetof(ec_shm_header, ns) == EC_SHM_NS_OFF, "header layout");
 static_assert(sizeof(ec_shm_header) <= EC_SHM_HEADER_SIZE, "header fits its page");
 
 typedef struct ec_index_entry {
@@ -220,12 +246,20 @@ static_assert(sizeof(ec_slab_header) == EC_SLAB_HEADER, "slab header size");
  * only lie about itself) and validates every ring entry before use.
  */
 #define EC_SESSION_MAGIC 0x31535345434d4545ULL /* "EEMCESS1" */
-#define EC_SESSION_VERSION 3u
+#define EC_SESSION_VERSION 4u
 #define EC_SESSION_SIZE 262144u
 #define EC_SESSION_RING 32000u
 #define EC_SESSION_EPOCH_SLOTS 64u
 
 #define EC_SESSION_TENSORS 32u
+#define EC_SESSION_NS 32u
+
+/* A namespace's counts in a session page (slot + 1; 0: free). */
+typedef struct ec_session_ns {
+    _Atomic uint32_t slot1;
+    uint32_t pad;
+    _Atomic uint64_t hits, misses, negative_hits, stale;
+} ec_session_ns;
 
 typedef struct ec_session_tensor {
     _Atomic uint32_t tensor;   /* 0: free */
@@ -275,6 +309,9 @@ typedef struct ec_session_page {
      * resolved, or shares the slot of its tensor; tensors past the last slot
      * are counted in the totals above only. Untrusted, like the rest. */
     ec_session_tensor tstat[EC_SESSION_TENSORS];
+
+    /* Result lookups per namespace, claimed like tstat. Untrusted. */
+    ec_session_ns nsstat[EC_SESSION_NS];
 } ec_session_page;
 
 /* Why the daemon revoked a session (ec_session_page.revoked). */

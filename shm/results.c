@@ -24,9 +24,10 @@ void ec_result_key_of(uint64_t salt, uint32_t ns, const void *key, size_t key_le
                       ec_result_key *out)
 {
     XXH128_hash_t h = XXH3_128bits_withSeed(key, key_len, salt ^ ec_mix64((uint64_t)ns + 1));
-    uint64_t low = h.low64 & ((1ull << 62) - 1);
+    uint64_t low = h.low64 & EC_RESULT_HASH_MASK;
 
-    out->item_key = (EC_ITEM_KIND_RESULT << 62) | (low ? low : 1);
+    out->item_key = (EC_ITEM_KIND_RESULT << 62) | ((uint64_t)(ns & EC_RESULT_NS_MASK) << 53) |
+                    (low ? low : 1);
     out->hash_hi = h.high64;
 }
 
@@ -91,6 +92,13 @@ int ec_result_read(const ec_segment *seg, const ec_result_key *k, uint32_t ns, u
                    const void *key, size_t key_len, int64_t now_ns, void *out, size_t cap,
                    ec_result_hdr *hdr)
 {
+    return ec_result_read_at(seg, k, ns, ns_gen, key, key_len, now_ns, out, cap, hdr, NULL);
+}
+
+int ec_result_read_at(const ec_segment *seg, const ec_result_key *k, uint32_t ns,
+                      uint32_t ns_gen, const void *key, size_t key_len, int64_t now_ns,
+                      void *out, size_t cap, ec_result_hdr *hdr, uint64_t *off)
+{
     for (int tries = 0; tries < READ_TRIES; tries++) {
         ec_item_ref ref;
         ec_result_hdr h;
@@ -116,7 +124,7 @@ int ec_result_read(const ec_segment *seg, const ec_result_key *k, uint32_t ns, u
             state = EC_RESULT_MISS;
         else
             state = now_ns < h.fresh_until_ns ? EC_RESULT_FRESH : EC_RESULT_STALE;
-        if (state != EC_RESULT_MISS && h.value_len > cap) {
+        if (state != EC_RESULT_MISS && out && h.value_len > cap) {
             if (!ec_item_still_valid(&ref))
                 continue;
             if (hdr)
@@ -124,12 +132,14 @@ int ec_result_read(const ec_segment *seg, const ec_result_key *k, uint32_t ns, u
             return ec_seterr(EC_ETOOBIG, "a result of %u bytes does not fit in %zu",
                              h.value_len, cap);
         }
-        if (state != EC_RESULT_MISS && h.value_len)
+        if (state != EC_RESULT_MISS && out && h.value_len)
             memcpy(out, v + sizeof(h) + KEY_PAD(key_len), h.value_len);
         if (!ec_item_still_valid(&ref))
             continue;
         if (state != EC_RESULT_MISS && hdr)
             *hdr = h;
+        if (off)
+            *off = ref.off;
         return state;
     }
     return EC_RESULT_MISS;

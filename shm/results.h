@@ -4,9 +4,10 @@
  * key, and the reader's lookup (the cache-manager issue builds its
  * namespaces, TTLs, leases and invalidation on these).
  *
- * A result item's key is EC_ITEM_KIND_RESULT in its top two bits and 62
- * bits of the 128-bit XXH3 hash of the key bytes, seeded by the
- * namespace's salt and slot; its value is a record:
+ * A result item's key is EC_ITEM_KIND_RESULT in its top two bits, the
+ * namespace's slot in the next 9 and 53 bits of the 128-bit XXH3 hash of
+ * the key bytes, seeded by the namespace's salt and slot; its value is a
+ * record:
  *
  *   ec_result_hdr (120 bytes) | key bytes, padded to 8 | value bytes
  *
@@ -31,6 +32,11 @@
 #include "segment.h"
 
 #define EC_ITEM_KIND_RESULT 2ull
+#define EC_RESULT_NS_MASK 0x1ffu
+#define EC_RESULT_HASH_MASK ((1ull << 53) - 1)
+/* The namespace slot of a result item's key. */
+#define EC_RESULT_KEY_NS(key) ((uint32_t)((key) >> 53) & EC_RESULT_NS_MASK)
+_Static_assert(EC_NS_MAX <= EC_RESULT_NS_MASK + 1, "namespace slots fit the item key");
 
 /* ec_result_hdr.flags */
 #define EC_RESULT_NEGATIVE 0x1u /* "no result" was the answer: no value bytes */
@@ -94,5 +100,11 @@ enum ec_result_state {
 int ec_result_read(const ec_segment *seg, const ec_result_key *k, uint32_t ns, uint32_t ns_gen,
                    const void *key, size_t key_len, int64_t now_ns, void *out, size_t cap,
                    ec_result_hdr *hdr);
+
+/* The same, also saying where the item is (*off, on FRESH or STALE), for
+ * the access hint a client sends. */
+int ec_result_read_at(const ec_segment *seg, const ec_result_key *k, uint32_t ns,
+                      uint32_t ns_gen, const void *key, size_t key_len, int64_t now_ns,
+                      void *out, size_t cap, ec_result_hdr *hdr, uint64_t *off);
 
 #endif

@@ -158,6 +158,11 @@ class DeviceError(EmbcacheError):
     code = L.EC_EDEVICE
 
 
+class TimeoutError(EmbcacheError, builtins.TimeoutError):
+    """EC_ETIMEOUT: waited as long as allowed for another caller's computation."""
+    code = L.EC_ETIMEOUT
+
+
 class ReleasedError(EmbcacheError, ValueError):
     """A view, tensor or client was used after it was released or closed."""
     code = L.EC_EINVAL
@@ -173,7 +178,8 @@ _CLASSES: Dict[int, Type[EmbcacheError]] = {
         InvalidArgumentError, OutOfMemoryError, EmbcacheIOError, NotFoundError,
         OutOfRangeError, ChecksumError, ProtocolError, ConnectionError, ExistsError,
         FormatError, DTypeError, NoSpaceError, PermissionError, BusyError, StaleError,
-        VersionMismatchError, TooBigError, InternalError, CorruptError, DeviceError)
+        VersionMismatchError, TooBigError, InternalError, CorruptError, DeviceError,
+        TimeoutError)
 }
 
 _NAMES: Dict[int, str] = {

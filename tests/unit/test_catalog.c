@@ -831,10 +831,10 @@ static void test_newer_schema_refused(void **state)
 
     ec_catalog_close(f->cat);
     f->cat = NULL;
-    raw_sql(f->path, "PRAGMA user_version = 4");
+    raw_sql(f->path, "PRAGMA user_version = 5");
     assert_int_equal(ec_catalog_open(f->path, &cat), EC_EVERSION);
-    assert_msg("catalog schema version 4 is newer than this embcached understands (3)");
-    raw_sql(f->path, "PRAGMA user_version = 3");
+    assert_msg("catalog schema version 5 is newer than this embcached understands (4)");
+    raw_sql(f->path, "PRAGMA user_version = 4");
     reopen(f);
 }
 
@@ -850,10 +850,10 @@ static void test_schema_1_upgraded(void **state)
     assert_int_equal(add(f->cat, "m", 1, -1, NULL, two, 2, NULL), 0);
     ec_catalog_close(f->cat);
     f->cat = NULL;
-    raw_sql(f->path, "DROP TABLE tensor_policy; DROP TABLE model_policy; "
-                     "PRAGMA user_version = 1");
+    raw_sql(f->path, "DROP TABLE namespaces; DROP TABLE tensor_policy; "
+                     "DROP TABLE model_policy; PRAGMA user_version = 1");
     reopen(f);
-    assert_int_equal(raw_int(f->path, "PRAGMA user_version"), 3);
+    assert_int_equal(raw_int(f->path, "PRAGMA user_version"), 4);
     assert_int_equal(ec_catalog_set_tensor_mode(f->cat, "m", NULL, EC_CACHE_ROWS), 0);
     assert_int_equal(ec_catalog_version_of(f->cat, "m", "1", &v), 0);
     assert_int_equal(v, 1);
@@ -890,9 +890,9 @@ static void test_failed_upgrade_changes_nothing(void **state)
                                       "WHERE name = 'model_policy'"),
                      0);
     /* Once the cause is gone, it upgrades. */
-    raw_sql(f->path, "DROP TABLE tensor_policy");
+    raw_sql(f->path, "DROP TABLE tensor_policy; DROP TABLE namespaces");
     reopen(f);
-    assert_int_equal(raw_int(f->path, "PRAGMA user_version"), 3);
+    assert_int_equal(raw_int(f->path, "PRAGMA user_version"), 4);
     list_all(f->cat, NULL, &l);
     assert_string_equal(l.text, "m:1:-1:{}:;");
 }
@@ -1176,7 +1176,7 @@ static void test_tensor_mode_corrupt_detected(void **state)
  * A schema-2 catalog, as embcached wrote it before cache modes: the DDL
  * below is a frozen copy of schema 2 (not derived from catalog.c, which
  * moves on), with one model, version, alias, tensor and residency policy.
- * Opening it upgrades it to 3 in place and keeps all of that.
+ * Opening it upgrades it to 4 in place and keeps all of that.
  */
 static const char schema2_sql[] =
     "CREATE TABLE models(id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE);"
@@ -1224,7 +1224,7 @@ static void test_schema_2_upgraded(void **state)
     raw_sql(path, schema2_sql);
     if (ec_catalog_open(path, &cat) != 0)
         fail_msg("open schema 2: %s", ec_last_error());
-    assert_int_equal(raw_int(path, "PRAGMA user_version"), 3);
+    assert_int_equal(raw_int(path, "PRAGMA user_version"), 4);
 
     /* Everything it held is still there. */
     list_all(cat, NULL, &l);
@@ -1245,7 +1245,7 @@ static void test_schema_2_upgraded(void **state)
     ec_catalog_close(cat);
     cat = NULL;
 
-    /* Open again: already 3, nothing to upgrade; the mode is kept and new
+    /* Open again: already 4, nothing to upgrade; the mode is kept and new
      * tensor ids continue after the old ones. */
     if (ec_catalog_open(path, &cat) != 0)
         fail_msg("reopen upgraded: %s", ec_last_error());
