@@ -8,6 +8,10 @@ memory, into numpy arrays and torch tensors, without copies through the daemon.
         with t.view() as w:                       # the whole tensor, zero-copy
             weights = w.numpy()                   # read-only array over shared memory
 
+``client.results(name)`` opens a namespace of cached inference results
+(computed once for every process: ``get_or_compute``) and context windows;
+``@embcache.cached(name)`` caches a function's results in one.
+
 ``embcache.torch.CachedEmbedding`` is a drop-in for ``torch.nn.Embedding`` /
 ``EmbeddingBag`` whose rows come from embcache. The package is a thin ctypes
 binding of libembcache (include/embcache.h); it finds the library through
@@ -15,6 +19,7 @@ binding of libembcache (include/embcache.h); it finds the library through
 """
 
 from ._client import Client, Tensor, View, connect
+from ._results import NO_RESULT, Result, Results, cached, encode_key
 from .errors import (BusyError, ChecksumError, CorruptError, DeviceError, DTypeError,
                      EmbcacheError, EmbcacheIOError, ExistsError, FormatError, InternalError,
                      InvalidArgumentError, LibraryError, NoSpaceError, NotFoundError,
@@ -24,11 +29,13 @@ from .errors import (BusyError, ChecksumError, CorruptError, DeviceError, DTypeE
 # out of __all__ so that `from embcache import *` does not shadow the builtins.
 from .errors import ConnectionError as ConnectionError  # noqa: A001
 from .errors import PermissionError as PermissionError  # noqa: A001
+from .errors import TimeoutError as TimeoutError  # noqa: A001
 
 __version__ = "0.1.0"
 
 __all__ = [
     "connect", "Client", "Tensor", "View", "library_path", "library_version", "__version__",
+    "Results", "Result", "NO_RESULT", "cached", "encode_key",
     "EmbcacheError", "InvalidArgumentError", "OutOfMemoryError", "EmbcacheIOError",
     "NotFoundError", "OutOfRangeError", "ChecksumError", "ProtocolError",
     "ExistsError", "FormatError", "DTypeError", "NoSpaceError",

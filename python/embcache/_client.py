@@ -599,6 +599,64 @@ class Client:
         self._call(lambda p: lib.ec_model_find(p, m, int(round), pj, byref(out)))
         return int(out.value)
 
+    # -- results namespaces (include/embcache_results.h; see _results.py) ----
+
+    def results(self, name: str, *, create: bool = True, shared: bool = False,
+                configure: bool = False, bind: Union[None, str, Tuple[str, Any]] = None,
+                ttl: Optional[float] = None, stale_ttl: Optional[float] = None,
+                negative_ttl: Optional[float] = None, jitter: Optional[float] = None,
+                lease_time: Optional[float] = None, max_computing: Optional[int] = None,
+                negative_max: Optional[int] = None) -> Any:
+        """Open results namespace ``name`` as a :class:`embcache.Results`.
+
+        Args:
+            name: letters, digits, '.', '_', '-', ':' (at most 63 bytes).
+            create: create it when it does not exist (owned by this uid).
+            shared: create it open to every uid the daemon serves.
+            configure: apply the options below to an existing namespace (its
+                owner only); without it they count only when it is created.
+            bind: "model/version_or_alias" (just "model": its "current") or
+                (model, version): results are dropped, never served, once the
+                alias moves or the version is retired.
+            ttl: seconds a result is fresh. stale_ttl: seconds past that it
+                may still be served stale (0: never). negative_ttl: seconds a
+                "no result" is kept. jitter: each TTL spread by +- this
+                fraction (0: none). lease_time: seconds a computation may take
+                before its lease passes to a waiter. max_computing: leases
+                held at once. negative_max: most "no result" entries kept.
+                None: the daemon's default (300 s, 60 s, 30 s, 0.1, 30 s, 64,
+                65536).
+
+        Raises:
+            NotFoundError: no such namespace and not ``create``, or a binding to
+                an unknown model or alias. PermissionError: another uid's.
+            InvalidArgumentError: a bad name or option. NoSpaceError: too many
+                namespaces.
+        """
+        from ._results import Results
+        return Results(self, name, create=create, shared=shared, configure=configure,
+                       bind=bind, ttl=ttl, stale_ttl=stale_ttl, negative_ttl=negative_ttl,
+                       jitter=jitter, lease_time=lease_time, max_computing=max_computing,
+                       negative_max=negative_max)
+
+    def results_list(self) -> List[Dict[str, Any]]:
+        """The results namespaces this client may open (an administrator: all),
+        one dict each, with the fields of Results.stats()."""
+        from ._results import _list
+        out: List[Dict[str, Any]] = []
+        self._call(lambda p: _list(self._lib, p, out))
+        return out
+
+    def results_drop(self, name: str) -> None:
+        """Delete results namespace ``name`` and its results (its owner only).
+
+        Raises:
+            NotFoundError, PermissionError.
+        """
+        fn = self._lib.need("ec_results_drop")
+        n = _b(name, "namespace name")
+        self._call(lambda p: fn(p, n), retry=False)
+
 
 def connect(socket: Optional[PathLike] = None, *, reconnect: bool = True) -> Client:
     """Connect to embcached; the client is a context manager.

@@ -93,6 +93,30 @@ EC_CACHE_ROWS = 2
 CACHE_MODES = {"auto": EC_CACHE_AUTO, "partitions": EC_CACHE_PARTITIONS, "rows": EC_CACHE_ROWS}
 CACHE_MODE_NAMES = {v: k for k, v in CACHE_MODES.items()}
 
+# include/embcache_results.h
+EC_NS_NAME_MAX = 63
+EC_RES_KEY_MAX = 4096
+EC_NS_MAX = 384
+
+EC_NS_CREATE = 0x1
+EC_NS_SHARED = 0x2
+EC_NS_CONFIGURE = 0x4
+
+EC_RES_NEGATIVE = 0x1       # ec_result_meta.flags, ec_result_value.flags
+EC_RES_TENSOR = 0x2
+
+EC_RES_FRESH = 1            # ec_result_meta.state
+EC_RES_STALE = 2
+
+EC_RES_ALLOW_STALE = 0x1    # flags of reads
+EC_RES_NO_EARLY = 0x2
+EC_RES_EARLY = 0x4
+
+EC_LEASE_GRANTED = 1        # ec_results_lease() answers
+EC_LEASE_WAIT = 2
+EC_LEASE_FOUND = 3
+EC_LEASE_STALE = 4
+
 # dlpack/dlpack.h (DLPACK_VERSION 60, the legacy DLManagedTensor)
 KDL_CPU = 1
 KDL_CUDA = 2
@@ -227,6 +251,88 @@ class DLManagedTensor(ctypes.Structure):
     ]
 
 
+class NsOpts(ctypes.Structure):
+    """ec_ns_opts."""
+    _fields_ = [
+        ("flags", c_uint32),
+        ("bind_model", c_char_p),
+        ("bind_version", c_char_p),
+        ("ttl", c_double),
+        ("stale_ttl", c_double),
+        ("negative_ttl", c_double),
+        ("jitter", c_double),
+        ("lease_time", c_double),
+        ("max_computing", c_uint32),
+        ("negative_max", c_uint64),
+    ]
+
+
+class ResultMeta(ctypes.Structure):
+    """ec_result_meta."""
+    _fields_ = [
+        ("state", c_int),
+        ("flags", c_uint32),
+        ("len", c_size_t),
+        ("dtype", c_int),
+        ("ndim", c_uint32),
+        ("shape", c_int64 * EC_MAX_DIMS),
+        ("ttl_left", c_double),
+        ("compute_us", c_uint32),
+    ]
+
+
+class ResultValue(ctypes.Structure):
+    """ec_result_value."""
+    _fields_ = [
+        ("data", c_void_p),
+        ("len", c_size_t),
+        ("flags", c_uint32),
+        ("dtype", c_int),
+        ("ndim", c_uint32),
+        ("shape", c_int64 * EC_MAX_DIMS),
+        ("ttl", c_double),
+        ("compute_us", c_uint32),
+    ]
+
+
+class ComputeOpts(ctypes.Structure):
+    """ec_compute_opts."""
+    _fields_ = [
+        ("flags", c_uint32),
+        ("wait", c_double),
+        ("beta", c_double),
+    ]
+
+
+class NsInfo(ctypes.Structure):
+    """ec_ns_info."""
+    _fields_ = [
+        ("name", c_char_p),
+        ("owner_uid", c_uint32),
+        ("flags", c_uint32),
+        ("bind_model", c_char_p),
+        ("bind_version", c_char_p),
+        ("bound_version", c_int64),
+        ("generation", c_uint32),
+        ("ttl", c_double),
+        ("stale_ttl", c_double),
+        ("negative_ttl", c_double),
+        ("jitter", c_double),
+        ("lease_time", c_double),
+        ("max_computing", c_uint32),
+        ("negative_max", c_uint64),
+    ] + [(n, c_uint64) for n in (
+        "items", "negative_items", "bytes",
+        "hits", "misses", "negative_hits", "stale_served",
+        "leases_granted", "leases_waited", "leases_passed", "early_refreshes",
+        "computing", "computing_peak", "limited",
+        "puts", "negative_puts", "evictions", "purged", "invalidations")]
+
+
+# ec_compute_fn(arg, key, key_len, out) and ec_ns_cb(ns, arg)
+ComputeFn = CFUNCTYPE(c_int, c_void_p, c_void_p, c_size_t, POINTER(ResultValue))
+NsCallback = CFUNCTYPE(c_int, POINTER(NsInfo), c_void_p)
+
 ListCallback = CFUNCTYPE(c_int, POINTER(VersionInfo), POINTER(TensorListing), c_void_p)
 StatCallback = CFUNCTYPE(c_int, c_char_p, c_uint64, c_void_p)
 TensorStatsCallback = CFUNCTYPE(c_int, POINTER(TensorStats), c_void_p)
@@ -274,6 +380,27 @@ SIGNATURES: Dict[str, Tuple[Any, List[Any]]] = {
     "ec_model_upgrade": (c_int, [_P, c_char_p, c_char_p, POINTER(c_uint32)]),
     "ec_model_find": (c_int, [_P, c_char_p, c_int64, c_char_p, POINTER(c_int64)]),
     "ec_catalog_list": (c_int, [_P, c_char_p, ListCallback, c_void_p]),
+    # include/embcache_results.h
+    "ec_results_open": (c_int, [_P, c_char_p, POINTER(NsOpts), POINTER(_P)]),
+    "ec_results_close": (None, [_P]),
+    "ec_results_get": (c_int, [_P, c_void_p, c_size_t, c_uint32, c_void_p, c_size_t,
+                               POINTER(ResultMeta)]),
+    "ec_results_put": (c_int, [_P, c_void_p, c_size_t, POINTER(ResultValue)]),
+    "ec_results_get_or_compute": (c_int, [_P, c_void_p, c_size_t, POINTER(ComputeOpts),
+                                          ComputeFn, c_void_p, c_void_p, c_size_t,
+                                          POINTER(ResultMeta)]),
+    "ec_results_lease": (c_int, [_P, c_void_p, c_size_t, c_uint32]),
+    "ec_results_release": (c_int, [_P, c_void_p, c_size_t]),
+    "ec_results_wait": (c_int, [_P, c_double]),
+    "ec_results_purge": (c_int, [_P, c_void_p, c_size_t, POINTER(c_uint64)]),
+    "ec_results_drop": (c_int, [_P, c_char_p]),
+    "ec_results_list": (c_int, [_P, NsCallback, c_void_p]),
+    "ec_context_lookup_prefix": (c_int, [_P, c_void_p, c_size_t, c_size_t,
+                                         POINTER(c_size_t)]),
+    "ec_context_put": (c_int, [_P, c_void_p, c_size_t, c_size_t, c_size_t, c_size_t,
+                               POINTER(ResultValue)]),
+    "ec_context_gather": (c_int, [_P, c_void_p, c_size_t, c_size_t, c_size_t, c_void_p,
+                                  c_size_t, c_int, POINTER(c_size_t)]),
 }
 
 

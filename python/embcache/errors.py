@@ -20,7 +20,7 @@ __all__ = [
     "NotFoundError", "OutOfRangeError", "ChecksumError", "ProtocolError", "ConnectionError",
     "ExistsError", "FormatError", "DTypeError", "NoSpaceError", "PermissionError",
     "BusyError", "StaleError", "VersionMismatchError", "TooBigError", "InternalError",
-    "CorruptError", "DeviceError", "ReleasedError", "LibraryError", "error_for",
+    "CorruptError", "DeviceError", "TimeoutError", "ReleasedError", "LibraryError", "error_for",
 ]
 
 

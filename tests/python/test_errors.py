@@ -81,7 +81,7 @@ def test_bad_names(client):
 
 def test_every_code_has_its_class():
     codes = {getattr(_lib, n): n for n in dir(_lib) if re.fullmatch(r"EC_E[A-Z]+", n)}
-    assert len(codes) == 20
+    assert len(codes) == 21
     for code, name in codes.items():
         e = error_for(code, "msg")
         assert type(e) is not embcache.EmbcacheError, name
@@ -91,11 +91,13 @@ def test_every_code_has_its_class():
     assert isinstance(error_for(-13, "x"), PermissionError)
     assert isinstance(error_for(-15, "x"), embcache.StaleError)
     assert isinstance(error_for(-20, "x"), embcache.DeviceError)
+    assert isinstance(error_for(-21, "x"), TimeoutError)
     assert type(error_for(-99, "x")) is embcache.EmbcacheError
 
 
 def test_bindings_match_the_header_and_the_library():
-    header = (REPO / "include" / "embcache.h").read_text()
+    header = (REPO / "include" / "embcache.h").read_text() + (
+        REPO / "include" / "embcache_results.h").read_text()
     declared = set(re.findall(r"EC_API\s+[^;(]*?\b(ec_\w+)\s*\(", header))
     assert declared == set(_lib.SIGNATURES), declared ^ set(_lib.SIGNATURES)
     lib = _lib.lib()
