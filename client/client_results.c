@@ -88,9 +88,9 @@ int ec_results_open(ec_client *c, const char *name, const ec_ns_opts *opts, ec_r
     ec_proto_ns_opts po;
     const ec_segment *seg;
     int fds[1], nfds = 0, rc;
-    uint32_t slot, gen, priv;
+    uint32_t slot = 0, gen = 0, priv = 0;
     ec_results *r;
-    uint64_t salt;
+    uint64_t salt = 0;
     ec_rbuf body;
     ec_wbuf w;
     uint32_t id;

@@ -18,12 +18,14 @@
 #include "core/results_impl.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
 #include <linux/futex.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
@@ -46,6 +48,7 @@
 #define MAX_COMPUTING_LIMIT (1u << 20)
 #define MAX_NEGATIVE (1ull << 24)
 #define DEF_ARENA_BYTES (64ull << 20)
+#define NS_PER_UID (EC_NS_MAX / 4)    /* namespaces one uid but an administrator's may own */
 
 static int64_t now_ns(void)
 {
@@ -339,6 +342,17 @@ void ec_resmgr_owner_close(ec_resmgr *m, uint64_t owner)
 static int read_value_fd(ec_resmgr *m, int fd, uint64_t len)
 {
     uint64_t got = 0;
+    struct stat st;
+
+    /* Only a memfd: a file that cannot block the server thread (a FIFO, a
+     * FUSE file, a device) and holds what the client wrote. */
+    if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode) || fcntl(fd, F_GET_SEALS) < 0)
+        return ec_seterr(EC_EINVAL, "a result value must come in a memfd (memfd_create), "
+                                    "not another kind of file");
+    if ((uint64_t)st.st_size < len)
+        return ec_seterr(EC_EINVAL, "a result value's memfd holds %lld bytes, the request "
+                                    "said %" PRIu64,
+                         (long long)st.st_size, len);
 
     while (got < len) {
         ssize_t n = pread(fd, m->scratch + got, len - got, (off_t)got);
@@ -602,6 +616,15 @@ static int ns_create(ec_resmgr *m, const ec_res_peer *p, const char *name, uint3
     uint32_t slot;
     int rc;
 
+    if (!p->admin) {
+        uint32_t owned = 0;
+        for (uint32_t i = 0; i < EC_NS_MAX; i++)
+            owned += m->ns[i].live && m->ns[i].cat.owner_uid == (uint32_t)p->uid;
+        if (owned >= NS_PER_UID)
+            return ec_seterr(EC_ENOSPC, "uid %u owns %u namespaces, the most one uid may: drop "
+                                        "one (embcache results drop NAME)",
+                             (unsigned)p->uid, owned);
+    }
     for (slot = 0; slot < EC_NS_MAX && m->ns[slot].live; slot++)
         ;
     if (slot == EC_NS_MAX)
@@ -977,8 +1000,6 @@ int ec_resmgr_open(ec_engine *e, const ec_resmgr_config *cfg, ec_resmgr **out)
         return ec_seterr(EC_ENOMEM, "cache manager");
     }
     rs_main_init(m);
-    for (uint32_t i = 0; i < EC_NS_MAX; i++)
-        publish_gen(m, i, 0);
     if ((rc = ec_catalog_ns_each(m->cat, load_ns, m))) {
         ec_resmgr_close(m);
         return rc;
@@ -987,8 +1008,10 @@ int ec_resmgr_open(ec_engine *e, const ec_resmgr_config *cfg, ec_resmgr **out)
     for (uint32_t i = 0; i < EC_NS_MAX; i++) {
         struct rns *ns = &m->ns[i];
         int64_t v;
-        if (!ns->live)
+        if (!ns->live) {
+            publish_gen(m, i, 0);
             continue;
+        }
         if (ns->cat.bind_model[0] && (v = bound_version(m, &ns->cat)) != ns->cat.bound_version) {
             ns->cat.bound_version = v;
             ns->cat.generation++;

@@ -69,7 +69,8 @@ typedef struct ec_results ec_results;
 typedef struct ec_ns_opts {
     uint32_t flags;               /**< EC_NS_* */
     const char *bind_model;       /**< NULL: bound to no model */
-    const char *bind_version;     /**< with bind_model: a version number or an alias */
+    const char *bind_version;     /**< with bind_model (both or neither, else EC_EINVAL):
+                                   *   a version number or an alias */
     double ttl;                   /**< seconds a result is fresh; 0: 300 */
     double stale_ttl;             /**< seconds past that it may be served stale;
                                    *   0: 60; < 0: never */
@@ -165,7 +166,7 @@ typedef int (*ec_compute_fn)(void *arg, const void *key, size_t key_len, ec_resu
 typedef struct ec_compute_opts {
     uint32_t flags;               /**< EC_RES_ALLOW_STALE, EC_RES_NO_EARLY */
     double wait;                  /**< seconds to wait for another caller's computation
-                                   *   (and its successors); 0: 2 x the lease time */
+                                   *   (and its successors); 0: 60 */
     double beta;                  /**< early refresh eagerness (XFetch); 0: 1.0 */
 } ec_compute_opts;
 
@@ -175,8 +176,10 @@ typedef struct ec_compute_opts {
  * process that has the lease (in any process; with EC_RES_ALLOW_STALE a
  * stale value is returned instead of waiting). A fresh value close to its
  * expiry may be recomputed early by one caller, which then returns the new
- * value. The value (cached or computed) is copied into out as by
- * ec_results_get.
+ * value; when that early recomputation fails, the still fresh value is
+ * returned. The value (cached or computed) is copied into out as by
+ * ec_results_get. A lease is per key: while one caller holds it, every other
+ * caller waits, other threads of the same process included.
  * @return 1 (the value is in out and *meta), EC_ETOOBIG (it was found or
  *   stored, but needs meta->len bytes: read it with ec_results_get),
  *   EC_ETIMEOUT (waited opts->wait for others' computations), fn's value,
@@ -231,14 +234,18 @@ typedef struct ec_ns_info {
     const char *bind_version;
     int64_t bound_version;        /**< the version the binding leads to now; 0 unbound */
     uint32_t generation;          /**< bumped by each invalidation */
+    /** Seconds, as in ec_ns_opts, but every default filled in; jitter and
+     *  stale_ttl 0 (jitter) or -1 (stale_ttl) mean none. */
     double ttl, stale_ttl, negative_ttl, jitter, lease_time;
     uint32_t max_computing;
     uint64_t negative_max;
     uint64_t items, negative_items, bytes;  /**< stored now */
-    uint64_t hits, misses, negative_hits, stale_served; /**< clients' counts */
+    uint64_t hits, misses, negative_hits, stale_served; /**< clients' counts; hits
+                                   *   exclude negative hits and stale reads */
     uint64_t leases_granted, leases_waited, leases_passed, early_refreshes;
     uint64_t computing, computing_peak, limited; /**< leases now, most at once, refused for the limit */
-    uint64_t puts, negative_puts, evictions, purged, invalidations;
+    uint64_t puts, negative_puts, evictions, purged, invalidations; /**< puts include
+                                   *   negative puts */
 } ec_ns_info;
 
 typedef int (*ec_ns_cb)(const ec_ns_info *ns, void *arg);

@@ -63,6 +63,8 @@ static void usage(FILE *f)
             "                         this many bytes on average (default 512; rows\n"
             "                         cached by rows cost about 20 bytes of index each);\n"
             "                         0: no item index, every tensor cached by partitions\n"
+            "      --result-arena BYTES  memory of each uid's private result namespaces\n"
+            "                         (default 64M; shared namespaces use the budget)\n"
             "      --epoch-hold SECONDS  disconnect a client whose GPU gather holds freed\n"
             "                         memory back longer than this (default 30)\n"
             "      --pin-lease SECONDS  a client stopped (SIGSTOP, a debugger) this long\n"
@@ -161,6 +163,7 @@ int main(int argc, char **argv)
         {"epoch-hold", required_argument, NULL, 'E'},
         {"pin-lease", required_argument, NULL, 'L'},
         {"item-bytes", required_argument, NULL, 'I'},
+        {"result-arena", required_argument, NULL, 'R'},
         {"allow-uid", required_argument, NULL, 'U'},
         {"allow-any", no_argument, NULL, 'A'},
         {"drop-segment", no_argument, NULL, 'D'},
@@ -209,6 +212,15 @@ int main(int argc, char **argv)
             cfg.item_bytes = v ? v : UINT64_MAX;
             break;
         }
+        case 'R':
+            if (ec_parse_size(optarg, &cfg.result_arena) || cfg.result_arena < (4u << 20) ||
+                cfg.result_arena > (1ull << 40)) {
+                fprintf(stderr, "embcached: --result-arena '%s' must be a size of 4M..1T (e.g. "
+                                "64M)\n",
+                        optarg);
+                return 2;
+            }
+            break;
         case 'E': {
             char *end;
             long v = strtol(optarg, &end, 10);

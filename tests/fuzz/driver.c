@@ -454,6 +454,62 @@ static int seeds_proto(struct pool *pl)
     ec_msg_begin(&w, m, sizeof(m), EC_OP_RESOLVE | R, 11, EC_ENOENT);
     ec_put_str(&w, "no such model 'bert-large'");
     seed_msg(pl, &w);
+
+    /* The cache manager's requests and replies. */
+    {
+        ec_proto_ns_opts o = {.ttl_us = 300000000, .stale_us = -1, .negative_ttl_us = 30000000,
+                              .jitter_ppm = 100000, .lease_us = 30000000, .max_computing = 64,
+                              .negative_max = 65536};
+        ec_proto_ns ns = {.name = "answers", .owner_uid = 1000, .flags = EC_NS_SHARED,
+                          .generation = 3, .bind_model = "bert-base",
+                          .bind_version = "current", .bound_version = 4, .opts = o};
+        ec_msg_begin(&w, m, sizeof(m), EC_OP_NS_OPEN, 12, 0);
+        ec_put_str(&w, "answers");
+        ec_put_u32(&w, EC_NS_CREATE | EC_NS_SHARED);
+        ec_put_str(&w, "bert-base");
+        ec_put_str(&w, "current");
+        ec_put_ns_opts(&w, &o);
+        seed_msg(pl, &w);
+        ec_msg_begin(&w, m, sizeof(m), EC_OP_NS_OPEN | R, 12, 0);
+        ec_put_u32(&w, 5);
+        ec_put_u64(&w, 0x8000000000000001ull);
+        ec_put_u32(&w, 3);
+        ec_put_u32(&w, 0);
+        seed_msg(pl, &w);
+        ec_msg_begin(&w, m, sizeof(m), EC_OP_RES_LEASE, 13, 0);
+        ec_put_u32(&w, 5);
+        ec_put_u32(&w, EC_RES_ALLOW_STALE);
+        ec_put_bytes(&w, "what is 2+2", 11);
+        ec_put_i64(&w, 0);
+        seed_msg(pl, &w);
+        ec_msg_begin(&w, m, sizeof(m), EC_OP_RES_PUT, 14, 0);
+        ec_put_u32(&w, 5);
+        ec_put_u32(&w, EC_RES_TENSOR);
+        ec_put_u64(&w, 0);
+        ec_put_u32(&w, 1200);
+        ec_put_u32(&w, EC_DTYPE_F32);
+        ec_put_u32(&w, 2);
+        ec_put_u64(&w, 1);
+        ec_put_u64(&w, 2);
+        ec_put_bytes(&w, "what is 2+2", 11);
+        ec_put_u64(&w, 8);
+        ec_put_u32(&w, 1);
+        ec_put_u64(&w, 0x4080000040800000ull);
+        seed_msg(pl, &w);
+        ec_msg_begin(&w, m, sizeof(m), EC_OP_RES_PURGE, 15, 0);
+        ec_put_u32(&w, 5);
+        ec_put_u32(&w, 0);
+        ec_put_bytes(&w, "k", 1);
+        seed_msg(pl, &w);
+        ec_msg_begin(&w, m, sizeof(m), EC_OP_NS_LIST | R, 16, 0);
+        ec_put_u32(&w, 0);
+        ec_put_u32(&w, 2);
+        ec_put_ns(&w, &ns);
+        ns.flags = 0;
+        ns.bind_model[0] = ns.bind_version[0] = 0;
+        ec_put_ns(&w, &ns);
+        seed_msg(pl, &w);
+    }
     return 0;
 }
 

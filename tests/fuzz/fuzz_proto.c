@@ -29,7 +29,10 @@ struct reader {
     size_t len;
 };
 
-enum getter { G_U8, G_U16, G_U32, G_U64, G_I64, G_STR_SMALL, G_STR_NAME, G_TENSOR, G_COUNT_ };
+enum getter {
+    G_U8, G_U16, G_U32, G_U64, G_I64, G_STR_SMALL, G_STR_NAME, G_TENSOR, G_BYTES, G_NS,
+    G_COUNT_
+};
 
 static void check_rbuf(const struct reader *d)
 {
@@ -130,9 +133,49 @@ static void get_tensor(struct reader *d)
     check_rbuf(d);
 }
 
+/* "bytes": a u32 length and the bytes, pointing into the body. */
+static void get_bytes(struct reader *d, uint32_t max)
+{
+    size_t pos = d->r.pos;
+    bool was_bad = d->r.bad;
+    const uint8_t *p = (const uint8_t *)1;
+    uint32_t n = ec_get_bytes(&d->r, &p, max);
+
+    if (!d->r.bad) {
+        FUZZ_CHECK(!was_bad && n <= max && d->r.pos == pos + 4 + n);
+        FUZZ_CHECK(n ? p == d->body + pos + 4 : p == NULL);
+    } else {
+        FUZZ_CHECK(n == 0 && p == NULL);
+    }
+    check_rbuf(d);
+}
+
+/* A namespace record (NS_LIST's reply), as libembcache reads it. */
+static void get_ns(struct reader *d)
+{
+    ec_proto_ns ns;
+    bool was_bad = d->r.bad;
+    int rc;
+
+    memset(&ns, 0xa5, sizeof(ns));
+    rc = ec_get_ns(&d->r, &ns);
+    FUZZ_CHECK(strnlen(ns.name, sizeof(ns.name)) <= EC_NS_NAME_MAX);
+    FUZZ_CHECK(strnlen(ns.bind_model, sizeof(ns.bind_model)) <= EC_NAME_MAX);
+    FUZZ_CHECK(strnlen(ns.bind_version, sizeof(ns.bind_version)) <= EC_NAME_MAX);
+    if (rc == 0) {
+        FUZZ_CHECK(!was_bad && !d->r.bad);
+        FUZZ_CHECK(ec_ns_name_ok(ns.name) && (ns.flags & ~(uint32_t)EC_NS_SHARED) == 0);
+    } else {
+        FUZZ_CHECK(rc == EC_EPROTO);
+    }
+    check_rbuf(d);
+}
+
 static void run_getter(struct reader *d, enum getter g)
 {
     switch (g) {
+    case G_BYTES: get_bytes(d, EC_RES_KEY_MAX); break;
+    case G_NS: get_ns(d); break;
     case G_STR_SMALL: get_str(d, 1 + (d->r.pos & 15)); break;
     case G_STR_NAME: get_str(d, EC_NAME_MAX + 1); break;
     case G_TENSOR: get_tensor(d); break;
@@ -270,6 +313,75 @@ static void read_by_op(struct reader *d, const ec_msg_hdr *h)
         n = get_u32(d);
         for (uint32_t i = 0; i < n && i < EC_MSG_MAX_FDS && !d->r.bad; i++)
             get_str(d, EC_NAME_MAX + 1);
+        break;
+    case EC_OP_NS_OPEN:
+        if (reply) {
+            get_u32(d);
+            get_int(d, G_U64);
+            get_u32(d);
+            get_u32(d);
+            break;
+        }
+        get_str(d, EC_NS_NAME_MAX + 2);
+        get_u32(d);
+        get_str(d, EC_NAME_MAX + 1);
+        get_str(d, EC_NAME_MAX + 1);
+        {
+            ec_proto_ns_opts o;
+            ec_get_ns_opts(&d->r, &o);
+            check_rbuf(d);
+        }
+        break;
+    case EC_OP_RES_LEASE:
+        if (reply) {
+            get_u32(d);
+            break;
+        }
+        get_u32(d);
+        get_u32(d);
+        get_bytes(d, EC_RES_KEY_MAX);
+        get_int(d, G_I64);
+        break;
+    case EC_OP_RES_PUT:
+        if (reply)
+            break;
+        get_u32(d);
+        get_u32(d);
+        get_int(d, G_U64);
+        get_u32(d);
+        get_u32(d);
+        n = get_u32(d);
+        for (uint32_t i = 0; i < n && i < EC_MAX_DIMS && !d->r.bad; i++)
+            get_int(d, G_U64);
+        get_bytes(d, EC_RES_KEY_MAX);
+        get_int(d, G_U64);
+        get_u32(d);
+        break;
+    case EC_OP_RES_RELEASE:
+    case EC_OP_RES_PURGE:
+        if (reply) {
+            if ((h->op & ~EC_OP_REPLY) == EC_OP_RES_PURGE)
+                get_int(d, G_U64);
+            break;
+        }
+        get_u32(d);
+        if ((h->op & ~EC_OP_REPLY) == EC_OP_RES_PURGE)
+            get_u32(d);
+        get_bytes(d, EC_RES_KEY_MAX);
+        break;
+    case EC_OP_NS_LIST:
+        if (!reply) {
+            get_u32(d);
+            break;
+        }
+        get_u32(d);
+        n = get_u32(d);
+        for (uint32_t i = 0; i < n && i < EC_NS_MAX && !d->r.bad; i++)
+            get_ns(d);
+        break;
+    case EC_OP_NS_DROP:
+        if (!reply)
+            get_str(d, EC_NS_NAME_MAX + 2);
         break;
     default:
         break;

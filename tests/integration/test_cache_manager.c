@@ -653,6 +653,26 @@ static void test_invalidation_alias_switch(void **state)
     assert_int_equal(ec_results_purge(r, NULL, 0, &removed), 0);
     assert_int_equal(removed, 1);
     assert_int_equal(ec_results_get(r, "b", 1, 0, buf, sizeof(buf), NULL), 0);
+    /* A retired version's results are gone, and none can be stored for it. */
+    {
+        ec_ns_opts o2 = {.flags = EC_NS_CREATE | EC_NS_SHARED, .bind_model = "m",
+                         .bind_version = "2"};
+        ec_results *r2 = ns_open(c, "ret", &o2);
+        int gone = 0;
+        assert_int_equal(ec_results_put(r2, "a", 1, &v), 0);
+        assert_int_equal(ec_results_get(r2, "a", 1, 0, buf, sizeof(buf), NULL), 1);
+        assert_int_equal(ec_model_retire(c, "m", 2, 0), 0);
+        for (int i = 0; i < 300 && !gone; i++) {
+            gone = ec_results_get(r2, "a", 1, EC_RES_ALLOW_STALE, buf, sizeof(buf), NULL) == 0;
+            if (!gone)
+                usleep(10000);
+        }
+        assert_true(gone);
+        assert_int_equal(ec_results_put(r2, "a", 1, &v), EC_ENOENT);
+        assert_non_null(strstr(ec_last_error(), "does not exist"));
+        assert_int_equal(ns_info(c, "ret").bound_version, 0);
+        ec_results_close(r2);
+    }
     /* A binding to nothing is refused. */
     o.bind_version = "nosuch";
     assert_int_equal(ec_results_open(c, "inv2", &o, &(ec_results *){NULL}), EC_ENOENT);
@@ -715,6 +735,26 @@ static void test_isolation_other_uid(void **state)
             _exit(15); /* but may not purge all of it */
         if (ec_results_drop(c2, "mine") != EC_EPERM)
             _exit(16);
+        /* One uid (not an administrator) owns at most a quarter of the slots. */
+        for (int i = 0;; i++) {
+            char nm[32];
+            ec_results *t = NULL;
+            int rc;
+            snprintf(nm, sizeof(nm), "many-%d", i);
+            rc = ec_results_open(c2, nm, &(ec_ns_opts){.flags = EC_NS_CREATE | EC_NS_SHARED},
+                                 &t);
+            if (rc == EC_ENOSPC && i == (int)EC_NS_MAX / 4 && strstr(ec_last_error(), "owns"))
+                break;
+            if (rc || i >= (int)EC_NS_MAX / 4)
+                _exit(18);
+            ec_results_close(t);
+        }
+        for (int i = 0; i < (int)EC_NS_MAX / 4; i++) {
+            char nm[32];
+            snprintf(nm, sizeof(nm), "many-%d", i);
+            if (ec_results_drop(c2, nm))
+                _exit(19);
+        }
         /* Its own private namespace is its own. */
         if (ec_results_open(c2, "theirs", &priv, &r2) ||
             ec_results_put(r2, "s", 1, &(ec_result_value){.data = "t", .len = 1}) ||
@@ -728,6 +768,44 @@ static void test_isolation_other_uid(void **state)
     assert_int_equal(ec_results_drop(c, "theirs"), 0);
     ec_results_close(r);
     ec_results_close(sh);
+    ec_client_close(c);
+}
+
+/* A value must come inline or in a memfd: another file (a pipe here,
+ * which could block the daemon's thread) is refused, and the daemon
+ * serves on. */
+static void test_put_refuses_other_files(void **state)
+{
+    ec_client *c = connect_ok();
+    ec_results *r = ns_open(c, "fd", NULL);
+    int p[2], rc;
+    ec_rbuf body;
+    ec_wbuf w;
+    uint32_t id;
+    char buf[8];
+
+    (void)state;
+    assert_int_equal(pipe(p), 0);
+    pthread_mutex_lock(&c->lock);
+    id = cl_begin(c, &w, EC_OP_RES_PUT);
+    ec_put_u32(&w, r->slot);
+    ec_put_u32(&w, 0);
+    ec_put_u64(&w, 0);
+    ec_put_u32(&w, 0);
+    ec_put_u32(&w, 0);
+    ec_put_u32(&w, 0);
+    ec_put_bytes(&w, "k", 1);
+    ec_put_u64(&w, 4);
+    ec_put_u32(&w, 0);
+    rc = cl_rpc(c, &w, id, &p[0], 1, &body, NULL, NULL, 0);
+    pthread_mutex_unlock(&c->lock);
+    assert_int_equal(rc, EC_EINVAL);
+    assert_non_null(strstr(ec_last_error(), "memfd"));
+    close(p[0]);
+    close(p[1]);
+    assert_int_equal(ec_results_put(r, "k", 1, &(ec_result_value){.data = "okay", .len = 4}), 0);
+    assert_int_equal(ec_results_get(r, "k", 1, 0, buf, sizeof(buf), NULL), 1);
+    ec_results_close(r);
     ec_client_close(c);
 }
 
@@ -791,6 +869,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_avalanche_warm_restart, setup, env_teardown),
         cmocka_unit_test_setup_teardown(test_invalidation_alias_switch, setup, env_teardown),
         cmocka_unit_test_setup_teardown(test_isolation_other_uid, setup, env_teardown),
+        cmocka_unit_test_setup_teardown(test_put_refuses_other_files, setup, env_teardown),
         cmocka_unit_test_setup_teardown(test_context_prefix, setup, env_teardown),
     };
 
