@@ -488,7 +488,8 @@ int srv_h_tensors(server *s, struct conn *c, ec_rbuf *r, uint32_t req_id)
         free(x.v);
         return rc;
     }
-    qsort(x.v, x.n, sizeof(*x.v), cmp_stat);
+    if (x.n)
+        qsort(x.v, x.n, sizeof(*x.v), cmp_stat);
     ec_msg_begin(&w, s->out, sizeof(s->out), EC_OP_TENSORS | EC_OP_REPLY, req_id, 0);
     at = w.len;
     ec_put_u32(&w, 0);
