@@ -35,6 +35,11 @@ enum {
 
 static const char *socket_path;
 
+/* tools/cli_results.c: `embcache results` and the namespace section of
+ * `embcache stats` (declared there too: the tool has no header). */
+int cli_results_main(int argc, char **argv, const char *socket_path);
+int cli_results_stats(ec_client *c, bool json);
+
 static void usage(FILE *f)
 {
     fprintf(f,
@@ -57,6 +62,8 @@ static void usage(FILE *f)
             "  policy MODEL --mode rows|partitions|auto [--tensor NAME]  how tensors are cached\n"
             "  recover --data-dir DIR [--dry-run]          rebuild a lost or damaged catalog\n"
             "                                              from the files (daemon stopped)\n"
+            "  results ls|get|put|purge|create|drop ...    namespaces of cached results\n"
+            "                                              ('embcache results --help')\n"
             "\n"
             "Every command takes --help. The socket is --socket, else $EMBCACHE_SOCKET,\n"
             "else the daemon's default.\n"
@@ -976,7 +983,10 @@ static int cmd_stats(int argc, char **argv)
                    "one line per tensor it has open: how it is cached (rows or partitions)\n"
                    "and by which policy, its bytes in memory, the rows clients gathered\n"
                    "from it, the share of them found in memory, and the bytes read from\n"
-                   "disk per row served.\n");
+                   "disk per row served. Then, when there are namespaces of cached results,\n"
+                   "one line per namespace you may open: results stored, their bytes, hits,\n"
+                   "misses, \"no result\" hits, stale values served, leases granted, waited\n"
+                   "for and passed on, early refreshes and evictions (JSON: \"namespaces\").\n");
             return EXIT_OK;
         default: return EXIT_USAGE;
         }
@@ -1019,6 +1029,8 @@ static int cmd_stats(int argc, char **argv)
         if (x.json)
             printf("\n  ]");
     }
+    if (rc == 0)
+        rc = cli_results_stats(c, x.json);
     if (x.json)
         printf("\n}\n");
     ec_client_close(c);
@@ -1074,6 +1086,11 @@ static int cmd_recover(int argc, char **argv)
     return res.skipped ? EXIT_INTEGRITY : EXIT_OK;
 }
 
+static int cmd_results(int argc, char **argv)
+{
+    return cli_results_main(argc, argv, socket_path);
+}
+
 /* ------------------------------------------------------------------ */
 
 int main(int argc, char **argv)
@@ -1092,7 +1109,7 @@ int main(int argc, char **argv)
         {"get", cmd_get},       {"stats", cmd_stats}, {"find", cmd_find},
         {"prewarm", cmd_prewarm}, {"evict", cmd_evict}, {"retire", cmd_retire},
         {"refresh", cmd_refresh}, {"policy", cmd_policy}, {"upgrade", cmd_upgrade},
-        {"recover", cmd_recover},
+        {"recover", cmd_recover}, {"results", cmd_results},
     };
     int ch;
 
@@ -1108,8 +1125,8 @@ int main(int argc, char **argv)
     }
     if (optind >= argc) {
         fprintf(stderr, "embcache: missing command (import, ls, alias, get, stats, find, "
-                        "prewarm, evict, retire, refresh, policy, upgrade, recover); try "
-                        "'embcache --help'\n");
+                        "prewarm, evict, retire, refresh, policy, upgrade, recover, "
+                        "results); try 'embcache --help'\n");
         return EXIT_USAGE;
     }
     for (size_t i = 0; i < sizeof(cmds) / sizeof(cmds[0]); i++) {
@@ -1129,6 +1146,6 @@ int main(int argc, char **argv)
     }
     fprintf(stderr, "embcache: unknown command '%s' (commands: import, ls, alias, get, "
                     "stats, find, prewarm, evict, retire, refresh, policy, upgrade, "
-                    "recover)\n", argv[optind]);
+                    "recover, results)\n", argv[optind]);
     return EXIT_USAGE;
 }
