@@ -713,7 +713,7 @@ int ec_resmgr_ns_open(ec_resmgr *m, const ec_res_peer *p, const char *name, uint
         return ec_seterr(EC_EINVAL, "bad namespace name \"%s\": 1 to %u of letters, digits, "
                                     "'.', '_', '-', ':'",
                          name, EC_NS_NAME_MAX);
-    if (flags & ~(uint32_t)(EC_NS_CREATE | EC_NS_SHARED | EC_NS_CONFIGURE))
+    if (flags & ~(uint32_t)(EC_NS_CREATE | EC_NS_SHARED | EC_NS_CONFIGURE | EC_NS_EXCL))
         return ec_seterr(EC_EINVAL, "namespace %s: unknown flags 0x%x", name, flags);
     if (!bind_model[0] && bind_version[0])
         return ec_seterr(EC_EINVAL, "namespace %s: a bound version without a model", name);
@@ -732,6 +732,10 @@ int ec_resmgr_ns_open(ec_resmgr *m, const ec_res_peer *p, const char *name, uint
         if ((rc = ns_create(m, p, name, flags, bind_model, bind_version, opts, &ns)))
             return rc;
     } else {
+        if ((flags & (EC_NS_CREATE | EC_NS_EXCL)) == (EC_NS_CREATE | EC_NS_EXCL))
+            return ec_seterr(EC_EEXIST, "namespace %s exists already (of uid %u); configure it "
+                                        "with EC_NS_CONFIGURE or drop it",
+                             name, ns->cat.owner_uid);
         if (!may_use(ns, p))
             return ec_seterr(EC_EPERM, "namespace %s belongs to uid %u and is not shared",
                              name, ns->cat.owner_uid);

@@ -63,7 +63,10 @@ typedef struct ec_results ec_results;
 #define EC_NS_CREATE    0x1u /**< create the namespace when it does not exist */
 #define EC_NS_SHARED    0x2u /**< created open to every uid the daemon serves */
 #define EC_NS_CONFIGURE 0x4u /**< apply these options to an existing namespace
-                              *   (its owner or an administrator) */
+                              *   (its owner or an administrator); every option
+                              *   is set, 0 to its default, and a NULL
+                              *   bind_model unbinds it */
+#define EC_NS_EXCL      0x8u /**< with EC_NS_CREATE: EC_EEXIST when it exists */
 
 /** How a namespace behaves. Zero-initialize: every 0 is the stated default. */
 typedef struct ec_ns_opts {
@@ -88,6 +91,7 @@ typedef struct ec_ns_opts {
  * opts may be NULL: open an existing one). Options other than the flags
  * only count when the namespace is created or configured.
  * @return 0, or EC_ENOENT (no such namespace and no EC_NS_CREATE),
+ *   EC_EEXIST (it exists and EC_NS_CREATE | EC_NS_EXCL was asked),
  *   EC_EPERM (another uid's, or configuring what the caller does not own),
  *   EC_ENOENT for a binding to an unknown model or alias, EC_EINVAL (a bad
  *   name or option), EC_ENOSPC (EC_NS_MAX namespaces exist), EC_ECONN.
@@ -239,7 +243,8 @@ typedef struct ec_ns_info {
     double ttl, stale_ttl, negative_ttl, jitter, lease_time;
     uint32_t max_computing;
     uint64_t negative_max;
-    uint64_t items, negative_items, bytes;  /**< stored now */
+    uint64_t items, negative_items, bytes;  /**< stored now (items include the
+                                   *   negative ones) */
     uint64_t hits, misses, negative_hits, stale_served; /**< clients' counts; hits
                                    *   exclude negative hits and stale reads */
     uint64_t leases_granted, leases_waited, leases_passed, early_refreshes;

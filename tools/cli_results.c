@@ -1025,25 +1025,18 @@ static int cmd_create(int argc, char **argv)
         merge_current(&no, &cur.info);
         no.flags = EC_NS_CONFIGURE;
     } else {
-        /* EC_NS_CREATE opens a namespace that exists as it is, its options
-         * unchanged: tell that apart (a race with another creator only
-         * makes this an open). */
-        rc = ec_results_open(c, ns, NULL, &r);
-        if (rc == 0 || rc == EC_EPERM) {
-            fprintf(stderr, "%s: namespace '%s' already exists%s (--configure changes its "
-                            "options; 'embcache results drop %s' deletes it)\n", prog, ns,
-                    rc ? ", another user's" : "", ns);
-            ret = RX_EXISTS;
-            goto out;
-        }
-        if (rc != EC_ENOENT) {
-            ret = rfail(rc, NULL);
-            goto out;
-        }
         zero_unset(&no);
-        no.flags = EC_NS_CREATE | (shared ? EC_NS_SHARED : 0);
+        /* EXCL: a namespace that exists is not opened as it is, with
+         * these options silently ignored. */
+        no.flags = EC_NS_CREATE | EC_NS_EXCL | (shared ? EC_NS_SHARED : 0);
     }
     rc = ec_results_open(c, ns, &no, &r);
+    if (rc == EC_EEXIST) {
+        fprintf(stderr, "%s: namespace '%s' already exists (--configure changes its options; "
+                        "'embcache results drop %s' deletes it)\n", prog, ns, ns);
+        ret = RX_EXISTS;
+        goto out;
+    }
     if (rc) {
         const char *hint = NULL;
         if (rc == EC_ENOENT && no.bind_model)

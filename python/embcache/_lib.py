@@ -101,6 +101,7 @@ EC_NS_MAX = 384
 EC_NS_CREATE = 0x1
 EC_NS_SHARED = 0x2
 EC_NS_CONFIGURE = 0x4
+EC_NS_EXCL = 0x8
 
 EC_RES_NEGATIVE = 0x1       # ec_result_meta.flags, ec_result_value.flags
 EC_RES_TENSOR = 0x2

@@ -172,6 +172,10 @@ static void test_roundtrip(void **state)
     assert_int_equal(ec_results_open(c, "bad name", NULL, &(ec_results *){NULL}), EC_EINVAL);
     assert_int_equal(ec_results_open(c, "nosuch", NULL, &(ec_results *){NULL}), EC_ENOENT);
     assert_non_null(strstr(ec_last_error(), "create"));
+    /* An exclusive create of one that exists is refused, not an open. */
+    assert_int_equal(ec_results_open(c, "rt", &(ec_ns_opts){.flags = EC_NS_CREATE | EC_NS_EXCL},
+                                     &(ec_results *){NULL}),
+                     EC_EEXIST);
     ec_results_close(r);
     ec_client_close(c);
 }
