@@ -986,8 +986,9 @@ class Tensor:
             if dev != _CPU:
                 opts.flags |= L.EC_GATHER_OUT_DEVICE
                 opts.stream = self._stream(stream, dev)
-                if out is None and stream is not None and hasattr(stream, "cuda_stream"):
-                    res.record_stream(stream)   # written there, not on the current stream
+                if stream is not None:
+                    self._on_stream(stream, dev, res,
+                                    ids if flags & L.EC_GATHER_IDS_DEVICE else None)
             fn = lib.need("ec_tensor_gather_ex")
 
             def call(hh: int) -> int:
@@ -1022,6 +1023,26 @@ class Tensor:
         if not writeable:
             raise InvalidArgumentError("out is read-only" if kind == "numpy" else
                                        "out requires grad: gather into a tensor that does not")
+
+    @staticmethod
+    def _on_stream(stream: Any, dev: int, res: Any, ids: Any) -> None:
+        """The gather runs on ``stream``, not on the current stream where the ids
+        were converted and the output allocated: make ``stream`` wait for the
+        current one, and tell PyTorch's caching allocator that the output and
+        the ids are used on ``stream`` (record_stream), so their memory is not
+        handed out again while the kernel is still queued there."""
+        t = _torch()
+        if isinstance(stream, int) and stream == 0:
+            return                                  # the legacy default stream: in order
+        s = (t.cuda.ExternalStream(stream, device=f"cuda:{dev}")
+             if isinstance(stream, int) else stream)
+        cur = t.cuda.current_stream(dev)
+        if s.cuda_stream == cur.cuda_stream:
+            return
+        s.wait_stream(cur)
+        for x in (res, ids):
+            if x is not None and isinstance(x, t.Tensor) and x.device.type == "cuda":
+                x.record_stream(s)
 
     @staticmethod
     def _stream(stream: Any, dev: int) -> Optional[int]:

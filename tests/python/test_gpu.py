@@ -77,6 +77,31 @@ def test_out_on_device_and_streams(gpu_client, tables):
         t.gather(ids, out=out, device="cpu")
 
 
+def test_stream_waits_for_the_current_one(gpu_client, tables):
+    """stream=: ids and output are made on the current stream, the gather runs on
+    another; it must wait for them (wait_stream) and keep their memory from being
+    reused while it is queued (record_stream)."""
+    src = torch.from_numpy(tables.src["emb_f32"])
+    t = gpu_client.tensor(MODEL, "emb_f32")
+    side = torch.cuda.Stream()
+    for _ in range(5):
+        torch.cuda._sleep(50_000_000)               # the current stream is busy...
+        ids = torch.arange(999, -1, -1, device="cuda")  # ...when the ids are written
+        y = t.gather(ids, stream=side)
+        del ids                                     # its memory must not be reused early
+        junk = torch.full((1000,), 7, dtype=torch.int64, device="cuda")
+        side.synchronize()
+        torch.cuda.synchronize()
+        assert torch.equal(host(y), src.flip(0))
+        del junk
+    # a raw cudaStream_t works the same way
+    torch.cuda._sleep(50_000_000)
+    ids = torch.arange(1000, device="cuda")
+    y = t.gather(ids, stream=side.cuda_stream)
+    torch.cuda.synchronize()
+    assert torch.equal(host(y), src)
+
+
 def test_conversion_on_device(gpu_client, tables):
     src = torch.from_numpy(tables.src["emb_f32"])
     t = gpu_client.tensor(MODEL, "emb_f32")
