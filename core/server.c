@@ -164,12 +164,15 @@ static uintptr_t uid_count(server *s, uid_t uid, int delta)
     return n;
 }
 
+static void ghost_add(server *s, const struct conn *c);
+
 void srv_conn_close(server *s, struct conn *c)
 {
     ec_debug("client %llu (pid %d) disconnected", (unsigned long long)c->id, (int)c->pid);
     epoll_ctl(s->ep, EPOLL_CTL_DEL, c->fd, NULL);
     close(c->fd);
     fold_session(s, c);
+    ghost_add(s, c);
     if (c->session)
         munmap(c->session, EC_SESSION_SIZE);
     ec_engine_owner_close(s->engine, c->id);
@@ -204,6 +207,63 @@ static uint64_t session_min_epoch(const ec_session_page *p)
     return m;
 }
 
+/* ------------------------------------------------------------------ */
+/* Ghost epochs                                                        */
+
+/* A GPU gather holds its epoch until its kernel has run, and a kernel can
+ * stay queued behind other work (a collective, a long step) for far longer
+ * than any timeout. When a connection goes (closed, or dropped for holding
+ * memory back too long) while its session still shows an epoch, its
+ * process may still have kernels queued that read memory under that epoch:
+ * the epoch is kept as a ghost, and counts as held, until the process is
+ * gone (its CUDA context, and every kernel queued in it, goes with it).
+ * The process is known by pid and start time, so a reused pid is not it.
+ * Memory held back so is counted (epoch_ghosts) and logged. */
+static void ghost_add(server *s, const struct conn *c)
+{
+    uint64_t v = c->session ? session_min_epoch(c->session) : UINT64_MAX;
+    uint64_t start = 0;
+    char state;
+
+    if (v == UINT64_MAX || v > ec_engine_epoch_now(s->engine) || c->pid <= 0 ||
+        ec_proc_stat(c->pid, &state, &start) || state == 'Z' || state == 'X')
+        return; /* nothing held, a value never issued (a lie), or the process is gone */
+    if (s->nghosts == s->capghosts) {
+        size_t ncap = s->capghosts ? s->capghosts * 2 : 16;
+        struct ghost *g = realloc(s->ghosts, ncap * sizeof(*g));
+        if (!g) {
+            ec_error("out of memory keeping the epoch of pid %d: memory it may still read "
+                     "could be reused", (int)c->pid);
+            return;
+        }
+        s->ghosts = g;
+        s->capghosts = ncap;
+    }
+    s->ghosts[s->nghosts++] = (struct ghost){.pid = c->pid, .start = start, .epoch = v};
+    s->ghost_holds++;
+    ec_warn("client %llu (pid %d) went with device gathers possibly queued (epoch %llu): "
+            "the memory they read is kept until the process exits",
+            (unsigned long long)c->id, (int)c->pid, (unsigned long long)v);
+}
+
+/* Forget the ghosts whose process is gone. Once a tick. */
+static void ghosts_prune(server *s)
+{
+    for (size_t i = 0; i < s->nghosts;) {
+        struct ghost *g = &s->ghosts[i];
+        uint64_t start = 0;
+        char state;
+        if (ec_proc_stat(g->pid, &state, &start) == 0 && start == g->start && state != 'Z' &&
+            state != 'X') {
+            i++;
+            continue;
+        }
+        ec_info("pid %d is gone: the memory its last device gathers held is released",
+                (int)g->pid);
+        s->ghosts[i] = s->ghosts[--s->nghosts];
+    }
+}
+
 /* The engine's epoch source: the least epoch any client holds. */
 static uint64_t min_epoch(void *arg)
 {
@@ -211,6 +271,9 @@ static uint64_t min_epoch(void *arg)
     uint64_t m = UINT64_MAX;
 
     atomic_thread_fence(memory_order_seq_cst);
+    for (size_t i = 0; i < s->nghosts; i++)
+        if (s->ghosts[i].epoch < m)
+            m = s->ghosts[i].epoch;
     for (size_t i = 0; i < s->conns.cap; i++) {
         struct conn *c = s->conns.vals[i];
         if (s->conns.keys[i] && c->session) {
@@ -1243,6 +1306,7 @@ int ec_server_run(const ec_server_config *cfg)
         if ((now.tv_sec - last_tick.tv_sec) * 1000 + (now.tv_nsec - last_tick.tv_nsec) / 1000000 >=
             TICK_MS) {
             reap_silent(s);
+            ghosts_prune(s);
             reap_held(s);
             reap_stopped(s);
             ec_engine_tick(s->engine);
@@ -1278,6 +1342,7 @@ out:
         if (s->tfold.keys[i])
             free(s->tfold.vals[i]);
     ec_u64map_free(&s->tfold);
+    free(s->ghosts);
     if (s->lfd >= 0) {
         struct stat st;
         close(s->lfd);

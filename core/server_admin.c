@@ -74,6 +74,8 @@ int srv_h_stats(server *s, struct conn *c, ec_rbuf *r, uint32_t req_id)
     put_stat("connections_rejected_uid_limit", s->st.rejected_uid_limit, &x);
     put_stat("epoch_hold_disconnects", s->st.epoch_disconnects, &x);
     put_stat("pin_lease_revocations", s->st.pin_revocations, &x);
+    put_stat("epoch_ghosts", s->nghosts, &x);
+    put_stat("epoch_ghost_holds", s->ghost_holds, &x);
     put_stat("requests_denied", s->st.denied, &x);
     put_stat("protocol_errors", s->st.protocol_errors, &x);
     put_stat("clients_disconnected_slow", s->st.disconnected_slow, &x);

@@ -102,6 +102,16 @@ typedef struct server {
             staged_rows;
     } st;
     ec_u64map tfold;     /* tensor id -> struct tcount: per-tensor counts of them */
+    /* Epochs of connections that went while their device gathers may still
+     * be queued: held for as long as their process lives (server.c,
+     * "Ghost epochs"). */
+    struct ghost {
+        pid_t pid;
+        uint64_t start;  /* the process's start time, so a reused pid is not it */
+        uint64_t epoch;
+    } *ghosts;
+    size_t nghosts, capghosts;
+    uint64_t ghost_holds;
     bool rings_busy;     /* the last drain found hints: drain again soon */
 } server;
 

@@ -576,6 +576,61 @@ static void test_epoch_hold(void **state)
     table_free(&tb);
 }
 
+/* 6b. The connection goes, its kernels may not have: a client dropped for
+ * holding its epoch (a "GPU" copy queued behind long work) keeps the memory
+ * it may read out of reuse for as long as its process lives, and only then
+ * is it freed. Before: freed at the disconnect, under a queued copy. */
+static void test_epoch_outlives_session(void **state)
+{
+    static const char *const args[] = {"--shm-size", "64M", "--gpu-slab", "4M",
+                                       "--epoch-hold", "1", NULL};
+    struct table tb;
+    ec_client *c;
+    ec_tensor *t;
+    int64_t ids[4] = {1, 2, 3, 4};
+    uint8_t out[4 * COLS * 4];
+    uint64_t v;
+    double t0;
+    pid_t kid;
+
+    (void)state;
+    start(args, &tb, 17, &c, &t);
+    assert_int_equal(gather_check(t, ids, 4, &tb, out, sizeof(out)), 0);
+    if ((kid = spawn()) == 0) {
+        ec_client *k = NULL;
+        ec_tensor *kt = NULL;
+        ec_gather_opts o = {.flags = EC_GATHER_OUT_DEVICE};
+        setenv("EMBCACHE_EMU_ASYNC_US", "30000000", 1); /* a copy queued for 30 s */
+        if (ec_client_connect(E.sock, &k) || ec_tensor_resolve(k, "m", "1", "t", &kt) ||
+            ec_tensor_gather_ex(kt, ids, 4, out, sizeof(out), &o))
+            _exit(2);
+        pause();
+        _exit(0);
+    }
+    usleep(500000);
+    assert_int_equal(ec_model_evict(c, "m", "1", &v), 0); /* its memory goes to limbo */
+    assert_true(stat_wait(c, "epoch_hold_disconnects", 1, 10) == 1);
+    /* Dropped, but alive: the memory stays out of reuse. */
+    t0 = now_s();
+    while (now_s() - t0 < 1.5) {
+        assert_true(stat_of(c, "limbo_host_bytes") > 0);
+        usleep(100000);
+    }
+    assert_int_equal(stat_of(c, "epoch_ghosts"), 1);
+    /* Gone: freed within a few ticks. */
+    kill(kid, SIGKILL);
+    reap(kid);
+    t0 = now_s();
+    while ((stat_of(c, "epoch_ghosts") || stat_of(c, "limbo_host_bytes")) && now_s() - t0 < 5)
+        usleep(50000);
+    assert_int_equal(stat_of(c, "epoch_ghosts"), 0);
+    assert_int_equal(stat_of(c, "limbo_host_bytes"), 0);
+    assert_int_equal(gather_check(t, ids, 4, &tb, out, sizeof(out)), 0);
+    ec_tensor_release(t);
+    ec_client_close(c);
+    table_free(&tb);
+}
+
 /* A session page mapped in this process other than `not` (as an attacker
  * would find its own: by name in /proc/self/maps). */
 static void *session_page(const void *not)
@@ -662,6 +717,7 @@ int main(int argc, char **argv)
         cmocka_unit_test_teardown(test_gpu_loss, env_teardown),
         cmocka_unit_test_teardown(test_restart, env_teardown),
         cmocka_unit_test_teardown(test_epoch_hold, env_teardown),
+        cmocka_unit_test_teardown(test_epoch_outlives_session, env_teardown),
         cmocka_unit_test_teardown(test_epoch_slots_lie, env_teardown),
     };
     /* The churn forks its readers: it runs before anything initializes
