@@ -7,6 +7,7 @@
  * client's mutex, gathers do not.
  */
 #include "client/client_impl.h"
+#include "common/log.h"
 
 /* Wait (bounded) for this client's device gathers to finish: their
  * completion clears a slot in the session page, which must stay mapped. */
@@ -169,8 +170,58 @@ static int device_table(const ec_client *c, int dev)
     return -1;
 }
 
-/* Make GPU `dev` usable for gathers: the segment registered (mapped,
- * read-only) and the current slab open. Cheap when nothing changed. */
+/* First use of GPU `dev`: what the GPU allows, then how kernels will read
+ * host rows. A GPU that cannot map the segment read-only
+ * (cudaDevAttrHostRegisterReadOnlySupported 0) or whose registration
+ * failed gets host rows staged through a pinned buffer: the failure is
+ * reported once and never retried, and it never keeps the device tier
+ * from being used. Caller holds c->lock. */
+static int device_setup_locked(ec_client *c, int dev)
+{
+    struct cdev *d = &c->dev[dev];
+    ec_device_caps caps = {.readonly_register = true};
+    uint32_t mode = EC_HOST_READS_MAPPED;
+    int rc;
+
+    if (cl_be()->device_caps && (rc = cl_be()->device_caps(dev, &caps)))
+        return rc;
+    if (caps.prohibited)
+        return ec_seterr(EC_EDEVICE, "GPU %d is in PROHIBITED compute mode: no process may "
+                                     "use it; run `nvidia-smi -i %d -c DEFAULT` as root, or "
+                                     "gather to another GPU or the host", dev, dev);
+    d->table = device_table(c, dev);
+    /* In EXCLUSIVE_PROCESS mode one process owns the GPU. embcached keeps
+     * no context on such a GPU; one that does (an older daemon, or the mode
+     * was changed under it) locks this process out. */
+    if (caps.exclusive_process && d->table >= 0 &&
+        atomic_load_explicit(&c->seg.hdr->dev[d->table].slab_gen, memory_order_acquire))
+        return ec_seterr(EC_EDEVICE, "GPU %d is in EXCLUSIVE_PROCESS compute mode and "
+                                     "embcached holds a context on it for its device tier: "
+                                     "no other process can use the GPU; run `nvidia-smi -i "
+                                     "%d -c DEFAULT` as root, or restart embcached with "
+                                     "--gpu-slab 0", dev, dev);
+    memset(&d->host_map, 0, sizeof(d->host_map));
+    if (!caps.readonly_register) {
+        mode = EC_HOST_READS_STAGED;
+        ec_warn("GPU %d cannot map host memory read-only "
+                "(cudaDevAttrHostRegisterReadOnlySupported is 0): rows from host memory are "
+                "copied through a pinned buffer (slower; rows from the device tier are not "
+                "affected)", dev);
+    } else if (cl_be()->host_register(c->seg.base, c->seg.size, true, dev, &d->host_map)) {
+        mode = EC_HOST_READS_STAGED_FAILED;
+        memset(&d->host_map, 0, sizeof(d->host_map));
+        ec_warn("%s; rows from host memory are copied through a pinned buffer instead (the "
+                "registration is not tried again by this client; rows from the device tier "
+                "are not affected)", ec_last_error());
+    }
+    d->host_reads = mode;
+    atomic_store_explicit(&c->session->host_reads[dev], mode, memory_order_relaxed);
+    atomic_store_explicit(&d->ready, true, memory_order_release);
+    return 0;
+}
+
+/* Make GPU `dev` usable for gathers: set up once (device_setup_locked),
+ * and the current slab open. Cheap when nothing changed. */
 int cl_device_ready(ec_client *c, int dev)
 {
     struct cdev *d;
@@ -197,17 +248,31 @@ int cl_device_ready(ec_client *c, int dev)
             return 0;
     }
     pthread_mutex_lock(&c->lock);
-    if (!atomic_load_explicit(&d->ready, memory_order_relaxed)) {
-        rc = cl_be()->host_register(c->seg.base, c->seg.size, true, dev, &d->host_base);
-        if (rc == 0) {
-            d->table = device_table(c, dev);
-            atomic_store_explicit(&d->ready, true, memory_order_release);
-        }
-    }
+    if (!atomic_load_explicit(&d->ready, memory_order_relaxed))
+        rc = device_setup_locked(c, dev);
     if (rc == 0 && d->table >= 0)
         rc = slab_sync(c, (unsigned)dev);
     pthread_mutex_unlock(&c->lock);
     return rc;
+}
+
+int cl_device_stream_check(int dev, void *stream)
+{
+    int rc;
+
+    if (!cl_be()->stream_capturing || dev < 0 || dev >= cl_be()->device_count())
+        return 0; /* cl_device_ready says what is wrong with dev */
+    rc = cl_be()->stream_capturing(dev, stream);
+    if (rc < 0)
+        return rc;
+    if (rc > 0)
+        return ec_seterr(EC_EINVAL, "the stream of this GPU gather (GPU %d) is being captured "
+                                    "into a CUDA graph (cudaStreamIsCapturing): the gather "
+                                    "looks rows up on the CPU, may wait for the daemon and "
+                                    "synchronizes, which capture forbids; gather before "
+                                    "cudaStreamBeginCapture or after cudaStreamEndCapture "
+                                    "into a buffer the graph reads", dev);
+    return 0;
 }
 
 /* Announce a device gather's epoch (layout.h "Device reads"). Returns the
@@ -288,23 +353,61 @@ static int gather_device_staged(ec_tensor *t, const int64_t *ids, size_t n, void
     return rc;
 }
 
+/* Copy row r of a host-tier partition (ref) into this round's pinned
+ * staging buffer; *src receives its device address. The partition's entry
+ * is checked after the copies (staged_valid): the daemon may reuse an
+ * extent no kernel reads, epochs or not. */
+struct stage {
+    uint8_t *host;
+    const uint8_t *dev;
+    size_t rows, nrefs;
+};
+
+static int stage_row(ec_client *c, int dev, struct stage *st, size_t cap_rows,
+                     uint64_t row_bytes, const ec_index_ref *ref, uint64_t r, const void **src)
+{
+    int rc;
+
+    if (!st->host &&
+        (rc = cl_be()->stage_get(dev, cap_rows * row_bytes, (void **)&st->host,
+                                 (const void **)&st->dev)))
+        return rc;
+    memcpy(st->host + st->rows * row_bytes, c->seg.data + ref->offset + r * row_bytes,
+           row_bytes);
+    *src = st->dev + st->rows * row_bytes;
+    st->rows++;
+    return 0;
+}
+
+static bool staged_valid(const ec_index_ref *refs, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (!ec_index_still_valid(&refs[i]))
+            return false;
+    return true;
+}
+
 int cl_gather_device(ec_tensor *t, const int64_t *ids, size_t n, void *out, ec_dtype dst,
-                         const ec_gather_opts *o)
+                     const ec_gather_opts *o)
 {
     ec_client *c = t->c;
     uint64_t rpp = t->t.rows_per_partition, row_bytes = t->t.row_bytes;
-    size_t dev_rows = 0, host_rows = 0, misses = 0, ntodo = n;
+    size_t dev_rows = 0, host_rows = 0, staged_rows = 0, misses = 0, retries = 0, ntodo = n;
     struct scratch *s;
     struct cdev *d;
     int rc;
 
-    if ((rc = cl_stale(c)) || (rc = cl_device_ready(c, o->device)))
+    if ((rc = cl_stale(c)) || (rc = cl_device_stream_check(o->device, o->stream)) ||
+        (rc = cl_device_ready(c, o->device)))
         return rc;
     d = &c->dev[o->device]; /* device_ready checked the ordinal */
     if (cl_be()->check_ptr && (rc = cl_be()->check_ptr(out, o->device)))
         return rc;
     if (atomic_load_explicit(&t->mode, memory_order_relaxed) == EC_CACHE_ROWS)
         return gather_device_staged(t, ids, n, out, dst, o);
+    if (d->host_reads != EC_HOST_READS_MAPPED && !cl_be()->stage_get)
+        return ec_seterr(EC_EINVAL, "the %s backend cannot stage host rows for GPU %d",
+                         cl_be()->name, o->device);
     if (!(s = cl_scratch_get(n)))
         return EC_ENOMEM;
     for (size_t i = 0; i < n; i++)
@@ -314,9 +417,10 @@ int cl_gather_device(ec_tensor *t, const int64_t *ids, size_t n, void *out, ec_d
         const struct cslab *cs;
         const ec_segment *dv;
         size_t nparts = 0, nsrc = 0, nnext = 0, rdev = 0, rhost = 0;
-        uint64_t lastp = UINT64_MAX;
+        uint64_t lastp = UINT64_MAX, hoff = 0;
         const uint8_t *base = NULL;
-        bool found = false, on_dev = false, partial;
+        bool found = false, on_dev = false, ref_staged = false, partial;
+        struct stage st = {0};
         ec_index_ref ref;
 
         if (round == GATHER_MAX_ROUNDS) {
@@ -339,20 +443,19 @@ int cl_gather_device(ec_tensor *t, const int64_t *ids, size_t n, void *out, ec_d
                                         memory_order_acquire) == cs->gen
                  ? &cs->view
                  : NULL;
-        for (size_t k = 0; k < ntodo; k++) {
+        for (size_t k = 0; k < ntodo && rc == 0; k++) {
             size_t i = s->todo[k];
             uint64_t id = (uint64_t)ids[i], p = id / rpp, r = id % rpp;
             if (p != lastp) {
                 lastp = p;
-                found = false;
+                found = ref_staged = false;
                 if (dv && ec_index_lookup(dv, t->t.id, (uint32_t)p, &ref) &&
                     (r + 1) * row_bytes <= ref.length) {
                     base = (const uint8_t *)cs->base + ref.offset;
                     found = on_dev = true;
                 } else if (ec_index_lookup(&c->seg, t->t.id, (uint32_t)p, &ref) &&
                            (r + 1) * row_bytes <= ref.length) {
-                    base = (const uint8_t *)d->host_base + (c->seg.data - c->seg.base) +
-                           ref.offset;
+                    hoff = (uint64_t)(c->seg.data - c->seg.base) + ref.offset;
                     found = true;
                     on_dev = false;
                 } else {
@@ -361,15 +464,45 @@ int cl_gather_device(ec_tensor *t, const int64_t *ids, size_t n, void *out, ec_d
                 if (found)
                     cl_note_accesses(c, &ref, 1);
             }
-            if (found) {
-                s->src[nsrc] = base + r * row_bytes;
-                s->dst_rows[nsrc++] = i;
-                rdev += on_dev;
-                rhost += !on_dev;
-            } else {
+            if (!found) {
                 s->next[nnext++] = i;
                 misses += round == 0;
+                continue;
             }
+            s->dst_rows[nsrc] = i;
+            if (on_dev) {
+                s->src[nsrc++] = base + r * row_bytes;
+                rdev++;
+                continue;
+            }
+            /* A host row: through the mapped segment (chunk by chunk), or
+             * staged when the segment is not mapped or the row straddles
+             * two chunks whose device addresses are not contiguous. */
+            s->src[nsrc] = d->host_reads == EC_HOST_READS_MAPPED
+                               ? ec_host_map_addr(&d->host_map, hoff + r * row_bytes,
+                                                  row_bytes)
+                               : NULL;
+            if (s->src[nsrc]) {
+                rhost++;
+            } else if ((rc = stage_row(c, o->device, &st, ntodo, row_bytes, &ref, r,
+                                       &s->src[nsrc])) == 0 &&
+                       !ref_staged) {
+                s->refs[st.nrefs++] = ref;
+                ref_staged = true;
+            }
+            nsrc++;
+        }
+        if (rc) {
+            epoch_exit((void *)slot);
+            break;
+        }
+        if (st.rows && !staged_valid(s->refs, st.nrefs)) {
+            /* A staged row was torn: look everything up again. */
+            epoch_exit((void *)slot);
+            retries++;
+            if (nparts && (rc = cl_fault(t, s->parts, nparts)))
+                break;
+            continue;
         }
         partial = nparts && nsrc && round >= DEVICE_PARTIAL_ROUND;
         if (nparts == 0 || partial) {
@@ -386,6 +519,7 @@ int cl_gather_device(ec_tensor *t, const int64_t *ids, size_t n, void *out, ec_d
             }
             dev_rows += rdev;
             host_rows += rhost;
+            staged_rows += st.rows;
             if (!partial)
                 break;
         } else {
@@ -400,10 +534,12 @@ int cl_gather_device(ec_tensor *t, const int64_t *ids, size_t n, void *out, ec_d
     }
     cl_count(&c->session->gathers, 1);
     cl_count(&c->session->rows, n);
-    cl_count(&c->session->hits, dev_rows + host_rows);
+    cl_count(&c->session->hits, dev_rows + host_rows + staged_rows);
     cl_count(&c->session->device_rows, dev_rows);
     cl_count(&c->session->mapped_rows, host_rows);
+    cl_count(&c->session->staged_rows, staged_rows);
     cl_count(&c->session->misses, misses);
+    cl_count(&c->session->retries, retries);
     return rc;
 }
 

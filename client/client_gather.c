@@ -541,7 +541,9 @@ int ec_tensor_gather_ex(ec_tensor *t, const int64_t *ids, size_t n, void *out,
         return 0;
     if (o.flags & EC_GATHER_IDS_DEVICE) {
         const ec_backend *b = cl_be();
-        if ((rc = cl_device_ready(t->c, o.device)))
+        /* Before anything a graph capture forbids (the copy synchronizes). */
+        if ((rc = cl_device_stream_check(o.device, o.stream)) ||
+            (rc = cl_device_ready(t->c, o.device)))
             return rc;
         if (b->check_ptr && (rc = b->check_ptr(ids, o.device)))
             return ec_adderr(rc, "ids");

@@ -59,12 +59,15 @@ struct cslab {
 };
 
 /* One GPU as this client sees it (set up on its first device gather, under
- * the client's lock; read by gathers without it). table and host_base are
- * written before ready is stored (release). */
+ * the client's lock; read by gathers without it). table, host_reads and
+ * host_map are written before ready is stored (release). */
 struct cdev {
-    _Atomic bool ready;          /* host memory registered for this device */
+    _Atomic bool ready;          /* set up (host memory registered, or not) */
     int table;                   /* the daemon's device table for this GPU, -1: none */
-    void *host_base;             /* the segment's base address on the device */
+    uint32_t host_reads;         /* EC_HOST_READS_MAPPED: kernels read the segment
+                                  * through host_map; _STAGED*: host rows are
+                                  * copied through a pinned buffer */
+    ec_host_map host_map;        /* the segment's chunks' device addresses */
     struct cslab *_Atomic cur;   /* the slab in use, NULL: none */
     struct cslab *all;           /* guarded by the lock */
 };
@@ -168,6 +171,9 @@ struct ec_results {
 /* client_device.c */
 bool cl_epochs_drained(ec_client *c);
 int cl_device_ready(ec_client *c, int dev);
+/* Refuse a GPU gather on a stream that is being captured into a CUDA graph
+ * (before any call that capture forbids). 0 or EC_EINVAL. */
+int cl_device_stream_check(int dev, void *stream);
 int cl_gather_device(ec_tensor *t, const int64_t *ids, size_t n, void *out, ec_dtype dst,
                      const ec_gather_opts *o);
 

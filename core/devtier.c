@@ -147,10 +147,63 @@ static void publish_dev(ec_devtier *d, struct dev *dv)
     atomic_store_explicit(&h->resident_partitions, dv->resident.len, memory_order_relaxed);
 }
 
+/* The slab for GPU `dev` by the rule in devtier.h ("Sizing"), logged with
+ * why; 0: none fits, the GPU's tier stays off (logged too). */
+static uint64_t slab_size(const ec_devtier *d, int dev)
+{
+    const uint64_t MiB = 1ull << 20, host = d->seg->data_size;
+    bool deflt = d->cfg.slab_bytes == EC_DEVTIER_SLAB_AUTO;
+    uint64_t total = 0, avail = 0, reserve, want, cap, bytes;
+    char why[256];
+
+    if (!d->b->device_memory || d->b->device_memory(dev, &total, &avail)) {
+        const char *err = d->b->device_memory ? ec_last_error() : "the backend cannot tell";
+        want = deflt ? (1ull << 30) : d->cfg.slab_bytes;
+        bytes = (want < host ? want : host) / EC_SHM_PAGE * EC_SHM_PAGE;
+        ec_warn("GPU %d: its free memory is unknown (%s): device-tier slab of %" PRIu64
+                " MiB, %s", dev, err, bytes >> 20,
+                deflt ? "the default without it (the smaller of 1 GiB and the segment's data "
+                        "area); set --gpu-slab to choose"
+                      : "as --gpu-slab asked (at most the segment's data area)");
+        return bytes;
+    }
+    reserve = total / 16 > (1ull << 30) ? total / 16 : (1ull << 30);
+    cap = avail > reserve ? avail - reserve : 0;
+    want = deflt ? total / 16 : d->cfg.slab_bytes;
+    if (deflt)
+        snprintf(why, sizeof(why), "the default: 1/16 of the GPU's %" PRIu64 " MiB", total / MiB);
+    else
+        snprintf(why, sizeof(why), "as --gpu-slab asked");
+    bytes = want;
+    if (host < bytes) {
+        bytes = host;
+        snprintf(why + strlen(why), sizeof(why) - strlen(why),
+                 ", cut to the segment's data area (%" PRIu64 " MiB: the tier holds only "
+                 "partitions of the host tier)", host / MiB);
+    }
+    if (cap < bytes) {
+        if (cap < MIN_SLAB && cap < want) {
+            ec_warn("GPU %d: no device tier: %" PRIu64 " MiB of its %" PRIu64 " MiB are free "
+                    "and %" PRIu64 " MiB stay free for the processes that use it (start "
+                    "embcached before the framework, or free the GPU)",
+                    dev, avail / MiB, total / MiB, reserve / MiB);
+            return 0;
+        }
+        bytes = cap;
+        snprintf(why + strlen(why), sizeof(why) - strlen(why),
+                 ", cut to the GPU's free %" PRIu64 " MiB less %" PRIu64 " MiB kept free for "
+                 "the processes that use it", avail / MiB, reserve / MiB);
+    }
+    bytes = bytes / EC_SHM_PAGE * EC_SHM_PAGE;
+    ec_info("GPU %d: device-tier slab of %" PRIu64 " MiB: %s (%" PRIu64 " of %" PRIu64
+            " MiB free)", dev, bytes / MiB, why, avail / MiB, total / MiB);
+    return bytes;
+}
+
 static int dev_start(ec_devtier *d, struct dev *dv, uint64_t generation)
 {
     ec_shm_device *h = &d->seg->hdr->dev[dv->ordinal];
-    uint64_t bytes = d->cfg.slab_bytes / EC_SHM_PAGE * EC_SHM_PAGE;
+    uint64_t bytes = slab_size(d, dv->ordinal);
     char busid[32] = "";
     int rc;
 
@@ -160,6 +213,8 @@ static int dev_start(ec_devtier *d, struct dev *dv, uint64_t generation)
     if (dv->topo && busid[0])
         dv->node = ec_topology_node_of_pci(dv->topo, busid);
     atomic_store_explicit(&h->numa_node, dv->node, memory_order_relaxed);
+    if (!bytes)
+        return EC_EDEVICE; /* slab_size said why */
     for (;;) {
         rc = d->b->slab_create(dv->ordinal, bytes, &dv->slab);
         if (rc == 0)
@@ -199,11 +254,40 @@ static int dev_start(ec_devtier *d, struct dev *dv, uint64_t generation)
     return 0;
 }
 
+/* May the daemon put a tier (and so a context of its own) on GPU `dev`?
+ * Not in EXCLUSIVE_PROCESS compute mode, where that context would lock
+ * every client out of the GPU, nor in PROHIBITED mode. Says why once. */
+static bool gpu_usable(const ec_backend *b, int dev)
+{
+    ec_device_caps caps;
+
+    if (!b->device_caps)
+        return true;
+    if (b->device_caps(dev, &caps)) {
+        ec_warn("GPU %d: no device tier: %s", dev, ec_last_error());
+        return false;
+    }
+    if (caps.exclusive_process) {
+        ec_error("GPU %d is in EXCLUSIVE_PROCESS compute mode: the daemon's own context "
+                 "would lock clients out, so it gets no device tier (clients read host "
+                 "memory); run `nvidia-smi -i %d -c DEFAULT` as root and restart embcached "
+                 "for a device tier, or start embcached with --gpu-slab 0 to silence this",
+                 dev, dev);
+        return false;
+    }
+    if (caps.prohibited) {
+        ec_warn("GPU %d is in PROHIBITED compute mode: no device tier", dev);
+        return false;
+    }
+    return true;
+}
+
 ec_devtier *ec_devtier_open(ec_segment *seg, const ec_backend *b, const ec_devtier_config *cfg,
                             uint64_t generation, const ec_topology *topo)
 {
     ec_devtier *d = calloc(1, sizeof(*d));
-    int ngpu;
+    bool usable[EC_SHM_MAX_DEVICES] = {false};
+    int ngpu, reg_dev;
 
     if (!d) {
         ec_warn("no device tier: out of memory");
@@ -229,6 +313,8 @@ ec_devtier *ec_devtier_open(ec_segment *seg, const ec_backend *b, const ec_devti
     if (atomic_load_explicit(&seg->hdr->epoch, memory_order_relaxed) == 0)
         atomic_store_explicit(&seg->hdr->epoch, 1, memory_order_relaxed);
     ngpu = b && b->slab_create ? b->device_count() : 0;
+    if (ngpu > 0 && cfg->slab_bytes == 0)
+        ec_info("no device tier (--gpu-slab 0): the %d GPU(s) read rows from host memory", ngpu);
     if (ngpu <= 0 || cfg->slab_bytes == 0)
         return d;
     if ((unsigned)ngpu > seg->hdr->device_tables) {
@@ -237,7 +323,17 @@ ec_devtier *ec_devtier_open(ec_segment *seg, const ec_backend *b, const ec_devti
                 ngpu, seg->hdr->device_tables);
         ngpu = (int)seg->hdr->device_tables;
     }
-    if (ngpu > 0 && b->host_register(seg->base, seg->size, false, 0, NULL)) {
+    /* GPUs where a context of the daemon would lock clients out get no
+     * tier, and no context: nothing below touches them. */
+    reg_dev = -1;
+    for (int i = 0; i < ngpu; i++) {
+        usable[i] = gpu_usable(b, i);
+        if (usable[i] && reg_dev < 0)
+            reg_dev = i;
+    }
+    if (reg_dev < 0)
+        return d;
+    if (b->host_register(seg->base, seg->size, false, reg_dev, NULL)) {
         ec_warn("no device tier: the segment cannot be registered with the GPUs: %s",
                 ec_last_error());
         return d;
@@ -249,7 +345,8 @@ ec_devtier *ec_devtier_open(ec_segment *seg, const ec_backend *b, const ec_devti
         dv->b = b;
         dv->seg = seg;
         dv->topo = topo;
-        if (dev_start(d, dv, generation) == 0)
+        dv->node = -1;
+        if (usable[i] && dev_start(d, dv, generation) == 0)
             d->active = true;
     }
     if (!d->active) {

@@ -3,7 +3,8 @@
  * partitions, published in the segment's device indexes.
  *
  * Owns, per GPU the backend reaches (up to the segment's device tables):
- * the slab (backend->slab_create, exported by handle), a daemon-private
+ * the slab (backend->slab_create, exported as a file descriptor that the
+ * DEVICES reply passes to clients), a daemon-private
  * extent allocator over it, the device's CLOCK, and a promotion thread
  * bound to the NUMA node nearest the GPU that copies partitions from the
  * host tier into the slab. The tier is inclusive: a partition is promoted
@@ -11,12 +12,38 @@
  * called whenever the host tier drops one, so a device entry never outlives
  * its host copy (a refresh or a retire reaches the device tier too).
  *
+ * GPUs in EXCLUSIVE_PROCESS (or PROHIBITED) compute mode get no tier and no
+ * context of the daemon's: one would lock every client out of the GPU.
+ *
+ * Freeing a slab: extents inside a live slab are reused only through limbo
+ * (epochs drained, below). The slab itself is freed only at close, without
+ * a drain: by then the server has dropped its clients, and a client that
+ * mapped the slab keeps the memory (and its last contents) until it unmaps
+ * it, since the slab is shared as a descriptor, not an IPC handle.
+ *
  * Reclamation: clients read slab and host extents asynchronously (a GPU
  * gather), so extents are not freed when their entry is removed but put in
  * limbo with an epoch tag and freed once no reader can still use them (the
  * protocol is in shm/layout.h, "Device reads"). Host extents go through the
  * same limbo (ec_devtier_retire_host) when the tier is on; the engine frees
  * them in the callback it passes to ec_devtier_reclaim().
+ *
+ * Sizing, per GPU, from what the backend says of its memory (device_memory):
+ * the slab is the smallest of
+ *  - what was asked (--gpu-slab), or by default (EC_DEVTIER_SLAB_AUTO)
+ *    1/16 of the GPU's total memory;
+ *  - the segment's data area: the tier is inclusive, so a larger slab could
+ *    never be filled;
+ *  - the GPU's free memory less a reserve of max(1 GiB, 1/16 of the GPU)
+ *    kept for the processes that use it (their CUDA contexts, the
+ *    framework's weights, KV cache and activations).
+ * 1/16 because the frameworks that start after the daemon take a fraction
+ * of the whole GPU and check it is free (vLLM 0.9 of it by default, SGLang
+ * about 0.88): a sixteenth (8.8 of an H200's 141 GB, 5 of an H100's 80)
+ * plus the daemon's context fits in the tenth they leave. The choice and
+ * why are logged. Where the backend cannot tell, the default is the smaller
+ * of 1 GiB and the data area. A cap that leaves less than 64 MiB (or less
+ * than was asked, when that was under 64 MiB) leaves the GPU's tier off.
  *
  * Failures: a slab that cannot be allocated is retried at half the size
  * down to 64 MiB, then that GPU's tier stays off; a copy that fails with a
@@ -38,8 +65,12 @@
 
 typedef struct ec_devtier ec_devtier;
 
+/* ec_devtier_config.slab_bytes: size each GPU's slab by the rule above. */
+#define EC_DEVTIER_SLAB_AUTO UINT64_MAX
+
 typedef struct ec_devtier_config {
-    uint64_t slab_bytes;       /* per GPU; 0 turns the tier off */
+    uint64_t slab_bytes;       /* per GPU, at most (see Sizing); 0 turns the tier
+                                * off; EC_DEVTIER_SLAB_AUTO: the default */
     unsigned promote_touches;  /* touches within a tick that make a partition hot; 0: 2 */
     uint64_t promote_bytes;    /* most bytes promoted per tick and GPU; 0: 256 MiB */
 } ec_devtier_config;

@@ -67,9 +67,13 @@ struct ec_names {
 static uint64_t name_hash(const char *model, char kind, const char *name)
 {
     char buf[2 * (EC_NAME_MAX + 1) + 2];
-    size_t a = strnlen(model, EC_NAME_MAX), b = name ? strnlen(name, EC_NAME_MAX) : 0;
+    size_t a = strlen(model), b = name ? strlen(name) : 0;
     uint64_t h;
 
+    /* NUL-terminated names (the callers' buffers, or literals): at most
+     * EC_NAME_MAX of each is hashed. */
+    a = a > EC_NAME_MAX ? EC_NAME_MAX : a;
+    b = b > EC_NAME_MAX ? EC_NAME_MAX : b;
     memcpy(buf, model, a);
     buf[a] = 0;
     buf[a + 1] = kind;

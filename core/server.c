@@ -1180,8 +1180,7 @@ int ec_server_run(const ec_server_config *cfg)
                              .budget = cfg->budget,
                              .ttl_seconds = cfg->ttl_seconds,
                              .ttl_jitter = cfg->ttl_jitter,
-                             .gpu_slab = cfg->gpu_slab == UINT64_MAX ? cfg->shm_size
-                                                                     : cfg->gpu_slab,
+                             .gpu_slab = cfg->gpu_slab, /* UINT64_MAX: devtier sizes it */
                              .pager = (enum ec_pager_kind)cfg->pager,
                              .queue_depth = cfg->queue_depth,
                              .rate_window = cfg->rate_window,

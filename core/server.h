@@ -37,7 +37,9 @@ typedef struct ec_server_config {
     int pager;                             /* enum ec_pager_kind */
     unsigned queue_depth;                  /* io_uring reads in flight */
     double rate_window;                    /* seconds per request-rate window */
-    uint64_t gpu_slab;                     /* device slab per GPU; 0: off; UINT64_MAX: shm_size */
+    uint64_t gpu_slab;                     /* device slab per GPU, at most; 0: off;
+                                            * UINT64_MAX: the default (core/devtier.h,
+                                            * "Sizing") */
     long epoch_hold_max;                   /* seconds a client may hold an epoch; 0: 30 */
     long pin_lease;                        /* seconds a stopped client keeps its views;
                                             * 0: for ever */

@@ -43,6 +43,9 @@ int srv_h_stats(server *s, struct conn *c, ec_rbuf *r, uint32_t req_id)
              retries = s->st.retries, faults = s->st.faults,
              device_rows = s->st.device_rows, mapped_rows = s->st.mapped_rows,
              staged_rows = s->st.staged_rows;
+    /* How clients' GPU gathers read host rows, per client GPU ordinal. */
+    uint64_t reads_mapped[EC_SHM_MAX_DEVICES] = {0}, reads_staged[EC_SHM_MAX_DEVICES] = {0},
+             reads_failed = 0;
 
     if (!ec_rbuf_done(r))
         return srv_bad_body(EC_OP_STATS);
@@ -59,6 +62,12 @@ int srv_h_stats(server *s, struct conn *c, ec_rbuf *r, uint32_t req_id)
         device_rows += atomic_load_explicit(&k->session->device_rows, memory_order_relaxed);
         mapped_rows += atomic_load_explicit(&k->session->mapped_rows, memory_order_relaxed);
         staged_rows += atomic_load_explicit(&k->session->staged_rows, memory_order_relaxed);
+        for (unsigned d = 0; d < EC_SHM_MAX_DEVICES; d++) {
+            uint32_t m = atomic_load_explicit(&k->session->host_reads[d], memory_order_relaxed);
+            reads_mapped[d] += m == EC_HOST_READS_MAPPED;
+            reads_staged[d] += m == EC_HOST_READS_STAGED || m == EC_HOST_READS_STAGED_FAILED;
+            reads_failed += m == EC_HOST_READS_STAGED_FAILED;
+        }
     }
     ec_msg_begin(&w, s->out, sizeof(s->out), EC_OP_STATS | EC_OP_REPLY, req_id, 0);
     count_at = w.len;
@@ -91,6 +100,19 @@ int srv_h_stats(server *s, struct conn *c, ec_rbuf *r, uint32_t req_id)
     put_stat("client_rows_device_tier", device_rows, &x);
     put_stat("client_rows_mapped_host", mapped_rows, &x);
     put_stat("client_rows_staged_host", staged_rows, &x);
+    /* Clients per GPU (their ordinal) whose kernels read host rows through
+     * the mapped segment, or staged through a pinned buffer (read-only
+     * registration unsupported or failed); only GPUs in use. */
+    for (unsigned d = 0; d < EC_SHM_MAX_DEVICES; d++) {
+        char name[48];
+        if (!reads_mapped[d] && !reads_staged[d])
+            continue;
+        snprintf(name, sizeof(name), "client_gpu%u_host_reads_mapped", d);
+        put_stat(name, reads_mapped[d], &x);
+        snprintf(name, sizeof(name), "client_gpu%u_host_reads_staged", d);
+        put_stat(name, reads_staged[d], &x);
+    }
+    put_stat("client_host_register_failures", reads_failed, &x);
     memcpy(w.buf + count_at, &x.n, 4);
     srv_reply_send(s, c, ec_msg_end(&w), NULL, 0);
     return 0;

@@ -21,6 +21,33 @@ const ec_backend *ec_backend_cuda_probe(void)
 }
 #endif
 
+const void *ec_host_map_addr(const ec_host_map *m, uint64_t off, uint64_t bytes)
+{
+    uint64_t k, in;
+
+    if (!m->n || !m->chunk || off > m->len || bytes > m->len - off)
+        return NULL;
+    k = off / m->chunk;
+    in = off % m->chunk;
+    if (k >= m->n)
+        return NULL;
+    /* Within one chunk, or across chunks whose device addresses happen to
+     * be contiguous (the usual case with UVA; not assumed). */
+    for (uint64_t end = in + bytes, j = k; end > m->chunk; end -= m->chunk, j++)
+        if (j + 1 >= m->n || m->dev[j + 1] != m->dev[j] + m->chunk)
+            return NULL;
+    return m->dev[k] + in;
+}
+
+uint64_t ec_host_register_max(void)
+{
+    const char *env = getenv("EMBCACHE_REGISTER_MAX");
+    unsigned long long v = env ? strtoull(env, NULL, 0) : 0;
+
+    v = v / 4096 * 4096;
+    return v ? (uint64_t)v : EC_HOST_REGISTER_MAX;
+}
+
 static pthread_once_t auto_once = PTHREAD_ONCE_INIT;
 static const ec_backend *auto_choice;
 

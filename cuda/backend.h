@@ -7,8 +7,9 @@
  *  - cpu:  memcpy into host memory; always built; what CI runs. Has no
  *          device tier (the slab functions are NULL).
  *  - cuda: built when the toolkit is found, used when a driver and a GPU are
- *          present: pinned/mapped host memory, cudaMalloc slabs exported by
- *          CUDA IPC handle, and the gather kernel (cuda/gather.cu).
+ *          present: pinned/mapped host memory, slabs from the driver's
+ *          virtual memory API (cuMemCreate) exported as file descriptors,
+ *          and the gather kernel (cuda/gather.cu).
  *  - emu:  a test backend (EMBCACHE_BACKEND=emu, EMBCACHE_EMU_GPUS=N) that
  *          emulates N GPUs with host memory: a "slab" is a memfd shared
  *          with clients, a "device pointer" is a host pointer. It lets the
@@ -56,15 +57,61 @@ typedef struct ec_gather_desc {
  * EC_SHM_MAX_DEVICES is the same number). */
 #define EC_BACKEND_MAX_DEVICES 8
 
-/* A device-tier slab: the daemon creates it; clients open it by handle. */
-#define EC_SLAB_HANDLE_BYTES 64 /* sizeof(cudaIpcMemHandle_t) */
+/* A device-tier slab: the daemon creates it; clients open it by the file
+ * descriptor it exports, passed over the Unix socket (SCM_RIGHTS). CUDA:
+ * physical memory from cuMemCreate exported as a POSIX file descriptor; a
+ * client that imported and mapped it keeps the memory alive until it
+ * unmaps it, whatever the daemon does (frees the slab, exits, dies). Emu: a
+ * memfd, with the same lifetime. The handle bytes are kept in the DEVICES
+ * reply for compatibility and are all zero. */
+#define EC_SLAB_HANDLE_BYTES 64
 typedef struct ec_slab {
     int device;
-    uint64_t bytes;
+    uint64_t bytes;   /* what the tier uses */
+    uint64_t mapped;  /* CUDA: bytes allocated and mapped (bytes rounded up to
+                       * the allocation granularity); emu: bytes */
     void *base;       /* daemon: the device address (emu: host mapping) */
-    uint8_t handle[EC_SLAB_HANDLE_BYTES]; /* what a client opens */
-    int fd;           /* emu: the memfd to pass to clients; -1 for CUDA */
+    uint64_t mem;     /* CUDA: the CUmemGenericAllocationHandle; emu: 0 */
+    uint8_t handle[EC_SLAB_HANDLE_BYTES]; /* zero (see above) */
+    int fd;           /* the descriptor to pass to clients; owned by the slab */
 } ec_slab;
+
+/* What one GPU allows, for decisions the client and the daemon take before
+ * they touch it (cudaDeviceGetAttribute: creates no context). */
+typedef struct ec_device_caps {
+    bool readonly_register;  /* cudaDevAttrHostRegisterReadOnlySupported: a
+                              * read-only mapping of the segment can be
+                              * registered; false: clients stage host rows */
+    bool exclusive_process;  /* compute mode EXCLUSIVE_PROCESS: one process
+                              * per GPU, so a daemon context locks clients out */
+    bool prohibited;         /* compute mode PROHIBITED: no context at all */
+} ec_device_caps;
+
+/* The device addresses of a registered range of host memory. Registration
+ * goes in chunks of at most `chunk` bytes (one cudaHostRegister of 512 GiB
+ * or more fails on current drivers), and each chunk has its own device
+ * address: consecutive chunks are not assumed to be contiguous on the
+ * device. ec_host_map_addr() turns an offset into a device address. */
+#define EC_HOST_MAP_MAX 256 /* chunks: 64 TiB at 256 GiB a chunk */
+typedef struct ec_host_map {
+    uint64_t chunk;                  /* bytes per chunk (the last may be shorter) */
+    uint64_t len;                    /* bytes registered */
+    uint32_t n;                      /* chunks */
+    uint8_t *dev[EC_HOST_MAP_MAX];   /* device address of each chunk's start */
+} ec_host_map;
+
+/* The most bytes one host registration covers, unless a backend says less. */
+#define EC_HOST_REGISTER_MAX (256ull << 30)
+
+/* The device address of bytes [off, off + bytes) of a registered range, or
+ * NULL when they straddle two chunks whose device addresses are not
+ * contiguous (the caller then stages them) or lie outside the range. */
+const void *ec_host_map_addr(const ec_host_map *m, uint64_t off, uint64_t bytes);
+
+/* Bytes per host registration chunk: EC_HOST_REGISTER_MAX, or
+ * EMBCACHE_REGISTER_MAX=bytes from the environment (rounded down to whole
+ * 4 KiB pages; for tests of the chunked path). */
+uint64_t ec_host_register_max(void);
 
 typedef struct ec_backend {
     const char *name;                          /* "cpu", "cuda", "emu" */
@@ -85,22 +132,51 @@ typedef struct ec_backend {
     /* Device tier; all NULL in the CPU backend. */
     /* PCI bus id of a device ("0000:3b:00.0"), for topology. */
     int (*device_busid)(int device, char *buf, size_t len);
+    /* What `device` allows (see ec_device_caps). 0 or EC_EDEVICE. */
+    int (*device_caps)(int device, ec_device_caps *out);
+    /* Is `stream` being captured into a CUDA graph (cudaStreamIsCapturing)?
+     * 0: no; 1: yes (or the legacy stream while another stream captures);
+     * < 0: an EC_E* error. Legal to call during a capture. */
+    int (*stream_capturing)(int device, void *stream);
     /* Register host memory [base, base+len) with every device: the daemon
      * (readonly false) for DMA copies into slabs; a client (readonly true,
-     * mapped) so kernels read it over PCIe. *dev_base_out (may be NULL)
-     * receives base's address on `device`. */
-    int (*host_register)(void *base, size_t len, bool readonly, int device, void **dev_base_out);
+     * mapped) so kernels read it over PCIe. Registers in chunks of at most
+     * the backend's maximum; *map_out (may be NULL) receives each chunk's
+     * address on `device`. A failure leaves nothing registered. */
+    int (*host_register)(void *base, size_t len, bool readonly, int device,
+                         ec_host_map *map_out);
+    /* Undo host_register of base (every chunk). */
     void (*host_unregister)(void *base);
-    /* Daemon: allocate and export a slab of `bytes` on `device`. */
+    /* A pinned host buffer of at least `bytes` bytes that the gather on
+     * `device` can read (mapped): *host for the CPU to fill, *dev the
+     * address to give the gather. One per thread and device; free to write
+     * when this returns (the thread's previous gather on the device, which
+     * may read it, has completed: this waits for it). Valid until the
+     * thread's next stage_get on the device; must not be called while a
+     * stream is captured. The staged path of host rows when the segment
+     * cannot be registered read-only. */
+    int (*stage_get)(int device, size_t bytes, void **host, const void **dev);
+    /* Daemon: allocate a slab of `bytes` on `device` and export it as a file
+     * descriptor (out->fd). */
     int (*slab_create)(int device, uint64_t bytes, ec_slab *out);
+    /* Daemon: unmap and release the slab and close its descriptor. Memory a
+     * client imported stays valid for that client until it closes it. */
     void (*slab_destroy)(ec_slab *s);
     /* Daemon: copy bytes from (registered) host memory into the slab; returns
      * when the copy is complete. */
     int (*slab_write)(ec_slab *s, uint64_t off, const void *src, size_t bytes);
-    /* Client: open a slab the daemon exported (handle, or fd for emu); the
-     * base is readable by this backend's gather on `device`. */
+    /* Client: import and map a slab the daemon exported, from its file
+     * descriptor (the caller keeps and closes fd); the base is readable by
+     * this backend's gather on `device`. handle is unused (zeros). */
     int (*slab_open)(int device, const uint8_t *handle, int fd, uint64_t bytes, void **base_out);
     void (*slab_close)(int device, void *base, uint64_t bytes);
+    /* Daemon: the memory of `device` (cudaMemGetInfo): *total bytes, and
+     * *free_bytes not allocated by anyone now, for sizing the device-tier
+     * slab (core/devtier.c). 0, or EC_EDEVICE with a message. NULL in the
+     * CPU backend. Emu: EMBCACHE_EMU_GPU_MEM=bytes (default 16G) in all,
+     * EMBCACHE_EMU_GPU_USED=bytes of it taken (default 0); its own slabs
+     * are not counted. */
+    int (*device_memory)(int device, uint64_t *total, uint64_t *free_bytes);
 } ec_backend;
 
 enum ec_backend_kind {
@@ -120,6 +196,9 @@ const ec_backend *ec_backend_get(enum ec_backend_kind kind);
 extern const ec_backend ec_backend_cpu;
 /* The GPU emulator (see above); always built, never chosen by AUTO. */
 extern const ec_backend ec_backend_emu;
+/* Emulator, for tests: read-only host registrations asked of it so far in
+ * this process (each a real cudaHostRegister on a GPU). */
+long ec_backend_emu_readonly_registrations(void);
 
 /* The CUDA backend's probe: the backend when CUDA is built in and a device is
  * usable, else NULL with a message (defined in backend_cuda.c when built,

@@ -1,7 +1,23 @@
 /*
  * backend_cuda.c - the CUDA device backend's host side: probing, pinned and
- * mapped host memory, device-tier slabs behind CUDA IPC handles, and the
+ * mapped host memory, device-tier slabs shared as file descriptors, and the
  * launch of the gather kernel (cuda/gather.cu).
+ *
+ * Slabs use the driver's virtual memory API: cuMemCreate with
+ * CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR, mapped with cuMemAddressReserve,
+ * cuMemMap and cuMemSetAccess, and exported with
+ * cuMemExportToShareableHandle as a descriptor the daemon passes over its
+ * socket. A client imports it (cuMemImportFromShareableHandle), maps it and
+ * releases its handle at once: the physical memory then lives until the
+ * last mapping goes, so a daemon that frees its slab or dies never pulls
+ * memory from under a client's queued kernels, and only a process the
+ * daemon handed the descriptor to can map it (a cudaIpcMemHandle was a
+ * 64-byte bearer token). The driver functions come through
+ * cudaGetDriverEntryPointByVersion, so libembcache does not link libcuda
+ * and still loads where no driver is installed.
+ *
+ * Host registration (cudaHostRegister) goes in chunks of at most
+ * ec_host_register_max() bytes, each with its own device address.
  *
  * Built only when the CUDA toolkit is found. Every cudart error becomes an
  * EC_E* code here, at the boundary, with cudaGetErrorString in the message;
@@ -17,11 +33,15 @@
  * device waits for it (normally long done). The caller's completion
  * callback runs as a host function on the stream once the kernel is done.
  */
+#include <cuda.h>
+#include <cudaTypedefs.h>
 #include <cuda_runtime_api.h>
+#include <errno.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "common/dtype.h"
 #include "common/err.h"
@@ -137,6 +157,41 @@ static int cuda_copy_to_device(void *dst, const void *src, size_t n, int device,
     return e == cudaSuccess ? 0 : cerr(e, "copying rows to the GPU", device);
 }
 
+static int cuda_device_caps(int device, ec_device_caps *out)
+{
+    int ro = 0, mode = 0;
+    cudaError_t e;
+
+    /* Attributes are read without creating a context on the device. */
+    e = cudaDeviceGetAttribute(&ro, cudaDevAttrHostRegisterReadOnlySupported, device);
+    if (e == cudaSuccess)
+        e = cudaDeviceGetAttribute(&mode, cudaDevAttrComputeMode, device);
+    if (e != cudaSuccess)
+        return cerr(e, "reading the device's attributes", device);
+    memset(out, 0, sizeof(*out));
+    out->readonly_register = ro != 0;
+    out->exclusive_process = mode == cudaComputeModeExclusiveProcess;
+    out->prohibited = mode == cudaComputeModeProhibited;
+    return 0;
+}
+
+static int cuda_stream_capturing(int device, void *stream)
+{
+    enum cudaStreamCaptureStatus st = cudaStreamCaptureStatusNone;
+    cudaError_t e = cudaStreamIsCapturing((cudaStream_t)stream, &st);
+
+    /* The legacy stream while a blocking stream captures: using it would
+     * join that capture. */
+    if (e == cudaErrorStreamCaptureImplicit) {
+        (void)cudaGetLastError();
+        return 1;
+    }
+    if (e != cudaSuccess)
+        return cerr(e, "asking whether the stream is being captured (cudaStreamIsCapturing)",
+                    device);
+    return st != cudaStreamCaptureStatusNone;
+}
+
 /* ------------------------------------------------------------------ */
 /* Gather                                                              */
 
@@ -144,7 +199,11 @@ struct tscratch {
     uint64_t *src;               /* pinned, mapped */
     uint64_t *src_dev;           /* its device address */
     size_t cap;
-    cudaEvent_t ev;              /* recorded after the last launch using src */
+    uint8_t *stage;              /* staged host rows: pinned, mapped (stage_get) */
+    uint8_t *stage_dev;
+    size_t stage_cap;
+    cudaEvent_t ev;              /* recorded after the last launch using src
+                                  * and stage */
     bool pending;
 };
 
@@ -170,6 +229,8 @@ static void ts_destroy(void *p)
             (void)cudaEventDestroy(s->ev);
         if (s->src)
             (void)cudaFreeHost(s->src);
+        if (s->stage)
+            (void)cudaFreeHost(s->stage);
     }
     free(set);
 }
@@ -179,9 +240,9 @@ static void ts_make(void)
     ts_ok = pthread_key_create(&ts_key, ts_destroy) == 0;
 }
 
-/* This thread's row-address buffer on the current device `device`, with
- * room for n entries, free to be written. */
-static int ts_get(int device, size_t n, struct tscratch **out)
+/* This thread's scratch on the current device `device`, free to be
+ * written (the last launch that read it has completed). */
+static int ts_free(int device, struct tscratch **out)
 {
     struct tscratch_set *set;
     struct tscratch *s;
@@ -206,6 +267,20 @@ static int ts_get(int device, size_t n, struct tscratch **out)
             return cerr(e, "waiting for the previous gather", device);
         s->pending = false;
     }
+    *out = s;
+    return 0;
+}
+
+/* This thread's row-address buffer on the current device `device`, with
+ * room for n entries, free to be written. */
+static int ts_get(int device, size_t n, struct tscratch **out)
+{
+    struct tscratch *s = NULL;
+    cudaError_t e;
+    int rc;
+
+    if ((rc = ts_free(device, &s)))
+        return rc;
     if (n > s->cap) {
         size_t cap = n < 4096 ? 4096 : n;
         if (s->src)
@@ -226,6 +301,43 @@ static int ts_get(int device, size_t n, struct tscratch **out)
     }
     *out = s;
     return 0;
+}
+
+static int cuda_stage_get(int device, size_t bytes, void **host, const void **dev)
+{
+    struct tscratch *s = NULL;
+    cudaError_t e;
+    int prev, rc;
+
+    if (device < 0 || device >= cuda_device_count() || device >= EC_BACKEND_MAX_DEVICES)
+        return ec_seterr(EC_EINVAL, "staging buffer for GPU %d, which does not exist", device);
+    if ((e = enter(device, &prev)) != cudaSuccess)
+        return cerr(e, "selecting the device", device);
+    rc = ts_free(device, &s);
+    if (rc == 0 && bytes > s->stage_cap) {
+        size_t cap = bytes < (1u << 20) ? (1u << 20) : bytes;
+        if (s->stage)
+            (void)cudaFreeHost(s->stage);
+        s->stage = NULL;
+        s->stage_cap = 0;
+        e = cudaHostAlloc((void **)&s->stage, cap, cudaHostAllocMapped | cudaHostAllocPortable);
+        if (e == cudaSuccess)
+            e = cudaHostGetDevicePointer((void **)&s->stage_dev, s->stage, 0);
+        if (e != cudaSuccess) {
+            if (s->stage)
+                (void)cudaFreeHost(s->stage);
+            s->stage = NULL;
+            rc = cerr(e, "allocating a pinned staging buffer for host rows", device);
+        } else {
+            s->stage_cap = cap;
+        }
+    }
+    leave(device, prev);
+    if (rc == 0) {
+        *host = s->stage;
+        *dev = s->stage_dev;
+    }
+    return rc;
 }
 
 static int cuda_gather(const ec_gather_desc *g)
@@ -298,61 +410,289 @@ static int cuda_busid(int device, char *buf, size_t len)
     return e == cudaSuccess ? 0 : cerr(e, "reading the PCI bus id", device);
 }
 
-static int cuda_host_register(void *base, size_t len, bool readonly, int device, void **dev_base)
+/* Registrations by base address, so host_unregister finds every chunk.
+ * owned[k]: chunk k was registered by this call (not found registered). */
+struct creg {
+    void *base;
+    size_t len;
+    uint64_t chunk;
+    uint32_t n;
+    bool owned[EC_HOST_MAP_MAX];
+    struct creg *next;
+};
+
+static pthread_mutex_t reg_mu = PTHREAD_MUTEX_INITIALIZER;
+static struct creg *regs;
+
+static void creg_undo(struct creg *r)
+{
+    for (uint32_t k = 0; k < r->n; k++)
+        if (r->owned[k] && cudaHostUnregister((uint8_t *)r->base + (uint64_t)k * r->chunk) !=
+                               cudaSuccess)
+            (void)cudaGetLastError();
+}
+
+static int cuda_host_register(void *base, size_t len, bool readonly, int device,
+                              ec_host_map *map)
 {
     unsigned flags = cudaHostRegisterPortable | cudaHostRegisterMapped;
-    cudaError_t e;
-    int prev;
+    uint64_t chunk = ec_host_register_max();
+    struct creg *r, *old;
+    ec_host_map m = {.chunk = chunk, .len = len};
+    ec_device_caps caps = {0};
+    cudaError_t e = cudaSuccess;
+    int prev, rc;
 
-    if (readonly)
+    if (readonly) {
+        /* Without the attribute a read-only registration fails (and on
+         * some x86 systems it is 0): say so instead of trying. */
+        if ((rc = cuda_device_caps(device, &caps)))
+            return rc;
+        if (!caps.readonly_register)
+            return ec_seterr(EC_EDEVICE, "GPU %d cannot map read-only host memory "
+                                         "(cudaDevAttrHostRegisterReadOnlySupported is 0)",
+                             device);
         flags |= cudaHostRegisterReadOnly;
-    if ((e = enter(device, &prev)) != cudaSuccess)
-        return cerr(e, "selecting the device", device);
-    e = cudaHostRegister(base, len, flags);
-    if (e == cudaErrorHostMemoryAlreadyRegistered) {
-        (void)cudaGetLastError();
-        e = cudaSuccess;
     }
-    if (e == cudaSuccess && dev_base)
-        e = cudaHostGetDevicePointer(dev_base, base, 0);
-    leave(device, prev);
+    if ((len + chunk - 1) / chunk > EC_HOST_MAP_MAX)
+        return ec_seterr(EC_EDEVICE, "registering %zu bytes in chunks of %llu bytes needs more "
+                                     "than %u registrations", len,
+                         (unsigned long long)chunk, EC_HOST_MAP_MAX);
+    if (!(r = calloc(1, sizeof(*r))))
+        return ec_seterr(EC_ENOMEM, "host registration record");
+    r->base = base;
+    r->len = len;
+    r->chunk = chunk;
+    if ((e = enter(device, &prev)) != cudaSuccess) {
+        free(r);
+        return cerr(e, "selecting the device", device);
+    }
+    m.n = (uint32_t)((len + chunk - 1) / chunk);
+    /* One cudaHostRegister per chunk: one of 512 GiB or more fails on
+     * current drivers. Each chunk's device address is its own. */
+    for (uint32_t k = 0; k < m.n && e == cudaSuccess; k++) {
+        uint8_t *p = (uint8_t *)base + (uint64_t)k * chunk;
+        size_t n = len - (uint64_t)k * chunk < chunk ? len - (uint64_t)k * chunk : chunk;
+        e = cudaHostRegister(p, n, flags);
+        if (e == cudaErrorHostMemoryAlreadyRegistered) {
+            (void)cudaGetLastError();
+            e = cudaSuccess;
+        } else if (e == cudaSuccess) {
+            r->owned[k] = true;
+        }
+        r->n = k + 1;
+        if (e == cudaSuccess && map)
+            e = cudaHostGetDevicePointer((void **)&m.dev[k], p, 0);
+    }
     if (e != cudaSuccess)
-        return ec_adderr(cerr(e, "registering the shared segment", device),
-                         "%s%zu bytes at %p; the kernel reads host rows through this mapping",
-                         readonly ? "read-only, " : "", len, base);
+        creg_undo(r);
+    leave(device, prev);
+    if (e != cudaSuccess) {
+        rc = cerr(e, "registering the shared segment", device);
+        free(r);
+        return ec_adderr(rc, "%s%zu bytes at %p in %u chunk(s) of at most %llu bytes; the "
+                             "kernel reads host rows through this mapping",
+                         readonly ? "read-only, " : "", len, base, m.n,
+                         (unsigned long long)chunk);
+    }
+    pthread_mutex_lock(&reg_mu);
+    for (old = regs; old && old->base != base; old = old->next)
+        ;
+    if (old) {
+        /* Registered before (another device of this process): the first
+         * record owns the chunks. */
+        free(r);
+    } else {
+        r->next = regs;
+        regs = r;
+    }
+    pthread_mutex_unlock(&reg_mu);
+    if (map)
+        *map = m;
     return 0;
 }
 
 static void cuda_host_unregister(void *base)
 {
-    if (cudaHostUnregister(base) != cudaSuccess)
-        (void)cudaGetLastError();
+    struct creg **pp, *r;
+
+    pthread_mutex_lock(&reg_mu);
+    for (pp = &regs; *pp && (*pp)->base != base; pp = &(*pp)->next)
+        ;
+    r = *pp;
+    if (r)
+        *pp = r->next;
+    pthread_mutex_unlock(&reg_mu);
+    if (!r)
+        return;
+    creg_undo(r);
+    free(r);
+}
+
+/* The driver's virtual memory API, through the runtime's entry points. */
+static struct {
+    PFN_cuMemCreate_v10020 create;
+    PFN_cuMemRelease_v10020 release;
+    PFN_cuMemAddressReserve_v10020 reserve;
+    PFN_cuMemAddressFree_v10020 addr_free;
+    PFN_cuMemMap_v10020 map;
+    PFN_cuMemUnmap_v10020 unmap;
+    PFN_cuMemSetAccess_v10020 set_access;
+    PFN_cuMemGetAllocationGranularity_v10020 granularity;
+    PFN_cuMemExportToShareableHandle_v10020 export_fd;
+    PFN_cuMemImportFromShareableHandle_v10020 import_fd;
+    PFN_cuGetErrorName_v6000 err_name;
+    bool ok;
+    char why[160];
+} vmm;
+static pthread_once_t vmm_once = PTHREAD_ONCE_INIT;
+
+static void vmm_load(void)
+{
+    static const struct {
+        const char *name;
+        void **fn;
+    } syms[] = {
+        {"cuMemCreate", (void **)&vmm.create},
+        {"cuMemRelease", (void **)&vmm.release},
+        {"cuMemAddressReserve", (void **)&vmm.reserve},
+        {"cuMemAddressFree", (void **)&vmm.addr_free},
+        {"cuMemMap", (void **)&vmm.map},
+        {"cuMemUnmap", (void **)&vmm.unmap},
+        {"cuMemSetAccess", (void **)&vmm.set_access},
+        {"cuMemGetAllocationGranularity", (void **)&vmm.granularity},
+        {"cuMemExportToShareableHandle", (void **)&vmm.export_fd},
+        {"cuMemImportFromShareableHandle", (void **)&vmm.import_fd},
+        {"cuGetErrorName", (void **)&vmm.err_name},
+    };
+
+    for (size_t i = 0; i < sizeof(syms) / sizeof(syms[0]); i++) {
+        enum cudaDriverEntryPointQueryResult q = cudaDriverEntryPointSymbolNotFound;
+        cudaError_t e = cudaGetDriverEntryPointByVersion(syms[i].name, syms[i].fn, 12000,
+                                                         cudaEnableDefault, &q);
+        if (e != cudaSuccess || q != cudaDriverEntryPointSuccess || !*syms[i].fn) {
+            (void)cudaGetLastError();
+            snprintf(vmm.why, sizeof(vmm.why), "the CUDA driver has no %s (%s)", syms[i].name,
+                     e != cudaSuccess ? cudaGetErrorString(e) : "symbol not found");
+            return;
+        }
+    }
+    vmm.ok = true;
+}
+
+/* A driver failure as an embcache error. */
+static int drverr(CUresult r, const char *what, int device)
+{
+    const char *name = NULL;
+
+    if (vmm.err_name)
+        (void)vmm.err_name(r, &name);
+    return ec_seterr(EC_EDEVICE, "%s on GPU %d failed: %s (CUresult %d)%s", what, device,
+                     name ? name : "unknown error", (int)r,
+                     r == CUDA_ERROR_OUT_OF_MEMORY ? ": out of device memory" : "");
+}
+
+static void slab_prop(int device, CUmemAllocationProp *p)
+{
+    memset(p, 0, sizeof(*p));
+    p->type = CU_MEM_ALLOCATION_TYPE_PINNED;
+    p->location.type = CU_MEM_LOCATION_TYPE_DEVICE;
+    p->location.id = device;
+    p->requestedHandleTypes = CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR;
+}
+
+/* Bytes a slab of `bytes` maps on `device`: rounded up to the allocation
+ * granularity, which the daemon and its clients compute alike. */
+static int slab_span(int device, uint64_t bytes, uint64_t *out)
+{
+    CUmemAllocationProp prop;
+    size_t gran = 0;
+    CUresult r;
+
+    pthread_once(&vmm_once, vmm_load);
+    if (!vmm.ok)
+        return ec_seterr(EC_EDEVICE, "GPU %d: no device tier: %s (the device tier needs the "
+                                     "driver's virtual memory API, CUDA 12 or later)",
+                         device, vmm.why);
+    slab_prop(device, &prop);
+    r = vmm.granularity(&gran, &prop, CU_MEM_ALLOC_GRANULARITY_MINIMUM);
+    if (r != CUDA_SUCCESS || gran == 0)
+        return drverr(r, "reading the allocation granularity", device);
+    *out = (bytes + gran - 1) / gran * gran;
+    return 0;
+}
+
+/* Map `handle` (span bytes) at a fresh address with `flags` access for
+ * `device`. */
+static CUresult slab_map(int device, CUmemGenericAllocationHandle handle, uint64_t span,
+                         CUmemAccess_flags flags, CUdeviceptr *out)
+{
+    CUmemAccessDesc acc = {.location = {.type = CU_MEM_LOCATION_TYPE_DEVICE, .id = device},
+                           .flags = flags};
+    CUdeviceptr p = 0;
+    CUresult r = vmm.reserve(&p, span, 0, 0, 0);
+
+    if (r != CUDA_SUCCESS)
+        return r;
+    if ((r = vmm.map(p, span, 0, handle, 0)) != CUDA_SUCCESS) {
+        (void)vmm.addr_free(p, span);
+        return r;
+    }
+    r = vmm.set_access(p, span, &acc, 1);
+    if (r != CUDA_SUCCESS && flags == CU_MEM_ACCESS_FLAGS_PROT_READ) {
+        /* Read-only device mappings are not supported everywhere. */
+        acc.flags = CU_MEM_ACCESS_FLAGS_PROT_READWRITE;
+        r = vmm.set_access(p, span, &acc, 1);
+    }
+    if (r != CUDA_SUCCESS) {
+        (void)vmm.unmap(p, span);
+        (void)vmm.addr_free(p, span);
+        return r;
+    }
+    *out = p;
+    return CUDA_SUCCESS;
 }
 
 static int cuda_slab_create(int device, uint64_t bytes, ec_slab *out)
 {
-    cudaIpcMemHandle_t h;
-    void *p = NULL;
+    CUmemGenericAllocationHandle h = 0;
+    CUmemAllocationProp prop;
+    CUdeviceptr p = 0;
+    uint64_t span;
     cudaError_t e;
-    int prev;
+    CUresult r;
+    int prev, fd = -1, rc;
 
+    if ((rc = slab_span(device, bytes, &span)))
+        return rc;
     if ((e = enter(device, &prev)) != cudaSuccess)
         return cerr(e, "selecting the device", device);
-    e = cudaMalloc(&p, bytes);
-    if (e == cudaSuccess)
-        e = cudaIpcGetMemHandle(&h, p);
-    if (e != cudaSuccess && p)
-        (void)cudaFree(p);
+    slab_prop(device, &prop);
+    r = vmm.create(&h, span, &prop, 0);
+    if (r == CUDA_SUCCESS && (r = slab_map(device, h, span, CU_MEM_ACCESS_FLAGS_PROT_READWRITE,
+                                           &p)) != CUDA_SUCCESS) {
+        (void)vmm.release(h);
+        h = 0;
+    }
+    if (r == CUDA_SUCCESS &&
+        (r = vmm.export_fd(&fd, h, CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR, 0)) !=
+            CUDA_SUCCESS) {
+        (void)vmm.unmap(p, span);
+        (void)vmm.addr_free(p, span);
+        (void)vmm.release(h);
+    }
     leave(device, prev);
-    if (e != cudaSuccess)
-        return cerr(e, "allocating the device-tier slab", device);
+    if (r != CUDA_SUCCESS)
+        return ec_adderr(drverr(r, "allocating the device-tier slab (cuMemCreate, POSIX file "
+                                   "descriptor)", device),
+                         "%llu bytes", (unsigned long long)span);
     memset(out, 0, sizeof(*out));
     out->device = device;
     out->bytes = bytes;
-    out->base = p;
-    out->fd = -1;
-    _Static_assert(sizeof(h) <= EC_SLAB_HANDLE_BYTES, "IPC handle fits");
-    memcpy(out->handle, &h, sizeof(h));
+    out->mapped = span;
+    out->base = (void *)(uintptr_t)p;
+    out->mem = (uint64_t)h;
+    out->fd = fd;
     return 0;
 }
 
@@ -362,9 +702,15 @@ static void cuda_slab_destroy(ec_slab *s)
 
     if (!s->base || enter(s->device, &prev) != cudaSuccess)
         return;
-    (void)cudaFree(s->base);
-    (void)cudaGetLastError();
+    /* Work queued on the daemon's side (promotion copies) is done: the
+     * copies are synchronous. Clients' mappings keep the memory alive. */
+    (void)vmm.unmap((CUdeviceptr)(uintptr_t)s->base, s->mapped);
+    (void)vmm.addr_free((CUdeviceptr)(uintptr_t)s->base, s->mapped);
+    (void)vmm.release((CUmemGenericAllocationHandle)s->mem);
     leave(s->device, prev);
+    if (s->fd >= 0)
+        close(s->fd);
+    s->fd = -1;
     s->base = NULL;
 }
 
@@ -386,30 +732,63 @@ static int cuda_slab_write(ec_slab *s, uint64_t off, const void *src, size_t byt
 static int cuda_slab_open(int device, const uint8_t *handle, int fd, uint64_t bytes,
                           void **base_out)
 {
-    cudaIpcMemHandle_t h;
+    CUmemGenericAllocationHandle h = 0;
+    CUdeviceptr p = 0;
+    uint64_t span;
     cudaError_t e;
-    int prev;
+    CUresult r;
+    int prev, rc;
 
-    (void)fd;
-    (void)bytes;
-    memcpy(&h, handle, sizeof(h));
+    (void)handle;
+    if (fd < 0)
+        return ec_seterr(EC_EPROTO, "the daemon sent no descriptor for GPU %d's slab (an "
+                                    "embcached older than this libembcache?)", device);
+    if ((rc = slab_span(device, bytes, &span)))
+        return rc;
     if ((e = enter(device, &prev)) != cudaSuccess)
         return cerr(e, "selecting the device", device);
-    e = cudaIpcOpenMemHandle(base_out, h, cudaIpcMemLazyEnablePeerAccess);
+    r = vmm.import_fd(&h, (void *)(uintptr_t)fd, CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR);
+    if (r == CUDA_SUCCESS) {
+        r = slab_map(device, h, span, CU_MEM_ACCESS_FLAGS_PROT_READ, &p);
+        /* The mapping holds the memory from now on: released at unmap. */
+        (void)vmm.release(h);
+    }
     leave(device, prev);
-    return e == cudaSuccess ? 0 : cerr(e, "opening the daemon's slab (CUDA IPC)", device);
+    if (r != CUDA_SUCCESS)
+        return ec_adderr(drverr(r, "importing the daemon's slab (cuMemImportFromShareable"
+                                   "Handle)", device),
+                         "%llu bytes", (unsigned long long)span);
+    *base_out = (void *)(uintptr_t)p;
+    return 0;
 }
 
 static void cuda_slab_close(int device, void *base, uint64_t bytes)
 {
+    uint64_t span;
     int prev;
 
-    (void)bytes;
-    if (enter(device, &prev) != cudaSuccess)
+    if (!base || slab_span(device, bytes, &span) || enter(device, &prev) != cudaSuccess)
         return;
-    if (cudaIpcCloseMemHandle(base) != cudaSuccess)
-        (void)cudaGetLastError();
+    (void)vmm.unmap((CUdeviceptr)(uintptr_t)base, span);
+    (void)vmm.addr_free((CUdeviceptr)(uintptr_t)base, span);
     leave(device, prev);
+}
+
+static int cuda_device_memory(int device, uint64_t *total, uint64_t *free_bytes)
+{
+    size_t f = 0, t = 0;
+    cudaError_t e;
+    int prev;
+
+    if ((e = enter(device, &prev)) != cudaSuccess)
+        return cerr(e, "selecting the device", device);
+    e = cudaMemGetInfo(&f, &t);
+    leave(device, prev);
+    if (e != cudaSuccess)
+        return cerr(e, "reading the device's free memory (cudaMemGetInfo)", device);
+    *total = t;
+    *free_bytes = f;
+    return 0;
 }
 
 static const ec_backend backend_cuda = {
@@ -420,13 +799,17 @@ static const ec_backend backend_cuda = {
     .copy_to_host = cuda_copy_to_host,
     .copy_to_device = cuda_copy_to_device,
     .device_busid = cuda_busid,
+    .device_caps = cuda_device_caps,
+    .stream_capturing = cuda_stream_capturing,
     .host_register = cuda_host_register,
     .host_unregister = cuda_host_unregister,
+    .stage_get = cuda_stage_get,
     .slab_create = cuda_slab_create,
     .slab_destroy = cuda_slab_destroy,
     .slab_write = cuda_slab_write,
     .slab_open = cuda_slab_open,
     .slab_close = cuda_slab_close,
+    .device_memory = cuda_device_memory,
 };
 
 const ec_backend *ec_backend_cuda_probe(void)

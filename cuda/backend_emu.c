@@ -20,6 +20,23 @@
  * synchronizing it is waiting for 0.
  * EMBCACHE_EMU_FAIL_WRITES=N makes every slab write after the first N fail
  * with EC_EDEVICE, as a GPU that fell off the bus does.
+ *
+ * Conditions of real GPUs and drivers, for the decisions made on them:
+ *  - EMBCACHE_EMU_NO_READONLY_REGISTER=1: cudaDevAttrHostRegisterReadOnly-
+ *    Supported is 0, and a read-only registration fails as CUDA's does
+ *    (clients must check the attribute and stage host rows instead);
+ *  - EMBCACHE_EMU_REGISTER_FAIL=1: a read-only registration fails although
+ *    the attribute says it is supported;
+ *  - EMBCACHE_REGISTER_MAX=bytes (backend.h): registrations go in chunks,
+ *    and each chunk of a client's mapping gets its own "device address": an
+ *    alias of its pages (mremap of size 0) in a slot of its own, with a
+ *    guard page between slots, so code that assumed the chunks contiguous
+ *    on the device would read the guard page;
+ *  - EMBCACHE_EMU_CAPTURING=1: every stream is being captured into a graph;
+ *  - EMBCACHE_EMU_EXCLUSIVE=1: every GPU is in EXCLUSIVE_PROCESS compute
+ *    mode.
+ * The staging buffer (stage_get) is a per-thread host buffer that waits,
+ * like CUDA's event, for the thread's asynchronous gathers to complete.
  */
 #include <errno.h>
 #include <pthread.h>
@@ -32,7 +49,68 @@
 #include <unistd.h>
 
 #include "common/err.h"
+#include "common/units.h"
 #include "cuda/backend.h"
+
+static bool env_on(const char *name)
+{
+    const char *v = getenv(name);
+    return v && *v && strcmp(v, "0") != 0;
+}
+
+/* Per thread: gathers queued asynchronously and not complete (what CUDA's
+ * event after the launch tells), and the staging buffers they may read.
+ * Heap-allocated and reference-counted: an asynchronous gather may finish
+ * after its thread exited. */
+struct emu_thread {
+    _Atomic int refs;
+    _Atomic int inflight;
+    void *stage[EC_BACKEND_MAX_DEVICES];
+    size_t stage_cap[EC_BACKEND_MAX_DEVICES];
+};
+
+static pthread_key_t et_key;
+static pthread_once_t et_once = PTHREAD_ONCE_INIT;
+
+static void et_unref(struct emu_thread *t)
+{
+    if (atomic_fetch_sub_explicit(&t->refs, 1, memory_order_acq_rel) != 1)
+        return;
+    for (unsigned i = 0; i < EC_BACKEND_MAX_DEVICES; i++)
+        free(t->stage[i]);
+    free(t);
+}
+
+static void et_destroy(void *p)
+{
+    struct emu_thread *t = p;
+
+    /* The staging buffers may still be read: wait, as CUDA would. */
+    while (atomic_load_explicit(&t->inflight, memory_order_acquire) > 0)
+        usleep(10);
+    et_unref(t);
+}
+
+static void et_make(void)
+{
+    (void)pthread_key_create(&et_key, et_destroy);
+}
+
+static struct emu_thread *et_get(void)
+{
+    struct emu_thread *t;
+
+    pthread_once(&et_once, et_make);
+    t = pthread_getspecific(et_key);
+    if (!t && (t = calloc(1, sizeof(*t)))) {
+        atomic_init(&t->refs, 1);
+        if (pthread_setspecific(et_key, t)) {
+            free(t);
+            t = NULL;
+        }
+    }
+    return t;
+}
 
 static int emu_device_count(void)
 {
@@ -44,6 +122,7 @@ static int emu_device_count(void)
 
 struct async_gather {
     ec_gather_desc g;
+    struct emu_thread *thr; /* the launching thread's, referenced */
     unsigned delay_us;
     size_t *rows;      /* copies: the caller's arrays are its scratch */
     const void *src[];
@@ -68,6 +147,10 @@ static void *async_main(void *arg)
     if (done)
         done(done_arg);
     stream_done(a->g.stream);
+    if (a->thr) {
+        atomic_fetch_sub_explicit(&a->thr->inflight, 1, memory_order_release);
+        et_unref(a->thr);
+    }
     free(a);
     return NULL;
 }
@@ -100,6 +183,11 @@ static int emu_gather(const ec_gather_desc *g)
             a->g.dst_rows = a->rows;
         }
         a->delay_us = (unsigned)strtoul(env, NULL, 10);
+        a->thr = et_get();
+        if (a->thr) {
+            atomic_fetch_add_explicit(&a->thr->refs, 1, memory_order_relaxed);
+            atomic_fetch_add_explicit(&a->thr->inflight, 1, memory_order_relaxed);
+        }
         if (g->stream)
             atomic_fetch_add_explicit((_Atomic int *)g->stream, 1, memory_order_relaxed);
         pthread_attr_init(&at);
@@ -108,6 +196,10 @@ static int emu_gather(const ec_gather_desc *g)
         pthread_attr_destroy(&at);
         if (rc) {
             stream_done(g->stream);
+            if (a->thr) {
+                atomic_fetch_sub_explicit(&a->thr->inflight, 1, memory_order_release);
+                et_unref(a->thr);
+            }
             free(a);
             return ec_seterr(EC_ENOMEM, "emulated asynchronous gather: no thread");
         }
@@ -143,19 +235,162 @@ static int emu_busid(int device, char *buf, size_t len)
     return ec_seterr(EC_EINVAL, "emulated GPU %d has no PCI bus id", device);
 }
 
-static int emu_host_register(void *base, size_t len, bool readonly, int device, void **dev_base)
+static int emu_device_caps(int device, ec_device_caps *out)
 {
-    (void)len;
-    (void)readonly;
+    if (device < 0 || device >= emu_device_count())
+        return ec_seterr(EC_EINVAL, "emulated GPU %d does not exist", device);
+    memset(out, 0, sizeof(*out));
+    out->readonly_register = !env_on("EMBCACHE_EMU_NO_READONLY_REGISTER");
+    out->exclusive_process = env_on("EMBCACHE_EMU_EXCLUSIVE");
+    return 0;
+}
+
+static int emu_stream_capturing(int device, void *stream)
+{
     (void)device;
-    if (dev_base)
-        *dev_base = base;
+    (void)stream;
+    return env_on("EMBCACHE_EMU_CAPTURING") ? 1 : 0;
+}
+
+/* Registrations, as CUDA keeps them: by base address. A client's mapping
+ * in more than one chunk gets per-chunk aliases (see the top). */
+struct emu_reg {
+    void *base;
+    size_t len;
+    ec_host_map map;
+    void *region;          /* the aliases' reservation, or NULL */
+    size_t region_len;
+    struct emu_reg *next;
+};
+
+static pthread_mutex_t reg_mu = PTHREAD_MUTEX_INITIALIZER;
+static struct emu_reg *regs;
+static _Atomic long ro_registrations;
+
+long ec_backend_emu_readonly_registrations(void)
+{
+    return atomic_load(&ro_registrations);
+}
+
+static int reg_aliases(struct emu_reg *r)
+{
+    size_t slot = r->map.chunk + 4096; /* a guard page after each */
+
+    r->region_len = slot * r->map.n;
+    r->region = mmap(NULL, r->region_len, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (r->region == MAP_FAILED) {
+        r->region = NULL;
+        return ec_seterr_errno(EC_EDEVICE, errno, "emulated registration: reserving aliases");
+    }
+    /* In reverse order: chunk k+1's alias is below chunk k's. */
+    for (uint32_t k = 0; k < r->map.n; k++) {
+        uint64_t off = (uint64_t)k * r->map.chunk;
+        size_t n = r->len - off < r->map.chunk ? r->len - off : r->map.chunk;
+        void *want = (uint8_t *)r->region + (size_t)(r->map.n - 1 - k) * slot;
+        void *p = mremap((uint8_t *)r->base + off, 0, n, MREMAP_MAYMOVE | MREMAP_FIXED, want);
+        if (p == MAP_FAILED) {
+            munmap(r->region, r->region_len);
+            r->region = NULL;
+            return ec_seterr_errno(EC_EDEVICE, errno, "emulated registration: aliasing "
+                                                      "chunk %u", k);
+        }
+        r->map.dev[k] = p;
+    }
+    return 0;
+}
+
+static int emu_host_register(void *base, size_t len, bool readonly, int device,
+                             ec_host_map *map_out)
+{
+    uint64_t chunk = ec_host_register_max();
+    struct emu_reg *r;
+    int rc = 0;
+
+    if (readonly)
+        atomic_fetch_add(&ro_registrations, 1);
+    if (readonly && env_on("EMBCACHE_EMU_NO_READONLY_REGISTER"))
+        return ec_seterr(EC_EDEVICE, "registering the shared segment on GPU %d failed: "
+                                     "operation not supported (cudaErrorNotSupported; "
+                                     "emulated: EMBCACHE_EMU_NO_READONLY_REGISTER)", device);
+    if (readonly && env_on("EMBCACHE_EMU_REGISTER_FAIL"))
+        return ec_seterr(EC_EDEVICE, "registering the shared segment on GPU %d failed: "
+                                     "out of memory (cudaErrorMemoryAllocation; emulated: "
+                                     "EMBCACHE_EMU_REGISTER_FAIL)", device);
+    if ((len + chunk - 1) / chunk > EC_HOST_MAP_MAX)
+        return ec_seterr(EC_EDEVICE, "registering %zu bytes in chunks of %llu needs more than "
+                                     "%u registrations", len, (unsigned long long)chunk,
+                         EC_HOST_MAP_MAX);
+    pthread_mutex_lock(&reg_mu);
+    for (r = regs; r && r->base != base; r = r->next)
+        ;
+    if (!r) {
+        if (!(r = calloc(1, sizeof(*r)))) {
+            pthread_mutex_unlock(&reg_mu);
+            return ec_seterr(EC_ENOMEM, "emulated registration");
+        }
+        r->base = base;
+        r->len = len;
+        r->map.chunk = chunk;
+        r->map.len = len;
+        r->map.n = (uint32_t)((len + chunk - 1) / chunk);
+        for (uint32_t k = 0; k < r->map.n; k++)
+            r->map.dev[k] = (uint8_t *)base + (uint64_t)k * chunk;
+        if (r->map.n > 1 && map_out && (rc = reg_aliases(r))) {
+            pthread_mutex_unlock(&reg_mu);
+            free(r);
+            return rc;
+        }
+        r->next = regs;
+        regs = r;
+    }
+    if (map_out)
+        *map_out = r->map;
+    pthread_mutex_unlock(&reg_mu);
     return 0;
 }
 
 static void emu_host_unregister(void *base)
 {
-    (void)base;
+    struct emu_reg **pp, *r;
+
+    pthread_mutex_lock(&reg_mu);
+    for (pp = &regs; *pp && (*pp)->base != base; pp = &(*pp)->next)
+        ;
+    r = *pp;
+    if (r)
+        *pp = r->next;
+    pthread_mutex_unlock(&reg_mu);
+    if (!r)
+        return;
+    if (r->region)
+        munmap(r->region, r->region_len);
+    free(r);
+}
+
+static int emu_stage_get(int device, size_t bytes, void **host, const void **dev)
+{
+    struct emu_thread *t = et_get();
+
+    if (device < 0 || device >= EC_BACKEND_MAX_DEVICES)
+        return ec_seterr(EC_EINVAL, "staging buffer for GPU %d", device);
+    if (!t)
+        return ec_seterr(EC_ENOMEM, "staging buffer for GPU %d", device);
+    /* Like waiting for the previous launch's event. */
+    while (atomic_load_explicit(&t->inflight, memory_order_acquire) > 0)
+        usleep(10);
+    if (bytes > t->stage_cap[device]) {
+        size_t cap = bytes < (1u << 20) ? (1u << 20) : bytes;
+        void *p = malloc(cap);
+        if (!p)
+            return ec_seterr(EC_ENOMEM, "a staging buffer of %zu bytes for GPU %d", cap,
+                             device);
+        free(t->stage[device]);
+        t->stage[device] = p;
+        t->stage_cap[device] = cap;
+    }
+    *host = t->stage[device];
+    *dev = t->stage[device];
+    return 0;
 }
 
 static int emu_slab_create(int device, uint64_t bytes, ec_slab *out)
@@ -181,6 +416,7 @@ static int emu_slab_create(int device, uint64_t bytes, ec_slab *out)
     memset(out, 0, sizeof(*out));
     out->device = device;
     out->bytes = bytes;
+    out->mapped = bytes;
     out->base = p;
     out->fd = fd;
     return 0;
@@ -237,6 +473,24 @@ static void emu_slab_close(int device, void *base, uint64_t bytes)
         munmap(base, bytes);
 }
 
+/* The emulated GPU's memory: EMBCACHE_EMU_GPU_MEM bytes (default 16G) in
+ * all, EMBCACHE_EMU_GPU_USED bytes of it taken by "other processes"
+ * (default 0); sizes as --shm-size takes them. Slabs are not counted. */
+static int emu_device_memory(int device, uint64_t *total, uint64_t *free_bytes)
+{
+    const char *t = getenv("EMBCACHE_EMU_GPU_MEM"), *u = getenv("EMBCACHE_EMU_GPU_USED");
+    uint64_t tot = 16ull << 30, used = 0;
+
+    if (device < 0 || device >= emu_device_count())
+        return ec_seterr(EC_EDEVICE, "emulated GPU %d does not exist", device);
+    if ((t && ec_parse_size(t, &tot)) || (u && ec_parse_size(u, &used)))
+        return ec_seterr(EC_EDEVICE, "EMBCACHE_EMU_GPU_MEM='%s' / EMBCACHE_EMU_GPU_USED='%s' "
+                                     "are not sizes", t ? t : "", u ? u : "");
+    *total = tot;
+    *free_bytes = used < tot ? tot - used : 0;
+    return 0;
+}
+
 const ec_backend ec_backend_emu = {
     .name = "emu",
     .device_count = emu_device_count,
@@ -244,11 +498,15 @@ const ec_backend ec_backend_emu = {
     .copy_to_host = emu_copy_to_host,
     .copy_to_device = emu_copy_to_device,
     .device_busid = emu_busid,
+    .device_caps = emu_device_caps,
+    .stream_capturing = emu_stream_capturing,
     .host_register = emu_host_register,
     .host_unregister = emu_host_unregister,
+    .stage_get = emu_stage_get,
     .slab_create = emu_slab_create,
     .slab_destroy = emu_slab_destroy,
     .slab_write = emu_slab_write,
     .slab_open = emu_slab_open,
     .slab_close = emu_slab_close,
+    .device_memory = emu_device_memory,
 };

@@ -70,7 +70,7 @@
  * layout that only that uid maps; its generation stays here.
  *
  * Device tier: the daemon copies hot partitions of the host tier into a
- * cudaMalloc slab per GPU (inclusive: a partition on a GPU is also in the
+ * slab per GPU (cuMemCreate memory shared with clients as a file descriptor) (inclusive: a partition on a GPU is also in the
  * data area) and publishes them in that GPU's device index with the same
  * seqlock protocol; offsets are into the slab, whose size and generation
  * are in dev[i]. slab_gen changes whenever the slab is replaced or dropped
@@ -246,7 +246,7 @@ static_assert(sizeof(ec_slab_header) == EC_SLAB_HEADER, "slab header size");
  * only lie about itself) and validates every ring entry before use.
  */
 #define EC_SESSION_MAGIC 0x31535345434d4545ULL /* "EEMCESS1" */
-#define EC_SESSION_VERSION 4u
+#define EC_SESSION_VERSION 5u /* 5: host_reads */
 #define EC_SESSION_SIZE 262144u
 #define EC_SESSION_RING 32000u
 #define EC_SESSION_EPOCH_SLOTS 64u
@@ -297,7 +297,11 @@ typedef struct ec_session_page {
      * keeps its own tail and treats entries as hints (a slot may be read
      * before it is filled; a lie costs the liar its own hit ratio). */
     _Atomic uint64_t ring_head;
-    uint8_t reserved2[48];
+    /* How GPU gathers of this client read rows of the host tier, per GPU
+     * ordinal of the client (EC_HOST_READS_*; 0: GPU not used yet). Set
+     * once per GPU by the client; untrusted, for stats. */
+    _Atomic uint32_t host_reads[EC_SHM_MAX_DEVICES];
+    uint8_t reserved2[16];
     _Atomic uint64_t ring[EC_SESSION_RING];
 
     /* Epochs of the client's device gathers in flight (layout.h "Device
@@ -314,6 +318,14 @@ typedef struct ec_session_page {
     ec_session_ns nsstat[EC_SESSION_NS];
 } ec_session_page;
 
+/* ec_session_page.host_reads: how a client's kernels reach host rows. */
+#define EC_HOST_READS_NONE 0u
+#define EC_HOST_READS_MAPPED 1u      /* the segment registered read-only, mapped */
+#define EC_HOST_READS_STAGED 2u      /* cudaDevAttrHostRegisterReadOnlySupported
+                                      * is 0: copied through a pinned buffer */
+#define EC_HOST_READS_STAGED_FAILED 3u /* registration failed: copied through a
+                                        * pinned buffer, not retried */
+
 /* Why the daemon revoked a session (ec_session_page.revoked). */
 #define EC_SESSION_REVOKED_NONE 0u
 #define EC_SESSION_REVOKED_STOPPED 1u /* stopped longer than --pin-lease with views */
@@ -325,6 +337,7 @@ typedef struct ec_session_page {
     (EC_RING_ITEM | ((uint64_t)((tag) & 0x7fffffu) << 40) | ((off8) & EC_ITEM_OFF_MASK))
 
 static_assert(offsetof(ec_session_page, gathers) == 64, "session layout");
+static_assert(offsetof(ec_session_page, host_reads) == 144, "session layout");
 static_assert(offsetof(ec_session_page, ring) == 192, "session layout");
 static_assert(sizeof(ec_session_page) <= EC_SESSION_SIZE, "session fits");
 

@@ -69,13 +69,29 @@ int ect_daemon_stop(pid_t pid);
  * the test when there is none within 20 s. */
 pid_t ect_daemon_worker(const char *data_dir);
 
-/* A GPU test that found no usable GPU (why): returns its exit status. 77
- * (skipped) only when the capability is proven missing: the machine has no
- * NVIDIA device node (/dev/nvidiactl, /dev/nvidia0), or the GPU lacks a
- * feature (missing_feature); 1 (failed) when a machine with an NVIDIA device
- * cannot run it (an error, not a missing GPU), and always 1 under
- * EMBCACHE_REQUIRE_GPU=1. Prints which. */
+/* Where every GPU test decides to skip. A GPU test (test_backend cuda,
+ * test_gather_kernel, test_devtier cuda; bench_gpu_smoke and python_gpu
+ * through tests/gpu/gpu_skip.c, the Python tests through conftest.py's
+ * gpu_unavailable, which follows the same rule) that cannot run (why)
+ * returns what this returns as its exit status:
+ *  - 1 (failed) under EMBCACHE_REQUIRE_GPU=1, always: a GPU machine's run
+ *    must run them;
+ *  - 77 (skipped) when this machine has no NVIDIA GPU (ect_gpu_present);
+ *  - 77 when the GPU lacks a feature the test needs (missing_feature);
+ *  - 1 otherwise: a machine with a GPU that cannot run the test (a build
+ *    without CUDA, a driver that fails) is a failure, not a missing GPU.
+ * A CUDA probe that crashes must not get here: it is a failure (run it in
+ * a child and fail on a signal, as test_devtier does, or let the crash end
+ * the test). Prints which, with why. */
 int ect_gpu_unavailable(const char *why, bool missing_feature);
+
+/* EMBCACHE_REQUIRE_GPU=1 is set. */
+bool ect_gpu_required(void);
+
+/* Does this machine have an NVIDIA GPU: /dev/nvidiactl or /dev/nvidia0, or
+ * a GPU under /proc/driver/nvidia/gpus? EMBCACHE_TEST_GPU_PRESENT=1 or 0
+ * overrides the answer (to test this logic on machines without one). */
+bool ect_gpu_present(void);
 
 /* Is pid a running process (not gone, not a zombie)? */
 bool ect_pid_alive(pid_t pid);

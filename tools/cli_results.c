@@ -7,9 +7,12 @@
  * Called by tools/embcache.c's main (one process, one thread), which has
  * already taken the global options (--socket) and hands over the words from
  * "results" on. Every subcommand is a few library calls; the exit codes are
- * tools/embcache.c's (usage()): 0 success, 1 other failure, 2 bad usage or a
- * bad name or option, 3 daemon not reachable, 4 not found (a namespace, a
- * key, a file, a model of a binding), 5 bad input file, 6 already exists.
+ * the tool's (tools/cli.h, documented by tools/embcache.c's usage()): 0
+ * success, 1 other failure, 2 bad usage or a bad name or option, 3 daemon
+ * not reachable, 4 not found (a namespace, a key, a file, a model of a
+ * binding), 5 bad input file, 6 already exists. What the tool's files share
+ * (exit codes, failure lines, number parsing, JSON strings, sizes) is in
+ * tools/cli_util.c.
  * Failures print exactly one line on standard error; successes print
  * nothing there (bar `get`'s state line when its value goes raw to standard
  * output and standard error is a terminal).
@@ -25,16 +28,8 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "cli.h"
 #include "embcache.h"
-
-/* Called by tools/embcache.c, which declares them too (the tool has no
- * header of its own). */
-int cli_results_main(int argc, char **argv, const char *socket_path);
-int cli_results_stats(ec_client *c, bool json);
-
-/* tools/embcache.c's exit codes (its usage() documents them). */
-enum { RX_OK, RX_FAIL, RX_USAGE, RX_NODAEMON, RX_NOTFOUND, RX_BADINPUT, RX_EXISTS, RX_RANGE,
-       RX_INTEGRITY };
 
 /* Values read by --file: more than a result holds (about 1 MiB), so the
  * daemon's own limit is the one reported, but bounded. */
@@ -43,42 +38,20 @@ enum { RX_OK, RX_FAIL, RX_USAGE, RX_NODAEMON, RX_NOTFOUND, RX_BADINPUT, RX_EXIST
 static const char *rsock;
 static char prog[48]; /* "embcache results get": prefix of every message */
 
-/* As tools/embcache.c's exit_for(): the codes carry the meaning. */
-static int rexit_for(int rc)
-{
-    switch (rc) {
-    case 0: return RX_OK;
-    case EC_EINVAL: return RX_USAGE;
-    case EC_ECONN:
-    case EC_ESTALE: return RX_NODAEMON;
-    case EC_ENOENT: return RX_NOTFOUND;
-    case EC_EFORMAT:
-    case EC_EDTYPE: return RX_BADINPUT;
-    case EC_EEXIST: return RX_EXISTS;
-    case EC_ERANGE: return RX_RANGE;
-    case EC_ECHECKSUM:
-    case EC_ECORRUPT: return RX_INTEGRITY;
-    default: return RX_FAIL;
-    }
-}
-
 /* One line: the library's message (else the code's name), then what to do
- * (hint, may be NULL). */
+ * (hint, may be NULL; for EC_EPROTO, a daemon too old, one by default). */
 static int rfail(int rc, const char *hint)
 {
-    const char *msg = ec_last_error()[0] ? ec_last_error() : ec_strerror(rc);
-
     if (rc == EC_EPROTO && !hint)
         hint = "the daemon may be older than this embcache and not know namespaces of "
                "results: restart embcached from this release";
-    fprintf(stderr, "%s: %s%s%s\n", prog, msg, hint ? "; " : "", hint ? hint : "");
-    return rexit_for(rc);
+    return cli_fail(prog, rc, hint);
 }
 
 static int usage_err(const char *what)
 {
     fprintf(stderr, "%s: %s (see '%s --help')\n", prog, what, prog);
-    return RX_USAGE;
+    return EXIT_USAGE;
 }
 
 /* ------------------------------------------------------------------ */
@@ -96,85 +69,16 @@ static int check_ns(const char *name)
         return 0;
     fprintf(stderr, "%s: '%s' is not a valid namespace name: 1 to %d letters, digits, '.', "
                     "'_', '-' or ':'\n", prog, name, EC_NS_NAME_MAX);
-    return RX_USAGE;
+    return EXIT_USAGE;
 }
 
-/* A number from the command line: >= lo (> lo when lo_open), < hi. */
-static int parse_double(const char *opt, const char *s, double lo, bool lo_open, double hi,
-                        double *out)
-{
-    char *end;
-    double v;
-
-    errno = 0;
-    v = strtod(s, &end);
-    if (errno || end == s || *end || !isfinite(v) || v < lo || (lo_open && v == lo) ||
-        v >= hi) {
-        if (isfinite(hi))
-            fprintf(stderr, "%s: %s '%s' must be a number from %g to below %g\n", prog, opt, s,
-                    lo, hi);
-        else
-            fprintf(stderr, "%s: %s '%s' must be a number %s %g\n", prog, opt, s,
-                    lo_open ? ">" : ">=", lo);
-        return -1;
-    }
-    *out = v;
-    return 0;
-}
-
-static int parse_u64(const char *opt, const char *s, uint64_t min, uint64_t max, uint64_t *out)
-{
-    char *end;
-    unsigned long long v;
-
-    errno = 0;
-    v = strtoull(s, &end, 10);
-    if (errno || end == s || *end || s[0] == '-' || v < min || v > max) {
-        fprintf(stderr, "%s: %s '%s' must be an integer from %" PRIu64 " to %" PRIu64 "\n",
-                prog, opt, s, min, max);
-        return -1;
-    }
-    *out = v;
-    return 0;
-}
-
-/* A key: the argument's bytes, or (hex) pairs of hex digits. *buf is
- * malloc'd (NULL for the argument itself). */
-static int parse_key(const char *arg, bool hex, const void **key, size_t *len, uint8_t **buf)
-{
-    size_t n = strlen(arg);
-
-    *buf = NULL;
-    if (!hex) {
-        if (n == 0 || n > EC_RES_KEY_MAX) {
-            fprintf(stderr, "%s: KEY must be 1 to %u bytes (this one is %zu)\n", prog,
-                    EC_RES_KEY_MAX, n);
-            return RX_USAGE;
-        }
-        *key = arg;
-        *len = n;
-        return 0;
-    }
-    for (size_t i = 0; i < n; i++) {
-        if (!isxdigit((unsigned char)arg[i])) {
-            fprintf(stderr, "%s: --key-hex KEY '%.80s' has a character that is not a hex "
-                            "digit at offset %zu\n", prog, arg, i);
-            return RX_USAGE;
-        }
-    }
-    if (n == 0 || n % 2 || n / 2 > EC_RES_KEY_MAX) {
-        fprintf(stderr, "%s: --key-hex KEY '%.80s' must be an even number of hex digits, 1 "
-                        "to %u bytes\n", prog, arg, EC_RES_KEY_MAX);
-        return RX_USAGE;
-    }
-    if (!(*buf = malloc(n / 2)))
-        return rfail(EC_ENOMEM, NULL);
-    for (size_t i = 0; i < n / 2; i++)
-        (*buf)[i] = (uint8_t)strtoul((char[]){arg[2 * i], arg[2 * i + 1], 0}, NULL, 16);
-    *key = *buf;
-    *len = n / 2;
-    return 0;
-}
+/* A KEY argument: the key, how messages show it, and what to free. */
+struct key_arg {
+    const void *key;
+    size_t len;
+    uint8_t *buf;   /* malloc'd for --key-hex, else NULL: the caller frees it */
+    char desc[160]; /* key_desc() */
+};
 
 /* A key for a message: quoted when printable, else hex; cut at 64 bytes. */
 static void key_desc(const void *key, size_t len, char *out, size_t cap)
@@ -197,35 +101,42 @@ static void key_desc(const void *key, size_t len, char *out, size_t cap)
         snprintf(out + o, cap - o, "...");
 }
 
-static void human_bytes(uint64_t b, char *out, size_t len)
+/* A key: the argument's bytes, or (hex) pairs of hex digits, into *k. */
+static int parse_key(const char *arg, bool hex, struct key_arg *k)
 {
-    static const char *const u[] = {"B", "KiB", "MiB", "GiB", "TiB"};
-    double v = (double)b;
-    int i = 0;
+    size_t n = strlen(arg);
 
-    while (v >= 1024 && i < 4) {
-        v /= 1024;
-        i++;
+    k->buf = NULL;
+    if (!hex) {
+        if (n == 0 || n > EC_RES_KEY_MAX) {
+            fprintf(stderr, "%s: KEY must be 1 to %u bytes (this one is %zu)\n", prog,
+                    EC_RES_KEY_MAX, n);
+            return EXIT_USAGE;
+        }
+        k->key = arg;
+        k->len = n;
+    } else {
+        for (size_t i = 0; i < n; i++) {
+            if (!isxdigit((unsigned char)arg[i])) {
+                fprintf(stderr, "%s: --key-hex KEY '%.80s' has a character that is not a "
+                                "hex digit at offset %zu\n", prog, arg, i);
+                return EXIT_USAGE;
+            }
+        }
+        if (n == 0 || n % 2 || n / 2 > EC_RES_KEY_MAX) {
+            fprintf(stderr, "%s: --key-hex KEY '%.80s' must be an even number of hex digits, "
+                            "1 to %u bytes\n", prog, arg, EC_RES_KEY_MAX);
+            return EXIT_USAGE;
+        }
+        if (!(k->buf = malloc(n / 2)))
+            return rfail(EC_ENOMEM, NULL);
+        for (size_t i = 0; i < n / 2; i++)
+            k->buf[i] = (uint8_t)strtoul((char[]){arg[2 * i], arg[2 * i + 1], 0}, NULL, 16);
+        k->key = k->buf;
+        k->len = n / 2;
     }
-    if (i)
-        snprintf(out, len, "%.1f %s", v, u[i]);
-    else
-        snprintf(out, len, "%.0f %s", v, u[i]);
-}
-
-static void json_str(const char *s)
-{
-    putchar('"');
-    for (; s && *s; s++) {
-        unsigned char ch = (unsigned char)*s;
-        if (ch == '"' || ch == '\\')
-            printf("\\%c", ch);
-        else if (ch < 0x20 || ch == 0x7f)
-            printf("\\u%04x", ch);
-        else
-            putchar(ch);
-    }
-    putchar('"');
+    key_desc(k->key, k->len, k->desc, sizeof(k->desc));
+    return 0;
 }
 
 static void json_num(const char *name, double v)
@@ -246,16 +157,20 @@ static int connect_c(ec_client **c)
     return rc ? rfail(rc, NULL) : 0;
 }
 
-/* Open an existing namespace, with messages that say which and what next. */
-static int open_ns(ec_client *c, const char *name, ec_results **r)
+/* Connect, then open an existing namespace, with messages that say which
+ * and what next. *c and *r are the caller's to close, also on failure. */
+static int open_ns(const char *name, ec_client **c, ec_results **r)
 {
-    int rc = ec_results_open(c, name, NULL, r);
+    int rc = connect_c(c);
 
+    if (rc)
+        return rc;
+    rc = ec_results_open(*c, name, NULL, r);
     if (rc == EC_ENOENT) {
         fprintf(stderr, "%s: namespace '%s' does not exist ('embcache results ls' lists those "
                         "you may open; 'embcache results create %s' makes it)\n", prog, name,
                 name);
-        return RX_NOTFOUND;
+        return EXIT_NOTFOUND;
     }
     if (rc == EC_EPERM)
         return rfail(rc, "a namespace not created --shared is open to its owner's uid alone");
@@ -328,13 +243,13 @@ static int ls_cb(const ec_ns_info *ns, void *arg)
 
     if (x->json) {
         printf("%s\n  {\"name\": ", x->n ? "," : "[");
-        json_str(ns->name);
+        cli_json_str(ns->name);
         printf(", \"owner_uid\": %" PRIu32 ", \"flags\": %" PRIu32 ", \"shared\": %s",
                ns->owner_uid, ns->flags, ns->flags & EC_NS_SHARED ? "true" : "false");
         printf(", \"bind_model\": ");
-        json_str(ns->bind_model ? ns->bind_model : "");
+        cli_json_str(ns->bind_model ? ns->bind_model : "");
         printf(", \"bind_version\": ");
-        json_str(ns->bind_version ? ns->bind_version : "");
+        cli_json_str(ns->bind_version ? ns->bind_version : "");
         printf(", \"bound_version\": %" PRId64 ", \"generation\": %" PRIu32, ns->bound_version,
                ns->generation);
         json_num("ttl", ns->ttl);
@@ -367,7 +282,7 @@ static int ls_cb(const ec_ns_info *ns, void *arg)
                    "OWNER", "SHARING", "BINDING", "GEN", "ITEMS", "NEGATIVE", "SIZE", "HIT",
                    "LEASES(G/W)", "COMPUTING", "EVICTED");
         binding_desc(ns, bind, sizeof(bind));
-        human_bytes(ns->bytes, size, sizeof(size));
+        cli_human_bytes(ns->bytes, size, sizeof(size));
         if (isnan(h))
             snprintf(hit, sizeof(hit), "-");
         else
@@ -388,31 +303,21 @@ static int ls_cb(const ec_ns_info *ns, void *arg)
 
 static int cmd_ls(int argc, char **argv)
 {
-    static const struct option o[] = {
-        {"json", no_argument, NULL, 'j'},
-        {"help", no_argument, NULL, 'h'},
-        {NULL, 0, NULL, 0},
-    };
+    static const char help[] =
+        "usage: embcache results ls [--json]\n"
+        "List the namespaces of cached results you may open (an administrator:\n"
+        "all), one a line: owner uid, shared or private, binding (MODEL/VERSION->\n"
+        "the version it leads to now), generation (bumped by each invalidation),\n"
+        "results and \"no result\" entries stored, their size, the hit ratio\n"
+        "(hits / (hits + misses)), leases granted/waited, computations running\n"
+        "now/at most, and evictions. --json prints an array of objects with\n"
+        "every field the daemon reports (hits, misses, ttl, puts, ...).\n";
     struct ls_ctx x = {0};
     ec_client *c;
-    int ch, rc;
+    int rc;
 
-    while ((ch = getopt_long(argc, argv, "jh", o, NULL)) != -1) {
-        switch (ch) {
-        case 'j': x.json = true; break;
-        case 'h':
-            printf("usage: embcache results ls [--json]\n"
-                   "List the namespaces of cached results you may open (an administrator:\n"
-                   "all), one a line: owner uid, shared or private, binding (MODEL/VERSION->\n"
-                   "the version it leads to now), generation (bumped by each invalidation),\n"
-                   "results and \"no result\" entries stored, their size, the hit ratio\n"
-                   "(hits / (hits + misses)), leases granted/waited, computations running\n"
-                   "now/at most, and evictions. --json prints an array of objects with\n"
-                   "every field the daemon reports (hits, misses, ttl, puts, ...).\n");
-            return RX_OK;
-        default: return RX_USAGE;
-        }
-    }
+    if ((rc = cli_simple_opts(argc, argv, help, &x.json)) >= 0)
+        return rc;
     if (optind < argc)
         return usage_err("takes no arguments");
     if ((rc = connect_c(&c)))
@@ -427,7 +332,7 @@ static int cmd_ls(int argc, char **argv)
         printf("%s\n", x.n ? "\n]" : "[]");
     else if (x.n == 0)
         printf("no namespaces yet: 'embcache results create --help' shows how to make one\n");
-    return RX_OK;
+    return EXIT_OK;
 }
 
 /* ------------------------------------------------------------------ */
@@ -517,13 +422,13 @@ static int cmd_get(int argc, char **argv)
     };
     bool hex = false, stale = false, key_hex = false;
     const char *out_path = NULL, *ns;
-    uint8_t *kbuf = NULL, *buf = NULL;
-    size_t klen, cap = 64 * 1024;
+    uint8_t *buf = NULL;
+    size_t cap = 64 * 1024;
+    struct key_arg k = {0};
     ec_results *r = NULL;
     ec_client *c = NULL;
     ec_result_meta m;
-    const void *key;
-    char mdesc[256], kdesc[160];
+    char mdesc[256];
     int ch, rc, ret;
 
     while ((ch = getopt_long(argc, argv, "xo:skh", o, NULL)) != -1) {
@@ -545,8 +450,8 @@ static int cmd_get(int argc, char **argv)
                    "not text). --stale also reads a value past its TTL that may still be\n"
                    "served stale. A cached \"no result\" is found: its value is empty.\n"
                    "Exit status: 0 found, 4 not found (or no such namespace), 1 other errors.\n");
-            return RX_OK;
-        default: return RX_USAGE;
+            return EXIT_OK;
+        default: return EXIT_USAGE;
         }
     }
     if (argc - optind != 2)
@@ -554,33 +459,30 @@ static int cmd_get(int argc, char **argv)
     if (hex && out_path)
         return usage_err("--hex and --out go to different places: give one");
     ns = argv[optind];
-    if ((ret = check_ns(ns)))
+    if ((ret = check_ns(ns)) || (ret = parse_key(argv[optind + 1], key_hex, &k)))
         return ret;
-    if ((ret = parse_key(argv[optind + 1], key_hex, &key, &klen, &kbuf)))
-        return ret;
-    key_desc(key, klen, kdesc, sizeof(kdesc));
     if (!(buf = malloc(cap))) {
         ret = rfail(EC_ENOMEM, NULL);
         goto out;
     }
-    if ((ret = connect_c(&c)) || (ret = open_ns(c, ns, &r)))
+    if ((ret = open_ns(ns, &c, &r)))
         goto out;
-    rc = get_value(r, key, klen, stale ? EC_RES_ALLOW_STALE : 0, &buf, &cap, &m);
+    rc = get_value(r, k.key, k.len, stale ? EC_RES_ALLOW_STALE : 0, &buf, &cap, &m);
     if (rc < 0) {
         ret = rfail(rc, NULL);
         goto out;
     }
     if (rc == 0) {
         fprintf(stderr, "%s: no %sresult for key %s in namespace '%s'%s\n", prog,
-                stale ? "" : "fresh ", kdesc, ns,
+                stale ? "" : "fresh ", k.desc, ns,
                 stale ? "" : " (--stale also reads one past its TTL)");
-        ret = RX_NOTFOUND;
+        ret = EXIT_NOTFOUND;
         goto out;
     }
     if (m.flags & EC_RES_NEGATIVE)
         m.len = 0;
     meta_desc(&m, mdesc, sizeof(mdesc));
-    ret = RX_OK;
+    ret = EXIT_OK;
     if (out_path) {
         FILE *f = fopen(out_path, "wb");
         bool wrote = f && fwrite(buf, 1, m.len, f) == m.len;
@@ -589,12 +491,12 @@ static int cmd_get(int argc, char **argv)
         if (!wrote) {
             fprintf(stderr, "%s: cannot write --out '%s': %s\n", prog, out_path,
                     strerror(errno));
-            ret = RX_FAIL;
+            ret = EXIT_FAIL;
             goto out;
         }
         printf("wrote %zu byte(s) to %s: %s\n", m.len, out_path, mdesc);
     } else if (hex || isatty(STDOUT_FILENO)) {
-        printf("# %s %s: %s\n", ns, kdesc, mdesc);
+        printf("# %s %s: %s\n", ns, k.desc, mdesc);
         if (hex || !is_text(buf, m.len)) {
             hex_dump(buf, m.len);
         } else {
@@ -604,19 +506,19 @@ static int cmd_get(int argc, char **argv)
         }
     } else {
         if (isatty(STDERR_FILENO))
-            fprintf(stderr, "# %s %s: %s\n", ns, kdesc, mdesc);
+            fprintf(stderr, "# %s %s: %s\n", ns, k.desc, mdesc);
         if (m.len && fwrite(buf, 1, m.len, stdout) != m.len)
-            ret = RX_FAIL;
+            ret = EXIT_FAIL;
     }
     if (fflush(stdout) || ret) {
         fprintf(stderr, "%s: writing to standard output failed: %s\n", prog, strerror(errno));
-        ret = RX_FAIL;
+        ret = EXIT_FAIL;
     }
 out:
     ec_results_close(r);
     ec_client_close(c);
     free(buf);
-    free(kbuf);
+    free(k.buf);
     return ret;
 }
 
@@ -629,12 +531,12 @@ static int read_value_file(const char *path, uint8_t **out, size_t *len)
     FILE *f = strcmp(path, "-") ? fopen(path, "rb") : stdin;
     size_t cap = 64 * 1024, n = 0;
     uint8_t *b = NULL, *nb;
-    int ret = RX_BADINPUT;
+    int ret = EXIT_BADINPUT;
 
     if (!f) {
         int e = errno;
         fprintf(stderr, "%s: cannot open --file '%s': %s\n", prog, path, strerror(e));
-        return e == ENOENT ? RX_NOTFOUND : RX_BADINPUT;
+        return e == ENOENT ? EXIT_NOTFOUND : EXIT_BADINPUT;
     }
     for (;; cap *= 2) {
         if (!(nb = realloc(b, cap))) {
@@ -681,12 +583,10 @@ static int cmd_put(int argc, char **argv)
     const char *value = NULL, *file = NULL, *ns;
     bool negative = false, key_hex = false;
     ec_result_value v = {0};
-    uint8_t *kbuf = NULL, *fbuf = NULL;
+    uint8_t *fbuf = NULL;
+    struct key_arg k = {0};
     ec_results *r = NULL;
     ec_client *c = NULL;
-    const void *key;
-    char kdesc[160];
-    size_t klen;
     int ch, rc, ret, sources = 0;
 
     while ((ch = getopt_long(argc, argv, "v:f:nt:kh", o, NULL)) != -1) {
@@ -695,8 +595,8 @@ static int cmd_put(int argc, char **argv)
         case 'f': file = optarg; sources++; break;
         case 'n': negative = true; sources++; break;
         case 't':
-            if (parse_double("--ttl", optarg, 0, true, INFINITY, &v.ttl))
-                return RX_USAGE;
+            if (cli_parse_double(prog, "--ttl", optarg, 0, true, INFINITY, &v.ttl))
+                return EXIT_USAGE;
             break;
         case 'k': key_hex = true; break;
         case 'h':
@@ -707,8 +607,8 @@ static int cmd_put(int argc, char **argv)
                    "STR's bytes, FILE's (\"-\": standard input), or --negative: a cached \"no\n"
                    "result\". --ttl: seconds it stays fresh (default: the namespace's,\n"
                    "jittered). KEY as for 'embcache results get'.\n");
-            return RX_OK;
-        default: return RX_USAGE;
+            return EXIT_OK;
+        default: return EXIT_USAGE;
         }
     }
     if (argc - optind != 2)
@@ -716,11 +616,8 @@ static int cmd_put(int argc, char **argv)
     if (sources != 1)
         return usage_err("needs exactly one of --value, --file and --negative");
     ns = argv[optind];
-    if ((ret = check_ns(ns)))
+    if ((ret = check_ns(ns)) || (ret = parse_key(argv[optind + 1], key_hex, &k)))
         return ret;
-    if ((ret = parse_key(argv[optind + 1], key_hex, &key, &klen, &kbuf)))
-        return ret;
-    key_desc(key, klen, kdesc, sizeof(kdesc));
     if (negative) {
         v.flags |= EC_RES_NEGATIVE;
     } else if (value) {
@@ -731,22 +628,22 @@ static int cmd_put(int argc, char **argv)
             goto out;
         v.data = fbuf;
     }
-    if ((ret = connect_c(&c)) || (ret = open_ns(c, ns, &r)))
+    if ((ret = open_ns(ns, &c, &r)))
         goto out;
-    rc = ec_results_put(r, key, klen, &v);
+    rc = ec_results_put(r, k.key, k.len, &v);
     if (rc) {
         ret = rfail(rc, rc == EC_ETOOBIG ? "a result with its key holds about 1 MiB" : NULL);
         goto out;
     }
     if (negative)
-        printf("stored %s in namespace '%s': negative (\"no result\")\n", kdesc, ns);
+        printf("stored %s in namespace '%s': negative (\"no result\")\n", k.desc, ns);
     else
-        printf("stored %s in namespace '%s': %zu byte(s)\n", kdesc, ns, v.len);
+        printf("stored %s in namespace '%s': %zu byte(s)\n", k.desc, ns, v.len);
 out:
     ec_results_close(r);
     ec_client_close(c);
     free(fbuf);
-    free(kbuf);
+    free(k.buf);
     return ret;
 }
 
@@ -761,13 +658,10 @@ static int cmd_purge(int argc, char **argv)
         {NULL, 0, NULL, 0},
     };
     bool key_hex = false;
-    uint8_t *kbuf = NULL;
+    struct key_arg k = {0};
     ec_results *r = NULL;
     ec_client *c = NULL;
-    const void *key = NULL;
-    size_t klen = 0;
     uint64_t removed = 0;
-    char kdesc[160] = "";
     const char *ns;
     int ch, rc, ret;
 
@@ -780,8 +674,8 @@ static int cmd_purge(int argc, char **argv)
                    "an administrator), and print how many went. The namespace and its\n"
                    "options stay ('embcache results drop' deletes it). KEY as for\n"
                    "'embcache results get'.\n");
-            return RX_OK;
-        default: return RX_USAGE;
+            return EXIT_OK;
+        default: return EXIT_USAGE;
         }
     }
     if (argc - optind < 1 || argc - optind > 2)
@@ -791,47 +685,40 @@ static int cmd_purge(int argc, char **argv)
     ns = argv[optind];
     if ((ret = check_ns(ns)))
         return ret;
-    if (argc - optind == 2) {
-        if ((ret = parse_key(argv[optind + 1], key_hex, &key, &klen, &kbuf)))
-            return ret;
-        key_desc(key, klen, kdesc, sizeof(kdesc));
-    }
-    if ((ret = connect_c(&c)) || (ret = open_ns(c, ns, &r)))
+    if (argc - optind == 2 && (ret = parse_key(argv[optind + 1], key_hex, &k)))
+        return ret;
+    if ((ret = open_ns(ns, &c, &r)))
         goto out;
-    rc = ec_results_purge(r, key, klen, &removed);
+    rc = ec_results_purge(r, k.key, k.len, &removed);
     if (rc) {
-        ret = rfail(rc, !key && rc == EC_EPERM
+        ret = rfail(rc, !k.key && rc == EC_EPERM
                             ? "purging all of a namespace is for its owner and administrators"
                             : NULL);
         goto out;
     }
-    if (key)
-        printf("purged key %s from namespace '%s': %" PRIu64 " result(s) removed\n", kdesc, ns,
+    if (k.key)
+        printf("purged key %s from namespace '%s': %" PRIu64 " result(s) removed\n", k.desc, ns,
                removed);
     else
         printf("purged namespace '%s': %" PRIu64 " result(s) removed\n", ns, removed);
 out:
     ec_results_close(r);
     ec_client_close(c);
-    free(kbuf);
+    free(k.buf);
     return ret;
 }
 
 static int cmd_drop(int argc, char **argv)
 {
-    static const struct option o[] = {{"help", no_argument, NULL, 'h'}, {NULL, 0, NULL, 0}};
+    static const char help[] =
+        "usage: embcache results drop NS\n"
+        "Delete namespace NS and every result in it (its owner or an\n"
+        "administrator). Clients that have it open get errors from then on.\n";
     ec_client *c;
-    int ch, rc;
+    int rc;
 
-    while ((ch = getopt_long(argc, argv, "h", o, NULL)) != -1) {
-        if (ch == 'h') {
-            printf("usage: embcache results drop NS\n"
-                   "Delete namespace NS and every result in it (its owner or an\n"
-                   "administrator). Clients that have it open get errors from then on.\n");
-            return RX_OK;
-        }
-        return RX_USAGE;
-    }
+    if ((rc = cli_simple_opts(argc, argv, help, NULL)) >= 0)
+        return rc;
     if (argc - optind != 1)
         return usage_err("needs NS");
     if ((rc = check_ns(argv[optind])))
@@ -843,13 +730,13 @@ static int cmd_drop(int argc, char **argv)
     if (rc == EC_ENOENT) {
         fprintf(stderr, "%s: namespace '%s' does not exist ('embcache results ls' lists "
                         "them)\n", prog, argv[optind]);
-        return RX_NOTFOUND;
+        return EXIT_NOTFOUND;
     }
     if (rc)
         return rfail(rc, rc == EC_EPERM ? "dropping a namespace is for its owner and "
                                           "administrators" : NULL);
     printf("dropped namespace '%s'\n", argv[optind]);
-    return RX_OK;
+    return EXIT_OK;
 }
 
 /* ------------------------------------------------------------------ */
@@ -949,33 +836,38 @@ static int cmd_create(int argc, char **argv)
             if (!slash || slash == bind || !slash[1] || strlen(optarg) >= sizeof(bind)) {
                 fprintf(stderr, "%s: --bind '%s' must be MODEL/VERSION, the version a number "
                                 "or an alias (e.g. bert/current)\n", prog, optarg);
-                return RX_USAGE;
+                return EXIT_USAGE;
             }
             *slash = '\0';
             no.bind_model = bind;
             no.bind_version = slash + 1;
             break;
         }
-        case 't': rc = parse_double("--ttl", optarg, 0, true, INFINITY, &no.ttl); break;
+        case 't': rc = cli_parse_double(prog, "--ttl", optarg, 0, true, INFINITY, &no.ttl); break;
         case 's':
-            rc = parse_double("--stale-ttl", optarg, 0, false, INFINITY, &no.stale_ttl);
+            rc = cli_parse_double(prog, "--stale-ttl", optarg, 0, false, INFINITY,
+                                  &no.stale_ttl);
             no.stale_ttl = no.stale_ttl == 0 ? -1 : no.stale_ttl; /* the API's "never" */
             break;
         case 'n':
-            rc = parse_double("--negative-ttl", optarg, 0, true, INFINITY, &no.negative_ttl);
+            rc = cli_parse_double(prog, "--negative-ttl", optarg, 0, true, INFINITY,
+                                  &no.negative_ttl);
             break;
         case 'j':
-            rc = parse_double("--jitter", optarg, 0, false, 1, &no.jitter);
+            rc = cli_parse_double(prog, "--jitter", optarg, 0, false, 1, &no.jitter);
             no.jitter = no.jitter == 0 ? -1 : no.jitter; /* the API's "none" */
             break;
         case 'l':
-            rc = parse_double("--lease-time", optarg, 0, true, INFINITY, &no.lease_time);
+            rc = cli_parse_double(prog, "--lease-time", optarg, 0, true, INFINITY,
+                                  &no.lease_time);
             break;
         case 'm':
-            rc = parse_u64("--max-computing", optarg, 1, UINT32_MAX, &u);
+            rc = cli_parse_u64(prog, "--max-computing", optarg, 1, UINT32_MAX, &u);
             no.max_computing = (uint32_t)u;
             break;
-        case 'N': rc = parse_u64("--negative-max", optarg, 1, UINT64_MAX, &no.negative_max); break;
+        case 'N':
+            rc = cli_parse_u64(prog, "--negative-max", optarg, 1, UINT64_MAX, &no.negative_max);
+            break;
         case 'h':
             printf("usage: embcache results create NS [--shared] [--bind MODEL/VERSION] "
                    "[--ttl S]\n"
@@ -995,11 +887,11 @@ static int cmd_create(int argc, char **argv)
                    "administrator) and keeps the others. Exit status: 6 when NS exists\n"
                    "(without --configure), 4 when it does not (with --configure) or the\n"
                    "model of --bind is unknown, 2 a bad name or option.\n");
-            return RX_OK;
-        default: return RX_USAGE;
+            return EXIT_OK;
+        default: return EXIT_USAGE;
         }
         if (rc)
-            return RX_USAGE;
+            return EXIT_USAGE;
     }
     if (argc - optind != 1)
         return usage_err("needs NS");
@@ -1019,7 +911,7 @@ static int cmd_create(int argc, char **argv)
         if (!cur.found) {
             fprintf(stderr, "%s: namespace '%s' does not exist or is not yours to see (create "
                             "it without --configure)\n", prog, ns);
-            ret = RX_NOTFOUND;
+            ret = EXIT_NOTFOUND;
             goto out;
         }
         merge_current(&no, &cur.info);
@@ -1034,7 +926,7 @@ static int cmd_create(int argc, char **argv)
     if (rc == EC_EEXIST) {
         fprintf(stderr, "%s: namespace '%s' already exists (--configure changes its options; "
                         "'embcache results drop %s' deletes it)\n", prog, ns, ns);
-        ret = RX_EXISTS;
+        ret = EXIT_EXISTS;
         goto out;
     }
     if (rc) {
@@ -1048,7 +940,7 @@ static int cmd_create(int argc, char **argv)
         ret = rfail(rc, hint);
         goto out;
     }
-    ret = RX_OK;
+    ret = EXIT_OK;
     if (find_ns(c, ns, &cur) == 0 && cur.found)
         opts_desc(&cur.info, desc, sizeof(desc));
     else
@@ -1074,7 +966,7 @@ static int stats_cb(const ec_ns_info *ns, void *arg)
 
     if (x->json) {
         printf("%s\n    {\"name\": ", x->n ? "," : "");
-        json_str(ns->name);
+        cli_json_str(ns->name);
         printf(", \"items\": %" PRIu64 ", \"negative_items\": %" PRIu64 ", \"bytes\": %" PRIu64
                ", \"hits\": %" PRIu64 ", \"misses\": %" PRIu64 ", \"negative_hits\": %" PRIu64
                ", \"stale_served\": %" PRIu64 ", \"leases_granted\": %" PRIu64
@@ -1142,10 +1034,7 @@ static void results_usage(FILE *f)
 
 int cli_results_main(int argc, char **argv, const char *socket_path)
 {
-    static const struct {
-        const char *name;
-        int (*fn)(int, char **);
-    } cmds[] = {
+    static const struct cli_cmd cmds[] = {
         {"ls", cmd_ls},       {"get", cmd_get},         {"put", cmd_put},
         {"purge", cmd_purge}, {"create", cmd_create},   {"drop", cmd_drop},
     };
@@ -1155,11 +1044,11 @@ int cli_results_main(int argc, char **argv, const char *socket_path)
     if (argc < 2) {
         fprintf(stderr, "embcache results: missing command (ls, get, put, purge, create, "
                         "drop); try 'embcache results --help'\n");
-        return RX_USAGE;
+        return EXIT_USAGE;
     }
     if (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
         results_usage(stdout);
-        return RX_OK;
+        return EXIT_OK;
     }
     for (size_t i = 0; i < sizeof(cmds) / sizeof(cmds[0]); i++) {
         if (strcmp(argv[1], cmds[i].name))
@@ -1171,5 +1060,5 @@ int cli_results_main(int argc, char **argv, const char *socket_path)
     }
     fprintf(stderr, "embcache results: unknown command '%s' (commands: ls, get, put, purge, "
                     "create, drop); try 'embcache results --help'\n", argv[1]);
-    return RX_USAGE;
+    return EXIT_USAGE;
 }

@@ -6,9 +6,11 @@
  * exit codes that say what kind of failure happened (see usage()). One
  * command works without a daemon, on the data directory itself: `recover`
  * (core/recover.c, linked in from the daemon's core), run while embcached
- * is stopped.
+ * is stopped. The subcommand families of files of their own (`results`:
+ * tools/cli_results.c) and the helpers every file uses (exit codes, failure
+ * lines, number parsing, JSON strings, sizes: tools/cli_util.c) are declared
+ * in tools/cli.h.
  */
-#include <errno.h>
 #include <getopt.h>
 #include <inttypes.h>
 #include <stdbool.h>
@@ -18,27 +20,12 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "cli.h"
 #include "core/recover.h"
 #include "embcache.h"
 
-enum {
-    EXIT_OK = 0,
-    EXIT_FAIL = 1,
-    EXIT_USAGE = 2,
-    EXIT_NODAEMON = 3,
-    EXIT_NOTFOUND = 4,
-    EXIT_BADINPUT = 5,
-    EXIT_EXISTS = 6,
-    EXIT_RANGE = 7,
-    EXIT_INTEGRITY = 8,
-};
-
 static const char *socket_path;
 
-/* tools/cli_results.c: `embcache results` and the namespace section of
- * `embcache stats` (declared there too: the tool has no header). */
-int cli_results_main(int argc, char **argv, const char *socket_path);
-int cli_results_stats(ec_client *c, bool json);
 
 static void usage(FILE *f)
 {
@@ -79,55 +66,15 @@ static void usage(FILE *f)
             "or in conflict), 1 when a daemon holds the data directory.\n");
 }
 
-/* The exit status for an EC_E* code. The codes carry the meaning, set where
- * the failure is found, not here: for `import`, the client library says
- * EC_ENOENT for an input file that does not exist, and the client and the
- * daemon's parsers and importer say EC_EFORMAT or EC_EDTYPE for every input
- * file that exists but cannot be imported (unreadable, not a regular file,
- * malformed, over a limit, a bad or duplicate tensor name), so that a script
- * tells "the file is not there" (4) from "the file is bad" (5) from a
- * failure of the system (1: EC_EIO, EC_ENOSPC, ...). */
-static int exit_for(int rc)
-{
-    switch (rc) {
-    case 0: return EXIT_OK;
-    case EC_EINVAL: return EXIT_USAGE;
-    case EC_ECONN:
-    case EC_ESTALE: return EXIT_NODAEMON;
-    case EC_ENOENT: return EXIT_NOTFOUND;
-    case EC_EFORMAT:
-    case EC_EDTYPE: return EXIT_BADINPUT;
-    case EC_EEXIST: return EXIT_EXISTS;
-    case EC_ERANGE: return EXIT_RANGE;
-    case EC_ECHECKSUM:
-    case EC_ECORRUPT: return EXIT_INTEGRITY;
-    default: return EXIT_FAIL;
-    }
-}
-
 static int fail(int rc)
 {
-    fprintf(stderr, "embcache: %s\n", ec_last_error()[0] ? ec_last_error() : ec_strerror(rc));
-    return exit_for(rc);
+    return cli_fail("embcache", rc, NULL);
 }
 
 static int connect_or_fail(ec_client **c)
 {
     int rc = ec_client_connect(socket_path, c);
     return rc ? fail(rc) : 0;
-}
-
-static int parse_i64(const char *s, int64_t *out)
-{
-    char *end;
-    long long v;
-
-    errno = 0;
-    v = strtoll(s, &end, 10);
-    if (errno || end == s || *end)
-        return -1;
-    *out = v;
-    return 0;
 }
 
 /* ------------------------------------------------------------------ */
@@ -154,7 +101,7 @@ static int cmd_import(int argc, char **argv)
         switch (ch) {
         case 'm': io.model = optarg; break;
         case 'v':
-            if (parse_i64(optarg, &io.version) || io.version < 1) {
+            if (cli_parse_i64(optarg, &io.version) || io.version < 1) {
                 fprintf(stderr, "embcache import: --version '%s' must be an integer >= 1\n",
                         optarg);
                 return EXIT_USAGE;
@@ -162,7 +109,7 @@ static int cmd_import(int argc, char **argv)
             have_version = true;
             break;
         case 'r':
-            if (parse_i64(optarg, &io.round) || io.round < 0) {
+            if (cli_parse_i64(optarg, &io.round) || io.round < 0) {
                 fprintf(stderr, "embcache import: --round '%s' must be an integer >= 0\n",
                         optarg);
                 return EXIT_USAGE;
@@ -170,7 +117,7 @@ static int cmd_import(int argc, char **argv)
             break;
         case 'p': io.params_json = optarg; break;
         case 'b':
-            if (parse_i64(optarg, &v) || v < 1) {
+            if (cli_parse_i64(optarg, &v) || v < 1) {
                 fprintf(stderr, "embcache import: --partition-bytes '%s' must be a positive "
                                 "integer\n", optarg);
                 return EXIT_USAGE;
@@ -215,34 +162,6 @@ struct ls_ctx {
     unsigned versions;
 };
 
-static void json_str(const char *s)
-{
-    putchar('"');
-    for (; *s; s++) {
-        unsigned char ch = (unsigned char)*s;
-        if (ch == '"' || ch == '\\')
-            printf("\\%c", ch);
-        else if (ch < 0x20)
-            printf("\\u%04x", ch);
-        else
-            putchar(ch);
-    }
-    putchar('"');
-}
-
-static void human_bytes(uint64_t b, char *out, size_t len)
-{
-    const char *u[] = {"B", "KiB", "MiB", "GiB", "TiB"};
-    double v = (double)b;
-    int i = 0;
-
-    while (v >= 1024 && i < 4) {
-        v /= 1024;
-        i++;
-    }
-    snprintf(out, len, i ? "%.1f %s" : "%.0f %s", v, u[i]);
-}
-
 static int ls_cb(const ec_version_info *v, const ec_tensor_listing *t, void *arg)
 {
     struct ls_ctx *x = arg;
@@ -250,7 +169,7 @@ static int ls_cb(const ec_version_info *v, const ec_tensor_listing *t, void *arg
     if (x->json) {
         if (!t) {
             printf("%s\n  {\"model\": ", x->first_version ? "[" : "]},");
-            json_str(v->model);
+            cli_json_str(v->model);
             printf(", \"version\": %" PRId64 ", \"round\": ", v->version);
             if (v->round < 0)
                 printf("null");
@@ -264,7 +183,7 @@ static int ls_cb(const ec_version_info *v, const ec_tensor_listing *t, void *arg
                 snprintf(buf, sizeof(buf), "%s", v->aliases);
                 for (tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
                     printf("%s", first ? "" : ", ");
-                    json_str(tok);
+                    cli_json_str(tok);
                     first = false;
                 }
             }
@@ -274,7 +193,7 @@ static int ls_cb(const ec_version_info *v, const ec_tensor_listing *t, void *arg
             x->first_tensor = true;
         } else {
             printf("%s\n    {\"name\": ", x->first_tensor ? "" : ",");
-            json_str(t->name);
+            cli_json_str(t->name);
             printf(", \"dtype\": \"%s\", \"shape\": [", ec_dtype_name(t->dtype));
             for (uint32_t d = 0; d < t->ndim; d++)
                 printf("%s%" PRIu64, d ? ", " : "", t->shape[d]);
@@ -289,7 +208,7 @@ static int ls_cb(const ec_version_info *v, const ec_tensor_listing *t, void *arg
         time_t ct = (time_t)v->created_unix;
         struct tm tm;
         strftime(when, sizeof(when), "%Y-%m-%d %H:%M", gmtime_r(&ct, &tm));
-        human_bytes(v->bytes, size, sizeof(size));
+        cli_human_bytes(v->bytes, size, sizeof(size));
         if (x->versions++ == 0)
             printf("%-20s %8s %6s  %-16s %8s %11s  %s\n", "MODEL", "VERSION", "ROUND", "ALIASES",
                    "TENSORS", "SIZE", "CREATED (UTC)");
@@ -308,7 +227,7 @@ static int ls_cb(const ec_version_info *v, const ec_tensor_listing *t, void *arg
             size_t l = strlen(shape);
             snprintf(shape + l, sizeof(shape) - l, "%s%" PRIu64, d ? ", " : "", t->shape[d]);
         }
-        human_bytes(t->bytes, size, sizeof(size));
+        cli_human_bytes(t->bytes, size, sizeof(size));
         printf("    %-32s %-5s [%s]  %" PRIu64 " partition(s), %s\n", t->name,
                ec_dtype_name(t->dtype), shape, t->partitions, size);
     }
@@ -317,25 +236,15 @@ static int ls_cb(const ec_version_info *v, const ec_tensor_listing *t, void *arg
 
 static int cmd_ls(int argc, char **argv)
 {
-    static const struct option o[] = {
-        {"json", no_argument, NULL, 'j'},
-        {"help", no_argument, NULL, 'h'},
-        {NULL, 0, NULL, 0},
-    };
+    static const char help[] =
+        "usage: embcache ls [--json] [MODEL]\n"
+        "List model versions (of MODEL, or all) with their aliases and tensors.\n";
     struct ls_ctx x = {.first_version = true};
     ec_client *c;
-    int ch, rc;
+    int rc;
 
-    while ((ch = getopt_long(argc, argv, "jh", o, NULL)) != -1) {
-        switch (ch) {
-        case 'j': x.json = true; break;
-        case 'h':
-            printf("usage: embcache ls [--json] [MODEL]\n"
-                   "List model versions (of MODEL, or all) with their aliases and tensors.\n");
-            return EXIT_OK;
-        default: return EXIT_USAGE;
-        }
-    }
+    if ((rc = cli_simple_opts(argc, argv, help, &x.json)) >= 0)
+        return rc;
     if (argc - optind > 1) {
         fprintf(stderr, "embcache ls: at most one MODEL\n");
         return EXIT_USAGE;
@@ -357,25 +266,21 @@ static int cmd_ls(int argc, char **argv)
 
 static int cmd_alias(int argc, char **argv)
 {
-    static const struct option o[] = {{"help", no_argument, NULL, 'h'}, {NULL, 0, NULL, 0}};
+    static const char help[] =
+        "usage: embcache alias MODEL ALIAS VERSION\n"
+        "Point ALIAS (e.g. current) at VERSION of MODEL. Handles resolved before\n"
+        "keep their version; the next resolve sees the new one.\n";
     ec_client *c;
     int64_t version;
-    int ch, rc;
+    int rc;
 
-    while ((ch = getopt_long(argc, argv, "h", o, NULL)) != -1) {
-        if (ch == 'h') {
-            printf("usage: embcache alias MODEL ALIAS VERSION\n"
-                   "Point ALIAS (e.g. current) at VERSION of MODEL. Handles resolved before\n"
-                   "keep their version; the next resolve sees the new one.\n");
-            return EXIT_OK;
-        }
-        return EXIT_USAGE;
-    }
+    if ((rc = cli_simple_opts(argc, argv, help, NULL)) >= 0)
+        return rc;
     if (argc - optind != 3) {
         fprintf(stderr, "embcache alias: needs MODEL ALIAS VERSION\n");
         return EXIT_USAGE;
     }
-    if (parse_i64(argv[optind + 2], &version) || version < 1) {
+    if (cli_parse_i64(argv[optind + 2], &version) || version < 1) {
         fprintf(stderr, "embcache alias: VERSION '%s' must be an integer >= 1\n",
                 argv[optind + 2]);
         return EXIT_USAGE;
@@ -409,7 +314,7 @@ static int cmd_find(int argc, char **argv)
     while ((ch = getopt_long(argc, argv, "r:p:h", o, NULL)) != -1) {
         switch (ch) {
         case 'r':
-            if (parse_i64(optarg, &round) || round < 0) {
+            if (cli_parse_i64(optarg, &round) || round < 0) {
                 fprintf(stderr, "embcache find: --round '%s' must be an integer >= 0\n",
                         optarg);
                 return EXIT_USAGE;
@@ -449,7 +354,7 @@ static void progress_bar(const char *model, const ec_prewarm_progress *p)
     char bytes[32];
 
     fill = (unsigned)(frac * width + 0.5);
-    human_bytes((uint64_t)(frac * (double)p->bytes), bytes, sizeof(bytes));
+    cli_human_bytes((uint64_t)(frac * (double)p->bytes), bytes, sizeof(bytes));
     fprintf(stderr, "\r%s/%" PRId64 " [", model, p->version);
     for (unsigned i = 0; i < width; i++)
         fputc(i < fill ? '#' : '.', stderr);
@@ -511,7 +416,7 @@ static int cmd_prewarm(int argc, char **argv)
     ec_client_close(c);
     if (rc)
         return fail(rc);
-    human_bytes(p.bytes, size, sizeof(size));
+    cli_human_bytes(p.bytes, size, sizeof(size));
     if (json)
         printf("{\"model\": \"%s\", \"version\": %" PRId64 ", \"partitions\": %" PRIu64
                ", \"done\": %" PRIu64 ", \"failed\": %" PRIu64 ", \"bytes\": %" PRIu64
@@ -539,31 +444,20 @@ static int cmd_prewarm(int argc, char **argv)
 /* evict, refresh: MODEL VERSION|ALIAS [--json], one number back. */
 static int cmd_version_op(int argc, char **argv, bool evict)
 {
-    static const struct option o[] = {
-        {"json", no_argument, NULL, 'j'},
-        {"help", no_argument, NULL, 'h'},
-        {NULL, 0, NULL, 0},
-    };
+    static const char evict_help[] =
+        "usage: embcache evict MODEL VERSION|ALIAS [--json]\n"
+        "Drop a version's partitions from memory (its prewarm pin too); it\n"
+        "stays in the catalog and pages in again on demand.\n";
+    static const char refresh_help[] =
+        "usage: embcache refresh MODEL VERSION|ALIAS [--json]\n"
+        "Reload the partitions of a version whose files changed on disk.\n";
     bool json = false;
     ec_client *c;
     uint64_t v = 0;
-    int ch, rc;
+    int rc;
 
-    while ((ch = getopt_long(argc, argv, "jh", o, NULL)) != -1) {
-        switch (ch) {
-        case 'j': json = true; break;
-        case 'h':
-            if (evict)
-                printf("usage: embcache evict MODEL VERSION|ALIAS [--json]\n"
-                       "Drop a version's partitions from memory (its prewarm pin too); it\n"
-                       "stays in the catalog and pages in again on demand.\n");
-            else
-                printf("usage: embcache refresh MODEL VERSION|ALIAS [--json]\n"
-                       "Reload the partitions of a version whose files changed on disk.\n");
-            return EXIT_OK;
-        default: return EXIT_USAGE;
-        }
-    }
+    if ((rc = cli_simple_opts(argc, argv, evict ? evict_help : refresh_help, &json)) >= 0)
+        return rc;
     if (argc - optind != 2) {
         fprintf(stderr, "embcache %s: needs MODEL and VERSION|ALIAS\n",
                 evict ? "evict" : "refresh");
@@ -616,7 +510,7 @@ static int cmd_retire(int argc, char **argv)
         default: return EXIT_USAGE;
         }
     }
-    if (argc - optind != 2 || parse_i64(argv[optind + 1], &version) || version < 1) {
+    if (argc - optind != 2 || cli_parse_i64(argv[optind + 1], &version) || version < 1) {
         fprintf(stderr, "embcache retire: needs MODEL and a VERSION number >= 1\n");
         return EXIT_USAGE;
     }
@@ -636,28 +530,20 @@ static int cmd_retire(int argc, char **argv)
 
 static int cmd_upgrade(int argc, char **argv)
 {
-    static const struct option o[] = {
-        {"help", no_argument, NULL, 'h'},
-        {NULL, 0, NULL, 0},
-    };
+    static const char help[] =
+        "usage: embcache upgrade MODEL VERSION|ALIAS\n"
+        "Rewrite the version's partition files written by older releases of\n"
+        "embcache, each verified before it replaces the old one: files without\n"
+        "block checksums (format 1) as format 2, so its tensors can be cached by\n"
+        "rows, and files without an origin record with one (from the catalog),\n"
+        "so `embcache recover` can place them. Current files are left alone. The\n"
+        "daemon keeps serving meanwhile.\n";
     uint32_t n = 0;
     ec_client *c;
-    int ch, rc;
+    int rc;
 
-    while ((ch = getopt_long(argc, argv, "h", o, NULL)) != -1) {
-        switch (ch) {
-        case 'h':
-            printf("usage: embcache upgrade MODEL VERSION|ALIAS\n"
-                   "Rewrite the version's partition files written by older releases of\n"
-                   "embcache, each verified before it replaces the old one: files without\n"
-                   "block checksums (format 1) as format 2, so its tensors can be cached by\n"
-                   "rows, and files without an origin record with one (from the catalog),\n"
-                   "so `embcache recover` can place them. Current files are left alone. The\n"
-                   "daemon keeps serving meanwhile.\n");
-            return EXIT_OK;
-        default: return EXIT_USAGE;
-        }
-    }
+    if ((rc = cli_simple_opts(argc, argv, help, NULL)) >= 0)
+        return rc;
     if (argc - optind != 2) {
         fprintf(stderr, "embcache upgrade: needs MODEL VERSION|ALIAS\n");
         return EXIT_USAGE;
@@ -708,7 +594,7 @@ static int cmd_policy(int argc, char **argv)
             break;
         case 't': tensor = optarg; break;
         case 'r':
-            if (parse_i64(optarg, &min_resident) || min_resident < 0) {
+            if (cli_parse_i64(optarg, &min_resident) || min_resident < 0) {
                 fprintf(stderr, "embcache policy: --min-resident '%s' must be bytes >= 0\n",
                         optarg);
                 return EXIT_USAGE;
@@ -856,7 +742,7 @@ static int cmd_get(int argc, char **argv)
     if (!ids)
         return fail(EC_ENOMEM);
     for (size_t i = 0; i < n; i++) {
-        if (parse_i64(argv[optind + 3 + i], &ids[i]) || ids[i] < 0) {
+        if (cli_parse_i64(argv[optind + 3 + i], &ids[i]) || ids[i] < 0) {
             fprintf(stderr, "embcache get: ROW '%s' must be an integer >= 0\n",
                     argv[optind + 3 + i]);
             free(ids);
@@ -965,32 +851,22 @@ static int tensor_stat_cb(const ec_tensor_stats *t, void *arg)
 
 static int cmd_stats(int argc, char **argv)
 {
-    static const struct option o[] = {
-        {"json", no_argument, NULL, 'j'},
-        {"help", no_argument, NULL, 'h'},
-        {NULL, 0, NULL, 0},
-    };
+    static const char help[] =
+        "usage: embcache stats [--json]\n"
+        "Print the daemon's statistics, one per line (or one JSON object), then\n"
+        "one line per tensor it has open: how it is cached (rows or partitions)\n"
+        "and by which policy, its bytes in memory, the rows clients gathered\n"
+        "from it, the share of them found in memory, and the bytes read from\n"
+        "disk per row served. Then, when there are namespaces of cached results,\n"
+        "one line per namespace you may open: results stored, their bytes, hits,\n"
+        "misses, \"no result\" hits, stale values served, leases granted, waited\n"
+        "for and passed on, early refreshes and evictions (JSON: \"namespaces\").\n";
     struct stats_ctx x = {.first = true};
     ec_client *c;
-    int ch, rc;
+    int rc;
 
-    while ((ch = getopt_long(argc, argv, "jh", o, NULL)) != -1) {
-        switch (ch) {
-        case 'j': x.json = true; break;
-        case 'h':
-            printf("usage: embcache stats [--json]\n"
-                   "Print the daemon's statistics, one per line (or one JSON object), then\n"
-                   "one line per tensor it has open: how it is cached (rows or partitions)\n"
-                   "and by which policy, its bytes in memory, the rows clients gathered\n"
-                   "from it, the share of them found in memory, and the bytes read from\n"
-                   "disk per row served. Then, when there are namespaces of cached results,\n"
-                   "one line per namespace you may open: results stored, their bytes, hits,\n"
-                   "misses, \"no result\" hits, stale values served, leases granted, waited\n"
-                   "for and passed on, early refreshes and evictions (JSON: \"namespaces\").\n");
-            return EXIT_OK;
-        default: return EXIT_USAGE;
-        }
-    }
+    if ((rc = cli_simple_opts(argc, argv, help, &x.json)) >= 0)
+        return rc;
     if (optind < argc) {
         fprintf(stderr, "embcache stats: unexpected argument '%s'\n", argv[optind]);
         return EXIT_USAGE;
@@ -1101,10 +977,7 @@ int main(int argc, char **argv)
         {"version", no_argument, NULL, 'V'},
         {NULL, 0, NULL, 0},
     };
-    static const struct {
-        const char *name;
-        int (*fn)(int, char **);
-    } cmds[] = {
+    static const struct cli_cmd cmds[] = {
         {"import", cmd_import}, {"ls", cmd_ls}, {"alias", cmd_alias},
         {"get", cmd_get},       {"stats", cmd_stats}, {"find", cmd_find},
         {"prewarm", cmd_prewarm}, {"evict", cmd_evict}, {"retire", cmd_retire},

@@ -9,8 +9,9 @@
  * CLI through import, ls, alias, get, stats and their failures, corrupts a
  * partition file of a second model on disk to see the checksum failure
  * reported, and finally stops the daemon with SIGTERM. Every CLI run is a
- * fork+exec of the real binary (ect_run); the test process itself is the
- * only thread.
+ * fork+exec of the real binary (ect_run; the daemon, the runs and their
+ * checks are cli_test.c's, shared with test_cli_results.c); the test
+ * process itself is the only thread.
  */
 #include <ctype.h>
 #include <dirent.h>
@@ -26,6 +27,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "cli_test.h"
 #include "testutil.h"
 
 /* The f32 table: m/1/emb, [EMB_ROWS, EMB_COLS], filled with seed EMB_SEED. */
@@ -50,90 +52,14 @@ static const ect_st_tensor st_tensors[] = {
 };
 #define N_ST (sizeof(st_tensors) / sizeof(st_tensors[0]))
 
+/* The input files, in CE.dir (cli_test.h: the daemon, its directory). */
 static struct {
-    char *dir;       /* temporary directory: data/, sock, input files */
-    char *data_dir;
-    char *sock;
     char *npy;       /* .../emb.npy */
     char *st;        /* .../weights.safetensors */
-    pid_t daemon;
     /* The import done in the group setup, checked by test_import. */
     int imp_rc;
     char *imp_out, *imp_err;
 } g;
-
-/* One CLI run. */
-typedef struct run_res {
-    int rc;
-    char *out;
-    size_t out_len;
-    char *err;
-} run_res;
-
-static void res_free(run_res *r)
-{
-    free(r->out);
-    free(r->err);
-    memset(r, 0, sizeof(*r));
-}
-
-/* Run argv (NULL-terminated, argv[0] the program) into r. */
-static void run_argv(run_res *r, const char *const *argv)
-{
-    memset(r, 0, sizeof(*r));
-    r->rc = ect_run(argv, &r->out, &r->out_len, &r->err);
-}
-
-/* Run "embcache [--socket SOCK] ARGS..." (NULL-terminated). sock NULL: no
- * --socket option. */
-static void run_cliv(run_res *r, const char *sock, const char *const *args)
-{
-    const char *argv[64];
-    int n = 0;
-
-    argv[n++] = EC_TEST_CLI;
-    if (sock) {
-        argv[n++] = "--socket";
-        argv[n++] = sock;
-    }
-    for (int i = 0; args[i]; i++) {
-        assert_true(n < 63);
-        argv[n++] = args[i];
-    }
-    argv[n] = NULL;
-    run_argv(r, argv);
-}
-
-#define CLI(r, ...) run_cliv((r), g.sock, (const char *const[]){__VA_ARGS__, NULL})
-#define CLI_NOSOCK(r, ...) run_cliv((r), NULL, (const char *const[]){__VA_ARGS__, NULL})
-#define CLI_SOCK(r, s, ...) run_cliv((r), (s), (const char *const[]){__VA_ARGS__, NULL})
-
-/* A failure: exit code `code`, nothing on stdout (raw output must not be
- * half-written), exactly one non-empty line on stderr. */
-static void check_fail(const run_res *r, int code, const char *what)
-{
-    size_t len = strlen(r->err);
-
-    if (r->rc != code)
-        fail_msg("%s: exit %d, expected %d; stdout '%s' stderr '%s'", what, r->rc, code,
-                 r->out, r->err);
-    if (len < 2 || r->err[len - 1] != '\n' || memchr(r->err, '\n', len - 1))
-        fail_msg("%s: stderr is not exactly one line: '%s'", what, r->err);
-}
-
-/* A success: exit 0, nothing on stderr. */
-static void check_ok(const run_res *r, const char *what)
-{
-    if (r->rc != 0 || r->err[0])
-        fail_msg("%s: exit %d, expected 0; stdout '%.300s' stderr '%s'", what, r->rc, r->out,
-                 r->err);
-}
-
-static void check_contains(const char *hay, const char *needle, const char *what)
-{
-    if (!strstr(hay, needle))
-        fail_msg("%s: '%s' not found in '%.2000s'", what, needle, hay);
-}
 
 /* Bytes of rows [first, first + n) of a tensor filled by ect_fill. */
 static void *rows_of(ec_dtype dt, uint64_t seed, uint64_t row_elems, uint64_t first,
@@ -163,20 +89,15 @@ static int group_setup(void **state)
     run_res r;
 
     (void)state;
-    /* /tmp, not $TMPDIR: the socket path must stay well under 108 bytes. */
-    if (asprintf(&g.dir, "/tmp/ecli-XXXXXX") < 0 || !mkdtemp(g.dir))
-        fail_msg("mkdtemp: %s", strerror(errno));
-    if (asprintf(&g.data_dir, "%s/data", g.dir) < 0 || asprintf(&g.sock, "%s/s", g.dir) < 0 ||
-        asprintf(&g.npy, "%s/emb.npy", g.dir) < 0 ||
-        asprintf(&g.st, "%s/weights.safetensors", g.dir) < 0)
+    cli_env_start("ecli");
+    if (asprintf(&g.npy, "%s/emb.npy", CE.dir) < 0 ||
+        asprintf(&g.st, "%s/weights.safetensors", CE.dir) < 0)
         fail_msg("asprintf");
 
     assert_int_equal(ect_write_npy(g.npy, EC_DTYPE_F32, 2,
                                    (const uint64_t[]){EMB_ROWS, EMB_COLS}, EMB_SEED),
                      0);
     assert_int_equal(ect_write_safetensors(g.st, st_tensors, N_ST), 0);
-
-    g.daemon = ect_daemon_start(g.data_dir, g.sock, (const char *const[]){"--quiet", NULL});
 
     CLI(&r, "import", "--model", "m", "--version", "1", "--round", "3", "--params",
         "{\"lr\": 0.1}", "--partition-bytes", PART_BYTES, g.npy, g.st);
@@ -189,15 +110,9 @@ static int group_setup(void **state)
 static int group_teardown(void **state)
 {
     (void)state;
-    if (g.daemon > 0)
-        ect_daemon_stop(g.daemon);
-    g.daemon = 0;
-    ect_rmtree(g.dir);
+    cli_env_stop();
     free(g.imp_out);
     free(g.imp_err);
-    free(g.dir);
-    free(g.data_dir);
-    free(g.sock);
     free(g.npy);
     free(g.st);
     return 0;
@@ -233,7 +148,7 @@ static void test_import_errors(void **state)
     res_free(&r);
 
     /* A truncated .npy: a valid header, half the data. */
-    assert_true(asprintf(&bad, "%s/trunc.npy", g.dir) > 0);
+    assert_true(asprintf(&bad, "%s/trunc.npy", CE.dir) > 0);
     buf = ect_read_file(g.npy, &len);
     assert_non_null(buf);
     assert_int_equal(ect_write_file(bad, buf, len / 2), 0);
@@ -244,7 +159,7 @@ static void test_import_errors(void **state)
     res_free(&r);
 
     /* A file whose name ends in neither .npy nor .safetensors. */
-    assert_true(asprintf(&txt, "%s/table.csv", g.dir) > 0);
+    assert_true(asprintf(&txt, "%s/table.csv", CE.dir) > 0);
     assert_int_equal(ect_write_file(txt, "1,2,3\n", 6), 0);
     CLI(&r, "import", "--model", "bad", "--version", "1", txt);
     check_fail(&r, 5, "unsupported extension");
@@ -252,7 +167,7 @@ static void test_import_errors(void **state)
     res_free(&r);
 
     /* A file that is not there. */
-    assert_true(asprintf(&missing, "%s/nosuchfile.npy", g.dir) > 0);
+    assert_true(asprintf(&missing, "%s/nosuchfile.npy", CE.dir) > 0);
     CLI(&r, "import", "--model", "bad", "--version", "1", missing);
     if (r.rc == 0)
         fail_msg("import of a missing file exited 0");
@@ -326,7 +241,7 @@ enum bad_kind {
 
 struct bad_file {
     const char *what;
-    const char *name;    /* in g.dir/bad */
+    const char *name;    /* in CE.dir/bad */
     enum bad_kind kind;
     const char *content; /* BK_NPY: the header dict; BK_ST: the JSON header */
     size_t extra;        /* BK_NPY: payload bytes; BK_ST: data bytes */
@@ -462,7 +377,7 @@ static int run_unreadable_as_other(run_res *r, const char *dir, const char *path
     }
     snprintf(data, sizeof(data), "%s/u-data", dir);
     snprintf(sock, sizeof(sock), "%s/u.sock", dir);
-    assert_int_equal(chmod(g.dir, 0711), 0);
+    assert_int_equal(chmod(CE.dir, 0711), 0);
     assert_int_equal(chmod(dir, 0711), 0);
     d = ect_daemon_start(data, sock, (const char *const[]){"--quiet", "--admin-uid", "65534",
                                                            NULL});
@@ -472,7 +387,7 @@ static int run_unreadable_as_other(run_res *r, const char *dir, const char *path
                                       NULL});
     ect_daemon_stop(d);
     chmod(dir, 0755);
-    chmod(g.dir, 0700);
+    chmod(CE.dir, 0700);
     return 0;
 }
 
@@ -483,7 +398,7 @@ static void test_import_bad_files(void **state)
     int failures = 0;
 
     (void)state;
-    snprintf(dir, sizeof(dir), "%s/bad", g.dir);
+    snprintf(dir, sizeof(dir), "%s/bad", CE.dir);
     assert_int_equal(mkdir(dir, 0755), 0);
     for (size_t i = 0; i < sizeof(bad_files) / sizeof(bad_files[0]); i++) {
         const struct bad_file *b = &bad_files[i];
@@ -772,7 +687,7 @@ static void test_get_safetensors_raw(void **state)
         assert_non_null(ids);
         argv[n++] = EC_TEST_CLI;
         argv[n++] = "--socket";
-        argv[n++] = g.sock;
+        argv[n++] = CE.sock;
         argv[n++] = "get";
         argv[n++] = "--raw";
         argv[n++] = "m";
@@ -1006,7 +921,7 @@ static void test_no_daemon(void **state)
     char *dead;
 
     (void)state;
-    assert_true(asprintf(&dead, "%s/nobody.sock", g.dir) > 0);
+    assert_true(asprintf(&dead, "%s/nobody.sock", CE.dir) > 0);
     CLI_SOCK(&r, dead, "ls");
     check_fail(&r, 3, "no daemon");
     check_contains(r.err, dead, "no-daemon message names the socket");
@@ -1159,7 +1074,7 @@ static void test_env_socket(void **state)
     run_res r;
 
     (void)state;
-    assert_int_equal(setenv("EMBCACHE_SOCKET", g.sock, 1), 0);
+    assert_int_equal(setenv("EMBCACHE_SOCKET", CE.sock, 1), 0);
     CLI_NOSOCK(&r, "ls", "m");
     unsetenv("EMBCACHE_SOCKET");
     check_ok(&r, "ls m with EMBCACHE_SOCKET");
@@ -1212,8 +1127,8 @@ static void test_corrupt_partition(void **state)
     run_res r;
 
     (void)state;
-    assert_true(asprintf(&parts, "%s/parts", g.data_dir) > 0);
-    assert_true(asprintf(&npy, "%s/vec.npy", g.dir) > 0);
+    assert_true(asprintf(&parts, "%s/parts", CE.data_dir) > 0);
+    assert_true(asprintf(&npy, "%s/vec.npy", CE.dir) > 0);
     assert_int_equal(ect_write_npy(npy, EC_DTYPE_F32, 2, (const uint64_t[]){300, 8}, 7), 0);
 
     nb = list_parts(parts, before, 64);
@@ -1283,13 +1198,13 @@ static void test_sigterm(void **state)
     int status;
 
     (void)state;
-    assert_int_equal(stat(g.sock, &st), 0);
-    status = ect_daemon_stop(g.daemon);
-    g.daemon = 0;
+    assert_int_equal(stat(CE.sock, &st), 0);
+    status = ect_daemon_stop(CE.daemon);
+    CE.daemon = 0;
     if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
         fail_msg("embcached after SIGTERM: wait status 0x%x, expected exit 0", status);
-    if (stat(g.sock, &st) == 0 || errno != ENOENT)
-        fail_msg("embcached left its socket %s behind", g.sock);
+    if (stat(CE.sock, &st) == 0 || errno != ENOENT)
+        fail_msg("embcached left its socket %s behind", CE.sock);
 }
 
 int main(void)

@@ -6,14 +6,12 @@
  * parses as JSON with the counts the puts and gets before it imply.
  *
  * One real embcached runs for the whole group, in a temporary directory
- * under /tmp with a short socket path, as in test_cli.c; model "m" version 1
+ * under /tmp with a short socket path (cli_test.c, shared with test_cli.c,
+ * as are the checks of a run and the JSON parser); model "m" version 1
  * (alias "current") is imported for the namespaces bound to it. Every CLI
  * run is a fork+exec of the real binary (ect_run); each test works in
  * namespaces of its own. The test process itself is the only thread.
  */
-#include <ctype.h>
-#include <errno.h>
-#include <setjmp.h>
 #include <math.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -22,356 +20,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "cli_test.h"
 #include "testutil.h"
-
-static struct {
-    char *dir;  /* temporary directory: data/, the socket, input files */
-    char *data_dir;
-    char *sock;
-    pid_t daemon;
-} g;
-
-typedef struct run_res {
-    int rc;
-    char *out;
-    size_t out_len;
-    char *err;
-} run_res;
-
-static void res_free(run_res *r)
-{
-    free(r->out);
-    free(r->err);
-    memset(r, 0, sizeof(*r));
-}
-
-/* Run "embcache [--socket SOCK] ARGS..." (NULL-terminated). */
-static void run_cliv(run_res *r, const char *sock, const char *const *args)
-{
-    const char *argv[64];
-    int n = 0;
-
-    argv[n++] = EC_TEST_CLI;
-    if (sock) {
-        argv[n++] = "--socket";
-        argv[n++] = sock;
-    }
-    for (int i = 0; args[i]; i++) {
-        assert_true(n < 63);
-        argv[n++] = args[i];
-    }
-    argv[n] = NULL;
-    memset(r, 0, sizeof(*r));
-    r->rc = ect_run(argv, &r->out, &r->out_len, &r->err);
-}
-
-#define CLI(r, ...) run_cliv((r), g.sock, (const char *const[]){__VA_ARGS__, NULL})
-#define CLI_SOCK(r, s, ...) run_cliv((r), (s), (const char *const[]){__VA_ARGS__, NULL})
-
-/* A failure: exit code `code`, nothing on stdout, exactly one line on
- * stderr. */
-static void check_fail(const run_res *r, int code, const char *what)
-{
-    size_t len = strlen(r->err);
-
-    if (r->rc != code)
-        fail_msg("%s: exit %d, expected %d; stdout '%s' stderr '%s'", what, r->rc, code,
-                 r->out, r->err);
-    if (r->out_len)
-        fail_msg("%s: failed but printed '%s' on stdout", what, r->out);
-    if (len < 2 || r->err[len - 1] != '\n' || memchr(r->err, '\n', len - 1))
-        fail_msg("%s: stderr is not exactly one line: '%s'", what, r->err);
-}
-
-/* A success: exit 0, nothing on stderr. */
-static void check_ok(const run_res *r, const char *what)
-{
-    if (r->rc != 0 || r->err[0])
-        fail_msg("%s: exit %d, expected 0; stdout '%.500s' stderr '%s'", what, r->rc, r->out,
-                 r->err);
-}
-
-static void check_contains(const char *hay, const char *needle, const char *what)
-{
-    if (!strstr(hay, needle))
-        fail_msg("%s: '%s' not found in '%.2000s'", what, needle, hay);
-}
-
-/* ------------------------------------------------------------------ */
-/* A small strict JSON parser (RFC 8259), enough to check the output    */
-
-typedef enum { J_NULL, J_BOOL, J_NUM, J_STR, J_ARR, J_OBJ } jtype;
-
-typedef struct jval {
-    jtype t;
-    bool b;
-    double num;
-    char *str;           /* J_STR */
-    size_t n;            /* J_ARR, J_OBJ: elements */
-    struct jval *items;  /* J_ARR, J_OBJ */
-    char **keys;         /* J_OBJ */
-} jval;
-
-/* A parse: where it is, and where a syntax error jumps to (with what it
- * had allocated but not yet linked into the tree). */
-typedef struct jparser {
-    const char *s, *p;
-    jmp_buf fail;
-    const char *why;
-    char *pending;
-} jparser;
-
-static void jfail(jparser *j, const char *why)
-{
-    j->why = why;
-    longjmp(j->fail, 1);
-}
-
-static void jws(jparser *j)
-{
-    while (*j->p == ' ' || *j->p == '\t' || *j->p == '\n' || *j->p == '\r')
-        j->p++;
-}
-
-static char *jstring(jparser *j)
-{
-    size_t cap = 16, n = 0;
-    char *out;
-
-    if (*j->p != '"')
-        jfail(j, "expected a string");
-    out = j->pending = malloc(cap);
-    assert_non_null(out);
-    j->p++;
-    for (;;) {
-        unsigned char ch = (unsigned char)*j->p++;
-        if (n + 2 > cap) {
-            out = j->pending = realloc(out, cap *= 2);
-            assert_non_null(out);
-        }
-        if (ch == '"')
-            break;
-        if (ch < 0x20)
-            jfail(j, "an unescaped control character (or the end) in a string");
-        if (ch == '\\') {
-            ch = (unsigned char)*j->p++;
-            switch (ch) {
-            case '"': case '\\': case '/': break;
-            case 'b': ch = '\b'; break;
-            case 'f': ch = '\f'; break;
-            case 'n': ch = '\n'; break;
-            case 'r': ch = '\r'; break;
-            case 't': ch = '\t'; break;
-            case 'u':
-                for (int i = 0; i < 4; i++)
-                    if (!isxdigit((unsigned char)j->p[i]))
-                        jfail(j, "a bad \\u escape");
-                ch = (unsigned char)strtoul((char[]){j->p[0], j->p[1], j->p[2], j->p[3], 0},
-                                            NULL, 16);
-                j->p += 4;
-                break;
-            default: jfail(j, "a bad escape");
-            }
-        }
-        out[n++] = (char)ch;
-    }
-    out[n] = '\0';
-    j->pending = NULL;
-    return out;
-}
-
-static void jvalue(jparser *j, jval *v);
-
-static void jnumber(jparser *j, jval *v)
-{
-    const char *q = j->p;
-
-    if (*q == '-')
-        q++;
-    if (*q == '0')
-        q++;
-    else if (*q >= '1' && *q <= '9')
-        while (isdigit((unsigned char)*q))
-            q++;
-    else
-        jfail(j, "expected a value");
-    if (*q == '.') {
-        if (!isdigit((unsigned char)*++q))
-            jfail(j, "a number without digits after '.'");
-        while (isdigit((unsigned char)*q))
-            q++;
-    }
-    if (*q == 'e' || *q == 'E') {
-        q++;
-        if (*q == '+' || *q == '-')
-            q++;
-        if (!isdigit((unsigned char)*q))
-            jfail(j, "a number without exponent digits");
-        while (isdigit((unsigned char)*q))
-            q++;
-    }
-    v->t = J_NUM;
-    v->num = strtod(j->p, NULL);
-    j->p = q;
-}
-
-/* Every element is counted (and zeroed) before it is parsed, so that the
- * tree can be freed whole wherever a syntax error stops it. */
-static void jcontainer(jparser *j, jval *v, bool obj)
-{
-    char close = obj ? '}' : ']';
-
-    v->t = obj ? J_OBJ : J_ARR;
-    j->p++;
-    jws(j);
-    if (*j->p == close) {
-        j->p++;
-        return;
-    }
-    for (;;) {
-        jval *item;
-        v->items = realloc(v->items, (v->n + 1) * sizeof(*v->items));
-        assert_non_null(v->items);
-        item = &v->items[v->n];
-        memset(item, 0, sizeof(*item));
-        if (obj) {
-            v->keys = realloc(v->keys, (v->n + 1) * sizeof(*v->keys));
-            assert_non_null(v->keys);
-            v->keys[v->n] = NULL;
-        }
-        v->n++;
-        if (obj) {
-            jws(j);
-            v->keys[v->n - 1] = jstring(j);
-            jws(j);
-            if (*j->p++ != ':')
-                jfail(j, "expected ':'");
-        }
-        jvalue(j, item);
-        jws(j);
-        if (*j->p == ',') {
-            j->p++;
-            continue;
-        }
-        if (*j->p++ != close)
-            jfail(j, obj ? "expected ',' or '}'" : "expected ',' or ']'");
-        return;
-    }
-}
-
-static void jvalue(jparser *j, jval *v)
-{
-    jws(j);
-    switch (*j->p) {
-    case '{': jcontainer(j, v, true); break;
-    case '[': jcontainer(j, v, false); break;
-    case '"': v->str = jstring(j); v->t = J_STR; break;
-    case 't':
-    case 'f':
-    case 'n':
-        if (!strncmp(j->p, "true", 4)) {
-            v->t = J_BOOL, v->b = true, j->p += 4;
-        } else if (!strncmp(j->p, "false", 5)) {
-            v->t = J_BOOL, j->p += 5;
-        } else if (!strncmp(j->p, "null", 4)) {
-            v->t = J_NULL, j->p += 4;
-        } else {
-            jfail(j, "expected a value");
-        }
-        break;
-    default: jnumber(j, v); break;
-    }
-}
-
-static void jfree_in(jval *v)
-{
-    for (size_t i = 0; i < v->n; i++) {
-        jfree_in(&v->items[i]);
-        if (v->keys)
-            free(v->keys[i]);
-    }
-    free(v->items);
-    free(v->keys);
-    free(v->str);
-}
-
-static void jfree(jval *v)
-{
-    if (v) {
-        jfree_in(v);
-        free(v);
-    }
-}
-
-/* Parse all of s (one value, white space around it): the tree, or NULL
- * and *why. */
-static jval *jparse_try(const char *s, const char **why)
-{
-    jparser j = {.s = s, .p = s};
-    jval *volatile v = calloc(1, sizeof(jval));
-
-    assert_non_null(v);
-    if (setjmp(j.fail)) {
-        free(j.pending);
-        jfree(v);
-        *why = j.why;
-        return NULL;
-    }
-    jvalue(&j, v);
-    jws(&j);
-    if (*j.p)
-        jfail(&j, "text after the value");
-    return v;
-}
-
-/* Parse all of s, or fail the test. */
-static jval *jparse(const char *s)
-{
-    const char *why = NULL;
-    jval *v = jparse_try(s, &why);
-
-    if (!v)
-        fail_msg("not JSON (%s): '%.2000s'", why, s);
-    return v;
-}
-
-static jval *jget(const jval *o, const char *key)
-{
-    assert_int_equal(o->t, J_OBJ);
-    for (size_t i = 0; i < o->n; i++)
-        if (!strcmp(o->keys[i], key))
-            return &o->items[i];
-    return NULL;
-}
-
-/* Member `key` of object o: a number. */
-static double jnum(const jval *o, const char *key)
-{
-    const jval *v = jget(o, key);
-
-    if (!v || v->t != J_NUM)
-        fail_msg("JSON member '%s' is %s, not a number", key, v ? "another type" : "missing");
-    return v->num;
-}
-
-static const char *jstr(const jval *o, const char *key)
-{
-    const jval *v = jget(o, key);
-
-    if (!v || v->t != J_STR)
-        fail_msg("JSON member '%s' is %s, not a string", key, v ? "another type" : "missing");
-    return v->str;
-}
-
-/* The element of array a whose "name" is name, or NULL. */
-static const jval *jnamed(const jval *a, const char *name)
-{
-    assert_int_equal(a->t, J_ARR);
-    for (size_t i = 0; i < a->n; i++)
-        if (!strcmp(jstr(&a->items[i], "name"), name))
-            return &a->items[i];
-    return NULL;
-}
 
 /* `embcache results ls --json`, parsed: an array. */
 static jval *ls_json(void)
@@ -415,13 +65,10 @@ static int group_setup(void **state)
     run_res r;
 
     (void)state;
-    if (asprintf(&g.dir, "/tmp/ecr-XXXXXX") < 0 || !mkdtemp(g.dir))
-        fail_msg("mkdtemp: %s", strerror(errno));
-    if (asprintf(&g.data_dir, "%s/data", g.dir) < 0 || asprintf(&g.sock, "%s/s", g.dir) < 0 ||
-        asprintf(&npy, "%s/emb.npy", g.dir) < 0)
+    cli_env_start("ecr");
+    if (asprintf(&npy, "%s/emb.npy", CE.dir) < 0)
         fail_msg("asprintf");
     assert_int_equal(ect_write_npy(npy, EC_DTYPE_F32, 2, (const uint64_t[]){64, 4}, 9), 0);
-    g.daemon = ect_daemon_start(g.data_dir, g.sock, (const char *const[]){"--quiet", NULL});
     CLI(&r, "import", "--model", "m", "--version", "1", npy);
     check_ok(&r, "import m 1");
     res_free(&r);
@@ -438,12 +85,7 @@ static int group_setup(void **state)
 static int group_teardown(void **state)
 {
     (void)state;
-    if (g.daemon > 0)
-        ect_daemon_stop(g.daemon);
-    ect_rmtree(g.dir);
-    free(g.dir);
-    free(g.data_dir);
-    free(g.sock);
+    cli_env_stop();
     return 0;
 }
 
@@ -480,19 +122,19 @@ static void test_help(void **state)
     res_free(&r);
 
     CLI(&r, "results");
-    check_fail(&r, 2, "results without a command");
+    check_fail_quiet(&r, 2, "results without a command");
     check_contains(r.err, "missing command", "results without a command");
     res_free(&r);
     CLI(&r, "results", "frobnicate");
-    check_fail(&r, 2, "results frobnicate");
+    check_fail_quiet(&r, 2, "results frobnicate");
     check_contains(r.err, "'frobnicate'", "unknown results command named");
     res_free(&r);
     CLI(&r, "results", "get", "onlyns");
-    check_fail(&r, 2, "get without KEY");
+    check_fail_quiet(&r, 2, "get without KEY");
     check_contains(r.err, "--help", "get without KEY says where help is");
     res_free(&r);
     CLI(&r, "results", "ls", "extra");
-    check_fail(&r, 2, "ls with an argument");
+    check_fail_quiet(&r, 2, "ls with an argument");
     res_free(&r);
 }
 
@@ -502,11 +144,11 @@ static void test_no_daemon(void **state)
 
     (void)state;
     CLI_SOCK(&r, "/tmp/ecr-no-such.sock", "results", "ls");
-    check_fail(&r, 3, "results ls without a daemon");
+    check_fail_quiet(&r, 3, "results ls without a daemon");
     check_contains(r.err, "/tmp/ecr-no-such.sock", "no-daemon message names the socket");
     res_free(&r);
     CLI_SOCK(&r, "/tmp/ecr-no-such.sock", "results", "get", "ns", "k");
-    check_fail(&r, 3, "results get without a daemon");
+    check_fail_quiet(&r, 3, "results get without a daemon");
     res_free(&r);
 }
 
@@ -532,50 +174,50 @@ static void test_create(void **state)
     res_free(&r);
 
     CLI(&r, "results", "create", "cr.one");
-    check_fail(&r, 6, "create of an existing namespace");
+    check_fail_quiet(&r, 6, "create of an existing namespace");
     check_contains(r.err, "'cr.one'", "exists message names it");
     check_contains(r.err, "--configure", "exists message says what to do");
     res_free(&r);
 
     CLI(&r, "results", "create", "bad name!");
-    check_fail(&r, 2, "create with a bad name");
+    check_fail_quiet(&r, 2, "create with a bad name");
     check_contains(r.err, "'bad name!'", "bad name message names it");
     check_contains(r.err, "letters", "bad name message says what a name may hold");
     res_free(&r);
     CLI(&r, "results", "create", long_name);
-    check_fail(&r, 2, "create with a 64-byte name");
+    check_fail_quiet(&r, 2, "create with a 64-byte name");
     check_contains(r.err, long_name, "long name message names it");
     res_free(&r);
     CLI(&r, "results", "put", "sp ace", "k", "--value", "v");
-    check_fail(&r, 2, "put into a bad name");
+    check_fail_quiet(&r, 2, "put into a bad name");
     check_contains(r.err, "'sp ace'", "put bad name message names it");
     res_free(&r);
 
     CLI(&r, "results", "create", "cr.two", "--ttl", "abc");
-    check_fail(&r, 2, "create --ttl abc");
+    check_fail_quiet(&r, 2, "create --ttl abc");
     check_contains(r.err, "--ttl 'abc'", "bad --ttl named");
     res_free(&r);
     CLI(&r, "results", "create", "cr.two", "--ttl", "0");
-    check_fail(&r, 2, "create --ttl 0");
+    check_fail_quiet(&r, 2, "create --ttl 0");
     res_free(&r);
     CLI(&r, "results", "create", "cr.two", "--jitter", "1.5");
-    check_fail(&r, 2, "create --jitter 1.5");
+    check_fail_quiet(&r, 2, "create --jitter 1.5");
     check_contains(r.err, "--jitter", "bad --jitter named");
     res_free(&r);
     CLI(&r, "results", "create", "cr.two", "--max-computing", "0");
-    check_fail(&r, 2, "create --max-computing 0");
+    check_fail_quiet(&r, 2, "create --max-computing 0");
     res_free(&r);
     /* None of those created it. */
     CLI(&r, "results", "get", "cr.two", "k");
-    check_fail(&r, 4, "get from a namespace whose creation failed");
+    check_fail_quiet(&r, 4, "get from a namespace whose creation failed");
     res_free(&r);
 
     CLI(&r, "results", "create", "cr.nope", "--configure", "--ttl", "5");
-    check_fail(&r, 4, "configure a namespace that does not exist");
+    check_fail_quiet(&r, 4, "configure a namespace that does not exist");
     check_contains(r.err, "'cr.nope'", "configure message names it");
     res_free(&r);
     CLI(&r, "results", "create", "cr.one", "--configure", "--shared");
-    check_fail(&r, 2, "configure --shared");
+    check_fail_quiet(&r, 2, "configure --shared");
     res_free(&r);
 
     /* Configure one option: the others stay as they were. */
@@ -654,7 +296,7 @@ static void test_put_get(void **state)
     check_contains(r.out, "5 byte(s)", "state line size");
     res_free(&r);
 
-    assert_true(asprintf(&path, "%s/out.bin", g.dir) > 0);
+    assert_true(asprintf(&path, "%s/out.bin", CE.dir) > 0);
     CLI(&r, "results", "get", "pg", "k1", "--out", path);
     check_ok(&r, "get --out");
     check_contains(r.out, "wrote 5 byte(s)", "get --out says what it wrote");
@@ -667,12 +309,12 @@ static void test_put_get(void **state)
 
     /* Not found: 4, one line naming the key and the namespace. */
     CLI(&r, "results", "get", "pg", "missing");
-    check_fail(&r, 4, "get of a missing key");
+    check_fail_quiet(&r, 4, "get of a missing key");
     check_contains(r.err, "'missing'", "not-found message names the key");
     check_contains(r.err, "'pg'", "not-found message names the namespace");
     res_free(&r);
     CLI(&r, "results", "get", "nosuchns", "k1");
-    check_fail(&r, 4, "get from a missing namespace");
+    check_fail_quiet(&r, 4, "get from a missing namespace");
     check_contains(r.err, "'nosuchns'", "missing namespace named");
     check_contains(r.err, "does not exist", "missing namespace message");
     res_free(&r);
@@ -688,14 +330,14 @@ static void test_put_get(void **state)
     assert_memory_equal(r.out, "bin", 3);
     res_free(&r);
     CLI(&r, "results", "get", "pg", "00ff0a");
-    check_fail(&r, 4, "hex text as a plain key");
+    check_fail_quiet(&r, 4, "hex text as a plain key");
     res_free(&r);
     CLI(&r, "results", "get", "pg", "0g", "--key-hex");
-    check_fail(&r, 2, "--key-hex with a non-hex digit");
+    check_fail_quiet(&r, 2, "--key-hex with a non-hex digit");
     check_contains(r.err, "'0g'", "bad hex key named");
     res_free(&r);
     CLI(&r, "results", "get", "pg", "abc", "--key-hex");
-    check_fail(&r, 2, "--key-hex with an odd length");
+    check_fail_quiet(&r, 2, "--key-hex with an odd length");
     res_free(&r);
 
     /* A value from a file, replacing the first. */
@@ -733,32 +375,32 @@ static void test_put_get(void **state)
         assert_int_equal(ect_write_file(path, img, 3u << 20), 0);
         free(img);
         CLI(&r, "results", "put", "pg", "huge", "--file", path);
-        check_fail(&r, 1, "put of a 3 MiB value");
+        check_fail_quiet(&r, 1, "put of a 3 MiB value");
         check_contains(r.err, "1 MiB", "too-big message says the limit");
         res_free(&r);
     }
 
     /* put's usage errors. */
     CLI(&r, "results", "put", "pg", "k2");
-    check_fail(&r, 2, "put without a value");
+    check_fail_quiet(&r, 2, "put without a value");
     check_contains(r.err, "--value", "put without a value says which options");
     res_free(&r);
     CLI(&r, "results", "put", "pg", "k2", "--value", "a", "--negative");
-    check_fail(&r, 2, "put with two values");
+    check_fail_quiet(&r, 2, "put with two values");
     res_free(&r);
     CLI(&r, "results", "put", "pg", "k2", "--file", "/tmp/ecr-no-such-file");
-    check_fail(&r, 4, "put --file of a missing file");
+    check_fail_quiet(&r, 4, "put --file of a missing file");
     check_contains(r.err, "/tmp/ecr-no-such-file", "missing file named");
     res_free(&r);
     CLI(&r, "results", "put", "pg", "k2", "--value", "a", "--ttl", "-3");
-    check_fail(&r, 2, "put --ttl -3");
+    check_fail_quiet(&r, 2, "put --ttl -3");
     res_free(&r);
     CLI(&r, "results", "put", "nosuchns", "k2", "--value", "a");
-    check_fail(&r, 4, "put into a missing namespace");
+    check_fail_quiet(&r, 4, "put into a missing namespace");
     check_contains(r.err, "'nosuchns'", "missing namespace named");
     res_free(&r);
     CLI(&r, "results", "get", "pg", "k2");
-    check_fail(&r, 4, "none of the failed puts stored k2");
+    check_fail_quiet(&r, 4, "none of the failed puts stored k2");
     res_free(&r);
 
     /* A cached "no result": found (0), empty, and said to be negative. */
@@ -782,7 +424,7 @@ static void test_put_get(void **state)
         ec_results *res;
         ec_result_value v = {.data = "0123456789abcdef", .len = 16, .flags = EC_RES_TENSOR,
                              .dtype = EC_DTYPE_F32, .ndim = 2, .shape = {2, 2}};
-        assert_int_equal(ec_client_connect(g.sock, &c), 0);
+        assert_int_equal(ec_client_connect(CE.sock, &c), 0);
         assert_int_equal(ec_results_open(c, "pg", NULL, &res), 0);
         assert_int_equal(ec_results_put(res, "tens", 4, &v), 0);
         ec_results_close(res);
@@ -822,7 +464,7 @@ static void test_stale(void **state)
             fail_msg("a result put with --ttl 0.5 was still fresh after 10 s");
         usleep(100000);
     }
-    check_fail(&r, 4, "get of a stale result without --stale");
+    check_fail_quiet(&r, 4, "get of a stale result without --stale");
     check_contains(r.err, "--stale", "the message says --stale reads it");
     res_free(&r);
     CLI(&r, "results", "get", "st", "a", "--stale");
@@ -862,7 +504,7 @@ static void get_n(const char *ns, const char *key, int n, int code)
     for (int i = 0; i < n; i++) {
         CLI(&r, "results", "get", ns, key);
         if (code)
-            check_fail(&r, code, key);
+            check_fail_quiet(&r, code, key);
         else
             check_ok(&r, key);
         res_free(&r);
@@ -993,7 +635,7 @@ static void test_counts(void **state)
     assert_true(jnum(ns, "negative_items") == 0);
     jfree(v);
     CLI(&r, "results", "purge", "nosuchns");
-    check_fail(&r, 4, "purge of a missing namespace");
+    check_fail_quiet(&r, 4, "purge of a missing namespace");
     check_contains(r.err, "'nosuchns'", "missing namespace named");
     res_free(&r);
 
@@ -1003,11 +645,11 @@ static void test_counts(void **state)
     check_contains(r.out, "dropped namespace 'cnt'", "drop output");
     res_free(&r);
     CLI(&r, "results", "get", "cnt", "b");
-    check_fail(&r, 4, "get from a dropped namespace");
+    check_fail_quiet(&r, 4, "get from a dropped namespace");
     check_contains(r.err, "does not exist", "dropped namespace message");
     res_free(&r);
     CLI(&r, "results", "drop", "cnt");
-    check_fail(&r, 4, "drop twice");
+    check_fail_quiet(&r, 4, "drop twice");
     check_contains(r.err, "'cnt'", "drop twice names it");
     res_free(&r);
     v = ls_json();
@@ -1068,11 +710,11 @@ static void test_bind(void **state)
     get_n("bnd", "k", 1, 4);
 
     CLI(&r, "results", "create", "bnd2", "--bind", "nosuchmodel/1");
-    check_fail(&r, 4, "bind to an unknown model");
+    check_fail_quiet(&r, 4, "bind to an unknown model");
     check_contains(r.err, "nosuchmodel", "unknown model named");
     res_free(&r);
     CLI(&r, "results", "create", "bnd2", "--bind", "m");
-    check_fail(&r, 2, "--bind without a version");
+    check_fail_quiet(&r, 2, "--bind without a version");
     check_contains(r.err, "MODEL/VERSION", "--bind message says the form");
     res_free(&r);
 }

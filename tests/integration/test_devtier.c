@@ -18,7 +18,13 @@
  *  - a daemon restart: the old client's handles are refused as stale (never
  *    used), a new client reads the new daemon's slabs;
  *  - a client whose gather holds its epoch too long is disconnected, and
- *    the daemon keeps serving everyone else.
+ *    the daemon keeps serving everyone else;
+ *  - GPUs as real ones can be (issue 13): read-only host registration
+ *    unsupported or failing (host rows staged through a pinned buffer,
+ *    registration never retried, the device tier unaffected), the segment
+ *    registered in chunks with non-contiguous device addresses, a stream
+ *    being captured into a graph (refused), EXCLUSIVE_PROCESS compute mode
+ *    (no daemon tier; a client locked out is told why).
  *
  * `test_devtier cuda` runs the multi-process case and the tiers case on
  * real GPUs (CUDA IPC across processes: the slab is opened in the clients,
@@ -708,6 +714,233 @@ static void test_epoch_slots_lie(void **state)
     table_free(&tb);
 }
 
+/* ------------------------------------------------------------------ */
+/* 9. GPUs that cannot map the segment read-only (issue 13, item 1)     */
+
+/* env_teardown, and no emulated condition left for the next test. */
+static int cond_teardown(void **state)
+{
+    static const char *const vars[] = {
+        "EMBCACHE_EMU_NO_READONLY_REGISTER", "EMBCACHE_EMU_REGISTER_FAIL",
+        "EMBCACHE_REGISTER_MAX", "EMBCACHE_EMU_CAPTURING", "EMBCACHE_EMU_EXCLUSIVE",
+        "EMBCACHE_EMU_ASYNC_US"};
+
+    for (size_t i = 0; i < sizeof(vars) / sizeof(vars[0]); i++)
+        unsetenv(vars[i]);
+    return env_teardown(state);
+}
+
+/* Random rows to GPU 0, checked, n rounds. */
+static void rounds_ok(ec_tensor *t, const struct table *tb, struct dstream *s, void *d,
+                      uint8_t *h, uint64_t *seed, int n)
+{
+    int64_t ids[256];
+
+    for (int round = 0; round < n; round++) {
+        for (int k = 0; k < 256; k++)
+            ids[k] = (int64_t)(splitmix(seed) % ROWS);
+        assert_int_equal(dgather_check(t, ids, 256, tb, 0, s, d, h), 0);
+    }
+}
+
+static void test_host_reads_staged(void **state)
+{
+    struct table tb;
+    ec_client *c, *c2;
+    ec_tensor *t, *t2;
+    ec_prewarm_progress p;
+    struct dstream s;
+    int64_t ids[2][256];
+    uint8_t *h = malloc(256 * COLS * 4), *h2 = malloc(256 * COLS * 4);
+    void *d = dev_alloc(0, 256 * COLS * 4), *d2 = dev_alloc(0, 256 * COLS * 4);
+    uint64_t seed = 21, before;
+    long regs;
+
+    (void)state;
+    /* The attribute is 0: the client must not even try to register. */
+    setenv("EMBCACHE_EMU_NO_READONLY_REGISTER", "1", 1);
+    start(emu_args, &tb, 19, &c, &t);
+    stream_init(&s, 0);
+    regs = ec_backend_emu_readonly_registrations();
+    rounds_ok(t, &tb, &s, d, h, &seed, 16);
+    assert_int_equal(ec_backend_emu_readonly_registrations(), regs);
+    assert_int_equal(stat_of(c, "client_rows_mapped_host"), 0);
+    assert_true(stat_of(c, "client_rows_staged_host") >= 16 * 256);
+    assert_int_equal(stat_of(c, "client_gpu0_host_reads_staged"), 1);
+    assert_int_equal(stat_of(c, "client_gpu0_host_reads_mapped"), 0);
+
+    /* Two asynchronous gathers queued back to back: the second's staging
+     * must not overwrite rows the first has not copied yet. */
+    setenv("EMBCACHE_EMU_ASYNC_US", "20000", 1);
+    for (int g = 0; g < 2; g++)
+        for (int k = 0; k < 256; k++)
+            ids[g][k] = (int64_t)(splitmix(&seed) % ROWS);
+    assert_int_equal(dgather(t, ids[0], 256, d, 256 * COLS * 4, 0, &s, EC_DTYPE_INVALID), 0);
+    assert_int_equal(dgather(t, ids[1], 256, d2, 256 * COLS * 4, 0, &s, EC_DTYPE_INVALID), 0);
+    assert_int_equal(dev_fetch(&s, h, d, 256 * COLS * 4), 0);
+    assert_int_equal(dev_fetch(&s, h2, d2, 256 * COLS * 4), 0);
+    unsetenv("EMBCACHE_EMU_ASYNC_US");
+    for (int k = 0; k < 256; k++) {
+        assert_memory_equal(h + k * COLS * 4, tb.data + (uint64_t)ids[0][k] * tb.row_bytes,
+                            tb.row_bytes);
+        assert_memory_equal(h2 + k * COLS * 4, tb.data + (uint64_t)ids[1][k] * tb.row_bytes,
+                            tb.row_bytes);
+    }
+
+    /* The device tier is not blocked by it. */
+    assert_int_equal(prewarm_wait(c, "m", "1", EC_PREWARM_DEVICE, &p), 0);
+    assert_int_equal(stat_wait(c, "device0_resident_partitions", 32, 10), 32);
+    before = stat_of(c, "client_rows_device_tier");
+    rounds_ok(t, &tb, &s, d, h, &seed, 8);
+    assert_int_equal(stat_of(c, "client_rows_device_tier") - before, 8 * 256);
+    unsetenv("EMBCACHE_EMU_NO_READONLY_REGISTER");
+
+    /* Supported but failing: tried once, never again, rows staged. */
+    setenv("EMBCACHE_EMU_REGISTER_FAIL", "1", 1);
+    c2 = connect_ok();
+    t2 = resolve_ok(c2, "m", "1", "t");
+    regs = ec_backend_emu_readonly_registrations();
+    assert_int_equal(dgather_check(t2, ids[0], 256, &tb, 0, &s, d, h), 0);
+    assert_int_equal(dgather_check(t2, ids[1], 256, &tb, 0, &s, d, h), 0);
+    assert_int_equal(ec_backend_emu_readonly_registrations() - regs, 1);
+    assert_int_equal(stat_of(c2, "client_host_register_failures"), 1);
+    assert_int_equal(stat_of(c2, "client_gpu0_host_reads_staged"), 2);
+    unsetenv("EMBCACHE_EMU_REGISTER_FAIL");
+    ec_tensor_release(t2);
+    ec_client_close(c2);
+    ec_tensor_release(t);
+    ec_client_close(c);
+    dev_free(d);
+    dev_free(d2);
+    free(h);
+    free(h2);
+    table_free(&tb);
+}
+
+/* ------------------------------------------------------------------ */
+/* 10. The segment registered in chunks (issue 13, item 4)              */
+
+static void test_register_chunks(void **state)
+{
+    struct table tb;
+    ec_client *c;
+    ec_tensor *t;
+    struct dstream s;
+    uint8_t *h = malloc(256 * COLS * 4);
+    void *d = dev_alloc(0, 256 * COLS * 4);
+    uint64_t seed = 23, mapped;
+
+    (void)state;
+    /* 512 KiB chunks: the table's 2 MiB spans several, each aliased at its
+     * own address with a guard page after it (backend_emu.c). */
+    setenv("EMBCACHE_REGISTER_MAX", "524288", 1);
+    start(emu_args, &tb, 20, &c, &t);
+    stream_init(&s, 0);
+    rounds_ok(t, &tb, &s, d, h, &seed, 32);
+    mapped = stat_of(c, "client_rows_mapped_host");
+    /* Every row through the mapping: 4 KiB-aligned partitions of whole
+     * rows never straddle a chunk, so none was staged. */
+    assert_true(mapped >= 32 * 256);
+    assert_int_equal(stat_of(c, "client_rows_staged_host"), 0);
+    assert_int_equal(stat_of(c, "client_gpu0_host_reads_mapped"), 1);
+    unsetenv("EMBCACHE_REGISTER_MAX");
+    ec_tensor_release(t);
+    ec_client_close(c);
+    dev_free(d);
+    free(h);
+    table_free(&tb);
+}
+
+/* ------------------------------------------------------------------ */
+/* 11. A stream being captured into a CUDA graph (issue 13, item 3)     */
+
+static void test_capture_refused(void **state)
+{
+    struct table tb;
+    ec_client *c;
+    ec_tensor *t;
+    struct dstream s;
+    int64_t ids[4] = {1, 2, 3, 4};
+    uint8_t *h = malloc(4 * COLS * 4);
+    void *d = dev_alloc(0, 4 * COLS * 4);
+    long regs;
+
+    (void)state;
+    start(emu_args, &tb, 22, &c, &t);
+    stream_init(&s, 0);
+    regs = ec_backend_emu_readonly_registrations();
+    setenv("EMBCACHE_EMU_CAPTURING", "1", 1);
+    assert_int_equal(dgather(t, ids, 4, d, 4 * COLS * 4, 0, &s, EC_DTYPE_INVALID), EC_EINVAL);
+    assert_non_null(strstr(ec_last_error(), "cudaStreamIsCapturing"));
+    assert_non_null(strstr(ec_last_error(), "cudaStreamEndCapture"));
+    {
+        ec_gather_opts o = {.flags = EC_GATHER_OUT_DEVICE | EC_GATHER_IDS_DEVICE, .device = 0,
+                            .stream = stream_arg(&s)};
+        assert_int_equal(ec_tensor_gather_ex(t, ids, 4, d, 4 * COLS * 4, &o), EC_EINVAL);
+        assert_non_null(strstr(ec_last_error(), "cudaStreamIsCapturing"));
+    }
+    /* Refused before anything a capture forbids: nothing was registered. */
+    assert_int_equal(ec_backend_emu_readonly_registrations(), regs);
+    /* Host gathers are not concerned. */
+    assert_int_equal(gather_check(t, ids, 4, &tb, h, 4 * COLS * 4), 0);
+    unsetenv("EMBCACHE_EMU_CAPTURING");
+    assert_int_equal(dgather_check(t, ids, 4, &tb, 0, &s, d, h), 0);
+    ec_tensor_release(t);
+    ec_client_close(c);
+    dev_free(d);
+    free(h);
+    table_free(&tb);
+}
+
+/* ------------------------------------------------------------------ */
+/* 12. EXCLUSIVE_PROCESS compute mode (issue 13, item 5)                */
+
+static void test_exclusive_process(void **state)
+{
+    struct table tb;
+    ec_client *c;
+    ec_tensor *t;
+    ec_prewarm_progress p;
+    struct dstream s;
+    uint8_t *h = malloc(256 * COLS * 4);
+    void *d = dev_alloc(0, 256 * COLS * 4);
+    uint64_t seed = 29;
+    int64_t ids[4] = {1, 2, 3, 4};
+
+    (void)state;
+    /* The daemon keeps no context on such GPUs: no tier; clients read host
+     * memory. */
+    setenv("EMBCACHE_EMU_EXCLUSIVE", "1", 1);
+    start(emu_args, &tb, 24, &c, &t);
+    stream_init(&s, 0);
+    assert_int_equal(stat_of(c, "device_tier_gpus"), 0);
+    assert_int_equal(prewarm_wait(c, "m", "1", EC_PREWARM_DEVICE, &p), 0);
+    rounds_ok(t, &tb, &s, d, h, &seed, 4);
+    assert_int_equal(stat_of(c, "client_rows_device_tier"), 0);
+    ec_tensor_release(t);
+    ec_client_close(c);
+
+    /* A daemon with a tier on a GPU that is (now) exclusive: the client is
+     * told why it is locked out and what to do. */
+    unsetenv("EMBCACHE_EMU_EXCLUSIVE");
+    assert_int_equal(ect_daemon_stop(E.daemon), 0);
+    E.daemon = ect_daemon_start(E.data, E.sock, emu_args);
+    c = connect_ok();
+    t = resolve_ok(c, "m", "1", "t");
+    assert_int_equal(stat_of(c, "device0_on"), 1);
+    setenv("EMBCACHE_EMU_EXCLUSIVE", "1", 1);
+    assert_int_equal(dgather(t, ids, 4, d, 4 * COLS * 4, 0, &s, EC_DTYPE_INVALID), EC_EDEVICE);
+    assert_non_null(strstr(ec_last_error(), "EXCLUSIVE_PROCESS"));
+    assert_non_null(strstr(ec_last_error(), "nvidia-smi"));
+    assert_non_null(strstr(ec_last_error(), "--gpu-slab 0"));
+    unsetenv("EMBCACHE_EMU_EXCLUSIVE");
+    ec_tensor_release(t);
+    ec_client_close(c);
+    dev_free(d);
+    free(h);
+    table_free(&tb);
+}
+
 int main(int argc, char **argv)
 {
     const struct CMUnitTest emu[] = {
@@ -719,6 +952,10 @@ int main(int argc, char **argv)
         cmocka_unit_test_teardown(test_epoch_hold, env_teardown),
         cmocka_unit_test_teardown(test_epoch_outlives_session, env_teardown),
         cmocka_unit_test_teardown(test_epoch_slots_lie, env_teardown),
+        cmocka_unit_test_teardown(test_host_reads_staged, cond_teardown),
+        cmocka_unit_test_teardown(test_register_chunks, cond_teardown),
+        cmocka_unit_test_teardown(test_capture_refused, cond_teardown),
+        cmocka_unit_test_teardown(test_exclusive_process, cond_teardown),
     };
     /* The churn forks its readers: it runs before anything initializes
      * CUDA in this process. */
@@ -751,9 +988,12 @@ int main(int argc, char **argv)
         return cmocka_run_group_tests(cuda, NULL, NULL);
 #else
         (void)cuda;
-        printf("skipped: this build has no CUDA backend\n");
+        /* A CPU-only build: skipped where there is no GPU, a failure on a
+         * machine that has one or under EMBCACHE_REQUIRE_GPU=1. */
+        return ect_gpu_unavailable("this build has no CUDA backend (configure with "
+                                   "-DEMBCACHE_CUDA=ON where the toolkit is installed)",
+                                   false);
 #endif
-        return EC_TEST_SKIP;
     }
     /* Before anything picks a backend: this process and every daemon and
      * child it starts run two emulated GPUs. */

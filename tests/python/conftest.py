@@ -23,7 +23,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, NoReturn, Optional, Sequence
 
 import numpy as np
 import pytest
@@ -50,6 +50,71 @@ import embcache  # noqa: E402
 
 EMBCACHED = os.environ["EMBCACHE_TEST_EMBCACHED"]
 CLI = os.environ["EMBCACHE_TEST_CLI"]
+
+
+# ---------------------------------------------------------------------------
+# GPU tests: where every one of them decides to skip
+
+REQUIRE_GPU = os.environ.get("EMBCACHE_REQUIRE_GPU") == "1"
+
+
+def gpu_present() -> bool:
+    """Does this machine have an NVIDIA GPU (a device node, or a GPU the driver
+    lists)? EMBCACHE_TEST_GPU_PRESENT=1/0 overrides, as in tests/testutil.c."""
+    force = os.environ.get("EMBCACHE_TEST_GPU_PRESENT")
+    if force in ("0", "1"):
+        return force == "1"
+    if os.path.exists("/dev/nvidiactl") or os.path.exists("/dev/nvidia0"):
+        return True
+    try:
+        return any(not n.startswith(".") for n in os.listdir("/proc/driver/nvidia/gpus"))
+    except OSError:
+        return False
+
+
+def gpu_unavailable(why: str, missing_feature: bool = False) -> NoReturn:
+    """A GPU test that cannot run (why): the rule of tests/testutil.h's
+    ect_gpu_unavailable. Fails under EMBCACHE_REQUIRE_GPU=1; skips where the
+    machine has no NVIDIA GPU, or where what is missing is a feature rather than
+    an error (missing_feature: torch not installed, or built without CUDA);
+    fails otherwise: a machine with a GPU that cannot run the test (libembcache
+    built without CUDA, a driver that fails) is a failure, not a missing GPU."""
+    if REQUIRE_GPU:
+        pytest.fail(f"EMBCACHE_REQUIRE_GPU=1, but {why}", pytrace=False)
+    if not gpu_present():
+        pytest.skip(f"this machine has no NVIDIA GPU ({why})")
+    if missing_feature:
+        pytest.skip(why)
+    pytest.fail(f"this machine has an NVIDIA GPU, but {why}", pytrace=False)
+
+
+def cuda_torch():
+    """torch, when it can reach a GPU; else gpu_unavailable says what happens."""
+    try:
+        import torch
+    except ImportError as e:
+        gpu_unavailable(f"torch is not installed for {sys.executable} ({e})",
+                        missing_feature=True)
+    if not torch.cuda.is_available():
+        if torch.version.cuda is None:
+            gpu_unavailable(f"torch {torch.__version__} was built without CUDA",
+                            missing_feature=True)
+        gpu_unavailable(f"torch {torch.__version__} (CUDA {torch.version.cuda}) sees no "
+                        f"usable GPU")
+    return torch
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """EMBCACHE_PYTEST_SKIPPED_RC=N (ctest's python_gpu): exit N when tests were
+    selected and every one was skipped, so that ctest reports the run as
+    skipped rather than passed."""
+    rc = os.environ.get("EMBCACHE_PYTEST_SKIPPED_RC")
+    tr = session.config.pluginmanager.get_plugin("terminalreporter")
+    if rc and exitstatus == 0 and tr is not None:
+        st = tr.stats
+        if st.get("skipped") and not any(st.get(k) for k in ("passed", "failed", "error",
+                                                              "xpassed", "xfailed")):
+            session.exitstatus = int(rc)
 
 
 def pytest_configure(config: pytest.Config) -> None:

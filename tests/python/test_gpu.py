@@ -1,5 +1,7 @@
-"""GPU outputs: rows gathered straight into CUDA tensors. Skipped cleanly on a
-machine without a CUDA device (or with a CPU build of torch)."""
+"""GPU outputs: rows gathered straight into CUDA tensors. Skipped on a machine
+without an NVIDIA GPU (or with a CPU build of torch); failed on a machine with
+one whose libembcache runs no CUDA backend, and always under
+EMBCACHE_REQUIRE_GPU=1 (conftest.gpu_unavailable decides)."""
 
 import os
 import subprocess
@@ -9,27 +11,24 @@ import textwrap
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
+try:
+    import torch
+except ImportError:  # cuda_torch() below says what that means
+    torch = None
 
 import embcache  # noqa: E402
-from conftest import MODEL  # noqa: E402
+from conftest import MODEL, cuda_torch, gpu_unavailable  # noqa: E402
 
-# EMBCACHE_REQUIRE_GPU=1: a GPU machine must run these, so a missing GPU
-# or a client without CUDA fails instead of skipping.
-REQUIRE_GPU = os.environ.get("EMBCACHE_REQUIRE_GPU") == "1"
-
-pytestmark = [pytest.mark.gpu,
-              pytest.mark.skipif(not torch.cuda.is_available() and not REQUIRE_GPU,
-                                 reason="needs a CUDA device")]
+pytestmark = [pytest.mark.gpu]
 
 
 @pytest.fixture
 def gpu_client(client):
+    """The client, when libembcache runs CUDA and torch reaches the GPU."""
     if client.backend != "cuda":
-        why = f"libembcache runs its {client.backend} backend here (built without CUDA?)"
-        if REQUIRE_GPU:
-            pytest.fail(f"EMBCACHE_REQUIRE_GPU=1, but {why}")
-        pytest.skip(why)
+        gpu_unavailable(f"libembcache runs its {client.backend} backend here (built without "
+                        f"CUDA, or no driver?)")
+    cuda_torch()
     return client
 
 
@@ -122,6 +121,7 @@ def test_every_dtype_on_device(gpu_client, tables):
 
 
 def test_cpu_backend_refuses_device_output(tables):
+    cuda_torch()
     code = textwrap.dedent(f"""
         import embcache, torch
         c = embcache.connect({tables.daemon.socket!r})

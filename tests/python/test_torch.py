@@ -12,7 +12,7 @@ from torch import nn  # noqa: E402
 
 import embcache  # noqa: E402
 from embcache.torch import CachedEmbedding  # noqa: E402
-from conftest import MODEL  # noqa: E402
+from conftest import MODEL, cuda_torch, gpu_unavailable  # noqa: E402
 
 
 @pytest.fixture
@@ -150,8 +150,11 @@ def test_own_connection_and_pickling(tables):
     assert "emb_f32" in repr(emb) and "mode='sum'" in repr(emb)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.gpu
 def test_cuda(client, weights):
+    if client.backend != "cuda":
+        gpu_unavailable(f"libembcache runs its {client.backend} backend here")
+    cuda_torch()
     emb = CachedEmbedding(MODEL, "emb_f32", client=client).cuda()
     ref = nn.Embedding.from_pretrained(weights).cuda()
     x = ids(4, 5, seed=10)

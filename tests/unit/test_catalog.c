@@ -1,7 +1,8 @@
 /*
  * test_catalog.c - unit tests for core/catalog.c: the SQLite model catalog.
  *
- * Each test gets a fresh catalog in its own temporary directory. Covers
+ * Each test gets a fresh catalog in its own temporary directory (the
+ * fixture of catalog_fixture.c, shared by both catalog tests). Covers
  * registration and resolution by version and alias, the error messages
  * for every unknown part, validation of names, params and tensor structs,
  * atomicity of failed changes, find, drop, id allocation (never reused,
@@ -15,53 +16,14 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "catalog_fixture.h"
 #include "common/err.h"
 #include "core/catalog.h"
 #include "testutil.h"
 
-typedef struct fx {
-    char *dir;
-    char *path;
-    ec_catalog *cat;
-} fx;
-
-#define assert_msg(sub)                                                                 \
-    do {                                                                                \
-        if (!strstr(ec_last_error(), (sub)))                                            \
-            fail_msg("error message \"%s\" lacks \"%s\"", ec_last_error(), (sub));      \
-    } while (0)
-
 static int setup(void **state)
 {
-    fx *f = calloc(1, sizeof(*f));
-
-    assert_non_null(f);
-    f->dir = ect_tmpdir("ec-catalog");
-    assert_true(asprintf(&f->path, "%s/%s", f->dir, EC_CATALOG_FILE) > 0);
-    if (ec_catalog_open(f->path, &f->cat) != 0)
-        fail_msg("open: %s", ec_last_error());
-    *state = f;
-    return 0;
-}
-
-static int teardown(void **state)
-{
-    fx *f = *state;
-
-    ec_catalog_close(f->cat);
-    ect_rmtree(f->dir);
-    free(f->path);
-    free(f->dir);
-    free(f);
-    return 0;
-}
-
-static void reopen(fx *f)
-{
-    ec_catalog_close(f->cat);
-    f->cat = NULL;
-    if (ec_catalog_open(f->path, &f->cat) != 0)
-        fail_msg("reopen: %s", ec_last_error());
+    return fx_setup(state, "ec-catalog");
 }
 
 /* Checksum values with the high bit set too, to catch sign trouble. */
@@ -641,35 +603,6 @@ static void test_tensor_ids_never_reused(void **state)
     assert_int_equal(n, 2);
 }
 
-/* Run SQL on the catalog file with a connection of our own. */
-static void raw_sql(const char *path, const char *sql)
-{
-    sqlite3 *db = NULL;
-    char *msg = NULL;
-
-    assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
-    if (sqlite3_exec(db, sql, NULL, NULL, &msg) != SQLITE_OK)
-        fail_msg("%s: %s", sql, msg);
-    sqlite3_close(db);
-}
-
-/* The first column of the first row of sql, on a connection of its own. */
-static int64_t raw_int(const char *path, const char *sql)
-{
-    sqlite3 *db = NULL;
-    sqlite3_stmt *st = NULL;
-    int64_t v;
-
-    assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
-    if (sqlite3_prepare_v2(db, sql, -1, &st, NULL) != SQLITE_OK)
-        fail_msg("%s: %s", sql, sqlite3_errmsg(db));
-    assert_int_equal(sqlite3_step(st), SQLITE_ROW);
-    v = sqlite3_column_int64(st, 0);
-    sqlite3_finalize(st);
-    sqlite3_close(db);
-    return v;
-}
-
 static void test_tensor_id_space_capped(void **state)
 {
     fx *f = *state;
@@ -1173,30 +1106,14 @@ static void test_tensor_mode_corrupt_detected(void **state)
 }
 
 /*
- * A schema-2 catalog, as embcached wrote it before cache modes: the DDL
- * below is a frozen copy of schema 2 (not derived from catalog.c, which
- * moves on), with one model, version, alias, tensor and residency policy.
+ * A schema-2 catalog, as embcached wrote it before cache modes: a frozen
+ * copy of schema 2's DDL (catalog_fixture.h; not derived from catalog.c,
+ * which moves on), with one model, version, alias, tensor and residency
+ * policy.
  * Opening it upgrades it to 4 in place and keeps all of that.
  */
 static const char schema2_sql[] =
-    "CREATE TABLE models(id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE);"
-    "CREATE TABLE versions(id INTEGER PRIMARY KEY AUTOINCREMENT, model_id INTEGER NOT NULL "
-    " REFERENCES models(id) ON DELETE CASCADE, version INTEGER NOT NULL CHECK(version >= 1),"
-    " round INTEGER NOT NULL DEFAULT -1 CHECK(round >= -1), params_json TEXT NOT NULL "
-    " DEFAULT '{}', created_unix INTEGER NOT NULL, UNIQUE(model_id, version));"
-    "CREATE TABLE aliases(model_id INTEGER NOT NULL REFERENCES models(id) ON DELETE CASCADE,"
-    " alias TEXT NOT NULL, version_id INTEGER NOT NULL REFERENCES versions(id) ON DELETE "
-    " CASCADE, PRIMARY KEY(model_id, alias)) WITHOUT ROWID;"
-    "CREATE INDEX aliases_version ON aliases(version_id);"
-    "CREATE TABLE tensors(id INTEGER PRIMARY KEY AUTOINCREMENT, version_id INTEGER NOT NULL "
-    " REFERENCES versions(id) ON DELETE CASCADE, name TEXT NOT NULL, dtype INTEGER NOT NULL,"
-    " ndim INTEGER NOT NULL CHECK(ndim BETWEEN 0 AND 8), shape BLOB NOT NULL, rows INTEGER "
-    " NOT NULL, row_bytes INTEGER NOT NULL, rows_per_partition INTEGER NOT NULL, partitions "
-    " INTEGER NOT NULL, path TEXT NOT NULL, file_size INTEGER NOT NULL, header_checksum "
-    " INTEGER NOT NULL, part_checksums BLOB NOT NULL, UNIQUE(version_id, name));"
-    "CREATE TABLE model_policy(model_id INTEGER PRIMARY KEY REFERENCES models(id) ON DELETE "
-    " CASCADE, min_resident_bytes INTEGER NOT NULL DEFAULT 0 CHECK(min_resident_bytes >= 0),"
-    " min_request_rate REAL NOT NULL DEFAULT 0 CHECK(min_request_rate >= 0));"
+    CATFX_SCHEMA2_DDL
     "INSERT INTO models(id, name) VALUES(1, 'bert');"
     "INSERT INTO versions(id, model_id, version, round, params_json, created_unix) "
     " VALUES(1, 1, 1, 7, '{\"lr\":0.01}', 1700000000);"
@@ -1461,38 +1378,38 @@ static void test_concurrent_open_of_new_file(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test_setup_teardown(test_add_resolve_by_version_and_alias, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_update_file, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_schema_1_upgraded, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_policy, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_schema_2_upgraded, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_failed_upgrade_changes_nothing, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_tensor_modes_precedence, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_tensor_modes_refused, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_tensor_modes_survive_reopen, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_tensor_modes_go_with_model, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_tensor_mode_corrupt_detected, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_alias_switch_and_listing, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_duplicate_version_refused, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_duplicate_tensor_names_atomic, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_bad_params_refused, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_bad_names_refused, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_bad_tensor_struct_refused, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_unknown_parts_messages, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_unknown_tensor_list_truncated, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_find_by_round_and_params, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_drop_version, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_tensor_ids_never_reused, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_tensor_id_space_capped, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_reopen_persists, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_part_checksums_roundtrip, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_corrupt_row_detected, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_not_sqlite_is_corrupt, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_newer_schema_refused, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_add_resolve_by_version_and_alias, setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_update_file, setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_schema_1_upgraded, setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_policy, setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_schema_2_upgraded, setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_failed_upgrade_changes_nothing, setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_tensor_modes_precedence, setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_tensor_modes_refused, setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_tensor_modes_survive_reopen, setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_tensor_modes_go_with_model, setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_tensor_mode_corrupt_detected, setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_alias_switch_and_listing, setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_duplicate_version_refused, setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_duplicate_tensor_names_atomic, setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_bad_params_refused, setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_bad_names_refused, setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_bad_tensor_struct_refused, setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_unknown_parts_messages, setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_unknown_tensor_list_truncated, setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_find_by_round_and_params, setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_drop_version, setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_tensor_ids_never_reused, setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_tensor_id_space_capped, setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_reopen_persists, setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_part_checksums_roundtrip, setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_corrupt_row_detected, setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_not_sqlite_is_corrupt, setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_newer_schema_refused, setup, fx_teardown),
         cmocka_unit_test(test_clear_is_idempotent),
-        cmocka_unit_test_setup_teardown(test_nested_listing, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_two_handles_concurrently, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_concurrent_open_of_new_file, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_nested_listing, setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_two_handles_concurrently, setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_concurrent_open_of_new_file, setup, fx_teardown),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -2,7 +2,8 @@
  * test_catalog_ns.c - unit tests for core/catalog_ns.c: the cache manager's
  * namespaces in the catalog (schema 4).
  *
- * Each test gets a fresh catalog in its own temporary directory. Covers a
+ * Each test gets a fresh catalog in its own temporary directory (the
+ * fixture of catalog_fixture.c, shared by both catalog tests). Covers a
  * round trip of every field (extreme values included: a salt with the top
  * bit set, negative stale and jitter, u32 and u63 maxima) across a reopen,
  * replace by slot, a name taken by another slot, delete, slot order and a
@@ -16,82 +17,14 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "catalog_fixture.h"
 #include "common/err.h"
 #include "core/catalog.h"
 #include "testutil.h"
 
-typedef struct fx {
-    char *dir;
-    char *path;
-    ec_catalog *cat;
-} fx;
-
-#define assert_msg(sub)                                                                 \
-    do {                                                                                \
-        if (!strstr(ec_last_error(), (sub)))                                            \
-            fail_msg("error message \"%s\" lacks \"%s\"", ec_last_error(), (sub));      \
-    } while (0)
-
 static int setup(void **state)
 {
-    fx *f = calloc(1, sizeof(*f));
-
-    assert_non_null(f);
-    f->dir = ect_tmpdir("ec-catns");
-    assert_true(asprintf(&f->path, "%s/%s", f->dir, EC_CATALOG_FILE) > 0);
-    if (ec_catalog_open(f->path, &f->cat) != 0)
-        fail_msg("open: %s", ec_last_error());
-    *state = f;
-    return 0;
-}
-
-static int teardown(void **state)
-{
-    fx *f = *state;
-
-    ec_catalog_close(f->cat);
-    ect_rmtree(f->dir);
-    free(f->path);
-    free(f->dir);
-    free(f);
-    return 0;
-}
-
-static void reopen(fx *f)
-{
-    ec_catalog_close(f->cat);
-    f->cat = NULL;
-    if (ec_catalog_open(f->path, &f->cat) != 0)
-        fail_msg("reopen: %s", ec_last_error());
-}
-
-/* Run SQL on the catalog file with a connection of our own. */
-static void raw_sql(const char *path, const char *sql)
-{
-    sqlite3 *db = NULL;
-    char *msg = NULL;
-
-    assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
-    if (sqlite3_exec(db, sql, NULL, NULL, &msg) != SQLITE_OK)
-        fail_msg("%s: %s", sql, msg);
-    sqlite3_close(db);
-}
-
-/* The first column of the first row of sql, on a connection of its own. */
-static int64_t raw_int(const char *path, const char *sql)
-{
-    sqlite3 *db = NULL;
-    sqlite3_stmt *st = NULL;
-    int64_t v;
-
-    assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
-    if (sqlite3_prepare_v2(db, sql, -1, &st, NULL) != SQLITE_OK)
-        fail_msg("%s: %s", sql, sqlite3_errmsg(db));
-    assert_int_equal(sqlite3_step(st), SQLITE_ROW);
-    v = sqlite3_column_int64(st, 0);
-    sqlite3_finalize(st);
-    sqlite3_close(db);
-    return v;
+    return fx_setup(state, "ec-catns");
 }
 
 /* A plain unbound namespace at slot with name. */
@@ -523,31 +456,11 @@ static void test_write_from_callback_refused(void **state)
 
 /*
  * A schema-3 catalog, as embcached wrote it before namespaces: a frozen
- * copy of schema 3's DDL (not derived from catalog.c, which moves on), with
- * one model, version, alias, tensor and tensor mode.
+ * copy of schema 3's DDL (catalog_fixture.h; not derived from catalog.c,
+ * which moves on), with one model, version, alias, tensor and tensor mode.
  */
 static const char schema3_sql[] =
-    "CREATE TABLE models(id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE);"
-    "CREATE TABLE versions(id INTEGER PRIMARY KEY AUTOINCREMENT, model_id INTEGER NOT NULL "
-    " REFERENCES models(id) ON DELETE CASCADE, version INTEGER NOT NULL CHECK(version >= 1),"
-    " round INTEGER NOT NULL DEFAULT -1 CHECK(round >= -1), params_json TEXT NOT NULL "
-    " DEFAULT '{}', created_unix INTEGER NOT NULL, UNIQUE(model_id, version));"
-    "CREATE TABLE aliases(model_id INTEGER NOT NULL REFERENCES models(id) ON DELETE CASCADE,"
-    " alias TEXT NOT NULL, version_id INTEGER NOT NULL REFERENCES versions(id) ON DELETE "
-    " CASCADE, PRIMARY KEY(model_id, alias)) WITHOUT ROWID;"
-    "CREATE INDEX aliases_version ON aliases(version_id);"
-    "CREATE TABLE tensors(id INTEGER PRIMARY KEY AUTOINCREMENT, version_id INTEGER NOT NULL "
-    " REFERENCES versions(id) ON DELETE CASCADE, name TEXT NOT NULL, dtype INTEGER NOT NULL,"
-    " ndim INTEGER NOT NULL CHECK(ndim BETWEEN 0 AND 8), shape BLOB NOT NULL, rows INTEGER "
-    " NOT NULL, row_bytes INTEGER NOT NULL, rows_per_partition INTEGER NOT NULL, partitions "
-    " INTEGER NOT NULL, path TEXT NOT NULL, file_size INTEGER NOT NULL, header_checksum "
-    " INTEGER NOT NULL, part_checksums BLOB NOT NULL, UNIQUE(version_id, name));"
-    "CREATE TABLE model_policy(model_id INTEGER PRIMARY KEY REFERENCES models(id) ON DELETE "
-    " CASCADE, min_resident_bytes INTEGER NOT NULL DEFAULT 0 CHECK(min_resident_bytes >= 0),"
-    " min_request_rate REAL NOT NULL DEFAULT 0 CHECK(min_request_rate >= 0));"
-    "CREATE TABLE tensor_policy(model_id INTEGER NOT NULL REFERENCES models(id) ON DELETE "
-    " CASCADE, tensor TEXT NOT NULL, mode INTEGER NOT NULL CHECK(mode BETWEEN 1 AND 2),"
-    " PRIMARY KEY(model_id, tensor)) WITHOUT ROWID;"
+    CATFX_SCHEMA3_DDL
     "INSERT INTO models(id, name) VALUES(1, 'bert');"
     "INSERT INTO versions(id, model_id, version, round, params_json, created_unix) "
     " VALUES(1, 1, 1, 7, '{}', 1700000000);"
@@ -634,18 +547,18 @@ static void test_failed_upgrade_to_4_changes_nothing(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test_setup_teardown(test_roundtrip_every_field, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_replace_by_slot, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_name_taken_by_another_slot, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_delete, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_each_in_slot_order_and_stops, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_invalid_put_refused, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_tampered_row_is_corrupt, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_schema_checks, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_write_from_callback_refused, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_schema_3_upgraded, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_roundtrip_every_field, setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_replace_by_slot, setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_name_taken_by_another_slot, setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_delete, setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_each_in_slot_order_and_stops, setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_invalid_put_refused, setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_tampered_row_is_corrupt, setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_schema_checks, setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_write_from_callback_refused, setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_schema_3_upgraded, setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_failed_upgrade_to_4_changes_nothing, setup,
-                                        teardown),
+                                        fx_teardown),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);
