@@ -590,5 +590,7 @@ EC_API int ec_client_tensor_stats(ec_client *c, ec_tensor_stats_cb cb, void *arg
 
 /* Cached results and context windows. */
 #include "embcache_results.h"
+/* Exact top-k search over a tensor. */
+#include "embcache_search.h"
 
 #endif /* EMBCACHE_H */

@@ -79,5 +79,7 @@ void cli_json_str(const char *s);
  * `embcache stats` on an open client. */
 int cli_results_main(int argc, char **argv, const char *socket_path);
 int cli_results_stats(ec_client *c, bool json);
+/* tools/cli_search.c: `embcache search`. */
+int cli_search_main(int argc, char **argv, const char *socket_path);
 
 #endif /* EC_TOOLS_CLI_H */

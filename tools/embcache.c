@@ -51,6 +51,8 @@ static void usage(FILE *f)
             "                                              from the files (daemon stopped)\n"
             "  results ls|get|put|purge|create|drop ...    namespaces of cached results\n"
             "                                              ('embcache results --help')\n"
+            "  search MODEL TENSOR --query FILE.npy [-k N] [--metric ip|cosine|l2]\n"
+            "         [--version V]                        exact top-k rows per query\n"
             "\n"
             "Every command takes --help. The socket is --socket, else $EMBCACHE_SOCKET,\n"
             "else the daemon's default.\n"
@@ -967,6 +969,11 @@ static int cmd_results(int argc, char **argv)
     return cli_results_main(argc, argv, socket_path);
 }
 
+static int cmd_search(int argc, char **argv)
+{
+    return cli_search_main(argc, argv, socket_path);
+}
+
 /* ------------------------------------------------------------------ */
 
 int main(int argc, char **argv)
@@ -982,7 +989,7 @@ int main(int argc, char **argv)
         {"get", cmd_get},       {"stats", cmd_stats}, {"find", cmd_find},
         {"prewarm", cmd_prewarm}, {"evict", cmd_evict}, {"retire", cmd_retire},
         {"refresh", cmd_refresh}, {"policy", cmd_policy}, {"upgrade", cmd_upgrade},
-        {"recover", cmd_recover}, {"results", cmd_results},
+        {"recover", cmd_recover}, {"results", cmd_results}, {"search", cmd_search},
     };
     int ch;
 
@@ -999,7 +1006,7 @@ int main(int argc, char **argv)
     if (optind >= argc) {
         fprintf(stderr, "embcache: missing command (import, ls, alias, get, stats, find, "
                         "prewarm, evict, retire, refresh, policy, upgrade, recover, "
-                        "results); try 'embcache --help'\n");
+                        "results, search); try 'embcache --help'\n");
         return EXIT_USAGE;
     }
     for (size_t i = 0; i < sizeof(cmds) / sizeof(cmds[0]); i++) {
@@ -1019,6 +1026,6 @@ int main(int argc, char **argv)
     }
     fprintf(stderr, "embcache: unknown command '%s' (commands: import, ls, alias, get, "
                     "stats, find, prewarm, evict, retire, refresh, policy, upgrade, "
-                    "recover, results)\n", argv[optind]);
+                    "recover, results, search)\n", argv[optind]);
     return EXIT_USAGE;
 }

@@ -9,6 +9,9 @@ PKGS=(
   build-essential cmake pkgconf
   libhwloc-dev liburing-dev libcmocka-dev libsqlite3-dev libxxhash-dev libdlpack-dev
   python3 python3-numpy python3-pytest python3-torch
+  # ec_search's matrix products (OpenBLAS, linked by name) and the FAISS
+  # reference of its benchmark (bench/searchbench.py)
+  libopenblas-dev python3-faiss
   # embcache-bench's baselines and plots (its smoke test runs them too)
   redis-server memcached libhiredis-dev libmemcached-dev gnuplot-nox fio
 )

@@ -7,6 +7,7 @@ memory, into numpy arrays and torch tensors, without copies through the daemon.
         rows = t.gather([101, 2023, 7])           # numpy array, shape (3, dim)
         with t.view() as w:                       # the whole tensor, zero-copy
             weights = w.numpy()                   # read-only array over shared memory
+        scores, ids = t.search(queries, k=10, metric="cosine")  # exact top-k, in process
 
 ``client.results(name)`` opens a namespace of cached inference results
 (computed once for every process: ``get_or_compute``) and context windows;

@@ -1054,6 +1054,43 @@ class Tensor:
 
     # -- view --------------------------------------------------------------
 
+    # -- search ------------------------------------------------------------
+
+    def search(self, queries: Any, k: int = 10, metric: str = "ip", *,
+               threads: int = 0) -> Tuple[Any, Any]:
+        """The ``k`` best rows for each query, exact (ec_search).
+
+        Computed in this process over the shared segment, with no copy of
+        the table; partitions not in memory are read in first, and a tensor
+        cached by rows is read through the gather path (a full scan).
+
+        Args:
+            queries: shape ``(dim,)`` or ``(n, dim)``: a numpy array (any
+                float dtype, converted to float32), a list, or a torch tensor.
+            k: results per query, >= 1. Past the table's last row the ids are
+                -1 and the scores -inf (``ip``, ``cosine``) or inf (``l2``).
+            metric: "ip" (inner product), "cosine", or "l2" (squared
+                Euclidean distance, lowest first).
+            threads: threads of the scan and heaps (0: every CPU; OpenBLAS's
+                own threads, OPENBLAS_NUM_THREADS, run the matrix products).
+
+        Returns:
+            ``(scores, ids)`` of shape ``(n, k)`` (``(k,)`` for one query),
+            float32 and int64, best first; equal scores in the order of
+            their ids. numpy arrays, or torch tensors on the queries' device
+            when ``queries`` is a torch tensor.
+
+        Raises:
+            InvalidArgumentError: a ``dim`` that is not ``shape[1]``, a tensor
+                that is not 2-D, k < 1, an unknown metric, NaN or infinite
+                queries, an all-zero cosine query.
+            DTypeError: a tensor that is not f32, f16 or bf16.
+            ConnectionError, StaleError, ChecksumError, EmbcacheIOError (as a
+            gather's).
+        """
+        from ._search import search
+        return search(self, queries, k, metric, threads)
+
     def view(self) -> "View":
         """Pin the whole tensor in shared memory and return a read-only,
         zero-copy :class:`View` of it (``with t.view() as w: ...``).

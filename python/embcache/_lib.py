@@ -118,6 +118,13 @@ EC_LEASE_WAIT = 2
 EC_LEASE_FOUND = 3
 EC_LEASE_STALE = 4
 
+# include/embcache_search.h
+EC_METRIC_IP = 1
+EC_METRIC_COSINE = 2
+EC_METRIC_L2 = 3
+METRICS = {"ip": EC_METRIC_IP, "cosine": EC_METRIC_COSINE, "l2": EC_METRIC_L2}
+EC_SEARCH_GEMM_MIN = 16
+
 # dlpack/dlpack.h (DLPACK_VERSION 60, the legacy DLManagedTensor)
 KDL_CPU = 1
 KDL_CUDA = 2
@@ -330,6 +337,14 @@ class NsInfo(ctypes.Structure):
         "puts", "negative_puts", "evictions", "purged", "invalidations")]
 
 
+class SearchOpts(ctypes.Structure):
+    """ec_search_opts."""
+    _fields_ = [
+        ("flags", c_uint32),
+        ("threads", c_uint32),
+    ]
+
+
 # ec_compute_fn(arg, key, key_len, out) and ec_ns_cb(ns, arg)
 ComputeFn = CFUNCTYPE(c_int, c_void_p, c_void_p, c_size_t, POINTER(ResultValue))
 NsCallback = CFUNCTYPE(c_int, POINTER(NsInfo), c_void_p)
@@ -402,6 +417,10 @@ SIGNATURES: Dict[str, Tuple[Any, List[Any]]] = {
                                POINTER(ResultValue)]),
     "ec_context_gather": (c_int, [_P, c_void_p, c_size_t, c_size_t, c_size_t, c_void_p,
                                   c_size_t, c_int, POINTER(c_size_t)]),
+    # include/embcache_search.h
+    "ec_search": (c_int, [_P, c_void_p, c_size_t, c_size_t, c_size_t, c_int,
+                          POINTER(SearchOpts), c_void_p, c_void_p]),
+    "ec_metric_name": (c_char_p, [c_int]),
 }
 
 
