@@ -64,9 +64,14 @@ static void start_sized(struct sized *r, const char *gpus, const char *mem, cons
     r->slab1 = r->gpus > 1 ? stat_of(c, "device1_slab_bytes") : 0;
     r->data = stat_of(c, "data_bytes");
     ec_client_close(c);
-    r->log = ect_read_file(path, &len);
-    unlink(path);
-    assert_non_null(r->log);
+    {
+        char *raw = ect_read_file(path, &len); /* not NUL-terminated */
+        unlink(path);
+        assert_non_null(raw);
+        r->log = realloc(raw, len + 1);
+        assert_non_null(r->log);
+        r->log[len] = '\0';
+    }
     fprintf(stderr, "%s", r->log); /* for the test's own output */
 }
 
