@@ -87,11 +87,48 @@ static int cerr(cudaError_t e, const char *what, int device)
                      cudaGetErrorString(e), cudaGetErrorName(e));
 }
 
-/* Make `device` current, remembering the caller's. */
+/* The driver's view of a thread's current context, looked up at run time
+ * (the backend does not link libcuda): whether a thread had a context at
+ * all is not something the runtime API tells. */
+static struct {
+    PFN_cuCtxGetCurrent_v4000 get;
+    PFN_cuCtxSetCurrent_v4000 set;
+} ctxfn;
+static pthread_once_t ctx_once = PTHREAD_ONCE_INIT;
+
+static void ctx_load(void)
+{
+    enum cudaDriverEntryPointQueryResult q1 = cudaDriverEntryPointSymbolNotFound, q2 = q1;
+    void *get = NULL, *set = NULL;
+
+    if (cudaGetDriverEntryPointByVersion("cuCtxGetCurrent", &get, 4000, cudaEnableDefault,
+                                         &q1) != cudaSuccess ||
+        cudaGetDriverEntryPointByVersion("cuCtxSetCurrent", &set, 4000, cudaEnableDefault,
+                                         &q2) != cudaSuccess ||
+        q1 != cudaDriverEntryPointSuccess || q2 != cudaDriverEntryPointSuccess || !get ||
+        !set) {
+        (void)cudaGetLastError();
+        return; /* enter/leave then restore the device only */
+    }
+    ctxfn.get = (PFN_cuCtxGetCurrent_v4000)get;
+    ctxfn.set = (PFN_cuCtxSetCurrent_v4000)set;
+}
+
+/* Make `device` current, remembering the caller's: its device, or -1 when
+ * the thread had no current context. Restoring "device 0" there would
+ * create a context on GPU 0 in a thread that never used it (cudaSetDevice
+ * initializes the primary context since CUDA 12). */
 static cudaError_t enter(int device, int *prev)
 {
-    cudaError_t e = cudaGetDevice(prev);
+    CUcontext cur = NULL;
+    cudaError_t e;
 
+    pthread_once(&ctx_once, ctx_load);
+    if (ctxfn.get && ctxfn.get(&cur) == CUDA_SUCCESS && cur == NULL) {
+        *prev = -1;
+        return cudaSetDevice(device);
+    }
+    e = cudaGetDevice(prev);
     if (e != cudaSuccess)
         return e;
     return *prev == device ? cudaSuccess : cudaSetDevice(device);
@@ -99,8 +136,12 @@ static cudaError_t enter(int device, int *prev)
 
 static void leave(int device, int prev)
 {
-    if (prev != device)
+    if (prev < 0) {
+        if (ctxfn.set)
+            (void)ctxfn.set(NULL); /* as it was: no context */
+    } else if (prev != device) {
         (void)cudaSetDevice(prev);
+    }
 }
 
 static int cuda_check_ptr(const void *ptr, int device)
