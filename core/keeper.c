@@ -35,6 +35,8 @@
 #define MSG_KEEP 'K'
 #define MSG_DROP 'D'
 #define MSG_READY 'R'
+#define MSG_ARENA 'A'
+#define MSG_ARENA_DROP 'a'
 
 #define CRASH_LIMIT 5
 #define CRASH_WINDOW_S 60
@@ -50,6 +52,8 @@ struct keeper {
     size_t seg_size;
     int lock_fd;
     int sfd;
+    ec_keeper_arena arenas[EC_KEEPER_ARENAS];
+    unsigned narenas;
     void *journal;
     unsigned starts;
     time_t crashes[CRASH_LIMIT];
@@ -176,6 +180,40 @@ static void from_worker(struct keeper *kp)
     case MSG_DROP:
         let_go(kp);
         break;
+    case MSG_ARENA: {
+        struct stat st;
+        void *base;
+        if (fd < 0 || fstat(fd, &st) < 0 || !S_ISREG(st.st_mode) || st.st_size <= 0 ||
+            kp->narenas == EC_KEEPER_ARENAS) {
+            status = fd < 0 || kp->narenas < EC_KEEPER_ARENAS ? EINVAL : ENOSPC;
+            break;
+        }
+        base = mmap(NULL, (size_t)st.st_size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+        if (base == MAP_FAILED) {
+            status = (char)errno;
+            break;
+        }
+        kp->arenas[kp->narenas++] = (ec_keeper_arena){.fd = fd, .base = base,
+                                                      .size = (size_t)st.st_size};
+        fd = -1;
+        break;
+    }
+    case MSG_ARENA_DROP: {
+        struct stat st, a;
+        status = ENOENT;
+        if (fd < 0 || fstat(fd, &st) < 0)
+            break;
+        for (unsigned i = 0; i < kp->narenas; i++)
+            if (fstat(kp->arenas[i].fd, &a) == 0 && a.st_dev == st.st_dev &&
+                a.st_ino == st.st_ino) {
+                munmap(kp->arenas[i].base, kp->arenas[i].size);
+                close(kp->arenas[i].fd);
+                kp->arenas[i] = kp->arenas[--kp->narenas];
+                status = 0;
+                break;
+            }
+        break;
+    }
     case MSG_READY:
         kp->ready = true;
         return; /* no reply */
@@ -225,6 +263,8 @@ static bool spawn(struct keeper *kp, const sigset_t *orig, ec_keeper *k)
                          .seg_base = kp->seg_base, .seg_size = kp->seg_size,
                          .starts = kp->starts + 1, .journal = kp->journal,
                          .journal_bytes = kp->journal ? EC_KEEPER_JOURNAL_BYTES : 0};
+        memcpy(k->arenas, kp->arenas, sizeof(k->arenas));
+        k->narenas = kp->narenas;
         return true;
     }
     close(sv[1]);
@@ -450,6 +490,16 @@ int ec_keeper_drop(ec_keeper *k)
     return rc;
 }
 
+int ec_keeper_keep_arena(ec_keeper *k, int memfd)
+{
+    return ask_status(k, MSG_ARENA, memfd, "hold a result arena");
+}
+
+int ec_keeper_drop_arena(ec_keeper *k, int memfd)
+{
+    return ask_status(k, MSG_ARENA_DROP, memfd, "let go of a result arena");
+}
+
 void ec_keeper_ready(ec_keeper *k)
 {
     if (k && k->sock >= 0)
@@ -461,6 +511,12 @@ void ec_keeper_close(ec_keeper *k)
     if (!k)
         return;
     forget_inherited(k);
+    for (unsigned i = 0; i < k->narenas; i++)
+        if (k->arenas[i].fd >= 0) {
+            munmap(k->arenas[i].base, k->arenas[i].size);
+            close(k->arenas[i].fd);
+            k->arenas[i].fd = -1;
+        }
     if (k->sock >= 0)
         close(k->sock);
     k->sock = -1;

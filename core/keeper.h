@@ -33,6 +33,15 @@
 #include <stddef.h>
 #include <sys/types.h>
 
+/* Private result arenas the keeper holds (core/results_store.c): segments of
+ * their own, one per uid, kept like the segment. */
+#define EC_KEEPER_ARENAS 64
+typedef struct ec_keeper_arena {
+    int fd;
+    void *base;
+    size_t size;
+} ec_keeper_arena;
+
 typedef struct ec_keeper {
     int sock;       /* the worker's end of its socketpair to the keeper; -1: none */
     int lock_fd;    /* the data directory's lock, held by the keeper too; -1: none */
@@ -44,6 +53,8 @@ typedef struct ec_keeper {
                       * (the view journal, core/engine_views.c); never a
                       * client's */
     size_t journal_bytes;
+    ec_keeper_arena arenas[EC_KEEPER_ARENAS]; /* inherited; fd -1 once taken or let go */
+    unsigned narenas;
 } ec_keeper;
 
 #define EC_KEEPER_JOURNAL_BYTES (1u << 20)
@@ -74,6 +85,12 @@ int ec_keeper_keep(ec_keeper *k, int memfd);
  * or does not match the configuration); the worker's inherited copy of the
  * mapping is unmapped too. */
 int ec_keeper_drop(ec_keeper *k);
+
+/* Worker: the keeper maps a result arena's memfd read-write and holds it
+ * too (before the worker seals it), so a new worker inherits it. */
+int ec_keeper_keep_arena(ec_keeper *k, int memfd);
+/* Worker: the keeper lets go of that arena (found by the file it is). */
+int ec_keeper_drop_arena(ec_keeper *k, int memfd);
 
 /* Worker: tell the keeper the server is serving (a worker that exits with
  * status 1 before this failed at start-up and is not restarted). */

@@ -923,21 +923,19 @@ static int load_ns(const ec_catalog_ns *c, void *arg)
 {
     ec_resmgr *m = arg;
     struct rns *ns = &m->ns[c->slot];
-    int rc;
 
     memset(ns, 0, sizeof(*ns));
     ns->cat = *c;
-    if ((rc = ns_store(m, ns)))
-        return rc;
     ns->live = true;
     return 0;
 }
 
-/* Records a previous daemon left: those of a live namespace's current
- * generation are kept and counted, the rest dropped. */
+/* Records a previous daemon left in a store (the main one, or a kept
+ * arena): those of a live namespace of that store at its current generation
+ * are kept and counted, the rest dropped. */
 struct adopt_arg {
     ec_resmgr *m;
-    uint64_t dropped;
+    struct rstore *st;
 };
 
 static int adopt_one(uint64_t key, uint64_t off, void *arg)
@@ -949,11 +947,11 @@ static int adopt_one(uint64_t key, uint64_t off, void *arg)
     struct rns *ns;
 
     if (EC_ITEM_KEY_KIND(key) != EC_ITEM_KIND_RESULT ||
-        !(ns = ns_at(m, EC_RESULT_KEY_NS(key))) || ns->store != &m->main)
+        !(ns = ns_at(m, EC_RESULT_KEY_NS(key))) || ns->store != a->st)
         return 0;
     /* stale_record() left only records of a live namespace's generation. */
-    h = (const ec_result_hdr *)(const void *)ec_item_value(m->seg, off);
-    sh = (const ec_slab_header *)(const void *)(m->seg->data +
+    h = (const ec_result_hdr *)(const void *)ec_item_value(a->st->seg, off);
+    sh = (const ec_slab_header *)(const void *)(a->st->seg->data +
                                                 (off & ~((uint64_t)EC_SLAB_BYTES - 1)));
     ns->items++;
     ns->bytes += sh->item_bytes - 8;
@@ -967,26 +965,38 @@ static int adopt_one(uint64_t key, uint64_t off, void *arg)
 
 static bool stale_record(uint64_t key, void *arg)
 {
-    ec_resmgr *m = arg;
+    struct adopt_arg *a = arg;
     uint32_t slot = EC_RESULT_KEY_NS(key);
-    struct rns *ns = ns_at(m, slot);
+    struct rns *ns = ns_at(a->m, slot);
     ec_item_ref ref;
     const ec_result_hdr *h;
 
     if (EC_ITEM_KEY_KIND(key) != EC_ITEM_KIND_RESULT)
         return false;
-    if (!ns || ns->store != &m->main)
+    if (!ns || ns->store != a->st)
         return true;
-    if (ec_item_lookup(m->seg, key, sizeof(ec_result_hdr), &ref) != 1)
+    if (ec_item_lookup(a->st->seg, key, sizeof(ec_result_hdr), &ref) != 1)
         return true;
-    h = (const ec_result_hdr *)(const void *)ec_item_value(m->seg, ref.off);
+    h = (const ec_result_hdr *)(const void *)ec_item_value(a->st->seg, ref.off);
     return h->ns != slot || h->ns_gen != ns->cat.generation;
+}
+
+/* Keep what a store holds of the last daemon's records. */
+static void adopt_store(ec_resmgr *m, struct rstore *st)
+{
+    struct adopt_arg a = {.m = m, .st = st};
+
+    if (!st->items)
+        return;
+    m->removing = true;
+    m->st.dropped_at_open += ec_items_drop(st->items, stale_record, &a);
+    m->removing = false;
+    (void)ec_item_foreach(st->seg, adopt_one, &a);
 }
 
 int ec_resmgr_open(ec_engine *e, const ec_resmgr_config *cfg, ec_resmgr **out)
 {
     ec_resmgr *m = calloc(1, sizeof(*m));
-    struct adopt_arg a;
     int rc;
 
     if (!m)
@@ -995,6 +1005,7 @@ int ec_resmgr_open(ec_engine *e, const ec_resmgr_config *cfg, ec_resmgr **out)
     m->cat = ec_engine_catalog(e);
     m->seg = ec_engine_segment(e);
     m->arena_bytes = cfg && cfg->arena_bytes ? cfg->arena_bytes : DEF_ARENA_BYTES;
+    m->keeper = cfg ? cfg->keeper : NULL;
     m->arena_bytes = (m->arena_bytes + EC_SLAB_BYTES - 1) / EC_SLAB_BYTES * EC_SLAB_BYTES;
     m->scratch = malloc(EC_SLAB_BYTES);
     if (getrandom(&m->rng, sizeof(m->rng), 0) != sizeof(m->rng))
@@ -1026,18 +1037,27 @@ int ec_resmgr_open(ec_engine *e, const ec_resmgr_config *cfg, ec_resmgr **out)
         publish_gen(m, i, ns->cat.generation);
     }
     m->cat_changes = ec_catalog_changes();
-    if (m->main.items) {
-        m->removing = true;
-        m->st.dropped_at_open = ec_items_drop(m->main.items, stale_record, m);
-        m->removing = false;
-        a.m = m;
-        a.dropped = 0;
-        (void)ec_item_foreach(m->seg, adopt_one, &a);
-        for (uint32_t i = 0; i < EC_NS_MAX; i++)
-            if (m->ns[i].live && m->ns[i].store == &m->main && m->ns[i].items)
-                ec_info("namespace %s: %" PRIu64 " results kept from the last daemon",
-                        m->ns[i].cat.name, m->ns[i].items);
-    }
+    /* Each namespace's store (a private one's arena, kept by the keeper or
+     * new), now that every namespace and generation is known: the records
+     * a store adopts are checked against them. */
+    m->removing = true; /* what adoption lets go is no eviction */
+    for (uint32_t i = 0; i < EC_NS_MAX; i++)
+        if (m->ns[i].live && (rc = ns_store(m, &m->ns[i]))) {
+            ec_warn("namespace %s: no store for its results (%s); it starts empty",
+                    m->ns[i].cat.name, ec_last_error());
+            m->ns[i].live = false;
+            publish_gen(m, i, 0);
+        }
+    m->removing = false;
+    rs_keeper_leftovers(m);
+    adopt_store(m, &m->main);
+    for (size_t i = 0; i < m->arenas.cap; i++)
+        if (m->arenas.keys[i])
+            adopt_store(m, m->arenas.vals[i]);
+    for (uint32_t i = 0; i < EC_NS_MAX; i++)
+        if (m->ns[i].live && m->ns[i].items)
+            ec_info("namespace %s: %" PRIu64 " results kept from the last daemon",
+                    m->ns[i].cat.name, m->ns[i].items);
     ec_engine_set_result_hook(e, rs_unpublished, m);
     *out = m;
     return 0;

@@ -30,8 +30,11 @@
 
 typedef struct ec_resmgr ec_resmgr;
 
+struct ec_keeper;
+
 typedef struct ec_resmgr_config {
     uint64_t arena_bytes;       /* each private arena; 0: 64 MiB */
+    struct ec_keeper *keeper;   /* holds the arenas across worker restarts; NULL: none */
 } ec_resmgr_config;
 
 /* Who asks: the connection (leases are its), its uid, and whether it may

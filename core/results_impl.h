@@ -62,6 +62,7 @@ struct ec_resmgr {
     ec_catalog *cat;
     ec_segment *seg;            /* the engine's: the ns[] table is in its header */
     uint64_t arena_bytes;
+    struct ec_keeper *keeper;   /* NULL: arenas are not kept across restarts */
     struct rstore main;
     ec_u64map arenas;           /* uid + 1 -> struct rstore * */
     struct rns ns[EC_NS_MAX];
@@ -86,6 +87,8 @@ int rs_arena_fd(struct rstore *st, int *fd);
 /* A private namespace left the arena; the arena goes with its last one. */
 void rs_arena_unref(ec_resmgr *m, struct rstore *st);
 void rs_free_all(ec_resmgr *m);
+/* Arenas the keeper kept that no namespace claimed: let go. */
+void rs_keeper_leftovers(ec_resmgr *m);
 /* The manager's call when one of a store's result items leaves it. */
 void rs_unpublished(void *arg, uint64_t key, uint64_t bytes);
 

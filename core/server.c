@@ -1225,7 +1225,9 @@ int ec_server_run(const ec_server_config *cfg)
     if (rc)
         goto out;
     ec_engine_set_epoch_source(s->engine, min_epoch, s);
-    rc = ec_resmgr_open(s->engine, &(ec_resmgr_config){.arena_bytes = cfg->result_arena},
+    rc = ec_resmgr_open(s->engine,
+                        &(ec_resmgr_config){.arena_bytes = cfg->result_arena,
+                                            .keeper = cfg->keeper},
                         &s->results);
     if (rc)
         goto out;

@@ -149,7 +149,9 @@ typedef struct ec_shm_header {
     uint64_t created_unix;
     uint64_t item_off;                /* item index (items.h); 0 buckets: none */
     uint64_t item_buckets;
-    uint8_t reserved0[48];
+    uint32_t arena_uid1;              /* a private result arena's owner uid + 1;
+                                       * 0 in the main segment */
+    uint8_t reserved0[44];
 
     /* Written by the daemon on attach; clients load with acquire. A client
      * whose connection's generation differs from this one is stale. */

@@ -563,7 +563,8 @@ static void test_avalanche_warm_restart(void **state)
 {
     ec_client *c = connect_ok();
     ec_ns_opts o = {.flags = EC_NS_CREATE | EC_NS_SHARED, .ttl = 3600};
-    ec_results *r = ns_open(c, "keep", &o);
+    ec_ns_opts po = {.flags = EC_NS_CREATE, .ttl = 3600}; /* private: in root's arena */
+    ec_results *r = ns_open(c, "keep", &o), *p = ns_open(c, "keep-mine", &po);
     uint8_t val[1000], out[1000];
     ec_result_value v = {.data = val, .len = sizeof(val)};
     char key[32];
@@ -574,22 +575,35 @@ static void test_avalanche_warm_restart(void **state)
         int n = snprintf(key, sizeof(key), "k-%d", i);
         value_of(key, (size_t)n, val, sizeof(val));
         assert_int_equal(ec_results_put(r, key, (size_t)n, &v), 0);
+        val[0] ^= 0x5a; /* the private namespace holds other bytes */
+        assert_int_equal(ec_results_put(p, key, (size_t)n, &v), 0);
     }
     ec_results_close(r);
+    ec_results_close(p);
     ec_client_close(c);
     w = ect_daemon_worker(E.data);
     assert_int_equal(kill(w, SIGKILL), 0);
     ect_daemon_wait_worker(E.data, E.sock, w);
     c = connect_ok();
     r = ns_open(c, "keep", NULL);
+    p = ns_open(c, "keep-mine", &po);
+    /* Shared and private results alike survive the worker. */
     for (int i = 0; i < 500; i++) {
         int n = snprintf(key, sizeof(key), "k-%d", i);
         value_of(key, (size_t)n, val, sizeof(val));
         assert_int_equal(ec_results_get(r, key, (size_t)n, 0, out, sizeof(out), NULL), 1);
         assert_memory_equal(out, val, sizeof(val));
+        val[0] ^= 0x5a;
+        assert_int_equal(ec_results_get(p, key, (size_t)n, 0, out, sizeof(out), NULL), 1);
+        assert_memory_equal(out, val, sizeof(val));
     }
     assert_int_equal(ns_counter(c, "keep", offsetof(ec_ns_info, items)), 500);
+    assert_int_equal(ns_counter(c, "keep-mine", offsetof(ec_ns_info, items)), 500);
+    /* New results go on into the kept arena. */
+    assert_int_equal(ec_results_put(p, "new", 3, &v), 0);
+    assert_int_equal(ec_results_get(p, "new", 3, 0, out, sizeof(out), NULL), 1);
     ec_results_close(r);
+    ec_results_close(p);
     ec_client_close(c);
 }
 
