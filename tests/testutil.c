@@ -173,13 +173,12 @@ static uint64_t elems_of(uint32_t ndim, const uint64_t *shape)
     return n;
 }
 
-int ect_write_npy(const char *path, ec_dtype dtype, uint32_t ndim, const uint64_t *shape,
-                  uint64_t seed)
+int ect_write_npy_data(const char *path, ec_dtype dtype, uint32_t ndim, const uint64_t *shape,
+                       const void *data)
 {
     const char *descr = npy_descr(dtype);
     char dict[512], shp[256] = "";
     size_t hl, total, dl;
-    uint64_t n = elems_of(ndim, shape);
     uint8_t *buf;
     int rc;
 
@@ -198,7 +197,7 @@ int ect_write_npy(const char *path, ec_dtype dtype, uint32_t ndim, const uint64_
     total = 10 + hl;
     total = (total + 63) / 64 * 64;
     hl = total - 10;
-    dl = n * ec_dtype_size(dtype);
+    dl = elems_of(ndim, shape) * ec_dtype_size(dtype);
     buf = calloc(1, total + dl);
     if (!buf)
         return -ENOMEM;
@@ -208,9 +207,25 @@ int ect_write_npy(const char *path, ec_dtype dtype, uint32_t ndim, const uint64_
     memset(buf + 10, ' ', hl);
     memcpy(buf + 10, dict, strlen(dict));
     buf[total - 1] = '\n';
-    ect_fill(dtype, seed, 0, n, buf + total);
+    if (dl)
+        memcpy(buf + total, data, dl);
     rc = ect_write_file(path, buf, total + dl);
     free(buf);
+    return rc;
+}
+
+int ect_write_npy(const char *path, ec_dtype dtype, uint32_t ndim, const uint64_t *shape,
+                  uint64_t seed)
+{
+    uint64_t n = elems_of(ndim, shape);
+    void *data = calloc(1, n * ec_dtype_size(dtype) + 1);
+    int rc;
+
+    if (!data)
+        return -ENOMEM;
+    ect_fill(dtype, seed, 0, n, data);
+    rc = ect_write_npy_data(path, dtype, ndim, shape, data);
+    free(data);
     return rc;
 }
 

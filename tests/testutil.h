@@ -43,6 +43,9 @@ void ect_fill(ec_dtype dtype, uint64_t seed, uint64_t first, uint64_t n, void *o
  * by ect_fill(dtype, seed, 0, ...). Returns 0 or -errno. */
 int ect_write_npy(const char *path, ec_dtype dtype, uint32_t ndim, const uint64_t *shape,
                   uint64_t seed);
+/* The same holding the shape's elements of data (C order, little-endian). */
+int ect_write_npy_data(const char *path, ec_dtype dtype, uint32_t ndim, const uint64_t *shape,
+                       const void *data);
 
 /* One tensor for ect_write_safetensors. */
 typedef struct ect_st_tensor {

@@ -51,38 +51,6 @@ static float unif(uint64_t *s)
     return (float)((double)(splitmix(s) >> 40) / (double)(1u << 24) * 2.0 - 1.0);
 }
 
-/* Write a C-order .npy of `descr` and shape, from data. */
-static void npy_write(const char *path, const char *descr, uint32_t ndim, const uint64_t *shape,
-                      const void *data, size_t bytes)
-{
-    char dict[256], shp[128] = "";
-    size_t hl, total;
-    uint8_t *buf;
-
-    for (uint32_t i = 0; i < ndim; i++) {
-        size_t l = strlen(shp);
-        snprintf(shp + l, sizeof(shp) - l, "%llu,%s", (unsigned long long)shape[i],
-                 i + 1 < ndim ? " " : "");
-    }
-    if (ndim > 1)
-        shp[strlen(shp) - 1] = '\0';
-    snprintf(dict, sizeof(dict), "{'descr': '%s', 'fortran_order': False, 'shape': (%s), }",
-             descr, shp);
-    total = (10 + strlen(dict) + 1 + 63) / 64 * 64;
-    hl = total - 10;
-    buf = calloc(1, total + bytes);
-    assert_non_null(buf);
-    memcpy(buf, "\x93NUMPY\x01\x00", 8);
-    buf[8] = (uint8_t)(hl & 0xff);
-    buf[9] = (uint8_t)(hl >> 8);
-    memset(buf + 10, ' ', hl);
-    memcpy(buf + 10, dict, strlen(dict));
-    buf[total - 1] = '\n';
-    memcpy(buf + total, data, bytes);
-    assert_int_equal(ect_write_file(path, buf, total + bytes), 0);
-    free(buf);
-}
-
 /* A [rows, dim] f32 table of values in [-1, 1), rows TWIN + 383 i (i = 1..TWINS)
  * copies of row TWIN when `twins`. malloc'd. */
 static float *table_new(uint64_t rows, uint64_t dim, uint64_t seed, bool twins)
@@ -124,7 +92,7 @@ static void import_f32(ec_client *c, const char *model, const char *name, const 
     uint64_t shape[2] = {rows, dim};
 
     snprintf(path, sizeof(path), "%s/%s.npy", E.dir, name);
-    npy_write(path, "<f4", 2, shape, x, rows * dim * sizeof(float));
+    assert_int_equal(ect_write_npy_data(path, EC_DTYPE_F32, 2, shape, x), 0);
     import_npy(c, model, 1, path, part_bytes);
 }
 
@@ -334,7 +302,7 @@ static void test_f16_bf16(void **state)
     for (size_t i = 0; i < (size_t)ROWS * DIM; i++)
         h[i] = ec_f32_to_f16(x[i]);
     snprintf(p16, sizeof(p16), "%s/h.npy", E.dir);
-    npy_write(p16, "<f2", 2, shape, h, ROWS * DIM * sizeof(uint16_t));
+    assert_int_equal(ect_write_npy_data(p16, EC_DTYPE_F16, 2, shape, h), 0);
     snprintf(pbf, sizeof(pbf), "%s/b.safetensors", E.dir);
     assert_int_equal(ect_write_safetensors(pbf, &st, 1), 0);
     paths[0] = p16;
@@ -534,9 +502,9 @@ static void test_bad_args(void **state)
     snprintf(p1, sizeof(p1), "%s/v1.npy", E.dir);
     snprintf(p3, sizeof(p3), "%s/v3.npy", E.dir);
     snprintf(pi, sizeof(pi), "%s/vi.npy", E.dir);
-    npy_write(p1, "<f4", 1, s1, v1, sizeof(v1));
-    npy_write(p3, "<f4", 3, s3, v3, sizeof(v3));
-    npy_write(pi, "<i4", 2, si, vi, sizeof(vi));
+    assert_int_equal(ect_write_npy_data(p1, EC_DTYPE_F32, 1, s1, v1), 0);
+    assert_int_equal(ect_write_npy_data(p3, EC_DTYPE_F32, 3, s3, v3), 0);
+    assert_int_equal(ect_write_npy_data(pi, EC_DTYPE_I32, 2, si, vi), 0);
     if (ec_model_import(c, &o, paths, 3, &n))
         fail_msg("import: %s", ec_last_error());
     t = resolve_ok(c, "m", "1", "t");
@@ -610,7 +578,7 @@ static void test_cli_search(void **state)
     t = resolve_ok(c, "m", "1", "t");
     assert_int_equal(ec_search(t, q, 3, DIM, 5, EC_METRIC_L2, NULL, sc, ids), 0);
     snprintf(qp, sizeof(qp), "%s/q.npy", E.dir);
-    npy_write(qp, "<f4", 2, shape, q, sizeof(float) * 3 * DIM);
+    assert_int_equal(ect_write_npy_data(qp, EC_DTYPE_F32, 2, shape, q), 0);
     snprintf(cmd, sizeof(cmd), "%s --socket %s search m t --query %s -k 5 --metric l2",
              EC_TEST_CLI, E.sock, qp);
     p = popen(cmd, "r");
