@@ -213,9 +213,10 @@ static void meta_of(const ec_result_hdr *h, int state, int64_t now, ec_result_me
 }
 
 /* One lookup: EC_RESULT_MISS/FRESH/STALE (stale ones whatever flags say),
- * EC_ETOOBIG, or an error. Counts nothing. */
+ * EC_ETOOBIG (with *meta, when given, saying how large), or an error.
+ * Counts nothing. */
 static int lookup(ec_results *r, const void *key, size_t key_len, void *out, size_t cap,
-                  ec_result_hdr *h, int64_t *now)
+                  ec_result_hdr *h, int64_t *now, ec_result_meta *meta)
 {
     uint32_t gen;
     ec_result_key k;
@@ -232,6 +233,8 @@ static int lookup(ec_results *r, const void *key, size_t key_len, void *out, siz
     st = ec_result_read_at(r->seg, &k, r->slot, gen, key, key_len, *now, out, cap, h, &off);
     if (st == EC_RESULT_FRESH || st == EC_RESULT_STALE)
         hint(r, k.item_key, off);
+    if (st == EC_ETOOBIG && meta)
+        meta_of(h, EC_RESULT_FRESH, *now, meta);
     return st;
 }
 
@@ -268,12 +271,7 @@ int ec_results_get(ec_results *r, const void *key, size_t key_len, uint32_t flag
         return rc;
     if (!out && cap)
         return ec_seterr(EC_EINVAL, "ec_results_get: no output buffer for %zu bytes", cap);
-    st = lookup(r, key, key_len, out, out ? cap : 0, &h, &now);
-    if (st == EC_ETOOBIG) {
-        if (meta)
-            meta_of(&h, EC_RESULT_FRESH, now, meta);
-        return st;
-    }
+    st = lookup(r, key, key_len, out, out ? cap : 0, &h, &now, meta);
     if (st < 0)
         return st;
     return answer(r, st, flags, &h, now, meta);
@@ -583,7 +581,6 @@ int ec_results_get_or_compute(ec_results *r, const void *key, size_t key_len,
     bool stale_ok = o->flags & EC_RES_ALLOW_STALE;
     int64_t deadline, now = mono_ns();
     ec_result_hdr h;
-    ec_result_meta m;
     int rc, st, found = 0;
 
     if ((rc = key_ok(r, key, key_len)))
@@ -592,19 +589,14 @@ int ec_results_get_or_compute(ec_results *r, const void *key, size_t key_len,
         return ec_seterr(EC_EINVAL, "ec_results_get_or_compute: no function or no output");
     if (o->flags & ~(uint32_t)(EC_RES_ALLOW_STALE | EC_RES_NO_EARLY) || o->wait < 0)
         return ec_seterr(EC_EINVAL, "ec_results_get_or_compute: bad options");
-    /* 0: twice a default lease time (the daemon passes overrun leases on). */
+    /* 0: 60 s, twice the default lease time (the daemon passes overrun leases on). */
     deadline = now + (int64_t)((o->wait > 0 ? o->wait : 60.0) * 1e9);
     for (;;) {
         uint32_t seen = atomic_load_explicit(&r->c->seg.hdr->ns[r->slot].wake,
                                              memory_order_acquire);
         int ans;
 
-        st = lookup(r, key, key_len, out, out ? cap : 0, &h, &now);
-        if (st == EC_ETOOBIG) {
-            if (meta)
-                meta_of(&h, EC_RESULT_FRESH, now, meta);
-            return st;
-        }
+        st = lookup(r, key, key_len, out, out ? cap : 0, &h, &now, meta);
         if (st < 0)
             return st;
         if (st == EC_RESULT_FRESH) {
@@ -613,7 +605,7 @@ int ec_results_get_or_compute(ec_results *r, const void *key, size_t key_len,
                 rc = compute(r, key, key_len, fn, arg, out, cap, meta);
                 if (rc != EC_ETOOBIG && rc < 0) {
                     /* The refresh failed: the value read is still fresh. */
-                    st = lookup(r, key, key_len, out, cap, &h, &now);
+                    st = lookup(r, key, key_len, out, cap, &h, &now, NULL);
                     return st == EC_RESULT_FRESH ? answer(r, st, 0, &h, now, meta) : rc;
                 }
                 return rc;
@@ -643,7 +635,6 @@ int ec_results_get_or_compute(ec_results *r, const void *key, size_t key_len,
                              o->wait > 0 ? o->wait : 60.0, r->name);
         (void)wait_word(r, seen,
                         deadline - now < WAIT_SLICE_NS ? deadline - now : WAIT_SLICE_NS);
-        (void)m;
     }
 }
 

@@ -223,6 +223,53 @@ static void lease_end(ec_resmgr *m, struct lease *l)
     free(l);
 }
 
+/* Say and count that a lease was held past its namespace's lease time
+ * (it passes on). */
+static void count_overrun(ec_resmgr *m, uint32_t slot)
+{
+    struct rns *ns = &m->ns[slot];
+
+    ec_warn("namespace %s: a lease held past its %.3f s passes on", ns->cat.name,
+            (double)ns->cat.lease_us / 1e6);
+    m->st.lease_timeouts++;
+    ns->leases_passed++;
+}
+
+/* End every lease `ends` accepts (it may count why), then wake the
+ * namespaces whose leases ended, so their waiters ask again. */
+static void leases_end_if(ec_resmgr *m, bool (*ends)(ec_resmgr *m, const struct lease *l,
+                                                     const void *arg),
+                          const void *arg)
+{
+    uint32_t woke[EC_NS_MAX / 32 + 1] = {0};
+
+    for (size_t i = 0; i < m->leases.cap;) {
+        struct lease *l = m->leases.vals[i];
+        if (!m->leases.keys[i] || !ends(m, l, arg)) {
+            i++;
+            continue;
+        }
+        /* Backward-shift deletion may move a later entry into slot i: look
+         * at i again. */
+        woke[l->slot / 32] |= 1u << (l->slot % 32);
+        lease_end(m, l);
+    }
+    for (uint32_t s = 0; s < EC_NS_MAX; s++)
+        if (woke[s / 32] & (1u << (s % 32)))
+            wake(m, s);
+}
+
+/* A namespace bound to a version that no longer exists takes no leases and
+ * no results: they would be of no version. */
+static int binding_check(const struct rns *ns)
+{
+    if (ns->cat.bind_model[0] && !ns->cat.bound_version)
+        return ec_seterr(EC_ENOENT, "namespace %s is bound to %s/%s, which does not exist (any "
+                                    "more): its results would be of no version; bind it again",
+                         ns->cat.name, ns->cat.bind_model, ns->cat.bind_version);
+    return 0;
+}
+
 static int lease_grant(ec_resmgr *m, struct rns *ns, const ec_res_peer *p, uint64_t item_key,
                        int64_t now)
 {
@@ -257,18 +304,12 @@ int ec_resmgr_lease(ec_resmgr *m, const ec_res_peer *p, uint32_t slot, uint32_t 
         return rc;
     if (flags & ~(uint32_t)(EC_RES_ALLOW_STALE | EC_RES_EARLY))
         return ec_seterr(EC_EINVAL, "unknown lease flags 0x%x", flags);
-    if (ns->cat.bind_model[0] && !ns->cat.bound_version)
-        return ec_seterr(EC_ENOENT, "namespace %s is bound to %s/%s, which does not exist (any "
-                                    "more): bind it again",
-                         ns->cat.name, ns->cat.bind_model, ns->cat.bind_version);
+    if ((rc = binding_check(ns)))
+        return rc;
     state = peek(m, ns, key, key_len, now, &k, &h);
     l = ec_u64map_get(&m->leases, k.item_key);
     if (l && l->deadline_ns <= now) {
-        /* Its holder overran: the lease passes to this caller. */
-        ec_warn("namespace %s: a lease held past its %.3f s passes on", ns->cat.name,
-                (double)ns->cat.lease_us / 1e6);
-        m->st.lease_timeouts++;
-        ns->leases_passed++;
+        count_overrun(m, l->slot); /* the lease passes to this caller */
         lease_end(m, l);
         l = NULL;
     }
@@ -314,26 +355,18 @@ int ec_resmgr_release(ec_resmgr *m, const ec_res_peer *p, uint32_t slot, const v
     return 0;
 }
 
+static bool held_by(ec_resmgr *m, const struct lease *l, const void *arg)
+{
+    if (l->owner != *(const uint64_t *)arg)
+        return false;
+    m->ns[l->slot].leases_passed++;
+    m->st.owner_leases_passed++;
+    return true;
+}
+
 void ec_resmgr_owner_close(ec_resmgr *m, uint64_t owner)
 {
-    uint32_t woke[EC_NS_MAX / 32 + 1] = {0};
-
-    for (size_t i = 0; i < m->leases.cap;) {
-        struct lease *l = m->leases.vals[i];
-        if (!m->leases.keys[i] || l->owner != owner) {
-            i++;
-            continue;
-        }
-        /* Backward-shift deletion may move a later entry into slot i: look
-         * at i again. */
-        m->ns[l->slot].leases_passed++;
-        m->st.owner_leases_passed++;
-        woke[l->slot / 32] |= 1u << (l->slot % 32);
-        lease_end(m, l);
-    }
-    for (uint32_t s = 0; s < EC_NS_MAX; s++)
-        if (woke[s / 32] & (1u << (s % 32)))
-            wake(m, s);
+    leases_end_if(m, held_by, &owner);
 }
 
 /* ------------------------------------------------------------------ */
@@ -468,12 +501,8 @@ int ec_resmgr_put(ec_resmgr *m, const ec_res_peer *p, uint32_t slot, const void 
     if ((rc = use_check(m, p, slot, &ns)) || (rc = key_check(key, key_len)) ||
         (rc = value_check(v)))
         goto fail;
-    if (ns->cat.bind_model[0] && !ns->cat.bound_version) {
-        rc = ec_seterr(EC_ENOENT, "namespace %s is bound to %s/%s, which does not exist (any "
-                                  "more): its results would be of no version",
-                       ns->cat.name, ns->cat.bind_model, ns->cat.bind_version);
+    if ((rc = binding_check(ns)))
         goto fail;
-    }
     need = ec_result_record_bytes(key_len, v->value_len);
     cls = ec_result_class_bytes(need);
     if (!need || !cls) {
@@ -751,6 +780,12 @@ int ec_resmgr_ns_open(ec_resmgr *m, const ec_res_peer *p, const char *name, uint
     return 0;
 }
 
+static bool of_slot(ec_resmgr *m, const struct lease *l, const void *arg)
+{
+    (void)m;
+    return l->slot == *(const uint32_t *)arg;
+}
+
 int ec_resmgr_drop(ec_resmgr *m, const ec_res_peer *p, const char *name)
 {
     struct rns *ns = ec_ns_name_ok(name) ? ns_named(m, name) : NULL;
@@ -769,16 +804,9 @@ int ec_resmgr_drop(ec_resmgr *m, const ec_res_peer *p, const char *name)
     /* Readers stop first (generation 0 matches no record), then the records go. */
     publish_gen(m, slot, 0);
     (void)drop_records(m, ns);
-    for (size_t i = 0; i < m->leases.cap;) {
-        struct lease *l = m->leases.vals[i];
-        if (m->leases.keys[i] && l->slot == slot)
-            lease_end(m, l);
-        else
-            i++;
-    }
+    leases_end_if(m, of_slot, &slot); /* wakes the namespace's waiters */
     ec_info("namespace %s dropped", name);
     ns_forget(m, ns);
-    wake(m, slot);
     return 0;
 }
 
@@ -861,25 +889,19 @@ void ec_resmgr_rebind(ec_resmgr *m)
     }
 }
 
+static bool overran(ec_resmgr *m, const struct lease *l, const void *arg)
+{
+    if (l->deadline_ns > *(const int64_t *)arg)
+        return false;
+    count_overrun(m, l->slot);
+    return true;
+}
+
 void ec_resmgr_tick(ec_resmgr *m)
 {
     int64_t now = now_ns();
 
-    for (size_t i = 0; i < m->leases.cap;) {
-        struct lease *l = m->leases.vals[i];
-        uint32_t slot;
-        if (!m->leases.keys[i] || l->deadline_ns > now) {
-            i++;
-            continue;
-        }
-        slot = l->slot;
-        ec_warn("namespace %s: a lease held past its %.3f s passes on", m->ns[slot].cat.name,
-                (double)m->ns[slot].cat.lease_us / 1e6);
-        m->st.lease_timeouts++;
-        m->ns[slot].leases_passed++;
-        lease_end(m, l);
-        wake(m, slot);
-    }
+    leases_end_if(m, overran, &now);
     if (ec_catalog_changes() != m->cat_changes)
         ec_resmgr_rebind(m);
 }
