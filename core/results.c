@@ -804,9 +804,10 @@ int ec_resmgr_drop(ec_resmgr *m, const ec_res_peer *p, const char *name)
     /* Readers stop first (generation 0 matches no record), then the records go. */
     publish_gen(m, slot, 0);
     (void)drop_records(m, ns);
-    leases_end_if(m, of_slot, &slot); /* wakes the namespace's waiters */
+    leases_end_if(m, of_slot, &slot);
     ec_info("namespace %s dropped", name);
     ns_forget(m, ns);
+    wake(m, slot); /* its waiters, leases or not, find it gone */
     return 0;
 }
 
