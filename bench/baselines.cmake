@@ -64,3 +64,11 @@ if(EMBCACHE_TESTS AND TARGET PkgConfig::CMOCKA AND NOT TARGET test_bench_units)
   add_test(NAME bench_units COMMAND test_bench_units)
   set_tests_properties(bench_units PROPERTIES LABELS bench TIMEOUT 60)
 endif()
+
+# embcache-dynbench: dynamic tables' updates under readers, and a row
+# written nonstop (bench/dynbench.c).
+if(NOT TARGET embcache-dynbench)
+  add_executable(embcache-dynbench ${CMAKE_CURRENT_LIST_DIR}/dynbench.c)
+  target_link_libraries(embcache-dynbench PRIVATE ec_client Threads::Threads)
+  add_dependencies(embcache-dynbench embcached)
+endif()

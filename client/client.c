@@ -458,6 +458,7 @@ void ec_tensor_release(ec_tensor *t)
 {
     if (!t)
         return;
+    cl_ivf_release(atomic_load_explicit(&t->ivf, memory_order_acquire));
     cl_client_unref(t->c);
     free(t);
 }
@@ -485,6 +486,10 @@ int ec_tensor_view(ec_tensor *t, ec_view **out)
 
     if (!t || !out)
         return ec_seterr(EC_EINVAL, "ec_tensor_view: NULL argument");
+    if (atomic_load_explicit(&t->mode, memory_order_relaxed) == EC_CACHE_DYNAMIC)
+        return ec_seterr(EC_EINVAL, "tensor '%s' is a dynamic table: its rows change and are "
+                                    "read by key (ec_tensor_gather, ec_rows_find), not as a "
+                                    "view", t->t.name);
     c = t->c;
     if ((rc = cl_stale(c)))
         return rc;

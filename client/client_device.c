@@ -403,7 +403,10 @@ int cl_gather_device(ec_tensor *t, const int64_t *ids, size_t n, void *out, ec_d
     d = &c->dev[o->device]; /* device_ready checked the ordinal */
     if (cl_be()->check_ptr && (rc = cl_be()->check_ptr(out, o->device)))
         return rc;
-    if (atomic_load_explicit(&t->mode, memory_order_relaxed) == EC_CACHE_ROWS)
+    /* Rows of the item store and of dynamic tables are reused as soon as
+     * they are replaced: staged through the host, never read in place. */
+    if (atomic_load_explicit(&t->mode, memory_order_relaxed) == EC_CACHE_ROWS ||
+        atomic_load_explicit(&t->mode, memory_order_relaxed) == EC_CACHE_DYNAMIC)
         return gather_device_staged(t, ids, n, out, dst, o);
     if (d->host_reads != EC_HOST_READS_MAPPED && !cl_be()->stage_get)
         return ec_seterr(EC_EINVAL, "the %s backend cannot stage host rows for GPU %d",

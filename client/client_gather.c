@@ -234,6 +234,8 @@ int cl_gather_check(const ec_tensor *t, const int64_t *ids, size_t n, size_t out
     if (n > SIZE_MAX / (out_row ? out_row : 1) || out_size < n * out_row)
         return ec_seterr(EC_EINVAL, "output buffer of %zu bytes is too small for %zu rows of "
                                     "%llu bytes", out_size, n, (unsigned long long)out_row);
+    if (mode_of(t) == EC_CACHE_DYNAMIC)
+        return 0; /* ids are keys: any int64 */
     for (size_t i = 0; i < n; i++)
         if (ids[i] < 0 || (uint64_t)ids[i] >= rows)
             return ec_seterr(EC_ERANGE, "ids[%zu] = %lld is outside tensor '%s' of model '%s' "
@@ -494,6 +496,8 @@ int cl_gather_host(ec_tensor *t, const int64_t *ids, size_t n, void *out, ec_dty
 
     if ((rc = cl_stale(c)))
         return rc;
+    if (mode_of(t) == EC_CACHE_DYNAMIC)
+        return cl_gather_dyn(t, ids, n, out, dst);
     if (!(s = cl_scratch_get(n)))
         return EC_ENOMEM;
     for (int tries = 0;; tries++) {

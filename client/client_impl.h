@@ -13,6 +13,8 @@
  *   client_results.c cached results: namespaces, reads, writes, leases,
  *                    get_or_compute
  *   client_context.c context windows: chained block keys over results
+ *   client_search.c  exact search; client_ivf.c / client_index.c the IVF
+ *                    index: search through it, build it (search_impl.h)
  *
  * Runs inside inference processes, on any of their threads: the hit path
  * takes no lock; requests to the daemon hold the client's mutex.
@@ -100,12 +102,16 @@ struct ec_client {
     uint8_t rbuf[EC_MSG_MAX];
 };
 
+struct cl_ivf;
+
 struct ec_tensor {
     ec_client *c;
     ec_proto_tensor t;
     ec_tensor_info info;
     _Atomic uint32_t mode;       /* how the daemon caches it, as it last said */
     ec_session_tensor *tstat;    /* its counters in our session page, or NULL */
+    struct cl_ivf *_Atomic ivf;  /* its IVF index, mapped by the first approximate
+                                  * search (client_ivf.c); NULL: not yet */
 };
 
 struct ec_view {
@@ -156,6 +162,9 @@ void cl_count(_Atomic uint64_t *ctr, uint64_t v);
 int cl_gather_check(const ec_tensor *t, const int64_t *ids, size_t n, size_t out_size,
                     ec_dtype dst);
 int cl_gather_host(ec_tensor *t, const int64_t *ids, size_t n, void *out, ec_dtype dst);
+/* client_dyn.c: rows of a dynamic table by key (EC_ENOENT for an absent
+ * key). */
+int cl_gather_dyn(ec_tensor *t, const int64_t *ids, size_t n, void *out, ec_dtype dst);
 
 /* client_results.c */
 struct ec_results {
@@ -167,6 +176,9 @@ struct ec_results {
     ec_session_ns *stat;         /* our counts in the session page, or NULL */
     char name[EC_NS_NAME_MAX + 1];
 };
+
+/* client_ivf.c: unmap a tensor's IVF index (NULL: nothing) */
+void cl_ivf_release(struct cl_ivf *x);
 
 /* client_device.c */
 bool cl_epochs_drained(ec_client *c);

@@ -264,7 +264,7 @@ int ec_results_get(ec_results *r, const void *key, size_t key_len, uint32_t flag
                    size_t cap, ec_result_meta *meta)
 {
     ec_result_hdr h;
-    int64_t now;
+    int64_t now = 0;
     int st, rc;
 
     if ((rc = key_ok(r, key, key_len)))

@@ -40,11 +40,16 @@
  * (cl_gather_host) and scored again in double precision, then sorted by
  * (score, id): the scores returned do not depend on which kernel found them,
  * and rows with equal scores come out in the order of their ids.
+ *
+ * A search with opts.nprobe > 0 goes to the IVF index (client/client_ivf.c)
+ * once its arguments are checked here; it borrows the kernel, the heap and
+ * the final scoring above through client/search_impl.h.
  */
 #include <cblas.h>
 #include <math.h>
 
 #include "client/client_impl.h"
+#include "client/search_impl.h"
 
 /* Direct reads of a partition before the scan takes it through a gather. */
 #define SCAN_DIRECT_TRIES 8
@@ -60,11 +65,6 @@
 #else
 #define EC_SIMD_CLONES
 #endif
-
-struct hent {
-    float key;
-    int64_t id;
-};
 
 /* A barrier whose count can drop while threads wait at it (a thread that
  * could not be started); pthread_barrier_t cannot. */
@@ -207,6 +207,12 @@ static void norms_of(const float *X, size_t m, size_t dim, float *norms)
     dots_vec(NULL, 0, X, m, dim, NULL, 0, norms);
 }
 
+void cl_search_dots(const float *Q, size_t nq, const float *X, size_t m, size_t dim, float *C,
+                    size_t ldc, float *norms)
+{
+    dots_vec(Q, nq, X, m, dim, C, ldc, norms);
+}
+
 /* Score m rows X (f32, row after row) against every query into w->C
  * (C[q * m + r]) and, where the metric needs them, w->norms: |x|^2 (L2) or
  * 1 / |x| (cosine). */
@@ -273,6 +279,12 @@ static void heap_offer(struct hent *h, uint32_t *n, size_t kp, float *thr, float
     }
     h[i] = (struct hent){key, id};
     *thr = h[0].key;
+}
+
+void cl_search_heap_offer(struct hent *h, uint32_t *n, size_t kp, float *thr, float key,
+                          int64_t id)
+{
+    heap_offer(h, n, kp, thr, key, id);
 }
 
 /* The keys of rows [r0, r0 + 16) of one query's scores c: 1 if one of them
@@ -378,6 +390,11 @@ static void to_f32(float *dst, const uint8_t *src, size_t n, ec_dtype dt)
             dst[i] = ec_f16_to_f32(v);
         }
     }
+}
+
+void cl_to_f32(float *dst, const uint8_t *src, size_t n, ec_dtype dt)
+{
+    to_f32(dst, src, n, dt);
 }
 
 /* Rows [row0, row0 + n) through the gather path, into w->buf as f32. */
@@ -620,10 +637,8 @@ static unsigned thread_count(const struct search *s, uint32_t asked)
     unsigned n = asked;
     double work = (double)s->rows * (double)s->dim * (double)s->nq;
 
-    if (n == 0) {
-        cpu_set_t set;
-        n = sched_getaffinity(0, sizeof(set), &set) == 0 ? (unsigned)CPU_COUNT(&set) : 1;
-    }
+    if (n == 0)
+        n = cl_cpus();
     if (n > 256)
         n = 256;
     if (!s->gemm && n > s->parts)
@@ -635,13 +650,16 @@ static unsigned thread_count(const struct search *s, uint32_t asked)
     return n ? n : 1;
 }
 
+unsigned cl_cpus(void)
+{
+    cpu_set_t set;
+
+    return sched_getaffinity(0, sizeof(set), &set) == 0 && CPU_COUNT(&set) > 0
+               ? (unsigned)CPU_COUNT(&set) : 1;
+}
+
 /* ------------------------------------------------------------------ */
 /* The answer                                                          */
-
-struct cand {
-    double score;        /* exact; higher is better (L2: negated distance) */
-    int64_t id;
-};
 
 static int cand_cmp(const void *a, const void *b)
 {
@@ -663,37 +681,37 @@ static int id_cmp(const void *a, const void *b)
 
 /* Score the candidates of query q again in double from the rows as stored
  * (gathered in chunks of rpp rows), sort them, and write its k results. */
-static int finish_query(struct search *s, struct worker *w, const float *query,
-                        const struct hent *h, uint32_t n, struct cand *cd, float *scores,
-                        int64_t *ids)
+int cl_search_finish(const struct cl_finish *f, const float *query, const struct hent *h,
+                     uint32_t n, float *scores, int64_t *ids)
 {
+    struct cand *cd = f->cd;
     double qn = 0;
     int rc;
 
     for (uint32_t i = 0; i < n; i++)
         cd[i] = (struct cand){0, h[i].id};
     qsort(cd, n, sizeof(*cd), id_cmp);
-    for (size_t j = 0; j < s->dim; j++)
+    for (size_t j = 0; j < f->dim; j++)
         qn += (double)query[j] * query[j];
     qn = sqrt(qn);
-    for (uint32_t i0 = 0; i0 < n; i0 += (uint32_t)s->rpp) {
-        uint32_t m = n - i0 < s->rpp ? n - i0 : (uint32_t)s->rpp;
+    for (uint32_t i0 = 0; i0 < n; i0 += (uint32_t)f->rpp) {
+        uint32_t m = n - i0 < f->rpp ? n - i0 : (uint32_t)f->rpp;
         for (uint32_t i = 0; i < m; i++)
-            w->ids[i] = cd[i0 + i].id;
-        if (s->dtype == EC_DTYPE_F32) {
-            rc = cl_gather_host(s->t, w->ids, m, w->buf, s->dtype);
+            f->ids[i] = cd[i0 + i].id;
+        if (f->dtype == EC_DTYPE_F32) {
+            rc = cl_gather_host(f->t, f->ids, m, f->buf, f->dtype);
         } else {
-            rc = cl_gather_host(s->t, w->ids, m, w->raw, s->dtype);
+            rc = cl_gather_host(f->t, f->ids, m, f->raw, f->dtype);
             if (rc == 0)
-                to_f32(w->buf, w->raw, (size_t)m * s->dim, s->dtype);
+                to_f32(f->buf, f->raw, (size_t)m * f->dim, f->dtype);
         }
         if (rc)
             return rc;
         for (uint32_t i = 0; i < m; i++) {
-            const float *x = w->buf + (size_t)i * s->dim;
+            const float *x = f->buf + (size_t)i * f->dim;
             double acc = 0, xn = 0;
-            for (size_t j = 0; j < s->dim; j++) {
-                if (s->metric == EC_METRIC_L2) {
+            for (size_t j = 0; j < f->dim; j++) {
+                if (f->metric == EC_METRIC_L2) {
                     double d = (double)query[j] - x[j];
                     acc += d * d;
                 } else {
@@ -701,9 +719,9 @@ static int finish_query(struct search *s, struct worker *w, const float *query,
                     xn += (double)x[j] * x[j];
                 }
             }
-            if (s->metric == EC_METRIC_L2)
+            if (f->metric == EC_METRIC_L2)
                 acc = -acc;
-            else if (s->metric == EC_METRIC_COSINE)
+            else if (f->metric == EC_METRIC_COSINE)
                 acc = xn > 0 ? acc / (qn * sqrt(xn)) : (isnan(xn) ? NAN : 0.0);
             /* Compared as the float it is returned as: rows whose scores
              * round to the same float tie, and go by id. */
@@ -711,16 +729,28 @@ static int finish_query(struct search *s, struct worker *w, const float *query,
         }
     }
     qsort(cd, n, sizeof(*cd), cand_cmp);
-    for (size_t i = 0; i < s->k; i++) {
+    for (size_t i = 0; i < f->k; i++) {
         if (i < n) {
             ids[i] = cd[i].id;
-            scores[i] = (float)(s->metric == EC_METRIC_L2 ? -cd[i].score : cd[i].score);
+            scores[i] = (float)(f->metric == EC_METRIC_L2 ? -cd[i].score : cd[i].score);
         } else {
             ids[i] = -1;
-            scores[i] = s->metric == EC_METRIC_L2 ? INFINITY : -INFINITY;
+            scores[i] = f->metric == EC_METRIC_L2 ? INFINITY : -INFINITY;
         }
     }
     return 0;
+}
+
+static int finish_query(struct search *s, struct worker *w, const float *query,
+                        const struct hent *h, uint32_t n, struct cand *cd, float *scores,
+                        int64_t *ids)
+{
+    struct cl_finish f = {
+        .t = s->t, .metric = s->metric, .dtype = s->dtype, .dim = s->dim, .k = s->k,
+        .rpp = s->rpp, .ids = w->ids, .buf = w->buf, .raw = w->raw, .cd = cd,
+    };
+
+    return cl_search_finish(&f, query, h, n, scores, ids);
 }
 
 /* Merge the other threads' heaps into thread 0's (vector mode). */
@@ -805,6 +835,16 @@ int ec_search(ec_tensor *t, const float *queries, size_t nq, size_t dim, size_t 
         return rc;
     if ((rc = cl_stale(t->c)))
         return rc;
+    if (atomic_load_explicit(&t->mode, memory_order_relaxed) == EC_CACHE_DYNAMIC) {
+        if (opts && opts->nprobe)
+            return ec_seterr(EC_EINVAL, "tensor '%s' is a dynamic table and has no approximate "
+                                        "index (its rows change): search it exactly (nprobe "
+                                        "0), or search the index of a snapshot of it",
+                             t->t.name);
+        return cl_dyn_search(t, queries, nq, dim, k, metric, scores, ids);
+    }
+    if (opts && opts->nprobe)
+        return cl_ivf_search(t, queries, nq, dim, k, metric, opts, scores, ids);
     s.t = t;
     s.c = t->c;
     s.metric = metric;

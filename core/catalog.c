@@ -73,6 +73,12 @@
  *           max_computing, negative_max): the cache manager's namespaces,
  *           read and written by catalog_ns.c; no foreign keys (a binding
  *           names a model that may come and go)              [schema 4]
+ *   dynamic(tensor_id PRIMARY KEY -> tensors ON DELETE CASCADE,
+ *           capacity >= 1, policy 1..2 (EC_DYN_*), base_tensor_id ->
+ *           tensors (NULL: the tensor itself; a snapshot's, which then
+ *           cannot be dropped while the table uses it), base_lsn >= 0,
+ *           created_unix): tables that take row updates, read and
+ *           written by catalog_dyn.c                          [schema 5]
  *
  * Invariants:
  *  1. Tensor ids come from AUTOINCREMENT, so a committed id is never handed
@@ -108,7 +114,7 @@
 #include "common/dtype.h"
 #include "common/err.h"
 
-#define CAT_SCHEMA_VERSION 4
+#define CAT_SCHEMA_VERSION 5
 #define CAT_BUSY_TIMEOUT_MS 5000
 #define CAT_TENSOR_ID_LIMIT (INT64_C(1) << 32)
 #define CAT_PARTITIONS_MAX (UINT64_C(1) << 26) /* 512 MiB of checksums, < SQLite's 1e9 */
@@ -164,6 +170,17 @@ static uint64_t get_le64(const unsigned char *p)
     "  negative_max INTEGER NOT NULL);"
 static_assert(EC_NS_MAX == 384 && EC_NS_SHARED == 2, "NAMESPACES_SQL's CHECKs");
 
+/* Schema 5 adds dynamic tables (catalog_dyn.c). */
+#define DYNAMIC_SQL                                                                    \
+    "CREATE TABLE dynamic("                                                            \
+    "  tensor_id INTEGER PRIMARY KEY REFERENCES tensors(id) ON DELETE CASCADE,"        \
+    "  capacity INTEGER NOT NULL CHECK(capacity >= 1),"                                \
+    "  policy INTEGER NOT NULL CHECK(policy IN (1, 2)),"                               \
+    "  base_tensor_id INTEGER REFERENCES tensors(id) ON DELETE RESTRICT,"              \
+    "  base_lsn INTEGER NOT NULL DEFAULT 0 CHECK(base_lsn >= 0),"                      \
+    "  created_unix INTEGER NOT NULL);"                                                \
+    "CREATE INDEX dynamic_base ON dynamic(base_tensor_id);"
+
 #define CAT_STR_(x) #x
 #define CAT_STR(x) CAT_STR_(x)
 
@@ -204,6 +221,7 @@ static const char schema_sql[] =
     MODEL_POLICY_SQL
     TENSOR_POLICY_SQL
     NAMESPACES_SQL
+    DYNAMIC_SQL
     "PRAGMA user_version = " CAT_STR(CAT_SCHEMA_VERSION) ";";
 
 /* upgrades[i] takes schema i + 1 to i + 2. create_schema runs every one a
@@ -215,6 +233,7 @@ static const struct {
     {MODEL_POLICY_SQL "PRAGMA user_version = 2;", "upgrade schema 1 to 2"},
     {TENSOR_POLICY_SQL "PRAGMA user_version = 3;", "upgrade schema 2 to 3"},
     {NAMESPACES_SQL "PRAGMA user_version = 4;", "upgrade schema 3 to 4"},
+    {DYNAMIC_SQL "PRAGMA user_version = 5;", "upgrade schema 4 to 5"},
 };
 static_assert(sizeof(upgrades) / sizeof(upgrades[0]) == CAT_SCHEMA_VERSION - 1,
                "one upgrade per schema version after 1");

@@ -251,6 +251,28 @@ int ec_catalog_ns_delete(ec_catalog *cat, const char *name);
  * error. */
 int ec_catalog_ns_each(ec_catalog *cat, int (*fn)(const ec_catalog_ns *ns, void *arg), void *arg);
 
+/* A dynamic table (core/dyntable.h): tensor_id takes row updates; its
+ * content at start is base_tensor_id's rows (0: its own) and the log's
+ * records after base_lsn. */
+typedef struct ec_catalog_dyn {
+    int64_t tensor_id;
+    uint64_t capacity;
+    uint32_t policy;             /* EC_DYN_REFUSE or EC_DYN_EVICT_LRU */
+    int64_t base_tensor_id;      /* 0: the tensor itself */
+    uint64_t base_lsn;
+    int64_t created_unix;        /* 0 in a put: now */
+} ec_catalog_dyn;
+
+/* Insert or replace tensor_id's record. One transaction. 0, EC_EINVAL, or
+ * a storage error (a tensor_id or base that does not exist: a constraint
+ * error). */
+int ec_catalog_dyn_put(ec_catalog *cat, const ec_catalog_dyn *d);
+
+/* Call fn for every dynamic table, by tensor id; a row that fails
+ * validation stops with EC_ECORRUPT naming it. Inside a read transaction,
+ * like ec_catalog_ns_each. */
+int ec_catalog_dyn_each(ec_catalog *cat, int (*fn)(const ec_catalog_dyn *d, void *arg), void *arg);
+
 /* Call cb with every partition file path the catalog references (for the
  * start-up sweep that removes orphans). */
 int ec_catalog_foreach_path(ec_catalog *cat, int (*cb)(const char *path, void *arg),

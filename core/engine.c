@@ -483,6 +483,24 @@ void ec_engine_set_result_hook(ec_engine *e, void (*fn)(void *arg, uint64_t key,
     e->result_arg = arg;
 }
 uint64_t ec_engine_generation(const ec_engine *e) { return e->generation; }
+
+int ec_engine_region_alloc(ec_engine *e, uint64_t bytes, uint64_t *off)
+{
+    int rc = eng_alloc_evicting(e, bytes, off);
+
+    if (rc == 0) {
+        e->region_bytes += page_round(bytes);
+        eng_gauges(e);
+    }
+    return rc;
+}
+
+void ec_engine_region_free(ec_engine *e, uint64_t off, uint64_t bytes)
+{
+    if (ec_extent_release(e->ext, off, page_round(bytes)) == 0)
+        e->region_bytes -= page_round(bytes);
+    eng_gauges(e);
+}
 int ec_engine_event_fd(const ec_engine *e) { return ec_pager_event_fd(e->pager); }
 const char *ec_engine_pager_name(const ec_engine *e) { return ec_pager_name(e->pager); }
 
@@ -515,6 +533,7 @@ int ec_engine_stats(ec_engine *e, int (*cb)(const char *name, uint64_t v, void *
     S("data_bytes", s.capacity);
     S("used_bytes", eng_used_bytes(e)); /* under the budget: the staging area is not */
     S("pinned_bytes", pinned);
+    S("dynamic_table_bytes", e->region_bytes);
     S("largest_free_bytes", s.largest_free);
     S("free_runs", s.free_runs);
     S("resident_partitions", e->resident.len);

@@ -91,6 +91,13 @@ void ec_engine_set_result_hook(ec_engine *e, void (*fn)(void *arg, uint64_t key,
                                void *arg);
 uint64_t ec_engine_generation(const ec_engine *e);
 
+/* An extent of the data area for another module's own use (a dynamic
+ * table), under the budget (evicting partitions and items for it) and
+ * never evicted; the caller publishes and unpublishes it, and removes its
+ * index entries before it frees it. EC_ENOSPC as for a partition. */
+int ec_engine_region_alloc(ec_engine *e, uint64_t bytes, uint64_t *off);
+void ec_engine_region_free(ec_engine *e, uint64_t off, uint64_t bytes);
+
 /* The eventfd the server polls; readable when reads have finished. */
 int ec_engine_event_fd(const ec_engine *e);
 /* Publish finished reads and answer the requests they complete. */

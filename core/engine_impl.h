@@ -226,6 +226,7 @@ struct ec_engine {
     struct deferred *deferred, **deferred_tail;
     size_t ttl_hand;
     uint64_t budget;
+    uint64_t region_bytes;       /* ec_engine_region_alloc's, held now */
     struct prewarm *prewarms;
     struct retire *retires;
     ec_u64map versions;          /* version id -> struct vstate */

@@ -424,6 +424,8 @@ static int retire_finish(ec_engine *e, struct retire *rt)
             char hot[4200];
             snprintf(hot, sizeof(hot), "%s/hot/%u.hot", e->data_dir, rt->tensors[i]);
             unlink(hot); /* its access history goes with it */
+            snprintf(hot, sizeof(hot), "%s/indexes/%u.ivf", e->data_dir, rt->tensors[i]);
+            unlink(hot); /* and its approximate index (core/server_index.c) */
             if (ts) {
                 eng_files_close(e, ts);
                 eng_rows_forget(e, ts);

@@ -140,6 +140,11 @@ void ec_get_str(ec_rbuf *r, char *dst, size_t cap)
     r->pos += n;
 }
 
+void ec_put_raw(ec_wbuf *w, const void *p, size_t n)
+{
+    put(w, p, n);
+}
+
 void ec_put_bytes(ec_wbuf *w, const void *p, size_t n)
 {
     if (n > UINT32_MAX) {
@@ -208,7 +213,7 @@ int ec_get_tensor(ec_rbuf *r, ec_proto_tensor *t)
     if (r->bad)
         return ec_seterr(EC_EPROTO, "tensor record is truncated");
     if (t->id == 0 || !ec_dtype_valid(t->dtype) || t->ndim > EC_MAX_DIMS ||
-        t->mode > EC_CACHE_ROWS)
+        t->mode > EC_CACHE_DYNAMIC)
         return ec_seterr(EC_EPROTO, "tensor record has id %u, dtype %u, ndim %u, mode %u",
                          t->id, t->dtype, t->ndim, t->mode);
     /* Every product is checked for overflow: a record whose sizes only agree

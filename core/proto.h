@@ -5,7 +5,8 @@
  * not at all. A message is a 24-byte header followed by a body of at most
  * EC_MSG_MAX - 24 bytes. Integers are little-endian; a string is a u16
  * length and that many bytes, with no NUL inside. File descriptors travel
- * as SCM_RIGHTS ancillary data (HELLO's reply, IMPORT's request).
+ * as SCM_RIGHTS ancillary data (HELLO's reply, IMPORT's request, INDEX_PUT's
+ * request, INDEX_OPEN's reply).
  *
  * Every field is validated by the reader (ec_rbuf): a read past the end, an
  * over-long string or an embedded NUL marks the buffer bad, and the message
@@ -61,6 +62,24 @@
  *   NS_LIST   u32 cursor                             u32 next, u32 n, n x namespace
  *                                                    record (ec_proto_ns); next 0: done
  *   NS_DROP   str name                               (empty)
+ *
+ *   DYN_SET   str model, str version, str tensor,     6 x u64 (zero)
+ *             u64 capacity, u32 policy
+ *   ROWS_PUT  u32 tensor, u32 n, u64 row_bytes,       u64 lsn, inserted, updated,
+ *             u32 inline; inline: n x i64 keys then   deleted, missing, evicted
+ *             n rows; else one fd (a sealed memfd
+ *             holding the same bytes)
+ *   ROWS_DEL  u32 tensor, u32 n, u32 inline; keys     as ROWS_PUT
+ *             inline or in one fd
+ *   SNAPSHOT  str model, str version, u64 new (0:     u64 version
+ *             next)
+ *   DYN_STATS (empty)                                u32 n, n x table record
+ *   INDEX_PUT str model, i64 version, str tensor,    u64 size, once the daemon
+ *             u64 size + fds[1]: the IVF index file  checked the whole file
+ *             (common/ivffile.h) the client built    (EC_EFORMAT: what is wrong)
+ *                                                    and stored it
+ *   INDEX_OPEN str model, str version, str tensor    u64 size + fds[1]: the index
+ *                                                    file, O_RDONLY (EC_ENOENT: none)
  *
  * "bytes" is a u32 length and that many bytes.
  *
@@ -118,7 +137,15 @@ enum ec_op {
     EC_OP_RES_PURGE = 25,
     EC_OP_NS_LIST = 26,
     EC_OP_NS_DROP = 27,
-    EC_OP_MAX_ = 28,
+    EC_OP_DYN_SET = 28,     /* make a tensor of a version dynamic (admin) */
+    EC_OP_ROWS_PUT = 29,    /* insert or update rows of a dynamic table (admin) */
+    EC_OP_ROWS_DEL = 30,    /* delete keys of a dynamic table (admin) */
+    EC_OP_SNAPSHOT = 31,    /* fold a dynamic version into a new immutable one (admin) */
+    EC_OP_DYN_STATS = 32,   /* dynamic tables: keys, capacity, lsn, wal */
+    EC_OP_RESERVED_33 = 33,
+    EC_OP_INDEX_PUT = 34,   /* store an approximate index built by a client (admin) */
+    EC_OP_INDEX_OPEN = 35,  /* a read-only fd of a tensor's approximate index */
+    EC_OP_MAX_ = 36,
 };
 #define EC_OP_REPLY 0x8000u
 
@@ -183,6 +210,8 @@ void ec_get_str(ec_rbuf *r, char *dst, size_t cap);
 /* "bytes": a u32 length and the bytes. ec_get_bytes points *p into the
  * body (NULL for none); a length past the body or over max marks r bad. */
 void ec_put_bytes(ec_wbuf *w, const void *p, size_t n);
+/* n bytes as they are, no length (the body says how many elsewhere). */
+void ec_put_raw(ec_wbuf *w, const void *p, size_t n);
 uint32_t ec_get_bytes(ec_rbuf *r, const uint8_t **p, uint32_t max);
 /* True when the whole body was read and nothing was bad. */
 bool ec_rbuf_done(const ec_rbuf *r);

@@ -421,6 +421,11 @@ static bool op_is_admin(uint16_t op)
     case EC_OP_POLICY:
     case EC_OP_MODE:
     case EC_OP_UPGRADE:
+    case EC_OP_INDEX_PUT:
+    case EC_OP_DYN_SET:
+    case EC_OP_ROWS_PUT:
+    case EC_OP_ROWS_DEL:
+    case EC_OP_SNAPSHOT:
         return true;
     default:
         return false;
@@ -642,6 +647,8 @@ static int h_resolve(server *s, struct conn *c, ec_rbuf *r, uint32_t req_id)
     rc = ec_engine_resolve(s->engine, model, version, tensor, &t);
     if (rc)
         return rc;
+    if (ec_dyn_has(s->dyn, t.id))
+        t.mode = EC_CACHE_DYNAMIC;
     ec_msg_begin(&w, s->out, sizeof(s->out), EC_OP_RESOLVE | EC_OP_REPLY, req_id, 0);
     ec_put_tensor(&w, &t);
     srv_reply_send(s, c, ec_msg_end(&w), NULL, 0);
@@ -848,7 +855,9 @@ static void *importer_main(void *arg)
             files[i].fd = j->fds[i];
             files[i].name = j->names[i];
         }
-        if (j->upgrade)
+        if (j->index)
+            j->rc = srv_index_store(s, j);
+        else if (j->upgrade)
             j->rc = ec_import_upgrade(s->icat, s->cfg->data_dir, j->model, j->version,
                                       &j->tensors);
         else
@@ -879,7 +888,7 @@ static void imports_done(server *s)
     pthread_mutex_unlock(&s->ilock);
     for (; j; j = next) {
         struct conn *c = ec_u64map_get(&s->conns, j->owner);
-        uint16_t op = j->upgrade ? EC_OP_UPGRADE : EC_OP_IMPORT;
+        uint16_t op = j->index ? EC_OP_INDEX_PUT : j->upgrade ? EC_OP_UPGRADE : EC_OP_IMPORT;
         next = j->next;
         if (j->upgrade && j->rc == 0 && j->tensors) {
             /* The files changed under the catalog: take them. */
@@ -890,7 +899,11 @@ static void imports_done(server *s)
                          "not be taken: %.300s; run `embcache refresh` on it", j->model,
                          j->version, ec_last_error());
         }
-        if (j->upgrade) {
+        if (j->index) {
+            if (j->rc)
+                ec_warn("index of %s version %lld tensor %s refused: %s", j->model,
+                        (long long)j->opts.version, j->tensor, j->msg);
+        } else if (j->upgrade) {
             if (j->rc)
                 ec_warn("%s", j->msg);
             else
@@ -912,7 +925,10 @@ static void imports_done(server *s)
                 ec_wbuf w;
                 ec_msg_begin(&w, s->out, sizeof(s->out), (uint16_t)(op | EC_OP_REPLY),
                              j->req_id, 0);
-                ec_put_u32(&w, j->tensors);
+                if (j->index)
+                    ec_put_u64(&w, j->isize);
+                else
+                    ec_put_u32(&w, j->tensors);
                 srv_reply_send(s, c, ec_msg_end(&w), NULL, 0);
             }
         }
@@ -967,7 +983,9 @@ static void conn_readable(server *s, struct conn *c)
         srv_conn_close(s, c);
         return;
     }
-    if (nfds && h.op != EC_OP_IMPORT && !(h.op == EC_OP_RES_PUT && nfds == 1)) {
+    if (nfds && h.op != EC_OP_IMPORT && !(h.op == EC_OP_RES_PUT && nfds == 1) &&
+        !(h.op == EC_OP_INDEX_PUT && nfds == 1) &&
+        !((h.op == EC_OP_ROWS_PUT || h.op == EC_OP_ROWS_DEL) && nfds == 1)) {
         rc = ec_seterr(EC_EPROTO, "op %u does not take file descriptors", h.op);
     } else if (!c->hello && h.op != EC_OP_HELLO) {
         rc = ec_seterr(EC_EPROTO, "the first message must be HELLO (got op %u)", h.op);
@@ -976,7 +994,8 @@ static void conn_readable(server *s, struct conn *c)
     } else if (op_is_admin(h.op) && !srv_peer_admin(s, c->uid)) {
         rc = ec_seterr(EC_EPERM,
                        "uid %u may read from this embcached but not administer it (import, "
-                       "alias, prewarm, evict, retire, refresh, policy, mode, upgrade); "
+                       "alias, prewarm, evict, retire, refresh, policy, mode, upgrade, "
+                       "index build); "
                        "start it with --admin-uid %u to allow that",
                        (unsigned)c->uid, (unsigned)c->uid);
         s->st.denied++;
@@ -1009,6 +1028,13 @@ static void conn_readable(server *s, struct conn *c)
         case EC_OP_RES_PURGE: rc = srv_h_res_purge(s, c, &body, h.req_id); break;
         case EC_OP_NS_LIST: rc = srv_h_ns_list(s, c, &body, h.req_id); break;
         case EC_OP_NS_DROP: rc = srv_h_ns_drop(s, c, &body, h.req_id); break;
+        case EC_OP_INDEX_PUT: rc = srv_h_index_put(s, c, &body, h.req_id, fds, &nfds); break;
+        case EC_OP_INDEX_OPEN: rc = srv_h_index_open(s, c, &body, h.req_id); break;
+        case EC_OP_DYN_SET: rc = srv_h_dyn_set(s, c, &body, h.req_id); break;
+        case EC_OP_ROWS_PUT: rc = srv_h_rows_put(s, c, &body, h.req_id, fds, nfds); break;
+        case EC_OP_ROWS_DEL: rc = srv_h_rows_del(s, c, &body, h.req_id, fds, nfds); break;
+        case EC_OP_SNAPSHOT: rc = srv_h_snapshot(s, c, &body, h.req_id); break;
+        case EC_OP_DYN_STATS: rc = srv_h_dyn_stats(s, c, &body, h.req_id); break;
         default:
             rc = ec_seterr(EC_EPROTO, "unknown op %u: this embcached speaks ops 1..%d",
                            h.op, EC_OP_MAX_ - 1);
@@ -1231,6 +1257,13 @@ int ec_server_run(const ec_server_config *cfg)
                         &s->results);
     if (rc)
         goto out;
+    rc = ec_dyn_open(s->engine,
+                     &(ec_dyn_config){.data_dir = cfg->data_dir,
+                                      .sync = (ec_wal_sync_mode)cfg->wal_sync,
+                                      .sync_ms = cfg->wal_sync_ms},
+                     &s->dyn);
+    if (rc)
+        goto out;
     snprintf(catpath, sizeof(catpath), "%s/%s", cfg->data_dir, EC_CATALOG_FILE);
     rc = ec_catalog_open(catpath, &s->icat);
     if (rc)
@@ -1312,6 +1345,7 @@ int ec_server_run(const ec_server_config *cfg)
             reap_stopped(s);
             ec_engine_tick(s->engine);
             ec_resmgr_tick(s->results);
+            ec_dyn_tick(s->dyn);
             last_tick = now;
         }
     }
@@ -1358,6 +1392,8 @@ out:
         ec_catalog_close(s->icat);
         ec_resmgr_close(s->results);
         s->results = NULL;
+        ec_dyn_close(s->dyn);
+        s->dyn = NULL;
         ec_engine_close(s->engine);
         if (rc)
             ec_seterr(rc, "%s", msg);

@@ -46,6 +46,9 @@ typedef struct ec_server_config {
     uint64_t item_bytes;                   /* item index sizing; 0: default; UINT64_MAX: none */
     uint64_t result_arena;                 /* bytes of each uid's private result arena;
                                             * 0: 64 MiB */
+    int wal_sync;                          /* ec_wal_sync of dynamic tables' log:
+                                            * 0 batch, 1 interval, 2 none */
+    unsigned wal_sync_ms;                  /* interval: ms between syncs; 0: 100 */
 } ec_server_config;
 
 /* Run until SIGTERM or SIGINT. Returns 0 after a clean shutdown, or a

@@ -24,6 +24,13 @@ struct stats_ctx {
     uint32_t n;
 };
 
+static int put_stat(const char *name, uint64_t v, void *arg);
+
+static void dyn_stat(const char *name, uint64_t v, void *arg)
+{
+    (void)put_stat(name, v, arg);
+}
+
 static int put_stat(const char *name, uint64_t v, void *arg)
 {
     struct stats_ctx *x = arg;
@@ -76,6 +83,7 @@ int srv_h_stats(server *s, struct conn *c, ec_rbuf *r, uint32_t req_id)
     x.n = 0;
     ec_engine_stats(s->engine, put_stat, &x);
     ec_resmgr_stats(s->results, put_stat, &x);
+    ec_dyn_totals(s->dyn, dyn_stat, &x);
     put_stat("clients", s->conns.len, &x);
     put_stat("connections_accepted", s->st.accepted, &x);
     put_stat("connections_rejected", s->st.rejected, &x);

@@ -8,6 +8,8 @@
  *   server_admin.c  statistics and operator requests (STATS, TENSORS, LIST,
  *                   ALIAS, FIND, DEVICES, PREWARM, EVICT, REFRESH, POLICY,
  *                   MODE, RETIRE)
+ *   server_index.c  approximate indexes (INDEX_PUT, stored by the importer
+ *                   thread; INDEX_OPEN)
  *   server_results.c the cache manager's requests (NS_OPEN, RES_LEASE,
  *                   RES_PUT, RES_RELEASE, RES_PURGE, NS_LIST, NS_DROP)
  *
@@ -27,6 +29,7 @@
 #include "core/engine.h"
 #include "core/import.h"
 #include "core/proto.h"
+#include "core/dyntable.h"
 #include "core/results.h"
 #include "core/server.h"
 
@@ -57,6 +60,10 @@ struct conn {
 
 struct import_job {
     bool upgrade;                /* UPGRADE: rewrite a version's v1 files */
+    bool index;                  /* INDEX_PUT: store fds[0] as the index of (model,
+                                  * opts.version, tensor) (server_index.c) */
+    char tensor[EC_NAME_MAX + 1]; /* INDEX_PUT: the tensor */
+    uint64_t isize;              /* INDEX_PUT: the file's size, as the request says */
     char version[EC_NAME_MAX + 1]; /* UPGRADE: the version or alias */
     uint64_t owner;
     uint32_t req_id;
@@ -76,6 +83,7 @@ typedef struct server {
     const ec_server_config *cfg;
     ec_engine *engine;
     ec_resmgr *results;
+    struct ec_dyn *dyn;  /* dynamic tables (core/dyntable.h) */
     int ep, lfd, sfd, ifd;
     ec_u64map conns;
     ec_u64map per_uid;   /* uid + 1 -> connections of that uid (as a uintptr_t) */
@@ -128,6 +136,23 @@ void srv_conn_close(server *s, struct conn *c);
 int srv_bad_body(uint16_t op);
 int srv_outstanding_take(struct conn *c);
 bool srv_peer_admin(const server *s, uid_t uid);
+
+/* server_dyn.c: dynamic tables (DYN_SET, ROWS_PUT, ROWS_DEL, SNAPSHOT,
+ * DYN_STATS) */
+int srv_h_dyn_set(server *s, struct conn *c, ec_rbuf *r, uint32_t req_id);
+int srv_h_rows_put(server *s, struct conn *c, ec_rbuf *r, uint32_t req_id, const int *fds,
+                   int nfds);
+int srv_h_rows_del(server *s, struct conn *c, ec_rbuf *r, uint32_t req_id, const int *fds,
+                   int nfds);
+int srv_h_snapshot(server *s, struct conn *c, ec_rbuf *r, uint32_t req_id);
+int srv_h_dyn_stats(server *s, struct conn *c, ec_rbuf *r, uint32_t req_id);
+
+/* server_index.c: INDEX_PUT queues the job (it takes fds[0]: *nfds becomes
+ * 0); srv_index_store runs it on the importer thread; INDEX_OPEN */
+int srv_h_index_put(server *s, struct conn *c, ec_rbuf *r, uint32_t req_id, int *fds,
+                    int *nfds);
+int srv_index_store(server *s, struct import_job *j);
+int srv_h_index_open(server *s, struct conn *c, ec_rbuf *r, uint32_t req_id);
 
 /* server_results.c */
 int srv_h_ns_open(server *s, struct conn *c, ec_rbuf *r, uint32_t req_id);

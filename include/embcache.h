@@ -104,6 +104,8 @@ typedef enum ec_cache_mode {
     EC_CACHE_AUTO = 0,
     EC_CACHE_PARTITIONS = 1,
     EC_CACHE_ROWS = 2,
+    EC_CACHE_DYNAMIC = 3,  /**< a dynamic table: rows by int64 key, updated
+                            *   online (embcache_dynamic.h); never a policy */
 } ec_cache_mode;
 
 typedef struct ec_client ec_client;
@@ -592,5 +594,6 @@ EC_API int ec_client_tensor_stats(ec_client *c, ec_tensor_stats_cb cb, void *arg
 #include "embcache_results.h"
 /* Exact top-k search over a tensor. */
 #include "embcache_search.h"
+#include "embcache_dynamic.h"
 
 #endif /* EMBCACHE_H */

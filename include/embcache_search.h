@@ -32,6 +32,17 @@
  * more per query) are then read once more and scored again in double
  * precision, so the scores returned do not depend on the path, and two rows
  * with equal scores come out in the order of their ids.
+ *
+ * Approximate search (IVF-Flat). ec_index_build() clusters a tensor's rows
+ * (k-means, nlist lists) and stores the lists with the daemon, one index
+ * per tensor of a version. ec_search() with opts.nprobe > 0 then scores
+ * each query against the nlist centroids, scans only the rows of the
+ * nprobe best lists (the same kernels: a vectorized scan for few queries
+ * per list, cblas_sgemm for many), and scores its candidates again in
+ * double precision against the rows as the tensor stores them, as an exact
+ * search does: a row found has its exact score; a row in no probed list is
+ * not found. The index is a file the daemon hands out read-only; the client
+ * maps it once per tensor handle and checks its structure before use.
  */
 #ifndef EMBCACHE_SEARCH_H
 #define EMBCACHE_SEARCH_H
@@ -64,6 +75,11 @@ typedef struct ec_search_opts {
                             *   a few queries, the heaps of many): 0 is the
                             *   CPUs this process may run on, 1 the calling
                             *   thread alone */
+    uint32_t nprobe;       /**< 0: exact search. > 0: approximate, through the
+                            *   tensor's IVF index (ec_index_build): the rows
+                            *   of the nprobe lists whose centroids score
+                            *   best for each query (more than the index's
+                            *   lists: all of them) */
 } ec_search_opts;
 
 /**
@@ -95,10 +111,20 @@ typedef struct ec_search_opts {
  *         f32, f16 or bf16), EC_ENOMEM (nq * k results or the per-thread
  *         heaps do not fit in memory), and the errors of ec_tensor_gather():
  *         EC_ECHECKSUM, EC_EIO, EC_ENOSPC, EC_ECONN, EC_ESTALE, EC_EPROTO.
+ *         With opts.nprobe > 0 also: EC_ENOENT (the tensor has no index:
+ *         build one with ec_index_build or `embcache index build`), EC_EINVAL
+ *         (the index was built for another metric: the message names it),
+ *         EC_EFORMAT (the index file fails its structural check), EC_EIO
+ *         (it cannot be mapped). Fewer than k rows in the probed lists: the
+ *         results past them are id -1 with the score of a row past the
+ *         table's end (above).
  *         On failure scores and ids are unspecified.
  * Thread safety: any number of threads may search one tensor at once, and
  * gather from it meanwhile. A call starts its threads and joins them before
- * it returns.
+ * it returns. The first approximate search of a handle asks the daemon for
+ * the index and maps it (under no lock: two threads may both map it, one
+ * mapping is kept); the handle keeps that index until it is released, so an
+ * index built again later is seen by handles resolved after it was stored.
  */
 EC_API int ec_search(ec_tensor *t, const float *queries, size_t nq, size_t dim, size_t k,
                      ec_metric metric, const ec_search_opts *opts, float *scores,
@@ -106,6 +132,111 @@ EC_API int ec_search(ec_tensor *t, const float *queries, size_t nq, size_t dim, 
 
 /** "ip", "cosine", "l2", or NULL for an unknown metric. */
 EC_API const char *ec_metric_name(ec_metric metric);
+
+/* ------------------------------------------------------------------ */
+/* Approximate index (IVF-Flat)                                        */
+
+/** Phases of ec_index_build(), as its progress callback names them. */
+typedef enum ec_index_phase {
+    EC_INDEX_SAMPLE = 1,   /**< reading the training sample; done/total rows */
+    EC_INDEX_TRAIN = 2,    /**< k-means; done/total iterations */
+    EC_INDEX_ASSIGN = 3,   /**< every row to its list; done/total rows */
+    EC_INDEX_WRITE = 4,    /**< the lists into the file; done/total rows */
+    EC_INDEX_SEND = 5,     /**< the daemon checks and stores it; 0/1, 1/1 */
+} ec_index_phase;
+
+/** Called by ec_index_build() on its own thread as it goes (at most about
+ *  ten times a second, and at the end of each phase). Return 0 to go on,
+ *  anything else to stop the build (it then fails with EC_EINVAL). */
+typedef int (*ec_index_progress_fn)(ec_index_phase phase, uint64_t done, uint64_t total,
+                                    void *arg);
+
+/** Options of ec_index_build(). Zero-initialize, then set what you need;
+ *  NULL is all zero. */
+typedef struct ec_index_opts {
+    uint32_t flags;        /**< none defined yet: must be 0 */
+    ec_metric metric;      /**< what searches will use: EC_METRIC_IP (0 means
+                            *   IP too), EC_METRIC_COSINE (rows and centroids
+                            *   of unit length) or EC_METRIC_L2. Lists are made
+                            *   by inner product with unit-length centroids
+                            *   for IP and cosine (FAISS's IndexIVFFlat with
+                            *   METRIC_INNER_PRODUCT), by L2 distance for L2 */
+    uint32_t nlist;        /**< lists; 0: 4 sqrt(rows) rounded to a power of
+                            *   two (4096 for 1M rows), at most rows */
+    uint32_t iters;        /**< k-means iterations; 0: 10 */
+    uint64_t train_rows;   /**< rows k-means trains on, drawn at random;
+                            *   0: min(rows, 64 * nlist) */
+    uint64_t seed;         /**< of the sample and the initial centroids;
+                            *   0: a fixed default (builds are repeatable).
+                            *   The matrix products of training and
+                            *   assignment run on OpenBLAS's threads
+                            *   (OPENBLAS_NUM_THREADS) */
+    ec_index_progress_fn progress; /**< NULL: none */
+    void *progress_arg;
+} ec_index_opts;
+
+/** What ec_index_build() did. */
+typedef struct ec_index_build_stats {
+    uint64_t rows, dim;
+    uint32_t nlist, iters;
+    uint64_t train_rows;
+    uint64_t reseeded;     /**< empty clusters re-seeded during training */
+    uint64_t min_list, max_list; /**< rows of the smallest and largest list */
+    uint64_t file_bytes;   /**< of the index file */
+    double train_s, assign_s, total_s; /**< seconds */
+} ec_index_build_stats;
+
+/**
+ * Build an IVF-Flat index of a tensor of a version and store it with the
+ * daemon (replacing the one it had). Reads every row of the tensor through
+ * the gather path (twice: to assign and to write), trains k-means on a
+ * random sample, writes the index file into an anonymous memory file and
+ * sends it to the daemon, which checks it completely before it keeps it as
+ * the index of that tensor; retiring the version removes it.
+ *
+ * @param[in]  c        a connected client of a uid the daemon lets
+ *                      administer it (the request is an administrator's)
+ * @param[in]  model    the model
+ * @param[in]  version  a version number or an alias (resolved once: the
+ *                      index belongs to the version it named then)
+ * @param[in]  tensor   a 2-D [rows, dim] tensor of dtype f32, f16 or bf16
+ * @param[in]  opts     NULL, or options (see ec_index_opts)
+ * @param[out] st       NULL, or what the build did
+ * @return 0, or EC_EINVAL (NULL or bad arguments or options, a tensor that
+ *         is not 2-D, nlist above rows, the progress callback stopped it),
+ *         EC_EDTYPE, EC_ENOENT (no such model, version or tensor), EC_ENOMEM
+ *         (the sample, the centroids or the file do not fit), EC_EIO (the
+ *         memory file), EC_EPERM (this uid may not administer the daemon),
+ *         EC_EFORMAT (the daemon refused the file: a bug, or another writer),
+ *         and the errors of ec_tensor_gather().
+ * Memory: the training sample (train_rows * dim floats), one score block
+ * (at most 64 MiB), the list of each row, and the index file itself (a
+ * little more than rows * dim floats) in a memory file while it is sent.
+ * Thread safety: as any request; one build at a time per client is usual.
+ */
+EC_API int ec_index_build(ec_client *c, const char *model, const char *version,
+                          const char *tensor, const ec_index_opts *opts,
+                          ec_index_build_stats *st);
+
+/** What the index of a tensor holds (ec_index_info_get). */
+typedef struct ec_index_info {
+    ec_metric metric;      /**< it was built for */
+    uint32_t nlist;
+    uint64_t rows, dim;
+    uint64_t min_list, max_list;
+    uint64_t file_bytes;
+    uint64_t train_rows;
+    uint32_t iters;
+    uint64_t built_lsn;    /**< 0 (reserved for dynamic tables) */
+} ec_index_info;
+
+/**
+ * Describe the index of tensor t, mapping it as the first approximate
+ * search of t would.
+ * @return 0, or EC_EINVAL (NULL), EC_ENOENT (no index), EC_EFORMAT,
+ *         EC_EIO, EC_ENOMEM, EC_ECONN, EC_ESTALE. Thread-safe.
+ */
+EC_API int ec_index_info_get(ec_tensor *t, ec_index_info *out);
 
 #ifdef __cplusplus
 }

@@ -79,7 +79,14 @@ void cli_json_str(const char *s);
  * `embcache stats` on an open client. */
 int cli_results_main(int argc, char **argv, const char *socket_path);
 int cli_results_stats(ec_client *c, bool json);
-/* tools/cli_search.c: `embcache search`. */
+/* tools/cli_search.c: `embcache search`, `embcache index build|info`. */
 int cli_search_main(int argc, char **argv, const char *socket_path);
+int cli_index_main(int argc, char **argv, const char *socket_path);
+
+/* tools/cli_dynamic.c: `embcache dynamic|put|del|update|snapshot` (cmd the
+ * command's name, argv from it on), and the dynamic tables' section of
+ * `embcache stats`. */
+int cli_dynamic_main(const char *cmd, int argc, char **argv, const char *socket_path);
+int cli_dynamic_stats(ec_client *c, bool json);
 
 #endif /* EC_TOOLS_CLI_H */

@@ -1,6 +1,9 @@
 /*
- * cli_search.c - `embcache search`: exact top-k over a tensor, for queries
- * read from a .npy file, through ec_search() (include/embcache_search.h).
+ * cli_search.c - `embcache search`: top-k over a tensor, exact or through
+ * its IVF index (--nprobe), for queries read from a .npy file, through
+ * ec_search() (include/embcache_search.h); and `embcache index build|info`:
+ * build a tensor's IVF index (ec_index_build) with a progress line on
+ * standard error, or describe it.
  *
  * Part of the embcache command-line tool (tools/embcache.c dispatches here);
  * the queries file is parsed by the daemon's own .npy parser
@@ -97,17 +100,36 @@ out:
     return rc;
 }
 
+/* "ip" (or "dot"), "cosine" (or "cos"), "l2": 0; else -1 after a message. */
+static int parse_metric(const char *prog, const char *s, ec_metric *out)
+{
+    if (!strcmp(s, "ip") || !strcmp(s, "dot"))
+        *out = EC_METRIC_IP;
+    else if (!strcmp(s, "cosine") || !strcmp(s, "cos"))
+        *out = EC_METRIC_COSINE;
+    else if (!strcmp(s, "l2"))
+        *out = EC_METRIC_L2;
+    else {
+        fprintf(stderr, "%s: unknown metric '%s' (ip, cosine, l2)\n", prog, s);
+        return -1;
+    }
+    return 0;
+}
+
 static int usage_search(FILE *f, int rc)
 {
     fprintf(f,
             "usage: embcache search MODEL TENSOR --query FILE.npy [-k N] [--metric ip|cosine|l2]\n"
-            "                       [--version V] [--threads T] [--json]\n"
+            "                       [--version V] [--threads T] [--nprobe N] [--json]\n"
             "Exact top-k rows of TENSOR (a 2-D f32, f16 or bf16 tensor of MODEL, at version\n"
             "V or an alias, default 'current') for each query in FILE.npy (float32 or\n"
             "float64, shape [dim] or [queries, dim]), computed in this process over the\n"
             "shared segment. -k: results per query (default 10). --metric: inner product\n"
             "(default), cosine, or squared L2 distance (lowest first). Prints one line per\n"
-            "result: query, rank, row id, score; --json prints one object per query.\n");
+            "result: query, rank, row id, score; --json prints one object per query.\n"
+            "--nprobe N: approximate, through the tensor's IVF index (`embcache index\n"
+            "build`): only the rows of the N lists nearest each query; the index must\n"
+            "have been built for --metric.\n");
     return rc;
 }
 
@@ -119,6 +141,7 @@ int cli_search_main(int argc, char **argv, const char *socket_path)
         {"metric", required_argument, NULL, 'm'},
         {"version", required_argument, NULL, 'v'},
         {"threads", required_argument, NULL, 't'},
+        {"nprobe", required_argument, NULL, 'n'},
         {"json", no_argument, NULL, 'j'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
@@ -136,7 +159,7 @@ int cli_search_main(int argc, char **argv, const char *socket_path)
     int ch, rc, x;
     char *end;
 
-    while ((ch = getopt_long(argc, argv, "q:k:m:v:t:jh", o, NULL)) != -1) {
+    while ((ch = getopt_long(argc, argv, "q:k:m:v:t:n:jh", o, NULL)) != -1) {
         switch (ch) {
         case 'q': qpath = optarg; break;
         case 'v': version = optarg; break;
@@ -162,18 +185,16 @@ int cli_search_main(int argc, char **argv, const char *socket_path)
             so.threads = (uint32_t)v;
             break;
         }
-        case 'm':
-            if (!strcmp(optarg, "ip") || !strcmp(optarg, "dot"))
-                metric = EC_METRIC_IP;
-            else if (!strcmp(optarg, "cosine") || !strcmp(optarg, "cos"))
-                metric = EC_METRIC_COSINE;
-            else if (!strcmp(optarg, "l2"))
-                metric = EC_METRIC_L2;
-            else {
-                fprintf(stderr, "embcache search: unknown metric '%s' (ip, cosine, l2)\n",
-                        optarg);
+        case 'n': {
+            uint64_t v;
+            if (cli_parse_u64("embcache search", "--nprobe", optarg, 0, UINT32_MAX, &v))
                 return EXIT_USAGE;
-            }
+            so.nprobe = (uint32_t)v;
+            break;
+        }
+        case 'm':
+            if (parse_metric("embcache search", optarg, &metric))
+                return EXIT_USAGE;
             break;
         case 'h': return usage_search(stdout, EXIT_OK);
         default: return usage_search(stderr, EXIT_USAGE);
@@ -235,4 +256,177 @@ out:
     free(scores);
     free(queries);
     return x;
+}
+
+/* ------------------------------------------------------------------ */
+/* embcache index build|info                                           */
+
+static int usage_index(FILE *f, int rc)
+{
+    fprintf(f,
+            "usage: embcache index build MODEL VERSION TENSOR [--nlist N] [--metric ip|cosine|l2]\n"
+            "                            [--iters N] [--train-rows N] [--seed S]\n"
+            "       embcache index info MODEL VERSION TENSOR [--json]\n"
+            "build: cluster the rows of TENSOR (2-D f32, f16 or bf16) of MODEL at VERSION (a\n"
+            "number or an alias, resolved once) into N lists by k-means (default about\n"
+            "4 sqrt(rows), a power of two), for searches by --metric (default ip), and\n"
+            "store the index with the daemon, replacing the one it had; `embcache search\n"
+            "--nprobe` then scans only the lists nearest each query. Needs administrator\n"
+            "rights on the daemon. Progress goes to standard error, a summary to standard\n"
+            "output. info: what the tensor's index holds.\n");
+    return rc;
+}
+
+static const char *const PHASE[] = {"", "sample", "train", "assign", "write", "send"};
+
+struct progress {
+    bool tty;
+    int last_phase;
+};
+
+static int on_progress(ec_index_phase ph, uint64_t done, uint64_t total, void *arg)
+{
+    struct progress *p = arg;
+    const char *what = ph >= EC_INDEX_SAMPLE && ph <= EC_INDEX_SEND ? PHASE[ph] : "?";
+
+    if (p->tty) {
+        fprintf(stderr, "\r\033[Kindex build: %s %" PRIu64 "/%" PRIu64 " (%s)", what, done,
+                total, ph == EC_INDEX_TRAIN ? "iterations" : ph == EC_INDEX_SEND ? "checked and stored"
+                                                                                   : "rows");
+        if (ph == EC_INDEX_SEND && done == total)
+            fputc('\n', stderr);
+    } else if (done == total && (int)ph != p->last_phase) {
+        fprintf(stderr, "index build: %s done (%" PRIu64 ")\n", what, total);
+        p->last_phase = (int)ph;
+    }
+    fflush(stderr);
+    return 0;
+}
+
+static int index_build(int argc, char **argv, const char *socket_path)
+{
+    static const struct option o[] = {
+        {"nlist", required_argument, NULL, 'n'},
+        {"metric", required_argument, NULL, 'm'},
+        {"iters", required_argument, NULL, 'i'},
+        {"train-rows", required_argument, NULL, 'r'},
+        {"seed", required_argument, NULL, 's'},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    const char *prog = "embcache index build";
+    ec_index_opts io = {.metric = EC_METRIC_IP};
+    ec_index_build_stats st;
+    struct progress pg = {.tty = isatty(2) == 1, .last_phase = 0};
+    ec_client *c = NULL;
+    uint64_t v;
+    char sz[32];
+    int ch, rc;
+
+    while ((ch = getopt_long(argc, argv, "n:m:i:r:s:h", o, NULL)) != -1) {
+        switch (ch) {
+        case 'n':
+            if (cli_parse_u64(prog, "--nlist", optarg, 1, UINT32_MAX, &v))
+                return EXIT_USAGE;
+            io.nlist = (uint32_t)v;
+            break;
+        case 'm':
+            if (parse_metric(prog, optarg, &io.metric))
+                return EXIT_USAGE;
+            break;
+        case 'i':
+            if (cli_parse_u64(prog, "--iters", optarg, 1, 1000, &v))
+                return EXIT_USAGE;
+            io.iters = (uint32_t)v;
+            break;
+        case 'r':
+            if (cli_parse_u64(prog, "--train-rows", optarg, 1, UINT64_MAX, &v))
+                return EXIT_USAGE;
+            io.train_rows = v;
+            break;
+        case 's':
+            if (cli_parse_u64(prog, "--seed", optarg, 0, UINT64_MAX, &v))
+                return EXIT_USAGE;
+            io.seed = v;
+            break;
+        case 'h': return usage_index(stdout, EXIT_OK);
+        default: return usage_index(stderr, EXIT_USAGE);
+        }
+    }
+    if (argc - optind != 3) {
+        fprintf(stderr, "%s: needs MODEL VERSION TENSOR (see 'embcache index --help')\n", prog);
+        return EXIT_USAGE;
+    }
+    io.progress = on_progress;
+    io.progress_arg = &pg;
+    if ((rc = ec_client_connect(socket_path, &c)) ||
+        (rc = ec_index_build(c, argv[optind], argv[optind + 1], argv[optind + 2], &io, &st))) {
+        if (pg.tty)
+            fputc('\n', stderr);
+        ec_client_close(c);
+        return cli_fail(prog, rc, NULL);
+    }
+    ec_client_close(c);
+    cli_human_bytes(st.file_bytes, sz, sizeof(sz));
+    printf("index of %s %s %s: %" PRIu64 " rows of %" PRIu64 ", metric %s, %u lists (%" PRIu64
+           "..%" PRIu64 " rows each), k-means %u iterations on %" PRIu64 " rows (%" PRIu64
+           " empty clusters re-seeded), %s; %.1f s (train %.1f s, assign %.1f s)\n",
+           argv[optind], argv[optind + 1], argv[optind + 2], st.rows, st.dim,
+           ec_metric_name(io.metric), st.nlist, st.min_list, st.max_list, st.iters,
+           st.train_rows, st.reseeded, sz, st.total_s, st.train_s, st.assign_s);
+    return EXIT_OK;
+}
+
+static int index_info(int argc, char **argv, const char *socket_path)
+{
+    const char *prog = "embcache index info";
+    ec_client *c = NULL;
+    ec_tensor *t = NULL;
+    ec_index_info ii;
+    bool json = false;
+    int rc, x;
+
+    if ((x = cli_simple_opts(argc, argv, "usage: embcache index info MODEL VERSION TENSOR "
+                                         "[--json]\n", &json)) >= 0)
+        return x;
+    if (argc - optind != 3) {
+        fprintf(stderr, "%s: needs MODEL VERSION TENSOR\n", prog);
+        return EXIT_USAGE;
+    }
+    if ((rc = ec_client_connect(socket_path, &c)) ||
+        (rc = ec_tensor_resolve(c, argv[optind], argv[optind + 1], argv[optind + 2], &t)) ||
+        (rc = ec_index_info_get(t, &ii))) {
+        x = cli_fail(prog, rc, NULL);
+        goto out;
+    }
+    if (json)
+        printf("{\"metric\": \"%s\", \"nlist\": %u, \"rows\": %" PRIu64 ", \"dim\": %" PRIu64
+               ", \"min_list\": %" PRIu64 ", \"max_list\": %" PRIu64 ", \"file_bytes\": %" PRIu64
+               ", \"train_rows\": %" PRIu64 ", \"iters\": %u, \"built_lsn\": %" PRIu64 "}\n",
+               ec_metric_name(ii.metric), ii.nlist, ii.rows, ii.dim, ii.min_list, ii.max_list,
+               ii.file_bytes, ii.train_rows, ii.iters, ii.built_lsn);
+    else
+        printf("metric %s, %u lists of %" PRIu64 "..%" PRIu64 " rows, %" PRIu64 " rows of %"
+               PRIu64 ", %" PRIu64 " bytes, trained on %" PRIu64 " rows (%u iterations)\n",
+               ec_metric_name(ii.metric), ii.nlist, ii.min_list, ii.max_list, ii.rows, ii.dim,
+               ii.file_bytes, ii.train_rows, ii.iters);
+    x = EXIT_OK;
+out:
+    ec_tensor_release(t);
+    ec_client_close(c);
+    return x;
+}
+
+int cli_index_main(int argc, char **argv, const char *socket_path)
+{
+    if (argc >= 2 && (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")))
+        return usage_index(stdout, EXIT_OK);
+    if (argc < 2 || (strcmp(argv[1], "build") && strcmp(argv[1], "info"))) {
+        fprintf(stderr, "embcache index: needs build or info (see 'embcache index --help')\n");
+        return EXIT_USAGE;
+    }
+    /* The subcommand's options come after its name: argv[1] becomes argv[0]. */
+    optind = 0;
+    return !strcmp(argv[1], "build") ? index_build(argc - 1, argv + 1, socket_path)
+                                     : index_info(argc - 1, argv + 1, socket_path);
 }

@@ -52,7 +52,17 @@ static void usage(FILE *f)
             "  results ls|get|put|purge|create|drop ...    namespaces of cached results\n"
             "                                              ('embcache results --help')\n"
             "  search MODEL TENSOR --query FILE.npy [-k N] [--metric ip|cosine|l2]\n"
-            "         [--version V]                        exact top-k rows per query\n"
+            "         [--version V] [--nprobe N]           top-k rows per query: exact, or\n"
+            "                                              through the tensor's IVF index\n"
+            "  index build MODEL VERSION TENSOR [--nlist N] [--metric ip|cosine|l2]\n"
+            "                                              build a tensor's IVF index\n"
+            "  index info MODEL VERSION TENSOR [--json]    describe a tensor's IVF index\n"
+            "  dynamic MODEL VERSION TENSOR [--capacity N] [--policy refuse|evict-lru]\n"
+            "                                              make a tensor take row updates\n"
+            "  put MODEL VERSION TENSOR --keys K.npy --rows R.npy  insert or update rows\n"
+            "  del MODEL VERSION TENSOR KEY...|--keys K.npy  delete keys\n"
+            "  update MODEL VERSION TENSOR [FILE|-]        apply a stream of updates\n"
+            "  snapshot MODEL VERSION [--as NEW]           fold updates into a new version\n"
             "\n"
             "Every command takes --help. The socket is --socket, else $EMBCACHE_SOCKET,\n"
             "else the daemon's default.\n"
@@ -909,6 +919,8 @@ static int cmd_stats(int argc, char **argv)
     }
     if (rc == 0)
         rc = cli_results_stats(c, x.json);
+    if (rc == 0)
+        rc = cli_dynamic_stats(c, x.json);
     if (x.json)
         printf("\n}\n");
     ec_client_close(c);
@@ -974,6 +986,16 @@ static int cmd_search(int argc, char **argv)
     return cli_search_main(argc, argv, socket_path);
 }
 
+static int cmd_index(int argc, char **argv)
+{
+    return cli_index_main(argc, argv, socket_path);
+}
+
+static int cmd_dynamic(int argc, char **argv)
+{
+    return cli_dynamic_main(argv[0], argc, argv, socket_path);
+}
+
 /* ------------------------------------------------------------------ */
 
 int main(int argc, char **argv)
@@ -990,6 +1012,9 @@ int main(int argc, char **argv)
         {"prewarm", cmd_prewarm}, {"evict", cmd_evict}, {"retire", cmd_retire},
         {"refresh", cmd_refresh}, {"policy", cmd_policy}, {"upgrade", cmd_upgrade},
         {"recover", cmd_recover}, {"results", cmd_results}, {"search", cmd_search},
+        {"index", cmd_index},
+        {"dynamic", cmd_dynamic}, {"put", cmd_dynamic}, {"del", cmd_dynamic},
+        {"update", cmd_dynamic}, {"snapshot", cmd_dynamic},
     };
     int ch;
 
@@ -1006,7 +1031,8 @@ int main(int argc, char **argv)
     if (optind >= argc) {
         fprintf(stderr, "embcache: missing command (import, ls, alias, get, stats, find, "
                         "prewarm, evict, retire, refresh, policy, upgrade, recover, "
-                        "results, search); try 'embcache --help'\n");
+                        "results, search, index, dynamic, put, del, update, snapshot); try "
+                        "'embcache --help'\n");
         return EXIT_USAGE;
     }
     for (size_t i = 0; i < sizeof(cmds) / sizeof(cmds[0]); i++) {
@@ -1026,6 +1052,7 @@ int main(int argc, char **argv)
     }
     fprintf(stderr, "embcache: unknown command '%s' (commands: import, ls, alias, get, "
                     "stats, find, prewarm, evict, retire, refresh, policy, upgrade, "
-                    "recover, results, search)\n", argv[optind]);
+                    "recover, results, search, index, dynamic, put, del, update, snapshot)\n",
+            argv[optind]);
     return EXIT_USAGE;
 }

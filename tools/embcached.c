@@ -67,6 +67,11 @@ static void usage(FILE *f)
             "                         cached by rows cost about 20 bytes of index each);\n"
             "                         0: no item index, every tensor cached by partitions\n"
             "      --result-arena BYTES  memory of each uid's private result namespaces\n"
+            "      --wal-sync MODE       when dynamic tables' updates are made durable:\n"
+            "                            batch (default: fdatasync before each update is\n"
+            "                            acknowledged), interval (every --wal-sync-ms; a\n"
+            "                            machine crash may lose that much), none\n"
+            "      --wal-sync-ms MS      the interval's period (default 100)\n"
             "                         (default 64M; shared namespaces use the budget)\n"
             "      --epoch-hold SECONDS  disconnect a client whose GPU gather holds freed\n"
             "                         memory back longer than this (default 30)\n"
@@ -167,6 +172,8 @@ int main(int argc, char **argv)
         {"pin-lease", required_argument, NULL, 'L'},
         {"item-bytes", required_argument, NULL, 'I'},
         {"result-arena", required_argument, NULL, 'R'},
+        {"wal-sync", required_argument, NULL, 0x101},
+        {"wal-sync-ms", required_argument, NULL, 0x102},
         {"allow-uid", required_argument, NULL, 'U'},
         {"allow-any", no_argument, NULL, 'A'},
         {"drop-segment", no_argument, NULL, 'D'},
@@ -224,6 +231,29 @@ int main(int argc, char **argv)
                 return 2;
             }
             break;
+        case 0x101:
+            if (!strcmp(optarg, "batch"))
+                cfg.wal_sync = 0;
+            else if (!strcmp(optarg, "interval"))
+                cfg.wal_sync = 1;
+            else if (!strcmp(optarg, "none"))
+                cfg.wal_sync = 2;
+            else {
+                fprintf(stderr, "embcached: --wal-sync '%s' must be batch, interval or none\n",
+                        optarg);
+                return 2;
+            }
+            break;
+        case 0x102: {
+            char *end;
+            long v = strtol(optarg, &end, 10);
+            if (*end || end == optarg || v < 1 || v > 60000) {
+                fprintf(stderr, "embcached: --wal-sync-ms '%s' must be 1..60000\n", optarg);
+                return 2;
+            }
+            cfg.wal_sync_ms = (unsigned)v;
+            break;
+        }
         case 'E': {
             char *end;
             long v = strtol(optarg, &end, 10);

@@ -547,6 +547,57 @@ class Client:
         self._call(lambda p: lib.ec_model_evict(p, m, v, byref(freed)))
         return int(freed.value)
 
+    def make_dynamic(self, model: str, version: Union[str, int], tensor: str, *,
+                     capacity: int = 0, policy: str = "refuse") -> None:
+        """Make a tensor of a version a dynamic table (ec_model_dynamic): at
+        most ``capacity`` keys (0: twice its rows); when full, "refuse" new
+        keys or "evict-lru" the least recently written ones."""
+        from . import _dynamic
+        _dynamic.make_dynamic(self, model, version, tensor, capacity, policy)
+
+    def dynamic_tables(self) -> List[Dict[str, Any]]:
+        """Every dynamic table the daemon serves: model, version, tensor,
+        capacity, keys, bytes, policy, lsn, base_lsn and update counts
+        (ec_client_dyn_tables)."""
+        from . import _dynamic
+        return _dynamic.tables(self)
+
+    def snapshot(self, model: str, version: Union[str, int], new_version: int = 0) -> int:
+        """Fold a version's dynamic tables into a new immutable version
+        (ec_model_snapshot); returns its number."""
+        from . import _dynamic
+        return _dynamic.snapshot(self, model, version, new_version)
+
+    def build_index(self, model: str, version: Union[str, int], tensor: str,
+                    nlist: Optional[int] = None, metric: str = "ip", *, iters: int = 0,
+                    train_rows: int = 0, seed: int = 0,
+                    progress: Optional[Callable[[str, int, int], Any]] = None
+                    ) -> Dict[str, Any]:
+        """Build the IVF-Flat index of a 2-D f32/f16/bf16 tensor and store it
+        with the daemon (ec_index_build; needs administrator rights), so that
+        ``Tensor.search(..., nprobe=N)`` scans only the N nearest lists.
+
+        Args:
+            nlist: lists (k-means centroids); None: about 4 sqrt(rows), a power
+                of two.
+            metric: what searches will use: "ip", "cosine" or "l2".
+            iters, train_rows, seed: k-means iterations (0: 10), rows it trains
+                on (0: min(rows, 64 nlist)), seed (0: a fixed default).
+            progress: called as progress(phase, done, total), phase one of
+                "sample", "train", "assign", "write", "send"; a true return
+                value stops the build (InvalidArgumentError).
+
+        Returns:
+            what the build did: rows, dim, nlist, iters, train_rows, reseeded,
+            min_list, max_list, file_bytes, train_s, assign_s, total_s.
+
+        Handles that already searched through an earlier index keep it;
+        ``Tensor.build_index`` refreshes its own handle.
+        """
+        from ._index import build_index
+        return build_index(self, model, version, tensor, nlist, metric, iters=iters,
+                           train_rows=train_rows, seed=seed, progress=progress)
+
     def retire(self, model: str, version: int, force: bool = False) -> None:
         """Retire a version: drop it from memory, the catalog and disk."""
         lib = self._lib
@@ -1054,11 +1105,49 @@ class Tensor:
 
     # -- view --------------------------------------------------------------
 
+    # -- dynamic tables ----------------------------------------------------
+
+    def put(self, keys: Any, rows: Any) -> Dict[str, int]:
+        """Insert or update rows of a dynamic table by int64 key (ec_rows_put).
+
+        ``rows`` has shape ``(len(keys),) + shape[1:]`` in the tensor's
+        dtype. Logged by the daemon before it is acknowledged: when this
+        returns, the update survives a crash of the daemon. Administrators
+        only. Returns the counts: lsn, inserted, updated, evicted.
+
+        Raises:
+            NoSpaceError: the table is full (policy "refuse"): nothing applied.
+            PermissionError, NotFoundError (not a dynamic table),
+            InvalidArgumentError (shapes), EmbcacheIOError (the log).
+        """
+        from . import _dynamic
+        return _dynamic.put(self, keys, rows)
+
+    def delete(self, keys: Any) -> Dict[str, int]:
+        """Delete keys of a dynamic table (ec_rows_delete); absent keys are
+        counted in ``missing``. Logged and acknowledged like ``put``."""
+        from . import _dynamic
+        return _dynamic.delete(self, keys)
+
+    def find(self, keys: Any) -> Tuple[Any, Any]:
+        """Rows of keys of a dynamic table and which were found
+        (ec_rows_find): ``(rows, found)``, rows of absent keys all zero.
+        ``gather`` reads the same rows but raises NotFoundError for an
+        absent key."""
+        from . import _dynamic
+        return _dynamic.find(self, keys)
+
+    def dynamic_info(self) -> Dict[str, int]:
+        """A dynamic table's capacity, keys, lsn and counts (ec_rows_info)."""
+        from . import _dynamic
+        return _dynamic.info(self)
+
     # -- search ------------------------------------------------------------
 
     def search(self, queries: Any, k: int = 10, metric: str = "ip", *,
-               threads: int = 0) -> Tuple[Any, Any]:
-        """The ``k`` best rows for each query, exact (ec_search).
+               threads: int = 0, nprobe: int = 0) -> Tuple[Any, Any]:
+        """The ``k`` best rows for each query, exact (ec_search), or
+        approximate through the tensor's IVF index with ``nprobe`` > 0.
 
         Computed in this process over the shared segment, with no copy of
         the table; partitions not in memory are read in first, and a tensor
@@ -1073,6 +1162,11 @@ class Tensor:
                 Euclidean distance, lowest first).
             threads: threads of the scan and heaps (0: every CPU; OpenBLAS's
                 own threads, OPENBLAS_NUM_THREADS, run the matrix products).
+            nprobe: 0 (exact), or scan only the rows of the ``nprobe`` lists
+                of the tensor's IVF index (``build_index``) whose centroids
+                score best for each query; the rows found have their exact
+                scores, rows in no probed list are missed. The index must
+                have been built for ``metric``.
 
         Returns:
             ``(scores, ids)`` of shape ``(n, k)`` (``(k,)`` for one query),
@@ -1085,11 +1179,32 @@ class Tensor:
                 that is not 2-D, k < 1, an unknown metric, NaN or infinite
                 queries, an all-zero cosine query.
             DTypeError: a tensor that is not f32, f16 or bf16.
+            NotFoundError: ``nprobe`` > 0 and the tensor has no index.
+            InvalidArgumentError: ``nprobe`` > 0 and the index was built for
+                another metric.
             ConnectionError, StaleError, ChecksumError, EmbcacheIOError (as a
             gather's).
         """
         from ._search import search
-        return search(self, queries, k, metric, threads)
+        return search(self, queries, k, metric, threads, nprobe)
+
+    def build_index(self, nlist: Optional[int] = None, metric: str = "ip", **kw: Any
+                    ) -> Dict[str, Any]:
+        """Build this tensor's IVF index (see ``Client.build_index``); this
+        handle searches through the new index from now on."""
+        from ._index import build_index
+        return build_index(self._client, self.model, self.version, self.name, nlist, metric,
+                           tensor_obj=self, **kw)
+
+    def index_info(self) -> Dict[str, Any]:
+        """What this tensor's IVF index holds (ec_index_info_get): metric,
+        nlist, rows, dim, min_list, max_list, file_bytes, train_rows, iters.
+
+        Raises:
+            NotFoundError: the tensor has no index.
+        """
+        from ._index import index_info
+        return index_info(self)
 
     def view(self) -> "View":
         """Pin the whole tensor in shared memory and return a read-only,

@@ -95,6 +95,7 @@ CACHE_MODE_NAMES = {v: k for k, v in CACHE_MODES.items()}
 
 # include/embcache_results.h
 EC_NS_NAME_MAX = 63
+EC_NAME_MAX = 255
 EC_RES_KEY_MAX = 4096
 EC_NS_MAX = 384
 
@@ -342,7 +343,76 @@ class SearchOpts(ctypes.Structure):
     _fields_ = [
         ("flags", c_uint32),
         ("threads", c_uint32),
+        ("nprobe", c_uint32),
     ]
+
+
+# ec_index_progress_fn(phase, done, total, arg)
+IndexProgressFn = CFUNCTYPE(c_int, c_int, c_uint64, c_uint64, c_void_p)
+INDEX_PHASES = {1: "sample", 2: "train", 3: "assign", 4: "write", 5: "send"}
+
+
+class IndexOpts(ctypes.Structure):
+    """ec_index_opts."""
+    _fields_ = [
+        ("flags", c_uint32),
+        ("metric", c_int),
+        ("nlist", c_uint32),
+        ("iters", c_uint32),
+        ("train_rows", c_uint64),
+        ("seed", c_uint64),
+        ("progress", IndexProgressFn),
+        ("progress_arg", c_void_p),
+    ]
+
+
+class IndexBuildStats(ctypes.Structure):
+    """ec_index_build_stats."""
+    _fields_ = [
+        ("rows", c_uint64), ("dim", c_uint64),
+        ("nlist", c_uint32), ("iters", c_uint32),
+        ("train_rows", c_uint64), ("reseeded", c_uint64),
+        ("min_list", c_uint64), ("max_list", c_uint64),
+        ("file_bytes", c_uint64),
+        ("train_s", c_double), ("assign_s", c_double), ("total_s", c_double),
+    ]
+
+
+class IndexInfo(ctypes.Structure):
+    """ec_index_info."""
+    _fields_ = [
+        ("metric", c_int), ("nlist", c_uint32),
+        ("rows", c_uint64), ("dim", c_uint64),
+        ("min_list", c_uint64), ("max_list", c_uint64),
+        ("file_bytes", c_uint64), ("train_rows", c_uint64),
+        ("iters", c_uint32), ("built_lsn", c_uint64),
+    ]
+
+
+class RowsResult(ctypes.Structure):
+    """ec_rows_result."""
+    _fields_ = [(n, c_uint64) for n in ("lsn", "inserted", "updated", "deleted", "missing",
+                                        "evicted")]
+
+
+class DynInfo(ctypes.Structure):
+    """ec_dyn_info."""
+    _fields_ = [("capacity", c_uint64), ("keys", c_uint64), ("policy", c_int),
+                ("lsn", c_uint64), ("puts", c_uint64), ("deletes", c_uint64),
+                ("evictions", c_uint64)]
+
+
+class DynTableStat(ctypes.Structure):
+    """ec_dyn_table_stat."""
+    _fields_ = [("model", ctypes.c_char * (EC_NAME_MAX + 1)), ("version", c_int64),
+                ("tensor", ctypes.c_char * (EC_NAME_MAX + 1)),
+                ("capacity", c_uint64), ("keys", c_uint64), ("row_bytes", c_uint64),
+                ("bytes", c_uint64), ("policy", c_int), ("lsn", c_uint64),
+                ("base_lsn", c_uint64)] + [(n, c_uint64) for n in (
+                    "puts", "inserts", "updates", "deletes", "evictions", "refused")]
+
+
+DynTableCallback = CFUNCTYPE(c_int, POINTER(DynTableStat), c_void_p)
 
 
 # ec_compute_fn(arg, key, key_len, out) and ec_ns_cb(ns, arg)
@@ -421,6 +491,18 @@ SIGNATURES: Dict[str, Tuple[Any, List[Any]]] = {
     "ec_search": (c_int, [_P, c_void_p, c_size_t, c_size_t, c_size_t, c_int,
                           POINTER(SearchOpts), c_void_p, c_void_p]),
     "ec_metric_name": (c_char_p, [c_int]),
+    "ec_index_build": (c_int, [_P, c_char_p, c_char_p, c_char_p, POINTER(IndexOpts),
+                               POINTER(IndexBuildStats)]),
+    "ec_index_info_get": (c_int, [_P, POINTER(IndexInfo)]),
+    # include/embcache_dynamic.h
+    "ec_model_dynamic": (c_int, [_P, c_char_p, c_char_p, c_char_p, c_uint64, c_int]),
+    "ec_rows_put": (c_int, [_P, c_void_p, c_size_t, c_void_p, c_size_t, POINTER(RowsResult)]),
+    "ec_rows_delete": (c_int, [_P, c_void_p, c_size_t, POINTER(RowsResult)]),
+    "ec_rows_find": (c_int, [_P, c_void_p, c_size_t, c_void_p, c_size_t, c_void_p,
+                             POINTER(c_size_t)]),
+    "ec_rows_info": (c_int, [_P, POINTER(DynInfo)]),
+    "ec_model_snapshot": (c_int, [_P, c_char_p, c_char_p, c_int64, POINTER(c_int64)]),
+    "ec_client_dyn_tables": (c_int, [_P, DynTableCallback, c_void_p]),
 }
 
 

@@ -1,5 +1,6 @@
-"""Tensor.search: exact top-k rows of a cached 2-D tensor for a batch of
-queries, through ec_search() (include/embcache_search.h).
+"""Tensor.search: top-k rows of a cached 2-D tensor for a batch of queries,
+exact or through the tensor's IVF index (nprobe > 0), through ec_search()
+(include/embcache_search.h).
 
 The search runs in this process over its read-only mapping of the segment
 (no copy of the table, no round trip to the daemon for resident rows): a
@@ -27,7 +28,7 @@ if TYPE_CHECKING:
 
 
 def search(tensor: "Tensor", queries: Any, k: int, metric: str = "ip",
-           threads: int = 0) -> Tuple[Any, Any]:
+           threads: int = 0, nprobe: int = 0) -> Tuple[Any, Any]:
     """See ``Tensor.search``."""
     tmod = sys.modules.get("torch")
     as_torch = tmod is not None and isinstance(queries, tmod.Tensor)
@@ -49,6 +50,10 @@ def search(tensor: "Tensor", queries: Any, k: int, metric: str = "ip",
             not 0 <= threads < 2**32:
         raise InvalidArgumentError(f"threads must be an int >= 0 (0: every CPU), not "
                                    f"{threads!r}")
+    if isinstance(nprobe, bool) or not isinstance(nprobe, (int, np.integer)) or \
+            not 0 <= nprobe < 2**32:
+        raise InvalidArgumentError(f"nprobe must be an int >= 0 (0: exact search), not "
+                                   f"{nprobe!r}")
     single = q.ndim == 1
     if single:
         q = q.reshape(1, -1)
@@ -61,7 +66,7 @@ def search(tensor: "Tensor", queries: Any, k: int, metric: str = "ip",
     if nq:
         lib = tensor._lib
         fn = lib.need("ec_search")
-        opts = L.SearchOpts(flags=0, threads=int(threads))
+        opts = L.SearchOpts(flags=0, threads=int(threads), nprobe=int(nprobe))
         qp, sp, ip = q.ctypes.data, scores.ctypes.data, ids.ctypes.data
 
         def call(hh: int) -> int:

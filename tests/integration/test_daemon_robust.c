@@ -457,6 +457,56 @@ static int count_cb(const ec_version_info *v, const ec_tensor_listing *t, void *
     return 0;
 }
 
+/* Row updates whose bodies lie about their sizes, or name a tensor that is
+ * not a dynamic table: refused with a message, nothing else changes. */
+static void test_malformed_row_batches(void **state)
+{
+    uint8_t m[1024];
+    ec_wbuf w;
+    int fd;
+
+    (void)state;
+    fd = raw_open();
+    /* n = 1000 rows of 128 bytes announced inline, 16 bytes sent. */
+    ec_msg_begin(&w, m, sizeof(m), EC_OP_ROWS_PUT, 61, 0);
+    ec_put_u32(&w, small_id);
+    ec_put_u32(&w, 1000);
+    ec_put_u64(&w, 128);
+    ec_put_u32(&w, 1);
+    ec_put_u64(&w, 1);
+    ec_put_u64(&w, 2);
+    raw_send(fd, m, ec_msg_end(&w));
+    expect_error(fd, EC_OP_ROWS_PUT, 61, EC_EPROTO, "does not fit");
+    /* More rows than a batch may hold. */
+    ec_msg_begin(&w, m, sizeof(m), EC_OP_ROWS_DEL, 62, 0);
+    ec_put_u32(&w, small_id);
+    ec_put_u32(&w, 0xffffffffu);
+    ec_put_u32(&w, 1);
+    raw_send(fd, m, ec_msg_end(&w));
+    expect_error(fd, EC_OP_ROWS_DEL, 62, EC_EPROTO, "malformed body");
+    /* Out of line with no descriptor. */
+    ec_msg_begin(&w, m, sizeof(m), EC_OP_ROWS_DEL, 63, 0);
+    ec_put_u32(&w, small_id);
+    ec_put_u32(&w, 4);
+    ec_put_u32(&w, 0);
+    raw_send(fd, m, ec_msg_end(&w));
+    expect_error(fd, EC_OP_ROWS_DEL, 63, EC_EPROTO, "one file descriptor");
+    /* A well-formed batch for a tensor that is not dynamic. */
+    ec_msg_begin(&w, m, sizeof(m), EC_OP_ROWS_PUT, 64, 0);
+    ec_put_u32(&w, small_id);
+    ec_put_u32(&w, 1);
+    ec_put_u64(&w, SMALL_DIM * 4);
+    ec_put_u32(&w, 1);
+    ec_put_u64(&w, 5);
+    for (unsigned i = 0; i < SMALL_DIM; i++)
+        ec_put_u32(&w, i);
+    raw_send(fd, m, ec_msg_end(&w));
+    expect_error(fd, EC_OP_ROWS_PUT, 64, EC_ENOENT, "not a dynamic table");
+    expect_stats_ok(fd, 65);
+    close(fd);
+    daemon_still_serves();
+}
+
 static void test_put_str_null_is_empty(void **state)
 {
     pid_t pid;
@@ -569,6 +619,7 @@ int main(void)
         cmocka_unit_test(test_oversized_message),
         cmocka_unit_test(test_malformed_bodies),
         cmocka_unit_test(test_fds_on_wrong_op),
+        cmocka_unit_test(test_malformed_row_batches),
         cmocka_unit_test(test_put_str_null_is_empty),
         cmocka_unit_test(test_toobig_reply_echoes_stale_header),
         cmocka_unit_test(test_oversized_garbage_closes),

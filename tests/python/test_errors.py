@@ -97,7 +97,8 @@ def test_every_code_has_its_class():
 
 def test_bindings_match_the_header_and_the_library():
     header = "".join((REPO / "include" / h).read_text() for h in (
-        "embcache.h", "embcache_results.h", "embcache_search.h"))
+        "embcache.h", "embcache_results.h", "embcache_search.h",
+        "embcache_dynamic.h"))
     declared = set(re.findall(r"EC_API\s+[^;(]*?\b(ec_\w+)\s*\(", header))
     assert declared == set(_lib.SIGNATURES), declared ^ set(_lib.SIGNATURES)
     lib = _lib.lib()

@@ -1,7 +1,8 @@
 """Tensor.search (ec_search) against a numpy reference in float64: every
 metric, the vector scan (few queries) and the BLAS path (16 or more), f32,
 f16 and bf16 tables, a table cached by rows, ties, k beyond the table, torch
-queries, and the errors."""
+queries, and the errors; approximate search through an IVF index
+(Client.build_index, search(nprobe=...)) against exact search."""
 
 import numpy as np
 import pytest
@@ -149,3 +150,94 @@ def test_errors(client, tables):
     # no queries: no results, no call
     s, i = t.search(np.empty((0, dim), np.float32), 4)
     assert s.shape == (0, 4) and i.shape == (0, 4)
+
+
+# ---------------------------------------------------------------------------
+# Approximate search through an IVF index (ec_index_build, nprobe)
+
+def mixture(rng, rows, dim, centres=20, sigma=1.0):
+    c = rng.standard_normal((centres, dim)).astype(np.float32)
+    x = c[rng.integers(0, centres, rows)] + sigma * rng.standard_normal((rows, dim))
+    q = c[rng.integers(0, centres, 50)] + sigma * rng.standard_normal((50, dim))
+    return x.astype(np.float32), q.astype(np.float32)
+
+
+def recall(ids, ref):
+    k = ref.shape[1]
+    return np.mean([len(set(a.tolist()) & set(b.tolist())) / k for a, b in zip(ids, ref)])
+
+
+@pytest.fixture
+def ivf_daemon(make_daemon, tmp_path):
+    x, q = mixture(np.random.default_rng(11), 6000, 32)
+    p = tmp_path / "t.npy"
+    np.save(p, x)
+    d = make_daemon(shm_size="64M").start()
+    d.import_files("m", 1, [p], partition_bytes=65536)
+    return d, x, q
+
+
+@pytest.mark.parametrize("metric", METRICS)
+def test_ivf_recall_against_exact(ivf_daemon, metric):
+    d, x, q = ivf_daemon
+    phases = []
+    with embcache.connect(d.socket) as c:
+        st = c.build_index("m", 1, "t", nlist=64, metric=metric,
+                           progress=lambda ph, done, total: phases.append((ph, done, total)))
+        assert st["nlist"] == 64 and st["rows"] == 6000 and st["dim"] == 32
+        assert st["metric"] == metric and st["iters"] == 10 and st["train_rows"] == 4096
+        assert st["min_list"] <= 6000 / 64 <= st["max_list"] < 6000
+        assert [p for p, done, total in phases if done == total] == \
+            ["sample", "train", "assign", "write", "send"]
+        t = c.tensor("m", "t", version=1)
+        info = t.index_info()
+        assert info["metric"] == metric and info["nlist"] == 64 and info["rows"] == 6000
+        exact_s, exact_i = t.search(q, 10, metric)
+        few = recall(t.search(q, 10, metric, nprobe=1)[1], exact_i)
+        s8, i8 = t.search(q, 10, metric, nprobe=8)
+        r8 = recall(i8, exact_i)
+        assert r8 >= 0.9 and few < r8, (few, r8)
+        # rows found have their exact scores, best first
+        s_all, i_all = t.search(q, 10, metric, nprobe=64)
+        assert (i_all == exact_i).all() and (s_all == exact_s).all()
+        ref, _ = reference(x, q, metric)
+        np.testing.assert_allclose(s8, np.take_along_axis(ref, i8, 1), rtol=1e-4, atol=1e-4)
+        for n in (1, 20):   # the vector scan and matrix products, one query and a batch
+            s, i = t.search(q[:n], 10, metric, nprobe=8, threads=1)
+            assert recall(i, exact_i[:n]) >= 0.8
+            np.testing.assert_allclose(s, np.take_along_axis(ref[:n], i, 1), rtol=1e-4,
+                                       atol=1e-4)
+
+
+def test_ivf_errors_and_refresh(ivf_daemon):
+    d, x, q = ivf_daemon
+    with embcache.connect(d.socket) as c:
+        t = c.tensor("m", "t", version=1)
+        with pytest.raises(embcache.NotFoundError, match="no index: build one with"):
+            t.search(q, 5, nprobe=4)
+        with pytest.raises(embcache.InvalidArgumentError, match="nprobe must be"):
+            t.search(q, 5, nprobe=-1)
+        with pytest.raises(embcache.NotFoundError):
+            t.index_info()
+        with pytest.raises(embcache.InvalidArgumentError, match="stopped by its progress"):
+            c.build_index("m", 1, "t", nlist=32, progress=lambda *a: a[0] == "train")
+        with pytest.raises(ZeroDivisionError):
+            c.build_index("m", 1, "t", nlist=32, progress=lambda *a: 1 / 0)
+        with pytest.raises(embcache.InvalidArgumentError, match="at most one list per row"):
+            c.build_index("m", 1, "t", nlist=7000)
+        with pytest.raises(embcache.InvalidArgumentError, match="unknown metric"):
+            c.build_index("m", 1, "t", metric="hamming")
+        st = t.build_index(nlist=32, metric="ip")
+        assert st["nlist"] == 32
+        t.search(q, 5, "ip", nprobe=4)
+        with pytest.raises(embcache.InvalidArgumentError, match="built for metric ip"):
+            t.search(q, 5, "l2", nprobe=4)
+        # Tensor.build_index gives the handle the new index at once.
+        t.build_index(nlist=16, metric="l2")
+        assert t.index_info()["metric"] == "l2" and t.index_info()["nlist"] == 16
+        s, i = t.search(q, 5, "l2", nprobe=16)
+        es, ei = t.search(q, 5, "l2")
+        assert (i == ei).all()
+        # the CLI: --nprobe, and index info
+        r = d.cli("index", "info", "m", "1", "t", "--json")
+        assert '"metric": "l2", "nlist": 16' in r.stdout

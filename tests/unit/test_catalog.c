@@ -764,10 +764,10 @@ static void test_newer_schema_refused(void **state)
 
     ec_catalog_close(f->cat);
     f->cat = NULL;
-    raw_sql(f->path, "PRAGMA user_version = 5");
+    raw_sql(f->path, "PRAGMA user_version = 6");
     assert_int_equal(ec_catalog_open(f->path, &cat), EC_EVERSION);
-    assert_msg("catalog schema version 5 is newer than this embcached understands (4)");
-    raw_sql(f->path, "PRAGMA user_version = 4");
+    assert_msg("catalog schema version 6 is newer than this embcached understands (5)");
+    raw_sql(f->path, "PRAGMA user_version = 5");
     reopen(f);
 }
 
@@ -783,10 +783,10 @@ static void test_schema_1_upgraded(void **state)
     assert_int_equal(add(f->cat, "m", 1, -1, NULL, two, 2, NULL), 0);
     ec_catalog_close(f->cat);
     f->cat = NULL;
-    raw_sql(f->path, "DROP TABLE namespaces; DROP TABLE tensor_policy; "
+    raw_sql(f->path, "DROP TABLE dynamic; DROP TABLE namespaces; DROP TABLE tensor_policy; "
                      "DROP TABLE model_policy; PRAGMA user_version = 1");
     reopen(f);
-    assert_int_equal(raw_int(f->path, "PRAGMA user_version"), 4);
+    assert_int_equal(raw_int(f->path, "PRAGMA user_version"), 5);
     assert_int_equal(ec_catalog_set_tensor_mode(f->cat, "m", NULL, EC_CACHE_ROWS), 0);
     assert_int_equal(ec_catalog_version_of(f->cat, "m", "1", &v), 0);
     assert_int_equal(v, 1);
@@ -813,7 +813,7 @@ static void test_failed_upgrade_changes_nothing(void **state)
     ec_catalog_close(f->cat);
     f->cat = NULL;
     /* A schema-1 file that already has a table schema 3 would create. */
-    raw_sql(f->path, "DROP TABLE model_policy; PRAGMA user_version = 1");
+    raw_sql(f->path, "DROP TABLE dynamic; DROP TABLE model_policy; PRAGMA user_version = 1");
     assert_int_equal(ec_catalog_open(f->path, &cat), EC_EIO);
     assert_msg("catalog left at schema version 1");
     assert_msg("upgrade schema 2 to 3: table tensor_policy already exists");
@@ -825,7 +825,7 @@ static void test_failed_upgrade_changes_nothing(void **state)
     /* Once the cause is gone, it upgrades. */
     raw_sql(f->path, "DROP TABLE tensor_policy; DROP TABLE namespaces");
     reopen(f);
-    assert_int_equal(raw_int(f->path, "PRAGMA user_version"), 4);
+    assert_int_equal(raw_int(f->path, "PRAGMA user_version"), 5);
     list_all(f->cat, NULL, &l);
     assert_string_equal(l.text, "m:1:-1:{}:;");
 }
@@ -1110,7 +1110,7 @@ static void test_tensor_mode_corrupt_detected(void **state)
  * copy of schema 2's DDL (catalog_fixture.h; not derived from catalog.c,
  * which moves on), with one model, version, alias, tensor and residency
  * policy.
- * Opening it upgrades it to 4 in place and keeps all of that.
+ * Opening it upgrades it to 5 in place and keeps all of that.
  */
 static const char schema2_sql[] =
     CATFX_SCHEMA2_DDL
@@ -1141,7 +1141,7 @@ static void test_schema_2_upgraded(void **state)
     raw_sql(path, schema2_sql);
     if (ec_catalog_open(path, &cat) != 0)
         fail_msg("open schema 2: %s", ec_last_error());
-    assert_int_equal(raw_int(path, "PRAGMA user_version"), 4);
+    assert_int_equal(raw_int(path, "PRAGMA user_version"), 5);
 
     /* Everything it held is still there. */
     list_all(cat, NULL, &l);

@@ -1,0 +1,372 @@
+#!/usr/bin/env python3
+"""Approximate top-k search: embcache's IVF-Flat index (Client.build_index,
+Tensor.search(nprobe=...)) next to FAISS's IndexIVFFlat and next to exact
+embcache search, on the same table, queries, machine and threads.
+
+    /usr/bin/python3 bench/annbench.py [--build DIR] [--rows N] [--dim D]
+        [--centres C] [--sigma S] [-k K] [--metrics ip,cosine,l2]
+        [--nprobe 1,4,16,64] [--nlist N] [--batch B] [--singles S]
+        [--exact-singles E] [--repeats R] [--threads T] [--record FILE]
+
+What it does:
+
+- writes a --rows x --dim f32 table drawn from a Gaussian mixture (--centres
+  centres drawn N(0, 1), each row a centre plus N(0, sigma^2) noise; seed 1)
+  to a .npy chunk by chunk, starts the build's embcached with a segment large
+  enough for it, imports it and removes the .npy. Queries (--batch of them,
+  seed 2) come from the same mixture. (SIFT1M or another public set is not
+  reachable from this machine: the data is synthetic.)
+- runs one worker process with OMP_NUM_THREADS = OPENBLAS_NUM_THREADS = T
+  (FAISS's OpenMP, and the OpenBLAS that both libraries call) and
+  search(threads=T). The worker maps the table read-only through
+  Tensor.view(); FAISS gets its own copy (IndexIVFFlat.add), normalized for
+  cosine.
+- per metric: the ground truth is exact embcache search (checked against
+  numpy by tests/python/test_search.py); embcache builds its index once
+  (build_index, default nlist unless --nlist) and FAISS trains an
+  IndexIVFFlat with the same nlist, the same number of k-means iterations
+  (10) and a training sample of the same size (64 nlist rows, drawn from the
+  same table), then adds every row. For IP and cosine FAISS's quantizer is
+  IndexFlatIP (spherical k-means, METRIC_INNER_PRODUCT), for L2 IndexFlatL2.
+- times, --repeats times, alternating which library goes first: --singles
+  calls of 1 query each (--exact-singles for exact search, which is slow)
+  and one call of --batch queries, for exact embcache and for each --nprobe
+  of both IVF indexes, all single-query runs before the batches, with a
+  0.3 s pause before each run (both libraries' thread pools spin a while
+  after a batch); queries/s per repeat, reported as the median and the
+  range; recall@k against the exact answer.
+
+One JSON object per line on stdout; --record appends a plain-text table with
+the machine, the commit and the command. Run it with Debian's /usr/bin/python3
+(python3-numpy, python3-faiss) and a Release build (default build-hA-rel,
+else --build).
+"""
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+MODEL, TENSOR = "annbench", "emb"
+
+
+def setup_package(build: Path):
+    os.environ.setdefault("EMBCACHE_LIBRARY", str(build / "libembcache.so"))
+    staged = build / "python"
+    sys.path.insert(0, str(staged if (staged / "embcache").is_dir() else REPO / "python"))
+    import embcache
+    return embcache
+
+
+def centres(args):
+    return np.random.default_rng(1).standard_normal((args.centres, args.dim)).astype(np.float32)
+
+
+def draw(rng, c, n, sigma):
+    return (c[rng.integers(0, len(c), n)] +
+            sigma * rng.standard_normal((n, c.shape[1]), dtype=np.float32)).astype(np.float32)
+
+
+def recall(ids, ref):
+    k = ref.shape[1]
+    return float(np.mean([len(set(a[:k].tolist()) & set(b.tolist())) / k
+                          for a, b in zip(ids, ref)]))
+
+
+def unit(a):
+    n = np.linalg.norm(a, axis=1, keepdims=True)
+    return (a / np.where(n > 0, n, 1)).astype(np.float32)
+
+
+# ---------------------------------------------------------------------------
+# The worker
+
+def worker(args):
+    import faiss
+    embcache = setup_package(Path(args.build))
+    T = args.threads
+    faiss.omp_set_num_threads(T)
+    qrng = np.random.default_rng(2)
+    qb = draw(qrng, centres(args), args.batch, args.sigma)
+    qs = qb[:args.singles]
+    qx = qb[:min(args.singles, args.exact_singles)]   # exact is slow: fewer calls
+    k = args.k
+    with embcache.connect(args.socket) as c:
+        t = c.tensor(MODEL, TENSOR, version=1)
+        view = t.view()
+        x = view.numpy()
+        t.search(qs[:1], k, threads=T)                 # faults the table in
+
+        def timed(fn, n, ref, key):
+            t0 = time.perf_counter()
+            ids = fn()
+            dt = time.perf_counter() - t0
+            res.setdefault(key, {"qps": [], "recall": 1.0})
+            res[key]["qps"].append(n / dt)
+            if ref is not None:
+                res[key]["recall"] = min(res[key]["recall"], recall(ids, ref))
+
+        for metric in args.metrics.split(","):
+            res = {}
+            # ground truth: exact embcache
+            ref_b = t.search(qb, k, metric, threads=T)[1]
+            ref_s = ref_b[:len(qs)]
+            # embcache's index
+            t0 = time.perf_counter()
+            st = c.build_index(MODEL, 1, TENSOR, nlist=args.nlist or None, metric=metric)
+            ec_build = time.perf_counter() - t0
+            nlist = st["nlist"]
+            ti = c.tensor(MODEL, TENSOR, version=1)    # a handle that maps the new index
+            # FAISS's, same nlist, iterations and sample size
+            t0 = time.perf_counter()
+            fmetric = faiss.METRIC_L2 if metric == "l2" else faiss.METRIC_INNER_PRODUCT
+            quant = (faiss.IndexFlatL2 if metric == "l2" else faiss.IndexFlatIP)(args.dim)
+            index = faiss.IndexIVFFlat(quant, args.dim, nlist, fmetric)
+            index.cp.niter = 10
+            sample = np.sort(np.random.default_rng(3).choice(
+                args.rows, min(args.rows, 64 * nlist), replace=False))
+            xs = x[sample]
+            if metric == "cosine":
+                xs = unit(xs)
+            index.train(xs)
+            del xs
+            for r0 in range(0, args.rows, 262144):
+                blk = x[r0:r0 + 262144]
+                index.add(unit(blk) if metric == "cosine" else np.ascontiguousarray(blk))
+            fa_build = time.perf_counter() - t0
+            fq_b = unit(qb) if metric == "cosine" else qb
+            fq_s = fq_b[:len(qs)]
+
+            def ec_single(nprobe):
+                qq = qs if nprobe else qx
+
+                def run():
+                    out = np.empty((len(qq), k), np.int64)
+                    for i in range(len(qq)):
+                        out[i] = (ti if nprobe else t).search(qq[i], k, metric, threads=T,
+                                                              nprobe=nprobe)[1]
+                    return out
+                return run
+
+            def fa_single():
+                out = np.empty((len(qs), k), np.int64)
+                for i in range(len(qs)):
+                    out[i] = index.search(fq_s[i:i + 1], k)[1][0]
+                return out
+
+            nprobes = [int(v) for v in args.nprobe.split(",")]
+            for r in range(args.repeats):
+                order = ("embcache", "faiss") if r % 2 == 0 else ("faiss", "embcache")
+                # One query per call first, then batches: both libraries'
+                # pools (OpenBLAS's, OpenMP's) spin a while after a parallel
+                # batch, on CPUs a single-query run would want. A pause
+                # before each timed run lets them sleep.
+                for per_call in (1, args.batch):
+                    time.sleep(0.3)
+                    if per_call == 1:   # exact embcache: the baseline of the speed-ups
+                        timed(ec_single(0), len(qx), ref_s[:len(qx)], ("exact", 0, 1))
+                    else:
+                        timed(lambda: t.search(qb, k, metric, threads=T)[1], len(qb), ref_b,
+                              ("exact", 0, args.batch))
+                    for nprobe in nprobes:
+                        index.nprobe = nprobe
+                        for lib in order:
+                            time.sleep(0.3)
+                            if lib == "embcache" and per_call == 1:
+                                timed(ec_single(nprobe), len(qs), ref_s, (lib, nprobe, 1))
+                            elif lib == "embcache":
+                                timed(lambda: ti.search(qb, k, metric, threads=T,
+                                                        nprobe=nprobe)[1],
+                                      len(qb), ref_b, (lib, nprobe, args.batch))
+                            elif per_call == 1:
+                                timed(fa_single, len(qs), ref_s, (lib, nprobe, 1))
+                            else:
+                                timed(lambda: index.search(fq_b, k)[1], len(qb), ref_b,
+                                      (lib, nprobe, args.batch))
+            for (lib, nprobe, per_call), d in res.items():
+                v = d["qps"]
+                print(json.dumps({
+                    "lib": lib, "metric": metric, "nprobe": nprobe, "nlist": nlist,
+                    "queries_per_call": per_call, "threads": T, "rows": args.rows,
+                    "dim": args.dim, "k": k, "repeats": args.repeats,
+                    "calls_per_repeat": (len(qx) if lib == "exact" else len(qs))
+                    if per_call == 1 else 1,
+                    "qps_median": float(np.median(v)), "qps_min": float(min(v)),
+                    "qps_max": float(max(v)), "recall": d["recall"],
+                    "build_s": ec_build if lib == "embcache" else
+                    fa_build if lib == "faiss" else 0.0,
+                    "list_rows": [st["min_list"], st["max_list"]] if lib == "embcache"
+                    else None,
+                }), flush=True)
+            ti.release()
+            del index
+        view.release()
+
+
+# ---------------------------------------------------------------------------
+# The parent: table, daemon, worker, record
+
+def write_table(path: Path, args):
+    c = centres(args)
+    rng = np.random.default_rng(11)
+    a = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32,
+                                  shape=(args.rows, args.dim))
+    for r0 in range(0, args.rows, 65536):
+        n = min(65536, args.rows - r0)
+        a[r0:r0 + n] = draw(rng, c, n, args.sigma)
+    a.flush()
+    del a
+
+
+def machine():
+    model = "?"
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"nproc": os.cpu_count(), "cpu": model, "kernel": platform.release()}
+
+
+def commit():
+    try:
+        h = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"],
+                           capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain"],
+                               capture_output=True, text=True).stdout.strip()
+        return h + (" + uncommitted tree (the IVF index is not committed yet)" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "?"
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--build", default=str(REPO / "build-hA-rel"))
+    ap.add_argument("--rows", type=int, default=1_000_000)
+    ap.add_argument("--dim", type=int, default=128)
+    ap.add_argument("--centres", type=int, default=1000)
+    ap.add_argument("--sigma", type=float, default=1.0)
+    ap.add_argument("-k", type=int, default=10)
+    ap.add_argument("--metrics", default="ip,cosine,l2")
+    ap.add_argument("--nprobe", default="1,4,16,64")
+    ap.add_argument("--nlist", type=int, default=0)
+    ap.add_argument("--batch", type=int, default=1024)
+    ap.add_argument("--singles", type=int, default=200)
+    ap.add_argument("--exact-singles", type=int, default=50)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--record")
+    ap.add_argument("--socket", help=argparse.SUPPRESS)
+    ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.worker:
+        return worker(args)
+
+    build = Path(args.build)
+    if not (build / "embcached").exists():
+        sys.exit(f"annbench: {build}/embcached not found: build Release there "
+                 f"(cmake -DCMAKE_BUILD_TYPE=Release) or pass --build")
+    embcache = setup_package(build)
+    tmp = Path(tempfile.mkdtemp(prefix="ecann-", dir="/tmp"))
+    daemon = None
+    lines = []
+    t_start = time.time()
+    load0 = os.getloadavg()[0]
+    try:
+        src = tmp / f"{TENSOR}.npy"
+        write_table(src, args)
+        need = args.rows * args.dim * 4
+        shm_mb = max(256, (need * 5 // 4 + (1 << 20) - 1) >> 20)
+        sock = str(tmp / "s.sock")
+        log = open(tmp / "embcached.log", "wb")
+        daemon = subprocess.Popen([str(build / "embcached"), "--data-dir", str(tmp / "data"),
+                                   "--socket", sock, "--shm-size", f"{shm_mb}M"],
+                                  stdout=log, stderr=log)
+        for _ in range(2000):
+            try:
+                embcache.connect(sock, reconnect=False).close()
+                break
+            except embcache.EmbcacheError:
+                time.sleep(0.01)
+        with embcache.connect(sock) as c:
+            c.import_model(MODEL, 1, [src], partition_bytes=1 << 20)
+        src.unlink()
+        env = dict(os.environ, OMP_NUM_THREADS=str(args.threads),
+                   OPENBLAS_NUM_THREADS=str(args.threads))
+        cmd = [sys.executable, __file__, "--worker", "--socket", sock] + sys.argv[1:]
+        out = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        sys.stderr.write(out.stderr)
+        if out.returncode:
+            sys.exit(f"annbench: worker exited {out.returncode}")
+        for line in out.stdout.splitlines():
+            print(line, flush=True)
+            lines.append(json.loads(line))
+    finally:
+        if daemon is not None:
+            daemon.send_signal(signal.SIGTERM)
+            try:
+                daemon.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                daemon.kill()
+        shutil.rmtree(tmp, ignore_errors=True)
+    if args.record:
+        record(args, lines, time.time() - t_start, shm_mb, (load0, os.getloadavg()[0]))
+
+
+def record(args, lines, wall, shm_mb, load):
+    import faiss
+    m = machine()
+    with open(args.record, "a") as f:
+        f.write(f"# annbench: IVF-Flat top-{args.k}, embcache vs FAISS IndexIVFFlat vs exact "
+                f"embcache, {args.rows} x {args.dim} f32, {time.strftime('%Y-%m-%d %H:%M')}\n")
+        f.write(f"machine: 2 vCPU VM (nproc {m['nproc']}), CPU {m['cpu']}, kernel "
+                f"{m['kernel']}\n")
+        f.write(f"commit: {commit()}\n")
+        f.write(f"command: /usr/bin/python3 {' '.join(sys.argv)}\n")
+        f.write(f"faiss {faiss.__version__}, numpy {np.__version__}, python "
+                f"{platform.python_version()}; threads: OMP_NUM_THREADS = "
+                f"OPENBLAS_NUM_THREADS = search(threads=) = {args.threads}; wall "
+                f"{wall:.0f} s; embcached --shm-size {shm_mb}M; load average (1 min) "
+                f"{load[0]:.2f} at the start, {load[1]:.2f} at the end (a shared machine)\n")
+        f.write(f"data: Gaussian mixture, {args.centres} centres N(0,1), sigma {args.sigma}, "
+                f"seed 1/11; {args.batch} queries from the same mixture (seed 2); synthetic: "
+                f"SIFT1M is not reachable offline\n")
+        f.write(f"repeats {args.repeats}; 1 query/call: {args.singles} calls per repeat "
+                f"({min(args.singles, args.exact_singles)} for exact); "
+                f"recall@{args.k} against exact embcache search (the least over repeats)\n")
+        for metric in args.metrics.split(","):
+            ml = [d for d in lines if d["metric"] == metric]
+            if not ml:
+                continue
+            ex = {d["queries_per_call"]: d for d in ml if d["lib"] == "exact"}
+            e = next(d for d in ml if d["lib"] == "embcache")
+            fa = next(d for d in ml if d["lib"] == "faiss")
+            f.write(f"\n## metric {metric}: nlist {e['nlist']} (list rows {e['list_rows'][0]}"
+                    f"..{e['list_rows'][1]}); build: embcache {e['build_s']:.1f} s, FAISS "
+                    f"train+add {fa['build_s']:.1f} s\n")
+            f.write(f"{'q/call':>6} {'lib':>8} {'nprobe':>6} {'q/s median':>11} "
+                    f"{'range':>21} {'recall':>7} {'vs exact':>8}\n")
+            for d in sorted(ml, key=lambda d: (d["queries_per_call"], d["nprobe"],
+                                               d["lib"] != "exact", d["lib"])):
+                base = ex.get(d["queries_per_call"])
+                ratio = d["qps_median"] / base["qps_median"] if base else float("nan")
+                f.write(f"{d['queries_per_call']:>6} {d['lib']:>8} {d['nprobe'] or '-':>6} "
+                        f"{d['qps_median']:>11.1f} {d['qps_min']:>10.1f}-{d['qps_max']:<10.1f} "
+                        f"{d['recall']:>7.4f} {ratio:>7.1f}x\n")
+        f.write("\n")
+
+
+if __name__ == "__main__":
+    main()

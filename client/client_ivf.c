@@ -1,0 +1,569 @@
+/*
+ * client_ivf.c - approximate top-k through a tensor's IVF-Flat index:
+ * ec_search() with opts.nprobe > 0 (include/embcache_search.h), and
+ * ec_index_info_get().
+ *
+ * Called by ec_search (client_search.c) on the caller's thread, which
+ * starts up to opts.threads - 1 more and joins them before it returns.
+ * Never writes the segment or the index; takes the client's lock only for
+ * the INDEX_OPEN request and inside the gathers of the final scoring.
+ *
+ * The index. The first approximate search of a handle asks the daemon for
+ * the index file (INDEX_OPEN: a read-only descriptor; the daemon checked the
+ * file's checksums when it stored it, and clients cannot write it), maps it
+ * PROT_READ and checks its structure (common/ivffile.h: sections in bounds,
+ * list offsets, every id in range and once) and that it is the index of
+ * this very tensor (id, rows, dim). The mapping is published on the handle
+ * with a compare-and-swap: threads that raced map it too and drop theirs.
+ * It stays until the handle is released (cl_ivf_release).
+ *
+ * A search, for chunks of at most QCHUNK queries:
+ *   1. coarse: every query against the nlist centroids (the vectorized
+ *      kernel below EC_SEARCH_GEMM_MIN queries, cblas_sgemm from there),
+ *      keys as exact search's (IP and cosine: q.c; L2: 2 q.c - |c|^2); the
+ *      nprobe best lists per query are kept;
+ *   2. inverted: for each list, the queries that probe it;
+ *   3. fine: threads claim lists; each list's rows are scored against the
+ *      queries that probe it (few: the vectorized kernel, each row read
+ *      once for all of them; EC_SEARCH_GEMM_MIN or more: cblas_sgemm) into
+ *      heaps of the thread's own, k + slack per query, merged at the end;
+ *   4. the answer: each query's candidates are gathered from the tensor and
+ *      scored again in double precision (cl_search_finish), exactly as exact
+ *      search answers, so a row found has the score exact search gives it.
+ * Invariants: a list is scanned by one thread per chunk; a row is offered to
+ * a query's heap at most once per chunk (it is in one list, and a query
+ * probes a list once); every id offered came from the checked ids section.
+ */
+#include <cblas.h>
+#include <math.h>
+
+#include "client/client_impl.h"
+#include "client/search_impl.h"
+#include "common/ivffile.h"
+
+/* Queries per chunk (bounds the heaps, the probes and the score buffers). */
+#define QCHUNK 8192
+/* Floats of a score buffer (coarse and fine), at most: 16 MiB. */
+#define SCORE_FLOATS ((size_t)4 << 20)
+
+struct cl_ivf {
+    void *map;
+    size_t size;
+    ec_ivf_view v;
+    float *cnorms;              /* nlist: |c|^2 of each centroid */
+    uint64_t min_list, max_list;
+};
+
+void cl_ivf_release(struct cl_ivf *x)
+{
+    if (!x)
+        return;
+    munmap(x->map, x->size);
+    free(x->cnorms);
+    free(x);
+}
+
+/* ------------------------------------------------------------------ */
+/* The index of a handle                                               */
+
+/* INDEX_OPEN: the descriptor of t's index. */
+static int index_open_fd(ec_tensor *t, int *out)
+{
+    ec_client *c = t->c;
+    char version[32];
+    int fds[1], nfds = 0, rc;
+    ec_rbuf body;
+    ec_wbuf w;
+    uint32_t id;
+    uint64_t size;
+
+    snprintf(version, sizeof(version), "%lld", (long long)t->t.version);
+    pthread_mutex_lock(&c->lock);
+    id = cl_begin(c, &w, EC_OP_INDEX_OPEN);
+    ec_put_str(&w, t->t.model);
+    ec_put_str(&w, version);
+    ec_put_str(&w, t->t.name);
+    rc = cl_rpc(c, &w, id, NULL, 0, &body, fds, &nfds, 1);
+    if (rc == 0) {
+        size = ec_get_u64(&body);
+        if (!ec_rbuf_done(&body) || nfds != 1 || size < EC_IVF_HEADER_SIZE)
+            rc = ec_seterr(EC_EPROTO, "malformed INDEX_OPEN reply (%d descriptors)", nfds);
+    }
+    pthread_mutex_unlock(&c->lock);
+    if (rc) {
+        for (int i = 0; i < nfds; i++)
+            close(fds[i]);
+        return rc;
+    }
+    *out = fds[0];
+    return 0;
+}
+
+static int ivf_map(ec_tensor *t, struct cl_ivf **out)
+{
+    struct cl_ivf *x = calloc(1, sizeof(*x));
+    struct stat st;
+    int fd = -1, rc;
+
+    if (!x)
+        return ec_seterr(EC_ENOMEM, "index of tensor '%s'", t->t.name);
+    x->map = MAP_FAILED;
+    if ((rc = index_open_fd(t, &fd)))
+        goto fail;
+    if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode) || st.st_size < EC_IVF_HEADER_SIZE) {
+        rc = ec_seterr(EC_EFORMAT, "the index of tensor '%s' of model '%s' is not a regular "
+                                   "file of at least a header", t->t.name, t->t.model);
+        goto fail;
+    }
+    x->size = (size_t)st.st_size;
+    x->map = mmap(NULL, x->size, PROT_READ, MAP_SHARED, fd, 0);
+    if (x->map == MAP_FAILED) {
+        rc = ec_seterr_errno(EC_EIO, errno, "cannot map the %zu-byte index of tensor '%s'",
+                             x->size, t->t.name);
+        goto fail;
+    }
+    close(fd);
+    fd = -1;
+    if ((rc = ec_ivf_check(x->map, x->size, false, &x->v))) {
+        ec_adderr(rc, "tensor '%s' of model '%s' version %lld", t->t.name, t->t.model,
+                  (long long)t->t.version);
+        goto fail;
+    }
+    if (x->v.h->tensor_id != t->t.id || x->v.rows != t->t.rows || x->v.dim != t->t.shape[1] ||
+        x->v.h->version != t->t.version || strcmp(x->v.h->model, t->t.model) ||
+        strcmp(x->v.h->tensor, t->t.name)) {
+        rc = ec_seterr(EC_EFORMAT, "the index the daemon holds for tensor '%s' of model '%s' "
+                                   "version %lld is of another tensor ('%s' of '%s' version "
+                                   "%lld, %llu x %llu): build it again", t->t.name,
+                       t->t.model, (long long)t->t.version, x->v.h->tensor, x->v.h->model,
+                       (long long)x->v.h->version, (unsigned long long)x->v.rows,
+                       (unsigned long long)x->v.dim);
+        goto fail;
+    }
+    if (!(x->cnorms = malloc(x->v.nlist * sizeof(float)))) {
+        rc = ec_seterr(EC_ENOMEM, "norms of %u centroids", x->v.nlist);
+        goto fail;
+    }
+    cl_search_dots(NULL, 0, x->v.centroids, x->v.nlist, (size_t)x->v.dim, NULL, 0, x->cnorms);
+    x->min_list = UINT64_MAX;
+    for (uint32_t l = 0; l < x->v.nlist; l++) {
+        uint64_t n = x->v.offsets[l + 1] - x->v.offsets[l];
+        x->min_list = n < x->min_list ? n : x->min_list;
+        x->max_list = n > x->max_list ? n : x->max_list;
+    }
+    *out = x;
+    return 0;
+fail:
+    if (fd >= 0)
+        close(fd);
+    if (x->map != MAP_FAILED)
+        munmap(x->map, x->size);
+    free(x->cnorms);
+    free(x);
+    return rc;
+}
+
+/* t's index, mapped by this call or an earlier one. */
+static int ivf_get(ec_tensor *t, struct cl_ivf **out)
+{
+    struct cl_ivf *x = atomic_load_explicit(&t->ivf, memory_order_acquire), *none = NULL;
+    int rc;
+
+    if (!x) {
+        if ((rc = ivf_map(t, &x)))
+            return rc;
+        if (!atomic_compare_exchange_strong_explicit(&t->ivf, &none, x, memory_order_acq_rel,
+                                                     memory_order_acquire)) {
+            cl_ivf_release(x); /* another thread published one first */
+            x = none;
+        }
+    }
+    *out = x;
+    return 0;
+}
+
+int ec_index_info_get(ec_tensor *t, ec_index_info *out)
+{
+    struct cl_ivf *x;
+    int rc;
+
+    if (!t || !out)
+        return ec_seterr(EC_EINVAL, "ec_index_info_get: NULL argument");
+    if ((rc = cl_stale(t->c)) || (rc = ivf_get(t, &x)))
+        return rc;
+    memset(out, 0, sizeof(*out));
+    out->metric = x->v.metric;
+    out->nlist = x->v.nlist;
+    out->rows = x->v.rows;
+    out->dim = x->v.dim;
+    out->min_list = x->min_list;
+    out->max_list = x->max_list;
+    out->file_bytes = x->size;
+    out->train_rows = x->v.h->train_rows;
+    out->iters = x->v.h->iters;
+    out->built_lsn = x->v.h->built_lsn;
+    return 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* A search                                                            */
+
+struct ivs;
+
+struct iworker {
+    struct ivs *s;
+    unsigned idx;
+    pthread_t th;
+    struct hent *heap;          /* n * kp: this thread's heaps */
+    uint32_t *hn;
+    float *thr;
+    float *Qb;                  /* the queries of one list, packed */
+    float *C;                   /* scores of a sub-block */
+};
+
+struct ivs {
+    const struct cl_ivf *x;
+    ec_metric metric;
+    size_t dim, kp;
+    const float *q;             /* this chunk's queries as scored */
+    size_t n;                   /* queries in the chunk */
+    uint32_t nprobe;
+    uint32_t *probe;            /* n * nprobe lists */
+    uint32_t *qstart;           /* nlist + 1: list l's queries are qlist[qstart[l]..) */
+    uint32_t *qlist;            /* n * nprobe query numbers (of the chunk) */
+    uint32_t *active;           /* lists probed by some query */
+    uint32_t nactive;
+    _Atomic uint32_t next;      /* the next entry of active to claim */
+    unsigned nthreads;
+    size_t cfloats;             /* floats of a thread's score buffer */
+    struct iworker *w;
+};
+
+/* The nprobe best lists of each query of the chunk into s->probe. */
+static int coarse(struct ivs *s)
+{
+    const ec_ivf_view *v = &s->x->v;
+    size_t nl = v->nlist, step = SCORE_FLOATS / nl ? SCORE_FLOATS / nl : 1;
+    float *C = malloc((step < s->n ? step : s->n) * nl * sizeof(float));
+    struct hent *h = malloc(s->nprobe * sizeof(*h));
+
+    if (!C || !h) {
+        free(C);
+        free(h);
+        return ec_seterr(EC_ENOMEM, "scores of %zu queries against %zu centroids", s->n, nl);
+    }
+    for (size_t q0 = 0; q0 < s->n; q0 += step) {
+        size_t m = s->n - q0 < step ? s->n - q0 : step;
+        if (m < EC_SEARCH_GEMM_MIN)
+            cl_search_dots(s->q + q0 * s->dim, m, v->centroids, nl, s->dim, C, nl, NULL);
+        else
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)m, (int)nl, (int)s->dim,
+                        1.0f, s->q + q0 * s->dim, (int)s->dim, v->centroids, (int)s->dim,
+                        0.0f, C, (int)nl);
+        for (size_t i = 0; i < m; i++) {
+            const float *c = C + i * nl;
+            uint32_t hn = 0;
+            float thr = -INFINITY;
+            for (size_t l = 0; l < nl; l++) {
+                float key = s->metric == EC_METRIC_L2 ? 2.0f * c[l] - s->x->cnorms[l] : c[l];
+                if (key != key)
+                    key = -INFINITY;
+                if (hn < s->nprobe || key > thr)
+                    cl_search_heap_offer(h, &hn, s->nprobe, &thr, key, (int64_t)l);
+            }
+            for (uint32_t j = 0; j < s->nprobe; j++)
+                s->probe[(q0 + i) * s->nprobe + j] = (uint32_t)h[j].id;
+        }
+    }
+    free(h);
+    free(C);
+    return 0;
+}
+
+/* The queries of each list (a counting sort of the probes: queries in
+ * increasing order within a list), and the lists probed at all. */
+static int invert(struct ivs *s)
+{
+    uint32_t nl = s->x->v.nlist;
+    uint32_t *cur = malloc(nl * sizeof(uint32_t));
+
+    if (!cur)
+        return ec_seterr(EC_ENOMEM, "cursors of %u lists", nl);
+    memset(s->qstart, 0, (nl + 1) * sizeof(uint32_t));
+    for (size_t i = 0; i < s->n * s->nprobe; i++)
+        s->qstart[s->probe[i] + 1]++;
+    s->nactive = 0;
+    for (uint32_t l = 0; l < nl; l++) {
+        if (s->qstart[l + 1] && s->x->v.offsets[l + 1] > s->x->v.offsets[l])
+            s->active[s->nactive++] = l;
+        s->qstart[l + 1] += s->qstart[l];
+    }
+    memcpy(cur, s->qstart, nl * sizeof(uint32_t));
+    for (size_t q = 0; q < s->n; q++)
+        for (uint32_t j = 0; j < s->nprobe; j++)
+            s->qlist[cur[s->probe[q * s->nprobe + j]]++] = (uint32_t)q;
+    free(cur);
+    return 0;
+}
+
+/* Offer the scores C[i * m + r] of rows [r0, r0 + m) of list l to the heaps
+ * of the list's queries qs[0..nql). */
+static void commit(struct ivs *s, struct iworker *w, const float *C, size_t m, uint64_t base,
+                   const uint32_t *qs, size_t nql)
+{
+    const int64_t *ids = s->x->v.ids + base;
+    const float *norms = s->x->v.norms + base;
+    bool l2 = s->metric == EC_METRIC_L2;
+    float kb[16];
+
+    for (size_t i = 0; i < nql; i++) {
+        uint32_t q = qs[i];
+        struct hent *h = w->heap + q * s->kp;
+        const float *c = C + i * m;
+        float t = w->thr[q];
+
+        for (size_t r0 = 0; r0 < m; r0 += 16) {
+            size_t n = m - r0 < 16 ? m - r0 : 16;
+            float mx = -INFINITY;
+            for (size_t j = 0; j < n; j++) {
+                float key = l2 ? 2.0f * c[r0 + j] - norms[r0 + j] : c[r0 + j];
+                kb[j] = key == key ? key : -INFINITY;
+                mx = kb[j] > mx ? kb[j] : mx;
+            }
+            /* A heap that is not full (threshold -INFINITY) takes anything. */
+            if (mx < t)
+                continue;
+            for (size_t j = 0; j < n; j++) {
+                if (kb[j] < t)
+                    continue;
+                cl_search_heap_offer(h, &w->hn[q], s->kp, &w->thr[q], kb[j], ids[r0 + j]);
+                t = w->thr[q];
+            }
+        }
+    }
+}
+
+/* The rows of a sub-block of a list probed by nql queries: as many as fit
+ * SCORE_FLOATS scores, at least 64. */
+static size_t sub_rows(size_t nql)
+{
+    return SCORE_FLOATS / nql > 64 ? SCORE_FLOATS / nql : 64;
+}
+
+/* Score every row of list l against the queries that probe it. */
+static void scan_list(struct ivs *s, struct iworker *w, uint32_t l)
+{
+    const ec_ivf_view *v = &s->x->v;
+    uint64_t base = v->offsets[l], m = v->offsets[l + 1] - base;
+    const uint32_t *qs = s->qlist + s->qstart[l];
+    size_t nql = s->qstart[l + 1] - s->qstart[l];
+    size_t sub = sub_rows(nql);
+
+    for (size_t i = 0; i < nql; i++)
+        memcpy(w->Qb + i * s->dim, s->q + (size_t)qs[i] * s->dim, s->dim * sizeof(float));
+    for (uint64_t r0 = 0; r0 < m; r0 += sub) {
+        size_t mm = (size_t)(m - r0 < sub ? m - r0 : sub);
+        const float *X = v->vectors + (base + r0) * s->dim;
+        if (nql < EC_SEARCH_GEMM_MIN)
+            cl_search_dots(w->Qb, nql, X, mm, s->dim, w->C, mm, NULL);
+        else
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)nql, (int)mm,
+                        (int)s->dim, 1.0f, w->Qb, (int)s->dim, X, (int)s->dim, 0.0f, w->C,
+                        (int)mm);
+        commit(s, w, w->C, mm, base + r0, qs, nql);
+    }
+}
+
+static void *scan_worker(void *arg)
+{
+    struct iworker *w = arg;
+    struct ivs *s = w->s;
+
+    for (;;) {
+        uint32_t i = atomic_fetch_add_explicit(&s->next, 1, memory_order_relaxed);
+        if (i >= s->nactive)
+            break;
+        scan_list(s, w, s->active[i]);
+    }
+    return NULL;
+}
+
+static int iworker_alloc(struct ivs *s, struct iworker *w)
+{
+    w->s = s;
+    w->heap = malloc(s->n * s->kp * sizeof(*w->heap));
+    w->hn = calloc(s->n, sizeof(*w->hn));
+    w->thr = malloc(s->n * sizeof(*w->thr));
+    w->Qb = malloc(s->n * s->dim * sizeof(float));
+    w->C = malloc(s->cfloats * sizeof(float));
+    if (!w->heap || !w->hn || !w->thr || !w->Qb || !w->C)
+        return ec_seterr(EC_ENOMEM, "approximate search scratch of thread %u (%zu queries, "
+                                    "%zu candidates each)", w->idx, s->n, s->kp);
+    for (size_t q = 0; q < s->n; q++)
+        w->thr[q] = -INFINITY;
+    return 0;
+}
+
+static void iworker_free(struct iworker *w)
+{
+    free(w->heap);
+    free(w->hn);
+    free(w->thr);
+    free(w->Qb);
+    free(w->C);
+}
+
+/* Threads for this chunk: what was asked (0: the CPUs), no more than the
+ * lists to scan, and 1 when the scan is small. Sets s->cfloats, the score
+ * buffer the largest sub-block needs (a search of a few short lists does
+ * not allocate SCORE_FLOATS). */
+static unsigned chunk_threads(struct ivs *s, uint32_t asked)
+{
+    const ec_ivf_view *v = &s->x->v;
+    double work = 0;
+    unsigned n = asked ? asked : cl_cpus();
+
+    s->cfloats = 1;
+    for (uint32_t i = 0; i < s->nactive; i++) {
+        uint32_t l = s->active[i];
+        size_t m = (size_t)(v->offsets[l + 1] - v->offsets[l]);
+        size_t nql = s->qstart[l + 1] - s->qstart[l], sub = sub_rows(nql);
+        work += (double)m * (double)nql;
+        if (nql * (m < sub ? m : sub) > s->cfloats)
+            s->cfloats = nql * (m < sub ? m : sub);
+    }
+    work *= (double)s->dim;
+    if (n > 256)
+        n = 256;
+    if (n > s->nactive)
+        n = s->nactive;
+    if (work < 4e6)
+        n = 1;
+    return n ? n : 1;
+}
+
+/* Queries [0, s->n) of the chunk (s->q), answers at scores/ids. */
+static int search_chunk(struct ivs *s, ec_tensor *t, const float *raw_q, uint32_t threads,
+                        size_t k, float *scores, int64_t *ids)
+{
+    struct iworker *w0;
+    struct cl_finish f = {0};
+    unsigned started = 0;
+    int rc;
+
+    if ((rc = coarse(s)) || (rc = invert(s)))
+        return rc;
+    s->nthreads = chunk_threads(s, threads);
+    atomic_store_explicit(&s->next, 0, memory_order_relaxed);
+    if (!(s->w = calloc(s->nthreads, sizeof(*s->w))))
+        return ec_seterr(EC_ENOMEM, "approximate search: %u threads", s->nthreads);
+    for (unsigned i = 0; i < s->nthreads; i++) {
+        s->w[i].idx = i;
+        if ((rc = iworker_alloc(s, &s->w[i])))
+            goto out;
+    }
+    for (unsigned i = 1; i < s->nthreads; i++) {
+        if (pthread_create(&s->w[i].th, NULL, scan_worker, &s->w[i]))
+            break; /* the others take its share */
+        started++;
+    }
+    scan_worker(&s->w[0]);
+    for (unsigned i = 1; i <= started; i++)
+        pthread_join(s->w[i].th, NULL);
+    /* Merge into thread 0's heaps. A thread that did not start has none. */
+    w0 = &s->w[0];
+    for (unsigned i = 1; i <= started; i++)
+        for (size_t q = 0; q < s->n; q++)
+            for (uint32_t j = 0; j < s->w[i].hn[q]; j++)
+                cl_search_heap_offer(w0->heap + q * s->kp, &w0->hn[q], s->kp, &w0->thr[q],
+                                     s->w[i].heap[q * s->kp + j].key,
+                                     s->w[i].heap[q * s->kp + j].id);
+    f.t = t;
+    f.metric = s->metric;
+    f.dtype = (ec_dtype)t->t.dtype;
+    f.dim = s->dim;
+    f.k = k;
+    f.rpp = s->kp;
+    f.ids = malloc(s->kp * sizeof(int64_t));
+    f.buf = malloc(s->kp * s->dim * sizeof(float));
+    f.raw = malloc(s->kp * t->t.row_bytes + 1);
+    f.cd = malloc(s->kp * sizeof(struct cand));
+    if (!f.ids || !f.buf || !f.raw || !f.cd) {
+        rc = ec_seterr(EC_ENOMEM, "approximate search: %zu candidates", s->kp);
+        goto out;
+    }
+    for (size_t q = 0; q < s->n && rc == 0; q++)
+        rc = cl_search_finish(&f, raw_q + q * s->dim, w0->heap + q * s->kp, w0->hn[q],
+                              scores + q * k, ids + q * k);
+out:
+    free(f.ids);
+    free(f.buf);
+    free(f.raw);
+    free(f.cd);
+    for (unsigned i = 0; i < s->nthreads; i++)
+        iworker_free(&s->w[i]);
+    free(s->w);
+    s->w = NULL;
+    return rc;
+}
+
+int cl_ivf_search(ec_tensor *t, const float *queries, size_t nq, size_t dim, size_t k,
+                  ec_metric metric, const ec_search_opts *opts, float *scores, int64_t *ids)
+{
+    struct ivs s = {0};
+    struct cl_ivf *x;
+    size_t chunk = nq < QCHUNK ? nq : QCHUNK, slack = k / 4 < 8 ? 8 : k / 4 > 64 ? 64 : k / 4;
+    float *qs = NULL;
+    int rc;
+
+    if ((rc = ivf_get(t, &x)))
+        return rc;
+    if (x->v.metric != metric)
+        return ec_seterr(EC_EINVAL, "the index of tensor '%s' of model '%s' version %lld was "
+                                    "built for metric %s, and this search asks for %s: search "
+                                    "with metric %s, or build the index again with --metric "
+                                    "%s", t->t.name, t->t.model, (long long)t->t.version,
+                         ec_metric_name(x->v.metric), ec_metric_name(metric),
+                         ec_metric_name(x->v.metric), ec_metric_name(metric));
+    s.x = x;
+    s.metric = metric;
+    s.dim = dim;
+    s.nprobe = opts->nprobe < x->v.nlist ? opts->nprobe : x->v.nlist;
+    /* k and a few more, as exact search keeps: room for rows whose float
+     * scores and exact scores rank differently. */
+    s.kp = x->v.rows <= slack || k > x->v.rows - slack ? (size_t)x->v.rows : k + slack;
+    if (chunk > SIZE_MAX / sizeof(uint32_t) / s.nprobe ||
+        !(qs = malloc(chunk * dim * sizeof(float))) ||
+        !(s.probe = malloc(chunk * s.nprobe * sizeof(uint32_t))) ||
+        !(s.qlist = malloc(chunk * s.nprobe * sizeof(uint32_t))) ||
+        !(s.qstart = malloc(((size_t)x->v.nlist + 1) * sizeof(uint32_t))) ||
+        !(s.active = malloc(x->v.nlist * sizeof(uint32_t)))) {
+        rc = ec_seterr(EC_ENOMEM, "approximate search: %zu queries probing %u lists each",
+                       chunk, s.nprobe);
+        goto out;
+    }
+    s.q = qs;
+    for (size_t q0 = 0; q0 < nq && rc == 0; q0 += chunk) {
+        s.n = nq - q0 < chunk ? nq - q0 : chunk;
+        /* The queries as scored: unit length for cosine (the index's rows
+         * are of unit length too: the key is the cosine). */
+        for (size_t q = 0; q < s.n; q++) {
+            const float *src = queries + (q0 + q) * dim;
+            double n2 = 0;
+            for (size_t j = 0; j < dim; j++)
+                n2 += (double)src[j] * src[j];
+            for (size_t j = 0; j < dim; j++)
+                qs[q * dim + j] = metric == EC_METRIC_COSINE ? (float)(src[j] / sqrt(n2))
+                                                             : src[j];
+        }
+        rc = search_chunk(&s, t, queries + q0 * dim, opts->threads, k, scores + q0 * k,
+                          ids + q0 * k);
+    }
+out:
+    free(s.active);
+    free(s.qstart);
+    free(s.qlist);
+    free(s.probe);
+    free(qs);
+    return rc;
+}

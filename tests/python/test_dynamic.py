@@ -1,0 +1,148 @@
+"""Dynamic tables from Python (Client.make_dynamic, Tensor.put/delete/find/
+gather, Client.snapshot) and from the CLI (embcache dynamic/put/del/update/
+snapshot, the stream framing and its refusals), each against a dict model
+of what was written; a crash of the daemon loses no acknowledged update."""
+
+import struct
+
+import numpy as np
+import pytest
+
+import embcache
+
+DIM = 16
+
+
+@pytest.fixture
+def dyn(make_daemon, tmp_path):
+    d = make_daemon().start()
+    src = np.random.default_rng(3).standard_normal((100, DIM)).astype(np.float32)
+    p = tmp_path / "t.npy"
+    np.save(p, src)
+    d.import_files("m", 1, [p])
+    with embcache.connect(d.socket) as c:
+        c.make_dynamic("m", 1, "t", capacity=1000, policy="refuse")
+        yield d, c, src
+
+
+def rows_for(keys, ver):
+    keys = np.asarray(keys, np.int64)
+    return (keys[:, None].astype(np.float32) * 0.5 + ver + np.arange(DIM, dtype=np.float32))
+
+
+def test_put_find_delete_against_a_model(dyn):
+    d, c, src = dyn
+    t = c.tensor("m", "t", version=1)
+    model = {k: src[k] for k in range(100)}
+    rng = np.random.default_rng(5)
+    for ver in range(1, 30):
+        keys = rng.integers(-2**62, 2**62, 20)
+        keys[:5] = rng.integers(0, 100, 5)          # some existing keys
+        r = t.put(keys, rows_for(keys, ver))
+        assert r["inserted"] + r["updated"] == len(keys)
+        for k, row in zip(keys.tolist(), rows_for(keys, ver)):
+            model[k] = row
+        gone = rng.choice(list(model), 3, replace=False)
+        r = t.delete(gone)
+        assert r["deleted"] == 3
+        for k in gone.tolist():
+            del model[k]
+    keys = np.array(list(model), np.int64)
+    got = t.gather(keys)
+    np.testing.assert_array_equal(got, np.stack([model[k] for k in keys.tolist()]))
+    rows, found = t.find(np.array([keys[0], 123456789123, keys[1]]))
+    assert found.tolist() == [True, False, True]
+    assert not rows[1].any()
+    with pytest.raises(embcache.NotFoundError):
+        t.gather(np.array([123456789123]))
+    info = t.dynamic_info()
+    assert info["keys"] == len(model) and info["capacity"] == 1000
+    (tab,) = c.dynamic_tables()
+    assert (tab["model"], tab["version"], tab["tensor"]) == ("m", 1, "t")
+    assert tab["keys"] == len(model) and tab["policy"] == "refuse"
+    assert tab["deletes"] == 29 * 3 and tab["lsn"] >= 58
+
+
+def test_full_table_refuses_whole_batch(dyn):
+    d, c, src = dyn
+    t = c.tensor("m", "t", version=1)
+    keys = np.arange(1000, 2000, dtype=np.int64)     # 1000 new keys, 900 places
+    with pytest.raises(embcache.NoSpaceError, match="nothing applied"):
+        t.put(keys, rows_for(keys, 1))
+    assert t.dynamic_info()["keys"] == 100
+    assert not t.find(keys[:1])[1][0]
+
+
+def test_crash_loses_no_acknowledged_update(dyn):
+    d, c, src = dyn
+    t = c.tensor("m", "t", version=1)
+    keys = np.arange(500, 600, dtype=np.int64)
+    t.put(keys, rows_for(keys, 7))
+    c.close()
+    d.crash()
+    with embcache.connect(d.socket) as c2:
+        t2 = c2.tensor("m", "t", version=1)
+        np.testing.assert_array_equal(t2.gather(keys), rows_for(keys, 7))
+        np.testing.assert_array_equal(t2.gather(np.arange(100)), src)
+
+
+def test_snapshot_is_a_version(dyn):
+    d, c, src = dyn
+    t = c.tensor("m", "t", version=1)
+    t.put([7, 1000], rows_for([7, 1000], 2))
+    v = c.snapshot("m", 1)
+    assert v == 2
+    snap = c.tensor("m", "t", version=2)
+    ks = c.tensor("m", "t.keys", version=2)
+    assert snap.shape == (101, DIM)
+    keys = ks.gather(np.arange(101)).tolist()
+    assert sorted(keys) == sorted(list(range(100)) + [1000])
+    rows = snap.gather(np.arange(101))
+    byk = dict(zip(keys, rows))
+    np.testing.assert_array_equal(byk[1000], rows_for([1000], 2)[0])
+    np.testing.assert_array_equal(byk[8], src[8])
+
+
+def frame(op, keys, rows=None, row_bytes=None):
+    keys = np.asarray(keys, np.int64)
+    rb = 0 if op == 2 else (row_bytes if row_bytes is not None else rows.shape[1] * 4)
+    out = struct.pack("<IB3xII", 0x31554345, op, len(keys), rb) + keys.tobytes()
+    if op == 1:
+        out += np.ascontiguousarray(rows, np.float32).tobytes()
+    return out
+
+
+def test_cli_update_stream_and_refusals(dyn, tmp_path):
+    d, c, src = dyn
+    stream = (frame(1, [1, 2], rows_for([1, 2], 3))
+              + frame(1, [3], rows_for([3], 3)[:, :8], row_bytes=32)   # wrong row size
+              + frame(2, [2])
+              + frame(1, [4000], rows_for([4000], 3)))
+    p = tmp_path / "u.bin"
+    p.write_bytes(stream)
+    r = d.cli("update", "m", "1", "t", str(p), check=False)
+    assert r.returncode == 5, r.stderr
+    assert "record 1 at byte" in r.stderr and "32 bytes" in r.stderr
+    t = c.tensor("m", "t", version=1)
+    np.testing.assert_array_equal(t.gather([1]), rows_for([1], 3))
+    np.testing.assert_array_equal(t.gather([3]), src[3:4])           # refused record
+    assert t.find([2])[1].tolist() == [False]                        # deleted
+    np.testing.assert_array_equal(t.gather([4000]), rows_for([4000], 3))
+    # Garbage stops the stream and names where.
+    p.write_bytes(frame(2, [1]) + b"junkjunkjunkjunk")
+    r = d.cli("update", "m", "1", "t", str(p), check=False)
+    assert r.returncode == 5 and "record 1 at byte 24" in r.stderr, r.stderr
+    assert t.find([1])[1].tolist() == [False]
+    # npy pairs, del, snapshot, stats
+    kp, rp = tmp_path / "k.npy", tmp_path / "r.npy"
+    np.save(kp, np.array([9, 10], np.int64))
+    np.save(rp, rows_for([9, 10], 8))
+    d.cli("put", "m", "1", "t", "--keys", str(kp), "--rows", str(rp))
+    np.testing.assert_array_equal(t.gather([9, 10]), rows_for([9, 10], 8))
+    d.cli("del", "m", "1", "t", "9")
+    assert t.find([9])[1].tolist() == [False]
+    out = d.cli("stats").stdout
+    assert "dynamic tables:" in out and "m/1/t:" in out
+    assert d.cli("snapshot", "m", "1").stdout.strip() == "2"
+    r = d.cli("put", "m", "2", "t", "--keys", str(kp), "--rows", str(rp), check=False)
+    assert r.returncode == 4 and "not a dynamic table" in r.stderr
