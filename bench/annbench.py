@@ -246,7 +246,7 @@ def commit():
                            capture_output=True, text=True, check=True).stdout.strip()
         dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain"],
                                capture_output=True, text=True).stdout.strip()
-        return h + (" + uncommitted tree (the IVF index is not committed yet)" if dirty else "")
+        return h + (" + uncommitted changes in the tree" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return "?"
 
