@@ -56,16 +56,12 @@ from pathlib import Path
 
 import numpy as np
 
+# The helpers both benches use (same directory).
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from searchbench import commit, machine, recall, setup_package  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 MODEL, TENSOR = "annbench", "emb"
-
-
-def setup_package(build: Path):
-    os.environ.setdefault("EMBCACHE_LIBRARY", str(build / "libembcache.so"))
-    staged = build / "python"
-    sys.path.insert(0, str(staged if (staged / "embcache").is_dir() else REPO / "python"))
-    import embcache
-    return embcache
 
 
 def centres(args):
@@ -75,12 +71,6 @@ def centres(args):
 def draw(rng, c, n, sigma):
     return (c[rng.integers(0, len(c), n)] +
             sigma * rng.standard_normal((n, c.shape[1]), dtype=np.float32)).astype(np.float32)
-
-
-def recall(ids, ref):
-    k = ref.shape[1]
-    return float(np.mean([len(set(a[:k].tolist()) & set(b.tolist())) / k
-                          for a, b in zip(ids, ref)]))
 
 
 def unit(a):
@@ -226,29 +216,6 @@ def write_table(path: Path, args):
         a[r0:r0 + n] = draw(rng, c, n, args.sigma)
     a.flush()
     del a
-
-
-def machine():
-    model = "?"
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"nproc": os.cpu_count(), "cpu": model, "kernel": platform.release()}
-
-
-def commit():
-    try:
-        h = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"],
-                           capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain"],
-                               capture_output=True, text=True).stdout.strip()
-        return h + (" + uncommitted changes in the tree" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "?"
 
 
 def main():

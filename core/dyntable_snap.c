@@ -36,21 +36,7 @@
 #include "core/catalog.h"
 #include "core/import.h"
 #include "core/partfile.h"
-
-static const char *st_dtype(ec_dtype t)
-{
-    switch (t) {
-    case EC_DTYPE_F32: return "F32";
-    case EC_DTYPE_F16: return "F16";
-    case EC_DTYPE_BF16: return "BF16";
-    case EC_DTYPE_F64: return "F64";
-    case EC_DTYPE_I8: return "I8";
-    case EC_DTYPE_U8: return "U8";
-    case EC_DTYPE_I32: return "I32";
-    case EC_DTYPE_I64: return "I64";
-    default: return NULL;
-    }
-}
+#include "core/tensorfile.h"
 
 struct stensor {
     ec_cat_tensor ct;            /* a copy; part_checksums owned */
@@ -164,7 +150,7 @@ static int write_file(struct snap *x, int fd)
     for (size_t i = 0; i < x->n && rc == 0; i++) {
         struct stensor *s = &x->ts[i];
         uint64_t rows = s->t ? s->t->live : s->ct.rows, bytes = rows * s->ct.row_bytes;
-        const char *dt = st_dtype(s->ct.dtype);
+        const char *dt = ec_safetensors_dtype_name(s->ct.dtype);
         if (s->keys_of_dynamic)
             continue;
         if (!dt || len > cap - 4096) {

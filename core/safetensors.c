@@ -95,6 +95,14 @@ static const struct {
     {"I32", EC_DTYPE_I32}, {"I64", EC_DTYPE_I64},
 };
 
+const char *ec_safetensors_dtype_name(ec_dtype dtype)
+{
+    for (size_t i = 0; i < sizeof(st_dtypes) / sizeof(st_dtypes[0]); i++)
+        if (st_dtypes[i].dtype == dtype)
+            return st_dtypes[i].name;
+    return NULL;
+}
+
 /* The parse state: one connection and its statements. */
 struct st_parser {
     sqlite3 *db;

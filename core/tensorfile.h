@@ -65,6 +65,9 @@ int ec_npy_parse_buf(const void *buf, size_t len, const char *name, ec_tf_list *
  * included) is EC_EFORMAT. */
 int ec_safetensors_parse_fd(int fd, ec_tf_list *out);
 int ec_safetensors_parse_buf(const void *buf, size_t len, ec_tf_list *out);
+/* The safetensors name of a dtype ("F32", ...), or NULL for one the format
+ * has no name for here (what a writer of such a file puts in its header). */
+const char *ec_safetensors_dtype_name(ec_dtype dtype);
 
 /* The tensor name for a .npy path: its basename without ".npy". */
 int ec_npy_stem(const char *path, char *out, size_t out_len);
