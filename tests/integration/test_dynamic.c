@@ -655,6 +655,56 @@ static void test_dynamic_reader_cannot_write(void **state)
     ec_client_close(c);
 }
 
+/* A log damaged before its tail (not a torn append): the daemon serves
+ * everything else, refuses the dynamic tables with a message naming the
+ * file, and leaves the log as it found it. */
+static void test_dynamic_damaged_log_refused_not_deleted(void **state)
+{
+    ec_client *c = connect_ok();
+    struct table tb;
+    ec_tensor *t = dyn_table(c, "dmg", 100, 1024, EC_DYN_REFUSE, &tb), *t2;
+    int64_t keys[2] = {500, 501}, key = 7;
+    uint32_t w[DIM];
+    char path[700];
+    uint8_t *before, *after;
+    size_t blen, alen;
+    FILE *f;
+
+    (void)state;
+    put_rows(t, keys, 1, 1, NULL);
+    put_rows(t, keys + 1, 1, 1, NULL);
+    ec_tensor_release(t);
+    ec_client_close(c);
+    ect_daemon_stop(E.daemon);
+    E.daemon = 0;
+    snprintf(path, sizeof(path), "%s/wal/wal-0000000000000001.log", E.data);
+    assert_non_null(f = fopen(path, "r+b"));
+    assert_int_equal(fseek(f, 32 + 48 + 3, SEEK_SET), 0); /* the first record's first key */
+    assert_int_equal(fputc(0x5a, f), 0x5a);
+    fclose(f);
+    before = ect_read_file(path, &blen);
+    E.daemon = ect_daemon_start(E.data, E.sock, (const char *const[]){"--allow-uid", "65534",
+                                                                       NULL});
+    c = connect_ok();
+    t2 = resolve_ok(c, "dmg", "1", "t");
+    /* Not served as a table; the version's rows still are, as a tensor. */
+    assert_int_equal(ec_tensor_cache_mode(t2), EC_CACHE_PARTITIONS);
+    assert_int_equal(ec_tensor_gather(t2, &key, 1, w, sizeof(w)), 0);
+    assert_memory_equal(w, tb.data + 7 * DIM * 4, DIM * 4);
+    assert_int_equal(ec_model_dynamic(c, "dmg", "1", "t", 1024, EC_DYN_REFUSE), EC_ECORRUPT);
+    assert_non_null(strstr(ec_last_error(), "nothing was deleted"));
+    assert_non_null(strstr(ec_last_error(), "wal-0000000000000001.log"));
+    assert_int_equal(stat_of(c, "dyn_broken"), 1);
+    after = ect_read_file(path, &alen);
+    assert_int_equal(alen, blen);
+    assert_memory_equal(after, before, blen);
+    free(before);
+    free(after);
+    ec_tensor_release(t2);
+    table_free(&tb);
+    ec_client_close(c);
+}
+
 /* Retiring the version drops its table: readers are told to re-resolve,
  * and its memory comes back. */
 static void test_dynamic_retire(void **state)
@@ -689,6 +739,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_dynamic_snapshot, setup, env_teardown),
         cmocka_unit_test_setup_teardown(test_dynamic_search, setup, env_teardown),
         cmocka_unit_test_setup_teardown(test_dynamic_reader_cannot_write, setup, env_teardown),
+        cmocka_unit_test_setup_teardown(test_dynamic_damaged_log_refused_not_deleted, setup,
+                                        env_teardown),
         cmocka_unit_test_setup_teardown(test_dynamic_retire, setup, env_teardown),
     };
 
