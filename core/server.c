@@ -1282,6 +1282,10 @@ int ec_server_run(const ec_server_config *cfg)
         (rc = watch(s, s->ifd, ID_IMPORT)) ||
         (rc = watch(s, ec_engine_event_fd(s->engine), ID_ENGINE)))
         goto out;
+    if (cfg->metrics_port &&
+        ((rc = ec_metrics_start(cfg->metrics_addr, cfg->metrics_port, &s->metrics)) ||
+         (rc = watch(s, ec_metrics_event_fd(s->metrics), ID_METRICS))))
+        goto out;
     if (pthread_create(&s->importer, NULL, importer_main, s)) {
         rc = ec_seterr(EC_ENOMEM, "cannot start the importer thread");
         goto out;
@@ -1317,6 +1321,8 @@ int ec_server_run(const ec_server_config *cfg)
                 ec_engine_complete(s->engine);
             } else if (id == ID_IMPORT) {
                 imports_done(s);
+            } else if (id == ID_METRICS) {
+                ec_metrics_serve(s->metrics, srv_metrics_render, s);
             } else if (id == ID_SIGNAL) {
                 struct signalfd_siginfo si;
                 if (read(s->sfd, &si, sizeof(si)) == sizeof(si)) {
@@ -1346,11 +1352,14 @@ int ec_server_run(const ec_server_config *cfg)
             ec_engine_tick(s->engine);
             ec_resmgr_tick(s->results);
             ec_dyn_tick(s->dyn);
+            ec_metrics_alive(s->metrics);
             last_tick = now;
         }
     }
     rc = 0;
 out:
+    ec_metrics_stop(s->metrics);
+    s->metrics = NULL;
     if (s->importer_started) {
         pthread_mutex_lock(&s->ilock);
         s->istop = true;

@@ -49,6 +49,8 @@ typedef struct ec_server_config {
     int wal_sync;                          /* ec_wal_sync of dynamic tables' log:
                                             * 0 batch, 1 interval, 2 none */
     unsigned wal_sync_ms;                  /* interval: ms between syncs; 0: 100 */
+    char metrics_addr[16];                 /* --metrics-listen: an IPv4 literal */
+    unsigned metrics_port;                 /* its port; 0: no metrics endpoint */
 } ec_server_config;
 
 /* Run until SIGTERM or SIGINT. Returns 0 after a clean shutdown, or a

@@ -24,13 +24,6 @@ struct stats_ctx {
     uint32_t n;
 };
 
-static int put_stat(const char *name, uint64_t v, void *arg);
-
-static void dyn_stat(const char *name, uint64_t v, void *arg)
-{
-    (void)put_stat(name, v, arg);
-}
-
 static int put_stat(const char *name, uint64_t v, void *arg)
 {
     struct stats_ctx *x = arg;
@@ -41,11 +34,25 @@ static int put_stat(const char *name, uint64_t v, void *arg)
     return 0;
 }
 
-int srv_h_stats(server *s, struct conn *c, ec_rbuf *r, uint32_t req_id)
+/* ec_dyn_totals' callback returns nothing: carry the caller's through. */
+struct each_ctx {
+    int (*cb)(const char *name, uint64_t v, void *arg);
+    void *arg;
+    int rc;
+};
+
+static void dyn_stat(const char *name, uint64_t v, void *arg)
 {
-    struct stats_ctx x;
-    ec_wbuf w;
-    size_t count_at;
+    struct each_ctx *x = arg;
+
+    if (!x->rc)
+        x->rc = x->cb(name, v, x->arg);
+}
+
+int srv_stats_each(server *s, int (*cb)(const char *name, uint64_t v, void *arg), void *arg)
+{
+    struct each_ctx dx = {.cb = cb, .arg = arg};
+    int rc;
     uint64_t g = s->st.gathers, rows = s->st.rows, hits = s->st.hits, misses = s->st.misses,
              retries = s->st.retries, faults = s->st.faults,
              device_rows = s->st.device_rows, mapped_rows = s->st.mapped_rows,
@@ -54,8 +61,6 @@ int srv_h_stats(server *s, struct conn *c, ec_rbuf *r, uint32_t req_id)
     uint64_t reads_mapped[EC_SHM_MAX_DEVICES] = {0}, reads_staged[EC_SHM_MAX_DEVICES] = {0},
              reads_failed = 0;
 
-    if (!ec_rbuf_done(r))
-        return srv_bad_body(EC_OP_STATS);
     for (size_t i = 0; i < s->conns.cap; i++) {
         struct conn *k = s->conns.vals[i];
         if (!s->conns.keys[i] || !k->session)
@@ -76,38 +81,40 @@ int srv_h_stats(server *s, struct conn *c, ec_rbuf *r, uint32_t req_id)
             reads_failed += m == EC_HOST_READS_STAGED_FAILED;
         }
     }
-    ec_msg_begin(&w, s->out, sizeof(s->out), EC_OP_STATS | EC_OP_REPLY, req_id, 0);
-    count_at = w.len;
-    ec_put_u32(&w, 0);
-    x.w = &w;
-    x.n = 0;
-    ec_engine_stats(s->engine, put_stat, &x);
-    ec_resmgr_stats(s->results, put_stat, &x);
-    ec_dyn_totals(s->dyn, dyn_stat, &x);
-    put_stat("clients", s->conns.len, &x);
-    put_stat("connections_accepted", s->st.accepted, &x);
-    put_stat("connections_rejected", s->st.rejected, &x);
-    put_stat("connections_rejected_uid", s->st.rejected_uid, &x);
-    put_stat("connections_rejected_uid_limit", s->st.rejected_uid_limit, &x);
-    put_stat("epoch_hold_disconnects", s->st.epoch_disconnects, &x);
-    put_stat("pin_lease_revocations", s->st.pin_revocations, &x);
-    put_stat("epoch_ghosts", s->nghosts, &x);
-    put_stat("epoch_ghost_holds", s->ghost_holds, &x);
-    put_stat("requests_denied", s->st.denied, &x);
-    put_stat("protocol_errors", s->st.protocol_errors, &x);
-    put_stat("clients_disconnected_slow", s->st.disconnected_slow, &x);
-    put_stat("imports", s->st.imports, &x);
-    put_stat("import_failures", s->st.import_failures, &x);
+#define S(name, v)                                     \
+    do {                                               \
+        if ((rc = cb(name, (uint64_t)(v), arg)) != 0)  \
+            return rc;                                 \
+    } while (0)
+    if ((rc = ec_engine_stats(s->engine, cb, arg)) || (rc = ec_resmgr_stats(s->results, cb, arg)))
+        return rc;
+    ec_dyn_totals(s->dyn, dyn_stat, &dx);
+    if (dx.rc)
+        return dx.rc;
+    S("clients", s->conns.len);
+    S("connections_accepted", s->st.accepted);
+    S("connections_rejected", s->st.rejected);
+    S("connections_rejected_uid", s->st.rejected_uid);
+    S("connections_rejected_uid_limit", s->st.rejected_uid_limit);
+    S("epoch_hold_disconnects", s->st.epoch_disconnects);
+    S("pin_lease_revocations", s->st.pin_revocations);
+    S("epoch_ghosts", s->nghosts);
+    S("epoch_ghost_holds", s->ghost_holds);
+    S("requests_denied", s->st.denied);
+    S("protocol_errors", s->st.protocol_errors);
+    S("clients_disconnected_slow", s->st.disconnected_slow);
+    S("imports", s->st.imports);
+    S("import_failures", s->st.import_failures);
     /* Reported by clients about themselves (untrusted, for monitoring). */
-    put_stat("client_gathers", g, &x);
-    put_stat("client_rows", rows, &x);
-    put_stat("client_hit_rows", hits, &x);
-    put_stat("client_miss_rows", misses, &x);
-    put_stat("client_retries", retries, &x);
-    put_stat("client_faults", faults, &x);
-    put_stat("client_rows_device_tier", device_rows, &x);
-    put_stat("client_rows_mapped_host", mapped_rows, &x);
-    put_stat("client_rows_staged_host", staged_rows, &x);
+    S("client_gathers", g);
+    S("client_rows", rows);
+    S("client_hit_rows", hits);
+    S("client_miss_rows", misses);
+    S("client_retries", retries);
+    S("client_faults", faults);
+    S("client_rows_device_tier", device_rows);
+    S("client_rows_mapped_host", mapped_rows);
+    S("client_rows_staged_host", staged_rows);
     /* Clients per GPU (their ordinal) whose kernels read host rows through
      * the mapped segment, or staged through a pinned buffer (read-only
      * registration unsupported or failed); only GPUs in use. */
@@ -116,11 +123,29 @@ int srv_h_stats(server *s, struct conn *c, ec_rbuf *r, uint32_t req_id)
         if (!reads_mapped[d] && !reads_staged[d])
             continue;
         snprintf(name, sizeof(name), "client_gpu%u_host_reads_mapped", d);
-        put_stat(name, reads_mapped[d], &x);
+        S(name, reads_mapped[d]);
         snprintf(name, sizeof(name), "client_gpu%u_host_reads_staged", d);
-        put_stat(name, reads_staged[d], &x);
+        S(name, reads_staged[d]);
     }
-    put_stat("client_host_register_failures", reads_failed, &x);
+    S("client_host_register_failures", reads_failed);
+#undef S
+    return 0;
+}
+
+int srv_h_stats(server *s, struct conn *c, ec_rbuf *r, uint32_t req_id)
+{
+    struct stats_ctx x;
+    ec_wbuf w;
+    size_t count_at;
+
+    if (!ec_rbuf_done(r))
+        return srv_bad_body(EC_OP_STATS);
+    ec_msg_begin(&w, s->out, sizeof(s->out), EC_OP_STATS | EC_OP_REPLY, req_id, 0);
+    count_at = w.len;
+    ec_put_u32(&w, 0);
+    x.w = &w;
+    x.n = 0;
+    srv_stats_each(s, put_stat, &x);
     memcpy(w.buf + count_at, &x.n, 4);
     srv_reply_send(s, c, ec_msg_end(&w), NULL, 0);
     return 0;
@@ -505,6 +530,22 @@ static int cmp_stat(const void *a, const void *b)
     return (x->id > y->id) - (x->id < y->id);
 }
 
+int srv_tensor_list(server *s, ec_proto_tensor_stat **out, size_t *n)
+{
+    struct tensors_ctx x = {.s = s};
+    int rc = ec_engine_tensor_stats(s->engine, collect_tensor, &x);
+
+    if (rc) {
+        free(x.v);
+        return rc;
+    }
+    if (x.n)
+        qsort(x.v, x.n, sizeof(*x.v), cmp_stat);
+    *out = x.v;
+    *n = x.n;
+    return 0;
+}
+
 int srv_h_tensors(server *s, struct conn *c, ec_rbuf *r, uint32_t req_id)
 {
     struct tensors_ctx x = {.s = s};
@@ -515,13 +556,9 @@ int srv_h_tensors(server *s, struct conn *c, ec_rbuf *r, uint32_t req_id)
 
     if (!ec_rbuf_done(r))
         return srv_bad_body(EC_OP_TENSORS);
-    rc = ec_engine_tensor_stats(s->engine, collect_tensor, &x);
-    if (rc) {
-        free(x.v);
+    rc = srv_tensor_list(s, &x.v, &x.n);
+    if (rc)
         return rc;
-    }
-    if (x.n)
-        qsort(x.v, x.n, sizeof(*x.v), cmp_stat);
     ec_msg_begin(&w, s->out, sizeof(s->out), EC_OP_TENSORS | EC_OP_REPLY, req_id, 0);
     at = w.len;
     ec_put_u32(&w, 0);
@@ -565,4 +602,26 @@ int srv_h_mode(server *s, struct conn *c, ec_rbuf *r, uint32_t req_id)
     ec_msg_begin(&w, s->out, sizeof(s->out), EC_OP_MODE | EC_OP_REPLY, req_id, 0);
     srv_reply_send(s, c, ec_msg_end(&w), NULL, 0);
     return 0;
+}
+
+/* /metrics (core/metrics.c): what STATS, TENSORS and NS_LIST (as an
+ * administrator) would answer, rendered on this thread. */
+void srv_metrics_render(void *arg, ec_metrics_sink *k)
+{
+    server *s = arg;
+    ec_res_peer all = {.owner = 0, .uid = 0, .admin = true};
+    ec_proto_tensor_stat *v = NULL;
+    uint32_t cursor = 0;
+    ec_proto_ns rec;
+    size_t n = 0;
+
+    srv_stats_each(s, ec_metrics_put_stat, k);
+    if (srv_tensor_list(s, &v, &n) == 0)
+        for (size_t i = 0; i < n; i++)
+            ec_metrics_put_tensor(k, &v[i]);
+    free(v);
+    while (ec_resmgr_list(s->results, &all, &cursor, &rec)) {
+        srv_results_live_counts(s, cursor - 1, &rec);
+        ec_metrics_put_ns(k, &rec);
+    }
 }

@@ -28,6 +28,7 @@
 #include "common/u64map.h"
 #include "core/engine.h"
 #include "core/import.h"
+#include "core/metrics.h"
 #include "core/proto.h"
 #include "core/dyntable.h"
 #include "core/results.h"
@@ -37,6 +38,7 @@
 #define ID_ENGINE 2
 #define ID_SIGNAL 3
 #define ID_IMPORT 4
+#define ID_METRICS 5 /* core/metrics.c asks for a rendering */
 #define ID_FIRST_CONN 16
 #define MAX_OUTSTANDING 64
 #define TICK_MS 100
@@ -84,6 +86,7 @@ typedef struct server {
     ec_engine *engine;
     ec_resmgr *results;
     struct ec_dyn *dyn;  /* dynamic tables (core/dyntable.h) */
+    ec_metrics *metrics; /* --metrics-listen (core/metrics.h); NULL: off */
     int ep, lfd, sfd, ifd;
     ec_u64map conns;
     ec_u64map per_uid;   /* uid + 1 -> connections of that uid (as a uintptr_t) */
@@ -165,6 +168,8 @@ int srv_h_ns_list(server *s, struct conn *c, ec_rbuf *r, uint32_t req_id);
 int srv_h_ns_drop(server *s, struct conn *c, ec_rbuf *r, uint32_t req_id);
 /* Fold a closing session's per-namespace counts into the cache manager. */
 void srv_results_fold(server *s, const ec_session_page *p);
+/* Add the counts connected clients report for namespace slot to rec. */
+void srv_results_live_counts(server *s, uint32_t slot, ec_proto_ns *rec);
 
 /* server_admin.c: the handlers of statistics and operator requests */
 int srv_h_stats(server *s, struct conn *c, ec_rbuf *r, uint32_t req_id);
@@ -178,5 +183,12 @@ int srv_h_version_u64(server *s, struct conn *c, ec_rbuf *r, uint32_t req_id, ui
 int srv_h_policy(server *s, struct conn *c, ec_rbuf *r, uint32_t req_id);
 int srv_h_mode(server *s, struct conn *c, ec_rbuf *r, uint32_t req_id);
 int srv_h_retire(server *s, struct conn *c, ec_rbuf *r, uint32_t req_id);
+/* Every statistic of STATS, in its order, through cb (the first non-zero
+ * return stops it and is returned). Shared by STATS and /metrics. */
+int srv_stats_each(server *s, int (*cb)(const char *name, uint64_t v, void *arg), void *arg);
+/* The TENSORS records of every open tensor, by id: *out (free() it), *n. */
+int srv_tensor_list(server *s, ec_proto_tensor_stat **out, size_t *n);
+/* ec_metrics_render_fn: statistics, tensors and namespaces into the sink. */
+void srv_metrics_render(void *arg, ec_metrics_sink *k);
 
 #endif

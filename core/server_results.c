@@ -166,7 +166,7 @@ int srv_h_res_purge(server *s, struct conn *c, ec_rbuf *r, uint32_t req_id)
 }
 
 /* Add the live sessions' counts for a namespace slot to its record. */
-static void add_live_counts(server *s, uint32_t slot, ec_proto_ns *rec)
+void srv_results_live_counts(server *s, uint32_t slot, ec_proto_ns *rec)
 {
     for (size_t i = 0; i < s->conns.cap; i++) {
         struct conn *k = s->conns.vals[i];
@@ -206,7 +206,7 @@ int srv_h_ns_list(server *s, struct conn *c, ec_rbuf *r, uint32_t req_id)
         size_t before = w.len;
         if (!ec_resmgr_list(s->results, &p, &next, &rec))
             break;
-        add_live_counts(s, next - 1, &rec);
+        srv_results_live_counts(s, next - 1, &rec);
         ec_put_ns(&w, &rec);
         if (w.overflow) {
             w.overflow = false;

@@ -5,6 +5,7 @@
  * and is restarted warm when it crashes (core/keeper.h). SIGTERM or SIGINT
  * stops both cleanly.
  */
+#include <arpa/inet.h>
 #include <errno.h>
 #include <getopt.h>
 #include <limits.h>
@@ -67,12 +68,17 @@ static void usage(FILE *f)
             "                         cached by rows cost about 20 bytes of index each);\n"
             "                         0: no item index, every tensor cached by partitions\n"
             "      --result-arena BYTES  memory of each uid's private result namespaces\n"
+            "                         (default 64M; shared namespaces use the budget)\n"
             "      --wal-sync MODE       when dynamic tables' updates are made durable:\n"
             "                            batch (default: fdatasync before each update is\n"
             "                            acknowledged), interval (every --wal-sync-ms; a\n"
             "                            machine crash may lose that much), none\n"
             "      --wal-sync-ms MS      the interval's period (default 100)\n"
-            "                         (default 64M; shared namespaces use the budget)\n"
+            "      --metrics-listen [ADDR:]PORT  serve Prometheus metrics (GET /metrics)\n"
+            "                            and GET /healthz over HTTP on this IPv4 address\n"
+            "                            (default 127.0.0.1) and port; unauthenticated:\n"
+            "                            keep it on loopback or a trusted network\n"
+            "                            (default: off)\n"
             "      --epoch-hold SECONDS  disconnect a client whose GPU gather holds freed\n"
             "                         memory back longer than this (default 30)\n"
             "      --pin-lease SECONDS  a client stopped (SIGSTOP, a debugger) this long\n"
@@ -174,6 +180,7 @@ int main(int argc, char **argv)
         {"result-arena", required_argument, NULL, 'R'},
         {"wal-sync", required_argument, NULL, 0x101},
         {"wal-sync-ms", required_argument, NULL, 0x102},
+        {"metrics-listen", required_argument, NULL, 0x103},
         {"allow-uid", required_argument, NULL, 'U'},
         {"allow-any", no_argument, NULL, 'A'},
         {"drop-segment", no_argument, NULL, 'D'},
@@ -252,6 +259,32 @@ int main(int argc, char **argv)
                 return 2;
             }
             cfg.wal_sync_ms = (unsigned)v;
+            break;
+        }
+        case 0x103: {
+            /* [ADDR:]PORT; a bare PORT listens on loopback only. */
+            const char *colon = strrchr(optarg, ':'), *port = colon ? colon + 1 : optarg;
+            struct in_addr ia;
+            char *end;
+            long v = strtol(port, &end, 10);
+            size_t alen = colon ? (size_t)(colon - optarg) : 0;
+            if (*end || end == port || v < 1 || v > 65535 ||
+                alen >= sizeof(cfg.metrics_addr) || (colon && alen == 0)) {
+                fprintf(stderr, "embcached: --metrics-listen '%s' must be [ADDR:]PORT, PORT "
+                                "1..65535, ADDR an IPv4 address (e.g. 9464 or "
+                                "0.0.0.0:9464)\n",
+                        optarg);
+                return 2;
+            }
+            snprintf(cfg.metrics_addr, sizeof(cfg.metrics_addr), "%.*s",
+                     colon ? (int)alen : 9, colon ? optarg : "127.0.0.1");
+            if (inet_pton(AF_INET, cfg.metrics_addr, &ia) != 1) {
+                fprintf(stderr, "embcached: --metrics-listen '%s': '%s' is not an IPv4 "
+                                "address (e.g. 127.0.0.1)\n",
+                        optarg, cfg.metrics_addr);
+                return 2;
+            }
+            cfg.metrics_port = (unsigned)v;
             break;
         }
         case 'E': {

@@ -8,6 +8,7 @@ set -euo pipefail
 PKGS=(
   build-essential cmake pkgconf
   libhwloc-dev liburing-dev libcmocka-dev libsqlite3-dev libxxhash-dev libdlpack-dev
+  libmicrohttpd-dev
   python3 python3-numpy python3-pytest python3-torch
   # ec_search's matrix products (OpenBLAS, linked by name) and the FAISS
   # reference of its benchmark (bench/searchbench.py)
