@@ -15,6 +15,9 @@ PKGS=(
   libopenblas-dev python3-faiss
   # embcache-bench's baselines and plots (its smoke test runs them too)
   redis-server memcached libhiredis-dev libmemcached-dev gnuplot-nox fio
+  # promtool, for the alert rules' tests (deploy/prometheus; the package's prometheus
+  # service is not needed: stop it where systemd started it)
+  prometheus
 )
 
 if [ "$(id -u)" -ne 0 ]; then
