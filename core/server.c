@@ -745,6 +745,20 @@ static int h_unpin(server *s, struct conn *c, ec_rbuf *r, uint32_t req_id)
     return 0;
 }
 
+/* Queue a job for the importer thread (the job is its from now on). */
+void srv_import_enqueue(server *s, struct import_job *j)
+{
+    struct import_job **t;
+
+    j->next = NULL;
+    pthread_mutex_lock(&s->ilock);
+    for (t = &s->iq; *t; t = &(*t)->next)
+        ;
+    *t = j;
+    pthread_cond_signal(&s->icond);
+    pthread_mutex_unlock(&s->ilock);
+}
+
 static int h_import(server *s, struct conn *c, ec_rbuf *r, uint32_t req_id, int *fds,
                     int *nfds)
 {
@@ -781,16 +795,7 @@ static int h_import(server *s, struct conn *c, ec_rbuf *r, uint32_t req_id, int 
     j->n = n;
     memcpy(j->fds, fds, sizeof(int) * n);
     *nfds = 0; /* the job owns them now */
-    pthread_mutex_lock(&s->ilock);
-    j->next = NULL;
-    {
-        struct import_job **t = &s->iq;
-        while (*t)
-            t = &(*t)->next;
-        *t = j;
-    }
-    pthread_cond_signal(&s->icond);
-    pthread_mutex_unlock(&s->ilock);
+    srv_import_enqueue(s, j);
     return 0;
 }
 
@@ -816,15 +821,7 @@ static int h_upgrade(server *s, struct conn *c, ec_rbuf *r, uint32_t req_id)
     j->upgrade = true;
     j->owner = c->id;
     j->req_id = req_id;
-    pthread_mutex_lock(&s->ilock);
-    {
-        struct import_job **t = &s->iq;
-        while (*t)
-            t = &(*t)->next;
-        *t = j;
-    }
-    pthread_cond_signal(&s->icond);
-    pthread_mutex_unlock(&s->ilock);
+    srv_import_enqueue(s, j);
     return 0;
 }
 

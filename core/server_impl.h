@@ -138,6 +138,8 @@ void srv_reply_error(server *s, struct conn *c, uint16_t op, uint32_t req_id, in
 void srv_conn_close(server *s, struct conn *c);
 int srv_bad_body(uint16_t op);
 int srv_outstanding_take(struct conn *c);
+/* Queue a job for the importer thread, which owns it from then on. */
+void srv_import_enqueue(server *s, struct import_job *j);
 bool srv_peer_admin(const server *s, uid_t uid);
 
 /* server_dyn.c: dynamic tables (DYN_SET, ROWS_PUT, ROWS_DEL, SNAPSHOT,

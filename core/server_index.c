@@ -75,15 +75,7 @@ int srv_h_index_put(server *s, struct conn *c, ec_rbuf *r, uint32_t req_id, int 
     j->n = 1;
     j->fds[0] = fds[0];
     *nfds = 0; /* the job owns it now */
-    pthread_mutex_lock(&s->ilock);
-    {
-        struct import_job **t = &s->iq;
-        while (*t)
-            t = &(*t)->next;
-        *t = j;
-    }
-    pthread_cond_signal(&s->icond);
-    pthread_mutex_unlock(&s->ilock);
+    srv_import_enqueue(s, j);
     return 0;
 }
 
