@@ -47,7 +47,6 @@ import json
 import os
 import platform
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -58,7 +57,8 @@ import numpy as np
 
 # The helpers both benches use (same directory).
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from searchbench import commit, machine, recall, setup_package  # noqa: E402
+from searchbench import (commit, machine, recall, run_worker, setup_package,  # noqa: E402
+                         stop_daemon)
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL, TENSOR = "annbench", "emb"
@@ -273,20 +273,9 @@ def main():
         env = dict(os.environ, OMP_NUM_THREADS=str(args.threads),
                    OPENBLAS_NUM_THREADS=str(args.threads))
         cmd = [sys.executable, __file__, "--worker", "--socket", sock] + sys.argv[1:]
-        out = subprocess.run(cmd, env=env, capture_output=True, text=True)
-        sys.stderr.write(out.stderr)
-        if out.returncode:
-            sys.exit(f"annbench: worker exited {out.returncode}")
-        for line in out.stdout.splitlines():
-            print(line, flush=True)
-            lines.append(json.loads(line))
+        lines += run_worker(cmd, env, "annbench: worker")
     finally:
-        if daemon is not None:
-            daemon.send_signal(signal.SIGTERM)
-            try:
-                daemon.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                daemon.kill()
+        stop_daemon(daemon)
         shutil.rmtree(tmp, ignore_errors=True)
     if args.record:
         record(args, lines, time.time() - t_start, shm_mb, (load0, os.getloadavg()[0]))

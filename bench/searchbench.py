@@ -184,6 +184,30 @@ def machine():
     return {"nproc": os.cpu_count(), "cpu": model, "kernel": platform.release()}
 
 
+def run_worker(cmd, env, what):
+    """Run a bench worker; its JSON lines, echoed as they are parsed."""
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    sys.stderr.write(out.stderr)
+    if out.returncode:
+        sys.exit(f"{what} exited {out.returncode}")
+    lines = []
+    for line in out.stdout.splitlines():
+        print(line, flush=True)
+        lines.append(json.loads(line))
+    return lines
+
+
+def stop_daemon(daemon):
+    """SIGTERM the bench's embcached (None: none was started) and wait."""
+    if daemon is None:
+        return
+    daemon.send_signal(signal.SIGTERM)
+    try:
+        daemon.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        daemon.kill()
+
+
 def commit():
     try:
         h = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
@@ -245,20 +269,9 @@ def main():
                    "--worker-threads", str(T), "--rows", str(args.rows), "--dim",
                    str(args.dim), "-k", str(args.k), "--batch", str(args.batch),
                    "--singles", str(args.singles), "--repeats", str(args.repeats)]
-            out = subprocess.run(cmd, env=env, capture_output=True, text=True)
-            sys.stderr.write(out.stderr)
-            if out.returncode:
-                sys.exit(f"searchbench: worker ({T} threads) exited {out.returncode}")
-            for line in out.stdout.splitlines():
-                print(line, flush=True)
-                lines.append(json.loads(line))
+            lines += run_worker(cmd, env, f"searchbench: worker ({T} threads)")
     finally:
-        if daemon is not None:
-            daemon.send_signal(signal.SIGTERM)
-            try:
-                daemon.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                daemon.kill()
+        stop_daemon(daemon)
         shutil.rmtree(tmp, ignore_errors=True)
     if args.record:
         record(args, lines)
