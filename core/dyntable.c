@@ -112,48 +112,36 @@ static void remove_at(struct dtab *t, uint64_t bucket, unsigned way, uint64_t sl
  * both are full), or of the table. */
 static void evict_one(struct dtab *t, int64_t near_key, bool near)
 {
-    uint64_t bucket, slot;
-    unsigned way;
+    uint64_t bucket = 0, slot = NIL, s2;
+    unsigned way = 0;
 
     if (near) {
         ec_dyn_hash h;
-        uint64_t bs[2], best = NIL, best_b = 0;
-        unsigned best_w = 0;
-        uint64_t rank;
+        uint64_t bs[2];
         ec_dyn_hash_of(t->v.nbuckets, t->v.salt, near_key, &h);
         bs[0] = h.b1;
         bs[1] = h.b2;
         /* The LRU list has no ranks: walk from the head until one of the
          * 16 slots is met (they are all live, so one is). */
-        for (uint64_t s = t->lru_head, r = 0; s != NIL && best == NIL; s = t->next[s], r++)
-            for (int i = 0; i < 2 && best == NIL; i++)
-                for (unsigned w = 0; w < EC_DYN_WAYS; w++) {
-                    uint64_t word = atomic_load_explicit(&t->v.buckets[bs[i]].word[w],
-                                                         memory_order_relaxed);
-                    if (word && (word & EC_DYN_SLOT_MASK) == s + 1) {
-                        best = s;
-                        best_b = bs[i];
-                        best_w = w;
-                        rank = r;
-                        (void)rank;
+        for (uint64_t s = t->lru_head; s != NIL && slot == NIL; s = t->next[s])
+            for (int i = 0; i < 2 && slot == NIL; i++)
+                for (unsigned w = 0; w < EC_DYN_WAYS; w++)
+                    if ((atomic_load_explicit(&t->v.buckets[bs[i]].word[w],
+                                              memory_order_relaxed) & EC_DYN_SLOT_MASK) ==
+                        s + 1) {
+                        slot = s;
+                        bucket = bs[i];
+                        way = w;
                         break;
                     }
-                }
-        if (best == NIL)
-            return;
-        remove_at(t, best_b, best_w, best);
-        t->st.evictions++;
-        return;
+    } else if ((slot = t->lru_head) != NIL &&
+               (!ec_dyn_locate_w(&t->v, ec_dyn_slot_at(&t->v, slot)->key, &bucket, &way,
+                                 &s2) ||
+                s2 != slot)) {
+        slot = NIL; /* cannot happen (invariant 3) */
     }
-    slot = t->lru_head;
     if (slot == NIL)
         return;
-    {
-        int64_t k = atomic_load_explicit(&ec_dyn_slot_at(&t->v, slot)->key, memory_order_relaxed);
-        uint64_t s2;
-        if (!ec_dyn_locate_w(&t->v, k, &bucket, &way, &s2) || s2 != slot)
-            return; /* cannot happen (invariant 3) */
-    }
     remove_at(t, bucket, way, slot);
     t->st.evictions++;
 }
