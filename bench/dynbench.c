@@ -3,7 +3,10 @@
  * on one machine.
  *
  *   writer    one writer process updates random keys of a table of --keys
- *             rows of 512 B in batches of --batch rows, alone: rows/s.
+ *             rows of 512 B in batches of --batch rows, alone: rows/s, and
+ *             rows per second of the daemon's CPU time (all its threads,
+ *             from /proc): its rate on one core of its own, which the
+ *             wall-clock rate understates where cores are shared.
  *   readers   R reader processes gather batches of 256 random keys, alone
  *             (phase A) and while the writer runs (phase B): the writer's
  *             rows/s, each phase's reader rows/s, and the readers' loss
@@ -149,6 +152,40 @@ static void writer(uint64_t keys, uint32_t batch, int64_t hot)
     _exit(0);
 }
 
+/* CPU seconds (user + system, all threads) the daemon's worker has used:
+ * its pid is in DATA_DIR/embcached.lock. -1 when it cannot be read. */
+static double daemon_cpu(void)
+{
+    char p[320], buf[1024];
+    long pid = 0;
+    unsigned long ut = 0, st = 0;
+    FILE *f;
+
+    snprintf(p, sizeof(p), "%s/data/embcached.lock", dir);
+    if (!(f = fopen(p, "r")) || fscanf(f, "%ld", &pid) != 1) {
+        if (f)
+            fclose(f);
+        return -1;
+    }
+    fclose(f);
+    snprintf(p, sizeof(p), "/proc/%ld/stat", pid);
+    if (!(f = fopen(p, "r")) || !fgets(buf, sizeof(buf), f)) {
+        if (f)
+            fclose(f);
+        return -1;
+    }
+    fclose(f);
+    {
+        const char *q = strrchr(buf, ')'); /* fields after the command name */
+        if (!q || sscanf(q + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu", &ut,
+                         &st) != 2)
+            return -1;
+    }
+    return (double)(ut + st) / (double)sysconf(_SC_CLK_TCK);
+}
+
+static double phase_daemon_cpu; /* the daemon's CPU seconds in the last phase */
+
 /* One phase: nreaders readers, a writer or not, for secs. Rows/s of each
  * reader (summed) and of the writer. */
 static void phase(int nreaders, bool write, int64_t hot, uint64_t keys, uint32_t batch,
@@ -164,6 +201,7 @@ static void phase(int nreaders, bool write, int64_t hot, uint64_t keys, uint32_t
     if (write && (kids[nk++] = fork()) == 0)
         writer(keys, batch, hot);
     usleep(300000);
+    phase_daemon_cpu = daemon_cpu();
     atomic_store(&S->go, 1);
     usleep((useconds_t)(secs * 1e6));
     atomic_store(&S->stop, 1);
@@ -173,6 +211,7 @@ static void phase(int nreaders, bool write, int64_t hot, uint64_t keys, uint32_t
         if (!WIFEXITED(st) || WEXITSTATUS(st))
             die("a bench process failed");
     }
+    phase_daemon_cpu = phase_daemon_cpu < 0 ? -1 : daemon_cpu() - phase_daemon_cpu;
     *reader_rate = 0;
     for (int i = 0; i < nreaders; i++)
         *reader_rate += (double)S->rows[i] / S->secs[i];
@@ -296,9 +335,12 @@ int main(int argc, char **argv)
     printf("# embcache-dynbench: %llu keys of %u B, batches of %u, %u readers, %.1f s per "
            "phase, --wal-sync %s\n", (unsigned long long)keys, ROW, batch, readers, secs, sync);
     {
-        double ra[31], rb[31], w[31], w0[31], loss[31], hr[31], hw[31], x;
+        double ra[31], rb[31], w[31], w0[31], loss[31], hr[31], hw[31], core[31], x;
         for (unsigned r = 0; r < repeats; r++) {
             phase(0, true, -1, keys, batch, secs, &x, &w0[r]);
+            /* rows the daemon applies per second of its own CPU: its rate
+             * on one core, whatever else the machine's cores were doing */
+            core[r] = phase_daemon_cpu > 0 ? w0[r] * S->secs[MAXR] / phase_daemon_cpu : 0;
             phase((int)readers, false, -1, keys, batch, secs, &ra[r], &x);
             phase((int)readers, true, -1, keys, batch, secs, &rb[r], &w[r]);
             loss[r] = 100.0 * (1.0 - rb[r] / ra[r]);
@@ -308,6 +350,7 @@ int main(int argc, char **argv)
         report("readers while updated: rows/s", rb, (int)repeats, "rows/s");
         report("readers' loss while updated", loss, (int)repeats, "%");
         report("writer alone: rows/s of 512 B", w0, (int)repeats, "rows/s");
+        report("writer alone: rows per daemon CPU-second", core, (int)repeats, "rows/s");
         report("writer under readers: rows/s of 512 B", w, (int)repeats, "rows/s");
         report("hot key: reads/s of the key written nonstop", hr, (int)repeats, "reads/s");
         report("hot key: its updates/s", hw, (int)repeats, "updates/s");

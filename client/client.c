@@ -193,6 +193,7 @@ int ec_client_connect(const char *socket_path, ec_client **out)
     c->forks = cl_forks();
     c->pid = (int)getpid();
     c->seg.fd = -1;
+    c->batch_fd = -1;
     atomic_init(&c->refs, 1);
     pthread_mutex_init(&c->lock, NULL);
     snprintf(c->socket_path, sizeof(c->socket_path), "%s", socket_path);
@@ -346,6 +347,8 @@ static void client_teardown(ec_client *c)
         ec_segment_close(&c->seg);
     if (c->sock >= 0)
         close(c->sock);
+    if (c->batch_fd >= 0)
+        close(c->batch_fd);
     pthread_mutex_destroy(&c->lock);
     free(c);
 }

@@ -16,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "common/err.h"
@@ -162,8 +163,29 @@ static void get_result(ec_rbuf *r, ec_rows_result *res)
     res->evicted = ec_get_u64(r);
 }
 
-/* A batch to the daemon: inline when it fits a message, else in a sealed
- * memfd (the daemon reads it once). */
+/* Write a batch into the client's memfd (made once, grown, reused: a
+ * stream of updates writes into pages that are already there). The daemon
+ * copies it before it uses it, so a later batch cannot change an earlier
+ * one. Called with c->lock held. */
+static int batch_file_locked(ec_client *c, const int64_t *keys, size_t n, const void *rows,
+                             uint64_t row_bytes, uint64_t bytes)
+{
+    struct stat st;
+
+    if (c->batch_fd < 0 &&
+        (c->batch_fd = memfd_create("embcache-rows", MFD_CLOEXEC)) < 0)
+        return ec_seterr_errno(EC_EIO, errno, "memfd_create for a batch of %zu rows", n);
+    if (fstat(c->batch_fd, &st) < 0 ||
+        ((uint64_t)st.st_size < bytes && ftruncate(c->batch_fd, (off_t)bytes) < 0) ||
+        pwrite(c->batch_fd, keys, n * 8, 0) != (ssize_t)(n * 8) ||
+        (row_bytes && pwrite(c->batch_fd, rows, n * row_bytes, (off_t)(n * 8)) !=
+                          (ssize_t)(n * row_bytes)))
+        return ec_seterr_errno(EC_EIO, errno, "writing a batch of %zu rows", n);
+    return 0;
+}
+
+/* A batch to the daemon: inline when it fits a message, else in the
+ * client's memfd (batch_file_locked). */
 static int send_batch(ec_tensor *t, uint16_t op, const int64_t *keys, size_t n,
                       const void *rows, uint64_t row_bytes, ec_rows_result *res)
 {
@@ -171,28 +193,18 @@ static int send_batch(ec_tensor *t, uint16_t op, const int64_t *keys, size_t n,
     uint64_t bytes = (uint64_t)n * (8 + row_bytes);
     bool inl = bytes + 64 <= EC_MSG_MAX - EC_MSG_HDR;
     ec_rows_result got = {0};
-    int fd = -1, rc;
+    int rc;
     ec_wbuf w;
     ec_rbuf r;
     uint32_t req;
 
     if ((rc = cl_stale(c)))
         return rc;
-    if (!inl) {
-        fd = memfd_create("embcache-rows", MFD_CLOEXEC | MFD_ALLOW_SEALING);
-        if (fd < 0)
-            return ec_seterr_errno(EC_EIO, errno, "memfd_create for a batch of %zu rows", n);
-        if (ftruncate(fd, (off_t)bytes) < 0 ||
-            pwrite(fd, keys, n * 8, 0) != (ssize_t)(n * 8) ||
-            (row_bytes && pwrite(fd, rows, n * row_bytes, (off_t)(n * 8)) !=
-                              (ssize_t)(n * row_bytes)) ||
-            fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE) < 0) {
-            rc = ec_seterr_errno(EC_EIO, errno, "writing a batch of %zu rows", n);
-            close(fd);
-            return rc;
-        }
-    }
     pthread_mutex_lock(&c->lock);
+    if (!inl && (rc = batch_file_locked(c, keys, n, rows, row_bytes, bytes)) < 0) {
+        pthread_mutex_unlock(&c->lock);
+        return rc;
+    }
     req = cl_begin(c, &w, op);
     ec_put_u32(&w, t->t.id);
     ec_put_u32(&w, (uint32_t)n);
@@ -204,15 +216,13 @@ static int send_batch(ec_tensor *t, uint16_t op, const int64_t *keys, size_t n,
         if (row_bytes)
             ec_put_raw(&w, rows, n * row_bytes);
     }
-    rc = cl_rpc(c, &w, req, fd >= 0 ? &fd : NULL, fd >= 0, &r, NULL, NULL, 0);
+    rc = cl_rpc(c, &w, req, inl ? NULL : &c->batch_fd, !inl, &r, NULL, NULL, 0);
     if (rc == 0) {
         get_result(&r, &got);
         if (!ec_rbuf_done(&r))
             rc = ec_seterr(EC_EPROTO, "malformed reply to a row update");
     }
     pthread_mutex_unlock(&c->lock);
-    if (fd >= 0)
-        close(fd);
     if (rc == 0 && res)
         *res = got;
     return rc;

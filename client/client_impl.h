@@ -97,6 +97,7 @@ struct ec_client {
     int pid;                     /* the process that connected */
     struct cdev dev[EC_SHM_MAX_DEVICES]; /* guarded by lock while set up */
     struct carena *arenas;       /* guarded by lock */
+    int batch_fd;                /* memfd of large row batches, reused; -1; guarded by lock */
     char socket_path[108];
     uint8_t sbuf[EC_MSG_MAX];
     uint8_t rbuf[EC_MSG_MAX];

@@ -568,6 +568,7 @@ int ec_dyn_open(ec_engine *e, const ec_dyn_config *cfg, ec_dyn **out)
     wc.dir = waldir;
     wc.sync = cfg->sync;
     wc.file_bytes = cfg->wal_file_bytes;
+    wc.direct = true;
     if ((rc = ec_wal_open(&wc, &d->wal)) < 0) {
         /* The rest of the daemon serves; no dynamic table does, and nothing
          * of the log is touched until someone looks at it. */
@@ -872,4 +873,6 @@ void ec_dyn_totals(const ec_dyn *d, void (*put)(const char *name, uint64_t v, vo
     put("wal_last_lsn", ws.last_lsn, arg);
     put("wal_replayed", d->st.replayed, arg);
     put("wal_torn_bytes", ws.truncated_bytes, arg);
+    put("wal_direct", ws.direct, arg);
+    put("wal_direct_appends", ws.direct_appends, arg);
 }

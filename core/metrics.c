@@ -147,6 +147,8 @@ static const struct stat_desc {
     {"wal_bytes", 'g', "Bytes of the write-ahead log"},
     {"wal_appends", 'c', "Write-ahead log appends"},
     {"wal_syncs", 'c', "Write-ahead log syncs"},
+    {"wal_direct", 'g', "1 while write-ahead log appends bypass the page cache (O_DIRECT)"},
+    {"wal_direct_appends", 'c', "Write-ahead log appends written with O_DIRECT"},
     {"clients", 'g', "Clients connected"},
     {"connections_accepted", 'c', "Connections accepted"},
     {"connections_rejected", 'c', "Connections rejected"},

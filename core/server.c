@@ -1400,6 +1400,8 @@ out:
         s->results = NULL;
         ec_dyn_close(s->dyn);
         s->dyn = NULL;
+        free(s->batch);
+        s->batch = NULL;
         ec_engine_close(s->engine);
         if (rc)
             ec_seterr(rc, "%s", msg);

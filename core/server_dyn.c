@@ -54,14 +54,20 @@ int srv_h_dyn_set(server *s, struct conn *c, ec_rbuf *r, uint32_t req_id)
     return 0;
 }
 
+/* A batch buffer up to this size is kept for the next batch: a stream of
+ * updates then reads into memory that is already there. */
+#define BATCH_KEEP ((uint64_t)64 << 20)
+
 /* The batch's bytes: inline in the message, or the whole of a memfd (read
  * with pread into our memory, so a client changing it later changes
- * nothing here). *buf is malloc'd when it came as a file. */
-static int batch_bytes(ec_rbuf *r, uint32_t inl, uint64_t need, const int *fds, int nfds,
-                       const uint8_t **p, uint8_t **buf)
+ * nothing here: what is logged is what is applied). A file's bytes go to
+ * s->batch, or (larger than BATCH_KEEP) to *buf, which the caller frees. */
+static int batch_bytes(server *s, ec_rbuf *r, uint32_t inl, uint64_t need, const int *fds,
+                       int nfds, const uint8_t **p, uint8_t **buf)
 {
     struct stat st;
     uint64_t got = 0;
+    uint8_t *b;
 
     *buf = NULL;
     if (inl) {
@@ -78,10 +84,22 @@ static int batch_bytes(ec_rbuf *r, uint32_t inl, uint64_t need, const int *fds, 
         return ec_seterr(EC_EINVAL, "the batch's file holds fewer than the %llu bytes its "
                                     "message announces",
                          (unsigned long long)need);
-    if (!(*buf = malloc(need ? need : 1)))
-        return ec_seterr(EC_ENOMEM, "a batch of %llu bytes", (unsigned long long)need);
+    if (need > BATCH_KEEP) {
+        if (!(b = *buf = malloc(need)))
+            return ec_seterr(EC_ENOMEM, "a batch of %llu bytes", (unsigned long long)need);
+    } else {
+        if (need > s->batch_cap) {
+            size_t cap = need < ((size_t)1 << 20) ? (size_t)1 << 20 : (size_t)need;
+            uint8_t *nb = realloc(s->batch, cap);
+            if (!nb)
+                return ec_seterr(EC_ENOMEM, "a batch of %llu bytes", (unsigned long long)need);
+            s->batch = nb;
+            s->batch_cap = cap;
+        }
+        b = s->batch;
+    }
     while (got < need) {
-        ssize_t n = pread(fds[0], *buf + got, need - got, (off_t)got);
+        ssize_t n = pread(fds[0], b + got, need - got, (off_t)got);
         if (n < 0 && errno == EINTR)
             continue;
         if (n <= 0) {
@@ -91,7 +109,7 @@ static int batch_bytes(ec_rbuf *r, uint32_t inl, uint64_t need, const int *fds, 
         }
         got += (uint64_t)n;
     }
-    *p = *buf;
+    *p = b;
     return 0;
 }
 
@@ -109,22 +127,25 @@ int srv_h_rows_put(server *s, struct conn *c, ec_rbuf *r, uint32_t req_id, const
     if (r->bad || n > EC_ROWS_BATCH_MAX || row_bytes == 0 || row_bytes > (1u << 24) || inl > 1)
         return srv_bad_body(EC_OP_ROWS_PUT);
     need = (uint64_t)n * (8 + row_bytes);
-    if ((rc = batch_bytes(r, inl, need, fds, nfds, &p, &buf)) < 0)
+    if ((rc = batch_bytes(s, r, inl, need, fds, nfds, &p, &buf)) < 0)
         return rc;
     if (!ec_rbuf_done(r)) {
         free(buf);
         return srv_bad_body(EC_OP_ROWS_PUT);
     }
     {
-        /* Keys first, then rows; keys are copied out for alignment. */
-        int64_t *keys = malloc((n ? n : 1) * sizeof(*keys));
+        /* Keys first, then rows; keys are copied out where unaligned. */
+        bool aligned = ((uintptr_t)p & 7) == 0;
+        int64_t *keys = aligned ? (int64_t *)(uintptr_t)p : malloc((n ? n : 1) * sizeof(*keys));
         if (!keys) {
             free(buf);
             return ec_seterr(EC_ENOMEM, "a batch of %u keys", n);
         }
-        memcpy(keys, p, (size_t)n * 8);
+        if (!aligned)
+            memcpy(keys, p, (size_t)n * 8);
         rc = ec_dyn_put(s->dyn, tensor, keys, n, p + (size_t)n * 8, row_bytes, &res);
-        free(keys);
+        if (!aligned)
+            free(keys);
     }
     free(buf);
     if (rc < 0)
@@ -145,7 +166,7 @@ int srv_h_rows_del(server *s, struct conn *c, ec_rbuf *r, uint32_t req_id, const
 
     if (r->bad || n > EC_ROWS_BATCH_MAX || inl > 1)
         return srv_bad_body(EC_OP_ROWS_DEL);
-    if ((rc = batch_bytes(r, inl, (uint64_t)n * 8, fds, nfds, &p, &buf)) < 0)
+    if ((rc = batch_bytes(s, r, inl, (uint64_t)n * 8, fds, nfds, &p, &buf)) < 0)
         return rc;
     if (!ec_rbuf_done(r) || !(keys = malloc((n ? n : 1) * sizeof(*keys)))) {
         free(buf);

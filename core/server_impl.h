@@ -86,6 +86,8 @@ typedef struct server {
     ec_engine *engine;
     ec_resmgr *results;
     struct ec_dyn *dyn;  /* dynamic tables (core/dyntable.h) */
+    uint8_t *batch;      /* a row batch read from its memfd (server_dyn.c); kept */
+    size_t batch_cap;
     ec_metrics *metrics; /* --metrics-listen (core/metrics.h); NULL: off */
     int ep, lfd, sfd, ifd;
     ec_u64map conns;

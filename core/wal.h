@@ -25,6 +25,12 @@
  * record past the first one to take it beyond file_bytes (a record larger
  * than file_bytes gets a file of its own).
  *
+ * After its last record a file may end with zeros up to the next 4 KiB
+ * boundary (fewer than 4,096 bytes, the file's length a multiple of 4,096):
+ * direct appends (ec_wal_config.direct) write whole blocks. Open takes
+ * such zeros as the end of the records, neither a torn tail nor
+ * corruption.
+ *
  * Crash semantics:
  *  1. ec_wal_open() reads and checks every record of every file, in lsn
  *     order: magic, op, sizes (inside the file), checksum, and
@@ -84,6 +90,8 @@ typedef struct ec_wal_config {
     const char *dir;       /* created 0700 if missing (its parent must exist) */
     ec_wal_sync_mode sync;
     uint64_t file_bytes;   /* start a new file before an append passes this; 0: 64 MiB */
+    bool direct;           /* append with O_DIRECT where the file system allows it
+                              (wal.c, invariant 6); else through the page cache */
 } ec_wal_config;
 
 /* One record, as ec_wal_replay() passes it. keys and rows point into the
@@ -108,6 +116,8 @@ typedef struct ec_wal_stats {
     uint64_t replayed;        /* records passed to ec_wal_replay() callbacks */
     uint64_t truncated_bytes; /* torn tail cut off by open */
     uint64_t removed_files;   /* files deleted by ec_wal_gc() since open */
+    uint64_t direct_appends;  /* appends written with O_DIRECT since open */
+    uint64_t direct;          /* 1 while appends go O_DIRECT */
 } ec_wal_stats;
 
 /* Open the log in cfg->dir (creating it, and its first file, if needed),
