@@ -11,7 +11,10 @@
  *             (phase A) and while the writer runs (phase B): the writer's
  *             rows/s, each phase's reader rows/s, and the readers' loss
  *             (1 - B/A). On a machine with fewer cores than readers +
- *             writer + daemon the loss is mostly the CPU they share.
+ *             writer + daemon the loss is mostly the CPU they share, so
+ *             the loss is also given per second of the readers' own CPU
+ *             time: what updates cost a reader that has its core (cache
+ *             traffic, retried copies).
  *   hot       one writer updates one key nonstop (batches of 1 row) while a
  *             reader reads that key in a loop: the reader's reads/s, and its
  *             retries per read (a slot reused under a copy); the writer's
@@ -53,6 +56,7 @@ struct shared {
     _Atomic uint64_t rows[MAXR + 1];
     _Atomic uint64_t retries;
     double secs[MAXR + 1];
+    double cpu[MAXR + 1]; /* CPU seconds each used in the phase */
 };
 static struct shared *S;
 
@@ -61,6 +65,15 @@ static double now_s(void)
     struct timespec ts;
 
     clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* This thread's CPU seconds (user + system). */
+static double cpu_now(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
     return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
@@ -99,11 +112,12 @@ static void reader(int me, uint64_t keys, int64_t hot)
     float *out = malloc(256 * ROW);
     int64_t ids[256];
     uint64_t s = 99 + (uint64_t)me, n = 0;
-    double t0;
+    double t0, c0;
 
     while (!atomic_load(&S->go))
         usleep(100);
     t0 = now_s();
+    c0 = cpu_now();
     while (!atomic_load_explicit(&S->stop, memory_order_relaxed)) {
         if (hot >= 0) {
             for (int i = 0; i < 64; i++)
@@ -119,6 +133,7 @@ static void reader(int me, uint64_t keys, int64_t hot)
         n += 256;
     }
     S->secs[me] = now_s() - t0;
+    S->cpu[me] = cpu_now() - c0;
     atomic_store(&S->rows[me], n);
     _exit(0);
 }
@@ -188,6 +203,8 @@ static double phase_daemon_cpu; /* the daemon's CPU seconds in the last phase */
 
 /* One phase: nreaders readers, a writer or not, for secs. Rows/s of each
  * reader (summed) and of the writer. */
+static double phase_reader_cpu_rate; /* the readers' rows per CPU-second, last phase */
+
 static void phase(int nreaders, bool write, int64_t hot, uint64_t keys, uint32_t batch,
                   double secs, double *reader_rate, double *writer_rate)
 {
@@ -213,8 +230,15 @@ static void phase(int nreaders, bool write, int64_t hot, uint64_t keys, uint32_t
     }
     phase_daemon_cpu = phase_daemon_cpu < 0 ? -1 : daemon_cpu() - phase_daemon_cpu;
     *reader_rate = 0;
-    for (int i = 0; i < nreaders; i++)
-        *reader_rate += (double)S->rows[i] / S->secs[i];
+    {
+        double rows = 0, cpu = 0;
+        for (int i = 0; i < nreaders; i++) {
+            *reader_rate += (double)S->rows[i] / S->secs[i];
+            rows += (double)S->rows[i];
+            cpu += S->cpu[i];
+        }
+        phase_reader_cpu_rate = cpu > 0 ? rows / cpu : 0;
+    }
     *writer_rate = write ? (double)S->rows[MAXR] / S->secs[MAXR] : 0;
 }
 
@@ -336,19 +360,28 @@ int main(int argc, char **argv)
            "phase, --wal-sync %s\n", (unsigned long long)keys, ROW, batch, readers, secs, sync);
     {
         double ra[31], rb[31], w[31], w0[31], loss[31], hr[31], hw[31], core[31], x;
+        double ca[31], cb[31], closs[31];
         for (unsigned r = 0; r < repeats; r++) {
             phase(0, true, -1, keys, batch, secs, &x, &w0[r]);
             /* rows the daemon applies per second of its own CPU: its rate
              * on one core, whatever else the machine's cores were doing */
             core[r] = phase_daemon_cpu > 0 ? w0[r] * S->secs[MAXR] / phase_daemon_cpu : 0;
             phase((int)readers, false, -1, keys, batch, secs, &ra[r], &x);
+            ca[r] = phase_reader_cpu_rate;
             phase((int)readers, true, -1, keys, batch, secs, &rb[r], &w[r]);
+            cb[r] = phase_reader_cpu_rate;
             loss[r] = 100.0 * (1.0 - rb[r] / ra[r]);
+            /* The same per second of the readers' own CPU: what the
+             * updates cost them beyond sharing cores (cache, retries). */
+            closs[r] = ca[r] > 0 ? 100.0 * (1.0 - cb[r] / ca[r]) : 0;
             phase(1, true, 12345, keys, batch, secs, &hr[r], &hw[r]);
         }
         report("readers alone: rows/s (all readers)", ra, (int)repeats, "rows/s");
         report("readers while updated: rows/s", rb, (int)repeats, "rows/s");
         report("readers' loss while updated", loss, (int)repeats, "%");
+        report("readers alone: rows per reader CPU-second", ca, (int)repeats, "rows/s");
+        report("readers updated: rows per reader CPU-second", cb, (int)repeats, "rows/s");
+        report("readers' loss per CPU-second (not cores)", closs, (int)repeats, "%");
         report("writer alone: rows/s of 512 B", w0, (int)repeats, "rows/s");
         report("writer alone: rows per daemon CPU-second", core, (int)repeats, "rows/s");
         report("writer under readers: rows/s of 512 B", w, (int)repeats, "rows/s");
