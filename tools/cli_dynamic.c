@@ -10,8 +10,9 @@
  *   | u32 n (1..EC_ROWS_BATCH_MAX) | u32 row_bytes (put: the table's row
  *   size; delete: 0) | n x i64 keys | put: n rows of row_bytes
  *
- * or from a pair of .npy files (--keys K.npy --rows R.npy), cut into
- * batches of --batch rows. Each batch is one ec_rows_put/ec_rows_delete:
+ * or from a pair of .npy files (--keys K.npy --rows R.npy), or a
+ * safetensors file holding both (--safetensors F: tensors "keys" and
+ * "rows", or --keys-name/--rows-name), cut into batches of --batch rows. Each batch is one ec_rows_put/ec_rows_delete:
  * logged by the daemon whole or not at all. A record that is malformed is
  * refused whole, and the message names it (its number and byte offset);
  * a record whose header is readable but wrong (row size, count) is skipped
@@ -19,8 +20,8 @@
  * line goes to standard error when it is a terminal, or with --progress.
  *
  * Part of the embcache command-line tool (tools/embcache.c dispatches here;
- * one process, one thread). .npy files are parsed by the daemon's own
- * parser (core/tensorfile.h), as `embcache search` does.
+ * one process, one thread). .npy and safetensors files are parsed by the
+ * daemon's own parsers (core/tensorfile.h), as `embcache search` does.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -83,22 +84,34 @@ static int open_table(ec_client **c, ec_tensor **t, char **argv)
     return EXIT_OK;
 }
 
-/* A whole .npy array (malloc'd, native byte order) and its header. */
-static int read_npy(const char *path, ec_tf_tensor *out, uint8_t **data)
+/* A whole array (malloc'd, native byte order) and its header: the .npy
+ * file path (name NULL), or the tensor `name` of the safetensors file
+ * path. */
+static int read_array(const char *path, const char *name, ec_tf_tensor *out, uint8_t **data)
 {
     ec_tf_list l = {0};
     int fd = open(path, O_RDONLY | O_CLOEXEC), rc = EXIT_BADINPUT;
     uint8_t *raw = NULL;
+    size_t i = 0;
 
     if (fd < 0) {
         fprintf(stderr, "%s: cannot open %s: %s\n", prog, path, strerror(errno));
         return errno == ENOENT ? EXIT_NOTFOUND : EXIT_BADINPUT;
     }
-    if (ec_npy_parse_fd(fd, "x", &l)) {
+    if (name ? ec_safetensors_parse_fd(fd, &l) : ec_npy_parse_fd(fd, "x", &l)) {
         fprintf(stderr, "%s: %s: %s\n", prog, path, ec_last_error());
         goto out;
     }
-    *out = l.tensors[0];
+    while (name && i < l.n && strcmp(l.tensors[i].name, name))
+        i++;
+    if (i == l.n) {
+        fprintf(stderr, "%s: %s has no tensor '%s' (it has:", prog, path, name);
+        for (size_t j = 0; j < l.n && j < 8; j++)
+            fprintf(stderr, " '%s'", l.tensors[j].name);
+        fprintf(stderr, "%s); name it with --keys-name or --rows-name\n", l.n > 8 ? " ..." : "");
+        goto out;
+    }
+    *out = l.tensors[i];
     if (!(raw = malloc(out->data_len ? out->data_len : 1)) ||
         pread(fd, raw, out->data_len, (off_t)out->data_off) != (ssize_t)out->data_len) {
         fprintf(stderr, "%s: cannot read %s\n", prog, path);
@@ -107,11 +120,11 @@ static int read_npy(const char *path, ec_tf_tensor *out, uint8_t **data)
     }
     if (out->byteswap) {
         size_t esz = ec_dtype_size(out->dtype);
-        for (uint64_t i = 0; esz > 1 && i < out->data_len; i += esz)
+        for (uint64_t e = 0; esz > 1 && e < out->data_len; e += esz)
             for (size_t j = 0; j < esz / 2; j++) {
-                uint8_t x = raw[i + j];
-                raw[i + j] = raw[i + esz - 1 - j];
-                raw[i + esz - 1 - j] = x;
+                uint8_t x = raw[e + j];
+                raw[e + j] = raw[e + esz - 1 - j];
+                raw[e + esz - 1 - j] = x;
             }
     }
     *data = raw;
@@ -122,17 +135,19 @@ out:
     return rc;
 }
 
-/* --keys K.npy: int64 (or int32) keys, one dimension. */
-static int read_keys(const char *path, int64_t **keys, size_t *n)
+/* --keys K.npy (name NULL) or the tensor `name` of a safetensors file:
+ * int64 (or int32) keys, one dimension. */
+static int read_keys(const char *path, const char *name, int64_t **keys, size_t *n)
 {
     ec_tf_tensor t;
     uint8_t *raw;
-    int rc = read_npy(path, &t, &raw);
+    int rc = read_array(path, name, &t, &raw);
 
     if (rc)
         return rc;
     if ((t.dtype != EC_DTYPE_I64 && t.dtype != EC_DTYPE_I32) || t.ndim != 1) {
-        fprintf(stderr, "%s: %s must hold a 1-D array of int64 keys\n", prog, path);
+        fprintf(stderr, "%s: %s%s%s must hold a 1-D array of int64 keys\n", prog, path,
+                name ? ": tensor " : "", name ? name : "");
         free(raw);
         return EXIT_BADINPUT;
     }
@@ -247,11 +262,14 @@ static int cmd_put_del(int argc, char **argv, bool del)
     static const struct option o[] = {
         {"keys", required_argument, NULL, 'k'},
         {"rows", required_argument, NULL, 'r'},
+        {"safetensors", required_argument, NULL, 's'},
+        {"keys-name", required_argument, NULL, 'K'},
+        {"rows-name", required_argument, NULL, 'R'},
         {"batch", required_argument, NULL, 'b'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
-    const char *kpath = NULL, *rpath = NULL;
+    const char *kpath = NULL, *rpath = NULL, *spath = NULL, *kname = "keys", *rname = "rows";
     uint64_t batch = BATCH_DEFAULT, done = 0;
     int64_t *keys = NULL;
     uint8_t *rows = NULL;
@@ -265,30 +283,47 @@ static int cmd_put_del(int argc, char **argv, bool del)
         switch (ch) {
         case 'k': kpath = optarg; break;
         case 'r': rpath = optarg; break;
+        case 's': spath = optarg; break;
+        case 'K': kname = optarg; break;
+        case 'R': rname = optarg; break;
         case 'b':
             if (cli_parse_u64(prog, "--batch", optarg, 1, EC_ROWS_BATCH_MAX, &batch))
                 return EXIT_USAGE;
             break;
         case 'h':
             if (del)
-                printf("usage: embcache del MODEL VERSION TENSOR (KEY... | --keys K.npy)\n\n"
+                printf("usage: embcache del MODEL VERSION TENSOR (KEY... | --keys K.npy |\n"
+                       "                    --safetensors F [--keys-name NAME])\n\n"
                        "Delete keys of a dynamic table (absent keys are counted, not an error).\n");
             else
                 printf("usage: embcache put MODEL VERSION TENSOR --keys K.npy --rows R.npy "
-                       "[--batch N]\n\nInsert or update rows of a dynamic table: K.npy holds "
-                       "int64 keys [n], R.npy\nthe rows [n, ...] in the tensor's dtype and row "
-                       "shape. Sent in batches of N\n(default 65536); each is logged whole "
-                       "before it is acknowledged.\n");
+                       "[--batch N]\n"
+                       "       embcache put MODEL VERSION TENSOR --safetensors F [--keys-name K]"
+                       " [--rows-name R]\n\nInsert or update rows of a dynamic table: K.npy "
+                       "holds int64 keys [n], R.npy\nthe rows [n, ...] in the tensor's dtype and "
+                       "row shape; or one safetensors file\nholds both, as tensors 'keys' and "
+                       "'rows' unless named. Sent in batches of N\n(default 65536); each is "
+                       "logged whole before it is acknowledged.\n");
             return EXIT_OK;
         default:
             return EXIT_USAGE;
         }
     }
+    if (spath && (kpath || rpath))
+        return usage_err("--safetensors replaces --keys and --rows; give one or the other");
+    if (spath) {
+        kpath = spath;
+        rpath = del ? NULL : spath;
+    } else {
+        kname = rname = NULL; /* .npy files */
+    }
     if (argc - optind < 3 || (!del && (argc - optind != 3 || !kpath || !rpath)) ||
         (del && !kpath && argc - optind == 3) || (del && kpath && argc - optind != 3))
-        return usage_err(del ? "needs MODEL VERSION TENSOR and KEY... or --keys K.npy"
-                             : "needs MODEL VERSION TENSOR --keys K.npy --rows R.npy");
-    if (kpath && (rc = read_keys(kpath, &keys, &n)))
+        return usage_err(del ? "needs MODEL VERSION TENSOR and KEY..., --keys K.npy or "
+                               "--safetensors F"
+                             : "needs MODEL VERSION TENSOR and --keys K.npy --rows R.npy, or "
+                               "--safetensors F");
+    if (kpath && (rc = read_keys(kpath, kname, &keys, &n)))
         return rc;
     if (del && !kpath) {
         n = (size_t)(argc - optind - 3);
@@ -308,15 +343,17 @@ static int cmd_put_del(int argc, char **argv, bool del)
     if (!del) {
         ec_tf_tensor rt;
         uint64_t row_elems = 1;
-        if ((rc = read_npy(rpath, &rt, &rows)))
+        if ((rc = read_array(rpath, rname, &rt, &rows)))
             goto out;
         for (uint32_t i = 1; i < info.ndim; i++)
             row_elems *= info.shape[i];
         if (rt.dtype != info.dtype || rt.ndim < 1 || rt.shape[0] != n ||
             rt.data_len != n * row_elems * ec_dtype_size(info.dtype)) {
-            fprintf(stderr, "%s: %s must hold %zu rows of %" PRIu64 " %s values (the table's "
-                            "rows) to go with the keys of %s\n",
-                    prog, rpath, n, row_elems, ec_dtype_name(info.dtype), kpath);
+            fprintf(stderr, "%s: %s%s%s must hold %zu rows of %" PRIu64 " %s values (the "
+                            "table's rows) to go with the keys of %s%s%s\n",
+                    prog, rpath, rname ? ": tensor " : "", rname ? rname : "", n, row_elems,
+                    ec_dtype_name(info.dtype), kpath, kname ? ": tensor " : "",
+                    kname ? kname : "");
             rc = EXIT_BADINPUT;
             goto out;
         }
@@ -457,12 +494,15 @@ static int cmd_update(int argc, char **argv)
     static const struct option o[] = {
         {"keys", required_argument, NULL, 'k'},
         {"rows", required_argument, NULL, 'r'},
+        {"safetensors", required_argument, NULL, 's'},
+        {"keys-name", required_argument, NULL, 'K'},
+        {"rows-name", required_argument, NULL, 'R'},
         {"batch", required_argument, NULL, 'b'},
         {"progress", no_argument, NULL, 'P'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
-    const char *kpath = NULL, *rpath = NULL;
+    const char *kpath = NULL, *rpath = NULL, *spath = NULL, *kname = NULL, *rname = NULL;
     uint64_t batch = BATCH_DEFAULT;
     bool show = isatty(2);
     ec_tensor_info info;
@@ -474,6 +514,9 @@ static int cmd_update(int argc, char **argv)
         switch (ch) {
         case 'k': kpath = optarg; break;
         case 'r': rpath = optarg; break;
+        case 's': spath = optarg; break;
+        case 'K': kname = optarg; break;
+        case 'R': rname = optarg; break;
         case 'P': show = true; break;
         case 'b':
             if (cli_parse_u64(prog, "--batch", optarg, 1, EC_ROWS_BATCH_MAX, &batch))
@@ -482,7 +525,9 @@ static int cmd_update(int argc, char **argv)
         case 'h':
             printf("usage: embcache update MODEL VERSION TENSOR [FILE | -] [--progress]\n"
                    "       embcache update MODEL VERSION TENSOR --keys K.npy --rows R.npy "
-                   "[--batch N]\n\n"
+                   "[--batch N]\n"
+                   "       embcache update MODEL VERSION TENSOR --safetensors F [--keys-name K]\n"
+                   "                       [--rows-name R] [--batch N]\n\n"
                    "Apply a stream of updates to a dynamic table, batch by batch; each batch\n"
                    "is logged whole before it is acknowledged, or refused whole. FILE (or\n"
                    "standard input) holds records, all little-endian:\n"
@@ -497,17 +542,29 @@ static int cmd_update(int argc, char **argv)
         }
     }
     if (argc - optind < 3 || argc - optind > 4 || (!!kpath != !!rpath) ||
-        (kpath && argc - optind != 3))
-        return usage_err("needs MODEL VERSION TENSOR and FILE, -, or --keys and --rows");
-    if (kpath) {
-        char *pargv[16] = {argv[0]};
+        ((kpath || spath) && argc - optind != 3) || (spath && kpath) ||
+        ((kname || rname) && !spath))
+        return usage_err("needs MODEL VERSION TENSOR and FILE, -, --keys and --rows, or "
+                         "--safetensors (with --keys-name/--rows-name)");
+    if (kpath || spath) {
+        char *pargv[20] = {argv[0]};
         int pargc = 1;
         char bs[32];
         snprintf(bs, sizeof(bs), "%" PRIu64, batch);
-        pargv[pargc++] = "--keys";
-        pargv[pargc++] = (char *)kpath;
-        pargv[pargc++] = "--rows";
-        pargv[pargc++] = (char *)rpath;
+        pargv[pargc++] = spath ? "--safetensors" : "--keys";
+        pargv[pargc++] = (char *)(spath ? spath : kpath);
+        if (!spath) {
+            pargv[pargc++] = "--rows";
+            pargv[pargc++] = (char *)rpath;
+        }
+        if (kname) {
+            pargv[pargc++] = "--keys-name";
+            pargv[pargc++] = (char *)kname;
+        }
+        if (rname) {
+            pargv[pargc++] = "--rows-name";
+            pargv[pargc++] = (char *)rname;
+        }
         pargv[pargc++] = "--batch";
         pargv[pargc++] = bs;
         for (int i = optind; i < argc; i++)

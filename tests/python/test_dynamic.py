@@ -146,3 +146,37 @@ def test_cli_update_stream_and_refusals(dyn, tmp_path):
     assert d.cli("snapshot", "m", "1").stdout.strip() == "2"
     r = d.cli("put", "m", "2", "t", "--keys", str(kp), "--rows", str(rp), check=False)
     assert r.returncode == 4 and "not a dynamic table" in r.stderr
+
+
+def test_cli_update_from_safetensors(dyn, tmp_path):
+    from conftest import write_safetensors
+    d, c, src = dyn
+    t = c.tensor("m", "t", version=1)
+    keys = np.array([5, 2**40, -7], np.int64)
+    rows = rows_for(keys, 11)
+    p = tmp_path / "u.safetensors"
+    write_safetensors(p, {"keys": ("I64", keys.shape, keys.tobytes()),
+                          "rows": ("F32", rows.shape, rows.tobytes())})
+    d.cli("update", "m", "1", "t", "--safetensors", str(p), "--batch", "2")
+    np.testing.assert_array_equal(t.gather(keys), rows)
+    # Other names, and a put through `embcache put`.
+    rows2 = rows_for(keys, 12)
+    q = tmp_path / "v.safetensors"
+    write_safetensors(q, {"ids": ("I64", keys.shape, keys.tobytes()),
+                          "emb": ("F32", rows2.shape, rows2.tobytes())})
+    r = d.cli("update", "m", "1", "t", "--safetensors", str(q), check=False)
+    assert r.returncode != 0 and "no tensor 'keys'" in r.stderr and "'ids'" in r.stderr
+    np.testing.assert_array_equal(t.gather(keys), rows)              # nothing applied
+    d.cli("put", "m", "1", "t", "--safetensors", str(q), "--keys-name", "ids",
+          "--rows-name", "emb")
+    np.testing.assert_array_equal(t.gather(keys), rows2)
+    # Rows of the wrong width are refused whole and named.
+    bad = rows2[:, :8].copy()
+    write_safetensors(q, {"keys": ("I64", keys.shape, keys.tobytes()),
+                          "rows": ("F32", bad.shape, bad.tobytes())})
+    r = d.cli("put", "m", "1", "t", "--safetensors", str(q), check=False)
+    assert r.returncode != 0 and "tensor rows" in r.stderr, r.stderr
+    np.testing.assert_array_equal(t.gather(keys), rows2)
+    # And deletes by the keys of a safetensors file.
+    d.cli("del", "m", "1", "t", "--safetensors", str(p))
+    assert t.find(keys)[1].tolist() == [False, False, False]
