@@ -18,6 +18,14 @@
  *  4. dirty: the current file holds records not yet fdatasynced (never in
  *     BATCH mode); older files hold none (rotation syncs them first).
  *  5. broken != 0 after a failed fdatasync: appends and syncs are refused.
+ *  7. The mark (INTERVAL and NONE modes): the file `synced` holds an lsn
+ *     through which every record was fdatasynced, written only after that
+ *     fdatasync returned. A machine that stops may lose, or leave garbage
+ *     in, what was written after it; open then cuts the last file at the
+ *     first bad record past the mark, valid-looking records after it
+ *     included (rule 2b of wal.h), and calls a bad record at or before the
+ *     mark corruption. BATCH mode keeps no mark (every acknowledged record
+ *     was synced): open removes a mark a previous daemon left.
  *  6. Direct appends (dio >= 0, the current file opened O_DIRECT): stage
  *     holds the current file's last partial 4 KiB block, bytes
  *     [size - tail, size), tail = size % 4096. An append copies the record
@@ -55,6 +63,8 @@
 #endif
 
 #define FILE_MAGIC 0x3130464c41574345ull /* "ECWALF01" */
+#define MARK_MAGIC 0x3130534c41574345ull /* "ECWALS01" */
+#define MARK_NAME "synced"
 #define FILE_VERSION 1u
 #define REC_MAGIC 0x52574345u            /* "ECWR" */
 #define SCRATCH ((size_t)1 << 20)        /* chunk of hashing and scanning */
@@ -68,6 +78,14 @@ struct wal_fhdr {
     uint32_t reserved;  /* 0 */
     uint64_t first_lsn; /* the lsn of the file's first record; also its name */
     uint64_t checksum;  /* XXH3-64 of the 24 bytes above */
+};
+
+/* The file MARK_NAME (invariant 7). */
+struct wal_mark {
+    uint64_t magic;    /* MARK_MAGIC */
+    uint64_t lsn;      /* every record up to it was fdatasynced */
+    uint64_t reserved; /* 0 */
+    uint64_t checksum; /* XXH3-64 of the 24 bytes above */
 };
 
 /* Before each record's payload. */
@@ -105,6 +123,9 @@ struct ec_wal {
     int dfd;                  /* the directory: openat, unlinkat, fsync */
     int fd;                   /* the current file, files[nfiles - 1] */
     int dio;                  /* the same file opened O_DIRECT, or -1 (invariant 6) */
+    int mfd;                  /* MARK_NAME, once written; -1 */
+    bool have_mark;           /* at open: a valid mark was found, of lsn mark_lsn */
+    uint64_t mark_lsn;
     bool direct;              /* open the current file O_DIRECT when the fs allows it */
     unsigned char *stage;     /* aligned to BLK: the tail block, then a record */
     size_t stage_cap;
@@ -457,6 +478,47 @@ static int find_later(ec_wal *w, int fd, const char *name, uint64_t from, uint64
 /* ------------------------------------------------------------------ */
 /* Opening                                                             */
 
+/* Read the mark (invariant 7): have_mark and mark_lsn. A missing or
+ * damaged mark is no mark: open then calls any bad record that is not the
+ * tail corruption, as it would without one, and deletes nothing. */
+static void mark_read(ec_wal *w)
+{
+    struct wal_mark m;
+    int fd = openat(w->dfd, MARK_NAME, O_RDONLY | O_CLOEXEC);
+
+    w->have_mark = false;
+    if (fd < 0)
+        return;
+    if (pread_full(fd, &m, sizeof(m), 0) == (ssize_t)sizeof(m) && m.magic == MARK_MAGIC &&
+        m.reserved == 0 && m.checksum == XXH3_64bits(&m, 24)) {
+        w->have_mark = true;
+        w->mark_lsn = m.lsn;
+    } else {
+        ec_warn("write-ahead log %s/%s is damaged; ignored (a bad record anywhere but the "
+                "tail is then reported as corruption)", w->dir, MARK_NAME);
+    }
+    close(fd);
+}
+
+/* Record that every record through lsn is durable (called right after
+ * the fdatasync that made it so). A failure only costs the mark's
+ * leniency after a machine crash: logged, not returned. */
+static void mark_write(ec_wal *w, uint64_t lsn)
+{
+    struct wal_mark m = {.magic = MARK_MAGIC, .lsn = lsn};
+
+    if (w->mfd < 0) {
+        if ((w->mfd = openat(w->dfd, MARK_NAME, O_RDWR | O_CREAT | O_CLOEXEC, 0600)) < 0 ||
+            fsync(w->dfd) < 0) {
+            ec_warn("write-ahead log %s/%s: %s", w->dir, MARK_NAME, strerror(errno));
+            return;
+        }
+    }
+    m.checksum = XXH3_64bits(&m, 24);
+    if (pwrite(w->mfd, &m, sizeof(m), 0) != (ssize_t)sizeof(m) || fdatasync(w->mfd) < 0)
+        ec_warn("write-ahead log %s/%s: %s", w->dir, MARK_NAME, strerror(errno));
+}
+
 /* Are the bytes [off, size) of fd the zeros a direct append pads its last
  * block with: inside the file's last 4 KiB block, the file ending on a
  * block boundary? 1, 0, or -errno. */
@@ -487,7 +549,7 @@ static int scan_file(ec_wal *w, size_t i, uint64_t *cut, bool *remove)
     struct wal_fhdr fh;
     struct wal_rhdr h;
     struct stat sb;
-    uint64_t off = FHDR, size, at = 0;
+    uint64_t off = FHDR, size, at = 0, expect;
     ssize_t r = 0;
     int fd, rc = 0;
 
@@ -550,14 +612,30 @@ static int scan_file(ec_wal *w, size_t i, uint64_t *cut, bool *remove)
             }
             if ((rc = find_later(w, fd, name, off, size, &at)) < 0)
                 goto out;
-            if (rc == 1) {
+            expect = f->first_lsn + f->records;
+            if (w->have_mark && expect <= w->mark_lsn) {
+                rc = corrupt(w, name, off, "%s, at lsn %llu, which was synced (the log was "
+                             "synced through lsn %llu)", why, (unsigned long long)expect,
+                             (unsigned long long)w->mark_lsn);
+                goto out;
+            }
+            if (rc == 1 && !w->have_mark) {
                 rc = corrupt(w, name, off, "%s, and a valid record follows at offset %llu", why,
                              (unsigned long long)at);
                 goto out;
             }
-            ec_warn("write-ahead log %s/%s: cutting %llu bytes at offset %llu, a record that "
-                    "was never acknowledged (a crash while it was appended): %s",
-                    w->dir, name, (unsigned long long)(size - off), (unsigned long long)off, why);
+            if (rc == 1)
+                ec_warn("write-ahead log %s/%s: cutting %llu bytes at offset %llu, from lsn "
+                        "%llu on: the log was synced through lsn %llu and what followed was "
+                        "damaged (the machine stopped; --wal-sync interval or none lose "
+                        "unsynced updates then): %s", w->dir, name,
+                        (unsigned long long)(size - off), (unsigned long long)off,
+                        (unsigned long long)expect, (unsigned long long)w->mark_lsn, why);
+            else
+                ec_warn("write-ahead log %s/%s: cutting %llu bytes at offset %llu, a record "
+                        "that was never acknowledged (a crash while it was appended): %s",
+                        w->dir, name, (unsigned long long)(size - off),
+                        (unsigned long long)off, why);
             *cut = off;
             break;
         }
@@ -673,12 +751,13 @@ int ec_wal_open(const ec_wal_config *cfg, ec_wal **out)
         free(w);
         return ec_seterr(EC_ENOMEM, "opening the write-ahead log %s", cfg->dir);
     }
-    w->dfd = w->fd = w->dio = -1;
+    w->dfd = w->fd = w->dio = w->mfd = -1;
     w->sync = cfg->sync;
     w->direct = cfg->direct;
     w->file_bytes = cfg->file_bytes ? cfg->file_bytes : EC_WAL_DEFAULT_FILE_BYTES;
     if ((rc = open_dir(w)) < 0 || (rc = list_files(w)) < 0)
         goto fail;
+    mark_read(w);
     /* Check everything before changing anything. */
     for (size_t i = 0; i < w->nfiles; i++)
         if ((rc = scan_file(w, i, &cut, &remove)) < 0)
@@ -714,6 +793,10 @@ int ec_wal_open(const ec_wal_config *cfg, ec_wal **out)
         dio_open(w, name);
     }
     w->last_lsn = w->files[w->nfiles - 1].first_lsn + w->files[w->nfiles - 1].records - 1;
+    if (w->have_mark && w->sync == EC_WAL_SYNC_BATCH &&
+        (unlinkat(w->dfd, MARK_NAME, 0) < 0 || fsync(w->dfd) < 0))
+        ec_warn("write-ahead log %s: cannot remove %s, the mark of another sync mode: %s",
+                w->dir, MARK_NAME, strerror(errno));
     buf_release(w);
     *out = w;
     return 0;
@@ -746,6 +829,8 @@ static int sync_records(ec_wal *w)
     }
     w->dirty = false;
     w->st.syncs++;
+    if (w->sync != EC_WAL_SYNC_BATCH)
+        mark_write(w, w->last_lsn);
     return 0;
 }
 
@@ -996,6 +1081,8 @@ void ec_wal_close(ec_wal *w)
         close(w->fd);
     if (w->dio >= 0)
         close(w->dio);
+    if (w->mfd >= 0)
+        close(w->mfd);
     if (w->dfd >= 0)
         close(w->dfd);
     free(w->files);

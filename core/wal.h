@@ -41,6 +41,15 @@
  *     fsync), logged and counted in ec_wal_stats.truncated_bytes. A last
  *     file too short for its header (a crash while it was being created)
  *     is removed the same way.
+ *  2b. INTERVAL and NONE modes keep a mark, the file `synced`: the lsn
+ *     through which the log was fdatasynced (written after the sync). A
+ *     machine that stops may leave garbage in what it had not synced,
+ *     with valid records after it: a bad record of the last file past the
+ *     mark is cut off with everything after it (those updates had been
+ *     acknowledged, not synced: the modes' stated loss), logged and counted
+ *     as in rule 2. A bad record at or before the mark, torn tail or not,
+ *     is corruption (rule 3). BATCH mode keeps no mark. A damaged mark is
+ *     ignored (rules 2 and 3 alone).
  *  3. Any other bad record (in an older file, or followed by a valid record
  *     in the last file, or an lsn out of sequence) is corruption: open
  *     fails with EC_ECORRUPT naming the file, the byte offset and what is
@@ -58,9 +67,9 @@
  *  BATCH     every acknowledged append / every acknowledged append
  *  INTERVAL  every acknowledged append / appends up to the last
  *            ec_wal_sync() (the caller calls it on a timer)
- *  NONE      every acknowledged append / what the OS wrote back; a machine
- *            crash may also leave unsynced pages written out of order,
- *            which open reports as corruption (rule 3) rather than guess.
+ *  NONE      every acknowledged append / appends up to the last sync of a
+ *            file (at rotation); what a machine crash left damaged past it
+ *            is cut (rule 2b).
  */
 #ifndef EC_CORE_WAL_H
 #define EC_CORE_WAL_H

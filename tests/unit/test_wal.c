@@ -179,7 +179,8 @@ static ec_wal_stats stats(const ec_wal *w)
 
 #define MAXF 256
 
-/* The directory's entries, sorted, with their contents. */
+/* The directory's entries, sorted, with their contents: its log files
+ * only, not the sync mark ("synced", checked by test_sync_mark). */
 struct snap {
     int n;
     char names[MAXF][256];
@@ -200,7 +201,7 @@ static void snap_take(const char *dir, struct snap *s)
     assert_non_null(d);
     s->n = 0;
     while ((de = readdir(d)))
-        if (de->d_name[0] != '.') {
+        if (de->d_name[0] != '.' && strcmp(de->d_name, "synced") != 0) {
             assert_true(s->n < MAXF);
             snprintf(s->names[s->n++], sizeof(s->names[0]), "%s", de->d_name);
         }
@@ -1158,6 +1159,91 @@ static void test_crash_kill9_nosync(void **state)
     crash_cycles(f->dir, EC_WAL_SYNC_NONE, 20, 8000);
 }
 
+
+/* The sync mark (wal.c invariant 7): after a machine crash in INTERVAL or
+ * NONE mode, damage past the last sync is cut, valid-looking records after
+ * it included; damage at or before it is corruption; BATCH mode keeps no
+ * mark; a damaged mark is ignored (corruption stays corruption). */
+static void mark_setup(const char *dir, char *path, size_t plen, uint64_t *offs)
+{
+    struct snap s;
+    ec_wal *w = wopen(dir, EC_WAL_SYNC_INTERVAL, 1 << 20);
+
+    append_range(w, 1, 10);
+    assert_int_equal(ec_wal_sync(w), 0); /* the mark: lsn 10 */
+    append_range(w, 11, 20);             /* written, never synced */
+    ec_wal_close(w);
+    snap_take(dir, &s);
+    assert_int_equal(s.n, 1);
+    assert_int_equal(rec_offsets(s.data[0], s.len[0], offs, 64), 20);
+    path_of(dir, s.names[0], path, plen);
+    snap_free(&s);
+}
+
+static void zero_at(const char *path, uint64_t off, size_t len)
+{
+    unsigned char z[256] = {0};
+    int fd = open(path, O_WRONLY);
+    assert_true(fd >= 0 && len <= sizeof(z));
+    assert_int_equal(pwrite(fd, z, len, (off_t)off), (ssize_t)len);
+    close(fd);
+}
+
+static void test_sync_mark(void **state)
+{
+    struct fixture *f = *state;
+    char path[4096], mark[4096];
+    uint64_t offs[64];
+    struct stat sb;
+    ec_wal *w;
+
+    snprintf(mark, sizeof(mark), "%s/synced", f->dir);
+    /* Record 12 lost (zeros), 13..20 intact: cut at 12. */
+    mark_setup(f->dir, path, sizeof(path), offs);
+    assert_int_equal(stat(mark, &sb), 0);
+    zero_at(path, offs[11] + 8, 100);
+    w = wopen(f->dir, EC_WAL_SYNC_INTERVAL, 1 << 20);
+    assert_int_equal(stats(w).last_lsn, 11);
+    assert_true(stats(w).truncated_bytes > 0);
+    replay_expect(w, 1, 11);
+    append_range(w, 12, 14); /* and it goes on */
+    ec_wal_close(w);
+    w = wopen(f->dir, EC_WAL_SYNC_NONE, 1 << 20);
+    replay_expect(w, 1, 14);
+    ec_wal_close(w);
+    ect_rmtree(f->dir);
+
+    /* Record 5, synced, damaged: corruption, nothing changed. */
+    mark_setup(f->dir, path, sizeof(path), offs);
+    zero_at(path, offs[4] + 8, 100);
+    expect_corrupt(f->dir, "wal-", (long long)offs[4]);
+    assert_non_null(strstr(ec_last_error(), "was synced"));
+    /* A torn tail inside a synced record: corruption too. */
+    ect_rmtree(f->dir);
+    mark_setup(f->dir, path, sizeof(path), offs);
+    truncate_to(path, offs[7] + 20);
+    expect_corrupt(f->dir, "wal-", (long long)offs[7]);
+    assert_non_null(strstr(ec_last_error(), "was synced"));
+    ect_rmtree(f->dir);
+
+    /* A damaged mark is no mark: damage past it is corruption again. */
+    mark_setup(f->dir, path, sizeof(path), offs);
+    flip_byte(mark, 9);
+    zero_at(path, offs[11] + 8, 100);
+    expect_corrupt(f->dir, "wal-", (long long)offs[11]);
+    assert_non_null(strstr(ec_last_error(), "valid record follows"));
+    ect_rmtree(f->dir);
+
+    /* BATCH mode removes the mark; its damage in the middle is corruption. */
+    mark_setup(f->dir, path, sizeof(path), offs);
+    w = wopen(f->dir, EC_WAL_SYNC_BATCH, 1 << 20);
+    ec_wal_close(w);
+    assert_int_equal(stat(mark, &sb), -1);
+    zero_at(path, offs[11] + 8, 100);
+    expect_corrupt(f->dir, "wal-", (long long)offs[11]);
+    assert_non_null(strstr(ec_last_error(), "valid record follows"));
+}
+
 /* ------------------------------------------------------------------ */
 /* Direct appends (O_DIRECT, whole blocks padded with zeros)           */
 
@@ -1326,6 +1412,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_fault_sync, setup, teardown),
         cmocka_unit_test_setup_teardown(test_crash_kill9, setup, teardown),
         cmocka_unit_test_setup_teardown(test_crash_kill9_nosync, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_sync_mark, setup, teardown),
         cmocka_unit_test_setup_teardown(test_direct_appends, setup, teardown),
         cmocka_unit_test_setup_teardown(test_crash_kill9_direct, setup, teardown),
     };
