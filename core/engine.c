@@ -509,6 +509,15 @@ void ec_engine_inject(ec_engine *e, enum ec_fault_kind kind, unsigned every_nth)
     ec_pager_inject(e->pager, kind, every_nth);
 }
 
+void ec_engine_hists(const ec_engine *e, ec_hist *fault, ec_hist *read)
+{
+    ec_pager_stats ps;
+
+    ec_pager_stats_get(e->pager, &ps);
+    *fault = e->fault_seconds;
+    *read = ps.read_seconds;
+}
+
 int ec_engine_stats(ec_engine *e, int (*cb)(const char *name, uint64_t v, void *arg), void *arg)
 {
     ec_extent_stats s;

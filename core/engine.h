@@ -19,6 +19,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "common/hist.h"
 #include "common/err.h"
 #include "core/catalog.h"
 #include "core/pager.h"
@@ -197,6 +198,10 @@ void ec_engine_tick(ec_engine *e);
 
 /* Report statistics. */
 int ec_engine_stats(ec_engine *e, int (*cb)(const char *name, uint64_t v, void *arg), void *arg);
+
+/* Latency histograms (server thread): fault requests, from arrival to
+ * answer; pager reads, from submission to completion. */
+void ec_engine_hists(const ec_engine *e, ec_hist *fault, ec_hist *read);
 
 /* Fault hook (tests): every nth partition read fails as `kind`. */
 void ec_engine_inject(ec_engine *e, enum ec_fault_kind kind, unsigned every_nth);

@@ -99,6 +99,7 @@ static void request_finish(ec_engine *e, struct request *r)
         /* The client learns how the tensor is cached now from every answer. */
         struct tstate *ts = ec_u64map_get(&e->tensors, r->tensor);
         r->res.mode = ts ? (uint32_t)ts->mode : EC_CACHE_PARTITIONS;
+        ec_hist_since(&e->fault_seconds, r->start_ns);
     }
     if (r->kind == REQ_PREWARM || r->kind == REQ_PREWARM_PIN)
         eng_prewarm_report(e, r);
@@ -240,6 +241,7 @@ int ec_engine_fault(ec_engine *e, uint64_t owner, uint64_t token, uint32_t tenso
     r->owner = owner;
     r->token = token;
     r->tensor = tensor;
+    r->start_ns = ec_hist_now_ns();
     r->pending = 1; /* held until every partition has been looked at */
     e->st.fault_requests++;
     eng_note_request(ts->vs);

@@ -43,6 +43,7 @@
 #include <time.h>
 
 #include "core/engine.h"
+#include "common/hist.h"
 #include "common/u64map.h"
 #include "core/devtier.h"
 #include "core/itemstore.h"
@@ -122,6 +123,7 @@ struct request {
     uint64_t token;
     uint32_t tensor;
     uint32_t pending;
+    uint64_t start_ns;           /* REQ_FAULT: when it came (ec_hist_now_ns) */
     ec_engine_result res;
     struct prewarm *pw;          /* REQ_PREWARM*: whose progress this is */
     uint64_t parts;              /* REQ_PREWARM*: partitions it covers */
@@ -278,6 +280,7 @@ struct ec_engine {
             name_filter_builds, name_filter_refusals, name_answers_reused,
             name_catalog_queries;
     } st;
+    ec_hist fault_seconds;       /* a fault request, from its arrival to its answer */
     time_t started;
 };
 

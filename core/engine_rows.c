@@ -538,6 +538,7 @@ int ec_engine_fault_rows(ec_engine *e, uint64_t owner, uint64_t token, uint32_t 
     r->owner = owner;
     r->token = token;
     r->tensor = tensor;
+    r->start_ns = ec_hist_now_ns();
     r->pending = 1;
     e->st.fault_requests++;
     eng_note_request(ts->vs);

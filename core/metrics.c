@@ -150,6 +150,9 @@ static const struct stat_desc {
     {"wal_direct", 'g', "1 while write-ahead log appends bypass the page cache (O_DIRECT)"},
     {"wal_direct_appends", 'c', "Write-ahead log appends written with O_DIRECT"},
     {"clients", 'g', "Clients connected"},
+    {"alias_switches", 'c', "Aliases moved to another version"},
+    {"alias_switches_cold", 'c', "Aliases moved to a version under 90% resident (not prewarmed)"},
+    {"requests_failed", 'c', "Requests answered with an error (by code: request_errors)"},
     {"connections_accepted", 'c', "Connections accepted"},
     {"connections_rejected", 'c', "Connections rejected"},
     {"connections_rejected_uid", 'c', "Connections rejected for their uid"},
@@ -371,6 +374,43 @@ void ec_metrics_put_ns(ec_metrics_sink *k, const ec_proto_ns *ns)
     r->uid = ns->owner_uid;
     for (unsigned i = 0; i < 4; i++)
         r->counters[i] = ns->counters[ns_families[i].counter];
+}
+
+void ec_metrics_put_hist(ec_metrics_sink *k, const char *name, const char *help,
+                         const ec_hist *h)
+{
+    char fam[96];
+    uint64_t cum = 0;
+
+    snprintf(fam, sizeof(fam), "embcache_%s_seconds", name);
+    do_append_locked(k, "# HELP %s %s\n# TYPE %s histogram\n", fam, help, fam);
+    for (unsigned b = 0; b < EC_HIST_BUCKETS; b++) {
+        cum += h->bucket[b];
+        do_append_locked(k, "%s_bucket{le=\"%g\"} %" PRIu64 "\n", fam, ec_hist_le_seconds(b),
+                         cum);
+    }
+    do_append_locked(k, "%s_bucket{le=\"+Inf\"} %" PRIu64 "\n%s_sum %.9f\n%s_count %" PRIu64
+                        "\n",
+                     fam, h->count, fam, (double)h->sum_ns / 1e9, fam, h->count);
+}
+
+/* Labels of the error codes, by -code (include/embcache.h). */
+static const char *const error_names[] = {
+    NULL,       "EINVAL",  "ENOMEM",  "EIO",     "ENOENT",    "ERANGE",   "ECHECKSUM",
+    "EPROTO",   "ECONN",   "EEXIST",  "EFORMAT", "EDTYPE",    "ENOSPC",   "EPERM",
+    "EBUSY",    "ESTALE",  "EVERSION", "ETOOBIG", "EINTERNAL", "ECORRUPT", "EDEVICE",
+    "ETIMEOUT",
+};
+_Static_assert(sizeof(error_names) / sizeof(error_names[0]) == 1 - EC_E_LAST,
+               "a label for every error code");
+
+void ec_metrics_put_errors(ec_metrics_sink *k, const uint64_t *by_code)
+{
+    family_locked(k, "embcache_request_errors_total", 'c',
+                  "Requests answered with an error, by its code (include/embcache.h)");
+    for (int i = 1; i <= -EC_E_LAST; i++)
+        do_append_locked(k, "embcache_request_errors_total{code=\"%s\"} %" PRIu64 "\n",
+                         error_names[i], by_code[i]);
 }
 
 /* The families gathered by the put_tensor and put_ns calls. */

@@ -26,6 +26,7 @@
 
 #include <stdint.h>
 
+#include "common/hist.h"
 #include "core/proto.h"
 
 #define EC_METRICS_WAIT_MS 2000          /* a scrape waits this long for the server */
@@ -62,5 +63,10 @@ int ec_metrics_put_stat(const char *name, uint64_t v, void *sink);
 void ec_metrics_put_tensor(ec_metrics_sink *k, const ec_proto_tensor_stat *t);
 /* One result namespace (its NS_LIST record, live counts included). */
 void ec_metrics_put_ns(ec_metrics_sink *k, const ec_proto_ns *ns);
+/* A latency histogram: the family embcache_<name>_seconds. */
+void ec_metrics_put_hist(ec_metrics_sink *k, const char *name, const char *help,
+                         const ec_hist *h);
+/* Requests answered with an error: by_code[-code] for every EC_E* code. */
+void ec_metrics_put_errors(ec_metrics_sink *k, const uint64_t *by_code);
 
 #endif

@@ -103,6 +103,7 @@ void ec_pager_file_del(ec_pager *p, int slot)
 void ec_pager_submit(ec_pager *p, ec_page_req *r)
 {
     ec_pager_prepare(p, r);
+    r->submit_ns = ec_hist_now_ns();
     p->ops->submit(p, r);
 }
 
@@ -117,9 +118,26 @@ int ec_pager_event_fd(const ec_pager *p)
     return p->efd;
 }
 
+struct reap_ctx {
+    ec_pager *p;
+    void (*done)(ec_page_req *r, void *arg);
+    void *arg;
+};
+
+/* Each completion: its latency into the histogram, then the caller's. */
+static void reaped(ec_page_req *r, void *arg)
+{
+    struct reap_ctx *c = arg;
+
+    ec_hist_since(&c->p->st.read_seconds, r->submit_ns);
+    c->done(r, c->arg);
+}
+
 void ec_pager_reap(ec_pager *p, void (*done)(ec_page_req *r, void *arg), void *arg)
 {
-    p->ops->reap(p, done, arg);
+    struct reap_ctx c = {.p = p, .done = done, .arg = arg};
+
+    p->ops->reap(p, reaped, &c);
 }
 
 void ec_pager_stats_get(const ec_pager *p, ec_pager_stats *out)

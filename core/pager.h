@@ -31,6 +31,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "common/hist.h"
 #include "common/err.h"
 
 enum ec_page_prio { EC_PAGE_DEMAND = 0, EC_PAGE_PREWARM = 1 };
@@ -65,6 +66,7 @@ typedef struct ec_page_req {
     char msg[EC_ERRMSG_MAX];
 
     /* Private to the pager. */
+    uint64_t submit_ns;     /* when ec_pager_submit took it (ec_hist_now_ns) */
     uint32_t done;          /* bytes read so far */
     unsigned retries;
     bool direct;            /* this read goes through dfd */
@@ -95,6 +97,7 @@ typedef struct ec_pager_stats {
     uint64_t direct_reads;    /* of reads, those done with O_DIRECT */
     uint64_t fixed_buffer_reads;
     uint64_t block_reads;     /* of reads, the block runs */
+    ec_hist read_seconds;     /* submit to completion of each read, failed ones too */
 } ec_pager_stats;
 
 typedef struct ec_pager ec_pager;

@@ -283,6 +283,7 @@ static int lease_grant(ec_resmgr *m, struct rns *ns, const ec_res_peer *p, uint6
     l->owner = p->owner;
     l->slot = ns->cat.slot;
     l->deadline_ns = now + (int64_t)ns->cat.lease_us * 1000;
+    l->granted_ns = now;
     ns->leases_granted++;
     if (++ns->computing > ns->computing_peak)
         ns->computing_peak = ns->computing;
@@ -565,8 +566,12 @@ int ec_resmgr_put(ec_resmgr *m, const ec_res_peer *p, uint32_t slot, const void 
         (void)ec_u64map_put(&m->negative, k.item_key, (void *)1);
         negative_push(ns, k.item_key);
     }
-    if ((l = ec_u64map_get(&m->leases, k.item_key)))
+    if ((l = ec_u64map_get(&m->leases, k.item_key))) {
+        /* The holder's put ends its computation: how long it took. */
+        if (l->owner == p->owner && now >= l->granted_ns)
+            ec_hist_add(&m->recompute_seconds, (uint64_t)(now - l->granted_ns));
         lease_end(m, l);
+    }
     wake(m, slot);
     return 0;
 fail:
@@ -905,6 +910,11 @@ void ec_resmgr_tick(ec_resmgr *m)
     leases_end_if(m, overran, &now);
     if (ec_catalog_changes() != m->cat_changes)
         ec_resmgr_rebind(m);
+}
+
+void ec_resmgr_recompute_hist(const ec_resmgr *m, ec_hist *out)
+{
+    *out = m->recompute_seconds;
 }
 
 int ec_resmgr_stats(ec_resmgr *m, int (*cb)(const char *name, uint64_t v, void *arg), void *arg)

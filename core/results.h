@@ -25,6 +25,7 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+#include "common/hist.h"
 #include "core/engine.h"
 #include "core/proto.h"
 
@@ -100,5 +101,9 @@ void ec_resmgr_tick(ec_resmgr *m);
 void ec_resmgr_rebind(ec_resmgr *m);
 
 int ec_resmgr_stats(ec_resmgr *m, int (*cb)(const char *name, uint64_t v, void *arg), void *arg);
+
+/* Recomputations: from a lease's grant (a miss that the caller computes)
+ * to its holder's put, across namespaces. Server thread. */
+void ec_resmgr_recompute_hist(const ec_resmgr *m, ec_hist *out);
 
 #endif

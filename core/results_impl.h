@@ -15,6 +15,7 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+#include "common/hist.h"
 #include "common/u64map.h"
 #include "core/catalog.h"
 #include "core/itemstore.h"
@@ -54,6 +55,7 @@ struct lease {
     uint64_t item_key;
     uint64_t owner;
     int64_t deadline_ns;        /* CLOCK_MONOTONIC */
+    int64_t granted_ns;         /* CLOCK_MONOTONIC: when it was granted */
     uint32_t slot;
 };
 
@@ -76,6 +78,7 @@ struct ec_resmgr {
         uint64_t arenas_created, dropped_at_open, lease_timeouts, owner_leases_passed;
         uint64_t rebinds, put_errors;
     } st;
+    ec_hist recompute_seconds;  /* a lease's grant to its holder's put */
 };
 
 /* results_store.c */

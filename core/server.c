@@ -77,6 +77,8 @@ void srv_reply_error(server *s, struct conn *c, uint16_t op, uint32_t req_id, in
 {
     int rc = ec_msg_send_error(c->fd, op, req_id, code, msg);
 
+    if (code < 0 && code >= EC_E_LAST)
+        s->st.errors[-code]++;
     if (rc) {
         if (rc != EC_ECONN)
             s->st.disconnected_slow++;

@@ -92,6 +92,14 @@ int srv_stats_each(server *s, int (*cb)(const char *name, uint64_t v, void *arg)
     if (dx.rc)
         return dx.rc;
     S("clients", s->conns.len);
+    S("alias_switches", s->st.alias_switches);
+    S("alias_switches_cold", s->st.alias_switches_cold);
+    {
+        uint64_t errors = 0;
+        for (int i = 1; i <= -EC_E_LAST; i++)
+            errors += s->st.errors[i];
+        S("requests_failed", errors);
+    }
     S("connections_accepted", s->st.accepted);
     S("connections_rejected", s->st.rejected);
     S("connections_rejected_uid", s->st.rejected_uid);
@@ -278,6 +286,61 @@ int srv_h_list(server *s, struct conn *c, ec_rbuf *r, uint32_t req_id)
     return 0;
 }
 
+struct version_bytes {
+    const char *model;
+    int64_t version, id;
+    uint64_t total;
+};
+
+static int find_version(const ec_cat_version *v, void *arg)
+{
+    struct version_bytes *x = arg;
+
+    if (v->version != x->version)
+        return 0;
+    x->id = v->id;
+    return 1;
+}
+
+static int add_tensor_bytes(const ec_cat_tensor *t, void *arg)
+{
+    struct version_bytes *x = arg;
+
+    x->total += t->rows * t->row_bytes;
+    return 0;
+}
+
+/* An alias moved to (model, version): count it, and count and warn when
+ * under 90% of the version's bytes are resident (it was not prewarmed:
+ * its first requests will fault; the alert rule
+ * EmbcacheAliasSwitchedCold watches alias_switches_cold). */
+static void note_switch(server *s, const char *model, const char *alias, int64_t version)
+{
+    struct version_bytes x = {.model = model, .version = version};
+    ec_catalog *cat = ec_engine_catalog(s->engine);
+    ec_proto_tensor_stat *v = NULL;
+    uint64_t resident = 0;
+    size_t n = 0;
+
+    s->st.alias_switches++;
+    if (ec_catalog_list_versions(cat, model, find_version, &x) != 1 ||
+        ec_catalog_list_tensors(cat, x.id, add_tensor_bytes, &x) < 0 || x.total == 0)
+        return;
+    if (srv_tensor_list(s, &v, &n) == 0)
+        for (size_t i = 0; i < n; i++)
+            if (v[i].version == version && !strcmp(v[i].model, model))
+                resident += v[i].resident_bytes;
+    free(v);
+    if (resident * 10 < x.total * 9) {
+        s->st.alias_switches_cold++;
+        ec_warn("alias %s/%s moved to version %lld with %llu of its %llu bytes resident: it "
+                "was not prewarmed, and its first requests wait for the disk (run `embcache "
+                "prewarm %s %lld` before moving an alias)",
+                model, alias, (long long)version, (unsigned long long)resident,
+                (unsigned long long)x.total, model, (long long)version);
+    }
+}
+
 int srv_h_alias(server *s, struct conn *c, ec_rbuf *r, uint32_t req_id)
 {
     char model[EC_NAME_MAX + 1], alias[EC_NAME_MAX + 1];
@@ -295,6 +358,7 @@ int srv_h_alias(server *s, struct conn *c, ec_rbuf *r, uint32_t req_id)
         return rc;
     ec_info("alias %s/%s -> version %lld (by pid %d)", model, alias, (long long)version,
             (int)c->pid);
+    note_switch(s, model, alias, version);
     /* Namespaces bound to the alias start their new generation before the
      * mover hears that it moved. */
     ec_resmgr_rebind(s->results);
@@ -616,6 +680,18 @@ void srv_metrics_render(void *arg, ec_metrics_sink *k)
     size_t n = 0;
 
     srv_stats_each(s, ec_metrics_put_stat, k);
+    {
+        ec_hist fault, read, recompute;
+        ec_engine_hists(s->engine, &fault, &read);
+        ec_resmgr_recompute_hist(s->results, &recompute);
+        ec_metrics_put_hist(k, "fault", "Fault requests, from their arrival to their answer",
+                            &fault);
+        ec_metrics_put_hist(k, "pager_read", "Pager reads, from submission to completion",
+                            &read);
+        ec_metrics_put_hist(k, "recompute", "Result recomputations: a lease's grant to its "
+                            "holder's put", &recompute);
+        ec_metrics_put_errors(k, s->st.errors);
+    }
     if (srv_tensor_list(s, &v, &n) == 0)
         for (size_t i = 0; i < n; i++)
             ec_metrics_put_tensor(k, &v[i]);

@@ -113,6 +113,11 @@ typedef struct server {
         /* Session counters of clients that have gone. */
         uint64_t gathers, rows, hits, misses, retries, faults, device_rows, mapped_rows,
             staged_rows;
+        /* Requests answered with an error, by code (index -code). */
+        uint64_t errors[1 - EC_E_LAST];
+        /* Aliases moved; of them, to a version not prewarmed (under 90% of
+         * its bytes resident). */
+        uint64_t alias_switches, alias_switches_cold;
     } st;
     ec_u64map tfold;     /* tensor id -> struct tcount: per-tensor counts of them */
     /* Epochs of connections that went while their device gathers may still

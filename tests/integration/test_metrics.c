@@ -3,8 +3,10 @@
  * --metrics-listen) against a real daemon: raw HTTP/1.0 over TCP (no curl),
  * the text exposition format 0.0.4 checked line by line, series that move
  * with gathers, per-tensor labels, /healthz, 404 and 405, a listener bound
- * to loopback only, and bad values of the option. Prints the median time
- * of 20 scrapes (not asserted).
+ * to loopback only, and bad values of the option; the latency histograms
+ * (faults, pager reads, recomputations), errors by code and aliases moved
+ * to versions not prewarmed. Prints the median time of 20 scrapes (not
+ * asserted).
  */
 #include <arpa/inet.h>
 #include <errno.h>
@@ -147,7 +149,8 @@ static bool name_char(char c, bool first)
 static size_t check_format(char *body)
 {
     char (*help)[128] = calloc(4096, sizeof(*help)), (*type)[128] = calloc(4096, 128);
-    size_t nhelp = 0, ntype = 0, samples = 0;
+    char (*hist)[128] = calloc(64, 128);
+    size_t nhelp = 0, ntype = 0, nhist = 0, samples = 0;
     char *save = NULL;
 
     assert_non_null(help);
@@ -170,9 +173,13 @@ static size_t check_format(char *body)
             } else {
                 char t[16] = "";
                 sscanf(line + 7 + strlen(name), " %15s", t);
-                if (strcmp(t, "counter") && strcmp(t, "gauge"))
+                if (strcmp(t, "counter") && strcmp(t, "gauge") && strcmp(t, "histogram"))
                     fail_msg("TYPE of %s is '%s'", name, t);
                 snprintf(type[ntype++], 128, "%s", name);
+                if (!strcmp(t, "histogram")) {
+                    assert_true(nhist < 64);
+                    snprintf(hist[nhist++], 128, "%s", name);
+                }
                 if (!strcmp(t, "counter")) {
                     size_t l = strlen(name);
                     if (l < 6 || strcmp(name + l - 6, "_total"))
@@ -219,6 +226,14 @@ static size_t check_format(char *body)
         strtod(p + 1, &end);
         if (end == p + 1 || *end)
             fail_msg("bad value in: %s", line);
+        /* A histogram's samples are its name with _bucket, _sum, _count. */
+        for (i = 0; i < nhist; i++) {
+            size_t l = strlen(hist[i]);
+            if (!strncmp(name, hist[i], l) &&
+                (!strcmp(name + l, "_bucket") || !strcmp(name + l, "_sum") ||
+                 !strcmp(name + l, "_count")))
+                name[l] = 0;
+        }
         for (i = 0; i < nhelp && strcmp(help[i], name); i++)
             ;
         if (i == nhelp)
@@ -234,6 +249,7 @@ static size_t check_format(char *body)
     free(body);
     free(help);
     free(type);
+    free(hist);
     return samples;
 }
 
@@ -369,6 +385,112 @@ static void test_metrics_endpoint(void **state)
 
 /* Bound to 127.0.0.1 only: the kernel lists the listener on that address,
  * and another loopback address of the same port refuses. */
+/* A histogram family in body: buckets cumulative (never decreasing),
+ * +Inf equal to _count. Returns _count. */
+static double check_hist(const char *body, const char *fam)
+{
+    char key[160], inf[160], cnt[160];
+    double prev = 0, v;
+    size_t n = 0, l;
+
+    snprintf(key, sizeof(key), "%s_bucket{le=\"", fam);
+    l = strlen(key);
+    for (const char *p = body; p && *p; p = strchr(p, '\n'), p = p ? p + 1 : NULL)
+        if (!strncmp(p, key, l)) {
+            const char *sp = strchr(p, ' ');
+            assert_non_null(sp);
+            v = strtod(sp + 1, NULL);
+            if (v < prev)
+                fail_msg("%s: bucket %.40s below the one before it", fam, p);
+            prev = v;
+            n++;
+        }
+    assert_true(n >= 10);
+    snprintf(inf, sizeof(inf), "%s_bucket{le=\"+Inf\"}", fam);
+    snprintf(cnt, sizeof(cnt), "%s_count", fam);
+    assert_true(sample(body, inf) == sample(body, cnt));
+    assert_true(sample(body, inf) == prev);
+    return sample(body, cnt);
+}
+
+static void test_metrics_histograms_errors_alias(void **state)
+{
+    struct table tb, tb2;
+    struct http h;
+    ec_client *c = connect_ok();
+    ec_tensor *t;
+    double faults = 0, reads = 0;
+
+    (void)state;
+    table_make(&tb, "emb.npy", ROWS, COLS, 7);
+    table_make(&tb2, "emb2.npy", ROWS, COLS, 8);
+    import_npy(c, "mm", 1, tb.path, 4096);
+    t = resolve_ok(c, "mm", "1", "emb");
+    gather_all_ok(t, &tb);
+    for (int i = 0; i < 200 && !(faults >= 1 && reads >= 1); i++) {
+        faults = scrape_value("embcache_fault_seconds_count");
+        reads = scrape_value("embcache_pager_read_seconds_count");
+        if (!(faults >= 1 && reads >= 1))
+            usleep(10000);
+    }
+    assert_true(faults >= 1 && reads >= 1);
+    http("GET", "/metrics", &h);
+    assert_int_equal(h.status, 200);
+    check_format(h.body);
+    assert_true(check_hist(h.body, "embcache_fault_seconds") >= 1);
+    assert_true(check_hist(h.body, "embcache_pager_read_seconds") >= 1);
+    assert_true(check_hist(h.body, "embcache_recompute_seconds") == 0);
+    assert_true(sample(h.body, "embcache_fault_seconds_sum") > 0);
+    assert_true(sample(h.body, "embcache_request_errors_total{code=\"ENOENT\"}") == 0);
+    free(h.body);
+
+    /* Errors by code: an unknown tensor is ENOENT, counted once per answer. */
+    {
+        ec_tensor *x = NULL;
+        assert_int_equal(ec_tensor_resolve(c, "mm", "1", "nope", &x), EC_ENOENT);
+        assert_int_equal(ec_tensor_resolve(c, "mm", "7", "emb", &x), EC_ENOENT);
+        assert_true(scrape_value("embcache_request_errors_total{code=\"ENOENT\"}") >= 2);
+        assert_true(scrape_value("embcache_requests_failed_total") >= 2);
+        assert_true(scrape_value("embcache_request_errors_total{code=\"EINTERNAL\"}") == 0);
+    }
+
+    /* An alias moved to a version never loaded is cold; one prewarmed first
+     * is not. */
+    import_npy(c, "mm", 2, tb2.path, 4096);
+    assert_int_equal(ec_model_alias(c, "mm", "current", 2), 0);
+    assert_true(scrape_value("embcache_alias_switches_total") == 1);
+    assert_true(scrape_value("embcache_alias_switches_cold_total") == 1);
+    {
+        ec_prewarm_progress pw;
+        assert_int_equal(prewarm_wait(c, "mm", "2", 0, &pw), 0);
+        assert_int_equal(pw.failed, 0);
+    }
+    assert_int_equal(ec_model_alias(c, "mm", "stable", 2), 0);
+    assert_true(scrape_value("embcache_alias_switches_total") == 2);
+    assert_true(scrape_value("embcache_alias_switches_cold_total") == 1);
+
+    /* A recomputation: a lease granted, the value put 50 ms later. */
+    {
+        ec_ns_opts o = {.flags = EC_NS_CREATE | EC_NS_SHARED};
+        ec_result_value v = {.data = "val", .len = 3};
+        ec_results *r;
+        double n = 0, sum = 0;
+        assert_int_equal(ec_results_open(c, "ns-h", &o, &r), 0);
+        assert_int_equal(ec_results_lease(r, "k", 1, 0), EC_LEASE_GRANTED);
+        usleep(50000);
+        assert_int_equal(ec_results_put(r, "k", 1, &v), 0);
+        n = scrape_value("embcache_recompute_seconds_count");
+        sum = scrape_value("embcache_recompute_seconds_sum");
+        assert_true(n == 1);
+        assert_true(sum >= 0.05 && sum < 10);
+        ec_results_close(r);
+    }
+    ec_tensor_release(t);
+    ec_client_close(c);
+    table_free(&tb);
+    table_free(&tb2);
+}
+
 static void test_metrics_loopback_only(void **state)
 {
     char want[64], line[512];
@@ -424,6 +546,8 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_metrics_endpoint, setup, env_teardown),
         cmocka_unit_test_setup_teardown(test_metrics_loopback_only, setup, env_teardown),
+        cmocka_unit_test_setup_teardown(test_metrics_histograms_errors_alias, setup,
+                                        env_teardown),
         cmocka_unit_test(test_metrics_bad_option),
     };
 

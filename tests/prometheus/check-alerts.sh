@@ -2,7 +2,8 @@
 # Checks deploy/prometheus/embcache-alerts.yml: promtool check rules, promtool test rules
 # on embcache-alerts.test.yml, and that every embcache_* series the rules name is one
 # core/metrics.c exports (a stat_table entry, as embcache_<stat> for a gauge or
-# embcache_<stat>_total for a counter, or a family name written out there), so renaming a
+# embcache_<stat>_total for a counter, a family name written out there, or a histogram
+# core/server_admin.c renders with ec_metrics_put_hist), so renaming a
 # statistic breaks this test instead of silently blinding an alert.
 # The series check needs no promtool; the rest is skipped (exit 77) when promtool is not
 # installed (Debian: apt-get install prometheus).
@@ -18,7 +19,11 @@ metrics_c="$src/core/metrics.c"
 # are quoted "embcache_..." strings.
 known=$(sed -n "s/^ *{\"\([a-z0-9_]*\)\", *'c'.*/embcache_\1_total/p;
                 s/^ *{\"\([a-z0-9_]*\)\", *'g'.*/embcache_\1/p" "$metrics_c";
-        grep -o '"embcache_[a-z0-9_]*"' "$metrics_c" | tr -d '"')
+        grep -o '"embcache_[a-z0-9_]*"' "$metrics_c" | tr -d '"';
+        sed -n 's/.*ec_metrics_put_hist(k, "\([a-z0-9_]*\)".*/embcache_\1_seconds\
+embcache_\1_seconds_bucket\
+embcache_\1_seconds_count\
+embcache_\1_seconds_sum/p' "$src/core/server_admin.c")
 if [ "$(printf '%s\n' "$known" | grep -c .)" -lt 50 ]; then
   echo "check-alerts.sh: found too few series in $metrics_c: has stat_table changed shape?" >&2
   exit 1
