@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Checks deploy/prometheus/embcache-alerts.yml: promtool check rules, promtool test rules
-# on embcache-alerts.test.yml, and that every embcache_* series the rules name is one
+# on embcache-alerts.test.yml, and that every embcache_* series the rules (and the Grafana
+# dashboard, deploy/grafana/embcache-dashboard.json) name is one
 # core/metrics.c exports (a stat_table entry, as embcache_<stat> for a gauge or
 # embcache_<stat>_total for a counter, a family name written out there, or a histogram
 # core/server_admin.c renders with ec_metrics_put_hist), so renaming a
@@ -28,11 +29,13 @@ if [ "$(printf '%s\n' "$known" | grep -c .)" -lt 50 ]; then
   echo "check-alerts.sh: found too few series in $metrics_c: has stat_table changed shape?" >&2
   exit 1
 fi
-used=$(grep -v '^ *#' "$rules" | grep -o 'embcache_[a-z0-9_]*' | sort -u)
+dashboard="$src/deploy/grafana/embcache-dashboard.json"
+used=$( (grep -v '^ *#' "$rules"; cat "$dashboard") | grep -o 'embcache_[a-z0-9_]*' | sort -u)
 bad=0
 for name in $used; do
   if ! printf '%s\n' "$known" | grep -qx "$name"; then
-    echo "check-alerts.sh: $rules uses $name, which core/metrics.c does not export" >&2
+    echo "check-alerts.sh: the rules or the dashboard use $name, which core/metrics.c does" \
+         "not export" >&2
     bad=1
   fi
 done
