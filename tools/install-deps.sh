@@ -15,6 +15,9 @@ PKGS=(
   libopenblas-dev python3-faiss
   # embcache-bench's baselines and plots (its smoke test runs them too)
   redis-server memcached libhiredis-dev libmemcached-dev gnuplot-nox fio
+  # the remote tier's Redis Cluster client (core/rcluster*.c: libhiredis-dev) and
+  # its test cluster (tests/redis/cluster.sh: redis-server, redis-cli)
+  redis-tools
   # promtool, for the alert rules' tests (deploy/prometheus; the package's prometheus
   # service is not needed: stop it where systemd started it)
   prometheus
