@@ -7,6 +7,7 @@ embcache search, on the same table, queries, machine and threads.
         [--centres C] [--sigma S] [-k K] [--metrics ip,cosine,l2]
         [--nprobe 1,4,16,64] [--nlist N] [--batch B] [--singles S]
         [--exact-singles E] [--repeats R] [--threads T] [--record FILE]
+        [--dynamic [--rewrite 0.1]]
 
 What it does:
 
@@ -35,6 +36,15 @@ What it does:
   0.3 s pause before each run (both libraries' thread pools spin a while
   after a batch); queries/s per repeat, reported as the median and the
   range; recall@k against the exact answer.
+
+With --dynamic, the table is made a dynamic table instead (keys 0..rows-1;
+FAISS is not run): per metric, embcache's index is built on it and timed
+(exact search of the table, --nprobe of the index, one query per call and a
+batch) right after the build, after --rewrite of the rows (a random share of
+the keys, seed 4) were written again with new rows of the mixture (the
+index's delta, which every search scores exactly), and after a rebuild;
+recall against exact search of the table as it is then, and the index's
+stale rows (Tensor.index_info).
 
 One JSON object per line on stdout; --record appends a plain-text table with
 the machine, the commit and the command. Run it with Debian's /usr/bin/python3
@@ -204,6 +214,114 @@ def worker(args):
 
 
 # ---------------------------------------------------------------------------
+# The worker of --dynamic
+
+def dyn_worker(args):
+    embcache = setup_package(Path(args.build))
+    T, k = args.threads, args.k
+    qb = draw(np.random.default_rng(2), centres(args), args.batch, args.sigma)
+    qs = qb[:args.singles]
+    nprobes = [int(v) for v in args.nprobe.split(",")]
+    wrng = np.random.default_rng(4)
+    with embcache.connect(args.socket) as c:
+        c.make_dynamic(MODEL, 1, TENSOR, capacity=args.rows + args.rows // 8,
+                       policy="refuse")
+        for metric in args.metrics.split(","):
+            t0 = time.perf_counter()
+            st = c.build_index(MODEL, 1, TENSOR, nlist=args.nlist or None, metric=metric)
+            build_s = time.perf_counter() - t0
+            for phase in ("built", "rewritten", "rebuilt"):
+                if phase == "rewritten":
+                    n = int(args.rows * args.rewrite)
+                    keys = np.sort(wrng.choice(args.rows, n, replace=False)).astype(np.int64)
+                    tw = c.tensor(MODEL, TENSOR, version=1)
+                    for r0 in range(0, n, 65536):
+                        kk = keys[r0:r0 + 65536]
+                        tw.put(kk, draw(wrng, centres(args), len(kk), args.sigma))
+                    tw.release()
+                elif phase == "rebuilt":
+                    t0 = time.perf_counter()
+                    st = c.build_index(MODEL, 1, TENSOR, nlist=args.nlist or None,
+                                       metric=metric)
+                    build_s = time.perf_counter() - t0
+                ti = c.tensor(MODEL, TENSOR, version=1)   # maps the index built last
+                info = ti.index_info()
+                ref_b = ti.search(qb, k, metric, threads=T)[1]
+                ref_s = ref_b[:len(qs)]
+                res = {}
+                for r in range(args.repeats):
+                    for nprobe in [0] + nprobes:
+                        for per_call in (1, args.batch):
+                            time.sleep(0.3)
+                            qq = (qs[:args.exact_singles] if nprobe == 0 else qs) \
+                                if per_call == 1 else qb
+                            t0 = time.perf_counter()
+                            if per_call == 1:
+                                ids = np.stack([ti.search(q, k, metric, threads=T,
+                                                          nprobe=nprobe)[1] for q in qq])
+                            else:
+                                ids = ti.search(qq, k, metric, threads=T, nprobe=nprobe)[1]
+                            dt = time.perf_counter() - t0
+                            d = res.setdefault((nprobe, per_call), {"qps": [], "recall": 1.0})
+                            d["qps"].append(len(qq) / dt)
+                            ref = ref_s[:len(qq)] if per_call == 1 else ref_b
+                            d["recall"] = min(d["recall"], recall(ids, ref))
+                for (nprobe, per_call), d in res.items():
+                    v = d["qps"]
+                    print(json.dumps({
+                        "mode": "dynamic", "phase": phase, "metric": metric,
+                        "lib": "exact" if nprobe == 0 else "embcache", "nprobe": nprobe,
+                        "nlist": st["nlist"], "queries_per_call": per_call, "threads": T,
+                        "rows": args.rows, "dim": args.dim, "k": k,
+                        "repeats": args.repeats, "rewrite": args.rewrite,
+                        "qps_median": float(np.median(v)), "qps_min": float(min(v)),
+                        "qps_max": float(max(v)), "recall": d["recall"],
+                        "build_s": build_s, "stale_rows": info["stale_rows"],
+                        "live_keys": info["live_keys"],
+                    }), flush=True)
+                ti.release()
+
+
+def record_dynamic(args, lines, wall, shm_mb, load):
+    m = machine()
+    with open(args.record, "a") as f:
+        f.write(f"# annbench --dynamic: IVF-Flat top-{args.k} of a dynamic table, after its "
+                f"build, after {args.rewrite:.0%} of its rows were written again, after a "
+                f"rebuild; {args.rows} x {args.dim} f32, {time.strftime('%Y-%m-%d %H:%M')}\n")
+        f.write(f"machine: 2 vCPU VM (nproc {m['nproc']}), CPU {m['cpu']}, kernel "
+                f"{m['kernel']}\n")
+        f.write(f"commit: {commit()}\n")
+        f.write(f"command: /usr/bin/python3 {' '.join(sys.argv)}\n")
+        f.write(f"numpy {np.__version__}, python {platform.python_version()}; threads: "
+                f"OPENBLAS_NUM_THREADS = search(threads=) = {args.threads}; wall {wall:.0f} s; "
+                f"embcached --shm-size {shm_mb}M; load average (1 min) {load[0]:.2f} at the "
+                f"start, {load[1]:.2f} at the end (a shared machine)\n")
+        f.write(f"data: Gaussian mixture, {args.centres} centres N(0,1), sigma {args.sigma}, "
+                f"seed 1/11, keys 0..rows-1; rows written again: drawn from the same mixture "
+                f"(seed 4); {args.batch} queries (seed 2)\n")
+        f.write(f"repeats {args.repeats}; 1 query/call: {args.singles} calls per repeat "
+                f"({min(args.singles, args.exact_singles)} for exact); recall@{args.k} against "
+                f"exact search of the table as it is in that phase (the least over repeats)\n")
+        for metric in args.metrics.split(","):
+            ml = [d for d in lines if d["metric"] == metric]
+            for phase in ("built", "rewritten", "rebuilt"):
+                pl = [d for d in ml if d["phase"] == phase]
+                if not pl:
+                    continue
+                e = pl[0]
+                f.write(f"\n## metric {metric}, {phase}: nlist {e['nlist']}, stale rows "
+                        f"{e['stale_rows']} of {e['live_keys']} live keys; index build "
+                        f"{e['build_s']:.1f} s\n")
+                f.write(f"{'q/call':>6} {'nprobe':>6} {'q/s median':>11} {'range':>21} "
+                        f"{'recall':>7}\n")
+                for d in sorted(pl, key=lambda d: (d["queries_per_call"], d["nprobe"])):
+                    f.write(f"{d['queries_per_call']:>6} {d['nprobe'] or 'exact':>6} "
+                            f"{d['qps_median']:>11.1f} {d['qps_min']:>10.1f}-"
+                            f"{d['qps_max']:<10.1f} {d['recall']:>7.4f}\n")
+        f.write("\n")
+
+
+# ---------------------------------------------------------------------------
 # The parent: table, daemon, worker, record
 
 def write_table(path: Path, args):
@@ -235,11 +353,15 @@ def main():
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--record")
+    ap.add_argument("--dynamic", action="store_true",
+                    help="a dynamic table's index: after its build, after --rewrite, rebuilt")
+    ap.add_argument("--rewrite", type=float, default=0.1,
+                    help="--dynamic: share of the rows written again (default 0.1)")
     ap.add_argument("--socket", help=argparse.SUPPRESS)
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
-        return worker(args)
+        return dyn_worker(args) if args.dynamic else worker(args)
 
     build = Path(args.build)
     if not (build / "embcached").exists():
@@ -255,6 +377,8 @@ def main():
         src = tmp / f"{TENSOR}.npy"
         write_table(src, args)
         need = args.rows * args.dim * 4
+        if args.dynamic:   # the table beside the tensor: capacity 1.125 rows, slots of +32 B
+            need += int(args.rows * 1.125 * 1.07 * (args.dim * 4 + 32 + 16))
         shm_mb = max(256, (need * 5 // 4 + (1 << 20) - 1) >> 20)
         sock = str(tmp / "s.sock")
         log = open(tmp / "embcached.log", "wb")
@@ -278,7 +402,8 @@ def main():
         stop_daemon(daemon)
         shutil.rmtree(tmp, ignore_errors=True)
     if args.record:
-        record(args, lines, time.time() - t_start, shm_mb, (load0, os.getloadavg()[0]))
+        (record_dynamic if args.dynamic else record)(args, lines, time.time() - t_start,
+                                                     shm_mb, (load0, os.getloadavg()[0]))
 
 
 def record(args, lines, wall, shm_mb, load):

@@ -23,6 +23,15 @@
  *      into their lists in id order (a second read of the tensor), then the
  *      checksums; the memfd is sealed against writes;
  *   5. send: INDEX_PUT with the memfd; the daemon copies and checks it.
+ *
+ * A dynamic table (shm/dyntable.h) has no row numbers and changes under
+ * the build: its lsn L0 is read first (acquire), then every live slot is
+ * copied once (key and row, seq-checked) into memory of the build, and the
+ * steps above read that copy, with positions in it as ids; the file
+ * (format 2, KEYED) stores the keys in their place, with built_lsn = L0.
+ * Every row written up to L0 is in the copy or was replaced since by a row
+ * of a larger lsn, which searches take from the table (client_dynivf.c);
+ * a key the copy met twice (it moved during the copy) is kept once.
  */
 #include <cblas.h>
 #include <math.h>
@@ -31,6 +40,8 @@
 #include "client/client_impl.h"
 #include "client/search_impl.h"
 #include "common/ivffile.h"
+#include "shm/dyntable.h"
+#include "shm/index.h"
 
 /* Rows per gather while reading the tensor. */
 #define READ_BLOCK 4096
@@ -54,6 +65,8 @@ struct build {
     int64_t *rid;               /* READ_BLOCK ids */
     uint8_t *raw;               /* READ_BLOCK rows as stored */
     float *blk;                 /* READ_BLOCK rows as f32 */
+    const float *mem;           /* a dynamic table: its rows copied (rows * dim), else NULL */
+    const int64_t *keys;        /* and their keys, in the same order */
     ec_index_progress_fn progress;
     void *parg;
     double last;                /* when progress was last called */
@@ -120,9 +133,12 @@ static int read_rows(struct build *b, const int64_t *ids, size_t n, float *out)
 {
     ec_tensor *t = b->t;
     ec_dtype dt = (ec_dtype)t->t.dtype;
-    int rc;
+    int rc = 0;
 
-    if (dt == EC_DTYPE_F32) {
+    if (b->mem) {
+        for (size_t i = 0; i < n; i++)
+            memcpy(out + i * b->dim, b->mem + (size_t)ids[i] * b->dim, b->dim * sizeof(float));
+    } else if (dt == EC_DTYPE_F32) {
         rc = ec_tensor_gather(t, ids, n, out, n * b->dim * sizeof(float));
     } else {
         rc = ec_tensor_gather(t, ids, n, b->raw, n * t->t.row_bytes);
@@ -319,13 +335,151 @@ static int each_block(struct build *b, ec_index_phase ph, uint32_t *lists, uint6
                 double n2 = 0;
                 for (size_t j = 0; j < b->dim; j++)
                     n2 += (double)x[j] * x[j];
-                fids[at] = (int64_t)(r0 + i);
+                fids[at] = b->keys ? b->keys[r0 + i] : (int64_t)(r0 + i);
                 fnorms[at] = (float)n2;
                 memcpy(fvec + at * b->dim, x, b->dim * sizeof(float));
             }
         }
         rc = report(b, ph, r0 + m, b->rows);
     }
+    return rc;
+}
+
+/* ------------------------------------------------------------------ */
+/* A dynamic table's rows                                              */
+
+struct keypos {
+    int64_t key;
+    uint64_t pos;
+};
+
+static int keypos_cmp(const void *a, const void *b)
+{
+    const struct keypos *x = a, *y = b;
+
+    if (x->key != y->key)
+        return x->key < y->key ? -1 : 1;
+    return (x->pos > y->pos) - (x->pos < y->pos);
+}
+
+/* Keep the first copy of each key of keys/rows[0..*n) (a key that moved
+ * to another slot during the copy was met twice: either copy will do, its
+ * new slot's lsn is above the build's). */
+static int drop_repeats(int64_t *keys, float *rows, size_t dim, uint64_t *n)
+{
+    struct keypos *kp = malloc((size_t)(*n ? *n : 1) * sizeof(*kp));
+    uint8_t *gone = calloc((size_t)(*n ? *n : 1), 1);
+    uint64_t m = 0, reps = 0;
+
+    if (!kp || !gone) {
+        free(kp);
+        free(gone);
+        return ec_seterr(EC_ENOMEM, "index build: checking %llu keys",
+                         (unsigned long long)*n);
+    }
+    for (uint64_t i = 0; i < *n; i++)
+        kp[i] = (struct keypos){keys[i], i};
+    qsort(kp, (size_t)*n, sizeof(*kp), keypos_cmp);
+    for (uint64_t i = 1; i < *n; i++)
+        if (kp[i].key == kp[i - 1].key) {
+            gone[kp[i].pos] = 1;
+            reps++;
+        }
+    if (reps)
+        for (uint64_t i = 0; i < *n; i++) {
+            if (gone[i])
+                continue;
+            keys[m] = keys[i];
+            memmove(rows + m * dim, rows + i * dim, dim * sizeof(float));
+            m++;
+        }
+    else
+        m = *n;
+    free(kp);
+    free(gone);
+    *n = m;
+    return 0;
+}
+
+/* Copy the live keys and rows (as f32) of dynamic table t: *lsn is the
+ * table's lsn, read (acquire) before the copy, so every row written up to
+ * it is in the copy or was replaced during it by a row of a larger lsn. */
+static int copy_table(ec_tensor *t, size_t dim, float **rows_out, int64_t **keys_out,
+                      uint64_t *n_out, uint64_t *lsn)
+{
+    const ec_segment *seg = &t->c->seg;
+    ec_dtype dt = (ec_dtype)t->t.dtype;
+    ec_index_ref ref;
+    ec_dyn_view v;
+    uint64_t cap, n = 0;
+    float *rows = NULL;
+    int64_t *keys = NULL;
+    uint8_t *raw = NULL;
+    int rc;
+
+    if (!ec_index_lookup(seg, t->t.id, EC_DYN_PART, &ref))
+        return ec_seterr(EC_ESTALE, "dynamic table '%s' is not served any more: resolve it "
+                                    "again", t->t.name);
+    if ((rc = ec_dyn_view_open(seg, ref.offset, t->t.id, t->t.row_bytes, &v)))
+        return rc;
+    *lsn = atomic_load_explicit(&v.hdr->lsn, memory_order_acquire);
+    cap = atomic_load_explicit(&v.hdr->live, memory_order_relaxed);
+    cap = cap + cap / 8 + 64;
+    if (cap > v.nslots)
+        cap = v.nslots;
+    rows = malloc((size_t)cap * dim * sizeof(float));
+    keys = malloc((size_t)cap * sizeof(int64_t));
+    raw = malloc(t->t.row_bytes);
+    if (!rows || !keys || !raw) {
+        rc = ec_seterr(EC_ENOMEM, "index build: a copy of the %llu rows of dynamic table "
+                                  "'%s'", (unsigned long long)cap, t->t.name);
+        goto fail;
+    }
+    for (uint64_t s = 0; s < v.nslots; s++) {
+        int64_t key;
+        int r = ec_dyn_slot_read(&v, s, &key, raw);
+        if (r < 0) {
+            rc = r;
+            goto fail;
+        }
+        if (r == 0)
+            continue;
+        if (n == cap) {
+            /* Keys came in during the copy (a slot is read once: at most
+             * nslots of them). */
+            uint64_t ncap = cap * 2 < v.nslots ? cap * 2 : v.nslots;
+            float *r2 = realloc(rows, (size_t)ncap * dim * sizeof(float));
+            int64_t *k2 = r2 ? realloc(keys, (size_t)ncap * sizeof(int64_t)) : NULL;
+            if (r2)
+                rows = r2;
+            if (k2)
+                keys = k2;
+            if (!r2 || !k2) {
+                rc = ec_seterr(EC_ENOMEM, "index build: a copy of %llu rows of dynamic "
+                                          "table '%s'", (unsigned long long)ncap, t->t.name);
+                goto fail;
+            }
+            cap = ncap;
+        }
+        cl_to_f32(rows + n * dim, raw, dim, dt);
+        keys[n++] = key;
+    }
+    if (!ec_index_still_valid(&ref)) {
+        rc = ec_seterr(EC_ESTALE, "dynamic table '%s' was dropped or rebuilt during the index "
+                                  "build: resolve it and build again", t->t.name);
+        goto fail;
+    }
+    if ((rc = drop_repeats(keys, rows, dim, &n)))
+        goto fail;
+    free(raw);
+    *rows_out = rows;
+    *keys_out = keys;
+    *n_out = n;
+    return 0;
+fail:
+    free(raw);
+    free(rows);
+    free(keys);
     return rc;
 }
 
@@ -385,7 +539,10 @@ int ec_index_build(ec_client *c, const char *model, const char *version, const c
     double t0 = now_s(), t1;
     uint64_t ntrain, size = 0, *cursor = NULL;
     uint32_t *lists = NULL, iters;
-    float *X = NULL;
+    float *X = NULL, *mem = NULL;
+    int64_t *mkeys = NULL;
+    uint64_t built_lsn = 0;
+    bool dynamic;
     uint8_t *map = MAP_FAILED;
     ec_tensor *t = NULL;
     int fd = -1, rc;
@@ -396,14 +553,8 @@ int ec_index_build(ec_client *c, const char *model, const char *version, const c
         return rc;
     if ((rc = ec_tensor_resolve(c, model, version, tensor, &t)))
         return rc;
-    if (atomic_load_explicit(&t->mode, memory_order_relaxed) == EC_CACHE_DYNAMIC) {
-        rc = ec_seterr(EC_EINVAL, "cannot index tensor '%s' of model '%s': it is a dynamic "
-                                  "table, whose rows change under an index; search it exactly, "
-                                  "or fold it into a version (`embcache snapshot`) and index "
-                                  "that version's tensor", tensor, model);
-        goto out;
-    }
-    if (t->t.ndim != 2 || t->t.rows == 0 || t->t.shape[1] == 0) {
+    dynamic = atomic_load_explicit(&t->mode, memory_order_relaxed) == EC_CACHE_DYNAMIC;
+    if (t->t.ndim != 2 || (!dynamic && t->t.rows == 0) || t->t.shape[1] == 0) {
         rc = ec_seterr(EC_EINVAL, "cannot index tensor '%s' of model '%s': an index needs a "
                                   "2-D [rows, dim] tensor with rows and columns", tensor, model);
         goto out;
@@ -419,6 +570,18 @@ int ec_index_build(ec_client *c, const char *model, const char *version, const c
     b.t = t;
     b.rows = t->t.rows;
     b.dim = (size_t)t->t.shape[1];
+    if (dynamic && b.dim <= EC_IVF_MAX_DIM) {
+        /* Its keys and rows now, once (see the top). */
+        if ((rc = copy_table(t, b.dim, &mem, &mkeys, &b.rows, &built_lsn)))
+            goto out;
+        if (b.rows == 0) {
+            rc = ec_seterr(EC_EINVAL, "cannot index dynamic table '%s' of model '%s': it "
+                                      "holds no key", tensor, model);
+            goto out;
+        }
+        b.mem = mem;
+        b.keys = mkeys;
+    }
     if (b.rows > EC_IVF_MAX_ROWS || b.dim > EC_IVF_MAX_DIM) {
         rc = ec_seterr(EC_EINVAL, "cannot index tensor '%s': %llu rows of %zu (at most 2^40 "
                                   "rows of %u)", tensor, (unsigned long long)b.rows, b.dim,
@@ -493,7 +656,9 @@ int ec_index_build(ec_client *c, const char *model, const char *version, const c
 
         memset(h, 0, sizeof(*h));
         h->magic = EC_IVF_MAGIC;
-        h->format = EC_IVF_FORMAT;
+        /* A tensor's index stays format 1 (older daemons read it). */
+        h->format = dynamic ? EC_IVF_FORMAT_KEYED : EC_IVF_FORMAT;
+        h->flags = dynamic ? EC_IVF_KEYED : 0;
         h->header_size = EC_IVF_HEADER_SIZE;
         snprintf(h->model, sizeof(h->model), "%s", t->t.model);
         snprintf(h->tensor, sizeof(h->tensor), "%s", t->t.name);
@@ -505,7 +670,7 @@ int ec_index_build(ec_client *c, const char *model, const char *version, const c
         h->src_dtype = t->t.dtype;
         h->metric = (uint32_t)b.metric;
         h->nlist = b.nlist;
-        h->built_lsn = 0;
+        h->built_lsn = built_lsn;
         h->train_rows = ntrain;
         h->iters = iters;
         memcpy(h->sec, sec, sizeof(sec));
@@ -554,6 +719,8 @@ out:
     free(cursor);
     free(lists);
     free(X);
+    free(mem);
+    free(mkeys);
     free(b.blk);
     free(b.raw);
     free(b.rid);

@@ -33,6 +33,14 @@
  * Invariants: a list is scanned by one thread per chunk; a row is offered to
  * a query's heap at most once per chunk (it is in one list, and a query
  * probes a list once); every id offered came from the checked ids section.
+ *
+ * A dynamic table's index (KEYED: its ids are keys) is searched the same
+ * way, with the steps of client_dynivf.c around it: before the lists, the
+ * rows written since the build are offered to the heaps of thread 0; a
+ * list's key is offered only if cl_dynivf_keep says so; the answer is
+ * scored against each key's row of now (cl_dynivf_finish) instead of
+ * gathered by row id. There a key may be offered twice (by the delta and a
+ * list, or twice by an unchecked file): the finish drops repeats.
  */
 #include <cblas.h>
 #include <math.h>
@@ -52,6 +60,8 @@ struct cl_ivf {
     ec_ivf_view v;
     float *cnorms;              /* nlist: |c|^2 of each centroid */
     uint64_t min_list, max_list;
+    bool keyed;                 /* a dynamic table's: ids are keys */
+    struct cl_dyndelta delta;   /* keyed: its delta's slots, as last scanned */
 };
 
 void cl_ivf_release(struct cl_ivf *x)
@@ -60,6 +70,7 @@ void cl_ivf_release(struct cl_ivf *x)
         return;
     munmap(x->map, x->size);
     free(x->cnorms);
+    cl_dyndelta_destroy(&x->delta);
     free(x);
 }
 
@@ -108,6 +119,7 @@ static int ivf_map(ec_tensor *t, struct cl_ivf **out)
     if (!x)
         return ec_seterr(EC_ENOMEM, "index of tensor '%s'", t->t.name);
     x->map = MAP_FAILED;
+    cl_dyndelta_init(&x->delta);
     if ((rc = index_open_fd(t, &fd)))
         goto fail;
     if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode) || st.st_size < EC_IVF_HEADER_SIZE) {
@@ -129,9 +141,27 @@ static int ivf_map(ec_tensor *t, struct cl_ivf **out)
                   (long long)t->t.version);
         goto fail;
     }
-    if (x->v.h->tensor_id != t->t.id || x->v.rows != t->t.rows || x->v.dim != t->t.shape[1] ||
-        x->v.h->version != t->t.version || strcmp(x->v.h->model, t->t.model) ||
-        strcmp(x->v.h->tensor, t->t.name)) {
+    x->keyed = (x->v.h->flags & EC_IVF_KEYED) != 0;
+    if (atomic_load_explicit(&t->mode, memory_order_relaxed) == EC_CACHE_DYNAMIC) {
+        if (!x->keyed) {
+            rc = ec_seterr(EC_EINVAL, "the index of tensor '%s' of model '%s' version %lld was "
+                                      "built before it was made a dynamic table (its ids are "
+                                      "row numbers, not keys): build it again (`embcache "
+                                      "index build %s %lld %s`)", t->t.name, t->t.model,
+                           (long long)t->t.version, t->t.model, (long long)t->t.version,
+                           t->t.name);
+            goto fail;
+        }
+    } else if (x->keyed) {
+        rc = ec_seterr(EC_EFORMAT, "the index the daemon holds for tensor '%s' of model '%s' "
+                                   "version %lld is of a dynamic table's keys, and the tensor "
+                                   "is not a dynamic table: build it again", t->t.name,
+                       t->t.model, (long long)t->t.version);
+        goto fail;
+    }
+    if (x->v.h->tensor_id != t->t.id || (!x->keyed && x->v.rows != t->t.rows) ||
+        x->v.dim != t->t.shape[1] || x->v.h->version != t->t.version ||
+        strcmp(x->v.h->model, t->t.model) || strcmp(x->v.h->tensor, t->t.name)) {
         rc = ec_seterr(EC_EFORMAT, "the index the daemon holds for tensor '%s' of model '%s' "
                                    "version %lld is of another tensor ('%s' of '%s' version "
                                    "%lld, %llu x %llu): build it again", t->t.name,
@@ -159,6 +189,7 @@ fail:
     if (x->map != MAP_FAILED)
         munmap(x->map, x->size);
     free(x->cnorms);
+    cl_dyndelta_destroy(&x->delta);
     free(x);
     return rc;
 }
@@ -222,7 +253,7 @@ struct iworker {
 };
 
 struct ivs {
-    const struct cl_ivf *x;
+    struct cl_ivf *x;           /* (its delta cache is written) */
     ec_metric metric;
     size_t dim, kp;
     const float *q;             /* this chunk's queries as scored */
@@ -234,6 +265,7 @@ struct ivs {
     uint32_t *active;           /* lists probed by some query */
     uint32_t nactive;
     _Atomic uint32_t next;      /* the next entry of active to claim */
+    struct cl_dynivf *dyn;      /* a dynamic table's search: its steps; else NULL */
     unsigned nthreads;
     size_t cfloats;             /* floats of a thread's score buffer */
     struct iworker *w;
@@ -334,7 +366,7 @@ static void commit(struct ivs *s, struct iworker *w, const float *C, size_t m, u
             if (mx < t)
                 continue;
             for (size_t j = 0; j < n; j++) {
-                if (kb[j] < t)
+                if (kb[j] < t || (s->dyn && !cl_dynivf_keep(s->dyn, ids[r0 + j])))
                     continue;
                 cl_search_heap_offer(h, &w->hn[q], s->kp, &w->thr[q], kb[j], ids[r0 + j]);
                 t = w->thr[q];
@@ -448,11 +480,13 @@ static int search_chunk(struct ivs *s, ec_tensor *t, const float *raw_q, uint32_
 {
     struct iworker *w0;
     struct cl_finish f = {0};
+    struct cl_dynivf dv = {0};
     unsigned started = 0;
     int rc;
 
     if ((rc = coarse(s)) || (rc = invert(s)))
         return rc;
+    s->dyn = NULL;
     s->nthreads = chunk_threads(s, threads);
     atomic_store_explicit(&s->next, 0, memory_order_relaxed);
     if (!(s->w = calloc(s->nthreads, sizeof(*s->w))))
@@ -460,6 +494,16 @@ static int search_chunk(struct ivs *s, ec_tensor *t, const float *raw_q, uint32_
     for (unsigned i = 0; i < s->nthreads; i++) {
         s->w[i].idx = i;
         if ((rc = iworker_alloc(s, &s->w[i])))
+            goto out;
+    }
+    /* A dynamic table: its delta first, into thread 0's heaps; the lists'
+     * keys are then checked against the table (client_dynivf.c). */
+    if (s->x->keyed) {
+        s->dyn = &dv;
+        if ((rc = cl_dynivf_begin(&dv, t, s->x->v.h->built_lsn, s->kp,
+                                  &s->x->delta)) ||
+            (rc = cl_dynivf_delta(&dv, s->q, s->n, s->dim, s->metric, s->kp, s->w[0].heap,
+                                  s->w[0].hn, s->w[0].thr)))
             goto out;
     }
     for (unsigned i = 1; i < s->nthreads; i++) {
@@ -493,9 +537,17 @@ static int search_chunk(struct ivs *s, ec_tensor *t, const float *raw_q, uint32_
         goto out;
     }
     for (size_t q = 0; q < s->n && rc == 0; q++)
-        rc = cl_search_finish(&f, raw_q + q * s->dim, w0->heap + q * s->kp, w0->hn[q],
-                              scores + q * k, ids + q * k);
+        rc = s->dyn ? cl_dynivf_finish(s->dyn, s->metric, raw_q + q * s->dim, s->dim,
+                                       w0->heap + q * s->kp, w0->hn[q], k, scores + q * k,
+                                       ids + q * k)
+                    : cl_search_finish(&f, raw_q + q * s->dim, w0->heap + q * s->kp, w0->hn[q],
+                                       scores + q * k, ids + q * k);
+    if (rc == 0 && s->dyn)
+        rc = cl_dynivf_end(s->dyn);
 out:
+    if (s->dyn)
+        cl_dynivf_free(s->dyn);
+    s->dyn = NULL;
     free(f.ids);
     free(f.buf);
     free(f.raw);
@@ -532,6 +584,8 @@ int cl_ivf_search(ec_tensor *t, const float *queries, size_t nq, size_t dim, siz
     /* k and a few more, as exact search keeps: room for rows whose float
      * scores and exact scores rank differently. */
     s.kp = x->v.rows <= slack || k > x->v.rows - slack ? (size_t)x->v.rows : k + slack;
+    if (x->keyed)
+        s.kp = k + slack; /* the table has more rows than the index, or fewer */
     if (chunk > SIZE_MAX / sizeof(uint32_t) / s.nprobe ||
         !(qs = malloc(chunk * dim * sizeof(float))) ||
         !(s.probe = malloc(chunk * s.nprobe * sizeof(uint32_t))) ||

@@ -661,7 +661,7 @@ unsigned cl_cpus(void)
 /* ------------------------------------------------------------------ */
 /* The answer                                                          */
 
-static int cand_cmp(const void *a, const void *b)
+int cl_search_cand_cmp(const void *a, const void *b)
 {
     const struct cand *x = a, *y = b;
     bool xn = isnan(x->score), yn = isnan(y->score);
@@ -677,6 +677,29 @@ static int id_cmp(const void *a, const void *b)
 {
     const struct cand *x = a, *y = b;
     return (x->id > y->id) - (x->id < y->id);
+}
+
+double cl_search_exact(ec_metric metric, const float *query, double qn, const float *x,
+                       size_t dim)
+{
+    double acc = 0, xn = 0;
+
+    for (size_t j = 0; j < dim; j++) {
+        if (metric == EC_METRIC_L2) {
+            double d = (double)query[j] - x[j];
+            acc += d * d;
+        } else {
+            acc += (double)query[j] * x[j];
+            xn += (double)x[j] * x[j];
+        }
+    }
+    if (metric == EC_METRIC_L2)
+        acc = -acc;
+    else if (metric == EC_METRIC_COSINE)
+        acc = xn > 0 ? acc / (qn * sqrt(xn)) : (isnan(xn) ? NAN : 0.0);
+    /* Compared as the float it is returned as: rows whose scores round to
+     * the same float tie, and go by id. */
+    return (double)(float)acc;
 }
 
 /* Score the candidates of query q again in double from the rows as stored
@@ -707,28 +730,11 @@ int cl_search_finish(const struct cl_finish *f, const float *query, const struct
         }
         if (rc)
             return rc;
-        for (uint32_t i = 0; i < m; i++) {
-            const float *x = f->buf + (size_t)i * f->dim;
-            double acc = 0, xn = 0;
-            for (size_t j = 0; j < f->dim; j++) {
-                if (f->metric == EC_METRIC_L2) {
-                    double d = (double)query[j] - x[j];
-                    acc += d * d;
-                } else {
-                    acc += (double)query[j] * x[j];
-                    xn += (double)x[j] * x[j];
-                }
-            }
-            if (f->metric == EC_METRIC_L2)
-                acc = -acc;
-            else if (f->metric == EC_METRIC_COSINE)
-                acc = xn > 0 ? acc / (qn * sqrt(xn)) : (isnan(xn) ? NAN : 0.0);
-            /* Compared as the float it is returned as: rows whose scores
-             * round to the same float tie, and go by id. */
-            cd[i0 + i].score = (double)(float)acc;
-        }
+        for (uint32_t i = 0; i < m; i++)
+            cd[i0 + i].score = cl_search_exact(f->metric, query, qn,
+                                               f->buf + (size_t)i * f->dim, f->dim);
     }
-    qsort(cd, n, sizeof(*cd), cand_cmp);
+    qsort(cd, n, sizeof(*cd), cl_search_cand_cmp);
     for (size_t i = 0; i < f->k; i++) {
         if (i < n) {
             ids[i] = cd[i].id;
@@ -836,11 +842,10 @@ int ec_search(ec_tensor *t, const float *queries, size_t nq, size_t dim, size_t 
     if ((rc = cl_stale(t->c)))
         return rc;
     if (atomic_load_explicit(&t->mode, memory_order_relaxed) == EC_CACHE_DYNAMIC) {
+        /* With nprobe: its index and the rows written since it was built
+         * (client_ivf.c, client_dynivf.c). */
         if (opts && opts->nprobe)
-            return ec_seterr(EC_EINVAL, "tensor '%s' is a dynamic table and has no approximate "
-                                        "index (its rows change): search it exactly (nprobe "
-                                        "0), or search the index of a snapshot of it",
-                             t->t.name);
+            return cl_ivf_search(t, queries, nq, dim, k, metric, opts, scores, ids);
         return cl_dyn_search(t, queries, nq, dim, k, metric, scores, ids);
     }
     if (opts && opts->nprobe)

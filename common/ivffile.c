@@ -6,8 +6,11 @@
  */
 #include "common/ivffile.h"
 
+#include <errno.h>
+#include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 /* Inline: libembcache links no libxxhash. */
 #define XXH_INLINE_ALL
@@ -80,21 +83,84 @@ static int bad(const char *what)
     return ec_seterr(EC_EFORMAT, "index file: %s", what);
 }
 
+/* Magic, format and the header's checksum. */
+static int check_ident(const ec_ivf_header *h)
+{
+    if (h->magic != EC_IVF_MAGIC)
+        return bad("bad magic: not an embcache IVF index");
+    if ((h->format != EC_IVF_FORMAT && h->format != EC_IVF_FORMAT_KEYED) ||
+        h->header_size != EC_IVF_HEADER_SIZE)
+        return ec_seterr(EC_EFORMAT, "index file: format %u with a %u-byte header; this "
+                                     "embcache reads formats %u and %u (%u bytes): build it "
+                                     "again", h->format, h->header_size, EC_IVF_FORMAT,
+                         EC_IVF_FORMAT_KEYED, EC_IVF_HEADER_SIZE);
+    if (h->header_checksum != ec_ivf_hash(h, offsetof(ec_ivf_header, header_checksum)))
+        return bad("header checksum mismatch");
+    return 0;
+}
+
+int ec_ivf_read_header(const char *path, ec_ivf_header *out)
+{
+    ec_ivf_header h;
+    ssize_t n;
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW), rc;
+
+    if (fd < 0)
+        return errno == ENOENT ? EC_ENOENT
+                               : ec_seterr_errno(EC_EIO, errno, "cannot open index file %s",
+                                                 path);
+    do
+        n = pread(fd, &h, sizeof(h), 0);
+    while (n < 0 && errno == EINTR);
+    close(fd);
+    if (n < 0)
+        return ec_seterr_errno(EC_EIO, errno, "cannot read index file %s", path);
+    if ((size_t)n < sizeof(h))
+        return ec_seterr(EC_EFORMAT, "index file %s: %zd bytes, shorter than its %u-byte "
+                                     "header", path, n, EC_IVF_HEADER_SIZE);
+    if ((rc = check_ident(&h)))
+        return ec_adderr(rc, "%s", path);
+    *out = h;
+    return 0;
+}
+
+static int cmp_i64(const void *a, const void *b)
+{
+    int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+
+    return (x > y) - (x < y);
+}
+
+/* KEYED: no key twice (a sorted copy). */
+static int check_keys_unique(const ec_ivf_view *v)
+{
+    int64_t *k = malloc((size_t)v->rows * sizeof(int64_t));
+
+    if (!k)
+        return ec_seterr(EC_ENOMEM, "index file: a copy of %llu keys",
+                         (unsigned long long)v->rows);
+    memcpy(k, v->ids, (size_t)v->rows * sizeof(int64_t));
+    qsort(k, (size_t)v->rows, sizeof(int64_t), cmp_i64);
+    for (uint64_t i = 1; i < v->rows; i++)
+        if (k[i] == k[i - 1]) {
+            long long dup = (long long)k[i];
+            free(k);
+            return ec_seterr(EC_EFORMAT, "index file: key %lld appears twice", dup);
+        }
+    free(k);
+    return 0;
+}
+
 static int check_header(const ec_ivf_header *h, uint64_t size)
 {
     ec_ivf_section want[EC_IVF_NSEC];
+    int rc;
 
     if (size < EC_IVF_HEADER_SIZE)
         return ec_seterr(EC_EFORMAT, "index file: %llu bytes, shorter than its %u-byte header",
                          (unsigned long long)size, EC_IVF_HEADER_SIZE);
-    if (h->magic != EC_IVF_MAGIC)
-        return bad("bad magic: not an embcache IVF index");
-    if (h->format != EC_IVF_FORMAT || h->header_size != EC_IVF_HEADER_SIZE)
-        return ec_seterr(EC_EFORMAT, "index file: format %u with a %u-byte header; this "
-                                     "embcache reads format %u (%u bytes): build it again",
-                         h->format, h->header_size, EC_IVF_FORMAT, EC_IVF_HEADER_SIZE);
-    if (h->header_checksum != ec_ivf_hash(h, offsetof(ec_ivf_header, header_checksum)))
-        return bad("header checksum mismatch");
+    if ((rc = check_ident(h)))
+        return rc;
     if (!name_ok(h->model, sizeof(h->model)) || !name_ok(h->tensor, sizeof(h->tensor)))
         return bad("model or tensor name is empty, unterminated or not printable");
     if (h->dtype != EC_DTYPE_F32)
@@ -107,8 +173,12 @@ static int check_header(const ec_ivf_header *h, uint64_t size)
     if (h->metric != EC_METRIC_IP && h->metric != EC_METRIC_COSINE &&
         h->metric != EC_METRIC_L2)
         return ec_seterr(EC_EFORMAT, "index file: unknown metric %u", h->metric);
-    if (h->flags)
-        return ec_seterr(EC_EFORMAT, "index file: unknown flags 0x%x", h->flags);
+    if (h->format == EC_IVF_FORMAT ? h->flags != 0 : (h->flags & ~EC_IVF_KEYED) != 0)
+        return ec_seterr(EC_EFORMAT, "index file: unknown flags 0x%x for format %u", h->flags,
+                         h->format);
+    if (!(h->flags & EC_IVF_KEYED) && h->built_lsn)
+        return ec_seterr(EC_EFORMAT, "index file: built at lsn %llu, and its ids are not a "
+                                     "dynamic table's keys", (unsigned long long)h->built_lsn);
     if (h->rows == 0 || h->rows > EC_IVF_MAX_ROWS || h->dim == 0 || h->dim > EC_IVF_MAX_DIM)
         return ec_seterr(EC_EFORMAT, "index file: %llu rows of %llu floats (1..2^40 rows of "
                                      "1..%u)", (unsigned long long)h->rows,
@@ -188,6 +258,12 @@ int ec_ivf_check(const void *base, uint64_t size, bool checksums, ec_ivf_view *o
                                          "(%llu, then %llu)", l,
                              (unsigned long long)v.offsets[l],
                              (unsigned long long)v.offsets[l + 1]);
+    if (h->flags & EC_IVF_KEYED) {
+        if (checksums && (rc = check_keys_unique(&v)))
+            return rc;
+        *out = v;
+        return 0;
+    }
     if (!(seen = calloc((size_t)((v.rows + 63) / 64), sizeof(uint64_t))))
         return ec_seterr(EC_ENOMEM, "index file: a bitmap of %llu ids",
                          (unsigned long long)v.rows);

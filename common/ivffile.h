@@ -10,6 +10,15 @@
  * (client/client_ivf.c). Pure functions over memory the caller maps: any
  * process, any thread.
  *
+ * Two formats. Format 1: the index of a tensor; its ids are row numbers.
+ * Format 2 adds flags: with EC_IVF_KEYED, the index of a dynamic table
+ * (shm/dyntable.h), whose ids are the table's int64 keys and whose
+ * built_lsn is the table's lsn when the build began (a row written since
+ * is in a slot of a larger lsn: searches score those exactly,
+ * client/client_dynivf.c); rows is the number of keys indexed. A tensor's
+ * index is still written as format 1, so that an older daemon reads it;
+ * both formats are read.
+ *
  * Layout (little-endian, offsets from the start of the file, every section
  * 64-byte aligned, in this order, nothing after the last):
  *
@@ -20,7 +29,8 @@
  *                                   of the two arrays below; offsets[0] = 0,
  *                                   non-decreasing, offsets[nlist] = rows
  *   ids        i64[rows]            row ids in list order: every id of
- *                                   [0, rows) exactly once
+ *                                   [0, rows) exactly once; KEYED: the
+ *                                   keys, each once, any int64
  *   norms      f32[rows]            |x|^2 of each stored vector
  *   vectors    f32[rows][dim]       the rows in list order (unit length for
  *                                   EC_METRIC_COSINE; a row of norm 0 stays 0)
@@ -31,8 +41,13 @@
  *      section before it, and has exactly the size its counts give;
  *   2. 1 <= nlist <= rows, 1 <= dim <= EC_IVF_MAX_DIM, rows < 2^40;
  *   3. the offsets are as above, so every list lies inside ids/vectors;
- *   4. every id is in [0, rows) and appears once;
- *   5. metric is one of ec_metric, names are NUL-terminated valid strings.
+ *   4. every id is in [0, rows) and appears once; KEYED: no key appears
+ *      twice, checked only with checksums (the daemon's full check): a
+ *      reader that skips it must bear a repeated key (client_dynivf.c
+ *      drops repeats), which no memory access depends on;
+ *   5. metric is one of ec_metric, names are NUL-terminated valid strings;
+ *   6. format 1 has flags 0, format 2 no flag but EC_IVF_KEYED; built_lsn
+ *      is 0 unless KEYED.
  */
 #ifndef EC_COMMON_IVFFILE_H
 #define EC_COMMON_IVFFILE_H
@@ -45,7 +60,9 @@
 #include "embcache.h"
 
 #define EC_IVF_MAGIC UINT64_C(0x0000314656494345) /* "ECIVF1\0\0" */
-#define EC_IVF_FORMAT 1u
+#define EC_IVF_FORMAT 1u          /* a tensor's index */
+#define EC_IVF_FORMAT_KEYED 2u    /* format 2: flags, EC_IVF_KEYED */
+#define EC_IVF_KEYED 1u           /* flag: ids are a dynamic table's keys */
 #define EC_IVF_HEADER_SIZE 1024u
 #define EC_IVF_ALIGN 64u
 #define EC_IVF_MAX_DIM 65536u
@@ -80,10 +97,11 @@ typedef struct ec_ivf_header {
     uint32_t src_dtype;           /* the tensor's dtype (f32, f16, bf16) */
     uint32_t metric;              /* ec_metric the lists were made for */
     uint32_t nlist;
-    uint64_t built_lsn;           /* 0; reserved for dynamic tables */
+    uint64_t built_lsn;           /* KEYED: the table's lsn when the build began;
+                                   * else 0 */
     uint64_t train_rows;          /* rows k-means was trained on */
     uint32_t iters;               /* k-means iterations */
-    uint32_t flags;               /* 0 */
+    uint32_t flags;               /* format 1: 0; format 2: EC_IVF_KEYED or 0 */
     ec_ivf_section sec[EC_IVF_NSEC];
     uint8_t reserved[EC_IVF_HEADER_SIZE - 8 - 600 - EC_IVF_NSEC * 24];
     uint64_t header_checksum;     /* XXH3-64 of the bytes before it */
@@ -119,6 +137,11 @@ uint64_t ec_ivf_hash(const void *p, size_t n);
 /* Fill the section checksums and the header checksum of a file whose header
  * and sections are written (base: the whole file, size bytes). */
 void ec_ivf_seal(void *base, uint64_t size);
+
+/* Read the header of the index file at path and check its magic, format
+ * and header checksum (nothing else): 0 and *out, EC_ENOENT when there is
+ * no file, EC_EFORMAT, EC_EIO. For the daemon's start (core/dyntable.c). */
+int ec_ivf_read_header(const char *path, ec_ivf_header *out);
 
 /*
  * Validate the file mapped at base (size bytes, 8-byte aligned): every rule

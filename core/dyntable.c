@@ -30,6 +30,7 @@
 
 #include "common/err.h"
 #include "common/hash.h"
+#include "common/ivffile.h"
 #include "common/log.h"
 #include "core/catalog.h"
 #include "core/partfile.h"
@@ -147,7 +148,7 @@ static void evict_one(struct dtab *t, int64_t near_key, bool near)
 }
 
 int dyn_apply_put(struct dtab *t, const int64_t *keys, uint32_t n, const uint8_t *rows,
-                  ec_dyn_result *res)
+                  uint64_t lsn, ec_dyn_result *res)
 {
     for (uint32_t i = 0; i < n && i < PREFETCH; i++)
         ec_dyn_prefetch(&t->v, keys[i]);
@@ -163,7 +164,7 @@ int dyn_apply_put(struct dtab *t, const int64_t *keys, uint32_t n, const uint8_t
 
         if (ec_dyn_locate_w(&t->v, k, &bucket, &way, &slot)) {
             fresh = fifo_pop(t);
-            ec_dyn_slot_write_w(&t->v, fresh, k, row);
+            ec_dyn_slot_write_w(&t->v, fresh, k, row, lsn);
             ec_dyn_word_set_w(&t->v, k, bucket, way, fresh);
             atomic_store_explicit(&ec_dyn_slot_w(&t->v, slot)->live, 0, memory_order_relaxed);
             lru_unlink(t, slot);
@@ -201,7 +202,7 @@ int dyn_apply_put(struct dtab *t, const int64_t *keys, uint32_t n, const uint8_t
             }
         }
         fresh = fifo_pop(t);
-        ec_dyn_slot_write_w(&t->v, fresh, k, row);
+        ec_dyn_slot_write_w(&t->v, fresh, k, row, lsn);
         ec_dyn_word_set_w(&t->v, k, bucket, way, fresh);
         lru_append(t, fresh);
         t->live++;
@@ -234,7 +235,9 @@ void dyn_publish_gauges(struct dtab *t)
     ec_dyn_header *h = (ec_dyn_header *)(uintptr_t)t->v.hdr;
 
     atomic_store_explicit(&h->live, t->live, memory_order_relaxed);
-    atomic_store_explicit(&h->lsn, t->lsn, memory_order_relaxed);
+    /* Release: a reader that loads lsn sees the slots of every batch up to
+     * it (shm/dyntable.h). */
+    atomic_store_explicit(&h->lsn, t->lsn, memory_order_release);
     atomic_store_explicit(&h->puts, t->st.puts, memory_order_relaxed);
     atomic_store_explicit(&h->deletes, t->st.deletes, memory_order_relaxed);
     atomic_store_explicit(&h->evictions, t->st.evictions, memory_order_relaxed);
@@ -351,7 +354,7 @@ static int load_base(struct ec_dyn *d, struct dtab *t, const ec_cat_tensor *base
         else
             for (uint64_t i = 0; i < nrows; i++)
                 keys[i] = (int64_t)(row + i);
-        if ((rc = dyn_apply_put(t, pk, (uint32_t)nrows, buf, &res)) < 0)
+        if ((rc = dyn_apply_put(t, pk, (uint32_t)nrows, buf, t->base_lsn, &res)) < 0)
             goto out;
         row += nrows;
     }
@@ -530,7 +533,7 @@ static int replay_one(void *arg, const ec_wal_record *r)
     if (!t || r->lsn <= t->base_lsn)
         return 0; /* a table retired since, or folded into its base */
     if (r->op == EC_WAL_PUT && r->row_bytes == t->row_bytes) {
-        if (dyn_apply_put(t, r->keys, r->n, r->rows, &res) < 0)
+        if (dyn_apply_put(t, r->keys, r->n, r->rows, r->lsn, &res) < 0)
             ec_warn("replaying update %" PRIu64 " of table '%s': %s (as when it was made)",
                     r->lsn, t->name, ec_last_error());
     } else if (r->op == EC_WAL_DEL) {
@@ -543,6 +546,27 @@ static int replay_one(void *arg, const ec_wal_record *r)
     t->lsn = r->lsn;
     d->st.replayed_applied++;
     return 0;
+}
+
+/* A table's KEYED index (core/server_index.c) built at an lsn the table
+ * no longer reaches, because the log came back shorter (a machine crash
+ * under --wal-sync interval or none), would take the rows written from now
+ * on, whose lsns start again below it, for indexed ones: remove it. */
+static void drop_index_ahead(const struct ec_dyn *d, const struct dtab *t)
+{
+    char path[4200];
+    ec_ivf_header h;
+
+    snprintf(path, sizeof(path), "%s/indexes/%u.ivf", d->cfg.data_dir, t->tensor);
+    if (ec_ivf_read_header(path, &h) == 0 && (h.flags & EC_IVF_KEYED) && h.built_lsn > t->lsn) {
+        ec_warn("the index of dynamic table '%s' of model '%s' version %" PRId64 " was built "
+                "at lsn %" PRIu64 ", and the log came back to %" PRIu64 " (it lost its tail): "
+                "removed; build it again", t->name, t->model, t->version,
+                (uint64_t)h.built_lsn, t->lsn);
+        if (unlink(path) < 0)
+            ec_error("removing %s: %s", path, strerror(errno));
+    }
+    ec_clearerr();
 }
 
 int ec_dyn_open(ec_engine *e, const ec_dyn_config *cfg, ec_dyn **out)
@@ -603,8 +627,10 @@ int ec_dyn_open(ec_engine *e, const ec_dyn_config *cfg, ec_dyn **out)
         goto done;
     }
     for (size_t i = 0; i < d->tabs.cap; i++)
-        if (d->tabs.keys[i])
+        if (d->tabs.keys[i]) {
             dyn_publish_gauges(d->tabs.vals[i]);
+            drop_index_ahead(d, d->tabs.vals[i]);
+        }
 done:
     d->last_sync = now_s();
     d->cat_changes = ec_catalog_changes();
@@ -766,7 +792,7 @@ int ec_dyn_put(ec_dyn *d, uint32_t tensor, const int64_t *keys, uint32_t n, cons
     if ((rc = ec_wal_append(d->wal, t->tensor, EC_WAL_PUT, keys, n, rows,
                             (uint32_t)row_bytes, &lsn)) < 0)
         return ec_adderr(rc, "logging an update of table '%s' (nothing applied)", t->name);
-    rc = dyn_apply_put(t, keys, n, rows, res);
+    rc = dyn_apply_put(t, keys, n, rows, lsn, res);
     t->lsn = res->lsn = lsn;
     dyn_publish_gauges(t);
     return rc;

@@ -59,8 +59,9 @@ struct ec_dyn {
 };
 
 struct dtab *dyn_tab(const struct ec_dyn *d, uint32_t tensor);
+/* Apply a batch (logged as lsn: every slot it writes records it). */
 int dyn_apply_put(struct dtab *t, const int64_t *keys, uint32_t n, const uint8_t *rows,
-                  ec_dyn_result *res);
+                  uint64_t lsn, ec_dyn_result *res);
 void dyn_apply_del(struct dtab *t, const int64_t *keys, uint32_t n, ec_dyn_result *res);
 void dyn_publish_gauges(struct dtab *t);
 

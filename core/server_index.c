@@ -19,6 +19,18 @@
  *              version or alias, tensor) and replies with an O_RDONLY
  *              descriptor of its index file, or EC_ENOENT.
  *
+ * A dynamic table (core/dyntable.h) takes only a KEYED index (format 2:
+ * ids are its keys, built_lsn the table's lsn when the build began): of at
+ * most its capacity keys, built at an lsn the table has reached (the
+ * importer reads the table's header in the segment, as any reader); a
+ * tensor that is not dynamic takes only an index of its rows. An index a
+ * tensor got before it was made dynamic stays on disk and searches refuse
+ * it, saying to build it again (client_ivf.c). At start, the daemon removes
+ * the KEYED index of a table whose log came back shorter than the lsn the
+ * index was built at (a machine crash under --wal-sync interval or none):
+ * its rows above the table's new lsn would be mistaken for indexed ones
+ * (core/dyntable.c).
+ *
  * The file's name is the catalog's tensor id, which is never reused
  * (AUTOINCREMENT): an index can only ever be found for the tensor it was
  * built for. Retiring a version removes its tensors' index files
@@ -41,6 +53,8 @@
 #include "common/err.h"
 #include "common/ivffile.h"
 #include "common/log.h"
+#include "shm/dyntable.h"
+#include "shm/index.h"
 
 #define COPY_BUF ((size_t)4 << 20)
 
@@ -121,10 +135,54 @@ static int copy_all(int src, int dst, uint64_t size)
     return rc;
 }
 
-/* The file at fd (size bytes, ours) is an index of tensor ct that j asked
- * to store. */
-static int check_copy(int fd, uint64_t size, const ec_cat_tensor *ct,
-                      const struct import_job *j)
+/* The dynamic-table record of a tensor, if it has one. */
+struct dyn_find {
+    int64_t id;
+    bool found;
+    ec_catalog_dyn rec;
+};
+
+static int dyn_find_one(const ec_catalog_dyn *d, void *arg)
+{
+    struct dyn_find *f = arg;
+
+    if (d->tensor_id == f->id) {
+        f->found = true;
+        f->rec = *d;
+    }
+    return 0;
+}
+
+/* A KEYED index of dynamic table ct: built at an lsn the table reached. */
+static int check_built_lsn(server *s, const ec_cat_tensor *ct, uint64_t built_lsn)
+{
+    const ec_segment *seg = ec_engine_segment(s->engine);
+    ec_index_ref ref;
+    ec_dyn_view v;
+    uint64_t lsn;
+    int rc;
+
+    if (!ec_index_lookup(seg, (uint32_t)ct->id, EC_DYN_PART, &ref))
+        return ec_seterr(EC_ENOENT, "dynamic table '%s' of model '%s' version %lld is not "
+                                    "served now (see the daemon's log): build its index "
+                                    "when it is", ct->name, ct->model, (long long)ct->version);
+    if ((rc = ec_dyn_view_open(seg, ref.offset, (uint32_t)ct->id, 0, &v)))
+        return rc;
+    lsn = atomic_load_explicit(&v.hdr->lsn, memory_order_acquire);
+    if (!ec_index_still_valid(&ref))
+        return ec_seterr(EC_ESTALE, "dynamic table '%s' was dropped while its index was "
+                                    "checked", ct->name);
+    if (built_lsn > lsn)
+        return ec_seterr(EC_EFORMAT, "index file: built at lsn %llu, and the table is at lsn "
+                                     "%llu: it is not of this table's present; build it again",
+                         (unsigned long long)built_lsn, (unsigned long long)lsn);
+    return 0;
+}
+
+/* The file at fd (size bytes, ours) is an index of tensor ct (dyn: its
+ * dynamic-table record, or NULL) that j asked to store. */
+static int check_copy(server *s, int fd, uint64_t size, const ec_cat_tensor *ct,
+                      const ec_catalog_dyn *dyn, const struct import_job *j)
 {
     void *map = mmap(NULL, (size_t)size, PROT_READ, MAP_SHARED, fd, 0);
     const ec_ivf_header *h;
@@ -144,11 +202,23 @@ static int check_copy(int fd, uint64_t size, const ec_cat_tensor *ct,
                        (unsigned long long)h->tensor_id, h->tensor, h->model,
                        (long long)h->version, (long long)ct->id, j->tensor, j->model,
                        (long long)ct->version);
-    if (rc == 0 && (v.rows != ct->rows || v.dim != ct->shape[1] || h->src_dtype != ct->dtype))
-        rc = ec_seterr(EC_EFORMAT, "index file: %llu rows of %llu (dtype %u), and the tensor "
-                                   "has %llu of %llu (dtype %u)", (unsigned long long)v.rows,
-                       (unsigned long long)v.dim, h->src_dtype, (unsigned long long)ct->rows,
-                       (unsigned long long)ct->shape[1], (unsigned)ct->dtype);
+    if (rc == 0 && !dyn != !(h->flags & EC_IVF_KEYED))
+        rc = ec_seterr(EC_EFORMAT, dyn ? "index file: tensor '%s' is a dynamic table, and this "
+                                         "index is of its rows, not of its keys: build it "
+                                         "with a libembcache that indexes dynamic tables"
+                                       : "index file: it is the index of a dynamic table's "
+                                         "keys, and tensor '%s' is not a dynamic table",
+                       j->tensor);
+    if (rc == 0 && (dyn ? v.rows > dyn->capacity : v.rows != ct->rows))
+        rc = ec_seterr(EC_EFORMAT, "index file: %llu rows, and the tensor has %s%llu",
+                       (unsigned long long)v.rows, dyn ? "a capacity of " : "",
+                       (unsigned long long)(dyn ? dyn->capacity : ct->rows));
+    if (rc == 0 && (v.dim != ct->shape[1] || h->src_dtype != ct->dtype))
+        rc = ec_seterr(EC_EFORMAT, "index file: rows of %llu (dtype %u), and the tensor's "
+                                   "have %llu (dtype %u)", (unsigned long long)v.dim,
+                       h->src_dtype, (unsigned long long)ct->shape[1], (unsigned)ct->dtype);
+    if (rc == 0 && dyn)
+        rc = check_built_lsn(s, ct, h->built_lsn);
     munmap(map, (size_t)size);
     return rc;
 }
@@ -159,7 +229,8 @@ int srv_index_store(server *s, struct import_job *j)
     char dir[4200], tmp[4300], path[4300], vs[32];
     ec_ivf_section sec[EC_IVF_NSEC];
     ec_cat_tensor ct = {0}, again = {0};
-    uint64_t most;
+    struct dyn_find df = {0};
+    uint64_t most, rows;
     struct stat st;
     int out = -1, dfd = -1, rc;
 
@@ -173,9 +244,14 @@ int srv_index_store(server *s, struct import_job *j)
                        j->model, (long long)j->opts.version);
         goto out;
     }
-    /* The largest file this tensor's index can be: one list per row. */
-    most = ec_ivf_layout(ct.rows, ct.shape[1], ct.rows > UINT32_MAX ? UINT32_MAX
-                                                                     : (uint32_t)ct.rows, sec);
+    df.id = ct.id;
+    if ((rc = ec_catalog_dyn_each(s->icat, dyn_find_one, &df)))
+        goto out;
+    /* The largest file this tensor's index can be: one list per row (a
+     * dynamic table: per key of its capacity). */
+    rows = df.found ? df.rec.capacity : ct.rows;
+    most = ec_ivf_layout(rows, ct.shape[1], rows > UINT32_MAX ? UINT32_MAX : (uint32_t)rows,
+                         sec);
     if (fstat(j->fds[0], &st) < 0 || !S_ISREG(st.st_mode)) {
         rc = ec_seterr(EC_EFORMAT, "index file: the descriptor sent is not a regular file");
         goto out;
@@ -201,7 +277,7 @@ int srv_index_store(server *s, struct import_job *j)
         goto out;
     }
     if ((rc = copy_all(j->fds[0], out, j->isize)) ||
-        (rc = check_copy(out, j->isize, &ct, j)))
+        (rc = check_copy(s, out, j->isize, &ct, df.found ? &df.rec : NULL, j)))
         goto fail;
     if (fsync(out) < 0) {
         rc = ec_seterr_errno(EC_EIO, errno, "fsync of an index file");

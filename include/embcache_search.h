@@ -43,6 +43,18 @@
  * search does: a row found has its exact score; a row in no probed list is
  * not found. The index is a file the daemon hands out read-only; the client
  * maps it once per tensor handle and checks its structure before use.
+ *
+ * A dynamic table (embcache_dynamic.h) has an index of its keys: built
+ * from the rows it holds when the build begins (the table's lsn then is
+ * the index's built_lsn). Rows written since (every slot records the lsn
+ * of the update that wrote it) are the index's delta: an approximate
+ * search reads the delta (slot headers first, then the rows above
+ * built_lsn) and scores it exactly along with the probed lists, and scores
+ * every candidate against its key's row of now. So results never hold a
+ * deleted key nor a score of an old row, and a key written since the build
+ * is always found if it ranks: the index stays right without a rebuild,
+ * and gets slower as the delta grows (ec_index_staleness_get says how
+ * large it is; build the index again to empty it).
  */
 #ifndef EMBCACHE_SEARCH_H
 #define EMBCACHE_SEARCH_H
@@ -79,7 +91,8 @@ typedef struct ec_search_opts {
                             *   tensor's IVF index (ec_index_build): the rows
                             *   of the nprobe lists whose centroids score
                             *   best for each query (more than the index's
-                            *   lists: all of them) */
+                            *   lists: all of them); for a dynamic table,
+                            *   and the rows written since the build */
 } ec_search_opts;
 
 /**
@@ -117,7 +130,10 @@ typedef struct ec_search_opts {
  *         EC_EFORMAT (the index file fails its structural check), EC_EIO
  *         (it cannot be mapped). Fewer than k rows in the probed lists: the
  *         results past them are id -1 with the score of a row past the
- *         table's end (above).
+ *         table's end (above). A dynamic table: ids are keys; EC_EINVAL
+ *         also for an index built before the tensor was made dynamic
+ *         (build it again), EC_ESTALE when the table is dropped or rebuilt
+ *         during the search.
  *         On failure scores and ids are unspecified.
  * Thread safety: any number of threads may search one tensor at once, and
  * gather from it meanwhile. A call starts its threads and joins them before
@@ -194,6 +210,13 @@ typedef struct ec_index_build_stats {
  * sends it to the daemon, which checks it completely before it keeps it as
  * the index of that tensor; retiring the version removes it.
  *
+ * A dynamic table: reads the table's lsn, then copies every live key and
+ * its row out of shared memory once (each slot seq-checked; the build
+ * works on that copy), and indexes those keys (the file records the lsn
+ * and how many). Rows written meanwhile are in the index's delta (see the
+ * top of this file). Building again replaces the index whole (the daemon
+ * renames the new file over it): the way to empty the delta.
+ *
  * @param[in]  c        a connected client of a uid the daemon lets
  *                      administer it (the request is an administrator's)
  * @param[in]  model    the model
@@ -208,10 +231,13 @@ typedef struct ec_index_build_stats {
  *         (the sample, the centroids or the file do not fit), EC_EIO (the
  *         memory file), EC_EPERM (this uid may not administer the daemon),
  *         EC_EFORMAT (the daemon refused the file: a bug, or another writer),
- *         and the errors of ec_tensor_gather().
+ *         and the errors of ec_tensor_gather(). A dynamic table: EC_EINVAL
+ *         also when it holds no key, EC_ESTALE when it was dropped or
+ *         rebuilt during the copy (resolve and build again).
  * Memory: the training sample (train_rows * dim floats), one score block
  * (at most 64 MiB), the list of each row, and the index file itself (a
- * little more than rows * dim floats) in a memory file while it is sent.
+ * little more than rows * dim floats) in a memory file while it is sent;
+ * for a dynamic table also the copy of its rows (keys * dim floats).
  * Thread safety: as any request; one build at a time per client is usual.
  */
 EC_API int ec_index_build(ec_client *c, const char *model, const char *version,
@@ -227,7 +253,9 @@ typedef struct ec_index_info {
     uint64_t file_bytes;
     uint64_t train_rows;
     uint32_t iters;
-    uint64_t built_lsn;    /**< 0 (reserved for dynamic tables) */
+    uint64_t built_lsn;    /**< a dynamic table's: its lsn when the build
+                            *   began (rows is then the keys indexed);
+                            *   a tensor's: 0 */
 } ec_index_info;
 
 /**
@@ -237,6 +265,36 @@ typedef struct ec_index_info {
  *         EC_EIO, EC_ENOMEM, EC_ECONN, EC_ESTALE. Thread-safe.
  */
 EC_API int ec_index_info_get(ec_tensor *t, ec_index_info *out);
+
+/** How far a dynamic table moved since its index was built
+ *  (ec_index_staleness_get). */
+typedef struct ec_index_staleness {
+    uint64_t built_lsn;    /**< the table's lsn when the build began */
+    uint64_t table_lsn;    /**< the table's lsn now */
+    uint64_t indexed_keys; /**< keys the index holds */
+    uint64_t live_keys;    /**< keys the table holds now */
+    uint64_t stale_rows;   /**< live keys written since the build (their slot's
+                            *   lsn is above built_lsn): every approximate
+                            *   search reads and scores all of them exactly,
+                            *   so its cost grows with them; build the index
+                            *   again (ec_index_build) when they become a
+                            *   large share of live_keys. At most live_keys */
+} ec_index_staleness;
+
+/**
+ * How stale the index of dynamic table t is, as the shared segment says now:
+ * reads the header of every slot of the table (no row), and maps the index
+ * as ec_index_info_get() does (a handle keeps the index it mapped first:
+ * after a rebuild, resolve the tensor again to see the new one).
+ * An index of a dynamic table stays right as rows change (searches score
+ * the rows written since the build exactly, by their key's row now, and
+ * never return a deleted key); it gets slower.
+ * @return 0, or EC_EINVAL (NULL, not a dynamic table, or an index built
+ *         before the tensor was made dynamic: build it again), EC_ENOENT
+ *         (no index), EC_ESTALE (the table was dropped or rebuilt: resolve
+ *         again), and the errors of ec_index_info_get(). Thread-safe.
+ */
+EC_API int ec_index_staleness_get(ec_tensor *t, ec_index_staleness *out);
 
 #ifdef __cplusplus
 }

@@ -71,6 +71,7 @@ void ec_dyn_init_w(void *base, uint32_t tensor, uint64_t capacity, uint64_t row_
     for (uint64_t s = 0; s < ns; s++) {
         ec_dyn_slot *sl = (ec_dyn_slot *)(void *)((uint8_t *)base + h->slots_off + s * sb);
         atomic_store_explicit(&sl->live, 0, memory_order_relaxed);
+        atomic_store_explicit(&sl->lsn, 0, memory_order_relaxed);
         atomic_store_explicit(&sl->seq, 0, memory_order_relaxed);
     }
 }
@@ -116,9 +117,11 @@ int ec_dyn_view_open(const ec_segment *seg, uint64_t off, uint32_t tensor, uint6
     return 0;
 }
 
-/* One pass over key's two buckets: 1 copied, 0 absent, -1 a slot moved
- * under the copy (look up again). */
-static int find_once(const ec_dyn_view *v, const ec_dyn_hash *h, int64_t key, void *out)
+/* One pass over key's two buckets: 1 copied (out may be NULL: no copy;
+ * *lsn, when lsn is not NULL, the slot's), 0 absent, -1 a slot moved under
+ * the copy (look up again). */
+static int find_once(const ec_dyn_view *v, const ec_dyn_hash *h, int64_t key, void *out,
+                     uint64_t *lsn)
 {
     uint64_t bs[2] = {h->b1, h->b2};
 
@@ -145,7 +148,10 @@ static int find_once(const ec_dyn_view *v, const ec_dyn_hash *h, int64_t key, vo
                     return -1;
                 continue;
             }
-            memcpy(out, (const uint8_t *)(sl + 1), v->row_bytes);
+            if (out)
+                memcpy(out, (const uint8_t *)(sl + 1), v->row_bytes);
+            if (lsn)
+                *lsn = atomic_load_explicit(&sl->lsn, memory_order_relaxed);
             atomic_thread_fence(memory_order_acquire);
             if (atomic_load_explicit(&sl->seq, memory_order_relaxed) != s1)
                 return -1;
@@ -155,13 +161,14 @@ static int find_once(const ec_dyn_view *v, const ec_dyn_hash *h, int64_t key, vo
     return 0;
 }
 
-int ec_dyn_find(const ec_dyn_view *v, int64_t key, void *out, uint64_t *retries)
+static int find(const ec_dyn_view *v, int64_t key, void *out, uint64_t *lsn,
+                uint64_t *retries)
 {
     ec_dyn_hash h;
     int rc;
 
     ec_dyn_hash_of(v->nbuckets, v->salt, key, &h);
-    for (uint64_t n = 0; (rc = find_once(v, &h, key, out)) < 0; n++) {
+    for (uint64_t n = 0; (rc = find_once(v, &h, key, out, lsn)) < 0; n++) {
         if (retries)
             (*retries)++;
         /* A slot odd for this long was left half-written by a daemon
@@ -172,6 +179,47 @@ int ec_dyn_find(const ec_dyn_view *v, int64_t key, void *out, uint64_t *retries)
                              v->hdr->tensor, (long long)key);
     }
     return rc;
+}
+
+int ec_dyn_find(const ec_dyn_view *v, int64_t key, void *out, uint64_t *retries)
+{
+    return find(v, key, out, NULL, retries);
+}
+
+int ec_dyn_key_lsn(const ec_dyn_view *v, int64_t key, uint64_t *lsn)
+{
+    uint64_t got = 0;
+    int rc = find(v, key, NULL, &got, NULL);
+
+    if (rc == 1)
+        *lsn = got;
+    return rc;
+}
+
+int ec_dyn_slot_peek(const ec_dyn_view *v, uint64_t slot, uint64_t *lsn)
+{
+    const ec_dyn_slot *sl;
+    uint64_t s1, live, l;
+
+    if (slot >= v->nslots)
+        return 0;
+    sl = ec_dyn_slot_at(v, slot);
+    s1 = atomic_load_explicit(&sl->seq, memory_order_acquire);
+    if (s1 & 1) {
+        *lsn = UINT64_MAX;
+        return 1;
+    }
+    live = atomic_load_explicit(&sl->live, memory_order_relaxed);
+    l = atomic_load_explicit(&sl->lsn, memory_order_relaxed);
+    atomic_thread_fence(memory_order_acquire);
+    if (atomic_load_explicit(&sl->seq, memory_order_relaxed) != s1) {
+        *lsn = UINT64_MAX; /* rewritten under us: newer than anything */
+        return 1;
+    }
+    if (!live)
+        return 0;
+    *lsn = l;
+    return 1;
 }
 
 int ec_dyn_slot_read(const ec_dyn_view *v, uint64_t slot, int64_t *key, void *out)
@@ -220,7 +268,8 @@ int ec_dyn_slot_read(const ec_dyn_view *v, uint64_t slot, int64_t *key, void *ou
     }
 }
 
-void ec_dyn_slot_write_w(const ec_dyn_view *v, uint64_t slot, int64_t key, const void *row)
+void ec_dyn_slot_write_w(const ec_dyn_view *v, uint64_t slot, int64_t key, const void *row,
+                         uint64_t lsn)
 {
     ec_dyn_slot *sl = ec_dyn_slot_w(v, slot);
     uint64_t s = atomic_load_explicit(&sl->seq, memory_order_relaxed);
@@ -229,6 +278,7 @@ void ec_dyn_slot_write_w(const ec_dyn_view *v, uint64_t slot, int64_t key, const
     atomic_thread_fence(memory_order_release);
     atomic_store_explicit(&sl->key, key, memory_order_relaxed);
     memcpy((uint8_t *)(sl + 1), row, v->row_bytes);
+    atomic_store_explicit(&sl->lsn, lsn, memory_order_relaxed);
     atomic_store_explicit(&sl->live, 1, memory_order_relaxed);
     atomic_store_explicit(&sl->seq, s + 2, memory_order_release);
 }

@@ -34,13 +34,25 @@
  * will not be written for a while.
  *
  *   writer (daemon): slot.seq += 1 (odd); release fence; write key, row,
- *                    live = 1; slot.seq += 1 (even, release); then store
- *                    the word (release).  Free: live = 0 (relaxed), the
- *                    slot joins the FIFO; nothing a reader relies on moves.
+ *                    lsn, live = 1; slot.seq += 1 (even, release); then
+ *                    store the word (release).  Free: live = 0 (relaxed),
+ *                    the slot joins the FIFO; nothing a reader relies on
+ *                    moves.
  *   reader:          w = word (acquire); slot = w's; s1 = slot.seq
  *                    (acquire), odd -> look up again; key == slot.key or
- *                    try the next word; copy the row; acquire fence;
- *                    slot.seq == s1 or look up again.
+ *                    try the next word; copy the row (and lsn); acquire
+ *                    fence; slot.seq == s1 or look up again.
+ *
+ * Each slot records the lsn (write-ahead log sequence) of the update that
+ * wrote it: the batch's lsn for an update (and for its replay at start),
+ * the table's base lsn for a row loaded from its base version. The
+ * header's lsn is stored with release after a batch's slots and words are
+ * written, so a reader that loads it (acquire) and then scans the slots
+ * sees every row of the batches up to it, and every slot written since
+ * holds a larger lsn. The approximate index of a table (client_index.c,
+ * client_dynivf.c) keeps the header lsn its build started at and treats
+ * the slots above it as not indexed. A snapshot folds rows into a base
+ * without their lsns: after a restart they all carry the base's.
  *
  * Readers: any process that maps the segment, any thread (ec_dyn_view_open,
  * ec_dyn_find). Writer: the daemon's server thread (core/dyntable.c), with
@@ -98,7 +110,9 @@ typedef struct ec_dyn_slot {
     _Atomic uint64_t seq;         /* even: stable; odd: being written */
     _Atomic int64_t key;
     _Atomic uint64_t live;        /* 1 while a key's word points here (scans) */
-    uint64_t pad;
+    _Atomic uint64_t lsn;         /* the update that wrote the slot (its WAL lsn);
+                                   * written by the daemon before seq goes even,
+                                   * read by readers inside the seq check */
     /* the row, row_bytes */
 } ec_dyn_slot;
 
@@ -161,6 +175,17 @@ int ec_dyn_find(const ec_dyn_view *v, int64_t key, void *out, uint64_t *retries)
  * one a newer copy of its key replaced), EC_ESTALE as ec_dyn_find. */
 int ec_dyn_slot_read(const ec_dyn_view *v, uint64_t slot, int64_t *key, void *out);
 
+/* A slot's header alone, without its row (the delta scan of an indexed
+ * table: cheap). 1 with *lsn when it holds a key (which may have moved to a
+ * newer slot since: read it with ec_dyn_slot_read), 0 for a free slot.
+ * A slot being written counts as holding a key with *lsn = UINT64_MAX
+ * (newer than anything). Never waits. */
+int ec_dyn_slot_peek(const ec_dyn_view *v, uint64_t slot, uint64_t *lsn);
+
+/* Whether key is present, and the lsn of the slot holding it, without
+ * copying its row: 1 with *lsn, 0 when absent, EC_ESTALE as ec_dyn_find. */
+int ec_dyn_key_lsn(const ec_dyn_view *v, int64_t key, uint64_t *lsn);
+
 /* ---- writer (daemon) ---------------------------------------------- */
 
 /* Bytes of a table of capacity keys of row_bytes, and its geometry. */
@@ -183,8 +208,10 @@ static inline ec_dyn_slot *ec_dyn_slot_w(const ec_dyn_view *v, uint64_t slot)
     return (ec_dyn_slot *)(uintptr_t)ec_dyn_slot_at(v, slot);
 }
 
-/* Write key and row into a free slot (seqlocked; live set). */
-void ec_dyn_slot_write_w(const ec_dyn_view *v, uint64_t slot, int64_t key, const void *row);
+/* Write key, row and the lsn of the update into a free slot (seqlocked;
+ * live set). */
+void ec_dyn_slot_write_w(const ec_dyn_view *v, uint64_t slot, int64_t key, const void *row,
+                         uint64_t lsn);
 
 /* The word of key, if present: *bucket and *way say where. */
 bool ec_dyn_locate_w(const ec_dyn_view *v, int64_t key, uint64_t *bucket, unsigned *way,

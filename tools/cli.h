@@ -82,6 +82,9 @@ int cli_results_stats(ec_client *c, bool json);
 /* tools/cli_search.c: `embcache search`, `embcache index build|info`. */
 int cli_search_main(int argc, char **argv, const char *socket_path);
 int cli_index_main(int argc, char **argv, const char *socket_path);
+/* One line (after indent) on how stale a dynamic table's index is: `index
+ * info` and the dynamic tables' section of `embcache stats`. */
+void cli_index_staleness_line(const ec_index_staleness *sn, const char *indent);
 
 /* tools/cli_dynamic.c: `embcache dynamic|put|del|update|snapshot` (cmd the
  * command's name, argv from it on), and the dynamic tables' section of

@@ -1,7 +1,8 @@
 /*
  * cli_dynamic.c - dynamic tables from the command line
  * (include/embcache_dynamic.h): `embcache dynamic`, `put`, `del`,
- * `update`, `snapshot`, and the dynamic-table section of `embcache stats`.
+ * `update`, `snapshot`, and the dynamic-table section of `embcache stats`
+ * (with how stale each table's approximate index is, if it has one).
  *
  * `embcache update` reads a stream of updates from a file or standard
  * input in this framing (all little-endian), one record per batch:
@@ -655,13 +656,32 @@ int cli_dynamic_main(const char *cmd, int argc, char **argv, const char *socket_
 /* `embcache stats`                                                    */
 
 struct stats_ctx {
+    ec_client *c;
     bool json, first;
 };
+
+/* How stale the table's index is: 1 and *sn, 0 when it has none, -1 when
+ * it cannot be read (the message in ec_last_error(): an index built before
+ * the table was made dynamic, say). */
+static int index_staleness(ec_client *c, const ec_dyn_table_stat *ts, ec_index_staleness *sn)
+{
+    char v[32];
+    ec_tensor *t = NULL;
+    int rc;
+
+    snprintf(v, sizeof(v), "%" PRId64, ts->version);
+    if ((rc = ec_tensor_resolve(c, ts->model, v, ts->tensor, &t)) == 0)
+        rc = ec_index_staleness_get(t, sn);
+    ec_tensor_release(t);
+    return rc == 0 ? 1 : rc == EC_ENOENT ? 0 : -1;
+}
 
 static int stat_line(const ec_dyn_table_stat *t, void *arg)
 {
     struct stats_ctx *x = arg;
+    ec_index_staleness sn;
     char hb[32];
+    int ix = index_staleness(x->c, t, &sn);
 
     cli_human_bytes(t->bytes, hb, sizeof(hb));
     if (x->json) {
@@ -672,10 +692,25 @@ static int stat_line(const ec_dyn_table_stat *t, void *arg)
         printf(",\"capacity\":%" PRIu64 ",\"keys\":%" PRIu64 ",\"bytes\":%" PRIu64
                ",\"policy\":\"%s\",\"lsn\":%" PRIu64 ",\"base_lsn\":%" PRIu64 ",\"puts\":%" PRIu64
                ",\"inserts\":%" PRIu64 ",\"updates\":%" PRIu64 ",\"deletes\":%" PRIu64
-               ",\"evictions\":%" PRIu64 ",\"refused\":%" PRIu64 "}",
+               ",\"evictions\":%" PRIu64 ",\"refused\":%" PRIu64,
                t->capacity, t->keys, t->bytes,
                t->policy == EC_DYN_EVICT_LRU ? "evict-lru" : "refuse", t->lsn, t->base_lsn,
                t->puts, t->inserts, t->updates, t->deletes, t->evictions, t->refused);
+        /* The approximate index: null when none; stale_rows are the live
+         * keys written since its build (ec_index_staleness_get). */
+        printf(",\"index\":");
+        if (ix == 1) {
+            printf("{\"built_lsn\":%" PRIu64 ",\"table_lsn\":%" PRIu64 ",\"live_keys\":%" PRIu64
+                   ",\"stale_rows\":%" PRIu64 "}", sn.built_lsn, sn.table_lsn, sn.live_keys,
+                   sn.stale_rows);
+        } else if (ix < 0) {
+            printf("{\"error\":");
+            cli_json_str(ec_last_error());
+            printf("}");
+        } else {
+            printf("null");
+        }
+        printf("}");
     } else {
         if (x->first)
             printf("dynamic tables:\n");
@@ -685,6 +720,10 @@ static int stat_line(const ec_dyn_table_stat *t, void *arg)
                t->model, t->version, t->tensor, t->keys, t->capacity, hb,
                t->policy == EC_DYN_EVICT_LRU ? "evict-lru" : "refuse", t->lsn, t->base_lsn,
                t->puts, t->deletes, t->evictions, t->refused);
+        if (ix == 1)
+            cli_index_staleness_line(&sn, "    index: ");
+        else if (ix < 0)
+            printf("    index: %s\n", ec_last_error());
     }
     x->first = false;
     return 0;
@@ -692,7 +731,7 @@ static int stat_line(const ec_dyn_table_stat *t, void *arg)
 
 int cli_dynamic_stats(ec_client *c, bool json)
 {
-    struct stats_ctx x = {.json = json, .first = true};
+    struct stats_ctx x = {.c = c, .json = json, .first = true};
     int rc;
 
     if (json)

@@ -3,7 +3,8 @@
  * its IVF index (--nprobe), for queries read from a .npy file, through
  * ec_search() (include/embcache_search.h); and `embcache index build|info`:
  * build a tensor's IVF index (ec_index_build) with a progress line on
- * standard error, or describe it.
+ * standard error, or describe it (for a dynamic table, with how stale it
+ * is: ec_index_staleness_get).
  *
  * Part of the embcache command-line tool (tools/embcache.c dispatches here);
  * the queries file is parsed by the daemon's own .npy parser
@@ -273,7 +274,11 @@ static int usage_index(FILE *f, int rc)
             "store the index with the daemon, replacing the one it had; `embcache search\n"
             "--nprobe` then scans only the lists nearest each query. Needs administrator\n"
             "rights on the daemon. Progress goes to standard error, a summary to standard\n"
-            "output. info: what the tensor's index holds.\n");
+            "output. info: what the tensor's index holds.\n"
+            "A dynamic table's index holds its keys as they were when the build began;\n"
+            "searches also score every row written since (exactly, by its key's row now),\n"
+            "so results stay right as rows change, and each search costs more as those rows\n"
+            "grow: info shows how many (\"stale\"); build again to bring them to 0.\n");
     return rc;
 }
 
@@ -383,7 +388,8 @@ static int index_info(int argc, char **argv, const char *socket_path)
     ec_client *c = NULL;
     ec_tensor *t = NULL;
     ec_index_info ii;
-    bool json = false;
+    ec_index_staleness sn = {0};
+    bool json = false, dyn;
     int rc, x;
 
     if ((x = cli_simple_opts(argc, argv, "usage: embcache index info MODEL VERSION TENSOR "
@@ -399,22 +405,45 @@ static int index_info(int argc, char **argv, const char *socket_path)
         x = cli_fail(prog, rc, NULL);
         goto out;
     }
-    if (json)
+    dyn = ec_tensor_cache_mode(t) == EC_CACHE_DYNAMIC;
+    if (dyn && (rc = ec_index_staleness_get(t, &sn))) {
+        x = cli_fail(prog, rc, NULL);
+        goto out;
+    }
+    if (json) {
         printf("{\"metric\": \"%s\", \"nlist\": %u, \"rows\": %" PRIu64 ", \"dim\": %" PRIu64
                ", \"min_list\": %" PRIu64 ", \"max_list\": %" PRIu64 ", \"file_bytes\": %" PRIu64
-               ", \"train_rows\": %" PRIu64 ", \"iters\": %u, \"built_lsn\": %" PRIu64 "}\n",
+               ", \"train_rows\": %" PRIu64 ", \"iters\": %u, \"built_lsn\": %" PRIu64,
                ec_metric_name(ii.metric), ii.nlist, ii.rows, ii.dim, ii.min_list, ii.max_list,
                ii.file_bytes, ii.train_rows, ii.iters, ii.built_lsn);
-    else
-        printf("metric %s, %u lists of %" PRIu64 "..%" PRIu64 " rows, %" PRIu64 " rows of %"
+        if (dyn)
+            printf(", \"table_lsn\": %" PRIu64 ", \"live_keys\": %" PRIu64
+                   ", \"stale_rows\": %" PRIu64, sn.table_lsn, sn.live_keys, sn.stale_rows);
+        printf("}\n");
+    } else {
+        printf("metric %s, %u lists of %" PRIu64 "..%" PRIu64 " rows, %" PRIu64 " %s of %"
                PRIu64 ", %" PRIu64 " bytes, trained on %" PRIu64 " rows (%u iterations)\n",
-               ec_metric_name(ii.metric), ii.nlist, ii.min_list, ii.max_list, ii.rows, ii.dim,
-               ii.file_bytes, ii.train_rows, ii.iters);
+               ec_metric_name(ii.metric), ii.nlist, ii.min_list, ii.max_list, ii.rows,
+               dyn ? "keys" : "rows", ii.dim, ii.file_bytes, ii.train_rows, ii.iters);
+        if (dyn)
+            cli_index_staleness_line(&sn, "");
+    }
     x = EXIT_OK;
 out:
     ec_tensor_release(t);
     ec_client_close(c);
     return x;
+}
+
+void cli_index_staleness_line(const ec_index_staleness *sn, const char *indent)
+{
+    double pct = sn->live_keys ? 100.0 * (double)sn->stale_rows / (double)sn->live_keys : 0.0;
+
+    printf("%sbuilt at lsn %" PRIu64 ", table at lsn %" PRIu64 ": %" PRIu64 " rows written "
+           "since (stale: %.1f%% of %" PRIu64 " live keys)%s\n", indent, sn->built_lsn,
+           sn->table_lsn, sn->stale_rows, pct, sn->live_keys,
+           pct >= 10.0 ? "; every search scores them all: rebuild with `embcache index build`"
+                       : "");
 }
 
 int cli_index_main(int argc, char **argv, const char *socket_path)

@@ -593,6 +593,11 @@ class Client:
 
         Handles that already searched through an earlier index keep it;
         ``Tensor.build_index`` refreshes its own handle.
+        A dynamic table is indexed by its keys, as they are when the build
+        begins (rows is then the keys indexed); searches also score every
+        row written since, so they stay right and slow down as those grow
+        (``Tensor.index_info()["stale_rows"]``): build again to reset them.
+
         """
         from ._index import build_index
         return build_index(self, model, version, tensor, nlist, metric, iters=iters,
@@ -1166,7 +1171,10 @@ class Tensor:
                 of the tensor's IVF index (``build_index``) whose centroids
                 score best for each query; the rows found have their exact
                 scores, rows in no probed list are missed. The index must
-                have been built for ``metric``.
+                have been built for ``metric``. A dynamic table's ids are
+                keys; the rows written since its index was built are always
+                scored too (exactly, by their key's row now), and deleted
+                keys never come back.
 
         Returns:
             ``(scores, ids)`` of shape ``(n, k)`` (``(k,)`` for one query),
@@ -1198,7 +1206,13 @@ class Tensor:
 
     def index_info(self) -> Dict[str, Any]:
         """What this tensor's IVF index holds (ec_index_info_get): metric,
-        nlist, rows, dim, min_list, max_list, file_bytes, train_rows, iters.
+        nlist, rows, dim, min_list, max_list, file_bytes, train_rows, iters,
+        built_lsn. For a dynamic table also how stale it is
+        (ec_index_staleness_get): table_lsn, indexed_keys, live_keys,
+        stale_rows (live keys written since the build: every approximate
+        search scores all of them exactly, so it slows as they grow;
+        ``build_index`` again brings them to 0) and stale_share
+        (stale_rows / live_keys).
 
         Raises:
             NotFoundError: the tensor has no index.

@@ -1,6 +1,6 @@
 """IVF-Flat indexes of tensors: Client.build_index / Tensor.build_index
-(ec_index_build) and Tensor.index_info (ec_index_info_get), over
-include/embcache_search.h.
+(ec_index_build) and Tensor.index_info (ec_index_info_get, and for a
+dynamic table ec_index_staleness_get), over include/embcache_search.h.
 
 The build runs in this process (libembcache reads the rows, trains k-means,
 writes the file) and the daemon checks and keeps the file; searches use it
@@ -107,4 +107,17 @@ def index_info(t: "Tensor") -> Dict[str, Any]:
         t._fail(rc, h, call)
     out: Dict[str, Any] = {f: int(getattr(info, f)) for f in _INFO}
     out["metric"] = _METRIC_NAMES.get(int(info.metric), str(int(info.metric)))
+    if int(lib.ec_tensor_cache_mode(h)) == L.EC_CACHE_DYNAMIC:
+        sn = L.IndexStaleness()
+
+        def stale(h2: int) -> int:
+            return lib.ec_index_staleness_get(h2, byref(sn))
+
+        h = t._handle()
+        rc = stale(h)
+        if rc:
+            t._fail(rc, h, stale)
+        for f, _ in L.IndexStaleness._fields_:
+            out[f] = int(getattr(sn, f))
+        out["stale_share"] = (out["stale_rows"] / out["live_keys"]) if out["live_keys"] else 0.0
     return out

@@ -90,6 +90,7 @@ EC_PREWARM_DEVICE = 0x2
 EC_CACHE_AUTO = 0
 EC_CACHE_PARTITIONS = 1
 EC_CACHE_ROWS = 2
+EC_CACHE_DYNAMIC = 3  # a tensor's mode only: not one ec_model_cache_mode sets
 CACHE_MODES = {"auto": EC_CACHE_AUTO, "partitions": EC_CACHE_PARTITIONS, "rows": EC_CACHE_ROWS}
 CACHE_MODE_NAMES = {v: k for k, v in CACHE_MODES.items()}
 
@@ -389,6 +390,15 @@ class IndexInfo(ctypes.Structure):
     ]
 
 
+class IndexStaleness(ctypes.Structure):
+    """ec_index_staleness."""
+    _fields_ = [
+        ("built_lsn", c_uint64), ("table_lsn", c_uint64),
+        ("indexed_keys", c_uint64), ("live_keys", c_uint64),
+        ("stale_rows", c_uint64),
+    ]
+
+
 class RowsResult(ctypes.Structure):
     """ec_rows_result."""
     _fields_ = [(n, c_uint64) for n in ("lsn", "inserted", "updated", "deleted", "missing",
@@ -494,6 +504,7 @@ SIGNATURES: Dict[str, Tuple[Any, List[Any]]] = {
     "ec_index_build": (c_int, [_P, c_char_p, c_char_p, c_char_p, POINTER(IndexOpts),
                                POINTER(IndexBuildStats)]),
     "ec_index_info_get": (c_int, [_P, POINTER(IndexInfo)]),
+    "ec_index_staleness_get": (c_int, [_P, POINTER(IndexStaleness)]),
     # include/embcache_dynamic.h
     "ec_model_dynamic": (c_int, [_P, c_char_p, c_char_p, c_char_p, c_uint64, c_int]),
     "ec_rows_put": (c_int, [_P, c_void_p, c_size_t, c_void_p, c_size_t, POINTER(RowsResult)]),

@@ -24,13 +24,21 @@
  *      index survives a restart of the daemon;
  *   5. many threads' first searches on one handle (the index is mapped
  *      once per handle, by whichever thread wins);
- *   6. `embcache index build|info` and `embcache search --nprobe`.
+ *   6. `embcache index build|info` and `embcache search --nprobe`;
+ *   7. a dynamic table's index (keys any int64): recall per metric; new
+ *      keys, rows moved and keys deleted after the build are found, scored
+ *      as their rows are now, and never returned, respectively; staleness
+ *      (API, `index info`, `stats`); kill -9 keeps the index and the slots'
+ *      lsns; a rebuild resets staleness; an index built before the tensor
+ *      became dynamic is refused, and so are keyed files that repeat a key
+ *      or were built past the table's lsn, and an index of rows for it.
  *
  * Each test starts its own daemon (itest.h).
  */
 #include <dirent.h>
 #include <math.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -194,8 +202,8 @@ static double recall_of(struct answer ap, struct answer ex, size_t nq, size_t k,
         const int64_t *a = ap.id + q * k, *e = ex.id + q * k;
         const float *as = ap.sc + q * k, *es = ex.sc + q * k;
         for (size_t i = 0; i < k; i++) {
-            if (a[i] < 0)
-                continue;
+            if (a[i] == -1)
+                continue; /* padding (a dynamic table's keys may be negative) */
             for (size_t j = 0; j < i; j++)
                 if (a[j] == a[i])
                     fail_msg("query %zu: row %lld found twice", q, (long long)a[i]);
@@ -847,6 +855,405 @@ static void test_cli_index(void **state)
     free(x);
 }
 
+/* ------------------------------------------------------------------ */
+/* 7. Dynamic tables                                                   */
+
+#define DROWS 10000u              /* base rows, with random int64 keys */
+#define DEXTRA 200u               /* keys put before the build */
+#define DNLIST 128u
+#define DPROBE 8u                 /* of 128 lists: about 6% of the rows */
+#define DNQ 50u
+
+static void staleness_ok(ec_tensor *t, ec_index_staleness *sn)
+{
+    if (ec_index_staleness_get(t, sn))
+        fail_msg("ec_index_staleness_get: %s", ec_last_error());
+}
+
+/* Every result is a live key with the score its row has now (the test's
+ * own double-precision score), best first. */
+static void scores_of_now(ec_tensor *t, const float *q, struct answer a, size_t nq,
+                          ec_metric m)
+{
+    for (size_t qi = 0; qi < nq; qi++)
+        for (size_t r = 0; r < K; r++) {
+            int64_t key = a.id[qi * K + r];
+            float x[DIM];
+            uint8_t found = 0;
+            double dot = 0, xx = 0, qq = 0, l2 = 0, want;
+            if (key == -1)
+                continue;
+            assert_int_equal(ec_rows_find(t, &key, 1, x, sizeof(x), &found, NULL), 0);
+            if (!found)
+                fail_msg("query %zu rank %zu: key %lld is not in the table", qi, r,
+                         (long long)key);
+            for (size_t j = 0; j < DIM; j++) {
+                double u = q[qi * DIM + j], v = x[j];
+                dot += u * v, xx += v * v, qq += u * u, l2 += (u - v) * (u - v);
+            }
+            want = m == EC_METRIC_IP ? dot : m == EC_METRIC_COSINE ? dot / sqrt(xx * qq) : l2;
+            if (fabs(a.sc[qi * K + r] - want) > 1e-4 * (1 + fabs(want)))
+                fail_msg("query %zu rank %zu: key %lld scores %.9g, and its row now %.9g", qi,
+                         r, (long long)key, (double)a.sc[qi * K + r], want);
+        }
+}
+
+static bool in_top(struct answer a, size_t qi, int64_t key)
+{
+    for (size_t r = 0; r < K; r++)
+        if (a.id[qi * K + r] == key)
+            return true;
+    return false;
+}
+
+static bool listed(const int64_t *set, size_t n, int64_t key)
+{
+    for (size_t i = 0; i < n; i++)
+        if (set[i] == key)
+            return true;
+    return false;
+}
+
+/* A line of a command's standard output that holds `want`: 1, else 0. */
+static int cli_says(const char *args, const char *want)
+{
+    char cmd[1200], line[2048];
+    int hit = 0;
+    FILE *p;
+
+    snprintf(cmd, sizeof(cmd), "%s --socket %s %s", EC_TEST_CLI, E.sock, args);
+    p = popen(cmd, "r");
+    assert_non_null(p);
+    while (fgets(line, sizeof(line), p))
+        hit |= strstr(line, want) != NULL;
+    assert_int_equal(pclose(p), 0);
+    return hit;
+}
+
+static void dyn_kill9_restart(const char *const *args)
+{
+    pid_t worker = ect_daemon_worker(E.data);
+
+    /* Keeper and worker: the tables come back from the files alone. */
+    assert_int_equal(kill(E.daemon, SIGKILL), 0);
+    assert_int_equal(kill(worker, SIGKILL), 0);
+    waitpid(E.daemon, NULL, 0);
+    for (int i = 0; i < 500 && kill(worker, 0) == 0; i++)
+        usleep(10000);
+    unlink(E.sock);
+    E.daemon = ect_daemon_start(E.data, E.sock, args);
+}
+
+/* A dynamic table with arbitrary int64 keys: recall per metric; then new
+ * keys next to queries, rows moved next to queries or away from them,
+ * keys that were the best results deleted: the approximate search finds
+ * the new keys and the moved rows with the scores of their rows now, and
+ * never a deleted key; staleness counts the rows written since the build;
+ * a kill -9 of the daemon keeps the index and the slots' lsns (replay);
+ * a rebuild brings staleness to 0. */
+static void test_dynamic_table_index(void **state)
+{
+    static const char *const args[] = {"--shm-size", "64M", NULL};
+    float *q, *x = mixture(DROWS + DEXTRA, 7, 1.0f, &q, DNQ);
+    int64_t *keys = malloc((DROWS + DEXTRA) * sizeof(int64_t));
+    int64_t nk[10], upd[10], moved[5], del[20];
+    float rows[10 * DIM];
+    size_t ndel = 0;
+    uint64_t seed = 99, kshape[1] = {DROWS};
+    char pt[600], pk[600], arg[256], want[256];
+    const char *paths[2] = {pt, pk};
+    struct answer ex0, ex1, ap1, ap2;
+    ec_index_staleness sn;
+    ec_index_info ii;
+    ec_rows_result res;
+    ec_dyn_info di;
+    ec_client *c;
+    ec_tensor *t;
+
+    (void)state;
+    assert_non_null(keys);
+    for (size_t i = 0; i < DROWS + DEXTRA; i++)
+        keys[i] = (int64_t)splitmix(&seed); /* any int64: negative ones too */
+    env_start("ec-index", args);
+    c = connect_ok();
+    /* The base version's rows, with their keys in "t.keys". */
+    write_table(pt, sizeof(pt), 1, "t", EC_DTYPE_F32, x, DROWS);
+    snprintf(pk, sizeof(pk), "%s/v1/t.keys.npy", E.dir);
+    assert_int_equal(ect_write_npy_data(pk, EC_DTYPE_I64, 1, kshape, keys), 0);
+    import_paths(c, "d", 1, paths, 2);
+    if (ec_model_dynamic(c, "d", "1", "t", 2 * DROWS, EC_DYN_REFUSE))
+        fail_msg("ec_model_dynamic: %s", ec_last_error());
+    t = resolve_ok(c, "d", "1", "t");
+    /* No index yet. */
+    {
+        ec_search_opts so = {.nprobe = 4};
+        float sc[K];
+        int64_t id[K];
+        expect(ec_search(t, q, 1, DIM, K, EC_METRIC_IP, &so, sc, id), EC_ENOENT, "no index");
+    }
+    /* Keys put before the build: in the index, not stale, before and after
+     * a restart (replayed with their lsn). */
+    assert_int_equal(ec_rows_put(t, keys + DROWS, DEXTRA, x + (size_t)DROWS * DIM,
+                                 DEXTRA * DIM * sizeof(float), &res), 0);
+    ec_tensor_release(t);
+    for (size_t mi = 0; mi < 3; mi++) {
+        ec_index_build_stats st;
+        struct answer ex, ap, all, one;
+        double r, r1;
+        build_ok(c, "d", "1", "t", METRICS[mi], DNLIST, &st);
+        assert_int_equal(st.rows, DROWS + DEXTRA);
+        t = resolve_ok(c, "d", "1", "t");
+        assert_int_equal(ec_index_info_get(t, &ii), 0);
+        assert_int_equal(ec_rows_info(t, &di), 0);
+        assert_int_equal(ii.rows, DROWS + DEXTRA);
+        assert_int_equal(ii.built_lsn, di.lsn);
+        assert_true(ii.built_lsn >= res.lsn);
+        staleness_ok(t, &sn);
+        assert_int_equal(sn.stale_rows, 0);
+        assert_int_equal(sn.indexed_keys, DROWS + DEXTRA);
+        assert_int_equal(sn.live_keys, DROWS + DEXTRA);
+        assert_int_equal(sn.table_lsn, sn.built_lsn);
+        ex = search_ok(t, q, DNQ, K, METRICS[mi], 0, 0);
+        ap = search_ok(t, q, DNQ, K, METRICS[mi], DPROBE, 0);
+        all = search_ok(t, q, DNQ, K, METRICS[mi], DNLIST, 1);
+        one = search_ok(t, q, DNQ, K, METRICS[mi], 1, 1);
+        r = recall_of(ap, ex, DNQ, K, METRICS[mi]);
+        r1 = recall_of(one, ex, DNQ, K, METRICS[mi]);
+        print_message("dynamic %s: recall@10 %.3f at nprobe %u of %u, %.3f at 1\n",
+                      ec_metric_name(METRICS[mi]), r, DPROBE, DNLIST, r1);
+        /* The lists are searched, not the table. */
+        if (r1 > 0.8)
+            fail_msg("dynamic %s: recall@10 %.3f at nprobe 1: not an approximate search",
+                     ec_metric_name(METRICS[mi]), r1);
+        if (r < 0.9)
+            fail_msg("dynamic %s: recall@10 %.3f at nprobe %u of %u: below 0.9",
+                     ec_metric_name(METRICS[mi]), r, DPROBE, DNLIST);
+        same_answer(all, ex, DNQ * K, "dynamic: nprobe = nlist against exact");
+        scores_of_now(t, q, ap, DNQ, METRICS[mi]);
+        answer_free(ex);
+        answer_free(ap);
+        answer_free(all);
+        answer_free(one);
+        ec_tensor_release(t);
+    }
+    /* The table moves (the index is L2's, built last). */
+    t = resolve_ok(c, "d", "1", "t");
+    ex0 = search_ok(t, q, DNQ, K, EC_METRIC_L2, 0, 0);
+    /* Rows that were the best of queries 30..34 move far away. */
+    for (size_t i = 0; i < 5; i++) {
+        moved[i] = ex0.id[(30 + i) * K];
+        for (size_t j = 0; j < DIM; j++)
+            rows[i * DIM + j] = q[(30 + i) * DIM + j] + 40.0f;
+    }
+    assert_int_equal(ec_rows_put(t, moved, 5, rows, 5 * DIM * sizeof(float), &res), 0);
+    assert_int_equal(res.updated, 5);
+    /* New keys, each the nearest row of one of queries 0..9. */
+    for (size_t i = 0; i < 10; i++) {
+        nk[i] = (int64_t)splitmix(&seed);
+        for (size_t j = 0; j < DIM; j++)
+            rows[i * DIM + j] = q[i * DIM + j] + 1e-3f * gauss(&seed);
+    }
+    assert_int_equal(ec_rows_put(t, nk, 10, rows, sizeof(rows), &res), 0);
+    assert_int_equal(res.inserted, 10);
+    /* Indexed keys far from queries 10..19 moved next to them. */
+    for (size_t i = 0; i < 10; i++) {
+        size_t j = (i * 997 + 13) % DROWS;
+        while (in_top(ex0, 10 + i, keys[j]) || listed(moved, 5, keys[j]))
+            j = (j + 1) % DROWS;
+        upd[i] = keys[j];
+        for (size_t d = 0; d < DIM; d++)
+            rows[i * DIM + d] = q[(10 + i) * DIM + d] + 1e-3f * gauss(&seed);
+    }
+    assert_int_equal(ec_rows_put(t, upd, 10, rows, sizeof(rows), &res), 0);
+    assert_int_equal(res.updated, 10);
+    /* The two best keys of queries 20..29 deleted. */
+    for (size_t i = 20; i < 30; i++)
+        for (size_t r = 0; r < 2; r++) {
+            int64_t key = ex0.id[i * K + r];
+            if (!listed(del, ndel, key) && !listed(moved, 5, key) && !listed(upd, 10, key))
+                del[ndel++] = key;
+        }
+    assert_int_equal(ec_rows_delete(t, del, ndel, &res), 0);
+    assert_int_equal(res.deleted, ndel);
+    ex1 = search_ok(t, q, DNQ, K, EC_METRIC_L2, 0, 0);
+    ap1 = search_ok(t, q, DNQ, K, EC_METRIC_L2, DPROBE, 0);
+    {
+        double r = recall_of(ap1, ex1, DNQ, K, EC_METRIC_L2);
+        print_message("dynamic l2 after 25 rows written and %zu deleted: recall@10 %.3f\n",
+                      ndel, r);
+        assert_true(r >= 0.9);
+    }
+    scores_of_now(t, q, ap1, DNQ, EC_METRIC_L2);
+    for (size_t i = 0; i < 10; i++) {
+        if (ap1.id[i * K] != nk[i] || ex1.id[i * K] != nk[i])
+            fail_msg("query %zu: the new key %lld is not found first (approximate %lld, exact "
+                     "%lld)", i, (long long)nk[i], (long long)ap1.id[i * K],
+                     (long long)ex1.id[i * K]);
+        assert_true(ap1.sc[i * K] == ex1.sc[i * K]);
+        if (ap1.id[(10 + i) * K] != upd[i])
+            fail_msg("query %zu: the key moved next to it (%lld) is not found first (%lld)",
+                     10 + i, (long long)upd[i], (long long)ap1.id[(10 + i) * K]);
+        assert_true(ap1.sc[(10 + i) * K] == ex1.sc[(10 + i) * K]);
+    }
+    for (size_t i = 0; i < 5; i++)
+        if (in_top(ap1, 30 + i, moved[i]))
+            fail_msg("query %zu: key %lld, moved away, is still found", 30 + i,
+                     (long long)moved[i]);
+    for (size_t qi = 0; qi < DNQ; qi++)
+        for (size_t i = 0; i < ndel; i++)
+            assert_false(in_top(ap1, qi, del[i]));
+    /* Staleness: the 25 rows written since the build. */
+    staleness_ok(t, &sn);
+    assert_int_equal(ec_rows_info(t, &di), 0);
+    assert_int_equal(sn.stale_rows, 25);
+    assert_int_equal(sn.live_keys, di.keys);
+    assert_int_equal(sn.live_keys, DROWS + DEXTRA + 10 - ndel);
+    assert_int_equal(sn.table_lsn, di.lsn);
+    assert_true(sn.table_lsn > sn.built_lsn);
+    assert_int_equal(sn.indexed_keys, DROWS + DEXTRA);
+    /* The CLI says so, in `index info` and `stats`. */
+    snprintf(want, sizeof(want), "built at lsn %llu, table at lsn %llu: 25 rows written since",
+             (unsigned long long)sn.built_lsn, (unsigned long long)sn.table_lsn);
+    assert_true(cli_says("index info d 1 t", want));
+    assert_true(cli_says("index info d 1 t --json", "\"stale_rows\": 25"));
+    assert_true(cli_says("stats", "    index: built at lsn"));
+    snprintf(arg, sizeof(arg), "\"index\":{\"built_lsn\":%llu,\"table_lsn\":%llu,\"live_keys\":%llu,"
+             "\"stale_rows\":25}", (unsigned long long)sn.built_lsn,
+             (unsigned long long)sn.table_lsn, (unsigned long long)sn.live_keys);
+    assert_true(cli_says("stats --json", arg));
+    ec_tensor_release(t);
+    ec_client_close(c);
+    /* kill -9: the index and the slots' lsns survive (the log's replay
+     * writes each row with its record's lsn). */
+    dyn_kill9_restart(args);
+    c = connect_ok();
+    t = resolve_ok(c, "d", "1", "t");
+    {
+        ec_index_staleness again;
+        staleness_ok(t, &again);
+        assert_int_equal(again.stale_rows, 25);
+        assert_int_equal(again.built_lsn, sn.built_lsn);
+        assert_int_equal(again.table_lsn, sn.table_lsn);
+    }
+    ap2 = search_ok(t, q, DNQ, K, EC_METRIC_L2, DPROBE, 0);
+    same_answer(ap1, ap2, DNQ * K, "before and after kill -9");
+    /* Again at the same lsn (the handle kept the delta's slots), then one
+     * more key written: the handle's next search sees it. */
+    {
+        struct answer a = search_ok(t, q, DNQ, K, EC_METRIC_L2, DPROBE, 1);
+        int64_t one = (int64_t)splitmix(&seed);
+        same_answer(ap1, a, DNQ * K, "a second search at the same lsn");
+        answer_free(a);
+        for (size_t j = 0; j < DIM; j++)
+            rows[j] = q[40 * DIM + j] + 1e-3f * gauss(&seed);
+        assert_int_equal(ec_rows_put(t, &one, 1, rows, DIM * sizeof(float), &res), 0);
+        a = search_ok(t, q + 40 * DIM, 1, K, EC_METRIC_L2, DPROBE, 1);
+        if (a.id[0] != one)
+            fail_msg("a key written after the last search (%lld) is not found (%lld)",
+                     (long long)one, (long long)a.id[0]);
+        answer_free(a);
+    }
+    ec_tensor_release(t);
+    /* A rebuild: nothing stale, the new keys found through the lists. */
+    build_ok(c, "d", "1", "t", EC_METRIC_L2, DNLIST, NULL);
+    t = resolve_ok(c, "d", "1", "t");
+    staleness_ok(t, &sn);
+    assert_int_equal(sn.stale_rows, 0);
+    assert_int_equal(sn.indexed_keys, DROWS + DEXTRA + 10 - ndel + 1);
+    {
+        struct answer ap3 = search_ok(t, q, DNQ, K, EC_METRIC_L2, DPROBE, 0);
+        for (size_t i = 0; i < 10; i++)
+            assert_true(ap3.id[i * K] == nk[i] && ap3.id[(10 + i) * K] == upd[i]);
+        scores_of_now(t, q, ap3, DNQ, EC_METRIC_L2);
+        answer_free(ap3);
+    }
+    daemon_alive();
+    answer_free(ex0);
+    answer_free(ex1);
+    answer_free(ap1);
+    answer_free(ap2);
+    ec_tensor_release(t);
+    ec_client_close(c);
+    free(keys);
+    free(q);
+    free(x);
+}
+
+/* An index built before its tensor was made dynamic is refused by searches
+ * (build it again), and the daemon takes no index of rows for a dynamic
+ * table, nor a keyed one with a key twice or built past the table's lsn. */
+static void test_dynamic_index_refusals(void **state)
+{
+    float *q, *x = mixture(3000, 8, 0.35f, &q, 4), sc[4 * K];
+    int64_t id[4 * K];
+    ec_search_opts so = {.nprobe = 4};
+    ec_index_staleness sn;
+    char path[1200];
+    uint8_t *stat_file, *keyed;
+    size_t slen, klen;
+    ec_client *c;
+    ec_tensor *t;
+
+    (void)state;
+    env_start("ec-index", NULL);
+    c = connect_ok();
+    import_table(c, "m", 1, "t", EC_DTYPE_F32, x, 3000);
+    build_ok(c, "m", "1", "t", EC_METRIC_IP, 0, NULL);
+    index_path(path, sizeof(path), 1);
+    stat_file = read_file(path, &slen);
+    assert_int_equal(ec_model_dynamic(c, "m", "1", "t", 0, EC_DYN_REFUSE), 0);
+    t = resolve_ok(c, "m", "1", "t");
+    expect(ec_search(t, q, 4, DIM, K, EC_METRIC_IP, &so, sc, id), EC_EINVAL,
+           "built before it was made a dynamic table");
+    expect(ec_index_staleness_get(t, &sn), EC_EINVAL, "build it again");
+    ec_tensor_release(t);
+    /* The daemon: an index of rows is not a dynamic table's. */
+    expect(put_raw(c, "t", stat_file, slen, slen, -1), EC_EFORMAT, "is a dynamic table");
+    build_ok(c, "m", "1", "t", EC_METRIC_IP, 0, NULL);
+    index_path(path, sizeof(path), 1);
+    keyed = read_file(path, &klen);
+    {
+        ec_ivf_header *h = (ec_ivf_header *)(void *)keyed;
+        int64_t *ids = (int64_t *)(void *)(keyed + h->sec[EC_IVF_IDS].offset);
+        uint8_t *f = malloc(klen);
+        assert_non_null(f);
+        assert_int_equal(h->format, EC_IVF_FORMAT_KEYED);
+        assert_int_equal(h->flags, EC_IVF_KEYED);
+        memcpy(f, keyed, klen);
+        ((int64_t *)(void *)(f + h->sec[EC_IVF_IDS].offset))[7] = ids[8];
+        ec_ivf_seal(f, klen);
+        expect(put_raw(c, "t", f, klen, klen, -1), EC_EFORMAT, "appears twice");
+        memcpy(f, keyed, klen);
+        ((ec_ivf_header *)(void *)f)->built_lsn += 1000;
+        ec_ivf_seal(f, klen);
+        expect(put_raw(c, "t", f, klen, klen, -1), EC_EFORMAT, "build it again");
+        memcpy(f, keyed, klen);
+        ((ec_ivf_header *)(void *)f)->flags = 0;
+        ((ec_ivf_header *)(void *)f)->built_lsn = 0;
+        ec_ivf_seal(f, klen);
+        expect(put_raw(c, "t", f, klen, klen, -1), EC_EFORMAT, "is a dynamic table");
+        /* Keys need not be row numbers: any int64 goes. */
+        memcpy(f, keyed, klen);
+        ((int64_t *)(void *)(f + h->sec[EC_IVF_IDS].offset))[0] = INT64_MIN;
+        ec_ivf_seal(f, klen);
+        assert_int_equal(put_raw(c, "t", f, klen, klen, -1), 0);
+        free(f);
+    }
+    /* The good one again; it searches. */
+    assert_int_equal(put_raw(c, "t", keyed, klen, klen, -1), 0);
+    t = resolve_ok(c, "m", "1", "t");
+    assert_int_equal(ec_search(t, q, 4, DIM, K, EC_METRIC_IP, &so, sc, id), 0);
+    staleness_ok(t, &sn);
+    assert_int_equal(sn.stale_rows, 0);
+    ec_tensor_release(t);
+    daemon_alive();
+    free(stat_file);
+    free(keyed);
+    ec_client_close(c);
+    free(q);
+    free(x);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -856,6 +1263,8 @@ int main(void)
         cmocka_unit_test_teardown(test_retire_removes_index, env_teardown),
         cmocka_unit_test_teardown(test_threads_race_to_map, env_teardown),
         cmocka_unit_test_teardown(test_cli_index, env_teardown),
+        cmocka_unit_test_teardown(test_dynamic_table_index, env_teardown),
+        cmocka_unit_test_teardown(test_dynamic_index_refusals, env_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -180,3 +180,63 @@ def test_cli_update_from_safetensors(dyn, tmp_path):
     # And deletes by the keys of a safetensors file.
     d.cli("del", "m", "1", "t", "--safetensors", str(p))
     assert t.find(keys)[1].tolist() == [False, False, False]
+
+
+def test_index_of_a_dynamic_table(make_daemon, tmp_path):
+    """build_index and search(nprobe=) on a dynamic table with arbitrary
+    int64 keys: new keys next to a query are found, a row moved next to a
+    query is found with its new score, deleted keys never come back;
+    index_info says how many rows were written since the build, a rebuild
+    brings that to 0, and a crash of the daemon keeps it."""
+    rng = np.random.default_rng(21)
+    dim, n = 32, 4000
+    centres = rng.standard_normal((20, dim)).astype(np.float32)
+    x = (centres[rng.integers(0, 20, n)] + rng.standard_normal((n, dim))).astype(np.float32)
+    q = (centres[rng.integers(0, 20, 30)] + rng.standard_normal((30, dim))).astype(np.float32)
+    keys = rng.integers(-2**63, 2**63 - 1, n, dtype=np.int64)
+    np.save(tmp_path / "t.npy", x)
+    np.save(tmp_path / "t.keys.npy", keys)
+    d = make_daemon(shm_size="64M").start()
+    d.import_files("m", 1, [tmp_path / "t.npy", tmp_path / "t.keys.npy"])
+    with embcache.connect(d.socket) as c:
+        c.make_dynamic("m", 1, "t", capacity=2 * n, policy="refuse")
+        t = c.tensor("m", "t", version=1)
+        st = t.build_index(nlist=64, metric="l2")
+        assert st["rows"] == n
+        info = t.index_info()
+        assert info["rows"] == n and info["stale_rows"] == 0 and info["live_keys"] == n
+        assert info["built_lsn"] == info["table_lsn"]
+        es, ei = t.search(q, 10, "l2")
+        s8, i8 = t.search(q, 10, "l2", nprobe=8)
+        assert np.mean([len(set(a) & set(b)) / 10 for a, b in zip(i8.tolist(), ei.tolist())]) \
+            >= 0.9
+        assert set(i8.ravel().tolist()) <= set(keys.tolist())
+        # Written after the build: new keys at queries 0..4, an indexed key
+        # moved to query 5, the best key of query 6 deleted.
+        new = rng.integers(-2**63, 2**63 - 1, 5, dtype=np.int64)
+        t.put(new, q[:5] + 1e-3)
+        moved = int(keys[np.argmax(((x - q[5]) ** 2).sum(1))])   # the farthest row
+        t.put(np.array([moved]), q[5:6] + 1e-3)
+        gone = int(ei[6, 0])
+        t.delete(np.array([gone]))
+        es, ei = t.search(q, 10, "l2")
+        s8, i8 = t.search(q, 10, "l2", nprobe=8)
+        assert i8[:5, 0].tolist() == new.tolist()
+        assert i8[5, 0] == moved
+        np.testing.assert_array_equal(s8[:6, 0], es[:6, 0])
+        assert gone not in i8.ravel().tolist()
+        info = t.index_info()
+        assert info["stale_rows"] == 6 and info["live_keys"] == n + 4
+        assert info["table_lsn"] > info["built_lsn"]
+        assert info["stale_share"] == pytest.approx(6 / (n + 4))
+        assert '"stale_rows": 6' in d.cli("index", "info", "m", "1", "t", "--json").stdout
+    d.crash()
+    with embcache.connect(d.socket) as c:
+        t = c.tensor("m", "t", version=1)
+        assert t.index_info()["stale_rows"] == 6
+        s, i = t.search(q, 10, "l2", nprobe=8)
+        np.testing.assert_array_equal(i, i8)
+        t.build_index(nlist=64, metric="l2")
+        assert t.index_info()["stale_rows"] == 0
+        s, i = t.search(q, 10, "l2", nprobe=8)
+        assert i[:5, 0].tolist() == new.tolist()

@@ -2,7 +2,8 @@
  * test_dyntable.c - shm/dyntable.c: the layout's validation, lookups by
  * key (tag collisions included), and the reader protocol under a writer
  * that rewrites one key nonstop (threads of one process over one mapping;
- * the multi-process case is tests/integration/test_dynamic.c).
+ * the multi-process case is tests/integration/test_dynamic.c), and the
+ * lsn each slot records (what an indexed table's delta scan reads).
  */
 #include <pthread.h>
 #include <stdatomic.h>
@@ -24,6 +25,7 @@ struct fixture {
     uint8_t *mem;
     ec_dyn_view v;
     uint64_t *fifo, fhead, fcount;
+    uint64_t lsn;                 /* of the last put */
 };
 
 static void fx_init(struct fixture *f, uint64_t capacity)
@@ -69,7 +71,7 @@ static void put(struct fixture *f, int64_t key, const uint8_t *row)
     uint64_t b, s, fresh = pop(f);
     unsigned w;
 
-    ec_dyn_slot_write_w(&f->v, fresh, key, row);
+    ec_dyn_slot_write_w(&f->v, fresh, key, row, ++f->lsn);
     if (ec_dyn_locate_w(&f->v, key, &b, &w, &s)) {
         ec_dyn_word_set_w(&f->v, key, b, w, fresh);
         atomic_store(&ec_dyn_slot_w(&f->v, s)->live, 0);
@@ -122,6 +124,43 @@ static void test_roundtrip_and_absent(void **state)
     fx_free(&f);
 }
 
+/* Each slot says which update wrote it: a peek at the header alone and a
+ * lookup by key give the put's lsn; an update moves the key to a slot with
+ * the new lsn and leaves the old one free; an absent key has none. */
+static void test_slot_lsn(void **state)
+{
+    struct fixture f;
+    uint8_t row[ROWB];
+    uint64_t lsn = 0, live = 0, newer = 0;
+
+    (void)state;
+    fx_init(&f, 1024);
+    for (int64_t k = 0; k < 100; k++) {
+        fill(row, k * 7919, 1);
+        put(&f, k * 7919, row);                   /* lsn k + 1 */
+    }
+    for (int64_t k = 0; k < 100; k++) {
+        assert_int_equal(ec_dyn_key_lsn(&f.v, k * 7919, &lsn), 1);
+        assert_int_equal(lsn, (uint64_t)k + 1);
+    }
+    assert_int_equal(ec_dyn_key_lsn(&f.v, 5, &lsn), 0);
+    fill(row, 7919, 2);
+    put(&f, 7919, row);                           /* lsn 101 */
+    assert_int_equal(ec_dyn_key_lsn(&f.v, 7919, &lsn), 1);
+    assert_int_equal(lsn, 101);
+    for (uint64_t s = 0; s < f.v.nslots; s++) {
+        uint64_t l = 0;
+        int r = ec_dyn_slot_peek(&f.v, s, &l);
+        assert_true(r == 0 || r == 1);
+        live += r == 1;
+        newer += r == 1 && l > 100;
+    }
+    assert_int_equal(live, 100);
+    assert_int_equal(newer, 1);
+    assert_int_equal(ec_dyn_slot_peek(&f.v, f.v.nslots, &lsn), 0);
+    fx_free(&f);
+}
+
 /* A word with a key's tag that points at another key's slot (what a tag
  * collision looks like): the reader compares the whole key, skips it, and
  * finds the key's own row. */
@@ -137,7 +176,7 @@ static void test_tag_collision_is_no_hit(void **state)
     ec_dyn_hash_of(f.v.nbuckets, f.v.salt, 1, &h);
     other = pop(&f);
     fill(row, 777, 9);
-    ec_dyn_slot_write_w(&f.v, other, 777, row);
+    ec_dyn_slot_write_w(&f.v, other, 777, row, 1);
     atomic_store(&ec_dyn_bucket_w(&f.v, h.b1)->word[0], h.tag << EC_DYN_SLOT_BITS | (other + 1));
     atomic_store(&ec_dyn_bucket_w(&f.v, h.b2)->word[0], h.tag << EC_DYN_SLOT_BITS | (other + 1));
     assert_int_equal(ec_dyn_find(&f.v, 1, out, NULL), 0);
@@ -259,6 +298,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_roundtrip_and_absent),
         cmocka_unit_test(test_tag_collision_is_no_hit),
+        cmocka_unit_test(test_slot_lsn),
         cmocka_unit_test(test_view_refuses_bad_headers),
         cmocka_unit_test(test_word_out_of_range_ignored),
         cmocka_unit_test(test_hot_key_never_torn),
