@@ -92,4 +92,8 @@ void cli_index_staleness_line(const ec_index_staleness *sn, const char *indent);
 int cli_dynamic_main(const char *cmd, int argc, char **argv, const char *socket_path);
 int cli_dynamic_stats(ec_client *c, bool json);
 
+/* tools/cli_top.c: `embcache top` (argv from "top" on), a live view of the
+ * daemon's statistics. */
+int cli_top_main(int argc, char **argv, const char *socket_path);
+
 #endif /* EC_TOOLS_CLI_H */

@@ -39,6 +39,8 @@ static void usage(FILE *f)
             "  alias MODEL ALIAS VERSION                   point ALIAS at a version\n"
             "  get MODEL VERSION|ALIAS TENSOR ROW... [--raw]  print rows\n"
             "  stats [--json]                              daemon statistics\n"
+            "  top [-d SECONDS] [-n N] [-b] [-t ROWS]      live view: rates, memory, tiers,\n"
+            "                                              busiest tensors and namespaces\n"
             "  find MODEL --round R [--params JSON]        version trained at round R\n"
             "  prewarm MODEL VERSION|ALIAS [--pin] [--device] [--no-wait]  load a version ahead\n"
             "  evict MODEL VERSION|ALIAS                   drop a version from memory\n"
@@ -991,6 +993,11 @@ static int cmd_index(int argc, char **argv)
     return cli_index_main(argc, argv, socket_path);
 }
 
+static int cmd_top(int argc, char **argv)
+{
+    return cli_top_main(argc, argv, socket_path);
+}
+
 static int cmd_dynamic(int argc, char **argv)
 {
     return cli_dynamic_main(argv[0], argc, argv, socket_path);
@@ -1014,7 +1021,7 @@ int main(int argc, char **argv)
         {"recover", cmd_recover}, {"results", cmd_results}, {"search", cmd_search},
         {"index", cmd_index},
         {"dynamic", cmd_dynamic}, {"put", cmd_dynamic}, {"del", cmd_dynamic},
-        {"update", cmd_dynamic}, {"snapshot", cmd_dynamic},
+        {"update", cmd_dynamic}, {"snapshot", cmd_dynamic}, {"top", cmd_top},
     };
     int ch;
 
@@ -1031,7 +1038,7 @@ int main(int argc, char **argv)
     if (optind >= argc) {
         fprintf(stderr, "embcache: missing command (import, ls, alias, get, stats, find, "
                         "prewarm, evict, retire, refresh, policy, upgrade, recover, "
-                        "results, search, index, dynamic, put, del, update, snapshot); try "
+                        "results, search, index, dynamic, put, del, update, snapshot, top); try "
                         "'embcache --help'\n");
         return EXIT_USAGE;
     }
@@ -1052,7 +1059,8 @@ int main(int argc, char **argv)
     }
     fprintf(stderr, "embcache: unknown command '%s' (commands: import, ls, alias, get, "
                     "stats, find, prewarm, evict, retire, refresh, policy, upgrade, "
-                    "recover, results, search, index, dynamic, put, del, update, snapshot)\n",
+                    "recover, results, search, index, dynamic, put, del, update, snapshot, "
+                    "top)\n",
             argv[optind]);
     return EXIT_USAGE;
 }

@@ -18,9 +18,12 @@ PKGS=(
   # the remote tier's Redis Cluster client (core/rcluster*.c: libhiredis-dev) and
   # its test cluster (tests/redis/cluster.sh: redis-server, redis-cli)
   redis-tools
-  # promtool, for the alert rules' tests (deploy/prometheus; the package's prometheus
+  # promtool, for the alert rules' tests, and prometheus itself, which test_prometheus
+  # runs on a loopback port of its own (deploy/prometheus; the package's prometheus
   # service is not needed: stop it where systemd started it)
   prometheus
+  # `embcache top`'s interactive test runs it in a detached tmux session (test_top)
+  tmux
 )
 
 if [ "$(id -u)" -ne 0 ]; then
