@@ -446,6 +446,7 @@ int daemon_spawn(struct ctx *x, const char *data, const char *sock, uint64_t shm
             dup2(fd, 2);
         }
         setpgid(0, 0); /* a terminal's Ctrl-C reaches only us; we stop it */
+        setenv("EMBCACHE_CONFIG", "", 1); /* the options above, not /etc's file */
         execv(argv[0], (char *const *)argv);
         _exit(127);
     }

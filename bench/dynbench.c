@@ -334,6 +334,7 @@ int main(int argc, char **argv)
                 dup2(fd, 1);
                 dup2(fd, 2);
             }
+            setenv("EMBCACHE_CONFIG", "", 1); /* not /etc/embcache/embcached.conf */
             execvp(dargv[0], dargv);
             _exit(127);
         }

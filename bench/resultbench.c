@@ -80,6 +80,7 @@ static pid_t start(char *const argv[], const char *wait_for)
             dup2(fd, 1);
             dup2(fd, 2);
         }
+        setenv("EMBCACHE_CONFIG", "", 1); /* embcached: not /etc's configuration file */
         execvp(argv[0], argv);
         _exit(127);
     }

@@ -825,6 +825,20 @@ int ec_dyn_timeout_ms(const ec_dyn *d)
     return d && d->cfg.sync == EC_WAL_SYNC_INTERVAL ? (int)d->cfg.sync_ms : -1;
 }
 
+int ec_dyn_set_sync(ec_dyn *d, ec_wal_sync_mode mode, uint32_t sync_ms)
+{
+    int rc;
+
+    if (!d)
+        return ec_seterr(EC_EINVAL, "ec_dyn_set_sync: no dynamic tables");
+    if (d->wal && (rc = ec_wal_set_sync(d->wal, mode)) < 0)
+        return rc;
+    d->cfg.sync = mode;
+    d->cfg.sync_ms = sync_ms ? sync_ms : 100;
+    d->last_sync = now_s();
+    return 0;
+}
+
 void ec_dyn_tick(ec_dyn *d)
 {
     if (!d)

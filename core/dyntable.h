@@ -81,6 +81,12 @@ void ec_dyn_tick(ec_dyn *d);
 /* The poll timeout the log's interval sync needs, in ms (-1: none). */
 int ec_dyn_timeout_ms(const ec_dyn *d);
 
+/* Change the log's sync mode and interval (sync_ms 0: 100) while serving
+ * (embcached's SIGHUP; ec_wal_set_sync). 0, or the log's error (the mode is
+ * then unchanged). A daemon whose log is broken takes the new mode for when
+ * it is opened again. */
+int ec_dyn_set_sync(ec_dyn *d, ec_wal_sync_mode mode, uint32_t sync_ms);
+
 typedef struct ec_dyn_stat {
     uint32_t tensor;
     const char *model, *name;

@@ -181,6 +181,20 @@ int ec_engine_retire(ec_engine *e, uint64_t owner, uint64_t token, const char *m
 int ec_engine_set_policy(ec_engine *e, const char *model, uint64_t min_resident_bytes,
                          double min_request_rate);
 
+/* Limits that may change while the engine runs (core/engine_tune.c). */
+typedef struct ec_engine_limits {
+    uint64_t budget;        /* as ec_engine_config.budget */
+    double ttl_seconds;     /* as ec_engine_config */
+    double ttl_jitter;
+    double rate_window;
+} ec_engine_limits;
+
+/* Apply new limits at once (SIGHUP): a lowered budget evicts down to it now
+ * (what is pinned or loading goes when released); a changed TTL applies to
+ * what is resident from now on. Returns 0, or EC_EINVAL for NULL or
+ * negative values. */
+int ec_engine_set_limits(ec_engine *e, const ec_engine_limits *l);
+
 /* Reload the partitions of a version whose files changed on disk. */
 int ec_engine_refresh(ec_engine *e, const char *model, const char *version, uint64_t *changed);
 

@@ -1218,7 +1218,10 @@ int ec_server_run(const ec_server_config *cfg)
 
     if (!s)
         return ec_seterr(EC_ENOMEM, "server");
-    s->cfg = cfg;
+    s->live = *cfg;
+    s->cfg = &s->live;
+    s->conf.last_ok = !cfg->reload_failed;
+    s->conf.failures = cfg->reload_failed;
     s->ep = s->lfd = s->sfd = s->ifd = -1;
     s->reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
     raise_fd_limit();
@@ -1229,11 +1232,14 @@ int ec_server_run(const ec_server_config *cfg)
     sigemptyset(&mask);
     sigaddset(&mask, SIGTERM);
     sigaddset(&mask, SIGINT);
+    sigaddset(&mask, SIGHUP); /* reload (server_reload.c) */
     pthread_sigmask(SIG_BLOCK, &mask, NULL);
     /* Every other signal that would end the process is ignored on purpose:
-     * only SIGTERM and SIGINT stop the daemon, and they stop it cleanly. */
+     * only SIGTERM and SIGINT stop the daemon, and they stop it cleanly.
+     * SIGHUP is blocked and read from the signalfd (a blocked signal is
+     * queued whatever its disposition; setting SIG_IGN now would discard
+     * one already pending). */
     signal(SIGPIPE, SIG_IGN);
-    signal(SIGHUP, SIG_IGN);
     signal(SIGUSR1, SIG_IGN);
     signal(SIGUSR2, SIG_IGN);
     signal(SIGALRM, SIG_IGN);
@@ -1324,7 +1330,11 @@ int ec_server_run(const ec_server_config *cfg)
                 ec_metrics_serve(s->metrics, srv_metrics_render, s);
             } else if (id == ID_SIGNAL) {
                 struct signalfd_siginfo si;
-                if (read(s->sfd, &si, sizeof(si)) == sizeof(si)) {
+                if (read(s->sfd, &si, sizeof(si)) != sizeof(si)) {
+                    /* taken already */
+                } else if (si.ssi_signo == SIGHUP) {
+                    srv_reload(s); /* server_reload.c */
+                } else {
                     ec_info("signal %u: shutting down", si.ssi_signo);
                     running = false;
                 }

@@ -51,10 +51,28 @@ typedef struct ec_server_config {
     unsigned wal_sync_ms;                  /* interval: ms between syncs; 0: 100 */
     char metrics_addr[16];                 /* --metrics-listen: an IPv4 literal */
     unsigned metrics_port;                 /* its port; 0: no metrics endpoint */
+    /* SIGHUP: read the configuration again (core/daemon_config.h,
+     * ec_dconf_reload). Fills *next with every field of *cur, but those
+     * that may change at run time as now configured; returns 0, or a
+     * negative EC_E* code after it logged why (nothing changes then).
+     * NULL: SIGHUP is logged and ignored. Called on the server thread. */
+    int (*reload)(void *arg, const struct ec_server_config *cur, struct ec_server_config *next);
+    void *reload_arg;
+    bool reload_failed;                    /* the configuration could not be read again
+                                            * at start (a restarted worker): reported as
+                                            * config_last_reload_ok 0 */
 } ec_server_config;
 
-/* Run until SIGTERM or SIGINT. Returns 0 after a clean shutdown, or a
- * negative EC_E* code (with ec_last_error()) when start-up failed. */
+/* The fields ec_server_run applies on SIGHUP without a restart: budget,
+ * ttl_seconds, ttl_jitter, rate_window, epoch_hold_max, pin_lease,
+ * wal_sync, wal_sync_ms, max_clients, max_clients_per_uid, allow_uids,
+ * allow_any, admin_uids (for connections accepted from then on; admin
+ * rights are checked at each request). Every other field is fixed at
+ * start. */
+
+/* Run until SIGTERM or SIGINT; SIGHUP reloads (cfg->reload). Returns 0
+ * after a clean shutdown, or a negative EC_E* code (with ec_last_error())
+ * when start-up failed. */
 int ec_server_run(const ec_server_config *cfg);
 
 #endif

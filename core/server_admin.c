@@ -113,6 +113,9 @@ int srv_stats_each(server *s, int (*cb)(const char *name, uint64_t v, void *arg)
     S("clients_disconnected_slow", s->st.disconnected_slow);
     S("imports", s->st.imports);
     S("import_failures", s->st.import_failures);
+    S("config_reloads", s->conf.reloads);
+    S("config_reload_failures", s->conf.failures);
+    S("config_last_reload_ok", s->conf.last_ok);
     /* Reported by clients about themselves (untrusted, for monitoring). */
     S("client_gathers", g);
     S("client_rows", rows);

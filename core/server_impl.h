@@ -12,6 +12,7 @@
  *                   thread; INDEX_OPEN)
  *   server_results.c the cache manager's requests (NS_OPEN, RES_LEASE,
  *                   RES_PUT, RES_RELEASE, RES_PURGE, NS_LIST, NS_DROP)
+ *   server_reload.c SIGHUP: the configuration read again and applied
  *
  * Everything runs on the server thread but the importer (server.c).
  */
@@ -82,7 +83,14 @@ struct import_job {
 };
 
 typedef struct server {
-    const ec_server_config *cfg;
+    const ec_server_config *cfg; /* &live */
+    ec_server_config live;       /* the configuration in effect: the start-up one as
+                                  * SIGHUP changed it (server_reload.c) */
+    struct {
+        uint64_t reloads, failures;
+        bool last_ok;
+    } conf;                      /* config_reloads, config_reload_failures,
+                                  * config_last_reload_ok */
     ec_engine *engine;
     ec_resmgr *results;
     struct ec_dyn *dyn;  /* dynamic tables (core/dyntable.h) */
@@ -148,6 +156,10 @@ int srv_outstanding_take(struct conn *c);
 /* Queue a job for the importer thread, which owns it from then on. */
 void srv_import_enqueue(server *s, struct import_job *j);
 bool srv_peer_admin(const server *s, uid_t uid);
+
+/* server_reload.c: SIGHUP: read the configuration again and apply what may
+ * change at run time. */
+void srv_reload(server *s);
 
 /* server_dyn.c: dynamic tables (DYN_SET, ROWS_PUT, ROWS_DEL, SNAPSHOT,
  * DYN_STATS) */

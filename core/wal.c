@@ -947,6 +947,35 @@ int ec_wal_sync(ec_wal *w)
     return sync_records(w);
 }
 
+int ec_wal_set_sync(ec_wal *w, ec_wal_sync_mode mode)
+{
+    int rc;
+
+    if (!w || (unsigned)mode > EC_WAL_SYNC_NONE)
+        return ec_seterr(EC_EINVAL, "ec_wal_set_sync: NULL log or an unknown sync mode");
+    if (w->broken)
+        return refuse_broken(w);
+    if (mode == w->sync)
+        return 0;
+    if (w->dirty && (rc = sync_records(w)) < 0) /* writes the mark: still INTERVAL/NONE */
+        return rc;
+    if (mode == EC_WAL_SYNC_BATCH) {
+        /* BATCH keeps no mark (rule 2b), as open removes another mode's. */
+        if (w->mfd >= 0) {
+            close(w->mfd);
+            w->mfd = -1;
+        }
+        if ((unlinkat(w->dfd, MARK_NAME, 0) < 0 && errno != ENOENT) || fsync(w->dfd) < 0)
+            ec_warn("write-ahead log %s: cannot remove %s, the mark of another sync mode: %s",
+                    w->dir, MARK_NAME, strerror(errno));
+    } else if (w->sync == EC_WAL_SYNC_BATCH) {
+        /* Everything appended so far is synced: the mark says so. */
+        mark_write(w, w->last_lsn);
+    }
+    w->sync = mode;
+    return 0;
+}
+
 uint64_t ec_wal_last_lsn(const ec_wal *w)
 {
     return w ? w->last_lsn : 0;

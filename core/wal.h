@@ -169,6 +169,13 @@ int ec_wal_append(ec_wal *w, uint32_t table, uint8_t op, const int64_t *keys, ui
  * @return 0 or EC_EIO (the log is unusable until reopened: rule 5). */
 int ec_wal_sync(ec_wal *w);
 
+/* Change the sync mode of an open log (embcached's SIGHUP): what is pending
+ * is synced first, and the mark (rule 2b) is written or removed as the new
+ * mode needs, so the crash semantics of the new mode hold from the return.
+ * @return 0, EC_EINVAL (NULL log, unknown mode) or EC_EIO (the pending sync
+ *         failed: rule 5; the mode is unchanged). */
+int ec_wal_set_sync(ec_wal *w, ec_wal_sync_mode mode);
+
 /* The lsn of the newest record (0 when the log never had one). */
 uint64_t ec_wal_last_lsn(const ec_wal *w);
 

@@ -22,6 +22,16 @@
 
 #include "shm/segment.h"
 
+/* Every daemon a test starts runs with the options the test gives it: an
+ * installed /etc/embcache/embcached.conf (or a developer's EMBCACHE_CONFIG)
+ * must not change what a test runs. Set (and empty) means "no file"
+ * (core/daemon_config.h); children inherit it. Tests of the file pass
+ * --config or set it themselves. */
+__attribute__((constructor)) static void ect_no_daemon_config(void)
+{
+    setenv("EMBCACHE_CONFIG", "", 1);
+}
+
 char *ect_tmpdir(const char *prefix)
 {
     const char *base = getenv("TMPDIR");

@@ -20,7 +20,8 @@ if [ "${#sock}" -ge 100 ]; then sock="/tmp/embcache-demo-$(id -u).sock"; fi
 export EMBCACHE_SOCKET="$sock"
 
 # The demo's 256 MiB of shared memory goes with the daemon when it ends.
-build/embcached --data-dir "$data" --socket "$sock" --shm-size 256M \
+# EMBCACHE_CONFIG=: these options alone, not an installed /etc/embcache/embcached.conf.
+EMBCACHE_CONFIG= build/embcached --data-dir "$data" --socket "$sock" --shm-size 256M \
   2>"$data/embcached.log" &
 daemon=$!
 trap 'kill -TERM $daemon 2>/dev/null; wait $daemon 2>/dev/null || true' EXIT

@@ -45,6 +45,10 @@ def _setup_paths() -> None:
 
 
 _setup_paths()
+# Every embcached a test starts (and the examples' launcher) runs with the
+# options it is given, not an installed /etc/embcache/embcached.conf: set and
+# empty means no configuration file.
+os.environ["EMBCACHE_CONFIG"] = ""
 
 import embcache  # noqa: E402
 

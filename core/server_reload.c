@@ -1,0 +1,86 @@
+/*
+ * server_reload.c - SIGHUP: embcached reads its configuration again and
+ * applies, while it serves, what may change at run time (server.h lists
+ * the fields). Clients stay connected; nothing is re-created.
+ *
+ * The server loop (server.c) reads SIGHUP from its signalfd and calls
+ * srv_reload() on the server thread, the only thread that reads the
+ * server's configuration (s->live), the engine and the dynamic tables, so
+ * nothing here takes a lock. Reading and checking the file, and saying
+ * what changed and what needs a restart, is cfg->reload's job
+ * (core/daemon_config.c); a reload it refuses changes nothing. Counted in
+ * config_reloads, config_reload_failures and config_last_reload_ok.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "common/log.h"
+#include "core/dyntable.h"
+#include "core/engine.h"
+
+#include "core/server_impl.h"
+
+/* May users other than ours and root connect? Then the socket is 0666. */
+static bool socket_open_to_others(const ec_server_config *c)
+{
+    return c->allow_any || c->n_allow_uids || c->n_admin_uids;
+}
+
+/* Apply the fields of next that may change at run time, then take next
+ * (whose other fields are the running ones) as the configuration. */
+static void apply(server *s, const ec_server_config *next)
+{
+    const ec_server_config *cur = &s->live;
+
+    if (next->budget != cur->budget || next->ttl_seconds != cur->ttl_seconds ||
+        next->ttl_jitter != cur->ttl_jitter || next->rate_window != cur->rate_window) {
+        ec_engine_limits l = {.budget = next->budget,
+                              .ttl_seconds = next->ttl_seconds,
+                              .ttl_jitter = next->ttl_jitter,
+                              .rate_window = next->rate_window};
+        if (ec_engine_set_limits(s->engine, &l) < 0)
+            ec_error("reload: the engine's limits: %s", ec_last_error());
+    }
+    if ((next->wal_sync != cur->wal_sync || next->wal_sync_ms != cur->wal_sync_ms) &&
+        ec_dyn_set_sync(s->dyn, (ec_wal_sync_mode)next->wal_sync, next->wal_sync_ms) < 0)
+        ec_error("reload: the write-ahead log's sync mode: %s (it keeps the old one)",
+                 ec_last_error());
+    /* The socket's mode follows who may connect; the path is chmod'ed only
+     * while it is still the socket this daemon bound. */
+    if (socket_open_to_others(next) != socket_open_to_others(cur)) {
+        struct stat st;
+        mode_t mode = socket_open_to_others(next) ? 0666 : 0600;
+        if (stat(cur->socket_path, &st) == 0 && st.st_ino == s->sock_st.st_ino &&
+            st.st_dev == s->sock_st.st_dev) {
+            if (chmod(cur->socket_path, mode) < 0)
+                ec_warn("reload: cannot chmod %04o %s: %s; connect rights of other uids "
+                        "are as before", (unsigned)mode, cur->socket_path, strerror(errno));
+        }
+    }
+    /* epoch_hold_max, pin_lease, max_clients, max_clients_per_uid and the
+     * uid lists are read where they are used: taking next is applying
+     * them. Connections already accepted are kept, even past a lowered
+     * limit or of a uid no longer allowed. */
+    s->live = *next;
+}
+
+void srv_reload(server *s)
+{
+    ec_server_config next;
+
+    if (!s->live.reload) {
+        ec_warn("SIGHUP: this daemon has no configuration to read again; ignored");
+        return;
+    }
+    memset(&next, 0, sizeof(next));
+    if (s->live.reload(s->live.reload_arg, &s->live, &next) < 0) {
+        s->conf.failures++;
+        s->conf.last_ok = false;
+        return;
+    }
+    apply(s, &next);
+    s->conf.reloads++;
+    s->conf.last_ok = true;
+}
