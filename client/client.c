@@ -183,7 +183,7 @@ int ec_client_connect(const char *socket_path, ec_client **out)
     if (!out)
         return ec_seterr(EC_EINVAL, "ec_client_connect: out is NULL");
     if (!socket_path)
-        socket_path = ec_default_socket(def, sizeof(def));
+        socket_path = ec_client_socket(def, sizeof(def), EC_SYSTEM_SOCKET);
     if (strlen(socket_path) >= sizeof(sa.sun_path))
         return ec_seterr(EC_EINVAL, "socket path %s is too long (at most %zu bytes)",
                          socket_path, sizeof(sa.sun_path) - 1);

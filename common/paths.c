@@ -1,15 +1,18 @@
 /*
  * paths.c - the default control socket path, shared by the daemon, the CLI
- * and libembcache so that all three agree without configuration, and who
- * a client trusts to be the daemon behind it.
+ * and libembcache so that all three agree without configuration (a client
+ * falls back to the system service's socket), and who a client trusts to be
+ * the daemon behind it.
  *
  * Called from any thread of the daemon, the CLI or a client process; keeps
  * no state.
  */
+#include <errno.h>
 #include <pwd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "common/paths.h"
@@ -22,7 +25,7 @@ const char *ec_default_socket(char *buf, size_t len)
     if (env && *env)
         snprintf(buf, len, "%s", env);
     else if (geteuid() == 0)
-        snprintf(buf, len, "/run/embcache/embcached.sock");
+        snprintf(buf, len, "%s", EC_SYSTEM_SOCKET);
     else if (xdg && *xdg)
         snprintf(buf, len, "%s/embcache.sock", xdg);
     else
@@ -30,6 +33,23 @@ const char *ec_default_socket(char *buf, size_t len)
          * binds (another user could create /tmp/embcache-UID first; a
          * socket directly in /tmp could be taken by anyone). */
         snprintf(buf, len, "/tmp/embcache-%u/embcached.sock", (unsigned)geteuid());
+    return buf;
+}
+
+const char *ec_client_socket(char *buf, size_t len, const char *system_socket)
+{
+    const char *env = getenv("EMBCACHE_SOCKET");
+    struct stat st;
+
+    ec_default_socket(buf, len);
+    if ((env && *env) || geteuid() == 0 || !system_socket)
+        return buf;
+    /* Only when the user's own socket is not there at all: a stale one, or
+     * one we may not look at, is theirs to sort out (the connect says why). */
+    if (lstat(buf, &st) == 0 || (errno != ENOENT && errno != ENOTDIR))
+        return buf;
+    if (stat(system_socket, &st) == 0 && S_ISSOCK(st.st_mode))
+        snprintf(buf, len, "%s", system_socket);
     return buf;
 }
 

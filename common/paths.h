@@ -12,9 +12,22 @@
 /* The system user the shipped service runs embcached as. */
 #define EC_DAEMON_USER "embcache"
 
-/* $EMBCACHE_SOCKET, else /run/embcache/embcached.sock for root, else
- * $XDG_RUNTIME_DIR/embcache.sock, else /tmp/embcache-<uid>/embcached.sock. */
+/* The socket of the system service (deploy/systemd/embcached.service). */
+#define EC_SYSTEM_SOCKET "/run/embcache/embcached.sock"
+
+/* $EMBCACHE_SOCKET, else EC_SYSTEM_SOCKET for root, else
+ * $XDG_RUNTIME_DIR/embcache.sock, else /tmp/embcache-<uid>/embcached.sock.
+ * Where the daemon listens when not told (tools/embcached.c). */
 const char *ec_default_socket(char *buf, size_t len);
+
+/* Where a client connects when not told (libembcache, so the CLI and the
+ * Python package): ec_default_socket(), except that a non-root client
+ * without $EMBCACHE_SOCKET whose own default socket does not exist uses
+ * system_socket (EC_SYSTEM_SOCKET; a parameter for the tests) when that is a
+ * socket: users find the system service without setup, and one who runs a
+ * daemon of their own still reaches theirs. Never for where a daemon
+ * listens. */
+const char *ec_client_socket(char *buf, size_t len, const char *system_socket);
 
 /* May a process of this uid be the daemon a client talks to? root, the
  * client's own euid, $EMBCACHE_DAEMON_UID, and the EC_DAEMON_USER user. */

@@ -7,7 +7,9 @@
  * start-up). The keeper's loop is single-threaded: poll over a signalfd and
  * its worker's end of a SEQPACKET socketpair. It reads only fixed-size
  * messages from its own child, checks each, and never touches the segment's
- * bytes.
+ * bytes. It alone speaks to systemd (core/notify.h; the unit's main pid):
+ * READY=1 when its worker says it serves, STATUS= when a worker is
+ * replaced, STOPPING=1 on SIGTERM or SIGINT.
  */
 #include "keeper.h"
 
@@ -31,6 +33,7 @@
 
 #include "common/err.h"
 #include "common/log.h"
+#include "core/notify.h"
 
 #define MSG_KEEP 'K'
 #define MSG_DROP 'D'
@@ -216,6 +219,13 @@ static void from_worker(struct keeper *kp)
     }
     case MSG_READY:
         kp->ready = true;
+        /* The keeper is the process systemd watches (NotifyAccess=main):
+         * readiness is said here, once the worker listens. */
+        if (kp->starts > 1)
+            ec_notify_ready("serving (worker %d, restarted %u time(s); the log says why)",
+                            (int)kp->worker, kp->starts - 1);
+        else
+            ec_notify_ready("serving (worker %d)", (int)kp->worker);
         return; /* no reply */
     default:
         status = EPROTO;
@@ -252,6 +262,7 @@ static bool spawn(struct keeper *kp, const sigset_t *orig, ec_keeper *k)
             _exit(0);
         close(sv[0]);
         close(kp->sfd);
+        ec_notify_forget(); /* only the keeper speaks to systemd */
         signal(SIGHUP, SIG_IGN);
         signal(SIGUSR1, SIG_IGN);
         signal(SIGUSR2, SIG_IGN);
@@ -299,20 +310,27 @@ static void worker_exited(struct keeper *kp, int st)
     if (WIFEXITED(st) && WEXITSTATUS(st) == 0) {
         if (kp->restarting) {
             kp->restarting = false;
+            ec_notify_status("SIGUSR2: restarting the worker (warm)");
             return; /* SIGUSR2: restart */
         }
         ec_info("keeper: the worker stopped cleanly; stopping");
+        ec_notify_stopping("the worker stopped on its own; stopping");
         exit(0);
     }
     if (WIFEXITED(st) && !kp->ready) {
         /* It could not start (it said why): starting it again would not help. */
+        ec_notify_status("stopped: the worker could not start (the log says why)");
         exit(WEXITSTATUS(st) ? WEXITSTATUS(st) : 1);
     }
-    if (WIFSIGNALED(st))
+    if (WIFSIGNALED(st)) {
         ec_warn("keeper: the worker died of signal %d (%s); restarting it", WTERMSIG(st),
                 strsignal(WTERMSIG(st)));
-    else
+        ec_notify_status("restarting the worker: it died of signal %d (%s)", WTERMSIG(st),
+                         strsignal(WTERMSIG(st)));
+    } else {
         ec_warn("keeper: the worker exited with status %d; restarting it", WEXITSTATUS(st));
+        ec_notify_status("restarting the worker: it exited with status %d", WEXITSTATUS(st));
+    }
     kp->crashes[kp->ncrash++ % CRASH_LIMIT] = now;
     for (unsigned i = 0; i < CRASH_LIMIT && i < kp->ncrash; i++)
         recent += now - kp->crashes[i] < CRASH_WINDOW_S;
@@ -320,6 +338,8 @@ static void worker_exited(struct keeper *kp, int st)
         ec_error("keeper: the worker crashed %u times within %d s; stopping (see the log "
                  "above for why)",
                  recent, CRASH_WINDOW_S);
+        ec_notify_status("stopped: the worker crashed %u times within %d s (see the log)",
+                         recent, CRASH_WINDOW_S);
         exit(1);
     }
 }
@@ -337,6 +357,8 @@ static void on_signal(struct keeper *kp, const struct signalfd_siginfo *si)
         break;
     case SIGTERM:
     case SIGINT:
+        if (!kp->stopping)
+            ec_notify_stopping("stopping on signal %u", si->ssi_signo);
         kp->stopping = true;
         if (kp->worker > 0)
             kill(kp->worker, SIGTERM);

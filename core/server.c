@@ -45,6 +45,7 @@
 #include "cuda/backend.h"
 #include "core/import.h"
 #include "core/keeper.h"
+#include "core/notify.h"
 #include "core/proto.h"
 
 #include "core/server_impl.h"
@@ -1297,6 +1298,8 @@ int ec_server_run(const ec_server_config *cfg)
     }
     s->importer_started = true;
     ec_keeper_ready(cfg->keeper);
+    if (!cfg->keeper) /* --no-keeper: this process is the one systemd watches */
+        ec_notify_ready("serving on %s", cfg->socket_path);
     {
         uint64_t versions = 0, models = 0, tensors = 0;
         ec_catalog_counts(ec_engine_catalog(s->engine), &models, &versions, &tensors);
@@ -1336,6 +1339,8 @@ int ec_server_run(const ec_server_config *cfg)
                     srv_reload(s); /* server_reload.c */
                 } else {
                     ec_info("signal %u: shutting down", si.ssi_signo);
+                    if (!cfg->keeper) /* else the keeper said it */
+                        ec_notify_stopping("stopping on signal %u", si.ssi_signo);
                     running = false;
                 }
             } else {

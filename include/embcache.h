@@ -221,7 +221,9 @@ EC_API const char *ec_version(void);
  * @param[in]  socket_path  the daemon's socket; NULL means $EMBCACHE_SOCKET,
  *                          then the default (/run/embcache/embcached.sock as
  *                          root, $XDG_RUNTIME_DIR/embcache.sock or
- *                          /tmp/embcache-$UID.sock otherwise).
+ *                          /tmp/embcache-$UID/embcached.sock otherwise; when
+ *                          that does not exist and the system service's
+ *                          /run/embcache/embcached.sock does, that one).
  * @param[out] out          the new client, to be closed with ec_client_close().
  * @return 0, or EC_EINVAL, EC_ENOMEM, EC_ECONN (no daemon: the message names
  *         the socket and how to start one), EC_EPERM (the daemon refused our

@@ -63,10 +63,12 @@ DEBS=${DEBS:-$REPO/.gpu-carry/debs}
 DEB_PKGS="libsqlite3-dev libsqlite3-0 libxxhash-dev libxxhash0 liburing-dev liburing2
   libhwloc-dev libhwloc15 libcmocka-dev libcmocka0 libdlpack-dev
   libopenblas-pthread-dev libopenblas0-pthread libgfortran5 libquadmath0
+  libmicrohttpd-dev libmicrohttpd12 libsystemd-dev libsystemd0 libhiredis-dev libhiredis0.14
   pkgconf pkgconf-bin libpkgconf3"
 # Their shared libraries, linked where the system has no copy of its own.
 RT_SONAMES="libsqlite3.so.0 libxxhash.so.0 liburing.so.2 libhwloc.so.15 libcmocka.so.0
-  libopenblas.so.0 libgfortran.so.5 libquadmath.so.0 libpkgconf.so.3"
+  libopenblas.so.0 libgfortran.so.5 libquadmath.so.0 libpkgconf.so.3 libmicrohttpd.so.12
+  libsystemd.so.0 libhiredis.so.0.14"
 
 if [ "${1:-}" = "--fetch-debs" ]; then
     dir=${2:-$DEBS}
@@ -167,7 +169,7 @@ use_prefix() {
 missing_modules() {
     local m miss=""
     command -v pkg-config >/dev/null || { echo "pkg-config"; return; }
-    for m in sqlite3 libxxhash liburing hwloc openblas cmocka; do
+    for m in sqlite3 libxxhash liburing hwloc openblas cmocka libmicrohttpd libsystemd hiredis; do
         pkg-config --exists "$m" 2>/dev/null || miss+=" $m"
     done
     find /usr/include "${CMAKE_PREFIX_PATH:-/nonexistent}/include" -maxdepth 2 -name dlpack.h \
@@ -191,11 +193,18 @@ step_deps() {
         f=$(find "$PREFIX/usr/lib" "$PREFIX/lib" -name "$s" 2>/dev/null | head -1)
         [ -n "$f" ] && ln -sf "$f" "$PREFIX/rt/$s" && echo "from the .debs: $s"
     done
+    # libmicrohttpd.pc names gnutls in Requires.private, which pkg-config resolves even
+    # for a shared build, and the prefix's search path hides the system's: a stub stands
+    # in (the library links against the system's libgnutls.so.30 at run time).
+    mkdir -p "$PREFIX/usr/lib/x86_64-linux-gnu/pkgconfig"
+    printf 'Name: gnutls\nDescription: stub for libmicrohttpd.pc\nVersion: 3.7.9\nLibs:\nCflags:\n' \
+        > "$PREFIX/usr/lib/x86_64-linux-gnu/pkgconfig/gnutls.pc"
     use_prefix
     miss=$(missing_modules)
     [ -z "$miss" ] || { echo "still missing after unpacking $DEBS:$miss"; return 1; }
     echo "$PREFIX" > "$OUTDIR/.deps-prefix"
-    pkg-config --modversion sqlite3 libxxhash liburing hwloc openblas cmocka | tr '\n' ' '; echo
+    pkg-config --modversion sqlite3 libxxhash liburing hwloc openblas cmocka libmicrohttpd \
+        libsystemd hiredis | tr '\n' ' '; echo
 }
 
 step_build() {

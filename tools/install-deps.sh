@@ -9,6 +9,8 @@ PKGS=(
   build-essential cmake pkgconf
   libhwloc-dev liburing-dev libcmocka-dev libsqlite3-dev libxxhash-dev libdlpack-dev
   libmicrohttpd-dev
+  # embcached's readiness notification to systemd (sd_notify; core/notify.c)
+  libsystemd-dev
   python3 python3-numpy python3-pytest python3-torch
   # ec_search's matrix products (OpenBLAS, linked by name) and the FAISS
   # reference of its benchmark (bench/searchbench.py)

@@ -236,7 +236,9 @@ class Client:
         Args:
             socket: the daemon's socket; None means ``$EMBCACHE_SOCKET``, then
                 the daemon's default (``/run/embcache/embcached.sock`` as root,
-                ``$XDG_RUNTIME_DIR/embcache.sock`` or ``/tmp/embcache-UID/embcached.sock``).
+                ``$XDG_RUNTIME_DIR/embcache.sock`` or ``/tmp/embcache-UID/embcached.sock``;
+                when that does not exist and the system service's
+                ``/run/embcache/embcached.sock`` does, that one).
             reconnect: on a daemon restart, reconnect once and retry the call
                 (True), or raise StaleError (False).
 
@@ -591,13 +593,13 @@ class Client:
             what the build did: rows, dim, nlist, iters, train_rows, reseeded,
             min_list, max_list, file_bytes, train_s, assign_s, total_s.
 
-        Handles that already searched through an earlier index keep it;
-        ``Tensor.build_index`` refreshes its own handle.
         A dynamic table is indexed by its keys, as they are when the build
         begins (rows is then the keys indexed); searches also score every
         row written since, so they stay right and slow down as those grow
         (``Tensor.index_info()["stale_rows"]``): build again to reset them.
 
+        Handles that already searched through an earlier index keep it;
+        ``Tensor.build_index`` refreshes its own handle.
         """
         from ._index import build_index
         return build_index(self, model, version, tensor, nlist, metric, iters=iters,
