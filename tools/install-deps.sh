@@ -26,6 +26,8 @@ PKGS=(
   prometheus
   # `embcache top`'s interactive test runs it in a detached tmux session (test_top)
   tmux
+  # service_systemd boots a systemd container to follow the README's service steps
+  systemd-container
 )
 
 if [ "$(id -u)" -ne 0 ]; then
