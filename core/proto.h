@@ -145,7 +145,9 @@ enum ec_op {
     EC_OP_RESERVED_33 = 33,
     EC_OP_INDEX_PUT = 34,   /* store an approximate index built by a client (admin) */
     EC_OP_INDEX_OPEN = 35,  /* a read-only fd of a tensor's approximate index */
-    EC_OP_MAX_ = 36,
+    EC_OP_PUBLISH = 36,     /* copy a version to a Redis Cluster (admin; core/server_remote.c) */
+    EC_OP_PULL = 37,        /* register a version from a Redis Cluster (admin) */
+    EC_OP_MAX_ = 38,
 };
 #define EC_OP_REPLY 0x8000u
 

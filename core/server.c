@@ -429,6 +429,8 @@ static bool op_is_admin(uint16_t op)
     case EC_OP_ROWS_PUT:
     case EC_OP_ROWS_DEL:
     case EC_OP_SNAPSHOT:
+    case EC_OP_PUBLISH:
+    case EC_OP_PULL:
         return true;
     default:
         return false;
@@ -855,7 +857,9 @@ static void *importer_main(void *arg)
             files[i].fd = j->fds[i];
             files[i].name = j->names[i];
         }
-        if (j->index)
+        if (j->remote)
+            j->rc = srv_remote_run(s, j);
+        else if (j->index)
             j->rc = srv_index_store(s, j);
         else if (j->upgrade)
             j->rc = ec_import_upgrade(s->icat, s->cfg->data_dir, j->model, j->version,
@@ -890,6 +894,11 @@ static void imports_done(server *s)
         struct conn *c = ec_u64map_get(&s->conns, j->owner);
         uint16_t op = j->index ? EC_OP_INDEX_PUT : j->upgrade ? EC_OP_UPGRADE : EC_OP_IMPORT;
         next = j->next;
+        if (j->remote) {
+            srv_remote_done(s, c, j);
+            free(j);
+            continue;
+        }
         if (j->upgrade && j->rc == 0 && j->tensors) {
             /* The files changed under the catalog: take them. */
             uint64_t changed = 0;
@@ -1030,6 +1039,8 @@ static void conn_readable(server *s, struct conn *c)
         case EC_OP_NS_DROP: rc = srv_h_ns_drop(s, c, &body, h.req_id); break;
         case EC_OP_INDEX_PUT: rc = srv_h_index_put(s, c, &body, h.req_id, fds, &nfds); break;
         case EC_OP_INDEX_OPEN: rc = srv_h_index_open(s, c, &body, h.req_id); break;
+        case EC_OP_PUBLISH:
+        case EC_OP_PULL: rc = srv_h_publish_pull(s, c, &body, h.req_id, h.op); break;
         case EC_OP_DYN_SET: rc = srv_h_dyn_set(s, c, &body, h.req_id); break;
         case EC_OP_ROWS_PUT: rc = srv_h_rows_put(s, c, &body, h.req_id, fds, nfds); break;
         case EC_OP_ROWS_DEL: rc = srv_h_rows_del(s, c, &body, h.req_id, fds, nfds); break;
@@ -1386,6 +1397,7 @@ out:
         nx = j->next;
         for (size_t i = 0; i < j->n; i++)
             close(j->fds[i]);
+        free(j->remote);
         free(j);
     }
     while (s->conns.len) {

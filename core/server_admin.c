@@ -113,6 +113,11 @@ int srv_stats_each(server *s, int (*cb)(const char *name, uint64_t v, void *arg)
     S("clients_disconnected_slow", s->st.disconnected_slow);
     S("imports", s->st.imports);
     S("import_failures", s->st.import_failures);
+    S("published_versions", s->st.published_versions);
+    S("published_bytes", s->st.published_bytes);
+    S("pulled_versions", s->st.pulled_versions);
+    S("pulled_bytes", s->st.pulled_bytes);
+    S("pull_failures", s->st.pull_failures);
     S("config_reloads", s->conf.reloads);
     S("config_reload_failures", s->conf.failures);
     S("config_last_reload_ok", s->conf.last_ok);

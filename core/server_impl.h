@@ -79,6 +79,7 @@ struct import_job {
     int rc;
     uint32_t tensors;
     char msg[EC_ERRMSG_MAX];
+    struct srv_remote_job *remote; /* PUBLISH / PULL (server_remote.c); owned */
     struct import_job *next;
 };
 
@@ -126,6 +127,9 @@ typedef struct server {
         /* Aliases moved; of them, to a version not prewarmed (under 90% of
          * its bytes resident). */
         uint64_t alias_switches, alias_switches_cold;
+        /* PUBLISH and PULL (server_remote.c). */
+        uint64_t published_versions, published_bytes, pulled_versions, pulled_bytes,
+            pull_failures;
     } st;
     ec_u64map tfold;     /* tensor id -> struct tcount: per-tensor counts of them */
     /* Epochs of connections that went while their device gathers may still
@@ -177,6 +181,14 @@ int srv_h_index_put(server *s, struct conn *c, ec_rbuf *r, uint32_t req_id, int 
                     int *nfds);
 int srv_index_store(server *s, struct import_job *j);
 int srv_h_index_open(server *s, struct conn *c, ec_rbuf *r, uint32_t req_id);
+
+/* server_remote.c: PUBLISH and PULL queue a job (srv_h_publish_pull, on
+ * the server thread); srv_remote_run does it on the importer thread;
+ * srv_remote_done answers it on the server thread (counts, log, reply,
+ * c->outstanding; frees j->remote, not j). */
+int srv_h_publish_pull(server *s, struct conn *c, ec_rbuf *r, uint32_t req_id, uint16_t op);
+int srv_remote_run(server *s, struct import_job *j);
+void srv_remote_done(server *s, struct conn *c, struct import_job *j);
 
 /* server_results.c */
 int srv_h_ns_open(server *s, struct conn *c, ec_rbuf *r, uint32_t req_id);

@@ -525,6 +525,58 @@ EC_API int ec_model_refresh(ec_client *c, const char *model, const char *version
 EC_API int ec_model_upgrade(ec_client *c, const char *model, const char *version,
                             uint32_t *upgraded_out);
 
+/** What ec_model_publish() or ec_model_pull() did. */
+typedef struct ec_publish_result {
+    int64_t version;   /**< the concrete version */
+    uint32_t tensors;  /**< tensors of the version */
+    uint64_t bytes;    /**< tensor bytes sent to or read from the cluster */
+} ec_publish_result;
+
+/**
+ * Copy a model version to a Redis Cluster, so that daemons on other hosts
+ * can pull it (ec_model_pull). The daemon reads each tensor's partition
+ * files, checks every partition against the catalog's checksum, writes
+ * the partitions in chunks of at most 1 MiB with their checksums, then a
+ * manifest (the catalog entry: round, params, created time, tensors,
+ * partition checksums) last, so a reader never finds a manifest whose
+ * chunks are not all there. Publishing a version again replaces it.
+ * Admin only; runs on the daemon's importer thread (the daemon serves
+ * everyone meanwhile; other imports wait). Blocks until done.
+ * @param c            a connected client; one call at a time per client.
+ * @param model        model name.
+ * @param version      a version number or an alias.
+ * @param cluster_url  "redis-cluster://host:port[,host:port...]" (or the
+ *                     same list without the scheme), as the daemon sees it.
+ * @param[out] out     written on success only; may be NULL.
+ * @return 0, or EC_EINVAL (bad argument or URL, a dynamic table: publish a
+ *         snapshot), EC_ENOENT (no such version), EC_EDTYPE, EC_ECHECKSUM /
+ *         EC_EIO (a local partition file), EC_ECONN, EC_ETIMEOUT, EC_EBUSY,
+ *         EC_EPROTO (the cluster, or the daemon's connection), EC_EPERM.
+ *         On failure the version's old manifest on the cluster, if any,
+ *         is left as it was.
+ */
+EC_API int ec_model_publish(ec_client *c, const char *model, const char *version,
+                            const char *cluster_url, ec_publish_result *out);
+
+/**
+ * Register a model version published on a Redis Cluster (ec_model_publish)
+ * in this daemon, without its source files: the daemon reads and validates
+ * the manifest (it is another host's data), reads every chunk, checks
+ * every partition against the manifest's checksum, imports the tensors
+ * with the same partitions, and checks the catalog's partition checksums
+ * against the manifest. Nothing is registered unless every byte matched.
+ * Admin only; runs on the importer thread; blocks until done.
+ * @param version      a version number (aliases are per host).
+ * @param[out] out     written on success only; may be NULL.
+ * @return 0, or EC_EINVAL, EC_EEXIST (the version exists here: retire it
+ *         first), EC_ENOENT (not published), EC_EFORMAT / EC_EVERSION (a
+ *         manifest that fails validation), EC_ECHECKSUM (a chunk missing or
+ *         damaged: the message names tensor, partition and chunk), EC_ENOSPC,
+ *         EC_EIO, EC_ECONN, EC_ETIMEOUT, EC_EBUSY, EC_EPROTO, EC_EPERM.
+ */
+EC_API int ec_model_pull(ec_client *c, const char *model, const char *version,
+                         const char *cluster_url, ec_publish_result *out);
+
 /**
  * Set a model's residency policy, applied to each of its versions:
  * eviction leaves at least min_resident_bytes of a version resident, and a

@@ -65,6 +65,8 @@ static void usage(FILE *f)
             "  del MODEL VERSION TENSOR KEY...|--keys K.npy  delete keys\n"
             "  update MODEL VERSION TENSOR [FILE|-]        apply a stream of updates\n"
             "  snapshot MODEL VERSION [--as NEW]           fold updates into a new version\n"
+            "  publish MODEL VERSION [--cluster URL]       copy a version to a Redis Cluster\n"
+            "  pull MODEL VERSION [--cluster URL]          register a version published there\n"
             "\n"
             "Every command takes --help. The socket is --socket, else $EMBCACHE_SOCKET,\n"
             "else the daemon's default.\n"
@@ -998,6 +1000,11 @@ static int cmd_top(int argc, char **argv)
     return cli_top_main(argc, argv, socket_path);
 }
 
+static int cmd_remote(int argc, char **argv)
+{
+    return cli_remote_main(argv[0] + 9 /* "embcache " */, argc, argv, socket_path);
+}
+
 static int cmd_dynamic(int argc, char **argv)
 {
     return cli_dynamic_main(argv[0], argc, argv, socket_path);
@@ -1022,6 +1029,7 @@ int main(int argc, char **argv)
         {"index", cmd_index},
         {"dynamic", cmd_dynamic}, {"put", cmd_dynamic}, {"del", cmd_dynamic},
         {"update", cmd_dynamic}, {"snapshot", cmd_dynamic}, {"top", cmd_top},
+        {"publish", cmd_remote}, {"pull", cmd_remote},
     };
     int ch;
 
@@ -1038,7 +1046,8 @@ int main(int argc, char **argv)
     if (optind >= argc) {
         fprintf(stderr, "embcache: missing command (import, ls, alias, get, stats, find, "
                         "prewarm, evict, retire, refresh, policy, upgrade, recover, "
-                        "results, search, index, dynamic, put, del, update, snapshot, top); try "
+                        "results, search, index, dynamic, put, del, update, snapshot, top, "
+                        "publish, pull); try "
                         "'embcache --help'\n");
         return EXIT_USAGE;
     }
@@ -1060,7 +1069,7 @@ int main(int argc, char **argv)
     fprintf(stderr, "embcache: unknown command '%s' (commands: import, ls, alias, get, "
                     "stats, find, prewarm, evict, retire, refresh, policy, upgrade, "
                     "recover, results, search, index, dynamic, put, del, update, snapshot, "
-                    "top)\n",
+                    "top, publish, pull)\n",
             argv[optind]);
     return EXIT_USAGE;
 }

@@ -135,6 +135,11 @@ KDL_CUDA = 2
 # ---------------------------------------------------------------------------
 # Structures
 
+class PublishResult(ctypes.Structure):
+    """ec_publish_result."""
+    _fields_ = [("version", c_int64), ("tensors", c_uint32), ("bytes", c_uint64)]
+
+
 class TensorInfo(ctypes.Structure):
     """ec_tensor_info."""
     _fields_ = [
@@ -513,6 +518,8 @@ SIGNATURES: Dict[str, Tuple[Any, List[Any]]] = {
                              POINTER(c_size_t)]),
     "ec_rows_info": (c_int, [_P, POINTER(DynInfo)]),
     "ec_model_snapshot": (c_int, [_P, c_char_p, c_char_p, c_int64, POINTER(c_int64)]),
+    "ec_model_publish": (c_int, [_P, c_char_p, c_char_p, c_char_p, POINTER(PublishResult)]),
+    "ec_model_pull": (c_int, [_P, c_char_p, c_char_p, c_char_p, POINTER(PublishResult)]),
     "ec_client_dyn_tables": (c_int, [_P, DynTableCallback, c_void_p]),
 }
 

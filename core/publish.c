@@ -1,0 +1,1072 @@
+/*
+ * publish.c - `embcache publish` and `embcache pull`: a model version's
+ * partitions to a Redis Cluster, and from there into another host's data
+ * directory and catalog (the layout on the cluster and the invariants are
+ * in publish.h).
+ *
+ * Publish reads each tensor's partition file partition by partition, each
+ * checked against the catalog's checksum (ec_partfile_read_partition, as
+ * the snapshot does), cuts the partitions into chunks of at most 1 MiB and
+ * sends them with pipelined MSETs of about 64 MiB, then SETs the manifest.
+ *
+ * Pull GETs the manifest and validates all of it (magic, format, its own
+ * checksum, every size and count, names, dtypes, the shape's arithmetic,
+ * the partition lengths, the room on the data directory's file system),
+ * MGETs each tensor's chunks in batches of about 64 MiB, checks each
+ * reassembled partition against the manifest's XXH3-64, and writes the
+ * tensors as one safetensors stream into an unlinked file in the data
+ * directory, which ec_import_files imports with a partition size that cuts
+ * the partitions the manifest has. Then the catalog's partition checksums
+ * must equal the manifest's, else the version is dropped again.
+ *
+ * Runs on the daemon's importer thread (core/server_remote.c) with the
+ * importer's catalog handle; the cluster handle is this call's own.
+ */
+#include "core/publish.h"
+
+#include <assert.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/statvfs.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "common/err.h"
+#include "common/log.h"
+#include "core/import.h"
+#include "core/partfile.h"
+#include "core/proto.h"
+#include "core/rcluster.h"
+#include "core/tensorfile.h"
+
+#define MAGIC "ECPUBM01"
+#define FORMAT 1u
+#define KEY_MAX 512
+
+uint64_t ec_checksum(const void *buf, size_t len); /* core/partfile.c: XXH3-64 */
+
+/* The thread's last message, copied: ec_seterr must not format from its
+ * own buffer. Returns buf. */
+static const char *saved_err(char *buf)
+{
+    snprintf(buf, EC_ERRMSG_MAX, "%s", ec_last_error());
+    return buf;
+}
+
+/* A version number: decimal, >= 1, the whole string. */
+static int parse_version(const char *s, int64_t *out)
+{
+    char *end;
+    long long v;
+
+    errno = 0;
+    v = strtoll(s, &end, 10);
+    if (errno || end == s || *end || v < 1 || s[0] == '+' || s[0] == ' ')
+        return -1;
+    *out = v;
+    return 0;
+}
+
+/* One tensor of a manifest. */
+struct ptensor {
+    char name[EC_NAME_MAX + 1];
+    ec_dtype dtype;
+    uint32_t ndim;
+    uint64_t shape[EC_MAX_DIMS];
+    uint64_t rows, row_bytes, rpp, partitions;
+    uint64_t *len, *sum;   /* per partition; malloc'd (one block: len then sum) */
+    char path[EC_CAT_PATH_MAX]; /* publish: the partition file */
+};
+
+struct manifest {
+    char model[EC_NAME_MAX + 1];
+    int64_t version, round, created;
+    char *params;
+    uint32_t chunk;
+    uint32_t n;
+    struct ptensor *t;
+};
+
+static void manifest_free(struct manifest *m)
+{
+    for (uint32_t i = 0; m->t && i < m->n; i++)
+        free(m->t[i].len);
+    free(m->t);
+    free(m->params);
+    memset(m, 0, sizeof(*m));
+}
+
+static int open_cluster(const char *url, ec_rcluster **out)
+{
+    char eb[EC_ERRMSG_MAX];
+    ec_rcluster_opts o = {.op_timeout_ms = 10000, .max_value_bytes = EC_PUB_MANIFEST_MAX};
+    int rc = ec_rcluster_open(url, &o, out);
+
+    if (rc)
+        return ec_seterr(rc, "cluster %s: %s", url, saved_err(eb));
+    return 0;
+}
+
+static size_t chunk_key(char *buf, const char *model, int64_t v, uint32_t t, uint64_t p,
+                        uint64_t k)
+{
+    return (size_t)snprintf(buf, KEY_MAX, "ec:c:%s:%" PRId64 ":%u:%" PRIu64 ":%" PRIu64, model,
+                            v, t, p, k);
+}
+
+static uint64_t nchunks(uint64_t len, uint32_t chunk)
+{
+    return len / chunk + (len % chunk != 0);
+}
+
+/* ------------------------------------------------------------------ */
+/* The manifest's bytes                                                */
+
+struct obuf {
+    uint8_t *b;
+    size_t len, cap;
+    int err;
+};
+
+static void put(struct obuf *o, const void *p, size_t n)
+{
+    if (o->err)
+        return;
+    if (o->len + n > o->cap) {
+        size_t cap = o->cap ? o->cap * 2 : 4096;
+        while (cap < o->len + n)
+            cap *= 2;
+        uint8_t *nb = realloc(o->b, cap);
+        if (!nb) {
+            o->err = EC_ENOMEM;
+            return;
+        }
+        o->b = nb;
+        o->cap = cap;
+    }
+    memcpy(o->b + o->len, p, n);
+    o->len += n;
+}
+
+static void put64(struct obuf *o, uint64_t v)
+{
+    uint8_t b[8];
+    for (int i = 0; i < 8; i++)
+        b[i] = (uint8_t)(v >> (8 * i));
+    put(o, b, 8);
+}
+
+static void put32(struct obuf *o, uint32_t v)
+{
+    uint8_t b[4];
+    for (int i = 0; i < 4; i++)
+        b[i] = (uint8_t)(v >> (8 * i));
+    put(o, b, 4);
+}
+
+static void putstr(struct obuf *o, const char *s)
+{
+    put32(o, (uint32_t)strlen(s));
+    put(o, s, strlen(s));
+}
+
+static int manifest_encode(const struct manifest *m, struct obuf *o)
+{
+    put(o, MAGIC, 8);
+    put32(o, FORMAT);
+    put32(o, m->n);
+    putstr(o, m->model);
+    put64(o, (uint64_t)m->version);
+    put64(o, (uint64_t)m->round);
+    put64(o, (uint64_t)m->created);
+    putstr(o, m->params ? m->params : "{}");
+    put32(o, m->chunk);
+    for (uint32_t i = 0; i < m->n; i++) {
+        const struct ptensor *t = &m->t[i];
+        putstr(o, t->name);
+        put32(o, (uint32_t)t->dtype);
+        put32(o, t->ndim);
+        for (uint32_t d = 0; d < t->ndim; d++)
+            put64(o, t->shape[d]);
+        put64(o, t->rows);
+        put64(o, t->row_bytes);
+        put64(o, t->rpp);
+        put64(o, t->partitions);
+        for (uint64_t p = 0; p < t->partitions; p++) {
+            put64(o, t->len[p]);
+            put64(o, t->sum[p]);
+        }
+    }
+    if (!o->err)
+        put64(o, ec_checksum(o->b, o->len));
+    return o->err ? ec_seterr(o->err, "building the manifest") : 0;
+}
+
+struct ibuf {
+    const uint8_t *b;
+    size_t len, off;
+    bool bad;
+};
+
+static const uint8_t *take(struct ibuf *r, size_t n)
+{
+    const uint8_t *p;
+
+    if (r->bad || n > r->len - r->off) {
+        r->bad = true;
+        return NULL;
+    }
+    p = r->b + r->off;
+    r->off += n;
+    return p;
+}
+
+static uint64_t get64(struct ibuf *r)
+{
+    const uint8_t *p = take(r, 8);
+    uint64_t v = 0;
+    for (int i = 0; p && i < 8; i++)
+        v |= (uint64_t)p[i] << (8 * i);
+    return v;
+}
+
+static uint32_t get32(struct ibuf *r)
+{
+    const uint8_t *p = take(r, 4);
+    uint32_t v = 0;
+    for (int i = 0; p && i < 4; i++)
+        v |= (uint32_t)p[i] << (8 * i);
+    return v;
+}
+
+/* A string of at most cap - 1 bytes, no NUL in it. */
+static bool getstr(struct ibuf *r, char *dst, size_t cap)
+{
+    uint32_t n = get32(r);
+    const uint8_t *p;
+
+    if (r->bad || n >= cap || !(p = take(r, n)) || memchr(p, 0, n))
+        return r->bad = true, false;
+    memcpy(dst, p, n);
+    dst[n] = 0;
+    return true;
+}
+
+static int cmp_name(const void *a, const void *b)
+{
+    return strcmp((*(const struct ptensor *const *)a)->name,
+                  (*(const struct ptensor *const *)b)->name);
+}
+
+/* Check one tensor of a manifest: name, dtype, the shape's arithmetic,
+ * the partition counts and lengths. Adds its bytes to *total. 0 or
+ * EC_EFORMAT. */
+static int tensor_check(const struct ptensor *t, uint64_t *total)
+{
+    char eb[EC_ERRMSG_MAX];
+    size_t es = ec_dtype_size(t->dtype);
+    uint64_t rb = es, rows, parts;
+
+    if (ec_catalog_check_name("tensor", t->name))
+        return ec_seterr(EC_EFORMAT, "manifest: tensor name: %s", saved_err(eb));
+    if (!es || !ec_safetensors_dtype_name(t->dtype))
+        return ec_seterr(EC_EFORMAT, "manifest: tensor '%s' has dtype %u, which embcache "
+                         "cannot import", t->name, (unsigned)t->dtype);
+    for (uint32_t d = 1; d < t->ndim; d++)
+        if (__builtin_mul_overflow(rb, t->shape[d], &rb))
+            return ec_seterr(EC_EFORMAT, "manifest: tensor '%s': its shape overflows",
+                             t->name);
+    rows = t->ndim ? t->shape[0] : 1;
+    if (t->rows != rows || t->row_bytes != rb || rb > UINT32_MAX)
+        return ec_seterr(EC_EFORMAT, "manifest: tensor '%s': rows %" PRIu64 " and row_bytes %"
+                         PRIu64 " do not follow from its shape and dtype", t->name, t->rows,
+                         t->row_bytes);
+    if (t->rpp == 0 || t->rpp > (rows ? rows : 1) ||
+        (t->rpp > 1 && t->rpp > UINT32_MAX / (rb ? rb : 1)))
+        return ec_seterr(EC_EFORMAT, "manifest: tensor '%s': %" PRIu64 " rows per partition "
+                         "of %" PRIu64 " rows of %" PRIu64 " bytes (a partition is at most %u "
+                         "bytes)", t->name, t->rpp, rows, rb, UINT32_MAX);
+    parts = rows / t->rpp + (rows % t->rpp != 0);
+    if (t->partitions != parts)
+        return ec_seterr(EC_EFORMAT, "manifest: tensor '%s': %" PRIu64 " partitions, and its "
+                         "rows make %" PRIu64, t->name, t->partitions, parts);
+    for (uint64_t p = 0; p < parts; p++) {
+        uint64_t r = p + 1 < parts ? t->rpp : rows - p * t->rpp;
+        if (t->len[p] != r * rb)
+            return ec_seterr(EC_EFORMAT, "manifest: tensor '%s' partition %" PRIu64 ": %"
+                             PRIu64 " bytes, and its rows make %" PRIu64, t->name, p,
+                             t->len[p], r * rb);
+        if (__builtin_add_overflow(*total, t->len[p], total))
+            return ec_seterr(EC_EFORMAT, "manifest: its total size overflows");
+    }
+    return 0;
+}
+
+/* Decode and validate a manifest from another host. *total: tensor bytes. */
+static int manifest_decode(const uint8_t *b, size_t len, const char *model, int64_t version,
+                           struct manifest *m, uint64_t *total)
+{
+    struct ibuf r = {.b = b, .len = len};
+    struct ptensor **byname = NULL;
+    uint32_t plen;
+    int rc = 0;
+
+    memset(m, 0, sizeof(*m));
+    *total = 0;
+    if (len < 8 + 8 || memcmp(b, MAGIC, 8))
+        return ec_seterr(EC_EFORMAT, "manifest of '%s' version %" PRId64 " on the cluster is "
+                         "not an embcache manifest (bad magic): publish it again", model,
+                         version);
+    if (ec_checksum(b, len - 8) != (r.off = len - 8, get64(&r)))
+        return ec_seterr(EC_EFORMAT, "manifest of '%s' version %" PRId64 " failed its "
+                         "checksum: publish it again", model, version);
+    r = (struct ibuf){.b = b, .len = len - 8, .off = 8};
+    if (get32(&r) != FORMAT)
+        return ec_seterr(EC_EVERSION, "manifest of '%s' version %" PRId64 ": format %u, this "
+                         "embcache reads format %u", model, version,
+                         (unsigned)(r.off -= 4, get32(&r)), FORMAT);
+    m->n = get32(&r);
+    if (r.bad || m->n == 0 || m->n > EC_PUB_MAX_TENSORS)
+        return ec_seterr(EC_EFORMAT, "manifest of '%s' version %" PRId64 ": %u tensors "
+                         "(1..%u)", model, version, m->n, EC_PUB_MAX_TENSORS);
+    if (!getstr(&r, m->model, sizeof(m->model)) || strcmp(m->model, model)) {
+        rc = ec_seterr(EC_EFORMAT, "manifest under '%s' version %" PRId64 " names another "
+                       "model", model, version);
+        goto fail;
+    }
+    m->version = (int64_t)get64(&r);
+    m->round = (int64_t)get64(&r);
+    m->created = (int64_t)get64(&r);
+    plen = get32(&r);
+    if (r.bad || m->version != version || m->round < -1 || m->created < 0 ||
+        plen > EC_PARAMS_MAX) {
+        rc = ec_seterr(EC_EFORMAT, "manifest of '%s' version %" PRId64 ": bad version, round, "
+                       "time or params length", model, version);
+        goto fail;
+    }
+    r.off -= 4;
+    if (!(m->params = malloc((size_t)plen + 1)) || !getstr(&r, m->params, (size_t)plen + 1)) {
+        rc = m->params ? ec_seterr(EC_EFORMAT, "manifest: bad params") : ec_seterr(EC_ENOMEM,
+                                                                                   "manifest");
+        goto fail;
+    }
+    m->chunk = get32(&r);
+    if (r.bad || m->chunk < EC_PUB_CHUNK_MIN || m->chunk > EC_PUB_BATCH_BYTES) {
+        rc = ec_seterr(EC_EFORMAT, "manifest: chunk size %u (%u..%llu)", m->chunk,
+                       EC_PUB_CHUNK_MIN, (unsigned long long)EC_PUB_BATCH_BYTES);
+        goto fail;
+    }
+    if (!(m->t = calloc(m->n, sizeof(*m->t))) || !(byname = malloc(m->n * sizeof(*byname)))) {
+        rc = ec_seterr(EC_ENOMEM, "manifest");
+        goto fail;
+    }
+    for (uint32_t i = 0; i < m->n; i++) {
+        struct ptensor *t = &m->t[i];
+        byname[i] = t;
+        if (!getstr(&r, t->name, sizeof(t->name)))
+            break;
+        t->dtype = (ec_dtype)get32(&r);
+        t->ndim = get32(&r);
+        if (r.bad || t->ndim > EC_MAX_DIMS) {
+            r.bad = true;
+            break;
+        }
+        for (uint32_t d = 0; d < t->ndim; d++)
+            t->shape[d] = get64(&r);
+        t->rows = get64(&r);
+        t->row_bytes = get64(&r);
+        t->rpp = get64(&r);
+        t->partitions = get64(&r);
+        /* 16 bytes a partition must still be there: bounds the allocation. */
+        if (r.bad || t->partitions > (r.len - r.off) / 16 || t->partitions > UINT32_MAX) {
+            r.bad = true;
+            break;
+        }
+        if (!(t->len = malloc((t->partitions ? t->partitions : 1) * 16))) {
+            rc = ec_seterr(EC_ENOMEM, "manifest");
+            goto fail;
+        }
+        t->sum = t->len + t->partitions;
+        for (uint64_t p = 0; p < t->partitions; p++) {
+            t->len[p] = get64(&r);
+            t->sum[p] = get64(&r);
+        }
+        if ((rc = tensor_check(t, total)))
+            goto fail;
+    }
+    if (r.bad || r.off != r.len) {
+        rc = ec_seterr(EC_EFORMAT, "manifest of '%s' version %" PRId64 ": truncated or with "
+                       "bytes after its last tensor", model, version);
+        goto fail;
+    }
+    qsort(byname, m->n, sizeof(*byname), cmp_name);
+    for (uint32_t i = 1; i < m->n; i++)
+        if (!strcmp(byname[i - 1]->name, byname[i]->name)) {
+            rc = ec_seterr(EC_EFORMAT, "manifest: tensor '%s' twice", byname[i]->name);
+            goto fail;
+        }
+    free(byname);
+    return 0;
+fail:
+    assert(rc < 0);
+    free(byname);
+    manifest_free(m);
+    return rc;
+}
+
+/* ------------------------------------------------------------------ */
+/* Publish                                                             */
+
+struct collect {
+    int64_t version, version_id;
+    struct manifest *m;
+    uint32_t cap;
+    int64_t *ids;
+    bool dynamic;
+    char dyn_name[EC_NAME_MAX + 1];
+};
+
+static int note_version(const ec_cat_version *v, void *arg)
+{
+    struct collect *x = arg;
+
+    if (v->version != x->version)
+        return 0;
+    x->version_id = v->id;
+    x->m->round = v->round;
+    x->m->created = v->created_unix;
+    free(x->m->params);
+    if (!(x->m->params = strdup(v->params_json ? v->params_json : "{}")))
+        return ec_seterr(EC_ENOMEM, "publish");
+    return 0;
+}
+
+static int note_tensor(const ec_cat_tensor *ct, void *arg)
+{
+    struct collect *x = arg;
+    struct manifest *m = x->m;
+    struct ptensor *t;
+
+    if (m->n == x->cap) {
+        uint32_t cap = x->cap ? x->cap * 2 : 8;
+        struct ptensor *nt = realloc(m->t, cap * sizeof(*nt));
+        int64_t *ni;
+        if (!nt)
+            return ec_seterr(EC_ENOMEM, "publish");
+        m->t = nt;
+        if (!(ni = realloc(x->ids, cap * sizeof(*ni))))
+            return ec_seterr(EC_ENOMEM, "publish");
+        x->ids = ni;
+        x->cap = cap;
+    }
+    t = &m->t[m->n];
+    memset(t, 0, sizeof(*t));
+    if (!(t->len = malloc((ct->partitions ? ct->partitions : 1) * 16)))
+        return ec_seterr(EC_ENOMEM, "publish");
+    m->n++;
+    t->sum = t->len + ct->partitions;
+    snprintf(t->name, sizeof(t->name), "%s", ct->name);
+    snprintf(t->path, sizeof(t->path), "%s", ct->path);
+    t->dtype = ct->dtype;
+    t->ndim = ct->ndim;
+    memcpy(t->shape, ct->shape, sizeof(t->shape));
+    t->rows = ct->rows;
+    t->row_bytes = ct->row_bytes;
+    t->rpp = ct->rows_per_partition;
+    t->partitions = ct->partitions;
+    memcpy(t->sum, ct->part_checksums, ct->partitions * 8);
+    x->ids[m->n - 1] = ct->id;
+    return 0;
+}
+
+static int note_dyn(const ec_catalog_dyn *d, void *arg)
+{
+    struct collect *x = arg;
+
+    for (uint32_t i = 0; i < x->m->n; i++)
+        if (x->ids[i] == d->tensor_id) {
+            x->dynamic = true;
+            snprintf(x->dyn_name, sizeof(x->dyn_name), "%s", x->m->t[i].name);
+        }
+    return 0;
+}
+
+/* Keys and values waiting for one MSET; the values live in arena. */
+struct batch {
+    char **keys;
+    size_t *klen;
+    const void **vals;
+    size_t *vlen;
+    size_t n, cap;
+    uint8_t *arena;
+    uint64_t used, arena_cap;
+};
+
+static int batch_flush(ec_rcluster *rc, struct batch *b, uint64_t *sent)
+{
+    int r = 0;
+
+    if (b->n)
+        r = ec_rcluster_mset(rc, (const char *const *)b->keys, b->klen,
+                             (const void *const *)b->vals, b->vlen, b->n, NULL, NULL, NULL);
+    for (size_t i = 0; i < b->n; i++)
+        free(b->keys[i]);
+    if (r == 0)
+        *sent += b->used;
+    b->n = 0;
+    b->used = 0;
+    return r;
+}
+
+static int batch_key(struct batch *b, const char *key, size_t klen, const void *v, size_t vlen)
+{
+    if (b->n == b->cap) {
+        size_t cap = b->cap ? b->cap * 2 : 256;
+        char **k = realloc(b->keys, cap * sizeof(*k));
+        size_t *kl = k ? realloc(b->klen, cap * sizeof(*kl)) : NULL;
+        const void **vs = kl ? realloc(b->vals, cap * sizeof(*vs)) : NULL;
+        size_t *vl = vs ? realloc(b->vlen, cap * sizeof(*vl)) : NULL;
+        if (k)
+            b->keys = k;
+        if (kl)
+            b->klen = kl;
+        if (vs)
+            b->vals = vs;
+        if (!vl)
+            return ec_seterr(EC_ENOMEM, "publish batch");
+        b->vlen = vl;
+        b->cap = cap;
+    }
+    if (!(b->keys[b->n] = malloc(klen + 1)))
+        return ec_seterr(EC_ENOMEM, "publish batch");
+    memcpy(b->keys[b->n], key, klen + 1);
+    b->klen[b->n] = klen;
+    b->vals[b->n] = v;
+    b->vlen[b->n] = vlen;
+    b->n++;
+    return 0;
+}
+
+/* Read, check and queue every partition of tensor ti. */
+static int publish_tensor(ec_rcluster *rc, const char *data_dir, struct manifest *m,
+                          uint32_t ti, struct batch *b, uint64_t *sent)
+{
+    char eb[EC_ERRMSG_MAX];
+    struct ptensor *t = &m->t[ti];
+    char path[4096 + EC_CAT_PATH_MAX + 2], key[KEY_MAX];
+    ec_partfile_meta meta;
+    int fd = -1, r;
+
+    snprintf(path, sizeof(path), "%s/%s", data_dir, t->path);
+    if ((r = ec_partfile_open(path, &meta, &fd)) < 0)
+        return ec_seterr(r, "publish of '%s' version %" PRId64 " tensor '%s': %s", m->model,
+                         m->version, t->name, saved_err(eb));
+    if (meta.partitions != t->partitions || meta.rows_per_partition != t->rpp) {
+        r = ec_seterr(EC_ECORRUPT, "publish: the partition file of tensor '%s' does not match "
+                      "the catalog; run `embcache refresh`", t->name);
+        goto out;
+    }
+    for (uint64_t p = 0; p < t->partitions; p++) {
+        uint64_t plen = ec_partfile_part_length(&meta, p);
+        uint8_t *dst;
+        if (b->used + plen > b->arena_cap && (r = batch_flush(rc, b, sent)))
+            goto out;
+        if (plen > b->arena_cap) {
+            uint8_t *na = realloc(b->arena, plen);
+            if (!na) {
+                r = ec_seterr(EC_ENOMEM, "publish: a partition of %" PRIu64 " bytes", plen);
+                goto out;
+            }
+            b->arena = na;
+            b->arena_cap = plen;
+        }
+        dst = b->arena + b->used;
+        if ((r = ec_partfile_read_partition(fd, &meta, p, dst, t->sum[p])) < 0) {
+            r = ec_seterr(r, "publish of '%s' version %" PRId64 " tensor '%s' partition %"
+                          PRIu64 ": %s", m->model, m->version, t->name, p, saved_err(eb));
+            goto out;
+        }
+        if (ec_checksum(dst, plen) != t->sum[p]) {
+            r = ec_seterr(EC_EINTERNAL, "publish: tensor '%s' partition %" PRIu64 ": the "
+                          "catalog's checksum is not the XXH3-64 of its bytes", t->name, p);
+            goto out;
+        }
+        t->len[p] = plen;
+        b->used += plen;
+        for (uint64_t k = 0, nk = nchunks(plen, m->chunk); k < nk; k++) {
+            uint64_t off = k * m->chunk, n = plen - off < m->chunk ? plen - off : m->chunk;
+            size_t kl = chunk_key(key, m->model, m->version, ti, p, k);
+            if ((r = batch_key(b, key, kl, dst + off, (size_t)n)))
+                goto out;
+        }
+    }
+    r = 0;
+out:
+    close(fd);
+    return r;
+}
+
+int ec_publish_version(ec_catalog *cat, const char *data_dir, const char *model,
+                       const char *version, const char *url, ec_pub_stats *out)
+{
+    char eb[EC_ERRMSG_MAX];
+    struct manifest m = {.chunk = EC_PUB_CHUNK_BYTES};
+    struct collect x = {.m = &m, .version_id = -1};
+    struct batch b = {0};
+    struct obuf o = {0};
+    ec_rcluster *rc = NULL;
+    uint64_t sent = 0;
+    char key[KEY_MAX];
+    size_t kl;
+    int r;
+
+    if ((r = ec_catalog_version_of(cat, model, version, &x.version)) < 0)
+        return r;
+    snprintf(m.model, sizeof(m.model), "%s", model);
+    m.version = x.version;
+    if ((r = ec_catalog_list_versions(cat, model, note_version, &x)) < 0)
+        goto out;
+    if (x.version_id < 0) {
+        r = ec_seterr(EC_ENOENT, "model '%s' version %s: gone while it was published", model,
+                      version);
+        goto out;
+    }
+    if ((r = ec_catalog_list_tensors(cat, x.version_id, note_tensor, &x)) < 0 ||
+        (r = ec_catalog_dyn_each(cat, note_dyn, &x)) < 0)
+        goto out;
+    if (x.dynamic) {
+        r = ec_seterr(EC_EINVAL, "model '%s' version %" PRId64 ": tensor '%s' is a dynamic "
+                      "table; publish a snapshot of it (`embcache snapshot`)", model,
+                      m.version, x.dyn_name);
+        goto out;
+    }
+    for (uint32_t i = 0; i < m.n; i++)
+        if (!ec_safetensors_dtype_name(m.t[i].dtype)) {
+            r = ec_seterr(EC_EDTYPE, "tensor '%s' has a dtype a pull cannot import",
+                          m.t[i].name);
+            goto out;
+        }
+    if ((r = open_cluster(url, &rc)))
+        goto out;
+    b.arena_cap = EC_PUB_BATCH_BYTES;
+    if (!(b.arena = malloc(b.arena_cap))) {
+        r = ec_seterr(EC_ENOMEM, "publish buffer");
+        goto out;
+    }
+    for (uint32_t i = 0; i < m.n; i++)
+        if ((r = publish_tensor(rc, data_dir, &m, i, &b, &sent)))
+            goto out;
+    if ((r = batch_flush(rc, &b, &sent)))
+        goto out;
+    /* Last: a reader never sees a manifest whose chunks are not there. */
+    if ((r = manifest_encode(&m, &o)))
+        goto out;
+    kl = (size_t)snprintf(key, sizeof(key), "ec:m:%s:%" PRId64, model, m.version);
+    if ((r = ec_rcluster_set(rc, key, kl, o.b, o.len, NULL)))
+        goto out;
+    ec_info("published %s version %" PRId64 ": %u tensor(s), %" PRIu64 " bytes to %s", model,
+            m.version, m.n, sent, url);
+    if (out)
+        *out = (ec_pub_stats){.version = m.version, .tensors = m.n, .bytes = sent};
+out:
+    if (r && b.n) {
+        for (size_t i = 0; i < b.n; i++)
+            free(b.keys[i]);
+    }
+    if (r && r != EC_ENOENT && rc)
+        r = ec_seterr(r, "publish of '%s' version %s to %s failed, and the version there (if "
+                      "any) keeps its old manifest: %s", model, version, url, saved_err(eb));
+    ec_rcluster_close(rc);
+    free(b.keys);
+    free(b.klen);
+    free(b.vals);
+    free(b.vlen);
+    free(b.arena);
+    free(o.b);
+    free(x.ids);
+    manifest_free(&m);
+    return r;
+}
+
+/* ------------------------------------------------------------------ */
+/* Pull                                                                */
+
+/* The outcome of one MGET: where each key's value goes. */
+struct fetch {
+    const struct manifest *m;
+    uint32_t ti;
+    uint8_t **dst;
+    size_t *want;
+    uint64_t *part, *chunk;
+    int err;
+    size_t err_key;
+    char msg[512];
+};
+
+static void fetch_cb(void *arg, size_t i, int status, const void *val, size_t len,
+                     const char *msg)
+{
+    struct fetch *f = arg;
+    const char *tn = f->m->t[f->ti].name;
+
+    if (status == 0 && len == f->want[i]) {
+        memcpy(f->dst[i], val, len);
+        return;
+    }
+    if (f->err)
+        return;
+    f->err_key = i;
+    if (status == 0) {
+        f->err = EC_ECHECKSUM;
+        snprintf(f->msg, sizeof(f->msg), "tensor '%s' partition %" PRIu64 " chunk %" PRIu64
+                 ": %zu bytes on the cluster, the manifest makes %zu", tn, f->part[i],
+                 f->chunk[i], len, f->want[i]);
+    } else if (status == EC_ENOENT) {
+        f->err = EC_ECHECKSUM;
+        snprintf(f->msg, sizeof(f->msg), "tensor '%s' partition %" PRIu64 " chunk %" PRIu64
+                 " is missing on the cluster", tn, f->part[i], f->chunk[i]);
+    } else {
+        f->err = status;
+        snprintf(f->msg, sizeof(f->msg), "tensor '%s' partition %" PRIu64 " chunk %" PRIu64
+                 ": %s", tn, f->part[i], f->chunk[i], msg ? msg : ec_strerror(status));
+    }
+}
+
+static int write_all(int fd, const void *p, size_t n)
+{
+    const uint8_t *b = p;
+
+    while (n) {
+        ssize_t w = write(fd, b, n);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w < 0)
+            return ec_seterr_errno(errno == ENOSPC ? EC_ENOSPC : EC_EIO, errno,
+                                   "writing a pulled version into the data directory");
+        b += w;
+        n -= (size_t)w;
+    }
+    return 0;
+}
+
+/* The safetensors header of the manifest's tensors, in its order. */
+static int write_header(int fd, const struct manifest *m)
+{
+    struct obuf o = {0};
+    uint64_t off = 0, hlen;
+    char tmp[256];
+    int r;
+
+    put(&o, "{", 1);
+    for (uint32_t i = 0; i < m->n; i++) {
+        const struct ptensor *t = &m->t[i];
+        uint64_t bytes = t->rows * t->row_bytes;
+        int k = snprintf(tmp, sizeof(tmp), "%s\"", i ? "," : "");
+        put(&o, tmp, (size_t)k);
+        put(&o, t->name, strlen(t->name));
+        k = snprintf(tmp, sizeof(tmp), "\":{\"dtype\":\"%s\",\"shape\":[",
+                     ec_safetensors_dtype_name(t->dtype));
+        put(&o, tmp, (size_t)k);
+        for (uint32_t d = 0; d < t->ndim; d++) {
+            k = snprintf(tmp, sizeof(tmp), "%s%" PRIu64, d ? "," : "", t->shape[d]);
+            put(&o, tmp, (size_t)k);
+        }
+        k = snprintf(tmp, sizeof(tmp), "],\"data_offsets\":[%" PRIu64 ",%" PRIu64 "]}", off,
+                     off + bytes);
+        put(&o, tmp, (size_t)k);
+        off += bytes;
+    }
+    put(&o, "}", 1);
+    while (!o.err && o.len % 8)
+        put(&o, " ", 1);
+    if (o.err) {
+        free(o.b);
+        return ec_seterr(EC_ENOMEM, "pull: safetensors header");
+    }
+    hlen = o.len;
+    if ((r = write_all(fd, &hlen, 8)) == 0)
+        r = write_all(fd, o.b, o.len);
+    free(o.b);
+    return r;
+}
+
+/* Fetch, check and write every partition of tensor ti. */
+static int pull_tensor(ec_rcluster *rc, const struct manifest *m, uint32_t ti, int fd,
+                       uint8_t *arena, uint64_t arena_cap, uint64_t *got)
+{
+    const struct ptensor *t = &m->t[ti];
+    struct fetch f = {.m = m, .ti = ti};
+    char **keys = NULL;
+    size_t *klen = NULL, cap = 0;
+    int r = 0;
+
+    for (uint64_t p0 = 0; p0 < t->partitions && r == 0;) {
+        uint64_t p1 = p0, used = 0;
+        size_t n = 0;
+        /* Partitions p0..p1-1: at least one, at most arena_cap bytes and
+         * EC_PUB_BATCH_KEYS chunks (one partition has at most that many:
+         * 4 GiB / EC_PUB_CHUNK_MIN). */
+        while (p1 < t->partitions &&
+               (p1 == p0 || (used + t->len[p1] <= arena_cap &&
+                             n + nchunks(t->len[p1], m->chunk) <= EC_PUB_BATCH_KEYS))) {
+            n += (size_t)nchunks(t->len[p1], m->chunk);
+            used += t->len[p1++];
+        }
+        if (n > cap) {
+            free(keys);
+            free(klen);
+            free(f.dst);
+            free(f.want);
+            free(f.part);
+            free(f.chunk);
+            keys = calloc(n, sizeof(*keys));
+            klen = malloc(n * sizeof(*klen));
+            f.dst = malloc(n * sizeof(*f.dst));
+            f.want = malloc(n * sizeof(*f.want));
+            f.part = malloc(n * sizeof(*f.part));
+            f.chunk = malloc(n * sizeof(*f.chunk));
+            cap = n;
+            if (!keys || !klen || !f.dst || !f.want || !f.part || !f.chunk) {
+                cap = 0;
+                r = ec_seterr(EC_ENOMEM, "pull: chunk keys");
+                break;
+            }
+            for (size_t i = 0; i < n; i++)
+                if (!(keys[i] = malloc(KEY_MAX))) {
+                    r = ec_seterr(EC_ENOMEM, "pull: chunk keys");
+                    break;
+                }
+            if (r)
+                break;
+        }
+        {
+            size_t i = 0;
+            uint64_t off = 0;
+            for (uint64_t p = p0; p < p1; p++) {
+                for (uint64_t k = 0, nk = nchunks(t->len[p], m->chunk); k < nk; k++, i++) {
+                    uint64_t co = k * m->chunk;
+                    klen[i] = chunk_key(keys[i], m->model, m->version, ti, p, k);
+                    f.dst[i] = arena + off + co;
+                    f.want[i] = (size_t)(t->len[p] - co < m->chunk ? t->len[p] - co : m->chunk);
+                    f.part[i] = p;
+                    f.chunk[i] = k;
+                }
+                off += t->len[p];
+            }
+        }
+        r = ec_rcluster_mget(rc, (const char *const *)keys, klen, n, fetch_cb, &f);
+        if (f.err) {
+            r = ec_seterr(f.err, "%s", f.msg);
+            break;
+        }
+        if (r)
+            break;
+        {
+            uint64_t off = 0;
+            for (uint64_t p = p0; p < p1 && r == 0; p++) {
+                if (ec_checksum(arena + off, t->len[p]) != t->sum[p])
+                    r = ec_seterr(EC_ECHECKSUM, "tensor '%s' partition %" PRIu64 ": its "
+                                  "bytes on the cluster fail the manifest's checksum "
+                                  "(corrupted or overwritten there); publish the version "
+                                  "again", t->name, p);
+                off += t->len[p];
+            }
+        }
+        if (r == 0 && (r = write_all(fd, arena, used)) == 0)
+            *got += used;
+        p0 = p1;
+    }
+    for (size_t i = 0; keys && i < cap; i++)
+        free(keys[i]);
+    free(keys);
+    free(klen);
+    free(f.dst);
+    free(f.want);
+    free(f.part);
+    free(f.chunk);
+    return r;
+}
+
+/* A partition size with which one import cuts every tensor as the
+ * manifest says (ec_partfile_plan), or 0 when there is none. */
+static uint64_t same_cut(const struct manifest *m)
+{
+    for (uint32_t c = 0; c < m->n; c++) {
+        const uint64_t cands[3] = {m->t[c].rpp * m->t[c].row_bytes,
+                                   m->t[c].rows * m->t[c].row_bytes, UINT32_MAX};
+        for (int k = 0; k < 3; k++) {
+            bool ok = cands[k] != 0;
+            for (uint32_t i = 0; i < m->n && ok; i++) {
+                uint64_t rpp;
+                ok = ec_partfile_plan(m->t[i].rows, m->t[i].row_bytes, cands[k], &rpp) == 0 &&
+                     (rpp == m->t[i].rpp || m->t[i].partitions == 0);
+            }
+            if (ok)
+                return cands[k];
+        }
+    }
+    return 0;
+}
+
+struct paths {
+    const char *data_dir;
+};
+
+static int unlink_path(const char *path, void *arg)
+{
+    const struct paths *p = arg;
+    char full[4096 + EC_CAT_PATH_MAX + 2];
+
+    snprintf(full, sizeof(full), "%s/%s", p->data_dir, path);
+    unlink(full);
+    return 0;
+}
+
+/* After the import: the catalog's partitions are the manifest's. */
+static int check_imported(ec_catalog *cat, const struct manifest *m)
+{
+    char vs[32];
+    int r = 0;
+
+    snprintf(vs, sizeof(vs), "%" PRId64, m->version);
+    for (uint32_t i = 0; i < m->n && r == 0; i++) {
+        const struct ptensor *t = &m->t[i];
+        ec_cat_tensor ct = {0};
+        if ((r = ec_catalog_resolve(cat, m->model, vs, t->name, &ct)))
+            break;
+        if (ct.partitions != t->partitions || ct.rows_per_partition != t->rpp ||
+            ct.dtype != t->dtype || ct.rows != t->rows || ct.row_bytes != t->row_bytes)
+            r = ec_seterr(EC_EFORMAT, "tensor '%s': imported as %" PRIu64 " partitions of %"
+                          PRIu64 " rows, the manifest has %" PRIu64 " of %" PRIu64, t->name,
+                          ct.partitions, ct.rows_per_partition, t->partitions, t->rpp);
+        for (uint64_t p = 0; r == 0 && p < t->partitions; p++)
+            if (ct.part_checksums[p] != t->sum[p])
+                r = ec_seterr(EC_ECHECKSUM, "tensor '%s' partition %" PRIu64 ": imported with "
+                              "checksum %016" PRIx64 ", the manifest says %016" PRIx64,
+                              t->name, p, ct.part_checksums[p], t->sum[p]);
+        ec_cat_tensor_clear(&ct);
+    }
+    return r;
+}
+
+int ec_pull_version(ec_catalog *cat, const char *data_dir, const char *model,
+                    const char *version, const char *url, ec_pub_stats *out)
+{
+    char eb[EC_ERRMSG_MAX];
+    struct manifest m = {0};
+    ec_rcluster *rc = NULL;
+    uint8_t *arena = NULL;
+    void *mb = NULL;
+    size_t mlen = 0, kl;
+    uint64_t total = 0, got = 0, target;
+    int64_t v, have;
+    char key[KEY_MAX], tmpl[4200];
+    struct statvfs sv;
+    uint32_t ntensors = 0;
+    bool imported = false;
+    int fd = -1, r;
+
+    if ((r = ec_catalog_check_name("model", model)))
+        return r;
+    if (parse_version(version, &v))
+        return ec_seterr(EC_EINVAL, "pull: version '%s' must be a number >= 1 (an alias "
+                         "names a version only on its own host)", version);
+    if (ec_catalog_version_of(cat, model, version, &have) == 0)
+        return ec_seterr(EC_EEXIST, "model '%s' version %" PRId64 " exists here already; "
+                         "retire it first to pull it again", model, v);
+    if ((r = open_cluster(url, &rc)))
+        return r;
+    kl = (size_t)snprintf(key, sizeof(key), "ec:m:%s:%" PRId64, model, v);
+    if ((r = ec_rcluster_get(rc, key, kl, &mb, &mlen))) {
+        if (r == EC_ENOENT)
+            r = ec_seterr(EC_ENOENT, "model '%s' version %" PRId64 " is not published on %s "
+                          "(no manifest): run `embcache publish %s %" PRId64 "` on its host",
+                          model, v, url, model, v);
+        else
+            r = ec_seterr(r, "pull of '%s' version %" PRId64 ": reading its manifest from %s: "
+                          "%s", model, v, url, saved_err(eb));
+        goto out;
+    }
+    if ((r = manifest_decode(mb, mlen, model, v, &m, &total)))
+        goto out;
+    /* The temporary file and the partition files: twice its bytes. */
+    if (statvfs(data_dir, &sv) == 0 && total > (uint64_t)sv.f_bavail * sv.f_frsize / 2) {
+        r = ec_seterr(EC_ENOSPC, "pull of '%s' version %" PRId64 ": %" PRIu64 " bytes, twice "
+                      "that while it is imported, and the data directory's file system has %"
+                      PRIu64 " free", model, v, total,
+                      (uint64_t)sv.f_bavail * sv.f_frsize);
+        goto out;
+    }
+    if (!(target = same_cut(&m))) {
+        r = ec_seterr(EC_EFORMAT, "pull of '%s' version %" PRId64 ": no import partition size "
+                      "cuts its tensors as published", model, v);
+        goto out;
+    }
+    snprintf(tmpl, sizeof(tmpl), "%s/pull-XXXXXX", data_dir);
+    if ((fd = mkostemp(tmpl, O_CLOEXEC)) < 0) {
+        r = ec_seterr_errno(EC_EIO, errno, "creating a file in the data directory for a pull");
+        goto out;
+    }
+    unlink(tmpl);
+    if (!(arena = malloc(EC_PUB_BATCH_BYTES))) {
+        r = ec_seterr(EC_ENOMEM, "pull buffer");
+        goto out;
+    }
+    if ((r = write_header(fd, &m)))
+        goto out;
+    for (uint32_t i = 0; i < m.n; i++) {
+        uint64_t need = 0;
+        for (uint64_t p = 0; p < m.t[i].partitions; p++)
+            need = m.t[i].len[p] > need ? m.t[i].len[p] : need;
+        if (need > EC_PUB_BATCH_BYTES) {
+            uint8_t *na = realloc(arena, need);
+            if (!na) {
+                r = ec_seterr(EC_ENOMEM, "pull buffer of %" PRIu64 " bytes", need);
+                goto out;
+            }
+            arena = na;
+        }
+        if ((r = pull_tensor(rc, &m, i, fd, arena, need > EC_PUB_BATCH_BYTES ? need
+                                                                  : EC_PUB_BATCH_BYTES, &got)))
+            goto out;
+    }
+    {
+        ec_import_opts o = {.model = model, .version = v, .round = m.round,
+                            .params_json = m.params, .partition_bytes = target};
+        ec_import_file f = {.fd = fd, .name = "pull.safetensors"};
+        if ((r = ec_import_files(cat, data_dir, &o, &f, 1, &ntensors)) < 0)
+            goto out;
+        imported = true;
+    }
+    if ((r = check_imported(cat, &m)))
+        goto out;
+    ec_info("pulled %s version %" PRId64 ": %u tensor(s), %" PRIu64 " bytes from %s", model, v,
+            m.n, got, url);
+    if (out)
+        *out = (ec_pub_stats){.version = v, .tensors = m.n, .bytes = got};
+out:
+    if (r && imported) {
+        struct paths pp = {.data_dir = data_dir};
+        char saved[EC_ERRMSG_MAX];
+        snprintf(saved, sizeof(saved), "%s", ec_last_error());
+        if (ec_catalog_drop_version(cat, model, v, unlink_path, &pp))
+            ec_warn("pull: dropping '%s' version %" PRId64 " again failed: %s", model, v,
+                    ec_last_error());
+        ec_seterr(r, "%s", saved);
+    }
+    if (r && r != EC_ENOENT && r != EC_EEXIST)
+        r = ec_seterr(r, "pull of '%s' version %" PRId64 " from %s failed, nothing was "
+                      "registered: %s", model, v, url, saved_err(eb));
+    if (fd >= 0)
+        close(fd);
+    free(arena);
+    free(mb);
+    ec_rcluster_close(rc);
+    manifest_free(&m);
+    return r;
+}

@@ -1,0 +1,112 @@
+/*
+ * server_remote.c - the daemon's side of `embcache publish` and `embcache
+ * pull` (core/publish.h): a model version's partitions to a Redis Cluster,
+ * and from there into this daemon's data directory and catalog.
+ *
+ *   PUBLISH / PULL  (administrators) body: model, version (PUBLISH: a
+ *                   number or an alias; PULL: a number), the cluster URL
+ *                   ("redis-cluster://host:port[,host:port...]": the
+ *                   daemon has no cluster of its own yet). srv_h_publish_pull,
+ *                   on the server thread, checks the body and queues the
+ *                   request to the importer thread, which runs
+ *                   srv_remote_run (it reads and writes the data directory,
+ *                   which belongs to the daemon's uid, and talks to the
+ *                   cluster for as long as that takes); srv_remote_done,
+ *                   back on the server thread, counts it, logs it and
+ *                   answers: i64 version, u32 tensors, u64 bytes.
+ *
+ * The statistics: published_versions, published_bytes, pulled_versions,
+ * pulled_bytes, pull_failures (server_admin.c lists them).
+ */
+#include "core/server_impl.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/err.h"
+#include "common/log.h"
+#include "core/publish.h"
+
+struct srv_remote_job {
+    uint16_t op;
+    char url[EC_PUB_URL_MAX + 1];
+    ec_pub_stats res;
+};
+
+int srv_h_publish_pull(server *s, struct conn *c, ec_rbuf *r, uint32_t req_id, uint16_t op)
+{
+    struct import_job *j = calloc(1, sizeof(*j));
+    struct srv_remote_job *x = calloc(1, sizeof(*x));
+
+    if (!j || !x) {
+        free(j);
+        free(x);
+        return ec_seterr(EC_ENOMEM, "publish/pull job");
+    }
+    ec_get_str(r, j->model, sizeof(j->model));
+    ec_get_str(r, j->version, sizeof(j->version));
+    ec_get_str(r, x->url, sizeof(x->url));
+    if (!ec_rbuf_done(r) || !j->model[0] || !j->version[0] || !x->url[0]) {
+        free(j);
+        free(x);
+        return srv_bad_body(op);
+    }
+    if (srv_outstanding_take(c)) {
+        free(j);
+        free(x);
+        return EC_EBUSY;
+    }
+    x->op = op;
+    j->remote = x;
+    j->owner = c->id;
+    j->req_id = req_id;
+    srv_import_enqueue(s, j);
+    return 0;
+}
+
+/* Importer thread. */
+int srv_remote_run(server *s, struct import_job *j)
+{
+    struct srv_remote_job *x = j->remote;
+
+    if (x->op == EC_OP_PUBLISH)
+        return ec_publish_version(s->icat, s->cfg->data_dir, j->model, j->version, x->url,
+                                  &x->res);
+    return ec_pull_version(s->icat, s->cfg->data_dir, j->model, j->version, x->url, &x->res);
+}
+
+/* Server thread. */
+void srv_remote_done(server *s, struct conn *c, struct import_job *j)
+{
+    struct srv_remote_job *x = j->remote;
+    bool pub = x->op == EC_OP_PUBLISH;
+
+    if (j->rc) {
+        if (!pub)
+            s->st.pull_failures++;
+        ec_warn("%s", j->msg);
+    } else if (pub) {
+        s->st.published_versions++;
+        s->st.published_bytes += x->res.bytes;
+    } else {
+        s->st.pulled_versions++;
+        s->st.pulled_bytes += x->res.bytes;
+    }
+    if (c) {
+        c->outstanding--;
+        if (j->rc) {
+            srv_reply_error(s, c, x->op, j->req_id, j->rc, j->msg);
+        } else {
+            ec_wbuf w;
+            ec_msg_begin(&w, s->out, sizeof(s->out), (uint16_t)(x->op | EC_OP_REPLY),
+                         j->req_id, 0);
+            ec_put_i64(&w, x->res.version);
+            ec_put_u32(&w, x->res.tensors);
+            ec_put_u64(&w, x->res.bytes);
+            srv_reply_send(s, c, ec_msg_end(&w), NULL, 0);
+        }
+    }
+    free(x);
+    j->remote = NULL;
+}

@@ -1,0 +1,515 @@
+/*
+ * test_publish.c - `embcache publish` and `embcache pull` (core/publish.c,
+ * core/server_remote.c) between real daemons through a real local Redis
+ * Cluster (3 masters, 3 replicas, tests/redis/cluster.sh on free loopback
+ * ports).
+ *
+ * Daemon A imports a model and publishes it; daemon B pulls it, and every
+ * row B serves equals A's byte for byte, with the same round, params and
+ * partitions. Then what must fail does, registering nothing: a second pull
+ * (EC_EEXIST), an unpublished version (EC_ENOENT), a corrupted or missing
+ * chunk (EC_ECHECKSUM naming tensor, partition and chunk, pulled into a
+ * third daemon C), a garbage, truncated or inconsistent manifest
+ * (EC_EFORMAT), and a stopped cluster (EC_ECONN or EC_ETIMEOUT) while both
+ * daemons go on serving their local data.
+ *
+ * The tests run in order and share the cluster and the daemons (group
+ * setup and teardown). Every process is stopped by its pid. Exits 77
+ * (skipped) only when redis-server or redis-cli is not installed.
+ */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "common/err.h"
+#include "core/rcluster.h"
+#include "testutil.h"
+
+#define NODES 6
+
+uint64_t ec_checksum(const void *buf, size_t len); /* core/partfile.c: XXH3-64 */
+
+static char *dir;          /* everything of this test */
+static char *cl_dir;       /* the cluster's directory (inside dir) */
+static int cl_base;
+static int cl_pipe = -1;
+static pid_t cl_watchdog;
+static bool cl_running;
+static char url[128];
+
+struct daemon {
+    char data[600], sock[600];
+    pid_t pid;
+    ec_client *c;
+};
+static struct daemon A, B, C;
+
+static uint64_t rng = 0x9E3779B97F4A7C15ull;
+
+static uint64_t rnd(void)
+{
+    uint64_t z = (rng += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
+static bool port_free(int port)
+{
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    int fd = socket(AF_INET, SOCK_STREAM, 0), one = 1;
+    bool ok;
+
+    if (fd < 0)
+        return false;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    ok = bind(fd, (struct sockaddr *)&a, sizeof(a)) == 0;
+    close(fd);
+    return ok;
+}
+
+static int cluster_sh(const char *cmd, const char *arg2)
+{
+    const char *argv[] = {"/bin/bash", EC_TEST_CLUSTER_SH, cmd, cl_dir, arg2, NULL};
+    char *o = NULL, *e = NULL;
+    int rc = ect_run(argv, &o, NULL, &e);
+
+    if (rc != 0)
+        printf("cluster.sh %s: exit %d\n%s%s", cmd, rc, o ? o : "", e ? e : "");
+    free(o);
+    free(e);
+    return rc;
+}
+
+static void daemon_up(struct daemon *d, const char *name)
+{
+    snprintf(d->data, sizeof(d->data), "%s/%s-data", dir, name);
+    snprintf(d->sock, sizeof(d->sock), "%s/%s.sock", dir, name);
+    d->pid = ect_daemon_start(d->data, d->sock, NULL);
+    assert_int_equal(ec_client_connect(d->sock, &d->c), 0);
+}
+
+static void daemon_down(struct daemon *d)
+{
+    if (d->c)
+        ec_client_close(d->c);
+    d->c = NULL;
+    if (d->pid > 0)
+        ect_daemon_stop(d->pid);
+    d->pid = 0;
+}
+
+static int group_setup(void **state)
+{
+    char base[16], cdir[700];
+    int fds[2];
+
+    (void)state;
+    rng ^= (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 20);
+    dir = ect_tmpdir("ec-publish");
+    snprintf(cdir, sizeof(cdir), "%s/cluster", dir);
+    cl_dir = strdup(cdir);
+    for (int attempt = 0; attempt < 5; attempt++) {
+        bool ok = true;
+        cl_base = 20000 + (int)(rnd() % 20000);
+        for (int i = 0; i < NODES && ok; i++)
+            ok = port_free(cl_base + i) && port_free(cl_base + 10000 + i);
+        if (!ok)
+            continue;
+        snprintf(base, sizeof(base), "%d", cl_base);
+        if (cluster_sh("start", base) == 0)
+            break;
+        cluster_sh("stop", NULL);
+        cl_base = 0;
+    }
+    if (!cl_base) {
+        fprintf(stderr, "test_publish: could not start a cluster (see above)\n");
+        return -1;
+    }
+    cl_running = true;
+    snprintf(url, sizeof(url), "redis-cluster://127.0.0.1:%d,127.0.0.1:%d", cl_base,
+             cl_base + 1);
+    /* The watchdog stops the cluster when this process ends, however. */
+    if (pipe(fds) != 0)
+        return -1;
+    cl_watchdog = fork();
+    if (cl_watchdog == 0) {
+        char ch;
+        close(fds[1]);
+        setpgid(0, 0);
+        while (read(fds[0], &ch, 1) < 0 && errno == EINTR) {
+        }
+        execl("/bin/bash", "bash", EC_TEST_CLUSTER_SH, "stop", cl_dir, (char *)NULL);
+        _exit(127);
+    }
+    close(fds[0]);
+    cl_pipe = fds[1];
+    daemon_up(&A, "a");
+    daemon_up(&B, "b");
+    daemon_up(&C, "c");
+    return 0;
+}
+
+static int group_teardown(void **state)
+{
+    (void)state;
+    daemon_down(&A);
+    daemon_down(&B);
+    daemon_down(&C);
+    if (cl_running)
+        cluster_sh("stop", NULL);
+    if (cl_pipe >= 0) {
+        close(cl_pipe);
+        waitpid(cl_watchdog, NULL, 0);
+    }
+    if (dir)
+        ect_rmtree(dir);
+    free(dir);
+    free(cl_dir);
+    return 0;
+}
+
+/* ------------------------------------------------------------------ */
+
+static ec_rcluster *rc_open(void)
+{
+    ec_rcluster *rc = NULL;
+    assert_int_equal(ec_rcluster_open(url, NULL, &rc), 0);
+    return rc;
+}
+
+static void import_st(ec_client *c, const char *name, int64_t v, const ect_st_tensor *t,
+                      size_t n, uint64_t part, int64_t round, const char *params)
+{
+    char path[700];
+    const char *paths[1] = {path};
+    ec_import_opts o = {.model = "m", .version = v, .round = round, .params_json = params,
+                        .partition_bytes = part};
+    uint32_t tensors = 0;
+
+    snprintf(path, sizeof(path), "%s/%s.safetensors", dir, name);
+    assert_int_equal(ect_write_safetensors(path, t, n), 0);
+    assert_int_equal(ec_model_import(c, &o, paths, 1, &tensors), 0);
+    assert_int_equal(tensors, n);
+}
+
+/* Every row of (m, version, tensor) in x and y: the same bytes, the same
+ * partitions. */
+static void same_rows(ec_client *x, ec_client *y, const char *version, const char *tensor)
+{
+    ec_tensor *tx, *ty;
+    ec_tensor_info ix, iy;
+    uint8_t *bx, *by;
+    int64_t ids[256];
+
+    assert_int_equal(ec_tensor_resolve(x, "m", version, tensor, &tx), 0);
+    assert_int_equal(ec_tensor_resolve(y, "m", version, tensor, &ty), 0);
+    assert_int_equal(ec_tensor_info_get(tx, &ix), 0);
+    assert_int_equal(ec_tensor_info_get(ty, &iy), 0);
+    assert_int_equal(ix.dtype, iy.dtype);
+    assert_int_equal(ix.ndim, iy.ndim);
+    assert_memory_equal(ix.shape, iy.shape, sizeof(ix.shape));
+    assert_int_equal(ix.rows_per_partition, iy.rows_per_partition);
+    assert_int_equal(ix.partitions, iy.partitions);
+    bx = malloc(256 * ix.row_bytes);
+    by = malloc(256 * ix.row_bytes);
+    assert_non_null(bx);
+    assert_non_null(by);
+    for (uint64_t r = 0; r < ix.rows; r += 256) {
+        size_t n = ix.rows - r < 256 ? (size_t)(ix.rows - r) : 256;
+        for (size_t i = 0; i < n; i++)
+            ids[i] = (int64_t)(r + i);
+        assert_int_equal(ec_tensor_gather(tx, ids, n, bx, 256 * ix.row_bytes), 0);
+        assert_int_equal(ec_tensor_gather(ty, ids, n, by, 256 * ix.row_bytes), 0);
+        assert_memory_equal(bx, by, n * ix.row_bytes);
+    }
+    free(bx);
+    free(by);
+    ec_tensor_release(tx);
+    ec_tensor_release(ty);
+}
+
+struct vinfo {
+    int64_t version, round;
+    char params[256];
+    uint32_t tensors;
+    uint64_t bytes;
+    bool found;
+};
+
+static int list_cb(const ec_version_info *v, const ec_tensor_listing *t, void *arg)
+{
+    struct vinfo *vi = arg;
+
+    if (!t && v->version == vi->version) {
+        vi->found = true;
+        vi->round = v->round;
+        snprintf(vi->params, sizeof(vi->params), "%s", v->params_json);
+        vi->tensors = v->tensors;
+        vi->bytes = v->bytes;
+    }
+    return 0;
+}
+
+static struct vinfo version_info(ec_client *c, int64_t v)
+{
+    struct vinfo vi = {.version = v};
+    int rc = ec_catalog_list(c, "m", list_cb, &vi);
+
+    if (rc != 0 && rc != EC_ENOENT) /* ENOENT: the model has no version here */
+        fail_msg("listing model 'm': %s: %s", ec_strerror(rc), ec_last_error());
+    return vi;
+}
+
+struct find {
+    const char *name;
+    uint64_t v;
+    bool found;
+};
+
+static int stat_cb(const char *name, uint64_t v, void *arg)
+{
+    struct find *f = arg;
+
+    if (!strcmp(name, f->name)) {
+        f->v = v;
+        f->found = true;
+    }
+    return 0;
+}
+
+static uint64_t stat_of(ec_client *c, const char *name)
+{
+    struct find f = {.name = name};
+
+    assert_int_equal(ec_client_stats(c, stat_cb, &f), 0);
+    if (!f.found)
+        fail_msg("no statistic '%s'", name);
+    return f.v;
+}
+
+static void expect_fail(int rc, int want, const char *needle)
+{
+    if (rc != want || (needle && !strstr(ec_last_error(), needle)))
+        fail_msg("expected %s with \"%s\", got %s: %s", ec_strerror(want),
+                 needle ? needle : "", ec_strerror(rc), ec_last_error());
+}
+
+/* ------------------------------------------------------------------ */
+
+static void test_publish_then_pull(void **state)
+{
+    const ect_st_tensor v1[] = {
+        {.name = "emb", .dtype = EC_DTYPE_F32, .ndim = 2, .shape = {4096, 64}, .seed = 11},
+        {.name = "small", .dtype = EC_DTYPE_F16, .ndim = 2, .shape = {1000, 8}, .seed = 12},
+    };
+    /* 4 MiB partitions: 4 chunks each. */
+    const ect_st_tensor v2[] = {
+        {.name = "big", .dtype = EC_DTYPE_F32, .ndim = 2, .shape = {8192, 256}, .seed = 13},
+    };
+    ec_publish_result r;
+    struct vinfo a, b;
+
+    (void)state;
+    import_st(A.c, "v1", 1, v1, 2, 4096, 7, "{\"lr\":0.5}");
+    import_st(A.c, "v2", 2, v2, 1, 4u << 20, -1, NULL);
+    assert_int_equal(ec_model_alias(A.c, "m", "current", 2), 0);
+
+    assert_int_equal(ec_model_publish(A.c, "m", "1", url, &r), 0);
+    assert_int_equal(r.version, 1);
+    assert_int_equal(r.tensors, 2);
+    assert_int_equal(r.bytes, 4096 * 256 + 1000 * 16);
+    /* An alias publishes its version; publishing again replaces it. */
+    assert_int_equal(ec_model_publish(A.c, "m", "current", url, &r), 0);
+    assert_int_equal(r.version, 2);
+    assert_int_equal(ec_model_publish(A.c, "m", "current", url, &r), 0);
+    assert_int_equal(r.bytes, 8192 * 1024);
+
+    assert_int_equal(ec_model_pull(B.c, "m", "1", url, &r), 0);
+    assert_int_equal(r.tensors, 2);
+    assert_int_equal(r.bytes, 4096 * 256 + 1000 * 16);
+    assert_int_equal(ec_model_pull(B.c, "m", "2", url, &r), 0);
+    assert_int_equal(r.bytes, 8192 * 1024);
+
+    same_rows(A.c, B.c, "1", "emb");
+    same_rows(A.c, B.c, "1", "small");
+    same_rows(A.c, B.c, "2", "big");
+    a = version_info(A.c, 1);
+    b = version_info(B.c, 1);
+    assert_true(a.found && b.found);
+    assert_int_equal(b.round, 7);
+    assert_string_equal(a.params, b.params);
+    assert_int_equal(a.tensors, b.tensors);
+    assert_int_equal(a.bytes, b.bytes);
+    b = version_info(B.c, 2);
+    assert_int_equal(b.round, -1);
+
+    assert_int_equal(stat_of(A.c, "published_versions"), 3);
+    assert_int_equal(stat_of(A.c, "published_bytes"), 2 * 8192 * 1024 + 4096 * 256 + 1000 * 16);
+    assert_int_equal(stat_of(B.c, "pulled_versions"), 2);
+    assert_int_equal(stat_of(B.c, "pull_failures"), 0);
+}
+
+static void test_pull_again_is_eexist(void **state)
+{
+    (void)state;
+    expect_fail(ec_model_pull(B.c, "m", "1", url, NULL), EC_EEXIST, "exists here");
+}
+
+static void test_pull_unpublished_is_enoent(void **state)
+{
+    (void)state;
+    expect_fail(ec_model_pull(B.c, "m", "9", url, NULL), EC_ENOENT, "not published");
+    expect_fail(ec_model_pull(B.c, "m", "current", url, NULL), EC_EINVAL, "number");
+    /* Publishing what does not exist. */
+    expect_fail(ec_model_publish(A.c, "m", "9", url, NULL), EC_ENOENT, NULL);
+}
+
+static void not_registered(ec_client *c, const char *version)
+{
+    ec_tensor *t = NULL;
+    int rc = ec_tensor_resolve(c, "m", version, "emb", &t);
+    if (rc == 0)
+        ec_tensor_release(t);
+    assert_int_equal(rc, EC_ENOENT);
+    assert_false(version_info(c, atoi(version)).found);
+}
+
+static void test_corrupt_chunk_refused(void **state)
+{
+    static const char key[] = "ec:c:m:1:0:3:0"; /* emb (tensor 0), partition 3, chunk 0 */
+    ec_rcluster *rc = rc_open();
+    void *orig = NULL;
+    uint8_t *bad;
+    size_t len = 0;
+
+    (void)state;
+    assert_int_equal(ec_rcluster_get(rc, key, strlen(key), &orig, &len), 0);
+    assert_int_equal(len, 4096);
+    bad = malloc(len);
+    memcpy(bad, orig, len);
+    bad[100] ^= 0x40;
+    assert_int_equal(ec_rcluster_set(rc, key, strlen(key), bad, len, NULL), 0);
+    expect_fail(ec_model_pull(C.c, "m", "1", url, NULL), EC_ECHECKSUM,
+                "tensor 'emb' partition 3");
+    not_registered(C.c, "1");
+
+    /* Of another length. */
+    assert_int_equal(ec_rcluster_set(rc, key, strlen(key), bad, len - 1, NULL), 0);
+    expect_fail(ec_model_pull(C.c, "m", "1", url, NULL), EC_ECHECKSUM, "chunk 0");
+    not_registered(C.c, "1");
+
+    /* Missing. */
+    assert_int_equal(ec_rcluster_del(rc, key, strlen(key)), 0);
+    expect_fail(ec_model_pull(C.c, "m", "1", url, NULL), EC_ECHECKSUM, "missing");
+    not_registered(C.c, "1");
+    assert_true(stat_of(C.c, "pull_failures") >= 3);
+
+    /* Put back: the pull works. */
+    assert_int_equal(ec_rcluster_set(rc, key, strlen(key), orig, len, NULL), 0);
+    assert_int_equal(ec_model_pull(C.c, "m", "1", url, NULL), 0);
+    same_rows(A.c, C.c, "1", "emb");
+    free(bad);
+    free(orig);
+    ec_rcluster_close(rc);
+}
+
+static void put_le64(uint8_t *p, uint64_t v)
+{
+    for (int i = 0; i < 8; i++)
+        p[i] = (uint8_t)(v >> (8 * i));
+}
+
+static void test_bad_manifest_refused(void **state)
+{
+    static const char key[] = "ec:m:m:2";
+    ec_rcluster *rc = rc_open();
+    void *orig = NULL;
+    uint8_t *m;
+    size_t len = 0, off;
+
+    (void)state;
+    assert_int_equal(ec_rcluster_get(rc, key, strlen(key), &orig, &len), 0);
+    m = malloc(len);
+    /* Garbage. */
+    for (size_t i = 0; i < len; i++)
+        m[i] = (uint8_t)rnd();
+    assert_int_equal(ec_rcluster_set(rc, key, strlen(key), m, len, NULL), 0);
+    expect_fail(ec_model_pull(C.c, "m", "2", url, NULL), EC_EFORMAT, "manifest");
+    not_registered(C.c, "2");
+    /* Truncated. */
+    assert_int_equal(ec_rcluster_set(rc, key, strlen(key), orig, len - 24, NULL), 0);
+    expect_fail(ec_model_pull(C.c, "m", "2", url, NULL), EC_EFORMAT, "manifest");
+    /* Its own checksum right, a partition's length wrong: the length of
+     * the last partition of "big" is the 16 bytes before the last
+     * partition's checksum, before the trailer. */
+    memcpy(m, orig, len);
+    off = len - 8 - 16;
+    put_le64(m + off, 12345);
+    put_le64(m + len - 8, ec_checksum(m, len - 8));
+    assert_int_equal(ec_rcluster_set(rc, key, strlen(key), m, len, NULL), 0);
+    expect_fail(ec_model_pull(C.c, "m", "2", url, NULL), EC_EFORMAT, "partition 1");
+    not_registered(C.c, "2");
+    /* An absurd tensor count. */
+    memcpy(m, orig, len);
+    put_le64(m + 12, 0xFFFFFFFFu); /* n (u32) and the model name's length */
+    put_le64(m + len - 8, ec_checksum(m, len - 8));
+    assert_int_equal(ec_rcluster_set(rc, key, strlen(key), m, len, NULL), 0);
+    expect_fail(ec_model_pull(C.c, "m", "2", url, NULL), EC_EFORMAT, "tensors");
+    not_registered(C.c, "2");
+
+    assert_int_equal(ec_rcluster_set(rc, key, strlen(key), orig, len, NULL), 0);
+    assert_int_equal(ec_model_pull(C.c, "m", "2", url, NULL), 0);
+    same_rows(A.c, C.c, "2", "big");
+    free(m);
+    free(orig);
+    ec_rcluster_close(rc);
+}
+
+static void test_cluster_down(void **state)
+{
+    int rc;
+
+    (void)state;
+    assert_int_equal(cluster_sh("stop", NULL), 0);
+    cl_running = false;
+    rc = ec_model_publish(A.c, "m", "1", url, NULL);
+    if (rc != EC_ECONN && rc != EC_ETIMEOUT)
+        fail_msg("publish to a stopped cluster: %s: %s", ec_strerror(rc), ec_last_error());
+    assert_non_null(strstr(ec_last_error(), "cluster"));
+    assert_int_equal(ec_model_retire(C.c, "m", 2, 1), 0);
+    rc = ec_model_pull(C.c, "m", "2", url, NULL);
+    if (rc != EC_ECONN && rc != EC_ETIMEOUT)
+        fail_msg("pull from a stopped cluster: %s: %s", ec_strerror(rc), ec_last_error());
+    not_registered(C.c, "2");
+    /* Both keep serving their local data. */
+    same_rows(A.c, B.c, "1", "emb");
+    same_rows(A.c, B.c, "2", "big");
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_publish_then_pull),
+        cmocka_unit_test(test_pull_again_is_eexist),
+        cmocka_unit_test(test_pull_unpublished_is_enoent),
+        cmocka_unit_test(test_corrupt_chunk_refused),
+        cmocka_unit_test(test_bad_manifest_refused),
+        cmocka_unit_test(test_cluster_down),
+    };
+
+    if (system("command -v redis-server >/dev/null 2>&1 && "
+               "command -v redis-cli >/dev/null 2>&1") != 0) {
+        fprintf(stderr, "test_publish: redis-server or redis-cli is not installed; skipped\n");
+        return EC_TEST_SKIP;
+    }
+    return cmocka_run_group_tests(tests, group_setup, group_teardown);
+}

@@ -1,0 +1,98 @@
+/*
+ * cli_remote.c - `embcache publish MODEL VERSION [--cluster URL]` and
+ * `embcache pull MODEL VERSION [--cluster URL]`: a model version to a Redis
+ * Cluster, and from there into this host's daemon (ec_model_publish,
+ * ec_model_pull; the daemon does the work, core/publish.c). The cluster is
+ * --cluster, else $EMBCACHE_CLUSTER. Prints what was done: version,
+ * tensors, bytes, seconds (or one JSON object with --json).
+ *
+ * Called by tools/embcache.c's main; one process, one thread.
+ */
+#include <getopt.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "tools/cli.h"
+
+static double mono_s(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+int cli_remote_main(const char *cmd, int argc, char **argv, const char *socket_path)
+{
+    static const struct option o[] = {
+        {"cluster", required_argument, NULL, 'c'},
+        {"json", no_argument, NULL, 'j'},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    bool pub = !strcmp(cmd, "publish"), json = false;
+    const char *url = getenv("EMBCACHE_CLUSTER");
+    const char *prog = pub ? "embcache publish" : "embcache pull";
+    ec_publish_result res;
+    char hb[32];
+    double t0;
+    ec_client *c;
+    int ch, rc;
+
+    while ((ch = getopt_long(argc, argv, "c:jh", o, NULL)) != -1) {
+        switch (ch) {
+        case 'c': url = optarg; break;
+        case 'j': json = true; break;
+        case 'h':
+            if (pub)
+                printf("usage: embcache publish MODEL VERSION [--cluster URL] [--json]\n\n"
+                       "Copy MODEL VERSION (a number or an alias) to a Redis Cluster: every\n"
+                       "partition, checked against the catalog first, in chunks with their\n"
+                       "checksums, then its catalog entry. Another host's daemon can then\n"
+                       "`embcache pull` it. Publishing again replaces it.\n");
+            else
+                printf("usage: embcache pull MODEL VERSION [--cluster URL] [--json]\n\n"
+                       "Register MODEL VERSION (a number) from a Redis Cluster where another\n"
+                       "host published it, without its source files. Every partition is\n"
+                       "checked against the published checksums; nothing is registered\n"
+                       "unless all of it matched.\n");
+            printf("\nURL: redis-cluster://host:port[,host:port...] (default: "
+                   "$EMBCACHE_CLUSTER), as the daemon reaches it.\n");
+            return EXIT_OK;
+        default:
+            return EXIT_USAGE;
+        }
+    }
+    if (argc - optind != 2) {
+        fprintf(stderr, "%s: needs MODEL VERSION (see '%s --help')\n", prog, prog);
+        return EXIT_USAGE;
+    }
+    if (!url || !url[0]) {
+        fprintf(stderr, "%s: no cluster: give --cluster redis-cluster://host:port or set "
+                        "EMBCACHE_CLUSTER\n", prog);
+        return EXIT_USAGE;
+    }
+    if ((rc = ec_client_connect(socket_path, &c)))
+        return cli_fail(prog, rc, NULL);
+    t0 = mono_s();
+    rc = pub ? ec_model_publish(c, argv[optind], argv[optind + 1], url, &res)
+             : ec_model_pull(c, argv[optind], argv[optind + 1], url, &res);
+    ec_client_close(c);
+    if (rc)
+        return cli_fail(prog, rc, NULL);
+    if (json) {
+        printf("{\"model\":");
+        cli_json_str(argv[optind]);
+        printf(",\"version\":%" PRId64 ",\"tensors\":%u,\"bytes\":%" PRIu64
+               ",\"seconds\":%.3f}\n", res.version, res.tensors, res.bytes, mono_s() - t0);
+    } else {
+        cli_human_bytes(res.bytes, hb, sizeof(hb));
+        printf("%s %s version %" PRId64 ": %u tensor(s), %s in %.2f s\n",
+               pub ? "published" : "pulled", argv[optind], res.version, res.tensors, hb,
+               mono_s() - t0);
+    }
+    return EXIT_OK;
+}
