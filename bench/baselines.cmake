@@ -68,7 +68,8 @@ endif()
 # embcache-dynbench: dynamic tables' updates under readers, and a row
 # written nonstop (bench/dynbench.c).
 if(NOT TARGET embcache-dynbench)
-  add_executable(embcache-dynbench ${CMAKE_CURRENT_LIST_DIR}/dynbench.c)
+  add_executable(embcache-dynbench ${CMAKE_CURRENT_LIST_DIR}/dynbench.c
+                 ${CMAKE_CURRENT_LIST_DIR}/bench_util.c)
   target_link_libraries(embcache-dynbench PRIVATE ec_client Threads::Threads)
   add_dependencies(embcache-dynbench embcached)
 endif()

@@ -491,6 +491,36 @@ fail_fd:
     return -1;
 }
 
+double bu_daemon_cpu_seconds(const char *data_dir)
+{
+    char p[4200], buf[1024];
+    long pid = 0;
+    unsigned long ut = 0, st = 0;
+    FILE *f;
+
+    snprintf(p, sizeof(p), "%s/embcached.lock", data_dir);
+    if (!(f = fopen(p, "r")) || fscanf(f, "%ld", &pid) != 1) {
+        if (f)
+            fclose(f);
+        return -1;
+    }
+    fclose(f);
+    snprintf(p, sizeof(p), "/proc/%ld/stat", pid);
+    if (!(f = fopen(p, "r")) || !fgets(buf, sizeof(buf), f)) {
+        if (f)
+            fclose(f);
+        return -1;
+    }
+    fclose(f);
+    {
+        const char *q = strrchr(buf, ')'); /* fields after the command name */
+        if (!q || sscanf(q + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu", &ut,
+                         &st) != 2)
+            return -1;
+    }
+    return (double)(ut + st) / (double)sysconf(_SC_CLK_TCK);
+}
+
 int64_t bu_proc_status_bytes(pid_t pid, const char *field)
 {
     char path[64], buf[8192];

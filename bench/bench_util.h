@@ -90,6 +90,9 @@ int64_t bu_file_resident(const char *path);
 /* A field of /proc/<pid>/status given in kB ("RssAnon", "VmRSS",
  * "RssShmem"), in bytes; -1 when unreadable. */
 int64_t bu_proc_status_bytes(pid_t pid, const char *field);
+/* CPU seconds (user + system, all threads) an embcached's worker has used:
+ * its pid is in DATA_DIR/embcached.lock. -1 when either cannot be read. */
+double bu_daemon_cpu_seconds(const char *data_dir);
 
 /* ---- fio, the device's limit ---- */
 typedef struct bu_fio_res {

@@ -42,6 +42,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "bench_util.h"
 #include "embcache.h"
 
 #define ROW 512u
@@ -167,36 +168,13 @@ static void writer(uint64_t keys, uint32_t batch, int64_t hot)
     _exit(0);
 }
 
-/* CPU seconds (user + system, all threads) the daemon's worker has used:
- * its pid is in DATA_DIR/embcached.lock. -1 when it cannot be read. */
+/* CPU seconds of the daemon's worker (bench_util.c). */
 static double daemon_cpu(void)
 {
-    char p[320], buf[1024];
-    long pid = 0;
-    unsigned long ut = 0, st = 0;
-    FILE *f;
+    char d[320];
 
-    snprintf(p, sizeof(p), "%s/data/embcached.lock", dir);
-    if (!(f = fopen(p, "r")) || fscanf(f, "%ld", &pid) != 1) {
-        if (f)
-            fclose(f);
-        return -1;
-    }
-    fclose(f);
-    snprintf(p, sizeof(p), "/proc/%ld/stat", pid);
-    if (!(f = fopen(p, "r")) || !fgets(buf, sizeof(buf), f)) {
-        if (f)
-            fclose(f);
-        return -1;
-    }
-    fclose(f);
-    {
-        const char *q = strrchr(buf, ')'); /* fields after the command name */
-        if (!q || sscanf(q + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu", &ut,
-                         &st) != 2)
-            return -1;
-    }
-    return (double)(ut + st) / (double)sysconf(_SC_CLK_TCK);
+    snprintf(d, sizeof(d), "%s/data", dir);
+    return bu_daemon_cpu_seconds(d);
 }
 
 static double phase_daemon_cpu; /* the daemon's CPU seconds in the last phase */
@@ -375,7 +353,7 @@ int main(int argc, char **argv)
             /* The same per second of the readers' own CPU: what the
              * updates cost them beyond sharing cores (cache, retries). */
             closs[r] = ca[r] > 0 ? 100.0 * (1.0 - cb[r] / ca[r]) : 0;
-            phase(1, true, 12345, keys, batch, secs, &hr[r], &hw[r]);
+            phase(1, true, (int64_t)(keys / 2), keys, batch, secs, &hr[r], &hw[r]);
         }
         report("readers alone: rows/s (all readers)", ra, (int)repeats, "rows/s");
         report("readers while updated: rows/s", rb, (int)repeats, "rows/s");

@@ -57,6 +57,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "bench_util.h"
 #include "embcache.h"
 
 #define ROWS 2048u           /* rows of each tensor */
@@ -183,36 +184,13 @@ static int http_get(const char *path, char **body, size_t *cap, size_t *len)
 /* ------------------------------------------------------------------ */
 /* The daemon                                                          */
 
-/* CPU seconds (user + system, all threads) of the daemon's worker, whose
- * pid is in DATA_DIR/embcached.lock; -1 when unreadable. */
+/* CPU seconds of the daemon's worker (bench_util.c). */
 static double daemon_cpu(void)
 {
-    char p[320], buf[1024];
-    long pid = 0;
-    unsigned long ut = 0, stime = 0;
-    FILE *f;
+    char d[320];
 
-    snprintf(p, sizeof(p), "%s/data/embcached.lock", dir);
-    if (!(f = fopen(p, "r")) || fscanf(f, "%ld", &pid) != 1) {
-        if (f)
-            fclose(f);
-        return -1;
-    }
-    fclose(f);
-    snprintf(p, sizeof(p), "/proc/%ld/stat", pid);
-    if (!(f = fopen(p, "r")) || !fgets(buf, sizeof(buf), f)) {
-        if (f)
-            fclose(f);
-        return -1;
-    }
-    fclose(f);
-    {
-        const char *q = strrchr(buf, ')');
-        if (!q || sscanf(q + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu", &ut,
-                         &stime) != 2)
-            return -1;
-    }
-    return (double)(ut + stime) / (double)sysconf(_SC_CLK_TCK);
+    snprintf(d, sizeof(d), "%s/data", dir);
+    return bu_daemon_cpu_seconds(d);
 }
 
 static void start_daemon(const char *embcached)
