@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <netinet/in.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
@@ -534,4 +535,96 @@ int ect_run(const char *const *argv, char **out, size_t *out_len, char **err)
     if (WIFEXITED(status))
         return WEXITSTATUS(status);
     return 128 + WTERMSIG(status);
+}
+
+bool ect_port_free(int port)
+{
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port),
+                            .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0), one = 1;
+    bool ok;
+
+    if (fd < 0)
+        return false;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    ok = bind(fd, (struct sockaddr *)&a, sizeof(a)) == 0;
+    close(fd);
+    return ok;
+}
+
+int ect_cluster_sh(const ect_cluster *c, const char *cmd, const char *arg2, char **out)
+{
+    const char *argv[] = {"/bin/bash", c->script, cmd, c->dir, arg2, NULL};
+    char *o = NULL, *e = NULL;
+    int rc = ect_run(argv, &o, NULL, &e);
+
+    if (rc != 0)
+        printf("cluster.sh %s: exit %d\n%s%s", cmd, rc, o ? o : "", e ? e : "");
+    if (out)
+        *out = o;
+    else
+        free(o);
+    free(e);
+    return rc;
+}
+
+int ect_cluster_start(ect_cluster *c, int nodes)
+{
+    unsigned seed = (unsigned)time(NULL) ^ ((unsigned)getpid() << 8);
+    char base[16];
+    int fds[2];
+
+    c->base = 0;
+    c->pipe = -1;
+    c->watchdog = 0;
+    for (int attempt = 0; attempt < 5 && !c->base; attempt++) {
+        bool ok = true;
+        int b = 20000 + (int)(rand_r(&seed) % 20000);
+        for (int i = 0; i < nodes && ok; i++)
+            ok = ect_port_free(b + i) && ect_port_free(b + 10000 + i);
+        if (!ok)
+            continue;
+        snprintf(base, sizeof(base), "%d", b);
+        if (ect_cluster_sh(c, "start", base, NULL) == 0)
+            c->base = b;
+        else
+            ect_cluster_sh(c, "stop", NULL, NULL);
+    }
+    if (!c->base) {
+        fprintf(stderr, "could not start a Redis cluster with %s (see above)\n", c->script);
+        return -1;
+    }
+    /* The watchdog stops the cluster when this process ends, however: its read
+     * returns when our end of the pipe closes. */
+    if (pipe(fds) != 0) {
+        ect_cluster_stop(c);
+        return -1;
+    }
+    c->watchdog = fork();
+    if (c->watchdog == 0) {
+        char ch;
+        close(fds[1]);
+        setpgid(0, 0);
+        while (read(fds[0], &ch, 1) < 0 && errno == EINTR) {
+        }
+        execl("/bin/bash", "bash", c->script, "stop", c->dir, (char *)NULL);
+        _exit(127);
+    }
+    close(fds[0]);
+    c->pipe = fds[1];
+    return 0;
+}
+
+void ect_cluster_stop(ect_cluster *c)
+{
+    if (c->base)
+        ect_cluster_sh(c, "stop", NULL, NULL);
+    c->base = 0;
+    if (c->pipe >= 0) {
+        close(c->pipe);
+        c->pipe = -1;
+        if (c->watchdog > 0)
+            waitpid(c->watchdog, NULL, 0);
+    }
+    c->watchdog = 0;
 }

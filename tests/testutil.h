@@ -113,4 +113,27 @@ pid_t ect_daemon_wait_worker(const char *data_dir, const char *socket, pid_t old
  * 128+signal. */
 int ect_run(const char *const *argv, char **out, size_t *out_len, char **err);
 
+/* Can a TCP socket bind this loopback port now? */
+bool ect_port_free(int port);
+
+/* A local Redis Cluster (tests/redis/cluster.sh) for the tests that need one. */
+typedef struct ect_cluster {
+    const char *script; /* cluster.sh; set by the caller */
+    const char *dir;    /* its directory (the caller's); set by the caller */
+    int base;           /* first node's port once started (bus ports +10000); 0: none */
+    int pipe;           /* our end of the watchdog's pipe; -1: none */
+    pid_t watchdog;
+} ect_cluster;
+
+/* Run `cluster.sh CMD DIR [ARG2]`, its output in *out (malloc'd; NULL: dropped, and
+ * printed when it fails). Returns its exit status. */
+int ect_cluster_sh(const ect_cluster *c, const char *cmd, const char *arg2, char **out);
+/* Start `nodes` nodes (cluster.sh's masters and replicas) on loopback ports from a
+ * random base whose node and bus ports are free, trying up to 5 bases; a watchdog
+ * child stops the cluster when this process ends, however it ends. 0, or -1 having
+ * said why. */
+int ect_cluster_start(ect_cluster *c, int nodes);
+/* Stop it (when started) and its watchdog. */
+void ect_cluster_stop(ect_cluster *c);
+
 #endif

@@ -39,8 +39,7 @@ uint64_t ec_checksum(const void *buf, size_t len); /* core/partfile.c: XXH3-64 *
 static char *dir;          /* everything of this test */
 static char *cl_dir;       /* the cluster's directory (inside dir) */
 static int cl_base;
-static int cl_pipe = -1;
-static pid_t cl_watchdog;
+static ect_cluster cl = {.pipe = -1}; /* the cluster (tests/testutil.h) */
 static bool cl_running;
 static char url[128];
 
@@ -61,32 +60,9 @@ static uint64_t rnd(void)
     return z ^ (z >> 31);
 }
 
-static bool port_free(int port)
-{
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
-    int fd = socket(AF_INET, SOCK_STREAM, 0), one = 1;
-    bool ok;
-
-    if (fd < 0)
-        return false;
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-    ok = bind(fd, (struct sockaddr *)&a, sizeof(a)) == 0;
-    close(fd);
-    return ok;
-}
-
 static int cluster_sh(const char *cmd, const char *arg2)
 {
-    const char *argv[] = {"/bin/bash", EC_TEST_CLUSTER_SH, cmd, cl_dir, arg2, NULL};
-    char *o = NULL, *e = NULL;
-    int rc = ect_run(argv, &o, NULL, &e);
-
-    if (rc != 0)
-        printf("cluster.sh %s: exit %d\n%s%s", cmd, rc, o ? o : "", e ? e : "");
-    free(o);
-    free(e);
-    return rc;
+    return ect_cluster_sh(&cl, cmd, arg2, NULL);
 }
 
 static void daemon_up(struct daemon *d, const char *name)
@@ -109,49 +85,21 @@ static void daemon_down(struct daemon *d)
 
 static int group_setup(void **state)
 {
-    char base[16], cdir[700];
-    int fds[2];
+    char cdir[700];
 
     (void)state;
     rng ^= (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 20);
     dir = ect_tmpdir("ec-publish");
     snprintf(cdir, sizeof(cdir), "%s/cluster", dir);
     cl_dir = strdup(cdir);
-    for (int attempt = 0; attempt < 5; attempt++) {
-        bool ok = true;
-        cl_base = 20000 + (int)(rnd() % 20000);
-        for (int i = 0; i < NODES && ok; i++)
-            ok = port_free(cl_base + i) && port_free(cl_base + 10000 + i);
-        if (!ok)
-            continue;
-        snprintf(base, sizeof(base), "%d", cl_base);
-        if (cluster_sh("start", base) == 0)
-            break;
-        cluster_sh("stop", NULL);
-        cl_base = 0;
-    }
-    if (!cl_base) {
-        fprintf(stderr, "test_publish: could not start a cluster (see above)\n");
+    cl.script = EC_TEST_CLUSTER_SH;
+    cl.dir = cl_dir;
+    if (ect_cluster_start(&cl, NODES) < 0)
         return -1;
-    }
+    cl_base = cl.base;
     cl_running = true;
     snprintf(url, sizeof(url), "redis-cluster://127.0.0.1:%d,127.0.0.1:%d", cl_base,
              cl_base + 1);
-    /* The watchdog stops the cluster when this process ends, however. */
-    if (pipe(fds) != 0)
-        return -1;
-    cl_watchdog = fork();
-    if (cl_watchdog == 0) {
-        char ch;
-        close(fds[1]);
-        setpgid(0, 0);
-        while (read(fds[0], &ch, 1) < 0 && errno == EINTR) {
-        }
-        execl("/bin/bash", "bash", EC_TEST_CLUSTER_SH, "stop", cl_dir, (char *)NULL);
-        _exit(127);
-    }
-    close(fds[0]);
-    cl_pipe = fds[1];
     daemon_up(&A, "a");
     daemon_up(&B, "b");
     daemon_up(&C, "c");
@@ -164,12 +112,9 @@ static int group_teardown(void **state)
     daemon_down(&A);
     daemon_down(&B);
     daemon_down(&C);
-    if (cl_running)
-        cluster_sh("stop", NULL);
-    if (cl_pipe >= 0) {
-        close(cl_pipe);
-        waitpid(cl_watchdog, NULL, 0);
-    }
+    if (!cl_running)
+        cl.base = 0; /* stopped by the test already */
+    ect_cluster_stop(&cl);
     if (dir)
         ect_rmtree(dir);
     free(dir);

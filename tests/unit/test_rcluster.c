@@ -45,8 +45,7 @@
 
 static char *cl_dir;      /* the cluster's directory */
 static int cl_base;       /* its first port */
-static int cl_pipe = -1;  /* our end of the watchdog's pipe */
-static pid_t cl_watchdog;
+static ect_cluster cl = {.pipe = -1}; /* the cluster (tests/testutil.h) */
 static char cl_seeds[128];
 
 static uint64_t now_ms(void)
@@ -83,46 +82,15 @@ static void fill_value(size_t i, size_t len, unsigned char *out)
 /* ------------------------------------------------------------------------
  * The cluster: cluster.sh, ports, admin commands through hiredis */
 
-static bool port_free(int port)
-{
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port),
-                            .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    int fd = socket(AF_INET, SOCK_STREAM, 0), one = 1;
-    bool ok;
-
-    if (fd < 0)
-        return false;
-    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-    ok = bind(fd, (struct sockaddr *)&a, sizeof(a)) == 0;
-    close(fd);
-    return ok;
-}
-
 static int free_port(void)
 {
     for (int t = 0; t < 200; t++) {
         int p = 20000 + (int)(rnd() % 20000);
-        if (port_free(p))
+        if (ect_port_free(p))
             return p;
     }
     fail_msg("no free port in 20000..40000");
     return -1;
-}
-
-static int cluster_sh(const char *cmd, const char *arg2, char **out)
-{
-    const char *argv[] = {"/bin/bash", EC_TEST_CLUSTER_SH, cmd, cl_dir, arg2, NULL};
-    char *o = NULL, *e = NULL;
-    int rc = ect_run(argv, &o, NULL, &e);
-
-    if (rc != 0)
-        printf("cluster.sh %s: exit %d\n%s%s", cmd, rc, o ? o : "", e ? e : "");
-    if (out)
-        *out = o;
-    else
-        free(o);
-    free(e);
-    return rc;
 }
 
 static bool redis_installed(void)
@@ -133,57 +101,22 @@ static bool redis_installed(void)
 
 static int cluster_setup(void **state)
 {
-    char base[16];
-    int fds[2];
-
     (void)state;
     cl_dir = ect_tmpdir("ec-rcluster");
-    for (int attempt = 0; attempt < 5; attempt++) {
-        bool ok = true;
-        cl_base = 20000 + (int)(rnd() % 20000);
-        for (int i = 0; i < NODES && ok; i++)
-            ok = port_free(cl_base + i) && port_free(cl_base + 10000 + i);
-        if (!ok)
-            continue;
-        snprintf(base, sizeof(base), "%d", cl_base);
-        if (cluster_sh("start", base, NULL) == 0)
-            break;
-        cluster_sh("stop", NULL, NULL);
-        cl_base = 0;
-    }
-    if (!cl_base) {
-        fprintf(stderr, "test_rcluster: could not start a cluster (see above)\n");
+    cl.script = EC_TEST_CLUSTER_SH;
+    cl.dir = cl_dir;
+    if (ect_cluster_start(&cl, NODES) < 0)
         return -1;
-    }
+    cl_base = cl.base;
     snprintf(cl_seeds, sizeof(cl_seeds), "redis-cluster://127.0.0.1:%d,127.0.0.1:%d/",
              cl_base + 1, cl_base);
-    /* The watchdog stops the cluster when this process ends, however. */
-    if (pipe(fds) != 0)
-        return -1;
-    cl_watchdog = fork();
-    if (cl_watchdog == 0) {
-        char c;
-        close(fds[1]);
-        setpgid(0, 0);
-        while (read(fds[0], &c, 1) < 0 && errno == EINTR) {
-        }
-        execl("/bin/bash", "bash", EC_TEST_CLUSTER_SH, "stop", cl_dir, (char *)NULL);
-        _exit(127);
-    }
-    close(fds[0]);
-    cl_pipe = fds[1];
     return 0;
 }
 
 static int cluster_teardown(void **state)
 {
     (void)state;
-    if (cl_base)
-        cluster_sh("stop", NULL, NULL);
-    if (cl_pipe >= 0) {
-        close(cl_pipe);
-        waitpid(cl_watchdog, NULL, 0);
-    }
+    ect_cluster_stop(&cl);
     if (cl_dir) {
         char *cmd;
         if (asprintf(&cmd, "rm -rf '%s'", cl_dir) > 0) {
