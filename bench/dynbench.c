@@ -25,10 +25,15 @@
  * fdatasync per acknowledged batch, the default; none).
  *
  * Usage: embcache-dynbench --embcached PATH [--wal-sync batch|none]
- *        [--keys N] [--batch N] [--readers R] [--seconds S] [--repeats N]
+ *        [--keys N] [--batch N] [--readers R] [--seconds S] [--repeats N] [--pin]
+ * --pin puts the readers on CPUs 0..n-2 and the writer and the daemon on the
+ * last CPU, in every phase: then the readers' loss is what the updates cost
+ * them (caches, memory, retries), not CPU time taken from them.
  * Starts its own embcached in a temporary directory.
  */
+#include <dirent.h>
 #include <errno.h>
+#include <sched.h>
 #include <fcntl.h>
 #include <signal.h>
 #include <stdatomic.h>
@@ -51,6 +56,40 @@
 
 static char dir[256], sock[300];
 static pid_t daemon_pid;
+static bool pin;      /* --pin: readers on CPUs 0..n-2, writer and daemon on CPU n-1 */
+static long ncpu;
+
+/* Pin thread tid (0: the caller) to the readers' CPUs or to the last one. */
+static void pin_to(pid_t tid, bool last)
+{
+    cpu_set_t set;
+
+    if (!pin)
+        return;
+    CPU_ZERO(&set);
+    if (last)
+        CPU_SET((int)ncpu - 1, &set);
+    else
+        for (long c = 0; c < ncpu - 1; c++)
+            CPU_SET((int)c, &set);
+    (void)sched_setaffinity(tid, sizeof(set), &set);
+}
+
+/* Every thread of process pid onto the last CPU. */
+static void pin_process_last(pid_t pid)
+{
+    char p[64];
+    DIR *d;
+    struct dirent *e;
+
+    snprintf(p, sizeof(p), "/proc/%d/task", (int)pid);
+    if (!(d = opendir(p)))
+        return;
+    while ((e = readdir(d)))
+        if (e->d_name[0] != '.')
+            pin_to((pid_t)atoi(e->d_name), true);
+    closedir(d);
+}
 
 struct shared {
     _Atomic int go, stop;
@@ -109,6 +148,8 @@ static ec_tensor *open_table(ec_client **c)
 static void reader(int me, uint64_t keys, int64_t hot)
 {
     ec_client *c;
+
+    pin_to(0, false);
     ec_tensor *t = open_table(&c);
     float *out = malloc(256 * ROW);
     int64_t ids[256];
@@ -143,6 +184,8 @@ static void reader(int me, uint64_t keys, int64_t hot)
 static void writer(uint64_t keys, uint32_t batch, int64_t hot)
 {
     ec_client *c;
+
+    pin_to(0, true);
     ec_tensor *t = open_table(&c);
     float *rows = malloc((size_t)batch * ROW);
     int64_t *ids = malloc((size_t)batch * 8);
@@ -282,9 +325,12 @@ int main(int argc, char **argv)
             secs = atof(argv[++i]);
         else if (!strcmp(argv[i], "--repeats") && i + 1 < argc)
             repeats = (unsigned)atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--pin"))
+            pin = true;
         else {
             fprintf(stderr, "usage: %s --embcached PATH [--wal-sync batch|none] [--keys N] "
-                            "[--batch N] [--readers R] [--seconds S] [--repeats N]\n", argv[0]);
+                            "[--batch N] [--readers R] [--seconds S] [--repeats N] [--pin]\n",
+                    argv[0]);
             return 2;
         }
     }
@@ -292,6 +338,11 @@ int main(int argc, char **argv)
         readers > MAXR || repeats < 1 || repeats > 31 || secs <= 0) {
         fprintf(stderr, "dynbench: --embcached PATH is required; keys >= 1024, batch "
                         "1..2^20, readers 1..8, repeats 1..31\n");
+        return 2;
+    }
+    ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+    if (pin && ncpu < 2) {
+        fprintf(stderr, "dynbench: --pin needs 2 CPUs or more\n");
         return 2;
     }
     snprintf(dir, sizeof(dir), "/tmp/ec-dynbench-XXXXXX");
@@ -335,8 +386,25 @@ int main(int argc, char **argv)
             die("set-up");
         ec_client_close(c);
     }
+    if (pin) {
+        /* The daemon's keeper and worker, every thread, onto the last CPU (threads
+         * it makes later inherit it). */
+        char p[320];
+        long wpid = 0;
+        FILE *f;
+        snprintf(p, sizeof(p), "%s/data/embcached.lock", dir);
+        if ((f = fopen(p, "r"))) {
+            if (fscanf(f, "%ld", &wpid) != 1)
+                wpid = 0;
+            fclose(f);
+        }
+        pin_process_last(daemon_pid);
+        if (wpid > 0)
+            pin_process_last((pid_t)wpid);
+    }
     printf("# embcache-dynbench: %llu keys of %u B, batches of %u, %u readers, %.1f s per "
-           "phase, --wal-sync %s\n", (unsigned long long)keys, ROW, batch, readers, secs, sync);
+           "phase, --wal-sync %s%s\n", (unsigned long long)keys, ROW, batch, readers, secs, sync,
+           pin ? ", pinned: readers on CPUs 0..n-2, writer and daemon on the last" : "");
     {
         double ra[31], rb[31], w[31], w0[31], loss[31], hr[31], hw[31], core[31], x;
         double ca[31], cb[31], closs[31];
