@@ -71,3 +71,27 @@ bool ec_daemon_uid_trusted(uid_t uid)
     return getpwnam_r(EC_DAEMON_USER, &pw, buf, sizeof(buf), &res) == 0 && res &&
            pw.pw_uid == uid;
 }
+
+void ec_socket_dir_of(const char *path, char *dir, size_t len)
+{
+    char *slash;
+
+    snprintf(dir, len, "%s", path);
+    slash = strrchr(dir, '/');
+    if (!slash)
+        snprintf(dir, len, ".");
+    else if (slash == dir)
+        dir[1] = '\0';
+    else
+        *slash = '\0';
+}
+
+bool ec_socket_dir_safe(const char *dir, const struct stat *st)
+{
+    char def[64];
+
+    snprintf(def, sizeof(def), "/tmp/embcache-%u", (unsigned)geteuid());
+    return S_ISDIR(st->st_mode) && (st->st_uid == geteuid() || st->st_uid == 0) &&
+           (!(st->st_mode & 022) || (st->st_mode & S_ISVTX)) &&
+           (strcmp(dir, def) || (st->st_uid == geteuid() && !(st->st_mode & 077)));
+}

@@ -7,6 +7,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <sys/stat.h>
 #include <sys/types.h>
 
 /* The system user the shipped service runs embcached as. */
@@ -28,6 +29,16 @@ const char *ec_default_socket(char *buf, size_t len);
  * daemon of their own still reaches theirs. Never for where a daemon
  * listens. */
 const char *ec_client_socket(char *buf, size_t len, const char *system_socket);
+
+/* The directory of a socket path into dir (len bytes): "." for a bare name. */
+void ec_socket_dir_of(const char *path, char *dir, size_t len);
+
+/* May the daemon put its socket in directory dir, whose lstat is st? Not when
+ * someone else could replace the socket: it must be a directory owned by the
+ * daemon's euid or root, not writable by group or others unless sticky, and
+ * the per-user default (/tmp/embcache-<uid>) the euid's own with no group or
+ * other access. Called by the server before it listens and by --check. */
+bool ec_socket_dir_safe(const char *dir, const struct stat *st);
 
 /* May a process of this uid be the daemon a client talks to? root, the
  * client's own euid, $EMBCACHE_DAEMON_UID, and the EC_DAEMON_USER user. */

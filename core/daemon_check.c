@@ -223,7 +223,7 @@ static void check_data_dir(struct report *r, const ec_dconf *c)
 /* The rules of the socket's directory are server.c's socket_dir(). */
 static void check_socket(struct report *r, const ec_dconf *c)
 {
-    char def[256], buf[108], dir[PATH_MAX], *slash;
+    char buf[108], dir[PATH_MAX], *slash;
     const char *path = *c->socket ? c->socket : ec_default_socket(buf, sizeof(buf));
     struct sockaddr_un sa = {.sun_family = AF_UNIX};
     struct stat st;
@@ -234,15 +234,7 @@ static void check_socket(struct report *r, const ec_dconf *c)
              sizeof(sa.sun_path) - 1);
         return;
     }
-    snprintf(dir, sizeof(dir), "%s", path);
-    slash = strrchr(dir, '/');
-    if (!slash)
-        snprintf(dir, sizeof(dir), ".");
-    else if (slash == dir)
-        dir[1] = '\0';
-    else
-        *slash = '\0';
-    snprintf(def, sizeof(def), "/tmp/embcache-%u", (unsigned)geteuid());
+    ec_socket_dir_of(path, dir, sizeof(dir));
     if (lstat(dir, &st) < 0) {
         char parent[PATH_MAX];
         snprintf(parent, sizeof(parent), "%s", dir);
@@ -259,9 +251,7 @@ static void check_socket(struct report *r, const ec_dconf *c)
                  "pass another --socket", path, dir, strerror(errno == ENOENT ? EACCES : errno));
         return;
     }
-    if (!S_ISDIR(st.st_mode) || (st.st_uid != geteuid() && st.st_uid != 0) ||
-        ((st.st_mode & 022) && !(st.st_mode & S_ISVTX)) ||
-        (!strcmp(dir, def) && (st.st_uid != geteuid() || (st.st_mode & 077)))) {
+    if (!ec_socket_dir_safe(dir, &st)) {
         line(r, FAIL, "socket", "the socket directory %s is %s owned by uid %u with mode %04o: "
              "another user could put a socket of theirs in this daemon's place; remove it, or "
              "pass --socket in a directory of your own", dir,

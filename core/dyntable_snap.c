@@ -93,19 +93,7 @@ static int note_version(const ec_cat_version *v, void *arg)
 
 static int write_all(int fd, const void *p, size_t n)
 {
-    const uint8_t *b = p;
-
-    while (n) {
-        ssize_t w = write(fd, b, n);
-        if (w < 0 && errno == EINTR)
-            continue;
-        if (w < 0)
-            return ec_seterr_errno(errno == ENOSPC ? EC_ENOSPC : EC_EIO, errno,
-                                   "writing a snapshot");
-        b += w;
-        n -= (size_t)w;
-    }
-    return 0;
+    return ec_import_write(fd, p, n, "a snapshot");
 }
 
 /* The live slots of t, least recently written first. */

@@ -269,6 +269,23 @@ static const char *ordinal(size_t i, char *buf, size_t len)
     return buf;
 }
 
+int ec_import_write(int fd, const void *p, size_t n, const char *what)
+{
+    const uint8_t *b = p;
+
+    while (n) {
+        ssize_t w = write(fd, b, n);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w < 0)
+            return ec_seterr_errno(errno == ENOSPC ? EC_ENOSPC : EC_EIO, errno, "writing %s",
+                                   what);
+        b += w;
+        n -= (size_t)w;
+    }
+    return 0;
+}
+
 int ec_import_files(ec_catalog *cat, const char *data_dir, const ec_import_opts *opts,
                     const ec_import_file *files, size_t n, uint32_t *tensors_out)
 {

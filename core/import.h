@@ -28,6 +28,11 @@ typedef struct ec_import_file {
                         * and to pick the format by extension) */
 } ec_import_file;
 
+/* Write all n bytes of p to fd (a file about to be imported: a snapshot's or
+ * a pulled version's safetensors stream), retrying short writes and EINTR.
+ * 0, or EC_ENOSPC / EC_EIO with a message naming what (\"writing WHAT\"). */
+int ec_import_write(int fd, const void *p, size_t n, const char *what);
+
 /* Import files as (opts->model, opts->version). Format by extension:
  * ".npy" or ".safetensors" (EC_EFORMAT otherwise, naming the file). Tensor
  * names must be unique within the version (EC_EEXIST). Returns 0 and the

@@ -739,19 +739,7 @@ static void fetch_cb(void *arg, size_t i, int status, const void *val, size_t le
 
 static int write_all(int fd, const void *p, size_t n)
 {
-    const uint8_t *b = p;
-
-    while (n) {
-        ssize_t w = write(fd, b, n);
-        if (w < 0 && errno == EINTR)
-            continue;
-        if (w < 0)
-            return ec_seterr_errno(errno == ENOSPC ? EC_ENOSPC : EC_EIO, errno,
-                                   "writing a pulled version into the data directory");
-        b += w;
-        n -= (size_t)w;
-    }
-    return 0;
+    return ec_import_write(fd, p, n, "a pulled version into the data directory");
 }
 
 /* The safetensors header of the manifest's tensors, in its order. */

@@ -37,6 +37,7 @@
 
 #include "common/err.h"
 #include "common/log.h"
+#include "common/paths.h"
 #include "common/proc.h"
 #include "common/u64map.h"
 #include "core/devtier.h"
@@ -1180,24 +1181,14 @@ static int socket_dir(const char *path)
 {
     char dir[4096], def[256];
     struct stat st;
-    char *slash;
 
-    snprintf(dir, sizeof(dir), "%s", path);
-    slash = strrchr(dir, '/');
-    if (!slash)
-        snprintf(dir, sizeof(dir), ".");
-    else if (slash == dir)
-        dir[1] = '\0';
-    else
-        *slash = '\0';
+    ec_socket_dir_of(path, dir, sizeof(dir));
     snprintf(def, sizeof(def), "/tmp/embcache-%u", (unsigned)geteuid());
     if (mkdir(dir, strcmp(dir, def) ? 0755 : 0700) < 0 && errno != EEXIST)
         return ec_seterr_errno(EC_EIO, errno, "cannot create the socket directory %s", dir);
     if (lstat(dir, &st) < 0)
         return ec_seterr_errno(EC_EIO, errno, "cannot stat the socket directory %s", dir);
-    if (!S_ISDIR(st.st_mode) || (st.st_uid != geteuid() && st.st_uid != 0) ||
-        ((st.st_mode & 022) && !(st.st_mode & S_ISVTX)) ||
-        (!strcmp(dir, def) && (st.st_uid != geteuid() || (st.st_mode & 077))))
+    if (!ec_socket_dir_safe(dir, &st))
         return ec_seterr(EC_EPERM,
                          "the socket directory %s is %s owned by uid %u with mode %04o: "
                          "another user could put a socket of theirs in this daemon's place; "
