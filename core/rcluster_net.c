@@ -286,6 +286,21 @@ void rc_node_fail(ec_rcluster *c, rc_node *nd, int code, const char *fmt, ...)
     c->want_refresh = true;
 }
 
+/* Append a segment to the node's send list (grown by doubling). 0 or EC_ENOMEM. */
+static int seg_push(rc_node *nd, rc_seg sg)
+{
+    if (nd->nseg == nd->seg_cap) {
+        size_t cap = nd->seg_cap ? nd->seg_cap * 2 : 64;
+        rc_seg *ns = realloc(nd->seg, cap * sizeof(*ns));
+        if (!ns)
+            return EC_ENOMEM;
+        nd->seg = ns;
+        nd->seg_cap = cap;
+    }
+    nd->seg[nd->nseg++] = sg;
+    return 0;
+}
+
 static int rc_hdr_put(rc_node *nd, const void *p, size_t len)
 {
     if (nd->hdr_len + len > nd->hdr_cap) {
@@ -303,15 +318,8 @@ static int rc_hdr_put(rc_node *nd, const void *p, size_t len)
         nd->seg[nd->nseg - 1].off + nd->seg[nd->nseg - 1].len == nd->hdr_len) {
         nd->seg[nd->nseg - 1].len += len;
     } else {
-        if (nd->nseg == nd->seg_cap) {
-            size_t cap = nd->seg_cap ? nd->seg_cap * 2 : 64;
-            rc_seg *ns = realloc(nd->seg, cap * sizeof(*ns));
-            if (!ns)
-                return EC_ENOMEM;
-            nd->seg = ns;
-            nd->seg_cap = cap;
-        }
-        nd->seg[nd->nseg++] = (rc_seg){.ext = NULL, .off = nd->hdr_len, .len = len};
+        if (seg_push(nd, (rc_seg){.ext = NULL, .off = nd->hdr_len, .len = len}) < 0)
+            return EC_ENOMEM;
     }
     memcpy(nd->hdr + nd->hdr_len, p, len);
     nd->hdr_len += len;
@@ -322,16 +330,7 @@ static int rc_ext_put(rc_node *nd, const void *p, size_t len)
 {
     if (len == 0)
         return 0;
-    if (nd->nseg == nd->seg_cap) {
-        size_t cap = nd->seg_cap ? nd->seg_cap * 2 : 64;
-        rc_seg *ns = realloc(nd->seg, cap * sizeof(*ns));
-        if (!ns)
-            return EC_ENOMEM;
-        nd->seg = ns;
-        nd->seg_cap = cap;
-    }
-    nd->seg[nd->nseg++] = (rc_seg){.ext = p, .off = 0, .len = len};
-    return 0;
+    return seg_push(nd, (rc_seg){.ext = p, .off = 0, .len = len});
 }
 
 /* Queue one command (RESP array of bulk strings) on nd and its FIFO entry.

@@ -115,6 +115,8 @@ int ect_run(const char *const *argv, char **out, size_t *out_len, char **err);
 
 /* Can a TCP socket bind this loopback port now? */
 bool ect_port_free(int port);
+/* A loopback TCP port nobody listens on now (the kernel's pick, given back). */
+unsigned ect_free_port(void);
 
 /* A local Redis Cluster (tests/redis/cluster.sh) for the tests that need one. */
 typedef struct ect_cluster {

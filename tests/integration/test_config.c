@@ -97,19 +97,6 @@ static char *log_wait(const char *needle)
     return s;
 }
 
-static unsigned free_port(void)
-{
-    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    socklen_t len = sizeof(sa);
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-
-    assert_true(fd >= 0);
-    assert_int_equal(bind(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
-    assert_int_equal(getsockname(fd, (struct sockaddr *)&sa, &len), 0);
-    close(fd);
-    return ntohs(sa.sin_port);
-}
-
 /* GET /metrics from the daemon's endpoint: the body (malloc'd). */
 static char *scrape(void)
 {
@@ -181,7 +168,7 @@ static void daemon_up(const char *const *extra)
     int n = 0;
     pid_t pid;
 
-    mport = free_port();
+    mport = ect_free_port();
     snprintf(mlisten, sizeof(mlisten), "127.0.0.1:%u", mport);
     argv[n++] = EC_TEST_EMBCACHED;
     argv[n++] = "--config";

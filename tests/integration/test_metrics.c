@@ -31,27 +31,13 @@
 
 static unsigned port;
 
-/* A port nobody listens on now: bind port 0 and give it back. */
-static unsigned free_port(void)
-{
-    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    socklen_t len = sizeof(sa);
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-
-    assert_true(fd >= 0);
-    assert_int_equal(bind(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
-    assert_int_equal(getsockname(fd, (struct sockaddr *)&sa, &len), 0);
-    close(fd);
-    return ntohs(sa.sin_port);
-}
-
 static int setup(void **state)
 {
     static char arg[32];
     static const char *args[] = {"--metrics-listen", arg, NULL};
 
     (void)state;
-    port = free_port();
+    port = ect_free_port();
     snprintf(arg, sizeof(arg), "127.0.0.1:%u", port);
     env_start("ec-metrics", args);
     return 0;
