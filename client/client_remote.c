@@ -19,14 +19,16 @@ static int remote_call(ec_client *c, uint16_t op, const char *what, const char *
     uint32_t req;
     int rc;
 
-    if (!c || !model || !version || !url)
+    if (!c || !model || !version)
         return ec_seterr(EC_EINVAL, "%s: NULL argument", what);
+    if (!url)
+        url = ""; /* the daemon's --remote */
     if (!model[0] || strlen(model) > EC_NAME_MAX || !version[0] ||
         strlen(version) > EC_NAME_MAX)
         return ec_seterr(EC_EINVAL, "%s: model and version are 1..%d bytes", what,
                          EC_NAME_MAX);
-    if (!url[0] || strlen(url) > EC_PUB_URL_MAX)
-        return ec_seterr(EC_EINVAL, "%s: the cluster URL is 1..%d bytes "
+    if (strlen(url) > EC_PUB_URL_MAX)
+        return ec_seterr(EC_EINVAL, "%s: the cluster URL is at most %d bytes "
                          "(redis-cluster://host:port[,host:port...])", what, EC_PUB_URL_MAX);
     pthread_mutex_lock(&c->lock);
     req = cl_begin(c, &w, op);

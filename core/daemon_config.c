@@ -27,11 +27,12 @@
 #include "common/err.h"
 #include "common/log.h"
 #include "common/units.h"
+#include "core/rcluster.h"
 
 enum {
     O_DATA_DIR, O_SOCKET, O_SHM_SIZE, O_BUDGET, O_TTL, O_TTL_JITTER, O_RATE_WINDOW, O_PAGER,
     O_QUEUE_DEPTH, O_GPU_SLAB, O_ITEM_BYTES, O_RESULT_ARENA, O_WAL_SYNC, O_WAL_SYNC_MS,
-    O_METRICS_LISTEN, O_EPOCH_HOLD, O_PIN_LEASE, O_IO_THREADS, O_ALLOW_UID, O_ALLOW_ANY,
+    O_METRICS_LISTEN, O_REMOTE, O_EPOCH_HOLD, O_PIN_LEASE, O_IO_THREADS, O_ALLOW_UID, O_ALLOW_ANY,
     O_ADMIN_UID, O_MAX_CLIENTS, O_MAX_CLIENTS_PER_UID, O_NO_KEEPER, O_DROP_SEGMENT,
     O_LOG_LEVEL, O_VERBOSE, O_QUIET, O_CONFIG, O_CHECK, O_HELP, O_VERSION, O_N
 };
@@ -101,6 +102,11 @@ static const struct opt {
                           "(default 127.0.0.1) and port; unauthenticated:\n"
                           "keep it on loopback or a trusted network\n"
                           "(default: off)"},
+    [O_REMOTE] = {"remote", 0, "URL", 0,
+                  "the remote tier's Redis Cluster,\n"
+                  "redis-cluster://host:port[,host:port...]:\n"
+                  "`embcache publish` and `pull` use it when they\n"
+                  "name no cluster (default: none)"},
     [O_EPOCH_HOLD] = {"epoch-hold", 0, "SECONDS", F_RUNTIME,
                       "disconnect a client whose GPU gather holds freed\n"
                       "memory back longer than this (default 30)"},
@@ -326,6 +332,17 @@ static int set_opt(ec_dconf *c, int id, const char *v, char *msg, size_t cap)
         s->metrics_port = (unsigned)n;
         return 0;
     }
+    case O_REMOTE: {
+        ec_rcluster_addr seeds[EC_RCLUSTER_MAX_SEEDS];
+        size_t ns = 0;
+        if (strlen(v) >= sizeof(s->remote) ||
+            ec_rcluster_parse_seeds(v, seeds, EC_RCLUSTER_MAX_SEEDS, &ns) < 0)
+            return bad(msg, cap, "'%s' is not a cluster address: %s (e.g. "
+                                 "redis-cluster://10.0.0.5:7000,10.0.0.6:7000)",
+                       v, strlen(v) >= sizeof(s->remote) ? "too long" : ec_last_error());
+        snprintf(s->remote, sizeof(s->remote), "%s", v);
+        return 0;
+    }
     case O_EPOCH_HOLD:
         if (!long_in(v, 1, 86400, &n))
             return bad(msg, cap, "'%s' must be 1..86400 seconds", v);
@@ -439,6 +456,7 @@ static void show_opt(const ec_dconf *c, int id, char *b, size_t cap)
         else
             snprintf(b, cap, "(off)");
         break;
+    case O_REMOTE: snprintf(b, cap, "%s", s->remote[0] ? s->remote : "(none)"); break;
     case O_EPOCH_HOLD: snprintf(b, cap, "%ld", s->epoch_hold_max > 0 ? s->epoch_hold_max : 30); break;
     case O_PIN_LEASE: snprintf(b, cap, "%ld", s->pin_lease); break;
     case O_IO_THREADS: snprintf(b, cap, "%u", s->io_threads ? s->io_threads : 2); break;

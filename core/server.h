@@ -51,6 +51,8 @@ typedef struct ec_server_config {
     unsigned wal_sync_ms;                  /* interval: ms between syncs; 0: 100 */
     char metrics_addr[16];                 /* --metrics-listen: an IPv4 literal */
     unsigned metrics_port;                 /* its port; 0: no metrics endpoint */
+    char remote[1024];                     /* --remote: the Redis Cluster of the remote
+                                            * tier, checked seeds; "": none */
     /* SIGHUP: read the configuration again (core/daemon_config.h,
      * ec_dconf_reload). Fills *next with every field of *cur, but those
      * that may change at run time as now configured; returns 0, or a

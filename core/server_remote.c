@@ -47,10 +47,21 @@ int srv_h_publish_pull(server *s, struct conn *c, ec_rbuf *r, uint32_t req_id, u
     ec_get_str(r, j->model, sizeof(j->model));
     ec_get_str(r, j->version, sizeof(j->version));
     ec_get_str(r, x->url, sizeof(x->url));
-    if (!ec_rbuf_done(r) || !j->model[0] || !j->version[0] || !x->url[0]) {
+    if (!ec_rbuf_done(r) || !j->model[0] || !j->version[0]) {
         free(j);
         free(x);
         return srv_bad_body(op);
+    }
+    if (!x->url[0]) { /* no cluster named: the daemon's --remote */
+        if (!s->cfg->remote[0]) {
+            free(j);
+            free(x);
+            return ec_seterr(EC_EINVAL, "no cluster to %s %s version %s: name one "
+                             "(--cluster redis-cluster://host:port) or start embcached with "
+                             "--remote", op == EC_OP_PUBLISH ? "publish" : "pull", j->model,
+                             j->version);
+        }
+        snprintf(x->url, sizeof(x->url), "%s", s->cfg->remote);
     }
     if (srv_outstanding_take(c)) {
         free(j);

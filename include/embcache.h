@@ -546,7 +546,8 @@ typedef struct ec_publish_result {
  * @param model        model name.
  * @param version      a version number or an alias.
  * @param cluster_url  "redis-cluster://host:port[,host:port...]" (or the
- *                     same list without the scheme), as the daemon sees it.
+ *                     same list without the scheme), as the daemon sees it;
+ *                     NULL or "": the daemon's --remote (EC_EINVAL without one).
  * @param[out] out     written on success only; may be NULL.
  * @return 0, or EC_EINVAL (bad argument or URL, a dynamic table: publish a
  *         snapshot), EC_ENOENT (no such version), EC_EDTYPE, EC_ECHECKSUM /

@@ -3,7 +3,7 @@
  * `embcache pull MODEL VERSION [--cluster URL]`: a model version to a Redis
  * Cluster, and from there into this host's daemon (ec_model_publish,
  * ec_model_pull; the daemon does the work, core/publish.c). The cluster is
- * --cluster, else $EMBCACHE_CLUSTER. Prints what was done: version,
+ * --cluster, else $EMBCACHE_CLUSTER, else the daemon's --remote. Prints what was done: version,
  * tensors, bytes, seconds (or one JSON object with --json).
  *
  * Called by tools/embcache.c's main; one process, one thread.
@@ -60,7 +60,8 @@ int cli_remote_main(const char *cmd, int argc, char **argv, const char *socket_p
                        "checked against the published checksums; nothing is registered\n"
                        "unless all of it matched.\n");
             printf("\nURL: redis-cluster://host:port[,host:port...] (default: "
-                   "$EMBCACHE_CLUSTER), as the daemon reaches it.\n");
+                   "$EMBCACHE_CLUSTER, else the daemon's --remote), as the daemon reaches "
+                   "it.\n");
             return EXIT_OK;
         default:
             return EXIT_USAGE;
@@ -70,11 +71,8 @@ int cli_remote_main(const char *cmd, int argc, char **argv, const char *socket_p
         fprintf(stderr, "%s: needs MODEL VERSION (see '%s --help')\n", prog, prog);
         return EXIT_USAGE;
     }
-    if (!url || !url[0]) {
-        fprintf(stderr, "%s: no cluster: give --cluster redis-cluster://host:port or set "
-                        "EMBCACHE_CLUSTER\n", prog);
-        return EXIT_USAGE;
-    }
+    if (!url)
+        url = ""; /* the daemon's --remote, or its message saying there is none */
     if ((rc = ec_client_connect(socket_path, &c)))
         return cli_fail(prog, rc, NULL);
     t0 = mono_s();

@@ -612,23 +612,27 @@ class Client:
         self._call(lambda p: lib.ec_model_retire(p, m, int(version), int(bool(force))),
                    retry=False)
 
-    def publish(self, model: str, version: Union[str, int], cluster: str) -> Dict[str, int]:
+    def publish(self, model: str, version: Union[str, int],
+                cluster: Optional[str] = None) -> Dict[str, int]:
         """Copy a version to a Redis Cluster (ec_model_publish; administrators):
         every partition checked, written in chunks, the manifest last.
-        ``cluster`` is "redis-cluster://host:port[,host:port...]". Returns
+        ``cluster`` is "redis-cluster://host:port[,host:port...]"; None: the
+        daemon's ``--remote``. Returns
         {"version", "tensors", "bytes"}."""
         return self._publish_pull(self._lib.ec_model_publish, model, version, cluster)
 
-    def pull(self, model: str, version: Union[str, int], cluster: str) -> Dict[str, int]:
+    def pull(self, model: str, version: Union[str, int],
+             cluster: Optional[str] = None) -> Dict[str, int]:
         """Register a version published on a Redis Cluster (ec_model_pull;
         administrators); nothing is registered unless every partition matches
         its checksum. Returns {"version", "tensors", "bytes"}."""
         return self._publish_pull(self._lib.ec_model_pull, model, version, cluster)
 
     def _publish_pull(self, fn: Any, model: str, version: Union[str, int],
-                      cluster: str) -> Dict[str, int]:
+                      cluster: Optional[str]) -> Dict[str, int]:
         from ._lib import PublishResult
-        m, v, u = _b(model, "model"), _b(version, "version"), _b(cluster, "cluster")
+        m, v = _b(model, "model"), _b(version, "version")
+        u = b"" if cluster is None else _b(cluster, "cluster")
         out = PublishResult()
         self._call(lambda p: fn(p, m, v, u, byref(out)), retry=False)
         return {"version": int(out.version), "tensors": int(out.tensors),

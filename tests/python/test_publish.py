@@ -65,3 +65,23 @@ def test_publish_then_pull(make_daemon, tmp_path, cluster):
             cb.pull("m", 3, cluster)
         with pytest.raises(embcache.NotFoundError):
             cb.pull("m", 4, cluster)
+
+
+def test_the_daemons_remote_is_the_default_cluster(make_daemon, tmp_path, cluster):
+    a = make_daemon().start()
+    c = make_daemon(extra=["--remote", cluster]).start()
+    src = np.arange(4096 * 8, dtype=np.float32).reshape(4096, 8)
+    p = tmp_path / "t.npy"
+    np.save(p, src)
+    a.import_files("m", 1, [p])
+    with embcache.connect(a.socket) as ca, embcache.connect(c.socket) as cc:
+        # a daemon without --remote says what to do when no cluster is named
+        with pytest.raises(embcache.InvalidArgumentError, match="--remote"):
+            ca.publish("m", 1)
+        ca.publish("m", 1, cluster)
+        assert cc.pull("m", 1)["tensors"] == 1          # through c's --remote
+        np.testing.assert_array_equal(cc.tensor("m", "t", version=1).gather(np.arange(4096)),
+                                      src)
+    # the CLI too: no --cluster, no $EMBCACHE_CLUSTER
+    out = c.cli("pull", "m", "1", check=False)
+    assert out.returncode == 6, out.stderr                # exists already
