@@ -225,8 +225,16 @@ int main(int argc, char **argv)
     return 0;
 }
 EOF
+# A sanitized build's libembcache needs the sanitizer runtime in the program (and,
+# for the uninstrumented Python, preloaded), as its own tests have (EC_TEST_SANITIZE,
+# set by tests/CMakeLists.txt for such builds).
+san=
+if [ -n "${EC_TEST_SANITIZE:-}" ]; then
+    san="-fsanitize=address,undefined"
+    export ASAN_OPTIONS=detect_leaks=0:abort_on_error=1:protect_shadow_gap=0
+fi
 # shellcheck disable=SC2086 # pkg-config's flags are words
-cc -Wall -Wextra -Werror -std=c11 $cflags "$tmp/prog.c" $libs -o "$tmp/prog" 2>"$tmp/cc.log" ||
+cc -Wall -Wextra -Werror -std=c11 $san $cflags "$tmp/prog.c" $libs -o "$tmp/prog" 2>"$tmp/cc.log" ||
     { cat "$tmp/cc.log"; fail "the program did not build with: cc $cflags prog.c $libs"; }
 deps=$(LD_LIBRARY_PATH=$root$libdir ldd "$tmp/prog") || fail "ldd $tmp/prog failed"
 grep -q "libembcache.so.* => $root$libdir/" <<<"$deps" ||
@@ -250,8 +258,10 @@ out=$(LD_LIBRARY_PATH=$root$libdir "$root/usr/bin/embcache" --socket "$sock" sta
     fail "the staged CLI failed: embcache --socket $sock stats: $out"
 ok "the staged CLI: embcache stats"
 if [ -x "$py" ] && "$py" -c 'import numpy' 2>/dev/null; then
-    out=$(PYTHONPATH=$root$pydir EMBCACHE_LIBRARY=$root$libdir/$soname PYTHONDONTWRITEBYTECODE=1 \
-          "$py" -c "import embcache, sys
+    pre=
+    [ -n "$san" ] && pre=$(cc -print-file-name=libasan.so)
+    out=$(LD_PRELOAD=$pre PYTHONPATH=$root$pydir EMBCACHE_LIBRARY=$root$libdir/$soname \
+          PYTHONDONTWRITEBYTECODE=1 "$py" -c "import embcache, sys
 assert embcache.__file__.startswith('$root'), embcache.__file__
 with embcache.connect('$sock') as c:
     print(len(c.stats()), 'statistics through', embcache.__file__)" 2>&1) ||
