@@ -54,12 +54,13 @@ int srv_h_publish_pull(server *s, struct conn *c, ec_rbuf *r, uint32_t req_id, u
     }
     if (!x->url[0]) { /* no cluster named: the daemon's --remote */
         if (!s->cfg->remote[0]) {
+            int rc = ec_seterr(EC_EINVAL, "no cluster to %s %s version %s: name one "
+                               "(--cluster redis-cluster://host:port) or start embcached "
+                               "with --remote", op == EC_OP_PUBLISH ? "publish" : "pull",
+                               j->model, j->version);
             free(j);
             free(x);
-            return ec_seterr(EC_EINVAL, "no cluster to %s %s version %s: name one "
-                             "(--cluster redis-cluster://host:port) or start embcached with "
-                             "--remote", op == EC_OP_PUBLISH ? "publish" : "pull", j->model,
-                             j->version);
+            return rc;
         }
         snprintf(x->url, sizeof(x->url), "%s", s->cfg->remote);
     }
