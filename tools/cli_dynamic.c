@@ -258,68 +258,60 @@ static int send_batches(ec_tensor *t, const int64_t *keys, const uint8_t *rows, 
     return EXIT_OK;
 }
 
-static int cmd_put_del(int argc, char **argv, bool del)
+/* The file options put, del and update share. */
+struct file_opts {
+    const char *kpath, *rpath, *spath, *kname, *rname;
+    uint64_t batch;
+};
+
+/* Take one of them: 1 taken, 0 not one of them, -1 a bad value (said). */
+static int file_opt(int ch, const char *arg, struct file_opts *f)
 {
-    static const struct option o[] = {
-        {"keys", required_argument, NULL, 'k'},
-        {"rows", required_argument, NULL, 'r'},
-        {"safetensors", required_argument, NULL, 's'},
-        {"keys-name", required_argument, NULL, 'K'},
-        {"rows-name", required_argument, NULL, 'R'},
-        {"batch", required_argument, NULL, 'b'},
-        {"help", no_argument, NULL, 'h'},
-        {NULL, 0, NULL, 0},
-    };
-    const char *kpath = NULL, *rpath = NULL, *spath = NULL, *kname = "keys", *rname = "rows";
-    uint64_t batch = BATCH_DEFAULT, done = 0;
+    switch (ch) {
+    case 'k': f->kpath = arg; return 1;
+    case 'r': f->rpath = arg; return 1;
+    case 's': f->spath = arg; return 1;
+    case 'K': f->kname = arg; return 1;
+    case 'R': f->rname = arg; return 1;
+    case 'b':
+        return cli_parse_u64(prog, "--batch", arg, 1, EC_ROWS_BATCH_MAX, &f->batch) ? -1 : 1;
+    default: return 0;
+    }
+}
+
+#define FILE_OPTIONS                                              \
+    {"keys", required_argument, NULL, 'k'},                       \
+    {"rows", required_argument, NULL, 'r'},                       \
+    {"safetensors", required_argument, NULL, 's'},                \
+    {"keys-name", required_argument, NULL, 'K'},                  \
+    {"rows-name", required_argument, NULL, 'R'},                  \
+    {"batch", required_argument, NULL, 'b'}
+
+/* put or del with the options parsed: args are MODEL VERSION TENSOR, then
+ * (del without a key file) the keys themselves. */
+static int put_del_run(char **args, int nargs, struct file_opts *f, bool del)
+{
+    const char *kpath = f->kpath, *rpath = f->rpath;
+    const char *kname = f->kname ? f->kname : "keys", *rname = f->rname ? f->rname : "rows";
+    uint64_t done = 0;
     int64_t *keys = NULL;
     uint8_t *rows = NULL;
     size_t n = 0;
     ec_tensor_info info;
     ec_client *c;
     ec_tensor *t;
-    int ch, rc;
+    int rc;
 
-    while ((ch = getopt_long(argc, argv, "k:r:b:h", o, NULL)) != -1) {
-        switch (ch) {
-        case 'k': kpath = optarg; break;
-        case 'r': rpath = optarg; break;
-        case 's': spath = optarg; break;
-        case 'K': kname = optarg; break;
-        case 'R': rname = optarg; break;
-        case 'b':
-            if (cli_parse_u64(prog, "--batch", optarg, 1, EC_ROWS_BATCH_MAX, &batch))
-                return EXIT_USAGE;
-            break;
-        case 'h':
-            if (del)
-                printf("usage: embcache del MODEL VERSION TENSOR (KEY... | --keys K.npy |\n"
-                       "                    --safetensors F [--keys-name NAME])\n\n"
-                       "Delete keys of a dynamic table (absent keys are counted, not an error).\n");
-            else
-                printf("usage: embcache put MODEL VERSION TENSOR --keys K.npy --rows R.npy "
-                       "[--batch N]\n"
-                       "       embcache put MODEL VERSION TENSOR --safetensors F [--keys-name K]"
-                       " [--rows-name R]\n\nInsert or update rows of a dynamic table: K.npy "
-                       "holds int64 keys [n], R.npy\nthe rows [n, ...] in the tensor's dtype and "
-                       "row shape; or one safetensors file\nholds both, as tensors 'keys' and "
-                       "'rows' unless named. Sent in batches of N\n(default 65536); each is "
-                       "logged whole before it is acknowledged.\n");
-            return EXIT_OK;
-        default:
-            return EXIT_USAGE;
-        }
-    }
-    if (spath && (kpath || rpath))
+    if (f->spath && (kpath || rpath))
         return usage_err("--safetensors replaces --keys and --rows; give one or the other");
-    if (spath) {
-        kpath = spath;
-        rpath = del ? NULL : spath;
+    if (f->spath) {
+        kpath = f->spath;
+        rpath = del ? NULL : f->spath;
     } else {
         kname = rname = NULL; /* .npy files */
     }
-    if (argc - optind < 3 || (!del && (argc - optind != 3 || !kpath || !rpath)) ||
-        (del && !kpath && argc - optind == 3) || (del && kpath && argc - optind != 3))
+    if (nargs < 3 || (!del && (nargs != 3 || !kpath || !rpath)) ||
+        (del && !kpath && nargs == 3) || (del && kpath && nargs != 3))
         return usage_err(del ? "needs MODEL VERSION TENSOR and KEY..., --keys K.npy or "
                                "--safetensors F"
                              : "needs MODEL VERSION TENSOR and --keys K.npy --rows R.npy, or "
@@ -327,16 +319,16 @@ static int cmd_put_del(int argc, char **argv, bool del)
     if (kpath && (rc = read_keys(kpath, kname, &keys, &n)))
         return rc;
     if (del && !kpath) {
-        n = (size_t)(argc - optind - 3);
+        n = (size_t)(nargs - 3);
         keys = malloc(n * 8);
         for (size_t i = 0; keys && i < n; i++)
-            if (cli_parse_i64(argv[optind + 3 + i], &keys[i])) {
-                fprintf(stderr, "%s: '%s' is not an int64 key\n", prog, argv[optind + 3 + i]);
+            if (cli_parse_i64(args[3 + i], &keys[i])) {
+                fprintf(stderr, "%s: '%s' is not an int64 key\n", prog, args[3 + i]);
                 free(keys);
                 return EXIT_USAGE;
             }
     }
-    if ((rc = open_table(&c, &t, argv + optind))) {
+    if ((rc = open_table(&c, &t, args))) {
         free(keys);
         return rc;
     }
@@ -359,7 +351,7 @@ static int cmd_put_del(int argc, char **argv, bool del)
             goto out;
         }
     }
-    rc = send_batches(t, keys, rows, n, info.row_bytes, batch, del, isatty(2), &done);
+    rc = send_batches(t, keys, rows, n, info.row_bytes, f->batch, del, isatty(2), &done);
     if (rc == EXIT_OK)
         printf("%s %" PRIu64 " rows\n", del ? "deleted or absent:" : "put", done);
 out:
@@ -368,6 +360,40 @@ out:
     ec_tensor_release(t);
     ec_client_close(c);
     return rc;
+}
+
+
+static int cmd_put_del(int argc, char **argv, bool del)
+{
+    static const struct option o[] = {
+        FILE_OPTIONS,
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    struct file_opts f = {.batch = BATCH_DEFAULT};
+    int ch, r;
+
+    while ((ch = getopt_long(argc, argv, "k:r:b:h", o, NULL)) != -1) {
+        if (ch == 'h') {
+            if (del)
+                printf("usage: embcache del MODEL VERSION TENSOR (KEY... | --keys K.npy |\n"
+                       "                    --safetensors F [--keys-name NAME])\n\n"
+                       "Delete keys of a dynamic table (absent keys are counted, not an error).\n");
+            else
+                printf("usage: embcache put MODEL VERSION TENSOR --keys K.npy --rows R.npy "
+                       "[--batch N]\n"
+                       "       embcache put MODEL VERSION TENSOR --safetensors F [--keys-name K]"
+                       " [--rows-name R]\n\nInsert or update rows of a dynamic table: K.npy "
+                       "holds int64 keys [n], R.npy\nthe rows [n, ...] in the tensor's dtype and "
+                       "row shape; or one safetensors file\nholds both, as tensors 'keys' and "
+                       "'rows' unless named. Sent in batches of N\n(default 65536); each is "
+                       "logged whole before it is acknowledged.\n");
+            return EXIT_OK;
+        }
+        if ((r = file_opt(ch, optarg, &f)) <= 0)
+            return EXIT_USAGE;
+    }
+    return put_del_run(argv + optind, argc - optind, &f, del);
 }
 
 static int cmd_put(int argc, char **argv)
@@ -493,18 +519,12 @@ static int update_stream(ec_tensor *t, FILE *f, const char *name, uint64_t row_b
 static int cmd_update(int argc, char **argv)
 {
     static const struct option o[] = {
-        {"keys", required_argument, NULL, 'k'},
-        {"rows", required_argument, NULL, 'r'},
-        {"safetensors", required_argument, NULL, 's'},
-        {"keys-name", required_argument, NULL, 'K'},
-        {"rows-name", required_argument, NULL, 'R'},
-        {"batch", required_argument, NULL, 'b'},
+        FILE_OPTIONS,
         {"progress", no_argument, NULL, 'P'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
-    const char *kpath = NULL, *rpath = NULL, *spath = NULL, *kname = NULL, *rname = NULL;
-    uint64_t batch = BATCH_DEFAULT;
+    struct file_opts f = {.batch = BATCH_DEFAULT};
     bool show = isatty(2);
     ec_tensor_info info;
     ec_client *c;
@@ -512,17 +532,12 @@ static int cmd_update(int argc, char **argv)
     int ch, rc;
 
     while ((ch = getopt_long(argc, argv, "k:r:b:Ph", o, NULL)) != -1) {
+        if ((rc = file_opt(ch, optarg, &f)) < 0)
+            return EXIT_USAGE;
+        if (rc > 0)
+            continue;
         switch (ch) {
-        case 'k': kpath = optarg; break;
-        case 'r': rpath = optarg; break;
-        case 's': spath = optarg; break;
-        case 'K': kname = optarg; break;
-        case 'R': rname = optarg; break;
         case 'P': show = true; break;
-        case 'b':
-            if (cli_parse_u64(prog, "--batch", optarg, 1, EC_ROWS_BATCH_MAX, &batch))
-                return EXIT_USAGE;
-            break;
         case 'h':
             printf("usage: embcache update MODEL VERSION TENSOR [FILE | -] [--progress]\n"
                    "       embcache update MODEL VERSION TENSOR --keys K.npy --rows R.npy "
@@ -542,51 +557,27 @@ static int cmd_update(int argc, char **argv)
             return EXIT_USAGE;
         }
     }
-    if (argc - optind < 3 || argc - optind > 4 || (!!kpath != !!rpath) ||
-        ((kpath || spath) && argc - optind != 3) || (spath && kpath) ||
-        ((kname || rname) && !spath))
+    if (argc - optind < 3 || argc - optind > 4 || (!!f.kpath != !!f.rpath) ||
+        ((f.kpath || f.spath) && argc - optind != 3) || (f.spath && f.kpath) ||
+        ((f.kname || f.rname) && !f.spath))
         return usage_err("needs MODEL VERSION TENSOR and FILE, -, --keys and --rows, or "
                          "--safetensors (with --keys-name/--rows-name)");
-    if (kpath || spath) {
-        char *pargv[20] = {argv[0]};
-        int pargc = 1;
-        char bs[32];
-        snprintf(bs, sizeof(bs), "%" PRIu64, batch);
-        pargv[pargc++] = spath ? "--safetensors" : "--keys";
-        pargv[pargc++] = (char *)(spath ? spath : kpath);
-        if (!spath) {
-            pargv[pargc++] = "--rows";
-            pargv[pargc++] = (char *)rpath;
-        }
-        if (kname) {
-            pargv[pargc++] = "--keys-name";
-            pargv[pargc++] = (char *)kname;
-        }
-        if (rname) {
-            pargv[pargc++] = "--rows-name";
-            pargv[pargc++] = (char *)rname;
-        }
-        pargv[pargc++] = "--batch";
-        pargv[pargc++] = bs;
-        for (int i = optind; i < argc; i++)
-            pargv[pargc++] = argv[i];
-        optind = 0;
-        return cmd_put_del(pargc, pargv, false);
-    }
+    if (f.kpath || f.spath)
+        return put_del_run(argv + optind, 3, &f, false);
     if ((rc = open_table(&c, &t, argv + optind)))
         return rc;
     ec_tensor_info_get(t, &info);
     {
         const char *path = argc - optind == 4 ? argv[optind + 3] : "-";
-        FILE *f = strcmp(path, "-") ? fopen(path, "rb") : stdin;
-        if (!f) {
+        FILE *in = strcmp(path, "-") ? fopen(path, "rb") : stdin;
+        if (!in) {
             fprintf(stderr, "%s: cannot open %s: %s\n", prog, path, strerror(errno));
             rc = errno == ENOENT ? EXIT_NOTFOUND : EXIT_BADINPUT;
         } else {
-            rc = update_stream(t, f, strcmp(path, "-") ? path : "standard input", info.row_bytes,
+            rc = update_stream(t, in, strcmp(path, "-") ? path : "standard input", info.row_bytes,
                                show);
-            if (f != stdin)
-                fclose(f);
+            if (in != stdin)
+                fclose(in);
         }
     }
     ec_tensor_release(t);
