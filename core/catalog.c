@@ -915,28 +915,22 @@ int ec_catalog_set_alias(ec_catalog *cat, const char *model, const char *alias,
         return err;
     err = cat_model_id_of(cat, model, &model_id);
     if (err < 0)
-        goto fail;
+        goto out;
     err = version_id_of(cat, model, model_id, version, &vid);
     if (err < 0)
-        goto fail;
+        goto out;
     err = cat_prep(cat,
                    "INSERT INTO aliases(model_id, alias, version_id) VALUES(?1, ?2, ?3) "
                    "ON CONFLICT(model_id, alias) DO UPDATE SET version_id = excluded.version_id",
                    &st);
     if (err < 0)
-        goto fail;
+        goto out;
     err = cat_bindf(cat, st, "iti", model_id, alias, vid);
     if (err < 0)
-        goto fail;
+        goto out;
     err = cat_step(cat, st, "set alias");
-    if (err < 0)
-        goto fail;
-    sqlite3_finalize(st);
-    return cat_tx_commit(cat);
-fail:
-    sqlite3_finalize(st);
-    cat_tx_rollback(cat);
-    return err;
+out:
+    return cat_tx_finish(cat, st, err);
 }
 
 int ec_catalog_drop_version(ec_catalog *cat, const char *model, int64_t version,

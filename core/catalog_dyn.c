@@ -41,27 +41,21 @@ int ec_catalog_dyn_put(ec_catalog *cat, const ec_catalog_dyn *d)
                         "base_tensor_id, base_lsn, created_unix) VALUES(?1, ?2, ?3, ?4, ?5, ?6)",
                    &st);
     if (err < 0)
-        goto fail;
+        goto out;
     err = cat_bindf(cat, st, "iii", d->tensor_id, (int64_t)d->capacity, (int64_t)d->policy);
     if (err < 0)
-        goto fail;
+        goto out;
     if ((d->base_tensor_id ? sqlite3_bind_int64(st, 4, d->base_tensor_id)
                            : sqlite3_bind_null(st, 4)) != SQLITE_OK ||
         sqlite3_bind_int64(st, 5, (int64_t)d->base_lsn) != SQLITE_OK ||
         sqlite3_bind_int64(st, 6, d->created_unix ? d->created_unix : (int64_t)time(NULL)) !=
             SQLITE_OK) {
         err = cat_sql_err(cat->db, SQLITE_ERROR, "bind a dynamic table");
-        goto fail;
+        goto out;
     }
     err = cat_step(cat, st, "record a dynamic table");
-    if (err < 0)
-        goto fail;
-    sqlite3_finalize(st);
-    return cat_tx_commit(cat);
-fail:
-    sqlite3_finalize(st);
-    cat_tx_rollback(cat);
-    return err;
+out:
+    return cat_tx_finish(cat, st, err);
 }
 
 int ec_catalog_dyn_each(ec_catalog *cat, int (*fn)(const ec_catalog_dyn *d, void *arg), void *arg)

@@ -103,6 +103,10 @@ int cat_tx_commit(ec_catalog *cat);
 /* Roll back without touching the thread's error message. */
 void cat_tx_rollback(ec_catalog *cat);
 
+/* End a write transaction of one statement: finalize st (NULL allowed), then
+ * commit when err >= 0, or roll back and return err. */
+int cat_tx_finish(ec_catalog *cat, sqlite3_stmt *st, int err);
+
 /* Start a read transaction unless one is open already (nested call from a
  * callback); *owned says whether cat_tx_end_read must end it. */
 int cat_tx_begin_read(ec_catalog *cat, bool *owned);

@@ -109,39 +109,33 @@ int ec_catalog_ns_put(ec_catalog *cat, const ec_catalog_ns *ns)
     /* The name may be this slot's already (a replace), not another's. */
     err = cat_prep(cat, "SELECT slot FROM namespaces WHERE name = ?1 AND slot != ?2", &st);
     if (err < 0)
-        goto fail;
+        goto out;
     err = cat_bindf(cat, st, "ti", ns->name, (int64_t)ns->slot);
     if (err < 0)
-        goto fail;
+        goto out;
     err = cat_step(cat, st, "look up namespace name");
     if (err > 0)
         err = ec_seterr(EC_EEXIST, "namespace name '%s' is taken by slot %" PRId64 "; drop that "
                                    "namespace first or choose another name",
                         ns->name, (int64_t)sqlite3_column_int64(st, 0));
     if (err < 0)
-        goto fail;
+        goto out;
     sqlite3_finalize(st);
     st = NULL;
     err = cat_prep(cat, "INSERT OR REPLACE INTO namespaces(" NS_COLUMNS ") VALUES(?1, ?2, ?3, "
                         "?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)", &st);
     if (err < 0)
-        goto fail;
+        goto out;
     err = cat_bindf(cat, st, "itiittiiuuiuiuiu", (int64_t)ns->slot, ns->name,
                     (int64_t)ns->owner_uid, (int64_t)ns->flags, ns->bind_model,
                     ns->bind_version, ns->bound_version, (int64_t)ns->generation, ns->salt,
                     ns->ttl_us, ns->stale_us, ns->negative_ttl_us, ns->jitter_ppm, ns->lease_us,
                     (int64_t)ns->max_computing, ns->negative_max);
     if (err < 0)
-        goto fail;
+        goto out;
     err = cat_step(cat, st, "record namespace");
-    if (err < 0)
-        goto fail;
-    sqlite3_finalize(st);
-    return cat_tx_commit(cat);
-fail:
-    sqlite3_finalize(st);
-    cat_tx_rollback(cat);
-    return err;
+out:
+    return cat_tx_finish(cat, st, err);
 }
 
 int ec_catalog_ns_delete(ec_catalog *cat, const char *name)
@@ -157,25 +151,21 @@ int ec_catalog_ns_delete(ec_catalog *cat, const char *name)
         return err;
     err = cat_prep(cat, "DELETE FROM namespaces WHERE name = ?1", &st);
     if (err < 0)
-        goto fail;
+        goto out;
     err = cat_bindf(cat, st, "t", name);
     if (err < 0)
-        goto fail;
+        goto out;
     err = cat_step(cat, st, "delete namespace");
     if (err < 0)
-        goto fail;
+        goto out;
     if (sqlite3_changes(cat->db) == 0) {
         err = ec_seterr(EC_ENOENT, "no namespace '%s' in the catalog (dropped already?); list "
                                    "them with `embcache results list`",
                         ec_printable(name, strlen(name), pbuf, sizeof(pbuf)));
-        goto fail;
+        goto out;
     }
-    sqlite3_finalize(st);
-    return cat_tx_commit(cat);
-fail:
-    sqlite3_finalize(st);
-    cat_tx_rollback(cat);
-    return err;
+out:
+    return cat_tx_finish(cat, st, err);
 }
 
 /* ------------------------------------------------------------------ */

@@ -51,27 +51,21 @@ int ec_catalog_set_policy(ec_catalog *cat, const char *model, uint64_t min_resid
         return err;
     err = cat_model_id_of(cat, model, &model_id);
     if (err < 0)
-        goto fail;
+        goto out;
     err = cat_prep(cat, "INSERT INTO model_policy(model_id, min_resident_bytes, min_request_rate) "
                         "VALUES(?1, ?2, ?3) ON CONFLICT(model_id) DO UPDATE SET "
                         "min_resident_bytes = excluded.min_resident_bytes, "
                         "min_request_rate = excluded.min_request_rate", &st);
     if (err < 0)
-        goto fail;
+        goto out;
     err = cat_bindf(cat, st, "ii", model_id, (int64_t)min_resident_bytes);
     if (err == 0 && sqlite3_bind_double(st, 3, min_request_rate) != SQLITE_OK)
         err = cat_sql_err(cat->db, SQLITE_ERROR, "bind");
     if (err < 0)
-        goto fail;
+        goto out;
     err = cat_step(cat, st, "set policy");
-    if (err < 0)
-        goto fail;
-    sqlite3_finalize(st);
-    return cat_tx_commit(cat);
-fail:
-    sqlite3_finalize(st);
-    cat_tx_rollback(cat);
-    return err;
+out:
+    return cat_tx_finish(cat, st, err);
 }
 
 int ec_catalog_get_policy(ec_catalog *cat, int64_t version_id, uint64_t *min_resident_bytes,
@@ -153,7 +147,7 @@ int ec_catalog_set_tensor_mode(ec_catalog *cat, const char *model, const char *t
         return err;
     err = cat_model_id_of(cat, model, &model_id);
     if (err < 0)
-        goto fail;
+        goto out;
     if (mode == EC_CACHE_AUTO)
         err = cat_prep(cat, "DELETE FROM tensor_policy WHERE model_id = ?1 AND tensor = ?2",
                        &st);
@@ -162,20 +156,14 @@ int ec_catalog_set_tensor_mode(ec_catalog *cat, const char *model, const char *t
                             "VALUES(?1, ?2, ?3) ON CONFLICT(model_id, tensor) DO UPDATE "
                             "SET mode = excluded.mode", &st);
     if (err < 0)
-        goto fail;
+        goto out;
     err = cat_bindf(cat, st, mode == EC_CACHE_AUTO ? "it" : "iti", model_id, key,
                     (int64_t)mode);
     if (err < 0)
-        goto fail;
+        goto out;
     err = cat_step(cat, st, "set tensor cache mode");
-    if (err < 0)
-        goto fail;
-    sqlite3_finalize(st);
-    return cat_tx_commit(cat);
-fail:
-    sqlite3_finalize(st);
-    cat_tx_rollback(cat);
-    return err;
+out:
+    return cat_tx_finish(cat, st, err);
 }
 
 int ec_catalog_get_tensor_mode(ec_catalog *cat, int64_t version_id, const char *tensor,

@@ -169,6 +169,16 @@ void cat_tx_rollback(ec_catalog *cat)
         sqlite3_exec(cat->db, "ROLLBACK", NULL, NULL, NULL);
 }
 
+int cat_tx_finish(ec_catalog *cat, sqlite3_stmt *st, int err)
+{
+    sqlite3_finalize(st);
+    if (err < 0) {
+        cat_tx_rollback(cat);
+        return err;
+    }
+    return cat_tx_commit(cat);
+}
+
 /* Start a read transaction unless one is open already (nested call from a
  * callback); *owned says whether cat_tx_end_read must end it. */
 int cat_tx_begin_read(ec_catalog *cat, bool *owned)
