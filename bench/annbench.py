@@ -57,7 +57,6 @@ import json
 import os
 import platform
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -68,7 +67,7 @@ import numpy as np
 # The helpers both benches use (same directory).
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from searchbench import (commit, machine, recall, run_worker, setup_package,  # noqa: E402
-                         stop_daemon)
+                         start_daemon, stop_daemon)
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL, TENSOR = "annbench", "emb"
@@ -380,17 +379,7 @@ def main():
         if args.dynamic:   # the table beside the tensor: capacity 1.125 rows, slots of +32 B
             need += int(args.rows * 1.125 * 1.07 * (args.dim * 4 + 32 + 16))
         shm_mb = max(256, (need * 5 // 4 + (1 << 20) - 1) >> 20)
-        sock = str(tmp / "s.sock")
-        log = open(tmp / "embcached.log", "wb")
-        daemon = subprocess.Popen([str(build / "embcached"), "--data-dir", str(tmp / "data"),
-                                   "--socket", sock, "--shm-size", f"{shm_mb}M"],
-                                  stdout=log, stderr=log)
-        for _ in range(2000):
-            try:
-                embcache.connect(sock, reconnect=False).close()
-                break
-            except embcache.EmbcacheError:
-                time.sleep(0.01)
+        daemon, sock = start_daemon(build, tmp, shm_mb)
         with embcache.connect(sock) as c:
             c.import_model(MODEL, 1, [src], partition_bytes=1 << 20)
         src.unlink()

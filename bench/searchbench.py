@@ -197,6 +197,25 @@ def run_worker(cmd, env, what):
     return lines
 
 
+def start_daemon(build, tmp, shm_mb):
+    """Start the bench's embcached in tmp with a segment of shm_mb MiB and wait
+    until it accepts clients; returns (its Popen, its socket path). The caller
+    has run setup_package."""
+    import embcache
+    sock = str(tmp / "s.sock")
+    log = open(tmp / "embcached.log", "wb")
+    daemon = subprocess.Popen([str(build / "embcached"), "--data-dir", str(tmp / "data"),
+                               "--socket", sock, "--shm-size", f"{shm_mb}M"],
+                              stdout=log, stderr=log)
+    for _ in range(2000):
+        try:
+            embcache.connect(sock, reconnect=False).close()
+            break
+        except embcache.EmbcacheError:
+            time.sleep(0.01)
+    return daemon, sock
+
+
 def stop_daemon(daemon):
     """SIGTERM the bench's embcached (None: none was started) and wait."""
     if daemon is None:
@@ -249,17 +268,7 @@ def main():
         write_table(src, args.rows, args.dim)
         need = args.rows * args.dim * 4
         shm_mb = max(256, (need * 5 // 4 + (1 << 20) - 1) >> 20)
-        sock = str(tmp / "s.sock")
-        log = open(tmp / "embcached.log", "wb")
-        daemon = subprocess.Popen([str(build / "embcached"), "--data-dir", str(tmp / "data"),
-                                   "--socket", sock, "--shm-size", f"{shm_mb}M"],
-                                  stdout=log, stderr=log)
-        for _ in range(2000):
-            try:
-                embcache.connect(sock, reconnect=False).close()
-                break
-            except embcache.EmbcacheError:
-                time.sleep(0.01)
+        daemon, sock = start_daemon(build, tmp, shm_mb)
         with embcache.connect(sock) as c:
             c.import_model(MODEL, 1, [src])
         src.unlink()
