@@ -174,6 +174,13 @@ static void adjust(struct mh_shared *sh, uint64_t leave, bool once, struct adjus
             break;
     }
     while (a + MEMHOLD_TOL < leave && nchunks) {
+        /* MemAvailable trails a lock or an unmap (per-CPU page lists and
+         * counters): read it again once settled before giving memory
+         * back, or one lagging reading unlocks everything */
+        usleep(20000);
+        a = memhold_meminfo("MemAvailable");
+        if (a + MEMHOLD_TOL >= leave)
+            break;
         release_some(leave - a);
         a = memhold_meminfo("MemAvailable");
         if (once)
