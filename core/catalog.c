@@ -44,8 +44,8 @@
  * rare (imports, aliases, drops), so one fsync per commit costs nothing
  * that matters.
  *
- * Schema (PRAGMA user_version = 4; a newer version is refused with
- * EC_EVERSION; 1, 2 and 3 are upgraded on open, in one transaction):
+ * Schema (PRAGMA user_version = 6; a newer version is refused with
+ * EC_EVERSION; 1 to 5 are upgraded on open, in one transaction):
  *
  *   models(id INTEGER PRIMARY KEY, name TEXT UNIQUE)
  *   versions(id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -79,6 +79,8 @@
  *           cannot be dropped while the table uses it), base_lsn >= 0,
  *           created_unix): tables that take row updates, read and
  *           written by catalog_dyn.c                          [schema 5]
+ *   tensors.remote_index >= -1, tensors.remote_chunk >= 0,
+ *   namespaces.remote 0..1: the shared tier (see REMOTE_SQL) [schema 6]
  *
  * Invariants:
  *  1. Tensor ids come from AUTOINCREMENT, so a committed id is never handed
@@ -114,7 +116,7 @@
 #include "common/dtype.h"
 #include "common/err.h"
 
-#define CAT_SCHEMA_VERSION 5
+#define CAT_SCHEMA_VERSION 6
 #define CAT_BUSY_TIMEOUT_MS 5000
 #define CAT_TENSOR_ID_LIMIT (INT64_C(1) << 32)
 #define CAT_PARTITIONS_MAX (UINT64_C(1) << 26) /* 512 MiB of checksums, < SQLite's 1e9 */
@@ -181,6 +183,20 @@ static_assert(EC_NS_MAX == 384 && EC_NS_SHARED == 2, "NAMESPACES_SQL's CHECKs");
     "  created_unix INTEGER NOT NULL);"                                                \
     "CREATE INDEX dynamic_base ON dynamic(base_tensor_id);"
 
+/* Schema 6 adds the shared tier across hosts: a tensor of a version pulled
+ * lazily (`embcache pull --lazy`) reads what is not on local disk from the
+ * cluster (remote_index: its index in the published manifest, -1: all of
+ * it is local; remote_chunk: the manifest's chunk size), and a namespace
+ * may keep its results in the cluster too (remote 1), with leases that hold
+ * across hosts. */
+#define REMOTE_SQL                                                                     \
+    "ALTER TABLE tensors ADD COLUMN remote_index INTEGER NOT NULL DEFAULT -1"          \
+    "  CHECK(remote_index >= -1);"                                                     \
+    "ALTER TABLE tensors ADD COLUMN remote_chunk INTEGER NOT NULL DEFAULT 0"           \
+    "  CHECK(remote_chunk >= 0);"                                                      \
+    "ALTER TABLE namespaces ADD COLUMN remote INTEGER NOT NULL DEFAULT 0"              \
+    "  CHECK(remote IN (0, 1));"
+
 #define CAT_STR_(x) #x
 #define CAT_STR(x) CAT_STR_(x)
 
@@ -222,6 +238,7 @@ static const char schema_sql[] =
     TENSOR_POLICY_SQL
     NAMESPACES_SQL
     DYNAMIC_SQL
+    REMOTE_SQL
     "PRAGMA user_version = " CAT_STR(CAT_SCHEMA_VERSION) ";";
 
 /* upgrades[i] takes schema i + 1 to i + 2. create_schema runs every one a
@@ -234,6 +251,7 @@ static const struct {
     {TENSOR_POLICY_SQL "PRAGMA user_version = 3;", "upgrade schema 2 to 3"},
     {NAMESPACES_SQL "PRAGMA user_version = 4;", "upgrade schema 3 to 4"},
     {DYNAMIC_SQL "PRAGMA user_version = 5;", "upgrade schema 4 to 5"},
+    {REMOTE_SQL "PRAGMA user_version = 6;", "upgrade schema 5 to 6"},
 };
 static_assert(sizeof(upgrades) / sizeof(upgrades[0]) == CAT_SCHEMA_VERSION - 1,
                "one upgrade per schema version after 1");

@@ -764,10 +764,10 @@ static void test_newer_schema_refused(void **state)
 
     ec_catalog_close(f->cat);
     f->cat = NULL;
-    raw_sql(f->path, "PRAGMA user_version = 6");
+    raw_sql(f->path, "PRAGMA user_version = 7");
     assert_int_equal(ec_catalog_open(f->path, &cat), EC_EVERSION);
-    assert_msg("catalog schema version 6 is newer than this embcached understands (5)");
-    raw_sql(f->path, "PRAGMA user_version = 5");
+    assert_msg("catalog schema version 7 is newer than this embcached understands (6)");
+    raw_sql(f->path, "PRAGMA user_version = 6");
     reopen(f);
 }
 
@@ -784,9 +784,11 @@ static void test_schema_1_upgraded(void **state)
     ec_catalog_close(f->cat);
     f->cat = NULL;
     raw_sql(f->path, "DROP TABLE dynamic; DROP TABLE namespaces; DROP TABLE tensor_policy; "
-                     "DROP TABLE model_policy; PRAGMA user_version = 1");
+                     "DROP TABLE model_policy; " "ALTER TABLE tensors DROP COLUMN remote_index; "
+                     "ALTER TABLE tensors DROP COLUMN remote_chunk; "
+                     "PRAGMA user_version = 1");
     reopen(f);
-    assert_int_equal(raw_int(f->path, "PRAGMA user_version"), 5);
+    assert_int_equal(raw_int(f->path, "PRAGMA user_version"), 6);
     assert_int_equal(ec_catalog_set_tensor_mode(f->cat, "m", NULL, EC_CACHE_ROWS), 0);
     assert_int_equal(ec_catalog_version_of(f->cat, "m", "1", &v), 0);
     assert_int_equal(v, 1);
@@ -813,7 +815,10 @@ static void test_failed_upgrade_changes_nothing(void **state)
     ec_catalog_close(f->cat);
     f->cat = NULL;
     /* A schema-1 file that already has a table schema 3 would create. */
-    raw_sql(f->path, "DROP TABLE dynamic; DROP TABLE model_policy; PRAGMA user_version = 1");
+    raw_sql(f->path, "DROP TABLE dynamic; DROP TABLE model_policy; "
+                     "ALTER TABLE tensors DROP COLUMN remote_index; "
+                     "ALTER TABLE tensors DROP COLUMN remote_chunk; "
+                     "ALTER TABLE namespaces DROP COLUMN remote; PRAGMA user_version = 1");
     assert_int_equal(ec_catalog_open(f->path, &cat), EC_EIO);
     assert_msg("catalog left at schema version 1");
     assert_msg("upgrade schema 2 to 3: table tensor_policy already exists");
@@ -825,7 +830,7 @@ static void test_failed_upgrade_changes_nothing(void **state)
     /* Once the cause is gone, it upgrades. */
     raw_sql(f->path, "DROP TABLE tensor_policy; DROP TABLE namespaces");
     reopen(f);
-    assert_int_equal(raw_int(f->path, "PRAGMA user_version"), 5);
+    assert_int_equal(raw_int(f->path, "PRAGMA user_version"), 6);
     list_all(f->cat, NULL, &l);
     assert_string_equal(l.text, "m:1:-1:{}:;");
 }
@@ -1141,7 +1146,7 @@ static void test_schema_2_upgraded(void **state)
     raw_sql(path, schema2_sql);
     if (ec_catalog_open(path, &cat) != 0)
         fail_msg("open schema 2: %s", ec_last_error());
-    assert_int_equal(raw_int(path, "PRAGMA user_version"), 5);
+    assert_int_equal(raw_int(path, "PRAGMA user_version"), 6);
 
     /* Everything it held is still there. */
     list_all(cat, NULL, &l);

@@ -491,7 +491,7 @@ static void test_schema_3_upgraded(void **state)
     if (ec_catalog_open(path, &cat) != 0)
         fail_msg("open schema 3: %s", ec_last_error());
     assert_false(ec_catalog_created(cat));
-    assert_int_equal(raw_int(path, "PRAGMA user_version"), 5);
+    assert_int_equal(raw_int(path, "PRAGMA user_version"), 6);
     assert_int_equal(raw_int(path, "SELECT count(*) FROM sqlite_master WHERE type = 'table' "
                                    "AND name = 'namespaces'"),
                      1);
@@ -511,7 +511,7 @@ static void test_schema_3_upgraded(void **state)
     cat = NULL;
     if (ec_catalog_open(path, &cat) != 0)
         fail_msg("reopen upgraded: %s", ec_last_error());
-    assert_int_equal(raw_int(path, "PRAGMA user_version"), 5);
+    assert_int_equal(raw_int(path, "PRAGMA user_version"), 6);
     each_ok(cat, s);
     assert_int_equal(s->n, 1);
     assert_ns_equal(&s->ns[0], &ns);
@@ -539,7 +539,7 @@ static void test_failed_upgrade_to_4_changes_nothing(void **state)
     raw_sql(path, "DROP TABLE namespaces");
     if (ec_catalog_open(path, &cat) != 0)
         fail_msg("open after the cause is gone: %s", ec_last_error());
-    assert_int_equal(raw_int(path, "PRAGMA user_version"), 5);
+    assert_int_equal(raw_int(path, "PRAGMA user_version"), 6);
     ec_catalog_close(cat);
     free(path);
 }
