@@ -11,7 +11,8 @@
 #include "core/publish.h"
 
 static int remote_call(ec_client *c, uint16_t op, const char *what, const char *model,
-                       const char *version, const char *url, ec_publish_result *out)
+                       const char *version, const char *url, uint32_t flags,
+                       ec_publish_result *out)
 {
     ec_publish_result res = {0};
     ec_wbuf w;
@@ -23,6 +24,8 @@ static int remote_call(ec_client *c, uint16_t op, const char *what, const char *
         return ec_seterr(EC_EINVAL, "%s: NULL argument", what);
     if (!url)
         url = ""; /* the daemon's --remote */
+    if (flags & ~EC_PULL_LAZY)
+        return ec_seterr(EC_EINVAL, "%s: unknown flags 0x%x", what, flags);
     if (!model[0] || strlen(model) > EC_NAME_MAX || !version[0] ||
         strlen(version) > EC_NAME_MAX)
         return ec_seterr(EC_EINVAL, "%s: model and version are 1..%d bytes", what,
@@ -35,6 +38,8 @@ static int remote_call(ec_client *c, uint16_t op, const char *what, const char *
     ec_put_str(&w, model);
     ec_put_str(&w, version);
     ec_put_str(&w, url);
+    if (flags) /* an older daemon rejects the field: only sent when used */
+        ec_put_u32(&w, flags);
     rc = cl_rpc(c, &w, req, NULL, 0, &r, NULL, NULL, 0);
     if (rc == 0) {
         res.version = ec_get_i64(&r);
@@ -52,11 +57,19 @@ static int remote_call(ec_client *c, uint16_t op, const char *what, const char *
 int ec_model_publish(ec_client *c, const char *model, const char *version,
                      const char *cluster_url, ec_publish_result *out)
 {
-    return remote_call(c, EC_OP_PUBLISH, "ec_model_publish", model, version, cluster_url, out);
+    return remote_call(c, EC_OP_PUBLISH, "ec_model_publish", model, version, cluster_url, 0,
+                       out);
 }
 
 int ec_model_pull(ec_client *c, const char *model, const char *version,
                   const char *cluster_url, ec_publish_result *out)
 {
-    return remote_call(c, EC_OP_PULL, "ec_model_pull", model, version, cluster_url, out);
+    return remote_call(c, EC_OP_PULL, "ec_model_pull", model, version, cluster_url, 0, out);
+}
+
+int ec_model_pull_flags(ec_client *c, const char *model, const char *version,
+                        const char *cluster_url, uint32_t flags, ec_publish_result *out)
+{
+    return remote_call(c, EC_OP_PULL, "ec_model_pull_flags", model, version, cluster_url,
+                       flags, out);
 }

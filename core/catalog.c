@@ -659,7 +659,7 @@ static int check_tensor(const ec_cat_tensor *t, size_t i)
 #define TENSOR_COLS                                                                          \
     "SELECT t.id, t.version_id, m.name, v.version, t.name, t.dtype, t.ndim, t.shape, t.rows, " \
     "t.row_bytes, t.rows_per_partition, t.partitions, t.path, t.file_size, "                 \
-    "t.header_checksum, t.part_checksums "                                                   \
+    "t.header_checksum, t.part_checksums, t.remote_index, t.remote_chunk "                   \
     "FROM tensors t JOIN versions v ON v.id = t.version_id JOIN models m ON m.id = v.model_id "
 
 
@@ -723,6 +723,18 @@ static int row_to_tensor(ec_catalog *cat, sqlite3_stmt *st, ec_cat_tensor *out)
         return ec_seterr(EC_ENOMEM, "catalog: out of memory reading tensor '%s'", t.name);
     for (uint64_t p = 0; p < parts; p++)
         t.part_checksums[p] = get_le64(blob + 8 * p);
+    {
+        int64_t ri = sqlite3_column_int64(st, 16), rch = sqlite3_column_int64(st, 17);
+        /* -1: local; else an index of a manifest (< 65536 tensors) with
+         * its chunk size (publish.h: 64 KiB .. 64 MiB). */
+        if (ri < -1 || ri >= 65536 || (ri >= 0 && (rch < (64 << 10) || rch > (64 << 20)))) {
+            free(t.part_checksums);
+            goto corrupt;
+        }
+        t.remote = ri >= 0;
+        t.remote_index = t.remote ? (uint32_t)ri : 0;
+        t.remote_chunk = t.remote ? (uint32_t)rch : 0;
+    }
     *out = t;
     return 0;
 corrupt:
@@ -750,10 +762,18 @@ static int insert_tensor(ec_catalog *cat, sqlite3_stmt *st, const char *model, i
     }
     for (uint64_t p = 0; p < t->partitions; p++)
         put_le64(sums + 8 * p, t->part_checksums[p]);
-    err = cat_bindf(cat, st, "itiibuuuutuub", vid, t->name, (int64_t)t->dtype, (int64_t)t->ndim,
-                    (const void *)shape, (size_t)(8 * t->ndim), t->rows, t->row_bytes,
-                    t->rows_per_partition, t->partitions, t->path, t->file_size,
-                    t->header_checksum, (const void *)sums, nsums);
+    if (t->remote && (t->remote_index >= 65536 || t->remote_chunk < (64u << 10) ||
+                      t->remote_chunk > (64u << 20))) {
+        err = ec_seterr(EC_EINVAL, "tensor '%s': remote index %u or chunk size %u out of range",
+                        t->name, t->remote_index, t->remote_chunk);
+        goto fail;
+    }
+    err = cat_bindf(cat, st, "itiibuuuutuubii", vid, t->name, (int64_t)t->dtype,
+                    (int64_t)t->ndim, (const void *)shape, (size_t)(8 * t->ndim), t->rows,
+                    t->row_bytes, t->rows_per_partition, t->partitions, t->path, t->file_size,
+                    t->header_checksum, (const void *)sums, nsums,
+                    t->remote ? (int64_t)t->remote_index : (int64_t)-1,
+                    t->remote ? (int64_t)t->remote_chunk : (int64_t)0);
     if (err < 0)
         goto fail;
     rc = sqlite3_step(st);
@@ -881,7 +901,8 @@ int ec_catalog_add_version_at(ec_catalog *cat, const char *model, int64_t versio
     err = cat_prep(cat,
                    "INSERT INTO tensors(version_id, name, dtype, ndim, shape, rows, row_bytes, "
                    "rows_per_partition, partitions, path, file_size, header_checksum, "
-                   "part_checksums) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+                   "part_checksums, remote_index, remote_chunk) VALUES(?1, ?2, ?3, ?4, ?5, ?6, "
+                   "?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
                    &st);
     if (err < 0)
         goto fail;

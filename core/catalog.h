@@ -53,6 +53,12 @@ typedef struct ec_cat_tensor {
     uint64_t file_size;
     uint64_t header_checksum;    /* the partition file's header checksum */
     uint64_t *part_checksums;    /* `partitions` XXH3-64 values; malloc'd */
+    /* The remote tier (schema 6): a version pulled lazily (`embcache pull
+     * --lazy`) keeps its data on the Redis Cluster until it is read. false
+     * (what a zeroed struct says): all of it is in the local file. */
+    bool remote;
+    uint32_t remote_index;       /* remote: the tensor's index t in the manifest */
+    uint32_t remote_chunk;       /* remote: the manifest's chunk size (64 KiB..64 MiB) */
 } ec_cat_tensor;
 
 /* Open (creating if needed) the catalog at path; creates the schema or
@@ -203,7 +209,7 @@ typedef struct ec_catalog_ns {
     uint32_t slot;                       /* 0..EC_NS_MAX-1, unique */
     char name[EC_NS_NAME_MAX + 1];       /* unique */
     uint32_t owner_uid;
-    uint32_t flags;                      /* EC_NS_SHARED */
+    uint32_t flags;                      /* EC_NS_SHARED, EC_NS_REMOTE (column remote) */
     char bind_model[EC_NAME_MAX + 1];    /* "" unbound */
     char bind_version[EC_NAME_MAX + 1];
     int64_t bound_version;               /* 0 unbound */
@@ -221,7 +227,7 @@ typedef struct ec_catalog_ns {
 /*
  * Namespaces (core/catalog_ns.c), for the cache manager on the daemon's
  * server thread. A valid ec_catalog_ns: slot < EC_NS_MAX; name passes
- * ec_ns_name_ok(); flags only EC_NS_SHARED; bind_model "" with
+ * ec_ns_name_ok(); flags only EC_NS_SHARED and EC_NS_REMOTE; bind_model "" with
  * bind_version "" and bound_version 0 (unbound), or a model name
  * (ec_catalog_check_name) with a version number or alias and
  * bound_version >= 0 (0: the binding leads nowhere now); ttl_us,

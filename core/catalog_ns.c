@@ -1,10 +1,12 @@
 /*
  * catalog_ns.c - the cache manager's namespaces in the catalog (table
- * `namespaces`, schema 4; the contract is in catalog.h).
+ * `namespaces`, schema 4, column `remote` schema 6; the contract is in
+ * catalog.h).
  *
  * What it owns: the durable definition of each namespace of cached results
  * (core/results.h): its slot in the segment's namespace table, name, owner,
- * sharing flag, model binding, generation, key salt and settings. A daemon
+ * sharing flags (EC_NS_SHARED in column flags, EC_NS_REMOTE as column
+ * remote 0/1; in memory both are bits of ec_catalog_ns.flags), model binding, generation, key salt and settings. A daemon
  * that restarts reads them back (ec_catalog_ns_each) and serves the same
  * namespaces, generations and salts, so results that survived in shared
  * memory stay valid and none of an older generation comes back. The records
@@ -21,7 +23,8 @@
  * checked again, since the file is outside this process's control):
  *  1. slot is in 0..EC_NS_MAX-1 and unique (the primary key); name is
  *     unique and passes ec_ns_name_ok().
- *  2. flags holds only EC_NS_SHARED.
+ *  2. flags holds only EC_NS_SHARED and EC_NS_REMOTE (the column flags
+ *     only EC_NS_SHARED; remote is 0 or 1).
  *  3. Unsigned fields are stored as int64: u32 ones in 0..UINT32_MAX, u64
  *     ones (ttl_us, negative_ttl_us, lease_us, negative_max) in
  *     0..INT64_MAX; salt alone is a u64 kept as its int64 bit pattern, so
@@ -46,11 +49,11 @@
 #define NS_COLUMNS                                                                         \
     "slot, name, owner_uid, flags, bind_model, bind_version, bound_version, generation, "  \
     "salt, ttl_us, stale_us, negative_ttl_us, jitter_ppm, lease_us, max_computing, "       \
-    "negative_max"
+    "negative_max, remote"
 
 enum {
     C_SLOT, C_NAME, C_OWNER, C_FLAGS, C_BMODEL, C_BVERSION, C_BOUND, C_GEN, C_SALT, C_TTL,
-    C_STALE, C_NEGTTL, C_JITTER, C_LEASE, C_MAXCOMP, C_NEGMAX, C_NCOLS
+    C_STALE, C_NEGTTL, C_JITTER, C_LEASE, C_MAXCOMP, C_NEGMAX, C_REMOTE, C_NCOLS
 };
 
 /* What makes a namespace invalid, or NULL when it is valid (invariants 1, 2
@@ -62,7 +65,7 @@ static const char *ns_invalid(const ec_catalog_ns *ns)
         return "slot out of range";
     if (!memchr(ns->name, '\0', sizeof(ns->name)) || !ec_ns_name_ok(ns->name))
         return "bad name";
-    if (ns->flags & ~(uint32_t)EC_NS_SHARED)
+    if (ns->flags & ~(uint32_t)(EC_NS_SHARED | EC_NS_REMOTE))
         return "unknown flags";
     if (!memchr(ns->bind_model, '\0', sizeof(ns->bind_model)) ||
         !memchr(ns->bind_version, '\0', sizeof(ns->bind_version)))
@@ -123,14 +126,15 @@ int ec_catalog_ns_put(ec_catalog *cat, const ec_catalog_ns *ns)
     sqlite3_finalize(st);
     st = NULL;
     err = cat_prep(cat, "INSERT OR REPLACE INTO namespaces(" NS_COLUMNS ") VALUES(?1, ?2, ?3, "
-                        "?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)", &st);
+                        "?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)", &st);
     if (err < 0)
         goto out;
-    err = cat_bindf(cat, st, "itiittiiuuiuiuiu", (int64_t)ns->slot, ns->name,
-                    (int64_t)ns->owner_uid, (int64_t)ns->flags, ns->bind_model,
+    err = cat_bindf(cat, st, "itiittiiuuiuiuiui", (int64_t)ns->slot, ns->name,
+                    (int64_t)ns->owner_uid, (int64_t)(ns->flags & EC_NS_SHARED), ns->bind_model,
                     ns->bind_version, ns->bound_version, (int64_t)ns->generation, ns->salt,
                     ns->ttl_us, ns->stale_us, ns->negative_ttl_us, ns->jitter_ppm, ns->lease_us,
-                    (int64_t)ns->max_computing, ns->negative_max);
+                    (int64_t)ns->max_computing, ns->negative_max,
+                    (int64_t)((ns->flags & EC_NS_REMOTE) != 0));
     if (err < 0)
         goto out;
     err = cat_step(cat, st, "record namespace");
@@ -178,7 +182,7 @@ static const struct {
 } int_cols[] = {
     {C_SLOT, 0, EC_NS_MAX - 1},
     {C_OWNER, 0, UINT32_MAX},
-    {C_FLAGS, 0, UINT32_MAX},         /* ns_invalid checks the bits */
+    {C_FLAGS, 0, UINT32_MAX},         /* ns_read_row checks the bits */
     {C_BOUND, 0, INT64_MAX},
     {C_GEN, 0, UINT32_MAX},
     {C_SALT, INT64_MIN, INT64_MAX},   /* u64 bits */
@@ -189,6 +193,7 @@ static const struct {
     {C_LEASE, 0, INT64_MAX},
     {C_MAXCOMP, 0, UINT32_MAX},
     {C_NEGMAX, 0, INT64_MAX},
+    {C_REMOTE, 0, 1},
 };
 
 /* Read the row st is on into *ns; EC_ECORRUPT naming the row when a value
@@ -216,10 +221,12 @@ static int ns_read_row(sqlite3_stmt *st, ec_catalog_ns *ns)
                  !cat_col_text(st, C_BMODEL, ns->bind_model, sizeof(ns->bind_model)) ||
                  !cat_col_text(st, C_BVERSION, ns->bind_version, sizeof(ns->bind_version))))
         why = "binding not a string";
+    if (!why && (v[C_FLAGS] & ~(int64_t)EC_NS_SHARED))
+        why = "unknown flags"; /* EC_NS_REMOTE is column remote, never a bit here */
     if (!why) {
         ns->slot = (uint32_t)v[C_SLOT];
         ns->owner_uid = (uint32_t)v[C_OWNER];
-        ns->flags = (uint32_t)v[C_FLAGS];
+        ns->flags = (uint32_t)v[C_FLAGS] | (v[C_REMOTE] ? EC_NS_REMOTE : 0);
         ns->bound_version = v[C_BOUND];
         ns->generation = (uint32_t)v[C_GEN];
         ns->salt = (uint64_t)v[C_SALT];

@@ -32,7 +32,8 @@
 enum {
     O_DATA_DIR, O_SOCKET, O_SHM_SIZE, O_BUDGET, O_TTL, O_TTL_JITTER, O_RATE_WINDOW, O_PAGER,
     O_QUEUE_DEPTH, O_GPU_SLAB, O_ITEM_BYTES, O_RESULT_ARENA, O_WAL_SYNC, O_WAL_SYNC_MS,
-    O_METRICS_LISTEN, O_REMOTE, O_EPOCH_HOLD, O_PIN_LEASE, O_IO_THREADS, O_ALLOW_UID, O_ALLOW_ANY,
+    O_METRICS_LISTEN, O_REMOTE, O_REMOTE_THREADS, O_REMOTE_KEEP, O_EPOCH_HOLD, O_PIN_LEASE,
+    O_IO_THREADS, O_ALLOW_UID, O_ALLOW_ANY,
     O_ADMIN_UID, O_MAX_CLIENTS, O_MAX_CLIENTS_PER_UID, O_NO_KEEPER, O_DROP_SEGMENT,
     O_LOG_LEVEL, O_VERBOSE, O_QUIET, O_CONFIG, O_CHECK, O_HELP, O_VERSION, O_N
 };
@@ -106,7 +107,15 @@ static const struct opt {
                   "the remote tier's Redis Cluster,\n"
                   "redis-cluster://host:port[,host:port...]:\n"
                   "`embcache publish` and `pull` use it when they\n"
-                  "name no cluster (default: none)"},
+                  "name no cluster, and versions pulled with --lazy\n"
+                  "are read from it (default: none)"},
+    [O_REMOTE_THREADS] = {"remote-threads", 0, "N", 0,
+                          "threads reading from the remote tier, each with\n"
+                          "its own connections (default 4)"},
+    [O_REMOTE_KEEP] = {"remote-keep", 0, "BOOL", F_RUNTIME,
+                       "write what is read from the remote tier into the\n"
+                       "partition files, so it is read locally next time\n"
+                       "(default true)"},
     [O_EPOCH_HOLD] = {"epoch-hold", 0, "SECONDS", F_RUNTIME,
                       "disconnect a client whose GPU gather holds freed\n"
                       "memory back longer than this (default 30)"},
@@ -343,6 +352,16 @@ static int set_opt(ec_dconf *c, int id, const char *v, char *msg, size_t cap)
         snprintf(s->remote, sizeof(s->remote), "%s", v);
         return 0;
     }
+    case O_REMOTE_THREADS:
+        if (!long_in(v, 1, 64, &n))
+            return bad(msg, cap, "'%s' must be 1..64", v);
+        s->remote_threads = (unsigned)n;
+        return 0;
+    case O_REMOTE_KEEP:
+        if (parse_bool(v, &b) < 0)
+            return bad(msg, cap, "'%s' is not true/false/yes/no/1/0", v);
+        s->remote_no_keep = !b;
+        return 0;
     case O_EPOCH_HOLD:
         if (!long_in(v, 1, 86400, &n))
             return bad(msg, cap, "'%s' must be 1..86400 seconds", v);
@@ -457,6 +476,8 @@ static void show_opt(const ec_dconf *c, int id, char *b, size_t cap)
             snprintf(b, cap, "(off)");
         break;
     case O_REMOTE: snprintf(b, cap, "%s", s->remote[0] ? s->remote : "(none)"); break;
+    case O_REMOTE_THREADS: snprintf(b, cap, "%u", s->remote_threads ? s->remote_threads : 4); break;
+    case O_REMOTE_KEEP: snprintf(b, cap, "%s", s->remote_no_keep ? "false" : "true"); break;
     case O_EPOCH_HOLD: snprintf(b, cap, "%ld", s->epoch_hold_max > 0 ? s->epoch_hold_max : 30); break;
     case O_PIN_LEASE: snprintf(b, cap, "%ld", s->pin_lease); break;
     case O_IO_THREADS: snprintf(b, cap, "%u", s->io_threads ? s->io_threads : 2); break;
@@ -489,6 +510,7 @@ static void take_opt(ec_server_config *srv, int *level, const ec_dconf *src, int
     case O_RATE_WINDOW: srv->rate_window = s->rate_window; break;
     case O_WAL_SYNC: srv->wal_sync = s->wal_sync; break;
     case O_WAL_SYNC_MS: srv->wal_sync_ms = s->wal_sync_ms; break;
+    case O_REMOTE_KEEP: srv->remote_no_keep = s->remote_no_keep; break;
     case O_EPOCH_HOLD: srv->epoch_hold_max = s->epoch_hold_max; break;
     case O_PIN_LEASE: srv->pin_lease = s->pin_lease; break;
     case O_MAX_CLIENTS: srv->max_clients = s->max_clients; break;

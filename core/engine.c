@@ -70,6 +70,7 @@ void eng_tstate_free(struct tstate *ts)
     if (ts->dfd >= 0)
         close(ts->dfd);
     free(ts->block_sums);
+    eng_remote_free(ts);
     ec_cat_tensor_clear(&ts->cat);
     free(ts);
 }
@@ -320,6 +321,15 @@ int ec_engine_open(const ec_engine_config *cfg, ec_engine_notify_fn notify, void
         if (rc)
             goto fail;
         ec_info("pager: %s", ec_pager_describe(e->pager));
+        e->remote_keep = cfg->remote_keep;
+        if (cfg->remote && cfg->remote[0]) {
+            rc = ec_pager_remote_open(e->pager, cfg->remote, cfg->remote_threads);
+            if (rc)
+                goto fail;
+            ec_info("remote tier: %s, %u worker(s), what is read is %s", cfg->remote,
+                    cfg->remote_threads ? cfg->remote_threads : 4,
+                    cfg->remote_keep ? "kept in the partition files" : "not kept");
+        }
     }
     eng_files_init(e);
 #ifdef EC_FAULT_INJECTION
@@ -604,7 +614,7 @@ int ec_engine_stats(ec_engine *e, int (*cb)(const char *name, uint64_t v, void *
     S("versions", versions);
     S("tensors", tensors);
 #undef S
-    if ((rc = eng_rows_stats(e, cb, arg)) != 0)
+    if ((rc = eng_rows_stats(e, cb, arg)) != 0 || (rc = eng_remote_stats(e, cb, arg)) != 0)
         return rc;
     return ec_devtier_stats(e->dt, cb, arg);
 }

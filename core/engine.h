@@ -8,7 +8,8 @@
  * contiguous region for a view, unpin, stats.
  *
  * Threads: every function here is called from the server thread only. The
- * pager (core/pager.h) reads partition files into extents that are
+ * pager (core/pager.h) reads partition files (or, for versions pulled
+ * lazily, the remote tier's cluster: core/engine_remote.c) into extents that are
  * allocated but not yet published and signals an eventfd
  * (ec_engine_event_fd); the server thread then calls ec_engine_complete(),
  * which publishes entries and answers requests through the notify callback.
@@ -45,6 +46,10 @@ typedef struct ec_engine_config {
     uint64_t item_bytes;    /* the item index is sized for items of this size
                              * (a new segment only); 0: EC_ITEM_BYTES_DEFAULT,
                              * UINT64_MAX: no item store */
+    const char *remote;     /* the remote tier's cluster URL; NULL or "": none (a
+                             * lazily pulled version's remote bytes then fail) */
+    unsigned remote_threads; /* its workers; 0: 4 */
+    bool remote_keep;       /* keep what is read from it in the partition files */
 } ec_engine_config;
 
 /* The answer to an asynchronous request (FAULT, PIN). */
@@ -216,6 +221,11 @@ int ec_engine_stats(ec_engine *e, int (*cb)(const char *name, uint64_t v, void *
 /* Latency histograms (server thread): fault requests, from arrival to
  * answer; pager reads, from submission to completion. */
 void ec_engine_hists(const ec_engine *e, ec_hist *fault, ec_hist *read);
+/* The remote tier's reads, submit to completion (zero without one). */
+void ec_engine_remote_hist(ec_engine *e, ec_hist *out);
+/* Whether remote reads keep what they fetched in the partition files from
+ * now on (SIGHUP's remote-keep). */
+void ec_engine_set_remote_keep(ec_engine *e, bool keep);
 
 /* Fault hook (tests): every nth partition read fails as `kind`. */
 void ec_engine_inject(ec_engine *e, enum ec_fault_kind kind, unsigned every_nth);

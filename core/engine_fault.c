@@ -49,6 +49,7 @@ static void submit(ec_engine *e, struct job *j, enum ec_page_prio prio)
     r->part = j->part;
     r->prio = prio;
     r->user = j;
+    eng_remote_part(e, ts, j->part, r);
     ec_pager_submit(e->pager, r);
 }
 
@@ -298,6 +299,12 @@ static void job_complete(ec_engine *e, struct job *j)
     bool published = false;       /* briefly visible: a GPU gather may hold it */
     int rc = j->req.rc;
 
+    eng_remote_done(e, ts, &j->req);
+    if (eng_remote_retry(e, ts, &j->req)) {
+        /* A bad local copy of remote bytes: read them from the cluster. */
+        submit(e, j, j->req.prio);
+        return;
+    }
     ec_u64map_del(&e->inflight, key);
     ts->inflight--;
     if (rc == 0 && ts->retired) {

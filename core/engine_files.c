@@ -115,6 +115,10 @@ int eng_files_open(ec_engine *e, struct tstate *ts)
                          ts->path, ts->cat.name, ts->cat.model, (long long)ts->cat.version);
     }
     ts->meta = m;
+    if ((rc = eng_remote_open(e, ts, fd))) {
+        close(fd);
+        return rc;
+    }
     eng_files_adopt(e, ts, fd);
     e->st.files_opened++;
     return 0;

@@ -11,6 +11,8 @@
  *   engine_restart.c  start-up: data-dir lock, segment, warm restart
  *   engine_rows.c     tensors cached by rows: modes, block reads, the item
  *                     store's memory, access history
+ *   engine_remote.c   tensors pulled lazily: which partitions are local, what
+ *                     goes to the remote tier (core/pager_remote.c)
  *
  * State, all private to the server thread except the job queues:
  *
@@ -86,6 +88,10 @@ struct tstate {
     ec_cache_mode policy;        /* what the catalog's policy asks; AUTO: nothing */
     uint64_t *block_sums;        /* v2 files: one per 4 KiB block; else NULL */
     uint32_t row_jobs;           /* block reads in flight */
+
+    /* engine_remote.c: a tensor pulled lazily (cat.remote); else NULL */
+    ec_remote_src *rsrc;         /* what its remote reads need */
+    uint8_t *local;              /* bit p: partition p's bytes are in the file */
     struct {
         uint64_t row_faults;     /* rows clients asked the daemon for */
         uint64_t rows_admitted;  /* rows put in the item store */
@@ -278,9 +284,10 @@ struct ec_engine {
             prewarm_done, prewarm_failed, retired_versions, refreshed_partitions,
             idle_evictions, idle_evicted_bytes, files_opened, files_closed,
             name_filter_builds, name_filter_refusals, name_answers_reused,
-            name_catalog_queries;
+            name_catalog_queries, remote_submits, remote_local_refetches;
     } st;
     ec_hist fault_seconds;       /* a fault request, from its arrival to its answer */
+    bool remote_keep;            /* remote reads write what they fetched into the files */
     time_t started;
 };
 
@@ -370,6 +377,17 @@ int eng_rows_hot_load(ec_engine *e, const struct tstate *ts, uint64_t max, uint6
                       uint64_t *n_out);
 uint64_t eng_rows_capacity(const ec_engine *e, const struct tstate *ts);
 int eng_rows_stats(ec_engine *e, int (*cb)(const char *name, uint64_t v, void *arg), void *arg);
+
+/* engine_remote.c */
+int eng_remote_open(ec_engine *e, struct tstate *ts, int fd);
+void eng_remote_free(struct tstate *ts);
+void eng_remote_reset(ec_engine *e, struct tstate *ts);
+void eng_remote_part(ec_engine *e, struct tstate *ts, uint32_t part, ec_page_req *r);
+void eng_remote_blocks(ec_engine *e, struct tstate *ts, uint64_t first, uint32_t n,
+                       ec_page_req *r);
+void eng_remote_done(ec_engine *e, struct tstate *ts, const ec_page_req *r);
+bool eng_remote_retry(ec_engine *e, struct tstate *ts, const ec_page_req *r);
+int eng_remote_stats(ec_engine *e, int (*cb)(const char *name, uint64_t v, void *arg), void *arg);
 
 /* engine_views.c */
 size_t eng_views_journal_bytes(void);

@@ -608,6 +608,10 @@ int ec_engine_refresh(ec_engine *e, const char *model, const char *version, uint
         if (rc == 0 && ts->row_jobs)
             rc = ec_seterr(EC_EBUSY, "rows of tensor '%s' are being read; retry in a moment",
                            ts->cat.name);
+        /* Remote reads hold the tensor's remote source (its checksums). */
+        if (rc == 0 && ts->rsrc && ts->inflight)
+            rc = ec_seterr(EC_EBUSY, "tensor '%s' is being read from the remote tier; retry "
+                           "in a moment", ts->cat.name);
         /* Changed partitions must not be pinned or being read. */
         for (uint64_t p = 0; rc == 0 && p < m.partitions; p++) {
             struct unit *u;
@@ -646,6 +650,7 @@ int ec_engine_refresh(ec_engine *e, const char *model, const char *version, uint
         ts->cat.file_size = m.file_size;
         ts->meta = m;
         eng_files_adopt(e, ts, fd);
+        eng_remote_reset(e, ts); /* the new checksums, and what is local now */
         eng_rows_reload(e, ts); /* its block checksums, and the rows it cached */
         total += n;
         e->st.refreshed_partitions += n;

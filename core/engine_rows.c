@@ -419,6 +419,7 @@ static void row_submit(ec_engine *e, struct rowjob *j)
     r->part = (uint32_t)((j->first * BLOCK) / (ts->meta.stride ? ts->meta.stride : 1));
     r->prio = j->prio;
     r->user = j;
+    eng_remote_blocks(e, ts, j->first, j->nblocks, r);
     ec_pager_submit(e->pager, r);
     e->rst.block_reads++;
     e->rst.block_bytes += r->length;
@@ -588,6 +589,13 @@ void eng_rows_read_done(ec_engine *e, ec_page_req *req)
     char msg[EC_ERRMSG_MAX];
     int rc = req->rc;
 
+    eng_remote_done(e, ts, req);
+    if (eng_remote_retry(e, ts, req)) {
+        e->rst.block_reads--; /* row_submit counts it again */
+        e->rst.block_bytes -= req->length;
+        row_submit(e, j);
+        return;
+    }
     ec_u64map_del(&e->row_inflight, j->key);
     ts->row_jobs--;
     msg[0] = '\0';

@@ -38,6 +38,7 @@ int ec_pager_open(const ec_pager_config *cfg, ec_pager **out)
     if (!p->cfg.threads)
         p->cfg.threads = 2;
     p->efd = -1;
+    p->rfail_tail = &p->rfail;
     if (kind == EC_PAGER_AUTO && env) {
         if (!strcmp(env, "pread"))
             kind = EC_PAGER_PREAD;
@@ -75,6 +76,7 @@ void ec_pager_close(ec_pager *p, void (*done)(ec_page_req *r, void *arg), void *
 {
     if (!p)
         return;
+    ec_pager_remote_close(p, done, arg);
     p->ops->close(p, done, arg);
     free(p);
 }
@@ -102,6 +104,10 @@ void ec_pager_file_del(ec_pager *p, int slot)
 
 void ec_pager_submit(ec_pager *p, ec_page_req *r)
 {
+    if (r->remote) {
+        ec_pager_remote_submit(p, r);
+        return;
+    }
     ec_pager_prepare(p, r);
     r->submit_ns = ec_hist_now_ns();
     p->ops->submit(p, r);
@@ -137,7 +143,12 @@ void ec_pager_reap(ec_pager *p, void (*done)(ec_page_req *r, void *arg), void *a
 {
     struct reap_ctx c = {.p = p, .done = done, .arg = arg};
 
+    /* The backend first: it drains the event fd, which the remote tier's
+     * workers also write after a job is on their finished list, so a job
+     * finished after the drain is either taken below or wakes the next
+     * poll. */
     p->ops->reap(p, reaped, &c);
+    ec_pager_remote_reap(p, done, arg);
 }
 
 void ec_pager_stats_get(const ec_pager *p, ec_pager_stats *out)

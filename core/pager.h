@@ -11,6 +11,12 @@
  *   pread     a pool of reader threads, for kernels without io_uring, with
  *             io_uring disabled, or under a seccomp filter that forbids it.
  *
+ * Beside either, the remote tier (core/pager_remote.c, opened with
+ * ec_pager_remote_open when the daemon has --remote): a request with
+ * `remote` set is fetched from the Redis Cluster by the remote tier's own
+ * worker threads, verified the same way, and comes back through the same
+ * event fd and ec_pager_reap.
+ *
  * A request reads either one partition (verified against its XXH3 checksum
  * from the partition table) or, with block_sums set, a run of whole 4 KiB
  * blocks of a version-2 file (each verified against its block checksum), so
@@ -33,8 +39,25 @@
 
 #include "common/hist.h"
 #include "common/err.h"
+#include "core/partfile.h"
 
 enum ec_page_prio { EC_PAGE_DEMAND = 0, EC_PAGE_PREWARM = 1 };
+
+/* Where a tensor pulled lazily (`embcache pull --lazy`) keeps the bytes
+ * that are not yet in its local file: chunks of the Redis Cluster of the
+ * remote tier, ec:c:<model>:<version>:<index>:<p>:<k> (core/publish.h).
+ * Filled and owned by the engine (one per such tensor); a request points
+ * at it, and it lives until the requests that do have come back. */
+typedef struct ec_remote_src {
+    char model[EC_NAME_MAX + 1];
+    int64_t version;
+    char tensor[EC_NAME_MAX + 1];   /* for messages */
+    uint32_t index;                 /* the tensor's t in the manifest */
+    uint32_t chunk;                 /* the manifest's chunk size */
+    ec_partfile_meta meta;          /* the local file's layout (its head is local) */
+    const uint64_t *part_checksums; /* the catalog's, meta.partitions of them */
+    const char *path;               /* the partition file, where kept bytes go */
+} ec_remote_src;
 
 typedef struct ec_page_req {
     /* Filled by the caller. */
@@ -60,10 +83,20 @@ typedef struct ec_page_req {
     uint64_t block;         /* index of the first block, for messages */
     enum ec_page_prio prio;
     void *user;
+    /* Remote reads: non-NULL sends this request to the remote tier
+     * (core/pager_remote.c) instead of reading fd: the chunks that cover
+     * the bytes are fetched (one pipelined MGET), copied into dest (zero
+     * for the stride's padding) and verified as a read from the file is.
+     * keep: then write each partition fetched whole and verified into the
+     * partition file (fdatasync'd) before the request comes back. */
+    const ec_remote_src *remote;
+    bool keep;
 
     /* Results, valid in the completion callback. */
     int rc;
     char msg[EC_ERRMSG_MAX];
+    uint64_t kept_first;    /* remote: partitions [kept_first, +kept_n) are now */
+    uint32_t kept_n;        /* in the file, verified; kept_n 0: none */
 
     /* Private to the pager. */
     uint64_t submit_ns;     /* when ec_pager_submit took it (ec_hist_now_ns) */
@@ -137,6 +170,31 @@ int ec_pager_event_fd(const ec_pager *p);
 void ec_pager_reap(ec_pager *p, void (*done)(ec_page_req *r, void *arg), void *arg);
 
 void ec_pager_stats_get(const ec_pager *p, ec_pager_stats *out);
+
+/* The remote tier's reads (core/pager_remote.c). */
+typedef struct ec_pager_remote_stats {
+    uint64_t reads;             /* remote requests fetched and verified */
+    uint64_t bytes;             /* their bytes (length) */
+    uint64_t errors;            /* failed: cluster unreachable, timeouts, no --remote */
+    uint64_t checksum_failures; /* a chunk missing, of the wrong size, or failing
+                                 * its checksum */
+    uint64_t kept_bytes;        /* partition bytes written into local files */
+    uint64_t keep_failures;     /* writes into the local file that failed */
+    uint64_t inflight;          /* requests at the workers */
+    uint64_t redirects;         /* MOVED + ASK the workers' handles followed */
+    uint64_t retries;           /* their keys sent again */
+    uint64_t connect_failures;  /* failed connects and failed opens */
+    ec_hist read_seconds;       /* submit to completion, failed ones too */
+} ec_pager_remote_stats;
+
+/* Start the remote tier's workers (threads, 0: 4) for the cluster at url
+ * (checked seeds; nothing is connected yet). Without this, a request with
+ * `remote` set fails (EC_ECONN, saying to start embcached with --remote).
+ * EC_EINVAL (bad URL), EC_ENOMEM. */
+int ec_pager_remote_open(ec_pager *p, const char *url, unsigned threads);
+/* The cluster's URL, or NULL when there is no remote tier. */
+const char *ec_pager_remote_url(const ec_pager *p);
+void ec_pager_remote_stats_get(ec_pager *p, ec_pager_remote_stats *out);
 
 /* Fault hook: make every nth read (counting from the next one) fail as
  * `kind`; n = 0 turns it off. Kinds: EC_FAULT_EIO (the read fails with EIO),

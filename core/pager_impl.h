@@ -36,7 +36,18 @@ struct ec_pager {
     ec_pager_stats st;
     enum ec_fault_kind fault;
     unsigned fault_every, fault_count;
+    struct ec_pager_remote *remote; /* pager_remote.c; NULL: no --remote */
+    ec_page_req *rfail, **rfail_tail; /* remote requests failed at submit */
+    uint64_t remote_refused;        /* remote requests without a remote tier */
 };
+
+/* pager_remote.c, on the server thread: a request with r->remote set
+ * (failed at once, through reap, without a remote tier); the finished
+ * ones through done(); at close, wait for the workers and hand back every
+ * request they hold. */
+void ec_pager_remote_submit(ec_pager *p, ec_page_req *r);
+void ec_pager_remote_reap(ec_pager *p, void (*done)(ec_page_req *, void *), void *arg);
+void ec_pager_remote_close(ec_pager *p, void (*done)(ec_page_req *, void *), void *arg);
 
 extern const struct ec_pager_ops ec_pager_uring_ops;
 extern const struct ec_pager_ops ec_pager_pread_ops;

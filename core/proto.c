@@ -449,7 +449,7 @@ int ec_get_ns(ec_rbuf *r, ec_proto_ns *ns)
     ec_get_ns_opts(r, &ns->opts);
     n = ec_get_u32(r);
     if (r->bad || n != EC_PROTO_NS_COUNTERS || !ec_ns_name_ok(ns->name) ||
-        (ns->flags & ~(uint32_t)EC_NS_SHARED))
+        (ns->flags & ~(uint32_t)(EC_NS_SHARED | EC_NS_REMOTE)))
         return ec_seterr(EC_EPROTO, "malformed namespace record in a NS_LIST reply");
     for (unsigned i = 0; i < n; i++)
         ns->counters[i] = ec_get_u64(r);

@@ -32,6 +32,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
+#include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <time.h>
 #include <unistd.h>
@@ -45,7 +47,8 @@
 #include "core/tensorfile.h"
 
 #define MAGIC "ECPUBM01"
-#define FORMAT 1u
+#define FORMAT 2u    /* what publish writes */
+#define FORMAT_1 1u  /* still read: no file heads (no lazy pull) */
 #define KEY_MAX 512
 
 uint64_t ec_checksum(const void *buf, size_t len); /* core/partfile.c: XXH3-64 */
@@ -80,6 +83,8 @@ struct ptensor {
     uint64_t shape[EC_MAX_DIMS];
     uint64_t rows, row_bytes, rpp, partitions;
     uint64_t *len, *sum;   /* per partition; malloc'd (one block: len then sum) */
+    uint64_t head_len;     /* format 2: bytes [0, data_off) of its partition file */
+    uint64_t head_sum;     /* their XXH3-64 */
     char path[EC_CAT_PATH_MAX]; /* publish: the partition file */
 };
 
@@ -87,6 +92,7 @@ struct manifest {
     char model[EC_NAME_MAX + 1];
     int64_t version, round, created;
     char *params;
+    uint32_t format;       /* decoded: FORMAT_1 or FORMAT */
     uint32_t chunk;
     uint32_t n;
     struct ptensor *t;
@@ -110,6 +116,11 @@ static int open_cluster(const char *url, ec_rcluster **out)
     if (rc)
         return ec_seterr(rc, "cluster %s: %s", url, saved_err(eb));
     return 0;
+}
+
+static size_t head_key(char *buf, const char *model, int64_t v, uint32_t t, uint64_t k)
+{
+    return (size_t)snprintf(buf, KEY_MAX, "ec:h:%s:%" PRId64 ":%u:%" PRIu64, model, v, t, k);
 }
 
 static size_t chunk_key(char *buf, const char *model, int64_t v, uint32_t t, uint64_t p,
@@ -201,6 +212,8 @@ static int manifest_encode(const struct manifest *m, struct obuf *o)
             put64(o, t->len[p]);
             put64(o, t->sum[p]);
         }
+        put64(o, t->head_len);
+        put64(o, t->head_sum);
     }
     if (!o->err)
         put64(o, ec_checksum(o->b, o->len));
@@ -307,6 +320,35 @@ static int tensor_check(const struct ptensor *t, uint64_t *total)
     return 0;
 }
 
+/* The partition file layout a manifest's tensor has, as version v of the
+ * format (EC_PARTFILE_VERSION_1 or 0: the current one). */
+static int tensor_layout(const struct ptensor *t, uint32_t v, ec_partfile_meta *meta)
+{
+    memset(meta, 0, sizeof(*meta));
+    meta->version = v;
+    meta->dtype = t->dtype;
+    meta->ndim = t->ndim;
+    memcpy(meta->shape, t->shape, sizeof(meta->shape));
+    meta->rows_per_partition = t->rpp;
+    return ec_partfile_layout(meta);
+}
+
+/* Format 2: a file head is exactly as long as the layout of either file
+ * format makes it (which also bounds what a lazy pull allocates). */
+static int head_check(const struct manifest *m, const struct ptensor *t)
+{
+    ec_partfile_meta v1, v2;
+
+    if (m->format < FORMAT)
+        return 0;
+    if (tensor_layout(t, EC_PARTFILE_VERSION_1, &v1) || tensor_layout(t, 0, &v2) ||
+        (t->head_len != v1.data_off && t->head_len != v2.data_off))
+        return ec_seterr(EC_EFORMAT, "manifest: tensor '%s': a file head of %" PRIu64 " bytes, "
+                         "and its layout makes %" PRIu64 " (or %" PRIu64 " in format 1)",
+                         t->name, t->head_len, v2.data_off, v1.data_off);
+    return 0;
+}
+
 /* Decode and validate a manifest from another host. *total: tensor bytes. */
 static int manifest_decode(const uint8_t *b, size_t len, const char *model, int64_t version,
                            struct manifest *m, uint64_t *total)
@@ -326,10 +368,11 @@ static int manifest_decode(const uint8_t *b, size_t len, const char *model, int6
         return ec_seterr(EC_EFORMAT, "manifest of '%s' version %" PRId64 " failed its "
                          "checksum: publish it again", model, version);
     r = (struct ibuf){.b = b, .len = len - 8, .off = 8};
-    if (get32(&r) != FORMAT)
+    m->format = get32(&r);
+    if (m->format != FORMAT && m->format != FORMAT_1)
         return ec_seterr(EC_EVERSION, "manifest of '%s' version %" PRId64 ": format %u, this "
-                         "embcache reads format %u", model, version,
-                         (unsigned)(r.off -= 4, get32(&r)), FORMAT);
+                         "embcache reads formats %u and %u", model, version, m->format,
+                         FORMAT_1, FORMAT);
     m->n = get32(&r);
     if (r.bad || m->n == 0 || m->n > EC_PUB_MAX_TENSORS)
         return ec_seterr(EC_EFORMAT, "manifest of '%s' version %" PRId64 ": %u tensors "
@@ -396,7 +439,13 @@ static int manifest_decode(const uint8_t *b, size_t len, const char *model, int6
             t->len[p] = get64(&r);
             t->sum[p] = get64(&r);
         }
-        if ((rc = tensor_check(t, total)))
+        if (m->format >= FORMAT) {
+            t->head_len = get64(&r);
+            t->head_sum = get64(&r);
+        }
+        if (r.bad)
+            break;
+        if ((rc = tensor_check(t, total)) || (rc = head_check(m, t)))
             goto fail;
     }
     if (r.bad || r.off != r.len) {
@@ -505,6 +554,7 @@ struct batch {
     size_t n, cap;
     uint8_t *arena;
     uint64_t used, arena_cap;
+    uint64_t head_used;  /* of used, file heads: not counted as tensor bytes */
 };
 
 static int batch_flush(ec_rcluster *rc, struct batch *b, uint64_t *sent)
@@ -517,9 +567,10 @@ static int batch_flush(ec_rcluster *rc, struct batch *b, uint64_t *sent)
     for (size_t i = 0; i < b->n; i++)
         free(b->keys[i]);
     if (r == 0)
-        *sent += b->used;
+        *sent += b->used - b->head_used;
     b->n = 0;
     b->used = 0;
+    b->head_used = 0;
     return r;
 }
 
@@ -601,6 +652,46 @@ static int publish_tensor(ec_rcluster *rc, const char *data_dir, struct manifest
         for (uint64_t k = 0, nk = nchunks(plen, m->chunk); k < nk; k++) {
             uint64_t off = k * m->chunk, n = plen - off < m->chunk ? plen - off : m->chunk;
             size_t kl = chunk_key(key, m->model, m->version, ti, p, k);
+            if ((r = batch_key(b, key, kl, dst + off, (size_t)n)))
+                goto out;
+        }
+    }
+    /* The file's head (header page, partition table, block table), for a
+     * lazy pull: ec_partfile_open validated it above, the puller validates
+     * it again. */
+    {
+        uint64_t hl = meta.data_off, got = 0;
+        uint8_t *dst;
+        if (b->used + hl > b->arena_cap && (r = batch_flush(rc, b, sent)))
+            goto out;
+        if (hl > b->arena_cap) {
+            uint8_t *na = realloc(b->arena, hl);
+            if (!na) {
+                r = ec_seterr(EC_ENOMEM, "publish: a file head of %" PRIu64 " bytes", hl);
+                goto out;
+            }
+            b->arena = na;
+            b->arena_cap = hl;
+        }
+        dst = b->arena + b->used;
+        while (got < hl) {
+            ssize_t n = pread(fd, dst + got, hl - got, (off_t)got);
+            if (n < 0 && errno == EINTR)
+                continue;
+            if (n <= 0) {
+                r = ec_seterr_errno(EC_EIO, n < 0 ? errno : EIO, "publish: reading the head "
+                                    "of %s", path);
+                goto out;
+            }
+            got += (uint64_t)n;
+        }
+        t->head_len = hl;
+        t->head_sum = ec_checksum(dst, hl);
+        b->used += hl;
+        b->head_used += hl;
+        for (uint64_t k = 0, nk = nchunks(hl, m->chunk); k < nk; k++) {
+            uint64_t off = k * m->chunk, n = hl - off < m->chunk ? hl - off : m->chunk;
+            size_t kl = head_key(key, m->model, m->version, ti, k);
             if ((r = batch_key(b, key, kl, dst + off, (size_t)n)))
                 goto out;
         }
@@ -1053,6 +1144,284 @@ out:
     if (fd >= 0)
         close(fd);
     free(arena);
+    free(mb);
+    ec_rcluster_close(rc);
+    manifest_free(&m);
+    return r;
+}
+
+/* ------------------------------------------------------------------ */
+/* Lazy pull                                                           */
+
+/* A value of a head's MGET, into its place. */
+struct hfetch {
+    const char *tensor;
+    uint8_t *buf;
+    uint64_t len;
+    uint32_t chunk;
+    int err;
+    char msg[512];
+};
+
+static void head_cb(void *arg, size_t i, int status, const void *val, size_t len,
+                    const char *msg)
+{
+    struct hfetch *f = arg;
+    uint64_t off = (uint64_t)i * f->chunk;
+    uint64_t want = f->len - off < f->chunk ? f->len - off : f->chunk;
+
+    if (status == 0 && len == want) {
+        memcpy(f->buf + off, val, len);
+        return;
+    }
+    if (f->err)
+        return;
+    f->err = status == 0 || status == EC_ENOENT ? EC_ECHECKSUM : status;
+    if (status == 0)
+        snprintf(f->msg, sizeof(f->msg), "tensor '%s': chunk %zu of its file head has %zu "
+                 "bytes on the cluster, the manifest makes %" PRIu64, f->tensor, i, len, want);
+    else if (status == EC_ENOENT)
+        snprintf(f->msg, sizeof(f->msg), "tensor '%s': chunk %zu of its file head is missing "
+                 "on the cluster", f->tensor, i);
+    else
+        snprintf(f->msg, sizeof(f->msg), "tensor '%s': chunk %zu of its file head: %s",
+                 f->tensor, i, msg ? msg : ec_strerror(status));
+}
+
+/* Fetch tensor ti's head and check it against the manifest's checksum.
+ * *out is malloc'd (t->head_len bytes). */
+static int fetch_head(ec_rcluster *rc, const struct manifest *m, uint32_t ti, uint8_t **out)
+{
+    const struct ptensor *t = &m->t[ti];
+    size_t n = (size_t)nchunks(t->head_len, m->chunk);
+    struct hfetch f = {.tensor = t->name, .len = t->head_len, .chunk = m->chunk};
+    char **keys = calloc(n, sizeof(*keys));
+    size_t *klen = calloc(n, sizeof(*klen));
+    int r = 0;
+
+    f.buf = malloc(t->head_len);
+    if (!keys || !klen || !f.buf) {
+        r = ec_seterr(EC_ENOMEM, "lazy pull: a file head of %" PRIu64 " bytes", t->head_len);
+        goto out;
+    }
+    for (size_t k = 0; k < n; k++) {
+        if (!(keys[k] = malloc(KEY_MAX))) {
+            r = ec_seterr(EC_ENOMEM, "lazy pull: keys");
+            goto out;
+        }
+        klen[k] = head_key(keys[k], m->model, m->version, ti, k);
+    }
+    r = ec_rcluster_mget(rc, (const char *const *)keys, klen, n, head_cb, &f);
+    if (f.err)
+        r = ec_seterr(f.err, "%s", f.msg);
+    else if (r == 0 && ec_checksum(f.buf, t->head_len) != t->head_sum)
+        r = ec_seterr(EC_ECHECKSUM, "tensor '%s': its file head on the cluster fails the "
+                      "manifest's checksum (corrupted or overwritten there); publish the "
+                      "version again", t->name);
+out:
+    for (size_t k = 0; keys && k < n; k++)
+        free(keys[k]);
+    free(keys);
+    free(klen);
+    if (r)
+        free(f.buf);
+    else
+        *out = f.buf;
+    return r;
+}
+
+/* Write a head as a new partition file, sparse to its full size, check it
+ * as any partition file is opened, and against the manifest; then give it
+ * its final name. rel: "parts/<name>.ecp"; *hsum: its header checksum. */
+static int write_head(const char *data_dir, const struct manifest *m, const struct ptensor *t,
+                      const uint8_t *head, char *rel, size_t rel_len, uint64_t *hsum,
+                      uint64_t *file_size)
+{
+    char tmp[4210], fin[4200], eb[EC_ERRMSG_MAX];
+    unsigned char rnd[8];
+    ec_partfile_meta want, meta;
+    uint64_t *sums = NULL, done = 0;
+    int fd = -1, r;
+
+    (void)m;
+    if ((r = tensor_layout(t, t->head_len == (tensor_layout(t, 0, &want), want.data_off)
+                                  ? 0 : EC_PARTFILE_VERSION_1, &want)))
+        return r;
+    if (getrandom(rnd, sizeof(rnd), 0) != (ssize_t)sizeof(rnd))
+        return ec_seterr_errno(EC_EIO, errno, "lazy pull: getrandom");
+    snprintf(rel, rel_len, "%s/%02x%02x%02x%02x%02x%02x%02x%02x%s", EC_PARTS_DIR, rnd[0],
+             rnd[1], rnd[2], rnd[3], rnd[4], rnd[5], rnd[6], rnd[7], EC_PARTFILE_EXT);
+    if ((size_t)snprintf(fin, sizeof(fin), "%s/%s", data_dir, rel) >= sizeof(fin))
+        return ec_seterr(EC_EINVAL, "lazy pull: the data directory's path is too long");
+    snprintf(tmp, sizeof(tmp), "%.4199s.tmp", fin);
+    if ((fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600)) < 0)
+        return ec_seterr_errno(EC_EIO, errno, "lazy pull: creating %s", tmp);
+    while (done < t->head_len) {
+        ssize_t n = pwrite(fd, head + done, t->head_len - done, (off_t)done);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0) {
+            r = ec_seterr_errno(n < 0 && errno == ENOSPC ? EC_ENOSPC : EC_EIO,
+                                n < 0 ? errno : EIO, "lazy pull: writing %s", tmp);
+            goto fail;
+        }
+        done += (uint64_t)n;
+    }
+    /* The data region: a hole, filled as it is read (core/pager_remote.c). */
+    if (ftruncate(fd, (off_t)want.file_size) < 0 || fsync(fd) < 0) {
+        r = ec_seterr_errno(EC_EIO, errno, "lazy pull: sizing %s", tmp);
+        goto fail;
+    }
+    close(fd);
+    fd = -1;
+    /* Validated as any partition file: header, tables, arithmetic, size. */
+    if ((r = ec_partfile_open(tmp, &meta, &fd)) < 0) {
+        r = ec_seterr(r, "tensor '%s': its file head from the cluster: %s", t->name,
+                      saved_err(eb));
+        goto fail;
+    }
+    if (meta.dtype != t->dtype || meta.ndim != t->ndim ||
+        memcmp(meta.shape, t->shape, sizeof(meta.shape)) || meta.rows_per_partition != t->rpp ||
+        meta.partitions != t->partitions || meta.file_size != want.file_size) {
+        r = ec_seterr(EC_EFORMAT, "tensor '%s': its file head from the cluster describes "
+                      "another tensor than the manifest", t->name);
+        goto fail;
+    }
+    if (!(sums = malloc((t->partitions ? t->partitions : 1) * 8))) {
+        r = ec_seterr(EC_ENOMEM, "lazy pull");
+        goto fail;
+    }
+    if ((r = ec_partfile_read_table(fd, &meta, sums)) < 0)
+        goto fail;
+    for (uint64_t p = 0; p < t->partitions; p++)
+        if (sums[p] != t->sum[p]) {
+            r = ec_seterr(EC_EFORMAT, "tensor '%s' partition %" PRIu64 ": its file head's "
+                          "checksum %016" PRIx64 " is not the manifest's %016" PRIx64,
+                          t->name, p, sums[p], t->sum[p]);
+            goto fail;
+        }
+    close(fd);
+    fd = -1;
+    if (rename(tmp, fin) < 0) {
+        r = ec_seterr_errno(EC_EIO, errno, "lazy pull: renaming %s", tmp);
+        goto fail;
+    }
+    free(sums);
+    *hsum = meta.header_checksum;
+    *file_size = meta.file_size;
+    return 0;
+fail:
+    if (fd >= 0)
+        close(fd);
+    unlink(tmp);
+    free(sums);
+    return r;
+}
+
+int ec_pull_lazy(ec_catalog *cat, const char *data_dir, const char *model,
+                 const char *version, const char *url, ec_pub_stats *out)
+{
+    char eb[EC_ERRMSG_MAX], key[KEY_MAX], parts[4200];
+    struct manifest m = {0};
+    ec_cat_tensor *cts = NULL;
+    ec_rcluster *rc = NULL;
+    uint64_t total = 0, got = 0;
+    void *mb = NULL;
+    size_t mlen = 0, kl;
+    uint32_t made = 0;
+    int64_t v, have, vid;
+    int r;
+
+    if ((r = ec_catalog_check_name("model", model)))
+        return r;
+    if (parse_version(version, &v))
+        return ec_seterr(EC_EINVAL, "pull: version '%s' must be a number >= 1 (an alias "
+                         "names a version only on its own host)", version);
+    if (ec_catalog_version_of(cat, model, version, &have) == 0)
+        return ec_seterr(EC_EEXIST, "model '%s' version %" PRId64 " exists here already; "
+                         "retire it first to pull it again", model, v);
+    if ((r = open_cluster(url, &rc)))
+        return r;
+    kl = (size_t)snprintf(key, sizeof(key), "ec:m:%s:%" PRId64, model, v);
+    if ((r = ec_rcluster_get(rc, key, kl, &mb, &mlen))) {
+        if (r == EC_ENOENT)
+            r = ec_seterr(EC_ENOENT, "model '%s' version %" PRId64 " is not published on %s "
+                          "(no manifest): run `embcache publish %s %" PRId64 "` on its host",
+                          model, v, url, model, v);
+        else
+            r = ec_seterr(r, "pull of '%s' version %" PRId64 ": reading its manifest from %s: "
+                          "%s", model, v, url, saved_err(eb));
+        goto out;
+    }
+    if ((r = manifest_decode(mb, mlen, model, v, &m, &total)))
+        goto out;
+    if (m.format < FORMAT) {
+        r = ec_seterr(EC_EVERSION, "model '%s' version %" PRId64 " was published by an older "
+                      "embcache (manifest format %u, without file heads): publish it again to "
+                      "pull it lazily, or pull it whole", model, v, m.format);
+        goto out;
+    }
+    snprintf(parts, sizeof(parts), "%s/%s", data_dir, EC_PARTS_DIR);
+    if (mkdir(parts, 0700) < 0 && errno != EEXIST) {
+        r = ec_seterr_errno(EC_EIO, errno, "lazy pull: creating %s", parts);
+        goto out;
+    }
+    if (!(cts = calloc(m.n, sizeof(*cts)))) {
+        r = ec_seterr(EC_ENOMEM, "lazy pull");
+        goto out;
+    }
+    for (uint32_t i = 0; i < m.n; i++) {
+        const struct ptensor *t = &m.t[i];
+        ec_cat_tensor *c = &cts[i];
+        uint8_t *head = NULL;
+        if ((r = fetch_head(rc, &m, i, &head)))
+            goto out;
+        r = write_head(data_dir, &m, t, head, c->path, sizeof(c->path), &c->header_checksum,
+                       &c->file_size);
+        free(head);
+        if (r)
+            goto out;
+        made++;
+        got += t->head_len;
+        snprintf(c->name, sizeof(c->name), "%s", t->name);
+        c->dtype = t->dtype;
+        c->ndim = t->ndim;
+        memcpy(c->shape, t->shape, sizeof(c->shape));
+        c->rows = t->rows;
+        c->row_bytes = t->row_bytes;
+        c->rows_per_partition = t->rpp;
+        c->partitions = t->partitions;
+        c->part_checksums = t->sum; /* the manifest's; the catalog copies them */
+        c->remote = true;
+        c->remote_index = i;
+        c->remote_chunk = m.chunk;
+    }
+    {
+        int dfd = open(parts, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        if (dfd >= 0) {
+            (void)fsync(dfd);
+            close(dfd);
+        }
+    }
+    if ((r = ec_catalog_add_version_at(cat, model, v, m.round, m.params, m.created, cts, m.n,
+                                       &vid)))
+        goto out;
+    ec_info("pulled %s version %" PRId64 " lazily: %u tensor(s), %" PRIu64 " bytes of data "
+            "left on %s until read", model, v, m.n, total, url);
+    if (out)
+        *out = (ec_pub_stats){.version = v, .tensors = m.n, .bytes = got};
+out:
+    if (r) {
+        for (uint32_t i = 0; i < made; i++) {
+            char full[4200 + EC_CAT_PATH_MAX];
+            snprintf(full, sizeof(full), "%s/%s", data_dir, cts[i].path);
+            unlink(full);
+        }
+        if (r != EC_ENOENT && r != EC_EEXIST)
+            r = ec_seterr(r, "lazy pull of '%s' version %" PRId64 " from %s failed, nothing "
+                          "was registered: %s", model, v, url, saved_err(eb));
+    }
+    free(cts);
     free(mb);
     ec_rcluster_close(rc);
     manifest_free(&m);

@@ -12,8 +12,12 @@
  *                                       partition p of the manifest's t-th
  *                                       tensor; no hash tag: chunks spread
  *                                       over every slot
+ *   ec:h:<model>:<version>:<t>:<k>      chunk k of the t-th tensor's partition
+ *                                       file head: bytes [0, data_off), the
+ *                                       header page, partition table and
+ *                                       block table (format 2)
  *   ec:m:<model>:<version>              the manifest, written LAST
- * The manifest (binary, little-endian, "ECPUBM01" + format 1) holds the
+ * The manifest (binary, little-endian, "ECPUBM01" + format 2) holds the
  * version's round, params, created time and, per tensor, name, dtype,
  * shape, rows, row_bytes, rows per partition and each partition's length
  * and XXH3-64, then an XXH3-64 of all the bytes before it.
@@ -73,5 +77,22 @@ int ec_publish_version(ec_catalog *cat, const char *data_dir, const char *model,
  *         failed is dropped again, files included). */
 int ec_pull_version(ec_catalog *cat, const char *data_dir, const char *model,
                     const char *version, const char *url, ec_pub_stats *out);
+
+/* Pull (model, version) lazily: register it with its data left on the
+ * cluster. For each tensor the manifest's file head (format 2) is fetched,
+ * checked against the manifest's checksum, written as the tensor's
+ * partition file (a new name under <data_dir>/parts) and truncated to the
+ * file's full size, so its data region is one hole; the file is then
+ * validated as any partition file is opened (ec_partfile_open) and its
+ * partition table must hold the manifest's checksums. The version is
+ * registered with remote = true, its manifest index and chunk size (see
+ * ec_cat_tensor); the daemon's remote tier (core/pager_remote.c) reads the
+ * partitions when they are first needed. No data chunk is read here.
+ * out->bytes: the bytes of the file heads.
+ * @return 0, or as ec_pull_version; EC_EVERSION for a version published
+ *         in manifest format 1 (no heads: publish it again). Nothing is
+ *         registered on failure, and the files written are removed. */
+int ec_pull_lazy(ec_catalog *cat, const char *data_dir, const char *model,
+                 const char *version, const char *url, ec_pub_stats *out);
 
 #endif

@@ -77,6 +77,11 @@ static void publish_gen(ec_resmgr *m, uint32_t slot, uint32_t gen)
     atomic_store_explicit(&m->seg->hdr->ns[slot].gen, gen, memory_order_release);
 }
 
+void rm_wake(ec_resmgr *m, uint32_t slot)
+{
+    wake(m, slot);
+}
+
 /* ------------------------------------------------------------------ */
 /* Settings                                                            */
 
@@ -124,6 +129,11 @@ static int64_t bound_version(ec_resmgr *m, const ec_catalog_ns *c)
 static struct rns *ns_at(ec_resmgr *m, uint32_t slot)
 {
     return slot < EC_NS_MAX && m->ns[slot].live ? &m->ns[slot] : NULL;
+}
+
+struct rns *rm_ns_at(ec_resmgr *m, uint32_t slot)
+{
+    return ns_at(m, slot);
 }
 
 static bool key_in_slot(uint64_t key, void *arg)
@@ -210,6 +220,14 @@ static int peek(ec_resmgr *m, struct rns *ns, const void *key, size_t key_len, i
                           now, NULL, 0, h);
 }
 
+int rm_peek(ec_resmgr *m, struct rns *ns, const void *key, size_t key_len)
+{
+    ec_result_key k;
+    ec_result_hdr h;
+
+    return peek(m, ns, key, key_len, now_ns(), &k, &h);
+}
+
 /* ------------------------------------------------------------------ */
 /* Leases                                                              */
 
@@ -218,9 +236,17 @@ static void lease_end(ec_resmgr *m, struct lease *l)
     struct rns *ns = &m->ns[l->slot];
 
     ec_u64map_del(&m->leases, l->item_key);
-    if (ns->computing)
+    if (m->rr && l->remote != RL_LOCAL)
+        rr_lease_ended(m, l); /* the cluster's side of it */
+    if (ns->computing && !l->uncounted)
         ns->computing--;
+    free(l->lkey);
     free(l);
+}
+
+void rm_lease_end(ec_resmgr *m, struct lease *l)
+{
+    lease_end(m, l);
 }
 
 /* Say and count that a lease was held past its namespace's lease time
@@ -284,14 +310,47 @@ static int lease_grant(ec_resmgr *m, struct rns *ns, const ec_res_peer *p, uint6
     l->slot = ns->cat.slot;
     l->deadline_ns = now + (int64_t)ns->cat.lease_us * 1000;
     l->granted_ns = now;
+    l->serial = ++m->lease_serial;
     ns->leases_granted++;
     if (++ns->computing > ns->computing_peak)
         ns->computing_peak = ns->computing;
     return EC_LEASE_GRANTED;
 }
 
+/* A miss that would get the lease: in a remote namespace (with a way to
+ * answer later), the cluster is asked first, once per key at a time. */
+static int lease_or_ask(ec_resmgr *m, struct rns *ns, const ec_res_peer *p, uint64_t item_key,
+                        int64_t now, const void *key, size_t key_len, uint32_t flags,
+                        int64_t fresh_until, uint64_t token)
+{
+    struct lease *l;
+    int rc;
+
+    if (!m->rr || !token || !(ns->cat.flags & EC_NS_REMOTE))
+        return lease_grant(m, ns, p, item_key, now);
+    if (rr_busy(m, item_key)) {
+        /* An earlier request for it is still out (its asker went): its
+         * answer wakes the namespace. An early refresh is not needed. */
+        if (flags & EC_RES_EARLY)
+            return EC_LEASE_FOUND;
+        ns->leases_waited++;
+        return EC_LEASE_WAIT;
+    }
+    if ((rc = lease_grant(m, ns, p, item_key, now)) != EC_LEASE_GRANTED)
+        return rc;
+    l = ec_u64map_get(&m->leases, item_key);
+    l->remote = RL_PENDING;
+    ns->leases_granted--; /* counted when it is granted indeed */
+    if (rr_ask(m, ns, l, key, key_len, flags, fresh_until, p->owner, token)) {
+        l->remote = RL_LOCAL;
+        ns->leases_granted++;
+        return EC_LEASE_GRANTED;
+    }
+    return EC_LEASE_DEFERRED;
+}
+
 int ec_resmgr_lease(ec_resmgr *m, const ec_res_peer *p, uint32_t slot, uint32_t flags,
-                    const void *key, size_t key_len, int64_t seen)
+                    const void *key, size_t key_len, int64_t seen, uint64_t token)
 {
     ec_result_hdr h;
     int64_t now = now_ns();
@@ -321,7 +380,8 @@ int ec_resmgr_lease(ec_resmgr *m, const ec_res_peer *p, uint32_t slot, uint32_t 
             (seen && seen != h.fresh_until_ns))
             return EC_LEASE_FOUND;
         ns->early_refreshes++;
-        return lease_grant(m, ns, p, k.item_key, now);
+        return lease_or_ask(m, ns, p, k.item_key, now, key, key_len, flags,
+                            h.fresh_until_ns - now, token);
     }
     if (l || ns->computing >= ns->cat.max_computing) {
         if (!l)
@@ -333,7 +393,7 @@ int ec_resmgr_lease(ec_resmgr *m, const ec_res_peer *p, uint32_t slot, uint32_t 
         ns->leases_waited++;
         return EC_LEASE_WAIT;
     }
-    return lease_grant(m, ns, p, k.item_key, now);
+    return lease_or_ask(m, ns, p, k.item_key, now, key, key_len, flags, 0, token);
 }
 
 int ec_resmgr_release(ec_resmgr *m, const ec_res_peer *p, uint32_t slot, const void *key,
@@ -367,6 +427,8 @@ static bool held_by(ec_resmgr *m, const struct lease *l, const void *arg)
 
 void ec_resmgr_owner_close(ec_resmgr *m, uint64_t owner)
 {
+    if (m->rr)
+        rr_owner_close(m, owner);
     leases_end_if(m, held_by, &owner);
 }
 
@@ -540,8 +602,10 @@ int ec_resmgr_put(ec_resmgr *m, const ec_res_peer *p, uint32_t slot, const void 
     h.ns_gen = ns->cat.generation;
     h.key_len = (uint32_t)key_len;
     h.value_len = (uint32_t)v->value_len;
-    fresh = jittered(m, ns, v->ttl_us ? v->ttl_us
-                                      : (negative ? ns->cat.negative_ttl_us : ns->cat.ttl_us));
+    fresh = v->fresh_ns > 0 ? v->fresh_ns
+                            : jittered(m, ns, v->ttl_us ? v->ttl_us
+                                                        : (negative ? ns->cat.negative_ttl_us
+                                                                    : ns->cat.ttl_us));
     h.fresh_until_ns = now + fresh;
     h.stale_until_ns = h.fresh_until_ns +
                        (negative || ns->cat.stale_us < 0 ? 0 : ns->cat.stale_us * 1000);
@@ -566,7 +630,10 @@ int ec_resmgr_put(ec_resmgr *m, const ec_res_peer *p, uint32_t slot, const void 
         (void)ec_u64map_put(&m->negative, k.item_key, (void *)1);
         negative_push(ns, k.item_key);
     }
-    if ((l = ec_u64map_get(&m->leases, k.item_key))) {
+    l = ec_u64map_get(&m->leases, k.item_key);
+    if (m->rr && (ns->cat.flags & EC_NS_REMOTE) && !v->from_remote)
+        rr_publish(m, ns, key, key_len, v, value, fresh, l); /* takes l's cluster lease */
+    if (l) {
         /* The holder's put ends its computation: how long it took. */
         if (l->owner == p->owner && now >= l->granted_ns)
             ec_hist_add(&m->recompute_seconds, (uint64_t)(now - l->granted_ns));
@@ -600,6 +667,8 @@ int ec_resmgr_purge(ec_resmgr *m, const ec_res_peer *p, uint32_t slot, bool all,
         m->removing = true;
         n = (uint64_t)ec_items_remove_key(ns->store->items, k.item_key, NULL);
         m->removing = false;
+        if (m->rr && (ns->cat.flags & EC_NS_REMOTE))
+            rr_purge(m, ns, key, key_len);
     }
     ns->purged += n;
     *removed = n;
@@ -670,7 +739,7 @@ static int ns_create(ec_resmgr *m, const ec_res_peer *p, const char *name, uint3
     ns->cat.slot = slot;
     snprintf(ns->cat.name, sizeof(ns->cat.name), "%s", name);
     ns->cat.owner_uid = (uint32_t)p->uid;
-    ns->cat.flags = flags & EC_NS_SHARED;
+    ns->cat.flags = flags & (EC_NS_SHARED | EC_NS_REMOTE);
     snprintf(ns->cat.bind_model, sizeof(ns->cat.bind_model), "%s", bind_model);
     snprintf(ns->cat.bind_version, sizeof(ns->cat.bind_version), "%s", bind_version);
     fill_defaults(&ns->cat, o);
@@ -699,8 +768,9 @@ static int ns_create(ec_resmgr *m, const ec_res_peer *p, const char *name, uint3
     }
     ns->live = true;
     publish_gen(m, slot, ns->cat.generation);
-    ec_info("namespace %s created by uid %u (%s%s%s%s%s)", name, (unsigned)p->uid,
-            (flags & EC_NS_SHARED) ? "shared" : "private", bind_model[0] ? ", bound to " : "",
+    ec_info("namespace %s created by uid %u (%s%s%s%s%s%s)", name, (unsigned)p->uid,
+            (flags & EC_NS_SHARED) ? "shared" : "private",
+            (flags & EC_NS_REMOTE) ? ", across hosts" : "", bind_model[0] ? ", bound to " : "",
             bind_model, bind_model[0] ? "/" : "", bind_version);
     *out = ns;
     return 0;
@@ -747,8 +817,14 @@ int ec_resmgr_ns_open(ec_resmgr *m, const ec_res_peer *p, const char *name, uint
         return ec_seterr(EC_EINVAL, "bad namespace name \"%s\": 1 to %u of letters, digits, "
                                     "'.', '_', '-', ':'",
                          name, EC_NS_NAME_MAX);
-    if (flags & ~(uint32_t)(EC_NS_CREATE | EC_NS_SHARED | EC_NS_CONFIGURE | EC_NS_EXCL))
+    if (flags & ~(uint32_t)(EC_NS_CREATE | EC_NS_SHARED | EC_NS_CONFIGURE | EC_NS_EXCL |
+                            EC_NS_REMOTE))
         return ec_seterr(EC_EINVAL, "namespace %s: unknown flags 0x%x", name, flags);
+    if ((flags & EC_NS_REMOTE) && !m->rr)
+        return ec_seterr(EC_EINVAL, "namespace %s: shared across hosts (EC_NS_REMOTE), but "
+                                    "this embcached has no remote tier: start it with "
+                                    "--remote redis-cluster://HOST:PORT",
+                         name);
     if (!bind_model[0] && bind_version[0])
         return ec_seterr(EC_EINVAL, "namespace %s: a bound version without a model", name);
     if (bind_model[0] && (ec_catalog_check_name("model", bind_model) ||
@@ -773,6 +849,16 @@ int ec_resmgr_ns_open(ec_resmgr *m, const ec_res_peer *p, const char *name, uint
         if (!may_use(ns, p))
             return ec_seterr(EC_EPERM, "namespace %s belongs to uid %u and is not shared",
                              name, ns->cat.owner_uid);
+        if ((ns->cat.flags & EC_NS_REMOTE) && !m->rr)
+            return ec_seterr(EC_EINVAL, "namespace %s is shared across hosts, but this "
+                                        "embcached has no remote tier: start it with "
+                                        "--remote redis-cluster://HOST:PORT",
+                             name);
+        if ((flags & EC_NS_REMOTE) && !(ns->cat.flags & EC_NS_REMOTE))
+            return ec_seterr(EC_EINVAL, "namespace %s exists and is not shared across hosts; "
+                                        "that is chosen at creation: drop it and create it "
+                                        "with EC_NS_REMOTE (--remote)",
+                             name);
         if ((flags & EC_NS_CONFIGURE) &&
             (rc = ns_configure(m, p, ns, bind_model, bind_version, opts)))
             return rc;
@@ -946,7 +1032,7 @@ int ec_resmgr_stats(ec_resmgr *m, int (*cb)(const char *name, uint64_t v, void *
     S("result_arena_bytes", m->arenas.len * m->arena_bytes);
     S("result_dropped_at_open", m->st.dropped_at_open);
 #undef S
-    return 0;
+    return rr_stats(m, cb, arg);
 }
 
 /* ------------------------------------------------------------------ */
@@ -1039,11 +1125,16 @@ int ec_resmgr_open(ec_engine *e, const ec_resmgr_config *cfg, ec_resmgr **out)
     m->seg = ec_engine_segment(e);
     m->arena_bytes = cfg && cfg->arena_bytes ? cfg->arena_bytes : DEF_ARENA_BYTES;
     m->keeper = cfg ? cfg->keeper : NULL;
+    if (cfg && cfg->remote && cfg->remote[0] && (rc = rr_open(m, cfg->remote))) {
+        free(m);
+        return rc;
+    }
     m->arena_bytes = (m->arena_bytes + EC_SLAB_BYTES - 1) / EC_SLAB_BYTES * EC_SLAB_BYTES;
     m->scratch = malloc(EC_SLAB_BYTES);
     if (getrandom(&m->rng, sizeof(m->rng), 0) != sizeof(m->rng))
         m->rng = (uint64_t)now_ns();
     if (!m->scratch) {
+        rr_close(m);
         free(m);
         return ec_seterr(EC_ENOMEM, "cache manager");
     }
@@ -1101,9 +1192,13 @@ void ec_resmgr_close(ec_resmgr *m)
     if (!m)
         return;
     ec_engine_set_result_hook(m->e, NULL, NULL);
+    rr_close(m); /* its last answers go while every lease is there */
     for (size_t i = 0; i < m->leases.cap; i++)
-        if (m->leases.keys[i])
-            free(m->leases.vals[i]);
+        if (m->leases.keys[i]) {
+            struct lease *l = m->leases.vals[i];
+            free(l->lkey);
+            free(l);
+        }
     ec_u64map_free(&m->leases);
     ec_u64map_free(&m->negative);
     for (uint32_t i = 0; i < EC_NS_MAX; i++)

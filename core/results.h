@@ -16,7 +16,9 @@
  * RES_PUT, RES_RELEASE, RES_PURGE, NS_LIST and NS_DROP, when a connection
  * closes (its leases pass on), on every tick (leases past their time pass
  * on; bindings are checked when the catalog changed) and after an alias
- * moved. Threads: the server thread only.
+ * moved. Threads: the server thread only, but the remote tier's workers
+ * (core/results_remote.c: namespaces shared across hosts through the
+ * cluster, their leases there; core/rpool.h runs their cluster calls).
  */
 #ifndef EC_CORE_RESULTS_H
 #define EC_CORE_RESULTS_H
@@ -36,7 +38,28 @@ struct ec_keeper;
 typedef struct ec_resmgr_config {
     uint64_t arena_bytes;       /* each private arena; 0: 64 MiB */
     struct ec_keeper *keeper;   /* holds the arenas across worker restarts; NULL: none */
+    const char *remote;         /* the remote tier's cluster (redis-cluster://...), for
+                                 * EC_NS_REMOTE namespaces; NULL or "": none */
 } ec_resmgr_config;
+
+/* ec_resmgr_lease's answer when the answer comes later, through the answer
+ * function (a remote namespace's miss asks the cluster first). Never sent. */
+#define EC_LEASE_DEFERRED 0x100
+
+/* Where deferred lease answers go: (owner, token) as ec_resmgr_lease was
+ * given them, and an EC_LEASE_* answer. Called on the server thread from
+ * ec_resmgr_remote_events() or ec_resmgr_tick(); the owner may have gone
+ * (then nothing is to be sent). */
+typedef void (*ec_resmgr_answer_fn)(void *arg, uint64_t owner, uint64_t token, int answer);
+void ec_resmgr_set_answer(ec_resmgr *m, ec_resmgr_answer_fn fn, void *arg);
+
+/* The remote tier's readiness descriptor (epoll it; -1 without --remote),
+ * and what to call when it is readable. */
+int ec_resmgr_remote_fd(const ec_resmgr *m);
+void ec_resmgr_remote_events(ec_resmgr *m);
+/* The remote tier's latency: each cluster job of the cache manager, from
+ * its submission to its completion. */
+void ec_resmgr_remote_hist(const ec_resmgr *m, ec_hist *out);
 
 /* Who asks: the connection (leases are its), its uid, and whether it may
  * administer the daemon. */
@@ -60,9 +83,12 @@ int ec_resmgr_ns_open(ec_resmgr *m, const ec_res_peer *p, const char *name, uint
                       const ec_proto_ns_opts *opts, uint32_t *slot, uint64_t *salt,
                       uint32_t *gen, int *arena_fd);
 /* RES_LEASE: an EC_LEASE_* answer, or an EC_E* code. seen: with
- * EC_RES_EARLY, the fresh_until of the record the caller saw (0: any). */
+ * EC_RES_EARLY, the fresh_until of the record the caller saw (0: any).
+ * token != 0: the answer may be deferred (EC_LEASE_DEFERRED): it then goes
+ * to the answer function with (p->owner, token), exactly once unless the
+ * owner closed first. */
 int ec_resmgr_lease(ec_resmgr *m, const ec_res_peer *p, uint32_t slot, uint32_t flags,
-                    const void *key, size_t key_len, int64_t seen);
+                    const void *key, size_t key_len, int64_t seen, uint64_t token);
 
 /* A value of RES_PUT. */
 typedef struct ec_res_put {
@@ -74,6 +100,10 @@ typedef struct ec_res_put {
     const void *value;          /* value_len bytes, when not fd */
     uint64_t value_len;
     int fd;                     /* >= 0: the value is read from this file */
+    /* Internal (core/results_remote.c): a value copied from the cluster is
+     * fresh exactly this long (no jitter) and is not sent back there. */
+    int64_t fresh_ns;           /* > 0: fresh this long */
+    bool from_remote;
 } ec_res_put;
 
 int ec_resmgr_put(ec_resmgr *m, const ec_res_peer *p, uint32_t slot, const void *key,

@@ -5,8 +5,11 @@
  *   results.c        namespaces, bindings, leases, puts, purges, listing
  *   results_store.c  where a namespace's records live: the engine's item
  *                    store, or the private arena of its owner's uid
+ *   results_remote.c remote namespaces: their values and leases in the
+ *                    remote tier's cluster
  *
- * Everything runs on the server thread.
+ * Everything runs on the server thread (results_remote.c's cluster calls
+ * run on its pool's workers, on copies).
  */
 #ifndef EC_CORE_RESULTS_IMPL_H
 #define EC_CORE_RESULTS_IMPL_H
@@ -50,13 +53,28 @@ struct rns {
     size_t negq_cap, negq_head, negq_len;
 };
 
+/* A lease of a remote namespace, as the cluster sees it (results_remote.c). */
+enum {
+    RL_LOCAL = 0,               /* local only (not remote, or the cluster failed) */
+    RL_PENDING,                 /* owner's request waits for the cluster's answer */
+    RL_WAIT,                    /* another host holds the cluster lease: the daemon
+                                 * (owner 0) holds this one and polls for the value */
+    RL_HELD,                    /* owner holds the cluster lease too (token, lkey) */
+};
+
 /* A lease: who computes a key, until when. */
 struct lease {
     uint64_t item_key;
-    uint64_t owner;
+    uint64_t owner;             /* a connection; 0: the daemon (RL_WAIT) */
     int64_t deadline_ns;        /* CLOCK_MONOTONIC */
     int64_t granted_ns;         /* CLOCK_MONOTONIC: when it was granted */
     uint32_t slot;
+    uint8_t remote;             /* RL_* */
+    bool uncounted;             /* not in its namespace's computing count */
+    uint64_t serial;            /* unique per daemon: a job's lease is still this one */
+    char *lkey;                 /* RL_HELD: the cluster lease key (malloc'd) */
+    size_t lkey_len;
+    char token[33];             /* RL_HELD: what the cluster lease key holds */
 };
 
 struct ec_resmgr {
@@ -79,7 +97,44 @@ struct ec_resmgr {
         uint64_t rebinds, put_errors;
     } st;
     ec_hist recompute_seconds;  /* a lease's grant to its holder's put */
+    uint64_t lease_serial;
+    ec_resmgr_answer_fn answer; /* deferred lease answers */
+    void *answer_arg;
+    struct rremote *rr;         /* results_remote.c; NULL without --remote */
 };
+
+/* results.c, for results_remote.c */
+struct rns *rm_ns_at(ec_resmgr *m, uint32_t slot);
+void rm_lease_end(ec_resmgr *m, struct lease *l);
+void rm_wake(ec_resmgr *m, uint32_t slot);
+/* What is stored under key now (EC_RESULT_MISS/FRESH/STALE). */
+int rm_peek(ec_resmgr *m, struct rns *ns, const void *key, size_t key_len);
+
+/* results_remote.c */
+int rr_open(ec_resmgr *m, const char *url);
+void rr_close(ec_resmgr *m);
+/* A miss of remote namespace ns that would get lease l (just granted to
+ * owner, RL_PENDING): ask the cluster; the answer goes to (owner, token).
+ * An early refresh (EC_RES_EARLY) gives fresh_left_ns, how long the value
+ * here stays fresh: only a newer value in the cluster counts as found.
+ * 0, or an error (then l is a plain local lease). */
+int rr_ask(ec_resmgr *m, struct rns *ns, struct lease *l, const void *key, size_t key_len,
+           uint32_t flags, int64_t fresh_left_ns, uint64_t owner, uint64_t token);
+/* Whether a cluster request for item_key is under way (then a new miss
+ * waits for it: one request per key at a time). */
+bool rr_busy(ec_resmgr *m, uint64_t item_key);
+/* A value was stored by a client in remote namespace ns: send it to the
+ * cluster (then release l's cluster lease, when l is RL_HELD: its token is
+ * taken, l becomes RL_LOCAL). fresh_ns: how long it is fresh. */
+void rr_publish(ec_resmgr *m, struct rns *ns, const void *key, size_t key_len,
+                const ec_res_put *v, const void *value, int64_t fresh_ns, struct lease *l);
+/* A single key was purged from remote namespace ns: delete it there too. */
+void rr_purge(ec_resmgr *m, struct rns *ns, const void *key, size_t key_len);
+/* Lease l is ending (any reason): release its cluster lease, stop polling. */
+void rr_lease_ended(ec_resmgr *m, struct lease *l);
+/* A connection closed: its deferred answers are dropped. */
+void rr_owner_close(ec_resmgr *m, uint64_t owner);
+int rr_stats(ec_resmgr *m, int (*cb)(const char *name, uint64_t v, void *arg), void *arg);
 
 /* results_store.c */
 int rs_main_init(ec_resmgr *m);

@@ -27,6 +27,8 @@ struct worker {
     int fail_rc;
     char fail_msg[EC_ERRMSG_MAX];
     ec_rcluster_stats st;      /* the handle's, as of its last job (under mu) */
+    ec_rcluster_stats base;    /* handles closed before this one (under mu) */
+    uint64_t gen;              /* p->down_gen when rc was opened */
 };
 
 struct ec_rpool {
@@ -37,6 +39,7 @@ struct ec_rpool {
     unsigned nworkers;
     struct worker *w;
     int efd;
+    int wake_fd;               /* the caller's, or -1 */
 
     pthread_mutex_t mu;
     pthread_cond_t cv;
@@ -44,6 +47,7 @@ struct ec_rpool {
     ec_rjob *dhead, *dtail;    /* finished, for reap */
     size_t pending;            /* queued or running */
     uint64_t open_failures;
+    uint64_t down_gen;         /* bumped when a job found the cluster unreachable */
     bool stop;
 };
 
@@ -59,6 +63,10 @@ static void wake(ec_rpool *p)
     uint64_t one = 1;
     ssize_t n = write(p->efd, &one, sizeof(one));
     (void)n; /* EAGAIN: the counter is already non-zero, the reader wakes */
+    if (p->wake_fd >= 0) {
+        n = write(p->wake_fd, &one, sizeof(one));
+        (void)n;
+    }
 }
 
 static void finish(ec_rpool *p, ec_rjob *j)
@@ -71,21 +79,53 @@ static void finish(ec_rpool *p, ec_rjob *j)
     p->dtail = j;
 }
 
-/* Worker thread: a handle, or why there is none. */
-static ec_rcluster *handle(struct worker *w)
+/* sum += s (under mu). */
+static void add_stats(ec_rcluster_stats *sum, const ec_rcluster *rc)
+{
+    ec_rcluster_stats s;
+
+    ec_rcluster_stats_get(rc, &s);
+    sum->commands += s.commands;
+    sum->bytes_out += s.bytes_out;
+    sum->bytes_in += s.bytes_in;
+    sum->moved += s.moved;
+    sum->ask += s.ask;
+    sum->retries += s.retries;
+    sum->refreshes += s.refreshes;
+    sum->refresh_failures += s.refresh_failures;
+    sum->connects += s.connects;
+    sum->connect_failures += s.connect_failures;
+    sum->errors += s.errors;
+}
+
+/* Worker thread: a handle, or why there is none. gen: p->down_gen as of
+ * taking the job; a handle opened before another worker found the cluster
+ * unreachable is opened afresh, so that an outage fails every worker's
+ * next job at once instead of each spending its op_timeout_ms. */
+static ec_rcluster *handle(struct worker *w, uint64_t gen)
 {
     ec_rpool *p = w->pool;
     uint64_t now;
     int rc;
 
+    if (w->rc && w->gen != gen) {
+        pthread_mutex_lock(&p->mu);
+        add_stats(&w->base, w->rc);
+        pthread_mutex_unlock(&p->mu);
+        ec_rcluster_close(w->rc);
+        w->rc = NULL;
+    }
+    w->gen = gen;
     if (w->rc)
         return w->rc;
     now = now_ns();
     if (w->last_fail_ns && now - w->last_fail_ns < p->reopen_ns)
         return NULL; /* failed a moment ago: say the same again */
     rc = ec_rcluster_open(p->url, &p->opts, &w->rc);
-    if (rc == 0)
+    if (rc == 0) {
+        w->last_fail_ns = 0;
         return w->rc;
+    }
     w->rc = NULL;
     w->last_fail_ns = now ? now : 1;
     w->fail_rc = rc;
@@ -109,6 +149,7 @@ static void *worker_main(void *arg)
     for (;;) {
         ec_rjob *j;
         ec_rcluster *rc;
+        uint64_t gen;
 
         pthread_mutex_lock(&p->mu);
         while (!p->stop && !p->qhead)
@@ -121,21 +162,35 @@ static void *worker_main(void *arg)
         p->qhead = j->next;
         if (!p->qhead)
             p->qtail = NULL;
+        gen = p->down_gen;
         pthread_mutex_unlock(&p->mu);
 
         j->rc = 0;
         j->msg[0] = '\0';
-        rc = handle(w);
+        rc = handle(w, gen);
         if (rc) {
             j->run(j, rc);
+            if (j->rc == EC_ECONN) {
+                /* Every node of a key unreachable: open afresh next time,
+                 * which fails at once (and then fast for reopen_ms) while
+                 * the whole cluster is down, instead of each job spending
+                 * its op_timeout_ms on retries; the other workers too. */
+                pthread_mutex_lock(&p->mu);
+                add_stats(&w->base, w->rc);
+                w->gen = ++p->down_gen;
+                pthread_mutex_unlock(&p->mu);
+                ec_rcluster_close(w->rc);
+                w->rc = NULL;
+            }
         } else {
             j->rc = w->fail_rc ? w->fail_rc : EC_ECONN;
             snprintf(j->msg, sizeof(j->msg), "%s", w->fail_msg);
         }
 
         pthread_mutex_lock(&p->mu);
+        w->st = w->base;
         if (w->rc)
-            ec_rcluster_stats_get(w->rc, &w->st);
+            add_stats(&w->st, w->rc);
         finish(p, j);
         pthread_mutex_unlock(&p->mu);
         wake(p);
@@ -163,6 +218,7 @@ int ec_rpool_open(const ec_rpool_config *cfg, ec_rpool **out)
     p->opts = cfg->opts;
     p->reopen_ns = (uint64_t)(cfg->reopen_ms ? cfg->reopen_ms : 1000) * 1000000u;
     p->nworkers = cfg->threads ? cfg->threads : 4;
+    p->wake_fd = cfg->wake_extra ? cfg->wake_fd : -1;
     p->efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     p->w = calloc(p->nworkers, sizeof(*p->w));
     pthread_mutex_init(&p->mu, NULL);

@@ -20,6 +20,7 @@
 #ifndef EC_CORE_RPOOL_H
 #define EC_CORE_RPOOL_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -51,6 +52,11 @@ typedef struct ec_rpool_config {
     uint32_t reopen_ms;        /* least time between two failed opens of one
                                 * worker (0: 1000) */
     const char *name;          /* for thread names and messages ("remote") */
+    bool wake_extra;           /* also write 1 to wake_fd (an eventfd the
+                                * caller polls already, e.g. the pager's)
+                                * each time a job has finished, after it is
+                                * on the finished list */
+    int wake_fd;
 } ec_rpool_config;
 
 /* Start the workers (no connection is made yet). EC_EINVAL for a bad URL,

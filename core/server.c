@@ -1212,7 +1212,10 @@ int ec_server_run(const ec_server_config *cfg)
                              .pager = (enum ec_pager_kind)cfg->pager,
                              .queue_depth = cfg->queue_depth,
                              .rate_window = cfg->rate_window,
-                             .item_bytes = cfg->item_bytes};
+                             .item_bytes = cfg->item_bytes,
+                             .remote = cfg->remote,
+                             .remote_threads = cfg->remote_threads,
+                             .remote_keep = !cfg->remote_no_keep};
     sigset_t mask;
     char catpath[4200];
     int rc;
@@ -1261,10 +1264,12 @@ int ec_server_run(const ec_server_config *cfg)
     ec_engine_set_epoch_source(s->engine, min_epoch, s);
     rc = ec_resmgr_open(s->engine,
                         &(ec_resmgr_config){.arena_bytes = cfg->result_arena,
-                                            .keeper = cfg->keeper},
+                                            .keeper = cfg->keeper,
+                                            .remote = cfg->remote},
                         &s->results);
     if (rc)
         goto out;
+    ec_resmgr_set_answer(s->results, srv_results_answer, s);
     rc = ec_dyn_open(s->engine,
                      &(ec_dyn_config){.data_dir = cfg->data_dir,
                                       .sync = (ec_wal_sync_mode)cfg->wal_sync,
@@ -1288,7 +1293,9 @@ int ec_server_run(const ec_server_config *cfg)
     }
     if ((rc = watch(s, s->lfd, ID_LISTEN)) || (rc = watch(s, s->sfd, ID_SIGNAL)) ||
         (rc = watch(s, s->ifd, ID_IMPORT)) ||
-        (rc = watch(s, ec_engine_event_fd(s->engine), ID_ENGINE)))
+        (rc = watch(s, ec_engine_event_fd(s->engine), ID_ENGINE)) ||
+        (ec_resmgr_remote_fd(s->results) >= 0 &&
+         (rc = watch(s, ec_resmgr_remote_fd(s->results), ID_RESULTS))))
         goto out;
     if (cfg->metrics_port &&
         ((rc = ec_metrics_start(cfg->metrics_addr, cfg->metrics_port, &s->metrics)) ||
@@ -1333,6 +1340,8 @@ int ec_server_run(const ec_server_config *cfg)
                 imports_done(s);
             } else if (id == ID_METRICS) {
                 ec_metrics_serve(s->metrics, srv_metrics_render, s);
+            } else if (id == ID_RESULTS) {
+                ec_resmgr_remote_events(s->results);
             } else if (id == ID_SIGNAL) {
                 struct signalfd_siginfo si;
                 if (read(s->sfd, &si, sizeof(si)) != sizeof(si)) {

@@ -53,6 +53,9 @@ typedef struct ec_server_config {
     unsigned metrics_port;                 /* its port; 0: no metrics endpoint */
     char remote[1024];                     /* --remote: the Redis Cluster of the remote
                                             * tier, checked seeds; "": none */
+    unsigned remote_threads;               /* its reader threads; 0: 4 */
+    bool remote_no_keep;                   /* remote-keep false: what is read from it is
+                                            * not written into the partition files */
     /* SIGHUP: read the configuration again (core/daemon_config.h,
      * ec_dconf_reload). Fills *next with every field of *cur, but those
      * that may change at run time as now configured; returns 0, or a
@@ -67,7 +70,7 @@ typedef struct ec_server_config {
 
 /* The fields ec_server_run applies on SIGHUP without a restart: budget,
  * ttl_seconds, ttl_jitter, rate_window, epoch_hold_max, pin_lease,
- * wal_sync, wal_sync_ms, max_clients, max_clients_per_uid, allow_uids,
+ * wal_sync, wal_sync_ms, remote_no_keep, max_clients, max_clients_per_uid, allow_uids,
  * allow_any, admin_uids (for connections accepted from then on; admin
  * rights are checked at each request). Every other field is fixed at
  * start. */

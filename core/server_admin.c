@@ -689,15 +689,25 @@ void srv_metrics_render(void *arg, ec_metrics_sink *k)
 
     srv_stats_each(s, ec_metrics_put_stat, k);
     {
-        ec_hist fault, read, recompute;
+        ec_hist fault, read, recompute, remote_result;
         ec_engine_hists(s->engine, &fault, &read);
         ec_resmgr_recompute_hist(s->results, &recompute);
+        ec_resmgr_remote_hist(s->results, &remote_result);
         ec_metrics_put_hist(k, "fault", "Fault requests, from their arrival to their answer",
                             &fault);
         ec_metrics_put_hist(k, "pager_read", "Pager reads, from submission to completion",
                             &read);
+        {
+            ec_hist remote;
+            ec_engine_remote_hist(s->engine, &remote);
+            ec_metrics_put_hist(k, "remote_read", "Reads from the remote tier's cluster, from "
+                                "submission to completion (fetched, verified, kept)", &remote);
+        }
         ec_metrics_put_hist(k, "recompute", "Result recomputations: a lease's grant to its "
                             "holder's put", &recompute);
+        ec_metrics_put_hist(k, "remote_result", "Cluster requests of remote result "
+                            "namespaces (lease, value, poll, release), from submission to "
+                            "completion", &remote_result);
         ec_metrics_put_errors(k, s->st.errors);
     }
     if (srv_tensor_list(s, &v, &n) == 0)

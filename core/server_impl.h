@@ -40,6 +40,7 @@
 #define ID_SIGNAL 3
 #define ID_IMPORT 4
 #define ID_METRICS 5 /* core/metrics.c asks for a rendering */
+#define ID_RESULTS 6 /* the cache manager's remote tier (core/results_remote.c) */
 #define ID_FIRST_CONN 16
 #define MAX_OUTSTANDING 64
 #define TICK_MS 100
@@ -199,6 +200,8 @@ int srv_h_res_release(server *s, struct conn *c, ec_rbuf *r, uint32_t req_id);
 int srv_h_res_purge(server *s, struct conn *c, ec_rbuf *r, uint32_t req_id);
 int srv_h_ns_list(server *s, struct conn *c, ec_rbuf *r, uint32_t req_id);
 int srv_h_ns_drop(server *s, struct conn *c, ec_rbuf *r, uint32_t req_id);
+/* ec_resmgr_answer_fn: a deferred RES_LEASE answer (arg: the server). */
+void srv_results_answer(void *arg, uint64_t owner, uint64_t token, int answer);
 /* Fold a closing session's per-namespace counts into the cache manager. */
 void srv_results_fold(server *s, const ec_session_page *p);
 /* Add the counts connected clients report for namespace slot to rec. */

@@ -5,8 +5,10 @@
  *
  *   PUBLISH / PULL  (administrators) body: model, version (PUBLISH: a
  *                   number or an alias; PULL: a number), the cluster URL
- *                   ("redis-cluster://host:port[,host:port...]": the
- *                   daemon has no cluster of its own yet). srv_h_publish_pull,
+ *                   ("redis-cluster://host:port[,host:port...]"; "": the
+ *                   daemon's --remote), and for PULL an optional u32 of
+ *                   flags (EC_PULL_LAZY: register the version with its data
+ *                   left on the cluster, ec_pull_lazy). srv_h_publish_pull,
  *                   on the server thread, checks the body and queues the
  *                   request to the importer thread, which runs
  *                   srv_remote_run (it reads and writes the data directory,
@@ -30,6 +32,7 @@
 
 struct srv_remote_job {
     uint16_t op;
+    uint32_t flags;             /* PULL: EC_PULL_LAZY */
     char url[EC_PUB_URL_MAX + 1];
     ec_pub_stats res;
 };
@@ -47,7 +50,9 @@ int srv_h_publish_pull(server *s, struct conn *c, ec_rbuf *r, uint32_t req_id, u
     ec_get_str(r, j->model, sizeof(j->model));
     ec_get_str(r, j->version, sizeof(j->version));
     ec_get_str(r, x->url, sizeof(x->url));
-    if (!ec_rbuf_done(r) || !j->model[0] || !j->version[0]) {
+    if (op == EC_OP_PULL && !r->bad && r->pos < r->len)
+        x->flags = ec_get_u32(r); /* absent from older clients: 0 */
+    if (!ec_rbuf_done(r) || !j->model[0] || !j->version[0] || (x->flags & ~EC_PULL_LAZY)) {
         free(j);
         free(x);
         return srv_bad_body(op);
@@ -85,6 +90,8 @@ int srv_remote_run(server *s, struct import_job *j)
     if (x->op == EC_OP_PUBLISH)
         return ec_publish_version(s->icat, s->cfg->data_dir, j->model, j->version, x->url,
                                   &x->res);
+    if (x->flags & EC_PULL_LAZY)
+        return ec_pull_lazy(s->icat, s->cfg->data_dir, j->model, j->version, x->url, &x->res);
     return ec_pull_version(s->icat, s->cfg->data_dir, j->model, j->version, x->url, &x->res);
 }
 

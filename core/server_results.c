@@ -2,7 +2,9 @@
  * server_results.c - the server loop's handlers of the cache manager's
  * requests (NS_OPEN, RES_LEASE, RES_PUT, RES_RELEASE, RES_PURGE, NS_LIST,
  * NS_DROP): decode and validate, ask core/results.c, answer. Also folds the
- * per-namespace counts of client sessions.
+ * per-namespace counts of client sessions. A RES_LEASE of a namespace
+ * shared across hosts may be answered later, when the cluster has answered
+ * (srv_results_answer, called by core/results_remote.c).
  *
  * Runs on the server thread (core/server.c dispatches here).
  */
@@ -73,13 +75,35 @@ int srv_h_res_lease(server *s, struct conn *c, ec_rbuf *r, uint32_t req_id)
     seen = ec_get_i64(r);
     if (!ec_rbuf_done(r))
         return srv_bad_body(EC_OP_RES_LEASE);
-    rc = ec_resmgr_lease(s->results, &p, slot, flags, key, n, seen);
+    /* A remote namespace's miss may be answered later (srv_results_answer);
+     * it counts as outstanding until then. The token is req_id + 1 (never 0). */
+    if ((rc = srv_outstanding_take(c)))
+        return rc;
+    rc = ec_resmgr_lease(s->results, &p, slot, flags, key, n, seen, (uint64_t)req_id + 1);
+    if (rc == EC_LEASE_DEFERRED)
+        return 0;
+    c->outstanding--;
     if (rc < 0)
         return rc;
     ec_msg_begin(&w, s->out, sizeof(s->out), EC_OP_RES_LEASE | EC_OP_REPLY, req_id, 0);
     ec_put_u32(&w, (uint32_t)rc);
     srv_reply_send(s, c, ec_msg_end(&w), NULL, 0);
     return 0;
+}
+
+void srv_results_answer(void *arg, uint64_t owner, uint64_t token, int answer)
+{
+    server *s = arg;
+    struct conn *c = ec_u64map_get(&s->conns, owner);
+    ec_wbuf w;
+
+    if (!c || !token)
+        return; /* it hung up: its leases went with it */
+    c->outstanding--;
+    ec_msg_begin(&w, s->out, sizeof(s->out), EC_OP_RES_LEASE | EC_OP_REPLY,
+                 (uint32_t)(token - 1), 0);
+    ec_put_u32(&w, (uint32_t)answer);
+    srv_reply_send(s, c, ec_msg_end(&w), NULL, 0);
 }
 
 int srv_h_res_put(server *s, struct conn *c, ec_rbuf *r, uint32_t req_id, const int *fds,

@@ -578,6 +578,29 @@ EC_API int ec_model_publish(ec_client *c, const char *model, const char *version
 EC_API int ec_model_pull(ec_client *c, const char *model, const char *version,
                          const char *cluster_url, ec_publish_result *out);
 
+/** ec_model_pull_flags(): register the version at once and leave its data
+ *  on the cluster until it is read. */
+#define EC_PULL_LAZY 0x1u
+
+/**
+ * ec_model_pull() with flags. With EC_PULL_LAZY the daemon reads only the
+ * manifest and each tensor's partition file head (header, partition and
+ * block tables; published by embcache since manifest format 2), validates
+ * them as it validates any partition file, writes them as sparse partition
+ * files and registers the version. Its partitions are then read from the
+ * cluster when a client first needs them (verified against the same
+ * checksums, and kept in the files unless the daemon runs with
+ * remote-keep false); that needs the daemon to run with --remote naming
+ * the cluster, and until a partition is kept, the cluster to be up.
+ * out->bytes is then the bytes of the file heads.
+ * @param flags  0 or EC_PULL_LAZY (anything else: EC_EINVAL).
+ * @return as ec_model_pull(); EC_EVERSION for a version published by an
+ *         older embcache (publish it again to pull it lazily).
+ */
+EC_API int ec_model_pull_flags(ec_client *c, const char *model, const char *version,
+                               const char *cluster_url, uint32_t flags,
+                               ec_publish_result *out);
+
 /**
  * Set a model's residency policy, applied to each of its versions:
  * eviction leaves at least min_resident_bytes of a version resident, and a

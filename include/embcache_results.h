@@ -37,6 +37,15 @@
  * configuring, purging all of it and dropping it stay with its owner and
  * the daemon's administrators.
  *
+ * Across hosts (EC_NS_REMOTE): a miss of a remote namespace, after the
+ * local single flight, asks the cluster: a value another host stored there
+ * is copied here and read as a hit; else one host in the cluster wins the
+ * key's lease (SET NX PX, for the namespace's lease time) and computes, and
+ * the others wait as for a local computation and read the value when it
+ * lands. Hosts share a namespace by name and binding (model and the
+ * version number it leads to); each keeps its own settings. While the
+ * cluster cannot be reached, local hits go on and misses are computed here.
+ *
  * Threads: an ec_results handle may be used by many threads at once.
  */
 #ifndef EMBCACHE_RESULTS_H
@@ -67,6 +76,14 @@ typedef struct ec_results ec_results;
                               *   is set, 0 to its default, and a NULL
                               *   bind_model unbinds it */
 #define EC_NS_EXCL      0x8u /**< with EC_NS_CREATE: EC_EEXIST when it exists */
+#define EC_NS_REMOTE    0x10u /**< created shared across hosts: the daemon (started
+                              *   with --remote) keeps its results in the remote
+                              *   tier's cluster too and takes its leases there, so
+                              *   a key missed on several hosts at once is computed
+                              *   once. Chosen at creation; without --remote,
+                              *   creating or opening one is EC_EINVAL. Opening an
+                              *   existing namespace that is not remote with it is
+                              *   EC_EINVAL too (drop and create it again). */
 
 /** How a namespace behaves. Zero-initialize: every 0 is the stated default. */
 typedef struct ec_ns_opts {
@@ -233,7 +250,7 @@ EC_API int ec_results_drop(ec_client *c, const char *name);
 typedef struct ec_ns_info {
     const char *name;
     uint32_t owner_uid;
-    uint32_t flags;               /**< EC_NS_SHARED */
+    uint32_t flags;               /**< EC_NS_SHARED, EC_NS_REMOTE */
     const char *bind_model;       /**< "" when unbound */
     const char *bind_version;
     int64_t bound_version;        /**< the version the binding leads to now; 0 unbound */

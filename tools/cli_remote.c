@@ -1,6 +1,6 @@
 /*
  * cli_remote.c - `embcache publish MODEL VERSION [--cluster URL]` and
- * `embcache pull MODEL VERSION [--cluster URL]`: a model version to a Redis
+ * `embcache pull MODEL VERSION [--lazy] [--cluster URL]`: a model version to a Redis
  * Cluster, and from there into this host's daemon (ec_model_publish,
  * ec_model_pull; the daemon does the work, core/publish.c). The cluster is
  * --cluster, else $EMBCACHE_CLUSTER, else the daemon's --remote. Prints what was done: version,
@@ -30,10 +30,11 @@ int cli_remote_main(const char *cmd, int argc, char **argv, const char *socket_p
     static const struct option o[] = {
         {"cluster", required_argument, NULL, 'c'},
         {"json", no_argument, NULL, 'j'},
+        {"lazy", no_argument, NULL, 'l'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
-    bool pub = !strcmp(cmd, "publish"), json = false;
+    bool pub = !strcmp(cmd, "publish"), json = false, lazy = false;
     const char *url = getenv("EMBCACHE_CLUSTER");
     const char *prog = pub ? "embcache publish" : "embcache pull";
     ec_publish_result res;
@@ -42,10 +43,17 @@ int cli_remote_main(const char *cmd, int argc, char **argv, const char *socket_p
     ec_client *c;
     int ch, rc;
 
-    while ((ch = getopt_long(argc, argv, "c:jh", o, NULL)) != -1) {
+    while ((ch = getopt_long(argc, argv, "c:jlh", o, NULL)) != -1) {
         switch (ch) {
         case 'c': url = optarg; break;
         case 'j': json = true; break;
+        case 'l':
+            if (pub) {
+                fprintf(stderr, "%s: --lazy is an option of pull\n", prog);
+                return EXIT_USAGE;
+            }
+            lazy = true;
+            break;
         case 'h':
             if (pub)
                 printf("usage: embcache publish MODEL VERSION [--cluster URL] [--json]\n\n"
@@ -54,11 +62,15 @@ int cli_remote_main(const char *cmd, int argc, char **argv, const char *socket_p
                        "checksums, then its catalog entry. Another host's daemon can then\n"
                        "`embcache pull` it. Publishing again replaces it.\n");
             else
-                printf("usage: embcache pull MODEL VERSION [--cluster URL] [--json]\n\n"
+                printf("usage: embcache pull MODEL VERSION [--lazy] [--cluster URL] [--json]\n\n"
                        "Register MODEL VERSION (a number) from a Redis Cluster where another\n"
                        "host published it, without its source files. Every partition is\n"
                        "checked against the published checksums; nothing is registered\n"
-                       "unless all of it matched.\n");
+                       "unless all of it matched.\n\n"
+                       "--lazy: register it at once from its manifest and file heads, and\n"
+                       "read each partition from the cluster when it is first needed (the\n"
+                       "daemon must run with --remote naming that cluster); what is read is\n"
+                       "kept on local disk unless the daemon runs with remote-keep false.\n");
             printf("\nURL: redis-cluster://host:port[,host:port...] (default: "
                    "$EMBCACHE_CLUSTER, else the daemon's --remote), as the daemon reaches "
                    "it.\n");
@@ -77,7 +89,8 @@ int cli_remote_main(const char *cmd, int argc, char **argv, const char *socket_p
         return cli_fail(prog, rc, NULL);
     t0 = mono_s();
     rc = pub ? ec_model_publish(c, argv[optind], argv[optind + 1], url, &res)
-             : ec_model_pull(c, argv[optind], argv[optind + 1], url, &res);
+             : ec_model_pull_flags(c, argv[optind], argv[optind + 1], url,
+                                   lazy ? EC_PULL_LAZY : 0, &res);
     ec_client_close(c);
     if (rc)
         return cli_fail(prog, rc, NULL);
@@ -88,9 +101,9 @@ int cli_remote_main(const char *cmd, int argc, char **argv, const char *socket_p
                ",\"seconds\":%.3f}\n", res.version, res.tensors, res.bytes, mono_s() - t0);
     } else {
         cli_human_bytes(res.bytes, hb, sizeof(hb));
-        printf("%s %s version %" PRId64 ": %u tensor(s), %s in %.2f s\n",
-               pub ? "published" : "pulled", argv[optind], res.version, res.tensors, hb,
-               mono_s() - t0);
+        printf("%s %s version %" PRId64 ": %u tensor(s), %s%s in %.2f s\n",
+               pub ? "published" : lazy ? "pulled lazily" : "pulled", argv[optind],
+               res.version, res.tensors, hb, lazy ? " of file heads" : "", mono_s() - t0);
     }
     return EXIT_OK;
 }

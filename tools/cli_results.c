@@ -244,8 +244,10 @@ static int ls_cb(const ec_ns_info *ns, void *arg)
     if (x->json) {
         printf("%s\n  {\"name\": ", x->n ? "," : "[");
         cli_json_str(ns->name);
-        printf(", \"owner_uid\": %" PRIu32 ", \"flags\": %" PRIu32 ", \"shared\": %s",
-               ns->owner_uid, ns->flags, ns->flags & EC_NS_SHARED ? "true" : "false");
+        printf(", \"owner_uid\": %" PRIu32 ", \"flags\": %" PRIu32 ", \"shared\": %s"
+               ", \"remote\": %s",
+               ns->owner_uid, ns->flags, ns->flags & EC_NS_SHARED ? "true" : "false",
+               ns->flags & EC_NS_REMOTE ? "true" : "false");
         printf(", \"bind_model\": ");
         cli_json_str(ns->bind_model ? ns->bind_model : "");
         printf(", \"bind_version\": ");
@@ -757,9 +759,10 @@ static void opts_desc(const ec_ns_info *ns, char *out, size_t cap)
         snprintf(jitter, sizeof(jitter), "%g", ns->jitter);
     else
         snprintf(jitter, sizeof(jitter), "none");
-    o = (size_t)snprintf(out, cap, "%s, ttl %g s, stale %s, negative %g s, jitter %s, lease %g s, "
-                                   "max computing %" PRIu32 ", negative max %" PRIu64,
-                         ns->flags & EC_NS_SHARED ? "shared" : "private", ns->ttl, stale,
+    o = (size_t)snprintf(out, cap, "%s%s, ttl %g s, stale %s, negative %g s, jitter %s, "
+                                   "lease %g s, max computing %" PRIu32 ", negative max %" PRIu64,
+                         ns->flags & EC_NS_SHARED ? "shared" : "private",
+                         ns->flags & EC_NS_REMOTE ? ", across hosts" : "", ns->ttl, stale,
                          ns->negative_ttl, jitter, ns->lease_time, ns->max_computing,
                          ns->negative_max);
     if (o < cap && ns->bind_model && ns->bind_model[0])
@@ -801,6 +804,7 @@ static int cmd_create(int argc, char **argv)
 {
     static const struct option o[] = {
         {"shared", no_argument, NULL, 'S'},
+        {"remote", no_argument, NULL, 'R'},
         {"bind", required_argument, NULL, 'b'},
         {"ttl", required_argument, NULL, 't'},
         {"stale-ttl", required_argument, NULL, 's'},
@@ -815,7 +819,7 @@ static int cmd_create(int argc, char **argv)
     };
     ec_ns_opts no = {.ttl = NAN, .stale_ttl = NAN, .negative_ttl = NAN, .jitter = NAN,
                      .lease_time = NAN};
-    bool configure = false, shared = false;
+    bool configure = false, shared = false, remote = false;
     char bind[512], desc[512];
     struct ns_copy cur;
     ec_results *r = NULL;
@@ -824,10 +828,11 @@ static int cmd_create(int argc, char **argv)
     uint64_t u = 0;
     int ch, rc, ret;
 
-    while ((ch = getopt_long(argc, argv, "Sb:t:s:n:j:l:m:N:ch", o, NULL)) != -1) {
+    while ((ch = getopt_long(argc, argv, "SRb:t:s:n:j:l:m:N:ch", o, NULL)) != -1) {
         rc = 0;
         switch (ch) {
         case 'S': shared = true; break;
+        case 'R': remote = true; break;
         case 'c': configure = true; break;
         case 'b': {
             char *slash;
@@ -869,13 +874,16 @@ static int cmd_create(int argc, char **argv)
             rc = cli_parse_u64(prog, "--negative-max", optarg, 1, UINT64_MAX, &no.negative_max);
             break;
         case 'h':
-            printf("usage: embcache results create NS [--shared] [--bind MODEL/VERSION] "
-                   "[--ttl S]\n"
+            printf("usage: embcache results create NS [--shared] [--remote] "
+                   "[--bind MODEL/VERSION] [--ttl S]\n"
                    "         [--stale-ttl S] [--negative-ttl S] [--jitter F] [--lease-time S]\n"
                    "         [--max-computing N] [--negative-max N] [--configure]\n"
                    "Create namespace NS of cached results, owned by your uid and open to it\n"
                    "alone unless --shared (every client of the daemon may then read and\n"
-                   "write it). --bind ties it to a model version or alias: when the alias\n"
+                   "write it). --remote shares it across hosts through the daemon's remote\n"
+                   "tier (embcached --remote): a result computed on one host is a hit on\n"
+                   "the others, and a key missed on several at once is computed once.\n"
+                   "--bind ties it to a model version or alias: when the alias\n"
                    "moves or the version is retired its results are dropped. --ttl: seconds\n"
                    "a result is fresh (300); --stale-ttl: seconds past that it may still be\n"
                    "served stale (60; 0: never); --negative-ttl: seconds a \"no result\" is\n"
@@ -898,8 +906,9 @@ static int cmd_create(int argc, char **argv)
     ns = argv[optind];
     if ((ret = check_ns(ns)))
         return ret;
-    if (configure && shared)
-        return usage_err("--shared is chosen at creation; it cannot be configured");
+    if (configure && (shared || remote))
+        return usage_err("--shared and --remote are chosen at creation; they cannot be "
+                         "configured");
     if ((ret = connect_c(&c)))
         return ret;
     if (configure) {
@@ -920,7 +929,8 @@ static int cmd_create(int argc, char **argv)
         zero_unset(&no);
         /* EXCL: a namespace that exists is not opened as it is, with
          * these options silently ignored. */
-        no.flags = EC_NS_CREATE | EC_NS_EXCL | (shared ? EC_NS_SHARED : 0);
+        no.flags = EC_NS_CREATE | EC_NS_EXCL | (shared ? EC_NS_SHARED : 0) |
+                   (remote ? EC_NS_REMOTE : 0);
     }
     rc = ec_results_open(c, ns, &no, &r);
     if (rc == EC_EEXIST) {
@@ -1022,7 +1032,7 @@ static void results_usage(FILE *f)
             "  get NS KEY [--hex | --out FILE] [--stale] [--key-hex]  print a result\n"
             "  put NS KEY (--value STR | --file FILE | --negative) [--ttl S]  store one\n"
             "  purge NS [KEY]                           drop one result, or all of NS\n"
-            "  create NS [--shared] [--bind MODEL/VERSION] [--ttl S] [--stale-ttl S]\n"
+            "  create NS [--shared] [--remote] [--bind MODEL/VERSION] [--ttl S] [--stale-ttl S]\n"
             "         [--negative-ttl S] [--jitter F] [--lease-time S]\n"
             "         [--max-computing N] [--negative-max N] [--configure]\n"
             "  drop NS                                  delete a namespace and its results\n"

@@ -622,10 +622,18 @@ class Client:
         return self._publish_pull(self._lib.ec_model_publish, model, version, cluster)
 
     def pull(self, model: str, version: Union[str, int],
-             cluster: Optional[str] = None) -> Dict[str, int]:
+             cluster: Optional[str] = None, lazy: bool = False) -> Dict[str, int]:
         """Register a version published on a Redis Cluster (ec_model_pull;
         administrators); nothing is registered unless every partition matches
-        its checksum. Returns {"version", "tensors", "bytes"}."""
+        its checksum. ``lazy``: register it from its manifest and file heads
+        and read each partition from the cluster when it is first needed
+        (the daemon must run with ``--remote``; ec_model_pull_flags with
+        EC_PULL_LAZY). Returns {"version", "tensors", "bytes"}."""
+        if lazy:
+            lib = self._lib
+            return self._publish_pull(
+                lambda p, m, v, u, out: lib.ec_model_pull_flags(p, m, v, u, 1, out),
+                model, version, cluster)
         return self._publish_pull(self._lib.ec_model_pull, model, version, cluster)
 
     def _publish_pull(self, fn: Any, model: str, version: Union[str, int],
@@ -686,7 +694,7 @@ class Client:
     # -- results namespaces (include/embcache_results.h; see _results.py) ----
 
     def results(self, name: str, *, create: bool = True, shared: bool = False,
-                configure: bool = False, bind: Union[None, str, Tuple[str, Any]] = None,
+                remote: bool = False, configure: bool = False, bind: Union[None, str, Tuple[str, Any]] = None,
                 ttl: Optional[float] = None, stale_ttl: Optional[float] = None,
                 negative_ttl: Optional[float] = None, jitter: Optional[float] = None,
                 lease_time: Optional[float] = None, max_computing: Optional[int] = None,
@@ -697,6 +705,10 @@ class Client:
             name: letters, digits, '.', '_', '-', ':' (at most 63 bytes).
             create: create it when it does not exist (owned by this uid).
             shared: create it open to every uid the daemon serves.
+            remote: create it shared across hosts through the daemon's remote
+                tier (embcached --remote): a result computed on one host is a
+                hit on the others, a key missed on several at once is computed
+                once. InvalidArgumentError on a daemon without --remote.
             configure: apply the options below to an existing namespace (its
                 owner only); without it they count only when it is created.
             bind: "model/version_or_alias" (just "model": its "current") or
@@ -718,7 +730,8 @@ class Client:
                 namespaces.
         """
         from ._results import Results
-        return Results(self, name, create=create, shared=shared, configure=configure,
+        return Results(self, name, create=create, shared=shared, remote=remote,
+                       configure=configure,
                        bind=bind, ttl=ttl, stale_ttl=stale_ttl, negative_ttl=negative_ttl,
                        jitter=jitter, lease_time=lease_time, max_computing=max_computing,
                        negative_max=negative_max)

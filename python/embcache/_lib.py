@@ -104,6 +104,7 @@ EC_NS_CREATE = 0x1
 EC_NS_SHARED = 0x2
 EC_NS_CONFIGURE = 0x4
 EC_NS_EXCL = 0x8
+EC_NS_REMOTE = 0x10
 
 EC_RES_NEGATIVE = 0x1       # ec_result_meta.flags, ec_result_value.flags
 EC_RES_TENSOR = 0x2
@@ -520,6 +521,8 @@ SIGNATURES: Dict[str, Tuple[Any, List[Any]]] = {
     "ec_model_snapshot": (c_int, [_P, c_char_p, c_char_p, c_int64, POINTER(c_int64)]),
     "ec_model_publish": (c_int, [_P, c_char_p, c_char_p, c_char_p, POINTER(PublishResult)]),
     "ec_model_pull": (c_int, [_P, c_char_p, c_char_p, c_char_p, POINTER(PublishResult)]),
+    "ec_model_pull_flags": (c_int, [_P, c_char_p, c_char_p, c_char_p, c_uint32,
+                                    POINTER(PublishResult)]),
     "ec_client_dyn_tables": (c_int, [_P, DynTableCallback, c_void_p]),
 }
 

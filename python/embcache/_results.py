@@ -338,6 +338,7 @@ def _ns_dict(ns: L.NsInfo) -> Dict[str, Any]:
         v = getattr(ns, name)
         d[name] = _s(v) if isinstance(v, (bytes, type(None))) else v
     d["shared"] = bool(ns.flags & L.EC_NS_SHARED)
+    d["remote"] = bool(ns.flags & L.EC_NS_REMOTE)
     return d
 
 
@@ -357,7 +358,7 @@ class Results:
     """An open results namespace (see :meth:`Client.results`)."""
 
     def __init__(self, client: Client, name: str, *, create: bool = True, shared: bool = False,
-                 configure: bool = False, bind: Union[None, str, Tuple[str, Any]] = None,
+                 remote: bool = False, configure: bool = False, bind: Union[None, str, Tuple[str, Any]] = None,
                  ttl: Optional[float] = None, stale_ttl: Optional[float] = None,
                  negative_ttl: Optional[float] = None, jitter: Optional[float] = None,
                  lease_time: Optional[float] = None, max_computing: Optional[int] = None,
@@ -368,6 +369,7 @@ class Results:
         self._bname = _client._b(name, "namespace name")
         o = L.NsOpts()
         o.flags = ((L.EC_NS_CREATE if create else 0) | (L.EC_NS_SHARED if shared else 0)
+                   | (L.EC_NS_REMOTE if remote else 0)
                    | (L.EC_NS_CONFIGURE if configure else 0))
         if bind is not None:
             if isinstance(bind, str):

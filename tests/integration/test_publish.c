@@ -10,7 +10,8 @@
  * (EC_EEXIST), an unpublished version (EC_ENOENT), a corrupted or missing
  * chunk (EC_ECHECKSUM naming tensor, partition and chunk, pulled into a
  * third daemon C), a garbage, truncated or inconsistent manifest
- * (EC_EFORMAT), and a stopped cluster (EC_ECONN or EC_ETIMEOUT) while both
+ * (EC_EFORMAT), a manifest of format 1 (pulled whole as before, refused
+ * for a lazy pull with EC_EVERSION), and a stopped cluster (EC_ECONN or EC_ETIMEOUT) while both
  * daemons go on serving their local data.
  *
  * The tests run in order and share the cluster and the daemons (group
@@ -395,9 +396,10 @@ static void test_bad_manifest_refused(void **state)
     expect_fail(ec_model_pull(C.c, "m", "2", url, NULL), EC_EFORMAT, "manifest");
     /* Its own checksum right, a partition's length wrong: the length of
      * the last partition of "big" is the 16 bytes before the last
-     * partition's checksum, before the trailer. */
+     * partition's checksum, before its file head's length and checksum
+     * (manifest format 2) and the trailer. */
     memcpy(m, orig, len);
-    off = len - 8 - 16;
+    off = len - 8 - 16 - 16;
     put_le64(m + off, 12345);
     put_le64(m + len - 8, ec_checksum(m, len - 8));
     assert_int_equal(ec_rcluster_set(rc, key, strlen(key), m, len, NULL), 0);
@@ -414,6 +416,37 @@ static void test_bad_manifest_refused(void **state)
     assert_int_equal(ec_rcluster_set(rc, key, strlen(key), orig, len, NULL), 0);
     assert_int_equal(ec_model_pull(C.c, "m", "2", url, NULL), 0);
     same_rows(A.c, C.c, "2", "big");
+    free(m);
+    free(orig);
+    ec_rcluster_close(rc);
+}
+
+/* A version published in manifest format 1 (before file heads): a pull
+ * reads it as before; a lazy pull asks to publish it again. */
+static void test_format1_manifest(void **state)
+{
+    static const char key[] = "ec:m:m:2"; /* one tensor, "big" */
+    ec_rcluster *rc = rc_open();
+    void *orig = NULL;
+    uint8_t *m;
+    size_t len = 0, n;
+
+    (void)state;
+    assert_int_equal(ec_model_retire(C.c, "m", 2, 1), 0);
+    assert_int_equal(ec_rcluster_get(rc, key, strlen(key), &orig, &len), 0);
+    /* Format 2 ends: ..., head length, head checksum, trailer. */
+    n = len - 16;
+    m = malloc(len);
+    memcpy(m, orig, n - 8);
+    m[8] = 1; /* the format, u32 little-endian after the magic */
+    put_le64(m + n - 8, ec_checksum(m, n - 8));
+    assert_int_equal(ec_rcluster_set(rc, key, strlen(key), m, n, NULL), 0);
+    expect_fail(ec_model_pull_flags(C.c, "m", "2", url, EC_PULL_LAZY, NULL), EC_EVERSION,
+                "publish it again");
+    not_registered(C.c, "2");
+    assert_int_equal(ec_model_pull(C.c, "m", "2", url, NULL), 0);
+    same_rows(A.c, C.c, "2", "big");
+    assert_int_equal(ec_rcluster_set(rc, key, strlen(key), orig, len, NULL), 0);
     free(m);
     free(orig);
     ec_rcluster_close(rc);
@@ -448,6 +481,7 @@ int main(void)
         cmocka_unit_test(test_pull_unpublished_is_enoent),
         cmocka_unit_test(test_corrupt_chunk_refused),
         cmocka_unit_test(test_bad_manifest_refused),
+        cmocka_unit_test(test_format1_manifest),
         cmocka_unit_test(test_cluster_down),
     };
 

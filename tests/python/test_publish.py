@@ -85,3 +85,20 @@ def test_the_daemons_remote_is_the_default_cluster(make_daemon, tmp_path, cluste
     # the CLI too: no --cluster, no $EMBCACHE_CLUSTER
     out = c.cli("pull", "m", "1", check=False)
     assert out.returncode == 6, out.stderr                # exists already
+
+
+def test_lazy_pull_reads_from_the_cluster(make_daemon, tmp_path, cluster):
+    a = make_daemon().start()
+    b = make_daemon(extra=["--remote", cluster]).start()
+    src = np.random.default_rng(5).standard_normal((5000, 32)).astype(np.float32)
+    p = tmp_path / "lazy.npy"
+    np.save(p, src)
+    a.import_files("m", 7, [p])
+    with embcache.connect(a.socket) as ca, embcache.connect(b.socket) as cb:
+        ca.publish("m", 7, cluster)
+        pulled = cb.pull("m", 7, lazy=True)   # b's own --remote
+        assert pulled["tensors"] == 1 and 0 < pulled["bytes"] < src.nbytes
+        rows = cb.tensor("m", "lazy", version=7).gather(np.arange(5000))
+        np.testing.assert_array_equal(rows, src)
+        stats = cb.stats()
+        assert stats["remote_reads"] > 0 and stats["remote_bytes"] >= src.nbytes

@@ -81,6 +81,15 @@ def test_bindings_match_the_results_header():
         assert getattr(_lib, name) == int(value.rstrip("u"), 0), name
 
 
+def test_remote_needs_a_daemon_with_remote(client, ns_name):
+    """remote=True (EC_NS_REMOTE) on a daemon started without --remote: a
+    clear error, and nothing created."""
+    with pytest.raises(embcache.InvalidArgumentError, match="--remote"):
+        client.results(ns_name, remote=True)
+    assert ns_name not in {x["name"] for x in client.results_list()}
+    assert all(x["remote"] is False for x in client.results_list())
+
+
 # ---------------------------------------------------------------------------
 # Values and keys
 

@@ -715,6 +715,48 @@ static void test_part_checksums_roundtrip(void **state)
     ec_cat_tensor_clear(&t);
 }
 
+/* Schema 6's remote tier columns: a lazily pulled tensor keeps its
+ * manifest index and chunk size; a local one reads back as local; values
+ * out of range are refused on the way in and detected on the way out. */
+static void test_remote_fields(void **state)
+{
+    fx *f = *state;
+    ec_cat_tensor t[2], got;
+    char sql[160];
+
+    make_tensor(&t[0], "lazy", 100, 4, 10, 777);
+    make_tensor(&t[1], "local", 100, 4, 10, 778);
+    t[0].remote = true;
+    t[0].remote_index = 3;
+    t[0].remote_chunk = 1u << 20;
+    assert_int_equal(ec_catalog_add_version(f->cat, "m", 1, -1, NULL, t, 2, NULL), 0);
+    reopen(f);
+    assert_int_equal(ec_catalog_get_tensor(f->cat, t[0].id, &got), 0);
+    assert_true(got.remote);
+    assert_int_equal(got.remote_index, 3);
+    assert_int_equal(got.remote_chunk, 1u << 20);
+    ec_cat_tensor_clear(&got);
+    assert_int_equal(ec_catalog_get_tensor(f->cat, t[1].id, &got), 0);
+    assert_false(got.remote);
+    assert_int_equal(got.remote_index, 0);
+    ec_cat_tensor_clear(&got);
+
+    /* Refused: a chunk size no manifest has. */
+    ec_cat_tensor_clear(&t[1]);
+    make_tensor(&t[1], "bad", 100, 4, 10, 779);
+    t[1].remote = true;
+    t[1].remote_chunk = 100;
+    assert_int_equal(ec_catalog_add_version(f->cat, "m", 2, -1, NULL, &t[1], 1, NULL),
+                     EC_EINVAL);
+    /* Detected: a row changed behind the catalog. */
+    snprintf(sql, sizeof(sql), "UPDATE tensors SET remote_chunk = 7 WHERE id = %lld",
+             (long long)t[0].id);
+    raw_sql(f->path, sql);
+    assert_int_equal(ec_catalog_get_tensor(f->cat, t[0].id, &got), EC_ECORRUPT);
+    ec_cat_tensor_clear(&t[0]);
+    ec_cat_tensor_clear(&t[1]);
+}
+
 static void test_corrupt_row_detected(void **state)
 {
     fx *f = *state;
@@ -1409,6 +1451,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_reopen_persists, setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_part_checksums_roundtrip, setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_corrupt_row_detected, setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_remote_fields, setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_not_sqlite_is_corrupt, setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_newer_schema_refused, setup, fx_teardown),
         cmocka_unit_test(test_clear_is_idempotent),

@@ -1,0 +1,621 @@
+/*
+ * test_remote_tier.c - the remote tier's read path (core/pager_remote.c,
+ * core/engine_remote.c, ec_pull_lazy in core/publish.c) between real
+ * daemons through a real local Redis Cluster (3 masters, 3 replicas,
+ * tests/redis/cluster.sh on free loopback ports).
+ *
+ * Daemon A imports a model and publishes it. Daemon B (--remote, keeping
+ * what it reads) pulls it with --lazy: its partition files are sparse, its
+ * rows equal A's byte for byte, read from the cluster (remote_reads,
+ * remote_bytes) and kept (the files fill); a kept partition damaged on
+ * B's disk is read from the cluster again and rewritten. A tensor cached
+ * by rows is read remotely by block runs. Daemon K (--remote,
+ * remote-keep false) sees a chunk overwritten on the cluster as
+ * EC_ECHECKSUM naming partition and chunk, never as wrong bytes, and
+ * follows a chunk's slot through a migration (ASK, then MOVED). Daemon N
+ * (no --remote) is told to start embcached with --remote. Then the cluster
+ * stops: K fails what only the cluster has with EC_ECONN naming the
+ * cluster, quickly, while serving what is resident; B, restarted, serves
+ * every row from its files.
+ *
+ * The tests run in order and share the cluster and the daemons (group
+ * setup and teardown). Every process is stopped by its pid. Exits 77
+ * (skipped) only when redis-server or redis-cli is not installed.
+ */
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "common/err.h"
+#include "core/partfile.h"
+#include "core/rcluster.h"
+#include "testutil.h"
+
+#define NODES 6
+
+static char *dir;
+static char *cl_dir;
+static ect_cluster cl = {.pipe = -1};
+static bool cl_running;
+static char url[128];
+
+struct daemon {
+    char data[600], sock[600];
+    pid_t pid;
+    ec_client *c;
+};
+static struct daemon A, B, K, N;
+
+/* v1: "emb" 4096 x 64 f32 in 64 KiB partitions (16 of them, one chunk
+ * each), "small" 1000 x 8 f16 (one partition). v2: "wide" 8192 x 64 f32,
+ * cached by rows on B. */
+static const ect_st_tensor v1[] = {
+    {.name = "emb", .dtype = EC_DTYPE_F32, .ndim = 2, .shape = {4096, 64}, .seed = 21},
+    {.name = "small", .dtype = EC_DTYPE_F16, .ndim = 2, .shape = {1000, 8}, .seed = 22},
+};
+static const ect_st_tensor v2[] = {
+    {.name = "wide", .dtype = EC_DTYPE_F32, .ndim = 2, .shape = {8192, 64}, .seed = 23},
+};
+#define V1_BYTES (4096u * 256u + 1000u * 16u)
+
+static void daemon_up(struct daemon *d, const char *name, const char *const *extra)
+{
+    snprintf(d->data, sizeof(d->data), "%s/%s-data", dir, name);
+    snprintf(d->sock, sizeof(d->sock), "%s/%s.sock", dir, name);
+    d->pid = ect_daemon_start(d->data, d->sock, extra);
+    assert_true(d->pid > 0);
+    assert_int_equal(ec_client_connect(d->sock, &d->c), 0);
+}
+
+static void daemon_down(struct daemon *d)
+{
+    if (d->c)
+        ec_client_close(d->c);
+    d->c = NULL;
+    if (d->pid > 0)
+        ect_daemon_stop(d->pid);
+    d->pid = 0;
+}
+
+static int group_setup(void **state)
+{
+    char cdir[700];
+    const char *remote[] = {"--remote", url, NULL};
+    const char *nokeep[] = {"--remote", url, "--remote-keep", "false", NULL};
+
+    (void)state;
+    dir = ect_tmpdir("ec-remote");
+    snprintf(cdir, sizeof(cdir), "%s/cluster", dir);
+    cl_dir = strdup(cdir);
+    cl.script = EC_TEST_CLUSTER_SH;
+    cl.dir = cl_dir;
+    if (ect_cluster_start(&cl, NODES) < 0)
+        return -1;
+    cl_running = true;
+    snprintf(url, sizeof(url), "redis-cluster://127.0.0.1:%d,127.0.0.1:%d", cl.base,
+             cl.base + 1);
+    daemon_up(&A, "a", NULL);
+    daemon_up(&B, "b", remote);
+    daemon_up(&K, "k", nokeep);
+    daemon_up(&N, "n", NULL);
+    return 0;
+}
+
+static int group_teardown(void **state)
+{
+    (void)state;
+    daemon_down(&A);
+    daemon_down(&B);
+    daemon_down(&K);
+    daemon_down(&N);
+    if (!cl_running)
+        cl.base = 0;
+    ect_cluster_stop(&cl);
+    if (dir)
+        ect_rmtree(dir);
+    free(dir);
+    free(cl_dir);
+    return 0;
+}
+
+/* ------------------------------------------------------------------ */
+
+static void import_st(ec_client *c, const char *name, int64_t v, const ect_st_tensor *t,
+                      size_t n, uint64_t part)
+{
+    char path[700];
+    const char *paths[1] = {path};
+    ec_import_opts o = {.model = "m", .version = v, .round = 3, .partition_bytes = part};
+    uint32_t tensors = 0;
+
+    snprintf(path, sizeof(path), "%s/%s.safetensors", dir, name);
+    assert_int_equal(ect_write_safetensors(path, t, n), 0);
+    assert_int_equal(ec_model_import(c, &o, paths, 1, &tensors), 0);
+    assert_int_equal(tensors, n);
+}
+
+/* Rows ids[0..n) of (m, version, tensor) from x and y: the same bytes. */
+static void same_ids(ec_client *x, ec_client *y, const char *version, const char *tensor,
+                     const int64_t *ids, size_t n)
+{
+    ec_tensor *tx, *ty;
+    ec_tensor_info ix;
+    uint8_t *bx, *by;
+
+    assert_int_equal(ec_tensor_resolve(x, "m", version, tensor, &tx), 0);
+    assert_int_equal(ec_tensor_resolve(y, "m", version, tensor, &ty), 0);
+    assert_int_equal(ec_tensor_info_get(tx, &ix), 0);
+    bx = malloc(n * ix.row_bytes + 1);
+    by = malloc(n * ix.row_bytes + 1);
+    assert_non_null(bx);
+    assert_non_null(by);
+    assert_int_equal(ec_tensor_gather(tx, ids, n, bx, n * ix.row_bytes), 0);
+    if (ec_tensor_gather(ty, ids, n, by, n * ix.row_bytes) != 0)
+        fail_msg("gather of %s from the second daemon: %s", tensor, ec_last_error());
+    assert_memory_equal(bx, by, n * ix.row_bytes);
+    free(bx);
+    free(by);
+    ec_tensor_release(tx);
+    ec_tensor_release(ty);
+}
+
+/* Every row, in batches of 256. */
+static void same_rows(ec_client *x, ec_client *y, const char *version, const char *tensor,
+                      uint64_t rows)
+{
+    int64_t ids[256];
+
+    for (uint64_t r = 0; r < rows; r += 256) {
+        size_t n = rows - r < 256 ? (size_t)(rows - r) : 256;
+        for (size_t i = 0; i < n; i++)
+            ids[i] = (int64_t)(r + i);
+        same_ids(x, y, version, tensor, ids, n);
+    }
+}
+
+/* A gather of rows [first, first + n) of m/version/tensor from c. */
+static int gather(ec_client *c, const char *version, const char *tensor, int64_t first,
+                  size_t n)
+{
+    ec_tensor *t;
+    int64_t ids[64];
+    uint8_t buf[64 * 256];
+    int rc;
+
+    assert_true(n <= 64);
+    assert_int_equal(ec_tensor_resolve(c, "m", version, tensor, &t), 0);
+    for (size_t i = 0; i < n; i++)
+        ids[i] = first + (int64_t)i;
+    rc = ec_tensor_gather(t, ids, n, buf, sizeof(buf));
+    ec_tensor_release(t);
+    return rc;
+}
+
+struct find {
+    const char *name;
+    uint64_t v;
+    bool found;
+};
+
+static int stat_cb(const char *name, uint64_t v, void *arg)
+{
+    struct find *f = arg;
+
+    if (!strcmp(name, f->name)) {
+        f->v = v;
+        f->found = true;
+    }
+    return 0;
+}
+
+static uint64_t stat_of(ec_client *c, const char *name)
+{
+    struct find f = {.name = name};
+
+    assert_int_equal(ec_client_stats(c, stat_cb, &f), 0);
+    if (!f.found)
+        fail_msg("no statistic '%s'", name);
+    return f.v;
+}
+
+static void expect_fail(int rc, int want, const char *needle)
+{
+    if (rc != want || (needle && !strstr(ec_last_error(), needle)))
+        fail_msg("expected %s with \"%s\", got %s: %s", ec_strerror(want),
+                 needle ? needle : "", ec_strerror(rc), ec_last_error());
+}
+
+/* Bytes allocated on disk, and their apparent size, of a daemon's
+ * partition files. */
+static void disk_use(const struct daemon *d, uint64_t *allocated, uint64_t *apparent)
+{
+    char parts[700], path[1000];
+    struct dirent *de;
+    DIR *dd;
+
+    *allocated = *apparent = 0;
+    snprintf(parts, sizeof(parts), "%s/parts", d->data);
+    assert_non_null(dd = opendir(parts));
+    while ((de = readdir(dd))) {
+        struct stat st;
+        size_t l = strlen(de->d_name);
+        if (l < 4 || strcmp(de->d_name + l - 4, ".ecp"))
+            continue;
+        snprintf(path, sizeof(path), "%s/%s", parts, de->d_name);
+        assert_int_equal(stat(path, &st), 0);
+        *allocated += (uint64_t)st.st_blocks * 512;
+        *apparent += (uint64_t)st.st_size;
+    }
+    closedir(dd);
+}
+
+/* The partition file of (version, tensor) in d's data directory. */
+static void file_of(const struct daemon *d, int64_t version, const char *tensor, char *out,
+                    size_t cap, ec_partfile_meta *meta)
+{
+    char parts[700];
+    struct dirent *de;
+    DIR *dd;
+    bool found = false;
+
+    snprintf(parts, sizeof(parts), "%s/parts", d->data);
+    assert_non_null(dd = opendir(parts));
+    while (!found && (de = readdir(dd))) {
+        ec_partfile_origin o;
+        int fd;
+        size_t l = strlen(de->d_name);
+        if (l < 4 || strcmp(de->d_name + l - 4, ".ecp"))
+            continue;
+        snprintf(out, cap, "%s/%s", parts, de->d_name);
+        if (ec_partfile_open(out, meta, &fd))
+            continue;
+        found = ec_partfile_read_origin(fd, meta, &o) == 0 && o.present &&
+                o.version == version && !strcmp(o.tensor, tensor);
+        close(fd);
+    }
+    closedir(dd);
+    assert_true(found);
+}
+
+/* ------------------------------------------------------------------ */
+
+static void test_lazy_pull_reads_remotely(void **state)
+{
+    ec_publish_result r;
+    uint64_t alloc, size;
+
+    (void)state;
+    import_st(A.c, "v1", 1, v1, 2, 64u << 10);
+    import_st(A.c, "v2", 2, v2, 1, 64u << 10);
+    assert_int_equal(ec_model_publish(A.c, "m", "1", url, &r), 0);
+    assert_int_equal(ec_model_publish(A.c, "m", "2", url, &r), 0);
+
+    /* B's own --remote: no URL in the request. */
+    assert_int_equal(ec_model_pull_flags(B.c, "m", "1", NULL, EC_PULL_LAZY, &r), 0);
+    assert_int_equal(r.version, 1);
+    assert_int_equal(r.tensors, 2);
+    assert_true(r.bytes > 0 && r.bytes < 64u << 10); /* the heads, not the data */
+    disk_use(&B, &alloc, &size);
+    assert_true(size > V1_BYTES);
+    if (alloc >= 256u << 10)
+        fail_msg("lazily pulled files hold %llu bytes on disk: not sparse",
+                 (unsigned long long)alloc);
+    assert_int_equal(stat_of(B.c, "remote_reads"), 0);
+
+    same_rows(A.c, B.c, "1", "emb", 4096);
+    same_rows(A.c, B.c, "1", "small", 1000);
+    assert_true(stat_of(B.c, "remote_reads") >= 17);
+    assert_true(stat_of(B.c, "remote_bytes") >= V1_BYTES);
+    assert_int_equal(stat_of(B.c, "remote_errors"), 0);
+    assert_int_equal(stat_of(B.c, "remote_checksum_failures"), 0);
+    assert_int_equal(stat_of(B.c, "remote_kept_bytes"), V1_BYTES);
+    assert_int_equal(stat_of(B.c, "remote_partitions_remote"), 0);
+    /* Kept: the files hold the data now. */
+    disk_use(&B, &alloc, &size);
+    assert_true(alloc >= V1_BYTES);
+}
+
+static void test_kept_partition_damaged_is_fetched_again(void **state)
+{
+    char path[1000];
+    ec_partfile_meta meta;
+    uint8_t junk[4096];
+    uint64_t reads, refetches;
+    int fd;
+
+    (void)state;
+    file_of(&B, 1, "emb", path, sizeof(path), &meta);
+    memset(junk, 0x5a, sizeof(junk));
+    assert_true((fd = open(path, O_WRONLY)) >= 0);
+    assert_int_equal(pwrite(fd, junk, sizeof(junk), (off_t)(meta.data_off + 3 * meta.stride)),
+                     (ssize_t)sizeof(junk));
+    assert_int_equal(fsync(fd), 0);
+    close(fd);
+    assert_int_equal(ec_model_evict(B.c, "m", "1", NULL), 0);
+    reads = stat_of(B.c, "remote_reads");
+    refetches = stat_of(B.c, "remote_local_refetches");
+    same_rows(A.c, B.c, "1", "emb", 4096);
+    assert_int_equal(stat_of(B.c, "remote_local_refetches"), refetches + 1);
+    assert_int_equal(stat_of(B.c, "remote_reads"), reads + 1);
+    /* Rewritten: read locally next time. */
+    assert_int_equal(ec_model_evict(B.c, "m", "1", NULL), 0);
+    same_rows(A.c, B.c, "1", "emb", 4096);
+    assert_int_equal(stat_of(B.c, "remote_reads"), reads + 1);
+}
+
+static void test_rows_tensor_reads_remotely(void **state)
+{
+    int64_t ids[64];
+    uint64_t reads;
+
+    (void)state;
+    assert_int_equal(ec_model_cache_mode(B.c, "m", "wide", EC_CACHE_ROWS), 0);
+    assert_int_equal(ec_model_pull_flags(B.c, "m", "2", NULL, EC_PULL_LAZY, NULL), 0);
+    reads = stat_of(B.c, "remote_reads");
+    for (size_t i = 0; i < 64; i++)
+        ids[i] = (int64_t)((i * 2654435761u) % 8192);
+    same_ids(A.c, B.c, "2", "wide", ids, 64);
+    assert_true(stat_of(B.c, "row_block_reads") > 0);
+    assert_true(stat_of(B.c, "remote_reads") > reads);
+    assert_true(stat_of(B.c, "remote_kept_bytes") > V1_BYTES);
+    same_rows(A.c, B.c, "2", "wide", 8192);
+    assert_int_equal(stat_of(B.c, "remote_errors"), 0);
+}
+
+static void test_no_remote_is_a_clear_error(void **state)
+{
+    (void)state;
+    /* N names the cluster for the pull, but reads have none. */
+    assert_int_equal(ec_model_pull_flags(N.c, "m", "1", url, EC_PULL_LAZY, NULL), 0);
+    expect_fail(gather(N.c, "1", "emb", 0, 4), EC_ECONN, "start embcached with --remote");
+    assert_true(stat_of(N.c, "remote_errors") >= 1);
+}
+
+static void test_corrupt_chunk_is_echecksum(void **state)
+{
+    static const char key[] = "ec:c:m:1:0:5:0"; /* emb, partition 5, chunk 0 */
+    ec_rcluster *rc = NULL;
+    void *orig = NULL;
+    uint8_t *bad;
+    size_t len = 0;
+
+    (void)state;
+    assert_int_equal(ec_rcluster_open(url, NULL, &rc), 0);
+    assert_int_equal(ec_rcluster_get(rc, key, strlen(key), &orig, &len), 0);
+    assert_int_equal(len, 64u << 10);
+    bad = malloc(len);
+    memcpy(bad, orig, len);
+    bad[1000] ^= 0x01;
+    assert_int_equal(ec_rcluster_set(rc, key, strlen(key), bad, len, NULL), 0);
+    assert_int_equal(ec_model_pull_flags(K.c, "m", "1", NULL, EC_PULL_LAZY, NULL), 0);
+    expect_fail(gather(K.c, "1", "emb", 5 * 256 + 7, 3), EC_ECHECKSUM, "partition 5");
+    assert_non_null(strstr(ec_last_error(), "remote tier"));
+    assert_true(stat_of(K.c, "remote_checksum_failures") >= 1);
+    /* Its neighbours are fine. */
+    assert_int_equal(gather(K.c, "1", "emb", 4 * 256, 8), 0);
+
+    /* Of another length. */
+    assert_int_equal(ec_rcluster_set(rc, key, strlen(key), bad, len - 1, NULL), 0);
+    sleep(3); /* past the engine's memory of the failed read */
+    expect_fail(gather(K.c, "1", "emb", 5 * 256, 1), EC_ECHECKSUM, "chunk 0");
+
+    /* Put back: served. */
+    assert_int_equal(ec_rcluster_set(rc, key, strlen(key), orig, len, NULL), 0);
+    sleep(3);
+    same_rows(A.c, K.c, "1", "emb", 4096);
+    free(bad);
+    free(orig);
+    ec_rcluster_close(rc);
+}
+
+/* A view (the whole tensor in one extent, its partitions read into place
+ * from the cluster: K keeps nothing on disk) equals A's rows. */
+static void test_view_of_remote_tensor(void **state)
+{
+    ec_tensor *t;
+    ec_view *v;
+    uint8_t *want = malloc(4096 * 256);
+    int64_t ids[256];
+    uint64_t reads = stat_of(K.c, "remote_reads");
+
+    (void)state;
+    assert_non_null(want);
+    assert_int_equal(ec_tensor_resolve(A.c, "m", "1", "emb", &t), 0);
+    for (int64_t r = 0; r < 4096; r += 256) {
+        for (int i = 0; i < 256; i++)
+            ids[i] = r + i;
+        assert_int_equal(ec_tensor_gather(t, ids, 256, want + r * 256, 256 * 256), 0);
+    }
+    ec_tensor_release(t);
+    assert_int_equal(ec_tensor_resolve(K.c, "m", "1", "emb", &t), 0);
+    if (ec_tensor_view(t, &v) != 0)
+        fail_msg("view of a lazily pulled tensor: %s", ec_last_error());
+    assert_int_equal(ec_view_size(v), 4096 * 256);
+    assert_memory_equal(ec_view_data(v), want, 4096 * 256);
+    assert_true(stat_of(K.c, "remote_reads") >= reads + 16);
+    ec_view_release(v);
+    ec_tensor_release(t);
+    free(want);
+}
+
+/* redis-cli -p port ARGS..., its first line of output in out (may be NULL). */
+static void rcli(int port, const char *args, char *out, size_t cap)
+{
+    char cmd[1024], line[256] = "";
+    FILE *f;
+
+    snprintf(cmd, sizeof(cmd), "redis-cli -h 127.0.0.1 -p %d %s 2>&1", port, args);
+    assert_non_null(f = popen(cmd, "r"));
+    if (!fgets(line, sizeof(line), f))
+        line[0] = '\0';
+    while (fgetc(f) != EOF) {
+    }
+    assert_int_equal(pclose(f), 0);
+    line[strcspn(line, "\r\n")] = '\0';
+    if (out)
+        snprintf(out, cap, "%s", line);
+}
+
+static int port_of_slot(ec_rcluster *rc, unsigned slot)
+{
+    char node[128];
+    const char *colon;
+
+    assert_int_equal(ec_rcluster_slot_node(rc, slot, node, sizeof(node)), 0);
+    assert_non_null(colon = strrchr(node, ':'));
+    return atoi(colon + 1);
+}
+
+/* A chunk's slot half-way through a migration (ASK), then moved (MOVED):
+ * the remote reads follow both and serve the same bytes. */
+static void test_redirects_followed(void **state)
+{
+    static const char key[] = "ec:c:m:2:0:17:0"; /* wide, partition 17 */
+    unsigned slot = ec_rcluster_keyslot(key, strlen(key));
+    ec_rcluster *rc = NULL;
+    char from_id[128], to_id[128], args[512];
+    int from, to = 0;
+    uint64_t redirects;
+
+    (void)state;
+    assert_int_equal(ec_rcluster_open(url, NULL, &rc), 0);
+    from = port_of_slot(rc, slot);
+    for (unsigned s = 0; s < EC_RCLUSTER_SLOTS && !to; s += 1000)
+        if (port_of_slot(rc, s) != from)
+            to = port_of_slot(rc, s);
+    assert_true(to > 0);
+    rcli(from, "CLUSTER MYID", from_id, sizeof(from_id));
+    rcli(to, "CLUSTER MYID", to_id, sizeof(to_id));
+    assert_int_equal(ec_model_pull_flags(K.c, "m", "2", NULL, EC_PULL_LAZY, NULL), 0);
+    assert_int_equal(gather(K.c, "2", "wide", 0, 4), 0); /* K's workers have their maps */
+
+    snprintf(args, sizeof(args), "CLUSTER SETSLOT %u IMPORTING %s", slot, from_id);
+    rcli(to, args, NULL, 0);
+    snprintf(args, sizeof(args), "CLUSTER SETSLOT %u MIGRATING %s", slot, to_id);
+    rcli(from, args, NULL, 0);
+    snprintf(args, sizeof(args), "MIGRATE 127.0.0.1 %d %s 0 10000", to, key);
+    rcli(from, args, NULL, 0);
+    redirects = stat_of(K.c, "remote_redirects");
+    {
+        int64_t ids[4] = {17 * 256, 17 * 256 + 1, 17 * 256 + 100, 17 * 256 + 255};
+        same_ids(A.c, K.c, "2", "wide", ids, 4); /* ASK */
+    }
+    assert_true(stat_of(K.c, "remote_redirects") > redirects);
+
+    /* The slot moves for good: MOVED for every handle with the old map. */
+    for (int i = 0; i < 3; i++) {
+        int port = i == 0 ? to : i == 1 ? from : 0;
+        if (i == 2) /* the third master */
+            for (unsigned s = 0; s < EC_RCLUSTER_SLOTS && !port; s += 1000)
+                if (port_of_slot(rc, s) != from && port_of_slot(rc, s) != to)
+                    port = port_of_slot(rc, s);
+        snprintf(args, sizeof(args), "CLUSTER SETSLOT %u NODE %s", slot, to_id);
+        rcli(port, args, NULL, 0);
+    }
+    assert_int_equal(ec_model_evict(K.c, "m", "2", NULL), 0);
+    same_rows(A.c, K.c, "2", "wide", 8192);
+    assert_int_equal(stat_of(K.c, "remote_errors"), 0);
+    ec_rcluster_close(rc);
+}
+
+static double mono_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* Prewarm of a lazily pulled version: every partition from the cluster. */
+static void prewarm(ec_client *c, const char *version)
+{
+    ec_prewarm_progress p;
+    int rc = ec_model_prewarm(c, "m", version, 0, &p);
+
+    for (int i = 0; rc == 0 && !p.finished && i < 3000; i++) {
+        usleep(10000);
+        rc = ec_model_prewarm(c, "m", version, 0, &p);
+    }
+    if (rc || !p.finished || p.failed || p.done != p.partitions)
+        fail_msg("prewarm of version %s: rc %d, %llu/%llu done, %llu failed: %s", version, rc,
+                 (unsigned long long)p.done, (unsigned long long)p.partitions,
+                 (unsigned long long)p.failed, ec_last_error());
+}
+
+static void test_cluster_down(void **state)
+{
+    const char *remote[] = {"--remote", url, NULL};
+    uint64_t alloc, size;
+    double t0;
+    int rc;
+
+    (void)state;
+    /* Prewarmed from the cluster: resident, so served while it is down. */
+    assert_int_equal(ec_model_evict(K.c, "m", "2", NULL), 0);
+    prewarm(K.c, "2");
+    /* K keeps nothing: only what is resident survives the cluster. */
+    assert_int_equal(ec_model_evict(K.c, "m", "1", NULL), 0);
+    assert_int_equal(gather(K.c, "1", "emb", 0, 16), 0);       /* partition 0 */
+    assert_int_equal(gather(K.c, "1", "small", 0, 64), 0);
+    disk_use(&K, &alloc, &size);
+    assert_true(alloc < 256u << 10);
+
+    assert_int_equal(ect_cluster_sh(&cl, "stop", NULL, NULL), 0);
+    cl_running = false;
+
+    t0 = mono_s();
+    rc = gather(K.c, "1", "emb", 9 * 256, 4);
+    if (rc != EC_ECONN || !strstr(ec_last_error(), "127.0.0.1"))
+        fail_msg("a remote-only read with the cluster down: %s: %s", ec_strerror(rc),
+                 ec_last_error());
+    assert_true(mono_s() - t0 < 15.0);
+    /* The pool fails fast now, whichever worker (and handle) takes the read. */
+    for (int p = 10; p < 16; p++) {
+        t0 = mono_s();
+        expect_fail(gather(K.c, "1", "emb", p * 256, 4), EC_ECONN, "cluster");
+        if (mono_s() - t0 > 1.5)
+            fail_msg("partition %d: a read with the cluster known down took %.2f s", p,
+                     mono_s() - t0);
+    }
+    assert_true(stat_of(K.c, "remote_errors") >= 2);
+    /* Resident partitions are served. */
+    assert_int_equal(gather(K.c, "1", "emb", 0, 16), 0);
+    assert_int_equal(gather(K.c, "1", "small", 100, 64), 0);
+    same_rows(A.c, K.c, "2", "wide", 8192);
+
+    /* B kept everything: restarted, it serves every row from its files. */
+    daemon_down(&B);
+    daemon_up(&B, "b", remote);
+    same_rows(A.c, B.c, "1", "emb", 4096);
+    same_rows(A.c, B.c, "1", "small", 1000);
+    same_rows(A.c, B.c, "2", "wide", 8192);
+    assert_int_equal(stat_of(B.c, "remote_reads"), 0);
+    assert_int_equal(stat_of(B.c, "remote_errors"), 0);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_lazy_pull_reads_remotely),
+        cmocka_unit_test(test_kept_partition_damaged_is_fetched_again),
+        cmocka_unit_test(test_rows_tensor_reads_remotely),
+        cmocka_unit_test(test_no_remote_is_a_clear_error),
+        cmocka_unit_test(test_corrupt_chunk_is_echecksum),
+        cmocka_unit_test(test_view_of_remote_tensor),
+        cmocka_unit_test(test_redirects_followed),
+        cmocka_unit_test(test_cluster_down),
+    };
+
+    if (system("command -v redis-server >/dev/null 2>&1 && "
+               "command -v redis-cli >/dev/null 2>&1") != 0) {
+        fprintf(stderr, "test_remote_tier: redis-server or redis-cli is not installed; "
+                        "skipped\n");
+        return EC_TEST_SKIP;
+    }
+    return cmocka_run_group_tests(tests, group_setup, group_teardown);
+}
