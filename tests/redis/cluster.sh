@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # cluster.sh - start and stop a throw-away local Redis Cluster for tests
-# (tests/unit/test_rcluster.c drives it; so can a person or a later test
-# that runs nodes inside network namespaces).
+# (tests/unit/test_rcluster.c and other tests drive it on loopback;
+# tests/redis/test_netns_cluster.sh runs its nodes in network namespaces,
+# EC_RC_NETNS below; so can a person).
 #
 #   cluster.sh start DIR BASEPORT [MASTERS [REPLICAS]] [BIND_ADDR...]
 #   cluster.sh stop DIR
@@ -27,8 +28,18 @@
 #
 # Environment: REDIS_SERVER, REDIS_CLI (programs), EC_RC_NODE_TIMEOUT
 # (cluster-node-timeout in ms, default 1000: a failover takes a few seconds),
-# EC_RC_WAIT_S. Slots of a failed master are not served until its replica
-# takes over, but the others keep serving (cluster-require-full-coverage no).
+# EC_RC_WAIT_S, EC_RC_NETNS (below). Slots of a failed master are not served
+# until its replica takes over, but the others keep serving
+# (cluster-require-full-coverage no).
+#
+# Nodes in network namespaces (tests/redis/netns.sh): EC_RC_NETNS="ADDR=NS
+# [ADDR=NS...]" names, per BIND_ADDR, the namespace a node on that address
+# runs in; its redis-server and every redis-cli that talks to it run under
+# `ip netns exec NS`, and `--cluster create` runs in the first node's. An
+# address it does not name runs in this script's namespace. Those nodes run
+# without protected mode (no password: they would refuse every other host),
+# which is safe only because nothing outside the test's namespaces reaches
+# them. Stopping needs no namespace: pids are the same in all of them.
 set -u
 
 server=${REDIS_SERVER:-redis-server}
@@ -45,6 +56,20 @@ usage() {
 }
 
 is_uint() { case "$1" in ''|*[!0-9]*) return 1;; *) return 0;; esac; }
+
+# on_addr ADDR CMD...: run CMD in the namespace EC_RC_NETNS gives ADDR, if any.
+on_addr() {
+  local addr=$1 pair ns=
+  shift
+  for pair in ${EC_RC_NETNS:-}; do
+    [ "${pair%%=*}" = "$addr" ] && ns=${pair#*=}
+  done
+  if [ -n "$ns" ]; then
+    ip netns exec "$ns" "$@"
+  else
+    "$@"
+  fi
+}
 
 # pid is alive and is a redis-server (not a zombie, not a recycled pid).
 is_redis_pid() {
@@ -95,11 +120,12 @@ info_field() { tr -d '\r' | sed -n "s/^$1://p"; }
 cluster_ready() {
   local n=$1 addr port out line
   while read -r addr port _; do
-    out=$("$cli" -h "$addr" -p "$port" --no-raw cluster info 2>/dev/null) || return 1
+    out=$(on_addr "$addr" "$cli" -h "$addr" -p "$port" --no-raw cluster info 2>/dev/null) ||
+      return 1
     [ "$(printf '%s\n' "$out" | info_field cluster_state)" = ok ] || return 1
     [ "$(printf '%s\n' "$out" | info_field cluster_slots_ok)" = 16384 ] || return 1
     [ "$(printf '%s\n' "$out" | info_field cluster_known_nodes)" = "$n" ] || return 1
-    out=$("$cli" -h "$addr" -p "$port" info replication 2>/dev/null) || return 1
+    out=$(on_addr "$addr" "$cli" -h "$addr" -p "$port" info replication 2>/dev/null) || return 1
     line=$(printf '%s\n' "$out" | info_field role)
     if [ "$line" = slave ]; then
       [ "$(printf '%s\n' "$out" | info_field master_link_status)" = up ] || return 1
@@ -141,6 +167,8 @@ start_cluster() {
     addr=${addrs[$((i % ${#addrs[@]}))]}
     local prot=yes
     case "$addr" in 127.*|::1) prot=no;; esac
+    # A node in a test's namespace is reachable only from that test's hosts.
+    case " ${EC_RC_NETNS:-} " in *" $addr="*) prot=no;; esac
     rm -f "$dir/nodes-$port.conf" "$dir/redis-$port.log"
     cat > "$dir/redis-$port.conf" <<EOF
 port $port
@@ -159,7 +187,7 @@ cluster-replica-validity-factor 0
 appendonly no
 save ""
 EOF
-    if ! "$server" "$dir/redis-$port.conf"; then
+    if ! on_addr "$addr" "$server" "$dir/redis-$port.conf"; then
       stop_cluster "$dir"
       die "redis-server on $addr:$port did not start (see $dir/redis-$port.log)"
     fi
@@ -172,7 +200,8 @@ EOF
   for ((i = 0; i < 100; i++)); do
     ok=1
     while read -r addr port _; do
-      [ "$("$cli" -h "$addr" -p "$port" ping 2>/dev/null)" = PONG ] || { ok=0; break; }
+      [ "$(on_addr "$addr" "$cli" -h "$addr" -p "$port" ping 2>/dev/null)" = PONG ] ||
+        { ok=0; break; }
     done < "$dir/nodes"
     [ $ok = 1 ] && break
     sleep 0.1
@@ -180,8 +209,8 @@ EOF
   [ $ok = 1 ] || { stop_cluster "$dir"; die "nodes did not answer PING within 10 s (see $dir/*.log)"; }
 
   # (It waits for the nodes to meet without a limit of its own.)
-  if ! timeout "$wait_s" "$cli" --cluster create "${hosts[@]}" --cluster-replicas "$replicas" \
-      --cluster-yes > "$dir/create.log" 2>&1; then
+  if ! on_addr "${addrs[0]}" timeout "$wait_s" "$cli" --cluster create "${hosts[@]}" \
+      --cluster-replicas "$replicas" --cluster-yes > "$dir/create.log" 2>&1; then
     stop_cluster "$dir"
     die "redis-cli --cluster create failed: $(tail -n 5 "$dir/create.log" | tr '\n' ' ')"
   fi
@@ -202,8 +231,8 @@ status_cluster() {
   while read -r addr port pidf; do
     pid=$(head -c 32 "$pidf" 2>/dev/null | tr -dc 0-9)
     if is_redis_pid "$pid"; then
-      echo "$addr:$port pid $pid $("$cli" -h "$addr" -p "$port" cluster info 2>/dev/null |
-        info_field cluster_state)"
+      echo "$addr:$port pid $pid $(on_addr "$addr" "$cli" -h "$addr" -p "$port" cluster info \
+        2>/dev/null | info_field cluster_state)"
     else
       echo "$addr:$port down"; rc=1
     fi
