@@ -164,7 +164,8 @@ static void get_ns(struct reader *d)
     FUZZ_CHECK(strnlen(ns.bind_version, sizeof(ns.bind_version)) <= EC_NAME_MAX);
     if (rc == 0) {
         FUZZ_CHECK(!was_bad && !d->r.bad);
-        FUZZ_CHECK(ec_ns_name_ok(ns.name) && (ns.flags & ~(uint32_t)EC_NS_SHARED) == 0);
+        FUZZ_CHECK(ec_ns_name_ok(ns.name) &&
+                   (ns.flags & ~(uint32_t)(EC_NS_SHARED | EC_NS_REMOTE)) == 0);
     } else {
         FUZZ_CHECK(rc == EC_EPROTO);
     }
