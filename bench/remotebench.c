@@ -31,11 +31,12 @@
  *                      in that run (the depth matters: with 1 MiB values on
  *                      loopback, one GET at a time per master is fastest and
  *                      64 in flight the slowest, on a 2-vCPU VM).
- *   daemon_tier        HOOK (daemon_tier_pass below): rows read through a
- *                      daemon whose version was pulled lazily, so that
- *                      its misses go to the cluster. Not measured until
- *                      `embcache pull --lazy` exists; --daemon SOCKET names
- *                      the daemon when it does.
+ *   daemon_tier        with --daemon SOCKET: rows of --tensor read through
+ *                      a daemon whose version was pulled lazily and which
+ *                      keeps nothing on disk, the version evicted before
+ *                      each pass, --daemon-threads client threads (4):
+ *                      what issue 16's goal is about; its per-run ratio to
+ *                      the cluster limit is printed too.
  *
  * Before timing, one untimed pass of each system computes every value's
  * XXH3-64: both must agree key for key (else exit 1). Then --runs runs,
@@ -52,7 +53,7 @@
  * daemon, a published model) or by hand against any published version:
  *   embcache-remotebench --url redis-cluster://H:P[,H:P] --model M --version V
  *       [--runs N] [--seconds S] [--batch K,K..] [--tier-batch K] [--depth D,D..]
- *       [--daemon SOCKET]
+ *       [--daemon SOCKET [--tensor NAME] [--daemon-threads T]]
  * One process; the baseline's threads each own their connection.
  */
 #include <errno.h>
@@ -69,6 +70,7 @@
 
 #include "common/err.h"
 #include "core/rcluster.h"
+#include "embcache.h"
 
 uint64_t ec_checksum(const void *buf, size_t len); /* core/partfile.c: XXH3-64 */
 
@@ -447,36 +449,117 @@ static uint64_t run_rcluster(struct bench *b, unsigned passes, bool verify)
     return bytes;
 }
 
-/* ---- daemon_tier: the hook -------------------------------------------- */
+/* ---- daemon_tier: reads through the daemon ------------------------------ */
 
 /*
- * HOOK for the remote tier through the daemon, once `embcache pull --lazy`
- * lands: one pass should read every row of the version through
- * ec_tensor_gather on a daemon (--daemon SOCKET) whose version was pulled
- * lazily and whose partitions are not resident (evict the version before
- * the pass, or run the daemon with remote-keep false and a small budget), so
- * that every partition comes from the cluster; return the bytes the daemon
- * fetched (its remote byte counter, `embcache stats`) or the rows' bytes.
- * Until then it reports that it cannot run, and the bench says so.
+ * The remote tier as a client sees it: a daemon (--daemon SOCKET) whose
+ * version was pulled with `embcache pull --lazy` and runs with remote-keep
+ * false, so that its partition files stay holes. A pass evicts the version
+ * (ec_model_evict), then `threads` client threads gather every row of the
+ * tensor, each a contiguous share in gathers of DT_GATHER_BYTES: every
+ * partition is a miss the daemon reads from the cluster (pager_remote.c),
+ * verifies and serves. The daemon's remote_bytes must grow by the table's
+ * bytes each pass, or the pass did not measure the remote tier (checked).
  */
+#define DT_GATHER_BYTES ((size_t)8 << 20)
+
 typedef uint64_t (*pass_fn)(struct bench *b, unsigned passes, bool verify);
+
+static ec_client *dt_client;
+static ec_tensor *dt_tensor;
+static ec_tensor_info dt_info;
+
+struct dt_worker {
+    uint64_t first, last; /* rows [first, last) */
+    int failed;
+    char msg[EC_ERRMSG_MAX];
+};
+
+static void *dt_main(void *arg)
+{
+    struct dt_worker *w = arg;
+    size_t per = DT_GATHER_BYTES / dt_info.row_bytes ? DT_GATHER_BYTES / dt_info.row_bytes : 1;
+    int64_t *ids = malloc(per * sizeof(*ids));
+    void *out = malloc(per * dt_info.row_bytes);
+
+    if (!ids || !out) {
+        w->failed = EC_ENOMEM;
+        snprintf(w->msg, sizeof(w->msg), "out of memory");
+    }
+    for (uint64_t r = w->first; !w->failed && r < w->last; r += per) {
+        size_t n = (size_t)(w->last - r < per ? w->last - r : per);
+        for (size_t i = 0; i < n; i++)
+            ids[i] = (int64_t)(r + i);
+        w->failed = ec_tensor_gather(dt_tensor, ids, n, out, n * dt_info.row_bytes);
+        if (w->failed)
+            snprintf(w->msg, sizeof(w->msg), "%s", ec_last_error());
+    }
+    free(ids);
+    free(out);
+    return NULL;
+}
+
+static int dt_stat(const char *name, uint64_t value, void *arg)
+{
+    if (!strcmp(name, "remote_bytes"))
+        *(uint64_t *)arg = value;
+    return 0;
+}
+
+static uint64_t dt_remote_bytes(void)
+{
+    uint64_t v = UINT64_MAX;
+    if (ec_client_stats(dt_client, dt_stat, &v) || v == UINT64_MAX)
+        die("daemon stats: %s (no remote_bytes: is this daemon built with the remote tier?)",
+            ec_last_error());
+    return v;
+}
 
 static uint64_t daemon_tier_pass(struct bench *b, unsigned passes, bool verify)
 {
-    (void)b;
-    (void)passes;
-    (void)verify;
-    return 0; /* not yet: see above */
+    struct dt_worker w[MAX_THREADS];
+    pthread_t th[MAX_THREADS];
+    uint64_t table = dt_info.rows * dt_info.row_bytes, bytes = 0;
+
+    (void)verify; /* the daemon verifies every partition against its checksum */
+    for (unsigned p = 0; p < passes; p++) {
+        uint64_t before;
+        if (ec_model_evict(dt_client, b->model, b->version, NULL))
+            die("evict %s %s: %s", b->model, b->version, ec_last_error());
+        before = dt_remote_bytes();
+        for (unsigned t = 0; t < b->threads; t++) {
+            w[t] = (struct dt_worker){.first = dt_info.rows * t / b->threads,
+                                      .last = dt_info.rows * (t + 1) / b->threads};
+            if (pthread_create(&th[t], NULL, dt_main, &w[t]))
+                die("%s", "pthread_create");
+        }
+        for (unsigned t = 0; t < b->threads; t++)
+            pthread_join(th[t], NULL);
+        for (unsigned t = 0; t < b->threads; t++)
+            if (w[t].failed)
+                die("daemon_tier: gather: %s (%s)", ec_strerror(w[t].failed), w[t].msg);
+        if (dt_remote_bytes() - before < table)
+            die("daemon_tier: the daemon read %" PRIu64 " bytes from the cluster in a pass, "
+                "fewer than the table's %" PRIu64 ": partitions were served from memory or "
+                "disk (pull --lazy, run it with --remote-keep false)",
+                dt_remote_bytes() - before, table);
+        bytes += table;
+    }
+    return bytes;
 }
 
-/* Whether daemon_tier_pass can run: false until it is written (then: a
- * --daemon was given and it answers). */
-static bool daemon_tier_ready(const struct bench *b)
+/* Connect to --daemon and resolve the tensor; false without --daemon. */
+static bool daemon_tier_ready(const struct bench *b, const char *tensor)
 {
-    if (b->daemon)
-        fprintf(stderr, "embcache-remotebench: --daemon %s: daemon_tier_pass() is not written "
-                        "yet (it waits for `embcache pull --lazy`)\n", b->daemon);
-    return false;
+    if (!b->daemon)
+        return false;
+    if (ec_client_connect(b->daemon, &dt_client))
+        die("--daemon %s: %s", b->daemon, ec_last_error());
+    if (ec_tensor_resolve(dt_client, b->model, b->version, tensor, &dt_tensor) ||
+        ec_tensor_info_get(dt_tensor, &dt_info))
+        die("--daemon %s: tensor %s of %s %s: %s", b->daemon, tensor, b->model, b->version,
+            ec_last_error());
+    return true;
 }
 
 /* ---- main ------------------------------------------------------------- */
@@ -570,7 +653,10 @@ int main(int argc, char **argv)
     static struct conf cf[MAX_CONF];
     int ncf = 0, tier = -1;
     bool daemon_on;
-    double ratio[MAX_RUNS], limit[MAX_RUNS], t, lo, hi;
+    double ratio[MAX_RUNS], dratio[MAX_RUNS], limit[MAX_RUNS], t, lo, hi;
+    const char *dt_name = "emb";
+    size_t dt_threads = 4;
+    int dtc = -1;
     char nm[80];
 
     for (int i = 1; i < argc; i++) {
@@ -585,6 +671,10 @@ int main(int argc, char **argv)
             b.version = v;
         else if (!strcmp(a, "--daemon"))
             b.daemon = v;
+        else if (!strcmp(a, "--tensor"))
+            dt_name = v;
+        else if (!strcmp(a, "--daemon-threads"))
+            parse_list(v, &dt_threads, MAX_THREADS);
         else if (!strcmp(a, "--runs"))
             b.runs = (unsigned)atoi(v);
         else if (!strcmp(a, "--seconds"))
@@ -623,8 +713,11 @@ int main(int argc, char **argv)
     for (size_t i = 0; i < ndepth; i++)
         cf[ncf++] = (struct conf){.name = "hiredis_pipelined", .fn = run_hiredis,
                                   .depth = depths[i]};
-    if ((daemon_on = daemon_tier_ready(&b)))
-        cf[ncf++] = (struct conf){.name = "daemon_tier", .fn = daemon_tier_pass};
+    if ((daemon_on = daemon_tier_ready(&b, dt_name))) {
+        dtc = ncf;
+        cf[ncf++] = (struct conf){.name = "daemon_tier", .fn = daemon_tier_pass,
+                                  .threads = (unsigned)dt_threads};
+    }
 
     load_masters(&b);
     load_keys(&b);
@@ -662,8 +755,7 @@ int main(int argc, char **argv)
     printf("# verified: both systems read the same %zu values (length and XXH3-64)\n",
            b.nkeys);
     if (!daemon_on)
-        printf("# daemon_tier: not measured: daemon_tier_pass() is a hook for the remote read "
-               "path (embcache pull --lazy), not written yet\n");
+        printf("# daemon_tier: not measured (no --daemon)\n");
     fflush(stdout);
 
     for (unsigned r = 0; r < b.runs; r++) {
@@ -687,6 +779,8 @@ int main(int argc, char **argv)
                 limit[r] = cf[c].mbps[r];
         }
         ratio[r] = cf[tier].mbps[r] / limit[r];
+        if (daemon_on)
+            dratio[r] = cf[dtc].mbps[r] / limit[r];
         fflush(stdout);
     }
     for (int c = 0; c < ncf; c++) {
@@ -705,5 +799,13 @@ int main(int argc, char **argv)
     printf("ratio rcluster_mget threads=%zu batch=%zu / cluster limit: median=%.3f min=%.3f "
            "max=%.3f  (per run, %u runs; goal >= 0.8)\n",
            tier_threads, tier_batch, median(ratio, b.runs), lo, hi, b.runs);
+    if (daemon_on) {
+        range(dratio, b.runs, &lo, &hi);
+        printf("ratio daemon_tier threads=%zu / cluster limit: median=%.3f min=%.3f max=%.3f  "
+               "(per run, %u runs; goal >= 0.8)\n",
+               dt_threads, median(dratio, b.runs), lo, hi, b.runs);
+    }
+    ec_tensor_release(dt_tensor);
+    ec_client_close(dt_client);
     return 0;
 }

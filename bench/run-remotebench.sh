@@ -25,6 +25,8 @@
 # rows, 256 MiB), RUNS (7), SECONDS_PER_RUN (2), THREADS (1,4), BATCH (keys
 # a call: 1,8,64), TIER_THREADS (4), TIER_BATCH (1), DEPTH (GETs in flight
 # per baseline connection: 1,2,8,64), QUIET_WAIT (120),
+# DAEMON_THREADS (client threads of daemon_tier: 4), TENSOR (emb),
+# REMOTE_THREADS (the reading daemon's remote-threads: 4),
 # NOTE (a line for the header: how the programs were built, what else ran).
 # Exit 0, 1 on failure, 77 when redis-server or redis-cli is not installed.
 set -u
@@ -107,10 +109,21 @@ done
 "$CLI" --socket "$dir/s" import --model rb --version 1 "$dir/emb.npy" >/dev/null || fail "import"
 rm -f "$dir/emb.npy"
 pub=$("$CLI" --socket "$dir/s" publish rb 1) || fail "publish"
-# The daemon is not part of the measurement (yet: remotebench's daemon_tier hook).
+# The publisher is not part of the measurement: stop it, and start the
+# reader, a daemon that pulls the version lazily and keeps nothing on disk,
+# so that every miss is a read from the cluster (remotebench's daemon_tier).
 kill -TERM "$daemon" 2>/dev/null
 wait "$daemon" 2>/dev/null
 daemon=0
+"$EMBCACHED" --data-dir "$dir/reader" --socket "$dir/r" --shm-size 1G --remote "$URL" \
+  --remote-keep false --remote-threads "${REMOTE_THREADS:-4}" --quiet > "$dir/reader.log" 2>&1 &
+daemon=$!
+for ((i = 0; i < 200; i++)); do
+  "$CLI" --socket "$dir/r" stats >/dev/null 2>&1 && break
+  kill -0 "$daemon" 2>/dev/null || fail "embcached (reader) exited: $(cat "$dir/reader.log")"
+  sleep 0.05
+done
+"$CLI" --socket "$dir/r" pull --lazy rb 1 >/dev/null || fail "pull --lazy: $(tail -3 "$dir/reader.log")"
 
 # Replication of what was published must be over before anything is timed.
 synced() {
@@ -133,7 +146,8 @@ done
 
 args=(--url "$URL" --model rb --version 1 --runs "$RUNS" --seconds "$SECONDS_PER_RUN"
       --threads "$THREADS" --batch "$BATCH" --tier-threads "$TIER_THREADS"
-      --tier-batch "$TIER_BATCH" --depth "$DEPTH")
+      --tier-batch "$TIER_BATCH" --depth "$DEPTH" --daemon "$dir/r"
+      --daemon-threads "${DAEMON_THREADS:-4}" --tensor "${TENSOR:-emb}")
 if [ "$smoke" = 1 ]; then
   "$BENCH" "${args[@]}" || fail "embcache-remotebench"
   exit 0
