@@ -156,7 +156,7 @@ OUT=${OUT:-bench/results/$(date +%F)-$(hostname -s)-remote.txt}
 {
   echo "# embcache remote-tier read benchmark (bench/remotebench.c): $(date -Iseconds)"
   echo "# git: $(git rev-parse --short HEAD 2>/dev/null || echo '?')" \
-       "$( [ -n "$(git status --porcelain 2>/dev/null)" ] && echo 'with uncommitted changes')"
+       "$( [ -n "$(git status --porcelain -- . ":(exclude)$OUT" 2>/dev/null)" ] && echo 'with uncommitted changes')"
   echo "# machine: $(nproc) CPUs ($(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1))," \
        "$(free -m | awk '/^Mem:/ { print $2 " MiB" }'), kernel $(uname -r)"
   echo "# programs: $BENCH ($(sed -n 's/^CMAKE_BUILD_TYPE:STRING=//p' "$(dirname "$BENCH")/../CMakeCache.txt" 2>/dev/null || echo '?') build);" \
