@@ -34,6 +34,8 @@ struct addrinfo;
 #define RC_IOV 64
 #define RC_SYNC_MAX 4
 #define RC_REPLY_DELIVERED 100          /* type of the sentinel below */
+#define RC_DIRECT_MIN (64u << 10)       /* GET values this long skip the parser */
+#define RC_DIRECT_KEEP (16u << 20)      /* direct buffer kept between values */
 
 enum { RC_GET = 1, RC_SET, RC_DEL };
 enum { OP_READY, OP_INFLIGHT, OP_WAIT, OP_DONE };
@@ -66,6 +68,11 @@ typedef struct rc_node {
     redisReply *sync_rep[RC_SYNC_MAX];
     unsigned sync_got;
     size_t reply_objs;
+    /* A long GET value read past the parser (rcluster_net.c, rc_direct_*):
+     * value and CRLF, bulk_want bytes, bulk_got of them in so far. */
+    char *bulk;
+    size_t bulk_cap, bulk_want, bulk_got;
+    bool bulk_on;
     char refused[128]; /* why the parser refused the reply under way */
     char err[EC_RCLUSTER_HOST_MAX + 256]; /* the last failure */
     int err_code;                         /* and its EC_E* code */

@@ -205,6 +205,8 @@ static void rc_node_reset(rc_node *nd)
     nd->hdr_len = nd->nseg = nd->seg_cur = nd->seg_off = 0;
     nd->pend_head = nd->pend_n = 0;
     nd->reply_objs = 0;
+    nd->bulk_on = false;
+    nd->bulk_want = nd->bulk_got = 0;
     nd->refused[0] = '\0';
     nd->ai_next = nd->ai;
 }
@@ -219,6 +221,7 @@ void rc_node_free(rc_node *nd)
     if (nd->ai)
         freeaddrinfo(nd->ai);
     free(nd->hdr);
+    free(nd->bulk);
     free(nd->seg);
     free(nd->pend);
     free(nd);
@@ -577,10 +580,97 @@ static int rc_node_drain(ec_rcluster *c, rc_node *nd)
     }
 }
 
+/*
+ * Direct values. A GET value of RC_DIRECT_MIN bytes or more that starts a
+ * reply while the parser holds nothing is not fed to hiredis: its bytes go
+ * from the read buffer, then straight from the socket, into nd->bulk, and
+ * from there to the caller. Through the parser a value was copied into
+ * its buffer (and moved within it as that grew), then to the caller: for
+ * the remote tier's 1 MiB chunks that was most of the daemon's CPU. Only
+ * a reply the FIFO says is the current call's GET of a key in flight
+ * qualifies (what rc_deliver would hand over anyway); the length is
+ * checked against max_value_bytes before anything is buffered, and the
+ * value must end in CRLF, else the node fails (EC_EPROTO).
+ */
+
+/* The value of nd->bulk is complete: check its CRLF and hand it over as
+ * the reply at the head of the FIFO. 0, or -1 after failing the node. */
+static int rc_direct_finish(ec_rcluster *c, rc_node *nd)
+{
+    size_t n = nd->bulk_want - 2;
+
+    nd->bulk_on = false;
+    if (nd->bulk[n] != '\r' || nd->bulk[n + 1] != '\n') {
+        rc_node_fail(c, nd, EC_EPROTO, "malformed reply (a value of %zu bytes not followed by "
+                     "CRLF); the connection was dropped", n);
+        return -1;
+    }
+    if (!rc_deliver(nd, nd->bulk, n)) { /* cannot happen: rc_direct_start checked */
+        rc_node_fail(c, nd, EC_EPROTO, "a value nobody asked for; the connection was dropped");
+        return -1;
+    }
+    nd->reply_objs = 0;
+    rc_on_reply(c, nd, nd->pend[nd->pend_head++], &rc_delivered);
+    if (nd->pend_head == nd->pend_n)
+        nd->pend_head = nd->pend_n = 0;
+    if (nd->bulk_cap > RC_DIRECT_KEEP) {
+        free(nd->bulk);
+        nd->bulk = NULL;
+        nd->bulk_cap = 0;
+    }
+    return nd->state == NODE_UP ? 0 : -1;
+}
+
+/* Does buf (len bytes just read, at a reply boundary) start a direct value?
+ * Then take its header and what of it buf holds: return the bytes used
+ * (the node is then in direct mode, or the value was delivered), else 0
+ * (feed the parser as usual). -1: the node failed. */
+static long rc_direct_start(ec_rcluster *c, rc_node *nd, const char *buf, size_t len)
+{
+    const redisReader *rd = nd->rd;
+    rc_call *call = c->call;
+    unsigned long long n = 0;
+    size_t k = 1, take;
+    uint32_t e;
+
+    /* The parser is idle: all it was fed is parsed, and no reply is under
+     * way (hiredis leaves an empty task 0, type -1, after a reply). */
+    if (rd->pos != rd->len || rd->ridx > 0 || (rd->ridx == 0 && rd->rstack[0].type >= 0) ||
+        len < 2 || buf[0] != '$' || !call ||
+        call->kind != RC_GET || nd->pend_head >= nd->pend_n)
+        return 0;
+    e = nd->pend[nd->pend_head];
+    if ((e & 3) != TAG_MAIN || call->ops[e >> 2].state != OP_INFLIGHT)
+        return 0;
+    for (; k < len && k < 20 && buf[k] >= '0' && buf[k] <= '9'; k++)
+        n = n * 10 + (unsigned long long)(buf[k] - '0');
+    if (k == 1 || k + 1 >= len || buf[k] != '\r' || buf[k + 1] != '\n' || n < RC_DIRECT_MIN ||
+        n > c->o.max_value_bytes)
+        return 0; /* short, nil, incomplete or over the limit: the parser's */
+    k += 2;
+    if (nd->bulk_cap < n + 2) {
+        char *b = realloc(nd->bulk, (size_t)n + 2);
+        if (!b)
+            return 0;
+        nd->bulk = b;
+        nd->bulk_cap = (size_t)n + 2;
+    }
+    nd->bulk_want = (size_t)n + 2;
+    take = len - k < nd->bulk_want ? len - k : nd->bulk_want;
+    memcpy(nd->bulk, buf + k, take);
+    nd->bulk_got = take;
+    nd->bulk_on = true;
+    if (nd->bulk_got == nd->bulk_want && rc_direct_finish(c, nd) != 0)
+        return -1;
+    return (long)(k + take);
+}
+
 static void rc_node_read(ec_rcluster *c, rc_node *nd, uint64_t now)
 {
     for (int rounds = 0; rounds < 4 && nd->state == NODE_UP; rounds++) {
-        ssize_t r = read(nd->fd, c->rbuf, RC_READ_CHUNK);
+        char *dst = nd->bulk_on ? nd->bulk + nd->bulk_got : c->rbuf;
+        size_t cap = nd->bulk_on ? nd->bulk_want - nd->bulk_got : RC_READ_CHUNK;
+        ssize_t r = read(nd->fd, dst, cap);
         if (r < 0) {
             if (errno == EINTR)
                 continue;
@@ -595,14 +685,32 @@ static void rc_node_read(ec_rcluster *c, rc_node *nd, uint64_t now)
         }
         c->st.bytes_in += (uint64_t)r;
         nd->io_deadline = now + (uint64_t)c->o.io_timeout_ms * 1000000ull;
-        for (ssize_t off = 0; off < r && nd->state == NODE_UP; off += RC_FEED_SLICE) {
-            size_t sl = (size_t)(r - off) < RC_FEED_SLICE ? (size_t)(r - off) : RC_FEED_SLICE;
+        if (nd->bulk_on) {
+            nd->bulk_got += (size_t)r;
+            if (nd->bulk_got == nd->bulk_want && rc_direct_finish(c, nd) != 0)
+                return;
+            if ((size_t)r < cap)
+                return;
+            rounds--; /* a long value is one round, however many reads */
+            continue;
+        }
+        for (size_t off = 0; off < (size_t)r && nd->state == NODE_UP;) {
+            long used = rc_direct_start(c, nd, c->rbuf + off, (size_t)r - off);
+            size_t sl;
+            if (used < 0)
+                return;
+            if (used > 0) {
+                off += (size_t)used;
+                continue;
+            }
+            sl = (size_t)r - off < RC_FEED_SLICE ? (size_t)r - off : RC_FEED_SLICE;
             if (redisReaderFeed(nd->rd, c->rbuf + off, sl) != REDIS_OK) {
                 rc_node_fail(c, nd, EC_ENOMEM, "out of memory buffering a reply");
                 return;
             }
             if (rc_node_drain(c, nd) != 0)
                 return;
+            off += sl;
         }
         if (r < RC_READ_CHUNK)
             return;

@@ -570,6 +570,9 @@ enum fake_mode {
     FAKE_MAP_MOVELOOP, /* a valid map to itself; GET -> MOVED to itself */
     FAKE_MAP_OOM,      /* a valid map to itself; SET -> -OOM */
     FAKE_MAP_FLAKY,    /* a valid map; GET -> TRYAGAIN, CLUSTERDOWN, LOADING, "bar" */
+    FAKE_MAP_NOCRLF,   /* a valid map to itself; GET -> a 100000-byte value, in two
+                        * sends, ending in "ZZ" instead of CRLF */
+    FAKE_MAP_LONGOK,   /* the same value ending in CRLF */
 };
 
 typedef struct fake {
@@ -643,6 +646,19 @@ static void fake_answer(fake *f, int fd, const char *cmd)
         case FAKE_MAP_INTGET:
             send_all(fd, ":5\r\n", 4);
             return;
+        case FAKE_MAP_NOCRLF:
+        case FAKE_MAP_LONGOK: {
+            /* Long enough to skip the parser (RC_DIRECT_MIN), sent so that
+             * the value arrives over several reads. */
+            static char val[100000];
+            send_all(fd, "$100000\r\n", 9);
+            memset(val, 'v', sizeof(val));
+            send_all(fd, val, 30000);
+            usleep(20000);
+            send_all(fd, val + 30000, sizeof(val) - 30000);
+            send_all(fd, f->mode == FAKE_MAP_NOCRLF ? "ZZ" : "\r\n", 2);
+            return;
+        }
         case FAKE_MAP_STALL:
             return;
         case FAKE_MAP_FLAKY: {
@@ -854,6 +870,33 @@ static void test_fake_bad_replies(void **state)
     assert_non_null(strstr(ec_last_error(), "max_value_bytes"));
     assert_non_null(strstr(ec_last_error(), "'foo'"));
     assert_int_equal(gets, 1); /* not retried: it would never fit */
+    /* A long value not followed by CRLF: refused, not handed over. */
+    assert_int_equal(fake_get(FAKE_MAP_NOCRLF, &o, &gets, &ms), EC_EPROTO);
+    assert_non_null(strstr(ec_last_error(), "not followed by CRLF"));
+    /* The same value well formed, over several reads: whole and intact. */
+    {
+        ec_rcluster *lc = NULL;
+        char lseeds[32];
+        void *v = NULL;
+        size_t vl = 0;
+        fake lf;
+        fake_start(&lf, FAKE_MAP_LONGOK);
+        snprintf(lseeds, sizeof(lseeds), "127.0.0.1:%d", lf.port);
+        assert_int_equal(ec_rcluster_open(lseeds, &o, &lc), 0);
+        if (ec_rcluster_get(lc, "foo", 3, &v, &vl) != 0)
+            fail_msg("a well-formed long value: %s", ec_last_error());
+        assert_int_equal(vl, 100000);
+        for (size_t k = 0; k < vl; k++)
+            if (((char *)v)[k] != 'v')
+                fail_msg("byte %zu of the long value is %d", k, ((char *)v)[k]);
+        free(v);
+        /* and again on the same connection: the stream stayed in step */
+        assert_int_equal(ec_rcluster_get(lc, "foo", 3, &v, &vl), 0);
+        assert_int_equal(vl, 100000);
+        free(v);
+        ec_rcluster_close(lc);
+        fake_stop(&lf);
+    }
     /* An integer for a GET. */
     assert_int_equal(fake_get(FAKE_MAP_INTGET, &o, &gets, &ms), EC_EPROTO);
     assert_non_null(strstr(ec_last_error(), "answered with an integer, not a bulk string"));
