@@ -17,7 +17,7 @@
  *   1. works out the chunks ec:c:<model>:<version>:<t>:<p>:<k> that cover
  *      the bytes (a partition: all of its chunks; a block run: the chunks
  *      of each partition it overlaps that hold any of its bytes),
- *   2. GETs them all with ONE ec_rcluster_mget (grouped by slot owner,
+ *   2. GETs them all with ONE ec_rcluster_mget_into (grouped by slot owner,
  *      pipelined, the owners in parallel; MOVED, ASK and failovers are
  *      the handle's business),
  *   3. checks each value's length against the manifest's arithmetic and
@@ -130,7 +130,8 @@ static void chunk_cb(void *arg, size_t i, int status, const void *val, size_t le
     const struct seg *g = &j->segs[j->seg_of[i]];
 
     if (status == 0 && len == j->want[i]) {
-        memcpy(j->dst[i], val, len);
+        if (val != j->dst[i])
+            memcpy(j->dst[i], val, len);
         return;
     }
     if (j->err)
@@ -358,7 +359,10 @@ static void run_job(ec_rjob *base, ec_rcluster *rc)
             j->chunk_of[i] = k;
         }
     }
-    st = ec_rcluster_mget(rc, (const char *const *)keys, klen, n, chunk_cb, j);
+    /* Values land in dest straight from the socket (chunk_cb copies the
+     * ones that did not). */
+    st = ec_rcluster_mget_into(rc, (const char *const *)keys, klen, n, (void *const *)j->dst,
+                               j->want, chunk_cb, j);
     if (j->err || st) {
         r->rc = j->err ? j->err : st;
         if (j->err)

@@ -407,6 +407,18 @@ int ec_rcluster_mget(ec_rcluster *c, const char *const *keys, const size_t *key_
     return rc_multi(c, &call, key_lens);
 }
 
+int ec_rcluster_mget_into(ec_rcluster *c, const char *const *keys, const size_t *key_lens,
+                          size_t n, void *const *dests, const size_t *dest_lens,
+                          ec_rcluster_fn fn, void *arg)
+{
+    rc_call call = {.kind = RC_GET, .name = "GET", .keys = keys, .n = n, .fn = fn, .arg = arg,
+                    .dests = dest_lens ? dests : NULL, .dest_lens = dest_lens};
+
+    if (!fn)
+        return ec_seterr(EC_EINVAL, "ec_rcluster_mget_into: fn must be set");
+    return rc_multi(c, &call, key_lens);
+}
+
 int ec_rcluster_mset(ec_rcluster *c, const char *const *keys, const size_t *key_lens,
                      const void *const *vals, const size_t *val_lens, size_t n,
                      const ec_rcluster_set_opts *so, ec_rcluster_fn fn, void *arg)

@@ -186,6 +186,22 @@ int ec_rcluster_mget(ec_rcluster *c, const char *const *keys, const size_t *key_
                      ec_rcluster_fn fn, void *arg);
 
 /**
+ * ec_rcluster_mget() that may land values straight in the caller's memory:
+ * a value of key i exactly dest_lens[i] bytes long is written to dests[i]
+ * (when it is long enough to bypass the RESP parser: 64 KiB or more)
+ * instead of being copied there by fn; fn is then called with val ==
+ * dests[i]. Either way fn is called as for ec_rcluster_mget() and decides
+ * (dests[i] may hold bytes of a failed attempt when fn reports an error).
+ *
+ * @param dests      n destinations (an entry may be NULL), or NULL.
+ * @param dest_lens  their sizes.
+ * @return as ec_rcluster_mget().
+ */
+int ec_rcluster_mget_into(ec_rcluster *c, const char *const *keys, const size_t *key_lens,
+                          size_t n, void *const *dests, const size_t *dest_lens,
+                          ec_rcluster_fn fn, void *arg);
+
+/**
  * SET n keys to n values (SET key value [PX ttl] [NX]), pipelined and
  * redirected as ec_rcluster_mget(). The values are sent from the caller's
  * buffers, not copied. A SET retried after a lost connection may have been

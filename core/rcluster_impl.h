@@ -69,9 +69,12 @@ typedef struct rc_node {
     unsigned sync_got;
     size_t reply_objs;
     /* A long GET value read past the parser (rcluster_net.c, rc_direct_*):
-     * value and CRLF, bulk_want bytes, bulk_got of them in so far. */
-    char *bulk;
+     * value (to bulk_dst) and CRLF (to crlf), bulk_want bytes, bulk_got of
+     * them in so far. */
+    char *bulk;                /* our buffer for such values */
     size_t bulk_cap, bulk_want, bulk_got;
+    char *bulk_dst;            /* the value's bytes go here: bulk or the caller's */
+    char crlf[2];
     bool bulk_on;
     char refused[128]; /* why the parser refused the reply under way */
     char err[EC_RCLUSTER_HOST_MAX + 256]; /* the last failure */
@@ -96,6 +99,8 @@ typedef struct rc_call {
     const size_t *klens;
     const void *const *vals;
     const size_t *vlens;
+    void *const *dests;        /* GET: where values may land (mget_into) */
+    const size_t *dest_lens;
     char px[24];
     size_t px_len;
     bool nx;

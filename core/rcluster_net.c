@@ -583,29 +583,31 @@ static int rc_node_drain(ec_rcluster *c, rc_node *nd)
 /*
  * Direct values. A GET value of RC_DIRECT_MIN bytes or more that starts a
  * reply while the parser holds nothing is not fed to hiredis: its bytes go
- * from the read buffer, then straight from the socket, into nd->bulk, and
- * from there to the caller. Through the parser a value was copied into
- * its buffer (and moved within it as that grew), then to the caller: for
- * the remote tier's 1 MiB chunks that was most of the daemon's CPU. Only
+ * from the read buffer, then straight from the socket, into the caller's
+ * memory (ec_rcluster_mget_into, when it gave a destination of that
+ * length) or into nd->bulk and from there to the caller. Through the
+ * parser a value was copied into its buffer (and moved within it as that
+ * grew), then to the caller: for the remote tier's 1 MiB chunks that was
+ * most of the daemon's CPU. Only
  * a reply the FIFO says is the current call's GET of a key in flight
  * qualifies (what rc_deliver would hand over anyway); the length is
  * checked against max_value_bytes before anything is buffered, and the
  * value must end in CRLF, else the node fails (EC_EPROTO).
  */
 
-/* The value of nd->bulk is complete: check its CRLF and hand it over as
- * the reply at the head of the FIFO. 0, or -1 after failing the node. */
+/* The value is complete: check its CRLF and hand it over as the reply at
+ * the head of the FIFO. 0, or -1 after failing the node. */
 static int rc_direct_finish(ec_rcluster *c, rc_node *nd)
 {
     size_t n = nd->bulk_want - 2;
 
     nd->bulk_on = false;
-    if (nd->bulk[n] != '\r' || nd->bulk[n + 1] != '\n') {
+    if (nd->crlf[0] != '\r' || nd->crlf[1] != '\n') {
         rc_node_fail(c, nd, EC_EPROTO, "malformed reply (a value of %zu bytes not followed by "
                      "CRLF); the connection was dropped", n);
         return -1;
     }
-    if (!rc_deliver(nd, nd->bulk, n)) { /* cannot happen: rc_direct_start checked */
+    if (!rc_deliver(nd, nd->bulk_dst, n)) { /* cannot happen: rc_direct_start checked */
         rc_node_fail(c, nd, EC_EPROTO, "a value nobody asked for; the connection was dropped");
         return -1;
     }
@@ -621,6 +623,19 @@ static int rc_direct_finish(ec_rcluster *c, rc_node *nd)
     return nd->state == NODE_UP ? 0 : -1;
 }
 
+/* Where the next bytes of a direct value go, and how many may. */
+static char *rc_direct_room(rc_node *nd, size_t *cap)
+{
+    size_t n = nd->bulk_want - 2;
+
+    if (nd->bulk_got < n) {
+        *cap = n - nd->bulk_got;
+        return nd->bulk_dst + nd->bulk_got;
+    }
+    *cap = nd->bulk_want - nd->bulk_got;
+    return nd->crlf + (nd->bulk_got - n);
+}
+
 /* Does buf (len bytes just read, at a reply boundary) start a direct value?
  * Then take its header and what of it buf holds: return the bytes used
  * (the node is then in direct mode, or the value was delivered), else 0
@@ -630,17 +645,18 @@ static long rc_direct_start(ec_rcluster *c, rc_node *nd, const char *buf, size_t
     const redisReader *rd = nd->rd;
     rc_call *call = c->call;
     unsigned long long n = 0;
-    size_t k = 1, take;
-    uint32_t e;
+    size_t k = 1, used;
+    uint32_t e, i;
 
     /* The parser is idle: all it was fed is parsed, and no reply is under
      * way (hiredis leaves an empty task 0, type -1, after a reply). */
     if (rd->pos != rd->len || rd->ridx > 0 || (rd->ridx == 0 && rd->rstack[0].type >= 0) ||
-        len < 2 || buf[0] != '$' || !call ||
-        call->kind != RC_GET || nd->pend_head >= nd->pend_n)
+        len < 2 || buf[0] != '$' || !call || call->kind != RC_GET ||
+        nd->pend_head >= nd->pend_n)
         return 0;
     e = nd->pend[nd->pend_head];
-    if ((e & 3) != TAG_MAIN || call->ops[e >> 2].state != OP_INFLIGHT)
+    i = e >> 2;
+    if ((e & 3) != TAG_MAIN || call->ops[i].state != OP_INFLIGHT)
         return 0;
     for (; k < len && k < 20 && buf[k] >= '0' && buf[k] <= '9'; k++)
         n = n * 10 + (unsigned long long)(buf[k] - '0');
@@ -648,28 +664,40 @@ static long rc_direct_start(ec_rcluster *c, rc_node *nd, const char *buf, size_t
         n > c->o.max_value_bytes)
         return 0; /* short, nil, incomplete or over the limit: the parser's */
     k += 2;
-    if (nd->bulk_cap < n + 2) {
-        char *b = realloc(nd->bulk, (size_t)n + 2);
-        if (!b)
-            return 0;
-        nd->bulk = b;
-        nd->bulk_cap = (size_t)n + 2;
+    if (call->dests && call->dests[i] && call->dest_lens[i] == n) {
+        nd->bulk_dst = call->dests[i]; /* the caller's: no copy after the socket's */
+    } else {
+        if (nd->bulk_cap < n) {
+            char *b = realloc(nd->bulk, (size_t)n);
+            if (!b)
+                return 0;
+            nd->bulk = b;
+            nd->bulk_cap = (size_t)n;
+        }
+        nd->bulk_dst = nd->bulk;
     }
     nd->bulk_want = (size_t)n + 2;
-    take = len - k < nd->bulk_want ? len - k : nd->bulk_want;
-    memcpy(nd->bulk, buf + k, take);
-    nd->bulk_got = take;
+    nd->bulk_got = 0;
     nd->bulk_on = true;
+    used = k;
+    while (used < len && nd->bulk_got < nd->bulk_want) {
+        size_t cap, t;
+        char *to = rc_direct_room(nd, &cap);
+        t = len - used < cap ? len - used : cap;
+        memcpy(to, buf + used, t);
+        nd->bulk_got += t;
+        used += t;
+    }
     if (nd->bulk_got == nd->bulk_want && rc_direct_finish(c, nd) != 0)
         return -1;
-    return (long)(k + take);
+    return (long)used;
 }
 
 static void rc_node_read(ec_rcluster *c, rc_node *nd, uint64_t now)
 {
     for (int rounds = 0; rounds < 4 && nd->state == NODE_UP; rounds++) {
-        char *dst = nd->bulk_on ? nd->bulk + nd->bulk_got : c->rbuf;
-        size_t cap = nd->bulk_on ? nd->bulk_want - nd->bulk_got : RC_READ_CHUNK;
+        size_t cap = RC_READ_CHUNK;
+        char *dst = nd->bulk_on ? rc_direct_room(nd, &cap) : c->rbuf;
         ssize_t r = read(nd->fd, dst, cap);
         if (r < 0) {
             if (errno == EINTR)

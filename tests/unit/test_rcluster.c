@@ -856,6 +856,21 @@ static int fake_get(enum fake_mode mode, ec_rcluster_opts *o, unsigned *gets, ui
     return rc;
 }
 
+static const void *into_seen;
+static size_t into_len;
+
+static void into_fn(void *arg, size_t i, int status, const void *val, size_t len,
+                    const char *msg)
+{
+    (void)arg;
+    (void)i;
+    (void)msg;
+    if (status == 0) {
+        into_seen = val;
+        into_len = len;
+    }
+}
+
 static void test_fake_bad_replies(void **state)
 {
     ec_rcluster_opts o = {.op_timeout_ms = 1500, .io_timeout_ms = 300, .max_attempts = 3,
@@ -894,6 +909,29 @@ static void test_fake_bad_replies(void **state)
         assert_int_equal(ec_rcluster_get(lc, "foo", 3, &v, &vl), 0);
         assert_int_equal(vl, 100000);
         free(v);
+        /* Into the caller's memory: landed there when the size matches,
+         * copied by fn otherwise; the bytes right either way. */
+        for (int wrong = 0; wrong < 2; wrong++) {
+            static char dest[100001];
+            const char *key = "foo";
+            size_t klen = 3, dlen = wrong ? 99999 : 100000;
+            void *dests[1] = {dest};
+            into_seen = NULL;
+            into_len = 0;
+            memset(dest, 0, sizeof(dest));
+            assert_int_equal(ec_rcluster_mget_into(lc, &key, &klen, 1, dests, &dlen, into_fn,
+                                                   dest), 0);
+            assert_int_equal(into_len, 100000);
+            if (wrong) {
+                assert_true(into_seen != dest);
+            } else {
+                assert_ptr_equal(into_seen, dest);
+                for (size_t k = 0; k < 100000; k++)
+                    if (dest[k] != 'v')
+                        fail_msg("byte %zu landed as %d", k, dest[k]);
+                assert_int_equal(dest[100000], 0); /* nothing past it */
+            }
+        }
         ec_rcluster_close(lc);
         fake_stop(&lf);
     }
