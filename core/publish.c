@@ -1033,22 +1033,18 @@ static int check_imported(ec_catalog *cat, const struct manifest *m)
     return r;
 }
 
-int ec_pull_version(ec_catalog *cat, const char *data_dir, const char *model,
-                    const char *version, const char *url, ec_pub_stats *out)
+/* The start of both pulls: check the names, refuse a version that exists
+ * here, open the cluster (*rcp) and read and decode the manifest (*mbp, for
+ * the caller to free, and m). Fails before opening with *rcp NULL. */
+static int pull_manifest(ec_catalog *cat, const char *model, const char *version,
+                         const char *url, int64_t *vp, ec_rcluster **rcp, void **mbp,
+                         struct manifest *m, uint64_t *total)
 {
-    char eb[EC_ERRMSG_MAX];
-    struct manifest m = {0};
+    char eb[EC_ERRMSG_MAX], key[KEY_MAX];
     ec_rcluster *rc = NULL;
-    uint8_t *arena = NULL;
-    void *mb = NULL;
     size_t mlen = 0, kl;
-    uint64_t total = 0, got = 0, target;
     int64_t v, have;
-    char key[KEY_MAX], tmpl[4200];
-    struct statvfs sv;
-    uint32_t ntensors = 0;
-    bool imported = false;
-    int fd = -1, r;
+    int r;
 
     if ((r = ec_catalog_check_name("model", model)))
         return r;
@@ -1058,10 +1054,12 @@ int ec_pull_version(ec_catalog *cat, const char *data_dir, const char *model,
     if (ec_catalog_version_of(cat, model, version, &have) == 0)
         return ec_seterr(EC_EEXIST, "model '%s' version %" PRId64 " exists here already; "
                          "retire it first to pull it again", model, v);
+    *vp = v;
     if ((r = open_cluster(url, &rc)))
         return r;
+    *rcp = rc;
     kl = (size_t)snprintf(key, sizeof(key), "ec:m:%s:%" PRId64, model, v);
-    if ((r = ec_rcluster_get(rc, key, kl, &mb, &mlen))) {
+    if ((r = ec_rcluster_get(rc, key, kl, mbp, &mlen))) {
         if (r == EC_ENOENT)
             r = ec_seterr(EC_ENOENT, "model '%s' version %" PRId64 " is not published on %s "
                           "(no manifest): run `embcache publish %s %" PRId64 "` on its host",
@@ -1069,10 +1067,32 @@ int ec_pull_version(ec_catalog *cat, const char *data_dir, const char *model,
         else
             r = ec_seterr(r, "pull of '%s' version %" PRId64 ": reading its manifest from %s: "
                           "%s", model, v, url, saved_err(eb));
+        return r;
+    }
+    return manifest_decode(*mbp, mlen, model, v, m, total);
+}
+
+int ec_pull_version(ec_catalog *cat, const char *data_dir, const char *model,
+                    const char *version, const char *url, ec_pub_stats *out)
+{
+    char eb[EC_ERRMSG_MAX];
+    struct manifest m = {0};
+    ec_rcluster *rc = NULL;
+    uint8_t *arena = NULL;
+    void *mb = NULL;
+    uint64_t total = 0, got = 0, target;
+    int64_t v = 0;
+    char tmpl[4200];
+    struct statvfs sv;
+    uint32_t ntensors = 0;
+    bool imported = false;
+    int fd = -1, r;
+
+    if ((r = pull_manifest(cat, model, version, url, &v, &rc, &mb, &m, &total))) {
+        if (!rc)
+            return r; /* nothing opened: the message says it all */
         goto out;
     }
-    if ((r = manifest_decode(mb, mlen, model, v, &m, &total)))
-        goto out;
     /* The temporary file and the partition files: twice its bytes. */
     if (statvfs(data_dir, &sv) == 0 && total > (uint64_t)sv.f_bavail * sv.f_frsize / 2) {
         r = ec_seterr(EC_ENOSPC, "pull of '%s' version %" PRId64 ": %" PRIu64 " bytes, twice "
@@ -1321,40 +1341,21 @@ fail:
 int ec_pull_lazy(ec_catalog *cat, const char *data_dir, const char *model,
                  const char *version, const char *url, ec_pub_stats *out)
 {
-    char eb[EC_ERRMSG_MAX], key[KEY_MAX], parts[4200];
+    char eb[EC_ERRMSG_MAX], parts[4200];
     struct manifest m = {0};
     ec_cat_tensor *cts = NULL;
     ec_rcluster *rc = NULL;
     uint64_t total = 0, got = 0;
     void *mb = NULL;
-    size_t mlen = 0, kl;
     uint32_t made = 0;
-    int64_t v, have, vid;
+    int64_t v = 0, vid;
     int r;
 
-    if ((r = ec_catalog_check_name("model", model)))
-        return r;
-    if (parse_version(version, &v))
-        return ec_seterr(EC_EINVAL, "pull: version '%s' must be a number >= 1 (an alias "
-                         "names a version only on its own host)", version);
-    if (ec_catalog_version_of(cat, model, version, &have) == 0)
-        return ec_seterr(EC_EEXIST, "model '%s' version %" PRId64 " exists here already; "
-                         "retire it first to pull it again", model, v);
-    if ((r = open_cluster(url, &rc)))
-        return r;
-    kl = (size_t)snprintf(key, sizeof(key), "ec:m:%s:%" PRId64, model, v);
-    if ((r = ec_rcluster_get(rc, key, kl, &mb, &mlen))) {
-        if (r == EC_ENOENT)
-            r = ec_seterr(EC_ENOENT, "model '%s' version %" PRId64 " is not published on %s "
-                          "(no manifest): run `embcache publish %s %" PRId64 "` on its host",
-                          model, v, url, model, v);
-        else
-            r = ec_seterr(r, "pull of '%s' version %" PRId64 ": reading its manifest from %s: "
-                          "%s", model, v, url, saved_err(eb));
+    if ((r = pull_manifest(cat, model, version, url, &v, &rc, &mb, &m, &total))) {
+        if (!rc)
+            return r; /* nothing opened: the message says it all */
         goto out;
     }
-    if ((r = manifest_decode(mb, mlen, model, v, &m, &total)))
-        goto out;
     if (m.format < FORMAT) {
         r = ec_seterr(EC_EVERSION, "model '%s' version %" PRId64 " was published by an older "
                       "embcache (manifest format %u, without file heads): publish it again to "
