@@ -270,6 +270,18 @@ static void load_keys(struct bench *b)
     }
 }
 
+static void free_keys(struct bench *b)
+{
+    for (size_t i = 0; i < b->nkeys; i++)
+        free(b->keys[i]);
+    free(b->keys);
+    free(b->klen);
+    free(b->vlen);
+    free(b->sum);
+    for (int k = 0; k < b->nm; k++)
+        free(b->m[k].idx);
+}
+
 /* ---- hiredis_pipelined ------------------------------------------------ */
 
 struct hw {
@@ -807,5 +819,6 @@ int main(int argc, char **argv)
     }
     ec_tensor_release(dt_tensor);
     ec_client_close(dt_client);
+    free_keys(&b);
     return 0;
 }
