@@ -537,6 +537,12 @@ int ect_run(const char *const *argv, char **out, size_t *out_len, char **err)
     return 128 + WTERMSIG(status);
 }
 
+bool ect_redis_installed(void)
+{
+    return system("command -v redis-server >/dev/null 2>&1 && "
+                  "command -v redis-cli >/dev/null 2>&1") == 0;
+}
+
 bool ect_port_free(int port)
 {
     struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port),

@@ -113,6 +113,9 @@ pid_t ect_daemon_wait_worker(const char *data_dir, const char *socket, pid_t old
  * 128+signal. */
 int ect_run(const char *const *argv, char **out, size_t *out_len, char **err);
 
+/* Are redis-server and redis-cli on PATH (what the cluster tests need)? */
+bool ect_redis_installed(void);
+
 /* Can a TCP socket bind this loopback port now? */
 bool ect_port_free(int port);
 /* A loopback TCP port nobody listens on now (the kernel's pick, given back). */

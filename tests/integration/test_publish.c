@@ -485,8 +485,7 @@ int main(void)
         cmocka_unit_test(test_cluster_down),
     };
 
-    if (system("command -v redis-server >/dev/null 2>&1 && "
-               "command -v redis-cli >/dev/null 2>&1") != 0) {
+    if (!ect_redis_installed()) {
         fprintf(stderr, "test_publish: redis-server or redis-cli is not installed; skipped\n");
         return EC_TEST_SKIP;
     }

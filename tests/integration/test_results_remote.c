@@ -610,8 +610,7 @@ int main(void)
         cmocka_unit_test(test_cluster_down),
     };
 
-    if (system("command -v redis-server >/dev/null 2>&1 && "
-               "command -v redis-cli >/dev/null 2>&1") != 0) {
+    if (!ect_redis_installed()) {
         fprintf(stderr, "redis-server or redis-cli not installed: skipped\n");
         return EC_TEST_SKIP;
     }

@@ -93,11 +93,6 @@ static int free_port(void)
     return -1;
 }
 
-static bool redis_installed(void)
-{
-    return system("command -v redis-server >/dev/null 2>&1 && "
-                  "command -v redis-cli >/dev/null 2>&1") == 0;
-}
 
 static int cluster_setup(void **state)
 {
@@ -1436,7 +1431,7 @@ int main(void)
     rng_state ^= (uint64_t)getpid() << 20 ^ (uint64_t)time(NULL);
     printf("test_rcluster: seed %llu\n", (unsigned long long)rng_state);
     failed = cmocka_run_group_tests_name("rcluster_offline", offline, NULL, NULL);
-    if (!redis_installed()) {
+    if (!ect_redis_installed()) {
         printf("test_rcluster: redis-server or redis-cli not installed: the live cluster "
                "tests are skipped (apt-get install redis-server redis-tools)\n");
         return failed ? failed : EC_TEST_SKIP;

@@ -225,8 +225,7 @@ int main(void)
         cmocka_unit_test(test_close_hands_back_queued),
     };
     signal(SIGPIPE, SIG_IGN);
-    if (system("command -v redis-server >/dev/null 2>&1 && "
-               "command -v redis-cli >/dev/null 2>&1") != 0) {
+    if (!ect_redis_installed()) {
         printf("test_rpool: redis-server or redis-cli not installed: skipped "
                "(apt-get install redis-server redis-tools)\n");
         return EC_TEST_SKIP;
