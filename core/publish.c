@@ -603,13 +603,52 @@ static int batch_key(struct batch *b, const char *key, size_t klen, const void *
     return 0;
 }
 
+/* Room for n more bytes at the end of the batch's arena, the batch sent
+ * first when they do not fit there: *dst. what names the value for an
+ * out-of-memory message. */
+static int batch_room(ec_rcluster *rc, struct batch *b, uint64_t n, uint64_t *sent,
+                      const char *what, uint8_t **dst)
+{
+    int r;
+
+    if (b->used + n > b->arena_cap && (r = batch_flush(rc, b, sent)))
+        return r;
+    if (n > b->arena_cap) {
+        uint8_t *na = realloc(b->arena, n);
+        if (!na)
+            return ec_seterr(EC_ENOMEM, "publish: %s of %" PRIu64 " bytes", what, n);
+        b->arena = na;
+        b->arena_cap = n;
+    }
+    *dst = b->arena + b->used;
+    return 0;
+}
+
+/* Queue len bytes at src (in the arena) as chunks of m->chunk bytes: those
+ * of tensor ti's partition p, or of its file head when p is UINT64_MAX. */
+static int batch_chunks(struct batch *b, const struct manifest *m, uint32_t ti, uint64_t p,
+                        const uint8_t *src, uint64_t len)
+{
+    char key[KEY_MAX];
+    int r;
+
+    for (uint64_t k = 0, nk = nchunks(len, m->chunk); k < nk; k++) {
+        uint64_t off = k * m->chunk, n = len - off < m->chunk ? len - off : m->chunk;
+        size_t kl = p == UINT64_MAX ? head_key(key, m->model, m->version, ti, k)
+                                    : chunk_key(key, m->model, m->version, ti, p, k);
+        if ((r = batch_key(b, key, kl, src + off, (size_t)n)))
+            return r;
+    }
+    return 0;
+}
+
 /* Read, check and queue every partition of tensor ti. */
 static int publish_tensor(ec_rcluster *rc, const char *data_dir, struct manifest *m,
                           uint32_t ti, struct batch *b, uint64_t *sent)
 {
     char eb[EC_ERRMSG_MAX];
     struct ptensor *t = &m->t[ti];
-    char path[4096 + EC_CAT_PATH_MAX + 2], key[KEY_MAX];
+    char path[4096 + EC_CAT_PATH_MAX + 2];
     ec_partfile_meta meta;
     int fd = -1, r;
 
@@ -625,18 +664,8 @@ static int publish_tensor(ec_rcluster *rc, const char *data_dir, struct manifest
     for (uint64_t p = 0; p < t->partitions; p++) {
         uint64_t plen = ec_partfile_part_length(&meta, p);
         uint8_t *dst;
-        if (b->used + plen > b->arena_cap && (r = batch_flush(rc, b, sent)))
+        if ((r = batch_room(rc, b, plen, sent, "a partition", &dst)))
             goto out;
-        if (plen > b->arena_cap) {
-            uint8_t *na = realloc(b->arena, plen);
-            if (!na) {
-                r = ec_seterr(EC_ENOMEM, "publish: a partition of %" PRIu64 " bytes", plen);
-                goto out;
-            }
-            b->arena = na;
-            b->arena_cap = plen;
-        }
-        dst = b->arena + b->used;
         if ((r = ec_partfile_read_partition(fd, &meta, p, dst, t->sum[p])) < 0) {
             r = ec_seterr(r, "publish of '%s' version %" PRId64 " tensor '%s' partition %"
                           PRIu64 ": %s", m->model, m->version, t->name, p, saved_err(eb));
@@ -649,12 +678,8 @@ static int publish_tensor(ec_rcluster *rc, const char *data_dir, struct manifest
         }
         t->len[p] = plen;
         b->used += plen;
-        for (uint64_t k = 0, nk = nchunks(plen, m->chunk); k < nk; k++) {
-            uint64_t off = k * m->chunk, n = plen - off < m->chunk ? plen - off : m->chunk;
-            size_t kl = chunk_key(key, m->model, m->version, ti, p, k);
-            if ((r = batch_key(b, key, kl, dst + off, (size_t)n)))
-                goto out;
-        }
+        if ((r = batch_chunks(b, m, ti, p, dst, plen)))
+            goto out;
     }
     /* The file's head (header page, partition table, block table), for a
      * lazy pull: ec_partfile_open validated it above, the puller validates
@@ -662,18 +687,8 @@ static int publish_tensor(ec_rcluster *rc, const char *data_dir, struct manifest
     {
         uint64_t hl = meta.data_off, got = 0;
         uint8_t *dst;
-        if (b->used + hl > b->arena_cap && (r = batch_flush(rc, b, sent)))
+        if ((r = batch_room(rc, b, hl, sent, "a file head", &dst)))
             goto out;
-        if (hl > b->arena_cap) {
-            uint8_t *na = realloc(b->arena, hl);
-            if (!na) {
-                r = ec_seterr(EC_ENOMEM, "publish: a file head of %" PRIu64 " bytes", hl);
-                goto out;
-            }
-            b->arena = na;
-            b->arena_cap = hl;
-        }
-        dst = b->arena + b->used;
         while (got < hl) {
             ssize_t n = pread(fd, dst + got, hl - got, (off_t)got);
             if (n < 0 && errno == EINTR)
@@ -689,12 +704,8 @@ static int publish_tensor(ec_rcluster *rc, const char *data_dir, struct manifest
         t->head_sum = ec_checksum(dst, hl);
         b->used += hl;
         b->head_used += hl;
-        for (uint64_t k = 0, nk = nchunks(hl, m->chunk); k < nk; k++) {
-            uint64_t off = k * m->chunk, n = hl - off < m->chunk ? hl - off : m->chunk;
-            size_t kl = head_key(key, m->model, m->version, ti, k);
-            if ((r = batch_key(b, key, kl, dst + off, (size_t)n)))
-                goto out;
-        }
+        if ((r = batch_chunks(b, m, ti, UINT64_MAX, dst, hl)))
+            goto out;
     }
     r = 0;
 out:
