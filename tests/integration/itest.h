@@ -2,7 +2,8 @@
  * itest.h - what the end-to-end tests share: a real embcached per test in
  * its own temporary directory, fork()ed client processes, .npy source
  * tables and byte-for-byte checks of gathered rows against them, and the
- * daemon's statistics. Used by test_tiering.c and test_devtier.c.
+ * daemon's statistics. Used by most integration tests (the cluster ones for
+ * their statistics).
  *
  * Children never call cmocka (its state belongs to the parent): functions
  * marked "safe in children" report through return values. env_teardown()

@@ -31,6 +31,7 @@
 
 #include "common/err.h"
 #include "core/rcluster.h"
+#include "itest.h"
 #include "testutil.h"
 
 #define NODES 6
@@ -213,33 +214,6 @@ static struct vinfo version_info(ec_client *c, int64_t v)
     if (rc != 0 && rc != EC_ENOENT) /* ENOENT: the model has no version here */
         fail_msg("listing model 'm': %s: %s", ec_strerror(rc), ec_last_error());
     return vi;
-}
-
-struct find {
-    const char *name;
-    uint64_t v;
-    bool found;
-};
-
-static int stat_cb(const char *name, uint64_t v, void *arg)
-{
-    struct find *f = arg;
-
-    if (!strcmp(name, f->name)) {
-        f->v = v;
-        f->found = true;
-    }
-    return 0;
-}
-
-static uint64_t stat_of(ec_client *c, const char *name)
-{
-    struct find f = {.name = name};
-
-    assert_int_equal(ec_client_stats(c, stat_cb, &f), 0);
-    if (!f.found)
-        fail_msg("no statistic '%s'", name);
-    return f.v;
 }
 
 static void expect_fail(int rc, int want, const char *needle)

@@ -35,6 +35,7 @@
 #include "common/err.h"
 #include "core/partfile.h"
 #include "core/rcluster.h"
+#include "itest.h"
 #include "testutil.h"
 
 #define NODES 6
@@ -195,33 +196,6 @@ static int gather(ec_client *c, const char *version, const char *tensor, int64_t
     rc = ec_tensor_gather(t, ids, n, buf, sizeof(buf));
     ec_tensor_release(t);
     return rc;
-}
-
-struct find {
-    const char *name;
-    uint64_t v;
-    bool found;
-};
-
-static int stat_cb(const char *name, uint64_t v, void *arg)
-{
-    struct find *f = arg;
-
-    if (!strcmp(name, f->name)) {
-        f->v = v;
-        f->found = true;
-    }
-    return 0;
-}
-
-static uint64_t stat_of(ec_client *c, const char *name)
-{
-    struct find f = {.name = name};
-
-    assert_int_equal(ec_client_stats(c, stat_cb, &f), 0);
-    if (!f.found)
-        fail_msg("no statistic '%s'", name);
-    return f.v;
 }
 
 static void expect_fail(int rc, int want, const char *needle)

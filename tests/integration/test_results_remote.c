@@ -38,6 +38,7 @@
 
 #include "common/err.h"
 #include "core/rcluster.h"
+#include "itest.h"
 #include "testutil.h"
 
 #define NODES 6
@@ -171,34 +172,16 @@ static void reset(void)
     memset(S, 0, sizeof(*S));
 }
 
-struct stat_q {
-    const char *name;
-    uint64_t v;
-    bool found;
-};
-
-static int stat_cb(const char *name, uint64_t v, void *arg)
+/* A statistic of daemon d, over a connection of its own. */
+static uint64_t host_stat(const struct daemon *d, const char *name)
 {
-    struct stat_q *q = arg;
-
-    if (strcmp(name, q->name) == 0) {
-        q->v = v;
-        q->found = true;
-    }
-    return 0;
-}
-
-static uint64_t stat_of(const struct daemon *d, const char *name)
-{
-    struct stat_q q = {.name = name};
     ec_client *c = NULL;
+    uint64_t v;
 
     assert_int_equal(ec_client_connect(d->sock, &c), 0);
-    assert_int_equal(ec_client_stats(c, stat_cb, &q), 0);
+    v = stat_of(c, name);
     ec_client_close(c);
-    if (!q.found)
-        fail_msg("no statistic %s", name);
-    return q.v;
+    return v;
 }
 
 /* get_or_compute key on daemon d, check the bytes; the return code. */
@@ -286,13 +269,13 @@ static void test_64_clients_2_hosts_compute_once(void **state)
                      (unsigned long long)S->computations, (unsigned long long)S->wrong,
                      (unsigned long long)S->errors);
     }
-    assert_true(stat_of(&A, "remote_result_leases_won") + stat_of(&B, "remote_result_leases_won") ==
+    assert_true(host_stat(&A, "remote_result_leases_won") + host_stat(&B, "remote_result_leases_won") ==
                 3);
     /* Local single flight: one cluster lease request per key per host. */
-    assert_true(stat_of(&A, "remote_result_leases_lost") + stat_of(&B, "remote_result_leases_lost") ==
+    assert_true(host_stat(&A, "remote_result_leases_lost") + host_stat(&B, "remote_result_leases_lost") ==
                 3);
-    assert_int_equal(stat_of(&A, "remote_result_errors"), 0);
-    assert_int_equal(stat_of(&B, "remote_result_errors"), 0);
+    assert_int_equal(host_stat(&A, "remote_result_errors"), 0);
+    assert_int_equal(host_stat(&B, "remote_result_errors"), 0);
 }
 
 static void test_computed_on_a_is_hit_on_b(void **state)
@@ -301,17 +284,17 @@ static void test_computed_on_a_is_hit_on_b(void **state)
 
     (void)state;
     reset();
-    sets = stat_of(&A, "remote_result_sets");
+    sets = host_stat(&A, "remote_result_sets");
     assert_int_equal(get_key(&A, "k2", 0, 10), 1);
     assert_int_equal(S->computations, 1);
     /* Its value reaches the cluster after the put's answer: give it a moment. */
-    for (int i = 0; i < 200 && stat_of(&A, "remote_result_sets") == sets; i++)
+    for (int i = 0; i < 200 && host_stat(&A, "remote_result_sets") == sets; i++)
         usleep(10000);
-    hits = stat_of(&B, "remote_result_hits");
+    hits = host_stat(&B, "remote_result_hits");
     assert_int_equal(get_key(&B, "k2", 0, 10), 1);
     assert_int_equal(S->computations, 1);
     assert_int_equal(S->wrong, 0);
-    assert_int_equal(stat_of(&B, "remote_result_hits"), hits + 1);
+    assert_int_equal(host_stat(&B, "remote_result_hits"), hits + 1);
 }
 
 /* A holder on A whose process dies: its cluster lease goes with its
@@ -421,9 +404,9 @@ static void test_early_refresh_once_and_purge(void **state)
 
     (void)state;
     reset();
-    sets = stat_of(&A, "remote_result_sets");
+    sets = host_stat(&A, "remote_result_sets");
     assert_int_equal(get_key(&A, "k10", 0, 10), 1);
-    for (int i = 0; i < 200 && stat_of(&A, "remote_result_sets") == sets; i++)
+    for (int i = 0; i < 200 && host_stat(&A, "remote_result_sets") == sets; i++)
         usleep(10000);
     assert_int_equal(get_key(&B, "k10", 0, 10), 1);
     assert_int_equal(S->computations, 1);
@@ -432,9 +415,9 @@ static void test_early_refresh_once_and_purge(void **state)
     assert_int_equal(ec_results_lease(ra, "k10", 3, EC_RES_EARLY), EC_LEASE_GRANTED);
     assert_int_equal(ec_results_lease(rb, "k10", 3, EC_RES_EARLY), EC_LEASE_FOUND);
     memset(v2, 0x5a, sizeof(v2));
-    sets = stat_of(&A, "remote_result_sets");
+    sets = host_stat(&A, "remote_result_sets");
     assert_int_equal(ec_results_put(ra, "k10", 3, &val), 0);
-    for (int i = 0; i < 200 && stat_of(&A, "remote_result_sets") == sets; i++)
+    for (int i = 0; i < 200 && host_stat(&A, "remote_result_sets") == sets; i++)
         usleep(10000);
     /* B still serves its fresh value, and takes A's refresh when it asks. */
     assert_int_equal(ec_results_lease(rb, "k10", 3, EC_RES_EARLY), EC_LEASE_FOUND);
@@ -470,17 +453,17 @@ static void test_bad_values_refused(void **state)
     (void)state;
     /* Garbage. */
     reset();
-    refused = stat_of(&B, "remote_result_refused");
+    refused = host_stat(&B, "remote_result_refused");
     ckey("k5", 'v', vk, sizeof(vk));
     assert_int_equal(ec_rcluster_set(rc, vk, strlen(vk), "garbage, not a value", 20, NULL), 0);
     assert_int_equal(get_key(&B, "k5", 0, 10), 1);
     assert_int_equal(S->computations, 1);
     assert_int_equal(S->wrong, 0);
-    assert_true(stat_of(&B, "remote_result_refused") > refused);
+    assert_true(host_stat(&B, "remote_result_refused") > refused);
 
     /* k2's valid value under k6's name: another key's, refused. */
     reset();
-    refused = stat_of(&A, "remote_result_refused");
+    refused = host_stat(&A, "remote_result_refused");
     ckey("k2", 'v', vk, sizeof(vk));
     ckey("k6", 'v', vk2, sizeof(vk2));
     assert_int_equal(ec_rcluster_get(rc, vk, strlen(vk), &good, &n), 0);
@@ -489,15 +472,15 @@ static void test_bad_values_refused(void **state)
     assert_int_equal(get_key(&A, "k6", 0, 10), 1);
     assert_int_equal(S->computations, 1);
     assert_int_equal(S->wrong, 0);
-    assert_true(stat_of(&A, "remote_result_refused") > refused);
+    assert_true(host_stat(&A, "remote_result_refused") > refused);
 
     /* k7 stored right, then one value byte flipped in the cluster: a host
      * that never saw it refuses it and computes it again. */
     reset();
     {
-        uint64_t sets = stat_of(&A, "remote_result_sets");
+        uint64_t sets = host_stat(&A, "remote_result_sets");
         assert_int_equal(get_key(&A, "k7", 0, 10), 1);
-        for (int i = 0; i < 200 && stat_of(&A, "remote_result_sets") == sets; i++)
+        for (int i = 0; i < 200 && host_stat(&A, "remote_result_sets") == sets; i++)
             usleep(10000);
         free(good);
         good = NULL;
@@ -505,11 +488,11 @@ static void test_bad_values_refused(void **state)
         assert_int_equal(ec_rcluster_get(rc, vk, strlen(vk), &good, &n), 0);
         ((uint8_t *)good)[n - 1] ^= 0x40;
         assert_int_equal(ec_rcluster_set(rc, vk, strlen(vk), good, n, NULL), 0);
-        refused = stat_of(&B, "remote_result_refused");
+        refused = host_stat(&B, "remote_result_refused");
         assert_int_equal(get_key(&B, "k7", 0, 10), 1);
         assert_int_equal(S->computations, 2);
         assert_int_equal(S->wrong, 0);
-        assert_true(stat_of(&B, "remote_result_refused") > refused);
+        assert_true(host_stat(&B, "remote_result_refused") > refused);
     }
     free(good);
     ec_rcluster_close(rc);
@@ -576,7 +559,7 @@ static void test_cluster_down(void **state)
     assert_int_equal(get_key(&A, "k2", 0, 10), 1);
     assert_int_equal(ect_cluster_sh(&cl, "stop", NULL, NULL), 0);
     cl_running = false;
-    errors = stat_of(&A, "remote_result_errors");
+    errors = host_stat(&A, "remote_result_errors");
     /* A local hit: served. */
     assert_int_equal(open_ns(A.sock, &c, &r), 0);
     assert_int_equal(ec_results_get(r, "k2", 2, 0, got, sizeof(got), &meta), 1);
@@ -589,8 +572,8 @@ static void test_cluster_down(void **state)
     assert_int_equal(get_key(&A, "k8", 0, 10), 1);
     assert_int_equal(S->computations, 1);
     assert_int_equal(S->wrong, 0);
-    assert_true(stat_of(&A, "remote_result_errors") > errors);
-    assert_true(stat_of(&A, "remote_result_local_fallbacks") >= 1);
+    assert_true(host_stat(&A, "remote_result_errors") > errors);
+    assert_true(host_stat(&A, "remote_result_local_fallbacks") >= 1);
     /* And again: a hit now. */
     assert_int_equal(get_key(&A, "k8", 0, 10), 1);
     assert_int_equal(S->computations, 1);
