@@ -207,8 +207,11 @@ static int dev_start(ec_devtier *d, struct dev *dv, uint64_t generation)
     char busid[32] = "";
     int rc;
 
-    if (d->b->device_busid && d->b->device_busid(dv->ordinal, busid, sizeof(busid)) == 0)
-        snprintf(h->busid, sizeof(h->busid), "%s", busid);
+    if (d->b->device_busid && d->b->device_busid(dv->ordinal, busid, sizeof(busid)) == 0) {
+        size_t n = strnlen(busid, sizeof(busid));
+        if (n < sizeof(h->busid)) /* "0000:17:00.0"; a longer one is not published */
+            memcpy(h->busid, busid, n + 1);
+    }
     dv->node = -1;
     if (dv->topo && busid[0])
         dv->node = ec_topology_node_of_pci(dv->topo, busid);

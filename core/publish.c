@@ -663,7 +663,7 @@ static int publish_tensor(ec_rcluster *rc, const char *data_dir, struct manifest
     }
     for (uint64_t p = 0; p < t->partitions; p++) {
         uint64_t plen = ec_partfile_part_length(&meta, p);
-        uint8_t *dst;
+        uint8_t *dst = NULL;
         if ((r = batch_room(rc, b, plen, sent, "a partition", &dst)))
             goto out;
         if ((r = ec_partfile_read_partition(fd, &meta, p, dst, t->sum[p])) < 0) {
@@ -686,7 +686,7 @@ static int publish_tensor(ec_rcluster *rc, const char *data_dir, struct manifest
      * it again. */
     {
         uint64_t hl = meta.data_off, got = 0;
-        uint8_t *dst;
+        uint8_t *dst = NULL;
         if ((r = batch_room(rc, b, hl, sent, "a file head", &dst)))
             goto out;
         while (got < hl) {

@@ -252,7 +252,11 @@ static int check_file(struct rctx *x, struct rfile *f)
     f->t.row_bytes = m.row_bytes;
     f->t.rows_per_partition = m.rows_per_partition;
     f->t.partitions = m.partitions;
-    snprintf(f->t.path, sizeof(f->t.path), "%s/%s", EC_PARTS_DIR, f->name);
+    if ((size_t)snprintf(f->t.path, sizeof(f->t.path), "%s/%s", EC_PARTS_DIR, f->name) >=
+        sizeof(f->t.path)) { /* name_ok() keeps this from happening */
+        leave_out(f, FS_UNPLACED, "valid, but its file name is too long for the catalog");
+        goto out;
+    }
     f->t.file_size = m.file_size;
     f->t.header_checksum = m.header_checksum;
     f->state = FS_GOOD;
