@@ -126,6 +126,7 @@ static void rc_on_error(ec_rcluster *c, rc_node *nd, rc_call *call, size_t i, co
         }
         if (moved) {
             c->slot[slot] = idx;
+            c->gc_due = true;
             c->st.moved++;
             c->want_refresh = true;
         } else {
@@ -543,6 +544,7 @@ static int rc_cad_error(ec_rcluster *c, rc_node *nd, const redisReply *r, uint16
         if (rc_parse_redirect(c, nd, r->str + 6, r->len - 6, &s, &idx) != 0 || s != slot)
             return ec_seterr(EC_EPROTO, "node %s:%u answered '%s'", nd->host, nd->port, text);
         c->slot[s] = idx;
+        c->gc_due = true;
         c->st.moved++;
         c->want_refresh = true;
         return 1;
@@ -720,6 +722,7 @@ int ec_rcluster_open(const char *url_or_seeds, const ec_rcluster_opts *o, ec_rcl
     }
     for (size_t s = 0; s < EC_RCLUSTER_SLOTS; s++)
         c->slot[s] = RC_NONE;
+    c->gc_due = true;
     rc = rc_refresh(c, true, rc_now() + (uint64_t)c->o.op_timeout_ms * 1000000ull);
     rc_gc(c);
     if (rc != 0) {

@@ -121,6 +121,7 @@ struct ec_rcluster {
     rc_node **nodes;
     size_t nnodes, nodes_cap;
     uint16_t slot[EC_RCLUSTER_SLOTS];
+    bool gc_due; /* slot[] or nodes[] changed since rc_gc last ran */
     uint64_t last_refresh;
     bool want_refresh;
     unsigned refresh_rr;

@@ -373,6 +373,7 @@ int rc_refresh(ec_rcluster *c, bool force, uint64_t deadline)
             rc_free_obj(r);
             if (rc == 0) {
                 memcpy(c->slot, map, sizeof(c->slot));
+                c->gc_due = true;
                 c->st.refreshes++;
                 goto out;
             }
@@ -399,13 +400,18 @@ out:
     return rc;
 }
 
-/* Free the nodes that no slot names (invariant 4: only between calls). */
+/* Free the nodes that no slot names (invariant 4: only between calls).
+ * Nothing to do unless the map or the nodes changed: the scan of every
+ * slot would otherwise cost a few per cent of a reader's CPU. */
 void rc_gc(ec_rcluster *c)
 {
     uint16_t remap[EC_RCLUSTER_MAX_NODES];
     bool used[EC_RCLUSTER_MAX_NODES] = {false};
     size_t kept = 0;
 
+    if (!c->gc_due)
+        return;
+    c->gc_due = false;
     for (size_t s = 0; s < EC_RCLUSTER_SLOTS; s++)
         if (c->slot[s] != RC_NONE)
             used[c->slot[s]] = true;

@@ -191,6 +191,7 @@ int rc_node_index(ec_rcluster *c, const char *host, size_t hlen, uint16_t port,
     nd->fd = -1;
     c->nodes[c->nnodes] = nd;
     *out = (uint16_t)c->nnodes++;
+    c->gc_due = true;
     return 0;
 }
 
@@ -501,7 +502,8 @@ static void rc_node_write(ec_rcluster *c, rc_node *nd, uint64_t now)
  * its key fails now, alone (retrying cannot help), so that the keys queued
  * behind it, which lose their replies with the connection, are retried
  * without it. */
-static void rc_refuse_head(ec_rcluster *c, rc_node *nd, unsigned long long declared)
+static void rc_refuse_head(ec_rcluster *c, rc_node *nd, unsigned long long declared,
+                           const char *least)
 {
     uint32_t e;
 
@@ -513,7 +515,7 @@ static void rc_refuse_head(ec_rcluster *c, rc_node *nd, unsigned long long decla
     nd->pend_head++;
     rc_fail_key(c, c->call, e >> 2, EC_ETOOBIG, "node %s:%u sent a value of %s%llu bytes, "
                 "over max_value_bytes (%llu)", nd->host, nd->port,
-                declared == ULLONG_MAX ? "over " : "",
+                declared == ULLONG_MAX ? "over " : least,
                 declared == ULLONG_MAX ? 999999999999999999ull : declared,
                 (unsigned long long)c->o.max_value_bytes);
 }
@@ -549,10 +551,12 @@ static int rc_node_drain(ec_rcluster *c, rc_node *nd)
                     declared = k - first >= 18 ? ULLONG_MAX : declared * 10 +
                                (unsigned long long)(rd->buf[k] - '0');
                 if (declared > c->o.max_value_bytes) {
-                    rc_refuse_head(c, nd, declared);
+                    /* digits up to the end of what arrived: more may follow */
+                    const char *least = k == rd->len ? "at least " : "";
+                    rc_refuse_head(c, nd, declared, least);
                     rc_node_fail(c, nd, EC_ETOOBIG, "a reply declares a value of %s%llu bytes, "
                                  "over max_value_bytes (%llu); the connection was dropped",
-                                 declared == ULLONG_MAX ? "over " : "",
+                                 declared == ULLONG_MAX ? "over " : least,
                                  declared == ULLONG_MAX ? 999999999999999999ull : declared,
                                  (unsigned long long)c->o.max_value_bytes);
                     return -1;
@@ -693,11 +697,40 @@ static long rc_direct_start(ec_rcluster *c, rc_node *nd, const char *buf, size_t
     return (long)used;
 }
 
+/* The length of the header "$<n>\r\n" of the next reply when it should be
+ * a value of n bytes that has a place of its own (mget_into), else 0.
+ * Reading just that much first lets the value's bytes go from the socket
+ * to their place: a full read would bring up to RC_READ_CHUNK of them into
+ * rbuf, to be copied again (a quarter of a 1 MiB value, as measured). A
+ * reply that turns out to be something else (nil, an error, a redirect, a
+ * value of another length) is parsed as usual from what was read. */
+static size_t rc_direct_hint(const ec_rcluster *c, const rc_node *nd)
+{
+    const redisReader *rd = nd->rd;
+    const rc_call *call = c->call;
+    size_t n, h = 3; /* '$', CR, LF */
+    uint32_t e, i;
+
+    if (rd->pos != rd->len || rd->ridx > 0 || (rd->ridx == 0 && rd->rstack[0].type >= 0) ||
+        !call || call->kind != RC_GET || !call->dests || nd->pend_head >= nd->pend_n)
+        return 0;
+    e = nd->pend[nd->pend_head];
+    i = e >> 2;
+    if ((e & 3) != TAG_MAIN || call->ops[i].state != OP_INFLIGHT || !call->dests[i] ||
+        call->dest_lens[i] < RC_DIRECT_MIN || call->dest_lens[i] > c->o.max_value_bytes)
+        return 0;
+    for (n = call->dest_lens[i]; n; n /= 10)
+        h++;
+    return h;
+}
+
 static void rc_node_read(ec_rcluster *c, rc_node *nd, uint64_t now)
 {
     for (int rounds = 0; rounds < 4 && nd->state == NODE_UP; rounds++) {
-        size_t cap = RC_READ_CHUNK;
+        size_t cap = RC_READ_CHUNK, hint = nd->bulk_on ? 0 : rc_direct_hint(c, nd);
         char *dst = nd->bulk_on ? rc_direct_room(nd, &cap) : c->rbuf;
+        if (hint)
+            cap = hint;
         ssize_t r = read(nd->fd, dst, cap);
         if (r < 0) {
             if (errno == EINTR)
@@ -740,8 +773,10 @@ static void rc_node_read(ec_rcluster *c, rc_node *nd, uint64_t now)
                 return;
             off += sl;
         }
-        if (r < RC_READ_CHUNK)
+        if ((size_t)r < cap)
             return;
+        if (hint)
+            rounds--; /* the header of a direct value: its bytes are next */
     }
 }
 

@@ -558,6 +558,31 @@ bool ect_port_free(int port)
     return ok;
 }
 
+int ect_port_base(unsigned *seed, int n, int span)
+{
+    int lo = 32768, hi = 60999, top;
+    FILE *f = fopen("/proc/sys/net/ipv4/ip_local_port_range", "r");
+
+    if (f) {
+        if (fscanf(f, "%d %d", &lo, &hi) != 2)
+            lo = 32768;
+        fclose(f);
+    }
+    /* Below the ephemeral range: the outgoing connections of other tests
+     * (thousands in TIME_WAIT after a failover test) cannot be on them. */
+    top = lo - span - n;
+    if (top < 10000 + 1000)
+        top = 10000 + 1000; /* a range that low: take our chances */
+    for (int t = 0; t < 200; t++) {
+        int b = 10000 + (int)(rand_r(seed) % (unsigned)(top - 10000)), ok = 1;
+        for (int i = 0; i < n && ok; i++)
+            ok = ect_port_free(b + i) && (!span || ect_port_free(b + span + i));
+        if (ok)
+            return b;
+    }
+    return -1;
+}
+
 int ect_cluster_sh(const ect_cluster *c, const char *cmd, const char *arg2, char **out)
 {
     const char *argv[] = {"/bin/bash", c->script, cmd, c->dir, arg2, NULL};
@@ -584,12 +609,9 @@ int ect_cluster_start(ect_cluster *c, int nodes)
     c->pipe = -1;
     c->watchdog = 0;
     for (int attempt = 0; attempt < 5 && !c->base; attempt++) {
-        bool ok = true;
-        int b = 20000 + (int)(rand_r(&seed) % 20000);
-        for (int i = 0; i < nodes && ok; i++)
-            ok = ect_port_free(b + i) && ect_port_free(b + 10000 + i);
-        if (!ok)
-            continue;
+        int b = ect_port_base(&seed, nodes, 10000);
+        if (b < 0)
+            break;
         snprintf(base, sizeof(base), "%d", b);
         if (ect_cluster_sh(c, "start", base, NULL) == 0)
             c->base = b;

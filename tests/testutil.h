@@ -118,6 +118,10 @@ bool ect_redis_installed(void);
 
 /* Can a TCP socket bind this loopback port now? */
 bool ect_port_free(int port);
+/* A random base port below the kernel's ephemeral range such that base..
+ * base+n-1 (and, with span, base+span..base+span+n-1) are free now; -1 after
+ * 200 tries. */
+int ect_port_base(unsigned *seed, int n, int span);
 /* A loopback TCP port nobody listens on now (the kernel's pick, given back). */
 unsigned ect_free_port(void);
 

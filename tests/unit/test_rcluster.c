@@ -84,13 +84,12 @@ static void fill_value(size_t i, size_t len, unsigned char *out)
 
 static int free_port(void)
 {
-    for (int t = 0; t < 200; t++) {
-        int p = 20000 + (int)(rnd() % 20000);
-        if (ect_port_free(p))
-            return p;
-    }
-    fail_msg("no free port in 20000..40000");
-    return -1;
+    unsigned seed = (unsigned)rnd();
+    int p = ect_port_base(&seed, 1, 0);
+
+    if (p < 0)
+        fail_msg("no free port below the ephemeral range");
+    return p;
 }
 
 
@@ -824,6 +823,14 @@ static void test_fake_bad_maps(void **state)
 }
 
 /* One key through a fake that maps every slot to itself. */
+static bool fake_into; /* fake_get reads with ec_rcluster_mget_into */
+
+static void ignore_fn(void *arg, size_t i, int status, const void *val, size_t len,
+                      const char *msg)
+{
+    (void)arg, (void)i, (void)status, (void)val, (void)len, (void)msg;
+}
+
 static int fake_get(enum fake_mode mode, ec_rcluster_opts *o, unsigned *gets, uint64_t *ms)
 {
     ec_rcluster *c = NULL;
@@ -840,7 +847,17 @@ static int fake_get(enum fake_mode mode, ec_rcluster_opts *o, unsigned *gets, ui
     if (rc != 0)
         fail_msg("open against the fake: %s", ec_last_error());
     t0 = now_ms();
-    rc = ec_rcluster_get(c, "foo", 3, &val, &len);
+    if (fake_into) {
+        /* A place of its own for a long value: the client then reads just
+         * the header first (rc_direct_hint), whatever the reply is. */
+        static char dest[100000];
+        const char *key = "foo";
+        size_t klen = 3, dlen = sizeof(dest);
+        void *dests[1] = {dest};
+        rc = ec_rcluster_mget_into(c, &key, &klen, 1, dests, &dlen, ignore_fn, NULL);
+    } else {
+        rc = ec_rcluster_get(c, "foo", 3, &val, &len);
+    }
     *ms = now_ms() - t0;
     printf("  mode %d: rc %d in %llu ms: %s\n", mode, rc, (unsigned long long)*ms,
            ec_last_error());
@@ -864,6 +881,32 @@ static void into_fn(void *arg, size_t i, int status, const void *val, size_t len
         into_seen = val;
         into_len = len;
     }
+}
+
+/* The bad replies of test_fake_bad_replies again, read into a place of the
+ * caller's own: the same refusals, whatever was read ahead of the value. */
+static void test_fake_bad_replies_into(void **state)
+{
+    ec_rcluster_opts o = {.op_timeout_ms = 1500, .io_timeout_ms = 300, .max_attempts = 3,
+                          .max_value_bytes = MIB};
+    unsigned gets;
+    uint64_t ms;
+    (void)state;
+
+    fake_into = true;
+    /* the header read so far may hold only the first digits: "at least" */
+    assert_int_equal(fake_get(FAKE_MAP_BIGGET, &o, &gets, &ms), EC_ETOOBIG);
+    assert_non_null(strstr(ec_last_error(), "a value of at least 99999999 bytes"));
+    assert_int_equal(gets, 1);
+    assert_int_equal(fake_get(FAKE_MAP_NOCRLF, &o, &gets, &ms), EC_EPROTO);
+    assert_non_null(strstr(ec_last_error(), "not followed by CRLF"));
+    assert_int_equal(fake_get(FAKE_MAP_INTGET, &o, &gets, &ms), EC_EPROTO);
+    assert_non_null(strstr(ec_last_error(), "answered with an integer, not a bulk string"));
+    assert_int_equal(fake_get(FAKE_MAP_MOVELOOP, &o, &gets, &ms), EC_EPROTO);
+    assert_non_null(strstr(ec_last_error(), "gave up after 3 attempts"));
+    assert_int_equal(gets, 3);
+    assert_int_equal(fake_get(FAKE_MAP_STALL, &o, &gets, &ms), EC_ETIMEOUT);
+    fake_into = false;
 }
 
 static void test_fake_bad_replies(void **state)
@@ -1413,6 +1456,7 @@ int main(void)
         cmocka_unit_test(test_unreachable_seed),
         cmocka_unit_test(test_fake_bad_maps),
         cmocka_unit_test(test_fake_bad_replies),
+        cmocka_unit_test(test_fake_bad_replies_into),
     };
     const struct CMUnitTest live[] = {
         cmocka_unit_test(test_keyslot_matches_server),
