@@ -78,10 +78,12 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 fail() { echo "run-remotebench: FAIL: $*" >&2; exit 1; }
 
-# A base port whose 6 ports and their bus ports nothing listens on.
-port_used() { ss -Htln "sport = :$1" 2>/dev/null | grep -q .; }
+# A base port whose 6 ports and their bus ports (+10000) nothing uses, all
+# below the kernel's ephemeral range, where no outgoing connection can be.
+port_used() { ss -Htan "sport = :$1" 2>/dev/null | grep -q .; }
+eph=$(cut -f1 /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 32768)
 for ((try = 0; try < 5 && cluster == 0; try++)); do
-  base=$((30000 + (RANDOM % 2000) * 10))
+  base=$((10000 + RANDOM % (eph > 21006 ? eph - 20006 : 1000)))
   used=0
   for ((i = 0; i < 6; i++)); do
     port_used $((base + i)) && used=1
