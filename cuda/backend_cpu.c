@@ -53,21 +53,24 @@ int ec_cpu_gather(const ec_gather_desc *g)
          * into rep movsq, which measured 1.5x slower than the library's memcpy
          * on random rows (embcache-bench, hit scenario). The rows AHEAD
          * places on are prefetched: random rows are latency-bound, and this
-         * keeps several cache misses in flight. */
+         * keeps several cache misses in flight. Rows that follow each other
+         * in both the source and the output (a range of ids, sorted ids, a
+         * whole table) are one memcpy: 1 KiB copies ran at half the speed of
+         * 16 KiB ones here (12 against 25 GB/s). */
+        const size_t rb = g->row_bytes;
         for (size_t i = 0; i < AHEAD && i < g->n; i++)
-            prefetch_row(g->src[i], g->row_bytes);
-        if (g->dst_rows)
-            for (size_t i = 0; i < g->n; i++) {
-                if (i + AHEAD < g->n)
-                    prefetch_row(g->src[i + AHEAD], g->row_bytes);
-                memcpy(dst + g->dst_rows[i] * g->row_bytes, g->src[i], g->row_bytes);
-            }
-        else
-            for (size_t i = 0; i < g->n; i++) {
-                if (i + AHEAD < g->n)
-                    prefetch_row(g->src[i + AHEAD], g->row_bytes);
-                memcpy(dst + i * g->row_bytes, g->src[i], g->row_bytes);
-            }
+            prefetch_row(g->src[i], rb);
+        for (size_t i = 0, j; i < g->n; i = j) {
+            size_t at = g->dst_rows ? g->dst_rows[i] : i;
+            const uint8_t *s = g->src[i];
+            for (j = i + 1; j < g->n && (const uint8_t *)g->src[j] == s + (j - i) * rb &&
+                            (g->dst_rows ? g->dst_rows[j] : j) == at + (j - i);
+                 j++)
+                ;
+            if (j + AHEAD - 1 < g->n)
+                prefetch_row(g->src[j + AHEAD - 1], rb);
+            memcpy(dst + at * rb, s, (j - i) * rb);
+        }
         goto done;
     }
     if (g->src_dtype != EC_DTYPE_F32 ||

@@ -484,6 +484,41 @@ static void test_cpu_gather_same_dtype_copies_bytes(void **state)
     assert_int_equal(out[6], 0);
 }
 
+/* Rows that follow each other in source and output are copied as one run;
+ * a run must end where either stops following: a source row that is not
+ * the next one (a gap, a step back, the same row again) or an output row
+ * that is not the next one. Checked against a copy row by row. */
+static void test_cpu_gather_runs(void **state)
+{
+    enum { ROWS = 64, RB = 12, N = 40 };
+    static const size_t pick[N] = {0,  1,  2,  3,  10, 11, 12, 12, 13, 9,  8,  20, 21, 22,
+                                   30, 31, 32, 33, 34, 35, 40, 41, 50, 52, 53, 54, 60, 61,
+                                   62, 63, 5,  6,  7,  44, 45, 46, 47, 48, 49, 50};
+    uint8_t src[ROWS * RB], want[2 * N * RB], got[2 * N * RB];
+    const void *p[N];
+    size_t rows[N];
+
+    (void)state;
+    for (size_t i = 0; i < sizeof(src); i++)
+        src[i] = (uint8_t)(i * 7 + 3);
+    for (size_t i = 0; i < N; i++) {
+        p[i] = src + pick[i] * RB;
+        /* output rows: runs broken by gaps, steps back and a repeat */
+        rows[i] = i < 10 ? i : i < 20 ? 2 * i : i < 30 ? 79 - i : i == 30 ? 79 - 29 : i + 40;
+    }
+    for (int scatter = 0; scatter < 2; scatter++) {
+        ec_gather_desc g = {.src = p, .n = N, .row_bytes = RB, .src_dtype = EC_DTYPE_I8,
+                            .dst_dtype = EC_DTYPE_I8, .dst = got,
+                            .dst_rows = scatter ? rows : NULL, .device = -1};
+        memset(got, 0xee, sizeof(got));
+        memset(want, 0xee, sizeof(want));
+        for (size_t i = 0; i < N; i++)
+            memcpy(want + (scatter ? rows[i] : i) * RB, p[i], RB);
+        assert_int_equal(ec_cpu_gather(&g), 0);
+        assert_memory_equal(got, want, sizeof(got));
+    }
+}
+
 static void test_cpu_gather_refuses_other_conversions(void **state)
 {
     static const ec_dtype pairs[][2] = {
@@ -559,6 +594,7 @@ int main(void)
         cmocka_unit_test(test_rows_ignore_fp_environment),
         cmocka_unit_test(test_cpu_gather_converts),
         cmocka_unit_test(test_cpu_gather_same_dtype_copies_bytes),
+        cmocka_unit_test(test_cpu_gather_runs),
         cmocka_unit_test(test_cpu_gather_refuses_other_conversions),
         cmocka_unit_test(test_cpu_gather_refuses_device_output),
         cmocka_unit_test(test_cpu_gather_refuses_partial_floats),
