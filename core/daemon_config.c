@@ -32,8 +32,8 @@
 enum {
     O_DATA_DIR, O_SOCKET, O_SHM_SIZE, O_BUDGET, O_TTL, O_TTL_JITTER, O_RATE_WINDOW, O_PAGER,
     O_QUEUE_DEPTH, O_GPU_SLAB, O_ITEM_BYTES, O_RESULT_ARENA, O_WAL_SYNC, O_WAL_SYNC_MS,
-    O_METRICS_LISTEN, O_REMOTE, O_REMOTE_THREADS, O_REMOTE_KEEP, O_EPOCH_HOLD, O_PIN_LEASE,
-    O_IO_THREADS, O_ALLOW_UID, O_ALLOW_ANY,
+    O_METRICS_LISTEN, O_REMOTE, O_REMOTE_AUTH_FILE, O_REMOTE_THREADS, O_REMOTE_KEEP,
+    O_EPOCH_HOLD, O_PIN_LEASE, O_IO_THREADS, O_ALLOW_UID, O_ALLOW_ANY,
     O_ADMIN_UID, O_MAX_CLIENTS, O_MAX_CLIENTS_PER_UID, O_NO_KEEPER, O_DROP_SEGMENT,
     O_LOG_LEVEL, O_VERBOSE, O_QUIET, O_CONFIG, O_CHECK, O_HELP, O_VERSION, O_N
 };
@@ -109,6 +109,12 @@ static const struct opt {
                   "`embcache publish` and `pull` use it when they\n"
                   "name no cluster, and versions pulled with --lazy\n"
                   "are read from it (default: none)"},
+    [O_REMOTE_AUTH_FILE] = {"remote-auth-file", 0, "PATH", 0,
+                            "the Redis Cluster's credentials: a file whose\n"
+                            "first line is PASSWORD or USER PASSWORD, mode 600,\n"
+                            "owned by the daemon's user or root; every\n"
+                            "connection to the cluster starts with AUTH\n"
+                            "(default: none)"},
     [O_REMOTE_THREADS] = {"remote-threads", 0, "N", 0,
                           "threads reading from the remote tier, each with\n"
                           "its own connections (default 4)"},
@@ -352,6 +358,16 @@ static int set_opt(ec_dconf *c, int id, const char *v, char *msg, size_t cap)
         snprintf(s->remote, sizeof(s->remote), "%s", v);
         return 0;
     }
+    case O_REMOTE_AUTH_FILE: {
+        ec_rcluster_auth a;
+        if (strlen(v) >= sizeof(s->remote_auth_file))
+            return bad(msg, cap, "'%s' is too long", v);
+        if (ec_rcluster_auth_load(v, &a) < 0)
+            return bad(msg, cap, "%s", ec_last_error());
+        explicit_bzero(&a, sizeof(a));
+        snprintf(s->remote_auth_file, sizeof(s->remote_auth_file), "%s", v);
+        return 0;
+    }
     case O_REMOTE_THREADS:
         if (!long_in(v, 1, 64, &n))
             return bad(msg, cap, "'%s' must be 1..64", v);
@@ -476,6 +492,9 @@ static void show_opt(const ec_dconf *c, int id, char *b, size_t cap)
             snprintf(b, cap, "(off)");
         break;
     case O_REMOTE: snprintf(b, cap, "%s", s->remote[0] ? s->remote : "(none)"); break;
+    case O_REMOTE_AUTH_FILE:
+        snprintf(b, cap, "%s", s->remote_auth_file[0] ? s->remote_auth_file : "(none)");
+        break;
     case O_REMOTE_THREADS: snprintf(b, cap, "%u", s->remote_threads ? s->remote_threads : 4); break;
     case O_REMOTE_KEEP: snprintf(b, cap, "%s", s->remote_no_keep ? "false" : "true"); break;
     case O_EPOCH_HOLD: snprintf(b, cap, "%ld", s->epoch_hold_max > 0 ? s->epoch_hold_max : 30); break;

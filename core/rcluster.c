@@ -51,10 +51,14 @@
 #include "core/rcluster.h"
 
 #include <assert.h>
+#include <errno.h>
+#include <fcntl.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "common/err.h"
 #include "core/rcluster_impl.h"
@@ -152,6 +156,11 @@ static void rc_on_error(ec_rcluster *c, rc_node *nd, rc_call *call, size_t i, co
             c->want_refresh = true;
         return;
     }
+    if (len >= 6 && memcmp(s, "NOAUTH", 6) == 0) {
+        rc_fail_key(c, call, i, EC_EPERM, "node %s:%u refused it: '%s': the cluster wants a "
+                    "password (--remote-auth-file)", nd->host, nd->port, text);
+        return;
+    }
     rc_fail_key(c, call, i, EC_EIO, "node %s:%u refused it: '%s'", nd->host, nd->port, text);
 }
 
@@ -204,9 +213,35 @@ static void rc_on_main(ec_rcluster *c, rc_node *nd, size_t i, redisReply *r)
                     nd->port, rc_type_name(r->type), want);
 }
 
+/* The node refused our AUTH: the keys under way on it fail now, not retried
+ * (the same credentials would be refused again), and the connection goes. */
+static void rc_auth_refused(ec_rcluster *c, rc_node *nd, const redisReply *r)
+{
+    char text[160];
+    rc_call *call = c->call;
+
+    if (rc_is(r, REDIS_REPLY_ERROR) || rc_is(r, REDIS_REPLY_STATUS))
+        ec_printable(r->str, r->len, text, sizeof(text));
+    else
+        snprintf(text, sizeof(text), "%s", rc_type_name(r ? r->type : 0));
+    for (size_t k = nd->pend_head; call && k < nd->pend_n; k++) {
+        uint32_t e = nd->pend[k];
+        if ((e & 3) == TAG_MAIN && call->ops[e >> 2].state == OP_INFLIGHT)
+            rc_fail_key(c, call, e >> 2, EC_EPERM, "node %s:%u refused our credentials "
+                        "('%s'): check the user and password (--remote-auth-file)",
+                        nd->host, nd->port, text);
+    }
+    rc_node_fail(c, nd, EC_EPERM, "refused our credentials ('%s'): check the user and "
+                 "password (--remote-auth-file)", text);
+}
+
 void rc_on_reply(ec_rcluster *c, rc_node *nd, uint32_t entry, redisReply *r)
 {
     switch (entry & 3) {
+    case TAG_AUTH:
+        if (!rc_is(r, REDIS_REPLY_STATUS) || r->len != 2 || memcmp(r->str, "OK", 2) != 0)
+            rc_auth_refused(c, nd, r);
+        break;
     case TAG_SYNC:
         if (nd->sync_got < RC_SYNC_MAX) {
             nd->sync_rep[nd->sync_got++] = r;
@@ -682,6 +717,91 @@ int ec_rcluster_refresh(ec_rcluster *c)
     return rc;
 }
 
+/* The daemon's credentials (--remote-auth-file) and the cluster they are
+ * for: written once before any thread opens a handle, read by every open
+ * after. */
+static ec_rcluster_auth default_auth;
+static char default_url[1024];
+
+void ec_rcluster_set_default_auth(const char *url, const ec_rcluster_auth *a)
+{
+    explicit_bzero(&default_auth, sizeof(default_auth));
+    default_url[0] = '\0';
+    if (url && a && strlen(url) < sizeof(default_url)) {
+        default_auth = *a;
+        snprintf(default_url, sizeof(default_url), "%s", url);
+    }
+}
+
+int ec_rcluster_auth_load(const char *path, ec_rcluster_auth *out)
+{
+    char buf[4097], *tok[3] = {NULL, NULL, NULL}, *save = NULL, *nl;
+    struct stat st;
+    ssize_t n;
+    size_t got = 0;
+    int fd, ntok = 0;
+
+    if (!path || !out)
+        return ec_seterr(EC_EINVAL, "ec_rcluster_auth_load: path and out must be set");
+    fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
+    if (fd < 0)
+        return ec_seterr_errno(errno == EACCES ? EC_EPERM : EC_EIO, errno,
+                               "Redis Cluster credentials %s", path);
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+        close(fd);
+        return ec_seterr(EC_EINVAL, "Redis Cluster credentials %s: not a regular file", path);
+    }
+    if (st.st_mode & 077) {
+        close(fd);
+        return ec_seterr(EC_EPERM, "Redis Cluster credentials %s: mode %04o lets group or "
+                         "others at it; chmod 600 it", path, (unsigned)(st.st_mode & 07777));
+    }
+    if (st.st_uid != geteuid() && st.st_uid != 0) {
+        close(fd);
+        return ec_seterr(EC_EPERM, "Redis Cluster credentials %s: owned by uid %u, not by "
+                         "this process's user (%u) or root", path, (unsigned)st.st_uid,
+                         (unsigned)geteuid());
+    }
+    while (got < sizeof(buf) - 1 && (n = read(fd, buf + got, sizeof(buf) - 1 - got)) != 0) {
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0) {
+            int e = errno;
+            close(fd);
+            return ec_seterr_errno(EC_EIO, e, "Redis Cluster credentials %s", path);
+        }
+        got += (size_t)n;
+    }
+    close(fd);
+    if (got == sizeof(buf) - 1)
+        return ec_seterr(EC_EINVAL, "Redis Cluster credentials %s: over 4 KiB; it holds "
+                         "one line, \"PASSWORD\" or \"USER PASSWORD\"", path);
+    buf[got] = '\0';
+    if ((nl = strchr(buf, '\n')) != NULL)
+        *nl = '\0';
+    if (nl != buf && (nl = strchr(buf, '\r')) != NULL && nl[1] == '\0')
+        *nl = '\0';
+    for (char *t = strtok_r(buf, " \t", &save); t && ntok < 3; t = strtok_r(NULL, " \t", &save))
+        tok[ntok++] = t;
+    if (ntok < 1 || ntok > 2) {
+        explicit_bzero(buf, sizeof(buf));
+        return ec_seterr(EC_EINVAL, "Redis Cluster credentials %s: its first line holds %s; "
+                         "write \"PASSWORD\" or \"USER PASSWORD\"", path,
+                         ntok < 1 ? "nothing" : "more than two words");
+    }
+    if (strlen(tok[0]) >= EC_RCLUSTER_AUTH_MAX ||
+        (ntok == 2 && strlen(tok[1]) >= EC_RCLUSTER_AUTH_MAX)) {
+        explicit_bzero(buf, sizeof(buf));
+        return ec_seterr(EC_EINVAL, "Redis Cluster credentials %s: a user name or password "
+                         "over %d bytes", path, EC_RCLUSTER_AUTH_MAX - 1);
+    }
+    memset(out, 0, sizeof(*out));
+    snprintf(out->user, sizeof(out->user), "%s", ntok == 2 ? tok[0] : "");
+    snprintf(out->password, sizeof(out->password), "%s", tok[ntok - 1]);
+    explicit_bzero(buf, sizeof(buf));
+    return 0;
+}
+
 int ec_rcluster_open(const char *url_or_seeds, const ec_rcluster_opts *o, ec_rcluster **out)
 {
     ec_rcluster *c = NULL;
@@ -697,6 +817,8 @@ int ec_rcluster_open(const char *url_or_seeds, const ec_rcluster_opts *o, ec_rcl
         goto fail;
     if (o)
         c->o = *o;
+    if (!c->o.auth.password[0] && default_url[0] && !strcmp(url_or_seeds, default_url))
+        c->o.auth = default_auth;
 #define RC_DEFAULT(f, v) if (c->o.f == 0) c->o.f = (v)
     RC_DEFAULT(connect_timeout_ms, 1000);
     RC_DEFAULT(io_timeout_ms, 2000);
@@ -748,6 +870,7 @@ void ec_rcluster_close(ec_rcluster *c)
     free(c->pfd);
     free(c->pnode);
     free(c->rbuf);
+    explicit_bzero(&c->o.auth, sizeof(c->o.auth));
     free(c);
 }
 

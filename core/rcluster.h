@@ -23,7 +23,11 @@
  *
  * Keys may hold any bytes. Values up to opts.max_value_bytes (512 MiB, the
  * Redis limit, at most). Reads go to masters only (no READONLY replica
- * reads). No AUTH or TLS yet: the cluster must be on a trusted network.
+ * reads). With a password (opts.auth, or the process's default for its
+ * cluster, ec_rcluster_set_default_auth), every connection starts with AUTH; a
+ * refusal fails the keys under way with EC_EPERM, not retried. No TLS: the
+ * traffic, credentials included, is in clear; keep the cluster on a trusted
+ * network.
  * Node names (not addresses) are resolved with getaddrinfo(), which blocks,
  * once per node: give addresses where a stalled resolver would matter.
  */
@@ -52,6 +56,16 @@
 
 typedef struct ec_rcluster ec_rcluster;
 
+/* A user name or password, plus its NUL. */
+#define EC_RCLUSTER_AUTH_MAX 256
+
+/** Credentials for AUTH: password "" means none; user "" means the
+ *  password alone (AUTH password: Redis's requirepass, or the default user). */
+typedef struct ec_rcluster_auth {
+    char user[EC_RCLUSTER_AUTH_MAX];
+    char password[EC_RCLUSTER_AUTH_MAX];
+} ec_rcluster_auth;
+
 /** Tuning; every field 0 means its default. */
 typedef struct ec_rcluster_opts {
     uint32_t connect_timeout_ms;  /**< per TCP connect (default 1000) */
@@ -67,6 +81,7 @@ typedef struct ec_rcluster_opts {
     uint64_t max_value_bytes;     /**< longest value sent or accepted (default 64 MiB,
                                        at most 512 MiB); a longer reply is refused before
                                        it is buffered */
+    ec_rcluster_auth auth;        /**< none: the process default, if any */
 } ec_rcluster_opts;
 
 /** Counters since open; never reset. */
@@ -161,6 +176,26 @@ int ec_rcluster_parse_seeds(const char *spec, ec_rcluster_addr *out, size_t cap,
  *         (a seed answered with something that is not a valid slot map).
  */
 int ec_rcluster_open(const char *url_or_seeds, const ec_rcluster_opts *o, ec_rcluster **out);
+
+/**
+ * Read credentials from a file: its first line is "PASSWORD" or "USER
+ * PASSWORD" (no spaces inside either; a trailing CR is ignored). The file
+ * must be a regular file of at most 4 KiB, owned by this process's user or
+ * root, and neither readable nor writable by group or others.
+ *
+ * @return 0, or EC_EINVAL (not that form: the message says what is wrong,
+ *         never the password), EC_EPERM (mode or owner), EC_EIO.
+ */
+int ec_rcluster_auth_load(const char *path, ec_rcluster_auth *out);
+
+/**
+ * The credentials of every later ec_rcluster_open of exactly this url (the
+ * daemon's --remote and --remote-auth-file) whose opts carry none. Another
+ * url gets none: a client that names another cluster to publish to or pull
+ * from cannot have the daemon's password sent there. Call it once, before
+ * any thread opens a handle; NULL clears them.
+ */
+void ec_rcluster_set_default_auth(const char *url, const ec_rcluster_auth *a);
 
 /** Close every connection and free the handle. NULL is a no-op. */
 void ec_rcluster_close(ec_rcluster *c);

@@ -39,7 +39,7 @@ struct addrinfo;
 
 enum { RC_GET = 1, RC_SET, RC_DEL };
 enum { OP_READY, OP_INFLIGHT, OP_WAIT, OP_DONE };
-enum { TAG_MAIN = 0, TAG_ASKING = 1, TAG_SYNC = 2 };
+enum { TAG_MAIN = 0, TAG_ASKING = 1, TAG_SYNC = 2, TAG_AUTH = 3 };
 typedef enum { NODE_IDLE, NODE_CONNECTING, NODE_UP } rc_state;
 
 /* A piece of a node's send queue: bytes of nd->hdr at off, or caller bytes. */
@@ -76,6 +76,7 @@ typedef struct rc_node {
     char *bulk_dst;            /* the value's bytes go here: bulk or the caller's */
     char crlf[2];
     bool bulk_on;
+    bool auth_queued;  /* this connection's AUTH is queued (or answered) */
     char refused[128]; /* why the parser refused the reply under way */
     char err[EC_RCLUSTER_HOST_MAX + 256]; /* the last failure */
     int err_code;                         /* and its EC_E* code */

@@ -265,6 +265,10 @@ static int rc_parse_slots(ec_rcluster *c, const rc_node *from, const redisReply 
         map[s] = RC_NONE;
     if (rc_is(r, REDIS_REPLY_ERROR)) {
         char pbuf[96];
+        if (r->len >= 6 && memcmp(r->str, "NOAUTH", 6) == 0)
+            return ec_seterr(EC_EPERM, "CLUSTER SLOTS refused: '%s': the cluster wants a "
+                             "password (--remote-auth-file)",
+                             ec_printable(r->str, r->len, pbuf, sizeof(pbuf)));
         return ec_seterr(EC_EPROTO, "CLUSTER SLOTS refused: '%s' (is cluster-enabled on?)",
                          ec_printable(r->str, r->len, pbuf, sizeof(pbuf)));
     }
@@ -316,7 +320,7 @@ int rc_refresh(ec_rcluster *c, bool force, uint64_t deadline)
     uint16_t *map = NULL;
     rc_node **cand = NULL;
     size_t ncand = 0, ntried = 0;
-    bool garbage = false;
+    bool garbage = false, denied = false;
     char errs[EC_ERRMSG_MAX] = "";
     size_t elen = 0;
     int rc = EC_ECONN;
@@ -380,6 +384,7 @@ int rc_refresh(ec_rcluster *c, bool force, uint64_t deadline)
             rc_node_fail(c, nd, rc, "%s", ec_last_error()); /* don't trust its stream */
         }
         garbage |= rc == EC_EPROTO || rc == EC_ETOOBIG;
+        denied |= rc == EC_EPERM;
         if (elen < sizeof(errs) - 1) {
             n = snprintf(errs + elen, sizeof(errs) - elen, "%s%s", elen ? "; " : "",
                          nd->err[0] ? nd->err : ec_last_error());
@@ -390,8 +395,9 @@ int rc_refresh(ec_rcluster *c, bool force, uint64_t deadline)
             break;
     }
     c->st.refresh_failures++;
-    /* A node that answered nonsense says more than one that did not answer. */
-    rc = ec_seterr(garbage ? EC_EPROTO : rc == EC_ENOMEM ? rc : EC_ECONN,
+    /* A node that refused our credentials, or answered nonsense, says more
+     * than one that did not answer. */
+    rc = ec_seterr(denied ? EC_EPERM : garbage ? EC_EPROTO : rc == EC_ENOMEM ? rc : EC_ECONN,
                    "no node of the cluster answered CLUSTER SLOTS with a valid map (%zu tried): "
                    "%s", ntried, errs[0] ? errs : "no node or seed to ask");
 out:

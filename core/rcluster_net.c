@@ -208,6 +208,7 @@ static void rc_node_reset(rc_node *nd)
     nd->reply_objs = 0;
     nd->bulk_on = false;
     nd->bulk_want = nd->bulk_got = 0;
+    nd->auth_queued = false;
     nd->refused[0] = '\0';
     nd->ai_next = nd->ai;
 }
@@ -344,6 +345,19 @@ int rc_queue(ec_rcluster *c, rc_node *nd, int argc, const rc_arg *argv, uint32_t
     char num[32];
     int len, rc;
 
+    /* A connection's first command is AUTH, when there is a password (the
+     * queue of a node is empty until its connection's first command). */
+    if ((entry & 3) != TAG_AUTH && !nd->auth_queued && c->o.auth.password[0]) {
+        const ec_rcluster_auth *a = &c->o.auth;
+        rc_arg av[3] = {{"AUTH", 4}};
+        int ac = 1;
+        if (a->user[0])
+            av[ac++] = (rc_arg){a->user, strlen(a->user)};
+        av[ac++] = (rc_arg){a->password, strlen(a->password)};
+        if ((rc = rc_queue(c, nd, ac, av, TAG_AUTH)) != 0)
+            return rc;
+        nd->auth_queued = true;
+    }
     if (nd->pend_n == nd->pend_cap) {
         size_t cap = nd->pend_cap ? nd->pend_cap * 2 : 64;
         uint32_t *np = realloc(nd->pend, cap * sizeof(*np));

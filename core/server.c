@@ -48,6 +48,7 @@
 #include "core/keeper.h"
 #include "core/notify.h"
 #include "core/proto.h"
+#include "core/rcluster.h"
 
 #include "core/server_impl.h"
 
@@ -1224,6 +1225,19 @@ int ec_server_run(const ec_server_config *cfg)
 
     if (!s)
         return ec_seterr(EC_ENOMEM, "server");
+    if (cfg->remote_auth_file[0]) {
+        /* Before anything opens the cluster: every handle takes them. */
+        ec_rcluster_auth a;
+        if ((rc = ec_rcluster_auth_load(cfg->remote_auth_file, &a)) < 0) {
+            free(s);
+            return rc;
+        }
+        ec_rcluster_set_default_auth(cfg->remote, &a);
+        explicit_bzero(&a, sizeof(a));
+        if (!cfg->remote[0])
+            ec_warn("remote-auth-file %s is not used: no remote cluster is configured "
+                    "(--remote)", cfg->remote_auth_file);
+    }
     s->live = *cfg;
     s->cfg = &s->live;
     s->conf.last_ok = !cfg->reload_failed;

@@ -53,6 +53,8 @@ typedef struct ec_server_config {
     unsigned metrics_port;                 /* its port; 0: no metrics endpoint */
     char remote[1024];                     /* --remote: the Redis Cluster of the remote
                                             * tier, checked seeds; "": none */
+    char remote_auth_file[1024];           /* --remote-auth-file: its credentials
+                                            * (checked); "": none */
     unsigned remote_threads;               /* its reader threads; 0: 4 */
     bool remote_no_keep;                   /* remote-keep false: what is read from it is
                                             * not written into the partition files */

@@ -28,7 +28,9 @@
 #
 # Environment: REDIS_SERVER, REDIS_CLI (programs), EC_RC_NODE_TIMEOUT
 # (cluster-node-timeout in ms, default 1000: a failover takes a few seconds),
-# EC_RC_WAIT_S, EC_RC_NETNS (below). Slots of a failed master are not served
+# EC_RC_WAIT_S, EC_RC_PASS (a password every node requires, requirepass and
+# masterauth; this script's redis-cli calls give it through REDISCLI_AUTH),
+# EC_RC_NETNS (below). Slots of a failed master are not served
 # until its replica takes over, but the others keep serving
 # (cluster-require-full-coverage no).
 #
@@ -46,6 +48,9 @@ server=${REDIS_SERVER:-redis-server}
 cli=${REDIS_CLI:-redis-cli}
 node_timeout=${EC_RC_NODE_TIMEOUT:-1000}
 wait_s=${EC_RC_WAIT_S:-60}
+pass=${EC_RC_PASS:-}
+case "$pass" in *[!A-Za-z0-9_.-]*) echo "cluster.sh: EC_RC_PASS: letters, digits, '_.-' only" >&2; exit 2;; esac
+[ -n "$pass" ] && export REDISCLI_AUTH=$pass
 
 die() { echo "cluster.sh: $*" >&2; exit 1; }
 
@@ -187,6 +192,7 @@ cluster-replica-validity-factor 0
 appendonly no
 save ""
 EOF
+    [ -n "$pass" ] && printf 'requirepass %s\nmasterauth %s\n' "$pass" "$pass" >> "$dir/redis-$port.conf"
     if ! on_addr "$addr" "$server" "$dir/redis-$port.conf"; then
       stop_cluster "$dir"
       die "redis-server on $addr:$port did not start (see $dir/redis-$port.log)"

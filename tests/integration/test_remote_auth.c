@@ -1,0 +1,287 @@
+/*
+ * test_remote_auth.c - a Redis Cluster that wants a password (requirepass
+ * and masterauth on every node: tests/redis/cluster.sh with EC_RC_PASS) and
+ * the remote tier's credentials (core/rcluster.c, --remote-auth-file).
+ *
+ *  - ec_rcluster_auth_load refuses a file others may read, one owned by
+ *    someone else, a symlink, an empty or a three-word line, and never
+ *    quotes the password in its messages; it takes "PASSWORD" and
+ *    "USER PASSWORD" lines (CRLF too).
+ *  - The cluster client: no password is EC_EPERM naming NOAUTH and
+ *    --remote-auth-file; a wrong one EC_EPERM "refused our credentials",
+ *    without the password in the message; the right one (alone, or with
+ *    the user "default") reads and writes, and again after every
+ *    connection was killed (AUTH on each new connection).
+ *  - Daemons: A (--remote, --remote-auth-file) imports and publishes; B
+ *    (the same, keeping nothing) pulls lazily and serves every row byte for
+ *    byte from the cluster; C (--remote, no credentials) is refused with a
+ *    message naming --remote-auth-file; a publish to the same cluster
+ *    spelled another way gets no credentials from A (refused, NOAUTH); and
+ *    `embcached --remote-auth-file F --check` refuses a mode-644 file.
+ *
+ * Every process is stopped by its pid. Exits 77 only when redis-server or
+ * redis-cli is not installed.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "common/err.h"
+#include "core/rcluster.h"
+#include "itest.h"
+#include "testutil.h"
+
+#define NODES 6
+#define PASS "rc-auth-pw-7"
+
+static char *dir;
+static char *cl_dir;
+static ect_cluster cl = {.pipe = -1};
+static char url[128], url_other[128], authf[600];
+
+static void write_file(const char *path, const char *text, mode_t mode)
+{
+    int fd;
+
+    unlink(path);
+    fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    assert_true(fd >= 0);
+    assert_int_equal(write(fd, text, strlen(text)), (ssize_t)strlen(text));
+    assert_int_equal(fchmod(fd, mode), 0);
+    close(fd);
+}
+
+static int group_setup(void **state)
+{
+    char cdir[700];
+    int rc;
+
+    (void)state;
+    dir = ect_tmpdir("ec-rauth");
+    snprintf(cdir, sizeof(cdir), "%s/cluster", dir);
+    cl_dir = strdup(cdir);
+    cl.script = EC_TEST_CLUSTER_SH;
+    cl.dir = cl_dir;
+    setenv("EC_RC_PASS", PASS, 1);
+    rc = ect_cluster_start(&cl, NODES);
+    if (rc < 0)
+        return -1;
+    snprintf(url, sizeof(url), "redis-cluster://127.0.0.1:%d,127.0.0.1:%d", cl.base,
+             cl.base + 1);
+    snprintf(url_other, sizeof(url_other), "redis-cluster://127.0.0.1:%d,127.0.0.1:%d",
+             cl.base + 1, cl.base);
+    snprintf(authf, sizeof(authf), "%s/redis.auth", dir);
+    return 0;
+}
+
+static int group_teardown(void **state)
+{
+    (void)state;
+    ect_cluster_stop(&cl); /* the watchdog's environment still has EC_RC_PASS */
+    unsetenv("EC_RC_PASS");
+    if (dir)
+        ect_rmtree(dir);
+    free(dir);
+    free(cl_dir);
+    return 0;
+}
+
+static void expect_fail(int rc, int want, const char *needle)
+{
+    if (rc != want || (needle && !strstr(ec_last_error(), needle)))
+        fail_msg("expected %s with \"%s\", got %s: %s", ec_strerror(want),
+                 needle ? needle : "", ec_strerror(rc), ec_last_error());
+}
+
+/* ------------------------------------------------------------------ */
+
+static void test_auth_file_checks(void **state)
+{
+    char path[700], link[700];
+    ec_rcluster_auth a;
+
+    (void)state;
+    snprintf(path, sizeof(path), "%s/f.auth", dir);
+    write_file(path, "hunter2-secret\n", 0600);
+    assert_int_equal(ec_rcluster_auth_load(path, &a), 0);
+    assert_string_equal(a.user, "");
+    assert_string_equal(a.password, "hunter2-secret");
+    write_file(path, "svc hunter2-secret\r\nignored line\n", 0400);
+    assert_int_equal(ec_rcluster_auth_load(path, &a), 0);
+    assert_string_equal(a.user, "svc");
+    assert_string_equal(a.password, "hunter2-secret");
+
+    write_file(path, "hunter2-secret\n", 0644);
+    expect_fail(ec_rcluster_auth_load(path, &a), EC_EPERM, "chmod 600");
+    assert_null(strstr(ec_last_error(), "hunter2"));
+    write_file(path, "hunter2-secret\n", 0620);
+    expect_fail(ec_rcluster_auth_load(path, &a), EC_EPERM, "mode 0620");
+    write_file(path, "\n", 0600);
+    expect_fail(ec_rcluster_auth_load(path, &a), EC_EINVAL, "nothing");
+    write_file(path, "a hunter2-secret c\n", 0600);
+    expect_fail(ec_rcluster_auth_load(path, &a), EC_EINVAL, "more than two words");
+    assert_null(strstr(ec_last_error(), "hunter2"));
+    if (geteuid() == 0) { /* another owner: only root can make one */
+        write_file(path, "hunter2-secret\n", 0600);
+        assert_int_equal(chown(path, 12345, 12345), 0);
+        expect_fail(ec_rcluster_auth_load(path, &a), EC_EPERM, "owned by uid 12345");
+    }
+    snprintf(link, sizeof(link), "%s/l.auth", dir);
+    write_file(path, "hunter2-secret\n", 0600);
+    assert_int_equal(symlink(path, link), 0);
+    assert_true(ec_rcluster_auth_load(link, &a) < 0); /* O_NOFOLLOW */
+    expect_fail(ec_rcluster_auth_load(dir, &a), EC_EINVAL, "not a regular file");
+}
+
+/* GET key k of c: its value, or fail. */
+static void get_is(ec_rcluster *c, const char *key, const char *want)
+{
+    void *v = NULL;
+    size_t vl = 0;
+
+    if (ec_rcluster_get(c, key, strlen(key), &v, &vl) != 0)
+        fail_msg("GET %s: %s", key, ec_last_error());
+    assert_int_equal(vl, strlen(want));
+    assert_memory_equal(v, want, vl);
+    free(v);
+}
+
+static void test_client_auth(void **state)
+{
+    ec_rcluster_opts o = {.op_timeout_ms = 3000};
+    ec_rcluster_stats st0, st1;
+    ec_rcluster *c = NULL;
+    char key[32], val[32];
+
+    (void)state;
+    /* No password: the cluster's NOAUTH, and what to do. */
+    expect_fail(ec_rcluster_open(url, &o, &c), EC_EPERM, "NOAUTH");
+    assert_non_null(strstr(ec_last_error(), "--remote-auth-file"));
+    /* A wrong one: refused, and not quoted back. */
+    snprintf(o.auth.password, sizeof(o.auth.password), "not-the-pw-41");
+    expect_fail(ec_rcluster_open(url, &o, &c), EC_EPERM, "refused our credentials");
+    assert_null(strstr(ec_last_error(), "not-the-pw-41"));
+    /* The user "default" with the password, then the password alone. */
+    snprintf(o.auth.user, sizeof(o.auth.user), "default");
+    snprintf(o.auth.password, sizeof(o.auth.password), PASS);
+    if (ec_rcluster_open(url, &o, &c) != 0)
+        fail_msg("open with user and password: %s", ec_last_error());
+    assert_int_equal(ec_rcluster_set(c, "auth:u", 6, "1", 1, NULL), 0);
+    get_is(c, "auth:u", "1");
+    ec_rcluster_close(c);
+    o.auth.user[0] = '\0';
+    if (ec_rcluster_open(url, &o, &c) != 0)
+        fail_msg("open with the password: %s", ec_last_error());
+    for (int i = 0; i < 100; i++) {
+        snprintf(key, sizeof(key), "auth:%d", i);
+        snprintf(val, sizeof(val), "v%d", i);
+        assert_int_equal(ec_rcluster_set(c, key, strlen(key), val, strlen(val), NULL), 0);
+    }
+    ec_rcluster_stats_get(c, &st0);
+    /* Every connection killed: the next ones start with AUTH again. */
+    for (int i = 0; i < NODES; i++) {
+        char port[16];
+        const char *argv[] = {"/usr/bin/env", "redis-cli", "-p", port, "client", "kill",
+                              "type", "normal", NULL};
+        snprintf(port, sizeof(port), "%d", cl.base + i);
+        setenv("REDISCLI_AUTH", PASS, 1);
+        assert_int_equal(ect_run(argv, NULL, NULL, NULL), 0);
+        unsetenv("REDISCLI_AUTH");
+    }
+    for (int i = 0; i < 100; i++) {
+        snprintf(key, sizeof(key), "auth:%d", i);
+        snprintf(val, sizeof(val), "v%d", i);
+        get_is(c, key, val);
+    }
+    ec_rcluster_stats_get(c, &st1);
+    assert_true(st1.connects > st0.connects);
+    assert_int_equal(st1.errors, 0);
+    ec_rcluster_close(c);
+}
+
+static void test_daemons_with_credentials(void **state)
+{
+    const char *with[] = {"--remote", url, "--remote-auth-file", authf, NULL};
+    const char *nokeep[] = {"--remote", url, "--remote-auth-file", authf, "--remote-keep",
+                            "false", NULL};
+    const char *without[] = {"--remote", url, NULL};
+    char bdata[700], bsock[700], cdata[700], csock[700];
+    ec_client *a, *b = NULL, *cc = NULL;
+    ec_publish_result r;
+    struct table tb;
+    ec_tensor *t;
+    pid_t bp, cp;
+
+    (void)state;
+    write_file(authf, PASS "\n", 0600);
+    env_start("ec-rauth-d", with);
+    a = connect_ok();
+    table_make(&tb, "src/emb.npy", 2048, 32, 77);
+    import_npy(a, "m", 1, tb.path, 64u << 10);
+    if (ec_model_publish(a, "m", "1", NULL, &r) != 0)
+        fail_msg("publish through A's own cluster: %s", ec_last_error());
+    /* The same cluster spelled another way is another cluster to A: its
+     * password is not sent there. */
+    expect_fail(ec_model_publish(a, "m", "1", url_other, &r), EC_EPERM, "NOAUTH");
+
+    snprintf(bdata, sizeof(bdata), "%s/b-data", E.dir);
+    snprintf(bsock, sizeof(bsock), "%s/b.sock", E.dir);
+    bp = ect_daemon_start(bdata, bsock, nokeep);
+    assert_true(bp > 0);
+    assert_int_equal(ec_client_connect(bsock, &b), 0);
+    if (ec_model_pull_flags(b, "m", "1", NULL, EC_PULL_LAZY, NULL) != 0)
+        fail_msg("lazy pull on B: %s", ec_last_error());
+    t = resolve_ok(b, "m", "1", "emb");
+    gather_all_ok(t, &tb);
+    ec_tensor_release(t);
+    assert_true(stat_of(b, "remote_bytes") >= 2048u * 128u);
+    assert_int_equal(stat_of(b, "remote_errors"), 0);
+
+    snprintf(cdata, sizeof(cdata), "%s/c-data", E.dir);
+    snprintf(csock, sizeof(csock), "%s/c.sock", E.dir);
+    cp = ect_daemon_start(cdata, csock, without);
+    assert_true(cp > 0);
+    assert_int_equal(ec_client_connect(csock, &cc), 0);
+    expect_fail(ec_model_pull_flags(cc, "m", "1", NULL, EC_PULL_LAZY, NULL), EC_EPERM,
+                "--remote-auth-file");
+
+    /* A file others may read: the daemon does not start with it. */
+    {
+        char *out = NULL, *err = NULL;
+        const char *argv[] = {EC_TEST_EMBCACHED, "--remote-auth-file", authf, "--check", NULL};
+        write_file(authf, PASS "\n", 0644);
+        assert_true(ect_run(argv, &out, NULL, &err) != 0);
+        if (!err || !strstr(err, "chmod 600"))
+            fail_msg("embcached --check with a mode-644 credentials file said: %s %s",
+                     out ? out : "", err ? err : "");
+        assert_null(strstr(err, PASS));
+        free(out);
+        free(err);
+    }
+    ec_client_close(b);
+    ec_client_close(cc);
+    assert_int_equal(ect_daemon_stop(bp), 0);
+    assert_int_equal(ect_daemon_stop(cp), 0);
+    ec_client_close(a);
+    table_free(&tb);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_auth_file_checks),
+        cmocka_unit_test(test_client_auth),
+        cmocka_unit_test_teardown(test_daemons_with_credentials, env_teardown),
+    };
+
+    if (!ect_redis_installed()) {
+        fprintf(stderr, "test_remote_auth: redis-server or redis-cli is not installed; "
+                        "skipped\n");
+        return 77;
+    }
+    return cmocka_run_group_tests_name("remote_auth", tests, group_setup, group_teardown);
+}
