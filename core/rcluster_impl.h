@@ -35,6 +35,7 @@ struct addrinfo;
 #define RC_SYNC_MAX 4
 #define RC_REPLY_DELIVERED 100          /* type of the sentinel below */
 #define RC_DIRECT_MIN (64u << 10)       /* GET values this long skip the parser */
+#define RC_LOWAT (256u << 10)            /* SO_RCVLOWAT while a long value arrives */
 #define RC_DIRECT_KEEP (16u << 20)      /* direct buffer kept between values */
 
 enum { RC_GET = 1, RC_SET, RC_DEL };
@@ -77,6 +78,7 @@ typedef struct rc_node {
     char crlf[2];
     bool bulk_on;
     bool auth_queued;  /* this connection's AUTH is queued (or answered) */
+    unsigned lowat;    /* the socket's SO_RCVLOWAT; 0 or 1: the default */
     char refused[128]; /* why the parser refused the reply under way */
     char err[EC_RCLUSTER_HOST_MAX + 256]; /* the last failure */
     int err_code;                         /* and its EC_E* code */
