@@ -1,0 +1,9 @@
+set terminal png size 900,560
+set output 'bench/results/2026-12-05-vm/plots/cdf-rowmiss-b8-uniform-c4-qd32.png'
+set title 'latency CDF: rowmiss, f32 x 128, batch 8, uniform ids, 4 client(s)'
+set logscale x
+set xlabel 'latency per call (us)'
+set ylabel 'fraction of calls'
+set key bottom right
+set grid
+plot 'bench/results/2026-12-05-vm/plots/cdf-rowmiss-b8-uniform-c4-qd32-embcache.dat' using 1:2 with lines lw 2 title 'embcache'
