@@ -107,6 +107,11 @@ grep -qx 'data-dir = /var/lib/embcache' "$conf" || fail "the example configurati
 # The daemon's own parser takes the example as it is, and with every commented-out
 # key switched on (a misspelt key or value there would be copied by its readers).
 sed -E 's/^#([a-z-]+ = .*)$/\1/' "$conf" >"$tmp/all-keys.conf"
+# The credentials file the example names must exist, mode 600: one of ours.
+(umask 077 && printf 'example-password\n' >"$tmp/redis-cluster.auth")
+sed -i "s|^remote-auth-file = .*|remote-auth-file = $tmp/redis-cluster.auth|" "$tmp/all-keys.conf"
+grep -q "^remote-auth-file = $tmp/" "$tmp/all-keys.conf" ||
+    fail "the example configuration shows no remote-auth-file key"
 for c in "$conf" "$tmp/all-keys.conf"; do
     out=$("$root/usr/bin/embcached" --config "$c" --check 2>&1)
     grep -q '^ok  *config ' <<<"$out" ||
