@@ -643,6 +643,21 @@ int ect_cluster_start(ect_cluster *c, int nodes)
     return 0;
 }
 
+int ect_cluster_start_in(ect_cluster *c, const char *script, const char *parent, int nodes,
+                         int seeds, char *url, size_t cap)
+{
+    snprintf(c->dir_buf, sizeof(c->dir_buf), "%s/cluster", parent);
+    c->dir = c->dir_buf;
+    c->script = script;
+    if (ect_cluster_start(c, nodes) < 0)
+        return -1;
+    if (seeds > 1)
+        snprintf(url, cap, "redis-cluster://127.0.0.1:%d,127.0.0.1:%d", c->base, c->base + 1);
+    else
+        snprintf(url, cap, "redis-cluster://127.0.0.1:%d", c->base);
+    return 0;
+}
+
 void ect_cluster_stop(ect_cluster *c)
 {
     if (c->base)

@@ -132,6 +132,7 @@ typedef struct ect_cluster {
     int base;           /* first node's port once started (bus ports +10000); 0: none */
     int pipe;           /* our end of the watchdog's pipe; -1: none */
     pid_t watchdog;
+    char dir_buf[600];  /* dir, when ect_cluster_start_in chose it */
 } ect_cluster;
 
 /* Run `cluster.sh CMD DIR [ARG2]`, its output in *out (malloc'd; NULL: dropped, and
@@ -142,6 +143,10 @@ int ect_cluster_sh(const ect_cluster *c, const char *cmd, const char *arg2, char
  * child stops the cluster when this process ends, however it ends. 0, or -1 having
  * said why. */
 int ect_cluster_start(ect_cluster *c, int nodes);
+/* ect_cluster_start with script, in parent/cluster, and url (cap bytes) set to
+ * "redis-cluster://" and the first `seeds` nodes (1 or 2). 0, or -1. */
+int ect_cluster_start_in(ect_cluster *c, const char *script, const char *parent, int nodes,
+                         int seeds, char *url, size_t cap);
 /* Stop it (when started) and its watchdog. */
 void ect_cluster_stop(ect_cluster *c);
 

@@ -39,7 +39,6 @@
 uint64_t ec_checksum(const void *buf, size_t len); /* core/partfile.c: XXH3-64 */
 
 static char *dir;          /* everything of this test */
-static char *cl_dir;       /* the cluster's directory (inside dir) */
 static int cl_base;
 static ect_cluster cl = {.pipe = -1}; /* the cluster (tests/testutil.h) */
 static bool cl_running;
@@ -87,21 +86,13 @@ static void daemon_down(struct daemon *d)
 
 static int group_setup(void **state)
 {
-    char cdir[700];
-
     (void)state;
     rng ^= (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 20);
     dir = ect_tmpdir("ec-publish");
-    snprintf(cdir, sizeof(cdir), "%s/cluster", dir);
-    cl_dir = strdup(cdir);
-    cl.script = EC_TEST_CLUSTER_SH;
-    cl.dir = cl_dir;
-    if (ect_cluster_start(&cl, NODES) < 0)
+    if (ect_cluster_start_in(&cl, EC_TEST_CLUSTER_SH, dir, NODES, 2, url, sizeof(url)) < 0)
         return -1;
     cl_base = cl.base;
     cl_running = true;
-    snprintf(url, sizeof(url), "redis-cluster://127.0.0.1:%d,127.0.0.1:%d", cl_base,
-             cl_base + 1);
     daemon_up(&A, "a");
     daemon_up(&B, "b");
     daemon_up(&C, "c");
@@ -120,7 +111,6 @@ static int group_teardown(void **state)
     if (dir)
         ect_rmtree(dir);
     free(dir);
-    free(cl_dir);
     return 0;
 }
 

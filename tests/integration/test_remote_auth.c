@@ -39,7 +39,6 @@
 #define PASS "rc-auth-pw-7"
 
 static char *dir;
-static char *cl_dir;
 static ect_cluster cl = {.pipe = -1};
 static char url[128], url_other[128], authf[600];
 
@@ -57,21 +56,14 @@ static void write_file(const char *path, const char *text, mode_t mode)
 
 static int group_setup(void **state)
 {
-    char cdir[700];
     int rc;
 
     (void)state;
     dir = ect_tmpdir("ec-rauth");
-    snprintf(cdir, sizeof(cdir), "%s/cluster", dir);
-    cl_dir = strdup(cdir);
-    cl.script = EC_TEST_CLUSTER_SH;
-    cl.dir = cl_dir;
     setenv("EC_RC_PASS", PASS, 1);
-    rc = ect_cluster_start(&cl, NODES);
+    rc = ect_cluster_start_in(&cl, EC_TEST_CLUSTER_SH, dir, NODES, 2, url, sizeof(url));
     if (rc < 0)
         return -1;
-    snprintf(url, sizeof(url), "redis-cluster://127.0.0.1:%d,127.0.0.1:%d", cl.base,
-             cl.base + 1);
     snprintf(url_other, sizeof(url_other), "redis-cluster://127.0.0.1:%d,127.0.0.1:%d",
              cl.base + 1, cl.base);
     snprintf(authf, sizeof(authf), "%s/redis.auth", dir);
@@ -86,7 +78,6 @@ static int group_teardown(void **state)
     if (dir)
         ect_rmtree(dir);
     free(dir);
-    free(cl_dir);
     return 0;
 }
 

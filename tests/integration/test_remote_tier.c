@@ -41,7 +41,6 @@
 #define NODES 6
 
 static char *dir;
-static char *cl_dir;
 static ect_cluster cl = {.pipe = -1};
 static bool cl_running;
 static char url[128];
@@ -86,21 +85,14 @@ static void daemon_down(struct daemon *d)
 
 static int group_setup(void **state)
 {
-    char cdir[700];
     const char *remote[] = {"--remote", url, NULL};
     const char *nokeep[] = {"--remote", url, "--remote-keep", "false", NULL};
 
     (void)state;
     dir = ect_tmpdir("ec-remote");
-    snprintf(cdir, sizeof(cdir), "%s/cluster", dir);
-    cl_dir = strdup(cdir);
-    cl.script = EC_TEST_CLUSTER_SH;
-    cl.dir = cl_dir;
-    if (ect_cluster_start(&cl, NODES) < 0)
+    if (ect_cluster_start_in(&cl, EC_TEST_CLUSTER_SH, dir, NODES, 2, url, sizeof(url)) < 0)
         return -1;
     cl_running = true;
-    snprintf(url, sizeof(url), "redis-cluster://127.0.0.1:%d,127.0.0.1:%d", cl.base,
-             cl.base + 1);
     daemon_up(&A, "a", NULL);
     daemon_up(&B, "b", remote);
     daemon_up(&K, "k", nokeep);
@@ -121,7 +113,6 @@ static int group_teardown(void **state)
     if (dir)
         ect_rmtree(dir);
     free(dir);
-    free(cl_dir);
     return 0;
 }
 

@@ -48,7 +48,7 @@
 
 uint64_t ec_checksum(const void *buf, size_t len); /* core/partfile.c: XXH3-64 */
 
-static char *dir, *cl_dir;
+static char *dir;
 static ect_cluster cl = {.pipe = -1};
 static bool cl_running;
 static char url[128];
@@ -131,19 +131,11 @@ static int open_ns(const char *sock, ec_client **c, ec_results **r)
 
 static int group_setup(void **state)
 {
-    char cdir[700];
-
     (void)state;
     dir = ect_tmpdir("ec-rremote");
-    snprintf(cdir, sizeof(cdir), "%s/cluster", dir);
-    cl_dir = strdup(cdir);
-    cl.script = EC_TEST_CLUSTER_SH;
-    cl.dir = cl_dir;
-    if (ect_cluster_start(&cl, NODES) < 0)
+    if (ect_cluster_start_in(&cl, EC_TEST_CLUSTER_SH, dir, NODES, 2, url, sizeof(url)) < 0)
         return -1;
     cl_running = true;
-    snprintf(url, sizeof(url), "redis-cluster://127.0.0.1:%d,127.0.0.1:%d", cl.base,
-             cl.base + 1);
     S = mmap(NULL, sizeof(*S), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
     if (S == MAP_FAILED)
         return -1;
@@ -163,7 +155,6 @@ static int group_teardown(void **state)
     if (dir)
         ect_rmtree(dir);
     free(dir);
-    free(cl_dir);
     return 0;
 }
 

@@ -25,7 +25,7 @@
 #include "testutil.h"
 
 static ect_cluster cl;
-static char *dir, *cl_dir;
+static char *dir;
 static char url[128];
 
 struct tjob {
@@ -191,17 +191,10 @@ static void test_bad_url(void **state)
 
 static int group_setup(void **state)
 {
-    char cdir[700];
-
     (void)state;
     dir = ect_tmpdir("ec-rpool");
-    snprintf(cdir, sizeof(cdir), "%s/cluster", dir);
-    cl_dir = strdup(cdir);
-    cl.script = EC_TEST_CLUSTER_SH;
-    cl.dir = cl_dir;
-    if (ect_cluster_start(&cl, 3) < 0)
+    if (ect_cluster_start_in(&cl, EC_TEST_CLUSTER_SH, dir, 3, 1, url, sizeof(url)) < 0)
         return -1;
-    snprintf(url, sizeof(url), "redis-cluster://127.0.0.1:%d", cl.base);
     return 0;
 }
 
@@ -212,7 +205,6 @@ static int group_teardown(void **state)
     if (dir)
         ect_rmtree(dir);
     free(dir);
-    free(cl_dir);
     return 0;
 }
 
