@@ -883,12 +883,15 @@ static void into_fn(void *arg, size_t i, int status, const void *val, size_t len
     }
 }
 
+/* Short timeouts and few attempts, for the fake server's bad replies. */
+static const ec_rcluster_opts bad_reply_opts = {.op_timeout_ms = 1500, .io_timeout_ms = 300,
+                                                .max_attempts = 3, .max_value_bytes = MIB};
+
 /* The bad replies of test_fake_bad_replies again, read into a place of the
  * caller's own: the same refusals, whatever was read ahead of the value. */
 static void test_fake_bad_replies_into(void **state)
 {
-    ec_rcluster_opts o = {.op_timeout_ms = 1500, .io_timeout_ms = 300, .max_attempts = 3,
-                          .max_value_bytes = MIB};
+    ec_rcluster_opts o = bad_reply_opts;
     unsigned gets;
     uint64_t ms;
     (void)state;
@@ -911,8 +914,7 @@ static void test_fake_bad_replies_into(void **state)
 
 static void test_fake_bad_replies(void **state)
 {
-    ec_rcluster_opts o = {.op_timeout_ms = 1500, .io_timeout_ms = 300, .max_attempts = 3,
-                          .max_value_bytes = MIB};
+    ec_rcluster_opts o = bad_reply_opts;
     unsigned gets;
     uint64_t ms;
     (void)state;
