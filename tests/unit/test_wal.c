@@ -238,7 +238,8 @@ static void snap_same(const char *dir, const struct snap *s)
 
 static void path_of(const char *dir, const char *name, char *out, size_t len)
 {
-    snprintf(out, len, "%s/%s", dir, name);
+    if ((size_t)snprintf(out, len, "%s/%s", dir, name) >= len)
+        fail_msg("path %s/%s is longer than %zu bytes", dir, name, len);
 }
 
 /* Offsets of the records of a file (walking the payload sizes). */
