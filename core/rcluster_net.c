@@ -18,6 +18,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
 #include <unistd.h>
@@ -843,6 +844,7 @@ void rc_pump(ec_rcluster *c, uint64_t deadline)
         }
         for (size_t i = 0; i < c->nnodes; i++) {
             rc_node *nd = c->nodes[i];
+            int unread = 0;
             short ev;
             if (!rc_node_busy(nd))
                 continue;
@@ -850,6 +852,13 @@ void rc_pump(ec_rcluster *c, uint64_t deadline)
                 rc_node_connect(c, nd, now);
             if (nd->state == NODE_IDLE)
                 continue;
+            if (now >= nd->io_deadline && nd->state == NODE_UP && nd->lowat > 1 &&
+                ioctl(nd->fd, FIONREAD, &unread) == 0 && unread > 0) {
+                /* Bytes arrive, more slowly than SO_RCVLOWAT waits for: that
+                 * is progress, not silence. Wake for every byte from now. */
+                rc_lowat(nd, 1);
+                nd->io_deadline = now + (uint64_t)c->o.io_timeout_ms * 1000000ull;
+            }
             if (now >= nd->io_deadline) {
                 if (nd->state == NODE_CONNECTING) {
                     c->st.connect_failures++;

@@ -567,6 +567,7 @@ enum fake_mode {
     FAKE_MAP_NOCRLF,   /* a valid map to itself; GET -> a 100000-byte value, in two
                         * sends, ending in "ZZ" instead of CRLF */
     FAKE_MAP_LONGOK,   /* the same value ending in CRLF */
+    FAKE_MAP_TRICKLE,  /* the same value in 4 KiB pieces 25 ms apart (600 ms) */
 };
 
 typedef struct fake {
@@ -651,6 +652,21 @@ static void fake_answer(fake *f, int fd, const char *cmd)
             usleep(20000);
             send_all(fd, val + 30000, sizeof(val) - 30000);
             send_all(fd, f->mode == FAKE_MAP_NOCRLF ? "ZZ" : "\r\n", 2);
+            return;
+        }
+        case FAKE_MAP_TRICKLE: {
+            /* Slower than io_timeout_ms for the whole value, never silent
+             * that long: a reader waiting for SO_RCVLOWAT must not call it
+             * a dead node. */
+            static char val[100000];
+            memset(val, 'v', sizeof(val));
+            send_all(fd, "$100000\r\n", 9);
+            for (size_t off = 0; off < sizeof(val) && !f->stop; off += 4096) {
+                size_t n = sizeof(val) - off < 4096 ? sizeof(val) - off : 4096;
+                send_all(fd, val + off, n);
+                usleep(25000);
+            }
+            send_all(fd, "\r\n", 2);
             return;
         }
         case FAKE_MAP_STALL:
@@ -910,6 +926,28 @@ static void test_fake_bad_replies_into(void **state)
     assert_int_equal(gets, 3);
     assert_int_equal(fake_get(FAKE_MAP_STALL, &o, &gets, &ms), EC_ETIMEOUT);
     fake_into = false;
+    /* A value that trickles in for twice io_timeout_ms, into its place: read
+     * whole, not dropped as silent. */
+    {
+        static char dest[100000];
+        const char *key = "foo";
+        size_t klen = 3, dlen = sizeof(dest);
+        void *dests[1] = {dest};
+        ec_rcluster *lc = NULL;
+        char lseeds[32];
+        fake lf;
+        fake_start(&lf, FAKE_MAP_TRICKLE);
+        snprintf(lseeds, sizeof(lseeds), "127.0.0.1:%d", lf.port);
+        assert_int_equal(ec_rcluster_open(lseeds, &o, &lc), 0);
+        memset(dest, 0, sizeof(dest));
+        if (ec_rcluster_mget_into(lc, &key, &klen, 1, dests, &dlen, ignore_fn, NULL) != 0)
+            fail_msg("a trickling value: %s", ec_last_error());
+        for (size_t k = 0; k < sizeof(dest); k++)
+            if (dest[k] != 'v')
+                fail_msg("byte %zu of the trickling value is %d", k, dest[k]);
+        ec_rcluster_close(lc);
+        fake_stop(&lf);
+    }
 }
 
 static void test_fake_bad_replies(void **state)
