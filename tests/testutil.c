@@ -543,6 +543,14 @@ bool ect_redis_installed(void)
                   "command -v redis-cli >/dev/null 2>&1") == 0;
 }
 
+uint64_t ect_now_ms(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
 bool ect_port_free(int port)
 {
     struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port),

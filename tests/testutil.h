@@ -116,6 +116,8 @@ int ect_run(const char *const *argv, char **out, size_t *out_len, char **err);
 /* Are redis-server and redis-cli on PATH (what the cluster tests need)? */
 bool ect_redis_installed(void);
 
+/* CLOCK_MONOTONIC in milliseconds. */
+uint64_t ect_now_ms(void);
 /* Can a TCP socket bind this loopback port now? */
 bool ect_port_free(int port);
 /* A random base port below the kernel's ephemeral range such that base..
