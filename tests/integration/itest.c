@@ -34,6 +34,28 @@ void env_start(const char *prefix, const char *const *extra)
     E.daemon = ect_daemon_start(E.data, E.sock, extra);
 }
 
+void itest_daemon_up(struct itest_daemon *d, const char *dir, const char *name,
+                     const char *const *extra, bool connect)
+{
+    snprintf(d->data, sizeof(d->data), "%s/%s-data", dir, name);
+    snprintf(d->sock, sizeof(d->sock), "%s/%s.sock", dir, name);
+    d->c = NULL;
+    d->pid = ect_daemon_start(d->data, d->sock, extra);
+    assert_true(d->pid > 0);
+    if (connect && ec_client_connect(d->sock, &d->c) != 0)
+        fail_msg("connect to daemon %s: %s", name, ec_last_error());
+}
+
+void itest_daemon_down(struct itest_daemon *d)
+{
+    if (d->c)
+        ec_client_close(d->c);
+    d->c = NULL;
+    if (d->pid > 0)
+        ect_daemon_stop(d->pid);
+    d->pid = 0;
+}
+
 /* Teardown of every test: kill children still running, stop the daemon,
  * remove the directory (and the segment it records). */
 int env_teardown(void **state)

@@ -12,6 +12,7 @@
 #ifndef EC_TESTS_ITEST_H
 #define EC_TESTS_ITEST_H
 
+#include <stdbool.h>
 #include <stdint.h>
 #include <sys/types.h>
 
@@ -44,8 +45,20 @@ struct statv {
     int found;
 };
 
+/* Another daemon of a test, beside E's or in a directory of the test's own. */
+struct itest_daemon {
+    char data[600], sock[600]; /* dir/NAME-data, dir/NAME.sock */
+    pid_t pid;
+    ec_client *c;              /* connected when itest_daemon_up was asked to */
+};
+
 /* Start a daemon in a new directory named after prefix, with extra options. */
 void env_start(const char *prefix, const char *const *extra);
+/* Start d (asserts it started) with extra options; connect d->c when connect. */
+void itest_daemon_up(struct itest_daemon *d, const char *dir, const char *name,
+                     const char *const *extra, bool connect);
+/* Close d's client and stop it; a daemon never started is fine. */
+void itest_daemon_down(struct itest_daemon *d);
 /* cmocka teardown: kill children, stop the daemon, remove the directory. */
 int env_teardown(void **state);
 /* fork(), remembering the child for the teardown. 0 in the child. */

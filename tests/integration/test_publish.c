@@ -44,12 +44,7 @@ static ect_cluster cl = {.pipe = -1}; /* the cluster (tests/testutil.h) */
 static bool cl_running;
 static char url[128];
 
-struct daemon {
-    char data[600], sock[600];
-    pid_t pid;
-    ec_client *c;
-};
-static struct daemon A, B, C;
+static struct itest_daemon A, B, C;
 
 static uint64_t rng = 0x9E3779B97F4A7C15ull;
 
@@ -66,24 +61,6 @@ static int cluster_sh(const char *cmd, const char *arg2)
     return ect_cluster_sh(&cl, cmd, arg2, NULL);
 }
 
-static void daemon_up(struct daemon *d, const char *name)
-{
-    snprintf(d->data, sizeof(d->data), "%s/%s-data", dir, name);
-    snprintf(d->sock, sizeof(d->sock), "%s/%s.sock", dir, name);
-    d->pid = ect_daemon_start(d->data, d->sock, NULL);
-    assert_int_equal(ec_client_connect(d->sock, &d->c), 0);
-}
-
-static void daemon_down(struct daemon *d)
-{
-    if (d->c)
-        ec_client_close(d->c);
-    d->c = NULL;
-    if (d->pid > 0)
-        ect_daemon_stop(d->pid);
-    d->pid = 0;
-}
-
 static int group_setup(void **state)
 {
     (void)state;
@@ -93,18 +70,18 @@ static int group_setup(void **state)
         return -1;
     cl_base = cl.base;
     cl_running = true;
-    daemon_up(&A, "a");
-    daemon_up(&B, "b");
-    daemon_up(&C, "c");
+    itest_daemon_up(&A, dir, "a", NULL, true);
+    itest_daemon_up(&B, dir, "b", NULL, true);
+    itest_daemon_up(&C, dir, "c", NULL, true);
     return 0;
 }
 
 static int group_teardown(void **state)
 {
     (void)state;
-    daemon_down(&A);
-    daemon_down(&B);
-    daemon_down(&C);
+    itest_daemon_down(&A);
+    itest_daemon_down(&B);
+    itest_daemon_down(&C);
     if (!cl_running)
         cl.base = 0; /* stopped by the test already */
     ect_cluster_stop(&cl);

@@ -200,12 +200,11 @@ static void test_daemons_with_credentials(void **state)
     const char *nokeep[] = {"--remote", url, "--remote-auth-file", authf, "--remote-keep",
                             "false", NULL};
     const char *without[] = {"--remote", url, NULL};
-    char bdata[700], bsock[700], cdata[700], csock[700];
-    ec_client *a, *b = NULL, *cc = NULL;
+    struct itest_daemon b, c;
+    ec_client *a;
     ec_publish_result r;
     struct table tb;
     ec_tensor *t;
-    pid_t bp, cp;
 
     (void)state;
     write_file(authf, PASS "\n", 0600);
@@ -219,25 +218,17 @@ static void test_daemons_with_credentials(void **state)
      * password is not sent there. */
     expect_fail(ec_model_publish(a, "m", "1", url_other, &r), EC_EPERM, "NOAUTH");
 
-    snprintf(bdata, sizeof(bdata), "%s/b-data", E.dir);
-    snprintf(bsock, sizeof(bsock), "%s/b.sock", E.dir);
-    bp = ect_daemon_start(bdata, bsock, nokeep);
-    assert_true(bp > 0);
-    assert_int_equal(ec_client_connect(bsock, &b), 0);
-    if (ec_model_pull_flags(b, "m", "1", NULL, EC_PULL_LAZY, NULL) != 0)
+    itest_daemon_up(&b, E.dir, "b", nokeep, true);
+    if (ec_model_pull_flags(b.c, "m", "1", NULL, EC_PULL_LAZY, NULL) != 0)
         fail_msg("lazy pull on B: %s", ec_last_error());
-    t = resolve_ok(b, "m", "1", "emb");
+    t = resolve_ok(b.c, "m", "1", "emb");
     gather_all_ok(t, &tb);
     ec_tensor_release(t);
-    assert_true(stat_of(b, "remote_bytes") >= 2048u * 128u);
-    assert_int_equal(stat_of(b, "remote_errors"), 0);
+    assert_true(stat_of(b.c, "remote_bytes") >= 2048u * 128u);
+    assert_int_equal(stat_of(b.c, "remote_errors"), 0);
 
-    snprintf(cdata, sizeof(cdata), "%s/c-data", E.dir);
-    snprintf(csock, sizeof(csock), "%s/c.sock", E.dir);
-    cp = ect_daemon_start(cdata, csock, without);
-    assert_true(cp > 0);
-    assert_int_equal(ec_client_connect(csock, &cc), 0);
-    expect_fail(ec_model_pull_flags(cc, "m", "1", NULL, EC_PULL_LAZY, NULL), EC_EPERM,
+    itest_daemon_up(&c, E.dir, "c", without, true);
+    expect_fail(ec_model_pull_flags(c.c, "m", "1", NULL, EC_PULL_LAZY, NULL), EC_EPERM,
                 "--remote-auth-file");
 
     /* A file others may read: the daemon does not start with it. */
@@ -253,10 +244,10 @@ static void test_daemons_with_credentials(void **state)
         free(out);
         free(err);
     }
-    ec_client_close(b);
-    ec_client_close(cc);
-    assert_int_equal(ect_daemon_stop(bp), 0);
-    assert_int_equal(ect_daemon_stop(cp), 0);
+    ec_client_close(b.c);
+    ec_client_close(c.c);
+    assert_int_equal(ect_daemon_stop(b.pid), 0); /* its exit status: a clean stop */
+    assert_int_equal(ect_daemon_stop(c.pid), 0);
     ec_client_close(a);
     table_free(&tb);
 }

@@ -45,12 +45,7 @@ static ect_cluster cl = {.pipe = -1};
 static bool cl_running;
 static char url[128];
 
-struct daemon {
-    char data[600], sock[600];
-    pid_t pid;
-    ec_client *c;
-};
-static struct daemon A, B, K, N;
+static struct itest_daemon A, B, K, N;
 
 /* v1: "emb" 4096 x 64 f32 in 64 KiB partitions (16 of them, one chunk
  * each), "small" 1000 x 8 f16 (one partition). v2: "wide" 8192 x 64 f32,
@@ -64,25 +59,6 @@ static const ect_st_tensor v2[] = {
 };
 #define V1_BYTES (4096u * 256u + 1000u * 16u)
 
-static void daemon_up(struct daemon *d, const char *name, const char *const *extra)
-{
-    snprintf(d->data, sizeof(d->data), "%s/%s-data", dir, name);
-    snprintf(d->sock, sizeof(d->sock), "%s/%s.sock", dir, name);
-    d->pid = ect_daemon_start(d->data, d->sock, extra);
-    assert_true(d->pid > 0);
-    assert_int_equal(ec_client_connect(d->sock, &d->c), 0);
-}
-
-static void daemon_down(struct daemon *d)
-{
-    if (d->c)
-        ec_client_close(d->c);
-    d->c = NULL;
-    if (d->pid > 0)
-        ect_daemon_stop(d->pid);
-    d->pid = 0;
-}
-
 static int group_setup(void **state)
 {
     const char *remote[] = {"--remote", url, NULL};
@@ -93,20 +69,20 @@ static int group_setup(void **state)
     if (ect_cluster_start_in(&cl, EC_TEST_CLUSTER_SH, dir, NODES, 2, url, sizeof(url)) < 0)
         return -1;
     cl_running = true;
-    daemon_up(&A, "a", NULL);
-    daemon_up(&B, "b", remote);
-    daemon_up(&K, "k", nokeep);
-    daemon_up(&N, "n", NULL);
+    itest_daemon_up(&A, dir, "a", NULL, true);
+    itest_daemon_up(&B, dir, "b", remote, true);
+    itest_daemon_up(&K, dir, "k", nokeep, true);
+    itest_daemon_up(&N, dir, "n", NULL, true);
     return 0;
 }
 
 static int group_teardown(void **state)
 {
     (void)state;
-    daemon_down(&A);
-    daemon_down(&B);
-    daemon_down(&K);
-    daemon_down(&N);
+    itest_daemon_down(&A);
+    itest_daemon_down(&B);
+    itest_daemon_down(&K);
+    itest_daemon_down(&N);
     if (!cl_running)
         cl.base = 0;
     ect_cluster_stop(&cl);
@@ -198,7 +174,7 @@ static void expect_fail(int rc, int want, const char *needle)
 
 /* Bytes allocated on disk, and their apparent size, of a daemon's
  * partition files. */
-static void disk_use(const struct daemon *d, uint64_t *allocated, uint64_t *apparent)
+static void disk_use(const struct itest_daemon *d, uint64_t *allocated, uint64_t *apparent)
 {
     char parts[700], path[1000];
     struct dirent *de;
@@ -221,7 +197,7 @@ static void disk_use(const struct daemon *d, uint64_t *allocated, uint64_t *appa
 }
 
 /* The partition file of (version, tensor) in d's data directory. */
-static void file_of(const struct daemon *d, int64_t version, const char *tensor, char *out,
+static void file_of(const struct itest_daemon *d, int64_t version, const char *tensor, char *out,
                     size_t cap, ec_partfile_meta *meta)
 {
     char parts[700];
@@ -554,8 +530,8 @@ static void test_cluster_down(void **state)
     same_rows(A.c, K.c, "2", "wide", 8192);
 
     /* B kept everything: restarted, it serves every row from its files. */
-    daemon_down(&B);
-    daemon_up(&B, "b", remote);
+    itest_daemon_down(&B);
+    itest_daemon_up(&B, dir, "b", remote, true);
     same_rows(A.c, B.c, "1", "emb", 4096);
     same_rows(A.c, B.c, "1", "small", 1000);
     same_rows(A.c, B.c, "2", "wide", 8192);

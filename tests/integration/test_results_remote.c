@@ -53,11 +53,7 @@ static ect_cluster cl = {.pipe = -1};
 static bool cl_running;
 static char url[128];
 
-struct daemon {
-    char data[600], sock[600];
-    pid_t pid;
-};
-static struct daemon A, B;
+static struct itest_daemon A, B;
 
 /* What the computations did, in memory every process shares. */
 struct shared {
@@ -99,20 +95,13 @@ static int compute_fn(void *arg, const void *key, size_t key_len, ec_result_valu
     return 0;
 }
 
-static void daemon_up(struct daemon *d, const char *name, bool remote)
+/* A "host": a daemon in dir, with the cluster or without (no client: the
+ * forked clients connect themselves). */
+static void daemon_up(struct itest_daemon *d, const char *name, bool remote)
 {
     const char *extra[] = {"--remote", url, NULL};
 
-    snprintf(d->data, sizeof(d->data), "%s/%s-data", dir, name);
-    snprintf(d->sock, sizeof(d->sock), "%s/%s.sock", dir, name);
-    d->pid = ect_daemon_start(d->data, d->sock, remote ? extra : NULL);
-}
-
-static void daemon_down(struct daemon *d)
-{
-    if (d->pid > 0)
-        ect_daemon_stop(d->pid);
-    d->pid = 0;
+    itest_daemon_up(d, dir, name, remote ? extra : NULL, false);
 }
 
 static int open_ns(const char *sock, ec_client **c, ec_results **r)
@@ -147,8 +136,8 @@ static int group_setup(void **state)
 static int group_teardown(void **state)
 {
     (void)state;
-    daemon_down(&A);
-    daemon_down(&B);
+    itest_daemon_down(&A);
+    itest_daemon_down(&B);
     if (!cl_running)
         cl.base = 0;
     ect_cluster_stop(&cl);
@@ -164,7 +153,7 @@ static void reset(void)
 }
 
 /* A statistic of daemon d, over a connection of its own. */
-static uint64_t host_stat(const struct daemon *d, const char *name)
+static uint64_t host_stat(const struct itest_daemon *d, const char *name)
 {
     ec_client *c = NULL;
     uint64_t v;
@@ -176,7 +165,7 @@ static uint64_t host_stat(const struct daemon *d, const char *name)
 }
 
 /* get_or_compute key on daemon d, check the bytes; the return code. */
-static int get_key(const struct daemon *d, const char *key, unsigned sleep_us, double wait)
+static int get_key(const struct itest_daemon *d, const char *key, unsigned sleep_us, double wait)
 {
     static struct comp comp;
     uint8_t want[VALUE_LEN], got[VALUE_LEN];
@@ -202,7 +191,7 @@ static int get_key(const struct daemon *d, const char *key, unsigned sleep_us, d
 /* ------------------------------------------------------------------ */
 
 /* One client process: its own connection, waits for go, misses key. */
-static void client_main(const struct daemon *d, const char *key)
+static void client_main(const struct itest_daemon *d, const char *key)
 {
     static struct comp comp = {.sleep_us = 300000};
     uint8_t want[VALUE_LEN], got[VALUE_LEN];
@@ -491,7 +480,7 @@ static void test_bad_values_refused(void **state)
 
 static void test_no_remote_daemon_refuses(void **state)
 {
-    struct daemon D;
+    struct itest_daemon D;
     ec_client *c = NULL;
     ec_results *r = NULL;
 
@@ -504,7 +493,7 @@ static void test_no_remote_daemon_refuses(void **state)
     if (!strstr(ec_last_error(), "--remote"))
         fail_msg("the error does not say what to do: %s", ec_last_error());
     ec_client_close(c);
-    daemon_down(&D);
+    itest_daemon_down(&D);
 }
 
 static int list_cb(const ec_ns_info *ns, void *arg)
@@ -523,14 +512,14 @@ static void test_remote_flag_persists(void **state)
     uint32_t flags = 0;
 
     (void)state;
-    daemon_down(&A);
+    itest_daemon_down(&A);
     daemon_up(&A, "a", false);
     assert_int_equal(ec_client_connect(A.sock, &c), 0);
     assert_int_equal(ec_results_list(c, list_cb, &flags), 0);
     assert_int_equal(flags, 0x80000000u | EC_NS_SHARED | EC_NS_REMOTE);
     assert_int_equal(ec_results_open(c, NS, NULL, &r), EC_EINVAL);
     ec_client_close(c);
-    daemon_down(&A);
+    itest_daemon_down(&A);
     daemon_up(&A, "a", true);
     assert_int_equal(open_ns(A.sock, &c, &r), 0);
     ec_results_close(r);
