@@ -48,12 +48,8 @@ cmake -S . -B "$BUILD" -DCMAKE_BUILD_TYPE=Release >/dev/null
 cmake --build "$BUILD" --target embcache-bench embcached -j "$(nproc)" >/dev/null
 bin="$BUILD/bench/embcache-bench"
 
-load1() { cut -d' ' -f1 /proc/loadavg; }
-for ((i = 0; i < QUIET_WAIT; i += 5)); do
-    awk -v l="$(load1)" 'BEGIN { exit !(l < 0.5) }' && break
-    [ "$i" = 0 ] && echo "waiting up to ${QUIET_WAIT}s for load < 0.5 (now $(load1))" >&2
-    sleep 5
-done
+. bench/quiet.sh
+wait_quiet "$QUIET_WAIT"
 
 mkdir -p "$dir/plots"
 args=(--scenario hit,miss,mixed,rowmiss,scale --batch 1,16,256,4096 --dist uniform,zipf

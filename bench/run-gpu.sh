@@ -59,12 +59,8 @@ if [ -z "$py" ]; then
          "skipped (set PYTHON)" >&2
 fi
 
-load1() { cut -d' ' -f1 /proc/loadavg; }
-for ((i = 0; i < QUIET_WAIT; i += 5)); do
-    awk -v l="$(load1)" 'BEGIN { exit !(l < 0.5) }' && break
-    [ "$i" = 0 ] && echo "waiting up to ${QUIET_WAIT}s for load < 0.5 (now $(load1))" >&2
-    sleep 5
-done
+. bench/quiet.sh
+wait_quiet "$QUIET_WAIT"
 
 mkdir -p "$(dirname "$out")"
 args=(--scenario gpu --seconds "$SECONDS_PER" --gpu-table-mib "$GPU_TABLE_MIB"

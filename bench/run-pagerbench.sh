@@ -47,12 +47,8 @@ cmake --build "$BUILD" --target embcache-pagerbench -j "$(nproc)" >/dev/null
 bin="$BUILD/bench/embcache-pagerbench"
 
 # Other work on the machine skews every number: wait a while for quiet.
-load1() { cut -d' ' -f1 /proc/loadavg; }
-for ((i = 0; i < QUIET_WAIT; i += 5)); do
-    awk -v l="$(load1)" 'BEGIN { exit !(l < 0.5) }' && break
-    [ "$i" = 0 ] && echo "waiting up to ${QUIET_WAIT}s for load < 0.5 (now $(load1))" >&2
-    sleep 5
-done
+. bench/quiet.sh
+wait_quiet "$QUIET_WAIT"
 
 mkdir -p "$OUT" "$DIR"
 dev=$(findmnt -no SOURCE -T "$DIR" 2>/dev/null || true)

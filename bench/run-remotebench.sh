@@ -97,16 +97,22 @@ for ((try = 0; try < 5 && cluster == 0; try++)); do
   fi
 done
 [ "$cluster" = 1 ] || fail "no cluster: $(cat "$dir/cluster.log")"
+# wait_up SOCKET LOG WHAT: until the daemon just started ($daemon) answers on
+# SOCKET (10 s at most); fail with its LOG if it exits first.
+wait_up() {
+  local i
+  for ((i = 0; i < 200; i++)); do
+    "$CLI" --socket "$1" stats >/dev/null 2>&1 && return 0
+    kill -0 "$daemon" 2>/dev/null || fail "$3 exited: $(cat "$2")"
+    sleep 0.05
+  done
+}
 URL="redis-cluster://127.0.0.1:$base,127.0.0.1:$((base + 1)),127.0.0.1:$((base + 2))"
 
 "$EMBCACHED" --data-dir "$dir/data" --socket "$dir/s" --shm-size 1G --remote "$URL" --quiet \
   > "$dir/daemon.log" 2>&1 &
 daemon=$!
-for ((i = 0; i < 200; i++)); do
-  "$CLI" --socket "$dir/s" stats >/dev/null 2>&1 && break
-  kill -0 "$daemon" 2>/dev/null || fail "embcached exited: $(cat "$dir/daemon.log")"
-  sleep 0.05
-done
+wait_up "$dir/s" "$dir/daemon.log" embcached
 "$DEMO" generate --out "$dir/emb.npy" --rows "$ROWS" --dim "$DIM" >/dev/null || fail "generate"
 "$CLI" --socket "$dir/s" import --model rb --version 1 "$dir/emb.npy" >/dev/null || fail "import"
 rm -f "$dir/emb.npy"
@@ -120,11 +126,7 @@ daemon=0
 "$EMBCACHED" --data-dir "$dir/reader" --socket "$dir/r" --shm-size 1G --remote "$URL" \
   --remote-keep false --remote-threads "${REMOTE_THREADS:-4}" --quiet > "$dir/reader.log" 2>&1 &
 daemon=$!
-for ((i = 0; i < 200; i++)); do
-  "$CLI" --socket "$dir/r" stats >/dev/null 2>&1 && break
-  kill -0 "$daemon" 2>/dev/null || fail "embcached (reader) exited: $(cat "$dir/reader.log")"
-  sleep 0.05
-done
+wait_up "$dir/r" "$dir/reader.log" "embcached (reader)"
 "$CLI" --socket "$dir/r" pull --lazy rb 1 >/dev/null || fail "pull --lazy: $(tail -3 "$dir/reader.log")"
 
 # Replication of what was published must be over before anything is timed.
@@ -139,12 +141,8 @@ synced() {
 }
 for ((i = 0; i < 300; i++)); do synced && break; sleep 0.1; done
 
-load1() { cut -d' ' -f1 /proc/loadavg; }
-for ((i = 0; i < QUIET_WAIT; i += 5)); do
-  awk -v l="$(load1)" 'BEGIN { exit !(l < 0.5) }' && break
-  [ "$i" = 0 ] && echo "waiting up to ${QUIET_WAIT}s for load < 0.5 (now $(load1))" >&2
-  sleep 5
-done
+. bench/quiet.sh
+wait_quiet "$QUIET_WAIT"
 
 args=(--url "$URL" --model rb --version 1 --runs "$RUNS" --seconds "$SECONDS_PER_RUN"
       --threads "$THREADS" --batch "$BATCH" --tier-threads "$TIER_THREADS"
