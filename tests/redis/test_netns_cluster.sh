@@ -285,6 +285,23 @@ wait_for 30 "replicas in sync with their masters" replicas_synced
 fig keys "$keys"
 fig chunk_keys "$chunks"
 
+# failover_window P MIN: phase P's read errors (FIG[P_*]) all fell between the
+# kill ($t_kill) and FAILOVER_SLACK_MS after the failover ($t_fo), none ran for
+# longer than STREAK_MAX_MS, and at least MIN passes were clean after the last.
+failover_window() {
+  local p=$1 min=$2 first last
+  if [ "${FIG[${p}_errors]}" != 0 ]; then
+    first=${FIG[${p}_first_error_ms]} last=${FIG[${p}_last_error_ms]}
+    [ "$first" -ge "$t_kill" ] || fail "$p: an error at $first, before the kill at $t_kill"
+    [ "$last" -le $((t_fo + FAILOVER_SLACK_MS)) ] ||
+      fail "$p: an error $((last - t_fo)) ms after the failover (allowed: $FAILOVER_SLACK_MS)"
+  fi
+  [ "${FIG[${p}_longest_streak_ms]}" -le "$STREAK_MAX_MS" ] ||
+    fail "$p: errors for ${FIG[${p}_longest_streak_ms]} ms in a row (allowed: $STREAK_MAX_MS)"
+  [ "${FIG[${p}_clean_passes_after_last_error]}" -ge "$min" ] ||
+    fail "$p: only ${FIG[${p}_clean_passes_after_last_error]} clean passes after the last error (at least $min)"
+}
+
 # ---- b. reads from host 2 while a master is killed ----
 slot=$(rcli "$A1" "$BASEPORT" cluster keyslot "ec:c:$MODEL:$VERSION:0:0:0" | tr -dc 0-9)
 victim=$(cluster_nodes | master_of_slot "$slot")
@@ -309,16 +326,7 @@ fig b_victim_keys "$victim_keys"
 [ "${FIG[b_errors_elsewhere]}" = 0 ] ||
   fail "b: ${FIG[b_errors_elsewhere]} errors on keys the killed master did not serve"
 [ "${victim_keys:-0}" -gt 0 ] || fail "b: no key on the killed master: the kill tested nothing"
-if [ "${FIG[b_errors]}" != 0 ]; then
-  [ "${FIG[b_first_error_ms]}" -ge "$t_kill" ] ||
-    fail "b: an error at ${FIG[b_first_error_ms]}, before the kill at $t_kill"
-  [ "${FIG[b_last_error_ms]}" -le $((t_fo + FAILOVER_SLACK_MS)) ] ||
-    fail "b: an error $((FIG[b_last_error_ms] - t_fo)) ms after the failover (allowed: $FAILOVER_SLACK_MS)"
-fi
-[ "${FIG[b_longest_streak_ms]}" -le "$STREAK_MAX_MS" ] ||
-  fail "b: errors for ${FIG[b_longest_streak_ms]} ms in a row (allowed: $STREAK_MAX_MS)"
-[ "${FIG[b_clean_passes_after_last_error]}" -ge 3 ] ||
-  fail "b: only ${FIG[b_clean_passes_after_last_error]} clean passes after the last error"
+failover_window b 3
 b_new_master=$new_master
 
 # The killed node comes back (in its namespace, same files) as a replica.
@@ -434,16 +442,7 @@ phase_daemon_lazy() {
     fail "e: daemon 3 says it read nothing from the cluster (remote_reads '${FIG[e_remote_reads]}')"
   [ "${FIG[e_remote_checksum_failures]:-0}" = 0 ] ||
     fail "e: ${FIG[e_remote_checksum_failures]} partitions from the cluster failed their checksum"
-  if [ "${FIG[e_errors]}" != 0 ]; then
-    [ "${FIG[e_first_error_ms]}" -ge "$t_kill" ] ||
-      fail "e: an error at ${FIG[e_first_error_ms]}, before the kill at $t_kill"
-    [ "${FIG[e_last_error_ms]}" -le $((t_fo + FAILOVER_SLACK_MS)) ] ||
-      fail "e: an error $((FIG[e_last_error_ms] - t_fo)) ms after the failover (allowed: $FAILOVER_SLACK_MS)"
-  fi
-  [ "${FIG[e_longest_streak_ms]}" -le "$STREAK_MAX_MS" ] ||
-    fail "e: errors for ${FIG[e_longest_streak_ms]} ms in a row (allowed: $STREAK_MAX_MS)"
-  [ "${FIG[e_clean_passes_after_last_error]}" -ge 1 ] ||
-    fail "e: no clean pass through daemon 3 after the failover"
+  failover_window e 1
 }
 
 # Wait up to S seconds for TAG to exit by itself, else stop it and fail.
