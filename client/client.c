@@ -272,7 +272,7 @@ int ec_client_connect(const char *socket_path, ec_client **out)
                        dver, layout, EC_VERSION_STRING, EC_SHM_LAYOUT_VERSION);
         goto fail;
     }
-    rc = ec_segment_map_fd(fds[0], &c->seg);
+    rc = cl_segmap_acquire(fds[0], &c->seg, &c->segmap);
     if (rc)
         goto fail;
     if (c->seg.size != seg_size) {
@@ -319,7 +319,7 @@ static void client_teardown(ec_client *c)
          * touch rather than fault it. */
         ec_seterr(EC_EDEVICE, "device gathers still running at close; leaking the mappings");
         c->session = NULL;
-        c->seg.base = NULL;
+        c->segmap = NULL; /* its reference is never dropped */
         for (unsigned i = 0; i < EC_SHM_MAX_DEVICES; i++)
             c->dev[i].all = NULL; /* the slabs too */
     }
@@ -329,22 +329,16 @@ static void client_teardown(ec_client *c)
             cl_be()->slab_close((int)i, k->base, k->bytes);
             free(k);
         }
-    if (c->seg.base) {
-        bool any = false;
-        for (unsigned i = 0; i < EC_SHM_MAX_DEVICES; i++)
-            any |= atomic_load(&c->dev[i].ready);
-        if (any && cl_be()->host_unregister)
-            cl_be()->host_unregister(c->seg.base);
-    }
     for (struct carena *a = c->arenas, *next; a; a = next) {
         next = a->next;
         ec_segment_close(&a->seg);
         free(a);
     }
+    if (c->session && c->session_registered && cl_be()->host_unregister)
+        cl_be()->host_unregister(c->session);
     if (c->session)
         munmap(c->session, EC_SESSION_SIZE);
-    if (c->seg.base)
-        ec_segment_close(&c->seg);
+    cl_segmap_release(c->segmap);
     if (c->sock >= 0)
         close(c->sock);
     if (c->batch_fd >= 0)

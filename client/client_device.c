@@ -170,8 +170,30 @@ static int device_table(const ec_client *c, int dev)
     return -1;
 }
 
-/* First use of GPU `dev`: what the GPU allows, then how kernels will read
- * host rows. A GPU that cannot map the segment read-only
+/* The device address of the session page's epoch slots on GPU `dev`, so
+ * the GPU can clear a gather's slot itself once its kernel has run (a
+ * stream memory write: no host function per gather, and the slot stays set
+ * however long the kernel waits behind other work). 0 when the page cannot
+ * be registered: the slot is then cleared by a host function. Caller holds
+ * c->lock. */
+static uint64_t session_epoch_dev(ec_client *c, int dev)
+{
+    ec_host_map map;
+    const void *p;
+
+    if (cl_be()->host_register(c->session, EC_SESSION_SIZE, false, dev, &map)) {
+        ec_warn("%s; GPU gathers on GPU %d release their epoch through a host function "
+                "instead", ec_last_error(), dev);
+        return 0;
+    }
+    c->session_registered = true;
+    p = ec_host_map_addr(&map, offsetof(ec_session_page, epoch_slot),
+                         sizeof(c->session->epoch_slot));
+    return (uint64_t)(uintptr_t)p;
+}
+
+/* First use of GPU `dev`: what the GPU allows, how kernels will read host
+ * rows, and who clears a gather's epoch slot (session_epoch_dev). A GPU that cannot map the segment read-only
  * (cudaDevAttrHostRegisterReadOnlySupported 0) or whose registration
  * failed gets host rows staged through a pinned buffer: the failure is
  * reported once and never retried, and it never keeps the device tier
@@ -180,7 +202,7 @@ static int device_setup_locked(ec_client *c, int dev)
 {
     struct cdev *d = &c->dev[dev];
     ec_device_caps caps = {.readonly_register = true};
-    uint32_t mode = EC_HOST_READS_MAPPED;
+    uint32_t mode;
     int rc;
 
     if (cl_be()->device_caps && (rc = cl_be()->device_caps(dev, &caps)))
@@ -200,22 +222,13 @@ static int device_setup_locked(ec_client *c, int dev)
                                      "no other process can use the GPU; run `nvidia-smi -i "
                                      "%d -c DEFAULT` as root, or restart embcached with "
                                      "--gpu-slab 0", dev, dev);
-    memset(&d->host_map, 0, sizeof(d->host_map));
-    if (!caps.readonly_register) {
-        mode = EC_HOST_READS_STAGED;
-        ec_warn("GPU %d cannot map host memory read-only "
-                "(cudaDevAttrHostRegisterReadOnlySupported is 0): rows from host memory are "
-                "copied through a pinned buffer (slower; rows from the device tier are not "
-                "affected)", dev);
-    } else if (cl_be()->host_register(c->seg.base, c->seg.size, true, dev, &d->host_map)) {
-        mode = EC_HOST_READS_STAGED_FAILED;
-        memset(&d->host_map, 0, sizeof(d->host_map));
-        ec_warn("%s; rows from host memory are copied through a pinned buffer instead (the "
-                "registration is not tried again by this client; rows from the device tier "
-                "are not affected)", ec_last_error());
-    }
+    mode = cl_segmap_host_reads(c->segmap, dev, caps.readonly_register, &d->host_map);
     d->host_reads = mode;
     atomic_store_explicit(&c->session->host_reads[dev], mode, memory_order_relaxed);
+    d->epoch_dev = caps.stream_write ? session_epoch_dev(c, dev) : 0;
+    atomic_store_explicit(&c->session->epoch_release[dev],
+                          d->epoch_dev ? EC_EPOCH_RELEASE_STREAM : EC_EPOCH_RELEASE_HOST,
+                          memory_order_relaxed);
     atomic_store_explicit(&d->ready, true, memory_order_release);
     return 0;
 }
@@ -514,7 +527,13 @@ int cl_gather_device(ec_tensor *t, const int64_t *ids, size_t n, void *out, ec_d
                                 .src_dtype = (ec_dtype)t->t.dtype, .dst_dtype = dst,
                                 .dst = out, .dst_rows = nsrc == n ? NULL : s->dst_rows,
                                 .device = o->device, .stream = o->stream,
-                                .done = epoch_exit, .done_arg = (void *)slot};
+                                .done = epoch_exit, .done_arg = (void *)slot,
+                                .release = slot,
+                                .release_dev = d->epoch_dev
+                                                   ? d->epoch_dev +
+                                                         (uint64_t)(slot - c->session->epoch_slot) *
+                                                             sizeof(*slot)
+                                                   : 0};
             rc = cl_be()->gather(&g);
             if (rc) {
                 epoch_exit((void *)slot);

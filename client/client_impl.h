@@ -8,6 +8,8 @@
  *   client_gather.c  the hit path: gathers into host memory, by partitions
  *                    or by rows, and the misses sent to the daemon
  *   client_device.c  gathers into GPU memory: device tier, slabs, epochs
+ *   client_segmap.c  one mapping (and GPU registration) of a segment per
+ *                    process, shared by its clients
  *   client_admin.c   administration: import, aliases, prewarm, retire,
  *                    policies, listings, statistics
  *   client_results.c cached results: namespaces, reads, writes, leases,
@@ -70,6 +72,9 @@ struct cdev {
                                   * through host_map; _STAGED*: host rows are
                                   * copied through a pinned buffer */
     ec_host_map host_map;        /* the segment's chunks' device addresses */
+    uint64_t epoch_dev;          /* device address of session->epoch_slot[0]:
+                                  * the GPU clears a gather's slot itself;
+                                  * 0: a host function does */
     struct cslab *_Atomic cur;   /* the slab in use, NULL: none */
     struct cslab *all;           /* guarded by the lock */
 };
@@ -88,8 +93,11 @@ struct ec_client {
     int sock;
     pthread_mutex_t lock;        /* one request at a time; guards sbuf/rbuf */
     uint32_t next_req;
-    ec_segment seg;              /* read-only mapping */
+    ec_segment seg;              /* read-only mapping, shared (segmap) */
+    struct segmap *segmap;       /* the process's record of that mapping */
     ec_session_page *session;    /* our own page, read-write */
+    bool session_registered;     /* registered with the GPUs (stream writes
+                                  * of epoch slots); guarded by lock */
     uint64_t generation;
     uint64_t client_id;
     bool broken;                 /* the connection failed; only close remains */
@@ -180,6 +188,19 @@ struct ec_results {
 
 /* client_ivf.c: unmap a tensor's IVF index (NULL: nothing) */
 void cl_ivf_release(struct cl_ivf *x);
+
+/* client_segmap.c: the process's read-only mapping of the segment behind
+ * fd, shared with its other clients of the same segment. *out is a copy
+ * (fd -1); release with cl_segmap_release once no GPU gather reads it. */
+struct segmap;
+int cl_segmap_acquire(int fd, ec_segment *out, struct segmap **handle);
+void cl_segmap_release(struct segmap *m);
+/* How kernels on GPU `dev` read host rows of the segment
+ * (EC_HOST_READS_*), decided once per process and GPU: registered
+ * read-only and mapped (*map receives the chunks' device addresses) when
+ * readonly_ok and the registration succeeds, else staged. Logs the
+ * decision's reason once. */
+uint32_t cl_segmap_host_reads(struct segmap *m, int dev, bool readonly_ok, ec_host_map *map);
 
 /* client_device.c */
 bool cl_epochs_drained(ec_client *c);

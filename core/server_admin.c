@@ -60,6 +60,8 @@ int srv_stats_each(server *s, int (*cb)(const char *name, uint64_t v, void *arg)
     /* How clients' GPU gathers read host rows, per client GPU ordinal. */
     uint64_t reads_mapped[EC_SHM_MAX_DEVICES] = {0}, reads_staged[EC_SHM_MAX_DEVICES] = {0},
              reads_failed = 0;
+    /* ... and who clears their gathers' epoch slots. */
+    uint64_t rel_stream[EC_SHM_MAX_DEVICES] = {0}, rel_host[EC_SHM_MAX_DEVICES] = {0};
 
     for (size_t i = 0; i < s->conns.cap; i++) {
         struct conn *k = s->conns.vals[i];
@@ -79,6 +81,9 @@ int srv_stats_each(server *s, int (*cb)(const char *name, uint64_t v, void *arg)
             reads_mapped[d] += m == EC_HOST_READS_MAPPED;
             reads_staged[d] += m == EC_HOST_READS_STAGED || m == EC_HOST_READS_STAGED_FAILED;
             reads_failed += m == EC_HOST_READS_STAGED_FAILED;
+            m = atomic_load_explicit(&k->session->epoch_release[d], memory_order_relaxed);
+            rel_stream[d] += m == EC_EPOCH_RELEASE_STREAM;
+            rel_host[d] += m == EC_EPOCH_RELEASE_HOST;
         }
     }
 #define S(name, v)                                     \
@@ -142,6 +147,12 @@ int srv_stats_each(server *s, int (*cb)(const char *name, uint64_t v, void *arg)
         S(name, reads_mapped[d]);
         snprintf(name, sizeof(name), "client_gpu%u_host_reads_staged", d);
         S(name, reads_staged[d]);
+        /* Epoch slots cleared by the GPU (stream memory writes) or by a
+         * host function per gather. */
+        snprintf(name, sizeof(name), "client_gpu%u_epoch_release_stream", d);
+        S(name, rel_stream[d]);
+        snprintf(name, sizeof(name), "client_gpu%u_epoch_release_host", d);
+        S(name, rel_host[d]);
     }
     S("client_host_register_failures", reads_failed);
 #undef S

@@ -51,6 +51,17 @@ typedef struct ec_gather_desc {
      * gather() returns for a synchronous one). Only on success. */
     void (*done)(void *arg);
     void *done_arg;
+    /* Where release_dev is not 0, in place of done: the GPU itself writes
+     * 0 to this 8-byte host word once the copy has completed, in order on
+     * the stream (a stream memory operation, cuStreamWriteValue64: no host
+     * thread wakes, and the word stays set for as long as the kernel waits
+     * behind other work). release is the word's host address, release_dev
+     * its device address on `device` (the word's page registered with
+     * host_register); the caller sets it only where device_caps said
+     * stream_write. A backend that cannot queue the write calls done
+     * instead. */
+    _Atomic uint64_t *release;
+    uint64_t release_dev;
 } ec_gather_desc;
 
 /* GPUs embcache can use per process: ordinals 0..7 (layout.h's
@@ -85,6 +96,10 @@ typedef struct ec_device_caps {
     bool exclusive_process;  /* compute mode EXCLUSIVE_PROCESS: one process
                               * per GPU, so a daemon context locks clients out */
     bool prohibited;         /* compute mode PROHIBITED: no context at all */
+    bool stream_write;       /* the GPU can write host memory from a stream
+                              * (CU_DEVICE_ATTRIBUTE_CAN_USE_64_BIT_STREAM_MEM_OPS):
+                              * gathers release their epoch without a host
+                              * function (ec_gather_desc.release) */
 } ec_device_caps;
 
 /* The device addresses of a registered range of host memory. Registration
@@ -199,6 +214,9 @@ extern const ec_backend ec_backend_emu;
 /* Emulator, for tests: read-only host registrations asked of it so far in
  * this process (each a real cudaHostRegister on a GPU). */
 long ec_backend_emu_readonly_registrations(void);
+/* Emulator, for tests: epochs released by an emulated stream write
+ * (ec_gather_desc.release) so far in this process. */
+long ec_backend_emu_stream_writes(void);
 
 /* The CUDA backend's probe: the backend when CUDA is built in and a device is
  * usable, else NULL with a message (defined in backend_cuda.c when built,

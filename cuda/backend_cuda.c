@@ -28,10 +28,13 @@
  * A gather's row addresses (device addresses: the slab or the mapped
  * segment) go to the kernel through a per-thread, per-device buffer of
  * pinned, mapped host memory that the kernel reads directly: no extra copy
- * and no allocation per call. An event recorded after the launch says when
- * the buffer may be written again; the next gather of that thread on that
- * device waits for it (normally long done). The caller's completion
- * callback runs as a host function on the stream once the kernel is done.
+ * and no allocation per call. Each thread has a small ring of them per
+ * device; an event recorded after the launch says when one may be written
+ * again, so back-to-back gathers do not wait for each other. Once the
+ * kernel is done the GPU clears the gather's epoch slot itself
+ * (cuStreamWriteValue64 to the registered session page) where the device
+ * supports stream memory operations; elsewhere the caller's completion
+ * runs as a host function on the stream.
  */
 #include <cuda.h>
 #include <cudaTypedefs.h>
@@ -134,6 +137,53 @@ static cudaError_t enter(int device, int *prev)
     return *prev == device ? cudaSuccess : cudaSetDevice(device);
 }
 
+/* Stream memory operations (a gather's epoch slot cleared by the GPU) and
+ * the driver's device attributes they are asked by, looked up at run time
+ * like the rest of the driver API. */
+static struct {
+    PFN_cuStreamWriteValue64_v11070 write64;
+    PFN_cuDeviceGetAttribute_v2000 attr;
+    PFN_cuDeviceGet_v2000 get;
+} memop;
+static pthread_once_t memop_once = PTHREAD_ONCE_INIT;
+
+static void memop_load(void)
+{
+    static const struct {
+        const char *name;
+        int version;
+        void **fn;
+    } syms[] = {
+        {"cuStreamWriteValue64", 11070, (void **)&memop.write64},
+        {"cuDeviceGetAttribute", 2000, (void **)&memop.attr},
+        {"cuDeviceGet", 2000, (void **)&memop.get},
+    };
+
+    for (size_t i = 0; i < sizeof(syms) / sizeof(syms[0]); i++) {
+        enum cudaDriverEntryPointQueryResult q = cudaDriverEntryPointSymbolNotFound;
+        if (cudaGetDriverEntryPointByVersion(syms[i].name, syms[i].fn, syms[i].version,
+                                             cudaEnableDefault, &q) != cudaSuccess ||
+            q != cudaDriverEntryPointSuccess || !*syms[i].fn) {
+            (void)cudaGetLastError();
+            memset(&memop, 0, sizeof(memop)); /* all or nothing: host functions */
+            return;
+        }
+    }
+}
+
+/* Can `device` write host memory from a stream with 64-bit values? */
+static bool stream_write_ok(int device)
+{
+    CUdevice dev;
+    int v = 0;
+
+    pthread_once(&memop_once, memop_load);
+    return memop.write64 && memop.get(&dev, device) == CUDA_SUCCESS &&
+           memop.attr(&v, CU_DEVICE_ATTRIBUTE_CAN_USE_64_BIT_STREAM_MEM_OPS, dev) ==
+               CUDA_SUCCESS &&
+           v != 0;
+}
+
 static void leave(int device, int prev)
 {
     if (prev < 0) {
@@ -213,6 +263,7 @@ static int cuda_device_caps(int device, ec_device_caps *out)
     out->readonly_register = ro != 0;
     out->exclusive_process = mode == cudaComputeModeExclusiveProcess;
     out->prohibited = mode == cudaComputeModeProhibited;
+    out->stream_write = stream_write_ok(device);
     return 0;
 }
 
@@ -248,8 +299,22 @@ struct tscratch {
     bool pending;
 };
 
+/* A ring of buffers per thread and device: a gather takes the next one
+ * whose last launch has completed (cudaEventQuery: no wait), so a thread
+ * that queues gathers back to back does not wait for the previous one;
+ * only when all TS_RING are still read by queued kernels does it wait for
+ * one. stage_get takes a buffer for the gather that follows it ("open"),
+ * which then uses the same one. */
+#define TS_RING 4
+
+struct tsdev {
+    struct tscratch ring[TS_RING];
+    unsigned next;               /* where the search for a free one starts */
+    unsigned open1;              /* the open buffer + 1; 0: none */
+};
+
 struct tscratch_set {
-    struct tscratch dev[EC_BACKEND_MAX_DEVICES];
+    struct tsdev dev[EC_BACKEND_MAX_DEVICES];
 };
 
 static pthread_key_t ts_key;
@@ -262,17 +327,18 @@ static void ts_destroy(void *p)
 {
     struct tscratch_set *set = p;
 
-    for (unsigned i = 0; i < EC_BACKEND_MAX_DEVICES; i++) {
-        struct tscratch *s = &set->dev[i];
-        if (s->pending)
-            (void)cudaEventSynchronize(s->ev);
-        if (s->ev)
-            (void)cudaEventDestroy(s->ev);
-        if (s->src)
-            (void)cudaFreeHost(s->src);
-        if (s->stage)
-            (void)cudaFreeHost(s->stage);
-    }
+    for (unsigned i = 0; i < EC_BACKEND_MAX_DEVICES; i++)
+        for (unsigned k = 0; k < TS_RING; k++) {
+            struct tscratch *s = &set->dev[i].ring[k];
+            if (s->pending)
+                (void)cudaEventSynchronize(s->ev);
+            if (s->ev)
+                (void)cudaEventDestroy(s->ev);
+            if (s->src)
+                (void)cudaFreeHost(s->src);
+            if (s->stage)
+                (void)cudaFreeHost(s->stage);
+        }
     free(set);
 }
 
@@ -281,12 +347,14 @@ static void ts_make(void)
     ts_ok = pthread_key_create(&ts_key, ts_destroy) == 0;
 }
 
-/* This thread's scratch on the current device `device`, free to be
- * written (the last launch that read it has completed). */
-static int ts_free(int device, struct tscratch **out)
+/* This thread's open buffer on the current device `device`, free to be
+ * written (the last launch that read it has completed): the one already
+ * open, or the next free one of the ring. */
+static int ts_open(int device, struct tscratch **out)
 {
     struct tscratch_set *set;
-    struct tscratch *s;
+    struct tsdev *td;
+    unsigned pick = TS_RING;
     cudaError_t e;
 
     pthread_once(&ts_once, ts_make);
@@ -300,27 +368,60 @@ static int ts_free(int device, struct tscratch **out)
             return ec_seterr(EC_ENOMEM, "GPU gather buffer");
         }
     }
-    s = &set->dev[device];
-    if (!s->ev && (e = cudaEventCreateWithFlags(&s->ev, cudaEventDisableTiming)) != cudaSuccess)
-        return cerr(e, "creating an event", device);
-    if (s->pending) {
-        if ((e = cudaEventSynchronize(s->ev)) != cudaSuccess)
-            return cerr(e, "waiting for the previous gather", device);
-        s->pending = false;
+    td = &set->dev[device];
+    if (td->open1) {
+        *out = &td->ring[td->open1 - 1];
+        return 0;
     }
-    *out = s;
+    for (unsigned k = 0; k < TS_RING && pick == TS_RING; k++) {
+        unsigned i = (td->next + k) % TS_RING;
+        struct tscratch *s = &td->ring[i];
+        if (!s->ev && (e = cudaEventCreateWithFlags(&s->ev, cudaEventDisableTiming)) !=
+                          cudaSuccess)
+            return cerr(e, "creating an event", device);
+        if (s->pending) {
+            e = cudaEventQuery(s->ev);
+            if (e == cudaErrorNotReady)
+                continue; /* still read by a queued kernel */
+            if (e != cudaSuccess)
+                return cerr(e, "an earlier gather", device);
+            s->pending = false;
+        }
+        pick = i;
+    }
+    if (pick == TS_RING) {
+        /* All read by queued kernels: wait for the oldest. */
+        pick = td->next;
+        if ((e = cudaEventSynchronize(td->ring[pick].ev)) != cudaSuccess)
+            return cerr(e, "waiting for an earlier gather", device);
+        td->ring[pick].pending = false;
+    }
+    td->open1 = pick + 1;
+    td->next = (pick + 1) % TS_RING;
+    *out = &td->ring[pick];
     return 0;
 }
 
-/* This thread's row-address buffer on the current device `device`, with
- * room for n entries, free to be written. */
+/* The open buffer's launch is queued: it is busy until ev completes. */
+static void ts_close(struct tscratch *s)
+{
+    struct tscratch_set *set = pthread_getspecific(ts_key);
+
+    s->pending = true;
+    for (unsigned i = 0; set && i < EC_BACKEND_MAX_DEVICES; i++)
+        if (set->dev[i].open1 && &set->dev[i].ring[set->dev[i].open1 - 1] == s)
+            set->dev[i].open1 = 0;
+}
+
+/* This thread's open row-address buffer on the current device `device`,
+ * with room for n entries, free to be written. */
 static int ts_get(int device, size_t n, struct tscratch **out)
 {
     struct tscratch *s = NULL;
     cudaError_t e;
     int rc;
 
-    if ((rc = ts_free(device, &s)))
+    if ((rc = ts_open(device, &s)))
         return rc;
     if (n > s->cap) {
         size_t cap = n < 4096 ? 4096 : n;
@@ -354,7 +455,7 @@ static int cuda_stage_get(int device, size_t bytes, void **host, const void **de
         return ec_seterr(EC_EINVAL, "staging buffer for GPU %d, which does not exist", device);
     if ((e = enter(device, &prev)) != cudaSuccess)
         return cerr(e, "selecting the device", device);
-    rc = ts_free(device, &s);
+    rc = ts_open(device, &s);
     if (rc == 0 && bytes > s->stage_cap) {
         size_t cap = bytes < (1u << 20) ? (1u << 20) : bytes;
         if (s->stage)
@@ -379,6 +480,31 @@ static int cuda_stage_get(int device, size_t bytes, void **host, const void **de
         *dev = s->stage_dev;
     }
     return rc;
+}
+
+/* After the launch, in order on the stream: the epoch slot cleared by the
+ * GPU itself (a stream memory write), or the caller's completion as a
+ * host function; when neither can be queued, wait here and complete. */
+static cudaError_t queue_completion(const ec_gather_desc *g)
+{
+    cudaError_t e;
+
+    if (g->release_dev) {
+        pthread_once(&memop_once, memop_load);
+        if (memop.write64 &&
+            memop.write64((CUstream)g->stream, (CUdeviceptr)g->release_dev, 0,
+                          CU_STREAM_WRITE_VALUE_DEFAULT) == CUDA_SUCCESS)
+            return cudaSuccess;
+    }
+    if (!g->done)
+        return cudaSuccess;
+    if (cudaLaunchHostFunc((cudaStream_t)g->stream, g->done, g->done_arg) == cudaSuccess)
+        return cudaSuccess;
+    (void)cudaGetLastError();
+    e = cudaStreamSynchronize((cudaStream_t)g->stream);
+    if (e == cudaSuccess)
+        g->done(g->done_arg);
+    return e;
 }
 
 static int cuda_gather(const ec_gather_desc *g)
@@ -421,18 +547,12 @@ static int cuda_gather(const ec_gather_desc *g)
         if (e == cudaSuccess)
             e = cudaEventRecord(s->ev, (cudaStream_t)g->stream);
         if (e == cudaSuccess)
-            s->pending = true;
-        /* The completion runs after the kernel; if it cannot be queued,
-         * wait here so the caller may release what the kernel reads. */
-        if (e == cudaSuccess && g->done &&
-            cudaLaunchHostFunc((cudaStream_t)g->stream, g->done, g->done_arg) != cudaSuccess) {
-            (void)cudaGetLastError();
-            e = cudaStreamSynchronize((cudaStream_t)g->stream);
-            if (e == cudaSuccess)
-                g->done(g->done_arg);
-        }
+            ts_close(s);
+        if (e == cudaSuccess)
+            e = queue_completion(g);
         if (e != cudaSuccess) {
-            /* Do not let the caller release memory a queued kernel reads. */
+            /* Do not let the caller release memory a queued kernel reads:
+             * whatever was queued has run when this returns. */
             (void)cudaStreamSynchronize((cudaStream_t)g->stream);
             rc = cerr(e, "the gather kernel", g->device);
         }

@@ -34,7 +34,14 @@
  *    on the device would read the guard page;
  *  - EMBCACHE_EMU_CAPTURING=1: every stream is being captured into a graph;
  *  - EMBCACHE_EMU_EXCLUSIVE=1: every GPU is in EXCLUSIVE_PROCESS compute
- *    mode.
+ *    mode;
+ *  - EMBCACHE_EMU_NO_STREAM_WRITE=1: the GPU cannot write host memory from
+ *    a stream (CU_DEVICE_ATTRIBUTE_CAN_USE_64_BIT_STREAM_MEM_OPS is 0).
+ * A gather's release word (ec_gather_desc.release_dev) is written through
+ * its "device address", which must lie in a registration of the caller's:
+ * writable registrations always get an alias of their own (as chunked ones
+ * do), so a host address passed for a device one is refused, not
+ * silently right.
  * The staging buffer (stage_get) is a per-thread host buffer that waits,
  * like CUDA's event, for the thread's asynchronous gathers to complete.
  */
@@ -134,6 +141,21 @@ static void stream_done(void *stream)
         atomic_fetch_sub_explicit((_Atomic int *)stream, 1, memory_order_release);
 }
 
+static _Atomic long stream_writes;
+
+long ec_backend_emu_stream_writes(void)
+{
+    return atomic_load(&stream_writes);
+}
+
+/* The emulated stream write of a gather's release word: through its
+ * "device address" (an alias of the registered page). */
+static void release_write(uint64_t release_dev)
+{
+    atomic_store_explicit((_Atomic uint64_t *)(uintptr_t)release_dev, 0, memory_order_release);
+    atomic_fetch_add(&stream_writes, 1);
+}
+
 static void *async_main(void *arg)
 {
     struct async_gather *a = arg;
@@ -144,7 +166,9 @@ static void *async_main(void *arg)
     a->g.done = NULL;
     if (ec_cpu_gather(&a->g))
         fprintf(stderr, "emulated GPU gather failed: %s\n", ec_last_error());
-    if (done)
+    if (a->g.release_dev)
+        release_write(a->g.release_dev);
+    else if (done)
         done(done_arg);
     stream_done(a->g.stream);
     if (a->thr) {
@@ -154,6 +178,8 @@ static void *async_main(void *arg)
     free(a);
     return NULL;
 }
+
+static bool release_dev_ok(uint64_t dev);
 
 static int emu_gather(const ec_gather_desc *g)
 {
@@ -167,6 +193,10 @@ static int emu_gather(const ec_gather_desc *g)
         return ec_seterr(EC_EINVAL, "output device %d does not exist (%d emulated GPU(s))",
                          g->device, emu_device_count());
     h.device = -1;
+    if (g->release_dev && !release_dev_ok(g->release_dev))
+        return ec_seterr(EC_EINVAL, "emulated GPU %d: the release word's device address "
+                                    "0x%llx is in no registration of this process", g->device,
+                         (unsigned long long)g->release_dev);
     if (env) {
         struct async_gather *a =
             malloc(sizeof(*a) + g->n * (sizeof(a->src[0]) + sizeof(size_t)));
@@ -205,7 +235,13 @@ static int emu_gather(const ec_gather_desc *g)
         }
         return 0;
     }
-    return ec_cpu_gather(&h); /* calls done */
+    if (!h.release_dev)
+        return ec_cpu_gather(&h); /* calls done */
+    h.done = NULL;
+    if ((rc = ec_cpu_gather(&h)))
+        return rc;
+    release_write(h.release_dev);
+    return 0;
 }
 
 static int emu_copy_to_host(void *dst, const void *src, size_t n, int device, void *stream)
@@ -242,6 +278,7 @@ static int emu_device_caps(int device, ec_device_caps *out)
     memset(out, 0, sizeof(*out));
     out->readonly_register = !env_on("EMBCACHE_EMU_NO_READONLY_REGISTER");
     out->exclusive_process = env_on("EMBCACHE_EMU_EXCLUSIVE");
+    out->stream_write = !env_on("EMBCACHE_EMU_NO_STREAM_WRITE");
     return 0;
 }
 
@@ -335,7 +372,7 @@ static int emu_host_register(void *base, size_t len, bool readonly, int device,
         r->map.n = (uint32_t)((len + chunk - 1) / chunk);
         for (uint32_t k = 0; k < r->map.n; k++)
             r->map.dev[k] = (uint8_t *)base + (uint64_t)k * chunk;
-        if (r->map.n > 1 && map_out && (rc = reg_aliases(r))) {
+        if ((r->map.n > 1 || !readonly) && map_out && (rc = reg_aliases(r))) {
             pthread_mutex_unlock(&reg_mu);
             free(r);
             return rc;
@@ -347,6 +384,25 @@ static int emu_host_register(void *base, size_t len, bool readonly, int device,
         *map_out = r->map;
     pthread_mutex_unlock(&reg_mu);
     return 0;
+}
+
+/* Does [dev, dev + 8) lie in one chunk's device address range of a
+ * registration? */
+static bool release_dev_ok(uint64_t dev)
+{
+    bool ok = false;
+
+    pthread_mutex_lock(&reg_mu);
+    for (struct emu_reg *r = regs; r && !ok; r = r->next)
+        for (uint32_t k = 0; k < r->map.n && !ok; k++) {
+            uint64_t lo = (uint64_t)(uintptr_t)r->map.dev[k];
+            uint64_t n = r->len - (uint64_t)k * r->map.chunk < r->map.chunk
+                             ? r->len - (uint64_t)k * r->map.chunk
+                             : r->map.chunk;
+            ok = dev >= lo && dev + 8 <= lo + n && dev % 8 == 0;
+        }
+    pthread_mutex_unlock(&reg_mu);
+    return ok;
 }
 
 static void emu_host_unregister(void *base)

@@ -81,7 +81,9 @@
  * a sequence check after the copy is impossible):
  *   client: a = epoch (acquire); store a in a free epoch_slot of its session
  *           page; seq_cst fence; look up entries (host or device); launch
- *           the copy; clear the slot when the copy has completed.
+ *           the copy; clear the slot when the copy has completed (the
+ *           GPU does, by a stream memory write queued after the kernel,
+ *           or a host function the driver runs then).
  *   daemon: remove an entry (bump its seq); E = ++epoch; seq_cst fence; the
  *           extent goes to limbo with tag E and is freed only once every
  *           occupied epoch_slot of every session holds a value >= E.
@@ -303,7 +305,10 @@ typedef struct ec_session_page {
      * ordinal of the client (EC_HOST_READS_*; 0: GPU not used yet). Set
      * once per GPU by the client; untrusted, for stats. */
     _Atomic uint32_t host_reads[EC_SHM_MAX_DEVICES];
-    uint8_t reserved2[16];
+    /* How its GPU gathers give their epoch back, per GPU ordinal
+     * (EC_EPOCH_RELEASE_*; 0: GPU not used yet). Untrusted, for stats. */
+    _Atomic uint8_t epoch_release[EC_SHM_MAX_DEVICES];
+    uint8_t reserved2[8];
     _Atomic uint64_t ring[EC_SESSION_RING];
 
     /* Epochs of the client's device gathers in flight (layout.h "Device
@@ -328,6 +333,14 @@ typedef struct ec_session_page {
 #define EC_HOST_READS_STAGED_FAILED 3u /* registration failed: copied through a
                                         * pinned buffer, not retried */
 
+/* ec_session_page.epoch_release: who clears a device gather's epoch slot. */
+#define EC_EPOCH_RELEASE_NONE 0u
+#define EC_EPOCH_RELEASE_STREAM 1u   /* the GPU, by a stream memory write after
+                                      * the kernel */
+#define EC_EPOCH_RELEASE_HOST 2u     /* a host function the driver runs after
+                                      * the kernel (no stream writes, or the
+                                      * session page could not be registered) */
+
 /* Why the daemon revoked a session (ec_session_page.revoked). */
 #define EC_SESSION_REVOKED_NONE 0u
 #define EC_SESSION_REVOKED_STOPPED 1u /* stopped longer than --pin-lease with views */
@@ -340,6 +353,7 @@ typedef struct ec_session_page {
 
 static_assert(offsetof(ec_session_page, gathers) == 64, "session layout");
 static_assert(offsetof(ec_session_page, host_reads) == 144, "session layout");
+static_assert(offsetof(ec_session_page, epoch_release) == 176, "session layout");
 static_assert(offsetof(ec_session_page, ring) == 192, "session layout");
 static_assert(sizeof(ec_session_page) <= EC_SESSION_SIZE, "session fits");
 

@@ -233,6 +233,16 @@ static void test_tiers(void **state)
         assert_int_equal(dgather_check(t, ids, 256, &tb, dev[i], &s[i], d[i], h), 0);
     }
     assert_int_equal(stat_of(c, "client_rows_device_tier") - before, 64 * 256);
+    /* Who cleared the gathers' epoch slots: the GPU (stream memory writes)
+     * on a GPU that can; shown for the record on a real one. */
+    snprintf(name, sizeof(name), "client_gpu%d_epoch_release_stream", dev[0]);
+    before = stat_of(c, name);
+    snprintf(name, sizeof(name), "client_gpu%d_epoch_release_host", dev[0]);
+    printf("GPU %d: epoch slots cleared by %s\n", dev[0],
+           before ? "stream memory writes" : stat_of(c, name) ? "host functions" : "nobody");
+    assert_int_equal(before + stat_of(c, name), 1);
+    if (!on_cuda)
+        assert_int_equal(before, 1);
 
     /* f32 -> f16 on a GPU equals the same conversion to the host. */
     assert_int_equal(dgather(t, ids, 256, d[1], 256 * COLS * 2, dev[1], &s[1], EC_DTYPE_F16),
@@ -723,7 +733,7 @@ static int cond_teardown(void **state)
     static const char *const vars[] = {
         "EMBCACHE_EMU_NO_READONLY_REGISTER", "EMBCACHE_EMU_REGISTER_FAIL",
         "EMBCACHE_REGISTER_MAX", "EMBCACHE_EMU_CAPTURING", "EMBCACHE_EMU_EXCLUSIVE",
-        "EMBCACHE_EMU_ASYNC_US"};
+        "EMBCACHE_EMU_ASYNC_US", "EMBCACHE_EMU_NO_STREAM_WRITE"};
 
     for (size_t i = 0; i < sizeof(vars) / sizeof(vars[0]); i++)
         unsetenv(vars[i]);
@@ -795,15 +805,32 @@ static void test_host_reads_staged(void **state)
     assert_int_equal(stat_of(c, "client_rows_device_tier") - before, 8 * 256);
     unsetenv("EMBCACHE_EMU_NO_READONLY_REGISTER");
 
-    /* Supported but failing: tried once, never again, rows staged. */
-    setenv("EMBCACHE_EMU_REGISTER_FAIL", "1", 1);
+    /* A second client of this process shares the mapping and the
+     * decision: it does not try either. */
     c2 = connect_ok();
     t2 = resolve_ok(c2, "m", "1", "t");
     regs = ec_backend_emu_readonly_registrations();
     assert_int_equal(dgather_check(t2, ids[0], 256, &tb, 0, &s, d, h), 0);
+    assert_int_equal(ec_backend_emu_readonly_registrations(), regs);
+    assert_int_equal(stat_of(c2, "client_gpu0_host_reads_staged"), 2);
+    ec_tensor_release(t2);
+    ec_client_close(c2);
+    ec_tensor_release(t);
+    ec_client_close(c);
+
+    /* Supported but failing: tried once in the process, never again (not
+     * by its other clients either), rows staged. */
+    setenv("EMBCACHE_EMU_REGISTER_FAIL", "1", 1);
+    c = connect_ok();
+    t = resolve_ok(c, "m", "1", "t");
+    c2 = connect_ok();
+    t2 = resolve_ok(c2, "m", "1", "t");
+    regs = ec_backend_emu_readonly_registrations();
+    assert_int_equal(dgather_check(t, ids[0], 256, &tb, 0, &s, d, h), 0);
     assert_int_equal(dgather_check(t2, ids[1], 256, &tb, 0, &s, d, h), 0);
+    assert_int_equal(dgather_check(t2, ids[0], 256, &tb, 0, &s, d, h), 0);
     assert_int_equal(ec_backend_emu_readonly_registrations() - regs, 1);
-    assert_int_equal(stat_of(c2, "client_host_register_failures"), 1);
+    assert_int_equal(stat_of(c2, "client_host_register_failures"), 2);
     assert_int_equal(stat_of(c2, "client_gpu0_host_reads_staged"), 2);
     unsetenv("EMBCACHE_EMU_REGISTER_FAIL");
     ec_tensor_release(t2);
@@ -814,6 +841,126 @@ static void test_host_reads_staged(void **state)
     dev_free(d2);
     free(h);
     free(h2);
+    table_free(&tb);
+}
+
+/* ------------------------------------------------------------------ */
+/* 9b. One mapping and one registration of the segment per process      */
+/*     (issue 13, item 9)                                               */
+
+static void test_one_registration(void **state)
+{
+    struct table tb;
+    ec_client *c, *c2;
+    ec_tensor *t, *t2;
+    struct dstream s;
+    uint8_t *h = malloc(256 * COLS * 4);
+    void *d = dev_alloc(0, 256 * COLS * 4);
+    uint64_t seed = 37, mapped;
+    long regs;
+
+    (void)state;
+    start(emu_args, &tb, 31, &c, &t);
+    stream_init(&s, 0);
+    c2 = connect_ok();
+    t2 = resolve_ok(c2, "m", "1", "t");
+    regs = ec_backend_emu_readonly_registrations();
+    rounds_ok(t, &tb, &s, d, h, &seed, 4);
+    rounds_ok(t2, &tb, &s, d, h, &seed, 4);
+    /* Two clients, one registration; both read host rows mapped. */
+    assert_int_equal(ec_backend_emu_readonly_registrations() - regs, 1);
+    assert_int_equal(stat_of(c2, "client_gpu0_host_reads_mapped"), 2);
+
+    /* The first client goes: the second still reads through the shared
+     * mapping and registration. */
+    ec_tensor_release(t);
+    ec_client_close(c);
+    mapped = stat_of(c2, "client_rows_mapped_host");
+    rounds_ok(t2, &tb, &s, d, h, &seed, 8);
+    assert_int_equal(stat_of(c2, "client_rows_mapped_host") - mapped, 8 * 256);
+    assert_int_equal(ec_backend_emu_readonly_registrations() - regs, 1);
+
+    /* The last one goes: the next client maps and registers anew. */
+    ec_tensor_release(t2);
+    ec_client_close(c2);
+    c = connect_ok();
+    t = resolve_ok(c, "m", "1", "t");
+    rounds_ok(t, &tb, &s, d, h, &seed, 4);
+    assert_int_equal(ec_backend_emu_readonly_registrations() - regs, 2);
+    ec_tensor_release(t);
+    ec_client_close(c);
+    dev_free(d);
+    free(h);
+    table_free(&tb);
+}
+
+/* ------------------------------------------------------------------ */
+/* 9c. Epoch slots cleared by the GPU itself (issue 13, item 9)         */
+
+static void test_epoch_release(void **state)
+{
+    struct table tb;
+    ec_client *c, *c2;
+    ec_tensor *t, *t2;
+    struct dstream s;
+    int64_t ids[256];
+    uint8_t *h = malloc(256 * COLS * 4);
+    void *d = dev_alloc(0, 256 * COLS * 4);
+    uint64_t seed = 43, v;
+    long w;
+    double t0;
+
+    (void)state;
+    start(emu_args, &tb, 41, &c, &t);
+    stream_init(&s, 0);
+    w = ec_backend_emu_stream_writes();
+    rounds_ok(t, &tb, &s, d, h, &seed, 8);
+    /* One stream write per launch, no host function. */
+    assert_int_equal(ec_backend_emu_stream_writes() - w, 8);
+    assert_int_equal(stat_of(c, "client_gpu0_epoch_release_stream"), 1);
+    assert_int_equal(stat_of(c, "client_gpu0_epoch_release_host"), 0);
+
+    /* A copy queued for 1 s: its slot is cleared when it has run, not when
+     * the call returned, so what it reads stays out of reuse until then. */
+    for (int k = 0; k < 256; k++)
+        ids[k] = (int64_t)(splitmix(&seed) % ROWS);
+    setenv("EMBCACHE_EMU_ASYNC_US", "1000000", 1);
+    w = ec_backend_emu_stream_writes();
+    assert_int_equal(dgather(t, ids, 256, d, 256 * COLS * 4, 0, &s, EC_DTYPE_INVALID), 0);
+    unsetenv("EMBCACHE_EMU_ASYNC_US");
+    assert_int_equal(ec_model_evict(c, "m", "1", &v), 0);
+    t0 = now_s();
+    while (now_s() - t0 < 0.5) {
+        assert_true(stat_of(c, "limbo_host_bytes") > 0);
+        usleep(50000);
+    }
+    assert_int_equal(dev_fetch(&s, h, d, 256 * COLS * 4), 0);
+    for (int k = 0; k < 256; k++)
+        assert_memory_equal(h + k * COLS * 4, tb.data + (uint64_t)ids[k] * tb.row_bytes,
+                            tb.row_bytes);
+    assert_int_equal(ec_backend_emu_stream_writes() - w, 1);
+    t0 = now_s();
+    while (stat_of(c, "limbo_host_bytes") && now_s() - t0 < 5)
+        usleep(50000);
+    assert_int_equal(stat_of(c, "limbo_host_bytes"), 0);
+
+    /* A GPU without stream memory operations: a host function clears the
+     * slot, and rows are as right. */
+    setenv("EMBCACHE_EMU_NO_STREAM_WRITE", "1", 1);
+    c2 = connect_ok();
+    t2 = resolve_ok(c2, "m", "1", "t");
+    w = ec_backend_emu_stream_writes();
+    rounds_ok(t2, &tb, &s, d, h, &seed, 8);
+    assert_int_equal(ec_backend_emu_stream_writes(), w);
+    assert_int_equal(stat_of(c2, "client_gpu0_epoch_release_host"), 1);
+    assert_int_equal(stat_of(c2, "client_gpu0_epoch_release_stream"), 1);
+    unsetenv("EMBCACHE_EMU_NO_STREAM_WRITE");
+    ec_tensor_release(t2);
+    ec_client_close(c2);
+    ec_tensor_release(t);
+    ec_client_close(c);
+    dev_free(d);
+    free(h);
     table_free(&tb);
 }
 
@@ -953,6 +1100,8 @@ int main(int argc, char **argv)
         cmocka_unit_test_teardown(test_epoch_outlives_session, env_teardown),
         cmocka_unit_test_teardown(test_epoch_slots_lie, env_teardown),
         cmocka_unit_test_teardown(test_host_reads_staged, cond_teardown),
+        cmocka_unit_test_teardown(test_one_registration, cond_teardown),
+        cmocka_unit_test_teardown(test_epoch_release, cond_teardown),
         cmocka_unit_test_teardown(test_register_chunks, cond_teardown),
         cmocka_unit_test_teardown(test_capture_refused, cond_teardown),
         cmocka_unit_test_teardown(test_exclusive_process, cond_teardown),
