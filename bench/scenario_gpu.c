@@ -14,6 +14,10 @@
  *                         is on the GPU: the kernel reads the daemon's slab
  *                         (CUDA IPC). embcache-dev-f16: the same from an f32
  *                         table into an f16 output (converted in the kernel);
+ *   (a') embcache-dev-gpuids  the same tier with the ids on the GPU, as
+ *                         index_select has them: the GPU finds the rows
+ *                         itself (cuda/resolve.h), and the call waits for
+ *                         that kernel;
  *   (b) embcache-mapped   the daemon runs with --gpu-slab 0: the kernel reads
  *                         the rows over PCIe from the pinned, mapped host
  *                         segment (zero copy);
@@ -87,6 +91,7 @@ struct gpu {
     ec_tensor *t;
     ec_tensor_info info;
     int64_t *ring;
+    int64_t *dring;         /* the same ids in device memory */
     size_t ring_len;
     void *dout;             /* device output, max batch x widest output row */
     unsigned char *check;   /* host copy of it, for verification */
@@ -664,11 +669,12 @@ static uint64_t verify(struct gpu *g, const int64_t *ids, uint64_t batch, ec_dty
 }
 
 static void run_config(struct gpu *g, const char *system, ec_dtype out, uint64_t batch,
-                       bool want_device_tier)
+                       bool want_device_tier, bool gpu_ids)
 {
     size_t out_row = g->dim * ec_dtype_size(out), out_bytes = batch * out_row;
-    ec_gather_opts o = {.flags = EC_GATHER_OUT_DEVICE, .device = g->env->device,
-                        .stream = g->stream, .out_dtype = out};
+    ec_gather_opts o = {.flags = EC_GATHER_OUT_DEVICE | (gpu_ids ? EC_GATHER_IDS_DEVICE : 0u),
+                        .device = g->env->device, .stream = g->stream, .out_dtype = out};
+    const int64_t *ring = gpu_ids ? g->dring : g->ring;
     uint64_t verify_calls = VERIFY_BYTES / out_bytes, pos = 0, t0, timed = 0, dev0, map0, dev1,
              map1, warm = 0;
     bench_gpu_result r;
@@ -694,7 +700,7 @@ static void run_config(struct gpu *g, const char *system, ec_dtype out, uint64_t
     bu_hist_reset(r.h);
     tier_rows(g, &dev0, &map0);
     for (; warm < 3 && rc == 0; warm++) {
-        rc = ec_tensor_gather_ex(g->t, g->ring, batch, g->dout, out_bytes, &o);
+        rc = ec_tensor_gather_ex(g->t, ring, batch, g->dout, out_bytes, &o);
         if (rc == 0 && (e = cudaStreamSynchronize(g->stream)) != cudaSuccess)
             rc = -1, snprintf(r.note, sizeof(r.note), "stream: %s", cudaGetErrorString(e));
     }
@@ -717,7 +723,7 @@ static void run_config(struct gpu *g, const char *system, ec_dtype out, uint64_t
             }
         }
         t0 = bu_now_ns();
-        rc = ec_tensor_gather_ex(g->t, ids, batch, g->dout, out_bytes, &o);
+        rc = ec_tensor_gather_ex(g->t, ring + pos, batch, g->dout, out_bytes, &o);
         if (rc == 0 && (e = cudaStreamSynchronize(g->stream)) != cudaSuccess) {
             snprintf(r.note, sizeof(r.note), "stream: %s", cudaGetErrorString(e));
             break;
@@ -792,7 +798,8 @@ static void run_table(struct gpu *g, ec_dtype dtype, const char *dname, uint64_t
     g->check = malloc(g->max_batch * widest);
     g->conv = malloc(widest);
     if (!g->src || !g->ring || !g->check || !g->conv ||
-        cudaMalloc(&g->dout, g->max_batch * widest) != cudaSuccess) {
+        cudaMalloc(&g->dout, g->max_batch * widest) != cudaSuccess ||
+        cudaMalloc((void **)&g->dring, g->ring_len * sizeof(*g->ring)) != cudaSuccess) {
         gnote(g, "gpu: %s: cannot allocate the table (%" PRIu64 " bytes) and a %" PRIu64
                  "-row output", g->model, g->table_bytes, g->max_batch);
         g->failed = 1;
@@ -805,6 +812,12 @@ static void run_table(struct gpu *g, ec_dtype dtype, const char *dname, uint64_t
         uint64_t s = g->env->seed ^ (dim * 0x9e37u) ^ (uint64_t)dtype;
         for (size_t i = 0; i < g->ring_len; i++)
             g->ring[i] = (int64_t)(bu_splitmix(&s) % g->rows);
+    }
+    if (cudaMemcpy(g->dring, g->ring, g->ring_len * sizeof(*g->ring),
+                   cudaMemcpyHostToDevice) != cudaSuccess) {
+        gnote(g, "gpu: %s: cannot copy the ids to the GPU", g->model);
+        g->failed = 1;
+        goto out;
     }
     if (write_npy(g)) {
         gnote(g, "gpu: cannot write %s: %s", g->npy, strerror(errno));
@@ -820,9 +833,10 @@ static void run_table(struct gpu *g, ec_dtype dtype, const char *dname, uint64_t
         g->failed = 1;
     } else {
         for (unsigned b = 0; b < g->env->nbatch && !stopped(g); b++) {
-            run_config(g, "embcache-dev", dtype, g->env->batch[b], true);
+            run_config(g, "embcache-dev", dtype, g->env->batch[b], true, false);
+            run_config(g, "embcache-dev-gpuids", dtype, g->env->batch[b], true, true);
             if (dtype == EC_DTYPE_F32)
-                run_config(g, "embcache-dev-f16", EC_DTYPE_F16, g->env->batch[b], true);
+                run_config(g, "embcache-dev-f16", EC_DTYPE_F16, g->env->batch[b], true, false);
         }
     }
     /* (b) no device tier: the kernel reads the mapped host segment. */
@@ -833,7 +847,7 @@ static void run_table(struct gpu *g, ec_dtype dtype, const char *dname, uint64_t
             g->failed = 1;
         } else {
             for (unsigned b = 0; b < g->env->nbatch && !stopped(g); b++)
-                run_config(g, "embcache-mapped", dtype, g->env->batch[b], false);
+                run_config(g, "embcache-mapped", dtype, g->env->batch[b], false, false);
         }
     }
     if (g->c) { /* the partition file is not needed any more */
@@ -846,7 +860,9 @@ out:
     g->env->daemon_stop(g->env->h);
     unlink(g->npy);
     cudaFree(g->dout);
+    cudaFree(g->dring);
     g->dout = NULL;
+    g->dring = NULL;
     free(g->src);
     free(g->ring);
     free(g->check);
@@ -883,23 +899,26 @@ static void print_table(const struct gpu *g)
     fprintf(f, "\ngpu: rows into GPU %d (%s) memory; p50 microseconds per call (call + stream "
                "sync), GB/s of source rows; H2D pinned %.2f GB/s\n",
             g->env->device, g->dev_name, g->h2d_gbps);
-    fprintf(f, "%-5s %5s %6s %10s %10s %10s %10s %10s %8s %8s %7s %7s %7s %7s\n", "dtype", "dim",
-            "batch", "(a)dev", "(a)->f16", "(b)mapped", "(c)t-host", "(d)t-dev", "(a)GB/s",
-            "(b)GB/s", "(b)/H2D", "(a)/(d)", "(c)/(a)", "(c)/(b)");
+    fprintf(f, "%-5s %5s %6s %10s %10s %10s %10s %10s %10s %8s %8s %7s %7s %7s %7s %7s\n",
+            "dtype", "dim", "batch", "(a)dev", "(a')gpuid", "(a)->f16", "(b)mapped",
+            "(c)t-host", "(d)t-dev", "(a)GB/s", "(b)GB/s", "(b)/H2D", "(a)/(d)", "(a')/(d)",
+            "(c)/(a)", "(c)/(b)");
     for (unsigned t = 0; t < g->env->ndtypes; t++)
         for (unsigned d = 0; d < g->env->ndims; d++)
             for (unsigned b = 0; b < g->env->nbatch; b++) {
                 const char *dt = g->env->dtypes[t];
                 uint64_t dim = g->env->dims[d], batch = g->env->batch[b];
                 const struct gres *a = gfind(g, "embcache-dev", dt, dim, batch),
+                                  *ag = gfind(g, "embcache-dev-gpuids", dt, dim, batch),
                                   *a16 = gfind(g, "embcache-dev-f16", dt, dim, batch),
                                   *bm = gfind(g, "embcache-mapped", dt, dim, batch),
                                   *c = gfind(g, "torch-host", dt, dim, batch),
                                   *dd = gfind(g, "torch-device", dt, dim, batch);
-                if (!a && !a16 && !bm && !c && !dd)
+                if (!a && !ag && !a16 && !bm && !c && !dd)
                     continue;
                 fprintf(f, "%-5s %5" PRIu64 " %6" PRIu64, dt, dim, batch);
                 cellf(f, a ? a->p50 : -1, 1, 10);
+                cellf(f, ag ? ag->p50 : -1, 1, 10);
                 cellf(f, a16 ? a16->p50 : -1, 1, 10);
                 cellf(f, bm ? bm->p50 : -1, 1, 10);
                 cellf(f, c ? c->p50 : -1, 1, 10);
@@ -908,6 +927,7 @@ static void print_table(const struct gpu *g)
                 cellf(f, bm ? bm->gbps : -1, 2, 8);
                 cellf(f, bm ? gratio(bm->gbps, g->h2d_gbps) : -1, 2, 7);
                 cellf(f, a && dd ? gratio(a->p50, dd->p50) : -1, 2, 7);
+                cellf(f, ag && dd ? gratio(ag->p50, dd->p50) : -1, 2, 7);
                 cellf(f, a && c ? gratio(c->p50, a->p50) : -1, 2, 7);
                 cellf(f, bm && c ? gratio(c->p50, bm->p50) : -1, 2, 7);
                 fprintf(f, "\n");
@@ -918,12 +938,16 @@ static void print_table(const struct gpu *g)
             const char *dt = g->env->dtypes[t];
             uint64_t dim = g->env->dims[d];
             const struct gres *a = gfind(g, "embcache-dev", dt, dim, big),
+                              *ag = gfind(g, "embcache-dev-gpuids", dt, dim, big),
                               *bm = gfind(g, "embcache-mapped", dt, dim, big),
                               *dd = gfind(g, "torch-device", dt, dim, big);
             char what[96];
             snprintf(what, sizeof(what), "%s dim %" PRIu64 ": (a) / (d) p50 time (<= 1.2)", dt,
                      dim);
             ggoal(f, what, a && dd ? gratio(a->p50, dd->p50) : -1, 1.2, true);
+            snprintf(what, sizeof(what), "%s dim %" PRIu64 ": (a') / (d) p50 time (<= 1.2)", dt,
+                     dim);
+            ggoal(f, what, ag && dd ? gratio(ag->p50, dd->p50) : -1, 1.2, true);
             snprintf(what, sizeof(what), "%s dim %" PRIu64 ": (b) GB/s / H2D pinned (>= 0.8)", dt,
                      dim);
             ggoal(f, what, bm ? gratio(bm->gbps, g->h2d_gbps) : -1, 0.8, false);

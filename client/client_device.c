@@ -291,7 +291,7 @@ int cl_device_stream_check(int dev, void *stream)
 /* Announce a device gather's epoch (layout.h "Device reads"). Returns the
  * slot; waits while all are taken (64 gathers of this client in flight),
  * and gives up with NULL (message set) after about 5 s of that. */
-static _Atomic uint64_t *epoch_enter(ec_client *c)
+_Atomic uint64_t *cl_epoch_enter(ec_client *c)
 {
     for (int spin = 0;; spin++) {
         for (unsigned k = 0; k < EC_SESSION_EPOCH_SLOTS; k++) {
@@ -320,7 +320,7 @@ static _Atomic uint64_t *epoch_enter(ec_client *c)
     }
 }
 
-static void epoch_exit(void *slot)
+void cl_epoch_exit(void *slot)
 {
     atomic_store_explicit((_Atomic uint64_t *)slot, 0, memory_order_release);
 }
@@ -448,7 +448,7 @@ int cl_gather_device(ec_tensor *t, const int64_t *ids, size_t n, void *out, ec_d
         }
         if ((rc = cl_device_ready(c, o->device)))
             break;
-        if (!(slot = epoch_enter(c))) {
+        if (!(slot = cl_epoch_enter(c))) {
             rc = EC_EBUSY;
             break;
         }
@@ -509,12 +509,12 @@ int cl_gather_device(ec_tensor *t, const int64_t *ids, size_t n, void *out, ec_d
             nsrc++;
         }
         if (rc) {
-            epoch_exit((void *)slot);
+            cl_epoch_exit((void *)slot);
             break;
         }
         if (st.rows && !staged_valid(s->refs, st.nrefs)) {
             /* A staged row was torn: look everything up again. */
-            epoch_exit((void *)slot);
+            cl_epoch_exit((void *)slot);
             retries++;
             if (nparts && (rc = cl_fault(t, s->parts, nparts)))
                 break;
@@ -527,7 +527,7 @@ int cl_gather_device(ec_tensor *t, const int64_t *ids, size_t n, void *out, ec_d
                                 .src_dtype = (ec_dtype)t->t.dtype, .dst_dtype = dst,
                                 .dst = out, .dst_rows = nsrc == n ? NULL : s->dst_rows,
                                 .device = o->device, .stream = o->stream,
-                                .done = epoch_exit, .done_arg = (void *)slot,
+                                .done = cl_epoch_exit, .done_arg = (void *)slot,
                                 .release = slot,
                                 .release_dev = d->epoch_dev
                                                    ? d->epoch_dev +
@@ -536,7 +536,7 @@ int cl_gather_device(ec_tensor *t, const int64_t *ids, size_t n, void *out, ec_d
                                                    : 0};
             rc = cl_be()->gather(&g);
             if (rc) {
-                epoch_exit((void *)slot);
+                cl_epoch_exit((void *)slot);
                 break;
             }
             dev_rows += rdev;
@@ -545,7 +545,7 @@ int cl_gather_device(ec_tensor *t, const int64_t *ids, size_t n, void *out, ec_d
             if (!partial)
                 break;
         } else {
-            epoch_exit((void *)slot);
+            cl_epoch_exit((void *)slot);
         }
         if (partial) {
             memcpy(s->todo, s->next, nnext * sizeof(*s->next));

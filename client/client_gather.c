@@ -194,20 +194,33 @@ static int fault_rows(ec_tensor *t, uint64_t *ids, size_t n)
  * this thread filled it costs nothing but a missed touch. At most a quarter
  * of the ring per gather: enough for the policy, and a huge gather does not
  * wipe out what other threads recorded. */
+/* Claim n slots of the access ring (at most a quarter of it): the first
+ * one's number, and *n trimmed. */
+static uint64_t ring_claim(ec_client *c, size_t *n)
+{
+    if (*n > EC_SESSION_RING / 4)
+        *n = EC_SESSION_RING / 4;
+    return *n ? atomic_fetch_add_explicit(&c->session->ring_head, *n, memory_order_relaxed) : 0;
+}
+
 void cl_note_accesses(ec_client *c, const ec_index_ref *refs, size_t n)
 {
-    ec_session_page *s = c->session;
-    uint64_t h;
+    uint64_t h = ring_claim(c, &n);
 
-    if (n > EC_SESSION_RING / 4)
-        n = EC_SESSION_RING / 4;
-    if (n == 0)
-        return;
-    h = atomic_fetch_add_explicit(&s->ring_head, n, memory_order_relaxed);
     for (size_t i = 0; i < n; i++) {
         uint64_t key = atomic_load_explicit(&refs[i].entry->key, memory_order_relaxed);
-        atomic_store_explicit(&s->ring[(h + i) % EC_SESSION_RING], key, memory_order_relaxed);
+        atomic_store_explicit(&c->session->ring[(h + i) % EC_SESSION_RING], key,
+                              memory_order_relaxed);
     }
+}
+
+void cl_note_keys(ec_client *c, const uint64_t *keys, size_t n)
+{
+    uint64_t h = ring_claim(c, &n);
+
+    for (size_t i = 0; i < n; i++)
+        atomic_store_explicit(&c->session->ring[(h + i) % EC_SESSION_RING], keys[i],
+                              memory_order_relaxed);
 }
 
 /* Add to a session counter; a zero add skips the locked instruction. */
@@ -234,8 +247,8 @@ int cl_gather_check(const ec_tensor *t, const int64_t *ids, size_t n, size_t out
     if (n > SIZE_MAX / (out_row ? out_row : 1) || out_size < n * out_row)
         return ec_seterr(EC_EINVAL, "output buffer of %zu bytes is too small for %zu rows of "
                                     "%llu bytes", out_size, n, (unsigned long long)out_row);
-    if (mode_of(t) == EC_CACHE_DYNAMIC)
-        return 0; /* ids are keys: any int64 */
+    if (mode_of(t) == EC_CACHE_DYNAMIC || !ids)
+        return 0; /* ids are keys (any int64), or on a GPU (checked there) */
     for (size_t i = 0; i < n; i++)
         if (ids[i] < 0 || (uint64_t)ids[i] >= rows)
             return ec_seterr(EC_ERANGE, "ids[%zu] = %lld is outside tensor '%s' of model '%s' "
@@ -551,6 +564,9 @@ int ec_tensor_gather_ex(ec_tensor *t, const int64_t *ids, size_t n, void *out,
             return rc;
         if (b->check_ptr && (rc = b->check_ptr(ids, o.device)))
             return ec_adderr(rc, "ids");
+        rc = cl_gather_device_ids(t, ids, n, out, out_size, dst, &o);
+        if (rc != CL_NOT_HERE)
+            return rc;
         if (n > SIZE_MAX / sizeof(*hids) || !(hids = malloc(n * sizeof(*hids))))
             return ec_seterr(EC_ENOMEM, "host copy of %zu ids", n);
         if ((rc = b->copy_to_host(hids, ids, n * sizeof(*hids), o.device, o.stream))) {

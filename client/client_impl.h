@@ -167,6 +167,8 @@ struct scratch {
 struct scratch *cl_scratch_get(size_t n);
 int cl_fault(ec_tensor *t, uint32_t *parts, size_t n);
 void cl_note_accesses(ec_client *c, const ec_index_ref *refs, size_t n);
+/* The same hints as index keys (EC_INDEX_KEY). */
+void cl_note_keys(ec_client *c, const uint64_t *keys, size_t n);
 void cl_count(_Atomic uint64_t *ctr, uint64_t v);
 int cl_gather_check(const ec_tensor *t, const int64_t *ids, size_t n, size_t out_size,
                     ec_dtype dst);
@@ -204,11 +206,23 @@ uint32_t cl_segmap_host_reads(struct segmap *m, int dev, bool readonly_ok, ec_ho
 
 /* client_device.c */
 bool cl_epochs_drained(ec_client *c);
+/* Announce a device gather's epoch (layout.h "Device reads"): the slot it
+ * holds, or NULL (message set) when all stayed taken for about 5 s.
+ * cl_epoch_exit gives it back (its argument: the slot). */
+_Atomic uint64_t *cl_epoch_enter(ec_client *c);
+void cl_epoch_exit(void *slot);
 int cl_device_ready(ec_client *c, int dev);
 /* Refuse a GPU gather on a stream that is being captured into a CUDA graph
  * (before any call that capture forbids). 0 or EC_EINVAL. */
 int cl_device_stream_check(int dev, void *stream);
 int cl_gather_device(ec_tensor *t, const int64_t *ids, size_t n, void *out, ec_dtype dst,
                      const ec_gather_opts *o);
+
+/* client_resolve.c: a gather whose ids are on the GPU, rows found by the
+ * GPU. 0, an error, or CL_NOT_HERE: the batch (or this tensor, GPU or
+ * backend) needs the host-resolved path (cl_gather_device). */
+#define CL_NOT_HERE 1
+int cl_gather_device_ids(ec_tensor *t, const int64_t *ids, size_t n, void *out,
+                         size_t out_size, ec_dtype dst, const ec_gather_opts *o);
 
 #endif

@@ -212,6 +212,7 @@ static const struct stat_desc {
     {"client_rows_device_tier", 'c', "Rows clients read from the device tier (untrusted)"},
     {"client_rows_mapped_host", 'c', "Rows GPU gathers read through the mapped segment"},
     {"client_rows_staged_host", 'c', "Rows GPU gathers read through a staging buffer"},
+    {"client_rows_gpu_resolved", 'c', "Rows of ids on a GPU that the GPU found and copied"},
 };
 
 /* Per-tensor families: the label set (model, version, tensor) each. */

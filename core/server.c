@@ -134,6 +134,7 @@ static void fold_session(server *s, struct conn *c)
     s->st.device_rows += atomic_load_explicit(&p->device_rows, memory_order_relaxed);
     s->st.mapped_rows += atomic_load_explicit(&p->mapped_rows, memory_order_relaxed);
     s->st.staged_rows += atomic_load_explicit(&p->staged_rows, memory_order_relaxed);
+    s->st.gpu_resolved_rows += atomic_load_explicit(&p->gpu_resolved_rows, memory_order_relaxed);
     for (unsigned k = 0; k < EC_SESSION_TENSORS; k++) {
         uint32_t t = atomic_load_explicit(&p->tstat[k].tensor, memory_order_relaxed);
         struct tcount *tc;

@@ -56,7 +56,7 @@ int srv_stats_each(server *s, int (*cb)(const char *name, uint64_t v, void *arg)
     uint64_t g = s->st.gathers, rows = s->st.rows, hits = s->st.hits, misses = s->st.misses,
              retries = s->st.retries, faults = s->st.faults,
              device_rows = s->st.device_rows, mapped_rows = s->st.mapped_rows,
-             staged_rows = s->st.staged_rows;
+             staged_rows = s->st.staged_rows, gpu_resolved_rows = s->st.gpu_resolved_rows;
     /* How clients' GPU gathers read host rows, per client GPU ordinal. */
     uint64_t reads_mapped[EC_SHM_MAX_DEVICES] = {0}, reads_staged[EC_SHM_MAX_DEVICES] = {0},
              reads_failed = 0;
@@ -76,6 +76,8 @@ int srv_stats_each(server *s, int (*cb)(const char *name, uint64_t v, void *arg)
         device_rows += atomic_load_explicit(&k->session->device_rows, memory_order_relaxed);
         mapped_rows += atomic_load_explicit(&k->session->mapped_rows, memory_order_relaxed);
         staged_rows += atomic_load_explicit(&k->session->staged_rows, memory_order_relaxed);
+        gpu_resolved_rows +=
+            atomic_load_explicit(&k->session->gpu_resolved_rows, memory_order_relaxed);
         for (unsigned d = 0; d < EC_SHM_MAX_DEVICES; d++) {
             uint32_t m = atomic_load_explicit(&k->session->host_reads[d], memory_order_relaxed);
             reads_mapped[d] += m == EC_HOST_READS_MAPPED;
@@ -136,6 +138,7 @@ int srv_stats_each(server *s, int (*cb)(const char *name, uint64_t v, void *arg)
     S("client_rows_device_tier", device_rows);
     S("client_rows_mapped_host", mapped_rows);
     S("client_rows_staged_host", staged_rows);
+    S("client_rows_gpu_resolved", gpu_resolved_rows);
     /* Clients per GPU (their ordinal) whose kernels read host rows through
      * the mapped segment, or staged through a pinned buffer (read-only
      * registration unsupported or failed); only GPUs in use. */

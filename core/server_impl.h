@@ -122,7 +122,7 @@ typedef struct server {
             disconnected_slow, epoch_disconnects, pin_revocations, denied, imports, import_failures;
         /* Session counters of clients that have gone. */
         uint64_t gathers, rows, hits, misses, retries, faults, device_rows, mapped_rows,
-            staged_rows;
+            staged_rows, gpu_resolved_rows;
         /* Requests answered with an error, by code (index -code). */
         uint64_t errors[1 - EC_E_LAST];
         /* Aliases moved; of them, to a version not prewarmed (under 90% of

@@ -28,6 +28,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "cuda/resolve.h"
 #include "embcache.h"
 
 /* One batched gather: source row src[i] (row_bytes bytes of src_dtype)
@@ -171,6 +172,17 @@ typedef struct ec_backend {
      * stream is captured. The staged path of host rows when the segment
      * cannot be registered read-only. */
     int (*stage_get)(int device, size_t bytes, void **host, const void **dev);
+    /* Ids on the GPU: find each row on the GPU itself (cuda/resolve.h),
+     * copy the resident ones to a->dst (converted from src_dtype to
+     * dst_dtype) in order on `stream`, and return when that has completed.
+     * The backend supplies a->status and a->parts (the caller leaves them
+     * NULL); *status and *parts receive their host addresses: n EC_RS_*
+     * bytes and n partitions, valid until the thread's next gather on the
+     * device. Must not be called while a stream is captured. NULL where
+     * the backend cannot (CPU). */
+    int (*resolve_gather)(const ec_resolve_args *a, ec_dtype src_dtype, ec_dtype dst_dtype,
+                          int device, void *stream, const uint8_t **status,
+                          const uint32_t **parts);
     /* Daemon: allocate a slab of `bytes` on `device` and export it as a file
      * descriptor (out->fd). */
     int (*slab_create)(int device, uint64_t bytes, ec_slab *out);

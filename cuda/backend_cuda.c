@@ -294,6 +294,9 @@ struct tscratch {
     uint8_t *stage;              /* staged host rows: pinned, mapped (stage_get) */
     uint8_t *stage_dev;
     size_t stage_cap;
+    uint8_t *status;             /* resolve_gather's statuses and partitions: */
+    uint8_t *status_dev;         /* pinned, mapped; cap * (1 + 4) bytes */
+    size_t status_cap;
     cudaEvent_t ev;              /* recorded after the last launch using src
                                   * and stage */
     bool pending;
@@ -338,6 +341,8 @@ static void ts_destroy(void *p)
                 (void)cudaFreeHost(s->src);
             if (s->stage)
                 (void)cudaFreeHost(s->stage);
+            if (s->status)
+                (void)cudaFreeHost(s->status);
         }
     free(set);
 }
@@ -478,6 +483,67 @@ static int cuda_stage_get(int device, size_t bytes, void **host, const void **de
     if (rc == 0) {
         *host = s->stage;
         *dev = s->stage_dev;
+    }
+    return rc;
+}
+
+static int cuda_resolve_gather(const ec_resolve_args *a, ec_dtype src_dtype, ec_dtype dst_dtype,
+                               int device, void *stream, const uint8_t **status,
+                               const uint32_t **parts)
+{
+    struct tscratch *s = NULL;
+    ec_resolve_args k = *a;
+    cudaError_t e;
+    int prev, rc;
+
+    if (device < 0 || device >= cuda_device_count() || device >= EC_BACKEND_MAX_DEVICES)
+        return ec_seterr(EC_EINVAL, "output device %d does not exist (%d GPU(s))", device,
+                         cuda_device_count());
+    if ((e = enter(device, &prev)) != cudaSuccess)
+        return cerr(e, "selecting the device", device);
+    rc = ts_open(device, &s);
+    if (rc == 0 && a->n > s->status_cap) {
+        /* Statuses first, then the partitions 4-byte aligned after them. */
+        size_t cap = a->n < 4096 ? 4096 : (a->n + 3) / 4 * 4;
+        if (s->status)
+            (void)cudaFreeHost(s->status);
+        s->status = NULL;
+        s->status_cap = 0;
+        e = cudaHostAlloc((void **)&s->status, cap * 5, cudaHostAllocMapped | cudaHostAllocPortable);
+        if (e == cudaSuccess)
+            e = cudaHostGetDevicePointer((void **)&s->status_dev, s->status, 0);
+        if (e != cudaSuccess) {
+            if (s->status)
+                (void)cudaFreeHost(s->status);
+            s->status = NULL;
+            rc = cerr(e, "allocating the row status buffer", device);
+        } else {
+            s->status_cap = cap;
+        }
+    }
+    if (rc == 0) {
+        k.status = s->status_dev;
+        k.parts = (uint32_t *)(s->status_dev + s->status_cap);
+        e = (cudaError_t)ec_cuda_resolve_launch(&k, (int)src_dtype, (int)dst_dtype, stream);
+        if (e == cudaSuccess)
+            e = cudaEventRecord(s->ev, (cudaStream_t)stream);
+        if (e == cudaSuccess) {
+            ts_close(s);
+            /* The caller reads the statuses now and releases its epoch:
+             * the kernel must have run. Only this event is waited for. */
+            e = cudaEventSynchronize(s->ev);
+            if (e == cudaSuccess)
+                s->pending = false;
+        } else {
+            (void)cudaStreamSynchronize((cudaStream_t)stream);
+        }
+        if (e != cudaSuccess)
+            rc = cerr(e, "the gather kernel that finds rows on the GPU", device);
+    }
+    leave(device, prev);
+    if (rc == 0) {
+        *status = s->status;
+        *parts = (const uint32_t *)(s->status + s->status_cap);
     }
     return rc;
 }
@@ -965,6 +1031,7 @@ static const ec_backend backend_cuda = {
     .host_register = cuda_host_register,
     .host_unregister = cuda_host_unregister,
     .stage_get = cuda_stage_get,
+    .resolve_gather = cuda_resolve_gather,
     .slab_create = cuda_slab_create,
     .slab_destroy = cuda_slab_destroy,
     .slab_write = cuda_slab_write,

@@ -74,6 +74,8 @@ struct emu_thread {
     _Atomic int inflight;
     void *stage[EC_BACKEND_MAX_DEVICES];
     size_t stage_cap[EC_BACKEND_MAX_DEVICES];
+    uint8_t *status;       /* resolve_gather: statuses, partitions, and the */
+    size_t status_cap;     /* rows to copy; grown as needed */
 };
 
 static pthread_key_t et_key;
@@ -85,6 +87,7 @@ static void et_unref(struct emu_thread *t)
         return;
     for (unsigned i = 0; i < EC_BACKEND_MAX_DEVICES; i++)
         free(t->stage[i]);
+    free(t->status);
     free(t);
 }
 
@@ -241,6 +244,64 @@ static int emu_gather(const ec_gather_desc *g)
     if ((rc = ec_cpu_gather(&h)))
         return rc;
     release_write(h.release_dev);
+    return 0;
+}
+
+/* The resolve kernel, run on the host with the code the GPU runs
+ * (cuda/resolve.h), through the registrations' "device addresses". In
+ * order on the stream: after the gathers queued on it. */
+static int emu_resolve_gather(const ec_resolve_args *a, ec_dtype src_dtype, ec_dtype dst_dtype,
+                              int device, void *stream, const uint8_t **status,
+                              const uint32_t **parts)
+{
+    struct emu_thread *t = et_get();
+    _Atomic int *queued = stream;
+    size_t per = 1 + sizeof(uint32_t) + sizeof(void *) + sizeof(size_t), m = 0;
+    uint32_t *pt;
+    const void **src;
+    size_t *rows;
+    int rc;
+
+    if (device < 0 || device >= emu_device_count())
+        return ec_seterr(EC_EINVAL, "output device %d does not exist (%d emulated GPU(s))",
+                         device, emu_device_count());
+    if (!t)
+        return ec_seterr(EC_ENOMEM, "emulated resolve");
+    if (a->n > t->status_cap) {
+        uint8_t *p = malloc(a->n * per + 16);
+        if (!p)
+            return ec_seterr(EC_ENOMEM, "emulated resolve of %llu rows",
+                             (unsigned long long)a->n);
+        free(t->status);
+        t->status = p;
+        t->status_cap = a->n;
+    }
+    /* Statuses, then (8-byte aligned) row addresses, output rows, parts. */
+    src = (const void **)(t->status + (t->status_cap + 7) / 8 * 8);
+    rows = (size_t *)(src + t->status_cap);
+    pt = (uint32_t *)(rows + t->status_cap);
+    while (queued && atomic_load(queued) > 0)
+        usleep(10);
+    for (uint64_t i = 0; i < a->n; i++) {
+        uint64_t at = 0;
+        uint32_t part = 0;
+        unsigned st = ec_rs_find(a, a->ids[i], &at, &part);
+        t->status[i] = (uint8_t)st;
+        pt[i] = part;
+        if (st == EC_RS_DEVICE || st == EC_RS_HOST) {
+            src[m] = (const void *)(uintptr_t)at;
+            rows[m++] = (size_t)i;
+        }
+    }
+    {
+        ec_gather_desc g = {.src = src, .n = m, .row_bytes = a->row_bytes,
+                            .src_dtype = src_dtype, .dst_dtype = dst_dtype, .dst = a->dst,
+                            .dst_rows = rows, .device = -1};
+        if ((rc = ec_cpu_gather(&g)))
+            return rc;
+    }
+    *status = t->status;
+    *parts = pt;
     return 0;
 }
 
@@ -559,6 +620,7 @@ const ec_backend ec_backend_emu = {
     .host_register = emu_host_register,
     .host_unregister = emu_host_unregister,
     .stage_get = emu_stage_get,
+    .resolve_gather = emu_resolve_gather,
     .slab_create = emu_slab_create,
     .slab_destroy = emu_slab_destroy,
     .slab_write = emu_slab_write,

@@ -28,6 +28,7 @@
 #include <stdint.h>
 
 #include "cuda/gather_kernel.h"
+#include "cuda/resolve.h"
 #include "embcache.h"
 
 namespace {
@@ -166,6 +167,40 @@ __global__ void __launch_bounds__(1024) gather_kernel(const gather_args a)
     }
 }
 
+/* Ids on the GPU: each group of lanes finds its row (cuda/resolve.h: the
+ * device index, then the host index, through the mapped segment), copies
+ * it, and lane 0 writes the row's status for the host. Every lane of a
+ * group does the same lookup (the same addresses: one transaction per
+ * warp) rather than passing the result through shared memory. */
+template <int MODE>
+__global__ void __launch_bounds__(1024) resolve_kernel(const ec_resolve_args a, int tpr_log2)
+{
+    const int tpr = 1 << tpr_log2;
+    const int lane = (int)(threadIdx.x & (unsigned)(tpr - 1));
+    const long long rows_per_block = (long long)(blockDim.x >> tpr_log2);
+    const long long stride = (long long)gridDim.x * rows_per_block;
+    const long long n = (long long)a.n;
+
+    for (long long row = (long long)blockIdx.x * rows_per_block + (threadIdx.x >> tpr_log2);
+         row < n; row += stride) {
+        uint64_t src = 0;
+        uint32_t part = 0;
+        const unsigned st = ec_rs_find(&a, a.ids[row], &src, &part);
+        if (lane == 0) {
+            a.status[row] = (unsigned char)st;
+            a.parts[row] = part;
+        }
+        if (st != EC_RS_DEVICE && st != EC_RS_HOST)
+            continue;
+        const unsigned char *s = reinterpret_cast<const unsigned char *>(src);
+        unsigned char *d = a.dst + row * (long long)a.out_row_bytes;
+        if (MODE == MODE_COPY)
+            copy_row(s, d, (long long)a.row_bytes, lane, tpr);
+        else
+            convert_row<MODE>(s, d, (long long)(a.row_bytes / 4), lane, tpr);
+    }
+}
+
 } // namespace
 
 /* Blocks of at least 256 threads; a launch never needs more blocks than
@@ -219,6 +254,43 @@ extern "C" int ec_cuda_gather_launch(const uint64_t *src, const size_t *dst_rows
     case MODE_COPY: gather_kernel<MODE_COPY><<<(unsigned)blocks, threads, 0, st>>>(a); break;
     case MODE_F16: gather_kernel<MODE_F16><<<(unsigned)blocks, threads, 0, st>>>(a); break;
     default: gather_kernel<MODE_BF16><<<(unsigned)blocks, threads, 0, st>>>(a); break;
+    }
+    return (int)cudaGetLastError();
+}
+
+extern "C" int ec_cuda_resolve_launch(const ec_resolve_args *a, int src_dtype, int dst_dtype,
+                                      void *stream)
+{
+    const size_t in_size = ec_dtype_size((ec_dtype)src_dtype);
+    int mode, tpr_log2 = 0;
+
+    if (a->n == 0)
+        return 0;
+    if (!in_size || !ec_dtype_size((ec_dtype)dst_dtype) || !a->ids || !a->dst || !a->status || !a->parts ||
+        a->row_bytes == 0 || a->row_bytes % in_size)
+        return (int)cudaErrorInvalidValue;
+    if (src_dtype == dst_dtype)
+        mode = MODE_COPY;
+    else if (src_dtype == EC_DTYPE_F32 && dst_dtype == EC_DTYPE_F16)
+        mode = MODE_F16;
+    else if (src_dtype == EC_DTYPE_F32 && dst_dtype == EC_DTYPE_BF16)
+        mode = MODE_BF16;
+    else
+        return (int)cudaErrorInvalidValue;
+    const size_t units = (a->row_bytes + 15) / 16;
+    while (tpr_log2 < 10 && ((size_t)1 << tpr_log2) < units)
+        tpr_log2++;
+    const unsigned threads = (1u << tpr_log2) > EC_GATHER_BLOCK ? (1u << tpr_log2)
+                                                                 : EC_GATHER_BLOCK;
+    const size_t rows_per_block = threads >> tpr_log2;
+    size_t blocks = (a->n + rows_per_block - 1) / rows_per_block;
+    if (blocks > EC_GATHER_MAX_BLOCKS)
+        blocks = EC_GATHER_MAX_BLOCKS;
+    cudaStream_t st = static_cast<cudaStream_t>(stream);
+    switch (mode) {
+    case MODE_COPY: resolve_kernel<MODE_COPY><<<(unsigned)blocks, threads, 0, st>>>(*a, tpr_log2); break;
+    case MODE_F16: resolve_kernel<MODE_F16><<<(unsigned)blocks, threads, 0, st>>>(*a, tpr_log2); break;
+    default: resolve_kernel<MODE_BF16><<<(unsigned)blocks, threads, 0, st>>>(*a, tpr_log2); break;
     }
     return (int)cudaGetLastError();
 }

@@ -29,6 +29,13 @@
 extern "C" {
 #endif
 
+/* Ids on the GPU (cuda/resolve.h): each row of a->ids found through the
+ * device index, then the host index, copied (converted as above) to output
+ * row i of a->dst, and its status written to a->status[i]. */
+struct ec_resolve_args;
+int ec_cuda_resolve_launch(const struct ec_resolve_args *a, int src_dtype, int dst_dtype,
+                           void *stream);
+
 int ec_cuda_gather_launch(const uint64_t *src, const size_t *dst_rows, size_t n,
                           size_t row_elems, int src_dtype, int dst_dtype, void *dst,
                           void *stream);

@@ -308,7 +308,7 @@ typedef struct ec_session_page {
     /* How its GPU gathers give their epoch back, per GPU ordinal
      * (EC_EPOCH_RELEASE_*; 0: GPU not used yet). Untrusted, for stats. */
     _Atomic uint8_t epoch_release[EC_SHM_MAX_DEVICES];
-    uint8_t reserved2[8];
+    _Atomic uint64_t gpu_resolved_rows; /* rows of ids on a GPU found by the GPU */
     _Atomic uint64_t ring[EC_SESSION_RING];
 
     /* Epochs of the client's device gathers in flight (layout.h "Device
@@ -354,6 +354,7 @@ typedef struct ec_session_page {
 static_assert(offsetof(ec_session_page, gathers) == 64, "session layout");
 static_assert(offsetof(ec_session_page, host_reads) == 144, "session layout");
 static_assert(offsetof(ec_session_page, epoch_release) == 176, "session layout");
+static_assert(offsetof(ec_session_page, gpu_resolved_rows) == 184, "session layout");
 static_assert(offsetof(ec_session_page, ring) == 192, "session layout");
 static_assert(sizeof(ec_session_page) <= EC_SESSION_SIZE, "session fits");
 

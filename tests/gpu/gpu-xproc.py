@@ -100,6 +100,7 @@ def worker(sock, npy, phase, seed):
         st = c.stats()
         out["client_rows_device_tier"] = st.get("client_rows_device_tier")
         out["client_rows_mapped_host"] = st.get("client_rows_mapped_host")
+        out["client_rows_gpu_resolved"] = st.get("client_rows_gpu_resolved")
     elif phase == "streams" and gpu:
         # ids written on the current stream after a long sleep, gathered with stream=<another>:
         # the gather must wait for the current stream (issue 13, item 8)

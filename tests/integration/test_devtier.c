@@ -84,6 +84,17 @@ static void dev_free(void *p)
     free(p);
 }
 
+/* Copy n bytes of host memory to device memory (ids for the GPU). */
+static int dev_put(void *dst, const void *src, size_t n)
+{
+#ifdef EC_HAVE_CUDA
+    if (on_cuda)
+        return cudaMemcpy(dst, src, n, cudaMemcpyHostToDevice) == cudaSuccess ? 0 : -1;
+#endif
+    memcpy(dst, src, n);
+    return 0;
+}
+
 static void *stream_arg(struct dstream *s)
 {
     return on_cuda ? s->cuda : (void *)&s->pending;
@@ -965,6 +976,104 @@ static void test_epoch_release(void **state)
 }
 
 /* ------------------------------------------------------------------ */
+/* 9d. Ids on the GPU: rows found by the GPU (issue 13, item 9)         */
+
+/* Gather n ids that are in device memory (dids) to GPU 0 as dt, fetch the
+ * output and compare it with the host gather of the same host ids. */
+static int dids_check(ec_tensor *t, const int64_t *ids, const int64_t *dids, size_t n,
+                      struct dstream *s, void *d, uint8_t *h, uint8_t *want, ec_dtype dt)
+{
+    ec_gather_opts o = {.flags = EC_GATHER_OUT_DEVICE | EC_GATHER_IDS_DEVICE, .device = 0,
+                        .stream = stream_arg(s), .out_dtype = dt};
+    ec_gather_opts ho = {.out_dtype = dt};
+    size_t bytes = n * COLS * (dt == EC_DTYPE_F32 ? 4 : 2);
+    int rc = ec_tensor_gather_ex(t, dids, n, d, bytes, &o);
+
+    if (rc)
+        return rc;
+    if (dev_fetch(s, h, d, bytes) || ec_tensor_gather_ex(t, ids, n, want, bytes, &ho))
+        return -1;
+    return memcmp(h, want, bytes) ? 1 : 0;
+}
+
+static void test_gpu_resolve(void **state)
+{
+    struct table tb;
+    ec_client *c;
+    ec_tensor *t;
+    ec_prewarm_progress p;
+    struct dstream s;
+    int64_t ids[256];
+    uint8_t *h = malloc(256 * COLS * 4), *want = malloc(256 * COLS * 4);
+    void *d = dev_alloc(0, 256 * COLS * 4), *dids = dev_alloc(0, sizeof(ids));
+    uint64_t seed = 47, before, mapped, dev;
+    static const ec_dtype dts[] = {EC_DTYPE_F32, EC_DTYPE_F16, EC_DTYPE_BF16};
+
+    (void)state;
+    start(emu_args, &tb, 45, &c, &t);
+    stream_init(&s, 0);
+    for (int k = 0; k < 256; k++)
+        ids[k] = (int64_t)(splitmix(&seed) % ROWS);
+    assert_int_equal(dev_put(dids, ids, sizeof(ids)), 0);
+
+    /* Nothing resident: the batch goes the host-resolved way, which faults
+     * its rows in. */
+    assert_int_equal(dids_check(t, ids, dids, 256, &s, d, h, want, EC_DTYPE_F32), 0);
+    assert_int_equal(stat_of(c, "client_rows_gpu_resolved"), 0);
+
+    /* Resident in host memory: found by the GPU, read through the mapping;
+     * as f32, f16 and bf16. */
+    mapped = stat_of(c, "client_rows_mapped_host");
+    for (unsigned k = 0; k < 3; k++)
+        assert_int_equal(dids_check(t, ids, dids, 256, &s, d, h, want, dts[k]), 0);
+    assert_int_equal(stat_of(c, "client_rows_gpu_resolved"), 3 * 256);
+    assert_int_equal(stat_of(c, "client_rows_mapped_host") - mapped, 3 * 256);
+
+    /* On the device tier: read from the slab. */
+    assert_int_equal(prewarm_wait(c, "m", "1", EC_PREWARM_DEVICE, &p), 0);
+    assert_int_equal(stat_wait(c, "device0_resident_partitions", 32, 10), 32);
+    dev = stat_of(c, "client_rows_device_tier");
+    before = stat_of(c, "client_rows_gpu_resolved");
+    for (unsigned k = 0; k < 3; k++)
+        assert_int_equal(dids_check(t, ids, dids, 256, &s, d, h, want, dts[k]), 0);
+    assert_int_equal(stat_of(c, "client_rows_gpu_resolved") - before, 3 * 256);
+    assert_int_equal(stat_of(c, "client_rows_device_tier") - dev, 3 * 256);
+
+    /* An id outside the tensor is named, with its position. */
+    ids[7] = ROWS + 5;
+    assert_int_equal(dev_put(dids, ids, sizeof(ids)), 0);
+    {
+        ec_gather_opts o = {.flags = EC_GATHER_OUT_DEVICE | EC_GATHER_IDS_DEVICE,
+                            .device = 0, .stream = stream_arg(&s)};
+        char want_msg[64];
+        assert_int_equal(ec_tensor_gather_ex(t, dids, 256, d, 256 * COLS * 4, &o), EC_ERANGE);
+        snprintf(want_msg, sizeof(want_msg), "ids[7] = %d", ROWS + 5);
+        assert_non_null(strstr(ec_last_error(), want_msg));
+    }
+
+    /* Evicted: the GPU finds nothing, the host path faults them in again
+     * and the rows are right. */
+    ids[7] = 7;
+    assert_int_equal(dev_put(dids, ids, sizeof(ids)), 0);
+    {
+        uint64_t v;
+        assert_int_equal(ec_model_evict(c, "m", "1", &v), 0);
+    }
+    before = stat_of(c, "client_rows_gpu_resolved");
+    assert_int_equal(dids_check(t, ids, dids, 256, &s, d, h, want, EC_DTYPE_F32), 0);
+    assert_int_equal(stat_of(c, "client_rows_gpu_resolved"), before);
+    assert_int_equal(dids_check(t, ids, dids, 256, &s, d, h, want, EC_DTYPE_F32), 0);
+    assert_int_equal(stat_of(c, "client_rows_gpu_resolved") - before, 256);
+    ec_tensor_release(t);
+    ec_client_close(c);
+    dev_free(d);
+    dev_free(dids);
+    free(h);
+    free(want);
+    table_free(&tb);
+}
+
+/* ------------------------------------------------------------------ */
 /* 10. The segment registered in chunks (issue 13, item 4)              */
 
 static void test_register_chunks(void **state)
@@ -990,6 +1099,18 @@ static void test_register_chunks(void **state)
     assert_true(mapped >= 32 * 256);
     assert_int_equal(stat_of(c, "client_rows_staged_host"), 0);
     assert_int_equal(stat_of(c, "client_gpu0_host_reads_mapped"), 1);
+    /* Rows found by the GPU translate the index and the rows chunk by
+     * chunk too (a contiguous assumption reads the guard pages). */
+    {
+        int64_t ids[256];
+        uint8_t *want = malloc(256 * COLS * 4);
+        for (int k = 0; k < 256; k++)
+            ids[k] = (int64_t)(splitmix(&seed) % ROWS);
+        assert_int_equal(dids_check(t, ids, ids, 256, &s, d, h, want, EC_DTYPE_F32), 0);
+        assert_int_equal(dids_check(t, ids, ids, 256, &s, d, h, want, EC_DTYPE_F32), 0);
+        assert_true(stat_of(c, "client_rows_gpu_resolved") >= 256);
+        free(want);
+    }
     unsetenv("EMBCACHE_REGISTER_MAX");
     ec_tensor_release(t);
     ec_client_close(c);
@@ -1102,6 +1223,7 @@ int main(int argc, char **argv)
         cmocka_unit_test_teardown(test_host_reads_staged, cond_teardown),
         cmocka_unit_test_teardown(test_one_registration, cond_teardown),
         cmocka_unit_test_teardown(test_epoch_release, cond_teardown),
+        cmocka_unit_test_teardown(test_gpu_resolve, cond_teardown),
         cmocka_unit_test_teardown(test_register_chunks, cond_teardown),
         cmocka_unit_test_teardown(test_capture_refused, cond_teardown),
         cmocka_unit_test_teardown(test_exclusive_process, cond_teardown),
@@ -1111,6 +1233,7 @@ int main(int argc, char **argv)
     const struct CMUnitTest cuda[] = {
         cmocka_unit_test_teardown(test_churn_cuda, env_teardown),
         cmocka_unit_test_teardown(test_tiers, env_teardown),
+        cmocka_unit_test_teardown(test_gpu_resolve, env_teardown),
     };
 
     if (argc > 1 && !strcmp(argv[1], "cuda")) {
