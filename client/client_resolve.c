@@ -64,7 +64,7 @@ int cl_gather_device_ids(ec_tensor *t, const int64_t *ids, size_t n, void *out,
     const uint8_t *status = NULL;
     const uint32_t *parts = NULL;
     _Atomic uint64_t *slot;
-    ec_resolve_args *a;
+    ec_resolve_args args = {0}, *a = &args; /* about 2.3 KiB */
     size_t ndev = 0, nhost = 0, nmiss = 0, bad = SIZE_MAX;
     int rc;
 
@@ -76,8 +76,6 @@ int cl_gather_device_ids(ec_tensor *t, const int64_t *ids, size_t n, void *out,
         return rc;
     if (b->check_ptr && (rc = b->check_ptr(out, o->device)))
         return rc;
-    if (!(a = calloc(1, sizeof(*a))))
-        return ec_seterr(EC_ENOMEM, "GPU gather arguments");
     a->ids = ids;
     a->dst = out;
     a->n = n;
@@ -95,10 +93,8 @@ int cl_gather_device_ids(ec_tensor *t, const int64_t *ids, size_t n, void *out,
     a->index_mask = c->seg.index_mask;
     a->data_off = (uint64_t)(c->seg.data - c->seg.base);
     a->data_size = c->seg.data_size;
-    if (!(slot = cl_epoch_enter(c))) {
-        free(a);
+    if (!(slot = cl_epoch_enter(c)))
         return EC_EBUSY;
-    }
     /* The slab is usable only while the header publishes the generation we
      * opened, checked after the epoch is held (and by the kernel again). */
     cs = atomic_load_explicit(&d->cur, memory_order_acquire);
@@ -113,7 +109,6 @@ int cl_gather_device_ids(ec_tensor *t, const int64_t *ids, size_t n, void *out,
     }
     rc = b->resolve_gather(a, (ec_dtype)t->t.dtype, dst, o->device, o->stream, &status, &parts);
     cl_epoch_exit((void *)slot); /* the kernel has completed */
-    free(a);
     if (rc)
         return rc;
     for (size_t i = 0; i < n; i++) {
