@@ -287,18 +287,45 @@ static int cuda_stream_capturing(int device, void *stream)
 /* ------------------------------------------------------------------ */
 /* Gather                                                              */
 
+/* A pinned host buffer mapped into the GPU's address space. */
+struct pinned {
+    uint8_t *host;
+    uint8_t *dev;                /* its device address */
+    size_t cap;                  /* bytes */
+};
+
+/* Room for `bytes` (at least `min`) in p, which nothing reads now: the
+ * old contents are not kept. */
+static int pinned_reserve(struct pinned *p, size_t bytes, size_t min, const char *what,
+                          int device)
+{
+    size_t cap = bytes < min ? min : bytes;
+    cudaError_t e;
+
+    if (bytes <= p->cap)
+        return 0;
+    if (p->host)
+        (void)cudaFreeHost(p->host);
+    p->host = NULL;
+    p->cap = 0;
+    e = cudaHostAlloc((void **)&p->host, cap, cudaHostAllocMapped | cudaHostAllocPortable);
+    if (e == cudaSuccess)
+        e = cudaHostGetDevicePointer((void **)&p->dev, p->host, 0);
+    if (e != cudaSuccess) {
+        if (p->host)
+            (void)cudaFreeHost(p->host);
+        p->host = NULL;
+        return cerr(e, what, device);
+    }
+    p->cap = cap;
+    return 0;
+}
+
 struct tscratch {
-    uint64_t *src;               /* pinned, mapped */
-    uint64_t *src_dev;           /* its device address */
-    size_t cap;
-    uint8_t *stage;              /* staged host rows: pinned, mapped (stage_get) */
-    uint8_t *stage_dev;
-    size_t stage_cap;
-    uint8_t *status;             /* resolve_gather's statuses and partitions: */
-    uint8_t *status_dev;         /* pinned, mapped; cap * (1 + 4) bytes */
-    size_t status_cap;
-    cudaEvent_t ev;              /* recorded after the last launch using src
-                                  * and stage */
+    struct pinned src;           /* row addresses (and output rows) */
+    struct pinned stage;         /* staged host rows (stage_get) */
+    struct pinned status;        /* resolve_gather: statuses, then partitions */
+    cudaEvent_t ev;              /* recorded after the last launch using them */
     bool pending;
 };
 
@@ -337,12 +364,12 @@ static void ts_destroy(void *p)
                 (void)cudaEventSynchronize(s->ev);
             if (s->ev)
                 (void)cudaEventDestroy(s->ev);
-            if (s->src)
-                (void)cudaFreeHost(s->src);
-            if (s->stage)
-                (void)cudaFreeHost(s->stage);
-            if (s->status)
-                (void)cudaFreeHost(s->status);
+            if (s->src.host)
+                (void)cudaFreeHost(s->src.host);
+            if (s->stage.host)
+                (void)cudaFreeHost(s->stage.host);
+            if (s->status.host)
+                (void)cudaFreeHost(s->status.host);
         }
     free(set);
 }
@@ -423,29 +450,12 @@ static void ts_close(struct tscratch *s)
 static int ts_get(int device, size_t n, struct tscratch **out)
 {
     struct tscratch *s = NULL;
-    cudaError_t e;
     int rc;
 
-    if ((rc = ts_open(device, &s)))
+    if ((rc = ts_open(device, &s)) ||
+        (rc = pinned_reserve(&s->src, n * sizeof(uint64_t), 4096 * sizeof(uint64_t),
+                             "allocating the gather's row-address buffer", device)))
         return rc;
-    if (n > s->cap) {
-        size_t cap = n < 4096 ? 4096 : n;
-        if (s->src)
-            (void)cudaFreeHost(s->src);
-        s->src = NULL;
-        s->cap = 0;
-        e = cudaHostAlloc((void **)&s->src, cap * sizeof(*s->src),
-                          cudaHostAllocMapped | cudaHostAllocPortable);
-        if (e == cudaSuccess)
-            e = cudaHostGetDevicePointer((void **)&s->src_dev, s->src, 0);
-        if (e != cudaSuccess) {
-            if (s->src)
-                (void)cudaFreeHost(s->src);
-            s->src = NULL;
-            return cerr(e, "allocating the gather's row-address buffer", device);
-        }
-        s->cap = cap;
-    }
     *out = s;
     return 0;
 }
@@ -461,30 +471,22 @@ static int cuda_stage_get(int device, size_t bytes, void **host, const void **de
     if ((e = enter(device, &prev)) != cudaSuccess)
         return cerr(e, "selecting the device", device);
     rc = ts_open(device, &s);
-    if (rc == 0 && bytes > s->stage_cap) {
-        size_t cap = bytes < (1u << 20) ? (1u << 20) : bytes;
-        if (s->stage)
-            (void)cudaFreeHost(s->stage);
-        s->stage = NULL;
-        s->stage_cap = 0;
-        e = cudaHostAlloc((void **)&s->stage, cap, cudaHostAllocMapped | cudaHostAllocPortable);
-        if (e == cudaSuccess)
-            e = cudaHostGetDevicePointer((void **)&s->stage_dev, s->stage, 0);
-        if (e != cudaSuccess) {
-            if (s->stage)
-                (void)cudaFreeHost(s->stage);
-            s->stage = NULL;
-            rc = cerr(e, "allocating a pinned staging buffer for host rows", device);
-        } else {
-            s->stage_cap = cap;
-        }
-    }
+    if (rc == 0)
+        rc = pinned_reserve(&s->stage, bytes, 1u << 20,
+                            "allocating a pinned staging buffer for host rows", device);
     leave(device, prev);
     if (rc == 0) {
-        *host = s->stage;
-        *dev = s->stage_dev;
+        *host = s->stage.host;
+        *dev = s->stage.dev;
     }
     return rc;
+}
+
+/* Statuses in a status buffer: its first fifth (a multiple of 4); the
+ * partitions (4 bytes each) fill the rest. */
+static size_t status_room(const struct pinned *p)
+{
+    return p->cap / 5 / 4 * 4;
 }
 
 static int cuda_resolve_gather(const ec_resolve_args *a, ec_dtype src_dtype, ec_dtype dst_dtype,
@@ -502,28 +504,12 @@ static int cuda_resolve_gather(const ec_resolve_args *a, ec_dtype src_dtype, ec_
     if ((e = enter(device, &prev)) != cudaSuccess)
         return cerr(e, "selecting the device", device);
     rc = ts_open(device, &s);
-    if (rc == 0 && a->n > s->status_cap) {
-        /* Statuses first, then the partitions 4-byte aligned after them. */
-        size_t cap = a->n < 4096 ? 4096 : (a->n + 3) / 4 * 4;
-        if (s->status)
-            (void)cudaFreeHost(s->status);
-        s->status = NULL;
-        s->status_cap = 0;
-        e = cudaHostAlloc((void **)&s->status, cap * 5, cudaHostAllocMapped | cudaHostAllocPortable);
-        if (e == cudaSuccess)
-            e = cudaHostGetDevicePointer((void **)&s->status_dev, s->status, 0);
-        if (e != cudaSuccess) {
-            if (s->status)
-                (void)cudaFreeHost(s->status);
-            s->status = NULL;
-            rc = cerr(e, "allocating the row status buffer", device);
-        } else {
-            s->status_cap = cap;
-        }
-    }
+    if (rc == 0)
+        rc = pinned_reserve(&s->status, (a->n + 3) / 4 * 4 * 5, 4096 * 5,
+                            "allocating the row status buffer", device);
     if (rc == 0) {
-        k.status = s->status_dev;
-        k.parts = (uint32_t *)(s->status_dev + s->status_cap);
+        k.status = s->status.dev;
+        k.parts = (uint32_t *)(s->status.dev + status_room(&s->status));
         e = (cudaError_t)ec_cuda_resolve_launch(&k, (int)src_dtype, (int)dst_dtype, stream);
         if (e == cudaSuccess)
             e = cudaEventRecord(s->ev, (cudaStream_t)stream);
@@ -542,8 +528,8 @@ static int cuda_resolve_gather(const ec_resolve_args *a, ec_dtype src_dtype, ec_
     }
     leave(device, prev);
     if (rc == 0) {
-        *status = s->status;
-        *parts = (const uint32_t *)(s->status + s->status_cap);
+        *status = s->status.host;
+        *parts = (const uint32_t *)(s->status.host + status_room(&s->status));
     }
     return rc;
 }
@@ -599,13 +585,15 @@ static int cuda_gather(const ec_gather_desc *g)
     /* Row addresses, then (scattered outputs) the output rows. */
     rc = ts_get(g->device, g->dst_rows ? 2 * g->n : g->n, &s);
     if (rc == 0) {
+        uint64_t *src = (uint64_t *)s->src.host;
+        const uint64_t *src_dev = (const uint64_t *)s->src.dev;
         for (size_t i = 0; i < g->n; i++)
-            s->src[i] = (uint64_t)(uintptr_t)g->src[i];
+            src[i] = (uint64_t)(uintptr_t)g->src[i];
         if (g->dst_rows)
             for (size_t i = 0; i < g->n; i++)
-                s->src[g->n + i] = (uint64_t)g->dst_rows[i];
-        e = (cudaError_t)ec_cuda_gather_launch(s->src_dev,
-                                               g->dst_rows ? (const size_t *)(s->src_dev + g->n)
+                src[g->n + i] = (uint64_t)g->dst_rows[i];
+        e = (cudaError_t)ec_cuda_gather_launch(src_dev,
+                                               g->dst_rows ? (const size_t *)(src_dev + g->n)
                                                            : NULL,
                                                g->n, g->row_bytes / esz,
                                                (int)g->src_dtype, (int)g->dst_dtype, g->dst,

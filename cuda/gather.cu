@@ -208,27 +208,56 @@ __global__ void __launch_bounds__(1024) resolve_kernel(const ec_resolve_args a, 
 #define EC_GATHER_BLOCK 256
 #define EC_GATHER_MAX_BLOCKS (1u << 20)
 
+/* The kernel mode for a conversion, or -1 when there is none. */
+static int mode_of(int src_dtype, int dst_dtype)
+{
+    if (!ec_dtype_size((ec_dtype)src_dtype) || !ec_dtype_size((ec_dtype)dst_dtype))
+        return -1;
+    if (src_dtype == dst_dtype)
+        return MODE_COPY;
+    if (src_dtype == EC_DTYPE_F32 && dst_dtype == EC_DTYPE_F16)
+        return MODE_F16;
+    if (src_dtype == EC_DTYPE_F32 && dst_dtype == EC_DTYPE_BF16)
+        return MODE_BF16;
+    return -1;
+}
+
+/* How n rows of row_bytes are cut: lanes per row (log2), about one 16-byte
+ * source unit per lane (1 lane for a 16-byte row, a whole block of 1024 for
+ * a 16 KiB one; wider rows loop), threads per block and blocks. */
+struct shape {
+    int tpr_log2;
+    unsigned threads;
+    unsigned blocks;
+};
+
+static struct shape launch_shape(size_t n, size_t row_bytes)
+{
+    struct shape sh = {0, 0, 0};
+    const size_t units = (row_bytes + 15) / 16;
+
+    while (sh.tpr_log2 < 10 && ((size_t)1 << sh.tpr_log2) < units)
+        sh.tpr_log2++;
+    sh.threads = (1u << sh.tpr_log2) > EC_GATHER_BLOCK ? (1u << sh.tpr_log2) : EC_GATHER_BLOCK;
+    const size_t rows_per_block = sh.threads >> sh.tpr_log2;
+    size_t blocks = (n + rows_per_block - 1) / rows_per_block;
+    sh.blocks = (unsigned)(blocks > EC_GATHER_MAX_BLOCKS ? EC_GATHER_MAX_BLOCKS : blocks);
+    return sh;
+}
+
 extern "C" int ec_cuda_gather_launch(const uint64_t *src, const size_t *dst_rows, size_t n,
                                      size_t row_elems, int src_dtype, int dst_dtype,
                                      void *dst, void *stream)
 {
     const size_t in_size = ec_dtype_size((ec_dtype)src_dtype);
+    const int mode = mode_of(src_dtype, dst_dtype);
+    cudaStream_t st = static_cast<cudaStream_t>(stream);
     gather_args a;
-    int mode, tpr_log2 = 0;
 
     if (n == 0 || row_elems == 0)
         return 0; /* nothing to move: no launch */
-    if (!in_size || !ec_dtype_size((ec_dtype)dst_dtype) || !src || !dst)
+    if (mode < 0 || !src || !dst)
         return (int)cudaErrorInvalidValue;
-    if (src_dtype == dst_dtype)
-        mode = MODE_COPY;
-    else if (src_dtype == EC_DTYPE_F32 && dst_dtype == EC_DTYPE_F16)
-        mode = MODE_F16;
-    else if (src_dtype == EC_DTYPE_F32 && dst_dtype == EC_DTYPE_BF16)
-        mode = MODE_BF16;
-    else
-        return (int)cudaErrorInvalidValue;
-
     a.src = src;
     a.dst_rows = dst_rows;
     a.n = (long long)n;
@@ -236,24 +265,12 @@ extern "C" int ec_cuda_gather_launch(const uint64_t *src, const size_t *dst_rows
     a.row_bytes = (long long)(row_elems * in_size);
     a.out_row_bytes = (long long)(row_elems * ec_dtype_size((ec_dtype)dst_dtype));
     a.dst = static_cast<unsigned char *>(dst);
-    /* About one 16-byte source unit per lane: 1 lane for a 16-byte row, a
-     * whole block of 1024 for a 16 KiB one; wider rows loop. */
-    const size_t units = (row_elems * in_size + 15) / 16;
-    while (tpr_log2 < 10 && ((size_t)1 << tpr_log2) < units)
-        tpr_log2++;
-    a.tpr_log2 = tpr_log2;
-
-    const unsigned threads = (1u << tpr_log2) > EC_GATHER_BLOCK ? (1u << tpr_log2)
-                                                                 : EC_GATHER_BLOCK;
-    const size_t rows_per_block = threads >> tpr_log2;
-    size_t blocks = (n + rows_per_block - 1) / rows_per_block;
-    if (blocks > EC_GATHER_MAX_BLOCKS)
-        blocks = EC_GATHER_MAX_BLOCKS;
-    cudaStream_t st = static_cast<cudaStream_t>(stream);
+    const struct shape sh = launch_shape(n, row_elems * in_size);
+    a.tpr_log2 = sh.tpr_log2;
     switch (mode) {
-    case MODE_COPY: gather_kernel<MODE_COPY><<<(unsigned)blocks, threads, 0, st>>>(a); break;
-    case MODE_F16: gather_kernel<MODE_F16><<<(unsigned)blocks, threads, 0, st>>>(a); break;
-    default: gather_kernel<MODE_BF16><<<(unsigned)blocks, threads, 0, st>>>(a); break;
+    case MODE_COPY: gather_kernel<MODE_COPY><<<sh.blocks, sh.threads, 0, st>>>(a); break;
+    case MODE_F16: gather_kernel<MODE_F16><<<sh.blocks, sh.threads, 0, st>>>(a); break;
+    default: gather_kernel<MODE_BF16><<<sh.blocks, sh.threads, 0, st>>>(a); break;
     }
     return (int)cudaGetLastError();
 }
@@ -262,35 +279,19 @@ extern "C" int ec_cuda_resolve_launch(const ec_resolve_args *a, int src_dtype, i
                                       void *stream)
 {
     const size_t in_size = ec_dtype_size((ec_dtype)src_dtype);
-    int mode, tpr_log2 = 0;
+    const int mode = mode_of(src_dtype, dst_dtype);
+    cudaStream_t st = static_cast<cudaStream_t>(stream);
 
     if (a->n == 0)
         return 0;
-    if (!in_size || !ec_dtype_size((ec_dtype)dst_dtype) || !a->ids || !a->dst || !a->status || !a->parts ||
-        a->row_bytes == 0 || a->row_bytes % in_size)
+    if (mode < 0 || !a->ids || !a->dst || !a->status || !a->parts || a->row_bytes == 0 ||
+        a->row_bytes % in_size)
         return (int)cudaErrorInvalidValue;
-    if (src_dtype == dst_dtype)
-        mode = MODE_COPY;
-    else if (src_dtype == EC_DTYPE_F32 && dst_dtype == EC_DTYPE_F16)
-        mode = MODE_F16;
-    else if (src_dtype == EC_DTYPE_F32 && dst_dtype == EC_DTYPE_BF16)
-        mode = MODE_BF16;
-    else
-        return (int)cudaErrorInvalidValue;
-    const size_t units = (a->row_bytes + 15) / 16;
-    while (tpr_log2 < 10 && ((size_t)1 << tpr_log2) < units)
-        tpr_log2++;
-    const unsigned threads = (1u << tpr_log2) > EC_GATHER_BLOCK ? (1u << tpr_log2)
-                                                                 : EC_GATHER_BLOCK;
-    const size_t rows_per_block = threads >> tpr_log2;
-    size_t blocks = (a->n + rows_per_block - 1) / rows_per_block;
-    if (blocks > EC_GATHER_MAX_BLOCKS)
-        blocks = EC_GATHER_MAX_BLOCKS;
-    cudaStream_t st = static_cast<cudaStream_t>(stream);
+    const struct shape sh = launch_shape(a->n, a->row_bytes);
     switch (mode) {
-    case MODE_COPY: resolve_kernel<MODE_COPY><<<(unsigned)blocks, threads, 0, st>>>(*a, tpr_log2); break;
-    case MODE_F16: resolve_kernel<MODE_F16><<<(unsigned)blocks, threads, 0, st>>>(*a, tpr_log2); break;
-    default: resolve_kernel<MODE_BF16><<<(unsigned)blocks, threads, 0, st>>>(*a, tpr_log2); break;
+    case MODE_COPY: resolve_kernel<MODE_COPY><<<sh.blocks, sh.threads, 0, st>>>(*a, sh.tpr_log2); break;
+    case MODE_F16: resolve_kernel<MODE_F16><<<sh.blocks, sh.threads, 0, st>>>(*a, sh.tpr_log2); break;
+    default: resolve_kernel<MODE_BF16><<<sh.blocks, sh.threads, 0, st>>>(*a, sh.tpr_log2); break;
     }
     return (int)cudaGetLastError();
 }

@@ -34,6 +34,8 @@
 
 #include <stdint.h>
 
+#include "common/hash.h"
+
 #ifdef __CUDACC__
 #define EC_RS_FN __device__ __forceinline__
 #define EC_RS_FENCE() __threadfence_system()
@@ -89,17 +91,6 @@ typedef struct ec_rs_entry {
     uint32_t length, flags;
 } ec_rs_entry;
 
-/* As ec_mix64 (common/hash.h): where a key's probe starts. */
-EC_RS_FN uint64_t ec_rs_mix64(uint64_t k)
-{
-    k ^= k >> 33;
-    k *= 0xff51afd7ed558ccdULL;
-    k ^= k >> 33;
-    k *= 0xc4ceb9fe1a85ec53ULL;
-    k ^= k >> 33;
-    return k;
-}
-
 /* The device address of segment bytes [off, off + len), or 0 when they are
  * outside the registration or straddle two chunks. */
 EC_RS_FN uint64_t ec_rs_addr(const ec_resolve_args *a, uint64_t off, uint64_t len)
@@ -119,7 +110,7 @@ EC_RS_FN uint64_t ec_rs_addr(const ec_resolve_args *a, uint64_t off, uint64_t le
 EC_RS_FN int ec_rs_lookup(const ec_resolve_args *a, uint64_t index_off, uint64_t key,
                           uint64_t limit, uint64_t *off, uint64_t *len)
 {
-    uint64_t i = ec_rs_mix64(key) & a->index_mask;
+    uint64_t i = ec_mix64(key) & a->index_mask; /* where the daemon's index put it */
 
     for (uint64_t probes = 0; probes <= a->index_mask; probes++, i = (i + 1) & a->index_mask) {
         uint64_t at = ec_rs_addr(a, index_off + i * sizeof(ec_rs_entry), sizeof(ec_rs_entry));

@@ -9,7 +9,7 @@
  * slab generation the caller opened; an entry being written, one with too
  * few rows, one outside the data area: misses, never an address; ids
  * outside the tensor; rows across two registration chunks (a miss) and the
- * chunk-by-chunk translation; the probe's hash equal to the index's.
+ * chunk-by-chunk translation.
  */
 #include <stdbool.h>
 #include <stdint.h>
@@ -17,7 +17,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "common/hash.h"
 #include "cuda/resolve.h"
 #include "shm/index.h"
 #include "shm/segment.h"
@@ -216,17 +215,6 @@ static void test_chunks(void **state)
     fixture_done(&f);
 }
 
-static void test_hash_is_the_index_hash(void **state)
-{
-    uint64_t k = 1;
-
-    (void)state;
-    for (int i = 0; i < 1000; i++) {
-        assert_true(ec_rs_mix64(k) == ec_mix64(k));
-        k = k * 6364136223846793005ull + 1442695040888963407ull;
-    }
-}
-
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -234,7 +222,6 @@ int main(void)
         cmocka_unit_test(test_slab_generation),
         cmocka_unit_test(test_entries_checked),
         cmocka_unit_test(test_chunks),
-        cmocka_unit_test(test_hash_is_the_index_hash),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
