@@ -109,11 +109,12 @@ static const struct opt {
                   "`embcache publish` and `pull` use it when they\n"
                   "name no cluster, and versions pulled with --lazy\n"
                   "are read from it (default: none)"},
-    [O_REMOTE_AUTH_FILE] = {"remote-auth-file", 0, "PATH", 0,
+    [O_REMOTE_AUTH_FILE] = {"remote-auth-file", 0, "PATH", F_RUNTIME,
                             "the Redis Cluster's credentials: a file whose\n"
                             "first line is PASSWORD or USER PASSWORD, mode 600,\n"
                             "owned by the daemon's user or root; every\n"
-                            "connection to the cluster starts with AUTH\n"
+                            "connection to the cluster starts with AUTH;\n"
+                            "SIGHUP reads it again, for new connections\n"
                             "(default: none)"},
     [O_REMOTE_THREADS] = {"remote-threads", 0, "N", 0,
                           "threads reading from the remote tier, each with\n"
@@ -530,6 +531,9 @@ static void take_opt(ec_server_config *srv, int *level, const ec_dconf *src, int
     case O_WAL_SYNC: srv->wal_sync = s->wal_sync; break;
     case O_WAL_SYNC_MS: srv->wal_sync_ms = s->wal_sync_ms; break;
     case O_REMOTE_KEEP: srv->remote_no_keep = s->remote_no_keep; break;
+    case O_REMOTE_AUTH_FILE:
+        memcpy(srv->remote_auth_file, s->remote_auth_file, sizeof(srv->remote_auth_file));
+        break;
     case O_EPOCH_HOLD: srv->epoch_hold_max = s->epoch_hold_max; break;
     case O_PIN_LEASE: srv->pin_lease = s->pin_lease; break;
     case O_MAX_CLIENTS: srv->max_clients = s->max_clients; break;

@@ -53,6 +53,7 @@
 #include <assert.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -718,19 +719,44 @@ int ec_rcluster_refresh(ec_rcluster *c)
 }
 
 /* The daemon's credentials (--remote-auth-file) and the cluster they are
- * for: written once before any thread opens a handle, read by every open
- * after. */
+ * for: set at start, and again at each reload (SIGHUP), while handles on
+ * other threads read them; default_gen counts the changes, so a handle
+ * copies them only when they changed. */
+static pthread_mutex_t default_mu = PTHREAD_MUTEX_INITIALIZER;
 static ec_rcluster_auth default_auth;
 static char default_url[1024];
+static uint64_t default_gen = 1;
 
 void ec_rcluster_set_default_auth(const char *url, const ec_rcluster_auth *a)
 {
+    pthread_mutex_lock(&default_mu);
     explicit_bzero(&default_auth, sizeof(default_auth));
     default_url[0] = '\0';
     if (url && a && strlen(url) < sizeof(default_url)) {
         default_auth = *a;
         snprintf(default_url, sizeof(default_url), "%s", url);
     }
+    default_gen++;
+    pthread_mutex_unlock(&default_mu);
+}
+
+/* Caller holds default_mu. */
+static void auth_take_default(ec_rcluster *c)
+{
+    explicit_bzero(&c->o.auth, sizeof(c->o.auth));
+    if (default_url[0] && !strcmp(c->url, default_url))
+        c->o.auth = default_auth;
+    c->auth_gen = default_gen;
+}
+
+void rc_auth_refresh(ec_rcluster *c)
+{
+    if (!c->auth_default)
+        return;
+    pthread_mutex_lock(&default_mu);
+    if (c->auth_gen != default_gen)
+        auth_take_default(c);
+    pthread_mutex_unlock(&default_mu);
 }
 
 int ec_rcluster_auth_load(const char *path, ec_rcluster_auth *out)
@@ -817,8 +843,18 @@ int ec_rcluster_open(const char *url_or_seeds, const ec_rcluster_opts *o, ec_rcl
         goto fail;
     if (o)
         c->o = *o;
-    if (!c->o.auth.password[0] && default_url[0] && !strcmp(url_or_seeds, default_url))
-        c->o.auth = default_auth;
+    if (!(c->url = strdup(url_or_seeds))) {
+        rc = ec_seterr(EC_ENOMEM, "out of memory for a Redis Cluster handle");
+        goto fail;
+    }
+    /* No credentials of the caller's: the process default's for this very
+     * cluster, now and after they change. */
+    if (!c->o.auth.password[0]) {
+        c->auth_default = true;
+        pthread_mutex_lock(&default_mu);
+        auth_take_default(c);
+        pthread_mutex_unlock(&default_mu);
+    }
 #define RC_DEFAULT(f, v) if (c->o.f == 0) c->o.f = (v)
     RC_DEFAULT(connect_timeout_ms, 1000);
     RC_DEFAULT(io_timeout_ms, 2000);
@@ -870,6 +906,7 @@ void ec_rcluster_close(ec_rcluster *c)
     free(c->pfd);
     free(c->pnode);
     free(c->rbuf);
+    free(c->url);
     explicit_bzero(&c->o.auth, sizeof(c->o.auth));
     free(c);
 }

@@ -189,11 +189,14 @@ int ec_rcluster_open(const char *url_or_seeds, const ec_rcluster_opts *o, ec_rcl
 int ec_rcluster_auth_load(const char *path, ec_rcluster_auth *out);
 
 /**
- * The credentials of every later ec_rcluster_open of exactly this url (the
+ * The credentials of every ec_rcluster_open of exactly this url (the
  * daemon's --remote and --remote-auth-file) whose opts carry none. Another
  * url gets none: a client that names another cluster to publish to or pull
- * from cannot have the daemon's password sent there. Call it once, before
- * any thread opens a handle; NULL clears them.
+ * from cannot have the daemon's password sent there. May be called again
+ * at any time, from any thread (a reload with a rotated password): handles
+ * that took the default, open ones included, use the new credentials for
+ * every connection they make from then on; connections already
+ * authenticated stay. NULL clears them.
  */
 void ec_rcluster_set_default_auth(const char *url, const ec_rcluster_auth *a);
 

@@ -119,6 +119,10 @@ typedef struct rc_call {
 
 struct ec_rcluster {
     ec_rcluster_opts o;
+    char *url;             /* as opened: the process default's credentials are
+                            * for the one cluster spelled this way */
+    bool auth_default;     /* o.auth follows the process default */
+    uint64_t auth_gen;     /* the default's generation o.auth holds */
     ec_rcluster_addr seeds[EC_RCLUSTER_MAX_SEEDS];
     size_t nseeds;
     rc_node **nodes;
@@ -147,6 +151,11 @@ static inline bool rc_is(const redisReply *r, int type)
 {
     return r && r->type == type;
 }
+
+/* rcluster.c: before a connection's first command, take the process
+ * default's credentials when they changed (a reload) and this handle
+ * follows them. */
+void rc_auth_refresh(ec_rcluster *c);
 
 /* rcluster_map.c */
 uint64_t rc_now(void); /* CLOCK_MONOTONIC, ns */

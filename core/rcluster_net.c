@@ -348,7 +348,10 @@ int rc_queue(ec_rcluster *c, rc_node *nd, int argc, const rc_arg *argv, uint32_t
     int len, rc;
 
     /* A connection's first command is AUTH, when there is a password (the
-     * queue of a node is empty until its connection's first command). */
+     * queue of a node is empty until its connection's first command), with
+     * the credentials as they are now (a reload may have changed them). */
+    if ((entry & 3) != TAG_AUTH && !nd->auth_queued)
+        rc_auth_refresh(c);
     if ((entry & 3) != TAG_AUTH && !nd->auth_queued && c->o.auth.password[0]) {
         const ec_rcluster_auth *a = &c->o.auth;
         rc_arg av[3] = {{"AUTH", 4}};

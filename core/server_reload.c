@@ -19,6 +19,7 @@
 #include "common/log.h"
 #include "core/dyntable.h"
 #include "core/engine.h"
+#include "core/rcluster.h"
 
 #include "core/server_impl.h"
 
@@ -26,6 +27,33 @@
 static bool socket_open_to_others(const ec_server_config *c)
 {
     return c->allow_any || c->n_allow_uids || c->n_admin_uids;
+}
+
+/* The cluster's credentials, read again on every reload (a rotated
+ * password keeps its file's name): connections made from now on start
+ * with them; those already authenticated stay. The reload has checked the
+ * file (daemon_config.c); one that changed since and fails now keeps the
+ * old credentials. */
+static void reload_credentials(const ec_server_config *cur, const ec_server_config *next)
+{
+    ec_rcluster_auth a;
+
+    if (!next->remote_auth_file[0]) {
+        if (cur->remote_auth_file[0]) {
+            ec_rcluster_set_default_auth(NULL, NULL);
+            ec_info("reload: no remote-auth-file any more: new connections to the cluster "
+                    "send no AUTH");
+        }
+        return;
+    }
+    if (ec_rcluster_auth_load(next->remote_auth_file, &a) < 0) {
+        ec_error("reload: %s; the cluster's credentials stay as they were", ec_last_error());
+        return;
+    }
+    ec_rcluster_set_default_auth(cur->remote, &a);
+    explicit_bzero(&a, sizeof(a));
+    ec_info("reload: the cluster's credentials read again from %s; new connections use them",
+            next->remote_auth_file);
 }
 
 /* Apply the fields of next that may change at run time, then take next
@@ -45,6 +73,7 @@ static void apply(server *s, const ec_server_config *next)
     }
     if (next->remote_no_keep != cur->remote_no_keep)
         ec_engine_set_remote_keep(s->engine, !next->remote_no_keep);
+    reload_credentials(cur, next);
     if ((next->wal_sync != cur->wal_sync || next->wal_sync_ms != cur->wal_sync_ms) &&
         ec_dyn_set_sync(s->dyn, (ec_wal_sync_mode)next->wal_sync, next->wal_sync_ms) < 0)
         ec_error("reload: the write-ahead log's sync mode: %s (it keeps the old one)",

@@ -18,12 +18,16 @@
  *    message naming --remote-auth-file; a publish to the same cluster
  *    spelled another way gets no credentials from A (refused, NOAUTH); and
  *    `embcached --remote-auth-file F --check` refuses a mode-644 file.
+ *  - Rotation: the cluster's password changed and every connection
+ *    dropped; the old password is refused; a new file and SIGHUP, and the
+ *    publisher and the lazy reader (its open handles too) use the new one.
  *
  * Every process is stopped by its pid. Exits 77 only when redis-server or
  * redis-cli is not installed.
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -129,6 +133,20 @@ static void test_auth_file_checks(void **state)
 }
 
 /* GET key k of c: its value, or fail. */
+/* redis-cli ARGS... on every node, authenticated with pw. */
+static void on_every_node(const char *pw, const char *a1, const char *a2, const char *a3,
+                          const char *a4)
+{
+    for (int i = 0; i < NODES; i++) {
+        char port[16];
+        const char *argv[] = {"/usr/bin/env", "redis-cli", "-p", port, a1, a2, a3, a4, NULL};
+        snprintf(port, sizeof(port), "%d", cl.base + i);
+        setenv("REDISCLI_AUTH", pw, 1);
+        assert_int_equal(ect_run(argv, NULL, NULL, NULL), 0);
+        unsetenv("REDISCLI_AUTH");
+    }
+}
+
 static void get_is(ec_rcluster *c, const char *key, const char *want)
 {
     void *v = NULL;
@@ -174,15 +192,7 @@ static void test_client_auth(void **state)
     }
     ec_rcluster_stats_get(c, &st0);
     /* Every connection killed: the next ones start with AUTH again. */
-    for (int i = 0; i < NODES; i++) {
-        char port[16];
-        const char *argv[] = {"/usr/bin/env", "redis-cli", "-p", port, "client", "kill",
-                              "type", "normal", NULL};
-        snprintf(port, sizeof(port), "%d", cl.base + i);
-        setenv("REDISCLI_AUTH", PASS, 1);
-        assert_int_equal(ect_run(argv, NULL, NULL, NULL), 0);
-        unsetenv("REDISCLI_AUTH");
-    }
+    on_every_node(PASS, "client", "kill", "type", "normal");
     for (int i = 0; i < 100; i++) {
         snprintf(key, sizeof(key), "auth:%d", i);
         snprintf(val, sizeof(val), "v%d", i);
@@ -252,12 +262,153 @@ static void test_daemons_with_credentials(void **state)
     table_free(&tb);
 }
 
+/* The cluster's password rotated: every node's requirepass and masterauth
+ * set to pw (authenticating with old), every client connection dropped. */
+static void rotate(const char *old, const char *pw)
+{
+    on_every_node(old, "config", "set", "masterauth", pw);
+    on_every_node(old, "config", "set", "requirepass", pw);
+    on_every_node(pw, "client", "kill", "type", "normal");
+}
+
+static void hup_and_wait(pid_t pid, ec_client *c, uint64_t want)
+{
+    assert_int_equal(kill(pid, SIGHUP), 0);
+    if (stat_wait(c, "config_reloads", want, 10) < want)
+        fail_msg("config_reloads did not reach %llu after SIGHUP",
+                 (unsigned long long)want);
+}
+
+/* The process default's credentials changed under an open handle (what a
+ * reload does): its next connections use them, without reopening it. */
+static void test_default_rotates(void **state)
+{
+    ec_rcluster_opts o = {.op_timeout_ms = 3000};
+    ec_rcluster_auth a = {.password = PASS};
+    ec_rcluster *c = NULL;
+
+    (void)state;
+    ec_rcluster_set_default_auth(url, &a);
+    if (ec_rcluster_open(url, &o, &c) != 0)
+        fail_msg("open with the default credentials: %s", ec_last_error());
+    assert_int_equal(ec_rcluster_set(c, "rot:1", 5, "x", 1, NULL), 0);
+    rotate(PASS, PASS "-new");
+    expect_fail(ec_rcluster_set(c, "rot:1", 5, "y", 1, NULL), EC_EPERM,
+                "refused our credentials");
+    snprintf(a.password, sizeof(a.password), "%s", PASS "-new");
+    ec_rcluster_set_default_auth(url, &a);
+    on_every_node(PASS "-new", "client", "kill", "type", "normal");
+    assert_int_equal(ec_rcluster_set(c, "rot:1", 5, "z", 1, NULL), 0);
+    get_is(c, "rot:1", "z");
+    ec_rcluster_close(c);
+}
+
+/* A password rotated while daemons serve: a new file and SIGHUP, and both
+ * the publisher's new handles and the reader's open ones (its pool of
+ * remote-tier connections) authenticate with the new password; before the
+ * SIGHUP the old one is refused. */
+static void test_rotation(void **state)
+{
+    char authf_b[640];
+    const char *with[] = {"--remote", url, "--remote-auth-file", authf, NULL};
+    /* One remote reader: the handle that read before the rotation is the
+     * one that must read after it. */
+    const char *b_args[] = {"--remote", url, "--remote-auth-file", authf_b, "--remote-keep",
+                            "false", "--remote-threads", "1", NULL};
+    struct itest_daemon b;
+    ec_client *a;
+    ec_publish_result r;
+    struct table tb;
+    ec_tensor *t;
+
+    (void)state;
+    snprintf(authf_b, sizeof(authf_b), "%s.b", authf);
+    write_file(authf, PASS "\n", 0600);
+    write_file(authf_b, PASS "\n", 0600);
+    env_start("ec-rauth-r", with);
+    a = connect_ok();
+    table_make(&tb, "src/emb.npy", 2048, 32, 79);
+    import_npy(a, "m", 1, tb.path, 64u << 10);
+    if (ec_model_publish(a, "m", "1", NULL, &r) != 0)
+        fail_msg("publish before the rotation: %s", ec_last_error());
+    itest_daemon_up(&b, E.dir, "b", b_args, true);
+    if (ec_model_pull_flags(b.c, "m", "1", NULL, EC_PULL_LAZY, NULL) != 0)
+        fail_msg("lazy pull on B: %s", ec_last_error());
+    t = resolve_ok(b.c, "m", "1", "emb");
+    {
+        int64_t ids[4] = {0, 1, 2, 3};
+        uint8_t out[4 * 128];
+        assert_int_equal(ec_tensor_gather(t, ids, 4, out, sizeof(out)), 0);
+    }
+
+    rotate(PASS, PASS "-new");
+    /* The old password, on a new connection: refused. */
+    expect_fail(ec_model_publish(a, "m", "1", NULL, &r), EC_EPERM, "refused our credentials");
+    write_file(authf, PASS "-new\n", 0600);
+    write_file(authf_b, "default " PASS "-new\n", 0600);
+    hup_and_wait(E.daemon, a, 1);
+    hup_and_wait(b.pid, b.c, 1);
+    if (ec_model_publish(a, "m", "1", NULL, &r) != 0)
+        fail_msg("publish after the rotation and SIGHUP: %s", ec_last_error());
+    /* B's remote reads reconnect with the new password, byte for byte, and
+     * at once: its open handles take it (not only new ones, after their
+     * reads failed). */
+    {
+        uint64_t errs = stat_of(b.c, "remote_errors"), cf = stat_of(b.c, "remote_connect_failures");
+        gather_all_ok(t, &tb);
+        printf("after the rotation: remote_reads %llu, remote_errors +%llu, "
+               "remote_connect_failures +%llu\n",
+               (unsigned long long)stat_of(b.c, "remote_reads"),
+               (unsigned long long)(stat_of(b.c, "remote_errors") - errs),
+               (unsigned long long)(stat_of(b.c, "remote_connect_failures") - cf));
+        assert_int_equal(stat_of(b.c, "remote_errors"), errs);
+        assert_int_equal(stat_of(b.c, "remote_connect_failures"), cf);
+    }
+    assert_true(stat_of(b.c, "remote_bytes") >= 2048u * 128u);
+    ec_tensor_release(t);
+
+    ec_client_close(b.c);
+    assert_int_equal(ect_daemon_stop(b.pid), 0);
+    ec_client_close(a);
+    table_free(&tb);
+    unlink(authf_b);
+}
+
+/* Whatever a test left, the cluster's password is PASS again: the group
+ * teardown stops the cluster with it. */
+static int password_teardown(void **state)
+{
+    (void)state;
+    for (int i = 0; i < NODES; i++) {
+        char port[16];
+        const char *set_pw[] = {"/usr/bin/env", "redis-cli", "-p", port, "config", "set",
+                                "requirepass", PASS, NULL};
+        const char *set_ma[] = {"/usr/bin/env", "redis-cli", "-p", port, "config", "set",
+                                "masterauth", PASS, NULL};
+        snprintf(port, sizeof(port), "%d", cl.base + i);
+        setenv("REDISCLI_AUTH", PASS "-new", 1);
+        (void)ect_run(set_ma, NULL, NULL, NULL);
+        (void)ect_run(set_pw, NULL, NULL, NULL);
+        unsetenv("REDISCLI_AUTH");
+    }
+    ec_rcluster_set_default_auth(NULL, NULL);
+    return 0;
+}
+
+static int rotation_teardown(void **state)
+{
+    password_teardown(state);
+    return env_teardown(state);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_auth_file_checks),
         cmocka_unit_test(test_client_auth),
         cmocka_unit_test_teardown(test_daemons_with_credentials, env_teardown),
+        cmocka_unit_test_teardown(test_default_rotates, password_teardown),
+        cmocka_unit_test_teardown(test_rotation, rotation_teardown),
     };
 
     if (!ect_redis_installed()) {
