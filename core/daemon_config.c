@@ -33,6 +33,7 @@ enum {
     O_DATA_DIR, O_SOCKET, O_SHM_SIZE, O_BUDGET, O_TTL, O_TTL_JITTER, O_RATE_WINDOW, O_PAGER,
     O_QUEUE_DEPTH, O_GPU_SLAB, O_ITEM_BYTES, O_RESULT_ARENA, O_WAL_SYNC, O_WAL_SYNC_MS,
     O_METRICS_LISTEN, O_REMOTE, O_REMOTE_AUTH_FILE, O_REMOTE_THREADS, O_REMOTE_KEEP,
+    O_REMOTE_KEEP_RESERVE,
     O_EPOCH_HOLD, O_PIN_LEASE, O_IO_THREADS, O_ALLOW_UID, O_ALLOW_ANY,
     O_ADMIN_UID, O_MAX_CLIENTS, O_MAX_CLIENTS_PER_UID, O_NO_KEEPER, O_DROP_SEGMENT,
     O_LOG_LEVEL, O_VERBOSE, O_QUIET, O_CONFIG, O_CHECK, O_HELP, O_VERSION, O_N
@@ -123,6 +124,10 @@ static const struct opt {
                        "write what is read from the remote tier into the\n"
                        "partition files, so it is read locally next time\n"
                        "(default true)"},
+    [O_REMOTE_KEEP_RESERVE] = {"remote-keep-reserve", 0, "BYTES", F_RUNTIME,
+                               "keep nothing more once the data directory's file\n"
+                               "system would have less than this free: reads go\n"
+                               "on from the cluster (default 1G)"},
     [O_EPOCH_HOLD] = {"epoch-hold", 0, "SECONDS", F_RUNTIME,
                       "disconnect a client whose GPU gather holds freed\n"
                       "memory back longer than this (default 30)"},
@@ -379,6 +384,11 @@ static int set_opt(ec_dconf *c, int id, const char *v, char *msg, size_t cap)
             return bad(msg, cap, "'%s' is not true/false/yes/no/1/0", v);
         s->remote_no_keep = !b;
         return 0;
+    case O_REMOTE_KEEP_RESERVE:
+        if (ec_parse_size(v, &z))
+            return bad(msg, cap, "'%s' is not a size (e.g. 0, 512M, 8G)", v);
+        s->remote_keep_reserve = z;
+        return 0;
     case O_EPOCH_HOLD:
         if (!long_in(v, 1, 86400, &n))
             return bad(msg, cap, "'%s' must be 1..86400 seconds", v);
@@ -498,6 +508,7 @@ static void show_opt(const ec_dconf *c, int id, char *b, size_t cap)
         break;
     case O_REMOTE_THREADS: snprintf(b, cap, "%u", s->remote_threads ? s->remote_threads : 4); break;
     case O_REMOTE_KEEP: snprintf(b, cap, "%s", s->remote_no_keep ? "false" : "true"); break;
+    case O_REMOTE_KEEP_RESERVE: fmt_size(s->remote_keep_reserve, b, cap); break;
     case O_EPOCH_HOLD: snprintf(b, cap, "%ld", s->epoch_hold_max > 0 ? s->epoch_hold_max : 30); break;
     case O_PIN_LEASE: snprintf(b, cap, "%ld", s->pin_lease); break;
     case O_IO_THREADS: snprintf(b, cap, "%u", s->io_threads ? s->io_threads : 2); break;
@@ -531,6 +542,7 @@ static void take_opt(ec_server_config *srv, int *level, const ec_dconf *src, int
     case O_WAL_SYNC: srv->wal_sync = s->wal_sync; break;
     case O_WAL_SYNC_MS: srv->wal_sync_ms = s->wal_sync_ms; break;
     case O_REMOTE_KEEP: srv->remote_no_keep = s->remote_no_keep; break;
+    case O_REMOTE_KEEP_RESERVE: srv->remote_keep_reserve = s->remote_keep_reserve; break;
     case O_REMOTE_AUTH_FILE:
         memcpy(srv->remote_auth_file, s->remote_auth_file, sizeof(srv->remote_auth_file));
         break;
@@ -558,6 +570,7 @@ static void defaults(ec_dconf *c)
     c->srv.shm_size = EC_DCONF_DEFAULT_SHM_SIZE;
     c->srv.ttl_jitter = 0.1;
     c->srv.gpu_slab = UINT64_MAX;
+    c->srv.remote_keep_reserve = 1ull << 30;
     c->srv.epoch_hold_max = 30;
     c->srv.pin_lease = 60;
     c->log_level = EC_LOG_INFO;

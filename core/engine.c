@@ -322,6 +322,7 @@ int ec_engine_open(const ec_engine_config *cfg, ec_engine_notify_fn notify, void
             goto fail;
         ec_info("pager: %s", ec_pager_describe(e->pager));
         e->remote_keep = cfg->remote_keep;
+        e->remote_keep_reserve = cfg->remote_keep_reserve;
         if (cfg->remote && cfg->remote[0]) {
             rc = ec_pager_remote_open(e->pager, cfg->remote, cfg->remote_threads);
             if (rc)

@@ -50,6 +50,8 @@ typedef struct ec_engine_config {
                              * lazily pulled version's remote bytes then fail) */
     unsigned remote_threads; /* its workers; 0: 4 */
     bool remote_keep;       /* keep what is read from it in the partition files */
+    uint64_t remote_keep_reserve; /* ... while the file system keeps this many bytes
+                                   * free */
 } ec_engine_config;
 
 /* The answer to an asynchronous request (FAULT, PIN). */
@@ -225,7 +227,7 @@ void ec_engine_hists(const ec_engine *e, ec_hist *fault, ec_hist *read);
 void ec_engine_remote_hist(ec_engine *e, ec_hist *out);
 /* Whether remote reads keep what they fetched in the partition files from
  * now on (SIGHUP's remote-keep). */
-void ec_engine_set_remote_keep(ec_engine *e, bool keep);
+void ec_engine_set_remote_keep(ec_engine *e, bool keep, uint64_t reserve);
 
 /* Fault hook (tests): every nth partition read fails as `kind`. */
 void ec_engine_inject(ec_engine *e, enum ec_fault_kind kind, unsigned every_nth);

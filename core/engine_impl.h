@@ -288,6 +288,7 @@ struct ec_engine {
     } st;
     ec_hist fault_seconds;       /* a fault request, from its arrival to its answer */
     bool remote_keep;            /* remote reads write what they fetched into the files */
+    uint64_t remote_keep_reserve; /* while the file system keeps this many bytes free */
     time_t started;
 };
 

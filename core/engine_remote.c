@@ -140,6 +140,7 @@ void eng_remote_part(ec_engine *e, struct tstate *ts, uint32_t part, ec_page_req
 {
     r->remote = src_for(ts, part, part);
     r->keep = e->remote_keep;
+    r->keep_reserve = e->remote_keep_reserve;
     if (r->remote)
         e->st.remote_submits++;
 }
@@ -152,6 +153,7 @@ void eng_remote_blocks(ec_engine *e, struct tstate *ts, uint64_t first, uint32_t
 
     r->remote = NULL;
     r->keep = e->remote_keep;
+    r->keep_reserve = e->remote_keep_reserve;
     if (!ts->rsrc || !m->stride || n == 0)
         return;
     r->remote = src_for(ts, a / m->stride, (b - 1) / m->stride);
@@ -221,6 +223,7 @@ int eng_remote_stats(ec_engine *e, int (*cb)(const char *name, uint64_t v, void 
     S("remote_checksum_failures", s.checksum_failures);
     S("remote_kept_bytes", s.kept_bytes);
     S("remote_keep_failures", s.keep_failures);
+    S("remote_keep_skipped_space", s.keep_skipped_space);
     S("remote_inflight", s.inflight);
     S("remote_redirects", s.redirects);
     S("remote_retries", s.retries);
@@ -240,7 +243,8 @@ void ec_engine_remote_hist(ec_engine *e, ec_hist *out)
     *out = s.read_seconds;
 }
 
-void ec_engine_set_remote_keep(ec_engine *e, bool keep)
+void ec_engine_set_remote_keep(ec_engine *e, bool keep, uint64_t reserve)
 {
     e->remote_keep = keep;
+    e->remote_keep_reserve = reserve;
 }

@@ -190,6 +190,8 @@ static const struct stat_desc {
      "Remote tier reads refused: a chunk missing, of the wrong size or failing its checksum"},
     {"remote_kept_bytes", 'c', "Partition bytes read from the remote tier and kept on local disk"},
     {"remote_keep_failures", 'c', "Partitions read from the remote tier that could not be kept"},
+    {"remote_keep_skipped_space", 'c',
+     "Remote reads not kept: the data directory's file system at remote-keep-reserve"},
     {"remote_inflight", 'g', "Remote tier reads in flight"},
     {"remote_redirects", 'c', "MOVED and ASK redirects the remote tier's reads followed"},
     {"remote_retries", 'c', "Keys the remote tier's reads sent again (redirects, failovers)"},

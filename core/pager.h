@@ -91,12 +91,16 @@ typedef struct ec_page_req {
      * partition file (fdatasync'd) before the request comes back. */
     const ec_remote_src *remote;
     bool keep;
+    uint64_t keep_reserve;  /* keep only while the file system keeps this many
+                             * bytes free */
 
     /* Results, valid in the completion callback. */
     int rc;
     char msg[EC_ERRMSG_MAX];
     uint64_t kept_first;    /* remote: partitions [kept_first, +kept_n) are now */
     uint32_t kept_n;        /* in the file, verified; kept_n 0: none */
+    bool keep_no_space;     /* remote: not (all) kept: the file system is at
+                             * its reserve */
 
     /* Private to the pager. */
     uint64_t submit_ns;     /* when ec_pager_submit took it (ec_hist_now_ns) */
@@ -180,6 +184,7 @@ typedef struct ec_pager_remote_stats {
                                  * its checksum */
     uint64_t kept_bytes;        /* partition bytes written into local files */
     uint64_t keep_failures;     /* writes into the local file that failed */
+    uint64_t keep_skipped_space; /* reads not kept: the file system at its reserve */
     uint64_t inflight;          /* requests at the workers */
     uint64_t redirects;         /* MOVED + ASK the workers' handles followed */
     uint64_t retries;           /* their keys sent again */

@@ -34,7 +34,10 @@
  *      kept_first/kept_n; the engine then marks it local. A block run
  *      keeps the partitions whose chunks it fetched whole (with 1 MiB
  *      chunks and partitions of at most 1 MiB, every partition it
- *      touches), never a part of one.
+ *      touches), never a part of one. Nothing is kept once the file
+ *      system would have less than keep_reserve bytes free after the write
+ *      (remote-keep-reserve): a full disk would stop the catalog and the
+ *      write-ahead logs, and the bytes are still on the cluster.
  *
  * The pool's workers write the pager's event fd after a job is on their
  * finished list (rpool's wake_extra), so the engine's one event fd wakes
@@ -58,6 +61,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
 #include "common/log.h"
@@ -269,6 +273,17 @@ static void blame(struct job *j)
         "version again", part, chunk, s->model, s->version, s->index, part, chunk);
 }
 
+/* Would the file system of fd keep at least reserve bytes free after len
+ * more? A file system that cannot say is taken at its word (room). */
+static bool room_for(int fd, uint64_t len, uint64_t reserve)
+{
+    struct statvfs v;
+
+    if (fstatvfs(fd, &v) < 0)
+        return true;
+    return (uint64_t)v.f_bavail * v.f_frsize >= len + reserve;
+}
+
 /* Worker: write the partitions held whole and verified into the file. */
 static void keep(struct job *j)
 {
@@ -292,6 +307,10 @@ static void keep(struct job *j)
             ec_warn("remote tier: cannot open %s to keep what was read: %s", s->path,
                     strerror(errno));
             return;
+        }
+        if (!room_for(fd, g->len, r->keep_reserve)) {
+            r->keep_no_space = true;
+            break;
         }
         while (done < g->len) {
             ssize_t w = pwrite(fd, g->buf + done, g->len - done, (off_t)(off + done));
@@ -418,7 +437,9 @@ static void finish_req(ec_pager *p, ec_page_req *r, void (*done)(ec_page_req *, 
             for (uint32_t k = 0; k < r->kept_n; k++)
                 x->st.kept_bytes += ec_partfile_part_length(&r->remote->meta,
                                                             r->kept_first + k);
-            if (r->keep && r->kept_n == 0 && !r->block_sums)
+            if (r->keep_no_space)
+                x->st.keep_skipped_space++;
+            else if (r->keep && r->kept_n == 0 && !r->block_sums)
                 x->st.keep_failures++;
         } else if (r->rc == EC_ECHECKSUM) {
             x->st.checksum_failures++;
@@ -517,6 +538,7 @@ void ec_pager_remote_submit(ec_pager *p, ec_page_req *r)
     r->msg[0] = '\0';
     r->kept_first = 0;
     r->kept_n = 0;
+    r->keep_no_space = false;
     r->done = 0;
     r->retries = 0;
     r->direct = false;

@@ -1217,7 +1217,8 @@ int ec_server_run(const ec_server_config *cfg)
                              .item_bytes = cfg->item_bytes,
                              .remote = cfg->remote,
                              .remote_threads = cfg->remote_threads,
-                             .remote_keep = !cfg->remote_no_keep};
+                             .remote_keep = !cfg->remote_no_keep,
+                             .remote_keep_reserve = cfg->remote_keep_reserve};
     sigset_t mask;
     char catpath[4200];
     int rc;

@@ -58,6 +58,8 @@ typedef struct ec_server_config {
     unsigned remote_threads;               /* its reader threads; 0: 4 */
     bool remote_no_keep;                   /* remote-keep false: what is read from it is
                                             * not written into the partition files */
+    uint64_t remote_keep_reserve;          /* free bytes the data dir's file system keeps:
+                                            * nothing more is kept below them */
     /* SIGHUP: read the configuration again (core/daemon_config.h,
      * ec_dconf_reload). Fills *next with every field of *cur, but those
      * that may change at run time as now configured; returns 0, or a

@@ -45,7 +45,7 @@ static ect_cluster cl = {.pipe = -1};
 static bool cl_running;
 static char url[128];
 
-static struct itest_daemon A, B, K, N;
+static struct itest_daemon A, B, K, N, R;
 
 /* v1: "emb" 4096 x 64 f32 in 64 KiB partitions (16 of them, one chunk
  * each), "small" 1000 x 8 f16 (one partition). v2: "wide" 8192 x 64 f32,
@@ -83,6 +83,7 @@ static int group_teardown(void **state)
     itest_daemon_down(&B);
     itest_daemon_down(&K);
     itest_daemon_down(&N);
+    itest_daemon_down(&R);
     if (!cl_running)
         cl.base = 0;
     ect_cluster_stop(&cl);
@@ -260,6 +261,30 @@ static void test_lazy_pull_reads_remotely(void **state)
     /* Kept: the files hold the data now. */
     disk_use(&B, &alloc, &size);
     assert_true(alloc >= V1_BYTES);
+}
+
+/* remote-keep-reserve: with less free than the reserve, nothing is kept
+ * (a full disk would stop the catalog and the logs), and every row is
+ * still served, from the cluster. */
+static void test_keep_reserve(void **state)
+{
+    const char *args[] = {"--remote", url, "--remote-keep-reserve", "1000T", NULL};
+    uint64_t alloc, size;
+
+    (void)state;
+    itest_daemon_up(&R, dir, "r", args, true);
+    assert_int_equal(ec_model_pull_flags(R.c, "m", "1", NULL, EC_PULL_LAZY, NULL), 0);
+    same_rows(A.c, R.c, "1", "emb", 4096);
+    same_rows(A.c, R.c, "1", "small", 1000);
+    assert_true(stat_of(R.c, "remote_reads") >= 17);
+    assert_int_equal(stat_of(R.c, "remote_errors"), 0);
+    assert_int_equal(stat_of(R.c, "remote_kept_bytes"), 0);
+    assert_int_equal(stat_of(R.c, "remote_keep_failures"), 0);
+    assert_true(stat_of(R.c, "remote_keep_skipped_space") >= 17);
+    disk_use(&R, &alloc, &size);
+    if (alloc >= 256u << 10)
+        fail_msg("a daemon at its disk reserve kept %llu bytes", (unsigned long long)alloc);
+    itest_daemon_down(&R);
 }
 
 static void test_kept_partition_damaged_is_fetched_again(void **state)
@@ -543,6 +568,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_lazy_pull_reads_remotely),
+        cmocka_unit_test(test_keep_reserve),
         cmocka_unit_test(test_kept_partition_damaged_is_fetched_again),
         cmocka_unit_test(test_rows_tensor_reads_remotely),
         cmocka_unit_test(test_no_remote_is_a_clear_error),
