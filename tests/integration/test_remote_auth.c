@@ -204,6 +204,32 @@ static void test_client_auth(void **state)
     ec_rcluster_close(c);
 }
 
+/* Daemon A (args), started with authf holding PASS, with a 2048 x 32 table
+ * (seed) imported as m version 1 and published to its own cluster. */
+static ec_client *publisher_up(const char *tmpl, const char *const *args, struct table *tb,
+                               uint64_t seed)
+{
+    ec_client *a;
+    ec_publish_result r;
+
+    write_file(authf, PASS "\n", 0600);
+    env_start(tmpl, args);
+    a = connect_ok();
+    table_make(tb, "src/emb.npy", 2048, 32, seed);
+    import_npy(a, "m", 1, tb->path, 64u << 10);
+    if (ec_model_publish(a, "m", "1", NULL, &r) != 0)
+        fail_msg("publish through A's own cluster: %s", ec_last_error());
+    return a;
+}
+
+/* Daemon `name` (args) up, with m version 1 pulled lazily from its cluster. */
+static void reader_up(struct itest_daemon *d, const char *name, const char *const *args)
+{
+    itest_daemon_up(d, E.dir, name, args, true);
+    if (ec_model_pull_flags(d->c, "m", "1", NULL, EC_PULL_LAZY, NULL) != 0)
+        fail_msg("lazy pull on %s: %s", name, ec_last_error());
+}
+
 static void test_daemons_with_credentials(void **state)
 {
     const char *with[] = {"--remote", url, "--remote-auth-file", authf, NULL};
@@ -217,20 +243,12 @@ static void test_daemons_with_credentials(void **state)
     ec_tensor *t;
 
     (void)state;
-    write_file(authf, PASS "\n", 0600);
-    env_start("ec-rauth-d", with);
-    a = connect_ok();
-    table_make(&tb, "src/emb.npy", 2048, 32, 77);
-    import_npy(a, "m", 1, tb.path, 64u << 10);
-    if (ec_model_publish(a, "m", "1", NULL, &r) != 0)
-        fail_msg("publish through A's own cluster: %s", ec_last_error());
+    a = publisher_up("ec-rauth-d", with, &tb, 77);
     /* The same cluster spelled another way is another cluster to A: its
      * password is not sent there. */
     expect_fail(ec_model_publish(a, "m", "1", url_other, &r), EC_EPERM, "NOAUTH");
 
-    itest_daemon_up(&b, E.dir, "b", nokeep, true);
-    if (ec_model_pull_flags(b.c, "m", "1", NULL, EC_PULL_LAZY, NULL) != 0)
-        fail_msg("lazy pull on B: %s", ec_last_error());
+    reader_up(&b, "b", nokeep);
     t = resolve_ok(b.c, "m", "1", "emb");
     gather_all_ok(t, &tb);
     ec_tensor_release(t);
@@ -323,17 +341,9 @@ static void test_rotation(void **state)
 
     (void)state;
     snprintf(authf_b, sizeof(authf_b), "%s.b", authf);
-    write_file(authf, PASS "\n", 0600);
     write_file(authf_b, PASS "\n", 0600);
-    env_start("ec-rauth-r", with);
-    a = connect_ok();
-    table_make(&tb, "src/emb.npy", 2048, 32, 79);
-    import_npy(a, "m", 1, tb.path, 64u << 10);
-    if (ec_model_publish(a, "m", "1", NULL, &r) != 0)
-        fail_msg("publish before the rotation: %s", ec_last_error());
-    itest_daemon_up(&b, E.dir, "b", b_args, true);
-    if (ec_model_pull_flags(b.c, "m", "1", NULL, EC_PULL_LAZY, NULL) != 0)
-        fail_msg("lazy pull on B: %s", ec_last_error());
+    a = publisher_up("ec-rauth-r", with, &tb, 79);
+    reader_up(&b, "b", b_args);
     t = resolve_ok(b.c, "m", "1", "emb");
     {
         int64_t ids[4] = {0, 1, 2, 3};
