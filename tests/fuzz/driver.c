@@ -1,7 +1,8 @@
 /*
  * driver.c - standalone main for the fuzz targets when they are not built
  * with libFuzzer: a deterministic mutation loop that ctest runs as a smoke
- * test (fuzz_npy_smoke, fuzz_safetensors_smoke, fuzz_proto_smoke).
+ * test (fuzz_npy_smoke, fuzz_safetensors_smoke, fuzz_proto_smoke,
+ * fuzz_origin_smoke, fuzz_rcluster_smoke).
  *
  *     fuzz_X [-n ITER] [-s SEED] [-o DIR] [CORPUS...]
  *
@@ -10,7 +11,9 @@
  * temporary directory and read back, plus variants the helpers cannot write
  * (.npy format 2.0/3.0, big-endian); for the protocol, one message of each
  * op built with ec_msg_begin/ec_put_*; for partition files' origin records,
- * records made by ec_partfile_origin_encode. CORPUS arguments (files, or
+ * records made by ec_partfile_origin_encode; for the Redis Cluster client,
+ * fake node scripts (fuzz_rcluster.c: slot maps, values short and long,
+ * redirects, refusals, truncated replies). CORPUS arguments (files, or
  * directories of files such as a libFuzzer corpus) join the seeds. Every
  * seed runs unmutated, then ITER inputs (default 20000) each made from a
  * seed, or from the previous input, by one to four mutations: bit flips,
@@ -20,18 +23,22 @@
  * boundary numbers written over the text headers, and range deletion and
  * duplication. A mutation that changes the length usually also patches the
  * format's length field (npy header length, safetensors header length,
- * message body length) so the input gets past the first check. -o DIR
+ * message body length, the length of the RESP bulk string the edit is in)
+ * so the input gets past the first check. -o DIR
  * writes the seeds to DIR as files, to start a libFuzzer corpus.
  *
  * The input sequence depends only on SEED and the corpus, so a failure
- * reproduces with the same command line. EC_FUZZ_KIND ("npy",
- * "safetensors", "proto", "origin") picks the seeds and is set by CMake per
- * target.
+ * reproduces with the same command line (for rcluster the same inputs run,
+ * but what they do hangs on TCP and timers as well: nearly always the same).
+ * EC_FUZZ_KIND ("npy", "safetensors", "proto", "origin", "rcluster") picks
+ * the seeds and is set by CMake per target.
  * Exit 0 when every input ran, 2 on a usage or I/O error; a broken
- * invariant aborts. Single-threaded.
+ * invariant aborts. Single-threaded (the rcluster target runs a thread of
+ * its own).
  */
 #include <dirent.h>
 #include <errno.h>
+#include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -41,11 +48,12 @@
 
 #include "core/partfile.h"
 #include "core/proto.h"
+#include "core/rcluster.h"
 #include "fuzz.h"
 #include "tests/testutil.h"
 
 #ifndef EC_FUZZ_KIND
-#error "EC_FUZZ_KIND must name the target: \"npy\", \"safetensors\", \"proto\" or \"origin\""
+#error "EC_FUZZ_KIND must name the target, a string: npy, safetensors, proto, origin or rcluster"
 #endif
 
 #define FUZZ_MAX_LEN (1u << 20) /* inputs never grow past this */
@@ -548,6 +556,356 @@ static int seeds_origin(struct pool *pl)
     return 0;
 }
 
+/* Fake node scripts for fuzz_rcluster (its comment has the format): mode A
+ * answers CLUSTER SLOTS with the first part, mode B with a map of every
+ * slot to the node; the later parts answer the other commands one each, in
+ * the order the client sends them: GET k0..k4 (into destinations of 100000,
+ * 16, 65536, none and 70000 bytes), GET k0, WATCH k1 and GET k1, MULTI, DEL
+ * k1 and EXEC (delete k1 if it holds "v"); redirects and retries insert
+ * theirs. A part that is not whole replies ends its connection. */
+
+static void buf_add(struct buf *b, const char *s)
+{
+    buf_insert(b, b->n, s, strlen(s));
+}
+
+__attribute__((format(printf, 2, 3))) static void buf_addf(struct buf *b, const char *fmt, ...)
+{
+    char tmp[512];
+    va_list ap;
+    int n;
+
+    va_start(ap, fmt);
+    n = vsnprintf(tmp, sizeof(tmp), fmt, ap);
+    va_end(ap);
+    if (n < 0 || (size_t)n >= sizeof(tmp)) {
+        fprintf(stderr, "fuzz_%s: a seed line is too long\n", EC_FUZZ_KIND);
+        exit(2);
+    }
+    buf_insert(b, b->n, tmp, (size_t)n);
+}
+
+/* The next part: a separator, then s. */
+static void rc_part(struct buf *b, const char *s)
+{
+    buf_add(b, FUZZ_RCLUSTER_SEP);
+    buf_add(b, s);
+}
+
+/* A bulk string of n bytes whose pattern tag sets apart from the others. */
+static void rc_bulk(struct buf *b, size_t n, unsigned tag)
+{
+    size_t at;
+
+    buf_addf(b, "$%zu\r\n", n);
+    at = b->n;
+    buf_insert(b, at, NULL, n);
+    for (size_t i = 0; i < n; i++)
+        b->p[at + i] = (uint8_t)('a' + (i * 7 + tag * 13 + i / 251) % 26);
+    buf_add(b, "\r\n");
+}
+
+/* One CLUSTER SLOTS range: [lo, hi, master, replicas...]; host NULL is nil,
+ * port "@port" the fake node's. */
+static void rc_range(struct buf *b, unsigned lo, unsigned hi, const char *host,
+                     const char *port, unsigned replicas)
+{
+    static const char id[] = "0123456789abcdef0123456789abcdef01234567";
+
+    buf_addf(b, "*%u\r\n:%u\r\n:%u\r\n*3\r\n", 3 + replicas, lo, hi);
+    if (host)
+        buf_addf(b, "$%zu\r\n%s\r\n", strlen(host), host);
+    else
+        buf_add(b, "$-1\r\n");
+    buf_addf(b, ":%s\r\n$40\r\n%s\r\n", port, id);
+    for (unsigned r = 0; r < replicas; r++)
+        buf_addf(b, "*3\r\n$9\r\n127.0.0.1\r\n:%u\r\n$40\r\n%s\r\n", 7100 + r, id);
+}
+
+/* The answers to delete-if-equal when all goes well: WATCH/GET k1 ("v"),
+ * MULTI/DEL/EXEC (deleted). */
+static void rc_del_ok(struct buf *b)
+{
+    static const char *const del[] = {"+OK\r\n", "$1\r\nv\r\n", "+OK\r\n", "+QUEUED\r\n",
+                                      "*1\r\n:1\r\n"};
+
+    for (size_t i = 0; i < sizeof(del) / sizeof(del[0]); i++)
+        rc_part(b, del[i]);
+}
+
+/* The answers after the five keys' when all goes well: GET k0, then
+ * delete-if-equal's. */
+static void rc_tail(struct buf *b)
+{
+    rc_part(b, "$3\r\nbar\r\n");
+    rc_del_ok(b);
+}
+
+/* The seed is done: into the pool, and b emptied for the next. */
+static void rc_seed(struct pool *pl, struct buf *b)
+{
+    pool_add(pl, b->p, b->n);
+    b->n = 0;
+}
+
+static int seeds_rcluster(struct pool *pl)
+{
+    const char *port = FUZZ_RCLUSTER_PORT;
+    unsigned s0 = ec_rcluster_keyslot("k0", 2), s1 = ec_rcluster_keyslot("k1", 2);
+    static const char *const shorts[] = {"$5\r\nhello\r\n", "$-1\r\n", "$3\r\nabc\r\n",
+                                         "$0\r\n\r\n", "$5\r\nworld\r\n"};
+    static const char *const refusals[] = {
+        "-TRYAGAIN Multiple keys request during rehashing of slot\r\n",
+        "-CLUSTERDOWN The cluster is down\r\n",
+        "-LOADING Redis is loading the dataset in memory\r\n",
+        "-MASTERDOWN Link with MASTER is down\r\n",
+        "-READONLY You can't write against a read only replica.\r\n",
+        "-NOAUTH Authentication required.\r\n",
+        "-ERR unknown command\r\n",
+        "-MOVED 99999 127.0.0.1:7000\r\n",
+        "-ASK x\r\n",
+    };
+    static const char *const nots[] = {
+        "-ERR This instance has cluster support disabled\r\n",
+        "-NOAUTH Authentication required.\r\n", "*0\r\n", ":1\r\n", "$-1\r\n", "+OK\r\n",
+        "*1\r\n*3\r\n:0\r\n:16384\r\n*2\r\n$9\r\n127.0.0.1\r\n:7000\r\n",
+        "*2\r\n*3\r\n:0\r\n:100\r\n*2\r\n$0\r\n\r\n:7000\r\n"
+        "*3\r\n:100\r\n:200\r\n*2\r\n$0\r\n\r\n:7000\r\n",
+        "*1\r\n*3\r\n:0\r\n:16383\r\n*2\r\n$9\r\n127.0.0.1\r\n:0\r\n",
+        "*1\r\n*3\r\n:0\r\n:16383\r\n*2\r\n$3\r\na b\r\n:7000\r\n",
+        "*131073\r\n:1\r\n", "*131072\r\n:1\r\n:2\r\n",
+        "*1\r\n*1\r\n*1\r\n*1\r\n*1\r\n*1\r\n*1\r\n*1\r\n:1\r\n", "!!!\r\n",
+    };
+    struct buf b = {0}, t = {0};
+
+    /* Mode A: maps. One range, to the node under a name of its own; then
+     * the same map cut short. */
+    buf_add(&b, "A*1\r\n");
+    rc_range(&b, 0, 16383, "n1", port, 0);
+    for (size_t i = 0; i < 5; i++)
+        rc_part(&b, shorts[i]);
+    rc_tail(&b);
+    buf_set(&t, b.p, b.n);
+    rc_seed(pl, &b);
+    buf_insert(&b, 0, t.p, 40);
+    rc_seed(pl, &b);
+    /* Several ranges: the node under names of its own, with replicas, under
+     * an empty and a nil host (the node asked: the seed), a node of unknown
+     * address ("?"), one on a port nobody serves, with Redis 7's metadata
+     * after the id. */
+    buf_add(&b, "A*6\r\n");
+    rc_range(&b, 0, 5460, "n1", port, 2);
+    rc_range(&b, 5461, 9000, "", port, 1);
+    rc_range(&b, 9001, 10000, NULL, port, 0);
+    rc_range(&b, 10001, 11000, "?", "7000", 0);
+    rc_range(&b, 11001, 12000, "n2.example", port, 0);
+    buf_add(&b, "*3\r\n:12001\r\n:16383\r\n*4\r\n$9\r\n127.0.0.1\r\n:7001\r\n$40\r\n"
+                "0123456789abcdef0123456789abcdef01234567\r\n*2\r\n$8\r\nhostname\r\n"
+                "$5\r\nnode3\r\n");
+    for (size_t i = 0; i < 5; i++)
+        rc_part(&b, shorts[4 - i]);
+    rc_tail(&b);
+    rc_seed(pl, &b);
+    /* Many small ranges: every other one to the node, the rest to [::1]. */
+    buf_add(&b, "A*128\r\n");
+    for (unsigned r = 0; r < 128; r++)
+        rc_range(&b, r * 128, r * 128 + 127, r % 2 ? "::1" : "127.0.0.1",
+                 r % 2 ? "7002" : port, r % 3 == 0);
+    rc_part(&b, "$-1\r\n");
+    rc_seed(pl, &b);
+    /* The longest host a node may have, and one over it. */
+    for (size_t len = 255; len <= 256; len++) {
+        char host[257];
+        memset(host, 'h', len);
+        host[len] = '\0';
+        buf_add(&b, "A*1\r\n");
+        rc_range(&b, 0, 16383, host, port, 0);
+        rc_part(&b, "$1\r\nh\r\n");
+        rc_seed(pl, &b);
+    }
+    /* More ranges than slots; more nodes than a handle tracks (1024). */
+    buf_add(&b, "A*16385\r\n");
+    for (unsigned r = 0; r < 16385; r++)
+        buf_add(&b, "$-1\r\n");
+    rc_seed(pl, &b);
+    buf_add(&b, "A*1100\r\n");
+    for (unsigned r = 0; r < 1100; r++) {
+        char p[8];
+        snprintf(p, sizeof(p), "%u", 10000 + r);
+        rc_range(&b, r, r, "127.0.0.1", p, 0);
+    }
+    rc_seed(pl, &b);
+    /* Not maps. */
+    for (size_t i = 0; i < sizeof(nots) / sizeof(nots[0]); i++) {
+        buf_addf(&b, "A%s", nots[i]);
+        rc_seed(pl, &b);
+    }
+
+    /* Mode B: the map is the node's own. All goes well: k0 and k2 straight
+     * into their destinations, k1 longer than its 16 bytes, k3 nil, k4
+     * 100000 bytes for a destination of 70000, GET k0 a long value with no
+     * destination. */
+    buf_add(&b, "B");
+    rc_part(&b, "");
+    rc_bulk(&b, 100000, 0);
+    rc_part(&b, "");
+    rc_bulk(&b, 40, 1);
+    rc_part(&b, "");
+    rc_bulk(&b, 65536, 2);
+    rc_part(&b, "$-1\r\n");
+    rc_part(&b, "");
+    rc_bulk(&b, 100000, 4);
+    rc_part(&b, "");
+    rc_bulk(&b, 100000, 5);
+    rc_del_ok(&b);
+    rc_seed(pl, &b);
+    /* Long values of another length than k0's destination (100000 bytes),
+     * whose headers the header-first read takes in whole: one byte longer,
+     * and 65536 bytes. (The direct path is open to a reply that starts a
+     * read: here the round's first.) */
+    for (size_t len = 100001; len >= 65536; len -= 100001 - 65536) {
+        buf_add(&b, "B");
+        rc_part(&b, "");
+        rc_bulk(&b, len, 11);
+        for (size_t i = 1; i < 5; i++)
+            rc_part(&b, shorts[i]);
+        rc_tail(&b);
+        rc_seed(pl, &b);
+    }
+    /* Short values; k2 one byte short of the direct path, k4 exactly its
+     * destination's 70000; GET k0 nil; k1 holds another value (then
+     * UNWATCH); a second seed where EXEC fails (nil). */
+    buf_add(&b, "B");
+    rc_part(&b, "$5\r\nhello\r\n");
+    rc_part(&b, "$0\r\n\r\n");
+    rc_part(&b, "");
+    rc_bulk(&b, 65535, 3);
+    rc_part(&b, "$3\r\nbar\r\n");
+    rc_part(&b, "");
+    rc_bulk(&b, 70000, 6);
+    rc_part(&b, "$-1\r\n");
+    buf_set(&t, b.p, b.n);
+    rc_part(&b, "+OK\r\n");
+    rc_part(&b, "$1\r\nw\r\n");
+    rc_part(&b, "+OK\r\n");
+    rc_seed(pl, &b);
+    buf_set(&b, t.p, t.n);
+    rc_part(&b, "+OK\r\n");
+    rc_part(&b, "$1\r\nv\r\n");
+    rc_part(&b, "+OK\r\n");
+    rc_part(&b, "+QUEUED\r\n");
+    rc_part(&b, "*-1\r\n");
+    rc_seed(pl, &b);
+    /* Several replies in one answer (one more than asked for), then the
+     * rest, one each. */
+    buf_add(&b, "B");
+    rc_part(&b, "$1\r\na\r\n$1\r\nb\r\n");
+    rc_part(&b, "$1\r\nc\r\n");
+    rc_part(&b, "$1\r\nd\r\n");
+    rc_part(&b, "$1\r\ne\r\n");
+    rc_tail(&b);
+    rc_seed(pl, &b);
+    /* Redirects of k0 to the node itself: MOVED to its address, and to a
+     * name of its own; ASK, under its address and with an empty host. Then
+     * the other keys' values, ASKING's +OK after an ASK, and k0's long
+     * value, into its destination. */
+    for (int kind = 0; kind < 4; kind++) {
+        buf_add(&b, "B");
+        buf_add(&b, FUZZ_RCLUSTER_SEP);
+        if (kind == 0)
+            buf_addf(&b, "-MOVED %u 127.0.0.1:%s\r\n", s0, port);
+        else if (kind == 1)
+            buf_addf(&b, "-MOVED %u other-name:%s\r\n", s0, port);
+        else if (kind == 2)
+            buf_addf(&b, "-ASK %u 127.0.0.1:%s\r\n", s0, port);
+        else
+            buf_addf(&b, "-ASK %u :%s\r\n", s0, port);
+        for (size_t i = 1; i < 5; i++)
+            rc_part(&b, shorts[i]);
+        if (kind >= 2)
+            rc_part(&b, "+OK\r\n");
+        rc_part(&b, "");
+        rc_bulk(&b, 100000, 7);
+        rc_tail(&b);
+        rc_seed(pl, &b);
+    }
+    /* Redirects that never settle, and one for another slot. */
+    buf_add(&b, "B");
+    buf_add(&b, FUZZ_RCLUSTER_SEP);
+    buf_addf(&b, "-MOVED %u 127.0.0.1:%s\r\n", s1, port);
+    buf_add(&b, FUZZ_RCLUSTER_SEP);
+    buf_addf(&b, "-MOVED %u 127.0.0.1:%s\r\n", s0, port);
+    rc_seed(pl, &b);
+    /* A redirect to a node nobody serves, whose map (the first part: what a
+     * refresh during the call gets) moves every slot there; a map that is
+     * garbage, with CLUSTERDOWN. */
+    buf_add(&b, "B*1\r\n");
+    rc_range(&b, 0, 16383, "127.0.0.1", "7000", 0);
+    buf_add(&b, FUZZ_RCLUSTER_SEP);
+    buf_addf(&b, "-MOVED %u 127.0.0.1:7000\r\n", s0);
+    rc_part(&b, "$1\r\nv\r\n");
+    rc_seed(pl, &b);
+    buf_add(&b, "B!!!\r\n");
+    rc_part(&b, "-CLUSTERDOWN The cluster is down\r\n");
+    rc_part(&b, "$1\r\nv\r\n");
+    rc_seed(pl, &b);
+    /* Refusals of k0, then values. */
+    for (size_t i = 0; i < sizeof(refusals) / sizeof(refusals[0]); i++) {
+        buf_add(&b, "B");
+        rc_part(&b, refusals[i]);
+        for (size_t k = 1; k < 5; k++)
+            rc_part(&b, shorts[k]);
+        rc_tail(&b);
+        rc_seed(pl, &b);
+    }
+    /* Not values: an integer, a status, arrays (MGET's answer), nested. */
+    buf_add(&b, "B");
+    rc_part(&b, ":5\r\n");
+    rc_part(&b, "+OK\r\n");
+    rc_part(&b, "*2\r\n$1\r\na\r\n$1\r\nb\r\n");
+    rc_part(&b, "*-1\r\n");
+    rc_part(&b, "*5\r\n$1\r\na\r\n$-1\r\n$1\r\nc\r\n:4\r\n*1\r\n$1\r\ne\r\n");
+    rc_part(&b, "*0\r\n");
+    rc_part(&b, "*2\r\n+OK\r\n-ERR x\r\n");
+    rc_seed(pl, &b);
+    /* Over max_value_bytes (256 KiB): declared only, and whole. */
+    buf_add(&b, "B");
+    rc_part(&b, "$300000\r\nxxxxxxxx");
+    rc_part(&b, "$26214400");
+    rc_part(&b, "");
+    rc_bulk(&b, (256 << 10) + 1, 10);
+    rc_seed(pl, &b);
+    /* A status line longer than any value, without its end. */
+    buf_add(&b, "B");
+    rc_part(&b, "+");
+    buf_insert(&b, b.n, NULL, 300000);
+    memset(b.p + b.n - 300000, 's', 300000);
+    rc_seed(pl, &b);
+    /* Cut short: a long value, a short one, a header, an array. */
+    buf_add(&b, "B");
+    rc_part(&b, "$100000\r\n");
+    buf_insert(&b, b.n, NULL, 50000);
+    memset(b.p + b.n - 50000, 'q', 50000);
+    rc_part(&b, "$5\r\nhel");
+    rc_part(&b, "$10");
+    rc_part(&b, "*3\r\n:1\r\n");
+    rc_seed(pl, &b);
+    /* Long values not followed by CRLF. */
+    buf_add(&b, "B");
+    rc_part(&b, "");
+    rc_bulk(&b, 100000, 8);
+    b.p[b.n - 2] = 'Z';
+    b.p[b.n - 1] = 'Z';
+    rc_part(&b, "$1\r\nv\r\n");
+    rc_part(&b, "");
+    rc_bulk(&b, 65536, 9);
+    b.n--;
+    rc_seed(pl, &b);
+    free(b.p);
+    free(t.p);
+    return 0;
+}
+
 static int make_seeds(struct pool *pl)
 {
     char *dir;
@@ -557,6 +915,8 @@ static int make_seeds(struct pool *pl)
         return seeds_proto(pl);
     if (!strcmp(EC_FUZZ_KIND, "origin"))
         return seeds_origin(pl);
+    if (!strcmp(EC_FUZZ_KIND, "rcluster"))
+        return seeds_rcluster(pl);
     dir = ect_tmpdir("ec-fuzz");
     rc = !strcmp(EC_FUZZ_KIND, "npy") ? seeds_npy(pl, dir) : seeds_safetensors(pl, dir);
     ect_rmtree(dir);
@@ -596,6 +956,14 @@ static const char *const st_tokens[] = {
     "\\u00e9", "\\\"", "\\", "\xc3\xa9", "\xed\xa0\x80", "\xf4\x90\x80\x80", "\xc0\x80",
     "\xff",
 };
+static const char *const rc_tokens[] = {
+    "\r\n", "\r", "\n", "$", "*", ":", "+", "-", "$-1\r\n", "*-1\r\n", "$0\r\n\r\n", "*0\r\n",
+    "+OK\r\n", "+QUEUED\r\n", "-MOVED ", "-ASK ", "-TRYAGAIN\r\n", "-CLUSTERDOWN\r\n",
+    "-NOAUTH\r\n", "-ERR\r\n", ":0\r\n", ":16383\r\n", ":16384\r\n", ":65536\r\n",
+    "127.0.0.1", "::1", "?", " ", FUZZ_RCLUSTER_PORT, ":" FUZZ_RCLUSTER_PORT "\r\n",
+    "$65536\r\n", "$100000\r\n", "*3\r\n", "%", "~", "_\r\n", ",1.5\r\n", "#t\r\n",
+    FUZZ_RCLUSTER_SEP,
+};
 static const char *const numbers[] = {
     "0", "1", "2", "7", "8", "255", "256", "65535", "2147483647", "2147483648",
     "4294967295", "4294967296", "9223372036854775807", "9223372036854775808",
@@ -623,6 +991,38 @@ static uint64_t get_le(const uint8_t *p, unsigned width)
     return v;
 }
 
+/* RESP: an edit at off inside a bulk string ("$<len>\r\n" and len bytes)
+ * gets <len> patched. The nearest '$' before off that starts such a header
+ * is taken for the string's (a '$' inside a value may fool it: a mutation
+ * like any other). */
+static void fixup_resp(struct buf *b, size_t off, long delta)
+{
+    size_t end = off < b->n ? off : b->n;
+    const uint8_t *d;
+
+    while (end > 0 && (d = memrchr(b->p, '$', end)) != NULL) {
+        size_t s = (size_t)(d - b->p), e = s + 1;
+        uint64_t len = 0;
+        char num[24];
+        int nl;
+
+        for (; e < b->n && e - s <= 18 && b->p[e] >= '0' && b->p[e] <= '9'; e++)
+            len = len * 10 + (uint64_t)(b->p[e] - '0');
+        if (e == s + 1 || e + 1 >= b->n || b->p[e] != '\r' || b->p[e + 1] != '\n') {
+            end = s;
+            continue;
+        }
+        if (off < e + 2 || off > e + 2 + len || (delta < 0 && len < (uint64_t)-delta))
+            return; /* in the header, or after the string */
+        nl = snprintf(num, sizeof(num), "%llu", (unsigned long long)(len + (uint64_t)delta));
+        if (b->n - (e - s - 1) + (size_t)nl > FUZZ_MAX_LEN)
+            return;
+        buf_erase(b, s + 1, e - s - 1);
+        buf_insert(b, s + 1, num, (size_t)nl);
+        return;
+    }
+}
+
 /* After an edit that moved the bytes at and after off by delta, patch the
  * format's length field so the input stays self-consistent (most of the
  * time: the caller skips this now and then). */
@@ -630,6 +1030,10 @@ static void fixup(struct buf *b, size_t off, long delta)
 {
     if (!strcmp(EC_FUZZ_KIND, "origin"))
         return; /* fixed size: the target cuts or pads the input */
+    if (!strcmp(EC_FUZZ_KIND, "rcluster")) {
+        fixup_resp(b, off, delta);
+        return;
+    }
     if (!strcmp(EC_FUZZ_KIND, "proto")) {
         if (b->n >= EC_MSG_HDR)
             put_le(b->p + offsetof(ec_msg_hdr, body_len), 4,
@@ -745,6 +1149,8 @@ static void mutate_once(struct buf *b, const struct pool *pl)
             tok = npy_tokens[rnd(sizeof(npy_tokens) / sizeof(npy_tokens[0]))];
         else if (!strcmp(EC_FUZZ_KIND, "safetensors"))
             tok = st_tokens[rnd(sizeof(st_tokens) / sizeof(st_tokens[0]))];
+        else if (!strcmp(EC_FUZZ_KIND, "rcluster"))
+            tok = rc_tokens[rnd(sizeof(rc_tokens) / sizeof(rc_tokens[0]))];
         else
             tok = rnd(2) ? "\xff\xff" : "\x00";
         tl = strlen(tok) ? strlen(tok) : 1;
