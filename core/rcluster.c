@@ -38,7 +38,8 @@
  *     indices held by keys (ASK targets) and pointers held by rc_pump() stay
  *     valid during a call.
  *  5. Every reply is validated before use: types, lengths (a bulk header
- *     over max_value_bytes fails the node before its bytes are buffered),
+ *     over max_value_bytes fails the node before its bytes are buffered;
+ *     a reply's strings together may not pass max_value_bytes plus 16 MiB),
  *     element counts, slots, addresses.
  *
  * Copies: GET values are handed to the caller's fn from inside the RESP

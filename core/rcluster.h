@@ -125,7 +125,9 @@ typedef struct ec_rcluster_set_opts {
  *                cluster kept answering CLUSTERDOWN/TRYAGAIN/LOADING),
  *                EC_EPROTO (a malformed reply, or redirects that never
  *                settle), EC_ETOOBIG (a value over max_value_bytes), EC_EIO
- *                (the node refused the command: its message is quoted).
+ *                (the node refused the command: its message is quoted),
+ *                EC_EPERM (the node wants credentials we lack, or refused
+ *                ours: NOAUTH, WRONGPASS), EC_ENOMEM.
  * @param val     GET's value (may be NULL when len is 0); valid only during
  *                the call, so copy it to where it belongs: that copy is the
  *                only one after the socket's.
@@ -173,7 +175,8 @@ int ec_rcluster_parse_seeds(const char *spec, ec_rcluster_addr *out, size_t cap,
  *                           with ec_rcluster_close().
  * @return 0, or EC_EINVAL (bad seeds or options), EC_ENOMEM, EC_ECONN (no
  *         seed answered: the message lists each seed's failure), EC_EPROTO
- *         (a seed answered with something that is not a valid slot map).
+ *         (a seed answered with something that is not a valid slot map),
+ *         EC_EPERM (the seeds want credentials we lack, or refused ours).
  */
 int ec_rcluster_open(const char *url_or_seeds, const ec_rcluster_opts *o, ec_rcluster **out);
 

@@ -29,6 +29,9 @@ struct addrinfo;
 #define RC_FEED_SLICE (16 * 1024)       /* bytes fed to the parser at a time */
 #define RC_MAX_ELEMENTS (1 << 17)       /* elements of one array reply */
 #define RC_MAX_OBJECTS (1 << 20)        /* objects in one reply */
+#define RC_REPLY_SLACK (16u << 20)      /* a reply's strings beyond max_value_bytes: a
+                                         * slot map's names and ids (16384 ranges of
+                                         * three nodes: about 3 MB) */
 #define RC_MAX_VALUE_LIMIT (512ull << 20)
 #define RC_READER_KEEP (2u << 20)       /* reader buffer kept between replies */
 #define RC_IOV 64
@@ -69,6 +72,8 @@ typedef struct rc_node {
     redisReply *sync_rep[RC_SYNC_MAX];
     unsigned sync_got;
     size_t reply_objs;
+    uint64_t reply_bytes;   /* string bytes of the reply under way (limit:
+                             * max_value_bytes + RC_REPLY_SLACK) */
     /* A long GET value read past the parser (rcluster_net.c, rc_direct_*):
      * value (to bulk_dst) and CRLF (to crlf), bulk_want bytes, bulk_got of
      * them in so far. */

@@ -87,11 +87,21 @@ static bool rc_deliver(rc_node *nd, const char *str, size_t len)
 
 static void *rc_create_string(const redisReadTask *task, char *str, size_t len)
 {
+    rc_node *nd = task->privdata;
     redisReply *r;
 
     if (!task->parent && task->type == REDIS_REPLY_STRING && task->privdata &&
         rc_deliver(task->privdata, str, len))
         return &rc_delivered;
+    /* Each string is under max_value_bytes (its header was checked), but
+     * an array of many is buffered whole: bound the reply, not only its
+     * parts (a hostile node could otherwise make us hold RC_MAX_OBJECTS
+     * values at once). */
+    if (nd && (nd->reply_bytes += len) > nd->c->o.max_value_bytes + RC_REPLY_SLACK) {
+        snprintf(nd->refused, sizeof(nd->refused), "a reply of over %llu bytes of strings",
+                 (unsigned long long)(nd->c->o.max_value_bytes + RC_REPLY_SLACK));
+        return NULL;
+    }
     r = rc_obj(task, task->type);
     if (!r)
         return NULL;
@@ -207,6 +217,7 @@ static void rc_node_reset(rc_node *nd)
     nd->hdr_len = nd->nseg = nd->seg_cur = nd->seg_off = 0;
     nd->pend_head = nd->pend_n = 0;
     nd->reply_objs = 0;
+    nd->reply_bytes = 0;
     nd->bulk_on = false;
     nd->bulk_want = nd->bulk_got = 0;
     nd->auth_queued = false;
@@ -590,6 +601,7 @@ static int rc_node_drain(ec_rcluster *c, rc_node *nd)
             return 0;
         }
         nd->reply_objs = 0;
+        nd->reply_bytes = 0;
         if (nd->pend_head >= nd->pend_n) {
             rc_free_obj(rep);
             rc_node_fail(c, nd, EC_EPROTO, "a reply nobody asked for; the connection was dropped");
@@ -650,6 +662,7 @@ static int rc_direct_finish(ec_rcluster *c, rc_node *nd)
         return -1;
     }
     nd->reply_objs = 0;
+    nd->reply_bytes = 0;
     rc_on_reply(c, nd, nd->pend[nd->pend_head++], &rc_delivered);
     if (nd->pend_head == nd->pend_n)
         nd->pend_head = nd->pend_n = 0;
@@ -698,8 +711,10 @@ static long rc_direct_start(ec_rcluster *c, rc_node *nd, const char *buf, size_t
         return 0;
     for (; k < len && k < 20 && buf[k] >= '0' && buf[k] <= '9'; k++)
         n = n * 10 + (unsigned long long)(buf[k] - '0');
-    if (k == 1 || k + 1 >= len || buf[k] != '\r' || buf[k + 1] != '\n' || n < RC_DIRECT_MIN ||
-        n > c->o.max_value_bytes)
+    /* A leading zero ("$0100000") is the parser's too, which refuses it as
+     * hiredis does: both paths read the same replies the same way. */
+    if (k == 1 || buf[1] == '0' || k + 1 >= len || buf[k] != '\r' || buf[k + 1] != '\n' ||
+        n < RC_DIRECT_MIN || n > c->o.max_value_bytes)
         return 0; /* short, nil, incomplete or over the limit: the parser's */
     k += 2;
     if (call->dests && call->dests[i] && call->dest_lens[i] == n) {

@@ -47,6 +47,9 @@ enum fake_mode {
     FAKE_MAP_NOCRLF,   /* a valid map to itself; GET -> a 100000-byte value, in two
                         * sends, ending in "ZZ" instead of CRLF */
     FAKE_MAP_LONGOK,   /* the same value ending in CRLF */
+    FAKE_MAP_LEADZERO, /* the same value ending in CRLF, its length "0100000" */
+    FAKE_MAP_BIGARRAY, /* a valid map to itself; GET -> an array of 48 values of
+                        * 512 KiB each (24 MiB in all) */
     FAKE_MAP_TRICKLE,  /* the same value in 4 KiB pieces 25 ms apart (600 ms) */
 };
 
@@ -121,12 +124,27 @@ static void fake_answer(fake *f, int fd, const char *cmd)
         case FAKE_MAP_INTGET:
             send_all(fd, ":5\r\n", 4);
             return;
+        case FAKE_MAP_BIGARRAY: {
+            static char val[512 * 1024];
+            memset(val, 'a', sizeof(val));
+            send_all(fd, "*48\r\n", 5);
+            for (int k = 0; k < 48 && !f->stop; k++) {
+                send_all(fd, "$524288\r\n", 9);
+                send_all(fd, val, sizeof(val));
+                send_all(fd, "\r\n", 2);
+            }
+            return;
+        }
         case FAKE_MAP_NOCRLF:
-        case FAKE_MAP_LONGOK: {
+        case FAKE_MAP_LONGOK:
+        case FAKE_MAP_LEADZERO: {
             /* Long enough to skip the parser (RC_DIRECT_MIN), sent so that
              * the value arrives over several reads. */
             static char val[100000];
-            send_all(fd, "$100000\r\n", 9);
+            if (f->mode == FAKE_MAP_LEADZERO)
+                send_all(fd, "$0100000\r\n", 10);
+            else
+                send_all(fd, "$100000\r\n", 9);
             memset(val, 'v', sizeof(val));
             send_all(fd, val, 30000);
             usleep(20000);
@@ -399,6 +417,9 @@ static void test_fake_bad_replies_into(void **state)
     assert_int_equal(gets, 1);
     assert_int_equal(fake_get(FAKE_MAP_NOCRLF, &o, &gets, &ms), EC_EPROTO);
     assert_non_null(strstr(ec_last_error(), "not followed by CRLF"));
+    /* A length with a leading zero: refused into the caller's place as
+     * the parser refuses it, not taken. */
+    assert_int_equal(fake_get(FAKE_MAP_LEADZERO, &o, &gets, &ms), EC_EPROTO);
     assert_int_equal(fake_get(FAKE_MAP_INTGET, &o, &gets, &ms), EC_EPROTO);
     assert_non_null(strstr(ec_last_error(), "answered with an integer, not a bulk string"));
     assert_int_equal(fake_get(FAKE_MAP_MOVELOOP, &o, &gets, &ms), EC_EPROTO);
@@ -446,6 +467,7 @@ static void test_fake_bad_replies(void **state)
     /* A long value not followed by CRLF: refused, not handed over. */
     assert_int_equal(fake_get(FAKE_MAP_NOCRLF, &o, &gets, &ms), EC_EPROTO);
     assert_non_null(strstr(ec_last_error(), "not followed by CRLF"));
+    assert_int_equal(fake_get(FAKE_MAP_LEADZERO, &o, &gets, &ms), EC_EPROTO);
     /* The same value well formed, over several reads: whole and intact. */
     {
         ec_rcluster *lc = NULL;
@@ -496,6 +518,10 @@ static void test_fake_bad_replies(void **state)
     /* An integer for a GET. */
     assert_int_equal(fake_get(FAKE_MAP_INTGET, &o, &gets, &ms), EC_EPROTO);
     assert_non_null(strstr(ec_last_error(), "answered with an integer, not a bulk string"));
+    /* Values each under max_value_bytes, too many of them in one reply:
+     * refused before the whole reply is held. */
+    assert_int_equal(fake_get(FAKE_MAP_BIGARRAY, &o, &gets, &ms), EC_EPROTO);
+    assert_non_null(strstr(ec_last_error(), "bytes of strings"));
     /* No reply at all: io_timeout_ms, retried, then op_timeout_ms. */
     int rc = fake_get(FAKE_MAP_STALL, &o, &gets, &ms);
     assert_true(rc == EC_ETIMEOUT);
