@@ -193,7 +193,8 @@ static uint64_t session_epoch_dev(ec_client *c, int dev)
 }
 
 /* First use of GPU `dev`: what the GPU allows, how kernels will read host
- * rows, and who clears a gather's epoch slot (session_epoch_dev). A GPU that cannot map the segment read-only
+ * rows, and who clears a gather's epoch slot (session_epoch_dev). A GPU
+ * that cannot map the segment read-only
  * (cudaDevAttrHostRegisterReadOnlySupported 0) or whose registration
  * failed gets host rows staged through a pinned buffer: the failure is
  * reported once and never retried, and it never keeps the device tier
@@ -325,6 +326,17 @@ void cl_epoch_exit(void *slot)
     atomic_store_explicit((_Atomic uint64_t *)slot, 0, memory_order_release);
 }
 
+const struct cslab *cl_slab_now(const ec_client *c, const struct cdev *d)
+{
+    const struct cslab *cs = atomic_load_explicit(&d->cur, memory_order_acquire);
+
+    return cs && d->table >= 0 &&
+                   atomic_load_explicit(&c->seg.hdr->dev[d->table].slab_gen,
+                                        memory_order_acquire) == cs->gen
+               ? cs
+               : NULL;
+}
+
 /* Rounds after which a device gather whose rows do not all fit in memory at
  * once copies what is resident and goes on with the rest (more than one
  * launch; only under memory pressure). */
@@ -452,13 +464,8 @@ int cl_gather_device(ec_tensor *t, const int64_t *ids, size_t n, void *out, ec_d
             rc = EC_EBUSY;
             break;
         }
-        /* The slab is usable only while the header still publishes the
-         * generation we opened; checked after the epoch is held. */
-        cs = atomic_load_explicit(&d->cur, memory_order_acquire);
-        dv = cs && atomic_load_explicit(&c->seg.hdr->dev[d->table].slab_gen,
-                                        memory_order_acquire) == cs->gen
-                 ? &cs->view
-                 : NULL;
+        cs = cl_slab_now(c, d);
+        dv = cs ? &cs->view : NULL;
         for (size_t k = 0; k < ntodo && rc == 0; k++) {
             size_t i = s->todo[k];
             uint64_t id = (uint64_t)ids[i], p = id / rpp, r = id % rpp;
@@ -528,7 +535,6 @@ int cl_gather_device(ec_tensor *t, const int64_t *ids, size_t n, void *out, ec_d
                                 .dst = out, .dst_rows = nsrc == n ? NULL : s->dst_rows,
                                 .device = o->device, .stream = o->stream,
                                 .done = cl_epoch_exit, .done_arg = (void *)slot,
-                                .release = slot,
                                 .release_dev = d->epoch_dev
                                                    ? d->epoch_dev +
                                                          (uint64_t)(slot - c->session->epoch_slot) *

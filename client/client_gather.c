@@ -188,12 +188,6 @@ static int fault_rows(ec_tensor *t, uint64_t *ids, size_t n)
     return rc;
 }
 
-/* Record the partitions a gather read in our session ring, for the
- * daemon's eviction policy: one atomic claim of all the slots, then plain
- * stores. The daemon treats entries as hints, so a slot it reads before
- * this thread filled it costs nothing but a missed touch. At most a quarter
- * of the ring per gather: enough for the policy, and a huge gather does not
- * wipe out what other threads recorded. */
 /* Claim n slots of the access ring (at most a quarter of it): the first
  * one's number, and *n trimmed. */
 static uint64_t ring_claim(ec_client *c, size_t *n)
@@ -203,6 +197,12 @@ static uint64_t ring_claim(ec_client *c, size_t *n)
     return *n ? atomic_fetch_add_explicit(&c->session->ring_head, *n, memory_order_relaxed) : 0;
 }
 
+/* Record the partitions a gather read in our session ring, for the
+ * daemon's eviction policy: one atomic claim of all the slots, then plain
+ * stores. The daemon treats entries as hints, so a slot it reads before
+ * this thread filled it costs nothing but a missed touch. At most a quarter
+ * of the ring per gather: enough for the policy, and a huge gather does not
+ * wipe out what other threads recorded. */
 void cl_note_accesses(ec_client *c, const ec_index_ref *refs, size_t n)
 {
     uint64_t h = ring_claim(c, &n);
@@ -251,10 +251,15 @@ int cl_gather_check(const ec_tensor *t, const int64_t *ids, size_t n, size_t out
         return 0; /* ids are keys (any int64), or on a GPU (checked there) */
     for (size_t i = 0; i < n; i++)
         if (ids[i] < 0 || (uint64_t)ids[i] >= rows)
-            return ec_seterr(EC_ERANGE, "ids[%zu] = %lld is outside tensor '%s' of model '%s' "
-                                        "(rows 0..%llu)", i, (long long)ids[i], t->t.name,
-                             t->t.model, (unsigned long long)(rows ? rows - 1 : 0));
+            return cl_id_range_error(t, i, ids[i]);
     return 0;
+}
+
+int cl_id_range_error(const ec_tensor *t, size_t i, int64_t id)
+{
+    return ec_seterr(EC_ERANGE, "ids[%zu] = %lld is outside tensor '%s' of model '%s' (rows "
+                                "0..%llu)", i, (long long)id, t->t.name, t->t.model,
+                     (unsigned long long)(t->t.rows ? t->t.rows - 1 : 0));
 }
 
 

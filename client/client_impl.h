@@ -172,6 +172,8 @@ void cl_note_keys(ec_client *c, const uint64_t *keys, size_t n);
 void cl_count(_Atomic uint64_t *ctr, uint64_t v);
 int cl_gather_check(const ec_tensor *t, const int64_t *ids, size_t n, size_t out_size,
                     ec_dtype dst);
+/* EC_ERANGE naming ids[i] = id and the tensor's rows. */
+int cl_id_range_error(const ec_tensor *t, size_t i, int64_t id);
 int cl_gather_host(ec_tensor *t, const int64_t *ids, size_t n, void *out, ec_dtype dst);
 /* client_dyn.c: rows of a dynamic table by key (EC_ENOENT for an absent
  * key). */
@@ -211,6 +213,10 @@ bool cl_epochs_drained(ec_client *c);
  * cl_epoch_exit gives it back (its argument: the slot). */
 _Atomic uint64_t *cl_epoch_enter(ec_client *c);
 void cl_epoch_exit(void *slot);
+/* The slab of GPU d to read now: the one this client opened, while the
+ * header still publishes its generation (read with an epoch held); NULL:
+ * none. */
+const struct cslab *cl_slab_now(const ec_client *c, const struct cdev *d);
 int cl_device_ready(ec_client *c, int dev);
 /* Refuse a GPU gather on a stream that is being captured into a CUDA graph
  * (before any call that capture forbids). 0 or EC_EINVAL. */

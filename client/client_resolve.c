@@ -95,12 +95,8 @@ int cl_gather_device_ids(ec_tensor *t, const int64_t *ids, size_t n, void *out,
     a->data_size = c->seg.data_size;
     if (!(slot = cl_epoch_enter(c)))
         return EC_EBUSY;
-    /* The slab is usable only while the header publishes the generation we
-     * opened, checked after the epoch is held (and by the kernel again). */
-    cs = atomic_load_explicit(&d->cur, memory_order_acquire);
-    if (cs && d->table >= 0 &&
-        atomic_load_explicit(&c->seg.hdr->dev[d->table].slab_gen, memory_order_acquire) ==
-            cs->gen) {
+    /* The kernel checks the generation again, after each entry it reads. */
+    if ((cs = cl_slab_now(c, d))) {
         a->dev_index_off = (uint64_t)((const uint8_t *)cs->view.index - c->seg.base);
         a->gen_off = gen_off(d->table);
         a->gen = cs->gen;
@@ -123,9 +119,7 @@ int cl_gather_device_ids(ec_tensor *t, const int64_t *ids, size_t n, void *out,
         int64_t id = 0;
         if ((rc = b->copy_to_host(&id, ids + bad, sizeof(id), o->device, o->stream)))
             return rc;
-        return ec_seterr(EC_ERANGE, "ids[%zu] = %lld is outside tensor '%s' of model '%s' "
-                                    "(rows 0..%llu)", bad, (long long)id, t->t.name,
-                         t->t.model, (unsigned long long)(t->t.rows ? t->t.rows - 1 : 0));
+        return cl_id_range_error(t, bad, id);
     }
     note_parts(c, t->t.id, status, parts, n);
     if (nmiss)

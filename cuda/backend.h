@@ -52,16 +52,14 @@ typedef struct ec_gather_desc {
      * gather() returns for a synchronous one). Only on success. */
     void (*done)(void *arg);
     void *done_arg;
-    /* Where release_dev is not 0, in place of done: the GPU itself writes
-     * 0 to this 8-byte host word once the copy has completed, in order on
-     * the stream (a stream memory operation, cuStreamWriteValue64: no host
+    /* Where not 0, in place of done: the device address on `device` of an
+     * 8-byte host word (its page registered with host_register) that the
+     * GPU itself sets to 0 once the copy has completed, in order on the
+     * stream (a stream memory operation, cuStreamWriteValue64: no host
      * thread wakes, and the word stays set for as long as the kernel waits
-     * behind other work). release is the word's host address, release_dev
-     * its device address on `device` (the word's page registered with
-     * host_register); the caller sets it only where device_caps said
+     * behind other work). The caller sets it only where device_caps said
      * stream_write. A backend that cannot queue the write calls done
      * instead. */
-    _Atomic uint64_t *release;
     uint64_t release_dev;
 } ec_gather_desc;
 
@@ -100,7 +98,7 @@ typedef struct ec_device_caps {
     bool stream_write;       /* the GPU can write host memory from a stream
                               * (CU_DEVICE_ATTRIBUTE_CAN_USE_64_BIT_STREAM_MEM_OPS):
                               * gathers release their epoch without a host
-                              * function (ec_gather_desc.release) */
+                              * function (ec_gather_desc.release_dev) */
 } ec_device_caps;
 
 /* The device addresses of a registered range of host memory. Registration
@@ -227,7 +225,7 @@ extern const ec_backend ec_backend_emu;
  * this process (each a real cudaHostRegister on a GPU). */
 long ec_backend_emu_readonly_registrations(void);
 /* Emulator, for tests: epochs released by an emulated stream write
- * (ec_gather_desc.release) so far in this process. */
+ * (ec_gather_desc.release_dev) so far in this process. */
 long ec_backend_emu_stream_writes(void);
 
 /* The CUDA backend's probe: the backend when CUDA is built in and a device is
