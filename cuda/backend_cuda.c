@@ -434,15 +434,14 @@ static int ts_open(int device, struct tscratch **out)
     return 0;
 }
 
-/* The open buffer's launch is queued: it is busy until ev completes. */
-static void ts_close(struct tscratch *s)
+/* The open buffer s of `device` has its launch queued: it is busy until
+ * its event completes, and the next gather opens another. */
+static void ts_close(int device, struct tscratch *s)
 {
     struct tscratch_set *set = pthread_getspecific(ts_key);
 
     s->pending = true;
-    for (unsigned i = 0; set && i < EC_BACKEND_MAX_DEVICES; i++)
-        if (set->dev[i].open1 && &set->dev[i].ring[set->dev[i].open1 - 1] == s)
-            set->dev[i].open1 = 0;
+    set->dev[device].open1 = 0; /* ts_open made set */
 }
 
 /* This thread's open row-address buffer on the current device `device`,
@@ -514,7 +513,7 @@ static int cuda_resolve_gather(const ec_resolve_args *a, ec_dtype src_dtype, ec_
         if (e == cudaSuccess)
             e = cudaEventRecord(s->ev, (cudaStream_t)stream);
         if (e == cudaSuccess) {
-            ts_close(s);
+            ts_close(device, s);
             /* The caller reads the statuses now and releases its epoch:
              * the kernel must have run. Only this event is waited for. */
             e = cudaEventSynchronize(s->ev);
@@ -601,7 +600,7 @@ static int cuda_gather(const ec_gather_desc *g)
         if (e == cudaSuccess)
             e = cudaEventRecord(s->ev, (cudaStream_t)g->stream);
         if (e == cudaSuccess)
-            ts_close(s);
+            ts_close(g->device, s);
         if (e == cudaSuccess)
             e = queue_completion(g);
         if (e != cudaSuccess) {

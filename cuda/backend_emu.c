@@ -370,6 +370,14 @@ long ec_backend_emu_readonly_registrations(void)
     return atomic_load(&ro_registrations);
 }
 
+/* Bytes of chunk k of a registration (the last may be shorter). */
+static size_t chunk_len(const struct emu_reg *r, uint32_t k)
+{
+    uint64_t off = (uint64_t)k * r->map.chunk;
+
+    return r->len - off < r->map.chunk ? r->len - off : r->map.chunk;
+}
+
 static int reg_aliases(struct emu_reg *r)
 {
     size_t slot = r->map.chunk + 4096; /* a guard page after each */
@@ -382,10 +390,9 @@ static int reg_aliases(struct emu_reg *r)
     }
     /* In reverse order: chunk k+1's alias is below chunk k's. */
     for (uint32_t k = 0; k < r->map.n; k++) {
-        uint64_t off = (uint64_t)k * r->map.chunk;
-        size_t n = r->len - off < r->map.chunk ? r->len - off : r->map.chunk;
         void *want = (uint8_t *)r->region + (size_t)(r->map.n - 1 - k) * slot;
-        void *p = mremap((uint8_t *)r->base + off, 0, n, MREMAP_MAYMOVE | MREMAP_FIXED, want);
+        void *p = mremap((uint8_t *)r->base + (uint64_t)k * r->map.chunk, 0, chunk_len(r, k),
+                         MREMAP_MAYMOVE | MREMAP_FIXED, want);
         if (p == MAP_FAILED) {
             munmap(r->region, r->region_len);
             r->region = NULL;
@@ -457,10 +464,7 @@ static bool release_dev_ok(uint64_t dev)
     for (struct emu_reg *r = regs; r && !ok; r = r->next)
         for (uint32_t k = 0; k < r->map.n && !ok; k++) {
             uint64_t lo = (uint64_t)(uintptr_t)r->map.dev[k];
-            uint64_t n = r->len - (uint64_t)k * r->map.chunk < r->map.chunk
-                             ? r->len - (uint64_t)k * r->map.chunk
-                             : r->map.chunk;
-            ok = dev >= lo && dev + 8 <= lo + n && dev % 8 == 0;
+            ok = dev >= lo && dev + 8 <= lo + chunk_len(r, k) && dev % 8 == 0;
         }
     pthread_mutex_unlock(&reg_mu);
     return ok;

@@ -289,9 +289,15 @@ extern "C" int ec_cuda_resolve_launch(const ec_resolve_args *a, int src_dtype, i
         return (int)cudaErrorInvalidValue;
     const struct shape sh = launch_shape(a->n, a->row_bytes);
     switch (mode) {
-    case MODE_COPY: resolve_kernel<MODE_COPY><<<sh.blocks, sh.threads, 0, st>>>(*a, sh.tpr_log2); break;
-    case MODE_F16: resolve_kernel<MODE_F16><<<sh.blocks, sh.threads, 0, st>>>(*a, sh.tpr_log2); break;
-    default: resolve_kernel<MODE_BF16><<<sh.blocks, sh.threads, 0, st>>>(*a, sh.tpr_log2); break;
+    case MODE_COPY:
+        resolve_kernel<MODE_COPY><<<sh.blocks, sh.threads, 0, st>>>(*a, sh.tpr_log2);
+        break;
+    case MODE_F16:
+        resolve_kernel<MODE_F16><<<sh.blocks, sh.threads, 0, st>>>(*a, sh.tpr_log2);
+        break;
+    default:
+        resolve_kernel<MODE_BF16><<<sh.blocks, sh.threads, 0, st>>>(*a, sh.tpr_log2);
+        break;
     }
     return (int)cudaGetLastError();
 }
