@@ -226,7 +226,8 @@ void ec_engine_hists(const ec_engine *e, ec_hist *fault, ec_hist *read);
 /* The remote tier's reads, submit to completion (zero without one). */
 void ec_engine_remote_hist(ec_engine *e, ec_hist *out);
 /* Whether remote reads keep what they fetched in the partition files from
- * now on (SIGHUP's remote-keep). */
+ * now on, and while the file system keeps how many bytes free (SIGHUP's
+ * remote-keep and remote-keep-reserve). */
 void ec_engine_set_remote_keep(ec_engine *e, bool keep, uint64_t reserve);
 
 /* Fault hook (tests): every nth partition read fails as `kind`. */

@@ -726,7 +726,7 @@ int ec_rcluster_refresh(ec_rcluster *c)
 static pthread_mutex_t default_mu = PTHREAD_MUTEX_INITIALIZER;
 static ec_rcluster_auth default_auth;
 static char default_url[1024];
-static uint64_t default_gen = 1;
+static uint64_t default_gen = 1; /* a handle's auth_gen starts at 0 */
 
 void ec_rcluster_set_default_auth(const char *url, const ec_rcluster_auth *a)
 {
@@ -741,22 +741,17 @@ void ec_rcluster_set_default_auth(const char *url, const ec_rcluster_auth *a)
     pthread_mutex_unlock(&default_mu);
 }
 
-/* Caller holds default_mu. */
-static void auth_take_default(ec_rcluster *c)
-{
-    explicit_bzero(&c->o.auth, sizeof(c->o.auth));
-    if (default_url[0] && !strcmp(c->url, default_url))
-        c->o.auth = default_auth;
-    c->auth_gen = default_gen;
-}
-
 void rc_auth_refresh(ec_rcluster *c)
 {
     if (!c->auth_default)
         return;
     pthread_mutex_lock(&default_mu);
-    if (c->auth_gen != default_gen)
-        auth_take_default(c);
+    if (c->auth_gen != default_gen) {
+        explicit_bzero(&c->o.auth, sizeof(c->o.auth));
+        if (default_url[0] && !strcmp(c->url, default_url))
+            c->o.auth = default_auth;
+        c->auth_gen = default_gen;
+    }
     pthread_mutex_unlock(&default_mu);
 }
 
@@ -850,12 +845,8 @@ int ec_rcluster_open(const char *url_or_seeds, const ec_rcluster_opts *o, ec_rcl
     }
     /* No credentials of the caller's: the process default's for this very
      * cluster, now and after they change. */
-    if (!c->o.auth.password[0]) {
-        c->auth_default = true;
-        pthread_mutex_lock(&default_mu);
-        auth_take_default(c);
-        pthread_mutex_unlock(&default_mu);
-    }
+    c->auth_default = !c->o.auth.password[0];
+    rc_auth_refresh(c);
 #define RC_DEFAULT(f, v) if (c->o.f == 0) c->o.f = (v)
     RC_DEFAULT(connect_timeout_ms, 1000);
     RC_DEFAULT(io_timeout_ms, 2000);

@@ -90,8 +90,7 @@ static void *rc_create_string(const redisReadTask *task, char *str, size_t len)
     rc_node *nd = task->privdata;
     redisReply *r;
 
-    if (!task->parent && task->type == REDIS_REPLY_STRING && task->privdata &&
-        rc_deliver(task->privdata, str, len))
+    if (!task->parent && task->type == REDIS_REPLY_STRING && nd && rc_deliver(nd, str, len))
         return &rc_delivered;
     /* Each string is under max_value_bytes (its header was checked), but
      * an array of many is buffered whole: bound the reply, not only its
@@ -361,18 +360,19 @@ int rc_queue(ec_rcluster *c, rc_node *nd, int argc, const rc_arg *argv, uint32_t
     /* A connection's first command is AUTH, when there is a password (the
      * queue of a node is empty until its connection's first command), with
      * the credentials as they are now (a reload may have changed them). */
-    if ((entry & 3) != TAG_AUTH && !nd->auth_queued)
+    if ((entry & 3) != TAG_AUTH && !nd->auth_queued) {
         rc_auth_refresh(c);
-    if ((entry & 3) != TAG_AUTH && !nd->auth_queued && c->o.auth.password[0]) {
-        const ec_rcluster_auth *a = &c->o.auth;
-        rc_arg av[3] = {{"AUTH", 4}};
-        int ac = 1;
-        if (a->user[0])
-            av[ac++] = (rc_arg){a->user, strlen(a->user)};
-        av[ac++] = (rc_arg){a->password, strlen(a->password)};
-        if ((rc = rc_queue(c, nd, ac, av, TAG_AUTH)) != 0)
-            return rc;
-        nd->auth_queued = true;
+        if (c->o.auth.password[0]) {
+            const ec_rcluster_auth *a = &c->o.auth;
+            rc_arg av[3] = {{"AUTH", 4}};
+            int ac = 1;
+            if (a->user[0])
+                av[ac++] = (rc_arg){a->user, strlen(a->user)};
+            av[ac++] = (rc_arg){a->password, strlen(a->password)};
+            if ((rc = rc_queue(c, nd, ac, av, TAG_AUTH)) != 0)
+                return rc;
+            nd->auth_queued = true;
+        }
     }
     if (nd->pend_n == nd->pend_cap) {
         size_t cap = nd->pend_cap ? nd->pend_cap * 2 : 64;
