@@ -307,6 +307,10 @@ typedef struct ec_cat_name {
 int ec_catalog_each_name(ec_catalog *cat, int (*cb)(const ec_cat_name *n, void *arg),
                          void *arg);
 
+/* The ids of the tensors pulled lazily (catalog_remote.c), ascending;
+ * *ids is malloc'd (NULL when there are none). */
+int ec_catalog_remote_tensors(ec_catalog *cat, uint32_t **ids, size_t *n);
+
 /* Counts for stats. */
 int ec_catalog_counts(ec_catalog *cat, uint64_t *models, uint64_t *versions,
                       uint64_t *tensors);

@@ -33,7 +33,7 @@ enum {
     O_DATA_DIR, O_SOCKET, O_SHM_SIZE, O_BUDGET, O_TTL, O_TTL_JITTER, O_RATE_WINDOW, O_PAGER,
     O_QUEUE_DEPTH, O_GPU_SLAB, O_ITEM_BYTES, O_RESULT_ARENA, O_WAL_SYNC, O_WAL_SYNC_MS,
     O_METRICS_LISTEN, O_REMOTE, O_REMOTE_AUTH_FILE, O_REMOTE_THREADS, O_REMOTE_KEEP,
-    O_REMOTE_KEEP_RESERVE,
+    O_REMOTE_KEEP_RESERVE, O_REMOTE_KEEP_MAX,
     O_EPOCH_HOLD, O_PIN_LEASE, O_IO_THREADS, O_ALLOW_UID, O_ALLOW_ANY,
     O_ADMIN_UID, O_MAX_CLIENTS, O_MAX_CLIENTS_PER_UID, O_NO_KEEPER, O_DROP_SEGMENT,
     O_LOG_LEVEL, O_VERBOSE, O_QUIET, O_CONFIG, O_CHECK, O_HELP, O_VERSION, O_N
@@ -126,8 +126,14 @@ static const struct opt {
                        "(default true)"},
     [O_REMOTE_KEEP_RESERVE] = {"remote-keep-reserve", 0, "BYTES", F_RUNTIME,
                                "keep nothing more once the data directory's file\n"
-                               "system would have less than this free: reads go\n"
-                               "on from the cluster (default 1G)"},
+                               "system would have less than this free, and remove\n"
+                               "the coldest kept partitions (they are still on the\n"
+                               "cluster) when it has less than this and a margin\n"
+                               "(default 1G)"},
+    [O_REMOTE_KEEP_MAX] = {"remote-keep-max", 0, "BYTES", F_RUNTIME,
+                           "bytes the partitions kept from the remote tier may\n"
+                           "take; past them the coldest are removed again\n"
+                           "(default 0: no bound but remote-keep-reserve)"},
     [O_EPOCH_HOLD] = {"epoch-hold", 0, "SECONDS", F_RUNTIME,
                       "disconnect a client whose GPU gather holds freed\n"
                       "memory back longer than this (default 30)"},
@@ -389,6 +395,11 @@ static int set_opt(ec_dconf *c, int id, const char *v, char *msg, size_t cap)
             return bad(msg, cap, "'%s' is not a size (e.g. 0, 512M, 8G)", v);
         s->remote_keep_reserve = z;
         return 0;
+    case O_REMOTE_KEEP_MAX:
+        if (ec_parse_size(v, &z))
+            return bad(msg, cap, "'%s' is not a size (e.g. 0, 512M, 8G)", v);
+        s->remote_keep_max = z;
+        return 0;
     case O_EPOCH_HOLD:
         if (!long_in(v, 1, 86400, &n))
             return bad(msg, cap, "'%s' must be 1..86400 seconds", v);
@@ -509,6 +520,7 @@ static void show_opt(const ec_dconf *c, int id, char *b, size_t cap)
     case O_REMOTE_THREADS: snprintf(b, cap, "%u", s->remote_threads ? s->remote_threads : 4); break;
     case O_REMOTE_KEEP: snprintf(b, cap, "%s", s->remote_no_keep ? "false" : "true"); break;
     case O_REMOTE_KEEP_RESERVE: fmt_size(s->remote_keep_reserve, b, cap); break;
+    case O_REMOTE_KEEP_MAX: fmt_size(s->remote_keep_max, b, cap); break;
     case O_EPOCH_HOLD: snprintf(b, cap, "%ld", s->epoch_hold_max > 0 ? s->epoch_hold_max : 30); break;
     case O_PIN_LEASE: snprintf(b, cap, "%ld", s->pin_lease); break;
     case O_IO_THREADS: snprintf(b, cap, "%u", s->io_threads ? s->io_threads : 2); break;
@@ -543,6 +555,7 @@ static void take_opt(ec_server_config *srv, int *level, const ec_dconf *src, int
     case O_WAL_SYNC_MS: srv->wal_sync_ms = s->wal_sync_ms; break;
     case O_REMOTE_KEEP: srv->remote_no_keep = s->remote_no_keep; break;
     case O_REMOTE_KEEP_RESERVE: srv->remote_keep_reserve = s->remote_keep_reserve; break;
+    case O_REMOTE_KEEP_MAX: srv->remote_keep_max = s->remote_keep_max; break;
     case O_REMOTE_AUTH_FILE:
         memcpy(srv->remote_auth_file, s->remote_auth_file, sizeof(srv->remote_auth_file));
         break;

@@ -60,7 +60,7 @@ typedef struct ec_dconf_errs {
 } ec_dconf_errs;
 
 /* Options in the table (static_assert'ed in daemon_config.c). */
-#define EC_DCONF_NOPTS 37
+#define EC_DCONF_NOPTS 38
 
 /* A configuration: the server's, plus what only embcached itself uses. */
 typedef struct ec_dconf {

@@ -219,6 +219,7 @@ void ec_engine_tick(ec_engine *e)
         e->window_start = now;
     }
     eng_rows_save_history(e, false);
+    eng_keep_tick(e);
     eng_gauges(e);
 }
 
@@ -323,6 +324,7 @@ int ec_engine_open(const ec_engine_config *cfg, ec_engine_notify_fn notify, void
         ec_info("pager: %s", ec_pager_describe(e->pager));
         e->remote_keep = cfg->remote_keep;
         e->remote_keep_reserve = cfg->remote_keep_reserve;
+        e->keep.max = cfg->remote_keep_max;
         if (cfg->remote && cfg->remote[0]) {
             rc = ec_pager_remote_open(e->pager, cfg->remote, cfg->remote_threads);
             if (rc)
@@ -444,6 +446,7 @@ void ec_engine_close(ec_engine *e)
         if (e->tensors.keys[i])
             eng_tstate_free(e->tensors.vals[i]);
     ec_u64map_free(&e->tensors);
+    eng_keep_close(e);
     for (size_t i = 0; i < e->versions.cap; i++)
         if (e->versions.keys[i])
             free(e->versions.vals[i]);

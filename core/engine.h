@@ -51,7 +51,10 @@ typedef struct ec_engine_config {
     unsigned remote_threads; /* its workers; 0: 4 */
     bool remote_keep;       /* keep what is read from it in the partition files */
     uint64_t remote_keep_reserve; /* ... while the file system keeps this many bytes
-                                   * free */
+                                   * free; below it (and a margin) the coldest kept
+                                   * partitions are removed again */
+    uint64_t remote_keep_max; /* kept bytes of lazily pulled tensors; 0: no bound
+                               * but the reserve */
 } ec_engine_config;
 
 /* The answer to an asynchronous request (FAULT, PIN). */
@@ -226,9 +229,10 @@ void ec_engine_hists(const ec_engine *e, ec_hist *fault, ec_hist *read);
 /* The remote tier's reads, submit to completion (zero without one). */
 void ec_engine_remote_hist(ec_engine *e, ec_hist *out);
 /* Whether remote reads keep what they fetched in the partition files from
- * now on, and while the file system keeps how many bytes free (SIGHUP's
- * remote-keep and remote-keep-reserve). */
-void ec_engine_set_remote_keep(ec_engine *e, bool keep, uint64_t reserve);
+ * now on, while the file system keeps how many bytes free, and how many
+ * bytes kept partitions may take (SIGHUP's remote-keep, remote-keep-reserve
+ * and remote-keep-max). */
+void ec_engine_set_remote_keep(ec_engine *e, bool keep, uint64_t reserve, uint64_t max);
 
 /* Fault hook (tests): every nth partition read fails as `kind`. */
 void ec_engine_inject(ec_engine *e, enum ec_fault_kind kind, unsigned every_nth);

@@ -13,6 +13,9 @@
  *                     store's memory, access history
  *   engine_remote.c   tensors pulled lazily: which partitions are local, what
  *                     goes to the remote tier (core/pager_remote.c)
+ *   engine_keep.c     the disk those partitions take, once kept: a CLOCK that
+ *                     punches the coldest out under remote-keep-reserve or
+ *                     over remote-keep-max
  *
  * State, all private to the server thread except the job queues:
  *
@@ -92,6 +95,9 @@ struct tstate {
     /* engine_remote.c: a tensor pulled lazily (cat.remote); else NULL */
     ec_remote_src *rsrc;         /* what its remote reads need */
     uint8_t *local;              /* bit p: partition p's bytes are in the file */
+    uint8_t *ref;                /* bit p: read from the file since the CLOCK's
+                                  * hand last passed (engine_keep.c) */
+    uint64_t local_bytes;        /* of the partitions set in local */
     struct {
         uint64_t row_faults;     /* rows clients asked the daemon for */
         uint64_t rows_admitted;  /* rows put in the item store */
@@ -289,6 +295,18 @@ struct ec_engine {
     ec_hist fault_seconds;       /* a fault request, from its arrival to its answer */
     bool remote_keep;            /* remote reads write what they fetched into the files */
     uint64_t remote_keep_reserve; /* while the file system keeps this many bytes free */
+    struct {                     /* engine_keep.c */
+        uint64_t max;            /* remote-keep-max: kept bytes; 0: the reserve bounds them */
+        uint32_t *todo;          /* lazily pulled tensors to open for the inventory */
+        size_t ntodo, next;
+        bool listed;             /* todo was read from the catalog */
+        size_t hand;             /* the CLOCK's hand: a slot of `tensors` ... */
+        uint64_t hand_p;         /* ... and a partition of that tensor */
+        double checked;          /* when the disk was last looked at */
+        bool due;                /* something was kept or skipped since: look now */
+        bool cannot_punch;       /* the file system refused to punch a hole */
+        uint64_t evictions, evicted_bytes;
+    } keep;
     time_t started;
 };
 
@@ -305,6 +323,22 @@ static inline double mono_now(void)
 static inline uint64_t page_round(uint64_t n)
 {
     return (n + EC_SHM_PAGE - 1) / EC_SHM_PAGE * EC_SHM_PAGE;
+}
+
+/* Bitmaps of partitions (tstate's local and ref). */
+static inline bool eng_bit(const uint8_t *map, uint64_t p)
+{
+    return (map[p >> 3] >> (p & 7)) & 1u;
+}
+
+static inline void eng_bit_set(uint8_t *map, uint64_t p)
+{
+    map[p >> 3] |= (uint8_t)(1u << (p & 7));
+}
+
+static inline void eng_bit_clr(uint8_t *map, uint64_t p)
+{
+    map[p >> 3] &= (uint8_t) ~(1u << (p & 7));
 }
 
 /* ------------------------------------------------------------------ */
@@ -388,7 +422,13 @@ void eng_remote_blocks(ec_engine *e, struct tstate *ts, uint64_t first, uint32_t
                        ec_page_req *r);
 void eng_remote_done(ec_engine *e, struct tstate *ts, const ec_page_req *r);
 bool eng_remote_retry(ec_engine *e, struct tstate *ts, const ec_page_req *r);
+void eng_remote_mark_remote(struct tstate *ts, uint64_t p);
 int eng_remote_stats(ec_engine *e, int (*cb)(const char *name, uint64_t v, void *arg), void *arg);
+
+/* engine_keep.c */
+void eng_keep_due(ec_engine *e);
+void eng_keep_tick(ec_engine *e);
+void eng_keep_close(ec_engine *e);
 
 /* engine_views.c */
 size_t eng_views_journal_bytes(void);

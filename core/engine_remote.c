@@ -38,16 +38,42 @@
 
 #include "common/log.h"
 
-#define BIT(map, p) ((map)[(p) >> 3] & (1u << ((p) & 7)))
-#define SETBIT(map, p) ((map)[(p) >> 3] |= (uint8_t)(1u << ((p) & 7)))
-#define CLRBIT(map, p) ((map)[(p) >> 3] &= (uint8_t) ~(1u << ((p) & 7)))
 
 void eng_remote_free(struct tstate *ts)
 {
     free(ts->rsrc);
     free(ts->local);
+    free(ts->ref);
     ts->rsrc = NULL;
     ts->local = NULL;
+    ts->ref = NULL;
+    ts->local_bytes = 0;
+}
+
+/* Partition p's bytes are in the file now (or no longer): the bit, and
+ * the bytes engine_keep.c bounds. */
+static void mark_local(struct tstate *ts, uint64_t p)
+{
+    if (!eng_bit(ts->local, p)) {
+        eng_bit_set(ts->local, p);
+        ts->local_bytes += ec_partfile_part_length(&ts->meta, p);
+    }
+}
+
+void eng_remote_mark_remote(struct tstate *ts, uint64_t p)
+{
+    if (eng_bit(ts->local, p)) {
+        eng_bit_clr(ts->local, p);
+        ts->local_bytes -= ec_partfile_part_length(&ts->meta, p);
+    }
+}
+
+/* Reads of partitions [p0, p1] served from the file: a reference each, for
+ * the CLOCK that chooses what stays on disk (engine_keep.c). */
+static void referenced(struct tstate *ts, uint64_t p0, uint64_t p1)
+{
+    for (uint64_t p = p0; p <= p1 && p < ts->meta.partitions; p++)
+        eng_bit_set(ts->ref, p);
 }
 
 /* The partitions whose bytes lie in data, from the file's extents. */
@@ -70,14 +96,14 @@ static void scan(struct tstate *ts, int fd)
             uint64_t po = ec_partfile_part_offset(m, p);
             if (po + ec_partfile_part_length(m, p) > (uint64_t)h)
                 break;
-            SETBIT(ts->local, p);
+            mark_local(ts, p);
             n++;
         }
         off = (uint64_t)h > off ? (uint64_t)h : off + 1;
     }
     for (uint64_t p = 0; p < m->partitions; p++)
-        if (ec_partfile_part_length(m, p) == 0 && !BIT(ts->local, p)) {
-            SETBIT(ts->local, p);
+        if (ec_partfile_part_length(m, p) == 0 && !eng_bit(ts->local, p)) {
+            mark_local(ts, p);
             n++;
         }
     ec_debug("tensor '%s' of model '%s' version %lld: %llu of %llu partitions local, the "
@@ -104,8 +130,14 @@ int eng_remote_open(ec_engine *e, struct tstate *ts, int fd)
     s->part_checksums = ts->cat.part_checksums;
     s->path = ts->path;
     if (!ts->local) {
-        if (!(ts->local = calloc(ts->meta.partitions / 8 + 1, 1)))
+        free(ts->ref);
+        ts->local_bytes = 0;
+        if (!(ts->local = calloc(ts->meta.partitions / 8 + 1, 1)) ||
+            !(ts->ref = calloc(ts->meta.partitions / 8 + 1, 1))) {
+            free(ts->local);
+            ts->local = NULL;
             return ec_seterr(EC_ENOMEM, "local map of tensor '%s'", ts->cat.name);
+        }
         scan(ts, fd);
     }
     return 0;
@@ -119,6 +151,7 @@ void eng_remote_reset(ec_engine *e, struct tstate *ts)
         return;
     free(ts->local);
     ts->local = NULL;
+    ts->local_bytes = 0;
     if (eng_remote_open(e, ts, ts->fd))
         ec_warn("tensor '%s': %s; its partitions not on disk fail their reads", ts->cat.name,
                 ec_last_error());
@@ -131,7 +164,7 @@ static const ec_remote_src *src_for(const struct tstate *ts, uint64_t p0, uint64
     if (!ts->rsrc || !ts->local)
         return NULL;
     for (uint64_t p = p0; p <= p1 && p < ts->meta.partitions; p++)
-        if (!BIT(ts->local, p))
+        if (!eng_bit(ts->local, p))
             return ts->rsrc;
     return NULL;
 }
@@ -143,6 +176,8 @@ void eng_remote_part(ec_engine *e, struct tstate *ts, uint32_t part, ec_page_req
     r->keep_reserve = e->remote_keep_reserve;
     if (r->remote)
         e->st.remote_submits++;
+    else if (ts->local)
+        referenced(ts, part, part);
 }
 
 void eng_remote_blocks(ec_engine *e, struct tstate *ts, uint64_t first, uint32_t n,
@@ -159,16 +194,21 @@ void eng_remote_blocks(ec_engine *e, struct tstate *ts, uint64_t first, uint32_t
     r->remote = src_for(ts, a / m->stride, (b - 1) / m->stride);
     if (r->remote)
         e->st.remote_submits++;
+    else if (ts->local)
+        referenced(ts, a / m->stride, (b - 1) / m->stride);
 }
 
 void eng_remote_done(ec_engine *e, struct tstate *ts, const ec_page_req *r)
 {
-    (void)e;
     if (!r->remote || !ts->local)
         return;
+    /* A new partition on disk starts unreferenced: a scan read once does
+     * not push out what is read again and again (engine_keep.c). */
     for (uint32_t k = 0; k < r->kept_n; k++)
         if (r->kept_first + k < ts->meta.partitions)
-            SETBIT(ts->local, r->kept_first + k);
+            mark_local(ts, r->kept_first + k);
+    if (r->kept_n || r->keep_no_space)
+        eng_keep_due(e);
 }
 
 bool eng_remote_retry(ec_engine *e, struct tstate *ts, const ec_page_req *r)
@@ -187,7 +227,7 @@ bool eng_remote_retry(ec_engine *e, struct tstate *ts, const ec_page_req *r)
         p0 = p1 = r->part;
     }
     for (uint64_t p = p0; p <= p1 && p < m->partitions; p++)
-        CLRBIT(ts->local, p);
+        eng_remote_mark_remote(ts, p);
     e->st.remote_local_refetches++;
     ec_warn("%s (no re-import needed: the version was pulled lazily, so the partition is "
             "read from the remote tier again and rewritten)", r->msg);
@@ -197,7 +237,7 @@ bool eng_remote_retry(ec_engine *e, struct tstate *ts, const ec_page_req *r)
 int eng_remote_stats(ec_engine *e, int (*cb)(const char *name, uint64_t v, void *arg), void *arg)
 {
     ec_pager_remote_stats s;
-    uint64_t local = 0, remote = 0;
+    uint64_t local = 0, remote = 0, disk = 0;
     int rc;
 
     ec_pager_remote_stats_get(e->pager, &s);
@@ -205,8 +245,9 @@ int eng_remote_stats(ec_engine *e, int (*cb)(const char *name, uint64_t v, void 
         struct tstate *ts = e->tensors.vals[i];
         if (!e->tensors.keys[i] || !ts->local)
             continue;
+        disk += ts->local_bytes;
         for (uint64_t p = 0; p < ts->meta.partitions; p++)
-            if (BIT(ts->local, p))
+            if (eng_bit(ts->local, p))
                 local++;
             else
                 remote++;
@@ -231,6 +272,9 @@ int eng_remote_stats(ec_engine *e, int (*cb)(const char *name, uint64_t v, void 
     S("remote_local_refetches", e->st.remote_local_refetches);
     S("remote_partitions_local", local);
     S("remote_partitions_remote", remote);
+    S("remote_disk_bytes", disk);
+    S("remote_disk_evictions", e->keep.evictions);
+    S("remote_disk_evicted_bytes", e->keep.evicted_bytes);
 #undef S
     return 0;
 }
@@ -243,8 +287,10 @@ void ec_engine_remote_hist(ec_engine *e, ec_hist *out)
     *out = s.read_seconds;
 }
 
-void ec_engine_set_remote_keep(ec_engine *e, bool keep, uint64_t reserve)
+void ec_engine_set_remote_keep(ec_engine *e, bool keep, uint64_t reserve, uint64_t max)
 {
     e->remote_keep = keep;
     e->remote_keep_reserve = reserve;
+    e->keep.max = max;
+    eng_keep_due(e);
 }

@@ -1218,7 +1218,8 @@ int ec_server_run(const ec_server_config *cfg)
                              .remote = cfg->remote,
                              .remote_threads = cfg->remote_threads,
                              .remote_keep = !cfg->remote_no_keep,
-                             .remote_keep_reserve = cfg->remote_keep_reserve};
+                             .remote_keep_reserve = cfg->remote_keep_reserve,
+                             .remote_keep_max = cfg->remote_keep_max};
     sigset_t mask;
     char catpath[4200];
     int rc;

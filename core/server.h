@@ -59,7 +59,10 @@ typedef struct ec_server_config {
     bool remote_no_keep;                   /* remote-keep false: what is read from it is
                                             * not written into the partition files */
     uint64_t remote_keep_reserve;          /* free bytes the data dir's file system keeps:
-                                            * nothing more is kept below them */
+                                            * nothing more is kept below them, and the
+                                            * coldest kept partitions are removed */
+    uint64_t remote_keep_max;              /* bytes kept partitions may take; 0: no
+                                            * bound but the reserve */
     /* SIGHUP: read the configuration again (core/daemon_config.h,
      * ec_dconf_reload). Fills *next with every field of *cur, but those
      * that may change at run time as now configured; returns 0, or a

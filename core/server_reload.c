@@ -72,8 +72,10 @@ static void apply(server *s, const ec_server_config *next)
             ec_error("reload: the engine's limits: %s", ec_last_error());
     }
     if (next->remote_no_keep != cur->remote_no_keep ||
-        next->remote_keep_reserve != cur->remote_keep_reserve)
-        ec_engine_set_remote_keep(s->engine, !next->remote_no_keep, next->remote_keep_reserve);
+        next->remote_keep_reserve != cur->remote_keep_reserve ||
+        next->remote_keep_max != cur->remote_keep_max)
+        ec_engine_set_remote_keep(s->engine, !next->remote_no_keep, next->remote_keep_reserve,
+                                  next->remote_keep_max);
     reload_credentials(cur, next);
     if ((next->wal_sync != cur->wal_sync || next->wal_sync_ms != cur->wal_sync_ms) &&
         ec_dyn_set_sync(s->dyn, (ec_wal_sync_mode)next->wal_sync, next->wal_sync_ms) < 0)

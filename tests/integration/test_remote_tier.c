@@ -12,7 +12,10 @@
  * by rows is read remotely by block runs. Daemon K (--remote,
  * remote-keep false) sees a chunk overwritten on the cluster as
  * EC_ECHECKSUM naming partition and chunk, never as wrong bytes, and
- * follows a chunk's slot through a migration (ASK, then MOVED). Daemon N
+ * follows a chunk's slot through a migration (ASK, then MOVED). Daemon M
+ * (remote-keep-max) and daemon P (restarted with a reserve beyond its
+ * disk) remove kept partitions again, and nothing else: not a local
+ * version's, not a fully pulled one's, not without --remote. Daemon N
  * (no --remote) is told to start embcached with --remote. Then the cluster
  * stops: K fails what only the cluster has with EC_ECONN naming the
  * cluster, quickly, while serving what is resident; B, restarted, serves
@@ -45,7 +48,7 @@ static ect_cluster cl = {.pipe = -1};
 static bool cl_running;
 static char url[128];
 
-static struct itest_daemon A, B, K, N, R;
+static struct itest_daemon A, B, K, N, R, M, P;
 
 /* v1: "emb" 4096 x 64 f32 in 64 KiB partitions (16 of them, one chunk
  * each), "small" 1000 x 8 f16 (one partition). v2: "wide" 8192 x 64 f32,
@@ -84,6 +87,8 @@ static int group_teardown(void **state)
     itest_daemon_down(&K);
     itest_daemon_down(&N);
     itest_daemon_down(&R);
+    itest_daemon_down(&M);
+    itest_daemon_down(&P);
     if (!cl_running)
         cl.base = 0;
     ect_cluster_stop(&cl);
@@ -313,6 +318,123 @@ static void test_kept_partition_damaged_is_fetched_again(void **state)
     assert_int_equal(ec_model_evict(B.c, "m", "1", NULL), 0);
     same_rows(A.c, B.c, "1", "emb", 4096);
     assert_int_equal(stat_of(B.c, "remote_reads"), reads + 1);
+}
+
+/* Bytes on disk of the partition file of (version, tensor) in d. */
+static uint64_t allocated(const struct itest_daemon *d, int64_t version, const char *tensor)
+{
+    char path[1000];
+    ec_partfile_meta meta;
+    struct stat st;
+
+    file_of(d, version, tensor, path, sizeof(path), &meta);
+    assert_int_equal(stat(path, &st), 0);
+    return (uint64_t)st.st_blocks * 512;
+}
+
+/* Wait (5 s at most) for the daemon's tick to bring stat name to at most
+ * max; its value then. */
+static uint64_t wait_stat_at_most(ec_client *c, const char *name, uint64_t max)
+{
+    uint64_t v = stat_of(c, name);
+
+    for (int i = 0; v > max && i < 500; i++) {
+        usleep(10000);
+        v = stat_of(c, name);
+    }
+    return v;
+}
+
+/* remote-keep-max: the kept bytes of lazily pulled versions stay under it
+ * (the coldest partitions are punched out of the files again, even ones
+ * resident in memory when nothing else is left), every row is still right
+ * and an evicted partition is read from the cluster again. A locally
+ * imported version and a fully pulled one lose nothing. */
+static void test_keep_max(void **state)
+{
+    const char *args[] = {"--remote", url, "--remote-keep-max", "256K", NULL};
+    uint64_t full, local, reads, kept;
+
+    (void)state;
+    itest_daemon_up(&M, dir, "m", args, true);
+    import_st(M.c, "m-local", 5, v2, 1, 64u << 10);
+    assert_int_equal(ec_model_pull_flags(M.c, "m", "2", NULL, 0, NULL), 0);
+    assert_int_equal(ec_model_pull_flags(M.c, "m", "1", NULL, EC_PULL_LAZY, NULL), 0);
+    local = allocated(&M, 5, "wide");
+    full = allocated(&M, 2, "wide");
+    assert_true(local >= 8192u * 256u && full >= 8192u * 256u);
+
+    same_rows(A.c, M.c, "1", "emb", 4096);
+    same_rows(A.c, M.c, "1", "small", 1000);
+    same_rows(A.c, M.c, "2", "wide", 8192);
+    same_rows(M.c, M.c, "5", "wide", 8192);
+    kept = wait_stat_at_most(M.c, "remote_disk_bytes", 256u << 10);
+    if (kept > 256u << 10)
+        fail_msg("%llu bytes kept from the remote tier with remote-keep-max 256K",
+                 (unsigned long long)kept);
+    assert_true(kept > 0);
+    assert_true(stat_of(M.c, "remote_disk_evictions") >= 12);
+    assert_true(stat_of(M.c, "remote_disk_evicted_bytes") >= 12u * (64u << 10));
+    assert_true(allocated(&M, 1, "emb") <= (256u + 64u) << 10);
+    assert_int_equal(allocated(&M, 5, "wide"), local);
+    assert_int_equal(allocated(&M, 2, "wide"), full);
+
+    /* Out of memory too: what was removed comes from the cluster again. */
+    assert_int_equal(ec_model_evict(M.c, "m", "1", NULL), 0);
+    reads = stat_of(M.c, "remote_reads");
+    same_rows(A.c, M.c, "1", "emb", 4096);
+    assert_true(stat_of(M.c, "remote_reads") >= reads + 12);
+    assert_int_equal(stat_of(M.c, "remote_errors"), 0);
+    assert_int_equal(stat_of(M.c, "remote_checksum_failures"), 0);
+    assert_int_equal(stat_of(M.c, "remote_local_refetches"), 0);
+    kept = wait_stat_at_most(M.c, "remote_disk_bytes", 256u << 10);
+    assert_true(kept <= 256u << 10);
+    itest_daemon_down(&M);
+}
+
+/* remote-keep-reserve after a restart: the kept partitions of a version not
+ * read since are found (the inventory) and removed when the disk is under
+ * the reserve, and every row is still served. Without --remote nothing is
+ * removed: the kept bytes are then the only copy the daemon can reach. */
+static void test_reserve_removes_kept(void **state)
+{
+    const char *remote[] = {"--remote", url, NULL};
+    const char *no_remote[] = {"--remote-keep-reserve", "1000T", NULL};
+    const char *reserve[] = {"--remote", url, "--remote-keep-reserve", "1000T", NULL};
+    uint64_t emb, local;
+
+    (void)state;
+    itest_daemon_up(&P, dir, "p", remote, true);
+    import_st(P.c, "e-local", 7, v1, 2, 64u << 10);
+    assert_int_equal(ec_model_pull_flags(P.c, "m", "1", NULL, EC_PULL_LAZY, NULL), 0);
+    same_rows(A.c, P.c, "1", "emb", 4096);
+    same_rows(A.c, P.c, "1", "small", 1000);
+    assert_int_equal(stat_of(P.c, "remote_disk_bytes"), V1_BYTES);
+    emb = allocated(&P, 1, "emb");
+    local = allocated(&P, 7, "emb");
+    assert_true(emb >= 4096u * 256u);
+    itest_daemon_down(&P);
+
+    itest_daemon_up(&P, dir, "p", no_remote, true);
+    same_rows(P.c, P.c, "1", "emb", 4096);
+    usleep(1500 * 1000); /* more than a tick and a look at the disk */
+    assert_int_equal(stat_of(P.c, "remote_disk_evictions"), 0);
+    assert_int_equal(allocated(&P, 1, "emb"), emb);
+    itest_daemon_down(&P);
+
+    itest_daemon_up(&P, dir, "p", reserve, true);
+    for (int i = 0; i < 500 && stat_of(P.c, "remote_disk_evictions") < 17; i++)
+        usleep(10000);
+    assert_int_equal(stat_of(P.c, "remote_disk_evictions"), 17); /* 16 + 1 */
+    assert_int_equal(stat_of(P.c, "remote_disk_evicted_bytes"), V1_BYTES);
+    assert_int_equal(stat_of(P.c, "remote_disk_bytes"), 0);
+    assert_true(allocated(&P, 1, "emb") < 64u << 10);
+    assert_int_equal(allocated(&P, 7, "emb"), local);
+    same_rows(A.c, P.c, "1", "emb", 4096);
+    same_rows(A.c, P.c, "1", "small", 1000);
+    same_rows(P.c, P.c, "7", "emb", 4096); /* readable: its checksums hold */
+    assert_int_equal(stat_of(P.c, "remote_errors"), 0);
+    itest_daemon_down(&P);
 }
 
 static void test_rows_tensor_reads_remotely(void **state)
@@ -570,6 +692,8 @@ int main(void)
         cmocka_unit_test(test_lazy_pull_reads_remotely),
         cmocka_unit_test(test_keep_reserve),
         cmocka_unit_test(test_kept_partition_damaged_is_fetched_again),
+        cmocka_unit_test(test_keep_max),
+        cmocka_unit_test(test_reserve_removes_kept),
         cmocka_unit_test(test_rows_tensor_reads_remotely),
         cmocka_unit_test(test_no_remote_is_a_clear_error),
         cmocka_unit_test(test_corrupt_chunk_is_echecksum),
