@@ -121,6 +121,7 @@ struct search {
     size_t nq, dim, k, kp, sub;
     uint64_t rows, rpp, parts, row_bytes;
     const float *q;      /* the queries as scored (unit length for cosine) */
+    double *qnorm;       /* gemm mode: |q| of each (refine) */
     bool gemm;
     unsigned nthreads;   /* threads at work */
     unsigned nalloc;     /* workers allocated (>= nthreads) */
@@ -213,6 +214,50 @@ void cl_search_dots(const float *Q, size_t nq, const float *X, size_t m, size_t 
     dots_vec(Q, nq, X, m, dim, C, ldc, norms);
 }
 
+/* The gemm path's scores, made the vector kernel's wherever they count.
+ *
+ * BLAS gives no promise that equal rows get equal scores: OpenBLAS's
+ * kernels round a row's dot product differently by its column in the
+ * block (seen: copies of one row, an ulp apart, every other one lower).
+ * Among exact ties the heap would then keep the copies that happened to
+ * round up, not those of the smallest ids, and the answer would break the
+ * (score, id) order. So every score that may reach a heap is computed
+ * again by dots_vec, whose result does not depend on the row's place
+ * (the vector path's, too): a row whose BLAS key is below the heap's
+ * threshold by more than the two kernels can differ cannot enter, and is
+ * left alone. The bound: each kernel's dot product is within
+ * dim * 2^-24 * |q| |x| of the exact one (Higham's gamma_dim, plus a
+ * little), so two of them are within twice that; for cosine |q| = 1 and
+ * the key is divided by |x|; an L2 key counts its dot product twice.
+ * norms: |x|^2 of each row (computed for every metric in gemm mode). The
+ * thresholds are read before this sub-block's commit (thread 0, between
+ * the heap phases) and only rise, so every row that enters a heap has been
+ * scored again. Runs before the block is checked (invariant 1). */
+static void refine(struct search *s, const float *X, size_t m, float *C, const float *norms)
+{
+    double f = ((double)s->dim + 2.0) * 0x1p-23;
+
+    for (size_t q = 0; q < s->nq; q++) {
+        const float *qq = s->q + q * s->dim;
+        float *c = C + q * m, t = s->thr[q];
+        double qn = s->qnorm[q];
+
+        for (size_t r = 0; r < m; r++) {
+            double xn = sqrt((double)norms[r]), key, tol;
+            if (s->metric == EC_METRIC_COSINE) {
+                key = xn > 0 ? c[r] / xn : 0;
+                tol = f * 1.01;
+            } else {
+                key = s->metric == EC_METRIC_IP ? c[r] : 2.0 * c[r] - norms[r];
+                tol = (s->metric == EC_METRIC_IP ? 1.01 : 2.02) * f * qn * xn;
+            }
+            if (key < (double)t - tol)
+                continue;
+            dots_vec(qq, 1, X + r * s->dim, 1, s->dim, c + r, 1, NULL);
+        }
+    }
+}
+
 /* Score m rows X (f32, row after row) against every query into w->C
  * (C[q * m + r]) and, where the metric needs them, w->norms: |x|^2 (L2) or
  * 1 / |x| (cosine). */
@@ -225,8 +270,8 @@ static void score_sub(struct search *s, struct worker *w, const float *X, size_t
     } else {
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)s->nq, (int)m, (int)s->dim,
                     1.0f, s->q, (int)s->dim, X, (int)s->dim, 0.0f, w->C, (int)m);
-        if (norms)
-            norms_of(X, m, s->dim, norms);
+        norms_of(X, m, s->dim, w->norms);
+        refine(s, X, m, w->C, w->norms);
     }
     /* Cosine keys are q.x / |x| (q has unit length): commit multiplies. A
      * row of norm 0 scores 0. */
@@ -898,6 +943,18 @@ int ec_search(ec_tensor *t, const float *queries, size_t nq, size_t dim, size_t 
                                   : queries[q * dim + j];
     }
     s.q = qs;
+    if (s.gemm) {
+        if (!(s.qnorm = malloc(nq * sizeof(*s.qnorm)))) {
+            rc = ec_seterr(EC_ENOMEM, "search: norms of %zu queries", nq);
+            goto out;
+        }
+        for (size_t q = 0; q < nq; q++) {
+            double n2 = 0;
+            for (size_t j = 0; j < dim; j++)
+                n2 += (double)qs[q * dim + j] * qs[q * dim + j];
+            s.qnorm[q] = sqrt(n2);
+        }
+    }
     if (s.kp > SIZE_MAX / sizeof(struct hent) / nq / s.nthreads ||
         !(s.w = calloc(s.nthreads, sizeof(*s.w))) ||
         !(cd = malloc(s.kp * sizeof(*cd)))) {
@@ -972,5 +1029,6 @@ out:
     free(s.w);
     free(cd);
     free(qs);
+    free(s.qnorm);
     return rc;
 }
