@@ -121,7 +121,7 @@ struct search {
     size_t nq, dim, k, kp, sub;
     uint64_t rows, rpp, parts, row_bytes;
     const float *q;      /* the queries as scored (unit length for cosine) */
-    double *qnorm;       /* gemm mode: |q| of each (refine) */
+    double *qnorm;       /* |q| of each as scored */
     bool gemm;
     unsigned nthreads;   /* threads at work */
     unsigned nalloc;     /* workers allocated (>= nthreads) */
@@ -137,6 +137,12 @@ struct search {
     struct hent *heap;   /* gemm mode: nq * kp, shared, one slice per thread */
     uint32_t *hn;
     float *thr;
+    /* gemm mode: the near ties (widen), per query, written by the thread
+     * whose slice holds the query */
+    float *win;          /* nq: the window below the threshold */
+    struct hent *near;   /* nq * ncap */
+    uint32_t *nn, ncap;
+    _Atomic int near_full; /* a near list overflowed: run again by the vector kernel */
 };
 
 const char *ec_metric_name(ec_metric m)
@@ -214,47 +220,39 @@ void cl_search_dots(const float *Q, size_t nq, const float *X, size_t m, size_t 
     dots_vec(Q, nq, X, m, dim, C, ldc, norms);
 }
 
-/* The gemm path's scores, made the vector kernel's wherever they count.
+/* The gemm path's near ties.
  *
  * BLAS gives no promise that equal rows get equal scores: OpenBLAS's
- * kernels round a row's dot product differently by its column in the
- * block (seen: copies of one row, an ulp apart, every other one lower).
- * Among exact ties the heap would then keep the copies that happened to
- * round up, not those of the smallest ids, and the answer would break the
- * (score, id) order. So every score that may reach a heap is computed
- * again by dots_vec, whose result does not depend on the row's place
- * (the vector path's, too): a row whose BLAS key is below the heap's
- * threshold by more than the two kernels can differ cannot enter, and is
- * left alone. The bound: each kernel's dot product is within
- * dim * 2^-24 * |q| |x| of the exact one (Higham's gamma_dim, plus a
- * little), so two of them are within twice that; for cosine |q| = 1 and
- * the key is divided by |x|; an L2 key counts its dot product twice.
- * norms: |x|^2 of each row (computed for every metric in gemm mode). The
- * thresholds are read before this sub-block's commit (thread 0, between
- * the heap phases) and only rise, so every row that enters a heap has been
- * scored again. Runs before the block is checked (invariant 1). */
-static void refine(struct search *s, const float *X, size_t m, float *C, const float *norms)
+ * kernels round a row's dot product differently by its column in the block
+ * (seen here: fifty copies of one row an ulp apart, every other one lower).
+ * A heap of kp keys would then keep the copies that happened to round up,
+ * not those of the smallest ids, and the answer would break the (score, id)
+ * order, or lose a row whose exact score ranks it in but whose float score
+ * fell an ulp short. So in gemm mode a row whose key is within win[q] below
+ * the threshold, or that the heap pushes out while within win[q] of the new
+ * threshold, is kept in the query's near list (near_add); the candidates
+ * are the heap and the near rows still within the window at the end, and
+ * all are scored again exactly. That is enough: each key is within e of
+ * the exact score, win >= 2e, so a row left out scores below T - e exactly
+ * while the kp rows of the heap score at least T - e.
+ *
+ * e: a float dot product is within dim * 2^-24 * |q| |x| of the exact one
+ * (Higham's gamma_dim); taken with a margin and the largest |x| scanned so
+ * far (win only grows); cosine keys are divided by |x| (|q| = 1); an L2
+ * key holds its dot product twice. Thread 0 sets win before the commit
+ * phase that reads it. A near list that fills with rows still in the
+ * window (thousands of near-equal rows) is marked; the search is then run
+ * again by the vector kernel, whose scores do not depend on a row's place. */
+static void widen(struct search *s, float maxn2)
 {
-    double f = ((double)s->dim + 2.0) * 0x1p-23;
+    double e = ((double)s->dim + 2.0) * 0x1p-24 * 1.05, xn = sqrt((double)maxn2);
 
     for (size_t q = 0; q < s->nq; q++) {
-        const float *qq = s->q + q * s->dim;
-        float *c = C + q * m, t = s->thr[q];
-        double qn = s->qnorm[q];
-
-        for (size_t r = 0; r < m; r++) {
-            double xn = sqrt((double)norms[r]), key, tol;
-            if (s->metric == EC_METRIC_COSINE) {
-                key = xn > 0 ? c[r] / xn : 0;
-                tol = f * 1.01;
-            } else {
-                key = s->metric == EC_METRIC_IP ? c[r] : 2.0 * c[r] - norms[r];
-                tol = (s->metric == EC_METRIC_IP ? 1.01 : 2.02) * f * qn * xn;
-            }
-            if (key < (double)t - tol)
-                continue;
-            dots_vec(qq, 1, X + r * s->dim, 1, s->dim, c + r, 1, NULL);
-        }
+        double w = 2 * e * (s->metric == EC_METRIC_COSINE ? 1.0
+                            : s->metric == EC_METRIC_IP   ? s->qnorm[q] * xn
+                                                          : 2 * s->qnorm[q] * xn);
+        if ((float)w > s->win[q])
+            s->win[q] = (float)w;
     }
 }
 
@@ -263,15 +261,17 @@ static void refine(struct search *s, const float *X, size_t m, float *C, const f
  * 1 / |x| (cosine). */
 static void score_sub(struct search *s, struct worker *w, const float *X, size_t m)
 {
-    float *norms = s->metric == EC_METRIC_IP ? NULL : w->norms;
+    float *norms = s->metric == EC_METRIC_IP ? NULL : w->norms, maxn2 = 0;
 
     if (!s->gemm) {
         dots_vec(s->q, s->nq, X, m, s->dim, w->C, m, norms);
     } else {
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)s->nq, (int)m, (int)s->dim,
                     1.0f, s->q, (int)s->dim, X, (int)s->dim, 0.0f, w->C, (int)m);
-        norms_of(X, m, s->dim, w->norms);
-        refine(s, X, m, w->C, w->norms);
+        norms_of(X, m, s->dim, w->norms); /* IP too: the window needs |x| */
+        for (size_t r = 0; r < m; r++)
+            maxn2 = w->norms[r] > maxn2 ? w->norms[r] : maxn2;
+        widen(s, maxn2);
     }
     /* Cosine keys are q.x / |x| (q has unit length): commit multiplies. A
      * row of norm 0 scores 0. */
@@ -356,6 +356,60 @@ static inline int keys16(ec_metric metric, const float *restrict c,
     return hit;
 }
 
+/* The last n < 16 scores *c (and *aux) copied into ct (at), padded with
+ * keys that never enter; *c and *aux then point there. */
+static inline void pad16(ec_metric metric, const float **c, const float **aux, size_t n,
+                         float *ct, float *at)
+{
+    for (size_t i = 0; i < 16; i++) {
+        ct[i] = i < n ? (*c)[i] : metric == EC_METRIC_IP ? -INFINITY : 0.0f;
+        at[i] = !*aux ? 0.0f : i < n ? (*aux)[i] : metric == EC_METRIC_L2 ? INFINITY : 0.0f;
+    }
+    *c = ct;
+    *aux = *aux ? at : NULL;
+}
+
+/* Keep (key, id) among query q's near ties; a full list first drops what
+ * fell out of the window. */
+static void near_add(struct search *s, size_t q, float key, int64_t id)
+{
+    struct hent *nr = s->near + q * s->ncap;
+    uint32_t *n = &s->nn[q];
+    float lo = s->thr[q] - s->win[q];
+
+    if (*n == s->ncap) {
+        uint32_t j = 0;
+        for (uint32_t i = 0; i < *n; i++)
+            if (!(nr[i].key < lo))
+                nr[j++] = nr[i];
+        *n = j;
+    }
+    if (*n == s->ncap) {
+        atomic_store_explicit(&s->near_full, 1, memory_order_relaxed);
+        return;
+    }
+    nr[(*n)++] = (struct hent){key, id};
+}
+
+/* Gemm mode: offer (key, id) to query q's heap h, keeping a near tie the
+ * heap turns away or pushes out (widen). */
+static void near_offer(struct search *s, size_t q, struct hent *h, uint32_t *hn, float *thr,
+                       float key, int64_t id)
+{
+    struct hent out = {0, -1};
+
+    if (*hn == s->kp) {
+        if (!better(key, id, h[0].key, h[0].id)) {
+            near_add(s, q, key, id);
+            return;
+        }
+        out = h[0];
+    }
+    heap_offer(h, hn, s->kp, thr, key, id);
+    if (out.id >= 0 && !(out.key < *thr - s->win[q]))
+        near_add(s, q, out.key, out.id);
+}
+
 /* Commit the scores of rows [row0, row0 + m) in C for queries [q0, q1):
  * sixteen rows at a time are checked against the heap's threshold with
  * vector instructions, and only a group where one may enter is offered
@@ -372,34 +426,30 @@ static void commit(struct search *s, const float *C, const float *norms, size_t 
     for (size_t q = q0; q < q1; q++) {
         const float *c = C + q * m;
         struct hent *h = heap + q * s->kp;
-        float t = thr[q];
+        float t = s->win ? thr[q] - s->win[q] : thr[q];
 
         for (size_t r0 = 0; r0 < m; r0 += 16) {
             size_t n = m - r0 < 16 ? m - r0 : 16;
             const float *cc = c + r0, *aa = aux ? aux + r0 : NULL;
 
-            if (n < 16) { /* the tail: pad with keys that never enter */
-                for (size_t i = 0; i < 16; i++) {
-                    ct[i] = i < n ? cc[i] : 0.0f;
-                    at[i] = !aux ? 0.0f : i < n ? aa[i] : s->metric == EC_METRIC_L2
-                                                              ? INFINITY : 0.0f;
-                }
-                if (s->metric == EC_METRIC_IP)
-                    for (size_t i = n; i < 16; i++)
-                        ct[i] = -INFINITY;
-                cc = ct;
-                aa = aux ? at : NULL;
-            }
+            if (n < 16)
+                pad16(s->metric, &cc, &aa, n, ct, at);
             if (!keys16(s->metric, cc, aa, t, kb))
                 continue;
             for (size_t i = 0; i < n; i++) {
                 float key = kb[i];
+                int64_t id = row0 + (int64_t)(r0 + i);
                 if (key != key)
                     key = -INFINITY;
                 if (key < t)
                     continue;
-                heap_offer(h, &hn[q], s->kp, &thr[q], key, row0 + (int64_t)(r0 + i));
-                t = thr[q];
+                if (!s->win) {
+                    heap_offer(h, &hn[q], s->kp, &thr[q], key, id);
+                    t = thr[q];
+                } else {
+                    near_offer(s, q, h, &hn[q], &thr[q], key, id);
+                    t = thr[q] - s->win[q];
+                }
             }
         }
     }
@@ -873,28 +923,35 @@ static int check_args(const ec_tensor *t, const float *queries, size_t nq, size_
     return 0;
 }
 
-int ec_search(ec_tensor *t, const float *queries, size_t nq, size_t dim, size_t k,
-              ec_metric metric, const ec_search_opts *opts, float *scores, int64_t *ids)
+/* Gemm mode: query q's candidates, the heap and the near ties still within
+ * the window, into out (kp + ncap); their count. */
+static uint32_t candidates(const struct search *s, size_t q, struct hent *out)
+{
+    const struct hent *nr = s->near + q * s->ncap;
+    float lo = s->thr[q] - s->win[q];
+    uint32_t n = s->hn[q];
+
+    memcpy(out, s->heap + q * s->kp, n * sizeof(*out));
+    for (uint32_t i = 0; i < s->nn[q]; i++)
+        if (!(nr[i].key < lo))
+            out[n++] = nr[i];
+    return n;
+}
+
+/* The exact search of a tensor in memory or on disk (ec_search's arguments
+ * checked); gemm: the BLAS path from EC_SEARCH_GEMM_MIN queries on.
+ * Returns 1 when a near list overflowed (widen): run it again without. */
+static int exact(ec_tensor *t, const float *queries, size_t nq, size_t dim, size_t k,
+                 ec_metric metric, const ec_search_opts *opts, bool gemm, float *scores,
+                 int64_t *ids)
 {
     struct search s = {0};
     float *qs = NULL;
     struct cand *cd = NULL;
+    struct hent *cand = NULL;
     unsigned started = 0;
     int rc;
 
-    if ((rc = check_args(t, queries, nq, dim, k, metric, opts, scores, ids)))
-        return rc;
-    if ((rc = cl_stale(t->c)))
-        return rc;
-    if (atomic_load_explicit(&t->mode, memory_order_relaxed) == EC_CACHE_DYNAMIC) {
-        /* With nprobe: its index and the rows written since it was built
-         * (client_ivf.c, client_dynivf.c). */
-        if (opts && opts->nprobe)
-            return cl_ivf_search(t, queries, nq, dim, k, metric, opts, scores, ids);
-        return cl_dyn_search(t, queries, nq, dim, k, metric, scores, ids);
-    }
-    if (opts && opts->nprobe)
-        return cl_ivf_search(t, queries, nq, dim, k, metric, opts, scores, ids);
     s.t = t;
     s.c = t->c;
     s.metric = metric;
@@ -906,7 +963,7 @@ int ec_search(ec_tensor *t, const float *queries, size_t nq, size_t dim, size_t 
     s.rpp = t->t.rows_per_partition ? t->t.rows_per_partition : 1;
     s.parts = (s.rows + s.rpp - 1) / s.rpp;
     s.row_bytes = t->t.row_bytes;
-    s.gemm = nq >= EC_SEARCH_GEMM_MIN;
+    s.gemm = gemm && nq >= EC_SEARCH_GEMM_MIN;
     if (s.rows == 0) {
         for (size_t i = 0; i < nq * k; i++) {
             ids[i] = -1;
@@ -928,8 +985,8 @@ int ec_search(ec_tensor *t, const float *queries, size_t nq, size_t dim, size_t 
     s.nthreads = thread_count(&s, opts ? opts->threads : 0);
     pthread_mutex_init(&s.bar.m, NULL);
     pthread_cond_init(&s.bar.cv, NULL);
-    /* The queries as scored: unit length for cosine. */
-    if (!(qs = malloc(nq * dim * sizeof(float)))) {
+    /* The queries as scored: unit length for cosine; and their norms. */
+    if (!(qs = malloc(nq * dim * sizeof(float))) || !(s.qnorm = malloc(nq * sizeof(double)))) {
         rc = ec_seterr(EC_ENOMEM, "search: a copy of %zu queries", nq);
         goto out;
     }
@@ -941,23 +998,18 @@ int ec_search(ec_tensor *t, const float *queries, size_t nq, size_t dim, size_t 
             qs[q * dim + j] = metric == EC_METRIC_COSINE
                                   ? (float)(queries[q * dim + j] / sqrt(n2))
                                   : queries[q * dim + j];
+        s.qnorm[q] = metric == EC_METRIC_COSINE ? 1.0 : sqrt(n2);
     }
     s.q = qs;
-    if (s.gemm) {
-        if (!(s.qnorm = malloc(nq * sizeof(*s.qnorm)))) {
-            rc = ec_seterr(EC_ENOMEM, "search: norms of %zu queries", nq);
-            goto out;
-        }
-        for (size_t q = 0; q < nq; q++) {
-            double n2 = 0;
-            for (size_t j = 0; j < dim; j++)
-                n2 += (double)qs[q * dim + j] * qs[q * dim + j];
-            s.qnorm[q] = sqrt(n2);
-        }
-    }
-    if (s.kp > SIZE_MAX / sizeof(struct hent) / nq / s.nthreads ||
+    /* Room for near ties (gemm mode): several times the heap. */
+    s.ncap = s.gemm ? (uint32_t)(s.kp * 4 < 256 ? 256 : s.kp * 4) : 0;
+    if (s.kp + s.ncap > SIZE_MAX / sizeof(struct hent) / nq / s.nthreads ||
         !(s.w = calloc(s.nthreads, sizeof(*s.w))) ||
-        !(cd = malloc(s.kp * sizeof(*cd)))) {
+        !(cd = malloc((s.kp + s.ncap) * sizeof(*cd))) ||
+        (s.gemm && (!(s.win = calloc(nq, sizeof(*s.win))) ||
+                    !(s.near = malloc(nq * s.ncap * sizeof(*s.near))) ||
+                    !(s.nn = calloc(nq, sizeof(*s.nn))) ||
+                    !(cand = malloc((s.kp + s.ncap) * sizeof(*cand)))))) {
         rc = ec_seterr(EC_ENOMEM, "search: heaps of %zu results for %zu queries", s.kp, nq);
         goto out;
     }
@@ -1018,9 +1070,19 @@ int ec_search(ec_tensor *t, const float *queries, size_t nq, size_t dim, size_t 
         }
     if (!s.gemm)
         merge_heaps(&s);
-    for (size_t q = 0; q < nq && rc == 0; q++)
-        rc = finish_query(&s, &s.w[0], queries + q * dim, s.w[0].heap + q * s.kp,
-                          s.w[0].hn[q], cd, scores + q * k, ids + q * k);
+    if (s.gemm && atomic_load_explicit(&s.near_full, memory_order_relaxed)) {
+        rc = 1;
+        goto out;
+    }
+    for (size_t q = 0; q < nq && rc == 0; q++) {
+        const struct hent *h = s.w[0].heap + q * s.kp;
+        uint32_t n = s.w[0].hn[q];
+        if (s.gemm) {
+            n = candidates(&s, q, cand);
+            h = cand;
+        }
+        rc = finish_query(&s, &s.w[0], queries + q * dim, h, n, cd, scores + q * k, ids + q * k);
+    }
 out:
     pthread_cond_destroy(&s.bar.cv);
     pthread_mutex_destroy(&s.bar.m);
@@ -1028,7 +1090,35 @@ out:
         worker_free(&s.w[i]);
     free(s.w);
     free(cd);
+    free(cand);
     free(qs);
     free(s.qnorm);
+    free(s.win);
+    free(s.near);
+    free(s.nn);
+    return rc;
+}
+
+int ec_search(ec_tensor *t, const float *queries, size_t nq, size_t dim, size_t k,
+              ec_metric metric, const ec_search_opts *opts, float *scores, int64_t *ids)
+{
+    int rc;
+
+    if ((rc = check_args(t, queries, nq, dim, k, metric, opts, scores, ids)))
+        return rc;
+    if ((rc = cl_stale(t->c)))
+        return rc;
+    if (atomic_load_explicit(&t->mode, memory_order_relaxed) == EC_CACHE_DYNAMIC) {
+        /* With nprobe: its index and the rows written since it was built
+         * (client_ivf.c, client_dynivf.c). */
+        if (opts && opts->nprobe)
+            return cl_ivf_search(t, queries, nq, dim, k, metric, opts, scores, ids);
+        return cl_dyn_search(t, queries, nq, dim, k, metric, scores, ids);
+    }
+    if (opts && opts->nprobe)
+        return cl_ivf_search(t, queries, nq, dim, k, metric, opts, scores, ids);
+    rc = exact(t, queries, nq, dim, k, metric, opts, true, scores, ids);
+    if (rc == 1) /* near-equal rows by the thousand: the place-independent kernel */
+        rc = exact(t, queries, nq, dim, k, metric, opts, false, scores, ids);
     return rc;
 }
