@@ -8,6 +8,8 @@
  *      partitions holding 50 copies of one row (exact ties: smaller ids
  *      first);
  *   2. a table smaller than k: the results past its last row are id -1;
+ *      a table of one row 3,000 times (the BLAS path's near lists overflow
+ *      and the search runs again by the vector kernel);
  *   3. f16 and bf16 tables (converted per block);
  *   4. a tensor cached by rows, larger than its budget (a streamed scan
  *      through the gather path);
@@ -252,6 +254,32 @@ static void test_k_beyond_rows(void **state)
         search_ok(t, x, 5, q, 1, 12, METRICS[mi], 0);
         search_ok(t, x, 5, q, 20, 12, METRICS[mi], 0); /* the BLAS path */
         search_ok(t, x, 5, q, 20, 5, METRICS[mi], 0);
+    }
+    ec_tensor_release(t);
+    ec_client_close(c);
+    free(q);
+    free(x);
+}
+
+/* A table of 3,000 copies of one row (near ties by the thousand: the
+ * BLAS path's near lists overflow and the search runs again with the
+ * vector kernel): every query gets rows 0, 1, 2, ... in order. */
+static void test_all_rows_equal(void **state)
+{
+    float *x = table_new(3000, DIM, 23, false), *q = queries_new(x, 3000, 20, 24);
+    ec_client *c;
+    ec_tensor *t;
+
+    (void)state;
+    for (uint64_t r = 1; r < 3000; r++)
+        memcpy(x + r * DIM, x, DIM * sizeof(float));
+    env_start("ec-search", NULL);
+    c = connect_ok();
+    import_f32(c, "m", "same", x, 3000, DIM, PART_BYTES);
+    t = resolve_ok(c, "m", "1", "same");
+    for (size_t mi = 0; mi < 3; mi++) {
+        search_ok(t, x, 3000, q, 20, 5, METRICS[mi], 0); /* the BLAS path */
+        search_ok(t, x, 3000, q, 2, 5, METRICS[mi], 0);
     }
     ec_tensor_release(t);
     ec_client_close(c);
@@ -610,6 +638,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_teardown(test_every_metric_vs_reference, env_teardown),
         cmocka_unit_test_teardown(test_k_beyond_rows, env_teardown),
+        cmocka_unit_test_teardown(test_all_rows_equal, env_teardown),
         cmocka_unit_test_teardown(test_f16_bf16, env_teardown),
         cmocka_unit_test_teardown(test_rows_streamed, env_teardown),
         cmocka_unit_test_teardown(test_search_while_evicted_and_reused, env_teardown),
