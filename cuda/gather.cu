@@ -167,30 +167,54 @@ __global__ void __launch_bounds__(1024) gather_kernel(const gather_args a)
     }
 }
 
-/* Ids on the GPU: each group of lanes finds its row (cuda/resolve.h: the
- * device index, then the host index, through the mapped segment), copies
- * it, and lane 0 writes the row's status for the host. Every lane of a
- * group does the same lookup (the same addresses: one transaction per
- * warp) rather than passing the result through shared memory. */
+/* Blocks of at least 256 threads; a launch never needs more blocks than
+ * this to fill a GPU, and the kernel strides over the rest. */
+#define EC_GATHER_BLOCK 256
+#define EC_GATHER_MAX_BLOCKS (1u << 20)
+
+/* Ids on the GPU: lane 0 of each group finds the group's row (cuda/resolve.h:
+ * the device index, then the host index, through the mapped segment),
+ * writes its status for the host and hands the answer to the group's other
+ * lanes through shared memory; then the group copies it.
+ *
+ * One lookup per row, not one per lane: a row wider than 512 bytes has
+ * lanes in several warps, which would read the entry, its sequence and the
+ * slab's generation over PCIe at different moments. The daemon may rewrite
+ * the entry in between, so some warps could find the row and others miss
+ * it, and a row the host counts as copied would be copied in part. The
+ * loop runs the same number of times in every thread of a block (by the
+ * block's first row), so the barriers are reached by all. */
 template <int MODE>
 __global__ void __launch_bounds__(1024) resolve_kernel(const ec_resolve_args a, int tpr_log2)
 {
+    __shared__ uint64_t row_src[EC_GATHER_BLOCK];
+    __shared__ unsigned row_st[EC_GATHER_BLOCK];
     const int tpr = 1 << tpr_log2;
     const int lane = (int)(threadIdx.x & (unsigned)(tpr - 1));
+    const int local = (int)(threadIdx.x >> tpr_log2); /* < EC_GATHER_BLOCK: launch_shape */
     const long long rows_per_block = (long long)(blockDim.x >> tpr_log2);
     const long long stride = (long long)gridDim.x * rows_per_block;
     const long long n = (long long)a.n;
 
-    for (long long row = (long long)blockIdx.x * rows_per_block + (threadIdx.x >> tpr_log2);
-         row < n; row += stride) {
-        uint64_t src = 0;
-        uint32_t part = 0;
-        const unsigned st = ec_rs_find(&a, a.ids[row], &src, &part);
+    for (long long first = (long long)blockIdx.x * rows_per_block; first < n; first += stride) {
+        const long long row = first + local;
         if (lane == 0) {
-            a.status[row] = (unsigned char)st;
-            a.parts[row] = part;
+            uint64_t src = 0;
+            uint32_t part = 0;
+            unsigned st = EC_RS_MISS;
+            if (row < n) {
+                st = ec_rs_find(&a, a.ids[row], &src, &part);
+                a.status[row] = (unsigned char)st;
+                a.parts[row] = part;
+            }
+            row_st[local] = st;
+            row_src[local] = src;
         }
-        if (st != EC_RS_DEVICE && st != EC_RS_HOST)
+        __syncthreads();
+        const unsigned st = row_st[local];
+        const uint64_t src = row_src[local];
+        __syncthreads(); /* read before the next turn writes */
+        if (row >= n || (st != EC_RS_DEVICE && st != EC_RS_HOST))
             continue;
         const unsigned char *s = reinterpret_cast<const unsigned char *>(src);
         unsigned char *d = a.dst + row * (long long)a.out_row_bytes;
@@ -202,11 +226,6 @@ __global__ void __launch_bounds__(1024) resolve_kernel(const ec_resolve_args a, 
 }
 
 } // namespace
-
-/* Blocks of at least 256 threads; a launch never needs more blocks than
- * this to fill a GPU, and the kernel strides over the rest. */
-#define EC_GATHER_BLOCK 256
-#define EC_GATHER_MAX_BLOCKS (1u << 20)
 
 /* The kernel mode for a conversion, or -1 when there is none. */
 static int mode_of(int src_dtype, int dst_dtype)
