@@ -117,10 +117,23 @@ static void ctx_load(void)
     ctxfn.set = (PFN_cuCtxSetCurrent_v4000)set;
 }
 
+/* The caller's stream-capture mode while this thread is inside the
+ * backend (enter .. leave; depth counts nested enters). */
+static __thread enum cudaStreamCaptureMode capture_mode;
+static __thread int capture_depth;
+
 /* Make `device` current, remembering the caller's: its device, or -1 when
  * the thread had no current context. Restoring "device 0" there would
  * create a context on GPU 0 in a thread that never used it (cudaSetDevice
- * initializes the primary context since CUDA 12). */
+ * initializes the primary context since CUDA 12).
+ *
+ * Then the thread's capture mode becomes relaxed until leave. Another
+ * thread of the application may be capturing a CUDA graph in global mode
+ * (torch.cuda.graph's default); in that mode every thread's "unsafe" calls
+ * (cudaHostAlloc, cudaEventSynchronize, cudaStreamSynchronize, ...) fail
+ * with cudaErrorStreamCaptureUnsupported and invalidate that capture. The
+ * backend's own stream is checked for capture separately
+ * (cuda_stream_capturing) and never captured. */
 static cudaError_t enter(int device, int *prev)
 {
     CUcontext cur = NULL;
@@ -129,12 +142,22 @@ static cudaError_t enter(int device, int *prev)
     pthread_once(&ctx_once, ctx_load);
     if (ctxfn.get && ctxfn.get(&cur) == CUDA_SUCCESS && cur == NULL) {
         *prev = -1;
-        return cudaSetDevice(device);
+        e = cudaSetDevice(device);
+    } else {
+        e = cudaGetDevice(prev);
+        if (e == cudaSuccess && *prev != device)
+            e = cudaSetDevice(device);
     }
-    e = cudaGetDevice(prev);
-    if (e != cudaSuccess)
-        return e;
-    return *prev == device ? cudaSuccess : cudaSetDevice(device);
+    if (e == cudaSuccess && capture_depth++ == 0) {
+        enum cudaStreamCaptureMode m = cudaStreamCaptureModeRelaxed;
+        if (cudaThreadExchangeStreamCaptureMode(&m) == cudaSuccess) {
+            capture_mode = m;
+        } else {
+            capture_mode = cudaStreamCaptureModeRelaxed;
+            (void)cudaGetLastError();
+        }
+    }
+    return e;
 }
 
 /* Stream memory operations (a gather's epoch slot cleared by the GPU) and
@@ -186,6 +209,11 @@ static bool stream_write_ok(int device)
 
 static void leave(int device, int prev)
 {
+    if (capture_depth > 0 && --capture_depth == 0) {
+        enum cudaStreamCaptureMode m = capture_mode;
+        if (cudaThreadExchangeStreamCaptureMode(&m) != cudaSuccess)
+            (void)cudaGetLastError();
+    }
     if (prev < 0) {
         if (ctxfn.set)
             (void)ctxfn.set(NULL); /* as it was: no context */
@@ -197,8 +225,13 @@ static void leave(int device, int prev)
 static int cuda_check_ptr(const void *ptr, int device)
 {
     struct cudaPointerAttributes a;
-    cudaError_t e = cudaPointerGetAttributes(&a, ptr);
+    int prev;
+    cudaError_t e = enter(device, &prev); /* not a context on GPU 0 in a bare thread */
 
+    if (e == cudaSuccess) {
+        e = cudaPointerGetAttributes(&a, ptr);
+        leave(device, prev);
+    }
     if (e != cudaSuccess) {
         (void)cudaGetLastError();
         return ec_seterr(EC_EINVAL, "%p is not memory CUDA knows (%s): pass device memory of "
@@ -270,7 +303,13 @@ static int cuda_device_caps(int device, ec_device_caps *out)
 static int cuda_stream_capturing(int device, void *stream)
 {
     enum cudaStreamCaptureStatus st = cudaStreamCaptureStatusNone;
-    cudaError_t e = cudaStreamIsCapturing((cudaStream_t)stream, &st);
+    int prev;
+    cudaError_t e = enter(device, &prev);
+
+    if (e == cudaSuccess) {
+        e = cudaStreamIsCapturing((cudaStream_t)stream, &st);
+        leave(device, prev);
+    }
 
     /* The legacy stream while a blocking stream captures: using it would
      * join that capture. */
@@ -357,7 +396,15 @@ static void ts_destroy(void *p)
 {
     struct tscratch_set *set = p;
 
-    for (unsigned i = 0; i < EC_BACKEND_MAX_DEVICES; i++)
+    for (unsigned i = 0; i < EC_BACKEND_MAX_DEVICES; i++) {
+        int prev;
+        bool used = false;
+        for (unsigned k = 0; k < TS_RING; k++)
+            used |= set->dev[i].ring[k].ev || set->dev[i].ring[k].src.host ||
+                    set->dev[i].ring[k].stage.host || set->dev[i].ring[k].status.host;
+        /* On the ring's own device: never a context on GPU 0 at exit. */
+        if (!used || enter((int)i, &prev) != cudaSuccess)
+            continue;
         for (unsigned k = 0; k < TS_RING; k++) {
             struct tscratch *s = &set->dev[i].ring[k];
             if (s->pending)
@@ -371,6 +418,8 @@ static void ts_destroy(void *p)
             if (s->status.host)
                 (void)cudaFreeHost(s->status.host);
         }
+        leave((int)i, prev);
+    }
     free(set);
 }
 
