@@ -1130,9 +1130,12 @@ class Tensor:
         handed out again while the kernel is still queued there."""
         t = _torch()
         if isinstance(stream, int) and stream == 0:
-            return                                  # the legacy default stream: in order
-        s = (t.cuda.ExternalStream(stream, device=f"cuda:{dev}")
-             if isinstance(stream, int) else stream)
+            # The legacy default stream: PyTorch's own streams are created
+            # non-blocking and do not wait for it, nor it for them.
+            s = t.cuda.default_stream(dev)
+        else:
+            s = (t.cuda.ExternalStream(stream, device=f"cuda:{dev}")
+                 if isinstance(stream, int) else stream)
         cur = t.cuda.current_stream(dev)
         if s.cuda_stream == cur.cuda_stream:
             return
