@@ -2,13 +2,13 @@
 // Run by tools/gpu-check.sh (its "probe" step). NOT YET RUN ON A GPU: written and compiled
 // (nvcc 13.0) on a machine without one; expect to fix it on first contact.
 // Build: nvcc -O2 -arch=sm_90 -o gpu-probe gpu-probe.cu
-// Run:   ./gpu-probe attrs | shm [GiB] | ipc
+// Run:   ./gpu-probe attrs | shm [GiB]
 //   attrs  device attributes embcache depends on (read-only host registration, IPC, VMM, compute mode)
 //   shm    a POSIX shm segment registered RW by this process (the daemon's role) and, at the same
 //          time, PROT_READ by two child processes (clients): flags that work, time and GPU memory
 //          per registration, and a kernel reading every byte through the read-only mapping
-//   ipc    cudaIpcOpenMemHandle in the exporting process, in a child, twice in a child, and what
-//          the child reads after the exporter cudaFree()s (and reuses) the memory and after it exits
+// (The device slab is shared as a cuMemCreate file descriptor, not by CUDA IPC handles: that
+// path is checked across processes by test_devtier_cuda and tests/gpu/gpu-xproc.py.)
 // Every line of output starts with "probe:"; a verdict line starts with "probe: RESULT".
 #include <cuda_runtime.h>
 #include <errno.h>
@@ -19,7 +19,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
-#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -213,137 +212,12 @@ static int shm_owner(const char *self, double gib)
     return bad;
 }
 
-/* ---- CUDA IPC ---- */
-
-#define IPC_BYTES (256ull << 20)
-
-static void hex(const void *b, size_t n, char *out)
-{
-    for (size_t i = 0; i < n; i++)
-        sprintf(out + 2 * i, "%02x", ((const unsigned char *)b)[i]);
-}
-
-static void unhex(const char *s, void *b, size_t n)
-{
-    for (size_t i = 0; i < n; i++) {
-        unsigned v;
-        sscanf(s + 2 * i, "%2x", &v);
-        ((unsigned char *)b)[i] = (unsigned char)v;
-    }
-}
-
-static void report_read(const char *when, const void *p)
-{
-    unsigned long long got = 0;
-    cudaError_t e = dev_xsum(p, IPC_BYTES / 8, &got, NULL);
-    const char *what = e ? cudaGetErrorName(e)
-                     : got == want_xsum(IPC_BYTES / 8, 0xaaaa) ? "still the exporter's bytes"
-                     : got == want_xsum(IPC_BYTES / 8, 0xbbbb) ? "ANOTHER ALLOCATION'S BYTES (silent corruption)"
-                                                              : "garbage";
-    void *q = NULL;
-    cudaError_t h = cudaMalloc(&q, 1 << 20);
-    printf("probe: [importer] %s: read %s; context %s\n", when, what,
-           h ? "POISONED (sticky error)" : "healthy");
-    fflush(stdout);
-    if (!h) cudaFree(q);
-}
-
-static int ipc_client(const char *hx)
-{
-    cudaIpcMemHandle_t h;
-    void *p = NULL, *p2 = NULL;
-    char line[64];
-    FILE *cmd = fdopen(3, "r"), *ack = fdopen(4, "w");
-    cudaError_t e;
-
-    unhex(hx, &h, sizeof(h));
-    CK(cudaSetDevice(0));
-    e = cudaIpcOpenMemHandle(&p, h, cudaIpcMemLazyEnablePeerAccess);
-    printf("probe: [importer] cudaIpcOpenMemHandle in another process: %s\n", cudaGetErrorName(e));
-    if (e) return 1;
-    e = cudaIpcOpenMemHandle(&p2, h, cudaIpcMemLazyEnablePeerAccess);
-    printf("probe: [importer] second open of the same handle: %s, %s pointer\n", cudaGetErrorName(e),
-           p2 == p ? "same" : "different");
-    if (!e) cudaIpcCloseMemHandle(p2);
-    cudaGetLastError();
-    report_read("while the exporter holds it", p);
-    fprintf(ack, "OPENED\n");
-    fflush(ack);
-    if (!fgets(line, sizeof(line), cmd)) return 1; /* "FREED" */
-    report_read("after the exporter's cudaFree + a new cudaMalloc of the same size", p);
-    fprintf(ack, "CHECKED\n");
-    fflush(ack);
-    while (fgets(line, sizeof(line), cmd)) /* EOF: the exporter exited */
-        ;
-    usleep(500000);
-    report_read("after the exporter exited", p);
-    cudaIpcCloseMemHandle(p);
-    printf("probe: RESULT ipc done (see the importer lines above)\n");
-    return 0;
-}
-
-static int ipc_owner(const char *self)
-{
-    cudaIpcMemHandle_t h;
-    void *p = NULL, *q = NULL, *same = NULL;
-    char hx[2 * sizeof(h) + 1], line[64];
-    int to[2], from[2];
-    FILE *ack, *cmd;
-    cudaError_t e;
-
-    CK(cudaSetDevice(0));
-    CK(cudaMalloc(&p, IPC_BYTES));
-    fill<<<1024, 256>>>((unsigned long long *)p, IPC_BYTES / 8, 0xaaaa);
-    CK(cudaDeviceSynchronize());
-    CK(cudaIpcGetMemHandle(&h, p));
-    e = cudaIpcOpenMemHandle(&same, h, cudaIpcMemLazyEnablePeerAccess);
-    printf("probe: [exporter] cudaIpcOpenMemHandle in the exporting process: %s (%s)\n",
-           cudaGetErrorName(e), cudaGetErrorString(e));
-    if (!e) cudaIpcCloseMemHandle(same);
-    cudaGetLastError();
-    hex(&h, sizeof(h), hx);
-    if (pipe(to) || pipe(from)) return 2;
-    if (fork() == 0) { /* the importer: exec'd, since this process has CUDA initialized */
-        dup2(to[0], 3);
-        dup2(from[1], 4);
-        close(to[1]); /* or the importer would never see the exporter's end of file */
-        close(from[0]);
-        execl(self, self, "ipc-client", hx, (char *)NULL);
-        _exit(127);
-    }
-    close(to[0]);
-    close(from[1]);
-    ack = fdopen(from[0], "r");
-    cmd = fdopen(to[1], "w");
-    if (!fgets(line, sizeof(line), ack)) return 1; /* OPENED */
-    CK(cudaFree(p)); /* the importer still has it open: "undefined behavior" per the docs */
-    CK(cudaMalloc(&q, IPC_BYTES));
-    fill<<<1024, 256>>>((unsigned long long *)q, IPC_BYTES / 8, 0xbbbb);
-    CK(cudaDeviceSynchronize());
-    printf("probe: [exporter] freed the exported buffer, filled a new one (%s the old address); "
-           "now exiting without cleanup, as a crashed daemon would\n", q == p ? "at" : "not at");
-    fprintf(cmd, "FREED\n");
-    fflush(cmd);
-    if (!fgets(line, sizeof(line), ack)) return 1; /* CHECKED */
-    _exit(0);
-}
-
 int main(int argc, char **argv)
 {
     setvbuf(stdout, NULL, _IOLBF, 0);
     if (argc > 1 && !strcmp(argv[1], "attrs")) { attrs(); return 0; }
     if (argc > 1 && !strcmp(argv[1], "shm")) return shm_owner(argv[0], argc > 2 ? atof(argv[2]) : 4.0);
     if (argc > 3 && !strcmp(argv[1], "shm-client")) return shm_client(argv[2], strtoull(argv[3], 0, 10));
-    if (argc > 1 && !strcmp(argv[1], "ipc")) {
-        /* exporter and importer are both waited for here (the importer outlives the exporter) */
-        prctl(PR_SET_CHILD_SUBREAPER, 1);
-        if (fork() == 0)
-            _exit(ipc_owner(argv[0]));
-        while (wait(NULL) > 0)
-            ;
-        return 0;
-    }
-    if (argc > 2 && !strcmp(argv[1], "ipc-client")) return ipc_client(argv[2]);
-    fprintf(stderr, "usage: %s attrs | shm [GiB] | ipc\n", argv[0]);
+    fprintf(stderr, "usage: %s attrs | shm [GiB]\n", argv[0]);
     return 2;
 }
