@@ -666,11 +666,22 @@ static int cuda_gather(const ec_gather_desc *g)
 /* ------------------------------------------------------------------ */
 /* Host memory and slabs                                               */
 
+/* The bus id in one spelling, "dddd:bb:dd.f" in lower case, whatever the
+ * runtime gives (nvidia-smi writes an 8-digit domain): the daemon
+ * publishes it in 16 bytes and clients compare it with their own. */
 static int cuda_busid(int device, char *buf, size_t len)
 {
-    cudaError_t e = cudaDeviceGetPCIBusId(buf, (int)len, device);
+    char raw[64];
+    unsigned dom, bus, dev, fn;
+    cudaError_t e = cudaDeviceGetPCIBusId(raw, (int)sizeof(raw), device);
 
-    return e == cudaSuccess ? 0 : cerr(e, "reading the PCI bus id", device);
+    if (e != cudaSuccess)
+        return cerr(e, "reading the PCI bus id", device);
+    if (sscanf(raw, "%x:%x:%x.%x", &dom, &bus, &dev, &fn) == 4)
+        snprintf(buf, len, "%04x:%02x:%02x.%x", dom, bus, dev, fn);
+    else
+        snprintf(buf, len, "%s", raw);
+    return 0;
 }
 
 /* Registrations by base address, so host_unregister finds every chunk.
