@@ -369,21 +369,27 @@ static inline void pad16(ec_metric metric, const float **c, const float **aux, s
     *aux = *aux ? at : NULL;
 }
 
-/* Keep (key, id) among query q's near ties; a full list first drops what
- * fell out of the window. */
+/* Drop from query q's near ties what fell out of the window since. */
+static void near_prune(struct search *s, size_t q)
+{
+    struct hent *nr = s->near + q * s->ncap;
+    float lo = s->thr[q] - s->win[q];
+    uint32_t j = 0;
+
+    for (uint32_t i = 0; i < s->nn[q]; i++)
+        if (!(nr[i].key < lo))
+            nr[j++] = nr[i];
+    s->nn[q] = j;
+}
+
+/* Keep (key, id) among query q's near ties; a full list is pruned first. */
 static void near_add(struct search *s, size_t q, float key, int64_t id)
 {
     struct hent *nr = s->near + q * s->ncap;
     uint32_t *n = &s->nn[q];
-    float lo = s->thr[q] - s->win[q];
 
-    if (*n == s->ncap) {
-        uint32_t j = 0;
-        for (uint32_t i = 0; i < *n; i++)
-            if (!(nr[i].key < lo))
-                nr[j++] = nr[i];
-        *n = j;
-    }
+    if (*n == s->ncap)
+        near_prune(s, q);
     if (*n == s->ncap) {
         atomic_store_explicit(&s->near_full, 1, memory_order_relaxed);
         return;
@@ -426,7 +432,7 @@ static void commit(struct search *s, const float *C, const float *norms, size_t 
     for (size_t q = q0; q < q1; q++) {
         const float *c = C + q * m;
         struct hent *h = heap + q * s->kp;
-        float t = s->win ? thr[q] - s->win[q] : thr[q];
+        float t = s->gemm ? thr[q] - s->win[q] : thr[q];
 
         for (size_t r0 = 0; r0 < m; r0 += 16) {
             size_t n = m - r0 < 16 ? m - r0 : 16;
@@ -443,7 +449,7 @@ static void commit(struct search *s, const float *C, const float *norms, size_t 
                     key = -INFINITY;
                 if (key < t)
                     continue;
-                if (!s->win) {
+                if (!s->gemm) {
                     heap_offer(h, &hn[q], s->kp, &thr[q], key, id);
                     t = thr[q];
                 } else {
@@ -925,17 +931,12 @@ static int check_args(const ec_tensor *t, const float *queries, size_t nq, size_
 
 /* Gemm mode: query q's candidates, the heap and the near ties still within
  * the window, into out (kp + ncap); their count. */
-static uint32_t candidates(const struct search *s, size_t q, struct hent *out)
+static uint32_t candidates(struct search *s, size_t q, struct hent *out)
 {
-    const struct hent *nr = s->near + q * s->ncap;
-    float lo = s->thr[q] - s->win[q];
-    uint32_t n = s->hn[q];
-
-    memcpy(out, s->heap + q * s->kp, n * sizeof(*out));
-    for (uint32_t i = 0; i < s->nn[q]; i++)
-        if (!(nr[i].key < lo))
-            out[n++] = nr[i];
-    return n;
+    near_prune(s, q);
+    memcpy(out, s->heap + q * s->kp, s->hn[q] * sizeof(*out));
+    memcpy(out + s->hn[q], s->near + q * s->ncap, s->nn[q] * sizeof(*out));
+    return s->hn[q] + s->nn[q];
 }
 
 /* The exact search of a tensor in memory or on disk (ec_search's arguments
