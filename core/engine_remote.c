@@ -131,6 +131,7 @@ int eng_remote_open(ec_engine *e, struct tstate *ts, int fd)
     s->path = ts->path;
     if (!ts->local) {
         free(ts->ref);
+        ts->ref = NULL;
         ts->local_bytes = 0;
         if (!(ts->local = calloc(ts->meta.partitions / 8 + 1, 1)) ||
             !(ts->ref = calloc(ts->meta.partitions / 8 + 1, 1))) {
