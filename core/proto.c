@@ -331,6 +331,18 @@ ssize_t ec_msg_recv(int sock, void *buf, size_t cap, int *fds, int *nfds, int ma
     do
         n = recvmsg(sock, &mh, MSG_CMSG_CLOEXEC);
     while (n < 0 && errno == EINTR);
+    if (n < 0 && errno == ECONNRESET) {
+        /* A peer that closes with our messages unread resets the socket,
+         * and a seqpacket socket reports that before the messages the peer
+         * sent first (a refusal, the error that ended a session). The
+         * report is consumed; read what is queued, then report the reset. */
+        mh.msg_controllen = sizeof(ctl.buf);
+        do
+            n = recvmsg(sock, &mh, MSG_CMSG_CLOEXEC | MSG_DONTWAIT);
+        while (n < 0 && errno == EINTR);
+        if (n <= 0)
+            return ec_seterr(EC_ECONN, "the peer reset the connection");
+    }
     if (n < 0) {
         if (errno == ECONNRESET)
             return ec_seterr(EC_ECONN, "the peer reset the connection");

@@ -286,6 +286,39 @@ static void test_error_reply(void **state)
     close(sv[1]);
 }
 
+/* A daemon that refuses a client sends why and closes with the client's
+ * HELLO unread. The kernel then resets the client's socket, and a seqpacket
+ * socket reports the reset before the queued refusal: the refusal must
+ * still be read first, and the reset reported after it. */
+static void test_error_before_reset(void **state)
+{
+    int sv[2];
+    static uint8_t in[EC_MSG_MAX];
+    ec_msg_hdr h;
+    ec_rbuf r;
+    char msg[EC_ERRMSG_MAX];
+    uint8_t hello[EC_MSG_HDR];
+    ec_wbuf w;
+    ssize_t n;
+
+    (void)state;
+    assert_int_equal(socketpair(AF_UNIX, SOCK_SEQPACKET, 0, sv), 0);
+    ec_msg_begin(&w, hello, sizeof(hello), EC_OP_HELLO, 1, 0);
+    assert_int_equal(ec_msg_send(sv[1], hello, ec_msg_end(&w), NULL, 0, false), 0);
+    assert_int_equal(ec_msg_send_error(sv[0], EC_OP_HELLO, 0, EC_EPERM, "uid 7 may not"), 0);
+    close(sv[0]); /* the HELLO unread: sv[1] is reset */
+    n = ec_msg_recv(sv[1], in, sizeof(in), NULL, NULL, 0);
+    if (n <= 0)
+        fail_msg("the refusal was lost to the reset: %s", ec_last_error());
+    assert_int_equal(ec_msg_parse(in, (size_t)n, &h, &r), 0);
+    assert_int_equal(h.status, EC_EPERM);
+    ec_get_str(&r, msg, sizeof(msg));
+    assert_string_equal(msg, "uid 7 may not");
+    n = ec_msg_recv(sv[1], in, sizeof(in), NULL, NULL, 0);
+    assert_true(n <= 0);
+    close(sv[1]);
+}
+
 /* Random mutations of a valid message never make the reader read out of
  * bounds (ASan builds check that) and are either parsed or refused. */
 static void test_mutation_fuzz(void **state)
@@ -335,6 +368,7 @@ int main(void)
         cmocka_unit_test(test_tensor_record_wrapping_sizes_refused),
         cmocka_unit_test(test_transport_with_fds),
         cmocka_unit_test(test_error_reply),
+        cmocka_unit_test(test_error_before_reset),
         cmocka_unit_test(test_mutation_fuzz),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
