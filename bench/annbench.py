@@ -37,14 +37,17 @@ What it does:
   after a batch); queries/s per repeat, reported as the median and the
   range; recall@k against the exact answer.
 
-With --dynamic, the table is made a dynamic table instead (keys 0..rows-1;
-FAISS is not run): per metric, embcache's index is built on it and timed
-(exact search of the table, --nprobe of the index, one query per call and a
+With --dynamic, the table is made a dynamic table instead (keys 0..rows-1):
+per metric, embcache's index and FAISS's IndexIVFFlat (same nlist, on the
+worker's copy of the same rows, ids = keys) are built and timed (exact
+search of the table, --nprobe of both indexes, one query per call and a
 batch) right after the build, after --rewrite of the rows (a random share of
 the keys, seed 4) were written again with new rows of the mixture (the
-index's delta, which every search scores exactly), and after a rebuild;
-recall against exact search of the table as it is then, and the index's
-stale rows (Tensor.index_info).
+table's puts; FAISS: remove_ids and add_with_ids of those keys, timed; for
+embcache the index's delta, which a new handle's first search assigns to
+the lists, timed as "first search"), and after a rebuild of both; recall
+against exact search of the table as it is then, and the index's stale rows
+(Tensor.index_info). Metrics ip and l2 (FAISS gets no unit rows here).
 
 One JSON object per line on stdout; --record appends a plain-text table with
 the machine, the commit and the command. Run it with Debian's /usr/bin/python3
@@ -215,13 +218,37 @@ def worker(args):
 # ---------------------------------------------------------------------------
 # The worker of --dynamic
 
+def table_rows(args):
+    """The rows write_table wrote (same seeds, same chunks)."""
+    c = centres(args)
+    rng = np.random.default_rng(11)
+    return np.concatenate([draw(rng, c, min(65536, args.rows - r0), args.sigma)
+                           for r0 in range(0, args.rows, 65536)])
+
+
+def faiss_ivf(faiss, args, metric, nlist, rows):
+    """FAISS's IndexIVFFlat on rows (ids 0..n-1), trained as worker() trains it."""
+    fmetric = faiss.METRIC_L2 if metric == "l2" else faiss.METRIC_INNER_PRODUCT
+    quant = (faiss.IndexFlatL2 if metric == "l2" else faiss.IndexFlatIP)(args.dim)
+    index = faiss.IndexIVFFlat(quant, args.dim, nlist, fmetric)
+    index.cp.niter = 10
+    sample = np.sort(np.random.default_rng(3).choice(len(rows), min(len(rows), 64 * nlist),
+                                                     replace=False))
+    index.train(rows[sample])
+    index.add_with_ids(rows, np.arange(len(rows), dtype=np.int64))
+    return index
+
+
 def dyn_worker(args):
+    import faiss
     embcache = setup_package(Path(args.build))
     T, k = args.threads, args.k
+    faiss.omp_set_num_threads(T)
     qb = draw(np.random.default_rng(2), centres(args), args.batch, args.sigma)
     qs = qb[:args.singles]
     nprobes = [int(v) for v in args.nprobe.split(",")]
     wrng = np.random.default_rng(4)
+    rows = table_rows(args)          # the table as it is: FAISS's copy of it
     with embcache.connect(args.socket) as c:
         c.make_dynamic(MODEL, 1, TENSOR, capacity=args.rows + args.rows // 8,
                        policy="refuse")
@@ -229,56 +256,93 @@ def dyn_worker(args):
             t0 = time.perf_counter()
             st = c.build_index(MODEL, 1, TENSOR, nlist=args.nlist or None, metric=metric)
             build_s = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            index = faiss_ivf(faiss, args, metric, st["nlist"], rows)
+            fa_build = time.perf_counter() - t0
             for phase in ("built", "rewritten", "rebuilt"):
+                fa_update_s = 0.0
                 if phase == "rewritten":
                     n = int(args.rows * args.rewrite)
                     keys = np.sort(wrng.choice(args.rows, n, replace=False)).astype(np.int64)
                     tw = c.tensor(MODEL, TENSOR, version=1)
                     for r0 in range(0, n, 65536):
                         kk = keys[r0:r0 + 65536]
-                        tw.put(kk, draw(wrng, centres(args), len(kk), args.sigma))
+                        new = draw(wrng, centres(args), len(kk), args.sigma)
+                        tw.put(kk, new)
+                        rows[kk] = new
                     tw.release()
+                    # FAISS's way to update rows in place: remove, add again.
+                    t0 = time.perf_counter()
+                    index.remove_ids(keys)
+                    index.add_with_ids(rows[keys], keys)
+                    fa_update_s = time.perf_counter() - t0
                 elif phase == "rebuilt":
                     t0 = time.perf_counter()
                     st = c.build_index(MODEL, 1, TENSOR, nlist=args.nlist or None,
                                        metric=metric)
                     build_s = time.perf_counter() - t0
+                    t0 = time.perf_counter()
+                    index = faiss_ivf(faiss, args, metric, st["nlist"], rows)
+                    fa_build = time.perf_counter() - t0
                 ti = c.tensor(MODEL, TENSOR, version=1)   # maps the index built last
                 info = ti.index_info()
+                # The handle's first approximate search: it maps the index and
+                # assigns the rows written since the build to their lists.
+                t0 = time.perf_counter()
+                ti.search(qs[0], k, metric, threads=T, nprobe=nprobes[0])
+                first_ms = (time.perf_counter() - t0) * 1e3
                 ref_b = ti.search(qb, k, metric, threads=T)[1]
                 ref_s = ref_b[:len(qs)]
                 res = {}
+
+                def fa_single():
+                    out = np.empty((len(qs), k), np.int64)
+                    for i in range(len(qs)):
+                        out[i] = index.search(qs[i:i + 1], k)[1][0]
+                    return out
+
                 for r in range(args.repeats):
+                    order = ("embcache", "faiss") if r % 2 == 0 else ("faiss", "embcache")
                     for nprobe in [0] + nprobes:
+                        index.nprobe = max(nprobe, 1)
                         for per_call in (1, args.batch):
-                            time.sleep(0.3)
-                            qq = (qs[:args.exact_singles] if nprobe == 0 else qs) \
-                                if per_call == 1 else qb
-                            t0 = time.perf_counter()
-                            if per_call == 1:
-                                ids = np.stack([ti.search(q, k, metric, threads=T,
-                                                          nprobe=nprobe)[1] for q in qq])
-                            else:
-                                ids = ti.search(qq, k, metric, threads=T, nprobe=nprobe)[1]
-                            dt = time.perf_counter() - t0
-                            d = res.setdefault((nprobe, per_call), {"qps": [], "recall": 1.0})
-                            d["qps"].append(len(qq) / dt)
-                            ref = ref_s[:len(qq)] if per_call == 1 else ref_b
-                            d["recall"] = min(d["recall"], recall(ids, ref))
-                for (nprobe, per_call), d in res.items():
+                            for lib in (("exact",) if nprobe == 0 else order):
+                                time.sleep(0.3)
+                                qq = (qs[:args.exact_singles] if nprobe == 0 else qs) \
+                                    if per_call == 1 else qb
+                                t0 = time.perf_counter()
+                                if lib == "faiss":
+                                    ids = fa_single() if per_call == 1 else \
+                                        index.search(qb, k)[1]
+                                elif per_call == 1:
+                                    ids = np.stack([ti.search(q, k, metric, threads=T,
+                                                              nprobe=nprobe)[1] for q in qq])
+                                else:
+                                    ids = ti.search(qq, k, metric, threads=T,
+                                                    nprobe=nprobe)[1]
+                                dt = time.perf_counter() - t0
+                                d = res.setdefault((lib, nprobe, per_call),
+                                                   {"qps": [], "recall": 1.0})
+                                d["qps"].append(len(qq) / dt)
+                                ref = ref_s[:len(qq)] if per_call == 1 else ref_b
+                                d["recall"] = min(d["recall"], recall(ids, ref))
+                for (lib, nprobe, per_call), d in res.items():
                     v = d["qps"]
                     print(json.dumps({
                         "mode": "dynamic", "phase": phase, "metric": metric,
-                        "lib": "exact" if nprobe == 0 else "embcache", "nprobe": nprobe,
+                        "lib": lib, "nprobe": nprobe,
                         "nlist": st["nlist"], "queries_per_call": per_call, "threads": T,
                         "rows": args.rows, "dim": args.dim, "k": k,
                         "repeats": args.repeats, "rewrite": args.rewrite,
                         "qps_median": float(np.median(v)), "qps_min": float(min(v)),
                         "qps_max": float(max(v)), "recall": d["recall"],
-                        "build_s": build_s, "stale_rows": info["stale_rows"],
+                        "build_s": build_s, "faiss_build_s": fa_build,
+                        "faiss_update_s": fa_update_s, "first_ms": first_ms,
+                        "stale_rows": info["stale_rows"],
                         "live_keys": info["live_keys"],
                     }), flush=True)
                 ti.release()
+            del index
 
 
 def record_dynamic(args, lines, wall, shm_mb, load):
@@ -309,14 +373,24 @@ def record_dynamic(args, lines, wall, shm_mb, load):
                     continue
                 e = pl[0]
                 f.write(f"\n## metric {metric}, {phase}: nlist {e['nlist']}, stale rows "
-                        f"{e['stale_rows']} of {e['live_keys']} live keys; index build "
-                        f"{e['build_s']:.1f} s\n")
-                f.write(f"{'q/call':>6} {'nprobe':>6} {'q/s median':>11} {'range':>21} "
-                        f"{'recall':>7}\n")
-                for d in sorted(pl, key=lambda d: (d["queries_per_call"], d["nprobe"])):
+                        f"{e['stale_rows']} of {e['live_keys']} live keys; index build: "
+                        f"embcache {e['build_s']:.1f} s, faiss {e['faiss_build_s']:.1f} s; "
+                        f"a new embcache handle's first search {e['first_ms']:.1f} ms")
+                if phase == "rewritten":
+                    f.write(f"; faiss remove_ids + add_with_ids of the rows written "
+                            f"{e['faiss_update_s']:.1f} s")
+                f.write("\n")
+                f.write(f"{'q/call':>6} {'nprobe':>6} {'lib':>8} {'q/s median':>11} "
+                        f"{'range':>21} {'recall':>7}  vs faiss\n")
+                fa = {(d["nprobe"], d["queries_per_call"]): d["qps_median"]
+                      for d in pl if d["lib"] == "faiss"}
+                for d in sorted(pl, key=lambda d: (d["queries_per_call"], d["nprobe"],
+                                                   d["lib"])):
+                    key = (d["nprobe"], d["queries_per_call"])
+                    vs = f"{d['qps_median'] / fa[key]:.2f}x" if key in fa else ""
                     f.write(f"{d['queries_per_call']:>6} {d['nprobe'] or 'exact':>6} "
-                            f"{d['qps_median']:>11.1f} {d['qps_min']:>10.1f}-"
-                            f"{d['qps_max']:<10.1f} {d['recall']:>7.4f}\n")
+                            f"{d['lib']:>8} {d['qps_median']:>11.1f} {d['qps_min']:>10.1f}-"
+                            f"{d['qps_max']:<10.1f} {d['recall']:>7.4f}  {vs}\n")
         f.write("\n")
 
 
@@ -359,6 +433,9 @@ def main():
     ap.add_argument("--socket", help=argparse.SUPPRESS)
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.dynamic and "cosine" in args.metrics.split(","):
+        sys.exit("annbench: --dynamic runs metrics ip and l2 (FAISS would need the table's "
+                 "rows of unit length): pass --metrics ip,l2")
     if args.worker:
         return dyn_worker(args) if args.dynamic else worker(args)
 

@@ -13,12 +13,16 @@
  *
  *   1. begin: the table's lsn L (acquire): every slot of an lsn in
  *      (built_lsn, L] was written before L was published;
- *   2. delta: every live slot above built_lsn is read (key and row,
- *      seq-checked) and scored against the queries into their heaps, as
- *      exact search scores rows. Found by reading every slot's header,
- *      unless L is built_lsn (no delta) or an earlier search of the handle
- *      found the slots at this very L (struct cl_dyndelta: no slot gets
- *      above built_lsn without a batch that moves L);
+ *   2. delta: the live slots above built_lsn, each with the list its row
+ *      belongs to (its nearest centroid, as the build assigns rows): found
+ *      by reading every slot's header, unless L is built_lsn (no delta) or
+ *      the handle's last snapshot (struct cl_dsnap) is of this very L (no
+ *      slot gets above built_lsn without a batch that moves L). Only a slot
+ *      that is new, or whose lsn moved, since that snapshot is read and
+ *      assigned: the delta costs each written row one assignment per
+ *      handle, as FAISS's add does. Then, list by list, the delta's rows
+ *      in the lists a query probes are read (key and row, seq-checked) and
+ *      scored for it, as exact search scores rows;
  *   3. lists: the probed lists' rows are scored from the index; a key is
  *      offered only if it is still in the table (a deleted key drops out)
  *      and its slot's lsn is not in (built_lsn, L] (then the delta offered
@@ -31,16 +35,20 @@
  *   5. end: the table was not dropped or rebuilt meanwhile (else
  *      EC_ESTALE: resolve again).
  * So an answer holds no deleted key and no stale score, and a key written
- * since the build is always a candidate: the index needs no rebuild to stay
- * right; the cost of a search grows with the delta (step 2 scores all of
- * it), which is what ec_index_staleness_get reports.
+ * since the build is a candidate whenever its list is probed, as if the
+ * build had seen it: the index needs no rebuild to stay right or fast. The
+ * centroids stay those of the build: a table whose rows drifted far from
+ * them is better served by a rebuild (ec_index_staleness_get says how many
+ * rows were written since).
  *
  * Runs on the caller's thread, except cl_dynivf_keep, which the search's
- * threads call; nothing here writes shared memory or takes a lock.
+ * threads call; nothing here writes shared memory; the snapshot's pointer
+ * is swapped under its cache's lock.
  */
 #include "client/client_impl.h"
 #include "client/search_impl.h"
 
+#include <cblas.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -51,6 +59,8 @@
 #define BLOCK 1024u
 /* Scores of a block, at most (a chunk of many queries: smaller blocks). */
 #define BLOCK_FLOATS ((size_t)4 << 20)
+/* Scores of rows against the centroids while assigning, at most (16 MiB). */
+#define ASSIGN_FLOATS ((size_t)4 << 20)
 
 static int table_view(ec_tensor *t, ec_index_ref *ref, ec_dyn_view *v)
 {
@@ -62,6 +72,30 @@ static int table_view(ec_tensor *t, ec_index_ref *ref, ec_dyn_view *v)
     return ec_dyn_view_open(seg, ref->offset, t->t.id, t->t.row_bytes, v);
 }
 
+static void snap_put(struct cl_dsnap *sn)
+{
+    if (!sn || atomic_fetch_sub_explicit(&sn->refs, 1, memory_order_acq_rel) != 1)
+        return;
+    free(sn->slots);
+    free(sn->slsn);
+    free(sn->list);
+    free(sn->lstart);
+    free(sn->lent);
+    free(sn);
+}
+
+/* The cache's snapshot with a reference, or NULL. */
+static struct cl_dsnap *snap_get(struct cl_dyndelta *c)
+{
+    struct cl_dsnap *sn;
+
+    pthread_mutex_lock(&c->lock);
+    if ((sn = c->snap))
+        atomic_fetch_add_explicit(&sn->refs, 1, memory_order_relaxed);
+    pthread_mutex_unlock(&c->lock);
+    return sn;
+}
+
 void cl_dyndelta_init(struct cl_dyndelta *c)
 {
     memset(c, 0, sizeof(*c));
@@ -71,8 +105,8 @@ void cl_dyndelta_init(struct cl_dyndelta *c)
 void cl_dyndelta_destroy(struct cl_dyndelta *c)
 {
     pthread_mutex_destroy(&c->lock);
-    free(c->slots);
-    c->slots = NULL;
+    snap_put(c->snap);
+    c->snap = NULL;
 }
 
 int cl_dynivf_begin(struct cl_dynivf *d, ec_tensor *t, uint64_t built_lsn, size_t kp,
@@ -100,9 +134,8 @@ int cl_dynivf_begin(struct cl_dynivf *d, ec_tensor *t, uint64_t built_lsn, size_
     d->norms = malloc(BLOCK * sizeof(float));
     d->keys = malloc(BLOCK * sizeof(int64_t));
     d->raw = malloc(t->t.row_bytes + 1);
-    d->fbuf = malloc(dim * sizeof(float));
     d->cd = malloc((kp ? kp : 1) * sizeof(struct cand));
-    if (!d->X || !d->norms || !d->keys || !d->raw || !d->fbuf || !d->cd)
+    if (!d->X || !d->norms || !d->keys || !d->raw || !d->cd)
         return ec_seterr(EC_ENOMEM, "approximate search of dynamic table '%s'", t->t.name);
     return 0;
 }
@@ -112,24 +145,211 @@ void cl_dynivf_free(struct cl_dynivf *d)
     free(d->X);
     free(d->norms);
     free(d->C);
+    free(d->Qb);
     free(d->keys);
     free(d->raw);
-    free(d->fbuf);
     free(d->cd);
-    free(d->slots);
+    snap_put(d->snap);
     memset(d, 0, sizeof(*d));
 }
 
-/* Score the m rows of the block against the nq queries qs (as scored:
- * unit length for cosine) into their heaps, with exact search's keys. */
-static void offer_block(struct cl_dynivf *d, const float *qs, size_t nq, size_t dim,
-                        ec_metric metric, size_t m, size_t kp, struct hent *heap, uint32_t *hn,
-                        float *thr)
+/* The nearest centroid of each of the m rows d->X into out, by the build's
+ * key (IP and cosine: x.c, the largest; L2: 2 x.c - |c|^2; ties: the
+ * smaller list). */
+static void assign(struct cl_dynivf *d, const struct cl_dynprobe *p, size_t m, uint32_t *out)
 {
-    cl_search_dots(qs, nq, d->X, m, dim, d->C, m, metric == EC_METRIC_IP ? NULL : d->norms);
-    for (size_t q = 0; q < nq; q++)
+    size_t nl = p->nlist;
+
+    if (m < EC_SEARCH_GEMM_MIN)
+        cl_search_dots(d->X, m, p->centroids, nl, p->dim, d->C, nl, NULL);
+    else
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)m, (int)nl, (int)p->dim,
+                    1.0f, d->X, (int)p->dim, p->centroids, (int)p->dim, 0.0f, d->C, (int)nl);
+    for (size_t i = 0; i < m; i++) {
+        const float *c = d->C + i * nl;
+        float best = -INFINITY;
+        uint32_t bl = 0;
+        for (size_t l = 0; l < nl; l++) {
+            float key = p->metric == EC_METRIC_L2 ? 2.0f * c[l] - p->cnorms[l] : c[l];
+            if (key > best) {
+                best = key;
+                bl = (uint32_t)l;
+            }
+        }
+        out[i] = bl;
+    }
+}
+
+/* Room for n + 1 entries in sn's parallel arrays. */
+static int grow(struct cl_dsnap *sn, uint64_t *cap)
+{
+    uint64_t c = *cap ? *cap * 2 : 256;
+    uint64_t *a, *b;
+    uint32_t *l;
+
+    if (sn->n < *cap)
+        return 0;
+    if ((a = realloc(sn->slots, c * sizeof(*a))))
+        sn->slots = a;
+    if ((b = realloc(sn->slsn, c * sizeof(*b))))
+        sn->slsn = b;
+    if ((l = realloc(sn->list, c * sizeof(*l))))
+        sn->list = l;
+    if (!a || !b || !l)
+        return ec_seterr(EC_ENOMEM, "the delta of a dynamic table: %llu slots",
+                         (unsigned long long)c);
+    *cap = c;
+    return 0;
+}
+
+/* The delta of the table at d->lsn: from every slot's header, reusing the
+ * lists of prev's slots whose lsn did not move (prev: a snapshot of the
+ * same extent, or NULL). */
+static int snap_scan(struct cl_dynivf *d, const struct cl_dynprobe *p,
+                     const struct cl_dsnap *prev, struct cl_dsnap **out)
+{
+    ec_dtype dt = (ec_dtype)d->t->t.dtype;
+    struct cl_dsnap *sn = calloc(1, sizeof(*sn));
+    uint64_t cap = 0, j = 0, pend[BLOCK], *cur = NULL;
+    size_t m = 0, ab = ASSIGN_FLOATS / p->nlist;
+    int rc = 0;
+
+    if (!sn)
+        return ec_seterr(EC_ENOMEM, "the delta of dynamic table '%s'", d->t->t.name);
+    ab = ab > BLOCK ? BLOCK : ab < 1 ? 1 : ab; /* rows assigned at once */
+    free(d->C);
+    if (!(d->C = malloc(ab * p->nlist * sizeof(float)))) {
+        free(sn);
+        return ec_seterr(EC_ENOMEM, "approximate search of dynamic table '%s': scores of "
+                                    "%zu rows against %u centroids", d->t->t.name, ab,
+                         p->nlist);
+    }
+    atomic_init(&sn->refs, 1);
+    sn->off = d->ref.offset;
+    sn->eseq = d->ref.seq;
+    sn->lsn = d->lsn;
+    sn->nlist = p->nlist;
+    for (uint64_t s = 0; s <= d->v.nslots && rc == 0; s++) {
+        uint64_t lsn = 0;
+        if (s < d->v.nslots) {
+            int64_t key;
+            int r;
+            if (!ec_dyn_slot_peek(&d->v, s, &lsn) || lsn <= d->built_lsn)
+                continue;
+            if ((rc = grow(sn, &cap)))
+                break;
+            while (prev && j < prev->n && prev->slots[j] < s)
+                j++;
+            if (prev && j < prev->n && prev->slots[j] == s && prev->slsn[j] == lsn) {
+                /* The row it held when the last snapshot assigned it. */
+                sn->slots[sn->n] = s;
+                sn->slsn[sn->n] = lsn;
+                sn->list[sn->n++] = prev->list[j];
+                continue;
+            }
+            /* New or rewritten: its row, to assign (a slot rewritten since
+             * the peek holds a newer row, and its lsn moved: the next
+             * snapshot assigns it again). */
+            if ((r = ec_dyn_slot_read(&d->v, s, &key, d->raw)) < 0) {
+                rc = r;
+                break;
+            }
+            if (r == 0)
+                continue;
+            cl_to_f32(d->X + m * p->dim, d->raw, p->dim, dt);
+            pend[m++] = sn->n;
+            sn->slots[sn->n] = s;
+            sn->slsn[sn->n++] = lsn;
+            if (m < ab)
+                continue;
+        }
+        if (m == 0)
+            continue;
+        {
+            uint32_t lists[BLOCK];
+            assign(d, p, m, lists);
+            for (size_t i = 0; i < m; i++)
+                sn->list[pend[i]] = lists[i];
+        }
+        m = 0;
+    }
+    if (rc == 0 && (!(sn->lstart = calloc((size_t)p->nlist + 1, sizeof(uint64_t))) ||
+                    !(sn->lent = malloc((sn->n ? sn->n : 1) * sizeof(uint64_t))) ||
+                    !(cur = malloc(((size_t)p->nlist + 1) * sizeof(uint64_t)))))
+        rc = ec_seterr(EC_ENOMEM, "the delta of dynamic table '%s' by list", d->t->t.name);
+    if (rc) {
+        free(cur);
+        snap_put(sn);
+        return rc;
+    }
+    for (uint64_t i = 0; i < sn->n; i++)
+        sn->lstart[sn->list[i] + 1]++;
+    for (uint32_t l = 0; l < p->nlist; l++)
+        sn->lstart[l + 1] += sn->lstart[l];
+    memcpy(cur, sn->lstart, ((size_t)p->nlist + 1) * sizeof(uint64_t));
+    for (uint64_t i = 0; i < sn->n; i++)
+        sn->lent[cur[sn->list[i]]++] = i;
+    free(cur);
+    *out = sn;
+    return 0;
+}
+
+/* The snapshot of the delta at d->lsn into d->snap: the cache's, or a new
+ * one (kept in the cache for the searches after this one). */
+static int snap_at_lsn(struct cl_dynivf *d, const struct cl_dynprobe *p)
+{
+    struct cl_dsnap *prev = snap_get(d->cache), *sn;
+    int rc;
+
+    if (prev && (prev->off != d->ref.offset || prev->eseq != d->ref.seq ||
+                 prev->nlist != p->nlist)) {
+        snap_put(prev); /* another table (extent) or index: nothing to reuse */
+        prev = NULL;
+    }
+    if (prev && prev->lsn == d->lsn) {
+        d->snap = prev;
+        return 0;
+    }
+    rc = snap_scan(d, p, prev, &sn);
+    snap_put(prev);
+    if (rc)
+        return rc;
+    pthread_mutex_lock(&d->cache->lock);
+    /* Concurrent searches: the snapshot of the larger lsn stays. */
+    if (!d->cache->snap || d->cache->snap->off != sn->off || d->cache->snap->eseq != sn->eseq ||
+        d->cache->snap->lsn <= sn->lsn) {
+        prev = d->cache->snap;
+        atomic_fetch_add_explicit(&sn->refs, 1, memory_order_relaxed);
+        d->cache->snap = sn;
+    } else {
+        prev = NULL;
+    }
+    pthread_mutex_unlock(&d->cache->lock);
+    snap_put(prev);
+    d->snap = sn;
+    return 0;
+}
+
+/* Score the m rows d->X (keys d->keys) against the nql queries d->Qb of
+ * list numbers qs into their heaps, with exact search's keys. */
+static void offer_block(struct cl_dynivf *d, const struct cl_dynprobe *p, const uint32_t *qs,
+                        size_t nql, size_t m)
+{
+    ec_metric metric = p->metric;
+
+    if (nql < EC_SEARCH_GEMM_MIN)
+        cl_search_dots(d->Qb, nql, d->X, m, p->dim, d->C, m,
+                       metric == EC_METRIC_IP ? NULL : d->norms);
+    else {
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)nql, (int)m, (int)p->dim,
+                    1.0f, d->Qb, (int)p->dim, d->X, (int)p->dim, 0.0f, d->C, (int)m);
+        if (metric != EC_METRIC_IP)
+            cl_search_dots(NULL, 0, d->X, m, p->dim, NULL, 0, d->norms);
+    }
+    for (size_t i = 0; i < nql; i++) {
+        uint32_t q = qs[i];
         for (size_t r = 0; r < m; r++) {
-            float c = d->C[q * m + r], key;
+            float c = d->C[i * m + r], key;
             if (metric == EC_METRIC_IP)
                 key = c;
             else if (metric == EC_METRIC_COSINE)
@@ -138,110 +358,66 @@ static void offer_block(struct cl_dynivf *d, const float *qs, size_t nq, size_t 
                 key = 2.0f * c - d->norms[r];
             if (key != key)
                 key = -INFINITY;
-            if (hn[q] == kp && key < thr[q])
+            if (p->hn[q] == p->kp && key < p->thr[q])
                 continue;
-            cl_search_heap_offer(heap + q * kp, &hn[q], kp, &thr[q], key, d->keys[r]);
+            cl_search_heap_offer(p->heap + q * p->kp, &p->hn[q], p->kp, &p->thr[q], key,
+                                 d->keys[r]);
         }
-}
-
-/* The slots of the table's delta kept by an earlier search at this very
- * lsn, into d->slots: true, or false (none kept, or of another lsn). */
-static bool cached_slots(struct cl_dynivf *d)
-{
-    struct cl_dyndelta *c = d->cache;
-    bool hit = false;
-
-    if (!c)
-        return false;
-    pthread_mutex_lock(&c->lock);
-    if (c->slots && c->off == d->ref.offset && c->eseq == d->ref.seq && c->lsn == d->lsn &&
-        (d->slots = malloc((c->n ? c->n : 1) * sizeof(uint64_t)))) {
-        memcpy(d->slots, c->slots, c->n * sizeof(uint64_t));
-        d->nslots_d = c->n;
-        hit = true;
     }
-    pthread_mutex_unlock(&c->lock);
-    return hit;
 }
 
-/* Keep the slots this scan found for the next search at this lsn. */
-static void keep_slots(struct cl_dynivf *d)
-{
-    struct cl_dyndelta *c = d->cache;
-    uint64_t *copy;
-
-    if (!c || !(copy = malloc((d->nslots_d ? d->nslots_d : 1) * sizeof(uint64_t))))
-        return; /* the next search scans again */
-    memcpy(copy, d->slots, d->nslots_d * sizeof(uint64_t));
-    pthread_mutex_lock(&c->lock);
-    free(c->slots);
-    c->slots = copy;
-    c->n = d->nslots_d;
-    c->off = d->ref.offset;
-    c->eseq = d->ref.seq;
-    c->lsn = d->lsn;
-    pthread_mutex_unlock(&c->lock);
-}
-
-int cl_dynivf_delta(struct cl_dynivf *d, const float *qs, size_t nq, size_t dim,
-                    ec_metric metric, size_t kp, struct hent *heap, uint32_t *hn, float *thr)
+int cl_dynivf_delta(struct cl_dynivf *d, const struct cl_dynprobe *p)
 {
     ec_dtype dt = (ec_dtype)d->t->t.dtype;
-    size_t blk = BLOCK_FLOATS / nq, m = 0;
-    uint64_t cap = 0, end;
-    bool cached;
+    const struct cl_dsnap *sn;
+    size_t blk = BLOCK_FLOATS / (p->nq ? p->nq : 1);
+    int rc;
 
     /* Nothing written since the build (a batch being applied now may be
      * missed, as any write concurrent with the search). */
     if (d->lsn == d->built_lsn)
         return 0;
-    if (blk > BLOCK)
-        blk = BLOCK;
-    if (blk < 16)
-        blk = 16;
+    if ((rc = snap_at_lsn(d, p)))
+        return rc;
+    sn = d->snap;
+    if (sn->n == 0)
+        return 0;
+    blk = blk > BLOCK ? BLOCK : blk < 16 ? 16 : blk;
     free(d->C);
-    if (!(d->C = malloc(nq * blk * sizeof(float))))
+    d->C = NULL;
+    if (!(d->C = malloc(p->nq * blk * sizeof(float))) ||
+        !(d->Qb = malloc(p->nq * p->dim * sizeof(float))))
         return ec_seterr(EC_ENOMEM, "approximate search of dynamic table '%s': scores of %zu "
-                                    "queries", d->t->t.name, nq);
-    cached = cached_slots(d);
-    end = cached ? d->nslots_d : d->v.nslots;
-    for (uint64_t i = 0; i <= end; i++) {
-        if (i < end) {
-            uint64_t s = cached ? d->slots[i] : i, lsn;
-            int64_t key;
-            int r;
-            if (!cached && (!ec_dyn_slot_peek(&d->v, s, &lsn) || lsn <= d->built_lsn))
-                continue;
-            /* Newer than the build: its row as it is (a slot rewritten since
-             * the peek holds a newer row still). */
-            if ((r = ec_dyn_slot_read(&d->v, s, &key, d->raw)) < 0)
-                return r;
-            if (r == 0)
-                continue;
-            if (!cached) {
-                if (d->nslots_d == cap) {
-                    uint64_t *p = realloc(d->slots, (cap = cap ? cap * 2 : 256) *
-                                                        sizeof(uint64_t));
-                    if (!p)
-                        return ec_seterr(EC_ENOMEM, "approximate search of dynamic table "
-                                                    "'%s': its delta", d->t->t.name);
-                    d->slots = p;
-                }
-                d->slots[d->nslots_d++] = s;
-            }
-            cl_to_f32(d->X + m * dim, d->raw, dim, dt);
-            d->keys[m++] = key;
-            d->delta++;
-            if (m < blk)
-                continue;
-        }
-        if (m == 0)
+                                    "queries", d->t->t.name, p->nq);
+    for (uint32_t l = 0; l < p->nlist; l++) {
+        const uint32_t *qs = p->qlist + p->qstart[l];
+        size_t nql = p->qstart[l + 1] - p->qstart[l], m = 0;
+        uint64_t e0 = sn->lstart[l], e1 = sn->lstart[l + 1];
+
+        if (nql == 0 || e0 == e1)
             continue;
-        offer_block(d, qs, nq, dim, metric, m, kp, heap, hn, thr);
-        m = 0;
+        for (size_t i = 0; i < nql; i++)
+            memcpy(d->Qb + i * p->dim, p->q + (size_t)qs[i] * p->dim, p->dim * sizeof(float));
+        for (uint64_t e = e0; e <= e1; e++) {
+            if (e < e1) {
+                int64_t key;
+                int r = ec_dyn_slot_read(&d->v, sn->slots[sn->lent[e]], &key, d->raw);
+                if (r < 0)
+                    return r;
+                if (r == 0)
+                    continue; /* freed since the scan (a batch applied now) */
+                cl_to_f32(d->X + m * p->dim, d->raw, p->dim, dt);
+                d->keys[m++] = key;
+                d->delta++;
+                if (m < blk)
+                    continue;
+            }
+            if (m == 0)
+                continue;
+            offer_block(d, p, qs, nql, m);
+            m = 0;
+        }
     }
-    if (!cached)
-        keep_slots(d);
     return 0;
 }
 
@@ -279,9 +455,9 @@ int cl_dynivf_finish(struct cl_dynivf *d, ec_metric metric, const float *query, 
             return r;
         if (r == 0)
             continue; /* deleted since it was offered */
-        cl_to_f32(d->fbuf, d->raw, dim, dt);
+        cl_to_f32(d->X, d->raw, dim, dt);
         cd[m].id = cd[i].id;
-        cd[m++].score = cl_search_exact(metric, query, qn, d->fbuf, dim);
+        cd[m++].score = cl_search_exact(metric, query, qn, d->X, dim);
     }
     qsort(cd, m, sizeof(*cd), cl_search_cand_cmp);
     for (size_t i = 0; i < k; i++) {

@@ -36,7 +36,8 @@
  *
  * A dynamic table's index (KEYED: its ids are keys) is searched the same
  * way, with the steps of client_dynivf.c around it: before the lists, the
- * rows written since the build are offered to the heaps of thread 0; a
+ * rows written since the build that lie in the probed lists (each assigned
+ * to its nearest centroid) are offered to the heaps of thread 0; a
  * list's key is offered only if cl_dynivf_keep says so; the answer is
  * scored against each key's row of now (cl_dynivf_finish) instead of
  * gathered by row id. There a key may be offered twice (by the delta and a
@@ -61,7 +62,7 @@ struct cl_ivf {
     float *cnorms;              /* nlist: |c|^2 of each centroid */
     uint64_t min_list, max_list;
     bool keyed;                 /* a dynamic table's: ids are keys */
-    struct cl_dyndelta delta;   /* keyed: its delta's slots, as last scanned */
+    struct cl_dyndelta delta;   /* keyed: its delta, as last scanned and assigned */
 };
 
 void cl_ivf_release(struct cl_ivf *x)
@@ -500,10 +501,14 @@ static int search_chunk(struct ivs *s, ec_tensor *t, const float *raw_q, uint32_
      * keys are then checked against the table (client_dynivf.c). */
     if (s->x->keyed) {
         s->dyn = &dv;
-        if ((rc = cl_dynivf_begin(&dv, t, s->x->v.h->built_lsn, s->kp,
-                                  &s->x->delta)) ||
-            (rc = cl_dynivf_delta(&dv, s->q, s->n, s->dim, s->metric, s->kp, s->w[0].heap,
-                                  s->w[0].hn, s->w[0].thr)))
+        struct cl_dynprobe dp = {
+            .q = s->q, .nq = s->n, .dim = s->dim, .kp = s->kp, .metric = s->metric,
+            .nlist = s->x->v.nlist, .centroids = s->x->v.centroids, .cnorms = s->x->cnorms,
+            .qstart = s->qstart, .qlist = s->qlist,
+            .heap = s->w[0].heap, .hn = s->w[0].hn, .thr = s->w[0].thr,
+        };
+        if ((rc = cl_dynivf_begin(&dv, t, s->x->v.h->built_lsn, s->kp, &s->x->delta)) ||
+            (rc = cl_dynivf_delta(&dv, &dp)))
             goto out;
     }
     for (unsigned i = 1; i < s->nthreads; i++) {

@@ -89,30 +89,41 @@ int cl_dyn_search(ec_tensor *t, const float *queries, size_t nq, size_t dim, siz
 
 /* client_dynivf.c: what the approximate search of a dynamic table adds to a
  * tensor's (client_ivf.c): the table, the rows written since the index was
- * built (the delta), and the answer scored against each key's row now.
+ * built (the delta), assigned to the index's lists as a build would, and
+ * the answer scored against each key's row of now.
  *
  * One struct cl_dynivf per chunk of queries: cl_dynivf_begin finds the
- * table and reads its lsn (acquire); cl_dynivf_delta offers every live row
- * of a slot newer than the build to the queries' heaps; then the lists are
- * scanned, and cl_dynivf_keep says which of their keys to offer (present,
- * and not offered by the delta already); cl_dynivf_finish answers a query;
- * cl_dynivf_end checks the table was not dropped meanwhile. keep runs on
- * any of the search's threads; the others on the caller's. The delta is
- * found from the slots' headers, all of them, unless the table's lsn is
- * the index's (no delta) or cache holds the scan of this lsn. */
-/* The slots the last full delta scan of a handle's index found (those of
- * an lsn above the index's built_lsn), valid while the table is the same
- * extent (its index entry's offset and seq) at the same lsn: every batch
- * and delete moves the table's lsn, so until it moves, no other slot gets
- * above built_lsn (but the batch being applied, which a search may miss as
- * it may miss any write concurrent with it). A search reads only these
- * slots then, not every slot's header. One per mapped index (struct
- * cl_ivf, client_ivf.c), behind its lock. */
+ * table and reads its lsn (acquire); cl_dynivf_delta offers the live rows
+ * of slots newer than the build that lie in the lists each query probes to
+ * its heap; then the lists are scanned, and cl_dynivf_keep says which of
+ * their keys to offer (present, and not in the delta); cl_dynivf_finish
+ * answers a query; cl_dynivf_end checks the table was not dropped
+ * meanwhile. keep runs on any of the search's threads; the others on the
+ * caller's. */
+
+/* The delta of a table at one lsn, with each row's list: found from every
+ * slot's header, and only the rows new since the snapshot before it read
+ * and assigned to their nearest centroid (a slot whose lsn did not move
+ * holds the row it held). Immutable once made; shared by the searches
+ * that hold a reference. */
+struct cl_dsnap {
+    _Atomic uint32_t refs;
+    uint64_t off, eseq, lsn;    /* the table (its extent) and its lsn when scanned */
+    uint64_t n;                 /* delta slots */
+    uint64_t *slots;            /* n, ascending */
+    uint64_t *slsn;             /* n: each slot's lsn when it was read and assigned */
+    uint32_t *list;             /* n: the list its row was assigned to */
+    uint32_t nlist;
+    uint64_t *lstart;           /* nlist + 1: list l's entries are lent[lstart[l]..) */
+    uint64_t *lent;             /* n: indices into slots, by list */
+};
+
+/* A mapped index's latest snapshot (struct cl_ivf, client_ivf.c), behind
+ * its lock; a search at the same table and lsn takes a reference to it,
+ * one at a new lsn builds the next from it. */
 struct cl_dyndelta {
     pthread_mutex_t lock;
-    uint64_t off, eseq, lsn;    /* the table when scanned */
-    uint64_t n;
-    uint64_t *slots;            /* n; NULL: no scan kept */
+    struct cl_dsnap *snap;      /* NULL: none yet */
 };
 
 void cl_dyndelta_init(struct cl_dyndelta *c);
@@ -120,23 +131,39 @@ void cl_dyndelta_destroy(struct cl_dyndelta *c);
 
 struct cl_dynivf {
     ec_tensor *t;
-    struct cl_dyndelta *cache;  /* the index's, or NULL */
+    struct cl_dyndelta *cache;  /* the index's */
     ec_index_ref ref;
     ec_dyn_view v;
     uint64_t built_lsn;         /* the index's */
     uint64_t lsn;               /* the table's at begin: the delta covers (built, lsn] */
     uint64_t delta;             /* rows the delta offered */
-    uint64_t *slots, nslots_d;  /* the delta's slots (to keep in the cache) */
-    float *X, *norms, *C, *fbuf;
+    struct cl_dsnap *snap;      /* the delta at lsn (a reference), or NULL */
+    float *X, *norms, *C, *Qb;
     uint8_t *raw;
     int64_t *keys;
     struct cand *cd;
 };
 
+/* What cl_dynivf_delta needs of the search: its queries (as scored), the
+ * index's centroids, and which queries probe each list (client_ivf.c's
+ * invert). */
+struct cl_dynprobe {
+    const float *q;
+    size_t nq, dim, kp;
+    ec_metric metric;
+    uint32_t nlist;
+    const float *centroids;     /* nlist * dim */
+    const float *cnorms;        /* nlist: |c|^2 */
+    const uint32_t *qstart;     /* nlist + 1 */
+    const uint32_t *qlist;
+    struct hent *heap;          /* nq * kp */
+    uint32_t *hn;
+    float *thr;
+};
+
 int cl_dynivf_begin(struct cl_dynivf *d, ec_tensor *t, uint64_t built_lsn, size_t kp,
                     struct cl_dyndelta *cache);
-int cl_dynivf_delta(struct cl_dynivf *d, const float *qs, size_t nq, size_t dim,
-                    ec_metric metric, size_t kp, struct hent *heap, uint32_t *hn, float *thr);
+int cl_dynivf_delta(struct cl_dynivf *d, const struct cl_dynprobe *p);
 bool cl_dynivf_keep(const struct cl_dynivf *d, int64_t key);
 int cl_dynivf_finish(struct cl_dynivf *d, ec_metric metric, const float *query, size_t dim,
                      const struct hent *h, uint32_t n, size_t k, float *scores, int64_t *ids);

@@ -48,13 +48,15 @@
  * from the rows it holds when the build begins (the table's lsn then is
  * the index's built_lsn). Rows written since (every slot records the lsn
  * of the update that wrote it) are the index's delta: an approximate
- * search reads the delta (slot headers first, then the rows above
- * built_lsn) and scores it exactly along with the probed lists, and scores
- * every candidate against its key's row of now. So results never hold a
- * deleted key nor a score of an old row, and a key written since the build
- * is always found if it ranks: the index stays right without a rebuild,
- * and gets slower as the delta grows (ec_index_staleness_get says how
- * large it is; build the index again to empty it).
+ * search assigns each of its rows to the nearest centroid of the build
+ * (a handle assigns a row once: after the table moves it reads the slot
+ * headers and only the rows whose lsn moved), scores those in the probed
+ * lists along with the lists' rows, and scores every candidate against its
+ * key's row of now. So results never hold a deleted key nor a score of an
+ * old row, and a key written since the build is found as a listed key is:
+ * the index stays right and fast without a rebuild. Its centroids are the
+ * build's; build it again when the rows have drifted from them
+ * (ec_index_staleness_get says how many rows were written since).
  */
 #ifndef EMBCACHE_SEARCH_H
 #define EMBCACHE_SEARCH_H
@@ -274,11 +276,13 @@ typedef struct ec_index_staleness {
     uint64_t indexed_keys; /**< keys the index holds */
     uint64_t live_keys;    /**< keys the table holds now */
     uint64_t stale_rows;   /**< live keys written since the build (their slot's
-                            *   lsn is above built_lsn): every approximate
-                            *   search reads and scores all of them exactly,
-                            *   so its cost grows with them; build the index
-                            *   again (ec_index_build) when they become a
-                            *   large share of live_keys. At most live_keys */
+                            *   lsn is above built_lsn): searches assign each
+                            *   to its nearest centroid of the build (once per
+                            *   handle) and score it when its list is probed;
+                            *   build the index again (ec_index_build) when
+                            *   they are a large share of live_keys and the
+                            *   rows drifted from the build's centroids. At
+                            *   most live_keys */
 } ec_index_staleness;
 
 /**
@@ -286,9 +290,11 @@ typedef struct ec_index_staleness {
  * reads the header of every slot of the table (no row), and maps the index
  * as ec_index_info_get() does (a handle keeps the index it mapped first:
  * after a rebuild, resolve the tensor again to see the new one).
- * An index of a dynamic table stays right as rows change (searches score
- * the rows written since the build exactly, by their key's row now, and
- * never return a deleted key); it gets slower.
+ * An index of a dynamic table stays right as rows change: searches assign
+ * the rows written since the build to the build's lists (a handle assigns
+ * each written row once), score every candidate by its key's row now, and
+ * never return a deleted key. Its centroids are the build's: rebuild when
+ * the rows drifted from them.
  * @return 0, or EC_EINVAL (NULL, not a dynamic table, or an index built
  *         before the tensor was made dynamic: build it again), EC_ENOENT
  *         (no index), EC_ESTALE (the table was dropped or rebuilt: resolve

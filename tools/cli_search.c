@@ -276,9 +276,10 @@ static int usage_index(FILE *f, int rc)
             "rights on the daemon. Progress goes to standard error, a summary to standard\n"
             "output. info: what the tensor's index holds.\n"
             "A dynamic table's index holds its keys as they were when the build began;\n"
-            "searches also score every row written since (exactly, by its key's row now),\n"
-            "so results stay right as rows change, and each search costs more as those rows\n"
-            "grow: info shows how many (\"stale\"); build again to bring them to 0.\n");
+            "searches assign every row written since to its nearest list of the build and\n"
+            "score candidates by their key's row now, so results stay right and fast as\n"
+            "rows change: info shows how many were written since (\"stale\"); build again\n"
+            "when the rows have drifted from the build's centroids.\n");
     return rc;
 }
 

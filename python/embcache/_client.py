@@ -594,9 +594,11 @@ class Client:
             min_list, max_list, file_bytes, train_s, assign_s, total_s.
 
         A dynamic table is indexed by its keys, as they are when the build
-        begins (rows is then the keys indexed); searches also score every
-        row written since, so they stay right and slow down as those grow
-        (``Tensor.index_info()["stale_rows"]``): build again to reset them.
+        begins (rows is then the keys indexed); searches assign every row
+        written since to its nearest centroid of this build (once per
+        handle) and score it when its list is probed, so they stay right
+        and fast (``Tensor.index_info()["stale_rows"]`` counts those rows):
+        build again when the rows drifted from the build's centroids.
 
         Handles that already searched through an earlier index keep it;
         ``Tensor.build_index`` refreshes its own handle.
@@ -1253,9 +1255,9 @@ class Tensor:
         nlist, rows, dim, min_list, max_list, file_bytes, train_rows, iters,
         built_lsn. For a dynamic table also how stale it is
         (ec_index_staleness_get): table_lsn, indexed_keys, live_keys,
-        stale_rows (live keys written since the build: every approximate
-        search scores all of them exactly, so it slows as they grow;
-        ``build_index`` again brings them to 0) and stale_share
+        stale_rows (live keys written since the build: searches assign
+        them to the build's lists; ``build_index`` again brings them to 0,
+        with centroids trained on the rows of now) and stale_share
         (stale_rows / live_keys).
 
         Raises:

@@ -51,6 +51,7 @@
 #include "common/dtype.h"
 #include "common/ivffile.h"
 #include "itest.h"
+#include "shm/dyntable.h"
 #include "testutil.h"
 
 #define ROWS 20000u
@@ -944,6 +945,74 @@ static void dyn_kill9_restart(const char *const *args)
     E.daemon = ect_daemon_start(E.data, E.sock, args);
 }
 
+/* A slot of the handle's delta freed and written again between two of its
+ * searches: key A next to query 0 is searched (the handle assigns A's slot
+ * to a list near query 0), deleted (its slot goes to the tail of the free
+ * FIFO), every free slot ahead of it is used by updates of indexed keys
+ * (rows far from every query), and key Z next to the query of 20..39
+ * farthest from query 0 then lands in A's slot with a new lsn. The handle's next search
+ * must assign the slot again: Z is found first, as exact search finds it. */
+#define FILL_BATCH 1000u
+static void slot_reused(ec_tensor *t, const float *q, const int64_t *base_keys,
+                        const int64_t *del, size_t ndel, uint64_t *seed)
+{
+    uint64_t nb, ns, sb, ahead;
+    float *rows = malloc((size_t)FILL_BATCH * DIM * sizeof(float));
+    int64_t a = (int64_t)splitmix(seed), z = (int64_t)splitmix(seed);
+    int64_t fk[FILL_BATCH];
+    size_t far = 20;
+    double best = -1;
+    struct answer ap, ex;
+    ec_rows_result res;
+    ec_dyn_info di;
+
+    assert_non_null(rows);
+    for (size_t qi = 20; qi < 40; qi++) { /* queries with no key written next to them */
+        double d2 = 0;
+        for (size_t j = 0; j < DIM; j++)
+            d2 += (double)(q[qi * DIM + j] - q[j]) * (q[qi * DIM + j] - q[j]);
+        if (d2 > best) {
+            best = d2;
+            far = qi;
+        }
+    }
+    for (size_t j = 0; j < DIM; j++)
+        rows[j] = q[j] + 1e-3f * gauss(seed);
+    assert_int_equal(ec_rows_put(t, &a, 1, rows, DIM * sizeof(float), &res), 0);
+    ap = search_ok(t, q, 1, K, EC_METRIC_L2, DPROBE, 1);
+    assert_true(ap.id[0] == a);
+    answer_free(ap);
+    assert_int_equal(ec_rows_info(t, &di), 0);
+    ec_dyn_region_bytes(di.capacity, DIM * sizeof(float), &nb, &ns, &sb);
+    ahead = ns - di.keys; /* free slots, all ahead of A's once it is freed */
+    assert_int_equal(ec_rows_delete(t, &a, 1, &res), 0);
+    assert_int_equal(res.deleted, 1);
+    for (uint64_t done = 0, i = 0; done < ahead; done += FILL_BATCH) {
+        size_t n = ahead - done < FILL_BATCH ? (size_t)(ahead - done) : FILL_BATCH;
+        for (size_t r = 0; r < n; r++, i++) {
+            while (listed(del, ndel, base_keys[i % DROWS]))
+                i++;
+            fk[r] = base_keys[i % DROWS];
+            for (size_t j = 0; j < DIM; j++)
+                rows[r * DIM + j] = 40.0f + gauss(seed);
+        }
+        assert_int_equal(ec_rows_put(t, fk, n, rows, n * DIM * sizeof(float), &res), 0);
+        assert_int_equal(res.updated, n);
+    }
+    for (size_t j = 0; j < DIM; j++)
+        rows[j] = q[far * DIM + j] + 1e-3f * gauss(seed);
+    assert_int_equal(ec_rows_put(t, &z, 1, rows, DIM * sizeof(float), &res), 0);
+    ex = search_ok(t, q + far * DIM, 1, K, EC_METRIC_L2, 0, 0);
+    ap = search_ok(t, q + far * DIM, 1, K, EC_METRIC_L2, DPROBE, 1);
+    assert_true(ex.id[0] == z);
+    if (ap.id[0] != z)
+        fail_msg("key %lld, written into the slot of a deleted key next to query 0, is not "
+                 "found next to query %zu (%lld)", (long long)z, far, (long long)ap.id[0]);
+    answer_free(ex);
+    answer_free(ap);
+    free(rows);
+}
+
 /* A dynamic table with arbitrary int64 keys: recall per metric; then new
  * keys next to queries, rows moved next to queries or away from them,
  * keys that were the best results deleted: the approximate search finds
@@ -1152,6 +1221,19 @@ static void test_dynamic_table_index(void **state)
             fail_msg("a key written after the last search (%lld) is not found (%lld)",
                      (long long)one, (long long)a.id[0]);
         answer_free(a);
+        /* The handle assigned it to a list near query 40. Moved next to
+         * queries 41..47 in turn: each search assigns it again (its slot's
+         * lsn moved) and finds it there. */
+        for (size_t qi = 41; qi < 48; qi++) {
+            for (size_t j = 0; j < DIM; j++)
+                rows[j] = q[qi * DIM + j] + 1e-3f * gauss(&seed);
+            assert_int_equal(ec_rows_put(t, &one, 1, rows, DIM * sizeof(float), &res), 0);
+            a = search_ok(t, q + qi * DIM, 1, K, EC_METRIC_L2, DPROBE, 1);
+            if (a.id[0] != one)
+                fail_msg("key %lld, moved next to query %zu, is not found (%lld)",
+                         (long long)one, qi, (long long)a.id[0]);
+            answer_free(a);
+        }
     }
     ec_tensor_release(t);
     /* A rebuild: nothing stale, the new keys found through the lists. */
@@ -1167,6 +1249,7 @@ static void test_dynamic_table_index(void **state)
         scores_of_now(t, q, ap3, DNQ, EC_METRIC_L2);
         answer_free(ap3);
     }
+    slot_reused(t, q, keys, del, ndel, &seed);
     daemon_alive();
     answer_free(ex0);
     answer_free(ex1);
