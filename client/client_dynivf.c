@@ -41,7 +41,7 @@
  * them is better served by a rebuild (ec_index_staleness_get says how many
  * rows were written since).
  *
- * Runs on the caller's thread, except cl_dynivf_keep, which the search's
+ * Runs on the caller's thread, except cl_dynivf_keep_many, which the search's
  * threads call; nothing here writes shared memory; the snapshot's pointer
  * is swapped under its cache's lock.
  */
@@ -421,16 +421,28 @@ int cl_dynivf_delta(struct cl_dynivf *d, const struct cl_dynprobe *p)
     return 0;
 }
 
-bool cl_dynivf_keep(const struct cl_dynivf *d, int64_t key)
+void cl_dynivf_keep_many(const struct cl_dynivf *d, const int64_t *keys, size_t n, bool *keep)
 {
-    uint64_t lsn;
+    int found[EC_DYN_BATCH];
+    uint64_t lsn[EC_DYN_BATCH];
 
-    /* Absent: deleted or evicted since the build (or a slot left
-     * half-written: cl_dynivf_end or the finish says). */
-    if (ec_dyn_key_lsn(&d->v, key, &lsn) != 1)
-        return false;
-    /* In (built, L]: the delta offered its row of now. */
-    return lsn <= d->built_lsn || lsn > d->lsn;
+    /* Nothing written since the build: every listed key is as it was (a
+     * batch being applied now may be missed; the finish drops a key gone). */
+    if (d->lsn == d->built_lsn) {
+        for (size_t i = 0; i < n; i++)
+            keep[i] = true;
+        return;
+    }
+    /* A key stays out when absent (deleted or evicted since the build, or
+     * a slot left half-written: cl_dynivf_end or the finish says) or when
+     * written in (built, L] (the delta offers its row of now). */
+    if (n == 0 || ec_dyn_keys_lsn(&d->v, keys, n, found, lsn) < 0) {
+        for (size_t i = 0; i < n; i++)
+            keep[i] = false;
+        return;
+    }
+    for (size_t i = 0; i < n; i++)
+        keep[i] = found[i] == 1 && (lsn[i] <= d->built_lsn || lsn[i] > d->lsn);
 }
 
 int cl_dynivf_finish(struct cl_dynivf *d, ec_metric metric, const float *query, size_t dim,

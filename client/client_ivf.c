@@ -38,7 +38,7 @@
  * way, with the steps of client_dynivf.c around it: before the lists, the
  * rows written since the build that lie in the probed lists (each assigned
  * to its nearest centroid) are offered to the heaps of thread 0; a
- * list's key is offered only if cl_dynivf_keep says so; the answer is
+ * list's key is offered only if cl_dynivf_keep_many says so; the answer is
  * scored against each key's row of now (cl_dynivf_finish) instead of
  * gathered by row id. There a key may be offered twice (by the delta and a
  * list, or twice by an unchecked file): the finish drops repeats.
@@ -366,8 +366,28 @@ static void commit(struct ivs *s, struct iworker *w, const float *C, size_t m, u
             /* A heap that is not full (threshold -INFINITY) takes anything. */
             if (mx < t)
                 continue;
+            if (s->dyn) {
+                /* The keys that may enter, looked up in the table together. */
+                int64_t ck[16];
+                size_t cj[16], nc = 0;
+                bool keep[16];
+                for (size_t j = 0; j < n; j++)
+                    if (!(kb[j] < t)) {
+                        ck[nc] = ids[r0 + j];
+                        cj[nc++] = j;
+                    }
+                cl_dynivf_keep_many(s->dyn, ck, nc, keep);
+                for (size_t c0 = 0; c0 < nc; c0++) {
+                    size_t j = cj[c0];
+                    if (kb[j] < t || !keep[c0])
+                        continue;
+                    cl_search_heap_offer(h, &w->hn[q], s->kp, &w->thr[q], kb[j], ck[c0]);
+                    t = w->thr[q];
+                }
+                continue;
+            }
             for (size_t j = 0; j < n; j++) {
-                if (kb[j] < t || (s->dyn && !cl_dynivf_keep(s->dyn, ids[r0 + j])))
+                if (kb[j] < t)
                     continue;
                 cl_search_heap_offer(h, &w->hn[q], s->kp, &w->thr[q], kb[j], ids[r0 + j]);
                 t = w->thr[q];

@@ -95,11 +95,11 @@ int cl_dyn_search(ec_tensor *t, const float *queries, size_t nq, size_t dim, siz
  * One struct cl_dynivf per chunk of queries: cl_dynivf_begin finds the
  * table and reads its lsn (acquire); cl_dynivf_delta offers the live rows
  * of slots newer than the build that lie in the lists each query probes to
- * its heap; then the lists are scanned, and cl_dynivf_keep says which of
- * their keys to offer (present, and not in the delta); cl_dynivf_finish
- * answers a query; cl_dynivf_end checks the table was not dropped
- * meanwhile. keep runs on any of the search's threads; the others on the
- * caller's. */
+ * its heap; then the lists are scanned, and cl_dynivf_keep_many says which
+ * of their keys to offer (present, and not in the delta; up to
+ * EC_DYN_BATCH keys looked up at once); cl_dynivf_finish answers a query;
+ * cl_dynivf_end checks the table was not dropped meanwhile. keep_many runs
+ * on any of the search's threads; the others on the caller's. */
 
 /* The delta of a table at one lsn, with each row's list: found from every
  * slot's header, and only the rows new since the snapshot before it read
@@ -164,7 +164,8 @@ struct cl_dynprobe {
 int cl_dynivf_begin(struct cl_dynivf *d, ec_tensor *t, uint64_t built_lsn, size_t kp,
                     struct cl_dyndelta *cache);
 int cl_dynivf_delta(struct cl_dynivf *d, const struct cl_dynprobe *p);
-bool cl_dynivf_keep(const struct cl_dynivf *d, int64_t key);
+void cl_dynivf_keep_many(const struct cl_dynivf *d, const int64_t *keys, size_t n,
+                         bool *keep);
 int cl_dynivf_finish(struct cl_dynivf *d, ec_metric metric, const float *query, size_t dim,
                      const struct hent *h, uint32_t n, size_t k, float *scores, int64_t *ids);
 int cl_dynivf_end(struct cl_dynivf *d);

@@ -161,14 +161,12 @@ static int find_once(const ec_dyn_view *v, const ec_dyn_hash *h, int64_t key, vo
     return 0;
 }
 
-static int find(const ec_dyn_view *v, int64_t key, void *out, uint64_t *lsn,
-                uint64_t *retries)
+static int find_h(const ec_dyn_view *v, const ec_dyn_hash *h, int64_t key, void *out,
+                  uint64_t *lsn, uint64_t *retries)
 {
-    ec_dyn_hash h;
     int rc;
 
-    ec_dyn_hash_of(v->nbuckets, v->salt, key, &h);
-    for (uint64_t n = 0; (rc = find_once(v, &h, key, out, lsn)) < 0; n++) {
+    for (uint64_t n = 0; (rc = find_once(v, h, key, out, lsn)) < 0; n++) {
         if (retries)
             (*retries)++;
         /* A slot odd for this long was left half-written by a daemon
@@ -179,6 +177,15 @@ static int find(const ec_dyn_view *v, int64_t key, void *out, uint64_t *lsn,
                              v->hdr->tensor, (long long)key);
     }
     return rc;
+}
+
+static int find(const ec_dyn_view *v, int64_t key, void *out, uint64_t *lsn,
+                uint64_t *retries)
+{
+    ec_dyn_hash h;
+
+    ec_dyn_hash_of(v->nbuckets, v->salt, key, &h);
+    return find_h(v, &h, key, out, lsn, retries);
 }
 
 int ec_dyn_find(const ec_dyn_view *v, int64_t key, void *out, uint64_t *retries)
@@ -194,6 +201,40 @@ int ec_dyn_key_lsn(const ec_dyn_view *v, int64_t key, uint64_t *lsn)
     if (rc == 1)
         *lsn = got;
     return rc;
+}
+
+int ec_dyn_keys_lsn(const ec_dyn_view *v, const int64_t *keys, size_t n, int *found,
+                    uint64_t *lsn)
+{
+    ec_dyn_hash h[EC_DYN_BATCH];
+
+    if (n > EC_DYN_BATCH)
+        return ec_seterr(EC_EINVAL, "ec_dyn_keys_lsn: %zu keys (at most %u)", n, EC_DYN_BATCH);
+    for (size_t i = 0; i < n; i++) {
+        ec_dyn_hash_of(v->nbuckets, v->salt, keys[i], &h[i]);
+        __builtin_prefetch(&v->buckets[h[i].b1]);
+        __builtin_prefetch(&v->buckets[h[i].b2]);
+    }
+    /* The slots of the words whose tag matches (a hint: the lookups below
+     * check everything again). */
+    for (size_t i = 0; i < n; i++) {
+        uint64_t bs[2] = {h[i].b1, h[i].b2};
+        for (int j = 0; j < 2; j++)
+            for (unsigned w = 0; w < EC_DYN_WAYS; w++) {
+                uint64_t word = atomic_load_explicit(&v->buckets[bs[j]].word[w],
+                                                     memory_order_relaxed);
+                uint64_t slot = (word & EC_DYN_SLOT_MASK) - 1;
+                if (word && (word >> EC_DYN_SLOT_BITS) == h[i].tag && slot < v->nslots)
+                    __builtin_prefetch(ec_dyn_slot_at(v, slot));
+            }
+    }
+    for (size_t i = 0; i < n; i++) {
+        int rc = find_h(v, &h[i], keys[i], NULL, &lsn[i], NULL);
+        if (rc < 0)
+            return rc;
+        found[i] = rc;
+    }
+    return 0;
 }
 
 int ec_dyn_slot_peek(const ec_dyn_view *v, uint64_t slot, uint64_t *lsn)

@@ -186,6 +186,15 @@ int ec_dyn_slot_peek(const ec_dyn_view *v, uint64_t slot, uint64_t *lsn);
  * copying its row: 1 with *lsn, 0 when absent, EC_ESTALE as ec_dyn_find. */
 int ec_dyn_key_lsn(const ec_dyn_view *v, int64_t key, uint64_t *lsn);
 
+/* ec_dyn_key_lsn for n <= EC_DYN_BATCH keys: found[i] 1 (with lsn[i]) or 0.
+ * The keys' buckets, then the slots their words point at, are prefetched
+ * for all of them before any is read, so the cache misses of the lookups
+ * overlap instead of following one another. 0, or EC_ESTALE as
+ * ec_dyn_find (for the first key that stays half-written). */
+#define EC_DYN_BATCH 16u
+int ec_dyn_keys_lsn(const ec_dyn_view *v, const int64_t *keys, size_t n, int *found,
+                    uint64_t *lsn);
+
 /* ---- writer (daemon) ---------------------------------------------- */
 
 /* Bytes of a table of capacity keys of row_bytes, and its geometry. */
