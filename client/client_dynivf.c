@@ -18,13 +18,16 @@
  *      by reading every slot's header, unless L is built_lsn (no delta) or
  *      the handle's last snapshot (struct cl_dsnap) is of this very L (no
  *      slot gets above built_lsn without a batch that moves L). Only a slot
- *      that is new, or whose lsn moved, since that snapshot is read and
- *      assigned: the delta costs each written row one assignment per
- *      handle, as FAISS's add does. Then, list by list, the delta's rows
- *      in the lists a query probes are read (key and row, seq-checked) and
- *      scored for it, as exact search scores rows;
+ *      that is new, or whose lsn moved, or whose lsn was of a batch still
+ *      being applied, since that snapshot is read and assigned: a row is
+ *      assigned about once per handle, as FAISS's add does (searches racing
+ *      at a new lsn may each assign it; every new lsn costs a pass over the
+ *      slot headers). Then, list by list, the delta's rows in the lists a
+ *      query probes are read (key and row, seq-checked) and scored for it
+ *      (the finish scores candidates again exactly);
  *   3. lists: the probed lists' rows are scored from the index; a key is
- *      offered only if it is still in the table (a deleted key drops out)
+ *      offered only if it is still in the table (a deleted key drops out;
+ *      while L is built_lsn nothing is looked up, and the finish drops it)
  *      and its slot's lsn is not in (built_lsn, L] (then the delta offered
  *      its row of now; a key written after L is offered from the index,
  *      and step 4 scores its row of now);
@@ -240,8 +243,13 @@ static int snap_scan(struct cl_dynivf *d, const struct cl_dynprobe *p,
                 break;
             while (prev && j < prev->n && prev->slots[j] < s)
                 j++;
-            if (prev && j < prev->n && prev->slots[j] == s && prev->slsn[j] == lsn) {
-                /* The row it held when the last snapshot assigned it. */
+            if (prev && j < prev->n && prev->slots[j] == s && prev->slsn[j] == lsn &&
+                lsn <= prev->lsn) {
+                /* The row it held when the last snapshot assigned it: a batch
+                 * of lsn <= that snapshot's was whole before it, so the slot
+                 * was not written since (a batch still being applied then
+                 * may write one slot twice with one lsn; a slot mid-write
+                 * peeks as UINT64_MAX). */
                 sn->slots[sn->n] = s;
                 sn->slsn[sn->n] = lsn;
                 sn->list[sn->n++] = prev->list[j];
@@ -436,10 +444,12 @@ void cl_dynivf_keep_many(const struct cl_dynivf *d, const int64_t *keys, size_t 
     /* A key stays out when absent (deleted or evicted since the build, or
      * a slot left half-written: cl_dynivf_end or the finish says) or when
      * written in (built, L] (the delta offers its row of now). */
-    if (n == 0 || ec_dyn_keys_lsn(&d->v, keys, n, found, lsn) < 0) {
-        for (size_t i = 0; i < n; i++)
-            keep[i] = false;
+    if (n == 0)
         return;
+    if (ec_dyn_keys_lsn(&d->v, keys, n, found, lsn) < 0) {
+        /* A key stays half-written: the others one by one, as before. */
+        for (size_t i = 0; i < n; i++)
+            found[i] = ec_dyn_key_lsn(&d->v, keys[i], &lsn[i]);
     }
     for (size_t i = 0; i < n; i++)
         keep[i] = found[i] == 1 && (lsn[i] <= d->built_lsn || lsn[i] > d->lsn);

@@ -111,7 +111,7 @@ struct cl_dsnap {
     uint64_t off, eseq, lsn;    /* the table (its extent) and its lsn when scanned */
     uint64_t n;                 /* delta slots */
     uint64_t *slots;            /* n, ascending */
-    uint64_t *slsn;             /* n: each slot's lsn when it was read and assigned */
+    uint64_t *slsn;             /* n: each slot's lsn as its header was peeked */
     uint32_t *list;             /* n: the list its row was assigned to */
     uint32_t nlist;
     uint64_t *lstart;           /* nlist + 1: list l's entries are lent[lstart[l]..) */

@@ -49,8 +49,8 @@
  * the index's built_lsn). Rows written since (every slot records the lsn
  * of the update that wrote it) are the index's delta: an approximate
  * search assigns each of its rows to the nearest centroid of the build
- * (a handle assigns a row once: after the table moves it reads the slot
- * headers and only the rows whose lsn moved), scores those in the probed
+ * (a handle assigns a row about once: after the table moves it reads the
+ * slot headers and only the rows whose lsn moved), scores those in the probed
  * lists along with the lists' rows, and scores every candidate against its
  * key's row of now. So results never hold a deleted key nor a score of an
  * old row, and a key written since the build is found as a listed key is:
