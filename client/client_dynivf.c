@@ -168,19 +168,9 @@ static void assign(struct cl_dynivf *d, const struct cl_dynprobe *p, size_t m, u
     else
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)m, (int)nl, (int)p->dim,
                     1.0f, d->X, (int)p->dim, p->centroids, (int)p->dim, 0.0f, d->C, (int)nl);
-    for (size_t i = 0; i < m; i++) {
-        const float *c = d->C + i * nl;
-        float best = -INFINITY;
-        uint32_t bl = 0;
-        for (size_t l = 0; l < nl; l++) {
-            float key = p->metric == EC_METRIC_L2 ? 2.0f * c[l] - p->cnorms[l] : c[l];
-            if (key > best) {
-                best = key;
-                bl = (uint32_t)l;
-            }
-        }
-        out[i] = bl;
-    }
+    for (size_t i = 0; i < m; i++)
+        out[i] = cl_search_nearest(d->C + i * nl, nl,
+                                   p->metric == EC_METRIC_L2 ? p->cnorms : NULL);
 }
 
 /* Room for n + 1 entries in sn's parallel arrays. */

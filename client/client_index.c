@@ -167,24 +167,8 @@ static void assign(struct build *b, const float *X, size_t n, uint32_t *out, dou
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)m, (int)nl, (int)dim, 1.0f,
                     X + r0 * dim, (int)dim, b->cent, (int)dim, 0.0f, b->S, (int)nl);
         for (size_t i = 0; i < m; i++) {
-            const float *s = b->S + i * nl;
-            float best = -INFINITY;
-            uint32_t bl = 0;
-            if (b->metric == EC_METRIC_L2) {
-                for (size_t l = 0; l < nl; l++) {
-                    float key = 2.0f * s[l] - b->cnorm[l];
-                    if (key > best) {
-                        best = key;
-                        bl = (uint32_t)l;
-                    }
-                }
-            } else {
-                for (size_t l = 0; l < nl; l++)
-                    if (s[l] > best) {
-                        best = s[l];
-                        bl = (uint32_t)l;
-                    }
-            }
+            uint32_t bl = cl_search_nearest(b->S + i * nl, nl,
+                                             b->metric == EC_METRIC_L2 ? b->cnorm : NULL);
             out[r0 + i] = bl;
             if (sums) {
                 const float *x = X + (r0 + i) * dim;

@@ -11,6 +11,7 @@
 #ifndef EC_CLIENT_SEARCH_IMPL_H
 #define EC_CLIENT_SEARCH_IMPL_H
 
+#include <math.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -41,6 +42,24 @@ void cl_search_dots(const float *Q, size_t nq, const float *X, size_t m, size_t 
  * keeps *thr = the key a row must beat once the heap is full. */
 void cl_search_heap_offer(struct hent *h, uint32_t *n, size_t kp, float *thr, float key,
                           int64_t id);
+
+/* The list a row belongs to, from its scores s against nl centroids: the
+ * largest s[l] (IP, cosine) or 2 s[l] - cnorms[l] (L2: cnorms not NULL);
+ * ties to the smaller list. The build and the dynamic delta both use it. */
+static inline uint32_t cl_search_nearest(const float *s, size_t nl, const float *cnorms)
+{
+    float best = -INFINITY;
+    uint32_t bl = 0;
+
+    for (size_t l = 0; l < nl; l++) {
+        float key = cnorms ? 2.0f * s[l] - cnorms[l] : s[l];
+        if (key > best) {
+            best = key;
+            bl = (uint32_t)l;
+        }
+    }
+    return bl;
+}
 
 /* n values of dtype dt (f32, f16, bf16) at src to f32. */
 void cl_to_f32(float *dst, const uint8_t *src, size_t n, ec_dtype dt);
