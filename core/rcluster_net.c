@@ -357,6 +357,10 @@ int rc_queue(ec_rcluster *c, rc_node *nd, int argc, const rc_arg *argv, uint32_t
     char num[32];
     int len, rc;
 
+    /* An idle connection's io_deadline is that of its last reply: it owes
+     * nothing until now, so its time to answer starts now. */
+    if (!rc_node_busy(nd) && nd->state == NODE_UP)
+        nd->io_deadline = rc_now() + (uint64_t)c->o.io_timeout_ms * 1000000ull;
     /* A connection's first command is AUTH, when there is a password (the
      * queue of a node is empty until its connection's first command), with
      * the credentials as they are now (a reload may have changed them). */
@@ -838,11 +842,18 @@ bool rc_node_busy(const rc_node *nd)
 }
 
 /* Connect, write and read every node with work until none has any, or
- * until deadline (then the nodes still owing replies are failed). */
+ * until deadline (then the nodes still owing replies are failed).
+ *
+ * A node times out only when a poll that began after its io_deadline found
+ * nothing from it, and the call ends at deadline only after one more poll
+ * (without waiting) was read: a reply that arrived while this process was
+ * not running is a reply, not a silence. */
 void rc_pump(ec_rcluster *c, uint64_t deadline)
 {
+    bool last = false;
+
     for (;;) {
-        uint64_t now = rc_now(), wake = deadline;
+        uint64_t now = rc_now(), wake = deadline, t_poll;
         size_t np = 0;
 
         if (c->pfd_cap < c->nnodes) {
@@ -862,7 +873,6 @@ void rc_pump(ec_rcluster *c, uint64_t deadline)
         }
         for (size_t i = 0; i < c->nnodes; i++) {
             rc_node *nd = c->nodes[i];
-            int unread = 0;
             short ev;
             if (!rc_node_busy(nd))
                 continue;
@@ -870,24 +880,6 @@ void rc_pump(ec_rcluster *c, uint64_t deadline)
                 rc_node_connect(c, nd, now);
             if (nd->state == NODE_IDLE)
                 continue;
-            if (now >= nd->io_deadline && nd->state == NODE_UP && nd->lowat > 1 &&
-                ioctl(nd->fd, FIONREAD, &unread) == 0 && unread > 0) {
-                /* Bytes arrive, more slowly than SO_RCVLOWAT waits for: that
-                 * is progress, not silence. Wake for every byte from now. */
-                rc_lowat(nd, 1);
-                nd->io_deadline = now + (uint64_t)c->o.io_timeout_ms * 1000000ull;
-            }
-            if (now >= nd->io_deadline) {
-                if (nd->state == NODE_CONNECTING) {
-                    c->st.connect_failures++;
-                    rc_node_fail(c, nd, EC_ECONN, "connect timed out after %u ms "
-                                 "(connect_timeout_ms)", c->o.connect_timeout_ms);
-                } else {
-                    rc_node_fail(c, nd, EC_ETIMEOUT, "no reply for %u ms (io_timeout_ms); "
-                                 "the connection was dropped", c->o.io_timeout_ms);
-                }
-                continue;
-            }
             if (nd->state == NODE_CONNECTING)
                 ev = POLLOUT;
             else
@@ -900,13 +892,14 @@ void rc_pump(ec_rcluster *c, uint64_t deadline)
         }
         if (np == 0)
             return;
-        if (now >= deadline) {
+        if (last) {
             for (size_t j = 0; j < np; j++)
                 rc_node_fail(c, c->pnode[j], EC_ETIMEOUT, "no answer within op_timeout_ms "
                              "(%u ms); the connection was dropped", c->o.op_timeout_ms);
             return;
         }
-        uint64_t wait_ms = (wake - now + 999999) / 1000000;
+        uint64_t wait_ms = wake > now ? (wake - now + 999999) / 1000000 : 0;
+        t_poll = rc_now();
         int pr = poll(c->pfd, np, (int)(wait_ms > 60000 ? 60000 : wait_ms));
         if (pr < 0) {
             if (errno == EINTR)
@@ -916,12 +909,32 @@ void rc_pump(ec_rcluster *c, uint64_t deadline)
                 rc_node_fail(c, c->pnode[j], EC_EIO, "poll failed: %s", strerror(e));
             return;
         }
+        last = t_poll >= deadline;
         now = rc_now();
-        for (size_t j = 0; j < np && pr > 0; j++) {
+        for (size_t j = 0; j < np; j++) {
             rc_node *nd = c->pnode[j];
             short re = c->pfd[j].revents;
-            if (!re)
+            int unread = 0;
+            if (!re) {
+                if (t_poll < nd->io_deadline)
+                    continue;
+                if (nd->state == NODE_UP && nd->lowat > 1 &&
+                    ioctl(nd->fd, FIONREAD, &unread) == 0 && unread > 0) {
+                    /* Bytes arrive, more slowly than SO_RCVLOWAT waits
+                     * for: that is progress, not silence. Wake for every
+                     * byte from now. */
+                    rc_lowat(nd, 1);
+                    nd->io_deadline = now + (uint64_t)c->o.io_timeout_ms * 1000000ull;
+                } else if (nd->state == NODE_CONNECTING) {
+                    c->st.connect_failures++;
+                    rc_node_fail(c, nd, EC_ECONN, "connect timed out after %u ms "
+                                 "(connect_timeout_ms)", c->o.connect_timeout_ms);
+                } else {
+                    rc_node_fail(c, nd, EC_ETIMEOUT, "no reply for %u ms (io_timeout_ms); "
+                                 "the connection was dropped", c->o.io_timeout_ms);
+                }
                 continue;
+            }
             if (nd->state == NODE_CONNECTING) {
                 rc_node_connected(c, nd, now);
                 continue;

@@ -589,12 +589,49 @@ static void test_fake_bad_replies(void **state)
     fake_stop(&f);
 }
 
+/* A connection left idle for longer than io_timeout_ms serves the next
+ * call: the timeout measures how long a node owes a reply, not how long
+ * the connection sat unused, nor how long this process was not scheduled.
+ * The next call's commands go out on the same connection, with no retry. */
+static void test_fake_idle_connection(void **state)
+{
+    ec_rcluster_opts o = bad_reply_opts;
+    ec_rcluster_stats s0, s1;
+    ec_rcluster *c = NULL;
+    char seeds[32];
+    void *v = NULL;
+    size_t vl = 0;
+    fake f;
+    (void)state;
+
+    fake_start(&f, FAKE_MAP_LONGOK);
+    snprintf(seeds, sizeof(seeds), "127.0.0.1:%d", f.port);
+    assert_int_equal(ec_rcluster_open(seeds, &o, &c), 0);
+    assert_int_equal(ec_rcluster_get(c, "foo", 3, &v, &vl), 0);
+    free(v);
+    v = NULL;
+    ec_rcluster_stats_get(c, &s0);
+    usleep((useconds_t)(o.io_timeout_ms * 2) * 1000u);
+    if (ec_rcluster_get(c, "foo", 3, &v, &vl) != 0)
+        fail_msg("a GET after %u ms idle: %s", o.io_timeout_ms * 2, ec_last_error());
+    assert_int_equal(vl, 100000);
+    free(v);
+    ec_rcluster_stats_get(c, &s1);
+    if (s1.connects != s0.connects || s1.retries != s0.retries)
+        fail_msg("the idle connection was dropped: %llu connects, %llu retries after it",
+                 (unsigned long long)(s1.connects - s0.connects),
+                 (unsigned long long)(s1.retries - s0.retries));
+    ec_rcluster_close(c);
+    fake_stop(&f);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_fake_bad_maps),
         cmocka_unit_test(test_fake_bad_replies),
         cmocka_unit_test(test_fake_bad_replies_into),
+        cmocka_unit_test(test_fake_idle_connection),
     };
 
     signal(SIGPIPE, SIG_IGN);
