@@ -181,6 +181,7 @@ struct tally {
     uint64_t streak_start_ms, longest_streak_ms, clean_after;
     bool in_streak;
     char first_msg[EC_ERRMSG_MAX], last_msg[EC_ERRMSG_MAX];
+    char else_msg[EC_ERRMSG_MAX]; /* the first error on a key elsewhere */
 };
 
 static void note_error(struct tally *t, const char *msg)
@@ -337,8 +338,9 @@ static void on_value(void *arg, size_t i, int status, const void *val, size_t le
     } else {
         note_error(c->t, msg ? msg : ec_strerror(status));
     }
-    if (!k->victim)
-        c->t->errors_elsewhere++;
+    if (!k->victim && !c->t->errors_elsewhere++)
+        snprintf(c->t->else_msg, sizeof(c->t->else_msg), "key '%s': %s", k->name,
+                 msg ? msg : ec_strerror(status));
 }
 
 static int cmd_cluster(int argc, char **argv)
@@ -438,6 +440,8 @@ static int cmd_cluster(int argc, char **argv)
     if (t.errors)
         printf("rc_reader cluster: first error: %s\nrc_reader cluster: last error: %s\n",
                t.first_msg, t.last_msg);
+    if (t.errors_elsewhere)
+        printf("rc_reader cluster: first error elsewhere: %s\n", t.else_msg);
     r = 0;
 out:
     ec_rcluster_close(rc);
