@@ -350,6 +350,12 @@ static int rc_ext_put(rc_node *nd, const void *p, size_t len)
     return seg_push(nd, (rc_seg){.ext = p, .off = 0, .len = len});
 }
 
+/* nd owes a reply (or progress on one) within io_timeout_ms of now. */
+static void rc_io_arm(const ec_rcluster *c, rc_node *nd, uint64_t now)
+{
+    nd->io_deadline = now + (uint64_t)c->o.io_timeout_ms * 1000000ull;
+}
+
 /* Queue one command (RESP array of bulk strings) on nd and its FIFO entry.
  * Arguments over 4 KiB are sent from where they lie. */
 int rc_queue(ec_rcluster *c, rc_node *nd, int argc, const rc_arg *argv, uint32_t entry)
@@ -360,7 +366,7 @@ int rc_queue(ec_rcluster *c, rc_node *nd, int argc, const rc_arg *argv, uint32_t
     /* An idle connection's io_deadline is that of its last reply: it owes
      * nothing until now, so its time to answer starts now. */
     if (!rc_node_busy(nd) && nd->state == NODE_UP)
-        nd->io_deadline = rc_now() + (uint64_t)c->o.io_timeout_ms * 1000000ull;
+        rc_io_arm(c, nd, rc_now());
     /* A connection's first command is AUTH, when there is a password (the
      * queue of a node is empty until its connection's first command), with
      * the credentials as they are now (a reload may have changed them). */
@@ -421,7 +427,7 @@ static void rc_node_up(ec_rcluster *c, rc_node *nd, uint64_t now)
     nd->rd->privdata = nd;
     nd->rd->maxbuf = RC_READER_KEEP;
     nd->state = NODE_UP;
-    nd->io_deadline = now + (uint64_t)c->o.io_timeout_ms * 1000000ull;
+    rc_io_arm(c, nd, now);
     c->st.connects++;
 }
 
@@ -516,7 +522,7 @@ static void rc_node_write(ec_rcluster *c, rc_node *nd, uint64_t now)
             return;
         }
         c->st.bytes_out += (uint64_t)w;
-        nd->io_deadline = now + (uint64_t)c->o.io_timeout_ms * 1000000ull;
+        rc_io_arm(c, nd, now);
         while (w > 0) {
             size_t left = nd->seg[nd->seg_cur].len - nd->seg_off;
             if ((size_t)w >= left) {
@@ -798,7 +804,7 @@ static void rc_node_read(ec_rcluster *c, rc_node *nd, uint64_t now)
             return;
         }
         c->st.bytes_in += (uint64_t)r;
-        nd->io_deadline = now + (uint64_t)c->o.io_timeout_ms * 1000000ull;
+        rc_io_arm(c, nd, now);
         if (nd->bulk_on) {
             nd->bulk_got += (size_t)r;
             if (nd->bulk_got == nd->bulk_want && rc_direct_finish(c, nd) != 0)
@@ -924,7 +930,7 @@ void rc_pump(ec_rcluster *c, uint64_t deadline)
                      * for: that is progress, not silence. Wake for every
                      * byte from now. */
                     rc_lowat(nd, 1);
-                    nd->io_deadline = now + (uint64_t)c->o.io_timeout_ms * 1000000ull;
+                    rc_io_arm(c, nd, now);
                 } else if (nd->state == NODE_CONNECTING) {
                     c->st.connect_failures++;
                     rc_node_fail(c, nd, EC_ECONN, "connect timed out after %u ms "
