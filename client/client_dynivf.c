@@ -30,7 +30,10 @@
  *      while L is built_lsn nothing is looked up, and the finish drops it)
  *      and its slot's lsn is not in (built_lsn, L] (then the delta offered
  *      its row of now; a key written after L is offered from the index,
- *      and step 4 scores its row of now);
+ *      and step 4 scores its row of now). A list's keys are looked up once
+ *      per snapshot, by the first search at L that probes it, and the
+ *      answer is kept in the snapshot for the searches after it (a key
+ *      deleted after that look-up is offered still: step 4 drops it);
  *   4. finish: each candidate key is looked up (its row now) and scored
  *      again in double precision exactly as exact search scores it
  *      (cl_search_exact); a key gone meanwhile drops out, repeats are
@@ -44,14 +47,13 @@
  * them is better served by a rebuild (ec_index_staleness_get says how many
  * rows were written since).
  *
- * Runs on the caller's thread, except cl_dynivf_keep_many, which the search's
+ * Runs on the caller's thread, except cl_dynivf_list_keep, which the search's
  * threads call; nothing here writes shared memory; the snapshot's pointer
  * is swapped under its cache's lock.
  */
 #include "client/client_impl.h"
 #include "client/search_impl.h"
 
-#include <cblas.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -62,6 +64,8 @@
 #define BLOCK 1024u
 /* Scores of a block, at most (a chunk of many queries: smaller blocks). */
 #define BLOCK_FLOATS ((size_t)4 << 20)
+/* Slots of a list's delta prefetched ahead of the one being read. */
+#define PREFETCH_AHEAD 4u
 /* Scores of rows against the centroids while assigning, at most (16 MiB). */
 #define ASSIGN_FLOATS ((size_t)4 << 20)
 
@@ -84,6 +88,8 @@ static void snap_put(struct cl_dsnap *sn)
     free(sn->list);
     free(sn->lstart);
     free(sn->lent);
+    free(sn->keep);
+    free(sn->ready);
     free(sn);
 }
 
@@ -112,64 +118,66 @@ void cl_dyndelta_destroy(struct cl_dyndelta *c)
     c->snap = NULL;
 }
 
-int cl_dynivf_begin(struct cl_dynivf *d, ec_tensor *t, uint64_t built_lsn, size_t kp,
-                    struct cl_dyndelta *cache)
+int cl_dynscratch_alloc(struct cl_dynscratch *w, const ec_tensor *t, size_t kp)
 {
     size_t dim = (size_t)t->t.shape[1];
-    int rc;
 
-    memset(d, 0, sizeof(*d));
-    d->t = t;
-    d->cache = cache;
-    d->built_lsn = built_lsn;
-    if ((rc = table_view(t, &d->ref, &d->v)))
-        return rc;
-    d->lsn = atomic_load_explicit(&d->v.hdr->lsn, memory_order_acquire);
-    if (d->lsn < built_lsn)
-        return ec_seterr(EC_EINVAL, "the index of dynamic table '%s' of model '%s' version "
-                                    "%lld was built at lsn %llu, and the table is at lsn %llu: "
-                                    "it is not of this table's history; build it again "
-                                    "(`embcache index build %s %lld %s`)", t->t.name,
-                         t->t.model, (long long)t->t.version, (unsigned long long)built_lsn,
-                         (unsigned long long)d->lsn, t->t.model, (long long)t->t.version,
-                         t->t.name);
-    d->X = malloc((size_t)BLOCK * dim * sizeof(float));
-    d->norms = malloc(BLOCK * sizeof(float));
-    d->keys = malloc(BLOCK * sizeof(int64_t));
-    d->raw = malloc(t->t.row_bytes + 1);
-    d->cd = malloc((kp ? kp : 1) * sizeof(struct cand));
-    if (!d->X || !d->norms || !d->keys || !d->raw || !d->cd)
+    memset(w, 0, sizeof(*w));
+    w->X = malloc((size_t)BLOCK * dim * sizeof(float));
+    w->P = malloc(cl_panel_floats(BLOCK, dim) * sizeof(float));
+    w->norms = malloc(BLOCK * sizeof(float));
+    w->keys = malloc(BLOCK * sizeof(int64_t));
+    w->raw = malloc(EC_DYN_BATCH * t->t.row_bytes + 1);
+    w->cd = malloc((kp ? kp : 1) * sizeof(struct cand));
+    if (!w->X || !w->P || !w->norms || !w->keys || !w->raw || !w->cd)
         return ec_seterr(EC_ENOMEM, "approximate search of dynamic table '%s'", t->t.name);
+    return 0;
+}
+
+void cl_dynscratch_free(struct cl_dynscratch *w)
+{
+    free(w->X);
+    free(w->P);
+    free(w->norms);
+    free(w->keys);
+    free(w->raw);
+    free(w->C);
+    free(w->cd);
+    memset(w, 0, sizeof(*w));
+}
+
+/* w->C holds at least n floats. */
+static int scratch_scores(struct cl_dynscratch *w, size_t n, const char *table)
+{
+    float *c;
+
+    if (w->ccap >= n)
+        return 0;
+    if (!(c = realloc(w->C, n * sizeof(float))))
+        return ec_seterr(EC_ENOMEM, "approximate search of dynamic table '%s': %zu scores",
+                         table, n);
+    w->C = c;
+    w->ccap = n;
     return 0;
 }
 
 void cl_dynivf_free(struct cl_dynivf *d)
 {
-    free(d->X);
-    free(d->norms);
-    free(d->C);
-    free(d->Qb);
-    free(d->keys);
-    free(d->raw);
-    free(d->cd);
     snap_put(d->snap);
     memset(d, 0, sizeof(*d));
 }
 
-/* The nearest centroid of each of the m rows d->X into out, by the build's
+/* The nearest centroid of each of the m rows w->X into out, by the build's
  * key (IP and cosine: x.c, the largest; L2: 2 x.c - |c|^2; ties: the
  * smaller list). */
-static void assign(struct cl_dynivf *d, const struct cl_dynprobe *p, size_t m, uint32_t *out)
+static void assign(struct cl_dynscratch *w, const struct cl_dynprobe *p, size_t m,
+                   uint32_t *out)
 {
     size_t nl = p->nlist;
 
-    if (m < EC_SEARCH_GEMM_MIN)
-        cl_search_dots(d->X, m, p->centroids, nl, p->dim, d->C, nl, NULL);
-    else
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)m, (int)nl, (int)p->dim,
-                    1.0f, d->X, (int)p->dim, p->centroids, (int)p->dim, 0.0f, d->C, (int)nl);
+    cl_panel_dots(w->X, m, p->dim, p->cpanel, nl, w->C, nl);
     for (size_t i = 0; i < m; i++)
-        out[i] = cl_search_nearest(d->C + i * nl, nl,
+        out[i] = cl_search_nearest(w->C + i * nl, nl,
                                    p->metric == EC_METRIC_L2 ? p->cnorms : NULL);
 }
 
@@ -199,7 +207,8 @@ static int grow(struct cl_dsnap *sn, uint64_t *cap)
  * lists of prev's slots whose lsn did not move (prev: a snapshot of the
  * same extent, or NULL). */
 static int snap_scan(struct cl_dynivf *d, const struct cl_dynprobe *p,
-                     const struct cl_dsnap *prev, struct cl_dsnap **out)
+                     const struct cl_dsnap *prev, struct cl_dynscratch *w,
+                     struct cl_dsnap **out)
 {
     ec_dtype dt = (ec_dtype)d->t->t.dtype;
     struct cl_dsnap *sn = calloc(1, sizeof(*sn));
@@ -210,12 +219,9 @@ static int snap_scan(struct cl_dynivf *d, const struct cl_dynprobe *p,
     if (!sn)
         return ec_seterr(EC_ENOMEM, "the delta of dynamic table '%s'", d->t->t.name);
     ab = ab > BLOCK ? BLOCK : ab < 1 ? 1 : ab; /* rows assigned at once */
-    free(d->C);
-    if (!(d->C = malloc(ab * p->nlist * sizeof(float)))) {
+    if ((rc = scratch_scores(w, ab * p->nlist, d->t->t.name))) {
         free(sn);
-        return ec_seterr(EC_ENOMEM, "approximate search of dynamic table '%s': scores of "
-                                    "%zu rows against %u centroids", d->t->t.name, ab,
-                         p->nlist);
+        return rc;
     }
     atomic_init(&sn->refs, 1);
     sn->off = d->ref.offset;
@@ -248,13 +254,13 @@ static int snap_scan(struct cl_dynivf *d, const struct cl_dynprobe *p,
             /* New or rewritten: its row, to assign (a slot rewritten since
              * the peek holds a newer row, and its lsn moved: the next
              * snapshot assigns it again). */
-            if ((r = ec_dyn_slot_read(&d->v, s, &key, d->raw)) < 0) {
+            if ((r = ec_dyn_slot_read(&d->v, s, &key, w->raw)) < 0) {
                 rc = r;
                 break;
             }
             if (r == 0)
                 continue;
-            cl_to_f32(d->X + m * p->dim, d->raw, p->dim, dt);
+            cl_to_f32(w->X + m * p->dim, w->raw, p->dim, dt);
             pend[m++] = sn->n;
             sn->slots[sn->n] = s;
             sn->slsn[sn->n++] = lsn;
@@ -265,14 +271,17 @@ static int snap_scan(struct cl_dynivf *d, const struct cl_dynprobe *p,
             continue;
         {
             uint32_t lists[BLOCK];
-            assign(d, p, m, lists);
+            assign(w, p, m, lists);
             for (size_t i = 0; i < m; i++)
                 sn->list[pend[i]] = lists[i];
         }
         m = 0;
     }
+    sn->rows = p->rows;
     if (rc == 0 && (!(sn->lstart = calloc((size_t)p->nlist + 1, sizeof(uint64_t))) ||
                     !(sn->lent = malloc((sn->n ? sn->n : 1) * sizeof(uint64_t))) ||
+                    !(sn->keep = calloc(p->rows ? p->rows : 1, sizeof(atomic_uchar))) ||
+                    !(sn->ready = calloc(p->nlist, sizeof(atomic_uchar))) ||
                     !(cur = malloc(((size_t)p->nlist + 1) * sizeof(uint64_t)))))
         rc = ec_seterr(EC_ENOMEM, "the delta of dynamic table '%s' by list", d->t->t.name);
     if (rc) {
@@ -294,13 +303,14 @@ static int snap_scan(struct cl_dynivf *d, const struct cl_dynprobe *p,
 
 /* The snapshot of the delta at d->lsn into d->snap: the cache's, or a new
  * one (kept in the cache for the searches after this one). */
-static int snap_at_lsn(struct cl_dynivf *d, const struct cl_dynprobe *p)
+static int snap_at_lsn(struct cl_dynivf *d, const struct cl_dynprobe *p,
+                       struct cl_dynscratch *w)
 {
     struct cl_dsnap *prev = snap_get(d->cache), *sn;
     int rc;
 
     if (prev && (prev->off != d->ref.offset || prev->eseq != d->ref.seq ||
-                 prev->nlist != p->nlist)) {
+                 prev->nlist != p->nlist || prev->rows != p->rows)) {
         snap_put(prev); /* another table (extent) or index: nothing to reuse */
         prev = NULL;
     }
@@ -308,7 +318,7 @@ static int snap_at_lsn(struct cl_dynivf *d, const struct cl_dynprobe *p)
         d->snap = prev;
         return 0;
     }
-    rc = snap_scan(d, p, prev, &sn);
+    rc = snap_scan(d, p, prev, w, &sn);
     snap_put(prev);
     if (rc)
         return rc;
@@ -328,148 +338,185 @@ static int snap_at_lsn(struct cl_dynivf *d, const struct cl_dynprobe *p)
     return 0;
 }
 
-/* Score the m rows d->X (keys d->keys) against the nql queries d->Qb of
- * list numbers qs into their heaps, with exact search's keys. */
-static void offer_block(struct cl_dynivf *d, const struct cl_dynprobe *p, const uint32_t *qs,
-                        size_t nql, size_t m)
+int cl_dynivf_begin(struct cl_dynivf *d, ec_tensor *t, uint64_t built_lsn,
+                    struct cl_dyndelta *cache, const struct cl_dynprobe *p,
+                    struct cl_dynscratch *w)
+{
+    int rc;
+
+    memset(d, 0, sizeof(*d));
+    d->t = t;
+    d->cache = cache;
+    d->built_lsn = built_lsn;
+    if ((rc = table_view(t, &d->ref, &d->v)))
+        return rc;
+    d->lsn = atomic_load_explicit(&d->v.hdr->lsn, memory_order_acquire);
+    if (d->lsn < built_lsn)
+        return ec_seterr(EC_EINVAL, "the index of dynamic table '%s' of model '%s' version "
+                                    "%lld was built at lsn %llu, and the table is at lsn %llu: "
+                                    "it is not of this table's history; build it again "
+                                    "(`embcache index build %s %lld %s`)", t->t.name,
+                         t->t.model, (long long)t->t.version, (unsigned long long)built_lsn,
+                         (unsigned long long)d->lsn, t->t.model, (long long)t->t.version,
+                         t->t.name);
+    /* Nothing written since the build: no delta, nothing to look up (a
+     * batch being applied now may be missed, as any concurrent write). */
+    if (d->lsn == built_lsn)
+        return 0;
+    return snap_at_lsn(d, p, w);
+}
+
+/* Score the m rows w->X (keys w->keys) against the nql queries Qb of
+ * numbers qs into their heaps, with exact search's keys. */
+static void offer_block(const struct cl_dynprobe *p, const struct cl_heaps *hp,
+                        const uint32_t *qs, size_t nql, const float *Qb, size_t m,
+                        struct cl_dynscratch *w)
 {
     ec_metric metric = p->metric;
 
-    if (nql < EC_SEARCH_GEMM_MIN)
-        cl_search_dots(d->Qb, nql, d->X, m, p->dim, d->C, m,
-                       metric == EC_METRIC_IP ? NULL : d->norms);
-    else {
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)nql, (int)m, (int)p->dim,
-                    1.0f, d->Qb, (int)p->dim, d->X, (int)p->dim, 0.0f, d->C, (int)m);
+    if (cl_panel_pays(nql, p->dim)) {
+        cl_panel_pack(w->X, m, p->dim, w->P);
+        cl_panel_dots(Qb, nql, p->dim, w->P, m, w->C, m);
         if (metric != EC_METRIC_IP)
-            cl_search_dots(NULL, 0, d->X, m, p->dim, NULL, 0, d->norms);
+            cl_search_dots(NULL, 0, w->X, m, p->dim, NULL, 0, w->norms);
+    } else {
+        cl_search_dots(Qb, nql, w->X, m, p->dim, w->C, m,
+                       metric == EC_METRIC_IP ? NULL : w->norms);
     }
     for (size_t i = 0; i < nql; i++) {
         uint32_t q = qs[i];
         for (size_t r = 0; r < m; r++) {
-            float c = d->C[i * m + r], key;
+            float c = w->C[i * m + r], key;
             if (metric == EC_METRIC_IP)
                 key = c;
             else if (metric == EC_METRIC_COSINE)
-                key = d->norms[r] > 0 ? c / sqrtf(d->norms[r]) : 0.0f;
+                key = w->norms[r] > 0 ? c / sqrtf(w->norms[r]) : 0.0f;
             else
-                key = 2.0f * c - d->norms[r];
+                key = 2.0f * c - w->norms[r];
             if (key != key)
                 key = -INFINITY;
-            if (p->hn[q] == p->kp && key < p->thr[q])
+            if (hp->hn[q] == p->kp && key < hp->thr[q])
                 continue;
-            cl_search_heap_offer(p->heap + q * p->kp, &p->hn[q], p->kp, &p->thr[q], key,
-                                 d->keys[r]);
+            cl_search_heap_offer(hp->heap + q * p->kp, &hp->hn[q], p->kp, &hp->thr[q], key,
+                                 w->keys[r]);
         }
     }
 }
 
-int cl_dynivf_delta(struct cl_dynivf *d, const struct cl_dynprobe *p)
+int cl_dynivf_delta_list(const struct cl_dynivf *d, const struct cl_dynprobe *p, uint32_t l,
+                         const float *Qb, const struct cl_heaps *hp, struct cl_dynscratch *w)
 {
     ec_dtype dt = (ec_dtype)d->t->t.dtype;
-    const struct cl_dsnap *sn;
-    size_t blk = BLOCK_FLOATS / (p->nq ? p->nq : 1);
+    const struct cl_dsnap *sn = d->snap;
+    const uint32_t *qs = p->qlist + p->qstart[l];
+    size_t nql = p->qstart[l + 1] - p->qstart[l], m = 0, blk;
+    uint64_t e0, e1;
     int rc;
 
     /* Nothing written since the build (a batch being applied now may be
-     * missed, as any write concurrent with the search). */
-    if (d->lsn == d->built_lsn)
+     * missed, as any write concurrent with the search), or not in list l. */
+    if (!sn || nql == 0 || (e0 = sn->lstart[l]) == (e1 = sn->lstart[l + 1]))
         return 0;
-    if ((rc = snap_at_lsn(d, p)))
-        return rc;
-    sn = d->snap;
-    if (sn->n == 0)
-        return 0;
+    blk = BLOCK_FLOATS / nql;
     blk = blk > BLOCK ? BLOCK : blk < 16 ? 16 : blk;
-    free(d->C);
-    d->C = NULL;
-    if (!(d->C = malloc(p->nq * blk * sizeof(float))) ||
-        !(d->Qb = malloc(p->nq * p->dim * sizeof(float))))
-        return ec_seterr(EC_ENOMEM, "approximate search of dynamic table '%s': scores of %zu "
-                                    "queries", d->t->t.name, p->nq);
-    for (uint32_t l = 0; l < p->nlist; l++) {
-        const uint32_t *qs = p->qlist + p->qstart[l];
-        size_t nql = p->qstart[l + 1] - p->qstart[l], m = 0;
-        uint64_t e0 = sn->lstart[l], e1 = sn->lstart[l + 1];
-
-        if (nql == 0 || e0 == e1)
-            continue;
-        for (size_t i = 0; i < nql; i++)
-            memcpy(d->Qb + i * p->dim, p->q + (size_t)qs[i] * p->dim, p->dim * sizeof(float));
-        for (uint64_t e = e0; e <= e1; e++) {
-            if (e < e1) {
-                int64_t key;
-                int r = ec_dyn_slot_read(&d->v, sn->slots[sn->lent[e]], &key, d->raw);
-                if (r < 0)
-                    return r;
-                if (r == 0)
-                    continue; /* freed since the scan (a batch applied now) */
-                cl_to_f32(d->X + m * p->dim, d->raw, p->dim, dt);
-                d->keys[m++] = key;
-                d->delta++;
-                if (m < blk)
-                    continue;
-            }
-            if (m == 0)
+    if ((rc = scratch_scores(w, nql * blk, d->t->t.name)))
+        return rc;
+    /* The slots are known: each is prefetched PREFETCH_AHEAD reads ahead. */
+    for (uint64_t e = e0; e < e1 && e < e0 + PREFETCH_AHEAD; e++)
+        ec_dyn_slot_prefetch(&d->v, sn->slots[sn->lent[e]]);
+    for (uint64_t e = e0; e <= e1; e++) {
+        if (e < e1) {
+            int64_t key;
+            int r;
+            if (e + PREFETCH_AHEAD < e1)
+                ec_dyn_slot_prefetch(&d->v, sn->slots[sn->lent[e + PREFETCH_AHEAD]]);
+            r = ec_dyn_slot_read(&d->v, sn->slots[sn->lent[e]], &key, w->raw);
+            if (r < 0)
+                return r;
+            if (r == 0)
+                continue; /* freed since the scan (a batch applied now) */
+            cl_to_f32(w->X + m * p->dim, w->raw, p->dim, dt);
+            w->keys[m++] = key;
+            if (m < blk)
                 continue;
-            offer_block(d, p, qs, nql, m);
-            m = 0;
         }
+        if (m == 0)
+            continue;
+        offer_block(p, hp, qs, nql, Qb, m, w);
+        m = 0;
     }
     return 0;
 }
 
-void cl_dynivf_keep_many(const struct cl_dynivf *d, const int64_t *keys, size_t n, bool *keep)
+const atomic_uchar *cl_dynivf_list_keep(const struct cl_dynivf *d, uint32_t l,
+                                        const int64_t *ids, uint64_t e0, uint64_t e1)
 {
+    struct cl_dsnap *sn = d->snap;
     int found[EC_DYN_BATCH];
     uint64_t lsn[EC_DYN_BATCH];
 
     /* Nothing written since the build: every listed key is as it was (a
      * batch being applied now may be missed; the finish drops a key gone). */
-    if (d->lsn == d->built_lsn) {
-        for (size_t i = 0; i < n; i++)
-            keep[i] = true;
-        return;
-    }
+    if (d->lsn == d->built_lsn || !sn)
+        return NULL;
+    if (atomic_load_explicit(&sn->ready[l], memory_order_acquire))
+        return sn->keep;
     /* A key stays out when absent (deleted or evicted since the build, or
      * a slot left half-written: cl_dynivf_end or the finish says) or when
-     * written in (built, L] (the delta offers its row of now). */
-    if (n == 0)
-        return;
-    if (ec_dyn_keys_lsn(&d->v, keys, n, found, lsn) < 0) {
-        /* A key stays half-written: the others one by one, as before. */
+     * written in (built, L] (the delta offers its row of now). A key
+     * deleted or written after this look-up stays in: the finish scores
+     * its row of now, or drops it. */
+    for (uint64_t e = e0; e < e1; e += EC_DYN_BATCH) {
+        size_t n = e1 - e < EC_DYN_BATCH ? (size_t)(e1 - e) : EC_DYN_BATCH;
+        if (ec_dyn_find_many(&d->v, ids + e, n, found, lsn, NULL) < 0) {
+            /* A key stays half-written: the others one by one, as before. */
+            for (size_t i = 0; i < n; i++)
+                found[i] = ec_dyn_key_lsn(&d->v, ids[e + i], &lsn[i]);
+        }
         for (size_t i = 0; i < n; i++)
-            found[i] = ec_dyn_key_lsn(&d->v, keys[i], &lsn[i]);
+            atomic_store_explicit(&sn->keep[e + i],
+                                  found[i] == 1 && (lsn[i] <= d->built_lsn || lsn[i] > d->lsn),
+                                  memory_order_relaxed);
     }
-    for (size_t i = 0; i < n; i++)
-        keep[i] = found[i] == 1 && (lsn[i] <= d->built_lsn || lsn[i] > d->lsn);
+    atomic_store_explicit(&sn->ready[l], 1, memory_order_release);
+    return sn->keep;
 }
 
-int cl_dynivf_finish(struct cl_dynivf *d, ec_metric metric, const float *query, size_t dim,
-                     const struct hent *h, uint32_t n, size_t k, float *scores, int64_t *ids)
+int cl_dynivf_finish(const struct cl_dynivf *d, struct cl_dynscratch *w, ec_metric metric,
+                     const float *query, size_t dim, const struct hent *h, uint32_t n,
+                     size_t k, float *scores, int64_t *ids)
 {
     ec_dtype dt = (ec_dtype)d->t->t.dtype;
-    struct cand *cd = d->cd;
-    uint32_t m = 0;
+    struct cand *cd = w->cd;
+    uint32_t u = 0, m = 0;
     double qn = 0;
 
     for (uint32_t i = 0; i < n; i++)
         cd[i] = (struct cand){0, h[i].id};
     qsort(cd, n, sizeof(*cd), cl_search_cand_cmp); /* all scores 0: by id */
+    for (uint32_t i = 0; i < n; i++)
+        if (u == 0 || cd[u - 1].id != cd[i].id)
+            cd[u++] = cd[i]; /* offered twice (by the delta and a list, a key that moved) */
     for (size_t j = 0; j < dim; j++)
         qn += (double)query[j] * query[j];
     qn = sqrt(qn);
-    for (uint32_t i = 0; i < n; i++) {
-        int r;
-        if (m && cd[m - 1].id == cd[i].id)
-            continue; /* offered twice (by the delta and a list, a key that moved) */
-        if ((r = ec_dyn_find(&d->v, cd[i].id, d->raw, NULL)) < 0)
+    /* Each key's row of now, EC_DYN_BATCH keys looked up together; cd[m..)
+     * is read before it is written (m <= i). */
+    for (uint32_t i0 = 0; i0 < u; i0 += EC_DYN_BATCH) {
+        uint32_t nb = u - i0 < EC_DYN_BATCH ? u - i0 : EC_DYN_BATCH;
+        int64_t keys[EC_DYN_BATCH];
+        int found[EC_DYN_BATCH], r;
+        for (uint32_t j = 0; j < nb; j++)
+            keys[j] = cd[i0 + j].id;
+        if ((r = ec_dyn_find_many(&d->v, keys, nb, found, NULL, w->raw)) < 0)
             return r;
-        if (r == 0)
-            continue; /* deleted since it was offered */
-        cl_to_f32(d->X, d->raw, dim, dt);
-        cd[m].id = cd[i].id;
-        cd[m++].score = cl_search_exact(metric, query, qn, d->X, dim);
+        for (uint32_t j = 0; j < nb; j++) {
+            if (!found[j])
+                continue; /* deleted since it was offered */
+            cl_to_f32(w->X, w->raw + j * d->v.row_bytes, dim, dt);
+            cd[m].id = keys[j];
+            cd[m++].score = cl_search_exact(metric, query, qn, w->X, dim);
+        }
     }
     qsort(cd, m, sizeof(*cd), cl_search_cand_cmp);
     for (size_t i = 0; i < k; i++) {

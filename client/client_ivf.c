@@ -4,7 +4,10 @@
  * ec_index_info_get().
  *
  * Called by ec_search (client_search.c) on the caller's thread, which
- * starts up to opts.threads - 1 more and joins them before it returns.
+ * starts up to opts.threads - 1 more for each of steps 1, 3 and 4 below
+ * and joins them before the next step. None of those steps calls a
+ * multithreaded library: OpenBLAS's pool, which spins after each product,
+ * would compete with them for the same cores (client/search_panel.c).
  * Never writes the segment or the index; takes the client's lock only for
  * the INDEX_OPEN request and inside the gathers of the final scoring.
  *
@@ -18,32 +21,35 @@
  * It stays until the handle is released (cl_ivf_release).
  *
  * A search, for chunks of at most QCHUNK queries:
- *   1. coarse: every query against the nlist centroids (the vectorized
- *      kernel below EC_SEARCH_GEMM_MIN queries, cblas_sgemm from there),
- *      keys as exact search's (IP and cosine: q.c; L2: 2 q.c - |c|^2); the
- *      nprobe best lists per query are kept;
+ *   1. coarse: every query against the nlist centroids (the panel kernel,
+ *      client/search_panel.c, on centroids packed when the index is
+ *      mapped; the queries split among the search's threads), keys as
+ *      exact search's (IP and cosine: q.c; L2: 2 q.c - |c|^2); the nprobe
+ *      best lists per query are kept;
  *   2. inverted: for each list, the queries that probe it;
  *   3. fine: threads claim lists; each list's rows are scored against the
  *      queries that probe it (few: the vectorized kernel, each row read
- *      once for all of them; EC_SEARCH_GEMM_MIN or more: cblas_sgemm) into
- *      heaps of the thread's own, k + slack per query, merged at the end;
- *   4. the answer: each query's candidates are gathered from the tensor and
- *      scored again in double precision (cl_search_finish), exactly as exact
- *      search answers, so a row found has the score exact search gives it.
+ *      once for all of them; enough that packing pays, cl_panel_pays: the
+ *      panel kernel, PACK_ROWS rows packed at a time) into heaps of the
+ *      thread's own, k + slack per query;
+ *   4. the answer, the queries split among the threads: each query's
+ *      candidates are merged from every thread's heaps, gathered from the
+ *      tensor and scored again in double precision (cl_search_finish),
+ *      exactly as exact search answers, so a row found has the score exact
+ *      search gives it.
  * Invariants: a list is scanned by one thread per chunk; a row is offered to
  * a query's heap at most once per chunk (it is in one list, and a query
  * probes a list once); every id offered came from the checked ids section.
  *
  * A dynamic table's index (KEYED: its ids are keys) is searched the same
- * way, with the steps of client_dynivf.c around it: before the lists, the
- * rows written since the build that lie in the probed lists (each assigned
- * to its nearest centroid) are offered to the heaps of thread 0; a
- * list's key is offered only if cl_dynivf_keep_many says so; the answer is
+ * way, with the steps of client_dynivf.c around it: with each list, the
+ * thread that scans it offers the rows written since the build that lie in
+ * it (each assigned to its nearest centroid) to its heaps; a
+ * list's key is offered only if cl_dynivf_list_keep says so; the answer is
  * scored against each key's row of now (cl_dynivf_finish) instead of
  * gathered by row id. There a key may be offered twice (by the delta and a
  * list, or twice by an unchecked file): the finish drops repeats.
  */
-#include <cblas.h>
 #include <math.h>
 
 #include "client/client_impl.h"
@@ -54,12 +60,15 @@
 #define QCHUNK 8192
 /* Floats of a score buffer (coarse and fine), at most: 16 MiB. */
 #define SCORE_FLOATS ((size_t)4 << 20)
+/* Rows of a list packed at once for the panel kernel. */
+#define PACK_ROWS 512u
 
 struct cl_ivf {
     void *map;
     size_t size;
     ec_ivf_view v;
     float *cnorms;              /* nlist: |c|^2 of each centroid */
+    float *cpanel;              /* the centroids packed for cl_panel_dots */
     uint64_t min_list, max_list;
     bool keyed;                 /* a dynamic table's: ids are keys */
     struct cl_dyndelta delta;   /* keyed: its delta, as last scanned and assigned */
@@ -71,6 +80,7 @@ void cl_ivf_release(struct cl_ivf *x)
         return;
     munmap(x->map, x->size);
     free(x->cnorms);
+    free(x->cpanel);
     cl_dyndelta_destroy(&x->delta);
     free(x);
 }
@@ -171,11 +181,13 @@ static int ivf_map(ec_tensor *t, struct cl_ivf **out)
                        (unsigned long long)x->v.dim);
         goto fail;
     }
-    if (!(x->cnorms = malloc(x->v.nlist * sizeof(float)))) {
-        rc = ec_seterr(EC_ENOMEM, "norms of %u centroids", x->v.nlist);
+    if (!(x->cnorms = malloc(x->v.nlist * sizeof(float))) ||
+        !(x->cpanel = malloc(cl_panel_floats(x->v.nlist, (size_t)x->v.dim) * sizeof(float)))) {
+        rc = ec_seterr(EC_ENOMEM, "norms and packed copy of %u centroids", x->v.nlist);
         goto fail;
     }
     cl_search_dots(NULL, 0, x->v.centroids, x->v.nlist, (size_t)x->v.dim, NULL, 0, x->cnorms);
+    cl_panel_pack(x->v.centroids, x->v.nlist, (size_t)x->v.dim, x->cpanel);
     x->min_list = UINT64_MAX;
     for (uint32_t l = 0; l < x->v.nlist; l++) {
         uint64_t n = x->v.offsets[l + 1] - x->v.offsets[l];
@@ -190,6 +202,7 @@ fail:
     if (x->map != MAP_FAILED)
         munmap(x->map, x->size);
     free(x->cnorms);
+    free(x->cpanel);
     cl_dyndelta_destroy(&x->delta);
     free(x);
     return rc;
@@ -246,19 +259,26 @@ struct iworker {
     struct ivs *s;
     unsigned idx;
     pthread_t th;
-    struct hent *heap;          /* n * kp: this thread's heaps */
-    uint32_t *hn;
-    float *thr;
+    struct cl_heaps hp;         /* this thread's heaps: n * kp */
     float *Qb;                  /* the queries of one list, packed */
     float *C;                   /* scores of a sub-block */
+    float *P;                   /* a sub-block packed for the panel kernel */
+    struct cl_dynscratch ds;    /* a dynamic table's search: the steps' scratch */
+    struct cl_finish f;         /* a tensor's: the finish's scratch */
+    int rc;                     /* 0, or the error this thread met (msg) */
+    char msg[EC_ERRMSG_MAX];
 };
 
 struct ivs {
     struct cl_ivf *x;           /* (its delta cache is written) */
+    ec_tensor *t;
     ec_metric metric;
-    size_t dim, kp;
+    size_t dim, kp, k;
     const float *q;             /* this chunk's queries as scored */
+    const float *raw_q;         /* as given (the finish scores these) */
     size_t n;                   /* queries in the chunk */
+    float *scores;              /* the chunk's answers: n * k */
+    int64_t *ids;
     uint32_t nprobe;
     uint32_t *probe;            /* n * nprobe lists */
     uint32_t *qstart;           /* nlist + 1: list l's queries are qlist[qstart[l]..) */
@@ -266,33 +286,34 @@ struct ivs {
     uint32_t *active;           /* lists probed by some query */
     uint32_t nactive;
     _Atomic uint32_t next;      /* the next entry of active to claim */
+    _Atomic int failed;         /* a thread met an error: the others stop */
     struct cl_dynivf *dyn;      /* a dynamic table's search: its steps; else NULL */
+    const struct cl_dynprobe *dp;
     unsigned nthreads;
     size_t cfloats;             /* floats of a thread's score buffer */
     struct iworker *w;
 };
 
-/* The nprobe best lists of each query of the chunk into s->probe. */
-static int coarse(struct ivs *s)
+/* Keep the error this thread met (messages are per thread). */
+static void iworker_fail(struct iworker *w, int rc)
+{
+    w->rc = rc;
+    snprintf(w->msg, sizeof(w->msg), "%s", ec_last_error());
+    atomic_store_explicit(&w->s->failed, 1, memory_order_relaxed);
+}
+
+/* The nprobe best lists of queries [q0, q1) of the chunk into s->probe,
+ * scored against the packed centroids in blocks of `step` queries through
+ * C (step * nlist floats) and h (nprobe entries). */
+static void coarse_range(const struct ivs *s, size_t q0, size_t q1, size_t step, float *C,
+                         struct hent *h)
 {
     const ec_ivf_view *v = &s->x->v;
-    size_t nl = v->nlist, step = SCORE_FLOATS / nl ? SCORE_FLOATS / nl : 1;
-    float *C = malloc((step < s->n ? step : s->n) * nl * sizeof(float));
-    struct hent *h = malloc(s->nprobe * sizeof(*h));
+    size_t nl = v->nlist;
 
-    if (!C || !h) {
-        free(C);
-        free(h);
-        return ec_seterr(EC_ENOMEM, "scores of %zu queries against %zu centroids", s->n, nl);
-    }
-    for (size_t q0 = 0; q0 < s->n; q0 += step) {
-        size_t m = s->n - q0 < step ? s->n - q0 : step;
-        if (m < EC_SEARCH_GEMM_MIN)
-            cl_search_dots(s->q + q0 * s->dim, m, v->centroids, nl, s->dim, C, nl, NULL);
-        else
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)m, (int)nl, (int)s->dim,
-                        1.0f, s->q + q0 * s->dim, (int)s->dim, v->centroids, (int)s->dim,
-                        0.0f, C, (int)nl);
+    for (size_t b0 = q0; b0 < q1; b0 += step) {
+        size_t m = q1 - b0 < step ? q1 - b0 : step;
+        cl_panel_dots(s->q + b0 * s->dim, m, s->dim, s->x->cpanel, nl, C, nl);
         for (size_t i = 0; i < m; i++) {
             const float *c = C + i * nl;
             uint32_t hn = 0;
@@ -305,12 +326,79 @@ static int coarse(struct ivs *s)
                     cl_search_heap_offer(h, &hn, s->nprobe, &thr, key, (int64_t)l);
             }
             for (uint32_t j = 0; j < s->nprobe; j++)
-                s->probe[(q0 + i) * s->nprobe + j] = (uint32_t)h[j].id;
+                s->probe[(b0 + i) * s->nprobe + j] = (uint32_t)h[j].id;
         }
     }
-    free(h);
-    free(C);
-    return 0;
+}
+
+/* One thread's share of the coarse step. */
+struct cworker {
+    const struct ivs *s;
+    pthread_t th;
+    size_t q0, q1, step;
+    float *C;
+    struct hent *h;
+};
+
+static void *coarse_worker(void *arg)
+{
+    struct cworker *w = arg;
+
+    coarse_range(w->s, w->q0, w->q1, w->step, w->C, w->h);
+    return NULL;
+}
+
+/* The nprobe best lists of each query of the chunk into s->probe: the
+ * queries split among up to `asked` threads (0: the CPUs; 1 when the step
+ * is small), each scoring its share with the panel kernel. */
+static int coarse(struct ivs *s, uint32_t asked)
+{
+    size_t nl = s->x->v.nlist, step = SCORE_FLOATS / nl ? SCORE_FLOATS / nl : 1;
+    unsigned n = asked ? asked : cl_cpus(), started = 0;
+    struct cworker *w;
+    size_t share;
+    int rc = 0;
+
+    if (n > 64)
+        n = 64;
+    if ((double)s->n * (double)nl * (double)s->dim < 4e6)
+        n = 1;
+    if (n > (s->n + 7) / 8)
+        n = (unsigned)((s->n + 7) / 8); /* at least 8 queries a thread */
+    share = (s->n + n - 1) / n;
+    step = step < share ? step : share;
+    if (!(w = calloc(n, sizeof(*w))))
+        return ec_seterr(EC_ENOMEM, "approximate search: %u threads", n);
+    for (unsigned i = 0; i < n; i++) {
+        w[i].s = s;
+        w[i].q0 = i * share < s->n ? i * share : s->n;
+        w[i].q1 = w[i].q0 + share < s->n ? w[i].q0 + share : s->n;
+        w[i].step = step;
+        w[i].C = malloc(step * nl * sizeof(float));
+        w[i].h = malloc(s->nprobe * sizeof(struct hent));
+        if (!w[i].C || !w[i].h) {
+            rc = ec_seterr(EC_ENOMEM, "scores of %zu queries against %zu centroids", step, nl);
+            goto out;
+        }
+    }
+    for (unsigned i = 1; i < n; i++) {
+        if (pthread_create(&w[i].th, NULL, coarse_worker, &w[i]))
+            break;
+        started++;
+    }
+    /* The calling thread does its share and those of threads not started. */
+    coarse_worker(&w[0]);
+    for (unsigned i = started + 1; i < n; i++)
+        coarse_worker(&w[i]);
+    for (unsigned i = 1; i <= started; i++)
+        pthread_join(w[i].th, NULL);
+out:
+    for (unsigned i = 0; i < n; i++) {
+        free(w[i].C);
+        free(w[i].h);
+    }
+    free(w);
+    return rc;
 }
 
 /* The queries of each list (a counting sort of the probes: queries in
@@ -339,21 +427,24 @@ static int invert(struct ivs *s)
     return 0;
 }
 
-/* Offer the scores C[i * m + r] of rows [r0, r0 + m) of list l to the heaps
- * of the list's queries qs[0..nql). */
+/* Offer the scores C[i * m + r] of the m entries of the index from base
+ * on to the heaps of the list's queries qs[0..nql); a dynamic table's: only
+ * the entries keep (of the index, NULL: all) says. */
 static void commit(struct ivs *s, struct iworker *w, const float *C, size_t m, uint64_t base,
-                   const uint32_t *qs, size_t nql)
+                   const uint32_t *qs, size_t nql, const atomic_uchar *keep)
 {
     const int64_t *ids = s->x->v.ids + base;
     const float *norms = s->x->v.norms + base;
     bool l2 = s->metric == EC_METRIC_L2;
     float kb[16];
 
+    if (keep)
+        keep += base;
     for (size_t i = 0; i < nql; i++) {
         uint32_t q = qs[i];
-        struct hent *h = w->heap + q * s->kp;
+        struct hent *h = w->hp.heap + q * s->kp;
         const float *c = C + i * m;
-        float t = w->thr[q];
+        float t = w->hp.thr[q];
 
         for (size_t r0 = 0; r0 < m; r0 += 16) {
             size_t n = m - r0 < 16 ? m - r0 : 16;
@@ -366,65 +457,58 @@ static void commit(struct ivs *s, struct iworker *w, const float *C, size_t m, u
             /* A heap that is not full (threshold -INFINITY) takes anything. */
             if (mx < t)
                 continue;
-            if (s->dyn) {
-                /* The keys that may enter, looked up in the table together. */
-                int64_t ck[16];
-                size_t cj[16], nc = 0;
-                bool keep[16];
-                for (size_t j = 0; j < n; j++)
-                    if (!(kb[j] < t)) {
-                        ck[nc] = ids[r0 + j];
-                        cj[nc++] = j;
-                    }
-                cl_dynivf_keep_many(s->dyn, ck, nc, keep);
-                for (size_t c0 = 0; c0 < nc; c0++) {
-                    size_t j = cj[c0];
-                    if (kb[j] < t || !keep[c0])
-                        continue;
-                    cl_search_heap_offer(h, &w->hn[q], s->kp, &w->thr[q], kb[j], ck[c0]);
-                    t = w->thr[q];
-                }
-                continue;
-            }
             for (size_t j = 0; j < n; j++) {
-                if (kb[j] < t)
+                if (kb[j] < t ||
+                    (keep && !atomic_load_explicit(&keep[r0 + j], memory_order_relaxed)))
                     continue;
-                cl_search_heap_offer(h, &w->hn[q], s->kp, &w->thr[q], kb[j], ids[r0 + j]);
-                t = w->thr[q];
+                cl_search_heap_offer(h, &w->hp.hn[q], s->kp, &w->hp.thr[q], kb[j], ids[r0 + j]);
+                t = w->hp.thr[q];
             }
         }
     }
 }
 
 /* The rows of a sub-block of a list probed by nql queries: as many as fit
- * SCORE_FLOATS scores, at least 64. */
-static size_t sub_rows(size_t nql)
+ * SCORE_FLOATS scores, at least 64; PACK_ROWS when they are packed for the
+ * panel kernel (QCHUNK * PACK_ROWS is SCORE_FLOATS). */
+static size_t sub_rows(size_t nql, size_t dim)
 {
+    if (cl_panel_pays(nql, dim))
+        return PACK_ROWS;
     return SCORE_FLOATS / nql > 64 ? SCORE_FLOATS / nql : 64;
 }
 
-/* Score every row of list l against the queries that probe it. */
-static void scan_list(struct ivs *s, struct iworker *w, uint32_t l)
+/* Score every row of list l against the queries that probe it (a dynamic
+ * table's: the rows written since the build that lie in it first). */
+static int scan_list(struct ivs *s, struct iworker *w, uint32_t l)
 {
     const ec_ivf_view *v = &s->x->v;
     uint64_t base = v->offsets[l], m = v->offsets[l + 1] - base;
     const uint32_t *qs = s->qlist + s->qstart[l];
     size_t nql = s->qstart[l + 1] - s->qstart[l];
-    size_t sub = sub_rows(nql);
+    size_t sub = sub_rows(nql, s->dim);
+    const atomic_uchar *keep = NULL;
+    int rc;
 
     for (size_t i = 0; i < nql; i++)
         memcpy(w->Qb + i * s->dim, s->q + (size_t)qs[i] * s->dim, s->dim * sizeof(float));
+    if (s->dyn) {
+        if ((rc = cl_dynivf_delta_list(s->dyn, s->dp, l, w->Qb, &w->hp, &w->ds)))
+            return rc;
+        keep = cl_dynivf_list_keep(s->dyn, l, v->ids, base, base + m);
+    }
     for (uint64_t r0 = 0; r0 < m; r0 += sub) {
         size_t mm = (size_t)(m - r0 < sub ? m - r0 : sub);
         const float *X = v->vectors + (base + r0) * s->dim;
-        if (nql < EC_SEARCH_GEMM_MIN)
+        if (cl_panel_pays(nql, s->dim)) {
+            cl_panel_pack(X, mm, s->dim, w->P);
+            cl_panel_dots(w->Qb, nql, s->dim, w->P, mm, w->C, mm);
+        } else {
             cl_search_dots(w->Qb, nql, X, mm, s->dim, w->C, mm, NULL);
-        else
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)nql, (int)mm,
-                        (int)s->dim, 1.0f, w->Qb, (int)s->dim, X, (int)s->dim, 0.0f, w->C,
-                        (int)mm);
-        commit(s, w, w->C, mm, base + r0, qs, nql);
+        }
+        commit(s, w, w->C, mm, base + r0, qs, nql, keep);
     }
+    return 0;
 }
 
 static void *scan_worker(void *arg)
@@ -432,38 +516,120 @@ static void *scan_worker(void *arg)
     struct iworker *w = arg;
     struct ivs *s = w->s;
 
-    for (;;) {
+    while (!atomic_load_explicit(&s->failed, memory_order_relaxed)) {
         uint32_t i = atomic_fetch_add_explicit(&s->next, 1, memory_order_relaxed);
+        int rc;
         if (i >= s->nactive)
             break;
-        scan_list(s, w, s->active[i]);
+        if ((rc = scan_list(s, w, s->active[i]))) {
+            iworker_fail(w, rc);
+            break;
+        }
     }
+    return NULL;
+}
+
+/* The answers of this thread's share of the queries: each query's
+ * candidates merged from every thread's heaps into thread 0's (the other
+ * threads' shares touch other queries), then scored again. */
+static void *finish_worker(void *arg)
+{
+    struct iworker *w = arg, *w0;
+    struct ivs *s = w->s;
+    size_t share = (s->n + s->nthreads - 1) / s->nthreads, q0 = w->idx * share;
+    size_t q1 = q0 + share < s->n ? q0 + share : s->n;
+    int rc = 0;
+
+    w0 = &s->w[0];
+    for (size_t q = q0; q < q1 && rc == 0; q++) {
+        for (unsigned i = 1; i < s->nthreads; i++)
+            for (uint32_t j = 0; j < s->w[i].hp.hn[q]; j++)
+                cl_search_heap_offer(w0->hp.heap + q * s->kp, &w0->hp.hn[q], s->kp,
+                                     &w0->hp.thr[q], s->w[i].hp.heap[q * s->kp + j].key,
+                                     s->w[i].hp.heap[q * s->kp + j].id);
+        rc = s->dyn ? cl_dynivf_finish(s->dyn, &w->ds, s->metric, s->raw_q + q * s->dim,
+                                       s->dim, w0->hp.heap + q * s->kp, w0->hp.hn[q], s->k,
+                                       s->scores + q * s->k, s->ids + q * s->k)
+                    : cl_search_finish(&w->f, s->raw_q + q * s->dim, w0->hp.heap + q * s->kp,
+                                       w0->hp.hn[q], s->scores + q * s->k, s->ids + q * s->k);
+    }
+    if (rc)
+        iworker_fail(w, rc);
     return NULL;
 }
 
 static int iworker_alloc(struct ivs *s, struct iworker *w)
 {
+    struct cl_finish *f = &w->f;
+    int rc;
+
     w->s = s;
-    w->heap = malloc(s->n * s->kp * sizeof(*w->heap));
-    w->hn = calloc(s->n, sizeof(*w->hn));
-    w->thr = malloc(s->n * sizeof(*w->thr));
+    w->hp.heap = malloc(s->n * s->kp * sizeof(*w->hp.heap));
+    w->hp.hn = calloc(s->n, sizeof(*w->hp.hn));
+    w->hp.thr = malloc(s->n * sizeof(*w->hp.thr));
     w->Qb = malloc(s->n * s->dim * sizeof(float));
     w->C = malloc(s->cfloats * sizeof(float));
-    if (!w->heap || !w->hn || !w->thr || !w->Qb || !w->C)
+    w->P = malloc(cl_panel_floats(PACK_ROWS, s->dim) * sizeof(float));
+    if (!w->hp.heap || !w->hp.hn || !w->hp.thr || !w->Qb || !w->C || !w->P)
         return ec_seterr(EC_ENOMEM, "approximate search scratch of thread %u (%zu queries, "
                                     "%zu candidates each)", w->idx, s->n, s->kp);
     for (size_t q = 0; q < s->n; q++)
-        w->thr[q] = -INFINITY;
-    return 0;
+        w->hp.thr[q] = -INFINITY;
+    if (s->x->keyed)
+        return cl_dynscratch_alloc(&w->ds, s->t, s->kp);
+    f->t = s->t;
+    f->metric = s->metric;
+    f->dtype = (ec_dtype)s->t->t.dtype;
+    f->dim = s->dim;
+    f->k = s->k;
+    f->rpp = s->kp;
+    f->ids = malloc(s->kp * sizeof(int64_t));
+    f->buf = malloc(s->kp * s->dim * sizeof(float));
+    f->raw = malloc(s->kp * s->t->t.row_bytes + 1);
+    f->cd = malloc(s->kp * sizeof(struct cand));
+    rc = !f->ids || !f->buf || !f->raw || !f->cd
+             ? ec_seterr(EC_ENOMEM, "approximate search: %zu candidates", s->kp)
+             : 0;
+    return rc;
 }
 
 static void iworker_free(struct iworker *w)
 {
-    free(w->heap);
-    free(w->hn);
-    free(w->thr);
+    free(w->hp.heap);
+    free(w->hp.hn);
+    free(w->hp.thr);
     free(w->Qb);
     free(w->C);
+    free(w->P);
+    cl_dynscratch_free(&w->ds);
+    free(w->f.ids);
+    free(w->f.buf);
+    free(w->f.raw);
+    free(w->f.cd);
+}
+
+/* Run fn on threads 1..nthreads-1 and the caller; a thread that cannot be
+ * started has its share done by the caller. The first error any met, with
+ * its message, or 0. */
+static int run_all(struct ivs *s, void *(*fn)(void *))
+{
+    unsigned started = 0;
+    int rc = 0;
+
+    for (unsigned i = 1; i < s->nthreads; i++) {
+        if (pthread_create(&s->w[i].th, NULL, fn, &s->w[i]))
+            break;
+        started++;
+    }
+    fn(&s->w[0]);
+    for (unsigned i = started + 1; i < s->nthreads; i++)
+        fn(&s->w[i]);
+    for (unsigned i = 1; i <= started; i++)
+        pthread_join(s->w[i].th, NULL);
+    for (unsigned i = 0; i < s->nthreads && rc == 0; i++)
+        if (s->w[i].rc)
+            rc = ec_seterr(s->w[i].rc, "%s", s->w[i].msg);
+    return rc;
 }
 
 /* Threads for this chunk: what was asked (0: the CPUs), no more than the
@@ -480,7 +646,7 @@ static unsigned chunk_threads(struct ivs *s, uint32_t asked)
     for (uint32_t i = 0; i < s->nactive; i++) {
         uint32_t l = s->active[i];
         size_t m = (size_t)(v->offsets[l + 1] - v->offsets[l]);
-        size_t nql = s->qstart[l + 1] - s->qstart[l], sub = sub_rows(nql);
+        size_t nql = s->qstart[l + 1] - s->qstart[l], sub = sub_rows(nql, s->dim);
         work += (double)m * (double)nql;
         if (nql * (m < sub ? m : sub) > s->cfloats)
             s->cfloats = nql * (m < sub ? m : sub);
@@ -495,21 +661,20 @@ static unsigned chunk_threads(struct ivs *s, uint32_t asked)
     return n ? n : 1;
 }
 
-/* Queries [0, s->n) of the chunk (s->q), answers at scores/ids. */
-static int search_chunk(struct ivs *s, ec_tensor *t, const float *raw_q, uint32_t threads,
-                        size_t k, float *scores, int64_t *ids)
+/* Queries [0, s->n) of the chunk (s->q; as given: s->raw_q), answers at
+ * s->scores and s->ids. */
+static int search_chunk(struct ivs *s, uint32_t threads)
 {
-    struct iworker *w0;
-    struct cl_finish f = {0};
     struct cl_dynivf dv = {0};
-    unsigned started = 0;
+    struct cl_dynprobe dp;
     int rc;
 
-    if ((rc = coarse(s)) || (rc = invert(s)))
+    if ((rc = coarse(s, threads)) || (rc = invert(s)))
         return rc;
     s->dyn = NULL;
     s->nthreads = chunk_threads(s, threads);
     atomic_store_explicit(&s->next, 0, memory_order_relaxed);
+    atomic_store_explicit(&s->failed, 0, memory_order_relaxed);
     if (!(s->w = calloc(s->nthreads, sizeof(*s->w))))
         return ec_seterr(EC_ENOMEM, "approximate search: %u threads", s->nthreads);
     for (unsigned i = 0; i < s->nthreads; i++) {
@@ -517,66 +682,29 @@ static int search_chunk(struct ivs *s, ec_tensor *t, const float *raw_q, uint32_
         if ((rc = iworker_alloc(s, &s->w[i])))
             goto out;
     }
-    /* A dynamic table: its delta first, into thread 0's heaps; the lists'
-     * keys are then checked against the table (client_dynivf.c). */
+    /* A dynamic table: the snapshot of its delta; each list's share of it
+     * is offered with the list, and the lists' keys are checked against the
+     * table (client_dynivf.c). */
     if (s->x->keyed) {
-        s->dyn = &dv;
-        struct cl_dynprobe dp = {
+        dp = (struct cl_dynprobe){
             .q = s->q, .nq = s->n, .dim = s->dim, .kp = s->kp, .metric = s->metric,
-            .nlist = s->x->v.nlist, .centroids = s->x->v.centroids, .cnorms = s->x->cnorms,
-            .qstart = s->qstart, .qlist = s->qlist,
-            .heap = s->w[0].heap, .hn = s->w[0].hn, .thr = s->w[0].thr,
+            .nlist = s->x->v.nlist, .cnorms = s->x->cnorms, .cpanel = s->x->cpanel,
+            .rows = s->x->v.rows, .qstart = s->qstart, .qlist = s->qlist,
         };
-        if ((rc = cl_dynivf_begin(&dv, t, s->x->v.h->built_lsn, s->kp, &s->x->delta)) ||
-            (rc = cl_dynivf_delta(&dv, &dp)))
+        s->dp = &dp;
+        s->dyn = &dv;
+        if ((rc = cl_dynivf_begin(&dv, s->t, s->x->v.h->built_lsn, &s->x->delta, &dp,
+                                  &s->w[0].ds)))
             goto out;
     }
-    for (unsigned i = 1; i < s->nthreads; i++) {
-        if (pthread_create(&s->w[i].th, NULL, scan_worker, &s->w[i]))
-            break; /* the others take its share */
-        started++;
-    }
-    scan_worker(&s->w[0]);
-    for (unsigned i = 1; i <= started; i++)
-        pthread_join(s->w[i].th, NULL);
-    /* Merge into thread 0's heaps. A thread that did not start has none. */
-    w0 = &s->w[0];
-    for (unsigned i = 1; i <= started; i++)
-        for (size_t q = 0; q < s->n; q++)
-            for (uint32_t j = 0; j < s->w[i].hn[q]; j++)
-                cl_search_heap_offer(w0->heap + q * s->kp, &w0->hn[q], s->kp, &w0->thr[q],
-                                     s->w[i].heap[q * s->kp + j].key,
-                                     s->w[i].heap[q * s->kp + j].id);
-    f.t = t;
-    f.metric = s->metric;
-    f.dtype = (ec_dtype)t->t.dtype;
-    f.dim = s->dim;
-    f.k = k;
-    f.rpp = s->kp;
-    f.ids = malloc(s->kp * sizeof(int64_t));
-    f.buf = malloc(s->kp * s->dim * sizeof(float));
-    f.raw = malloc(s->kp * t->t.row_bytes + 1);
-    f.cd = malloc(s->kp * sizeof(struct cand));
-    if (!f.ids || !f.buf || !f.raw || !f.cd) {
-        rc = ec_seterr(EC_ENOMEM, "approximate search: %zu candidates", s->kp);
+    if ((rc = run_all(s, scan_worker)) || (rc = run_all(s, finish_worker)))
         goto out;
-    }
-    for (size_t q = 0; q < s->n && rc == 0; q++)
-        rc = s->dyn ? cl_dynivf_finish(s->dyn, s->metric, raw_q + q * s->dim, s->dim,
-                                       w0->heap + q * s->kp, w0->hn[q], k, scores + q * k,
-                                       ids + q * k)
-                    : cl_search_finish(&f, raw_q + q * s->dim, w0->heap + q * s->kp, w0->hn[q],
-                                       scores + q * k, ids + q * k);
-    if (rc == 0 && s->dyn)
+    if (s->dyn)
         rc = cl_dynivf_end(s->dyn);
 out:
     if (s->dyn)
         cl_dynivf_free(s->dyn);
     s->dyn = NULL;
-    free(f.ids);
-    free(f.buf);
-    free(f.raw);
-    free(f.cd);
     for (unsigned i = 0; i < s->nthreads; i++)
         iworker_free(&s->w[i]);
     free(s->w);
@@ -603,8 +731,10 @@ int cl_ivf_search(ec_tensor *t, const float *queries, size_t nq, size_t dim, siz
                          ec_metric_name(x->v.metric), ec_metric_name(metric),
                          ec_metric_name(x->v.metric), ec_metric_name(metric));
     s.x = x;
+    s.t = t;
     s.metric = metric;
     s.dim = dim;
+    s.k = k;
     s.nprobe = opts->nprobe < x->v.nlist ? opts->nprobe : x->v.nlist;
     /* k and a few more, as exact search keeps: room for rows whose float
      * scores and exact scores rank differently. */
@@ -635,8 +765,10 @@ int cl_ivf_search(ec_tensor *t, const float *queries, size_t nq, size_t dim, siz
                 qs[q * dim + j] = metric == EC_METRIC_COSINE ? (float)(src[j] / sqrt(n2))
                                                              : src[j];
         }
-        rc = search_chunk(&s, t, queries + q0 * dim, opts->threads, k, scores + q0 * k,
-                          ids + q0 * k);
+        s.raw_q = queries + q0 * dim;
+        s.scores = scores + q0 * k;
+        s.ids = ids + q0 * k;
+        rc = search_chunk(&s, opts->threads);
     }
 out:
     free(s.active);

@@ -12,6 +12,7 @@
 #define EC_CLIENT_SEARCH_IMPL_H
 
 #include <math.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -60,6 +61,27 @@ static inline uint32_t cl_search_nearest(const float *s, size_t nl, const float 
     }
     return bl;
 }
+
+/* client/search_panel.c: the scores of nq queries against m rows packed
+ * once, in panels of EC_PANEL_W rows stored by column. cl_panel_floats: the
+ * floats the packed form of m rows of dim takes; cl_panel_pack: X (m rows)
+ * into P; cl_panel_dots: C[q * ldc + r] = Q[q] . X[r] (r < m) from P. */
+#define EC_PANEL_W 16
+size_t cl_panel_floats(size_t m, size_t dim);
+
+/* Whether rows scored against nq queries of dim are worth packing for the
+ * panel kernel rather than scored in place by cl_search_dots: from
+ * EC_SEARCH_GEMM_MIN queries, and from dim / 12 (the vector kernel's long
+ * dot products close the gap as dim grows; bench/panelbench.c measured
+ * the crossing near 16 queries at dim 128 and near 64 at dim 768). */
+static inline bool cl_panel_pays(size_t nq, size_t dim)
+{
+    return nq >= EC_SEARCH_GEMM_MIN && nq * 12 >= dim;
+}
+
+void cl_panel_pack(const float *X, size_t m, size_t dim, float *P);
+void cl_panel_dots(const float *Q, size_t nq, size_t dim, const float *P, size_t m, float *C,
+                   size_t ldc);
 
 /* n values of dtype dt (f32, f16, bf16) at src to f32. */
 void cl_to_f32(float *dst, const uint8_t *src, size_t n, ec_dtype dt);
@@ -112,13 +134,16 @@ int cl_dyn_search(ec_tensor *t, const float *queries, size_t nq, size_t dim, siz
  * the answer scored against each key's row of now.
  *
  * One struct cl_dynivf per chunk of queries: cl_dynivf_begin finds the
- * table and reads its lsn (acquire); cl_dynivf_delta offers the live rows
- * of slots newer than the build that lie in the lists each query probes to
- * its heap; then the lists are scanned, and cl_dynivf_keep_many says which
- * of their keys to offer (present, and not in the delta; up to
- * EC_DYN_BATCH keys looked up at once); cl_dynivf_finish answers a query;
- * cl_dynivf_end checks the table was not dropped meanwhile. keep_many runs
- * on any of the search's threads; the others on the caller's. */
+ * table and reads its lsn (acquire) and takes the snapshot of the delta at
+ * that lsn (made or shared); then the lists are scanned: for each,
+ * cl_dynivf_delta_list offers the live rows of the delta that lie in it to
+ * the heaps of the queries that probe it, and cl_dynivf_list_keep says
+ * which of its own keys to offer (present, and not in the delta: each
+ * probed list's keys are looked up once per snapshot, the answer kept in
+ * it for every search at the same lsn); cl_dynivf_finish answers a query;
+ * cl_dynivf_end checks the table was not dropped meanwhile. begin and end
+ * run on the caller's thread; delta_list, list_keep and finish on any of
+ * the search's threads, each with a struct cl_dynscratch of its own. */
 
 /* The delta of a table at one lsn, with each row's list: found from every
  * slot's header, and only the rows new since the snapshot before it read
@@ -135,6 +160,14 @@ struct cl_dsnap {
     uint32_t nlist;
     uint64_t *lstart;           /* nlist + 1: list l's entries are lent[lstart[l]..) */
     uint64_t *lent;             /* n: indices into slots, by list */
+    /* Which of the index's entries to offer, list by list, as first looked
+     * up by a search at this lsn (cl_dynivf_list_keep): keep[e] for entry e
+     * of the index's ids is valid once ready[l] of its list is 1 (release);
+     * threads that race on a list both write it, each value a true answer
+     * at some moment past lsn. */
+    uint64_t rows;              /* the index's entries */
+    atomic_uchar *keep;         /* rows */
+    atomic_uchar *ready;        /* nlist */
 };
 
 /* A mapped index's latest snapshot (struct cl_ivf, client_ivf.c), behind
@@ -155,38 +188,55 @@ struct cl_dynivf {
     ec_dyn_view v;
     uint64_t built_lsn;         /* the index's */
     uint64_t lsn;               /* the table's at begin: the delta covers (built, lsn] */
-    uint64_t delta;             /* rows the delta offered */
     struct cl_dsnap *snap;      /* the delta at lsn (a reference), or NULL */
-    float *X, *norms, *C, *Qb;
-    uint8_t *raw;
-    int64_t *keys;
-    struct cand *cd;
 };
 
-/* What cl_dynivf_delta needs of the search: its queries (as scored), the
- * index's centroids, and which queries probe each list (client_ivf.c's
- * invert). */
+/* One thread's scratch for the steps of a dynamic table's search. */
+struct cl_dynscratch {
+    float *X;                   /* rows read: a block of dim-float rows */
+    float *P;                   /* the block packed for the panel kernel */
+    float *norms;               /* the block's */
+    int64_t *keys;              /* the block's */
+    uint8_t *raw;               /* EC_DYN_BATCH rows as stored */
+    float *C;                   /* scores, ccap floats */
+    size_t ccap;
+    struct cand *cd;            /* kp candidates */
+};
+
+int cl_dynscratch_alloc(struct cl_dynscratch *w, const ec_tensor *t, size_t kp);
+void cl_dynscratch_free(struct cl_dynscratch *w);
+
+/* What the steps need of the search: its queries (as scored), the index's
+ * centroids, and which queries probe each list (client_ivf.c's invert). */
 struct cl_dynprobe {
     const float *q;
     size_t nq, dim, kp;
     ec_metric metric;
     uint32_t nlist;
-    const float *centroids;     /* nlist * dim */
     const float *cnorms;        /* nlist: |c|^2 */
+    const float *cpanel;        /* the centroids packed (cl_panel_pack) */
+    uint64_t rows;              /* the index's entries */
     const uint32_t *qstart;     /* nlist + 1 */
     const uint32_t *qlist;
+};
+
+/* A thread's heaps: kp entries per query of the chunk. */
+struct cl_heaps {
     struct hent *heap;          /* nq * kp */
     uint32_t *hn;
     float *thr;
 };
 
-int cl_dynivf_begin(struct cl_dynivf *d, ec_tensor *t, uint64_t built_lsn, size_t kp,
-                    struct cl_dyndelta *cache);
-int cl_dynivf_delta(struct cl_dynivf *d, const struct cl_dynprobe *p);
-void cl_dynivf_keep_many(const struct cl_dynivf *d, const int64_t *keys, size_t n,
-                         bool *keep);
-int cl_dynivf_finish(struct cl_dynivf *d, ec_metric metric, const float *query, size_t dim,
-                     const struct hent *h, uint32_t n, size_t k, float *scores, int64_t *ids);
+int cl_dynivf_begin(struct cl_dynivf *d, ec_tensor *t, uint64_t built_lsn,
+                    struct cl_dyndelta *cache, const struct cl_dynprobe *p,
+                    struct cl_dynscratch *w);
+int cl_dynivf_delta_list(const struct cl_dynivf *d, const struct cl_dynprobe *p, uint32_t l,
+                         const float *Qb, const struct cl_heaps *hp, struct cl_dynscratch *w);
+const atomic_uchar *cl_dynivf_list_keep(const struct cl_dynivf *d, uint32_t l,
+                                        const int64_t *ids, uint64_t e0, uint64_t e1);
+int cl_dynivf_finish(const struct cl_dynivf *d, struct cl_dynscratch *w, ec_metric metric,
+                     const float *query, size_t dim, const struct hent *h, uint32_t n,
+                     size_t k, float *scores, int64_t *ids);
 int cl_dynivf_end(struct cl_dynivf *d);
 void cl_dynivf_free(struct cl_dynivf *d);
 

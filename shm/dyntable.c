@@ -203,20 +203,20 @@ int ec_dyn_key_lsn(const ec_dyn_view *v, int64_t key, uint64_t *lsn)
     return rc;
 }
 
-int ec_dyn_keys_lsn(const ec_dyn_view *v, const int64_t *keys, size_t n, int *found,
-                    uint64_t *lsn)
+int ec_dyn_find_many(const ec_dyn_view *v, const int64_t *keys, size_t n, int *found,
+                     uint64_t *lsn, void *out)
 {
     ec_dyn_hash h[EC_DYN_BATCH];
 
     if (n > EC_DYN_BATCH)
-        return ec_seterr(EC_EINVAL, "ec_dyn_keys_lsn: %zu keys (at most %u)", n, EC_DYN_BATCH);
+        return ec_seterr(EC_EINVAL, "ec_dyn_find_many: %zu keys (at most %u)", n, EC_DYN_BATCH);
     for (size_t i = 0; i < n; i++) {
         ec_dyn_hash_of(v->nbuckets, v->salt, keys[i], &h[i]);
         __builtin_prefetch(&v->buckets[h[i].b1]);
         __builtin_prefetch(&v->buckets[h[i].b2]);
     }
     /* The slots of the words whose tag matches (a hint: the lookups below
-     * check everything again). */
+     * check everything again), with their rows when they are to be copied. */
     for (size_t i = 0; i < n; i++) {
         uint64_t bs[2] = {h[i].b1, h[i].b2};
         for (int j = 0; j < 2; j++)
@@ -224,12 +224,17 @@ int ec_dyn_keys_lsn(const ec_dyn_view *v, const int64_t *keys, size_t n, int *fo
                 uint64_t word = atomic_load_explicit(&v->buckets[bs[j]].word[w],
                                                      memory_order_relaxed);
                 uint64_t slot = (word & EC_DYN_SLOT_MASK) - 1;
-                if (word && (word >> EC_DYN_SLOT_BITS) == h[i].tag && slot < v->nslots)
+                if (!word || (word >> EC_DYN_SLOT_BITS) != h[i].tag || slot >= v->nslots)
+                    continue;
+                if (out)
+                    ec_dyn_slot_prefetch(v, slot);
+                else
                     __builtin_prefetch(ec_dyn_slot_at(v, slot));
             }
     }
     for (size_t i = 0; i < n; i++) {
-        int rc = find_h(v, &h[i], keys[i], NULL, &lsn[i], NULL);
+        int rc = find_h(v, &h[i], keys[i], out ? (uint8_t *)out + i * v->row_bytes : NULL,
+                        lsn ? &lsn[i] : NULL, NULL);
         if (rc < 0)
             return rc;
         found[i] = rc;

@@ -150,6 +150,16 @@ static inline const ec_dyn_slot *ec_dyn_slot_at(const ec_dyn_view *v, uint64_t s
     return (const ec_dyn_slot *)(const void *)(v->slots + slot * v->slot_bytes);
 }
 
+/* Prefetch slot's header and row (a read soon to come of a slot the caller
+ * knows, as a scan of known slots does). */
+static inline void ec_dyn_slot_prefetch(const ec_dyn_view *v, uint64_t slot)
+{
+    const uint8_t *p = (const uint8_t *)ec_dyn_slot_at(v, slot);
+
+    for (uint64_t o = 0; o < v->slot_bytes; o += 64)
+        __builtin_prefetch(p + o);
+}
+
 static inline void ec_dyn_prefetch(const ec_dyn_view *v, int64_t key)
 {
     ec_dyn_hash h;
@@ -186,14 +196,15 @@ int ec_dyn_slot_peek(const ec_dyn_view *v, uint64_t slot, uint64_t *lsn);
  * copying its row: 1 with *lsn, 0 when absent, EC_ESTALE as ec_dyn_find. */
 int ec_dyn_key_lsn(const ec_dyn_view *v, int64_t key, uint64_t *lsn);
 
-/* ec_dyn_key_lsn for n <= EC_DYN_BATCH keys: found[i] 1 (with lsn[i]) or 0.
- * The keys' buckets, then the slots their words point at, are prefetched
- * for all of them before any is read, so the cache misses of the lookups
- * overlap instead of following one another. 0, or EC_ESTALE as
- * ec_dyn_find (for the first key that stays half-written). */
+/* ec_dyn_key_lsn for n <= EC_DYN_BATCH keys: found[i] 1 (with lsn[i], when
+ * lsn is not NULL, and the key's row at out + i * row_bytes, when out is
+ * not NULL) or 0. The keys' buckets, then the slots their words point at,
+ * are prefetched for all of them before any is read, so the cache misses
+ * of the lookups overlap instead of following one another. 0, or
+ * EC_ESTALE as ec_dyn_find (for the first key that stays half-written). */
 #define EC_DYN_BATCH 16u
-int ec_dyn_keys_lsn(const ec_dyn_view *v, const int64_t *keys, size_t n, int *found,
-                    uint64_t *lsn);
+int ec_dyn_find_many(const ec_dyn_view *v, const int64_t *keys, size_t n, int *found,
+                     uint64_t *lsn, void *out);
 
 /* ---- writer (daemon) ---------------------------------------------- */
 

@@ -1025,7 +1025,7 @@ static void test_dynamic_table_index(void **state)
     static const char *const args[] = {"--shm-size", "64M", NULL};
     float *q, *x = mixture(DROWS + DEXTRA, 7, 1.0f, &q, DNQ);
     int64_t *keys = malloc((DROWS + DEXTRA) * sizeof(int64_t));
-    int64_t nk[10], upd[10], moved[5], del[20];
+    int64_t nk[10], upd[10], moved[5], del[50], late = 0;
     float rows[10 * DIM];
     size_t ndel = 0;
     uint64_t seed = 99, kshape[1] = {DROWS};
@@ -1153,6 +1153,14 @@ static void test_dynamic_table_index(void **state)
         assert_true(r >= 0.9);
     }
     scores_of_now(t, q, ap1, DNQ, EC_METRIC_L2);
+    /* Every list probed by all the queries at once (the new rows of each
+     * scored for all of them together): the exact answer. */
+    {
+        struct answer all1 = search_ok(t, q, DNQ, K, EC_METRIC_L2, DNLIST, 0);
+        same_answer(all1, ex1, DNQ * K, "dynamic, after the writes: nprobe = nlist against "
+                                        "exact");
+        answer_free(all1);
+    }
     for (size_t i = 0; i < 10; i++) {
         if (ap1.id[i * K] != nk[i] || ex1.id[i * K] != nk[i])
             fail_msg("query %zu: the new key %lld is not found first (approximate %lld, exact "
@@ -1210,16 +1218,16 @@ static void test_dynamic_table_index(void **state)
      * more key written: the handle's next search sees it. */
     {
         struct answer a = search_ok(t, q, DNQ, K, EC_METRIC_L2, DPROBE, 1);
-        int64_t one = (int64_t)splitmix(&seed);
+        late = (int64_t)splitmix(&seed);
         same_answer(ap1, a, DNQ * K, "a second search at the same lsn");
         answer_free(a);
         for (size_t j = 0; j < DIM; j++)
             rows[j] = q[40 * DIM + j] + 1e-3f * gauss(&seed);
-        assert_int_equal(ec_rows_put(t, &one, 1, rows, DIM * sizeof(float), &res), 0);
+        assert_int_equal(ec_rows_put(t, &late, 1, rows, DIM * sizeof(float), &res), 0);
         a = search_ok(t, q + 40 * DIM, 1, K, EC_METRIC_L2, DPROBE, 1);
-        if (a.id[0] != one)
+        if (a.id[0] != late)
             fail_msg("a key written after the last search (%lld) is not found (%lld)",
-                     (long long)one, (long long)a.id[0]);
+                     (long long)late, (long long)a.id[0]);
         answer_free(a);
         /* The handle assigned it to a list near query 40. Moved next to
          * queries 41..47 in turn: each search assigns it again (its slot's
@@ -1227,13 +1235,48 @@ static void test_dynamic_table_index(void **state)
         for (size_t qi = 41; qi < 48; qi++) {
             for (size_t j = 0; j < DIM; j++)
                 rows[j] = q[qi * DIM + j] + 1e-3f * gauss(&seed);
-            assert_int_equal(ec_rows_put(t, &one, 1, rows, DIM * sizeof(float), &res), 0);
+            assert_int_equal(ec_rows_put(t, &late, 1, rows, DIM * sizeof(float), &res), 0);
             a = search_ok(t, q + qi * DIM, 1, K, EC_METRIC_L2, DPROBE, 1);
-            if (a.id[0] != one)
+            if (a.id[0] != late)
                 fail_msg("key %lld, moved next to query %zu, is not found (%lld)",
-                         (long long)one, qi, (long long)a.id[0]);
+                         (long long)late, qi, (long long)a.id[0]);
             answer_free(a);
         }
+    }
+    /* The nearest indexed keys of query 48, deleted after a search at this
+     * lsn looked its lists' keys up: the next search, at the new lsn, looks
+     * them up again, so the deleted keys take none of its candidates' places
+     * (they would take them all) and the next nearest are found. */
+    {
+        ec_search_opts exact = {.threads = 1};
+        struct answer a = search_ok(t, q + 48 * DIM, 1, K, EC_METRIC_L2, DPROBE, 1), e;
+        float sc30[30];
+        int64_t id30[30];
+        size_t nd = 0, hit = 0;
+        answer_free(a);
+        assert_int_equal(ec_search(t, q + 48 * DIM, 1, DIM, 30, EC_METRIC_L2, &exact, sc30,
+                                   id30), 0);
+        for (size_t r = 0; r < 30; r++)
+            if (id30[r] != -1 && id30[r] != late && !listed(nk, 10, id30[r]) &&
+                !listed(upd, 10, id30[r]) && !listed(moved, 5, id30[r]) &&
+                !listed(del, ndel, id30[r]))
+                del[ndel + nd++] = id30[r];
+        assert_true(nd >= 25);
+        assert_int_equal(ec_rows_delete(t, del + ndel, nd, &res), 0);
+        assert_int_equal(res.deleted, nd);
+        e = search_ok(t, q + 48 * DIM, 1, K, EC_METRIC_L2, 0, 0);
+        a = search_ok(t, q + 48 * DIM, 1, K, EC_METRIC_L2, DPROBE, 1);
+        for (size_t r = 0; r < K; r++) {
+            assert_false(listed(del + ndel, nd, a.id[r]));
+            hit += in_top(e, 0, a.id[r]) && a.id[r] != -1;
+        }
+        if (hit < K - 1)
+            fail_msg("after its %zu nearest keys were deleted, query 48 finds %zu of its %u "
+                     "nearest keys now (first: %lld, exact %lld)", nd, hit, K,
+                     (long long)a.id[0], (long long)e.id[0]);
+        ndel += nd;
+        answer_free(a);
+        answer_free(e);
     }
     ec_tensor_release(t);
     /* A rebuild: nothing stale, the new keys found through the lists. */

@@ -159,28 +159,42 @@ static void test_slot_lsn(void **state)
     assert_int_equal(newer, 1);
     assert_int_equal(ec_dyn_slot_peek(&f.v, f.v.nslots, &lsn), 0);
     /* Looked up sixteen at a time, present and absent keys mixed: what
-     * ec_dyn_key_lsn says of each, key by key. */
+     * ec_dyn_key_lsn and ec_dyn_find say of each, key by key. */
     for (int64_t k0 = 0; k0 < 200; k0 += EC_DYN_BATCH) {
         int64_t keys[EC_DYN_BATCH];
         int found[EC_DYN_BATCH];
         uint64_t lsns[EC_DYN_BATCH];
+        uint8_t *rows = malloc(EC_DYN_BATCH * f.v.row_bytes), *one_row = malloc(f.v.row_bytes);
+        assert_non_null(rows);
+        assert_non_null(one_row);
         for (unsigned i = 0; i < EC_DYN_BATCH; i++)
             keys[i] = (k0 + i) % 2 ? (k0 + i) / 2 * 7919 : (k0 + i) * 7919 + 1;
-        assert_int_equal(ec_dyn_keys_lsn(&f.v, keys, EC_DYN_BATCH, found, lsns), 0);
+        assert_int_equal(ec_dyn_find_many(&f.v, keys, EC_DYN_BATCH, found, lsns, rows), 0);
         for (unsigned i = 0; i < EC_DYN_BATCH; i++) {
             int one = ec_dyn_key_lsn(&f.v, keys[i], &lsn);
             assert_int_equal(found[i], one);
             assert_int_equal(found[i], keys[i] % 7919 == 0 && keys[i] / 7919 < 100);
-            if (one == 1)
+            if (one == 1) {
                 assert_int_equal(lsns[i], lsn);
+                assert_int_equal(ec_dyn_find(&f.v, keys[i], one_row, NULL), 1);
+                assert_memory_equal(rows + i * f.v.row_bytes, one_row, f.v.row_bytes);
+            }
         }
+        /* Without lsns or rows: the same answers. */
+        memset(found, 0xff, sizeof(found));
+        assert_int_equal(ec_dyn_find_many(&f.v, keys, EC_DYN_BATCH, found, NULL, NULL), 0);
+        for (unsigned i = 0; i < EC_DYN_BATCH; i++)
+            assert_int_equal(found[i], keys[i] % 7919 == 0 && keys[i] / 7919 < 100);
+        free(rows);
+        free(one_row);
     }
     {
         int64_t keys[EC_DYN_BATCH + 1] = {0};
         int found[EC_DYN_BATCH + 1];
         uint64_t lsns[EC_DYN_BATCH + 1];
-        assert_int_equal(ec_dyn_keys_lsn(&f.v, keys, 0, found, lsns), 0);
-        assert_int_equal(ec_dyn_keys_lsn(&f.v, keys, EC_DYN_BATCH + 1, found, lsns), EC_EINVAL);
+        assert_int_equal(ec_dyn_find_many(&f.v, keys, 0, found, lsns, NULL), 0);
+        assert_int_equal(ec_dyn_find_many(&f.v, keys, EC_DYN_BATCH + 1, found, lsns, NULL),
+                         EC_EINVAL);
     }
     fx_free(&f);
 }
