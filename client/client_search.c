@@ -16,8 +16,12 @@
  *     for tensors cached by rows, and for a partition that kept missing or
  *     moving after SCAN_DIRECT_TRIES tries. A gather is always consistent.
  * Each block is scored in sub-blocks of at most `sub` rows into C[nq][sub]
- * (score_sub: a vectorized kernel below EC_SEARCH_GEMM_MIN queries, else
- * cblas_sgemm), and only then committed to the heaps (commit). Invariants:
+ * (score_sub: the vector kernel below, or, for queries enough that packing
+ * pays (cl_panel_pays), the sub-block packed for the panel kernel of
+ * client/search_panel.c), and only then committed to the heaps (commit).
+ * Both kernels give a row the same score wherever it lies (each row's
+ * products are summed in one fixed order), so equal rows tie exactly and
+ * the heaps keep the smaller ids. Invariants:
  *   1. Scores reach a heap only from rows whose copy or in-place read was
  *      validated after the scores were computed: a scan that read a torn or
  *      reused extent throws its scores away and reads the rest of the block
@@ -29,12 +33,12 @@
  *      better" for every metric (L2: 2 q.x - |x|^2, the negated distance less
  *      |q|^2) and a NaN key is -INFINITY.
  *
- * Threads. Below EC_SEARCH_GEMM_MIN queries, every thread claims partitions
- * from a shared counter and scores them into heaps of its own, merged at the
- * end. From EC_SEARCH_GEMM_MIN queries on, the calling thread reads the
- * blocks and runs the matrix products (OpenBLAS uses its own threads for
- * those), and all threads then update the heaps, each a slice of the
- * queries, between two barriers.
+ * Threads. Every thread claims partitions from a shared counter and scores
+ * them into heaps of its own, merged at the end. No library thread pool
+ * runs beside them: OpenBLAS's, which this search used for many queries,
+ * spins after each product and took cores from the heaps; the panel kernel
+ * on each thread is also faster than OpenBLAS 0.3.21's sgemm on one
+ * (bench/panelbench.c).
  *
  * The answer. The kp = k + slack candidates per query are gathered once more
  * (cl_gather_host) and scored again in double precision, then sorted by
@@ -45,7 +49,6 @@
  * once its arguments are checked here; it borrows the kernel, the heap and
  * the final scoring above through client/search_impl.h.
  */
-#include <cblas.h>
 #include <math.h>
 
 #include "client/client_impl.h"
@@ -55,6 +58,8 @@
 #define SCAN_DIRECT_TRIES 8
 /* Floats of one thread's score buffer C, at most (16 MiB). */
 #define SCORE_BUF_FLOATS ((size_t)4 << 20)
+/* Rows of a sub-block packed for the panel kernel, at most. */
+#define PANEL_SUB 512u
 
 /* The kernels are compiled for AVX-512, AVX2+FMA and the baseline; the
  * loader picks one for the CPU it runs on. */
@@ -66,34 +71,6 @@
 #define EC_SIMD_CLONES
 #endif
 
-/* A barrier whose count can drop while threads wait at it (a thread that
- * could not be started); pthread_barrier_t cannot. */
-struct bar {
-    pthread_mutex_t m;
-    pthread_cond_t cv;
-    unsigned n, waiting;
-    uint64_t gen;
-};
-
-static void bar_wait(struct bar *b)
-{
-    uint64_t g;
-
-    if (b->n <= 1)
-        return;
-    pthread_mutex_lock(&b->m);
-    g = b->gen;
-    if (++b->waiting >= b->n) {
-        b->waiting = 0;
-        b->gen++;
-        pthread_cond_broadcast(&b->cv);
-    } else {
-        while (g == b->gen)
-            pthread_cond_wait(&b->cv, &b->m);
-    }
-    pthread_mutex_unlock(&b->m);
-}
-
 struct search;
 
 struct worker {
@@ -101,7 +78,7 @@ struct worker {
     unsigned idx;
     pthread_t th;
     bool started;
-    struct hent *heap;   /* nq * kp: this thread's heaps (vector) or NULL (gemm) */
+    struct hent *heap;   /* nq * kp: this thread's heaps */
     uint32_t *hn;        /* nq: entries in each heap */
     float *thr;          /* nq: key a row must reach to enter (-INF: not full) */
     float *buf;          /* rpp * dim: a block in f32 (converted or gathered) */
@@ -109,6 +86,7 @@ struct worker {
     int64_t *ids;        /* rpp: the ids of a gathered block */
     float *C;            /* nq * sub: scores of a sub-block */
     float *norms;        /* sub: |x|^2 of each row (cosine, L2) */
+    float *P;            /* sub rows packed for the panel kernel (panel) */
     int rc;
     char msg[EC_ERRMSG_MAX];
 };
@@ -121,28 +99,12 @@ struct search {
     size_t nq, dim, k, kp, sub;
     uint64_t rows, rpp, parts, row_bytes;
     const float *q;      /* the queries as scored (unit length for cosine) */
-    double *qnorm;       /* |q| of each as scored */
-    bool gemm;
+    bool panel;          /* score with the panel kernel (cl_panel_pays) */
     unsigned nthreads;   /* threads at work */
     unsigned nalloc;     /* workers allocated (>= nthreads) */
     struct worker *w;
     _Atomic uint64_t next_part;
     _Atomic int failed;
-    /* gemm mode: the sub-block the heap phase commits, set by thread 0
-     * before the first barrier */
-    struct bar bar;
-    bool stop;
-    size_t cm;
-    int64_t crow0;
-    struct hent *heap;   /* gemm mode: nq * kp, shared, one slice per thread */
-    uint32_t *hn;
-    float *thr;
-    /* gemm mode: the near ties (widen), per query, written by the thread
-     * whose slice holds the query */
-    float *win;          /* nq: the window below the threshold */
-    struct hent *near;   /* nq * ncap */
-    uint32_t *nn, ncap;
-    _Atomic int near_full; /* a near list overflowed: run again by the vector kernel */
 };
 
 const char *ec_metric_name(ec_metric m)
@@ -208,7 +170,7 @@ static void dots_vec(const float *restrict Q, size_t nq, const float *restrict X
     }
 }
 
-/* norms[r] = X[r] . X[r] (the gemm path's, in the same order as dots_vec's). */
+/* norms[r] = X[r] . X[r] (the panel path's, in the same order as dots_vec's). */
 static void norms_of(const float *X, size_t m, size_t dim, float *norms)
 {
     dots_vec(NULL, 0, X, m, dim, NULL, 0, norms);
@@ -220,58 +182,20 @@ void cl_search_dots(const float *Q, size_t nq, const float *X, size_t m, size_t 
     dots_vec(Q, nq, X, m, dim, C, ldc, norms);
 }
 
-/* The gemm path's near ties.
- *
- * BLAS gives no promise that equal rows get equal scores: OpenBLAS's
- * kernels round a row's dot product differently by its column in the block
- * (seen here: fifty copies of one row an ulp apart, every other one lower).
- * A heap of kp keys would then keep the copies that happened to round up,
- * not those of the smallest ids, and the answer would break the (score, id)
- * order, or lose a row whose exact score ranks it in but whose float score
- * fell an ulp short. So in gemm mode a row whose key is within win[q] below
- * the threshold, or that the heap pushes out while within win[q] of the new
- * threshold, is kept in the query's near list (near_add); the candidates
- * are the heap and the near rows still within the window at the end, and
- * all are scored again exactly. That is enough: each key is within e of
- * the exact score, win >= 2e, so a row left out scores below T - e exactly
- * while the kp rows of the heap score at least T - e.
- *
- * e: a float dot product is within dim * 2^-24 * |q| |x| of the exact one
- * (Higham's gamma_dim); taken with a margin and the largest |x| scanned so
- * far (win only grows); cosine keys are divided by |x| (|q| = 1); an L2
- * key holds its dot product twice. Thread 0 sets win before the commit
- * phase that reads it. A near list that fills with rows still in the
- * window (thousands of near-equal rows) is marked; the search is then run
- * again by the vector kernel, whose scores do not depend on a row's place. */
-static void widen(struct search *s, float maxn2)
-{
-    double e = ((double)s->dim + 2.0) * 0x1p-24 * 1.05, xn = sqrt((double)maxn2);
-
-    for (size_t q = 0; q < s->nq; q++) {
-        double w = 2 * e * (s->metric == EC_METRIC_COSINE ? 1.0
-                            : s->metric == EC_METRIC_IP   ? s->qnorm[q] * xn
-                                                          : 2 * s->qnorm[q] * xn);
-        if ((float)w > s->win[q])
-            s->win[q] = (float)w;
-    }
-}
-
 /* Score m rows X (f32, row after row) against every query into w->C
  * (C[q * m + r]) and, where the metric needs them, w->norms: |x|^2 (L2) or
  * 1 / |x| (cosine). */
 static void score_sub(struct search *s, struct worker *w, const float *X, size_t m)
 {
-    float *norms = s->metric == EC_METRIC_IP ? NULL : w->norms, maxn2 = 0;
+    float *norms = s->metric == EC_METRIC_IP ? NULL : w->norms;
 
-    if (!s->gemm) {
-        dots_vec(s->q, s->nq, X, m, s->dim, w->C, m, norms);
+    if (s->panel) {
+        cl_panel_pack(X, m, s->dim, w->P);
+        cl_panel_dots(s->q, s->nq, s->dim, w->P, m, w->C, m);
+        if (norms)
+            norms_of(X, m, s->dim, norms);
     } else {
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)s->nq, (int)m, (int)s->dim,
-                    1.0f, s->q, (int)s->dim, X, (int)s->dim, 0.0f, w->C, (int)m);
-        norms_of(X, m, s->dim, w->norms); /* IP too: the window needs |x| */
-        for (size_t r = 0; r < m; r++)
-            maxn2 = w->norms[r] > maxn2 ? w->norms[r] : maxn2;
-        widen(s, maxn2);
+        dots_vec(s->q, s->nq, X, m, s->dim, w->C, m, norms);
     }
     /* Cosine keys are q.x / |x| (q has unit length): commit multiplies. A
      * row of norm 0 scores 0. */
@@ -369,53 +293,6 @@ static inline void pad16(ec_metric metric, const float **c, const float **aux, s
     *aux = *aux ? at : NULL;
 }
 
-/* Drop from query q's near ties what fell out of the window since. */
-static void near_prune(struct search *s, size_t q)
-{
-    struct hent *nr = s->near + q * s->ncap;
-    float lo = s->thr[q] - s->win[q];
-    uint32_t j = 0;
-
-    for (uint32_t i = 0; i < s->nn[q]; i++)
-        if (!(nr[i].key < lo))
-            nr[j++] = nr[i];
-    s->nn[q] = j;
-}
-
-/* Keep (key, id) among query q's near ties; a full list is pruned first. */
-static void near_add(struct search *s, size_t q, float key, int64_t id)
-{
-    struct hent *nr = s->near + q * s->ncap;
-    uint32_t *n = &s->nn[q];
-
-    if (*n == s->ncap)
-        near_prune(s, q);
-    if (*n == s->ncap) {
-        atomic_store_explicit(&s->near_full, 1, memory_order_relaxed);
-        return;
-    }
-    nr[(*n)++] = (struct hent){key, id};
-}
-
-/* Gemm mode: offer (key, id) to query q's heap h, keeping a near tie the
- * heap turns away or pushes out (widen). */
-static void near_offer(struct search *s, size_t q, struct hent *h, uint32_t *hn, float *thr,
-                       float key, int64_t id)
-{
-    struct hent out = {0, -1};
-
-    if (*hn == s->kp) {
-        if (!better(key, id, h[0].key, h[0].id)) {
-            near_add(s, q, key, id);
-            return;
-        }
-        out = h[0];
-    }
-    heap_offer(h, hn, s->kp, thr, key, id);
-    if (out.id >= 0 && !(out.key < *thr - s->win[q]))
-        near_add(s, q, out.key, out.id);
-}
-
 /* Commit the scores of rows [row0, row0 + m) in C for queries [q0, q1):
  * sixteen rows at a time are checked against the heap's threshold with
  * vector instructions, and only a group where one may enter is offered
@@ -432,7 +309,7 @@ static void commit(struct search *s, const float *C, const float *norms, size_t 
     for (size_t q = q0; q < q1; q++) {
         const float *c = C + q * m;
         struct hent *h = heap + q * s->kp;
-        float t = s->gemm ? thr[q] - s->win[q] : thr[q];
+        float t = thr[q];
 
         for (size_t r0 = 0; r0 < m; r0 += 16) {
             size_t n = m - r0 < 16 ? m - r0 : 16;
@@ -449,13 +326,8 @@ static void commit(struct search *s, const float *C, const float *norms, size_t 
                     key = -INFINITY;
                 if (key < t)
                     continue;
-                if (!s->gemm) {
-                    heap_offer(h, &hn[q], s->kp, &thr[q], key, id);
-                    t = thr[q];
-                } else {
-                    near_offer(s, q, h, &hn[q], &thr[q], key, id);
-                    t = thr[q] - s->win[q];
-                }
+                heap_offer(h, &hn[q], s->kp, &thr[q], key, id);
+                t = thr[q];
             }
         }
     }
@@ -586,18 +458,7 @@ static int scan_part(struct search *s, struct worker *w, uint64_t p)
             base = done;
             continue;
         }
-        if (!s->gemm) {
-            commit(s, w->C, w->norms, m, row0 + (int64_t)done, 0, s->nq, w->heap, w->hn,
-                   w->thr);
-        } else {
-            /* The heap phase: every thread commits its slice of the queries. */
-            s->cm = m;
-            s->crow0 = row0 + (int64_t)done;
-            bar_wait(&s->bar);
-            commit(s, w->C, w->norms, m, s->crow0, 0, s->nq / s->nthreads, s->heap, s->hn,
-                   s->thr);
-            bar_wait(&s->bar);
-        }
+        commit(s, w->C, w->norms, m, row0 + (int64_t)done, 0, s->nq, w->heap, w->hn, w->thr);
         done += m;
     }
     return 0;
@@ -613,7 +474,7 @@ static void worker_fail(struct worker *w, int rc)
     atomic_store_explicit(&w->s->failed, 1, memory_order_relaxed);
 }
 
-/* Vector mode: claim partitions until none is left or a thread failed. */
+/* Claim partitions until none is left or a thread failed. */
 static void *vec_worker(void *arg)
 {
     struct worker *w = arg;
@@ -632,39 +493,7 @@ static void *vec_worker(void *arg)
     return NULL;
 }
 
-/* Gemm mode, threads 1..n-1: commit their slice of every sub-block thread 0
- * publishes, until it says stop. */
-static void *gemm_helper(void *arg)
-{
-    struct worker *w = arg;
-    struct search *s = w->s;
-    struct worker *w0 = &s->w[0];
-    size_t q0 = s->nq * w->idx / s->nthreads, q1 = s->nq * (w->idx + 1) / s->nthreads;
-
-    for (;;) {
-        bar_wait(&s->bar);
-        if (s->stop)
-            break;
-        commit(s, w0->C, w0->norms, s->cm, s->crow0, q0, q1, s->heap, s->hn, s->thr);
-        bar_wait(&s->bar);
-    }
-    return NULL;
-}
-
-/* Thread 0 of gemm mode: every partition in order. */
-static int gemm_scan(struct search *s)
-{
-    struct worker *w = &s->w[0];
-    int rc = 0;
-
-    for (uint64_t p = 0; p < s->parts && rc == 0; p++)
-        rc = scan_part(s, w, p);
-    s->stop = true;
-    bar_wait(&s->bar);
-    return rc;
-}
-
-static int worker_alloc(struct search *s, struct worker *w, bool heaps)
+static int worker_alloc(struct search *s, struct worker *w)
 {
     size_t blk = (size_t)s->rpp;
 
@@ -673,21 +502,18 @@ static int worker_alloc(struct search *s, struct worker *w, bool heaps)
     w->ids = malloc(blk * sizeof(int64_t));
     if (s->dtype != EC_DTYPE_F32)
         w->raw = malloc(blk * s->row_bytes);
-    if (w->idx == 0 || !s->gemm) {
-        w->C = malloc(s->nq * s->sub * sizeof(float));
-        w->norms = malloc(s->sub * sizeof(float));
-    }
-    if (heaps) {
-        w->heap = malloc(s->nq * s->kp * sizeof(*w->heap));
-        w->hn = calloc(s->nq, sizeof(*w->hn));
-        w->thr = malloc(s->nq * sizeof(*w->thr));
-        if (w->thr)
-            for (size_t q = 0; q < s->nq; q++)
-                w->thr[q] = -INFINITY;
-    }
-    if (!w->buf || !w->ids || (s->dtype != EC_DTYPE_F32 && !w->raw) ||
-        ((w->idx == 0 || !s->gemm) && (!w->C || !w->norms)) ||
-        (heaps && (!w->heap || !w->hn || !w->thr)))
+    w->C = malloc(s->nq * s->sub * sizeof(float));
+    w->norms = malloc(s->sub * sizeof(float));
+    if (s->panel)
+        w->P = malloc(cl_panel_floats(s->sub, s->dim) * sizeof(float));
+    w->heap = malloc(s->nq * s->kp * sizeof(*w->heap));
+    w->hn = calloc(s->nq, sizeof(*w->hn));
+    w->thr = malloc(s->nq * sizeof(*w->thr));
+    if (w->thr)
+        for (size_t q = 0; q < s->nq; q++)
+            w->thr[q] = -INFINITY;
+    if (!w->buf || !w->ids || (s->dtype != EC_DTYPE_F32 && !w->raw) || !w->C || !w->norms ||
+        (s->panel && !w->P) || !w->heap || !w->hn || !w->thr)
         return ec_seterr(EC_ENOMEM, "search scratch of thread %u (%zu queries, %zu results "
                                     "each, blocks of %zu rows)", w->idx, s->nq, s->kp, blk);
     return 0;
@@ -700,6 +526,7 @@ static void worker_free(struct worker *w)
     free(w->raw);
     free(w->C);
     free(w->norms);
+    free(w->P);
     free(w->heap);
     free(w->hn);
     free(w->thr);
@@ -742,10 +569,8 @@ static unsigned thread_count(const struct search *s, uint32_t asked)
         n = cl_cpus();
     if (n > 256)
         n = 256;
-    if (!s->gemm && n > s->parts)
+    if (n > s->parts)
         n = (unsigned)s->parts;
-    if (s->gemm && n > s->nq)
-        n = (unsigned)s->nq;
     if (work < 4e6)
         n = 1;
     return n ? n : 1;
@@ -860,7 +685,7 @@ static int finish_query(struct search *s, struct worker *w, const float *query,
     return cl_search_finish(&f, query, h, n, scores, ids);
 }
 
-/* Merge the other threads' heaps into thread 0's (vector mode). */
+/* Merge the other threads' heaps into thread 0's. */
 static void merge_heaps(struct search *s)
 {
     struct worker *w0 = &s->w[0];
@@ -929,27 +754,14 @@ static int check_args(const ec_tensor *t, const float *queries, size_t nq, size_
     return 0;
 }
 
-/* Gemm mode: query q's candidates, the heap and the near ties still within
- * the window, into out (kp + ncap); their count. */
-static uint32_t candidates(struct search *s, size_t q, struct hent *out)
-{
-    near_prune(s, q);
-    memcpy(out, s->heap + q * s->kp, s->hn[q] * sizeof(*out));
-    memcpy(out + s->hn[q], s->near + q * s->ncap, s->nn[q] * sizeof(*out));
-    return s->hn[q] + s->nn[q];
-}
-
 /* The exact search of a tensor in memory or on disk (ec_search's arguments
- * checked); gemm: the BLAS path from EC_SEARCH_GEMM_MIN queries on.
- * Returns 1 when a near list overflowed (widen): run it again without. */
+ * checked). */
 static int exact(ec_tensor *t, const float *queries, size_t nq, size_t dim, size_t k,
-                 ec_metric metric, const ec_search_opts *opts, bool gemm, float *scores,
-                 int64_t *ids)
+                 ec_metric metric, const ec_search_opts *opts, float *scores, int64_t *ids)
 {
     struct search s = {0};
     float *qs = NULL;
     struct cand *cd = NULL;
-    struct hent *cand = NULL;
     unsigned started = 0;
     int rc;
 
@@ -964,7 +776,7 @@ static int exact(ec_tensor *t, const float *queries, size_t nq, size_t dim, size
     s.rpp = t->t.rows_per_partition ? t->t.rows_per_partition : 1;
     s.parts = (s.rows + s.rpp - 1) / s.rpp;
     s.row_bytes = t->t.row_bytes;
-    s.gemm = gemm && nq >= EC_SEARCH_GEMM_MIN;
+    s.panel = cl_panel_pays(nq, dim);
     if (s.rows == 0) {
         for (size_t i = 0; i < nq * k; i++) {
             ids[i] = -1;
@@ -983,11 +795,11 @@ static int exact(ec_tensor *t, const float *queries, size_t nq, size_t dim, size
         s.sub = (size_t)s.rpp;
     if (s.sub < 64)
         s.sub = 64;
+    if (s.panel && s.sub > PANEL_SUB)
+        s.sub = PANEL_SUB; /* packed, it stays in the core's L2 */
     s.nthreads = thread_count(&s, opts ? opts->threads : 0);
-    pthread_mutex_init(&s.bar.m, NULL);
-    pthread_cond_init(&s.bar.cv, NULL);
-    /* The queries as scored: unit length for cosine; and their norms. */
-    if (!(qs = malloc(nq * dim * sizeof(float))) || !(s.qnorm = malloc(nq * sizeof(double)))) {
+    /* The queries as scored: unit length for cosine. */
+    if (!(qs = malloc(nq * dim * sizeof(float)))) {
         rc = ec_seterr(EC_ENOMEM, "search: a copy of %zu queries", nq);
         goto out;
     }
@@ -999,104 +811,52 @@ static int exact(ec_tensor *t, const float *queries, size_t nq, size_t dim, size
             qs[q * dim + j] = metric == EC_METRIC_COSINE
                                   ? (float)(queries[q * dim + j] / sqrt(n2))
                                   : queries[q * dim + j];
-        s.qnorm[q] = metric == EC_METRIC_COSINE ? 1.0 : sqrt(n2);
     }
     s.q = qs;
-    /* Room for near ties (gemm mode): several times the heap. */
-    s.ncap = s.gemm ? (uint32_t)(s.kp * 4 < 256 ? 256 : s.kp * 4) : 0;
-    if (s.kp + s.ncap > SIZE_MAX / sizeof(struct hent) / nq / s.nthreads ||
-        !(s.w = calloc(s.nthreads, sizeof(*s.w))) ||
-        !(cd = malloc((s.kp + s.ncap) * sizeof(*cd))) ||
-        (s.gemm && (!(s.win = calloc(nq, sizeof(*s.win))) ||
-                    !(s.near = malloc(nq * s.ncap * sizeof(*s.near))) ||
-                    !(s.nn = calloc(nq, sizeof(*s.nn))) ||
-                    !(cand = malloc((s.kp + s.ncap) * sizeof(*cand)))))) {
+    if (s.kp > SIZE_MAX / sizeof(struct hent) / nq / s.nthreads ||
+        !(s.w = calloc(s.nthreads, sizeof(*s.w))) || !(cd = malloc(s.kp * sizeof(*cd)))) {
         rc = ec_seterr(EC_ENOMEM, "search: heaps of %zu results for %zu queries", s.kp, nq);
         goto out;
     }
     s.nalloc = s.nthreads;
     for (unsigned i = 0; i < s.nthreads; i++) {
         s.w[i].idx = i;
-        if ((rc = worker_alloc(&s, &s.w[i], !s.gemm || i == 0)))
+        if ((rc = worker_alloc(&s, &s.w[i])))
             goto out;
-    }
-    if (s.gemm) {
-        s.heap = s.w[0].heap;
-        s.hn = s.w[0].hn;
-        s.thr = s.w[0].thr;
     }
     if ((rc = prefault(&s)))
         goto out;
-    s.bar.n = s.gemm ? s.nthreads : 1;
     /* Threads 1..n-1; thread 0 is this one. One that cannot start leaves
-     * the work to the others (vector); in gemm mode the slices of the
-     * queries are fixed, so the started ones are stopped and this thread
-     * does it all. */
+     * the work to the others. */
     for (unsigned i = 1; i < s.nthreads; i++) {
-        if (pthread_create(&s.w[i].th, NULL, s.gemm ? gemm_helper : vec_worker, &s.w[i]))
+        if (pthread_create(&s.w[i].th, NULL, vec_worker, &s.w[i]))
             break;
         s.w[i].started = true;
         started++;
     }
-    if (s.gemm && started + 1 < s.nthreads) {
-        pthread_mutex_lock(&s.bar.m);
-        s.bar.n = started + 1;
-        pthread_mutex_unlock(&s.bar.m);
-        s.stop = true;
-        bar_wait(&s.bar);
-        for (unsigned i = 1; i <= started; i++)
-            pthread_join(s.w[i].th, NULL);
-        started = 0;
-        s.nthreads = 1;
-        s.bar.n = 1;
-        s.stop = false;
-    }
-    if (s.gemm) {
-        rc = gemm_scan(&s);
-    } else {
-        vec_worker(&s.w[0]);
-        rc = s.w[0].rc;
-    }
+    vec_worker(&s.w[0]);
+    rc = s.w[0].rc;
     for (unsigned i = 1; i <= started; i++)
         pthread_join(s.w[i].th, NULL);
     if (rc) {
-        if (!s.gemm)
-            ec_seterr(rc, "%s", s.w[0].msg);
+        ec_seterr(rc, "%s", s.w[0].msg);
         goto out;
     }
-    for (unsigned i = 1; i < s.nthreads && !s.gemm; i++)
+    for (unsigned i = 1; i < s.nthreads; i++)
         if (s.w[i].rc) {
             rc = ec_seterr(s.w[i].rc, "%s", s.w[i].msg);
             goto out;
         }
-    if (!s.gemm)
-        merge_heaps(&s);
-    if (s.gemm && atomic_load_explicit(&s.near_full, memory_order_relaxed)) {
-        rc = 1;
-        goto out;
-    }
-    for (size_t q = 0; q < nq && rc == 0; q++) {
-        const struct hent *h = s.w[0].heap + q * s.kp;
-        uint32_t n = s.w[0].hn[q];
-        if (s.gemm) {
-            n = candidates(&s, q, cand);
-            h = cand;
-        }
-        rc = finish_query(&s, &s.w[0], queries + q * dim, h, n, cd, scores + q * k, ids + q * k);
-    }
+    merge_heaps(&s);
+    for (size_t q = 0; q < nq && rc == 0; q++)
+        rc = finish_query(&s, &s.w[0], queries + q * dim, s.w[0].heap + q * s.kp,
+                          s.w[0].hn[q], cd, scores + q * k, ids + q * k);
 out:
-    pthread_cond_destroy(&s.bar.cv);
-    pthread_mutex_destroy(&s.bar.m);
     for (unsigned i = 0; s.w && i < s.nalloc; i++)
         worker_free(&s.w[i]);
     free(s.w);
     free(cd);
-    free(cand);
     free(qs);
-    free(s.qnorm);
-    free(s.win);
-    free(s.near);
-    free(s.nn);
     return rc;
 }
 
@@ -1118,8 +878,5 @@ int ec_search(ec_tensor *t, const float *queries, size_t nq, size_t dim, size_t 
     }
     if (opts && opts->nprobe)
         return cl_ivf_search(t, queries, nq, dim, k, metric, opts, scores, ids);
-    rc = exact(t, queries, nq, dim, k, metric, opts, true, scores, ids);
-    if (rc == 1) /* near-equal rows by the thousand: the place-independent kernel */
-        rc = exact(t, queries, nq, dim, k, metric, opts, false, scores, ids);
-    return rc;
+    return exact(t, queries, nq, dim, k, metric, opts, scores, ids);
 }

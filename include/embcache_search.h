@@ -23,22 +23,23 @@
  *    gather would read them, and the item store keeps them as it keeps any
  *    gathered row. Such a search costs a read of the whole tensor.
  *
- * How it computes: for up to EC_SEARCH_GEMM_MIN - 1 queries a vectorized
- * scan (each row read once, scored against every query while it is in
- * cache) on opts.threads threads, each over its own partitions; for more,
- * a matrix product per partition (OpenBLAS cblas_sgemm, on OpenBLAS's own
- * threads: OPENBLAS_NUM_THREADS or openblas_set_num_threads()) and per-query
- * heaps updated by opts.threads threads. The candidates found (k and a few
- * more per query) are then read once more and scored again in double
- * precision, so the scores returned do not depend on the path, and two rows
- * with equal scores come out in the order of their ids.
+ * How it computes: on opts.threads threads, each over its own partitions
+ * and into heaps of its own: for few queries a vectorized scan (each row
+ * read once, scored against every query while it is in cache); from
+ * EC_SEARCH_GEMM_MIN queries (and at least dim / 12) each block of rows is
+ * packed and scored by a register-tiled kernel of the library's own, on the
+ * same thread. No BLAS thread pool is involved: OPENBLAS_NUM_THREADS does
+ * not matter to a search. The candidates found (k and a few more per
+ * query) are then read once more and scored again in double precision, so
+ * the scores returned do not depend on the kernel, and two rows with equal
+ * scores come out in the order of their ids.
  *
  * Approximate search (IVF-Flat). ec_index_build() clusters a tensor's rows
  * (k-means, nlist lists) and stores the lists with the daemon, one index
  * per tensor of a version. ec_search() with opts.nprobe > 0 then scores
  * each query against the nlist centroids, scans only the rows of the
  * nprobe best lists (the same kernels: a vectorized scan for few queries
- * per list, cblas_sgemm for many), and scores its candidates again in
+ * per list, the packed kernel for many), and scores its candidates again in
  * double precision against the rows as the tensor stores them, as an exact
  * search does: a row found has its exact score; a row in no probed list is
  * not found. The index is a file the daemon hands out read-only; the client
@@ -78,17 +79,17 @@ typedef enum ec_metric {
                             *   is better */
 } ec_metric;
 
-/** From this many queries per call on, matrix products (BLAS) score them. */
+/** From this many queries per call (or per list, approximate) on, and at
+ *  least dim / 12, rows are packed and scored by the tiled kernel. */
 #define EC_SEARCH_GEMM_MIN 16
 
 /** Options of ec_search(). Zero-initialize, then set what you need;
  *  NULL is all zero. */
 typedef struct ec_search_opts {
     uint32_t flags;        /**< none defined yet: must be 0 */
-    uint32_t threads;      /**< threads of this call's own work (the scan of
-                            *   a few queries, the heaps of many): 0 is the
-                            *   CPUs this process may run on, 1 the calling
-                            *   thread alone */
+    uint32_t threads;      /**< threads of this call (all its work runs on
+                            *   them): 0 is the CPUs this process may run
+                            *   on, 1 the calling thread alone */
     uint32_t nprobe;       /**< 0: exact search. > 0: approximate, through the
                             *   tensor's IVF index (ec_index_build): the rows
                             *   of the nprobe lists whose centroids score

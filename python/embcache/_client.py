@@ -1211,8 +1211,7 @@ class Tensor:
                 -1 and the scores -inf (``ip``, ``cosine``) or inf (``l2``).
             metric: "ip" (inner product), "cosine", or "l2" (squared
                 Euclidean distance, lowest first).
-            threads: threads of the scan and heaps (0: every CPU; OpenBLAS's
-                own threads, OPENBLAS_NUM_THREADS, run the matrix products).
+            threads: threads of the search (0: every CPU).
             nprobe: 0 (exact), or scan only the rows of the ``nprobe`` lists
                 of the tensor's IVF index (``build_index``) whose centroids
                 score best for each query; the rows found have their exact

@@ -4,12 +4,12 @@
  * here in double precision, ids and order compared exactly:
  *
  *   1. every metric at k = 1 and 10 for 1, 4 and 300 queries (the vector
- *      scan and the BLAS path), on 1 thread and on all, over a table of 40
+ *      kernel and the panel kernel), on 1 thread and on all, over a table of 40
  *      partitions holding 50 copies of one row (exact ties: smaller ids
  *      first);
  *   2. a table smaller than k: the results past its last row are id -1;
- *      a table of one row 3,000 times (the BLAS path's near lists overflow
- *      and the search runs again by the vector kernel);
+ *      a table of one row 3,000 times (each kernel gives every copy the
+ *      same score, wherever it lies: the smallest ids win);
  *   3. f16 and bf16 tables (converted per block);
  *   4. a tensor cached by rows, larger than its budget (a streamed scan
  *      through the gather path);
@@ -252,7 +252,7 @@ static void test_k_beyond_rows(void **state)
     t = resolve_ok(c, "m", "1", "small");
     for (size_t mi = 0; mi < 3; mi++) {
         search_ok(t, x, 5, q, 1, 12, METRICS[mi], 0);
-        search_ok(t, x, 5, q, 20, 12, METRICS[mi], 0); /* the BLAS path */
+        search_ok(t, x, 5, q, 20, 12, METRICS[mi], 0); /* the panel kernel */
         search_ok(t, x, 5, q, 20, 5, METRICS[mi], 0);
     }
     ec_tensor_release(t);
@@ -261,9 +261,9 @@ static void test_k_beyond_rows(void **state)
     free(x);
 }
 
-/* A table of 3,000 copies of one row (near ties by the thousand: the
- * BLAS path's near lists overflow and the search runs again with the
- * vector kernel): every query gets rows 0, 1, 2, ... in order. */
+/* A table of 3,000 copies of one row (ties by the thousand, in every
+ * place of a panel and of a block): every query gets rows 0, 1, 2, ... in
+ * order. */
 static void test_all_rows_equal(void **state)
 {
     float *x = table_new(3000, DIM, 23, false), *q = queries_new(x, 3000, 20, 24);
@@ -278,7 +278,7 @@ static void test_all_rows_equal(void **state)
     import_f32(c, "m", "same", x, 3000, DIM, PART_BYTES);
     t = resolve_ok(c, "m", "1", "same");
     for (size_t mi = 0; mi < 3; mi++) {
-        search_ok(t, x, 3000, q, 20, 5, METRICS[mi], 0); /* the BLAS path */
+        search_ok(t, x, 3000, q, 20, 5, METRICS[mi], 0); /* the panel kernel */
         search_ok(t, x, 3000, q, 2, 5, METRICS[mi], 0);
     }
     ec_tensor_release(t);
