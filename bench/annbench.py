@@ -40,8 +40,9 @@ What it does:
 With --dynamic, the table is made a dynamic table instead (keys 0..rows-1):
 per metric, embcache's index and FAISS's IndexIVFFlat (same nlist, on the
 worker's copy of the same rows, ids = keys) are built and timed (exact
-search of the table, --nprobe of both indexes, one query per call and a
-batch) right after the build, after --rewrite of the rows (a random share of
+search of the table next to FAISS's IndexIDMap2 of an IndexFlatIP or
+IndexFlatL2 of the same rows, updated as the IVF is; --nprobe of both
+indexes; one query per call and a batch) right after the build, after --rewrite of the rows (a random share of
 the keys, seed 4) were written again with new rows of the mixture (the
 table's puts; FAISS: remove_ids and add_with_ids of those keys, timed; for
 embcache the index's delta, which a new handle's first search assigns to
@@ -211,7 +212,7 @@ def worker(args):
                     else None,
                 }), flush=True)
             ti.release()
-            del index
+            del index, flat
         view.release()
 
 
@@ -259,6 +260,10 @@ def dyn_worker(args):
             t0 = time.perf_counter()
             index = faiss_ivf(faiss, args, metric, st["nlist"], rows)
             fa_build = time.perf_counter() - t0
+            # FAISS's exact search of the same rows by key, updated as its IVF is.
+            flat = faiss.IndexIDMap2((faiss.IndexFlatL2 if metric == "l2"
+                                      else faiss.IndexFlatIP)(args.dim))
+            flat.add_with_ids(rows, np.arange(len(rows), dtype=np.int64))
             for phase in ("built", "rewritten", "rebuilt"):
                 fa_update_s = 0.0
                 if phase == "rewritten":
@@ -276,6 +281,8 @@ def dyn_worker(args):
                     index.remove_ids(keys)
                     index.add_with_ids(rows[keys], keys)
                     fa_update_s = time.perf_counter() - t0
+                    flat.remove_ids(keys)
+                    flat.add_with_ids(rows[keys], keys)
                 elif phase == "rebuilt":
                     t0 = time.perf_counter()
                     st = c.build_index(MODEL, 1, TENSOR, nlist=args.nlist or None,
@@ -295,10 +302,10 @@ def dyn_worker(args):
                 ref_s = ref_b[:len(qs)]
                 res = {}
 
-                def fa_single():
-                    out = np.empty((len(qs), k), np.int64)
-                    for i in range(len(qs)):
-                        out[i] = index.search(qs[i:i + 1], k)[1][0]
+                def fa_single(ix, qq):
+                    out = np.empty((len(qq), k), np.int64)
+                    for i in range(len(qq)):
+                        out[i] = ix.search(qq[i:i + 1], k)[1][0]
                     return out
 
                 for r in range(args.repeats):
@@ -306,14 +313,15 @@ def dyn_worker(args):
                     for nprobe in [0] + nprobes:
                         index.nprobe = max(nprobe, 1)
                         for per_call in (1, args.batch):
-                            for lib in (("exact",) if nprobe == 0 else order):
+                            for lib in order:
                                 time.sleep(0.3)
                                 qq = (qs[:args.exact_singles] if nprobe == 0 else qs) \
                                     if per_call == 1 else qb
+                                ix = flat if nprobe == 0 else index
                                 t0 = time.perf_counter()
                                 if lib == "faiss":
-                                    ids = fa_single() if per_call == 1 else \
-                                        index.search(qb, k)[1]
+                                    ids = fa_single(ix, qq) if per_call == 1 else \
+                                        ix.search(qb, k)[1]
                                 elif per_call == 1:
                                     ids = np.stack([ti.search(q, k, metric, threads=T,
                                                               nprobe=nprobe)[1] for q in qq])
@@ -342,7 +350,7 @@ def dyn_worker(args):
                         "live_keys": info["live_keys"],
                     }), flush=True)
                 ti.release()
-            del index
+            del index, flat
 
 
 def record_dynamic(args, lines, wall, shm_mb, load):

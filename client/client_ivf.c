@@ -258,7 +258,6 @@ struct ivs;
 struct iworker {
     struct ivs *s;
     unsigned idx;
-    pthread_t th;
     struct cl_heaps hp;         /* this thread's heaps: n * kp */
     float *Qb;                  /* the queries of one list, packed */
     float *C;                   /* scores of a sub-block */
@@ -334,7 +333,6 @@ static void coarse_range(const struct ivs *s, size_t q0, size_t q1, size_t step,
 /* One thread's share of the coarse step. */
 struct cworker {
     const struct ivs *s;
-    pthread_t th;
     size_t q0, q1, step;
     float *C;
     struct hent *h;
@@ -354,13 +352,13 @@ static void *coarse_worker(void *arg)
 static int coarse(struct ivs *s, uint32_t asked)
 {
     size_t nl = s->x->v.nlist, step = SCORE_FLOATS / nl ? SCORE_FLOATS / nl : 1;
-    unsigned n = asked ? asked : cl_cpus(), started = 0;
+    unsigned n = asked ? asked : cl_cpus();
     struct cworker *w;
     size_t share;
     int rc = 0;
 
-    if (n > 64)
-        n = 64;
+    if (n > CL_THREADS_MAX)
+        n = CL_THREADS_MAX;
     if ((double)s->n * (double)nl * (double)s->dim < 4e6)
         n = 1;
     if (n > (s->n + 7) / 8)
@@ -381,17 +379,7 @@ static int coarse(struct ivs *s, uint32_t asked)
             goto out;
         }
     }
-    for (unsigned i = 1; i < n; i++) {
-        if (pthread_create(&w[i].th, NULL, coarse_worker, &w[i]))
-            break;
-        started++;
-    }
-    /* The calling thread does its share and those of threads not started. */
-    coarse_worker(&w[0]);
-    for (unsigned i = started + 1; i < n; i++)
-        coarse_worker(&w[i]);
-    for (unsigned i = 1; i <= started; i++)
-        pthread_join(w[i].th, NULL);
+    cl_run_parallel(n, w, sizeof(*w), coarse_worker);
 out:
     for (unsigned i = 0; i < n; i++) {
         free(w[i].C);
@@ -608,24 +596,13 @@ static void iworker_free(struct iworker *w)
     free(w->f.cd);
 }
 
-/* Run fn on threads 1..nthreads-1 and the caller; a thread that cannot be
- * started has its share done by the caller. The first error any met, with
- * its message, or 0. */
+/* fn on every worker (cl_run_parallel); the first error any met, with its
+ * message, or 0. */
 static int run_all(struct ivs *s, void *(*fn)(void *))
 {
-    unsigned started = 0;
     int rc = 0;
 
-    for (unsigned i = 1; i < s->nthreads; i++) {
-        if (pthread_create(&s->w[i].th, NULL, fn, &s->w[i]))
-            break;
-        started++;
-    }
-    fn(&s->w[0]);
-    for (unsigned i = started + 1; i < s->nthreads; i++)
-        fn(&s->w[i]);
-    for (unsigned i = 1; i <= started; i++)
-        pthread_join(s->w[i].th, NULL);
+    cl_run_parallel(s->nthreads, s->w, sizeof(*s->w), fn);
     for (unsigned i = 0; i < s->nthreads && rc == 0; i++)
         if (s->w[i].rc)
             rc = ec_seterr(s->w[i].rc, "%s", s->w[i].msg);
@@ -652,8 +629,8 @@ static unsigned chunk_threads(struct ivs *s, uint32_t asked)
             s->cfloats = nql * (m < sub ? m : sub);
     }
     work *= (double)s->dim;
-    if (n > 256)
-        n = 256;
+    if (n > CL_THREADS_MAX)
+        n = CL_THREADS_MAX;
     if (n > s->nactive)
         n = s->nactive;
     if (work < 4e6)

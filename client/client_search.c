@@ -76,8 +76,6 @@ struct search;
 struct worker {
     struct search *s;
     unsigned idx;
-    pthread_t th;
-    bool started;
     struct hent *heap;   /* nq * kp: this thread's heaps */
     uint32_t *hn;        /* nq: entries in each heap */
     float *thr;          /* nq: key a row must reach to enter (-INF: not full) */
@@ -567,8 +565,8 @@ static unsigned thread_count(const struct search *s, uint32_t asked)
 
     if (n == 0)
         n = cl_cpus();
-    if (n > 256)
-        n = 256;
+    if (n > CL_THREADS_MAX)
+        n = CL_THREADS_MAX;
     if (n > s->parts)
         n = (unsigned)s->parts;
     if (work < 4e6)
@@ -582,6 +580,25 @@ unsigned cl_cpus(void)
 
     return sched_getaffinity(0, sizeof(set), &set) == 0 && CPU_COUNT(&set) > 0
                ? (unsigned)CPU_COUNT(&set) : 1;
+}
+
+void cl_run_parallel(unsigned n, void *arg, size_t size, void *(*fn)(void *))
+{
+    pthread_t th[CL_THREADS_MAX];
+    unsigned started = 0;
+
+    if (n > CL_THREADS_MAX)
+        n = CL_THREADS_MAX;
+    for (unsigned i = 1; i < n; i++) {
+        if (pthread_create(&th[i], NULL, fn, (char *)arg + i * size))
+            break;
+        started++;
+    }
+    fn(arg);
+    for (unsigned i = started + 1; i < n; i++)
+        fn((char *)arg + i * size);
+    for (unsigned i = 1; i <= started; i++)
+        pthread_join(th[i], NULL);
 }
 
 /* ------------------------------------------------------------------ */
@@ -762,7 +779,6 @@ static int exact(ec_tensor *t, const float *queries, size_t nq, size_t dim, size
     struct search s = {0};
     float *qs = NULL;
     struct cand *cd = NULL;
-    unsigned started = 0;
     int rc;
 
     s.t = t;
@@ -826,23 +842,8 @@ static int exact(ec_tensor *t, const float *queries, size_t nq, size_t dim, size
     }
     if ((rc = prefault(&s)))
         goto out;
-    /* Threads 1..n-1; thread 0 is this one. One that cannot start leaves
-     * the work to the others. */
-    for (unsigned i = 1; i < s.nthreads; i++) {
-        if (pthread_create(&s.w[i].th, NULL, vec_worker, &s.w[i]))
-            break;
-        s.w[i].started = true;
-        started++;
-    }
-    vec_worker(&s.w[0]);
-    rc = s.w[0].rc;
-    for (unsigned i = 1; i <= started; i++)
-        pthread_join(s.w[i].th, NULL);
-    if (rc) {
-        ec_seterr(rc, "%s", s.w[0].msg);
-        goto out;
-    }
-    for (unsigned i = 1; i < s.nthreads; i++)
+    cl_run_parallel(s.nthreads, s.w, sizeof(*s.w), vec_worker);
+    for (unsigned i = 0; i < s.nthreads; i++)
         if (s.w[i].rc) {
             rc = ec_seterr(s.w[i].rc, "%s", s.w[i].msg);
             goto out;
@@ -874,7 +875,8 @@ int ec_search(ec_tensor *t, const float *queries, size_t nq, size_t dim, size_t 
          * (client_ivf.c, client_dynivf.c). */
         if (opts && opts->nprobe)
             return cl_ivf_search(t, queries, nq, dim, k, metric, opts, scores, ids);
-        return cl_dyn_search(t, queries, nq, dim, k, metric, scores, ids);
+        return cl_dyn_search(t, queries, nq, dim, k, metric, opts ? opts->threads : 0,
+                             scores, ids);
     }
     if (opts && opts->nprobe)
         return cl_ivf_search(t, queries, nq, dim, k, metric, opts, scores, ids);

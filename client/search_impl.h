@@ -89,6 +89,15 @@ void cl_to_f32(float *dst, const uint8_t *src, size_t n, ec_dtype dt);
 /* The CPUs this process may run on (at least 1). */
 unsigned cl_cpus(void);
 
+/* Threads of one search, at most. */
+#define CL_THREADS_MAX 256u
+
+/* fn(arg + i * size) for each i < n (at most CL_THREADS_MAX): i = 0 on the
+ * calling thread, the others on threads started for them; the share of a
+ * thread that cannot be started is run by the caller after its own.
+ * Returns when every call has returned. */
+void cl_run_parallel(unsigned n, void *arg, size_t size, void *(*fn)(void *));
+
 /* The last step of a search for one query: its n candidates h gathered from
  * the tensor (in blocks of rpp rows through ids/buf/raw), scored again in
  * double precision, sorted by (score, id) and written as k results (id -1
@@ -126,7 +135,7 @@ int cl_ivf_search(ec_tensor *t, const float *queries, size_t nq, size_t dim, siz
 /* client_dynsearch.c: exact search over a dynamic table, by key, called by
  * ec_search after it checked its arguments. */
 int cl_dyn_search(ec_tensor *t, const float *queries, size_t nq, size_t dim, size_t k,
-                  ec_metric metric, float *scores, int64_t *ids);
+                  ec_metric metric, uint32_t threads, float *scores, int64_t *ids);
 
 /* client_dynivf.c: what the approximate search of a dynamic table adds to a
  * tensor's (client_ivf.c): the table, the rows written since the index was

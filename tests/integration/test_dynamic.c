@@ -525,15 +525,18 @@ static void test_dynamic_snapshot(void **state)
 }
 
 /* ec_search over a dynamic table: the live keys, by key, against a brute
- * force over the same rows; deleted keys never come back; through an index
- * of its keys too. */
+ * force over the same rows, for 2 queries (one thread, the vector kernel)
+ * and for 64 (the panel kernel; test_ivf's exact searches of a table whose
+ * slots span several threads' runs are its reference); deleted keys never
+ * come back; through an index of its keys too. */
+#define SQ 64
 static void test_dynamic_search(void **state)
 {
     ec_client *c = connect_ok();
     struct table tb;
     ec_tensor *t = dyn_table(c, "srch", 500, 4096, EC_DYN_REFUSE, &tb);
-    int64_t keys[300], del[100], got_ids[2 * 10];
-    float q[2 * DIM], got[2 * 10], *rows = malloc(1000 * DIM * 4);
+    int64_t keys[300], del[100], got_ids[SQ * 10];
+    float q[SQ * DIM], got[SQ * 10], *rows = malloc(1000 * DIM * 4);
     ec_rows_result res;
     uint64_t seed = 3;
 
@@ -546,14 +549,16 @@ static void test_dynamic_search(void **state)
     for (int i = 0; i < 100; i++)
         del[i] = i * 5; /* base keys 0, 5, ..., 495 */
     assert_int_equal(ec_rows_delete(t, del, 100, &res), 0);
-    for (int i = 0; i < 2 * (int)DIM; i++)
+    for (int i = 0; i < SQ * (int)DIM; i++)
         q[i] = (float)((int64_t)(splitmix(&seed) % 2001) - 1000) / 100.0f;
-    for (int metric = EC_METRIC_IP; metric <= EC_METRIC_L2; metric++) {
+    for (int run = 0; run < 6; run++) {
         /* The reference: every live key's row, scored in double. */
-        double best[2][10];
-        int64_t bestk[2][10];
-        assert_int_equal(ec_search(t, q, 2, DIM, 10, (ec_metric)metric, NULL, got, got_ids), 0);
-        for (int qi = 0; qi < 2; qi++) {
+        int metric = EC_METRIC_IP + run % 3, nq = run < 3 ? 2 : SQ;
+        double best[SQ][10];
+        int64_t bestk[SQ][10];
+        assert_int_equal(ec_search(t, q, (size_t)nq, DIM, 10, (ec_metric)metric, NULL, got,
+                                   got_ids), 0);
+        for (int qi = 0; qi < nq; qi++) {
             for (int j = 0; j < 10; j++)
                 best[qi][j] = -INFINITY, bestk[qi][j] = 0;
             for (int64_t i = -300; i < 500; i++) {
@@ -584,9 +589,9 @@ static void test_dynamic_search(void **state)
             for (int j = 0; j < 10; j++) {
                 double want = metric == EC_METRIC_L2 ? -best[qi][j] : best[qi][j];
                 if (fabs(got[qi * 10 + j] - want) > 1e-3 * (1 + fabs(want)))
-                    fail_msg("metric %d query %d rank %d: score %g (key %" PRId64 "), expected "
-                             "%g (key %" PRId64 ")", metric, qi, j, got[qi * 10 + j],
-                             got_ids[qi * 10 + j], want, bestk[qi][j]);
+                    fail_msg("metric %d, %d queries, query %d rank %d: score %g (key %" PRId64
+                             "), expected %g (key %" PRId64 ")", metric, nq, qi, j,
+                             got[qi * 10 + j], got_ids[qi * 10 + j], want, bestk[qi][j]);
                 assert_false(got_ids[qi * 10 + j] >= 0 && got_ids[qi * 10 + j] < 500 &&
                              got_ids[qi * 10 + j] % 5 == 0);
             }
