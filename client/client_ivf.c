@@ -30,7 +30,7 @@
  *   3. fine: threads claim lists; each list's rows are scored against the
  *      queries that probe it (few: the vectorized kernel, each row read
  *      once for all of them; enough that packing pays, cl_panel_pays: the
- *      panel kernel, PACK_ROWS rows packed at a time) into heaps of the
+ *      panel kernel, CL_PANEL_ROWS rows packed at a time) into heaps of the
  *      thread's own, k + slack per query;
  *   4. the answer, the queries split among the threads: each query's
  *      candidates are merged from every thread's heaps, gathered from the
@@ -60,8 +60,6 @@
 #define QCHUNK 8192
 /* Floats of a score buffer (coarse and fine), at most: 16 MiB. */
 #define SCORE_FLOATS ((size_t)4 << 20)
-/* Rows of a list packed at once for the panel kernel. */
-#define PACK_ROWS 512u
 
 struct cl_ivf {
     void *map;
@@ -457,12 +455,12 @@ static void commit(struct ivs *s, struct iworker *w, const float *C, size_t m, u
 }
 
 /* The rows of a sub-block of a list probed by nql queries: as many as fit
- * SCORE_FLOATS scores, at least 64; PACK_ROWS when they are packed for the
- * panel kernel (QCHUNK * PACK_ROWS is SCORE_FLOATS). */
+ * SCORE_FLOATS scores, at least 64; CL_PANEL_ROWS when they are packed for the
+ * panel kernel (QCHUNK * CL_PANEL_ROWS is SCORE_FLOATS). */
 static size_t sub_rows(size_t nql, size_t dim)
 {
     if (cl_panel_pays(nql, dim))
-        return PACK_ROWS;
+        return CL_PANEL_ROWS;
     return SCORE_FLOATS / nql > 64 ? SCORE_FLOATS / nql : 64;
 }
 
@@ -557,7 +555,7 @@ static int iworker_alloc(struct ivs *s, struct iworker *w)
     w->hp.thr = malloc(s->n * sizeof(*w->hp.thr));
     w->Qb = malloc(s->n * s->dim * sizeof(float));
     w->C = malloc(s->cfloats * sizeof(float));
-    w->P = malloc(cl_panel_floats(PACK_ROWS, s->dim) * sizeof(float));
+    w->P = malloc(cl_panel_floats(CL_PANEL_ROWS, s->dim) * sizeof(float));
     if (!w->hp.heap || !w->hp.hn || !w->hp.thr || !w->Qb || !w->C || !w->P)
         return ec_seterr(EC_ENOMEM, "approximate search scratch of thread %u (%zu queries, "
                                     "%zu candidates each)", w->idx, s->n, s->kp);

@@ -58,8 +58,6 @@
 #define SCAN_DIRECT_TRIES 8
 /* Floats of one thread's score buffer C, at most (16 MiB). */
 #define SCORE_BUF_FLOATS ((size_t)4 << 20)
-/* Rows of a sub-block packed for the panel kernel, at most. */
-#define PANEL_SUB 512u
 
 /* The kernels are compiled for AVX-512, AVX2+FMA and the baseline; the
  * loader picks one for the CPU it runs on. */
@@ -811,8 +809,8 @@ static int exact(ec_tensor *t, const float *queries, size_t nq, size_t dim, size
         s.sub = (size_t)s.rpp;
     if (s.sub < 64)
         s.sub = 64;
-    if (s.panel && s.sub > PANEL_SUB)
-        s.sub = PANEL_SUB; /* packed, it stays in the core's L2 */
+    if (s.panel && s.sub > CL_PANEL_ROWS)
+        s.sub = CL_PANEL_ROWS;
     s.nthreads = thread_count(&s, opts ? opts->threads : 0);
     /* The queries as scored: unit length for cosine. */
     if (!(qs = malloc(nq * dim * sizeof(float)))) {

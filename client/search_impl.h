@@ -67,6 +67,9 @@ static inline uint32_t cl_search_nearest(const float *s, size_t nl, const float 
  * floats the packed form of m rows of dim takes; cl_panel_pack: X (m rows)
  * into P; cl_panel_dots: C[q * ldc + r] = Q[q] . X[r] (r < m) from P. */
 #define EC_PANEL_W 16
+/* Rows a scan packs at once (256 KiB at dim 128: they stay in the core's
+ * L2 while every query goes by). */
+#define CL_PANEL_ROWS 512u
 size_t cl_panel_floats(size_t m, size_t dim);
 
 /* Whether rows scored against nq queries of dim are worth packing for the
