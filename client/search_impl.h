@@ -1,12 +1,17 @@
 /*
  * search_impl.h - private to the search files of libembcache: what exact
  * search (client/client_search.c) lends the approximate one
- * (client/client_ivf.c) and the index builder (client/client_index.c), so
- * that both score rows with the same kernels and answer with the same
- * double-precision re-scoring, and the per-handle index the IVF search
- * keeps (struct ec_tensor's ivf, released with the handle).
+ * (client/client_ivf.c, client/client_dynivf.c), the exact search of a
+ * dynamic table (client/client_dynsearch.c) and the index builder
+ * (client/client_index.c), so that all score rows with the same kernels
+ * (and the panel kernel of client/search_panel.c), run on threads the same
+ * way (cl_run_parallel) and answer with the same double-precision
+ * re-scoring; and the per-handle index the IVF search keeps (struct
+ * ec_tensor's ivf, released with the handle).
  *
- * Everything here runs on the thread that calls it; nothing holds a lock.
+ * Everything here runs on the thread that calls it, except what
+ * cl_run_parallel runs on the threads it starts; nothing holds a lock but
+ * a dynamic index's snapshot cache (struct cl_dyndelta).
  */
 #ifndef EC_CLIENT_SEARCH_IMPL_H
 #define EC_CLIENT_SEARCH_IMPL_H
