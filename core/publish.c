@@ -86,6 +86,7 @@ struct ptensor {
     uint64_t head_len;     /* format 2: bytes [0, data_off) of its partition file */
     uint64_t head_sum;     /* their XXH3-64 */
     char path[EC_CAT_PATH_MAX]; /* publish: the partition file */
+    bool lazy;             /* publish: pulled lazily here (its file may have holes) */
 };
 
 struct manifest {
@@ -528,6 +529,7 @@ static int note_tensor(const ec_cat_tensor *ct, void *arg)
     t->row_bytes = ct->row_bytes;
     t->rpp = ct->rows_per_partition;
     t->partitions = ct->partitions;
+    t->lazy = ct->remote;
     memcpy(t->sum, ct->part_checksums, ct->partitions * 8);
     x->ids[m->n - 1] = ct->id;
     return 0;
@@ -642,6 +644,24 @@ static int batch_chunks(struct batch *b, const struct manifest *m, uint32_t ti, 
     return 0;
 }
 
+
+/* Whether bytes [off, off + len) of fd hold no hole (SEEK_DATA/SEEK_HOLE;
+ * a file system without them reports none, and the checksum then speaks). */
+static bool range_on_disk(int fd, uint64_t off, uint64_t len)
+{
+    off_t d, h;
+
+    if (len == 0)
+        return true;
+    d = lseek(fd, (off_t)off, SEEK_DATA);
+    if (d < 0)
+        return errno != ENXIO; /* ENXIO: only a hole from off to the end */
+    if ((uint64_t)d != off)
+        return false;
+    h = lseek(fd, (off_t)off, SEEK_HOLE);
+    return h < 0 || (uint64_t)h >= off + len;
+}
+
 /* Read, check and queue every partition of tensor ti. */
 static int publish_tensor(ec_rcluster *rc, const char *data_dir, struct manifest *m,
                           uint32_t ti, struct batch *b, uint64_t *sent)
@@ -664,6 +684,18 @@ static int publish_tensor(ec_rcluster *rc, const char *data_dir, struct manifest
     for (uint64_t p = 0; p < t->partitions; p++) {
         uint64_t plen = ec_partfile_part_length(&meta, p);
         uint8_t *dst = NULL;
+        /* A lazily pulled tensor's partitions reach its file as they are
+         * read: one not read yet is a hole, which would read as zeros and
+         * fail its checksum as if the disk were damaged. */
+        if (t->lazy && !range_on_disk(fd, ec_partfile_part_offset(&meta, p), plen)) {
+            r = ec_seterr(EC_EINVAL, "publish of '%s' version %" PRId64 ": it was pulled "
+                          "lazily here, and partition %" PRIu64 " of tensor '%s' is not on "
+                          "this host's disk yet (it is read from the remote tier when it is "
+                          "first used): publish it from a host that holds it whole, or pull "
+                          "it whole here first (`embcache pull` without --lazy, after "
+                          "`embcache retire`)", m->model, m->version, p, t->name);
+            goto out;
+        }
         if ((r = batch_room(rc, b, plen, sent, "a partition", &dst)))
             goto out;
         if ((r = ec_partfile_read_partition(fd, &meta, p, dst, t->sum[p])) < 0) {

@@ -550,7 +550,8 @@ typedef struct ec_publish_result {
  *                     NULL or "": the daemon's --remote (EC_EINVAL without one).
  * @param[out] out     written on success only; may be NULL.
  * @return 0, or EC_EINVAL (bad argument or URL, a dynamic table: publish a
- *         snapshot), EC_ENOENT (no such version), EC_EDTYPE, EC_ECHECKSUM /
+ *         snapshot; a version pulled lazily whose partitions are not all on
+ *         this host's disk yet), EC_ENOENT (no such version), EC_EDTYPE, EC_ECHECKSUM /
  *         EC_EIO (a local partition file), EC_ECONN, EC_ETIMEOUT, EC_EBUSY,
  *         EC_EPROTO (the cluster, or the daemon's connection), EC_EPERM.
  *         On failure the version's old manifest on the cluster, if any,

@@ -7,7 +7,9 @@
  * Daemon A imports a model and publishes it. Daemon B (--remote, keeping
  * what it reads) pulls it with --lazy: its partition files are sparse, its
  * rows equal A's byte for byte, read from the cluster (remote_reads,
- * remote_bytes) and kept (the files fill); a kept partition damaged on
+ * remote_bytes) and kept (the files fill); B's publish of the version is
+ * refused while a partition is not on its disk yet (naming it, not
+ * calling it damaged) and done once all is kept; a kept partition damaged on
  * B's disk is read from the cluster again and rewritten. A tensor cached
  * by rows is read remotely by block runs. Daemon K (--remote,
  * remote-keep false) sees a chunk overwritten on the cluster as
@@ -254,6 +256,10 @@ static void test_lazy_pull_reads_remotely(void **state)
         fail_msg("lazily pulled files hold %llu bytes on disk: not sparse",
                  (unsigned long long)alloc);
     assert_int_equal(stat_of(B.c, "remote_reads"), 0);
+    /* Published again from B before its data is here: refused, naming the
+     * partition not on disk (not "damaged"), and the cluster's copy kept. */
+    expect_fail(ec_model_publish(B.c, "m", "1", url, NULL), EC_EINVAL,
+                "pulled lazily here, and partition 0 of tensor");
 
     same_rows(A.c, B.c, "1", "emb", 4096);
     same_rows(A.c, B.c, "1", "small", 1000);
@@ -263,9 +269,12 @@ static void test_lazy_pull_reads_remotely(void **state)
     assert_int_equal(stat_of(B.c, "remote_checksum_failures"), 0);
     assert_int_equal(stat_of(B.c, "remote_kept_bytes"), V1_BYTES);
     assert_int_equal(stat_of(B.c, "remote_partitions_remote"), 0);
-    /* Kept: the files hold the data now. */
+    /* Kept: the files hold the data now, and B can publish the version. */
     disk_use(&B, &alloc, &size);
     assert_true(alloc >= V1_BYTES);
+    assert_int_equal(ec_model_publish(B.c, "m", "1", url, &r), 0);
+    assert_int_equal(r.tensors, 2);
+    same_rows(A.c, B.c, "1", "small", 1000);
 }
 
 /* remote-keep-reserve: with less free than the reserve, nothing is kept
