@@ -152,14 +152,10 @@ static void *finish_worker(void *arg)
 
     w0 = &s->w[0];
     for (size_t q = q0; q < q1 && rc == 0; q++) {
-        struct hent *h0 = w0->hp.heap + q * s->kp;
         for (unsigned i = 1; i < s->nthreads; i++)
-            for (uint32_t j = 0; j < s->w[i].hp.hn[q]; j++)
-                cl_search_heap_offer(h0, &w0->hp.hn[q], s->kp, &w0->hp.thr[q],
-                                     s->w[i].hp.heap[q * s->kp + j].key,
-                                     s->w[i].hp.heap[q * s->kp + j].id);
-        rc = cl_search_finish(&w->f, s->raw_q + q * s->dim, h0, w0->hp.hn[q],
-                              s->scores + q * s->k, s->ids + q * s->k);
+            cl_heaps_merge(&w0->hp, &s->w[i].hp, q, s->kp);
+        rc = cl_search_finish(&w->f, s->raw_q + q * s->dim, w0->hp.heap + q * s->kp,
+                              w0->hp.hn[q], s->scores + q * s->k, s->ids + q * s->k);
     }
     if (rc)
         dworker_fail(w, rc);

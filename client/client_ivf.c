@@ -529,10 +529,7 @@ static void *finish_worker(void *arg)
     w0 = &s->w[0];
     for (size_t q = q0; q < q1 && rc == 0; q++) {
         for (unsigned i = 1; i < s->nthreads; i++)
-            for (uint32_t j = 0; j < s->w[i].hp.hn[q]; j++)
-                cl_search_heap_offer(w0->hp.heap + q * s->kp, &w0->hp.hn[q], s->kp,
-                                     &w0->hp.thr[q], s->w[i].hp.heap[q * s->kp + j].key,
-                                     s->w[i].hp.heap[q * s->kp + j].id);
+            cl_heaps_merge(&w0->hp, &s->w[i].hp, q, s->kp);
         rc = s->dyn ? cl_dynivf_finish(s->dyn, &w->ds, s->metric, s->raw_q + q * s->dim,
                                        s->dim, w0->hp.heap + q * s->kp, w0->hp.hn[q], s->k,
                                        s->scores + q * s->k, s->ids + q * s->k)

@@ -244,6 +244,16 @@ struct cl_heaps {
     float *thr;
 };
 
+/* Offer query q's entries of heaps `from` to its heap in `into` (the merge
+ * of a search's per-thread heaps). */
+static inline void cl_heaps_merge(struct cl_heaps *into, const struct cl_heaps *from, size_t q,
+                                  size_t kp)
+{
+    for (uint32_t j = 0; j < from->hn[q]; j++)
+        cl_search_heap_offer(into->heap + q * kp, &into->hn[q], kp, &into->thr[q],
+                             from->heap[q * kp + j].key, from->heap[q * kp + j].id);
+}
+
 int cl_dynivf_begin(struct cl_dynivf *d, ec_tensor *t, uint64_t built_lsn,
                     struct cl_dyndelta *cache, const struct cl_dynprobe *p,
                     struct cl_dynscratch *w);
