@@ -47,8 +47,7 @@ struct dworker {
     uint8_t *raw;               /* BLOCK rows as stored */
     int64_t *keys;              /* the block's */
     struct cl_finish f;         /* the finish's scratch */
-    int rc;
-    char msg[EC_ERRMSG_MAX];
+    struct cl_terr err;         /* the error this thread met */
 };
 
 struct dsearch {
@@ -67,13 +66,6 @@ struct dsearch {
     unsigned nthreads;
     struct dworker *w;
 };
-
-static void dworker_fail(struct dworker *w, int rc)
-{
-    w->rc = rc;
-    snprintf(w->msg, sizeof(w->msg), "%s", ec_last_error());
-    atomic_store_explicit(&w->s->failed, 1, memory_order_relaxed);
-}
 
 /* Score the m rows of w's block against every query into w's heaps. */
 static void score_block(struct dsearch *s, struct dworker *w, size_t m)
@@ -122,7 +114,7 @@ static void *scan_worker(void *arg)
             int64_t key;
             int r = ec_dyn_slot_read(&s->v, sl, &key, w->raw);
             if (r < 0) {
-                dworker_fail(w, r);
+                cl_terr_set(&w->err, r, &s->failed);
                 return NULL;
             }
             if (r == 0)
@@ -146,10 +138,10 @@ static void *finish_worker(void *arg)
 {
     struct dworker *w = arg, *w0;
     struct dsearch *s = w->s;
-    size_t share = (s->nq + s->nthreads - 1) / s->nthreads, q0 = w->idx * share;
-    size_t q1 = q0 + share < s->nq ? q0 + share : s->nq;
+    size_t q0, q1;
     int rc = 0;
 
+    cl_share(s->nq, s->nthreads, w->idx, &q0, &q1);
     w0 = &s->w[0];
     for (size_t q = q0; q < q1 && rc == 0; q++) {
         for (unsigned i = 1; i < s->nthreads; i++)
@@ -158,7 +150,7 @@ static void *finish_worker(void *arg)
                               w0->hp.hn[q], s->scores + q * s->k, s->ids + q * s->k);
     }
     if (rc)
-        dworker_fail(w, rc);
+        cl_terr_set(&w->err, rc, &s->failed);
     return NULL;
 }
 
@@ -211,10 +203,7 @@ static void dworker_free(struct dworker *w)
 static int run_all(struct dsearch *s, void *(*fn)(void *))
 {
     cl_run_parallel(s->nthreads, s->w, sizeof(*s->w), fn);
-    for (unsigned i = 0; i < s->nthreads; i++)
-        if (s->w[i].rc)
-            return ec_seterr(s->w[i].rc, "%s", s->w[i].msg);
-    return 0;
+    return cl_terr_first(&s->w[0].err, sizeof(*s->w), s->nthreads);
 }
 
 static int dyn_search_once(ec_tensor *t, const float *queries, size_t nq, size_t dim,

@@ -262,8 +262,7 @@ struct iworker {
     float *P;                   /* a sub-block packed for the panel kernel */
     struct cl_dynscratch ds;    /* a dynamic table's search: the steps' scratch */
     struct cl_finish f;         /* a tensor's: the finish's scratch */
-    int rc;                     /* 0, or the error this thread met (msg) */
-    char msg[EC_ERRMSG_MAX];
+    struct cl_terr err;         /* the error this thread met */
 };
 
 struct ivs {
@@ -290,14 +289,6 @@ struct ivs {
     size_t cfloats;             /* floats of a thread's score buffer */
     struct iworker *w;
 };
-
-/* Keep the error this thread met (messages are per thread). */
-static void iworker_fail(struct iworker *w, int rc)
-{
-    w->rc = rc;
-    snprintf(w->msg, sizeof(w->msg), "%s", ec_last_error());
-    atomic_store_explicit(&w->s->failed, 1, memory_order_relaxed);
-}
 
 /* The nprobe best lists of queries [q0, q1) of the chunk into s->probe,
  * scored against the packed centroids in blocks of `step` queries through
@@ -367,8 +358,7 @@ static int coarse(struct ivs *s, uint32_t asked)
         return ec_seterr(EC_ENOMEM, "approximate search: %u threads", n);
     for (unsigned i = 0; i < n; i++) {
         w[i].s = s;
-        w[i].q0 = i * share < s->n ? i * share : s->n;
-        w[i].q1 = w[i].q0 + share < s->n ? w[i].q0 + share : s->n;
+        cl_share(s->n, n, i, &w[i].q0, &w[i].q1);
         w[i].step = step;
         w[i].C = malloc(step * nl * sizeof(float));
         w[i].h = malloc(s->nprobe * sizeof(struct hent));
@@ -508,7 +498,7 @@ static void *scan_worker(void *arg)
         if (i >= s->nactive)
             break;
         if ((rc = scan_list(s, w, s->active[i]))) {
-            iworker_fail(w, rc);
+            cl_terr_set(&w->err, rc, &s->failed);
             break;
         }
     }
@@ -522,10 +512,10 @@ static void *finish_worker(void *arg)
 {
     struct iworker *w = arg, *w0;
     struct ivs *s = w->s;
-    size_t share = (s->n + s->nthreads - 1) / s->nthreads, q0 = w->idx * share;
-    size_t q1 = q0 + share < s->n ? q0 + share : s->n;
+    size_t q0, q1;
     int rc = 0;
 
+    cl_share(s->n, s->nthreads, w->idx, &q0, &q1);
     w0 = &s->w[0];
     for (size_t q = q0; q < q1 && rc == 0; q++) {
         for (unsigned i = 1; i < s->nthreads; i++)
@@ -537,7 +527,7 @@ static void *finish_worker(void *arg)
                                        w0->hp.hn[q], s->scores + q * s->k, s->ids + q * s->k);
     }
     if (rc)
-        iworker_fail(w, rc);
+        cl_terr_set(&w->err, rc, &s->failed);
     return NULL;
 }
 
@@ -595,13 +585,8 @@ static void iworker_free(struct iworker *w)
  * message, or 0. */
 static int run_all(struct ivs *s, void *(*fn)(void *))
 {
-    int rc = 0;
-
     cl_run_parallel(s->nthreads, s->w, sizeof(*s->w), fn);
-    for (unsigned i = 0; i < s->nthreads && rc == 0; i++)
-        if (s->w[i].rc)
-            rc = ec_seterr(s->w[i].rc, "%s", s->w[i].msg);
-    return rc;
+    return cl_terr_first(&s->w[0].err, sizeof(*s->w), s->nthreads);
 }
 
 /* Threads for this chunk: what was asked (0: the CPUs), no more than the

@@ -83,8 +83,7 @@ struct worker {
     float *C;            /* nq * sub: scores of a sub-block */
     float *norms;        /* sub: |x|^2 of each row (cosine, L2) */
     float *P;            /* sub rows packed for the panel kernel (panel) */
-    int rc;
-    char msg[EC_ERRMSG_MAX];
+    struct cl_terr err;
 };
 
 struct search {
@@ -463,13 +462,6 @@ static int scan_part(struct search *s, struct worker *w, uint64_t p)
 /* ------------------------------------------------------------------ */
 /* Threads                                                             */
 
-static void worker_fail(struct worker *w, int rc)
-{
-    w->rc = rc;
-    snprintf(w->msg, sizeof(w->msg), "%s", ec_last_error());
-    atomic_store_explicit(&w->s->failed, 1, memory_order_relaxed);
-}
-
 /* Claim partitions until none is left or a thread failed. */
 static void *vec_worker(void *arg)
 {
@@ -482,7 +474,7 @@ static void *vec_worker(void *arg)
         if (p >= s->parts)
             break;
         if ((rc = scan_part(s, w, p))) {
-            worker_fail(w, rc);
+            cl_terr_set(&w->err, rc, &s->failed);
             break;
         }
     }
@@ -841,11 +833,8 @@ static int exact(ec_tensor *t, const float *queries, size_t nq, size_t dim, size
     if ((rc = prefault(&s)))
         goto out;
     cl_run_parallel(s.nthreads, s.w, sizeof(*s.w), vec_worker);
-    for (unsigned i = 0; i < s.nthreads; i++)
-        if (s.w[i].rc) {
-            rc = ec_seterr(s.w[i].rc, "%s", s.w[i].msg);
-            goto out;
-        }
+    if ((rc = cl_terr_first(&s.w[0].err, sizeof(*s.w), s.nthreads)))
+        goto out;
     merge_heaps(&s);
     for (size_t q = 0; q < nq && rc == 0; q++)
         rc = finish_query(&s, &s.w[0], queries + q * dim, s.w[0].heap + q * s.kp,

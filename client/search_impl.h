@@ -100,6 +100,42 @@ unsigned cl_cpus(void);
 /* Threads of one search, at most. */
 #define CL_THREADS_MAX 256u
 
+/* The error a search's thread met, kept for the caller (ec_last_error is
+ * per thread): cl_terr_set keeps it and raises *failed, which the other
+ * threads poll to stop; cl_terr_first gives the caller the first of n. */
+struct cl_terr {
+    int rc;
+    char msg[EC_ERRMSG_MAX];
+};
+
+static inline void cl_terr_set(struct cl_terr *e, int rc, _Atomic int *failed)
+{
+    e->rc = rc;
+    snprintf(e->msg, sizeof(e->msg), "%s", ec_last_error());
+    atomic_store_explicit(failed, 1, memory_order_relaxed);
+}
+
+/* The first error among n threads' (struct cl_terr at base + i * size),
+ * set as this thread's, or 0. */
+static inline int cl_terr_first(const void *base, size_t size, unsigned n)
+{
+    for (unsigned i = 0; i < n; i++) {
+        const struct cl_terr *e = (const void *)((const char *)base + i * size);
+        if (e->rc)
+            return ec_seterr(e->rc, "%s", e->msg);
+    }
+    return 0;
+}
+
+/* Thread i's share [*lo, *hi) of n items split among parts threads. */
+static inline void cl_share(size_t n, unsigned parts, unsigned i, size_t *lo, size_t *hi)
+{
+    size_t share = (n + parts - 1) / parts;
+
+    *lo = (size_t)i * share < n ? (size_t)i * share : n;
+    *hi = *lo + share < n ? *lo + share : n;
+}
+
 /* fn(arg + i * size) for each i < n (at most CL_THREADS_MAX): i = 0 on the
  * calling thread, the others on threads started for them; the share of a
  * thread that cannot be started is run by the caller after its own.
