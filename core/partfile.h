@@ -241,6 +241,19 @@ int ec_partfile_read_origin(int fd, const ec_partfile_meta *meta, ec_partfile_or
  *         message names which). Thread-safe (pread only). */
 int ec_partfile_verify(int fd, const ec_partfile_meta *meta, uint64_t *part_checksums);
 
+/* ec_partfile_verify for a file pulled lazily (`embcache pull --lazy`),
+ * whose data region is partly holes: a partition with a hole anywhere in
+ * its bytes is not read and is counted in *absent; every other partition
+ * is checked as ec_partfile_verify checks it. On a file system without
+ * SEEK_HOLE every partition counts as present. absent may be NULL (then
+ * this is ec_partfile_verify). */
+int ec_partfile_verify_present(int fd, const ec_partfile_meta *meta, uint64_t *part_checksums,
+                               uint64_t *absent);
+
+/* Whether bytes [off, off + len) of fd hold no hole (SEEK_DATA/SEEK_HOLE;
+ * a file system without them reports none, and a checksum then speaks). */
+bool ec_partfile_range_on_disk(int fd, uint64_t off, uint64_t len);
+
 /* Open and validate a partition file of version 1 or 2 (header, table and
  * block table checksums, arithmetic, file size) and fill meta (its version
  * says which). Returns an O_RDONLY|O_CLOEXEC fd in *fd_out.

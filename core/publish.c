@@ -19,6 +19,9 @@
  * the partitions the manifest has. Then the catalog's partition checksums
  * must equal the manifest's, else the version is dropped again.
  *
+ * The lazy pull, and its check for `embcache recover`, are in
+ * core/pull_lazy.c; what both share is in core/publish_impl.h.
+ *
  * Runs on the daemon's importer thread (core/server_remote.c) with the
  * importer's catalog handle; the cluster handle is this call's own.
  */
@@ -43,19 +46,13 @@
 #include "core/import.h"
 #include "core/partfile.h"
 #include "core/proto.h"
+#include "core/publish_impl.h"
 #include "core/rcluster.h"
 #include "core/tensorfile.h"
 
-#define MAGIC "ECPUBM01"
-#define FORMAT 2u    /* what publish writes */
-#define FORMAT_1 1u  /* still read: no file heads (no lazy pull) */
-#define KEY_MAX 512
-
-uint64_t ec_checksum(const void *buf, size_t len); /* core/partfile.c: XXH3-64 */
-
 /* The thread's last message, copied: ec_seterr must not format from its
  * own buffer. Returns buf. */
-static const char *saved_err(char *buf)
+const char *pub_saved_err(char *buf)
 {
     snprintf(buf, EC_ERRMSG_MAX, "%s", ec_last_error());
     return buf;
@@ -75,31 +72,7 @@ static int parse_version(const char *s, int64_t *out)
     return 0;
 }
 
-/* One tensor of a manifest. */
-struct ptensor {
-    char name[EC_NAME_MAX + 1];
-    ec_dtype dtype;
-    uint32_t ndim;
-    uint64_t shape[EC_MAX_DIMS];
-    uint64_t rows, row_bytes, rpp, partitions;
-    uint64_t *len, *sum;   /* per partition; malloc'd (one block: len then sum) */
-    uint64_t head_len;     /* format 2: bytes [0, data_off) of its partition file */
-    uint64_t head_sum;     /* their XXH3-64 */
-    char path[EC_CAT_PATH_MAX]; /* publish: the partition file */
-    bool lazy;             /* publish: pulled lazily here (its file may have holes) */
-};
-
-struct manifest {
-    char model[EC_NAME_MAX + 1];
-    int64_t version, round, created;
-    char *params;
-    uint32_t format;       /* decoded: FORMAT_1 or FORMAT */
-    uint32_t chunk;
-    uint32_t n;
-    struct ptensor *t;
-};
-
-static void manifest_free(struct manifest *m)
+void pub_manifest_free(struct manifest *m)
 {
     for (uint32_t i = 0; m->t && i < m->n; i++)
         free(m->t[i].len);
@@ -115,23 +88,23 @@ static int open_cluster(const char *url, ec_rcluster **out)
     int rc = ec_rcluster_open(url, &o, out);
 
     if (rc)
-        return ec_seterr(rc, "cluster %s: %s", url, saved_err(eb));
+        return ec_seterr(rc, "cluster %s: %s", url, pub_saved_err(eb));
     return 0;
 }
 
-static size_t head_key(char *buf, const char *model, int64_t v, uint32_t t, uint64_t k)
+size_t pub_head_key(char *buf, const char *model, int64_t v, uint32_t t, uint64_t k)
 {
-    return (size_t)snprintf(buf, KEY_MAX, "ec:h:%s:%" PRId64 ":%u:%" PRIu64, model, v, t, k);
+    return (size_t)snprintf(buf, PUB_KEY_MAX, "ec:h:%s:%" PRId64 ":%u:%" PRIu64, model, v, t, k);
 }
 
 static size_t chunk_key(char *buf, const char *model, int64_t v, uint32_t t, uint64_t p,
                         uint64_t k)
 {
-    return (size_t)snprintf(buf, KEY_MAX, "ec:c:%s:%" PRId64 ":%u:%" PRIu64 ":%" PRIu64, model,
+    return (size_t)snprintf(buf, PUB_KEY_MAX, "ec:c:%s:%" PRId64 ":%u:%" PRIu64 ":%" PRIu64, model,
                             v, t, p, k);
 }
 
-static uint64_t nchunks(uint64_t len, uint32_t chunk)
+uint64_t pub_nchunks(uint64_t len, uint32_t chunk)
 {
     return len / chunk + (len % chunk != 0);
 }
@@ -189,8 +162,8 @@ static void putstr(struct obuf *o, const char *s)
 
 static int manifest_encode(const struct manifest *m, struct obuf *o)
 {
-    put(o, MAGIC, 8);
-    put32(o, FORMAT);
+    put(o, PUB_MAGIC, 8);
+    put32(o, PUB_FORMAT);
     put32(o, m->n);
     putstr(o, m->model);
     put64(o, (uint64_t)m->version);
@@ -287,7 +260,7 @@ static int tensor_check(const struct ptensor *t, uint64_t *total)
     uint64_t rb = es, rows, parts;
 
     if (ec_catalog_check_name("tensor", t->name))
-        return ec_seterr(EC_EFORMAT, "manifest: tensor name: %s", saved_err(eb));
+        return ec_seterr(EC_EFORMAT, "manifest: tensor name: %s", pub_saved_err(eb));
     if (!es || !ec_safetensors_dtype_name(t->dtype))
         return ec_seterr(EC_EFORMAT, "manifest: tensor '%s' has dtype %u, which embcache "
                          "cannot import", t->name, (unsigned)t->dtype);
@@ -323,7 +296,7 @@ static int tensor_check(const struct ptensor *t, uint64_t *total)
 
 /* The partition file layout a manifest's tensor has, as version v of the
  * format (EC_PARTFILE_VERSION_1 or 0: the current one). */
-static int tensor_layout(const struct ptensor *t, uint32_t v, ec_partfile_meta *meta)
+int pub_tensor_layout(const struct ptensor *t, uint32_t v, ec_partfile_meta *meta)
 {
     memset(meta, 0, sizeof(*meta));
     meta->version = v;
@@ -340,9 +313,9 @@ static int head_check(const struct manifest *m, const struct ptensor *t)
 {
     ec_partfile_meta v1, v2;
 
-    if (m->format < FORMAT)
+    if (m->format < PUB_FORMAT)
         return 0;
-    if (tensor_layout(t, EC_PARTFILE_VERSION_1, &v1) || tensor_layout(t, 0, &v2) ||
+    if (pub_tensor_layout(t, EC_PARTFILE_VERSION_1, &v1) || pub_tensor_layout(t, 0, &v2) ||
         (t->head_len != v1.data_off && t->head_len != v2.data_off))
         return ec_seterr(EC_EFORMAT, "manifest: tensor '%s': a file head of %" PRIu64 " bytes, "
                          "and its layout makes %" PRIu64 " (or %" PRIu64 " in format 1)",
@@ -361,7 +334,7 @@ static int manifest_decode(const uint8_t *b, size_t len, const char *model, int6
 
     memset(m, 0, sizeof(*m));
     *total = 0;
-    if (len < 8 + 8 || memcmp(b, MAGIC, 8))
+    if (len < 8 + 8 || memcmp(b, PUB_MAGIC, 8))
         return ec_seterr(EC_EFORMAT, "manifest of '%s' version %" PRId64 " on the cluster is "
                          "not an embcache manifest (bad magic): publish it again", model,
                          version);
@@ -370,10 +343,10 @@ static int manifest_decode(const uint8_t *b, size_t len, const char *model, int6
                          "checksum: publish it again", model, version);
     r = (struct ibuf){.b = b, .len = len - 8, .off = 8};
     m->format = get32(&r);
-    if (m->format != FORMAT && m->format != FORMAT_1)
+    if (m->format != PUB_FORMAT && m->format != PUB_FORMAT_1)
         return ec_seterr(EC_EVERSION, "manifest of '%s' version %" PRId64 ": format %u, this "
                          "embcache reads formats %u and %u", model, version, m->format,
-                         FORMAT_1, FORMAT);
+                         PUB_FORMAT_1, PUB_FORMAT);
     m->n = get32(&r);
     if (r.bad || m->n == 0 || m->n > EC_PUB_MAX_TENSORS)
         return ec_seterr(EC_EFORMAT, "manifest of '%s' version %" PRId64 ": %u tensors "
@@ -440,7 +413,7 @@ static int manifest_decode(const uint8_t *b, size_t len, const char *model, int6
             t->len[p] = get64(&r);
             t->sum[p] = get64(&r);
         }
-        if (m->format >= FORMAT) {
+        if (m->format >= PUB_FORMAT) {
             t->head_len = get64(&r);
             t->head_sum = get64(&r);
         }
@@ -465,7 +438,7 @@ static int manifest_decode(const uint8_t *b, size_t len, const char *model, int6
 fail:
     assert(rc < 0);
     free(byname);
-    manifest_free(m);
+    pub_manifest_free(m);
     return rc;
 }
 
@@ -631,12 +604,12 @@ static int batch_room(ec_rcluster *rc, struct batch *b, uint64_t n, uint64_t *se
 static int batch_chunks(struct batch *b, const struct manifest *m, uint32_t ti, uint64_t p,
                         const uint8_t *src, uint64_t len)
 {
-    char key[KEY_MAX];
+    char key[PUB_KEY_MAX];
     int r;
 
-    for (uint64_t k = 0, nk = nchunks(len, m->chunk); k < nk; k++) {
+    for (uint64_t k = 0, nk = pub_nchunks(len, m->chunk); k < nk; k++) {
         uint64_t off = k * m->chunk, n = len - off < m->chunk ? len - off : m->chunk;
-        size_t kl = p == UINT64_MAX ? head_key(key, m->model, m->version, ti, k)
+        size_t kl = p == UINT64_MAX ? pub_head_key(key, m->model, m->version, ti, k)
                                     : chunk_key(key, m->model, m->version, ti, p, k);
         if ((r = batch_key(b, key, kl, src + off, (size_t)n)))
             return r;
@@ -644,23 +617,6 @@ static int batch_chunks(struct batch *b, const struct manifest *m, uint32_t ti, 
     return 0;
 }
 
-
-/* Whether bytes [off, off + len) of fd hold no hole (SEEK_DATA/SEEK_HOLE;
- * a file system without them reports none, and the checksum then speaks). */
-static bool range_on_disk(int fd, uint64_t off, uint64_t len)
-{
-    off_t d, h;
-
-    if (len == 0)
-        return true;
-    d = lseek(fd, (off_t)off, SEEK_DATA);
-    if (d < 0)
-        return errno != ENXIO; /* ENXIO: only a hole from off to the end */
-    if ((uint64_t)d != off)
-        return false;
-    h = lseek(fd, (off_t)off, SEEK_HOLE);
-    return h < 0 || (uint64_t)h >= off + len;
-}
 
 /* Read, check and queue every partition of tensor ti. */
 static int publish_tensor(ec_rcluster *rc, const char *data_dir, struct manifest *m,
@@ -675,7 +631,7 @@ static int publish_tensor(ec_rcluster *rc, const char *data_dir, struct manifest
     snprintf(path, sizeof(path), "%s/%s", data_dir, t->path);
     if ((r = ec_partfile_open(path, &meta, &fd)) < 0)
         return ec_seterr(r, "publish of '%s' version %" PRId64 " tensor '%s': %s", m->model,
-                         m->version, t->name, saved_err(eb));
+                         m->version, t->name, pub_saved_err(eb));
     if (meta.partitions != t->partitions || meta.rows_per_partition != t->rpp) {
         r = ec_seterr(EC_ECORRUPT, "publish: the partition file of tensor '%s' does not match "
                       "the catalog; run `embcache refresh`", t->name);
@@ -687,7 +643,7 @@ static int publish_tensor(ec_rcluster *rc, const char *data_dir, struct manifest
         /* A lazily pulled tensor's partitions reach its file as they are
          * read: one not read yet is a hole, which would read as zeros and
          * fail its checksum as if the disk were damaged. */
-        if (t->lazy && !range_on_disk(fd, ec_partfile_part_offset(&meta, p), plen)) {
+        if (t->lazy && !ec_partfile_range_on_disk(fd, ec_partfile_part_offset(&meta, p), plen)) {
             r = ec_seterr(EC_EINVAL, "publish of '%s' version %" PRId64 ": it was pulled "
                           "lazily here, and partition %" PRIu64 " of tensor '%s' is not on "
                           "this host's disk yet (it is read from the remote tier when it is "
@@ -700,7 +656,7 @@ static int publish_tensor(ec_rcluster *rc, const char *data_dir, struct manifest
             goto out;
         if ((r = ec_partfile_read_partition(fd, &meta, p, dst, t->sum[p])) < 0) {
             r = ec_seterr(r, "publish of '%s' version %" PRId64 " tensor '%s' partition %"
-                          PRIu64 ": %s", m->model, m->version, t->name, p, saved_err(eb));
+                          PRIu64 ": %s", m->model, m->version, t->name, p, pub_saved_err(eb));
             goto out;
         }
         if (ec_checksum(dst, plen) != t->sum[p]) {
@@ -755,7 +711,7 @@ int ec_publish_version(ec_catalog *cat, const char *data_dir, const char *model,
     struct obuf o = {0};
     ec_rcluster *rc = NULL;
     uint64_t sent = 0;
-    char key[KEY_MAX];
+    char key[PUB_KEY_MAX];
     size_t kl;
     int r;
 
@@ -814,7 +770,7 @@ out:
     }
     if (r && r != EC_ENOENT && rc)
         r = ec_seterr(r, "publish of '%s' version %s to %s failed, and the version there (if "
-                      "any) keeps its old manifest: %s", model, version, url, saved_err(eb));
+                      "any) keeps its old manifest: %s", model, version, url, pub_saved_err(eb));
     ec_rcluster_close(rc);
     free(b.keys);
     free(b.klen);
@@ -823,7 +779,7 @@ out:
     free(b.arena);
     free(o.b);
     free(x.ids);
-    manifest_free(&m);
+    pub_manifest_free(&m);
     return r;
 }
 
@@ -935,8 +891,8 @@ static int pull_tensor(ec_rcluster *rc, const struct manifest *m, uint32_t ti, i
          * 4 GiB / EC_PUB_CHUNK_MIN). */
         while (p1 < t->partitions &&
                (p1 == p0 || (used + t->len[p1] <= arena_cap &&
-                             n + nchunks(t->len[p1], m->chunk) <= EC_PUB_BATCH_KEYS))) {
-            n += (size_t)nchunks(t->len[p1], m->chunk);
+                             n + pub_nchunks(t->len[p1], m->chunk) <= EC_PUB_BATCH_KEYS))) {
+            n += (size_t)pub_nchunks(t->len[p1], m->chunk);
             used += t->len[p1++];
         }
         if (n > cap) {
@@ -959,7 +915,7 @@ static int pull_tensor(ec_rcluster *rc, const struct manifest *m, uint32_t ti, i
                 break;
             }
             for (size_t i = 0; i < n; i++)
-                if (!(keys[i] = malloc(KEY_MAX))) {
+                if (!(keys[i] = malloc(PUB_KEY_MAX))) {
                     r = ec_seterr(EC_ENOMEM, "pull: chunk keys");
                     break;
                 }
@@ -970,7 +926,7 @@ static int pull_tensor(ec_rcluster *rc, const struct manifest *m, uint32_t ti, i
             size_t i = 0;
             uint64_t off = 0;
             for (uint64_t p = p0; p < p1; p++) {
-                for (uint64_t k = 0, nk = nchunks(t->len[p], m->chunk); k < nk; k++, i++) {
+                for (uint64_t k = 0, nk = pub_nchunks(t->len[p], m->chunk); k < nk; k++, i++) {
                     uint64_t co = k * m->chunk;
                     klen[i] = chunk_key(keys[i], m->model, m->version, ti, p, k);
                     f.dst[i] = arena + off + co;
@@ -1076,14 +1032,15 @@ static int check_imported(ec_catalog *cat, const struct manifest *m)
     return r;
 }
 
-/* The start of both pulls: check the names, refuse a version that exists
- * here, open the cluster (*rcp) and read and decode the manifest (*mbp, for
- * the caller to free, and m). Fails before opening with *rcp NULL. */
-static int pull_manifest(ec_catalog *cat, const char *model, const char *version,
+/* The start of both pulls (and of recover's check): check the names,
+ * refuse a version that exists in cat (when given), open the cluster (*rcp)
+ * and read and decode the manifest (*mbp, for the caller to free, and m).
+ * Fails before opening with *rcp NULL. */
+int pub_pull_manifest(ec_catalog *cat, const char *model, const char *version,
                          const char *url, int64_t *vp, ec_rcluster **rcp, void **mbp,
                          struct manifest *m, uint64_t *total)
 {
-    char eb[EC_ERRMSG_MAX], key[KEY_MAX];
+    char eb[EC_ERRMSG_MAX], key[PUB_KEY_MAX];
     ec_rcluster *rc = NULL;
     size_t mlen = 0, kl;
     int64_t v, have;
@@ -1094,7 +1051,7 @@ static int pull_manifest(ec_catalog *cat, const char *model, const char *version
     if (parse_version(version, &v))
         return ec_seterr(EC_EINVAL, "pull: version '%s' must be a number >= 1 (an alias "
                          "names a version only on its own host)", version);
-    if (ec_catalog_version_of(cat, model, version, &have) == 0)
+    if (cat && ec_catalog_version_of(cat, model, version, &have) == 0)
         return ec_seterr(EC_EEXIST, "model '%s' version %" PRId64 " exists here already; "
                          "retire it first to pull it again", model, v);
     *vp = v;
@@ -1109,7 +1066,7 @@ static int pull_manifest(ec_catalog *cat, const char *model, const char *version
                           model, v, url, model, v);
         else
             r = ec_seterr(r, "pull of '%s' version %" PRId64 ": reading its manifest from %s: "
-                          "%s", model, v, url, saved_err(eb));
+                          "%s", model, v, url, pub_saved_err(eb));
         return r;
     }
     return manifest_decode(*mbp, mlen, model, v, m, total);
@@ -1131,7 +1088,7 @@ int ec_pull_version(ec_catalog *cat, const char *data_dir, const char *model,
     bool imported = false;
     int fd = -1, r;
 
-    if ((r = pull_manifest(cat, model, version, url, &v, &rc, &mb, &m, &total))) {
+    if ((r = pub_pull_manifest(cat, model, version, url, &v, &rc, &mb, &m, &total))) {
         if (!rc)
             return r; /* nothing opened: the message says it all */
         goto out;
@@ -1203,271 +1160,12 @@ out:
     }
     if (r && r != EC_ENOENT && r != EC_EEXIST)
         r = ec_seterr(r, "pull of '%s' version %" PRId64 " from %s failed, nothing was "
-                      "registered: %s", model, v, url, saved_err(eb));
+                      "registered: %s", model, v, url, pub_saved_err(eb));
     if (fd >= 0)
         close(fd);
     free(arena);
     free(mb);
     ec_rcluster_close(rc);
-    manifest_free(&m);
-    return r;
-}
-
-/* ------------------------------------------------------------------ */
-/* Lazy pull                                                           */
-
-/* A value of a head's MGET, into its place. */
-struct hfetch {
-    const char *tensor;
-    uint8_t *buf;
-    uint64_t len;
-    uint32_t chunk;
-    int err;
-    char msg[512];
-};
-
-static void head_cb(void *arg, size_t i, int status, const void *val, size_t len,
-                    const char *msg)
-{
-    struct hfetch *f = arg;
-    uint64_t off = (uint64_t)i * f->chunk;
-    uint64_t want = f->len - off < f->chunk ? f->len - off : f->chunk;
-
-    if (status == 0 && len == want) {
-        memcpy(f->buf + off, val, len);
-        return;
-    }
-    if (f->err)
-        return;
-    f->err = status == 0 || status == EC_ENOENT ? EC_ECHECKSUM : status;
-    if (status == 0)
-        snprintf(f->msg, sizeof(f->msg), "tensor '%s': chunk %zu of its file head has %zu "
-                 "bytes on the cluster, the manifest makes %" PRIu64, f->tensor, i, len, want);
-    else if (status == EC_ENOENT)
-        snprintf(f->msg, sizeof(f->msg), "tensor '%s': chunk %zu of its file head is missing "
-                 "on the cluster", f->tensor, i);
-    else
-        snprintf(f->msg, sizeof(f->msg), "tensor '%s': chunk %zu of its file head: %s",
-                 f->tensor, i, msg ? msg : ec_strerror(status));
-}
-
-/* Fetch tensor ti's head and check it against the manifest's checksum.
- * *out is malloc'd (t->head_len bytes). */
-static int fetch_head(ec_rcluster *rc, const struct manifest *m, uint32_t ti, uint8_t **out)
-{
-    const struct ptensor *t = &m->t[ti];
-    size_t n = (size_t)nchunks(t->head_len, m->chunk);
-    struct hfetch f = {.tensor = t->name, .len = t->head_len, .chunk = m->chunk};
-    char **keys = calloc(n, sizeof(*keys));
-    size_t *klen = calloc(n, sizeof(*klen));
-    int r = 0;
-
-    f.buf = malloc(t->head_len);
-    if (!keys || !klen || !f.buf) {
-        r = ec_seterr(EC_ENOMEM, "lazy pull: a file head of %" PRIu64 " bytes", t->head_len);
-        goto out;
-    }
-    for (size_t k = 0; k < n; k++) {
-        if (!(keys[k] = malloc(KEY_MAX))) {
-            r = ec_seterr(EC_ENOMEM, "lazy pull: keys");
-            goto out;
-        }
-        klen[k] = head_key(keys[k], m->model, m->version, ti, k);
-    }
-    r = ec_rcluster_mget(rc, (const char *const *)keys, klen, n, head_cb, &f);
-    if (f.err)
-        r = ec_seterr(f.err, "%s", f.msg);
-    else if (r == 0 && ec_checksum(f.buf, t->head_len) != t->head_sum)
-        r = ec_seterr(EC_ECHECKSUM, "tensor '%s': its file head on the cluster fails the "
-                      "manifest's checksum (corrupted or overwritten there); publish the "
-                      "version again", t->name);
-out:
-    for (size_t k = 0; keys && k < n; k++)
-        free(keys[k]);
-    free(keys);
-    free(klen);
-    if (r)
-        free(f.buf);
-    else
-        *out = f.buf;
-    return r;
-}
-
-/* Write a head as a new partition file, sparse to its full size, check it
- * as any partition file is opened, and against the manifest; then give it
- * its final name. rel: "parts/<name>.ecp"; *hsum: its header checksum. */
-static int write_head(const char *data_dir, const struct manifest *m, const struct ptensor *t,
-                      const uint8_t *head, char *rel, size_t rel_len, uint64_t *hsum,
-                      uint64_t *file_size)
-{
-    char tmp[4210], fin[4200], eb[EC_ERRMSG_MAX];
-    unsigned char rnd[8];
-    ec_partfile_meta want, meta;
-    uint64_t *sums = NULL, done = 0;
-    int fd = -1, r;
-
-    (void)m;
-    if ((r = tensor_layout(t, t->head_len == (tensor_layout(t, 0, &want), want.data_off)
-                                  ? 0 : EC_PARTFILE_VERSION_1, &want)))
-        return r;
-    if (getrandom(rnd, sizeof(rnd), 0) != (ssize_t)sizeof(rnd))
-        return ec_seterr_errno(EC_EIO, errno, "lazy pull: getrandom");
-    snprintf(rel, rel_len, "%s/%02x%02x%02x%02x%02x%02x%02x%02x%s", EC_PARTS_DIR, rnd[0],
-             rnd[1], rnd[2], rnd[3], rnd[4], rnd[5], rnd[6], rnd[7], EC_PARTFILE_EXT);
-    if ((size_t)snprintf(fin, sizeof(fin), "%s/%s", data_dir, rel) >= sizeof(fin))
-        return ec_seterr(EC_EINVAL, "lazy pull: the data directory's path is too long");
-    snprintf(tmp, sizeof(tmp), "%.4199s.tmp", fin);
-    if ((fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600)) < 0)
-        return ec_seterr_errno(EC_EIO, errno, "lazy pull: creating %s", tmp);
-    while (done < t->head_len) {
-        ssize_t n = pwrite(fd, head + done, t->head_len - done, (off_t)done);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n <= 0) {
-            r = ec_seterr_errno(n < 0 && errno == ENOSPC ? EC_ENOSPC : EC_EIO,
-                                n < 0 ? errno : EIO, "lazy pull: writing %s", tmp);
-            goto fail;
-        }
-        done += (uint64_t)n;
-    }
-    /* The data region: a hole, filled as it is read (core/pager_remote.c). */
-    if (ftruncate(fd, (off_t)want.file_size) < 0 || fsync(fd) < 0) {
-        r = ec_seterr_errno(EC_EIO, errno, "lazy pull: sizing %s", tmp);
-        goto fail;
-    }
-    close(fd);
-    fd = -1;
-    /* Validated as any partition file: header, tables, arithmetic, size. */
-    if ((r = ec_partfile_open(tmp, &meta, &fd)) < 0) {
-        r = ec_seterr(r, "tensor '%s': its file head from the cluster: %s", t->name,
-                      saved_err(eb));
-        goto fail;
-    }
-    if (meta.dtype != t->dtype || meta.ndim != t->ndim ||
-        memcmp(meta.shape, t->shape, sizeof(meta.shape)) || meta.rows_per_partition != t->rpp ||
-        meta.partitions != t->partitions || meta.file_size != want.file_size) {
-        r = ec_seterr(EC_EFORMAT, "tensor '%s': its file head from the cluster describes "
-                      "another tensor than the manifest", t->name);
-        goto fail;
-    }
-    if (!(sums = malloc((t->partitions ? t->partitions : 1) * 8))) {
-        r = ec_seterr(EC_ENOMEM, "lazy pull");
-        goto fail;
-    }
-    if ((r = ec_partfile_read_table(fd, &meta, sums)) < 0)
-        goto fail;
-    for (uint64_t p = 0; p < t->partitions; p++)
-        if (sums[p] != t->sum[p]) {
-            r = ec_seterr(EC_EFORMAT, "tensor '%s' partition %" PRIu64 ": its file head's "
-                          "checksum %016" PRIx64 " is not the manifest's %016" PRIx64,
-                          t->name, p, sums[p], t->sum[p]);
-            goto fail;
-        }
-    close(fd);
-    fd = -1;
-    if (rename(tmp, fin) < 0) {
-        r = ec_seterr_errno(EC_EIO, errno, "lazy pull: renaming %s", tmp);
-        goto fail;
-    }
-    free(sums);
-    *hsum = meta.header_checksum;
-    *file_size = meta.file_size;
-    return 0;
-fail:
-    if (fd >= 0)
-        close(fd);
-    unlink(tmp);
-    free(sums);
-    return r;
-}
-
-int ec_pull_lazy(ec_catalog *cat, const char *data_dir, const char *model,
-                 const char *version, const char *url, ec_pub_stats *out)
-{
-    char eb[EC_ERRMSG_MAX], parts[4200];
-    struct manifest m = {0};
-    ec_cat_tensor *cts = NULL;
-    ec_rcluster *rc = NULL;
-    uint64_t total = 0, got = 0;
-    void *mb = NULL;
-    uint32_t made = 0;
-    int64_t v = 0, vid;
-    int r;
-
-    if ((r = pull_manifest(cat, model, version, url, &v, &rc, &mb, &m, &total))) {
-        if (!rc)
-            return r; /* nothing opened: the message says it all */
-        goto out;
-    }
-    if (m.format < FORMAT) {
-        r = ec_seterr(EC_EVERSION, "model '%s' version %" PRId64 " was published by an older "
-                      "embcache (manifest format %u, without file heads): publish it again to "
-                      "pull it lazily, or pull it whole", model, v, m.format);
-        goto out;
-    }
-    snprintf(parts, sizeof(parts), "%s/%s", data_dir, EC_PARTS_DIR);
-    if (mkdir(parts, 0700) < 0 && errno != EEXIST) {
-        r = ec_seterr_errno(EC_EIO, errno, "lazy pull: creating %s", parts);
-        goto out;
-    }
-    if (!(cts = calloc(m.n, sizeof(*cts)))) {
-        r = ec_seterr(EC_ENOMEM, "lazy pull");
-        goto out;
-    }
-    for (uint32_t i = 0; i < m.n; i++) {
-        const struct ptensor *t = &m.t[i];
-        ec_cat_tensor *c = &cts[i];
-        uint8_t *head = NULL;
-        if ((r = fetch_head(rc, &m, i, &head)))
-            goto out;
-        r = write_head(data_dir, &m, t, head, c->path, sizeof(c->path), &c->header_checksum,
-                       &c->file_size);
-        free(head);
-        if (r)
-            goto out;
-        made++;
-        got += t->head_len;
-        snprintf(c->name, sizeof(c->name), "%s", t->name);
-        c->dtype = t->dtype;
-        c->ndim = t->ndim;
-        memcpy(c->shape, t->shape, sizeof(c->shape));
-        c->rows = t->rows;
-        c->row_bytes = t->row_bytes;
-        c->rows_per_partition = t->rpp;
-        c->partitions = t->partitions;
-        c->part_checksums = t->sum; /* the manifest's; the catalog copies them */
-        c->remote = true;
-        c->remote_index = i;
-        c->remote_chunk = m.chunk;
-    }
-    {
-        int dfd = open(parts, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-        if (dfd >= 0) {
-            (void)fsync(dfd);
-            close(dfd);
-        }
-    }
-    if ((r = ec_catalog_add_version_at(cat, model, v, m.round, m.params, m.created, cts, m.n,
-                                       &vid)))
-        goto out;
-    ec_info("pulled %s version %" PRId64 " lazily: %u tensor(s), %" PRIu64 " bytes of data "
-            "left on %s until read", model, v, m.n, total, url);
-    if (out)
-        *out = (ec_pub_stats){.version = v, .tensors = m.n, .bytes = got};
-out:
-    if (r) {
-        for (uint32_t i = 0; i < made; i++) {
-            char full[4200 + EC_CAT_PATH_MAX];
-            snprintf(full, sizeof(full), "%s/%s", data_dir, cts[i].path);
-            unlink(full);
-        }
-        if (r != EC_ENOENT && r != EC_EEXIST)
-            r = ec_seterr(r, "lazy pull of '%s' version %" PRId64 " from %s failed, nothing "
-                          "was registered: %s", model, v, url, saved_err(eb));
-    }
-    free(cts);
-    free(mb);
-    ec_rcluster_close(rc);
-    manifest_free(&m);
+    pub_manifest_free(&m);
     return r;
 }

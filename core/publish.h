@@ -95,4 +95,20 @@ int ec_pull_version(ec_catalog *cat, const char *data_dir, const char *model,
 int ec_pull_lazy(ec_catalog *cat, const char *data_dir, const char *model,
                  const char *version, const char *url, ec_pub_stats *out);
 
+/* For `embcache recover`: whether ts[0..n), the tensors of (model,
+ * version) as its lazily pulled partition files describe them (names,
+ * dtype, shape, layout, every partition's checksum from the file's
+ * table), are the version the cluster at url holds now, with the round and
+ * created time the files' origin records give. Reads the manifest only.
+ * On success each ts[i] gets remote = true, its manifest index and the
+ * manifest's chunk size, ready for ec_catalog_add_version_at; the
+ * partitions not on local disk are then read from the cluster as after
+ * ec_pull_lazy.
+ * @return 0, or EC_EINVAL, EC_ENOENT (not published there), EC_EFORMAT (a
+ *         manifest that fails validation, or another version under that
+ *         number: the message says what differs), the cluster's errors
+ *         (EC_ECONN, EC_ETIMEOUT, ...), EC_ENOMEM. */
+int ec_pull_lazy_match(const char *url, const char *model, int64_t version, int64_t round,
+                       int64_t created, ec_cat_tensor *ts, size_t n);
+
 #endif

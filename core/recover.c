@@ -15,7 +15,12 @@
  *   3. group the valid files with an origin by (model, version); a version
  *      is kept when its files agree (round, params, created time, number
  *      of tensors), name distinct tensors, are as many as the record says,
- *      and no damaged file claims the version;
+ *      and no damaged file claims the version; a version pulled lazily
+ *      (`embcache pull --lazy`), whose files hold the partitions not read
+ *      yet as holes (those are not checked: ec_partfile_verify_present),
+ *      is kept only when the cluster named by --remote holds it with every
+ *      partition's checksum as the files' tables say (ec_pull_lazy_match),
+ *      and is registered as lazily pulled again;
  *   4. unless a dry run: register the kept versions in a new catalog
  *      (catalog.db.recovering, removed first if an interrupted run left
  *      it), rename each file left out to NAME.ecp.skipped so that the
@@ -48,6 +53,7 @@
 #include "core/import.h"
 #include "core/keeper.h"
 #include "core/partfile.h"
+#include "core/publish.h"
 
 #define TMP_CATALOG EC_CATALOG_FILE ".recovering"
 
@@ -61,6 +67,7 @@ struct rfile {
     char *why;               /* malloc'd: why it was left out */
     ec_partfile_origin *o;   /* malloc'd; NULL when none could be read */
     ec_cat_tensor t;         /* filled for FS_GOOD; t.part_checksums malloc'd */
+    uint64_t absent;         /* FS_GOOD: partitions that are holes (pulled lazily) */
 };
 
 struct rctx {
@@ -222,7 +229,10 @@ static int check_file(struct rctx *x, struct rfile *f)
                        m.partitions, path);
         goto fail;
     }
-    if (ec_partfile_verify(fd, &m, f->t.part_checksums) < 0) {
+    /* A lazily pulled file's partitions not read yet are holes: not
+     * checked here, and the version is registered only when the cluster
+     * holds those partitions with the file's checksums (register_versions). */
+    if (ec_partfile_verify_present(fd, &m, f->t.part_checksums, &f->absent) < 0) {
         leave_out(f, FS_DAMAGED, "%s", ec_last_error());
         goto out;
     }
@@ -350,6 +360,42 @@ static int remove_own(struct rctx *x, const char *name)
                            "recover)", x->dir, name);
 }
 
+/* A version whose files hold `absent` partitions as holes: pulled lazily
+ * (`embcache pull --lazy`), the rest of its data on the cluster. It is
+ * registered as lazily pulled again (ts[] get remote, index and chunk)
+ * only when the cluster named by --remote holds that version with every
+ * partition's checksum as the files' tables say; otherwise *bad says why
+ * it is left out. Returns < 0 only when the cluster cannot be asked (the
+ * whole run stops, changing nothing: a cluster that is down for a moment
+ * must not set a version aside). */
+static int lazy_version(struct rctx *x, const ec_partfile_origin *o, ec_cat_tensor *ts,
+                        size_t n, uint64_t absent, char *why, size_t len, const char **bad)
+{
+    int rc;
+
+    if (!x->opts->remote) {
+        snprintf(why, len, "%" PRIu64 " of its partitions are holes in its files: it was "
+                 "pulled lazily (`embcache pull --lazy`) and those partitions are only on "
+                 "the cluster; run recover with --remote URL (and --remote-auth-file, as "
+                 "embcached is given them) to register it again", absent);
+        *bad = why;
+        return 0;
+    }
+    rc = ec_pull_lazy_match(x->opts->remote, o->model, o->version, o->round, o->created_unix,
+                            ts, n);
+    if (rc == 0)
+        return 0;
+    if (rc == EC_ENOENT || rc == EC_EFORMAT) {
+        snprintf(why, len, "%" PRIu64 " of its partitions are holes in its files (pulled "
+                 "lazily), and the cluster cannot fill them: %s", absent, ec_last_error());
+        *bad = why;
+        return 0;
+    }
+    return ec_adderr(rc, "recover stopped and changed nothing: %s version %" PRId64 " was "
+                     "pulled lazily and the cluster must confirm its partitions; run recover "
+                     "again when %s answers", o->model, o->version, x->opts->remote);
+}
+
 static int register_versions(struct rctx *x, ec_catalog *cat, ec_recover_result *res)
 {
     for (size_t a = 0; a < x->norder;) {
@@ -357,24 +403,33 @@ static int register_versions(struct rctx *x, ec_catalog *cat, ec_recover_result 
         const ec_partfile_origin *o = x->order[a]->o;
         char why[2048];
         const char *bad;
+        uint64_t absent = 0;
 
         while (b < x->norder && same_version(x->order[a], x->order[b]))
             b++;
         bad = version_problem(x, a, b, why, sizeof(why));
-        if (!bad && cat) {
+        for (size_t i = a; i < b && !bad; i++)
+            absent += x->order[i]->absent;
+        if (!bad) {
             ec_cat_tensor *ts = calloc(b - a, sizeof(*ts));
-            int rc;
+            int rc = 0;
 
             if (!ts)
                 return ec_seterr(EC_ENOMEM, "recover: out of memory");
             for (size_t i = a; i < b; i++)
                 ts[i - a] = x->order[i]->t;
             ec_clearerr();
-            rc = ec_catalog_add_version_at(cat, o->model, o->version, o->round,
-                                           o->params_lost || !o->params_json[0]
-                                               ? NULL
-                                               : o->params_json,
-                                           o->created_unix, ts, b - a, NULL);
+            if (absent && (rc = lazy_version(x, o, ts, b - a, absent, why, sizeof(why),
+                                              &bad)) < 0) {
+                free(ts);
+                return rc; /* the cluster did not answer: nothing is changed */
+            }
+            if (!bad && cat)
+                rc = ec_catalog_add_version_at(cat, o->model, o->version, o->round,
+                                               o->params_lost || !o->params_json[0]
+                                                   ? NULL
+                                                   : o->params_json,
+                                               o->created_unix, ts, b - a, NULL);
             free(ts);
             if (rc == EC_ENOMEM || rc == EC_EIO || rc == EC_ENOSPC || rc == EC_EBUSY)
                 return ec_adderr(rc, "cannot register %s version %" PRId64 " in the new "
@@ -390,12 +445,13 @@ static int register_versions(struct rctx *x, ec_catalog *cat, ec_recover_result 
                     leave_out(x->order[i], FS_UNPLACED, "valid, but %s version %" PRId64
                               " cannot be recovered: %s", o->model, o->version, bad);
         } else {
-            char round[24], when[32];
+            char round[24], when[32], lz[96] = "";
             time_t ct = (time_t)o->created_unix;
             struct tm tm;
 
             res->versions++;
             res->tensors += (uint32_t)(b - a);
+            res->lazy += absent != 0;
             if (o->params_lost)
                 res->params_lost++;
             if (o->round < 0)
@@ -405,8 +461,11 @@ static int register_versions(struct rctx *x, ec_catalog *cat, ec_recover_result 
             if (!gmtime_r(&ct, &tm) || !strftime(when, sizeof(when), "%Y-%m-%d %H:%M:%S UTC",
                                                  &tm))
                 snprintf(when, sizeof(when), "%" PRId64, o->created_unix);
-            say(x, "  %s version %" PRId64 ": %zu tensor(s), round %s, created %s%s\n",
-                o->model, o->version, b - a, round, when,
+            if (absent)
+                snprintf(lz, sizeof(lz), "; pulled lazily: %" PRIu64 " partition(s) still "
+                         "only on the cluster", absent);
+            say(x, "  %s version %" PRId64 ": %zu tensor(s), round %s, created %s%s%s\n",
+                o->model, o->version, b - a, round, when, lz,
                 o->params_lost ? "; its params were too long to be kept in the files and "
                                  "are LOST: it is registered with params {}"
                                : "");
@@ -602,6 +661,9 @@ static void report(struct rctx *x, const ec_recover_result *res)
         say(x, "recovered %u version(s) with %u tensor(s) from %u partition file(s) into a "
                "new %s/%s\n", res->versions, res->tensors, res->files, x->dir,
             EC_CATALOG_FILE);
+        if (res->lazy)
+            say(x, "%u of them pulled lazily: start embcached with --remote %s to read what "
+                   "is still on the cluster\n", res->lazy, x->opts->remote);
         if (res->kept_catalog[0])
             say(x, "the damaged catalog was kept, unread, as %s/%s (with its -wal and -shm "
                    "if it had them); delete it once the recovered catalog serves\n",

@@ -15,6 +15,15 @@
  * taken from a catalog that failed validation, so aliases and policies,
  * which only the catalog held, are lost and the report says so.
  *
+ * A version pulled lazily (`embcache pull --lazy`) has its unread
+ * partitions as holes in its files. Those are not checked here; the
+ * version is registered, as lazily pulled again, only when the cluster
+ * given as opts.remote holds it with the checksums the files' tables say
+ * (the manifest is read, no data); without opts.remote, or when the
+ * cluster holds another version under that number, its files are left
+ * out as below. A cluster that does not answer stops the run before
+ * anything is changed.
+ *
  * Files it cannot register (damaged, without an origin record, in a
  * version that is incomplete or claims a tensor twice, or whose names the
  * catalog refuses) are never deleted: each is renamed in place to
@@ -40,6 +49,9 @@ typedef struct ec_recover_opts {
     const char *data_dir; /* the daemon's --data-dir */
     bool dry_run;         /* validate and report; change nothing */
     FILE *out;            /* the report, line by line; NULL: none */
+    const char *remote;   /* the cluster lazily pulled versions came from (the
+                           * daemon's --remote; its password, if any, set with
+                           * ec_rcluster_set_default_auth); NULL: none */
 } ec_recover_opts;
 
 typedef struct ec_recover_result {
@@ -51,6 +63,8 @@ typedef struct ec_recover_result {
     uint32_t no_origin;   /* valid, but without an origin record (older releases) */
     uint32_t unplaced;    /* valid, in a version that could not be registered */
     uint32_t params_lost; /* versions registered without their params ("{}") */
+    uint32_t lazy;        /* versions registered as pulled lazily (data partly
+                           * on the cluster, confirmed by its manifest) */
     char kept_catalog[64]; /* the damaged catalog's new name in the data directory;
                             * "" when there was none (or a dry run) */
 } ec_recover_result;
@@ -72,7 +86,9 @@ typedef struct ec_recover_result {
  *         EC_EIO (a directory cannot be read, a rename or the new catalog
  *         failed; the data directory is left as it was, or with the old
  *         catalog moved aside and the new one not yet in place: the
- *         message says which and what to do), EC_ENOMEM.
+ *         message says which and what to do), EC_ENOMEM; with
+ *         opts.remote, the cluster's errors (EC_ECONN, EC_ETIMEOUT,
+ *         EC_EINVAL for a bad URL, ...: nothing was changed).
  */
 int ec_recover(const ec_recover_opts *opts, ec_recover_result *out);
 
