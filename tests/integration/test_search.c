@@ -16,6 +16,10 @@
  *   5. searches while other processes evict the table and fill the segment
  *      with another one whose rows would win every search: a partition
  *      that changed under the scan must be scanned again;
+ *   5b. a partition damaged on disk, met by one of the search's threads
+ *      (a table larger than half the segment, faulted as it is scanned):
+ *      the search fails as a whole with EC_ECHECKSUM naming the block,
+ *      on both kernels, and the daemon serves the table's other rows;
  *   6. bad arguments: NULL, k or nq of 0, a wrong dim, 1-D and 3-D tensors,
  *      an integer table, NaN queries, a zero cosine query, unknown metric
  *      or flags;
@@ -23,6 +27,8 @@
  *
  * Each test starts its own daemon (itest.h).
  */
+#include <dirent.h>
+#include <fcntl.h>
 #include <math.h>
 #include <signal.h>
 #include <stdatomic.h>
@@ -33,6 +39,7 @@
 #include <unistd.h>
 
 #include "common/dtype.h"
+#include "core/partfile.h"
 #include "itest.h"
 #include "testutil.h"
 
@@ -506,6 +513,83 @@ static void expect_err(int rc, int want, const char *says)
         fail_msg("message '%s' does not say '%s'", ec_last_error(), says);
 }
 
+/* The daemon's only partition file, opened: its path and layout. */
+static void only_file(char *path, size_t cap, ec_partfile_meta *meta)
+{
+    char parts[700];
+    struct dirent *de;
+    DIR *d;
+    int n = 0, fd;
+
+    snprintf(parts, sizeof(parts), "%s/parts", E.data);
+    assert_non_null(d = opendir(parts));
+    while ((de = readdir(d))) {
+        size_t l = strlen(de->d_name);
+        if (l > 4 && !strcmp(de->d_name + l - 4, ".ecp")) {
+            snprintf(path, cap, "%s/%s", parts, de->d_name);
+            n++;
+        }
+    }
+    closedir(d);
+    assert_int_equal(n, 1);
+    assert_int_equal(ec_partfile_open(path, meta, &fd), 0);
+    close(fd);
+}
+
+static void test_damaged_partition_fails_the_search(void **state)
+{
+    /* 15 MiB in a 16 MiB segment: more than half, so the search threads
+     * fault the partitions in as their scans reach them (not one request
+     * before they start), and one of them meets the damage. */
+    static const char *const args[] = {"--shm-size", "16M", NULL};
+    const uint64_t rows = 3 * ROWS;
+    float *x = table_new(rows, DIM, 71, false), *q = queries_new(x, rows, NQ, 72);
+    float *sc = malloc(NQ * 10 * sizeof(float)), row[DIM];
+    int64_t *ids = malloc(NQ * 10 * sizeof(int64_t)), id = 3;
+    static const size_t nqs[2] = {4, NQ}; /* the vector kernel, the panel kernel */
+    ec_search_opts o = {.threads = 2};
+    ec_partfile_meta meta;
+    char path[1000], blk[64];
+    unsigned char b;
+    ec_client *c;
+    ec_tensor *t;
+    int fd;
+
+    (void)state;
+    assert_true(sc && ids);
+    env_start("ec-search", args);
+    c = connect_ok();
+    import_f32(c, "m", "t", x, rows, DIM, PART_BYTES);
+    assert_int_equal(ec_model_evict(c, "m", "1", NULL), 0);
+    /* One byte of partition 29 (of 118). */
+    only_file(path, sizeof(path), &meta);
+    assert_true((fd = open(path, O_RDWR)) >= 0);
+    assert_int_equal(pread(fd, &b, 1, (off_t)(meta.data_off + 29 * meta.stride + 1000)), 1);
+    b ^= 0x10;
+    assert_int_equal(pwrite(fd, &b, 1, (off_t)(meta.data_off + 29 * meta.stride + 1000)), 1);
+    close(fd);
+    /* Read by 4 KiB blocks, each checked: the message names the block. */
+    snprintf(blk, sizeof(blk), "block %llu ",
+             (unsigned long long)((29 * meta.stride + 1000) / EC_PARTFILE_BLOCK));
+    t = resolve_ok(c, "m", "1", "t");
+    for (int k = 0; k < 2; k++) {
+        int rc = ec_search(t, q, nqs[k], DIM, 10, EC_METRIC_IP, &o, sc, ids);
+        if (rc != EC_ECHECKSUM || !strstr(ec_last_error(), blk))
+            fail_msg("search of %zu queries over a damaged partition: %s (%s), expected "
+                     "EC_ECHECKSUM naming its %s", nqs[k], ec_strerror(rc), ec_last_error(),
+                     blk);
+    }
+    /* The rest of the table is served. */
+    assert_int_equal(ec_tensor_gather(t, &id, 1, row, sizeof(row)), 0);
+    assert_memory_equal(row, x + 3 * DIM, sizeof(row));
+    ec_tensor_release(t);
+    ec_client_close(c);
+    free(ids);
+    free(sc);
+    free(q);
+    free(x);
+}
+
 static void test_bad_args(void **state)
 {
     float *x = table_new(100, DIM, 61, false), q[2 * DIM] = {0}, sc[20];
@@ -642,6 +726,7 @@ int main(void)
         cmocka_unit_test_teardown(test_f16_bf16, env_teardown),
         cmocka_unit_test_teardown(test_rows_streamed, env_teardown),
         cmocka_unit_test_teardown(test_search_while_evicted_and_reused, env_teardown),
+        cmocka_unit_test_teardown(test_damaged_partition_fails_the_search, env_teardown),
         cmocka_unit_test_teardown(test_bad_args, env_teardown),
         cmocka_unit_test_teardown(test_cli_search, env_teardown),
     };
