@@ -1,6 +1,7 @@
 /*
- * client_remote.c - libembcache's calls of the shared tier: ec_model_publish
- * and ec_model_pull (include/embcache.h). Each is one PUBLISH or PULL
+ * client_remote.c - libembcache's calls of the shared tier: ec_model_publish,
+ * ec_model_pull and ec_model_unpublish (include/embcache.h). Each is one
+ * PUBLISH, PULL or UNPUBLISH
  * request, answered when the daemon's importer thread has finished it
  * (core/server_remote.c), under the client's mutex.
  */
@@ -65,6 +66,13 @@ int ec_model_pull(ec_client *c, const char *model, const char *version,
                   const char *cluster_url, ec_publish_result *out)
 {
     return remote_call(c, EC_OP_PULL, "ec_model_pull", model, version, cluster_url, 0, out);
+}
+
+int ec_model_unpublish(ec_client *c, const char *model, const char *version,
+                       const char *cluster_url, ec_publish_result *out)
+{
+    return remote_call(c, EC_OP_UNPUBLISH, "ec_model_unpublish", model, version, cluster_url,
+                       0, out);
 }
 
 int ec_model_pull_flags(ec_client *c, const char *model, const char *version,

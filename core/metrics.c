@@ -182,6 +182,7 @@ static const struct stat_desc {
     {"pulled_versions", 'c', "Versions pulled from a Redis Cluster"},
     {"pulled_bytes", 'c', "Tensor bytes pulled from a Redis Cluster"},
     {"pull_failures", 'c', "Pulls that failed (nothing was registered)"},
+    {"unpublished_versions", 'c', "Versions removed from a Redis Cluster"},
     {"remote_tier", 'g', "1 when the daemon reads lazily pulled versions from a cluster"},
     {"remote_reads", 'c', "Reads from the remote tier's cluster, fetched and verified"},
     {"remote_bytes", 'c', "Bytes read from the remote tier's cluster"},

@@ -59,7 +59,7 @@ const char *pub_saved_err(char *buf)
 }
 
 /* A version number: decimal, >= 1, the whole string. */
-static int parse_version(const char *s, int64_t *out)
+int pub_parse_version(const char *s, int64_t *out)
 {
     char *end;
     long long v;
@@ -81,7 +81,7 @@ void pub_manifest_free(struct manifest *m)
     memset(m, 0, sizeof(*m));
 }
 
-static int open_cluster(const char *url, ec_rcluster **out)
+int pub_open_cluster(const char *url, ec_rcluster **out)
 {
     char eb[EC_ERRMSG_MAX];
     ec_rcluster_opts o = {.op_timeout_ms = 10000, .max_value_bytes = EC_PUB_MANIFEST_MAX};
@@ -97,7 +97,7 @@ size_t pub_head_key(char *buf, const char *model, int64_t v, uint32_t t, uint64_
     return (size_t)snprintf(buf, PUB_KEY_MAX, "ec:h:%s:%" PRId64 ":%u:%" PRIu64, model, v, t, k);
 }
 
-static size_t chunk_key(char *buf, const char *model, int64_t v, uint32_t t, uint64_t p,
+size_t pub_chunk_key(char *buf, const char *model, int64_t v, uint32_t t, uint64_t p,
                         uint64_t k)
 {
     return (size_t)snprintf(buf, PUB_KEY_MAX, "ec:c:%s:%" PRId64 ":%u:%" PRIu64 ":%" PRIu64, model,
@@ -324,7 +324,7 @@ static int head_check(const struct manifest *m, const struct ptensor *t)
 }
 
 /* Decode and validate a manifest from another host. *total: tensor bytes. */
-static int manifest_decode(const uint8_t *b, size_t len, const char *model, int64_t version,
+int pub_manifest_decode(const uint8_t *b, size_t len, const char *model, int64_t version,
                            struct manifest *m, uint64_t *total)
 {
     struct ibuf r = {.b = b, .len = len};
@@ -610,7 +610,7 @@ static int batch_chunks(struct batch *b, const struct manifest *m, uint32_t ti, 
     for (uint64_t k = 0, nk = pub_nchunks(len, m->chunk); k < nk; k++) {
         uint64_t off = k * m->chunk, n = len - off < m->chunk ? len - off : m->chunk;
         size_t kl = p == UINT64_MAX ? pub_head_key(key, m->model, m->version, ti, k)
-                                    : chunk_key(key, m->model, m->version, ti, p, k);
+                                    : pub_chunk_key(key, m->model, m->version, ti, p, k);
         if ((r = batch_key(b, key, kl, src + off, (size_t)n)))
             return r;
     }
@@ -701,12 +701,42 @@ out:
     return r;
 }
 
+/* The manifest of m's version already on the cluster, if any, decoded:
+ * after the new one is in place, the keys it names and the new one does
+ * not are deleted. One that fails validation names nothing to delete (a
+ * warning says so); only the cluster's errors fail the publish. */
+static int earlier_manifest(ec_rcluster *rc, const struct manifest *m, const char *url,
+                            struct manifest *old, bool *had)
+{
+    char eb[EC_ERRMSG_MAX], key[PUB_KEY_MAX];
+    size_t kl = (size_t)snprintf(key, sizeof(key), "ec:m:%s:%" PRId64, m->model, m->version);
+    uint64_t total;
+    void *mb = NULL;
+    size_t len = 0;
+    int r = ec_rcluster_get(rc, key, kl, &mb, &len);
+
+    *had = false;
+    if (r == EC_ENOENT)
+        return 0;
+    if (r)
+        return r;
+    if (pub_manifest_decode(mb, len, m->model, m->version, old, &total) == 0)
+        *had = true;
+    else
+        ec_warn("publish of %s version %" PRId64 " to %s: the manifest there fails validation "
+                "(%s); it is replaced, and keys of that earlier publish that this one does "
+                "not write over are left", m->model, m->version, url, pub_saved_err(eb));
+    free(mb);
+    return 0;
+}
+
 int ec_publish_version(ec_catalog *cat, const char *data_dir, const char *model,
                        const char *version, const char *url, ec_pub_stats *out)
 {
     char eb[EC_ERRMSG_MAX];
-    struct manifest m = {.chunk = EC_PUB_CHUNK_BYTES};
+    struct manifest m = {.chunk = EC_PUB_CHUNK_BYTES, .format = PUB_FORMAT}, old = {0};
     struct collect x = {.m = &m, .version_id = -1};
+    bool had_old = false;
     struct batch b = {0};
     struct obuf o = {0};
     ec_rcluster *rc = NULL;
@@ -741,7 +771,9 @@ int ec_publish_version(ec_catalog *cat, const char *data_dir, const char *model,
                           m.t[i].name);
             goto out;
         }
-    if ((r = open_cluster(url, &rc)))
+    if ((r = pub_open_cluster(url, &rc)))
+        goto out;
+    if ((r = earlier_manifest(rc, &m, url, &old, &had_old)))
         goto out;
     b.arena_cap = EC_PUB_BATCH_BYTES;
     if (!(b.arena = malloc(b.arena_cap))) {
@@ -761,6 +793,17 @@ int ec_publish_version(ec_catalog *cat, const char *data_dir, const char *model,
         goto out;
     ec_info("published %s version %" PRId64 ": %u tensor(s), %" PRIu64 " bytes to %s", model,
             m.version, m.n, sent, url);
+    if (had_old) { /* what the earlier publish wrote and this one did not */
+        uint64_t gone = 0;
+        if (pub_drop_keys(rc, &old, &m, &gone))
+            ec_warn("publish of %s version %" PRId64 " to %s: deleting the keys of its earlier "
+                    "publish that are no longer used failed after %" PRIu64 ": %s (unpublish "
+                    "and publish it again to remove them)", model, m.version, url, gone,
+                    pub_saved_err(eb));
+        else if (gone)
+            ec_info("published %s version %" PRId64 ": %" PRIu64 " key(s) of its earlier "
+                    "publish deleted from %s", model, m.version, gone, url);
+    }
     if (out)
         *out = (ec_pub_stats){.version = m.version, .tensors = m.n, .bytes = sent};
 out:
@@ -780,6 +823,7 @@ out:
     free(o.b);
     free(x.ids);
     pub_manifest_free(&m);
+    pub_manifest_free(&old);
     return r;
 }
 
@@ -928,7 +972,7 @@ static int pull_tensor(ec_rcluster *rc, const struct manifest *m, uint32_t ti, i
             for (uint64_t p = p0; p < p1; p++) {
                 for (uint64_t k = 0, nk = pub_nchunks(t->len[p], m->chunk); k < nk; k++, i++) {
                     uint64_t co = k * m->chunk;
-                    klen[i] = chunk_key(keys[i], m->model, m->version, ti, p, k);
+                    klen[i] = pub_chunk_key(keys[i], m->model, m->version, ti, p, k);
                     f.dst[i] = arena + off + co;
                     f.want[i] = (size_t)(t->len[p] - co < m->chunk ? t->len[p] - co : m->chunk);
                     f.part[i] = p;
@@ -1048,14 +1092,14 @@ int pub_pull_manifest(ec_catalog *cat, const char *model, const char *version,
 
     if ((r = ec_catalog_check_name("model", model)))
         return r;
-    if (parse_version(version, &v))
+    if (pub_parse_version(version, &v))
         return ec_seterr(EC_EINVAL, "pull: version '%s' must be a number >= 1 (an alias "
                          "names a version only on its own host)", version);
     if (cat && ec_catalog_version_of(cat, model, version, &have) == 0)
         return ec_seterr(EC_EEXIST, "model '%s' version %" PRId64 " exists here already; "
                          "retire it first to pull it again", model, v);
     *vp = v;
-    if ((r = open_cluster(url, &rc)))
+    if ((r = pub_open_cluster(url, &rc)))
         return r;
     *rcp = rc;
     kl = (size_t)snprintf(key, sizeof(key), "ec:m:%s:%" PRId64, model, v);
@@ -1069,7 +1113,7 @@ int pub_pull_manifest(ec_catalog *cat, const char *model, const char *version,
                           "%s", model, v, url, pub_saved_err(eb));
         return r;
     }
-    return manifest_decode(*mbp, mlen, model, v, m, total);
+    return pub_manifest_decode(*mbp, mlen, model, v, m, total);
 }
 
 int ec_pull_version(ec_catalog *cat, const char *data_dir, const char *model,

@@ -55,7 +55,10 @@ typedef struct ec_pub_stats {
 /* Publish (model, version or alias) of the catalog to the cluster at url
  * (see ec_rcluster_open). Every partition is read from its file and
  * checked against the catalog's checksum first. A version published
- * before is replaced (its chunks, then its manifest).
+ * before is replaced (its chunks, then its manifest), and the keys of the
+ * earlier publish that the new one did not write over are deleted after
+ * (when the earlier manifest passes validation; a failure there is only
+ * logged: the new version is published).
  * @return 0 and *out, or EC_EINVAL (bad URL; a dynamic table: publish a
  *         snapshot of it), EC_ENOENT (no such version), EC_EDTYPE (a dtype
  *         safetensors cannot carry), EC_ECHECKSUM,
@@ -63,6 +66,21 @@ typedef struct ec_pub_stats {
  *         EC_EPROTO / EC_EIO (the cluster), EC_ENOMEM. */
 int ec_publish_version(ec_catalog *cat, const char *data_dir, const char *model,
                        const char *version, const char *url, ec_pub_stats *out);
+
+/* Remove (model, version) — a number — from the cluster at url: every
+ * file head and chunk its manifest names, then the manifest, and that only
+ * while it still holds the bytes read at the start (see unpublish.c).
+ * Hosts that pulled it whole keep it; hosts that pulled it lazily fail
+ * the reads of partitions they had not kept (EC_ECHECKSUM: missing on the
+ * cluster). out->bytes: the tensor bytes the manifest described.
+ * @return 0, or EC_EINVAL (bad name, a version that is not a number, bad
+ *         URL), EC_ENOENT (not published there), EC_EFORMAT / EC_EVERSION
+ *         (a manifest that fails validation: nothing deleted), EC_EBUSY
+ *         (published again meanwhile: the new manifest was kept), the
+ *         cluster's errors (the manifest is then still there: run it
+ *         again), EC_ENOMEM. */
+int ec_unpublish_version(const char *url, const char *model, const char *version,
+                         ec_pub_stats *out);
 
 /* Pull (model, version) — a number — from the cluster at url and import it
  * into data_dir and the catalog, as ec_import_files does.

@@ -7,6 +7,8 @@
  *                validation (pub_pull_manifest)
  *   pull_lazy.c  lazy pull (file heads only) and the check that lets
  *                `embcache recover` register a lazily pulled version again
+ *   unpublish.c  removing a version from the cluster, and the keys a
+ *                publish again leaves behind
  *
  * Both run on the caller's thread with a cluster handle of their own.
  */
@@ -50,6 +52,12 @@ struct manifest {
     struct ptensor *t;     /* by name, ascending (the decoder checks) */
 };
 
+/* A version number: decimal, >= 1, the whole string. 0 or -1. */
+int pub_parse_version(const char *s, int64_t *out);
+
+/* Open the cluster at url for a publish, pull or unpublish. */
+int pub_open_cluster(const char *url, ec_rcluster **out);
+
 /* The thread's last message, copied into buf (EC_ERRMSG_MAX bytes):
  * ec_seterr must not format from its own buffer. Returns buf. */
 const char *pub_saved_err(char *buf);
@@ -58,6 +66,15 @@ void pub_manifest_free(struct manifest *m);
 
 /* The cluster key of chunk k of tensor t's file head; returns its length. */
 size_t pub_head_key(char *buf, const char *model, int64_t v, uint32_t t, uint64_t k);
+
+/* The cluster key of chunk k of partition p of tensor t. */
+size_t pub_chunk_key(char *buf, const char *model, int64_t v, uint32_t t, uint64_t p,
+                     uint64_t k);
+
+/* Decode and validate a manifest read from the cluster (another host's
+ * data): it must be (model, version). *total: its tensor bytes. */
+int pub_manifest_decode(const uint8_t *b, size_t len, const char *model, int64_t version,
+                        struct manifest *m, uint64_t *total);
 
 /* Chunks of at most `chunk` bytes that len bytes take. */
 uint64_t pub_nchunks(uint64_t len, uint32_t chunk);
@@ -73,5 +90,12 @@ int pub_tensor_layout(const struct ptensor *t, uint32_t v, ec_partfile_meta *met
 int pub_pull_manifest(ec_catalog *cat, const char *model, const char *version,
                       const char *url, int64_t *vp, ec_rcluster **rcp, void **mbp,
                       struct manifest *m, uint64_t *total);
+
+/* unpublish.c: DEL every key of old (file heads and chunks) that keep's
+ * layout does not also name (keep NULL: every key of old), in batches;
+ * the manifest key is the caller's. *deleted: keys that existed and were
+ * deleted. Returns 0 or the cluster's first error (some keys may be gone). */
+int pub_drop_keys(ec_rcluster *rc, const struct manifest *old, const struct manifest *keep,
+                  uint64_t *deleted);
 
 #endif

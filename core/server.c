@@ -434,6 +434,7 @@ static bool op_is_admin(uint16_t op)
     case EC_OP_SNAPSHOT:
     case EC_OP_PUBLISH:
     case EC_OP_PULL:
+    case EC_OP_UNPUBLISH:
         return true;
     default:
         return false;
@@ -1043,7 +1044,8 @@ static void conn_readable(server *s, struct conn *c)
         case EC_OP_INDEX_PUT: rc = srv_h_index_put(s, c, &body, h.req_id, fds, &nfds); break;
         case EC_OP_INDEX_OPEN: rc = srv_h_index_open(s, c, &body, h.req_id); break;
         case EC_OP_PUBLISH:
-        case EC_OP_PULL: rc = srv_h_publish_pull(s, c, &body, h.req_id, h.op); break;
+        case EC_OP_PULL:
+        case EC_OP_UNPUBLISH: rc = srv_h_publish_pull(s, c, &body, h.req_id, h.op); break;
         case EC_OP_DYN_SET: rc = srv_h_dyn_set(s, c, &body, h.req_id); break;
         case EC_OP_ROWS_PUT: rc = srv_h_rows_put(s, c, &body, h.req_id, fds, nfds); break;
         case EC_OP_ROWS_DEL: rc = srv_h_rows_del(s, c, &body, h.req_id, fds, nfds); break;

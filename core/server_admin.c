@@ -125,6 +125,7 @@ int srv_stats_each(server *s, int (*cb)(const char *name, uint64_t v, void *arg)
     S("pulled_versions", s->st.pulled_versions);
     S("pulled_bytes", s->st.pulled_bytes);
     S("pull_failures", s->st.pull_failures);
+    S("unpublished_versions", s->st.unpublished_versions);
     S("config_reloads", s->conf.reloads);
     S("config_reload_failures", s->conf.failures);
     S("config_last_reload_ok", s->conf.last_ok);

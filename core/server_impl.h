@@ -128,9 +128,9 @@ typedef struct server {
         /* Aliases moved; of them, to a version not prewarmed (under 90% of
          * its bytes resident). */
         uint64_t alias_switches, alias_switches_cold;
-        /* PUBLISH and PULL (server_remote.c). */
+        /* PUBLISH, PULL and UNPUBLISH (server_remote.c). */
         uint64_t published_versions, published_bytes, pulled_versions, pulled_bytes,
-            pull_failures;
+            pull_failures, unpublished_versions;
     } st;
     ec_u64map tfold;     /* tensor id -> struct tcount: per-tensor counts of them */
     /* Epochs of connections that went while their device gathers may still

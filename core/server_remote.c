@@ -1,7 +1,8 @@
 /*
- * server_remote.c - the daemon's side of `embcache publish` and `embcache
- * pull` (core/publish.h): a model version's partitions to a Redis Cluster,
- * and from there into this daemon's data directory and catalog.
+ * server_remote.c - the daemon's side of `embcache publish`, `embcache
+ * pull` and `embcache unpublish` (core/publish.h): a model version's
+ * partitions to a Redis Cluster, from there into this daemon's data
+ * directory and catalog, and off the cluster again.
  *
  *   PUBLISH / PULL  (administrators) body: model, version (PUBLISH: a
  *                   number or an alias; PULL: a number), the cluster URL
@@ -16,9 +17,14 @@
  *                   cluster for as long as that takes); srv_remote_done,
  *                   back on the server thread, counts it, logs it and
  *                   answers: i64 version, u32 tensors, u64 bytes.
+ *   UNPUBLISH       (administrators) body: model, version (a number), the
+ *                   cluster URL as above. The same path; the importer
+ *                   thread runs ec_unpublish_version (no data directory,
+ *                   but the daemon's credentials for its --remote).
  *
  * The statistics: published_versions, published_bytes, pulled_versions,
- * pulled_bytes, pull_failures (server_admin.c lists them).
+ * pulled_bytes, pull_failures, unpublished_versions (server_admin.c lists
+ * them).
  */
 #include "core/server_impl.h"
 
@@ -61,7 +67,9 @@ int srv_h_publish_pull(server *s, struct conn *c, ec_rbuf *r, uint32_t req_id, u
         if (!s->cfg->remote[0]) {
             int rc = ec_seterr(EC_EINVAL, "no cluster to %s %s version %s: name one "
                                "(--cluster redis-cluster://host:port) or start embcached "
-                               "with --remote", op == EC_OP_PUBLISH ? "publish" : "pull",
+                               "with --remote", op == EC_OP_PUBLISH ? "publish"
+                                                : op == EC_OP_PULL  ? "pull"
+                                                                    : "unpublish",
                                j->model, j->version);
             free(j);
             free(x);
@@ -90,6 +98,8 @@ int srv_remote_run(server *s, struct import_job *j)
     if (x->op == EC_OP_PUBLISH)
         return ec_publish_version(s->icat, s->cfg->data_dir, j->model, j->version, x->url,
                                   &x->res);
+    if (x->op == EC_OP_UNPUBLISH)
+        return ec_unpublish_version(x->url, j->model, j->version, &x->res);
     if (x->flags & EC_PULL_LAZY)
         return ec_pull_lazy(s->icat, s->cfg->data_dir, j->model, j->version, x->url, &x->res);
     return ec_pull_version(s->icat, s->cfg->data_dir, j->model, j->version, x->url, &x->res);
@@ -102,9 +112,11 @@ void srv_remote_done(server *s, struct conn *c, struct import_job *j)
     bool pub = x->op == EC_OP_PUBLISH;
 
     if (j->rc) {
-        if (!pub)
+        if (x->op == EC_OP_PULL)
             s->st.pull_failures++;
         ec_warn("%s", j->msg);
+    } else if (x->op == EC_OP_UNPUBLISH) {
+        s->st.unpublished_versions++;
     } else if (pub) {
         s->st.published_versions++;
         s->st.published_bytes += x->res.bytes;

@@ -525,11 +525,12 @@ EC_API int ec_model_refresh(ec_client *c, const char *model, const char *version
 EC_API int ec_model_upgrade(ec_client *c, const char *model, const char *version,
                             uint32_t *upgraded_out);
 
-/** What ec_model_publish() or ec_model_pull() did. */
+/** What ec_model_publish(), ec_model_pull() or ec_model_unpublish() did. */
 typedef struct ec_publish_result {
     int64_t version;   /**< the concrete version */
     uint32_t tensors;  /**< tensors of the version */
-    uint64_t bytes;    /**< tensor bytes sent to or read from the cluster */
+    uint64_t bytes;    /**< tensor bytes sent to or read from the cluster (unpublish:
+                            removed from it) */
 } ec_publish_result;
 
 /**
@@ -539,7 +540,9 @@ typedef struct ec_publish_result {
  * the partitions in chunks of at most 1 MiB with their checksums, then a
  * manifest (the catalog entry: round, params, created time, tensors,
  * partition checksums) last, so a reader never finds a manifest whose
- * chunks are not all there. Publishing a version again replaces it.
+ * chunks are not all there. Publishing a version again replaces it, and
+ * then deletes the keys of the earlier publish that the new one did not
+ * write over (it had more tensors, partitions or chunks).
  * Admin only; runs on the daemon's importer thread (the daemon serves
  * everyone meanwhile; other imports wait). Blocks until done.
  * @param c            a connected client; one call at a time per client.
@@ -578,6 +581,26 @@ EC_API int ec_model_publish(ec_client *c, const char *model, const char *version
  */
 EC_API int ec_model_pull(ec_client *c, const char *model, const char *version,
                          const char *cluster_url, ec_publish_result *out);
+
+/**
+ * Remove a model version from a Redis Cluster (what ec_model_publish put
+ * there): every chunk and file head its manifest names, then the manifest,
+ * and that only while it is still the one read at the start. Daemons that
+ * pulled it whole keep it; daemons that pulled it lazily fail the reads of
+ * partitions they had not kept (EC_ECHECKSUM: missing on the cluster).
+ * Interrupted (the cluster went away), it leaves the manifest: call it
+ * again. Admin only; runs on the daemon's importer thread; blocks until
+ * done.
+ * @param version      a version number (aliases are per host).
+ * @param[out] out     written on success only; may be NULL. out->bytes:
+ *                     the tensor bytes removed.
+ * @return 0, or EC_EINVAL (bad argument or URL), EC_ENOENT (not published
+ *         there), EC_EFORMAT / EC_EVERSION (its manifest fails validation:
+ *         nothing was deleted), EC_EBUSY (published again meanwhile: the
+ *         new manifest is kept), EC_ECONN, EC_ETIMEOUT, EC_EPROTO, EC_EPERM.
+ */
+EC_API int ec_model_unpublish(ec_client *c, const char *model, const char *version,
+                              const char *cluster_url, ec_publish_result *out);
 
 /** ec_model_pull_flags(): register the version at once and leave its data
  *  on the cluster until it is read. */

@@ -96,8 +96,8 @@ int cli_dynamic_stats(ec_client *c, bool json);
  * daemon's statistics. */
 int cli_top_main(int argc, char **argv, const char *socket_path);
 
-/* tools/cli_remote.c: `embcache publish|pull MODEL VERSION [--cluster URL]`
- * (cmd "publish" or "pull", argv from it on). */
+/* tools/cli_remote.c: `embcache publish|pull|unpublish MODEL VERSION
+ * [--cluster URL]` (cmd "publish", "pull" or "unpublish", argv from it on). */
 int cli_remote_main(const char *cmd, int argc, char **argv, const char *socket_path);
 
 #endif /* EC_TOOLS_CLI_H */

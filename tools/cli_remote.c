@@ -1,8 +1,10 @@
 /*
- * cli_remote.c - `embcache publish MODEL VERSION [--cluster URL]` and
- * `embcache pull MODEL VERSION [--lazy] [--cluster URL]`: a model version to a Redis
- * Cluster, and from there into this host's daemon (ec_model_publish,
- * ec_model_pull; the daemon does the work, core/publish.c). The cluster is
+ * cli_remote.c - `embcache publish MODEL VERSION [--cluster URL]`,
+ * `embcache pull MODEL VERSION [--lazy] [--cluster URL]` and `embcache
+ * unpublish MODEL VERSION [--cluster URL]`: a model version to a Redis
+ * Cluster, from there into this host's daemon, and off the cluster again
+ * (ec_model_publish, ec_model_pull, ec_model_unpublish; the daemon does the
+ * work, core/publish.c, core/unpublish.c). The cluster is
  * --cluster, else $EMBCACHE_CLUSTER, else the daemon's --remote. Prints what was done: version,
  * tensors, bytes, seconds (or one JSON object with --json).
  *
@@ -34,9 +36,10 @@ int cli_remote_main(const char *cmd, int argc, char **argv, const char *socket_p
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
-    bool pub = !strcmp(cmd, "publish"), json = false, lazy = false;
+    bool pub = !strcmp(cmd, "publish"), unpub = !strcmp(cmd, "unpublish"), json = false,
+         lazy = false;
     const char *url = getenv("EMBCACHE_CLUSTER");
-    const char *prog = pub ? "embcache publish" : "embcache pull";
+    const char *prog = pub ? "embcache publish" : unpub ? "embcache unpublish" : "embcache pull";
     ec_publish_result res;
     char hb[32];
     double t0;
@@ -48,7 +51,7 @@ int cli_remote_main(const char *cmd, int argc, char **argv, const char *socket_p
         case 'c': url = optarg; break;
         case 'j': json = true; break;
         case 'l':
-            if (pub) {
+            if (pub || unpub) {
                 fprintf(stderr, "%s: --lazy is an option of pull\n", prog);
                 return EXIT_USAGE;
             }
@@ -60,7 +63,15 @@ int cli_remote_main(const char *cmd, int argc, char **argv, const char *socket_p
                        "Copy MODEL VERSION (a number or an alias) to a Redis Cluster: every\n"
                        "partition, checked against the catalog first, in chunks with their\n"
                        "checksums, then its catalog entry. Another host's daemon can then\n"
-                       "`embcache pull` it. Publishing again replaces it.\n");
+                       "`embcache pull` it. Publishing again replaces it (and deletes what\n"
+                       "of the earlier publish the new one does not write over).\n");
+            else if (unpub)
+                printf("usage: embcache unpublish MODEL VERSION [--cluster URL] [--json]\n\n"
+                       "Remove MODEL VERSION (a number) from a Redis Cluster: every chunk\n"
+                       "and file head its manifest names, then the manifest. Hosts that\n"
+                       "pulled it whole keep it; hosts that pulled it lazily can no longer\n"
+                       "read what they had not kept. Interrupted, it leaves the manifest:\n"
+                       "run it again.\n");
             else
                 printf("usage: embcache pull MODEL VERSION [--lazy] [--cluster URL] [--json]\n\n"
                        "Register MODEL VERSION (a number) from a Redis Cluster where another\n"
@@ -88,9 +99,10 @@ int cli_remote_main(const char *cmd, int argc, char **argv, const char *socket_p
     if ((rc = ec_client_connect(socket_path, &c)))
         return cli_fail(prog, rc, NULL);
     t0 = mono_s();
-    rc = pub ? ec_model_publish(c, argv[optind], argv[optind + 1], url, &res)
-             : ec_model_pull_flags(c, argv[optind], argv[optind + 1], url,
-                                   lazy ? EC_PULL_LAZY : 0, &res);
+    rc = pub     ? ec_model_publish(c, argv[optind], argv[optind + 1], url, &res)
+         : unpub ? ec_model_unpublish(c, argv[optind], argv[optind + 1], url, &res)
+                 : ec_model_pull_flags(c, argv[optind], argv[optind + 1], url,
+                                       lazy ? EC_PULL_LAZY : 0, &res);
     ec_client_close(c);
     if (rc)
         return cli_fail(prog, rc, NULL);
@@ -102,7 +114,8 @@ int cli_remote_main(const char *cmd, int argc, char **argv, const char *socket_p
     } else {
         cli_human_bytes(res.bytes, hb, sizeof(hb));
         printf("%s %s version %" PRId64 ": %u tensor(s), %s%s in %.2f s\n",
-               pub ? "published" : lazy ? "pulled lazily" : "pulled", argv[optind],
+               pub ? "published" : unpub ? "unpublished" : lazy ? "pulled lazily" : "pulled",
+               argv[optind],
                res.version, res.tensors, hb, lazy ? " of file heads" : "", mono_s() - t0);
     }
     return EXIT_OK;

@@ -68,6 +68,7 @@ static void usage(FILE *f)
             "  snapshot MODEL VERSION [--as NEW]           fold updates into a new version\n"
             "  publish MODEL VERSION [--cluster URL]       copy a version to a Redis Cluster\n"
             "  pull MODEL VERSION [--cluster URL]          register a version published there\n"
+            "  unpublish MODEL VERSION [--cluster URL]     remove a version from the cluster\n"
             "\n"
             "Every command takes --help. The socket is --socket, else $EMBCACHE_SOCKET,\n"
             "else the daemon's default.\n"
@@ -995,6 +996,10 @@ static int cmd_recover(int argc, char **argv)
     fflush(stdout);
     rc = ec_recover(&ro, &res);
     fflush(stdout);
+    if (rc == EC_ETIMEOUT) { /* the cluster did not answer, as for EC_ECONN */
+        fail(rc);
+        return EXIT_NODAEMON;
+    }
     if (rc)
         return fail(rc);
     return res.skipped ? EXIT_INTEGRITY : EXIT_OK;
@@ -1049,7 +1054,7 @@ int main(int argc, char **argv)
         {"index", cmd_index},
         {"dynamic", cmd_dynamic}, {"put", cmd_dynamic}, {"del", cmd_dynamic},
         {"update", cmd_dynamic}, {"snapshot", cmd_dynamic}, {"top", cmd_top},
-        {"publish", cmd_remote}, {"pull", cmd_remote},
+        {"publish", cmd_remote}, {"pull", cmd_remote}, {"unpublish", cmd_remote},
     };
     int ch;
 
@@ -1067,7 +1072,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "embcache: missing command (import, ls, alias, get, stats, find, "
                         "prewarm, evict, retire, refresh, policy, upgrade, recover, "
                         "results, search, index, dynamic, put, del, update, snapshot, top, "
-                        "publish, pull); try "
+                        "publish, pull, unpublish); try "
                         "'embcache --help'\n");
         return EXIT_USAGE;
     }
@@ -1089,7 +1094,7 @@ int main(int argc, char **argv)
     fprintf(stderr, "embcache: unknown command '%s' (commands: import, ls, alias, get, "
                     "stats, find, prewarm, evict, retire, refresh, policy, upgrade, "
                     "recover, results, search, index, dynamic, put, del, update, snapshot, "
-                    "top, publish, pull)\n",
+                    "top, publish, pull, unpublish)\n",
             argv[optind]);
     return EXIT_USAGE;
 }

@@ -638,6 +638,13 @@ class Client:
                 model, version, cluster)
         return self._publish_pull(self._lib.ec_model_pull, model, version, cluster)
 
+    def unpublish(self, model: str, version: Union[str, int],
+                  cluster: Optional[str] = None) -> Dict[str, int]:
+        """Remove a version from a Redis Cluster (ec_model_unpublish;
+        administrators): its chunks and file heads, then its manifest.
+        Returns {"version", "tensors", "bytes"} (the bytes removed)."""
+        return self._publish_pull(self._lib.ec_model_unpublish, model, version, cluster)
+
     def _publish_pull(self, fn: Any, model: str, version: Union[str, int],
                       cluster: Optional[str]) -> Dict[str, int]:
         from ._lib import PublishResult

@@ -521,6 +521,8 @@ SIGNATURES: Dict[str, Tuple[Any, List[Any]]] = {
     "ec_model_snapshot": (c_int, [_P, c_char_p, c_char_p, c_int64, POINTER(c_int64)]),
     "ec_model_publish": (c_int, [_P, c_char_p, c_char_p, c_char_p, POINTER(PublishResult)]),
     "ec_model_pull": (c_int, [_P, c_char_p, c_char_p, c_char_p, POINTER(PublishResult)]),
+    "ec_model_unpublish": (c_int, [_P, c_char_p, c_char_p, c_char_p,
+                                   POINTER(PublishResult)]),
     "ec_model_pull_flags": (c_int, [_P, c_char_p, c_char_p, c_char_p, c_uint32,
                                     POINTER(PublishResult)]),
     "ec_client_dyn_tables": (c_int, [_P, DynTableCallback, c_void_p]),

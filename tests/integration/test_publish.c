@@ -12,7 +12,11 @@
  * third daemon C), a garbage, truncated or inconsistent manifest
  * (EC_EFORMAT), a manifest of format 1 (pulled whole as before, refused
  * for a lazy pull with EC_EVERSION), and a stopped cluster (EC_ECONN or EC_ETIMEOUT) while both
- * daemons go on serving their local data.
+ * daemons go on serving their local data. A version published again with
+ * fewer tensors and partitions leaves none of the earlier publish's other
+ * keys behind; `embcache unpublish` (ec_model_unpublish) removes every key
+ * of a version, after which a pull finds nothing, and deletes nothing on
+ * the word of a manifest that fails validation.
  *
  * The tests run in order and share the cluster and the daemons (group
  * setup and teardown). Every process is stopped by its pid. Exits 77
@@ -393,6 +397,117 @@ static void test_format1_manifest(void **state)
     ec_rcluster_close(rc);
 }
 
+/* Of the keys of a publish of version v with tensors of these partition
+ * counts (each partition and file head one chunk), how many exist. */
+static size_t keys_present(ec_rcluster *rc, int64_t v, const uint64_t *parts, uint32_t n)
+{
+    char key[128];
+    size_t have = 0;
+
+    for (uint32_t t = 0; t < n; t++) {
+        void *val = NULL;
+        size_t len;
+        int r;
+        snprintf(key, sizeof(key), "ec:h:m:%lld:%u:0", (long long)v, t);
+        r = ec_rcluster_get(rc, key, strlen(key), &val, &len);
+        assert_true(r == 0 || r == EC_ENOENT);
+        have += r == 0;
+        free(val);
+        for (uint64_t p = 0; p < parts[t]; p++) {
+            val = NULL;
+            snprintf(key, sizeof(key), "ec:c:m:%lld:%u:%llu:0", (long long)v, t,
+                     (unsigned long long)p);
+            r = ec_rcluster_get(rc, key, strlen(key), &val, &len);
+            assert_true(r == 0 || r == EC_ENOENT);
+            have += r == 0;
+            free(val);
+        }
+    }
+    return have;
+}
+
+static void test_publish_again_drops_unused_keys(void **state)
+{
+    /* 4 KiB partitions: emb 256, small 4 (16,000 bytes). */
+    const ect_st_tensor big[] = {
+        {.name = "emb", .dtype = EC_DTYPE_F32, .ndim = 2, .shape = {4096, 64}, .seed = 31},
+        {.name = "small", .dtype = EC_DTYPE_F16, .ndim = 2, .shape = {1000, 8}, .seed = 32},
+    };
+    const ect_st_tensor less[] = {
+        {.name = "emb", .dtype = EC_DTYPE_F32, .ndim = 2, .shape = {1024, 64}, .seed = 33},
+    };
+    const uint64_t before[2] = {256, 4}, after[1] = {64};
+    ec_rcluster *rc = rc_open();
+    ec_publish_result r;
+
+    (void)state;
+    import_st(A.c, "v5", 5, big, 2, 4096, 1, NULL);
+    assert_int_equal(ec_model_publish(A.c, "m", "5", url, &r), 0);
+    assert_int_equal(keys_present(rc, 5, before, 2), 2 + 256 + 4);
+    /* Published again under the same number, smaller. */
+    assert_int_equal(ec_model_retire(A.c, "m", 5, 0), 0);
+    import_st(A.c, "v5-less", 5, less, 1, 4096, 2, NULL);
+    assert_int_equal(ec_model_publish(A.c, "m", "5", url, &r), 0);
+    assert_int_equal(r.tensors, 1);
+    /* Only the new publish's keys are left: its head and 64 chunks. */
+    assert_int_equal(keys_present(rc, 5, before, 2), 1 + 64);
+    assert_int_equal(keys_present(rc, 5, after, 1), 1 + 64);
+    assert_int_equal(ec_model_pull(B.c, "m", "5", url, &r), 0);
+    same_rows(A.c, B.c, "5", "emb");
+    ec_rcluster_close(rc);
+}
+
+static void test_unpublish(void **state)
+{
+    static const char bad_key[] = "ec:m:m:7", chunk7[] = "ec:c:m:7:0:0:0";
+    const uint64_t parts[1] = {64};
+    const char *argv[] = {EC_TEST_CLI, "--socket", A.sock, "unpublish", "m", "1", "--cluster",
+                          url, NULL};
+    ec_rcluster *rc = rc_open();
+    ec_publish_result r;
+    char *out = NULL, *err = NULL;
+    void *val = NULL;
+    size_t len;
+
+    (void)state;
+    assert_int_equal(ec_model_unpublish(A.c, "m", "5", url, &r), 0);
+    assert_int_equal(r.version, 5);
+    assert_int_equal(r.tensors, 1);
+    assert_int_equal(r.bytes, 1024 * 256);
+    assert_int_equal(keys_present(rc, 5, parts, 1), 0);
+    assert_int_equal(ec_rcluster_get(rc, "ec:m:m:5", 8, &val, &len), EC_ENOENT);
+    assert_int_equal(stat_of(A.c, "unpublished_versions"), 1);
+    /* Gone: a pull, and unpublishing again, find nothing. B keeps its copy. */
+    expect_fail(ec_model_pull(C.c, "m", "5", url, NULL), EC_ENOENT, "not published");
+    expect_fail(ec_model_unpublish(A.c, "m", "5", url, NULL), EC_ENOENT, "not published");
+    expect_fail(ec_model_unpublish(A.c, "m", "current", url, NULL), EC_EINVAL, "number");
+    same_rows(A.c, B.c, "5", "emb");
+
+    /* A manifest that fails validation names nothing to delete. */
+    assert_int_equal(ec_rcluster_set(rc, bad_key, strlen(bad_key), "garbage!garbage!", 16, NULL),
+                     0);
+    assert_int_equal(ec_rcluster_set(rc, chunk7, strlen(chunk7), "data", 4, NULL), 0);
+    expect_fail(ec_model_unpublish(A.c, "m", "7", url, NULL), EC_EFORMAT,
+                "nothing was deleted");
+    assert_int_equal(ec_rcluster_get(rc, chunk7, strlen(chunk7), &val, &len), 0);
+    free(val);
+    val = NULL;
+    assert_int_equal(ec_rcluster_get(rc, bad_key, strlen(bad_key), &val, &len), 0);
+    free(val);
+    assert_int_equal(ec_rcluster_del(rc, bad_key, strlen(bad_key)), 0);
+    assert_int_equal(ec_rcluster_del(rc, chunk7, strlen(chunk7)), 0);
+
+    /* The CLI. */
+    assert_int_equal(ect_run(argv, &out, NULL, &err), 0);
+    if (!out || !strstr(out, "unpublished m version 1: 2 tensor(s)"))
+        fail_msg("embcache unpublish printed: %s%s", out ? out : "", err ? err : "");
+    free(out);
+    free(err);
+    expect_fail(ec_model_pull(C.c, "m", "1", url, NULL), EC_EEXIST, NULL);
+    expect_fail(ec_model_unpublish(A.c, "m", "1", url, NULL), EC_ENOENT, "not published");
+    ec_rcluster_close(rc);
+}
+
 static void test_cluster_down(void **state)
 {
     int rc;
@@ -423,6 +538,8 @@ int main(void)
         cmocka_unit_test(test_corrupt_chunk_refused),
         cmocka_unit_test(test_bad_manifest_refused),
         cmocka_unit_test(test_format1_manifest),
+        cmocka_unit_test(test_publish_again_drops_unused_keys),
+        cmocka_unit_test(test_unpublish),
         cmocka_unit_test(test_cluster_down),
     };
 

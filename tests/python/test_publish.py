@@ -1,7 +1,8 @@
-"""Client.publish and Client.pull (ec_model_publish / ec_model_pull) through a local
-Redis Cluster started with tests/redis/cluster.sh: a version published by one daemon is
-pulled by another and reads the same, byte for byte; a pull of a version that exists
-raises ExistsError. Skipped only where redis-server or redis-cli is not installed."""
+"""Client.publish, Client.pull and Client.unpublish (ec_model_publish / ec_model_pull /
+ec_model_unpublish) through a local Redis Cluster started with tests/redis/cluster.sh: a
+version published by one daemon is pulled by another and reads the same, byte for byte; a
+pull of a version that exists raises ExistsError; once unpublished, the puller keeps its
+copy and no other daemon can pull it. Skipped only where redis-server or redis-cli is not installed."""
 
 import random
 import shutil
@@ -65,6 +66,16 @@ def test_publish_then_pull(make_daemon, tmp_path, cluster):
             cb.pull("m", 3, cluster)
         with pytest.raises(embcache.NotFoundError):
             cb.pull("m", 4, cluster)
+        # off the cluster again: b keeps its copy, nothing more can be pulled
+        assert ca.unpublish("m", 3, cluster) == {"version": 3, "tensors": 1,
+                                                 "bytes": src.nbytes}
+        with pytest.raises(embcache.NotFoundError):
+            ca.unpublish("m", 3, cluster)
+        np.testing.assert_array_equal(cb.tensor("m", "emb", version=3).gather(np.arange(3000)),
+                                      src)
+    c = make_daemon().start()
+    with embcache.connect(c.socket) as cc, pytest.raises(embcache.NotFoundError):
+        cc.pull("m", 3, cluster)
 
 
 def test_the_daemons_remote_is_the_default_cluster(make_daemon, tmp_path, cluster):
