@@ -148,8 +148,9 @@ static void chunk_cb(void *arg, size_t i, int status, const void *val, size_t le
                 "there?); publish the version again", g->part, j->chunk_of[i], len, j->want[i]);
         else
             MSG(j->errmsg, "partition %" PRIu64 " chunk %" PRIu64
-                " is missing on the remote tier (deleted or expired there?); publish "
-                "the version again", g->part, j->chunk_of[i]);
+                " is missing on the remote tier (unpublished, deleted or expired "
+                "there?); publish the version again from a host that holds it whole",
+                g->part, j->chunk_of[i]);
         return;
     }
     j->err = status;

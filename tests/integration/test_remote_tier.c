@@ -14,7 +14,9 @@
  * by rows is read remotely by block runs. Daemon K (--remote,
  * remote-keep false) sees a chunk overwritten on the cluster as
  * EC_ECHECKSUM naming partition and chunk, never as wrong bytes, and
- * follows a chunk's slot through a migration (ASK, then MOVED). Daemon M
+ * follows a chunk's slot through a migration (ASK, then MOVED), and once
+ * a version is unpublished serves what is resident and refuses the rest
+ * with EC_ECHECKSUM (missing), never other bytes. Daemon M
  * (remote-keep-max) and daemon P (restarted with a reserve beyond its
  * disk) remove kept partitions again, and nothing else: not a local
  * version's, not a fully pulled one's, not without --remote. Daemon N
@@ -621,6 +623,27 @@ static void test_redirects_followed(void **state)
     ec_rcluster_close(rc);
 }
 
+/* A version unpublished while a daemon reads it lazily (K keeps nothing):
+ * what is resident is still served; what is not fails with EC_ECHECKSUM
+ * saying the chunk is missing, never with other bytes. */
+static void test_unpublished_version_reads_fail(void **state)
+{
+    const ect_st_tensor v3[] = {
+        {.name = "emb", .dtype = EC_DTYPE_F32, .ndim = 2, .shape = {2048, 64}, .seed = 24},
+    };
+    ec_publish_result r;
+
+    (void)state;
+    import_st(A.c, "v3", 3, v3, 1, 64u << 10);
+    assert_int_equal(ec_model_publish(A.c, "m", "3", url, &r), 0);
+    assert_int_equal(ec_model_pull_flags(K.c, "m", "3", NULL, EC_PULL_LAZY, &r), 0);
+    same_rows(A.c, K.c, "3", "emb", 256); /* partition 0, resident now */
+    assert_int_equal(ec_model_unpublish(A.c, "m", "3", url, &r), 0);
+    same_rows(A.c, K.c, "3", "emb", 256);
+    expect_fail(gather(K.c, "3", "emb", 3 * 256, 4), EC_ECHECKSUM, "unpublished");
+    assert_int_equal(ec_model_retire(K.c, "m", 3, 0), 0);
+}
+
 static double mono_s(void)
 {
     struct timespec ts;
@@ -708,6 +731,7 @@ int main(void)
         cmocka_unit_test(test_corrupt_chunk_is_echecksum),
         cmocka_unit_test(test_view_of_remote_tensor),
         cmocka_unit_test(test_redirects_followed),
+        cmocka_unit_test(test_unpublished_version_reads_fail),
         cmocka_unit_test(test_cluster_down),
     };
 
