@@ -1,6 +1,7 @@
 /*
  * itest.c - the end-to-end tests' shared harness (see itest.h).
  */
+#include <dirent.h>
 #include <errno.h>
 #include <signal.h>
 #include <stdio.h>
@@ -324,3 +325,32 @@ int prewarm_wait(ec_client *c, const char *model, const char *version, unsigned 
     return 0;
 }
 
+
+void itest_partfile_of(const char *data_dir, const char *model, int64_t version,
+                       const char *tensor, char *path, size_t cap, ec_partfile_meta *meta)
+{
+    char parts[700];
+    struct dirent *de;
+    DIR *d;
+    bool found = false;
+
+    snprintf(parts, sizeof(parts), "%s/parts", data_dir);
+    assert_non_null(d = opendir(parts));
+    while (!found && (de = readdir(d))) {
+        ec_partfile_origin o;
+        int fd;
+        size_t l = strlen(de->d_name);
+        if (l < 5 || strcmp(de->d_name + l - 4, ".ecp"))
+            continue;
+        snprintf(path, cap, "%s/%s", parts, de->d_name);
+        if (ec_partfile_open(path, meta, &fd))
+            continue;
+        found = ec_partfile_read_origin(fd, meta, &o) == 0 && o.present &&
+                !strcmp(o.model, model) && o.version == version && !strcmp(o.tensor, tensor);
+        close(fd);
+    }
+    closedir(d);
+    if (!found)
+        fail_msg("no partition file in %s says it is %s/%lld/%s", parts, model,
+                 (long long)version, tensor);
+}

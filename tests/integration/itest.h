@@ -16,6 +16,7 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+#include "core/partfile.h"
 #include "embcache.h"
 
 #define MAX_KIDS 80
@@ -93,6 +94,11 @@ uint64_t splitmix(uint64_t *s);
 double now_s(void);
 /* A shared anonymous mapping, zeroed: how children report counts. */
 void *shared_map(size_t len);
+/* The partition file under <data_dir>/parts whose origin record says it is
+ * (model, version, tensor): its path and layout (asserts one is found). */
+void itest_partfile_of(const char *data_dir, const char *model, int64_t version,
+                       const char *tensor, char *path, size_t cap, ec_partfile_meta *meta);
+
 /* Prewarm and poll until finished (~20 s at most). */
 int prewarm_wait(ec_client *c, const char *model, const char *version, unsigned flags,
                  ec_prewarm_progress *out);

@@ -190,28 +190,7 @@ static void unskip(void)
 /* The path of B's file of m/1/tensor (by its origin record). */
 static void file_of(const char *tensor, char *out, size_t cap, ec_partfile_meta *meta)
 {
-    char parts[700];
-    struct dirent *de;
-    DIR *d;
-    bool found = false;
-
-    snprintf(parts, sizeof(parts), "%s/parts", B.data);
-    assert_non_null(d = opendir(parts));
-    while (!found && (de = readdir(d))) {
-        ec_partfile_origin o;
-        int fd;
-        size_t l = strlen(de->d_name);
-        if (l < 4 || strcmp(de->d_name + l - 4, ".ecp"))
-            continue;
-        snprintf(out, cap, "%s/%s", parts, de->d_name);
-        if (ec_partfile_open(out, meta, &fd))
-            continue;
-        found = ec_partfile_read_origin(fd, meta, &o) == 0 && o.present && o.version == 1 &&
-                !strcmp(o.tensor, tensor);
-        close(fd);
-    }
-    closedir(d);
-    assert_true(found);
+    itest_partfile_of(B.data, "m", 1, tensor, out, cap, meta);
 }
 
 /* B stopped, its catalog destroyed (truncated: SQLite cannot read it). */

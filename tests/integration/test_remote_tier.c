@@ -210,28 +210,7 @@ static void disk_use(const struct itest_daemon *d, uint64_t *allocated, uint64_t
 static void file_of(const struct itest_daemon *d, int64_t version, const char *tensor, char *out,
                     size_t cap, ec_partfile_meta *meta)
 {
-    char parts[700];
-    struct dirent *de;
-    DIR *dd;
-    bool found = false;
-
-    snprintf(parts, sizeof(parts), "%s/parts", d->data);
-    assert_non_null(dd = opendir(parts));
-    while (!found && (de = readdir(dd))) {
-        ec_partfile_origin o;
-        int fd;
-        size_t l = strlen(de->d_name);
-        if (l < 4 || strcmp(de->d_name + l - 4, ".ecp"))
-            continue;
-        snprintf(out, cap, "%s/%s", parts, de->d_name);
-        if (ec_partfile_open(out, meta, &fd))
-            continue;
-        found = ec_partfile_read_origin(fd, meta, &o) == 0 && o.present &&
-                o.version == version && !strcmp(o.tensor, tensor);
-        close(fd);
-    }
-    closedir(dd);
-    assert_true(found);
+    itest_partfile_of(d->data, "m", version, tensor, out, cap, meta);
 }
 
 /* ------------------------------------------------------------------ */
