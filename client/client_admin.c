@@ -1,8 +1,9 @@
 /*
  * client_admin.c - libembcache's administration calls: import, aliases,
  * model index lookups, prewarm, evict, refresh, residency and cache-mode
- * policies, retire, catalog listings and statistics. Each is one request
- * to the daemon (a listing, several), under the client's mutex.
+ * policies, retire, catalog listings, statistics and configuration reload.
+ * Each is one request to the daemon (a listing, several), under the
+ * client's mutex.
  */
 #include "client/client_impl.h"
 
@@ -472,5 +473,29 @@ int ec_model_upgrade(ec_client *c, const char *model, const char *version,
     pthread_mutex_unlock(&c->lock);
     if (rc == 0 && upgraded_out)
         *upgraded_out = n;
+    return rc;
+}
+
+int ec_daemon_reload(ec_client *c, char *summary, size_t cap)
+{
+    char line[2048] = "";
+    ec_wbuf w;
+    ec_rbuf r;
+    uint32_t req;
+    int rc;
+
+    if (!c)
+        return ec_seterr(EC_EINVAL, "ec_daemon_reload: NULL client");
+    pthread_mutex_lock(&c->lock);
+    req = cl_begin(c, &w, EC_OP_RELOAD);
+    rc = cl_rpc(c, &w, req, NULL, 0, &r, NULL, NULL, 0);
+    if (rc == 0) {
+        ec_get_str(&r, line, sizeof(line));
+        if (!ec_rbuf_done(&r))
+            rc = ec_seterr(EC_EPROTO, "malformed RELOAD reply");
+    }
+    pthread_mutex_unlock(&c->lock);
+    if (rc == 0 && summary && cap)
+        snprintf(summary, cap, "%s", line);
     return rc;
 }

@@ -993,7 +993,8 @@ __attribute__((format(printf, 4, 5))) static void cat(char *buf, size_t cap, con
     va_end(ap);
 }
 
-int ec_dconf_reload(void *arg, const ec_server_config *cur, ec_server_config *next)
+int ec_dconf_reload(void *arg, const ec_server_config *cur, ec_server_config *next,
+                    char *summary, size_t cap)
 {
     ec_dconf_ctx *x = arg;
     ec_dconf *fresh = malloc(sizeof(*fresh));
@@ -1003,7 +1004,7 @@ int ec_dconf_reload(void *arg, const ec_server_config *cur, ec_server_config *ne
 
     if (!fresh || !e) {
         ec_error("config reload: out of memory; nothing changed");
-        rc = EC_ENOMEM;
+        rc = ec_seterr(EC_ENOMEM, "config reload: out of memory; nothing changed");
         goto out;
     }
     if (ec_dconf_build(&x->args, fresh, e) < 0) {
@@ -1013,7 +1014,10 @@ int ec_dconf_reload(void *arg, const ec_server_config *cur, ec_server_config *ne
             ec_error("config reload: and %d more errors", e->total - e->n);
         ec_error("config reload refused: nothing changed; fix %s and send SIGHUP again",
                  *x->args.file ? x->args.file : "the configuration");
-        rc = EC_EINVAL;
+        rc = ec_seterr(EC_EINVAL, "config reload refused, nothing changed: %s%s; fix %s and "
+                       "reload again", e->n ? e->msg[0] : "invalid configuration",
+                       e->total > 1 ? " (and more: see the daemon's log)" : "",
+                       *x->args.file ? x->args.file : "the configuration");
         goto out;
     }
     snprintf(from, sizeof(from), "%s", *fresh->file ? fresh->file : "(no configuration file)");
@@ -1044,6 +1048,10 @@ int ec_dconf_reload(void *arg, const ec_server_config *cur, ec_server_config *ne
         ec_log_set_level((enum ec_log_level)level);
     ec_info("config reloaded from %s: %s%s%s", from, *changed ? changed : "nothing changed",
             *fixed ? "; not applied (restart needed): " : "", fixed);
+    if (summary && cap)
+        snprintf(summary, cap, "config reloaded from %s: %s%s%s", from,
+                 *changed ? changed : "nothing changed",
+                 *fixed ? "; not applied (restart needed): " : "", fixed);
     ec_log_set_level((enum ec_log_level)level);
 out:
     free(fresh);

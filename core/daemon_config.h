@@ -109,8 +109,11 @@ typedef struct ec_dconf_ctx {
  * the others through *next), each changed option that cannot is logged
  * ("X changed in FILE but cannot change at run time; restart embcached to
  * apply") and keeps its value, one summary line says what changed, and it
- * returns 0. *next: *cur with the run-time fields replaced. */
-int ec_dconf_reload(void *ctx, const ec_server_config *cur, ec_server_config *next);
+ * returns 0. *next: *cur with the run-time fields replaced; summary (cap
+ * bytes, may be NULL): that line. A refusal also sets the thread's error
+ * to the first error and what to do. */
+int ec_dconf_reload(void *ctx, const ec_server_config *cur, ec_server_config *next,
+                    char *summary, size_t cap);
 
 /* Is path a directory of ours that nobody else may write (a data
  * directory, sub: one of its subdirectories, judged by lstat)? 0 yes; 1 it

@@ -148,7 +148,8 @@ enum ec_op {
     EC_OP_PUBLISH = 36,     /* copy a version to a Redis Cluster (admin; core/server_remote.c) */
     EC_OP_PULL = 37,        /* register a version from a Redis Cluster (admin) */
     EC_OP_UNPUBLISH = 38,   /* remove a version from a Redis Cluster (admin) */
-    EC_OP_MAX_ = 39,
+    EC_OP_RELOAD = 39,      /* read the configuration again, answer when applied (admin) */
+    EC_OP_MAX_ = 40,
 };
 #define EC_OP_REPLY 0x8000u
 

@@ -435,6 +435,7 @@ static bool op_is_admin(uint16_t op)
     case EC_OP_PUBLISH:
     case EC_OP_PULL:
     case EC_OP_UNPUBLISH:
+    case EC_OP_RELOAD:
         return true;
     default:
         return false;
@@ -1051,6 +1052,7 @@ static void conn_readable(server *s, struct conn *c)
         case EC_OP_ROWS_DEL: rc = srv_h_rows_del(s, c, &body, h.req_id, fds, nfds); break;
         case EC_OP_SNAPSHOT: rc = srv_h_snapshot(s, c, &body, h.req_id); break;
         case EC_OP_DYN_STATS: rc = srv_h_dyn_stats(s, c, &body, h.req_id); break;
+        case EC_OP_RELOAD: rc = srv_h_reload(s, c, &body, h.req_id); break;
         default:
             rc = ec_seterr(EC_EPROTO, "unknown op %u: this embcached speaks ops 1..%d",
                            h.op, EC_OP_MAX_ - 1);

@@ -63,12 +63,15 @@ typedef struct ec_server_config {
                                             * coldest kept partitions are removed */
     uint64_t remote_keep_max;              /* bytes kept partitions may take; 0: no
                                             * bound but the reserve */
-    /* SIGHUP: read the configuration again (core/daemon_config.h,
-     * ec_dconf_reload). Fills *next with every field of *cur, but those
-     * that may change at run time as now configured; returns 0, or a
-     * negative EC_E* code after it logged why (nothing changes then).
-     * NULL: SIGHUP is logged and ignored. Called on the server thread. */
-    int (*reload)(void *arg, const struct ec_server_config *cur, struct ec_server_config *next);
+    /* SIGHUP or a RELOAD request: read the configuration again
+     * (core/daemon_config.h, ec_dconf_reload). Fills *next with every
+     * field of *cur, but those that may change at run time as now
+     * configured, and summary (cap bytes; may be NULL) with the line it
+     * logs; returns 0, or a negative EC_E* code after it logged why and
+     * set the thread's error (nothing changes then). NULL: SIGHUP is
+     * logged and ignored, RELOAD refused. Called on the server thread. */
+    int (*reload)(void *arg, const struct ec_server_config *cur, struct ec_server_config *next,
+                  char *summary, size_t cap);
     void *reload_arg;
     bool reload_failed;                    /* the configuration could not be read again
                                             * at start (a restarted worker): reported as

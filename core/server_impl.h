@@ -162,9 +162,10 @@ int srv_outstanding_take(struct conn *c);
 void srv_import_enqueue(server *s, struct import_job *j);
 bool srv_peer_admin(const server *s, uid_t uid);
 
-/* server_reload.c: SIGHUP: read the configuration again and apply what may
- * change at run time. */
+/* server_reload.c: SIGHUP or RELOAD: read the configuration again and apply
+ * what may change at run time. */
 void srv_reload(server *s);
+int srv_h_reload(server *s, struct conn *c, ec_rbuf *r, uint32_t req_id);
 
 /* server_dyn.c: dynamic tables (DYN_SET, ROWS_PUT, ROWS_DEL, SNAPSHOT,
  * DYN_STATS) */

@@ -1,10 +1,14 @@
 /*
- * server_reload.c - SIGHUP: embcached reads its configuration again and
- * applies, while it serves, what may change at run time (server.h lists
- * the fields). Clients stay connected; nothing is re-created.
+ * server_reload.c - SIGHUP, or a RELOAD request (`embcache reload`, an
+ * administrator's): embcached reads its configuration again and applies,
+ * while it serves, what may change at run time (server.h lists the
+ * fields). Clients stay connected; nothing is re-created.
  *
  * The server loop (server.c) reads SIGHUP from its signalfd and calls
- * srv_reload() on the server thread, the only thread that reads the
+ * srv_reload(), and a RELOAD request srv_h_reload(), which answers with
+ * the summary line or the reload's error once it is applied (so
+ * `systemctl reload`, whose ExecReload is `embcache reload`, returns when
+ * the reload is done and fails when it was refused), both on the server thread, the only thread that reads the
  * server's configuration (s->live), the engine and the dynamic tables, so
  * nothing here takes a lock. Reading and checking the file, and saying
  * what changed and what needs a restart, is cfg->reload's job
@@ -100,21 +104,49 @@ static void apply(server *s, const ec_server_config *next)
     s->live = *next;
 }
 
-void srv_reload(server *s)
+/* Read the configuration again and apply it; summary (cap bytes, may be
+ * NULL): what changed. 0, or the reload's error (nothing changed). */
+static int reload(server *s, char *summary, size_t cap)
 {
     ec_server_config next;
+    int rc;
 
-    if (!s->live.reload) {
-        ec_warn("SIGHUP: this daemon has no configuration to read again; ignored");
-        return;
-    }
     memset(&next, 0, sizeof(next));
-    if (s->live.reload(s->live.reload_arg, &s->live, &next) < 0) {
+    if ((rc = s->live.reload(s->live.reload_arg, &s->live, &next, summary, cap)) < 0) {
         s->conf.failures++;
         s->conf.last_ok = false;
-        return;
+        return rc;
     }
     apply(s, &next);
     s->conf.reloads++;
     s->conf.last_ok = true;
+    return 0;
+}
+
+void srv_reload(server *s)
+{
+    if (!s->live.reload) {
+        ec_warn("SIGHUP: this daemon has no configuration to read again; ignored");
+        return;
+    }
+    (void)reload(s, NULL, 0);
+}
+
+int srv_h_reload(server *s, struct conn *c, ec_rbuf *r, uint32_t req_id)
+{
+    char summary[2048] = "";
+    ec_wbuf w;
+    int rc;
+
+    if (!ec_rbuf_done(r))
+        return srv_bad_body(EC_OP_RELOAD);
+    if (!s->live.reload)
+        return ec_seterr(EC_EINVAL, "this daemon has no configuration to read again");
+    ec_info("reload requested by uid %u", (unsigned)c->uid);
+    if ((rc = reload(s, summary, sizeof(summary))) < 0)
+        return rc;
+    ec_msg_begin(&w, s->out, sizeof(s->out), (uint16_t)(EC_OP_RELOAD | EC_OP_REPLY), req_id, 0);
+    ec_put_str(&w, summary);
+    srv_reply_send(s, c, ec_msg_end(&w), NULL, 0);
+    return 0;
 }

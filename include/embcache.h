@@ -525,6 +525,19 @@ EC_API int ec_model_refresh(ec_client *c, const char *model, const char *version
 EC_API int ec_model_upgrade(ec_client *c, const char *model, const char *version,
                             uint32_t *upgraded_out);
 
+/**
+ * Have the daemon read its configuration again (its file and command line)
+ * and apply what may change while it runs, as SIGHUP does, and answer once
+ * that is done. Admin only.
+ * @param[out] summary  the line the daemon logs ("config reloaded from
+ *                      FILE: budget 1G -> 2G; not applied (restart
+ *                      needed): shm-size"), NUL-terminated, cut to cap;
+ *                      may be NULL.
+ * @return 0, or EC_EINVAL (the configuration is invalid: nothing changed;
+ *         the message gives its first error), EC_EPERM, EC_ECONN.
+ */
+EC_API int ec_daemon_reload(ec_client *c, char *summary, size_t cap);
+
 /** What ec_model_publish(), ec_model_pull() or ec_model_unpublish() did. */
 typedef struct ec_publish_result {
     int64_t version;   /**< the concrete version */

@@ -133,7 +133,7 @@ int main(int argc, char **argv)
              * options that can change at run time take its values. */
             ec_server_config next;
             ec_info("restarted worker: reading the configuration again");
-            if (ec_dconf_reload(&ctx, cfg, &next) < 0)
+            if (ec_dconf_reload(&ctx, cfg, &next, NULL, 0) < 0)
                 cfg->reload_failed = true;
             else
                 *cfg = next;

@@ -369,6 +369,16 @@ class Client:
                     raise
                 size *= 8
 
+    def reload(self) -> str:
+        """Have the daemon read its configuration again and apply what may
+        change while it runs (ec_daemon_reload; administrators); returns
+        the summary line once applied. An invalid file raises
+        InvalidArgumentError with its first error, and changes nothing."""
+        fn = self._lib.need("ec_daemon_reload")
+        buf = ctypes.create_string_buffer(2048)
+        self._call(lambda p: fn(p, buf, 2048), retry=False)
+        return _s(buf.value)
+
     def close(self) -> None:
         """Drop this client's connection. Tensors and views already made keep
         working; the connection goes when the last of them is released."""

@@ -454,6 +454,7 @@ SIGNATURES: Dict[str, Tuple[Any, List[Any]]] = {
     "ec_client_backend": (c_char_p, [_P]),
     "ec_client_device_count": (c_int, [_P]),
     "ec_client_topology": (c_int, [_P, c_void_p, c_size_t]),
+    "ec_daemon_reload": (c_int, [_P, c_void_p, c_size_t]),
     "ec_client_stats": (c_int, [_P, StatCallback, c_void_p]),
     "ec_client_tensor_stats": (c_int, [_P, TensorStatsCallback, c_void_p]),
     "ec_tensor_resolve": (c_int, [_P, c_char_p, c_char_p, c_char_p, POINTER(_P)]),

@@ -9,7 +9,9 @@
  * daemon whose client stays connected on the same connection, refuses an
  * invalid file without changing anything (a file that is half valid
  * included), says which options need a restart, and counts reloads (STATS
- * and /metrics); a worker the keeper restarts runs with the reloaded
+ * and /metrics); a RELOAD request (ec_daemon_reload, `embcache reload`,
+ * the unit's ExecReload) is answered once applied, with the summary line,
+ * or with the first error of an invalid file; a worker the keeper restarts runs with the reloaded
  * configuration; the shipped deploy/systemd/embcached.conf parses.
  *
  * One daemon per case (itest.h's E, started here with its log in a file),
@@ -573,6 +575,54 @@ static void test_reload_invalid_changes_nothing(void **state)
     table_free(&tb);
 }
 
+/* A RELOAD request: applied when it is answered (no waiting for a
+ * counter), the answer is the summary line; an invalid file is refused
+ * with its first error and changes nothing; the CLI says the same. */
+static void test_reload_request(void **state)
+{
+    const char *cli[] = {EC_TEST_CLI, "--socket", E.sock, "reload", NULL};
+    char summary[2048], want[800], *out = NULL, *err = NULL;
+    ec_client *c;
+    int rc;
+
+    (void)state;
+    env_dirs("ec-conf-req");
+    write_conf(conf, "shm-size = 64M\nbudget = 32M\n");
+    daemon_up(NULL);
+    c = connect_ok();
+    write_conf(conf, "shm-size = 64M\nbudget = 16M\n");
+    if ((rc = ec_daemon_reload(c, summary, sizeof(summary))) != 0)
+        fail_msg("ec_daemon_reload: %s", ec_last_error());
+    snprintf(want, sizeof(want), "config reloaded from %s: budget 32M -> 16M", conf);
+    assert_string_equal(summary, want);
+    assert_int_equal(stat_of(c, "budget_bytes"), 16 * MiB);
+    assert_int_equal(stat_of(c, "config_reloads"), 1);
+
+    write_conf(conf, "shm-size = 64M\nbudget = 12X\nttl = 1\n");
+    rc = ec_daemon_reload(c, summary, sizeof(summary));
+    if (rc != EC_EINVAL || !strstr(ec_last_error(), "'12X' is not a size") ||
+        !strstr(ec_last_error(), "nothing changed"))
+        fail_msg("reload of an invalid file: %s: %s", ec_strerror(rc), ec_last_error());
+    assert_int_equal(stat_of(c, "budget_bytes"), 16 * MiB);
+    assert_int_equal(stat_of(c, "config_reload_failures"), 1);
+    assert_int_equal(stat_of(c, "config_last_reload_ok"), 0);
+    /* The CLI: exit 1 with the error, then 0 with the summary. */
+    assert_int_equal(ect_run(cli, &out, NULL, &err), 1);
+    if (!err || !strstr(err, "'12X' is not a size"))
+        fail_msg("embcache reload of an invalid file said: %s", err ? err : "");
+    free(out);
+    free(err);
+    write_conf(conf, "shm-size = 64M\nbudget = 24M\n");
+    assert_int_equal(ect_run(cli, &out, NULL, &err), 0);
+    snprintf(want, sizeof(want), "config reloaded from %s: budget 16M -> 24M\n", conf);
+    assert_string_equal(out, want);
+    free(out);
+    free(err);
+    assert_int_equal(stat_of(c, "budget_bytes"), 24 * MiB);
+    assert_int_equal(stat_of(c, "config_last_reload_ok"), 1);
+    ec_client_close(c);
+}
+
 /* What cannot change at run time is named, kept, and the rest applies. */
 static void test_reload_restart_needed(void **state)
 {
@@ -698,6 +748,7 @@ int main(void)
         cmocka_unit_test_teardown(test_check_deploy_example, teardown),
         cmocka_unit_test_teardown(test_reload_applies, teardown),
         cmocka_unit_test_teardown(test_reload_invalid_changes_nothing, teardown),
+        cmocka_unit_test_teardown(test_reload_request, teardown),
         cmocka_unit_test_teardown(test_reload_restart_needed, teardown),
         cmocka_unit_test_teardown(test_reload_flags_and_restart, teardown),
     };

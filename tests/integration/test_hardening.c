@@ -324,8 +324,8 @@ static void test_socket_squatted(void **state)
 }
 
 /* 5. Admitted to read is not admitted to administer: uid 65534, let in
- * with --allow-uid, gathers but cannot retire, alias, evict, import, publish
- * or unpublish; with --admin-uid it can. */
+ * with --allow-uid, gathers but cannot retire, alias, evict, import, publish,
+ * unpublish or reload the configuration; with --admin-uid it can. */
 static void run_as_65534(const struct table *a, int want_admin)
 {
     pid_t pid = spawn();
@@ -359,6 +359,9 @@ static void run_as_65534(const struct table *a, int want_admin)
         rc = ec_model_unpublish(o, "a", "1", "redis-cluster://127.0.0.1:1", NULL);
         if (want_admin ? rc == EC_EPERM : rc != EC_EPERM)
             _exit(11);
+        rc = ec_daemon_reload(o, NULL, 0);
+        if (want_admin ? rc != 0 : rc != EC_EPERM)
+            _exit(12);
         ec_client_close(o);
         _exit(0);
     }

@@ -8,8 +8,8 @@
 #      and sysusers.d entries, /etc/embcache/embcached.conf (not /usr/etc), the
 #      Python package where /usr/bin/python3 looks; the unit and .pc naming /usr and
 #      /etc; a second install keeping an edited configuration;
-#   b. systemd-analyze verify on the unit (ExecStart pointed at the staged binary,
-#      the one thing it needs that a staged install lacks), and the README's
+#   b. systemd-analyze verify on the unit (ExecStart and ExecReload pointed at the
+#      staged binaries, the one thing it needs that a staged install lacks), and the README's
 #      `systemd-sysusers embcache.conf` and `systemd-tmpfiles --create embcache.conf`
 #      run with --root of the staged install, making the user and the state directory
 #      (part b skipped where systemd's tools are missing);
@@ -139,10 +139,12 @@ ok "a second install kept the edited configuration and wrote embcached.conf.new"
 if command -v systemd-analyze >/dev/null; then
     echo "b. systemd-analyze verify"
     mkdir -p "$tmp/units"
-    # The one thing verify needs that a staged install lacks: the binary at its path.
-    sed "s|^ExecStart=/usr/bin/embcached |ExecStart=$root/usr/bin/embcached |" "$unit" \
+    # The one thing verify needs that a staged install lacks: the binaries at their paths.
+    sed -e "s|^ExecStart=/usr/bin/embcached |ExecStart=$root/usr/bin/embcached |" \
+        -e "s|^ExecReload=/usr/bin/embcache |ExecReload=$root/usr/bin/embcache |" "$unit" \
         >"$tmp/units/embcached.service"
     grep -q "^ExecStart=$root/" "$tmp/units/embcached.service" || fail "could not point ExecStart at the staged binary"
+    grep -q "^ExecReload=$root/" "$tmp/units/embcached.service" || fail "could not point ExecReload at the staged CLI"
     if ! systemd-analyze verify --man=no "$tmp/units/embcached.service" >"$tmp/verify.log" 2>&1; then
         cat "$tmp/verify.log"
         fail "systemd-analyze verify rejected the unit (its output is above)"

@@ -10,8 +10,9 @@
 # is active (Type=notify: systemd says active only after READY=1) with its status line,
 # that `embcache stats` works as root and as an unprivileged user (through the
 # service's socket, the client's fallback), that /metrics and /healthz answer on
-# 127.0.0.1:9464 (the example configuration's), that `systemctl reload` applies
-# (config_reloads 1, config_last_reload_ok 1), and that `systemctl stop` ends it with
+# 127.0.0.1:9464 (the example configuration's), that `systemctl reload` has applied
+# when it returns (config_reloads 1, config_last_reload_ok 1) and fails on an invalid
+# file while the service serves on, and that `systemctl stop` ends it with
 # status 0 and Result=success. Each check writes a line to a file the host reads.
 #
 # Usage: test_systemd.sh BUILD_DIR (a complete build; cmake --install builds nothing)
@@ -75,9 +76,15 @@ embcache stats | grep -q '^segment_bytes' && ok stats-root
 runuser -u nobody -- env -u XDG_RUNTIME_DIR -u EMBCACHE_SOCKET embcache stats | grep -q '^segment_bytes' && ok stats-user
 python3 -c "import urllib.request as u; b=u.urlopen('http://127.0.0.1:9464/metrics').read().decode(); assert 'embcache_segment_bytes ' in b" && ok metrics
 python3 -c "import urllib.request as u; assert u.urlopen('http://127.0.0.1:9464/healthz').status == 200" && ok healthz
-systemctl reload embcached
-for i in \$(seq 50); do embcache stats | grep -q '^config_reloads *1\$' && break; sleep 0.2; done
-embcache stats | grep -q '^config_reloads *1\$' && embcache stats | grep -q '^config_last_reload_ok *1\$' && ok reload
+# Applied when systemctl returns (ExecReload is \`embcache reload\`): no waiting here.
+systemctl reload embcached &&
+    embcache stats | grep -q '^config_reloads *1\$' && embcache stats | grep -q '^config_last_reload_ok *1\$' && ok reload
+# An invalid file: systemctl reload fails, the service serves on, nothing changed.
+cp /etc/embcache/embcached.conf /out/conf.bak
+echo 'budget = 12X' >> /etc/embcache/embcached.conf
+! systemctl reload embcached && systemctl is-active --quiet embcached &&
+    embcache stats | grep -q '^config_last_reload_ok *0\$' && ok reload-refused
+cp /out/conf.bak /etc/embcache/embcached.conf
 systemctl stop embcached
 [ -f /out/was-active ] && ! systemctl is-active --quiet embcached &&
     systemctl show embcached -p Result | grep -q 'Result=success' &&
@@ -97,7 +104,7 @@ timeout 240 systemd-nspawn --quiet --keep-unit --register=no --private-network \
 rc=$?
 fail=0
 for check in install sysusers tmpfiles started active status stats-root stats-user metrics \
-             healthz reload stopped done; do
+             healthz reload reload-refused stopped done; do
     if grep -qx "$check" "$tmp/out/results" 2>/dev/null; then
         echo "test_systemd: ok: $check"
     else
