@@ -220,7 +220,7 @@ int ec_client_connect(const char *socket_path, ec_client **out)
     if ((rc = check_daemon_peer(c->sock, socket_path)) < 0)
         goto fail;
     req = cl_begin(c, &w, EC_OP_HELLO);
-    ec_put_u32(&w, 0);
+    ec_put_u32(&w, EC_HELLO_FEATURES);
     ec_put_str(&w, "libembcache " EC_VERSION_STRING);
     {
         size_t len = ec_msg_end(&w);

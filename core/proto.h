@@ -109,6 +109,12 @@
 #define EC_FAULT_MAX_ROWS ((EC_MSG_MAX - EC_MSG_HDR - 8) / 8)
 #define EC_PARAMS_MAX 16384u
 
+/* HELLO's first field: what the client reads beyond what every client of
+ * EC_PROTO_VERSION reads (clients before these bits send 0). The daemon
+ * leaves out of its replies what a client did not say it reads. */
+#define EC_HELLO_NS_REMOTE 0x1u /* EC_NS_REMOTE in NS_LIST records */
+#define EC_HELLO_FEATURES EC_HELLO_NS_REMOTE /* what this build's client sends */
+
 enum ec_op {
     EC_OP_HELLO = 1,
     EC_OP_RESOLVE = 2,

@@ -607,7 +607,7 @@ static int h_hello(server *s, struct conn *c, ec_rbuf *r, uint32_t req_id)
     ec_wbuf w;
     ec_segment *seg = ec_engine_segment(s->engine);
 
-    (void)ec_get_u32(r);
+    c->features = ec_get_u32(r); /* unknown bits: a newer client, read as not asked */
     ec_get_str(r, client, sizeof(client));
     if (!ec_rbuf_done(r))
         return srv_bad_body(EC_OP_HELLO);

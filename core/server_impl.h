@@ -54,6 +54,7 @@ struct conn {
     pid_t pid;
     uid_t uid;
     bool hello;
+    uint32_t features;   /* HELLO's EC_HELLO_* bits: what the client reads */
     ec_session_page *session;
     uint64_t ring_tail;
     uint32_t outstanding;

@@ -231,6 +231,10 @@ int srv_h_ns_list(server *s, struct conn *c, ec_rbuf *r, uint32_t req_id)
         if (!ec_resmgr_list(s->results, &p, &next, &rec))
             break;
         srv_results_live_counts(s, next - 1, &rec);
+        /* A client from before remote namespaces refuses a record with the
+         * flag (it knows no such bit): it gets the namespace without it. */
+        if (!(c->features & EC_HELLO_NS_REMOTE))
+            rec.flags &= ~(uint32_t)EC_NS_REMOTE;
         ec_put_ns(&w, &rec);
         if (w.overflow) {
             w.overflow = false;

@@ -17,7 +17,9 @@
  *   - garbage and a corrupted value planted in the cluster are refused
  *     (never served) and the key is computed again;
  *   - a daemon without --remote refuses a remote namespace, and the flag
- *     survives a restart (catalog column namespaces.remote);
+ *     survives a restart (catalog column namespaces.remote); a client from
+ *     before remote namespaces (HELLO without EC_HELLO_NS_REMOTE, spoken
+ *     here byte by byte) lists it without the flag it would refuse;
  *   - with the cluster stopped, local hits are served, misses are
  *     computed locally, and the failures are counted.
  *
@@ -32,11 +34,14 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "common/err.h"
+#include "core/proto.h"
 #include "core/rcluster.h"
 #include "itest.h"
 #include "testutil.h"
@@ -503,6 +508,56 @@ static int list_cb(const ec_ns_info *ns, void *arg)
     return 0;
 }
 
+/* One request on a raw connection and its reply (asserts it is one). */
+static void raw_rpc(int fd, uint8_t *buf, ec_wbuf *w, ec_msg_hdr *h, ec_rbuf *body)
+{
+    int fds[2], nfds = 0;
+    ssize_t n;
+
+    assert_int_equal(ec_msg_send(fd, buf, ec_msg_end(w), NULL, 0, false), 0);
+    n = ec_msg_recv(fd, buf, EC_MSG_MAX, fds, &nfds, 2);
+    assert_true(n > 0);
+    for (int i = 0; i < nfds; i++)
+        close(fds[i]);
+    assert_int_equal(ec_msg_parse(buf, (size_t)n, h, body), 0);
+    assert_int_equal(h->status, 0);
+}
+
+/* The flags of namespace NS as NS_LIST gives them to a client whose HELLO
+ * says it reads the EC_HELLO_* bits `features` (0: a client from before
+ * them), or 0 when NS is not listed. */
+static uint32_t listed_flags(const char *sock, uint32_t features)
+{
+    static uint8_t buf[EC_MSG_MAX];
+    struct sockaddr_un a = {.sun_family = AF_UNIX};
+    int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+    uint32_t flags = 0, n;
+    ec_msg_hdr h;
+    ec_rbuf r;
+    ec_wbuf w;
+
+    assert_true(fd >= 0 && strlen(sock) < sizeof(a.sun_path));
+    memcpy(a.sun_path, sock, strlen(sock) + 1);
+    assert_int_equal(connect(fd, (struct sockaddr *)&a, sizeof(a)), 0);
+    ec_msg_begin(&w, buf, EC_MSG_MAX, EC_OP_HELLO, 1, 0);
+    ec_put_u32(&w, features);
+    ec_put_str(&w, "a client of an older release");
+    raw_rpc(fd, buf, &w, &h, &r);
+    ec_msg_begin(&w, buf, EC_MSG_MAX, EC_OP_NS_LIST, 2, 0);
+    ec_put_u32(&w, 0);
+    raw_rpc(fd, buf, &w, &h, &r);
+    (void)ec_get_u32(&r); /* the next cursor: one namespace fits one reply */
+    n = ec_get_u32(&r);
+    for (uint32_t i = 0; i < n; i++) {
+        ec_proto_ns ns;
+        assert_int_equal(ec_get_ns(&r, &ns), 0);
+        if (!strcmp(ns.name, NS))
+            flags = ns.flags | 0x80000000u;
+    }
+    close(fd);
+    return flags;
+}
+
 /* namespaces.remote keeps the flag across a restart; the same data
  * directory served without --remote refuses the namespace. */
 static void test_remote_flag_persists(void **state)
@@ -517,6 +572,10 @@ static void test_remote_flag_persists(void **state)
     assert_int_equal(ec_client_connect(A.sock, &c), 0);
     assert_int_equal(ec_results_list(c, list_cb, &flags), 0);
     assert_int_equal(flags, 0x80000000u | EC_NS_SHARED | EC_NS_REMOTE);
+    /* A client from before remote namespaces would refuse the flag. */
+    assert_int_equal(listed_flags(A.sock, 0), 0x80000000u | EC_NS_SHARED);
+    assert_int_equal(listed_flags(A.sock, EC_HELLO_NS_REMOTE),
+                     0x80000000u | EC_NS_SHARED | EC_NS_REMOTE);
     assert_int_equal(ec_results_open(c, NS, NULL, &r), EC_EINVAL);
     ec_client_close(c);
     itest_daemon_down(&A);
