@@ -100,4 +100,8 @@ int cli_top_main(int argc, char **argv, const char *socket_path);
  * [--cluster URL]` (cmd "publish", "pull" or "unpublish", argv from it on). */
 int cli_remote_main(const char *cmd, int argc, char **argv, const char *socket_path);
 
+/* tools/cli_recover.c: `embcache recover` (argv from "recover" on): the
+ * catalog rebuilt from the partition files, without a daemon. */
+int cli_recover_main(int argc, char **argv);
+
 #endif /* EC_TOOLS_CLI_H */

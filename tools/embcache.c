@@ -5,8 +5,7 @@
  * calls. Human output by default, --json where scripts need structure, and
  * exit codes that say what kind of failure happened (see usage()). One
  * command works without a daemon, on the data directory itself: `recover`
- * (core/recover.c, linked in from the daemon's core), run while embcached
- * is stopped. The subcommand families of files of their own (`results`:
+ * (tools/cli_recover.c, core/recover.c), run while embcached is stopped. The subcommand families of files of their own (`results`:
  * tools/cli_results.c) and the helpers every file uses (exit codes, failure
  * lines, number parsing, JSON strings, sizes: tools/cli_util.c) are declared
  * in tools/cli.h.
@@ -21,8 +20,6 @@
 #include <unistd.h>
 
 #include "cli.h"
-#include "core/rcluster.h"
-#include "core/recover.h"
 #include "embcache.h"
 
 static const char *socket_path;
@@ -51,8 +48,9 @@ static void usage(FILE *f)
             "  reload                                      read the configuration again\n"
             "  policy MODEL [--min-resident B] [--min-rate R]  residency policy\n"
             "  policy MODEL --mode rows|partitions|auto [--tensor NAME]  how tensors are cached\n"
-            "  recover --data-dir DIR [--dry-run] [--remote URL]  rebuild a lost or damaged\n"
-            "                                              catalog from the files (daemon stopped)\n"
+            "  recover [--config FILE] [--data-dir DIR] [--dry-run] [--remote URL]\n"
+            "                                              rebuild a lost or damaged catalog\n"
+            "                                              from the files (daemon stopped)\n"
             "  results ls|get|put|purge|create|drop ...    namespaces of cached results\n"
             "                                              ('embcache results --help')\n"
             "  search MODEL TENSOR --query FILE.npy [-k N] [--metric ip|cosine|l2]\n"
@@ -972,71 +970,7 @@ static int cmd_stats(int argc, char **argv)
 
 static int cmd_recover(int argc, char **argv)
 {
-    static const struct option o[] = {
-        {"data-dir", required_argument, NULL, 'd'},
-        {"dry-run", no_argument, NULL, 'n'},
-        {"remote", required_argument, NULL, 'r'},
-        {"remote-auth-file", required_argument, NULL, 'a'},
-        {"help", no_argument, NULL, 'h'},
-        {NULL, 0, NULL, 0},
-    };
-    ec_recover_opts ro = {.out = stdout};
-    ec_recover_result res;
-    const char *auth = NULL;
-    int ch, rc;
-
-    while ((ch = getopt_long(argc, argv, "d:nr:a:h", o, NULL)) != -1) {
-        switch (ch) {
-        case 'd': ro.data_dir = optarg; break;
-        case 'n': ro.dry_run = true; break;
-        case 'r': ro.remote = optarg; break;
-        case 'a': auth = optarg; break;
-        case 'h':
-            printf("usage: embcache recover --data-dir DIR [--dry-run] [--remote URL\n"
-                   "                        [--remote-auth-file PATH]]\n"
-                   "Rebuild DIR/catalog.db from the partition files in DIR/parts, while\n"
-                   "embcached is stopped (it refuses while a daemon holds DIR). Every file is\n"
-                   "read whole and checked against its checksums; each file's origin record\n"
-                   "says which model version and tensor it is. A version is registered when\n"
-                   "all its files are found and valid. The damaged catalog is moved aside\n"
-                   "to DIR/catalog.db.damaged-<time>, never deleted and never read; files\n"
-                   "that cannot be registered (damaged, without an origin record, in an\n"
-                   "incomplete or conflicting version) are renamed NAME.skipped in place and\n"
-                   "reported with what to do. Aliases and policies live only in the catalog:\n"
-                   "set them again afterwards. --dry-run checks and reports, changes nothing.\n"
-                   "A version pulled lazily (pull --lazy) has the partitions not read yet as\n"
-                   "holes in its files: it is registered again only with --remote, the cluster\n"
-                   "embcached reads it from (and its --remote-auth-file), when that cluster\n"
-                   "still holds it with the checksums of the files (its manifest is read).\n"
-                   "Exit status: 0 everything recovered, 8 files were left out, 1 a daemon\n"
-                   "holds DIR or recovery failed (nothing half done: the message says), 3 the\n"
-                   "cluster given with --remote did not answer (nothing was changed).\n");
-            return EXIT_OK;
-        default: return EXIT_USAGE;
-        }
-    }
-    if (!ro.data_dir || optind < argc || (auth && !ro.remote)) {
-        fprintf(stderr, "embcache recover: needs --data-dir DIR, and --remote-auth-file only "
-                        "with --remote (see 'embcache recover --help')\n");
-        return EXIT_USAGE;
-    }
-    if (auth) {
-        ec_rcluster_auth a;
-        if ((rc = ec_rcluster_auth_load(auth, &a)) < 0)
-            return fail(rc);
-        ec_rcluster_set_default_auth(ro.remote, &a);
-        explicit_bzero(&a, sizeof(a));
-    }
-    fflush(stdout);
-    rc = ec_recover(&ro, &res);
-    fflush(stdout);
-    if (rc == EC_ETIMEOUT) { /* the cluster did not answer, as for EC_ECONN */
-        fail(rc);
-        return EXIT_NODAEMON;
-    }
-    if (rc)
-        return fail(rc);
-    return res.skipped ? EXIT_INTEGRITY : EXIT_OK;
+    return cli_recover_main(argc, argv);
 }
 
 static int cmd_results(int argc, char **argv)

@@ -15,7 +15,8 @@
  *     (holes are not checked; data is);
  *   - a dry run with --remote reports the version as recoverable, pulled
  *     lazily, and changes nothing;
- *   - recover with --remote registers it as lazily pulled: B, restarted,
+ *   - recover with the daemon's configuration file (--config: data-dir and
+ *     remote from it) registers it as lazily pulled: B, restarted,
  *     serves every row equal to A's, reading from the cluster what its
  *     files do not hold;
  *   - once A publishes other data under the same number, recover with
@@ -324,11 +325,24 @@ static void test_dry_run_reports_lazy_version(void **state)
 
 static void test_recovered_lazy_version_serves_every_row(void **state)
 {
-    char *out;
+    char conf[700], *out = NULL, *err = NULL;
+    const char *argv[] = {EC_TEST_CLI, "recover", "--config", conf, NULL};
     uint64_t reads;
+    FILE *f;
+    int rc;
 
     (void)state;
-    assert_int_equal(recover(&out, "--remote", url, NULL), 0);
+    /* The data directory and the cluster from the daemon's configuration
+     * file, as for the system service. */
+    snprintf(conf, sizeof(conf), "%s/b.conf", dir);
+    assert_non_null(f = fopen(conf, "w"));
+    fprintf(f, "data-dir = %s\nremote = %s\n", B.data, url);
+    assert_int_equal(fclose(f), 0);
+    rc = ect_run(argv, &out, NULL, &err);
+    print_message("embcache recover --config: exit %d\n%s%s", rc, out ? out : "",
+                  err ? err : "");
+    assert_int_equal(rc, 0);
+    free(err);
     contains(out, "recovered 1 version(s) with 2 tensor(s)");
     contains(out, "1 of them pulled lazily: start embcached with --remote");
     free(out);
