@@ -8,9 +8,10 @@
  * srv_reload(), and a RELOAD request srv_h_reload(), which answers with
  * the summary line or the reload's error once it is applied (so
  * `systemctl reload`, whose ExecReload is `embcache reload`, returns when
- * the reload is done and fails when it was refused), both on the server thread, the only thread that reads the
- * server's configuration (s->live), the engine and the dynamic tables, so
- * nothing here takes a lock. Reading and checking the file, and saying
+ * the reload is done and fails when it was refused). Both run on the
+ * server thread, the only thread that reads the server's configuration
+ * (s->live), the engine and the dynamic tables, so nothing here takes a
+ * lock. Reading and checking the file, and saying
  * what changed and what needs a restart, is cfg->reload's job
  * (core/daemon_config.c); a reload it refuses changes nothing. Counted in
  * config_reloads, config_reload_failures and config_last_reload_ok.

@@ -5,7 +5,8 @@
  * calls. Human output by default, --json where scripts need structure, and
  * exit codes that say what kind of failure happened (see usage()). One
  * command works without a daemon, on the data directory itself: `recover`
- * (tools/cli_recover.c, core/recover.c), run while embcached is stopped. The subcommand families of files of their own (`results`:
+ * (tools/cli_recover.c, core/recover.c), run while embcached is stopped.
+ * The subcommand families of files of their own (`results`:
  * tools/cli_results.c) and the helpers every file uses (exit codes, failure
  * lines, number parsing, JSON strings, sizes: tools/cli_util.c) are declared
  * in tools/cli.h.
