@@ -703,10 +703,11 @@ out:
 
 /* The manifest of m's version already on the cluster, if any, decoded:
  * after the new one is in place, the keys it names and the new one does
- * not are deleted. One that fails validation names nothing to delete (a
- * warning says so); only the cluster's errors fail the publish. */
-static int earlier_manifest(ec_rcluster *rc, const struct manifest *m, const char *url,
-                            struct manifest *old, bool *had)
+ * not are deleted. One that cannot be read or fails validation names
+ * nothing to delete (a warning says so), and never stops the publish,
+ * which is how such a manifest is replaced. */
+static void earlier_manifest(ec_rcluster *rc, const struct manifest *m, const char *url,
+                             struct manifest *old, bool *had)
 {
     char eb[EC_ERRMSG_MAX], key[PUB_KEY_MAX];
     size_t kl = (size_t)snprintf(key, sizeof(key), "ec:m:%s:%" PRId64, m->model, m->version);
@@ -717,9 +718,13 @@ static int earlier_manifest(ec_rcluster *rc, const struct manifest *m, const cha
 
     *had = false;
     if (r == EC_ENOENT)
-        return 0;
-    if (r)
-        return r;
+        return;
+    if (r) {
+        ec_warn("publish of %s version %" PRId64 " to %s: the manifest there could not be "
+                "read (%s); it is replaced, and keys of that earlier publish that this one "
+                "does not write over are left", m->model, m->version, url, pub_saved_err(eb));
+        return;
+    }
     if (pub_manifest_decode(mb, len, m->model, m->version, old, &total) == 0)
         *had = true;
     else
@@ -727,7 +732,6 @@ static int earlier_manifest(ec_rcluster *rc, const struct manifest *m, const cha
                 "(%s); it is replaced, and keys of that earlier publish that this one does "
                 "not write over are left", m->model, m->version, url, pub_saved_err(eb));
     free(mb);
-    return 0;
 }
 
 int ec_publish_version(ec_catalog *cat, const char *data_dir, const char *model,
@@ -773,8 +777,7 @@ int ec_publish_version(ec_catalog *cat, const char *data_dir, const char *model,
         }
     if ((r = pub_open_cluster(url, &rc)))
         goto out;
-    if ((r = earlier_manifest(rc, &m, url, &old, &had_old)))
-        goto out;
+    earlier_manifest(rc, &m, url, &old, &had_old);
     b.arena_cap = EC_PUB_BATCH_BYTES;
     if (!(b.arena = malloc(b.arena_cap))) {
         r = ec_seterr(EC_ENOMEM, "publish buffer");

@@ -85,13 +85,13 @@ static bool has_chunk(const struct manifest *m, uint32_t t, uint64_t p, uint64_t
 int pub_drop_keys(ec_rcluster *rc, const struct manifest *old, const struct manifest *keep,
                   uint64_t *deleted)
 {
-    struct dbatch *b = calloc(1, sizeof(*b));
+    struct dbatch *b;
     int r = 0;
 
     *deleted = 0;
     if (keep && (strcmp(keep->model, old->model) || keep->version != old->version))
         return ec_seterr(EC_EINTERNAL, "pub_drop_keys: two versions' manifests");
-    if (!b || !(b->arena = malloc((size_t)DEL_BATCH * PUB_KEY_MAX))) {
+    if (!(b = calloc(1, sizeof(*b))) || !(b->arena = malloc((size_t)DEL_BATCH * PUB_KEY_MAX))) {
         free(b);
         return ec_seterr(EC_ENOMEM, "the keys of '%s' version %" PRId64 " to delete",
                          old->model, old->version);

@@ -461,6 +461,9 @@ static void test_unpublish(void **state)
 {
     static const char bad_key[] = "ec:m:m:7", chunk7[] = "ec:c:m:7:0:0:0";
     const uint64_t parts[1] = {64};
+    const ect_st_tensor seven[] = {
+        {.name = "emb", .dtype = EC_DTYPE_F32, .ndim = 2, .shape = {512, 64}, .seed = 34},
+    };
     const char *argv[] = {EC_TEST_CLI, "--socket", A.sock, "unpublish", "m", "1", "--cluster",
                           url, NULL};
     ec_rcluster *rc = rc_open();
@@ -494,8 +497,12 @@ static void test_unpublish(void **state)
     val = NULL;
     assert_int_equal(ec_rcluster_get(rc, bad_key, strlen(bad_key), &val, &len), 0);
     free(val);
-    assert_int_equal(ec_rcluster_del(rc, bad_key, strlen(bad_key)), 0);
-    assert_int_equal(ec_rcluster_del(rc, chunk7, strlen(chunk7)), 0);
+    /* A publish over it replaces it (and deletes nothing on its word). */
+    import_st(A.c, "v7", 7, seven, 1, 4096, 1, NULL);
+    assert_int_equal(ec_model_publish(A.c, "m", "7", url, &r), 0);
+    assert_int_equal(ec_model_pull(C.c, "m", "7", url, &r), 0);
+    same_rows(A.c, C.c, "7", "emb");
+    assert_int_equal(ec_model_unpublish(A.c, "m", "7", url, &r), 0);
 
     /* The CLI. */
     assert_int_equal(ect_run(argv, &out, NULL, &err), 0);
