@@ -124,7 +124,8 @@ int ec_pull_lazy(ec_catalog *cat, const char *data_dir, const char *model,
  * ec_pull_lazy.
  * @return 0, or EC_EINVAL, EC_ENOENT (not published there), EC_EFORMAT (a
  *         manifest that fails validation, or another version under that
- *         number: the message says what differs), the cluster's errors
+ *         number: the message says what differs), EC_EVERSION (a manifest
+ *         format this release does not read), the cluster's errors
  *         (EC_ECONN, EC_ETIMEOUT, ...), EC_ENOMEM. */
 int ec_pull_lazy_match(const char *url, const char *model, int64_t version, int64_t round,
                        int64_t created, ec_cat_tensor *ts, size_t n);

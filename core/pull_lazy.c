@@ -375,7 +375,7 @@ int ec_pull_lazy_match(const char *url, const char *model, int64_t version, int6
         ts[i].remote_chunk = m.chunk;
     }
 out:
-    if (r && r != EC_EFORMAT && r != EC_ENOENT)
+    if (r && r != EC_EFORMAT && r != EC_ENOENT && r != EC_EVERSION)
         r = ec_seterr(r, "reading the manifest of '%s' version %" PRId64 " from %s: %s", model,
                       version, url, pub_saved_err(eb));
     free(mb);

@@ -385,7 +385,7 @@ static int lazy_version(struct rctx *x, const ec_partfile_origin *o, ec_cat_tens
                             ts, n);
     if (rc == 0)
         return 0;
-    if (rc == EC_ENOENT || rc == EC_EFORMAT) {
+    if (rc == EC_ENOENT || rc == EC_EFORMAT || rc == EC_EVERSION) {
         snprintf(why, len, "%" PRIu64 " of its partitions are holes in its files (pulled "
                  "lazily), and the cluster cannot fill them: %s", absent, ec_last_error());
         *bad = why;
