@@ -289,6 +289,13 @@ int ec_import_write(int fd, const void *p, size_t n, const char *what)
 int ec_import_files(ec_catalog *cat, const char *data_dir, const ec_import_opts *opts,
                     const ec_import_file *files, size_t n, uint32_t *tensors_out)
 {
+    return ec_import_files_at(cat, data_dir, opts, 0, files, n, tensors_out);
+}
+
+int ec_import_files_at(ec_catalog *cat, const char *data_dir, const ec_import_opts *opts,
+                       int64_t created_unix, const ec_import_file *files, size_t n,
+                       uint32_t *tensors_out)
+{
     ec_tf_list *lists = NULL;
     struct tensor_ref *refs = NULL;
     ec_cat_tensor *cts = NULL;
@@ -297,7 +304,7 @@ int ec_import_files(ec_catalog *cat, const char *data_dir, const ec_import_opts 
     char *parts_dir = NULL, *path = NULL;
     size_t total = 0, done = 0, k;
     const char *fail_file = NULL;
-    int64_t existing, vid, created = (int64_t)time(NULL);
+    int64_t existing, vid, created = created_unix > 0 ? created_unix : (int64_t)time(NULL);
     bool params_lost = false;
     char vbuf[32];
     int rc;

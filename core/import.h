@@ -40,6 +40,12 @@ int ec_import_write(int fd, const void *p, size_t n, const char *what);
 int ec_import_files(ec_catalog *cat, const char *data_dir, const ec_import_opts *opts,
                     const ec_import_file *files, size_t n, uint32_t *tensors_out);
 
+/* ec_import_files with the version's created time given (Unix seconds,
+ * > 0; 0: now): a pull keeps the time the version was made on its host. */
+int ec_import_files_at(ec_catalog *cat, const char *data_dir, const ec_import_opts *opts,
+                       int64_t created_unix, const ec_import_file *files, size_t n,
+                       uint32_t *tensors_out);
+
 /* Rewrite the partition files of (model, version or alias) that older
  * releases wrote: version-1 files (no block checksums) and files without an
  * origin record (which `embcache recover` cannot place), as version 2 with

@@ -1185,7 +1185,7 @@ int ec_pull_version(ec_catalog *cat, const char *data_dir, const char *model,
         ec_import_opts o = {.model = model, .version = v, .round = m.round,
                             .params_json = m.params, .partition_bytes = target};
         ec_import_file f = {.fd = fd, .name = "pull.safetensors"};
-        if ((r = ec_import_files(cat, data_dir, &o, &f, 1, &ntensors)) < 0)
+        if ((r = ec_import_files_at(cat, data_dir, &o, m.created, &f, 1, &ntensors)) < 0)
             goto out;
         imported = true;
     }

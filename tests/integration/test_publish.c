@@ -156,7 +156,7 @@ static void same_rows(ec_client *x, ec_client *y, const char *version, const cha
 }
 
 struct vinfo {
-    int64_t version, round;
+    int64_t version, round, created;
     char params[256];
     uint32_t tensors;
     uint64_t bytes;
@@ -170,6 +170,7 @@ static int list_cb(const ec_version_info *v, const ec_tensor_listing *t, void *a
     if (!t && v->version == vi->version) {
         vi->found = true;
         vi->round = v->round;
+        vi->created = v->created_unix;
         snprintf(vi->params, sizeof(vi->params), "%s", v->params_json);
         vi->tensors = v->tensors;
         vi->bytes = v->bytes;
@@ -224,6 +225,7 @@ static void test_publish_then_pull(void **state)
     assert_int_equal(ec_model_publish(A.c, "m", "current", url, &r), 0);
     assert_int_equal(r.bytes, 8192 * 1024);
 
+    usleep(1100 * 1000); /* a pull that took the time of the pull would differ */
     assert_int_equal(ec_model_pull(B.c, "m", "1", url, &r), 0);
     assert_int_equal(r.tensors, 2);
     assert_int_equal(r.bytes, 4096 * 256 + 1000 * 16);
@@ -237,6 +239,7 @@ static void test_publish_then_pull(void **state)
     b = version_info(B.c, 1);
     assert_true(a.found && b.found);
     assert_int_equal(b.round, 7);
+    assert_int_equal(b.created, a.created); /* kept, not the time of the pull */
     assert_string_equal(a.params, b.params);
     assert_int_equal(a.tensors, b.tensors);
     assert_int_equal(a.bytes, b.bytes);
