@@ -104,4 +104,12 @@ int cli_remote_main(const char *cmd, int argc, char **argv, const char *socket_p
  * catalog rebuilt from the partition files, without a daemon. */
 int cli_recover_main(int argc, char **argv);
 
+/* tools/cli_daemon.c: `embcache reload [--config FILE]` (argv from "reload"
+ * on; socket_path: --socket, or NULL), and embcached's configuration file
+ * read as embcached reads it into *d (errors on stderr, each prefixed with
+ * prog): EXIT_OK, EXIT_USAGE (invalid) or EXIT_FAIL. */
+struct ec_dconf;
+int cli_reload_main(int argc, char **argv, const char *socket_path);
+int cli_daemon_config(const char *prog, const char *file, struct ec_dconf *d);
+
 #endif /* EC_TOOLS_CLI_H */

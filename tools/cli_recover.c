@@ -47,38 +47,21 @@ static const char help[] =
     "usage or an invalid configuration file.\n";
 
 /* What the daemon's configuration file says: data-dir, remote,
- * remote-auth-file into the arguments not given (copies in d). */
+ * remote-auth-file into the arguments not given (pointing into d). */
 static int from_config(const char *file, ec_dconf *d, const char **data_dir,
                        const char **remote, const char **auth)
 {
-    char *av[] = {"embcached", "--config", (char *)file, NULL};
-    ec_dconf_args a = {0};
-    ec_dconf_errs *e = calloc(1, sizeof(*e));
-    int rc = EXIT_OK;
+    int rc = cli_daemon_config("embcache recover", file, d);
 
-    if (!e) {
-        fprintf(stderr, "embcache recover: out of memory\n");
-        return EXIT_FAIL;
-    }
-    if (ec_dconf_parse_args(3, av, &a, stderr) != 0) {
-        rc = EXIT_USAGE;
-    } else if (ec_dconf_build(&a, d, e) < 0) {
-        for (int i = 0; i < e->n; i++)
-            fprintf(stderr, "embcache recover: %s\n", e->msg[i]);
-        fprintf(stderr, "embcache recover: %s is not a valid embcached configuration; "
-                        "nothing was changed\n", file);
-        rc = EXIT_USAGE;
-    } else {
-        if (!*data_dir && d->data_dir[0])
-            *data_dir = d->data_dir;
-        if (!*remote && d->srv.remote[0])
-            *remote = d->srv.remote;
-        if (!*auth && d->srv.remote_auth_file[0] && *remote == d->srv.remote)
-            *auth = d->srv.remote_auth_file;
-    }
-    ec_dconf_args_free(&a);
-    free(e);
-    return rc;
+    if (rc != EXIT_OK)
+        return rc;
+    if (!*data_dir && d->data_dir[0])
+        *data_dir = d->data_dir;
+    if (!*remote && d->srv.remote[0])
+        *remote = d->srv.remote;
+    if (!*auth && d->srv.remote_auth_file[0] && *remote == d->srv.remote)
+        *auth = d->srv.remote_auth_file;
+    return EXIT_OK;
 }
 
 int cli_recover_main(int argc, char **argv)

@@ -46,7 +46,7 @@ static void usage(FILE *f)
             "  retire MODEL VERSION [--force]              remove a version for good\n"
             "  refresh MODEL VERSION|ALIAS                 reload partitions changed on disk\n"
             "  upgrade MODEL VERSION|ALIAS                 rewrite files of older releases\n"
-            "  reload                                      read the configuration again\n"
+            "  reload [--config FILE]                      read the configuration again\n"
             "  policy MODEL [--min-resident B] [--min-rate R]  residency policy\n"
             "  policy MODEL --mode rows|partitions|auto [--tensor NAME]  how tensors are cached\n"
             "  recover [--config FILE] [--data-dir DIR] [--dry-run] [--remote URL]\n"
@@ -870,35 +870,7 @@ static int tensor_stat_cb(const ec_tensor_stats *t, void *arg)
 
 static int cmd_reload(int argc, char **argv)
 {
-    static const char help[] =
-        "usage: embcache reload\n"
-        "Have the daemon read its configuration file and command line again and\n"
-        "apply what may change while it runs (as SIGHUP does), and print what\n"
-        "changed once it is applied. An invalid file changes nothing: exit 1 with\n"
-        "its first error. The unit's ExecReload, so `systemctl reload embcached`\n"
-        "returns when the reload is done, and fails when it was refused.\n";
-    char summary[2048];
-    ec_client *c;
-    int rc;
-
-    if ((rc = cli_simple_opts(argc, argv, help, NULL)) >= 0)
-        return rc;
-    if (optind < argc) {
-        fprintf(stderr, "embcache reload: unexpected argument '%s'\n", argv[optind]);
-        return EXIT_USAGE;
-    }
-    if ((rc = connect_or_fail(&c)))
-        return rc;
-    rc = ec_daemon_reload(c, summary, sizeof(summary));
-    ec_client_close(c);
-    if (rc == EC_EINVAL) { /* the file is invalid: not a usage error */
-        fail(rc);
-        return EXIT_FAIL;
-    }
-    if (rc)
-        return fail(rc);
-    printf("%s\n", summary);
-    return EXIT_OK;
+    return cli_reload_main(argc, argv, socket_path);
 }
 
 static int cmd_stats(int argc, char **argv)

@@ -10,7 +10,8 @@
  * invalid file without changing anything (a file that is half valid
  * included), says which options need a restart, and counts reloads (STATS
  * and /metrics); a RELOAD request (ec_daemon_reload, `embcache reload`,
- * the unit's ExecReload) is answered once applied, with the summary line,
+ * the unit's ExecReload, finding the socket in the file) is answered once
+ * applied, with the summary line,
  * or with the first error of an invalid file; a worker the keeper restarts runs with the reloaded
  * configuration; the shipped deploy/systemd/embcached.conf parses.
  *
@@ -581,6 +582,7 @@ static void test_reload_invalid_changes_nothing(void **state)
 static void test_reload_request(void **state)
 {
     const char *cli[] = {EC_TEST_CLI, "--socket", E.sock, "reload", NULL};
+    const char *cli_conf[] = {EC_TEST_CLI, "reload", "--config", conf, NULL};
     char summary[2048], want[800], *out = NULL, *err = NULL;
     ec_client *c;
     int rc;
@@ -612,8 +614,11 @@ static void test_reload_request(void **state)
         fail_msg("embcache reload of an invalid file said: %s", err ? err : "");
     free(out);
     free(err);
-    write_conf(conf, "shm-size = 64M\nbudget = 24M\n");
-    assert_int_equal(ect_run(cli, &out, NULL, &err), 0);
+    /* The socket from the daemon's configuration file (reload --config, as
+     * the unit's ExecReload does), not from --socket. */
+    snprintf(want, sizeof(want), "shm-size = 64M\nbudget = 24M\nsocket = %s\n", E.sock);
+    write_conf(conf, want);
+    assert_int_equal(ect_run(cli_conf, &out, NULL, &err), 0);
     snprintf(want, sizeof(want), "config reloaded from %s: budget 16M -> 24M\n", conf);
     assert_string_equal(out, want);
     free(out);
