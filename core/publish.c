@@ -92,13 +92,18 @@ int pub_open_cluster(const char *url, ec_rcluster **out)
     return 0;
 }
 
+size_t pub_manifest_key(char *buf, const char *model, int64_t v)
+{
+    return (size_t)snprintf(buf, PUB_KEY_MAX, "ec:m:%s:%" PRId64, model, v);
+}
+
 size_t pub_head_key(char *buf, const char *model, int64_t v, uint32_t t, uint64_t k)
 {
     return (size_t)snprintf(buf, PUB_KEY_MAX, "ec:h:%s:%" PRId64 ":%u:%" PRIu64, model, v, t, k);
 }
 
 size_t pub_chunk_key(char *buf, const char *model, int64_t v, uint32_t t, uint64_t p,
-                        uint64_t k)
+                     uint64_t k)
 {
     return (size_t)snprintf(buf, PUB_KEY_MAX, "ec:c:%s:%" PRId64 ":%u:%" PRIu64 ":%" PRIu64, model,
                             v, t, p, k);
@@ -325,7 +330,7 @@ static int head_check(const struct manifest *m, const struct ptensor *t)
 
 /* Decode and validate a manifest from another host. *total: tensor bytes. */
 int pub_manifest_decode(const uint8_t *b, size_t len, const char *model, int64_t version,
-                           struct manifest *m, uint64_t *total)
+                        struct manifest *m, uint64_t *total)
 {
     struct ibuf r = {.b = b, .len = len};
     struct ptensor **byname = NULL;
@@ -710,7 +715,7 @@ static void earlier_manifest(ec_rcluster *rc, const struct manifest *m, const ch
                              struct manifest *old, bool *had)
 {
     char eb[EC_ERRMSG_MAX], key[PUB_KEY_MAX];
-    size_t kl = (size_t)snprintf(key, sizeof(key), "ec:m:%s:%" PRId64, m->model, m->version);
+    size_t kl = pub_manifest_key(key, m->model, m->version);
     uint64_t total;
     void *mb = NULL;
     size_t len = 0;
@@ -791,7 +796,7 @@ int ec_publish_version(ec_catalog *cat, const char *data_dir, const char *model,
     /* Last: a reader never sees a manifest whose chunks are not there. */
     if ((r = manifest_encode(&m, &o)))
         goto out;
-    kl = (size_t)snprintf(key, sizeof(key), "ec:m:%s:%" PRId64, model, m.version);
+    kl = pub_manifest_key(key, model, m.version);
     if ((r = ec_rcluster_set(rc, key, kl, o.b, o.len, NULL)))
         goto out;
     ec_info("published %s version %" PRId64 ": %u tensor(s), %" PRIu64 " bytes to %s", model,
@@ -1084,8 +1089,8 @@ static int check_imported(ec_catalog *cat, const struct manifest *m)
  * and read and decode the manifest (*mbp, for the caller to free, and m).
  * Fails before opening with *rcp NULL. */
 int pub_pull_manifest(ec_catalog *cat, const char *model, const char *version,
-                         const char *url, int64_t *vp, ec_rcluster **rcp, void **mbp,
-                         struct manifest *m, uint64_t *total)
+                      const char *url, int64_t *vp, ec_rcluster **rcp, void **mbp,
+                      struct manifest *m, uint64_t *total)
 {
     char eb[EC_ERRMSG_MAX], key[PUB_KEY_MAX];
     ec_rcluster *rc = NULL;
@@ -1105,7 +1110,7 @@ int pub_pull_manifest(ec_catalog *cat, const char *model, const char *version,
     if ((r = pub_open_cluster(url, &rc)))
         return r;
     *rcp = rc;
-    kl = (size_t)snprintf(key, sizeof(key), "ec:m:%s:%" PRId64, model, v);
+    kl = pub_manifest_key(key, model, v);
     if ((r = ec_rcluster_get(rc, key, kl, mbp, &mlen))) {
         if (r == EC_ENOENT)
             r = ec_seterr(EC_ENOENT, "model '%s' version %" PRId64 " is not published on %s "

@@ -64,10 +64,14 @@ const char *pub_saved_err(char *buf);
 
 void pub_manifest_free(struct manifest *m);
 
-/* The cluster key of chunk k of tensor t's file head; returns its length. */
+/* The cluster keys (publish.h), written into buf (PUB_KEY_MAX bytes); each
+ * returns its length. The manifest of (model, v): */
+size_t pub_manifest_key(char *buf, const char *model, int64_t v);
+
+/* Chunk k of tensor t's file head: */
 size_t pub_head_key(char *buf, const char *model, int64_t v, uint32_t t, uint64_t k);
 
-/* The cluster key of chunk k of partition p of tensor t. */
+/* Chunk k of partition p of tensor t: */
 size_t pub_chunk_key(char *buf, const char *model, int64_t v, uint32_t t, uint64_t p,
                      uint64_t k);
 

@@ -132,8 +132,12 @@ static int write_head(const char *data_dir, const struct manifest *m, const stru
     int fd = -1, r;
 
     (void)m;
-    if ((r = pub_tensor_layout(t, t->head_len == (pub_tensor_layout(t, 0, &want), want.data_off)
-                                  ? 0 : EC_PARTFILE_VERSION_1, &want)))
+    /* The head's length says which file format it has (the manifest's
+     * validation allowed only these two). */
+    if ((r = pub_tensor_layout(t, 0, &want)))
+        return r;
+    if (t->head_len != want.data_off &&
+        (r = pub_tensor_layout(t, EC_PARTFILE_VERSION_1, &want)))
         return r;
     if (getrandom(rnd, sizeof(rnd), 0) != (ssize_t)sizeof(rnd))
         return ec_seterr_errno(EC_EIO, errno, "lazy pull: getrandom");

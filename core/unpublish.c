@@ -143,7 +143,7 @@ int ec_unpublish_version(const char *url, const char *model, const char *version
                          "alias names a version only on its own host)", version);
     if ((r = pub_open_cluster(url, &rc)))
         return r;
-    kl = (size_t)snprintf(key, sizeof(key), "ec:m:%s:%" PRId64, model, v);
+    kl = pub_manifest_key(key, model, v);
     if ((r = ec_rcluster_get(rc, key, kl, &mb, &mlen))) {
         if (r == EC_ENOENT)
             r = ec_seterr(EC_ENOENT, "model '%s' version %" PRId64 " is not published on %s "
