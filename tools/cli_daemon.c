@@ -10,6 +10,7 @@
  * one thread.
  */
 #include <getopt.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -18,7 +19,10 @@
 #include "core/daemon_config.h"
 #include "tools/cli.h"
 
-int cli_daemon_config(const char *prog, const char *file, ec_dconf *d)
+/* Read embcached's configuration file into *d as embcached reads it; with
+ * report, each error on stderr prefixed with prog. EXIT_OK, EXIT_USAGE (an
+ * invalid file: *d partly filled, every valid line taken) or EXIT_FAIL. */
+static int read_config(const char *prog, const char *file, ec_dconf *d, bool report)
 {
     char *av[] = {"embcached", "--config", (char *)file, NULL};
     ec_dconf_args a = {0};
@@ -32,15 +36,21 @@ int cli_daemon_config(const char *prog, const char *file, ec_dconf *d)
     if (ec_dconf_parse_args(3, av, &a, stderr) != 0) {
         rc = EXIT_USAGE;
     } else if (ec_dconf_build(&a, d, e) < 0) {
-        for (int i = 0; i < e->n; i++)
+        for (int i = 0; report && i < e->n; i++)
             fprintf(stderr, "%s: %s\n", prog, e->msg[i]);
-        fprintf(stderr, "%s: %s is not a valid embcached configuration; nothing was "
-                        "changed\n", prog, file);
+        if (report)
+            fprintf(stderr, "%s: %s is not a valid embcached configuration; nothing was "
+                            "changed\n", prog, file);
         rc = EXIT_USAGE;
     }
     ec_dconf_args_free(&a);
     free(e);
     return rc;
+}
+
+int cli_daemon_config(const char *prog, const char *file, ec_dconf *d)
+{
+    return read_config(prog, file, d, true);
 }
 
 int cli_reload_main(int argc, char **argv, const char *socket_path)
@@ -77,12 +87,7 @@ int cli_reload_main(int argc, char **argv, const char *socket_path)
         return EXIT_USAGE;
     }
     if (conf && !socket_path) {
-        char *av[] = {"embcached", "--config", (char *)conf, NULL};
-        ec_dconf_args a = {0};
-        ec_dconf_errs *e = calloc(1, sizeof(*e));
-
-        if (!e || !(d = calloc(1, sizeof(*d)))) {
-            free(e);
+        if (!(d = calloc(1, sizeof(*d)))) {
             fprintf(stderr, "embcache reload: out of memory\n");
             return EXIT_FAIL;
         }
@@ -90,10 +95,10 @@ int cli_reload_main(int argc, char **argv, const char *socket_path)
          * Whether the rest of the file is valid is the daemon's to say (it
          * refuses the reload, logs why and counts it), so a file that fails
          * here is still read for its socket line. */
-        if (ec_dconf_parse_args(3, av, &a, stderr) == 0)
-            (void)ec_dconf_build(&a, d, e);
-        ec_dconf_args_free(&a);
-        free(e);
+        if (read_config("embcache reload", conf, d, false) == EXIT_FAIL) {
+            free(d);
+            return EXIT_FAIL;
+        }
         socket_path = d->socket[0] ? d->socket : ec_default_socket(sock, sizeof(sock));
     }
     rc = ec_client_connect(socket_path, &c);
