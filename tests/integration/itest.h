@@ -99,6 +99,11 @@ void *shared_map(size_t len);
 void itest_partfile_of(const char *data_dir, const char *model, int64_t version,
                        const char *tensor, char *path, size_t cap, ec_partfile_meta *meta);
 
+/* Rows ids[0..n) of (model, version, tensor) gathered through two daemons'
+ * clients x and y: the same bytes (asserts). */
+void itest_same_ids(ec_client *x, ec_client *y, const char *model, const char *version,
+                    const char *tensor, const int64_t *ids, size_t n);
+
 /* Prewarm and poll until finished (~20 s at most). */
 int prewarm_wait(ec_client *c, const char *model, const char *version, unsigned flags,
                  ec_prewarm_progress *out);

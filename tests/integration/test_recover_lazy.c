@@ -98,33 +98,17 @@ static void import_st(const char *name, const ect_st_tensor *t)
     assert_int_equal(tensors, 2);
 }
 
-/* Rows [first, first + n) of m/1/tensor from A and from B: equal bytes. */
+/* Rows [first, first + n) of m/1/tensor from A and from B, last first:
+ * equal bytes. */
 static void same_rows(const char *tensor, uint64_t first, uint64_t n)
 {
-    ec_tensor *ta, *tb;
-    ec_tensor_info info;
     int64_t *ids = malloc(n * sizeof(*ids));
-    uint8_t *ba, *bb;
 
     assert_non_null(ids);
-    assert_int_equal(ec_tensor_resolve(A.c, "m", "1", tensor, &ta), 0);
-    if (ec_tensor_resolve(B.c, "m", "1", tensor, &tb) != 0)
-        fail_msg("B: m/1/%s: %s", tensor, ec_last_error());
-    assert_int_equal(ec_tensor_info_get(ta, &info), 0);
-    ba = malloc(n * info.row_bytes);
-    bb = malloc(n * info.row_bytes);
-    assert_true(ba && bb);
     for (uint64_t i = 0; i < n; i++)
         ids[i] = (int64_t)(first + n - 1 - i);
-    assert_int_equal(ec_tensor_gather(ta, ids, n, ba, n * info.row_bytes), 0);
-    if (ec_tensor_gather(tb, ids, n, bb, n * info.row_bytes) != 0)
-        fail_msg("B: gather of m/1/%s: %s", tensor, ec_last_error());
-    assert_memory_equal(ba, bb, n * info.row_bytes);
+    itest_same_ids(A.c, B.c, "m", "1", tensor, ids, n);
     free(ids);
-    free(ba);
-    free(bb);
-    ec_tensor_release(ta);
-    ec_tensor_release(tb);
 }
 
 /* `embcache recover --data-dir B [a1 [a2 [a3]]]`: exit status; the output

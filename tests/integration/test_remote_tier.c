@@ -122,25 +122,7 @@ static void import_st(ec_client *c, const char *name, int64_t v, const ect_st_te
 static void same_ids(ec_client *x, ec_client *y, const char *version, const char *tensor,
                      const int64_t *ids, size_t n)
 {
-    ec_tensor *tx, *ty;
-    ec_tensor_info ix;
-    uint8_t *bx, *by;
-
-    assert_int_equal(ec_tensor_resolve(x, "m", version, tensor, &tx), 0);
-    assert_int_equal(ec_tensor_resolve(y, "m", version, tensor, &ty), 0);
-    assert_int_equal(ec_tensor_info_get(tx, &ix), 0);
-    bx = malloc(n * ix.row_bytes + 1);
-    by = malloc(n * ix.row_bytes + 1);
-    assert_non_null(bx);
-    assert_non_null(by);
-    assert_int_equal(ec_tensor_gather(tx, ids, n, bx, n * ix.row_bytes), 0);
-    if (ec_tensor_gather(ty, ids, n, by, n * ix.row_bytes) != 0)
-        fail_msg("gather of %s from the second daemon: %s", tensor, ec_last_error());
-    assert_memory_equal(bx, by, n * ix.row_bytes);
-    free(bx);
-    free(by);
-    ec_tensor_release(tx);
-    ec_tensor_release(ty);
+    itest_same_ids(x, y, "m", version, tensor, ids, n);
 }
 
 /* Every row, in batches of 256. */
